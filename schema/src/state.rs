@@ -1,0 +1,572 @@
+//! The task state machine (SPEC section 4) as one pure function.
+//!
+//! [`transition`] takes the current [`TaskState`] and a [`TaskEvent`] and returns the next state
+//! and the [`Effect`]s the node must carry out, or a [`TransitionError`] naming both states when
+//! the move is illegal. It does no IO and reads no clock: everything it needs is in its inputs.
+//!
+//! ```text
+//! created ─admit→ queued ─start→ executing ─verify_passed→ report_generation ─report_ready→ supervisory ─verdict→ complete | alert
+//!                                    │  ▲                                          └─(no supervisor)→ complete
+//!                                    │  └ worker_finished (runs the verification gate)
+//!                                    ├─failed→ error ─resolve→ retry ─retry_due→ queued
+//!                                    │                   ├→ blocked (attempts exhausted: alert + decision)
+//!                                    │                   └→ failed  (fatal)
+//!                                    └─quota_exhausted→ waiting_quota ─quota_reset→ queued
+//! created ─dependency_failed→ blocked;  any unfinished state ─cancel→ cancelled
+//! blocked | failed | alert | cancelled ─retry→ created (attempts reset);  alert ─accept→ complete
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{DecisionKind, Severity};
+
+/// Where a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for its dependencies and a free agent slot.
+    Created,
+    /// Admitted: dependencies complete and an agent slot reserved.
+    Queued,
+    /// A worker agent runs the current attempt (the verification gate runs in this state too).
+    Executing,
+    /// The node gathers the attempt's summary.
+    ReportGeneration,
+    /// A supervisory agent reviews the report.
+    Supervisory,
+    /// Done and accepted.
+    Complete,
+    /// Done, but the supervisory review found an issue the operator must look at.
+    Alert,
+    /// The attempt failed; being assessed against the retry budget.
+    Error,
+    /// Waiting out the backoff before the next attempt.
+    Retry,
+    /// Failed for good (a fatal error).
+    Failed,
+    /// Needs a human: a dependency failed or the attempts are exhausted.
+    Blocked,
+    /// The agent hit a usage or rate limit; resumes at the reset time.
+    WaitingQuota,
+    /// Stopped by the operator.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [TaskState; 13] = [
+        TaskState::Created,
+        TaskState::Queued,
+        TaskState::Executing,
+        TaskState::ReportGeneration,
+        TaskState::Supervisory,
+        TaskState::Complete,
+        TaskState::Alert,
+        TaskState::Error,
+        TaskState::Retry,
+        TaskState::Failed,
+        TaskState::Blocked,
+        TaskState::WaitingQuota,
+        TaskState::Cancelled,
+    ];
+
+    /// The one spelling used in SQLite, JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Created => "created",
+            TaskState::Queued => "queued",
+            TaskState::Executing => "executing",
+            TaskState::ReportGeneration => "report_generation",
+            TaskState::Supervisory => "supervisory",
+            TaskState::Complete => "complete",
+            TaskState::Alert => "alert",
+            TaskState::Error => "error",
+            TaskState::Retry => "retry",
+            TaskState::Failed => "failed",
+            TaskState::Blocked => "blocked",
+            TaskState::WaitingQuota => "waiting_quota",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Finished states: nothing happens to the task any more unless a human retries it.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Complete | TaskState::Failed | TaskState::Cancelled)
+    }
+
+    /// States that hold one of the system's agent slots.
+    pub fn holds_slot(self) -> bool {
+        matches!(
+            self,
+            TaskState::Queued
+                | TaskState::Executing
+                | TaskState::ReportGeneration
+                | TaskState::Supervisory
+                | TaskState::Error
+                | TaskState::Retry
+        )
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let all: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown task state `{s}`, expected one of: {}", all.join(", "))
+        })
+    }
+}
+
+/// Why an attempt failed; decides whether it is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The worker crashed or exited non-zero.
+    Crash,
+    /// The attempt ran past its time limit or its lease.
+    Timeout,
+    /// The verification gate failed.
+    VerifyFailed,
+    /// A transient error, such as an API error of the agent's provider.
+    Transient,
+    /// An error no retry can fix.
+    Fatal,
+}
+
+impl FailureClass {
+    pub fn is_retriable(self) -> bool {
+        !matches!(self, FailureClass::Fatal)
+    }
+}
+
+/// Something that happened to a task. Serialized as `{"event": "<name>", ...fields}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskEvent {
+    /// The scheduler admits the task: dependencies complete, agent slot free.
+    Admit,
+    /// A dependency ended failed or cancelled.
+    DependencyFailed,
+    /// A worker agent starts the next attempt.
+    Start,
+    /// The worker finished its turn (Stop hook, exit or result event): run the verification gate.
+    WorkerFinished,
+    /// The verification gate passed.
+    VerifyPassed,
+    /// The report is gathered; `supervised` says whether the workflow has a supervisor step.
+    ReportReady { supervised: bool },
+    /// The supervisory agent's verdict: `ok` or not.
+    Verdict { ok: bool },
+    /// The attempt (or its review) failed. `attempt` is the attempt that failed, counted from 1.
+    Failed { class: FailureClass, attempt: u32, max_attempts: u32 },
+    /// Follows `failed`: decides between retry, blocked and failed.
+    Resolve { class: FailureClass, attempt: u32, max_attempts: u32 },
+    /// The retry backoff elapsed.
+    RetryDue,
+    /// The agent hit a usage or rate limit.
+    QuotaExhausted,
+    /// The usage limit reset.
+    QuotaReset,
+    /// The operator accepts a task the supervisory review flagged.
+    Accept,
+    /// The operator cancels the task.
+    Cancel,
+    /// The operator runs a stopped task again, with a fresh attempt budget.
+    Retry,
+}
+
+impl TaskEvent {
+    /// The event's name as it is serialized.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskEvent::Admit => "admit",
+            TaskEvent::DependencyFailed => "dependency_failed",
+            TaskEvent::Start => "start",
+            TaskEvent::WorkerFinished => "worker_finished",
+            TaskEvent::VerifyPassed => "verify_passed",
+            TaskEvent::ReportReady { .. } => "report_ready",
+            TaskEvent::Verdict { .. } => "verdict",
+            TaskEvent::Failed { .. } => "failed",
+            TaskEvent::Resolve { .. } => "resolve",
+            TaskEvent::RetryDue => "retry_due",
+            TaskEvent::QuotaExhausted => "quota_exhausted",
+            TaskEvent::QuotaReset => "quota_reset",
+            TaskEvent::Accept => "accept",
+            TaskEvent::Cancel => "cancel",
+            TaskEvent::Retry => "retry",
+        }
+    }
+
+    /// The state this event leads to when it is legal, for error messages.
+    fn target(&self) -> TaskState {
+        match *self {
+            TaskEvent::Admit | TaskEvent::RetryDue | TaskEvent::QuotaReset => TaskState::Queued,
+            TaskEvent::DependencyFailed => TaskState::Blocked,
+            TaskEvent::Start | TaskEvent::WorkerFinished => TaskState::Executing,
+            TaskEvent::VerifyPassed => TaskState::ReportGeneration,
+            TaskEvent::ReportReady { supervised: true } => TaskState::Supervisory,
+            TaskEvent::ReportReady { supervised: false } => TaskState::Complete,
+            TaskEvent::Verdict { ok: true } | TaskEvent::Accept => TaskState::Complete,
+            TaskEvent::Verdict { ok: false } => TaskState::Alert,
+            TaskEvent::Failed { .. } => TaskState::Error,
+            TaskEvent::Resolve { class, attempt, max_attempts } => resolution(class, attempt, max_attempts),
+            TaskEvent::QuotaExhausted => TaskState::WaitingQuota,
+            TaskEvent::Cancel => TaskState::Cancelled,
+            TaskEvent::Retry => TaskState::Created,
+        }
+    }
+}
+
+/// What the node must do because of a transition. Effects that are not the node's business yet
+/// (no agent runtime running) are no-ops for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Count a new attempt.
+    BeginAttempt,
+    /// Run the task's `verify` command in its worktree.
+    RunVerify,
+    /// Gather the report (diff stat, commits, cost, tool calls, last message).
+    GatherReport,
+    /// Start the workflow's supervisory agent over the report.
+    RunSupervisor,
+    /// Stop the task's agent if one runs.
+    StopAgent,
+    /// Release the task's file claims.
+    ReleaseClaims,
+    /// Wait out the backoff for the given failed attempt, then fire `retry_due`.
+    ScheduleRetry { attempt: u32 },
+    /// Raise an alert for the operator.
+    RaiseAlert { severity: Severity, reason: &'static str },
+    /// Ask the operator a question.
+    AskDecision { kind: DecisionKind },
+    /// Start over with a fresh attempt budget.
+    ResetAttempts,
+    /// Apply this event right away, in the same transaction.
+    FollowUp(TaskEvent),
+}
+
+/// The outcome of a legal transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub to: TaskState,
+    pub effects: Vec<Effect>,
+}
+
+/// An event that is not legal in the task's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition from {from} to {to}: event `{event}` is not allowed in state {from}")]
+pub struct TransitionError {
+    pub from: TaskState,
+    pub to: TaskState,
+    pub event: &'static str,
+}
+
+/// Decides the next state of a task and what the node must do about it.
+pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, TransitionError> {
+    use Effect as E;
+    use TaskEvent as Ev;
+    use TaskState as S;
+
+    let go = |to: TaskState, effects: Vec<Effect>| Ok(Transition { to, effects });
+    match (from, event) {
+        (S::Created, Ev::Admit) => go(S::Queued, vec![]),
+        (S::Created, Ev::DependencyFailed) => go(
+            S::Blocked,
+            vec![E::RaiseAlert { severity: Severity::Warning, reason: "dependency_failed" }],
+        ),
+        (S::Queued, Ev::Start) => go(S::Executing, vec![E::BeginAttempt]),
+        (S::Executing, Ev::WorkerFinished) => go(S::Executing, vec![E::RunVerify]),
+        (S::Executing, Ev::VerifyPassed) => go(S::ReportGeneration, vec![E::GatherReport]),
+        (S::ReportGeneration, Ev::ReportReady { supervised: true }) => {
+            go(S::Supervisory, vec![E::RunSupervisor])
+        }
+        (S::ReportGeneration, Ev::ReportReady { supervised: false })
+        | (S::Supervisory, Ev::Verdict { ok: true })
+        | (S::Alert, Ev::Accept) => go(S::Complete, vec![E::ReleaseClaims]),
+        (S::Supervisory, Ev::Verdict { ok: false }) => go(
+            S::Alert,
+            vec![E::RaiseAlert { severity: Severity::Warning, reason: "supervisory_issue" }],
+        ),
+        (
+            S::Executing | S::ReportGeneration | S::Supervisory,
+            Ev::Failed { class, attempt, max_attempts },
+        ) => go(S::Error, vec![E::StopAgent, E::FollowUp(Ev::Resolve { class, attempt, max_attempts })]),
+        (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
+            let to = resolution(class, attempt, max_attempts);
+            let effects = match to {
+                S::Retry => vec![E::ScheduleRetry { attempt }],
+                S::Blocked => vec![
+                    E::RaiseAlert { severity: Severity::Critical, reason: "attempts_exhausted" },
+                    E::AskDecision { kind: DecisionKind::RetryOrCancel },
+                ],
+                _ => vec![
+                    E::RaiseAlert { severity: Severity::Critical, reason: "fatal_error" },
+                    E::ReleaseClaims,
+                ],
+            };
+            go(to, effects)
+        }
+        (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
+        (S::Executing, Ev::QuotaExhausted) => go(S::WaitingQuota, vec![E::StopAgent]),
+        (from, Ev::Cancel) if !from.is_terminal() => {
+            go(S::Cancelled, vec![E::StopAgent, E::ReleaseClaims])
+        }
+        (S::Blocked | S::Failed | S::Alert | S::Cancelled, Ev::Retry) => {
+            go(S::Created, vec![E::ResetAttempts])
+        }
+        (from, event) => Err(TransitionError { from, to: event.target(), event: event.name() }),
+    }
+}
+
+/// Where a failed attempt goes: retry while attempts remain, blocked when they are exhausted,
+/// failed when the error is fatal.
+fn resolution(class: FailureClass, attempt: u32, max_attempts: u32) -> TaskState {
+    if !class.is_retriable() {
+        TaskState::Failed
+    } else if attempt < max_attempts {
+        TaskState::Retry
+    } else {
+        TaskState::Blocked
+    }
+}
+
+/// Capped exponential backoff before retrying after failed attempt `attempt` (from 1):
+/// `base`, `2 × base`, `4 × base`, ... never more than `cap`.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(31);
+    base.saturating_mul(1 << exponent).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(from: TaskState, event: TaskEvent, expected: Result<(TaskState, Vec<Effect>), &str>) {
+        let actual = transition(from, event)
+            .map(|t| (t.to, t.effects))
+            .map_err(|e| e.to_string());
+        assert_eq!(actual, expected.map_err(str::to_string), "transition({from}, {event:?})");
+    }
+
+    const fn failed(class: FailureClass, attempt: u32) -> TaskEvent {
+        TaskEvent::Failed { class, attempt, max_attempts: 3 }
+    }
+
+    const fn resolve(class: FailureClass, attempt: u32) -> TaskEvent {
+        TaskEvent::Resolve { class, attempt, max_attempts: 3 }
+    }
+
+    #[test]
+    fn happy_path_reaches_complete() {
+        use TaskState::*;
+        check(Created, TaskEvent::Admit, Ok((Queued, vec![])));
+        check(Queued, TaskEvent::Start, Ok((Executing, vec![Effect::BeginAttempt])));
+        check(Executing, TaskEvent::WorkerFinished, Ok((Executing, vec![Effect::RunVerify])));
+        check(Executing, TaskEvent::VerifyPassed, Ok((ReportGeneration, vec![Effect::GatherReport])));
+        check(
+            ReportGeneration,
+            TaskEvent::ReportReady { supervised: true },
+            Ok((Supervisory, vec![Effect::RunSupervisor])),
+        );
+        check(Supervisory, TaskEvent::Verdict { ok: true }, Ok((Complete, vec![Effect::ReleaseClaims])));
+        check(
+            ReportGeneration,
+            TaskEvent::ReportReady { supervised: false },
+            Ok((Complete, vec![Effect::ReleaseClaims])),
+        );
+    }
+
+    #[test]
+    fn supervisory_issue_raises_alert_that_operator_can_accept() {
+        use TaskState::*;
+        check(
+            Supervisory,
+            TaskEvent::Verdict { ok: false },
+            Ok((
+                Alert,
+                vec![Effect::RaiseAlert { severity: Severity::Warning, reason: "supervisory_issue" }],
+            )),
+        );
+        check(Alert, TaskEvent::Accept, Ok((Complete, vec![Effect::ReleaseClaims])));
+    }
+
+    #[test]
+    fn failures_retry_until_attempts_are_exhausted_then_block() {
+        use FailureClass::*;
+        use TaskState::*;
+        let follow = |class, attempt| {
+            vec![Effect::StopAgent, Effect::FollowUp(resolve(class, attempt))]
+        };
+        check(Executing, failed(VerifyFailed, 1), Ok((Error, follow(VerifyFailed, 1))));
+        check(Supervisory, failed(Crash, 2), Ok((Error, follow(Crash, 2))));
+        check(Error, resolve(Crash, 1), Ok((Retry, vec![Effect::ScheduleRetry { attempt: 1 }])));
+        check(Error, resolve(Timeout, 2), Ok((Retry, vec![Effect::ScheduleRetry { attempt: 2 }])));
+        check(
+            Error,
+            resolve(Transient, 3),
+            Ok((
+                Blocked,
+                vec![
+                    Effect::RaiseAlert { severity: Severity::Critical, reason: "attempts_exhausted" },
+                    Effect::AskDecision { kind: DecisionKind::RetryOrCancel },
+                ],
+            )),
+        );
+        check(
+            Error,
+            resolve(Fatal, 1),
+            Ok((
+                Failed,
+                vec![
+                    Effect::RaiseAlert { severity: Severity::Critical, reason: "fatal_error" },
+                    Effect::ReleaseClaims,
+                ],
+            )),
+        );
+        check(Retry, TaskEvent::RetryDue, Ok((Queued, vec![])));
+    }
+
+    #[test]
+    fn quota_waits_then_resumes() {
+        use TaskState::*;
+        check(Executing, TaskEvent::QuotaExhausted, Ok((WaitingQuota, vec![Effect::StopAgent])));
+        check(WaitingQuota, TaskEvent::QuotaReset, Ok((Queued, vec![])));
+    }
+
+    #[test]
+    fn dependency_failure_blocks_a_waiting_task() {
+        check(
+            TaskState::Created,
+            TaskEvent::DependencyFailed,
+            Ok((
+                TaskState::Blocked,
+                vec![Effect::RaiseAlert { severity: Severity::Warning, reason: "dependency_failed" }],
+            )),
+        );
+    }
+
+    #[test]
+    fn every_unfinished_state_can_be_cancelled_and_finished_ones_cannot() {
+        for from in TaskState::ALL {
+            let result = transition(from, TaskEvent::Cancel);
+            if from.is_terminal() {
+                let error = result.expect_err("terminal states refuse cancel");
+                assert_eq!(
+                    error.to_string(),
+                    format!("illegal transition from {from} to cancelled: event `cancel` is not allowed in state {from}")
+                );
+            } else {
+                let t = result.expect("unfinished states accept cancel");
+                assert_eq!(t.to, TaskState::Cancelled);
+            }
+        }
+    }
+
+    #[test]
+    fn stopped_tasks_can_be_retried_with_a_fresh_budget() {
+        use TaskState::*;
+        for from in [Blocked, Failed, Alert, Cancelled] {
+            check(from, TaskEvent::Retry, Ok((Created, vec![Effect::ResetAttempts])));
+        }
+        check(
+            Complete,
+            TaskEvent::Retry,
+            Err("illegal transition from complete to created: event `retry` is not allowed in state complete"),
+        );
+        check(
+            Executing,
+            TaskEvent::Retry,
+            Err("illegal transition from executing to created: event `retry` is not allowed in state executing"),
+        );
+    }
+
+    #[test]
+    fn illegal_moves_name_both_states() {
+        use TaskState::*;
+        check(
+            Created,
+            TaskEvent::Start,
+            Err("illegal transition from created to executing: event `start` is not allowed in state created"),
+        );
+        check(
+            Queued,
+            TaskEvent::VerifyPassed,
+            Err("illegal transition from queued to report_generation: event `verify_passed` is not allowed in state queued"),
+        );
+        check(
+            Complete,
+            TaskEvent::Admit,
+            Err("illegal transition from complete to queued: event `admit` is not allowed in state complete"),
+        );
+    }
+
+    #[test]
+    fn every_state_is_reachable_from_created() {
+        let events = [
+            TaskEvent::Admit,
+            TaskEvent::DependencyFailed,
+            TaskEvent::Start,
+            TaskEvent::WorkerFinished,
+            TaskEvent::VerifyPassed,
+            TaskEvent::ReportReady { supervised: true },
+            TaskEvent::ReportReady { supervised: false },
+            TaskEvent::Verdict { ok: true },
+            TaskEvent::Verdict { ok: false },
+            failed(FailureClass::Crash, 1),
+            resolve(FailureClass::Crash, 1),
+            resolve(FailureClass::Crash, 3),
+            resolve(FailureClass::Fatal, 1),
+            TaskEvent::RetryDue,
+            TaskEvent::QuotaExhausted,
+            TaskEvent::QuotaReset,
+            TaskEvent::Accept,
+            TaskEvent::Cancel,
+            TaskEvent::Retry,
+        ];
+        let mut seen = vec![TaskState::Created];
+        let mut frontier = vec![TaskState::Created];
+        while let Some(state) = frontier.pop() {
+            for event in events {
+                if let Ok(t) = transition(state, event) {
+                    if !seen.contains(&t.to) {
+                        seen.push(t.to);
+                        frontier.push(t.to);
+                    }
+                }
+            }
+        }
+        for state in TaskState::ALL {
+            assert!(seen.contains(&state), "{state} is unreachable");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let base = Duration::from_secs(10);
+        let cap = Duration::from_secs(60);
+        let delays: Vec<_> = (1..=5).map(|a| backoff(base, cap, a).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 60, 60]);
+        assert_eq!(backoff(base, cap, u32::MAX), cap);
+    }
+
+    #[test]
+    fn states_round_trip_through_their_spelling() {
+        for state in TaskState::ALL {
+            assert_eq!(state.as_str().parse::<TaskState>(), Ok(state));
+        }
+        assert!("done".parse::<TaskState>().unwrap_err().contains("unknown task state `done`"));
+    }
+}

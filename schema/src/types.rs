@@ -1,0 +1,230 @@
+//! Domain records as the node stores and shows them (SPEC section 2).
+//!
+//! Ids are UUIDs stored as hyphenated TEXT so the database reads well in `sqlite3`.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::fmt::Hyphenated;
+use uuid::Uuid;
+
+use crate::state::TaskState;
+
+/// A point in time, stored as milliseconds since the Unix epoch and shown as RFC 3339.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp::from(SystemTime::now())
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// This time plus `duration`, saturating.
+    pub fn after(self, duration: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(duration.as_millis().try_into().unwrap_or(i64::MAX)))
+    }
+
+    fn system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(time: SystemTime) -> Timestamp {
+        let millis = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        Timestamp(millis.try_into().unwrap_or(i64::MAX))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.system_time()))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Timestamp::from)
+            .map_err(|e| serde::de::Error::custom(format!("invalid timestamp `{text}`: {e}")))
+    }
+}
+
+/// The first 8 hex digits of an id: what the CLI shows and what branch names and commit
+/// subjects carry.
+pub fn short_id(id: &Uuid) -> String {
+    id.simple().to_string()[..8].to_string()
+}
+
+/// This machine as a ccm system.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct SystemInfo {
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// A unit of work for an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Task {
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    pub title: String,
+    pub prompt: String,
+    /// Normalized URL of the repository the task works in, if any.
+    pub repo: Option<String>,
+    /// Agent profile that runs the task.
+    pub profile: String,
+    pub workflow: Option<String>,
+    /// Command of the verification gate, run in the task's worktree.
+    pub verify: Option<String>,
+    pub max_attempts: u32,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Higher runs first.
+    pub priority: i64,
+    pub state: TaskState,
+    /// When a task in `retry` or `waiting_quota` may be queued again.
+    pub wake_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Bumped on every change.
+    pub version: i64,
+    /// Tasks that must be complete before this one is queued.
+    #[sqlx(skip)]
+    pub depends_on: Vec<Uuid>,
+}
+
+impl Task {
+    pub fn short_id(&self) -> String {
+        short_id(&self.id)
+    }
+}
+
+/// One transition in a task's append-only log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct TaskLogEntry {
+    pub at: Timestamp,
+    /// `None` for the entry that records the task's creation.
+    pub from_state: Option<TaskState>,
+    pub to_state: TaskState,
+    pub reason: String,
+    /// Who caused it: `cli`, `api`, `scheduler`, an agent id, ...
+    pub actor: String,
+}
+
+/// A repository checkout on this system.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Context {
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    pub path: String,
+    /// Normalized remote URL (see [`crate::repo_url::normalize`]); `None` without a remote.
+    pub repo_url: Option<String>,
+    pub default_branch: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// Something the operator must know.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Alert {
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    pub task_id: Option<String>,
+    pub severity: Severity,
+    /// Machine-readable reason, such as `attempts_exhausted`.
+    pub reason: String,
+    pub message: String,
+    pub created_at: Timestamp,
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// What a decision is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// A blocked task: run it again or cancel it.
+    RetryOrCancel,
+    /// A tool call waiting for approval.
+    ApproveTool,
+}
+
+impl DecisionKind {
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            DecisionKind::RetryOrCancel => &["retry", "cancel"],
+            DecisionKind::ApproveTool => &["allow", "deny"],
+        }
+    }
+}
+
+/// A question for the human, with its answer once given.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Decision {
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    pub task_id: Option<String>,
+    pub kind: DecisionKind,
+    pub question: String,
+    pub options: sqlx::types::Json<Vec<String>>,
+    pub answer: Option<String>,
+    pub answered_by: Option<String>,
+    pub created_at: Timestamp,
+    pub answered_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_show_as_rfc3339_and_parse_back() {
+        let t = Timestamp(1_700_000_000_123);
+        let shown = t.to_string();
+        assert_eq!(shown, "2023-11-14T22:13:20.123Z");
+        let back = Timestamp::from(humantime::parse_rfc3339_weak(&shown).unwrap());
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn short_id_is_the_first_eight_hex_digits() {
+        let id: Uuid = "3f2a9c41-0000-7000-8000-000000000000".parse().unwrap();
+        assert_eq!(short_id(&id), "3f2a9c41");
+    }
+}
