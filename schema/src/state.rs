@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{DecisionKind, Severity};
+use crate::types::{DecisionKind, Severity, Timestamp};
 
 /// Where a task is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum TaskState {
@@ -169,14 +169,24 @@ pub enum TaskEvent {
     ReportReady { supervised: bool },
     /// The supervisory agent's verdict: `ok` or not.
     Verdict { ok: bool },
-    /// The attempt (or its review) failed. `attempt` is the attempt that failed, counted from 1.
-    Failed { class: FailureClass, attempt: u32, max_attempts: u32 },
-    /// Follows `failed`: decides between retry, blocked and failed.
-    Resolve { class: FailureClass, attempt: u32, max_attempts: u32 },
+    /// The attempt (or its review) failed.
+    Failed { class: FailureClass },
+    /// Follows `failed`: decides between retry, blocked and failed. `attempt` is the attempt
+    /// that failed, counted from 1; the store fills both numbers from the task.
+    Resolve {
+        class: FailureClass,
+        #[serde(default)]
+        attempt: u32,
+        #[serde(default)]
+        max_attempts: u32,
+    },
     /// The retry backoff elapsed.
     RetryDue,
-    /// The agent hit a usage or rate limit.
-    QuotaExhausted,
+    /// The agent hit a usage or rate limit; `until` is the reset time when the agent said it.
+    QuotaExhausted {
+        #[serde(default)]
+        until: Option<Timestamp>,
+    },
     /// The usage limit reset.
     QuotaReset,
     /// The operator accepts a task the supervisory review flagged.
@@ -201,7 +211,7 @@ impl TaskEvent {
             TaskEvent::Failed { .. } => "failed",
             TaskEvent::Resolve { .. } => "resolve",
             TaskEvent::RetryDue => "retry_due",
-            TaskEvent::QuotaExhausted => "quota_exhausted",
+            TaskEvent::QuotaExhausted { .. } => "quota_exhausted",
             TaskEvent::QuotaReset => "quota_reset",
             TaskEvent::Accept => "accept",
             TaskEvent::Cancel => "cancel",
@@ -222,7 +232,7 @@ impl TaskEvent {
             TaskEvent::Verdict { ok: false } => TaskState::Alert,
             TaskEvent::Failed { .. } => TaskState::Error,
             TaskEvent::Resolve { class, attempt, max_attempts } => resolution(class, attempt, max_attempts),
-            TaskEvent::QuotaExhausted => TaskState::WaitingQuota,
+            TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
             TaskEvent::Retry => TaskState::Created,
         }
@@ -248,14 +258,17 @@ pub enum Effect {
     ReleaseClaims,
     /// Wait out the backoff for the given failed attempt, then fire `retry_due`.
     ScheduleRetry { attempt: u32 },
+    /// Wait until the usage limit resets (or the configured wait), then fire `quota_reset`.
+    WaitForQuota { until: Option<Timestamp> },
+    /// Weigh the failure against the attempt budget: apply `resolve` right away, in the same
+    /// transaction, with the task's attempt counts.
+    Assess { class: FailureClass },
     /// Raise an alert for the operator.
     RaiseAlert { severity: Severity, reason: &'static str },
     /// Ask the operator a question.
     AskDecision { kind: DecisionKind },
     /// Start over with a fresh attempt budget.
     ResetAttempts,
-    /// Apply this event right away, in the same transaction.
-    FollowUp(TaskEvent),
 }
 
 /// The outcome of a legal transition.
@@ -300,10 +313,9 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             S::Alert,
             vec![E::RaiseAlert { severity: Severity::Warning, reason: "supervisory_issue" }],
         ),
-        (
-            S::Executing | S::ReportGeneration | S::Supervisory,
-            Ev::Failed { class, attempt, max_attempts },
-        ) => go(S::Error, vec![E::StopAgent, E::FollowUp(Ev::Resolve { class, attempt, max_attempts })]),
+        (S::Executing | S::ReportGeneration | S::Supervisory, Ev::Failed { class }) => {
+            go(S::Error, vec![E::StopAgent, E::Assess { class }])
+        }
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
             let to = resolution(class, attempt, max_attempts);
             let effects = match to {
@@ -320,7 +332,9 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             go(to, effects)
         }
         (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
-        (S::Executing, Ev::QuotaExhausted) => go(S::WaitingQuota, vec![E::StopAgent]),
+        (S::Executing, Ev::QuotaExhausted { until }) => {
+            go(S::WaitingQuota, vec![E::StopAgent, E::WaitForQuota { until }])
+        }
         (from, Ev::Cancel) if !from.is_terminal() => {
             go(S::Cancelled, vec![E::StopAgent, E::ReleaseClaims])
         }
@@ -361,8 +375,8 @@ mod tests {
         assert_eq!(actual, expected.map_err(str::to_string), "transition({from}, {event:?})");
     }
 
-    const fn failed(class: FailureClass, attempt: u32) -> TaskEvent {
-        TaskEvent::Failed { class, attempt, max_attempts: 3 }
+    const fn failed(class: FailureClass) -> TaskEvent {
+        TaskEvent::Failed { class }
     }
 
     const fn resolve(class: FailureClass, attempt: u32) -> TaskEvent {
@@ -407,11 +421,9 @@ mod tests {
     fn failures_retry_until_attempts_are_exhausted_then_block() {
         use FailureClass::*;
         use TaskState::*;
-        let follow = |class, attempt| {
-            vec![Effect::StopAgent, Effect::FollowUp(resolve(class, attempt))]
-        };
-        check(Executing, failed(VerifyFailed, 1), Ok((Error, follow(VerifyFailed, 1))));
-        check(Supervisory, failed(Crash, 2), Ok((Error, follow(Crash, 2))));
+        let assess = |class| vec![Effect::StopAgent, Effect::Assess { class }];
+        check(Executing, failed(VerifyFailed), Ok((Error, assess(VerifyFailed))));
+        check(Supervisory, failed(Crash), Ok((Error, assess(Crash))));
         check(Error, resolve(Crash, 1), Ok((Retry, vec![Effect::ScheduleRetry { attempt: 1 }])));
         check(Error, resolve(Timeout, 2), Ok((Retry, vec![Effect::ScheduleRetry { attempt: 2 }])));
         check(
@@ -442,7 +454,12 @@ mod tests {
     #[test]
     fn quota_waits_then_resumes() {
         use TaskState::*;
-        check(Executing, TaskEvent::QuotaExhausted, Ok((WaitingQuota, vec![Effect::StopAgent])));
+        let until = Some(Timestamp(1_800_000_000_000));
+        check(
+            Executing,
+            TaskEvent::QuotaExhausted { until },
+            Ok((WaitingQuota, vec![Effect::StopAgent, Effect::WaitForQuota { until }])),
+        );
         check(WaitingQuota, TaskEvent::QuotaReset, Ok((Queued, vec![])));
     }
 
@@ -525,12 +542,12 @@ mod tests {
             TaskEvent::ReportReady { supervised: false },
             TaskEvent::Verdict { ok: true },
             TaskEvent::Verdict { ok: false },
-            failed(FailureClass::Crash, 1),
+            failed(FailureClass::Crash),
             resolve(FailureClass::Crash, 1),
             resolve(FailureClass::Crash, 3),
             resolve(FailureClass::Fatal, 1),
             TaskEvent::RetryDue,
-            TaskEvent::QuotaExhausted,
+            TaskEvent::QuotaExhausted { until: None },
             TaskEvent::QuotaReset,
             TaskEvent::Accept,
             TaskEvent::Cancel,

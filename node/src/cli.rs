@@ -1,0 +1,495 @@
+//! The `ccm` command: argument parsing (clap) and one function per verb.
+//!
+//! Commands that change state go through the daemon's API when it runs and write SQLite
+//! directly when it does not ([`Backend`]); read-only commands (`dump-state`, `backup`,
+//! `doctor`) always read the database file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ccm_schema::types::short_id;
+use ccm_schema::{Context, Task, TaskEvent, TaskState};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::Client;
+use crate::config::{Config, PROJECT_TEMPLATE};
+use crate::home::Home;
+use crate::status::{StateDump, Status};
+use crate::store::{ContextProbe, NewTask, RetryPolicy, Store, TaskDetail, TaskFilter};
+
+#[derive(Debug, Parser)]
+#[command(name = "ccm", version, about = "Local-first orchestrator for AI coding agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set up ccm in the current git repository (.ccm/) and register it as a context.
+    Init,
+    /// Run the daemon in the foreground (the form a service supervisor runs).
+    Up,
+    /// Show the node: daemon, tasks per state, alerts, decisions, outbox.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check tmux, git, the config, the database and the port, and say how to fix problems.
+    Doctor,
+    /// Create, list, show, cancel and retry tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Repository checkouts registered on this system.
+    #[command(subcommand)]
+    Context(ContextCommand),
+    /// Print the whole state of the node, human-readable (or --json).
+    DumpState {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent copy of the database to FILE, even while the daemon runs.
+    Backup { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// Create a task.
+    Add(AddArgs),
+    /// List tasks, oldest first.
+    List {
+        /// Only tasks in this state.
+        #[arg(long)]
+        state: Option<TaskState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task and its log.
+    Show {
+        /// Task id or unique id prefix.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "cancelled by the operator")]
+        reason: String,
+    },
+    /// Run a blocked, failed, flagged or cancelled task again with a fresh attempt budget.
+    Retry {
+        id: String,
+        #[arg(long, default_value = "retried by the operator")]
+        reason: String,
+    },
+    /// Make a waiting task depend on other tasks (a cycle is refused).
+    Depend {
+        id: String,
+        /// Tasks that must complete first.
+        #[arg(long = "on", required = true, num_args = 1..)]
+        on: Vec<String>,
+    },
+    /// Apply a state-machine event given as JSON, e.g. '{"event": "verify_passed"}'
+    /// (for scripts and runners outside ccm).
+    Event {
+        id: String,
+        /// The event, as `{"event": NAME, ...fields}`.
+        event: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    title: String,
+    /// What the agent is asked to do (default: the title).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Repository URL the task works in.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Agent profile (default: tasks.profile from the config).
+    #[arg(long)]
+    profile: Option<String>,
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Verification command, run in the task's worktree.
+    #[arg(long)]
+    verify: Option<String>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// Tasks that must complete first (repeatable).
+    #[arg(long = "after")]
+    after: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the checkout at PATH (default: the current directory).
+    Add { path: Option<PathBuf> },
+    /// Unregister a context by id, id prefix or path.
+    Remove { key: String },
+}
+
+/// Parses the arguments and runs the command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::locate()?;
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let project = project_root(&cwd);
+    if let Command::Doctor = cli.command {
+        return crate::doctor::run(&home, project.as_deref()).await;
+    }
+    let config = Config::load(home.root(), project.as_deref())?;
+    match cli.command {
+        Command::Up => crate::daemon::run(home, config).await,
+        Command::Init => init(&home, &config, &cwd).await,
+        Command::Status { json } => {
+            let status = Backend::connect(&home, &config).await?.status().await?;
+            print(json, &status, show_status)
+        }
+        Command::Task(command) => task(Backend::connect(&home, &config).await?, command).await,
+        Command::Context(command) => context(Backend::connect(&home, &config).await?, command, &cwd).await,
+        Command::DumpState { json } => {
+            let store = open_store(&home, &config).await?;
+            let daemon = Client::connect(&home).await.map(|c| c.daemon);
+            let dump = StateDump::gather(&store, daemon).await?;
+            print(json, &dump, show_dump)
+        }
+        Command::Backup { file } => {
+            let store = open_store(&home, &config).await?;
+            store.backup(&file).await?;
+            let copy = Store::open(&file, "backup").await?;
+            let check = copy.integrity_check().await?;
+            copy.close().await;
+            anyhow::ensure!(check == "ok", "backup {} failed its integrity check: {check}", file.display());
+            println!("backed up {} to {} (integrity check: ok)", store.path().display(), file.display());
+            Ok(())
+        }
+        Command::Doctor => unreachable!("handled before the config is loaded"),
+    }
+}
+
+/// The nearest directory at or above `dir` holding `.ccm/`.
+fn project_root(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join(".ccm").is_dir()).map(Path::to_path_buf)
+}
+
+pub(crate) async fn open_store(home: &Home, config: &Config) -> anyhow::Result<Store> {
+    home.ensure()?;
+    let name = config.node.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    Ok(Store::open(&home.db_file(), &name).await?)
+}
+
+/// Where state-changing commands go: the running daemon, or the database file.
+enum Backend {
+    Daemon(Client),
+    Local { store: Store, config: Config },
+}
+
+impl Backend {
+    async fn connect(home: &Home, config: &Config) -> anyhow::Result<Backend> {
+        match Client::connect(home).await {
+            Some(client) => Ok(Backend::Daemon(client)),
+            None => Ok(Backend::Local { store: open_store(home, config).await?, config: config.clone() }),
+        }
+    }
+
+    async fn status(&self) -> anyhow::Result<Status> {
+        match self {
+            Backend::Daemon(client) => client.get("/api/status").await,
+            Backend::Local { store, .. } => Ok(Status::gather(store, None).await?),
+        }
+    }
+
+    async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
+        match self {
+            Backend::Daemon(client) => client.post("/api/tasks", serde_json::to_value(new)?).await,
+            Backend::Local { store, config } => Ok(store.create_task(new, &config.tasks, "cli").await?),
+        }
+    }
+
+    async fn tasks(&self, state: Option<TaskState>) -> anyhow::Result<Vec<Task>> {
+        match self {
+            Backend::Daemon(client) => match state {
+                Some(state) => client.get_query("/api/tasks", &[("state", state.as_str())]).await,
+                None => client.get("/api/tasks").await,
+            },
+            Backend::Local { store, .. } => Ok(store.tasks(&TaskFilter { state }).await?),
+        }
+    }
+
+    async fn task(&self, id: &str) -> anyhow::Result<TaskDetail> {
+        match self {
+            Backend::Daemon(client) => client.get(&format!("/api/tasks/{id}")).await,
+            Backend::Local { store, .. } => Ok(store.task(id).await?),
+        }
+    }
+
+    async fn apply_event(&self, id: &str, event: TaskEvent, reason: &str) -> anyhow::Result<Task> {
+        match self {
+            Backend::Daemon(client) => {
+                let mut body = serde_json::to_value(event)?;
+                body["reason"] = json!(reason);
+                client.post(&format!("/api/tasks/{id}/events"), body).await
+            }
+            Backend::Local { store, config } => {
+                let policy = RetryPolicy::from(&config.tasks);
+                Ok(store.apply_event(id, event, reason, "cli", policy).await?.0)
+            }
+        }
+    }
+
+    async fn add_dependencies(&self, id: &str, on: &[String]) -> anyhow::Result<Task> {
+        match self {
+            Backend::Daemon(client) => {
+                client.post(&format!("/api/tasks/{id}/dependencies"), json!({ "depends_on": on })).await
+            }
+            Backend::Local { store, .. } => Ok(store.add_dependencies(id, on, "cli").await?),
+        }
+    }
+
+    async fn contexts(&self) -> anyhow::Result<Vec<Context>> {
+        match self {
+            Backend::Daemon(client) => client.get("/api/contexts").await,
+            Backend::Local { store, .. } => Ok(store.contexts().await?),
+        }
+    }
+
+    async fn add_context(&self, path: &Path) -> anyhow::Result<Context> {
+        match self {
+            Backend::Daemon(client) => client.post("/api/contexts", json!({ "path": path })).await,
+            Backend::Local { store, .. } => Ok(store.upsert_context(&ContextProbe::inspect(path)?).await?),
+        }
+    }
+
+    async fn remove_context(&self, key: &str) -> anyhow::Result<Context> {
+        match self {
+            Backend::Daemon(client) => client.delete(&format!("/api/contexts/{key}")).await,
+            Backend::Local { store, .. } => Ok(store.remove_context(key).await?),
+        }
+    }
+}
+
+async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()> {
+    let probe = ContextProbe::inspect(cwd).map_err(|e| anyhow::anyhow!("ccm init needs a git repository: {e}"))?;
+    let dot = probe.path.join(".ccm");
+    for dir in [dot.clone(), dot.join("prompts"), dot.join("skills")] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let config_file = dot.join("config.yaml");
+    let wrote_config = !config_file.exists();
+    if wrote_config {
+        std::fs::write(&config_file, PROJECT_TEMPLATE).with_context(|| format!("cannot write {}", config_file.display()))?;
+    }
+    let backend = Backend::connect(home, config).await?;
+    let context = backend.add_context(&probe.path).await?;
+    println!("{} {}", if wrote_config { "created" } else { "kept   " }, config_file.display());
+    println!(
+        "context {} registered: {} ({}, branch {})",
+        short_id(&context.id),
+        context.path,
+        context.repo_url.as_deref().unwrap_or("no remote"),
+        context.default_branch.as_deref().unwrap_or("none"),
+    );
+    Ok(())
+}
+
+async fn task(backend: Backend, command: TaskCommand) -> anyhow::Result<()> {
+    match command {
+        TaskCommand::Add(args) => {
+            let new = NewTask {
+                title: args.title,
+                prompt: args.prompt,
+                repo: args.repo,
+                profile: args.profile,
+                workflow: args.workflow,
+                verify: args.verify,
+                max_attempts: args.max_attempts,
+                priority: args.priority,
+                depends_on: args.after,
+            };
+            let task = backend.create_task(new).await?;
+            print(args.json, &task, |t| println!("created task {} ({}): {}", t.short_id(), t.state, t.title))
+        }
+        TaskCommand::List { state, json } => print(json, &backend.tasks(state).await?, |tasks| show_tasks(tasks)),
+        TaskCommand::Show { id, json } => print(json, &backend.task(&id).await?, show_task),
+        TaskCommand::Cancel { id, reason } => {
+            let task = backend.apply_event(&id, TaskEvent::Cancel, &reason).await?;
+            println!("task {} is {}", task.short_id(), task.state);
+            Ok(())
+        }
+        TaskCommand::Retry { id, reason } => {
+            let task = backend.apply_event(&id, TaskEvent::Retry, &reason).await?;
+            println!("task {} is {} again", task.short_id(), task.state);
+            Ok(())
+        }
+        TaskCommand::Depend { id, on } => {
+            let task = backend.add_dependencies(&id, &on).await?;
+            let deps: Vec<String> = task.depends_on.iter().map(short_id).collect();
+            println!("task {} depends on {}", task.short_id(), deps.join(", "));
+            Ok(())
+        }
+        TaskCommand::Event { id, event, reason } => {
+            let event: TaskEvent = serde_json::from_str(&event).with_context(|| format!("invalid event `{event}`"))?;
+            let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
+            let task = backend.apply_event(&id, event, &reason).await?;
+            println!("task {} is {}", task.short_id(), task.state);
+            Ok(())
+        }
+    }
+}
+
+async fn context(backend: Backend, command: ContextCommand, cwd: &Path) -> anyhow::Result<()> {
+    match command {
+        ContextCommand::List { json } => print(json, &backend.contexts().await?, |contexts| {
+            table(
+                &["ID", "PATH", "REPO", "BRANCH"],
+                contexts.iter().map(|c| {
+                    vec![
+                        short_id(&c.id),
+                        c.path.clone(),
+                        c.repo_url.clone().unwrap_or_default(),
+                        c.default_branch.clone().unwrap_or_default(),
+                    ]
+                }),
+            )
+        }),
+        ContextCommand::Add { path } => {
+            let path = path.unwrap_or_else(|| cwd.to_path_buf());
+            let path = std::fs::canonicalize(&path).with_context(|| format!("no such directory: {}", path.display()))?;
+            let context = backend.add_context(&path).await?;
+            println!("context {} registered: {}", short_id(&context.id), context.path);
+            Ok(())
+        }
+        ContextCommand::Remove { key } => {
+            let context = backend.remove_context(&key).await?;
+            println!("context {} removed: {}", short_id(&context.id), context.path);
+            Ok(())
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON, or with `human`.
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
+
+fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.into_iter().collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn show_tasks(tasks: &[Task]) {
+    if tasks.is_empty() {
+        println!("no tasks");
+        return;
+    }
+    table(
+        &["ID", "STATE", "PRI", "ATTEMPTS", "AFTER", "TITLE"],
+        tasks.iter().map(|t| {
+            vec![
+                t.short_id(),
+                t.state.to_string(),
+                t.priority.to_string(),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(","),
+                t.title.clone(),
+            ]
+        }),
+    );
+}
+
+fn show_task(detail: &TaskDetail) {
+    let t = &detail.task;
+    println!("task {}  {}", t.id, t.title);
+    println!("  state     {}  (attempts {}/{}, priority {})", t.state, t.attempts, t.max_attempts, t.priority);
+    println!("  profile   {}{}", t.profile, t.workflow.as_ref().map(|w| format!("  workflow {w}")).unwrap_or_default());
+    if let Some(repo) = &t.repo {
+        println!("  repo      {repo}");
+    }
+    if let Some(verify) = &t.verify {
+        println!("  verify    {verify}");
+    }
+    if !t.depends_on.is_empty() {
+        println!("  after     {}", t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(wake) = t.wake_at {
+        println!("  wakes at  {wake}");
+    }
+    println!("  prompt    {}", t.prompt);
+    println!("log:");
+    for entry in &detail.log {
+        let from = entry.from_state.map_or("-".to_string(), |s| s.to_string());
+        println!("  {}  {from} → {}  ({}, by {})", entry.at, entry.to_state, entry.reason, entry.actor);
+    }
+}
+
+fn show_status(status: &Status) {
+    println!("system  {} ({})", status.system.name, status.system.id);
+    match &status.daemon {
+        Some(d) => println!("daemon  running at {} (pid {}, since {})", d.addr, d.pid, d.started_at),
+        None => println!("daemon  not running (start it with `ccm up`)"),
+    }
+    let total: i64 = status.tasks.values().sum();
+    let states: Vec<String> = status.tasks.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("tasks   {total}{}", if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) });
+    println!("alerts  {} open", status.open_alerts);
+    println!("decide  {} pending", status.pending_decisions);
+    println!(
+        "outbox  {} pending, {} delivered, {} rejected",
+        status.outbox.pending, status.outbox.delivered, status.outbox.rejected
+    );
+}
+
+fn show_dump(dump: &StateDump) {
+    show_status(&dump.status);
+    println!("\n== contexts ({})", dump.contexts.len());
+    for c in &dump.contexts {
+        println!("{}  {}  {}  {}", short_id(&c.id), c.path, c.repo_url.as_deref().unwrap_or("-"), c.default_branch.as_deref().unwrap_or("-"));
+    }
+    println!("\n== tasks ({})", dump.tasks.len());
+    for (task, log) in &dump.tasks {
+        show_task(&TaskDetail { task: task.clone(), log: log.clone() });
+        println!();
+    }
+    println!("== open alerts ({})", dump.alerts.len());
+    for a in &dump.alerts {
+        println!("{}  {}  {}  {}", a.created_at, a.severity, a.reason, a.message);
+    }
+    println!("\n== decisions ({})", dump.decisions.len());
+    for d in &dump.decisions {
+        let answer = d.answer.as_ref().map_or("pending".to_string(), |a| format!("{a} (by {})", d.answered_by.as_deref().unwrap_or("?")));
+        println!("{}  {}  [{}]  {answer}", d.created_at, d.question, d.options.0.join("/"));
+    }
+}

@@ -1,0 +1,287 @@
+//! Configuration, layered with the `config` crate:
+//! built-in defaults < `~/.ccm-global/config.yaml` < `.ccm/config.yaml` < `CCM_*` environment.
+//!
+//! Environment variables name a key with `__` between its parts: `CCM_DAEMON__PORT=9000` sets
+//! `daemon.port`. Variables without `__` (such as `CCM_HOME`) are not configuration.
+//!
+//! Every layer is validated on its own before the layers are merged, so an unknown key or a
+//! wrong type is reported with the file (or variable) and the key that hold it, and nothing
+//! starts half-configured.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Error loading configuration; always names where the bad value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file that exists but is not valid YAML or cannot be read.
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// A key with an unknown name or a value of the wrong type.
+    #[error("config file {path}: key `{key}`: {message}")]
+    Key { path: PathBuf, key: String, message: String },
+    /// An environment variable with an unknown key or a bad value.
+    #[error("environment variable {var}: key `{key}`: {message}")]
+    Env { var: String, key: String, message: String },
+    /// A value of the right type that is not acceptable.
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The node's whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub daemon: DaemonConfig,
+    pub scheduler: SchedulerConfig,
+    pub tasks: TaskDefaults,
+}
+
+/// This system's identity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name of this system; the hostname when unset.
+    pub name: Option<String>,
+}
+
+/// The daemon's HTTP API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address to bind: must be a loopback address.
+    pub host: String,
+    /// Port to bind; 0 picks a free one (the port file says which).
+    pub port: u16,
+    /// `full` (API and dashboard) or `minimal` (API only).
+    pub profile: Profile,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig { host: "127.0.0.1".into(), port: 8765, profile: Profile::Full }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    Full,
+    Minimal,
+}
+
+/// The scheduler that admits tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Agent slots: how many tasks may hold a slot (queued up to supervisory) at once.
+    pub slots: u32,
+    /// How often the scheduler looks at the database when nothing wakes it, in milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { slots: 4, tick_ms: 1000 }
+    }
+}
+
+/// Defaults for new tasks and their retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskDefaults {
+    /// Agent profile of a task that names none.
+    pub profile: String,
+    pub max_attempts: u32,
+    /// First retry backoff, in seconds; doubles per failed attempt.
+    pub retry_base_secs: u64,
+    /// Longest retry backoff, in seconds.
+    pub retry_cap_secs: u64,
+}
+
+impl Default for TaskDefaults {
+    fn default() -> Self {
+        TaskDefaults { profile: "claude".into(), max_attempts: 3, retry_base_secs: 10, retry_cap_secs: 600 }
+    }
+}
+
+/// Where one layer of configuration came from.
+enum Layer {
+    File(PathBuf),
+    Env(HashMap<String, String>),
+}
+
+impl Config {
+    /// Loads and validates every layer: the global file in `home`, the project file under
+    /// `project` (the repository root) when given, then the `CCM_*` environment.
+    pub fn load(home: &Path, project: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut layers = Vec::new();
+        for path in std::iter::once(home.join("config.yaml"))
+            .chain(project.map(|p| p.join(".ccm").join("config.yaml")))
+        {
+            if path.exists() {
+                layers.push(Layer::File(path));
+            }
+        }
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(name, _)| name.starts_with("CCM_") && name.contains("__"))
+            .collect();
+        if !env.is_empty() {
+            layers.push(Layer::Env(env));
+        }
+
+        let mut merged = config::Config::builder();
+        for layer in &layers {
+            let single = layer.add_to(config::Config::builder());
+            let built = single.build().map_err(|e| layer.error(None, e.to_string()))?;
+            deserialize(built).map_err(|(key, message)| layer.error(Some(key), message))?;
+            merged = layer.add_to(merged);
+        }
+        let merged = merged.build().map_err(|e| ConfigError::Invalid { key: "", message: e.to_string() })?;
+        let config = deserialize(merged)
+            .map_err(|(key, message)| ConfigError::Invalid { key: "", message: format!("{key}: {message}") })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        match self.daemon.host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => {}
+            _ => return invalid("daemon.host", "must be a loopback address such as 127.0.0.1 (the API is local only)"),
+        }
+        if self.scheduler.slots == 0 {
+            return invalid("scheduler.slots", "must be at least 1");
+        }
+        if self.scheduler.tick_ms == 0 {
+            return invalid("scheduler.tick_ms", "must be at least 1");
+        }
+        if self.tasks.max_attempts == 0 {
+            return invalid("tasks.max_attempts", "must be at least 1");
+        }
+        if self.tasks.profile.trim().is_empty() {
+            return invalid("tasks.profile", "must not be empty");
+        }
+        if self.tasks.retry_cap_secs < self.tasks.retry_base_secs {
+            return invalid("tasks.retry_cap_secs", "must not be less than tasks.retry_base_secs");
+        }
+        Ok(())
+    }
+}
+
+impl Layer {
+    fn add_to(&self, builder: config::ConfigBuilder<config::builder::DefaultState>) -> config::ConfigBuilder<config::builder::DefaultState> {
+        match self {
+            Layer::File(path) => builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml)),
+            Layer::Env(vars) => builder.add_source(
+                config::Environment::with_prefix("CCM")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(vars.clone().into_iter().collect())),
+            ),
+        }
+    }
+
+    fn error(&self, key: Option<String>, message: String) -> ConfigError {
+        match (self, key) {
+            (Layer::File(path), Some(key)) => ConfigError::Key { path: path.clone(), key, message },
+            (Layer::File(path), None) => ConfigError::File { path: path.clone(), message },
+            (Layer::Env(vars), key) => {
+                let key = key.unwrap_or_default();
+                let wanted = format!("CCM_{}", key.replace('.', "__")).to_ascii_uppercase();
+                let var = vars
+                    .keys()
+                    .find(|name| name.to_ascii_uppercase() == wanted || name.to_ascii_uppercase().starts_with(&wanted))
+                    .cloned()
+                    .unwrap_or_else(|| vars.keys().cloned().collect::<Vec<_>>().join(", "));
+                ConfigError::Env { var, key, message }
+            }
+        }
+    }
+}
+
+/// Deserializes into [`Config`], returning the dotted key and the message on failure. For an
+/// unknown key the path stops at its parent, so the key itself is taken from the message.
+fn deserialize(source: config::Config) -> Result<Config, (String, String)> {
+    serde_path_to_error::deserialize(source).map_err(|error| {
+        let mut key = error.path().to_string();
+        let message = error.inner().to_string();
+        if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+            key = if key == "." || key.is_empty() { unknown.to_string() } else { format!("{key}.{unknown}") };
+        }
+        // `config` appends its own origin and key to some messages; keep the serde part.
+        let message = message.split(" for key `").next().unwrap_or(&message).to_string();
+        (key, message)
+    })
+}
+
+/// The `.ccm/config.yaml` that `ccm init` writes: every key commented out at its default.
+pub const PROJECT_TEMPLATE: &str = "\
+# ccm project configuration. Keys here override ~/.ccm-global/config.yaml;
+# CCM_<SECTION>__<KEY> environment variables override both.
+#
+# scheduler:
+#   slots: 4             # tasks that may hold an agent slot at once
+# tasks:
+#   profile: claude      # agent profile of tasks that name none
+#   max_attempts: 3
+#   retry_base_secs: 10
+#   retry_cap_secs: 600
+{}
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_yaml(yaml: &str) -> Result<Config, ConfigError> {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("config.yaml"), yaml).unwrap();
+        Config::load(home.path(), None)
+    }
+
+    #[test]
+    fn defaults_apply_without_files() {
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(home.path(), None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn project_file_overrides_global_file() {
+        let home = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("config.yaml"), "scheduler:\n  slots: 2\n  tick_ms: 50\n").unwrap();
+        std::fs::create_dir(project.path().join(".ccm")).unwrap();
+        std::fs::write(project.path().join(".ccm/config.yaml"), "scheduler:\n  slots: 7\n").unwrap();
+        let config = Config::load(home.path(), Some(project.path())).unwrap();
+        assert_eq!(config.scheduler.slots, 7);
+        assert_eq!(config.scheduler.tick_ms, 50);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_file() {
+        let error = load_yaml("daemon:\n  prot: 9000\n").unwrap_err().to_string();
+        assert!(error.contains("config.yaml"), "{error}");
+        assert!(error.contains("key `daemon.prot`"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_file_and_key() {
+        let error = load_yaml("daemon:\n  port: lots\n").unwrap_err().to_string();
+        assert!(error.contains("config.yaml"), "{error}");
+        assert!(error.contains("key `daemon.port`"), "{error}");
+    }
+
+    #[test]
+    fn project_template_is_valid_config() {
+        let project = tempfile::tempdir().unwrap();
+        std::fs::create_dir(project.path().join(".ccm")).unwrap();
+        std::fs::write(project.path().join(".ccm/config.yaml"), PROJECT_TEMPLATE).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(home.path(), Some(project.path())).unwrap(), Config::default());
+    }
+}

@@ -1,0 +1,83 @@
+//! The API's error type: a status code and a JSON body `{"error": {"code", "message"}}`.
+//! Internal details are logged in the request's span, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// A foreign `Host` or `Origin`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A body or parameter that is not acceptable; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the stored state (illegal transition, dependency cycle).
+    #[error("{code}: {message}")]
+    Conflict { code: &'static str, message: String },
+    /// Anything else; details are logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                "internal error; see the daemon's log".to_string()
+            }
+            ApiError::Conflict { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let body = json!({ "error": { "code": self.code(), "message": message } });
+        (self.status_code(), Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::TaskNotFound(_) | StoreError::ContextNotFound(_) => ApiError::NotFound(error.to_string()),
+            StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => ApiError::BadRequest(error.to_string()),
+            StoreError::Cycle(_) => ApiError::Conflict { code: "dependency_cycle", message: error.to_string() },
+            StoreError::Transition(_) => ApiError::Conflict { code: "illegal_transition", message: error.to_string() },
+            StoreError::Open { .. } | StoreError::Backup { .. } | StoreError::Database(_) => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `/metrics` in the Prometheus text format (prometheus-client), and the request counter.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use ccm_schema::TaskState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+use crate::store::{Store, StoreError};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<RequestLabels, Counter>,
+    pub tasks_created: Counter,
+    task_events: Family<EventLabel, Counter>,
+    /// Filled from the database at each scrape.
+    tasks: Family<StateLabel, Gauge>,
+    outbox_pending: Gauge,
+}
+
+impl Metrics {
+    pub fn new(started_at_secs: i64) -> Metrics {
+        let mut registry = Registry::with_prefix("ccm");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered, by route and status", http_requests.clone());
+        let tasks_created = Counter::default();
+        registry.register("tasks_created", "Tasks created through the API", tasks_created.clone());
+        let task_events = Family::<EventLabel, Counter>::default();
+        registry.register("task_events", "Task events applied through the API, by event", task_events.clone());
+        let tasks = Family::<StateLabel, Gauge>::default();
+        registry.register("tasks", "Tasks in the store, by state", tasks.clone());
+        let outbox_pending = Gauge::default();
+        registry.register("outbox_pending", "Outbox rows waiting for sync", outbox_pending.clone());
+        let start_time = Gauge::<i64>::default();
+        start_time.set(started_at_secs);
+        registry.register("start_time_seconds", "When the daemon started, in Unix seconds", start_time);
+        Metrics { registry, http_requests, tasks_created, task_events, tasks, outbox_pending }
+    }
+
+    pub fn count_event(&self, event: &str) {
+        self.task_events.get_or_create(&EventLabel { event: event.to_string() }).inc();
+    }
+
+    /// Refreshes the gauges from the store and encodes everything.
+    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
+        let counts = store.state_counts().await?;
+        for state in TaskState::ALL {
+            let n = counts.get(&state).copied().unwrap_or(0);
+            self.tasks.get_or_create(&StateLabel { state: state.to_string() }).set(n);
+        }
+        self.outbox_pending.set(store.outbox_counts().await?.pending);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|e| StoreError::Invalid { field: "metrics", message: e.to_string() })?;
+        Ok(text)
+    }
+}
+
+/// Counts every answered request by method, matched route and status.
+pub async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    response
+}

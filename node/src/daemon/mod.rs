@@ -1,0 +1,162 @@
+//! The daemon (`ccm up`): the local HTTP API and the long-lived tasks, with one shutdown token.
+//!
+//! - `api`: routes and handlers.
+//! - `security`: `Host`/`Origin` checks and the bearer token.
+//! - `error`: [`ApiError`], the JSON error body.
+//! - `scheduler`: admits tasks as dependencies complete and slots free up.
+//! - `metrics`: `/metrics` in the Prometheus text format.
+//!
+//! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
+//! store, reconcile, bind, write the port file, serve. SIGTERM or SIGINT stops serving
+//! gracefully, stops the scheduler, closes the store and removes the port file.
+
+mod api;
+mod error;
+mod metrics;
+mod scheduler;
+mod security;
+
+use std::fs::TryLockError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ccm_schema::Timestamp;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use api::router;
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use scheduler::Scheduler;
+pub use security::Allowed;
+
+use crate::config::Config;
+use crate::home::{DaemonInfo, Home};
+use crate::store::{RetryPolicy, Store};
+
+/// Handles shared by every request; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    /// Bearer token of the API.
+    pub token: Arc<str>,
+    pub allowed: Arc<Allowed>,
+    pub daemon: DaemonInfo,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the scheduler after a change.
+    pub scheduler_wake: Arc<Notify>,
+}
+
+impl AppState {
+    pub fn wake_scheduler(&self) {
+        self.scheduler_wake.notify_one();
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
+    home.ensure()?;
+    let lock_path = home.lock_file();
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let running = home.read_daemon_info().map(|d| format!(" (pid {}, {})", d.pid, d.addr)).unwrap_or_default();
+            anyhow::bail!("another ccm daemon is already running for {}{running}", home.root().display());
+        }
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+    }
+    let auth = home.ensure_auth()?;
+    let name = config.node.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let store = Store::open(&home.db_file(), &name).await?;
+    reconcile(&store).await?;
+
+    let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| {
+        format!("cannot listen on {addr}; is another program using the port? set daemon.port in {} or CCM_DAEMON__PORT", home.config_file().display())
+    })?;
+    let bound = listener.local_addr()?;
+    let daemon = DaemonInfo { pid: std::process::id(), addr: bound.to_string(), started_at: Timestamp::now() };
+
+    let shutdown = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let state = AppState {
+        store: store.clone(),
+        config: Arc::new(config.clone()),
+        token: auth.token.into(),
+        allowed: Arc::new(Allowed::for_port(bound.port())),
+        daemon: daemon.clone(),
+        metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
+        scheduler_wake: wake.clone(),
+    };
+    let scheduler = Scheduler {
+        store: store.clone(),
+        slots: config.scheduler.slots,
+        tick: Duration::from_millis(config.scheduler.tick_ms),
+        policy: RetryPolicy::from(&config.tasks),
+        wake,
+        shutdown: shutdown.clone(),
+    };
+    let scheduler = tokio::spawn(supervise("scheduler", shutdown.clone(), move || scheduler.clone().run()));
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    home.write_daemon_info(&daemon)?;
+    info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+
+    shutdown.cancel();
+    if let Err(e) = scheduler.await {
+        warn!(error = %e, "scheduler ended abnormally");
+    }
+    store.close().await;
+    let _ = std::fs::remove_file(home.daemon_file());
+    info!("ccm daemon stopped");
+    served.context("serving the API failed")
+}
+
+/// Brings the database in line with reality before serving. Without an agent runtime nothing
+/// can have been running, so this only reports what the store holds.
+async fn reconcile(store: &Store) -> anyhow::Result<()> {
+    let counts = store.state_counts().await?;
+    let integrity = store.integrity_check().await?;
+    if integrity != "ok" {
+        anyhow::bail!("database {} failed its integrity check: {integrity}", store.path().display());
+    }
+    info!(tasks = ?counts, "store reconciled");
+    Ok(())
+}
+
+/// Runs a long-lived task, restarting it when it panics, until shutdown.
+async fn supervise<F, Fut>(name: &'static str, shutdown: CancellationToken, task: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(task()).await {
+            Ok(()) => return,
+            Err(e) if shutdown.is_cancelled() => return warn!(task = name, error = %e, "task ended during shutdown"),
+            Err(e) => {
+                error!(task = name, error = %e, "task panicked; restarting in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

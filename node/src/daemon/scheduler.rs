@@ -1,0 +1,47 @@
+//! The scheduler: moves tasks along by database state (SPEC section 4, "the database is the
+//! scheduler"). Each pass is [`Store::schedule`]; a pass runs when something changed (the API
+//! wakes it) and at least every `scheduler.tick_ms`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::store::{RetryPolicy, Store};
+
+#[derive(Clone)]
+pub struct Scheduler {
+    /// Where task state lives.
+    pub store: Store,
+    /// Agent slots of this system.
+    pub slots: u32,
+    /// Longest wait between passes.
+    pub tick: Duration,
+    pub policy: RetryPolicy,
+    /// Woken by the API after every change that may let a task move.
+    pub wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+impl Scheduler {
+    pub async fn run(self) {
+        async move {
+            loop {
+                match self.store.schedule(self.slots, self.policy).await {
+                    Ok(0) => {}
+                    Ok(changed) => debug!(changed, "scheduler pass"),
+                    Err(error) => warn!(%error, "scheduler pass failed; retrying at the next tick"),
+                }
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(self.tick) => {}
+                }
+            }
+        }
+        .instrument(info_span!("scheduler"))
+        .await
+    }
+}

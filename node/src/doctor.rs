@@ -1,0 +1,108 @@
+//! `ccm doctor`: checks what the node needs and says how to fix what is wrong.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::home::Home;
+
+/// One check's outcome: a finding, and a fix when it failed.
+struct Check {
+    name: &'static str,
+    result: Result<String, (String, String)>,
+}
+
+pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
+    let mut checks = vec![
+        tool("tmux", &["-V"], "install tmux (Debian: apt-get install tmux; macOS: brew install tmux)"),
+        tool("git", &["--version"], "install git (Debian: apt-get install git; macOS: xcode-select --install)"),
+    ];
+    let config = Config::load(home.root(), project);
+    checks.push(Check {
+        name: "config",
+        result: match &config {
+            Ok(_) => Ok(format!("valid ({}{})", home.config_file().display(), project.map(|p| format!(", {}/.ccm/config.yaml", p.display())).unwrap_or_default())),
+            Err(e) => Err((e.to_string(), "correct the key named above; `ccm init` writes a commented template".into())),
+        },
+    });
+    let config = config.unwrap_or_default();
+    checks.push(database(home, &config).await);
+    checks.push(auth(home));
+    checks.push(port(home, &config).await);
+
+    let mut failed = 0;
+    for check in &checks {
+        match &check.result {
+            Ok(finding) => println!("ok    {:<9} {finding}", check.name),
+            Err((problem, fix)) => {
+                failed += 1;
+                println!("FAIL  {:<9} {problem}\n      {:<9} fix: {fix}", check.name, "");
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} of {} checks failed", checks.len());
+    Ok(())
+}
+
+fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {
+    let result = match Command::new(name).args(args).output() {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        Ok(out) => Err((format!("`{name}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()), fix.to_string())),
+        Err(e) => Err((format!("`{name}` not found: {e}"), fix.to_string())),
+    };
+    Check { name, result }
+}
+
+async fn database(home: &Home, config: &Config) -> Check {
+    let path = home.db_file();
+    let result = match crate::cli::open_store(home, config).await {
+        Ok(store) => {
+            let check = store.integrity_check().await;
+            store.close().await;
+            match check {
+                Ok(ok) if ok == "ok" => Ok(format!("{} (integrity ok, migrations applied)", path.display())),
+                Ok(problems) => Err((
+                    format!("{} failed its integrity check: {problems}", path.display()),
+                    "restore the newest `ccm backup` copy over it while the daemon is stopped".into(),
+                )),
+                Err(e) => Err((e.to_string(), "check the file's permissions and the free disk space".into())),
+            }
+        }
+        Err(e) => Err((format!("{e:#}"), format!("check that {} is writable and the disk has space", home.root().display()))),
+    };
+    Check { name: "database", result }
+}
+
+fn auth(home: &Home) -> Check {
+    let path = home.auth_file();
+    let result = match std::fs::metadata(&path) {
+        Err(_) => Ok(format!("{} not created yet (the first `ccm up` creates it)", path.display())),
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err((
+            format!("{} is readable by other users (mode {:o})", path.display(), meta.permissions().mode() & 0o777),
+            format!("chmod 600 {}", path.display()),
+        )),
+        Ok(_) => match home.read_auth() {
+            Ok(_) => Ok(format!("{} (mode 600)", path.display())),
+            Err(e) => Err((format!("{e:#}"), format!("delete {} and restart the daemon to make a new token", path.display()))),
+        },
+    };
+    Check { name: "auth", result }
+}
+
+async fn port(home: &Home, config: &Config) -> Check {
+    let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
+    let result = if let Some(client) = Client::connect(home).await {
+        Ok(format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid))
+    } else {
+        match std::net::TcpListener::bind(&addr) {
+            Ok(_) => Ok(format!("{addr} is free; the daemon is not running (`ccm up` starts it)")),
+            Err(e) => Err((
+                format!("cannot listen on {addr}: {e}"),
+                format!("stop the program using the port, or set daemon.port in {} (or CCM_DAEMON__PORT)", home.config_file().display()),
+            )),
+        }
+    };
+    Check { name: "port", result }
+}

@@ -1,0 +1,22 @@
+//! The ccm node: the daemon, the `ccm` command, the local HTTP API and the local store.
+//!
+//! - [`cli`]: argument parsing and one function per verb; the entry point of the binary.
+//! - [`daemon`]: `ccm up`: the axum API, its guards, the scheduler, metrics, shutdown.
+//! - [`store`]: the SQLite store: tasks, log, dependencies, contexts, alerts, decisions, outbox.
+//! - [`config`]: layered configuration, validated at load.
+//! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
+//! - [`client`]: the CLI's client of a running daemon.
+//! - [`status`]: what `status` and `dump-state` show.
+//! - [`doctor`]: `ccm doctor`'s checks.
+//!
+//! This is the only crate that knows HTTP, the CLI and (later) tmux; it glues `ccm-schema`
+//! (types, state machine, migrations) and `ccm-sync` together.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod doctor;
+pub mod home;
+pub mod status;
+pub mod store;

@@ -1,0 +1,170 @@
+//! The local store: one SQLite file in WAL mode, the node's primary store (not a cache).
+//!
+//! - [`Store`]: opens the file, applies the migrations, and owns two pools: up to four readers
+//!   and exactly one writer, so writes of this process never contend with each other.
+//! - `tasks`: tasks, their dependencies (a DAG), the append-only task log, and state changes
+//!   driven by [`ccm_schema::transition`].
+//! - `contexts`: repository checkouts registered on this system.
+//! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
+//!
+//! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
+//! is acknowledged; every write transaction starts with `BEGIN IMMEDIATE` and other processes
+//! (the CLI, `ccm hook`) wait up to the busy timeout instead of failing. Every change that must
+//! reach the central store is written to `outbox` in the same transaction as the change.
+
+mod contexts;
+mod records;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ccm_schema::{SystemInfo, Timestamp, TransitionError};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+pub use contexts::ContextProbe;
+pub use records::{OutboxCounts, StateCounts};
+pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
+
+/// How long a writer waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const READERS: u32 = 4;
+
+/// Errors of the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file cannot be opened or migrated.
+    #[error("cannot open database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    /// No task has this id or id prefix.
+    #[error("no task matches `{0}`")]
+    TaskNotFound(String),
+    /// An id prefix matches more than one task.
+    #[error("task id `{prefix}` is ambiguous: it matches {matches}")]
+    Ambiguous { prefix: String, matches: String },
+    /// No context has this id or path.
+    #[error("no context matches `{0}`")]
+    ContextNotFound(String),
+    /// A field of a request is not acceptable.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    /// A dependency would close a cycle.
+    #[error("dependency cycle refused: {0}")]
+    Cycle(String),
+    /// An event that is not legal in the task's state.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// Writing a backup failed.
+    #[error("cannot back up to {path}: {message}")]
+    Backup { path: PathBuf, message: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Handle to the local store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    /// Read-only queries.
+    readers: SqlitePool,
+    /// The only connection that writes, so transactions of this process queue instead of
+    /// failing with SQLITE_BUSY.
+    writer: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database at `path`, applies pending migrations and
+    /// records this system's identity on first open.
+    pub async fn open(path: &Path, system_name: &str) -> Result<Store> {
+        let open_error = |message: String| StoreError::Open { path: path.to_path_buf(), message };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| open_error(e.to_string()))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        ccm_schema::MIGRATOR.run(&writer).await.map_err(|e| open_error(format!("migration failed: {e}")))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        let store = Store { path: path.to_path_buf(), readers, writer };
+        store.ensure_system(system_name).await?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// Starts a write transaction that holds the write lock from its first statement.
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn ensure_system(&self, name: &str) -> Result<()> {
+        sqlx::query(
+            r#"
+            INSERT INTO system (singleton, id, name, created_at) VALUES (1, ?, ?, ?)
+            ON CONFLICT (singleton) DO UPDATE SET name = excluded.name WHERE name <> excluded.name
+            "#,
+        )
+        .bind(Uuid::new_v4().hyphenated())
+        .bind(name)
+        .bind(Timestamp::now())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// This system's identity.
+    pub async fn system(&self) -> Result<SystemInfo> {
+        Ok(sqlx::query_as("SELECT id, name, created_at FROM system").fetch_one(&self.readers).await?)
+    }
+}
+
+/// Writes an outbox row for `kind`/`entity_id` carrying `payload`, inside `tx`.
+async fn outbox(
+    tx: &mut Transaction<'static, Sqlite>,
+    kind: &str,
+    entity_id: &str,
+    payload: &impl serde::Serialize,
+    urgent: bool,
+) -> Result<()> {
+    let payload = serde_json::to_string(payload).map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+    sqlx::query("INSERT INTO outbox (kind, entity_id, payload, urgent, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(kind)
+        .bind(entity_id)
+        .bind(payload)
+        .bind(urgent)
+        .bind(Timestamp::now())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Alerts, decisions, counts for status and metrics, backup and integrity checks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ccm_schema::{Alert, Decision, TaskState};
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store, StoreError};
+
+/// Number of tasks in each state (states with no task are absent).
+pub type StateCounts = BTreeMap<TaskState, i64>;
+
+/// Outbox rows by status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, sqlx::FromRow)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub delivered: i64,
+    pub rejected: i64,
+}
+
+impl Store {
+    pub async fn state_counts(&self) -> Result<StateCounts> {
+        let rows: Vec<(TaskState, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM tasks GROUP BY state").fetch_all(&self.readers).await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT coalesce(sum(status = 'pending'), 0) AS pending,
+                   coalesce(sum(status = 'delivered'), 0) AS delivered,
+                   coalesce(sum(status = 'rejected'), 0) AS rejected
+            FROM outbox
+            "#,
+        )
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
+    /// Alerts not yet resolved, newest first.
+    pub async fn open_alerts(&self) -> Result<Vec<Alert>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT id, task_id, severity, reason, message, created_at, resolved_at
+            FROM alerts WHERE resolved_at IS NULL ORDER BY created_at DESC, id DESC
+            "#,
+        )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// Decisions, pending ones first, newest first.
+    pub async fn decisions(&self) -> Result<Vec<Decision>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+            FROM decisions ORDER BY answered_at IS NOT NULL, created_at DESC, id DESC
+            "#,
+        )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// `PRAGMA integrity_check`: `ok`, or the problems SQLite found.
+    pub async fn integrity_check(&self) -> Result<String> {
+        let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&self.readers).await?;
+        Ok(rows.into_iter().map(|(line,)| line).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// Writes a consistent copy of the database to `dest` (`VACUUM INTO`: a read transaction,
+    /// so writers go on meanwhile). Refuses to overwrite an existing file.
+    pub async fn backup(&self, dest: &Path) -> Result<()> {
+        let error = |message: String| StoreError::Backup { path: dest.to_path_buf(), message };
+        if dest.exists() {
+            return Err(error("the file already exists; choose a new name".into()));
+        }
+        let dest_str = dest.to_str().ok_or_else(|| error("the path is not valid UTF-8".into()))?;
+        let mut conn = self.writer_free_connection().await?;
+        sqlx::query("VACUUM INTO ?").bind(dest_str).execute(&mut conn).await.map_err(|e| error(e.to_string()))?;
+        Ok(())
+    }
+
+    /// A connection of its own, read-write, outside both pools (`VACUUM INTO` needs one that is
+    /// not read-only, and must not hold up this process's writer).
+    async fn writer_free_connection(&self) -> Result<sqlx::SqliteConnection> {
+        use sqlx::ConnectOptions;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&self.path)
+            .busy_timeout(super::BUSY_TIMEOUT);
+        Ok(options.connect().await?)
+    }
+}

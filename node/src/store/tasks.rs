@@ -1,0 +1,632 @@
+//! Tasks, their dependency DAG, the append-only task log, and every state change.
+//!
+//! All state changes go through [`Store::apply_event`] (or the scheduler's pass), which asks
+//! [`ccm_schema::transition`] for the next state, carries out the effects that belong to the
+//! store (attempt counting, retry timers, alerts, decisions), appends one log row per
+//! transition and one outbox row per changed task, all in one transaction.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use ccm_schema::types::short_id;
+use ccm_schema::{
+    backoff, transition, DecisionKind, Effect, Severity, Task, TaskEvent, TaskLogEntry, TaskState,
+    Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::{Sqlite, Transaction};
+use uuid::Uuid;
+
+use super::{outbox, Result, Store, StoreError};
+use crate::config::TaskDefaults;
+
+/// A task to create, as the API and the CLI give it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    pub title: String,
+    /// What the agent is asked to do; the title when omitted.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Repository URL (normalized on the way in).
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Agent profile; the configured default when omitted.
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    /// Command of the verification gate.
+    #[serde(default)]
+    pub verify: Option<String>,
+    /// The configured default when omitted.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub priority: i64,
+    /// Ids (or unique id prefixes) of tasks that must complete first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+}
+
+/// A task with its whole log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: Task,
+    pub log: Vec<TaskLogEntry>,
+}
+
+/// Timing of retries and quota waits.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl From<&TaskDefaults> for RetryPolicy {
+    fn from(defaults: &TaskDefaults) -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(defaults.retry_base_secs),
+            cap: Duration::from_secs(defaults.retry_cap_secs),
+        }
+    }
+}
+
+const MAX_ATTEMPTS_LIMIT: u32 = 100;
+const TASK_COLUMNS: &str = "id, title, prompt, repo, profile, workflow, verify, max_attempts, attempts, \
+     priority, state, wake_at, created_at, updated_at, version";
+
+impl Store {
+    /// Creates a task in `created`, with its dependencies, its first log entry and an outbox row.
+    pub async fn create_task(&self, new: NewTask, defaults: &TaskDefaults, actor: &str) -> Result<Task> {
+        let title = new.title.trim().to_string();
+        if title.is_empty() {
+            return Err(invalid("title", "must not be empty"));
+        }
+        let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return Err(invalid("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")));
+        }
+        let profile = new.profile.unwrap_or_else(|| defaults.profile.clone());
+        if profile.trim().is_empty() {
+            return Err(invalid("profile", "must not be empty"));
+        }
+        let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
+        let repo = new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
+        let now = Timestamp::now();
+        let id = Uuid::new_v4();
+
+        let mut tx = self.write().await?;
+        let mut depends_on = Vec::with_capacity(new.depends_on.len());
+        for dep in &new.depends_on {
+            let dep_id = resolve_task(&mut tx, dep).await.map_err(|e| match e {
+                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => invalid("depends_on", e.to_string()),
+                e => e,
+            })?;
+            if !depends_on.contains(&dep_id) {
+                depends_on.push(dep_id);
+            }
+        }
+        sqlx::query(
+            r#"
+            INSERT INTO tasks (id, title, prompt, repo, profile, workflow, verify, max_attempts,
+                               priority, state, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'created', ?, ?)
+            "#,
+        )
+        .bind(id.hyphenated())
+        .bind(&title)
+        .bind(&prompt)
+        .bind(&repo)
+        .bind(&profile)
+        .bind(&new.workflow)
+        .bind(&new.verify)
+        .bind(max_attempts)
+        .bind(new.priority)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for dep in &depends_on {
+            insert_dependency(&mut tx, id, *dep).await?;
+        }
+        append_log(&mut tx, id, now, None, TaskState::Created, "created", actor).await?;
+        let task = load_task(&mut tx, id).await?;
+        outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// Adds dependencies to a task that is still waiting in `created`; refuses one that would
+    /// close a cycle, naming the cycle.
+    pub async fn add_dependencies(&self, task: &str, depends_on: &[String], actor: &str) -> Result<Task> {
+        let mut tx = self.write().await?;
+        let id = resolve_task(&mut tx, task).await?;
+        let current = load_task(&mut tx, id).await?;
+        if current.state != TaskState::Created {
+            return Err(invalid(
+                "depends_on",
+                format!("task {} is {}; dependencies can only be added while it is created", current.short_id(), current.state),
+            ));
+        }
+        let mut added = Vec::new();
+        for dep in depends_on {
+            let dep_id = resolve_task(&mut tx, dep).await.map_err(|e| match e {
+                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => invalid("depends_on", e.to_string()),
+                e => e,
+            })?;
+            if let Some(cycle) = find_path(&mut tx, dep_id, id).await? {
+                let mut names = Vec::with_capacity(cycle.len() + 1);
+                for node in std::iter::once(id).chain(cycle) {
+                    names.push(describe(&mut tx, node).await?);
+                }
+                return Err(StoreError::Cycle(names.join(" → ")));
+            }
+            insert_dependency(&mut tx, id, dep_id).await?;
+            added.push(short_id(&dep_id));
+        }
+        if !added.is_empty() {
+            let now = Timestamp::now();
+            let reason = format!("now depends on {}", added.join(", "));
+            append_log(&mut tx, id, now, Some(TaskState::Created), TaskState::Created, &reason, actor).await?;
+            touch(&mut tx, id, now).await?;
+        }
+        let task = load_task(&mut tx, id).await?;
+        outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// Applies `event` to a task and returns the task after it, with the effects the store does
+    /// not carry out itself (running agents, verification, reports) for the caller.
+    pub async fn apply_event(
+        &self,
+        task: &str,
+        event: TaskEvent,
+        reason: &str,
+        actor: &str,
+        policy: RetryPolicy,
+    ) -> Result<(Task, Vec<Effect>)> {
+        let mut tx = self.write().await?;
+        let id = resolve_task(&mut tx, task).await?;
+        let effects = apply_in_tx(&mut tx, id, event, reason, actor, policy).await?;
+        let task = load_task(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((task, effects))
+    }
+
+    /// One pass of the scheduler: blocks tasks whose dependencies failed, wakes tasks whose
+    /// retry or quota wait is over, and admits waiting tasks by priority while agent slots are
+    /// free. Returns how many tasks changed state.
+    pub async fn schedule(&self, slots: u32, policy: RetryPolicy) -> Result<usize> {
+        const ACTOR: &str = "scheduler";
+        let now = Timestamp::now();
+        let mut tx = self.write().await?;
+        let mut changed = 0;
+
+        let failed_deps: Vec<(String, String, TaskState)> = sqlx::query_as(
+            r#"
+            SELECT d.task_id, d.depends_on, dep.state
+            FROM task_deps d
+            JOIN tasks t ON t.id = d.task_id
+            JOIN tasks dep ON dep.id = d.depends_on
+            WHERE t.state = 'created' AND dep.state IN ('failed', 'cancelled')
+            "#,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut blocked = HashSet::new();
+        for (task, dep, dep_state) in failed_deps {
+            if blocked.insert(task.clone()) {
+                let reason = format!("dependency {} is {dep_state}", &dep[..8]);
+                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::DependencyFailed, &reason, ACTOR, policy).await?;
+                changed += 1;
+            }
+        }
+
+        let due: Vec<(String,)> = sqlx::query_as("SELECT id FROM tasks WHERE state = 'retry' AND wake_at <= ? ORDER BY wake_at")
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (task,) in due {
+            apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::RetryDue, "retry backoff elapsed", ACTOR, policy).await?;
+            changed += 1;
+        }
+
+        let holding: Vec<&str> = TaskState::ALL.iter().filter(|s| s.holds_slot()).map(|s| s.as_str()).collect();
+        let (busy,): (i64,) = sqlx::query_as(&format!(
+            "SELECT count(*) FROM tasks WHERE state IN ({})",
+            holding.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut free = i64::from(slots).saturating_sub(busy);
+
+        if free > 0 {
+            let quota: Vec<(String,)> = sqlx::query_as(
+                "SELECT id FROM tasks WHERE state = 'waiting_quota' AND wake_at <= ? ORDER BY priority DESC, wake_at LIMIT ?",
+            )
+            .bind(now)
+            .bind(free)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (task,) in quota {
+                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::QuotaReset, "usage limit reset", ACTOR, policy).await?;
+                free -= 1;
+                changed += 1;
+            }
+        }
+
+        if free > 0 {
+            let ready: Vec<(String,)> = sqlx::query_as(
+                r#"
+                SELECT t.id FROM tasks t
+                WHERE t.state = 'created'
+                  AND NOT EXISTS (
+                      SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
+                      WHERE d.task_id = t.id AND dep.state <> 'complete')
+                ORDER BY t.priority DESC, t.created_at, t.id
+                LIMIT ?
+                "#,
+            )
+            .bind(free)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (task,) in ready {
+                let reason = "dependencies complete and an agent slot is free";
+                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::Admit, reason, ACTOR, policy).await?;
+                changed += 1;
+            }
+        }
+
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Tasks, oldest first, each with its dependencies.
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let mut tasks: Vec<Task> = sqlx::query_as(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at, id"
+        ))
+        .bind(filter.state)
+        .fetch_all(&self.readers)
+        .await?;
+        let edges: Vec<(String, String)> =
+            sqlx::query_as("SELECT task_id, depends_on FROM task_deps").fetch_all(&self.readers).await?;
+        let mut deps: HashMap<String, Vec<Uuid>> = HashMap::new();
+        for (task, dep) in edges {
+            deps.entry(task).or_default().push(parse_id(&dep)?);
+        }
+        for task in &mut tasks {
+            if let Some(d) = deps.remove(&task.id.to_string()) {
+                task.depends_on = d;
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// One task (by id or unique id prefix) with its whole log.
+    pub async fn task(&self, task: &str) -> Result<TaskDetail> {
+        let mut conn = self.readers.acquire().await?;
+        let id = resolve_task(&mut conn, task).await?;
+        let task = load_task(&mut conn, id).await?;
+        let log = sqlx::query_as(
+            "SELECT at, from_state, to_state, reason, actor FROM task_log WHERE task_id = ? ORDER BY id",
+        )
+        .bind(id.hyphenated())
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(TaskDetail { task, log })
+    }
+}
+
+/// Applies one event (and the follow-ups it implies) inside `tx`; returns the effects left for
+/// the runtime.
+async fn apply_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: Uuid,
+    event: TaskEvent,
+    reason: &str,
+    actor: &str,
+    policy: RetryPolicy,
+) -> Result<Vec<Effect>> {
+    let mut task = load_task(tx, id).await?;
+    let now = Timestamp::now();
+    let mut left = Vec::new();
+    let mut urgent = false;
+    let mut pending = VecDeque::from([(event, reason.to_string())]);
+    while let Some((event, reason)) = pending.pop_front() {
+        let event = match event {
+            // The store, not the caller, knows how many attempts were made.
+            TaskEvent::Resolve { class, .. } => {
+                TaskEvent::Resolve { class, attempt: task.attempts, max_attempts: task.max_attempts }
+            }
+            event => event,
+        };
+        let step = transition(task.state, event)?;
+        let mut reason = reason;
+        if let TaskEvent::Resolve { class, attempt, max_attempts } = event {
+            reason = match step.to {
+                TaskState::Retry => format!(
+                    "attempt {attempt} of {max_attempts} failed ({class:?}); retrying in {}",
+                    humantime::format_duration(backoff(policy.base, policy.cap, attempt))
+                ),
+                TaskState::Blocked => format!("all {max_attempts} attempts failed; last: {class:?}"),
+                _ => format!("fatal error ({class:?})"),
+            }
+            .to_lowercase();
+        }
+        task.wake_at = None;
+        for effect in step.effects {
+            match effect {
+                Effect::BeginAttempt => task.attempts += 1,
+                Effect::ResetAttempts => task.attempts = 0,
+                Effect::ScheduleRetry { attempt } => {
+                    task.wake_at = Some(now.after(backoff(policy.base, policy.cap, attempt)));
+                }
+                Effect::WaitForQuota { until } => {
+                    task.wake_at = Some(until.unwrap_or_else(|| now.after(policy.cap)));
+                }
+                Effect::Assess { class } => pending.push_back((
+                    TaskEvent::Resolve { class, attempt: task.attempts, max_attempts: task.max_attempts },
+                    String::new(),
+                )),
+                Effect::RaiseAlert { severity, reason: why } => {
+                    urgent |= severity == Severity::Critical;
+                    let message = format!("task {} ({}): {reason}", task.short_id(), task.title);
+                    raise_alert(tx, Some(id), severity, why, &message, now).await?;
+                }
+                Effect::AskDecision { kind } => {
+                    let question = format!("task {} ({}) is blocked: {reason}. Retry or cancel?", task.short_id(), task.title);
+                    ask_decision(tx, id, kind, &question, now).await?;
+                }
+                other => left.push(other),
+            }
+        }
+        if task.state == TaskState::Blocked && step.to != TaskState::Blocked {
+            close_decisions(tx, id, event.name(), actor, now).await?;
+        }
+        append_log(tx, id, now, Some(task.state), step.to, &reason, actor).await?;
+        task.state = step.to;
+    }
+    sqlx::query(
+        r#"
+        UPDATE tasks SET state = ?, attempts = ?, wake_at = ?, updated_at = ?, version = version + 1
+        WHERE id = ?
+        "#,
+    )
+    .bind(task.state)
+    .bind(task.attempts)
+    .bind(task.wake_at)
+    .bind(now)
+    .bind(id.hyphenated())
+    .execute(&mut **tx)
+    .await?;
+    let task = load_task(tx, id).await?;
+    outbox(tx, "task", &task.id.to_string(), &task, urgent).await?;
+    Ok(left)
+}
+
+async fn raise_alert(
+    tx: &mut Transaction<'static, Sqlite>,
+    task: Option<Uuid>,
+    severity: Severity,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let id = Uuid::new_v4();
+    let alert: ccm_schema::Alert = sqlx::query_as(
+        r#"
+        INSERT INTO alerts (id, task_id, severity, reason, message, created_at) VALUES (?, ?, ?, ?, ?, ?)
+        RETURNING id, task_id, severity, reason, message, created_at, resolved_at
+        "#,
+    )
+    .bind(id.hyphenated())
+    .bind(task.map(|t| t.hyphenated().to_string()))
+    .bind(severity)
+    .bind(reason)
+    .bind(message)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    outbox(tx, "alert", &id.to_string(), &alert, severity == Severity::Critical).await
+}
+
+async fn ask_decision(
+    tx: &mut Transaction<'static, Sqlite>,
+    task: Uuid,
+    kind: DecisionKind,
+    question: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let id = Uuid::new_v4();
+    let decision: ccm_schema::Decision = sqlx::query_as(
+        r#"
+        INSERT INTO decisions (id, task_id, kind, question, options, created_at) VALUES (?, ?, ?, ?, ?, ?)
+        RETURNING id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+        "#,
+    )
+    .bind(id.hyphenated())
+    .bind(task.hyphenated().to_string())
+    .bind(kind)
+    .bind(question)
+    .bind(sqlx::types::Json(kind.options()))
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    outbox(tx, "decision", &id.to_string(), &decision, true).await
+}
+
+/// Answers the task's pending retry-or-cancel decisions with what the operator did instead.
+async fn close_decisions(
+    tx: &mut Transaction<'static, Sqlite>,
+    task: Uuid,
+    answer: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<()> {
+    let closed: Vec<ccm_schema::Decision> = sqlx::query_as(
+        r#"
+        UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ?
+        WHERE task_id = ? AND kind = 'retry_or_cancel' AND answered_at IS NULL
+        RETURNING id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+        "#,
+    )
+    .bind(answer)
+    .bind(actor)
+    .bind(now)
+    .bind(task.hyphenated().to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for decision in closed {
+        outbox(tx, "decision", &decision.id.to_string(), &decision, false).await?;
+    }
+    Ok(())
+}
+
+async fn append_log(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: Uuid,
+    at: Timestamp,
+    from: Option<TaskState>,
+    to: TaskState,
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO task_log (task_id, at, from_state, to_state, reason, actor) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(id.hyphenated())
+        .bind(at)
+        .bind(from)
+        .bind(to)
+        .bind(reason)
+        .bind(actor)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn touch(tx: &mut Transaction<'static, Sqlite>, id: Uuid, now: Timestamp) -> Result<()> {
+    sqlx::query("UPDATE tasks SET updated_at = ?, version = version + 1 WHERE id = ?")
+        .bind(now)
+        .bind(id.hyphenated())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_dependency(tx: &mut Transaction<'static, Sqlite>, task: Uuid, dep: Uuid) -> Result<()> {
+    if task == dep {
+        return Err(StoreError::Cycle(format!("task {} cannot depend on itself", short_id(&task))));
+    }
+    sqlx::query("INSERT OR IGNORE INTO task_deps (task_id, depends_on) VALUES (?, ?)")
+        .bind(task.hyphenated())
+        .bind(dep.hyphenated())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The dependency path from `from` to `to` (both included), if `from` depends on `to`
+/// directly or transitively.
+async fn find_path(tx: &mut Transaction<'static, Sqlite>, from: Uuid, to: Uuid) -> Result<Option<Vec<Uuid>>> {
+    if from == to {
+        return Ok(Some(vec![from]));
+    }
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        r#"
+        WITH RECURSIVE reach(id) AS (
+            SELECT ?1
+            UNION
+            SELECT d.depends_on FROM task_deps d JOIN reach r ON d.task_id = r.id
+        )
+        SELECT d.task_id, d.depends_on FROM task_deps d JOIN reach r ON d.task_id = r.id
+        "#,
+    )
+    .bind(from.hyphenated())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut next: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (task, dep) in edges {
+        next.entry(parse_id(&task)?).or_default().push(parse_id(&dep)?);
+    }
+    let mut parent: HashMap<Uuid, Uuid> = HashMap::new();
+    let mut queue = VecDeque::from([from]);
+    while let Some(node) = queue.pop_front() {
+        for &dep in next.get(&node).into_iter().flatten() {
+            if dep == from || parent.contains_key(&dep) {
+                continue;
+            }
+            parent.insert(dep, node);
+            if dep == to {
+                let mut path = vec![to];
+                let mut at = to;
+                while let Some(&p) = parent.get(&at) {
+                    path.push(p);
+                    at = p;
+                }
+                path.reverse();
+                return Ok(Some(path));
+            }
+            queue.push_back(dep);
+        }
+    }
+    Ok(None)
+}
+
+/// `3f2a9c41 (title)` for messages.
+async fn describe(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<String> {
+    let (title,): (String,) =
+        sqlx::query_as("SELECT title FROM tasks WHERE id = ?").bind(id.hyphenated()).fetch_one(&mut **tx).await?;
+    Ok(format!("{} ({title})", short_id(&id)))
+}
+
+/// Finds the task whose id is `key` or starts with `key`.
+pub(super) async fn resolve_task(conn: &mut sqlx::SqliteConnection, key: &str) -> Result<Uuid> {
+    let key = key.trim().to_ascii_lowercase();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(StoreError::TaskNotFound(key));
+    }
+    let matches: Vec<(String,)> = sqlx::query_as("SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 3")
+        .bind(&key)
+        .fetch_all(&mut *conn)
+        .await?;
+    match matches.as_slice() {
+        [(id,)] => parse_id(id),
+        [] => Err(StoreError::TaskNotFound(key)),
+        many => Err(StoreError::Ambiguous {
+            prefix: key,
+            matches: many.iter().map(|(id,)| id.as_str()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+pub(super) async fn load_task(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Task> {
+    let mut task: Task = sqlx::query_as(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?"))
+        .bind(id.hyphenated())
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::TaskNotFound(id.to_string()))?;
+    let deps: Vec<(String,)> = sqlx::query_as("SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on")
+        .bind(id.hyphenated())
+        .fetch_all(&mut *conn)
+        .await?;
+    task.depends_on = deps.iter().map(|(d,)| parse_id(d)).collect::<Result<_>>()?;
+    Ok(task)
+}
+
+pub(super) fn parse_id(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Invalid { field, message: message.into() }
+}
