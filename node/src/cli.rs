@@ -161,7 +161,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print(json, &status, show_status)
         }
         Command::Task(command) => task(Backend::connect(&home, &config).await?, command).await,
-        Command::Context(command) => context(Backend::connect(&home, &config).await?, command, &cwd).await,
+        Command::Context(command) => {
+            context(Backend::connect(&home, &config).await?, command, &cwd).await
+        }
         Command::DumpState { json } => {
             let store = open_store(&home, &config).await?;
             let daemon = Client::connect(&home).await.map(|c| c.daemon);
@@ -174,8 +176,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let copy = Store::open(&file, "backup").await?;
             let check = copy.integrity_check().await?;
             copy.close().await;
-            anyhow::ensure!(check == "ok", "backup {} failed its integrity check: {check}", file.display());
-            println!("backed up {} to {} (integrity check: ok)", store.path().display(), file.display());
+            anyhow::ensure!(
+                check == "ok",
+                "backup {} failed its integrity check: {check}",
+                file.display()
+            );
+            println!(
+                "backed up {} to {} (integrity check: ok)",
+                store.path().display(),
+                file.display()
+            );
             Ok(())
         }
         Command::Doctor => unreachable!("handled before the config is loaded"),
@@ -189,7 +199,11 @@ fn project_root(dir: &Path) -> Option<PathBuf> {
 
 pub(crate) async fn open_store(home: &Home, config: &Config) -> anyhow::Result<Store> {
     home.ensure()?;
-    let name = config.node.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let name = config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     Ok(Store::open(&home.db_file(), &name).await?)
 }
 
@@ -203,29 +217,34 @@ impl Backend {
     async fn connect(home: &Home, config: &Config) -> anyhow::Result<Backend> {
         match Client::connect(home).await {
             Some(client) => Ok(Backend::Daemon(client)),
-            None => Ok(Backend::Local { store: open_store(home, config).await?, config: config.clone() }),
+            None => Ok(Backend::Local {
+                store: open_store(home, config).await?,
+                config: config.clone(),
+            }),
         }
     }
 
     async fn status(&self) -> anyhow::Result<Status> {
         match self {
-            Backend::Daemon(client) => client.get("/api/status").await,
+            Backend::Daemon(client) => client.get(&["status"]).await,
             Backend::Local { store, .. } => Ok(Status::gather(store, None).await?),
         }
     }
 
     async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
         match self {
-            Backend::Daemon(client) => client.post("/api/tasks", serde_json::to_value(new)?).await,
-            Backend::Local { store, config } => Ok(store.create_task(new, &config.tasks, "cli").await?),
+            Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
+            Backend::Local { store, config } => {
+                Ok(store.create_task(new, &config.tasks, "cli").await?)
+            }
         }
     }
 
     async fn tasks(&self, state: Option<TaskState>) -> anyhow::Result<Vec<Task>> {
         match self {
             Backend::Daemon(client) => match state {
-                Some(state) => client.get_query("/api/tasks", &[("state", state.as_str())]).await,
-                None => client.get("/api/tasks").await,
+                Some(state) => client.get_query(&["tasks"], &[("state", state.as_str())]).await,
+                None => client.get(&["tasks"]).await,
             },
             Backend::Local { store, .. } => Ok(store.tasks(&TaskFilter { state }).await?),
         }
@@ -233,7 +252,7 @@ impl Backend {
 
     async fn task(&self, id: &str) -> anyhow::Result<TaskDetail> {
         match self {
-            Backend::Daemon(client) => client.get(&format!("/api/tasks/{id}")).await,
+            Backend::Daemon(client) => client.get(&["tasks", id]).await,
             Backend::Local { store, .. } => Ok(store.task(id).await?),
         }
     }
@@ -243,7 +262,7 @@ impl Backend {
             Backend::Daemon(client) => {
                 let mut body = serde_json::to_value(event)?;
                 body["reason"] = json!(reason);
-                client.post(&format!("/api/tasks/{id}/events"), body).await
+                client.post(&["tasks", id, "events"], body).await
             }
             Backend::Local { store, config } => {
                 let policy = RetryPolicy::from(&config.tasks);
@@ -255,7 +274,7 @@ impl Backend {
     async fn add_dependencies(&self, id: &str, on: &[String]) -> anyhow::Result<Task> {
         match self {
             Backend::Daemon(client) => {
-                client.post(&format!("/api/tasks/{id}/dependencies"), json!({ "depends_on": on })).await
+                client.post(&["tasks", id, "dependencies"], json!({ "depends_on": on })).await
             }
             Backend::Local { store, .. } => Ok(store.add_dependencies(id, on, "cli").await?),
         }
@@ -263,36 +282,41 @@ impl Backend {
 
     async fn contexts(&self) -> anyhow::Result<Vec<Context>> {
         match self {
-            Backend::Daemon(client) => client.get("/api/contexts").await,
+            Backend::Daemon(client) => client.get(&["contexts"]).await,
             Backend::Local { store, .. } => Ok(store.contexts().await?),
         }
     }
 
     async fn add_context(&self, path: &Path) -> anyhow::Result<Context> {
         match self {
-            Backend::Daemon(client) => client.post("/api/contexts", json!({ "path": path })).await,
-            Backend::Local { store, .. } => Ok(store.upsert_context(&ContextProbe::inspect(path)?).await?),
+            Backend::Daemon(client) => client.post(&["contexts"], json!({ "path": path })).await,
+            Backend::Local { store, .. } => {
+                Ok(store.upsert_context(&ContextProbe::inspect(path)?).await?)
+            }
         }
     }
 
     async fn remove_context(&self, key: &str) -> anyhow::Result<Context> {
         match self {
-            Backend::Daemon(client) => client.delete(&format!("/api/contexts/{key}")).await,
+            Backend::Daemon(client) => client.delete(&["contexts", key]).await,
             Backend::Local { store, .. } => Ok(store.remove_context(key).await?),
         }
     }
 }
 
 async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()> {
-    let probe = ContextProbe::inspect(cwd).map_err(|e| anyhow::anyhow!("ccm init needs a git repository: {e}"))?;
+    let probe = ContextProbe::inspect(cwd)
+        .map_err(|e| anyhow::anyhow!("ccm init needs a git repository: {e}"))?;
     let dot = probe.path.join(".ccm");
     for dir in [dot.clone(), dot.join("prompts"), dot.join("skills")] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let config_file = dot.join("config.yaml");
     let wrote_config = !config_file.exists();
     if wrote_config {
-        std::fs::write(&config_file, PROJECT_TEMPLATE).with_context(|| format!("cannot write {}", config_file.display()))?;
+        std::fs::write(&config_file, PROJECT_TEMPLATE)
+            .with_context(|| format!("cannot write {}", config_file.display()))?;
     }
     let backend = Backend::connect(home, config).await?;
     let context = backend.add_context(&probe.path).await?;
@@ -322,9 +346,13 @@ async fn task(backend: Backend, command: TaskCommand) -> anyhow::Result<()> {
                 depends_on: args.after,
             };
             let task = backend.create_task(new).await?;
-            print(args.json, &task, |t| println!("created task {} ({}): {}", t.short_id(), t.state, t.title))
+            print(args.json, &task, |t| {
+                println!("created task {} ({}): {}", t.short_id(), t.state, t.title)
+            })
         }
-        TaskCommand::List { state, json } => print(json, &backend.tasks(state).await?, |tasks| show_tasks(tasks)),
+        TaskCommand::List { state, json } => {
+            print(json, &backend.tasks(state).await?, |tasks| show_tasks(tasks))
+        }
         TaskCommand::Show { id, json } => print(json, &backend.task(&id).await?, show_task),
         TaskCommand::Cancel { id, reason } => {
             let task = backend.apply_event(&id, TaskEvent::Cancel, &reason).await?;
@@ -343,7 +371,8 @@ async fn task(backend: Backend, command: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TaskCommand::Event { id, event, reason } => {
-            let event: TaskEvent = serde_json::from_str(&event).with_context(|| format!("invalid event `{event}`"))?;
+            let event: TaskEvent =
+                serde_json::from_str(&event).with_context(|| format!("invalid event `{event}`"))?;
             let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
             let task = backend.apply_event(&id, event, &reason).await?;
             println!("task {} is {}", task.short_id(), task.state);
@@ -369,7 +398,8 @@ async fn context(backend: Backend, command: ContextCommand, cwd: &Path) -> anyho
         }),
         ContextCommand::Add { path } => {
             let path = path.unwrap_or_else(|| cwd.to_path_buf());
-            let path = std::fs::canonicalize(&path).with_context(|| format!("no such directory: {}", path.display()))?;
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("no such directory: {}", path.display()))?;
             let context = backend.add_context(&path).await?;
             println!("context {} registered: {}", short_id(&context.id), context.path);
             Ok(())
@@ -401,7 +431,8 @@ fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -433,8 +464,15 @@ fn show_tasks(tasks: &[Task]) {
 fn show_task(detail: &TaskDetail) {
     let t = &detail.task;
     println!("task {}  {}", t.id, t.title);
-    println!("  state     {}  (attempts {}/{}, priority {})", t.state, t.attempts, t.max_attempts, t.priority);
-    println!("  profile   {}{}", t.profile, t.workflow.as_ref().map(|w| format!("  workflow {w}")).unwrap_or_default());
+    println!(
+        "  state     {}  (attempts {}/{}, priority {})",
+        t.state, t.attempts, t.max_attempts, t.priority
+    );
+    println!(
+        "  profile   {}{}",
+        t.profile,
+        t.workflow.as_ref().map(|w| format!("  workflow {w}")).unwrap_or_default()
+    );
     if let Some(repo) = &t.repo {
         println!("  repo      {repo}");
     }
@@ -442,7 +480,10 @@ fn show_task(detail: &TaskDetail) {
         println!("  verify    {verify}");
     }
     if !t.depends_on.is_empty() {
-        println!("  after     {}", t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(", "));
+        println!(
+            "  after     {}",
+            t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(", ")
+        );
     }
     if let Some(wake) = t.wake_at {
         println!("  wakes at  {wake}");
@@ -451,19 +492,27 @@ fn show_task(detail: &TaskDetail) {
     println!("log:");
     for entry in &detail.log {
         let from = entry.from_state.map_or("-".to_string(), |s| s.to_string());
-        println!("  {}  {from} → {}  ({}, by {})", entry.at, entry.to_state, entry.reason, entry.actor);
+        println!(
+            "  {}  {from} → {}  ({}, by {})",
+            entry.at, entry.to_state, entry.reason, entry.actor
+        );
     }
 }
 
 fn show_status(status: &Status) {
     println!("system  {} ({})", status.system.name, status.system.id);
     match &status.daemon {
-        Some(d) => println!("daemon  running at {} (pid {}, since {})", d.addr, d.pid, d.started_at),
+        Some(d) => {
+            println!("daemon  running at {} (pid {}, since {})", d.addr, d.pid, d.started_at)
+        }
         None => println!("daemon  not running (start it with `ccm up`)"),
     }
     let total: i64 = status.tasks.values().sum();
     let states: Vec<String> = status.tasks.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("tasks   {total}{}", if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) });
+    println!(
+        "tasks   {total}{}",
+        if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) }
+    );
     println!("alerts  {} open", status.open_alerts);
     println!("decide  {} pending", status.pending_decisions);
     println!(
@@ -476,7 +525,13 @@ fn show_dump(dump: &StateDump) {
     show_status(&dump.status);
     println!("\n== contexts ({})", dump.contexts.len());
     for c in &dump.contexts {
-        println!("{}  {}  {}  {}", short_id(&c.id), c.path, c.repo_url.as_deref().unwrap_or("-"), c.default_branch.as_deref().unwrap_or("-"));
+        println!(
+            "{}  {}  {}  {}",
+            short_id(&c.id),
+            c.path,
+            c.repo_url.as_deref().unwrap_or("-"),
+            c.default_branch.as_deref().unwrap_or("-")
+        );
     }
     println!("\n== tasks ({})", dump.tasks.len());
     for (task, log) in &dump.tasks {
@@ -489,7 +544,9 @@ fn show_dump(dump: &StateDump) {
     }
     println!("\n== decisions ({})", dump.decisions.len());
     for d in &dump.decisions {
-        let answer = d.answer.as_ref().map_or("pending".to_string(), |a| format!("{a} (by {})", d.answered_by.as_deref().unwrap_or("?")));
+        let answer = d.answer.as_ref().map_or("pending".to_string(), |a| {
+            format!("{a} (by {})", d.answered_by.as_deref().unwrap_or("?"))
+        });
         println!("{}  {}  [{}]  {answer}", d.created_at, d.question, d.options.0.join("/"));
     }
 }

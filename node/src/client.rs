@@ -22,7 +22,8 @@ impl Client {
     pub async fn connect(home: &Home) -> Option<Client> {
         let daemon = home.read_daemon_info()?;
         let token = home.read_auth().ok()?.token;
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().ok()?;
+        let http =
+            reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().ok()?;
         let base = format!("http://{}", daemon.addr);
         let health: Value = http
             .get(format!("{base}/healthz"))
@@ -33,41 +34,64 @@ impl Client {
             .json()
             .await
             .ok()?;
-        (health["pid"].as_u64() == Some(u64::from(daemon.pid))).then_some(Client { base, token, http, daemon })
+        (health["pid"].as_u64() == Some(u64::from(daemon.pid))).then_some(Client {
+            base,
+            token,
+            http,
+            daemon,
+        })
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    /// `GET /api/<path...>`; each path segment is percent-encoded.
+    pub async fn get<T: DeserializeOwned>(&self, path: &[&str]) -> anyhow::Result<T> {
         self.call(Method::GET, path, &[], None).await
     }
 
-    pub async fn get_query<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<T> {
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
         self.call(Method::GET, path, query, None).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> anyhow::Result<T> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &[&str], body: Value) -> anyhow::Result<T> {
         self.call(Method::POST, path, &[], Some(body)).await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub async fn delete<T: DeserializeOwned>(&self, path: &[&str]) -> anyhow::Result<T> {
         self.call(Method::DELETE, path, &[], None).await
     }
 
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
-        path: &str,
+        path: &[&str],
         query: &[(&str, &str)],
         body: Option<Value>,
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut request =
-            self.http.request(method, &url).query(query).bearer_auth(&self.token).header("x-ccm-actor", "cli");
+        let mut url =
+            reqwest::Url::parse(&self.base).context("the port file holds a bad address")?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("the port file holds a bad address"))?
+            .push("api")
+            .extend(path);
+        let mut request = self
+            .http
+            .request(method, url.clone())
+            .query(query)
+            .bearer_auth(&self.token)
+            .header("x-ccm-actor", "cli");
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach the daemon at {url}"))?;
+        let response =
+            request.send().await.with_context(|| format!("cannot reach the daemon at {url}"))?;
         let status = response.status();
-        let body: Value = response.json().await.with_context(|| format!("the daemon sent a response that is not JSON ({status})"))?;
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("the daemon sent a response that is not JSON ({status})"))?;
         if status.is_success() {
             serde_json::from_value(body).context("the daemon's answer has an unexpected shape")
         } else {

@@ -104,7 +104,12 @@ pub struct TaskDefaults {
 
 impl Default for TaskDefaults {
     fn default() -> Self {
-        TaskDefaults { profile: "claude".into(), max_attempts: 3, retry_base_secs: 10, retry_cap_secs: 600 }
+        TaskDefaults {
+            profile: "claude".into(),
+            max_attempts: 3,
+            retry_base_secs: 10,
+            retry_cap_secs: 600,
+        }
     }
 }
 
@@ -140,18 +145,27 @@ impl Config {
             deserialize(built).map_err(|(key, message)| layer.error(Some(key), message))?;
             merged = layer.add_to(merged);
         }
-        let merged = merged.build().map_err(|e| ConfigError::Invalid { key: "", message: e.to_string() })?;
-        let config = deserialize(merged)
-            .map_err(|(key, message)| ConfigError::Invalid { key: "", message: format!("{key}: {message}") })?;
+        let merged =
+            merged.build().map_err(|e| ConfigError::Invalid { key: "", message: e.to_string() })?;
+        let config = deserialize(merged).map_err(|(key, message)| ConfigError::Invalid {
+            key: "",
+            message: format!("{key}: {message}"),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        let invalid =
+            |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
         match self.daemon.host.parse::<std::net::IpAddr>() {
             Ok(ip) if ip.is_loopback() => {}
-            _ => return invalid("daemon.host", "must be a loopback address such as 127.0.0.1 (the API is local only)"),
+            _ => {
+                return invalid(
+                    "daemon.host",
+                    "must be a loopback address such as 127.0.0.1 (the API is local only)",
+                )
+            }
         }
         if self.scheduler.slots == 0 {
             return invalid("scheduler.slots", "must be at least 1");
@@ -173,9 +187,13 @@ impl Config {
 }
 
 impl Layer {
-    fn add_to(&self, builder: config::ConfigBuilder<config::builder::DefaultState>) -> config::ConfigBuilder<config::builder::DefaultState> {
+    fn add_to(
+        &self,
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> config::ConfigBuilder<config::builder::DefaultState> {
         match self {
-            Layer::File(path) => builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml)),
+            Layer::File(path) => builder
+                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml)),
             Layer::Env(vars) => builder.add_source(
                 config::Environment::with_prefix("CCM")
                     .prefix_separator("_")
@@ -195,7 +213,10 @@ impl Layer {
                 let wanted = format!("CCM_{}", key.replace('.', "__")).to_ascii_uppercase();
                 let var = vars
                     .keys()
-                    .find(|name| name.to_ascii_uppercase() == wanted || name.to_ascii_uppercase().starts_with(&wanted))
+                    .find(|name| {
+                        name.to_ascii_uppercase() == wanted
+                            || name.to_ascii_uppercase().starts_with(&wanted)
+                    })
                     .cloned()
                     .unwrap_or_else(|| vars.keys().cloned().collect::<Vec<_>>().join(", "));
                 ConfigError::Env { var, key, message }
@@ -210,8 +231,14 @@ fn deserialize(source: config::Config) -> Result<Config, (String, String)> {
     serde_path_to_error::deserialize(source).map_err(|error| {
         let mut key = error.path().to_string();
         let message = error.inner().to_string();
-        if let Some(unknown) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
-            key = if key == "." || key.is_empty() { unknown.to_string() } else { format!("{key}.{unknown}") };
+        if let Some(unknown) =
+            message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next())
+        {
+            key = match key.as_str() {
+                "." | "" => unknown.to_string(),
+                path if path == unknown || path.ends_with(&format!(".{unknown}")) => key,
+                path => format!("{path}.{unknown}"),
+            };
         }
         // `config` appends its own origin and key to some messages; keep the serde part.
         let message = message.split(" for key `").next().unwrap_or(&message).to_string();
@@ -254,9 +281,11 @@ mod tests {
     fn project_file_overrides_global_file() {
         let home = tempfile::tempdir().unwrap();
         let project = tempfile::tempdir().unwrap();
-        std::fs::write(home.path().join("config.yaml"), "scheduler:\n  slots: 2\n  tick_ms: 50\n").unwrap();
+        std::fs::write(home.path().join("config.yaml"), "scheduler:\n  slots: 2\n  tick_ms: 50\n")
+            .unwrap();
         std::fs::create_dir(project.path().join(".ccm")).unwrap();
-        std::fs::write(project.path().join(".ccm/config.yaml"), "scheduler:\n  slots: 7\n").unwrap();
+        std::fs::write(project.path().join(".ccm/config.yaml"), "scheduler:\n  slots: 7\n")
+            .unwrap();
         let config = Config::load(home.path(), Some(project.path())).unwrap();
         assert_eq!(config.scheduler.slots, 7);
         assert_eq!(config.scheduler.tick_ms, 50);

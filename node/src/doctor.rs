@@ -16,15 +16,30 @@ struct Check {
 
 pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     let mut checks = vec![
-        tool("tmux", &["-V"], "install tmux (Debian: apt-get install tmux; macOS: brew install tmux)"),
-        tool("git", &["--version"], "install git (Debian: apt-get install git; macOS: xcode-select --install)"),
+        tool(
+            "tmux",
+            &["-V"],
+            "install tmux (Debian: apt-get install tmux; macOS: brew install tmux)",
+        ),
+        tool(
+            "git",
+            &["--version"],
+            "install git (Debian: apt-get install git; macOS: xcode-select --install)",
+        ),
     ];
     let config = Config::load(home.root(), project);
     checks.push(Check {
         name: "config",
         result: match &config {
-            Ok(_) => Ok(format!("valid ({}{})", home.config_file().display(), project.map(|p| format!(", {}/.ccm/config.yaml", p.display())).unwrap_or_default())),
-            Err(e) => Err((e.to_string(), "correct the key named above; `ccm init` writes a commented template".into())),
+            Ok(_) => Ok(format!(
+                "valid ({}{})",
+                home.config_file().display(),
+                project.map(|p| format!(", {}/.ccm/config.yaml", p.display())).unwrap_or_default()
+            )),
+            Err(e) => Err((
+                e.to_string(),
+                "correct the key named above; `ccm init` writes a commented template".into(),
+            )),
         },
     });
     let config = config.unwrap_or_default();
@@ -48,8 +63,13 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
 
 fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {
     let result = match Command::new(name).args(args).output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        Ok(out) => Err((format!("`{name}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()), fix.to_string())),
+        Ok(out) if out.status.success() => {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        }
+        Ok(out) => Err((
+            format!("`{name}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            fix.to_string(),
+        )),
         Err(e) => Err((format!("`{name}` not found: {e}"), fix.to_string())),
     };
     Check { name, result }
@@ -62,15 +82,24 @@ async fn database(home: &Home, config: &Config) -> Check {
             let check = store.integrity_check().await;
             store.close().await;
             match check {
-                Ok(ok) if ok == "ok" => Ok(format!("{} (integrity ok, migrations applied)", path.display())),
+                Ok(ok) if ok == "ok" => {
+                    Ok(format!("{} (integrity ok, migrations applied)", path.display()))
+                }
                 Ok(problems) => Err((
                     format!("{} failed its integrity check: {problems}", path.display()),
-                    "restore the newest `ccm backup` copy over it while the daemon is stopped".into(),
+                    "restore the newest `ccm backup` copy over it while the daemon is stopped"
+                        .into(),
                 )),
-                Err(e) => Err((e.to_string(), "check the file's permissions and the free disk space".into())),
+                Err(e) => Err((
+                    e.to_string(),
+                    "check the file's permissions and the free disk space".into(),
+                )),
             }
         }
-        Err(e) => Err((format!("{e:#}"), format!("check that {} is writable and the disk has space", home.root().display()))),
+        Err(e) => Err((
+            format!("{e:#}"),
+            format!("check that {} is writable and the disk has space", home.root().display()),
+        )),
     };
     Check { name: "database", result }
 }
@@ -80,12 +109,19 @@ fn auth(home: &Home) -> Check {
     let result = match std::fs::metadata(&path) {
         Err(_) => Ok(format!("{} not created yet (the first `ccm up` creates it)", path.display())),
         Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err((
-            format!("{} is readable by other users (mode {:o})", path.display(), meta.permissions().mode() & 0o777),
+            format!(
+                "{} is readable by other users (mode {:o})",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
             format!("chmod 600 {}", path.display()),
         )),
         Ok(_) => match home.read_auth() {
             Ok(_) => Ok(format!("{} (mode 600)", path.display())),
-            Err(e) => Err((format!("{e:#}"), format!("delete {} and restart the daemon to make a new token", path.display()))),
+            Err(e) => Err((
+                format!("{e:#}"),
+                format!("delete {} and restart the daemon to make a new token", path.display()),
+            )),
         },
     };
     Check { name: "auth", result }

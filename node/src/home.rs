@@ -84,9 +84,11 @@ impl Home {
 
     pub fn read_auth(&self) -> anyhow::Result<Auth> {
         let path = self.auth_file();
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid: expected {{\"token\": \"...\"}}", path.display()))
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!("{} is not valid: expected {{\"token\": \"...\"}}", path.display())
+        })
     }
 
     pub fn read_daemon_info(&self) -> Option<DaemonInfo> {
@@ -122,6 +124,7 @@ pub struct DaemonInfo {
 
 fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("cannot get random bytes for the API token: {e}"))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("cannot get random bytes for the API token: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

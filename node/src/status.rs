@@ -26,7 +26,12 @@ impl Status {
             daemon,
             tasks: store.state_counts().await?,
             open_alerts: store.open_alerts().await?.len(),
-            pending_decisions: store.decisions().await?.iter().filter(|d| d.answered_at.is_none()).count(),
+            pending_decisions: store
+                .decisions()
+                .await?
+                .iter()
+                .filter(|d| d.answered_at.is_none())
+                .count(),
             outbox: store.outbox_counts().await?,
         })
     }
@@ -43,7 +48,10 @@ pub struct StateDump {
 }
 
 impl StateDump {
-    pub async fn gather(store: &Store, daemon: Option<DaemonInfo>) -> crate::store::Result<StateDump> {
+    pub async fn gather(
+        store: &Store,
+        daemon: Option<DaemonInfo>,
+    ) -> crate::store::Result<StateDump> {
         let mut tasks = Vec::new();
         for task in store.tasks(&TaskFilter::default()).await? {
             let detail = store.task(&task.id.to_string()).await?;

@@ -14,7 +14,9 @@ pub mod repo_url;
 pub mod state;
 pub mod types;
 
-pub use state::{backoff, transition, Effect, FailureClass, TaskEvent, TaskState, Transition, TransitionError};
+pub use state::{
+    backoff, transition, Effect, FailureClass, TaskEvent, TaskState, Transition, TransitionError,
+};
 pub use types::{
     Alert, Context, Decision, DecisionKind, Severity, SystemInfo, Task, TaskLogEntry, Timestamp,
 };

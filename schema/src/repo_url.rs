@@ -50,7 +50,10 @@ mod tests {
         check("https://github.com/org/app/", "https://github.com/org/app");
         check("ssh://git@github.com/org/app", "https://github.com/org/app");
         check("ssh://git@GitHub.com:22/org/app.git", "https://github.com/org/app");
-        check("https://user:secret@gitlab.example.com/group/sub/app.git", "https://gitlab.example.com/group/sub/app");
+        check(
+            "https://user:secret@gitlab.example.com/group/sub/app.git",
+            "https://gitlab.example.com/group/sub/app",
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::types::{DecisionKind, Severity, Timestamp};
 
 /// Where a task is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
 #[serde(rename_all = "snake_case")]
 #[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum TaskState {
@@ -151,6 +153,18 @@ impl FailureClass {
     }
 }
 
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureClass::Crash => "crash",
+            FailureClass::Timeout => "timeout",
+            FailureClass::VerifyFailed => "verify_failed",
+            FailureClass::Transient => "transient",
+            FailureClass::Fatal => "fatal",
+        })
+    }
+}
+
 /// Something that happened to a task. Serialized as `{"event": "<name>", ...fields}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
@@ -231,7 +245,9 @@ impl TaskEvent {
             TaskEvent::Verdict { ok: true } | TaskEvent::Accept => TaskState::Complete,
             TaskEvent::Verdict { ok: false } => TaskState::Alert,
             TaskEvent::Failed { .. } => TaskState::Error,
-            TaskEvent::Resolve { class, attempt, max_attempts } => resolution(class, attempt, max_attempts),
+            TaskEvent::Resolve { class, attempt, max_attempts } => {
+                resolution(class, attempt, max_attempts)
+            }
             TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
             TaskEvent::Retry => TaskState::Created,
@@ -369,9 +385,7 @@ mod tests {
     use super::*;
 
     fn check(from: TaskState, event: TaskEvent, expected: Result<(TaskState, Vec<Effect>), &str>) {
-        let actual = transition(from, event)
-            .map(|t| (t.to, t.effects))
-            .map_err(|e| e.to_string());
+        let actual = transition(from, event).map(|t| (t.to, t.effects)).map_err(|e| e.to_string());
         assert_eq!(actual, expected.map_err(str::to_string), "transition({from}, {event:?})");
     }
 
@@ -389,13 +403,21 @@ mod tests {
         check(Created, TaskEvent::Admit, Ok((Queued, vec![])));
         check(Queued, TaskEvent::Start, Ok((Executing, vec![Effect::BeginAttempt])));
         check(Executing, TaskEvent::WorkerFinished, Ok((Executing, vec![Effect::RunVerify])));
-        check(Executing, TaskEvent::VerifyPassed, Ok((ReportGeneration, vec![Effect::GatherReport])));
+        check(
+            Executing,
+            TaskEvent::VerifyPassed,
+            Ok((ReportGeneration, vec![Effect::GatherReport])),
+        );
         check(
             ReportGeneration,
             TaskEvent::ReportReady { supervised: true },
             Ok((Supervisory, vec![Effect::RunSupervisor])),
         );
-        check(Supervisory, TaskEvent::Verdict { ok: true }, Ok((Complete, vec![Effect::ReleaseClaims])));
+        check(
+            Supervisory,
+            TaskEvent::Verdict { ok: true },
+            Ok((Complete, vec![Effect::ReleaseClaims])),
+        );
         check(
             ReportGeneration,
             TaskEvent::ReportReady { supervised: false },
@@ -411,7 +433,10 @@ mod tests {
             TaskEvent::Verdict { ok: false },
             Ok((
                 Alert,
-                vec![Effect::RaiseAlert { severity: Severity::Warning, reason: "supervisory_issue" }],
+                vec![Effect::RaiseAlert {
+                    severity: Severity::Warning,
+                    reason: "supervisory_issue",
+                }],
             )),
         );
         check(Alert, TaskEvent::Accept, Ok((Complete, vec![Effect::ReleaseClaims])));
@@ -432,7 +457,10 @@ mod tests {
             Ok((
                 Blocked,
                 vec![
-                    Effect::RaiseAlert { severity: Severity::Critical, reason: "attempts_exhausted" },
+                    Effect::RaiseAlert {
+                        severity: Severity::Critical,
+                        reason: "attempts_exhausted",
+                    },
                     Effect::AskDecision { kind: DecisionKind::RetryOrCancel },
                 ],
             )),
@@ -470,7 +498,10 @@ mod tests {
             TaskEvent::DependencyFailed,
             Ok((
                 TaskState::Blocked,
-                vec![Effect::RaiseAlert { severity: Severity::Warning, reason: "dependency_failed" }],
+                vec![Effect::RaiseAlert {
+                    severity: Severity::Warning,
+                    reason: "dependency_failed",
+                }],
             )),
         );
     }

@@ -6,4 +6,3 @@
 //! The stages that drain it (outbox reader, batcher, request builder, PostgREST client, driver)
 //! will live here, each in its own module, and only this crate will know PostgREST's wire
 //! format.
-

@@ -118,7 +118,10 @@ async fn create_task(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
-async fn show_task(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskDetail>, ApiError> {
+async fn show_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskDetail>, ApiError> {
     Ok(Json(state.store.task(&id).await?))
 }
 
@@ -134,17 +137,27 @@ async fn task_event(
         Some(Value::String(reason)) => Some(reason),
         Some(_) => return Err(ApiError::BadRequest("reason: must be a string".into())),
     };
-    let event: TaskEvent = serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "event".to_string() } else { path };
-        ApiError::BadRequest(format!("{field}: {}", e.inner()))
+    let event: TaskEvent = serde_json::from_value(Value::Object(body.clone())).map_err(|e| {
+        ApiError::BadRequest(format!("{}: {e}", event_field(&body, &e.to_string())))
     })?;
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
     let policy = RetryPolicy::from(&state.config.tasks);
-    let (task, _runtime_effects) = state.store.apply_event(&id, event, &reason, &actor(&headers), policy).await?;
+    let (task, _runtime_effects) =
+        state.store.apply_event(&id, event, &reason, &actor(&headers), policy).await?;
     state.metrics.count_event(event.name());
     state.wake_scheduler();
     Ok(Json(task))
+}
+
+/// The field an event's deserialization error is about. Internally tagged enums lose serde's
+/// path, so it is recovered from the message: a named field, or the field holding the
+/// offending value; else the `event` tag itself.
+fn event_field<'a>(body: &'a serde_json::Map<String, Value>, message: &'a str) -> &'a str {
+    let quoted = message.split('`').nth(1).unwrap_or_default();
+    if message.starts_with("missing field") || message.starts_with("unknown field") {
+        return quoted;
+    }
+    body.iter().find(|(_, v)| v.as_str() == Some(quoted)).map_or("event", |(k, _)| k.as_str())
 }
 
 #[derive(Deserialize)]
@@ -179,7 +192,10 @@ async fn add_context(
     ApiJson(body): ApiJson<NewContext>,
 ) -> Result<(StatusCode, Json<Context>), ApiError> {
     if !body.path.is_absolute() {
-        return Err(ApiError::BadRequest(format!("path: must be absolute, got `{}`", body.path.display())));
+        return Err(ApiError::BadRequest(format!(
+            "path: must be absolute, got `{}`",
+            body.path.display()
+        )));
     }
     let probe = tokio::task::spawn_blocking(move || ContextProbe::inspect(&body.path))
         .await
@@ -187,6 +203,9 @@ async fn add_context(
     Ok((StatusCode::CREATED, Json(state.store.upsert_context(&probe).await?)))
 }
 
-async fn remove_context(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Context>, ApiError> {
+async fn remove_context(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Context>, ApiError> {
     Ok(Json(state.store.remove_context(&key).await?))
 }

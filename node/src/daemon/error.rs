@@ -71,10 +71,18 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::TaskNotFound(_) | StoreError::ContextNotFound(_) => ApiError::NotFound(error.to_string()),
-            StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => ApiError::BadRequest(error.to_string()),
-            StoreError::Cycle(_) => ApiError::Conflict { code: "dependency_cycle", message: error.to_string() },
-            StoreError::Transition(_) => ApiError::Conflict { code: "illegal_transition", message: error.to_string() },
+            StoreError::TaskNotFound(_) | StoreError::ContextNotFound(_) => {
+                ApiError::NotFound(error.to_string())
+            }
+            StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => {
+                ApiError::BadRequest(error.to_string())
+            }
+            StoreError::Cycle(_) => {
+                ApiError::Conflict { code: "dependency_cycle", message: error.to_string() }
+            }
+            StoreError::Transition(_) => {
+                ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
+            }
             StoreError::Open { .. } | StoreError::Backup { .. } | StoreError::Database(_) => {
                 ApiError::Internal(error.to_string())
             }

@@ -44,18 +44,30 @@ impl Metrics {
     pub fn new(started_at_secs: i64) -> Metrics {
         let mut registry = Registry::with_prefix("ccm");
         let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests answered, by route and status", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            http_requests.clone(),
+        );
         let tasks_created = Counter::default();
         registry.register("tasks_created", "Tasks created through the API", tasks_created.clone());
         let task_events = Family::<EventLabel, Counter>::default();
-        registry.register("task_events", "Task events applied through the API, by event", task_events.clone());
+        registry.register(
+            "task_events",
+            "Task events applied through the API, by event",
+            task_events.clone(),
+        );
         let tasks = Family::<StateLabel, Gauge>::default();
         registry.register("tasks", "Tasks in the store, by state", tasks.clone());
         let outbox_pending = Gauge::default();
         registry.register("outbox_pending", "Outbox rows waiting for sync", outbox_pending.clone());
         let start_time = Gauge::<i64>::default();
         start_time.set(started_at_secs);
-        registry.register("start_time_seconds", "When the daemon started, in Unix seconds", start_time);
+        registry.register(
+            "start_time_seconds",
+            "When the daemon started, in Unix seconds",
+            start_time,
+        );
         Metrics { registry, http_requests, tasks_created, task_events, tasks, outbox_pending }
     }
 
@@ -79,9 +91,14 @@ impl Metrics {
 }
 
 /// Counts every answered request by method, matched route and status.
-pub async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn count_request(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().to_string();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let response = next.run(request).await;
     let labels = RequestLabels { method, route, status: response.status().as_u16() };
     state.metrics.http_requests.get_or_create(&labels).inc();

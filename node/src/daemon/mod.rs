@@ -60,17 +60,30 @@ impl AppState {
 pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     home.ensure()?;
     let lock_path = home.lock_file();
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            let running = home.read_daemon_info().map(|d| format!(" (pid {}, {})", d.pid, d.addr)).unwrap_or_default();
-            anyhow::bail!("another ccm daemon is already running for {}{running}", home.root().display());
+            let running = home
+                .read_daemon_info()
+                .map(|d| format!(" (pid {}, {})", d.pid, d.addr))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "another ccm daemon is already running for {}{running}",
+                home.root().display()
+            );
         }
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+        Err(TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
     }
     let auth = home.ensure_auth()?;
-    let name = config.node.name.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    let name = config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let store = Store::open(&home.db_file(), &name).await?;
     reconcile(&store).await?;
 
@@ -79,7 +92,11 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         format!("cannot listen on {addr}; is another program using the port? set daemon.port in {} or CCM_DAEMON__PORT", home.config_file().display())
     })?;
     let bound = listener.local_addr()?;
-    let daemon = DaemonInfo { pid: std::process::id(), addr: bound.to_string(), started_at: Timestamp::now() };
+    let daemon = DaemonInfo {
+        pid: std::process::id(),
+        addr: bound.to_string(),
+        started_at: Timestamp::now(),
+    };
 
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
@@ -100,12 +117,15 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         wake,
         shutdown: shutdown.clone(),
     };
-    let scheduler = tokio::spawn(supervise("scheduler", shutdown.clone(), move || scheduler.clone().run()));
+    let scheduler =
+        tokio::spawn(supervise("scheduler", shutdown.clone(), move || scheduler.clone().run()));
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     home.write_daemon_info(&daemon)?;
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
 
     shutdown.cancel();
     if let Err(e) = scheduler.await {
@@ -123,7 +143,10 @@ async fn reconcile(store: &Store) -> anyhow::Result<()> {
     let counts = store.state_counts().await?;
     let integrity = store.integrity_check().await?;
     if integrity != "ok" {
-        anyhow::bail!("database {} failed its integrity check: {integrity}", store.path().display());
+        anyhow::bail!(
+            "database {} failed its integrity check: {integrity}",
+            store.path().display()
+        );
     }
     info!(tasks = ?counts, "store reconciled");
     Ok(())
@@ -138,7 +161,9 @@ where
     loop {
         match tokio::spawn(task()).await {
             Ok(()) => return,
-            Err(e) if shutdown.is_cancelled() => return warn!(task = name, error = %e, "task ended during shutdown"),
+            Err(e) if shutdown.is_cancelled() => {
+                return warn!(task = name, error = %e, "task ended during shutdown")
+            }
             Err(e) => {
                 error!(task = name, error = %e, "task panicked; restarting in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -149,7 +174,9 @@ where
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return;
     };

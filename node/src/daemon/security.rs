@@ -27,23 +27,35 @@ impl Allowed {
 
 /// Refuses requests whose `Host` is not a loopback name for our port, or that carry an
 /// `Origin` of another site.
-pub async fn check_host_and_origin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn check_host_and_origin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let headers = request.headers();
     let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
     if !state.allowed.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
-        return Err(ApiError::Forbidden(format!("host `{host}` is not allowed: the API answers only on loopback")));
+        return Err(ApiError::Forbidden(format!(
+            "host `{host}` is not allowed: the API answers only on loopback"
+        )));
     }
     if let Some(origin) = headers.get(ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
         if !state.allowed.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-            return Err(ApiError::Forbidden(format!("origin `{origin}` is not allowed: cross-site requests are refused")));
+            return Err(ApiError::Forbidden(format!(
+                "origin `{origin}` is not allowed: cross-site requests are refused"
+            )));
         }
     }
     Ok(next.run(request).await)
 }
 
 /// Requires `Authorization: Bearer <token>`.
-pub async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let given = request
         .headers()
         .get(AUTHORIZATION)

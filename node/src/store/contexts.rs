@@ -22,12 +22,14 @@ impl ContextProbe {
     /// Inspects the git repository containing `dir`; the error says what is needed when `dir`
     /// is not inside one.
     pub fn inspect(dir: &Path) -> Result<ContextProbe> {
-        let not_repo = |detail: String| StoreError::Invalid {
+        let not_repo = |detail: String| {
+            StoreError::Invalid {
             field: "path",
             message: format!(
                 "{} is not inside a git repository ({detail}); run `git init` there first, or give the path of a checkout",
                 dir.display()
             ),
+        }
         };
         if !dir.is_dir() {
             return Err(not_repo("no such directory".into()));
@@ -105,7 +107,9 @@ impl Store {
     /// Unregisters the context whose id (or id prefix) or path is `key`.
     pub async fn remove_context(&self, key: &str) -> Result<Context> {
         let mut tx = self.write().await?;
-        let path = std::fs::canonicalize(key).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = std::fs::canonicalize(key)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let found: Vec<Context> = sqlx::query_as(
             r#"
             SELECT id, path, repo_url, default_branch, created_at, updated_at FROM contexts
@@ -120,11 +124,18 @@ impl Store {
             if found.is_empty() {
                 StoreError::ContextNotFound(key.to_string())
             } else {
-                StoreError::Invalid { field: "context", message: format!("`{key}` matches {} contexts; give the full id", found.len()) }
+                StoreError::Invalid {
+                    field: "context",
+                    message: format!("`{key}` matches {} contexts; give the full id", found.len()),
+                }
             }
         })?;
-        sqlx::query("DELETE FROM contexts WHERE id = ?").bind(context.id.hyphenated()).execute(&mut *tx).await?;
-        let removed = serde_json::json!({ "id": context.id, "path": context.path, "removed": true });
+        sqlx::query("DELETE FROM contexts WHERE id = ?")
+            .bind(context.id.hyphenated())
+            .execute(&mut *tx)
+            .await?;
+        let removed =
+            serde_json::json!({ "id": context.id, "path": context.path, "removed": true });
         outbox(&mut tx, "context", &context.id.to_string(), &removed, false).await?;
         tx.commit().await?;
         Ok(context)

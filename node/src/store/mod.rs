@@ -101,7 +101,10 @@ impl Store {
             .connect_with(options.clone())
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        ccm_schema::MIGRATOR.run(&writer).await.map_err(|e| open_error(format!("migration failed: {e}")))?;
+        ccm_schema::MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| open_error(format!("migration failed: {e}")))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
@@ -145,7 +148,9 @@ impl Store {
 
     /// This system's identity.
     pub async fn system(&self) -> Result<SystemInfo> {
-        Ok(sqlx::query_as("SELECT id, name, created_at FROM system").fetch_one(&self.readers).await?)
+        Ok(sqlx::query_as("SELECT id, name, created_at FROM system")
+            .fetch_one(&self.readers)
+            .await?)
     }
 }
 
@@ -157,14 +162,17 @@ async fn outbox(
     payload: &impl serde::Serialize,
     urgent: bool,
 ) -> Result<()> {
-    let payload = serde_json::to_string(payload).map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
-    sqlx::query("INSERT INTO outbox (kind, entity_id, payload, urgent, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(kind)
-        .bind(entity_id)
-        .bind(payload)
-        .bind(urgent)
-        .bind(Timestamp::now())
-        .execute(&mut **tx)
-        .await?;
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+    sqlx::query(
+        "INSERT INTO outbox (kind, entity_id, payload, urgent, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(kind)
+    .bind(entity_id)
+    .bind(payload)
+    .bind(urgent)
+    .bind(Timestamp::now())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

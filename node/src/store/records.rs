@@ -22,7 +22,9 @@ pub struct OutboxCounts {
 impl Store {
     pub async fn state_counts(&self) -> Result<StateCounts> {
         let rows: Vec<(TaskState, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM tasks GROUP BY state").fetch_all(&self.readers).await?;
+            sqlx::query_as("SELECT state, count(*) FROM tasks GROUP BY state")
+                .fetch_all(&self.readers)
+                .await?;
         Ok(rows.into_iter().collect())
     }
 
@@ -65,7 +67,8 @@ impl Store {
 
     /// `PRAGMA integrity_check`: `ok`, or the problems SQLite found.
     pub async fn integrity_check(&self) -> Result<String> {
-        let rows: Vec<(String,)> = sqlx::query_as("PRAGMA integrity_check").fetch_all(&self.readers).await?;
+        let rows: Vec<(String,)> =
+            sqlx::query_as("PRAGMA integrity_check").fetch_all(&self.readers).await?;
         Ok(rows.into_iter().map(|(line,)| line).collect::<Vec<_>>().join("\n"))
     }
 
@@ -78,7 +81,11 @@ impl Store {
         }
         let dest_str = dest.to_str().ok_or_else(|| error("the path is not valid UTF-8".into()))?;
         let mut conn = self.writer_free_connection().await?;
-        sqlx::query("VACUUM INTO ?").bind(dest_str).execute(&mut conn).await.map_err(|e| error(e.to_string()))?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(dest_str)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| error(e.to_string()))?;
         Ok(())
     }
 

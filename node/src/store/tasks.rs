@@ -81,26 +81,36 @@ impl From<&TaskDefaults> for RetryPolicy {
 }
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
-const TASK_COLUMNS: &str = "id, title, prompt, repo, profile, workflow, verify, max_attempts, attempts, \
+const TASK_COLUMNS: &str =
+    "id, title, prompt, repo, profile, workflow, verify, max_attempts, attempts, \
      priority, state, wake_at, created_at, updated_at, version";
 
 impl Store {
     /// Creates a task in `created`, with its dependencies, its first log entry and an outbox row.
-    pub async fn create_task(&self, new: NewTask, defaults: &TaskDefaults, actor: &str) -> Result<Task> {
+    pub async fn create_task(
+        &self,
+        new: NewTask,
+        defaults: &TaskDefaults,
+        actor: &str,
+    ) -> Result<Task> {
         let title = new.title.trim().to_string();
         if title.is_empty() {
             return Err(invalid("title", "must not be empty"));
         }
         let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-            return Err(invalid("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")));
+            return Err(invalid(
+                "max_attempts",
+                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"),
+            ));
         }
         let profile = new.profile.unwrap_or_else(|| defaults.profile.clone());
         if profile.trim().is_empty() {
             return Err(invalid("profile", "must not be empty"));
         }
         let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
-        let repo = new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
+        let repo =
+            new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
         let now = Timestamp::now();
         let id = Uuid::new_v4();
 
@@ -108,7 +118,9 @@ impl Store {
         let mut depends_on = Vec::with_capacity(new.depends_on.len());
         for dep in &new.depends_on {
             let dep_id = resolve_task(&mut tx, dep).await.map_err(|e| match e {
-                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => invalid("depends_on", e.to_string()),
+                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => {
+                    invalid("depends_on", e.to_string())
+                }
                 e => e,
             })?;
             if !depends_on.contains(&dep_id) {
@@ -147,20 +159,31 @@ impl Store {
 
     /// Adds dependencies to a task that is still waiting in `created`; refuses one that would
     /// close a cycle, naming the cycle.
-    pub async fn add_dependencies(&self, task: &str, depends_on: &[String], actor: &str) -> Result<Task> {
+    pub async fn add_dependencies(
+        &self,
+        task: &str,
+        depends_on: &[String],
+        actor: &str,
+    ) -> Result<Task> {
         let mut tx = self.write().await?;
         let id = resolve_task(&mut tx, task).await?;
         let current = load_task(&mut tx, id).await?;
         if current.state != TaskState::Created {
             return Err(invalid(
                 "depends_on",
-                format!("task {} is {}; dependencies can only be added while it is created", current.short_id(), current.state),
+                format!(
+                    "task {} is {}; dependencies can only be added while it is created",
+                    current.short_id(),
+                    current.state
+                ),
             ));
         }
         let mut added = Vec::new();
         for dep in depends_on {
             let dep_id = resolve_task(&mut tx, dep).await.map_err(|e| match e {
-                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => invalid("depends_on", e.to_string()),
+                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => {
+                    invalid("depends_on", e.to_string())
+                }
                 e => e,
             })?;
             if let Some(cycle) = find_path(&mut tx, dep_id, id).await? {
@@ -176,7 +199,16 @@ impl Store {
         if !added.is_empty() {
             let now = Timestamp::now();
             let reason = format!("now depends on {}", added.join(", "));
-            append_log(&mut tx, id, now, Some(TaskState::Created), TaskState::Created, &reason, actor).await?;
+            append_log(
+                &mut tx,
+                id,
+                now,
+                Some(TaskState::Created),
+                TaskState::Created,
+                &reason,
+                actor,
+            )
+            .await?;
             touch(&mut tx, id, now).await?;
         }
         let task = load_task(&mut tx, id).await?;
@@ -227,21 +259,40 @@ impl Store {
         for (task, dep, dep_state) in failed_deps {
             if blocked.insert(task.clone()) {
                 let reason = format!("dependency {} is {dep_state}", &dep[..8]);
-                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::DependencyFailed, &reason, ACTOR, policy).await?;
+                apply_in_tx(
+                    &mut tx,
+                    parse_id(&task)?,
+                    TaskEvent::DependencyFailed,
+                    &reason,
+                    ACTOR,
+                    policy,
+                )
+                .await?;
                 changed += 1;
             }
         }
 
-        let due: Vec<(String,)> = sqlx::query_as("SELECT id FROM tasks WHERE state = 'retry' AND wake_at <= ? ORDER BY wake_at")
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
+        let due: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM tasks WHERE state = 'retry' AND wake_at <= ? ORDER BY wake_at",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
         for (task,) in due {
-            apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::RetryDue, "retry backoff elapsed", ACTOR, policy).await?;
+            apply_in_tx(
+                &mut tx,
+                parse_id(&task)?,
+                TaskEvent::RetryDue,
+                "retry backoff elapsed",
+                ACTOR,
+                policy,
+            )
+            .await?;
             changed += 1;
         }
 
-        let holding: Vec<&str> = TaskState::ALL.iter().filter(|s| s.holds_slot()).map(|s| s.as_str()).collect();
+        let holding: Vec<&str> =
+            TaskState::ALL.iter().filter(|s| s.holds_slot()).map(|s| s.as_str()).collect();
         let (busy,): (i64,) = sqlx::query_as(&format!(
             "SELECT count(*) FROM tasks WHERE state IN ({})",
             holding.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
@@ -259,7 +310,15 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             for (task,) in quota {
-                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::QuotaReset, "usage limit reset", ACTOR, policy).await?;
+                apply_in_tx(
+                    &mut tx,
+                    parse_id(&task)?,
+                    TaskEvent::QuotaReset,
+                    "usage limit reset",
+                    ACTOR,
+                    policy,
+                )
+                .await?;
                 free -= 1;
                 changed += 1;
             }
@@ -282,7 +341,8 @@ impl Store {
             .await?;
             for (task,) in ready {
                 let reason = "dependencies complete and an agent slot is free";
-                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::Admit, reason, ACTOR, policy).await?;
+                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::Admit, reason, ACTOR, policy)
+                    .await?;
                 changed += 1;
             }
         }
@@ -300,7 +360,9 @@ impl Store {
         .fetch_all(&self.readers)
         .await?;
         let edges: Vec<(String, String)> =
-            sqlx::query_as("SELECT task_id, depends_on FROM task_deps").fetch_all(&self.readers).await?;
+            sqlx::query_as("SELECT task_id, depends_on FROM task_deps")
+                .fetch_all(&self.readers)
+                .await?;
         let mut deps: HashMap<String, Vec<Uuid>> = HashMap::new();
         for (task, dep) in edges {
             deps.entry(task).or_default().push(parse_id(&dep)?);
@@ -346,9 +408,11 @@ async fn apply_in_tx(
     while let Some((event, reason)) = pending.pop_front() {
         let event = match event {
             // The store, not the caller, knows how many attempts were made.
-            TaskEvent::Resolve { class, .. } => {
-                TaskEvent::Resolve { class, attempt: task.attempts, max_attempts: task.max_attempts }
-            }
+            TaskEvent::Resolve { class, .. } => TaskEvent::Resolve {
+                class,
+                attempt: task.attempts,
+                max_attempts: task.max_attempts,
+            },
             event => event,
         };
         let step = transition(task.state, event)?;
@@ -356,13 +420,12 @@ async fn apply_in_tx(
         if let TaskEvent::Resolve { class, attempt, max_attempts } = event {
             reason = match step.to {
                 TaskState::Retry => format!(
-                    "attempt {attempt} of {max_attempts} failed ({class:?}); retrying in {}",
+                    "attempt {attempt} of {max_attempts} failed ({class}); retrying in {}",
                     humantime::format_duration(backoff(policy.base, policy.cap, attempt))
                 ),
-                TaskState::Blocked => format!("all {max_attempts} attempts failed; last: {class:?}"),
-                _ => format!("fatal error ({class:?})"),
-            }
-            .to_lowercase();
+                TaskState::Blocked => format!("all {max_attempts} attempts failed; last: {class}"),
+                _ => format!("fatal error ({class})"),
+            };
         }
         task.wake_at = None;
         for effect in step.effects {
@@ -376,7 +439,11 @@ async fn apply_in_tx(
                     task.wake_at = Some(until.unwrap_or_else(|| now.after(policy.cap)));
                 }
                 Effect::Assess { class } => pending.push_back((
-                    TaskEvent::Resolve { class, attempt: task.attempts, max_attempts: task.max_attempts },
+                    TaskEvent::Resolve {
+                        class,
+                        attempt: task.attempts,
+                        max_attempts: task.max_attempts,
+                    },
                     String::new(),
                 )),
                 Effect::RaiseAlert { severity, reason: why } => {
@@ -385,7 +452,11 @@ async fn apply_in_tx(
                     raise_alert(tx, Some(id), severity, why, &message, now).await?;
                 }
                 Effect::AskDecision { kind } => {
-                    let question = format!("task {} ({}) is blocked: {reason}. Retry or cancel?", task.short_id(), task.title);
+                    let question = format!(
+                        "task {} ({}) is blocked: {reason}. Retry or cancel?",
+                        task.short_id(),
+                        task.title
+                    );
                     ask_decision(tx, id, kind, &question, now).await?;
                 }
                 other => left.push(other),
@@ -523,7 +594,11 @@ async fn touch(tx: &mut Transaction<'static, Sqlite>, id: Uuid, now: Timestamp) 
     Ok(())
 }
 
-async fn insert_dependency(tx: &mut Transaction<'static, Sqlite>, task: Uuid, dep: Uuid) -> Result<()> {
+async fn insert_dependency(
+    tx: &mut Transaction<'static, Sqlite>,
+    task: Uuid,
+    dep: Uuid,
+) -> Result<()> {
     if task == dep {
         return Err(StoreError::Cycle(format!("task {} cannot depend on itself", short_id(&task))));
     }
@@ -537,7 +612,11 @@ async fn insert_dependency(tx: &mut Transaction<'static, Sqlite>, task: Uuid, de
 
 /// The dependency path from `from` to `to` (both included), if `from` depends on `to`
 /// directly or transitively.
-async fn find_path(tx: &mut Transaction<'static, Sqlite>, from: Uuid, to: Uuid) -> Result<Option<Vec<Uuid>>> {
+async fn find_path(
+    tx: &mut Transaction<'static, Sqlite>,
+    from: Uuid,
+    to: Uuid,
+) -> Result<Option<Vec<Uuid>>> {
     if from == to {
         return Ok(Some(vec![from]));
     }
@@ -584,8 +663,10 @@ async fn find_path(tx: &mut Transaction<'static, Sqlite>, from: Uuid, to: Uuid) 
 
 /// `3f2a9c41 (title)` for messages.
 async fn describe(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<String> {
-    let (title,): (String,) =
-        sqlx::query_as("SELECT title FROM tasks WHERE id = ?").bind(id.hyphenated()).fetch_one(&mut **tx).await?;
+    let (title,): (String,) = sqlx::query_as("SELECT title FROM tasks WHERE id = ?")
+        .bind(id.hyphenated())
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(format!("{} ({title})", short_id(&id)))
 }
 
@@ -595,10 +676,12 @@ pub(super) async fn resolve_task(conn: &mut sqlx::SqliteConnection, key: &str) -
     if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(StoreError::TaskNotFound(key));
     }
-    let matches: Vec<(String,)> = sqlx::query_as("SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 3")
-        .bind(&key)
-        .fetch_all(&mut *conn)
-        .await?;
+    let matches: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM tasks WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 3",
+    )
+    .bind(&key)
+    .fetch_all(&mut *conn)
+    .await?;
     match matches.as_slice() {
         [(id,)] => parse_id(id),
         [] => Err(StoreError::TaskNotFound(key)),
@@ -615,10 +698,11 @@ pub(super) async fn load_task(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Re
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| StoreError::TaskNotFound(id.to_string()))?;
-    let deps: Vec<(String,)> = sqlx::query_as("SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on")
-        .bind(id.hyphenated())
-        .fetch_all(&mut *conn)
-        .await?;
+    let deps: Vec<(String,)> =
+        sqlx::query_as("SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on")
+            .bind(id.hyphenated())
+            .fetch_all(&mut *conn)
+            .await?;
     task.depends_on = deps.iter().map(|(d,)| parse_id(d)).collect::<Result<_>>()?;
     Ok(task)
 }

@@ -1,0 +1,351 @@
+//! Task lifecycle through the CLI and the API: dependencies, cycles, the log, illegal moves,
+//! agent slots.
+
+use std::time::Duration;
+
+use ccm_tests::{wait_until, Daemon, TestHome};
+use serde_json::{json, Value};
+
+async fn task_state(daemon: &Daemon, id: &str) -> String {
+    let (status, task) = daemon.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(status, 200, "{task}");
+    task["state"].as_str().expect("state").to_string()
+}
+
+async fn create(daemon: &Daemon, body: Value) -> String {
+    let (status, task) = daemon.post("/api/tasks", body).await;
+    assert_eq!(status, 201, "{task}");
+    task["id"].as_str().expect("id").to_string()
+}
+
+/// Drives a queued task to `complete` the way the agent runtime will: start, worker finished,
+/// verification passed, report without a supervisor.
+async fn complete(daemon: &Daemon, id: &str) {
+    for event in ["start", "worker_finished", "verify_passed"] {
+        let (status, body) =
+            daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": event })).await;
+        assert_eq!(status, 200, "{event}: {body}");
+    }
+    let (status, body) = daemon
+        .post(
+            &format!("/api/tasks/{id}/events"),
+            json!({ "event": "report_ready", "supervised": false }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "complete");
+}
+
+#[tokio::test]
+async fn dependents_stay_created_until_their_dependencies_complete() {
+    let home = TestHome::new("deps");
+    let daemon = home.start();
+    let first =
+        home.run_json(&["task", "add", "build the parser"])["id"].as_str().unwrap().to_string();
+    let second = home.run_json(&["task", "add", "write the tests", "--after", &first[..8]])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let third = create(&daemon, json!({ "title": "ship it", "depends_on": [first, second] })).await;
+
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            task_state(&daemon, &first).await == "queued"
+        })
+        .await
+    );
+    // The scheduler has run at least once since; the dependents must still wait.
+    assert_eq!(task_state(&daemon, &second).await, "created");
+    assert_eq!(task_state(&daemon, &third).await, "created");
+
+    complete(&daemon, &first).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            task_state(&daemon, &second).await == "queued"
+        })
+        .await
+    );
+    assert_eq!(task_state(&daemon, &third).await, "created", "third still waits for second");
+
+    complete(&daemon, &second).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            task_state(&daemon, &third).await == "queued"
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn dependency_cycle_is_refused_naming_the_cycle() {
+    let home = TestHome::new("cycle");
+    let _daemon = home.start();
+    let a = home.run_json(&["task", "add", "alpha"])["id"].as_str().unwrap().to_string();
+    let b =
+        home.run_json(&["task", "add", "beta", "--after", &a])["id"].as_str().unwrap().to_string();
+    let c =
+        home.run_json(&["task", "add", "gamma", "--after", &b])["id"].as_str().unwrap().to_string();
+    // alpha is queued by now or soon; make a fresh waiting root to close a cycle on.
+    let d =
+        home.run_json(&["task", "add", "delta", "--after", &c])["id"].as_str().unwrap().to_string();
+    let e = home.run_json(&["task", "add", "epsilon", "--after", &d])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let output = home.run(&["task", "depend", &d, "--on", &e]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("dependency cycle refused"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} (delta) → {} (epsilon) → {} (delta)",
+            &d[..8],
+            &e[..8],
+            &d[..8]
+        )),
+        "{stderr}"
+    );
+
+    let output = home.run(&["task", "depend", &e, "--on", &e]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "dependency cycle refused: {} (epsilon) → {} (epsilon)",
+            &e[..8],
+            &e[..8]
+        )),
+        "{stderr}"
+    );
+
+    // Nothing was stored by the refused requests.
+    let delta = home.run_json(&["task", "show", &d]);
+    assert_eq!(delta["depends_on"], json!([c]));
+}
+
+#[tokio::test]
+async fn task_list_json_and_api_agree() {
+    let home = TestHome::new("list-agree");
+    let daemon = home.start();
+    let a = home.run_json(&["task", "add", "one", "--priority", "5", "--verify", "cargo test"])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    home.run_ok(&[
+        "task",
+        "add",
+        "two",
+        "--after",
+        &a,
+        "--repo",
+        "git@github.com:org/app.git",
+        "--max-attempts",
+        "5",
+    ]);
+    create(&daemon, json!({ "title": "three", "profile": "gemini" })).await;
+    // Let the scheduler settle ("one" and "three" queued) so both reads see the same state.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            let (_, tasks) = daemon.get("/api/tasks?state=queued").await;
+            tasks.as_array().unwrap().len() == 2
+        })
+        .await
+    );
+
+    let (status, from_api) = daemon.get("/api/tasks").await;
+    assert_eq!(status, 200);
+    let from_cli = home.run_json(&["task", "list"]);
+    assert_eq!(from_cli, from_api);
+    let tasks = from_api.as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(tasks[1]["repo"], "https://github.com/org/app");
+    assert_eq!(tasks[1]["max_attempts"], 5);
+    assert_eq!(tasks[2]["profile"], "gemini");
+
+    let (_, queued) = daemon.get("/api/tasks?state=created").await;
+    assert_eq!(queued, home.run_json(&["task", "list", "--state", "created"]));
+}
+
+#[tokio::test]
+async fn every_transition_is_logged_in_order_with_reason_and_actor() {
+    let home = TestHome::new("log");
+    let daemon = home.start();
+    let id = create(&daemon, json!({ "title": "logged", "max_attempts": 2 })).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async { task_state(&daemon, &id).await == "queued" })
+            .await
+    );
+    daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": "start" })).await;
+    let (status, _) = daemon
+        .post(
+            &format!("/api/tasks/{id}/events"),
+            json!({ "event": "failed", "class": "verify_failed", "reason": "3 tests failed" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    home.run_ok(&["task", "cancel", &id, "--reason", "not needed any more"]);
+
+    let detail = home.run_json(&["task", "show", &id]);
+    let log: Vec<(Value, Value, Value, Value)> = detail["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from_state"].clone(),
+                e["to_state"].clone(),
+                e["reason"].clone(),
+                e["actor"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (Value::Null, json!("created"), json!("created"), json!("api")),
+            (
+                json!("created"),
+                json!("queued"),
+                json!("dependencies complete and an agent slot is free"),
+                json!("scheduler")
+            ),
+            (json!("queued"), json!("executing"), json!("start"), json!("api")),
+            (json!("executing"), json!("error"), json!("3 tests failed"), json!("api")),
+            (
+                json!("error"),
+                json!("retry"),
+                json!("attempt 1 of 2 failed (verify_failed); retrying in 10s"),
+                json!("api")
+            ),
+            (json!("retry"), json!("cancelled"), json!("not needed any more"), json!("cli")),
+        ]
+    );
+    let times: Vec<&str> =
+        detail["log"].as_array().unwrap().iter().map(|e| e["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "log times in order: {times:?}");
+}
+
+#[tokio::test]
+async fn illegal_transition_is_refused_naming_both_states() {
+    let home = TestHome::new("illegal");
+    let daemon = home.start();
+    let id = create(&daemon, json!({ "title": "finished" })).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async { task_state(&daemon, &id).await == "queued" })
+            .await
+    );
+    complete(&daemon, &id).await;
+
+    let (status, body) =
+        daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": "cancel" })).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "illegal_transition");
+    assert_eq!(
+        body["error"]["message"],
+        "illegal transition from complete to cancelled: event `cancel` is not allowed in state complete"
+    );
+
+    let output = home.run(&["task", "retry", &id]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("illegal transition from complete to created"), "{stderr}");
+
+    // The refused events left no trace.
+    let detail = home.run_json(&["task", "show", &id]);
+    assert_eq!(detail["state"], "complete");
+    assert_eq!(detail["log"].as_array().unwrap().last().unwrap()["to_state"], "complete");
+}
+
+#[tokio::test]
+async fn scheduler_admits_no_more_tasks_than_agent_slots() {
+    let home = TestHome::new("slots");
+    // Created while the daemon is down, so the scheduler sees all five at once.
+    let ids: Vec<String> = (0..5)
+        .map(|p| {
+            let task =
+                home.run_json(&["task", "add", &format!("task {p}"), "--priority", &p.to_string()]);
+            task["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let daemon = home.start_with(|c| {
+        c.env("CCM_SCHEDULER__SLOTS", "2");
+    });
+    let queued = || async {
+        let (_, tasks) = daemon.get("/api/tasks?state=queued").await;
+        tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["title"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(5), || async { queued().await.len() == 2 }).await);
+    // Highest priority first (priorities 4 and 3; task 4 was created last).
+    let mut first = queued().await;
+    first.sort();
+    assert_eq!(first, ["task 3", "task 4"]);
+
+    // Cancelling one frees a slot for the next by priority.
+    home.run_ok(&["task", "cancel", &ids[4]]);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            queued().await.contains(&"task 2".to_string())
+        })
+        .await
+    );
+    assert_eq!(queued().await.len(), 2);
+}
+
+#[tokio::test]
+async fn cli_works_without_a_daemon_and_the_daemon_picks_up_its_tasks() {
+    let home = TestHome::new("offline");
+    let id = home.run_json(&["task", "add", "written offline"])["id"].as_str().unwrap().to_string();
+    let status = home.run_json(&["status"]);
+    assert_eq!(status["daemon"], Value::Null);
+    assert_eq!(status["tasks"]["created"], 1);
+
+    let daemon = home.start();
+    assert!(
+        wait_until(Duration::from_secs(5), || async { task_state(&daemon, &id).await == "queued" })
+            .await
+    );
+    let status = home.run_json(&["status"]);
+    assert_eq!(status["daemon"]["addr"], daemon.addr.as_str());
+}
+
+#[tokio::test]
+async fn blocked_task_after_exhausted_attempts_raises_alert_and_decision() {
+    let home = TestHome::new("blocked");
+    let daemon = home.start();
+    let id = create(&daemon, json!({ "title": "flaky", "max_attempts": 1 })).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async { task_state(&daemon, &id).await == "queued" })
+            .await
+    );
+    daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": "start" })).await;
+    let (_, task) = daemon
+        .post(&format!("/api/tasks/{id}/events"), json!({ "event": "failed", "class": "crash" }))
+        .await;
+    assert_eq!(task["state"], "blocked");
+
+    let status = home.run_json(&["status"]);
+    assert_eq!(status["open_alerts"], 1);
+    assert_eq!(status["pending_decisions"], 1);
+    let dump = home.run_ok(&["dump-state"]);
+    assert!(dump.contains("attempts_exhausted"), "{dump}");
+    assert!(
+        dump.contains("is blocked: all 1 attempts failed; last: crash. Retry or cancel?"),
+        "{dump}"
+    );
+
+    home.run_ok(&["task", "retry", &id]);
+    let status = home.run_json(&["status"]);
+    assert_eq!(status["pending_decisions"], 0, "retrying answers the decision");
+    assert!(
+        wait_until(Duration::from_secs(5), || async { task_state(&daemon, &id).await == "queued" })
+            .await
+    );
+    let (_, task) = daemon.get(&format!("/api/tasks/{id}")).await;
+    assert_eq!(task["attempts"], 0, "a retry starts a fresh attempt budget");
+}

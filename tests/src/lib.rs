@@ -1,0 +1,253 @@
+//! Shared helpers of ccm's integration tests and benchmarks: the real `ccm` binary, run in a
+//! temporary home, driven through its CLI, its HTTP API and its database file.
+//!
+//! - [`ccm_bin`]: builds (once) and locates the `ccm` binary of the current profile.
+//! - [`TestHome`]: a temporary `CCM_HOME` (and working directory) named after the test.
+//! - [`Daemon`]: a running `ccm up`, with an authenticated HTTP client.
+//! - [`git_repo`]: a real git repository in a temporary directory.
+//! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `ccm` binary of the profile these tests were built with, built once per test process.
+pub fn ccm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary knows its path");
+        // target/<profile>/deps/<test-binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "ccm-node", "--bin", "ccm"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the ccm binary failed");
+        profile_dir.join("ccm")
+    })
+}
+
+/// A temporary ccm home and working directory, removed when dropped.
+pub struct TestHome {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    pub fn new(name: &str) -> TestHome {
+        let dir =
+            tempfile::Builder::new().prefix(&format!("ccm-{name}-")).tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("work")).expect("work dir");
+        TestHome { dir }
+    }
+
+    /// The `CCM_HOME` directory.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// A directory that is not a git repository, where commands run by default.
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    pub fn db_file(&self) -> PathBuf {
+        self.home().join("ccm.db")
+    }
+
+    /// `ccm` with this home, port 0 (any free port) and no other `CCM_*` variable.
+    pub fn ccm(&self) -> Command {
+        let mut command = Command::new(ccm_bin());
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CCM_")) {
+            command.env_remove(name);
+        }
+        command
+            .env("CCM_HOME", self.home())
+            .env("CCM_DAEMON__PORT", "0")
+            .env("CCM_LOG", "warn")
+            .current_dir(self.work());
+        command
+    }
+
+    /// Runs `ccm ARGS` and returns its output, whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.ccm().args(args).output().expect("ccm runs")
+    }
+
+    /// Runs `ccm ARGS`, panicking with its stderr unless it succeeds; returns stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "ccm {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    /// Runs `ccm ARGS --json` (ARGS must end where `--json` is accepted) and parses stdout.
+    pub fn run_json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.run_ok(&args)).expect("ccm printed JSON")
+    }
+
+    /// Starts `ccm up` and waits until it answers.
+    pub fn start(&self) -> Daemon {
+        self.start_with(|_| {})
+    }
+
+    /// Starts `ccm up` after `configure` adjusted the command (extra environment, ...).
+    pub fn start_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
+        let log_path = self.dir.path().join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut command = self.ccm();
+        command.arg("up").env("CCM_LOG", "info").stdout(Stdio::null()).stderr(log);
+        configure(&mut command);
+        let child = command.spawn().expect("ccm up starts");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(info) = std::fs::read_to_string(self.home().join("daemon.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            {
+                if info["pid"].as_u64() == Some(u64::from(pid)) {
+                    let addr = info["addr"].as_str().expect("addr in port file").to_string();
+                    let auth: Value = serde_json::from_str(
+                        &std::fs::read_to_string(self.home().join("auth.json")).expect("auth.json"),
+                    )
+                    .expect("auth json");
+                    let token = auth["token"].as_str().expect("token").to_string();
+                    return Daemon {
+                        child,
+                        addr,
+                        token,
+                        log: log_path,
+                        http: reqwest::Client::builder().no_proxy().build().expect("client"),
+                    };
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not start: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A running `ccm up`, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub token: String,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Daemon {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `GET` with the token; returns the status and the JSON body (`Null` when not JSON).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// `POST` with the token and a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(&self.token).send().await.expect("daemon answers");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        self.child.wait().expect("daemon exits")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Creates a git repository with one commit at `dir`, with `origin` set to `remote` if given.
+pub fn git_repo(dir: &Path, remote: Option<&str>) {
+    std::fs::create_dir_all(dir).expect("repo dir");
+    let git = |args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.email", "test@example.com"]);
+    git(&["config", "user.name", "ccm test"]);
+    std::fs::write(dir.join("README.md"), "test repo\n").expect("write");
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "initial"]);
+    if let Some(remote) = remote {
+        git(&["remote", "add", "origin", remote]);
+    }
+}
+
+/// Opens the database file as another process would (read-write, its own connection).
+pub async fn open_db(path: &Path) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .expect("database opens")
+}
