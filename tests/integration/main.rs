@@ -3,5 +3,6 @@
 
 mod api;
 mod config;
+mod durability;
 mod init;
 mod tasks;

@@ -131,13 +131,8 @@ impl TestHome {
                     )
                     .expect("auth json");
                     let token = auth["token"].as_str().expect("token").to_string();
-                    return Daemon {
-                        child,
-                        addr,
-                        token,
-                        log: log_path,
-                        http: reqwest::Client::builder().no_proxy().build().expect("client"),
-                    };
+                    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+                    return Daemon { child, log: log_path, api: Api { addr, token, http } };
                 }
             }
             assert!(
@@ -150,16 +145,16 @@ impl TestHome {
     }
 }
 
-/// A running `ccm up`, killed when dropped.
-pub struct Daemon {
-    pub child: Child,
+/// An authenticated client of a daemon's API; cheap to clone into spawned tasks.
+#[derive(Clone)]
+pub struct Api {
+    /// `host:port` the daemon listens on.
     pub addr: String,
     pub token: String,
-    pub log: PathBuf,
     pub http: reqwest::Client,
 }
 
-impl Daemon {
+impl Api {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -180,7 +175,24 @@ impl Daemon {
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
     }
+}
 
+/// A running `ccm up`, killed when dropped. Dereferences to its [`Api`].
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub api: Api,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Daemon {
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
