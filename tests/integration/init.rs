@@ -112,3 +112,26 @@ fn doctor_reports_each_check_and_how_to_fix_failures() {
         "{stdout}"
     );
 }
+
+/// The README starts with the run command and the test command, and CI runs exactly the latter.
+#[test]
+fn readme_starts_with_the_run_and_test_commands_ci_uses() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a first sh block");
+    let commands: Vec<&str> = block.lines().map(|l| l.split('#').next().unwrap().trim()).collect();
+    assert_eq!(commands[0], "cargo run --release -p ccm-node --bin ccm -- up");
+    let test_command = commands[1];
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(ci.lines().any(|l| l.trim() == test_command), "CI runs `{test_command}`");
+
+    // The run command's binary starts on an empty home with nothing set up.
+    let home = TestHome::new("readme-up");
+    let daemon = home.start();
+    assert!(home.db_file().exists() && home.home().join("auth.json").exists());
+    drop(daemon);
+}

@@ -118,6 +118,13 @@ impl TestHome {
         configure(&mut command);
         let child = command.spawn().expect("ccm up starts");
         let pid = child.id();
+        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        // Owned by `Daemon` from here on, so its `Drop` kills the child on every path.
+        let mut daemon = Daemon {
+            child,
+            log: log_path,
+            api: Api { addr: String::new(), token: String::new(), http },
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(info) = std::fs::read_to_string(self.home().join("daemon.json"))
@@ -125,21 +132,16 @@ impl TestHome {
                 .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             {
                 if info["pid"].as_u64() == Some(u64::from(pid)) {
-                    let addr = info["addr"].as_str().expect("addr in port file").to_string();
+                    daemon.api.addr = info["addr"].as_str().expect("addr in port file").to_string();
                     let auth: Value = serde_json::from_str(
                         &std::fs::read_to_string(self.home().join("auth.json")).expect("auth.json"),
                     )
                     .expect("auth json");
-                    let token = auth["token"].as_str().expect("token").to_string();
-                    let http = reqwest::Client::builder().no_proxy().build().expect("client");
-                    return Daemon { child, log: log_path, api: Api { addr, token, http } };
+                    daemon.api.token = auth["token"].as_str().expect("token").to_string();
+                    return daemon;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
+            assert!(Instant::now() < deadline, "daemon did not start: {}", daemon.log_text());
             std::thread::sleep(Duration::from_millis(10));
         }
     }
