@@ -45,6 +45,18 @@ enum Command {
     /// Repository checkouts registered on this system.
     #[command(subcommand)]
     Context(ContextCommand),
+    /// Agents: list them, attach a terminal to one, kill one.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
+    Decide {
+        /// Decision id (or unique prefix) to answer.
+        id: Option<String>,
+        /// The answer: one of the decision's options.
+        answer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the whole state of the node, human-readable (or --json).
     DumpState {
         #[arg(long)]
@@ -92,6 +104,13 @@ enum TaskCommand {
         #[arg(long = "on", required = true, num_args = 1..)]
         on: Vec<String>,
     },
+    /// Print the output of the task's latest agent.
+    Logs {
+        id: String,
+        /// Keep printing as the agent writes, until it ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Apply a state-machine event given as JSON, e.g. '{"event": "verify_passed"}'
     /// (for scripts and runners outside ccm).
     Event {
@@ -133,6 +152,19 @@ struct AddArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Agents, live ones first: status, task, heartbeat age, cost so far.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach this terminal to the agent's tmux window (detach with the tmux prefix, then d).
+    Attach { id: String },
+    /// Kill the agent's window; its attempt counts as a crash and is retried while attempts remain.
+    Kill { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum ContextCommand {
     List {
         #[arg(long)]
@@ -160,10 +192,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = Backend::connect(&home, &config).await?.status().await?;
             print(json, &status, show_status)
         }
-        Command::Task(command) => task(Backend::connect(&home, &config).await?, command).await,
+        Command::Task(command) => task(&home, &config, command).await,
         Command::Context(command) => {
             context(Backend::connect(&home, &config).await?, command, &cwd).await
         }
+        Command::Agent(command) => {
+            agent(&open_store(&home, &config).await?, &config, command).await
+        }
+        Command::Decide { id, answer, json } => match (id, answer) {
+            (Some(id), Some(answer)) => {
+                let decision = Backend::connect(&home, &config).await?.answer(&id, &answer).await?;
+                println!("decision {} answered `{answer}`", short_id(&decision.id));
+                Ok(())
+            }
+            (Some(_), None) => anyhow::bail!("give the answer too: `ccm decide ID ANSWER`"),
+            _ => {
+                let store = open_store(&home, &config).await?;
+                let pending: Vec<_> =
+                    store.decisions().await?.into_iter().filter(|d| d.answer.is_none()).collect();
+                print(json, &pending, |pending| {
+                    if pending.is_empty() {
+                        println!("no decisions pending");
+                    }
+                    for d in pending {
+                        println!(
+                            "{}  {}  [{}]",
+                            short_id(&d.id),
+                            d.question,
+                            d.options.0.join(" | ")
+                        );
+                    }
+                })
+            }
+        },
         Command::DumpState { json } => {
             let store = open_store(&home, &config).await?;
             let daemon = Client::connect(&home).await.map(|c| c.daemon);
@@ -210,7 +271,7 @@ pub(crate) async fn open_store(home: &Home, config: &Config) -> anyhow::Result<S
 /// Where state-changing commands go: the running daemon, or the database file.
 enum Backend {
     Daemon(Client),
-    Local { store: Store, config: Config },
+    Local { store: Store, config: Box<Config> },
 }
 
 impl Backend {
@@ -219,7 +280,7 @@ impl Backend {
             Some(client) => Ok(Backend::Daemon(client)),
             None => Ok(Backend::Local {
                 store: open_store(home, config).await?,
-                config: config.clone(),
+                config: Box::new(config.clone()),
             }),
         }
     }
@@ -265,7 +326,7 @@ impl Backend {
                 client.post(&["tasks", id, "events"], body).await
             }
             Backend::Local { store, config } => {
-                let policy = RetryPolicy::from(&config.tasks);
+                let policy = RetryPolicy::from(&**config);
                 Ok(store.apply_event(id, event, reason, "cli", policy).await?.0)
             }
         }
@@ -277,6 +338,17 @@ impl Backend {
                 client.post(&["tasks", id, "dependencies"], json!({ "depends_on": on })).await
             }
             Backend::Local { store, .. } => Ok(store.add_dependencies(id, on, "cli").await?),
+        }
+    }
+
+    async fn answer(&self, id: &str, answer: &str) -> anyhow::Result<ccm_schema::Decision> {
+        match self {
+            Backend::Daemon(client) => {
+                client.post(&["decisions", id], json!({ "answer": answer })).await
+            }
+            Backend::Local { store, config } => {
+                Ok(store.answer_decision(id, answer, "cli", RetryPolicy::from(&**config)).await?)
+            }
         }
     }
 
@@ -331,7 +403,11 @@ async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn task(backend: Backend, command: TaskCommand) -> anyhow::Result<()> {
+async fn task(home: &Home, config: &Config, command: TaskCommand) -> anyhow::Result<()> {
+    if let TaskCommand::Logs { id, follow } = command {
+        return logs(&open_store(home, config).await?, &id, follow).await;
+    }
+    let backend = Backend::connect(home, config).await?;
     match command {
         TaskCommand::Add(args) => {
             let new = NewTask {
@@ -370,6 +446,7 @@ async fn task(backend: Backend, command: TaskCommand) -> anyhow::Result<()> {
             println!("task {} depends on {}", task.short_id(), deps.join(", "));
             Ok(())
         }
+        TaskCommand::Logs { .. } => unreachable!("handled before connecting"),
         TaskCommand::Event { id, event, reason } => {
             let event: TaskEvent =
                 serde_json::from_str(&event).with_context(|| format!("invalid event `{event}`"))?;
@@ -409,6 +486,117 @@ async fn context(backend: Backend, command: ContextCommand, cwd: &Path) -> anyho
             println!("context {} removed: {}", short_id(&context.id), context.path);
             Ok(())
         }
+    }
+}
+
+async fn agent(store: &Store, config: &Config, command: AgentCommand) -> anyhow::Result<()> {
+    let tmux = crate::tmux::Tmux::new(config.runtime.tmux_socket.clone());
+    match command {
+        AgentCommand::List { json } => {
+            let agents = store.agents().await?;
+            let stale_after = config.runtime.stale_secs as i64;
+            print(json, &agents, |agents| {
+                if agents.is_empty() {
+                    println!("no agents");
+                    return;
+                }
+                let now = ccm_schema::Timestamp::now().millis();
+                table(
+                    &[
+                        "ID",
+                        "TASK",
+                        "KIND",
+                        "PROFILE",
+                        "STATUS",
+                        "HEARTBEAT",
+                        "COST",
+                        "TOKENS IN/OUT",
+                    ],
+                    agents.iter().map(|a| {
+                        let age = (now - a.last_heartbeat.millis()) / 1000;
+                        let heartbeat = if !a.status.is_live() {
+                            "-".to_string()
+                        } else if age > stale_after {
+                            format!("{age}s (stale)")
+                        } else {
+                            format!("{age}s")
+                        };
+                        vec![
+                            a.short_id(),
+                            short_id(&a.task_id),
+                            format!("{:?}", a.kind).to_lowercase(),
+                            a.profile.clone(),
+                            format!("{:?}", a.status).to_lowercase(),
+                            heartbeat,
+                            format!("${:.4}", a.cost_usd),
+                            format!("{}/{}", a.input_tokens, a.output_tokens),
+                        ]
+                    }),
+                )
+            })
+        }
+        AgentCommand::Attach { id } => {
+            let agent = store.agent(&id).await?;
+            let window =
+                agent.window_id.as_deref().filter(|_| agent.status.is_live()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "agent {} is {:?}: there is no window to attach to",
+                        agent.id,
+                        agent.status
+                    )
+                })?;
+            let argv = tmux.attach_argv(window);
+            use std::os::unix::process::CommandExt;
+            let error = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+            Err(anyhow::anyhow!("cannot run tmux attach: {error}"))
+        }
+        AgentCommand::Kill { id } => {
+            let agent = store.agent(&id).await?;
+            match agent.window_id.as_deref().filter(|_| agent.status.is_live()) {
+                Some(window) => {
+                    tmux.kill(window).await?;
+                    println!(
+                        "agent {} killed; the runtime retries its task while attempts remain",
+                        agent.short_id()
+                    );
+                    Ok(())
+                }
+                None => {
+                    anyhow::bail!("agent {} is not running ({:?})", agent.short_id(), agent.status)
+                }
+            }
+        }
+    }
+}
+
+/// Prints the output log of the task's latest agent; with `follow`, keeps printing until the
+/// agent has ended and its log is drained.
+async fn logs(store: &Store, id: &str, follow: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let task = store.task(id).await?.task;
+    let agents = store.task_agents(task.id).await?;
+    let agent = agents
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("task {} has not run an agent yet", task.short_id()))?;
+    let dir = PathBuf::from(&agent.dir);
+    let mut offset = 0;
+    loop {
+        let ended = !follow
+            || dir.join("exit").exists()
+            || !store.agent(&agent.id.to_string()).await?.status.is_live();
+        if let Ok(mut file) = tokio::fs::File::open(dir.join("output.log")).await {
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut fresh = Vec::new();
+            file.read_to_end(&mut fresh).await?;
+            offset += fresh.len() as u64;
+            std::io::stdout().write_all(&fresh)?;
+            std::io::stdout().flush()?;
+        }
+        if ended {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -513,6 +701,13 @@ fn show_status(status: &Status) {
         "tasks   {total}{}",
         if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) }
     );
+    println!(
+        "agents  {} running; today ${:.4}, {} tokens in, {} out",
+        status.agents_running,
+        status.today.cost_usd,
+        status.today.input_tokens,
+        status.today.output_tokens
+    );
     println!("alerts  {} open", status.open_alerts);
     println!("decide  {} pending", status.pending_decisions);
     println!(
@@ -535,7 +730,12 @@ fn show_dump(dump: &StateDump) {
     }
     println!("\n== tasks ({})", dump.tasks.len());
     for (task, log) in &dump.tasks {
-        show_task(&TaskDetail { task: task.clone(), log: log.clone() });
+        show_task(&TaskDetail {
+            task: task.clone(),
+            log: log.clone(),
+            runs: Vec::new(),
+            reports: Vec::new(),
+        });
         println!();
     }
     println!("== open alerts ({})", dump.alerts.len());

@@ -8,10 +8,12 @@
 //! wrong type is reported with the file (or variable) and the key that hold it, and nothing
 //! starts half-configured.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::agents::profile::Profile as AgentProfile;
 
 /// Error loading configuration; always names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,13 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub scheduler: SchedulerConfig,
     pub tasks: TaskDefaults,
+    pub runtime: RuntimeConfig,
+    /// Agent profiles by name, added to (or replacing) the built-in `claude`, `gemini`, `codex`.
+    pub profiles: BTreeMap<String, AgentProfile>,
+    /// Workflows by name, added to (or replacing) the built-in `code-review`.
+    pub workflows: BTreeMap<String, Workflow>,
+    /// How task worktrees are prepared (usually set in the project's `.ccm/config.yaml`).
+    pub worktree: WorktreeConfig,
 }
 
 /// This system's identity.
@@ -113,6 +122,102 @@ impl Default for TaskDefaults {
     }
 }
 
+/// The agent runtime: tmux, supervision timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Socket name of ccm's own tmux server (`tmux -L <name>`).
+    pub tmux_socket: String,
+    /// How often the runtime looks at its agents when nothing wakes it, in milliseconds.
+    pub poll_ms: u64,
+    /// An agent silent (no output, no hook event) this long raises a `stalled` alert.
+    pub stall_secs: u64,
+    /// An agent silent this long shows as stale.
+    pub stale_secs: u64,
+    /// An executing task whose agent is silent this long is reclaimed and retried.
+    pub lease_secs: u64,
+    /// How long to wait after a usage limit when the agent did not say when it resets.
+    pub quota_wait_secs: u64,
+    /// Longest run of a `verify` command.
+    pub verify_timeout_secs: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            tmux_socket: "ccm".into(),
+            poll_ms: 100,
+            stall_secs: 300,
+            stale_secs: 120,
+            lease_secs: 1800,
+            quota_wait_secs: 3600,
+            verify_timeout_secs: 1800,
+        }
+    }
+}
+
+/// A predefined orchestration pattern: the steps a task goes through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    pub steps: Vec<Step>,
+}
+
+/// One step of a workflow: who runs it, with which profile and prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub role: Role,
+    /// Agent profile; the task's profile when omitted.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Prompt template: `{title}`, `{prompt}` (the task's), and for a supervisor `{report}`.
+    pub prompt: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Worker,
+    Supervisor,
+}
+
+impl Workflow {
+    pub fn step(&self, role: Role) -> Option<&Step> {
+        self.steps.iter().find(|s| s.role == role)
+    }
+}
+
+/// The built-in workflows: `code-review`, where a worker does the task and a supervisor
+/// reviews the report.
+pub fn builtin_workflows() -> BTreeMap<String, Workflow> {
+    let review = Workflow {
+        steps: vec![
+            Step { role: Role::Worker, profile: None, prompt: "{prompt}".into() },
+            Step {
+                role: Role::Supervisor,
+                profile: None,
+                prompt: "You review the work an agent did for the task \"{title}\".\n\
+                         Task prompt:\n{prompt}\n\nReport (JSON: diff stat, commits, verification, cost, last message):\n{report}\n\n\
+                         Check that the work does what the task asks and nothing it should not. \
+                         Answer with a short review, then a last line `VERDICT: ok` or `VERDICT: issue`."
+                    .into(),
+            },
+        ],
+    };
+    BTreeMap::from([("code-review".to_string(), review)])
+}
+
+/// How a task's worktree is prepared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorktreeConfig {
+    /// Files copied from the checkout into each new worktree, such as `.env`.
+    pub copy_files: Vec<String>,
+    /// Command run with `sh -c` in each new worktree, such as `npm ci`.
+    pub setup: Option<String>,
+}
+
 /// Where one layer of configuration came from.
 enum Layer {
     File(PathBuf),
@@ -147,10 +252,16 @@ impl Config {
         }
         let merged =
             merged.build().map_err(|e| ConfigError::Invalid { key: "", message: e.to_string() })?;
-        let config = deserialize(merged).map_err(|(key, message)| ConfigError::Invalid {
+        let mut config = deserialize(merged).map_err(|(key, message)| ConfigError::Invalid {
             key: "",
             message: format!("{key}: {message}"),
         })?;
+        for (name, profile) in crate::agents::profile::builtin() {
+            config.profiles.entry(name).or_insert(profile);
+        }
+        for (name, workflow) in builtin_workflows() {
+            config.workflows.entry(name).or_insert(workflow);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -181,6 +292,29 @@ impl Config {
         }
         if self.tasks.retry_cap_secs < self.tasks.retry_base_secs {
             return invalid("tasks.retry_cap_secs", "must not be less than tasks.retry_base_secs");
+        }
+        if self.runtime.poll_ms == 0 {
+            return invalid("runtime.poll_ms", "must be at least 1");
+        }
+        if self.runtime.tmux_socket.is_empty() || self.runtime.tmux_socket.contains('/') {
+            return invalid("runtime.tmux_socket", "must be a plain name such as `ccm`");
+        }
+        for (name, profile) in &self.profiles {
+            profile
+                .validate(name)
+                .map_err(|message| ConfigError::Invalid { key: "profiles", message })?;
+        }
+        for (name, workflow) in &self.workflows {
+            for step in &workflow.steps {
+                if let Some(profile) =
+                    step.profile.as_deref().filter(|p| !self.profiles.contains_key(*p))
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "workflows",
+                        message: format!("workflow `{name}` names unknown profile `{profile}`"),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -258,6 +392,13 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   max_attempts: 3
 #   retry_base_secs: 10
 #   retry_cap_secs: 600
+# worktree:
+#   copy_files: [.env]   # copied into each task's worktree
+#   setup: npm ci        # run in each new worktree
+# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd}
+#   my-agent:
+#     command: [my-agent, --prompt, '{prompt}']
+#     output: plain      # claude | gemini | codex | plain
 {}
 ";
 
@@ -271,10 +412,36 @@ mod tests {
         Config::load(home.path(), None)
     }
 
+    /// The configuration with no file: defaults plus the built-in profiles and workflows.
+    fn defaults() -> Config {
+        let home = tempfile::tempdir().unwrap();
+        Config::load(home.path(), None).unwrap()
+    }
+
     #[test]
     fn defaults_apply_without_files() {
-        let home = tempfile::tempdir().unwrap();
-        assert_eq!(Config::load(home.path(), None).unwrap(), Config::default());
+        let config = defaults();
+        assert_eq!(config.daemon, DaemonConfig::default());
+        assert!(["claude", "gemini", "codex"].iter().all(|p| config.profiles.contains_key(*p)));
+        assert!(config.workflows["code-review"].step(Role::Supervisor).is_some());
+    }
+
+    #[test]
+    fn custom_profile_and_workflow_are_added_to_the_builtins() {
+        let config = load_yaml(
+            "profiles:\n  fake:\n    command: [sh, -c, 'echo {prompt}']\n\
+             workflows:\n  check:\n    steps:\n      - role: supervisor\n        profile: fake\n        prompt: '{report}'\n",
+        )
+        .unwrap();
+        assert_eq!(config.profiles["fake"].command, ["sh", "-c", "echo {prompt}"]);
+        assert!(config.profiles.contains_key("claude"));
+        assert!(
+            config.workflows.contains_key("check") && config.workflows.contains_key("code-review")
+        );
+        let error = load_yaml("workflows:\n  w:\n    steps:\n      - role: worker\n        profile: nope\n        prompt: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown profile `nope`"), "{error}");
     }
 
     #[test]
@@ -311,6 +478,6 @@ mod tests {
         std::fs::create_dir(project.path().join(".ccm")).unwrap();
         std::fs::write(project.path().join(".ccm/config.yaml"), PROJECT_TEMPLATE).unwrap();
         let home = tempfile::tempdir().unwrap();
-        assert_eq!(Config::load(home.path(), Some(project.path())).unwrap(), Config::default());
+        assert_eq!(Config::load(home.path(), Some(project.path())).unwrap(), defaults());
     }
 }

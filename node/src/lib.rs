@@ -3,20 +3,29 @@
 //! - [`cli`]: argument parsing and one function per verb; the entry point of the binary.
 //! - [`daemon`]: `ccm up`: the axum API, its guards, the scheduler, metrics, shutdown.
 //! - [`store`]: the SQLite store: tasks, log, dependencies, contexts, alerts, decisions, outbox.
+//! - [`runtime`]: the agent runtime: worktrees, agents in tmux, verification, reports,
+//!   supervisory review, retries, leases, adoption after a restart.
+//! - [`agents`]: agent profiles (argv templates) and parsers of the agents' output.
+//! - [`tmux`]: ccm's own tmux server, one window per agent.
+//! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`doctor`]: `ccm doctor`'s checks.
 //!
-//! This is the only crate that knows HTTP, the CLI and (later) tmux; it glues `ccm-schema`
+//! This is the only crate that knows HTTP, the CLI, tmux and git; it glues `ccm-schema`
 //! (types, state machine, migrations) and `ccm-sync` together.
 
+pub mod agents;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod home;
+pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod tmux;
+pub mod worktree;

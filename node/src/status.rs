@@ -4,7 +4,7 @@ use ccm_schema::{Alert, Context, Decision, SystemInfo, Task, TaskLogEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::home::DaemonInfo;
-use crate::store::{OutboxCounts, StateCounts, Store, TaskFilter};
+use crate::store::{CostTotals, OutboxCounts, StateCounts, Store, TaskFilter};
 
 /// The node at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,6 +17,10 @@ pub struct Status {
     pub open_alerts: usize,
     pub pending_decisions: usize,
     pub outbox: OutboxCounts,
+    /// Agents running now.
+    pub agents_running: usize,
+    /// Cost and tokens of the agents started today (UTC).
+    pub today: CostTotals,
 }
 
 impl Status {
@@ -33,8 +37,17 @@ impl Status {
                 .filter(|d| d.answered_at.is_none())
                 .count(),
             outbox: store.outbox_counts().await?,
+            agents_running: store.live_agents().await?.len(),
+            today: store.cost_since(start_of_today()).await?,
         })
     }
+}
+
+/// Midnight UTC of the current day.
+fn start_of_today() -> ccm_schema::Timestamp {
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    let now = ccm_schema::Timestamp::now().millis();
+    ccm_schema::Timestamp(now - now.rem_euclid(DAY_MS))
 }
 
 /// The whole state of the node.
@@ -43,6 +56,7 @@ pub struct StateDump {
     pub status: Status,
     pub contexts: Vec<Context>,
     pub tasks: Vec<(Task, Vec<TaskLogEntry>)>,
+    pub agents: Vec<ccm_schema::Agent>,
     pub alerts: Vec<Alert>,
     pub decisions: Vec<Decision>,
 }
@@ -61,6 +75,7 @@ impl StateDump {
             status: Status::gather(store, daemon).await?,
             contexts: store.contexts().await?,
             tasks,
+            agents: store.agents().await?,
             alerts: store.open_alerts().await?,
             decisions: store.decisions().await?,
         })

@@ -35,6 +35,8 @@ CREATE TABLE tasks (
         'alert', 'error', 'retry', 'failed', 'blocked', 'waiting_quota', 'cancelled')),
     -- When a task in `retry` or `waiting_quota` may be queued again.
     wake_at      INTEGER,
+    -- JSON of the task's git worktree while it exists (path, branch, base commit).
+    worktree     TEXT,
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
     -- Bumped on every change; sync never lets an older version overwrite a newer one.
@@ -77,6 +79,8 @@ CREATE TABLE alerts (
     severity    TEXT    NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
     reason      TEXT    NOT NULL,
     message     TEXT    NOT NULL,
+    -- JSON attached to the alert, such as the supervisory report.
+    details     TEXT,
     created_at  INTEGER NOT NULL,
     resolved_at INTEGER
 );
@@ -99,7 +103,7 @@ CREATE INDEX decisions_pending ON decisions (answered_at, created_at);
 -- Changes that must reach the central store, written in the same transaction as the change.
 CREATE TABLE outbox (
     id         INTEGER PRIMARY KEY,
-    kind       TEXT    NOT NULL CHECK (kind IN ('task', 'alert', 'context', 'decision')),
+    kind       TEXT    NOT NULL CHECK (kind IN ('task', 'alert', 'context', 'decision', 'report')),
     entity_id  TEXT    NOT NULL,
     payload    TEXT    NOT NULL, -- JSON snapshot of the entity after the change
     urgent     INTEGER NOT NULL DEFAULT 0 CHECK (urgent IN (0, 1)),
@@ -108,3 +112,61 @@ CREATE TABLE outbox (
     error      TEXT
 );
 CREATE INDEX outbox_by_status ON outbox (status, id);
+
+-- One agent process: a worker running an attempt, or a supervisory agent reviewing it.
+CREATE TABLE agents (
+    id             TEXT    PRIMARY KEY,
+    task_id        TEXT    NOT NULL REFERENCES tasks (id),
+    attempt        INTEGER NOT NULL,
+    kind           TEXT    NOT NULL CHECK (kind IN ('worker', 'supervisory')),
+    profile        TEXT    NOT NULL,
+    status         TEXT    NOT NULL CHECK (status IN ('starting', 'running', 'exited', 'lost', 'killed')),
+    -- tmux window id (@N) once the window exists.
+    window_id      TEXT,
+    pane_pid       INTEGER,
+    -- Directory with the agent's prompt, output log and exit file.
+    dir            TEXT    NOT NULL,
+    cwd            TEXT    NOT NULL,
+    session_id     TEXT,
+    exit_code      INTEGER,
+    -- JSON summary of the output: outcome, last message, cost, tokens, quota.
+    summary        TEXT,
+    cost_usd       REAL    NOT NULL DEFAULT 0,
+    input_tokens   INTEGER NOT NULL DEFAULT 0,
+    output_tokens  INTEGER NOT NULL DEFAULT 0,
+    tool_calls     INTEGER NOT NULL DEFAULT 0,
+    started_at     INTEGER NOT NULL,
+    last_heartbeat INTEGER NOT NULL,
+    ended_at       INTEGER,
+    stall_alerted  INTEGER NOT NULL DEFAULT 0 CHECK (stall_alerted IN (0, 1))
+);
+CREATE INDEX agents_by_status ON agents (status);
+CREATE INDEX agents_by_task ON agents (task_id, attempt);
+
+-- One run of a task by a worker, with what decided its fate.
+-- A manual retry starts numbering again at 1, so a task may have two attempts numbered 1.
+CREATE TABLE attempts (
+    id            INTEGER PRIMARY KEY,
+    task_id       TEXT    NOT NULL REFERENCES tasks (id),
+    number        INTEGER NOT NULL,
+    agent_id      TEXT    NOT NULL REFERENCES agents (id),
+    prompt        TEXT    NOT NULL,
+    started_at    INTEGER NOT NULL,
+    ended_at      INTEGER,
+    -- success, crash, verify_failed, timeout, quota, cancelled; NULL while running.
+    outcome       TEXT,
+    verify_output TEXT,
+    last_message  TEXT
+);
+CREATE INDEX attempts_by_task ON attempts (task_id, id);
+
+-- What report_generation gathered, and the supervisory verdict on it.
+CREATE TABLE reports (
+    task_id    TEXT    NOT NULL REFERENCES tasks (id),
+    attempt    INTEGER NOT NULL,
+    summary    TEXT    NOT NULL, -- JSON: diff stat, commits, cost, tokens, tool calls, duration, last message
+    verdict    TEXT    CHECK (verdict IN ('ok', 'issue')),
+    review     TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (task_id, attempt)
+);

@@ -18,7 +18,8 @@ pub use state::{
     backoff, transition, Effect, FailureClass, TaskEvent, TaskState, Transition, TransitionError,
 };
 pub use types::{
-    Alert, Context, Decision, DecisionKind, Severity, SystemInfo, Task, TaskLogEntry, Timestamp,
+    Agent, AgentKind, AgentStatus, Alert, Attempt, Context, Decision, DecisionKind, Report,
+    Severity, SystemInfo, Task, TaskLogEntry, Timestamp,
 };
 
 /// The local store's migrations, embedded at compile time. Applied by the node at open.

@@ -8,7 +8,7 @@
 //! created ─admit→ queued ─start→ executing ─verify_passed→ report_generation ─report_ready→ supervisory ─verdict→ complete | alert
 //!                                    │  ▲                                          └─(no supervisor)→ complete
 //!                                    │  └ worker_finished (runs the verification gate)
-//!                                    ├─failed→ error ─resolve→ retry ─retry_due→ queued
+//!                                    ├─failed→ error ─resolve→ retry ─retry_due→ queued   (queued ─failed→ error too)
 //!                                    │                   ├→ blocked (attempts exhausted: alert + decision)
 //!                                    │                   └→ failed  (fatal)
 //!                                    └─quota_exhausted→ waiting_quota ─quota_reset→ queued
@@ -329,7 +329,8 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             S::Alert,
             vec![E::RaiseAlert { severity: Severity::Warning, reason: "supervisory_issue" }],
         ),
-        (S::Executing | S::ReportGeneration | S::Supervisory, Ev::Failed { class }) => {
+        // Queued: the attempt failed before its agent ran (no checkout, worktree setup failed).
+        (S::Queued | S::Executing | S::ReportGeneration | S::Supervisory, Ev::Failed { class }) => {
             go(S::Error, vec![E::StopAgent, E::Assess { class }])
         }
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
@@ -449,6 +450,7 @@ mod tests {
         let assess = |class| vec![Effect::StopAgent, Effect::Assess { class }];
         check(Executing, failed(VerifyFailed), Ok((Error, assess(VerifyFailed))));
         check(Supervisory, failed(Crash), Ok((Error, assess(Crash))));
+        check(Queued, failed(Fatal), Ok((Error, assess(Fatal))));
         check(Error, resolve(Crash, 1), Ok((Retry, vec![Effect::ScheduleRetry { attempt: 1 }])));
         check(Error, resolve(Timeout, 2), Ok((Retry, vec![Effect::ScheduleRetry { attempt: 2 }])));
         check(

@@ -170,6 +170,8 @@ pub struct Alert {
     /// Machine-readable reason, such as `attempts_exhausted`.
     pub reason: String,
     pub message: String,
+    /// JSON attached to the alert, such as the supervisory report.
+    pub details: Option<sqlx::types::Json<serde_json::Value>>,
     pub created_at: Timestamp,
     pub resolved_at: Option<Timestamp>,
 }
@@ -207,6 +209,101 @@ pub struct Decision {
     pub answered_by: Option<String>,
     pub created_at: Timestamp,
     pub answered_at: Option<Timestamp>,
+}
+
+/// What an agent is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum AgentKind {
+    /// Runs an attempt of a task.
+    Worker,
+    /// Reviews a task's report and gives a verdict.
+    Supervisory,
+}
+
+/// Where an agent process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Recorded; its tmux window is being created.
+    Starting,
+    Running,
+    /// Exited on its own; `exit_code` says how.
+    Exited,
+    /// Gone without an exit status: crashed, or killed from outside.
+    Lost,
+    /// Stopped by the node (task cancelled, lease expired, quota).
+    Killed,
+}
+
+impl AgentStatus {
+    pub fn is_live(self) -> bool {
+        matches!(self, AgentStatus::Starting | AgentStatus::Running)
+    }
+}
+
+/// One agent process, as the node records it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Agent {
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    #[sqlx(try_from = "Hyphenated")]
+    pub task_id: Uuid,
+    /// The task attempt this agent serves.
+    pub attempt: u32,
+    pub kind: AgentKind,
+    pub profile: String,
+    pub status: AgentStatus,
+    /// tmux window id (`@N`) once the window exists.
+    pub window_id: Option<String>,
+    pub pane_pid: Option<i64>,
+    /// Directory with the prompt, the output log and the exit file.
+    pub dir: String,
+    pub cwd: String,
+    pub session_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub cost_usd: f64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub tool_calls: i64,
+    pub started_at: Timestamp,
+    pub last_heartbeat: Timestamp,
+    pub ended_at: Option<Timestamp>,
+}
+
+impl Agent {
+    pub fn short_id(&self) -> String {
+        short_id(&self.id)
+    }
+}
+
+/// One run of a task by a worker agent.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Attempt {
+    pub number: u32,
+    #[sqlx(try_from = "Hyphenated")]
+    pub agent_id: Uuid,
+    pub prompt: String,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    /// `success`, `crash`, `verify_failed`, `timeout`, `quota`, `cancelled`; `None` while running.
+    pub outcome: Option<String>,
+    pub verify_output: Option<String>,
+    pub last_message: Option<String>,
+}
+
+/// What report generation gathered about an attempt, and the supervisory verdict on it.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Report {
+    pub attempt: u32,
+    pub summary: sqlx::types::Json<serde_json::Value>,
+    /// `ok` or `issue` once a supervisory agent reviewed it.
+    pub verdict: Option<String>,
+    /// The supervisory agent's review.
+    pub review: Option<String>,
+    pub created_at: Timestamp,
 }
 
 #[cfg(test)]

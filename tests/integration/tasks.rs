@@ -143,7 +143,7 @@ async fn task_list_json_and_api_agree() {
         "--max-attempts",
         "5",
     ]);
-    create(&daemon, json!({ "title": "three", "profile": "gemini" })).await;
+    create(&daemon, json!({ "title": "three", "workflow": "code-review" })).await;
     // Let the scheduler settle ("one" and "three" queued) so both reads see the same state.
     assert!(
         wait_until(Duration::from_secs(5), || async {
@@ -161,7 +161,7 @@ async fn task_list_json_and_api_agree() {
     assert_eq!(tasks.len(), 3);
     assert_eq!(tasks[1]["repo"], "https://github.com/org/app");
     assert_eq!(tasks[1]["max_attempts"], 5);
-    assert_eq!(tasks[2]["profile"], "gemini");
+    assert_eq!(tasks[2]["workflow"], "code-review");
 
     let (_, queued) = daemon.get("/api/tasks?state=created").await;
     assert_eq!(queued, home.run_json(&["task", "list", "--state", "created"]));

@@ -37,9 +37,16 @@ pub fn ccm_bin() -> &'static Path {
     })
 }
 
-/// A temporary ccm home and working directory, removed when dropped.
+/// A temporary ccm home and working directory, removed when dropped together with the
+/// test's private tmux server.
 pub struct TestHome {
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.tmux_socket(), "kill-server"]).output();
+    }
 }
 
 impl TestHome {
@@ -48,6 +55,31 @@ impl TestHome {
             tempfile::Builder::new().prefix(&format!("ccm-{name}-")).tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("work")).expect("work dir");
         TestHome { dir }
+    }
+
+    /// The socket name of this test's private tmux server.
+    pub fn tmux_socket(&self) -> String {
+        let dir = self.dir.path().file_name().expect("temp dir has a name").to_string_lossy();
+        format!("ccm-test-{dir}")
+    }
+
+    /// The agent windows of this test's tmux server, as `window_name` lines.
+    pub fn agent_windows(&self) -> Vec<String> {
+        let out = Command::new("tmux")
+            .args(["-L", &self.tmux_socket(), "list-windows", "-a", "-F", "#{window_name}"])
+            .output()
+            .expect("tmux runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|w| *w != "ccm")
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Writes `~/.ccm-global/config.yaml`.
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::create_dir_all(self.home()).expect("home dir");
+        std::fs::write(self.home().join("config.yaml"), yaml).expect("config written");
     }
 
     /// The `CCM_HOME` directory.
@@ -74,6 +106,9 @@ impl TestHome {
             .env("CCM_HOME", self.home())
             .env("CCM_DAEMON__PORT", "0")
             .env("CCM_LOG", "warn")
+            // Tasks that name no profile are driven by the tests through the API.
+            .env("CCM_TASKS__PROFILE", "manual")
+            .env("CCM_RUNTIME__TMUX_SOCKET", self.tmux_socket())
             .current_dir(self.work());
         command
     }

@@ -11,6 +11,8 @@
 //! | `POST /api/tasks/{id}/events` | apply a [`TaskEvent`]: `{"event": "cancel", "reason": "..."}` |
 //! | `POST /api/tasks/{id}/dependencies` | `{"depends_on": [ids]}`; a cycle answers 409 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
+//! | `GET /api/agents` | agents, live first |
+//! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
 //!
 //! Every `/api` route needs the bearer token; every route checks `Host` and `Origin`. The
 //! `X-Ccm-Actor` header names who acts (the CLI sends `cli`); it defaults to `api`.
@@ -43,6 +45,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/dependencies", post(add_dependencies))
         .route("/contexts", get(list_contexts).post(add_context))
         .route("/contexts/{key}", axum::routing::delete(remove_context))
+        .route("/agents", get(list_agents))
+        .route("/decisions", get(list_decisions))
+        .route("/decisions/{id}", post(answer_decision))
         .route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -114,7 +119,7 @@ async fn create_task(
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
     let task = state.store.create_task(new, &state.config.tasks, &actor(&headers)).await?;
     state.metrics.tasks_created.inc();
-    state.wake_scheduler();
+    state.wake();
     Ok((StatusCode::CREATED, Json(task)))
 }
 
@@ -141,11 +146,11 @@ async fn task_event(
         ApiError::BadRequest(format!("{}: {e}", event_field(&body, &e.to_string())))
     })?;
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
-    let policy = RetryPolicy::from(&state.config.tasks);
+    let policy = RetryPolicy::from(&*state.config);
     let (task, _runtime_effects) =
         state.store.apply_event(&id, event, &reason, &actor(&headers), policy).await?;
     state.metrics.count_event(event.name());
-    state.wake_scheduler();
+    state.wake();
     Ok(Json(task))
 }
 
@@ -173,8 +178,38 @@ async fn add_dependencies(
     ApiJson(body): ApiJson<Dependencies>,
 ) -> Result<Json<Task>, ApiError> {
     let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)).await?;
-    state.wake_scheduler();
+    state.wake();
     Ok(Json(task))
+}
+
+async fn list_agents(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ccm_schema::Agent>>, ApiError> {
+    Ok(Json(state.store.agents().await?))
+}
+
+async fn list_decisions(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ccm_schema::Decision>>, ApiError> {
+    Ok(Json(state.store.decisions().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    answer: String,
+}
+
+async fn answer_decision(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Answer>,
+) -> Result<Json<ccm_schema::Decision>, ApiError> {
+    let policy = RetryPolicy::from(&*state.config);
+    let decision = state.store.answer_decision(&id, &body.answer, &actor(&headers), policy).await?;
+    state.wake();
+    Ok(Json(decision))
 }
 
 async fn list_contexts(State(state): State<AppState>) -> Result<Json<Vec<Context>>, ApiError> {

@@ -7,7 +7,8 @@
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
-//! store, reconcile, bind, write the port file, serve. SIGTERM or SIGINT stops serving
+//! store, bind, reconcile the agents (first runtime pass: adopt live agents, record dead ones),
+//! write the port file, serve. SIGTERM or SIGINT stops serving
 //! gracefully, stops the scheduler, closes the store and removes the port file.
 
 mod api;
@@ -34,6 +35,7 @@ pub use security::Allowed;
 
 use crate::config::Config;
 use crate::home::{DaemonInfo, Home};
+use crate::runtime::{Passes, Runtime};
 use crate::store::{RetryPolicy, Store};
 
 /// Handles shared by every request; cheap to clone.
@@ -48,11 +50,15 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the scheduler after a change.
     pub scheduler_wake: Arc<Notify>,
+    /// Wakes the agent runtime after a change.
+    pub runtime_wake: Arc<Notify>,
 }
 
 impl AppState {
-    pub fn wake_scheduler(&self) {
+    /// Lets the scheduler and the runtime look at a change right away.
+    pub fn wake(&self) {
         self.scheduler_wake.notify_one();
+        self.runtime_wake.notify_one();
     }
 }
 
@@ -85,7 +91,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let store = Store::open(&home.db_file(), &name).await?;
-    reconcile(&store).await?;
+    check_integrity(&store).await?;
 
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| {
@@ -99,26 +105,50 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    let wake = Arc::new(Notify::new());
+    let config = Arc::new(config);
+    let scheduler_wake = Arc::new(Notify::new());
+    let runtime = Runtime::new(
+        store.clone(),
+        config.clone(),
+        home.clone(),
+        daemon.addr.clone(),
+        scheduler_wake.clone(),
+        shutdown.clone(),
+    );
+    // Reconcile before serving: adopt the agents still running, record the ones that died.
+    let mut passes = Passes::default();
+    runtime.pass(&mut passes).await.context("reconciling agents at start-up")?;
+
     let state = AppState {
         store: store.clone(),
-        config: Arc::new(config.clone()),
+        config: config.clone(),
         token: auth.token.into(),
         allowed: Arc::new(Allowed::for_port(bound.port())),
         daemon: daemon.clone(),
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
-        scheduler_wake: wake.clone(),
+        scheduler_wake: scheduler_wake.clone(),
+        runtime_wake: runtime.wake.clone(),
     };
     let scheduler = Scheduler {
         store: store.clone(),
         slots: config.scheduler.slots,
         tick: Duration::from_millis(config.scheduler.tick_ms),
-        policy: RetryPolicy::from(&config.tasks),
-        wake,
+        policy: RetryPolicy::from(&*config),
+        wake: scheduler_wake,
+        runtime_wake: runtime.wake.clone(),
         shutdown: shutdown.clone(),
     };
     let scheduler =
         tokio::spawn(supervise("scheduler", shutdown.clone(), move || scheduler.clone().run()));
+    let passes = Arc::new(tokio::sync::Mutex::new(Some(passes)));
+    let runtime_task = tokio::spawn(supervise("runtime", shutdown.clone(), move || {
+        let (runtime, passes) = (runtime.clone(), passes.clone());
+        async move {
+            // After a panic the memory is rebuilt from the database and the agents' files.
+            let memory = passes.lock().await.take().unwrap_or_default();
+            runtime.run(memory).await
+        }
+    }));
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     home.write_daemon_info(&daemon)?;
@@ -128,8 +158,10 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         .await;
 
     shutdown.cancel();
-    if let Err(e) = scheduler.await {
-        warn!(error = %e, "scheduler ended abnormally");
+    for (name, task) in [("scheduler", scheduler), ("runtime", runtime_task)] {
+        if let Err(e) = task.await {
+            warn!(task = name, error = %e, "ended abnormally");
+        }
     }
     store.close().await;
     let _ = std::fs::remove_file(home.daemon_file());
@@ -137,10 +169,8 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     served.context("serving the API failed")
 }
 
-/// Brings the database in line with reality before serving. Without an agent runtime nothing
-/// can have been running, so this only reports what the store holds.
-async fn reconcile(store: &Store) -> anyhow::Result<()> {
-    let counts = store.state_counts().await?;
+/// Refuses to start on a damaged database.
+async fn check_integrity(store: &Store) -> anyhow::Result<()> {
     let integrity = store.integrity_check().await?;
     if integrity != "ok" {
         anyhow::bail!(
@@ -148,7 +178,7 @@ async fn reconcile(store: &Store) -> anyhow::Result<()> {
             store.path().display()
         );
     }
-    info!(tasks = ?counts, "store reconciled");
+    info!(tasks = ?store.state_counts().await?, "store opened");
     Ok(())
 }
 
@@ -156,6 +186,7 @@ async fn reconcile(store: &Store) -> anyhow::Result<()> {
 async fn supervise<F, Fut>(name: &'static str, shutdown: CancellationToken, task: F)
 where
     F: Fn() -> Fut,
+    F: Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {

@@ -22,6 +22,8 @@ pub struct Scheduler {
     pub policy: RetryPolicy,
     /// Woken by the API after every change that may let a task move.
     pub wake: Arc<Notify>,
+    /// Woken after a pass that moved tasks (a queued task needs an agent).
+    pub runtime_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
 
@@ -31,7 +33,10 @@ impl Scheduler {
             loop {
                 match self.store.schedule(self.slots, self.policy).await {
                     Ok(0) => {}
-                    Ok(changed) => debug!(changed, "scheduler pass"),
+                    Ok(changed) => {
+                        debug!(changed, "scheduler pass");
+                        self.runtime_wake.notify_one();
+                    }
                     Err(error) => warn!(%error, "scheduler pass failed; retrying at the next tick"),
                 }
                 tokio::select! {

@@ -6,12 +6,14 @@
 //!   driven by [`ccm_schema::transition`].
 //! - `contexts`: repository checkouts registered on this system.
 //! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
+//! - `agents`: agents, attempts and reports, written by the agent runtime.
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
 //! is acknowledged; every write transaction starts with `BEGIN IMMEDIATE` and other processes
 //! (the CLI, `ccm hook`) wait up to the busy timeout instead of failing. Every change that must
 //! reach the central store is written to `outbox` in the same transaction as the change.
 
+mod agents;
 mod contexts;
 mod records;
 mod tasks;
@@ -25,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
+pub use agents::{AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use contexts::ContextProbe;
 pub use records::{OutboxCounts, StateCounts};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};

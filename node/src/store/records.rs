@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ccm_schema::{Alert, Decision, TaskState};
+use ccm_schema::{Alert, Decision, DecisionKind, TaskEvent, TaskState};
 use serde::{Deserialize, Serialize};
 
-use super::{Result, Store, StoreError};
+use super::tasks::apply_in_tx;
+use super::{outbox, Result, RetryPolicy, Store, StoreError};
 
 /// Number of tasks in each state (states with no task are absent).
 pub type StateCounts = BTreeMap<TaskState, i64>;
@@ -45,7 +46,7 @@ impl Store {
     pub async fn open_alerts(&self) -> Result<Vec<Alert>> {
         Ok(sqlx::query_as(
             r#"
-            SELECT id, task_id, severity, reason, message, created_at, resolved_at
+            SELECT id, task_id, severity, reason, message, details, created_at, resolved_at
             FROM alerts WHERE resolved_at IS NULL ORDER BY created_at DESC, id DESC
             "#,
         )
@@ -63,6 +64,79 @@ impl Store {
         )
         .fetch_all(&self.readers)
         .await?)
+    }
+
+    /// Answers a pending decision. For a blocked task, `retry` runs it again and `cancel`
+    /// cancels it, in the same transaction.
+    pub async fn answer_decision(
+        &self,
+        key: &str,
+        answer: &str,
+        actor: &str,
+        policy: RetryPolicy,
+    ) -> Result<Decision> {
+        let invalid = |message: String| StoreError::Invalid { field: "decision", message };
+        let key = key.trim().to_ascii_lowercase();
+        let mut tx = self.write().await?;
+        let found: Vec<Decision> = sqlx::query_as(
+            r#"
+            SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+            FROM decisions WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 2
+            "#,
+        )
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await?;
+        let decision = match <[Decision; 1]>::try_from(found) {
+            Ok([decision]) if !key.is_empty() => decision,
+            Err(found) if found.len() > 1 => {
+                return Err(invalid(format!("decision id `{key}` is ambiguous")))
+            }
+            _ => return Err(invalid(format!("no decision matches `{key}`"))),
+        };
+        if let Some(given) = &decision.answer {
+            return Err(invalid(format!(
+                "decision {key} was already answered `{given}` by {}",
+                decision.answered_by.as_deref().unwrap_or("someone")
+            )));
+        }
+        if !decision.options.0.iter().any(|o| o == answer) {
+            return Err(StoreError::Invalid {
+                field: "answer",
+                message: format!(
+                    "`{answer}` is not an option; answer one of: {}",
+                    decision.options.0.join(", ")
+                ),
+            });
+        }
+        let now = ccm_schema::Timestamp::now();
+        let task = decision.task_id.as_deref().map(super::tasks::parse_id).transpose()?;
+        match (decision.kind, task) {
+            (DecisionKind::RetryOrCancel, Some(task)) => {
+                // Leaving `blocked` answers the task's pending retry-or-cancel decisions.
+                let event = if answer == "retry" { TaskEvent::Retry } else { TaskEvent::Cancel };
+                let reason = format!("decision answered `{answer}` by {actor}");
+                apply_in_tx(&mut tx, task, event, &reason, actor, policy).await?;
+            }
+            _ => {
+                sqlx::query("UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ? WHERE id = ?")
+                    .bind(answer)
+                    .bind(actor)
+                    .bind(now)
+                    .bind(decision.id.hyphenated())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let answered: Decision = sqlx::query_as(
+            "SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at FROM decisions WHERE id = ?",
+        )
+        .bind(decision.id.hyphenated())
+        .fetch_one(&mut *tx)
+        .await?;
+        outbox(&mut tx, "decision", &answered.id.to_string(), &answered, false).await?;
+        tx.commit().await?;
+        Ok(answered)
     }
 
     /// `PRAGMA integrity_check`: `ok`, or the problems SQLite found.

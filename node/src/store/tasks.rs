@@ -18,7 +18,7 @@ use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{outbox, Result, Store, StoreError};
-use crate::config::TaskDefaults;
+use crate::config::{Config, TaskDefaults};
 
 /// A task to create, as the API and the CLI give it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -56,12 +56,15 @@ pub struct TaskFilter {
     pub state: Option<TaskState>,
 }
 
-/// A task with its whole log.
+/// A task with its whole log, its attempts and its reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskDetail {
     #[serde(flatten)]
     pub task: Task,
     pub log: Vec<TaskLogEntry>,
+    /// The task's attempts: each run of a worker agent and how it ended.
+    pub runs: Vec<ccm_schema::Attempt>,
+    pub reports: Vec<ccm_schema::Report>,
 }
 
 /// Timing of retries and quota waits.
@@ -69,13 +72,16 @@ pub struct TaskDetail {
 pub struct RetryPolicy {
     pub base: Duration,
     pub cap: Duration,
+    /// Wait after a usage limit whose reset time is unknown.
+    pub quota_wait: Duration,
 }
 
-impl From<&TaskDefaults> for RetryPolicy {
-    fn from(defaults: &TaskDefaults) -> Self {
+impl From<&Config> for RetryPolicy {
+    fn from(config: &Config) -> Self {
         RetryPolicy {
-            base: Duration::from_secs(defaults.retry_base_secs),
-            cap: Duration::from_secs(defaults.retry_cap_secs),
+            base: Duration::from_secs(config.tasks.retry_base_secs),
+            cap: Duration::from_secs(config.tasks.retry_cap_secs),
+            quota_wait: Duration::from_secs(config.runtime.quota_wait_secs),
         }
     }
 }
@@ -386,13 +392,19 @@ impl Store {
         .bind(id.hyphenated())
         .fetch_all(&mut *conn)
         .await?;
-        Ok(TaskDetail { task, log })
+        drop(conn);
+        Ok(TaskDetail {
+            log,
+            runs: self.attempts(id).await?,
+            reports: self.reports(id).await?,
+            task,
+        })
     }
 }
 
 /// Applies one event (and the follow-ups it implies) inside `tx`; returns the effects left for
 /// the runtime.
-async fn apply_in_tx(
+pub(super) async fn apply_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
     id: Uuid,
     event: TaskEvent,
@@ -436,7 +448,9 @@ async fn apply_in_tx(
                     task.wake_at = Some(now.after(backoff(policy.base, policy.cap, attempt)));
                 }
                 Effect::WaitForQuota { until } => {
-                    task.wake_at = Some(until.unwrap_or_else(|| now.after(policy.cap)));
+                    // The interrupted attempt is not the task's fault: it does not count.
+                    task.attempts = task.attempts.saturating_sub(1);
+                    task.wake_at = Some(until.unwrap_or_else(|| now.after(policy.quota_wait)));
                 }
                 Effect::Assess { class } => pending.push_back((
                     TaskEvent::Resolve {
@@ -449,7 +463,15 @@ async fn apply_in_tx(
                 Effect::RaiseAlert { severity, reason: why } => {
                     urgent |= severity == Severity::Critical;
                     let message = format!("task {} ({}): {reason}", task.short_id(), task.title);
-                    raise_alert(tx, Some(id), severity, why, &message, now).await?;
+                    let report: Option<(sqlx::types::Json<serde_json::Value>,)> = sqlx::query_as(
+                        "SELECT summary FROM reports WHERE task_id = ? AND attempt = ?",
+                    )
+                    .bind(id.hyphenated())
+                    .bind(task.attempts)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    let details = report.map(|(summary,)| summary.0);
+                    raise_alert(tx, Some(id), severity, why, &message, details, now).await?;
                 }
                 Effect::AskDecision { kind } => {
                     let question = format!(
@@ -486,19 +508,21 @@ async fn apply_in_tx(
     Ok(left)
 }
 
-async fn raise_alert(
+pub(super) async fn raise_alert(
     tx: &mut Transaction<'static, Sqlite>,
     task: Option<Uuid>,
     severity: Severity,
     reason: &str,
     message: &str,
+    details: Option<serde_json::Value>,
     now: Timestamp,
 ) -> Result<()> {
     let id = Uuid::new_v4();
     let alert: ccm_schema::Alert = sqlx::query_as(
         r#"
-        INSERT INTO alerts (id, task_id, severity, reason, message, created_at) VALUES (?, ?, ?, ?, ?, ?)
-        RETURNING id, task_id, severity, reason, message, created_at, resolved_at
+        INSERT INTO alerts (id, task_id, severity, reason, message, details, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
+        RETURNING id, task_id, severity, reason, message, details, created_at, resolved_at
         "#,
     )
     .bind(id.hyphenated())
@@ -506,6 +530,7 @@ async fn raise_alert(
     .bind(severity)
     .bind(reason)
     .bind(message)
+    .bind(details.map(sqlx::types::Json))
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;

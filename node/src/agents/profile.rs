@@ -1,0 +1,392 @@
+//! Agent profiles: how to start one agent and how to read its output.
+//!
+//! A profile's `command` is an argv template. The placeholders `{prompt}`, `{prompt_file}`,
+//! `{session_id}` and `{cwd}` are replaced inside each argument, so `--session-id={session_id}`
+//! works. A placeholder is `{` + a name made of ASCII letters, digits and `_` + `}`; other braces
+//! (`{}`, `{"a": 1}`) are plain text. Replacement is single-pass: text substituted for one
+//! placeholder is never scanned again, so a prompt containing `{cwd}` reaches the agent as written.
+//!
+//! The built-in profiles run each CLI headless with machine-readable output, as documented in
+//! `agent-interfaces.md` (§1.8 Claude `-p --output-format stream-json --verbose`, §2.2 Gemini
+//! `-p --output-format stream-json`, §3.1 `codex exec --json`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agents::parse::OutputFormat;
+
+/// How an agent runs: with machine-readable output and no human (`headless`), or in a terminal a
+/// human may attach to (`interactive`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Headless,
+    Interactive,
+    /// No agent: something outside ccm (a person, a script, another runner) drives the task
+    /// through the API's task events. The runtime leaves such tasks alone.
+    External,
+}
+
+/// An agent profile: how to start one agent and how to read its output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// argv template; placeholders `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}` are
+    /// replaced inside each argument (so `--session-id={session_id}` works).
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Parser of the agent's stdout. Default `plain`.
+    #[serde(default)]
+    pub output: OutputFormat,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The values of a profile's placeholders for one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Placeholders<'a> {
+    /// `{prompt}`: the prompt text itself.
+    pub prompt: &'a str,
+    /// `{prompt_file}`: the path of a file holding the prompt.
+    pub prompt_file: &'a str,
+    /// `{session_id}`: the agent session's id (a UUID).
+    pub session_id: &'a str,
+    /// `{cwd}`: the directory the agent works in.
+    pub cwd: &'a str,
+}
+
+/// The placeholder names a profile may use.
+pub const PLACEHOLDER_NAMES: [&str; 4] = ["prompt", "prompt_file", "session_id", "cwd"];
+
+impl Placeholders<'_> {
+    /// The value of the placeholder `name` (without braces), if it is a known one.
+    fn get(&self, name: &str) -> Option<&str> {
+        match name {
+            "prompt" => Some(self.prompt),
+            "prompt_file" => Some(self.prompt_file),
+            "session_id" => Some(self.session_id),
+            "cwd" => Some(self.cwd),
+            _ => None,
+        }
+    }
+}
+
+impl Profile {
+    /// The argv with placeholders replaced. Replacement is single-pass: text substituted for one
+    /// placeholder is never re-scanned (a prompt containing "{cwd}" stays literal). Unknown
+    /// placeholders are left as written ([`Profile::validate`] rejects them).
+    pub fn argv(&self, values: &Placeholders) -> Vec<String> {
+        self.command
+            .iter()
+            .map(|arg| {
+                let mut out = String::with_capacity(arg.len());
+                for piece in pieces(arg) {
+                    match piece {
+                        Piece::Text(text) => out.push_str(text),
+                        Piece::Placeholder(name) => match values.get(name) {
+                            Some(value) => out.push_str(value),
+                            None => {
+                                out.push('{');
+                                out.push_str(name);
+                                out.push('}');
+                            }
+                        },
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Checks the profile named `name`: the command must name a program, and every placeholder
+    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`.
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        if self.mode == Mode::External {
+            return Ok(()); // nothing is run
+        }
+        match self.command.first() {
+            None => return Err(format!("profile `{name}`: command is empty")),
+            Some(program) if program.trim().is_empty() => {
+                return Err(format!("profile `{name}`: command has an empty program name"))
+            }
+            Some(_) => {}
+        }
+        for (index, arg) in self.command.iter().enumerate() {
+            for piece in pieces(arg) {
+                if let Piece::Placeholder(placeholder) = piece {
+                    if !PLACEHOLDER_NAMES.contains(&placeholder) {
+                        return Err(format!(
+                            "profile `{name}`: unknown placeholder `{{{placeholder}}}` in command \
+                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}})"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Built-in profiles `claude`, `gemini`, `codex` (headless agents) and `manual` (external:
+/// driven through the API), keyed by name.
+pub fn builtin() -> BTreeMap<String, Profile> {
+    let headless = |command: &[&str], output| Profile {
+        command: command.iter().map(|arg| arg.to_string()).collect(),
+        mode: Mode::Headless,
+        output,
+        env: BTreeMap::new(),
+    };
+    BTreeMap::from([
+        (
+            "manual".to_string(),
+            Profile {
+                command: Vec::new(),
+                mode: Mode::External,
+                output: OutputFormat::Plain,
+                env: BTreeMap::new(),
+            },
+        ),
+        (
+            "claude".to_string(),
+            headless(
+                &[
+                    "claude",
+                    "-p",
+                    "{prompt}",
+                    "--output-format",
+                    "stream-json",
+                    "--verbose",
+                    "--session-id",
+                    "{session_id}",
+                    "--permission-mode",
+                    "acceptEdits",
+                ],
+                OutputFormat::Claude,
+            ),
+        ),
+        (
+            "gemini".to_string(),
+            headless(
+                &[
+                    "gemini",
+                    "-p",
+                    "{prompt}",
+                    "--output-format",
+                    "stream-json",
+                    "--approval-mode",
+                    "auto_edit",
+                ],
+                OutputFormat::Gemini,
+            ),
+        ),
+        (
+            "codex".to_string(),
+            headless(
+                &["codex", "exec", "--json", "--sandbox", "workspace-write", "{prompt}"],
+                OutputFormat::Codex,
+            ),
+        ),
+    ])
+}
+
+/// A piece of an argument: literal text or a `{name}` placeholder (name without braces).
+#[derive(Debug, PartialEq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+/// Splits an argument into text and placeholders, left to right.
+fn pieces(arg: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let name_len =
+            after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with('}') {
+            if open > 0 {
+                pieces.push(Piece::Text(&rest[..open]));
+            }
+            pieces.push(Piece::Placeholder(&after[..name_len]));
+            rest = &after[name_len + 1..];
+        } else {
+            // Not a placeholder: keep the brace as text and look again after it.
+            pieces.push(Piece::Text(&rest[..open + 1]));
+            rest = after;
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALUES: Placeholders<'static> = Placeholders {
+        prompt: "fix the bug",
+        prompt_file: "/tmp/prompt.md",
+        session_id: "8c35adc1-0000-4000-8000-000000000000",
+        cwd: "/home/u/proj",
+    };
+
+    fn profile(command: &[&str]) -> Profile {
+        Profile {
+            command: command.iter().map(|arg| arg.to_string()).collect(),
+            mode: Mode::default(),
+            output: OutputFormat::default(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    /// Checks that `command` expands to `expected` with [`VALUES`].
+    fn check(command: &[&str], expected: &[&str]) {
+        assert_eq!(profile(command).argv(&VALUES), expected, "command {command:?}");
+    }
+
+    #[test]
+    fn the_built_in_profiles_build_the_documented_argv() {
+        let profiles = builtin();
+        assert_eq!(profiles.keys().collect::<Vec<_>>(), ["claude", "codex", "gemini", "manual"]);
+        assert_eq!(profiles["manual"].mode, Mode::External);
+        let argv = |name: &str| profiles[name].argv(&VALUES);
+        assert_eq!(
+            argv("claude"),
+            [
+                "claude",
+                "-p",
+                "fix the bug",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--session-id",
+                "8c35adc1-0000-4000-8000-000000000000",
+                "--permission-mode",
+                "acceptEdits",
+            ]
+        );
+        assert_eq!(
+            argv("gemini"),
+            [
+                "gemini",
+                "-p",
+                "fix the bug",
+                "--output-format",
+                "stream-json",
+                "--approval-mode",
+                "auto_edit"
+            ]
+        );
+        assert_eq!(
+            argv("codex"),
+            ["codex", "exec", "--json", "--sandbox", "workspace-write", "fix the bug"]
+        );
+        assert_eq!(profiles["claude"].output, OutputFormat::Claude);
+        assert_eq!(profiles["gemini"].output, OutputFormat::Gemini);
+        assert_eq!(profiles["codex"].output, OutputFormat::Codex);
+        for (name, profile) in profiles.iter().filter(|(name, _)| *name != "manual") {
+            assert_eq!(profile.mode, Mode::Headless, "{name}");
+            assert_eq!(profile.validate(name), Ok(()));
+        }
+    }
+
+    #[test]
+    fn placeholders_are_replaced_inside_an_argument() {
+        check(
+            &["agent", "--session-id={session_id}"],
+            &["agent", "--session-id=8c35adc1-0000-4000-8000-000000000000"],
+        );
+        check(&["cat {prompt_file} | run in {cwd}"], &["cat /tmp/prompt.md | run in /home/u/proj"]);
+        check(&["{prompt}{cwd}"], &["fix the bug/home/u/proj"]);
+        check(&["{{prompt}}"], &["{fix the bug}"]);
+    }
+
+    #[test]
+    fn braces_that_are_not_placeholders_stay_literal() {
+        check(
+            &["sh", "-c", "echo {} {\"a\": 1} { prompt } {"],
+            &["sh", "-c", "echo {} {\"a\": 1} { prompt } {"],
+        );
+        check(&["{unknown}"], &["{unknown}"]);
+        check(&["naïve {cwd} ✓"], &["naïve /home/u/proj ✓"]);
+    }
+
+    #[test]
+    fn replacement_is_single_pass() {
+        let values =
+            Placeholders { prompt: "use {cwd} and {session_id}", cwd: "{prompt}", ..VALUES };
+        assert_eq!(
+            profile(&["run", "{prompt}", "--cwd={cwd}"]).argv(&values),
+            ["run", "use {cwd} and {session_id}", "--cwd={prompt}"]
+        );
+    }
+
+    #[test]
+    fn validation_rejects_an_empty_command_or_an_unknown_placeholder() {
+        let cases: &[(&[&str], Result<(), &str>)] = &[
+            (&["claude", "-p", "{prompt}"], Ok(())),
+            (&["sh", "-c", "echo {}"], Ok(())),
+            (&[], Err("profile `mine`: command is empty")),
+            (&[" "], Err("profile `mine`: command has an empty program name")),
+            (
+                &["claude", "-p", "--resume={session}"],
+                Err("profile `mine`: unknown placeholder `{session}` in command argument 2 \
+                     (known: {prompt}, {prompt_file}, {session_id}, {cwd})"),
+            ),
+        ];
+        for (command, expected) in cases {
+            assert_eq!(
+                profile(command).validate("mine"),
+                expected.map_err(str::to_string),
+                "command {command:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_custom_profile_deserializes_with_defaults() {
+        let json =
+            r#"{ "command": ["aider", "--message", "{prompt}"], "env": { "AIDER_YES": "1" } }"#;
+        let profile: Profile = serde_json::from_str(json).expect("valid profile");
+        assert_eq!(
+            profile,
+            Profile {
+                command: vec!["aider".into(), "--message".into(), "{prompt}".into()],
+                mode: Mode::Headless,
+                output: OutputFormat::Plain,
+                env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
+            }
+        );
+
+        let json = r#"{ "command": ["claude"], "mode": "interactive", "output": "claude" }"#;
+        let profile: Profile = serde_json::from_str(json).expect("valid profile");
+        assert_eq!((profile.mode, profile.output), (Mode::Interactive, OutputFormat::Claude));
+    }
+
+    #[test]
+    fn a_custom_profile_with_an_unknown_field_is_rejected() {
+        let json = r#"{ "command": ["aider"], "outptu": "plain" }"#;
+        let error = serde_json::from_str::<Profile>(json).expect_err("unknown field");
+        assert!(error.to_string().contains("unknown field `outptu`"), "{error}");
+
+        let json = r#"{ "command": ["aider"], "mode": "detached" }"#;
+        let error = serde_json::from_str::<Profile>(json).expect_err("unknown mode");
+        assert!(error.to_string().contains("unknown variant `detached`"), "{error}");
+    }
+
+    #[test]
+    fn a_profile_round_trips_through_json() {
+        for (name, profile) in builtin() {
+            let json = serde_json::to_string(&profile).expect("serializable");
+            let back: Profile = serde_json::from_str(&json).expect("deserializable");
+            assert_eq!(back, profile, "{name}");
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Agents, attempts and reports: what the agent runtime records. Every step that moves a task
+//! is written together with the rows it depends on, in one transaction, so a crash between
+//! the two is impossible and the runtime can always rebuild its work from the database.
+
+use ccm_schema::{
+    Agent, AgentKind, AgentStatus, Attempt, Report, Severity, Task, TaskEvent, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::tasks::{apply_in_tx, load_task, raise_alert};
+use super::{outbox, Result, RetryPolicy, Store, StoreError};
+
+const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
+     session_id, exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at";
+
+/// An agent about to start.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub id: Uuid,
+    pub kind: AgentKind,
+    pub profile: String,
+    pub dir: String,
+    pub cwd: String,
+}
+
+/// What an agent's output said, as recorded with each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct AgentProgress {
+    pub session_id: Option<String>,
+    pub cost_usd: f64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub tool_calls: i64,
+    /// The whole summary as JSON.
+    pub summary: serde_json::Value,
+}
+
+/// Cost and tokens summed over agents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct CostTotals {
+    pub cost_usd: f64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub agents: i64,
+}
+
+/// The end of an attempt: how it went and what the next attempt should know.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    pub outcome: &'static str,
+    pub verify_output: Option<String>,
+    pub last_message: Option<String>,
+}
+
+const ACTOR: &str = "runtime";
+
+impl Store {
+    /// Starts the next attempt of a queued task: applies `start`, records the worker agent and
+    /// the attempt with its prompt.
+    pub async fn begin_attempt(
+        &self,
+        task: Uuid,
+        agent: &NewAgent,
+        prompt: &str,
+        policy: RetryPolicy,
+    ) -> Result<(Task, Agent)> {
+        let mut tx = self.write().await?;
+        let reason = format!(
+            "worker {} started ({})",
+            ccm_schema::types::short_id(&agent.id),
+            agent.profile
+        );
+        apply_in_tx(&mut tx, task, TaskEvent::Start, &reason, ACTOR, policy).await?;
+        let current = load_task(&mut tx, task).await?;
+        let now = Timestamp::now();
+        let recorded = insert_agent(&mut tx, task, current.attempts, agent, now).await?;
+        sqlx::query("INSERT INTO attempts (task_id, number, agent_id, prompt, started_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(task.hyphenated())
+            .bind(current.attempts)
+            .bind(agent.id.hyphenated())
+            .bind(prompt)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((current, recorded))
+    }
+
+    /// Records a supervisory agent for the task's current attempt.
+    pub async fn begin_review(&self, task: Uuid, agent: &NewAgent) -> Result<Agent> {
+        let mut tx = self.write().await?;
+        let current = load_task(&mut tx, task).await?;
+        let recorded =
+            insert_agent(&mut tx, task, current.attempts, agent, Timestamp::now()).await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// The agent's tmux window exists and its process runs.
+    pub async fn agent_running(&self, agent: Uuid, window_id: &str, pane_pid: i64) -> Result<()> {
+        sqlx::query("UPDATE agents SET status = 'running', window_id = ?, pane_pid = ?, last_heartbeat = ? WHERE id = ?")
+            .bind(window_id)
+            .bind(pane_pid)
+            .bind(Timestamp::now())
+            .bind(agent.hyphenated())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// A sign of life, with what the output said so far.
+    pub async fn agent_progress(&self, agent: Uuid, progress: &AgentProgress) -> Result<()> {
+        sqlx::query(
+            r#"
+            UPDATE agents SET last_heartbeat = ?, session_id = coalesce(?, session_id), cost_usd = ?,
+                input_tokens = ?, output_tokens = ?, tool_calls = ?, summary = ?, stall_alerted = 0
+            WHERE id = ?
+            "#,
+        )
+        .bind(Timestamp::now())
+        .bind(&progress.session_id)
+        .bind(progress.cost_usd)
+        .bind(progress.input_tokens)
+        .bind(progress.output_tokens)
+        .bind(progress.tool_calls)
+        .bind(sqlx::types::Json(&progress.summary))
+        .bind(agent.hyphenated())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The agent's process is gone: exited with `exit_code`, lost, or killed by the node.
+    pub async fn agent_ended(
+        &self,
+        agent: Uuid,
+        status: AgentStatus,
+        exit_code: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE agents SET status = ?, exit_code = ?, ended_at = ? WHERE id = ? AND status IN ('starting', 'running')")
+            .bind(status)
+            .bind(exit_code)
+            .bind(Timestamp::now())
+            .bind(agent.hyphenated())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the task's current attempt and applies `event` (the attempt's verdict) in one
+    /// transaction.
+    pub async fn end_attempt(
+        &self,
+        task: Uuid,
+        end: &AttemptEnd,
+        event: TaskEvent,
+        reason: &str,
+        policy: RetryPolicy,
+    ) -> Result<Task> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            r#"
+            UPDATE attempts SET ended_at = ?, outcome = ?, verify_output = coalesce(?, verify_output),
+                last_message = coalesce(?, last_message)
+            WHERE task_id = ? AND ended_at IS NULL
+            "#,
+        )
+        .bind(Timestamp::now())
+        .bind(end.outcome)
+        .bind(&end.verify_output)
+        .bind(&end.last_message)
+        .bind(task.hyphenated())
+        .execute(&mut *tx)
+        .await?;
+        apply_in_tx(&mut tx, task, event, reason, ACTOR, policy).await?;
+        let task = load_task(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// Applies a runtime event that needs no other row (worker finished, timeouts).
+    pub async fn runtime_event(
+        &self,
+        task: Uuid,
+        event: TaskEvent,
+        reason: &str,
+        policy: RetryPolicy,
+    ) -> Result<Task> {
+        Ok(self.apply_event(&task.to_string(), event, reason, ACTOR, policy).await?.0)
+    }
+
+    /// Stores the report of the current attempt and moves the task on (`report_ready`).
+    pub async fn save_report(
+        &self,
+        task: Uuid,
+        summary: &serde_json::Value,
+        supervised: bool,
+        policy: RetryPolicy,
+    ) -> Result<Task> {
+        let mut tx = self.write().await?;
+        let current = load_task(&mut tx, task).await?;
+        let report: Report = sqlx::query_as(
+            r#"
+            INSERT INTO reports (task_id, attempt, summary, created_at) VALUES (?, ?, ?, ?)
+            ON CONFLICT (task_id, attempt) DO UPDATE SET summary = excluded.summary, verdict = NULL, review = NULL
+            RETURNING attempt, summary, verdict, review, created_at
+            "#,
+        )
+        .bind(task.hyphenated())
+        .bind(current.attempts)
+        .bind(sqlx::types::Json(summary))
+        .bind(Timestamp::now())
+        .fetch_one(&mut *tx)
+        .await?;
+        outbox(&mut tx, "report", &format!("{task}/{}", report.attempt), &report, false).await?;
+        let reason = if supervised {
+            "report gathered; supervisory review next"
+        } else {
+            "report gathered; no supervisor step"
+        };
+        apply_in_tx(&mut tx, task, TaskEvent::ReportReady { supervised }, reason, ACTOR, policy)
+            .await?;
+        let task = load_task(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// Records the supervisory verdict on the current report and applies it.
+    pub async fn save_verdict(
+        &self,
+        task: Uuid,
+        ok: bool,
+        review: &str,
+        policy: RetryPolicy,
+    ) -> Result<Task> {
+        let mut tx = self.write().await?;
+        let current = load_task(&mut tx, task).await?;
+        let verdict = if ok { "ok" } else { "issue" };
+        let report: Report = sqlx::query_as(
+            r#"
+            UPDATE reports SET verdict = ?, review = ? WHERE task_id = ? AND attempt = ?
+            RETURNING attempt, summary, verdict, review, created_at
+            "#,
+        )
+        .bind(verdict)
+        .bind(review)
+        .bind(task.hyphenated())
+        .bind(current.attempts)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Invalid {
+            field: "report",
+            message: format!("task {task} has no report to review"),
+        })?;
+        outbox(&mut tx, "report", &format!("{task}/{}", report.attempt), &report, !ok).await?;
+        let reason = format!("supervisory verdict: {verdict}");
+        apply_in_tx(&mut tx, task, TaskEvent::Verdict { ok }, &reason, ACTOR, policy).await?;
+        let task = load_task(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(task)
+    }
+
+    /// Raises the `stalled` alert for an agent once per silence.
+    pub async fn alert_stalled(&self, agent: &Agent, silent_secs: u64) -> Result<()> {
+        let mut tx = self.write().await?;
+        let flagged =
+            sqlx::query("UPDATE agents SET stall_alerted = 1 WHERE id = ? AND stall_alerted = 0")
+                .bind(agent.id.hyphenated())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if flagged == 1 {
+            let message = format!(
+                "agent {} of task {} has shown no output and no hook event for {silent_secs}s",
+                agent.short_id(),
+                ccm_schema::types::short_id(&agent.task_id)
+            );
+            raise_alert(
+                &mut tx,
+                Some(agent.task_id),
+                Severity::Warning,
+                "stalled",
+                &message,
+                None,
+                Timestamp::now(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Raises an alert about a task outside any transition (for example a kept branch).
+    pub async fn alert(
+        &self,
+        task: Option<Uuid>,
+        severity: Severity,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        raise_alert(&mut tx, task, severity, reason, message, None, Timestamp::now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Remembers (or forgets, with `None`) the task's worktree as JSON.
+    pub async fn set_worktree(
+        &self,
+        task: Uuid,
+        worktree: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
+            .bind(worktree.map(sqlx::types::Json))
+            .bind(task.hyphenated())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn worktree(&self, task: Uuid) -> Result<Option<serde_json::Value>> {
+        let row: Option<(Option<sqlx::types::Json<serde_json::Value>>,)> =
+            sqlx::query_as("SELECT worktree FROM tasks WHERE id = ?")
+                .bind(task.hyphenated())
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(row.and_then(|(w,)| w.map(|w| w.0)))
+    }
+
+    /// Tasks the runtime has work for: those holding a slot, and finished ones whose worktree
+    /// still exists.
+    pub async fn runtime_tasks(&self) -> Result<Vec<Task>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            r#"
+            SELECT id FROM tasks
+            WHERE state IN ('queued', 'executing', 'report_generation', 'supervisory')
+               OR (worktree IS NOT NULL AND state IN ('complete', 'failed', 'cancelled'))
+            ORDER BY priority DESC, created_at
+            "#,
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut conn = self.readers.acquire().await?;
+        let mut tasks = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            tasks.push(load_task(&mut conn, super::tasks::parse_id(&id)?).await?);
+        }
+        Ok(tasks)
+    }
+
+    /// Agents whose process may be running.
+    pub async fn live_agents(&self) -> Result<Vec<Agent>> {
+        Ok(sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE status IN ('starting', 'running') ORDER BY started_at")).fetch_all(&self.readers).await?)
+    }
+
+    /// Every agent, newest first, live ones first.
+    pub async fn agents(&self) -> Result<Vec<Agent>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY status NOT IN ('starting', 'running'), started_at DESC"
+        ))
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// The agents of a task, oldest first.
+    pub async fn task_agents(&self, task: Uuid) -> Result<Vec<Agent>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE task_id = ? ORDER BY started_at"
+        ))
+        .bind(task.hyphenated())
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// The agent whose id is `key` or starts with `key`.
+    pub async fn agent(&self, key: &str) -> Result<Agent> {
+        let key = key.trim().to_ascii_lowercase();
+        let found: Vec<Agent> = sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 2"
+        ))
+        .bind(&key)
+        .fetch_all(&self.readers)
+        .await?;
+        match <[Agent; 1]>::try_from(found) {
+            Ok([agent]) => Ok(agent),
+            Err(found) if found.is_empty() || key.is_empty() => Err(StoreError::Invalid {
+                field: "agent",
+                message: format!("no agent matches `{key}`"),
+            }),
+            Err(_) => Err(StoreError::Invalid {
+                field: "agent",
+                message: format!("agent id `{key}` is ambiguous"),
+            }),
+        }
+    }
+
+    pub async fn attempts(&self, task: Uuid) -> Result<Vec<Attempt>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT number, agent_id, prompt, started_at, ended_at, outcome, verify_output, last_message
+            FROM attempts WHERE task_id = ? ORDER BY id
+            "#,
+        )
+        .bind(task.hyphenated())
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    pub async fn reports(&self, task: Uuid) -> Result<Vec<Report>> {
+        Ok(sqlx::query_as("SELECT attempt, summary, verdict, review, created_at FROM reports WHERE task_id = ? ORDER BY attempt")
+            .bind(task.hyphenated())
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    /// Cost and tokens of the agents started since `since`.
+    pub async fn cost_since(&self, since: Timestamp) -> Result<CostTotals> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT coalesce(sum(cost_usd), 0.0) AS cost_usd, coalesce(sum(input_tokens), 0) AS input_tokens,
+                   coalesce(sum(output_tokens), 0) AS output_tokens, count(*) AS agents
+            FROM agents WHERE started_at >= ?
+            "#,
+        )
+        .bind(since)
+        .fetch_one(&self.readers)
+        .await?)
+    }
+}
+
+async fn insert_agent(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    task: Uuid,
+    attempt: u32,
+    agent: &NewAgent,
+    now: Timestamp,
+) -> Result<Agent> {
+    Ok(sqlx::query_as(&format!(
+        r#"
+        INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, started_at, last_heartbeat)
+        VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?)
+        RETURNING {AGENT_COLUMNS}
+        "#
+    ))
+    .bind(agent.id.hyphenated())
+    .bind(task.hyphenated())
+    .bind(attempt)
+    .bind(agent.kind)
+    .bind(&agent.profile)
+    .bind(&agent.dir)
+    .bind(&agent.cwd)
+    .bind(now)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?)
+}

@@ -1,0 +1,186 @@
+//! ccm's own tmux server (`tmux -L <socket>`): one session `ccm`, one window per agent.
+//!
+//! tmux is for isolation and observation, not supervision: the runtime decides liveness from
+//! the agent's exit file and the window list. The server daemonizes into its own session, so
+//! stopping the daemon stops no agent.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tokio::process::Command;
+
+/// The session holding every agent window; its first window `ccm` keeps the server alive.
+pub const SESSION: &str = "ccm";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TmuxError {
+    #[error("cannot run tmux: {0} (is tmux installed? `ccm doctor` checks)")]
+    Spawn(std::io::Error),
+    #[error("tmux {args} failed: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("tmux {args} printed `{output}`, expected {expected}")]
+    Unexpected { args: String, output: String, expected: &'static str },
+}
+
+/// A window as tmux lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// `@N`, stable for the server's life.
+    pub id: String,
+    pub name: String,
+    pub pane_pid: i64,
+}
+
+/// What to run in a new window.
+pub struct WindowSpec<'a> {
+    pub name: &'a str,
+    pub cwd: &'a Path,
+    pub env: &'a BTreeMap<String, String>,
+    /// argv, run without a shell.
+    pub argv: &'a [String],
+}
+
+/// Handle to ccm's tmux server.
+#[derive(Debug, Clone)]
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    pub fn new(socket: impl Into<String>) -> Tmux {
+        Tmux { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<String, TmuxError> {
+        let output = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(TmuxError::Spawn)?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(TmuxError::Failed {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// Starts the server and its session when they are not running.
+    pub async fn ensure_session(&self) -> Result<(), TmuxError> {
+        if self.run(&["has-session", "-t", &format!("={SESSION}")]).await.is_ok() {
+            return Ok(());
+        }
+        match self.run(&["new-session", "-d", "-s", SESSION, "-n", SESSION]).await {
+            Ok(_) => Ok(()),
+            // Another caller created it between the two commands.
+            Err(TmuxError::Failed { stderr, .. }) if stderr.contains("duplicate session") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a detached window running `spec.argv` and returns it.
+    pub async fn spawn(&self, spec: &WindowSpec<'_>) -> Result<Window, TmuxError> {
+        self.ensure_session().await?;
+        let target = format!("={SESSION}:");
+        let cwd = spec.cwd.to_string_lossy();
+        let mut args: Vec<&str> = vec![
+            "new-window",
+            "-d",
+            "-t",
+            &target,
+            "-n",
+            spec.name,
+            "-c",
+            &cwd,
+            "-P",
+            "-F",
+            "#{window_id} #{pane_pid}",
+        ];
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for pair in &env {
+            args.extend(["-e", pair]);
+        }
+        args.push("--");
+        args.extend(spec.argv.iter().map(String::as_str));
+        let output = self.run(&args).await?;
+        let unexpected = || TmuxError::Unexpected {
+            args: "new-window".into(),
+            output: output.clone(),
+            expected: "`@<id> <pid>`",
+        };
+        let (id, pid) = output.split_once(' ').ok_or_else(unexpected)?;
+        let pane_pid = pid.parse().map_err(|_| unexpected())?;
+        Ok(Window { id: id.to_string(), name: spec.name.to_string(), pane_pid })
+    }
+
+    /// The agent windows (not the session's keeper window); empty when no server runs.
+    pub async fn windows(&self) -> Result<Vec<Window>, TmuxError> {
+        let listed = match self
+            .run(&[
+                "list-windows",
+                "-t",
+                &format!("={SESSION}"),
+                "-F",
+                "#{window_id} #{pane_pid} #{window_name}",
+            ])
+            .await
+        {
+            Ok(listed) => listed,
+            Err(TmuxError::Failed { stderr, .. })
+                if stderr.contains("no server running")
+                    || stderr.contains("can't find session")
+                    || stderr.contains("error connecting") =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(listed
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let id = parts.next()?.to_string();
+                let pane_pid = parts.next()?.parse().ok()?;
+                let name = parts.next().unwrap_or_default().to_string();
+                Some(Window { id, name, pane_pid })
+            })
+            .filter(|w| w.name != SESSION)
+            .collect())
+    }
+
+    /// Closes a window, ending its process; a window already gone is not an error.
+    pub async fn kill(&self, window_id: &str) -> Result<(), TmuxError> {
+        match self.run(&["kill-window", "-t", window_id]).await {
+            Err(TmuxError::Failed { stderr, .. })
+                if stderr.contains("can't find") || stderr.contains("no server") =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Copies the window's output into `log` (for interactive agents, whose output is a
+    /// terminal rather than a pipe).
+    pub async fn pipe_to(&self, window_id: &str, log: &Path) -> Result<(), TmuxError> {
+        let command = format!("cat >> '{}'", log.to_string_lossy().replace('\'', r"'\''"));
+        self.run(&["pipe-pane", "-o", "-t", window_id, &command]).await.map(drop)
+    }
+
+    /// The argv that attaches a terminal to `window_id`.
+    pub fn attach_argv(&self, window_id: &str) -> Vec<String> {
+        ["tmux", "-L", &self.socket, "attach-session", "-t", window_id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
