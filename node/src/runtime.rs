@@ -151,8 +151,8 @@ impl Runtime {
         task: Option<&Task>,
         passes: &mut Passes,
     ) -> anyhow::Result<()> {
-        if agent.status == AgentStatus::Starting && self.has_job(agent.task_id) {
-            return Ok(()); // its window is being opened right now
+        if agent.status == AgentStatus::Starting {
+            return self.settle_start(agent).await;
         }
         let dir = PathBuf::from(&agent.dir);
         let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
@@ -192,7 +192,7 @@ impl Runtime {
 
         let alive = match &agent.window_id {
             Some(window) => self.window_exists(window, windows).await?,
-            None => false, // recorded, but its window was never opened: the daemon died in between
+            None => false,
         };
         if !alive && read_exit(&dir).await.is_none() {
             warn!(agent = %agent.short_id(), "agent vanished without an exit status");
@@ -230,6 +230,28 @@ impl Runtime {
         Ok(())
     }
 
+    /// An agent recorded as starting and no job opening its window: the daemon stopped between
+    /// recording the agent and recording its window. Adopt the window if it was opened (it is
+    /// named after the agent), else the agent never ran.
+    async fn settle_start(&self, agent: &Agent) -> anyhow::Result<()> {
+        if self.has_job(agent.task_id) {
+            return Ok(()); // its window is being opened right now
+        }
+        if self.store.agent(&agent.id.to_string()).await?.status != AgentStatus::Starting {
+            return Ok(()); // the job finished since this pass read the agent
+        }
+        let name = agent.short_id();
+        match self.tmux.windows().await?.into_iter().find(|w| w.name == name) {
+            Some(window) => self.store.agent_running(agent.id, &window.id, window.pane_pid).await?,
+            None => {
+                warn!(agent = %name, "agent was recorded but its window never opened");
+                self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the agent's progress when its output changed (at most every second, and always
     /// at the end).
     async fn save_progress(
@@ -257,17 +279,23 @@ impl Runtime {
         Ok(())
     }
 
-    /// Whether the window exists, from a window list at most `WINDOWS_EVERY` old.
+    /// Whether the window exists. A window list at most `WINDOWS_EVERY` old answers yes; a
+    /// no is checked against a fresh list (the window may be newer than the list).
     async fn window_exists(
         &self,
         window: &str,
         windows: &mut Option<(Instant, HashSet<String>)>,
     ) -> anyhow::Result<bool> {
-        if windows.as_ref().is_none_or(|(at, _)| at.elapsed() >= WINDOWS_EVERY) {
+        let listed = |windows: &Option<(Instant, HashSet<String>)>| {
+            windows
+                .as_ref()
+                .is_some_and(|(at, ids)| at.elapsed() < WINDOWS_EVERY && ids.contains(window))
+        };
+        if !listed(windows) {
             let ids = self.tmux.windows().await?.into_iter().map(|w| w.id).collect();
             *windows = Some((Instant::now(), ids));
         }
-        Ok(windows.as_ref().is_some_and(|(_, ids)| ids.contains(window)))
+        Ok(listed(windows))
     }
 
     /// Closes the agent's window and records why it ended.

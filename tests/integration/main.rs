@@ -5,4 +5,5 @@ mod api;
 mod config;
 mod durability;
 mod init;
+mod runtime;
 mod tasks;

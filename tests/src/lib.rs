@@ -66,12 +66,19 @@ impl TestHome {
     /// The agent windows of this test's tmux server, as `window_name` lines.
     pub fn agent_windows(&self) -> Vec<String> {
         let out = Command::new("tmux")
-            .args(["-L", &self.tmux_socket(), "list-windows", "-a", "-F", "#{window_name}"])
+            .args([
+                "-L",
+                &self.tmux_socket(),
+                "list-windows",
+                "-a",
+                "-F",
+                "#{session_name}:#{window_name}",
+            ])
             .output()
             .expect("tmux runs");
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|w| *w != "ccm")
+            .filter(|w| *w != "ccm:ccm")
             .map(str::to_string)
             .collect()
     }
