@@ -364,3 +364,54 @@ async fn worker_killed_from_outside_is_detected_and_retried() {
         detail["log"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
     assert!(reasons.iter().any(|r| r.contains("vanished without an exit status")), "{reasons:?}");
 }
+
+#[tokio::test]
+async fn silent_worker_past_its_lease_is_reclaimed_and_retried() {
+    let (home, repo) = setup("lease", &[("fake", "hang-once", "")], "");
+    let daemon = home.start_with(|c| {
+        c.env("CCM_RUNTIME__LEASE_SECS", "1");
+    });
+    let id = add_task(&home, &["hangs silently first", "--profile", "fake", "--repo", &repo]);
+    let detail = wait_state(&daemon, &id, "complete").await;
+    let outcomes: Vec<&str> =
+        detail["runs"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["timeout", "success"]);
+    let reasons: Vec<&str> =
+        detail["log"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("lease expired")), "{reasons:?}");
+    let gone = wait_until(SLOW, || async { home.agent_windows().is_empty() }).await;
+    assert!(gone, "the reclaimed agent's window is closed: {:?}", home.agent_windows());
+}
+
+#[tokio::test]
+async fn agent_list_shows_live_agents_and_agent_kill_stops_one() {
+    let (home, repo) = setup("agent-cli", &[("fake", "hang-once", "")], "");
+    let daemon = home.start();
+    let id = add_task(&home, &["hangs first", "--profile", "fake", "--repo", &repo]);
+    let running = wait_until(SLOW, || async {
+        home.run_json(&["agent", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["status"] == "running")
+    })
+    .await;
+    assert!(running);
+    let table = home.run_ok(&["agent", "list"]);
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains(&id[..8])
+            && row.contains("worker")
+            && row.contains("running")
+            && row.contains("fake"),
+        "{table}"
+    );
+
+    let agent = home.run_json(&["agent", "list"])[0]["id"].as_str().unwrap().to_string();
+    let out = home.run_ok(&["agent", "kill", &agent[..8]]);
+    assert!(out.contains("killed"), "{out}");
+    let detail = wait_state(&daemon, &id, "complete").await;
+    assert_eq!(detail["runs"][0]["outcome"], "crash");
+    let again = home.run(&["agent", "kill", &agent[..8]]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not running"));
+}
