@@ -16,8 +16,11 @@ use serde_json::json;
 use crate::client::Client;
 use crate::config::{Config, PROJECT_TEMPLATE};
 use crate::home::Home;
+use crate::hooks::event::System;
 use crate::status::{StateDump, Status};
-use crate::store::{ContextProbe, NewTask, RetryPolicy, Store, TaskDetail, TaskFilter};
+use crate::store::{
+    ContextProbe, NewTask, RetryPolicy, Store, StoredHookEvent, TaskDetail, TaskFilter,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "ccm", version, about = "Local-first orchestrator for AI coding agents")]
@@ -48,6 +51,27 @@ enum Command {
     /// Agents: list them, attach a terminal to one, kill one.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Hook entry point for the agent CLIs: reads one event (stdin, or the last argument for
+    /// Codex's notify), stores it, prints a decision when a policy made one. Always exits 0.
+    Hook {
+        /// The CLI whose hook runs this: claude, gemini or codex (detected when omitted).
+        #[arg(long)]
+        agent: Option<String>,
+        /// The event, for CLIs that pass it as an argument (Codex notify).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        payload: Vec<String>,
+    },
+    /// Install ccm's hooks into the repository's agent CLI settings (Claude Code, Gemini CLI,
+    /// Codex), show them, or remove exactly what was installed.
+    Hooks {
+        #[command(subcommand)]
+        command: HooksCommand,
+    },
+    /// Files claimed by tasks (strict ownership) and the change requests refused writes left.
+    Claims {
+        #[arg(long)]
+        json: bool,
+    },
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
     Decide {
         /// Decision id (or unique prefix) to answer.
@@ -82,6 +106,9 @@ enum TaskCommand {
     Show {
         /// Task id or unique id prefix.
         id: String,
+        /// Show the task's hook events (its agents' timeline) instead.
+        #[arg(long)]
+        events: bool,
         #[arg(long)]
         json: bool,
     },
@@ -152,6 +179,23 @@ struct AddArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum HooksCommand {
+    /// Add ccm's hooks, keeping every hook that is already there (idempotent).
+    Install(HooksArgs),
+    /// Remove exactly the hooks ccm added.
+    Uninstall(HooksArgs),
+    /// Show which settings files have ccm's hooks.
+    Status(HooksArgs),
+}
+
+#[derive(Debug, Args)]
+struct HooksArgs {
+    /// Claude Code: use the committed `.claude/settings.json` instead of `.claude/settings.local.json`.
+    #[arg(long)]
+    shared: bool,
+}
+
+#[derive(Debug, Subcommand)]
 enum AgentCommand {
     /// Agents, live ones first: status, task, heartbeat age, cost so far.
     List {
@@ -181,8 +225,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate()?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let project = project_root(&cwd);
-    if let Command::Doctor = cli.command {
-        return crate::doctor::run(&home, project.as_deref()).await;
+    match cli.command {
+        Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
+        // The hook path loads no configuration up front and never fails.
+        Command::Hook { agent, mut payload } => {
+            let system = agent.and_then(|a| a.parse::<System>().ok());
+            crate::hooks::command::run(&home, system, payload.pop()).await;
+            return Ok(());
+        }
+        _ => {}
     }
     let config = Config::load(home.root(), project.as_deref())?;
     match cli.command {
@@ -249,7 +300,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Doctor => unreachable!("handled before the config is loaded"),
+        Command::Doctor | Command::Hook { .. } => {
+            unreachable!("handled before the config is loaded")
+        }
+        Command::Hooks { command } => hooks(&config, &cwd, command),
+        Command::Claims { json } => {
+            let store = open_store(&home, &config).await?;
+            let view = crate::daemon::ClaimsView {
+                claims: store.claims().await?,
+                change_requests: store.change_requests().await?,
+            };
+            print(json, &view, show_claims)
+        }
     }
 }
 
@@ -376,6 +438,54 @@ impl Backend {
     }
 }
 
+/// Options for the hook installer in the repository around `cwd`.
+fn hook_options<'a>(
+    config: &Config,
+    repo: &'a Path,
+    ccm: &'a str,
+    shared: bool,
+) -> crate::hooks::install::Options<'a> {
+    crate::hooks::install::Options {
+        repo,
+        ccm,
+        shared,
+        // A gate waits at most the approval timeout, plus time for the answer to travel.
+        gate_timeout_secs: config.approvals.timeout_secs + 30,
+    }
+}
+
+/// The command hooks run: this very binary for local settings, `ccm` from PATH for committed ones.
+fn ccm_command(shared: bool) -> String {
+    match std::env::current_exe() {
+        Ok(exe) if !shared => exe.to_string_lossy().into_owned(),
+        _ => "ccm".to_string(),
+    }
+}
+
+fn hooks(config: &Config, cwd: &Path, command: HooksCommand) -> anyhow::Result<()> {
+    let probe = ContextProbe::inspect(cwd)
+        .map_err(|e| anyhow::anyhow!("ccm hooks works in a git repository: {e}"))?;
+    let (args, run): (&HooksArgs, fn(&crate::hooks::install::Options) -> _) = match &command {
+        HooksCommand::Install(args) => (args, crate::hooks::install::install),
+        HooksCommand::Uninstall(args) => (args, crate::hooks::install::uninstall),
+        HooksCommand::Status(args) => (args, crate::hooks::install::status),
+    };
+    let ccm = ccm_command(args.shared);
+    let reports = run(&hook_options(config, &probe.path, &ccm, args.shared))?;
+    show_hook_reports(&reports);
+    Ok(())
+}
+
+fn show_hook_reports(reports: &[crate::hooks::install::FileReport]) {
+    for report in reports {
+        let action = serde_json::to_value(report.action)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        println!("{:<7} {:<16} {}  {}", report.agent, action, report.file.display(), report.detail);
+    }
+}
+
 async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()> {
     let probe = ContextProbe::inspect(cwd)
         .map_err(|e| anyhow::anyhow!("ccm init needs a git repository: {e}"))?;
@@ -390,8 +500,11 @@ async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()> {
         std::fs::write(&config_file, PROJECT_TEMPLATE)
             .with_context(|| format!("cannot write {}", config_file.display()))?;
     }
+    let ccm = ccm_command(false);
+    let reports = crate::hooks::install::install(&hook_options(config, &probe.path, &ccm, false))?;
     let backend = Backend::connect(home, config).await?;
     let context = backend.add_context(&probe.path).await?;
+    show_hook_reports(&reports);
     println!("{} {}", if wrote_config { "created" } else { "kept   " }, config_file.display());
     println!(
         "context {} registered: {} ({}, branch {})",
@@ -429,7 +542,29 @@ async fn task(home: &Home, config: &Config, command: TaskCommand) -> anyhow::Res
         TaskCommand::List { state, json } => {
             print(json, &backend.tasks(state).await?, |tasks| show_tasks(tasks))
         }
-        TaskCommand::Show { id, json } => print(json, &backend.task(&id).await?, show_task),
+        TaskCommand::Show { id, events: true, json } => {
+            let events: Vec<StoredHookEvent> = match &backend {
+                Backend::Daemon(client) => client.get(&["tasks", &id, "events"]).await?,
+                Backend::Local { store, .. } => store.task_hook_events(&id).await?,
+            };
+            print(json, &events, |events| {
+                if events.is_empty() {
+                    println!("no hook events");
+                }
+                for e in events {
+                    let agent = e.agent_id.as_deref().map_or("-", |a| &a[..8]);
+                    println!(
+                        "{}  {agent}  {:<8} {:<18} {:<20} {}",
+                        e.at,
+                        e.system,
+                        e.kind,
+                        e.event,
+                        e.tool.as_deref().unwrap_or("")
+                    );
+                }
+            })
+        }
+        TaskCommand::Show { id, json, .. } => print(json, &backend.task(&id).await?, show_task),
         TaskCommand::Cancel { id, reason } => {
             let task = backend.apply_event(&id, TaskEvent::Cancel, &reason).await?;
             println!("task {} is {}", task.short_id(), task.state);
@@ -683,6 +818,24 @@ fn show_task(detail: &TaskDetail) {
         println!(
             "  {}  {from} → {}  ({}, by {})",
             entry.at, entry.to_state, entry.reason, entry.actor
+        );
+    }
+}
+
+fn show_claims(view: &crate::daemon::ClaimsView) {
+    println!("claims ({})", view.claims.len());
+    for c in &view.claims {
+        println!("  {}  {}  task {} ({}, {})", c.repo, c.path, &c.task_id[..8], c.title, c.state);
+    }
+    println!("change requests ({})", view.change_requests.len());
+    for r in &view.change_requests {
+        let status = r.resolution.as_deref().unwrap_or("open");
+        println!(
+            "  {}  {}  owner {}  requested by task {}  {status}",
+            r.repo,
+            r.path,
+            r.owner,
+            &r.requester_task[..8]
         );
     }
 }

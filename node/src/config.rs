@@ -47,6 +47,11 @@ pub struct Config {
     pub workflows: BTreeMap<String, Workflow>,
     /// How task worktrees are prepared (usually set in the project's `.ccm/config.yaml`).
     pub worktree: WorktreeConfig,
+    /// Tool calls that wait for a human decision. By default none do.
+    pub approvals: ApprovalConfig,
+    /// Pre-assigned file ownership: owner (a workflow name or a task id prefix) → globs of
+    /// paths relative to the repository root. Usually set in the project's `.ccm/config.yaml`.
+    pub ownership: BTreeMap<String, Vec<String>>,
 }
 
 /// This system's identity.
@@ -218,6 +223,43 @@ pub struct WorktreeConfig {
     pub setup: Option<String>,
 }
 
+/// Which tool calls wait for a human, how long, and what happens when nobody answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// A tool call matching any rule waits for `ccm decide` (or the API, or Telegram).
+    pub rules: Vec<ApprovalRule>,
+    /// How long a tool call waits for an answer, in seconds.
+    pub timeout_secs: u64,
+    /// The answer when nobody decides in time.
+    pub default: Answer,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        ApprovalConfig { rules: Vec::new(), timeout_secs: 300, default: Answer::Deny }
+    }
+}
+
+/// One approval rule; every condition it sets must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalRule {
+    /// Tool names as the CLI sends them (`Bash`, `run_shell_command`, `Write`, ...); empty: any.
+    pub tools: Vec<String>,
+    /// A regular expression the shell command must match (shell tools only).
+    pub command: Option<String>,
+    /// Only writes to files outside the agent's working directory.
+    pub writes_outside_worktree: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Allow,
+    Deny,
+}
+
 /// Where one layer of configuration came from.
 enum Layer {
     File(PathBuf),
@@ -298,6 +340,28 @@ impl Config {
         }
         if self.runtime.tmux_socket.is_empty() || self.runtime.tmux_socket.contains('/') {
             return invalid("runtime.tmux_socket", "must be a plain name such as `ccm`");
+        }
+        for (index, rule) in self.approvals.rules.iter().enumerate() {
+            if let Some(pattern) = &rule.command {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(ConfigError::Invalid {
+                        key: "approvals.rules",
+                        message: format!(
+                            "rule {index}: `command` is not a valid regular expression: {e}"
+                        ),
+                    });
+                }
+            }
+        }
+        for (owner, globs) in &self.ownership {
+            for glob in globs {
+                if let Err(e) = globset::Glob::new(glob) {
+                    return Err(ConfigError::Invalid {
+                        key: "ownership",
+                        message: format!("`{owner}`: bad glob `{glob}`: {e}"),
+                    });
+                }
+            }
         }
         for (name, profile) in &self.profiles {
             profile
@@ -395,6 +459,14 @@ pub const PROJECT_TEMPLATE: &str = "\
 # worktree:
 #   copy_files: [.env]   # copied into each task's worktree
 #   setup: npm ci        # run in each new worktree
+# ownership:             # files pre-assigned to a workflow or task (strict ownership)
+#   code-review: ['src/api/**']
+# approvals:             # tool calls that wait for `ccm decide`
+#   timeout_secs: 300
+#   default: deny
+#   rules:
+#     - tools: [Bash]
+#       command: '^git push'
 # profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']

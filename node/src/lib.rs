@@ -6,6 +6,8 @@
 //! - [`runtime`]: the agent runtime: worktrees, agents in tmux, verification, reports,
 //!   supervisory review, retries, leases, adoption after a restart.
 //! - [`agents`]: agent profiles (argv templates) and parsers of the agents' output.
+//! - [`hooks`]: hook events from the agent CLIs, parsed leniently, and the answers to them;
+//!   installing ccm's hooks into the CLIs' project settings.
 //! - [`tmux`]: ccm's own tmux server, one window per agent.
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
 //! - [`config`]: layered configuration, validated at load.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod home;
+pub mod hooks;
 pub mod runtime;
 pub mod status;
 pub mod store;

@@ -9,6 +9,9 @@
 //! | `POST /api/tasks` | create a task ([`NewTask`]), 201 |
 //! | `GET /api/tasks/{id}` | one task (id or unique prefix) with its log |
 //! | `POST /api/tasks/{id}/events` | apply a [`TaskEvent`]: `{"event": "cancel", "reason": "..."}` |
+//! | `GET /api/tasks/{id}/events` | the task's hook events, oldest first |
+//! | `POST /api/hooks?system=&key=` | a hook event (Claude Code `http` hook body, or from `ccm hook`); answers in the CLI's JSON output format |
+//! | `GET /api/claims` | file claims and change requests |
 //! | `POST /api/tasks/{id}/dependencies` | `{"depends_on": [ids]}`; a cycle answers 409 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
@@ -26,25 +29,39 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ccm_schema::{Context, Task, TaskEvent};
+use ccm_schema::{Context, Task, TaskEvent, Timestamp};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{security, AppState};
+use crate::config::Answer;
+use crate::home::Home;
+use crate::hooks::event::{HookEvent, System};
+use crate::hooks::gate;
 use crate::status::Status;
-use crate::store::{ContextProbe, NewTask, RetryPolicy, TaskDetail, TaskFilter};
+use crate::store::{
+    ChangeRequest, Claim, ContextProbe, NewTask, Origin, Receipt, RetryPolicy, StoredHookEvent,
+    TaskDetail, TaskFilter, Via,
+};
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/status", get(status))
         .route("/tasks", get(list_tasks).post(create_task))
         .route("/tasks/{id}", get(show_task))
-        .route("/tasks/{id}/events", post(task_event))
         .route("/tasks/{id}/dependencies", post(add_dependencies))
         .route("/contexts", get(list_contexts).post(add_context))
         .route("/contexts/{key}", axum::routing::delete(remove_context))
+        .route(
+            "/hooks",
+            post(hook).layer(axum::extract::DefaultBodyLimit::max(
+                crate::hooks::event::MAX_STORED_BYTES * 64,
+            )),
+        )
+        .route("/tasks/{id}/events", get(task_events).post(task_event))
+        .route("/claims", get(claims))
         .route("/agents", get(list_agents))
         .route("/decisions", get(list_decisions))
         .route("/decisions/{id}", post(answer_decision))
@@ -182,6 +199,124 @@ async fn add_dependencies(
     Ok(Json(task))
 }
 
+#[derive(Deserialize)]
+struct HookQuery {
+    /// `claude`, `gemini` or `codex`; detected from the payload when absent.
+    system: Option<String>,
+    /// The sender's idempotency key; a fresh one when absent.
+    key: Option<String>,
+}
+
+/// Stores a hook event and answers it: a deny when the write touches a file another task owns,
+/// the human's answer when an approval rule applies, else `{}`.
+async fn hook(
+    State(state): State<AppState>,
+    Query(query): Query<HookQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let system = match query.system.as_deref() {
+        None => None,
+        Some(name) => {
+            Some(name.parse::<System>().map_err(|e| ApiError::BadRequest(format!("system: {e}")))?)
+        }
+    };
+    let event = HookEvent::parse(system, &body);
+    let key = query.key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };
+    let approval = gate::needs_approval(&state.config.approvals, &event, None);
+    let policy = RetryPolicy::from(&*state.config);
+    let receipt =
+        Receipt { key: &key, origin: &origin, via: Via::Api, received_at: Timestamp::now() };
+    let ingested = state.store.ingest_hook(&event, &receipt, policy, !approval).await?;
+    state.metrics.count_hook(event.kind.as_str());
+    state.wake();
+    let Some(task) = ingested.task else { return Ok(Json(json!({}))) };
+    let home = Home::at(state.home.clone());
+    let owned = gate::check_ownership(&state.store, &home, &task, &event)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    if let Some(reason) = owned {
+        return Ok(Json(event.decision_output(false, &reason).unwrap_or_else(|| json!({}))));
+    }
+    let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
+    if approval && gate::needs_approval(&state.config.approvals, &event, workdir) {
+        let (allow, reason) = await_approval(&state, &task, &event).await?;
+        return Ok(Json(event.decision_output(allow, &reason).unwrap_or_else(|| json!({}))));
+    }
+    Ok(Json(json!({})))
+}
+
+/// Asks the operator about a tool call and waits for the answer, or the configured default
+/// when the timeout passes first.
+async fn await_approval(
+    state: &AppState,
+    task: &Task,
+    event: &HookEvent,
+) -> Result<(bool, String), ApiError> {
+    let tool = event.tool.as_deref().unwrap_or("a tool");
+    let what = event.command.clone().unwrap_or_else(|| event.paths.join(", "));
+    let question = format!(
+        "task {} ({}) wants to use {tool}: {what}. Allow or deny?",
+        task.short_id(),
+        task.title
+    );
+    let decision = state.store.ask_approval(task.id, &question).await?;
+    let approvals = &state.config.approvals;
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(approvals.timeout_secs);
+    loop {
+        let current = state.store.decision(decision.id).await?;
+        if let Some(answer) = current.answer {
+            let by = current.answered_by.unwrap_or_default();
+            return Ok((answer == "allow", format!("{answer} by {by} through ccm")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
+            let policy = RetryPolicy::from(&*state.config);
+            // An answer that raced in first stands; the loop reads it on the next turn.
+            if state
+                .store
+                .answer_decision(&decision.id.to_string(), default, "timeout", policy)
+                .await
+                .is_ok()
+            {
+                let reason = format!(
+                    "nobody answered within {}s: the configured default is {default}",
+                    approvals.timeout_secs
+                );
+                return Ok((default == "allow", reason));
+            }
+            continue;
+        }
+        tokio::select! {
+            () = state.decisions.notified() => {}
+            () = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250))) => {}
+        }
+    }
+}
+
+async fn task_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<StoredHookEvent>>, ApiError> {
+    Ok(Json(state.store.task_hook_events(&id).await?))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ClaimsView {
+    pub claims: Vec<Claim>,
+    pub change_requests: Vec<ChangeRequest>,
+}
+
+async fn claims(State(state): State<AppState>) -> Result<Json<ClaimsView>, ApiError> {
+    Ok(Json(ClaimsView {
+        claims: state.store.claims().await?,
+        change_requests: state.store.change_requests().await?,
+    }))
+}
+
 async fn list_agents(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<ccm_schema::Agent>>, ApiError> {
@@ -196,7 +331,7 @@ async fn list_decisions(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Answer {
+struct AnswerBody {
     answer: String,
 }
 
@@ -204,10 +339,11 @@ async fn answer_decision(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Answer>,
+    ApiJson(body): ApiJson<AnswerBody>,
 ) -> Result<Json<ccm_schema::Decision>, ApiError> {
     let policy = RetryPolicy::from(&*state.config);
     let decision = state.store.answer_decision(&id, &body.answer, &actor(&headers), policy).await?;
+    state.decisions.notify_waiters();
     state.wake();
     Ok(Json(decision))
 }

@@ -35,6 +35,7 @@ pub struct Metrics {
     http_requests: Family<RequestLabels, Counter>,
     pub tasks_created: Counter,
     task_events: Family<EventLabel, Counter>,
+    hook_events: Family<EventLabel, Counter>,
     /// Filled from the database at each scrape.
     tasks: Family<StateLabel, Gauge>,
     outbox_pending: Gauge,
@@ -57,6 +58,12 @@ impl Metrics {
             "Task events applied through the API, by event",
             task_events.clone(),
         );
+        let hook_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "hook_events",
+            "Hook events received through the API, by normalized kind",
+            hook_events.clone(),
+        );
         let tasks = Family::<StateLabel, Gauge>::default();
         registry.register("tasks", "Tasks in the store, by state", tasks.clone());
         let outbox_pending = Gauge::default();
@@ -68,11 +75,23 @@ impl Metrics {
             "When the daemon started, in Unix seconds",
             start_time,
         );
-        Metrics { registry, http_requests, tasks_created, task_events, tasks, outbox_pending }
+        Metrics {
+            registry,
+            http_requests,
+            tasks_created,
+            task_events,
+            hook_events,
+            tasks,
+            outbox_pending,
+        }
     }
 
     pub fn count_event(&self, event: &str) {
         self.task_events.get_or_create(&EventLabel { event: event.to_string() }).inc();
+    }
+
+    pub fn count_hook(&self, kind: &str) {
+        self.hook_events.get_or_create(&EventLabel { event: kind.to_string() }).inc();
     }
 
     /// Refreshes the gauges from the store and encodes everything.

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use api::router;
+pub use api::{router, ClaimsView};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use scheduler::Scheduler;
@@ -52,6 +52,10 @@ pub struct AppState {
     pub scheduler_wake: Arc<Notify>,
     /// Wakes the agent runtime after a change.
     pub runtime_wake: Arc<Notify>,
+    /// Wakes the hooks waiting for a human's answer after a decision was answered.
+    pub decisions: Arc<Notify>,
+    /// The ccm home directory.
+    pub home: std::path::PathBuf,
 }
 
 impl AppState {
@@ -128,6 +132,8 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
         scheduler_wake: scheduler_wake.clone(),
         runtime_wake: runtime.wake.clone(),
+        decisions: Arc::new(Notify::new()),
+        home: home.root().to_path_buf(),
     };
     let scheduler = Scheduler {
         store: store.clone(),
@@ -149,6 +155,12 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
             runtime.run(memory).await
         }
     }));
+    let spooler = tokio::spawn(spool_loop(
+        home.clone(),
+        store.clone(),
+        RetryPolicy::from(&*config),
+        shutdown.clone(),
+    ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     home.write_daemon_info(&daemon)?;
@@ -158,7 +170,8 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         .await;
 
     shutdown.cancel();
-    for (name, task) in [("scheduler", scheduler), ("runtime", runtime_task)] {
+    for (name, task) in [("scheduler", scheduler), ("runtime", runtime_task), ("spooler", spooler)]
+    {
         if let Err(e) = task.await {
             warn!(task = name, error = %e, "ended abnormally");
         }
@@ -167,6 +180,21 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(home.daemon_file());
     info!("ccm daemon stopped");
     served.context("serving the API failed")
+}
+
+/// Ingests the hook events `ccm hook` spooled while the database was busy.
+async fn spool_loop(home: Home, store: Store, policy: RetryPolicy, shutdown: CancellationToken) {
+    loop {
+        match crate::hooks::spool::ingest(home.root(), &store, policy).await {
+            Ok(0) => {}
+            Ok(n) => info!(events = n, "ingested spooled hook events"),
+            Err(error) => warn!(error = %format!("{error:#}"), "cannot ingest the spool; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 /// Refuses to start on a damaged database.

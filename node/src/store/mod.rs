@@ -7,6 +7,7 @@
 //! - `contexts`: repository checkouts registered on this system.
 //! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
 //! - `agents`: agents, attempts and reports, written by the agent runtime.
+//! - `hooks`: hook events and their effects, file claims and change requests.
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
 //! is acknowledged; every write transaction starts with `BEGIN IMMEDIATE` and other processes
@@ -15,6 +16,7 @@
 
 mod agents;
 mod contexts;
+mod hooks;
 mod records;
 mod tasks;
 
@@ -29,6 +31,7 @@ use uuid::Uuid;
 
 pub use agents::{AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use contexts::ContextProbe;
+pub use hooks::{ChangeRequest, Claim, Ingested, Origin, Ownership, Receipt, StoredHookEvent, Via};
 pub use records::{OutboxCounts, StateCounts};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
 
@@ -117,6 +120,27 @@ impl Store {
         let store = Store { path: path.to_path_buf(), readers, writer };
         store.ensure_system(system_name).await?;
         Ok(store)
+    }
+
+    /// Opens an existing database with one connection and a short busy timeout, applying no
+    /// migration and writing nothing: the fast path of `ccm hook`. A missing file is created
+    /// with [`Store::open`].
+    pub async fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store> {
+        if !path.exists() {
+            let name = gethostname::gethostname().to_string_lossy().into_owned();
+            return Store::open(path, &name).await;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(busy_timeout);
+        let pool =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(
+                |e| StoreError::Open { path: path.to_path_buf(), message: e.to_string() },
+            )?;
+        Ok(Store { path: path.to_path_buf(), readers: pool.clone(), writer: pool })
     }
 
     pub fn path(&self) -> &Path {

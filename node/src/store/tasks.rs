@@ -481,6 +481,7 @@ pub(super) async fn apply_in_tx(
                     );
                     ask_decision(tx, id, kind, &question, now).await?;
                 }
+                Effect::ReleaseClaims => super::hooks::release_claims(tx, id, step.to, now).await?,
                 other => left.push(other),
             }
         }
@@ -537,13 +538,13 @@ pub(super) async fn raise_alert(
     outbox(tx, "alert", &id.to_string(), &alert, severity == Severity::Critical).await
 }
 
-async fn ask_decision(
+pub(super) async fn ask_decision(
     tx: &mut Transaction<'static, Sqlite>,
     task: Uuid,
     kind: DecisionKind,
     question: &str,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<ccm_schema::Decision> {
     let id = Uuid::new_v4();
     let decision: ccm_schema::Decision = sqlx::query_as(
         r#"
@@ -559,7 +560,8 @@ async fn ask_decision(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
-    outbox(tx, "decision", &id.to_string(), &decision, true).await
+    outbox(tx, "decision", &id.to_string(), &decision, true).await?;
+    Ok(decision)
 }
 
 /// Answers the task's pending retry-or-cancel decisions with what the operator did instead.

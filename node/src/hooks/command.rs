@@ -1,0 +1,175 @@
+//! `ccm hook [--agent claude|gemini|codex] [PAYLOAD]`: the command form of ccm's hooks.
+//!
+//! It reads the event (stdin for Claude Code and Gemini CLI; the last argument for Codex's
+//! `notify`), tags it with `CCM_AGENT_ID`/`CCM_TASK_ID`, and stores it durably by the first
+//! path that works: the daemon's API, else SQLite directly (daemon down), else a spool file
+//! (database busy). Whatever happens to ccm it exits 0, printing on stdout only a decision in
+//! the CLI's JSON format when a policy decided one; problems go to `~/.ccm-global/logs/hook.log`.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use ccm_schema::Timestamp;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::event::{HookEvent, Kind, System};
+use super::{gate, spool};
+use crate::config::{Answer, Config};
+use crate::home::Home;
+use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
+
+/// Bytes read from stdin at most; the rest is drained and the payload marked truncated.
+const READ_LIMIT: u64 = 16 * 1024 * 1024;
+/// How long a non-gate event may wait for the daemon.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a gate may wait for the daemon (a human may be deciding); the CLI's own hook
+/// timeout, set at install, is the real bound.
+const GATE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the direct path waits for another writer before spooling.
+const DIRECT_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Runs the hook; always succeeds (the exit code is 0).
+pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) {
+    let received_at = Timestamp::now();
+    let bytes = match argument {
+        Some(payload) => payload.into_bytes(),
+        None => read_stdin(),
+    };
+    let event = HookEvent::parse(system, &bytes);
+    let key = Uuid::new_v4().to_string();
+    let origin = Origin {
+        agent_id: std::env::var("CCM_AGENT_ID").ok(),
+        task_id: std::env::var("CCM_TASK_ID").ok(),
+    };
+    let mut notes: Vec<String> = event.problem.iter().cloned().collect();
+
+    let output = match through_daemon(home, &event, &key, &origin).await {
+        Ok(output) => output,
+        Err(daemon) => {
+            notes.push(format!("daemon unreachable ({daemon:#}); writing the database directly"));
+            match directly(home, &event, &key, &origin, received_at).await {
+                Ok(output) => output,
+                Err(direct) => {
+                    notes.push(format!("direct write failed ({direct:#}); spooling"));
+                    let entry = spool::Entry {
+                        key: key.clone(),
+                        system: event.system,
+                        origin,
+                        received_at,
+                        payload: event.raw.clone(),
+                    };
+                    if let Err(e) = spool::write(home.root(), &entry) {
+                        notes.push(format!("spooling failed too, event lost: {e}"));
+                    }
+                    None
+                }
+            }
+        }
+    };
+    if !notes.is_empty() {
+        log(
+            home,
+            &format!(
+                "{received_at} {key} {} {} {}",
+                event.system,
+                display_name(&event),
+                notes.join("; ")
+            ),
+        );
+    }
+    if let Some(output) = output {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{output}");
+    }
+}
+
+fn display_name(event: &HookEvent) -> &str {
+    if event.name.is_empty() {
+        event.kind.as_str()
+    } else {
+        &event.name
+    }
+}
+
+/// All of stdin up to `READ_LIMIT`; anything beyond is read and dropped (the payload is then
+/// not valid JSON, and is stored truncated).
+fn read_stdin() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut stdin = std::io::stdin().lock();
+    let _ = (&mut stdin).take(READ_LIMIT).read_to_end(&mut bytes);
+    let _ = std::io::copy(&mut stdin, &mut std::io::sink());
+    bytes
+}
+
+/// Posts the event to the running daemon and returns its decision, if any.
+async fn through_daemon(
+    home: &Home,
+    event: &HookEvent,
+    key: &str,
+    origin: &Origin,
+) -> anyhow::Result<Option<Value>> {
+    let daemon = home.read_daemon_info().ok_or_else(|| anyhow::anyhow!("no port file"))?;
+    let token = home.read_auth()?.token;
+    let gate = matches!(event.kind, Kind::PreTool | Kind::PermissionRequest);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(if gate { GATE_TIMEOUT } else { DAEMON_TIMEOUT })
+        .build()?;
+    let mut request = http
+        .post(format!("http://{}/api/hooks", daemon.addr))
+        .query(&[("system", event.system.to_string().as_str()), ("key", key)])
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(event.raw.clone());
+    if let Some(agent) = &origin.agent_id {
+        request = request.header("x-ccm-agent-id", agent);
+    }
+    if let Some(task) = &origin.task_id {
+        request = request.header("x-ccm-task-id", task);
+    }
+    let response = request.send().await?;
+    anyhow::ensure!(response.status().is_success(), "the daemon answered {}", response.status());
+    let answer: Value = response.json().await?;
+    Ok(answer.as_object().is_some_and(|o| !o.is_empty()).then_some(answer))
+}
+
+/// Stores the event in SQLite without the daemon, and answers what can be answered without
+/// it: strict ownership; approvals get their configured default (nobody can answer).
+async fn directly(
+    home: &Home,
+    event: &HookEvent,
+    key: &str,
+    origin: &Origin,
+    received_at: Timestamp,
+) -> anyhow::Result<Option<Value>> {
+    let store = Store::open_existing(&home.db_file(), DIRECT_BUSY_TIMEOUT).await?;
+    let config = Config::load(home.root(), None).unwrap_or_default();
+    let policy = RetryPolicy::from(&config);
+    let receipt = Receipt { key, origin, via: Via::Direct, received_at };
+    let ingested = store.ingest_hook(event, &receipt, policy, true).await?;
+    let Some(task) = ingested.task else { return Ok(None) };
+    if let Some(reason) = gate::check_ownership(&store, home, &task, event).await? {
+        return Ok(event.decision_output(false, &reason));
+    }
+    let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
+    if gate::needs_approval(&config.approvals, event, workdir) {
+        let allow = config.approvals.default == Answer::Allow;
+        let reason =
+            "the ccm daemon is not running, so nobody can approve: the configured default applies";
+        return Ok(event.decision_output(allow, reason));
+    }
+    Ok(None)
+}
+
+/// Appends a line to `logs/hook.log`; failures to log are ignored (the agent must go on).
+fn log(home: &Home, line: &str) {
+    let dir = home.root().join("logs");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut file) =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hook.log"))
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}

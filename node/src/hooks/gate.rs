@@ -1,0 +1,202 @@
+//! What ccm answers a hook event: strict file ownership for writes, and whether an approval
+//! rule makes the tool call wait for a human. Shared by the daemon's `POST /api/hooks` and the
+//! direct path of `ccm hook`.
+
+use std::path::{Path, PathBuf};
+
+use ccm_schema::Task;
+
+use super::event::{HookEvent, Kind};
+use crate::config::{ApprovalConfig, Config};
+use crate::home::Home;
+use crate::store::{Ownership, Store};
+
+/// Refuses a write to a file another active task owns (or that the project's config
+/// pre-assigns to another workflow or task); claims it otherwise. Returns the reason of a
+/// refusal.
+pub async fn check_ownership(
+    store: &Store,
+    home: &Home,
+    task: &Task,
+    event: &HookEvent,
+) -> anyhow::Result<Option<String>> {
+    if !(event.kind == Kind::PreTool && event.writes) || event.paths.is_empty() {
+        return Ok(None);
+    }
+    let roots = roots(store, task).await?;
+    let repo = task
+        .repo
+        .clone()
+        .or_else(|| roots.first().map(|r| r.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let ownership = match roots.last() {
+        Some(checkout) => {
+            Config::load(home.root(), Some(checkout)).map(|c| c.ownership).unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    for path in &event.paths {
+        let relative = relative(Path::new(path), &roots, event.cwd.as_deref());
+        let preassigned = preassigned_owner(&ownership, task, &relative);
+        if let Ownership::Taken { reason } = store
+            .claim(task, &repo, &relative, preassigned.as_deref(), event.tool.as_deref())
+            .await?
+        {
+            return Ok(Some(reason));
+        }
+    }
+    Ok(None)
+}
+
+/// The directories a task's file paths are relative to: its worktree, then the checkout of its
+/// repository.
+async fn roots(store: &Store, task: &Task) -> anyhow::Result<Vec<PathBuf>> {
+    let mut roots = Vec::new();
+    if let Some(saved) = store.worktree(task.id).await? {
+        if let Some(path) = saved.pointer("/worktree/path").and_then(|p| p.as_str()) {
+            roots.push(PathBuf::from(path));
+        }
+    }
+    if let Some(repo) = &task.repo {
+        if let Some(context) = store
+            .contexts()
+            .await?
+            .into_iter()
+            .find(|c| c.repo_url.as_deref() == Some(repo.as_str()) || c.path == *repo)
+        {
+            roots.push(PathBuf::from(context.path));
+        }
+    }
+    Ok(roots)
+}
+
+/// `path` relative to the first root (or the event's cwd) that contains it; as given otherwise.
+fn relative(path: &Path, roots: &[PathBuf], cwd: Option<&str>) -> String {
+    roots
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(cwd.map(Path::new))
+        .find_map(|root| path.strip_prefix(root).ok())
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The owner a glob of `ownership` pre-assigns `path` to, unless that owner is the task itself
+/// (its workflow, or a prefix of its id).
+fn preassigned_owner(
+    ownership: &std::collections::BTreeMap<String, Vec<String>>,
+    task: &Task,
+    path: &str,
+) -> Option<String> {
+    ownership
+        .iter()
+        .filter(|(owner, _)| {
+            task.workflow.as_deref() != Some(owner.as_str())
+                && !task.id.to_string().starts_with(owner.as_str())
+        })
+        .find(|(_, globs)| {
+            globs
+                .iter()
+                .filter_map(|g| globset::Glob::new(g).ok())
+                .any(|g| g.compile_matcher().is_match(path))
+        })
+        .map(|(owner, _)| owner.clone())
+}
+
+/// Whether an approval rule makes this tool call wait for a human. `workdir` is the agent's
+/// working directory, for `writes_outside_worktree`.
+pub fn needs_approval(
+    approvals: &ApprovalConfig,
+    event: &HookEvent,
+    workdir: Option<&str>,
+) -> bool {
+    if !matches!(event.kind, Kind::PreTool | Kind::PermissionRequest) {
+        return false;
+    }
+    approvals.rules.iter().any(|rule| {
+        let tool_matches = rule.tools.is_empty()
+            || event.tool.as_deref().is_some_and(|t| rule.tools.iter().any(|r| r == t));
+        let command_matches = match &rule.command {
+            None => true,
+            Some(pattern) => event
+                .command
+                .as_deref()
+                .is_some_and(|c| regex::Regex::new(pattern).is_ok_and(|re| re.is_match(c))),
+        };
+        let outside_matches = !rule.writes_outside_worktree
+            || (event.writes
+                && event.paths.iter().any(|p| {
+                    workdir
+                        .or(event.cwd.as_deref())
+                        .is_none_or(|root| !Path::new(p).starts_with(root))
+                }));
+        tool_matches && command_matches && outside_matches
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ApprovalRule;
+
+    fn event(json: &str) -> HookEvent {
+        HookEvent::parse(None, json.as_bytes())
+    }
+
+    fn rules(rules: Vec<ApprovalRule>) -> ApprovalConfig {
+        ApprovalConfig { rules, ..ApprovalConfig::default() }
+    }
+
+    #[test]
+    fn default_policy_approves_nothing() {
+        let bash = event(
+            r#"{"hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"rm -rf /"}}"#,
+        );
+        assert!(!needs_approval(&ApprovalConfig::default(), &bash, None));
+    }
+
+    #[test]
+    fn bash_rule_matches_commands_by_pattern() {
+        let policy = rules(vec![ApprovalRule {
+            tools: vec!["Bash".into()],
+            command: Some("^git push".into()),
+            ..Default::default()
+        }]);
+        let push = event(
+            r#"{"hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"git push origin main"}}"#,
+        );
+        let status = event(
+            r#"{"hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"git status"}}"#,
+        );
+        let after = event(
+            r#"{"hook_event_name":"PostToolUse","tool_name":"Bash","tool_input":{"command":"git push"}}"#,
+        );
+        assert!(needs_approval(&policy, &push, None));
+        assert!(!needs_approval(&policy, &status, None));
+        assert!(!needs_approval(&policy, &after, None), "only gates wait");
+    }
+
+    #[test]
+    fn writes_outside_the_worktree_need_approval() {
+        let policy =
+            rules(vec![ApprovalRule { writes_outside_worktree: true, ..Default::default() }]);
+        let inside = event(
+            r#"{"hook_event_name":"PreToolUse","tool_name":"Write","tool_input":{"file_path":"/w/t1/src/a.rs"}}"#,
+        );
+        let outside = event(
+            r#"{"hook_event_name":"PreToolUse","tool_name":"Write","tool_input":{"file_path":"/etc/hosts"}}"#,
+        );
+        assert!(!needs_approval(&policy, &inside, Some("/w/t1")));
+        assert!(needs_approval(&policy, &outside, Some("/w/t1")));
+    }
+
+    #[test]
+    fn paths_are_made_relative_to_the_first_root_that_holds_them() {
+        let roots = [PathBuf::from("/wt/app-1"), PathBuf::from("/src/app")];
+        assert_eq!(relative(Path::new("/src/app/lib.rs"), &roots, None), "lib.rs");
+        assert_eq!(relative(Path::new("/wt/app-1/a/b.rs"), &roots, None), "a/b.rs");
+        assert_eq!(relative(Path::new("/tmp/x/c.rs"), &roots, Some("/tmp/x")), "c.rs");
+        assert_eq!(relative(Path::new("/else/d.rs"), &roots, None), "/else/d.rs");
+    }
+}

@@ -1,0 +1,1050 @@
+//! Installing ccm's hooks into the agent CLIs' project settings, and taking them out again.
+//!
+//! One file per CLI, inside the repository:
+//!
+//! - Claude Code, `.claude/settings.local.json` (`.claude/settings.json` with
+//!   [`Options::shared`]): one matcher group per event in [`CLAUDE_EVENTS`], timeouts in seconds.
+//! - Gemini CLI, `.gemini/settings.json`: one matcher group per event in [`GEMINI_EVENTS`],
+//!   timeouts in milliseconds.
+//! - Codex, `.codex/config.toml`: top-level `notify = ["<ccm>", "hook", "--agent", "codex"]`.
+//!
+//! **Invariant**: the user's content is never removed, changed or reordered. ccm's groups are
+//! appended after the user's; a ccm handler is recognised by its exact command string, so
+//! installing twice adds nothing and uninstalling removes only ccm's handlers (and what they
+//! leave empty: their group, the event key, the `hooks` object, the file). Nothing is recorded
+//! on disk about what ccm added.
+//!
+//! **Invariant**: a file that does not parse, or whose shape ccm cannot merge into, is reported
+//! and never written. Every write is atomic (a temporary file in the same directory, then a
+//! rename), so a crash never leaves a half-written settings file.
+//!
+//! Boundary: this module only edits files. It knows nothing of what `ccm hook` does with the
+//! events, and it does not ask any CLI whether it accepted the settings.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+/// Claude Code events ccm listens to, and whether each takes a matcher (see the matcher table
+/// in the hooks reference: `UserPromptSubmit` and `Stop` always fire and take none).
+pub const CLAUDE_EVENTS: [(&str, bool); 12] = [
+    ("SessionStart", true),
+    ("UserPromptSubmit", false),
+    ("PreToolUse", true),
+    ("PermissionRequest", true),
+    ("PostToolUse", true),
+    ("PostToolUseFailure", true),
+    ("Notification", true),
+    ("Stop", false),
+    ("StopFailure", true),
+    ("SubagentStop", true),
+    ("PreCompact", true),
+    ("SessionEnd", true),
+];
+
+/// Claude Code events that may wait for a human, and so get [`Options::gate_timeout_secs`].
+const CLAUDE_GATES: [&str; 2] = ["PreToolUse", "PermissionRequest"];
+
+/// Gemini CLI events ccm listens to; all take a matcher.
+pub const GEMINI_EVENTS: [&str; 8] = [
+    "SessionStart",
+    "SessionEnd",
+    "BeforeAgent",
+    "AfterAgent",
+    "BeforeTool",
+    "AfterTool",
+    "PreCompress",
+    "Notification",
+];
+
+/// Gemini CLI events that may wait for a human.
+const GEMINI_GATES: [&str; 1] = ["BeforeTool"];
+
+/// Timeout of the hooks that never wait for a human, in seconds.
+pub const SHORT_TIMEOUT_SECS: u64 = 10;
+
+/// The `name` of ccm's Gemini handlers (Gemini shows it, and `hooksConfig.disabled` lists names).
+const GEMINI_HANDLER_NAME: &str = "ccm";
+
+/// What to install, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Repository root.
+    pub repo: &'a Path,
+    /// The command that runs ccm, e.g. "/usr/local/bin/ccm" or "ccm".
+    pub ccm: &'a str,
+    /// Claude Code: write `.claude/settings.json` (shared, committed) instead of
+    /// `.claude/settings.local.json`.
+    pub shared: bool,
+    /// Timeout (seconds) for the gates that may wait for a human (Claude PreToolUse and
+    /// PermissionRequest, Gemini BeforeTool), so a slow human does not silently fail open.
+    /// Other events get a short timeout ([`SHORT_TIMEOUT_SECS`]).
+    pub gate_timeout_secs: u64,
+}
+
+/// One file the installer looked at, and what it did or found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileReport {
+    pub file: PathBuf,
+    /// `"claude"`, `"gemini"` or `"codex"`.
+    pub agent: &'static str,
+    pub action: Action,
+    /// One line for a human: which events, what was there.
+    pub detail: String,
+}
+
+/// What happened to one file (or, for [`status`], what is there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `install` wrote ccm's hooks (or corrected their timeouts).
+    Added,
+    /// ccm's hooks are all there, as `install` would write them; nothing was changed.
+    AlreadyPresent,
+    /// `uninstall` took ccm's hooks out.
+    Removed,
+    /// ccm's hooks are not there, or not all of them (the detail says which).
+    NotPresent,
+    /// Left alone because the user's own setting is in the way (Codex runs one `notify` program).
+    Skipped,
+}
+
+/// Why a settings file could not be read, merged or written. Files are never written after any
+/// of these.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The file exists but could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid JSON.
+    #[error("{} is not valid JSON ({source}); left it untouched", path.display())]
+    Json { path: PathBuf, source: serde_json::Error },
+    /// The file is not valid TOML.
+    #[error("{} is not valid TOML ({}); left it untouched", path.display(), one_line(source))]
+    Toml { path: PathBuf, source: toml_edit::TomlError },
+    /// A value ccm must merge into has another type than the CLI expects.
+    #[error("{}: {} is not {expected}; left the file untouched", path.display(), describe_key(key))]
+    Shape {
+        path: PathBuf,
+        /// Dotted path of the value, e.g. `hooks` or `hooks.PreToolUse`; empty for the top level.
+        key: String,
+        /// What it should be, e.g. "an object".
+        expected: &'static str,
+    },
+    /// A directory for the file could not be created.
+    #[error("cannot create directory {}: {source}", path.display())]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    /// The file (or its temporary sibling) could not be written or renamed into place.
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    /// A file that held only ccm's hooks could not be deleted.
+    #[error("cannot remove {}: {source}", path.display())]
+    Remove { path: PathBuf, source: std::io::Error },
+}
+
+fn describe_key(key: &str) -> String {
+    if key.is_empty() {
+        "the top level".to_owned()
+    } else {
+        format!("`{key}`")
+    }
+}
+
+/// toml_edit's errors span several lines (position, snippet, caret, message); keep the position
+/// and the message, on one line.
+fn one_line(error: &toml_edit::TomlError) -> String {
+    let text = error.to_string();
+    let position = text.lines().next().unwrap_or_default().trim_start_matches("TOML parse error ");
+    let message = error.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    format!("{position}: {message}")
+}
+
+/// Adds ccm's hooks to each CLI's project settings, keeping everything already there.
+///
+/// All three files are read and checked before any is written, so a bad file means no change.
+pub fn install(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let (claude, gemini, codex) = targets(options);
+    claude.status()?;
+    gemini.status()?;
+    codex.status()?;
+    Ok(vec![claude.install()?, gemini.install()?, codex.install()?])
+}
+
+/// Removes exactly the hooks [`install`] adds, and what their removal leaves empty.
+///
+/// All three files are read and checked before any is written, so a bad file means no change.
+pub fn uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let (claude, gemini, codex) = targets(options);
+    claude.check_uninstall()?;
+    gemini.check_uninstall()?;
+    read_toml(&codex.file)?;
+    Ok(vec![claude.uninstall()?, gemini.uninstall()?, codex.uninstall()?])
+}
+
+/// What is installed, without changing anything.
+///
+/// A file is [`Action::AlreadyPresent`] when `install` would leave it as it is, and
+/// [`Action::NotPresent`] otherwise (the detail names missing events and wrong timeouts). Codex
+/// is [`Action::Skipped`] when the user's own `notify` is in the way.
+pub fn status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let (claude, gemini, codex) = targets(options);
+    Ok(vec![claude.status()?, gemini.status()?, codex.status()?])
+}
+
+fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
+    let claude_file = if options.shared { "settings.json" } else { "settings.local.json" };
+    let claude_command = format!("{} hook --agent claude", shell_quote(options.ccm));
+    let claude = JsonTarget {
+        agent: "claude",
+        file: options.repo.join(".claude").join(claude_file),
+        groups: CLAUDE_EVENTS
+            .iter()
+            .map(|&(event, takes_matcher)| {
+                let timeout = if CLAUDE_GATES.contains(&event) {
+                    options.gate_timeout_secs
+                } else {
+                    SHORT_TIMEOUT_SECS
+                };
+                let handler =
+                    json!({ "type": "command", "command": claude_command, "timeout": timeout });
+                let group = if takes_matcher {
+                    json!({ "matcher": "*", "hooks": [handler] })
+                } else {
+                    json!({ "hooks": [handler] })
+                };
+                (event, group)
+            })
+            .collect(),
+        command: claude_command,
+    };
+
+    let gemini_command = format!("{} hook --agent gemini", shell_quote(options.ccm));
+    let gemini = JsonTarget {
+        agent: "gemini",
+        file: options.repo.join(".gemini").join("settings.json"),
+        groups: GEMINI_EVENTS
+            .iter()
+            .map(|&event| {
+                let secs = if GEMINI_GATES.contains(&event) {
+                    options.gate_timeout_secs
+                } else {
+                    SHORT_TIMEOUT_SECS
+                };
+                let handler = json!({
+                    "name": GEMINI_HANDLER_NAME,
+                    "type": "command",
+                    "command": gemini_command,
+                    "timeout": secs.saturating_mul(1000),
+                });
+                (event, json!({ "matcher": "*", "hooks": [handler] }))
+            })
+            .collect(),
+        command: gemini_command,
+    };
+
+    let codex = CodexTarget {
+        file: options.repo.join(".codex").join("config.toml"),
+        argv: [options.ccm, "hook", "--agent", "codex"].map(str::to_owned).to_vec(),
+    };
+    (claude, gemini, codex)
+}
+
+/// Quotes `word` for a POSIX shell when it needs it (Claude Code and Gemini CLI run hook
+/// commands through a shell; Codex's `notify` is an argv and is never quoted).
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// A JSON settings file with Claude Code's hook layout: `hooks` → event → array of matcher
+/// groups → `hooks` array of handlers.
+struct JsonTarget {
+    agent: &'static str,
+    file: PathBuf,
+    /// The shell command of ccm's handlers; the only way they are recognised.
+    command: String,
+    /// The group ccm appends to each event.
+    groups: Vec<(&'static str, Value)>,
+}
+
+/// One change [`JsonTarget::merge`] made.
+enum Edit {
+    Added(&'static str),
+    TimeoutUpdated(&'static str),
+}
+
+impl JsonTarget {
+    fn install(&self) -> Result<FileReport, InstallError> {
+        let mut root = read_json(&self.file)?.unwrap_or_default();
+        let edits = self.merge(&mut root)?;
+        if edits.is_empty() {
+            return Ok(self.report(Action::AlreadyPresent, self.all_present()));
+        }
+        write_atomically(&self.file, &json_text(&root))?;
+        Ok(self.report(Action::Added, self.describe_edits(&edits, "added ccm's hook to")))
+    }
+
+    fn uninstall(&self) -> Result<FileReport, InstallError> {
+        let Some(mut root) = read_json(&self.file)? else {
+            return Ok(self.report(Action::NotPresent, "the file does not exist".to_owned()));
+        };
+        let events = self.remove(&mut root)?;
+        if events.is_empty() {
+            return Ok(self.report(Action::NotPresent, "no ccm hooks in the file".to_owned()));
+        }
+        let mut detail = if events.len() == self.groups.len() {
+            format!("removed ccm's hooks from all {} events", events.len())
+        } else {
+            format!("removed ccm's hooks from {}", list(&events))
+        };
+        if root.is_empty() {
+            remove_file_and_empty_parent(&self.file)?;
+            detail.push_str("; deleted the file, which held nothing else");
+        } else {
+            write_atomically(&self.file, &json_text(&root))?;
+        }
+        Ok(self.report(Action::Removed, detail))
+    }
+
+    /// Fails as [`JsonTarget::uninstall`] would, without writing.
+    fn check_uninstall(&self) -> Result<(), InstallError> {
+        if let Some(mut root) = read_json(&self.file)? {
+            self.remove(&mut root)?;
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Result<FileReport, InstallError> {
+        let Some(mut root) = read_json(&self.file)? else {
+            return Ok(self.report(Action::NotPresent, "the file does not exist".to_owned()));
+        };
+        let edits = self.merge(&mut root)?;
+        if edits.is_empty() {
+            return Ok(self.report(Action::AlreadyPresent, self.all_present()));
+        }
+        let missing: Vec<_> = edits
+            .iter()
+            .filter_map(|e| if let Edit::Added(ev) = e { Some(*ev) } else { None })
+            .collect();
+        let mut parts = Vec::new();
+        if missing.len() == self.groups.len() {
+            parts.push("no ccm hooks in the file".to_owned());
+        } else if !missing.is_empty() {
+            parts.push(format!("missing for {}", list(&missing)));
+        }
+        let retimed: Vec<_> = edits
+            .iter()
+            .filter_map(|e| if let Edit::TimeoutUpdated(ev) = e { Some(*ev) } else { None })
+            .collect();
+        if !retimed.is_empty() {
+            parts.push(format!("another timeout on {}", list(&retimed)));
+        }
+        Ok(self.report(Action::NotPresent, parts.join("; ")))
+    }
+
+    /// Appends ccm's group to each event that lacks a ccm handler, and corrects the timeout of
+    /// a ccm handler that has another one. Returns what it changed.
+    fn merge(&self, root: &mut Map<String, Value>) -> Result<Vec<Edit>, InstallError> {
+        let hooks = root.entry("hooks").or_insert_with(|| Value::Object(Map::new()));
+        let hooks = hooks.as_object_mut().ok_or_else(|| self.shape("hooks", "an object"))?;
+        let mut edits = Vec::new();
+        for (event, group) in &self.groups {
+            let timeout = &group["hooks"][0]["timeout"];
+            let groups = hooks.entry(*event).or_insert_with(|| Value::Array(Vec::new()));
+            let groups = groups
+                .as_array_mut()
+                .ok_or_else(|| self.shape(&format!("hooks.{event}"), "an array"))?;
+            let ours = groups
+                .iter_mut()
+                .filter_map(|g| g.get_mut("hooks").and_then(Value::as_array_mut))
+                .flatten()
+                .find(|h| self.is_ours(h));
+            match ours {
+                Some(handler) => {
+                    if handler.get("timeout") != Some(timeout) {
+                        handler["timeout"] = timeout.clone();
+                        edits.push(Edit::TimeoutUpdated(event));
+                    }
+                }
+                None => {
+                    groups.push(group.clone());
+                    edits.push(Edit::Added(event));
+                }
+            }
+        }
+        Ok(edits)
+    }
+
+    /// Removes every ccm handler, then the groups and event keys that removal left empty, then
+    /// `hooks` if it is left empty. Returns the events it touched. Values of shapes ccm never
+    /// writes are left alone.
+    fn remove(&self, root: &mut Map<String, Value>) -> Result<Vec<String>, InstallError> {
+        let Some(hooks) = root.get_mut("hooks") else { return Ok(Vec::new()) };
+        let hooks = hooks.as_object_mut().ok_or_else(|| self.shape("hooks", "an object"))?;
+        let mut touched = Vec::new();
+        let mut emptied = Vec::new();
+        for (event, groups) in hooks.iter_mut() {
+            let Some(groups) = groups.as_array_mut() else { continue };
+            let mut removed_any = false;
+            groups.retain_mut(|group| {
+                let Some(handlers) = group.get_mut("hooks").and_then(Value::as_array_mut) else {
+                    return true;
+                };
+                let before = handlers.len();
+                handlers.retain(|h| !self.is_ours(h));
+                if handlers.len() == before {
+                    return true;
+                }
+                removed_any = true;
+                !handlers.is_empty()
+            });
+            if removed_any {
+                touched.push(event.clone());
+                if groups.is_empty() {
+                    emptied.push(event.clone());
+                }
+            }
+        }
+        for event in &emptied {
+            hooks.shift_remove(event);
+        }
+        if !touched.is_empty() && hooks.is_empty() {
+            root.shift_remove("hooks");
+        }
+        Ok(touched)
+    }
+
+    fn is_ours(&self, handler: &Value) -> bool {
+        handler.get("command").and_then(Value::as_str) == Some(self.command.as_str())
+    }
+
+    fn shape(&self, key: &str, expected: &'static str) -> InstallError {
+        InstallError::Shape { path: self.file.clone(), key: key.to_owned(), expected }
+    }
+
+    fn all_present(&self) -> String {
+        format!("ccm's hooks are installed for all {} events", self.groups.len())
+    }
+
+    fn describe_edits(&self, edits: &[Edit], verb: &str) -> String {
+        let added: Vec<_> = edits
+            .iter()
+            .filter_map(|e| if let Edit::Added(ev) = e { Some(*ev) } else { None })
+            .collect();
+        let retimed: Vec<_> = edits
+            .iter()
+            .filter_map(|e| if let Edit::TimeoutUpdated(ev) = e { Some(*ev) } else { None })
+            .collect();
+        let mut parts = Vec::new();
+        if added.len() == self.groups.len() {
+            parts.push(format!("{verb} all {} events", added.len()));
+        } else if !added.is_empty() {
+            parts.push(format!("{verb} {}", list(&added)));
+        }
+        if !retimed.is_empty() {
+            parts.push(format!("corrected the timeout on {}", list(&retimed)));
+        }
+        parts.join("; ")
+    }
+
+    fn report(&self, action: Action, detail: String) -> FileReport {
+        FileReport { file: self.file.clone(), agent: self.agent, action, detail }
+    }
+}
+
+/// Codex's `config.toml`: one top-level `notify` argv.
+struct CodexTarget {
+    file: PathBuf,
+    argv: Vec<String>,
+}
+
+impl CodexTarget {
+    fn install(&self) -> Result<FileReport, InstallError> {
+        let mut doc = read_toml(&self.file)?.unwrap_or_default();
+        match doc.get("notify") {
+            None => {
+                let argv: toml_edit::Array = self.argv.iter().map(String::as_str).collect();
+                doc.insert("notify", toml_edit::value(argv));
+                write_atomically(&self.file, doc.to_string().as_bytes())?;
+                Ok(self.report(Action::Added, format!("set notify = {}", self.ours())))
+            }
+            Some(item) if self.is_ours(item) => {
+                Ok(self.report(Action::AlreadyPresent, format!("notify = {}", self.ours())))
+            }
+            Some(item) => Ok(self.report(Action::Skipped, self.in_the_way(item))),
+        }
+    }
+
+    fn uninstall(&self) -> Result<FileReport, InstallError> {
+        let Some(mut doc) = read_toml(&self.file)? else {
+            return Ok(self.report(Action::NotPresent, "the file does not exist".to_owned()));
+        };
+        match doc.get("notify") {
+            Some(item) if self.is_ours(item) => {}
+            Some(item) => {
+                let detail = format!("notify is the user's ({}); left it alone", inline(item));
+                return Ok(self.report(Action::NotPresent, detail));
+            }
+            None => return Ok(self.report(Action::NotPresent, "notify is not set".to_owned())),
+        }
+        doc.remove("notify");
+        let text = doc.to_string();
+        let mut detail = format!("removed notify = {}", self.ours());
+        if text.trim().is_empty() {
+            remove_file_and_empty_parent(&self.file)?;
+            detail.push_str("; deleted the file, which held nothing else");
+        } else {
+            write_atomically(&self.file, text.as_bytes())?;
+        }
+        Ok(self.report(Action::Removed, detail))
+    }
+
+    fn status(&self) -> Result<FileReport, InstallError> {
+        let Some(doc) = read_toml(&self.file)? else {
+            return Ok(self.report(Action::NotPresent, "the file does not exist".to_owned()));
+        };
+        Ok(match doc.get("notify") {
+            None => self.report(Action::NotPresent, "notify is not set".to_owned()),
+            Some(item) if self.is_ours(item) => {
+                self.report(Action::AlreadyPresent, format!("notify = {}", self.ours()))
+            }
+            Some(item) => self.report(Action::Skipped, self.in_the_way(item)),
+        })
+    }
+
+    fn is_ours(&self, item: &toml_edit::Item) -> bool {
+        item.as_array().is_some_and(|array| {
+            array.len() == self.argv.len()
+                && array.iter().zip(&self.argv).all(|(v, word)| v.as_str() == Some(word))
+        })
+    }
+
+    fn ours(&self) -> String {
+        let argv: toml_edit::Array = self.argv.iter().map(String::as_str).collect();
+        argv.to_string().trim().to_owned()
+    }
+
+    fn in_the_way(&self, item: &toml_edit::Item) -> String {
+        format!(
+            "notify is already set to {}, and Codex runs a single notify program, so ccm's ({}) \
+             was not added",
+            inline(item),
+            self.ours()
+        )
+    }
+
+    fn report(&self, action: Action, detail: String) -> FileReport {
+        FileReport { file: self.file.clone(), agent: "codex", action, detail }
+    }
+}
+
+/// A TOML item on one line, without its comments and surrounding whitespace.
+fn inline(item: &toml_edit::Item) -> String {
+    let mut item = item.clone();
+    if let Some(value) = item.as_value_mut() {
+        value.decor_mut().clear();
+    }
+    item.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// "A, B and C".
+fn list<S: AsRef<str>>(items: &[S]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.as_ref().to_owned(),
+        [init @ .., last] => {
+            let init: Vec<_> = init.iter().map(AsRef::as_ref).collect();
+            format!("{} and {}", init.join(", "), last.as_ref())
+        }
+    }
+}
+
+/// Reads a file, `None` when it does not exist.
+fn read_text(path: &Path) -> Result<Option<String>, InstallError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InstallError::Read { path: path.to_owned(), source }),
+    }
+}
+
+/// Reads a JSON settings file whose top level must be an object; `None` when it does not exist.
+fn read_json(path: &Path) -> Result<Option<Map<String, Value>>, InstallError> {
+    let Some(text) = read_text(path)? else { return Ok(None) };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|source| InstallError::Json { path: path.to_owned(), source })?;
+    match value {
+        Value::Object(map) => Ok(Some(map)),
+        _ => Err(InstallError::Shape {
+            path: path.to_owned(),
+            key: String::new(),
+            expected: "an object",
+        }),
+    }
+}
+
+fn read_toml(path: &Path) -> Result<Option<toml_edit::DocumentMut>, InstallError> {
+    let Some(text) = read_text(path)? else { return Ok(None) };
+    let doc = text
+        .parse::<toml_edit::DocumentMut>()
+        .map_err(|source| InstallError::Toml { path: path.to_owned(), source })?;
+    Ok(Some(doc))
+}
+
+/// Two-space pretty JSON with a trailing newline, keys in their original order.
+fn json_text(root: &Map<String, Value>) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(root)
+        .expect("a serde_json::Map with string keys always serializes");
+    text.push(b'\n');
+    text
+}
+
+/// Replaces `path` with `contents` atomically: writes a temporary file in the same directory,
+/// syncs it, renames it over the target. Creates missing directories, keeps the permissions of
+/// the file it replaces, and writes through a symlink to its target rather than replacing it.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), InstallError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    let target = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+        }
+        _ => path.to_owned(),
+    };
+    let write_error = |source| InstallError::Write { path: target.clone(), source };
+    let dir = match target.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir)
+        .map_err(|source| InstallError::CreateDir { path: dir.clone(), source })?;
+
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp = dir.join(format!(".{name}.ccm-{}-{unique}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        if let Ok(meta) = fs::metadata(&target) {
+            file.set_permissions(meta.permissions())?;
+        }
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, &target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(write_error)
+}
+
+/// Deletes a settings file that held only ccm's hooks, and its directory (`.claude`, `.gemini`,
+/// `.codex`) when that is left empty.
+fn remove_file_and_empty_parent(path: &Path) -> Result<(), InstallError> {
+    fs::remove_file(path)
+        .map_err(|source| InstallError::Remove { path: path.to_owned(), source })?;
+    if let Some(dir) = path.parent() {
+        // Fails, harmlessly, when the directory holds anything else.
+        let _ = fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CCM: &str = "/opt/ccm/bin/ccm";
+
+    fn options(repo: &Path) -> Options<'_> {
+        Options { repo, ccm: CCM, shared: false, gate_timeout_secs: 900 }
+    }
+
+    fn claude_file(repo: &Path) -> PathBuf {
+        repo.join(".claude/settings.local.json")
+    }
+
+    fn gemini_file(repo: &Path) -> PathBuf {
+        repo.join(".gemini/settings.json")
+    }
+
+    fn codex_file(repo: &Path) -> PathBuf {
+        repo.join(".codex/config.toml")
+    }
+
+    fn read(path: &Path) -> Value {
+        serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn write(path: &Path, text: &str) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    fn actions(reports: &[FileReport]) -> Vec<(&'static str, Action)> {
+        reports.iter().map(|r| (r.agent, r.action)).collect()
+    }
+
+    /// Every handler in `settings` whose command is `command`, as (event, group, handler).
+    fn handlers<'a>(settings: &'a Value, command: &str) -> Vec<(&'a str, &'a Value, &'a Value)> {
+        let mut found = Vec::new();
+        for (event, groups) in settings["hooks"].as_object().unwrap() {
+            for group in groups.as_array().unwrap() {
+                for handler in group["hooks"].as_array().unwrap() {
+                    if handler["command"] == command {
+                        found.push((event.as_str(), group, handler));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    const USER_CLAUDE: &str = r#"{
+  "permissions": { "allow": ["Bash(cargo test:*)"] },
+  "hooks": {
+    "Stop": [ { "hooks": [ { "type": "command", "command": "say done", "async": true } ] } ],
+    "PreToolUse": [
+      { "matcher": "Bash",
+        "hooks": [ { "type": "command", "command": "./guard.sh", "timeout": 5 } ] },
+      { "matcher": "Edit|Write", "hooks": [ { "type": "command", "command": "./fmt.sh" } ] }
+    ]
+  },
+  "model": "opus"
+}
+"#;
+
+    const USER_GEMINI: &str = r#"{
+  "theme": "GitHub",
+  "hooks": {
+    "BeforeTool": [ { "matcher": "write_file",
+      "hooks": [ { "name": "lint", "type": "command", "command": "./lint.sh" } ] } ]
+  }
+}
+"#;
+
+    const USER_CODEX: &str =
+        "# my codex settings\nmodel = \"o3\"  # fast enough\n\n[tui]\nnotifications = true\n";
+
+    #[test]
+    fn install_adds_ccm_hooks_for_every_cli() {
+        let repo = tempfile::tempdir().unwrap();
+        let reports = install(&options(repo.path())).unwrap();
+        assert_eq!(
+            actions(&reports),
+            [("claude", Action::Added), ("gemini", Action::Added), ("codex", Action::Added)]
+        );
+        assert_eq!(reports[0].file, claude_file(repo.path()));
+
+        let claude = read(&claude_file(repo.path()));
+        let events: Vec<_> = claude["hooks"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(events, CLAUDE_EVENTS.map(|(e, _)| e.to_owned()));
+        assert_eq!(
+            claude["hooks"]["SessionStart"],
+            json!([{ "matcher": "*", "hooks": [{
+                "type": "command", "command": "/opt/ccm/bin/ccm hook --agent claude", "timeout": 10
+            }] }])
+        );
+        for event in ["UserPromptSubmit", "Stop"] {
+            assert_eq!(claude["hooks"][event][0].get("matcher"), None, "{event} takes no matcher");
+        }
+        assert_eq!(claude["hooks"]["PreCompact"][0]["matcher"], "*");
+
+        let gemini = read(&gemini_file(repo.path()));
+        let events: Vec<_> = gemini["hooks"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(events, GEMINI_EVENTS);
+        assert_eq!(
+            gemini["hooks"]["AfterAgent"],
+            json!([{ "matcher": "*", "hooks": [{
+                "name": "ccm", "type": "command",
+                "command": "/opt/ccm/bin/ccm hook --agent gemini", "timeout": 10000
+            }] }])
+        );
+
+        let codex = fs::read_to_string(codex_file(repo.path())).unwrap();
+        assert_eq!(codex, "notify = [\"/opt/ccm/bin/ccm\", \"hook\", \"--agent\", \"codex\"]\n");
+
+        let text = fs::read_to_string(claude_file(repo.path())).unwrap();
+        assert!(text.starts_with("{\n  \"hooks\": {\n    \"SessionStart\""), "{text}");
+        assert!(text.ends_with("}\n"));
+    }
+
+    #[test]
+    fn install_keeps_user_hooks_and_their_order() {
+        let repo = tempfile::tempdir().unwrap();
+        write(&claude_file(repo.path()), USER_CLAUDE);
+        write(&gemini_file(repo.path()), USER_GEMINI);
+        write(&codex_file(repo.path()), USER_CODEX);
+        install(&options(repo.path())).unwrap();
+
+        let claude = read(&claude_file(repo.path()));
+        let user: Value = serde_json::from_str(USER_CLAUDE).unwrap();
+        let keys: Vec<_> = claude.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["permissions", "hooks", "model"]);
+        assert_eq!(claude["permissions"], user["permissions"]);
+        let events: Vec<_> = claude["hooks"].as_object().unwrap().keys().take(2).collect();
+        assert_eq!(events, ["Stop", "PreToolUse"], "the user's events keep their order");
+        let pre = claude["hooks"]["PreToolUse"].as_array().unwrap();
+        assert_eq!(pre.len(), 3);
+        assert_eq!(pre[..2], user["hooks"]["PreToolUse"].as_array().unwrap()[..]);
+        assert_eq!(pre[2]["hooks"][0]["command"], "/opt/ccm/bin/ccm hook --agent claude");
+        let stop = claude["hooks"]["Stop"].as_array().unwrap();
+        assert_eq!(stop[0], user["hooks"]["Stop"][0]);
+        assert_eq!(stop[1]["hooks"][0]["command"], "/opt/ccm/bin/ccm hook --agent claude");
+
+        let gemini = read(&gemini_file(repo.path()));
+        assert_eq!(gemini["theme"], "GitHub");
+        let before_tool = gemini["hooks"]["BeforeTool"].as_array().unwrap();
+        assert_eq!(before_tool[0]["hooks"][0]["name"], "lint");
+        assert_eq!(before_tool[1]["hooks"][0]["name"], "ccm");
+
+        let codex = fs::read_to_string(codex_file(repo.path())).unwrap();
+        assert_eq!(
+            codex,
+            "# my codex settings\nmodel = \"o3\"  # fast enough\n\
+             notify = [\"/opt/ccm/bin/ccm\", \"hook\", \"--agent\", \"codex\"]\n\
+             \n[tui]\nnotifications = true\n",
+            "notify is a top-level key, before the first table; comments stay"
+        );
+    }
+
+    #[test]
+    fn install_twice_adds_nothing() {
+        let repo = tempfile::tempdir().unwrap();
+        write(&claude_file(repo.path()), USER_CLAUDE);
+        install(&options(repo.path())).unwrap();
+        let first = [claude_file(repo.path()), gemini_file(repo.path()), codex_file(repo.path())]
+            .map(|f| fs::read_to_string(f).unwrap());
+
+        let reports = install(&options(repo.path())).unwrap();
+        assert_eq!(
+            actions(&reports),
+            [
+                ("claude", Action::AlreadyPresent),
+                ("gemini", Action::AlreadyPresent),
+                ("codex", Action::AlreadyPresent)
+            ]
+        );
+        let second = [claude_file(repo.path()), gemini_file(repo.path()), codex_file(repo.path())]
+            .map(|f| fs::read_to_string(f).unwrap());
+        assert_eq!(first, second);
+        let claude = read(&claude_file(repo.path()));
+        assert_eq!(handlers(&claude, "/opt/ccm/bin/ccm hook --agent claude").len(), 12);
+
+        // A different gate timeout updates only ccm's gate handlers, in place.
+        let reports = install(&Options { gate_timeout_secs: 60, ..options(repo.path()) }).unwrap();
+        assert_eq!(reports[0].action, Action::Added);
+        assert!(reports[0].detail.contains("PreToolUse and PermissionRequest"), "{reports:?}");
+        let updated = read(&claude_file(repo.path()));
+        let ours = handlers(&updated, "/opt/ccm/bin/ccm hook --agent claude");
+        assert_eq!(ours.len(), 12);
+        for (event, _, handler) in ours {
+            let expected = if CLAUDE_GATES.contains(&event) { 60 } else { 10 };
+            assert_eq!(handler["timeout"], expected, "{event}");
+        }
+        assert_eq!(updated["hooks"]["PreToolUse"][0], claude["hooks"]["PreToolUse"][0]);
+    }
+
+    #[test]
+    fn uninstall_restores_the_original_hooks_exactly() {
+        let repo = tempfile::tempdir().unwrap();
+        write(&claude_file(repo.path()), USER_CLAUDE);
+        write(&gemini_file(repo.path()), USER_GEMINI);
+        write(&codex_file(repo.path()), USER_CODEX);
+        install(&options(repo.path())).unwrap();
+
+        let reports = uninstall(&options(repo.path())).unwrap();
+        assert_eq!(
+            actions(&reports),
+            [("claude", Action::Removed), ("gemini", Action::Removed), ("codex", Action::Removed)]
+        );
+        let claude = read(&claude_file(repo.path()));
+        let original: Value = serde_json::from_str(USER_CLAUDE).unwrap();
+        assert_eq!(claude, original);
+        // preserve_order: Value equality ignores order, so compare the key order too.
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&claude), keys(&original));
+        assert_eq!(keys(&claude["hooks"]), keys(&original["hooks"]));
+        assert_eq!(
+            read(&gemini_file(repo.path())),
+            serde_json::from_str::<Value>(USER_GEMINI).unwrap()
+        );
+        assert_eq!(fs::read_to_string(codex_file(repo.path())).unwrap(), USER_CODEX);
+
+        // A file without `hooks` gets none back, and a second uninstall finds nothing.
+        write(&gemini_file(repo.path()), "{\"theme\": \"GitHub\"}");
+        install(&options(repo.path())).unwrap();
+        uninstall(&options(repo.path())).unwrap();
+        assert_eq!(read(&gemini_file(repo.path())), json!({ "theme": "GitHub" }));
+        let reports = uninstall(&options(repo.path())).unwrap();
+        assert_eq!(reports[1].action, Action::NotPresent);
+    }
+
+    #[test]
+    fn uninstall_of_a_file_ccm_created_removes_it() {
+        let repo = tempfile::tempdir().unwrap();
+        install(&options(repo.path())).unwrap();
+        let reports = uninstall(&options(repo.path())).unwrap();
+        assert!(reports.iter().all(|r| r.action == Action::Removed), "{reports:?}");
+        for file in [claude_file(repo.path()), gemini_file(repo.path()), codex_file(repo.path())] {
+            assert!(!file.exists(), "{} is left", file.display());
+            assert!(!file.parent().unwrap().exists(), "the empty directory is removed too");
+        }
+
+        // A directory holding other files stays.
+        write(&repo.path().join(".claude/commands/review.md"), "review");
+        install(&options(repo.path())).unwrap();
+        uninstall(&options(repo.path())).unwrap();
+        assert!(!claude_file(repo.path()).exists());
+        assert!(repo.path().join(".claude/commands/review.md").exists());
+    }
+
+    #[test]
+    fn gates_get_explicit_timeouts_in_each_clis_unit() {
+        let repo = tempfile::tempdir().unwrap();
+        install(&Options { gate_timeout_secs: 1800, ..options(repo.path()) }).unwrap();
+
+        let claude = read(&claude_file(repo.path()));
+        for (event, _, handler) in handlers(&claude, "/opt/ccm/bin/ccm hook --agent claude") {
+            let seconds =
+                if ["PreToolUse", "PermissionRequest"].contains(&event) { 1800 } else { 10 };
+            assert_eq!(handler["timeout"], seconds, "claude {event} (seconds)");
+        }
+        let gemini = read(&gemini_file(repo.path()));
+        let ours = handlers(&gemini, "/opt/ccm/bin/ccm hook --agent gemini");
+        assert_eq!(ours.len(), GEMINI_EVENTS.len());
+        for (event, _, handler) in ours {
+            let millis = if event == "BeforeTool" { 1_800_000 } else { 10_000 };
+            assert_eq!(handler["timeout"], millis, "gemini {event} (milliseconds)");
+        }
+    }
+
+    #[test]
+    fn shared_option_writes_the_committed_claude_settings() {
+        let repo = tempfile::tempdir().unwrap();
+        let shared = Options { shared: true, ..options(repo.path()) };
+        let reports = install(&shared).unwrap();
+        let committed = repo.path().join(".claude/settings.json");
+        assert_eq!(reports[0].file, committed);
+        assert_eq!(handlers(&read(&committed), "/opt/ccm/bin/ccm hook --agent claude").len(), 12);
+        assert!(!claude_file(repo.path()).exists());
+
+        assert_eq!(status(&shared).unwrap()[0].action, Action::AlreadyPresent);
+        assert_eq!(status(&options(repo.path())).unwrap()[0].action, Action::NotPresent);
+        uninstall(&shared).unwrap();
+        assert!(!committed.exists());
+    }
+
+    #[test]
+    fn codex_notify_of_the_user_is_left_alone() {
+        let repo = tempfile::tempdir().unwrap();
+        let user = "notify = [\"notify-send\", \"codex\"] # desktop\nmodel = \"o3\"\n";
+        write(&codex_file(repo.path()), user);
+
+        let reports = install(&options(repo.path())).unwrap();
+        assert_eq!(reports[2].action, Action::Skipped);
+        assert!(reports[2].detail.contains(r#"["notify-send", "codex"]"#), "{}", reports[2].detail);
+        assert!(reports[2].detail.contains("single notify program"), "{}", reports[2].detail);
+        assert_eq!(fs::read_to_string(codex_file(repo.path())).unwrap(), user);
+
+        assert_eq!(status(&options(repo.path())).unwrap()[2].action, Action::Skipped);
+        assert_eq!(uninstall(&options(repo.path())).unwrap()[2].action, Action::NotPresent);
+        assert_eq!(fs::read_to_string(codex_file(repo.path())).unwrap(), user);
+    }
+
+    #[test]
+    fn invalid_settings_file_is_reported_and_left_untouched() {
+        let cases = [
+            (".claude/settings.local.json", "{ \"hooks\": { ", "is not valid JSON"),
+            (".gemini/settings.json", "// comment\n{}", "is not valid JSON"),
+            (".claude/settings.local.json", "[1, 2]", "the top level is not an object"),
+            (".claude/settings.local.json", "{\"hooks\": []}", "`hooks` is not an object"),
+            (
+                ".gemini/settings.json",
+                "{\"hooks\": {\"BeforeTool\": {}}}",
+                "`hooks.BeforeTool` is not an array",
+            ),
+            (".codex/config.toml", "notify = [\"x\"\nmodel = ", "is not valid TOML"),
+        ];
+        for (file, text, message) in cases {
+            let repo = tempfile::tempdir().unwrap();
+            let path = repo.path().join(file);
+            write(&path, text);
+            for run in [install, uninstall, status] {
+                let result = run(&options(repo.path()));
+                // uninstall never needs to look inside an event, so it may succeed there.
+                if message.contains("hooks.BeforeTool") && result.is_ok() {
+                    continue;
+                }
+                let error = result.expect_err(file).to_string();
+                assert!(error.contains(&path.display().to_string()), "{error}");
+                assert!(error.contains(message), "{error}");
+                assert!(!error.contains('\n'), "one line: {error}");
+                assert_eq!(fs::read_to_string(&path).unwrap(), text, "{file} was changed");
+            }
+            let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
+            assert_eq!(leftovers.len(), 1, "no temporary files are left");
+            let written: Vec<_> = fs::read_dir(repo.path()).unwrap().collect();
+            assert_eq!(written.len(), 1, "no other CLI's file was written either");
+        }
+    }
+
+    #[test]
+    fn status_reports_without_changing_anything() {
+        let repo = tempfile::tempdir().unwrap();
+        let reports = status(&options(repo.path())).unwrap();
+        assert!(reports.iter().all(|r| r.action == Action::NotPresent), "{reports:?}");
+        assert_eq!(fs::read_dir(repo.path()).unwrap().count(), 0, "status creates nothing");
+
+        write(&claude_file(repo.path()), USER_CLAUDE);
+        let reports = status(&options(repo.path())).unwrap();
+        assert_eq!(reports[0].action, Action::NotPresent);
+        assert_eq!(reports[0].detail, "no ccm hooks in the file");
+        assert_eq!(fs::read_to_string(claude_file(repo.path())).unwrap(), USER_CLAUDE);
+
+        install(&options(repo.path())).unwrap();
+        let installed = fs::read_to_string(claude_file(repo.path())).unwrap();
+        let reports = status(&options(repo.path())).unwrap();
+        assert_eq!(
+            actions(&reports),
+            [
+                ("claude", Action::AlreadyPresent),
+                ("gemini", Action::AlreadyPresent),
+                ("codex", Action::AlreadyPresent)
+            ]
+        );
+
+        // A partial or outdated installation is reported, and still not changed.
+        let mut settings = read(&claude_file(repo.path()));
+        settings["hooks"].as_object_mut().unwrap().shift_remove("SessionEnd");
+        write(&claude_file(repo.path()), &serde_json::to_string(&settings).unwrap());
+        let changed = fs::read_to_string(claude_file(repo.path())).unwrap();
+        let reports = status(&Options { gate_timeout_secs: 30, ..options(repo.path()) }).unwrap();
+        assert_eq!(reports[0].action, Action::NotPresent);
+        assert_eq!(
+            reports[0].detail,
+            "missing for SessionEnd; another timeout on PreToolUse and PermissionRequest"
+        );
+        assert_eq!(fs::read_to_string(claude_file(repo.path())).unwrap(), changed);
+        assert_ne!(changed, installed);
+    }
+
+    #[test]
+    fn ccm_path_with_spaces_is_quoted_for_the_shell_but_not_in_codex_argv() {
+        let repo = tempfile::tempdir().unwrap();
+        let ccm = "/home/Jo Doe/bin/ccm";
+        install(&Options { ccm, ..options(repo.path()) }).unwrap();
+        let claude = read(&claude_file(repo.path()));
+        assert_eq!(handlers(&claude, "'/home/Jo Doe/bin/ccm' hook --agent claude").len(), 12);
+        let codex = fs::read_to_string(codex_file(repo.path())).unwrap();
+        assert!(codex.contains(r#"["/home/Jo Doe/bin/ccm", "hook""#), "{codex}");
+    }
+}

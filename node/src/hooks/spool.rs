@@ -1,0 +1,81 @@
+//! The spool: hook events `ccm hook` could not store because the database was busy, one
+//! durable file each under `~/.ccm-global/spool/`, ingested by the daemon later.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ccm_schema::Timestamp;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::event::{HookEvent, System};
+use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
+
+/// One spooled event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// The event's idempotency key.
+    pub key: String,
+    pub system: System,
+    pub origin: Origin,
+    pub received_at: Timestamp,
+    /// The payload as `ccm hook` stored it (lossy UTF-8, truncated with a marker).
+    pub payload: String,
+}
+
+pub fn dir(home: &Path) -> PathBuf {
+    home.join("spool")
+}
+
+/// Writes the entry durably: a temporary file, fsync, then rename into place.
+pub fn write(home: &Path, entry: &Entry) -> std::io::Result<PathBuf> {
+    let dir = dir(home);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.json", entry.key));
+    let tmp = dir.join(format!(".{}.tmp", entry.key));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(entry)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(dir) = std::fs::File::open(&dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(path)
+}
+
+/// Stores every spooled event (once, by its key) and removes its file. Returns how many were
+/// ingested. A file that cannot be read as an entry is renamed `*.bad` and logged.
+pub async fn ingest(home: &Path, store: &Store, policy: RetryPolicy) -> anyhow::Result<usize> {
+    let dir = dir(home);
+    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return Ok(0) };
+    let mut ingested = 0;
+    while let Some(file) = entries.next_entry().await? {
+        let path = file.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let entry = match tokio::fs::read(&path)
+            .await
+            .map(|bytes| serde_json::from_slice::<Entry>(&bytes))
+        {
+            Ok(Ok(entry)) => entry,
+            Ok(Err(e)) => {
+                warn!(file = %path.display(), error = %e, "spool file is not an event; set aside as .bad");
+                tokio::fs::rename(&path, path.with_extension("bad")).await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let event = HookEvent::parse(Some(entry.system), entry.payload.as_bytes());
+        let receipt = Receipt {
+            key: &entry.key,
+            origin: &entry.origin,
+            via: Via::Spool,
+            received_at: entry.received_at,
+        };
+        store.ingest_hook(&event, &receipt, policy, true).await?;
+        tokio::fs::remove_file(&path).await?;
+        ingested += 1;
+    }
+    Ok(ingested)
+}
