@@ -515,10 +515,29 @@ impl Runtime {
         .await
         .map_err(|e| internal(&e))?
         .map_err(|e| Workspace::Retry(format!("cannot prepare the worktree: {e}")))?;
+        // Local hook settings are not committed, so the worktree gets ccm's hooks of its own.
+        if let Err(e) =
+            crate::hooks::install::install(&self.hook_options(&prepared.path, &ccm_command()))
+        {
+            warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them");
+        }
         let saved = SavedWorktree { repo: repo_path, worktree: prepared.clone() };
         let json = serde_json::to_value(&saved).map_err(|e| internal(&e))?;
         self.store.set_worktree(task.id, Some(&json)).await.map_err(|e| internal(&e))?;
         Ok(prepared.path)
+    }
+
+    fn hook_options<'a>(
+        &self,
+        worktree: &'a Path,
+        ccm: &'a str,
+    ) -> crate::hooks::install::Options<'a> {
+        crate::hooks::install::Options {
+            repo: worktree,
+            ccm,
+            shared: false,
+            gate_timeout_secs: self.config.approvals.timeout_secs + 30,
+        }
     }
 
     async fn new_agent(
@@ -842,6 +861,14 @@ impl Runtime {
     async fn cleanup(&self, task: &Task) -> anyhow::Result<()> {
         let Some(saved) = self.store.worktree(task.id).await? else { return Ok(()) };
         let saved: SavedWorktree = serde_json::from_value(saved)?;
+        // ccm's own hook settings are not the agent's work: remove them before judging what is left.
+        if saved.worktree.path.is_dir() {
+            if let Err(e) = crate::hooks::install::uninstall(
+                &self.hook_options(&saved.worktree.path, &ccm_command()),
+            ) {
+                warn!(error = %e, "cannot remove ccm's hooks from the worktree");
+            }
+        }
         let settings = Config::load(self.home.root(), Some(&saved.repo))
             .map(|c| c.worktree)
             .unwrap_or_default();
@@ -898,6 +925,11 @@ enum Workspace {
 struct SavedWorktree {
     repo: PathBuf,
     worktree: Worktree,
+}
+
+/// The command the hooks run: this very binary.
+fn ccm_command() -> String {
+    std::env::current_exe().map_or_else(|_| "ccm".into(), |p| p.to_string_lossy().into_owned())
 }
 
 /// Appends the new complete lines of the agent's output log to its summary.

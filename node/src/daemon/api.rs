@@ -201,6 +201,8 @@ async fn add_dependencies(
 
 #[derive(Deserialize)]
 struct HookQuery {
+    /// `ccm`: the body is an event `ccm hook` already parsed; else it is the CLI's payload.
+    format: Option<String>,
     /// `claude`, `gemini` or `codex`; detected from the payload when absent.
     system: Option<String>,
     /// The sender's idempotency key; a fresh one when absent.
@@ -221,7 +223,12 @@ async fn hook(
             Some(name.parse::<System>().map_err(|e| ApiError::BadRequest(format!("system: {e}")))?)
         }
     };
-    let event = HookEvent::parse(system, &body);
+    let event = if query.format.as_deref() == Some("ccm") {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid parsed hook event: {e}")))?
+    } else {
+        HookEvent::parse(system, &body)
+    };
     let key = query.key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };

@@ -54,10 +54,9 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
                     notes.push(format!("direct write failed ({direct:#}); spooling"));
                     let entry = spool::Entry {
                         key: key.clone(),
-                        system: event.system,
                         origin,
                         received_at,
-                        payload: event.raw.clone(),
+                        event: event.clone(),
                     };
                     if let Err(e) = spool::write(home.root(), &entry) {
                         notes.push(format!("spooling failed too, event lost: {e}"));
@@ -117,12 +116,12 @@ async fn through_daemon(
         .connect_timeout(Duration::from_millis(500))
         .timeout(if gate { GATE_TIMEOUT } else { DAEMON_TIMEOUT })
         .build()?;
+    // The event as parsed here, so what this process saw (invalid UTF-8, truncation) is kept.
     let mut request = http
         .post(format!("http://{}/api/hooks", daemon.addr))
-        .query(&[("system", event.system.to_string().as_str()), ("key", key)])
+        .query(&[("format", "ccm"), ("key", key)])
         .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(event.raw.clone());
+        .json(event);
     if let Some(agent) = &origin.agent_id {
         request = request.header("x-ccm-agent-id", agent);
     }

@@ -8,7 +8,7 @@ use ccm_schema::Timestamp;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::event::{HookEvent, System};
+use super::event::HookEvent;
 use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
 
 /// One spooled event.
@@ -16,11 +16,10 @@ use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
 pub struct Entry {
     /// The event's idempotency key.
     pub key: String,
-    pub system: System,
     pub origin: Origin,
     pub received_at: Timestamp,
-    /// The payload as `ccm hook` stored it (lossy UTF-8, truncated with a marker).
-    pub payload: String,
+    /// The event as `ccm hook` parsed it.
+    pub event: HookEvent,
 }
 
 pub fn dir(home: &Path) -> PathBuf {
@@ -66,14 +65,13 @@ pub async fn ingest(home: &Path, store: &Store, policy: RetryPolicy) -> anyhow::
             }
             Err(e) => return Err(e.into()),
         };
-        let event = HookEvent::parse(Some(entry.system), entry.payload.as_bytes());
         let receipt = Receipt {
             key: &entry.key,
             origin: &entry.origin,
             via: Via::Spool,
             received_at: entry.received_at,
         };
-        store.ingest_hook(&event, &receipt, policy, true).await?;
+        store.ingest_hook(&entry.event, &receipt, policy, true).await?;
         tokio::fs::remove_file(&path).await?;
         ingested += 1;
     }

@@ -1,0 +1,468 @@
+//! The hook pipeline through the real `ccm hook` binary and `POST /api/hooks`, with the
+//! documented payloads of Claude Code, Gemini CLI and Codex.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use ccm_tests::{git_repo, open_db, wait_until, TestHome};
+use serde_json::{json, Value};
+
+/// Runs `ccm hook --agent AGENT [ARG]` with `stdin` and the hook environment `env`.
+fn hook(
+    home: &TestHome,
+    agent: &str,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+    arg: Option<&str>,
+) -> Output {
+    let mut command = home.ccm();
+    command
+        .args(["hook", "--agent", agent])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command.args(arg);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("ccm hook starts");
+    let mut input = child.stdin.take().expect("stdin");
+    let _ = input.write_all(stdin); // the hook may stop reading early; that is its right
+    drop(input);
+    child.wait_with_output().expect("ccm hook ends")
+}
+
+/// Runs a hook that must exit 0 and returns its stdout parsed as JSON (`Null` when empty).
+fn hook_json(home: &TestHome, agent: &str, env: &[(&str, &str)], payload: &Value) -> Value {
+    let out = hook(home, agent, env, payload.to_string().as_bytes(), None);
+    assert!(
+        out.status.success(),
+        "ccm hook exited {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}"))
+    }
+}
+
+async fn stored(home: &TestHome) -> Vec<(String, String, String, String)> {
+    let mut db = open_db(&home.db_file()).await;
+    sqlx::query_as("SELECT system, event, kind, via FROM hook_events ORDER BY id")
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+}
+
+fn claude(event: &str, extra: Value) -> Value {
+    let mut payload = json!({
+        "session_id": "8c35adc1-0000-4000-8000-000000000000",
+        "transcript_path": "/home/u/.claude/projects/-home-u-proj/8c35adc1.jsonl",
+        "cwd": "/home/u/proj",
+        "hook_event_name": event,
+    });
+    payload.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    payload
+}
+
+#[tokio::test]
+async fn every_documented_event_is_stored_and_normalized() {
+    let home = TestHome::new("hook-events");
+    let _daemon = home.start();
+    let events = [
+        (
+            "PreToolUse",
+            json!({"tool_name": "Bash", "tool_input": {"command": "npm test"}, "tool_use_id": "toolu_01ABC"}),
+            "pre_tool",
+        ),
+        (
+            "PermissionRequest",
+            json!({"tool_name": "Bash", "tool_input": {"command": "rm -rf node_modules"}}),
+            "permission_request",
+        ),
+        (
+            "PostToolUse",
+            json!({"tool_name": "Write", "tool_input": {"file_path": "/abs/file.txt", "content": "x"}, "tool_response": {"success": true}}),
+            "post_tool",
+        ),
+        (
+            "PostToolUseFailure",
+            json!({"tool_name": "Bash", "tool_input": {"command": "npm test"}, "error": "Exit code 1"}),
+            "post_tool_failure",
+        ),
+        (
+            "Notification",
+            json!({"message": "Claude needs your permission to use Bash", "notification_type": "permission_prompt"}),
+            "notification",
+        ),
+        ("UserPromptSubmit", json!({"prompt": "Write a factorial function"}), "prompt_submit"),
+        ("Stop", json!({"stop_hook_active": false, "last_assistant_message": "Done."}), "stop"),
+        (
+            "StopFailure",
+            json!({"error": "rate_limit", "error_details": "429 Too Many Requests"}),
+            "stop_failure",
+        ),
+        ("PreCompact", json!({"trigger": "manual", "custom_instructions": ""}), "pre_compact"),
+        ("SessionStart", json!({"source": "startup", "model": "claude-sonnet"}), "session_start"),
+        ("SessionEnd", json!({"reason": "prompt_input_exit"}), "session_end"),
+        ("TeleportedSomewhere", json!({"brand_new_field": 1}), "other"),
+    ];
+    for (name, extra, _) in &events {
+        assert_eq!(
+            hook_json(&home, "claude", &[], &claude(name, extra.clone())),
+            Value::Null,
+            "{name}: nothing to decide"
+        );
+    }
+    let gemini = [
+        json!({"session_id": "g1", "cwd": "/proj", "hook_event_name": "BeforeTool", "timestamp": "2026-01-22T10:00:00Z",
+               "tool_name": "write_file", "tool_input": {"file_path": "/proj/a.txt", "content": "x"}}),
+        json!({"session_id": "g1", "cwd": "/proj", "hook_event_name": "AfterTool", "timestamp": "2026-01-22T10:00:01Z",
+               "tool_name": "write_file", "tool_input": {"file_path": "/proj/a.txt"}, "tool_response": {"llmContent": "ok"}}),
+    ];
+    for payload in &gemini {
+        hook_json(&home, "gemini", &[], payload);
+    }
+    let notify = json!({"type": "agent-turn-complete", "thread-id": "b5f6c1c2-1111-2222-3333-444455556666", "turn-id": "12345",
+                        "cwd": "/Users/example/project", "input-messages": ["Rename foo"], "last-assistant-message": "Done."});
+    let out = hook(&home, "codex", &[], b"", Some(&notify.to_string()));
+    assert!(out.status.success() && out.stdout.is_empty());
+
+    let rows = stored(&home).await;
+    let mut expected: Vec<(String, String, String, String)> = events
+        .iter()
+        .map(|(name, _, kind)| ("claude".into(), name.to_string(), kind.to_string(), "api".into()))
+        .collect();
+    expected.push(("gemini".into(), "BeforeTool".into(), "pre_tool".into(), "api".into()));
+    expected.push(("gemini".into(), "AfterTool".into(), "post_tool".into(), "api".into()));
+    expected.push(("codex".into(), "agent-turn-complete".into(), "stop".into(), "api".into()));
+    assert_eq!(rows, expected);
+}
+
+#[tokio::test]
+async fn hook_without_daemon_writes_sqlite_and_a_busy_database_spools() {
+    let home = TestHome::new("hook-offline");
+    let task = home.run_json(&["task", "add", "offline hooks"])["id"].as_str().unwrap().to_string();
+    let env = [("CCM_TASK_ID", task.as_str())];
+
+    // Daemon down: the hook writes SQLite itself.
+    assert_eq!(
+        hook_json(&home, "claude", &env, &claude("SessionStart", json!({"source": "startup"}))),
+        Value::Null
+    );
+    // Database locked by another writer: the hook spools and still exits 0.
+    let mut locker = open_db(&home.db_file()).await;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+    assert_eq!(
+        hook_json(
+            &home,
+            "claude",
+            &env,
+            &claude("Stop", json!({"last_assistant_message": "done"}))
+        ),
+        Value::Null
+    );
+    let spooled: Vec<_> = std::fs::read_dir(home.home().join("spool")).unwrap().collect();
+    assert_eq!(spooled.len(), 1, "one spool file");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(log.contains("writing the database directly") && log.contains("spooling"), "{log}");
+
+    let daemon = home.start();
+    let ingested = wait_until(Duration::from_secs(10), || async {
+        daemon
+            .get(&format!("/api/tasks/{task}/events"))
+            .await
+            .1
+            .as_array()
+            .is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    assert!(ingested, "{}", daemon.log_text());
+    let (_, events) = daemon.get(&format!("/api/tasks/{task}/events")).await;
+    let seen: Vec<(&str, &str)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["via"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("SessionStart", "direct"), ("Stop", "spool")]);
+    assert_eq!(std::fs::read_dir(home.home().join("spool")).unwrap().count(), 0, "spool emptied");
+    let timeline = home.run_ok(&["task", "show", &task[..8], "--events"]);
+    assert!(timeline.contains("session_start") && timeline.contains("stop"), "{timeline}");
+}
+
+#[tokio::test]
+async fn bad_payloads_exit_zero_are_logged_and_stored_as_far_as_possible() {
+    let home = TestHome::new("hook-bad");
+    let _daemon = home.start();
+    let mut huge =
+        br#"{"hook_event_name":"PostToolUse","tool_name":"Write","tool_input":{"content":""#
+            .to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    huge.extend(br#""}}"#);
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("malformed", b"{\"hook_event_name\": \"PreToolUse\", ".to_vec()),
+        ("invalid utf-8", b"{\"hook_event_name\": \"Stop\", \"x\": \"\xff\xfe\"}".to_vec()),
+        ("empty", Vec::new()),
+        ("10 MB", huge),
+    ];
+    for (name, bytes) in &cases {
+        let out = hook(&home, "claude", &[], bytes, None);
+        assert!(out.status.success(), "{name}: exit {:?}", out.status);
+        assert!(out.stdout.is_empty(), "{name}: stdout stays clean");
+    }
+    let mut db = open_db(&home.db_file()).await;
+    let rows: Vec<(String, String, Option<String>, i64, String)> =
+        sqlx::query_as("SELECT event, kind, problem, length(payload), substr(payload, -20) FROM hook_events ORDER BY id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[0].1, "invalid");
+    assert!(rows[0].2.as_deref().unwrap().contains("malformed"), "{:?}", rows[0]);
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str()),
+        ("Stop", "stop"),
+        "invalid UTF-8 is replaced, the event kept"
+    );
+    assert!(rows[1].2.is_some());
+    assert_eq!(rows[2].1, "invalid");
+    assert!(rows[2].2.as_deref().unwrap().contains("empty"));
+    assert_eq!(rows[3].1, "post_tool");
+    assert!(rows[3].3 < 300 * 1024, "stored truncated: {} bytes", rows[3].3);
+    assert!(rows[3].4.ends_with("[truncated by ccm]"), "{:?}", rows[3].4);
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert_eq!(log.lines().count(), 4, "one clear line per bad payload: {log}");
+}
+
+#[tokio::test]
+async fn write_to_a_file_another_task_owns_is_denied_until_the_owner_completes() {
+    let home = TestHome::new("hook-claims");
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let daemon = home.start();
+    let first = home.run_json(&["task", "add", "first", "--repo", &repo])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = home.run_json(&["task", "add", "second", "--repo", &repo])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let write = claude(
+        "PreToolUse",
+        json!({"cwd": repo, "tool_name": "Write", "tool_input": {"file_path": format!("{repo}/src/lib.rs"), "content": "x"}}),
+    );
+
+    assert_eq!(
+        hook_json(&home, "claude", &[("CCM_TASK_ID", &first)], &write),
+        Value::Null,
+        "the first writer claims it"
+    );
+    let denied = hook_json(&home, "claude", &[("CCM_TASK_ID", &second)], &write);
+    let output = &denied["hookSpecificOutput"];
+    assert_eq!(output["hookEventName"], "PreToolUse");
+    assert_eq!(output["permissionDecision"], "deny");
+    let reason = output["permissionDecisionReason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("src/lib.rs is owned by task {} (first)", &first[..8])),
+        "{reason}"
+    );
+
+    let claims = home.run_json(&["claims"]);
+    assert_eq!(claims["claims"][0]["path"], "src/lib.rs");
+    assert_eq!(claims["claims"][0]["task_id"], first.as_str());
+    assert_eq!(claims["change_requests"][0]["requester_task"], second.as_str());
+    assert_eq!(claims["change_requests"][0]["resolution"], Value::Null);
+
+    // The owner completes: its claims go, the change request is resolved, the write is allowed.
+    for event in [
+        json!({"event": "start"}),
+        json!({"event": "worker_finished"}),
+        json!({"event": "verify_passed"}),
+        json!({"event": "report_ready", "supervised": false}),
+    ] {
+        let (status, body) = daemon.post(&format!("/api/tasks/{first}/events"), event).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(hook_json(&home, "claude", &[("CCM_TASK_ID", &second)], &write), Value::Null);
+    let claims = home.run_json(&["claims"]);
+    assert_eq!(claims["claims"][0]["task_id"], second.as_str());
+    assert!(claims["change_requests"][0]["resolution"].as_str().unwrap().contains("is complete"));
+
+    // Gemini's write tool is held to the same rule, in Gemini's output format.
+    let gemini = json!({"session_id": "g", "cwd": repo, "hook_event_name": "BeforeTool", "tool_name": "write_file",
+                        "tool_input": {"file_path": format!("{repo}/src/lib.rs"), "content": "y"}});
+    let denied = hook_json(&home, "gemini", &[("CCM_TASK_ID", &first)], &gemini);
+    assert_eq!(denied["decision"], "deny");
+}
+
+#[tokio::test]
+async fn approval_rule_waits_for_a_decision_or_its_default() {
+    let home = TestHome::new("hook-approval");
+    home.write_config(
+        "approvals:\n  timeout_secs: 2\n  default: allow\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n",
+    );
+    let _daemon = home.start();
+    let task = home.run_json(&["task", "add", "pushes"])["id"].as_str().unwrap().to_string();
+    let push = claude(
+        "PreToolUse",
+        json!({"tool_name": "Bash", "tool_input": {"command": "git push origin main"}}),
+    );
+
+    // A human answers deny while the hook waits.
+    let waiting = {
+        let (home_dir, payload, task) = (home.home(), push.to_string(), task.clone());
+        let mut command = home.ccm();
+        command
+            .args(["hook", "--agent", "claude"])
+            .env("CCM_TASK_ID", &task)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
+        let _ = home_dir;
+        child
+    };
+    let asked = wait_until(Duration::from_secs(10), || async {
+        !home.run_json(&["decide"]).as_array().unwrap().is_empty()
+    })
+    .await;
+    assert!(asked, "the hook asked");
+    let decision = home.run_json(&["decide"])[0].clone();
+    assert!(decision["question"].as_str().unwrap().contains("git push origin main"), "{decision}");
+    assert_eq!(decision["options"], json!(["allow", "deny"]));
+    home.run_ok(&["decide", decision["id"].as_str().unwrap(), "deny"]);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["hookSpecificOutput"]["permissionDecision"], "deny");
+    assert!(answer["hookSpecificOutput"]["permissionDecisionReason"]
+        .as_str()
+        .unwrap()
+        .contains("deny by cli"));
+
+    // Nobody answers: after the timeout the configured default (allow) is returned.
+    let answer = hook_json(&home, "claude", &[("CCM_TASK_ID", &task)], &push);
+    assert_eq!(answer["hookSpecificOutput"]["permissionDecision"], "allow");
+    assert!(answer["hookSpecificOutput"]["permissionDecisionReason"]
+        .as_str()
+        .unwrap()
+        .contains("nobody answered within 2s"));
+    // Commands no rule names go straight through.
+    let status =
+        claude("PreToolUse", json!({"tool_name": "Bash", "tool_input": {"command": "git status"}}));
+    assert_eq!(hook_json(&home, "claude", &[("CCM_TASK_ID", &task)], &status), Value::Null);
+}
+
+#[test]
+fn init_merges_with_user_hooks_and_uninstall_restores_them() {
+    let home = TestHome::new("hook-install");
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let settings = repo.join(".claude/settings.local.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    let user = json!({"permissions": {"allow": ["Bash(ls)"]}, "hooks": {
+        "PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "my-guard", "timeout": 5}]}],
+        "Stop": [{"hooks": [{"type": "command", "command": "say done"}]}]}});
+    std::fs::write(&settings, serde_json::to_string_pretty(&user).unwrap()).unwrap();
+    let read =
+        || -> Value { serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap() };
+    let in_repo = |args: &[&str]| {
+        let out = home.ccm().args(args).current_dir(&repo).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    in_repo(&["init"]);
+    let installed = read();
+    assert_eq!(installed["permissions"], user["permissions"]);
+    assert_eq!(
+        installed["hooks"]["PreToolUse"][0], user["hooks"]["PreToolUse"][0],
+        "the user's hook stays first"
+    );
+    let ours = &installed["hooks"]["PreToolUse"][1]["hooks"][0];
+    assert!(ours["command"].as_str().unwrap().ends_with("hook --agent claude"), "{ours}");
+    assert!(ours["timeout"].as_u64().unwrap() > 300, "gates wait longer than the approval timeout");
+    assert!(repo.join(".gemini/settings.json").exists());
+    assert!(std::fs::read_to_string(repo.join(".codex/config.toml")).unwrap().contains("hook"));
+
+    in_repo(&["init"]);
+    assert_eq!(read(), installed, "a second init adds nothing");
+    let status = in_repo(&["hooks", "status"]);
+    assert!(status.lines().all(|l| l.contains("already_present")), "{status}");
+
+    in_repo(&["hooks", "uninstall"]);
+    assert_eq!(read(), user, "uninstall restores the file");
+    assert!(!repo.join(".gemini/settings.json").exists(), "files ccm created are removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_10_concurrent_hook_writers_loses_and_duplicates_nothing() {
+    const WRITERS: usize = 10;
+    const EVENTS: usize = 1_000;
+    let home = std::sync::Arc::new(TestHome::new("hook-kill9"));
+    let mut daemon = home.start();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let home = home.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0..EVENTS {
+                    let seq = format!("w{w}-{n}");
+                    let payload = claude(
+                        "PostToolUse",
+                        json!({"tool_name": "Bash", "tool_input": {"command": seq}}),
+                    );
+                    if hook(&home, "claude", &[], payload.to_string().as_bytes(), None)
+                        .status
+                        .success()
+                    {
+                        acked.push(seq);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let reached = wait_until(Duration::from_secs(120), || async {
+        let mut db = open_db(&home.db_file()).await;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM hook_events").fetch_one(&mut db).await.unwrap();
+        n >= 2_000
+    })
+    .await;
+    assert!(reached);
+    daemon.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let daemon = home.start();
+    let acked: Vec<String> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert_eq!(acked.len(), WRITERS * EVENTS, "every hook exited 0");
+
+    let mut db = open_db(&home.db_file()).await;
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT json_extract(payload, '$.tool_input.command'), count(*) FROM hook_events GROUP BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let counts: std::collections::HashMap<String, i64> = counts.into_iter().collect();
+    let missing = acked.iter().filter(|s| !counts.contains_key(*s)).count();
+    let duplicated = counts.values().filter(|n| **n != 1).count();
+    assert_eq!((missing, duplicated), (0, 0), "missing and duplicated events");
+    let vias: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT via FROM hook_events ORDER BY via")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert!(vias.len() >= 2, "both the API and the fallback were used: {vias:?}");
+    drop(daemon);
+}
