@@ -415,3 +415,36 @@ async fn agent_list_shows_live_agents_and_agent_kill_stops_one() {
     let again = home.run(&["agent", "kill", &agent[..8]]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("is not running"));
 }
+
+#[tokio::test]
+async fn agent_hooks_feed_the_task_timeline_and_the_agent_record() {
+    let (home, repo) = setup("agent-hooks", &[("fake", "commit", "")], "");
+    let daemon = home.start();
+    let id = add_task(&home, &["hooked", "--profile", "fake", "--repo", &repo]);
+    wait_state(&daemon, &id, "complete").await;
+    let (_, events) = daemon.get(&format!("/api/tasks/{id}/events")).await;
+    let kinds: Vec<&str> =
+        events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["session_start", "post_tool", "stop"], "{events:#}");
+    let (_, agents) = daemon.get("/api/agents").await;
+    let agent = &agents[0];
+    assert!(
+        events.as_array().unwrap().iter().all(|e| e["agent_id"] == agent["id"]),
+        "attached by CCM_AGENT_ID"
+    );
+    assert_eq!(agent["session_id"], "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0");
+    // The worktree's hook settings were ccm's, not the agent's work: cleanup removed them.
+    let kept = wait_until(SLOW, || async {
+        home.run_json(&["dump-state"])["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["reason"] == "work_kept")
+    })
+    .await;
+    assert!(kept);
+    assert!(
+        !home.home().join(format!("worktrees/app-{}", &id[..8])).exists(),
+        "the worktree was clean and removed"
+    );
+}
