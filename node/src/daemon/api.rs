@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::ingest::Job;
 use super::{security, AppState};
 use crate::config::Answer;
 use crate::home::Home;
@@ -42,8 +43,8 @@ use crate::hooks::event::{HookEvent, System};
 use crate::hooks::gate;
 use crate::status::Status;
 use crate::store::{
-    ChangeRequest, Claim, ContextProbe, NewTask, Origin, Receipt, RetryPolicy, StoredHookEvent,
-    TaskDetail, TaskFilter, Via,
+    ChangeRequest, Claim, ContextProbe, NewTask, Origin, RetryPolicy, StoredHookEvent, TaskDetail,
+    TaskFilter,
 };
 
 pub fn router(state: AppState) -> Router {
@@ -233,10 +234,10 @@ async fn hook(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };
     let approval = gate::needs_approval(&state.config.approvals, &event, None);
-    let policy = RetryPolicy::from(&*state.config);
-    let receipt =
-        Receipt { key: &key, origin: &origin, via: Via::Api, received_at: Timestamp::now() };
-    let ingested = state.store.ingest_hook(&event, &receipt, policy, !approval).await?;
+    let received_at = Timestamp::now();
+    let job =
+        |reply| Job { event: event.clone(), key, origin, received_at, ask_human: !approval, reply };
+    let ingested = state.hooks.ingest(job).await?;
     state.metrics.count_hook(event.kind.as_str());
     state.wake();
     let Some(task) = ingested.task else { return Ok(Json(json!({}))) };

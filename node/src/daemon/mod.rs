@@ -4,6 +4,7 @@
 //! - `security`: `Host`/`Origin` checks and the bearer token.
 //! - `error`: [`ApiError`], the JSON error body.
 //! - `scheduler`: admits tasks as dependencies complete and slots free up.
+//! - `ingest`: group commit of hook events (one transaction for all waiting events).
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
@@ -13,6 +14,7 @@
 
 mod api;
 mod error;
+mod ingest;
 mod metrics;
 mod scheduler;
 mod security;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub decisions: Arc<Notify>,
     /// The ccm home directory.
     pub home: std::path::PathBuf,
+    /// Stores hook events in groups.
+    pub hooks: ingest::Ingester,
 }
 
 impl AppState {
@@ -134,6 +138,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         runtime_wake: runtime.wake.clone(),
         decisions: Arc::new(Notify::new()),
         home: home.root().to_path_buf(),
+        hooks: ingest::Ingester::start(store.clone(), RetryPolicy::from(&*config)),
     };
     let scheduler = Scheduler {
         store: store.clone(),

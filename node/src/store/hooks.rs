@@ -58,6 +58,14 @@ pub struct Receipt<'a> {
     pub received_at: Timestamp,
 }
 
+/// One event of a group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct HookJob<'a> {
+    pub event: &'a HookEvent,
+    pub receipt: Receipt<'a>,
+    pub ask_human: bool,
+}
+
 /// The stored event and what it belongs to.
 #[derive(Debug, Clone)]
 pub struct Ingested {
@@ -131,53 +139,26 @@ impl Store {
         policy: RetryPolicy,
         ask_human: bool,
     ) -> Result<Ingested> {
-        let Receipt { key, origin, via, received_at } = *receipt;
         let mut tx = self.write().await?;
-        let agent = attach(&mut tx, event, origin).await?;
-        let task_id =
-            match (&agent, origin.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok())) {
-                (Some(agent), _) => Some(agent.task_id),
-                (None, Some(task)) => task_exists(&mut tx, task).await?.then_some(task),
-                (None, None) => None,
-            };
-        let inserted = sqlx::query(
-            r#"
-            INSERT OR IGNORE INTO hook_events
-                (key, at, system, agent_id, task_id, session_id, event, kind, tool, cwd, via, problem, payload)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            "#,
-        )
-        .bind(key)
-        .bind(received_at)
-        .bind(event.system.to_string())
-        .bind(agent.as_ref().map(|a| a.id.hyphenated().to_string()))
-        .bind(task_id.map(|t| t.hyphenated().to_string()))
-        .bind(&event.session_id)
-        .bind(&event.name)
-        .bind(event.kind.as_str())
-        .bind(&event.tool)
-        .bind(&event.cwd)
-        .bind(via.as_str())
-        .bind(&event.problem)
-        .bind(&event.raw)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.commit().await?;
-            return Ok(Ingested { duplicate: true, agent, task: None });
-        }
-        if let Some(agent) = &agent {
-            effects_on_agent(&mut tx, agent, event, received_at).await?;
-        }
-        let task = match task_id {
-            Some(task) => {
-                Some(effects_on_task(&mut tx, task, event, received_at, policy, ask_human).await?)
-            }
-            None => None,
-        };
+        let ingested = ingest_in_tx(&mut tx, event, receipt, policy, ask_human).await?;
         tx.commit().await?;
-        Ok(Ingested { duplicate: false, agent, task })
+        Ok(ingested)
+    }
+
+    /// Stores many hook events in one transaction (group commit: one fsync for all of them).
+    /// All or nothing: on an error the caller may retry the events one by one.
+    pub async fn ingest_hooks(
+        &self,
+        batch: &[HookJob<'_>],
+        policy: RetryPolicy,
+    ) -> Result<Vec<Ingested>> {
+        let mut tx = self.write().await?;
+        let mut done = Vec::with_capacity(batch.len());
+        for job in batch {
+            done.push(ingest_in_tx(&mut tx, job.event, &job.receipt, policy, job.ask_human).await?);
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Whether `task` may write `path` (relative to the repository `repo`); claims it when
@@ -316,6 +297,57 @@ impl Store {
         .fetch_all(&self.readers)
         .await?)
     }
+}
+
+/// Stores one event and applies its effects inside `tx`.
+async fn ingest_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &HookEvent,
+    receipt: &Receipt<'_>,
+    policy: RetryPolicy,
+    ask_human: bool,
+) -> Result<Ingested> {
+    let Receipt { key, origin, via, received_at } = *receipt;
+    let agent = attach(tx, event, origin).await?;
+    let task_id = match (&agent, origin.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok())) {
+        (Some(agent), _) => Some(agent.task_id),
+        (None, Some(task)) => task_exists(tx, task).await?.then_some(task),
+        (None, None) => None,
+    };
+    let inserted = sqlx::query(
+        r#"
+        INSERT OR IGNORE INTO hook_events
+            (key, at, system, agent_id, task_id, session_id, event, kind, tool, cwd, via, problem, payload)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        "#,
+    )
+    .bind(key)
+    .bind(received_at)
+    .bind(event.system.to_string())
+    .bind(agent.as_ref().map(|a| a.id.hyphenated().to_string()))
+    .bind(task_id.map(|t| t.hyphenated().to_string()))
+    .bind(&event.session_id)
+    .bind(&event.name)
+    .bind(event.kind.as_str())
+    .bind(&event.tool)
+    .bind(&event.cwd)
+    .bind(via.as_str())
+    .bind(&event.problem)
+    .bind(&event.raw)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Ingested { duplicate: true, agent, task: None });
+    }
+    if let Some(agent) = &agent {
+        effects_on_agent(tx, agent, event, received_at).await?;
+    }
+    let task = match task_id {
+        Some(task) => Some(effects_on_task(tx, task, event, received_at, policy, ask_human).await?),
+        None => None,
+    };
+    Ok(Ingested { duplicate: false, agent, task })
 }
 
 /// The agent the event belongs to: by the hook's environment, else by session id, else by the

@@ -31,7 +31,9 @@ use uuid::Uuid;
 
 pub use agents::{AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use contexts::ContextProbe;
-pub use hooks::{ChangeRequest, Claim, Ingested, Origin, Ownership, Receipt, StoredHookEvent, Via};
+pub use hooks::{
+    ChangeRequest, Claim, HookJob, Ingested, Origin, Ownership, Receipt, StoredHookEvent, Via,
+};
 pub use records::{OutboxCounts, StateCounts};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
 
