@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::ingest::Job;
 use super::{security, AppState};
 use crate::config::Answer;
 use crate::home::Home;
@@ -43,8 +42,8 @@ use crate::hooks::event::{HookEvent, System};
 use crate::hooks::gate;
 use crate::status::Status;
 use crate::store::{
-    ChangeRequest, Claim, ContextProbe, NewTask, Origin, RetryPolicy, StoredHookEvent, TaskDetail,
-    TaskFilter,
+    ChangeRequest, Claim, ContextProbe, HookJob, NewTask, Origin, RetryPolicy, StoredHookEvent,
+    TaskDetail, TaskFilter,
 };
 
 pub fn router(state: AppState) -> Router {
@@ -135,9 +134,9 @@ async fn create_task(
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let task = state.store.create_task(new, &state.config.tasks, &actor(&headers)).await?;
+    let task = state.creations.submit((new, actor(&headers))).await?;
     state.metrics.tasks_created.inc();
-    state.wake();
+    state.wake_scheduler();
     Ok((StatusCode::CREATED, Json(task)))
 }
 
@@ -196,7 +195,7 @@ async fn add_dependencies(
     ApiJson(body): ApiJson<Dependencies>,
 ) -> Result<Json<Task>, ApiError> {
     let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)).await?;
-    state.wake();
+    state.wake_scheduler();
     Ok(Json(task))
 }
 
@@ -235,9 +234,8 @@ async fn hook(
     let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };
     let approval = gate::needs_approval(&state.config.approvals, &event, None);
     let received_at = Timestamp::now();
-    let job =
-        |reply| Job { event: event.clone(), key, origin, received_at, ask_human: !approval, reply };
-    let ingested = state.hooks.ingest(job).await?;
+    let job = HookJob { event: event.clone(), key, origin, received_at, ask_human: !approval };
+    let ingested = state.hooks.submit(job).await?;
     state.metrics.count_hook(event.kind.as_str());
     state.wake();
     let Some(task) = ingested.task else { return Ok(Json(json!({}))) };

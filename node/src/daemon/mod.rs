@@ -4,7 +4,7 @@
 //! - `security`: `Host`/`Origin` checks and the bearer token.
 //! - `error`: [`ApiError`], the JSON error body.
 //! - `scheduler`: admits tasks as dependencies complete and slots free up.
-//! - `ingest`: group commit of hook events (one transaction for all waiting events).
+//! - `batch`: group commit of task creations and hook events (one transaction per group).
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
@@ -13,8 +13,8 @@
 //! gracefully, stops the scheduler, closes the store and removes the port file.
 
 mod api;
+mod batch;
 mod error;
-mod ingest;
 mod metrics;
 mod scheduler;
 mod security;
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use api::{router, ClaimsView};
+pub use batch::Batcher;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use scheduler::Scheduler;
@@ -38,7 +39,7 @@ pub use security::Allowed;
 use crate::config::Config;
 use crate::home::{DaemonInfo, Home};
 use crate::runtime::{Passes, Runtime};
-use crate::store::{RetryPolicy, Store};
+use crate::store::{HookJob, Ingested, NewTask, RetryPolicy, Store};
 
 /// Handles shared by every request; cheap to clone.
 #[derive(Clone)]
@@ -59,7 +60,9 @@ pub struct AppState {
     /// The ccm home directory.
     pub home: std::path::PathBuf,
     /// Stores hook events in groups.
-    pub hooks: ingest::Ingester,
+    pub hooks: Batcher<HookJob, Ingested>,
+    /// Creates tasks in groups.
+    pub creations: Batcher<(NewTask, String), ccm_schema::Task>,
 }
 
 impl AppState {
@@ -67,6 +70,12 @@ impl AppState {
     pub fn wake(&self) {
         self.scheduler_wake.notify_one();
         self.runtime_wake.notify_one();
+    }
+
+    /// Lets the scheduler look at a new or newly waiting task (it wakes the runtime when it
+    /// admits one).
+    pub fn wake_scheduler(&self) {
+        self.scheduler_wake.notify_one();
     }
 }
 
@@ -138,7 +147,8 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         runtime_wake: runtime.wake.clone(),
         decisions: Arc::new(Notify::new()),
         home: home.root().to_path_buf(),
-        hooks: ingest::Ingester::start(store.clone(), RetryPolicy::from(&*config)),
+        hooks: hook_batcher(store.clone(), RetryPolicy::from(&*config)),
+        creations: creation_batcher(store.clone(), config.clone()),
     };
     let scheduler = Scheduler {
         store: store.clone(),
@@ -185,6 +195,48 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(home.daemon_file());
     info!("ccm daemon stopped");
     served.context("serving the API failed")
+}
+
+/// Stores hook events received through the API in groups.
+fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<HookJob, Ingested> {
+    let one = store.clone();
+    Batcher::start(
+        tracing::info_span!("hook_batcher"),
+        move |jobs: Vec<HookJob>| {
+            let store = store.clone();
+            async move {
+                let result = store.ingest_hooks(&jobs, policy).await;
+                (jobs, result)
+            }
+        },
+        move |job: HookJob| {
+            let store = one.clone();
+            async move { store.ingest_hook(&job.event, &job.receipt(), policy, job.ask_human).await }
+        },
+    )
+}
+
+/// Creates tasks received through the API in groups.
+fn creation_batcher(
+    store: Store,
+    config: Arc<Config>,
+) -> Batcher<(NewTask, String), ccm_schema::Task> {
+    let (one, one_config) = (store.clone(), config.clone());
+    Batcher::start(
+        tracing::info_span!("creation_batcher"),
+        move |batch: Vec<(NewTask, String)>| {
+            let (store, config) = (store.clone(), config.clone());
+            async move {
+                // On failure the batch is needed again for the one-by-one retry.
+                let result = store.create_tasks(batch.clone(), &config.tasks).await;
+                (batch, result)
+            }
+        },
+        move |(new, actor): (NewTask, String)| {
+            let (store, config) = (one.clone(), one_config.clone());
+            async move { store.create_task(new, &config.tasks, &actor).await }
+        },
+    )
 }
 
 /// Ingests the hook events `ccm hook` spooled while the database was busy.

@@ -11,6 +11,9 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::store::{RetryPolicy, Store};
 
+/// Shortest time between two passes.
+const MIN_INTERVAL: Duration = Duration::from_millis(20);
+
 #[derive(Clone)]
 pub struct Scheduler {
     /// Where task state lives.
@@ -44,6 +47,9 @@ impl Scheduler {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(self.tick) => {}
                 }
+                // Under a stream of changes, wake-ups come faster than they matter: one pass
+                // per interval sees them all.
+                tokio::time::sleep(MIN_INTERVAL).await;
             }
         }
         .instrument(info_span!("scheduler"))

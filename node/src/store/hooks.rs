@@ -58,12 +58,26 @@ pub struct Receipt<'a> {
     pub received_at: Timestamp,
 }
 
-/// One event of a group commit.
-#[derive(Debug, Clone, Copy)]
-pub struct HookJob<'a> {
-    pub event: &'a HookEvent,
-    pub receipt: Receipt<'a>,
+/// One event received through the API, for a group commit.
+#[derive(Debug, Clone)]
+pub struct HookJob {
+    pub event: HookEvent,
+    pub key: String,
+    pub origin: Origin,
+    pub received_at: Timestamp,
+    /// Record a permission prompt as a pending decision (see [`Store::ingest_hook`]).
     pub ask_human: bool,
+}
+
+impl HookJob {
+    pub fn receipt(&self) -> Receipt<'_> {
+        Receipt {
+            key: &self.key,
+            origin: &self.origin,
+            via: Via::Api,
+            received_at: self.received_at,
+        }
+    }
 }
 
 /// The stored event and what it belongs to.
@@ -149,13 +163,15 @@ impl Store {
     /// All or nothing: on an error the caller may retry the events one by one.
     pub async fn ingest_hooks(
         &self,
-        batch: &[HookJob<'_>],
+        batch: &[HookJob],
         policy: RetryPolicy,
     ) -> Result<Vec<Ingested>> {
         let mut tx = self.write().await?;
         let mut done = Vec::with_capacity(batch.len());
         for job in batch {
-            done.push(ingest_in_tx(&mut tx, job.event, &job.receipt, policy, job.ask_human).await?);
+            done.push(
+                ingest_in_tx(&mut tx, &job.event, &job.receipt(), policy, job.ask_human).await?,
+            );
         }
         tx.commit().await?;
         Ok(done)

@@ -99,68 +99,26 @@ impl Store {
         defaults: &TaskDefaults,
         actor: &str,
     ) -> Result<Task> {
-        let title = new.title.trim().to_string();
-        if title.is_empty() {
-            return Err(invalid("title", "must not be empty"));
-        }
-        let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
-        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-            return Err(invalid(
-                "max_attempts",
-                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"),
-            ));
-        }
-        let profile = new.profile.unwrap_or_else(|| defaults.profile.clone());
-        if profile.trim().is_empty() {
-            return Err(invalid("profile", "must not be empty"));
-        }
-        let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
-        let repo =
-            new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
-        let now = Timestamp::now();
-        let id = Uuid::new_v4();
-
         let mut tx = self.write().await?;
-        let mut depends_on = Vec::with_capacity(new.depends_on.len());
-        for dep in &new.depends_on {
-            let dep_id = resolve_task(&mut tx, dep).await.map_err(|e| match e {
-                StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => {
-                    invalid("depends_on", e.to_string())
-                }
-                e => e,
-            })?;
-            if !depends_on.contains(&dep_id) {
-                depends_on.push(dep_id);
-            }
-        }
-        sqlx::query(
-            r#"
-            INSERT INTO tasks (id, title, prompt, repo, profile, workflow, verify, max_attempts,
-                               priority, state, created_at, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'created', ?, ?)
-            "#,
-        )
-        .bind(id.hyphenated())
-        .bind(&title)
-        .bind(&prompt)
-        .bind(&repo)
-        .bind(&profile)
-        .bind(&new.workflow)
-        .bind(&new.verify)
-        .bind(max_attempts)
-        .bind(new.priority)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        for dep in &depends_on {
-            insert_dependency(&mut tx, id, *dep).await?;
-        }
-        append_log(&mut tx, id, now, None, TaskState::Created, "created", actor).await?;
-        let task = load_task(&mut tx, id).await?;
-        outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+        let task = create_in_tx(&mut tx, new, defaults, actor).await?;
         tx.commit().await?;
         Ok(task)
+    }
+
+    /// Creates many tasks, each with the actor who asked, in one transaction (group commit).
+    /// All or nothing: on an error the caller may create them one by one.
+    pub async fn create_tasks(
+        &self,
+        batch: Vec<(NewTask, String)>,
+        defaults: &TaskDefaults,
+    ) -> Result<Vec<Task>> {
+        let mut tx = self.write().await?;
+        let mut created = Vec::with_capacity(batch.len());
+        for (new, actor) in batch {
+            created.push(create_in_tx(&mut tx, new, defaults, &actor).await?);
+        }
+        tx.commit().await?;
+        Ok(created)
     }
 
     /// Adds dependencies to a task that is still waiting in `created`; refuses one that would
@@ -247,16 +205,19 @@ impl Store {
     pub async fn schedule(&self, slots: u32, policy: RetryPolicy) -> Result<usize> {
         const ACTOR: &str = "scheduler";
         let now = Timestamp::now();
+        if !self.schedule_needed(slots, now).await? {
+            return Ok(0); // the common case under load: nothing can move, so no write lock
+        }
         let mut tx = self.write().await?;
         let mut changed = 0;
 
         let failed_deps: Vec<(String, String, TaskState)> = sqlx::query_as(
             r#"
             SELECT d.task_id, d.depends_on, dep.state
-            FROM task_deps d
-            JOIN tasks t ON t.id = d.task_id
-            JOIN tasks dep ON dep.id = d.depends_on
-            WHERE t.state = 'created' AND dep.state IN ('failed', 'cancelled')
+            FROM tasks dep
+            CROSS JOIN task_deps d ON d.depends_on = dep.id
+            CROSS JOIN tasks t ON t.id = d.task_id
+            WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created'
             "#,
         )
         .fetch_all(&mut *tx)
@@ -297,11 +258,9 @@ impl Store {
             changed += 1;
         }
 
-        let holding: Vec<&str> =
-            TaskState::ALL.iter().filter(|s| s.holds_slot()).map(|s| s.as_str()).collect();
         let (busy,): (i64,) = sqlx::query_as(&format!(
             "SELECT count(*) FROM tasks WHERE state IN ({})",
-            holding.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+            slot_holding_states()
         ))
         .fetch_one(&mut *tx)
         .await?;
@@ -357,6 +316,33 @@ impl Store {
         Ok(changed)
     }
 
+    /// Whether a scheduler pass would change anything, asked of a reader.
+    async fn schedule_needed(&self, slots: u32, now: Timestamp) -> Result<bool> {
+        let (needed,): (bool,) = sqlx::query_as(&format!(
+            r#"
+            SELECT EXISTS (
+                       -- CROSS JOIN keeps this order: the few failed tasks first, not every waiting one.
+                       SELECT 1 FROM tasks dep
+                       CROSS JOIN task_deps d ON d.depends_on = dep.id
+                       CROSS JOIN tasks t ON t.id = d.task_id
+                       WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created')
+                OR EXISTS (SELECT 1 FROM tasks WHERE state = 'retry' AND wake_at <= ?1)
+                OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})) < ?2
+                    AND (EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting_quota' AND wake_at <= ?1)
+                         OR EXISTS (
+                             SELECT 1 FROM tasks t WHERE t.state = 'created' AND NOT EXISTS (
+                                 SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
+                                 WHERE d.task_id = t.id AND dep.state <> 'complete'))))
+            "#,
+            holding = slot_holding_states(),
+        ))
+        .bind(now)
+        .bind(slots)
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(needed)
+    }
+
     /// Tasks, oldest first, each with its dependencies.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         let mut tasks: Vec<Task> = sqlx::query_as(&format!(
@@ -400,6 +386,92 @@ impl Store {
             task,
         })
     }
+}
+
+/// Validates and inserts one new task inside `tx`.
+async fn create_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    new: NewTask,
+    defaults: &TaskDefaults,
+    actor: &str,
+) -> Result<Task> {
+    let title = new.title.trim().to_string();
+    if title.is_empty() {
+        return Err(invalid("title", "must not be empty"));
+    }
+    let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
+    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+        return Err(invalid(
+            "max_attempts",
+            format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"),
+        ));
+    }
+    let profile = new.profile.unwrap_or_else(|| defaults.profile.clone());
+    if profile.trim().is_empty() {
+        return Err(invalid("profile", "must not be empty"));
+    }
+    let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
+    let repo =
+        new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
+    let now = Timestamp::now();
+    let id = Uuid::new_v4();
+
+    let mut depends_on = Vec::with_capacity(new.depends_on.len());
+    for dep in &new.depends_on {
+        let dep_id = resolve_task(tx, dep).await.map_err(|e| match e {
+            StoreError::TaskNotFound(_) | StoreError::Ambiguous { .. } => {
+                invalid("depends_on", e.to_string())
+            }
+            e => e,
+        })?;
+        if !depends_on.contains(&dep_id) {
+            depends_on.push(dep_id);
+        }
+    }
+    sqlx::query(
+        r#"
+        INSERT INTO tasks (id, title, prompt, repo, profile, workflow, verify, max_attempts,
+                           priority, state, created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'created', ?, ?)
+        "#,
+    )
+    .bind(id.hyphenated())
+    .bind(&title)
+    .bind(&prompt)
+    .bind(&repo)
+    .bind(&profile)
+    .bind(&new.workflow)
+    .bind(&new.verify)
+    .bind(max_attempts)
+    .bind(new.priority)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    for dep in &depends_on {
+        insert_dependency(tx, id, *dep).await?;
+    }
+    append_log(tx, id, now, None, TaskState::Created, "created", actor).await?;
+    let task = Task {
+        id,
+        title,
+        prompt,
+        repo,
+        profile,
+        workflow: new.workflow,
+        verify: new.verify,
+        max_attempts,
+        attempts: 0,
+        priority: new.priority,
+        state: TaskState::Created,
+        wake_at: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        depends_on,
+    };
+    outbox(tx, "task", &task.id.to_string(), &task, false).await?;
+    Ok(task)
 }
 
 /// Applies one event (and the follow-ups it implies) inside `tx`; returns the effects left for
@@ -695,6 +767,13 @@ async fn describe(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<Str
         .fetch_one(&mut **tx)
         .await?;
     Ok(format!("{} ({title})", short_id(&id)))
+}
+
+/// The states that hold an agent slot, as an SQL list: `'queued', 'executing', ...`.
+fn slot_holding_states() -> String {
+    let holding: Vec<String> =
+        TaskState::ALL.iter().filter(|s| s.holds_slot()).map(|s| format!("'{s}'")).collect();
+    holding.join(", ")
 }
 
 /// Finds the task whose id is `key` or starts with `key`.
