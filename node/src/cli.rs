@@ -456,9 +456,10 @@ fn hook_options<'a>(
 
 /// The command hooks run: this very binary for local settings, `ccm` from PATH for committed ones.
 fn ccm_command(shared: bool) -> String {
-    match std::env::current_exe() {
-        Ok(exe) if !shared => exe.to_string_lossy().into_owned(),
-        _ => "ccm".to_string(),
+    if shared {
+        "ccm".into()
+    } else {
+        crate::hooks::ccm_command()
     }
 }
 

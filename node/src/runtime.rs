@@ -316,30 +316,22 @@ impl Runtime {
         let job = match task.state {
             TaskState::Queued => Job::StartWorker,
             TaskState::Executing => {
-                let agents = self.store.task_agents(task.id).await?;
-                let worker = agents
-                    .iter()
-                    .rev()
-                    .find(|a| a.kind == AgentKind::Worker && a.attempt == task.attempts);
-                match worker {
+                match self.store.current_agent(task.id, task.attempts, AgentKind::Worker).await? {
                     Some(agent) if agent.status.is_live() => return Ok(()),
-                    Some(agent) => Job::FinishWorker(agent.clone()),
+                    Some(agent) => Job::FinishWorker(agent),
                     None => Job::Orphaned,
                 }
             }
             TaskState::ReportGeneration => Job::Report,
-            TaskState::Supervisory => {
-                let agents = self.store.task_agents(task.id).await?;
-                let reviewer = agents
-                    .iter()
-                    .rev()
-                    .find(|a| a.kind == AgentKind::Supervisory && a.attempt == task.attempts);
-                match reviewer {
-                    Some(agent) if agent.status.is_live() => return Ok(()),
-                    Some(agent) => Job::Judge(agent.clone()),
-                    None => Job::StartReview,
-                }
-            }
+            TaskState::Supervisory => match self
+                .store
+                .current_agent(task.id, task.attempts, AgentKind::Supervisory)
+                .await?
+            {
+                Some(agent) if agent.status.is_live() => return Ok(()),
+                Some(agent) => Job::Judge(agent),
+                None => Job::StartReview,
+            },
             _ => Job::Cleanup,
         };
         self.jobs
@@ -516,9 +508,9 @@ impl Runtime {
         .map_err(|e| internal(&e))?
         .map_err(|e| Workspace::Retry(format!("cannot prepare the worktree: {e}")))?;
         // Local hook settings are not committed, so the worktree gets ccm's hooks of its own.
-        if let Err(e) =
-            crate::hooks::install::install(&self.hook_options(&prepared.path, &ccm_command()))
-        {
+        if let Err(e) = crate::hooks::install::install(
+            &self.hook_options(&prepared.path, &crate::hooks::ccm_command()),
+        ) {
             warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them");
         }
         let saved = SavedWorktree { repo: repo_path, worktree: prepared.clone() };
@@ -864,7 +856,7 @@ impl Runtime {
         // ccm's own hook settings are not the agent's work: remove them before judging what is left.
         if saved.worktree.path.is_dir() {
             if let Err(e) = crate::hooks::install::uninstall(
-                &self.hook_options(&saved.worktree.path, &ccm_command()),
+                &self.hook_options(&saved.worktree.path, &crate::hooks::ccm_command()),
             ) {
                 warn!(error = %e, "cannot remove ccm's hooks from the worktree");
             }
@@ -925,11 +917,6 @@ enum Workspace {
 struct SavedWorktree {
     repo: PathBuf,
     worktree: Worktree,
-}
-
-/// The command the hooks run: this very binary.
-fn ccm_command() -> String {
-    std::env::current_exe().map_or_else(|_| "ccm".into(), |p| p.to_string_lossy().into_owned())
 }
 
 /// Appends the new complete lines of the agent's output log to its summary.

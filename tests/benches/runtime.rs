@@ -1,1 +1,459 @@
-fn main() {}
+//! Figures of the agent runtime, each printed next to a baseline measured in the same run on the
+//! same machine, so a number can be read against what the machine itself allows.
+//!
+//! Run with `cargo bench -p ccm-tests --bench runtime`. Nothing here asserts on time: the bench
+//! prints a table and fails only when ccm misbehaves (a task that does not run once and
+//! complete, an agent that does not start, a refused request).
+//!
+//! - Dispatch: from a task entering `queued` to its agent process running, worktree included,
+//!   against a bare `tmux new-window` and a bare `git worktree add` of the same repository.
+//! - Memory: the daemon's resident set with 20 agents running, against the same daemon idle.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
+use serde_json::{json, Value};
+
+/// Tasks dispatched for the latency figure, and runs of each baseline.
+const DISPATCHES: usize = 100;
+/// Agent slots while the dispatch tasks run: this many tasks are in flight at once.
+const DISPATCH_SLOTS: usize = 4;
+/// Agents running while the daemon's memory is measured.
+const AGENTS: usize = 20;
+/// How long each of those agents sleeps (it is cancelled long before).
+const AGENT_SLEEP_SECS: u32 = 20;
+/// How long the measured processes run before their memory is read: the daemon idle, and the
+/// daemon with [`AGENTS`] agents running (which it observes every pass meanwhile).
+const HOLD: Duration = Duration::from_secs(2);
+/// How long a batch of tasks may take to start, complete or be cancelled before the bench
+/// gives up.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const DISPATCH_P50_TARGET: &str = "p50 ≤ 100 ms";
+const DISPATCH_P99_TARGET: &str = "p99 ≤ 300 ms";
+const RSS_TARGET: &str = "≤ 30 MB";
+
+fn main() {
+    let machine = machine();
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let mut rows = Vec::new();
+    rows.extend(runtime.block_on(dispatch_rows()));
+    rows.extend(runtime.block_on(memory_rows()));
+    println!("\n{machine}");
+    print_table(&rows);
+}
+
+/// Cores and load average when the bench starts: other work on the machine skews every figure.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cores} cores; load average at start: {}", load.join(" "))
+}
+
+/// One line of the printed table.
+struct Row {
+    figure: String,
+    ccm: String,
+    baseline: String,
+    target: String,
+}
+
+impl Row {
+    fn new(figure: &str, ccm: String, baseline: String, target: &str) -> Row {
+        Row { figure: figure.into(), ccm, baseline, target: target.into() }
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target");
+    let width = |cell: fn(&Row) -> &str| {
+        std::iter::once(&header).chain(rows).map(|r| cell(r).chars().count()).max().unwrap_or(0)
+    };
+    let (figure, ccm, baseline) =
+        (width(|r| r.figure.as_str()), width(|r| r.ccm.as_str()), width(|r| r.baseline.as_str()));
+    for row in std::iter::once(&header).chain(rows) {
+        println!(
+            "{:<figure$}  {:<ccm$}  {:<baseline$}  {}",
+            row.figure, row.ccm, row.baseline, row.target
+        );
+    }
+}
+
+// ---- setup -------------------------------------------------------------------------------
+
+/// A home whose config has one agent profile `bench` running `command` (a YAML flow sequence)
+/// with `env` (a YAML flow mapping), and a small git repository registered as a context;
+/// returns the home and the repository's path, which tasks name as their `repo`.
+fn setup(name: &str, command: &str, env: &str) -> (TestHome, String) {
+    let home = TestHome::new(name);
+    home.write_config(&format!("profiles:\n  bench:\n    command: {command}\n    env: {env}\n"));
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).expect("repo path").to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    (home, repo)
+}
+
+/// Creates `count` tasks of the `bench` profile in `repo` through the API; returns their ids.
+async fn create_tasks(daemon: &Daemon, repo: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        let body = json!({ "title": format!("bench task {n}"), "profile": "bench", "repo": repo });
+        let (status, task) = daemon.post("/api/tasks", body).await;
+        assert_eq!(status, 201, "task creation refused: {task}");
+        ids.push(task["id"].as_str().expect("task id").to_string());
+    }
+    ids
+}
+
+/// The tail of the daemon's log, for failure messages.
+fn log_tail(daemon: &Daemon) -> String {
+    let log = daemon.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+// ---- dispatch ----------------------------------------------------------------------------
+
+/// Dispatch latency: [`DISPATCHES`] tasks, all created at once through the API, each with the
+/// repository registered as a context (so each gets a new git worktree on its own branch) and
+/// a profile whose agent writes the time it started (`date +%s%N`, nanoseconds since the
+/// epoch) into a file named after `$CCM_TASK_ID`, then exits 0. The scheduler runs with
+/// [`DISPATCH_SLOTS`] slots, so that many tasks are in flight while the others wait in
+/// `created`; each completes (no verify command, no review) and frees its slot for the next.
+/// The runtime polls at its default (`runtime.poll_ms` 100); nothing is tuned for the bench.
+///
+/// A task's latency is its agent's start time minus the `at` of the `queued` entry of its log
+/// (`GET /api/tasks/{id}`; RFC 3339, milliseconds, truncated, so the figure may read up to
+/// 1 ms high). It covers the runtime picking the task up, the worktree (`git worktree prune`,
+/// `list`, ref and config look-ups, `worktree add`), ccm's hook settings in it, the agent's
+/// directory and record, the tmux window and the wrapper shell that records the exit status.
+/// The log's `executing` entry (written once the worktree exists and the attempt is recorded,
+/// before the window opens) splits the figure in two.
+///
+/// Baselines, [`DISPATCHES`] runs each, one after the other: a bare `tmux new-window -d` on a
+/// private server running `sh -c 'date +%s%N > FILE'`, from just before the `tmux` command to
+/// the time written; and `git worktree add -b BRANCH PATH main` of the same repository (the
+/// command alone; each worktree and branch is removed again, untimed, before the next).
+async fn dispatch_rows() -> Vec<Row> {
+    let starts_dir = tempfile::Builder::new().prefix("ccm-bench-starts-").tempdir().expect("dir");
+    let (home, repo) = setup(
+        "bench-dispatch",
+        r#"[sh, -c, 'date +%s%N > "$BENCH_STARTS/$CCM_TASK_ID"', sh]"#,
+        &format!("{{BENCH_STARTS: '{}'}}", starts_dir.path().display()),
+    );
+    let mut daemon = home.start_with(|c| {
+        c.env("CCM_SCHEDULER__SLOTS", DISPATCH_SLOTS.to_string());
+    });
+    let pid = daemon.child.id();
+    let wall = Instant::now();
+    let ids = create_tasks(&daemon, &repo, DISPATCHES).await;
+
+    let all_started = wait_until(DEADLINE, || async {
+        std::fs::read_dir(starts_dir.path()).map_or(0, Iterator::count) == DISPATCHES
+    })
+    .await;
+    assert!(all_started, "not every agent started:\n{}", log_tail(&daemon));
+    let all_complete = wait_until(DEADLINE, || async {
+        let (_, done) = daemon.get("/api/tasks?state=complete").await;
+        done.as_array().map_or(0, Vec::len) == DISPATCHES
+    })
+    .await;
+    assert!(all_complete, "not every task completed:\n{}", log_tail(&daemon));
+    let wall = wall.elapsed();
+    let rss_after = Memory::of(pid).rss_mb;
+
+    let mut total = Vec::with_capacity(DISPATCHES);
+    let mut to_executing = Vec::with_capacity(DISPATCHES);
+    let mut to_agent = Vec::with_capacity(DISPATCHES);
+    for id in &ids {
+        let (_, detail) = daemon.get(&format!("/api/tasks/{id}")).await;
+        let queued = log_time(&detail, "queued");
+        let executing = log_time(&detail, "executing");
+        let runs = detail["runs"].as_array().map_or(0, Vec::len);
+        assert_eq!(runs, 1, "task {id} ran more than once: {detail:#}");
+        let started = started_ns(&starts_dir.path().join(id));
+        total.push(since(queued * 1_000_000, started));
+        to_executing.push(since(queued * 1_000_000, executing * 1_000_000));
+        to_agent.push(since(executing * 1_000_000, started));
+    }
+    daemon.terminate();
+    let (total, to_executing, to_agent) =
+        (Stats::new(total), Stats::new(to_executing), Stats::new(to_agent));
+
+    let tmux = Stats::new(tmux_spawns(DISPATCHES));
+    let worktree =
+        Stats::new(worktree_adds(Path::new(&repo), &home.dir.path().join("baseline"), DISPATCHES));
+
+    let what = |stats: &Stats, pick: fn(&Stats) -> Duration| {
+        format!(
+            "{} (tmux new-window → sh → date); {} (git worktree add)",
+            ms(pick(stats)),
+            ms(pick(&worktree))
+        )
+    };
+    vec![
+        Row::new(
+            &format!("dispatch: queued → agent running, p50 ({DISPATCHES} tasks)"),
+            ms(total.p50),
+            what(&tmux, |s| s.p50),
+            DISPATCH_P50_TARGET,
+        ),
+        Row::new(
+            "dispatch: queued → agent running, p99",
+            ms(total.p99),
+            what(&tmux, |s| s.p99),
+            DISPATCH_P99_TARGET,
+        ),
+        Row::new(
+            "dispatch: queued → agent running, max",
+            ms(total.max),
+            what(&tmux, |s| s.max),
+            "—",
+        ),
+        Row::new(
+            "  of which queued → executing, p50 / p99",
+            format!("{} / {}", ms(to_executing.p50), ms(to_executing.p99)),
+            "(pick-up, worktree, hooks, agent record)".into(),
+            "—",
+        ),
+        Row::new(
+            "  of which executing → agent running, p50 / p99",
+            format!("{} / {}", ms(to_agent.p50), ms(to_agent.p99)),
+            "(tmux window, wrapper shell)".into(),
+            "—",
+        ),
+        Row::new(
+            &format!("{DISPATCHES} tasks, created → all complete ({DISPATCH_SLOTS} slots)"),
+            format!("{:.1} s", wall.as_secs_f64()),
+            "—".into(),
+            "—",
+        ),
+        Row::new(
+            &format!("daemon RSS after {DISPATCHES} tasks ran"),
+            mb(rss_after),
+            "—".into(),
+            "—",
+        ),
+    ]
+}
+
+/// Milliseconds since the epoch of the first log entry of `detail` moving to `state`.
+fn log_time(detail: &Value, state: &str) -> i64 {
+    let entry = detail["log"]
+        .as_array()
+        .and_then(|log| log.iter().find(|e| e["to_state"] == state))
+        .unwrap_or_else(|| panic!("no `{state}` entry in the task's log: {detail:#}"));
+    let at = entry["at"].as_str().expect("log entry time");
+    rfc3339_millis(at).unwrap_or_else(|| panic!("log time `{at}` is not RFC 3339"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fff]Z` as milliseconds since the epoch.
+fn rfc3339_millis(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(str::parse::<i64>);
+    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (time, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut time = time.splitn(3, ':').map(str::parse::<i64>);
+    let (hour, minute, second) = (time.next()?.ok()?, time.next()?.ok()?, time.next()?.ok()?);
+    let millis: i64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(seconds * 1_000 + millis)
+}
+
+/// Days since 1970-01-01 of a date of the proleptic Gregorian calendar (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The nanoseconds since the epoch an agent wrote into `file` (waiting for the write to land).
+fn started_ns(file: &Path) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let Ok(ns) = text.trim().parse() {
+            return ns;
+        }
+        assert!(Instant::now() < deadline, "{} holds no time: `{text}`", file.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// `to - from`, both in nanoseconds since the epoch; a negative span is a bench bug.
+fn since(from_ns: i64, to_ns: i64) -> Duration {
+    let span = u64::try_from(to_ns - from_ns)
+        .unwrap_or_else(|_| panic!("time runs backwards: {from_ns} → {to_ns}"));
+    Duration::from_nanos(span)
+}
+
+fn now_ns() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+    i64::try_from(since_epoch.as_nanos()).expect("nanoseconds fit")
+}
+
+/// `count` processes started one after the other, each in a new detached window of a private
+/// tmux server (started beforehand, untimed): from just before `tmux new-window` to the time
+/// `date +%s%N` wrote.
+fn tmux_spawns(count: usize) -> Vec<Duration> {
+    let home = TestHome::new("bench-tmux"); // its drop kills the server
+    let socket = home.tmux_socket();
+    let tmux = |args: &[&str]| {
+        let status = Command::new("tmux").arg("-L").arg(&socket).args(args).status();
+        assert!(status.expect("tmux runs").success(), "tmux {args:?} failed");
+    };
+    tmux(&["new-session", "-d", "-s", "bench", "-n", "keeper"]);
+    (0..count)
+        .map(|n| {
+            let file = home.dir.path().join(format!("started-{n}"));
+            let before = now_ns();
+            let file_arg = file.to_string_lossy();
+            let argv = ["sh", "-c", "date +%s%N > \"$0\"", &file_arg];
+            tmux(&[&["new-window", "-d", "-t", "bench:", "--"][..], &argv].concat());
+            since(before, started_ns(&file))
+        })
+        .collect()
+}
+
+/// `count` runs of `git worktree add -b BRANCH PATH main` in `repo`, the command alone; each
+/// worktree and branch is removed (untimed) before the next, as ccm's cleanup does.
+fn worktree_adds(repo: &Path, root: &Path, count: usize) -> Vec<Duration> {
+    let git = |args: &[&str]| {
+        let started = Instant::now();
+        let out = Command::new("git").arg("-C").arg(repo).args(args).output().expect("git runs");
+        let elapsed = started.elapsed();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        elapsed
+    };
+    (0..count)
+        .map(|n| {
+            let path: PathBuf = root.join(format!("wt-{n}"));
+            let path = path.to_string_lossy();
+            let branch = format!("bench/{n}");
+            let elapsed = git(&["worktree", "add", "--quiet", "-b", &branch, &path, "main"]);
+            git(&["worktree", "remove", "--force", &path]);
+            git(&["branch", "-q", "-D", &branch]);
+            elapsed
+        })
+        .collect()
+}
+
+// ---- memory ------------------------------------------------------------------------------
+
+/// Memory with agents running: [`AGENTS`] tasks (each with its worktree) whose agent sleeps
+/// [`AGENT_SLEEP_SECS`] s, with as many slots. Once `GET /api/agents` lists all of them
+/// `running`, the daemon keeps observing them for [`HOLD`]; then `VmRSS` (resident now) and
+/// `VmHWM` (peak resident, which covers starting them) are read from `/proc/PID/status`. The
+/// tasks are then cancelled through the API and the bench checks their windows close.
+///
+/// Baseline: the same daemon (same binary and configuration, a fresh home) idle for [`HOLD`]
+/// after it started, answering no request.
+async fn memory_rows() -> Vec<Row> {
+    let idle = {
+        let home = TestHome::new("bench-idle");
+        let mut daemon = home.start();
+        tokio::time::sleep(HOLD).await;
+        let memory = Memory::of(daemon.child.id());
+        daemon.terminate();
+        memory
+    };
+
+    let (home, repo) = setup("bench-agents", &format!("[sleep, '{AGENT_SLEEP_SECS}']"), "{}");
+    let mut daemon = home.start_with(|c| {
+        c.env("CCM_SCHEDULER__SLOTS", AGENTS.to_string());
+    });
+    let ids = create_tasks(&daemon, &repo, AGENTS).await;
+    let running = wait_until(DEADLINE, || async {
+        let (_, agents) = daemon.get("/api/agents").await;
+        let agents = agents.as_array().cloned().unwrap_or_default();
+        agents.iter().filter(|a| a["status"] == "running").count() == AGENTS
+    })
+    .await;
+    assert!(running, "{AGENTS} agents never ran at once:\n{}", log_tail(&daemon));
+    tokio::time::sleep(HOLD).await;
+    let busy = Memory::of(daemon.child.id());
+    let (_, agents) = daemon.get("/api/agents").await;
+    let still =
+        agents.as_array().map_or(0, |a| a.iter().filter(|a| a["status"] == "running").count());
+    assert_eq!(still, AGENTS, "agents ended before their memory was read");
+
+    for id in &ids {
+        let (status, body) =
+            daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": "cancel" })).await;
+        assert_eq!(status, 200, "cancel refused: {body}");
+    }
+    let gone = wait_until(DEADLINE, || async { home.agent_windows().is_empty() }).await;
+    assert!(gone, "cancelled agents still run: {:?}", home.agent_windows());
+    daemon.terminate();
+
+    vec![
+        Row::new(
+            &format!("daemon RSS with {AGENTS} agents running (VmRSS)"),
+            mb(busy.rss_mb),
+            format!("{} (the daemon idle)", mb(idle.rss_mb)),
+            RSS_TARGET,
+        ),
+        Row::new(
+            &format!("daemon peak RSS, {AGENTS} agents started (VmHWM)"),
+            mb(busy.hwm_mb),
+            format!("{} (the daemon idle)", mb(idle.hwm_mb)),
+            "—",
+        ),
+    ]
+}
+
+/// Resident memory of a process, in MB (10^6 bytes).
+struct Memory {
+    rss_mb: f64,
+    hwm_mb: f64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let field = |name: &str| {
+            let kib: f64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+            kib * 1024.0 / 1e6
+        };
+        Memory { rss_mb: field("VmRSS:"), hwm_mb: field("VmHWM:") }
+    }
+}
+
+// ---- numbers -----------------------------------------------------------------------------
+
+/// Order statistics of a set of durations (nearest rank).
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<Duration>) -> Stats {
+        assert!(!samples.is_empty(), "no samples");
+        samples.sort_unstable();
+        let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
+        Stats { p50: rank(0.50), p99: rank(0.99), max: samples[samples.len() - 1] }
+    }
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1e3)
+}
+
+fn mb(megabytes: f64) -> String {
+    format!("{megabytes:.1} MB")
+}

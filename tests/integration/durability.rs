@@ -66,7 +66,7 @@ async fn kill_9_while_creating_5000_tasks_loses_no_acknowledged_task() {
             let mut conn = open_db(&db).await;
             let (n,): (i64,) =
                 sqlx::query_as("SELECT count(*) FROM tasks").fetch_one(&mut conn).await.unwrap();
-            n >= 1_500
+            n >= 500
         }
     })
     .await;
@@ -74,7 +74,7 @@ async fn kill_9_while_creating_5000_tasks_loses_no_acknowledged_task() {
     daemon.kill9();
     let acked = creating.await.unwrap();
     assert!(
-        acked.len() >= 1_500 && acked.len() < TASKS,
+        acked.len() >= 500 && acked.len() < TASKS,
         "killed mid-stream: {} acknowledged",
         acked.len()
     );

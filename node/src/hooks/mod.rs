@@ -12,3 +12,9 @@ pub mod event;
 pub mod gate;
 pub mod install;
 pub mod spool;
+
+/// The command ccm's hooks run: this very binary (its absolute path), or `ccm` when the path
+/// cannot be known.
+pub fn ccm_command() -> String {
+    std::env::current_exe().map_or_else(|_| "ccm".into(), |p| p.to_string_lossy().into_owned())
+}

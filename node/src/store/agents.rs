@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::tasks::{apply_in_tx, load_task, raise_alert};
 use super::{outbox, Result, RetryPolicy, Store, StoreError};
 
-const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
+pub(super) const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
      session_id, exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at";
 
 /// An agent about to start.
@@ -352,6 +352,23 @@ impl Store {
     /// Agents whose process may be running.
     pub async fn live_agents(&self) -> Result<Vec<Agent>> {
         Ok(sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE status IN ('starting', 'running') ORDER BY started_at")).fetch_all(&self.readers).await?)
+    }
+
+    /// The latest agent of `kind` for the task's attempt `attempt`.
+    pub async fn current_agent(
+        &self,
+        task: Uuid,
+        attempt: u32,
+        kind: AgentKind,
+    ) -> Result<Option<Agent>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE task_id = ? AND attempt = ? AND kind = ? ORDER BY started_at DESC LIMIT 1"
+        ))
+        .bind(task.hyphenated())
+        .bind(attempt)
+        .bind(kind)
+        .fetch_optional(&self.readers)
+        .await?)
     }
 
     /// Every agent, newest first, live ones first.

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::agents::AGENT_COLUMNS;
+use super::records::DECISION_COLUMNS;
 use super::tasks::{apply_in_tx, ask_decision, load_task, raise_alert};
 use super::{Result, RetryPolicy, Store};
 use crate::hooks::event::{HookEvent, Kind};
@@ -264,12 +266,12 @@ impl Store {
 
     /// One decision by id.
     pub async fn decision(&self, id: Uuid) -> Result<ccm_schema::Decision> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             r#"
-            SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+            SELECT {DECISION_COLUMNS}
             FROM decisions WHERE id = ?
-            "#,
-        )
+            "#
+        ))
         .bind(id.hyphenated())
         .fetch_one(&self.readers)
         .await?)
@@ -373,11 +375,9 @@ async fn attach(
     event: &HookEvent,
     origin: &Origin,
 ) -> Result<Option<Agent>> {
-    const COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, session_id, \
-         exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at";
     if let Some(id) = origin.agent_id.as_deref().and_then(|a| Uuid::parse_str(a).ok()) {
         let agent: Option<Agent> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM agents WHERE id = ?"))
+            sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?"))
                 .bind(id.hyphenated())
                 .fetch_optional(&mut **tx)
                 .await?;
@@ -387,7 +387,7 @@ async fn attach(
     }
     if let Some(session) = &event.session_id {
         let agent: Option<Agent> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM agents WHERE session_id = ? ORDER BY started_at DESC LIMIT 1"
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE session_id = ? ORDER BY started_at DESC LIMIT 1"
         ))
         .bind(session)
         .fetch_optional(&mut **tx)
@@ -398,7 +398,7 @@ async fn attach(
     }
     if let Some(cwd) = &event.cwd {
         let live: Vec<Agent> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM agents WHERE status IN ('starting', 'running') ORDER BY length(cwd) DESC"
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE status IN ('starting', 'running') ORDER BY length(cwd) DESC"
         ))
         .fetch_all(&mut **tx)
         .await?;

@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 use super::tasks::apply_in_tx;
 use super::{outbox, Result, RetryPolicy, Store, StoreError};
 
+/// The columns of a [`Decision`], in its field order.
+pub(super) const DECISION_COLUMNS: &str =
+    "id, task_id, kind, question, options, answer, answered_by, created_at, answered_at";
+/// The columns of an [`Alert`], in its field order.
+pub(super) const ALERT_COLUMNS: &str =
+    "id, task_id, severity, reason, message, details, created_at, resolved_at";
+
 /// Number of tasks in each state (states with no task are absent).
 pub type StateCounts = BTreeMap<TaskState, i64>;
 
@@ -44,24 +51,24 @@ impl Store {
 
     /// Alerts not yet resolved, newest first.
     pub async fn open_alerts(&self) -> Result<Vec<Alert>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             r#"
-            SELECT id, task_id, severity, reason, message, details, created_at, resolved_at
+            SELECT {ALERT_COLUMNS}
             FROM alerts WHERE resolved_at IS NULL ORDER BY created_at DESC, id DESC
-            "#,
-        )
+            "#
+        ))
         .fetch_all(&self.readers)
         .await?)
     }
 
     /// Decisions, pending ones first, newest first.
     pub async fn decisions(&self) -> Result<Vec<Decision>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query_as(&format!(
             r#"
-            SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+            SELECT {DECISION_COLUMNS}
             FROM decisions ORDER BY answered_at IS NOT NULL, created_at DESC, id DESC
-            "#,
-        )
+            "#
+        ))
         .fetch_all(&self.readers)
         .await?)
     }
@@ -78,12 +85,12 @@ impl Store {
         let invalid = |message: String| StoreError::Invalid { field: "decision", message };
         let key = key.trim().to_ascii_lowercase();
         let mut tx = self.write().await?;
-        let found: Vec<Decision> = sqlx::query_as(
+        let found: Vec<Decision> = sqlx::query_as(&format!(
             r#"
-            SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
+            SELECT {DECISION_COLUMNS}
             FROM decisions WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 2
-            "#,
-        )
+            "#
+        ))
         .bind(&key)
         .fetch_all(&mut *tx)
         .await?;
@@ -128,12 +135,11 @@ impl Store {
                     .await?;
             }
         }
-        let answered: Decision = sqlx::query_as(
-            "SELECT id, task_id, kind, question, options, answer, answered_by, created_at, answered_at FROM decisions WHERE id = ?",
-        )
-        .bind(decision.id.hyphenated())
-        .fetch_one(&mut *tx)
-        .await?;
+        let answered: Decision =
+            sqlx::query_as(&format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?"))
+                .bind(decision.id.hyphenated())
+                .fetch_one(&mut *tx)
+                .await?;
         outbox(&mut tx, "decision", &answered.id.to_string(), &answered, false).await?;
         tx.commit().await?;
         Ok(answered)

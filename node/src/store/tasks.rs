@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
 use super::{outbox, Result, Store, StoreError};
 use crate::config::{Config, TaskDefaults};
 
@@ -591,13 +592,13 @@ pub(super) async fn raise_alert(
     now: Timestamp,
 ) -> Result<()> {
     let id = Uuid::new_v4();
-    let alert: ccm_schema::Alert = sqlx::query_as(
+    let alert: ccm_schema::Alert = sqlx::query_as(&format!(
         r#"
         INSERT INTO alerts (id, task_id, severity, reason, message, details, created_at)
         VALUES (?, ?, ?, ?, ?, ?, ?)
-        RETURNING id, task_id, severity, reason, message, details, created_at, resolved_at
-        "#,
-    )
+        RETURNING {ALERT_COLUMNS}
+        "#
+    ))
     .bind(id.hyphenated())
     .bind(task.map(|t| t.hyphenated().to_string()))
     .bind(severity)
@@ -618,12 +619,13 @@ pub(super) async fn ask_decision(
     now: Timestamp,
 ) -> Result<ccm_schema::Decision> {
     let id = Uuid::new_v4();
-    let decision: ccm_schema::Decision = sqlx::query_as(
+    let decision: ccm_schema::Decision = sqlx::query_as(&format!(
+
         r#"
         INSERT INTO decisions (id, task_id, kind, question, options, created_at) VALUES (?, ?, ?, ?, ?, ?)
-        RETURNING id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
-        "#,
-    )
+        RETURNING {DECISION_COLUMNS}
+        "#
+))
     .bind(id.hyphenated())
     .bind(task.hyphenated().to_string())
     .bind(kind)
@@ -644,13 +646,13 @@ async fn close_decisions(
     actor: &str,
     now: Timestamp,
 ) -> Result<()> {
-    let closed: Vec<ccm_schema::Decision> = sqlx::query_as(
+    let closed: Vec<ccm_schema::Decision> = sqlx::query_as(&format!(
         r#"
         UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ?
         WHERE task_id = ? AND kind = 'retry_or_cancel' AND answered_at IS NULL
-        RETURNING id, task_id, kind, question, options, answer, answered_by, created_at, answered_at
-        "#,
-    )
+        RETURNING {DECISION_COLUMNS}
+        "#
+    ))
     .bind(answer)
     .bind(actor)
     .bind(now)
