@@ -44,6 +44,9 @@ const VERIFY_OUTPUT_LIMIT: usize = 16 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How often the tmux window list is read at most.
 const WINDOWS_EVERY: Duration = Duration::from_millis(500);
+/// How long an agent's window must stay missing (and no exit status appear) before the agent
+/// counts as vanished.
+const VANISHED_AFTER: Duration = Duration::from_secs(1);
 
 /// The agent runtime; cheap to clone (jobs hold a clone).
 #[derive(Clone)]
@@ -72,6 +75,8 @@ struct Observed {
     last_output: Instant,
     saved: Option<Instant>,
     dirty: bool,
+    /// Since when the agent's window has been missing (one missing list may be a hiccup).
+    missing_since: Option<Instant>,
 }
 
 /// The runtime's memory between passes; rebuilt from files after a restart.
@@ -165,6 +170,7 @@ impl Runtime {
             last_output: Instant::now(),
             saved: None,
             dirty: false,
+            missing_since: None,
         });
         read_output(&dir.join("output.log"), observed).await?;
 
@@ -194,10 +200,16 @@ impl Runtime {
             Some(window) => self.window_exists(window, windows).await?,
             None => false,
         };
-        if !alive && read_exit(&dir).await.is_none() {
-            warn!(agent = %agent.short_id(), "agent vanished without an exit status");
-            self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
-            self.wake.notify_one();
+        if alive {
+            observed.missing_since = None;
+        } else if read_exit(&dir).await.is_none() {
+            // Gone for good only when missing from lists taken a while apart.
+            let since = *observed.missing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= VANISHED_AFTER {
+                warn!(agent = %agent.short_id(), "agent vanished without an exit status");
+                self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
+                self.wake.notify_one();
+            }
             return Ok(());
         }
 

@@ -102,9 +102,8 @@ fn machine() -> String {
 /// A typical Claude Code `PostToolUse` payload: an `Edit` with its structured patch, ~1 KB.
 fn post_tool_use() -> Value {
     let file = "/home/dev/src/shop/src/cart/total.rs";
-    let old = "    let subtotal: u64 = items.iter().map(|i| i.price * i.qty).sum();\n    subtotal";
-    let new = "    let subtotal: u64 = items.iter().map(|i| i.price * i.qty).sum();\n    \
-               let discount = coupon.map_or(0, |c| c.apply(subtotal));\n    \
+    let old = "    subtotal";
+    let new = "    let discount = coupon.map_or(0, |c| c.apply(subtotal));\n    \
                subtotal.saturating_sub(discount)";
     json!({
         "session_id": "8c35adc1-5e0a-4f1b-9a63-2d7c1f0e9b44",
@@ -120,9 +119,8 @@ fn post_tool_use() -> Value {
             "oldString": old,
             "newString": new,
             "structuredPatch": [{
-                "oldStart": 41, "oldLines": 2, "newStart": 41, "newLines": 3,
+                "oldStart": 42, "oldLines": 1, "newStart": 42, "newLines": 2,
                 "lines": [
-                    "     let subtotal: u64 = items.iter().map(|i| i.price * i.qty).sum();",
                     "-    subtotal",
                     "+    let discount = coupon.map_or(0, |c| c.apply(subtotal));",
                     "+    subtotal.saturating_sub(discount)"

@@ -177,6 +177,17 @@ async fn dispatch_rows() -> Vec<Row> {
         let runs = detail["runs"].as_array().map_or(0, Vec::len);
         assert_eq!(runs, 1, "task {id} ran more than once: {detail:#}");
         let started = started_ns(&starts_dir.path().join(id));
+        if std::env::var_os("BENCH_DEBUG").is_some() {
+            if executing - queued > 1000 {
+                eprintln!("{:#}", detail["log"]);
+                eprintln!("{}", log_tail(&daemon));
+            }
+            eprintln!(
+                "{id} queued {queued} exec +{} start +{}",
+                executing - queued,
+                (started / 1_000_000) - queued
+            );
+        }
         total.push(since(queued * 1_000_000, started));
         to_executing.push(since(queued * 1_000_000, executing * 1_000_000));
         to_agent.push(since(executing * 1_000_000, started));
