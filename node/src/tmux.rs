@@ -40,6 +40,13 @@ pub struct WindowSpec<'a> {
     pub argv: &'a [String],
 }
 
+/// Whether tmux's error says there is no server or no `ccm` session to talk to.
+fn no_session(stderr: &str) -> bool {
+    ["no server running", "can't find session", "error connecting", "No such file or directory"]
+        .iter()
+        .any(|m| stderr.contains(m))
+}
+
 /// Handle to ccm's tmux server.
 #[derive(Debug, Clone)]
 pub struct Tmux {
@@ -87,9 +94,19 @@ impl Tmux {
         }
     }
 
-    /// Opens a detached window running `spec.argv` and returns it.
+    /// Opens a detached window running `spec.argv` and returns it, starting the server and
+    /// its session first when they are not running.
     pub async fn spawn(&self, spec: &WindowSpec<'_>) -> Result<Window, TmuxError> {
-        self.ensure_session().await?;
+        match self.new_window(spec).await {
+            Err(TmuxError::Failed { stderr, .. }) if no_session(&stderr) => {
+                self.ensure_session().await?;
+                self.new_window(spec).await
+            }
+            other => other,
+        }
+    }
+
+    async fn new_window(&self, spec: &WindowSpec<'_>) -> Result<Window, TmuxError> {
         let target = format!("={SESSION}:");
         let cwd = spec.cwd.to_string_lossy();
         let mut args: Vec<&str> = vec![
@@ -135,13 +152,7 @@ impl Tmux {
             .await
         {
             Ok(listed) => listed,
-            Err(TmuxError::Failed { stderr, .. })
-                if stderr.contains("no server running")
-                    || stderr.contains("can't find session")
-                    || stderr.contains("error connecting") =>
-            {
-                return Ok(Vec::new());
-            }
+            Err(TmuxError::Failed { stderr, .. }) if no_session(&stderr) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         Ok(listed

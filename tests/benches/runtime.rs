@@ -24,12 +24,17 @@ const DISPATCH_SLOTS: usize = 4;
 const AGENTS: usize = 20;
 /// How long each of those agents sleeps (it is cancelled long before).
 const AGENT_SLEEP_SECS: u32 = 20;
+/// Tasks of the second dispatch run, with one agent slot.
+const SERIAL_DISPATCHES: usize = 20;
 /// How long the measured processes run before their memory is read: the daemon idle, and the
 /// daemon with [`AGENTS`] agents running (which it observes every pass meanwhile).
 const HOLD: Duration = Duration::from_secs(2);
 /// How long a batch of tasks may take to start, complete or be cancelled before the bench
 /// gives up.
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Clock ticks per second of the times in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 const DISPATCH_P50_TARGET: &str = "p50 ≤ 100 ms";
 const DISPATCH_P99_TARGET: &str = "p99 ≤ 300 ms";
@@ -39,11 +44,13 @@ fn main() {
     let machine = machine();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let mut rows = Vec::new();
-    rows.extend(runtime.block_on(dispatch_rows()));
+    let (mut rows, notes) = runtime.block_on(dispatch_rows());
     rows.extend(runtime.block_on(memory_rows()));
     println!("\n{machine}");
     print_table(&rows);
+    for note in notes {
+        println!("{note}");
+    }
 }
 
 /// Cores and load average when the bench starts: other work on the machine skews every figure.
@@ -86,10 +93,12 @@ fn print_table(rows: &[Row]) {
 // ---- setup -------------------------------------------------------------------------------
 
 /// A home whose config has one agent profile `bench` running `command` (a YAML flow sequence)
-/// with `env` (a YAML flow mapping), and a small git repository registered as a context;
-/// returns the home and the repository's path, which tasks name as their `repo`.
+/// with `env` (a YAML flow mapping, where `{dir}` stands for the home's temporary directory),
+/// and a small git repository registered as a context; returns the home and the repository's
+/// path, which tasks name as their `repo`.
 fn setup(name: &str, command: &str, env: &str) -> (TestHome, String) {
     let home = TestHome::new(name);
+    let env = env.replace("{dir}", &home.dir.path().to_string_lossy());
     home.write_config(&format!("profiles:\n  bench:\n    command: {command}\n    env: {env}\n"));
     let repo = home.work().join("app");
     git_repo(&repo, None);
@@ -126,6 +135,8 @@ fn log_tail(daemon: &Daemon) -> String {
 /// [`DISPATCH_SLOTS`] slots, so that many tasks are in flight while the others wait in
 /// `created`; each completes (no verify command, no review) and frees its slot for the next.
 /// The runtime polls at its default (`runtime.poll_ms` 100); nothing is tuned for the bench.
+/// A second, smaller run ([`SERIAL_DISPATCHES`] tasks, one slot) shows the same path with one
+/// task in flight at a time.
 ///
 /// A task's latency is its agent's start time minus the `at` of the `queued` entry of its log
 /// (`GET /api/tasks/{id}`; RFC 3339, milliseconds, truncated, so the figure may read up to
@@ -137,130 +148,220 @@ fn log_tail(daemon: &Daemon) -> String {
 ///
 /// Baselines, [`DISPATCHES`] runs each, one after the other: a bare `tmux new-window -d` on a
 /// private server running `sh -c 'date +%s%N > FILE'`, from just before the `tmux` command to
-/// the time written; and `git worktree add -b BRANCH PATH main` of the same repository (the
-/// command alone; each worktree and branch is removed again, untimed, before the next).
-async fn dispatch_rows() -> Vec<Row> {
-    let starts_dir = tempfile::Builder::new().prefix("ccm-bench-starts-").tempdir().expect("dir");
+/// the time written; `git worktree add -b BRANCH PATH COMMIT` of the same repository (the
+/// command alone); and the seven git commands ccm's worktree preparation runs, in sequence
+/// (`worktree prune`, `worktree list --porcelain`, `rev-parse` of the task branch, two
+/// `config --get` of the base branch's upstream, `rev-parse` of the base branch, `worktree
+/// add`). Each worktree and branch is removed again, untimed, before the next.
+async fn dispatch_rows() -> (Vec<Row>, Vec<String>) {
+    let (run, _home, repo) = dispatch_run("bench-dispatch", DISPATCH_SLOTS, DISPATCHES).await;
+    let (serial, ..) = dispatch_run("bench-dispatch-serial", 1, SERIAL_DISPATCHES).await;
+    let tmux = Stats::new(tmux_spawns(DISPATCHES));
+    let baseline_root = tempfile::Builder::new().prefix("ccm-bench-wt-").tempdir().expect("dir");
+    let (add, prepare) = worktree_adds(&repo, baseline_root.path(), DISPATCHES);
+    let (add, prepare) = (Stats::new(add), Stats::new(prepare));
+
+    let what = |pick: fn(&Stats) -> Duration| {
+        format!(
+            "{} (tmux new-window → sh → date); {} (git worktree add)",
+            ms(pick(&tmux)),
+            ms(pick(&add))
+        )
+    };
+    let failed = |run: &DispatchRun| {
+        format!("{} of {}", run.failed_starts.len(), run.count + run.failed_starts.len())
+    };
+    let notes = run
+        .failed_starts
+        .iter()
+        .chain(&serial.failed_starts)
+        .map(|reason| format!("failed start: {reason}"))
+        .collect();
+    let rows = vec![
+        Row::new(
+            &format!("dispatch, {DISPATCH_SLOTS} slots: queued → agent running, p50"),
+            ms(run.total.p50),
+            what(|s| s.p50),
+            DISPATCH_P50_TARGET,
+        ),
+        Row::new(
+            &format!("dispatch, {DISPATCH_SLOTS} slots: queued → agent running, p99"),
+            ms(run.total.p99),
+            what(|s| s.p99),
+            DISPATCH_P99_TARGET,
+        ),
+        Row::new(
+            &format!("dispatch, {DISPATCH_SLOTS} slots: queued → agent running, max"),
+            ms(run.total.max),
+            what(|s| s.max),
+            "—",
+        ),
+        Row::new(
+            "  of which queued → executing, p50 / p99",
+            format!("{} / {}", ms(run.to_executing.p50), ms(run.to_executing.p99)),
+            format!(
+                "{} / {} (git: the 7 commands of worktree preparation)",
+                ms(prepare.p50),
+                ms(prepare.p99)
+            ),
+            "—",
+        ),
+        Row::new(
+            "  of which executing → agent running, p50 / p99",
+            format!("{} / {}", ms(run.to_agent.p50), ms(run.to_agent.p99)),
+            format!("{} / {} (tmux new-window → sh → date)", ms(tmux.p50), ms(tmux.p99)),
+            "—",
+        ),
+        Row::new(
+            "  dispatches that failed before the agent ran",
+            failed(&run),
+            "(each retried after tasks.retry_base_secs; reasons below)".into(),
+            "—",
+        ),
+        Row::new(
+            "  CPU time per task: daemon / its child processes",
+            format!("{} / {}", ms(run.cpu.0 / run.count as u32), ms(run.cpu.1 / run.count as u32)),
+            "(children: git, tmux clients, verify; not the agents)".into(),
+            "—",
+        ),
+        Row::new(
+            &format!("{DISPATCHES} tasks, {DISPATCH_SLOTS} slots: created → all complete"),
+            format!("{:.1} s", run.wall.as_secs_f64()),
+            "—".into(),
+            "—",
+        ),
+        Row::new(
+            &format!("  daemon RSS after the {DISPATCHES} tasks"),
+            mb(run.rss_after_mb),
+            "—".into(),
+            "—",
+        ),
+        Row::new(
+            &format!("dispatch, 1 slot ({SERIAL_DISPATCHES} tasks): p50 / max"),
+            format!("{} / {}", ms(serial.total.p50), ms(serial.total.max)),
+            format!(
+                "(queued → executing {} / {}; failed starts {})",
+                ms(serial.to_executing.p50),
+                ms(serial.to_executing.max),
+                failed(&serial)
+            ),
+            "—",
+        ),
+    ];
+    (rows, notes)
+}
+
+/// What one dispatch run measured.
+struct DispatchRun {
+    count: usize,
+    total: Stats,
+    to_executing: Stats,
+    to_agent: Stats,
+    failed_starts: Vec<String>,
+    wall: Duration,
+    /// CPU time of the daemon and of its reaped child processes while the tasks ran.
+    cpu: (Duration, Duration),
+    rss_after_mb: f64,
+}
+
+/// Runs `count` tasks with `slots` agent slots in a fresh home (see [`dispatch_rows`]); returns
+/// what was measured, the home and the repository's path (for the baselines).
+async fn dispatch_run(name: &str, slots: usize, count: usize) -> (DispatchRun, TestHome, PathBuf) {
     let (home, repo) = setup(
-        "bench-dispatch",
+        name,
         r#"[sh, -c, 'date +%s%N > "$BENCH_STARTS/$CCM_TASK_ID"', sh]"#,
-        &format!("{{BENCH_STARTS: '{}'}}", starts_dir.path().display()),
+        "{BENCH_STARTS: '{dir}/starts'}",
     );
+    let starts_dir = home.dir.path().join("starts");
+    std::fs::create_dir(&starts_dir).expect("starts dir");
     let mut daemon = home.start_with(|c| {
-        c.env("CCM_SCHEDULER__SLOTS", DISPATCH_SLOTS.to_string());
+        c.env("CCM_SCHEDULER__SLOTS", slots.to_string());
     });
     let pid = daemon.child.id();
+    let cpu_before = cpu_times(pid);
     let wall = Instant::now();
-    let ids = create_tasks(&daemon, &repo, DISPATCHES).await;
+    let ids = create_tasks(&daemon, &repo, count).await;
 
     let all_started = wait_until(DEADLINE, || async {
-        std::fs::read_dir(starts_dir.path()).map_or(0, Iterator::count) == DISPATCHES
+        std::fs::read_dir(&starts_dir).map_or(0, Iterator::count) == count
     })
     .await;
     assert!(all_started, "not every agent started:\n{}", log_tail(&daemon));
     let all_complete = wait_until(DEADLINE, || async {
         let (_, done) = daemon.get("/api/tasks?state=complete").await;
-        done.as_array().map_or(0, Vec::len) == DISPATCHES
+        done.as_array().map_or(0, Vec::len) == count
     })
     .await;
     assert!(all_complete, "not every task completed:\n{}", log_tail(&daemon));
     let wall = wall.elapsed();
-    let rss_after = Memory::of(pid).rss_mb;
+    let cpu_after = cpu_times(pid);
+    let cpu = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let rss_after_mb = Memory::of(pid).rss_mb;
 
-    let mut total = Vec::with_capacity(DISPATCHES);
-    let mut to_executing = Vec::with_capacity(DISPATCHES);
-    let mut to_agent = Vec::with_capacity(DISPATCHES);
+    let mut total = Vec::with_capacity(count);
+    let mut to_executing = Vec::with_capacity(count);
+    let mut to_agent = Vec::with_capacity(count);
+    let mut failed_starts = Vec::new();
     for id in &ids {
         let (_, detail) = daemon.get(&format!("/api/tasks/{id}")).await;
-        let queued = log_time(&detail, "queued");
-        let executing = log_time(&detail, "executing");
         let runs = detail["runs"].as_array().map_or(0, Vec::len);
         assert_eq!(runs, 1, "task {id} ran more than once: {detail:#}");
-        let started = started_ns(&starts_dir.path().join(id));
-        if std::env::var_os("BENCH_DEBUG").is_some() {
-            if executing - queued > 1000 {
-                eprintln!("{:#}", detail["log"]);
-                eprintln!("{}", log_tail(&daemon));
-            }
-            eprintln!(
-                "{id} queued {queued} exec +{} start +{}",
-                executing - queued,
-                (started / 1_000_000) - queued
-            );
-        }
-        total.push(since(queued * 1_000_000, started));
-        to_executing.push(since(queued * 1_000_000, executing * 1_000_000));
-        to_agent.push(since(executing * 1_000_000, started));
+        let dispatch = Dispatch::of(&detail);
+        let started = started_ns(&starts_dir.join(id));
+        total.push(since(dispatch.queued * 1_000_000, started));
+        to_executing.push(since(dispatch.queued * 1_000_000, dispatch.executing * 1_000_000));
+        to_agent.push(since(dispatch.executing * 1_000_000, started));
+        failed_starts.extend(dispatch.failed_starts);
     }
     daemon.terminate();
-    let (total, to_executing, to_agent) =
-        (Stats::new(total), Stats::new(to_executing), Stats::new(to_agent));
-
-    let tmux = Stats::new(tmux_spawns(DISPATCHES));
-    let worktree =
-        Stats::new(worktree_adds(Path::new(&repo), &home.dir.path().join("baseline"), DISPATCHES));
-
-    let what = |stats: &Stats, pick: fn(&Stats) -> Duration| {
-        format!(
-            "{} (tmux new-window → sh → date); {} (git worktree add)",
-            ms(pick(stats)),
-            ms(pick(&worktree))
-        )
+    let run = DispatchRun {
+        count,
+        total: Stats::new(total),
+        to_executing: Stats::new(to_executing),
+        to_agent: Stats::new(to_agent),
+        failed_starts,
+        wall,
+        cpu,
+        rss_after_mb,
     };
-    vec![
-        Row::new(
-            &format!("dispatch: queued → agent running, p50 ({DISPATCHES} tasks)"),
-            ms(total.p50),
-            what(&tmux, |s| s.p50),
-            DISPATCH_P50_TARGET,
-        ),
-        Row::new(
-            "dispatch: queued → agent running, p99",
-            ms(total.p99),
-            what(&tmux, |s| s.p99),
-            DISPATCH_P99_TARGET,
-        ),
-        Row::new(
-            "dispatch: queued → agent running, max",
-            ms(total.max),
-            what(&tmux, |s| s.max),
-            "—",
-        ),
-        Row::new(
-            "  of which queued → executing, p50 / p99",
-            format!("{} / {}", ms(to_executing.p50), ms(to_executing.p99)),
-            "(pick-up, worktree, hooks, agent record)".into(),
-            "—",
-        ),
-        Row::new(
-            "  of which executing → agent running, p50 / p99",
-            format!("{} / {}", ms(to_agent.p50), ms(to_agent.p99)),
-            "(tmux window, wrapper shell)".into(),
-            "—",
-        ),
-        Row::new(
-            &format!("{DISPATCHES} tasks, created → all complete ({DISPATCH_SLOTS} slots)"),
-            format!("{:.1} s", wall.as_secs_f64()),
-            "—".into(),
-            "—",
-        ),
-        Row::new(
-            &format!("daemon RSS after {DISPATCHES} tasks ran"),
-            mb(rss_after),
-            "—".into(),
-            "—",
-        ),
-    ]
+    (run, home, PathBuf::from(repo))
 }
 
-/// Milliseconds since the epoch of the first log entry of `detail` moving to `state`.
-fn log_time(detail: &Value, state: &str) -> i64 {
-    let entry = detail["log"]
-        .as_array()
-        .and_then(|log| log.iter().find(|e| e["to_state"] == state))
-        .unwrap_or_else(|| panic!("no `{state}` entry in the task's log: {detail:#}"));
-    let at = entry["at"].as_str().expect("log entry time");
-    rfc3339_millis(at).unwrap_or_else(|| panic!("log time `{at}` is not RFC 3339"))
+/// The dispatch that started a task's (only) run, read from its log: the `queued` entry right
+/// before its first `executing` entry, that entry, and the reasons of the starts that failed
+/// before it (each sent the task to `error` and `retry`, and back to `queued` after the retry
+/// backoff, `tasks.retry_base_secs`).
+struct Dispatch {
+    /// Milliseconds since the epoch.
+    queued: i64,
+    executing: i64,
+    failed_starts: Vec<String>,
+}
+
+impl Dispatch {
+    fn of(detail: &Value) -> Dispatch {
+        let log = detail["log"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let state = |entry: &Value| entry["to_state"].as_str().unwrap_or_default().to_string();
+        let at = |entry: &Value| {
+            let at = entry["at"].as_str().expect("log entry time");
+            rfc3339_millis(at).unwrap_or_else(|| panic!("log time `{at}` is not RFC 3339"))
+        };
+        let executing = log
+            .iter()
+            .position(|e| state(e) == "executing")
+            .unwrap_or_else(|| panic!("the task never ran: {detail:#}"));
+        let before = &log[..executing];
+        let queued = before
+            .iter()
+            .rfind(|e| state(e) == "queued")
+            .unwrap_or_else(|| panic!("the task ran without being queued: {detail:#}"));
+        let failed_starts = before
+            .iter()
+            .filter(|e| state(e) == "error")
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+            .collect();
+        Dispatch { queued: at(queued), executing: at(&log[executing]), failed_starts }
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff]Z` as milliseconds since the epoch.
@@ -335,27 +436,58 @@ fn tmux_spawns(count: usize) -> Vec<Duration> {
         .collect()
 }
 
-/// `count` runs of `git worktree add -b BRANCH PATH main` in `repo`, the command alone; each
-/// worktree and branch is removed (untimed) before the next, as ccm's cleanup does.
-fn worktree_adds(repo: &Path, root: &Path, count: usize) -> Vec<Duration> {
+/// `count` runs of the git commands ccm's worktree preparation runs for a new task in `repo`,
+/// one after the other, each worktree under `root`: returns the time of `git worktree add` alone
+/// and of the whole sequence, per run. Each worktree and branch is removed (untimed) before
+/// the next, as ccm's cleanup does.
+fn worktree_adds(repo: &Path, root: &Path, count: usize) -> (Vec<Duration>, Vec<Duration>) {
+    // Exit status 1 is an answer ("no such ref", "unset") for the look-ups, as for ccm.
     let git = |args: &[&str]| {
-        let started = Instant::now();
         let out = Command::new("git").arg("-C").arg(repo).args(args).output().expect("git runs");
-        let elapsed = started.elapsed();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        elapsed
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    (0..count)
-        .map(|n| {
-            let path: PathBuf = root.join(format!("wt-{n}"));
-            let path = path.to_string_lossy();
-            let branch = format!("bench/{n}");
-            let elapsed = git(&["worktree", "add", "--quiet", "-b", &branch, &path, "main"]);
-            git(&["worktree", "remove", "--force", &path]);
-            git(&["branch", "-q", "-D", &branch]);
-            elapsed
-        })
-        .collect()
+    let mut add = Vec::with_capacity(count);
+    let mut sequence = Vec::with_capacity(count);
+    for n in 0..count {
+        let path = root.join(format!("app-{n:08}"));
+        let path = path.to_string_lossy();
+        let branch = format!("ccm/{n:08}");
+        let started = Instant::now();
+        git(&["worktree", "prune"]);
+        git(&["worktree", "list", "--porcelain"]);
+        git(&["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")]);
+        git(&["config", "--get", "branch.main.remote"]);
+        git(&["config", "--get", "branch.main.merge"]);
+        let base = git(&["rev-parse", "--verify", "--quiet", "refs/heads/main^{commit}"]);
+        let add_started = Instant::now();
+        git(&["worktree", "add", "--quiet", "-b", &branch, &path, &base]);
+        add.push(add_started.elapsed());
+        sequence.push(started.elapsed());
+        git(&["worktree", "remove", "--force", &path]);
+        git(&["branch", "-q", "-D", &branch]);
+    }
+    (add, sequence)
+}
+
+/// CPU time (user and system) a process has used so far, and that of its children it has
+/// waited for, from `/proc/PID/stat` (fields 14 and 15, 16 and 17, in clock ticks).
+fn cpu_times(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name, which ends with the last `)`: state (field 3) first.
+    let (_, fields) = stat.rsplit_once(')').expect("command name in proc stat");
+    let ticks: Vec<u64> = fields
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|field| field.parse().expect("CPU times are numbers"))
+        .collect();
+    let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SEC);
+    (time(ticks[0] + ticks[1]), time(ticks[2] + ticks[3]))
 }
 
 // ---- memory ------------------------------------------------------------------------------
