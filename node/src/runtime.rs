@@ -146,8 +146,10 @@ impl Runtime {
                 warn!(agent = %agent.short_id(), error = %format!("{error:#}"), "cannot observe agent");
             }
         }
+        // Cleanups wait while tasks are queued, so no dispatch waits behind one.
+        let dispatching = tasks.values().any(|t| t.state == TaskState::Queued);
         for task in tasks.values() {
-            self.advance(task).await?;
+            self.advance(task, dispatching).await?;
         }
         Ok(())
     }
@@ -323,7 +325,7 @@ impl Runtime {
     }
 
     /// Starts the job the task's state calls for, unless one is in flight.
-    async fn advance(&self, task: &Task) -> anyhow::Result<()> {
+    async fn advance(&self, task: &Task, dispatching: bool) -> anyhow::Result<()> {
         let external = self.profile(&task.profile).is_some_and(|p| p.mode == Mode::External);
         if self.has_job(task.id) || (external && !task.state.is_terminal()) {
             return Ok(());
@@ -347,6 +349,7 @@ impl Runtime {
                 Some(agent) => Job::Judge(agent),
                 None => Job::StartReview,
             },
+            _ if dispatching => return Ok(()),
             _ => Job::Cleanup,
         };
         self.jobs
