@@ -50,8 +50,9 @@ const PYTHON_RUNS: usize = 200;
 /// Untimed runs before each series (page cache of the binaries, the database warm).
 const PROCESS_WARMUP: usize = 10;
 
-/// Concurrent closed-loop clients (one keep-alive connection each) of the sustained runs.
-const CLIENTS: [usize; 2] = [64, 256];
+/// Concurrent closed-loop clients (one keep-alive connection each) of the sustained runs; the
+/// single client shows the cost of an event that shares its transaction with no other.
+const CLIENTS: [usize; 3] = [1, 64, 256];
 /// Sending before the measured window of a sustained run.
 const SUSTAINED_WARMUP: Duration = Duration::from_secs(1);
 /// The measured window of a sustained run.
@@ -60,6 +61,9 @@ const SUSTAINED: Duration = Duration::from_secs(5);
 /// commit writes at most 512 events per transaction too).
 const BATCH_ROWS: usize = 512;
 const BATCH_DURATION: Duration = Duration::from_secs(2);
+/// Rows per `INSERT` statement of the second batched baseline (SQLite without a statement per
+/// row).
+const ROWS_PER_STATEMENT: usize = 64;
 
 /// Worker threads of the bench client's runtime: the machine's cores are shared with the daemon.
 const CLIENT_THREADS: usize = 2;
@@ -74,7 +78,7 @@ const RATIO_TARGET: &str = "≥ 20×";
 const SUSTAINED_TARGET: &str = "≥ 50,000 events/s (2 cores)";
 
 fn main() {
-    let _ = ccm_bin();
+    let _ = ccm_bin(); // built (or found up to date) before anything is timed
     let machine = machine();
     let payload = post_tool_use().to_string();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +90,7 @@ fn main() {
     rows.extend(api_latency_rows(&runtime, &payload));
     rows.extend(hook_process_rows(&runtime, &payload));
     rows.extend(sustained_rows(&runtime, &payload));
-    println!("\n{machine}");
+    println!("\n{machine}; at end: {}", load_average());
     println!("payload: a Claude Code PostToolUse event (Edit), {} bytes", payload.len());
     print_table(&rows);
 }
@@ -94,9 +98,12 @@ fn main() {
 /// Cores and load average when the bench starts: other work on the machine skews every figure.
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cores} cores; load average at start: {}", load_average())
+}
+
+fn load_average() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{cores} cores; load average at start: {}", load.join(" "))
+    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// A typical Claude Code `PostToolUse` payload: an `Edit` with its structured patch, ~1 KB.
@@ -436,18 +443,20 @@ async fn baseline_db(path: &Path) -> SqliteConnection {
     db
 }
 
-async fn insert_event(db: &mut SqliteConnection, n: usize, payload: &str) {
-    sqlx::query(
+/// Inserts rows `first..first + count` with one statement.
+async fn insert_events(db: &mut SqliteConnection, first: usize, count: usize, payload: &str) {
+    let row = "(?, ?, 'claude', '8c35adc1', 'PostToolUse', 'post_tool', 'Edit', \
+               '/home/dev/src/shop', 'api', ?)";
+    let sql = format!(
         "INSERT INTO events (key, at, system, session_id, event, kind, tool, cwd, via, payload) \
-         VALUES (?, ?, 'claude', '8c35adc1', 'PostToolUse', 'post_tool', 'Edit', \
-         '/home/dev/src/shop', 'api', ?)",
-    )
-    .bind(format!("baseline-{n}"))
-    .bind(n as i64)
-    .bind(payload)
-    .execute(db)
-    .await
-    .expect("insert");
+         VALUES {}",
+        vec![row; count].join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for n in first..first + count {
+        query = query.bind(format!("baseline-{n}")).bind(n as i64).bind(payload);
+    }
+    query.execute(db).await.expect("insert");
 }
 
 /// [`COMMITS`] single-row transactions; the latency of each.
@@ -457,7 +466,7 @@ async fn durable_commits(path: &Path, payload: &str) -> Stats {
     for n in 0..COMMITS {
         let started = Instant::now();
         let mut transaction = db.begin().await.expect("begin");
-        insert_event(&mut transaction, n, payload).await;
+        insert_events(&mut transaction, n, 1, payload).await;
         transaction.commit().await.expect("commit");
         latencies.push(started.elapsed());
     }
@@ -477,7 +486,11 @@ async fn durable_commits(path: &Path, payload: &str) -> Stats {
 /// version-manager shim) that reads stdin, parses it with `json`, opens the same `ccm.db` with
 /// the stdlib `sqlite3` (WAL, `synchronous=FULL`), inserts one row into `hook_events` (key =
 /// uuid4, at, system, event, kind, tool, cwd, via = 'direct', payload), commits and exits;
-/// [`PYTHON_RUNS`] runs with the daemon stopped, after the direct runs.
+/// [`PYTHON_RUNS`] runs with the daemon stopped, after the direct runs. Twice: as `python3
+/// hook.py` (the interpreter's `site` as installed here, `.pth` hooks included) and as
+/// `python3 -S hook.py` (no `site`: the script needs only the standard library), since a
+/// `.pth` hook in site-packages can cost more than the whole script. Floors of process start,
+/// timed the same way: `ccm --version` (the same binary doing nothing) and `true`.
 fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
     let home = TestHome::new("bench-hook-process");
     let mut daemon = home.start();
@@ -494,31 +507,49 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
         let script = home.dir.path().join("hook.py");
         std::fs::write(&script, PYTHON_HOOK).expect("python script written");
         let db = home.db_file();
-        time_runs(
-            || {
-                let mut command = Command::new(&python);
-                command.arg(&script).arg(&db);
-                command
-            },
-            payload,
-            PYTHON_RUNS,
-        )
+        let series = |flags: &'static [&'static str]| {
+            time_runs(
+                || {
+                    let mut command = Command::new(&python);
+                    command.args(flags).arg(&script).arg(&db);
+                    command
+                },
+                payload,
+                PYTHON_RUNS,
+            )
+        };
+        (series(&[]), series(&["-S"]))
     });
     let expected = HOOK_RUNS
         + DIRECT_RUNS
         + 2 * PROCESS_WARMUP
-        + python.as_ref().map_or(0, |_| PYTHON_RUNS + PROCESS_WARMUP);
+        + python.as_ref().map_or(0, |_| 2 * (PYTHON_RUNS + PROCESS_WARMUP));
     let stored = runtime.block_on(count_hook_events(&home.db_file()));
     assert_eq!(stored, expected, "hook runs that exited without storing their event");
+    let version = time_runs(
+        || {
+            let mut command = home.ccm();
+            command.arg("--version");
+            command
+        },
+        "",
+        PYTHON_RUNS,
+    );
+    let true_ = time_runs(|| Command::new("true"), "", PYTHON_RUNS);
 
     let baseline = |stat: fn(&Stats) -> Duration| {
-        python.as_ref().map_or("n/a (no python3)".into(), |p| {
-            format!("{} (python3 + sqlite3, same insert, daemon down)", ms1(stat(p)))
+        python.as_ref().map_or("n/a (no python3)".into(), |(site, no_site)| {
+            format!(
+                "{} (python3 hook.py); {} (python3 -S hook.py)",
+                ms1(stat(site)),
+                ms1(stat(no_site))
+            )
         })
     };
     let ratio = |ccm: &Stats| {
-        python.as_ref().map_or("n/a".into(), |p| {
-            format!("{:.1}×", p.p50.as_secs_f64() / ccm.p50.as_secs_f64())
+        python.as_ref().map_or("n/a".into(), |(site, no_site)| {
+            let ratio = |p: &Stats| p.p50.as_secs_f64() / ccm.p50.as_secs_f64();
+            format!("{:.1}× / {:.1}×", ratio(site), ratio(no_site))
         })
     };
     vec![
@@ -539,8 +570,14 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
         Row::new(
             "python p50 / ccm hook p50",
             format!("{} (daemon up)", ratio(&up)),
-            format!("{} (daemon down, direct)", ratio(&direct)),
+            format!("{} (daemon down, direct): python3 / python3 -S", ratio(&direct)),
             RATIO_TARGET,
+        ),
+        Row::new(
+            "  process floor: spawn→exit p50",
+            format!("{} (ccm --version)", ms1(version.p50)),
+            format!("{} (true)", ms1(true_.p50)),
+            "—",
         ),
     ]
 }
@@ -554,7 +591,9 @@ fn time_runs(command: impl Fn() -> Command, payload: &str, runs: usize) -> Stats
         let started = Instant::now();
         let mut child = command.spawn().expect("hook process starts");
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(payload.as_bytes()).expect("payload written");
+        // A process that does not read stdin may exit first; a hook that did not read its
+        // payload shows in the row count.
+        let _ = stdin.write_all(payload.as_bytes());
         drop(stdin);
         let status = child.wait().expect("hook process exits");
         let elapsed = started.elapsed();
@@ -617,7 +656,9 @@ db.close()
 /// Baselines: the same clients on `GET /healthz` (the HTTP ceiling of this machine with this
 /// client), and rows shaped like `hook_events` with the same payload inserted into a new
 /// database in the same directory, [`BATCH_ROWS`] per transaction (WAL, `synchronous=FULL`,
-/// one sqlx connection, one statement per row as the daemon does) for [`BATCH_DURATION`].
+/// one sqlx connection) for [`BATCH_DURATION`]: once with one `INSERT` per row as the daemon
+/// does, once with [`ROWS_PER_STATEMENT`] rows per `INSERT` (what SQLite and the disk allow
+/// without a round trip to sqlx's worker thread per row).
 fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
     let home = TestHome::new("bench-hook-sustained");
     let mut daemon = home.start();
@@ -635,7 +676,10 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
     let health: Vec<Sustained> =
         CLIENTS.iter().map(|&clients| closed_loop(runtime, &daemon, &healthz, clients)).collect();
     daemon.terminate();
-    let batched = runtime.block_on(batched_inserts(&home.dir.path().join("baseline.db"), payload));
+    let dir = home.dir.path();
+    let per_row = runtime.block_on(batched_inserts(&dir.join("baseline-1.db"), payload, 1));
+    let multi =
+        runtime.block_on(batched_inserts(&dir.join("baseline-n.db"), payload, ROWS_PER_STATEMENT));
 
     let mut rows = Vec::new();
     for ((clients, hook), health) in CLIENTS.iter().zip(&hooks).zip(&health) {
@@ -643,10 +687,7 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
         rows.push(Row::new(
             &format!("{tag}: events/s"),
             format!("{:.0}/s", hook.per_second),
-            format!(
-                "{:.0}/s (GET /healthz); {batched:.0} rows/s (SQLite, {BATCH_ROWS} rows/txn)",
-                health.per_second
-            ),
+            format!("{:.0}/s (GET /healthz, same clients)", health.per_second),
             SUSTAINED_TARGET,
         ));
         rows.push(Row::new(
@@ -673,6 +714,14 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             "equal",
         ));
     }
+    rows.push(Row::new(
+        &format!("raw SQLite, {BATCH_ROWS} rows/txn (WAL+FULL)"),
+        "—".into(),
+        format!(
+            "{per_row:.0} rows/s (1 INSERT/row); {multi:.0} rows/s ({ROWS_PER_STATEMENT} rows/INSERT)"
+        ),
+        SUSTAINED_TARGET,
+    ));
     rows
 }
 
@@ -746,16 +795,17 @@ fn closed_loop(runtime: &Runtime, daemon: &Daemon, request: &Request, clients: u
     }
 }
 
-/// Rows per second of [`BATCH_ROWS`]-row durable transactions for [`BATCH_DURATION`].
-async fn batched_inserts(path: &Path, payload: &str) -> f64 {
+/// Rows per second of [`BATCH_ROWS`]-row durable transactions for [`BATCH_DURATION`], written
+/// `per_statement` rows per `INSERT`.
+async fn batched_inserts(path: &Path, payload: &str, per_statement: usize) -> f64 {
     let mut db = baseline_db(path).await;
     let started = Instant::now();
     let mut rows = 0;
     while started.elapsed() < BATCH_DURATION {
         let mut transaction = db.begin().await.expect("begin");
-        for _ in 0..BATCH_ROWS {
-            insert_event(&mut transaction, rows, payload).await;
-            rows += 1;
+        for _ in 0..BATCH_ROWS / per_statement {
+            insert_events(&mut transaction, rows, per_statement, payload).await;
+            rows += per_statement;
         }
         transaction.commit().await.expect("commit");
     }

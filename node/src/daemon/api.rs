@@ -38,7 +38,7 @@ use super::error::ApiError;
 use super::{security, AppState};
 use crate::config::Answer;
 use crate::home::Home;
-use crate::hooks::event::{HookEvent, System};
+use crate::hooks::event::{HookEvent, Kind, System};
 use crate::hooks::gate;
 use crate::status::Status;
 use crate::store::{
@@ -236,8 +236,10 @@ async fn hook(
     let received_at = Timestamp::now();
     let job = HookJob { event: event.clone(), key, origin, received_at, ask_human: !approval };
     let ingested = state.hooks.submit(job).await?;
-    state.metrics.count_hook(event.kind.as_str());
-    state.wake();
+        state.metrics.count_hook(event.kind.as_str());
+    if event.kind == Kind::StopFailure {
+        state.wake(); // it may have moved a task
+    }
     let Some(task) = ingested.task else { return Ok(Json(json!({}))) };
     let home = Home::at(state.home.clone());
     let owned = gate::check_ownership(&state.store, &home, &task, &event)
