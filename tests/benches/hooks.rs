@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ccm_tests::bench::{cpu_time, Stats};
 use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -67,8 +68,6 @@ const ROWS_PER_STATEMENT: usize = 64;
 
 /// Worker threads of the bench client's runtime: the machine's cores are shared with the daemon.
 const CLIENT_THREADS: usize = 2;
-/// Clock ticks per second of the times in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 const API_P50_TARGET: &str = "≤ 0.5 ms";
 const API_P99_TARGET: &str = "≤ 2 ms";
@@ -812,38 +811,7 @@ async fn batched_inserts(path: &Path, payload: &str, per_statement: usize) -> f6
     rows as f64 / started.elapsed().as_secs_f64()
 }
 
-/// CPU time (user and system, all threads) a process has used so far, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    // Fields after the command name, which ends with the last `)`: state (field 3) first, then
-    // utime and stime as fields 14 and 15.
-    let (_, fields) = stat.rsplit_once(')').expect("command name in proc stat");
-    let ticks: u64 = fields
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|field| field.parse::<u64>().expect("utime and stime are numbers"))
-        .sum();
-    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SEC)
-}
-
 // ---- numbers -----------------------------------------------------------------------------
-
-/// Order statistics of a set of durations (nearest rank).
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn new(mut samples: Vec<Duration>) -> Stats {
-        assert!(!samples.is_empty(), "no samples");
-        samples.sort_unstable();
-        let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
-        Stats { p50: rank(0.50), p99: rank(0.99), max: samples[samples.len() - 1] }
-    }
-}
 
 fn ms1(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1e3)

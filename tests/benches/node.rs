@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ccm_tests::bench::{cpu_time, mb, ms, Memory, Stats};
 use ccm_tests::{ccm_bin, Daemon, TestHome};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -37,9 +38,6 @@ const TASKS: usize = 5_000;
 const CLIENTS: usize = 8;
 /// Tasks created before timing starts, to open the clients' connections.
 const WARMUP_TASKS: usize = 200;
-
-/// Clock ticks per second of the times in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 const START_TARGET: &str = "≤ 100 ms";
 const RSS_TARGET: &str = "≤ 15 MB";
@@ -252,27 +250,6 @@ fn idle_sqlite(db: &Path) -> Option<Child> {
     Some(child)
 }
 
-/// Resident memory of a process, in MB (10^6 bytes).
-struct Memory {
-    rss_mb: f64,
-    hwm_mb: f64,
-}
-
-impl Memory {
-    fn of(pid: u32) -> Memory {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let field = |name: &str| {
-            let kib: f64 = status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
-            kib * 1024.0 / 1e6
-        };
-        Memory { rss_mb: field("VmRSS:"), hwm_mb: field("VmHWM:") }
-    }
-}
-
 // ---- task creation -----------------------------------------------------------------------
 
 /// Task creation: [`TASKS`] `POST /api/tasks` from [`CLIENTS`] concurrent clients (tokio tasks
@@ -333,21 +310,6 @@ fn task_creation_rows() -> Vec<Row> {
             "—".into(),
         ),
     ]
-}
-
-/// CPU time (user and system, all threads) a process has used so far, from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    // Fields after the command name, which ends with the last `)`: state (field 3) first, then
-    // utime and stime as fields 14 and 15.
-    let (_, fields) = stat.rsplit_once(')').expect("command name in proc stat");
-    let ticks: u64 = fields
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|field| field.parse::<u64>().expect("utime and stime are numbers"))
-        .sum();
-    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SEC)
 }
 
 /// Throughput and latency of a batch of writes.
@@ -427,30 +389,6 @@ async fn durable_commits(path: &Path, count: usize) -> Throughput {
 
 // ---- numbers -----------------------------------------------------------------------------
 
-/// Order statistics of a set of durations (nearest rank).
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn new(mut samples: Vec<Duration>) -> Stats {
-        assert!(!samples.is_empty(), "no samples");
-        samples.sort_unstable();
-        let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
-        Stats { p50: rank(0.50), p99: rank(0.99), max: samples[samples.len() - 1] }
-    }
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1e3)
-}
-
 fn us(duration: Duration) -> String {
     format!("{:.0} µs", duration.as_secs_f64() * 1e6)
-}
-
-fn mb(megabytes: f64) -> String {
-    format!("{megabytes:.1} MB")
 }

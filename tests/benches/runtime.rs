@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ccm_tests::bench::{mb, ms, Memory, Stats, CLOCK_TICKS_PER_SEC};
 use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
 use serde_json::{json, Value};
 
@@ -32,9 +33,6 @@ const HOLD: Duration = Duration::from_secs(2);
 /// How long a batch of tasks may take to start, complete or be cancelled before the bench
 /// gives up.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Clock ticks per second of the times in `/proc/PID/stat` (`USER_HZ`, 100 on Linux).
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 const DISPATCH_P50_TARGET: &str = "p50 ≤ 100 ms";
 const DISPATCH_P99_TARGET: &str = "p99 ≤ 300 ms";
@@ -554,49 +552,4 @@ async fn memory_rows() -> Vec<Row> {
     ]
 }
 
-/// Resident memory of a process, in MB (10^6 bytes).
-struct Memory {
-    rss_mb: f64,
-    hwm_mb: f64,
-}
-
-impl Memory {
-    fn of(pid: u32) -> Memory {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        let field = |name: &str| {
-            let kib: f64 = status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
-            kib * 1024.0 / 1e6
-        };
-        Memory { rss_mb: field("VmRSS:"), hwm_mb: field("VmHWM:") }
-    }
-}
-
 // ---- numbers -----------------------------------------------------------------------------
-
-/// Order statistics of a set of durations (nearest rank).
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-impl Stats {
-    fn new(mut samples: Vec<Duration>) -> Stats {
-        assert!(!samples.is_empty(), "no samples");
-        samples.sort_unstable();
-        let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
-        Stats { p50: rank(0.50), p99: rank(0.99), max: samples[samples.len() - 1] }
-    }
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1e3)
-}
-
-fn mb(megabytes: f64) -> String {
-    format!("{megabytes:.1} MB")
-}

@@ -5,8 +5,10 @@
 //! - [`TestHome`]: a temporary `CCM_HOME` (and working directory) named after the test.
 //! - [`Daemon`]: a running `ccm up`, with an authenticated HTTP client.
 //! - [`git_repo`]: a real git repository in a temporary directory.
+//! - [`bench`]: numbers shared by the benchmarks.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 
+pub mod bench;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -236,7 +236,7 @@ async fn hook(
     let received_at = Timestamp::now();
     let job = HookJob { event: event.clone(), key, origin, received_at, ask_human: !approval };
     let ingested = state.hooks.submit(job).await?;
-        state.metrics.count_hook(event.kind.as_str());
+    state.metrics.count_hook(event.kind.as_str());
     if event.kind == Kind::StopFailure {
         state.wake(); // it may have moved a task
     }
