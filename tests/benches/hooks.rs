@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{cpu_time, Stats};
+use ccm_tests::bench::{cpu_time, machine, print_table, Row, Stats};
 use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -94,12 +94,6 @@ fn main() {
     print_table(&rows);
 }
 
-/// Cores and load average when the bench starts: other work on the machine skews every figure.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    format!("{cores} cores; load average at start: {}", load_average())
-}
-
 fn load_average() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
@@ -137,35 +131,6 @@ fn post_tool_use() -> Value {
         },
         "tool_use_id": "toolu_01Hq7XkR3mVb9TzL2sWcN4pE"
     })
-}
-
-/// One line of the printed table.
-struct Row {
-    figure: String,
-    ccm: String,
-    baseline: String,
-    target: String,
-}
-
-impl Row {
-    fn new(figure: &str, ccm: String, baseline: String, target: &str) -> Row {
-        Row { figure: figure.into(), ccm, baseline, target: target.into() }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target");
-    let width = |cell: fn(&Row) -> &str| {
-        std::iter::once(&header).chain(rows).map(|r| cell(r).chars().count()).max().unwrap_or(0)
-    };
-    let (figure, ccm, baseline) =
-        (width(|r| r.figure.as_str()), width(|r| r.ccm.as_str()), width(|r| r.baseline.as_str()));
-    for row in std::iter::once(&header).chain(rows) {
-        println!(
-            "{:<figure$}  {:<ccm$}  {:<baseline$}  {}",
-            row.figure, row.ccm, row.baseline, row.target
-        );
-    }
 }
 
 // ---- raw HTTP/1.1 client -------------------------------------------------------------------

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{cpu_time, mb, ms, Memory, Stats};
+use ccm_tests::bench::{cpu_time, machine, mb, ms, print_table, Memory, Row, Stats};
 use ccm_tests::{ccm_bin, Daemon, TestHome};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -54,43 +54,6 @@ fn main() {
     print_table(&rows);
 }
 
-/// Cores and load average when the bench starts: other work on the machine skews every figure.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{cores} cores; load average at start: {}", load.join(" "))
-}
-
-/// One line of the printed table.
-struct Row {
-    figure: String,
-    ccm: String,
-    baseline: String,
-    target: String,
-}
-
-impl Row {
-    fn new(figure: &str, ccm: String, baseline: String, target: String) -> Row {
-        Row { figure: figure.into(), ccm, baseline, target }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target".into());
-    let width = |cell: fn(&Row) -> &str| {
-        std::iter::once(&header).chain(rows).map(|r| cell(r).chars().count()).max().unwrap_or(0)
-    };
-    let (figure, ccm, baseline) =
-        (width(|r| r.figure.as_str()), width(|r| r.ccm.as_str()), width(|r| r.baseline.as_str()));
-    for row in std::iter::once(&header).chain(rows) {
-        println!(
-            "{:<figure$}  {:<ccm$}  {:<baseline$}  {}",
-            row.figure, row.ccm, row.baseline, row.target
-        );
-    }
-}
-
 // ---- start -------------------------------------------------------------------------------
 
 /// Daemon start: from just before `spawn` of `ccm up` to the first `200` answered on
@@ -121,15 +84,15 @@ fn start_rows(ccm: &Path) -> Vec<Row> {
                 "{} (ccm --version); {sqlite_p50} (sqlite3 :memory: 'select 1')",
                 ms(version.p50)
             ),
-            START_TARGET.into(),
+            START_TARGET,
         ),
         Row::new(
             "daemon start → first answer, max",
             ms(starts.max),
             format!("{} (ccm --version, max)", ms(version.max)),
-            START_TARGET.into(),
+            START_TARGET,
         ),
-        Row::new("daemon start, fresh home (run 1)", ms(fresh), "—".into(), START_TARGET.into()),
+        Row::new("daemon start, fresh home (run 1)", ms(fresh), "—".into(), START_TARGET),
     ]
 }
 
@@ -225,18 +188,8 @@ fn memory_rows() -> Vec<Row> {
         format!("{} (sleep); {sqlite} (sqlite3 shell, db open)", mb(value(&sleep_memory)))
     };
     vec![
-        Row::new(
-            "daemon idle RSS (VmRSS)",
-            mb(ccm.rss_mb),
-            baseline(|m| m.rss_mb),
-            RSS_TARGET.into(),
-        ),
-        Row::new(
-            "daemon idle peak RSS (VmHWM)",
-            mb(ccm.hwm_mb),
-            baseline(|m| m.hwm_mb),
-            "—".into(),
-        ),
+        Row::new("daemon idle RSS (VmRSS)", mb(ccm.rss_mb), baseline(|m| m.rss_mb), RSS_TARGET),
+        Row::new("daemon idle peak RSS (VmHWM)", mb(ccm.hwm_mb), baseline(|m| m.hwm_mb), "—"),
     ]
 }
 
@@ -283,31 +236,31 @@ fn task_creation_rows() -> Vec<Row> {
             "task creation through the API",
             format!("{:.0} tasks/s", ccm.per_second),
             format!("{:.0} rows/s {baseline}", sqlite.per_second),
-            TASKS_PER_SEC_TARGET.into(),
+            TASKS_PER_SEC_TARGET,
         ),
         Row::new(
             "task creation latency, p50",
             ms(ccm.latency.p50),
             format!("{} per commit", ms(sqlite.latency.p50)),
-            "—".into(),
+            "—",
         ),
         Row::new(
             "task creation latency, p99",
             ms(ccm.latency.p99),
             format!("{} per commit", ms(sqlite.latency.p99)),
-            "—".into(),
+            "—",
         ),
         Row::new(
             "daemon CPU time per task",
             us(daemon_cpu / TASKS as u32),
             format!("{} (bench client, per request)", us(client_cpu / TASKS as u32)),
-            "—".into(),
+            "—",
         ),
         Row::new(
             &format!("daemon RSS after {} tasks", TASKS + WARMUP_TASKS),
             mb(rss_after),
             "—".into(),
-            "—".into(),
+            "—",
         ),
     ]
 }

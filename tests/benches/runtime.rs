@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccm_tests::bench::{mb, ms, Memory, Stats, CLOCK_TICKS_PER_SEC};
+use ccm_tests::bench::{machine, mb, ms, print_table, Memory, Row, Stats, CLOCK_TICKS_PER_SEC};
 use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
 use serde_json::{json, Value};
 
@@ -48,43 +48,6 @@ fn main() {
     print_table(&rows);
     for note in notes {
         println!("{note}");
-    }
-}
-
-/// Cores and load average when the bench starts: other work on the machine skews every figure.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{cores} cores; load average at start: {}", load.join(" "))
-}
-
-/// One line of the printed table.
-struct Row {
-    figure: String,
-    ccm: String,
-    baseline: String,
-    target: String,
-}
-
-impl Row {
-    fn new(figure: &str, ccm: String, baseline: String, target: &str) -> Row {
-        Row { figure: figure.into(), ccm, baseline, target: target.into() }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target");
-    let width = |cell: fn(&Row) -> &str| {
-        std::iter::once(&header).chain(rows).map(|r| cell(r).chars().count()).max().unwrap_or(0)
-    };
-    let (figure, ccm, baseline) =
-        (width(|r| r.figure.as_str()), width(|r| r.ccm.as_str()), width(|r| r.baseline.as_str()));
-    for row in std::iter::once(&header).chain(rows) {
-        println!(
-            "{:<figure$}  {:<ccm$}  {:<baseline$}  {}",
-            row.figure, row.ccm, row.baseline, row.target
-        );
     }
 }
 

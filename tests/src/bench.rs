@@ -1,5 +1,5 @@
-//! Numbers shared by the benchmarks (`tests/benches/*.rs`): order statistics, memory and CPU
-//! time read from `/proc`, and the units the tables print.
+//! Shared by the benchmarks (`tests/benches/*.rs`): order statistics, memory and CPU time read
+//! from `/proc`, the units and the table they print.
 
 use std::time::Duration;
 
@@ -64,4 +64,42 @@ pub fn ms(duration: Duration) -> String {
 
 pub fn mb(megabytes: f64) -> String {
     format!("{megabytes:.1} MB")
+}
+
+/// Cores and load average when the bench starts: other work on the machine skews every figure.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cores} cores; load average at start: {}", load.join(" "))
+}
+
+/// One line of a printed table: a figure, ccm's value, the baseline and the target.
+pub struct Row {
+    pub figure: String,
+    pub ccm: String,
+    pub baseline: String,
+    pub target: String,
+}
+
+impl Row {
+    pub fn new(figure: &str, ccm: String, baseline: String, target: impl Into<String>) -> Row {
+        Row { figure: figure.into(), ccm, baseline, target: target.into() }
+    }
+}
+
+/// Prints the rows under a header, each column as wide as its widest cell.
+pub fn print_table(rows: &[Row]) {
+    let header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target");
+    let width = |cell: fn(&Row) -> &str| {
+        std::iter::once(&header).chain(rows).map(|r| cell(r).chars().count()).max().unwrap_or(0)
+    };
+    let (figure, ccm, baseline) =
+        (width(|r| r.figure.as_str()), width(|r| r.ccm.as_str()), width(|r| r.baseline.as_str()));
+    for row in std::iter::once(&header).chain(rows) {
+        println!(
+            "{:<figure$}  {:<ccm$}  {:<baseline$}  {}",
+            row.figure, row.ccm, row.baseline, row.target
+        );
+    }
 }
