@@ -3,6 +3,11 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: the daemon allocates and frees a buffer or two per request across threads, where
+/// it costs a fraction of glibc's malloc (BENCHMARKS.md, hook pipeline).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = ccm_node::cli::Cli::parse();
     tracing_subscriber::fmt()

@@ -54,6 +54,9 @@ const PROCESS_WARMUP: usize = 10;
 /// Concurrent closed-loop clients (one keep-alive connection each) of the sustained runs; the
 /// single client shows the cost of an event that shares its transaction with no other.
 const CLIENTS: [usize; 3] = [1, 64, 256];
+/// The batched sustained runs: clients, and events per request (an NDJSON body, as a relay or
+/// a busy sender posts them; 50 is the hook-event threshold at which sync ships a batch).
+const BATCHED: [(usize, usize); 2] = [(16, 50), (64, 50)];
 /// Sending before the measured window of a sustained run.
 const SUSTAINED_WARMUP: Duration = Duration::from_secs(1);
 /// The measured window of a sustained run.
@@ -85,10 +88,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // `cargo bench --bench hooks -- NAME...` runs only the named parts (api, process, sustained).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let mut rows = Vec::new();
-    rows.extend(api_latency_rows(&runtime, &payload));
-    rows.extend(hook_process_rows(&runtime, &payload));
-    rows.extend(sustained_rows(&runtime, &payload));
+    if wanted("api") {
+        rows.extend(api_latency_rows(&runtime, &payload));
+    }
+    if wanted("process") {
+        rows.extend(hook_process_rows(&runtime, &payload));
+    }
+    if wanted("sustained") {
+        rows.extend(sustained_rows(&runtime, &payload));
+    }
     println!("\n{machine}; at end: {}", load_average());
     println!("payload: a Claude Code PostToolUse event (Edit), {} bytes", payload.len());
     print_table(&rows);
@@ -142,6 +154,8 @@ enum Expect {
     Stored,
     /// `200`, whatever the body.
     Ok,
+    /// `200` with one `{}` line per event of a batch.
+    Batch(usize),
 }
 
 /// A preformatted request and the answer it must get.
@@ -149,6 +163,8 @@ enum Expect {
 struct Request {
     bytes: Arc<[u8]>,
     expect: Expect,
+    /// Events the request carries.
+    events: usize,
 }
 
 impl Request {
@@ -165,13 +181,31 @@ impl Request {
         Request {
             bytes: [head.as_bytes(), payload.as_bytes()].concat().into(),
             expect: Expect::Stored,
+            events: 1,
+        }
+    }
+
+    /// `POST /api/hooks?system=claude` with `events` copies of `payload` as an NDJSON batch.
+    fn hook_batch(daemon: &Daemon, payload: &str, events: usize) -> Request {
+        let body = format!("{payload}\n").repeat(events);
+        let head = format!(
+            "POST /api/hooks?system=claude HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            daemon.addr,
+            daemon.token,
+            body.len()
+        );
+        Request {
+            bytes: [head.as_bytes(), body.as_bytes()].concat().into(),
+            expect: Expect::Batch(events),
+            events,
         }
     }
 
     /// `GET /healthz`: the same HTTP stack and middleware, no token, no storage.
     fn healthz(daemon: &Daemon) -> Request {
         let head = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.addr);
-        Request { bytes: head.into_bytes().into(), expect: Expect::Ok }
+        Request { bytes: head.into_bytes().into(), expect: Expect::Ok, events: 1 }
     }
 }
 
@@ -211,6 +245,7 @@ impl Conn {
             && match request.expect {
                 Expect::Stored => body == b"{}",
                 Expect::Ok => true,
+                Expect::Batch(events) => body == "{}\n".repeat(events).as_bytes(),
             };
         assert!(ok, "unexpected answer: {}", String::from_utf8_lossy(&self.buf));
     }
@@ -637,6 +672,15 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
         stored_before = stored;
         hooks.push(run);
     }
+    let mut batched = Vec::new();
+    for (clients, events) in BATCHED {
+        let run =
+            closed_loop(runtime, &daemon, &Request::hook_batch(&daemon, payload, events), clients);
+        let stored = runtime.block_on(count_hook_events(&home.db_file()));
+        assert_eq!(stored - stored_before, run.acked, "acknowledged events missing");
+        stored_before = stored;
+        batched.push(run);
+    }
     let health: Vec<Sustained> =
         CLIENTS.iter().map(|&clients| closed_loop(runtime, &daemon, &healthz, clients)).collect();
     daemon.terminate();
@@ -678,6 +722,33 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             "equal",
         ));
     }
+    for ((clients, events), run) in BATCHED.iter().zip(&batched) {
+        let tag = format!("batched, {clients} clients × {events} events/request");
+        rows.push(Row::new(
+            &format!("{tag}: events/s"),
+            format!("{:.0}/s", run.per_second),
+            format!("{multi:.0} rows/s (raw SQLite, {ROWS_PER_STATEMENT} rows/INSERT)"),
+            SUSTAINED_TARGET,
+        ));
+        rows.push(Row::new(
+            &format!("{tag}: request p50 / p99"),
+            format!("{} / {}", ms2(run.latency.p50), ms2(run.latency.p99)),
+            "—".into(),
+            "—",
+        ));
+        rows.push(Row::new(
+            &format!("{tag}: daemon CPU per event"),
+            us(run.daemon_cpu),
+            format!("client: {} per event", us(run.client_cpu)),
+            "—",
+        ));
+        rows.push(Row::new(
+            &format!("{tag}: stored = acknowledged"),
+            format!("{} rows", run.acked),
+            "—".into(),
+            "equal",
+        ));
+    }
     rows.push(Row::new(
         &format!("raw SQLite, {BATCH_ROWS} rows/txn (WAL+FULL)"),
         "—".into(),
@@ -691,11 +762,11 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
 
 /// The result of a closed-loop run.
 struct Sustained {
-    /// Requests answered, warm-up included.
+    /// Events acknowledged, warm-up included.
     acked: usize,
     per_second: f64,
     latency: Stats,
-    /// CPU time per answer in the window: the daemon's and the bench process's.
+    /// CPU time per event in the window: the daemon's and the bench process's.
     daemon_cpu: Duration,
     client_cpu: Duration,
 }
@@ -722,7 +793,7 @@ fn closed_loop(runtime: &Runtime, daemon: &Daemon, request: &Request, clients: u
                 while phase.load(Ordering::Relaxed) != STOPPING {
                     let started = Instant::now();
                     conn.exchange(&request).await;
-                    acked += 1;
+                    acked += request.events;
                     if phase.load(Ordering::Relaxed) == MEASURING {
                         latencies.push(started.elapsed());
                     }
@@ -752,10 +823,10 @@ fn closed_loop(runtime: &Runtime, daemon: &Daemon, request: &Request, clients: u
     let answered = latencies.len();
     Sustained {
         acked,
-        per_second: answered as f64 / window.as_secs_f64(),
+        per_second: (answered * request.events) as f64 / window.as_secs_f64(),
         latency: Stats::new(latencies),
-        daemon_cpu: daemon_cpu / answered as u32,
-        client_cpu: client_cpu / answered as u32,
+        daemon_cpu: daemon_cpu / (answered * request.events) as u32,
+        client_cpu: client_cpu / (answered * request.events) as u32,
     }
 }
 

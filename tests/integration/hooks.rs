@@ -466,3 +466,69 @@ async fn kill_9_during_10_concurrent_hook_writers_loses_and_duplicates_nothing()
     assert!(vias.len() >= 2, "both the API and the fallback were used: {vias:?}");
     drop(daemon);
 }
+
+/// Posts an NDJSON batch to `/api/hooks` and returns the status and the answer's lines.
+async fn post_batch(daemon: &ccm_tests::Daemon, query: &str, lines: &[Value]) -> (u16, Vec<Value>) {
+    let body: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let response = daemon
+        .http
+        .post(daemon.url(&format!("/api/hooks?{query}")))
+        .bearer_auth(&daemon.token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("daemon answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let answers =
+        text.lines().map(|l| serde_json::from_str(l).expect("an answer line is JSON")).collect();
+    (status, answers)
+}
+
+async fn stored_keys(home: &TestHome) -> Vec<String> {
+    let mut db = open_db(&home.db_file()).await;
+    sqlx::query_scalar("SELECT key FROM hook_events ORDER BY id").fetch_all(&mut db).await.unwrap()
+}
+
+#[tokio::test]
+async fn batch_of_events_is_stored_once_per_key_and_answered_line_by_line() {
+    let home = TestHome::new("hook-batch");
+    let daemon = home.start();
+    let tool = |n: u32| {
+        claude("PostToolUse", json!({"tool_name": "Read", "tool_use_id": format!("toolu_{n}")}))
+    };
+
+    // Two events first, then a batch of four under the same key: only the last two are new.
+    let (status, answers) =
+        post_batch(&daemon, "system=claude&key=relay-1", &[tool(0), tool(1)]).await;
+    assert_eq!((status, answers), (200, vec![json!({}); 2]));
+    let four = [tool(0), tool(1), tool(2), tool(3)];
+    let (status, answers) = post_batch(&daemon, "system=claude&key=relay-1", &four).await;
+    assert_eq!((status, answers), (200, vec![json!({}); 4]), "a retried batch is answered in full");
+    assert_eq!(stored_keys(&home).await, ["relay-1:0", "relay-1:1", "relay-1:2", "relay-1:3"]);
+
+    // The same batch again stores nothing; a single event with a known key neither.
+    let (status, _) = post_batch(&daemon, "system=claude&key=relay-1", &four).await;
+    assert_eq!(status, 200);
+    let (status, body) = daemon.post("/api/hooks?system=claude&key=relay-1:2", tool(2)).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_eq!(stored_keys(&home).await.len(), 4, "nothing stored twice");
+
+    // Blank lines are skipped; a line that is not JSON is stored as an invalid event.
+    let body = format!("{}\n\nnot json\n", tool(5));
+    let response = daemon
+        .http
+        .post(daemon.url("/api/hooks?system=claude&key=relay-2"))
+        .bearer_auth(&daemon.token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.text().await.unwrap(), "{}\n{}\n");
+    let kinds = stored(&home).await;
+    let last: Vec<&str> = kinds[4..].iter().map(|(_, _, kind, _)| kind.as_str()).collect();
+    assert_eq!(last, ["post_tool", "invalid"]);
+}

@@ -21,6 +21,7 @@
 //! `X-Ccm-Actor` header names who acts (the CLI sends `cli`); it defaults to `api`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -42,8 +43,8 @@ use crate::hooks::event::{HookEvent, Kind, System};
 use crate::hooks::gate;
 use crate::status::Status;
 use crate::store::{
-    ChangeRequest, Claim, ContextProbe, HookJob, NewTask, Origin, RetryPolicy, StoredHookEvent,
-    TaskDetail, TaskFilter,
+    ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
+    StoredHookEvent, TaskDetail, TaskFilter,
 };
 
 pub fn router(state: AppState) -> Router {
@@ -205,55 +206,115 @@ struct HookQuery {
     format: Option<String>,
     /// `claude`, `gemini` or `codex`; detected from the payload when absent.
     system: Option<String>,
-    /// The sender's idempotency key; a fresh one when absent.
+    /// The sender's idempotency key; a fresh one when absent. In a batch, line `i` (from 0) is
+    /// stored under `KEY:i`.
     key: Option<String>,
 }
 
+/// The media type of a batch: one event per line, and one answer per line back.
+const NDJSON: &str = "application/x-ndjson";
+
 /// Stores a hook event and answers it: a deny when the write touches a file another task owns,
 /// the human's answer when an approval rule applies, else `{}`.
+///
+/// With `Content-Type: application/x-ndjson` the body is a batch: each non-empty line is one
+/// event (as the CLI sends it), and the answer has one line per event, in order. The events are
+/// stored together, so a relay or a busy sender pays for one request and one commit per batch.
 async fn hook(
     State(state): State<AppState>,
     Query(query): Query<HookQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let system = match query.system.as_deref() {
         None => None,
         Some(name) => {
             Some(name.parse::<System>().map_err(|e| ApiError::BadRequest(format!("system: {e}")))?)
         }
     };
-    let event = if query.format.as_deref() == Some("ccm") {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid parsed hook event: {e}")))?
-    } else {
-        HookEvent::parse(system, &body)
-    };
-    let key = query.key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };
-    let approval = gate::needs_approval(&state.config.approvals, &event, None);
+    // Time-ordered, so that new keys append to the unique index instead of splitting its pages.
+    let key = query.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let batch = header("content-type").is_some_and(|t| t.starts_with(NDJSON));
+    if !batch {
+        let event = if query.format.as_deref() == Some("ccm") {
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid parsed hook event: {e}")))?
+        } else {
+            HookEvent::parse(system, &body)
+        };
+        let mut answers = store_and_answer(&state, vec![(event, key)], origin).await?;
+        return Ok(Json(answers.remove(0)).into_response());
+    }
+    let events = body
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .enumerate()
+        .map(|(i, line)| (HookEvent::parse(system, line), format!("{key}:{i}")))
+        .collect();
+    let mut text = String::new();
+    for answer in store_and_answer(&state, events, origin).await? {
+        text.push_str(&answer.to_string());
+        text.push('\n');
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, NDJSON)], text).into_response())
+}
+
+/// Stores the events in one group commit (with whatever else is arriving) and works out each
+/// one's answer, in order.
+async fn store_and_answer(
+    state: &AppState,
+    events: Vec<(HookEvent, String)>,
+    origin: Origin,
+) -> Result<Vec<Value>, ApiError> {
     let received_at = Timestamp::now();
-    let job = HookJob { event: event.clone(), key, origin, received_at, ask_human: !approval };
-    let ingested = state.hooks.submit(job).await?;
+    let jobs: Vec<HookJob> = events
+        .into_iter()
+        .map(|(event, key)| HookJob {
+            ask_human: !gate::needs_approval(&state.config.approvals, &event, None),
+            event: Arc::new(event),
+            key,
+            origin: origin.clone(),
+            received_at,
+        })
+        .collect();
+    let asked: Vec<_> = jobs.iter().map(|job| (Arc::clone(&job.event), job.ask_human)).collect();
+    let ingested = state.hooks.submit(jobs).await?;
+    let mut answers = Vec::with_capacity(asked.len());
+    for ((event, ask_human), ingested) in asked.into_iter().zip(ingested) {
+        answers.push(answer(state, &event, ask_human, ingested).await?);
+    }
+    Ok(answers)
+}
+
+/// The answer to a stored event: a deny when it writes a file another task owns, the human's
+/// answer when an approval rule applies, else `{}`.
+/// `ask_human` is false when an approval rule applies to the event.
+async fn answer(
+    state: &AppState,
+    event: &HookEvent,
+    ask_human: bool,
+    ingested: Ingested,
+) -> Result<Value, ApiError> {
     state.metrics.count_hook(event.kind.as_str());
     if event.kind == Kind::StopFailure {
         state.wake(); // it may have moved a task
     }
-    let Some(task) = ingested.task else { return Ok(Json(json!({}))) };
+    let Some(task) = ingested.task else { return Ok(json!({})) };
     let home = Home::at(state.home.clone());
-    let owned = gate::check_ownership(&state.store, &home, &task, &event)
+    let owned = gate::check_ownership(&state.store, &home, &task, event)
         .await
         .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     if let Some(reason) = owned {
-        return Ok(Json(event.decision_output(false, &reason).unwrap_or_else(|| json!({}))));
+        return Ok(event.decision_output(false, &reason).unwrap_or_else(|| json!({})));
     }
     let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
-    if approval && gate::needs_approval(&state.config.approvals, &event, workdir) {
-        let (allow, reason) = await_approval(&state, &task, &event).await?;
-        return Ok(Json(event.decision_output(allow, &reason).unwrap_or_else(|| json!({}))));
+    if !ask_human && gate::needs_approval(&state.config.approvals, event, workdir) {
+        let (allow, reason) = await_approval(state, &task, event).await?;
+        return Ok(event.decision_output(allow, &reason).unwrap_or_else(|| json!({})));
     }
-    Ok(Json(json!({})))
+    Ok(json!({}))
 }
 
 /// Asks the operator about a tool call and waits for the answer, or the configured default

@@ -41,9 +41,20 @@ use crate::home::{DaemonInfo, Home};
 use crate::runtime::{Passes, Runtime};
 use crate::store::{HookJob, Ingested, NewTask, RetryPolicy, Store};
 
-/// Handles shared by every request; cheap to clone.
+/// Handles shared by every request; cloning it (once per request) copies one pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub store: Store,
     pub config: Arc<Config>,
     /// Bearer token of the API.
@@ -60,12 +71,12 @@ pub struct AppState {
     /// The ccm home directory.
     pub home: std::path::PathBuf,
     /// Stores hook events in groups.
-    pub hooks: Batcher<HookJob, Ingested>,
+    pub hooks: Batcher<Vec<HookJob>, Vec<Ingested>>,
     /// Creates tasks in groups.
     pub creations: Batcher<(NewTask, String), ccm_schema::Task>,
 }
 
-impl AppState {
+impl Shared {
     /// Lets the scheduler and the runtime look at a change right away.
     pub fn wake(&self) {
         self.scheduler_wake.notify_one();
@@ -136,7 +147,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let mut passes = Passes::default();
     runtime.pass(&mut passes).await.context("reconciling agents at start-up")?;
 
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         store: store.clone(),
         config: config.clone(),
         token: auth.token.into(),
@@ -149,7 +160,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         home: home.root().to_path_buf(),
         hooks: hook_batcher(store.clone(), RetryPolicy::from(&*config)),
         creations: creation_batcher(store.clone(), config.clone()),
-    };
+    }));
     let scheduler = Scheduler {
         store: store.clone(),
         slots: config.scheduler.slots,
@@ -197,21 +208,26 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     served.context("serving the API failed")
 }
 
-/// Stores hook events received through the API in groups.
-fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<HookJob, Ingested> {
+/// Stores hook events received through the API in groups; a request hands in its events
+/// together (one for a single event, many for a batch) and gets their results in order.
+fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<Vec<HookJob>, Vec<Ingested>> {
     let one = store.clone();
     Batcher::start(
         tracing::info_span!("hook_batcher"),
-        move |jobs: Vec<HookJob>| {
+        move |requests: Vec<Vec<HookJob>>| {
             let store = store.clone();
             async move {
-                let result = store.ingest_hooks(&jobs, policy).await;
-                (jobs, result)
+                let result =
+                    store.ingest_hooks(requests.iter().flatten(), policy).await.map(|done| {
+                        let mut done = done.into_iter();
+                        requests.iter().map(|r| done.by_ref().take(r.len()).collect()).collect()
+                    });
+                (requests, result)
             }
         },
-        move |job: HookJob| {
+        move |jobs: Vec<HookJob>| {
             let store = one.clone();
-            async move { store.ingest_hook(&job.event, &job.receipt(), policy, job.ask_human).await }
+            async move { store.ingest_hooks(&jobs, policy).await }
         },
     )
 }

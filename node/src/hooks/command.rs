@@ -37,7 +37,7 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
         None => read_stdin(),
     };
     let event = HookEvent::parse(system, &bytes);
-    let key = Uuid::new_v4().to_string();
+    let key = Uuid::now_v7().to_string(); // time-ordered: appended to the key index
     let origin = Origin {
         agent_id: std::env::var("CCM_AGENT_ID").ok(),
         task_id: std::env::var("CCM_TASK_ID").ok(),

@@ -6,14 +6,15 @@
 //! arriving again by another path (the API, a direct write, the spool) is stored once and has
 //! its effects once.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use ccm_schema::types::short_id;
 use ccm_schema::{
-    Agent, DecisionKind, FailureClass, Severity, Task, TaskEvent, TaskState, Timestamp,
+    Agent, AgentStatus, DecisionKind, FailureClass, Severity, Task, TaskEvent, TaskState, Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::agents::AGENT_COLUMNS;
@@ -63,7 +64,7 @@ pub struct Receipt<'a> {
 /// One event received through the API, for a group commit.
 #[derive(Debug, Clone)]
 pub struct HookJob {
-    pub event: HookEvent,
+    pub event: std::sync::Arc<HookEvent>,
     pub key: String,
     pub origin: Origin,
     pub received_at: Timestamp,
@@ -156,25 +157,29 @@ impl Store {
         ask_human: bool,
     ) -> Result<Ingested> {
         let mut tx = self.write().await?;
-        let ingested = ingest_in_tx(&mut tx, event, receipt, policy, ask_human).await?;
+        let incoming = [Incoming { event, receipt: *receipt, ask_human }];
+        let mut ingested = ingest_in_tx(&mut tx, &incoming, policy).await?;
         tx.commit().await?;
-        Ok(ingested)
+        Ok(ingested.remove(0))
     }
 
     /// Stores many hook events in one transaction (group commit: one fsync for all of them).
     /// All or nothing: on an error the caller may retry the events one by one.
-    pub async fn ingest_hooks(
+    pub async fn ingest_hooks<'a>(
         &self,
-        batch: &[HookJob],
+        batch: impl IntoIterator<Item = &'a HookJob>,
         policy: RetryPolicy,
     ) -> Result<Vec<Ingested>> {
+        let incoming: Vec<Incoming> = batch
+            .into_iter()
+            .map(|job| Incoming {
+                event: &job.event,
+                receipt: job.receipt(),
+                ask_human: job.ask_human,
+            })
+            .collect();
         let mut tx = self.write().await?;
-        let mut done = Vec::with_capacity(batch.len());
-        for job in batch {
-            done.push(
-                ingest_in_tx(&mut tx, &job.event, &job.receipt(), policy, job.ask_human).await?,
-            );
-        }
+        let done = ingest_in_tx(&mut tx, &incoming, policy).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -317,94 +322,194 @@ impl Store {
     }
 }
 
-/// Stores one event and applies its effects inside `tx`.
-async fn ingest_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: &HookEvent,
-    receipt: &Receipt<'_>,
-    policy: RetryPolicy,
+/// One event to store, with how it arrived.
+struct Incoming<'a> {
+    event: &'a HookEvent,
+    receipt: Receipt<'a>,
     ask_human: bool,
-) -> Result<Ingested> {
-    let Receipt { key, origin, via, received_at } = *receipt;
-    let agent = attach(tx, event, origin).await?;
-    let task_id = match (&agent, origin.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok())) {
-        (Some(agent), _) => Some(agent.task_id),
-        (None, Some(task)) => task_exists(tx, task).await?.then_some(task),
-        (None, None) => None,
-    };
-    let inserted = sqlx::query(
-        r#"
-        INSERT OR IGNORE INTO hook_events
-            (key, at, system, agent_id, task_id, session_id, event, kind, tool, cwd, via, problem, payload)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-        "#,
-    )
-    .bind(key)
-    .bind(received_at)
-    .bind(event.system.to_string())
-    .bind(agent.as_ref().map(|a| a.id.hyphenated().to_string()))
-    .bind(task_id.map(|t| t.hyphenated().to_string()))
-    .bind(&event.session_id)
-    .bind(&event.name)
-    .bind(event.kind.as_str())
-    .bind(&event.tool)
-    .bind(&event.cwd)
-    .bind(via.as_str())
-    .bind(&event.problem)
-    .bind(&event.raw)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Ingested { duplicate: true, agent, task: None });
-    }
-    if let Some(agent) = &agent {
-        effects_on_agent(tx, agent, event, received_at).await?;
-    }
-    let task = match task_id {
-        Some(task) => Some(effects_on_task(tx, task, event, received_at, policy, ask_human).await?),
-        None => None,
-    };
-    Ok(Ingested { duplicate: false, agent, task })
 }
 
-/// The agent the event belongs to: by the hook's environment, else by session id, else by the
-/// working directory of a live agent.
-async fn attach(
+/// The most rows one `INSERT` writes, and the smaller sizes a group's rest is cut into: a few
+/// fixed statement shapes, so the prepared statements are reused.
+const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
+
+/// Stores events in order and applies the effects of those not stored before, inside `tx`:
+/// one query finds the agents they belong to, a few multi-row `INSERT`s store them.
+async fn ingest_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
-    event: &HookEvent,
-    origin: &Origin,
-) -> Result<Option<Agent>> {
-    if let Some(id) = origin.agent_id.as_deref().and_then(|a| Uuid::parse_str(a).ok()) {
-        let agent: Option<Agent> =
-            sqlx::query_as(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?"))
-                .bind(id.hyphenated())
-                .fetch_optional(&mut **tx)
-                .await?;
-        if agent.is_some() {
-            return Ok(agent);
+    incoming: &[Incoming<'_>],
+    policy: RetryPolicy,
+) -> Result<Vec<Ingested>> {
+    let mut agents = Attachments::load(tx, incoming).await?;
+    let mut rows = Vec::with_capacity(incoming.len());
+    for item in incoming {
+        let agent = agents.attach(item.event, item.receipt.origin);
+        let origin_task =
+            item.receipt.origin.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok());
+        let task_id = match (agent, origin_task) {
+            (Some(agent), _) => Some(agents.0[agent].task_id),
+            (None, Some(task)) => task_exists(tx, task).await?.then_some(task),
+            (None, None) => None,
+        };
+        let agent_id = agent.map(|i| agents.0[i].id);
+        rows.push(Row { item, agent, agent_id, task_id });
+    }
+    let mut stored = insert_events(tx, &rows).await?;
+    let mut done = Vec::with_capacity(rows.len());
+    for Row { item, agent, task_id, .. } in rows {
+        let agent = agent.map(|i| agents.0[i].clone());
+        // A key repeated within the group is stored by its first event only.
+        if !stored.remove(item.receipt.key) {
+            done.push(Ingested { duplicate: true, agent, task: None });
+            continue;
+        }
+        let at = item.receipt.received_at;
+        if let Some(agent) = &agent {
+            effects_on_agent(tx, agent, item.event, at).await?;
+        }
+        let task = match task_id {
+            Some(task) => {
+                Some(effects_on_task(tx, task, item.event, at, policy, item.ask_human).await?)
+            }
+            None => None,
+        };
+        done.push(Ingested { duplicate: false, agent, task });
+    }
+    Ok(done)
+}
+
+/// An event on its way into `hook_events`: the agent (an index into [`Attachments`]) and task
+/// it belongs to.
+struct Row<'a, 'b> {
+    item: &'a Incoming<'b>,
+    agent: Option<usize>,
+    agent_id: Option<Uuid>,
+    task_id: Option<Uuid>,
+}
+
+/// Inserts the rows (`INSERT OR IGNORE`) and returns the keys that were new.
+async fn insert_events(
+    tx: &mut Transaction<'static, Sqlite>,
+    rows: &[Row<'_, '_>],
+) -> Result<HashSet<String>> {
+    let mut stored = HashSet::with_capacity(rows.len());
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = INSERT_ROWS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT OR IGNORE INTO hook_events \
+             (key, at, system, agent_id, task_id, session_id, event, kind, tool, cwd, via, problem, payload) ",
+        );
+        insert.push_values(chunk, |mut values, row| {
+            let Incoming { event, receipt, .. } = row.item;
+            values
+                .push_bind(receipt.key)
+                .push_bind(receipt.received_at)
+                .push_bind(event.system.as_str())
+                .push_bind(row.agent_id.map(|a| a.hyphenated().to_string()))
+                .push_bind(row.task_id.map(|t| t.hyphenated().to_string()))
+                .push_bind(event.session_id.as_deref())
+                .push_bind(event.name.as_str())
+                .push_bind(event.kind.as_str())
+                .push_bind(event.tool.as_deref())
+                .push_bind(event.cwd.as_deref())
+                .push_bind(receipt.via.as_str())
+                .push_bind(event.problem.as_deref())
+                .push_bind(event.raw.as_str());
+        });
+        let done = insert.build().execute(&mut **tx).await?;
+        let new = done.rows_affected() as usize;
+        if new == chunk.len() {
+            stored.extend(chunk.iter().map(|row| row.item.receipt.key.to_string()));
+        } else if new > 0 {
+            // Some keys were stored before. The new rows took the highest row ids.
+            let last = done.last_insert_rowid();
+            let keys: Vec<(String,)> =
+                sqlx::query_as("SELECT key FROM hook_events WHERE id > ? AND id <= ?")
+                    .bind(last - new as i64)
+                    .bind(last)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            stored.extend(keys.into_iter().map(|(key,)| key));
         }
     }
-    if let Some(session) = &event.session_id {
-        let agent: Option<Agent> = sqlx::query_as(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE session_id = ? ORDER BY started_at DESC LIMIT 1"
+    Ok(stored)
+}
+
+/// The agents a group of events may belong to, loaded with one query per transaction and kept
+/// in step with the changes the group's own events make (a `SessionStart` sets the session id
+/// that later events are matched by).
+struct Attachments(Vec<Agent>);
+
+impl Attachments {
+    /// The live agents, and any other agent an event names by id or session id; the longest
+    /// working directory first, so that the deepest one matches a `cwd`.
+    async fn load(
+        tx: &mut Transaction<'static, Sqlite>,
+        incoming: &[Incoming<'_>],
+    ) -> Result<Self> {
+        let ids: Vec<String> = incoming
+            .iter()
+            .filter_map(|i| i.receipt.origin.agent_id.as_deref())
+            .filter_map(|a| Uuid::parse_str(a).ok())
+            .map(|a| a.hyphenated().to_string())
+            .collect();
+        let sessions: Vec<&str> =
+            incoming.iter().filter_map(|i| i.event.session_id.as_deref()).collect();
+        let agents = sqlx::query_as(&format!(
+            r#"
+            SELECT {AGENT_COLUMNS} FROM agents
+            WHERE status IN ('starting', 'running')
+               OR id IN (SELECT value FROM json_each(?1))
+               OR session_id IN (SELECT value FROM json_each(?2))
+            ORDER BY length(cwd) DESC, started_at DESC
+            "#
         ))
-        .bind(session)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if agent.is_some() {
-            return Ok(agent);
-        }
-    }
-    if let Some(cwd) = &event.cwd {
-        let live: Vec<Agent> = sqlx::query_as(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE status IN ('starting', 'running') ORDER BY length(cwd) DESC"
-        ))
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .bind(serde_json::to_string(&sessions).unwrap_or_default())
         .fetch_all(&mut **tx)
         .await?;
-        return Ok(live.into_iter().find(|a| Path::new(cwd).starts_with(&a.cwd)));
+        Ok(Attachments(agents))
     }
-    Ok(None)
+
+    /// The agent the event belongs to: by the hook's environment, else by session id (the
+    /// latest agent of that session), else by the working directory of a live agent.
+    fn attach(&mut self, event: &HookEvent, origin: &Origin) -> Option<usize> {
+        let by_id = origin
+            .agent_id
+            .as_deref()
+            .and_then(|a| Uuid::parse_str(a).ok())
+            .and_then(|id| self.0.iter().position(|a| a.id == id));
+        let by_session = || {
+            let session = event.session_id.as_deref()?;
+            (0..self.0.len())
+                .filter(|&i| self.0[i].session_id.as_deref() == Some(session))
+                .max_by_key(|&i| self.0[i].started_at)
+        };
+        let by_cwd = || {
+            let cwd = Path::new(event.cwd.as_deref()?);
+            self.0.iter().position(|a| {
+                matches!(a.status, AgentStatus::Starting | AgentStatus::Running)
+                    && cwd.starts_with(&a.cwd)
+            })
+        };
+        let found = by_id.or_else(by_session).or_else(by_cwd)?;
+        // What `effects_on_agent` does to the row, for the events after this one.
+        let agent = &mut self.0[found];
+        if event.kind == Kind::SessionStart {
+            if event.session_id.is_some() {
+                agent.session_id.clone_from(&event.session_id);
+            }
+            if agent.status == AgentStatus::Starting {
+                agent.status = AgentStatus::Running;
+            }
+        } else if agent.session_id.is_none() {
+            agent.session_id.clone_from(&event.session_id);
+        }
+        Some(found)
+    }
 }
 
 async fn task_exists(tx: &mut Transaction<'static, Sqlite>, task: Uuid) -> Result<bool> {
