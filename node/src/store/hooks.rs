@@ -14,7 +14,7 @@ use ccm_schema::{
     Agent, AgentStatus, DecisionKind, FailureClass, Severity, Task, TaskEvent, TaskState, Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::agents::AGENT_COLUMNS;
@@ -50,6 +50,13 @@ impl Via {
 pub struct Origin {
     pub agent_id: Option<String>,
     pub task_id: Option<String>,
+}
+
+impl Origin {
+    /// The task the hook's environment names, when it is a task id.
+    fn task(&self) -> Option<Uuid> {
+        self.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok())
+    }
 }
 
 /// How an event arrived: its idempotency key, its sender, the path and the time.
@@ -156,11 +163,8 @@ impl Store {
         policy: RetryPolicy,
         ask_human: bool,
     ) -> Result<Ingested> {
-        let mut tx = self.write().await?;
         let incoming = [Incoming { event, receipt: *receipt, ask_human }];
-        let mut ingested = ingest_in_tx(&mut tx, &incoming, policy).await?;
-        tx.commit().await?;
-        Ok(ingested.remove(0))
+        Ok(self.ingest(&incoming, policy).await?.remove(0))
     }
 
     /// Stores many hook events in one transaction (group commit: one fsync for all of them).
@@ -178,8 +182,42 @@ impl Store {
                 ask_human: job.ask_human,
             })
             .collect();
+        self.ingest(&incoming, policy).await
+    }
+
+    /// Stores events in order, in one transaction, and applies the effects of those not stored
+    /// before. The agents they belong to are looked up first, with one query on a reader (an
+    /// agent's row exists before its process starts, so before any of its events). Events that
+    /// belong to no agent or task and fit one `INSERT` are written by that statement alone, its
+    /// own transaction: one round trip to the writer instead of four.
+    async fn ingest(
+        &self,
+        incoming: &[Incoming<'_>],
+        policy: RetryPolicy,
+    ) -> Result<Vec<Ingested>> {
+        let mut agents = Attachments::load(&self.readers, incoming).await?;
+        let attached: Vec<Option<usize>> =
+            incoming.iter().map(|i| agents.attach(i.event, i.receipt.origin)).collect();
+        let bare = attached.iter().all(Option::is_none)
+            && incoming.iter().all(|i| i.receipt.origin.task().is_none());
+        if bare && INSERT_ROWS.contains(&incoming.len()) {
+            let rows: Vec<Row> = incoming
+                .iter()
+                .map(|item| Row { item, agent: None, agent_id: None, task_id: None })
+                .collect();
+            let mut writer = self.writer.acquire().await?;
+            let mut stored = insert_events(&mut writer, &rows).await?;
+            return Ok(incoming
+                .iter()
+                .map(|item| Ingested {
+                    duplicate: !stored.remove(item.receipt.key),
+                    agent: None,
+                    task: None,
+                })
+                .collect());
+        }
         let mut tx = self.write().await?;
-        let done = ingest_in_tx(&mut tx, &incoming, policy).await?;
+        let done = ingest_in_tx(&mut tx, incoming, &agents, &attached, policy).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -338,15 +376,13 @@ const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
 async fn ingest_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
     incoming: &[Incoming<'_>],
+    agents: &Attachments,
+    attached: &[Option<usize>],
     policy: RetryPolicy,
 ) -> Result<Vec<Ingested>> {
-    let mut agents = Attachments::load(tx, incoming).await?;
     let mut rows = Vec::with_capacity(incoming.len());
-    for item in incoming {
-        let agent = agents.attach(item.event, item.receipt.origin);
-        let origin_task =
-            item.receipt.origin.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok());
-        let task_id = match (agent, origin_task) {
+    for (item, &agent) in incoming.iter().zip(attached) {
+        let task_id = match (agent, item.receipt.origin.task()) {
             (Some(agent), _) => Some(agents.0[agent].task_id),
             (None, Some(task)) => task_exists(tx, task).await?.then_some(task),
             (None, None) => None,
@@ -388,10 +424,7 @@ struct Row<'a, 'b> {
 }
 
 /// Inserts the rows (`INSERT OR IGNORE`) and returns the keys that were new.
-async fn insert_events(
-    tx: &mut Transaction<'static, Sqlite>,
-    rows: &[Row<'_, '_>],
-) -> Result<HashSet<String>> {
+async fn insert_events(db: &mut SqliteConnection, rows: &[Row<'_, '_>]) -> Result<HashSet<String>> {
     let mut stored = HashSet::with_capacity(rows.len());
     let mut rest = rows;
     while !rest.is_empty() {
@@ -419,7 +452,7 @@ async fn insert_events(
                 .push_bind(event.problem.as_deref())
                 .push_bind(event.raw.as_str());
         });
-        let done = insert.build().execute(&mut **tx).await?;
+        let done = insert.build().execute(&mut *db).await?;
         let new = done.rows_affected() as usize;
         if new == chunk.len() {
             stored.extend(chunk.iter().map(|row| row.item.receipt.key.to_string()));
@@ -430,7 +463,7 @@ async fn insert_events(
                 sqlx::query_as("SELECT key FROM hook_events WHERE id > ? AND id <= ?")
                     .bind(last - new as i64)
                     .bind(last)
-                    .fetch_all(&mut **tx)
+                    .fetch_all(&mut *db)
                     .await?;
             stored.extend(keys.into_iter().map(|(key,)| key));
         }
@@ -446,10 +479,7 @@ struct Attachments(Vec<Agent>);
 impl Attachments {
     /// The live agents, and any other agent an event names by id or session id; the longest
     /// working directory first, so that the deepest one matches a `cwd`.
-    async fn load(
-        tx: &mut Transaction<'static, Sqlite>,
-        incoming: &[Incoming<'_>],
-    ) -> Result<Self> {
+    async fn load(readers: &SqlitePool, incoming: &[Incoming<'_>]) -> Result<Self> {
         let ids: Vec<String> = incoming
             .iter()
             .filter_map(|i| i.receipt.origin.agent_id.as_deref())
@@ -469,7 +499,7 @@ impl Attachments {
         ))
         .bind(serde_json::to_string(&ids).unwrap_or_default())
         .bind(serde_json::to_string(&sessions).unwrap_or_default())
-        .fetch_all(&mut **tx)
+        .fetch_all(readers)
         .await?;
         Ok(Attachments(agents))
     }
