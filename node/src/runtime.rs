@@ -64,8 +64,6 @@ pub struct Runtime {
     pub shutdown: CancellationToken,
     /// Tasks with a job in flight.
     jobs: Arc<Mutex<HashSet<Uuid>>>,
-    /// One lock per repository: git worktree commands on one repository must not overlap.
-    repo_locks: Arc<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// What the runtime has read of one live agent's output.
@@ -108,7 +106,6 @@ impl Runtime {
             scheduler_wake,
             shutdown,
             jobs: Arc::default(),
-            repo_locks: Arc::default(),
         }
     }
 
@@ -373,15 +370,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// The lock that serializes git worktree commands on `repo`.
-    fn repo_lock(&self, repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .repo_locks
-            .lock()
-            .expect("repo locks are never poisoned: no code panics holding them");
-        locks.entry(repo.to_path_buf()).or_default().clone()
-    }
-
     fn has_job(&self, task: Uuid) -> bool {
         self.jobs.lock().expect("jobs lock is never poisoned").contains(&task)
     }
@@ -521,8 +509,6 @@ impl Runtime {
         let short = task.short_id();
         let root = self.home.root().join("worktrees");
         let (repo_for_job, root_for_job) = (repo_path.clone(), root.clone());
-        let lock = self.repo_lock(&repo_path);
-        let _git = lock.lock().await;
         let prepared = tokio::task::spawn_blocking(move || {
             worktree::prepare(&worktree::Spec {
                 repo: &repo_for_job,
@@ -893,8 +879,6 @@ impl Runtime {
         let settings = Config::load(self.home.root(), Some(&saved.repo))
             .map(|c| c.worktree)
             .unwrap_or_default();
-        let lock = self.repo_lock(&saved.repo);
-        let _git = lock.lock().await;
         let outcome = tokio::task::spawn_blocking(move || {
             worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
         })
