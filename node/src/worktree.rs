@@ -321,20 +321,32 @@ pub fn cleanup(
     let copy_files = checked_copy_paths(copy_files)?;
     let repo = canonical(repo)?;
     let lock = repository_lock(&repo);
-    let _git = hold(&lock);
     let mut result = Cleanup::default();
     let branch = worktree.branch.as_str();
     let branch_ref = format!("refs/heads/{branch}");
+    let base_ref = format!("refs/heads/{}", worktree.base_branch);
 
-    git(&repo, &args!["worktree", "prune"])?;
+    // Look-ups run without the lock: only this task's worktree and branch matter here, and
+    // nothing else changes them.
     let wanted = comparable(&worktree.path);
-    let listed = list_worktrees(&repo)?;
+    let mut listed = list_worktrees(&repo)?;
+    let stale = |entry: &ListedWorktree| {
+        (comparable(&entry.path) == wanted || entry.branch.as_deref() == Some(&branch_ref))
+            && !entry.path.join(".git").exists()
+    };
+    if listed.iter().any(stale) {
+        // Deleted by hand: forget it, so the branch counts as checked out nowhere.
+        let _git = hold(&lock);
+        git(&repo, &args!["worktree", "prune"])?;
+        listed = list_worktrees(&repo)?;
+    }
     match listed.iter().find(|entry| comparable(&entry.path) == wanted) {
         Some(entry) => match worktree_keep_reason(entry, &branch_ref, &copy_files)? {
             Some(reason) => {
                 result.notes.push(format!("worktree {} kept: {reason}", entry.path.display()));
             }
             None => {
+                let _git = hold(&lock);
                 git(&repo, &args!["worktree", "remove", "--force", &entry.path])?;
                 tracing::info!(path = %entry.path.display(), "removed the task's worktree");
                 result.worktree_removed = true;
@@ -348,15 +360,16 @@ pub fn cleanup(
         None => result.worktree_removed = true,
     }
 
-    if !ref_exists(&repo, &branch_ref)? {
+    let refs = branches(&repo, &[&branch_ref, &base_ref])?;
+    let Some(task) = refs.iter().find(|b| b.full_ref == branch_ref) else {
         result.branch_deleted = true;
         return Ok(result);
-    }
-    let checked_out = list_worktrees(&repo)?
-        .into_iter()
-        .find(|entry| entry.branch.as_deref() == Some(branch_ref.as_str()));
-    let reason = match checked_out {
-        Some(entry) => Some(format!("it is checked out in {}", entry.path.display())),
+    };
+    let reason = match &task.worktree {
+        Some(path) => Some(format!("it is checked out in {}", path.display())),
+        None if !refs.iter().any(|b| b.full_ref == base_ref) => {
+            Some(format!("base branch {} does not exist", worktree.base_branch))
+        }
         None => unmerged_reason(&repo, branch, &worktree.base_branch)?,
     };
     match reason {
@@ -364,6 +377,7 @@ pub fn cleanup(
         None => {
             // `-D`: merged-ness was checked against the base branch just above; `-d` would
             // check it against HEAD or the upstream instead.
+            let _git = hold(&lock);
             git(&repo, &args!["branch", "-D", "--quiet", branch])?;
             tracing::info!(%branch, "deleted the task's branch");
             result.branch_deleted = true;
@@ -630,10 +644,6 @@ fn update_base(repo: &Path, base: &str, remote: &str, merge: &str, checked_out_h
         Err(error) => tracing::warn!(repo = %repo.display(), base_branch = base, %remote, %error,
             "cannot fast-forward the base branch from its upstream; using the local branch"),
     }
-}
-
-fn ref_exists(repo: &Path, full_ref: &str) -> Result<bool, WorktreeError> {
-    Ok(git_maybe(repo, &args!["rev-parse", "--verify", "--quiet", full_ref])?.is_some())
 }
 
 /// The commit a local branch points to.
@@ -938,12 +948,10 @@ fn worktree_keep_reason(
     )))
 }
 
-/// Why a branch must be kept, or `None` when every commit is in the base branch.
+/// Why a branch must be kept, or `None` when every commit is in the base branch (which
+/// exists).
 fn unmerged_reason(repo: &Path, branch: &str, base: &str) -> Result<Option<String>, WorktreeError> {
     let base_ref = format!("refs/heads/{base}");
-    if !ref_exists(repo, &base_ref)? {
-        return Ok(Some(format!("base branch {base} does not exist")));
-    }
     // `+` marks a commit whose change the base branch does not have, by ancestry or by patch.
     let cherry = git(repo, &args!["cherry", &base_ref, format!("refs/heads/{branch}")])?;
     let unmerged = cherry.lines().filter(|line| line.starts_with('+')).count();
@@ -1414,6 +1422,24 @@ mod tests {
         let again = prepare(&spec(&repo, "3f2a9c41", &root)).unwrap();
         assert_eq!(again.base_commit, wt.base_commit);
         assert!(again.path.join("b.txt").is_file());
+    }
+
+    #[test]
+    fn cleanup_forgets_a_worktree_deleted_by_hand_and_deletes_its_merged_branch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path(), "proj");
+        let root = tmp.path().join("worktrees");
+        let wt = prepare(&spec(&repo, "90e90e90", &root)).unwrap();
+        fs::remove_dir_all(&wt.path).unwrap();
+
+        let done = cleanup(&repo, &wt, &[]).unwrap();
+
+        assert_eq!(
+            done,
+            Cleanup { worktree_removed: true, branch_deleted: true, notes: Vec::new() }
+        );
+        assert!(!branch_exists(&repo, "ccm/90e90e90"));
+        assert!(!run(&repo, &["worktree", "list", "--porcelain"]).contains("90e90e90"));
     }
 
     #[test]
