@@ -11,7 +11,8 @@
 //! Everything here is synchronous and runs `git` (and `sh` for the setup command) as child
 //! processes; the caller runs it in `spawn_blocking`. Every git command runs with `-C <dir>`,
 //! without a terminal prompt and without the `GIT_DIR`-like variables of the environment, so
-//! the daemon behaves the same wherever it was started from.
+//! the daemon behaves the same wherever it was started from. It needs git 2.36 or later
+//! (`%(worktreepath)` of `for-each-ref`, `git hook run`).
 //!
 //! **Invariant**: ccm works offline. Updating the base branch from its remote is best effort:
 //! a failure (no network, a diverged base, a remote that is gone) or a remote that does not
@@ -576,8 +577,7 @@ struct Branch {
     upstream: Option<(String, String)>,
 }
 
-/// The listed local branches (full refs) that exist, in one `git for-each-ref` (needs git
-/// 2.23 for `worktreepath`).
+/// The listed local branches (full refs) that exist, in one `git for-each-ref`.
 fn branches(repo: &Path, full_refs: &[&str]) -> Result<Vec<Branch>, WorktreeError> {
     let format = "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)\
                   %00%(upstream:remotename)%00%(upstream:remoteref)";
