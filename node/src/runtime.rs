@@ -62,10 +62,19 @@ pub struct Runtime {
     /// Wakes the scheduler (a slot may have been freed).
     pub scheduler_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// Tasks with a job in flight, and those whose job ended during the current pass.
+    jobs: Arc<Mutex<Jobs>>,
+}
+
+/// The runtime's jobs, by task.
+#[derive(Default)]
+struct Jobs {
     /// Tasks with a job in flight.
-    jobs: Arc<Mutex<HashSet<Uuid>>>,
-    /// One lock per repository: git worktree commands on one repository must not overlap.
-    repo_locks: Arc<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>,
+    running: HashSet<Uuid>,
+    /// Tasks whose job ended since the current pass read the tasks: what that pass read of
+    /// them is stale (the job moved them on), so they wait for the next pass, which the end of
+    /// the job wakes.
+    ended: HashSet<Uuid>,
 }
 
 /// What the runtime has read of one live agent's output.
@@ -108,7 +117,6 @@ impl Runtime {
             scheduler_wake,
             shutdown,
             jobs: Arc::default(),
-            repo_locks: Arc::default(),
         }
     }
 
@@ -137,6 +145,8 @@ impl Runtime {
 
     /// One reconciliation of the database with reality.
     pub async fn pass(&self, passes: &mut Passes) -> anyhow::Result<()> {
+        // Before the tasks are read: jobs that ended until now are in what is read.
+        self.jobs().ended.clear();
         let tasks: HashMap<Uuid, Task> =
             self.store.runtime_tasks().await?.into_iter().map(|t| (t.id, t)).collect();
         let agents = self.store.live_agents().await?;
@@ -327,7 +337,11 @@ impl Runtime {
     /// Starts the job the task's state calls for, unless one is in flight.
     async fn advance(&self, task: &Task, dispatching: bool) -> anyhow::Result<()> {
         let external = self.profile(&task.profile).is_some_and(|p| p.mode == Mode::External);
-        if self.has_job(task.id) || (external && !task.state.is_terminal()) {
+        let busy = {
+            let jobs = self.jobs();
+            jobs.running.contains(&task.id) || jobs.ended.contains(&task.id)
+        };
+        if busy || (external && !task.state.is_terminal()) {
             return Ok(());
         }
         let job = match task.state {
@@ -352,10 +366,7 @@ impl Runtime {
             _ if dispatching => return Ok(()),
             _ => Job::Cleanup,
         };
-        self.jobs
-            .lock()
-            .expect("jobs lock is never poisoned: no code panics while holding it")
-            .insert(task.id);
+        self.jobs().running.insert(task.id);
         let runtime = self.clone();
         let task = task.clone();
         let span = info_span!("job", task = %task.short_id(), job = job.name());
@@ -364,7 +375,10 @@ impl Runtime {
                 if let Err(error) = runtime.run_job(&task, job).await {
                     warn!(error = %format!("{error:#}"), "job failed; it runs again at the next pass");
                 }
-                runtime.jobs.lock().expect("jobs lock is never poisoned").remove(&task.id);
+                let mut jobs = runtime.jobs();
+                jobs.running.remove(&task.id);
+                jobs.ended.insert(task.id);
+                drop(jobs);
                 runtime.wake.notify_one();
                 runtime.scheduler_wake.notify_one();
             }
@@ -373,17 +387,12 @@ impl Runtime {
         Ok(())
     }
 
-    /// The lock that serializes git worktree commands on `repo`.
-    fn repo_lock(&self, repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .repo_locks
-            .lock()
-            .expect("repo locks are never poisoned: no code panics holding them");
-        locks.entry(repo.to_path_buf()).or_default().clone()
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().expect("jobs lock is never poisoned: no code panics while holding it")
     }
 
     fn has_job(&self, task: Uuid) -> bool {
-        self.jobs.lock().expect("jobs lock is never poisoned").contains(&task)
+        self.jobs().running.contains(&task)
     }
 
     async fn run_job(&self, task: &Task, job: Job) -> anyhow::Result<()> {
@@ -521,8 +530,6 @@ impl Runtime {
         let short = task.short_id();
         let root = self.home.root().join("worktrees");
         let (repo_for_job, root_for_job) = (repo_path.clone(), root.clone());
-        let lock = self.repo_lock(&repo_path);
-        let _git = lock.lock().await;
         let prepared = tokio::task::spawn_blocking(move || {
             worktree::prepare(&worktree::Spec {
                 repo: &repo_for_job,
@@ -893,8 +900,6 @@ impl Runtime {
         let settings = Config::load(self.home.root(), Some(&saved.repo))
             .map(|c| c.worktree)
             .unwrap_or_default();
-        let lock = self.repo_lock(&saved.repo);
-        let _git = lock.lock().await;
         let outcome = tokio::task::spawn_blocking(move || {
             worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
         })

@@ -11,11 +11,18 @@
 //! Everything here is synchronous and runs `git` (and `sh` for the setup command) as child
 //! processes; the caller runs it in `spawn_blocking`. Every git command runs with `-C <dir>`,
 //! without a terminal prompt and without the `GIT_DIR`-like variables of the environment, so
-//! the daemon behaves the same wherever it was started from.
+//! the daemon behaves the same wherever it was started from. It needs git 2.36 or later
+//! (`%(worktreepath)` of `for-each-ref`, `git hook run`).
 //!
 //! **Invariant**: ccm works offline. Updating the base branch from its remote is best effort:
 //! a failure (no network, a diverged base, a remote that is gone) or a remote that does not
 //! answer within [`REMOTE_UPDATE_TIMEOUT`] is logged and the local base is used.
+//!
+//! **Invariant**: git commands that change a repository's worktree bookkeeping (`worktree add`,
+//! `remove`, `prune`, with the branch created or deleted alongside) never overlap within the
+//! process: overlapping ones corrupted `.git/worktrees/*`. [`prepare`] and [`cleanup`] take a
+//! per-repository lock for those steps only; checking out the files, copying files in and the
+//! setup command run outside it.
 //!
 //! **Invariant**: cleanup never deletes work. A worktree with uncommitted changes and a branch
 //! with commits that are not in the base branch are kept, with a note saying why; history is
@@ -23,12 +30,14 @@
 //!
 //! **Boundary**: nothing here knows tasks, the store or tmux; callers pass paths and names.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -163,56 +172,48 @@ pub struct Worktree {
 /// When the branch survives but its worktree is gone (a cleanup kept the branch), a new
 /// worktree is created on the branch; being new, it gets the copy and the setup.
 ///
-/// A failed copy or setup removes the new worktree again (and the branch, when it was created
-/// by this call), so a retry starts clean.
+/// A failed checkout, copy or setup removes the new worktree again (and the branch, when it
+/// was created by this call), so a retry starts clean.
+///
+/// For a new task that is two git commands under the repository's lock (`for-each-ref`,
+/// `worktree add --no-checkout`), then `reset --hard` and `hook run post-checkout` outside it;
+/// `worktree prune` runs only when a registration whose directory is gone is in the way.
 pub fn prepare(spec: &Spec) -> Result<Worktree, WorktreeError> {
     check_short_id(spec.short_id)?;
     let copy_files = checked_copy_paths(spec.copy_files)?;
     let repo = canonical(spec.repo)?;
     let branch = format!("ccm/{}", spec.short_id);
-    let branch_ref = format!("refs/heads/{branch}");
-    let base_branch = spec.base_branch.to_owned();
-
-    // Forget worktrees whose directory was deleted by hand, so their branch can be reused.
-    git(&repo, &args!["worktree", "prune"])?;
-    let existing = list_worktrees(&repo)?
-        .into_iter()
-        .find(|entry| entry.branch.as_deref() == Some(branch_ref.as_str()));
-    if let Some(entry) = existing {
-        let base_commit = recorded_base(&repo, &branch, spec.base_branch)?;
-        tracing::debug!(path = %entry.path.display(), %branch, "reusing the task's worktree");
-        return Ok(Worktree { path: entry.path, branch, base_commit, base_branch });
-    }
-
     let path = worktree_path(&repo, spec.root, spec.short_id)?;
-    if fs::symlink_metadata(&path).is_ok() {
-        return Err(WorktreeError::PathOccupied { path, branch });
-    }
 
-    let branch_is_new = !ref_exists(&repo, &branch_ref)?;
-    let base_commit = if branch_is_new {
-        update_base(&repo, spec.base_branch);
-        let base_commit = resolve_branch(&repo, spec.base_branch)?;
-        git(&repo, &args!["worktree", "add", "--quiet", "-b", &branch, &path, &base_commit])?;
-        base_commit
-    } else {
-        let base_commit = recorded_base(&repo, &branch, spec.base_branch)?;
-        git(&repo, &args!["worktree", "add", "--quiet", &path, &branch])?;
-        base_commit
+    let lock = repository_lock(&repo);
+    let (worktree, branch_is_new, head) = {
+        let _git = hold(&lock);
+        match register(&repo, spec, &branch, &path)? {
+            Registered::Existing(worktree) => {
+                tracing::debug!(path = %worktree.path.display(), %branch, "reusing the task's worktree");
+                return Ok(worktree);
+            }
+            Registered::New { worktree, branch_is_new, head } => (worktree, branch_is_new, head),
+        }
     };
     tracing::info!(
         path = %path.display(),
         %branch,
-        %base_commit,
+        base_commit = %worktree.base_commit,
         new_branch = branch_is_new,
         "created the task's worktree"
     );
 
-    if let Err(error) = populate(&repo, &path, &copy_files, spec.copy_files, spec.setup) {
+    // Outside the lock: only this worktree's index and directory change from here on, as when
+    // the agent runs git in it.
+    let populated = check_out(&path, &head)
+        .and_then(|()| populate(&repo, &path, &copy_files, spec.copy_files, spec.setup));
+    if let Err(error) = populated {
+        let _git = hold(&lock);
         remove_failed(&repo, &path, &branch, branch_is_new);
         return Err(error);
     }
-    Ok(Worktree { path, branch, base_commit, base_branch })
+    Ok(worktree)
 }
 
 /// One commit of a task's branch.
@@ -320,19 +321,33 @@ pub fn cleanup(
 ) -> Result<Cleanup, WorktreeError> {
     let copy_files = checked_copy_paths(copy_files)?;
     let repo = canonical(repo)?;
+    let lock = repository_lock(&repo);
     let mut result = Cleanup::default();
     let branch = worktree.branch.as_str();
     let branch_ref = format!("refs/heads/{branch}");
+    let base_ref = format!("refs/heads/{}", worktree.base_branch);
 
-    git(&repo, &args!["worktree", "prune"])?;
+    // Look-ups run without the lock: only this task's worktree and branch matter here, and
+    // nothing else changes them.
     let wanted = comparable(&worktree.path);
-    let listed = list_worktrees(&repo)?;
+    let mut listed = list_worktrees(&repo)?;
+    let stale = |entry: &ListedWorktree| {
+        (comparable(&entry.path) == wanted || entry.branch.as_deref() == Some(&branch_ref))
+            && !entry.path.join(".git").exists()
+    };
+    if listed.iter().any(stale) {
+        // Deleted by hand: forget it, so the branch counts as checked out nowhere.
+        let _git = hold(&lock);
+        git(&repo, &args!["worktree", "prune"])?;
+        listed = list_worktrees(&repo)?;
+    }
     match listed.iter().find(|entry| comparable(&entry.path) == wanted) {
         Some(entry) => match worktree_keep_reason(entry, &branch_ref, &copy_files)? {
             Some(reason) => {
                 result.notes.push(format!("worktree {} kept: {reason}", entry.path.display()));
             }
             None => {
+                let _git = hold(&lock);
                 git(&repo, &args!["worktree", "remove", "--force", &entry.path])?;
                 tracing::info!(path = %entry.path.display(), "removed the task's worktree");
                 result.worktree_removed = true;
@@ -346,15 +361,16 @@ pub fn cleanup(
         None => result.worktree_removed = true,
     }
 
-    if !ref_exists(&repo, &branch_ref)? {
+    let refs = branches(&repo, &[&branch_ref, &base_ref])?;
+    let Some(task) = refs.iter().find(|b| b.full_ref == branch_ref) else {
         result.branch_deleted = true;
         return Ok(result);
-    }
-    let checked_out = list_worktrees(&repo)?
-        .into_iter()
-        .find(|entry| entry.branch.as_deref() == Some(branch_ref.as_str()));
-    let reason = match checked_out {
-        Some(entry) => Some(format!("it is checked out in {}", entry.path.display())),
+    };
+    let reason = match &task.worktree {
+        Some(path) => Some(format!("it is checked out in {}", path.display())),
+        None if !refs.iter().any(|b| b.full_ref == base_ref) => {
+            Some(format!("base branch {} does not exist", worktree.base_branch))
+        }
         None => unmerged_reason(&repo, branch, &worktree.base_branch)?,
     };
     match reason {
@@ -362,6 +378,7 @@ pub fn cleanup(
         None => {
             // `-D`: merged-ness was checked against the base branch just above; `-d` would
             // check it against HEAD or the upstream instead.
+            let _git = hold(&lock);
             git(&repo, &args!["branch", "-D", "--quiet", branch])?;
             tracing::info!(%branch, "deleted the task's branch");
             result.branch_deleted = true;
@@ -411,6 +428,23 @@ fn checked_copy_paths(files: &[String]) -> Result<Vec<PathBuf>, WorktreeError> {
         .collect()
 }
 
+/// One lock per repository (canonical path) for the whole process: commands that change a
+/// repository's worktree bookkeeping (`worktree add`, `remove`, `prune`, and branch creation
+/// or deletion with them) must not overlap, or they corrupt `.git/worktrees/*`.
+static REPOSITORY_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// The repository's lock (see [`REPOSITORY_LOCKS`]); `repo` is canonical.
+fn repository_lock(repo: &Path) -> Arc<Mutex<()>> {
+    let mut locks = REPOSITORY_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+    locks.entry(repo.to_owned()).or_default().clone()
+}
+
+/// Waits for the lock. It guards no data, so a panic while it was held left nothing to repair.
+fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn canonical(path: &Path) -> Result<PathBuf, WorktreeError> {
     fs::canonicalize(path).map_err(|source| WorktreeError::Io { path: path.to_owned(), source })
 }
@@ -425,32 +459,184 @@ fn worktree_path(repo: &Path, root: &Path, short_id: &str) -> Result<PathBuf, Wo
     Ok(root.join(format!("{repo_name}-{short_id}")))
 }
 
+/// What [`register`] found or made.
+enum Registered {
+    /// The task's branch is checked out in a worktree already (a retry of the task).
+    Existing(Worktree),
+    /// A worktree was added without its files (`--no-checkout`) on `head`, the branch's
+    /// commit; `branch_is_new` when the branch was created with it.
+    New { worktree: Worktree, branch_is_new: bool, head: String },
+}
+
+/// The part of [`prepare`] that changes the repository's worktree bookkeeping, run under its
+/// lock: finds the task's worktree, or adds one (`--no-checkout`) on the task's branch,
+/// creating the branch from the (updated) base when it does not exist.
+///
+/// One `git for-each-ref` answers what used to take five commands (is the branch there, where
+/// is it checked out, the base's commit and upstream, is the base checked out here).
+/// `git worktree prune` runs only when that answer or `worktree add` shows a registration
+/// whose directory is gone; the look-up and the add are then tried once more.
+fn register(
+    repo: &Path,
+    spec: &Spec,
+    branch: &str,
+    path: &Path,
+) -> Result<Registered, WorktreeError> {
+    let branch_ref = format!("refs/heads/{branch}");
+    let base_ref = format!("refs/heads/{}", spec.base_branch);
+    let base_branch = spec.base_branch.to_owned();
+    let mut pruned = false;
+    // Decided by the first look: an add that failed after creating the branch must not make
+    // the retry think the branch was there before.
+    let mut branch_is_new = None;
+    loop {
+        let mut refs = branches(repo, &[&branch_ref, &base_ref])?;
+        let base = refs.iter().position(|b| b.full_ref == base_ref).map(|i| refs.swap_remove(i));
+        let task = refs.into_iter().find(|b| b.full_ref == branch_ref);
+        let new = *branch_is_new.get_or_insert(task.is_none());
+
+        if let Some(checked_out) = task.as_ref().and_then(|t| t.worktree.clone()) {
+            // A registration whose directory was deleted by hand is forgotten first, so the
+            // branch can get a new worktree.
+            if pruned || checked_out.join(".git").exists() {
+                let base_commit = recorded_base(repo, branch, spec.base_branch)?;
+                let worktree = Worktree {
+                    path: checked_out,
+                    branch: branch.to_owned(),
+                    base_commit,
+                    base_branch,
+                };
+                return Ok(Registered::Existing(worktree));
+            }
+            git(repo, &args!["worktree", "prune"])?;
+            pruned = true;
+            continue;
+        }
+
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(WorktreeError::PathOccupied {
+                path: path.to_owned(),
+                branch: branch.to_owned(),
+            });
+        }
+        let added = match &task {
+            None => new_base(repo, spec.base_branch, base.as_ref()).and_then(|commit| {
+                let add = args![
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "--no-checkout",
+                    "-b",
+                    branch,
+                    path,
+                    commit
+                ];
+                git(repo, &add).map(|_| (commit.clone(), commit))
+            }),
+            Some(task) => recorded_base(repo, branch, spec.base_branch).and_then(|base_commit| {
+                git(repo, &args!["worktree", "add", "--quiet", "--no-checkout", path, branch])?;
+                let head = match &task.commit {
+                    Some(commit) => commit.clone(),
+                    None => git(repo, &args!["rev-parse", "--verify", &task.full_ref])?,
+                };
+                Ok((base_commit, head.trim().to_owned()))
+            }),
+        };
+        match added {
+            Ok((base_commit, head)) => {
+                let worktree = Worktree {
+                    path: path.to_owned(),
+                    branch: branch.to_owned(),
+                    base_commit,
+                    base_branch,
+                };
+                return Ok(Registered::New { worktree, branch_is_new: new, head });
+            }
+            // Perhaps a registration whose directory is gone holds the path or the branch.
+            Err(error @ WorktreeError::Git { .. }) if !pruned => {
+                tracing::debug!(%error, "cannot add the worktree; pruning and trying again");
+                git(repo, &args!["worktree", "prune"])?;
+                pruned = true;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A local branch, as `git for-each-ref` describes it.
+#[derive(Debug)]
+struct Branch {
+    /// `refs/heads/<name>`.
+    full_ref: String,
+    /// The commit it points to (`None` when it points to something else, such as a tag).
+    commit: Option<String>,
+    /// The worktree it is checked out in (the main one included), if any.
+    worktree: Option<PathBuf>,
+    /// `(remote, ref on the remote)` when it has an upstream that git can fetch, as
+    /// `git status` sees it.
+    upstream: Option<(String, String)>,
+}
+
+/// The listed local branches (full refs) that exist, in one `git for-each-ref`.
+fn branches(repo: &Path, full_refs: &[&str]) -> Result<Vec<Branch>, WorktreeError> {
+    let format = "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)\
+                  %00%(upstream:remotename)%00%(upstream:remoteref)";
+    let mut command = vec![OsStr::new("for-each-ref"), OsStr::new(format)];
+    command.extend(full_refs.iter().map(OsStr::new));
+    let out = git(repo, &command)?;
+    let non_empty = |field: &str| (!field.is_empty()).then(|| field.to_owned());
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('\0').collect();
+            let [full_ref, kind, sha, worktree, remote, merge] = fields[..] else { return None };
+            // Patterns also match refs below them (`refs/heads/main/x`): keep exact matches.
+            full_refs.contains(&full_ref).then(|| Branch {
+                full_ref: full_ref.to_owned(),
+                commit: (kind == "commit").then(|| sha.to_owned()),
+                worktree: non_empty(worktree).map(PathBuf::from),
+                upstream: non_empty(remote).zip(non_empty(merge)),
+            })
+        })
+        .collect())
+}
+
+/// The commit a new task branch starts from: the base branch, after a fast-forward from its
+/// upstream when it has one.
+fn new_base(repo: &Path, base: &str, found: Option<&Branch>) -> Result<String, WorktreeError> {
+    let Some(found) = found else {
+        return Err(WorktreeError::UnknownBaseBranch {
+            repo: repo.to_owned(),
+            branch: base.to_owned(),
+        });
+    };
+    let checked_out_here =
+        found.worktree.as_deref().is_some_and(|at| comparable(at) == comparable(repo));
+    let updated = match &found.upstream {
+        // A local upstream (`.`) has nothing to fetch.
+        Some((remote, merge)) if remote != "." => {
+            update_base(repo, base, remote, merge, checked_out_here);
+            true
+        }
+        _ => false,
+    };
+    match &found.commit {
+        Some(commit) if !updated => Ok(commit.clone()),
+        _ => resolve_branch(repo, base),
+    }
+}
+
 /// Brings the base branch up to date with its upstream, fast-forward only. Never fails: ccm
 /// works offline, so every problem is a warning and the local branch is used as it is.
-fn update_base(repo: &Path, base: &str) {
-    let upstream = config_value(repo, &format!("branch.{base}.remote")).and_then(|remote| {
-        let merge = config_value(repo, &format!("branch.{base}.merge"))?;
-        Ok(remote.zip(merge))
-    });
-    let (remote, merge) = match upstream {
-        Ok(Some((remote, merge))) if remote != "." => (remote, merge),
-        Ok(_) => return, // no upstream, or a local one (`.`): nothing to fetch
-        Err(error) => {
-            tracing::warn!(repo = %repo.display(), base_branch = base, %error,
-                "cannot read the base branch's upstream; using the local branch");
-            return;
-        }
-    };
+fn update_base(repo: &Path, base: &str, remote: &str, merge: &str, checked_out_here: bool) {
     let base_ref = format!("refs/heads/{base}");
-    let head = git_maybe(repo, &args!["symbolic-ref", "--quiet", "HEAD"]);
-    let checked_out = matches!(&head, Ok(Some(head)) if head.trim() == base_ref);
-    let result = if checked_out {
+    let result = if checked_out_here {
         // Only updates what the main checkout already shows: a dirty tree that the update
         // would touch makes git refuse, which is a warning like any other.
-        git_remote(repo, &args!["pull", "--quiet", "--ff-only", "--no-rebase", &remote, &merge])
+        git_remote(repo, &args!["pull", "--quiet", "--ff-only", "--no-rebase", remote, merge])
     } else {
         // A refspec without `+` only ever fast-forwards the local branch.
-        git_remote(repo, &args!["fetch", "--quiet", &remote, format!("{merge}:{base_ref}")])
+        git_remote(repo, &args!["fetch", "--quiet", remote, format!("{merge}:{base_ref}")])
     };
     match result {
         Ok(()) => tracing::debug!(repo = %repo.display(), base_branch = base, %remote,
@@ -458,17 +644,6 @@ fn update_base(repo: &Path, base: &str) {
         Err(error) => tracing::warn!(repo = %repo.display(), base_branch = base, %remote, %error,
             "cannot fast-forward the base branch from its upstream; using the local branch"),
     }
-}
-
-/// Value of a git config key, `None` when unset.
-fn config_value(repo: &Path, key: &str) -> Result<Option<String>, WorktreeError> {
-    Ok(git_maybe(repo, &args!["config", "--get", key])?
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty()))
-}
-
-fn ref_exists(repo: &Path, full_ref: &str) -> Result<bool, WorktreeError> {
-    Ok(git_maybe(repo, &args!["rev-parse", "--verify", "--quiet", full_ref])?.is_some())
 }
 
 /// The commit a local branch points to.
@@ -499,6 +674,17 @@ fn recorded_base(repo: &Path, branch: &str, base: &str) -> Result<String, Worktr
     let base_commit = resolve_branch(repo, base)?;
     let fork = git(repo, &args!["merge-base", &base_commit, &branch_ref])?;
     Ok(fork.trim().to_owned())
+}
+
+/// Checks out the files of a worktree added with `--no-checkout` on commit `head`, as
+/// `git worktree add` itself does: `git reset --hard`, then the `post-checkout` hook, when the
+/// repository has one, with the arguments git gives it for a new worktree.
+fn check_out(worktree: &Path, head: &str) -> Result<(), WorktreeError> {
+    git(worktree, &args!["reset", "--hard", "--quiet", "--no-recurse-submodules"])?;
+    let null = "0".repeat(head.len());
+    let hook = args!["hook", "run", "--ignore-missing", "post-checkout", "--", null, head, "1"];
+    git(worktree, &hook)?;
+    Ok(())
 }
 
 /// Copies the listed files into a new worktree, then runs the setup command there.
@@ -762,12 +948,10 @@ fn worktree_keep_reason(
     )))
 }
 
-/// Why a branch must be kept, or `None` when every commit is in the base branch.
+/// Why a branch must be kept, or `None` when every commit is in the base branch (which
+/// exists).
 fn unmerged_reason(repo: &Path, branch: &str, base: &str) -> Result<Option<String>, WorktreeError> {
     let base_ref = format!("refs/heads/{base}");
-    if !ref_exists(repo, &base_ref)? {
-        return Ok(Some(format!("base branch {base} does not exist")));
-    }
     // `+` marks a commit whose change the base branch does not have, by ancestry or by patch.
     let cherry = git(repo, &args!["cherry", &base_ref, format!("refs/heads/{branch}")])?;
     let unmerged = cherry.lines().filter(|line| line.starts_with('+')).count();
@@ -1038,6 +1222,60 @@ mod tests {
     }
 
     #[test]
+    fn prepare_recreates_a_worktree_whose_directory_was_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path(), "proj");
+        let root = tmp.path().join("worktrees");
+        let first = prepare(&spec(&repo, "de1e7ed0", &root)).unwrap();
+        commit(&first.path, "work.txt", "work\n", "work de1e7ed0");
+
+        // Deleted by hand: git still lists the worktree until it is pruned.
+        fs::remove_dir_all(&first.path).unwrap();
+        let again = prepare(&spec(&repo, "de1e7ed0", &root)).unwrap();
+
+        assert_eq!(again, first);
+        assert!(again.path.join("work.txt").is_file(), "the branch's commit is checked out");
+        assert_eq!(run(&again.path, &["symbolic-ref", "--short", "HEAD"]), "ccm/de1e7ed0");
+        assert_eq!(run(&again.path, &["status", "--porcelain"]), "");
+    }
+
+    #[test]
+    fn prepare_takes_a_path_still_registered_to_a_deleted_worktree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path(), "proj");
+        let root = tmp.path().join("worktrees");
+        fs::create_dir_all(&root).unwrap();
+        // Another branch's worktree at the task's path, deleted by hand but still registered.
+        let path = root.canonicalize().unwrap().join("proj-5ca1ab1e");
+        run(&repo, &["worktree", "add", "--quiet", "-b", "other", path.to_str().unwrap()]);
+        fs::remove_dir_all(&path).unwrap();
+
+        let wt = prepare(&spec(&repo, "5ca1ab1e", &root)).unwrap();
+
+        assert_eq!(wt.path, path);
+        assert_eq!(run(&wt.path, &["symbolic-ref", "--short", "HEAD"]), "ccm/5ca1ab1e");
+        assert!(wt.path.join("README.md").is_file());
+    }
+
+    #[test]
+    fn prepare_runs_the_post_checkout_hook_as_worktree_add_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path(), "proj");
+        let hook = repo.join(".git/hooks/post-checkout");
+        fs::write(&hook, "#!/bin/sh\ntest -f README.md && echo \"$1 $2 $3\" > hook-args.txt\n")
+            .unwrap();
+        fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("worktrees");
+
+        let wt = prepare(&spec(&repo, "400c0c00", &root)).unwrap();
+
+        let null = "0".repeat(wt.base_commit.len());
+        let args = fs::read_to_string(wt.path.join("hook-args.txt")).unwrap();
+        assert_eq!(args.trim(), format!("{null} {} 1", wt.base_commit));
+    }
+
+    #[test]
     fn prepare_copies_listed_files_and_runs_setup() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = new_repo(tmp.path(), "proj");
@@ -1184,6 +1422,24 @@ mod tests {
         let again = prepare(&spec(&repo, "3f2a9c41", &root)).unwrap();
         assert_eq!(again.base_commit, wt.base_commit);
         assert!(again.path.join("b.txt").is_file());
+    }
+
+    #[test]
+    fn cleanup_forgets_a_worktree_deleted_by_hand_and_deletes_its_merged_branch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path(), "proj");
+        let root = tmp.path().join("worktrees");
+        let wt = prepare(&spec(&repo, "90e90e90", &root)).unwrap();
+        fs::remove_dir_all(&wt.path).unwrap();
+
+        let done = cleanup(&repo, &wt, &[]).unwrap();
+
+        assert_eq!(
+            done,
+            Cleanup { worktree_removed: true, branch_deleted: true, notes: Vec::new() }
+        );
+        assert!(!branch_exists(&repo, "ccm/90e90e90"));
+        assert!(!run(&repo, &["worktree", "list", "--porcelain"]).contains("90e90e90"));
     }
 
     #[test]

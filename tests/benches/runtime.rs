@@ -101,19 +101,20 @@ fn log_tail(daemon: &Daemon) -> String {
 ///
 /// A task's latency is its agent's start time minus the `at` of the `queued` entry of its log
 /// (`GET /api/tasks/{id}`; RFC 3339, milliseconds, truncated, so the figure may read up to
-/// 1 ms high). It covers the runtime picking the task up, the worktree (`git worktree prune`,
-/// `list`, ref and config look-ups, `worktree add`), ccm's hook settings in it, the agent's
-/// directory and record, the tmux window and the wrapper shell that records the exit status.
+/// 1 ms high). It covers the runtime picking the task up, the worktree (`git for-each-ref`,
+/// `worktree add --no-checkout`, `reset --hard`, `hook run post-checkout`), ccm's hook settings
+/// in it, the agent's directory and record, the tmux window and the wrapper shell that records
+/// the exit status.
 /// The log's `executing` entry (written once the worktree exists and the attempt is recorded,
 /// before the window opens) splits the figure in two.
 ///
 /// Baselines, [`DISPATCHES`] runs each, one after the other: a bare `tmux new-window -d` on a
 /// private server running `sh -c 'date +%s%N > FILE'`, from just before the `tmux` command to
 /// the time written; `git worktree add -b BRANCH PATH COMMIT` of the same repository (the
-/// command alone); and the seven git commands ccm's worktree preparation runs, in sequence
-/// (`worktree prune`, `worktree list --porcelain`, `rev-parse` of the task branch, two
-/// `config --get` of the base branch's upstream, `rev-parse` of the base branch, `worktree
-/// add`). Each worktree and branch is removed again, untimed, before the next.
+/// command alone, files checked out); and the four git commands ccm's worktree preparation
+/// runs for a new task, in sequence (`for-each-ref` of the task and base branches, `worktree
+/// add --no-checkout -b`, then in the worktree `reset --hard` and `hook run --ignore-missing
+/// post-checkout`). Each worktree and branch is removed again, untimed, before the next.
 async fn dispatch_rows() -> (Vec<Row>, Vec<String>) {
     let (run, _home, repo) = dispatch_run("bench-dispatch", DISPATCH_SLOTS, DISPATCHES).await;
     let (serial, ..) = dispatch_run("bench-dispatch-serial", 1, SERIAL_DISPATCHES).await;
@@ -161,7 +162,7 @@ async fn dispatch_rows() -> (Vec<Row>, Vec<String>) {
             "  of which queued → executing, p50 / p99",
             format!("{} / {}", ms(run.to_executing.p50), ms(run.to_executing.p99)),
             format!(
-                "{} / {} (git: the 7 commands of worktree preparation)",
+                "{} / {} (git: the 4 commands of worktree preparation)",
                 ms(prepare.p50),
                 ms(prepare.p99)
             ),
@@ -398,39 +399,47 @@ fn tmux_spawns(count: usize) -> Vec<Duration> {
 }
 
 /// `count` runs of the git commands ccm's worktree preparation runs for a new task in `repo`,
-/// one after the other, each worktree under `root`: returns the time of `git worktree add` alone
-/// and of the whole sequence, per run. Each worktree and branch is removed (untimed) before
-/// the next, as ccm's cleanup does.
+/// one after the other, each worktree under `root`: returns the time of a bare
+/// `git worktree add` (files checked out) and of ccm's sequence, per run. Each worktree and
+/// branch is removed (untimed) before the next, as ccm's cleanup does.
 fn worktree_adds(repo: &Path, root: &Path, count: usize) -> (Vec<Duration>, Vec<Duration>) {
-    // Exit status 1 is an answer ("no such ref", "unset") for the look-ups, as for ccm.
-    let git = |args: &[&str]| {
-        let out = Command::new("git").arg("-C").arg(repo).args(args).output().expect("git runs");
-        assert!(
-            matches!(out.status.code(), Some(0 | 1)),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    let remove = |path: &str, branch: &str| {
+        git(repo, &["worktree", "remove", "--force", path]);
+        git(repo, &["branch", "-q", "-D", branch]);
+    };
+    let format = "--format=%(refname)%00%(objecttype)%00%(objectname)%00%(worktreepath)\
+                  %00%(upstream:remotename)%00%(upstream:remoteref)";
     let mut add = Vec::with_capacity(count);
     let mut sequence = Vec::with_capacity(count);
     for n in 0..count {
         let path = root.join(format!("app-{n:08}"));
-        let path = path.to_string_lossy();
+        let path_arg = path.to_string_lossy();
         let branch = format!("ccm/{n:08}");
+        let base = git(repo, &["rev-parse", "--verify", "--quiet", "refs/heads/main^{commit}"]);
+
         let started = Instant::now();
-        git(&["worktree", "prune"]);
-        git(&["worktree", "list", "--porcelain"]);
-        git(&["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")]);
-        git(&["config", "--get", "branch.main.remote"]);
-        git(&["config", "--get", "branch.main.merge"]);
-        let base = git(&["rev-parse", "--verify", "--quiet", "refs/heads/main^{commit}"]);
-        let add_started = Instant::now();
-        git(&["worktree", "add", "--quiet", "-b", &branch, &path, &base]);
-        add.push(add_started.elapsed());
+        git(repo, &["worktree", "add", "--quiet", "-b", &branch, &path_arg, &base]);
+        add.push(started.elapsed());
+        remove(&path_arg, &branch);
+
+        let started = Instant::now();
+        let refs = git(
+            repo,
+            &["for-each-ref", format, &format!("refs/heads/{branch}"), "refs/heads/main"],
+        );
+        let base = refs.split('\0').nth(2).expect("the base branch is listed").to_string();
+        let add = ["worktree", "add", "--quiet", "--no-checkout", "-b", &branch, &path_arg, &base];
+        git(repo, &add);
+        git(&path, &["reset", "--hard", "--quiet", "--no-recurse-submodules"]);
+        let null = "0".repeat(base.len());
+        git(&path, &["hook", "run", "--ignore-missing", "post-checkout", "--", &null, &base, "1"]);
         sequence.push(started.elapsed());
-        git(&["worktree", "remove", "--force", &path]);
-        git(&["branch", "-q", "-D", &branch]);
+        remove(&path_arg, &branch);
     }
     (add, sequence)
 }
