@@ -112,6 +112,9 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
         }
     }
+    // Installed before anything can see this daemon (the port file), so that a SIGTERM sent as
+    // soon as it is up stops it gracefully instead of killing it.
+    let signals = Signals::install()?;
     let auth = home.ensure_auth()?;
     let name = config
         .node
@@ -187,7 +190,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         RetryPolicy::from(&*config),
         shutdown.clone(),
     ));
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(signals.stop(shutdown.clone()));
 
     home.write_daemon_info(&daemon)?;
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
@@ -304,18 +307,29 @@ where
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-        () = shutdown.cancelled() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let context = "cannot install the SIGTERM and SIGINT handlers";
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context(context)?,
+            int: signal(SignalKind::interrupt()).context(context)?,
+        })
     }
-    shutdown.cancel();
+
+    /// Cancels `shutdown` at the first signal.
+    async fn stop(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => info!("SIGINT: shutting down"),
+            () = shutdown.cancelled() => {}
+        }
+        shutdown.cancel();
+    }
 }
