@@ -29,6 +29,14 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// `ccm hook`: a short-lived process on the agent's path, which needs one thread and no
+    /// log subscriber (its problems go to `hook.log`).
+    pub fn is_hook(&self) -> bool {
+        matches!(self.command, Command::Hook { .. })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Set up ccm in the current git repository (.ccm/) and register it as a context.

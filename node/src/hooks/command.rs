@@ -21,6 +21,8 @@ use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
 
 /// Bytes read from stdin at most; the rest is drained and the payload marked truncated.
 const READ_LIMIT: u64 = 16 * 1024 * 1024;
+/// How long connecting to the daemon may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a non-gate event may wait for the daemon.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a gate may wait for the daemon (a human may be deciding); the CLI's own hook
@@ -101,36 +103,47 @@ fn read_stdin() -> Vec<u8> {
     bytes
 }
 
-/// Posts the event to the running daemon and returns its decision, if any.
+/// Posts the event to the running daemon and returns its decision, if any. One HTTP/1.1
+/// exchange on a fresh loopback connection (hyper's client connection, without a pool).
 async fn through_daemon(
     home: &Home,
     event: &HookEvent,
     key: &str,
     origin: &Origin,
 ) -> anyhow::Result<Option<Value>> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+
     let daemon = home.read_daemon_info().ok_or_else(|| anyhow::anyhow!("no port file"))?;
     let token = home.read_auth()?.token;
     let gate = matches!(event.kind, Kind::PreTool | Kind::PermissionRequest);
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(if gate { GATE_TIMEOUT } else { DAEMON_TIMEOUT })
-        .build()?;
     // The event as parsed here, so what this process saw (invalid UTF-8, truncation) is kept.
-    let mut request = http
-        .post(format!("http://{}/api/hooks", daemon.addr))
-        .query(&[("format", "ccm"), ("key", key)])
-        .bearer_auth(token)
-        .json(event);
+    let mut request = hyper::Request::post(format!("/api/hooks?format=ccm&key={key}"))
+        .header(HOST, &daemon.addr)
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header(CONTENT_TYPE, "application/json");
     if let Some(agent) = &origin.agent_id {
         request = request.header("x-ccm-agent-id", agent);
     }
     if let Some(task) = &origin.task_id {
         request = request.header("x-ccm-task-id", task);
     }
-    let response = request.send().await?;
-    anyhow::ensure!(response.status().is_success(), "the daemon answered {}", response.status());
-    let answer: Value = response.json().await?;
+    let request = request.body(Full::new(hyper::body::Bytes::from(serde_json::to_vec(event)?)))?;
+    let exchange = async {
+        let connect = tokio::net::TcpStream::connect(&daemon.addr);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await??;
+        stream.set_nodelay(true)?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        anyhow::ensure!(status.is_success(), "the daemon answered {status}");
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<Value, anyhow::Error>(serde_json::from_slice(&body)?)
+    };
+    let limit = if gate { GATE_TIMEOUT } else { DAEMON_TIMEOUT };
+    let answer = tokio::time::timeout(limit, exchange).await??;
     Ok(answer.as_object().is_some_and(|o| !o.is_empty()).then_some(answer))
 }
 
