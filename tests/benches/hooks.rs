@@ -50,6 +50,8 @@ const DIRECT_RUNS: usize = 200;
 const PYTHON_RUNS: usize = 200;
 /// Untimed runs before each series (page cache of the binaries, the database warm).
 const PROCESS_WARMUP: usize = 10;
+/// Timed runs of `ccm hook` per bad input.
+const BAD_RUNS: usize = 30;
 
 /// Concurrent closed-loop clients (one keep-alive connection each) of the sustained runs; the
 /// single client shows the cost of an event that shares its transaction with no other.
@@ -77,6 +79,7 @@ const API_P99_TARGET: &str = "≤ 2 ms";
 const HOOK_P50_TARGET: &str = "≤ 3 ms";
 const HOOK_P99_TARGET: &str = "≤ 10 ms";
 const RATIO_TARGET: &str = "≥ 20×";
+const BAD_TARGET: &str = "< 50 ms, exit 0";
 const SUSTAINED_TARGET: &str = "≥ 50,000 events/s (2 cores)";
 
 fn main() {
@@ -498,10 +501,14 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
         command.args(["hook", "--agent", "claude"]);
         command
     };
-    let up = time_runs(hook, payload, HOOK_RUNS);
+    let up = time_runs(hook, payload.as_bytes(), HOOK_RUNS);
+    let bad: Vec<(&str, Stats)> = bad_payloads()
+        .into_iter()
+        .map(|(name, bytes)| (name, time_runs(hook, &bytes, BAD_RUNS)))
+        .collect();
     daemon.terminate();
     assert!(!home.home().join("daemon.json").exists(), "the port file outlived the daemon");
-    let direct = time_runs(hook, payload, DIRECT_RUNS);
+    let direct = time_runs(hook, payload.as_bytes(), DIRECT_RUNS);
     let python = python_interpreter().map(|python| {
         let script = home.dir.path().join("hook.py");
         std::fs::write(&script, PYTHON_HOOK).expect("python script written");
@@ -513,7 +520,7 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
                     command.args(flags).arg(&script).arg(&db);
                     command
                 },
-                payload,
+                payload.as_bytes(),
                 PYTHON_RUNS,
             )
         };
@@ -522,6 +529,7 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
     let expected = HOOK_RUNS
         + DIRECT_RUNS
         + 2 * PROCESS_WARMUP
+        + bad.len() * (BAD_RUNS + PROCESS_WARMUP)
         + python.as_ref().map_or(0, |_| 2 * (PYTHON_RUNS + PROCESS_WARMUP));
     let stored = runtime.block_on(count_hook_events(&home.db_file()));
     assert_eq!(stored, expected, "hook runs that exited without storing their event");
@@ -531,10 +539,10 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             command.arg("--version");
             command
         },
-        "",
+        b"",
         PYTHON_RUNS,
     );
-    let true_ = time_runs(|| Command::new("true"), "", PYTHON_RUNS);
+    let true_ = time_runs(|| Command::new("true"), b"", PYTHON_RUNS);
 
     let baseline = |stat: fn(&Stats) -> Duration| {
         python.as_ref().map_or("n/a (no python3)".into(), |(site, no_site)| {
@@ -551,7 +559,7 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             format!("{:.1}× / {:.1}×", ratio(site), ratio(no_site))
         })
     };
-    vec![
+    let mut rows = vec![
         Row::new(
             "ccm hook, daemon up: start→exit p50",
             ms1(up.p50),
@@ -578,12 +586,35 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             format!("{} (true)", ms1(true_.p50)),
             "—",
         ),
+    ];
+    for (name, stats) in bad {
+        rows.push(Row::new(
+            &format!("ccm hook, bad input: {name}, p50 / max"),
+            format!("{} / {}", ms1(stats.p50), ms1(stats.max)),
+            format!("{} / {} (the 1 KB event)", ms1(up.p50), ms1(up.max)),
+            BAD_TARGET,
+        ));
+    }
+    rows
+}
+
+/// The bad inputs of issue 4's acceptance list, each of which must exit 0 (and be stored as
+/// far as possible) within [`BAD_TARGET`].
+fn bad_payloads() -> Vec<(&'static str, Vec<u8>)> {
+    let mut huge = br#"{"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Write", "tool_input": {"file_path": "/p/big.txt", "content": ""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    huge.extend(br#""}}"#);
+    vec![
+        ("malformed JSON", br#"{"hook_event_name": "PreToolUse", "tool_name": "#.to_vec()),
+        ("invalid UTF-8", b"{\"hook_event_name\": \"Stop\", \"x\": \"\xff\xfe\"}".to_vec()),
+        ("empty stdin", Vec::new()),
+        ("10 MB payload", huge),
     ]
 }
 
 /// Spawn-to-exit times of `runs` sequential runs of `command()` with `payload` on stdin, after
 /// [`PROCESS_WARMUP`] untimed runs.
-fn time_runs(command: impl Fn() -> Command, payload: &str, runs: usize) -> Stats {
+fn time_runs(command: impl Fn() -> Command, payload: &[u8], runs: usize) -> Stats {
     let run = || {
         let mut command = command();
         command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -592,7 +623,7 @@ fn time_runs(command: impl Fn() -> Command, payload: &str, runs: usize) -> Stats
         let mut stdin = child.stdin.take().expect("piped stdin");
         // A process that does not read stdin may exit first; a hook that did not read its
         // payload shows in the row count.
-        let _ = stdin.write_all(payload.as_bytes());
+        let _ = stdin.write_all(payload);
         drop(stdin);
         let status = child.wait().expect("hook process exits");
         let elapsed = started.elapsed();

@@ -96,10 +96,20 @@ fn display_name(event: &HookEvent) -> &str {
 /// All of stdin up to `READ_LIMIT`; anything beyond is read and dropped (the payload is then
 /// not valid JSON, and is stored truncated).
 fn read_stdin() -> Vec<u8> {
-    let mut bytes = Vec::new();
+    /// Bytes a usual event fits in (a few KB), read before deciding how to buffer the rest.
+    const FIRST: usize = 64 * 1024;
     let mut stdin = std::io::stdin().lock();
-    let _ = (&mut stdin).take(READ_LIMIT).read_to_end(&mut bytes);
-    let _ = std::io::copy(&mut stdin, &mut std::io::sink());
+    let mut bytes = Vec::with_capacity(FIRST);
+    let _ = (&mut stdin).take(FIRST as u64).read_to_end(&mut bytes);
+    if bytes.len() == FIRST {
+        // A large payload: room for the limit at once, so it is never copied into a larger
+        // buffer on the way (untouched pages cost nothing).
+        let mut large = Vec::with_capacity(READ_LIMIT as usize);
+        large.extend_from_slice(&bytes);
+        bytes = large;
+        let _ = (&mut stdin).take(READ_LIMIT - FIRST as u64).read_to_end(&mut bytes);
+        let _ = std::io::copy(&mut stdin, &mut std::io::sink());
+    }
     bytes
 }
 

@@ -239,13 +239,23 @@ impl HookEvent {
     /// Invalid UTF-8 is replaced and the result still parsed; an oversized payload is parsed
     /// whole and only its stored copy is cut. Both are reported in [`HookEvent::problem`].
     pub fn parse(system: Option<System>, bytes: &[u8]) -> HookEvent {
-        let text = String::from_utf8_lossy(bytes);
+        // `from_utf8` checks valid text several times faster than `from_utf8_lossy`, which
+        // is left for the rare payload that needs it.
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        };
         let lossy = matches!(text, Cow::Owned(_));
         let json = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let parsed = if json.trim_start().is_empty() {
             Err("empty payload".to_string())
         } else {
-            match serde_json::from_str::<Value>(json) {
+            let value = if json.len() > MAX_STORED_BYTES {
+                bounded::parse(json)
+            } else {
+                serde_json::from_str::<Value>(json)
+            };
+            match value {
                 Ok(Value::Object(map)) => Ok(map),
                 Ok(other) => Err(format!("not a JSON object but {}", describe(&other))),
                 Err(e) => Err(format!("malformed JSON: {e}")),
@@ -552,6 +562,88 @@ fn stored(text: Cow<'_, str>) -> String {
     raw.push_str(&text[..end]);
     raw.push_str(TRUNCATION_MARKER);
     raw
+}
+
+/// Parsing of oversized payloads: strings longer than [`MAX_STORED_BYTES`] (a file's content
+/// in a `Write`, a long tool output) are replaced by [`TRUNCATION_MARKER`] instead of being
+/// copied, so a 10 MB payload costs one pass over its bytes and little memory. Everything ccm
+/// reads from an event (names, ids, paths, commands) is short and kept as it is.
+mod bounded {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::{MAX_STORED_BYTES, TRUNCATION_MARKER};
+
+    pub fn parse(json: &str) -> serde_json::Result<Value> {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        let value = Bounded.deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(value)
+    }
+
+    #[derive(Clone, Copy)]
+    struct Bounded;
+
+    impl<'de> DeserializeSeed<'de> for Bounded {
+        type Value = Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(if v.len() > MAX_STORED_BYTES {
+                TRUNCATION_MARKER.to_string()
+            } else {
+                v.to_string()
+            }))
+        }
+
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut values = Vec::new();
+            while let Some(value) = seq.next_element_seed(self)? {
+                values.push(value);
+            }
+            Ok(Value::Array(values))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = map.next_value_seed(self)?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1096,6 +1188,21 @@ mod tests {
         assert!(problem.starts_with("oversized payload: "), "{problem}");
         assert!(retained_bytes(&event) < MAX_STORED_BYTES + 1024, "the content is not kept");
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn oversized_payload_keeps_every_short_value_as_the_full_parse_does() {
+        let small = json!({
+            "session_id": "s1", "hook_event_name": "PostToolUse", "tool_name": "Bash",
+            "tool_input": {"command": "ls -l", "timeout": 120000, "ratio": 0.5, "flags": [true, null, -3]},
+            "tool_response": {"stdout": "a\"quoted\"\nline", "interrupted": false},
+        });
+        let padded =
+            format!(r#"{{"padding": "{}", "event": {small}}}"#, "x".repeat(MAX_STORED_BYTES + 1));
+        let bounded = bounded::parse(&padded).unwrap();
+        assert_eq!(bounded["event"], small);
+        assert_eq!(bounded["padding"], TRUNCATION_MARKER);
+        assert!(bounded::parse(r#"{"a": 1} trailing"#).is_err(), "trailing bytes are refused");
     }
 
     #[test]
