@@ -4,7 +4,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the daemon allocates and frees a buffer or two per request across threads, where
-/// it costs a fraction of glibc's malloc (BENCHMARKS.md, hook pipeline).
+/// it costs a fraction of glibc's malloc (BENCHMARKS.md, hook pipeline). Built without
+/// transparent huge pages (`no_thp`): the first touch of a huge page zeroes 2 MB, which a
+/// short-lived command such as `ccm hook` paid at every start.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

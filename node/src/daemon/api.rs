@@ -268,6 +268,9 @@ async fn store_and_answer(
     events: Vec<(HookEvent, String)>,
     origin: Origin,
 ) -> Result<Vec<Value>, ApiError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let received_at = Timestamp::now();
     let jobs: Vec<HookJob> = events
         .into_iter()
@@ -289,8 +292,7 @@ async fn store_and_answer(
 }
 
 /// The answer to a stored event: a deny when it writes a file another task owns, the human's
-/// answer when an approval rule applies, else `{}`.
-/// `ask_human` is false when an approval rule applies to the event.
+/// answer when an approval rule applies (then `ask_human` is false), else `{}`.
 async fn answer(
     state: &AppState,
     event: &HookEvent,

@@ -201,10 +201,8 @@ impl Store {
         let bare = attached.iter().all(Option::is_none)
             && incoming.iter().all(|i| i.receipt.origin.task().is_none());
         if bare && INSERT_ROWS.contains(&incoming.len()) {
-            let rows: Vec<Row> = incoming
-                .iter()
-                .map(|item| Row { item, agent: None, agent_id: None, task_id: None })
-                .collect();
+            let rows: Vec<Row> =
+                incoming.iter().map(|item| Row { item, agent: None, task_id: None }).collect();
             let mut writer = self.writer.acquire().await?;
             let mut stored = insert_events(&mut writer, &rows).await?;
             return Ok(incoming
@@ -371,8 +369,8 @@ struct Incoming<'a> {
 /// fixed statement shapes, so the prepared statements are reused.
 const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
 
-/// Stores events in order and applies the effects of those not stored before, inside `tx`:
-/// one query finds the agents they belong to, a few multi-row `INSERT`s store them.
+/// Stores events in order and applies the effects of those not stored before, inside `tx`;
+/// `attached[i]` is the index in `agents` of event `i`'s agent.
 async fn ingest_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
     incoming: &[Incoming<'_>],
@@ -382,18 +380,18 @@ async fn ingest_in_tx(
 ) -> Result<Vec<Ingested>> {
     let mut rows = Vec::with_capacity(incoming.len());
     for (item, &agent) in incoming.iter().zip(attached) {
+        let agent = agent.map(|i| &agents.0[i]);
         let task_id = match (agent, item.receipt.origin.task()) {
-            (Some(agent), _) => Some(agents.0[agent].task_id),
+            (Some(agent), _) => Some(agent.task_id),
             (None, Some(task)) => task_exists(tx, task).await?.then_some(task),
             (None, None) => None,
         };
-        let agent_id = agent.map(|i| agents.0[i].id);
-        rows.push(Row { item, agent, agent_id, task_id });
+        rows.push(Row { item, agent, task_id });
     }
     let mut stored = insert_events(tx, &rows).await?;
     let mut done = Vec::with_capacity(rows.len());
-    for Row { item, agent, task_id, .. } in rows {
-        let agent = agent.map(|i| agents.0[i].clone());
+    for Row { item, agent, task_id } in rows {
+        let agent = agent.cloned();
         // A key repeated within the group is stored by its first event only.
         if !stored.remove(item.receipt.key) {
             done.push(Ingested { duplicate: true, agent, task: None });
@@ -414,12 +412,10 @@ async fn ingest_in_tx(
     Ok(done)
 }
 
-/// An event on its way into `hook_events`: the agent (an index into [`Attachments`]) and task
-/// it belongs to.
+/// An event on its way into `hook_events`, with the agent and task it belongs to.
 struct Row<'a, 'b> {
     item: &'a Incoming<'b>,
-    agent: Option<usize>,
-    agent_id: Option<Uuid>,
+    agent: Option<&'a Agent>,
     task_id: Option<Uuid>,
 }
 
@@ -441,7 +437,7 @@ async fn insert_events(db: &mut SqliteConnection, rows: &[Row<'_, '_>]) -> Resul
                 .push_bind(receipt.key)
                 .push_bind(receipt.received_at)
                 .push_bind(event.system.as_str())
-                .push_bind(row.agent_id.map(|a| a.hyphenated().to_string()))
+                .push_bind(row.agent.map(|a| a.id.hyphenated().to_string()))
                 .push_bind(row.task_id.map(|t| t.hyphenated().to_string()))
                 .push_bind(event.session_id.as_deref())
                 .push_bind(event.name.as_str())
@@ -471,7 +467,7 @@ async fn insert_events(db: &mut SqliteConnection, rows: &[Row<'_, '_>]) -> Resul
     Ok(stored)
 }
 
-/// The agents a group of events may belong to, loaded with one query per transaction and kept
+/// The agents a group of events may belong to, loaded with one query per group and kept
 /// in step with the changes the group's own events make (a `SessionStart` sets the session id
 /// that later events are matched by).
 struct Attachments(Vec<Agent>);
