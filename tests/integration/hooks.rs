@@ -467,9 +467,8 @@ async fn kill_9_during_10_concurrent_hook_writers_loses_and_duplicates_nothing()
     drop(daemon);
 }
 
-/// Posts an NDJSON batch to `/api/hooks` and returns the status and the answer's lines.
-async fn post_batch(daemon: &ccm_tests::Daemon, query: &str, lines: &[Value]) -> (u16, Vec<Value>) {
-    let body: String = lines.iter().map(|line| format!("{line}\n")).collect();
+/// Posts `body` as an NDJSON batch to `/api/hooks` and returns the status and the answer.
+async fn post_ndjson(daemon: &ccm_tests::Daemon, query: &str, body: String) -> (u16, String) {
     let response = daemon
         .http
         .post(daemon.url(&format!("/api/hooks?{query}")))
@@ -479,8 +478,13 @@ async fn post_batch(daemon: &ccm_tests::Daemon, query: &str, lines: &[Value]) ->
         .send()
         .await
         .expect("daemon answers");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// Posts `lines` as an NDJSON batch and returns the status and the answer's lines.
+async fn post_batch(daemon: &ccm_tests::Daemon, query: &str, lines: &[Value]) -> (u16, Vec<Value>) {
+    let body = lines.iter().map(|line| format!("{line}\n")).collect();
+    let (status, text) = post_ndjson(daemon, query, body).await;
     let answers =
         text.lines().map(|l| serde_json::from_str(l).expect("an answer line is JSON")).collect();
     (status, answers)
@@ -517,17 +521,8 @@ async fn batch_of_events_is_stored_once_per_key_and_answered_line_by_line() {
 
     // Blank lines are skipped; a line that is not JSON is stored as an invalid event.
     let body = format!("{}\n\nnot json\n", tool(5));
-    let response = daemon
-        .http
-        .post(daemon.url("/api/hooks?system=claude&key=relay-2"))
-        .bearer_auth(&daemon.token)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(response.text().await.unwrap(), "{}\n{}\n");
+    let answer = post_ndjson(&daemon, "system=claude&key=relay-2", body).await;
+    assert_eq!(answer, (200, "{}\n{}\n".to_string()));
     let kinds = stored(&home).await;
     let last: Vec<&str> = kinds[4..].iter().map(|(_, _, kind, _)| kind.as_str()).collect();
     assert_eq!(last, ["post_tool", "invalid"]);
