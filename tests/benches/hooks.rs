@@ -23,11 +23,10 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{cpu_time, machine, print_table, Row, Stats};
+use ccm_tests::bench::{cpu_time, durable_db, machine, print_table, Row, Stats};
 use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use sqlx::{Connection, SqliteConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -424,14 +423,7 @@ async fn count_hook_events(db: &Path) -> usize {
 
 /// A new database at `path` with a table shaped like `hook_events` (same columns and indexes).
 async fn baseline_db(path: &Path) -> SqliteConnection {
-    let mut db = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .connect()
-        .await
-        .expect("baseline database opens");
+    let mut db = durable_db(path).await;
     for statement in [
         "CREATE TABLE events (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, at INTEGER NOT NULL, \
          system TEXT NOT NULL, agent_id TEXT, task_id TEXT, session_id TEXT, event TEXT NOT NULL, \

@@ -18,11 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{cpu_time, machine, mb, ms, print_table, Memory, Row, Stats};
+use ccm_tests::bench::{cpu_time, durable_db, machine, mb, ms, print_table, Memory, Row, Stats};
 use ccm_tests::{ccm_bin, Daemon, TestHome};
 use serde_json::json;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 
 /// Daemon starts measured; the first one runs in a fresh home (creates the database).
 const START_RUNS: usize = 20;
@@ -312,14 +311,7 @@ async fn create_tasks_one_client(daemon: &Daemon, client: usize, count: usize) -
 
 /// Inserts `count` rows into a new database at `path`, one committed transaction each.
 async fn durable_commits(path: &Path, count: usize) -> Throughput {
-    let mut db = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .connect()
-        .await
-        .expect("baseline database opens");
+    let mut db = durable_db(path).await;
     sqlx::query("CREATE TABLE rows (id INTEGER PRIMARY KEY, title TEXT NOT NULL)")
         .execute(&mut db)
         .await

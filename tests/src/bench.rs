@@ -103,3 +103,18 @@ pub fn print_table(rows: &[Row]) {
         );
     }
 }
+
+/// A new SQLite database at `path` for a baseline, durable as ccm's own: WAL and
+/// `synchronous=FULL`.
+pub async fn durable_db(path: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    use sqlx::ConnectOptions;
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .connect()
+        .await
+        .expect("baseline database opens")
+}
