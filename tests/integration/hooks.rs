@@ -527,3 +527,71 @@ async fn batch_of_events_is_stored_once_per_key_and_answered_line_by_line() {
     let last: Vec<&str> = kinds[4..].iter().map(|(_, _, kind, _)| kind.as_str()).collect();
     assert_eq!(last, ["post_tool", "invalid"]);
 }
+
+/// Events from a hook without ccm's environment (a session ccm did not start, or one that lost
+/// its environment) belong to the live agent whose working directory holds their `cwd`, else
+/// to the agent with their session id; any other event is kept unattached, including one whose
+/// `cwd` merely starts with the same characters as an agent's.
+#[tokio::test]
+async fn events_without_ccm_environment_attach_by_working_directory_or_session() {
+    let home = TestHome::new("hook-attach");
+    let fake = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
+    home.write_config(&format!(
+        "profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: hang-once}}\n",
+        fake.display()
+    ));
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let daemon = home.start();
+    let task = home.run_json(&["task", "add", "hangs", "--profile", "fake", "--repo", &repo])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The agent's own SessionStart (sent with CCM_AGENT_ID) records its session id.
+    let session = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+    let started = wait_until(Duration::from_secs(60), || async {
+        daemon.get("/api/agents").await.1[0]["session_id"] == session
+    })
+    .await;
+    assert!(started, "the agent never started: {}", daemon.log_text());
+    let agent = daemon.get("/api/agents").await.1[0].clone();
+    let cwd = agent["cwd"].as_str().unwrap();
+
+    let read = |cwd: &str, session: &str| {
+        claude(
+            "PostToolUse",
+            json!({"cwd": cwd, "session_id": session, "tool_name": "Read", "tool_input": {"file_path": "a"}}),
+        )
+    };
+    for payload in [
+        read(&format!("{cwd}/src"), "by-cwd"),
+        read("/elsewhere", session),
+        read("/elsewhere", "stranger"),
+        read(&format!("{cwd}-sibling"), "sibling"),
+    ] {
+        assert_eq!(hook_json(&home, "claude", &[], &payload), Value::Null);
+    }
+
+    let mut db = open_db(&home.db_file()).await;
+    let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT session_id, agent_id, task_id FROM hook_events WHERE kind = 'post_tool' ORDER BY id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let agent_id = agent["id"].as_str();
+    let found: Vec<(&str, Option<&str>, Option<&str>)> =
+        rows.iter().map(|(s, a, t)| (s.as_str(), a.as_deref(), t.as_deref())).collect();
+    assert_eq!(
+        found,
+        [
+            ("by-cwd", agent_id, Some(task.as_str())),
+            (session, agent_id, Some(task.as_str())),
+            ("stranger", None, None),
+            ("sibling", None, None),
+        ]
+    );
+    home.run_ok(&["task", "cancel", &task]);
+}

@@ -186,34 +186,37 @@ impl Store {
     }
 
     /// Stores events in order, in one transaction, and applies the effects of those not stored
-    /// before. The agents they belong to are looked up first, with one query on a reader (an
-    /// agent's row exists before its process starts, so before any of its events). Events that
-    /// belong to no agent or task and fit one `INSERT` are written by that statement alone, its
-    /// own transaction: one round trip to the writer instead of four.
+    /// before.
+    ///
+    /// A group that fits one `INSERT` and names no task is first offered to
+    /// [`insert_unattached`]: one statement, its own transaction and one round trip to the
+    /// writer, which stores the events unless an agent may claim one of them. Otherwise the
+    /// agents the events belong to are looked up with one query on a reader (an agent's row
+    /// exists before its process starts, so before any of its events), and the events and
+    /// their effects are written in one transaction.
     async fn ingest(
         &self,
         incoming: &[Incoming<'_>],
         policy: RetryPolicy,
     ) -> Result<Vec<Ingested>> {
+        if INSERT_ROWS.contains(&incoming.len())
+            && incoming.iter().all(|i| i.receipt.origin.task().is_none())
+        {
+            let mut writer = self.writer.acquire().await?;
+            if let Some(mut stored) = insert_unattached(&mut writer, incoming).await? {
+                return Ok(incoming
+                    .iter()
+                    .map(|item| Ingested {
+                        duplicate: !stored.remove(item.receipt.key),
+                        agent: None,
+                        task: None,
+                    })
+                    .collect());
+            }
+        }
         let mut agents = Attachments::load(&self.readers, incoming).await?;
         let attached: Vec<Option<usize>> =
             incoming.iter().map(|i| agents.attach(i.event, i.receipt.origin)).collect();
-        let bare = attached.iter().all(Option::is_none)
-            && incoming.iter().all(|i| i.receipt.origin.task().is_none());
-        if bare && INSERT_ROWS.contains(&incoming.len()) {
-            let rows: Vec<Row> =
-                incoming.iter().map(|item| Row { item, agent: None, task_id: None }).collect();
-            let mut writer = self.writer.acquire().await?;
-            let mut stored = insert_events(&mut writer, &rows).await?;
-            return Ok(incoming
-                .iter()
-                .map(|item| Ingested {
-                    duplicate: !stored.remove(item.receipt.key),
-                    agent: None,
-                    task: None,
-                })
-                .collect());
-        }
         let mut tx = self.write().await?;
         let done = ingest_in_tx(&mut tx, incoming, &agents, &attached, policy).await?;
         tx.commit().await?;
@@ -419,6 +422,10 @@ struct Row<'a, 'b> {
     task_id: Option<Uuid>,
 }
 
+/// The columns of `hook_events` that [`push_rows`] fills, in its order.
+const INSERT_EVENTS: &str = "INSERT OR IGNORE INTO hook_events \
+    (key, at, system, agent_id, task_id, session_id, event, kind, tool, cwd, via, problem, payload) ";
+
 /// Inserts the rows (`INSERT OR IGNORE`) and returns the keys that were new.
 async fn insert_events(db: &mut SqliteConnection, rows: &[Row<'_, '_>]) -> Result<HashSet<String>> {
     let mut stored = HashSet::with_capacity(rows.len());
@@ -427,44 +434,107 @@ async fn insert_events(db: &mut SqliteConnection, rows: &[Row<'_, '_>]) -> Resul
         let size = INSERT_ROWS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
         let (chunk, after) = rest.split_at(size);
         rest = after;
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT OR IGNORE INTO hook_events \
-             (key, at, system, agent_id, task_id, session_id, event, kind, tool, cwd, via, problem, payload) ",
-        );
-        insert.push_values(chunk, |mut values, row| {
-            let Incoming { event, receipt, .. } = row.item;
-            values
-                .push_bind(receipt.key)
-                .push_bind(receipt.received_at)
-                .push_bind(event.system.as_str())
-                .push_bind(row.agent.map(|a| a.id.hyphenated().to_string()))
-                .push_bind(row.task_id.map(|t| t.hyphenated().to_string()))
-                .push_bind(event.session_id.as_deref())
-                .push_bind(event.name.as_str())
-                .push_bind(event.kind.as_str())
-                .push_bind(event.tool.as_deref())
-                .push_bind(event.cwd.as_deref())
-                .push_bind(receipt.via.as_str())
-                .push_bind(event.problem.as_deref())
-                .push_bind(event.raw.as_str());
-        });
+        let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENTS);
+        push_rows(&mut insert, chunk.iter().map(|row| (row.item, row.agent, row.task_id)));
         let done = insert.build().execute(&mut *db).await?;
-        let new = done.rows_affected() as usize;
-        if new == chunk.len() {
-            stored.extend(chunk.iter().map(|row| row.item.receipt.key.to_string()));
-        } else if new > 0 {
-            // Some keys were stored before. The new rows took the highest row ids.
-            let last = done.last_insert_rowid();
-            let keys: Vec<(String,)> =
-                sqlx::query_as("SELECT key FROM hook_events WHERE id > ? AND id <= ?")
-                    .bind(last - new as i64)
-                    .bind(last)
-                    .fetch_all(&mut *db)
-                    .await?;
-            stored.extend(keys.into_iter().map(|(key,)| key));
-        }
+        let keys = chunk.iter().map(|row| row.item.receipt.key);
+        stored.extend(new_keys(db, keys, done).await?);
     }
     Ok(stored)
+}
+
+/// Inserts events that belong to no agent or task in one statement (`INSERT OR IGNORE`), which
+/// stores nothing when an agent may claim one of them: one named by a hook's environment, one
+/// with an event's session id, or a live one whose working directory is a prefix of an event's
+/// `cwd` (a superset of what [`Attachments::attach`] matches). Returns the keys that were new,
+/// or `None` when nothing was stored: every key was stored before, or an agent may claim an
+/// event, and the caller takes the path that finds out which.
+async fn insert_unattached(
+    db: &mut SqliteConnection,
+    incoming: &[Incoming<'_>],
+) -> Result<Option<HashSet<String>>> {
+    let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENTS);
+    insert.push("SELECT * FROM (");
+    push_rows(&mut insert, incoming.iter().map(|item| (item, None, None)));
+    let ids: Vec<String> = incoming
+        .iter()
+        .filter_map(|i| i.receipt.origin.agent_id.as_deref())
+        .filter_map(|a| Uuid::parse_str(a).ok())
+        .map(|a| a.hyphenated().to_string())
+        .collect();
+    let sessions: Vec<&str> =
+        incoming.iter().filter_map(|i| i.event.session_id.as_deref()).collect();
+    // Clean paths (no `.`, doubled or trailing separators), so a prefix of the string is a
+    // prefix of the path.
+    let cwds: Vec<String> = incoming
+        .iter()
+        .filter_map(|i| i.event.cwd.as_deref())
+        .map(|cwd| Path::new(cwd).components().collect::<std::path::PathBuf>())
+        .map(|cwd| cwd.to_string_lossy().into_owned())
+        .collect();
+    insert
+        .push(") WHERE NOT EXISTS (SELECT 1 FROM agents WHERE id IN (SELECT value FROM json_each(")
+        .push_bind(serde_json::to_string(&ids).unwrap_or_default())
+        .push(")) OR session_id IN (SELECT value FROM json_each(")
+        .push_bind(serde_json::to_string(&sessions).unwrap_or_default())
+        .push(")) OR (status IN ('starting', 'running') AND EXISTS (SELECT 1 FROM json_each(")
+        .push_bind(serde_json::to_string(&cwds).unwrap_or_default())
+        .push(") c WHERE substr(c.value, 1, length(rtrim(cwd, '/'))) = rtrim(cwd, '/'))))");
+    let done = insert.build().execute(&mut *db).await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let keys = incoming.iter().map(|item| item.receipt.key);
+    Ok(Some(new_keys(db, keys, done).await?.into_iter().collect()))
+}
+
+/// Binds the rows of a multi-row `INSERT` into `hook_events` (see [`INSERT_EVENTS`]): each
+/// event with its agent and task.
+fn push_rows<'q, 'a: 'q, 'b: 'a>(
+    insert: &mut QueryBuilder<'q, Sqlite>,
+    rows: impl IntoIterator<Item = (&'a Incoming<'b>, Option<&'a Agent>, Option<Uuid>)>,
+) {
+    insert.push_values(rows, |mut values, (item, agent, task_id)| {
+        let Incoming { event, receipt, .. } = item;
+        values
+            .push_bind(receipt.key)
+            .push_bind(receipt.received_at)
+            .push_bind(event.system.as_str())
+            .push_bind(agent.map(|a| a.id.hyphenated().to_string()))
+            .push_bind(task_id.map(|t| t.hyphenated().to_string()))
+            .push_bind(event.session_id.as_deref())
+            .push_bind(event.name.as_str())
+            .push_bind(event.kind.as_str())
+            .push_bind(event.tool.as_deref())
+            .push_bind(event.cwd.as_deref())
+            .push_bind(receipt.via.as_str())
+            .push_bind(event.problem.as_deref())
+            .push_bind(event.raw.as_str());
+    });
+}
+
+/// The keys an `INSERT OR IGNORE` of `keys` (in order) stored: all of them when it affected as
+/// many rows; else the new rows took the highest row ids, and are read back.
+async fn new_keys(
+    db: &mut SqliteConnection,
+    keys: impl ExactSizeIterator<Item = &str>,
+    done: sqlx::sqlite::SqliteQueryResult,
+) -> Result<Vec<String>> {
+    let new = done.rows_affected() as usize;
+    if new == keys.len() {
+        return Ok(keys.map(str::to_string).collect());
+    }
+    if new == 0 {
+        return Ok(Vec::new());
+    }
+    let last = done.last_insert_rowid();
+    let keys: Vec<(String,)> =
+        sqlx::query_as("SELECT key FROM hook_events WHERE id > ? AND id <= ?")
+            .bind(last - new as i64)
+            .bind(last)
+            .fetch_all(&mut *db)
+            .await?;
+    Ok(keys.into_iter().map(|(key,)| key).collect())
 }
 
 /// The agents a group of events may belong to, loaded with one query per group and kept

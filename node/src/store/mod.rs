@@ -104,6 +104,7 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options.clone())
@@ -116,6 +117,7 @@ impl Store {
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| open_error(e.to_string()))?;
