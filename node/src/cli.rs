@@ -29,12 +29,24 @@ pub struct Cli {
     command: Command,
 }
 
-impl Cli {
-    /// `ccm hook`: a short-lived process on the agent's path, which needs one thread and no
-    /// log subscriber (its problems go to `hook.log`).
-    pub fn is_hook(&self) -> bool {
-        matches!(self.command, Command::Hook { .. })
-    }
+/// `ccm hook` alone: a short-lived process on every agent's path parses its own arguments
+/// without building the whole command tree (see `main.rs`).
+#[derive(Debug, Parser)]
+#[command(name = "ccm hook", version)]
+pub struct HookCli {
+    #[command(flatten)]
+    pub args: HookArgs,
+}
+
+/// The arguments of `ccm hook`.
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// The CLI whose hook runs this: claude, gemini or codex (detected when omitted).
+    #[arg(long)]
+    agent: Option<String>,
+    /// The event, for CLIs that pass it as an argument (Codex notify).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    payload: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,14 +73,7 @@ enum Command {
     Agent(AgentCommand),
     /// Hook entry point for the agent CLIs: reads one event (stdin, or the last argument for
     /// Codex's notify), stores it, prints a decision when a policy made one. Always exits 0.
-    Hook {
-        /// The CLI whose hook runs this: claude, gemini or codex (detected when omitted).
-        #[arg(long)]
-        agent: Option<String>,
-        /// The event, for CLIs that pass it as an argument (Codex notify).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        payload: Vec<String>,
-    },
+    Hook(HookArgs),
     /// Install ccm's hooks into the repository's agent CLI settings (Claude Code, Gemini CLI,
     /// Codex), show them, or remove exactly what was installed.
     Hooks {
@@ -228,6 +233,13 @@ enum ContextCommand {
     Remove { key: String },
 }
 
+/// Runs `ccm hook`, which loads no configuration up front and never fails.
+pub async fn hook(HookArgs { agent, mut payload }: HookArgs) -> anyhow::Result<()> {
+    let system = agent.and_then(|a| a.parse::<System>().ok());
+    crate::hooks::command::run(&Home::locate()?, system, payload.pop()).await;
+    Ok(())
+}
+
 /// Parses the arguments and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate()?;
@@ -235,12 +247,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let project = project_root(&cwd);
     match cli.command {
         Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
-        // The hook path loads no configuration up front and never fails.
-        Command::Hook { agent, mut payload } => {
-            let system = agent.and_then(|a| a.parse::<System>().ok());
-            crate::hooks::command::run(&home, system, payload.pop()).await;
-            return Ok(());
-        }
+        Command::Hook(args) => return hook(args).await,
         _ => {}
     }
     let config = Config::load(home.root(), project.as_deref())?;
@@ -308,7 +315,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Doctor | Command::Hook { .. } => {
+        Command::Doctor | Command::Hook(_) => {
             unreachable!("handled before the config is loaded")
         }
         Command::Hooks { command } => hooks(&config, &cwd, command),

@@ -1,5 +1,7 @@
 use std::io::IsTerminal;
+use std::process::ExitCode;
 
+use ccm_node::cli::{self, Cli, HookCli};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -10,32 +12,44 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> std::process::ExitCode {
-    let cli = ccm_node::cli::Cli::parse();
-    let runtime = if cli.is_hook() {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                EnvFilter::try_from_env("CCM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-            )
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .init();
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    };
+fn main() -> ExitCode {
+    // `ccm hook` runs on every agent's path, once per event: it parses only its own arguments
+    // (building clap's whole command tree costs more than the rest of its start), runs on one
+    // thread and has no log subscriber (its problems go to `hook.log`).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "hook") {
+        let cli = HookCli::parse_from(std::env::args_os().skip(1));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        return finish(runtime, |runtime| runtime.block_on(cli::hook(cli.args)));
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CCM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    finish(runtime, |runtime| runtime.block_on(cli::run(cli)))
+}
+
+/// Runs the command on the runtime and turns the outcome into the exit code.
+fn finish(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    run: impl FnOnce(&tokio::runtime::Runtime) -> anyhow::Result<()>,
+) -> ExitCode {
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ccm_node::cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(&runtime) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -30,6 +30,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use bounded::Keep;
+
 /// The most bytes of a payload kept in [`HookEvent::raw`]; the rest is cut off and
 /// [`TRUNCATION_MARKER`] appended.
 pub const MAX_STORED_BYTES: usize = 256 * 1024;
@@ -250,12 +252,7 @@ impl HookEvent {
         let parsed = if json.trim_start().is_empty() {
             Err("empty payload".to_string())
         } else {
-            let value = if json.len() > MAX_STORED_BYTES {
-                bounded::parse(json)
-            } else {
-                serde_json::from_str::<Value>(json)
-            };
-            match value {
+            match bounded::parse(json, EVENT_FIELDS) {
                 Ok(Value::Object(map)) => Ok(map),
                 Ok(other) => Err(format!("not a JSON object but {}", describe(&other))),
                 Err(e) => Err(format!("malformed JSON: {e}")),
@@ -367,6 +364,36 @@ const CODEX_NOTIFY_KEYS: [&str; 4] =
 
 /// Codex notify's only documented `type`.
 const CODEX_TURN_COMPLETE: &str = "agent-turn-complete";
+
+/// What parsing keeps of a payload: every field [`from_object`] and [`detect`] read, and of
+/// those only the parts they read. The rest (file contents, patches, tool output) is skipped
+/// without being copied; the payload itself is stored as text.
+const EVENT_FIELDS: Keep = Keep::Only(&[
+    ("hook_event_name", Keep::All),
+    ("type", Keep::All),
+    ("session_id", Keep::All),
+    ("thread-id", Keep::All),
+    ("turn-id", Keep::Presence),
+    ("input-messages", Keep::Presence),
+    ("cwd", Keep::All),
+    ("tool_name", Keep::All),
+    ("details", Keep::Only(&[("tool_name", Keep::All)])),
+    (
+        "tool_input",
+        Keep::Only(&[
+            ("file_path", Keep::All),
+            ("notebook_path", Keep::All),
+            ("path", Keep::All),
+            ("command", Keep::All),
+        ]),
+    ),
+    ("tool_response", Keep::Only(&[("error", Keep::All)])),
+    ("notification_type", Keep::All),
+    ("error", Keep::All),
+    ("last_assistant_message", Keep::All),
+    ("prompt_response", Keep::All),
+    ("last-assistant-message", Keep::All),
+]);
 
 /// Builds the event from a parsed JSON object, moving the fields it keeps out of `map`.
 fn from_object(
@@ -564,35 +591,47 @@ fn stored(text: Cow<'_, str>) -> String {
     raw
 }
 
-/// Parsing of oversized payloads: strings longer than [`MAX_STORED_BYTES`] (a file's content
-/// in a `Write`, a long tool output) are replaced by [`TRUNCATION_MARKER`] instead of being
-/// copied, so a 10 MB payload costs one pass over its bytes and little memory. Everything ccm
-/// reads from an event (names, ids, paths, commands) is short and kept as it is.
+/// Parsing that keeps only what is asked for ([`Keep`]): fields nobody reads are skipped
+/// without being copied, and strings longer than [`MAX_STORED_BYTES`] (a file's content in a
+/// `Write`, a long tool output) are replaced by [`TRUNCATION_MARKER`], so a 10 MB payload costs
+/// one pass over its bytes and little memory.
 mod bounded {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Value};
 
     use super::{MAX_STORED_BYTES, TRUNCATION_MARKER};
 
-    pub fn parse(json: &str) -> serde_json::Result<Value> {
+    /// What to keep of a JSON value.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Keep {
+        /// All of it.
+        All,
+        /// Only that it is there (`null`).
+        Presence,
+        /// Of an object, the listed fields, each with what to keep of it; any other value whole.
+        Only(&'static [(&'static str, Keep)]),
+    }
+
+    pub fn parse(json: &str, keep: Keep) -> serde_json::Result<Value> {
         let mut deserializer = serde_json::Deserializer::from_str(json);
-        let value = Bounded.deserialize(&mut deserializer)?;
+        let value = keep.deserialize(&mut deserializer)?;
         deserializer.end()?;
         Ok(value)
     }
 
-    #[derive(Clone, Copy)]
-    struct Bounded;
-
-    impl<'de> DeserializeSeed<'de> for Bounded {
+    impl<'de> DeserializeSeed<'de> for Keep {
         type Value = Value;
 
         fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            if let Keep::Presence = self {
+                serde::Deserialize::deserialize(deserializer).map(|IgnoredAny| ())?;
+                return Ok(Value::Null);
+            }
             deserializer.deserialize_any(self)
         }
     }
 
-    impl<'de> Visitor<'de> for Bounded {
+    impl<'de> Visitor<'de> for Keep {
         type Value = Value;
 
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -629,7 +668,7 @@ mod bounded {
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
             let mut values = Vec::new();
-            while let Some(value) = seq.next_element_seed(self)? {
+            while let Some(value) = seq.next_element_seed(Keep::All)? {
                 values.push(value);
             }
             Ok(Value::Array(values))
@@ -637,11 +676,50 @@ mod bounded {
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
             let mut object = Map::new();
-            while let Some(key) = map.next_key::<String>()? {
-                let value = map.next_value_seed(self)?;
-                object.insert(key, value);
+            while let Some(field) = map.next_key_seed(Field(self))? {
+                match field {
+                    Some((key, keep)) => {
+                        let value = map.next_value_seed(keep)?;
+                        object.insert(key, value);
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
             }
             Ok(Value::Object(object))
+        }
+    }
+
+    /// An object's key, and what to keep of its value; `None` for a field to skip.
+    struct Field(Keep);
+
+    impl<'de> DeserializeSeed<'de> for Field {
+        type Value = Option<(String, Keep)>;
+
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Field {
+        type Value = Option<(String, Keep)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object key")
+        }
+
+        fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+            Ok(match self.0 {
+                Keep::Only(fields) => fields
+                    .iter()
+                    .find(|(name, _)| *name == key)
+                    .map(|&(_, keep)| (key.to_string(), keep)),
+                Keep::All | Keep::Presence => Some((key.to_string(), Keep::All)),
+            })
         }
     }
 }
@@ -1199,10 +1277,11 @@ mod tests {
         });
         let padded =
             format!(r#"{{"padding": "{}", "event": {small}}}"#, "x".repeat(MAX_STORED_BYTES + 1));
-        let bounded = bounded::parse(&padded).unwrap();
+        let bounded = bounded::parse(&padded, Keep::All).unwrap();
         assert_eq!(bounded["event"], small);
         assert_eq!(bounded["padding"], TRUNCATION_MARKER);
-        assert!(bounded::parse(r#"{"a": 1} trailing"#).is_err(), "trailing bytes are refused");
+        let trailing = bounded::parse(r#"{"a": 1} trailing"#, Keep::All);
+        assert!(trailing.is_err(), "trailing bytes are refused");
     }
 
     #[test]
@@ -1219,11 +1298,18 @@ mod tests {
 
     #[test]
     fn deeply_nested_json_is_invalid_without_overflowing_the_stack() {
-        let payload = format!(r#"{{"hook_event_name": "Stop", "x": {}}}"#, "[".repeat(1_000_000));
-        let event = HookEvent::parse(Some(System::Claude), payload.as_bytes());
-        assert_eq!(event.kind, Kind::Invalid);
-        let problem = event.problem.unwrap_or_default();
-        assert!(problem.starts_with("malformed JSON: recursion limit exceeded"), "{problem}");
+        // In a field ccm reads, and in one it skips.
+        for field in ["error", "x"] {
+            let payload =
+                format!(r#"{{"hook_event_name": "Stop", "{field}": {}}}"#, "[".repeat(1_000_000));
+            let event = HookEvent::parse(Some(System::Claude), payload.as_bytes());
+            assert_eq!(event.kind, Kind::Invalid);
+            let problem = event.problem.unwrap_or_default();
+            assert!(problem.starts_with("malformed JSON: "), "{problem}");
+        }
+        let payload = format!(r#"{{"hook_event_name": "Stop", "error": {}}}"#, "[".repeat(200));
+        let problem = HookEvent::parse(Some(System::Claude), payload.as_bytes()).problem;
+        assert!(problem.unwrap_or_default().contains("recursion limit exceeded"));
     }
 
     #[test]
