@@ -49,7 +49,7 @@ use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,7 @@ pub fn prepare(spec: &Spec) -> Result<Worktree, WorktreeError> {
     // Outside the lock: only this worktree's directory changes from here on, as when the agent
     // works in it.
     if let Err(error) = populate(&repo, &path, &copy_files, spec.copy_files, spec.setup) {
-        let _git = exclusive(&lock);
+        let _git = lock.exclusive();
         remove_failed(&repo, &path, &branch, branch_is_new);
         return Err(error);
     }
@@ -345,7 +345,7 @@ pub fn cleanup(
     };
     if listed.iter().any(stale) {
         // Deleted by hand: forget it, so the branch counts as checked out nowhere.
-        let _git = exclusive(&lock);
+        let _git = lock.exclusive();
         git(&repo, &args!["worktree", "prune"])?;
         listed = list_worktrees(&repo)?;
     }
@@ -355,7 +355,7 @@ pub fn cleanup(
                 result.notes.push(format!("worktree {} kept: {reason}", entry.path.display()));
             }
             None => {
-                let _git = exclusive(&lock);
+                let _git = lock.exclusive();
                 git(&repo, &args!["worktree", "remove", "--force", &entry.path])?;
                 tracing::info!(path = %entry.path.display(), "removed the task's worktree");
                 result.worktree_removed = true;
@@ -386,7 +386,7 @@ pub fn cleanup(
         None => {
             // `-D`: merged-ness was checked against the base branch just above; `-d` would
             // check it against HEAD or the upstream instead.
-            let _git = exclusive(&lock);
+            let _git = lock.exclusive();
             git(&repo, &args!["branch", "-D", "--quiet", branch])?;
             tracing::info!(%branch, "deleted the task's branch");
             result.branch_deleted = true;
@@ -436,28 +436,93 @@ fn checked_copy_paths(files: &[String]) -> Result<Vec<PathBuf>, WorktreeError> {
         .collect()
 }
 
-/// One read-write lock per repository (canonical path) for the whole process: `worktree add`
-/// (with the branch it creates) holds it shared, so adds overlap; `worktree prune`, `worktree
-/// remove` and `branch -D` hold it exclusive, since one overlapping an add corrupts
-/// `.git/worktrees/*` (see the module's invariants).
-static REPOSITORY_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<RwLock<()>>>>> =
+/// One lock per repository (canonical path) for the whole process (see [`RepositoryLock`]).
+static REPOSITORY_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<RepositoryLock>>>> =
     LazyLock::new(Mutex::default);
 
 /// The repository's lock (see [`REPOSITORY_LOCKS`]); `repo` is canonical.
-fn repository_lock(repo: &Path) -> Arc<RwLock<()>> {
+fn repository_lock(repo: &Path) -> Arc<RepositoryLock> {
     let mut locks = REPOSITORY_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
     locks.entry(repo.to_owned()).or_default().clone()
 }
 
-/// Waits for the lock, shared: to add a worktree. It guards no data, so a panic while it was
-/// held left nothing to repair.
-fn shared(lock: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
+/// A read-write lock over one repository's worktree bookkeeping: `worktree add` (with the
+/// branch it creates) holds it shared, so adds overlap; `worktree prune`, `worktree remove` and
+/// `branch -D` hold it exclusive, since one overlapping an add corrupts `.git/worktrees/*`
+/// (see the module's invariants).
+///
+/// Adds go first: an exclusive holder waits while any add holds the lock or waits for it, so
+/// a task's preparation never waits behind a queue of cleanups, only behind the one removal
+/// in progress. Cleanups wait while tasks are queued anyway (the runtime), so they are not
+/// starved for long.
+///
+/// It guards no data, so a panic while it was held left nothing to repair (poisoning is
+/// ignored).
+#[derive(Default)]
+struct RepositoryLock {
+    state: Mutex<LockState>,
+    changed: Condvar,
 }
 
-/// Waits for the lock, exclusive: to prune, remove a worktree or delete a branch.
-fn exclusive(lock: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
+#[derive(Default)]
+struct LockState {
+    /// Adds holding the lock.
+    shared: usize,
+    /// Adds waiting for it.
+    shared_waiting: usize,
+    /// Whether a removal holds it.
+    exclusive: bool,
+}
+
+impl RepositoryLock {
+    fn state(&self) -> MutexGuard<'_, LockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, LockState>) -> MutexGuard<'a, LockState> {
+        self.changed.wait(state).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the lock, shared: to add a worktree.
+    fn shared(&self) -> Held<'_> {
+        let mut state = self.state();
+        state.shared_waiting += 1;
+        while state.exclusive {
+            state = self.wait(state);
+        }
+        state.shared_waiting -= 1;
+        state.shared += 1;
+        Held { lock: self, exclusive: false }
+    }
+
+    /// Waits for the lock, exclusive: to prune, remove a worktree or delete a branch.
+    fn exclusive(&self) -> Held<'_> {
+        let mut state = self.state();
+        while state.exclusive || state.shared > 0 || state.shared_waiting > 0 {
+            state = self.wait(state);
+        }
+        state.exclusive = true;
+        Held { lock: self, exclusive: true }
+    }
+}
+
+/// A hold of a [`RepositoryLock`], released when dropped.
+struct Held<'a> {
+    lock: &'a RepositoryLock,
+    exclusive: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut state = self.lock.state();
+        if self.exclusive {
+            state.exclusive = false;
+        } else {
+            state.shared -= 1;
+        }
+        drop(state);
+        self.lock.changed.notify_all();
+    }
 }
 
 fn canonical(path: &Path) -> Result<PathBuf, WorktreeError> {
@@ -502,7 +567,7 @@ const TRANSIENT_RETRIES: u32 = 5;
 /// When it fails after creating the branch, the branch is deleted again, so a retry starts
 /// clean.
 fn register(
-    lock: &RwLock<()>,
+    lock: &RepositoryLock,
     repo: &Path,
     spec: &Spec,
     branch: &str,
@@ -513,7 +578,7 @@ fn register(
     let mut branch_is_new = None;
     let registered = look_up_or_add(lock, repo, spec, branch, path, &mut branch_is_new);
     if registered.is_err() && branch_is_new == Some(true) {
-        let _git = exclusive(lock);
+        let _git = lock.exclusive();
         // Fails, harmlessly, when no add got as far as creating it.
         if git(repo, &args!["branch", "-D", "--quiet", branch]).is_ok() {
             tracing::debug!(%branch, "deleted the branch of a worktree that could not be added");
@@ -523,7 +588,7 @@ fn register(
 }
 
 fn look_up_or_add(
-    lock: &RwLock<()>,
+    lock: &RepositoryLock,
     repo: &Path,
     spec: &Spec,
     branch: &str,
@@ -536,7 +601,7 @@ fn look_up_or_add(
     let mut pruned = false;
     let mut transient = 0;
     loop {
-        let git_lock = shared(lock);
+        let git_lock = lock.shared();
         let mut refs = branches(repo, &[&branch_ref, &base_ref])?;
         let base = refs.iter().position(|b| b.full_ref == base_ref).map(|i| refs.swap_remove(i));
         let task = refs.into_iter().find(|b| b.full_ref == branch_ref);
@@ -605,8 +670,8 @@ fn look_up_or_add(
 }
 
 /// `git worktree prune`, holding the repository's lock exclusive.
-fn prune(lock: &RwLock<()>, repo: &Path) -> Result<(), WorktreeError> {
-    let _git = exclusive(lock);
+fn prune(lock: &RepositoryLock, repo: &Path) -> Result<(), WorktreeError> {
+    let _git = lock.exclusive();
     git(repo, &args!["worktree", "prune"]).map(drop)
 }
 
