@@ -149,6 +149,13 @@ impl Runtime {
         self.jobs().ended.clear();
         let tasks: HashMap<Uuid, Task> =
             self.store.runtime_tasks().await?.into_iter().map(|t| (t.id, t)).collect();
+        // Queued tasks first: starting them waits for nothing the rest of the pass finds, and
+        // observing the agents takes a while (a tmux window list, a read of every output log).
+        // Cleanups wait while tasks are queued, so no dispatch waits behind one.
+        let dispatching = tasks.values().any(|t| t.state == TaskState::Queued);
+        for task in tasks.values().filter(|t| t.state == TaskState::Queued) {
+            self.advance(task, dispatching).await?;
+        }
         let agents = self.store.live_agents().await?;
         passes.observed.retain(|id, _| agents.iter().any(|a| a.id == *id));
         for agent in agents {
@@ -156,9 +163,7 @@ impl Runtime {
                 warn!(agent = %agent.short_id(), error = %format!("{error:#}"), "cannot observe agent");
             }
         }
-        // Cleanups wait while tasks are queued, so no dispatch waits behind one.
-        let dispatching = tasks.values().any(|t| t.state == TaskState::Queued);
-        for task in tasks.values() {
+        for task in tasks.values().filter(|t| t.state != TaskState::Queued) {
             self.advance(task, dispatching).await?;
         }
         Ok(())
@@ -466,8 +471,11 @@ impl Runtime {
                 )
                 .await;
         };
-        let cwd = match self.workspace(task).await {
-            Ok(cwd) => cwd,
+        // The previous attempts (for the prompt) are read while the worktree is prepared.
+        let (workspace, attempts) =
+            tokio::join!(self.workspace(task), self.store.attempts(task.id));
+        let (cwd, unrecorded) = match workspace {
+            Ok(workspace) => workspace,
             Err(Workspace::Fatal(reason)) => {
                 return self.fail_before_start(task, FailureClass::Fatal, &reason).await
             }
@@ -478,38 +486,55 @@ impl Runtime {
         let template = step.map_or("{prompt}", |s| s.prompt.as_str());
         let mut prompt =
             render(template, &[("title", &task.title), ("prompt", &task.prompt), ("report", "")]);
-        if let Some(previous) =
-            self.store.attempts(task.id).await?.into_iter().rfind(|a| a.outcome.is_some())
-        {
-            prompt.push_str(&format!(
-                "\n\n---\nThis is attempt {} of {}. Attempt {} ended with `{}`.\nIts verification output:\n```\n{}\n```\nIts last message:\n{}\n",
-                task.attempts + 1,
-                task.max_attempts,
-                previous.number,
-                previous.outcome.as_deref().unwrap_or("unknown"),
-                previous.verify_output.as_deref().unwrap_or("(none)"),
-                previous.last_message.as_deref().unwrap_or("(none)"),
-            ));
-        }
-        let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
-        let (task, recorded) =
-            self.store.begin_attempt(task.id, &agent, &prompt, self.policy()).await?;
+        let begun = async {
+            if let Some(previous) = attempts?.into_iter().rfind(|a| a.outcome.is_some()) {
+                prompt.push_str(&format!(
+                    "\n\n---\nThis is attempt {} of {}. Attempt {} ended with `{}`.\nIts verification output:\n```\n{}\n```\nIts last message:\n{}\n",
+                    task.attempts + 1,
+                    task.max_attempts,
+                    previous.number,
+                    previous.outcome.as_deref().unwrap_or("unknown"),
+                    previous.verify_output.as_deref().unwrap_or("(none)"),
+                    previous.last_message.as_deref().unwrap_or("(none)"),
+                ));
+            }
+            let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
+            let policy = self.policy();
+            let begun =
+                self.store.begin_attempt(task.id, &agent, &prompt, unrecorded.as_ref(), policy);
+            anyhow::Ok(begun.await?)
+        };
+        let (task, recorded) = match begun.await {
+            Ok(begun) => begun,
+            Err(error) => {
+                // The attempt did not begin (the task may have been cancelled meanwhile), but
+                // its new worktree must be known, to be cleaned up.
+                if let Some(worktree) = &unrecorded {
+                    self.store.set_worktree(task.id, Some(worktree)).await?;
+                }
+                return Err(error);
+            }
+        };
         self.launch(&task, &recorded, &profile, &prompt).await
     }
 
     /// The directory the task's agents work in: its git worktree when it has a repository,
-    /// else a scratch directory.
-    async fn workspace(&self, task: &Task) -> Result<PathBuf, Workspace> {
+    /// else a scratch directory. A worktree made now comes with its record for
+    /// `tasks.worktree`, which the caller saves (with the attempt's beginning, for a worker).
+    async fn workspace(
+        &self,
+        task: &Task,
+    ) -> Result<(PathBuf, Option<serde_json::Value>), Workspace> {
         let internal = |e: &dyn std::fmt::Display| Workspace::Retry(e.to_string());
         let Some(repo) = &task.repo else {
             let dir = self.home.root().join("scratch").join(task.short_id());
             tokio::fs::create_dir_all(&dir).await.map_err(|e| internal(&e))?;
-            return Ok(dir);
+            return Ok((dir, None));
         };
         if let Some(saved) = self.store.worktree(task.id).await.map_err(|e| internal(&e))? {
             if let Ok(saved) = serde_json::from_value::<SavedWorktree>(saved) {
                 if saved.worktree.path.is_dir() {
-                    return Ok(saved.worktree.path);
+                    return Ok((saved.worktree.path, None));
                 }
             }
         }
@@ -523,36 +548,40 @@ impl Runtime {
             )));
         };
         let repo_path = PathBuf::from(&context.path);
-        let settings = Config::load(self.home.root(), Some(&repo_path))
-            .map(|c| c.worktree)
-            .unwrap_or_default();
         let base = context.default_branch.clone().unwrap_or_else(|| "main".into());
         let short = task.short_id();
-        let root = self.home.root().join("worktrees");
-        let (repo_for_job, root_for_job) = (repo_path.clone(), root.clone());
+        let home = self.home.root().to_owned();
+        let runtime = self.clone();
+        let repo_for_job = repo_path.clone();
+        // Files and git only, all blocking: on a blocking thread, so the preparations of
+        // several tasks overlap and none holds up the runtime's other work.
+        let span = tracing::Span::current();
         let prepared = tokio::task::spawn_blocking(move || {
-            worktree::prepare(&worktree::Spec {
+            let _job = span.enter();
+            let settings =
+                Config::load(&home, Some(&repo_for_job)).map(|c| c.worktree).unwrap_or_default();
+            let prepared = worktree::prepare(&worktree::Spec {
                 repo: &repo_for_job,
                 base_branch: &base,
                 short_id: &short,
-                root: &root_for_job,
+                root: &home.join("worktrees"),
                 copy_files: &settings.copy_files,
                 setup: settings.setup.as_deref(),
-            })
+            })?;
+            // Local hook settings are not committed, so the worktree gets ccm's hooks of its own.
+            if let Err(e) = crate::hooks::install::install(
+                &runtime.hook_options(&prepared.path, &crate::hooks::ccm_command()),
+            ) {
+                warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them");
+            }
+            Ok::<_, worktree::WorktreeError>(prepared)
         })
         .await
         .map_err(|e| internal(&e))?
         .map_err(|e| Workspace::Retry(format!("cannot prepare the worktree: {e}")))?;
-        // Local hook settings are not committed, so the worktree gets ccm's hooks of its own.
-        if let Err(e) = crate::hooks::install::install(
-            &self.hook_options(&prepared.path, &crate::hooks::ccm_command()),
-        ) {
-            warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them");
-        }
         let saved = SavedWorktree { repo: repo_path, worktree: prepared.clone() };
         let json = serde_json::to_value(&saved).map_err(|e| internal(&e))?;
-        self.store.set_worktree(task.id, Some(&json)).await.map_err(|e| internal(&e))?;
-        Ok(prepared.path)
+        Ok((prepared.path, Some(json)))
     }
 
     fn hook_options<'a>(
@@ -852,7 +881,15 @@ impl Runtime {
             &step.prompt,
             &[("title", &task.title), ("prompt", &task.prompt), ("report", &report)],
         );
-        let cwd = self.workspace(task).await.unwrap_or_else(|_| self.home.root().join("scratch"));
+        let cwd = match self.workspace(task).await {
+            Ok((cwd, unrecorded)) => {
+                if let Some(worktree) = &unrecorded {
+                    self.store.set_worktree(task.id, Some(worktree)).await?;
+                }
+                cwd
+            }
+            Err(_) => self.home.root().join("scratch"),
+        };
         tokio::fs::create_dir_all(&cwd).await?;
         let agent = self.new_agent(AgentKind::Supervisory, &profile_name, &cwd, &prompt).await?;
         let recorded = self.store.begin_review(task.id, &agent).await?;

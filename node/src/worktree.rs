@@ -12,17 +12,29 @@
 //! processes; the caller runs it in `spawn_blocking`. Every git command runs with `-C <dir>`,
 //! without a terminal prompt and without the `GIT_DIR`-like variables of the environment, so
 //! the daemon behaves the same wherever it was started from. It needs git 2.36 or later
-//! (`%(worktreepath)` of `for-each-ref`, `git hook run`).
+//! (`%(worktreepath)` of `for-each-ref`); overlapping adds were tested with git 2.47
+//! (`preparations_and_cleanups_in_one_repository_overlap_safely`).
 //!
 //! **Invariant**: ccm works offline. Updating the base branch from its remote is best effort:
 //! a failure (no network, a diverged base, a remote that is gone) or a remote that does not
 //! answer within [`REMOTE_UPDATE_TIMEOUT`] is logged and the local base is used.
 //!
-//! **Invariant**: git commands that change a repository's worktree bookkeeping (`worktree add`,
-//! `remove`, `prune`, with the branch created or deleted alongside) never overlap within the
-//! process: overlapping ones corrupted `.git/worktrees/*`. [`prepare`] and [`cleanup`] take a
-//! per-repository lock for those steps only; checking out the files, copying files in and the
-//! setup command run outside it.
+//! **Invariant**: within the process, a command that removes worktree bookkeeping from a
+//! repository (`worktree prune`, `worktree remove`, `branch -D`) never overlaps another that
+//! changes it: a prune deletes an entry of `.git/worktrees` that an add is still writing, and
+//! the last remove deletes `.git/worktrees` itself under an add. Adds of distinct worktrees on
+//! distinct branches (`worktree add`, with the branch it creates) may overlap one another: git
+//! keeps them apart (each takes its own directory with `mkdir`, its own ref lock). A per-
+//! repository read-write lock says which is which: [`prepare`] holds it shared for its look-up
+//! and `worktree add`, [`cleanup`] holds it exclusive for each removal only; copying files in
+//! and the setup command run outside it.
+//!
+//! **Invariant**: git writes a new worktree's administrative files in place, so a command that
+//! reads every worktree's (`for-each-ref` of `%(worktreepath)`, `worktree add`, `branch -D`)
+//! can die while another worktree is being added (`fatal: failed to read
+//! .git/worktrees/<name>/commondir`). Such a failure changed nothing, except that `worktree add
+//! -b` may have created its branch: [`git`] runs the command again, and [`prepare`] looks again
+//! before another add.
 //!
 //! **Invariant**: cleanup never deletes work. A worktree with uncommitted changes and a branch
 //! with commits that are not in the base branch are kept, with a note saying why; history is
@@ -37,7 +49,7 @@ use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -175,9 +187,10 @@ pub struct Worktree {
 /// A failed checkout, copy or setup removes the new worktree again (and the branch, when it
 /// was created by this call), so a retry starts clean.
 ///
-/// For a new task that is two git commands under the repository's lock (`for-each-ref`,
-/// `worktree add --no-checkout`), then `reset --hard` and `hook run post-checkout` outside it;
-/// `worktree prune` runs only when a registration whose directory is gone is in the way.
+/// For a new task that is two git commands under the repository's lock, held shared
+/// (`for-each-ref`, then `worktree add`, which checks the files out and runs the
+/// `post-checkout` hook); `worktree prune` runs, exclusive, only when a registration whose
+/// directory is gone is in the way.
 pub fn prepare(spec: &Spec) -> Result<Worktree, WorktreeError> {
     check_short_id(spec.short_id)?;
     let copy_files = checked_copy_paths(spec.copy_files)?;
@@ -186,15 +199,12 @@ pub fn prepare(spec: &Spec) -> Result<Worktree, WorktreeError> {
     let path = worktree_path(&repo, spec.root, spec.short_id)?;
 
     let lock = repository_lock(&repo);
-    let (worktree, branch_is_new, head) = {
-        let _git = hold(&lock);
-        match register(&repo, spec, &branch, &path)? {
-            Registered::Existing(worktree) => {
-                tracing::debug!(path = %worktree.path.display(), %branch, "reusing the task's worktree");
-                return Ok(worktree);
-            }
-            Registered::New { worktree, branch_is_new, head } => (worktree, branch_is_new, head),
+    let (worktree, branch_is_new) = match register(&lock, &repo, spec, &branch, &path)? {
+        Registered::Existing(worktree) => {
+            tracing::debug!(path = %worktree.path.display(), %branch, "reusing the task's worktree");
+            return Ok(worktree);
         }
+        Registered::New { worktree, branch_is_new } => (worktree, branch_is_new),
     };
     tracing::info!(
         path = %path.display(),
@@ -204,12 +214,10 @@ pub fn prepare(spec: &Spec) -> Result<Worktree, WorktreeError> {
         "created the task's worktree"
     );
 
-    // Outside the lock: only this worktree's index and directory change from here on, as when
-    // the agent runs git in it.
-    let populated = check_out(&path, &head)
-        .and_then(|()| populate(&repo, &path, &copy_files, spec.copy_files, spec.setup));
-    if let Err(error) = populated {
-        let _git = hold(&lock);
+    // Outside the lock: only this worktree's directory changes from here on, as when the agent
+    // works in it.
+    if let Err(error) = populate(&repo, &path, &copy_files, spec.copy_files, spec.setup) {
+        let _git = lock.exclusive();
         remove_failed(&repo, &path, &branch, branch_is_new);
         return Err(error);
     }
@@ -337,7 +345,7 @@ pub fn cleanup(
     };
     if listed.iter().any(stale) {
         // Deleted by hand: forget it, so the branch counts as checked out nowhere.
-        let _git = hold(&lock);
+        let _git = lock.exclusive();
         git(&repo, &args!["worktree", "prune"])?;
         listed = list_worktrees(&repo)?;
     }
@@ -347,7 +355,7 @@ pub fn cleanup(
                 result.notes.push(format!("worktree {} kept: {reason}", entry.path.display()));
             }
             None => {
-                let _git = hold(&lock);
+                let _git = lock.exclusive();
                 git(&repo, &args!["worktree", "remove", "--force", &entry.path])?;
                 tracing::info!(path = %entry.path.display(), "removed the task's worktree");
                 result.worktree_removed = true;
@@ -378,7 +386,7 @@ pub fn cleanup(
         None => {
             // `-D`: merged-ness was checked against the base branch just above; `-d` would
             // check it against HEAD or the upstream instead.
-            let _git = hold(&lock);
+            let _git = lock.exclusive();
             git(&repo, &args!["branch", "-D", "--quiet", branch])?;
             tracing::info!(%branch, "deleted the task's branch");
             result.branch_deleted = true;
@@ -428,21 +436,93 @@ fn checked_copy_paths(files: &[String]) -> Result<Vec<PathBuf>, WorktreeError> {
         .collect()
 }
 
-/// One lock per repository (canonical path) for the whole process: commands that change a
-/// repository's worktree bookkeeping (`worktree add`, `remove`, `prune`, and branch creation
-/// or deletion with them) must not overlap, or they corrupt `.git/worktrees/*`.
-static REPOSITORY_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> =
+/// One lock per repository (canonical path) for the whole process (see [`RepositoryLock`]).
+static REPOSITORY_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<RepositoryLock>>>> =
     LazyLock::new(Mutex::default);
 
 /// The repository's lock (see [`REPOSITORY_LOCKS`]); `repo` is canonical.
-fn repository_lock(repo: &Path) -> Arc<Mutex<()>> {
+fn repository_lock(repo: &Path) -> Arc<RepositoryLock> {
     let mut locks = REPOSITORY_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
     locks.entry(repo.to_owned()).or_default().clone()
 }
 
-/// Waits for the lock. It guards no data, so a panic while it was held left nothing to repair.
-fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
-    lock.lock().unwrap_or_else(PoisonError::into_inner)
+/// A read-write lock over one repository's worktree bookkeeping: `worktree add` (with the
+/// branch it creates) holds it shared, so adds overlap; `worktree prune`, `worktree remove` and
+/// `branch -D` hold it exclusive, since one overlapping an add corrupts `.git/worktrees/*`
+/// (see the module's invariants).
+///
+/// Adds go first: an exclusive holder waits while any add holds the lock or waits for it, so
+/// a task's preparation never waits behind a queue of cleanups, only behind the one removal
+/// in progress. Cleanups wait while tasks are queued anyway (the runtime), so they are not
+/// starved for long.
+///
+/// It guards no data, so a panic while it was held left nothing to repair (poisoning is
+/// ignored).
+#[derive(Default)]
+struct RepositoryLock {
+    state: Mutex<LockState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LockState {
+    /// Adds holding the lock.
+    shared: usize,
+    /// Adds waiting for it.
+    shared_waiting: usize,
+    /// Whether a removal holds it.
+    exclusive: bool,
+}
+
+impl RepositoryLock {
+    fn state(&self) -> MutexGuard<'_, LockState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, LockState>) -> MutexGuard<'a, LockState> {
+        self.changed.wait(state).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the lock, shared: to add a worktree.
+    fn shared(&self) -> Held<'_> {
+        let mut state = self.state();
+        state.shared_waiting += 1;
+        while state.exclusive {
+            state = self.wait(state);
+        }
+        state.shared_waiting -= 1;
+        state.shared += 1;
+        Held { lock: self, exclusive: false }
+    }
+
+    /// Waits for the lock, exclusive: to prune, remove a worktree or delete a branch.
+    fn exclusive(&self) -> Held<'_> {
+        let mut state = self.state();
+        while state.exclusive || state.shared > 0 || state.shared_waiting > 0 {
+            state = self.wait(state);
+        }
+        state.exclusive = true;
+        Held { lock: self, exclusive: true }
+    }
+}
+
+/// A hold of a [`RepositoryLock`], released when dropped.
+struct Held<'a> {
+    lock: &'a RepositoryLock,
+    exclusive: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut state = self.lock.state();
+        if self.exclusive {
+            state.exclusive = false;
+        } else {
+            state.shared -= 1;
+        }
+        drop(state);
+        self.lock.changed.notify_all();
+    }
 }
 
 fn canonical(path: &Path) -> Result<PathBuf, WorktreeError> {
@@ -463,33 +543,65 @@ fn worktree_path(repo: &Path, root: &Path, short_id: &str) -> Result<PathBuf, Wo
 enum Registered {
     /// The task's branch is checked out in a worktree already (a retry of the task).
     Existing(Worktree),
-    /// A worktree was added without its files (`--no-checkout`) on `head`, the branch's
-    /// commit; `branch_is_new` when the branch was created with it.
-    New { worktree: Worktree, branch_is_new: bool, head: String },
+    /// A worktree was added (its files checked out) on the task's branch; `branch_is_new` when
+    /// the branch was created with it.
+    New { worktree: Worktree, branch_is_new: bool },
 }
 
-/// The part of [`prepare`] that changes the repository's worktree bookkeeping, run under its
-/// lock: finds the task's worktree, or adds one (`--no-checkout`) on the task's branch,
-/// creating the branch from the (updated) base when it does not exist.
+/// How often a git command that died reading another worktree's administrative files while
+/// that worktree was being added is run again (see the module's invariants).
+const TRANSIENT_RETRIES: u32 = 5;
+
+/// The part of [`prepare`] that changes the repository's worktree bookkeeping: finds the
+/// task's worktree, or adds one on the task's branch, creating the branch from the (updated)
+/// base when it does not exist. The look-up and the add hold the repository's lock shared;
+/// a prune holds it exclusive.
 ///
 /// One `git for-each-ref` answers what used to take five commands (is the branch there, where
 /// is it checked out, the base's commit and upstream, is the base checked out here).
 /// `git worktree prune` runs only when that answer or `worktree add` shows a registration
-/// whose directory is gone; the look-up and the add are then tried once more.
+/// whose directory is gone; the look-up and the add are then tried once more. An add that
+/// died while another worktree was being added is tried again after a new look-up, since it
+/// may have created the branch before it died.
+///
+/// When it fails after creating the branch, the branch is deleted again, so a retry starts
+/// clean.
 fn register(
+    lock: &RepositoryLock,
     repo: &Path,
     spec: &Spec,
     branch: &str,
     path: &Path,
 ) -> Result<Registered, WorktreeError> {
+    // Decided by the first look: an add that failed after creating the branch must not make
+    // the next look think the branch was there before.
+    let mut branch_is_new = None;
+    let registered = look_up_or_add(lock, repo, spec, branch, path, &mut branch_is_new);
+    if registered.is_err() && branch_is_new == Some(true) {
+        let _git = lock.exclusive();
+        // Fails, harmlessly, when no add got as far as creating it.
+        if git(repo, &args!["branch", "-D", "--quiet", branch]).is_ok() {
+            tracing::debug!(%branch, "deleted the branch of a worktree that could not be added");
+        }
+    }
+    registered
+}
+
+fn look_up_or_add(
+    lock: &RepositoryLock,
+    repo: &Path,
+    spec: &Spec,
+    branch: &str,
+    path: &Path,
+    branch_is_new: &mut Option<bool>,
+) -> Result<Registered, WorktreeError> {
     let branch_ref = format!("refs/heads/{branch}");
     let base_ref = format!("refs/heads/{}", spec.base_branch);
     let base_branch = spec.base_branch.to_owned();
     let mut pruned = false;
-    // Decided by the first look: an add that failed after creating the branch must not make
-    // the retry think the branch was there before.
-    let mut branch_is_new = None;
+    let mut transient = 0;
     loop {
+        let git_lock = lock.shared();
         let mut refs = branches(repo, &[&branch_ref, &base_ref])?;
         let base = refs.iter().position(|b| b.full_ref == base_ref).map(|i| refs.swap_remove(i));
         let task = refs.into_iter().find(|b| b.full_ref == branch_ref);
@@ -508,7 +620,8 @@ fn register(
                 };
                 return Ok(Registered::Existing(worktree));
             }
-            git(repo, &args!["worktree", "prune"])?;
+            drop(git_lock);
+            prune(lock, repo)?;
             pruned = true;
             continue;
         }
@@ -521,46 +634,45 @@ fn register(
         }
         let added = match &task {
             None => new_base(repo, spec.base_branch, base.as_ref()).and_then(|commit| {
-                let add = args![
-                    "worktree",
-                    "add",
-                    "--quiet",
-                    "--no-checkout",
-                    "-b",
-                    branch,
-                    path,
-                    commit
-                ];
-                git(repo, &add).map(|_| (commit.clone(), commit))
+                git_once(repo, &args!["worktree", "add", "--quiet", "-b", branch, path, commit])
+                    .map(|_| commit)
             }),
-            Some(task) => recorded_base(repo, branch, spec.base_branch).and_then(|base_commit| {
-                git(repo, &args!["worktree", "add", "--quiet", "--no-checkout", path, branch])?;
-                let head = match &task.commit {
-                    Some(commit) => commit.clone(),
-                    None => git(repo, &args!["rev-parse", "--verify", &task.full_ref])?,
-                };
-                Ok((base_commit, head.trim().to_owned()))
+            Some(_) => recorded_base(repo, branch, spec.base_branch).and_then(|base_commit| {
+                git_once(repo, &args!["worktree", "add", "--quiet", path, branch])
+                    .map(|_| base_commit)
             }),
         };
+        drop(git_lock);
         match added {
-            Ok((base_commit, head)) => {
+            Ok(base_commit) => {
                 let worktree = Worktree {
                     path: path.to_owned(),
                     branch: branch.to_owned(),
                     base_commit,
                     base_branch,
                 };
-                return Ok(Registered::New { worktree, branch_is_new: new, head });
+                return Ok(Registered::New { worktree, branch_is_new: new });
+            }
+            Err(error) if is_transient(&error) && transient < TRANSIENT_RETRIES => {
+                transient += 1;
+                tracing::debug!(%error, "another worktree was being added; looking again");
+                thread::sleep(transient_pause(transient));
             }
             // Perhaps a registration whose directory is gone holds the path or the branch.
             Err(error @ WorktreeError::Git { .. }) if !pruned => {
                 tracing::debug!(%error, "cannot add the worktree; pruning and trying again");
-                git(repo, &args!["worktree", "prune"])?;
+                prune(lock, repo)?;
                 pruned = true;
             }
             Err(error) => return Err(error),
         }
     }
+}
+
+/// `git worktree prune`, holding the repository's lock exclusive.
+fn prune(lock: &RepositoryLock, repo: &Path) -> Result<(), WorktreeError> {
+    let _git = lock.exclusive();
+    git(repo, &args!["worktree", "prune"]).map(drop)
 }
 
 /// A local branch, as `git for-each-ref` describes it.
@@ -674,17 +786,6 @@ fn recorded_base(repo: &Path, branch: &str, base: &str) -> Result<String, Worktr
     let base_commit = resolve_branch(repo, base)?;
     let fork = git(repo, &args!["merge-base", &base_commit, &branch_ref])?;
     Ok(fork.trim().to_owned())
-}
-
-/// Checks out the files of a worktree added with `--no-checkout` on commit `head`, as
-/// `git worktree add` itself does: `git reset --hard`, then the `post-checkout` hook, when the
-/// repository has one, with the arguments git gives it for a new worktree.
-fn check_out(worktree: &Path, head: &str) -> Result<(), WorktreeError> {
-    git(worktree, &args!["reset", "--hard", "--quiet", "--no-recurse-submodules"])?;
-    let null = "0".repeat(head.len());
-    let hook = args!["hook", "run", "--ignore-missing", "post-checkout", "--", null, head, "1"];
-    git(worktree, &hook)?;
-    Ok(())
 }
 
 /// Copies the listed files into a new worktree, then runs the setup command there.
@@ -1006,8 +1107,37 @@ fn git_failure(dir: &Path, args: &[&OsStr], stdout: &[u8], stderr: &[u8]) -> Wor
     WorktreeError::Git { args: args_text(args), dir: dir.to_owned(), stderr }
 }
 
-/// Runs git; its stdout on success.
+/// Runs git; its stdout on success. A run that died reading another worktree's
+/// administrative files while that worktree was being added changed nothing (see the module's
+/// invariants) and is run again, up to [`TRANSIENT_RETRIES`] times.
 fn git(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
+    let mut retries = 0;
+    loop {
+        match git_once(dir, args) {
+            Err(error) if is_transient(&error) && retries < TRANSIENT_RETRIES => {
+                retries += 1;
+                tracing::debug!(%error, "another worktree was being added; running git again");
+                thread::sleep(transient_pause(retries));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether git died reading another worktree's administrative files, which `worktree add`
+/// writes in place (`fatal: failed to read .git/worktrees/<name>/commondir`).
+fn is_transient(error: &WorktreeError) -> bool {
+    matches!(error, WorktreeError::Git { stderr, .. }
+        if stderr.contains("failed to read") && stderr.contains("worktrees/"))
+}
+
+/// How long to wait before the `n`th run again of a command that died that way.
+fn transient_pause(n: u32) -> Duration {
+    Duration::from_millis(2 * u64::from(n))
+}
+
+/// Runs git once; its stdout on success.
+fn git_once(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
     let out = run_git(dir, args)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -1490,5 +1620,50 @@ mod tests {
         assert!(!branch_exists(&repo, "ccm/e0e0e0e0"));
         // Cleaning up again finds nothing left to do.
         assert_eq!(cleanup(&repo, &wt, &copy).unwrap(), done);
+    }
+
+    #[test]
+    fn preparations_and_cleanups_in_one_repository_overlap_safely() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = new_repo(tmp.path(), "proj");
+        let root = tmp.path().join("worktrees");
+        // Worktrees to clean up while the new ones are added: half merged (removed, branch
+        // deleted), half with a commit of their own (removed, branch kept).
+        let old: Vec<Worktree> = (0..8)
+            .map(|n| {
+                let wt = prepare(&spec(&repo, &format!("01d0000{n}"), &root)).unwrap();
+                if n % 2 == 1 {
+                    commit(&wt.path, "work.txt", "work\n", &format!("work 01d0000{n}"));
+                }
+                wt
+            })
+            .collect();
+
+        let ids: Vec<String> = (0..16).map(|n| format!("2e{n:06x}")).collect();
+        let added: Vec<Worktree> = thread::scope(|scope| {
+            let cleanups: Vec<_> =
+                old.iter().map(|wt| scope.spawn(|| cleanup(&repo, wt, &[]).unwrap())).collect();
+            let adds: Vec<_> =
+                ids.iter().map(|id| scope.spawn(|| prepare(&spec(&repo, id, &root)))).collect();
+            for (n, done) in cleanups.into_iter().map(|c| c.join().unwrap()).enumerate() {
+                assert!(done.worktree_removed, "{done:?}");
+                assert_eq!(done.branch_deleted, n % 2 == 0, "{done:?}");
+            }
+            adds.into_iter().map(|a| a.join().unwrap().unwrap()).collect()
+        });
+
+        let listed = run(&repo, &["worktree", "list", "--porcelain"]);
+        for (wt, id) in added.iter().zip(&ids) {
+            assert_eq!(wt.branch, format!("ccm/{id}"));
+            assert_eq!(run(&wt.path, &["symbolic-ref", "--short", "HEAD"]), wt.branch);
+            assert_eq!(run(&wt.path, &["status", "--porcelain"]), "");
+            assert!(wt.path.join("README.md").is_file());
+            assert!(listed.contains(&format!("worktree {}\n", wt.path.display())), "{listed}");
+        }
+        assert_eq!(listed.matches("worktree ").count(), 1 + ids.len(), "{listed}");
+        for wt in &old {
+            assert!(!wt.path.exists());
+        }
+        assert_eq!(run(&repo, &["worktree", "prune", "--dry-run", "--verbose"]), "");
     }
 }

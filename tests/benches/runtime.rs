@@ -102,7 +102,7 @@ fn log_tail(daemon: &Daemon) -> String {
 /// A task's latency is its agent's start time minus the `at` of the `queued` entry of its log
 /// (`GET /api/tasks/{id}`; RFC 3339, milliseconds, truncated, so the figure may read up to
 /// 1 ms high). It covers the runtime picking the task up, the worktree (`git for-each-ref`,
-/// `worktree add --no-checkout`, `reset --hard`, `hook run post-checkout`), ccm's hook settings
+/// `worktree add`, which checks the files out and runs `post-checkout`), ccm's hook settings
 /// in it, the agent's directory and record, the tmux window and the wrapper shell that records
 /// the exit status.
 /// The log's `executing` entry (written once the worktree exists and the attempt is recorded,
@@ -111,10 +111,10 @@ fn log_tail(daemon: &Daemon) -> String {
 /// Baselines, [`DISPATCHES`] runs each, one after the other: a bare `tmux new-window -d` on a
 /// private server running `sh -c 'date +%s%N > FILE'`, from just before the `tmux` command to
 /// the time written; `git worktree add -b BRANCH PATH COMMIT` of the same repository (the
-/// command alone, files checked out); and the four git commands ccm's worktree preparation
-/// runs for a new task, in sequence (`for-each-ref` of the task and base branches, `worktree
-/// add --no-checkout -b`, then in the worktree `reset --hard` and `hook run --ignore-missing
-/// post-checkout`). Each worktree and branch is removed again, untimed, before the next.
+/// command alone, files checked out); and the two git commands ccm's worktree preparation
+/// runs for a new task, in sequence (`for-each-ref` of the task and base branches, then that
+/// `worktree add -b` of the commit it printed). Each worktree and branch is removed again,
+/// untimed, before the next.
 async fn dispatch_rows() -> (Vec<Row>, Vec<String>) {
     let (run, _home, repo) = dispatch_run("bench-dispatch", DISPATCH_SLOTS, DISPATCHES).await;
     let (serial, ..) = dispatch_run("bench-dispatch-serial", 1, SERIAL_DISPATCHES).await;
@@ -162,7 +162,7 @@ async fn dispatch_rows() -> (Vec<Row>, Vec<String>) {
             "  of which queued → executing, p50 / p99",
             format!("{} / {}", ms(run.to_executing.p50), ms(run.to_executing.p99)),
             format!(
-                "{} / {} (git: the 4 commands of worktree preparation)",
+                "{} / {} (git: the 2 commands of worktree preparation)",
                 ms(prepare.p50),
                 ms(prepare.p99)
             ),
@@ -433,11 +433,7 @@ fn worktree_adds(repo: &Path, root: &Path, count: usize) -> (Vec<Duration>, Vec<
             &["for-each-ref", format, &format!("refs/heads/{branch}"), "refs/heads/main"],
         );
         let base = refs.split('\0').nth(2).expect("the base branch is listed").to_string();
-        let add = ["worktree", "add", "--quiet", "--no-checkout", "-b", &branch, &path_arg, &base];
-        git(repo, &add);
-        git(&path, &["reset", "--hard", "--quiet", "--no-recurse-submodules"]);
-        let null = "0".repeat(base.len());
-        git(&path, &["hook", "run", "--ignore-missing", "post-checkout", "--", &null, &base, "1"]);
+        git(repo, &["worktree", "add", "--quiet", "-b", &branch, &path_arg, &base]);
         sequence.push(started.elapsed());
         remove(&path_arg, &branch);
     }

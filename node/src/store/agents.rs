@@ -57,12 +57,13 @@ const ACTOR: &str = "runtime";
 
 impl Store {
     /// Starts the next attempt of a queued task: applies `start`, records the worker agent and
-    /// the attempt with its prompt.
+    /// the attempt with its prompt, and `worktree` (`tasks.worktree`) when one was made for it.
     pub async fn begin_attempt(
         &self,
         task: Uuid,
         agent: &NewAgent,
         prompt: &str,
+        worktree: Option<&serde_json::Value>,
         policy: RetryPolicy,
     ) -> Result<(Task, Agent)> {
         let mut tx = self.write().await?;
@@ -83,6 +84,13 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        if let Some(worktree) = worktree {
+            sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
+                .bind(sqlx::types::Json(worktree))
+                .bind(task.hyphenated())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok((current, recorded))
     }
