@@ -39,7 +39,7 @@ pub struct HookCli {
 }
 
 /// The arguments of `ccm hook`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct HookArgs {
     /// The CLI whose hook runs this: claude, gemini or codex (detected when omitted).
     #[arg(long)]

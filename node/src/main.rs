@@ -15,11 +15,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // `ccm hook` runs on every agent's path, once per event: it parses only its own arguments
     // (building clap's whole command tree costs more than the rest of its start), runs on one
-    // thread and has no log subscriber (its problems go to `hook.log`).
+    // thread and has no log subscriber (its problems go to `hook.log`). Arguments it does not
+    // understand are reported and ignored: a hook never fails the agent.
     if std::env::args_os().nth(1).is_some_and(|a| a == "hook") {
-        let cli = HookCli::parse_from(std::env::args_os().skip(1));
+        let args = match HookCli::try_parse_from(std::env::args_os().skip(1)) {
+            Ok(cli) => cli.args,
+            Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+            Err(e) => {
+                eprintln!("ccm hook: ignoring its arguments: {e}");
+                cli::HookArgs::default()
+            }
+        };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        return finish(runtime, |runtime| runtime.block_on(cli::hook(cli.args)));
+        return finish(runtime, |runtime| runtime.block_on(cli::hook(args)));
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -242,6 +242,31 @@ async fn bad_payloads_exit_zero_are_logged_and_stored_as_far_as_possible() {
     assert_eq!(log.lines().count(), 4, "one clear line per bad payload: {log}");
 }
 
+/// Arguments `ccm hook` cannot parse do not fail the agent: they are reported on stderr and
+/// ignored, and the event on stdin is stored as usual.
+#[tokio::test]
+async fn hook_with_arguments_it_cannot_parse_still_stores_the_event_and_exits_zero() {
+    let home = TestHome::new("hook-bad-args");
+    let _daemon = home.start();
+    let mut child = home
+        .ccm()
+        .args(["hook", "--agent"]) // the flag's value is missing
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let payload = claude("Stop", json!({"stop_hook_active": false}));
+    child.stdin.take().unwrap().write_all(payload.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ignoring its arguments") && stderr.contains("--agent"), "{stderr}");
+    let rows = stored(&home).await;
+    assert_eq!(rows, [("claude".into(), "Stop".into(), "stop".into(), "api".into())]);
+}
+
 #[tokio::test]
 async fn write_to_a_file_another_task_owns_is_denied_until_the_owner_completes() {
     let home = TestHome::new("hook-claims");
