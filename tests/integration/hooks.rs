@@ -620,3 +620,38 @@ async fn events_without_ccm_environment_attach_by_working_directory_or_session()
     );
     home.run_ok(&["task", "cancel", &task]);
 }
+
+/// The daemon checkpoints the write-ahead log off its writer: while it writes more than the
+/// 1,000 pages at which SQLite would checkpoint inside a commit, the log is copied into the
+/// database and started over (its header's checkpoint sequence number goes up), as another
+/// process sees it without checkpointing itself.
+#[tokio::test]
+async fn write_ahead_log_is_checkpointed_and_restarted_while_the_daemon_writes() {
+    let home = TestHome::new("hook-checkpoint");
+    let daemon = home.start();
+    let wal = home.db_file().with_extension("db-wal");
+    let sequence = || {
+        let header = std::fs::read(&wal).unwrap();
+        u32::from_be_bytes(header[12..16].try_into().unwrap())
+    };
+    let first = sequence();
+    let filler = "x".repeat(4000);
+    for batch in 0..30 {
+        let lines: Vec<Value> = (0..100)
+            .map(|n| claude("Notification", json!({"message": format!("{batch}-{n} {filler}")})))
+            .collect();
+        let (status, answers) = post_batch(&daemon, &format!("key=wal-{batch}"), &lines).await;
+        assert_eq!((status, answers.len()), (200, 100));
+    }
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    assert!(grown > 4096 * 1000, "the writes span more than 1,000 pages: {grown} bytes");
+    let restarted = wait_until(Duration::from_secs(10), || async {
+        let (status, _) = post_batch(&daemon, "", &[claude("Stop", json!({}))]).await;
+        assert_eq!(status, 200);
+        sequence() > first
+    })
+    .await;
+    assert!(restarted, "the log was never started over");
+    let notifications = stored(&home).await.into_iter().filter(|r| r.1 == "Notification");
+    assert_eq!(notifications.count(), 3000);
+}
