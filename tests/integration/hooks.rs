@@ -621,10 +621,10 @@ async fn events_without_ccm_environment_attach_by_working_directory_or_session()
     home.run_ok(&["task", "cancel", &task]);
 }
 
-/// The daemon checkpoints the write-ahead log off its writer: while it writes more than the
-/// 1,000 pages at which SQLite would checkpoint inside a commit, the log is copied into the
-/// database and started over (its header's checkpoint sequence number goes up), as another
-/// process sees it without checkpointing itself.
+/// The write-ahead log stays bounded while the daemon writes: past SQLite's 1,000 pages it is
+/// copied into the database and started over (its header's checkpoint sequence number goes up),
+/// as another process sees it without checkpointing itself. A read transaction left open, or
+/// checkpoints turned off, would let it grow without end.
 #[tokio::test]
 async fn write_ahead_log_is_checkpointed_and_restarted_while_the_daemon_writes() {
     let home = TestHome::new("hook-checkpoint");

@@ -123,7 +123,6 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let store = Store::open(&home.db_file(), &name).await?;
     check_integrity(&store).await?;
-    store.checkpoint_off_the_writer().await?;
 
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| {
@@ -191,7 +190,6 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         RetryPolicy::from(&*config),
         shutdown.clone(),
     ));
-    let checkpoints = tokio::spawn(checkpoint_loop(store.clone(), shutdown.clone()));
     tokio::spawn(signals.stop(shutdown.clone()));
 
     home.write_daemon_info(&daemon)?;
@@ -201,12 +199,8 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         .await;
 
     shutdown.cancel();
-    for (name, task) in [
-        ("scheduler", scheduler),
-        ("runtime", runtime_task),
-        ("spooler", spooler),
-        ("checkpoints", checkpoints),
-    ] {
+    for (name, task) in [("scheduler", scheduler), ("runtime", runtime_task), ("spooler", spooler)]
+    {
         if let Err(e) = task.await {
             warn!(task = name, error = %e, "ended abnormally");
         }
@@ -278,24 +272,6 @@ async fn spool_loop(home: Home, store: Store, policy: RetryPolicy, shutdown: Can
         }
     }
 }
-
-/// Checkpoints the WAL every [`CHECKPOINT_EVERY`], off the writer (see
-/// [`Store::checkpoint_off_the_writer`]), until shutdown.
-async fn checkpoint_loop(store: Store, shutdown: CancellationToken) {
-    loop {
-        if let Err(error) = store.checkpoint().await {
-            warn!(%error, "WAL checkpoint failed; retrying");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
-        }
-    }
-}
-
-/// How often the WAL is checkpointed: at 40,000 events/s (~1 KB each) the WAL grows by about
-/// 8 MB in between.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 /// Refuses to start on a damaged database.
 async fn check_integrity(store: &Store) -> anyhow::Result<()> {

@@ -83,9 +83,6 @@ pub struct Store {
     /// The only connection that writes, so transactions of this process queue instead of
     /// failing with SQLITE_BUSY.
     writer: SqlitePool,
-    /// A connection of its own for WAL checkpoints, opened on first use (see
-    /// [`Store::checkpoint_off_the_writer`]).
-    checkpointer: SqlitePool,
 }
 
 impl Store {
@@ -121,14 +118,10 @@ impl Store {
             .max_connections(READERS)
             .min_connections(0)
             .test_before_acquire(false)
-            .connect_with(options.clone().read_only(true))
+            .connect_with(options.read_only(true))
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
-        let store = Store { path: path.to_path_buf(), readers, writer, checkpointer };
+        let store = Store { path: path.to_path_buf(), readers, writer };
         store.ensure_system(system_name).await?;
         Ok(store)
     }
@@ -151,39 +144,17 @@ impl Store {
             SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(
                 |e| StoreError::Open { path: path.to_path_buf(), message: e.to_string() },
             )?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            readers: pool.clone(),
-            writer: pool.clone(),
-            checkpointer: pool,
-        })
+        Ok(Store { path: path.to_path_buf(), readers: pool.clone(), writer: pool })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Closes the pools, checkpointing the WAL.
+    /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.readers.close().await;
-        self.checkpointer.close().await;
         self.writer.close().await;
-    }
-
-    /// Turns off the writer's automatic WAL checkpoint, which copies 1,000 pages into the
-    /// database file inside whichever commit crosses the mark (a request then waits for it);
-    /// the caller checkpoints with [`Store::checkpoint`] instead, off the writer.
-    pub async fn checkpoint_off_the_writer(&self) -> Result<()> {
-        sqlx::query("PRAGMA wal_autocheckpoint = 0").execute(&self.writer).await?;
-        Ok(())
-    }
-
-    /// Copies the WAL's committed pages into the database file (`PASSIVE`: it waits for no
-    /// reader or writer, and they do not wait for it), on a connection of its own. The writer
-    /// starts the WAL over once it has all been copied.
-    pub async fn checkpoint(&self) -> Result<()> {
-        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.checkpointer).await?;
-        Ok(())
     }
 
     /// Starts a write transaction that holds the write lock from its first statement.
