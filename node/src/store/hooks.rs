@@ -456,14 +456,7 @@ async fn insert_unattached(
     let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENTS);
     insert.push("SELECT * FROM (");
     push_rows(&mut insert, incoming.iter().map(|item| (item, None, None)));
-    let ids: Vec<String> = incoming
-        .iter()
-        .filter_map(|i| i.receipt.origin.agent_id.as_deref())
-        .filter_map(|a| Uuid::parse_str(a).ok())
-        .map(|a| a.hyphenated().to_string())
-        .collect();
-    let sessions: Vec<&str> =
-        incoming.iter().filter_map(|i| i.event.session_id.as_deref()).collect();
+    let (ids, sessions) = named_agents(incoming);
     // Clean paths (no `.`, doubled or trailing separators), so a prefix of the string is a
     // prefix of the path.
     let cwds: Vec<String> = incoming
@@ -474,9 +467,9 @@ async fn insert_unattached(
         .collect();
     insert
         .push(") WHERE NOT EXISTS (SELECT 1 FROM agents WHERE id IN (SELECT value FROM json_each(")
-        .push_bind(serde_json::to_string(&ids).unwrap_or_default())
+        .push_bind(ids)
         .push(")) OR session_id IN (SELECT value FROM json_each(")
-        .push_bind(serde_json::to_string(&sessions).unwrap_or_default())
+        .push_bind(sessions)
         .push(")) OR (status IN ('starting', 'running') AND EXISTS (SELECT 1 FROM json_each(")
         .push_bind(serde_json::to_string(&cwds).unwrap_or_default())
         .push(") c WHERE substr(c.value, 1, length(rtrim(cwd, '/'))) = rtrim(cwd, '/'))))");
@@ -486,6 +479,23 @@ async fn insert_unattached(
     }
     let keys = incoming.iter().map(|item| item.receipt.key);
     Ok(Some(new_keys(db, keys, done).await?.into_iter().collect()))
+}
+
+/// The agent ids the events' hook environments name and the session ids the events carry, as
+/// JSON arrays (for `json_each`).
+fn named_agents(incoming: &[Incoming<'_>]) -> (String, String) {
+    let ids: Vec<String> = incoming
+        .iter()
+        .filter_map(|i| i.receipt.origin.agent_id.as_deref())
+        .filter_map(|a| Uuid::parse_str(a).ok())
+        .map(|a| a.hyphenated().to_string())
+        .collect();
+    let sessions: Vec<&str> =
+        incoming.iter().filter_map(|i| i.event.session_id.as_deref()).collect();
+    (
+        serde_json::to_string(&ids).unwrap_or_default(),
+        serde_json::to_string(&sessions).unwrap_or_default(),
+    )
 }
 
 /// Binds the rows of a multi-row `INSERT` into `hook_events` (see [`INSERT_EVENTS`]): each
@@ -546,14 +556,7 @@ impl Attachments {
     /// The live agents, and any other agent an event names by id or session id; the longest
     /// working directory first, so that the deepest one matches a `cwd`.
     async fn load(readers: &SqlitePool, incoming: &[Incoming<'_>]) -> Result<Self> {
-        let ids: Vec<String> = incoming
-            .iter()
-            .filter_map(|i| i.receipt.origin.agent_id.as_deref())
-            .filter_map(|a| Uuid::parse_str(a).ok())
-            .map(|a| a.hyphenated().to_string())
-            .collect();
-        let sessions: Vec<&str> =
-            incoming.iter().filter_map(|i| i.event.session_id.as_deref()).collect();
+        let (ids, sessions) = named_agents(incoming);
         let agents = sqlx::query_as(&format!(
             r#"
             SELECT {AGENT_COLUMNS} FROM agents
@@ -563,8 +566,8 @@ impl Attachments {
             ORDER BY length(cwd) DESC, started_at DESC
             "#
         ))
-        .bind(serde_json::to_string(&ids).unwrap_or_default())
-        .bind(serde_json::to_string(&sessions).unwrap_or_default())
+        .bind(ids)
+        .bind(sessions)
         .fetch_all(readers)
         .await?;
         Ok(Attachments(agents))
