@@ -550,7 +550,10 @@ enum Registered {
 
 /// How often a git command that died reading another worktree's administrative files while
 /// that worktree was being added is run again (see the module's invariants).
-const TRANSIENT_RETRIES: u32 = 5;
+const TRANSIENT_RETRIES: usize = 5;
+
+/// How long to wait before running such a command again.
+const TRANSIENT_PAUSE: Duration = Duration::from_millis(4);
 
 /// The part of [`prepare`] that changes the repository's worktree bookkeeping: finds the
 /// task's worktree, or adds one on the task's branch, creating the branch from the (updated)
@@ -656,7 +659,7 @@ fn look_up_or_add(
             Err(error) if is_transient(&error) && transient < TRANSIENT_RETRIES => {
                 transient += 1;
                 tracing::debug!(%error, "another worktree was being added; looking again");
-                thread::sleep(transient_pause(transient));
+                thread::sleep(TRANSIENT_PAUSE);
             }
             // Perhaps a registration whose directory is gone holds the path or the branch.
             Err(error @ WorktreeError::Git { .. }) if !pruned => {
@@ -1111,17 +1114,17 @@ fn git_failure(dir: &Path, args: &[&OsStr], stdout: &[u8], stderr: &[u8]) -> Wor
 /// administrative files while that worktree was being added changed nothing (see the module's
 /// invariants) and is run again, up to [`TRANSIENT_RETRIES`] times.
 fn git(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
-    let mut retries = 0;
-    loop {
-        match git_once(dir, args) {
-            Err(error) if is_transient(&error) && retries < TRANSIENT_RETRIES => {
-                retries += 1;
-                tracing::debug!(%error, "another worktree was being added; running git again");
-                thread::sleep(transient_pause(retries));
-            }
-            result => return result,
-        }
-    }
+    use backon::{BlockingRetryable, ConstantBuilder};
+    let backoff =
+        ConstantBuilder::default().with_delay(TRANSIENT_PAUSE).with_max_times(TRANSIENT_RETRIES);
+    (|| git_once(dir, args))
+        .retry(backoff)
+        .sleep(thread::sleep)
+        .when(is_transient)
+        .notify(|error, _| {
+            tracing::debug!(%error, "another worktree was being added; running git again");
+        })
+        .call()
 }
 
 /// Whether git died reading another worktree's administrative files, which `worktree add`
@@ -1129,11 +1132,6 @@ fn git(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
 fn is_transient(error: &WorktreeError) -> bool {
     matches!(error, WorktreeError::Git { stderr, .. }
         if stderr.contains("failed to read") && stderr.contains("worktrees/"))
-}
-
-/// How long to wait before the `n`th run again of a command that died that way.
-fn transient_pause(n: u32) -> Duration {
-    Duration::from_millis(2 * u64::from(n))
 }
 
 /// Runs git once; its stdout on success.
