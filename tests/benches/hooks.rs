@@ -429,8 +429,7 @@ async fn baseline_db(path: &Path) -> SqliteConnection {
          system TEXT NOT NULL, agent_id TEXT, task_id TEXT, session_id TEXT, event TEXT NOT NULL, \
          kind TEXT NOT NULL, tool TEXT, cwd TEXT, via TEXT NOT NULL, problem TEXT, \
          payload TEXT NOT NULL)",
-        "CREATE INDEX events_by_task ON events (task_id, id)",
-        "CREATE INDEX events_by_agent ON events (agent_id, id)",
+        "CREATE INDEX events_by_task ON events (task_id, id) WHERE task_id IS NOT NULL",
     ] {
         sqlx::query(statement).execute(&mut db).await.expect("baseline schema");
     }

@@ -621,6 +621,30 @@ async fn events_without_ccm_environment_attach_by_working_directory_or_session()
     home.run_ok(&["task", "cancel", &task]);
 }
 
+/// Each index of `hook_events` is one more page to sync before an event is answered: events of
+/// no task are left out of the task index, and the timeline is still read through it.
+#[tokio::test]
+async fn task_timeline_reads_an_index_that_leaves_out_events_of_no_task() {
+    let home = TestHome::new("hook-index");
+    let _daemon = home.start();
+    let mut db = open_db(&home.db_file()).await;
+    let (index,): (String,) =
+        sqlx::query_as("SELECT sql FROM sqlite_schema WHERE name = 'hook_events_by_task'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(index.ends_with("WHERE task_id IS NOT NULL"), "{index}");
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT id, payload FROM hook_events WHERE task_id = ? ORDER BY id",
+    )
+    .bind("6f1a7c2e-0000-4000-8000-000000000000")
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+    assert_eq!(plan, ["SEARCH hook_events USING INDEX hook_events_by_task (task_id=?)"]);
+}
+
 /// The write-ahead log stays bounded while the daemon writes: past SQLite's 1,000 pages it is
 /// copied into the database and started over (its header's checkpoint sequence number goes up),
 /// as another process sees it without checkpointing itself. A read transaction left open, or
