@@ -83,9 +83,10 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(_) => {
                 ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
             }
-            StoreError::Open { .. } | StoreError::Backup { .. } | StoreError::Database(_) => {
-                ApiError::Internal(error.to_string())
-            }
+            StoreError::Open { .. }
+            | StoreError::Closed
+            | StoreError::Backup { .. }
+            | StoreError::Database(_) => ApiError::Internal(error.to_string()),
         }
     }
 }

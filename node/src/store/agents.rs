@@ -112,7 +112,7 @@ impl Store {
             .bind(pane_pid)
             .bind(Timestamp::now())
             .bind(agent.hyphenated())
-            .execute(&self.writer)
+            .execute(&mut self.writer().await?.conn)
             .await?;
         Ok(())
     }
@@ -134,7 +134,7 @@ impl Store {
         .bind(progress.tool_calls)
         .bind(sqlx::types::Json(&progress.summary))
         .bind(agent.hyphenated())
-        .execute(&self.writer)
+        .execute(&mut self.writer().await?.conn)
         .await?;
         Ok(())
     }
@@ -151,7 +151,7 @@ impl Store {
             .bind(exit_code)
             .bind(Timestamp::now())
             .bind(agent.hyphenated())
-            .execute(&self.writer)
+            .execute(&mut self.writer().await?.conn)
             .await?;
         Ok(())
     }
@@ -322,7 +322,7 @@ impl Store {
         sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
             .bind(worktree.map(sqlx::types::Json))
             .bind(task.hyphenated())
-            .execute(&self.writer)
+            .execute(&mut self.writer().await?.conn)
             .await?;
         Ok(())
     }
@@ -455,7 +455,7 @@ impl Store {
 }
 
 async fn insert_agent(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut super::Writing,
     task: Uuid,
     attempt: u32,
     agent: &NewAgent,

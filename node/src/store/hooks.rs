@@ -14,13 +14,13 @@ use ccm_schema::{
     Agent, AgentStatus, DecisionKind, FailureClass, Severity, Task, TaskEvent, TaskState, Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::agents::AGENT_COLUMNS;
 use super::records::DECISION_COLUMNS;
 use super::tasks::{apply_in_tx, ask_decision, load_task, raise_alert};
-use super::{Result, RetryPolicy, Store};
+use super::{Result, RetryPolicy, Store, Writing};
 use crate::hooks::event::{HookEvent, Kind};
 
 /// How an event reached the store.
@@ -202,8 +202,8 @@ impl Store {
         if INSERT_ROWS.contains(&incoming.len())
             && incoming.iter().all(|i| i.receipt.origin.task().is_none())
         {
-            let mut writer = self.writer.acquire().await?;
-            if let Some(mut stored) = insert_unattached(&mut writer, incoming).await? {
+            let mut writer = self.writer().await?;
+            if let Some(mut stored) = insert_unattached(&mut writer.conn, incoming).await? {
                 return Ok(incoming
                     .iter()
                     .map(|item| Ingested {
@@ -375,7 +375,7 @@ const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
 /// Stores events in order and applies the effects of those not stored before, inside `tx`;
 /// `attached[i]` is the index in `agents` of event `i`'s agent.
 async fn ingest_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     incoming: &[Incoming<'_>],
     agents: &Attachments,
     attached: &[Option<usize>],
@@ -611,7 +611,7 @@ impl Attachments {
     }
 }
 
-async fn task_exists(tx: &mut Transaction<'static, Sqlite>, task: Uuid) -> Result<bool> {
+async fn task_exists(tx: &mut Writing, task: Uuid) -> Result<bool> {
     let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM tasks WHERE id = ?")
         .bind(task.hyphenated())
         .fetch_optional(&mut **tx)
@@ -621,7 +621,7 @@ async fn task_exists(tx: &mut Transaction<'static, Sqlite>, task: Uuid) -> Resul
 
 /// Heartbeat, counters, session id and turn state of the agent.
 async fn effects_on_agent(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     agent: &Agent,
     event: &HookEvent,
     now: Timestamp,
@@ -652,7 +652,7 @@ async fn effects_on_agent(
 
 /// Files touched, permission prompts (decision and alert), usage limits and API failures.
 async fn effects_on_task(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     task: Uuid,
     event: &HookEvent,
     now: Timestamp,
@@ -701,7 +701,7 @@ async fn effects_on_task(
 
 /// Releases a finished task's claims and resolves the change requests that waited for it.
 pub(super) async fn release_claims(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     task: Uuid,
     state: TaskState,
     now: Timestamp,

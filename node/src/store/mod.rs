@@ -1,7 +1,7 @@
 //! The local store: one SQLite file in WAL mode, the node's primary store (not a cache).
 //!
-//! - [`Store`]: opens the file, applies the migrations, and owns two pools: up to four readers
-//!   and exactly one writer, so writes of this process never contend with each other.
+//! - [`Store`]: opens the file, applies the migrations, and owns a pool of up to four readers
+//!   and exactly one writer connection, so writes of this process never contend with each other.
 //! - `tasks`: tasks, their dependencies (a DAG), the append-only task log, and state changes
 //!   driven by [`ccm_schema::transition`].
 //! - `contexts`: repository checkouts registered on this system.
@@ -20,13 +20,16 @@ mod hooks;
 mod records;
 mod tasks;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_schema::{SystemInfo, Timestamp, TransitionError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
 pub use agents::{AgentProgress, AttemptEnd, CostTotals, NewAgent};
@@ -59,6 +62,9 @@ pub enum StoreError {
     /// A field of a request is not acceptable.
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    /// The store was closed (the daemon is stopping).
+    #[error("the database is closed")]
+    Closed,
     /// A dependency would close a cycle.
     #[error("dependency cycle refused: {0}")]
     Cycle(String),
@@ -81,8 +87,65 @@ pub struct Store {
     /// Read-only queries.
     readers: SqlitePool,
     /// The only connection that writes, so transactions of this process queue instead of
-    /// failing with SQLITE_BUSY.
-    writer: SqlitePool,
+    /// failing with SQLITE_BUSY; `None` once closed.
+    writer: Arc<Mutex<Option<Writer>>>,
+}
+
+/// The writer connection. It is lent by a lock rather than by a pool: a pool tests each
+/// connection it takes back with a round trip to SQLite's thread, from a task of its own, and
+/// the next write waited for that (most of the time a group of hook events took under load).
+#[derive(Debug)]
+struct Writer {
+    conn: SqliteConnection,
+    /// A transaction was left open (its [`Writing`] dropped before the commit, by an error or a
+    /// cancelled request); it is rolled back before the connection is lent again.
+    abandoned: bool,
+}
+
+/// The writer connection, lent.
+type Lent = OwnedMappedMutexGuard<Option<Writer>, Writer>;
+
+/// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, used as the connection
+/// itself. Dropped before [`Writing::commit`], it is rolled back.
+pub(crate) struct Writing {
+    lent: Lent,
+    open: bool,
+}
+
+impl Writing {
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        sqlx::query("COMMIT").execute(&mut self.lent.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Deref for Writing {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.lent.conn
+    }
+}
+
+impl DerefMut for Writing {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.lent.conn
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if self.open {
+            self.lent.abandoned = true;
+        }
+    }
+}
+
+impl Writer {
+    fn shared(conn: SqliteConnection) -> Arc<Mutex<Option<Writer>>> {
+        Arc::new(Mutex::new(Some(Writer { conn, abandoned: false })))
+    }
 }
 
 impl Store {
@@ -101,17 +164,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
+        let mut writer = options.connect().await.map_err(|e| open_error(e.to_string()))?;
         ccm_schema::MIGRATOR
-            .run(&writer)
+            .run(&mut writer)
             .await
             .map_err(|e| open_error(format!("migration failed: {e}")))?;
         let readers = SqlitePoolOptions::new()
@@ -121,7 +176,7 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        let store = Store { path: path.to_path_buf(), readers, writer };
+        let store = Store { path: path.to_path_buf(), readers, writer: Writer::shared(writer) };
         store.ensure_system(system_name).await?;
         Ok(store)
     }
@@ -140,26 +195,50 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(busy_timeout);
-        let pool =
-            SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(
-                |e| StoreError::Open { path: path.to_path_buf(), message: e.to_string() },
-            )?;
-        Ok(Store { path: path.to_path_buf(), readers: pool.clone(), writer: pool })
+        let open_error =
+            |e: sqlx::Error| StoreError::Open { path: path.to_path_buf(), message: e.to_string() };
+        let writer = options.connect().await.map_err(open_error)?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(open_error)?;
+        Ok(Store { path: path.to_path_buf(), readers, writer: Writer::shared(writer) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Closes both pools, checkpointing the WAL.
+    /// Closes the readers and the writer, checkpointing the WAL; writes after this fail with
+    /// [`StoreError::Closed`].
     pub async fn close(&self) {
         self.readers.close().await;
-        self.writer.close().await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = sqlx::Connection::close(writer.conn).await;
+        }
+    }
+
+    /// The writer connection, once whoever has it is done, for statements that each commit on
+    /// their own.
+    async fn writer(&self) -> Result<Lent> {
+        let writer = self.writer.clone().lock_owned().await;
+        let mut lent =
+            OwnedMutexGuard::try_map(writer, Option::as_mut).map_err(|_| StoreError::Closed)?;
+        if lent.abandoned {
+            // SQLite may have rolled it back itself already (after an I/O error, say), and then
+            // says so: nothing is left to undo either way.
+            let _ = sqlx::query("ROLLBACK").execute(&mut lent.conn).await;
+            lent.abandoned = false;
+        }
+        Ok(lent)
     }
 
     /// Starts a write transaction that holds the write lock from its first statement.
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write(&self) -> Result<Writing> {
+        let mut lent = self.writer().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut lent.conn).await?;
+        Ok(Writing { lent, open: true })
     }
 
     async fn ensure_system(&self, name: &str) -> Result<()> {
@@ -172,7 +251,7 @@ impl Store {
         .bind(Uuid::new_v4().hyphenated())
         .bind(name)
         .bind(Timestamp::now())
-        .execute(&self.writer)
+        .execute(&mut self.writer().await?.conn)
         .await?;
         Ok(())
     }
@@ -187,7 +266,7 @@ impl Store {
 
 /// Writes an outbox row for `kind`/`entity_id` carrying `payload`, inside `tx`.
 async fn outbox(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     kind: &str,
     entity_id: &str,
     payload: &impl serde::Serialize,
@@ -206,4 +285,25 @@ async fn outbox(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_dropped_before_its_commit_is_undone_and_the_next_one_goes_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ccm.db"), "node").await.unwrap();
+        let mut dropped = store.write().await.unwrap();
+        sqlx::query("UPDATE system SET name = 'dropped'").execute(&mut *dropped).await.unwrap();
+        drop(dropped); // an error or a cancelled request between two statements
+        let mut next = store.write().await.unwrap();
+        sqlx::query("UPDATE system SET name = name || '+next'").execute(&mut *next).await.unwrap();
+        next.commit().await.unwrap();
+        assert_eq!(store.system().await.unwrap().name, "node+next");
+
+        store.close().await;
+        assert!(matches!(store.write().await, Err(StoreError::Closed)));
+    }
 }

@@ -14,11 +14,10 @@ use ccm_schema::{
     Timestamp,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
-use super::{outbox, Result, Store, StoreError};
+use super::{outbox, Result, Store, StoreError, Writing};
 use crate::config::{Config, TaskDefaults};
 
 /// A task to create, as the API and the CLI give it.
@@ -391,7 +390,7 @@ impl Store {
 
 /// Validates and inserts one new task inside `tx`.
 async fn create_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     new: NewTask,
     defaults: &TaskDefaults,
     actor: &str,
@@ -478,7 +477,7 @@ async fn create_in_tx(
 /// Applies one event (and the follow-ups it implies) inside `tx`; returns the effects left for
 /// the runtime.
 pub(super) async fn apply_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     id: Uuid,
     event: TaskEvent,
     reason: &str,
@@ -583,7 +582,7 @@ pub(super) async fn apply_in_tx(
 }
 
 pub(super) async fn raise_alert(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     task: Option<Uuid>,
     severity: Severity,
     reason: &str,
@@ -612,7 +611,7 @@ pub(super) async fn raise_alert(
 }
 
 pub(super) async fn ask_decision(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     task: Uuid,
     kind: DecisionKind,
     question: &str,
@@ -640,7 +639,7 @@ pub(super) async fn ask_decision(
 
 /// Answers the task's pending retry-or-cancel decisions with what the operator did instead.
 async fn close_decisions(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     task: Uuid,
     answer: &str,
     actor: &str,
@@ -666,7 +665,7 @@ async fn close_decisions(
 }
 
 async fn append_log(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Writing,
     id: Uuid,
     at: Timestamp,
     from: Option<TaskState>,
@@ -686,7 +685,7 @@ async fn append_log(
     Ok(())
 }
 
-async fn touch(tx: &mut Transaction<'static, Sqlite>, id: Uuid, now: Timestamp) -> Result<()> {
+async fn touch(tx: &mut Writing, id: Uuid, now: Timestamp) -> Result<()> {
     sqlx::query("UPDATE tasks SET updated_at = ?, version = version + 1 WHERE id = ?")
         .bind(now)
         .bind(id.hyphenated())
@@ -695,11 +694,7 @@ async fn touch(tx: &mut Transaction<'static, Sqlite>, id: Uuid, now: Timestamp) 
     Ok(())
 }
 
-async fn insert_dependency(
-    tx: &mut Transaction<'static, Sqlite>,
-    task: Uuid,
-    dep: Uuid,
-) -> Result<()> {
+async fn insert_dependency(tx: &mut Writing, task: Uuid, dep: Uuid) -> Result<()> {
     if task == dep {
         return Err(StoreError::Cycle(format!("task {} cannot depend on itself", short_id(&task))));
     }
@@ -713,11 +708,7 @@ async fn insert_dependency(
 
 /// The dependency path from `from` to `to` (both included), if `from` depends on `to`
 /// directly or transitively.
-async fn find_path(
-    tx: &mut Transaction<'static, Sqlite>,
-    from: Uuid,
-    to: Uuid,
-) -> Result<Option<Vec<Uuid>>> {
+async fn find_path(tx: &mut Writing, from: Uuid, to: Uuid) -> Result<Option<Vec<Uuid>>> {
     if from == to {
         return Ok(Some(vec![from]));
     }
@@ -763,7 +754,7 @@ async fn find_path(
 }
 
 /// `3f2a9c41 (title)` for messages.
-async fn describe(tx: &mut Transaction<'static, Sqlite>, id: Uuid) -> Result<String> {
+async fn describe(tx: &mut Writing, id: Uuid) -> Result<String> {
     let (title,): (String,) = sqlx::query_as("SELECT title FROM tasks WHERE id = ?")
         .bind(id.hyphenated())
         .fetch_one(&mut **tx)
