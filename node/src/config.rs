@@ -248,9 +248,49 @@ pub struct ApprovalRule {
     /// Tool names as the CLI sends them (`Bash`, `run_shell_command`, `Write`, ...); empty: any.
     pub tools: Vec<String>,
     /// A regular expression the shell command must match (shell tools only).
-    pub command: Option<String>,
+    pub command: Option<Pattern>,
     /// Only writes to files outside the agent's working directory.
     pub writes_outside_worktree: bool,
+}
+
+/// A regular expression of the configuration, compiled once when it is read (a tool call an
+/// agent waits on is matched against it).
+#[derive(Debug, Clone)]
+pub struct Pattern(regex::Regex);
+
+impl Pattern {
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = regex::Error;
+
+    fn from_str(text: &str) -> Result<Pattern, regex::Error> {
+        regex::Regex::new(text).map(Pattern)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Pattern, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a valid regular expression: {e}"))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,18 +380,6 @@ impl Config {
         }
         if self.runtime.tmux_socket.is_empty() || self.runtime.tmux_socket.contains('/') {
             return invalid("runtime.tmux_socket", "must be a plain name such as `ccm`");
-        }
-        for (index, rule) in self.approvals.rules.iter().enumerate() {
-            if let Some(pattern) = &rule.command {
-                if let Err(e) = regex::Regex::new(pattern) {
-                    return Err(ConfigError::Invalid {
-                        key: "approvals.rules",
-                        message: format!(
-                            "rule {index}: `command` is not a valid regular expression: {e}"
-                        ),
-                    });
-                }
-            }
         }
         for (owner, globs) in &self.ownership {
             for glob in globs {
@@ -542,6 +570,16 @@ mod tests {
         let error = load_yaml("daemon:\n  port: lots\n").unwrap_err().to_string();
         assert!(error.contains("config.yaml"), "{error}");
         assert!(error.contains("key `daemon.port`"), "{error}");
+    }
+
+    #[test]
+    fn approval_pattern_that_is_not_a_regular_expression_is_named_with_its_key() {
+        let error =
+            load_yaml("approvals:\n  rules:\n    - tools: [Bash]\n      command: 'git (push'\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("key `approvals.rules[0].command`"), "{error}");
+        assert!(error.contains("`git (push` is not a valid regular expression"), "{error}");
     }
 
     #[test]

@@ -119,10 +119,7 @@ pub fn needs_approval(
             || event.tool.as_deref().is_some_and(|t| rule.tools.iter().any(|r| r == t));
         let command_matches = match &rule.command {
             None => true,
-            Some(pattern) => event
-                .command
-                .as_deref()
-                .is_some_and(|c| regex::Regex::new(pattern).is_ok_and(|re| re.is_match(c))),
+            Some(pattern) => event.command.as_deref().is_some_and(|c| pattern.is_match(c)),
         };
         let outside_matches = !rule.writes_outside_worktree
             || (event.writes
@@ -160,7 +157,7 @@ mod tests {
     fn bash_rule_matches_commands_by_pattern() {
         let policy = rules(vec![ApprovalRule {
             tools: vec!["Bash".into()],
-            command: Some("^git push".into()),
+            command: Some("^git push".parse().unwrap()),
             ..Default::default()
         }]);
         let push = event(
