@@ -211,19 +211,12 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     served.context("serving the API failed")
 }
 
-/// Hook events written in one transaction at most (a request's events are never split). A
-/// group of 1 KB events this size is written in a few ms, while the next one gathers.
-const HOOK_GROUP: usize = 256;
-/// Task creations written in one transaction at most.
-const CREATION_GROUP: usize = 512;
-
 /// Stores hook events received through the API in groups; a request hands in its events
 /// together (one for a single event, many for a batch) and gets their results in order.
 fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<Vec<HookJob>, Vec<Ingested>> {
     let one = store.clone();
     Batcher::start(
         tracing::info_span!("hook_batcher"),
-        (HOOK_GROUP, Vec::len),
         move |requests: Vec<Vec<HookJob>>| {
             let store = store.clone();
             async move {
@@ -250,7 +243,6 @@ fn creation_batcher(
     let (one, one_config) = (store.clone(), config.clone());
     Batcher::start(
         tracing::info_span!("creation_batcher"),
-        (CREATION_GROUP, |_| 1),
         move |batch: Vec<(NewTask, String)>| {
             let (store, config) = (store.clone(), config.clone());
             async move {
