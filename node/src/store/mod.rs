@@ -181,7 +181,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing database with one connection and a short busy timeout, applying no
+    /// Opens an existing database with one writer connection and a short busy timeout, applying no
     /// migration and writing nothing: the fast path of `ccm hook`. A missing file is created
     /// with [`Store::open`].
     pub async fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store> {
@@ -198,11 +198,9 @@ impl Store {
         let open_error =
             |e: sqlx::Error| StoreError::Open { path: path.to_path_buf(), message: e.to_string() };
         let writer = options.connect().await.map_err(open_error)?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.read_only(true))
-            .await
-            .map_err(open_error)?;
+        // A reader is opened only if a read is needed (most events need none).
+        let readers =
+            SqlitePoolOptions::new().max_connections(1).connect_lazy_with(options.read_only(true));
         Ok(Store { path: path.to_path_buf(), readers, writer: Writer::shared(writer) })
     }
 
