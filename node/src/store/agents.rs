@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::tasks::{apply_in_tx, load_task, raise_alert};
-use super::{outbox, Result, RetryPolicy, Store, StoreError};
+use super::{outbox, Result, RetryPolicy, Store, StoreError, Writing};
 
 pub(super) const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
      session_id, exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at";
@@ -455,7 +455,7 @@ impl Store {
 }
 
 async fn insert_agent(
-    tx: &mut super::Writing,
+    tx: &mut Writing,
     task: Uuid,
     attempt: u32,
     agent: &NewAgent,
