@@ -169,7 +169,7 @@ impl Store {
         Ok(())
     }
 
-    /// A connection of its own, read-write, outside both pools (`VACUUM INTO` needs one that is
+    /// A connection of its own, read-write, apart from the readers and the writer (`VACUUM INTO` needs one that is
     /// not read-only, and must not hold up this process's writer).
     async fn writer_free_connection(&self) -> Result<sqlx::SqliteConnection> {
         use sqlx::ConnectOptions;
