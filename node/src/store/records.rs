@@ -169,8 +169,8 @@ impl Store {
         Ok(())
     }
 
-    /// A connection of its own, read-write, apart from the readers and the writer (`VACUUM INTO` needs one that is
-    /// not read-only, and must not hold up this process's writer).
+    /// A connection of its own, read-write, apart from the readers and the writer (`VACUUM INTO`
+    /// needs one that is not read-only, and must not hold up this process's writer).
     async fn writer_free_connection(&self) -> Result<sqlx::SqliteConnection> {
         use sqlx::ConnectOptions;
         let options = sqlx::sqlite::SqliteConnectOptions::new()
