@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             }
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        return finish(runtime, |runtime| runtime.block_on(cli::hook(args)));
+        return finish(runtime, cli::hook(args));
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -38,13 +38,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
-    finish(runtime, |runtime| runtime.block_on(cli::run(cli)))
+    finish(runtime, cli::run(cli))
 }
 
 /// Runs the command on the runtime and turns the outcome into the exit code.
 fn finish(
     runtime: std::io::Result<tokio::runtime::Runtime>,
-    run: impl FnOnce(&tokio::runtime::Runtime) -> anyhow::Result<()>,
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> ExitCode {
     let runtime = match runtime {
         Ok(runtime) => runtime,
@@ -53,7 +53,7 @@ fn finish(
             return ExitCode::FAILURE;
         }
     };
-    match run(&runtime) {
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

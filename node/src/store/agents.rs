@@ -84,12 +84,8 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        if let Some(worktree) = worktree {
-            sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
-                .bind(sqlx::types::Json(worktree))
-                .bind(task.hyphenated())
-                .execute(&mut *tx)
-                .await?;
+        if worktree.is_some() {
+            write_worktree(&mut tx, task, worktree).await?;
         }
         tx.commit().await?;
         Ok((current, recorded))
@@ -319,12 +315,7 @@ impl Store {
         task: Uuid,
         worktree: Option<&serde_json::Value>,
     ) -> Result<()> {
-        sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
-            .bind(worktree.map(sqlx::types::Json))
-            .bind(task.hyphenated())
-            .execute(&mut self.writer().await?.conn)
-            .await?;
-        Ok(())
+        write_worktree(&mut self.writer().await?.conn, task, worktree).await
     }
 
     pub async fn worktree(&self, task: Uuid) -> Result<Option<serde_json::Value>> {
@@ -452,6 +443,20 @@ impl Store {
         .fetch_one(&self.readers)
         .await?)
     }
+}
+
+/// Sets the task's worktree column (JSON, or NULL for `None`).
+async fn write_worktree(
+    db: &mut sqlx::SqliteConnection,
+    task: Uuid,
+    worktree: Option<&serde_json::Value>,
+) -> Result<()> {
+    sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
+        .bind(worktree.map(sqlx::types::Json))
+        .bind(task.hyphenated())
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 async fn insert_agent(
