@@ -5,6 +5,8 @@
 //! - [`TestHome`]: a temporary `CCM_HOME` (and working directory) named after the test.
 //! - [`Daemon`]: a running `ccm up`, with an authenticated HTTP client.
 //! - [`git_repo`]: a real git repository in a temporary directory.
+//! - [`agent_cli`]: the real Claude Code, Gemini CLI or Codex, installed from npm at the versions
+//!   `tests/agent-clis/package.json` pins.
 //! - [`bench`]: numbers shared by the benchmarks.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 
@@ -37,6 +39,28 @@ pub fn ccm_bin() -> &'static Path {
         assert!(status.success(), "building the ccm binary failed");
         profile_dir.join("ccm")
     })
+}
+
+/// The real agent CLI `name` (`claude`, `gemini` or `codex`) at the version the tests cover,
+/// installed once from the npm registry into `tests/agent-clis/` by its `install.sh`.
+pub fn agent_cli(name: &str) -> PathBuf {
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    let dir = INSTALLED.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent-clis");
+        let bin = dir.join("node_modules/.bin");
+        // Written by install.sh once everything is in place (npm ci alone leaves a stub claude).
+        if !dir.join("node_modules/.ccm-installed").exists() {
+            let status = Command::new("sh")
+                .arg(dir.join("install.sh"))
+                .status()
+                .expect("sh runs tests/agent-clis/install.sh (Node.js and npm are needed)");
+            assert!(status.success(), "{}/install.sh failed", dir.display());
+        }
+        bin
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "no agent CLI named {name} in {}", dir.display());
+    path
 }
 
 /// A temporary ccm home and working directory, removed when dropped together with the
