@@ -1,8 +1,206 @@
-//! The sync engine (SPEC section 7), optional and off until configured.
+//! The sync engine (SPEC section 7): ships the outbox to one central Supabase (PostgREST)
+//! project, and is the only code that knows PostgREST's wire format.
 //!
-//! Today this crate holds only the boundary: the node already writes every change that must
-//! reach the central store (task state, alerts, contexts) to the `outbox` table in the same
-//! SQLite transaction as the change itself, so nothing written before sync exists is lost.
-//! The stages that drain it (outbox reader, batcher, request builder, PostgREST client, driver)
-//! will live here, each in its own module, and only this crate will know PostgREST's wire
-//! format.
+//! Stages, a module each, the way vector lays out a sink:
+//! - [`seal`]: reads pending outbox rows in pages, coalesces them (latest version per entity)
+//!   and seals a batch: a UUIDv7 id and the exact body every retry sends again.
+//! - [`wire`]: the versioned JSON the central `api` functions take, converted by hand from
+//!   `ccm_schema` types (never their local serde form).
+//! - [`client`]: the PostgREST RPC client and the classification of its answers (S-9).
+//! - [`driver`]: the long-lived loop of each lane (urgent, normal) that seals, sends, retries
+//!   with backoff, splits, bisects, pauses and acknowledges.
+//!
+//! The node lends its outbox through the [`Outbox`] trait, so every write (sealing,
+//! acknowledgement) goes through the node's one writer connection; this crate knows nothing of
+//! the node (`node → sync → schema`).
+
+pub mod client;
+pub mod driver;
+pub mod seal;
+pub mod wire;
+
+use std::fmt;
+use std::future::Future;
+
+use ccm_schema::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use client::{Class, Client, ClientError, Endpoint};
+pub use driver::{Driver, Settings, Signals};
+
+/// The two ways out of the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Critical alerts, failed verdicts and the like: sent within 250 ms of the commit.
+    Urgent,
+    /// Everything else: sealed on the per-system timer or a threshold.
+    Normal,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Urgent, Lane::Normal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::Normal => "normal",
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outbox streams the central `api.ingest_batch` takes; other streams (contexts,
+/// decisions) stay in the outbox for the calls that will ship them.
+pub const SHIPPED_STREAMS: [&str; 4] = ["task_summary", "alert", "report", "health"];
+
+/// One outbox row, as the node stored it in the transaction of the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub stream: String,
+    pub entity_key: String,
+    pub entity_version: i64,
+    /// JSON snapshot of the entity in its local form.
+    pub payload: String,
+}
+
+/// A batch ready to be stored: what [`Outbox::seal`] writes in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    pub id: Uuid,
+    pub lane: Lane,
+    /// Send order within the lane (see the `outbox_batch.ord` column).
+    pub ord: String,
+    pub parent: Option<Uuid>,
+    /// The rows whose entity the body carries.
+    pub items: Vec<i64>,
+    /// Rows covered by a newer version of their entity in the same batch.
+    pub superseded: Vec<i64>,
+    /// Rows whose payload cannot be converted: rejected locally with their reason.
+    pub invalid: Vec<Rejection>,
+    pub seq_lo: i64,
+    pub seq_hi: i64,
+    /// Per stream, the highest seq this batch declares in its `ranges` (normal lane only).
+    pub declared: Vec<(String, i64)>,
+    /// The exact request body.
+    pub body: Vec<u8>,
+}
+
+/// A sealed batch waiting for a final outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenBatch {
+    pub id: Uuid,
+    pub lane: Lane,
+    pub ord: String,
+    pub body: Vec<u8>,
+    pub items: i64,
+    pub attempts: i64,
+}
+
+/// An item the central side refused, matched to its outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// What `ccm sync status` shows of one lane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaneStatus {
+    /// Rows not yet acknowledged (pending or sealed) in shipped streams.
+    pub backlog: i64,
+    pub last_ok_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Timestamp>,
+    /// Why sending is paused (queueing goes on); `None` when it runs.
+    pub paused_reason: Option<String>,
+}
+
+/// The outbox as the node lends it. Every method that writes does so in one transaction on the
+/// node's writer connection.
+pub trait Outbox: Clone + Send + Sync + 'static {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Up to `limit` pending rows of `lane` in shipped streams with `seq > after`, oldest first.
+    fn pending(
+        &self,
+        lane: Lane,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, Self::Error>> + Send;
+
+    /// The rows a sealed batch carries (its items, not the superseded rows), oldest first.
+    fn batch_rows(
+        &self,
+        batch: Uuid,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, Self::Error>> + Send;
+
+    /// Per shipped stream, the highest seq declared in the ranges of a sealed batch.
+    fn declared(&self) -> impl Future<Output = Result<Vec<(String, i64)>, Self::Error>> + Send;
+
+    /// Stores the batch and marks its rows sealed (items) or acked (superseded).
+    fn seal(&self, batch: &NewBatch) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The lane's first batch (by `ord`) still waiting for a final outcome.
+    fn open_batch(
+        &self,
+        lane: Lane,
+    ) -> impl Future<Output = Result<Option<OpenBatch>, Self::Error>> + Send;
+
+    /// A 2xx that echoed the batch id: its rows are acked, except `rejected` ones, which keep
+    /// their reason. Clears the lane's last error and records the success.
+    fn acknowledge(
+        &self,
+        batch: Uuid,
+        rejected: &[Rejection],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The whole batch (its one item) was refused: the rows are rejected with `reason`.
+    fn reject_batch(
+        &self,
+        batch: Uuid,
+        reason: &str,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Replaces `parent` by `children` (each sealed with its rows) in one transaction.
+    fn split(
+        &self,
+        parent: Uuid,
+        children: &[NewBatch],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// A failed attempt: counts it and records the error on the batch and its lane.
+    fn record_failure(
+        &self,
+        batch: Uuid,
+        lane: Lane,
+        error: &str,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Pauses sending on `lane` with `reason` (`None` resumes).
+    fn set_paused(
+        &self,
+        lane: Lane,
+        reason: Option<&str>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// What the lane looks like now.
+    fn lane_status(
+        &self,
+        lane: Lane,
+    ) -> impl Future<Output = Result<LaneStatus, Self::Error>> + Send;
+
+    /// Raises a local critical alert (it travels in the urgent lane like any other).
+    fn raise_alert(
+        &self,
+        reason: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}

@@ -1,0 +1,538 @@
+//! The driver: one loop per lane that seals, sends, retries and acknowledges.
+//!
+//! - Urgent: woken by the commit of an urgent row ([`Signals::urgent_committed`]), it waits a
+//!   short coalescing window and sends the lane's rows in small batches of their own, so it
+//!   never waits behind the normal lane's catch-up.
+//! - Normal: sealed when the per-system timer fires (its phase and each period jittered so a
+//!   fleet does not flush in lock-step), when a threshold of hook events or task completions is
+//!   crossed, on `ccm sync now`, and at start; while a sealed batch was cut by the batch policy
+//!   (a backlog), the next one is sealed at once (catch-up).
+//!
+//! A batch leaves the outbox only on a final outcome: acknowledged (2xx echoing its id), split
+//! (its children carry its rows), or its lone item rejected. Transient failures resend the same
+//! bytes after a full-jitter backoff ([`Backoff`]); identity and configuration failures pause
+//! both lanes with a reason and a local alert, and rows keep queueing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::client::{Class, Failure};
+use crate::seal::{self, BatchPolicy};
+use crate::wire::IngestAnswerV1;
+use crate::{Client, Lane, OpenBatch, Outbox, Rejection};
+
+/// How often an idle urgent lane looks for rows written by other processes.
+const URGENT_POLL: Duration = Duration::from_secs(1);
+/// How often a paused lane looks whether it was resumed.
+const PAUSED_POLL: Duration = Duration::from_secs(2);
+/// First retry delay ceiling.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// When the normal lane seals, and how the urgent lane coalesces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The per-system timer of the normal lane.
+    pub interval: Duration,
+    /// Seal the normal lane after this many hook events...
+    pub hook_events: u64,
+    /// ...or this many task completions, whichever comes first.
+    pub completions: u64,
+    /// How long an urgent commit waits for others to share its batch.
+    pub urgent_window: Duration,
+    /// Seeds the timer's phase and the jitter, so systems spread out (from the system id).
+    pub seed: u64,
+}
+
+/// How the node tells the driver that something happened; cheap, never blocks.
+#[derive(Debug, Default)]
+pub struct Signals {
+    urgent: Notify,
+    normal: Notify,
+    /// `ccm sync now` or resume: cuts a backoff or a pause short.
+    kick: [Notify; 2],
+    now_requested: AtomicBool,
+    hook_events: AtomicU64,
+    completions: AtomicU64,
+    hook_threshold: AtomicU64,
+    completion_threshold: AtomicU64,
+    /// Counters for `/metrics`.
+    pub requests_total: AtomicU64,
+    pub failures_total: AtomicU64,
+    pub batches_acked_total: AtomicU64,
+    pub items_rejected_total: AtomicU64,
+}
+
+impl Signals {
+    pub fn new() -> Arc<Signals> {
+        let signals = Signals::default();
+        signals.hook_threshold.store(u64::MAX, Ordering::Relaxed);
+        signals.completion_threshold.store(u64::MAX, Ordering::Relaxed);
+        Arc::new(signals)
+    }
+
+    /// An urgent outbox row was committed.
+    pub fn urgent_committed(&self) {
+        self.urgent.notify_one();
+    }
+
+    /// `n` hook events were stored.
+    pub fn hook_events(&self, n: u64) {
+        Self::count(&self.hook_events, &self.hook_threshold, n, &self.normal);
+    }
+
+    /// `n` tasks completed.
+    pub fn completions(&self, n: u64) {
+        Self::count(&self.completions, &self.completion_threshold, n, &self.normal);
+    }
+
+    fn count(counter: &AtomicU64, threshold: &AtomicU64, n: u64, wake: &Notify) {
+        let before = counter.fetch_add(n, Ordering::Relaxed);
+        let threshold = threshold.load(Ordering::Relaxed);
+        if before < threshold && before.saturating_add(n) >= threshold {
+            wake.notify_one();
+        }
+    }
+
+    /// Seal and send now, retrying at once what waits for a backoff or a pause.
+    pub fn sync_now(&self) {
+        self.now_requested.store(true, Ordering::Relaxed);
+        self.normal.notify_one();
+        self.urgent.notify_one();
+        for kick in &self.kick {
+            kick.notify_one();
+        }
+    }
+
+    fn kick(&self, lane: Lane) -> &Notify {
+        &self.kick[lane as usize]
+    }
+
+    fn thresholds_crossed(&self) -> bool {
+        self.hook_events.load(Ordering::Relaxed) >= self.hook_threshold.load(Ordering::Relaxed)
+            || self.completions.load(Ordering::Relaxed)
+                >= self.completion_threshold.load(Ordering::Relaxed)
+    }
+
+    fn reset_counts(&self) {
+        self.hook_events.store(0, Ordering::Relaxed);
+        self.completions.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Capped exponential backoff with full jitter (S-10): each delay is uniform in
+/// `[0, min(cap, 1 s · 2ⁿ)]`; the ceilings come from backon.
+#[derive(Debug)]
+pub struct Backoff {
+    cap: Duration,
+    ceilings: backon::ExponentialBackoff,
+    rng: fastrand::Rng,
+}
+
+impl Backoff {
+    /// The urgent lane's cap is 30 s, the normal lane's 5 min.
+    pub fn for_lane(lane: Lane, seed: u64) -> Backoff {
+        let cap = match lane {
+            Lane::Urgent => Duration::from_secs(30),
+            Lane::Normal => Duration::from_secs(300),
+        };
+        Backoff { cap, ceilings: Self::ceilings(cap), rng: fastrand::Rng::with_seed(seed) }
+    }
+
+    fn ceilings(cap: Duration) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(BACKOFF_BASE)
+            .with_max_delay(cap)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+    }
+
+    /// The next delay; `retry_after` (the server's word) wins when given.
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        let ceiling = self.ceilings.next().unwrap_or(self.cap).min(self.cap);
+        match retry_after {
+            Some(wait) => wait,
+            None => ceiling.mul_f64(self.rng.f64()),
+        }
+    }
+
+    /// After a success the next failure starts again from the base.
+    pub fn reset(&mut self) {
+        self.ceilings = Self::ceilings(self.cap);
+    }
+}
+
+/// What a lane does after a step.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Something moved: go on at once.
+    Continue,
+    /// Nothing to send.
+    Idle,
+    /// Try the same batch again after this delay.
+    Retry(Duration),
+    /// Paused until resumed.
+    Paused,
+}
+
+/// The long-lived sync task of the daemon.
+pub struct Driver<O: Outbox> {
+    /// Where the rows are, and where every write goes (the node's writer).
+    pub outbox: O,
+    /// The central REST API.
+    pub client: Client,
+    /// Wake-ups and counters shared with the node.
+    pub signals: Arc<Signals>,
+    pub settings: Settings,
+    /// Cancelled when the daemon stops; a request in flight is dropped (its batch stays sealed).
+    pub shutdown: CancellationToken,
+}
+
+impl<O: Outbox> Driver<O> {
+    /// Runs both lanes until shutdown.
+    pub async fn run(self) {
+        self.signals.hook_threshold.store(self.settings.hook_events, Ordering::Relaxed);
+        self.signals.completion_threshold.store(self.settings.completions, Ordering::Relaxed);
+        let this = Arc::new(self);
+        let urgent = tokio::spawn(this.clone().lane(Lane::Urgent));
+        let normal = tokio::spawn(this.clone().lane(Lane::Normal));
+        for task in [urgent, normal] {
+            if let Err(e) = task.await {
+                warn!(error = %e, "sync lane ended abnormally");
+            }
+        }
+    }
+
+    async fn lane(self: Arc<Self>, lane: Lane) {
+        let span = info_span!("sync_lane", lane = %lane);
+        async move {
+            let mut backoff = Backoff::for_lane(lane, self.settings.seed ^ lane as u64);
+            let mut timer = Timer::new(&self.settings);
+            loop {
+                let next = match self.step(lane, &mut backoff, &mut timer).await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        warn!(error = %error, "sync step failed; retrying");
+                        Next::Retry(backoff.next_delay(None))
+                    }
+                };
+                debug!(next = ?next, "sync step");
+                let kick = self.signals.kick(lane);
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = self.wait(lane, &next, &timer) => {}
+                    () = kick.notified(), if next != Next::Continue && next != Next::Idle => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn wait(&self, lane: Lane, next: &Next, timer: &Timer) {
+        match (next, lane) {
+            (Next::Continue, _) => {}
+            (Next::Retry(delay), _) => tokio::time::sleep(*delay).await,
+            (Next::Paused, _) => tokio::time::sleep(PAUSED_POLL).await,
+            (Next::Idle, Lane::Urgent) => {
+                tokio::select! {
+                    () = self.signals.urgent.notified() => {
+                        tokio::time::sleep(self.settings.urgent_window).await;
+                    }
+                    () = tokio::time::sleep(URGENT_POLL) => {}
+                }
+            }
+            (Next::Idle, Lane::Normal) => {
+                tokio::select! {
+                    () = self.signals.normal.notified() => {}
+                    () = tokio::time::sleep_until(timer.next) => {}
+                }
+            }
+        }
+    }
+
+    /// One step: resend the lane's open batch, or seal the next one when it is due.
+    async fn step(
+        &self,
+        lane: Lane,
+        backoff: &mut Backoff,
+        timer: &mut Timer,
+    ) -> Result<Next, StepError> {
+        let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
+        if self.outbox.lane_status(lane).await.map_err(outbox)?.paused_reason.is_some() {
+            return Ok(Next::Paused);
+        }
+        if !self.client.has_token() {
+            let reason = "not_enrolled: no access token; run `ccm sync enroll`";
+            for lane in Lane::ALL {
+                self.outbox.set_paused(lane, Some(reason)).await.map_err(outbox)?;
+            }
+            return Ok(Next::Paused);
+        }
+        let batch = match self.outbox.open_batch(lane).await.map_err(outbox)? {
+            Some(batch) => batch,
+            None => {
+                if lane == Lane::Normal && !timer.due(&self.signals) {
+                    return Ok(Next::Idle);
+                }
+                let sealed = seal::seal_next(&self.outbox, lane, BatchPolicy::of(lane))
+                    .await
+                    .map_err(|e| StepError(e.to_string()))?;
+                let full = sealed.as_ref().is_some_and(|(_, full)| *full);
+                if lane == Lane::Normal {
+                    timer.sealed(full, &self.signals, &self.settings);
+                }
+                match sealed {
+                    Some((batch, _)) => OpenBatch {
+                        id: batch.id,
+                        lane,
+                        ord: batch.ord,
+                        body: batch.body,
+                        items: batch.items.len() as i64,
+                        attempts: 0,
+                    },
+                    None => return Ok(Next::Idle),
+                }
+            }
+        };
+        self.send(batch, backoff).await
+    }
+
+    async fn send(&self, batch: OpenBatch, backoff: &mut Backoff) -> Result<Next, StepError> {
+        let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
+        let span = info_span!("sync_batch", batch_id = %batch.id, items = batch.items, attempt = batch.attempts + 1);
+        self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
+        let reply = self.client.rpc("ingest_batch", batch.body.clone()).instrument(span).await;
+        let failure = match reply.map(|bytes| self.acknowledgement(&batch, &bytes)) {
+            Ok(Ok(answer)) => {
+                let rejected = self.rejections(&batch, &answer).await.map_err(outbox)?;
+                self.outbox.acknowledge(batch.id, &rejected).await.map_err(outbox)?;
+                self.signals.batches_acked_total.fetch_add(1, Ordering::Relaxed);
+                self.signals
+                    .items_rejected_total
+                    .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+                backoff.reset();
+                info!(batch_id = %batch.id, status = %answer.status, rejected = rejected.len(), "batch acknowledged");
+                return Ok(Next::Continue);
+            }
+            Ok(Err(failure)) | Err(failure) => failure,
+        };
+        self.signals.failures_total.fetch_add(1, Ordering::Relaxed);
+        let Failure { class, message } = failure;
+        warn!(batch_id = %batch.id, class = class.reason(), error = %message, "batch not delivered");
+        self.outbox.record_failure(batch.id, batch.lane, &message).await.map_err(outbox)?;
+        match class {
+            Class::Transient { retry_after } => Ok(Next::Retry(backoff.next_delay(retry_after))),
+            Class::TooLarge | Class::BadRequest => {
+                let rows = self.outbox.batch_rows(batch.id).await.map_err(outbox)?;
+                match seal::halves(&batch, rows).map_err(|e| StepError(e.to_string()))? {
+                    Some(children) => {
+                        info!(batch_id = %batch.id, "splitting the batch to isolate the failure");
+                        self.outbox.split(batch.id, &children).await.map_err(outbox)?;
+                    }
+                    None => {
+                        self.outbox.reject_batch(batch.id, &message).await.map_err(outbox)?;
+                        self.signals
+                            .items_rejected_total
+                            .fetch_add(batch.items as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(Next::Continue)
+            }
+            Class::Unauthorized | Class::Forbidden | Class::Misconfigured => {
+                let reason = format!("{}: {message}", class.reason());
+                for lane in Lane::ALL {
+                    self.outbox.set_paused(lane, Some(&reason)).await.map_err(outbox)?;
+                }
+                let text = format!("sync paused ({reason}); changes keep queueing");
+                self.outbox.raise_alert("sync_paused", &text).await.map_err(outbox)?;
+                Ok(Next::Paused)
+            }
+        }
+    }
+
+    /// A 2xx is an acknowledgement only when it echoes the batch id with `applied` or
+    /// `duplicate`; anything else is an unknown outcome.
+    fn acknowledgement(&self, batch: &OpenBatch, bytes: &[u8]) -> Result<IngestAnswerV1, Failure> {
+        let unknown =
+            |message: String| Failure { class: Class::Transient { retry_after: None }, message };
+        let answer: IngestAnswerV1 = serde_json::from_slice(bytes)
+            .map_err(|e| unknown(format!("answer does not parse: {e}")))?;
+        if answer.batch_id != batch.id.to_string() {
+            return Err(unknown(format!("answer echoes batch {} instead", answer.batch_id)));
+        }
+        if !matches!(answer.status.as_str(), "applied" | "duplicate") {
+            return Err(unknown(format!("answer status `{}`", answer.status)));
+        }
+        Ok(answer)
+    }
+
+    async fn rejections(
+        &self,
+        batch: &OpenBatch,
+        answer: &IngestAnswerV1,
+    ) -> Result<Vec<Rejection>, O::Error> {
+        if answer.rejected.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.outbox.batch_rows(batch.id).await?;
+        let mut rejected = Vec::new();
+        for item in &answer.rejected {
+            let key = item.entity_key();
+            match rows.iter().find(|r| r.stream == item.stream && r.entity_key == key) {
+                Some(row) => rejected.push(Rejection { seq: row.seq, reason: item.reason() }),
+                None => {
+                    warn!(stream = %item.stream, key = %key, "central side rejected an item this batch does not carry")
+                }
+            }
+        }
+        Ok(rejected)
+    }
+}
+
+/// A step failed locally (the database); retried after a backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StepError(String);
+
+/// The normal lane's timer: the first tick comes at once (start), then every `interval`
+/// ±10 %, the first period shortened by a per-system phase.
+#[derive(Debug)]
+struct Timer {
+    next: Instant,
+    rng: fastrand::Rng,
+    catch_up: bool,
+    first: bool,
+}
+
+impl Timer {
+    fn new(settings: &Settings) -> Timer {
+        Timer {
+            next: Instant::now(),
+            rng: fastrand::Rng::with_seed(settings.seed),
+            catch_up: false,
+            first: true,
+        }
+    }
+
+    fn due(&self, signals: &Signals) -> bool {
+        self.catch_up
+            || Instant::now() >= self.next
+            || signals.thresholds_crossed()
+            || signals.now_requested.swap(false, Ordering::Relaxed)
+    }
+
+    fn sealed(&mut self, full: bool, signals: &Signals, settings: &Settings) {
+        self.catch_up = full;
+        if full {
+            return;
+        }
+        signals.reset_counts();
+        self.next = Instant::now() + self.period(settings.interval);
+    }
+
+    /// The next period: the first one is a per-system fraction of the interval (the phase),
+    /// the others the interval ±10 %.
+    fn period(&mut self, interval: Duration) -> Duration {
+        if std::mem::take(&mut self.first) {
+            interval.mul_f64(self.rng.f64().max(0.05))
+        } else {
+            interval.mul_f64(0.9 + 0.2 * self.rng.f64())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_stays_under_a_doubling_ceiling_capped_per_lane() {
+        let mut backoff = Backoff::for_lane(Lane::Urgent, 7);
+        let ceilings = [1, 2, 4, 8, 16, 30, 30, 30];
+        let mut spread = 0.0f64;
+        for ceiling in ceilings {
+            let delay = backoff.next_delay(None);
+            assert!(delay <= Duration::from_secs(ceiling), "{delay:?} > {ceiling}s");
+            spread += delay.as_secs_f64() / ceiling as f64;
+        }
+        // full jitter: the delays are spread over [0, ceiling], not pinned to it
+        assert!(spread > 0.5 && spread < 7.5, "spread {spread}");
+        let mut normal = Backoff::for_lane(Lane::Normal, 7);
+        let worst = (0..30).map(|_| normal.next_delay(None)).max().unwrap();
+        assert!(worst <= Duration::from_secs(300));
+        assert!(worst > Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retry_after_wins_and_a_success_resets_the_ceiling() {
+        let mut backoff = Backoff::for_lane(Lane::Normal, 1);
+        assert_eq!(backoff.next_delay(Some(Duration::from_secs(42))), Duration::from_secs(42));
+        for _ in 0..10 {
+            backoff.next_delay(None);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay(None) <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_normal_timer_fires_at_start_then_within_its_jittered_period() {
+        let settings = Settings {
+            interval: Duration::from_secs(900),
+            hook_events: 50,
+            completions: 5,
+            urgent_window: Duration::from_millis(50),
+            seed: 3,
+        };
+        let signals = Signals::new();
+        signals.hook_threshold.store(50, Ordering::Relaxed);
+        signals.completion_threshold.store(5, Ordering::Relaxed);
+        let mut timer = Timer::new(&settings);
+        assert!(timer.due(&signals), "due at start");
+        timer.sealed(false, &signals, &settings);
+        assert!(!timer.due(&signals));
+        let phase = timer.next - Instant::now();
+        assert!(phase <= Duration::from_secs(900) && phase >= Duration::from_secs(45));
+        tokio::time::advance(phase).await;
+        assert!(timer.due(&signals));
+        for _ in 0..20 {
+            timer.sealed(false, &signals, &settings);
+            let period = timer.next - Instant::now();
+            assert!(period >= Duration::from_secs(810) && period <= Duration::from_secs(990));
+        }
+        // a backlog: the next batch is due at once
+        timer.sealed(true, &signals, &settings);
+        assert!(timer.due(&signals));
+        timer.sealed(false, &signals, &settings);
+        signals.hook_events(49);
+        assert!(!timer.due(&signals));
+        signals.hook_events(1);
+        assert!(timer.due(&signals));
+        timer.sealed(false, &signals, &settings);
+        signals.completions(5);
+        assert!(timer.due(&signals));
+        timer.sealed(false, &signals, &settings);
+        signals.sync_now();
+        assert!(timer.due(&signals));
+        assert!(!timer.due(&signals), "a request for now is used once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crossed_threshold_wakes_the_normal_lane_once() {
+        let signals = Signals::new();
+        signals.hook_threshold.store(3, Ordering::Relaxed);
+        signals.hook_events(2);
+        let woken = tokio::time::timeout(Duration::from_millis(10), signals.normal.notified());
+        assert!(woken.await.is_err(), "not woken below the threshold");
+        signals.hook_events(2);
+        let woken = tokio::time::timeout(Duration::from_millis(10), signals.normal.notified());
+        assert!(woken.await.is_ok());
+    }
+}

@@ -1,0 +1,293 @@
+//! The wire format of the central `api` functions, version 1 (`/work/notes/sync-contract.md`).
+//!
+//! These structs are the contract, converted by hand from `ccm_schema` types: a field added to
+//! a local type never leaks to the central side by accident, and a change of the contract is a
+//! new version of these structs, not a change of the local ones.
+
+use std::collections::BTreeMap;
+
+use ccm_schema::{Alert, Report, Task, Timestamp};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Lane, OutboxRow};
+
+/// The parameters of `api.ingest_batch`: the request body, stored as sealed.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestParams<'a> {
+    pub p_batch: BatchV1<'a>,
+}
+
+/// `p_batch` of `api.ingest_batch`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchV1<'a> {
+    pub batch_id: Uuid,
+    pub lane: Lane,
+    pub streams: &'a StreamsV1,
+    /// Per stream, the seq range the batch covers after coalescing (normal lane only).
+    pub ranges: &'a BTreeMap<String, RangeV1>,
+}
+
+/// The items of a batch, per stream; an empty stream is left out.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamsV1 {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_summary: Vec<TaskSummaryV1>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alert: Vec<AlertV1>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub report: Vec<ReportV1>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthV1>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RangeV1 {
+    pub seq_lo: i64,
+    pub seq_hi: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSummaryV1 {
+    pub seq: i64,
+    pub task_id: Uuid,
+    pub version: i64,
+    pub state: String,
+    pub title: String,
+    pub repo_url: Option<String>,
+    pub profile: String,
+    pub priority: i64,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub cost_usd: Option<f64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertV1 {
+    pub seq: i64,
+    pub alert_id: Uuid,
+    pub version: i64,
+    pub severity: String,
+    pub kind: String,
+    pub message: String,
+    pub task_id: Option<Uuid>,
+    pub created_at: Timestamp,
+    pub resolved_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportV1 {
+    pub seq: i64,
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub version: i64,
+    pub verdict: Option<String>,
+    pub summary: String,
+    pub cost_usd: Option<f64>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthV1 {
+    pub seq: i64,
+    pub window_start: Timestamp,
+    pub window_len_s: u64,
+    pub version: i64,
+    pub metrics: HealthMetricsV1,
+}
+
+/// A health snapshot: the local payload of a `health` outbox row and its wire form alike
+/// (the node builds it for sync only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthMetricsV1 {
+    pub agents_running: i64,
+    pub load1: f64,
+    pub cpu_pct: f64,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    pub disk_free_home_bytes: u64,
+    pub disk_free_worktrees_bytes: u64,
+    pub queue_depth: BTreeMap<String, i64>,
+    pub stale_agents: i64,
+    pub orphans: i64,
+    pub last_sync_at: Option<Timestamp>,
+    pub backlog: i64,
+    pub dropped_total: i64,
+}
+
+/// The local payload of a `health` outbox row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthSnapshot {
+    pub window_start: Timestamp,
+    pub window_len_s: u64,
+    pub metrics: HealthMetricsV1,
+}
+
+/// One item converted from its outbox row.
+#[derive(Debug, Clone)]
+pub enum Item {
+    TaskSummary(TaskSummaryV1),
+    Alert(AlertV1),
+    Report(ReportV1),
+    Health(HealthV1),
+}
+
+impl Item {
+    /// Converts an outbox row; the error says why its payload does not fit its stream.
+    pub fn from_row(row: &OutboxRow) -> Result<Item, String> {
+        let seq = row.seq;
+        let version = row.entity_version;
+        let bad = |e: serde_json::Error| format!("{} payload is not valid: {e}", row.stream);
+        Ok(match row.stream.as_str() {
+            "task_summary" => {
+                let task: Task = serde_json::from_str(&row.payload).map_err(bad)?;
+                Item::TaskSummary(TaskSummaryV1 {
+                    seq,
+                    task_id: task.id,
+                    version: task.version,
+                    state: task.state.to_string(),
+                    title: task.title,
+                    repo_url: task.repo,
+                    profile: task.profile,
+                    priority: task.priority,
+                    attempts: task.attempts,
+                    max_attempts: task.max_attempts,
+                    cost_usd: None,
+                    input_tokens: None,
+                    output_tokens: None,
+                    created_at: task.created_at,
+                    updated_at: task.updated_at,
+                })
+            }
+            "alert" => {
+                let alert: Alert = serde_json::from_str(&row.payload).map_err(bad)?;
+                Item::Alert(AlertV1 {
+                    seq,
+                    alert_id: alert.id,
+                    version,
+                    severity: alert.severity.to_string(),
+                    kind: alert.reason,
+                    message: alert.message,
+                    task_id: alert.task_id.and_then(|t| t.parse().ok()),
+                    created_at: alert.created_at,
+                    resolved_at: alert.resolved_at,
+                })
+            }
+            "report" => {
+                let report: Report = serde_json::from_str(&row.payload).map_err(bad)?;
+                let task_id = row
+                    .entity_key
+                    .split('/')
+                    .next()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| format!("report key `{}` names no task", row.entity_key))?;
+                Item::Report(ReportV1 {
+                    seq,
+                    task_id,
+                    attempt: report.attempt,
+                    version,
+                    verdict: report.verdict,
+                    summary: report.summary.0.to_string(),
+                    cost_usd: report.summary.0.get("cost_usd").and_then(|c| c.as_f64()),
+                    created_at: report.created_at,
+                })
+            }
+            "health" => {
+                let snapshot: HealthSnapshot = serde_json::from_str(&row.payload).map_err(bad)?;
+                Item::Health(HealthV1 {
+                    seq,
+                    window_start: snapshot.window_start,
+                    window_len_s: snapshot.window_len_s,
+                    version,
+                    metrics: snapshot.metrics,
+                })
+            }
+            other => return Err(format!("stream `{other}` is not shipped by ingest_batch")),
+        })
+    }
+
+    /// Its JSON size in the body.
+    pub fn encoded_len(&self) -> usize {
+        let len = match self {
+            Item::TaskSummary(i) => serde_json::to_vec(i).map(|v| v.len()),
+            Item::Alert(i) => serde_json::to_vec(i).map(|v| v.len()),
+            Item::Report(i) => serde_json::to_vec(i).map(|v| v.len()),
+            Item::Health(i) => serde_json::to_vec(i).map(|v| v.len()),
+        };
+        len.unwrap_or(0) + 1
+    }
+
+    pub fn push_into(self, streams: &mut StreamsV1) {
+        match self {
+            Item::TaskSummary(i) => streams.task_summary.push(i),
+            Item::Alert(i) => streams.alert.push(i),
+            Item::Report(i) => streams.report.push(i),
+            Item::Health(i) => streams.health.push(i),
+        }
+    }
+}
+
+/// The answer of `api.ingest_batch`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestAnswerV1 {
+    pub batch_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub accepted: Option<i64>,
+    #[serde(default)]
+    pub rejected: Vec<RejectedV1>,
+}
+
+/// One item the central side refused, inside a 2xx.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RejectedV1 {
+    pub stream: String,
+    /// The item's natural key: a string, or an object for a compound key.
+    pub key: serde_json::Value,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl RejectedV1 {
+    /// The key in the outbox's `entity_key` spelling (`task/attempt` for a report).
+    pub fn entity_key(&self) -> String {
+        match &self.key {
+            serde_json::Value::String(s) => s.replace(':', "/"),
+            serde_json::Value::Object(o) => match (o.get("task_id"), o.get("attempt")) {
+                (Some(serde_json::Value::String(t)), Some(a)) => format!("{t}/{a}"),
+                _ => self.key.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        format!(
+            "{}: {}",
+            self.code.as_deref().unwrap_or("rejected"),
+            self.message.as_deref().unwrap_or("no message")
+        )
+    }
+}
+
+/// `p_status` of `api.heartbeat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatV1 {
+    pub running: i64,
+    pub slots: i64,
+    pub draining: bool,
+}
+
+/// The answer of `api.enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollAnswerV1 {
+    pub system_id: Uuid,
+    pub name: String,
+    pub owner: Uuid,
+}
