@@ -80,6 +80,9 @@ enum Command {
         #[command(subcommand)]
         command: HooksCommand,
     },
+    /// The sync engine: enrol this system, show the lanes, send now, pause and resume.
+    #[command(subcommand)]
+    Sync(crate::sync::SyncCommand),
     /// Files claimed by tasks (strict ownership) and the change requests refused writes left.
     Claims {
         #[arg(long)]
@@ -319,6 +322,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             unreachable!("handled before the config is loaded")
         }
         Command::Hooks { command } => hooks(&config, &cwd, command),
+        Command::Sync(command) => crate::sync::run(&home, &config, command).await,
         Command::Claims { json } => {
             let store = open_store(&home, &config).await?;
             let view = crate::daemon::ClaimsView {
@@ -752,7 +756,11 @@ async fn logs(store: &Store, id: &str, follow: bool) -> anyhow::Result<()> {
 }
 
 /// Prints `value` as pretty JSON, or with `human`.
-fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+pub(crate) fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&T),
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -883,6 +891,12 @@ fn show_status(status: &Status) {
         "outbox  {} pending, {} delivered, {} rejected",
         status.outbox.pending, status.outbox.delivered, status.outbox.rejected
     );
+    for (lane, s) in &status.sync {
+        let ok = s.last_ok_at.map_or("never".to_string(), |t| t.to_string());
+        let paused = s.paused_reason.as_ref().map(|r| format!(", paused: {r}")).unwrap_or_default();
+        let error = s.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default();
+        println!("sync    {lane}: backlog {}, last success {ok}{error}{paused}", s.backlog);
+    }
 }
 
 fn show_dump(dump: &StateDump) {

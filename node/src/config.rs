@@ -52,6 +52,8 @@ pub struct Config {
     /// Pre-assigned file ownership: owner (a workflow name or a task id prefix) → globs of
     /// paths relative to the repository root. Usually set in the project's `.ccm/config.yaml`.
     pub ownership: BTreeMap<String, Vec<String>>,
+    /// The sync engine: off until a URL is set.
+    pub sync: SyncConfig,
 }
 
 /// This system's identity.
@@ -300,6 +302,109 @@ pub enum Answer {
     Deny,
 }
 
+/// The sync engine (SPEC section 7): where the central REST API is, and when to send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Supabase project URL; its REST API is `<url>/rest/v1`.
+    pub url: Option<String>,
+    /// REST base URL of self-hosted Supabase or any PostgREST-compatible server; wins over `url`.
+    pub rest_url: Option<String>,
+    /// The project's publishable (anon) key; never the service role key.
+    pub publishable_key: Option<String>,
+    /// Sets the normal lane's timer: `high` 5 min, `normal` 15 min, `low` 60 min.
+    pub priority: SyncPriority,
+    /// The normal lane's timer in seconds, instead of the priority's.
+    pub interval_secs: Option<u64>,
+    /// Seal the normal lane after this many hook events...
+    pub hook_events: u64,
+    /// ...or this many task completions, whichever comes first.
+    pub completions: u64,
+    /// How long an urgent change waits for others to share its batch, in milliseconds.
+    pub urgent_window_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            url: None,
+            rest_url: None,
+            publishable_key: None,
+            priority: SyncPriority::Normal,
+            interval_secs: None,
+            hook_events: 50,
+            completions: 5,
+            urgent_window_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPriority {
+    High,
+    Normal,
+    Low,
+}
+
+impl SyncConfig {
+    /// Sync runs when a URL is configured.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || self.rest_url.is_some()
+    }
+
+    /// The central endpoint; `None` when sync is off.
+    pub fn endpoint(&self) -> Result<Option<ccm_sync::Endpoint>, ConfigError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let key = self.publishable_key.as_deref().unwrap_or_default();
+        ccm_sync::Endpoint::new(self.url.as_deref(), self.rest_url.as_deref(), key)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                key: if self.rest_url.is_some() { "sync.rest_url" } else { "sync.url" },
+                message: e.to_string(),
+            })
+    }
+
+    /// The normal lane's timer.
+    pub fn interval(&self) -> std::time::Duration {
+        let minutes = match self.priority {
+            SyncPriority::High => 5,
+            SyncPriority::Normal => 15,
+            SyncPriority::Low => 60,
+        };
+        std::time::Duration::from_secs(self.interval_secs.unwrap_or(minutes * 60))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        if self.hook_events == 0 {
+            return invalid("sync.hook_events", "must be at least 1");
+        }
+        if self.completions == 0 {
+            return invalid("sync.completions", "must be at least 1");
+        }
+        if self.interval_secs == Some(0) {
+            return invalid("sync.interval_secs", "must be at least 1");
+        }
+        if self.urgent_window_ms > 200 {
+            return invalid(
+                "sync.urgent_window_ms",
+                "must be at most 200 (urgent changes go out within 250 ms)",
+            );
+        }
+        if self.enabled() && self.publishable_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+            return invalid(
+                "sync.publishable_key",
+                "must be set when sync.url or sync.rest_url is (the project's publishable key)",
+            );
+        }
+        self.endpoint().map(|_| ())
+    }
+}
+
 /// Where one layer of configuration came from.
 enum Layer {
     File(PathBuf),
@@ -391,6 +496,7 @@ impl Config {
                 }
             }
         }
+        self.sync.validate()?;
         for (name, profile) in &self.profiles {
             profile
                 .validate(name)
@@ -516,6 +622,24 @@ mod tests {
     fn defaults() -> Config {
         let home = tempfile::tempdir().unwrap();
         Config::load(home.path(), None).unwrap()
+    }
+
+    #[test]
+    fn sync_section_is_off_by_default_and_validated_when_set() {
+        assert!(!defaults().sync.enabled());
+        let config = load_yaml(
+            "sync:\n  url: https://abc.supabase.co\n  publishable_key: sb_publishable_x\n  priority: high\n",
+        )
+        .unwrap();
+        let endpoint = config.sync.endpoint().unwrap().unwrap();
+        assert_eq!(endpoint.rest_url.as_str(), "https://abc.supabase.co/rest/v1/");
+        assert_eq!(config.sync.interval(), std::time::Duration::from_secs(300));
+        let missing_key = load_yaml("sync:\n  rest_url: http://127.0.0.1:3000\n").unwrap_err();
+        assert!(missing_key.to_string().contains("sync.publishable_key"), "{missing_key}");
+        let bad_url = load_yaml("sync:\n  rest_url: nowhere\n  publishable_key: k\n").unwrap_err();
+        assert!(bad_url.to_string().contains("sync.rest_url"), "{bad_url}");
+        let zero = load_yaml("sync:\n  completions: 0\n").unwrap_err();
+        assert!(zero.to_string().contains("sync.completions"), "{zero}");
     }
 
     #[test]

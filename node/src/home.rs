@@ -70,7 +70,7 @@ impl Home {
         let path = self.auth_file();
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(mut file) => {
-                let auth = Auth { token: random_token()? };
+                let auth = Auth { token: random_token()?, sync: None };
                 let json = serde_json::to_string_pretty(&auth)?;
                 file.write_all(json.as_bytes())
                     .and_then(|()| file.sync_all())
@@ -89,6 +89,28 @@ impl Home {
         serde_json::from_str(&text).with_context(|| {
             format!("{} is not valid: expected {{\"token\": \"...\"}}", path.display())
         })
+    }
+
+    /// Replaces `auth.json` in one durable step (a 0600 temporary file, synced, renamed), so a
+    /// crash leaves the old file or the new one, never a torn one.
+    pub fn write_auth(&self, auth: &Auth) -> anyhow::Result<()> {
+        let path = self.auth_file();
+        let tmp = path.with_extension("json.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        file.write_all(serde_json::to_string_pretty(auth)?.as_bytes())
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
     }
 
     pub fn read_daemon_info(&self) -> Option<DaemonInfo> {
@@ -111,6 +133,21 @@ impl Home {
 pub struct Auth {
     /// Bearer token of the local API.
     pub token: String,
+    /// This system's identity at the central project, once enrolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncIdentity>,
+}
+
+/// The system's own session at the central project (never the service role key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncIdentity {
+    /// The JWT sent as `Authorization: Bearer`.
+    pub access_token: String,
+    /// Supabase Auth's refresh token, when the session came from a sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The id the central side gave this system at enrolment.
+    pub system_id: Option<uuid::Uuid>,
 }
 
 /// Contents of the port file `daemon.json`.

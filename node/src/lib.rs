@@ -14,6 +14,7 @@
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
 //! - [`status`]: what `status` and `dump-state` show.
+//! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
 //!
 //! This is the only crate that knows HTTP, the CLI, tmux and git; it glues `ccm-schema`
@@ -30,5 +31,6 @@ pub mod hooks;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod sync;
 pub mod tmux;
 pub mod worktree;

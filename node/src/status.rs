@@ -21,6 +21,8 @@ pub struct Status {
     pub agents_running: usize,
     /// Cost and tokens of the agents started today (UTC).
     pub today: CostTotals,
+    /// Per sync lane: backlog, last success, last error, pause reason.
+    pub sync: crate::sync::SyncStatus,
 }
 
 impl Status {
@@ -39,6 +41,7 @@ impl Status {
             outbox: store.outbox_counts().await?,
             agents_running: store.live_agents().await?.len(),
             today: store.cost_since(start_of_today()).await?,
+            sync: store.sync_status().await?,
         })
     }
 }

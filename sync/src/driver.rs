@@ -266,7 +266,7 @@ impl<O: Outbox> Driver<O> {
         timer: &mut Timer,
     ) -> Result<Next, StepError> {
         let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
-        if self.outbox.lane_status(lane).await.map_err(outbox)?.paused_reason.is_some() {
+        if self.outbox.paused(lane).await.map_err(outbox)?.is_some() {
             return Ok(Next::Paused);
         }
         if !self.client.has_token() {

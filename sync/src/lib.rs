@@ -191,11 +191,11 @@ pub trait Outbox: Clone + Send + Sync + 'static {
         reason: Option<&str>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// What the lane looks like now.
-    fn lane_status(
+    /// Why sending is paused on `lane`, if it is.
+    fn paused(
         &self,
         lane: Lane,
-    ) -> impl Future<Output = Result<LaneStatus, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, Self::Error>> + Send;
 
     /// Raises a local critical alert (it travels in the urgent lane like any other).
     fn raise_alert(

@@ -103,7 +103,7 @@ async fn kill_9_while_creating_5000_tasks_loses_no_acknowledged_task() {
     .unwrap();
     assert_eq!(without_log, 0);
     let (without_outbox,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM tasks t WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'task' AND o.entity_id = t.id)",
+        "SELECT count(*) FROM tasks t WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.stream = 'task_summary' AND o.entity_key = t.id)",
     )
     .fetch_one(&mut conn)
     .await

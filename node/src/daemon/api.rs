@@ -16,6 +16,8 @@
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
+//! | `GET /api/sync` | per sync lane: backlog, last success, last error, pause reason |
+//! | `POST /api/sync/now`, `/api/sync/pause` `{"reason"}`, `/api/sync/resume` | drive sync (resume re-reads the token in `auth.json`) |
 //!
 //! Every `/api` route needs the bearer token; every route checks `Host` and `Origin`. The
 //! `X-Ccm-Actor` header names who acts (the CLI sends `cli`); it defaults to `api`.
@@ -46,6 +48,7 @@ use crate::store::{
     ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
     StoredHookEvent, TaskDetail, TaskFilter,
 };
+use crate::sync::SyncStatus;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -66,6 +69,10 @@ pub fn router(state: AppState) -> Router {
         .route("/agents", get(list_agents))
         .route("/decisions", get(list_decisions))
         .route("/decisions/{id}", post(answer_decision))
+        .route("/sync", get(sync_status))
+        .route("/sync/now", post(sync_now))
+        .route("/sync/pause", post(sync_pause))
+        .route("/sync/resume", post(sync_resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -120,6 +127,40 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     Ok(Json(Status::gather(&state.store, Some(state.daemon.clone())).await?))
+}
+
+async fn sync_status(State(state): State<AppState>) -> Result<Json<SyncStatus>, ApiError> {
+    Ok(Json(state.store.sync_status().await?))
+}
+
+async fn sync_now(State(state): State<AppState>) -> Result<Json<SyncStatus>, ApiError> {
+    state.store.sync_signals().sync_now();
+    sync_status(State(state)).await
+}
+
+#[derive(Deserialize)]
+struct PauseBody {
+    reason: String,
+}
+
+async fn sync_pause(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PauseBody>,
+) -> Result<Json<SyncStatus>, ApiError> {
+    if body.reason.trim().is_empty() {
+        return Err(ApiError::BadRequest("reason: must not be empty".into()));
+    }
+    state.store.pause_sync(Some(&body.reason)).await?;
+    sync_status(State(state)).await
+}
+
+async fn sync_resume(State(state): State<AppState>) -> Result<Json<SyncStatus>, ApiError> {
+    if let Some(client) = &state.sync {
+        client.set_token(crate::sync::access_token(&Home::at(&state.home)));
+    }
+    state.store.pause_sync(None).await?;
+    state.store.sync_signals().sync_now();
+    sync_status(State(state)).await
 }
 
 async fn list_tasks(

@@ -39,6 +39,18 @@ pub struct Metrics {
     /// Filled from the database at each scrape.
     tasks: Family<StateLabel, Gauge>,
     outbox_pending: Gauge,
+    sync_backlog: Family<LaneLabel, Gauge>,
+    sync_last_success: Family<LaneLabel, Gauge>,
+    sync_paused: Family<LaneLabel, Gauge>,
+    sync_requests: Counter,
+    sync_failures: Counter,
+    sync_batches_acked: Counter,
+    sync_items_rejected: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabel {
+    lane: String,
 }
 
 impl Metrics {
@@ -68,6 +80,40 @@ impl Metrics {
         registry.register("tasks", "Tasks in the store, by state", tasks.clone());
         let outbox_pending = Gauge::default();
         registry.register("outbox_pending", "Outbox rows waiting for sync", outbox_pending.clone());
+        let sync_backlog = Family::<LaneLabel, Gauge>::default();
+        registry.register(
+            "sync_backlog",
+            "Outbox rows not yet acknowledged, by sync lane",
+            sync_backlog.clone(),
+        );
+        let sync_last_success = Family::<LaneLabel, Gauge>::default();
+        registry.register(
+            "sync_last_success_seconds",
+            "Last acknowledged batch, in Unix seconds (0: never), by sync lane",
+            sync_last_success.clone(),
+        );
+        let sync_paused = Family::<LaneLabel, Gauge>::default();
+        registry.register("sync_paused", "1 while the sync lane is paused", sync_paused.clone());
+        let sync_requests = Counter::default();
+        registry.register(
+            "sync_requests",
+            "Batches sent to the central API",
+            sync_requests.clone(),
+        );
+        let sync_failures = Counter::default();
+        registry.register(
+            "sync_failures",
+            "Batches the central API did not acknowledge",
+            sync_failures.clone(),
+        );
+        let sync_batches_acked = Counter::default();
+        registry.register("sync_batches_acked", "Batches acknowledged", sync_batches_acked.clone());
+        let sync_items_rejected = Counter::default();
+        registry.register(
+            "sync_items_rejected",
+            "Outbox rows the central side rejected",
+            sync_items_rejected.clone(),
+        );
         let start_time = Gauge::<i64>::default();
         start_time.set(started_at_secs);
         registry.register(
@@ -83,6 +129,13 @@ impl Metrics {
             hook_events,
             tasks,
             outbox_pending,
+            sync_backlog,
+            sync_last_success,
+            sync_paused,
+            sync_requests,
+            sync_failures,
+            sync_batches_acked,
+            sync_items_rejected,
         }
     }
 
@@ -102,6 +155,23 @@ impl Metrics {
             self.tasks.get_or_create(&StateLabel { state: state.to_string() }).set(n);
         }
         self.outbox_pending.set(store.outbox_counts().await?.pending);
+        for (lane, status) in store.sync_status().await? {
+            let label = LaneLabel { lane: lane.to_string() };
+            self.sync_backlog.get_or_create(&label).set(status.backlog);
+            let ok = status.last_ok_at.map_or(0, |t| t.millis() / 1000);
+            self.sync_last_success.get_or_create(&label).set(ok);
+            self.sync_paused.get_or_create(&label).set(status.paused_reason.is_some().into());
+        }
+        let signals = store.sync_signals();
+        for (counter, total) in [
+            (&self.sync_requests, &signals.requests_total),
+            (&self.sync_failures, &signals.failures_total),
+            (&self.sync_batches_acked, &signals.batches_acked_total),
+            (&self.sync_items_rejected, &signals.items_rejected_total),
+        ] {
+            let total = total.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| StoreError::Invalid { field: "metrics", message: e.to_string() })?;

@@ -6,6 +6,7 @@
 //! - `scheduler`: admits tasks as dependencies complete and slots free up.
 //! - `batch`: group commit of task creations and hook events (one transaction per group).
 //! - `metrics`: `/metrics` in the Prometheus text format.
+//! - the sync task (`crate::sync::start`), when `sync:` is configured.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
 //! store, bind, reconcile the agents (first runtime pass: adopt live agents, record dead ones),
@@ -74,6 +75,9 @@ pub struct Shared {
     pub hooks: Batcher<Vec<HookJob>, Vec<Ingested>>,
     /// Creates tasks in groups.
     pub creations: Batcher<(NewTask, String), ccm_schema::Task>,
+    /// The sync engine's client, when `sync:` is configured (its token is replaced on
+    /// enrolment).
+    pub sync: Option<ccm_sync::Client>,
 }
 
 impl Shared {
@@ -150,6 +154,9 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let mut passes = Passes::default();
     runtime.pass(&mut passes).await.context("reconciling agents at start-up")?;
 
+    let system = store.system().await?;
+    let sync = crate::sync::start(&store, &config, &home, system.id, shutdown.clone())?;
+    let (sync_client, sync_task) = sync.unzip();
     let state = AppState(Arc::new(Shared {
         store: store.clone(),
         config: config.clone(),
@@ -163,6 +170,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         home: home.root().to_path_buf(),
         hooks: hook_batcher(store.clone(), RetryPolicy::from(&*config)),
         creations: creation_batcher(store.clone(), config.clone()),
+        sync: sync_client,
     }));
     let scheduler = Scheduler {
         store: store.clone(),
@@ -199,8 +207,13 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         .await;
 
     shutdown.cancel();
-    for (name, task) in [("scheduler", scheduler), ("runtime", runtime_task), ("spooler", spooler)]
-    {
+    let tasks = [
+        ("scheduler", Some(scheduler)),
+        ("runtime", Some(runtime_task)),
+        ("spooler", Some(spooler)),
+        ("sync", sync_task),
+    ];
+    for (name, task) in tasks.into_iter().filter_map(|(name, task)| task.map(|t| (name, t))) {
         if let Err(e) = task.await {
             warn!(task = name, error = %e, "ended abnormally");
         }

@@ -182,7 +182,9 @@ impl Store {
                 ask_human: job.ask_human,
             })
             .collect();
-        self.ingest(&incoming, policy).await
+        let ingested = self.ingest(&incoming, policy).await?;
+        self.signals.hook_events(ingested.len() as u64);
+        Ok(ingested)
     }
 
     /// Stores events in order, in one transaction, and applies the effects of those not stored

@@ -18,6 +18,7 @@ mod agents;
 mod contexts;
 mod hooks;
 mod records;
+mod sync;
 mod tasks;
 
 use std::ops::{Deref, DerefMut};
@@ -89,6 +90,8 @@ pub struct Store {
     /// The only connection that writes, so transactions of this process queue instead of
     /// failing with SQLITE_BUSY; `None` once closed.
     writer: Arc<Mutex<Option<Writer>>>,
+    /// Tells the sync driver about urgent rows, hook events and completions, after commit.
+    signals: Arc<ccm_sync::Signals>,
 }
 
 /// The writer connection. It is lent by a lock rather than by a pool: a pool tests each
@@ -110,12 +113,23 @@ type Lent = OwnedMappedMutexGuard<Option<Writer>, Writer>;
 pub(crate) struct Writing {
     lent: Lent,
     open: bool,
+    signals: Arc<ccm_sync::Signals>,
+    /// An urgent outbox row was written: the sync driver is woken after the commit.
+    urgent: bool,
+    /// Tasks this transaction completed.
+    completions: u64,
 }
 
 impl Writing {
     pub(crate) async fn commit(mut self) -> Result<()> {
         sqlx::query("COMMIT").execute(&mut self.lent.conn).await?;
         self.open = false;
+        if self.urgent {
+            self.signals.urgent_committed();
+        }
+        if self.completions > 0 {
+            self.signals.completions(self.completions);
+        }
         Ok(())
     }
 }
@@ -176,7 +190,12 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        let store = Store { path: path.to_path_buf(), readers, writer: Writer::shared(writer) };
+        let store = Store {
+            path: path.to_path_buf(),
+            readers,
+            writer: Writer::shared(writer),
+            signals: ccm_sync::Signals::new(),
+        };
         store.ensure_system(system_name).await?;
         Ok(store)
     }
@@ -201,11 +220,21 @@ impl Store {
         // A reader is opened only if a read is needed (most events need none).
         let readers =
             SqlitePoolOptions::new().max_connections(1).connect_lazy_with(options.read_only(true));
-        Ok(Store { path: path.to_path_buf(), readers, writer: Writer::shared(writer) })
+        Ok(Store {
+            path: path.to_path_buf(),
+            readers,
+            writer: Writer::shared(writer),
+            signals: ccm_sync::Signals::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the sync driver is woken by.
+    pub fn sync_signals(&self) -> &Arc<ccm_sync::Signals> {
+        &self.signals
     }
 
     /// Closes the readers and the writer, checkpointing the WAL; writes after this fail with
@@ -236,7 +265,13 @@ impl Store {
     async fn write(&self) -> Result<Writing> {
         let mut lent = self.writer().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut lent.conn).await?;
-        Ok(Writing { lent, open: true })
+        Ok(Writing {
+            lent,
+            open: true,
+            signals: self.signals.clone(),
+            urgent: false,
+            completions: 0,
+        })
     }
 
     async fn ensure_system(&self, name: &str) -> Result<()> {
@@ -262,7 +297,9 @@ impl Store {
     }
 }
 
-/// Writes an outbox row for `kind`/`entity_id` carrying `payload`, inside `tx`.
+/// Writes an outbox row for `kind`/`entity_id` carrying `payload`, inside `tx`, in the urgent
+/// lane when `urgent`. The row's entity version is the payload's `version` (tasks) or else the
+/// row's own seq, which only grows. `task` rows travel in the `task_summary` stream.
 async fn outbox(
     tx: &mut Writing,
     kind: &str,
@@ -270,15 +307,24 @@ async fn outbox(
     payload: &impl serde::Serialize,
     urgent: bool,
 ) -> Result<()> {
-    let payload = serde_json::to_string(payload)
+    let value = serde_json::to_value(payload)
         .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+    let stream = if kind == "task" { "task_summary" } else { kind };
+    if kind == "task" && value.get("state").and_then(|s| s.as_str()) == Some("complete") {
+        tx.completions += 1;
+    }
+    tx.urgent |= urgent;
     sqlx::query(
-        "INSERT INTO outbox (kind, entity_id, payload, urgent, created_at) VALUES (?, ?, ?, ?, ?)",
+        r#"
+        INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at)
+        VALUES (?, ?, coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM outbox)), ?, ?, ?)
+        "#,
     )
-    .bind(kind)
+    .bind(stream)
     .bind(entity_id)
-    .bind(payload)
-    .bind(urgent)
+    .bind(value.get("version").and_then(|v| v.as_i64()))
+    .bind(if urgent { "urgent" } else { "normal" })
+    .bind(value.to_string())
     .bind(Timestamp::now())
     .execute(&mut **tx)
     .await?;

@@ -39,9 +39,9 @@ impl Store {
     pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
         Ok(sqlx::query_as(
             r#"
-            SELECT coalesce(sum(status = 'pending'), 0) AS pending,
-                   coalesce(sum(status = 'delivered'), 0) AS delivered,
-                   coalesce(sum(status = 'rejected'), 0) AS rejected
+            SELECT coalesce(sum(state IN ('pending', 'sealed')), 0) AS pending,
+                   coalesce(sum(state = 'acked'), 0) AS delivered,
+                   coalesce(sum(state = 'rejected'), 0) AS rejected
             FROM outbox
             "#,
         )

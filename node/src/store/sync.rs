@@ -1,0 +1,327 @@
+//! The outbox as the sync engine sees it ([`ccm_sync::Outbox`]): reads on the readers, every
+//! write a transaction on the one writer.
+
+use std::collections::BTreeMap;
+
+use ccm_schema::{Severity, Timestamp};
+use ccm_sync::{Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, Rejection, SHIPPED_STREAMS};
+use uuid::Uuid;
+
+use super::tasks::raise_alert;
+use super::{Result, Store, StoreError, Writing};
+
+/// `stream IN (...)` of the streams `api.ingest_batch` takes.
+fn shipped() -> String {
+    let list: Vec<String> = SHIPPED_STREAMS.iter().map(|s| format!("'{s}'")).collect();
+    format!("stream IN ({})", list.join(", "))
+}
+
+fn seqs(seqs: &[i64]) -> String {
+    serde_json::Value::from(seqs.to_vec()).to_string()
+}
+
+type RowTuple = (i64, String, String, i64, String);
+
+fn row((seq, stream, entity_key, entity_version, payload): RowTuple) -> OutboxRow {
+    OutboxRow { seq, stream, entity_key, entity_version, payload }
+}
+
+fn lane(text: &str) -> Result<Lane> {
+    match text {
+        "urgent" => Ok(Lane::Urgent),
+        "normal" => Ok(Lane::Normal),
+        other => {
+            Err(StoreError::Invalid { field: "lane", message: format!("unknown lane `{other}`") })
+        }
+    }
+}
+
+async fn insert_batch(tx: &mut Writing, batch: &NewBatch) -> Result<()> {
+    sqlx::query(
+        r#"
+        INSERT INTO outbox_batch
+            (batch_id, lane, ord, parent_id, seq_lo, seq_hi, items, bytes, body, sealed_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        "#,
+    )
+    .bind(batch.id.hyphenated())
+    .bind(batch.lane.as_str())
+    .bind(&batch.ord)
+    .bind(batch.parent.map(|p| p.hyphenated().to_string()))
+    .bind(batch.seq_lo)
+    .bind(batch.seq_hi)
+    .bind(batch.items.len() as i64)
+    .bind(batch.body.len() as i64)
+    .bind(&batch.body)
+    .bind(Timestamp::now())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        r#"
+        UPDATE outbox SET state = 'sealed', batch_id = ?1
+        WHERE seq IN (SELECT value FROM json_each(?2)) AND state IN ('pending', 'sealed')
+        "#,
+    )
+    .bind(batch.id.hyphenated())
+    .bind(seqs(&batch.items))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Per lane: backlog, last success, last error and pause reason.
+    pub async fn sync_status(&self) -> Result<BTreeMap<Lane, LaneStatus>> {
+        let rows: Vec<(
+            String,
+            Option<Timestamp>,
+            Option<String>,
+            Option<Timestamp>,
+            Option<String>,
+            i64,
+        )> = sqlx::query_as(&format!(
+            r#"
+                SELECT l.lane, l.last_ok_at, l.last_error, l.last_error_at, l.paused_reason,
+                       (SELECT count(*) FROM outbox o
+                        WHERE o.state IN ('pending', 'sealed') AND o.lane = l.lane AND o.{})
+                FROM sync_lanes l
+                "#,
+            shipped()
+        ))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter()
+            .map(|(name, last_ok_at, last_error, last_error_at, paused_reason, backlog)| {
+                Ok((
+                    lane(&name)?,
+                    LaneStatus { backlog, last_ok_at, last_error, last_error_at, paused_reason },
+                ))
+            })
+            .collect()
+    }
+
+    /// Pauses (with `reason`) or resumes (`None`) sending on both lanes.
+    pub async fn pause_sync(&self, reason: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE sync_lanes SET paused_reason = ?")
+            .bind(reason)
+            .execute(&mut self.writer().await?.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl ccm_sync::Outbox for Store {
+    type Error = StoreError;
+
+    async fn pending(&self, lane: Lane, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
+        let rows: Vec<RowTuple> = sqlx::query_as(&format!(
+            r#"
+            SELECT seq, stream, entity_key, entity_version, payload FROM outbox
+            WHERE state = 'pending' AND lane = ? AND seq > ? AND {}
+            ORDER BY seq LIMIT ?
+            "#,
+            shipped()
+        ))
+        .bind(lane.as_str())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(row).collect())
+    }
+
+    async fn batch_rows(&self, batch: Uuid) -> Result<Vec<OutboxRow>> {
+        let rows: Vec<RowTuple> = sqlx::query_as(
+            r#"
+            SELECT seq, stream, entity_key, entity_version, payload FROM outbox
+            WHERE batch_id = ? AND state = 'sealed' ORDER BY seq
+            "#,
+        )
+        .bind(batch.hyphenated())
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows.into_iter().map(row).collect())
+    }
+
+    async fn declared(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as("SELECT stream, declared_seq FROM sync_state")
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    async fn seal(&self, batch: &NewBatch) -> Result<()> {
+        let mut tx = self.write().await?;
+        insert_batch(&mut tx, batch).await?;
+        sqlx::query(
+            r#"
+            UPDATE outbox SET state = 'acked', batch_id = ?1
+            WHERE seq IN (SELECT value FROM json_each(?2)) AND state = 'pending'
+            "#,
+        )
+        .bind(batch.id.hyphenated())
+        .bind(seqs(&batch.superseded))
+        .execute(&mut *tx)
+        .await?;
+        for invalid in &batch.invalid {
+            sqlx::query("UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ?")
+                .bind(&invalid.reason)
+                .bind(invalid.seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (stream, seq) in &batch.declared {
+            sqlx::query(
+                r#"
+                INSERT INTO sync_state (stream, declared_seq) VALUES (?, ?)
+                ON CONFLICT (stream) DO UPDATE SET declared_seq = max(declared_seq, excluded.declared_seq)
+                "#,
+            )
+            .bind(stream)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn open_batch(&self, lane: Lane) -> Result<Option<OpenBatch>> {
+        let found: Option<(String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
+            r#"
+            SELECT batch_id, ord, body, items, attempts FROM outbox_batch
+            WHERE lane = ? AND state = 'sealed' ORDER BY ord LIMIT 1
+            "#,
+        )
+        .bind(lane.as_str())
+        .fetch_optional(&self.readers)
+        .await?;
+        found
+            .map(|(id, ord, body, items, attempts)| {
+                let id = id.parse().map_err(|e| StoreError::Invalid {
+                    field: "outbox_batch.batch_id",
+                    message: format!("`{id}`: {e}"),
+                })?;
+                Ok(OpenBatch { id, lane, ord, body, items, attempts })
+            })
+            .transpose()
+    }
+
+    async fn acknowledge(&self, batch: Uuid, rejected: &[Rejection]) -> Result<()> {
+        let now = Timestamp::now();
+        let id = batch.hyphenated();
+        let mut tx = self.write().await?;
+        for rejection in rejected {
+            sqlx::query(
+                "UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ? AND batch_id = ?",
+            )
+            .bind(&rejection.reason)
+            .bind(rejection.seq)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE outbox SET state = 'acked' WHERE batch_id = ? AND state = 'sealed'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            r#"
+            INSERT INTO sync_state (stream, acked_seq, last_ok_at)
+            SELECT stream, max(seq), ?1 FROM outbox WHERE batch_id = ?2 GROUP BY stream
+            ON CONFLICT (stream) DO UPDATE
+            SET acked_seq = max(acked_seq, excluded.acked_seq), last_ok_at = excluded.last_ok_at
+            "#,
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            r#"
+            UPDATE sync_lanes SET last_ok_at = ?1, last_error = NULL, last_error_at = NULL
+            WHERE lane = (SELECT lane FROM outbox_batch WHERE batch_id = ?2)
+            "#,
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE outbox_batch SET state = 'acked', acked_at = ? WHERE batch_id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn reject_batch(&self, batch: Uuid, reason: &str) -> Result<()> {
+        let id = batch.hyphenated();
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE outbox SET state = 'rejected', error = ? WHERE batch_id = ? AND state = 'sealed'")
+            .bind(reason)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE outbox_batch SET state = 'rejected', last_error = ? WHERE batch_id = ?",
+        )
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn split(&self, parent: Uuid, children: &[NewBatch]) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE outbox_batch SET state = 'split' WHERE batch_id = ?")
+            .bind(parent.hyphenated())
+            .execute(&mut *tx)
+            .await?;
+        for child in children {
+            insert_batch(&mut tx, child).await?;
+        }
+        tx.commit().await
+    }
+
+    async fn record_failure(&self, batch: Uuid, lane: Lane, error: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE outbox_batch SET attempts = attempts + 1, last_error = ? WHERE batch_id = ?",
+        )
+        .bind(error)
+        .bind(batch.hyphenated())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE sync_lanes SET last_error = ?, last_error_at = ? WHERE lane = ?")
+            .bind(error)
+            .bind(Timestamp::now())
+            .bind(lane.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn set_paused(&self, lane: Lane, reason: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE sync_lanes SET paused_reason = ? WHERE lane = ?")
+            .bind(reason)
+            .bind(lane.as_str())
+            .execute(&mut self.writer().await?.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn paused(&self, lane: Lane) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT paused_reason FROM sync_lanes WHERE lane = ?")
+            .bind(lane.as_str())
+            .fetch_optional(&self.readers)
+            .await?
+            .flatten())
+    }
+
+    async fn raise_alert(&self, reason: &str, message: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        raise_alert(&mut tx, None, Severity::Critical, reason, message, None, Timestamp::now())
+            .await?;
+        tx.commit().await
+    }
+}

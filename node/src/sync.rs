@@ -1,0 +1,180 @@
+//! The node's side of sync: `ccm sync enroll|status|now|pause|resume`, and the daemon's
+//! long-lived sync task built from the config's `sync:` section and `auth.json`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ccm_sync::wire::EnrollAnswerV1;
+use ccm_sync::{Driver, Lane, LaneStatus, Settings};
+use clap::Subcommand;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::home::{Home, SyncIdentity};
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Give this system its central identity: a JWT the operator minted, stored in auth.json
+    /// (0600), then the central `enroll` call; resumes sync.
+    Enroll {
+        #[arg(long)]
+        jwt: String,
+    },
+    /// Per lane: backlog, last success, last error, pause reason.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal and send now, retrying at once what waits for a backoff (needs the daemon).
+    Now,
+    /// Stop sending (changes keep queueing).
+    Pause {
+        #[arg(long, default_value = "paused by the operator")]
+        reason: String,
+    },
+    /// Send again after a pause.
+    Resume,
+}
+
+/// The sync state of both lanes, as `ccm sync status` and `/api/sync` show it.
+pub type SyncStatus = BTreeMap<Lane, LaneStatus>;
+
+pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::Result<()> {
+    let daemon = Client::connect(home).await;
+    match command {
+        SyncCommand::Enroll { jwt } => enroll(home, config, daemon, jwt).await,
+        SyncCommand::Status { json } => {
+            let status: SyncStatus = match daemon {
+                Some(daemon) => daemon.get(&["sync"]).await?,
+                None => crate::cli::open_store(home, config).await?.sync_status().await?,
+            };
+            crate::cli::print(json, &status, show)
+        }
+        SyncCommand::Now => {
+            let daemon = daemon.context("the daemon is not running: sync runs in it (`ccm up`)")?;
+            let _: SyncStatus = daemon.post(&["sync", "now"], json!({})).await?;
+            println!("sync requested");
+            Ok(())
+        }
+        SyncCommand::Pause { reason } => {
+            match daemon {
+                Some(daemon) => {
+                    let _: SyncStatus =
+                        daemon.post(&["sync", "pause"], json!({ "reason": reason })).await?;
+                }
+                None => {
+                    crate::cli::open_store(home, config).await?.pause_sync(Some(&reason)).await?
+                }
+            }
+            println!("sync paused: {reason}");
+            Ok(())
+        }
+        SyncCommand::Resume => {
+            resume(home, config, daemon).await?;
+            println!("sync resumed");
+            Ok(())
+        }
+    }
+}
+
+async fn resume(home: &Home, config: &Config, daemon: Option<Client>) -> anyhow::Result<()> {
+    match daemon {
+        Some(daemon) => {
+            let _: SyncStatus = daemon.post(&["sync", "resume"], json!({})).await?;
+        }
+        None => crate::cli::open_store(home, config).await?.pause_sync(None).await?,
+    }
+    Ok(())
+}
+
+async fn enroll(
+    home: &Home,
+    config: &Config,
+    daemon: Option<Client>,
+    jwt: String,
+) -> anyhow::Result<()> {
+    let endpoint = config.sync.endpoint()?.context(
+        "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
+    )?;
+    let jwt = jwt.trim().to_string();
+    anyhow::ensure!(
+        jwt.split('.').count() == 3,
+        "--jwt: not a JWT (expected three dot-separated parts)"
+    );
+    let client = ccm_sync::Client::new(endpoint, Some(jwt.clone()))?;
+    let store = crate::cli::open_store(home, config).await?;
+    let system = store.system().await?;
+    let params = json!({
+        "p_name": system.name,
+        "p_slots": config.scheduler.slots,
+        "p_version": env!("CARGO_PKG_VERSION"),
+    });
+    let answer: EnrollAnswerV1 =
+        client.call("enroll", &params).await.context("the central enroll call failed")?;
+    home.ensure()?;
+    let mut auth = home.ensure_auth()?;
+    auth.sync = Some(SyncIdentity {
+        access_token: jwt,
+        refresh_token: None,
+        system_id: Some(answer.system_id),
+    });
+    home.write_auth(&auth)?;
+    store.close().await;
+    resume(home, config, daemon).await?;
+    println!("enrolled as {} (central system id {})", answer.name, answer.system_id);
+    Ok(())
+}
+
+pub fn show(status: &SyncStatus) {
+    for (lane, s) in status {
+        let ok = s.last_ok_at.map_or("never".to_string(), |t| t.to_string());
+        let mut line = format!("{lane:<7} backlog {}, last success {ok}", s.backlog);
+        if let Some(error) = &s.last_error {
+            line.push_str(&format!(", last error {error}"));
+        }
+        if let Some(reason) = &s.paused_reason {
+            line.push_str(&format!(", paused: {reason}"));
+        }
+        println!("{line}");
+    }
+}
+
+/// The daemon's sync task, when `sync:` is configured: its client (to replace the token after
+/// an enrolment) and the task.
+pub fn start(
+    store: &Store,
+    config: &Config,
+    home: &Home,
+    system_id: uuid::Uuid,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<(ccm_sync::Client, tokio::task::JoinHandle<()>)>> {
+    let Some(endpoint) = config.sync.endpoint()? else {
+        return Ok(None);
+    };
+    let client = ccm_sync::Client::new(endpoint, access_token(home))?;
+    let (high, low) = system_id.as_u64_pair();
+    let driver = Driver {
+        outbox: store.clone(),
+        client: client.clone(),
+        signals: Arc::clone(store.sync_signals()),
+        settings: Settings {
+            interval: config.sync.interval(),
+            hook_events: config.sync.hook_events,
+            completions: config.sync.completions,
+            urgent_window: Duration::from_millis(config.sync.urgent_window_ms),
+            seed: high ^ low,
+        },
+        shutdown,
+    };
+    Ok(Some((client, tokio::spawn(driver.run()))))
+}
+
+/// The access token in `auth.json`, if the system is enrolled.
+pub fn access_token(home: &Home) -> Option<String> {
+    home.read_auth().ok()?.sync.map(|s| s.access_token)
+}
