@@ -119,7 +119,7 @@ async fn answer(
 fn node(name: &str, url: &str) -> (TestHome, Daemon) {
     let home = TestHome::new(name);
     home.write_config(&format!(
-        "sync:\n  rest_url: {url}\n  publishable_key: {KEY}\n  interval_secs: 3600\n"
+        "scheduler:\n  slots: 20\nsync:\n  rest_url: {url}\n  publishable_key: {KEY}\n  interval_secs: 3600\n"
     ));
     let daemon = home.start();
     let out = home.run_ok(&["sync", "enroll", "--jwt", JWT]);
@@ -153,7 +153,7 @@ async fn outbox_states(home: &TestHome) -> Vec<(String, String, String, Option<S
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urgent_change_goes_at_once_and_is_resent_with_the_same_id_and_bytes_after_a_503() {
     let (central, url) = Central::start().await;
     let (home, daemon) = node("sync-urgent", &url);
@@ -195,7 +195,7 @@ async fn urgent_change_goes_at_once_and_is_resent_with_the_same_id_and_bytes_aft
     assert!(batches.iter().all(|b| b.batch()["lane"] == "urgent"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_identity_pauses_both_lanes_with_an_alert_and_resume_sends_what_queued() {
     let (central, url) = Central::start().await;
     let (home, daemon) = node("sync-auth", &url);
@@ -235,7 +235,7 @@ async fn a_refused_identity_pauses_both_lanes_with_an_alert_and_resume_sends_wha
     assert_eq!(lanes(&home)["normal"]["paused_reason"], Value::Null);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_item_is_isolated_by_bisection_rejected_with_its_reason_and_the_rest_acked() {
     let (central, url) = Central::start().await;
     let (home, daemon) = node("sync-poison", &url);
@@ -278,7 +278,7 @@ async fn a_poison_item_is_isolated_by_bisection_rejected_with_its_reason_and_the
     assert!(batches.len() <= 1 + 8, "{} requests", batches.len());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_too_large_for_the_server_is_split_until_every_item_is_delivered() {
     let (central, url) = Central::start().await;
     let (home, daemon) = node("sync-split", &url);

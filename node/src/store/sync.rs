@@ -20,6 +20,9 @@ fn seqs(seqs: &[i64]) -> String {
     serde_json::Value::from(seqs.to_vec()).to_string()
 }
 
+/// A `sync_lanes` row with its backlog.
+type LaneRow = (String, Option<Timestamp>, Option<String>, Option<Timestamp>, Option<String>, i64);
+
 type RowTuple = (i64, String, String, i64, String);
 
 fn row((seq, stream, entity_key, entity_version, payload): RowTuple) -> OutboxRow {
@@ -72,14 +75,7 @@ async fn insert_batch(tx: &mut Writing, batch: &NewBatch) -> Result<()> {
 impl Store {
     /// Per lane: backlog, last success, last error and pause reason.
     pub async fn sync_status(&self) -> Result<BTreeMap<Lane, LaneStatus>> {
-        let rows: Vec<(
-            String,
-            Option<Timestamp>,
-            Option<String>,
-            Option<Timestamp>,
-            Option<String>,
-            i64,
-        )> = sqlx::query_as(&format!(
+        let rows: Vec<LaneRow> = sqlx::query_as(&format!(
             r#"
                 SELECT l.lane, l.last_ok_at, l.last_error, l.last_error_at, l.paused_reason,
                        (SELECT count(*) FROM outbox o
