@@ -43,15 +43,17 @@ impl Received {
     }
 }
 
+/// A failure answer: status, headers, JSON body.
+type Failure = (u16, Vec<(&'static str, &'static str)>, Value);
+
 /// How the central side answers one `ingest_batch`: `None` applies it (echoing its id).
-type Rule =
-    dyn Fn(&Received) -> Option<(u16, Vec<(&'static str, &'static str)>, Value)> + Send + Sync;
+type Rule = dyn Fn(&Received) -> Option<Failure> + Send + Sync;
 
 #[derive(Clone)]
 struct Central {
     received: Arc<Mutex<Vec<Received>>>,
     /// Answers used once each, in order, before `rule`.
-    script: Arc<Mutex<VecDeque<(u16, Vec<(&'static str, &'static str)>, Value)>>>,
+    script: Arc<Mutex<VecDeque<Failure>>>,
     rule: Arc<Mutex<Box<Rule>>>,
 }
 
