@@ -181,7 +181,7 @@ struct AddArgs {
     verify: Option<String>,
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Higher runs first.
+    /// Higher runs first; from -1000 to 1000.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
     /// Tasks that must complete first (repeatable).
@@ -373,7 +373,7 @@ impl Backend {
         match self {
             Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
             Backend::Local { store, config } => {
-                Ok(store.create_task(new, &config.tasks, "cli").await?)
+                Ok(store.create_task(new, config, "cli").await?)
             }
         }
     }

@@ -72,11 +72,31 @@ pub struct DaemonConfig {
     pub port: u16,
     /// `full` (API and dashboard) or `minimal` (API only).
     pub profile: Profile,
+    /// Connections served at once; more wait to be accepted until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, in milliseconds, counted from when the
+    /// connection opens or its previous answer was sent (so it also closes idle connections).
+    pub header_timeout_ms: u64,
+    /// Longest silence while a request's body arrives, in milliseconds.
+    pub body_timeout_ms: u64,
+    /// Largest request body, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most hook events in one NDJSON request; more get 413.
+    pub max_batch_events: usize,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { host: "127.0.0.1".into(), port: 8765, profile: Profile::Full }
+        DaemonConfig {
+            host: "127.0.0.1".into(),
+            port: 8765,
+            profile: Profile::Full,
+            max_connections: 512,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
+        }
     }
 }
 
@@ -358,6 +378,17 @@ impl Config {
                     "daemon.host",
                     "must be a loopback address such as 127.0.0.1 (the API is local only)",
                 )
+            }
+        }
+        for (key, value) in [
+            ("daemon.max_connections", self.daemon.max_connections as u64),
+            ("daemon.header_timeout_ms", self.daemon.header_timeout_ms),
+            ("daemon.body_timeout_ms", self.daemon.body_timeout_ms),
+            ("daemon.max_body_bytes", self.daemon.max_body_bytes as u64),
+            ("daemon.max_batch_events", self.daemon.max_batch_events as u64),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
             }
         }
         if self.scheduler.slots == 0 {

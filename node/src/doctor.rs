@@ -43,6 +43,13 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
         },
     });
     let config = config.unwrap_or_default();
+    checks.push(Check {
+        name: "home",
+        result: match home.insecure() {
+            None => Ok(format!("{} (private)", home.root().display())),
+            Some(problem) => Err(problem),
+        },
+    });
     checks.push(database(home, &config).await);
     checks.push(auth(home));
     checks.push(port(home, &config).await);

@@ -22,6 +22,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -55,12 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/dependencies", post(add_dependencies))
         .route("/contexts", get(list_contexts).post(add_context))
         .route("/contexts/{key}", axum::routing::delete(remove_context))
-        .route(
-            "/hooks",
-            post(hook).layer(axum::extract::DefaultBodyLimit::max(
-                crate::hooks::event::MAX_STORED_BYTES * 64,
-            )),
-        )
+        .route("/hooks", post(hook))
         .route("/tasks/{id}/events", get(task_events).post(task_event))
         .route("/claims", get(claims))
         .route("/agents", get(list_agents))
@@ -72,22 +68,56 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/api", api)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.daemon.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(
+            state.config.daemon.body_timeout_ms,
+        )))
         .layer(middleware::from_fn_with_state(state.clone(), super::metrics::count_request))
         .layer(middleware::from_fn_with_state(state.clone(), security::check_host_and_origin))
         .with_state(state)
 }
 
-/// `Json` whose rejection is an [`ApiError::BadRequest`] naming the field that was wrong.
+/// `Json` of a JSON object (an array is refused, although serde reads a struct from one)
+/// whose rejection is an [`ApiError::BadRequest`] naming the field that was wrong, or
+/// [`ApiError::TooLarge`] for a body over the limit.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+        match Json::<Object<T>>::from_request(request, state).await {
+            Ok(Json(Object(value))) => Ok(ApiJson(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(too_large(&rejection.body_text()))
+            }
             Err(rejection) => Err(ApiError::BadRequest(rejection_message(&rejection))),
         }
+    }
+}
+
+fn too_large(detail: &str) -> ApiError {
+    ApiError::TooLarge(format!("body too large: {detail} (daemon.max_body_bytes)"))
+}
+
+/// `T` read only from a JSON object.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData)).map(Object)
     }
 }
 
@@ -211,6 +241,9 @@ struct HookQuery {
     key: Option<String>,
 }
 
+/// Hook events of one request written in one transaction at most.
+const HOOK_GROUP: usize = 256;
+
 /// The media type of a batch: one event per line, and one answer per line back.
 const NDJSON: &str = "application/x-ndjson";
 
@@ -224,8 +257,12 @@ async fn hook(
     State(state): State<AppState>,
     Query(query): Query<HookQuery>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(&rejection.body_text()),
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
     let system = match query.system.as_deref() {
         None => None,
         Some(name) => {
@@ -247,9 +284,15 @@ async fn hook(
         let mut answers = store_and_answer(&state, vec![(event, key)], origin).await?;
         return Ok(Json(answers.remove(0)).into_response());
     }
-    let events = body
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.trim_ascii().is_empty())
+    let lines = || body.split(|&b| b == b'\n').filter(|line| !line.trim_ascii().is_empty());
+    let max = state.config.daemon.max_batch_events;
+    if lines().nth(max).is_some() {
+        return Err(ApiError::TooLarge(format!(
+            "batch has {} events; at most {max} per request (daemon.max_batch_events)",
+            lines().count()
+        )));
+    }
+    let events = lines()
         .enumerate()
         .map(|(i, line)| (HookEvent::parse(system, line), format!("{key}:{i}")))
         .collect();
@@ -283,7 +326,14 @@ async fn store_and_answer(
         })
         .collect();
     let asked: Vec<_> = jobs.iter().map(|job| (Arc::clone(&job.event), job.ask_human)).collect();
-    let ingested = state.hooks.submit(jobs).await?;
+    // A large batch is written in groups, one after the other, so that other writers (task
+    // creations, other agents' hooks) get the writer between two groups.
+    let mut ingested = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        let group: Vec<HookJob> = jobs.by_ref().take(HOOK_GROUP).collect();
+        ingested.extend(state.hooks.submit(group).await?);
+    }
     let mut answers = Vec::with_capacity(asked.len());
     for ((event, ask_human), ingested) in asked.into_iter().zip(ingested) {
         answers.push(answer(state, &event, ask_human, ingested).await?);

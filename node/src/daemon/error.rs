@@ -21,6 +21,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// A body over `daemon.max_body_bytes`, or a batch over `daemon.max_batch_events`.
+    #[error("{0}")]
+    TooLarge(String),
     /// The request conflicts with the stored state (illegal transition, dependency cycle).
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "payload_too_large",
             ApiError::Conflict { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }

@@ -6,6 +6,7 @@
 //! - `scheduler`: admits tasks as dependencies complete and slots free up.
 //! - `batch`: group commit of task creations and hook events (one transaction per group).
 //! - `metrics`: `/metrics` in the Prometheus text format.
+//! - `serve`: the accept loop, with timeouts and a connection cap.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
 //! store, bind, reconcile the agents (first runtime pass: adopt live agents, record dead ones),
@@ -18,6 +19,7 @@ mod error;
 mod metrics;
 mod scheduler;
 mod security;
+mod serve;
 
 use std::fs::TryLockError;
 use std::sync::Arc;
@@ -94,7 +96,7 @@ impl Shared {
 pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     home.ensure()?;
     let lock_path = home.lock_file();
-    let lock = std::fs::File::create(&lock_path)
+    let lock = crate::home::private_file(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
@@ -154,7 +156,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         config: config.clone(),
         token: auth.token.into(),
-        allowed: Arc::new(Allowed::for_port(bound.port())),
+        allowed: Arc::new(Allowed::for_host_and_port(bound.ip(), bound.port())),
         daemon: daemon.clone(),
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
         scheduler_wake: scheduler_wake.clone(),
@@ -194,9 +196,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
 
     home.write_daemon_info(&daemon)?;
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    serve::serve(listener, router(state), &config.daemon, shutdown.clone()).await;
 
     shutdown.cancel();
     for (name, task) in [("scheduler", scheduler), ("runtime", runtime_task), ("spooler", spooler)]
@@ -208,7 +208,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     store.close().await;
     let _ = std::fs::remove_file(home.daemon_file());
     info!("ccm daemon stopped");
-    served.context("serving the API failed")
+    Ok(())
 }
 
 /// Stores hook events received through the API in groups; a request hands in its events
@@ -247,13 +247,13 @@ fn creation_batcher(
             let (store, config) = (store.clone(), config.clone());
             async move {
                 // On failure the batch is needed again for the one-by-one retry.
-                let result = store.create_tasks(batch.clone(), &config.tasks).await;
+                let result = store.create_tasks(batch.clone(), &config).await;
                 (batch, result)
             }
         },
         move |(new, actor): (NewTask, String)| {
             let (store, config) = (one.clone(), one_config.clone());
-            async move { store.create_task(new, &config.tasks, &actor).await }
+            async move { store.create_task(new, &config, &actor).await }
         },
     )
 }

@@ -188,10 +188,8 @@ async fn directly(
 /// Appends a line to `logs/hook.log`; failures to log are ignored (the agent must go on).
 fn log(home: &Home, line: &str) {
     let dir = home.root().join("logs");
-    let _ = std::fs::create_dir_all(&dir);
-    if let Ok(mut file) =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hook.log"))
-    {
+    let _ = crate::home::private_dir(&dir);
+    if let Ok(mut file) = crate::home::private_file(&dir.join("hook.log")) {
         let _ = writeln!(file, "{line}");
     }
 }

@@ -29,10 +29,11 @@ pub fn dir(home: &Path) -> PathBuf {
 /// Writes the entry durably: a temporary file, fsync, then rename into place.
 pub fn write(home: &Path, entry: &Entry) -> std::io::Result<PathBuf> {
     let dir = dir(home);
-    std::fs::create_dir_all(&dir)?;
+    crate::home::private_dir(&dir)?;
     let path = dir.join(format!("{}.json", entry.key));
     let tmp = dir.join(format!(".{}.tmp", entry.key));
-    let mut file = std::fs::File::create(&tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = crate::home::private_file(&tmp)?;
     file.write_all(&serde_json::to_vec(entry)?)?;
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;

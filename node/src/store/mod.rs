@@ -154,7 +154,7 @@ impl Store {
     pub async fn open(path: &Path, system_name: &str) -> Result<Store> {
         let open_error = |message: String| StoreError::Open { path: path.to_path_buf(), message };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+            crate::home::private_dir(parent).map_err(|e| open_error(e.to_string()))?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| open_error(e.to_string()))?
@@ -165,6 +165,7 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let mut writer = options.connect().await.map_err(|e| open_error(e.to_string()))?;
+        crate::home::private_database(path).map_err(|e| open_error(format!("cannot make it private (mode 600): {e}")))?;
         ccm_schema::MIGRATOR
             .run(&mut writer)
             .await

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
 use super::{outbox, Result, Store, StoreError, Writing};
-use crate::config::{Config, TaskDefaults};
+use crate::config::Config;
 
 /// A task to create, as the API and the CLI give it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +42,7 @@ pub struct NewTask {
     /// The configured default when omitted.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Higher runs first; between [`PRIORITY_MIN`] and [`PRIORITY_MAX`].
     #[serde(default)]
     pub priority: i64,
     /// Ids (or unique id prefixes) of tasks that must complete first.
@@ -87,20 +88,20 @@ impl From<&Config> for RetryPolicy {
 }
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest title, in characters.
+pub const TITLE_MAX_CHARS: usize = 500;
+/// Range of a task's priority.
+pub const PRIORITY_MIN: i64 = -1000;
+pub const PRIORITY_MAX: i64 = 1000;
 const TASK_COLUMNS: &str =
     "id, title, prompt, repo, profile, workflow, verify, max_attempts, attempts, \
      priority, state, wake_at, created_at, updated_at, version";
 
 impl Store {
     /// Creates a task in `created`, with its dependencies, its first log entry and an outbox row.
-    pub async fn create_task(
-        &self,
-        new: NewTask,
-        defaults: &TaskDefaults,
-        actor: &str,
-    ) -> Result<Task> {
+    pub async fn create_task(&self, new: NewTask, config: &Config, actor: &str) -> Result<Task> {
         let mut tx = self.write().await?;
-        let task = create_in_tx(&mut tx, new, defaults, actor).await?;
+        let task = create_in_tx(&mut tx, new, config, actor).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -110,12 +111,12 @@ impl Store {
     pub async fn create_tasks(
         &self,
         batch: Vec<(NewTask, String)>,
-        defaults: &TaskDefaults,
+        config: &Config,
     ) -> Result<Vec<Task>> {
         let mut tx = self.write().await?;
         let mut created = Vec::with_capacity(batch.len());
         for (new, actor) in batch {
-            created.push(create_in_tx(&mut tx, new, defaults, &actor).await?);
+            created.push(create_in_tx(&mut tx, new, config, &actor).await?);
         }
         tx.commit().await?;
         Ok(created)
@@ -392,12 +393,37 @@ impl Store {
 async fn create_in_tx(
     tx: &mut Writing,
     new: NewTask,
-    defaults: &TaskDefaults,
+    config: &Config,
     actor: &str,
 ) -> Result<Task> {
+    let defaults = &config.tasks;
     let title = new.title.trim().to_string();
     if title.is_empty() {
         return Err(invalid("title", "must not be empty"));
+    }
+    let length = title.chars().count();
+    if length > TITLE_MAX_CHARS {
+        return Err(invalid(
+            "title",
+            format!("must be at most {TITLE_MAX_CHARS} characters, got {length}"),
+        ));
+    }
+    if let Some(c) = title.chars().find(|c| c.is_control()) {
+        return Err(invalid(
+            "title",
+            format!("must be one line of text without control characters, got {c:?}"),
+        ));
+    }
+    for (field, text) in [
+        ("prompt", &new.prompt),
+        ("repo", &new.repo),
+        ("verify", &new.verify),
+        ("profile", &new.profile),
+        ("workflow", &new.workflow),
+    ] {
+        if text.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Err(invalid(field, "must not contain NUL characters"));
+        }
     }
     let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
     if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
@@ -406,9 +432,19 @@ async fn create_in_tx(
             format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"),
         ));
     }
+    if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&new.priority) {
+        return Err(invalid(
+            "priority",
+            format!("must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {}", new.priority),
+        ));
+    }
     let profile = new.profile.unwrap_or_else(|| defaults.profile.clone());
-    if profile.trim().is_empty() {
-        return Err(invalid("profile", "must not be empty"));
+    if !config.profiles.contains_key(&profile) {
+        return Err(invalid("profile", unknown("profile", &profile, config.profiles.keys())));
+    }
+    if let Some(workflow) = new.workflow.as_deref().filter(|w| !config.workflows.contains_key(*w))
+    {
+        return Err(invalid("workflow", unknown("workflow", workflow, config.workflows.keys())));
     }
     let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
     let repo =
@@ -808,6 +844,12 @@ pub(super) async fn load_task(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Re
 
 pub(super) fn parse_id(text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// "unknown profile `x`; configured: a, b".
+fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    format!("unknown {what} `{name}`; configured: {}", known.join(", "))
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
