@@ -372,9 +372,7 @@ impl Backend {
     async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
         match self {
             Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
-            Backend::Local { store, config } => {
-                Ok(store.create_task(new, config, "cli").await?)
-            }
+            Backend::Local { store, config } => Ok(store.create_task(new, config, "cli").await?),
         }
     }
 

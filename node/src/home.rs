@@ -46,7 +46,9 @@ impl Home {
         let mode = std::fs::metadata(&self.root)?.permissions().mode() & 0o777;
         if mode != 0o700 {
             std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("cannot make ccm home {} private (mode 700)", self.root.display()))?;
+                .with_context(|| {
+                    format!("cannot make ccm home {} private (mode 700)", self.root.display())
+                })?;
         }
         Ok(())
     }

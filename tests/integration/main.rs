@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod durability;
+mod hardening;
 mod hooks;
 mod init;
 mod runtime;

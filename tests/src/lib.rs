@@ -146,6 +146,22 @@ impl TestHome {
         command
     }
 
+    /// [`TestHome::ccm`] run through `sh -c 'SETUP; exec ccm ...'`, for limits a process
+    /// inherits (`umask 000`, `ulimit -n 256`).
+    pub fn ccm_after(&self, setup: &str) -> Command {
+        let ccm = self.ccm();
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("{setup}; exec \"$0\" \"$@\"")).arg(ccm.get_program());
+        for (name, value) in ccm.get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        command.current_dir(self.work());
+        command
+    }
+
     /// Runs `ccm ARGS` and returns its output, whatever the exit code.
     pub fn run(&self, args: &[&str]) -> Output {
         self.ccm().args(args).output().expect("ccm runs")
@@ -176,14 +192,19 @@ impl TestHome {
 
     /// Starts `ccm up` after `configure` adjusted the command (extra environment, ...).
     pub fn start_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = self.ccm();
+        configure(&mut command);
+        self.start_command(command)
+    }
+
+    /// Starts `command` (a `ccm` command of this home) with `up`, and waits until it answers.
+    pub fn start_command(&self, mut command: Command) -> Daemon {
         let log_path = self.dir.path().join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = self.ccm();
         command.arg("up").env("CCM_LOG", "info").stdout(Stdio::null()).stderr(log);
-        configure(&mut command);
         let child = command.spawn().expect("ccm up starts");
         let pid = child.id();
         let http = reqwest::Client::builder().no_proxy().build().expect("client");

@@ -58,8 +58,8 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         backoff = BACKOFF.0;
-        let connection = http
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // Errors are the client's (it went away, or sent its headers too slowly).

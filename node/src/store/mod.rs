@@ -165,7 +165,8 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let mut writer = options.connect().await.map_err(|e| open_error(e.to_string()))?;
-        crate::home::private_database(path).map_err(|e| open_error(format!("cannot make it private (mode 600): {e}")))?;
+        crate::home::private_database(path)
+            .map_err(|e| open_error(format!("cannot make it private (mode 600): {e}")))?;
         ccm_schema::MIGRATOR
             .run(&mut writer)
             .await

@@ -442,8 +442,7 @@ async fn create_in_tx(
     if !config.profiles.contains_key(&profile) {
         return Err(invalid("profile", unknown("profile", &profile, config.profiles.keys())));
     }
-    if let Some(workflow) = new.workflow.as_deref().filter(|w| !config.workflows.contains_key(*w))
-    {
+    if let Some(workflow) = new.workflow.as_deref().filter(|w| !config.workflows.contains_key(*w)) {
         return Err(invalid("workflow", unknown("workflow", workflow, config.workflows.keys())));
     }
     let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
