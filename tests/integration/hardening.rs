@@ -3,9 +3,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ccm_tests::{open_db, wait_until, TestHome};
+use ccm_tests::{open_db, TestHome};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,8 +26,18 @@ async fn empty_or_short_token_stops_the_daemon_and_fails_doctor() {
     let auth = home.home().join("auth.json");
     for token in ["", "x", &"a".repeat(63)] {
         std::fs::write(&auth, json!({ "token": token }).to_string()).unwrap();
-        let up = home.ccm().arg("up").output().unwrap();
-        assert!(!up.status.success(), "the daemon started with token {token:?}");
+        let mut up = home.ccm().arg("up").stderr(Stdio::piped()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                up.kill().unwrap();
+                up.wait().unwrap();
+                panic!("the daemon started with token {token:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let up = up.wait_with_output().unwrap();
+        assert!(!up.status.success());
         let message = stderr(&up);
         assert!(message.contains("auth.json"), "{message}");
         assert!(message.contains("at least 64"), "{message}");
@@ -229,15 +240,14 @@ async fn large_batch_is_written_in_groups_that_other_writers_interleave() {
     let batch = tokio::spawn(request.send());
     // Part of the batch is committed before the rest: another writer gets in meanwhile.
     let mut partial = false;
-    let partly = wait_until(Duration::from_secs(60), || {
-        let home = &home;
-        async move { (1..EVENTS).contains(&hook_rows(home).await) }
-    })
-    .await;
-    if partly {
-        let (status, _) = daemon.post("/api/tasks", json!({ "title": "between groups" })).await;
-        assert_eq!(status, 201);
-        partial = true;
+    while !batch.is_finished() {
+        if (1..EVENTS).contains(&hook_rows(&home).await) {
+            let (status, _) = daemon.post("/api/tasks", json!({ "title": "between groups" })).await;
+            assert_eq!(status, 201);
+            partial = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let response = batch.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
