@@ -1,7 +1,7 @@
 //! `ccm hook [--agent claude|gemini|codex] [PAYLOAD]`: the command form of ccm's hooks.
 //!
 //! It reads the event (stdin for Claude Code and Gemini CLI; the last argument for Codex's
-//! `notify`), tags it with `CCM_AGENT_ID`/`CCM_TASK_ID`, and stores it durably by the first
+//! `notify`), tags it with the agent's credential (`CCM_AGENT_TOKEN`), and stores it durably by the first
 //! path that works: the daemon's API, else SQLite directly (daemon down), else a spool file
 //! (database busy). Whatever happens to ccm it exits 0, printing on stdout only a decision in
 //! the CLI's JSON format when a policy decided one; problems go to `~/.ccm-global/logs/hook.log`.
@@ -40,10 +40,7 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
     };
     let event = HookEvent::parse(system, &bytes);
     let key = Uuid::now_v7().to_string(); // time-ordered: appended to the key index
-    let origin = Origin {
-        agent_id: std::env::var("CCM_AGENT_ID").ok(),
-        task_id: std::env::var("CCM_TASK_ID").ok(),
-    };
+    let origin = Origin { agent_token: std::env::var("CCM_AGENT_TOKEN").ok() };
     let mut notes: Vec<String> = event.problem.iter().cloned().collect();
 
     let output = match through_daemon(home, &event, &key, &origin).await {
@@ -132,11 +129,8 @@ async fn through_daemon(
         .header(HOST, &daemon.addr)
         .header(AUTHORIZATION, format!("Bearer {token}"))
         .header(CONTENT_TYPE, "application/json");
-    if let Some(agent) = &origin.agent_id {
-        request = request.header("x-ccm-agent-id", agent);
-    }
-    if let Some(task) = &origin.task_id {
-        request = request.header("x-ccm-task-id", task);
+    if let Some(token) = &origin.agent_token {
+        request = request.header("x-ccm-agent-token", token);
     }
     let request = request.body(Full::new(hyper::body::Bytes::from(serde_json::to_vec(event)?)))?;
     let exchange = async {
