@@ -809,3 +809,94 @@ async fn write_ahead_log_is_checkpointed_and_restarted_while_the_daemon_writes()
     let notifications = stored(&home).await.into_iter().filter(|r| r.1 == "Notification");
     assert_eq!(notifications.count(), 3000);
 }
+
+/// Waits up to `limit` for the child to exit; kills it and fails the test past that.
+fn wait_or_kill(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} still waited after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A hung daemon holds a tool call no approval rule names only briefly: the hook then stores
+/// the event itself and lets the agent go on.
+#[tokio::test]
+async fn gate_without_an_approval_rule_does_not_wait_for_a_hung_daemon() {
+    let home = TestHome::new("hook-hung");
+    let daemon = home.start();
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let write = claude(
+        "PreToolUse",
+        json!({"tool_name": "Write", "tool_input": {"file_path": "/tmp/x/a.rs", "content": "x"}}),
+    );
+    let mut child = home
+        .ccm()
+        .args(["hook", "--agent", "claude"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(write.to_string().as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let out = wait_or_kill(child, Duration::from_secs(15), "ccm hook");
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    assert_eq!(
+        stored(&home).await,
+        [("claude".into(), "PreToolUse".into(), "pre_tool".into(), "direct".into())]
+    );
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(log.contains("no answer within 2s"), "{log}");
+}
+
+/// `ccm hook` exits 0 whatever happens to ccm, and says on stderr what it could not store:
+/// without a home, without an async runtime (no file descriptors left), and when no file can
+/// grow (a full disk), where it leaves no temporary spool file behind.
+#[tokio::test]
+async fn hook_exits_zero_and_says_what_it_lost_when_nothing_can_be_stored() {
+    let home = TestHome::new("hook-lost");
+    home.run_ok(&["task", "add", "makes the database"]);
+    let payload = claude("Stop", json!({"stop_hook_active": false})).to_string();
+    let run = |script: &str, configure: &dyn Fn(&mut std::process::Command)| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", script])
+            .arg(ccm_tests::ccm_bin())
+            .env("CCM_HOME", home.home())
+            .env_remove("CCM_AGENT_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
+        let out = wait_or_kill(child, Duration::from_secs(30), script);
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let hook = r#"exec "$0" hook --agent claude"#;
+
+    let (status, stderr) = run(hook, &|c| {
+        c.env_remove("HOME").env_remove("CCM_HOME");
+    });
+    assert!(status.success(), "no home: {status:?} {stderr}");
+    assert!(stderr.contains("the event is not stored"), "{stderr}");
+
+    let (status, stderr) = run(&format!("ulimit -n 4; {hook}"), &|_| {});
+    assert!(status.success(), "no runtime: {status:?} {stderr}");
+    assert!(stderr.contains("cannot start the async runtime"), "{stderr}");
+
+    let (status, stderr) = run(&format!("trap '' XFSZ; ulimit -f 0; {hook}"), &|_| {});
+    assert!(status.success(), "disk full: {status:?} {stderr}");
+    assert!(stderr.contains("event lost"), "{stderr}");
+    let spool = home.home().join("spool");
+    let left: Vec<_> = std::fs::read_dir(&spool).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{:?}", left.iter().map(|e| e.file_name()).collect::<Vec<_>>());
+}

@@ -132,6 +132,15 @@ pub fn needs_approval(
     })
 }
 
+/// Whether an approval rule may make this tool call wait while the agent's working directory
+/// is not known (`ccm hook`, before the daemon answers): every path written counts as outside
+/// the worktree.
+pub fn may_need_approval(approvals: &ApprovalConfig, event: &HookEvent) -> bool {
+    /// A directory no path is in.
+    const NOWHERE: &str = "\0";
+    needs_approval(approvals, event, Some(NOWHERE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
