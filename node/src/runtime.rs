@@ -548,6 +548,10 @@ impl Runtime {
             )));
         };
         let repo_path = PathBuf::from(&context.path);
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &repo_path)
+            .await
+            .map_err(|problem| Workspace::Retry(format!("cannot prepare the worktree: {problem}")))?
+            .worktree;
         let base = context.default_branch.clone().unwrap_or_else(|| "main".into());
         let short = task.short_id();
         let home = self.home.root().to_owned();
@@ -558,8 +562,6 @@ impl Runtime {
         let span = tracing::Span::current();
         let prepared = tokio::task::spawn_blocking(move || {
             let _job = span.enter();
-            let settings =
-                Config::load(&home, Some(&repo_for_job)).map(|c| c.worktree).unwrap_or_default();
             let prepared = worktree::prepare(&worktree::Spec {
                 repo: &repo_for_job,
                 base_branch: &base,
@@ -937,9 +939,10 @@ impl Runtime {
                 warn!(error = %e, "cannot remove ccm's hooks from the worktree");
             }
         }
-        let settings = Config::load(self.home.root(), Some(&saved.repo))
-            .map(|c| c.worktree)
-            .unwrap_or_default();
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &saved.repo)
+            .await
+            .map_err(|problem| anyhow::anyhow!("cannot clean the worktree up: {problem}"))?
+            .worktree;
         let outcome = tokio::task::spawn_blocking(move || {
             worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
         })

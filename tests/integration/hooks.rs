@@ -900,3 +900,67 @@ async fn hook_exits_zero_and_says_what_it_lost_when_nothing_can_be_stored() {
     let left: Vec<_> = std::fs::read_dir(&spool).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(left.is_empty(), "{:?}", left.iter().map(|e| e.file_name()).collect::<Vec<_>>());
 }
+
+/// A broken project config fails closed: the daemon keeps the last good one (pre-assigned
+/// files stay refused) and an alert names the file and the key; a process with no good one
+/// (the direct path, daemon down) refuses the write.
+#[tokio::test]
+async fn broken_project_config_keeps_the_last_good_ownership_and_raises_an_alert() {
+    let home = TestHome::new("hook-broken-config");
+    home.write_config(HOLDER_PROFILE);
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let config = repo.join(".ccm/config.yaml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let good = "ownership:\n  someone-else: ['src/**']\n";
+    std::fs::write(&config, good).unwrap();
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let mut daemon = home.start();
+    let task = home.run_json(&["task", "add", "writer", "--profile", "holder", "--repo", &repo])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let env = [("CCM_AGENT_TOKEN", token.as_str())];
+    let decision = |file: &str| {
+        let write = claude(
+            "PreToolUse",
+            json!({"cwd": repo, "tool_name": "Write", "tool_input": {"file_path": format!("{repo}/{file}"), "content": "x"}}),
+        );
+        let answer = hook_json(&home, "claude", &env, &write);
+        let output = &answer["hookSpecificOutput"];
+        (
+            output["permissionDecision"].as_str().unwrap_or("none").to_string(),
+            output["permissionDecisionReason"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (verdict, reason) = decision("src/a.rs");
+    assert_eq!(verdict, "deny", "{reason}");
+    assert!(reason.contains("pre-assigned to `someone-else`"), "{reason}");
+
+    std::fs::write(&config, format!("{good}ownrship: {{}}\n")).unwrap();
+    let (verdict, reason) = decision("src/b.rs");
+    assert_eq!(verdict, "deny", "the last good config still pre-assigns src/: {reason}");
+    assert!(reason.contains("pre-assigned to `someone-else`"), "{reason}");
+    let alerts = home.run_json(&["dump-state"])["alerts"].clone();
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["reason"] == "config_invalid")
+        .unwrap_or_else(|| panic!("no alert: {alerts:#}"));
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("app/.ccm/config.yaml")
+            && message.contains("ownrship")
+            && message.contains("last good configuration is kept"),
+        "{message}"
+    );
+
+    daemon.terminate(); // the hook writes the database itself, with no good config to keep
+    let (verdict, reason) = decision("src/c.rs");
+    assert_eq!(verdict, "deny", "{reason}");
+    assert!(reason.contains("ownrship") && reason.contains("writes are refused"), "{reason}");
+}

@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use ccm_schema::Timestamp;
+use ccm_schema::{Severity, Timestamp};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -194,10 +194,24 @@ async fn directly(
     received_at: Timestamp,
 ) -> anyhow::Result<Option<Value>> {
     let store = Store::open_existing(&home.db_file(), DIRECT_BUSY_TIMEOUT).await?;
-    let config = Config::load(home.root(), None).unwrap_or_default();
-    let policy = RetryPolicy::from(&config);
+    let loaded = Config::load(home.root(), None);
+    let policy = RetryPolicy::from(loaded.as_ref().unwrap_or(&Config::default()));
     let receipt = Receipt { key, origin, via: Via::Direct, received_at };
     let ingested = store.ingest_hook(event, &receipt, policy, true).await?;
+    let config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            // Fail closed: without the configuration nobody knows which approval rules apply.
+            let problem = format!("ccm's configuration does not load: {error}");
+            // The answer matters more than the alert, which the next hook raises if this one
+            // could not.
+            let _ = store.alert_once(None, Severity::Warning, "config_invalid", &problem).await;
+            let reason = format!(
+                "{problem}; the daemon is not running, so the tool call is refused until it is fixed"
+            );
+            return Ok(event.decision_output(false, &reason));
+        }
+    };
     let Some(task) = ingested.task else { return Ok(None) };
     if let Some(reason) = gate::check_ownership(&store, home, &task, event).await? {
         return Ok(event.decision_output(false, &reason));

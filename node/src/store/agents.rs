@@ -330,6 +330,29 @@ impl Store {
         Ok(())
     }
 
+    /// Raises an alert unless an open alert says the same (`reason` and `message`) already.
+    pub async fn alert_once(
+        &self,
+        task: Option<Uuid>,
+        severity: Severity,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let (open,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM alerts WHERE resolved_at IS NULL AND reason = ? AND message = ?)",
+        )
+        .bind(reason)
+        .bind(message)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !open {
+            raise_alert(&mut tx, task, severity, reason, message, None, Timestamp::now()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Remembers (or forgets, with `None`) the task's worktree as JSON.
     pub async fn set_worktree(
         &self,
