@@ -234,10 +234,12 @@ enum ContextCommand {
 }
 
 /// Runs `ccm hook`, which loads no configuration up front and never fails.
-pub async fn hook(HookArgs { agent, mut payload }: HookArgs) -> anyhow::Result<()> {
+pub async fn hook(HookArgs { agent, mut payload }: HookArgs) {
     let system = agent.and_then(|a| a.parse::<System>().ok());
-    crate::hooks::command::run(&Home::locate()?, system, payload.pop()).await;
-    Ok(())
+    match Home::locate() {
+        Ok(home) => crate::hooks::command::run(&home, system, payload.pop()).await,
+        Err(e) => eprintln!("ccm hook: {e:#}; the event is not stored"),
+    }
 }
 
 /// Parses the arguments and runs the command.
@@ -247,7 +249,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let project = project_root(&cwd);
     match cli.command {
         Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
-        Command::Hook(args) => return hook(args).await,
+        Command::Hook(args) => {
+            hook(args).await;
+            return Ok(());
+        }
         _ => {}
     }
     let config = Config::load(home.root(), project.as_deref())?;

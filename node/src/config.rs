@@ -320,6 +320,53 @@ pub enum Answer {
     Deny,
 }
 
+/// The last configuration that loaded with each project's layer, in this process.
+static LAST_GOOD: std::sync::Mutex<BTreeMap<PathBuf, Config>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The configuration with a project's layer, for the daemon and hooks (see [`load_checked`]).
+///
+/// When the project's `.ccm/config.yaml` (or another layer) no longer loads, the last good
+/// configuration this process loaded for the project is used, and an alert names the file and
+/// the key (once while it is open). When there is none, the error message is returned and the
+/// caller refuses what needs the configuration: a broken file never turns a policy off.
+pub async fn load_checked(
+    store: &crate::store::Store,
+    home: &Path,
+    project: &Path,
+) -> Result<Config, String> {
+    let (error, kept) = match load_or_last_good(home, project) {
+        (Ok(config), _) => return Ok(config),
+        (Err(error), kept) => (error, kept),
+    };
+    let file = project.join(".ccm").join("config.yaml");
+    let problem = format!("the configuration of {} does not load: {error}", file.display());
+    let (message, result) = match kept {
+        Some(config) => (format!("{problem}; the last good configuration is kept"), Ok(config)),
+        None => (problem.clone(), Err(problem)),
+    };
+    if let Err(e) =
+        store.alert_once(None, ccm_schema::Severity::Warning, "config_invalid", &message).await
+    {
+        tracing::warn!(error = %e, "cannot raise the alert about a broken configuration");
+    }
+    result
+}
+
+/// The configuration with `project`'s layer, and when it does not load, the last good one this
+/// process loaded for the project, if any.
+fn load_or_last_good(home: &Path, project: &Path) -> (Result<Config, ConfigError>, Option<Config>) {
+    let loaded = Config::load(home, Some(project));
+    let mut last = LAST_GOOD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &loaded {
+        Ok(config) => {
+            last.insert(project.to_path_buf(), config.clone());
+            (loaded, None)
+        }
+        Err(_) => (loaded, last.get(project).cloned()),
+    }
+}
+
 /// Where one layer of configuration came from.
 enum Layer {
     File(PathBuf),

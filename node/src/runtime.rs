@@ -502,9 +502,9 @@ impl Runtime {
             let policy = self.policy();
             let begun =
                 self.store.begin_attempt(task.id, &agent, &prompt, unrecorded.as_ref(), policy);
-            anyhow::Ok(begun.await?)
+            anyhow::Ok((begun.await?, agent.token))
         };
-        let (task, recorded) = match begun.await {
+        let ((task, recorded), token) = match begun.await {
             Ok(begun) => begun,
             Err(error) => {
                 // The attempt did not begin (the task may have been cancelled meanwhile), but
@@ -515,7 +515,7 @@ impl Runtime {
                 return Err(error);
             }
         };
-        self.launch(&task, &recorded, &profile, &prompt).await
+        self.launch(&task, &recorded, &token, &profile, &prompt).await
     }
 
     /// The directory the task's agents work in: its git worktree when it has a repository,
@@ -548,6 +548,10 @@ impl Runtime {
             )));
         };
         let repo_path = PathBuf::from(&context.path);
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &repo_path)
+            .await
+            .map_err(|problem| Workspace::Retry(format!("cannot prepare the worktree: {problem}")))?
+            .worktree;
         let base = context.default_branch.clone().unwrap_or_else(|| "main".into());
         let short = task.short_id();
         let home = self.home.root().to_owned();
@@ -558,8 +562,6 @@ impl Runtime {
         let span = tracing::Span::current();
         let prepared = tokio::task::spawn_blocking(move || {
             let _job = span.enter();
-            let settings =
-                Config::load(&home, Some(&repo_for_job)).map(|c| c.worktree).unwrap_or_default();
             let prepared = worktree::prepare(&worktree::Spec {
                 repo: &repo_for_job,
                 base_branch: &base,
@@ -614,15 +616,17 @@ impl Runtime {
             profile: profile.to_string(),
             dir: dir.to_string_lossy().into_owned(),
             cwd: cwd.to_string_lossy().into_owned(),
+            token: crate::store::new_agent_token()?,
         })
     }
 
     /// Opens the agent's tmux window; its output goes to `output.log` and its exit status to
-    /// `exit` in the agent's directory.
+    /// `exit` in the agent's directory. `token` is the agent's credential for its hook events.
     async fn launch(
         &self,
         task: &Task,
         agent: &Agent,
+        token: &str,
         profile: &Profile,
         prompt: &str,
     ) -> anyhow::Result<()> {
@@ -653,6 +657,7 @@ impl Runtime {
         env.extend([
             ("CCM_TASK_ID".to_string(), task.id.to_string()),
             ("CCM_AGENT_ID".to_string(), agent.id.to_string()),
+            ("CCM_AGENT_TOKEN".to_string(), token.to_string()),
             ("CCM_ATTEMPT".to_string(), task.attempts.to_string()),
             ("CCM_AGENT_DIR".to_string(), agent.dir.clone()),
             ("CCM_HOME".to_string(), self.home.root().to_string_lossy().into_owned()),
@@ -893,7 +898,7 @@ impl Runtime {
         tokio::fs::create_dir_all(&cwd).await?;
         let agent = self.new_agent(AgentKind::Supervisory, &profile_name, &cwd, &prompt).await?;
         let recorded = self.store.begin_review(task.id, &agent).await?;
-        self.launch(task, &recorded, &profile, &prompt).await
+        self.launch(task, &recorded, &agent.token, &profile, &prompt).await
     }
 
     /// The supervisory agent is gone: apply its verdict.
@@ -934,9 +939,10 @@ impl Runtime {
                 warn!(error = %e, "cannot remove ccm's hooks from the worktree");
             }
         }
-        let settings = Config::load(self.home.root(), Some(&saved.repo))
-            .map(|c| c.worktree)
-            .unwrap_or_default();
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &saved.repo)
+            .await
+            .map_err(|problem| anyhow::anyhow!("cannot clean the worktree up: {problem}"))?
+            .worktree;
         let outcome = tokio::task::spawn_blocking(move || {
             worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
         })

@@ -9,6 +9,8 @@
 //!   `tests/agent-clis/package.json` pins.
 //! - [`bench`]: numbers shared by the benchmarks.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
+//! - [`HOLDER_PROFILE`] and [`Api::agent_token`]: an agent that only holds its task, whose
+//!   hook credential a test uses to send events as that agent.
 
 pub mod bench;
 use std::path::{Path, PathBuf};
@@ -236,6 +238,11 @@ impl TestHome {
     }
 }
 
+/// Config of the agent profile `holder`: its agent writes its hook credential
+/// (`CCM_AGENT_TOKEN`) to `token` in its directory and sleeps, so that a test can send hook
+/// events as that agent (see [`Api::agent_token`]).
+pub const HOLDER_PROFILE: &str = "profiles:\n  holder:\n    command: [sh, -c, 'printf %s \"$CCM_AGENT_TOKEN\" > \"$CCM_AGENT_DIR/token.tmp\" && mv \"$CCM_AGENT_DIR/token.tmp\" \"$CCM_AGENT_DIR/token\"; exec sleep 600']\n";
+
 /// An authenticated client of a daemon's API; cheap to clone into spawned tasks.
 #[derive(Clone)]
 pub struct Api {
@@ -258,6 +265,25 @@ impl Api {
     /// `POST` with the token and a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// The hook credential of the live agent of `task` (id), once that agent (of the
+    /// [`HOLDER_PROFILE`]) has written it.
+    pub async fn agent_token(&self, task: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, agents) = self.get("/api/agents").await;
+            let live = agents.as_array().into_iter().flatten().find(|a| {
+                a["task_id"] == task && matches!(a["status"].as_str(), Some("starting" | "running"))
+            });
+            if let Some(dir) = live.and_then(|a| a["dir"].as_str()) {
+                if let Ok(token) = std::fs::read_to_string(Path::new(dir).join("token")) {
+                    return token;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agent of task {task} wrote its token: {agents}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {

@@ -18,7 +18,9 @@
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
 //!
 //! Every `/api` route needs the bearer token; every route checks `Host` and `Origin`. The
-//! `X-Ccm-Actor` header names who acts (the CLI sends `cli`); it defaults to `api`.
+//! `X-Ccm-Actor` header names who acts, `cli` or `api` (the default); the names the node itself
+//! writes into the task log (`scheduler`, `runtime`, `hook`) cannot be claimed. A hook event is
+//! an agent's only with that agent's credential in `X-Ccm-Agent-Token`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,15 +130,20 @@ fn rejection_message(rejection: &JsonRejection) -> String {
         .unwrap_or(text)
 }
 
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-ccm-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .unwrap_or("api")
-        .chars()
-        .take(64)
-        .collect()
+/// The actors a client may name in `X-Ccm-Actor`.
+const ACTORS: [&str; 2] = ["api", "cli"];
+
+/// Who acts, as `X-Ccm-Actor` says: one of [`ACTORS`], `api` when absent.
+fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get("x-ccm-actor") else { return Ok("api".into()) };
+    match value.to_str().ok().filter(|v| ACTORS.contains(v)) {
+        Some(actor) => Ok(actor.to_string()),
+        None => Err(ApiError::BadRequest(format!(
+            "x-ccm-actor: must be one of {}, got `{}`",
+            ACTORS.join(", "),
+            String::from_utf8_lossy(value.as_bytes()).chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
@@ -165,7 +172,7 @@ async fn create_task(
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let task = state.creations.submit((new, actor(&headers))).await?;
+    let task = state.creations.submit((new, actor(&headers)?)).await?;
     state.metrics.tasks_created.inc();
     state.wake_scheduler();
     Ok((StatusCode::CREATED, Json(task)))
@@ -196,7 +203,7 @@ async fn task_event(
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
     let policy = RetryPolicy::from(&*state.config);
     let (task, _runtime_effects) =
-        state.store.apply_event(&id, event, &reason, &actor(&headers), policy).await?;
+        state.store.apply_event(&id, event, &reason, &actor(&headers)?, policy).await?;
     state.metrics.count_event(event.name());
     state.wake();
     Ok(Json(task))
@@ -225,7 +232,7 @@ async fn add_dependencies(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Dependencies>,
 ) -> Result<Json<Task>, ApiError> {
-    let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)).await?;
+    let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)?).await?;
     state.wake_scheduler();
     Ok(Json(task))
 }
@@ -270,7 +277,7 @@ async fn hook(
         }
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };
+    let origin = Origin { agent_token: header("x-ccm-agent-token") };
     // Time-ordered, so that new keys append to the unique index instead of splitting its pages.
     let key = query.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let batch = header("content-type").is_some_and(|t| t.starts_with(NDJSON));
@@ -463,7 +470,8 @@ async fn answer_decision(
     ApiJson(body): ApiJson<AnswerBody>,
 ) -> Result<Json<ccm_schema::Decision>, ApiError> {
     let policy = RetryPolicy::from(&*state.config);
-    let decision = state.store.answer_decision(&id, &body.answer, &actor(&headers), policy).await?;
+    let decision =
+        state.store.answer_decision(&id, &body.answer, &actor(&headers)?, policy).await?;
     state.decisions.notify_waiters();
     state.wake();
     Ok(Json(decision))

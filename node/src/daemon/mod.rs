@@ -169,6 +169,12 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let scheduler = Scheduler {
         store: store.clone(),
         slots: config.scheduler.slots,
+        external: config
+            .profiles
+            .iter()
+            .filter(|(_, p)| p.mode == crate::agents::profile::Mode::External)
+            .map(|(name, _)| name.clone())
+            .collect(),
         tick: Duration::from_millis(config.scheduler.tick_ms),
         policy: RetryPolicy::from(&*config),
         wake: scheduler_wake,

@@ -202,11 +202,18 @@ impl Store {
 
     /// One pass of the scheduler: blocks tasks whose dependencies failed, wakes tasks whose
     /// retry or quota wait is over, and admits waiting tasks by priority while agent slots are
-    /// free. Returns how many tasks changed state.
-    pub async fn schedule(&self, slots: u32, policy: RetryPolicy) -> Result<usize> {
+    /// free. Tasks of the `external` profiles (no runtime runs them) hold no slot. Returns how
+    /// many tasks changed state.
+    pub async fn schedule(
+        &self,
+        slots: u32,
+        external: &[String],
+        policy: RetryPolicy,
+    ) -> Result<usize> {
         const ACTOR: &str = "scheduler";
         let now = Timestamp::now();
-        if !self.schedule_needed(slots, now).await? {
+        let external = serde_json::to_string(external).unwrap_or_default();
+        if !self.schedule_needed(slots, &external, now).await? {
             return Ok(0); // the common case under load: nothing can move, so no write lock
         }
         let mut tx = self.write().await?;
@@ -260,9 +267,10 @@ impl Store {
         }
 
         let (busy,): (i64,) = sqlx::query_as(&format!(
-            "SELECT count(*) FROM tasks WHERE state IN ({})",
+            "SELECT count(*) FROM tasks WHERE state IN ({}) AND profile NOT IN (SELECT value FROM json_each(?))",
             slot_holding_states()
         ))
+        .bind(&external)
         .fetch_one(&mut *tx)
         .await?;
         let mut free = i64::from(slots).saturating_sub(busy);
@@ -318,7 +326,7 @@ impl Store {
     }
 
     /// Whether a scheduler pass would change anything, asked of a reader.
-    async fn schedule_needed(&self, slots: u32, now: Timestamp) -> Result<bool> {
+    async fn schedule_needed(&self, slots: u32, external: &str, now: Timestamp) -> Result<bool> {
         let (needed,): (bool,) = sqlx::query_as(&format!(
             r#"
             SELECT EXISTS (
@@ -328,7 +336,8 @@ impl Store {
                        CROSS JOIN tasks t ON t.id = d.task_id
                        WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created')
                 OR EXISTS (SELECT 1 FROM tasks WHERE state = 'retry' AND wake_at <= ?1)
-                OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})) < ?2
+                OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})
+                       AND profile NOT IN (SELECT value FROM json_each(?3))) < ?2
                     AND (EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting_quota' AND wake_at <= ?1)
                          OR EXISTS (
                              SELECT 1 FROM tasks t WHERE t.state = 'created' AND NOT EXISTS (
@@ -339,6 +348,7 @@ impl Store {
         ))
         .bind(now)
         .bind(slots)
+        .bind(external)
         .fetch_one(&self.readers)
         .await?;
         Ok(needed)
@@ -595,6 +605,9 @@ pub(super) async fn apply_in_tx(
         if task.state == TaskState::Blocked && step.to != TaskState::Blocked {
             close_decisions(tx, id, event.name(), actor, now).await?;
         }
+        if task.state == TaskState::Executing && step.to != TaskState::Executing {
+            end_open_attempt(tx, id, &event, now).await?;
+        }
         append_log(tx, id, now, Some(task.state), step.to, &reason, actor).await?;
         task.state = step.to;
     }
@@ -670,6 +683,33 @@ pub(super) async fn ask_decision(
     .await?;
     outbox(tx, "decision", &id.to_string(), &decision, true).await?;
     Ok(decision)
+}
+
+/// Ends the task's open attempt, if one is still open, with the outcome `event` gives it: every
+/// move out of `executing` ends the attempt in its transaction. (The runtime's
+/// [`Store::end_attempt`] ends it first, with what it learned of the run.)
+async fn end_open_attempt(
+    tx: &mut Writing,
+    task: Uuid,
+    event: &TaskEvent,
+    now: Timestamp,
+) -> Result<()> {
+    let outcome = match event {
+        TaskEvent::VerifyPassed => "success".to_string(),
+        TaskEvent::Failed { class } => class.to_string(),
+        TaskEvent::QuotaExhausted { .. } => "quota".to_string(),
+        TaskEvent::Cancel => "cancelled".to_string(),
+        other => other.name().to_string(),
+    };
+    sqlx::query(
+        "UPDATE attempts SET ended_at = ?, outcome = ? WHERE task_id = ? AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(outcome)
+    .bind(task.hyphenated())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Answers the task's pending retry-or-cancel decisions with what the operator did instead.
