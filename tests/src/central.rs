@@ -230,10 +230,12 @@ impl Postgres {
         let database = format!("ccm_test_{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let admin = Postgres { cluster: Cluster::shared(), database: "postgres".into() };
         admin.query(&format!("create database {database} template ccm_schema"));
-        let pg = Postgres { database, ..admin };
-        // Settings of a database (the search path) are not copied from its template.
-        pg.apply(&supabase_dir().join("bootstrap.sql"));
-        pg
+        // A database's settings are not copied from its template: the bootstrap's search path
+        // again (not the whole bootstrap, whose role changes would race between tests).
+        admin.query(&format!(
+            "alter database {database} set search_path = \"$user\", public, extensions"
+        ));
+        Postgres { database, ..admin }
     }
 
     /// The TCP port on 127.0.0.1 (the socket in [`Postgres::socket_dir`] has the same number).
