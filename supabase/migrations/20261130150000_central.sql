@@ -749,3 +749,7 @@ select t.system_id, s.name as system_name,
 
 grant select on api.fleet_systems, api.fleet_tasks, api.tasks_by_state, api.open_alerts,
   api.daily_cost to authenticated;
+
+-- Whatever default privileges a project has (Supabase grants `anon` a lot in `public`), `anon`
+-- gets nothing here.
+revoke all on all tables in schema private, api from anon;

@@ -289,3 +289,15 @@ async fn one_bad_item_is_rejected_with_its_key_and_reason_while_the_rest_apply()
         "0"
     );
 }
+
+#[tokio::test]
+async fn a_central_that_was_down_answers_again_with_its_data() {
+    let mut central = Central::start();
+    let a = enroll(&central, SYSTEM_A, OPERATOR_1, "alpha").await;
+    central.stop_rest();
+    let refused = central.http.get(central.rest_url()).send().await;
+    assert!(refused.is_err(), "postrust still answers: {refused:?}");
+    central.start_rest();
+    let (status, systems) = central.get(Some(&a), "fleet_systems?select=name").await;
+    assert_eq!((status, systems), (200, json!([{ "name": "alpha" }])));
+}

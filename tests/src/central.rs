@@ -1,5 +1,5 @@
 //! A real central for the tests: PostgreSQL 15 with the `supabase/` schema, and the
-//! PostgREST-compatible `postrust` in front of it, both started by the test and torn down on drop.
+//! PostgREST-compatible `postrust` in front of it, both started by the tests themselves.
 //!
 //! - [`Postgres`]: a database of a private cluster in a temp dir (run as an unprivileged OS user
 //!   when the tests run as root, since PostgreSQL refuses root), reached over a socket in that
@@ -336,7 +336,8 @@ pub struct Central {
 }
 
 impl Central {
-    /// A fresh cluster, the bootstrap and the migrations, and postrust ready to answer.
+    /// A fresh database with the bootstrap and the migrations applied, and postrust in front of
+    /// it, ready to answer; postrust is killed when dropped.
     pub fn start() -> Central {
         let pg = Postgres::with_schema();
         let rest_log = pg.socket_dir().join(format!("postrust-{}.log", pg.database));
