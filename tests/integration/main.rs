@@ -2,6 +2,7 @@
 //! files and real git repositories in temporary directories.
 
 mod api;
+mod central;
 mod config;
 mod durability;
 mod hardening;

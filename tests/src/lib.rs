@@ -8,11 +8,14 @@
 //! - [`agent_cli`]: the real Claude Code, Gemini CLI or Codex, installed from npm at the versions
 //!   `tests/agent-clis/package.json` pins.
 //! - [`bench`]: numbers shared by the benchmarks.
+//! - [`central`]: a real central (PostgreSQL 15 with `supabase/`, postrust in front), for the
+//!   central schema's tests and the sync engine's.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 //! - [`HOLDER_PROFILE`] and [`Api::agent_token`]: an agent that only holds its task, whose
 //!   hook credential a test uses to send events as that agent.
 
 pub mod bench;
+pub mod central;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
