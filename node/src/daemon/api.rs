@@ -335,11 +335,16 @@ async fn store_and_answer(
     let asked: Vec<_> = jobs.iter().map(|job| (Arc::clone(&job.event), job.ask_human)).collect();
     // A large batch is written in groups, one after the other, so that other writers (task
     // creations, other agents' hooks) get the writer between two groups.
-    let mut ingested = Vec::with_capacity(jobs.len());
-    let mut jobs = jobs.into_iter().peekable();
-    while jobs.peek().is_some() {
-        let group: Vec<HookJob> = jobs.by_ref().take(HOOK_GROUP).collect();
-        ingested.extend(state.hooks.submit(group).await?);
+    let (mut group, mut ingested) = (jobs, Vec::new());
+    while !group.is_empty() {
+        let rest = group.split_off(group.len().min(HOOK_GROUP));
+        let done = state.hooks.submit(group).await?;
+        if ingested.is_empty() {
+            ingested = done;
+        } else {
+            ingested.extend(done);
+        }
+        group = rest;
     }
     let mut answers = Vec::with_capacity(asked.len());
     for ((event, ask_human), ingested) in asked.into_iter().zip(ingested) {
