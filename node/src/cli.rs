@@ -19,7 +19,7 @@ use crate::home::Home;
 use crate::hooks::event::System;
 use crate::status::{StateDump, Status};
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, Store, StoredHookEvent, TaskDetail, TaskFilter,
+    ContextProbe, NewTask, RetryPolicy, Store, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
 };
 
 #[derive(Debug, Parser)]
@@ -243,6 +243,16 @@ pub async fn hook(HookArgs { agent, mut payload }: HookArgs) -> anyhow::Result<(
 /// Parses the arguments and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate()?;
+    let db = home.db_file();
+    command(cli, home).await.map_err(|error| match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Busy | StoreError::DiskFull) => {
+            anyhow::anyhow!("cannot write {}: {error}", db.display())
+        }
+        _ => error,
+    })
+}
+
+async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let project = project_root(&cwd);
     match cli.command {
@@ -300,7 +310,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { file } => {
             let store = open_store(&home, &config).await?;
             store.backup(&file).await?;
-            let copy = Store::open(&file, "backup").await?;
+            let copy = Store::open_existing(&file, std::time::Duration::from_secs(10)).await?;
             let check = copy.integrity_check().await?;
             copy.close().await;
             anyhow::ensure!(

@@ -7,4 +7,5 @@ mod durability;
 mod hooks;
 mod init;
 mod runtime;
+mod startup;
 mod tasks;

@@ -24,6 +24,12 @@ pub enum ApiError {
     /// The request conflicts with the stored state (illegal transition, dependency cycle).
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
+    /// Another process holds the database's write lock.
+    #[error("{0}")]
+    Busy(String),
+    /// No space left for the database (the message names its path).
+    #[error("{0}")]
+    DiskFull(String),
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -37,6 +43,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -48,6 +56,8 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { code, .. } => code,
+            ApiError::Busy(_) => "busy",
+            ApiError::DiskFull(_) => "disk_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -83,6 +93,8 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(_) => {
                 ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
             }
+            StoreError::Busy => ApiError::Busy(error.to_string()),
+            StoreError::DiskFull => ApiError::DiskFull(error.to_string()),
             StoreError::Open { .. }
             | StoreError::Closed
             | StoreError::Backup { .. }
