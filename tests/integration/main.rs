@@ -9,3 +9,4 @@ mod init;
 mod runtime;
 mod startup;
 mod tasks;
+mod worktree_hooks;
