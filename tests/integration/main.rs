@@ -6,6 +6,7 @@ mod config;
 mod durability;
 mod hooks;
 mod init;
+mod messages;
 mod runtime;
 mod startup;
 mod tasks;

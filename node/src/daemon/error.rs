@@ -81,9 +81,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::TaskNotFound(_) | StoreError::ContextNotFound(_) => {
-                ApiError::NotFound(error.to_string())
-            }
+            StoreError::TaskNotFound(_)
+            | StoreError::ContextNotFound(_)
+            | StoreError::DecisionNotFound(_) => ApiError::NotFound(error.to_string()),
             StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => {
                 ApiError::BadRequest(error.to_string())
             }
@@ -96,6 +96,7 @@ impl From<StoreError> for ApiError {
             StoreError::Busy => ApiError::Busy(error.to_string()),
             StoreError::DiskFull => ApiError::DiskFull(error.to_string()),
             StoreError::Open { .. }
+            | StoreError::NotADatabase { .. }
             | StoreError::Closed
             | StoreError::Backup { .. }
             | StoreError::Database(_) => ApiError::Internal(error.to_string()),

@@ -52,12 +52,18 @@ pub enum StoreError {
     /// The database file cannot be opened or migrated.
     #[error("cannot open database {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// The file is not an SQLite database (an empty file included).
+    #[error("{} is not a database ({detail}); restore the newest `ccm backup` copy over it, or move it away to start with an empty database", path.display())]
+    NotADatabase { path: PathBuf, detail: String },
     /// No task has this id or id prefix.
     #[error("no task matches `{0}`")]
     TaskNotFound(String),
     /// An id prefix matches more than one task.
     #[error("task id `{prefix}` is ambiguous: it matches {matches}")]
     Ambiguous { prefix: String, matches: String },
+    /// No decision has this id or id prefix.
+    #[error("no decision matches `{0}`")]
+    DecisionNotFound(String),
     /// No context has this id or path.
     #[error("no context matches `{0}`")]
     ContextNotFound(String),
@@ -79,20 +85,31 @@ pub enum StoreError {
     /// Another process held the write lock for longer than the busy timeout.
     #[error("database busy: another process has held its write lock too long; try again")]
     Busy,
-    /// The disk holding the database is full.
-    #[error("disk full: the database cannot grow")]
+    /// The disk holding the database is full (or the file may not grow).
+    #[error("disk full (or a write error): the database cannot grow")]
     DiskFull,
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }
 
+/// SQLite's primary result code of a database error: the low byte of the extended one sqlx
+/// reports.
+fn sqlite_code(error: &sqlx::Error) -> Option<i32> {
+    extended_code(error).map(|code| code & 0xff)
+}
+
+fn extended_code(error: &sqlx::Error) -> Option<i32> {
+    error.as_database_error()?.code()?.parse().ok()
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        // SQLite's primary result code is the low byte of the extended one sqlx reports.
-        let code = error.as_database_error().and_then(|e| e.code()?.parse::<i32>().ok());
-        match code.map(|c| c & 0xff) {
-            Some(5 | 6) => StoreError::Busy,  // SQLITE_BUSY, SQLITE_LOCKED
-            Some(13) => StoreError::DiskFull, // SQLITE_FULL
+        match sqlite_code(&error) {
+            Some(5 | 6) => StoreError::Busy, // SQLITE_BUSY, SQLITE_LOCKED
+            // SQLITE_FULL; a write that failed for want of room without ENOSPC (a file size
+            // limit, a quota) comes as SQLITE_IOERR_WRITE.
+            Some(13) => StoreError::DiskFull,
+            _ if extended_code(&error) == Some(778) => StoreError::DiskFull,
             _ => StoreError::Database(error),
         }
     }
@@ -199,15 +216,20 @@ impl Store {
             // Waits show as errors; the SQL of a slow statement is not for the user's terminal.
             .disable_statement_logging();
         let set_up = SetUpLock::acquire(path).await.map_err(open_error)?;
+        let not_a_database = |detail: &str| StoreError::NotADatabase {
+            path: path.to_path_buf(),
+            detail: detail.into(),
+        };
         if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
             // A file being created is never seen here: its creator holds the set-up lock.
-            return Err(open_error(
-                "the file is empty, not a database; restore a `ccm backup` copy over it, or \
-                 delete it to start with an empty database"
-                    .into(),
-            ));
+            return Err(not_a_database("the file is empty"));
         }
-        let mut writer = options.connect().await.map_err(|e| open_error(e.to_string()))?;
+        let mut writer = options.connect().await.map_err(|e| match StoreError::from(e) {
+            StoreError::Database(e) if sqlite_code(&e) == Some(26) => {
+                not_a_database(&e.to_string())
+            }
+            e => open_error(e.to_string()),
+        })?;
         if migrations_pending(&mut writer).await? {
             ccm_schema::MIGRATOR
                 .run(&mut writer)
