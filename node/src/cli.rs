@@ -19,7 +19,7 @@ use crate::home::Home;
 use crate::hooks::event::System;
 use crate::status::{StateDump, Status};
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, Store, StoredHookEvent, TaskDetail, TaskFilter,
+    ContextProbe, NewTask, RetryPolicy, Store, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
 };
 
 #[derive(Debug, Parser)]
@@ -88,6 +88,7 @@ enum Command {
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
     Decide {
         /// Decision id (or unique prefix) to answer.
+        #[arg(value_parser = not_empty)]
         id: Option<String>,
         /// The answer: one of the decision's options.
         answer: Option<String>,
@@ -118,6 +119,7 @@ enum TaskCommand {
     /// Show a task and its log.
     Show {
         /// Task id or unique id prefix.
+        #[arg(value_parser = not_empty)]
         id: String,
         /// Show the task's hook events (its agents' timeline) instead.
         #[arg(long)]
@@ -127,18 +129,21 @@ enum TaskCommand {
     },
     /// Cancel a task.
     Cancel {
+        #[arg(value_parser = not_empty)]
         id: String,
         #[arg(long, default_value = "cancelled by the operator")]
         reason: String,
     },
     /// Run a blocked, failed, flagged or cancelled task again with a fresh attempt budget.
     Retry {
+        #[arg(value_parser = not_empty)]
         id: String,
         #[arg(long, default_value = "retried by the operator")]
         reason: String,
     },
     /// Make a waiting task depend on other tasks (a cycle is refused).
     Depend {
+        #[arg(value_parser = not_empty)]
         id: String,
         /// Tasks that must complete first.
         #[arg(long = "on", required = true, num_args = 1..)]
@@ -146,6 +151,7 @@ enum TaskCommand {
     },
     /// Print the output of the task's latest agent.
     Logs {
+        #[arg(value_parser = not_empty)]
         id: String,
         /// Keep printing as the agent writes, until it ends.
         #[arg(long, short)]
@@ -154,6 +160,7 @@ enum TaskCommand {
     /// Apply a state-machine event given as JSON, e.g. '{"event": "verify_passed"}'
     /// (for scripts and runners outside ccm).
     Event {
+        #[arg(value_parser = not_empty)]
         id: String,
         /// The event, as `{"event": NAME, ...fields}`.
         event: String,
@@ -216,9 +223,15 @@ enum AgentCommand {
         json: bool,
     },
     /// Attach this terminal to the agent's tmux window (detach with the tmux prefix, then d).
-    Attach { id: String },
+    Attach {
+        #[arg(value_parser = not_empty)]
+        id: String,
+    },
     /// Kill the agent's window; its attempt counts as a crash and is retried while attempts remain.
-    Kill { id: String },
+    Kill {
+        #[arg(value_parser = not_empty)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,7 +243,19 @@ enum ContextCommand {
     /// Register the checkout at PATH (default: the current directory).
     Add { path: Option<PathBuf> },
     /// Unregister a context by id, id prefix or path.
-    Remove { key: String },
+    Remove {
+        #[arg(value_parser = not_empty)]
+        key: String,
+    },
+}
+
+/// An id (or id prefix, or key) argument: an empty one would match everything or nothing.
+fn not_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("the id is empty; give an id or a unique id prefix".into())
+    } else {
+        Ok(value.to_string())
+    }
 }
 
 /// Runs `ccm hook`, which loads no configuration up front and never fails.
@@ -245,6 +270,16 @@ pub async fn hook(HookArgs { agent, mut payload }: HookArgs) {
 /// Parses the arguments and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate()?;
+    let db = home.db_file();
+    command(cli, home).await.map_err(|error| match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Busy | StoreError::DiskFull) => {
+            anyhow::anyhow!("cannot write {}: {error}", db.display())
+        }
+        _ => error,
+    })
+}
+
+async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let project = project_root(&cwd);
     match cli.command {
@@ -298,14 +333,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::DumpState { json } => {
             let store = open_store(&home, &config).await?;
-            let daemon = Client::connect(&home).await.map(|c| c.daemon);
+            let daemon = Client::connect(&home).await.ok().flatten().map(|c| c.daemon);
             let dump = StateDump::gather(&store, daemon).await?;
             print(json, &dump, show_dump)
         }
         Command::Backup { file } => {
             let store = open_store(&home, &config).await?;
             store.backup(&file).await?;
-            let copy = Store::open(&file, "backup").await?;
+            let copy = Store::open_existing(&file, std::time::Duration::from_secs(10)).await?;
             let check = copy.integrity_check().await?;
             copy.close().await;
             anyhow::ensure!(
@@ -358,7 +393,10 @@ enum Backend {
 
 impl Backend {
     async fn connect(home: &Home, config: &Config) -> anyhow::Result<Backend> {
-        match Client::connect(home).await {
+        let client = Client::connect(home)
+            .await
+            .map_err(|silent| anyhow::anyhow!("{silent}; {}", silent.fix()))?;
+        match client {
             Some(client) => Ok(Backend::Daemon(client)),
             None => Ok(Backend::Local {
                 store: open_store(home, config).await?,
@@ -630,7 +668,7 @@ async fn context(backend: Backend, command: ContextCommand, cwd: &Path) -> anyho
         ContextCommand::Add { path } => {
             let path = path.unwrap_or_else(|| cwd.to_path_buf());
             let path = std::fs::canonicalize(&path)
-                .with_context(|| format!("no such directory: {}", path.display()))?;
+                .with_context(|| format!("cannot use {} as a context", path.display()))?;
             let context = backend.add_context(&path).await?;
             println!("context {} registered: {}", short_id(&context.id), context.path);
             Ok(())

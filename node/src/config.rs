@@ -411,7 +411,23 @@ impl Config {
         for (name, workflow) in builtin_workflows() {
             config.workflows.entry(name).or_insert(workflow);
         }
-        config.validate()?;
+        config.validate().map_err(|error| match error {
+            // Named with the layer that set the key (the last one that does), and its value.
+            ConfigError::Invalid { key, message } => {
+                match layers.iter().rev().find_map(|l| Some((l, l.written(key)?))) {
+                    Some((layer, written)) => {
+                        let shown = if written.is_empty() {
+                            message
+                        } else {
+                            format!("{message} (it is `{written}`)")
+                        };
+                        layer.error(Some(key.to_string()), shown)
+                    }
+                    None => ConfigError::Invalid { key, message },
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -508,7 +524,47 @@ impl Layer {
         }
     }
 
+    /// The value this layer gives `key` (dotted), as written in the file or the variable (empty
+    /// for a list or a map); `None` when it does not set the key.
+    fn written(&self, key: &str) -> Option<String> {
+        match self {
+            Layer::File(path) => {
+                let text = std::fs::read_to_string(path).ok()?;
+                let docs = yaml_rust2::YamlLoader::load_from_str(&text).ok()?;
+                let mut node = docs.into_iter().next()?;
+                for part in key.split('.') {
+                    node = node.as_hash()?.get(&yaml_rust2::Yaml::String(part.into()))?.clone();
+                }
+                match node {
+                    yaml_rust2::Yaml::Real(text) | yaml_rust2::Yaml::String(text) => Some(text),
+                    yaml_rust2::Yaml::Integer(n) => Some(n.to_string()),
+                    yaml_rust2::Yaml::Boolean(b) => Some(b.to_string()),
+                    yaml_rust2::Yaml::Null => Some("null".into()),
+                    // A list or a map: set here, but no one value to show.
+                    _ => Some(String::new()),
+                }
+            }
+            Layer::Env(vars) => {
+                let wanted = format!("CCM_{}", key.replace('.', "__")).to_ascii_uppercase();
+                vars.iter()
+                    .find(|(name, _)| name.to_ascii_uppercase() == wanted)
+                    .map(|(_, v)| v.clone())
+            }
+        }
+    }
+
     fn error(&self, key: Option<String>, message: String) -> ConfigError {
+        // serde shows a number it could not take as the number it was converted to (a value
+        // beyond 64 bits as 18446744073709551615): show it as written.
+        let message = match (message.split_once(", expected "), key.as_deref()) {
+            (Some((found, expected)), Some(key)) if found.contains("integer `") => {
+                match self.written(key) {
+                    Some(written) => format!("`{written}` is out of range: expected {expected}"),
+                    None => message,
+                }
+            }
+            _ => message,
+        };
         match (self, key) {
             (Layer::File(path), Some(key)) => ConfigError::Key { path: path.clone(), key, message },
             (Layer::File(path), None) => ConfigError::File { path: path.clone(), message },

@@ -7,6 +7,7 @@ use std::process::Command;
 use crate::client::Client;
 use crate::config::Config;
 use crate::home::Home;
+use crate::store::StoreError;
 
 /// One check's outcome: a finding, and a fix when it failed.
 struct Check {
@@ -103,10 +104,19 @@ async fn database(home: &Home, config: &Config) -> Check {
                 )),
             }
         }
-        Err(e) => Err((
-            format!("{e:#}"),
-            format!("check that {} is writable and the disk has space", home.root().display()),
-        )),
+        Err(e) => match e.downcast_ref::<StoreError>() {
+            Some(StoreError::NotADatabase { path, detail }) => Err((
+                format!("{} is not a database ({detail})", path.display()),
+                format!(
+                    "stop the daemon and restore the newest `ccm backup` copy over it (cp BACKUP {}), or move it away to start with an empty database",
+                    path.display()
+                ),
+            )),
+            _ => Err((
+                format!("{e:#}"),
+                format!("check that {} is writable and the disk has space", home.root().display()),
+            )),
+        },
     };
     Check { name: "database", result }
 }
@@ -136,16 +146,18 @@ fn auth(home: &Home) -> Check {
 
 async fn port(home: &Home, config: &Config) -> Check {
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
-    let result = if let Some(client) = Client::connect(home).await {
-        Ok(format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid))
-    } else {
-        match std::net::TcpListener::bind(&addr) {
+    let result = match Client::connect(home).await {
+        Ok(Some(client)) => {
+            Ok(format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid))
+        }
+        Err(silent) => Err((silent.to_string(), silent.fix())),
+        Ok(None) => match std::net::TcpListener::bind(&addr) {
             Ok(_) => Ok(format!("{addr} is free; the daemon is not running (`ccm up` starts it)")),
             Err(e) => Err((
                 format!("cannot listen on {addr}: {e}"),
                 format!("stop the program using the port, or set daemon.port in {} (or CCM_DAEMON__PORT)", home.config_file().display()),
             )),
-        }
+        },
     };
     Check { name: "port", result }
 }

@@ -570,11 +570,32 @@ impl Runtime {
                 copy_files: &settings.copy_files,
                 setup: settings.setup.as_deref(),
             })?;
-            // Local hook settings are not committed, so the worktree gets ccm's hooks of its own.
-            if let Err(e) = crate::hooks::install::install(
-                &runtime.hook_options(&prepared.path, &crate::hooks::ccm_command()),
-            ) {
-                warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them");
+            // Local hook settings are not committed, so the worktree gets ccm's hooks of its own,
+            // kept out of the agent's commits whatever git command it runs.
+            let ccm = crate::hooks::ccm_command();
+            let options = runtime.hook_options(&prepared.path, &ccm);
+            match crate::hooks::install::install(&options) {
+                Ok(reports) => {
+                    let files: Vec<&Path> = reports
+                        .iter()
+                        .filter(|r| {
+                            use crate::hooks::install::Action;
+                            matches!(r.action, Action::Added | Action::AlreadyPresent)
+                        })
+                        .map(|r| r.file.as_path())
+                        .collect();
+                    if let Err(e) =
+                        worktree::keep_out_of_commits(&repo_for_job, &prepared.path, &files)
+                    {
+                        warn!(error = %e, "cannot keep ccm's hooks out of the worktree's commits; the agent runs without them");
+                        if let Err(e) = crate::hooks::install::uninstall(&options) {
+                            warn!(error = %e, "cannot remove ccm's hooks from the worktree");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them")
+                }
             }
             Ok::<_, worktree::WorktreeError>(prepared)
         })

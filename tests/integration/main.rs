@@ -8,5 +8,8 @@ mod durability;
 mod hardening;
 mod hooks;
 mod init;
+mod messages;
 mod runtime;
+mod startup;
 mod tasks;
+mod worktree_hooks;

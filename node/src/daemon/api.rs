@@ -74,9 +74,26 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(
             state.config.daemon.body_timeout_ms,
         )))
+        .layer(middleware::from_fn_with_state(state.clone(), settle_store))
         .layer(middleware::from_fn_with_state(state.clone(), super::metrics::count_request))
         .layer(middleware::from_fn_with_state(state.clone(), security::check_host_and_origin))
         .with_state(state)
+}
+
+/// Answers only once a write the handler refused or failed is rolled back, so that no other
+/// process waits for the daemon's write lock meanwhile; names the database when its disk is full.
+async fn settle_store(
+    State(state): State<AppState>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    state.store.settle().await;
+    if response.status() == StatusCode::INSUFFICIENT_STORAGE {
+        let path = state.store.path().display();
+        return ApiError::DiskFull(format!("disk full: cannot write {path}")).into_response();
+    }
+    response
 }
 
 /// `Json` of a JSON object (an array is refused, although serde reads a struct from one)

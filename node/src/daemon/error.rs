@@ -27,6 +27,12 @@ pub enum ApiError {
     /// The request conflicts with the stored state (illegal transition, dependency cycle).
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
+    /// Another process holds the database's write lock.
+    #[error("{0}")]
+    Busy(String),
+    /// No space left for the database (the message names its path).
+    #[error("{0}")]
+    DiskFull(String),
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -41,6 +47,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -53,6 +61,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::Conflict { code, .. } => code,
+            ApiError::Busy(_) => "busy",
+            ApiError::DiskFull(_) => "disk_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -76,9 +86,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::TaskNotFound(_) | StoreError::ContextNotFound(_) => {
-                ApiError::NotFound(error.to_string())
-            }
+            StoreError::TaskNotFound(_)
+            | StoreError::ContextNotFound(_)
+            | StoreError::DecisionNotFound(_) => ApiError::NotFound(error.to_string()),
             StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => {
                 ApiError::BadRequest(error.to_string())
             }
@@ -88,7 +98,10 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(_) => {
                 ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
             }
+            StoreError::Busy => ApiError::Busy(error.to_string()),
+            StoreError::DiskFull => ApiError::DiskFull(error.to_string()),
             StoreError::Open { .. }
+            | StoreError::NotADatabase { .. }
             | StoreError::Closed
             | StoreError::Backup { .. }
             | StoreError::Database(_) => ApiError::Internal(error.to_string()),
