@@ -165,8 +165,8 @@ enum TaskCommand {
 #[derive(Debug, Args)]
 struct AddArgs {
     title: String,
-    /// What the agent is asked to do (default: the title).
-    #[arg(long)]
+    /// What the agent is asked to do (default: the title); may begin with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Repository URL the task works in.
     #[arg(long)]

@@ -629,11 +629,13 @@ impl Runtime {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
+        let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
         let argv = profile.argv(&Placeholders {
             prompt,
             prompt_file: &prompt_file.to_string_lossy(),
             session_id: &session_id,
             cwd: &agent.cwd,
+            allowed_tools: &allowed_tools,
         });
         let script = match profile.mode {
             Mode::Headless => {
@@ -649,7 +651,13 @@ impl Runtime {
         let mut full =
             vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
         full.extend(argv);
-        let mut env: BTreeMap<String, String> = profile.env.clone();
+        // Every variable is given to the window: it would otherwise get the environment of
+        // whichever process started ccm's tmux server, not this daemon's.
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| !name.starts_with("TMUX"))
+            .collect();
+        env.extend(profile.env.clone());
         env.extend([
             ("CCM_TASK_ID".to_string(), task.id.to_string()),
             ("CCM_AGENT_ID".to_string(), agent.id.to_string()),
@@ -678,6 +686,16 @@ impl Runtime {
                 Err(error.into())
             }
         }
+    }
+
+    /// The tools the profile's agents may use without asking, as the task's project
+    /// configures them (`allowed_tools` in its `.ccm/config.yaml`), else as the profile says.
+    async fn allowed_tools(&self, task: &Task, name: &str, profile: &Profile) -> Vec<String> {
+        let saved = self.store.worktree(task.id).await.ok().flatten();
+        let repo = saved.and_then(|w| serde_json::from_value::<SavedWorktree>(w).ok());
+        repo.and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
+            .and_then(|config| config.profiles.get(name).map(|p| p.allowed_tools.clone()))
+            .unwrap_or_else(|| profile.allowed_tools.clone())
     }
 
     /// The worker is gone: a usage limit, a crash, or the verification gate.

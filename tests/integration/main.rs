@@ -2,6 +2,7 @@
 //! files and real git repositories in temporary directories.
 
 mod api;
+mod claude;
 mod config;
 mod durability;
 mod hooks;
