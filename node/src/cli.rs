@@ -904,6 +904,8 @@ fn show_dump(dump: &StateDump) {
             log: log.clone(),
             runs: Vec::new(),
             reports: Vec::new(),
+            cost_usd: 0.0,
+            tokens: Default::default(),
         });
         println!();
     }

@@ -47,6 +47,9 @@ const WINDOWS_EVERY: Duration = Duration::from_millis(500);
 /// How long an agent's window must stay missing (and no exit status appear) before the agent
 /// counts as vanished.
 const VANISHED_AFTER: Duration = Duration::from_secs(1);
+/// How long an agent whose own turn failed (its `StopFailure` hook moved the task on) may take
+/// to exit by itself before it is stopped.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// The agent runtime; cheap to clone (jobs hold a clone).
 #[derive(Clone)]
@@ -198,6 +201,11 @@ impl Runtime {
             read_output(&dir.join("output.log"), observed).await?;
             self.save_progress(agent, observed, true).await?;
             self.store.agent_ended(agent.id, AgentStatus::Exited, Some(code)).await?;
+            if let Some(until) = observed.summary.quota.as_ref().and_then(quota_until) {
+                // A hook may have moved the task to `waiting_quota` before the output said
+                // when the limit resets.
+                self.store.set_quota_reset(agent.task_id, agent.attempt, until).await?;
+            }
             info!(agent = %agent.short_id(), code, "agent exited");
             self.wake.notify_one();
             return Ok(());
@@ -211,6 +219,9 @@ impl Runtime {
                     AgentKind::Supervisory => t.state == TaskState::Supervisory,
                 }
         });
+        if !wanted && self.exiting_by_itself(agent, task).await? {
+            return Ok(());
+        }
         if !wanted {
             info!(agent = %agent.short_id(), "task no longer needs the agent; stopping it");
             return self.stop(agent, AgentStatus::Killed).await;
@@ -260,6 +271,28 @@ impl Runtime {
             self.store.alert_stalled(agent, silent.as_secs()).await?;
         }
         Ok(())
+    }
+
+    /// Whether the agent's task left `executing` a moment ago because of the agent's own failure
+    /// (its `StopFailure` hook moved it to `waiting_quota` or `retry`), so the agent is
+    /// exiting by itself and gets `EXIT_GRACE` to do so before it is stopped.
+    async fn exiting_by_itself(&self, agent: &Agent, task: Option<&Task>) -> anyhow::Result<bool> {
+        if agent.kind != AgentKind::Worker {
+            return Ok(false);
+        }
+        let task = match task {
+            Some(task) => task.clone(),
+            None => self.store.task(&agent.task_id.to_string()).await?.task,
+        };
+        let since = Timestamp::now().millis() - task.updated_at.millis();
+        // A usage limit uncounts the attempt it interrupted.
+        let moved_by_its_failure = matches!(
+            task.state,
+            TaskState::WaitingQuota | TaskState::Retry | TaskState::Error | TaskState::Blocked
+        );
+        Ok(moved_by_its_failure
+            && task.attempts <= agent.attempt
+            && since < EXIT_GRACE.as_millis() as i64)
     }
 
     /// An agent recorded as starting and no job opening its window: the daemon stopped between
@@ -703,13 +736,22 @@ impl Runtime {
         let summary = self.summary(agent).await;
         let last_message = summary.last_message.clone();
         let policy = self.policy();
+        if !summary.permission_denials.is_empty() {
+            let denied: Vec<String> =
+                summary.permission_denials.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "task {} ({}): the agent was denied {} tool call(s): {}",
+                task.short_id(),
+                task.title,
+                denied.len(),
+                denied.join("; ")
+            );
+            self.store
+                .alert(Some(task.id), Severity::Warning, "permission_denied", &message)
+                .await?;
+        }
         if let Some(quota) = &summary.quota {
-            let until =
-                quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
-                    quota
-                        .retry_after_secs
-                        .map(|secs| Timestamp::now().after(Duration::from_secs(secs)))
-                });
+            let until = quota_until(quota);
             let end = AttemptEnd { outcome: "quota", verify_output: None, last_message };
             let reason = format!("usage limit: {}", quota.message);
             self.store
@@ -759,7 +801,9 @@ impl Runtime {
                 (passed, Some(output), format!("verify `{command}` {detail}"))
             }
         };
-        let (outcome, event) = if passed {
+        let (outcome, event) = if passed && !summary.permission_denials.is_empty() {
+            ("success_with_denials", TaskEvent::VerifyPassed)
+        } else if passed {
             ("success", TaskEvent::VerifyPassed)
         } else {
             ("verify_failed", TaskEvent::Failed { class: FailureClass::VerifyFailed })
@@ -849,6 +893,7 @@ impl Runtime {
                 "output": agents.iter().map(|a| a.output_tokens).sum::<i64>(),
             },
             "tool_calls": summary.tool_calls,
+            "permission_denials": summary.permission_denials.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "duration_ms": duration_ms,
             "last_message": summary.last_message,
         });
@@ -1032,6 +1077,13 @@ async fn read_output(log: &Path, observed: &mut Observed) -> anyhow::Result<()> 
     observed.last_output = Instant::now();
     observed.dirty = true;
     Ok(())
+}
+
+/// When a usage limit resets: its reset time, else now plus its retry-after, if it says.
+fn quota_until(quota: &crate::agents::parse::Quota) -> Option<Timestamp> {
+    quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
+        quota.retry_after_secs.map(|secs| Timestamp::now().after(Duration::from_secs(secs)))
+    })
 }
 
 /// The exit status the agent's wrapper wrote, once it has.
