@@ -7,6 +7,7 @@
 //! - [`git_repo`]: a real git repository in a temporary directory.
 //! - [`agent_cli`]: the real Claude Code, Gemini CLI or Codex, installed from npm at the versions
 //!   `tests/agent-clis/package.json` pins.
+//! - [`standin`]: scripted stand-ins of the model APIs the agent CLIs call.
 //! - [`bench`]: numbers shared by the benchmarks.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 
