@@ -172,8 +172,8 @@ enum TaskCommand {
 #[derive(Debug, Args)]
 struct AddArgs {
     title: String,
-    /// What the agent is asked to do (default: the title).
-    #[arg(long)]
+    /// What the agent is asked to do (default: the title); may begin with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Repository URL the task works in.
     #[arg(long)]
@@ -945,6 +945,8 @@ fn show_dump(dump: &StateDump) {
             log: log.clone(),
             runs: Vec::new(),
             reports: Vec::new(),
+            cost_usd: 0.0,
+            tokens: Default::default(),
         });
         println!();
     }

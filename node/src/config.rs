@@ -43,6 +43,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Agent profiles by name, added to (or replacing) the built-in `claude`, `gemini`, `codex`.
     pub profiles: BTreeMap<String, AgentProfile>,
+    /// Tools a profile's agents may use without asking, by profile name: replaces the
+    /// profile's own `allowed_tools` (a project sets it in its `.ccm/config.yaml`).
+    pub allowed_tools: BTreeMap<String, Vec<String>>,
     /// Workflows by name, added to (or replacing) the built-in `code-review`.
     pub workflows: BTreeMap<String, Workflow>,
     /// How task worktrees are prepared (usually set in the project's `.ccm/config.yaml`).
@@ -411,6 +414,15 @@ impl Config {
         for (name, workflow) in builtin_workflows() {
             config.workflows.entry(name).or_insert(workflow);
         }
+        for (name, tools) in &config.allowed_tools {
+            let Some(profile) = config.profiles.get_mut(name) else {
+                return Err(ConfigError::Invalid {
+                    key: "allowed_tools",
+                    message: format!("names unknown profile `{name}`"),
+                });
+            };
+            profile.allowed_tools.clone_from(tools);
+        }
         config.validate().map_err(|error| match error {
             // Named with the layer that set the key (the last one that does), and its value.
             ConfigError::Invalid { key, message } => {
@@ -629,7 +641,9 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   rules:
 #     - tools: [Bash]
 #       command: '^git push'
-# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd}
+# allowed_tools:         # tools a profile's agents use without asking (replaces its list)
+#   claude: [Bash, Edit, Write, NotebookEdit]
+# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']
 #     output: plain      # claude | gemini | codex | plain
@@ -676,6 +690,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown profile `nope`"), "{error}");
+    }
+
+    #[test]
+    fn a_project_replaces_a_profiles_allowed_tools() {
+        let home = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        std::fs::create_dir(project.path().join(".ccm")).unwrap();
+        std::fs::write(
+            project.path().join(".ccm/config.yaml"),
+            "allowed_tools:\n  claude: ['Bash(git *)', Edit]\n",
+        )
+        .unwrap();
+        let config = Config::load(home.path(), Some(project.path())).unwrap();
+        assert_eq!(config.profiles["claude"].allowed_tools, ["Bash(git *)", "Edit"]);
+        assert_eq!(
+            defaults().profiles["claude"].allowed_tools,
+            ["Bash", "Edit", "Write", "NotebookEdit"]
+        );
+        let error = load_yaml("allowed_tools:\n  cluade: [Bash]\n").unwrap_err().to_string();
+        assert_eq!(error, "config key `allowed_tools`: names unknown profile `cluade`");
     }
 
     #[test]

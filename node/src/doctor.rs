@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::agents::versions;
 use crate::client::Client;
 use crate::config::Config;
 use crate::home::Home;
@@ -13,6 +14,13 @@ use crate::store::StoreError;
 struct Check {
     name: &'static str,
     result: Result<String, (String, String)>,
+}
+
+/// A finding that is not a failure but deserves attention (an agent CLI the tests do not
+/// cover, or one that is not installed).
+struct Warning {
+    name: String,
+    finding: String,
 }
 
 pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
@@ -54,6 +62,7 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     checks.push(database(home, &config).await);
     checks.push(auth(home));
     checks.push(port(home, &config).await);
+    let (found, warnings) = agent_clis(&config);
 
     let mut failed = 0;
     for check in &checks {
@@ -65,8 +74,50 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
             }
         }
     }
+    for (name, finding) in found {
+        println!("ok    {name:<9} {finding}");
+    }
+    for warning in &warnings {
+        println!("warn  {:<9} {}", warning.name, warning.finding);
+    }
     anyhow::ensure!(failed == 0, "{failed} of {} checks failed", checks.len());
     Ok(())
+}
+
+/// The installed version of each agent CLI a configured profile runs (`claude`, `gemini`,
+/// `codex`), and whether the tests cover it.
+fn agent_clis(config: &Config) -> (Vec<(String, String)>, Vec<Warning>) {
+    let mut programs: Vec<&str> =
+        config.profiles.values().filter_map(|p| p.command.first().map(String::as_str)).collect();
+    programs.sort_unstable();
+    programs.dedup();
+    let (mut found, mut warnings) = (Vec::new(), Vec::new());
+    for program in programs {
+        let name = Path::new(program).file_name().map_or(program.into(), |n| n.to_string_lossy());
+        let Some(covered) = versions::covered(&name) else { continue };
+        let output = Command::new(program).arg("--version").output();
+        let text = output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let installed = text.as_deref().ok().and_then(versions::parse_version).map(str::to_string);
+        let name = name.into_owned();
+        match installed {
+            Some(version) if version == covered => {
+                found.push((name, format!("{version} (a version the tests cover)")));
+            }
+            Some(version) => warnings.push(Warning {
+                name,
+                finding: format!(
+                    "{version} is not a version the tests cover ({covered}); it may behave differently"
+                ),
+            }),
+            None => warnings.push(Warning {
+                name,
+                finding: format!(
+                    "`{program} --version` gave no version: not installed? (the tests cover {covered})"
+                ),
+            }),
+        }
+    }
+    (found, warnings)
 }
 
 fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {

@@ -47,6 +47,9 @@ const WINDOWS_EVERY: Duration = Duration::from_millis(500);
 /// How long an agent's window must stay missing (and no exit status appear) before the agent
 /// counts as vanished.
 const VANISHED_AFTER: Duration = Duration::from_secs(1);
+/// How long an agent whose own turn failed (its `StopFailure` hook moved the task on) may take
+/// to exit by itself before it is stopped.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// The agent runtime; cheap to clone (jobs hold a clone).
 #[derive(Clone)]
@@ -198,6 +201,11 @@ impl Runtime {
             read_output(&dir.join("output.log"), observed).await?;
             self.save_progress(agent, observed, true).await?;
             self.store.agent_ended(agent.id, AgentStatus::Exited, Some(code)).await?;
+            if let Some(until) = observed.summary.quota.as_ref().and_then(quota_until) {
+                // A hook may have moved the task to `waiting_quota` before the output said
+                // when the limit resets.
+                self.store.set_quota_reset(agent.task_id, agent.attempt, until).await?;
+            }
             info!(agent = %agent.short_id(), code, "agent exited");
             self.wake.notify_one();
             return Ok(());
@@ -211,6 +219,9 @@ impl Runtime {
                     AgentKind::Supervisory => t.state == TaskState::Supervisory,
                 }
         });
+        if !wanted && self.exiting_by_itself(agent, task).await? {
+            return Ok(());
+        }
         if !wanted {
             info!(agent = %agent.short_id(), "task no longer needs the agent; stopping it");
             return self.stop(agent, AgentStatus::Killed).await;
@@ -260,6 +271,28 @@ impl Runtime {
             self.store.alert_stalled(agent, silent.as_secs()).await?;
         }
         Ok(())
+    }
+
+    /// Whether the agent's task left `executing` a moment ago because of the agent's own failure
+    /// (its `StopFailure` hook moved it to `waiting_quota` or `retry`), so the agent is
+    /// exiting by itself and gets `EXIT_GRACE` to do so before it is stopped.
+    async fn exiting_by_itself(&self, agent: &Agent, task: Option<&Task>) -> anyhow::Result<bool> {
+        if agent.kind != AgentKind::Worker {
+            return Ok(false);
+        }
+        let task = match task {
+            Some(task) => task.clone(),
+            None => self.store.task(&agent.task_id.to_string()).await?.task,
+        };
+        let since = Timestamp::now().millis() - task.updated_at.millis();
+        // A usage limit uncounts the attempt it interrupted.
+        let moved_by_its_failure = matches!(
+            task.state,
+            TaskState::WaitingQuota | TaskState::Retry | TaskState::Error | TaskState::Blocked
+        );
+        Ok(moved_by_its_failure
+            && task.attempts <= agent.attempt
+            && since < EXIT_GRACE.as_millis() as i64)
     }
 
     /// An agent recorded as starting and no job opening its window: the daemon stopped between
@@ -654,11 +687,13 @@ impl Runtime {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
+        let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
         let argv = profile.argv(&Placeholders {
             prompt,
             prompt_file: &prompt_file.to_string_lossy(),
             session_id: &session_id,
             cwd: &agent.cwd,
+            allowed_tools: &allowed_tools,
         });
         let script = match profile.mode {
             Mode::Headless => {
@@ -674,7 +709,13 @@ impl Runtime {
         let mut full =
             vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
         full.extend(argv);
-        let mut env: BTreeMap<String, String> = profile.env.clone();
+        // Every variable is given to the window: it would otherwise get the environment of
+        // whichever process started ccm's tmux server, not this daemon's.
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| !name.starts_with("TMUX"))
+            .collect();
+        env.extend(profile.env.clone());
         env.extend([
             ("CCM_TASK_ID".to_string(), task.id.to_string()),
             ("CCM_AGENT_ID".to_string(), agent.id.to_string()),
@@ -706,18 +747,37 @@ impl Runtime {
         }
     }
 
+    /// The tools the profile's agents may use without asking, as the task's project
+    /// configures them (`allowed_tools` in its `.ccm/config.yaml`), else as the profile says.
+    async fn allowed_tools(&self, task: &Task, name: &str, profile: &Profile) -> Vec<String> {
+        let saved = self.store.worktree(task.id).await.ok().flatten();
+        let repo = saved.and_then(|w| serde_json::from_value::<SavedWorktree>(w).ok());
+        repo.and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
+            .and_then(|config| config.profiles.get(name).map(|p| p.allowed_tools.clone()))
+            .unwrap_or_else(|| profile.allowed_tools.clone())
+    }
+
     /// The worker is gone: a usage limit, a crash, or the verification gate.
     async fn finish_worker(&self, task: &Task, agent: &Agent) -> anyhow::Result<()> {
         let summary = self.summary(agent).await;
         let last_message = summary.last_message.clone();
         let policy = self.policy();
+        if !summary.permission_denials.is_empty() {
+            let denied: Vec<String> =
+                summary.permission_denials.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "task {} ({}): the agent was denied {} tool call(s): {}",
+                task.short_id(),
+                task.title,
+                denied.len(),
+                denied.join("; ")
+            );
+            self.store
+                .alert(Some(task.id), Severity::Warning, "permission_denied", &message)
+                .await?;
+        }
         if let Some(quota) = &summary.quota {
-            let until =
-                quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
-                    quota
-                        .retry_after_secs
-                        .map(|secs| Timestamp::now().after(Duration::from_secs(secs)))
-                });
+            let until = quota_until(quota);
             let end = AttemptEnd { outcome: "quota", verify_output: None, last_message };
             let reason = format!("usage limit: {}", quota.message);
             self.store
@@ -767,7 +827,9 @@ impl Runtime {
                 (passed, Some(output), format!("verify `{command}` {detail}"))
             }
         };
-        let (outcome, event) = if passed {
+        let (outcome, event) = if passed && !summary.permission_denials.is_empty() {
+            ("success_with_denials", TaskEvent::VerifyPassed)
+        } else if passed {
             ("success", TaskEvent::VerifyPassed)
         } else {
             ("verify_failed", TaskEvent::Failed { class: FailureClass::VerifyFailed })
@@ -857,6 +919,7 @@ impl Runtime {
                 "output": agents.iter().map(|a| a.output_tokens).sum::<i64>(),
             },
             "tool_calls": summary.tool_calls,
+            "permission_denials": summary.permission_denials.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "duration_ms": duration_ms,
             "last_message": summary.last_message,
         });
@@ -1041,6 +1104,13 @@ async fn read_output(log: &Path, observed: &mut Observed) -> anyhow::Result<()> 
     observed.last_output = Instant::now();
     observed.dirty = true;
     Ok(())
+}
+
+/// When a usage limit resets: its reset time, else now plus its retry-after, if it says.
+fn quota_until(quota: &crate::agents::parse::Quota) -> Option<Timestamp> {
+    quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
+        quota.retry_after_secs.map(|secs| Timestamp::now().after(Duration::from_secs(secs)))
+    })
 }
 
 /// The exit status the agent's wrapper wrote, once it has.

@@ -3,6 +3,7 @@
 
 mod api;
 mod central;
+mod claude;
 mod config;
 mod durability;
 mod hardening;

@@ -7,6 +7,7 @@
 //! - [`git_repo`]: a real git repository in a temporary directory.
 //! - [`agent_cli`]: the real Claude Code, Gemini CLI or Codex, installed from npm at the versions
 //!   `tests/agent-clis/package.json` pins.
+//! - [`standin`]: scripted stand-ins of the model APIs the agent CLIs call.
 //! - [`bench`]: numbers shared by the benchmarks.
 //! - [`central`]: a real central (PostgreSQL 15 with `supabase/`, postrust in front), for the
 //!   central schema's tests and the sync engine's.
@@ -16,6 +17,7 @@
 
 pub mod bench;
 pub mod central;
+pub mod standin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

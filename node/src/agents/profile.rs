@@ -1,14 +1,20 @@
 //! Agent profiles: how to start one agent and how to read its output.
 //!
 //! A profile's `command` is an argv template. The placeholders `{prompt}`, `{prompt_file}`,
-//! `{session_id}` and `{cwd}` are replaced inside each argument, so `--session-id={session_id}`
-//! works. A placeholder is `{` + a name made of ASCII letters, digits and `_` + `}`; other braces
+//! `{session_id}`, `{cwd}` and `{allowed_tools}` are replaced inside each argument, so
+//! `--session-id={session_id}` works. A placeholder is `{` + a name made of ASCII letters, digits and `_` + `}`; other braces
 //! (`{}`, `{"a": 1}`) are plain text. Replacement is single-pass: text substituted for one
 //! placeholder is never scanned again, so a prompt containing `{cwd}` reaches the agent as written.
 //!
 //! The built-in profiles run each CLI headless with machine-readable output, as documented in
 //! `agent-interfaces.md` (§1.8 Claude `-p --output-format stream-json --verbose`, §2.2 Gemini
 //! `-p --output-format stream-json`, §3.1 `codex exec --json`).
+//!
+//! Claude's worker may use the tools of its `allowed_tools` without asking (in `-p` mode nobody
+//! can be asked: `acceptEdits` alone denies `git add … && git commit …`), and the prompt comes
+//! after `--`, so a prompt that begins with `-` is not read as an option. `ANTHROPIC_LOG=debug`
+//! makes Claude Code print the headers of a failed API call (not otherwise reported): the
+//! parser reads a 429's `retry-after` and `anthropic-ratelimit-*-reset` from them.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +50,11 @@ pub struct Profile {
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Tools the agent may use without asking, in the CLI's own syntax (Claude: permission
+    /// rules such as `Bash` or `Bash(git *)`); `{allowed_tools}` in the command is this list
+    /// joined with commas. A project replaces it with `allowed_tools.<profile>` in its config.
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
 }
 
 /// The values of a profile's placeholders for one run.
@@ -57,10 +68,13 @@ pub struct Placeholders<'a> {
     pub session_id: &'a str,
     /// `{cwd}`: the directory the agent works in.
     pub cwd: &'a str,
+    /// `{allowed_tools}`: the profile's allowed tools, joined with commas.
+    pub allowed_tools: &'a str,
 }
 
 /// The placeholder names a profile may use.
-pub const PLACEHOLDER_NAMES: [&str; 4] = ["prompt", "prompt_file", "session_id", "cwd"];
+pub const PLACEHOLDER_NAMES: [&str; 5] =
+    ["prompt", "prompt_file", "session_id", "cwd", "allowed_tools"];
 
 impl Placeholders<'_> {
     /// The value of the placeholder `name` (without braces), if it is a known one.
@@ -70,6 +84,7 @@ impl Placeholders<'_> {
             "prompt_file" => Some(self.prompt_file),
             "session_id" => Some(self.session_id),
             "cwd" => Some(self.cwd),
+            "allowed_tools" => Some(self.allowed_tools),
             _ => None,
         }
     }
@@ -103,7 +118,7 @@ impl Profile {
     }
 
     /// Checks the profile named `name`: the command must name a program, and every placeholder
-    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`.
+    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`, `{allowed_tools}`.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         if self.mode == Mode::External {
             return Ok(()); // nothing is run
@@ -121,7 +136,7 @@ impl Profile {
                     if !PLACEHOLDER_NAMES.contains(&placeholder) {
                         return Err(format!(
                             "profile `{name}`: unknown placeholder `{{{placeholder}}}` in command \
-                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}})"
+                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}}, {{allowed_tools}})"
                         ));
                     }
                 }
@@ -139,7 +154,10 @@ pub fn builtin() -> BTreeMap<String, Profile> {
         mode: Mode::Headless,
         output,
         env: BTreeMap::new(),
+        allowed_tools: Vec::new(),
     };
+    let strings =
+        |items: &[&str]| -> Vec<String> { items.iter().map(|item| item.to_string()).collect() };
     BTreeMap::from([
         (
             "manual".to_string(),
@@ -148,25 +166,34 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                 mode: Mode::External,
                 output: OutputFormat::Plain,
                 env: BTreeMap::new(),
+                allowed_tools: Vec::new(),
             },
         ),
         (
             "claude".to_string(),
-            headless(
-                &[
-                    "claude",
-                    "-p",
-                    "{prompt}",
-                    "--output-format",
-                    "stream-json",
-                    "--verbose",
-                    "--session-id",
-                    "{session_id}",
-                    "--permission-mode",
-                    "acceptEdits",
-                ],
-                OutputFormat::Claude,
-            ),
+            Profile {
+                env: BTreeMap::from([("ANTHROPIC_LOG".to_string(), "debug".to_string())]),
+                // Edit, test and commit inside the worktree; ccm's PreToolUse hook still
+                // denies writes to files another task owns, and approval rules still ask.
+                allowed_tools: strings(&["Bash", "Edit", "Write", "NotebookEdit"]),
+                ..headless(
+                    &[
+                        "claude",
+                        "-p",
+                        "--output-format",
+                        "stream-json",
+                        "--verbose",
+                        "--session-id",
+                        "{session_id}",
+                        "--permission-mode",
+                        "acceptEdits",
+                        "--allowedTools={allowed_tools}",
+                        "--",
+                        "{prompt}",
+                    ],
+                    OutputFormat::Claude,
+                )
+            },
         ),
         (
             "gemini".to_string(),
@@ -235,6 +262,7 @@ mod tests {
         prompt_file: "/tmp/prompt.md",
         session_id: "8c35adc1-0000-4000-8000-000000000000",
         cwd: "/home/u/proj",
+        allowed_tools: "Bash,Edit",
     };
 
     fn profile(command: &[&str]) -> Profile {
@@ -243,6 +271,7 @@ mod tests {
             mode: Mode::default(),
             output: OutputFormat::default(),
             env: BTreeMap::new(),
+            allowed_tools: Vec::new(),
         }
     }
 
@@ -262,7 +291,6 @@ mod tests {
             [
                 "claude",
                 "-p",
-                "fix the bug",
                 "--output-format",
                 "stream-json",
                 "--verbose",
@@ -270,6 +298,9 @@ mod tests {
                 "8c35adc1-0000-4000-8000-000000000000",
                 "--permission-mode",
                 "acceptEdits",
+                "--allowedTools=Bash,Edit",
+                "--",
+                "fix the bug",
             ]
         );
         assert_eq!(
@@ -338,7 +369,7 @@ mod tests {
             (
                 &["claude", "-p", "--resume={session}"],
                 Err("profile `mine`: unknown placeholder `{session}` in command argument 2 \
-                     (known: {prompt}, {prompt_file}, {session_id}, {cwd})"),
+                     (known: {prompt}, {prompt_file}, {session_id}, {cwd}, {allowed_tools})"),
             ),
         ];
         for (command, expected) in cases {
@@ -362,6 +393,7 @@ mod tests {
                 mode: Mode::Headless,
                 output: OutputFormat::Plain,
                 env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
+                allowed_tools: Vec::new(),
             }
         );
 

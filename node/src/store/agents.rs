@@ -353,6 +353,30 @@ impl Store {
         Ok(())
     }
 
+    /// The reset time of the usage limit a task waits for, learnt after it began waiting (a
+    /// `StopFailure` hook moves the task before its agent's output says when the limit resets):
+    /// the task, if it still waits after attempt `attempt` (which the wait uncounted), waits
+    /// until `until` instead.
+    pub async fn set_quota_reset(&self, task: Uuid, attempt: u32, until: Timestamp) -> Result<()> {
+        let mut tx = self.write().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET wake_at = ?, updated_at = ?, version = version + 1 \
+             WHERE id = ? AND state = 'waiting_quota' AND attempts + 1 = ?",
+        )
+        .bind(until)
+        .bind(Timestamp::now())
+        .bind(task.hyphenated())
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        if changed.rows_affected() > 0 {
+            let task = load_task(&mut tx, task).await?;
+            outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Remembers (or forgets, with `None`) the task's worktree as JSON.
     pub async fn set_worktree(
         &self,

@@ -296,8 +296,18 @@ impl Store {
         let mut tx = self.write().await?;
         let decision =
             ask_decision(&mut tx, task, DecisionKind::ApproveTool, question, now).await?;
-        raise_alert(&mut tx, Some(task), Severity::Warning, "approval_needed", question, None, now)
-            .await?;
+        // The alert names its decision, so answering the decision resolves it.
+        let details = serde_json::json!({ "decision": decision.id });
+        raise_alert(
+            &mut tx,
+            Some(task),
+            Severity::Warning,
+            "approval_needed",
+            question,
+            Some(details),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(decision)
     }
@@ -672,16 +682,27 @@ async fn effects_on_task(
         }
     }
     let current = load_task(tx, task).await?;
-    if ask_human && (event.permission_prompt || event.kind == Kind::PermissionRequest) {
+    // A `PermissionRequest` no approval rule asks about is only recorded: nobody is asked (the
+    // CLI denies the call at once, and the denial shows in the agent's report).
+    if ask_human && event.permission_prompt && event.kind != Kind::PermissionRequest {
         let what = event.tool.as_deref().or(event.notification_type.as_deref()).unwrap_or("a tool");
         let question = format!(
             "task {} ({}) waits for permission to use {what}",
             current.short_id(),
             current.title
         );
-        ask_decision(tx, task, DecisionKind::ApproveTool, &question, now).await?;
-        raise_alert(tx, Some(task), Severity::Warning, "permission_needed", &question, None, now)
-            .await?;
+        let decision = ask_decision(tx, task, DecisionKind::ApproveTool, &question, now).await?;
+        let details = serde_json::json!({ "decision": decision.id });
+        raise_alert(
+            tx,
+            Some(task),
+            Severity::Warning,
+            "permission_needed",
+            &question,
+            Some(details),
+            now,
+        )
+        .await?;
     }
     if event.kind == Kind::StopFailure && current.state == TaskState::Executing {
         let error = event.error.as_deref().unwrap_or("unknown");

@@ -133,6 +133,7 @@ impl Store {
                     .bind(decision.id.hyphenated())
                     .execute(&mut *tx)
                     .await?;
+                super::tasks::resolve_decision_alerts(&mut tx, decision.id, now).await?;
             }
         }
         let answered: Decision =

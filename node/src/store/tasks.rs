@@ -66,6 +66,19 @@ pub struct TaskDetail {
     /// The task's attempts: each run of a worker agent and how it ended.
     pub runs: Vec<ccm_schema::Attempt>,
     pub reports: Vec<ccm_schema::Report>,
+    /// What all the task's agents cost, in USD (as their CLIs report it).
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Tokens all the task's agents used.
+    #[serde(default)]
+    pub tokens: Tokens,
+}
+
+/// Input and output tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub input: i64,
+    pub output: i64,
 }
 
 /// Timing of retries and quota waits.
@@ -389,12 +402,21 @@ impl Store {
         .bind(id.hyphenated())
         .fetch_all(&mut *conn)
         .await?;
+        let (cost_usd, input, output): (f64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(input_tokens), 0), \
+             COALESCE(SUM(output_tokens), 0) FROM agents WHERE task_id = ?",
+        )
+        .bind(id.hyphenated())
+        .fetch_one(&mut *conn)
+        .await?;
         drop(conn);
         Ok(TaskDetail {
             log,
             runs: self.attempts(id).await?,
             reports: self.reports(id).await?,
             task,
+            cost_usd,
+            tokens: Tokens { input, output },
         })
     }
 }
@@ -603,7 +625,12 @@ pub(super) async fn apply_in_tx(
             }
         }
         if task.state == TaskState::Blocked && step.to != TaskState::Blocked {
-            close_decisions(tx, id, event.name(), actor, now).await?;
+            close_decisions(tx, id, Some(DecisionKind::RetryOrCancel), event.name(), actor, now)
+                .await?;
+        }
+        if step.to.is_terminal() {
+            // Nothing waits for an answer about a finished task any more.
+            close_decisions(tx, id, None, event.name(), actor, now).await?;
         }
         if task.state == TaskState::Executing && step.to != TaskState::Executing {
             end_open_attempt(tx, id, &event, now).await?;
@@ -712,10 +739,12 @@ async fn end_open_attempt(
     Ok(())
 }
 
-/// Answers the task's pending retry-or-cancel decisions with what the operator did instead.
+/// Answers the task's pending decisions (of `kind`, or all) with what happened instead, and
+/// resolves their alerts.
 async fn close_decisions(
     tx: &mut Writing,
     task: Uuid,
+    kind: Option<DecisionKind>,
     answer: &str,
     actor: &str,
     now: Timestamp,
@@ -723,7 +752,7 @@ async fn close_decisions(
     let closed: Vec<ccm_schema::Decision> = sqlx::query_as(&format!(
         r#"
         UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ?
-        WHERE task_id = ? AND kind = 'retry_or_cancel' AND answered_at IS NULL
+        WHERE task_id = ? AND (?5 IS NULL OR kind = ?5) AND answered_at IS NULL
         RETURNING {DECISION_COLUMNS}
         "#
     ))
@@ -731,10 +760,35 @@ async fn close_decisions(
     .bind(actor)
     .bind(now)
     .bind(task.hyphenated().to_string())
+    .bind(kind)
     .fetch_all(&mut **tx)
     .await?;
     for decision in closed {
         outbox(tx, "decision", &decision.id.to_string(), &decision, false).await?;
+        resolve_decision_alerts(tx, decision.id, now).await?;
+    }
+    Ok(())
+}
+
+/// Resolves the open alerts that ask for the decision `decision` (their details name it).
+pub(super) async fn resolve_decision_alerts(
+    tx: &mut Writing,
+    decision: Uuid,
+    now: Timestamp,
+) -> Result<()> {
+    let resolved: Vec<ccm_schema::Alert> = sqlx::query_as(&format!(
+        r#"
+        UPDATE alerts SET resolved_at = ?
+        WHERE resolved_at IS NULL AND json_extract(details, '$.decision') = ?
+        RETURNING {ALERT_COLUMNS}
+        "#
+    ))
+    .bind(now)
+    .bind(decision.hyphenated().to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for alert in resolved {
+        outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
     }
     Ok(())
 }
