@@ -299,7 +299,7 @@ impl Runtime {
         let s = &observed.summary;
         let progress = AgentProgress {
             session_id: s.session_id.clone(),
-            cost_usd: s.cost_usd.unwrap_or(0.0),
+            cost_usd: s.cost_usd,
             input_tokens: s.input_tokens as i64,
             output_tokens: s.output_tokens as i64,
             tool_calls: i64::from(s.tool_calls),
@@ -593,8 +593,14 @@ impl Runtime {
             repo: worktree,
             ccm,
             shared: false,
-            gate_timeout_secs: self.config.approvals.timeout_secs + 30,
+            gate_timeout_secs: self.gate_timeout_secs(),
         }
+    }
+
+    /// How long an agent CLI waits for a gate hook: the approval timeout, plus a margin so
+    /// ccm answers (deny) before the CLI gives up on the hook.
+    fn gate_timeout_secs(&self) -> u64 {
+        self.config.approvals.timeout_secs + 30
     }
 
     async fn new_agent(
@@ -629,7 +635,12 @@ impl Runtime {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
+        let codex_hooks = crate::hooks::install::codex_overrides(
+            &crate::hooks::ccm_command(),
+            self.gate_timeout_secs(),
+        );
         let argv = profile.argv(&Placeholders {
+            codex_hooks: &codex_hooks,
             prompt,
             prompt_file: &prompt_file.to_string_lossy(),
             session_id: &session_id,
@@ -825,7 +836,8 @@ impl Runtime {
             "attempt": task.attempts,
             "work": work,
             "verify": { "command": task.verify, "output": attempt.and_then(|a| a.verify_output.clone()) },
-            "cost_usd": agents.iter().map(|a| a.cost_usd).sum::<f64>(),
+            // Unknown (null) when any agent's CLI reports no cost.
+            "cost_usd": agents.iter().map(|a| a.cost_usd).sum::<Option<f64>>(),
             "tokens": {
                 "input": agents.iter().map(|a| a.input_tokens).sum::<i64>(),
                 "output": agents.iter().map(|a| a.output_tokens).sum::<i64>(),

@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod durability;
+mod gemini_codex;
 mod hooks;
 mod init;
 mod runtime;

@@ -11,6 +11,7 @@
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 
 pub mod bench;
+pub mod standin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

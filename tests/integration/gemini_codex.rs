@@ -1,0 +1,225 @@
+//! The built-in `gemini` and `codex` profiles with the real Gemini CLI and Codex (installed
+//! from npm at the versions `tests/agent-clis/` pins), each pointed at a scripted stand-in of
+//! its model API (`ccm_tests::standin`). The agent's `HOME` (and `CODEX_HOME`) is a temporary
+//! directory of the test, given to the daemon, whose `PATH` starts with the CLIs' directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ccm_tests::standin::{gemini, openai, Standin, Turn};
+use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome};
+use serde_json::Value;
+
+/// Generous: a real CLI starts in about 2 s on an idle machine, much slower on a busy one.
+const SLOW: Duration = Duration::from_secs(90);
+
+/// Which real CLI a test runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Cli {
+    Gemini,
+    Codex,
+}
+
+impl Cli {
+    fn profile(self) -> &'static str {
+        match self {
+            Cli::Gemini => "gemini",
+            Cli::Codex => "codex",
+        }
+    }
+}
+
+/// A home with a registered git repository, and the agent's own home directory.
+struct Setup {
+    home: TestHome,
+    repo: String,
+    agent_home: PathBuf,
+}
+
+fn setup(name: &str, cli: Cli) -> Setup {
+    let home = TestHome::new(name);
+    home.write_config(
+        "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\n  max_attempts: 1\nruntime:\n  poll_ms: 50\n",
+    );
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let agent_home = home.dir.path().join("agent-home");
+    match cli {
+        Cli::Gemini => {
+            // The API-key auth type (otherwise headless Gemini CLI exits 41) and a fixed model
+            // (otherwise it first asks a router model which one to use).
+            write(
+                &agent_home.join(".gemini/settings.json"),
+                r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}, "model": {"name": "gemini-2.5-flash"}}"#,
+            );
+        }
+        Cli::Codex => {}
+    }
+    Setup { home, repo, agent_home }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Starts the daemon with the agent's environment: its home, the stand-in's address, and the
+/// real CLI first on `PATH`.
+fn start(setup: &Setup, cli: Cli, standin: &Standin) -> Daemon {
+    let bin = agent_cli(cli.profile());
+    let bin_dir = bin.parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let codex_home = setup.agent_home.join(".codex");
+    if cli == Cli::Codex {
+        // A model provider at the stand-in; no retries of a 429 (Codex would retry it itself).
+        write(
+            &codex_home.join("config.toml"),
+            &format!(
+                "model = \"gpt-5\"\nmodel_provider = \"standin\"\n\n[model_providers.standin]\n\
+                 name = \"stand-in\"\nbase_url = \"{}/v1\"\nenv_key = \"STANDIN_API_KEY\"\n\
+                 wire_api = \"responses\"\nrequest_max_retries = 0\nstream_max_retries = 0\n",
+                standin.url()
+            ),
+        );
+    }
+    setup.home.start_with(|command| {
+        command
+            .env("HOME", &setup.agent_home)
+            .env("PATH", &path)
+            .env("GOOGLE_GEMINI_BASE_URL", standin.url())
+            .env("GEMINI_API_KEY", "standin")
+            .env("CODEX_HOME", &codex_home)
+            .env("STANDIN_API_KEY", "standin");
+    })
+}
+
+/// Adds a task with the CLI's built-in profile (the daemon is not running yet, so the stand-in
+/// can be scripted with the task's short id before the agent starts).
+fn add_task(setup: &Setup, cli: Cli, prompt: &str, verify: &str) -> String {
+    let args = [
+        "task",
+        "add",
+        prompt,
+        "--profile",
+        cli.profile(),
+        "--repo",
+        &setup.repo,
+        "--verify",
+        verify,
+    ];
+    setup.home.run_json(&args)["id"].as_str().unwrap().to_string()
+}
+
+async fn task(daemon: &Daemon, id: &str) -> Value {
+    daemon.get(&format!("/api/tasks/{id}")).await.1
+}
+
+/// Waits until the task is in `state`, failing with the task's detail, the agent's output and
+/// the daemon's log.
+async fn wait_state(setup: &Setup, daemon: &Daemon, id: &str, state: &str) -> Value {
+    let reached = wait_until(SLOW, || async { task(daemon, id).await["state"] == state }).await;
+    let detail = task(daemon, id).await;
+    if !reached {
+        let outputs: Vec<String> = std::fs::read_dir(setup.home.home().join("agents"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| std::fs::read_to_string(d.path().join("output.log")).unwrap_or_default())
+            .collect();
+        panic!(
+            "task never reached {state}: {detail:#}\nagent output:\n{}\n{}",
+            outputs.join("\n---\n"),
+            daemon.log_text()
+        );
+    }
+    detail
+}
+
+/// The names of the task's hook events, in order, without repeats of the same name in a row.
+async fn hook_events(daemon: &Daemon, id: &str) -> Vec<String> {
+    let (_, events) = daemon.get(&format!("/api/tasks/{id}/events")).await;
+    let mut names: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    names.dedup();
+    names
+}
+
+fn git(repo: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("git").arg("-C").arg(repo).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A worker that writes a file, runs the tests and commits, then says it is done.
+fn ordinary_work(short: &str) -> Vec<Turn> {
+    vec![
+        Turn::Write { path: "hello.txt".into(), content: "hello\n".into() },
+        Turn::Shell(format!(
+            "grep -q hello hello.txt && git add hello.txt && git commit -q -m '[{short}] add hello.txt'"
+        )),
+        Turn::Say("Added hello.txt and committed it.".into()),
+    ]
+}
+
+/// Runs an ordinary task with `cli`'s built-in profile and checks what the report and the
+/// timeline say; returns the task's detail and its hook events.
+async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Value, Vec<String>) {
+    let setup = setup(name, cli);
+    let id = add_task(&setup, cli, prompt, "grep -q hello hello.txt");
+    let short = id[..8].to_string();
+    let turns = ordinary_work(&short);
+    let standin = match cli {
+        Cli::Gemini => gemini::start(turns),
+        Cli::Codex => openai::start(turns),
+    };
+    let daemon = start(&setup, cli, &standin);
+    let detail = wait_state(&setup, &daemon, &id, "complete").await;
+    assert_eq!(standin.turns_left(), 0, "every scripted turn was asked for");
+
+    assert_eq!(detail["runs"][0]["outcome"], "success", "{detail:#}");
+    let report = &detail["reports"][0]["summary"];
+    let work = &report["work"];
+    assert_eq!(work["commits"][0]["subject"], format!("[{short}] add hello.txt"), "{report:#}");
+    assert_eq!(work["commits_missing_id"], serde_json::json!([]));
+    assert_eq!(report["last_message"], "Added hello.txt and committed it.");
+    assert_eq!(report["tool_calls"], 2, "{report:#}");
+    let (input, output) = match cli {
+        Cli::Gemini => (3 * gemini::PROMPT_TOKENS, 3 * gemini::OUTPUT_TOKENS),
+        Cli::Codex => (3 * openai::INPUT_TOKENS, 3 * openai::OUTPUT_TOKENS),
+    };
+    assert_eq!(report["tokens"]["input"], input, "{report:#}");
+    assert_eq!(report["tokens"]["output"], output, "{report:#}");
+    // Neither CLI reports a cost: it is unknown, not zero.
+    assert_eq!(report["cost_usd"], Value::Null, "{report:#}");
+    let branch = format!("ccm/{short}");
+    assert!(git(&setup.repo, &["log", "--format=%s", &branch]).contains("add hello.txt"));
+    let events = hook_events(&daemon, &id).await;
+    (detail, events)
+}
+
+#[tokio::test]
+async fn gemini_worker_edits_tests_and_commits_and_task_completes() {
+    let (_, events) =
+        ordinary_task_completes("gemini-ordinary", Cli::Gemini, "add hello.txt and commit it")
+            .await;
+    // Gemini CLI's hooks, in the order it sends them (a tool's BeforeTool/AfterTool pair per call).
+    assert_eq!(
+        events,
+        [
+            "SessionStart",
+            "BeforeAgent",
+            "BeforeTool",
+            "AfterTool",
+            "BeforeTool",
+            "AfterTool",
+            "AfterAgent",
+            "SessionEnd"
+        ],
+        "PreCompress (sent before every model call) is not listened to"
+    );
+}
