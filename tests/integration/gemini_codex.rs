@@ -137,17 +137,10 @@ async fn wait_state(setup: &Setup, daemon: &Daemon, id: &str, state: &str) -> Va
     detail
 }
 
-/// The names of the task's hook events, in order, without repeats of the same name in a row.
+/// The names of the task's hook events, in order.
 async fn hook_events(daemon: &Daemon, id: &str) -> Vec<String> {
     let (_, events) = daemon.get(&format!("/api/tasks/{id}/events")).await;
-    let mut names: Vec<String> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap().to_string())
-        .collect();
-    names.dedup();
-    names
+    events.as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap().to_string()).collect()
 }
 
 fn git(repo: &str, args: &[&str]) -> String {
@@ -221,5 +214,30 @@ async fn gemini_worker_edits_tests_and_commits_and_task_completes() {
             "SessionEnd"
         ],
         "PreCompress (sent before every model call) is not listened to"
+    );
+}
+
+#[tokio::test]
+async fn codex_worker_edits_tests_and_commits_and_task_completes() {
+    let (_, mut events) =
+        ordinary_task_completes("codex-ordinary", Cli::Codex, "add hello.txt and commit it").await;
+    // Codex's notify program (given on its command line) is not awaited, so its
+    // `agent-turn-complete` comes at any time after the turn.
+    let notified = events.iter().position(|e| e == "agent-turn-complete");
+    assert!(notified.is_some(), "{events:?}");
+    events.remove(notified.unwrap());
+    // Its lifecycle hooks (on its command line too), in the order it sends them: the write is
+    // an `apply_patch` Codex applies itself (a PreToolUse `Bash` without a PostToolUse).
+    assert_eq!(
+        events,
+        [
+            "SessionStart",
+            "UserPromptSubmit",
+            "PreToolUse",
+            "PreToolUse",
+            "PostToolUse",
+            "Stop",
+            "SessionEnd"
+        ]
     );
 }
