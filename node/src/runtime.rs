@@ -843,6 +843,14 @@ impl Runtime {
                 "output": agents.iter().map(|a| a.output_tokens).sum::<i64>(),
             },
             "tool_calls": summary.tool_calls,
+            // Writes ccm's hooks refused (the file belongs to another task).
+            "denied_writes": self
+                .store
+                .change_requests_of(task.id)
+                .await?
+                .into_iter()
+                .map(|r| json!({ "path": r.path, "owner": r.owner, "tool": r.tool }))
+                .collect::<Vec<_>>(),
             "duration_ms": duration_ms,
             "last_message": summary.last_message,
         });

@@ -241,3 +241,75 @@ async fn codex_worker_edits_tests_and_commits_and_task_completes() {
         ]
     );
 }
+
+/// Another task owns `shared.txt`; the worker's write of it is refused by ccm's pre-tool hook,
+/// and the refusal shows in the report and an alert.
+async fn write_to_a_file_another_task_owns_is_denied(name: &str, cli: Cli) {
+    let setup = setup(name, cli);
+    // The owner: a task driven from outside whose agent claimed the file through a hook.
+    let owner = setup.home.run_json(&["task", "add", "owner of shared.txt", "--repo", &setup.repo]);
+    let owner = owner["id"].as_str().unwrap().to_string();
+    let claim = serde_json::json!({
+        "session_id": "owner", "cwd": setup.repo, "hook_event_name": "PreToolUse", "tool_name": "Write",
+        "tool_input": { "file_path": format!("{}/shared.txt", setup.repo), "content": "mine" }
+    });
+    let mut hook = setup
+        .home
+        .ccm()
+        .args(["hook", "--agent", "claude"])
+        .env("CCM_TASK_ID", &owner)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    hook.stdin.take().unwrap().write_all(claim.to_string().as_bytes()).unwrap();
+    let answer = hook.wait_with_output().unwrap();
+    assert!(answer.status.success() && !String::from_utf8_lossy(&answer.stdout).contains("deny"));
+
+    let id = add_task(&setup, cli, "write shared.txt", "true");
+    let turns = vec![
+        Turn::Write { path: "shared.txt".into(), content: "theirs\n".into() },
+        Turn::Say("I could not write shared.txt.".into()),
+    ];
+    let standin = match cli {
+        Cli::Gemini => gemini::start(turns),
+        Cli::Codex => openai::start(turns),
+    };
+    let daemon = start(&setup, cli, &standin);
+    let detail = wait_state(&setup, &daemon, &id, "complete").await;
+
+    // The model was told why (the deny reason is in the tool result it got back).
+    let last = standin.requests().last().unwrap().body.to_string();
+    assert!(last.contains("is owned by task"), "{last}");
+    let worktree = setup.home.home().join("worktrees").join(format!("app-{}", &id[..8]));
+    assert!(!worktree.join("shared.txt").exists(), "the write did not happen");
+    let report = &detail["reports"][0]["summary"];
+    assert_eq!(
+        report["denied_writes"],
+        serde_json::json!([{ "path": "shared.txt", "owner": owner, "tool": match cli {
+            Cli::Gemini => "write_file",
+            Cli::Codex => "Bash",
+        } }]),
+        "{report:#}"
+    );
+    let dump = setup.home.run_json(&["dump-state"]);
+    let alerts: Vec<&Value> = dump["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reason"] == "write_denied" && a["task_id"] == id.as_str())
+        .collect();
+    assert_eq!(alerts.len(), 1, "{dump:#}");
+    assert!(alerts[0]["message"].as_str().unwrap().contains("shared.txt"), "{:#}", alerts[0]);
+}
+
+#[tokio::test]
+async fn gemini_write_to_a_file_another_task_owns_is_denied_and_reported() {
+    write_to_a_file_another_task_owns_is_denied("gemini-denied", Cli::Gemini).await;
+}
+
+#[tokio::test]
+async fn codex_write_to_a_file_another_task_owns_is_denied_and_reported() {
+    write_to_a_file_another_task_owns_is_denied("codex-denied", Cli::Codex).await;
+}
