@@ -98,10 +98,13 @@ fn start(setup: &Setup, cli: Cli, standin: &Standin) -> Daemon {
 /// Adds a task with the CLI's built-in profile (the daemon is not running yet, so the stand-in
 /// can be scripted with the task's short id before the agent starts).
 fn add_task(setup: &Setup, cli: Cli, prompt: &str, verify: &str) -> String {
+    // `--prompt=`: a prompt may begin with `-`.
+    let prompt = format!("--prompt={prompt}");
     let args = [
         "task",
         "add",
-        prompt,
+        "a task",
+        &prompt,
         "--profile",
         cli.profile(),
         "--repo",
@@ -159,17 +162,21 @@ fn ordinary_work(short: &str) -> Vec<Turn> {
     ]
 }
 
+/// Starts the stand-in of `cli`'s model API.
+fn standin(cli: Cli, turns: Vec<Turn>) -> Standin {
+    match cli {
+        Cli::Gemini => gemini::start(turns),
+        Cli::Codex => openai::start(turns),
+    }
+}
+
 /// Runs an ordinary task with `cli`'s built-in profile and checks what the report and the
-/// timeline say; returns the task's detail and its hook events.
-async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Value, Vec<String>) {
+/// timeline say; returns the task's hook events and the first request the model got.
+async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Vec<String>, Value) {
     let setup = setup(name, cli);
     let id = add_task(&setup, cli, prompt, "grep -q hello hello.txt");
     let short = id[..8].to_string();
-    let turns = ordinary_work(&short);
-    let standin = match cli {
-        Cli::Gemini => gemini::start(turns),
-        Cli::Codex => openai::start(turns),
-    };
+    let standin = standin(cli, ordinary_work(&short));
     let daemon = start(&setup, cli, &standin);
     let detail = wait_state(&setup, &daemon, &id, "complete").await;
     assert_eq!(standin.turns_left(), 0, "every scripted turn was asked for");
@@ -192,12 +199,12 @@ async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Value, 
     let branch = format!("ccm/{short}");
     assert!(git(&setup.repo, &["log", "--format=%s", &branch]).contains("add hello.txt"));
     let events = hook_events(&daemon, &id).await;
-    (detail, events)
+    (events, standin.requests()[0].body.clone())
 }
 
 #[tokio::test]
 async fn gemini_worker_edits_tests_and_commits_and_task_completes() {
-    let (_, events) =
+    let (events, _) =
         ordinary_task_completes("gemini-ordinary", Cli::Gemini, "add hello.txt and commit it")
             .await;
     // Gemini CLI's hooks, in the order it sends them (a tool's BeforeTool/AfterTool pair per call).
@@ -219,7 +226,7 @@ async fn gemini_worker_edits_tests_and_commits_and_task_completes() {
 
 #[tokio::test]
 async fn codex_worker_edits_tests_and_commits_and_task_completes() {
-    let (_, mut events) =
+    let (mut events, _) =
         ordinary_task_completes("codex-ordinary", Cli::Codex, "add hello.txt and commit it").await;
     // Codex's notify program (given on its command line) is not awaited, so its
     // `agent-turn-complete` comes at any time after the turn.
@@ -272,10 +279,7 @@ async fn write_to_a_file_another_task_owns_is_denied(name: &str, cli: Cli) {
         Turn::Write { path: "shared.txt".into(), content: "theirs\n".into() },
         Turn::Say("I could not write shared.txt.".into()),
     ];
-    let standin = match cli {
-        Cli::Gemini => gemini::start(turns),
-        Cli::Codex => openai::start(turns),
-    };
+    let standin = standin(cli, turns);
     let daemon = start(&setup, cli, &standin);
     let detail = wait_state(&setup, &daemon, &id, "complete").await;
 
@@ -312,4 +316,53 @@ async fn gemini_write_to_a_file_another_task_owns_is_denied_and_reported() {
 #[tokio::test]
 async fn codex_write_to_a_file_another_task_owns_is_denied_and_reported() {
     write_to_a_file_another_task_owns_is_denied("codex-denied", Cli::Codex).await;
+}
+
+/// A prompt beginning with `-` reaches the model as the prompt, not as an option of the CLI.
+async fn prompt_beginning_with_a_dash_is_a_prompt(name: &str, cli: Cli) {
+    let prompt = "--help is not what I want: add hello.txt and commit it";
+    let (_, first) = ordinary_task_completes(name, cli, prompt).await;
+    assert!(first.to_string().contains(prompt), "{first}");
+}
+
+#[tokio::test]
+async fn gemini_prompt_beginning_with_a_dash_runs_as_a_prompt() {
+    prompt_beginning_with_a_dash_is_a_prompt("gemini-dash", Cli::Gemini).await;
+}
+
+#[tokio::test]
+async fn codex_prompt_beginning_with_a_dash_runs_as_a_prompt() {
+    prompt_beginning_with_a_dash_is_a_prompt("codex-dash", Cli::Codex).await;
+}
+
+/// The model API answers 429; the task waits for the quota, until the time the answer gives
+/// (returned: how long it waits, in seconds).
+async fn rate_limit_waits_for_quota(name: &str, cli: Cli) -> u64 {
+    let setup = setup(name, cli);
+    let id = add_task(&setup, cli, "add hello.txt", "true");
+    let standin = standin(cli, vec![Turn::RateLimited { retry_after_secs: 1800 }]);
+    let daemon = start(&setup, cli, &standin);
+    let detail = wait_state(&setup, &daemon, &id, "waiting_quota").await;
+    assert_eq!(detail["runs"][0]["outcome"], "quota", "{detail:#}");
+    let time = |value: &Value| {
+        humantime::parse_rfc3339(value.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {detail:#}"))
+    };
+    let since = time(&detail["log"].as_array().unwrap().last().unwrap()["at"]);
+    time(&detail["wake_at"]).duration_since(since).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn gemini_rate_limit_waits_for_quota_until_the_retry_delay() {
+    let waits = rate_limit_waits_for_quota("gemini-429", Cli::Gemini).await;
+    // RetryInfo's retryDelay (1800 s) reaches ccm through Gemini CLI's error message.
+    assert!((1795..=1800).contains(&waits), "waits {waits} s");
+}
+
+#[tokio::test]
+async fn codex_rate_limit_waits_for_quota() {
+    let waits = rate_limit_waits_for_quota("codex-429", Cli::Codex).await;
+    // Codex 0.171 reports only "exceeded retry limit, last status: 429 Too Many Requests": the
+    // answer's retry-after does not reach ccm, so the default wait (an hour) applies.
+    assert!((3595..=3600).contains(&waits), "waits {waits} s");
 }
