@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
-use crate::agents::parse::{OutputFormat, OutputSummary};
+use crate::agents::parse::{last_text_line, ExitMeaning, OutputFormat, OutputSummary, Quota};
 use crate::agents::profile::{Mode, Placeholders, Profile};
 use crate::config::{Config, Role};
 use crate::home::Home;
@@ -693,10 +693,33 @@ impl Runtime {
 
     /// The worker is gone: a usage limit, a crash, or the verification gate.
     async fn finish_worker(&self, task: &Task, agent: &Agent) -> anyhow::Result<()> {
-        let summary = self.summary(agent).await;
+        let (summary, output) = self.summary_and_output(agent).await;
         let last_message = summary.last_message.clone();
         let policy = self.policy();
-        if let Some(quota) = &summary.quota {
+        let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
+        let meaning = agent.exit_code.filter(|_| agent.status == AgentStatus::Exited);
+        let meaning = meaning.and_then(|code| format.exit_meaning(code));
+        let cause = || last_text_line(&output);
+        // The exit status says "quota" even when the output does not.
+        let quota = summary.quota.clone().or_else(|| {
+            (meaning == Some(ExitMeaning::Quota)).then(|| Quota {
+                message: cause().unwrap_or_else(|| "quota exhausted".to_string()),
+                reset_at: None,
+                retry_after_secs: None,
+            })
+        });
+        if let Some(ExitMeaning::Fatal(what)) = meaning {
+            let code = agent.exit_code.unwrap_or(-1);
+            let reason = match cause() {
+                Some(cause) => format!("worker exited with status {code} ({what}): {cause}"),
+                None => format!("worker exited with status {code} ({what})"),
+            };
+            let end = AttemptEnd { outcome: "crash", verify_output: None, last_message };
+            let event = TaskEvent::Failed { class: FailureClass::Fatal };
+            self.store.end_attempt(task.id, &end, event, &reason, policy).await?;
+            return Ok(());
+        }
+        if let Some(quota) = &quota {
             let until =
                 quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
                     quota
@@ -791,10 +814,16 @@ impl Runtime {
     /// Everything the agent printed, summarized (read again from its log, so it is right
     /// after a restart too).
     async fn summary(&self, agent: &Agent) -> OutputSummary {
+        self.summary_and_output(agent).await.0
+    }
+
+    /// The summary, and the output it was made from.
+    async fn summary_and_output(&self, agent: &Agent) -> (OutputSummary, String) {
         let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
         let output =
             tokio::fs::read(Path::new(&agent.dir).join("output.log")).await.unwrap_or_default();
-        OutputSummary::of(format, &String::from_utf8_lossy(&output))
+        let output = String::from_utf8_lossy(&output).into_owned();
+        (OutputSummary::of(format, &output), output)
     }
 
     /// `report_generation`: diff stat, commits, verification, cost, tokens, tool calls,

@@ -366,3 +366,26 @@ async fn codex_rate_limit_waits_for_quota() {
     // answer's retry-after does not reach ccm, so the default wait (an hour) applies.
     assert!((3595..=3600).contains(&waits), "waits {waits} s");
 }
+
+#[tokio::test]
+async fn gemini_exit_41_fails_the_task_at_once_with_its_cause() {
+    let setup = setup("gemini-41", Cli::Gemini);
+    // Retries allowed, yet none happens: no retry fixes authentication.
+    setup.home.write_config(
+        "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\n  max_attempts: 3\nruntime:\n  poll_ms: 50\n",
+    );
+    // No auth type selected: Gemini CLI picks one it cannot use headless and exits 41.
+    write(&setup.agent_home.join(".gemini/settings.json"), "{}");
+    let id = add_task(&setup, Cli::Gemini, "add hello.txt", "true");
+    let standin = standin(Cli::Gemini, vec![]);
+    let daemon = start(&setup, Cli::Gemini, &standin);
+    let detail = wait_state(&setup, &daemon, &id, "failed").await;
+    assert_eq!(detail["runs"].as_array().unwrap().len(), 1, "{detail:#}");
+    let log = detail["log"].as_array().unwrap();
+    let ended = log.iter().find(|e| e["from_state"] == "executing").unwrap();
+    assert_eq!(
+        ended["reason"],
+        "worker exited with status 41 (gemini cannot authenticate): Invalid auth method selected."
+    );
+    assert!(standin.requests().is_empty());
+}
