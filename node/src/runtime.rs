@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
+use crate::agents::gemini_state;
 use crate::agents::parse::{last_text_line, ExitMeaning, OutputFormat, OutputSummary, Quota};
 use crate::agents::profile::{Mode, Placeholders, Profile};
 use crate::config::{Config, Role};
@@ -987,7 +988,15 @@ impl Runtime {
             .map(|c| c.worktree)
             .unwrap_or_default();
         let outcome = tokio::task::spawn_blocking(move || {
-            worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
+            let outcome = worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)?;
+            // Gemini CLI's records of the worktree (its agents share the daemon's HOME).
+            if let (true, Some(home)) = (outcome.worktree_removed, std::env::var_os("HOME")) {
+                let gemini = Path::new(&home).join(".gemini");
+                if let Err(e) = gemini_state::forget_folder(&gemini, &saved.worktree.path) {
+                    warn!(error = %e, "cannot remove Gemini CLI's records of the worktree");
+                }
+            }
+            Ok::<_, worktree::WorktreeError>(outcome)
         })
         .await??;
         self.store.set_worktree(task.id, None).await?;

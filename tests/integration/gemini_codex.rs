@@ -199,7 +199,40 @@ async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Vec<Str
     let branch = format!("ccm/{short}");
     assert!(git(&setup.repo, &["log", "--format=%s", &branch]).contains("add hello.txt"));
     let events = hook_events(&daemon, &id).await;
+    if cli == Cli::Gemini {
+        gemini_forgets_the_worktree(&setup, &short).await;
+    }
     (events, standin.requests()[0].body.clone())
+}
+
+/// Once the task's worktree is removed, `~/.gemini` keeps nothing about it (Gemini CLI had
+/// recorded it in `projects.json`, `trusted_hooks.json`, `tmp/` and `history/`).
+async fn gemini_forgets_the_worktree(setup: &Setup, short: &str) {
+    let worktree = setup.home.home().join("worktrees").join(format!("app-{short}"));
+    let gemini = setup.agent_home.join(".gemini");
+    let left = || {
+        let mut left: Vec<String> = ["projects.json", "trusted_hooks.json"]
+            .into_iter()
+            .filter(|file| {
+                let text = std::fs::read_to_string(gemini.join(file)).unwrap_or_default();
+                text.contains(&*worktree.to_string_lossy())
+            })
+            .map(str::to_string)
+            .collect();
+        left.extend(
+            ["tmp", "history"]
+                .map(|area| gemini.join(area).join(format!("app-{short}")))
+                .into_iter()
+                .filter(|dir| dir.exists())
+                .map(|dir| dir.display().to_string()),
+        );
+        if worktree.exists() {
+            left.push(worktree.display().to_string());
+        }
+        left
+    };
+    let forgotten = wait_until(SLOW, || async { left().is_empty() }).await;
+    assert!(forgotten, "left after cleanup: {:?}", left());
 }
 
 #[tokio::test]
