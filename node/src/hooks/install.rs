@@ -978,6 +978,22 @@ mod tests {
     }
 
     #[test]
+    fn codex_overrides_are_toml_with_every_event_and_the_gate_timeout() {
+        let overrides = codex_overrides("/opt/my ccm/ccm", 630);
+        assert_eq!(overrides.len(), 2 * (1 + CODEX_EVENTS.len()));
+        assert!(overrides.iter().step_by(2).all(|flag| flag == "-c"));
+        assert_eq!(overrides[1], r#"notify=["/opt/my ccm/ccm","hook","--agent","codex"]"#);
+        assert_eq!(
+            overrides[7],
+            r#"hooks.PreToolUse=[{matcher="*",hooks=[{type="command",command="'/opt/my ccm/ccm' hook --agent codex",timeout=630}]}]"#
+        );
+        for value in overrides.iter().skip(1).step_by(2) {
+            let parsed: toml_edit::DocumentMut = value.parse().expect("each override is TOML");
+            assert_eq!(parsed.len(), 1, "{value}");
+        }
+    }
+
+    #[test]
     fn codex_notify_of_the_user_is_left_alone() {
         let repo = tempfile::tempdir().unwrap();
         let user = "notify = [\"notify-send\", \"codex\"] # desktop\nmodel = \"o3\"\n";
