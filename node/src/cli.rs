@@ -720,7 +720,7 @@ async fn agent(store: &Store, config: &Config, command: AgentCommand) -> anyhow:
                             a.profile.clone(),
                             format!("{:?}", a.status).to_lowercase(),
                             heartbeat,
-                            format!("${:.4}", a.cost_usd),
+                            a.cost_usd.map_or_else(|| "unknown".into(), |c| format!("${c:.4}")),
                             format!("{}/{}", a.input_tokens, a.output_tokens),
                         ]
                     }),

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
-use crate::agents::parse::{OutputFormat, OutputSummary};
+use crate::agents::gemini_state;
+use crate::agents::parse::{last_text_line, ExitMeaning, OutputFormat, OutputSummary, Quota};
 use crate::agents::profile::{Mode, Placeholders, Profile};
 use crate::config::{Config, Role};
 use crate::home::Home;
@@ -332,7 +333,7 @@ impl Runtime {
         let s = &observed.summary;
         let progress = AgentProgress {
             session_id: s.session_id.clone(),
-            cost_usd: s.cost_usd.unwrap_or(0.0),
+            cost_usd: s.cost_usd,
             input_tokens: s.input_tokens as i64,
             output_tokens: s.output_tokens as i64,
             tool_calls: i64::from(s.tool_calls),
@@ -649,8 +650,14 @@ impl Runtime {
             repo: worktree,
             ccm,
             shared: false,
-            gate_timeout_secs: self.config.approvals.timeout_secs + 30,
+            gate_timeout_secs: self.gate_timeout_secs(),
         }
+    }
+
+    /// How long an agent CLI waits for a gate hook: the approval timeout, plus a margin so
+    /// ccm answers (deny) before the CLI gives up on the hook.
+    fn gate_timeout_secs(&self) -> u64 {
+        self.config.approvals.timeout_secs + 30
     }
 
     async fn new_agent(
@@ -688,7 +695,12 @@ impl Runtime {
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
         let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
+        let codex_hooks = crate::hooks::install::codex_overrides(
+            &crate::hooks::ccm_command(),
+            self.gate_timeout_secs(),
+        );
         let argv = profile.argv(&Placeholders {
+            codex_hooks: &codex_hooks,
             prompt,
             prompt_file: &prompt_file.to_string_lossy(),
             session_id: &session_id,
@@ -759,7 +771,7 @@ impl Runtime {
 
     /// The worker is gone: a usage limit, a crash, or the verification gate.
     async fn finish_worker(&self, task: &Task, agent: &Agent) -> anyhow::Result<()> {
-        let summary = self.summary(agent).await;
+        let (summary, output) = self.summary_and_output(agent).await;
         let last_message = summary.last_message.clone();
         let policy = self.policy();
         if !summary.permission_denials.is_empty() {
@@ -776,7 +788,30 @@ impl Runtime {
                 .alert(Some(task.id), Severity::Warning, "permission_denied", &message)
                 .await?;
         }
-        if let Some(quota) = &summary.quota {
+        let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
+        let meaning = agent.exit_code.filter(|_| agent.status == AgentStatus::Exited);
+        let meaning = meaning.and_then(|code| format.exit_meaning(code));
+        let cause = || last_text_line(&output);
+        // The exit status says "quota" even when the output does not.
+        let quota = summary.quota.clone().or_else(|| {
+            (meaning == Some(ExitMeaning::Quota)).then(|| Quota {
+                message: cause().unwrap_or_else(|| "quota exhausted".to_string()),
+                reset_at: None,
+                retry_after_secs: None,
+            })
+        });
+        if let Some(ExitMeaning::Fatal(what)) = meaning {
+            let code = agent.exit_code.unwrap_or(-1);
+            let reason = match cause() {
+                Some(cause) => format!("worker exited with status {code} ({what}): {cause}"),
+                None => format!("worker exited with status {code} ({what})"),
+            };
+            let end = AttemptEnd { outcome: "crash", verify_output: None, last_message };
+            let event = TaskEvent::Failed { class: FailureClass::Fatal };
+            self.store.end_attempt(task.id, &end, event, &reason, policy).await?;
+            return Ok(());
+        }
+        if let Some(quota) = &quota {
             let until = quota_until(quota);
             let end = AttemptEnd { outcome: "quota", verify_output: None, last_message };
             let reason = format!("usage limit: {}", quota.message);
@@ -868,10 +903,16 @@ impl Runtime {
     /// Everything the agent printed, summarized (read again from its log, so it is right
     /// after a restart too).
     async fn summary(&self, agent: &Agent) -> OutputSummary {
+        self.summary_and_output(agent).await.0
+    }
+
+    /// The summary, and the output it was made from.
+    async fn summary_and_output(&self, agent: &Agent) -> (OutputSummary, String) {
         let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
         let output =
             tokio::fs::read(Path::new(&agent.dir).join("output.log")).await.unwrap_or_default();
-        OutputSummary::of(format, &String::from_utf8_lossy(&output))
+        let output = String::from_utf8_lossy(&output).into_owned();
+        (OutputSummary::of(format, &output), output)
     }
 
     /// `report_generation`: diff stat, commits, verification, cost, tokens, tool calls,
@@ -913,13 +954,22 @@ impl Runtime {
             "attempt": task.attempts,
             "work": work,
             "verify": { "command": task.verify, "output": attempt.and_then(|a| a.verify_output.clone()) },
-            "cost_usd": agents.iter().map(|a| a.cost_usd).sum::<f64>(),
+            // Unknown (null) when any agent's CLI reports no cost.
+            "cost_usd": agents.iter().map(|a| a.cost_usd).sum::<Option<f64>>(),
             "tokens": {
                 "input": agents.iter().map(|a| a.input_tokens).sum::<i64>(),
                 "output": agents.iter().map(|a| a.output_tokens).sum::<i64>(),
             },
             "tool_calls": summary.tool_calls,
             "permission_denials": summary.permission_denials.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            // Writes ccm's hooks refused (the file belongs to another task).
+            "denied_writes": self
+                .store
+                .change_requests_of(task.id)
+                .await?
+                .into_iter()
+                .map(|r| json!({ "path": r.path, "owner": r.owner, "tool": r.tool }))
+                .collect::<Vec<_>>(),
             "duration_ms": duration_ms,
             "last_message": summary.last_message,
         });
@@ -1028,7 +1078,15 @@ impl Runtime {
             .map_err(|problem| anyhow::anyhow!("cannot clean the worktree up: {problem}"))?
             .worktree;
         let outcome = tokio::task::spawn_blocking(move || {
-            worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
+            let outcome = worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)?;
+            // Gemini CLI's records of the worktree (its agents share the daemon's HOME).
+            if let (true, Some(home)) = (outcome.worktree_removed, std::env::var_os("HOME")) {
+                let gemini = Path::new(&home).join(".gemini");
+                if let Err(e) = gemini_state::forget_folder(&gemini, &saved.worktree.path) {
+                    warn!(error = %e, "cannot remove Gemini CLI's records of the worktree");
+                }
+            }
+            Ok::<_, worktree::WorktreeError>(outcome)
         })
         .await??;
         self.store.set_worktree(task.id, None).await?;

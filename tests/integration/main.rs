@@ -6,6 +6,7 @@ mod central;
 mod claude;
 mod config;
 mod durability;
+mod gemini_codex;
 mod hardening;
 mod hooks;
 mod init;

@@ -54,6 +54,63 @@ pub enum OutputFormat {
     Plain,
 }
 
+/// What an agent CLI's exit status says beyond "failed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitMeaning {
+    /// No retry can help (bad credentials, untrusted folder, bad input); the text says why.
+    Fatal(&'static str),
+    /// The usage quota is exhausted.
+    Quota,
+}
+
+impl OutputFormat {
+    /// The meaning of the exit status `code` of the CLI that prints this format, when it has
+    /// one. Gemini CLI 0.61: 41 authentication, 42 input error, 55 untrusted folder, 173 quota
+    /// exhausted.
+    pub fn exit_meaning(self, code: i64) -> Option<ExitMeaning> {
+        match (self, code) {
+            (OutputFormat::Gemini, 41) => Some(ExitMeaning::Fatal("gemini cannot authenticate")),
+            (OutputFormat::Gemini, 42) => Some(ExitMeaning::Fatal("gemini rejected its input")),
+            (OutputFormat::Gemini, 55) => {
+                Some(ExitMeaning::Fatal("gemini does not trust the folder"))
+            }
+            (OutputFormat::Gemini, 173) => Some(ExitMeaning::Quota),
+            _ => None,
+        }
+    }
+}
+
+/// The last line of `output` that is text rather than a JSON event (a CLI's error on stderr),
+/// without terminal colour codes; `None` when there is none.
+pub fn last_text_line(output: &str) -> Option<String> {
+    output.lines().rev().find_map(|line| {
+        let line = strip_ansi(line);
+        let line = line.trim();
+        let event = line.starts_with('{') && serde_json::from_str::<Value>(line).is_ok();
+        (!line.is_empty() && !event).then(|| keep_end(line, PLAIN_LINE_MAX_CHARS).to_string())
+    })
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// How the agent's run ended, as its output says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -675,6 +732,27 @@ mod tests {
 
     fn some(text: &str) -> Option<String> {
         Some(text.to_string())
+    }
+
+    #[test]
+    fn gemini_exit_statuses_have_their_meaning() {
+        let meaning = |code| OutputFormat::Gemini.exit_meaning(code);
+        assert_eq!(meaning(41), Some(ExitMeaning::Fatal("gemini cannot authenticate")));
+        assert_eq!(meaning(55), Some(ExitMeaning::Fatal("gemini does not trust the folder")));
+        assert_eq!(meaning(173), Some(ExitMeaning::Quota));
+        assert_eq!(meaning(1), None);
+        assert_eq!(OutputFormat::Codex.exit_meaning(41), None);
+        assert_eq!(OutputFormat::Claude.exit_meaning(173), None);
+    }
+
+    #[test]
+    fn last_text_line_skips_json_events_and_colour_codes() {
+        let output = "YOLO mode is enabled.\n\u{1b}[31mGemini CLI is not running in a trusted directory.\u{1b}[0m\n{\"type\":\"result\"}\n\n";
+        assert_eq!(
+            last_text_line(output).as_deref(),
+            Some("Gemini CLI is not running in a trusted directory.")
+        );
+        assert_eq!(last_text_line("{\"type\":\"init\"}\n"), None);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! `--session-id={session_id}` works. A placeholder is `{` + a name made of ASCII letters, digits and `_` + `}`; other braces
 //! (`{}`, `{"a": 1}`) are plain text. Replacement is single-pass: text substituted for one
 //! placeholder is never scanned again, so a prompt containing `{cwd}` reaches the agent as written.
+//! An argument that is exactly `{codex_hooks}` is replaced by several arguments: the `-c`
+//! overrides that give Codex ccm's `notify` program and lifecycle hooks (it may not appear inside
+//! a longer argument).
 //!
 //! The built-in profiles run each CLI headless with machine-readable output, as documented in
 //! `agent-interfaces.md` (§1.8 Claude `-p --output-format stream-json --verbose`, §2.2 Gemini
@@ -60,6 +63,8 @@ pub struct Profile {
 /// The values of a profile's placeholders for one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Placeholders<'a> {
+    /// `{codex_hooks}` (a whole argument): the arguments it stands for.
+    pub codex_hooks: &'a [String],
     /// `{prompt}`: the prompt text itself.
     pub prompt: &'a str,
     /// `{prompt_file}`: the path of a file holding the prompt.
@@ -75,6 +80,9 @@ pub struct Placeholders<'a> {
 /// The placeholder names a profile may use.
 pub const PLACEHOLDER_NAMES: [&str; 5] =
     ["prompt", "prompt_file", "session_id", "cwd", "allowed_tools"];
+
+/// The placeholder that stands for several whole arguments (see [`Placeholders::codex_hooks`]).
+pub const CODEX_HOOKS: &str = "{codex_hooks}";
 
 impl Placeholders<'_> {
     /// The value of the placeholder `name` (without braces), if it is a known one.
@@ -97,7 +105,10 @@ impl Profile {
     pub fn argv(&self, values: &Placeholders) -> Vec<String> {
         self.command
             .iter()
-            .map(|arg| {
+            .flat_map(|arg| {
+                if arg == CODEX_HOOKS {
+                    return values.codex_hooks.to_vec();
+                }
                 let mut out = String::with_capacity(arg.len());
                 for piece in pieces(arg) {
                     match piece {
@@ -112,7 +123,7 @@ impl Profile {
                         },
                     }
                 }
-                out
+                vec![out]
             })
             .collect()
     }
@@ -131,12 +142,21 @@ impl Profile {
             Some(_) => {}
         }
         for (index, arg) in self.command.iter().enumerate() {
+            if arg == CODEX_HOOKS {
+                continue;
+            }
             for piece in pieces(arg) {
                 if let Piece::Placeholder(placeholder) = piece {
+                    if placeholder == &CODEX_HOOKS[1..CODEX_HOOKS.len() - 1] {
+                        return Err(format!(
+                            "profile `{name}`: `{CODEX_HOOKS}` must be a whole argument (command argument {index})"
+                        ));
+                    }
                     if !PLACEHOLDER_NAMES.contains(&placeholder) {
                         return Err(format!(
                             "profile `{name}`: unknown placeholder `{{{placeholder}}}` in command \
-                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}}, {{allowed_tools}})"
+                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}}, \
+                             {{allowed_tools}}, and {CODEX_HOOKS} as a whole argument)"
                         ));
                     }
                 }
@@ -148,6 +168,19 @@ impl Profile {
 
 /// Built-in profiles `claude`, `gemini`, `codex` (headless agents) and `manual` (external:
 /// driven through the API), keyed by name.
+///
+/// - `gemini`: `GEMINI_CLI_TRUST_WORKSPACE=true` trusts the worktree, so Gemini CLI runs there
+///   (it exits 55 in an untrusted folder) and loads ccm's hooks from its `.gemini/settings.json`
+///   (`--skip-trust` is read after the settings, so the hooks would be dropped). `yolo` is the
+///   approval mode that offers `run_shell_command` headless (`auto_edit` leaves it out, so the
+///   worker could not run tests or commit); the agent's directory is its worktree and ccm's
+///   `BeforeTool` hook still gates writes. `--prompt=` keeps a prompt beginning with `-` a
+///   prompt.
+/// - `codex`: `danger-full-access`, because `workspace-write` keeps a linked worktree's git
+///   directory (`<repo>/.git/worktrees/<wt>/`) read-only even when it is added with `--add-dir`,
+///   so the worker could not commit; the worktree is the agent's own and ccm's `PreToolUse`
+///   hook still gates its commands. `{codex_hooks}` with `--dangerously-bypass-hook-trust`
+///   gives it ccm's hooks; `--` keeps a prompt beginning with `-` a prompt.
 pub fn builtin() -> BTreeMap<String, Profile> {
     let headless = |command: &[&str], output| Profile {
         command: command.iter().map(|arg| arg.to_string()).collect(),
@@ -197,23 +230,38 @@ pub fn builtin() -> BTreeMap<String, Profile> {
         ),
         (
             "gemini".to_string(),
-            headless(
-                &[
-                    "gemini",
-                    "-p",
-                    "{prompt}",
-                    "--output-format",
-                    "stream-json",
-                    "--approval-mode",
-                    "auto_edit",
-                ],
-                OutputFormat::Gemini,
-            ),
+            Profile {
+                env: BTreeMap::from([(
+                    "GEMINI_CLI_TRUST_WORKSPACE".to_string(),
+                    "true".to_string(),
+                )]),
+                ..headless(
+                    &[
+                        "gemini",
+                        "--output-format",
+                        "stream-json",
+                        "--approval-mode",
+                        "yolo",
+                        "--prompt={prompt}",
+                    ],
+                    OutputFormat::Gemini,
+                )
+            },
         ),
         (
             "codex".to_string(),
             headless(
-                &["codex", "exec", "--json", "--sandbox", "workspace-write", "{prompt}"],
+                &[
+                    "codex",
+                    "exec",
+                    "--json",
+                    "--sandbox",
+                    "danger-full-access",
+                    "--dangerously-bypass-hook-trust",
+                    CODEX_HOOKS,
+                    "--",
+                    "{prompt}",
+                ],
                 OutputFormat::Codex,
             ),
         ),
@@ -258,6 +306,7 @@ mod tests {
     use super::*;
 
     const VALUES: Placeholders<'static> = Placeholders {
+        codex_hooks: &[],
         prompt: "fix the bug",
         prompt_file: "/tmp/prompt.md",
         session_id: "8c35adc1-0000-4000-8000-000000000000",
@@ -307,17 +356,29 @@ mod tests {
             argv("gemini"),
             [
                 "gemini",
-                "-p",
-                "fix the bug",
                 "--output-format",
                 "stream-json",
                 "--approval-mode",
-                "auto_edit"
+                "yolo",
+                "--prompt=fix the bug"
             ]
         );
+        assert_eq!(profiles["gemini"].env["GEMINI_CLI_TRUST_WORKSPACE"], "true");
+        let hooks = ["-c".to_string(), "notify=[\"ccm\"]".to_string()];
         assert_eq!(
-            argv("codex"),
-            ["codex", "exec", "--json", "--sandbox", "workspace-write", "fix the bug"]
+            profiles["codex"].argv(&Placeholders { codex_hooks: &hooks, ..VALUES }),
+            [
+                "codex",
+                "exec",
+                "--json",
+                "--sandbox",
+                "danger-full-access",
+                "--dangerously-bypass-hook-trust",
+                "-c",
+                "notify=[\"ccm\"]",
+                "--",
+                "fix the bug"
+            ]
         );
         assert_eq!(profiles["claude"].output, OutputFormat::Claude);
         assert_eq!(profiles["gemini"].output, OutputFormat::Gemini);
@@ -364,12 +425,20 @@ mod tests {
         let cases: &[(&[&str], Result<(), &str>)] = &[
             (&["claude", "-p", "{prompt}"], Ok(())),
             (&["sh", "-c", "echo {}"], Ok(())),
+            (&["codex", "{codex_hooks}", "{prompt}"], Ok(())),
+            (
+                &["codex", "-c={codex_hooks}"],
+                Err(
+                    "profile `mine`: `{codex_hooks}` must be a whole argument (command argument 1)",
+                ),
+            ),
             (&[], Err("profile `mine`: command is empty")),
             (&[" "], Err("profile `mine`: command has an empty program name")),
             (
                 &["claude", "-p", "--resume={session}"],
                 Err("profile `mine`: unknown placeholder `{session}` in command argument 2 \
-                     (known: {prompt}, {prompt_file}, {session_id}, {cwd}, {allowed_tools})"),
+                     (known: {prompt}, {prompt_file}, {session_id}, {cwd}, {allowed_tools}, and \
+                     {codex_hooks} as a whole argument)"),
             ),
         ];
         for (command, expected) in cases {

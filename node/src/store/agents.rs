@@ -48,7 +48,8 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct AgentProgress {
     pub session_id: Option<String>,
-    pub cost_usd: f64,
+    /// `None` when the CLI reports no cost.
+    pub cost_usd: Option<f64>,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub tool_calls: i64,

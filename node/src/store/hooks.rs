@@ -267,6 +267,24 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                // Visible, not only as the agent's tool error: the task may still end well.
+                let message = format!(
+                    "task {} ({}): {} of {path} denied: {reason}",
+                    task.short_id(),
+                    task.title,
+                    tool.unwrap_or("a write")
+                );
+                let details = serde_json::json!({ "path": path, "owner": owner, "tool": tool });
+                raise_alert(
+                    &mut tx,
+                    Some(task.id),
+                    Severity::Warning,
+                    "write_denied",
+                    &message,
+                    Some(details),
+                    now,
+                )
+                .await?;
                 Ownership::Taken { reason }
             }
             None => {
@@ -346,6 +364,19 @@ impl Store {
             FROM change_requests ORDER BY resolved_at IS NOT NULL, created_at DESC
             "#,
         )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// The change requests a task's refused writes left, oldest first.
+    pub async fn change_requests_of(&self, task: Uuid) -> Result<Vec<ChangeRequest>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT id, repo, path, owner, requester_task, tool, created_at, resolved_at, resolution
+            FROM change_requests WHERE requester_task = ? ORDER BY created_at
+            "#,
+        )
+        .bind(task.hyphenated())
         .fetch_all(&self.readers)
         .await?)
     }
