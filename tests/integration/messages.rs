@@ -131,3 +131,28 @@ async fn a_full_disk_reaches_the_client_as_disk_full_with_the_path() {
     let out = home.run(&["task", "add", "no room either"]);
     assert!(stderr(&out).contains("disk full"), "{}", stderr(&out));
 }
+
+#[test]
+fn config_value_errors_name_the_file_or_variable_and_the_value_as_written() {
+    let home = TestHome::new("config-values");
+    home.write_config("scheduler:\n  slots: 0\n");
+    let out = home.run(&["task", "list"]);
+    let file = home.home().join("config.yaml").display().to_string();
+    assert!(stderr(&out).contains(&file), "{}", stderr(&out));
+    assert!(stderr(&out).contains("scheduler.slots"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`0`"), "{}", stderr(&out));
+
+    home.write_config("scheduler:\n  slots: 99999999999999999999\n");
+    let out = home.run(&["task", "list"]);
+    assert!(stderr(&out).contains("`99999999999999999999` is out of range"), "{}", stderr(&out));
+
+    home.write_config("");
+    let out = home
+        .ccm()
+        .args(["task", "list"])
+        .env("CCM_SCHEDULER__SLOTS", "99999999999999999999")
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("CCM_SCHEDULER__SLOTS"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`99999999999999999999` is out of range"), "{}", stderr(&out));
+}
