@@ -72,11 +72,18 @@ pub struct DaemonConfig {
     pub port: u16,
     /// `full` (API and dashboard) or `minimal` (API only).
     pub profile: Profile,
+    /// How long a dashboard sign-in lasts, in seconds.
+    pub dashboard_session_secs: u64,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { host: "127.0.0.1".into(), port: 8765, profile: Profile::Full }
+        DaemonConfig {
+            host: "127.0.0.1".into(),
+            port: 8765,
+            profile: Profile::Full,
+            dashboard_session_secs: 12 * 3600,
+        }
     }
 }
 
@@ -359,6 +366,9 @@ impl Config {
                     "must be a loopback address such as 127.0.0.1 (the API is local only)",
                 )
             }
+        }
+        if self.daemon.dashboard_session_secs == 0 {
+            return invalid("daemon.dashboard_session_secs", "must be at least 1");
         }
         if self.scheduler.slots == 0 {
             return invalid("scheduler.slots", "must be at least 1");

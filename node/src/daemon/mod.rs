@@ -17,7 +17,7 @@ mod batch;
 mod error;
 mod metrics;
 mod scheduler;
-mod security;
+pub(crate) mod security;
 
 use std::fs::TryLockError;
 use std::sync::Arc;
