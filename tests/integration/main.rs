@@ -3,6 +3,7 @@
 
 mod api;
 mod config;
+mod dashboard;
 mod durability;
 mod hooks;
 mod init;

@@ -8,9 +8,11 @@
 //! - [`agent_cli`]: the real Claude Code, Gemini CLI or Codex, installed from npm at the versions
 //!   `tests/agent-clis/package.json` pins.
 //! - [`bench`]: numbers shared by the benchmarks.
+//! - [`browser`]: a real headless Chromium through WebDriver, for the dashboard.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 
 pub mod bench;
+pub mod browser;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -101,7 +101,8 @@ fn ago(at: Timestamp, now: Timestamp) -> String {
 }
 
 fn dollars(usd: f64) -> String {
-    format!("${usd:.2}")
+    // `+ 0.0` turns the -0.0 of an empty sum into 0.0.
+    format!("${:.2}", usd + 0.0)
 }
 
 // ----- overview -----
