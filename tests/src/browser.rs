@@ -74,35 +74,34 @@ impl Browser {
     pub async fn start(shots: &Path, width: u32, height: u32) -> Browser {
         std::fs::create_dir_all(shots).expect("screenshot dir");
         let profile = tempfile::tempdir().expect("profile dir");
+        let mut options = json!({
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.path().display()),
+                format!("--window-size={},{height}", width.max(500)),
+            ],
+        });
+        if width < 500 {
+            // A headless window is at least 500 pixels wide: a phone's viewport is emulated.
+            options["mobileEmulation"] =
+                json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}});
+        }
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage",
-                    format!("--user-data-dir={}", profile.path().display()),
-                    format!("--window-size={width},{height}"),
-                ],
-            }),
-        );
+        caps.insert("goog:chromeOptions".into(), options);
         caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
-        let t = Instant::now();
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(chromedriver())
             .await
             .expect("a Chromium session");
-        eprintln!("TIMING start {:?}", t.elapsed());
         Browser { client, shots: shots.to_path_buf(), _profile: profile }
     }
 
     pub async fn goto(&self, url: &str) {
-        let t = Instant::now();
         self.client.goto(url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-        eprintln!("TIMING goto {url} {:?}", t.elapsed());
     }
 
     /// Saves a screenshot of the viewport as `NAME.png`.
@@ -128,10 +127,8 @@ impl Browser {
     /// Waits until `script` returns true, failing with the page's text.
     pub async fn wait_for(&self, what: &str, timeout: Duration, script: &str) {
         let deadline = Instant::now() + timeout;
-        let t = Instant::now();
         loop {
             if self.client.execute(script, vec![]).await.ok() == Some(Value::Bool(true)) {
-                eprintln!("TIMING wait {what} {:?}", t.elapsed());
                 return;
             }
             if Instant::now() > deadline {

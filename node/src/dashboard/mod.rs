@@ -11,7 +11,7 @@
 //! | `GET /`, `/tasks`, `/tasks/new`, `/tasks/{id}`, `/decisions`, `/agents`, `/alerts`, `/systems` | pages |
 //! | `POST /tasks`, `/tasks/{id}/events`, `/decisions/{id}`, `/alerts/{id}/ack`, `/signout` | forms |
 //! | `GET /events` | server-sent events (`hello`, `change`, `activity`) |
-//! | `GET /assets/{app.css,app.js}` | embedded assets |
+//! | `GET /assets/{app.css,app.js,icon.svg}` | embedded assets |
 //! | `POST /api/dashboard/codes`, `POST /api/dashboard/revoke` | for the CLI, with the API token |
 //!
 //! Pages and the event stream answer 401 without a live session; every form needs the
@@ -83,6 +83,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/signout", post(sign_out))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
+        .route("/assets/icon.svg", get(icon))
         .layer(middleware::map_response(secure_headers))
         .merge(cli)
         .layer(Extension(dashboard))
@@ -231,6 +232,10 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))
+}
+
+async fn icon() -> Response {
+    asset("image/svg+xml", include_str!("assets/icon.svg"))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
