@@ -215,7 +215,8 @@ async fn sign_in_link_works_once_and_other_origins_can_neither_read_nor_post() {
 #[tokio::test]
 async fn sign_in_expires_and_revoke_works_without_the_daemon() {
     let home = TestHome::new("dash-expiry");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // No kept connections: the daemon restarts on the same port.
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
     let sign_in = |daemon_url: String| {
         let http = http.clone();
         async move {
