@@ -102,6 +102,15 @@ enum Command {
     },
     /// Write a consistent copy of the database to FILE, even while the daemon runs.
     Backup { file: PathBuf },
+    /// Open the web dashboard signed in (a one-time link), or end every dashboard sign-in.
+    Dashboard {
+        /// Print the sign-in link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+        /// Sign out every browser.
+        #[arg(long, conflicts_with = "print")]
+        revoke: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +302,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     let config = Config::load(home.root(), project.as_deref())?;
     match cli.command {
         Command::Up => crate::daemon::run(home, config).await,
+        Command::Dashboard { print, revoke } => dashboard(&home, &config, print, revoke).await,
         Command::Init => init(&home, &config, &cwd).await,
         Command::Status { json } => {
             let status = Backend::connect(&home, &config).await?.status().await?;
@@ -961,4 +971,52 @@ fn show_dump(dump: &StateDump) {
         });
         println!("{}  {}  [{}]  {answer}", d.created_at, d.question, d.options.0.join("/"));
     }
+}
+
+/// `ccm dashboard`: a one-time sign-in link from the daemon, opened in the browser (or printed);
+/// `--revoke` ends every sign-in, through the daemon or, when none runs, in the sessions file.
+async fn dashboard(home: &Home, config: &Config, print: bool, revoke: bool) -> anyhow::Result<()> {
+    let client = Client::connect(home).await;
+    if revoke {
+        match client {
+            Some(client) => {
+                let answer: serde_json::Value =
+                    client.post(&["dashboard", "revoke"], json!({})).await?;
+                println!("signed out {} browser session(s)", answer["revoked"]);
+            }
+            None => {
+                let file = home.root().join(crate::dashboard::SESSIONS_FILE);
+                crate::dashboard::revoke_offline(&file)
+                    .with_context(|| format!("cannot remove {}", file.display()))?;
+                println!("signed out every browser session");
+            }
+        }
+        return Ok(());
+    }
+    if config.daemon.profile != crate::config::Profile::Full {
+        anyhow::bail!("the dashboard is served only under daemon.profile `full`");
+    }
+    let client = client.context("the daemon is not running: start it with `ccm up`")?;
+    let answer: serde_json::Value = client.post(&["dashboard", "codes"], json!({})).await?;
+    let url = answer["url"].as_str().context("the daemon sent no sign-in link")?;
+    if print {
+        println!("{url}");
+        return Ok(());
+    }
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let opened = std::process::Command::new(opener)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if opened {
+        println!("opened the dashboard in your browser (the link works once)");
+    } else {
+        println!(
+            "open this link in a browser on this machine (it works once, for {} seconds):\n{url}",
+            answer["expires_in_secs"]
+        );
+    }
+    Ok(())
 }

@@ -86,6 +86,8 @@ pub struct DaemonConfig {
     pub max_body_bytes: usize,
     /// Most hook events in one NDJSON request; more get 413.
     pub max_batch_events: usize,
+    /// How long a dashboard sign-in lasts, in seconds.
+    pub dashboard_session_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -99,6 +101,7 @@ impl Default for DaemonConfig {
             body_timeout_ms: 30_000,
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_events: 10_000,
+            dashboard_session_secs: 12 * 3600,
         }
     }
 }
@@ -461,6 +464,7 @@ impl Config {
             ("daemon.body_timeout_ms", self.daemon.body_timeout_ms),
             ("daemon.max_body_bytes", self.daemon.max_body_bytes as u64),
             ("daemon.max_batch_events", self.daemon.max_batch_events as u64),
+            ("daemon.dashboard_session_secs", self.daemon.dashboard_session_secs),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1");

@@ -5,6 +5,7 @@ mod api;
 mod central;
 mod claude;
 mod config;
+mod dashboard;
 mod durability;
 mod gemini_codex;
 mod hardening;

@@ -11,11 +11,13 @@
 //! - [`bench`]: numbers shared by the benchmarks.
 //! - [`central`]: a real central (PostgreSQL 15 with `supabase/`, postrust in front), for the
 //!   central schema's tests and the sync engine's.
+//! - [`browser`]: a real headless Chromium through WebDriver, for the dashboard.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 //! - [`HOLDER_PROFILE`] and [`Api::agent_token`]: an agent that only holds its task, whose
 //!   hook credential a test uses to send events as that agent.
 
 pub mod bench;
+pub mod browser;
 pub mod central;
 pub mod standin;
 use std::path::{Path, PathBuf};

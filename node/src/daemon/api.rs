@@ -65,10 +65,14 @@ pub fn router(state: AppState) -> Router {
         .route("/decisions", get(list_decisions))
         .route("/decisions/{id}", post(answer_decision))
         .route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .nest("/api", api)
+        .nest("/api", api);
+    if state.config.daemon.profile == crate::config::Profile::Full {
+        router = router.merge(crate::dashboard::router(&state));
+    }
+    router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(state.config.daemon.max_body_bytes))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(

@@ -18,7 +18,7 @@ mod batch;
 mod error;
 mod metrics;
 mod scheduler;
-mod security;
+pub(crate) mod security;
 mod serve;
 
 use std::fs::TryLockError;

@@ -19,6 +19,7 @@ mod contexts;
 mod hooks;
 mod records;
 mod tasks;
+mod views;
 
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use ccm_schema::{SystemInfo, Timestamp, TransitionError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
-use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
@@ -41,6 +42,7 @@ pub use hooks::{
 };
 pub use records::{OutboxCounts, StateCounts};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
+pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +132,8 @@ pub struct Store {
     /// an error or a cancelled request); it is rolled back before the writer is lent again, or
     /// by [`Store::settle`].
     abandoned: Arc<AtomicBool>,
+    /// Counts the times the writer connection was given back: each may have committed a change.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// The writer connection. It is lent by a lock rather than by a pool: a pool tests each
@@ -140,8 +144,32 @@ struct Writer {
     conn: SqliteConnection,
 }
 
-/// The writer connection, lent.
-type Lent = OwnedMappedMutexGuard<Option<Writer>, Writer>;
+/// The writer connection, lent. Giving it back counts as a change (see [`Store::changes`]).
+struct Lent {
+    writer: OwnedMappedMutexGuard<Option<Writer>, Writer>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Deref for Lent {
+    type Target = Writer;
+
+    fn deref(&self) -> &Writer {
+        &self.writer
+    }
+}
+
+impl DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Writer {
+        &mut self.writer
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Whatever the borrower wrote is committed (or rolled back) by now.
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
 
 /// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, used as the connection
 /// itself. Dropped before [`Writing::commit`], it is rolled back.
@@ -189,6 +217,7 @@ impl Store {
             readers,
             writer: Arc::new(Mutex::new(Some(Writer { conn }))),
             abandoned: Arc::default(),
+            changes: Arc::new(watch::Sender::new(0)),
         }
     }
 }
@@ -277,6 +306,13 @@ impl Store {
         &self.path
     }
 
+    /// Wakes up after writes of this process: its value changes each time the writer
+    /// connection is given back, after the borrower's commit. Readers of the change (the
+    /// dashboard's live updates) coalesce wake-ups and read what changed from the outbox.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Closes the readers and the writer, checkpointing the WAL; writes after this fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) {
@@ -290,8 +326,9 @@ impl Store {
     /// their own.
     async fn writer(&self) -> Result<Lent> {
         let writer = self.writer.clone().lock_owned().await;
-        let mut lent =
+        let writer =
             OwnedMutexGuard::try_map(writer, Option::as_mut).map_err(|_| StoreError::Closed)?;
+        let mut lent = Lent { writer, changes: self.changes.clone() };
         if self.abandoned.swap(false, Ordering::AcqRel) {
             // SQLite may have rolled it back itself already (after an I/O error, say), and then
             // says so: nothing is left to undo either way.
