@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ccm_tests::standin::{gemini, openai, Standin, Turn};
-use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome};
+use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::Value;
 
 /// Generous: a real CLI starts in about 2 s on an idle machine, much slower on a busy one.
@@ -286,9 +286,27 @@ async fn codex_worker_edits_tests_and_commits_and_task_completes() {
 /// and the refusal shows in the report and an alert.
 async fn write_to_a_file_another_task_owns_is_denied(name: &str, cli: Cli) {
     let setup = setup(name, cli);
-    // The owner: a task driven from outside whose agent claimed the file through a hook.
-    let owner = setup.home.run_json(&["task", "add", "owner of shared.txt", "--repo", &setup.repo]);
+    // The owner: a task whose live agent (one that only holds its task) claimed the file through
+    // a hook, with its own credential.
+    let config = std::fs::read_to_string(setup.home.home().join("config.yaml")).unwrap();
+    setup.home.write_config(&format!("{config}{HOLDER_PROFILE}"));
+    let owner = setup.home.run_json(&[
+        "task",
+        "add",
+        "owner of shared.txt",
+        "--profile",
+        "holder",
+        "--repo",
+        &setup.repo,
+    ]);
     let owner = owner["id"].as_str().unwrap().to_string();
+    let turns = vec![
+        Turn::Write { path: "shared.txt".into(), content: "theirs\n".into() },
+        Turn::Say("I could not write shared.txt.".into()),
+    ];
+    let standin = standin(cli, turns);
+    let daemon = start(&setup, cli, &standin);
+    let owner_token = daemon.agent_token(&owner).await;
     let claim = serde_json::json!({
         "session_id": "owner", "cwd": setup.repo, "hook_event_name": "PreToolUse", "tool_name": "Write",
         "tool_input": { "file_path": format!("{}/shared.txt", setup.repo), "content": "mine" }
@@ -297,7 +315,7 @@ async fn write_to_a_file_another_task_owns_is_denied(name: &str, cli: Cli) {
         .home
         .ccm()
         .args(["hook", "--agent", "claude"])
-        .env("CCM_TASK_ID", &owner)
+        .env("CCM_AGENT_TOKEN", &owner_token)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -306,14 +324,10 @@ async fn write_to_a_file_another_task_owns_is_denied(name: &str, cli: Cli) {
     hook.stdin.take().unwrap().write_all(claim.to_string().as_bytes()).unwrap();
     let answer = hook.wait_with_output().unwrap();
     assert!(answer.status.success() && !String::from_utf8_lossy(&answer.stdout).contains("deny"));
+    let claims = setup.home.run_json(&["claims"]);
+    assert_eq!(claims["claims"][0]["task_id"], owner.as_str(), "{claims:#}");
 
     let id = add_task(&setup, cli, "write shared.txt", "true");
-    let turns = vec![
-        Turn::Write { path: "shared.txt".into(), content: "theirs\n".into() },
-        Turn::Say("I could not write shared.txt.".into()),
-    ];
-    let standin = standin(cli, turns);
-    let daemon = start(&setup, cli, &standin);
     let detail = wait_state(&setup, &daemon, &id, "complete").await;
 
     // The model was told why (the deny reason is in the tool result it got back).
