@@ -976,7 +976,7 @@ fn show_dump(dump: &StateDump) {
 /// `ccm dashboard`: a one-time sign-in link from the daemon, opened in the browser (or printed);
 /// `--revoke` ends every sign-in, through the daemon or, when none runs, in the sessions file.
 async fn dashboard(home: &Home, config: &Config, print: bool, revoke: bool) -> anyhow::Result<()> {
-    let client = Client::connect(home).await;
+    let client = Client::connect(home).await?;
     if revoke {
         match client {
             Some(client) => {

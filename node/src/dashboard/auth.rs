@@ -94,7 +94,7 @@ impl Auth {
     /// Spends `code` (once) for a new session; `None` when the code is unknown, used or expired.
     pub fn sign_in(&self, code: &str) -> Result<Option<Session>, AuthError> {
         let spent = self.codes.lock().unwrap_or_else(|e| e.into_inner()).remove(code);
-        if !spent.is_some_and(|expires| expires > Timestamp::now()) {
+        if spent.is_none_or(|expires| expires <= Timestamp::now()) {
             return Ok(None);
         }
         let session =

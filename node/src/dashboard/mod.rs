@@ -117,6 +117,8 @@ impl FromRequestParts<AppState> for SignedIn {
 
 impl SignedIn {
     /// Refuses a form without this session's CSRF token or without an `Origin` header.
+    // The refusal is the page to answer with, built once here; its size does not matter on this path.
+    #[allow(clippy::result_large_err)]
     pub fn check_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
         if !headers.contains_key(header::ORIGIN) {
             return Err(pages::message(

@@ -100,6 +100,11 @@ fn ago(at: Timestamp, now: Timestamp) -> String {
     }
 }
 
+/// A cost, or "unknown" when a CLI reported none (never shown as zero).
+fn cost(usd: Option<f64>) -> String {
+    usd.map_or_else(|| "unknown".to_string(), dollars)
+}
+
 fn dollars(usd: f64) -> String {
     // `+ 0.0` turns the -0.0 of an empty sum into 0.0.
     format!("${:.2}", usd + 0.0)
@@ -611,7 +616,7 @@ pub async fn task(
                 })
                 .collect(),
             reports,
-            cost: dollars(agents.iter().map(|a| a.cost_usd).sum()),
+            cost: cost(agents.iter().map(|a| a.cost_usd).sum()),
             tokens_in: agents.iter().map(|a| a.input_tokens).sum(),
             tokens_out: agents.iter().map(|a| a.output_tokens).sum(),
             depends_on: task.depends_on.iter().map(|d| (d.to_string(), short_id(d))).collect(),
@@ -785,7 +790,7 @@ pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Respo
                 profile: a.profile,
                 status: format!("{:?}", a.status).to_lowercase(),
                 heartbeat: ago(a.last_heartbeat, now),
-                cost: dollars(a.cost_usd),
+                cost: cost(a.cost_usd),
                 tokens: format!("{} in / {} out", a.input_tokens, a.output_tokens),
             })
             .collect();
