@@ -276,12 +276,7 @@ async fn hook_with_arguments_it_cannot_parse_still_stores_the_event_and_exits_ze
 
 #[tokio::test]
 async fn write_to_a_file_another_task_owns_is_denied_until_the_owner_ends() {
-    let home = TestHome::new("hook-claims");
-    home.write_config(HOLDER_PROFILE);
-    let repo = home.work().join("app");
-    git_repo(&repo, None);
-    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
-    home.run_ok(&["context", "add", &repo]);
+    let (home, repo) = holder_home_with_repo("hook-claims");
     let daemon = home.start();
     let add = |title: &str| {
         home.run_json(&["task", "add", title, "--profile", "holder", "--repo", &repo])["id"]
@@ -380,12 +375,7 @@ async fn stop_failure_and_cancel_end_the_running_attempt() {
 /// and no client can write the node's own actors into the task log.
 #[tokio::test]
 async fn only_a_live_agents_own_credential_acts_on_its_task() {
-    let home = TestHome::new("hook-credential");
-    home.write_config(HOLDER_PROFILE);
-    let repo = home.work().join("app");
-    git_repo(&repo, None);
-    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
-    home.run_ok(&["context", "add", &repo]);
+    let (home, repo) = holder_home_with_repo("hook-credential");
     let daemon = home.start();
     let victim = home.run_json(&["task", "add", "victim", "--profile", "holder", "--repo", &repo])
         ["id"]
@@ -963,4 +953,15 @@ async fn broken_project_config_keeps_the_last_good_ownership_and_raises_an_alert
     let (verdict, reason) = decision("src/c.rs");
     assert_eq!(verdict, "deny", "{reason}");
     assert!(reason.contains("ownrship") && reason.contains("writes are refused"), "{reason}");
+}
+
+/// A home whose tasks may use [`HOLDER_PROFILE`], with a registered repository (its path).
+fn holder_home_with_repo(name: &str) -> (TestHome, String) {
+    let home = TestHome::new(name);
+    home.write_config(HOLDER_PROFILE);
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    (home, repo)
 }
