@@ -19,7 +19,7 @@ use crate::home::Home;
 use crate::hooks::event::System;
 use crate::status::{StateDump, Status};
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, Store, StoredHookEvent, TaskDetail, TaskFilter,
+    ContextProbe, NewTask, RetryPolicy, Store, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
 };
 
 #[derive(Debug, Parser)]
@@ -91,6 +91,7 @@ enum Command {
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
     Decide {
         /// Decision id (or unique prefix) to answer.
+        #[arg(value_parser = not_empty)]
         id: Option<String>,
         /// The answer: one of the decision's options.
         answer: Option<String>,
@@ -104,6 +105,15 @@ enum Command {
     },
     /// Write a consistent copy of the database to FILE, even while the daemon runs.
     Backup { file: PathBuf },
+    /// Open the web dashboard signed in (a one-time link), or end every dashboard sign-in.
+    Dashboard {
+        /// Print the sign-in link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+        /// Sign out every browser.
+        #[arg(long, conflicts_with = "print")]
+        revoke: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +131,7 @@ enum TaskCommand {
     /// Show a task and its log.
     Show {
         /// Task id or unique id prefix.
+        #[arg(value_parser = not_empty)]
         id: String,
         /// Show the task's hook events (its agents' timeline) instead.
         #[arg(long)]
@@ -130,18 +141,21 @@ enum TaskCommand {
     },
     /// Cancel a task.
     Cancel {
+        #[arg(value_parser = not_empty)]
         id: String,
         #[arg(long, default_value = "cancelled by the operator")]
         reason: String,
     },
     /// Run a blocked, failed, flagged or cancelled task again with a fresh attempt budget.
     Retry {
+        #[arg(value_parser = not_empty)]
         id: String,
         #[arg(long, default_value = "retried by the operator")]
         reason: String,
     },
     /// Make a waiting task depend on other tasks (a cycle is refused).
     Depend {
+        #[arg(value_parser = not_empty)]
         id: String,
         /// Tasks that must complete first.
         #[arg(long = "on", required = true, num_args = 1..)]
@@ -149,6 +163,7 @@ enum TaskCommand {
     },
     /// Print the output of the task's latest agent.
     Logs {
+        #[arg(value_parser = not_empty)]
         id: String,
         /// Keep printing as the agent writes, until it ends.
         #[arg(long, short)]
@@ -157,6 +172,7 @@ enum TaskCommand {
     /// Apply a state-machine event given as JSON, e.g. '{"event": "verify_passed"}'
     /// (for scripts and runners outside ccm).
     Event {
+        #[arg(value_parser = not_empty)]
         id: String,
         /// The event, as `{"event": NAME, ...fields}`.
         event: String,
@@ -168,8 +184,8 @@ enum TaskCommand {
 #[derive(Debug, Args)]
 struct AddArgs {
     title: String,
-    /// What the agent is asked to do (default: the title).
-    #[arg(long)]
+    /// What the agent is asked to do (default: the title); may begin with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     prompt: Option<String>,
     /// Repository URL the task works in.
     #[arg(long)]
@@ -184,7 +200,7 @@ struct AddArgs {
     verify: Option<String>,
     #[arg(long)]
     max_attempts: Option<u32>,
-    /// Higher runs first.
+    /// Higher runs first; from -1000 to 1000.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
     /// Tasks that must complete first (repeatable).
@@ -219,9 +235,15 @@ enum AgentCommand {
         json: bool,
     },
     /// Attach this terminal to the agent's tmux window (detach with the tmux prefix, then d).
-    Attach { id: String },
+    Attach {
+        #[arg(value_parser = not_empty)]
+        id: String,
+    },
     /// Kill the agent's window; its attempt counts as a crash and is retried while attempts remain.
-    Kill { id: String },
+    Kill {
+        #[arg(value_parser = not_empty)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,29 +255,57 @@ enum ContextCommand {
     /// Register the checkout at PATH (default: the current directory).
     Add { path: Option<PathBuf> },
     /// Unregister a context by id, id prefix or path.
-    Remove { key: String },
+    Remove {
+        #[arg(value_parser = not_empty)]
+        key: String,
+    },
+}
+
+/// An id (or id prefix, or key) argument: an empty one would match everything or nothing.
+fn not_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("the id is empty; give an id or a unique id prefix".into())
+    } else {
+        Ok(value.to_string())
+    }
 }
 
 /// Runs `ccm hook`, which loads no configuration up front and never fails.
-pub async fn hook(HookArgs { agent, mut payload }: HookArgs) -> anyhow::Result<()> {
+pub async fn hook(HookArgs { agent, mut payload }: HookArgs) {
     let system = agent.and_then(|a| a.parse::<System>().ok());
-    crate::hooks::command::run(&Home::locate()?, system, payload.pop()).await;
-    Ok(())
+    match Home::locate() {
+        Ok(home) => crate::hooks::command::run(&home, system, payload.pop()).await,
+        Err(e) => eprintln!("ccm hook: {e:#}; the event is not stored"),
+    }
 }
 
 /// Parses the arguments and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate()?;
+    let db = home.db_file();
+    command(cli, home).await.map_err(|error| match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Busy | StoreError::DiskFull) => {
+            anyhow::anyhow!("cannot write {}: {error}", db.display())
+        }
+        _ => error,
+    })
+}
+
+async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let project = project_root(&cwd);
     match cli.command {
         Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
-        Command::Hook(args) => return hook(args).await,
+        Command::Hook(args) => {
+            hook(args).await;
+            return Ok(());
+        }
         _ => {}
     }
     let config = Config::load(home.root(), project.as_deref())?;
     match cli.command {
         Command::Up => crate::daemon::run(home, config).await,
+        Command::Dashboard { print, revoke } => dashboard(&home, &config, print, revoke).await,
         Command::Init => init(&home, &config, &cwd).await,
         Command::Status { json } => {
             let status = Backend::connect(&home, &config).await?.status().await?;
@@ -296,14 +346,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::DumpState { json } => {
             let store = open_store(&home, &config).await?;
-            let daemon = Client::connect(&home).await.map(|c| c.daemon);
+            let daemon = Client::connect(&home).await.ok().flatten().map(|c| c.daemon);
             let dump = StateDump::gather(&store, daemon).await?;
             print(json, &dump, show_dump)
         }
         Command::Backup { file } => {
             let store = open_store(&home, &config).await?;
             store.backup(&file).await?;
-            let copy = Store::open(&file, "backup").await?;
+            let copy = Store::open_existing(&file, std::time::Duration::from_secs(10)).await?;
             let check = copy.integrity_check().await?;
             copy.close().await;
             anyhow::ensure!(
@@ -357,7 +407,10 @@ enum Backend {
 
 impl Backend {
     async fn connect(home: &Home, config: &Config) -> anyhow::Result<Backend> {
-        match Client::connect(home).await {
+        let client = Client::connect(home)
+            .await
+            .map_err(|silent| anyhow::anyhow!("{silent}; {}", silent.fix()))?;
+        match client {
             Some(client) => Ok(Backend::Daemon(client)),
             None => Ok(Backend::Local {
                 store: open_store(home, config).await?,
@@ -376,9 +429,7 @@ impl Backend {
     async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
         match self {
             Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
-            Backend::Local { store, config } => {
-                Ok(store.create_task(new, &config.tasks, "cli").await?)
-            }
+            Backend::Local { store, config } => Ok(store.create_task(new, config, "cli").await?),
         }
     }
 
@@ -631,7 +682,7 @@ async fn context(backend: Backend, command: ContextCommand, cwd: &Path) -> anyho
         ContextCommand::Add { path } => {
             let path = path.unwrap_or_else(|| cwd.to_path_buf());
             let path = std::fs::canonicalize(&path)
-                .with_context(|| format!("no such directory: {}", path.display()))?;
+                .with_context(|| format!("cannot use {} as a context", path.display()))?;
             let context = backend.add_context(&path).await?;
             println!("context {} registered: {}", short_id(&context.id), context.path);
             Ok(())
@@ -683,7 +734,7 @@ async fn agent(store: &Store, config: &Config, command: AgentCommand) -> anyhow:
                             a.profile.clone(),
                             format!("{:?}", a.status).to_lowercase(),
                             heartbeat,
-                            format!("${:.4}", a.cost_usd),
+                            a.cost_usd.map_or_else(|| "unknown".into(), |c| format!("${c:.4}")),
                             format!("{}/{}", a.input_tokens, a.output_tokens),
                         ]
                     }),
@@ -918,6 +969,8 @@ fn show_dump(dump: &StateDump) {
             log: log.clone(),
             runs: Vec::new(),
             reports: Vec::new(),
+            cost_usd: 0.0,
+            tokens: Default::default(),
         });
         println!();
     }
@@ -932,4 +985,52 @@ fn show_dump(dump: &StateDump) {
         });
         println!("{}  {}  [{}]  {answer}", d.created_at, d.question, d.options.0.join("/"));
     }
+}
+
+/// `ccm dashboard`: a one-time sign-in link from the daemon, opened in the browser (or printed);
+/// `--revoke` ends every sign-in, through the daemon or, when none runs, in the sessions file.
+async fn dashboard(home: &Home, config: &Config, print: bool, revoke: bool) -> anyhow::Result<()> {
+    let client = Client::connect(home).await?;
+    if revoke {
+        match client {
+            Some(client) => {
+                let answer: serde_json::Value =
+                    client.post(&["dashboard", "revoke"], json!({})).await?;
+                println!("signed out {} browser session(s)", answer["revoked"]);
+            }
+            None => {
+                let file = home.root().join(crate::dashboard::SESSIONS_FILE);
+                crate::dashboard::revoke_offline(&file)
+                    .with_context(|| format!("cannot remove {}", file.display()))?;
+                println!("signed out every browser session");
+            }
+        }
+        return Ok(());
+    }
+    if config.daemon.profile != crate::config::Profile::Full {
+        anyhow::bail!("the dashboard is served only under daemon.profile `full`");
+    }
+    let client = client.context("the daemon is not running: start it with `ccm up`")?;
+    let answer: serde_json::Value = client.post(&["dashboard", "codes"], json!({})).await?;
+    let url = answer["url"].as_str().context("the daemon sent no sign-in link")?;
+    if print {
+        println!("{url}");
+        return Ok(());
+    }
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let opened = std::process::Command::new(opener)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if opened {
+        println!("opened the dashboard in your browser (the link works once)");
+    } else {
+        println!(
+            "open this link in a browser on this machine (it works once, for {} seconds):\n{url}",
+            answer["expires_in_secs"]
+        );
+    }
+    Ok(())
 }

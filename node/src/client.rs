@@ -7,7 +7,31 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::home::{DaemonInfo, Home};
+use crate::home::{Auth, DaemonInfo, Home};
+
+/// A daemon holds the home's lock but its API does not answer: stopped (SIGSTOP) or hung.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon (pid {pid}, {addr}) does not answer: it holds the home's lock, but its API is silent (stopped or hung)")]
+pub struct Silent {
+    pub pid: u32,
+    pub addr: String,
+}
+
+impl Silent {
+    /// How to get out of it.
+    pub fn fix(&self) -> String {
+        format!(
+            "`kill -CONT {0}` if it was stopped, else stop it (`kill {0}`) and start it again with `ccm up`",
+            self.pid
+        )
+    }
+}
+
+/// Whether a daemon holds the home's lock (`daemon.lock`), probed without keeping it.
+fn lock_held(home: &Home) -> bool {
+    std::fs::File::open(home.lock_file())
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
 
 pub struct Client {
     base: String,
@@ -18,28 +42,33 @@ pub struct Client {
 
 impl Client {
     /// Connects to the daemon of `home` when one answers; `None` when none runs (no port file,
-    /// or a stale one left by a daemon that was killed).
-    pub async fn connect(home: &Home) -> Option<Client> {
-        let daemon = home.read_daemon_info()?;
-        let token = home.read_auth().ok()?.token;
-        let http =
-            reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().ok()?;
+    /// or a stale one left by a daemon that was killed), [`Silent`] when one holds the home's
+    /// lock but does not answer.
+    pub async fn connect(home: &Home) -> Result<Option<Client>, Silent> {
+        let Some(daemon) = home.read_daemon_info() else { return Ok(None) };
+        let Ok(Auth { token, .. }) = home.read_auth() else { return Ok(None) };
+        let Ok(http) =
+            reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()
+        else {
+            return Ok(None);
+        };
         let base = format!("http://{}", daemon.addr);
-        let health: Value = http
-            .get(format!("{base}/healthz"))
-            .timeout(Duration::from_millis(1000))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (health["pid"].as_u64() == Some(u64::from(daemon.pid))).then_some(Client {
-            base,
-            token,
-            http,
-            daemon,
-        })
+        // A busy daemon gets a second, longer chance; a port file nobody holds the lock for is
+        // stale and needs none.
+        for wait in [Duration::from_secs(1), Duration::from_secs(4)] {
+            let health = async {
+                let response = http.get(format!("{base}/healthz")).timeout(wait).send().await;
+                response.ok()?.json::<Value>().await.ok()
+            };
+            if let Some(health) = health.await {
+                let ours = health["pid"].as_u64() == Some(u64::from(daemon.pid));
+                return Ok(ours.then_some(Client { base, token, http, daemon }));
+            }
+            if !lock_held(home) {
+                return Ok(None);
+            }
+        }
+        Err(Silent { pid: daemon.pid, addr: daemon.addr })
     }
 
     /// `GET /api/<path...>`; each path segment is percent-encoded.

@@ -43,6 +43,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Agent profiles by name, added to (or replacing) the built-in `claude`, `gemini`, `codex`.
     pub profiles: BTreeMap<String, AgentProfile>,
+    /// Tools a profile's agents may use without asking, by profile name: replaces the
+    /// profile's own `allowed_tools` (a project sets it in its `.ccm/config.yaml`).
+    pub allowed_tools: BTreeMap<String, Vec<String>>,
     /// Workflows by name, added to (or replacing) the built-in `code-review`.
     pub workflows: BTreeMap<String, Workflow>,
     /// How task worktrees are prepared (usually set in the project's `.ccm/config.yaml`).
@@ -74,11 +77,34 @@ pub struct DaemonConfig {
     pub port: u16,
     /// `full` (API and dashboard) or `minimal` (API only).
     pub profile: Profile,
+    /// Connections served at once; more wait to be accepted until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, in milliseconds, counted from when the
+    /// connection opens or its previous answer was sent (so it also closes idle connections).
+    pub header_timeout_ms: u64,
+    /// Longest silence while a request's body arrives, in milliseconds.
+    pub body_timeout_ms: u64,
+    /// Largest request body, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most hook events in one NDJSON request; more get 413.
+    pub max_batch_events: usize,
+    /// How long a dashboard sign-in lasts, in seconds.
+    pub dashboard_session_secs: u64,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { host: "127.0.0.1".into(), port: 8765, profile: Profile::Full }
+        DaemonConfig {
+            host: "127.0.0.1".into(),
+            port: 8765,
+            profile: Profile::Full,
+            max_connections: 512,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
+            dashboard_session_secs: 12 * 3600,
+        }
     }
 }
 
@@ -405,6 +431,53 @@ impl SyncConfig {
     }
 }
 
+/// The last configuration that loaded with each project's layer, in this process.
+static LAST_GOOD: std::sync::Mutex<BTreeMap<PathBuf, Config>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The configuration with a project's layer, for the daemon and hooks (see [`load_checked`]).
+///
+/// When the project's `.ccm/config.yaml` (or another layer) no longer loads, the last good
+/// configuration this process loaded for the project is used, and an alert names the file and
+/// the key (once while it is open). When there is none, the error message is returned and the
+/// caller refuses what needs the configuration: a broken file never turns a policy off.
+pub async fn load_checked(
+    store: &crate::store::Store,
+    home: &Path,
+    project: &Path,
+) -> Result<Config, String> {
+    let (error, kept) = match load_or_last_good(home, project) {
+        (Ok(config), _) => return Ok(config),
+        (Err(error), kept) => (error, kept),
+    };
+    let file = project.join(".ccm").join("config.yaml");
+    let problem = format!("the configuration of {} does not load: {error}", file.display());
+    let (message, result) = match kept {
+        Some(config) => (format!("{problem}; the last good configuration is kept"), Ok(config)),
+        None => (problem.clone(), Err(problem)),
+    };
+    if let Err(e) =
+        store.alert_once(None, ccm_schema::Severity::Warning, "config_invalid", &message).await
+    {
+        tracing::warn!(error = %e, "cannot raise the alert about a broken configuration");
+    }
+    result
+}
+
+/// The configuration with `project`'s layer, and when it does not load, the last good one this
+/// process loaded for the project, if any.
+fn load_or_last_good(home: &Path, project: &Path) -> (Result<Config, ConfigError>, Option<Config>) {
+    let loaded = Config::load(home, Some(project));
+    let mut last = LAST_GOOD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &loaded {
+        Ok(config) => {
+            last.insert(project.to_path_buf(), config.clone());
+            (loaded, None)
+        }
+        Err(_) => (loaded, last.get(project).cloned()),
+    }
+}
+
 /// Where one layer of configuration came from.
 enum Layer {
     File(PathBuf),
@@ -449,7 +522,32 @@ impl Config {
         for (name, workflow) in builtin_workflows() {
             config.workflows.entry(name).or_insert(workflow);
         }
-        config.validate()?;
+        for (name, tools) in &config.allowed_tools {
+            let Some(profile) = config.profiles.get_mut(name) else {
+                return Err(ConfigError::Invalid {
+                    key: "allowed_tools",
+                    message: format!("names unknown profile `{name}`"),
+                });
+            };
+            profile.allowed_tools.clone_from(tools);
+        }
+        config.validate().map_err(|error| match error {
+            // Named with the layer that set the key (the last one that does), and its value.
+            ConfigError::Invalid { key, message } => {
+                match layers.iter().rev().find_map(|l| Some((l, l.written(key)?))) {
+                    Some((layer, written)) => {
+                        let shown = if written.is_empty() {
+                            message
+                        } else {
+                            format!("{message} (it is `{written}`)")
+                        };
+                        layer.error(Some(key.to_string()), shown)
+                    }
+                    None => ConfigError::Invalid { key, message },
+                }
+            }
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -463,6 +561,18 @@ impl Config {
                     "daemon.host",
                     "must be a loopback address such as 127.0.0.1 (the API is local only)",
                 )
+            }
+        }
+        for (key, value) in [
+            ("daemon.max_connections", self.daemon.max_connections as u64),
+            ("daemon.header_timeout_ms", self.daemon.header_timeout_ms),
+            ("daemon.body_timeout_ms", self.daemon.body_timeout_ms),
+            ("daemon.max_body_bytes", self.daemon.max_body_bytes as u64),
+            ("daemon.max_batch_events", self.daemon.max_batch_events as u64),
+            ("daemon.dashboard_session_secs", self.daemon.dashboard_session_secs),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
             }
         }
         if self.scheduler.slots == 0 {
@@ -536,7 +646,47 @@ impl Layer {
         }
     }
 
+    /// The value this layer gives `key` (dotted), as written in the file or the variable (empty
+    /// for a list or a map); `None` when it does not set the key.
+    fn written(&self, key: &str) -> Option<String> {
+        match self {
+            Layer::File(path) => {
+                let text = std::fs::read_to_string(path).ok()?;
+                let docs = yaml_rust2::YamlLoader::load_from_str(&text).ok()?;
+                let mut node = docs.into_iter().next()?;
+                for part in key.split('.') {
+                    node = node.as_hash()?.get(&yaml_rust2::Yaml::String(part.into()))?.clone();
+                }
+                match node {
+                    yaml_rust2::Yaml::Real(text) | yaml_rust2::Yaml::String(text) => Some(text),
+                    yaml_rust2::Yaml::Integer(n) => Some(n.to_string()),
+                    yaml_rust2::Yaml::Boolean(b) => Some(b.to_string()),
+                    yaml_rust2::Yaml::Null => Some("null".into()),
+                    // A list or a map: set here, but no one value to show.
+                    _ => Some(String::new()),
+                }
+            }
+            Layer::Env(vars) => {
+                let wanted = format!("CCM_{}", key.replace('.', "__")).to_ascii_uppercase();
+                vars.iter()
+                    .find(|(name, _)| name.to_ascii_uppercase() == wanted)
+                    .map(|(_, v)| v.clone())
+            }
+        }
+    }
+
     fn error(&self, key: Option<String>, message: String) -> ConfigError {
+        // serde shows a number it could not take as the number it was converted to (a value
+        // beyond 64 bits as 18446744073709551615): show it as written.
+        let message = match (message.split_once(", expected "), key.as_deref()) {
+            (Some((found, expected)), Some(key)) if found.contains("integer `") => {
+                match self.written(key) {
+                    Some(written) => format!("`{written}` is out of range: expected {expected}"),
+                    None => message,
+                }
+            }
+            _ => message,
+        };
         match (self, key) {
             (Layer::File(path), Some(key)) => ConfigError::Key { path: path.clone(), key, message },
             (Layer::File(path), None) => ConfigError::File { path: path.clone(), message },
@@ -601,7 +751,9 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   rules:
 #     - tools: [Bash]
 #       command: '^git push'
-# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd}
+# allowed_tools:         # tools a profile's agents use without asking (replaces its list)
+#   claude: [Bash, Edit, Write, NotebookEdit]
+# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']
 #     output: plain      # claude | gemini | codex | plain
@@ -666,6 +818,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown profile `nope`"), "{error}");
+    }
+
+    #[test]
+    fn a_project_replaces_a_profiles_allowed_tools() {
+        let home = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        std::fs::create_dir(project.path().join(".ccm")).unwrap();
+        std::fs::write(
+            project.path().join(".ccm/config.yaml"),
+            "allowed_tools:\n  claude: ['Bash(git *)', Edit]\n",
+        )
+        .unwrap();
+        let config = Config::load(home.path(), Some(project.path())).unwrap();
+        assert_eq!(config.profiles["claude"].allowed_tools, ["Bash(git *)", "Edit"]);
+        assert_eq!(
+            defaults().profiles["claude"].allowed_tools,
+            ["Bash", "Edit", "Write", "NotebookEdit"]
+        );
+        let error = load_yaml("allowed_tools:\n  cluade: [Bash]\n").unwrap_err().to_string();
+        assert_eq!(error, "config key `allowed_tools`: names unknown profile `cluade`");
     }
 
     #[test]

@@ -4,14 +4,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::agents::versions;
 use crate::client::Client;
 use crate::config::Config;
 use crate::home::Home;
+use crate::store::StoreError;
 
 /// One check's outcome: a finding, and a fix when it failed.
 struct Check {
     name: &'static str,
     result: Result<String, (String, String)>,
+}
+
+/// A finding that is not a failure but deserves attention (an agent CLI the tests do not
+/// cover, or one that is not installed).
+struct Warning {
+    name: String,
+    finding: String,
 }
 
 pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
@@ -43,9 +52,17 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
         },
     });
     let config = config.unwrap_or_default();
+    checks.push(Check {
+        name: "home",
+        result: match home.insecure() {
+            None => Ok(format!("{} (private)", home.root().display())),
+            Some(problem) => Err(problem),
+        },
+    });
     checks.push(database(home, &config).await);
     checks.push(auth(home));
     checks.push(port(home, &config).await);
+    let (found, warnings) = agent_clis(&config);
 
     let mut failed = 0;
     for check in &checks {
@@ -57,8 +74,50 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
             }
         }
     }
+    for (name, finding) in found {
+        println!("ok    {name:<9} {finding}");
+    }
+    for warning in &warnings {
+        println!("warn  {:<9} {}", warning.name, warning.finding);
+    }
     anyhow::ensure!(failed == 0, "{failed} of {} checks failed", checks.len());
     Ok(())
+}
+
+/// The installed version of each agent CLI a configured profile runs (`claude`, `gemini`,
+/// `codex`), and whether the tests cover it.
+fn agent_clis(config: &Config) -> (Vec<(String, String)>, Vec<Warning>) {
+    let mut programs: Vec<&str> =
+        config.profiles.values().filter_map(|p| p.command.first().map(String::as_str)).collect();
+    programs.sort_unstable();
+    programs.dedup();
+    let (mut found, mut warnings) = (Vec::new(), Vec::new());
+    for program in programs {
+        let name = Path::new(program).file_name().map_or(program.into(), |n| n.to_string_lossy());
+        let Some(covered) = versions::covered(&name) else { continue };
+        let output = Command::new(program).arg("--version").output();
+        let text = output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let installed = text.as_deref().ok().and_then(versions::parse_version).map(str::to_string);
+        let name = name.into_owned();
+        match installed {
+            Some(version) if version == covered => {
+                found.push((name, format!("{version} (a version the tests cover)")));
+            }
+            Some(version) => warnings.push(Warning {
+                name,
+                finding: format!(
+                    "{version} is not a version the tests cover ({covered}); it may behave differently"
+                ),
+            }),
+            None => warnings.push(Warning {
+                name,
+                finding: format!(
+                    "`{program} --version` gave no version: not installed? (the tests cover {covered})"
+                ),
+            }),
+        }
+    }
+    (found, warnings)
 }
 
 fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {
@@ -96,10 +155,19 @@ async fn database(home: &Home, config: &Config) -> Check {
                 )),
             }
         }
-        Err(e) => Err((
-            format!("{e:#}"),
-            format!("check that {} is writable and the disk has space", home.root().display()),
-        )),
+        Err(e) => match e.downcast_ref::<StoreError>() {
+            Some(StoreError::NotADatabase { path, detail }) => Err((
+                format!("{} is not a database ({detail})", path.display()),
+                format!(
+                    "stop the daemon and restore the newest `ccm backup` copy over it (cp BACKUP {}), or move it away to start with an empty database",
+                    path.display()
+                ),
+            )),
+            _ => Err((
+                format!("{e:#}"),
+                format!("check that {} is writable and the disk has space", home.root().display()),
+            )),
+        },
     };
     Check { name: "database", result }
 }
@@ -129,16 +197,18 @@ fn auth(home: &Home) -> Check {
 
 async fn port(home: &Home, config: &Config) -> Check {
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
-    let result = if let Some(client) = Client::connect(home).await {
-        Ok(format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid))
-    } else {
-        match std::net::TcpListener::bind(&addr) {
+    let result = match Client::connect(home).await {
+        Ok(Some(client)) => {
+            Ok(format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid))
+        }
+        Err(silent) => Err((silent.to_string(), silent.fix())),
+        Ok(None) => match std::net::TcpListener::bind(&addr) {
             Ok(_) => Ok(format!("{addr} is free; the daemon is not running (`ccm up` starts it)")),
             Err(e) => Err((
                 format!("cannot listen on {addr}: {e}"),
                 format!("stop the program using the port, or set daemon.port in {} (or CCM_DAEMON__PORT)", home.config_file().display()),
             )),
-        }
+        },
     };
     Check { name: "port", result }
 }

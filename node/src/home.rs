@@ -1,7 +1,12 @@
 //! The global home `~/.ccm-global/` (`CCM_HOME` overrides) and the files in it.
+//!
+//! The home holds the API token and everything agents did, so it is private whatever the
+//! umask: the directory is 0700 and every file ccm creates in it 0600 ([`private_dir`],
+//! [`private_file`]). A home or port file that other users may write is refused: whoever can
+//! write `daemon.json` chooses where the CLI sends the token.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -32,10 +37,46 @@ impl Home {
         Home { root: root.into() }
     }
 
-    /// Creates the home directory when missing.
+    /// Creates the home directory (0700) when missing, makes an existing one private (0700),
+    /// and refuses a home or port file that other users may write ([`Home::check`]).
     pub fn ensure(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("cannot create ccm home {}", self.root.display()))
+        private_dir(&self.root)
+            .with_context(|| format!("cannot create ccm home {}", self.root.display()))?;
+        self.check()?;
+        let mode = std::fs::metadata(&self.root)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| {
+                    format!("cannot make ccm home {} private (mode 700)", self.root.display())
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a home directory or port file (`daemon.json`) that another user owns or may
+    /// write, naming the fix. Missing ones are fine.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.insecure() {
+            Some((problem, fix)) => anyhow::bail!("{problem}; fix: {fix}"),
+            None => Ok(()),
+        }
+    }
+
+    /// What makes the home unsafe to use, and its fix.
+    pub fn insecure(&self) -> Option<(String, String)> {
+        let root = self.root.display();
+        if let Some(problem) = foreign_or_writable(&self.root) {
+            return Some((
+                format!("ccm home {root} {problem}: others could change its files"),
+                format!("`chmod 700 {root}` as its owner"),
+            ));
+        }
+        let port_file = self.daemon_file();
+        let problem = foreign_or_writable(&port_file)?;
+        Some((
+            format!("{} {problem}: it could send the API token elsewhere", port_file.display()),
+            format!("stop the daemon and `rm {}`", port_file.display()),
+        ))
     }
 
     pub fn root(&self) -> &Path {
@@ -82,50 +123,60 @@ impl Home {
         }
     }
 
+    /// Reads the token; refuses one shorter than a generated token (an empty or short token
+    /// would make the API guessable), saying how to get a new one.
     pub fn read_auth(&self) -> anyhow::Result<Auth> {
         let path = self.auth_file();
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| {
+        let auth: Auth = serde_json::from_str(&text).with_context(|| {
             format!("{} is not valid: expected {{\"token\": \"...\"}}", path.display())
-        })
-    }
-
-    /// Replaces `auth.json` in one durable step (a 0600 temporary file, synced, renamed), so a
-    /// crash leaves the old file or the new one, never a torn one.
-    pub fn write_auth(&self, auth: &Auth) -> anyhow::Result<()> {
-        let path = self.auth_file();
-        let tmp = path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(serde_json::to_string_pretty(auth)?.as_bytes())
-            .and_then(|()| file.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        })?;
+        let length = auth.token.chars().count();
+        if length < TOKEN_CHARS || !auth.token.chars().all(|c| c.is_ascii_graphic()) {
+            anyhow::bail!(
+                "{}: the token must be at least {TOKEN_CHARS} printable characters without spaces (it has {length}); fix: delete the file and run `ccm up`, which writes a new random token",
+                path.display()
+            );
         }
-        Ok(())
+        Ok(auth)
     }
 
+    /// Replaces `auth.json` in one durable step, so a crash leaves the old file or the new one.
+    pub fn write_auth(&self, auth: &Auth) -> anyhow::Result<()> {
+        replace_private(&self.auth_file(), &serde_json::to_vec_pretty(auth)?)
+    }
+
+    /// The running daemon's port file; `None` when missing, unreadable, or writable by others
+    /// (never trusted then: [`Home::check`] says why).
     pub fn read_daemon_info(&self) -> Option<DaemonInfo> {
-        let text = std::fs::read_to_string(self.daemon_file()).ok()?;
+        let path = self.daemon_file();
+        if foreign_or_writable(&path).is_some() || foreign_or_writable(&self.root).is_some() {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    /// Writes the port file atomically (temporary file, then rename).
+    /// Writes the port file (mode 0600) atomically (temporary file, then rename).
     pub fn write_daemon_info(&self, info: &DaemonInfo) -> anyhow::Result<()> {
-        let path = self.daemon_file();
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .with_context(|| format!("cannot write {}", path.display()))
+        replace_private(&self.daemon_file(), &serde_json::to_vec_pretty(info)?)
     }
+}
+
+/// Replaces `path` with `bytes` in one durable step: a 0600 temporary file, synced, renamed over
+/// it, then the directory synced.
+fn replace_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    private_file(&tmp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
 }
 
 /// Contents of `auth.json`.
@@ -159,8 +210,56 @@ pub struct DaemonInfo {
     pub started_at: ccm_schema::Timestamp,
 }
 
+/// Length of a generated token (32 random bytes in hex), and the least one `auth.json` may hold.
+const TOKEN_CHARS: usize = 64;
+
+/// Creates `dir` and its missing parents with mode 0700.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Opens `path` for appending, creating it with mode 0600 (whatever the umask) when missing.
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)
+}
+
+/// Makes an SQLite database and its `-wal` and `-shm` files 0600. SQLite creates the database
+/// with the umask, but gives its `-wal` and `-shm` files the database's mode, so this is needed
+/// once, right after the database is opened.
+pub fn private_database(path: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::metadata(&name) {
+            Ok(meta) if meta.permissions().mode() & 0o777 != 0o600 => {
+                std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Why `path` may not be trusted: owned by another user, or writable by group or others.
+/// `None` when it is fine or does not exist.
+fn foreign_or_writable(path: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let mode = meta.permissions().mode() & 0o777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.uid() != uid {
+        Some(format!("belongs to another user (uid {})", meta.uid()))
+    } else if mode & 0o022 != 0 {
+        Some(format!("is writable by other users (mode {mode:o})"))
+    } else {
+        None
+    }
+}
+
 fn random_token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
+    let mut bytes = [0u8; TOKEN_CHARS / 2];
     getrandom::fill(&mut bytes)
         .map_err(|e| anyhow::anyhow!("cannot get random bytes for the API token: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: argument parsing and one function per verb; the entry point of the binary.
 //! - [`daemon`]: `ccm up`: the axum API, its guards, the scheduler, metrics, shutdown.
+//! - [`dashboard`]: the web dashboard (profile `full`): pages, sign-in, live updates.
 //! - [`store`]: the SQLite store: tasks, log, dependencies, contexts, alerts, decisions, outbox.
 //! - [`runtime`]: the agent runtime: worktrees, agents in tmux, verification, reports,
 //!   supervisory review, retries, leases, adoption after a restart.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod doctor;
 pub mod home;
 pub mod hooks;

@@ -26,8 +26,14 @@ fn main() -> ExitCode {
                 cli::HookArgs::default()
             }
         };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-        return finish(runtime, cli::hook(args));
+        // Whatever happens, the exit code is 0: a hook never fails the agent.
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(cli::hook(args)),
+            Err(e) => {
+                eprintln!("ccm hook: cannot start the async runtime ({e}); the event is not stored")
+            }
+        }
+        return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()

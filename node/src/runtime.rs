@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
-use crate::agents::parse::{OutputFormat, OutputSummary};
+use crate::agents::gemini_state;
+use crate::agents::parse::{last_text_line, ExitMeaning, OutputFormat, OutputSummary, Quota};
 use crate::agents::profile::{Mode, Placeholders, Profile};
 use crate::config::{Config, Role};
 use crate::home::Home;
@@ -47,6 +48,9 @@ const WINDOWS_EVERY: Duration = Duration::from_millis(500);
 /// How long an agent's window must stay missing (and no exit status appear) before the agent
 /// counts as vanished.
 const VANISHED_AFTER: Duration = Duration::from_secs(1);
+/// How long an agent whose own turn failed (its `StopFailure` hook moved the task on) may take
+/// to exit by itself before it is stopped.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 
 /// The agent runtime; cheap to clone (jobs hold a clone).
 #[derive(Clone)]
@@ -198,6 +202,11 @@ impl Runtime {
             read_output(&dir.join("output.log"), observed).await?;
             self.save_progress(agent, observed, true).await?;
             self.store.agent_ended(agent.id, AgentStatus::Exited, Some(code)).await?;
+            if let Some(until) = observed.summary.quota.as_ref().and_then(quota_until) {
+                // A hook may have moved the task to `waiting_quota` before the output said
+                // when the limit resets.
+                self.store.set_quota_reset(agent.task_id, agent.attempt, until).await?;
+            }
             info!(agent = %agent.short_id(), code, "agent exited");
             self.wake.notify_one();
             return Ok(());
@@ -211,6 +220,9 @@ impl Runtime {
                     AgentKind::Supervisory => t.state == TaskState::Supervisory,
                 }
         });
+        if !wanted && self.exiting_by_itself(agent, task).await? {
+            return Ok(());
+        }
         if !wanted {
             info!(agent = %agent.short_id(), "task no longer needs the agent; stopping it");
             return self.stop(agent, AgentStatus::Killed).await;
@@ -262,6 +274,28 @@ impl Runtime {
         Ok(())
     }
 
+    /// Whether the agent's task left `executing` a moment ago because of the agent's own failure
+    /// (its `StopFailure` hook moved it to `waiting_quota` or `retry`), so the agent is
+    /// exiting by itself and gets `EXIT_GRACE` to do so before it is stopped.
+    async fn exiting_by_itself(&self, agent: &Agent, task: Option<&Task>) -> anyhow::Result<bool> {
+        if agent.kind != AgentKind::Worker {
+            return Ok(false);
+        }
+        let task = match task {
+            Some(task) => task.clone(),
+            None => self.store.task(&agent.task_id.to_string()).await?.task,
+        };
+        let since = Timestamp::now().millis() - task.updated_at.millis();
+        // A usage limit uncounts the attempt it interrupted.
+        let moved_by_its_failure = matches!(
+            task.state,
+            TaskState::WaitingQuota | TaskState::Retry | TaskState::Error | TaskState::Blocked
+        );
+        Ok(moved_by_its_failure
+            && task.attempts <= agent.attempt
+            && since < EXIT_GRACE.as_millis() as i64)
+    }
+
     /// An agent recorded as starting and no job opening its window: the daemon stopped between
     /// recording the agent and recording its window. Adopt the window if it was opened (it is
     /// named after the agent), else the agent never ran.
@@ -299,7 +333,7 @@ impl Runtime {
         let s = &observed.summary;
         let progress = AgentProgress {
             session_id: s.session_id.clone(),
-            cost_usd: s.cost_usd.unwrap_or(0.0),
+            cost_usd: s.cost_usd,
             input_tokens: s.input_tokens as i64,
             output_tokens: s.output_tokens as i64,
             tool_calls: i64::from(s.tool_calls),
@@ -502,9 +536,9 @@ impl Runtime {
             let policy = self.policy();
             let begun =
                 self.store.begin_attempt(task.id, &agent, &prompt, unrecorded.as_ref(), policy);
-            anyhow::Ok(begun.await?)
+            anyhow::Ok((begun.await?, agent.token))
         };
-        let (task, recorded) = match begun.await {
+        let ((task, recorded), token) = match begun.await {
             Ok(begun) => begun,
             Err(error) => {
                 // The attempt did not begin (the task may have been cancelled meanwhile), but
@@ -515,7 +549,7 @@ impl Runtime {
                 return Err(error);
             }
         };
-        self.launch(&task, &recorded, &profile, &prompt).await
+        self.launch(&task, &recorded, &token, &profile, &prompt).await
     }
 
     /// The directory the task's agents work in: its git worktree when it has a repository,
@@ -548,6 +582,10 @@ impl Runtime {
             )));
         };
         let repo_path = PathBuf::from(&context.path);
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &repo_path)
+            .await
+            .map_err(|problem| Workspace::Retry(format!("cannot prepare the worktree: {problem}")))?
+            .worktree;
         let base = context.default_branch.clone().unwrap_or_else(|| "main".into());
         let short = task.short_id();
         let home = self.home.root().to_owned();
@@ -558,8 +596,6 @@ impl Runtime {
         let span = tracing::Span::current();
         let prepared = tokio::task::spawn_blocking(move || {
             let _job = span.enter();
-            let settings =
-                Config::load(&home, Some(&repo_for_job)).map(|c| c.worktree).unwrap_or_default();
             let prepared = worktree::prepare(&worktree::Spec {
                 repo: &repo_for_job,
                 base_branch: &base,
@@ -568,11 +604,32 @@ impl Runtime {
                 copy_files: &settings.copy_files,
                 setup: settings.setup.as_deref(),
             })?;
-            // Local hook settings are not committed, so the worktree gets ccm's hooks of its own.
-            if let Err(e) = crate::hooks::install::install(
-                &runtime.hook_options(&prepared.path, &crate::hooks::ccm_command()),
-            ) {
-                warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them");
+            // Local hook settings are not committed, so the worktree gets ccm's hooks of its own,
+            // kept out of the agent's commits whatever git command it runs.
+            let ccm = crate::hooks::ccm_command();
+            let options = runtime.hook_options(&prepared.path, &ccm);
+            match crate::hooks::install::install(&options) {
+                Ok(reports) => {
+                    let files: Vec<&Path> = reports
+                        .iter()
+                        .filter(|r| {
+                            use crate::hooks::install::Action;
+                            matches!(r.action, Action::Added | Action::AlreadyPresent)
+                        })
+                        .map(|r| r.file.as_path())
+                        .collect();
+                    if let Err(e) =
+                        worktree::keep_out_of_commits(&repo_for_job, &prepared.path, &files)
+                    {
+                        warn!(error = %e, "cannot keep ccm's hooks out of the worktree's commits; the agent runs without them");
+                        if let Err(e) = crate::hooks::install::uninstall(&options) {
+                            warn!(error = %e, "cannot remove ccm's hooks from the worktree");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them")
+                }
             }
             Ok::<_, worktree::WorktreeError>(prepared)
         })
@@ -593,8 +650,14 @@ impl Runtime {
             repo: worktree,
             ccm,
             shared: false,
-            gate_timeout_secs: self.config.approvals.timeout_secs + 30,
+            gate_timeout_secs: self.gate_timeout_secs(),
         }
+    }
+
+    /// How long an agent CLI waits for a gate hook: the approval timeout, plus a margin so
+    /// ccm answers (deny) before the CLI gives up on the hook.
+    fn gate_timeout_secs(&self) -> u64 {
+        self.config.approvals.timeout_secs + 30
     }
 
     async fn new_agent(
@@ -614,26 +677,35 @@ impl Runtime {
             profile: profile.to_string(),
             dir: dir.to_string_lossy().into_owned(),
             cwd: cwd.to_string_lossy().into_owned(),
+            token: crate::store::new_agent_token()?,
         })
     }
 
     /// Opens the agent's tmux window; its output goes to `output.log` and its exit status to
-    /// `exit` in the agent's directory.
+    /// `exit` in the agent's directory. `token` is the agent's credential for its hook events.
     async fn launch(
         &self,
         task: &Task,
         agent: &Agent,
+        token: &str,
         profile: &Profile,
         prompt: &str,
     ) -> anyhow::Result<()> {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
+        let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
+        let codex_hooks = crate::hooks::install::codex_overrides(
+            &crate::hooks::ccm_command(),
+            self.gate_timeout_secs(),
+        );
         let argv = profile.argv(&Placeholders {
+            codex_hooks: &codex_hooks,
             prompt,
             prompt_file: &prompt_file.to_string_lossy(),
             session_id: &session_id,
             cwd: &agent.cwd,
+            allowed_tools: &allowed_tools,
         });
         let script = match profile.mode {
             Mode::Headless => {
@@ -649,10 +721,17 @@ impl Runtime {
         let mut full =
             vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
         full.extend(argv);
-        let mut env: BTreeMap<String, String> = profile.env.clone();
+        // Every variable is given to the window: it would otherwise get the environment of
+        // whichever process started ccm's tmux server, not this daemon's.
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| !name.starts_with("TMUX"))
+            .collect();
+        env.extend(profile.env.clone());
         env.extend([
             ("CCM_TASK_ID".to_string(), task.id.to_string()),
             ("CCM_AGENT_ID".to_string(), agent.id.to_string()),
+            ("CCM_AGENT_TOKEN".to_string(), token.to_string()),
             ("CCM_ATTEMPT".to_string(), task.attempts.to_string()),
             ("CCM_AGENT_DIR".to_string(), agent.dir.clone()),
             ("CCM_HOME".to_string(), self.home.root().to_string_lossy().into_owned()),
@@ -680,18 +759,60 @@ impl Runtime {
         }
     }
 
+    /// The tools the profile's agents may use without asking, as the task's project
+    /// configures them (`allowed_tools` in its `.ccm/config.yaml`), else as the profile says.
+    async fn allowed_tools(&self, task: &Task, name: &str, profile: &Profile) -> Vec<String> {
+        let saved = self.store.worktree(task.id).await.ok().flatten();
+        let repo = saved.and_then(|w| serde_json::from_value::<SavedWorktree>(w).ok());
+        repo.and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
+            .and_then(|config| config.profiles.get(name).map(|p| p.allowed_tools.clone()))
+            .unwrap_or_else(|| profile.allowed_tools.clone())
+    }
+
     /// The worker is gone: a usage limit, a crash, or the verification gate.
     async fn finish_worker(&self, task: &Task, agent: &Agent) -> anyhow::Result<()> {
-        let summary = self.summary(agent).await;
+        let (summary, output) = self.summary_and_output(agent).await;
         let last_message = summary.last_message.clone();
         let policy = self.policy();
-        if let Some(quota) = &summary.quota {
-            let until =
-                quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
-                    quota
-                        .retry_after_secs
-                        .map(|secs| Timestamp::now().after(Duration::from_secs(secs)))
-                });
+        if !summary.permission_denials.is_empty() {
+            let denied: Vec<String> =
+                summary.permission_denials.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "task {} ({}): the agent was denied {} tool call(s): {}",
+                task.short_id(),
+                task.title,
+                denied.len(),
+                denied.join("; ")
+            );
+            self.store
+                .alert(Some(task.id), Severity::Warning, "permission_denied", &message)
+                .await?;
+        }
+        let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
+        let meaning = agent.exit_code.filter(|_| agent.status == AgentStatus::Exited);
+        let meaning = meaning.and_then(|code| format.exit_meaning(code));
+        let cause = || last_text_line(&output);
+        // The exit status says "quota" even when the output does not.
+        let quota = summary.quota.clone().or_else(|| {
+            (meaning == Some(ExitMeaning::Quota)).then(|| Quota {
+                message: cause().unwrap_or_else(|| "quota exhausted".to_string()),
+                reset_at: None,
+                retry_after_secs: None,
+            })
+        });
+        if let Some(ExitMeaning::Fatal(what)) = meaning {
+            let code = agent.exit_code.unwrap_or(-1);
+            let reason = match cause() {
+                Some(cause) => format!("worker exited with status {code} ({what}): {cause}"),
+                None => format!("worker exited with status {code} ({what})"),
+            };
+            let end = AttemptEnd { outcome: "crash", verify_output: None, last_message };
+            let event = TaskEvent::Failed { class: FailureClass::Fatal };
+            self.store.end_attempt(task.id, &end, event, &reason, policy).await?;
+            return Ok(());
+        }
+        if let Some(quota) = &quota {
+            let until = quota_until(quota);
             let end = AttemptEnd { outcome: "quota", verify_output: None, last_message };
             let reason = format!("usage limit: {}", quota.message);
             self.store
@@ -741,7 +862,9 @@ impl Runtime {
                 (passed, Some(output), format!("verify `{command}` {detail}"))
             }
         };
-        let (outcome, event) = if passed {
+        let (outcome, event) = if passed && !summary.permission_denials.is_empty() {
+            ("success_with_denials", TaskEvent::VerifyPassed)
+        } else if passed {
             ("success", TaskEvent::VerifyPassed)
         } else {
             ("verify_failed", TaskEvent::Failed { class: FailureClass::VerifyFailed })
@@ -780,10 +903,16 @@ impl Runtime {
     /// Everything the agent printed, summarized (read again from its log, so it is right
     /// after a restart too).
     async fn summary(&self, agent: &Agent) -> OutputSummary {
+        self.summary_and_output(agent).await.0
+    }
+
+    /// The summary, and the output it was made from.
+    async fn summary_and_output(&self, agent: &Agent) -> (OutputSummary, String) {
         let format = self.profile(&agent.profile).map_or(OutputFormat::Plain, |p| p.output);
         let output =
             tokio::fs::read(Path::new(&agent.dir).join("output.log")).await.unwrap_or_default();
-        OutputSummary::of(format, &String::from_utf8_lossy(&output))
+        let output = String::from_utf8_lossy(&output).into_owned();
+        (OutputSummary::of(format, &output), output)
     }
 
     /// `report_generation`: diff stat, commits, verification, cost, tokens, tool calls,
@@ -825,12 +954,22 @@ impl Runtime {
             "attempt": task.attempts,
             "work": work,
             "verify": { "command": task.verify, "output": attempt.and_then(|a| a.verify_output.clone()) },
-            "cost_usd": agents.iter().map(|a| a.cost_usd).sum::<f64>(),
+            // Unknown (null) when any agent's CLI reports no cost.
+            "cost_usd": agents.iter().map(|a| a.cost_usd).sum::<Option<f64>>(),
             "tokens": {
                 "input": agents.iter().map(|a| a.input_tokens).sum::<i64>(),
                 "output": agents.iter().map(|a| a.output_tokens).sum::<i64>(),
             },
             "tool_calls": summary.tool_calls,
+            "permission_denials": summary.permission_denials.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            // Writes ccm's hooks refused (the file belongs to another task).
+            "denied_writes": self
+                .store
+                .change_requests_of(task.id)
+                .await?
+                .into_iter()
+                .map(|r| json!({ "path": r.path, "owner": r.owner, "tool": r.tool }))
+                .collect::<Vec<_>>(),
             "duration_ms": duration_ms,
             "last_message": summary.last_message,
         });
@@ -893,7 +1032,7 @@ impl Runtime {
         tokio::fs::create_dir_all(&cwd).await?;
         let agent = self.new_agent(AgentKind::Supervisory, &profile_name, &cwd, &prompt).await?;
         let recorded = self.store.begin_review(task.id, &agent).await?;
-        self.launch(task, &recorded, &profile, &prompt).await
+        self.launch(task, &recorded, &agent.token, &profile, &prompt).await
     }
 
     /// The supervisory agent is gone: apply its verdict.
@@ -934,11 +1073,20 @@ impl Runtime {
                 warn!(error = %e, "cannot remove ccm's hooks from the worktree");
             }
         }
-        let settings = Config::load(self.home.root(), Some(&saved.repo))
-            .map(|c| c.worktree)
-            .unwrap_or_default();
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &saved.repo)
+            .await
+            .map_err(|problem| anyhow::anyhow!("cannot clean the worktree up: {problem}"))?
+            .worktree;
         let outcome = tokio::task::spawn_blocking(move || {
-            worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)
+            let outcome = worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)?;
+            // Gemini CLI's records of the worktree (its agents share the daemon's HOME).
+            if let (true, Some(home)) = (outcome.worktree_removed, std::env::var_os("HOME")) {
+                let gemini = Path::new(&home).join(".gemini");
+                if let Err(e) = gemini_state::forget_folder(&gemini, &saved.worktree.path) {
+                    warn!(error = %e, "cannot remove Gemini CLI's records of the worktree");
+                }
+            }
+            Ok::<_, worktree::WorktreeError>(outcome)
         })
         .await??;
         self.store.set_worktree(task.id, None).await?;
@@ -1014,6 +1162,13 @@ async fn read_output(log: &Path, observed: &mut Observed) -> anyhow::Result<()> 
     observed.last_output = Instant::now();
     observed.dirty = true;
     Ok(())
+}
+
+/// When a usage limit resets: its reset time, else now plus its retry-after, if it says.
+fn quota_until(quota: &crate::agents::parse::Quota) -> Option<Timestamp> {
+    quota.reset_at.map(|secs| Timestamp(secs.saturating_mul(1000))).or_else(|| {
+        quota.retry_after_secs.map(|secs| Timestamp::now().after(Duration::from_secs(secs)))
+    })
 }
 
 /// The exit status the agent's wrapper wrote, once it has.

@@ -45,7 +45,7 @@ pub enum SyncCommand {
 pub type SyncStatus = BTreeMap<Lane, LaneStatus>;
 
 pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::Result<()> {
-    let daemon = Client::connect(home).await;
+    let daemon = Client::connect(home).await?;
     match command {
         SyncCommand::Enroll { jwt } => enroll(home, config, daemon, jwt).await,
         SyncCommand::Status { json } => {

@@ -85,6 +85,10 @@ const INHERITED_GIT_ENV: &[&str] = &[
     "GIT_PREFIX",
 ];
 
+/// Name of a worktree's own excludes file, in its administrative git directory (see
+/// [`keep_out_of_commits`]).
+pub const EXCLUDE_FILE: &str = "ccm-exclude";
+
 /// How many paths a "kept: uncommitted changes" note names before it stops.
 const NOTE_PATHS: usize = 5;
 
@@ -222,6 +226,88 @@ pub fn prepare(spec: &Spec) -> Result<Worktree, WorktreeError> {
         return Err(error);
     }
     Ok(worktree)
+}
+
+/// Keeps `files` (ccm's own, inside the worktree at `worktree` of the checkout `repo`) out of
+/// whatever git command runs in that worktree (`git add -A` included), and so out of its
+/// branch, its diff and its status, without changing what git sees in the main checkout or in
+/// other worktrees.
+///
+/// Untracked files are ignored by an exclude file of this worktree alone, [`EXCLUDE_FILE`] in
+/// its administrative directory, named by `core.excludesFile` in the worktree's own config
+/// (`config.worktree`; this needs `extensions.worktreeConfig` in the repository's config, set
+/// once). That setting takes the place of the user's global excludes file, so the file starts
+/// with a copy of it. Tracked files get the skip-worktree bit in the worktree's own index.
+/// Idempotent.
+pub fn keep_out_of_commits(
+    repo: &Path,
+    worktree: &Path,
+    files: &[&Path],
+) -> Result<(), WorktreeError> {
+    let relative: Vec<&Path> = files.iter().filter_map(|f| f.strip_prefix(worktree).ok()).collect();
+    if relative.is_empty() {
+        return Ok(());
+    }
+    let mut ls_files = args!["ls-files", "-z", "--"].to_vec();
+    ls_files.extend(relative.iter().map(|p| p.as_os_str()));
+    let tracked_list = git(worktree, &ls_files)?;
+    let tracked: Vec<&str> = tracked_list.split('\0').filter(|p| !p.is_empty()).collect();
+    if !tracked.is_empty() {
+        let mut skip = args!["update-index", "--skip-worktree", "--"].to_vec();
+        skip.extend(tracked.iter().map(OsStr::new));
+        git(worktree, &skip)?;
+    }
+
+    let git_dir = PathBuf::from(git(worktree, &args!["rev-parse", "--absolute-git-dir"])?.trim());
+    let exclude = git_dir.join(EXCLUDE_FILE);
+    let mut text = String::from("# the user's global excludes, copied by ccm\n");
+    if let Some(global) = global_excludes_file(repo)? {
+        // Missing or unreadable: git would ignore it too.
+        text.push_str(&fs::read_to_string(global).unwrap_or_default());
+        text.push('\n');
+    }
+    text.push_str("# ccm's hook settings: not the agent's work\n");
+    for path in relative.iter().filter(|p| !tracked.iter().any(|t| Path::new(t) == **p)) {
+        text.push('/');
+        for c in path.to_string_lossy().chars() {
+            if matches!(c, '*' | '?' | '[' | '\\' | '!' | '#' | ' ') {
+                text.push('\\');
+            }
+            text.push(c);
+        }
+        text.push('\n');
+    }
+    fs::write(&exclude, text)
+        .map_err(|source| WorktreeError::Io { path: exclude.clone(), source })?;
+
+    let enabled =
+        git_maybe(repo, &args!["config", "--local", "--bool", "extensions.worktreeConfig"])?;
+    if enabled.as_deref().map(str::trim) != Some("true") {
+        // Written once per repository; the lock keeps this process's writers of its config apart.
+        let lock = repository_lock(&canonical(repo)?);
+        let _git = lock.exclusive();
+        git(repo, &args!["config", "--local", "extensions.worktreeConfig", "true"])?;
+    }
+    git(worktree, &args!["config", "--worktree", "core.excludesFile", &exclude])?;
+    Ok(())
+}
+
+/// The excludes file git reads for `repo` apart from a worktree's own setting:
+/// `core.excludesFile` of the repository, user or system config, else git's default
+/// (`$XDG_CONFIG_HOME/git/ignore`, `~/.config/git/ignore`).
+fn global_excludes_file(repo: &Path) -> Result<Option<PathBuf>, WorktreeError> {
+    for scope in ["--local", "--global", "--system"] {
+        if let Some(path) =
+            git_maybe(repo, &args!["config", scope, "--path", "--get", "core.excludesFile"])?
+        {
+            return Ok(Some(PathBuf::from(path.trim())));
+        }
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    Ok(config.map(|c| c.join("git/ignore")))
 }
 
 /// One commit of a task's branch.

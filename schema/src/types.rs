@@ -264,7 +264,8 @@ pub struct Agent {
     pub cwd: String,
     pub session_id: Option<String>,
     pub exit_code: Option<i64>,
-    pub cost_usd: f64,
+    /// USD cost; `None` when the agent's CLI reports none (unknown, not zero).
+    pub cost_usd: Option<f64>,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub tool_calls: i64,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use ccm_tests::{git_repo, open_db, wait_until, TestHome};
+use ccm_tests::{git_repo, open_db, wait_until, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
 
 /// Runs `ccm hook --agent AGENT [ARG]` with `stdin` and the hook environment `env`.
@@ -147,8 +147,15 @@ async fn every_documented_event_is_stored_and_normalized() {
 #[tokio::test]
 async fn hook_without_daemon_writes_sqlite_and_a_busy_database_spools() {
     let home = TestHome::new("hook-offline");
-    let task = home.run_json(&["task", "add", "offline hooks"])["id"].as_str().unwrap().to_string();
-    let env = [("CCM_TASK_ID", task.as_str())];
+    home.write_config(HOLDER_PROFILE);
+    let mut daemon = home.start();
+    let task = home.run_json(&["task", "add", "offline hooks", "--profile", "holder"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    daemon.terminate(); // the agent outlives the daemon
+    let env = [("CCM_AGENT_TOKEN", token.as_str())];
 
     // Daemon down: the hook writes SQLite itself.
     assert_eq!(
@@ -268,32 +275,29 @@ async fn hook_with_arguments_it_cannot_parse_still_stores_the_event_and_exits_ze
 }
 
 #[tokio::test]
-async fn write_to_a_file_another_task_owns_is_denied_until_the_owner_completes() {
-    let home = TestHome::new("hook-claims");
-    let repo = home.work().join("app");
-    git_repo(&repo, None);
-    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
-    home.run_ok(&["context", "add", &repo]);
+async fn write_to_a_file_another_task_owns_is_denied_until_the_owner_ends() {
+    let (home, repo) = holder_home_with_repo("hook-claims");
     let daemon = home.start();
-    let first = home.run_json(&["task", "add", "first", "--repo", &repo])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let second = home.run_json(&["task", "add", "second", "--repo", &repo])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let add = |title: &str| {
+        home.run_json(&["task", "add", title, "--profile", "holder", "--repo", &repo])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (first, second) = (add("first"), add("second"));
+    let first_agent = daemon.agent_token(&first).await;
+    let second_agent = daemon.agent_token(&second).await;
     let write = claude(
         "PreToolUse",
         json!({"cwd": repo, "tool_name": "Write", "tool_input": {"file_path": format!("{repo}/src/lib.rs"), "content": "x"}}),
     );
 
     assert_eq!(
-        hook_json(&home, "claude", &[("CCM_TASK_ID", &first)], &write),
+        hook_json(&home, "claude", &[("CCM_AGENT_TOKEN", &first_agent)], &write),
         Value::Null,
         "the first writer claims it"
     );
-    let denied = hook_json(&home, "claude", &[("CCM_TASK_ID", &second)], &write);
+    let denied = hook_json(&home, "claude", &[("CCM_AGENT_TOKEN", &second_agent)], &write);
     let output = &denied["hookSpecificOutput"];
     assert_eq!(output["hookEventName"], "PreToolUse");
     assert_eq!(output["permissionDecision"], "deny");
@@ -309,36 +313,154 @@ async fn write_to_a_file_another_task_owns_is_denied_until_the_owner_completes()
     assert_eq!(claims["change_requests"][0]["requester_task"], second.as_str());
     assert_eq!(claims["change_requests"][0]["resolution"], Value::Null);
 
-    // The owner completes: its claims go, the change request is resolved, the write is allowed.
-    for event in [
-        json!({"event": "start"}),
-        json!({"event": "worker_finished"}),
-        json!({"event": "verify_passed"}),
-        json!({"event": "report_ready", "supervised": false}),
-    ] {
-        let (status, body) = daemon.post(&format!("/api/tasks/{first}/events"), event).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    assert_eq!(hook_json(&home, "claude", &[("CCM_TASK_ID", &second)], &write), Value::Null);
-    let claims = home.run_json(&["claims"]);
-    assert_eq!(claims["claims"][0]["task_id"], second.as_str());
-    assert!(claims["change_requests"][0]["resolution"].as_str().unwrap().contains("is complete"));
-
     // Gemini's write tool is held to the same rule, in Gemini's output format.
     let gemini = json!({"session_id": "g", "cwd": repo, "hook_event_name": "BeforeTool", "tool_name": "write_file",
                         "tool_input": {"file_path": format!("{repo}/src/lib.rs"), "content": "y"}});
-    let denied = hook_json(&home, "gemini", &[("CCM_TASK_ID", &first)], &gemini);
+    let denied = hook_json(&home, "gemini", &[("CCM_AGENT_TOKEN", &second_agent)], &gemini);
     assert_eq!(denied["decision"], "deny");
+
+    // The owner ends: its claims go, the change requests are resolved, the write is allowed.
+    home.run_ok(&["task", "cancel", &first]);
+    assert_eq!(
+        hook_json(&home, "claude", &[("CCM_AGENT_TOKEN", &second_agent)], &write),
+        Value::Null
+    );
+    let claims = home.run_json(&["claims"]);
+    assert_eq!(claims["claims"][0]["task_id"], second.as_str());
+    for request in claims["change_requests"].as_array().unwrap() {
+        assert!(request["resolution"].as_str().unwrap().contains("is cancelled"), "{request}");
+    }
+}
+
+/// Every move out of `executing` ends the attempt in its transaction: the usage limit a
+/// `StopFailure` hook reports, and a cancel, each leave no attempt open.
+#[tokio::test]
+async fn stop_failure_and_cancel_end_the_running_attempt() {
+    let home = TestHome::new("hook-attempt-end");
+    home.write_config(&format!("runtime:\n  quota_wait_secs: 1\n{HOLDER_PROFILE}"));
+    let daemon = home.start();
+    let task = home.run_json(&["task", "add", "limited", "--profile", "holder"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let limit = claude("StopFailure", json!({"error": "rate_limit"}));
+    assert_eq!(hook_json(&home, "claude", &[("CCM_AGENT_TOKEN", &token)], &limit), Value::Null);
+    let detail = home.run_json(&["task", "show", &task]);
+    let moved = detail["log"].as_array().unwrap().iter().any(|e| e["to_state"] == "waiting_quota");
+    assert!(moved, "{detail:#}");
+    assert_eq!(detail["runs"][0]["outcome"], "quota", "{detail:#}");
+    assert!(!detail["runs"][0]["ended_at"].is_null(), "{detail:#}");
+
+    // The limit reset: a second attempt runs, and is cancelled.
+    let second = wait_until(Duration::from_secs(20), || async {
+        daemon.get(&format!("/api/tasks/{task}")).await.1["state"] == "executing"
+            && home.run_json(&["task", "show", &task])["runs"].as_array().unwrap().len() == 2
+    })
+    .await;
+    assert!(second, "{}", daemon.log_text());
+    home.run_ok(&["task", "cancel", &task]);
+    let runs = home.run_json(&["task", "show", &task])["runs"].clone();
+    let ends: Vec<(&Value, bool)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (&r["outcome"], !r["ended_at"].is_null()))
+        .collect();
+    assert_eq!(ends, [(&json!("quota"), true), (&json!("cancelled"), true)], "{runs:#}");
+}
+
+/// A hook event acts on a task only with the credential the runtime gave the task's agent:
+/// task ids a sender names change nothing, nor does the credential of an agent that ended;
+/// and no client can write the node's own actors into the task log.
+#[tokio::test]
+async fn only_a_live_agents_own_credential_acts_on_its_task() {
+    let (home, repo) = holder_home_with_repo("hook-credential");
+    let daemon = home.start();
+    let victim = home.run_json(&["task", "add", "victim", "--profile", "holder", "--repo", &repo])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&victim).await;
+    let write = |file: &str| {
+        claude(
+            "PreToolUse",
+            json!({"cwd": repo, "tool_name": "Write", "tool_input": {"file_path": format!("{repo}/{file}"), "content": "x"}}),
+        )
+    };
+    let limit = claude("StopFailure", json!({"error": "rate_limit"}));
+    let claims = || home.run_json(&["claims"])["claims"].as_array().unwrap().clone();
+
+    // The victim's id, named by `ccm hook`'s environment or by the API's header.
+    for event in [&limit, &write("src/main.rs")] {
+        assert_eq!(hook_json(&home, "claude", &[("CCM_TASK_ID", &victim)], event), Value::Null);
+        let request = daemon
+            .http
+            .post(daemon.url("/api/hooks?system=claude"))
+            .header("x-ccm-task-id", &victim);
+        assert_eq!(daemon.send(request.json(event)).await, (200, json!({})));
+    }
+    // A made-up credential.
+    let forged = [("CCM_AGENT_TOKEN", "0".repeat(64))];
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(hook_json(&home, "claude", &forged, &limit), Value::Null);
+    assert_eq!(home.run_json(&["task", "show", &victim])["state"], "executing");
+    assert_eq!(claims(), Vec::<Value>::new(), "nobody claimed a file for the victim");
+
+    // The agent's own credential claims the file for its task.
+    let own = [("CCM_AGENT_TOKEN", token.as_str())];
+    assert_eq!(hook_json(&home, "claude", &own, &write("src/main.rs")), Value::Null);
+    assert_eq!(claims()[0]["task_id"], victim.as_str());
+
+    // Once the agent ended, its credential changes nothing.
+    home.run_ok(&["task", "cancel", &victim]);
+    let ended = wait_until(Duration::from_secs(20), || async {
+        daemon.get("/api/agents").await.1[0]["status"] != "running"
+    })
+    .await;
+    assert!(ended, "the cancelled task's agent was stopped");
+    assert_eq!(hook_json(&home, "claude", &own, &write("src/other.rs")), Value::Null);
+    assert_eq!(claims(), Vec::<Value>::new(), "a cancelled task claims nothing");
+    let mut db = open_db(&home.db_file()).await;
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM hook_events WHERE kind = 'pre_tool'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(stored, 4, "the events are kept all the same");
+
+    // The actors the node writes itself cannot be claimed.
+    let log_length = || async {
+        daemon.get(&format!("/api/tasks/{victim}")).await.1["log"].as_array().unwrap().len()
+    };
+    let before = log_length().await;
+    let request = daemon
+        .http
+        .post(daemon.url(&format!("/api/tasks/{victim}/events")))
+        .header("x-ccm-actor", "scheduler")
+        .json(&json!({"event": "retry"}));
+    let (status, body) = daemon.send(request).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("x-ccm-actor"), "{body}");
+    assert_eq!(log_length().await, before);
+    let (_, tasks) = daemon.get("/api/tasks").await;
+    assert_eq!(tasks.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn approval_rule_waits_for_a_decision_or_its_default() {
     let home = TestHome::new("hook-approval");
     home.write_config(
-        "approvals:\n  timeout_secs: 2\n  default: allow\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n",
+        &format!("approvals:\n  timeout_secs: 2\n  default: allow\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n{HOLDER_PROFILE}"),
     );
-    let _daemon = home.start();
-    let task = home.run_json(&["task", "add", "pushes"])["id"].as_str().unwrap().to_string();
+    let daemon = home.start();
+    let task = home.run_json(&["task", "add", "pushes", "--profile", "holder"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let env = [("CCM_AGENT_TOKEN", token.as_str())];
     let push = claude(
         "PreToolUse",
         json!({"tool_name": "Bash", "tool_input": {"command": "git push origin main"}}),
@@ -346,16 +468,14 @@ async fn approval_rule_waits_for_a_decision_or_its_default() {
 
     // A human answers deny while the hook waits.
     let waiting = {
-        let (home_dir, payload, task) = (home.home(), push.to_string(), task.clone());
         let mut command = home.ccm();
         command
             .args(["hook", "--agent", "claude"])
-            .env("CCM_TASK_ID", &task)
+            .env("CCM_AGENT_TOKEN", &token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let mut child = command.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
-        let _ = home_dir;
+        child.stdin.take().unwrap().write_all(push.to_string().as_bytes()).unwrap();
         child
     };
     let asked = wait_until(Duration::from_secs(10), || async {
@@ -377,7 +497,7 @@ async fn approval_rule_waits_for_a_decision_or_its_default() {
         .contains("deny by cli"));
 
     // Nobody answers: after the timeout the configured default (allow) is returned.
-    let answer = hook_json(&home, "claude", &[("CCM_TASK_ID", &task)], &push);
+    let answer = hook_json(&home, "claude", &env, &push);
     assert_eq!(answer["hookSpecificOutput"]["permissionDecision"], "allow");
     assert!(answer["hookSpecificOutput"]["permissionDecisionReason"]
         .as_str()
@@ -386,7 +506,7 @@ async fn approval_rule_waits_for_a_decision_or_its_default() {
     // Commands no rule names go straight through.
     let status =
         claude("PreToolUse", json!({"tool_name": "Bash", "tool_input": {"command": "git status"}}));
-    assert_eq!(hook_json(&home, "claude", &[("CCM_TASK_ID", &task)], &status), Value::Null);
+    assert_eq!(hook_json(&home, "claude", &env, &status), Value::Null);
 }
 
 #[test]
@@ -574,7 +694,7 @@ async fn events_without_ccm_environment_attach_by_working_directory_or_session()
         .as_str()
         .unwrap()
         .to_string();
-    // The agent's own SessionStart (sent with CCM_AGENT_ID) records its session id.
+    // The agent's own SessionStart (sent with its credential) records its session id.
     let session = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
     let started = wait_until(Duration::from_secs(60), || async {
         daemon.get("/api/agents").await.1[0]["session_id"] == session
@@ -678,4 +798,170 @@ async fn write_ahead_log_is_checkpointed_and_restarted_while_the_daemon_writes()
     assert!(restarted, "the log was never started over");
     let notifications = stored(&home).await.into_iter().filter(|r| r.1 == "Notification");
     assert_eq!(notifications.count(), 3000);
+}
+
+/// Waits up to `limit` for the child to exit; kills it and fails the test past that.
+fn wait_or_kill(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} still waited after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A hung daemon holds a tool call no approval rule names only briefly: the hook then stores
+/// the event itself and lets the agent go on.
+#[tokio::test]
+async fn gate_without_an_approval_rule_does_not_wait_for_a_hung_daemon() {
+    let home = TestHome::new("hook-hung");
+    let daemon = home.start();
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let write = claude(
+        "PreToolUse",
+        json!({"tool_name": "Write", "tool_input": {"file_path": "/tmp/x/a.rs", "content": "x"}}),
+    );
+    let mut child = home
+        .ccm()
+        .args(["hook", "--agent", "claude"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(write.to_string().as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let out = wait_or_kill(child, Duration::from_secs(15), "ccm hook");
+    let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    assert_eq!(
+        stored(&home).await,
+        [("claude".into(), "PreToolUse".into(), "pre_tool".into(), "direct".into())]
+    );
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(log.contains("no answer within 2s"), "{log}");
+}
+
+/// `ccm hook` exits 0 whatever happens to ccm, and says on stderr what it could not store:
+/// without a home, without an async runtime (no file descriptors left), and when no file can
+/// grow (a full disk), where it leaves no temporary spool file behind.
+#[tokio::test]
+async fn hook_exits_zero_and_says_what_it_lost_when_nothing_can_be_stored() {
+    let home = TestHome::new("hook-lost");
+    home.run_ok(&["task", "add", "makes the database"]);
+    let payload = claude("Stop", json!({"stop_hook_active": false})).to_string();
+    let run = |script: &str, configure: &dyn Fn(&mut std::process::Command)| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", script])
+            .arg(ccm_tests::ccm_bin())
+            .env("CCM_HOME", home.home())
+            .env_remove("CCM_AGENT_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
+        let out = wait_or_kill(child, Duration::from_secs(30), script);
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let hook = r#"exec "$0" hook --agent claude"#;
+
+    let (status, stderr) = run(hook, &|c| {
+        c.env_remove("HOME").env_remove("CCM_HOME");
+    });
+    assert!(status.success(), "no home: {status:?} {stderr}");
+    assert!(stderr.contains("the event is not stored"), "{stderr}");
+
+    let (status, stderr) = run(&format!("ulimit -n 4; {hook}"), &|_| {});
+    assert!(status.success(), "no runtime: {status:?} {stderr}");
+    assert!(stderr.contains("cannot start the async runtime"), "{stderr}");
+
+    let (status, stderr) = run(&format!("trap '' XFSZ; ulimit -f 0; {hook}"), &|_| {});
+    assert!(status.success(), "disk full: {status:?} {stderr}");
+    assert!(stderr.contains("event lost"), "{stderr}");
+    let spool = home.home().join("spool");
+    let left: Vec<_> = std::fs::read_dir(&spool).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{:?}", left.iter().map(|e| e.file_name()).collect::<Vec<_>>());
+}
+
+/// A broken project config fails closed: the daemon keeps the last good one (pre-assigned
+/// files stay refused) and an alert names the file and the key; a process with no good one
+/// (the direct path, daemon down) refuses the write.
+#[tokio::test]
+async fn broken_project_config_keeps_the_last_good_ownership_and_raises_an_alert() {
+    let home = TestHome::new("hook-broken-config");
+    home.write_config(HOLDER_PROFILE);
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let config = repo.join(".ccm/config.yaml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let good = "ownership:\n  someone-else: ['src/**']\n";
+    std::fs::write(&config, good).unwrap();
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let mut daemon = home.start();
+    let task = home.run_json(&["task", "add", "writer", "--profile", "holder", "--repo", &repo])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let env = [("CCM_AGENT_TOKEN", token.as_str())];
+    let decision = |file: &str| {
+        let write = claude(
+            "PreToolUse",
+            json!({"cwd": repo, "tool_name": "Write", "tool_input": {"file_path": format!("{repo}/{file}"), "content": "x"}}),
+        );
+        let answer = hook_json(&home, "claude", &env, &write);
+        let output = &answer["hookSpecificOutput"];
+        (
+            output["permissionDecision"].as_str().unwrap_or("none").to_string(),
+            output["permissionDecisionReason"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (verdict, reason) = decision("src/a.rs");
+    assert_eq!(verdict, "deny", "{reason}");
+    assert!(reason.contains("pre-assigned to `someone-else`"), "{reason}");
+
+    std::fs::write(&config, format!("{good}ownrship: {{}}\n")).unwrap();
+    let (verdict, reason) = decision("src/b.rs");
+    assert_eq!(verdict, "deny", "the last good config still pre-assigns src/: {reason}");
+    assert!(reason.contains("pre-assigned to `someone-else`"), "{reason}");
+    let alerts = home.run_json(&["dump-state"])["alerts"].clone();
+    let alert = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["reason"] == "config_invalid")
+        .unwrap_or_else(|| panic!("no alert: {alerts:#}"));
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("app/.ccm/config.yaml")
+            && message.contains("ownrship")
+            && message.contains("last good configuration is kept"),
+        "{message}"
+    );
+
+    daemon.terminate(); // the hook writes the database itself, with no good config to keep
+    let (verdict, reason) = decision("src/c.rs");
+    assert_eq!(verdict, "deny", "{reason}");
+    assert!(reason.contains("ownrship") && reason.contains("writes are refused"), "{reason}");
+}
+
+/// A home whose tasks may use [`HOLDER_PROFILE`], with a registered repository (its path).
+fn holder_home_with_repo(name: &str) -> (TestHome, String) {
+    let home = TestHome::new(name);
+    home.write_config(HOLDER_PROFILE);
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    (home, repo)
 }

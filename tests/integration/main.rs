@@ -2,10 +2,18 @@
 //! files and real git repositories in temporary directories.
 
 mod api;
+mod central;
+mod claude;
 mod config;
+mod dashboard;
 mod durability;
+mod gemini_codex;
+mod hardening;
 mod hooks;
 mod init;
+mod messages;
 mod runtime;
+mod startup;
 mod sync;
 mod tasks;
+mod worktree_hooks;

@@ -430,7 +430,7 @@ async fn agent_hooks_feed_the_task_timeline_and_the_agent_record() {
     let agent = &agents[0];
     assert!(
         events.as_array().unwrap().iter().all(|e| e["agent_id"] == agent["id"]),
-        "attached by CCM_AGENT_ID"
+        "attached by the agent's credential"
     );
     assert_eq!(agent["session_id"], "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0");
     // The worktree's hook settings were ccm's, not the agent's work: cleanup removed them.

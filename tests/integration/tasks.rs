@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ccm_tests::{wait_until, Daemon, TestHome};
+use ccm_tests::{wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
 
 async fn task_state(daemon: &Daemon, id: &str) -> String {
@@ -260,41 +260,77 @@ async fn illegal_transition_is_refused_naming_both_states() {
 #[tokio::test]
 async fn scheduler_admits_no_more_tasks_than_agent_slots() {
     let home = TestHome::new("slots");
+    home.write_config(HOLDER_PROFILE);
     // Created while the daemon is down, so the scheduler sees all five at once.
     let ids: Vec<String> = (0..5)
         .map(|p| {
-            let task =
-                home.run_json(&["task", "add", &format!("task {p}"), "--priority", &p.to_string()]);
+            let title = format!("task {p}");
+            let task = home.run_json(&[
+                "task",
+                "add",
+                &title,
+                "--priority",
+                &p.to_string(),
+                "--profile",
+                "holder",
+            ]);
             task["id"].as_str().unwrap().to_string()
         })
         .collect();
     let daemon = home.start_with(|c| {
         c.env("CCM_SCHEDULER__SLOTS", "2");
     });
-    let queued = || async {
-        let (_, tasks) = daemon.get("/api/tasks?state=queued").await;
-        tasks
+    let admitted = || async {
+        let (_, tasks) = daemon.get("/api/tasks").await;
+        let mut titles: Vec<String> = tasks
             .as_array()
             .unwrap()
             .iter()
+            .filter(|t| t["state"] == "queued" || t["state"] == "executing")
             .map(|t| t["title"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
+            .collect();
+        titles.sort();
+        titles
     };
-    assert!(wait_until(Duration::from_secs(5), || async { queued().await.len() == 2 }).await);
+    assert!(wait_until(Duration::from_secs(5), || async { admitted().await.len() == 2 }).await);
     // Highest priority first (priorities 4 and 3; task 4 was created last).
-    let mut first = queued().await;
-    first.sort();
-    assert_eq!(first, ["task 3", "task 4"]);
+    assert_eq!(admitted().await, ["task 3", "task 4"]);
 
     // Cancelling one frees a slot for the next by priority.
     home.run_ok(&["task", "cancel", &ids[4]]);
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            queued().await.contains(&"task 2".to_string())
+            admitted().await.contains(&"task 2".to_string())
         })
         .await
     );
-    assert_eq!(queued().await.len(), 2);
+    assert_eq!(admitted().await, ["task 2", "task 3"]);
+}
+
+/// Tasks of an external profile (`manual`) are run by nothing in ccm: queued, they hold no
+/// agent slot, so a task an agent runs is admitted past them.
+#[tokio::test]
+async fn queued_tasks_of_an_external_profile_hold_no_agent_slot() {
+    let home = TestHome::new("external-slots");
+    home.write_config(HOLDER_PROFILE);
+    for n in 0..4 {
+        home.run_ok(&["task", "add", &format!("manual {n}"), "--profile", "manual"]);
+    }
+    let daemon = home.start_with(|c| {
+        c.env("CCM_SCHEDULER__SLOTS", "4");
+    });
+    let queued = wait_until(Duration::from_secs(5), || async {
+        daemon.get("/api/tasks?state=queued").await.1.as_array().unwrap().len() == 4
+    })
+    .await;
+    assert!(queued, "the manual tasks are admitted");
+    let id = create(&daemon, json!({ "title": "agent work", "profile": "holder" })).await;
+    let admitted = wait_until(Duration::from_secs(10), || async {
+        task_state(&daemon, &id).await != "created"
+    })
+    .await;
+    assert!(admitted, "four queued manual tasks kept the agent's task waiting");
+    daemon.agent_token(&id).await; // and its agent runs
 }
 
 #[tokio::test]

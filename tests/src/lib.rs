@@ -7,10 +7,19 @@
 //! - [`git_repo`]: a real git repository in a temporary directory.
 //! - [`agent_cli`]: the real Claude Code, Gemini CLI or Codex, installed from npm at the versions
 //!   `tests/agent-clis/package.json` pins.
+//! - [`standin`]: scripted stand-ins of the model APIs the agent CLIs call.
 //! - [`bench`]: numbers shared by the benchmarks.
+//! - [`central`]: a real central (PostgreSQL 15 with `supabase/`, postrust in front), for the
+//!   central schema's tests and the sync engine's.
+//! - [`browser`]: a real headless Chromium through WebDriver, for the dashboard.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
+//! - [`HOLDER_PROFILE`] and [`Api::agent_token`]: an agent that only holds its task, whose
+//!   hook credential a test uses to send events as that agent.
 
 pub mod bench;
+pub mod browser;
+pub mod central;
+pub mod standin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -146,6 +155,22 @@ impl TestHome {
         command
     }
 
+    /// [`TestHome::ccm`] run through `sh -c 'SETUP; exec ccm ...'`, for limits a process
+    /// inherits (`umask 000`, `ulimit -n 256`).
+    pub fn ccm_after(&self, setup: &str) -> Command {
+        let ccm = self.ccm();
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(format!("{setup}; exec \"$0\" \"$@\"")).arg(ccm.get_program());
+        for (name, value) in ccm.get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        command.current_dir(self.work());
+        command
+    }
+
     /// Runs `ccm ARGS` and returns its output, whatever the exit code.
     pub fn run(&self, args: &[&str]) -> Output {
         self.ccm().args(args).output().expect("ccm runs")
@@ -176,14 +201,19 @@ impl TestHome {
 
     /// Starts `ccm up` after `configure` adjusted the command (extra environment, ...).
     pub fn start_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = self.ccm();
+        configure(&mut command);
+        self.start_command(command)
+    }
+
+    /// Starts `command` (a `ccm` command of this home) with `up`, and waits until it answers.
+    pub fn start_command(&self, mut command: Command) -> Daemon {
         let log_path = self.dir.path().join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = self.ccm();
         command.arg("up").env("CCM_LOG", "info").stdout(Stdio::null()).stderr(log);
-        configure(&mut command);
         let child = command.spawn().expect("ccm up starts");
         let pid = child.id();
         let http = reqwest::Client::builder().no_proxy().build().expect("client");
@@ -215,6 +245,11 @@ impl TestHome {
     }
 }
 
+/// Config of the agent profile `holder`: its agent writes its hook credential
+/// (`CCM_AGENT_TOKEN`) to `token` in its directory and sleeps, so that a test can send hook
+/// events as that agent (see [`Api::agent_token`]).
+pub const HOLDER_PROFILE: &str = "profiles:\n  holder:\n    command: [sh, -c, 'printf %s \"$CCM_AGENT_TOKEN\" > \"$CCM_AGENT_DIR/token.tmp\" && mv \"$CCM_AGENT_DIR/token.tmp\" \"$CCM_AGENT_DIR/token\"; exec sleep 600']\n";
+
 /// An authenticated client of a daemon's API; cheap to clone into spawned tasks.
 #[derive(Clone)]
 pub struct Api {
@@ -237,6 +272,25 @@ impl Api {
     /// `POST` with the token and a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    /// The hook credential of the live agent of `task` (id), once that agent (of the
+    /// [`HOLDER_PROFILE`]) has written it.
+    pub async fn agent_token(&self, task: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, agents) = self.get("/api/agents").await;
+            let live = agents.as_array().into_iter().flatten().find(|a| {
+                a["task_id"] == task && matches!(a["status"].as_str(), Some("starting" | "running"))
+            });
+            if let Some(dir) = live.and_then(|a| a["dir"].as_str()) {
+                if let Ok(token) = std::fs::read_to_string(Path::new(dir).join("token")) {
+                    return token;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agent of task {task} wrote its token: {agents}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {

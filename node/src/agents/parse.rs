@@ -20,7 +20,13 @@
 //! include the cached part that is also reported in `cache_read_tokens`.
 //!
 //! A [`Quota`] is set only when the run ended on a usage or rate limit (a final error that says
-//! so); a retry in progress (Claude `system`/`api_retry`, Gemini warnings) is not one.
+//! so); a retry in progress (Claude `system`/`api_retry`, Gemini warnings) is not one. Claude
+//! Code reports no reset time of a 429; with `ANTHROPIC_LOG=debug` (the built-in profile sets
+//! it) its API client prints the headers of a failed call, and the parser takes `retry-after`
+//! and the latest `anthropic-ratelimit-*-reset` from the 429's.
+//!
+//! Text lines before the first event of a JSON format are the CLI's own words (an unknown
+//! option, a failed start): they become the last message, as in `plain`.
 
 use std::collections::BTreeSet;
 
@@ -46,6 +52,63 @@ pub enum OutputFormat {
     /// Text: only the last non-empty line is kept.
     #[default]
     Plain,
+}
+
+/// What an agent CLI's exit status says beyond "failed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitMeaning {
+    /// No retry can help (bad credentials, untrusted folder, bad input); the text says why.
+    Fatal(&'static str),
+    /// The usage quota is exhausted.
+    Quota,
+}
+
+impl OutputFormat {
+    /// The meaning of the exit status `code` of the CLI that prints this format, when it has
+    /// one. Gemini CLI 0.61: 41 authentication, 42 input error, 55 untrusted folder, 173 quota
+    /// exhausted.
+    pub fn exit_meaning(self, code: i64) -> Option<ExitMeaning> {
+        match (self, code) {
+            (OutputFormat::Gemini, 41) => Some(ExitMeaning::Fatal("gemini cannot authenticate")),
+            (OutputFormat::Gemini, 42) => Some(ExitMeaning::Fatal("gemini rejected its input")),
+            (OutputFormat::Gemini, 55) => {
+                Some(ExitMeaning::Fatal("gemini does not trust the folder"))
+            }
+            (OutputFormat::Gemini, 173) => Some(ExitMeaning::Quota),
+            _ => None,
+        }
+    }
+}
+
+/// The last line of `output` that is text rather than a JSON event (a CLI's error on stderr),
+/// without terminal colour codes; `None` when there is none.
+pub fn last_text_line(output: &str) -> Option<String> {
+    output.lines().rev().find_map(|line| {
+        let line = strip_ansi(line);
+        let line = line.trim();
+        let event = line.starts_with('{') && serde_json::from_str::<Value>(line).is_ok();
+        (!line.is_empty() && !event).then(|| keep_end(line, PLAIN_LINE_MAX_CHARS).to_string())
+    })
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// How the agent's run ended, as its output says.
@@ -89,6 +152,10 @@ pub struct OutputSummary {
     pub outcome: Option<Outcome>,
     /// Set when the output says a usage or rate limit was hit.
     pub quota: Option<Quota>,
+    /// Tool calls the CLI refused (Claude `result.permission_denials`): a permission rule, or a
+    /// hook's deny (ccm's ownership gate).
+    #[serde(default)]
+    pub permission_denials: Vec<PermissionDenial>,
     pub lines: u64,
     /// Lines that were not JSON (for JSON formats) — counted, never fatal. A JSON value that is
     /// not an object (not an event) counts too; blank lines do not.
@@ -97,6 +164,27 @@ pub struct OutputSummary {
     /// summaries are equal when they say the same things.
     #[serde(skip)]
     pub state: FeedState,
+}
+
+/// A tool call the agent's CLI refused to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PermissionDenial {
+    pub tool: String,
+    /// The tool's input as the model gave it (a command, a file path and content, ...).
+    pub input: Value,
+}
+
+impl std::fmt::Display for PermissionDenial {
+    /// `Bash \`git push\``, `Write \`/w/a.rs\``, or the tool name alone.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = ["command", "file_path", "path", "notebook_path"]
+            .iter()
+            .find_map(|key| str_at(&self.input, key));
+        match what {
+            Some(what) => write!(f, "{} `{}`", self.tool, keep_end(what, 200)),
+            None => write!(f, "{}", self.tool),
+        }
+    }
 }
 
 /// What the parser remembers between lines; opaque. See [`OutputSummary::state`].
@@ -108,6 +196,13 @@ pub struct FeedState {
     streaming: bool,
     /// The last error message seen, for a failure event that carries none.
     last_error: Option<String>,
+    /// A JSON event was read: later text lines are not the CLI's error.
+    events_seen: bool,
+    /// Claude's API client log is showing a 429 (its headers follow).
+    in_429: bool,
+    /// `retry-after` and the latest `anthropic-ratelimit-*-reset` of the last 429.
+    retry_after_secs: Option<u64>,
+    reset_at: Option<i64>,
 }
 
 impl PartialEq for FeedState {
@@ -134,9 +229,16 @@ impl OutputSummary {
             Ok(event) if event.is_object() => event,
             _ => {
                 self.unparsed_lines += 1;
+                if format == OutputFormat::Claude {
+                    self.claude_log_line(line);
+                }
+                if !self.state.events_seen {
+                    self.feed_plain(line);
+                }
                 return;
             }
         };
+        self.state.events_seen = true;
         match format {
             OutputFormat::Claude => self.feed_claude(&event),
             OutputFormat::Gemini => self.feed_gemini(&event),
@@ -223,6 +325,15 @@ impl OutputSummary {
         if let Some(cost) = event.get("total_cost_usd").and_then(Value::as_f64) {
             self.cost_usd = Some(cost);
         }
+        if let Some(denials) = event.get("permission_denials").and_then(Value::as_array) {
+            self.permission_denials = denials
+                .iter()
+                .map(|denial| PermissionDenial {
+                    tool: str_at(denial, "tool_name").unwrap_or("a tool").to_string(),
+                    input: denial.get("tool_input").cloned().unwrap_or(Value::Null),
+                })
+                .collect();
+        }
         // The result's totals are cumulative: they replace, never add to, what came before.
         // `modelUsage` includes subagents, `usage` only the main loop (§1.9).
         match event.get("modelUsage").and_then(Value::as_object).filter(|m| !m.is_empty()) {
@@ -288,6 +399,43 @@ impl OutputSummary {
             self.quota = Some(quota_from(&message));
         }
         self.outcome = Some(Outcome::Error { message });
+        if let Some(quota) = &mut self.quota {
+            quota.retry_after_secs = quota.retry_after_secs.or(self.state.retry_after_secs);
+            quota.reset_at = quota.reset_at.or(self.state.reset_at);
+        }
+    }
+
+    /// A line of the log Claude Code's API client prints with `ANTHROPIC_LOG=debug`: entries
+    /// begin `[log_<id>]`; a 429's is followed by its headers, one `"name": "value",` a line.
+    fn claude_log_line(&mut self, line: &str) {
+        let line = line.trim();
+        if line.starts_with("[log_") {
+            // "... failed with status 429 ...", then "response error ... {" with the headers.
+            self.state.in_429 = line.contains("status 429")
+                || (self.state.in_429 && line.contains("response error"));
+            if line.contains("status 429") {
+                self.state.retry_after_secs = None;
+                self.state.reset_at = None;
+            }
+            return;
+        }
+        if !self.state.in_429 {
+            return;
+        }
+        let Some((name, value)) = line.trim_end_matches(',').split_once(':') else { return };
+        let name = name.trim().trim_matches('"').to_ascii_lowercase();
+        let value = value.trim().trim_matches('"');
+        if name == "retry-after" {
+            if let Ok(secs) = value.parse::<f64>() {
+                self.state.retry_after_secs = Some(secs.max(0.0).ceil() as u64);
+            }
+        } else if name.starts_with("anthropic-ratelimit-") && name.ends_with("-reset") {
+            if let Ok(at) = humantime::parse_rfc3339_weak(value) {
+                let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+                self.state.reset_at = Some(self.state.reset_at.map_or(secs, |r| r.max(secs)));
+            }
+        }
     }
 
     /// Gemini CLI `stream-json` (§2.2).
@@ -565,6 +713,9 @@ mod tests {
     const CLAUDE: &str = include_str!("fixtures/claude.jsonl");
     const CLAUDE_RATE_LIMIT: &str = include_str!("fixtures/claude_rate_limit.jsonl");
     const CLAUDE_USAGE_LIMIT: &str = include_str!("fixtures/claude_usage_limit.jsonl");
+    /// Claude Code 2.1.332 with `ANTHROPIC_LOG=debug` after a 429 (`retry-after: 120`, the
+    /// `anthropic-ratelimit-*-reset` headers at 2030-01-01T00:00:00Z).
+    const CLAUDE_429_DEBUG: &str = include_str!("fixtures/claude_429_debug.log");
     const GEMINI: &str = include_str!("fixtures/gemini.jsonl");
     const GEMINI_RATE_LIMIT: &str = include_str!("fixtures/gemini_rate_limit.jsonl");
     const CODEX: &str = include_str!("fixtures/codex.jsonl");
@@ -581,6 +732,27 @@ mod tests {
 
     fn some(text: &str) -> Option<String> {
         Some(text.to_string())
+    }
+
+    #[test]
+    fn gemini_exit_statuses_have_their_meaning() {
+        let meaning = |code| OutputFormat::Gemini.exit_meaning(code);
+        assert_eq!(meaning(41), Some(ExitMeaning::Fatal("gemini cannot authenticate")));
+        assert_eq!(meaning(55), Some(ExitMeaning::Fatal("gemini does not trust the folder")));
+        assert_eq!(meaning(173), Some(ExitMeaning::Quota));
+        assert_eq!(meaning(1), None);
+        assert_eq!(OutputFormat::Codex.exit_meaning(41), None);
+        assert_eq!(OutputFormat::Claude.exit_meaning(173), None);
+    }
+
+    #[test]
+    fn last_text_line_skips_json_events_and_colour_codes() {
+        let output = "YOLO mode is enabled.\n\u{1b}[31mGemini CLI is not running in a trusted directory.\u{1b}[0m\n{\"type\":\"result\"}\n\n";
+        assert_eq!(
+            last_text_line(output).as_deref(),
+            Some("Gemini CLI is not running in a trusted directory.")
+        );
+        assert_eq!(last_text_line("{\"type\":\"init\"}\n"), None);
     }
 
     #[test]
@@ -621,6 +793,47 @@ mod tests {
         let sub = r#"{"type":"assistant","parent_tool_use_id":"toolu_9","message":{"content":[{"type":"text","text":"Subagent chatter"}]}}"#;
         let summary = OutputSummary::of(OutputFormat::Claude, &[top, sub].join("\n"));
         assert_eq!(summary.last_message.as_deref(), Some("Asking a subagent."));
+    }
+
+    #[test]
+    fn claude_429_takes_its_reset_time_from_the_logged_headers() {
+        let summary = OutputSummary::of(OutputFormat::Claude, CLAUDE_429_DEBUG);
+        let quota = summary.quota.expect("a 429 is a quota");
+        assert_eq!(quota.retry_after_secs, Some(120));
+        assert_eq!(quota.reset_at, Some(1_893_456_000));
+        assert_eq!(
+            summary.last_message.as_deref(),
+            Some("API Error: Request rejected (429) · Number of request tokens has exceeded your per-minute rate limit")
+        );
+        // Headers of a response that was not a 429 are not read.
+        let ok = CLAUDE_429_DEBUG
+            .replace("status 429", "status 200")
+            .replace("response error", "response");
+        let summary = OutputSummary::of(OutputFormat::Claude, &ok);
+        assert_eq!(summary.quota.map(|q| (q.retry_after_secs, q.reset_at)), Some((None, None)));
+    }
+
+    #[test]
+    fn text_before_the_first_event_is_the_clis_error() {
+        for format in [OutputFormat::Claude, OutputFormat::Gemini, OutputFormat::Codex] {
+            let summary = OutputSummary::of(format, "error: unknown option '-x fix it'\n");
+            assert_eq!(summary.last_message.as_deref(), Some("error: unknown option '-x fix it'"));
+        }
+        let summary = OutputSummary::of(
+            OutputFormat::Claude,
+            "{\"type\":\"result\",\"is_error\":false,\"result\":\"done\"}\nnoise after\n",
+        );
+        assert_eq!(summary.last_message.as_deref(), Some("done"));
+    }
+
+    #[test]
+    fn claude_permission_denials_are_kept() {
+        let result = r#"{"type":"result","subtype":"success","is_error":false,"result":"ok","permission_denials":[{"tool_name":"Bash","tool_use_id":"toolu_1","tool_input":{"command":"git add a && git commit -m x"}},{"tool_name":"Write","tool_use_id":"toolu_2","tool_input":{"file_path":"/w/a.txt","content":"x"}}]}"#;
+        let summary = OutputSummary::of(OutputFormat::Claude, result);
+        let denials: Vec<String> =
+            summary.permission_denials.iter().map(ToString::to_string).collect();
+        assert_eq!(denials, ["Bash `git add a && git commit -m x`", "Write `/w/a.txt`"]);
+        assert_eq!(summary.outcome, Some(Outcome::Success));
     }
 
     #[test]

@@ -1,14 +1,23 @@
 //! Agent profiles: how to start one agent and how to read its output.
 //!
 //! A profile's `command` is an argv template. The placeholders `{prompt}`, `{prompt_file}`,
-//! `{session_id}` and `{cwd}` are replaced inside each argument, so `--session-id={session_id}`
-//! works. A placeholder is `{` + a name made of ASCII letters, digits and `_` + `}`; other braces
+//! `{session_id}`, `{cwd}` and `{allowed_tools}` are replaced inside each argument, so
+//! `--session-id={session_id}` works. A placeholder is `{` + a name made of ASCII letters, digits and `_` + `}`; other braces
 //! (`{}`, `{"a": 1}`) are plain text. Replacement is single-pass: text substituted for one
 //! placeholder is never scanned again, so a prompt containing `{cwd}` reaches the agent as written.
+//! An argument that is exactly `{codex_hooks}` is replaced by several arguments: the `-c`
+//! overrides that give Codex ccm's `notify` program and lifecycle hooks (it may not appear inside
+//! a longer argument).
 //!
 //! The built-in profiles run each CLI headless with machine-readable output, as documented in
 //! `agent-interfaces.md` (§1.8 Claude `-p --output-format stream-json --verbose`, §2.2 Gemini
 //! `-p --output-format stream-json`, §3.1 `codex exec --json`).
+//!
+//! Claude's worker may use the tools of its `allowed_tools` without asking (in `-p` mode nobody
+//! can be asked: `acceptEdits` alone denies `git add … && git commit …`), and the prompt comes
+//! after `--`, so a prompt that begins with `-` is not read as an option. `ANTHROPIC_LOG=debug`
+//! makes Claude Code print the headers of a failed API call (not otherwise reported): the
+//! parser reads a 429's `retry-after` and `anthropic-ratelimit-*-reset` from them.
 
 use std::collections::BTreeMap;
 
@@ -44,11 +53,18 @@ pub struct Profile {
     /// Extra environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Tools the agent may use without asking, in the CLI's own syntax (Claude: permission
+    /// rules such as `Bash` or `Bash(git *)`); `{allowed_tools}` in the command is this list
+    /// joined with commas. A project replaces it with `allowed_tools.<profile>` in its config.
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
 }
 
 /// The values of a profile's placeholders for one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Placeholders<'a> {
+    /// `{codex_hooks}` (a whole argument): the arguments it stands for.
+    pub codex_hooks: &'a [String],
     /// `{prompt}`: the prompt text itself.
     pub prompt: &'a str,
     /// `{prompt_file}`: the path of a file holding the prompt.
@@ -57,10 +73,16 @@ pub struct Placeholders<'a> {
     pub session_id: &'a str,
     /// `{cwd}`: the directory the agent works in.
     pub cwd: &'a str,
+    /// `{allowed_tools}`: the profile's allowed tools, joined with commas.
+    pub allowed_tools: &'a str,
 }
 
 /// The placeholder names a profile may use.
-pub const PLACEHOLDER_NAMES: [&str; 4] = ["prompt", "prompt_file", "session_id", "cwd"];
+pub const PLACEHOLDER_NAMES: [&str; 5] =
+    ["prompt", "prompt_file", "session_id", "cwd", "allowed_tools"];
+
+/// The placeholder that stands for several whole arguments (see [`Placeholders::codex_hooks`]).
+pub const CODEX_HOOKS: &str = "{codex_hooks}";
 
 impl Placeholders<'_> {
     /// The value of the placeholder `name` (without braces), if it is a known one.
@@ -70,6 +92,7 @@ impl Placeholders<'_> {
             "prompt_file" => Some(self.prompt_file),
             "session_id" => Some(self.session_id),
             "cwd" => Some(self.cwd),
+            "allowed_tools" => Some(self.allowed_tools),
             _ => None,
         }
     }
@@ -82,7 +105,10 @@ impl Profile {
     pub fn argv(&self, values: &Placeholders) -> Vec<String> {
         self.command
             .iter()
-            .map(|arg| {
+            .flat_map(|arg| {
+                if arg == CODEX_HOOKS {
+                    return values.codex_hooks.to_vec();
+                }
                 let mut out = String::with_capacity(arg.len());
                 for piece in pieces(arg) {
                     match piece {
@@ -97,13 +123,13 @@ impl Profile {
                         },
                     }
                 }
-                out
+                vec![out]
             })
             .collect()
     }
 
     /// Checks the profile named `name`: the command must name a program, and every placeholder
-    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`.
+    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`, `{allowed_tools}`.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         if self.mode == Mode::External {
             return Ok(()); // nothing is run
@@ -116,12 +142,21 @@ impl Profile {
             Some(_) => {}
         }
         for (index, arg) in self.command.iter().enumerate() {
+            if arg == CODEX_HOOKS {
+                continue;
+            }
             for piece in pieces(arg) {
                 if let Piece::Placeholder(placeholder) = piece {
+                    if placeholder == &CODEX_HOOKS[1..CODEX_HOOKS.len() - 1] {
+                        return Err(format!(
+                            "profile `{name}`: `{CODEX_HOOKS}` must be a whole argument (command argument {index})"
+                        ));
+                    }
                     if !PLACEHOLDER_NAMES.contains(&placeholder) {
                         return Err(format!(
                             "profile `{name}`: unknown placeholder `{{{placeholder}}}` in command \
-                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}})"
+                             argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}}, \
+                             {{allowed_tools}}, and {CODEX_HOOKS} as a whole argument)"
                         ));
                     }
                 }
@@ -133,13 +168,29 @@ impl Profile {
 
 /// Built-in profiles `claude`, `gemini`, `codex` (headless agents) and `manual` (external:
 /// driven through the API), keyed by name.
+///
+/// - `gemini`: `GEMINI_CLI_TRUST_WORKSPACE=true` trusts the worktree, so Gemini CLI runs there
+///   (it exits 55 in an untrusted folder) and loads ccm's hooks from its `.gemini/settings.json`
+///   (`--skip-trust` is read after the settings, so the hooks would be dropped). `yolo` is the
+///   approval mode that offers `run_shell_command` headless (`auto_edit` leaves it out, so the
+///   worker could not run tests or commit); the agent's directory is its worktree and ccm's
+///   `BeforeTool` hook still gates writes. `--prompt=` keeps a prompt beginning with `-` a
+///   prompt.
+/// - `codex`: `danger-full-access`, because `workspace-write` keeps a linked worktree's git
+///   directory (`<repo>/.git/worktrees/<wt>/`) read-only even when it is added with `--add-dir`,
+///   so the worker could not commit; the worktree is the agent's own and ccm's `PreToolUse`
+///   hook still gates its commands. `{codex_hooks}` with `--dangerously-bypass-hook-trust`
+///   gives it ccm's hooks; `--` keeps a prompt beginning with `-` a prompt.
 pub fn builtin() -> BTreeMap<String, Profile> {
     let headless = |command: &[&str], output| Profile {
         command: command.iter().map(|arg| arg.to_string()).collect(),
         mode: Mode::Headless,
         output,
         env: BTreeMap::new(),
+        allowed_tools: Vec::new(),
     };
+    let strings =
+        |items: &[&str]| -> Vec<String> { items.iter().map(|item| item.to_string()).collect() };
     BTreeMap::from([
         (
             "manual".to_string(),
@@ -148,45 +199,69 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                 mode: Mode::External,
                 output: OutputFormat::Plain,
                 env: BTreeMap::new(),
+                allowed_tools: Vec::new(),
             },
         ),
         (
             "claude".to_string(),
-            headless(
-                &[
-                    "claude",
-                    "-p",
-                    "{prompt}",
-                    "--output-format",
-                    "stream-json",
-                    "--verbose",
-                    "--session-id",
-                    "{session_id}",
-                    "--permission-mode",
-                    "acceptEdits",
-                ],
-                OutputFormat::Claude,
-            ),
+            Profile {
+                env: BTreeMap::from([("ANTHROPIC_LOG".to_string(), "debug".to_string())]),
+                // Edit, test and commit inside the worktree; ccm's PreToolUse hook still
+                // denies writes to files another task owns, and approval rules still ask.
+                allowed_tools: strings(&["Bash", "Edit", "Write", "NotebookEdit"]),
+                ..headless(
+                    &[
+                        "claude",
+                        "-p",
+                        "--output-format",
+                        "stream-json",
+                        "--verbose",
+                        "--session-id",
+                        "{session_id}",
+                        "--permission-mode",
+                        "acceptEdits",
+                        "--allowedTools={allowed_tools}",
+                        "--",
+                        "{prompt}",
+                    ],
+                    OutputFormat::Claude,
+                )
+            },
         ),
         (
             "gemini".to_string(),
-            headless(
-                &[
-                    "gemini",
-                    "-p",
-                    "{prompt}",
-                    "--output-format",
-                    "stream-json",
-                    "--approval-mode",
-                    "auto_edit",
-                ],
-                OutputFormat::Gemini,
-            ),
+            Profile {
+                env: BTreeMap::from([(
+                    "GEMINI_CLI_TRUST_WORKSPACE".to_string(),
+                    "true".to_string(),
+                )]),
+                ..headless(
+                    &[
+                        "gemini",
+                        "--output-format",
+                        "stream-json",
+                        "--approval-mode",
+                        "yolo",
+                        "--prompt={prompt}",
+                    ],
+                    OutputFormat::Gemini,
+                )
+            },
         ),
         (
             "codex".to_string(),
             headless(
-                &["codex", "exec", "--json", "--sandbox", "workspace-write", "{prompt}"],
+                &[
+                    "codex",
+                    "exec",
+                    "--json",
+                    "--sandbox",
+                    "danger-full-access",
+                    "--dangerously-bypass-hook-trust",
+                    CODEX_HOOKS,
+                    "--",
+                    "{prompt}",
+                ],
                 OutputFormat::Codex,
             ),
         ),
@@ -231,10 +306,12 @@ mod tests {
     use super::*;
 
     const VALUES: Placeholders<'static> = Placeholders {
+        codex_hooks: &[],
         prompt: "fix the bug",
         prompt_file: "/tmp/prompt.md",
         session_id: "8c35adc1-0000-4000-8000-000000000000",
         cwd: "/home/u/proj",
+        allowed_tools: "Bash,Edit",
     };
 
     fn profile(command: &[&str]) -> Profile {
@@ -243,6 +320,7 @@ mod tests {
             mode: Mode::default(),
             output: OutputFormat::default(),
             env: BTreeMap::new(),
+            allowed_tools: Vec::new(),
         }
     }
 
@@ -262,7 +340,6 @@ mod tests {
             [
                 "claude",
                 "-p",
-                "fix the bug",
                 "--output-format",
                 "stream-json",
                 "--verbose",
@@ -270,23 +347,38 @@ mod tests {
                 "8c35adc1-0000-4000-8000-000000000000",
                 "--permission-mode",
                 "acceptEdits",
+                "--allowedTools=Bash,Edit",
+                "--",
+                "fix the bug",
             ]
         );
         assert_eq!(
             argv("gemini"),
             [
                 "gemini",
-                "-p",
-                "fix the bug",
                 "--output-format",
                 "stream-json",
                 "--approval-mode",
-                "auto_edit"
+                "yolo",
+                "--prompt=fix the bug"
             ]
         );
+        assert_eq!(profiles["gemini"].env["GEMINI_CLI_TRUST_WORKSPACE"], "true");
+        let hooks = ["-c".to_string(), "notify=[\"ccm\"]".to_string()];
         assert_eq!(
-            argv("codex"),
-            ["codex", "exec", "--json", "--sandbox", "workspace-write", "fix the bug"]
+            profiles["codex"].argv(&Placeholders { codex_hooks: &hooks, ..VALUES }),
+            [
+                "codex",
+                "exec",
+                "--json",
+                "--sandbox",
+                "danger-full-access",
+                "--dangerously-bypass-hook-trust",
+                "-c",
+                "notify=[\"ccm\"]",
+                "--",
+                "fix the bug"
+            ]
         );
         assert_eq!(profiles["claude"].output, OutputFormat::Claude);
         assert_eq!(profiles["gemini"].output, OutputFormat::Gemini);
@@ -333,12 +425,20 @@ mod tests {
         let cases: &[(&[&str], Result<(), &str>)] = &[
             (&["claude", "-p", "{prompt}"], Ok(())),
             (&["sh", "-c", "echo {}"], Ok(())),
+            (&["codex", "{codex_hooks}", "{prompt}"], Ok(())),
+            (
+                &["codex", "-c={codex_hooks}"],
+                Err(
+                    "profile `mine`: `{codex_hooks}` must be a whole argument (command argument 1)",
+                ),
+            ),
             (&[], Err("profile `mine`: command is empty")),
             (&[" "], Err("profile `mine`: command has an empty program name")),
             (
                 &["claude", "-p", "--resume={session}"],
                 Err("profile `mine`: unknown placeholder `{session}` in command argument 2 \
-                     (known: {prompt}, {prompt_file}, {session_id}, {cwd})"),
+                     (known: {prompt}, {prompt_file}, {session_id}, {cwd}, {allowed_tools}, and \
+                     {codex_hooks} as a whole argument)"),
             ),
         ];
         for (command, expected) in cases {
@@ -362,6 +462,7 @@ mod tests {
                 mode: Mode::Headless,
                 output: OutputFormat::Plain,
                 env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
+                allowed_tools: Vec::new(),
             }
         );
 

@@ -20,10 +20,13 @@
 //! | `POST /api/sync/now`, `/api/sync/pause` `{"reason"}`, `/api/sync/resume` | drive sync (resume re-reads the token in `auth.json`) |
 //!
 //! Every `/api` route needs the bearer token; every route checks `Host` and `Origin`. The
-//! `X-Ccm-Actor` header names who acts (the CLI sends `cli`); it defaults to `api`.
+//! `X-Ccm-Actor` header names who acts, `cli` or `api` (the default); the names the node itself
+//! writes into the task log (`scheduler`, `runtime`, `hook`) cannot be claimed. A hook event is
+//! an agent's only with that agent's credential in `X-Ccm-Agent-Token`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
@@ -58,12 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/dependencies", post(add_dependencies))
         .route("/contexts", get(list_contexts).post(add_context))
         .route("/contexts/{key}", axum::routing::delete(remove_context))
-        .route(
-            "/hooks",
-            post(hook).layer(axum::extract::DefaultBodyLimit::max(
-                crate::hooks::event::MAX_STORED_BYTES * 64,
-            )),
-        )
+        .route("/hooks", post(hook))
         .route("/tasks/{id}/events", get(task_events).post(task_event))
         .route("/claims", get(claims))
         .route("/agents", get(list_agents))
@@ -74,27 +72,82 @@ pub fn router(state: AppState) -> Router {
         .route("/sync/pause", post(sync_pause))
         .route("/sync/resume", post(sync_resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .nest("/api", api)
+        .nest("/api", api);
+    if state.config.daemon.profile == crate::config::Profile::Full {
+        router = router.merge(crate::dashboard::router(&state));
+    }
+    router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.daemon.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(
+            state.config.daemon.body_timeout_ms,
+        )))
+        .layer(middleware::from_fn_with_state(state.clone(), settle_store))
         .layer(middleware::from_fn_with_state(state.clone(), super::metrics::count_request))
         .layer(middleware::from_fn_with_state(state.clone(), security::check_host_and_origin))
         .with_state(state)
 }
 
-/// `Json` whose rejection is an [`ApiError::BadRequest`] naming the field that was wrong.
+/// Answers only once a write the handler refused or failed is rolled back, so that no other
+/// process waits for the daemon's write lock meanwhile; names the database when its disk is full.
+async fn settle_store(
+    State(state): State<AppState>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    state.store.settle().await;
+    if response.status() == StatusCode::INSUFFICIENT_STORAGE {
+        let path = state.store.path().display();
+        return ApiError::DiskFull(format!("disk full: cannot write {path}")).into_response();
+    }
+    response
+}
+
+/// `Json` of a JSON object (an array is refused, although serde reads a struct from one)
+/// whose rejection is an [`ApiError::BadRequest`] naming the field that was wrong, or
+/// [`ApiError::TooLarge`] for a body over the limit.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
+        match Json::<Object<T>>::from_request(request, state).await {
+            Ok(Json(Object(value))) => Ok(ApiJson(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(too_large(&rejection.body_text()))
+            }
             Err(rejection) => Err(ApiError::BadRequest(rejection_message(&rejection))),
         }
+    }
+}
+
+fn too_large(detail: &str) -> ApiError {
+    ApiError::TooLarge(format!("body too large: {detail} (daemon.max_body_bytes)"))
+}
+
+/// `T` read only from a JSON object.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData)).map(Object)
     }
 }
 
@@ -105,15 +158,20 @@ fn rejection_message(rejection: &JsonRejection) -> String {
         .unwrap_or(text)
 }
 
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("x-ccm-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .unwrap_or("api")
-        .chars()
-        .take(64)
-        .collect()
+/// The actors a client may name in `X-Ccm-Actor`.
+const ACTORS: [&str; 2] = ["api", "cli"];
+
+/// Who acts, as `X-Ccm-Actor` says: one of [`ACTORS`], `api` when absent.
+fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get("x-ccm-actor") else { return Ok("api".into()) };
+    match value.to_str().ok().filter(|v| ACTORS.contains(v)) {
+        Some(actor) => Ok(actor.to_string()),
+        None => Err(ApiError::BadRequest(format!(
+            "x-ccm-actor: must be one of {}, got `{}`",
+            ACTORS.join(", "),
+            String::from_utf8_lossy(value.as_bytes()).chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
@@ -176,7 +234,7 @@ async fn create_task(
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let task = state.creations.submit((new, actor(&headers))).await?;
+    let task = state.creations.submit((new, actor(&headers)?)).await?;
     state.metrics.tasks_created.inc();
     state.wake_scheduler();
     Ok((StatusCode::CREATED, Json(task)))
@@ -207,7 +265,7 @@ async fn task_event(
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
     let policy = RetryPolicy::from(&*state.config);
     let (task, _runtime_effects) =
-        state.store.apply_event(&id, event, &reason, &actor(&headers), policy).await?;
+        state.store.apply_event(&id, event, &reason, &actor(&headers)?, policy).await?;
     state.metrics.count_event(event.name());
     state.wake();
     Ok(Json(task))
@@ -236,7 +294,7 @@ async fn add_dependencies(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Dependencies>,
 ) -> Result<Json<Task>, ApiError> {
-    let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)).await?;
+    let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)?).await?;
     state.wake_scheduler();
     Ok(Json(task))
 }
@@ -252,6 +310,9 @@ struct HookQuery {
     key: Option<String>,
 }
 
+/// Hook events of one request written in one transaction at most.
+const HOOK_GROUP: usize = 256;
+
 /// The media type of a batch: one event per line, and one answer per line back.
 const NDJSON: &str = "application/x-ndjson";
 
@@ -265,8 +326,12 @@ async fn hook(
     State(state): State<AppState>,
     Query(query): Query<HookQuery>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(&rejection.body_text()),
+        _ => ApiError::BadRequest(rejection.body_text()),
+    })?;
     let system = match query.system.as_deref() {
         None => None,
         Some(name) => {
@@ -274,7 +339,7 @@ async fn hook(
         }
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let origin = Origin { agent_id: header("x-ccm-agent-id"), task_id: header("x-ccm-task-id") };
+    let origin = Origin { agent_token: header("x-ccm-agent-token") };
     // Time-ordered, so that new keys append to the unique index instead of splitting its pages.
     let key = query.key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let batch = header("content-type").is_some_and(|t| t.starts_with(NDJSON));
@@ -288,9 +353,15 @@ async fn hook(
         let mut answers = store_and_answer(&state, vec![(event, key)], origin).await?;
         return Ok(Json(answers.remove(0)).into_response());
     }
-    let events = body
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.trim_ascii().is_empty())
+    let lines = || body.split(|&b| b == b'\n').filter(|line| !line.trim_ascii().is_empty());
+    let max = state.config.daemon.max_batch_events;
+    if lines().nth(max).is_some() {
+        return Err(ApiError::TooLarge(format!(
+            "batch has {} events; at most {max} per request (daemon.max_batch_events)",
+            lines().count()
+        )));
+    }
+    let events = lines()
         .enumerate()
         .map(|(i, line)| (HookEvent::parse(system, line), format!("{key}:{i}")))
         .collect();
@@ -324,7 +395,19 @@ async fn store_and_answer(
         })
         .collect();
     let asked: Vec<_> = jobs.iter().map(|job| (Arc::clone(&job.event), job.ask_human)).collect();
-    let ingested = state.hooks.submit(jobs).await?;
+    // A large batch is written in groups, one after the other, so that other writers (task
+    // creations, other agents' hooks) get the writer between two groups.
+    let (mut group, mut ingested) = (jobs, Vec::new());
+    while !group.is_empty() {
+        let rest = group.split_off(group.len().min(HOOK_GROUP));
+        let done = state.hooks.submit(group).await?;
+        if ingested.is_empty() {
+            ingested = done;
+        } else {
+            ingested.extend(done);
+        }
+        group = rest;
+    }
     let mut answers = Vec::with_capacity(asked.len());
     for ((event, ask_human), ingested) in asked.into_iter().zip(ingested) {
         answers.push(answer(state, &event, ask_human, ingested).await?);
@@ -454,7 +537,8 @@ async fn answer_decision(
     ApiJson(body): ApiJson<AnswerBody>,
 ) -> Result<Json<ccm_schema::Decision>, ApiError> {
     let policy = RetryPolicy::from(&*state.config);
-    let decision = state.store.answer_decision(&id, &body.answer, &actor(&headers), policy).await?;
+    let decision =
+        state.store.answer_decision(&id, &body.answer, &actor(&headers)?, policy).await?;
     state.decisions.notify_waiters();
     state.wake();
     Ok(Json(decision))

@@ -21,9 +21,18 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// A body over `daemon.max_body_bytes`, or a batch over `daemon.max_batch_events`.
+    #[error("{0}")]
+    TooLarge(String),
     /// The request conflicts with the stored state (illegal transition, dependency cycle).
     #[error("{code}: {message}")]
     Conflict { code: &'static str, message: String },
+    /// Another process holds the database's write lock.
+    #[error("{0}")]
+    Busy(String),
+    /// No space left for the database (the message names its path).
+    #[error("{0}")]
+    DiskFull(String),
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -36,7 +45,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -47,7 +59,10 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "payload_too_large",
             ApiError::Conflict { code, .. } => code,
+            ApiError::Busy(_) => "busy",
+            ApiError::DiskFull(_) => "disk_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -71,9 +86,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::TaskNotFound(_) | StoreError::ContextNotFound(_) => {
-                ApiError::NotFound(error.to_string())
-            }
+            StoreError::TaskNotFound(_)
+            | StoreError::ContextNotFound(_)
+            | StoreError::DecisionNotFound(_) => ApiError::NotFound(error.to_string()),
             StoreError::Ambiguous { .. } | StoreError::Invalid { .. } => {
                 ApiError::BadRequest(error.to_string())
             }
@@ -83,7 +98,10 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(_) => {
                 ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
             }
+            StoreError::Busy => ApiError::Busy(error.to_string()),
+            StoreError::DiskFull => ApiError::DiskFull(error.to_string()),
             StoreError::Open { .. }
+            | StoreError::NotADatabase { .. }
             | StoreError::Closed
             | StoreError::Backup { .. }
             | StoreError::Database(_) => ApiError::Internal(error.to_string()),

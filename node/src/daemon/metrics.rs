@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format (prometheus-client), and the request counter.
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use ccm_schema::TaskState;
@@ -179,17 +180,29 @@ impl Metrics {
     }
 }
 
-/// Counts every answered request by method, matched route and status.
+/// Counts every answered request by method, matched route and status. Only standard methods
+/// and the router's own routes become labels (`other`, `unmatched` for the rest), so requests
+/// with made-up methods or paths cannot grow the number of series.
 pub async fn count_request(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().to_string();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let route =
         request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let response = next.run(request).await;
-    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    let labels =
+        RequestLabels { method: method.to_string(), route, status: response.status().as_u16() };
     state.metrics.http_requests.get_or_create(&labels).inc();
     response
 }

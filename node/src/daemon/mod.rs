@@ -6,6 +6,7 @@
 //! - `scheduler`: admits tasks as dependencies complete and slots free up.
 //! - `batch`: group commit of task creations and hook events (one transaction per group).
 //! - `metrics`: `/metrics` in the Prometheus text format.
+//! - `serve`: the accept loop, with timeouts and a connection cap.
 //! - the sync task (`crate::sync::start`), when `sync:` is configured.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
@@ -18,7 +19,8 @@ mod batch;
 mod error;
 mod metrics;
 mod scheduler;
-mod security;
+pub(crate) mod security;
+mod serve;
 
 use std::fs::TryLockError;
 use std::sync::Arc;
@@ -98,7 +100,7 @@ impl Shared {
 pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     home.ensure()?;
     let lock_path = home.lock_file();
-    let lock = std::fs::File::create(&lock_path)
+    let lock = crate::home::private_file(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
     match lock.try_lock() {
         Ok(()) => {}
@@ -161,7 +163,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         config: config.clone(),
         token: auth.token.into(),
-        allowed: Arc::new(Allowed::for_port(bound.port())),
+        allowed: Arc::new(Allowed::for_host_and_port(bound.ip(), bound.port())),
         daemon: daemon.clone(),
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
         scheduler_wake: scheduler_wake.clone(),
@@ -175,6 +177,12 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let scheduler = Scheduler {
         store: store.clone(),
         slots: config.scheduler.slots,
+        external: config
+            .profiles
+            .iter()
+            .filter(|(_, p)| p.mode == crate::agents::profile::Mode::External)
+            .map(|(name, _)| name.clone())
+            .collect(),
         tick: Duration::from_millis(config.scheduler.tick_ms),
         policy: RetryPolicy::from(&*config),
         wake: scheduler_wake,
@@ -202,9 +210,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
 
     home.write_daemon_info(&daemon)?;
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    serve::serve(listener, router(state), &config.daemon, shutdown.clone()).await;
 
     shutdown.cancel();
     let tasks = [
@@ -221,7 +227,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     store.close().await;
     let _ = std::fs::remove_file(home.daemon_file());
     info!("ccm daemon stopped");
-    served.context("serving the API failed")
+    Ok(())
 }
 
 /// Stores hook events received through the API in groups; a request hands in its events
@@ -260,13 +266,13 @@ fn creation_batcher(
             let (store, config) = (store.clone(), config.clone());
             async move {
                 // On failure the batch is needed again for the one-by-one retry.
-                let result = store.create_tasks(batch.clone(), &config.tasks).await;
+                let result = store.create_tasks(batch.clone(), &config).await;
                 (batch, result)
             }
         },
         move |(new, actor): (NewTask, String)| {
             let (store, config) = (one.clone(), one_config.clone());
-            async move { store.create_task(new, &config.tasks, &actor).await }
+            async move { store.create_task(new, &config, &actor).await }
         },
     )
 }

@@ -20,6 +20,8 @@ pub struct Scheduler {
     pub store: Store,
     /// Agent slots of this system.
     pub slots: u32,
+    /// The profiles no runtime runs (`external`): their tasks hold no slot.
+    pub external: Vec<String>,
     /// Longest wait between passes.
     pub tick: Duration,
     pub policy: RetryPolicy,
@@ -34,7 +36,7 @@ impl Scheduler {
     pub async fn run(self) {
         async move {
             loop {
-                match self.store.schedule(self.slots, self.policy).await {
+                match self.store.schedule(self.slots, &self.external, self.policy).await {
                     Ok(0) => {}
                     Ok(changed) => {
                         debug!(changed, "scheduler pass");

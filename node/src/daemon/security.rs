@@ -17,29 +17,53 @@ pub struct Allowed {
 }
 
 impl Allowed {
-    pub fn for_port(port: u16) -> Allowed {
-        let hosts: Vec<String> =
-            ["127.0.0.1", "localhost", "[::1]"].iter().map(|h| format!("{h}:{port}")).collect();
+    /// The loopback names, and the configured `host` (such as 127.0.0.2) when it is another.
+    pub fn for_host_and_port(host: std::net::IpAddr, port: u16) -> Allowed {
+        let configured = match host {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".into(), "[::1]".into()];
+        if !names.contains(&configured) {
+            names.push(configured);
+        }
+        let hosts: Vec<String> = names.iter().map(|h| format!("{h}:{port}")).collect();
         let origins = hosts.iter().map(|h| format!("http://{h}")).collect();
         Allowed { hosts, origins }
     }
+
+    fn host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
 }
 
-/// Refuses requests whose `Host` is not a loopback name for our port, or that carry an
-/// `Origin` of another site.
+/// Refuses requests whose `Host` is not a loopback name for our port (exactly one `Host`, and
+/// an absolute-form request line must name the same), or that carry an `Origin` of another
+/// site.
 pub async fn check_host_and_origin(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let headers = request.headers();
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    if !state.allowed.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = hosts.next().and_then(|h| h.to_str().ok()).unwrap_or_default();
+    if hosts.next().is_some() {
+        return Err(ApiError::Forbidden("more than one `Host` header: refused".into()));
+    }
+    if !state.allowed.host(host) {
         return Err(ApiError::Forbidden(format!(
             "host `{host}` is not allowed: the API answers only on loopback"
         )));
     }
-    if let Some(origin) = headers.get(ORIGIN) {
+    if let Some(authority) = request.uri().authority() {
+        if !state.allowed.host(authority.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "request target `{authority}` is not allowed: the API answers only on loopback"
+            )));
+        }
+    }
+    for origin in headers.get_all(ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
         if !state.allowed.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
             return Err(ApiError::Forbidden(format!(

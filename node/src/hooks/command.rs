@@ -1,15 +1,20 @@
 //! `ccm hook [--agent claude|gemini|codex] [PAYLOAD]`: the command form of ccm's hooks.
 //!
 //! It reads the event (stdin for Claude Code and Gemini CLI; the last argument for Codex's
-//! `notify`), tags it with `CCM_AGENT_ID`/`CCM_TASK_ID`, and stores it durably by the first
+//! `notify`), tags it with the agent's credential (`CCM_AGENT_TOKEN`), and stores it durably by the first
 //! path that works: the daemon's API, else SQLite directly (daemon down), else a spool file
 //! (database busy). Whatever happens to ccm it exits 0, printing on stdout only a decision in
-//! the CLI's JSON format when a policy decided one; problems go to `~/.ccm-global/logs/hook.log`.
+//! the CLI's JSON format when a policy decided one; problems go to `~/.ccm-global/logs/hook.log`,
+//! and to stderr as well when the event could not be stored or the log not written.
+//!
+//! Only a tool call that an approval rule may hold waits for the daemon longer than
+//! `DAEMON_TIMEOUT`, and then only up to the rule's timeout (plus `GATE_MARGIN`); past its
+//! wait the hook takes the direct path.
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use ccm_schema::Timestamp;
+use ccm_schema::{Severity, Timestamp};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -25,9 +30,9 @@ const READ_LIMIT: u64 = 16 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a non-gate event may wait for the daemon.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a gate may wait for the daemon (a human may be deciding); the CLI's own hook
-/// timeout, set at install, is the real bound.
-const GATE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// How much longer than an approval rule's timeout a gate it holds waits for the daemon (which
+/// answers the rule's default when the timeout passes).
+const GATE_MARGIN: Duration = Duration::from_secs(5);
 /// How long the direct path waits for another writer before spooling.
 const DIRECT_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -40,13 +45,12 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
     };
     let event = HookEvent::parse(system, &bytes);
     let key = Uuid::now_v7().to_string(); // time-ordered: appended to the key index
-    let origin = Origin {
-        agent_id: std::env::var("CCM_AGENT_ID").ok(),
-        task_id: std::env::var("CCM_TASK_ID").ok(),
-    };
+    let origin = Origin { agent_token: std::env::var("CCM_AGENT_TOKEN").ok() };
     let mut notes: Vec<String> = event.problem.iter().cloned().collect();
+    let mut lost = false;
 
-    let output = match through_daemon(home, &event, &key, &origin).await {
+    let wait = daemon_wait(home, &event);
+    let output = match through_daemon(home, &event, &key, &origin, wait).await {
         Ok(output) => output,
         Err(daemon) => {
             notes.push(format!("daemon unreachable ({daemon:#}); writing the database directly"));
@@ -62,6 +66,7 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
                     };
                     if let Err(e) = spool::write(home.root(), &entry) {
                         notes.push(format!("spooling failed too, event lost: {e}"));
+                        lost = true;
                     }
                     None
                 }
@@ -69,15 +74,22 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
         }
     };
     if !notes.is_empty() {
-        log(
-            home,
-            &format!(
-                "{received_at} {key} {} {} {}",
-                event.system,
-                display_name(&event),
-                notes.join("; ")
-            ),
+        let line = format!(
+            "{received_at} {key} {} {} {}",
+            event.system,
+            display_name(&event),
+            notes.join("; ")
         );
+        if let Err(e) = log(home, &line) {
+            eprintln!(
+                "ccm hook: cannot write {}: {e}",
+                home.root().join("logs/hook.log").display()
+            );
+            lost = true;
+        }
+        if lost {
+            eprintln!("ccm hook: {line}");
+        }
     }
     if let Some(output) = output {
         let mut stdout = std::io::stdout().lock();
@@ -113,30 +125,44 @@ fn read_stdin() -> Vec<u8> {
     bytes
 }
 
-/// Posts the event to the running daemon and returns its decision, if any. One HTTP/1.1
-/// exchange on a fresh loopback connection (hyper's client connection, without a pool).
+/// How long the hook waits for the daemon's answer: a tool call an approval rule may hold, up
+/// to the rule's timeout (and a margin); anything else, `DAEMON_TIMEOUT`.
+fn daemon_wait(home: &Home, event: &HookEvent) -> Duration {
+    if !matches!(event.kind, Kind::PreTool | Kind::PermissionRequest) {
+        return DAEMON_TIMEOUT;
+    }
+    // A broken config holds no rule here: the daemon keeps its own, and the direct path
+    // answers a gate with a deny while the config is broken.
+    let Ok(config) = Config::load(home.root(), None) else { return DAEMON_TIMEOUT };
+    if gate::may_need_approval(&config.approvals, event) {
+        Duration::from_secs(config.approvals.timeout_secs).saturating_add(GATE_MARGIN)
+    } else {
+        DAEMON_TIMEOUT
+    }
+}
+
+/// Posts the event to the running daemon and returns its decision, if any, waiting at most
+/// `wait`. One HTTP/1.1 exchange on a fresh loopback connection (hyper's client connection,
+/// without a pool).
 async fn through_daemon(
     home: &Home,
     event: &HookEvent,
     key: &str,
     origin: &Origin,
+    wait: Duration,
 ) -> anyhow::Result<Option<Value>> {
     use http_body_util::{BodyExt, Full};
     use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 
     let daemon = home.read_daemon_info().ok_or_else(|| anyhow::anyhow!("no port file"))?;
     let token = home.read_auth()?.token;
-    let gate = matches!(event.kind, Kind::PreTool | Kind::PermissionRequest);
     // The event as parsed here, so what this process saw (invalid UTF-8, truncation) is kept.
     let mut request = hyper::Request::post(format!("/api/hooks?format=ccm&key={key}"))
         .header(HOST, &daemon.addr)
         .header(AUTHORIZATION, format!("Bearer {token}"))
         .header(CONTENT_TYPE, "application/json");
-    if let Some(agent) = &origin.agent_id {
-        request = request.header("x-ccm-agent-id", agent);
-    }
-    if let Some(task) = &origin.task_id {
-        request = request.header("x-ccm-task-id", task);
+    if let Some(token) = &origin.agent_token {
+        request = request.header("x-ccm-agent-token", token);
     }
     let request = request.body(Full::new(hyper::body::Bytes::from(serde_json::to_vec(event)?)))?;
     let exchange = async {
@@ -152,8 +178,9 @@ async fn through_daemon(
         let body = response.into_body().collect().await?.to_bytes();
         Ok::<Value, anyhow::Error>(serde_json::from_slice(&body)?)
     };
-    let limit = if gate { GATE_TIMEOUT } else { DAEMON_TIMEOUT };
-    let answer = tokio::time::timeout(limit, exchange).await??;
+    let answer = tokio::time::timeout(wait, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {}s", wait.as_secs_f32()))??;
     Ok(answer.as_object().is_some_and(|o| !o.is_empty()).then_some(answer))
 }
 
@@ -167,10 +194,24 @@ async fn directly(
     received_at: Timestamp,
 ) -> anyhow::Result<Option<Value>> {
     let store = Store::open_existing(&home.db_file(), DIRECT_BUSY_TIMEOUT).await?;
-    let config = Config::load(home.root(), None).unwrap_or_default();
-    let policy = RetryPolicy::from(&config);
+    let loaded = Config::load(home.root(), None);
+    let policy = RetryPolicy::from(loaded.as_ref().unwrap_or(&Config::default()));
     let receipt = Receipt { key, origin, via: Via::Direct, received_at };
     let ingested = store.ingest_hook(event, &receipt, policy, true).await?;
+    let config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            // Fail closed: without the configuration nobody knows which approval rules apply.
+            let problem = format!("ccm's configuration does not load: {error}");
+            // The answer matters more than the alert, which the next hook raises if this one
+            // could not.
+            let _ = store.alert_once(None, Severity::Warning, "config_invalid", &problem).await;
+            let reason = format!(
+                "{problem}; the daemon is not running, so the tool call is refused until it is fixed"
+            );
+            return Ok(event.decision_output(false, &reason));
+        }
+    };
     let Some(task) = ingested.task else { return Ok(None) };
     if let Some(reason) = gate::check_ownership(&store, home, &task, event).await? {
         return Ok(event.decision_output(false, &reason));
@@ -185,13 +226,10 @@ async fn directly(
     Ok(None)
 }
 
-/// Appends a line to `logs/hook.log`; failures to log are ignored (the agent must go on).
-fn log(home: &Home, line: &str) {
+/// Appends a line to `logs/hook.log`.
+fn log(home: &Home, line: &str) -> std::io::Result<()> {
     let dir = home.root().join("logs");
-    let _ = std::fs::create_dir_all(&dir);
-    if let Ok(mut file) =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hook.log"))
-    {
-        let _ = writeln!(file, "{line}");
-    }
+    crate::home::private_dir(&dir)?;
+    let mut file = crate::home::private_file(&dir.join("hook.log"))?;
+    writeln!(file, "{line}")
 }

@@ -200,16 +200,17 @@ pub struct HookEvent {
     pub session_id: Option<String>,
     pub cwd: Option<String>,
     /// Tool name as sent (`Write`, `write_file`, `mcp__x__y`, ...): `tool_name`, or the
-    /// `details.tool_name` of a Gemini notification.
+    /// `details.toolName` (or `tool_name`) of a Gemini notification.
     pub tool: Option<String>,
     /// Whether the tool writes files (Claude Write, Edit, MultiEdit, NotebookEdit; Gemini
-    /// write_file, replace).
+    /// write_file, replace; a Codex `apply_patch` command).
     pub writes: bool,
     /// Files the tool writes or is about to write (tool_input.file_path / notebook_path;
-    /// MultiEdit's file_path; Gemini `file_path` or `path`), as sent (absolute for Claude).
+    /// MultiEdit's file_path; Gemini `file_path` or `path`, or a notification's
+    /// `details.filePath`; the files of a Codex `apply_patch`), as sent (absolute for Claude).
     pub paths: Vec<String>,
     /// Shell command of a shell tool (Claude `Bash`, Gemini `run_shell_command`):
-    /// tool_input.command.
+    /// tool_input.command; or a Gemini notification's `details.rootCommand`.
     pub command: Option<String>,
     pub notification_type: Option<String>,
     /// A notification that the agent is waiting for a human's permission (Claude
@@ -305,13 +306,15 @@ impl HookEvent {
     ///   "PermissionRequest", "decision": {"behavior": "allow"}}}` or `{"behavior": "deny",
     ///   "message": reason}`;
     /// - Gemini BeforeTool → `{"decision": "allow"|"deny", "reason": reason}`;
-    /// - other events, Codex and unknown systems → `None` (nothing to decide).
+    /// - Codex PreToolUse → as Claude's;
+    /// - other events, Codex notify and unknown systems → `None` (nothing to decide).
     ///
     /// The value is to be printed alone on stdout with exit status 0.
     pub fn decision_output(&self, allow: bool, reason: &str) -> Option<Value> {
         let verdict = if allow { "allow" } else { "deny" };
         match (self.system, self.kind) {
-            (System::Claude, Kind::PreTool) => Some(json!({
+            // Codex lifecycle hooks answer in Claude's format.
+            (System::Claude | System::Codex, Kind::PreTool) => Some(json!({
                 "hookSpecificOutput": {
                     "hookEventName": "PreToolUse",
                     "permissionDecision": verdict,
@@ -377,7 +380,15 @@ const EVENT_FIELDS: Keep = Keep::Only(&[
     ("input-messages", Keep::Presence),
     ("cwd", Keep::All),
     ("tool_name", Keep::All),
-    ("details", Keep::Only(&[("tool_name", Keep::All)])),
+    (
+        "details",
+        Keep::Only(&[
+            ("tool_name", Keep::All),
+            ("toolName", Keep::All),
+            ("filePath", Keep::All),
+            ("rootCommand", Keep::All),
+        ]),
+    ),
     (
         "tool_input",
         Keep::Only(&[
@@ -420,14 +431,19 @@ fn from_object(
         },
     };
 
-    let tool = take_string(&mut map, "tool_name").or_else(|| match map.get_mut("details") {
-        Some(Value::Object(details)) => take_string(details, "tool_name"),
-        _ => None,
-    });
-    let writes = tool.as_deref().is_some_and(|tool| WRITE_TOOLS.contains(&tool));
+    // A Gemini notification names its tool in `details`, in camelCase (`toolName`, `filePath`,
+    // `rootCommand`); `tool_name` is read too.
+    let mut details = match map.remove("details") {
+        Some(Value::Object(details)) => details,
+        _ => Map::new(),
+    };
+    let tool = take_string(&mut map, "tool_name")
+        .or_else(|| take_string(&mut details, "toolName"))
+        .or_else(|| take_string(&mut details, "tool_name"));
+    let mut writes = tool.as_deref().is_some_and(|tool| WRITE_TOOLS.contains(&tool));
     let shell = tool.as_deref().is_some_and(|tool| SHELL_TOOLS.contains(&tool));
-    let mut paths = Vec::new();
-    let mut command = None;
+    let mut paths: Vec<String> = take_string(&mut details, "filePath").into_iter().collect();
+    let mut command = take_string(&mut details, "rootCommand");
     if let Some(Value::Object(mut input)) = map.remove("tool_input") {
         if writes {
             let path = take_string(&mut input, "file_path")
@@ -438,6 +454,12 @@ fn from_object(
         if shell {
             command = take_string(&mut input, "command");
         }
+    }
+    // Codex writes files by running `apply_patch` (its PreToolUse says `Bash`), so the files
+    // its patch adds, updates, deletes or moves to are what it writes.
+    if let Some(patched) = command.as_deref().and_then(apply_patch_paths) {
+        writes = true;
+        paths.extend(patched);
     }
 
     let notification_type = take_string(&mut map, "notification_type");
@@ -471,6 +493,29 @@ fn from_object(
         raw,
         problem,
     }
+}
+
+/// The files an `apply_patch` command (Codex's way of editing) writes: the paths of its
+/// `*** Add File:`, `*** Update File:`, `*** Delete File:` and `*** Move to:` lines. `None`
+/// when the command is not `apply_patch`.
+fn apply_patch_paths(command: &str) -> Option<Vec<String>> {
+    let command = command.trim_start();
+    let program = command.split_whitespace().next()?;
+    if !matches!(program, "apply_patch" | "applypatch") {
+        return None;
+    }
+    const MARKS: [&str; 4] =
+        ["*** Add File:", "*** Update File:", "*** Delete File:", "*** Move to:"];
+    Some(
+        command
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim();
+                MARKS.iter().find_map(|mark| line.strip_prefix(mark)).map(|p| p.trim().to_string())
+            })
+            .filter(|path| !path.is_empty())
+            .collect(),
+    )
 }
 
 /// Which CLI sent a payload that came without a hint.
@@ -1039,6 +1084,23 @@ mod tests {
     }
 
     #[test]
+    fn gemini_notification_details_are_read_in_camel_case() {
+        // As Gemini CLI 0.61 sends them: `toolName`, `filePath`, `rootCommand`.
+        check(
+            Some(System::Gemini),
+            r#"{"session_id": "g1", "cwd": "/proj", "hook_event_name": "Notification", "notification_type": "ToolPermission",
+                "message": "Approve?", "details": {"type": "exec", "toolName": "run_shell_command", "rootCommand": "git", "command": "git push"}}"#,
+            r#"gemini "Notification" notification session="g1" cwd="/proj" tool="run_shell_command" command="git" notification="ToolPermission" permission_prompt"#,
+        );
+        check(
+            Some(System::Gemini),
+            r#"{"session_id": "g1", "cwd": "/proj", "hook_event_name": "Notification", "notification_type": "ToolPermission",
+                "message": "Approve?", "details": {"type": "edit", "toolName": "write_file", "filePath": "/proj/a.txt", "fileDiff": "+x"}}"#,
+            r#"gemini "Notification" notification session="g1" cwd="/proj" tool="write_file" notification="ToolPermission" writes paths=["/proj/a.txt"] permission_prompt"#,
+        );
+    }
+
+    #[test]
     fn gemini_after_agent_is_a_stop_with_the_response() {
         check(
             Some(System::Gemini),
@@ -1083,6 +1145,38 @@ mod tests {
             Some(System::Codex),
             r#"{"type": "approval-requested", "thread-id": "t1", "command": ["rm", "-rf", "x"]}"#,
             r#"codex "approval-requested" other session="t1""#,
+        );
+    }
+
+    #[test]
+    fn codex_apply_patch_writes_the_files_of_its_patch() {
+        // Codex 0.171 sends its file edits as a `Bash` PreToolUse running `apply_patch`.
+        check(
+            Some(System::Codex),
+            r#"{"session_id": "c1", "cwd": "/w", "hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_use_id": "call_1",
+                "tool_input": {"command": "apply_patch <<'PATCH'\n*** Begin Patch\n*** Add File: a.txt\n+hi\n*** Update File: src/b.rs\n*** Move to: src/c.rs\n@@\n-x\n+y\n*** Delete File: d.txt\n*** End Patch\nPATCH"}}"#,
+            r#"codex "PreToolUse" pre_tool session="c1" cwd="/w" tool="Bash" command="apply_patch <<'PATCH'\n*** Begin Patch\n*** Add File: a.txt\n+hi\n*** Update File: src/b.rs\n*** Move to: src/c.rs\n@@\n-x\n+y\n*** Delete File: d.txt\n*** End Patch\nPATCH" writes paths=["a.txt", "src/b.rs", "src/c.rs", "d.txt"]"#,
+        );
+        // Another command mentioning it writes nothing.
+        check(
+            Some(System::Codex),
+            r#"{"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "echo '*** Add File: a.txt'"}}"#,
+            r#"codex "PreToolUse" pre_tool tool="Bash" command="echo '*** Add File: a.txt'""#,
+        );
+    }
+
+    #[test]
+    fn codex_pre_tool_use_decision_is_claudes() {
+        let event = HookEvent::parse(
+            Some(System::Codex),
+            br#"{"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "ls"}}"#,
+        );
+        assert_eq!(
+            event.decision_output(false, "owned by another task"),
+            Some(json!({"hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "deny",
+                "permissionDecisionReason": "owned by another task"}}))
         );
     }
 
@@ -1391,7 +1485,7 @@ mod tests {
             (Some(System::Claude), br#"{"hook_event_name": "PostToolUse"}"#),
             (Some(System::Claude), br#"{"hook_event_name": "Notification"}"#),
             (Some(System::Gemini), br#"{"hook_event_name": "AfterTool"}"#),
-            (Some(System::Codex), br#"{"hook_event_name": "PreToolUse"}"#),
+            (Some(System::Codex), br#"{"hook_event_name": "PostToolUse"}"#),
             (Some(System::Codex), br#"{"type": "agent-turn-complete"}"#),
             (Some(System::Unknown), br#"{"hook_event_name": "PreToolUse"}"#),
             (Some(System::Claude), b"garbage"),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ccm_schema::Task;
 
 use super::event::{HookEvent, Kind};
-use crate::config::{ApprovalConfig, Config};
+use crate::config::ApprovalConfig;
 use crate::home::Home;
 use crate::store::{Ownership, Store};
 
@@ -30,9 +30,14 @@ pub async fn check_ownership(
         .or_else(|| roots.first().map(|r| r.to_string_lossy().into_owned()))
         .unwrap_or_default();
     let ownership = match roots.last() {
-        Some(checkout) => {
-            Config::load(home.root(), Some(checkout)).map(|c| c.ownership).unwrap_or_default()
-        }
+        Some(checkout) => match crate::config::load_checked(store, home.root(), checkout).await {
+            Ok(config) => config.ownership,
+            Err(problem) => {
+                return Ok(Some(format!(
+                    "{problem}: file ownership cannot be checked, so writes are refused until it is fixed"
+                )))
+            }
+        },
         None => Default::default(),
     };
     for path in &event.paths {
@@ -130,6 +135,15 @@ pub fn needs_approval(
                 }));
         tool_matches && command_matches && outside_matches
     })
+}
+
+/// Whether an approval rule may make this tool call wait while the agent's working directory
+/// is not known (`ccm hook`, before the daemon answers): every path written counts as outside
+/// the worktree.
+pub fn may_need_approval(approvals: &ApprovalConfig, event: &HookEvent) -> bool {
+    /// A directory no path is in.
+    const NOWHERE: &str = "\0";
+    needs_approval(approvals, event, Some(NOWHERE))
 }
 
 #[cfg(test)]

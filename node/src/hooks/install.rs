@@ -7,6 +7,9 @@
 //! - Gemini CLI, `.gemini/settings.json`: one matcher group per event in [`GEMINI_EVENTS`],
 //!   timeouts in milliseconds.
 //! - Codex, `.codex/config.toml`: top-level `notify = ["<ccm>", "hook", "--agent", "codex"]`.
+//!   Codex ignores `notify` there and reads a project's hooks only once the project is trusted,
+//!   so the runtime gives each `codex exec` ccm's notify and lifecycle hooks on its command line
+//!   instead ([`codex_overrides`]).
 //!
 //! **Invariant**: the user's content is never removed, changed or reordered. ccm's groups are
 //! appended after the user's; a ccm handler is recognised by its exact command string, so
@@ -49,15 +52,16 @@ pub const CLAUDE_EVENTS: [(&str, bool); 12] = [
 /// Claude Code events that may wait for a human, and so get [`Options::gate_timeout_secs`].
 const CLAUDE_GATES: [&str; 2] = ["PreToolUse", "PermissionRequest"];
 
-/// Gemini CLI events ccm listens to; all take a matcher.
-pub const GEMINI_EVENTS: [&str; 8] = [
+/// Gemini CLI events ccm listens to; all take a matcher. Not `PreCompress`: Gemini CLI 0.61
+/// sends it (trigger `auto`) before every model call whether or not anything is compressed, so
+/// it says nothing and would cost a hook process per model call.
+pub const GEMINI_EVENTS: [&str; 7] = [
     "SessionStart",
     "SessionEnd",
     "BeforeAgent",
     "AfterAgent",
     "BeforeTool",
     "AfterTool",
-    "PreCompress",
     "Notification",
 ];
 
@@ -251,6 +255,36 @@ fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
         argv: [options.ccm, "hook", "--agent", "codex"].map(str::to_owned).to_vec(),
     };
     (claude, gemini, codex)
+}
+
+/// Codex lifecycle events ccm listens to, and whether each takes a matcher (tool events do).
+pub const CODEX_EVENTS: [(&str, bool); 6] = [
+    ("SessionStart", false),
+    ("UserPromptSubmit", false),
+    ("PreToolUse", true),
+    ("PostToolUse", true),
+    ("Stop", false),
+    ("SessionEnd", false),
+];
+
+/// The `-c key=value` overrides that give one `codex exec` ccm's `notify` program and lifecycle
+/// hooks (Claude's format, timeouts in seconds; `PreToolUse` gets `gate_timeout_secs`), for the
+/// command line. Codex reads neither from a project's `.codex/` unless the project is trusted
+/// (and `notify` not even then), so they go on the command line of each run; the hooks run only
+/// with `--dangerously-bypass-hook-trust`.
+pub fn codex_overrides(ccm: &str, gate_timeout_secs: u64) -> Vec<String> {
+    let quoted = |s: &str| toml_edit::Value::from(s).to_string();
+    let notify: Vec<String> = [ccm, "hook", "--agent", "codex"].map(quoted).to_vec();
+    let command = quoted(&format!("{} hook --agent codex", shell_quote(ccm)));
+    let mut overrides = vec!["-c".to_string(), format!("notify=[{}]", notify.join(","))];
+    for (event, takes_matcher) in CODEX_EVENTS {
+        let timeout = if event == "PreToolUse" { gate_timeout_secs } else { SHORT_TIMEOUT_SECS };
+        let handler = format!("{{type=\"command\",command={command},timeout={timeout}}}");
+        let matcher = if takes_matcher { "matcher=\"*\"," } else { "" };
+        overrides.push("-c".to_string());
+        overrides.push(format!("hooks.{event}=[{{{matcher}hooks=[{handler}]}}]"));
+    }
+    overrides
 }
 
 /// Quotes `word` for a POSIX shell when it needs it (Claude Code and Gemini CLI run hook
@@ -941,6 +975,22 @@ mod tests {
         assert_eq!(status(&options(repo.path())).unwrap()[0].action, Action::NotPresent);
         uninstall(&shared).unwrap();
         assert!(!committed.exists());
+    }
+
+    #[test]
+    fn codex_overrides_are_toml_with_every_event_and_the_gate_timeout() {
+        let overrides = codex_overrides("/opt/my ccm/ccm", 630);
+        assert_eq!(overrides.len(), 2 * (1 + CODEX_EVENTS.len()));
+        assert!(overrides.iter().step_by(2).all(|flag| flag == "-c"));
+        assert_eq!(overrides[1], r#"notify=["/opt/my ccm/ccm","hook","--agent","codex"]"#);
+        assert_eq!(
+            overrides[7],
+            r#"hooks.PreToolUse=[{matcher="*",hooks=[{type="command",command="'/opt/my ccm/ccm' hook --agent codex",timeout=630}]}]"#
+        );
+        for value in overrides.iter().skip(1).step_by(2) {
+            let parsed: toml_edit::DocumentMut = value.parse().expect("each override is TOML");
+            assert_eq!(parsed.len(), 1, "{value}");
+        }
     }
 
     #[test]

@@ -26,16 +26,23 @@ pub fn dir(home: &Path) -> PathBuf {
     home.join("spool")
 }
 
-/// Writes the entry durably: a temporary file, fsync, then rename into place.
+/// Writes the entry durably: a temporary file, fsync, then rename into place. A temporary file
+/// that could not be written whole (a full disk) is removed.
 pub fn write(home: &Path, entry: &Entry) -> std::io::Result<PathBuf> {
     let dir = dir(home);
-    std::fs::create_dir_all(&dir)?;
+    crate::home::private_dir(&dir)?;
     let path = dir.join(format!("{}.json", entry.key));
     let tmp = dir.join(format!(".{}.tmp", entry.key));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(entry)?)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    let _ = std::fs::remove_file(&tmp);
+    let written = crate::home::private_file(&tmp).and_then(|mut file| {
+        file.write_all(&serde_json::to_vec(entry)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(dir) = std::fs::File::open(&dir) {
         let _ = dir.sync_all();
     }

@@ -22,13 +22,34 @@ pub struct NewAgent {
     pub profile: String,
     pub dir: String,
     pub cwd: String,
+    /// The agent's own credential for its hook events (`CCM_AGENT_TOKEN`); only its hash is
+    /// stored.
+    pub token: String,
+}
+
+/// A fresh agent credential: 32 random bytes, hex.
+pub fn new_agent_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(hex(&bytes))
+}
+
+/// How an agent credential is stored: its SHA-256, hex.
+pub fn agent_token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What an agent's output said, as recorded with each heartbeat.
 #[derive(Debug, Clone, Default)]
 pub struct AgentProgress {
     pub session_id: Option<String>,
-    pub cost_usd: f64,
+    /// `None` when the CLI reports no cost.
+    pub cost_usd: Option<f64>,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub tool_calls: i64,
@@ -135,14 +156,15 @@ impl Store {
         Ok(())
     }
 
-    /// The agent's process is gone: exited with `exit_code`, lost, or killed by the node.
+    /// The agent's process is gone: exited with `exit_code`, lost, or killed by the node. Its
+    /// credential is revoked: events sent with it are no longer the agent's.
     pub async fn agent_ended(
         &self,
         agent: Uuid,
         status: AgentStatus,
         exit_code: Option<i64>,
     ) -> Result<()> {
-        sqlx::query("UPDATE agents SET status = ?, exit_code = ?, ended_at = ? WHERE id = ? AND status IN ('starting', 'running')")
+        sqlx::query("UPDATE agents SET status = ?, exit_code = ?, ended_at = ?, token_hash = NULL WHERE id = ? AND status IN ('starting', 'running')")
             .bind(status)
             .bind(exit_code)
             .bind(Timestamp::now())
@@ -309,6 +331,53 @@ impl Store {
         Ok(())
     }
 
+    /// Raises an alert unless an open alert says the same (`reason` and `message`) already.
+    pub async fn alert_once(
+        &self,
+        task: Option<Uuid>,
+        severity: Severity,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let (open,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM alerts WHERE resolved_at IS NULL AND reason = ? AND message = ?)",
+        )
+        .bind(reason)
+        .bind(message)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !open {
+            raise_alert(&mut tx, task, severity, reason, message, None, Timestamp::now()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The reset time of the usage limit a task waits for, learnt after it began waiting (a
+    /// `StopFailure` hook moves the task before its agent's output says when the limit resets):
+    /// the task, if it still waits after attempt `attempt` (which the wait uncounted), waits
+    /// until `until` instead.
+    pub async fn set_quota_reset(&self, task: Uuid, attempt: u32, until: Timestamp) -> Result<()> {
+        let mut tx = self.write().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET wake_at = ?, updated_at = ?, version = version + 1 \
+             WHERE id = ? AND state = 'waiting_quota' AND attempts + 1 = ?",
+        )
+        .bind(until)
+        .bind(Timestamp::now())
+        .bind(task.hyphenated())
+        .bind(attempt)
+        .execute(&mut *tx)
+        .await?;
+        if changed.rows_affected() > 0 {
+            let task = load_task(&mut tx, task).await?;
+            outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Remembers (or forgets, with `None`) the task's worktree as JSON.
     pub async fn set_worktree(
         &self,
@@ -468,8 +537,8 @@ async fn insert_agent(
 ) -> Result<Agent> {
     Ok(sqlx::query_as(&format!(
         r#"
-        INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, started_at, last_heartbeat)
-        VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?)
+        INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, started_at, last_heartbeat, token_hash)
+        VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?, ?)
         RETURNING {AGENT_COLUMNS}
         "#
     ))
@@ -482,6 +551,7 @@ async fn insert_agent(
     .bind(&agent.cwd)
     .bind(now)
     .bind(now)
+    .bind(agent_token_hash(&agent.token))
     .fetch_one(&mut **tx)
     .await?)
 }

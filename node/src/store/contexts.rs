@@ -31,8 +31,18 @@ impl ContextProbe {
             ),
         }
         };
-        if !dir.is_dir() {
-            return Err(not_repo("no such directory".into()));
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::Invalid {
+                    field: "path",
+                    message: format!(
+                        "{} is not a directory; give the path of a git checkout",
+                        dir.display()
+                    ),
+                })
+            }
+            Err(e) => return Err(not_repo(format!("cannot read it: {e}"))),
         }
         let top = git(dir, &["rev-parse", "--show-toplevel"]).map_err(not_repo)?;
         let path = PathBuf::from(top);

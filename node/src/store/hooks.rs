@@ -45,18 +45,12 @@ impl Via {
     }
 }
 
-/// Who sent the event, as the hook's environment says (`CCM_AGENT_ID`, `CCM_TASK_ID`).
+/// Who sent the event: the credential the runtime gave the agent (`CCM_AGENT_TOKEN` in its
+/// environment, `X-Ccm-Agent-Token` over HTTP). Only a live agent's credential lets an event
+/// act on the agent and its task; ids a sender names are not trusted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Origin {
-    pub agent_id: Option<String>,
-    pub task_id: Option<String>,
-}
-
-impl Origin {
-    /// The task the hook's environment names, when it is a task id.
-    fn task(&self) -> Option<Uuid> {
-        self.task_id.as_deref().and_then(|t| Uuid::parse_str(t).ok())
-    }
+    pub agent_token: Option<String>,
 }
 
 /// How an event arrived: its idempotency key, its sender, the path and the time.
@@ -202,7 +196,7 @@ impl Store {
         policy: RetryPolicy,
     ) -> Result<Vec<Ingested>> {
         if INSERT_ROWS.contains(&incoming.len())
-            && incoming.iter().all(|i| i.receipt.origin.task().is_none())
+            && incoming.iter().all(|i| i.receipt.origin.agent_token.is_none())
         {
             let mut writer = self.writer().await?;
             if let Some(mut stored) = insert_unattached(&mut writer.conn, incoming).await? {
@@ -217,7 +211,7 @@ impl Store {
             }
         }
         let mut agents = Attachments::load(&self.readers, incoming).await?;
-        let attached: Vec<Option<usize>> =
+        let attached: Vec<Option<Attached>> =
             incoming.iter().map(|i| agents.attach(i.event, i.receipt.origin)).collect();
         let mut tx = self.write().await?;
         let done = ingest_in_tx(&mut tx, incoming, &agents, &attached, policy).await?;
@@ -275,6 +269,24 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                // Visible, not only as the agent's tool error: the task may still end well.
+                let message = format!(
+                    "task {} ({}): {} of {path} denied: {reason}",
+                    task.short_id(),
+                    task.title,
+                    tool.unwrap_or("a write")
+                );
+                let details = serde_json::json!({ "path": path, "owner": owner, "tool": tool });
+                raise_alert(
+                    &mut tx,
+                    Some(task.id),
+                    Severity::Warning,
+                    "write_denied",
+                    &message,
+                    Some(details),
+                    now,
+                )
+                .await?;
                 Ownership::Taken { reason }
             }
             None => {
@@ -304,8 +316,18 @@ impl Store {
         let mut tx = self.write().await?;
         let decision =
             ask_decision(&mut tx, task, DecisionKind::ApproveTool, question, now).await?;
-        raise_alert(&mut tx, Some(task), Severity::Warning, "approval_needed", question, None, now)
-            .await?;
+        // The alert names its decision, so answering the decision resolves it.
+        let details = serde_json::json!({ "decision": decision.id });
+        raise_alert(
+            &mut tx,
+            Some(task),
+            Severity::Warning,
+            "approval_needed",
+            question,
+            Some(details),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(decision)
     }
@@ -348,6 +370,19 @@ impl Store {
         .await?)
     }
 
+    /// The change requests a task's refused writes left, oldest first.
+    pub async fn change_requests_of(&self, task: Uuid) -> Result<Vec<ChangeRequest>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT id, repo, path, owner, requester_task, tool, created_at, resolved_at, resolution
+            FROM change_requests WHERE requester_task = ? ORDER BY created_at
+            "#,
+        )
+        .bind(task.hyphenated())
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
     /// The hook events of a task, oldest first.
     pub async fn task_hook_events(&self, task: &str) -> Result<Vec<StoredHookEvent>> {
         let id = self.task(task).await?.task.id;
@@ -375,39 +410,39 @@ struct Incoming<'a> {
 const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
 
 /// Stores events in order and applies the effects of those not stored before, inside `tx`;
-/// `attached[i]` is the index in `agents` of event `i`'s agent.
+/// `attached[i]` says which agent of `agents` event `i` belongs to, and whether by its
+/// credential. Only an event sent with its live agent's credential has effects (and is
+/// answered for the agent's task); one attached otherwise is only recorded as the agent's.
 async fn ingest_in_tx(
     tx: &mut Writing,
     incoming: &[Incoming<'_>],
     agents: &Attachments,
-    attached: &[Option<usize>],
+    attached: &[Option<Attached>],
     policy: RetryPolicy,
 ) -> Result<Vec<Ingested>> {
-    let mut rows = Vec::with_capacity(incoming.len());
-    for (item, &agent) in incoming.iter().zip(attached) {
-        let agent = agent.map(|i| &agents.0[i]);
-        let task_id = match (agent, item.receipt.origin.task()) {
-            (Some(agent), _) => Some(agent.task_id),
-            (None, Some(task)) => task_exists(tx, task).await?.then_some(task),
-            (None, None) => None,
-        };
-        rows.push(Row { item, agent, task_id });
-    }
+    let rows: Vec<Row> = incoming
+        .iter()
+        .zip(attached)
+        .map(|(item, attached)| {
+            let agent = attached.map(|a| &agents.0[a.index].agent);
+            let credentialed = attached.is_some_and(|a| a.by_credential);
+            Row { item, agent, task_id: agent.map(|a| a.task_id), credentialed }
+        })
+        .collect();
     let mut stored = insert_events(tx, &rows).await?;
     let mut done = Vec::with_capacity(rows.len());
-    for Row { item, agent, task_id } in rows {
-        let agent = agent.cloned();
+    for Row { item, agent, credentialed, .. } in rows {
+        let agent = agent.filter(|_| credentialed).cloned();
         // A key repeated within the group is stored by its first event only.
         if !stored.remove(item.receipt.key) {
             done.push(Ingested { duplicate: true, agent, task: None });
             continue;
         }
         let at = item.receipt.received_at;
-        if let Some(agent) = &agent {
-            effects_on_agent(tx, agent, item.event, at).await?;
-        }
-        let task = match task_id {
-            Some(task) => {
+        let task = match &agent {
+            Some(agent) => {
+                effects_on_agent(tx, agent, item.event, at).await?;
+                let task = agent.task_id;
                 Some(effects_on_task(tx, task, item.event, at, policy, item.ask_human).await?)
             }
             None => None,
@@ -422,6 +457,8 @@ struct Row<'a, 'b> {
     item: &'a Incoming<'b>,
     agent: Option<&'a Agent>,
     task_id: Option<Uuid>,
+    /// Sent with the agent's credential.
+    credentialed: bool,
 }
 
 /// The columns of `hook_events` that [`push_rows`] fills, in its order.
@@ -445,10 +482,10 @@ async fn insert_events(db: &mut SqliteConnection, rows: &[Row<'_, '_>]) -> Resul
     Ok(stored)
 }
 
-/// Inserts events that belong to no agent or task in one statement (`INSERT OR IGNORE`), which
-/// stores nothing when an agent may claim one of them: one named by a hook's environment, one
-/// with an event's session id, or a live one whose working directory is a prefix of an event's
-/// `cwd` (a superset of what [`Attachments::attach`] matches). Returns the keys that were new,
+/// Inserts events sent without an agent's credential that belong to no agent in one statement
+/// (`INSERT OR IGNORE`), which stores nothing when an agent may claim one of them: one with an
+/// event's session id, or a live one whose working directory is a prefix of an event's `cwd`
+/// (a superset of what [`Attachments::attach`] matches). Returns the keys that were new,
 /// or `None` when nothing was stored: every key was stored before, or an agent may claim an
 /// event, and the caller takes the path that finds out which.
 async fn insert_unattached(
@@ -458,7 +495,7 @@ async fn insert_unattached(
     let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENTS);
     insert.push("SELECT * FROM (");
     push_rows(&mut insert, incoming.iter().map(|item| (item, None, None)));
-    let (ids, sessions) = named_agents(incoming);
+    let sessions = named_sessions(incoming);
     // Clean paths (no `.`, doubled or trailing separators), so a prefix of the string is a
     // prefix of the path.
     let cwds: Vec<String> = incoming
@@ -468,9 +505,7 @@ async fn insert_unattached(
         .map(|cwd| cwd.to_string_lossy().into_owned())
         .collect();
     insert
-        .push(") WHERE NOT EXISTS (SELECT 1 FROM agents WHERE id IN (SELECT value FROM json_each(")
-        .push_bind(ids)
-        .push(")) OR session_id IN (SELECT value FROM json_each(")
+        .push(") WHERE NOT EXISTS (SELECT 1 FROM agents WHERE session_id IN (SELECT value FROM json_each(")
         .push_bind(sessions)
         .push(")) OR (status IN ('starting', 'running') AND EXISTS (SELECT 1 FROM json_each(")
         .push_bind(serde_json::to_string(&cwds).unwrap_or_default())
@@ -483,21 +518,11 @@ async fn insert_unattached(
     Ok(Some(new_keys(db, keys, done).await?.into_iter().collect()))
 }
 
-/// The agent ids the events' hook environments name and the session ids the events carry, as
-/// JSON arrays (for `json_each`).
-fn named_agents(incoming: &[Incoming<'_>]) -> (String, String) {
-    let ids: Vec<String> = incoming
-        .iter()
-        .filter_map(|i| i.receipt.origin.agent_id.as_deref())
-        .filter_map(|a| Uuid::parse_str(a).ok())
-        .map(|a| a.hyphenated().to_string())
-        .collect();
+/// The session ids the events carry, as a JSON array (for `json_each`).
+fn named_sessions(incoming: &[Incoming<'_>]) -> String {
     let sessions: Vec<&str> =
         incoming.iter().filter_map(|i| i.event.session_id.as_deref()).collect();
-    (
-        serde_json::to_string(&ids).unwrap_or_default(),
-        serde_json::to_string(&sessions).unwrap_or_default(),
-    )
+    serde_json::to_string(&sessions).unwrap_or_default()
 }
 
 /// Binds the rows of a multi-row `INSERT` into `hook_events` (see [`INSERT_EVENTS`]): each
@@ -552,73 +577,86 @@ async fn new_keys(
 /// The agents a group of events may belong to, loaded with one query per group and kept
 /// in step with the changes the group's own events make (a `SessionStart` sets the session id
 /// that later events are matched by).
-struct Attachments(Vec<Agent>);
+struct Attachments(Vec<Candidate>);
+
+/// An agent with the hash of its credential (`NULL` once revoked).
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    #[sqlx(flatten)]
+    agent: Agent,
+    token_hash: Option<String>,
+}
+
+/// The agent an event belongs to (an index into [`Attachments`]), and whether the event
+/// proved it with the agent's credential.
+#[derive(Debug, Clone, Copy)]
+struct Attached {
+    index: usize,
+    by_credential: bool,
+}
 
 impl Attachments {
-    /// The live agents, and any other agent an event names by id or session id; the longest
+    /// The live agents, and any other agent with a session id an event carries; the longest
     /// working directory first, so that the deepest one matches a `cwd`.
     async fn load(readers: &SqlitePool, incoming: &[Incoming<'_>]) -> Result<Self> {
-        let (ids, sessions) = named_agents(incoming);
         let agents = sqlx::query_as(&format!(
             r#"
-            SELECT {AGENT_COLUMNS} FROM agents
+            SELECT {AGENT_COLUMNS}, token_hash FROM agents
             WHERE status IN ('starting', 'running')
-               OR id IN (SELECT value FROM json_each(?1))
-               OR session_id IN (SELECT value FROM json_each(?2))
+               OR session_id IN (SELECT value FROM json_each(?1))
             ORDER BY length(cwd) DESC, started_at DESC
             "#
         ))
-        .bind(ids)
-        .bind(sessions)
+        .bind(named_sessions(incoming))
         .fetch_all(readers)
         .await?;
         Ok(Attachments(agents))
     }
 
-    /// The agent the event belongs to: by the hook's environment, else by session id (the
-    /// latest agent of that session), else by the working directory of a live agent.
-    fn attach(&mut self, event: &HookEvent, origin: &Origin) -> Option<usize> {
-        let by_id = origin
-            .agent_id
-            .as_deref()
-            .and_then(|a| Uuid::parse_str(a).ok())
-            .and_then(|id| self.0.iter().position(|a| a.id == id));
+    /// The agent the event belongs to: the live agent whose credential it carries; else, for
+    /// the record only, the latest agent of its session id, else the live agent whose working
+    /// directory holds its `cwd`.
+    fn attach(&mut self, event: &HookEvent, origin: &Origin) -> Option<Attached> {
+        let by_credential = origin.agent_token.as_deref().and_then(|token| {
+            let hash = super::agents::agent_token_hash(token);
+            self.0.iter().position(|c| {
+                c.agent.status.is_live()
+                    && c.token_hash.as_deref().is_some_and(|h| constant_time_eq(h, &hash))
+            })
+        });
+        if let Some(index) = by_credential {
+            // What `effects_on_agent` does to the row, for the events after this one.
+            let agent = &mut self.0[index].agent;
+            if event.kind == Kind::SessionStart {
+                if event.session_id.is_some() {
+                    agent.session_id.clone_from(&event.session_id);
+                }
+                if agent.status == AgentStatus::Starting {
+                    agent.status = AgentStatus::Running;
+                }
+            } else if agent.session_id.is_none() {
+                agent.session_id.clone_from(&event.session_id);
+            }
+            return Some(Attached { index, by_credential: true });
+        }
         let by_session = || {
             let session = event.session_id.as_deref()?;
             (0..self.0.len())
-                .filter(|&i| self.0[i].session_id.as_deref() == Some(session))
-                .max_by_key(|&i| self.0[i].started_at)
+                .filter(|&i| self.0[i].agent.session_id.as_deref() == Some(session))
+                .max_by_key(|&i| self.0[i].agent.started_at)
         };
         let by_cwd = || {
             let cwd = Path::new(event.cwd.as_deref()?);
-            self.0.iter().position(|a| {
-                matches!(a.status, AgentStatus::Starting | AgentStatus::Running)
-                    && cwd.starts_with(&a.cwd)
-            })
+            self.0.iter().position(|c| c.agent.status.is_live() && cwd.starts_with(&c.agent.cwd))
         };
-        let found = by_id.or_else(by_session).or_else(by_cwd)?;
-        // What `effects_on_agent` does to the row, for the events after this one.
-        let agent = &mut self.0[found];
-        if event.kind == Kind::SessionStart {
-            if event.session_id.is_some() {
-                agent.session_id.clone_from(&event.session_id);
-            }
-            if agent.status == AgentStatus::Starting {
-                agent.status = AgentStatus::Running;
-            }
-        } else if agent.session_id.is_none() {
-            agent.session_id.clone_from(&event.session_id);
-        }
-        Some(found)
+        let index = by_session().or_else(by_cwd)?;
+        Some(Attached { index, by_credential: false })
     }
 }
 
-async fn task_exists(tx: &mut Writing, task: Uuid) -> Result<bool> {
-    let found: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM tasks WHERE id = ?")
-        .bind(task.hyphenated())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(found.is_some())
+/// Compares without an early exit, so timing does not tell how much of a guess was right.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Heartbeat, counters, session id and turn state of the agent.
@@ -677,16 +715,27 @@ async fn effects_on_task(
         }
     }
     let current = load_task(tx, task).await?;
-    if ask_human && (event.permission_prompt || event.kind == Kind::PermissionRequest) {
+    // A `PermissionRequest` no approval rule asks about is only recorded: nobody is asked (the
+    // CLI denies the call at once, and the denial shows in the agent's report).
+    if ask_human && event.permission_prompt && event.kind != Kind::PermissionRequest {
         let what = event.tool.as_deref().or(event.notification_type.as_deref()).unwrap_or("a tool");
         let question = format!(
             "task {} ({}) waits for permission to use {what}",
             current.short_id(),
             current.title
         );
-        ask_decision(tx, task, DecisionKind::ApproveTool, &question, now).await?;
-        raise_alert(tx, Some(task), Severity::Warning, "permission_needed", &question, None, now)
-            .await?;
+        let decision = ask_decision(tx, task, DecisionKind::ApproveTool, &question, now).await?;
+        let details = serde_json::json!({ "decision": decision.id });
+        raise_alert(
+            tx,
+            Some(task),
+            Severity::Warning,
+            "permission_needed",
+            &question,
+            Some(details),
+            now,
+        )
+        .await?;
     }
     if event.kind == Kind::StopFailure && current.state == TaskState::Executing {
         let error = event.error.as_deref().unwrap_or("unknown");

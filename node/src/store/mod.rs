@@ -20,26 +20,30 @@ mod hooks;
 mod records;
 mod sync;
 mod tasks;
+mod views;
 
 use std::ops::{Deref, DerefMut};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_schema::{SystemInfo, Timestamp, TransitionError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
-use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
-pub use agents::{AgentProgress, AttemptEnd, CostTotals, NewAgent};
+pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use contexts::ContextProbe;
 pub use hooks::{
     ChangeRequest, Claim, HookJob, Ingested, Origin, Ownership, Receipt, StoredHookEvent, Via,
 };
 pub use records::{OutboxCounts, StateCounts};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
+pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,12 +55,18 @@ pub enum StoreError {
     /// The database file cannot be opened or migrated.
     #[error("cannot open database {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// The file is not an SQLite database (an empty file included).
+    #[error("{} is not a database ({detail}); restore the newest `ccm backup` copy over it, or move it away to start with an empty database", path.display())]
+    NotADatabase { path: PathBuf, detail: String },
     /// No task has this id or id prefix.
     #[error("no task matches `{0}`")]
     TaskNotFound(String),
     /// An id prefix matches more than one task.
     #[error("task id `{prefix}` is ambiguous: it matches {matches}")]
     Ambiguous { prefix: String, matches: String },
+    /// No decision has this id or id prefix.
+    #[error("no decision matches `{0}`")]
+    DecisionNotFound(String),
     /// No context has this id or path.
     #[error("no context matches `{0}`")]
     ContextNotFound(String),
@@ -75,8 +85,37 @@ pub enum StoreError {
     /// Writing a backup failed.
     #[error("cannot back up to {path}: {message}")]
     Backup { path: PathBuf, message: String },
+    /// Another process held the write lock for longer than the busy timeout.
+    #[error("database busy: another process has held its write lock too long; try again")]
+    Busy,
+    /// The disk holding the database is full (or the file may not grow).
+    #[error("disk full (or a write error): the database cannot grow")]
+    DiskFull,
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+/// SQLite's primary result code of a database error: the low byte of the extended one sqlx
+/// reports.
+fn sqlite_code(error: &sqlx::Error) -> Option<i32> {
+    extended_code(error).map(|code| code & 0xff)
+}
+
+fn extended_code(error: &sqlx::Error) -> Option<i32> {
+    error.as_database_error()?.code()?.parse().ok()
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match sqlite_code(&error) {
+            Some(5 | 6) => StoreError::Busy, // SQLITE_BUSY, SQLITE_LOCKED
+            // SQLITE_FULL; a write that failed for want of room without ENOSPC (a file size
+            // limit, a quota) comes as SQLITE_IOERR_WRITE.
+            Some(13) => StoreError::DiskFull,
+            _ if extended_code(&error) == Some(778) => StoreError::DiskFull,
+            _ => StoreError::Database(error),
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -92,6 +131,12 @@ pub struct Store {
     writer: Arc<Mutex<Option<Writer>>>,
     /// Tells the sync driver about urgent rows, hook events and completions, after commit.
     signals: Arc<ccm_sync::Signals>,
+    /// A transaction was left open on the writer (its [`Writing`] dropped before the commit, by
+    /// an error or a cancelled request); it is rolled back before the writer is lent again, or
+    /// by [`Store::settle`].
+    abandoned: Arc<AtomicBool>,
+    /// Counts the times the writer connection was given back: each may have committed a change.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// The writer connection. It is lent by a lock rather than by a pool: a pool tests each
@@ -100,13 +145,34 @@ pub struct Store {
 #[derive(Debug)]
 struct Writer {
     conn: SqliteConnection,
-    /// A transaction was left open (its [`Writing`] dropped before the commit, by an error or a
-    /// cancelled request); it is rolled back before the connection is lent again.
-    abandoned: bool,
 }
 
-/// The writer connection, lent.
-type Lent = OwnedMappedMutexGuard<Option<Writer>, Writer>;
+/// The writer connection, lent. Giving it back counts as a change (see [`Store::changes`]).
+struct Lent {
+    writer: OwnedMappedMutexGuard<Option<Writer>, Writer>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Deref for Lent {
+    type Target = Writer;
+
+    fn deref(&self) -> &Writer {
+        &self.writer
+    }
+}
+
+impl DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Writer {
+        &mut self.writer
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Whatever the borrower wrote is committed (or rolled back) by now.
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
 
 /// A write transaction (`BEGIN IMMEDIATE`) on the writer connection, used as the connection
 /// itself. Dropped before [`Writing::commit`], it is rolled back.
@@ -118,6 +184,7 @@ pub(crate) struct Writing {
     urgent: bool,
     /// Tasks this transaction completed.
     completions: u64,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Writing {
@@ -151,24 +218,36 @@ impl DerefMut for Writing {
 impl Drop for Writing {
     fn drop(&mut self) {
         if self.open {
-            self.lent.abandoned = true;
+            // Set while the writer is still held: whoever takes it next sees the flag.
+            self.abandoned.store(true, Ordering::Release);
         }
     }
 }
 
-impl Writer {
-    fn shared(conn: SqliteConnection) -> Arc<Mutex<Option<Writer>>> {
-        Arc::new(Mutex::new(Some(Writer { conn, abandoned: false })))
+impl Store {
+    fn with_writer(path: &Path, readers: SqlitePool, conn: SqliteConnection) -> Store {
+        Store {
+            path: path.to_path_buf(),
+            readers,
+            writer: Arc::new(Mutex::new(Some(Writer { conn }))),
+            abandoned: Arc::default(),
+            changes: Arc::new(watch::Sender::new(0)),
+            signals: ccm_sync::Signals::new(),
+        }
     }
 }
 
 impl Store {
     /// Opens (creating when missing) the database at `path`, applies pending migrations and
     /// records this system's identity on first open.
+    ///
+    /// Set-up is serialized across processes by an exclusive lock on `<path>.lock`, so parallel
+    /// commands on a fresh home migrate once; an up-to-date database with this identity is only
+    /// read, so opening it never waits for another process's writer.
     pub async fn open(path: &Path, system_name: &str) -> Result<Store> {
         let open_error = |message: String| StoreError::Open { path: path.to_path_buf(), message };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+            crate::home::private_dir(parent).map_err(|e| open_error(e.to_string()))?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| open_error(e.to_string()))?
@@ -177,12 +256,34 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let mut writer = options.connect().await.map_err(|e| open_error(e.to_string()))?;
-        ccm_schema::MIGRATOR
-            .run(&mut writer)
-            .await
-            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+            .busy_timeout(BUSY_TIMEOUT)
+            // Waits show as errors; the SQL of a slow statement is not for the user's terminal.
+            .disable_statement_logging();
+        let set_up = SetUpLock::acquire(path).await.map_err(open_error)?;
+        let not_a_database = |detail: &str| StoreError::NotADatabase {
+            path: path.to_path_buf(),
+            detail: detail.into(),
+        };
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            // A file being created is never seen here: its creator holds the set-up lock.
+            return Err(not_a_database("the file is empty"));
+        }
+        let mut writer = options.connect().await.map_err(|e| match StoreError::from(e) {
+            StoreError::Database(e) if sqlite_code(&e) == Some(26) => {
+                not_a_database(&e.to_string())
+            }
+            e => open_error(e.to_string()),
+        })?;
+        crate::home::private_database(path)
+            .map_err(|e| open_error(format!("cannot make it private (mode 600): {e}")))?;
+        if migrations_pending(&mut writer).await? {
+            ccm_schema::MIGRATOR
+                .run(&mut writer)
+                .await
+                .map_err(|e| open_error(format!("migration failed: {e}")))?;
+        }
+        ensure_system(&mut writer, system_name).await?;
+        drop(set_up);
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
@@ -190,14 +291,7 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| open_error(e.to_string()))?;
-        let store = Store {
-            path: path.to_path_buf(),
-            readers,
-            writer: Writer::shared(writer),
-            signals: ccm_sync::Signals::new(),
-        };
-        store.ensure_system(system_name).await?;
-        Ok(store)
+        Ok(Store::with_writer(path, readers, writer))
     }
 
     /// Opens an existing database with one writer connection and a short busy timeout, applying no
@@ -220,12 +314,7 @@ impl Store {
         // A reader is opened only if a read is needed (most events need none).
         let readers =
             SqlitePoolOptions::new().max_connections(1).connect_lazy_with(options.read_only(true));
-        Ok(Store {
-            path: path.to_path_buf(),
-            readers,
-            writer: Writer::shared(writer),
-            signals: ccm_sync::Signals::new(),
-        })
+        Ok(Store::with_writer(path, readers, writer))
     }
 
     pub fn path(&self) -> &Path {
@@ -235,6 +324,13 @@ impl Store {
     /// What the sync driver is woken by.
     pub fn sync_signals(&self) -> &Arc<ccm_sync::Signals> {
         &self.signals
+    }
+
+    /// Wakes up after writes of this process: its value changes each time the writer
+    /// connection is given back, after the borrower's commit. Readers of the change (the
+    /// dashboard's live updates) coalesce wake-ups and read what changed from the outbox.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Closes the readers and the writer, checkpointing the WAL; writes after this fail with
@@ -250,15 +346,23 @@ impl Store {
     /// their own.
     async fn writer(&self) -> Result<Lent> {
         let writer = self.writer.clone().lock_owned().await;
-        let mut lent =
+        let writer =
             OwnedMutexGuard::try_map(writer, Option::as_mut).map_err(|_| StoreError::Closed)?;
-        if lent.abandoned {
+        let mut lent = Lent { writer, changes: self.changes.clone() };
+        if self.abandoned.swap(false, Ordering::AcqRel) {
             // SQLite may have rolled it back itself already (after an I/O error, say), and then
             // says so: nothing is left to undo either way.
             let _ = sqlx::query("ROLLBACK").execute(&mut lent.conn).await;
-            lent.abandoned = false;
         }
         Ok(lent)
+    }
+
+    /// Rolls back a transaction that a failed or refused write left open, so that no other
+    /// process waits for this one's write lock; the daemon calls it before answering a request.
+    pub async fn settle(&self) {
+        if self.abandoned.load(Ordering::Acquire) {
+            let _ = self.writer().await;
+        }
     }
 
     /// Starts a write transaction that holds the write lock from its first statement.
@@ -268,25 +372,11 @@ impl Store {
         Ok(Writing {
             lent,
             open: true,
+            abandoned: self.abandoned.clone(),
             signals: self.signals.clone(),
             urgent: false,
             completions: 0,
         })
-    }
-
-    async fn ensure_system(&self, name: &str) -> Result<()> {
-        sqlx::query(
-            r#"
-            INSERT INTO system (singleton, id, name, created_at) VALUES (1, ?, ?, ?)
-            ON CONFLICT (singleton) DO UPDATE SET name = excluded.name WHERE name <> excluded.name
-            "#,
-        )
-        .bind(Uuid::new_v4().hyphenated())
-        .bind(name)
-        .bind(Timestamp::now())
-        .execute(&mut self.writer().await?.conn)
-        .await?;
-        Ok(())
     }
 
     /// This system's identity.
@@ -295,6 +385,70 @@ impl Store {
             .fetch_one(&self.readers)
             .await?)
     }
+}
+
+/// The exclusive lock that serializes the set-up of one database across processes: an flock
+/// on `<database>.lock`, released when dropped.
+struct SetUpLock {
+    _file: std::fs::File,
+}
+
+impl SetUpLock {
+    async fn acquire(db: &Path) -> Result<SetUpLock, String> {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        // Set-up takes milliseconds; a blocking thread waits for whoever does it now.
+        tokio::task::spawn_blocking(move || file.lock().map(|()| SetUpLock { _file: file }))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot lock {}: {e}", path.display()))
+    }
+}
+
+/// Whether some migration of [`ccm_schema::MIGRATOR`] is not applied yet (read only).
+async fn migrations_pending(conn: &mut SqliteConnection) -> Result<bool> {
+    let table: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if table.is_none() {
+        return Ok(true);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(ccm_schema::MIGRATOR.iter().any(|m| !applied.contains(&m.version)))
+}
+
+/// Records this system's identity, or its new name; writes only when either is missing.
+async fn ensure_system(conn: &mut SqliteConnection, name: &str) -> Result<()> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT name FROM system").fetch_optional(&mut *conn).await?;
+    if stored.as_deref() == Some(name) {
+        return Ok(());
+    }
+    sqlx::query(
+        r#"
+        INSERT INTO system (singleton, id, name, created_at) VALUES (1, ?, ?, ?)
+        ON CONFLICT (singleton) DO UPDATE SET name = excluded.name WHERE name <> excluded.name
+        "#,
+    )
+    .bind(Uuid::new_v4().hyphenated())
+    .bind(name)
+    .bind(Timestamp::now())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Writes an outbox row for `kind`/`entity_id` carrying `payload`, inside `tx`, in the urgent

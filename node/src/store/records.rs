@@ -99,7 +99,7 @@ impl Store {
             Err(found) if found.len() > 1 => {
                 return Err(invalid(format!("decision id `{key}` is ambiguous")))
             }
-            _ => return Err(invalid(format!("no decision matches `{key}`"))),
+            _ => return Err(StoreError::DecisionNotFound(key)),
         };
         if let Some(given) = &decision.answer {
             return Err(invalid(format!(
@@ -133,6 +133,7 @@ impl Store {
                     .bind(decision.id.hyphenated())
                     .execute(&mut *tx)
                     .await?;
+                super::tasks::resolve_decision_alerts(&mut tx, decision.id, now).await?;
             }
         }
         let answered: Decision =

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
 use super::{outbox, Result, Store, StoreError, Writing};
-use crate::config::{Config, TaskDefaults};
+use crate::config::Config;
 
 /// A task to create, as the API and the CLI give it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,6 +42,7 @@ pub struct NewTask {
     /// The configured default when omitted.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Higher runs first; between [`PRIORITY_MIN`] and [`PRIORITY_MAX`].
     #[serde(default)]
     pub priority: i64,
     /// Ids (or unique id prefixes) of tasks that must complete first.
@@ -65,6 +66,19 @@ pub struct TaskDetail {
     /// The task's attempts: each run of a worker agent and how it ended.
     pub runs: Vec<ccm_schema::Attempt>,
     pub reports: Vec<ccm_schema::Report>,
+    /// What all the task's agents cost, in USD (as their CLIs report it).
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Tokens all the task's agents used.
+    #[serde(default)]
+    pub tokens: Tokens,
+}
+
+/// Input and output tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub input: i64,
+    pub output: i64,
 }
 
 /// Timing of retries and quota waits.
@@ -87,20 +101,20 @@ impl From<&Config> for RetryPolicy {
 }
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest title, in characters.
+pub const TITLE_MAX_CHARS: usize = 500;
+/// Range of a task's priority.
+pub const PRIORITY_MIN: i64 = -1000;
+pub const PRIORITY_MAX: i64 = 1000;
 const TASK_COLUMNS: &str =
     "id, title, prompt, repo, profile, workflow, verify, max_attempts, attempts, \
      priority, state, wake_at, created_at, updated_at, version";
 
 impl Store {
     /// Creates a task in `created`, with its dependencies, its first log entry and an outbox row.
-    pub async fn create_task(
-        &self,
-        new: NewTask,
-        defaults: &TaskDefaults,
-        actor: &str,
-    ) -> Result<Task> {
+    pub async fn create_task(&self, new: NewTask, config: &Config, actor: &str) -> Result<Task> {
         let mut tx = self.write().await?;
-        let task = create_in_tx(&mut tx, new, defaults, actor).await?;
+        let task = create_in_tx(&mut tx, new, config, actor).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -110,12 +124,12 @@ impl Store {
     pub async fn create_tasks(
         &self,
         batch: Vec<(NewTask, String)>,
-        defaults: &TaskDefaults,
+        config: &Config,
     ) -> Result<Vec<Task>> {
         let mut tx = self.write().await?;
         let mut created = Vec::with_capacity(batch.len());
         for (new, actor) in batch {
-            created.push(create_in_tx(&mut tx, new, defaults, &actor).await?);
+            created.push(create_in_tx(&mut tx, new, config, &actor).await?);
         }
         tx.commit().await?;
         Ok(created)
@@ -201,11 +215,18 @@ impl Store {
 
     /// One pass of the scheduler: blocks tasks whose dependencies failed, wakes tasks whose
     /// retry or quota wait is over, and admits waiting tasks by priority while agent slots are
-    /// free. Returns how many tasks changed state.
-    pub async fn schedule(&self, slots: u32, policy: RetryPolicy) -> Result<usize> {
+    /// free. Tasks of the `external` profiles (no runtime runs them) hold no slot. Returns how
+    /// many tasks changed state.
+    pub async fn schedule(
+        &self,
+        slots: u32,
+        external: &[String],
+        policy: RetryPolicy,
+    ) -> Result<usize> {
         const ACTOR: &str = "scheduler";
         let now = Timestamp::now();
-        if !self.schedule_needed(slots, now).await? {
+        let external = serde_json::to_string(external).unwrap_or_default();
+        if !self.schedule_needed(slots, &external, now).await? {
             return Ok(0); // the common case under load: nothing can move, so no write lock
         }
         let mut tx = self.write().await?;
@@ -259,9 +280,10 @@ impl Store {
         }
 
         let (busy,): (i64,) = sqlx::query_as(&format!(
-            "SELECT count(*) FROM tasks WHERE state IN ({})",
+            "SELECT count(*) FROM tasks WHERE state IN ({}) AND profile NOT IN (SELECT value FROM json_each(?))",
             slot_holding_states()
         ))
+        .bind(&external)
         .fetch_one(&mut *tx)
         .await?;
         let mut free = i64::from(slots).saturating_sub(busy);
@@ -317,7 +339,7 @@ impl Store {
     }
 
     /// Whether a scheduler pass would change anything, asked of a reader.
-    async fn schedule_needed(&self, slots: u32, now: Timestamp) -> Result<bool> {
+    async fn schedule_needed(&self, slots: u32, external: &str, now: Timestamp) -> Result<bool> {
         let (needed,): (bool,) = sqlx::query_as(&format!(
             r#"
             SELECT EXISTS (
@@ -327,7 +349,8 @@ impl Store {
                        CROSS JOIN tasks t ON t.id = d.task_id
                        WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created')
                 OR EXISTS (SELECT 1 FROM tasks WHERE state = 'retry' AND wake_at <= ?1)
-                OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})) < ?2
+                OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})
+                       AND profile NOT IN (SELECT value FROM json_each(?3))) < ?2
                     AND (EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting_quota' AND wake_at <= ?1)
                          OR EXISTS (
                              SELECT 1 FROM tasks t WHERE t.state = 'created' AND NOT EXISTS (
@@ -338,6 +361,7 @@ impl Store {
         ))
         .bind(now)
         .bind(slots)
+        .bind(external)
         .fetch_one(&self.readers)
         .await?;
         Ok(needed)
@@ -378,12 +402,21 @@ impl Store {
         .bind(id.hyphenated())
         .fetch_all(&mut *conn)
         .await?;
+        let (cost_usd, input, output): (f64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(input_tokens), 0), \
+             COALESCE(SUM(output_tokens), 0) FROM agents WHERE task_id = ?",
+        )
+        .bind(id.hyphenated())
+        .fetch_one(&mut *conn)
+        .await?;
         drop(conn);
         Ok(TaskDetail {
             log,
             runs: self.attempts(id).await?,
             reports: self.reports(id).await?,
             task,
+            cost_usd,
+            tokens: Tokens { input, output },
         })
     }
 }
@@ -392,12 +425,37 @@ impl Store {
 async fn create_in_tx(
     tx: &mut Writing,
     new: NewTask,
-    defaults: &TaskDefaults,
+    config: &Config,
     actor: &str,
 ) -> Result<Task> {
+    let defaults = &config.tasks;
     let title = new.title.trim().to_string();
     if title.is_empty() {
         return Err(invalid("title", "must not be empty"));
+    }
+    let length = title.chars().count();
+    if length > TITLE_MAX_CHARS {
+        return Err(invalid(
+            "title",
+            format!("must be at most {TITLE_MAX_CHARS} characters, got {length}"),
+        ));
+    }
+    if let Some(c) = title.chars().find(|c| c.is_control()) {
+        return Err(invalid(
+            "title",
+            format!("must be one line of text without control characters, got {c:?}"),
+        ));
+    }
+    for (field, text) in [
+        ("prompt", &new.prompt),
+        ("repo", &new.repo),
+        ("verify", &new.verify),
+        ("profile", &new.profile),
+        ("workflow", &new.workflow),
+    ] {
+        if text.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Err(invalid(field, "must not contain NUL characters"));
+        }
     }
     let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
     if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
@@ -406,9 +464,18 @@ async fn create_in_tx(
             format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"),
         ));
     }
+    if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&new.priority) {
+        return Err(invalid(
+            "priority",
+            format!("must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {}", new.priority),
+        ));
+    }
     let profile = new.profile.unwrap_or_else(|| defaults.profile.clone());
-    if profile.trim().is_empty() {
-        return Err(invalid("profile", "must not be empty"));
+    if !config.profiles.contains_key(&profile) {
+        return Err(invalid("profile", unknown("profile", &profile, config.profiles.keys())));
+    }
+    if let Some(workflow) = new.workflow.as_deref().filter(|w| !config.workflows.contains_key(*w)) {
+        return Err(invalid("workflow", unknown("workflow", workflow, config.workflows.keys())));
     }
     let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
     let repo =
@@ -558,7 +625,15 @@ pub(super) async fn apply_in_tx(
             }
         }
         if task.state == TaskState::Blocked && step.to != TaskState::Blocked {
-            close_decisions(tx, id, event.name(), actor, now).await?;
+            close_decisions(tx, id, Some(DecisionKind::RetryOrCancel), event.name(), actor, now)
+                .await?;
+        }
+        if step.to.is_terminal() {
+            // Nothing waits for an answer about a finished task any more.
+            close_decisions(tx, id, None, event.name(), actor, now).await?;
+        }
+        if task.state == TaskState::Executing && step.to != TaskState::Executing {
+            end_open_attempt(tx, id, &event, now).await?;
         }
         append_log(tx, id, now, Some(task.state), step.to, &reason, actor).await?;
         task.state = step.to;
@@ -637,10 +712,39 @@ pub(super) async fn ask_decision(
     Ok(decision)
 }
 
-/// Answers the task's pending retry-or-cancel decisions with what the operator did instead.
+/// Ends the task's open attempt, if one is still open, with the outcome `event` gives it: every
+/// move out of `executing` ends the attempt in its transaction. (The runtime's
+/// [`Store::end_attempt`] ends it first, with what it learned of the run.)
+async fn end_open_attempt(
+    tx: &mut Writing,
+    task: Uuid,
+    event: &TaskEvent,
+    now: Timestamp,
+) -> Result<()> {
+    let outcome = match event {
+        TaskEvent::VerifyPassed => "success".to_string(),
+        TaskEvent::Failed { class } => class.to_string(),
+        TaskEvent::QuotaExhausted { .. } => "quota".to_string(),
+        TaskEvent::Cancel => "cancelled".to_string(),
+        other => other.name().to_string(),
+    };
+    sqlx::query(
+        "UPDATE attempts SET ended_at = ?, outcome = ? WHERE task_id = ? AND ended_at IS NULL",
+    )
+    .bind(now)
+    .bind(outcome)
+    .bind(task.hyphenated())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Answers the task's pending decisions (of `kind`, or all) with what happened instead, and
+/// resolves their alerts.
 async fn close_decisions(
     tx: &mut Writing,
     task: Uuid,
+    kind: Option<DecisionKind>,
     answer: &str,
     actor: &str,
     now: Timestamp,
@@ -648,7 +752,7 @@ async fn close_decisions(
     let closed: Vec<ccm_schema::Decision> = sqlx::query_as(&format!(
         r#"
         UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ?
-        WHERE task_id = ? AND kind = 'retry_or_cancel' AND answered_at IS NULL
+        WHERE task_id = ? AND (?5 IS NULL OR kind = ?5) AND answered_at IS NULL
         RETURNING {DECISION_COLUMNS}
         "#
     ))
@@ -656,10 +760,35 @@ async fn close_decisions(
     .bind(actor)
     .bind(now)
     .bind(task.hyphenated().to_string())
+    .bind(kind)
     .fetch_all(&mut **tx)
     .await?;
     for decision in closed {
         outbox(tx, "decision", &decision.id.to_string(), &decision, false).await?;
+        resolve_decision_alerts(tx, decision.id, now).await?;
+    }
+    Ok(())
+}
+
+/// Resolves the open alerts that ask for the decision `decision` (their details name it).
+pub(super) async fn resolve_decision_alerts(
+    tx: &mut Writing,
+    decision: Uuid,
+    now: Timestamp,
+) -> Result<()> {
+    let resolved: Vec<ccm_schema::Alert> = sqlx::query_as(&format!(
+        r#"
+        UPDATE alerts SET resolved_at = ?
+        WHERE resolved_at IS NULL AND json_extract(details, '$.decision') = ?
+        RETURNING {ALERT_COLUMNS}
+        "#
+    ))
+    .bind(now)
+    .bind(decision.hyphenated().to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for alert in resolved {
+        outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
     }
     Ok(())
 }
@@ -808,6 +937,12 @@ pub(super) async fn load_task(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Re
 
 pub(super) fn parse_id(text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// "unknown profile `x`; configured: a, b".
+fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    format!("unknown {what} `{name}`; configured: {}", known.join(", "))
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {

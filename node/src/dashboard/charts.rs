@@ -1,0 +1,91 @@
+//! Small charts as inline SVG, drawn on the server: bars (cost per day, per repository, queue
+//! depth) and a task's state timeline as a strip. Colours come from CSS classes, so light and
+//! dark themes apply.
+
+use std::fmt::Write as _;
+
+use ccm_schema::{TaskLogEntry, TaskState, Timestamp};
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Vertical bars with a label under each and a title (tooltip) per bar.
+pub fn bars(title: &str, bars: &[(String, f64, String)]) -> String {
+    let (width, height, gap) = (320.0, 120.0, 4.0);
+    let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max);
+    let n = bars.len().max(1) as f64;
+    let bar_width = (width - gap * (n - 1.0)) / n;
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {width} {}" role="img" aria-label="{}"><title>{}</title>"#,
+        height + 16.0,
+        escape(title),
+        escape(title)
+    );
+    for (i, (label, value, tip)) in bars.iter().enumerate() {
+        let h = if max > 0.0 { (value / max) * (height - 4.0) } else { 0.0 };
+        let x = i as f64 * (bar_width + gap);
+        let _ = write!(
+            svg,
+            r#"<rect class="bar" x="{x:.1}" y="{:.1}" width="{bar_width:.1}" height="{h:.1}"><title>{}</title></rect>"#,
+            height - h,
+            escape(tip)
+        );
+        let _ = write!(
+            svg,
+            r#"<text class="axis" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            x + bar_width / 2.0,
+            height + 13.0,
+            escape(label)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// A task's states over time as one strip, a segment per state it was in.
+pub fn state_strip(log: &[TaskLogEntry], now: Timestamp) -> String {
+    let Some(first) = log.first() else { return String::new() };
+    let start = first.at.0;
+    let end = now.0.max(start + 1);
+    let span = (end - start) as f64;
+    let mut svg = String::from(
+        r#"<svg class="strip" viewBox="0 0 1000 24" preserveAspectRatio="none" role="img" aria-label="state timeline"><title>state timeline</title>"#,
+    );
+    for (i, entry) in log.iter().enumerate() {
+        let from = entry.at.0;
+        let to = log.get(i + 1).map_or(end, |next| next.at.0);
+        let x = (from - start) as f64 / span * 1000.0;
+        let w = ((to - from) as f64 / span * 1000.0).max(2.0);
+        let _ = write!(
+            svg,
+            r#"<rect class="s-{}" x="{x:.1}" y="0" width="{w:.1}" height="24"><title>{} from {}</title></rect>"#,
+            entry.to_state, entry.to_state, entry.at
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// How many tasks waited (`created` or `queued`) at the end of each of the last `hours` hours:
+/// `waiting_now` replayed backwards through the task log of those hours (`(at, from, to)` rows).
+pub fn queue_depth(
+    waiting_now: i64,
+    log: &[(Timestamp, Option<TaskState>, TaskState)],
+    now: Timestamp,
+    hours: i64,
+) -> Vec<(String, f64, String)> {
+    let waiting = |s: Option<TaskState>| matches!(s, Some(TaskState::Created | TaskState::Queued));
+    (0..hours)
+        .rev()
+        .map(|h| {
+            let at = now.0 - h * 3_600_000;
+            let mut depth = waiting_now;
+            for (_, from, to) in log.iter().filter(|(when, ..)| when.0 > at) {
+                depth += i64::from(waiting(*from)) - i64::from(waiting(Some(*to)));
+            }
+            let label = if h == 0 { "now".to_string() } else { format!("-{h}h") };
+            (label.clone(), depth.max(0) as f64, format!("{} waiting at {label}", depth.max(0)))
+        })
+        .collect()
+}

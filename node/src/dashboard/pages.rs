@@ -1,0 +1,940 @@
+//! The pages (askama templates under `templates/`) and the forms they post.
+
+use std::collections::BTreeSet;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Form;
+use ccm_schema::types::short_id;
+use ccm_schema::{TaskEvent, TaskState, Timestamp};
+use serde::Deserialize;
+
+use super::{charts, SignedIn};
+use crate::daemon::{ApiError, AppState};
+use crate::store::{BoardFilter, NewTask, RetryPolicy};
+
+/// Who the dashboard acts as in task logs and decisions.
+const ACTOR: &str = "dashboard";
+/// How much of an agent's output the task page shows.
+const TAIL_BYTES: u64 = 16 * 1024;
+const TAIL_LINES: usize = 60;
+
+/// What every page shows around its content.
+pub struct Layout {
+    pub title: String,
+    pub active: &'static str,
+    pub csrf: String,
+    pub decisions: i64,
+    pub alerts: i64,
+    pub system: String,
+    /// What the page reloads on: `change` (outbox changes) or `activity` (anything).
+    pub live: &'static str,
+}
+
+async fn layout(
+    state: &AppState,
+    signed_in: &SignedIn,
+    title: impl Into<String>,
+    active: &'static str,
+) -> Result<Layout, Response> {
+    let counts = state.store.dashboard_counts().await.map_err(failure)?;
+    let system = state.store.system().await.map_err(failure)?;
+    Ok(Layout {
+        title: title.into(),
+        active,
+        csrf: signed_in.session.csrf.clone(),
+        decisions: counts.pending_decisions,
+        alerts: counts.open_alerts,
+        system: system.name,
+        live: "change",
+    })
+}
+
+fn failure(error: impl Into<ApiError>) -> Response {
+    let error: ApiError = error.into();
+    if let ApiError::Internal(detail) = &error {
+        tracing::error!(error = %detail, "dashboard request failed");
+    }
+    message(error.status_code(), "Something went wrong", &error.to_string())
+}
+
+fn render(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render the page: {e}"))
+            .into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message<'a> {
+    heading: &'a str,
+    text: &'a str,
+    refresh: Option<&'a str>,
+}
+
+/// A page with one message (sign-in problems, refusals, errors).
+pub fn message(status: StatusCode, heading: &str, text: &str) -> Response {
+    (status, render(&Message { heading, text, refresh: None })).into_response()
+}
+
+/// A page that moves on to `to` at once.
+pub fn redirect_page(to: &str) -> Response {
+    render(&Message { heading: "Signed in", text: "Opening the dashboard…", refresh: Some(to) })
+}
+
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+fn ago(at: Timestamp, now: Timestamp) -> String {
+    let secs = (now.0 - at.0).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+/// A cost, or "unknown" when a CLI reported none (never shown as zero).
+fn cost(usd: Option<f64>) -> String {
+    usd.map_or_else(|| "unknown".to_string(), dollars)
+}
+
+fn dollars(usd: f64) -> String {
+    // `+ 0.0` turns the -0.0 of an empty sum into 0.0.
+    format!("${:.2}", usd + 0.0)
+}
+
+// ----- overview -----
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    layout: Layout,
+    states: Vec<(String, i64)>,
+    live_agents: i64,
+    cost_today: String,
+    cost_chart: String,
+    repo_chart: String,
+    queue_chart: String,
+    outbox_pending: i64,
+}
+
+pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    let page = async {
+        let layout = layout(&state, &signed_in, "Overview", "overview").await?;
+        let store = &state.store;
+        let counts = store.state_counts().await.map_err(failure)?;
+        let live = store.dashboard_counts().await.map_err(failure)?.live_agents;
+        let now = Timestamp::now();
+        let today = Timestamp(now.0 - now.0 % 86_400_000);
+        let week = Timestamp(today.0 - 13 * 86_400_000);
+        let per_day = store.cost_per_day(week).await.map_err(failure)?;
+        let cost_today =
+            per_day.iter().filter(|d| d.day == today.0 / 86_400_000).map(|d| d.cost_usd).sum();
+        let days: Vec<(String, f64, String)> = (0..14)
+            .map(|i| {
+                let day = week.0 / 86_400_000 + i;
+                let cost = per_day.iter().find(|d| d.day == day).map_or(0.0, |d| d.cost_usd);
+                let date = Timestamp(day * 86_400_000).to_string();
+                (date[8..10].to_string(), cost, format!("{}: {}", &date[..10], dollars(cost)))
+            })
+            .collect();
+        let repos: Vec<(String, f64, String)> = store
+            .cost_per_repo()
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .map(|(repo, cost)| {
+                let name = repo.unwrap_or_else(|| "(none)".into());
+                let short = name.rsplit('/').next().unwrap_or(&name).chars().take(10).collect();
+                (short, cost, format!("{name}: {}", dollars(cost)))
+            })
+            .collect();
+        let hours = 12;
+        let log = store.log_since(Timestamp(now.0 - hours * 3_600_000)).await.map_err(failure)?;
+        let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
+            + counts.get(&TaskState::Queued).copied().unwrap_or(0);
+        let queue = charts::queue_depth(waiting, &log, now, hours);
+        let outbox = store.outbox_counts().await.map_err(failure)?;
+        Ok::<_, Response>(render(&Overview {
+            layout,
+            states: TaskState::ALL
+                .iter()
+                .map(|s| (s.to_string(), counts.get(s).copied().unwrap_or(0)))
+                .collect(),
+            live_agents: live,
+            cost_today: dollars(cost_today),
+            cost_chart: charts::bars("cost per day, last 14 days", &days),
+            repo_chart: if repos.is_empty() {
+                String::new()
+            } else {
+                charts::bars("cost per repository", &repos)
+            },
+            queue_chart: charts::bars("tasks waiting, last 12 hours", &queue),
+            outbox_pending: outbox.pending,
+        }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+// ----- board -----
+
+pub struct Card {
+    pub id: String,
+    pub short: String,
+    pub title: String,
+    pub repo: String,
+    pub profile: String,
+    pub priority: i64,
+    pub attempts: u32,
+    pub changed: String,
+}
+
+pub struct Column {
+    pub state: String,
+    pub count: i64,
+    pub cards: Vec<Card>,
+}
+
+#[derive(Template)]
+#[template(path = "board.html")]
+struct Board {
+    layout: Layout,
+    filter: BoardQuery,
+    columns: Vec<Column>,
+    states: Vec<String>,
+    repos: Vec<String>,
+    profiles: Vec<String>,
+    shown: usize,
+}
+
+/// The board's filters, as the form sends them.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BoardQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    repo: String,
+    #[serde(default)]
+    profile: String,
+    /// `` or this system's name: the seam where remote systems' tasks will join.
+    #[serde(default)]
+    system: String,
+    #[serde(default)]
+    q: String,
+}
+
+pub async fn board(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    Query(query): Query<BoardQuery>,
+) -> Response {
+    let page = async {
+        let layout = layout(&state, &signed_in, "Tasks", "tasks").await?;
+        let filter = BoardFilter {
+            state: Some(query.state.clone()),
+            repo: Some(query.repo.clone()),
+            profile: Some(query.profile.clone()),
+            q: Some(query.q.clone()),
+        };
+        let local = query.system.is_empty() || query.system == layout.system;
+        let (cards, counts) = if local {
+            state.store.board(&filter).await.map_err(failure)?
+        } else {
+            Default::default()
+        };
+        let now = Timestamp::now();
+        let mut columns: Vec<Column> = TaskState::ALL
+            .iter()
+            .filter_map(|s| {
+                let count = counts.iter().find(|(c, _)| c == s)?.1;
+                Some(Column { state: s.to_string(), count, cards: Vec::new() })
+            })
+            .collect();
+        let shown = cards.len();
+        for task in cards {
+            if let Some(column) = columns.iter_mut().find(|c| c.state == task.state.to_string()) {
+                column.cards.push(Card {
+                    short: task.id.chars().take(8).collect(),
+                    id: task.id,
+                    title: task.title,
+                    repo: task.repo.unwrap_or_default(),
+                    profile: task.profile,
+                    priority: task.priority,
+                    attempts: task.attempts,
+                    changed: ago(task.updated_at, now),
+                });
+            }
+        }
+        let contexts = state.store.contexts().await.map_err(failure)?;
+        let repos: BTreeSet<String> = contexts.into_iter().filter_map(|c| c.repo_url).collect();
+        Ok::<_, Response>(render(&Board {
+            layout,
+            filter: query,
+            columns,
+            states: TaskState::ALL.iter().map(ToString::to_string).collect(),
+            repos: repos.into_iter().collect(),
+            profiles: state.config.profiles.keys().cloned().collect(),
+            shown,
+        }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+// ----- new task -----
+
+#[derive(Template)]
+#[template(path = "new_task.html")]
+struct NewTaskPage {
+    layout: Layout,
+    /// `(value, label)`: repository URL (or path) of each known context.
+    repos: Vec<(String, String)>,
+    profiles: Vec<String>,
+    default_profile: String,
+    error: Option<String>,
+}
+
+pub async fn new_task(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    new_task_page(&state, &signed_in, None).await
+}
+
+async fn new_task_page(state: &AppState, signed_in: &SignedIn, error: Option<String>) -> Response {
+    let page = async {
+        let mut layout = layout(state, signed_in, "New task", "new").await?;
+        layout.live = "";
+        let contexts = state.store.contexts().await.map_err(failure)?;
+        let repos = contexts
+            .into_iter()
+            .map(|c| {
+                let value = c.repo_url.clone().unwrap_or_else(|| c.path.clone());
+                (value, format!("{} ({})", c.repo_url.as_deref().unwrap_or("no remote"), c.path))
+            })
+            .collect();
+        let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+        Ok::<_, Response>(
+            (
+                status,
+                render(&NewTaskPage {
+                    layout,
+                    repos,
+                    profiles: state.config.profiles.keys().cloned().collect(),
+                    default_profile: state.config.tasks.profile.clone(),
+                    error,
+                }),
+            )
+                .into_response(),
+        )
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+#[derive(Deserialize)]
+pub struct NewTaskForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    prompt: String,
+    #[serde(default)]
+    repo: String,
+    #[serde(default)]
+    profile: String,
+    #[serde(default)]
+    verify: String,
+    #[serde(default)]
+    priority: String,
+    /// Ids or id prefixes, separated by commas or spaces.
+    #[serde(default)]
+    depends_on: String,
+}
+
+fn given(text: String) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+pub async fn create_task(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<NewTaskForm>,
+) -> Response {
+    if let Err(refused) = signed_in.check_form(&headers, &form.csrf) {
+        return refused;
+    }
+    let priority = match form.priority.trim() {
+        "" => 0,
+        p => match p.parse() {
+            Ok(p) => p,
+            Err(_) => {
+                let error = format!("priority: must be a whole number, got `{p}`");
+                return new_task_page(&state, &signed_in, Some(error)).await;
+            }
+        },
+    };
+    let new = NewTask {
+        title: form.title,
+        prompt: given(form.prompt),
+        repo: given(form.repo),
+        profile: given(form.profile),
+        verify: given(form.verify),
+        priority,
+        depends_on: form
+            .depends_on
+            .split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect(),
+        ..NewTask::default()
+    };
+    match state.creations.submit((new, ACTOR.to_string())).await {
+        Ok(task) => {
+            state.metrics.tasks_created.inc();
+            state.wake_scheduler();
+            see_other(&format!("/tasks/{}", task.id))
+        }
+        Err(e) => {
+            let error: ApiError = e.into();
+            new_task_page(&state, &signed_in, Some(error.to_string())).await
+        }
+    }
+}
+
+// ----- task detail -----
+
+pub struct LogRow {
+    pub at: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub actor: String,
+}
+
+pub struct RunRow {
+    pub number: u32,
+    pub agent: String,
+    pub started: String,
+    pub ended: String,
+    pub outcome: String,
+    pub verify_output: String,
+    pub last_message: String,
+}
+
+pub struct HookRow {
+    pub at: String,
+    pub event: String,
+    pub tool: String,
+    pub detail: String,
+}
+
+pub struct ReportRow {
+    pub attempt: u32,
+    pub diff_stat: String,
+    pub commits: Vec<String>,
+    pub verdict: String,
+    pub review: String,
+    pub last_message: String,
+}
+
+#[derive(Template)]
+#[template(path = "task.html")]
+struct TaskPage {
+    layout: Layout,
+    id: String,
+    title: String,
+    prompt: String,
+    state: String,
+    repo: String,
+    profile: String,
+    workflow: String,
+    verify: String,
+    priority: i64,
+    attempts: u32,
+    max_attempts: u32,
+    created: String,
+    strip: String,
+    history: Vec<LogRow>,
+    runs: Vec<RunRow>,
+    tail: String,
+    tail_agent: String,
+    hooks: Vec<HookRow>,
+    reports: Vec<ReportRow>,
+    cost: String,
+    tokens_in: i64,
+    tokens_out: i64,
+    depends_on: Vec<(String, String)>,
+    claims: Vec<String>,
+    actions: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+/// The events the operator may send a task in `state`, as `(event, button label, class)`.
+fn actions(state: TaskState) -> Vec<(&'static str, &'static str, &'static str)> {
+    use TaskState::*;
+    let mut actions = Vec::new();
+    if matches!(state, Blocked | Failed | Alert | Cancelled) {
+        actions.push(("retry", "Retry", "primary"));
+    }
+    if state == Alert {
+        actions.push(("accept", "Accept", "primary"));
+    }
+    if !matches!(state, Complete | Failed | Cancelled) {
+        actions.push(("cancel", "Cancel", "danger"));
+    }
+    actions
+}
+
+/// The last lines of an agent's output log.
+async fn tail(path: std::path::PathBuf) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let Ok(mut file) = tokio::fs::File::open(&path).await else { return String::new() };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_BYTES);
+    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).await.is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().skip(usize::from(start > 0)).collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+pub async fn task(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    let page = async {
+        let store = &state.store;
+        let detail = store.task(&id).await.map_err(failure)?;
+        let task = &detail.task;
+        let mut layout =
+            layout(&state, &signed_in, format!("Task {}", task.short_id()), "tasks").await?;
+        layout.live = "activity";
+        let now = Timestamp::now();
+        let agents = store.task_agents(task.id).await.map_err(failure)?;
+        let latest = agents.iter().max_by_key(|a| a.started_at);
+        let tail_text = match latest {
+            Some(agent) => tail(std::path::Path::new(&agent.dir).join("output.log")).await,
+            None => String::new(),
+        };
+        let hooks = store.task_hook_events(&task.id.to_string()).await.map_err(failure)?;
+        let claims = store.claims().await.map_err(failure)?;
+        let id_text = task.id.to_string();
+        let reports = detail
+            .reports
+            .iter()
+            .map(|r| {
+                let work = &r.summary.0["work"];
+                ReportRow {
+                    attempt: r.attempt,
+                    diff_stat: work["diff_stat"].as_str().unwrap_or_default().to_string(),
+                    commits: work["commits"]
+                        .as_array()
+                        .map(|c| {
+                            c.iter()
+                                .map(|c| {
+                                    let sha = c["sha"].as_str().unwrap_or_default();
+                                    format!(
+                                        "{} {}",
+                                        &sha[..sha.len().min(8)],
+                                        c["subject"].as_str().unwrap_or_default()
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    verdict: r.verdict.clone().unwrap_or_default(),
+                    review: r.review.clone().unwrap_or_default(),
+                    last_message: r.summary.0["last_message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                }
+            })
+            .collect();
+        Ok::<_, Response>(render(&TaskPage {
+            layout,
+            id: id_text.clone(),
+            title: task.title.clone(),
+            prompt: task.prompt.clone(),
+            state: task.state.to_string(),
+            repo: task.repo.clone().unwrap_or_default(),
+            profile: task.profile.clone(),
+            workflow: task.workflow.clone().unwrap_or_default(),
+            verify: task.verify.clone().unwrap_or_default(),
+            priority: task.priority,
+            attempts: task.attempts,
+            max_attempts: task.max_attempts,
+            created: task.created_at.to_string(),
+            strip: charts::state_strip(&detail.log, now),
+            history: detail
+                .log
+                .iter()
+                .map(|e| LogRow {
+                    at: e.at.to_string(),
+                    from: e.from_state.map(|s| s.to_string()).unwrap_or_default(),
+                    to: e.to_state.to_string(),
+                    reason: e.reason.clone(),
+                    actor: e.actor.clone(),
+                })
+                .collect(),
+            runs: detail
+                .runs
+                .iter()
+                .map(|r| RunRow {
+                    number: r.number,
+                    agent: short_id(&r.agent_id),
+                    started: r.started_at.to_string(),
+                    ended: r.ended_at.map(|t| t.to_string()).unwrap_or_else(|| "running".into()),
+                    outcome: r.outcome.clone().unwrap_or_default(),
+                    verify_output: r.verify_output.clone().unwrap_or_default(),
+                    last_message: r.last_message.clone().unwrap_or_default(),
+                })
+                .collect(),
+            tail: tail_text,
+            tail_agent: latest.map(|a| a.short_id()).unwrap_or_default(),
+            hooks: hooks
+                .iter()
+                .rev()
+                .take(200)
+                .map(|h| HookRow {
+                    at: h.at.to_string(),
+                    event: h.event.clone(),
+                    tool: h.tool.clone().unwrap_or_default(),
+                    detail: h.problem.clone().unwrap_or_default(),
+                })
+                .collect(),
+            reports,
+            cost: cost(agents.iter().map(|a| a.cost_usd).sum()),
+            tokens_in: agents.iter().map(|a| a.input_tokens).sum(),
+            tokens_out: agents.iter().map(|a| a.output_tokens).sum(),
+            depends_on: task.depends_on.iter().map(|d| (d.to_string(), short_id(d))).collect(),
+            claims: claims
+                .iter()
+                .filter(|c| c.task_id == id_text)
+                .map(|c| format!("{} {}", c.repo, c.path))
+                .collect(),
+            actions: actions(task.state),
+        }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+#[derive(Deserialize)]
+pub struct EventForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    event: String,
+}
+
+pub async fn task_event(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<EventForm>,
+) -> Response {
+    if let Err(refused) = signed_in.check_form(&headers, &form.csrf) {
+        return refused;
+    }
+    let event = match form.event.as_str() {
+        "cancel" => TaskEvent::Cancel,
+        "retry" => TaskEvent::Retry,
+        "accept" => TaskEvent::Accept,
+        other => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "Refused",
+                &format!("event: must be cancel, retry or accept, got `{other}`"),
+            )
+        }
+    };
+    let reason = format!("{} from the dashboard", event.name());
+    let policy = RetryPolicy::from(&*state.config);
+    match state.store.apply_event(&id, event, &reason, ACTOR, policy).await {
+        Ok((task, _)) => {
+            state.metrics.count_event(event.name());
+            state.wake();
+            see_other(&format!("/tasks/{}", task.id))
+        }
+        Err(e) => failure(e),
+    }
+}
+
+// ----- decisions -----
+
+pub struct DecisionRow {
+    pub id: String,
+    pub task: Option<(String, String)>,
+    pub question: String,
+    pub options: Vec<String>,
+    pub answer: String,
+    pub by: String,
+    pub asked: String,
+}
+
+#[derive(Template)]
+#[template(path = "decisions.html")]
+struct Decisions {
+    layout: Layout,
+    pending: Vec<DecisionRow>,
+    answered: Vec<DecisionRow>,
+}
+
+pub async fn decisions(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    let page = async {
+        let layout = layout(&state, &signed_in, "Decisions", "decisions").await?;
+        let now = Timestamp::now();
+        let rows: Vec<DecisionRow> = state
+            .store
+            .decisions()
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .take(100)
+            .map(|d| DecisionRow {
+                id: d.id.to_string(),
+                task: d.task_id.map(|t| (t.clone(), t.chars().take(8).collect())),
+                question: d.question,
+                options: d.options.0,
+                answer: d.answer.unwrap_or_default(),
+                by: d.answered_by.unwrap_or_default(),
+                asked: ago(d.created_at, now),
+            })
+            .collect();
+        let (pending, answered) = rows.into_iter().partition(|d| d.answer.is_empty());
+        Ok::<_, Response>(render(&Decisions { layout, pending, answered }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+#[derive(Deserialize)]
+pub struct AnswerForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    answer: String,
+}
+
+pub async fn answer_decision(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<AnswerForm>,
+) -> Response {
+    if let Err(refused) = signed_in.check_form(&headers, &form.csrf) {
+        return refused;
+    }
+    let policy = RetryPolicy::from(&*state.config);
+    match state.store.answer_decision(&id, &form.answer, ACTOR, policy).await {
+        Ok(_) => {
+            state.decisions.notify_waiters();
+            state.wake();
+            see_other("/decisions")
+        }
+        Err(e) => failure(e),
+    }
+}
+
+// ----- agents -----
+
+pub struct AgentRow {
+    pub short: String,
+    pub task: String,
+    pub task_short: String,
+    pub kind: String,
+    pub profile: String,
+    pub status: String,
+    pub heartbeat: String,
+    pub cost: String,
+    pub tokens: String,
+}
+
+#[derive(Template)]
+#[template(path = "agents.html")]
+struct Agents {
+    layout: Layout,
+    agents: Vec<AgentRow>,
+}
+
+pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    let page = async {
+        let mut layout = layout(&state, &signed_in, "Agents", "agents").await?;
+        layout.live = "activity";
+        let now = Timestamp::now();
+        let agents = state
+            .store
+            .agents()
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .take(200)
+            .map(|a| AgentRow {
+                short: a.short_id(),
+                task: a.task_id.to_string(),
+                task_short: short_id(&a.task_id),
+                kind: format!("{:?}", a.kind).to_lowercase(),
+                profile: a.profile,
+                status: format!("{:?}", a.status).to_lowercase(),
+                heartbeat: ago(a.last_heartbeat, now),
+                cost: cost(a.cost_usd),
+                tokens: format!("{} in / {} out", a.input_tokens, a.output_tokens),
+            })
+            .collect();
+        Ok::<_, Response>(render(&Agents { layout, agents }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+// ----- alerts -----
+
+pub struct AlertRow {
+    pub id: String,
+    pub severity: String,
+    pub task: Option<(String, String)>,
+    pub reason: String,
+    pub message: String,
+    pub raised: String,
+}
+
+#[derive(Template)]
+#[template(path = "alerts.html")]
+struct Alerts {
+    layout: Layout,
+    alerts: Vec<AlertRow>,
+}
+
+pub async fn alerts(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    let page = async {
+        let layout = layout(&state, &signed_in, "Alerts", "alerts").await?;
+        let now = Timestamp::now();
+        let alerts = state
+            .store
+            .open_alerts()
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .take(200)
+            .map(|a| AlertRow {
+                id: a.id.to_string(),
+                severity: a.severity.to_string(),
+                task: a.task_id.map(|t| (t.clone(), t.chars().take(8).collect())),
+                reason: a.reason,
+                message: a.message,
+                raised: ago(a.created_at, now),
+            })
+            .collect();
+        Ok::<_, Response>(render(&Alerts { layout, alerts }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+pub async fn acknowledge_alert(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<super::CsrfForm>,
+) -> Response {
+    if let Err(refused) = signed_in.check_form(&headers, &form.csrf) {
+        return refused;
+    }
+    match state.store.acknowledge_alert(&id).await {
+        Ok(_) => see_other("/alerts"),
+        Err(e) => failure(e),
+    }
+}
+
+// ----- systems -----
+
+/// One system of the fleet as the systems page shows it.
+pub struct SystemRow {
+    pub name: String,
+    pub presence: String,
+    pub reason: String,
+    pub slots: String,
+    pub repos: Vec<String>,
+    pub heartbeat: String,
+    pub disk: String,
+    pub backlog: i64,
+}
+
+#[derive(Template)]
+#[template(path = "systems.html")]
+struct Systems {
+    layout: Layout,
+    systems: Vec<SystemRow>,
+    sync: String,
+}
+
+/// Free space of the file system holding `path`, as `df` reports it.
+async fn disk_free(path: &std::path::Path) -> String {
+    let output = tokio::process::Command::new("df").arg("-Pk").arg(path).output().await;
+    output
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let fields: Vec<&str> = text.lines().nth(1)?.split_whitespace().collect();
+            let free_kib: f64 = fields.get(3)?.parse().ok()?;
+            Some(format!("{:.1} GiB free ({} used)", free_kib / 1_048_576.0, fields.get(4)?))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    let page = async {
+        let layout = layout(&state, &signed_in, "Systems", "systems").await?;
+        let store = &state.store;
+        let counts = store.state_counts().await.map_err(failure)?;
+        let holding: i64 = [
+            TaskState::Queued,
+            TaskState::Executing,
+            TaskState::ReportGeneration,
+            TaskState::Supervisory,
+            TaskState::Error,
+            TaskState::Retry,
+        ]
+        .iter()
+        .filter_map(|s| counts.get(s))
+        .sum();
+        let contexts = store.contexts().await.map_err(failure)?;
+        let outbox = store.outbox_counts().await.map_err(failure)?;
+        // This system only until sync lands; remote systems will be added to this list from
+        // the central presence table.
+        let this = SystemRow {
+            name: layout.system.clone(),
+            presence: "online".into(),
+            reason: format!(
+                "this system; daemon pid {} since {}",
+                state.daemon.pid, state.daemon.started_at
+            ),
+            slots: format!("{holding} of {} in use", state.config.scheduler.slots),
+            repos: contexts
+                .iter()
+                .map(|c| c.repo_url.clone().unwrap_or_else(|| c.path.clone()))
+                .collect(),
+            heartbeat: "now".into(),
+            disk: disk_free(&state.home).await,
+            backlog: outbox.pending,
+        };
+        Ok::<_, Response>(render(&Systems {
+            layout,
+            systems: vec![this],
+            sync: "sync not configured".into(),
+        }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}

@@ -1,0 +1,187 @@
+//! Read models of the dashboard: the task board, what changed since an outbox id, counts and
+//! costs for the overview; and acknowledging an alert.
+
+use ccm_schema::{Alert, TaskState, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::records::ALERT_COLUMNS;
+use super::{outbox, Result, Store, StoreError};
+
+/// How many tasks of one state the board shows (the most recently changed).
+pub const BOARD_COLUMN_LIMIT: i64 = 100;
+/// How many outbox rows one change notice reads at most.
+const CHANGES_LIMIT: i64 = 500;
+
+/// A task as a card of the board.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct BoardTask {
+    pub id: String,
+    pub title: String,
+    pub state: TaskState,
+    pub repo: Option<String>,
+    pub profile: String,
+    pub priority: i64,
+    pub attempts: u32,
+    pub updated_at: Timestamp,
+}
+
+/// Which cards the board shows; empty fields match everything.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BoardFilter {
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Words of the title or id.
+    #[serde(default)]
+    pub q: Option<String>,
+}
+
+/// Cost of the agents started on one day (UTC).
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct CostDay {
+    /// Days since the Unix epoch.
+    pub day: i64,
+    pub cost_usd: f64,
+}
+
+/// The numbers of the overview besides tasks per state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, sqlx::FromRow)]
+pub struct DashboardCounts {
+    pub live_agents: i64,
+    pub open_alerts: i64,
+    pub pending_decisions: i64,
+}
+
+fn nonempty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl Store {
+    /// The board: per state, the most recently changed tasks that match `filter`, and the number
+    /// of matching tasks per state.
+    pub async fn board(
+        &self,
+        filter: &BoardFilter,
+    ) -> Result<(Vec<BoardTask>, Vec<(TaskState, i64)>)> {
+        let state = nonempty(&filter.state);
+        let repo = nonempty(&filter.repo);
+        let profile = nonempty(&filter.profile);
+        let q = nonempty(&filter.q).map(|q| format!("%{}%", q.replace(['%', '_'], "")));
+        let matching = "(?1 IS NULL OR state = ?1) AND (?2 IS NULL OR repo = ?2) \
+                        AND (?3 IS NULL OR profile = ?3) AND (?4 IS NULL OR title LIKE ?4 OR id LIKE ?4)";
+        let cards = sqlx::query_as(&format!(
+            r#"
+            SELECT id, title, state, repo, profile, priority, attempts, updated_at FROM (
+                SELECT *, row_number() OVER (PARTITION BY state ORDER BY updated_at DESC, id) AS n
+                FROM tasks WHERE {matching}
+            ) WHERE n <= ?5 ORDER BY updated_at DESC, id
+            "#
+        ))
+        .bind(state)
+        .bind(repo)
+        .bind(profile)
+        .bind(&q)
+        .bind(BOARD_COLUMN_LIMIT)
+        .fetch_all(&self.readers)
+        .await?;
+        let counts = sqlx::query_as(&format!(
+            "SELECT state, count(*) FROM tasks WHERE {matching} GROUP BY state"
+        ))
+        .bind(state)
+        .bind(repo)
+        .bind(profile)
+        .bind(&q)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok((cards, counts))
+    }
+
+    /// The id of the newest outbox row (0 when there is none): what a page has seen.
+    pub async fn outbox_head(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox")
+            .fetch_one(&self.readers)
+            .await?)
+    }
+
+    /// The entities (`kind`, `entity_id`) changed after outbox row `after`, oldest first, and
+    /// the id of the last row read.
+    pub async fn changes_since(&self, after: i64) -> Result<(i64, Vec<(String, String)>)> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, kind, entity_id FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(CHANGES_LIMIT)
+        .fetch_all(&self.readers)
+        .await?;
+        let last = rows.last().map_or(after, |(id, ..)| *id);
+        Ok((last, rows.into_iter().map(|(_, kind, entity)| (kind, entity)).collect()))
+    }
+
+    pub async fn dashboard_counts(&self) -> Result<DashboardCounts> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT (SELECT count(*) FROM agents WHERE status IN ('starting', 'running')) AS live_agents,
+                   (SELECT count(*) FROM alerts WHERE resolved_at IS NULL) AS open_alerts,
+                   (SELECT count(*) FROM decisions WHERE answered_at IS NULL) AS pending_decisions
+            "#,
+        )
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
+    /// Cost per day of the agents started since `since`, oldest day first.
+    pub async fn cost_per_day(&self, since: Timestamp) -> Result<Vec<CostDay>> {
+        Ok(sqlx::query_as(
+            "SELECT started_at / 86400000 AS day, sum(cost_usd) AS cost_usd FROM agents \
+             WHERE started_at >= ? GROUP BY day ORDER BY day",
+        )
+        .bind(since)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// Cost per repository (`None`: tasks of no repository) of all agents, highest first.
+    pub async fn cost_per_repo(&self) -> Result<Vec<(Option<String>, f64)>> {
+        Ok(sqlx::query_as(
+            "SELECT t.repo, sum(a.cost_usd) AS cost FROM agents a JOIN tasks t ON t.id = a.task_id \
+             GROUP BY t.repo ORDER BY cost DESC LIMIT 10",
+        )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// Marks an open alert as acknowledged (resolved now).
+    pub async fn acknowledge_alert(&self, id: &str) -> Result<Alert> {
+        let mut tx = self.write().await?;
+        let alert: Option<Alert> = sqlx::query_as(&format!(
+            "UPDATE alerts SET resolved_at = ? WHERE id = ? AND resolved_at IS NULL RETURNING {ALERT_COLUMNS}"
+        ))
+        .bind(Timestamp::now())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let alert = alert.ok_or_else(|| StoreError::Invalid {
+            field: "alert",
+            message: format!("no open alert has id `{id}`"),
+        })?;
+        outbox(&mut tx, "alert", &alert.id.to_string(), &alert, false).await?;
+        tx.commit().await?;
+        Ok(alert)
+    }
+}
+
+impl Store {
+    /// Task log rows written since `since` (`at`, `from`, `to`), for the queue depth chart.
+    pub async fn log_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<(Timestamp, Option<TaskState>, TaskState)>> {
+        Ok(sqlx::query_as("SELECT at, from_state, to_state FROM task_log WHERE at > ? ORDER BY id")
+            .bind(since)
+            .fetch_all(&self.readers)
+            .await?)
+    }
+}

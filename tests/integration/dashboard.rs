@@ -1,0 +1,555 @@
+//! The web dashboard in a real headless Chromium (WebDriver), against a real daemon whose tasks
+//! are run by the scripted agent (`tests/fixtures/fake-claude.sh`). Each test keeps a
+//! screenshot of each page it visits under `target/tmp/dashboard-screenshots/<test>/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ccm_tests::browser::Browser;
+use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
+use serde_json::Value;
+
+const SLOW: Duration = Duration::from_secs(60);
+const PAGES: [&str; 7] =
+    ["/", "/tasks", "/tasks/new", "/decisions", "/agents", "/alerts", "/systems"];
+
+fn shots(test: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots").join(test)
+}
+
+/// A home with fake agent profiles `(name, FAKE_MODE, extra env)`, instant retries, `extra`
+/// YAML, and a git repository registered as a context (its path is returned).
+fn setup(name: &str, profiles: &[(&str, &str, &str)], extra: &str) -> (TestHome, String) {
+    let home = TestHome::new(name);
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
+    let mut yaml = String::from(
+        "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\nruntime:\n  poll_ms: 50\nprofiles:\n",
+    );
+    for (profile, mode, env) in profiles {
+        yaml.push_str(&format!(
+            "  {profile}:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: {mode}{env}}}\n",
+            fake.display()
+        ));
+    }
+    yaml.push_str(extra);
+    home.write_config(&yaml);
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    (home, repo)
+}
+
+fn sign_in_link(home: &TestHome) -> String {
+    home.run_ok(&["dashboard", "--print"]).trim().to_string()
+}
+
+/// Opens the one-time link and waits for the overview.
+async fn sign_in(home: &TestHome, browser: &Browser) {
+    browser.goto(&sign_in_link(home)).await;
+    browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+}
+
+fn add_task(home: &TestHome, args: &[&str]) -> String {
+    let mut all = vec!["task", "add"];
+    all.extend(args);
+    home.run_json(&all)["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
+    let task = |id: String| async move { daemon.get(&format!("/api/tasks/{id}")).await.1 };
+    let reached = wait_until(SLOW, || async { task(id.to_string()).await["state"] == state }).await;
+    let detail = task(id.to_string()).await;
+    assert!(reached, "task never reached {state}: {detail:#}\n{}", daemon.log_text());
+    detail
+}
+
+/// Marks the page; [`still_same_page`] then tells whether it was reloaded since.
+async fn mark_page(browser: &Browser) {
+    browser.eval("window.__ccmMark = 'kept'; return true").await;
+}
+
+async fn still_same_page(browser: &Browser) -> bool {
+    browser.eval("return window.__ccmMark === 'kept'").await == Value::Bool(true)
+}
+
+/// The state column the board shows task `id` in.
+async fn board_column(browser: &Browser, id: &str) -> Option<String> {
+    let script = format!(
+        "var c = document.querySelector('[data-task=\"{id}\"]'); \
+         return c ? c.closest('[data-state]').getAttribute('data-state') : null"
+    );
+    browser.eval(&script).await.as_str().map(str::to_string)
+}
+
+/// A web server on another origin (another port of 127.0.0.1) serving one page.
+async fn serve_other_origin(page: String) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+async fn task_titles(daemon: &Daemon) -> Vec<String> {
+    let tasks = daemon.get("/api/tasks").await.1;
+    tasks.as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap().to_string()).collect()
+}
+
+/// Acceptance 1: the link signs in once; without the cookie every page and the event stream
+/// answer 401; a page of another origin (which the browser does send the cookie from: same
+/// site, other port) can neither read the dashboard nor post its forms; `--revoke` signs out.
+#[tokio::test]
+async fn sign_in_link_works_once_and_other_origins_can_neither_read_nor_post() {
+    let home = TestHome::new("dash-signin");
+    let daemon = home.start();
+    let id = add_task(&home, &["existing task"]);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let task_page = format!("/tasks/{id}");
+    for path in PAGES.iter().copied().chain(["/events", task_page.as_str()]) {
+        let status = http.get(daemon.url(path)).send().await.unwrap().status();
+        assert_eq!(status, 401, "{path} without a sign-in");
+    }
+
+    let shots = shots("signin");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    let link = sign_in_link(&home);
+    browser.goto(&link).await;
+    browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+    let url = browser.client.current_url().await.unwrap();
+    assert_eq!((url.path(), url.query()), ("/", None), "signed in at a clean URL");
+    browser.screenshot("overview").await;
+
+    // The link is spent: another browser cannot use it.
+    let other = Browser::start(&shots, 1280, 900).await;
+    other.goto(&link).await;
+    assert!(other.text().await.contains("used already or has expired"), "{}", other.text().await);
+    other.goto(&daemon.url("/")).await;
+    assert!(other.text().await.contains("Not signed in"));
+    other.screenshot("link-reused").await;
+    other.client.close().await.unwrap();
+
+    // The cookie is HttpOnly and SameSite=Strict; with it, a form still needs the CSRF token
+    // and an Origin.
+    let cookie = browser.client.get_all_cookies().await.unwrap().remove(0);
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
+    assert!(browser.eval("return document.cookie").await == "", "scripts cannot see the cookie");
+    let cookie = format!("{}={}", cookie.name(), cookie.value());
+    let origin = daemon.url("");
+    let post = |headers: Vec<(&'static str, String)>, csrf: &str| {
+        let mut request = http.post(daemon.url("/tasks")).header("cookie", &cookie);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.form(&[("title", "forged by a script"), ("csrf", csrf)]).send()
+    };
+    assert_eq!(post(vec![("origin", origin.clone())], "guessed").await.unwrap().status(), 403);
+    let csrf = browser
+        .eval("return document.querySelector('input[name=csrf]').value")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(post(vec![], &csrf).await.unwrap().status(), 403, "no Origin");
+    let evil = "http://127.0.0.1:9".to_string();
+    assert_eq!(post(vec![("origin", evil)], &csrf).await.unwrap().status(), 403, "other Origin");
+
+    // A page of another origin tries to read the board and to post the new-task form.
+    let addr = &daemon.addr;
+    let attack = serve_other_origin(format!(
+        r#"<!doctype html><title>attack</title><p id="read">pending</p>
+        <iframe name="sink"></iframe>
+        <form id="f" method="post" action="http://{addr}/tasks" target="sink">
+          <input name="title" value="forged by another site"><input name="csrf" value="{csrf_guess}">
+        </form>
+        <script>
+          fetch("http://{addr}/tasks", {{credentials: "include"}})
+            .then(function (r) {{ return r.text(); }})
+            .then(function (t) {{ document.getElementById("read").textContent = "read " + t.length; }},
+                  function () {{ document.getElementById("read").textContent = "blocked"; }});
+          fetch("http://{addr}/tasks", {{method: "POST", mode: "no-cors", credentials: "include",
+                 body: new URLSearchParams({{title: "forged by fetch", csrf: "x"}})}});
+          document.getElementById("f").submit();
+        </script>"#,
+        csrf_guess = "0".repeat(64),
+    ))
+    .await;
+    browser.goto(&attack).await;
+    browser
+        .wait_for(
+            "the cross-origin read to end",
+            Duration::from_secs(10),
+            "return document.getElementById('read').textContent !== 'pending'",
+        )
+        .await;
+    assert_eq!(browser.eval("return document.getElementById('read').textContent").await, "blocked");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    browser.screenshot("other-origin").await;
+    assert_eq!(task_titles(&daemon).await, ["existing task"], "no forged task");
+
+    // The sign-in still works for the dashboard itself, until it is revoked.
+    browser.goto(&daemon.url("/tasks")).await;
+    browser.wait_for_text("existing task", Duration::from_secs(10)).await;
+    assert!(home.run_ok(&["dashboard", "--revoke"]).contains("signed out 1"));
+    browser.goto(&daemon.url("/tasks")).await;
+    assert!(browser.text().await.contains("Not signed in"));
+    browser.client.close().await.unwrap();
+}
+
+/// A sign-in ends after `daemon.dashboard_session_secs`; `--revoke` without a daemon signs out
+/// the sessions a restarted daemon would otherwise keep.
+#[tokio::test]
+async fn sign_in_expires_and_revoke_works_without_the_daemon() {
+    let home = TestHome::new("dash-expiry");
+    // No kept connections: the daemon restarts on the same port.
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+    let sign_in = |daemon_url: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(daemon_url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+            cookie.split(';').next().unwrap().to_string()
+        }
+    };
+    let page = |url: String, cookie: String| {
+        let http = http.clone();
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap().status() }
+    };
+
+    let mut daemon = home.start_with(|c| {
+        c.env("CCM_DAEMON__DASHBOARD_SESSION_SECS", "1");
+    });
+    let cookie = sign_in(sign_in_link(&home)).await;
+    assert_eq!(page(daemon.url("/tasks"), cookie.clone()).await, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(page(daemon.url("/tasks"), cookie).await, 401, "expired");
+    daemon.terminate();
+
+    let daemon = home.start();
+    let cookie = sign_in(sign_in_link(&home)).await;
+    let port = daemon.addr.rsplit(':').next().unwrap().to_string();
+    let mut daemon = daemon;
+    daemon.terminate();
+    // The sign-in survives a restart of the daemon, unless revoked meanwhile.
+    let restarted = home.start_with(|c| {
+        c.env("CCM_DAEMON__PORT", &port);
+    });
+    assert_eq!(page(restarted.url("/"), cookie.clone()).await, 200, "kept across a restart");
+    let mut restarted = restarted;
+    restarted.terminate();
+    assert!(home.run_ok(&["dashboard", "--revoke"]).contains("signed out"));
+    let again = home.start_with(|c| {
+        c.env("CCM_DAEMON__PORT", &port);
+    });
+    assert_eq!(page(again.url("/"), cookie).await, 401, "revoked while the daemon was down");
+}
+
+/// Profile `minimal` serves the API only.
+#[tokio::test]
+async fn minimal_profile_serves_no_dashboard() {
+    let home = TestHome::new("dash-minimal");
+    let daemon = home.start_with(|c| {
+        c.env("CCM_DAEMON__PROFILE", "minimal");
+    });
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for path in ["/", "/tasks", "/events", "/assets/app.js"] {
+        assert_eq!(http.get(daemon.url(path)).send().await.unwrap().status(), 404, "{path}");
+    }
+    let out = home
+        .ccm()
+        .args(["dashboard", "--print"])
+        .env("CCM_DAEMON__PROFILE", "minimal")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("daemon.profile `full`"));
+}
+
+/// Acceptance 2: a task created with the form shows up on the board and moves to `complete`
+/// without a reload; its page follows the output, the hook timeline and the report live.
+#[tokio::test]
+async fn task_created_from_the_form_runs_to_complete_live_with_output_hooks_and_report() {
+    let (home, _repo) = setup("dash-form", &[("fake", "commit", ", FAKE_DELAY: 3")], "");
+    let daemon = home.start();
+    let shots = shots("form");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+
+    browser.goto(&daemon.url("/tasks/new")).await;
+    browser.screenshot("new-task").await;
+    let form = browser.client.form(fantoccini::Locator::Css("form.stack")).await.unwrap();
+    form.set_by_name("title", "Write the greeting").await.unwrap();
+    form.set_by_name("prompt", "Append a line to work.txt").await.unwrap();
+    form.set_by_name("priority", "2").await.unwrap();
+    browser
+        .eval(
+            "var r = document.querySelector('select[name=repo]'); r.selectedIndex = 1; \
+             document.querySelector('select[name=profile]').value = 'fake'; return true",
+        )
+        .await;
+    form.submit().await.unwrap();
+    browser.wait_for_text("Write the greeting", Duration::from_secs(10)).await;
+    let id = browser
+        .client
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .trim_start_matches("/tasks/")
+        .to_string();
+    let detail = daemon.get(&format!("/api/tasks/{id}")).await.1;
+    assert_eq!(detail["profile"], "fake", "{detail}");
+    assert_eq!(detail["priority"], 2);
+    assert!(detail["repo"].is_string(), "{detail}");
+    mark_page(&browser).await;
+    let detail_window = browser.client.window().await.unwrap();
+
+    // The board, in a second tab, while the agent works.
+    let board_window = browser.client.new_window(true).await.unwrap().handle;
+    browser.client.switch_to_window(board_window).await.unwrap();
+    browser.goto(&daemon.url("/tasks")).await;
+    mark_page(&browser).await;
+    let first = board_column(&browser, &id).await;
+    assert!(
+        matches!(first.as_deref(), Some("created" | "queued" | "executing")),
+        "the new task is on the board, not done yet: {first:?}"
+    );
+    browser.screenshot("board-running").await;
+    browser
+        .wait_for(
+            "the card to reach complete",
+            SLOW,
+            &format!("var c = document.querySelector('[data-task=\"{id}\"]'); return c !== null && c.closest('[data-state]').getAttribute('data-state') === 'complete'"),
+        )
+        .await;
+    assert!(still_same_page(&browser).await, "the board was not reloaded");
+    browser.screenshot("board-complete").await;
+
+    // The task's page, open since its creation, followed along.
+    browser.client.switch_to_window(detail_window).await.unwrap();
+    browser
+        .wait_for(
+            "the task page to show complete with its report",
+            SLOW,
+            "return document.getElementById('task-state').textContent === 'complete' && document.querySelector('.report') !== null",
+        )
+        .await;
+    assert!(still_same_page(&browser).await, "the task page was not reloaded");
+    let text = browser.text().await;
+    for expected in [
+        "Working on it",
+        "SessionStart",
+        "PostToolUse",
+        "Stop",
+        "Done: wrote work.txt",
+        "attempt 1",
+        "$0.01",
+    ] {
+        assert!(text.contains(expected), "the task page lacks `{expected}`:\n{text}");
+    }
+    browser.screenshot("task-complete").await;
+    browser.client.close().await.unwrap();
+    wait_state(&daemon, &id, "complete").await;
+}
+
+/// Acceptance 3: a tool call waiting on an approval rule is allowed from the decisions page and
+/// the agent goes on; a blocked task is retried from its page.
+#[tokio::test]
+async fn approval_is_given_from_the_decisions_page_and_a_blocked_task_is_retried_from_its_page() {
+    let (home, repo) = setup(
+        "dash-decide",
+        &[("asker", "ask", ""), ("crasher", "crash-once", "")],
+        "approvals:\n  timeout_secs: 120\n  default: deny\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n",
+    );
+    let daemon = home.start();
+    let shots = shots("decide");
+    let browser = Browser::start(&shots, 390, 844).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/decisions")).await;
+    mark_page(&browser).await;
+
+    let asker = add_task(&home, &["push it", "--profile", "asker", "--repo", &repo]);
+    browser.wait_for_text("git push origin main", SLOW).await;
+    assert!(still_same_page(&browser).await, "the question appeared without a reload");
+    browser.screenshot("decision-pending").await;
+    browser.click("button[data-answer=allow]").await;
+    let detail = wait_state(&daemon, &asker, "complete").await;
+    assert_eq!(detail["runs"][0]["outcome"], "success", "{detail}");
+    let decisions = daemon.get("/api/decisions").await.1;
+    assert_eq!(decisions[0]["answer"], "allow");
+    assert_eq!(decisions[0]["answered_by"], "dashboard");
+    browser.screenshot("decision-answered").await;
+
+    let crasher = add_task(
+        &home,
+        &["crash first", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
+    );
+    wait_state(&daemon, &crasher, "blocked").await;
+    browser.goto(&daemon.url(&format!("/tasks/{crasher}"))).await;
+    mark_page(&browser).await;
+    browser.screenshot("task-blocked").await;
+    browser.click("form:has(input[value=retry]) button").await;
+    let detail = wait_state(&daemon, &crasher, "complete").await;
+    let retried = detail["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["from_state"] == "blocked" && e["actor"] == "dashboard");
+    assert!(retried, "retried by the dashboard: {detail:#}");
+    browser
+        .wait_for(
+            "the task page to show complete",
+            SLOW,
+            "return document.getElementById('task-state').textContent === 'complete'",
+        )
+        .await;
+    browser.screenshot("task-retried").await;
+    browser.client.close().await.unwrap();
+}
+
+/// Acceptance 4: after `kill -9` and a restart of the daemon, an open page reconnects and shows
+/// what changed while the daemon was down.
+#[tokio::test]
+async fn an_open_page_reconnects_after_kill_9_and_shows_what_it_missed() {
+    let home = TestHome::new("dash-restart");
+    let mut daemon = home.start();
+    let port = daemon.addr.rsplit(':').next().unwrap().to_string();
+    let shots = shots("restart");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks")).await;
+    browser.wait_for_text("live", Duration::from_secs(10)).await;
+    mark_page(&browser).await;
+
+    add_task(&home, &["before the crash"]);
+    browser.wait_for_text("before the crash", Duration::from_secs(10)).await;
+
+    daemon.kill9();
+    browser
+        .wait_for(
+            "the page to notice the lost connection",
+            Duration::from_secs(10),
+            "return document.getElementById('live-status').textContent.indexOf('reconnecting') === 0",
+        )
+        .await;
+    browser.screenshot("daemon-down").await;
+    add_task(&home, &["while the daemon was down"]); // written to SQLite directly
+
+    let _daemon = home.start_with(|c| {
+        c.env("CCM_DAEMON__PORT", &port);
+    });
+    browser.wait_for_text("while the daemon was down", Duration::from_secs(20)).await;
+    assert!(still_same_page(&browser).await, "the page was not reloaded");
+    browser
+        .wait_for(
+            "the live indicator",
+            Duration::from_secs(5),
+            "return document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    browser.screenshot("reconnected").await;
+    browser.client.close().await.unwrap();
+}
+
+/// Acceptance 5: every page loads without a JavaScript console error and fits a 390 × 844
+/// phone screen with large targets; the alerts page acknowledges an alert.
+#[tokio::test]
+async fn pages_have_no_console_errors_and_fit_a_phone() {
+    let (home, repo) = setup("dash-phone", &[("fake", "commit", ""), ("crasher", "crash", "")], "");
+    let daemon = home.start();
+    let done = add_task(
+        &home,
+        &[
+            "a finished task with a rather long title that must wrap on a phone",
+            "--profile",
+            "fake",
+            "--repo",
+            &repo,
+        ],
+    );
+    let stuck = add_task(
+        &home,
+        &["a blocked task", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
+    );
+    wait_state(&daemon, &done, "complete").await;
+    wait_state(&daemon, &stuck, "blocked").await;
+
+    let shots = shots("phone");
+    let browser = Browser::start(&shots, 390, 844).await;
+    sign_in(&home, &browser).await;
+    let width = browser.eval("return window.innerWidth").await;
+    assert_eq!(width, 390, "the viewport is a phone's");
+    let done_page = format!("/tasks/{done}");
+    for path in PAGES.iter().copied().chain([done_page.as_str()]) {
+        browser.goto(&daemon.url(path)).await;
+        browser
+            .wait_for(
+                "the live connection",
+                Duration::from_secs(10),
+                "var s = document.getElementById('live-status'); return s !== null && (s.textContent === 'live' || document.querySelector('main').getAttribute('data-live') === '')",
+            )
+            .await;
+        let name = if path == "/" {
+            "overview".to_string()
+        } else {
+            path.trim_start_matches('/').replace('/', "-")
+        };
+        let name = if path == done_page { "task".to_string() } else { name };
+        browser.screenshot(&format!("phone-{name}")).await;
+        assert_eq!(
+            browser.console_errors().await,
+            Vec::<String>::new(),
+            "console errors on {path}"
+        );
+        assert!(!browser.overflows().await, "{path} scrolls sideways on a phone");
+        let small = browser
+            .eval(
+                "return Array.from(document.querySelectorAll('main button')).filter(function (b) { \
+                 var r = b.getBoundingClientRect(); return r.height < 44; }).length",
+            )
+            .await;
+        assert_eq!(small, 0, "buttons on {path} are at least 44px high");
+    }
+
+    browser.goto(&daemon.url("/agents")).await;
+    assert!(browser.text().await.contains("ccm agent attach"));
+    browser.goto(&daemon.url("/systems")).await;
+    assert!(browser.text().await.contains("sync not configured"));
+    // Two alerts are open: the kept branch of the finished task (info) and the blocked task.
+    browser.goto(&daemon.url("/alerts")).await;
+    browser.wait_for_text("a blocked task", Duration::from_secs(5)).await;
+    browser.click(".sev-critical form button").await;
+    browser
+        .wait_for(
+            "the critical alert to go",
+            Duration::from_secs(10),
+            "return document.querySelector('.sev-critical') === null && document.querySelector('.alert') !== null",
+        )
+        .await;
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.screenshot("phone-alerts-acknowledged").await;
+    let mut db = ccm_tests::open_db(&home.db_file()).await;
+    let open: Vec<(String,)> =
+        sqlx::query_as("SELECT severity FROM alerts WHERE resolved_at IS NULL")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(open, [("info".to_string(),)]);
+    browser.client.close().await.unwrap();
+}

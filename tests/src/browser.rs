@@ -1,0 +1,178 @@
+//! A real headless Chromium driven through WebDriver (chromedriver, from Debian's `chromium`
+//! and `chromium-driver` packages), for the dashboard's browser tests.
+//!
+//! One chromedriver serves the whole test process (started on first use on a free port, ended
+//! when the process exits: it runs under a shell that kills it when the test process's pipe
+//! closes). Each [`Browser`] is a fresh Chromium with its own profile directory.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+/// The WebDriver URL of this process's chromedriver.
+fn chromedriver() -> &'static str {
+    static DRIVER: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
+    &DRIVER
+        .get_or_init(|| {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            // The shell kills chromedriver when its stdin (held by this process) closes.
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "chromedriver --port={port} --log-level=SEVERE >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"
+                ))
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("chromedriver starts (install the chromium-driver package)");
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "chromedriver did not start on port {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (url, Mutex::new(child))
+        })
+        .0
+}
+
+/// One headless Chromium; screenshots go to `shots`.
+pub struct Browser {
+    pub client: Client,
+    shots: PathBuf,
+    _profile: tempfile::TempDir,
+}
+
+/// `POST /session/{id}/se/log`: chromedriver's browser log (console messages and errors).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+    }
+}
+
+impl Browser {
+    /// A fresh browser of `width` × `height` CSS pixels.
+    pub async fn start(shots: &Path, width: u32, height: u32) -> Browser {
+        std::fs::create_dir_all(shots).expect("screenshot dir");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut options = json!({
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage",
+                format!("--user-data-dir={}", profile.path().display()),
+                format!("--window-size={},{height}", width.max(500)),
+            ],
+        });
+        if width < 500 {
+            // A headless window is at least 500 pixels wide: a phone's viewport is emulated.
+            options["mobileEmulation"] =
+                json!({"deviceMetrics": {"width": width, "height": height, "pixelRatio": 1}});
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), options);
+        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(chromedriver())
+            .await
+            .expect("a Chromium session");
+        Browser { client, shots: shots.to_path_buf(), _profile: profile }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+    }
+
+    /// Saves a screenshot of the viewport as `NAME.png`.
+    pub async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).expect("screenshot saved");
+    }
+
+    /// The page's visible text (`document.body.innerText`).
+    pub async fn text(&self) -> String {
+        self.eval("return document.body ? document.body.innerText : ''")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Runs `script` (a function body) in the page and returns its result.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}"))
+    }
+
+    /// Waits until `script` returns true, failing with the page's text.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, script: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.client.execute(script, vec![]).await.ok() == Some(Value::Bool(true)) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the page shows:\n{}", self.text().await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the page's text contains `needle`.
+    pub async fn wait_for_text(&self, needle: &str, timeout: Duration) {
+        let script = format!(
+            "return document.body !== null && document.body.innerText.includes({})",
+            serde_json::to_string(needle).expect("json")
+        );
+        self.wait_for(&format!("the text `{needle}`"), timeout, &script).await;
+    }
+
+    /// Clicks the element `css` selects.
+    pub async fn click(&self, css: &str) {
+        let element = self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element `{css}`: {e}"));
+        element.click().await.unwrap_or_else(|e| panic!("cannot click `{css}`: {e}"));
+    }
+
+    /// Console messages at level SEVERE (JavaScript errors, failed loads) since the last call.
+    pub async fn console_errors(&self) -> Vec<String> {
+        let log = self.client.issue_cmd(BrowserLog).await.expect("browser log");
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Whether the page overflows a viewport `width` wide (a horizontal scroll bar on a phone).
+    pub async fn overflows(&self) -> bool {
+        self.eval("return document.documentElement.scrollWidth > window.innerWidth").await
+            == Value::Bool(true)
+    }
+}

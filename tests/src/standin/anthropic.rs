@@ -1,0 +1,245 @@
+//! A stand-in of the Anthropic Messages API (`POST /v1/messages`), for Claude Code.
+//!
+//! Each request that offers tools (the agent's main loop) takes the next [`Turn`] of the script:
+//! tool calls, a final text, or a 429. Other requests (titles, summaries) get a short text and
+//! take nothing. When the script is used up, the answer is a final text `done`. With
+//! `"stream": true` the answer is the documented server-sent event stream (`message_start`,
+//! `content_block_start` / `content_block_delta` / `content_block_stop` per block,
+//! `message_delta` with the stop reason and usage, `message_stop`); without it, one message
+//! object. A 429 carries `retry-after` and `anthropic-ratelimit-*-reset` headers and the
+//! documented error body. `HEAD /` answers 200 (Claude Code checks that the API is reachable).
+//!
+//! String values of a tool call's input may contain `{cwd}`: it becomes the agent's working
+//! directory, read from the "Primary working directory:" line Claude Code puts in its system
+//! prompt, so a script can name files inside a worktree it does not know in advance.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{head, post};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::Server;
+
+/// Input and output tokens each answer reports.
+pub const INPUT_TOKENS: u64 = 100;
+pub const OUTPUT_TOKENS: u64 = 20;
+
+/// One answer of the model.
+#[derive(Debug, Clone)]
+pub enum Turn {
+    /// Tool calls (`stop_reason: tool_use`), each a tool name and its input.
+    Tools(Vec<(String, Value)>),
+    /// A final text (`stop_reason: end_turn`).
+    Text(String),
+    /// `429 Too Many Requests`, with `retry-after: retry_after_secs` and the rate limits reset
+    /// at `reset` (RFC 3339).
+    RateLimited { retry_after_secs: u64, reset: String },
+}
+
+impl Turn {
+    /// One tool call.
+    pub fn tool(name: &str, input: Value) -> Turn {
+        Turn::Tools(vec![(name.to_string(), input)])
+    }
+
+    /// A `Write` of `content` to `path` (relative to the agent's working directory).
+    pub fn write(path: &str, content: &str) -> Turn {
+        Turn::tool("Write", json!({ "file_path": format!("{{cwd}}/{path}"), "content": content }))
+    }
+
+    /// A `Bash` command.
+    pub fn bash(command: &str) -> Turn {
+        Turn::tool("Bash", json!({ "command": command, "description": "run a command" }))
+    }
+
+    pub fn text(text: &str) -> Turn {
+        Turn::Text(text.to_string())
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    turns: VecDeque<Turn>,
+    requests: Vec<Value>,
+    next_id: u64,
+}
+
+/// A running stand-in; stops when dropped.
+pub struct Anthropic {
+    server: Server,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Anthropic {
+    /// Serves `turns`, in order, to the agent's main-loop requests.
+    pub fn start(turns: Vec<Turn>) -> Anthropic {
+        let script = Arc::new(Mutex::new(Script { turns: turns.into(), ..Script::default() }));
+        let shared = Arc::clone(&script);
+        let router = axum::Router::new().route("/", head(|| async { StatusCode::OK })).route(
+            "/v1/messages",
+            post(move |body: Json<Value>| {
+                let script = Arc::clone(&shared);
+                async move { answer(&script, body.0) }
+            }),
+        );
+        Anthropic { server: Server::start(router), script }
+    }
+
+    /// The base URL to give Claude Code as `ANTHROPIC_BASE_URL`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The bodies of the requests received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.script.lock().expect("script lock").requests.clone()
+    }
+
+    /// The environment that points Claude Code at this stand-in and keeps it quiet and offline.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ANTHROPIC_BASE_URL", self.url()),
+            ("ANTHROPIC_API_KEY", "sk-ant-standin".to_string()),
+            ("DISABLE_TELEMETRY", "1".to_string()),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+            ("DISABLE_AUTOUPDATER", "1".to_string()),
+            ("DISABLE_ERROR_REPORTING", "1".to_string()),
+            ("IS_SANDBOX", "1".to_string()),
+        ]
+    }
+}
+
+fn answer(script: &Mutex<Script>, body: Value) -> Response {
+    let mut script = script.lock().expect("script lock");
+    let main_loop = body["tools"].as_array().is_some_and(|tools| !tools.is_empty());
+    let turn = if main_loop { script.turns.pop_front() } else { Some(Turn::text("ok")) };
+    let turn = turn.unwrap_or_else(|| Turn::text("done"));
+    let cwd = working_directory(&body).unwrap_or_default();
+    let model = body["model"].as_str().unwrap_or("claude-standin").to_string();
+    let stream = body["stream"].as_bool() == Some(true);
+    script.requests.push(body);
+    let (blocks, stop_reason) = match turn {
+        Turn::RateLimited { retry_after_secs, reset } => {
+            return rate_limited(retry_after_secs, &reset)
+        }
+        Turn::Text(text) => (vec![json!({ "type": "text", "text": text })], "end_turn"),
+        Turn::Tools(calls) => {
+            let blocks = calls
+                .into_iter()
+                .map(|(name, input)| {
+                    script.next_id += 1;
+                    json!({
+                        "type": "tool_use",
+                        "id": format!("toolu_standin_{}", script.next_id),
+                        "name": name,
+                        "input": fill_cwd(input, &cwd),
+                    })
+                })
+                .collect();
+            (blocks, "tool_use")
+        }
+    };
+    script.next_id += 1;
+    let id = format!("msg_standin_{}", script.next_id);
+    let usage = json!({ "input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS });
+    if !stream {
+        let message = json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": blocks, "stop_reason": stop_reason, "stop_sequence": null, "usage": usage,
+        });
+        return Json(message).into_response();
+    }
+    let mut events = vec![(
+        "message_start",
+        json!({ "type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": { "input_tokens": INPUT_TOKENS, "output_tokens": 1 },
+        }}),
+    )];
+    for (index, block) in blocks.iter().enumerate() {
+        let (start, delta) = match block["type"].as_str() {
+            Some("text") => (
+                json!({ "type": "text", "text": "" }),
+                json!({ "type": "text_delta", "text": block["text"] }),
+            ),
+            _ => (
+                json!({ "type": "tool_use", "id": block["id"], "name": block["name"], "input": {} }),
+                json!({ "type": "input_json_delta", "partial_json": block["input"].to_string() }),
+            ),
+        };
+        events.push((
+            "content_block_start",
+            json!({ "type": "content_block_start", "index": index, "content_block": start }),
+        ));
+        events.push((
+            "content_block_delta",
+            json!({ "type": "content_block_delta", "index": index, "delta": delta }),
+        ));
+        events
+            .push(("content_block_stop", json!({ "type": "content_block_stop", "index": index })));
+    }
+    events.push((
+        "message_delta",
+        json!({ "type": "message_delta",
+                "delta": { "stop_reason": stop_reason, "stop_sequence": null },
+                "usage": { "output_tokens": OUTPUT_TOKENS } }),
+    ));
+    events.push(("message_stop", json!({ "type": "message_stop" })));
+    let text: String =
+        events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect();
+    ([("content-type", "text/event-stream"), ("cache-control", "no-cache")], text).into_response()
+}
+
+/// The documented 429: `rate_limit_error` with its reset headers.
+fn rate_limited(retry_after_secs: u64, reset: &str) -> Response {
+    let mut headers = HeaderMap::new();
+    let value = |v: &str| HeaderValue::from_str(v).expect("header value");
+    headers.insert("retry-after", value(&retry_after_secs.to_string()));
+    for limit in ["requests", "tokens", "input-tokens", "output-tokens"] {
+        headers.insert(
+            axum::http::HeaderName::from_bytes(
+                format!("anthropic-ratelimit-{limit}-reset").as_bytes(),
+            )
+            .expect("header name"),
+            value(reset),
+        );
+    }
+    let body = json!({ "type": "error", "error": {
+        "type": "rate_limit_error",
+        "message": "Number of request tokens has exceeded your per-minute rate limit",
+    }});
+    (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response()
+}
+
+/// The agent's working directory, from the system prompt's "Primary working directory:" line.
+fn working_directory(body: &Value) -> Option<String> {
+    const MARKER: &str = "Primary working directory: ";
+    fn find(value: &Value) -> Option<String> {
+        match value {
+            Value::String(text) => text.find(MARKER).map(|at| {
+                text[at + MARKER.len()..].lines().next().unwrap_or_default().trim().to_string()
+            }),
+            Value::Array(items) => items.iter().find_map(find),
+            Value::Object(map) => map.values().find_map(find),
+            _ => None,
+        }
+    }
+    find(&body["system"]).or_else(|| find(&body["messages"]))
+}
+
+/// `input` with `{cwd}` replaced in every string.
+fn fill_cwd(input: Value, cwd: &str) -> Value {
+    match input {
+        Value::String(text) => Value::String(text.replace("{cwd}", cwd)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| fill_cwd(v, cwd)).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, fill_cwd(v, cwd))).collect())
+        }
+        other => other,
+    }
+}
