@@ -36,8 +36,9 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'api'),
-  array['enroll', 'heartbeat', 'ingest_batch', 'register_contexts'],
-  'api exposes enroll, heartbeat, ingest_batch and register_contexts'
+  array['claim', 'complete', 'drain', 'enroll', 'heartbeat', 'ingest_batch', 'list_systems',
+        'register_contexts', 'release', 'report_progress', 'submit_task'],
+  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch) and the routing ones'
 );
 
 select ok(

@@ -53,7 +53,7 @@ fn migrations_apply_on_an_empty_postgres_and_the_pgtap_suite_passes() {
     pg.apply_schema();
     assert_eq!(
         pg.query("select count(*) from pg_tables where schemaname = 'private' and rowsecurity"),
-        "8"
+        "12"
     );
     // The bootstrap is safe to run again (a CI database that already has it).
     pg.apply(&central::supabase_dir().join("bootstrap.sql"));
