@@ -36,10 +36,13 @@ alter table private.systems
 create sequence private.fencing_seq;
 
 -- The routed task queue. `idempotency_key` is unique per origin: a replayed submit returns
--- the same task. `lease_owner` stays on a finished task (the system that ran it).
+-- the same task. `lease_owner` is the system holding the lease, and stays on a finished task
+-- (the system that ran it); a task queued again has none.
 create table private.routed_tasks (
   task_id uuid primary key default gen_random_uuid(),
   origin_system uuid not null references private.systems on delete cascade,
+  -- The origin's owner: a task is routed only among the systems of one owner.
+  owner uuid not null,
   idempotency_key text not null,
   repo_url text,
   pinned_system uuid references private.systems on delete set null,
@@ -69,7 +72,8 @@ create table private.routed_tasks (
   check ((state in ('leased', 'running')) = (lease_expires_at is not null))
 );
 -- The claim's scan: queued tasks in claim order.
-create index routed_tasks_queue on private.routed_tasks (priority desc, queued_since, task_id)
+create index routed_tasks_queue
+  on private.routed_tasks (owner, priority desc, queued_since, task_id)
   where state = 'queued';
 -- The reaper's scan and a system's held leases.
 create index routed_tasks_leases on private.routed_tasks (lease_expires_at)
@@ -188,12 +192,12 @@ $$;
 -- work now (`available`: heartbeat fresh, sync not paused, not draining, a free slot) and
 -- its score terms. One call per statement, never per task.
 create function private.fleet()
-returns table (system_id uuid, priority integer, fresh boolean, available boolean,
+returns table (system_id uuid, owner uuid, priority integer, fresh boolean, available boolean,
                held bigint, free integer, load double precision, hb_fresh double precision)
 language sql stable
 set search_path = ''
 as $$
-  select s.system_id, s.priority, f.fresh,
+  select s.system_id, s.owner, s.priority, f.fresh,
          f.fresh and not s.sync_paused and not (s.draining or s.drain_requested)
            and s.slots - s.local_running - h.n > 0,
          h.n, greatest(s.slots - s.local_running - h.n, 0)::integer,
@@ -242,7 +246,7 @@ begin
        set state = case when r.attempts >= r.max_attempts then 'blocked' else 'queued' end,
            run_after = now() + make_interval(secs => random() * least(v_set.backoff_cap_s,
                          v_set.backoff_base_s * power(2, greatest(r.attempts - 1, 0)))::double precision),
-           queued_since = now(), lease_expires_at = null, reason = null,
+           queued_since = now(), lease_owner = null, lease_expires_at = null, reason = null,
            unroutable_alerted_at = null,
            last_error = format('lease lost: system silent past its lease (attempt %s)',
                                r.attempts),
@@ -276,24 +280,25 @@ begin
       with fleet as materialized (
         select * from private.fleet()
       ), routes as (
-        select k.repo_url, k.pinned_system,
+        select k.owner, k.repo_url, k.pinned_system,
                case when bool_or(f.available) then null
                     when bool_or(f.fresh) then 'all_busy'
                     when count(f.system_id) > 0 then 'all_stale'
                     else 'no_context' end as reason
-          from (select distinct q.repo_url, q.pinned_system
+          from (select distinct q.owner, q.repo_url, q.pinned_system
                   from private.routed_tasks q where q.state = 'queued') k
           left join fleet f
-            on (k.pinned_system is null or f.system_id = k.pinned_system)
+            on f.owner = k.owner
+           and (k.pinned_system is null or f.system_id = k.pinned_system)
            and (k.repo_url is null
                 or exists (select from private.contexts c
                             where c.system_id = f.system_id and c.repo_url = k.repo_url))
-         group by k.repo_url, k.pinned_system
+         group by k.owner, k.repo_url, k.pinned_system
       )
       update private.routed_tasks t
          set reason = r.reason, updated_at = now()
         from routes r
-       where t.state = 'queued'
+       where t.state = 'queued' and t.owner = r.owner
          and t.repo_url is not distinct from r.repo_url
          and t.pinned_system is not distinct from r.pinned_system
          and t.reason is distinct from r.reason;
@@ -478,9 +483,10 @@ begin
     v_pin := private.sibling_system(v_system, p_task ->> 'pin');
   end if;
 
-  insert into private.routed_tasks as r (task_id, origin_system, idempotency_key, repo_url,
-    pinned_system, title, prompt, profile, verify, payload, priority, max_attempts)
-  values (v_task_id, v_system, v_key,
+  insert into private.routed_tasks as r (task_id, origin_system, owner, idempotency_key,
+    repo_url, pinned_system, title, prompt, profile, verify, payload, priority, max_attempts)
+  values (v_task_id, v_system, (select s.owner from private.systems s where s.system_id = v_system),
+          v_key,
           private.normalize_repo_url(nullif(btrim(p_task ->> 'repo_url'), '')), v_pin,
           p_task ->> 'title', coalesce(p_task ->> 'prompt', ''), p_task ->> 'profile',
           p_task ->> 'verify', v_payload, v_priority, v_max)
@@ -500,7 +506,8 @@ begin
               else 'no_context' end
     into v_row.reason
     from private.fleet() f
-   where (v_row.pinned_system is null or f.system_id = v_row.pinned_system)
+   where f.owner = v_row.owner
+     and (v_row.pinned_system is null or f.system_id = v_row.pinned_system)
      and (v_row.repo_url is null
           or exists (select from private.contexts c
                       where c.system_id = f.system_id and c.repo_url = v_row.repo_url));
@@ -535,7 +542,7 @@ begin
   end if;
   perform private.reap();
   select * into v_set from private.routing_settings;
-  select s.draining or s.drain_requested as draining, s.sync_paused, f.fresh, f.free
+  select s.owner, s.draining or s.drain_requested as draining, s.sync_paused, f.fresh, f.free
     into v_me
     from private.systems s join private.fleet() f using (system_id)
    where s.system_id = v_system;
@@ -549,11 +556,11 @@ begin
   end if;
 
   with fleet as materialized (
-    select * from private.fleet() f where f.available
+    select * from private.fleet() f where f.available and f.owner = v_me.owner
   ), picked as materialized (
     select t.task_id
       from private.routed_tasks t
-     where t.state = 'queued'
+     where t.state = 'queued' and t.owner = v_me.owner
        and t.run_after <= now()
        and (t.pinned_system is null or t.pinned_system = v_system)
        and (t.repo_url is null
@@ -681,14 +688,14 @@ begin
                                                                  x.fencing_token)));
   end if;
 
-  select f.available, s.draining or s.drain_requested as draining
+  select f.available, s.owner, s.draining or s.drain_requested as draining
     into v_me
     from private.systems s join private.fleet() f using (system_id)
    where s.system_id = v_system;
   if v_me.available then
     select count(*) into v_offers
       from (select from private.routed_tasks t
-             where t.state = 'queued' and t.run_after <= now()
+             where t.state = 'queued' and t.owner = v_me.owner and t.run_after <= now()
                and (t.pinned_system is null or t.pinned_system = v_system)
                and (t.repo_url is null
                     or exists (select from private.contexts c
@@ -814,7 +821,8 @@ begin
   end if;
   v_state := case when v_row.attempts >= v_row.max_attempts then 'blocked' else 'queued' end;
   update private.routed_tasks
-     set state = v_state, lease_expires_at = null, run_after = now(), queued_since = now(),
+     set state = v_state, lease_owner = null, lease_expires_at = null, run_after = now(),
+         queued_since = now(),
          last_error = format('released by its system: %s', coalesce(p_reason, 'no reason')),
          updated_at = now()
    where task_id = p_task_id;
@@ -888,7 +896,8 @@ select s.system_id, s.name, s.owner,
                       where r.lease_owner = s.system_id
                         and r.state in ('leased', 'running')) h;
 
--- Routed tasks for the table editor and the origin's merged view.
+-- Routed tasks for the table editor and the origin's merged view. The names of systems the
+-- caller may not read (RLS) are null; an operator reads all of theirs.
 create view api.routed_tasks with (security_invoker = true) as
 select t.task_id, t.title, t.state, t.reason, t.repo_url, t.origin_system,
        o.name as origin_name, t.pinned_system, p.name as pinned_name,
@@ -896,7 +905,7 @@ select t.task_id, t.title, t.state, t.reason, t.repo_url, t.origin_system,
        t.max_attempts, t.fencing_token, t.lease_expires_at, t.run_after, t.queued_since,
        t.priority, t.profile, t.progress, t.result, t.last_error, t.created_at, t.updated_at
   from private.routed_tasks t
-  join private.systems o on o.system_id = t.origin_system
+  left join private.systems o on o.system_id = t.origin_system
   left join private.systems p on p.system_id = t.pinned_system
   left join private.systems e on e.system_id = t.lease_owner;
 
