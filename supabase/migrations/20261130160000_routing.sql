@@ -535,6 +535,9 @@ declare
   v_system uuid := private.caller_system();
   v_set private.routing_settings;
   v_me record;
+  v_repos text[];
+  v_first text[];
+  v_first_any boolean;
   v_claimed jsonb;
 begin
   if p_max is null or p_max < 1 or p_max > 100 then
@@ -555,32 +558,45 @@ begin
                      else 'no_free_slot' end);
   end if;
 
+  select coalesce(array_agg(distinct c.repo_url), '{}') into v_repos
+    from private.contexts c where c.system_id = v_system;
+
+  -- The repositories (and, as null, the tasks without one) for which the caller is the best
+  -- available system: during the offer window only the best system takes a task.
   with fleet as materialized (
     select * from private.fleet() f where f.available and f.owner = v_me.owner
-  ), picked as materialized (
+  ), ranked as (
+    select r.repo_url, f.system_id,
+           row_number() over (
+             partition by r.repo_url
+             order by f.priority desc,
+                      f.load + 0.1 * f.hb_fresh
+                        + 0.1 * greatest(0, 1 - coalesce(extract(epoch from now() - c.at), 86400)
+                                                / 86400) desc,
+                      f.system_id) as rank
+      from (select unnest(v_repos) as repo_url union all select null) r
+     cross join fleet f
+     cross join lateral (select count(*) as n, max(x.updated_at) as at from private.contexts x
+                          where x.system_id = f.system_id and x.repo_url = r.repo_url) c
+     where r.repo_url is null or c.n > 0
+  )
+  select coalesce(array_agg(k.repo_url) filter (where k.repo_url is not null), '{}'),
+         coalesce(bool_or(k.repo_url is null), false)
+    into v_first, v_first_any
+    from ranked k where k.rank = 1 and k.system_id = v_system;
+
+  -- The claim: one statement, no per-task subquery.
+  with picked as materialized (
     select t.task_id
       from private.routed_tasks t
      where t.state = 'queued' and t.owner = v_me.owner
        and t.run_after <= now()
        and (t.pinned_system is null or t.pinned_system = v_system)
-       and (t.repo_url is null
-            or exists (select from private.contexts c
-                        where c.system_id = v_system and c.repo_url = t.repo_url))
-       and (t.queued_since <= now() - make_interval(secs => v_set.offer_s)
-            or v_system = (
-              select f.system_id
-                from fleet f
-                cross join lateral (
-                  select count(*) as n, max(c.updated_at) as at from private.contexts c
-                   where c.system_id = f.system_id and c.repo_url = t.repo_url) c
-               where (t.pinned_system is null or f.system_id = t.pinned_system)
-                 and (t.repo_url is null or c.n > 0)
-               order by f.priority desc,
-                        f.load + 0.1 * f.hb_fresh
-                          + 0.1 * greatest(0, 1 - coalesce(extract(epoch from now() - c.at),
-                                                          86400) / 86400) desc,
-                        f.system_id
-               limit 1))
+       and (t.repo_url is null or t.repo_url = any(v_repos))
+       and (t.pinned_system = v_system
+            or t.queued_since <= now() - make_interval(secs => v_set.offer_s)
+            or (t.repo_url is null and v_first_any)
+            or t.repo_url = any(v_first))
      order by t.priority desc, t.queued_since, t.task_id
      limit least(p_max, v_me.free)
      for update of t skip locked
@@ -622,6 +638,7 @@ declare
   v_renewed jsonb;
   v_revoked jsonb := '[]'::jsonb;
   v_offers integer := 0;
+  v_repos text[];
   v_me record;
 begin
   if jsonb_typeof(p_status) is distinct from 'object' then
@@ -656,14 +673,23 @@ begin
          updated_at = now()
    where system_id = v_system;
 
-  with renewed as (
-    update private.routed_tasks t
-       set lease_expires_at = now() + make_interval(secs => v_set.lease_s), updated_at = now()
+  -- Renewal never waits: a lease locked by a reaper is being taken back (it is reported
+  -- revoked), one locked by the caller's own completion is ending anyway.
+  with mine as (
+    select t.task_id
+      from private.routed_tasks t
      where t.lease_owner = v_system and t.state in ('leased', 'running')
+       and t.lease_expires_at >= now()
        and (v_leases is null
             or (t.task_id, t.fencing_token) in (
                  select x.task_id, x.fencing_token
                    from jsonb_to_recordset(v_leases) as x(task_id uuid, fencing_token bigint)))
+       for update skip locked
+  ), renewed as (
+    update private.routed_tasks t
+       set lease_expires_at = now() + make_interval(secs => v_set.lease_s), updated_at = now()
+      from mine m
+     where t.task_id = m.task_id
     returning t.task_id, t.fencing_token, t.lease_expires_at
   )
   select coalesce(jsonb_agg(jsonb_build_object('task_id', r.task_id, 'fencing_token',
@@ -683,9 +709,9 @@ begin
       into v_revoked
       from jsonb_to_recordset(v_leases) as x(task_id uuid, fencing_token bigint)
       left join private.routed_tasks t on t.task_id = x.task_id
-     where not (v_renewed @> jsonb_build_array(jsonb_build_object('task_id', x.task_id,
-                                                                 'fencing_token',
-                                                                 x.fencing_token)));
+     where t.task_id is null
+        or not (t.lease_owner = v_system and t.fencing_token = x.fencing_token
+                and t.state in ('leased', 'running') and t.lease_expires_at >= now());
   end if;
 
   select f.available, s.owner, s.draining or s.drain_requested as draining
@@ -693,13 +719,13 @@ begin
     from private.systems s join private.fleet() f using (system_id)
    where s.system_id = v_system;
   if v_me.available then
+    select coalesce(array_agg(distinct c.repo_url), '{}') into v_repos
+      from private.contexts c where c.system_id = v_system;
     select count(*) into v_offers
       from (select from private.routed_tasks t
              where t.state = 'queued' and t.owner = v_me.owner and t.run_after <= now()
                and (t.pinned_system is null or t.pinned_system = v_system)
-               and (t.repo_url is null
-                    or exists (select from private.contexts c
-                                where c.system_id = v_system and c.repo_url = t.repo_url))
+               and (t.repo_url is null or t.repo_url = any(v_repos))
              limit 100) w;
   end if;
 
