@@ -938,13 +938,55 @@ select t.task_id, t.title, t.state, t.reason, t.repo_url, t.origin_system,
 -- api.list_systems: the presence rows of every system of the caller's owner (RLS shows a
 -- system only itself; `ccm systems` on a node lists its fleet).
 create function api.list_systems() returns jsonb
-language sql security definer
+language plpgsql security definer
 set search_path = ''
 as $$
-  select coalesce(jsonb_agg(to_jsonb(v) - 'owner' order by v.name, v.system_id), '[]'::jsonb)
-    from api.systems v
-   where v.owner = (select s.owner from private.systems s
-                     where s.system_id = private.caller_system())
+declare
+  v_system uuid := private.caller_system();
+begin
+  return (select coalesce(jsonb_agg(to_jsonb(v) - 'owner' order by v.name, v.system_id),
+                          '[]'::jsonb)
+            from api.systems v
+           where v.owner = (select s.owner from private.systems s where s.system_id = v_system));
+end
+$$;
+
+-- api.routed_status: the caller's routed tasks (those it originated) changed since `p_since`
+-- (all when null), with where they run, their progress, result and attempts: the origin's
+-- merged view (`ccm task list`, `ccm task show`). Names of the other systems are included
+-- (RLS hides their rows from a system).
+create function api.routed_status(p_since timestamptz default null) returns jsonb
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_system uuid := private.caller_system();
+  v_answer jsonb;
+begin
+  select jsonb_build_object('server_time', now(), 'tasks', coalesce(jsonb_agg(
+           private.routed_task_json(t)
+           || jsonb_build_object(
+                'executing_system', t.lease_owner,
+                'executing_name', (select s.name from private.systems s
+                                    where s.system_id = t.lease_owner),
+                'progress', t.progress, 'result', t.result, 'last_error', t.last_error,
+                'run_after', t.run_after, 'created_at', t.created_at,
+                'updated_at', t.updated_at,
+                'attempts', (select coalesce(jsonb_agg(jsonb_build_object(
+                                'attempt', a.attempt, 'system_id', a.system_id,
+                                'system_name', s.name, 'fencing_token', a.fencing_token,
+                                'claimed_at', a.claimed_at, 'ended_at', a.ended_at,
+                                'outcome', a.outcome) order by a.attempt), '[]'::jsonb)
+                               from private.task_attempts a
+                               join private.systems s using (system_id)
+                              where a.task_id = t.task_id))
+           order by t.updated_at, t.task_id), '[]'::jsonb))
+    into v_answer
+    from private.routed_tasks t
+   where t.origin_system = v_system
+     and (p_since is null or t.updated_at > p_since);
+  return v_answer;
+end
 $$;
 
 grant select on api.systems, api.routed_tasks to authenticated;

@@ -37,7 +37,7 @@ select is(
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'api'),
   array['claim', 'complete', 'drain', 'enroll', 'heartbeat', 'ingest_batch', 'list_systems',
-        'register_contexts', 'release', 'report_progress', 'submit_task'],
+        'register_contexts', 'release', 'report_progress', 'routed_status', 'submit_task'],
   'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch) and the routing ones'
 );
 

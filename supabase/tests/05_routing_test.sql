@@ -2,7 +2,7 @@
 -- the heartbeat, fencing tokens, the reaper, unroutable reasons and alerts, presence, RLS.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(46);
+select plan(49);
 
 -- Systems A (no repository), B (has org/app), C (has org/lib), all of operator 1; D of
 -- operator 2 with org/app.
@@ -153,6 +153,23 @@ select is(
   (select row(t.state, t.result ->> 'summary', a.outcome)::text from private.routed_tasks t
      join private.task_attempts a using (task_id)),
   '(done,fixed,done)', 'the task is done once, its attempt ended done');
+
+-- The origin's merged view: where its task ran, its result and attempts.
+select pg_temp.as_system('a1');
+select is(
+  (select jsonb_build_array(t -> 'state', t -> 'executing_name', t -> 'result' -> 'summary',
+                            t -> 'attempts' -> 0 -> 'system_name', t -> 'attempts' -> 0 -> 'outcome')
+     from jsonb_path_query(api.routed_status(), '$.tasks[*] ? (@.title == "fix app")') t),
+  '["done", "beta", "fixed", "beta", "done"]',
+  'the origin sees its task done on beta, with the result and the attempt');
+select is(
+  jsonb_array_length(api.routed_status(now() + interval '1 second') -> 'tasks'), 0,
+  'routed_status returns only what changed since the given time');
+select is(
+  (select array_agg(e ->> 'name' || ' ' || (e ->> 'presence') order by e ->> 'name')
+     from jsonb_array_elements(api.list_systems()) e),
+  array['alpha online', 'beta online', 'gamma online'],
+  'list_systems gives a system the presence of every system of its owner, none of another');
 
 -- Pin: a pinned task waits for its system.
 select pg_temp.as_system('a1');

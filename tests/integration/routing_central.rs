@@ -116,6 +116,23 @@ async fn a_routed_task_is_claimed_only_by_a_system_that_holds_its_repository() {
         json!([{ "title": "fix app", "state": "leased", "executing_name": "beta",
                  "origin_name": "alpha" }])
     );
+
+    // The origin follows it: running on beta, then done with beta's result and cost.
+    let (task_id, token) = (&claim["claimed"][0]["task_id"], &claim["claimed"][0]["fencing_token"]);
+    let progress = json!({ "p_task_id": task_id, "p_fencing_token": token,
+                           "p_progress": { "phase": "agent" } });
+    assert_eq!(b.call(&central, "report_progress", progress).await["status"], "applied");
+    let status = a.call(&central, "routed_status", json!({})).await;
+    let seen = &status["tasks"][0];
+    assert_eq!((&seen["state"], &seen["executing_name"]), (&json!("running"), &json!("beta")));
+    let result = json!({ "status": "done", "summary": "fixed", "cost_usd": 0.42 });
+    let body = json!({ "p_task_id": task_id, "p_fencing_token": token, "p_result": result });
+    assert_eq!(b.call(&central, "complete", body).await["status"], "applied");
+    let since = json!({ "p_since": status["server_time"] });
+    let status = a.call(&central, "routed_status", since).await;
+    let seen = &status["tasks"][0];
+    assert_eq!((&seen["state"], &seen["result"]), (&json!("done"), &result), "{status}");
+    assert_eq!(seen["attempts"][0]["system_name"], "beta");
 }
 
 #[tokio::test]
