@@ -220,8 +220,8 @@ $$;
 -- The reaper (R-8). Always: leases past their expiry go back to the queue with a backoff
 -- (full jitter, base * 2^(attempt-1) capped), or to `blocked` with a central alert at
 -- max_attempts; each as an attempt ended `lease_lost`. At most every reap_interval_s (or when
--- forced): the reason of every queued task no system can take, and an alert for tasks
--- unroutable for longer than unroutable_alert_s. Runs inside claim and heartbeat, and under
+-- forced): the reason of every queued task no system can take, an alert for tasks
+-- unroutable for longer than unroutable_alert_s, resolved once the task can be routed. Runs inside claim and heartbeat, and under
 -- pg_cron where the extension exists. Returns what it did.
 create function private.reap(p_force boolean default false) returns jsonb
 language plpgsql
@@ -319,6 +319,13 @@ begin
              d.task_id, now()
         from due d;
       get diagnostics v_alerts = row_count;
+
+      -- A task routed after all resolves its unroutable alert.
+      update private.alerts a
+         set resolved_at = now(), version = a.version + 1
+        from private.routed_tasks t
+       where a.origin = 'central' and a.kind = 'unroutable' and a.resolved_at is null
+         and t.task_id = a.task_id and (t.state <> 'queued' or t.reason is null);
     end if;
   end if;
   return jsonb_build_object('requeued', v_requeued, 'blocked', v_blocked,

@@ -2,7 +2,7 @@
 -- the heartbeat, fencing tokens, the reaper, unroutable reasons and alerts, presence, RLS.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(49);
+select plan(50);
 
 -- Systems A (no repository), B (has org/app), C (has org/lib), all of operator 1; D of
 -- operator 2 with org/app.
@@ -255,6 +255,16 @@ select is(
      join private.routed_tasks t using (task_id) where a.kind = 'unroutable'),
   array['unroutable all_stale', 'unroutable no_context'], 'the alerts name the unroutable tasks');
 select is(private.reap(true) -> 'alerts', '0', 'each unroutable task alerts once');
+update private.systems set last_heartbeat_at = now() where name = 'gamma';
+select private.reap(true);
+select is(
+  (select array_agg(t.title || ' ' || coalesce(t.reason, '-') || ' '
+                    || (a.resolved_at is not null) order by t.title)
+     from private.alerts a join private.routed_tasks t using (task_id)
+    where a.kind = 'unroutable'),
+  array['lib - true', 'nowhere no_context false'],
+  'once its holder is back the task has no reason and its alert is resolved');
+update private.systems set last_heartbeat_at = now() - interval '1 hour' where name = 'gamma';
 
 -- Presence.
 update private.systems set sync_paused = true where name = 'delta';
