@@ -45,7 +45,7 @@ create table private.routed_tasks (
   owner uuid not null,
   idempotency_key text not null,
   repo_url text,
-  pinned_system uuid references private.systems on delete set null,
+  pinned_system uuid references private.systems,
   title text not null,
   prompt text not null default '',
   profile text,
