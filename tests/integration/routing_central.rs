@@ -638,3 +638,41 @@ fn server_minus_seconds(timestamp: &str, seconds: i64) -> String {
     }
     format!("{date}T{:02}:{:02}:{:02}{tail}", total / 3600, total / 60 % 60, total % 60)
 }
+
+#[tokio::test]
+async fn anon_and_uninvolved_systems_see_no_routed_task() {
+    let central = Central::start();
+    let a = System::enroll(&central, 1, "alpha", 2, &[]).await;
+    let c = System::enroll(&central, 3, "gamma", 2, &[LIB]).await;
+    a.submit(&central, json!({ "idempotency_key": "alpha:1", "title": "t", "repo_url": APP }))
+        .await;
+
+    let (status, rows) = central.get(Some(&c.token), "routed_tasks").await;
+    assert_eq!((status, rows), (200, json!([])), "gamma neither originated nor holds it");
+    let (_, rows) = central.get(Some(&a.token), "routed_tasks?select=title").await;
+    assert_eq!(rows, json!([{ "title": "t" }]), "the origin sees it");
+
+    let task = "00000000-0000-4000-8000-000000000001";
+    for (function, body) in [
+        ("submit_task", json!({ "p_task": { "idempotency_key": "x", "title": "x" } })),
+        ("claim", json!({ "p_max": 1 })),
+        ("report_progress", json!({ "p_task_id": task, "p_fencing_token": 1, "p_progress": {} })),
+        ("complete", json!({ "p_task_id": task, "p_fencing_token": 1, "p_result": {} })),
+        ("release", json!({ "p_task_id": task, "p_fencing_token": 1, "p_reason": "x" })),
+        ("drain", json!({ "p_on": true })),
+        ("list_systems", json!({})),
+        ("routed_status", json!({})),
+    ] {
+        let (status, answer) = central.rpc(None, function, body).await;
+        assert!(
+            matches!(status, 401 | 403)
+                && matches!(answer["code"].as_str(), Some("42501") | Some("PGRST504")),
+            "anon {function}: {status} {answer}"
+        );
+    }
+    for view in ["routed_tasks", "systems"] {
+        let (status, answer) = central.get(None, view).await;
+        assert!(matches!(status, 401 | 403), "anon {view}: {status} {answer}");
+    }
+    assert_eq!(central.pg.query("select count(*) from private.routed_tasks"), "1");
+}
