@@ -220,9 +220,9 @@ $$;
 -- The reaper (R-8). Always: leases past their expiry go back to the queue with a backoff
 -- (full jitter, base * 2^(attempt-1) capped), or to `blocked` with a central alert at
 -- max_attempts; each as an attempt ended `lease_lost`. At most every reap_interval_s (or when
--- forced): the reason of every queued task no system can take, an alert for tasks
--- unroutable for longer than unroutable_alert_s, resolved once the task can be routed. Runs inside claim and heartbeat, and under
--- pg_cron where the extension exists. Returns what it did.
+-- forced): the reason of every queued task no system can take, an alert for tasks unroutable
+-- for longer than unroutable_alert_s, resolved once the task can be routed. Runs inside claim
+-- and heartbeat, and under pg_cron where the extension exists. Returns what it did.
 create function private.reap(p_force boolean default false) returns jsonb
 language plpgsql
 set search_path = ''
@@ -244,8 +244,9 @@ begin
   ), moved as (
     update private.routed_tasks r
        set state = case when r.attempts >= r.max_attempts then 'blocked' else 'queued' end,
-           run_after = now() + make_interval(secs => random() * least(v_set.backoff_cap_s,
-                         v_set.backoff_base_s * power(2, greatest(r.attempts - 1, 0)))::double precision),
+           run_after = now() + make_interval(secs => random()
+             * least(v_set.backoff_cap_s, v_set.backoff_base_s
+                                          * power(2, greatest(r.attempts - 1, 0)))::double precision),
            queued_since = now(), lease_owner = null, lease_expires_at = null, reason = null,
            unroutable_alerted_at = null,
            last_error = format('lease lost: system silent past its lease (attempt %s)',
