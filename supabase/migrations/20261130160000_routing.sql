@@ -244,9 +244,9 @@ begin
   ), moved as (
     update private.routed_tasks r
        set state = case when r.attempts >= r.max_attempts then 'blocked' else 'queued' end,
-           run_after = now() + make_interval(secs => random()
-             * least(v_set.backoff_cap_s, v_set.backoff_base_s
-                                          * power(2, greatest(r.attempts - 1, 0)))::double precision),
+           run_after = now() + make_interval(secs => (random()
+             * least(v_set.backoff_cap_s,
+                     v_set.backoff_base_s * power(2, greatest(r.attempts - 1, 0))))::float8),
            queued_since = now(), lease_owner = null, lease_expires_at = null, reason = null,
            unroutable_alerted_at = null,
            last_error = format('lease lost: system silent past its lease (attempt %s)',
