@@ -296,13 +296,16 @@ begin
                             where c.system_id = f.system_id and c.repo_url = k.repo_url))
          group by k.owner, k.repo_url, k.pinned_system
       )
+      -- `all_busy` is cleared by the claim, not here: a busy fleet would otherwise flip every
+      -- queued task of a repository between null and all_busy on each pass.
       update private.routed_tasks t
          set reason = r.reason, updated_at = now()
         from routes r
        where t.state = 'queued' and t.owner = r.owner
          and t.repo_url is not distinct from r.repo_url
          and t.pinned_system is not distinct from r.pinned_system
-         and t.reason is distinct from r.reason;
+         and t.reason is distinct from r.reason
+         and (r.reason is not null or t.reason <> 'all_busy');
       get diagnostics v_reasons = row_count;
 
       with due as (
