@@ -344,7 +344,7 @@ fn database_violations(central: &Central) -> Vec<String> {
 /// alert), and every late result of a lost lease was refused as stale.
 ///
 /// 2,000 tasks by default, so that it stays short beside the rest of the suite on a loaded
-/// 2-core machine; `CCM_ROUTING_SIM_TASKS=10000` runs the full count (about a minute
+/// 2-core machine; `CCM_ROUTING_SIM_TASKS=10000` runs the full count (1 to 2.5 minutes
 /// on such a machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_claimers_never_double_lease_nor_route_without_the_repository() {
