@@ -284,6 +284,33 @@ pub struct HeartbeatV1 {
     pub draining: bool,
 }
 
+/// One context of `api.register_contexts` (a checkout with a remote).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContextV1 {
+    /// Normalized by `ccm_schema::repo_url::normalize`.
+    pub repo_url: String,
+    pub path: String,
+    pub default_branch: Option<String>,
+    pub head_sha: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// The parameters of `api.register_contexts`: the whole set, replaced centrally when
+/// `p_generation` is newer than the stored one.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterContextsV1 {
+    pub p_generation: i64,
+    pub p_contexts: Vec<ContextV1>,
+}
+
+/// The answer of `api.register_contexts`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisterAnswerV1 {
+    /// `applied`, or `stale` when the central holds a newer generation.
+    pub status: String,
+    pub generation: i64,
+}
+
 /// The answer of `api.enroll`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnrollAnswerV1 {

@@ -627,3 +627,51 @@ async fn status_and_metrics_show_backlog_last_success_and_pause_reason_per_lane(
     assert!(metrics.contains("ccm_sync_paused{lane=\"urgent\"} 1"), "{metrics}");
     assert!(metrics.contains("ccm_sync_paused{lane=\"normal\"} 1"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_system_online_and_its_contexts_follow_every_change() {
+    let central = Central::start();
+    let node =
+        Node::start("sync-presence", &central, "  interval_secs: 3600\n  heartbeat_secs: 1\n");
+    let operator = central.operator_token(OWNER);
+    let online = wait_until(Duration::from_secs(10), || async {
+        let (_, systems) = central.get(Some(&operator), "fleet_systems?select=presence").await;
+        systems == json!([{ "presence": "online" }])
+    })
+    .await;
+    assert!(online, "no heartbeat: {}", node.log());
+    let slots = central.pg.query("select slots || ' ' || running from private.systems");
+    assert_eq!(slots, "20 0");
+
+    let repo = node.home.dir.path().join("app");
+    ccm_tests::git_repo(&repo, Some("git@github.com:Org/App.git"));
+    let (status, context) =
+        node.daemon().post("/api/contexts", json!({ "path": repo.to_str().unwrap() })).await;
+    assert_eq!(status, 201, "{context}");
+    let expected = format!("{} {}", context["repo_url"].as_str().unwrap(), repo.display());
+    assert!(expected.starts_with("https://github.com/"), "normalized: {expected}");
+    let contexts = || central.pg.query("select repo_url || ' ' || path from private.contexts");
+    let registered = wait_until(Duration::from_secs(10), || async { contexts() == expected }).await;
+    assert!(registered, "contexts: {:?}\n{}", contexts(), node.log());
+    let generation = central.pg.query("select contexts_generation from private.systems");
+
+    let key = context["id"].as_str().unwrap();
+    let (status, body) = node
+        .daemon()
+        .send(node.daemon().http.delete(node.daemon().url(&format!("/api/contexts/{key}"))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let removed = wait_until(Duration::from_secs(10), || async { contexts().is_empty() }).await;
+    assert!(removed, "the removed context is still central: {}", contexts());
+    let newer = central.pg.query("select contexts_generation from private.systems");
+    assert!(newer.parse::<i64>().unwrap() > generation.parse::<i64>().unwrap());
+    // the context rows are done with once the central holds their generation
+    let mut db = open_db(&node.home.db_file()).await;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE stream = 'context' AND state = 'pending'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(pending, 0);
+}
