@@ -1,4 +1,4 @@
-//! The wire format of the central `api` functions, version 1 (`/work/notes/sync-contract.md`).
+//! The wire format of the central `api` functions, version 1 (the contract: `supabase/README.md`).
 //!
 //! These structs are the contract, converted by hand from `ccm_schema` types: a field added to
 //! a local type never leaks to the central side by accident, and a change of the contract is a
