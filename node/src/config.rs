@@ -348,6 +348,8 @@ pub struct SyncConfig {
     pub completions: u64,
     /// How long an urgent change waits for others to share its batch, in milliseconds.
     pub urgent_window_ms: u64,
+    /// Seconds between two heartbeats to the central (which also carry context changes).
+    pub heartbeat_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -361,6 +363,7 @@ impl Default for SyncConfig {
             hook_events: 50,
             completions: 5,
             urgent_window_ms: 50,
+            heartbeat_secs: 15,
         }
     }
 }
@@ -411,6 +414,9 @@ impl SyncConfig {
         }
         if self.completions == 0 {
             return invalid("sync.completions", "must be at least 1");
+        }
+        if self.heartbeat_secs == 0 {
+            return invalid("sync.heartbeat_secs", "must be at least 1");
         }
         if self.interval_secs == Some(0) {
             return invalid("sync.interval_secs", "must be at least 1");

@@ -168,6 +168,8 @@ pub fn start(
             completions: config.sync.completions,
             urgent_window: Duration::from_millis(config.sync.urgent_window_ms),
             seed: high ^ low,
+            heartbeat: Duration::from_secs(config.sync.heartbeat_secs),
+            slots: i64::from(config.scheduler.slots),
         },
         shutdown,
     };

@@ -1,7 +1,7 @@
 -- api.ingest_batch: idempotent batches, newer versions win, bad items named one by one.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(19);
+select plan(20);
 
 set local role authenticated;
 set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-0000000000a1", "role": "authenticated", "app_metadata": {"role": "system", "owner": "00000000-0000-0000-0000-0000000000f1"}}';
@@ -43,8 +43,8 @@ select is(
     'batch_id', '0193a000-0000-7000-8000-000000000001',
     'streams', jsonb_build_object('task_summary', jsonb_build_array(
       pg_temp.task('0193a000-0000-7000-8000-0000000000a1', 9, 'complete'))))),
-  '{"batch_id": "0193a000-0000-7000-8000-000000000001", "status": "duplicate"}',
-  'a replayed batch id answers duplicate'
+  '{"batch_id": "0193a000-0000-7000-8000-000000000001", "status": "duplicate", "accepted": 4, "rejected": []}',
+  'a replayed batch id answers duplicate, with the outcome of its first application'
 );
 select is(
   (select version from private.task_summaries), 3::bigint,
@@ -110,6 +110,13 @@ select is(
     where batch_id = '0193a000-0000-7000-8000-000000000004'),
   '(8,1,7)',
   'the ledger counts the items, the accepted and the rejected'
+);
+select is(
+  (select row(a ->> 'status', a -> 'accepted', jsonb_array_length(a -> 'rejected'),
+              a #>> '{rejected,1,code}')::text
+     from api.ingest_batch('{"batch_id": "0193a000-0000-7000-8000-000000000004"}') as a),
+  '(duplicate,1,7,22P02)',
+  'a replay answers the accepted count and the rejected items of the first application'
 );
 
 -- Watermarks and gaps.

@@ -1,4 +1,5 @@
-//! The driver: one loop per lane that seals, sends, retries and acknowledges.
+//! The driver: one loop per lane that seals, sends, retries and acknowledges, and one for the
+//! system's presence.
 //!
 //! - Urgent: woken by the commit of an urgent row ([`Signals::urgent_committed`]), it waits a
 //!   short coalescing window and sends the lane's rows in small batches of their own, so it
@@ -7,6 +8,9 @@
 //!   fleet does not flush in lock-step), when a threshold of hook events or task completions is
 //!   crossed, on `ccm sync now`, and at start; while a sealed batch was cut by the batch policy
 //!   (a backlog), the next one is sealed at once (catch-up).
+//!
+//! - Presence: `api.heartbeat` every `heartbeat` (default 15 s), and `api.register_contexts`
+//!   (the whole set, with its generation) whenever the node's contexts changed.
 //!
 //! A batch leaves the outbox only on a final outcome: acknowledged (2xx echoing its id), split
 //! (its children carry its rows), or its lone item rejected. Transient failures resend the same
@@ -25,7 +29,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client::{Class, Failure};
 use crate::seal::{self, BatchPolicy};
-use crate::wire::IngestAnswerV1;
+use crate::wire::{HeartbeatV1, IngestAnswerV1, RegisterAnswerV1, RegisterContextsV1};
 use crate::{Client, Lane, OpenBatch, Outbox, Rejection};
 
 /// How often an idle urgent lane looks for rows written by other processes.
@@ -48,6 +52,10 @@ pub struct Settings {
     pub urgent_window: Duration,
     /// Seeds the timer's phase and the jitter, so systems spread out (from the system id).
     pub seed: u64,
+    /// How often the node calls `api.heartbeat` (± 10 %).
+    pub heartbeat: Duration,
+    /// The node's agent slots, sent with each heartbeat.
+    pub slots: i64,
 }
 
 /// How the node tells the driver that something happened; cheap, never blocks.
@@ -203,7 +211,8 @@ impl<O: Outbox> Driver<O> {
         let this = Arc::new(self);
         let urgent = tokio::spawn(this.clone().lane(Lane::Urgent));
         let normal = tokio::spawn(this.clone().lane(Lane::Normal));
-        for task in [urgent, normal] {
+        let presence = tokio::spawn(this.clone().presence());
+        for task in [urgent, normal, presence] {
             if let Err(e) = task.await {
                 warn!(error = %e, "sync lane ended abnormally");
             }
@@ -234,6 +243,64 @@ impl<O: Outbox> Driver<O> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Every `settings.heartbeat` (± 10 %): `api.heartbeat`, then `api.register_contexts` when
+    /// the node's set of contexts changed since the central last took it. Skipped while sync is
+    /// paused; a failure waits for the next beat (the lanes classify and pause).
+    async fn presence(self: Arc<Self>) {
+        let span = info_span!("sync_presence");
+        async move {
+            let mut registered = None;
+            let mut rng = fastrand::Rng::with_seed(self.settings.seed);
+            loop {
+                if let Err(error) = self.beat(&mut registered).await {
+                    self.signals.failures_total.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %error, "heartbeat failed");
+                }
+                let wait = self.settings.heartbeat.mul_f64(0.9 + 0.2 * rng.f64());
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn beat(&self, registered: &mut Option<i64>) -> Result<(), StepError> {
+        let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
+        let call = |e: Failure| StepError(e.message);
+        if !self.client.has_token()
+            || self.outbox.paused(Lane::Urgent).await.map_err(outbox)?.is_some()
+        {
+            return Ok(());
+        }
+        let status = HeartbeatV1 {
+            running: self.outbox.running().await.map_err(outbox)?,
+            slots: self.settings.slots,
+            draining: false,
+        };
+        self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
+        let _: serde_json::Value = self
+            .client
+            .call("heartbeat", &serde_json::json!({ "p_status": status }))
+            .await
+            .map_err(call)?;
+        let (generation, contexts) = self.outbox.contexts().await.map_err(outbox)?;
+        if *registered == Some(generation) {
+            return Ok(());
+        }
+        let params = RegisterContextsV1 { p_generation: generation, p_contexts: contexts };
+        let params = serde_json::to_value(params).map_err(|e| StepError(e.to_string()))?;
+        self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
+        let answer: RegisterAnswerV1 =
+            self.client.call("register_contexts", &params).await.map_err(call)?;
+        debug!(generation, status = %answer.status, "contexts registered");
+        self.outbox.contexts_registered(generation).await.map_err(outbox)?;
+        *registered = Some(generation);
+        Ok(())
     }
 
     async fn wait(&self, lane: Lane, next: &Next, timer: &Timer) {
@@ -490,6 +557,8 @@ mod tests {
             completions: 5,
             urgent_window: Duration::from_millis(50),
             seed: 3,
+            heartbeat: Duration::from_secs(15),
+            slots: 2,
         };
         let signals = Signals::new();
         signals.hook_threshold.store(50, Ordering::Relaxed);

@@ -197,6 +197,21 @@ pub trait Outbox: Clone + Send + Sync + 'static {
         lane: Lane,
     ) -> impl Future<Output = Result<Option<String>, Self::Error>> + Send;
 
+    /// Agents running now (sent with each heartbeat).
+    fn running(&self) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+
+    /// The node's contexts with a remote, and their generation: a number that grows whenever
+    /// the set changes (the newest context outbox row).
+    fn contexts(
+        &self,
+    ) -> impl Future<Output = Result<(i64, Vec<wire::ContextV1>), Self::Error>> + Send;
+
+    /// The central holds the contexts of `generation` (or newer): their outbox rows are acked.
+    fn contexts_registered(
+        &self,
+        generation: i64,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// Raises a local critical alert (it travels in the urgent lane like any other).
     fn raise_alert(
         &self,

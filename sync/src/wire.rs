@@ -1,4 +1,4 @@
-//! The wire format of the central `api` functions, version 1 (`/work/notes/sync-contract.md`).
+//! The wire format of the central `api` functions, version 1 (the contract: `supabase/README.md`).
 //!
 //! These structs are the contract, converted by hand from `ccm_schema` types: a field added to
 //! a local type never leaks to the central side by accident, and a change of the contract is a
@@ -282,6 +282,33 @@ pub struct HeartbeatV1 {
     pub running: i64,
     pub slots: i64,
     pub draining: bool,
+}
+
+/// One context of `api.register_contexts` (a checkout with a remote).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContextV1 {
+    /// Normalized by `ccm_schema::repo_url::normalize`.
+    pub repo_url: String,
+    pub path: String,
+    pub default_branch: Option<String>,
+    pub head_sha: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// The parameters of `api.register_contexts`: the whole set, replaced centrally when
+/// `p_generation` is newer than the stored one.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterContextsV1 {
+    pub p_generation: i64,
+    pub p_contexts: Vec<ContextV1>,
+}
+
+/// The answer of `api.register_contexts`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisterAnswerV1 {
+    /// `applied`, or `stale` when the central holds a newer generation.
+    pub status: String,
+    pub generation: i64,
 }
 
 /// The answer of `api.enroll`.

@@ -230,7 +230,9 @@ async fn a_replayed_batch_is_a_duplicate_and_applies_nothing() {
     assert_eq!(status, 200);
     assert_eq!(
         answer,
-        json!({ "batch_id": "0193a000-0000-7000-8000-000000000001", "status": "duplicate" })
+        json!({ "batch_id": "0193a000-0000-7000-8000-000000000001", "status": "duplicate",
+                "accepted": 1, "rejected": [] }),
+        "a replay answers the outcome of the first application"
     );
     assert_eq!(
         central.pg.rows("select version, state from private.task_summaries"),

@@ -1,314 +1,677 @@
-//! The sync engine's answers to the central API's faults, through the real daemon and CLI.
-//!
-//! The central side here is a scripted HTTP server on loopback that answers the way PostgREST
-//! (or postrust) answers each fault: it exists for the fault and classification cases only.
-//! End-to-end tests against real PostgreSQL and postrust live with the central harness.
+//! The sync engine end to end: the real daemon and CLI ship their outbox to a real central
+//! (PostgreSQL 15 with `supabase/`, postrust in front, `ccm_tests::central`) through a fault
+//! proxy on loopback (`ccm_tests::faultproxy`) that adds latency, resets connections, drops
+//! answers after the server committed, and answers 429, 503 and 413 itself. Nothing is mocked:
+//! identities are Supabase JWTs signed with postrust's secret, and what the central holds is read
+//! from PostgreSQL.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
+use ccm_tests::central::{self, Central};
+use ccm_tests::faultproxy::{Fault, FaultProxy};
 use ccm_tests::{open_db, wait_until, Daemon, TestHome};
 use serde_json::{json, Value};
 
-const KEY: &str = "sb_publishable_test";
-/// An operator-minted JWT (the scripted server does not verify it).
-const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJl";
+const OWNER: &str = "00000000-0000-4000-8000-0000000000f1";
+const SYSTEM: &str = "00000000-0000-4000-8000-0000000000a1";
+const OTHER_SYSTEM: &str = "00000000-0000-4000-8000-0000000000b1";
 
-/// One request the central side received.
-#[derive(Debug, Clone)]
-struct Received {
-    function: String,
-    headers: HeaderMap,
-    body: Bytes,
+/// A node configured to sync to `central` through a fault proxy, enrolled with a system JWT the
+/// operator minted. `sync` is extra YAML under `sync:` (timers, thresholds).
+struct Node {
+    home: TestHome,
+    daemon: Option<Daemon>,
+    proxy: FaultProxy,
 }
 
-impl Received {
-    fn batch(&self) -> Value {
-        let body: Value = serde_json::from_slice(&self.body).expect("JSON body");
-        body["p_batch"].clone()
+impl Node {
+    fn start(name: &str, central: &Central, sync: &str) -> Node {
+        let home = TestHome::new(name);
+        let proxy = FaultProxy::start(&central.rest_url(), "rpc/ingest_batch");
+        home.write_config(&format!(
+            "scheduler:\n  slots: 20\nsync:\n  rest_url: {}\n  publishable_key: {}\n{sync}",
+            proxy.url(),
+            central.anon_key()
+        ));
+        let daemon = home.start();
+        let node = Node { home, daemon: Some(daemon), proxy };
+        node.enroll(&central.system_token(SYSTEM, OWNER));
+        node
     }
 
-    fn task_ids(&self) -> Vec<String> {
-        self.batch()["streams"]["task_summary"]
-            .as_array()
-            .map(|items| items.iter().map(|i| i["task_id"].as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    }
-}
-
-/// A failure answer: status, headers, JSON body.
-type Failure = (u16, Vec<(&'static str, &'static str)>, Value);
-
-/// How the central side answers one `ingest_batch`: `None` applies it (echoing its id).
-type Rule = dyn Fn(&Received) -> Option<Failure> + Send + Sync;
-
-#[derive(Clone)]
-struct Central {
-    received: Arc<Mutex<Vec<Received>>>,
-    /// Answers used once each, in order, before `rule`.
-    script: Arc<Mutex<VecDeque<Failure>>>,
-    rule: Arc<Mutex<Box<Rule>>>,
-}
-
-impl Central {
-    async fn start() -> (Central, String) {
-        let central = Central {
-            received: Arc::default(),
-            script: Arc::default(),
-            rule: Arc::new(Mutex::new(Box::new(|_| None))),
-        };
-        let app = Router::new().route("/rpc/{function}", post(answer)).with_state(central.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (central, url)
+    fn enroll(&self, jwt: &str) {
+        let out = self.home.run_ok(&["sync", "enroll", "--jwt", jwt]);
+        assert!(out.contains("enrolled as"), "{out}");
     }
 
-    fn batches(&self) -> Vec<Received> {
-        let received = self.received.lock().unwrap();
-        received.iter().filter(|r| r.function == "ingest_batch").cloned().collect()
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon runs")
     }
 
-    fn script(&self, status: u16, headers: Vec<(&'static str, &'static str)>, body: Value) {
-        self.script.lock().unwrap().push_back((status, headers, body));
+    fn lanes(&self) -> Value {
+        self.home.run_json(&["sync", "status"])
     }
 
-    fn set_rule(&self, rule: Box<Rule>) {
-        *self.rule.lock().unwrap() = rule;
-    }
-}
-
-async fn answer(
-    State(central): State<Central>,
-    Path(function): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let received = Received { function: function.clone(), headers, body };
-    central.received.lock().unwrap().push(received.clone());
-    if function == "enroll" {
-        let id = "0193a000-0000-7000-8000-00000000e001";
-        return axum::Json(json!({"system_id": id, "name": "node", "owner": id})).into_response();
-    }
-    let scripted = central.script.lock().unwrap().pop_front();
-    let failure = scripted.or_else(|| (central.rule.lock().unwrap())(&received));
-    match failure {
-        Some((status, headers, body)) => {
-            let mut response =
-                (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
-            for (name, value) in headers {
-                response.headers_mut().insert(name, value.parse().unwrap());
+    /// Waits until both lanes have no backlog, asking for `ccm sync now` every second (rows
+    /// written after a batch was sealed wait for the next one).
+    async fn drained(&self, timeout: Duration) {
+        let mut asked = Instant::now();
+        let drained = wait_until(timeout, || {
+            if asked.elapsed() > Duration::from_secs(1) {
+                self.home.run_ok(&["sync", "now"]);
+                asked = Instant::now();
             }
-            response
-        }
-        None => {
-            let id = received.batch()["batch_id"].clone();
-            axum::Json(json!({"batch_id": id, "status": "applied", "accepted": 1, "rejected": []}))
-                .into_response()
-        }
+            async {
+                let lanes = self.lanes();
+                lanes["urgent"]["backlog"] == 0 && lanes["normal"]["backlog"] == 0
+            }
+        })
+        .await;
+        assert!(drained, "the outbox did not drain: {}\n{}", self.lanes(), self.log());
+    }
+
+    fn log(&self) -> String {
+        self.daemon.as_ref().map(Daemon::log_text).unwrap_or_default()
+    }
+
+    /// The ingest requests the proxy saw, with their batch.
+    fn batches(&self) -> Vec<Value> {
+        self.proxy.targeted().iter().map(|s| s.json()["p_batch"].clone()).collect()
     }
 }
 
-/// A node configured to sync to `url`, enrolled, with a normal-lane timer that never fires
-/// during a test.
-fn node(name: &str, url: &str) -> (TestHome, Daemon) {
-    let home = TestHome::new(name);
-    home.write_config(&format!(
-        "scheduler:\n  slots: 20\nsync:\n  rest_url: {url}\n  publishable_key: {KEY}\n  interval_secs: 3600\n"
-    ));
-    let daemon = home.start();
-    let out = home.run_ok(&["sync", "enroll", "--jwt", JWT]);
-    assert!(out.contains("enrolled as node"), "{out}");
-    (home, daemon)
-}
-
-/// Creates a task and waits until the scheduler queued it (so no later row of it is pending).
 async fn create(daemon: &Daemon, title: &str) -> String {
     let (status, task) = daemon.post("/api/tasks", json!({ "title": title, "prompt": "p" })).await;
     assert_eq!(status, 201, "{task}");
-    let id = task["id"].as_str().unwrap().to_string();
-    assert!(
-        wait_until(Duration::from_secs(5), || async {
-            daemon.get(&format!("/api/tasks/{id}")).await.1["state"] == "queued"
+    task["id"].as_str().expect("id").to_string()
+}
+
+async fn event(daemon: &Daemon, id: &str, event: Value) -> Value {
+    let (status, body) = daemon.post(&format!("/api/tasks/{id}/events"), event).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn wait_queued(daemon: &Daemon, id: &str) {
+    let queued = wait_until(Duration::from_secs(10), || async {
+        daemon.get(&format!("/api/tasks/{id}")).await.1["state"] == "queued"
+    })
+    .await;
+    assert!(queued, "task {id} was not queued");
+}
+
+/// Drives a queued task to `complete` the way the runtime does.
+async fn complete(daemon: &Daemon, id: &str) {
+    for name in ["start", "worker_finished", "verify_passed"] {
+        event(daemon, id, json!({ "event": name })).await;
+    }
+    let done = event(daemon, id, json!({ "event": "report_ready", "supervised": false })).await;
+    assert_eq!(done["state"], "complete");
+}
+
+/// Fails a queued task for good: a critical `fatal_error` alert, in the urgent lane.
+async fn fail(daemon: &Daemon, id: &str) {
+    event(daemon, id, json!({ "event": "start" })).await;
+    let failed = event(daemon, id, json!({ "event": "failed", "class": "fatal" })).await;
+    assert_eq!(failed["state"], "failed");
+}
+
+/// `task_id → (version, state)` of every task the central holds.
+fn central_tasks(central: &Central) -> BTreeMap<String, (i64, String)> {
+    central
+        .pg
+        .rows("select task_id, version, state from private.task_summaries")
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let version = r["version"].as_i64().expect("version");
+            (
+                r["task_id"].as_str().unwrap().to_string(),
+                (version, r["state"].as_str().unwrap().to_string()),
+            )
         })
-        .await
-    );
-    id
+        .collect()
 }
 
-fn lanes(home: &TestHome) -> Value {
-    home.run_json(&["sync", "status"])
-}
-
-async fn outbox_states(home: &TestHome) -> Vec<(String, String, String, Option<String>)> {
+/// `task_id → (version, state)` of every local task, read from the node's database.
+async fn local_tasks(home: &TestHome) -> BTreeMap<String, (i64, String)> {
     let mut db = open_db(&home.db_file()).await;
-    sqlx::query_as("SELECT stream, entity_key, state, error FROM outbox ORDER BY seq")
-        .fetch_all(&mut db)
-        .await
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT id, version, state FROM tasks").fetch_all(&mut db).await.unwrap();
+    rows.into_iter().map(|(id, version, state)| (id, (version, state))).collect()
+}
+
+/// The central holds exactly the local tasks, each at its local version and state.
+async fn assert_central_equals_local(central: &Central, home: &TestHome) {
+    let (central, local) = (central_tasks(central), local_tasks(home).await);
+    let differ: Vec<_> = local
+        .iter()
+        .filter(|(id, task)| central.get(*id) != Some(*task))
+        .map(|(id, task)| format!("{id}: local {task:?}, central {:?}", central.get(id)))
+        .chain(
+            central
+                .keys()
+                .filter(|id| !local.contains_key(*id))
+                .map(|id| format!("{id}: not local")),
+        )
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} tasks differ, first: {:?}",
+        differ.len(),
+        &differ[..differ.len().min(5)]
+    );
+}
+
+async fn local_alerts(home: &TestHome) -> BTreeSet<String> {
+    let mut db = open_db(&home.db_file()).await;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM alerts").fetch_all(&mut db).await.unwrap();
+    rows.into_iter().map(|(id,)| id).collect()
+}
+
+fn central_alerts(central: &Central) -> BTreeSet<String> {
+    let text = central.pg.query("select alert_id from private.alerts where origin = 'node'");
+    text.lines().map(str::to_string).collect()
+}
+
+/// Each batch the node acknowledged was applied once, and the central applied no other: the
+/// ledger holds exactly the acknowledged batch ids, with the same item counts; no sequence
+/// gap was seen.
+async fn assert_applied_exactly_once(central: &Central, home: &TestHome) {
+    let mut db = open_db(&home.db_file()).await;
+    let acked: Vec<(String, i64)> =
+        sqlx::query_as("SELECT batch_id, items FROM outbox_batch WHERE state = 'acked'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let ledger: BTreeMap<String, i64> = central
+        .pg
+        .rows("select batch_id, items from private.ingest_ledger")
+        .as_array()
         .unwrap()
+        .iter()
+        .map(|r| (r["batch_id"].as_str().unwrap().to_string(), r["items"].as_i64().unwrap()))
+        .collect();
+    let acked: BTreeMap<String, i64> = acked.into_iter().collect();
+    assert_eq!(acked, ledger, "acknowledged batches and the central ledger differ");
+    let gaps = central.pg.query("select count(*) from private.alerts where kind = 'sync_gap'");
+    assert_eq!(gaps, "0", "the central saw a sequence gap");
+}
+
+/// Per task, the versions the batches of `lane` carried never go down, in send order.
+fn assert_versions_in_order(batches: &[Value], lane: &str) {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for batch in batches.iter().filter(|b| b["lane"] == lane) {
+        for item in batch["streams"]["task_summary"].as_array().into_iter().flatten() {
+            let id = item["task_id"].as_str().unwrap().to_string();
+            let version = item["version"].as_i64().unwrap();
+            let before = last.insert(id.clone(), version).unwrap_or(0);
+            assert!(version >= before, "task {id}: version {version} sent after {before}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn urgent_change_goes_at_once_and_is_resent_with_the_same_id_and_bytes_after_a_503() {
-    let (central, url) = Central::start().await;
-    let (home, daemon) = node("sync-urgent", &url);
-    central.script(503, vec![("retry-after", "1")], json!({"code": "PGRST003", "message": "pool"}));
-    let id = create(&daemon, "doomed").await;
-    daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": "start" })).await;
-    let (status, body) = daemon
-        .post(&format!("/api/tasks/{id}/events"), json!({ "event": "failed", "class": "fatal" }))
+async fn a_tasks_life_and_its_alerts_ship_critical_at_once_and_the_rest_on_a_threshold() {
+    let central = Central::start();
+    let node = Node::start("sync-life", &central, "  interval_secs: 3600\n  completions: 2\n");
+    let daemon = node.daemon();
+
+    let done = create(daemon, "finishes").await;
+    wait_queued(daemon, &done).await;
+    complete(daemon, &done).await;
+
+    let doomed = create(daemon, "fails").await;
+    wait_queued(daemon, &doomed).await;
+    fail(daemon, &doomed).await;
+    let failed_at = Instant::now();
+    let alert_query = "select kind || ' ' || severity from private.alerts where origin = 'node'";
+    while central.pg.query(alert_query).is_empty() {
+        assert!(failed_at.elapsed() < Duration::from_secs(5), "no alert: {}", node.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let latency = failed_at.elapsed();
+    assert!(latency < Duration::from_secs(1), "the critical alert took {latency:?}");
+    assert_eq!(central.pg.query(alert_query), "fatal_error critical");
+    let tasks = central_tasks(&central);
+    assert_eq!(tasks[&doomed].1, "failed", "the failed task travels with its alert");
+
+    // One completion is under the threshold of two: the finished task waits in the normal lane.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!central_tasks(&central).contains_key(&done), "a normal item went before its time");
+    assert!(node.batches().iter().all(|b| b["lane"] == "urgent"));
+    assert!(node.lanes()["normal"]["backlog"].as_i64().unwrap() >= 1);
+
+    let second = create(daemon, "crosses the threshold").await;
+    wait_queued(daemon, &second).await;
+    complete(daemon, &second).await;
+    node.drained(Duration::from_secs(10)).await;
+    let local = local_tasks(&node.home).await;
+    let tasks = central_tasks(&central);
+    for id in [&done, &doomed, &second] {
+        assert_eq!(tasks[id], local[id], "task {id}: central differs from local");
+    }
+    assert_eq!(tasks[&done].1, "complete");
+    // coalesced: one normal batch carried every version of both completed tasks
+    let normal: Vec<_> = node.batches().into_iter().filter(|b| b["lane"] == "normal").collect();
+    assert_eq!(normal.len(), 1, "{normal:?}");
+    assert_applied_exactly_once(&central, &node.home).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_items_go_on_the_systems_timer_without_being_asked() {
+    let central = Central::start();
+    let node = Node::start("sync-timer", &central, "  interval_secs: 2\n");
+    let id = create(node.daemon(), "on the timer").await;
+    wait_queued(node.daemon(), &id).await;
+    // the first period is a per-system fraction of the interval, the next ones 2 s ± 10 %
+    let arrived = wait_until(Duration::from_secs(6), || async {
+        central_tasks(&central).get(&id).is_some_and(|t| t.1 == "queued")
+    })
+    .await;
+    assert!(arrived, "the timer did not send: {}", node.log());
+    assert!(node.batches().iter().all(|b| b["lane"] == "normal"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_resend_the_same_batch_until_it_is_applied_once() {
+    let central = Central::start();
+    let node = Node::start("sync-faults", &central, "  interval_secs: 3600\n");
+    let daemon = node.daemon();
+    for fault in [
+        Fault::DropResponse,
+        Fault::Reset,
+        Fault::Answer { status: 503, retry_after: None },
+        Fault::Answer { status: 429, retry_after: Some(1) },
+        Fault::Answer { status: 503, retry_after: Some(1) },
+        Fault::Delay(Duration::from_millis(300)),
+    ] {
+        node.proxy.push(fault);
+    }
+    let id = create(daemon, "doomed").await;
+    wait_queued(daemon, &id).await;
+    fail(daemon, &id).await;
+
+    let delivered =
+        wait_until(Duration::from_secs(30), || async { node.lanes()["urgent"]["backlog"] == 0 })
+            .await;
+    assert!(delivered, "{}", node.log());
+    let seen = node.proxy.targeted();
+    assert_eq!(seen.len(), 6, "five faults, then the delayed request that went through");
+    assert!(seen.iter().all(|s| s.body == seen[0].body), "every retry sends the same bytes");
+    for (i, s) in seen.iter().enumerate().skip(1) {
+        if let Some(Fault::Answer { retry_after: Some(secs), .. }) = seen[i - 1].fault {
+            let waited = s.at - seen[i - 1].at;
+            assert!(waited >= Duration::from_secs(secs), "Retry-After not honoured: {waited:?}");
+        }
+    }
+    // The first attempt was committed by the server: every later one was a duplicate.
+    let batch_id = seen[0].json()["p_batch"]["batch_id"].as_str().unwrap().to_string();
+    assert_eq!(central.pg.query("select batch_id from private.ingest_ledger"), batch_id);
+    assert_eq!(central_tasks(&central)[&id].1, "failed");
+    let lanes = node.lanes();
+    assert_eq!(lanes["urgent"]["last_error"], Value::Null, "a success clears the error");
+    assert!(lanes["urgent"]["last_ok_at"].is_string(), "{lanes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_down_while_ten_thousand_changes_happen_then_each_applies_once_in_order() {
+    let mut central = Central::start();
+    let node = Node::start("sync-outage", &central, "  interval_secs: 3600\n");
+    central.stop_rest();
+
+    // 10,000 changes while the central is down: 5,000 creations from 25 clients at once and
+    // their 5,000 admissions by the scheduler (the `manual` profile holds no slot), with a few
+    // failures whose alerts go to the urgent lane.
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client in 0..25 {
+        let api = node.daemon().api.clone();
+        clients.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..200 {
+                let (status, task) =
+                    api.post("/api/tasks", json!({ "title": format!("t{client}-{i}") })).await;
+                assert_eq!(status, 201, "the node keeps working: {task}");
+                ids.push(task["id"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for client in clients {
+        ids.extend(client.await.unwrap());
+    }
+    let admitted = wait_until(Duration::from_secs(60), || async {
+        let (_, status) = node.daemon().get("/api/status").await;
+        status["tasks"]["queued"] == 5000
+    })
+    .await;
+    assert!(admitted, "{}", node.daemon().get("/api/status").await.1);
+    for id in &ids[..3] {
+        fail(node.daemon(), id).await;
+    }
+    eprintln!("10,000 local changes during the outage in {:?}", started.elapsed());
+    node.home.run_ok(&["sync", "now"]);
+    let failing = wait_until(Duration::from_secs(10), || async {
+        let lanes = node.lanes();
+        lanes["normal"]["last_error"].is_string() && lanes["urgent"]["last_error"].is_string()
+    })
+    .await;
+    assert!(failing, "sync did not try while the central was down: {}", node.lanes());
+    let lanes = node.lanes();
+    assert!(lanes["normal"]["backlog"].as_i64().unwrap() >= 5_000, "{lanes}");
+    let status = node.home.run_ok(&["status"]);
+    assert!(status.contains("sync    normal: backlog "), "{status}");
+
+    central.start_rest();
+    let recovered = Instant::now();
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(120)).await;
+
+    assert_central_equals_local(&central, &node.home).await;
+    assert_eq!(central_alerts(&central), local_alerts(&node.home).await);
+    assert_applied_exactly_once(&central, &node.home).await;
+    let batches = node.batches();
+    assert_versions_in_order(&batches, "normal");
+    // the catch-up: 2,000 items a batch
+    let after: Vec<_> = node.proxy.targeted().into_iter().filter(|s| s.at > recovered).collect();
+    let normal: Vec<_> = after
+        .iter()
+        .map(|s| (s.json()["p_batch"].clone(), s.body.len()))
+        .filter(|(b, _)| b["lane"] == "normal")
+        .map(|(b, len)| (b["streams"]["task_summary"].as_array().map_or(0, Vec::len), len))
+        .collect();
+    assert!(normal.len() <= 4, "normal requests (items, bytes) for 10,000 rows: {normal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_answers_and_kill_9_during_sync_leave_the_central_equal_to_the_local_state() {
+    let central = Central::start();
+    let mut node = Node::start("sync-crash", &central, "  interval_secs: 1\n  completions: 1\n");
+    node.proxy.set_random(Some((0.1, Fault::DropResponse)), 12);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    for round in 0..20 {
+        if node.daemon.is_none() {
+            node.daemon = Some(node.home.start());
+        }
+        let daemon = node.daemon();
+        for i in 0..4 {
+            let id = create(daemon, &format!("round {round} task {i}")).await;
+            wait_queued(daemon, &id).await;
+            match i {
+                0 => fail(daemon, &id).await,
+                1 => complete(daemon, &id).await,
+                2 => {
+                    event(daemon, &id, json!({ "event": "start" })).await;
+                }
+                _ => {}
+            }
+        }
+        daemon.post("/api/sync/now", json!({})).await;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(rng % 800)).await;
+        node.daemon.as_mut().unwrap().kill9();
+        node.daemon = None;
+        // versions never go backwards at the central
+        for (id, (version, _)) in central_tasks(&central) {
+            let before = seen.insert(id.clone(), version).unwrap_or(0);
+            assert!(version >= before, "round {round}: task {id} went from {before} to {version}");
+        }
+    }
+    node.daemon = Some(node.home.start());
+    node.daemon().post("/api/sync/now", json!({})).await;
+    node.drained(Duration::from_secs(60)).await;
+
+    let dropped = node.proxy.targeted().iter().filter(|s| s.fault.is_some()).count();
+    assert!(dropped >= 1, "no answer was dropped after its commit");
+    assert_central_equals_local(&central, &node.home).await;
+    assert_eq!(central_alerts(&central), local_alerts(&node.home).await);
+    assert_applied_exactly_once(&central, &node.home).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poison_item_in_a_500_item_batch_is_rejected_with_its_reason_and_the_rest_applied() {
+    let central = Central::start();
+    let node = Node::start("sync-poison", &central, "  interval_secs: 3600\n");
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        ids.push(create(node.daemon(), &format!("task {i}")).await);
+    }
+    // The central already holds one of these task ids as another system's task.
+    let poison = ids[250].clone();
+    let other = central.system_token(OTHER_SYSTEM, OWNER);
+    let (status, answer) = central
+        .rpc(Some(&other), "enroll", json!({ "p_name": "other", "p_slots": 1, "p_version": "x" }))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let item = json!({
+        "seq": 1, "task_id": poison, "version": 1, "state": "queued", "title": "theirs",
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    });
+    let batch = json!({ "p_batch": { "batch_id": "0193a000-0000-7000-8000-0000000000bb",
+                                     "lane": "normal", "streams": { "task_summary": [item] } } });
+    let (status, answer) = central.rpc(Some(&other), "ingest_batch", batch).await;
+    assert_eq!((status, &answer["accepted"]), (200, &json!(1)), "{answer}");
+
+    // The first answer is lost after the central committed: the resend is a duplicate, whose
+    // answer must still say which item was rejected.
+    node.proxy.push(Fault::DropResponse);
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(30)).await;
+    let batches = node.batches();
+    assert_eq!(batches[0]["streams"]["task_summary"].as_array().unwrap().len(), 500);
+    assert_eq!(batches[0], batches[1], "the lost answer's batch is sent again");
+    let mut db = open_db(&node.home.db_file()).await;
+    let split: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_batch WHERE state <> 'acked'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(split, 0, "no bisection: the central rejects items inside a 2xx");
+
+    let rejected: Vec<(String, String)> =
+        sqlx::query_as("SELECT entity_key, error FROM outbox WHERE state = 'rejected'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, poison);
+    assert!(rejected[0].1.starts_with("42501"), "the reason is kept: {}", rejected[0].1);
+    let tasks = central_tasks(&central);
+    let local = local_tasks(&node.home).await;
+    for id in ids.iter().filter(|id| **id != poison) {
+        assert_eq!(tasks.get(id), local.get(id), "task {id}");
+    }
+    assert_eq!(tasks[&poison], (1, "queued".to_string()), "the other system's row is untouched");
+
+    // the queue is not blocked: the next change goes through
+    let next = create(node.daemon(), "after the poison").await;
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(10)).await;
+    assert!(central_tasks(&central).contains_key(&next));
+    let metrics = reqwest::get(node.daemon().url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ccm_sync_items_rejected_total 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_servers_size_limit_is_split_until_every_item_fits() {
+    let central = Central::start();
+    let node = Node::start("sync-split", &central, "  interval_secs: 3600\n");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(create(node.daemon(), &format!("task {i}")).await);
+    }
+    node.proxy.set_max_body(Some(4_000));
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(30)).await;
+    let tasks = central_tasks(&central);
+    let local = local_tasks(&node.home).await;
+    for id in &ids {
+        assert_eq!(tasks.get(id), local.get(id), "task {id}");
+    }
+    let seen = node.proxy.targeted();
+    assert!(seen.iter().any(|s| s.fault.is_some()), "the limit was never hit");
+    assert!(seen.iter().filter(|s| s.fault.is_none()).all(|s| s.body.len() <= 4_000));
+    assert_applied_exactly_once(&central, &node.home).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_identity_pauses_sync_with_a_reason_and_an_alert_and_reenrolling_resumes() {
+    let central = Central::start();
+    let node = Node::start("sync-expired", &central, "  interval_secs: 3600\n");
+    let mut claims = central::supabase_claims(SYSTEM, json!({ "role": "system", "owner": OWNER }));
+    claims["exp"] = json!(claims["iat"].as_u64().unwrap() + 2);
+    node.enroll(&central::sign(&claims));
+    std::thread::sleep(Duration::from_secs(3));
+
+    let id = create(node.daemon(), "queued while paused").await;
+    node.home.run_ok(&["sync", "now"]);
+    assert_paused(&node, "unauthorized: HTTP 401").await;
+
+    // a fresh identity: sync resumes and everything queued meanwhile arrives
+    node.enroll(&central.system_token(SYSTEM, OWNER));
+    node.drained(Duration::from_secs(15)).await;
+    assert!(central_tasks(&central).contains_key(&id));
+    let kinds = central.pg.query("select string_agg(kind, ',') from private.alerts");
+    assert!(kinds.contains("sync_paused"), "the pause alert travels too: {kinds}");
+    assert_eq!(node.lanes()["normal"]["paused_reason"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_system_pauses_sync_and_reenrolling_after_reinstatement_resumes() {
+    let central = Central::start();
+    let node = Node::start("sync-revoked", &central, "  interval_secs: 3600\n");
+    central.pg.query("update private.systems set state = 'revoked'");
+    let id = create(node.daemon(), "queued while revoked").await;
+    node.home.run_ok(&["sync", "now"]);
+    assert_paused(&node, "").await;
+    let reason = node.lanes()["normal"]["paused_reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("42501") || reason.contains("PGRST504"), "{reason}");
+
+    let refused = node.home.run(&["sync", "enroll", "--jwt", &central.system_token(SYSTEM, OWNER)]);
+    assert!(!refused.status.success(), "a revoked system cannot enroll");
+    central.pg.query("update private.systems set state = 'active'");
+    node.enroll(&central.system_token(SYSTEM, OWNER));
+    node.drained(Duration::from_secs(15)).await;
+    assert!(central_tasks(&central).contains_key(&id));
+}
+
+/// Both lanes end paused with a reason starting with `prefix`, an open alert says so, and the
+/// rows wait.
+async fn assert_paused(node: &Node, prefix: &str) {
+    let paused = wait_until(Duration::from_secs(15), || async {
+        let lanes = node.lanes();
+        lanes["urgent"]["paused_reason"].is_string() && lanes["normal"]["paused_reason"].is_string()
+    })
+    .await;
+    assert!(paused, "sync did not pause: {}\n{}", node.lanes(), node.log());
+    let lanes = node.lanes();
+    for lane in ["urgent", "normal"] {
+        let reason = lanes[lane]["paused_reason"].as_str().unwrap();
+        assert!(reason.starts_with(prefix), "{lane}: {reason}");
+    }
+    assert!(lanes["normal"]["backlog"].as_i64().unwrap() >= 1, "nothing dropped: {lanes}");
+    let mut db = open_db(&node.home.db_file()).await;
+    let alerts: Vec<(String, String)> =
+        sqlx::query_as("SELECT severity, message FROM alerts WHERE reason = 'sync_paused'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert!(alerts.iter().any(|a| a.0 == "critical" && a.1.contains(prefix)), "{alerts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_show_backlog_last_success_and_pause_reason_per_lane() {
+    let mut central = Central::start();
+    let node = Node::start("sync-status", &central, "  interval_secs: 3600\n");
+    let first = create(node.daemon(), "ships").await;
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(10)).await;
+    assert!(central_tasks(&central).contains_key(&first));
+
+    central.stop_rest();
+    for i in 0..3 {
+        create(node.daemon(), &format!("waits {i}")).await;
+    }
+    node.home.run_ok(&["sync", "now"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            node.lanes()["normal"]["last_error"].is_string()
+        })
+        .await
+    );
+    let shown = node.home.run_ok(&["status"]);
+    let normal = shown.lines().find(|l| l.starts_with("sync    normal:")).unwrap_or_default();
+    assert!(normal.contains("backlog 3"), "{shown}");
+    assert!(normal.contains("last success 20"), "{shown}");
+    assert!(normal.contains("last error"), "{shown}");
+    let metrics = reqwest::get(node.daemon().url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ccm_sync_backlog{lane=\"normal\"} 3"), "{metrics}");
+    let success = metrics
+        .lines()
+        .find(|l| l.starts_with("ccm_sync_last_success_seconds{lane=\"normal\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!success.ends_with(" 0"), "{success}");
+    assert!(metrics.contains("ccm_sync_paused{lane=\"normal\"} 0"), "{metrics}");
+
+    node.home.run_ok(&["sync", "pause", "--reason", "maintenance window"]);
+    let shown = node.home.run_ok(&["status"]);
+    assert!(shown.contains("paused: maintenance window"), "{shown}");
+    let metrics = reqwest::get(node.daemon().url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ccm_sync_paused{lane=\"urgent\"} 1"), "{metrics}");
+    assert!(metrics.contains("ccm_sync_paused{lane=\"normal\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_system_online_and_its_contexts_follow_every_change() {
+    let central = Central::start();
+    let node =
+        Node::start("sync-presence", &central, "  interval_secs: 3600\n  heartbeat_secs: 1\n");
+    let operator = central.operator_token(OWNER);
+    let online = wait_until(Duration::from_secs(10), || async {
+        let (_, systems) = central.get(Some(&operator), "fleet_systems?select=presence").await;
+        systems == json!([{ "presence": "online" }])
+    })
+    .await;
+    assert!(online, "no heartbeat: {}", node.log());
+    let slots = central.pg.query("select slots || ' ' || running from private.systems");
+    assert_eq!(slots, "20 0");
+
+    let repo = node.home.dir.path().join("app");
+    ccm_tests::git_repo(&repo, Some("git@github.com:Org/App.git"));
+    let (status, context) =
+        node.daemon().post("/api/contexts", json!({ "path": repo.to_str().unwrap() })).await;
+    assert_eq!(status, 201, "{context}");
+    let expected = format!("{} {}", context["repo_url"].as_str().unwrap(), repo.display());
+    assert!(expected.starts_with("https://github.com/"), "normalized: {expected}");
+    let contexts = || central.pg.query("select repo_url || ' ' || path from private.contexts");
+    let registered = wait_until(Duration::from_secs(10), || async { contexts() == expected }).await;
+    assert!(registered, "contexts: {:?}\n{}", contexts(), node.log());
+    let generation = central.pg.query("select contexts_generation from private.systems");
+
+    let key = context["id"].as_str().unwrap();
+    let (status, body) = node
+        .daemon()
+        .send(node.daemon().http.delete(node.daemon().url(&format!("/api/contexts/{key}"))))
         .await;
     assert_eq!(status, 200, "{body}");
-
-    assert!(
-        wait_until(Duration::from_secs(10), || async { central.batches().len() >= 2 }).await,
-        "the urgent batch was not resent: {}",
-        daemon.log_text()
-    );
-    let batches = central.batches();
-    assert_eq!(batches[0].body, batches[1].body, "a retry sends the same bytes");
-    let batch = batches[0].batch();
-    assert_eq!(batch["lane"], "urgent");
-    assert_eq!(batch["streams"]["alert"][0]["kind"], "fatal_error");
-    assert_eq!(batch["streams"]["alert"][0]["severity"], "critical");
-    assert_eq!(batch["streams"]["task_summary"][0]["task_id"], id.as_str());
-    assert_eq!(batch["streams"]["task_summary"][0]["state"], "failed");
-    let headers = &batches[0].headers;
-    assert_eq!(headers["apikey"], KEY);
-    assert_eq!(headers["authorization"], format!("Bearer {JWT}").as_str());
-    assert_eq!(headers["content-profile"], "api");
-
-    assert!(
-        wait_until(Duration::from_secs(5), || async { lanes(&home)["urgent"]["backlog"] == 0 })
-            .await
-    );
-    let lanes = lanes(&home);
-    assert!(lanes["urgent"]["last_ok_at"].is_string(), "{lanes}");
-    assert_eq!(lanes["urgent"]["last_error"], Value::Null, "a success clears the error");
-    // the task's creation waits in the normal lane for its timer
-    assert!(lanes["normal"]["backlog"].as_i64().unwrap() >= 1, "{lanes}");
-    assert!(batches.iter().all(|b| b.batch()["lane"] == "urgent"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_identity_pauses_both_lanes_with_an_alert_and_resume_sends_what_queued() {
-    let (central, url) = Central::start().await;
-    let (home, daemon) = node("sync-auth", &url);
-    // postrust's answer to an RLS refusal
-    central.script(401, vec![], json!({"code": "PGRST504", "message": "permission denied"}));
-    let task = create(&daemon, "queued while paused").await;
-    home.run_ok(&["sync", "now"]);
-
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            lanes(&home)["normal"]["paused_reason"].is_string()
-        })
-        .await
-    );
-    let status = lanes(&home);
-    for lane in ["urgent", "normal"] {
-        let reason = status[lane]["paused_reason"].as_str().unwrap();
-        assert!(reason.starts_with("unauthorized: HTTP 401 PGRST504"), "{lane}: {reason}");
-    }
-    assert!(status["normal"]["backlog"].as_i64().unwrap() >= 1, "nothing dropped: {status}");
-    let (_, alerts) = daemon.get("/api/status").await;
-    assert!(alerts["open_alerts"].as_u64().unwrap() >= 1, "{alerts}");
-    let shown = home.run_ok(&["status"]);
-    assert!(shown.contains("paused: unauthorized"), "{shown}");
-    let metrics = reqwest::get(daemon.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ccm_sync_paused{lane=\"normal\"} 1"), "{metrics}");
-
-    home.run_ok(&["sync", "resume"]);
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            let lanes = lanes(&home);
-            lanes["normal"]["backlog"] == 0 && lanes["urgent"]["backlog"] == 0
-        })
-        .await
-    );
-    assert!(central.batches().iter().skip(1).any(|b| b.task_ids().contains(&task)));
-    assert_eq!(lanes(&home)["normal"]["paused_reason"], Value::Null);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_item_is_isolated_by_bisection_rejected_with_its_reason_and_the_rest_acked() {
-    let (central, url) = Central::start().await;
-    let (home, daemon) = node("sync-poison", &url);
-    let mut tasks = Vec::new();
-    for i in 0..9 {
-        tasks.push(create(&daemon, &format!("task {i}")).await);
-    }
-    let poison = tasks[5].clone();
-    let rule_poison = poison.clone();
-    central.set_rule(Box::new(move |received| {
-        received
-            .task_ids()
-            .contains(&rule_poison)
-            .then(|| (400, vec![], json!({"code": "22P02", "message": "invalid input syntax"})))
-    }));
-    home.run_ok(&["sync", "now"]);
-
-    assert!(
-        wait_until(Duration::from_secs(15), || async { lanes(&home)["normal"]["backlog"] == 0 })
-            .await,
-        "{}",
-        daemon.log_text()
-    );
-    let rows = outbox_states(&home).await;
-    let rejected: Vec<_> = rows.iter().filter(|r| r.2 == "rejected").collect();
-    assert_eq!(rejected.len(), 1, "{rows:?}");
-    assert_eq!(rejected[0].1, poison);
-    assert!(rejected[0].3.as_deref().unwrap().contains("22P02"), "{rejected:?}");
-    assert!(rows.iter().filter(|r| r.0 == "task_summary" && r.1 != poison).all(|r| r.2 == "acked"));
-    let batches = central.batches();
-    let applied: Vec<String> = batches
-        .iter()
-        .filter(|b| !b.task_ids().contains(&poison))
-        .flat_map(|b| b.task_ids())
-        .collect();
-    for task in tasks.iter().filter(|t| **t != poison) {
-        assert!(applied.contains(task), "{task} not applied");
-    }
-    // 9 items: one whole batch, then at most 2·⌈log₂ 9⌉ more
-    assert!(batches.len() <= 1 + 8, "{} requests", batches.len());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_too_large_for_the_server_is_split_until_every_item_is_delivered() {
-    let (central, url) = Central::start().await;
-    let (home, daemon) = node("sync-split", &url);
-    let mut tasks = Vec::new();
-    for i in 0..7 {
-        tasks.push(create(&daemon, &format!("task {i}")).await);
-    }
-    central.set_rule(Box::new(|received| {
-        (received.task_ids().len() > 2)
-            .then(|| (413, vec![], json!({"message": "request entity too large"})))
-    }));
-    home.run_ok(&["sync", "now"]);
-    assert!(
-        wait_until(Duration::from_secs(15), || async { lanes(&home)["normal"]["backlog"] == 0 })
-            .await,
-        "{}",
-        daemon.log_text()
-    );
-    let delivered: Vec<String> = central
-        .batches()
-        .iter()
-        .filter(|b| b.task_ids().len() <= 2)
-        .flat_map(|b| b.task_ids())
-        .collect();
-    let mut sorted = delivered.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), tasks.len(), "every task delivered once: {delivered:?}");
-    let rows = outbox_states(&home).await;
-    assert!(rows.iter().filter(|r| r.0 == "task_summary").all(|r| r.2 == "acked"), "{rows:?}");
+    let removed = wait_until(Duration::from_secs(10), || async { contexts().is_empty() }).await;
+    assert!(removed, "the removed context is still central: {}", contexts());
+    let newer = central.pg.query("select contexts_generation from private.systems");
+    assert!(newer.parse::<i64>().unwrap() > generation.parse::<i64>().unwrap());
+    // the context rows are done with once the central holds their generation
+    let mut db = open_db(&node.home.db_file()).await;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE stream = 'context' AND state = 'pending'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(pending, 0);
 }

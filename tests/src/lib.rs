@@ -11,6 +11,7 @@
 //! - [`bench`]: numbers shared by the benchmarks.
 //! - [`central`]: a real central (PostgreSQL 15 with `supabase/`, postrust in front), for the
 //!   central schema's tests and the sync engine's.
+//! - [`faultproxy`]: a fault-injecting HTTP proxy on loopback between a node and postrust.
 //! - [`browser`]: a real headless Chromium through WebDriver, for the dashboard.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 //! - [`HOLDER_PROFILE`] and [`Api::agent_token`]: an agent that only holds its task, whose
@@ -19,6 +20,7 @@
 pub mod bench;
 pub mod browser;
 pub mod central;
+pub mod faultproxy;
 pub mod standin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use ccm_schema::{Severity, Timestamp};
+use ccm_sync::wire::ContextV1;
 use ccm_sync::{Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, Rejection, SHIPPED_STREAMS};
 use uuid::Uuid;
 
@@ -312,6 +313,45 @@ impl ccm_sync::Outbox for Store {
             .fetch_optional(&self.readers)
             .await?
             .flatten())
+    }
+
+    async fn running(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM agents WHERE status IN ('starting', 'running')",
+        )
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
+    async fn contexts(&self) -> Result<(i64, Vec<ContextV1>)> {
+        let generation: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM outbox WHERE stream = 'context'")
+                .fetch_one(&self.readers)
+                .await?;
+        let contexts = Store::contexts(self) // the inherent one: the rows of `contexts`
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                Some(ContextV1 {
+                    repo_url: c.repo_url?,
+                    path: c.path,
+                    default_branch: c.default_branch,
+                    head_sha: None,
+                    updated_at: c.updated_at,
+                })
+            })
+            .collect();
+        Ok((generation, contexts))
+    }
+
+    async fn contexts_registered(&self, generation: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'acked' WHERE stream = 'context' AND state = 'pending' AND seq <= ?",
+        )
+        .bind(generation)
+        .execute(&mut self.writer().await?.conn)
+        .await?;
+        Ok(())
     }
 
     async fn raise_alert(&self, reason: &str, message: &str) -> Result<()> {

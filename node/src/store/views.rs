@@ -101,16 +101,19 @@ impl Store {
 
     /// The id of the newest outbox row (0 when there is none): what a page has seen.
     pub async fn outbox_head(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox")
+        Ok(sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM outbox")
             .fetch_one(&self.readers)
             .await?)
     }
 
     /// The entities (`kind`, `entity_id`) changed after outbox row `after`, oldest first, and
-    /// the id of the last row read.
+    /// the id of the last row read. A task's rows are kind `task` (stream `task_summary`).
     pub async fn changes_since(&self, after: i64) -> Result<(i64, Vec<(String, String)>)> {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, kind, entity_id FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            r#"
+            SELECT seq, CASE stream WHEN 'task_summary' THEN 'task' ELSE stream END, entity_key
+            FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?
+            "#,
         )
         .bind(after)
         .bind(CHANGES_LIMIT)
