@@ -12,6 +12,7 @@ mod hardening;
 mod hooks;
 mod init;
 mod messages;
+mod notify;
 mod runtime;
 mod startup;
 mod sync;

@@ -32,8 +32,8 @@ pub async fn run(context: Context) {
     }
 }
 
-/// Free and total bytes of the filesystem holding `path`.
-pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64)> {
+/// Free and total bytes of the filesystem holding `path`, and the filesystem's id.
+pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64, u64)> {
     use std::os::unix::ffi::OsStrExt as _;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -49,25 +49,31 @@ pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64)> {
     #[allow(clippy::unnecessary_cast)]
     let block = stat.f_frsize as u64;
     #[allow(clippy::unnecessary_cast)]
-    Ok((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
+    Ok((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block, stat.f_fsid as u64))
 }
 
 async fn check_disks(context: &Context) -> anyhow::Result<()> {
     let health = &context.config.notify.health;
     let root = context.home.root();
     let worktrees = root.join("worktrees");
+    let mut seen = HashSet::new();
     for (what, path) in [("home", root.to_path_buf()), ("worktrees", worktrees)] {
         if !path.exists() {
             continue;
         }
-        let (free, total) = disk_space(&path)?;
+        let (free, total, filesystem) = disk_space(&path)?;
+        if !seen.insert(filesystem) {
+            continue; // one alert per filesystem
+        }
         let free_mb = free / (1024 * 1024);
         let percent = free.saturating_mul(100).checked_div(total).unwrap_or(100);
         if free_mb < health.disk_min_free_mb || percent < u64::from(health.disk_min_free_percent) {
+            // No figures that change from one check to the next: one alert while it lasts.
             let message = format!(
-                "disk space low for the {what} ({}): {free_mb} MiB free ({percent}%), below \
-                 notify.health (disk_min_free_mb {}, disk_min_free_percent {}); free space, for \
-                 example with `ccm task list --state complete` and `git worktree prune`, or `du -sh {}`",
+                "disk space low for the {what} ({}): less than notify.health's \
+                 disk_min_free_mb ({} MiB) or disk_min_free_percent ({}%) is free; free space, \
+                 for example with `ccm task list --state complete` and `git worktree prune`, or \
+                 find what is big with `du -sh {}/*`",
                 path.display(),
                 health.disk_min_free_mb,
                 health.disk_min_free_percent,

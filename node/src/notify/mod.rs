@@ -302,16 +302,22 @@ async fn worker(name: String, sender: Arc<Sender>, wake: Arc<Notify>, context: C
     let store = &context.store;
     let digest_wait = Duration::from_secs(context.config.notify.digest_secs);
     loop {
-        let mut pause = Duration::from_secs(1);
         match deliver(&name, &sender, store, digest_wait).await {
-            Ok(Some(wait)) => pause = wait,
+            // The notifier asked for quiet (a 429): nothing goes to it meanwhile, wake-ups
+            // included.
+            Ok(Some(quiet)) => {
+                tokio::select! {
+                    () = context.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(quiet) => continue,
+                }
+            }
             Ok(None) => {}
             Err(error) => warn!(notifier = %name, %error, "cannot read or record sends; retrying"),
         }
         tokio::select! {
             () = context.shutdown.cancelled() => return,
             () = wake.notified() => {}
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
