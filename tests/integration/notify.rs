@@ -433,3 +433,26 @@ fn service_install_writes_a_unit_systemd_verifies_and_uninstall_removes_exactly_
     assert!(!out.status.success());
     assert!(unit.exists(), "a unit ccm did not write is left alone");
 }
+
+/// The optional summary goes out every `notify.summary_secs`: tasks per state, today's cost
+/// and the open alerts.
+#[tokio::test]
+async fn the_summary_names_tasks_per_state_and_the_open_alerts() {
+    let hook = Recorder::start(200, "ok");
+    let home = TestHome::new("notify-summary");
+    home.write_config(&format!(
+        "notify:\n  summary_secs: 1\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n",
+        hook.url()
+    ));
+    let daemon = home.start();
+    blocked_task(&daemon, "summarized").await;
+    let summary = wait_for("a summary naming the blocked task", || {
+        hook.received().into_iter().map(|r| r.json()).find(|body| {
+            body["event"] == "summary" && body["text"].as_str().unwrap().contains("blocked 1")
+        })
+    })
+    .await;
+    let text = summary["text"].as_str().unwrap();
+    assert!(text.contains("cost today: $0.00"), "{text}");
+    assert!(text.contains("attempts_exhausted"), "{text}");
+}

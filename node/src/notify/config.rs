@@ -22,6 +22,9 @@ pub struct NotifyConfig {
     pub dedupe_secs: u64,
     /// Items that wait for the digest go out together once the oldest waited this long.
     pub digest_secs: u64,
+    /// Send every notifier a summary (tasks per state, today's cost, open alerts) this often,
+    /// in seconds (86400: daily); off when unset.
+    pub summary_secs: Option<u64>,
     /// The node's own health checks.
     pub health: HealthConfig,
 }
@@ -33,6 +36,7 @@ impl Default for NotifyConfig {
             routes: Vec::new(),
             dedupe_secs: 600,
             digest_secs: 3600,
+            summary_secs: None,
             health: HealthConfig::default(),
         }
     }
@@ -140,6 +144,12 @@ impl NotifyConfig {
         if self.digest_secs == 0 {
             return invalid("notify.digest_secs", "must be at least 1".into());
         }
+        if self.summary_secs == Some(0) {
+            return invalid(
+                "notify.summary_secs",
+                "must be at least 1 (or unset: no summary)".into(),
+            );
+        }
         if self.health.check_secs == 0 {
             return invalid("notify.health.check_secs", "must be at least 1".into());
         }
@@ -226,5 +236,56 @@ impl NotifyConfig {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two Slack notifiers, `a` and `b`, without routes.
+    fn config() -> NotifyConfig {
+        let mut config = NotifyConfig::default();
+        for (name, url) in [("a", "http://x"), ("b", "http://y")] {
+            config.notifiers.insert(name.into(), Notifier::Slack { url: url.into() });
+        }
+        config
+    }
+
+    #[test]
+    fn without_routes_every_notifier_gets_decisions_and_warnings_critical_ones_at_once() {
+        let config = config();
+        let at_once = |kind, severity| config.route(kind, severity);
+        assert_eq!(at_once("decision", Severity::Info), [("a".into(), true), ("b".into(), true)]);
+        assert_eq!(at_once("disk_low", Severity::Critical)[0], ("a".into(), true));
+        assert_eq!(at_once("stalled", Severity::Warning)[0], ("a".into(), false));
+        assert!(at_once("kept_branch", Severity::Info).is_empty());
+    }
+
+    #[test]
+    fn routes_pick_notifiers_by_kind_and_severity() {
+        let mut config = config();
+        config.routes = vec![
+            Route {
+                notifier: "a".into(),
+                kinds: vec!["write_denied".into()],
+                min_severity: Severity::Warning,
+                immediate: true,
+            },
+            Route {
+                notifier: "b".into(),
+                kinds: vec![],
+                min_severity: Severity::Critical,
+                immediate: false,
+            },
+        ];
+        assert_eq!(config.route("write_denied", Severity::Warning), [("a".to_string(), true)]);
+        assert_eq!(config.route("disk_low", Severity::Critical), [("b".to_string(), true)]);
+        assert!(config.route("stalled", Severity::Warning).is_empty());
+        assert_eq!(
+            config.route("decision", Severity::Warning).len(),
+            2,
+            "decisions match every severity"
+        );
     }
 }

@@ -104,6 +104,39 @@ impl Message {
         }
     }
 
+    /// The periodic summary: tasks per state, today's cost, the open alerts (worst first).
+    pub async fn summary(store: &Store) -> crate::store::Result<Message> {
+        let states = store.state_counts().await?;
+        let now = Timestamp::now();
+        let today = Timestamp(now.millis() - now.millis() % 86_400_000);
+        let cost: f64 = store.cost_per_day(today).await?.iter().map(|d| d.cost_usd).sum();
+        let mut alerts = store.open_alerts().await?;
+        alerts.sort_by_key(|a| std::cmp::Reverse(a.severity));
+        let tasks = if states.is_empty() {
+            "none".to_string()
+        } else {
+            states.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", ")
+        };
+        let mut text =
+            format!("tasks: {tasks}\ncost today: ${cost:.2}\nopen alerts: {}", alerts.len());
+        for alert in alerts.iter().take(5) {
+            text.push_str(&format!(
+                "\n- [{}] {}: {}",
+                alert.severity,
+                alert.reason,
+                first_line(&alert.message)
+            ));
+        }
+        Ok(Message {
+            title: format!("ccm summary of {}", hostname()),
+            text,
+            severity: Severity::Info,
+            decision: None,
+            event: "summary",
+            subject: serde_json::Value::Null,
+        })
+    }
+
     pub fn test(name: &str) -> Message {
         Message {
             title: "ccm test message".into(),
@@ -274,6 +307,8 @@ async fn router(context: Context, wakes: Vec<Arc<Notify>>) {
             Ok(_) => wakes.iter().for_each(|w| w.notify_one()),
             Err(error) => warn!(%error, "cannot route notifications; retrying"),
         }
+        // At most 50 passes a second, however many commits there are (hook events).
+        tokio::time::sleep(Duration::from_millis(20)).await;
         tokio::select! {
             () = context.shutdown.cancelled() => return,
             _ = changes.changed() => {}
@@ -301,8 +336,13 @@ const MAX_ATTEMPTS: u32 = 300;
 async fn worker(name: String, sender: Arc<Sender>, wake: Arc<Notify>, context: Context) {
     let store = &context.store;
     let digest_wait = Duration::from_secs(context.config.notify.digest_secs);
+    let summary = context.config.notify.summary_secs.map(Duration::from_secs);
     loop {
-        match deliver(&name, &sender, store, digest_wait).await {
+        let mut round = deliver(&name, &sender, store, digest_wait).await;
+        if let (Ok(None), Some(every)) = (&round, summary) {
+            round = summarize(&name, &sender, store, every).await;
+        }
+        match round {
             // The notifier asked for quiet (a 429): nothing goes to it meanwhile, wake-ups
             // included.
             Ok(Some(quiet)) => {
@@ -318,6 +358,35 @@ async fn worker(name: String, sender: Arc<Sender>, wake: Arc<Notify>, context: C
             () = context.shutdown.cancelled() => return,
             () = wake.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Sends the summary when the last one is `every` old (the first one `every` after the
+/// notifier was first started); returns how long to wait after a failure.
+async fn summarize(
+    name: &str,
+    sender: &Sender,
+    store: &Store,
+    every: Duration,
+) -> crate::store::Result<Option<Duration>> {
+    let key = format!("summary:{name}");
+    let now = Timestamp::now();
+    let Some(last) = store.notify_value(&key).await?.and_then(|v| v.parse::<i64>().ok()) else {
+        store.set_notify_value(&key, &now.millis().to_string()).await?;
+        return Ok(None);
+    };
+    if now.millis() - last < i64::try_from(every.as_millis()).unwrap_or(i64::MAX) {
+        return Ok(None);
+    }
+    match sender.send(&Message::summary(store).await?, &mut serde_json::Value::Null).await {
+        Ok(_) => {
+            store.set_notify_value(&key, &now.millis().to_string()).await?;
+            Ok(None)
+        }
+        Err(error) => {
+            warn!(notifier = name, %error, "summary failed; retrying");
+            Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(30))))
         }
     }
 }

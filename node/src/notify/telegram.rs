@@ -21,7 +21,7 @@ use sha2::Digest as _;
 use tracing::{info, warn};
 
 use super::{Context, Message, Notifier, SendError};
-use crate::store::RetryPolicy;
+use crate::store::{RetryPolicy, StoreError};
 
 /// Telegram's limit on a message's text.
 const MAX_TEXT: usize = 4096;
@@ -166,12 +166,18 @@ impl Telegram {
         Ok(format!("sent to {} chat(s): {done:?}", done.len()))
     }
 
-    /// The lock that makes this process the only poller of the token on this machine.
-    fn lease(&self) -> Option<std::fs::File> {
+    /// The lock that makes this process the only poller of the token on this machine: `None`
+    /// while another process holds it. A lock file that cannot be opened (another user's) does
+    /// not stop polling: Telegram's 409 still keeps pollers apart.
+    fn lease(&self) -> Option<Option<std::fs::File>> {
         let path = self.lease_dir.join(format!("ccm-telegram-{}.lock", self.token_id));
-        let file = crate::home::private_file(&path).ok()?;
-        file.try_lock().ok()?;
-        Some(file)
+        match crate::home::private_file(&path) {
+            Ok(file) => file.try_lock().is_ok().then_some(Some(file)),
+            Err(error) => {
+                warn!(notifier = %self.name, path = %path.display(), %error, "cannot open the poll lock; polling without it");
+                Some(None)
+            }
+        }
     }
 
     /// The key of the stored update offset.
@@ -289,6 +295,11 @@ async fn handle(bot: &Telegram, context: &Context, update: &Value) {
                     (context.answered)();
                     info!(notifier = %bot.name, decision = %id, answer, by = %who, "decision answered from telegram");
                     (format!("{answer}: done"), Some(format!("✔ {answer} — decided by {who}")))
+                }
+                // Another system's decision (a bot shared by several): its message is not ours
+                // to edit.
+                Err(error @ StoreError::DecisionNotFound(_)) => {
+                    (format!("{error}: answer it on its system with `ccm decide`"), None)
                 }
                 Err(error) => (error.to_string(), Some(format!("⚠ {error}"))),
             }
