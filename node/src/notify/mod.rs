@@ -109,7 +109,7 @@ impl Message {
         let states = store.state_counts().await?;
         let now = Timestamp::now();
         let today = Timestamp(now.millis() - now.millis() % 86_400_000);
-        let cost: f64 = store.cost_per_day(today).await?.iter().map(|d| d.cost_usd).sum();
+        let cost = store.cost_per_day(today).await?.iter().fold(0.0, |sum, d| sum + d.cost_usd);
         let mut alerts = store.open_alerts().await?;
         alerts.sort_by_key(|a| std::cmp::Reverse(a.severity));
         let tasks = if states.is_empty() {
