@@ -114,6 +114,12 @@ enum Command {
         #[arg(long, conflicts_with = "print")]
         revoke: bool,
     },
+    /// Notifiers (Telegram, ntfy, Slack, webhooks): send a test message, show what was sent.
+    #[command(subcommand)]
+    Notify(crate::notify::cli::NotifyCommand),
+    /// Run the daemon as a user service (systemd or launchd): install, uninstall, status.
+    #[command(subcommand)]
+    Service(crate::notify::cli::ServiceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +379,8 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         }
         Command::Hooks { command } => hooks(&config, &cwd, command),
         Command::Sync(command) => crate::sync::run(&home, &config, command).await,
+        Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,
+        Command::Service(command) => crate::notify::cli::service(&home, &config, command),
         Command::Claims { json } => {
             let store = open_store(&home, &config).await?;
             let view = crate::daemon::ClaimsView {

@@ -57,6 +57,8 @@ pub struct Config {
     pub ownership: BTreeMap<String, Vec<String>>,
     /// The sync engine: off until a URL is set.
     pub sync: SyncConfig,
+    /// Notifiers, routing rules, digests and health checks.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// This system's identity.
@@ -613,6 +615,7 @@ impl Config {
             }
         }
         self.sync.validate()?;
+        self.notify.validate()?;
         for (name, profile) in &self.profiles {
             profile
                 .validate(name)

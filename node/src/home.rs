@@ -111,7 +111,7 @@ impl Home {
         let path = self.auth_file();
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(mut file) => {
-                let auth = Auth { token: random_token()?, sync: None };
+                let auth = Auth { token: random_token()?, sync: None, telegram_token: None };
                 let json = serde_json::to_string_pretty(&auth)?;
                 file.write_all(json.as_bytes())
                     .and_then(|()| file.sync_all())
@@ -187,6 +187,9 @@ pub struct Auth {
     /// This system's identity at the central project, once enrolled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncIdentity>,
+    /// The Telegram bot token, for notifiers of kind `telegram` whose config gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telegram_token: Option<String>,
 }
 
 /// The system's own session at the central project (never the service role key).

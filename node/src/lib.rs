@@ -17,6 +17,8 @@
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
+//! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
+//!   alerts, `ccm service`.
 //!
 //! This is the only crate that knows HTTP, the CLI, tmux and git; it glues `ccm-schema`
 //! (types, state machine, migrations) and `ccm-sync` together.
@@ -30,6 +32,7 @@ pub mod dashboard;
 pub mod doctor;
 pub mod home;
 pub mod hooks;
+pub mod notify;
 pub mod runtime;
 pub mod status;
 pub mod store;

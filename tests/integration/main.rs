@@ -12,6 +12,7 @@ mod hardening;
 mod hooks;
 mod init;
 mod messages;
+mod notify;
 mod routing_central;
 mod runtime;
 mod startup;

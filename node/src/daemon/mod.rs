@@ -207,6 +207,22 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tokio::spawn(signals.stop(shutdown.clone()));
+    if let Err(error) = crate::notify::health::check_previous_run(&home, &store).await {
+        warn!(error = %format!("{error:#}"), "cannot check how the previous daemon ended");
+    }
+    let notifiers = crate::notify::start(crate::notify::Context {
+        store: store.clone(),
+        config: config.clone(),
+        home: home.clone(),
+        answered: {
+            let state = state.clone();
+            Arc::new(move || {
+                state.wake();
+                state.decisions.notify_waiters();
+            })
+        },
+        shutdown: shutdown.clone(),
+    });
 
     home.write_daemon_info(&daemon)?;
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
@@ -222,6 +238,11 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     for (name, task) in tasks.into_iter().filter_map(|(name, task)| task.map(|t| (name, t))) {
         if let Err(e) = task.await {
             warn!(task = name, error = %e, "ended abnormally");
+        }
+    }
+    for task in notifiers {
+        if let Err(e) = task.await {
+            warn!(task = "notify", error = %e, "ended abnormally");
         }
     }
     store.close().await;

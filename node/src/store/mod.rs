@@ -8,6 +8,7 @@
 //! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
 //! - `agents`: agents, attempts and reports, written by the agent runtime.
 //! - `hooks`: hook events and their effects, file claims and change requests.
+//! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
 //! is acknowledged; every write transaction starts with `BEGIN IMMEDIATE` and other processes
@@ -17,6 +18,7 @@
 mod agents;
 mod contexts;
 mod hooks;
+mod notify;
 mod records;
 mod sync;
 mod tasks;
@@ -41,6 +43,7 @@ pub use contexts::ContextProbe;
 pub use hooks::{
     ChangeRequest, Claim, HookJob, Ingested, Origin, Ownership, Receipt, StoredHookEvent, Via,
 };
+pub use notify::{Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};

@@ -11,10 +11,13 @@
 //!   its own script.
 //! - [`gemini`]: Gemini API `generateContent` / `streamGenerateContent` (Gemini CLI).
 //! - [`openai`]: OpenAI Responses API, streamed (Codex).
+//! - [`telegram`]: the Telegram Bot API methods ccm's notifier uses.
+//! - [`Recorder`]: a recording HTTP server for ntfy, Slack and webhooks.
 
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod telegram;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -189,5 +192,74 @@ impl Drop for Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// One request a [`Recorder`] received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: axum::body::Bytes,
+}
+
+impl Recorded {
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A recording HTTP server (ntfy, a Slack incoming webhook, a generic webhook): every request
+/// is kept, and answered with the scripted answers first, then with `default`.
+pub struct Recorder {
+    server: Server,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<VecDeque<(u16, String)>>>,
+}
+
+impl Recorder {
+    /// Answers every request with `status` and `body` unless scripted otherwise.
+    pub fn start(status: u16, body: &str) -> Recorder {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let default = (status, body.to_string());
+        let (r, s) = (received.clone(), script.clone());
+        let router = axum::Router::new().fallback(
+            move |method: axum::http::Method,
+                  uri: axum::http::Uri,
+                  headers: axum::http::HeaderMap,
+                  body: axum::body::Bytes| {
+                let (received, script, default) = (r.clone(), s.clone(), default.clone());
+                async move {
+                    received.lock().expect("recorder lock").push(Recorded {
+                        method: method.to_string(),
+                        path: uri.to_string(),
+                        headers,
+                        body,
+                    });
+                    let (status, body) =
+                        script.lock().expect("recorder lock").pop_front().unwrap_or(default);
+                    (axum::http::StatusCode::from_u16(status).expect("status"), body)
+                }
+            },
+        );
+        Recorder { server: Server::start(router), received, script }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The next requests get these answers, in order.
+    pub fn script(&self, answers: &[(u16, &str)]) {
+        let mut script = self.script.lock().expect("recorder lock");
+        script.extend(answers.iter().map(|(s, b)| (*s, b.to_string())));
+    }
+
+    pub fn received(&self) -> Vec<Recorded> {
+        self.received.lock().expect("recorder lock").clone()
     }
 }

@@ -1,0 +1,344 @@
+//! The Telegram Bot API (`/work/shared/reference/agent-interfaces.md` section 4): messages
+//! with inline buttons for decisions, and button presses by long polling `getUpdates`.
+//!
+//! The token is part of every request URL, so it never appears in a log line or an error:
+//! errors are built from the answer's `description` or from reqwest's error without its URL.
+//! Answers are read leniently (a JSON value, fields looked up one by one).
+//!
+//! Only one process may poll a bot at a time (Telegram answers a second poller 409): pollers
+//! of one token on this machine take turns with a lock file, and a 409 (a poller elsewhere)
+//! makes this one back off. The update offset is stored in the database after each update is
+//! handled, so a restart neither replays a handled press nor loses one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder as _;
+use serde_json::{json, Value};
+use sha2::Digest as _;
+use tracing::{info, warn};
+
+use super::{Context, Message, Notifier, SendError};
+use crate::store::{RetryPolicy, StoreError};
+
+/// Telegram's limit on a message's text.
+const MAX_TEXT: usize = 4096;
+/// About one message per second per chat (the Bot FAQ).
+const PACE: Duration = Duration::from_secs(1);
+
+/// A bot, with the chats it talks to.
+#[derive(Clone)]
+pub struct Telegram {
+    name: String,
+    http: reqwest::Client,
+    /// `<api_url>/bot<token>`: never logged.
+    base: Arc<str>,
+    /// A short hash of the token, naming its offset and its lock file.
+    token_id: String,
+    chats: Arc<Vec<i64>>,
+    poll_secs: u64,
+    lease_dir: PathBuf,
+    dashboard_url: Option<String>,
+    /// When each chat was last sent a message.
+    pace: Arc<tokio::sync::Mutex<HashMap<i64, Instant>>>,
+}
+
+impl Telegram {
+    pub fn new(
+        name: &str,
+        notifier: &Notifier,
+        auth_token: Option<&str>,
+    ) -> Result<Telegram, SendError> {
+        let Notifier::Telegram { token, chat_ids, api_url, poll_secs, lease_dir, dashboard_url } =
+            notifier
+        else {
+            return Err(SendError::transient("not a telegram notifier"));
+        };
+        let token = token.as_deref().or(auth_token).filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+            SendError {
+                message: format!(
+                    "notifier `{name}`: no bot token; set `token` in its config or `telegram_token` in auth.json"
+                ),
+                retry_after: None,
+                permanent: true,
+            }
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .map_err(SendError::request)?;
+        let hash = sha2::Sha256::digest(token.as_bytes());
+        Ok(Telegram {
+            name: name.to_string(),
+            http,
+            base: format!("{}/bot{}", api_url.trim_end_matches('/'), token.trim()).into(),
+            token_id: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+            chats: Arc::new(chat_ids.clone()),
+            poll_secs: *poll_secs,
+            lease_dir: lease_dir.clone().unwrap_or_else(std::env::temp_dir),
+            dashboard_url: dashboard_url.clone(),
+            pace: Arc::default(),
+        })
+    }
+
+    /// Calls a Bot API method; the `result` of an `ok` answer, else the error it describes.
+    async fn call(
+        &self,
+        method: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, SendError> {
+        let response = self
+            .http
+            .post(format!("{}/{method}", self.base))
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(SendError::request)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(SendError::request)?;
+        let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if answer["ok"] == true {
+            return Ok(answer["result"].clone());
+        }
+        let code =
+            answer["error_code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(status);
+        let description = answer["description"].as_str().unwrap_or(&text);
+        let retry_after = answer["parameters"]["retry_after"].as_u64().map(Duration::from_secs);
+        if code < 400 {
+            return Err(SendError::transient(format!(
+                "{method}: an answer that is not ok: {}",
+                description.chars().take(200).collect::<String>()
+            )));
+        }
+        let mut error = SendError::status(code, description, retry_after);
+        error.message = format!("{method}: {}", error.message);
+        Err(error)
+    }
+
+    /// Waits until `chat` may be sent another message.
+    async fn pace(&self, chat: i64) {
+        let mut pace = self.pace.lock().await;
+        if let Some(last) = pace.get(&chat) {
+            let next = *last + PACE;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        pace.insert(chat, Instant::now());
+    }
+
+    /// Sends `message` to every configured chat not in `refs` yet (`[[chat_id, message_id]]`).
+    pub async fn send(&self, message: &Message, refs: &mut Value) -> Result<String, SendError> {
+        let mut done: Vec<(i64, i64)> = serde_json::from_value(refs.clone()).unwrap_or_default();
+        let mut text = format!("<b>{}</b>\n{}", escape(&message.title), escape(&message.text));
+        if let (Some(url), Some(_)) = (&self.dashboard_url, &message.decision) {
+            text.push_str(&format!("\n{}", escape(url)));
+        }
+        let mut body = json!({ "text": truncate(&text), "parse_mode": "HTML" });
+        if let Some((id, options)) = &message.decision {
+            let buttons: Vec<Value> = options
+                .iter()
+                .map(|o| json!({ "text": label(o), "callback_data": format!("{}:{o}", id.simple()) }))
+                .filter(|b| b["callback_data"].as_str().is_some_and(|d| d.len() <= 64))
+                .collect();
+            body["reply_markup"] = json!({ "inline_keyboard": [buttons] });
+        }
+        for &chat in self.chats.iter() {
+            if done.iter().any(|(c, _)| *c == chat) {
+                continue;
+            }
+            self.pace(chat).await;
+            body["chat_id"] = json!(chat);
+            let sent = self.call("sendMessage", &body, Duration::from_secs(20)).await;
+            match sent {
+                Ok(sent) => {
+                    done.push((chat, sent["message_id"].as_i64().unwrap_or_default()));
+                    *refs = json!(done);
+                }
+                Err(error) => {
+                    *refs = json!(done);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(format!("sent to {} chat(s): {done:?}", done.len()))
+    }
+
+    /// The lock that makes this process the only poller of the token on this machine: `None`
+    /// while another process holds it. A lock file that cannot be opened (another user's) does
+    /// not stop polling: Telegram's 409 still keeps pollers apart.
+    fn lease(&self) -> Option<Option<std::fs::File>> {
+        let path = self.lease_dir.join(format!("ccm-telegram-{}.lock", self.token_id));
+        match crate::home::private_file(&path) {
+            Ok(file) => file.try_lock().is_ok().then_some(Some(file)),
+            Err(error) => {
+                warn!(notifier = %self.name, path = %path.display(), %error, "cannot open the poll lock; polling without it");
+                Some(None)
+            }
+        }
+    }
+
+    /// The key of the stored update offset.
+    fn offset_key(&self) -> String {
+        format!("telegram:{}:offset", self.token_id)
+    }
+}
+
+/// Polls `getUpdates` until shutdown, handling button presses.
+pub async fn poll(bot: Telegram, context: Context) {
+    let shutdown = context.shutdown.clone();
+    let sleep = |wait: Duration| {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => false,
+                () = tokio::time::sleep(wait) => true,
+            }
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        let Some(_lease) = bot.lease() else {
+            // Another daemon of this machine polls this bot; take over when it stops.
+            if !sleep(Duration::from_secs(1)).await {
+                return;
+            }
+            continue;
+        };
+        info!(notifier = %bot.name, "polling telegram for button presses");
+        loop {
+            let offset = context.store.notify_value(&bot.offset_key()).await.ok().flatten();
+            let mut body =
+                json!({ "timeout": bot.poll_secs, "allowed_updates": ["callback_query"] });
+            if let Some(offset) = offset.and_then(|o| o.parse::<i64>().ok()) {
+                body["offset"] = json!(offset);
+            }
+            let wait = Duration::from_secs(bot.poll_secs + 10);
+            let answer = tokio::select! {
+                () = shutdown.cancelled() => return,
+                answer = bot.call("getUpdates", &body, wait) => answer,
+            };
+            match answer {
+                Ok(updates) => {
+                    failures = 0;
+                    for update in updates.as_array().into_iter().flatten() {
+                        handle(&bot, &context, update).await;
+                        if let Some(id) = update["update_id"].as_i64() {
+                            if let Err(error) = context
+                                .store
+                                .set_notify_value(&bot.offset_key(), &(id + 1).to_string())
+                                .await
+                            {
+                                warn!(notifier = %bot.name, %error, "cannot store the update offset");
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let wait = error.retry_after.unwrap_or_else(|| poll_backoff(failures));
+                    warn!(notifier = %bot.name, %error, ?wait, "getUpdates failed (409: another poller of this bot); backing off");
+                    if !sleep(wait).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential from 1 s to 60 s, with jitter, so two pollers that collided drift apart.
+fn poll_backoff(failures: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(failures.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// A button press: answers the decision it names (only from a configured chat), answers the
+/// callback query and edits the message to show who decided what.
+async fn handle(bot: &Telegram, context: &Context, update: &Value) {
+    let Some(query) = update.get("callback_query") else { return };
+    let message = &query["message"];
+    let chat = message["chat"]["id"].as_i64().or_else(|| query["from"]["id"].as_i64());
+    let from = &query["from"];
+    let who = from["username"]
+        .as_str()
+        .map(|u| format!("@{u}"))
+        .or_else(|| from["first_name"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("user {}", from["id"]));
+    if !chat.is_some_and(|c| bot.chats.contains(&c)) {
+        warn!(notifier = %bot.name, chat = ?chat, from = %who, "ignored a button press from a chat not in chat_ids");
+        return;
+    }
+    let data = query["data"].as_str().unwrap_or_default();
+    let parsed = data
+        .split_once(':')
+        .and_then(|(id, answer)| Some((uuid::Uuid::parse_str(id).ok()?, answer)));
+    let (toast, footer) = match parsed {
+        None => ("this button is not ccm's".to_string(), None),
+        Some((id, answer)) => {
+            let actor = format!("telegram:{who}");
+            let policy = RetryPolicy::from(&*context.config);
+            match context
+                .store
+                .answer_decision(&id.hyphenated().to_string(), answer, &actor, policy)
+                .await
+            {
+                Ok(_) => {
+                    (context.answered)();
+                    info!(notifier = %bot.name, decision = %id, answer, by = %who, "decision answered from telegram");
+                    (format!("{answer}: done"), Some(format!("✔ {answer} — decided by {who}")))
+                }
+                // Another system's decision (a bot shared by several): its message is not ours
+                // to edit.
+                Err(error @ StoreError::DecisionNotFound(_)) => {
+                    (format!("{error}: answer it on its system with `ccm decide`"), None)
+                }
+                Err(error) => (error.to_string(), Some(format!("⚠ {error}"))),
+            }
+        }
+    };
+    let answer = json!({ "callback_query_id": query["id"], "text": toast.chars().take(200).collect::<String>() });
+    if let Err(error) = bot.call("answerCallbackQuery", &answer, Duration::from_secs(10)).await {
+        warn!(notifier = %bot.name, %error, "answerCallbackQuery failed");
+    }
+    if let (Some(footer), Some(message_id), Some(chat)) =
+        (footer, message["message_id"].as_i64(), chat)
+    {
+        let original = message["text"].as_str().unwrap_or_default();
+        let text = truncate(&format!("{}\n\n<b>{}</b>", escape(original), escape(&footer)));
+        let edit = json!({ "chat_id": chat, "message_id": message_id, "text": text, "parse_mode": "HTML" });
+        if let Err(error) = bot.call("editMessageText", &edit, Duration::from_secs(10)).await {
+            warn!(notifier = %bot.name, %error, "editMessageText failed");
+        }
+    }
+}
+
+fn label(option: &str) -> String {
+    match option {
+        "retry" => "🔁 Retry".into(),
+        "cancel" => "✖ Cancel".into(),
+        "allow" | "approve" => "✅ Allow".into(),
+        "deny" => "❌ Deny".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Escapes text for `parse_mode: HTML`.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn truncate(text: &str) -> String {
+    if text.chars().count() <= MAX_TEXT {
+        return text.to_string();
+    }
+    text.chars().take(MAX_TEXT - 1).chain(std::iter::once('…')).collect()
+}

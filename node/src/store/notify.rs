@@ -1,0 +1,351 @@
+//! Durable delivery of notifications: routing the queue the triggers fill (one row per alert
+//! and decision, written in the transaction that raised it) into one send per notifier, the
+//! sends that are due, their outcomes, and small durable values (Telegram's update offset).
+
+use ccm_schema::{Alert, Decision, Severity, Timestamp};
+
+use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
+use super::{Result, Store};
+
+/// What a notification is about.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    Alert(Alert),
+    Decision(Decision),
+}
+
+impl Subject {
+    /// The alert's reason, or `decision`: what routing rules match.
+    pub fn kind(&self) -> &str {
+        match self {
+            Subject::Alert(alert) => &alert.reason,
+            Subject::Decision(_) => "decision",
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self {
+            Subject::Alert(alert) => alert.severity,
+            Subject::Decision(_) => Severity::Warning,
+        }
+    }
+
+    /// Repeats of one key within the dedupe window fold into the digest.
+    pub fn dedupe_key(&self) -> String {
+        match self {
+            Subject::Alert(alert) => format!("alert:{}:{}", alert.reason, alert.message),
+            Subject::Decision(decision) => format!("decision:{}", decision.id),
+        }
+    }
+
+    /// Settled before it was sent: nothing left to tell.
+    fn settled(&self) -> bool {
+        match self {
+            Subject::Alert(alert) => alert.resolved_at.is_some(),
+            Subject::Decision(decision) => decision.answer.is_some(),
+        }
+    }
+}
+
+/// One send of a notification to one notifier.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub notification: i64,
+    pub subject: Subject,
+    pub attempts: u32,
+    pub dedupe_key: String,
+    /// What earlier attempts already delivered (Telegram: `[[chat_id, message_id], ...]`).
+    pub refs: serde_json::Value,
+}
+
+/// Where a send goes, decided by the routing rules: `(notifier, immediate)`.
+pub type Routes = Vec<(String, bool)>;
+
+impl Store {
+    /// Routes the notifications not routed yet: one send per notifier `route` names, pending
+    /// (immediate, and no send of the same key to that notifier within `dedupe`) or waiting
+    /// for the digest. Alerts that ask for a decision are left to the decision. Returns how
+    /// many sends it queued.
+    pub async fn route_notifications(
+        &self,
+        route: impl Fn(&Subject) -> Routes,
+        dedupe: std::time::Duration,
+    ) -> Result<usize> {
+        let (waiting,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM notifications WHERE routed_at IS NULL)")
+                .fetch_one(&self.readers)
+                .await?;
+        if !waiting {
+            return Ok(0);
+        }
+        let now = Timestamp::now();
+        let since = Timestamp(now.millis() - i64::try_from(dedupe.as_millis()).unwrap_or(i64::MAX));
+        let mut tx = self.write().await?;
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, source, source_id FROM notifications WHERE routed_at IS NULL ORDER BY id LIMIT 500",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut queued = 0;
+        for (id, source, source_id) in rows {
+            let subject = load_subject(&mut tx, &source, &source_id).await?;
+            let asks_decision = matches!(&subject, Some(Subject::Alert(a))
+                if a.details.as_ref().is_some_and(|d| d.0.get("decision").is_some()));
+            if let Some(subject) = subject.filter(|_| !asks_decision) {
+                let key = subject.dedupe_key();
+                for (notifier, immediate) in route(&subject) {
+                    let (recent,): (bool,) = sqlx::query_as(
+                        r#"
+                        SELECT EXISTS (SELECT 1 FROM notification_sends
+                            WHERE notifier = ? AND dedupe_key = ? AND created_at >= ?
+                              AND state IN ('pending', 'sent'))
+                        "#,
+                    )
+                    .bind(&notifier)
+                    .bind(&key)
+                    .bind(since)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let state = if immediate && !recent { "pending" } else { "digest" };
+                    queued += sqlx::query(
+                        r#"
+                        INSERT OR IGNORE INTO notification_sends
+                            (notification_id, notifier, dedupe_key, state, next_at, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        "#,
+                    )
+                    .bind(id)
+                    .bind(&notifier)
+                    .bind(&key)
+                    .bind(state)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as usize;
+                }
+            }
+            sqlx::query("UPDATE notifications SET routed_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    /// The pending sends of `notifier` that are due, oldest first. Sends whose subject was
+    /// settled meanwhile are marked `skipped` instead.
+    pub async fn due_sends(&self, notifier: &str, limit: u32) -> Result<Vec<Outgoing>> {
+        let rows: Vec<SendRow> = sqlx::query_as(
+            r#"
+            SELECT s.notification_id, n.source, n.source_id, s.attempts, s.dedupe_key, s.refs
+            FROM notification_sends s JOIN notifications n ON n.id = s.notification_id
+            WHERE s.notifier = ? AND s.state = 'pending' AND s.next_at <= ?
+            ORDER BY s.next_at, s.notification_id LIMIT ?
+            "#,
+        )
+        .bind(notifier)
+        .bind(Timestamp::now())
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut due = Vec::new();
+        for row in rows {
+            match self.outgoing(row).await? {
+                Some(out) if !out.subject.settled() => due.push(out),
+                Some(out) => {
+                    self.finish_sends(notifier, &[out.notification], "skipped", None).await?
+                }
+                None => {}
+            }
+        }
+        Ok(due)
+    }
+
+    /// The sends waiting for `notifier`'s digest, if the oldest has waited `wait` or more.
+    pub async fn digest_due(
+        &self,
+        notifier: &str,
+        wait: std::time::Duration,
+    ) -> Result<Vec<Outgoing>> {
+        let (oldest,): (Option<Timestamp>,) = sqlx::query_as(
+            "SELECT min(created_at) FROM notification_sends WHERE notifier = ? AND state = 'digest'",
+        )
+        .bind(notifier)
+        .fetch_one(&self.readers)
+        .await?;
+        let due = oldest.is_some_and(|t| {
+            t.millis() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)
+                <= Timestamp::now().millis()
+        });
+        if !due {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<SendRow> = sqlx::query_as(
+            r#"
+            SELECT s.notification_id, n.source, n.source_id, s.attempts, s.dedupe_key, s.refs
+            FROM notification_sends s JOIN notifications n ON n.id = s.notification_id
+            WHERE s.notifier = ? AND s.state = 'digest' ORDER BY s.notification_id LIMIT 10000
+            "#,
+        )
+        .bind(notifier)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut items = Vec::new();
+        for row in rows {
+            items.extend(self.outgoing(row).await?);
+        }
+        Ok(items)
+    }
+
+    /// Records the outcome of sends: `sent`, `digested`, `failed` or `skipped`, with what the
+    /// notifier answered (`refs`) when given.
+    pub async fn finish_sends(
+        &self,
+        notifier: &str,
+        notifications: &[i64],
+        state: &str,
+        refs: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        for id in notifications {
+            sqlx::query(
+                r#"
+                UPDATE notification_sends SET state = ?, sent_at = ?, refs = coalesce(?, refs),
+                    attempts = attempts + 1
+                WHERE notification_id = ? AND notifier = ?
+                "#,
+            )
+            .bind(state)
+            .bind(Timestamp::now())
+            .bind(refs.map(|r| r.to_string()))
+            .bind(id)
+            .bind(notifier)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: the send is tried again at `next_at`; what was delivered so
+    /// far (`refs`) is kept so a retry does not repeat it.
+    pub async fn retry_send(
+        &self,
+        notifier: &str,
+        notification: i64,
+        next_at: Timestamp,
+        error: &str,
+        refs: &serde_json::Value,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            r#"
+            UPDATE notification_sends SET attempts = attempts + 1, next_at = ?, last_error = ?, refs = ?
+            WHERE notification_id = ? AND notifier = ?
+            "#,
+        )
+        .bind(next_at)
+        .bind(error)
+        .bind(refs.to_string())
+        .bind(notification)
+        .bind(notifier)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What `notifier` answered when it sent decision `decision` (to edit the message).
+    pub async fn decision_refs(
+        &self,
+        notifier: &str,
+        decision: uuid::Uuid,
+    ) -> Result<Option<serde_json::Value>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            r#"
+            SELECT s.refs FROM notification_sends s JOIN notifications n ON n.id = s.notification_id
+            WHERE s.notifier = ? AND n.source = 'decision' AND n.source_id = ?
+            "#,
+        )
+        .bind(notifier)
+        .bind(decision.hyphenated().to_string())
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.and_then(|(refs,)| serde_json::from_str(&refs).ok()))
+    }
+
+    /// Sends per state, for `ccm notify status` and tests: `(notifier, state, count)`.
+    pub async fn send_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT notifier, state, count(*) FROM notification_sends GROUP BY notifier, state ORDER BY 1, 2",
+        )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    /// A durable value of the notifiers (such as a bot's update offset).
+    pub async fn notify_value(&self, key: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM notify_state WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|(value,)| value))
+    }
+
+    pub async fn set_notify_value(&self, key: &str, value: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO notify_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outgoing(&self, row: SendRow) -> Result<Option<Outgoing>> {
+        let mut conn = self.readers.acquire().await?;
+        let subject = load_subject(&mut conn, &row.source, &row.source_id).await?;
+        Ok(subject.map(|subject| Outgoing {
+            notification: row.notification_id,
+            subject,
+            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+            dedupe_key: row.dedupe_key,
+            refs: serde_json::from_str(&row.refs).unwrap_or_default(),
+        }))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SendRow {
+    notification_id: i64,
+    source: String,
+    source_id: String,
+    attempts: i64,
+    dedupe_key: String,
+    refs: String,
+}
+
+async fn load_subject(
+    conn: &mut sqlx::SqliteConnection,
+    source: &str,
+    id: &str,
+) -> Result<Option<Subject>> {
+    Ok(match source {
+        "alert" => sqlx::query_as(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .map(Subject::Alert),
+        _ => sqlx::query_as(&format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .map(Subject::Decision),
+    })
+}

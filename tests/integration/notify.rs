@@ -1,0 +1,458 @@
+//! Notifiers through the real daemon: Telegram (a local stand-in of the Bot API), ntfy, Slack
+//! and webhooks (a recording server), durable delivery across `kill -9`, health alerts, and
+//! `ccm service`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ccm_tests::standin::telegram::Telegram;
+use ccm_tests::standin::Recorder;
+use ccm_tests::{git_repo, open_db, wait_until, Daemon, TestHome, HOLDER_PROFILE};
+use hmac::Mac as _;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "123456:ABC-test-token";
+const CHAT: i64 = 4242;
+
+/// A home whose notifier `phone` is a bot served by `bot`; `extra` is appended under `notify:`.
+fn telegram_home(name: &str, bot: &Telegram, lease: &Path, extra: &str) -> TestHome {
+    let home = TestHome::new(name);
+    home.write_config(&telegram_config(bot, lease, extra));
+    home
+}
+
+fn telegram_config(bot: &Telegram, lease: &Path, extra: &str) -> String {
+    format!(
+        "notify:\n  digest_secs: 1\n  notifiers:\n    phone:\n      kind: telegram\n      token: \"{TOKEN}\"\n      chat_ids: [{CHAT}]\n      api_url: {}\n      poll_secs: 1\n      lease_dir: {}\n{extra}",
+        bot.url(),
+        lease.display()
+    )
+}
+
+async fn task_state(daemon: &Daemon, id: &str) -> String {
+    let (_, task) = daemon.get(&format!("/api/tasks/{id}")).await;
+    task["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// A task of the manual profile driven to `blocked` (one attempt, crashed): an alert and a
+/// retry-or-cancel decision.
+async fn blocked_task(daemon: &Daemon, title: &str) -> String {
+    let (status, task) =
+        daemon.post("/api/tasks", json!({ "title": title, "max_attempts": 1 })).await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { task_state(daemon, &id).await == "queued" })
+            .await
+    );
+    daemon.post(&format!("/api/tasks/{id}/events"), json!({ "event": "start" })).await;
+    let (_, task) = daemon
+        .post(&format!("/api/tasks/{id}/events"), json!({ "event": "failed", "class": "crash" }))
+        .await;
+    assert_eq!(task["state"], "blocked");
+    id
+}
+
+/// The messages sent with buttons, as `(message_id, [callback_data])`, whose text names `title`.
+fn decision_messages(bot: &Telegram, title: &str) -> Vec<(i64, Vec<String>)> {
+    bot.sent()
+        .iter()
+        .filter(|m| m["text"].as_str().is_some_and(|t| t.contains(title)))
+        .filter_map(|m| {
+            let buttons = m["reply_markup"]["inline_keyboard"][0].as_array()?;
+            let data = buttons.iter().map(|b| b["callback_data"].as_str().unwrap().to_string());
+            Some((m["message_id"].as_i64()?, data.collect()))
+        })
+        .collect()
+}
+
+async fn wait_for<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Acceptance 1: the decision of a blocked task reaches Telegram with buttons; pressing retry
+/// runs the task again and the message is edited to say who decided; a press from a chat
+/// that is not configured does nothing.
+#[tokio::test]
+async fn blocked_task_decision_reaches_telegram_and_a_retry_press_runs_it_again() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    let home = telegram_home("notify-telegram", &bot, lease.path(), "");
+    let daemon = home.start();
+    let id = blocked_task(&daemon, "flaky build").await;
+
+    let (message_id, buttons) = wait_for("the decision message", || {
+        decision_messages(&bot, "flaky build").into_iter().next()
+    })
+    .await;
+    assert_eq!(buttons.len(), 2, "{buttons:?}");
+    assert!(buttons[0].ends_with(":retry") && buttons[1].ends_with(":cancel"), "{buttons:?}");
+    let sent = bot.ok_calls("sendMessage");
+    assert!(sent.iter().all(|c| c.params["chat_id"] == CHAT), "only the configured chat");
+
+    // A stranger presses retry: ignored (the update is consumed, nothing is answered).
+    bot.press(999, (999, "Mallory"), message_id, &buttons[0]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async { bot.unconfirmed() == 0 }).await
+            || bot.ok_calls("getUpdates").len() > 1
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(task_state(&daemon, &id).await, "blocked");
+    assert!(bot.ok_calls("answerCallbackQuery").is_empty());
+    assert!(daemon.log_text().contains("ignored a button press from a chat not in chat_ids"));
+
+    // The operator presses retry.
+    let query = bot.press(CHAT, (CHAT, "Ann"), message_id, &buttons[0]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            task_state(&daemon, &id).await != "blocked"
+        })
+        .await,
+        "the press retried the task"
+    );
+    let answered =
+        wait_for("answerCallbackQuery", || bot.ok_calls("answerCallbackQuery").into_iter().next())
+            .await;
+    assert_eq!(answered.params["callback_query_id"], query.as_str());
+    wait_for("the edit", || bot.ok_calls("editMessageText").into_iter().next()).await;
+    let text = bot.text_of(CHAT, message_id).unwrap();
+    assert!(text.contains("retry") && text.contains("decided by @ann"), "{text}");
+    let (_, decisions) = daemon.get("/api/decisions").await;
+    let decision = &decisions.as_array().unwrap()[0];
+    assert_eq!(decision["answer"], "retry");
+    assert_eq!(decision["answered_by"], "telegram:@ann");
+    assert!(!daemon.log_text().contains(TOKEN), "the token is never logged");
+}
+
+/// Acceptance 2: 100 identical alerts make one message and one digest line; a 429 is waited
+/// out (retry_after) and nothing is lost.
+#[tokio::test]
+async fn a_burst_of_100_identical_alerts_is_one_message_and_one_digest_line() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    let routes =
+        "  routes:\n    - notifier: phone\n      kinds: [write_denied]\n      immediate: true\n";
+    let home = TestHome::new("notify-burst");
+    home.write_config(&format!("{}{HOLDER_PROFILE}", telegram_config(&bot, lease.path(), routes)));
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    bot.fail_next("sendMessage", 1, 429, Some(2));
+    let daemon = home.start();
+    let add = |title: &str| {
+        home.run_json(&["task", "add", title, "--profile", "holder", "--repo", &repo])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (owner, other) = (add("owner"), add("other"));
+    let owner_token = daemon.agent_token(&owner).await;
+    let other_token = daemon.agent_token(&other).await;
+    let write = json!({"session_id": "s", "cwd": repo, "hook_event_name": "PreToolUse", "tool_name": "Write",
+                       "tool_input": {"file_path": format!("{repo}/src/lib.rs"), "content": "x"}});
+    let post = |token: &str, lines: usize| {
+        let body: String = (0..lines).map(|_| format!("{write}\n")).collect();
+        daemon
+            .http
+            .post(daemon.url("/api/hooks?system=claude"))
+            .bearer_auth(&daemon.token)
+            .header("x-ccm-agent-token", token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    assert!(post(&owner_token, 1).await.unwrap().status().is_success());
+    assert!(post(&other_token, 100).await.unwrap().status().is_success());
+    let mut db = open_db(&home.db_file()).await;
+    let alerts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM alerts WHERE reason = 'write_denied'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(alerts, 100);
+
+    let texts = || -> Vec<String> {
+        bot.sent().iter().map(|m| m["text"].as_str().unwrap_or_default().to_string()).collect()
+    };
+    let sent = wait_for("the alert and the digest", || {
+        let texts = texts();
+        (texts.iter().filter(|t| t.contains("write_denied")).count() >= 2).then_some(texts)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let burst: Vec<String> = texts().into_iter().filter(|t| t.contains("write_denied")).collect();
+    assert_eq!(burst.len(), 2, "one message and one digest: {burst:#?} (first seen: {sent:#?})");
+    assert!(burst[0].contains("warning alert: write_denied"), "{}", burst[0]);
+    let digest_lines: Vec<&str> = burst[1].lines().filter(|l| l.contains("write_denied")).collect();
+    assert_eq!(digest_lines.len(), 1, "{}", burst[1]);
+    assert!(digest_lines[0].starts_with("99× [warning] write_denied"), "{}", digest_lines[0]);
+
+    // The 429 was waited out: the retry came at least retry_after later.
+    let calls: Vec<_> = bot.calls().into_iter().filter(|c| c.method == "sendMessage").collect();
+    let limited = calls.iter().position(|c| c.status == 429).expect("a 429 was answered");
+    assert!(calls[limited + 1].at - calls[limited].at >= Duration::from_secs(2));
+    // About one message per second per chat.
+    let ok: Vec<_> = calls.iter().filter(|c| c.status == 200).collect();
+    for pair in ok.windows(2) {
+        assert!(pair[1].at - pair[0].at >= Duration::from_millis(950), "paced");
+    }
+    let states: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM notification_sends WHERE dedupe_key LIKE 'alert:write_denied:%' GROUP BY state",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(states, [("digested".to_string(), 99), ("sent".to_string(), 1)], "nothing lost");
+}
+
+/// Acceptance 3: the daemon is killed (-9) after raising a decision and before sending it (the
+/// bot API was down); after the restart it is sent exactly once, and a further restart sends
+/// nothing again.
+#[tokio::test]
+async fn a_decision_raised_before_kill_9_is_sent_exactly_once_after_restart() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    let home = telegram_home("notify-kill9", &bot, lease.path(), "");
+    bot.fail_next("sendMessage", 1000, 502, None);
+    let mut daemon = home.start();
+    blocked_task(&daemon, "doomed daemon").await;
+    wait_for("a failed send", || {
+        bot.calls().iter().any(|c| c.method == "sendMessage" && c.status == 502).then_some(())
+    })
+    .await;
+    daemon.kill9();
+    assert!(decision_messages(&bot, "doomed daemon").is_empty());
+
+    bot.heal("sendMessage");
+    let daemon = home.start();
+    wait_for("the decision message", || decision_messages(&bot, "doomed daemon").pop()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(decision_messages(&bot, "doomed daemon").len(), 1);
+    drop(daemon);
+    let _daemon = home.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(decision_messages(&bot, "doomed daemon").len(), 1, "sent exactly once");
+    // The crash itself was reported, at once (critical).
+    assert!(bot.sent().iter().any(|m| m["text"].as_str().unwrap().contains("daemon_crashed")));
+}
+
+/// Acceptance 4: two daemons with one bot token: only one polls at a time (a poller elsewhere
+/// gets 409 and backs off), and a press is handled once, also after the poller changes.
+#[tokio::test]
+async fn two_daemons_with_one_bot_token_poll_one_at_a_time_and_a_press_is_handled_once() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    // A poller on another machine holds a long poll first: the daemons get 409 and back off.
+    let foreign = reqwest::Client::new()
+        .post(format!("{}/bot{TOKEN}/getUpdates", bot.url()))
+        .json(&json!({ "timeout": 3 }))
+        .send();
+    let foreign = tokio::spawn(foreign);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let first = telegram_home("notify-poll-a", &bot, lease.path(), "");
+    let second = telegram_home("notify-poll-b", &bot, lease.path(), "");
+    let mut a = first.start();
+    let b = second.start();
+    let id = blocked_task(&a, "shared bot").await;
+    let (message_id, buttons) =
+        wait_for("the decision message", || decision_messages(&bot, "shared bot").pop()).await;
+    foreign.await.unwrap().unwrap();
+    assert!(bot.calls().iter().any(|c| c.method == "getUpdates" && c.status == 409));
+    wait_for("a daemon polling", || (bot.ok_calls("getUpdates").len() > 2).then_some(())).await;
+
+    bot.press(CHAT, (CHAT, "Ann"), message_id, &buttons[0]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async { task_state(&a, &id).await != "blocked" })
+            .await
+    );
+    wait_for("the edit", || bot.ok_calls("editMessageText").pop()).await;
+
+    // The poller stops; the other daemon takes over without handling the press again.
+    a.kill9();
+    let polls = bot.ok_calls("getUpdates").len();
+    let took_over = wait_until(Duration::from_secs(20), || async {
+        bot.ok_calls("getUpdates").len() > polls + 2
+    })
+    .await;
+    assert!(took_over, "the other daemon polls: {}", b.log_text());
+    assert_eq!(bot.ok_calls("answerCallbackQuery").len(), 1, "handled once");
+    assert_eq!(bot.ok_calls("editMessageText").len(), 1, "edited once");
+    assert_eq!(bot.most_polling(), 1, "never two pollers at once");
+    drop(b);
+}
+
+/// Acceptance 6: a disk-space threshold crossed raises a health alert that is pushed (here to
+/// a signed webhook).
+#[tokio::test]
+async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed() {
+    let hook = Recorder::start(200, "ok");
+    let home = TestHome::new("notify-disk");
+    home.write_config(&format!(
+        "notify:\n  health:\n    check_secs: 1\n    disk_min_free_percent: 100\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
+        hook.url()
+    ));
+    let _daemon = home.start();
+    let received = wait_for("the disk alert", || {
+        hook.received().into_iter().find(|r| r.json()["subject"]["reason"] == "disk_low")
+    })
+    .await;
+    let body = received.json();
+    assert_eq!(body["event"], "alert");
+    assert_eq!(body["severity"], "critical");
+    let message = body["subject"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("disk space low for the home") && message.contains("du -sh"),
+        "{message}"
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(&received.body);
+    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(received.headers["x-ccm-signature"], format!("sha256={expected}").as_str());
+    // Raised once while open, whatever the number of checks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let count =
+        hook.received().iter().filter(|r| r.json()["subject"]["reason"] == "disk_low").count();
+    assert_eq!(count, 1);
+}
+
+/// `ccm notify test` sends through each notifier in its format and prints what it answered;
+/// a failing one makes the command fail and says why.
+#[test]
+fn notify_test_sends_through_each_notifier_and_prints_the_answer() {
+    let ntfy = Recorder::start(200, r#"{"id":"hwQ2YpKdmg","event":"message","topic":"alerts"}"#);
+    let slack = Recorder::start(200, "ok");
+    let hook = Recorder::start(202, "");
+    let home = TestHome::new("notify-test");
+    home.write_config(&format!(
+        "notify:\n  notifiers:\n    push:\n      kind: ntfy\n      url: {}/alerts\n      token: tk_abc\n      click: https://example.com/ccm\n    team:\n      kind: slack\n      url: {}/services/T/B/X\n    hook:\n      kind: webhook\n      url: {}/in\n",
+        ntfy.url(),
+        slack.url(),
+        hook.url()
+    ));
+    let out = home.run_ok(&["notify", "test"]);
+    assert!(out.contains("push: ok: HTTP 200") && out.contains("hwQ2YpKdmg"), "{out}");
+    assert!(out.contains("team: ok: HTTP 200: ok"), "{out}");
+    assert!(out.contains("hook: ok: HTTP 202"), "{out}");
+
+    let published = &ntfy.received()[0];
+    assert_eq!(published.path, "/", "JSON publishing goes to the root URL");
+    assert_eq!(published.headers["authorization"], "Bearer tk_abc");
+    let body = published.json();
+    assert_eq!(body["topic"], "alerts");
+    assert_eq!(body["title"], "ccm test message");
+    assert_eq!(body["priority"], 3);
+    assert_eq!(body["click"], "https://example.com/ccm");
+    assert_eq!(body["actions"][0]["action"], "view");
+    let text = slack.received()[0].json()["text"].as_str().unwrap().to_string();
+    assert!(text.starts_with("*ccm test message*"), "{text}");
+    let webhook = &hook.received()[0];
+    assert_eq!(webhook.json()["event"], "test");
+    assert!(webhook.headers.get("x-ccm-signature").is_none(), "unsigned without a secret");
+
+    // One notifier by name; a failure is printed and fails the command.
+    slack.script(&[(404, "channel_not_found")]);
+    let out = home.run(&["notify", "test", "team"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("team: failed: HTTP 404: channel_not_found"), "{stdout}");
+    assert_eq!(ntfy.received().len(), 1, "only the named notifier");
+    let out = home.run(&["notify", "test", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no notifier named `nope`"));
+}
+
+/// A notifier config with a mistake is refused with the key and the reason.
+#[test]
+fn bad_notify_config_is_refused_naming_the_key() {
+    let home = TestHome::new("notify-config");
+    for (yaml, expected) in [
+        (
+            "notify:\n  notifiers:\n    t:\n      kind: telegram\n      chat_ids: []\n",
+            "chat_ids must name at least one chat",
+        ),
+        (
+            "notify:\n  notifiers:\n    s:\n      kind: slack\n      url: ftp://x\n",
+            "is not an http(s) URL",
+        ),
+        ("notify:\n  routes:\n    - notifier: ghost\n", "names unknown notifier `ghost`"),
+        ("notify:\n  notifiers:\n    s:\n      kind: pager\n      url: http://x\n", "pager"),
+    ] {
+        home.write_config(yaml);
+        let out = home.run(&["status"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{yaml}: {stderr}");
+    }
+}
+
+/// Acceptance 5: `ccm service install` writes a unit that `systemd-analyze verify` accepts;
+/// `uninstall` removes exactly it, and refuses a file ccm did not write.
+#[test]
+fn service_install_writes_a_unit_systemd_verifies_and_uninstall_removes_exactly_it() {
+    let home = TestHome::new("notify-service");
+    let dir = home.dir.path().join("units");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("other.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    let run = |args: &[&str]| {
+        let mut command = home.ccm();
+        command.env("CCM_SERVICE_DIR", &dir).args(args);
+        command.output().unwrap()
+    };
+    let out = run(&["service", "install", "--no-start", "--profile", "minimal"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = dir.join("ccm.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("Restart=on-failure") && text.contains("KillMode=process"), "{text}");
+    assert!(text.contains("CCM_DAEMON__PROFILE=minimal"), "{text}");
+    assert!(text.contains(&format!("CCM_HOME={}", home.home().display())), "{text}");
+    let verify =
+        std::process::Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && !said.contains("ccm.service:"), "systemd-analyze: {said}");
+    let status: Value =
+        serde_json::from_slice(&run(&["service", "status", "--json"]).stdout).unwrap();
+    assert_eq!(status["installed"], true);
+
+    let out = run(&["service", "uninstall"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["other.service"], "only the unit ccm wrote is removed");
+
+    std::fs::write(&unit, "[Service]\nExecStart=/bin/true\n").unwrap();
+    let out = run(&["service", "install", "--no-start"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was not written by ccm"));
+    let out = run(&["service", "uninstall"]);
+    assert!(!out.status.success());
+    assert!(unit.exists(), "a unit ccm did not write is left alone");
+}
+
+/// The optional summary goes out every `notify.summary_secs`: tasks per state, today's cost
+/// and the open alerts.
+#[tokio::test]
+async fn the_summary_names_tasks_per_state_and_the_open_alerts() {
+    let hook = Recorder::start(200, "ok");
+    let home = TestHome::new("notify-summary");
+    home.write_config(&format!(
+        "notify:\n  summary_secs: 1\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n",
+        hook.url()
+    ));
+    let daemon = home.start();
+    blocked_task(&daemon, "summarized").await;
+    let summary = wait_for("a summary naming the blocked task", || {
+        hook.received().into_iter().map(|r| r.json()).find(|body| {
+            body["event"] == "summary" && body["text"].as_str().unwrap().contains("blocked 1")
+        })
+    })
+    .await;
+    let text = summary["text"].as_str().unwrap();
+    assert!(text.contains("cost today: $0.00"), "{text}");
+    assert!(text.contains("attempts_exhausted"), "{text}");
+}
