@@ -136,7 +136,7 @@ fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {
 
 async fn database(home: &Home, config: &Config) -> Check {
     let path = home.db_file();
-    let result = match crate::cli::open_store(home, config).await {
+    let result = match crate::home::open_store(home, config).await {
         Ok(store) => {
             let check = store.integrity_check().await;
             store.close().await;
