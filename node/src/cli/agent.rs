@@ -62,9 +62,9 @@ pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyho
                         vec![
                             a.short_id(),
                             short_id(&a.task_id),
-                            format!("{:?}", a.kind).to_lowercase(),
+                            a.kind.to_string(),
                             a.profile.clone(),
-                            format!("{:?}", a.status).to_lowercase(),
+                            a.status.to_string(),
                             heartbeat,
                             a.cost_usd.map_or_else(|| "unknown".into(), |c| format!("${c:.4}")),
                             format!("{}/{}", a.input_tokens, a.output_tokens),
@@ -78,8 +78,8 @@ pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyho
             let window =
                 agent.window_id.as_deref().filter(|_| agent.status.is_live()).ok_or_else(|| {
                     anyhow::anyhow!(
-                        "agent {} is {:?}: there is no window to attach to",
-                        agent.id,
+                        "agent {} is {}: there is no window to attach to",
+                        agent.short_id(),
                         agent.status
                     )
                 })?;
@@ -100,7 +100,7 @@ pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyho
                     Ok(())
                 }
                 None => {
-                    anyhow::bail!("agent {} is not running ({:?})", agent.short_id(), agent.status)
+                    anyhow::bail!("agent {} is not running ({})", agent.short_id(), agent.status)
                 }
             }
         }

@@ -12,6 +12,7 @@
 mod agent;
 mod backend;
 mod context;
+mod daemon;
 mod dashboard;
 mod decide;
 mod output;
@@ -72,8 +73,15 @@ pub struct HookArgs {
 enum Command {
     /// Set up ccm in the current git repository (.ccm/) and register it as a context.
     Init,
-    /// Run the daemon in the foreground (the form a service supervisor runs).
-    Up,
+    /// Run the daemon: in the foreground (the form a service supervisor runs), or with
+    /// --detach in the background, logging to logs/daemon.log.
+    Up {
+        /// Start in the background and return once the daemon answers.
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// Stop the daemon gracefully and wait until it has exited (agents keep running).
+    Stop,
     /// Show the node: daemon, tasks per state, alerts, decisions, outbox.
     Status {
         #[arg(long)]
@@ -168,8 +176,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let project = project_root(&cwd);
-    // These two load the configuration themselves (doctor reports it; a hook never fails).
+    // These need no configuration (doctor reports it; a hook never fails; stop works whatever
+    // the configuration became since the daemon started).
     let command = match cli.command {
+        Command::Stop => return daemon::stop(&home).await,
         Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
         Command::Hook(args) => {
             hook(args).await;
@@ -179,7 +189,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     };
     let config = Config::load(home.root(), project.as_deref())?;
     match command {
-        Command::Up => crate::daemon::run(home, config).await,
+        Command::Up { detach } => daemon::up(home, config, detach).await,
         Command::Dashboard { print, revoke } => dashboard::run(&home, &config, print, revoke).await,
         Command::Init => setup::init(&home, &config, &cwd).await,
         Command::Hooks { command } => setup::hooks(&config, &cwd, command),
@@ -196,7 +206,9 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         }
         Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
         Command::Sync(command) => crate::sync::run(&home, &config, command).await,
-        Command::Doctor | Command::Hook(_) => unreachable!("handled before the config is loaded"),
+        Command::Doctor | Command::Hook(_) | Command::Stop => {
+            unreachable!("handled before the config is loaded")
+        }
     }
 }
 

@@ -17,14 +17,14 @@ use crate::store::{Store, TaskDetail};
 
 pub async fn status(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
     let status = Backend::connect(home, config).await?.status().await?;
-    print(json, &status, show_status)
+    print(json, &status, |status| show_status(status, config.sync.enabled()))
 }
 
 pub async fn dump(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
     let store = open_store(home, config).await?;
     let daemon = Client::connect(home).await.ok().flatten().map(|c| c.daemon);
     let dump = StateDump::gather(&store, daemon).await?;
-    print(json, &dump, show_dump)
+    print(json, &dump, |dump| show_dump(dump, config.sync.enabled()))
 }
 
 pub async fn backup(home: &Home, config: &Config, file: &Path) -> anyhow::Result<()> {
@@ -65,7 +65,9 @@ fn show_claims(view: &crate::daemon::ClaimsView) {
     }
 }
 
-fn show_status(status: &Status) {
+/// `sync`: whether sync is configured; without it the outbox is not shown (its count only
+/// grows).
+fn show_status(status: &Status, sync: bool) {
     println!("system  {} ({})", status.system.name, status.system.id);
     match &status.daemon {
         Some(d) => {
@@ -88,6 +90,10 @@ fn show_status(status: &Status) {
     );
     println!("alerts  {} open", status.open_alerts);
     println!("decide  {} pending", status.pending_decisions);
+    if !sync {
+        println!("sync    not configured (changes stay on this machine; see sync: in the config)");
+        return;
+    }
     println!(
         "outbox  {} pending, {} delivered, {} rejected",
         status.outbox.pending, status.outbox.delivered, status.outbox.rejected
@@ -100,8 +106,8 @@ fn show_status(status: &Status) {
     }
 }
 
-fn show_dump(dump: &StateDump) {
-    show_status(&dump.status);
+fn show_dump(dump: &StateDump, sync: bool) {
+    show_status(&dump.status, sync);
     println!("\n== contexts ({})", dump.contexts.len());
     for c in &dump.contexts {
         println!(

@@ -99,7 +99,36 @@ impl Store {
             Err(found) if found.len() > 1 => {
                 return Err(invalid(format!("decision id `{key}` is ambiguous")))
             }
-            _ => return Err(StoreError::DecisionNotFound(key)),
+            _ if key.is_empty() => return Err(StoreError::DecisionNotFound(key)),
+            // A task id (or prefix) names the one decision its task waits for.
+            _ => {
+                let pending: Vec<Decision> = sqlx::query_as(&format!(
+                    r#"
+                    SELECT {DECISION_COLUMNS}
+                    FROM decisions
+                    WHERE task_id >= ?1 AND task_id < ?1 || 'g' AND answered_at IS NULL
+                    ORDER BY created_at, id LIMIT 11
+                    "#
+                ))
+                .bind(&key)
+                .fetch_all(&mut *tx)
+                .await?;
+                match <[Decision; 1]>::try_from(pending) {
+                    Ok([decision]) => decision,
+                    Err(pending) if pending.is_empty() => {
+                        return Err(StoreError::DecisionNotFound(key))
+                    }
+                    Err(pending) => {
+                        let ids: Vec<String> =
+                            pending.iter().map(|d| ccm_schema::types::short_id(&d.id)).collect();
+                        return Err(invalid(format!(
+                            "`{key}` has {} pending decisions; answer one by its id: {}",
+                            pending.len(),
+                            ids.join(", ")
+                        )));
+                    }
+                }
+            }
         };
         if let Some(given) = &decision.answer {
             return Err(invalid(format!(
