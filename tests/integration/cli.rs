@@ -128,3 +128,120 @@ async fn up_detach_returns_once_the_daemon_answers_and_stop_waits_for_it_to_exit
     assert_eq!(home.agent_windows().len(), 1, "the agent keeps running");
     assert!(home.run_ok(&["stop"]).contains("no daemon is running"));
 }
+
+/// A profile whose agent writes `out.txt` and commits it, as a worker would.
+const WRITER_PROFILE: &str = "profiles:\n  writer:\n    command: [sh, -c, 'echo done > out.txt && git add out.txt && git commit -qm \"write out.txt ($CCM_TASK_ID)\"']\n    output: plain\n";
+
+/// A repository with a committed `check.sh` (passes once `out.txt` says `done`), set up with
+/// `ccm init`.
+fn initialized_repo(home: &TestHome) -> std::path::PathBuf {
+    let repo = home.work().join("app");
+    ccm_tests::git_repo(&repo, Some("git@github.com:org/app.git"));
+    std::fs::write(repo.join("check.sh"), "test \"$(cat out.txt)\" = done\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").arg("-C").arg(&repo).args(args).output();
+        assert!(out.unwrap().status.success(), "git {args:?}");
+    };
+    git(&["add", "check.sh"]);
+    git(&["commit", "-qm", "check"]);
+    let init = home.ccm().arg("init").current_dir(&repo).output().unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    std::fs::canonicalize(repo).unwrap()
+}
+
+fn add_in(home: &TestHome, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    home.ccm().args(["task", "add"]).args(args).current_dir(dir).output().unwrap()
+}
+
+#[tokio::test]
+async fn a_task_added_inside_a_registered_checkout_works_in_its_repository() {
+    let home = TestHome::new("task-here");
+    home.write_config(WRITER_PROFILE);
+    let repo = initialized_repo(&home);
+    let _daemon = home.start();
+    let added = add_in(
+        &home,
+        &repo.join(".ccm"),
+        &["write out", "--profile", "writer", "--verify", "sh check.sh"],
+    );
+    let line = String::from_utf8_lossy(&added.stdout).into_owned();
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(
+        line.contains("repository https://github.com/org/app: the checkout around you"),
+        "{line}"
+    );
+    assert!(line.contains(repo.to_str().unwrap()), "{line}");
+    let id = line.split_whitespace().nth(2).unwrap().to_string();
+    task_in(&home, &id, "complete").await;
+
+    // What `task show` says of a finished task: the attempt, the report, where the work is.
+    let show = home.run_ok(&["task", "show", &id]);
+    for expected in [
+        "repo      https://github.com/org/app",
+        "attempts:\n  1  success",
+        "report (attempt 1):",
+        "1 file changed, 1 insertion(+)",
+        "write out.txt",
+        &format!("branch    ccm/{id}"),
+        "hook events: ",
+        &format!("ccm task logs {id}"),
+    ] {
+        assert!(show.contains(expected), "`{expected}` missing from:\n{show}");
+    }
+
+    let dot = add_in(&home, &repo, &["here too", "--repo", ".", "--profile", "writer"]);
+    let dot_line = String::from_utf8_lossy(&dot.stdout).into_owned();
+    assert!(dot_line.contains(&format!("(checkout {})", repo.display())), "{dot_line}");
+    let scratch = add_in(&home, &repo, &["scratch", "--no-repo", "--json"]);
+    let scratch: Value = serde_json::from_slice(&scratch.stdout).unwrap();
+    assert_eq!(scratch["repo"], Value::Null);
+}
+
+#[test]
+fn a_repository_that_is_no_registered_checkout_is_refused_at_creation_naming_it() {
+    let home = TestHome::new("repo-dot");
+    let outside = add_in(&home, &home.work(), &["nowhere", "--repo", "."]);
+    assert!(!outside.status.success());
+    let message = stderr(&outside);
+    assert!(message.contains("--repo `.`"), "{message}");
+    assert!(message.contains("is not in a registered checkout"), "{message}");
+    let plain = add_in(&home, &home.work(), &["nowhere"]);
+    assert!(String::from_utf8_lossy(&plain.stdout)
+        .contains("no repository: the agent works in a scratch directory"));
+    assert_eq!(
+        home.run_json(&["task", "list"]).as_array().unwrap().len(),
+        1,
+        "only the second task exists"
+    );
+}
+
+#[tokio::test]
+async fn every_alert_carries_its_cause_and_alerts_are_listed_acknowledged_and_resolved() {
+    let home = TestHome::new("alerts");
+    home.write_config(WRITER_PROFILE);
+    let _daemon = home.start();
+    let url = "https://example.com/org/elsewhere";
+    let added = home.run_ok(&["task", "add", "elsewhere", "--repo", url, "--profile", "writer"]);
+    assert!(added.contains("no checkout of it is registered on this system"), "{added}");
+    let id = added.split_whitespace().nth(2).unwrap().to_string();
+    task_in(&home, &id, "failed").await;
+
+    let alerts = home.run_json(&["alerts"]);
+    let message = alerts[0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains(&format!("no checkout of {url} is registered")), "{alerts}");
+    let listed = home.run_ok(&["alerts"]);
+    assert!(listed.contains("fatal_error"), "{listed}");
+
+    // Retrying the task settles its alert; the next failure raises a new one, acknowledged here.
+    home.run_ok(&["task", "retry", &id]);
+    task_in(&home, &id, "failed").await;
+    let open = home.run_json(&["alerts"]);
+    assert_eq!(open.as_array().unwrap().len(), 1, "the retry resolved the first alert: {open}");
+    let alert = open[0]["id"].as_str().unwrap().to_string();
+    let acked = home.run_ok(&["alerts", "ack", &alert[..8]]);
+    assert!(acked.contains("acknowledged"), "{acked}");
+    assert!(home.run_ok(&["alerts"]).contains("no open alerts"));
+    let all = home.run_json(&["alerts", "--all"]);
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert!(all.as_array().unwrap().iter().all(|a| !a["resolved_at"].is_null()), "{all}");
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ccm_schema::{Context, Task, TaskEvent, TaskState};
+use ccm_schema::{Alert, Context, Task, TaskEvent, TaskState};
 use serde_json::json;
 
 use crate::client::Client;
@@ -109,6 +109,22 @@ impl Backend {
             Backend::Local { store, config } => {
                 Ok(store.answer_decision(id, answer, "cli", RetryPolicy::from(&**config)).await?)
             }
+        }
+    }
+
+    pub async fn alerts(&self, all: bool) -> anyhow::Result<Vec<Alert>> {
+        match self {
+            Backend::Daemon(client) => {
+                client.get_query(&["alerts"], &[("all", if all { "true" } else { "false" })]).await
+            }
+            Backend::Local { store, .. } => Ok(store.alerts(all).await?),
+        }
+    }
+
+    pub async fn acknowledge_alert(&self, id: &str) -> anyhow::Result<Alert> {
+        match self {
+            Backend::Daemon(client) => client.post(&["alerts", id, "ack"], json!({})).await,
+            Backend::Local { store, .. } => Ok(store.acknowledge_alert(id).await?),
         }
     }
 

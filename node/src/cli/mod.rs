@@ -10,6 +10,7 @@
 //! file directly.
 
 mod agent;
+mod alerts;
 mod backend;
 mod context;
 mod daemon;
@@ -115,6 +116,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open alerts (--all: resolved ones too); `ccm alerts ack ID` acknowledges one.
+    Alerts(alerts::AlertsArgs),
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
     Decide {
         /// Decision id (or unique prefix) to answer.
@@ -197,13 +200,14 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::DumpState { json } => state::dump(&home, &config, json).await,
         Command::Backup { file } => state::backup(&home, &config, &file).await,
         Command::Claims { json } => state::claims(&home, &config, json).await,
-        Command::Task(command) => task::run(&home, &config, command).await,
+        Command::Task(command) => task::run(&home, &config, command, &cwd).await,
         Command::Context(command) => {
             context::run(Backend::connect(&home, &config).await?, command, &cwd).await
         }
         Command::Agent(command) => {
             agent::run(&open_store(&home, &config).await?, &config, command).await
         }
+        Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
         Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
         Command::Sync(command) => crate::sync::run(&home, &config, command).await,
         Command::Doctor | Command::Hook(_) | Command::Stop => {

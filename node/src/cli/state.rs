@@ -127,6 +127,8 @@ fn show_dump(dump: &StateDump, sync: bool) {
             reports: Vec::new(),
             cost_usd: 0.0,
             tokens: Default::default(),
+            worktree: None,
+            hook_events: 0,
         });
         println!();
     }

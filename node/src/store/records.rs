@@ -49,6 +49,18 @@ impl Store {
         .await?)
     }
 
+    /// Every alert (`all`) or the open ones, newest first.
+    pub async fn alerts(&self, all: bool) -> Result<Vec<Alert>> {
+        if !all {
+            return self.open_alerts().await;
+        }
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts ORDER BY created_at DESC, id DESC"
+        ))
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
     /// Alerts not yet resolved, newest first.
     pub async fn open_alerts(&self) -> Result<Vec<Alert>> {
         Ok(sqlx::query_as(&format!(
