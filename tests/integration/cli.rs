@@ -245,3 +245,41 @@ async fn every_alert_carries_its_cause_and_alerts_are_listed_acknowledged_and_re
     assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
     assert!(all.as_array().unwrap().iter().all(|a| !a["resolved_at"].is_null()), "{all}");
 }
+
+#[test]
+fn doctor_checks_the_agent_programs_and_creates_nothing() {
+    let home = TestHome::new("doctor-programs");
+    let doctor = home
+        .ccm()
+        .arg("doctor")
+        .env("CCM_TASKS__PROFILE", "claude")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(!doctor.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL  claude"), "{stdout}");
+    assert!(stdout.contains("`claude` (profile claude) is not on PATH"), "{stdout}");
+    assert!(stdout.contains("set tasks.profile"), "{stdout}");
+    assert!(stdout.contains("no config file: the defaults are in use"), "{stdout}");
+    assert!(!stdout.contains("config    valid"), "{stdout}");
+    assert!(stdout.contains("not created yet"), "{stdout}");
+    assert!(!home.db_file().exists(), "doctor created {}", home.db_file().display());
+}
+
+#[tokio::test]
+async fn a_worker_whose_program_is_missing_fails_at_once_naming_it() {
+    let home = TestHome::new("missing-program");
+    home.write_config("profiles:\n  missing:\n    command: [ccm-no-such-agent, '{prompt}']\n");
+    let _daemon = home.start();
+    let id = home.run_json(&["task", "add", "never starts", "--profile", "missing"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let task = task_in(&home, &id, "failed").await;
+    assert_eq!(task["attempts"], 1, "not retried: {task}");
+    let show = home.run_ok(&["task", "show", &id]);
+    assert!(show.contains("its program was not found: `ccm-no-such-agent`"), "{show}");
+    let alerts = home.run_json(&["alerts"]);
+    assert!(alerts[0]["message"].as_str().unwrap().contains("ccm-no-such-agent"), "{alerts}");
+}
