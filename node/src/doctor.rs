@@ -112,7 +112,7 @@ fn agent_clis(config: &Config) -> (Vec<Check>, Vec<(String, String)>, Vec<Warnin
     for (program, profiles) in programs {
         let name = Path::new(program).file_name().map_or(program.into(), |n| n.to_string_lossy());
         let used_by = format!("profile {}", profiles.join(", "));
-        let Some(path) = on_path(program) else {
+        let Some(path) = crate::agents::on_path(program) else {
             let finding = format!("`{program}` ({used_by}) is not on PATH");
             if profiles.contains(&default) {
                 checks.push(Check {
@@ -158,20 +158,6 @@ fn agent_clis(config: &Config) -> (Vec<Check>, Vec<(String, String)>, Vec<Warnin
         }
     }
     (checks, found, warnings)
-}
-
-/// Where `program` is: itself when it names a path, else the first executable file of that
-/// name in a `PATH` directory.
-fn on_path(program: &str) -> Option<std::path::PathBuf> {
-    let executable = |path: &Path| {
-        path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let path = Path::new(program).to_path_buf();
-        return executable(&path).then_some(path);
-    }
-    let dirs = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&dirs).map(|dir| dir.join(program)).find(|path| executable(path))
 }
 
 fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {

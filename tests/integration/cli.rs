@@ -283,3 +283,33 @@ async fn a_worker_whose_program_is_missing_fails_at_once_naming_it() {
     let alerts = home.run_json(&["alerts"]);
     assert!(alerts[0]["message"].as_str().unwrap().contains("ccm-no-such-agent"), "{alerts}");
 }
+
+#[test]
+fn init_says_what_it_created_and_its_hooks_run_ccm_from_path_for_a_cargo_build() {
+    let home = TestHome::new("init-says");
+    let repo = home.work().join("app");
+    ccm_tests::git_repo(&repo, None);
+    // A `ccm` on PATH, as `cargo install` leaves it; the binary under test is a cargo build.
+    let bin = home.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(ccm_tests::ccm_bin(), bin.join("ccm")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let init = home.ccm().arg("init").env("PATH", &path).current_dir(&repo).output().unwrap();
+    let stdout = String::from_utf8_lossy(&init.stdout);
+    assert!(init.status.success(), "{}", stderr(&init));
+    assert!(stdout.contains("created .ccm/config.yaml"), "{stdout}");
+    assert!(stdout.contains("commit: .ccm/"), "{stdout}");
+    assert!(stdout.contains("ignore: .claude/settings.local.json"), "{stdout}");
+    let settings = std::fs::read_to_string(repo.join(".claude/settings.local.json")).unwrap();
+    assert!(settings.contains("\"ccm hook --agent claude\""), "{settings}");
+
+    // Without a `ccm` on PATH the hooks name the build, and init says how to repoint them.
+    let other = home.work().join("other");
+    ccm_tests::git_repo(&other, None);
+    let init =
+        home.ccm().arg("init").env("PATH", "/usr/bin:/bin").current_dir(&other).output().unwrap();
+    let stdout = String::from_utf8_lossy(&init.stdout);
+    assert!(stdout.contains("run `ccm hooks install` again"), "{stdout}");
+    let settings = std::fs::read_to_string(other.join(".claude/settings.local.json")).unwrap();
+    assert!(settings.contains(&ccm_tests::ccm_bin().display().to_string()), "{settings}");
+}

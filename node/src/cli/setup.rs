@@ -44,12 +44,17 @@ fn hook_options<'a>(
     }
 }
 
-/// The command hooks run: this very binary for local settings, `ccm` from PATH for committed ones.
+/// The command a checkout's hooks run: `ccm` from PATH for committed settings (`--shared`);
+/// else this very binary, by its absolute path, unless it is a cargo build (under a `target/`
+/// directory) and a `ccm` is on PATH: `cargo clean` removes a build, while `ccm` on PATH
+/// follows `cargo install`.
 fn ccm_command(shared: bool) -> String {
-    if shared {
+    let exe = crate::hooks::ccm_command();
+    let cargo_build = Path::new(&exe).components().any(|c| c.as_os_str() == "target");
+    if shared || (cargo_build && crate::agents::on_path("ccm").is_some()) {
         "ccm".into()
     } else {
-        crate::hooks::ccm_command()
+        exe
     }
 }
 
@@ -96,7 +101,13 @@ pub async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()
     let backend = Backend::connect(home, config).await?;
     let context = backend.add_context(&probe.path).await?;
     show_hook_reports(&reports);
-    println!("{} {}", if wrote_config { "created" } else { "kept   " }, config_file.display());
+    let relative =
+        |file: &Path| file.strip_prefix(&probe.path).unwrap_or(file).display().to_string();
+    println!(
+        "{} {}, with .ccm/prompts/ and .ccm/skills/",
+        if wrote_config { "created" } else { "kept   " },
+        relative(&config_file)
+    );
     println!(
         "context {} registered: {} ({}, branch {})",
         short_id(&context.id),
@@ -104,5 +115,19 @@ pub async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()
         context.repo_url.as_deref().unwrap_or("no remote"),
         context.default_branch.as_deref().unwrap_or("none"),
     );
+    let local: Vec<String> = reports.iter().map(|r| relative(&r.file)).collect();
+    println!(
+        "\ncommit: .ccm/ (the project's ccm settings, prompts and skills, shared with the team)"
+    );
+    println!(
+        "ignore: {} (hooks that run `{ccm}` on this machine), e.g. add them to .git/info/exclude",
+        local.join(" ")
+    );
+    if ccm != "ccm" {
+        println!(
+            "hooks run {ccm}; after `cargo install --path node` (or a move), run `ccm hooks install` again"
+        );
+    }
+    println!("next: `ccm up -d`, then `ccm task add \"...\" --verify \"...\"` here");
     Ok(())
 }
