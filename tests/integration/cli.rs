@@ -313,3 +313,36 @@ fn init_says_what_it_created_and_its_hooks_run_ccm_from_path_for_a_cargo_build()
     let settings = std::fs::read_to_string(other.join(".claude/settings.local.json")).unwrap();
     assert!(settings.contains(&ccm_tests::ccm_bin().display().to_string()), "{settings}");
 }
+
+#[tokio::test]
+async fn task_logs_renders_stream_json_readably_and_raw_keeps_the_json() {
+    let home = TestHome::new("logs-render");
+    let fake = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
+    home.write_config(&format!(
+        "profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n",
+        fake.display()
+    ));
+    let repo = home.work().join("app");
+    ccm_tests::git_repo(&repo, None);
+    home.run_ok(&["context", "add", repo.to_str().unwrap()]);
+    let _daemon = home.start();
+    let added = add_in(&home, &repo, &["work", "--profile", "fake"]);
+    let id = String::from_utf8_lossy(&added.stdout).split_whitespace().nth(2).unwrap().to_string();
+    task_in(&home, &id, "complete").await;
+
+    let logs = home.run_ok(&["task", "logs", &id]);
+    for expected in [
+        "session 0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0 (claude-test)",
+        "assistant: Working on it",
+        "→ Bash git commit",
+        "cost $0.0123",
+        "Done: wrote work.txt",
+    ] {
+        assert!(logs.contains(expected), "`{expected}` missing from:\n{logs}");
+    }
+    assert!(!logs.contains("{\"type\""), "{logs}");
+    let raw = home.run_ok(&["task", "logs", &id, "--raw"]);
+    assert!(raw.lines().any(|l| l.starts_with("{\"type\":\"assistant\"")), "{raw}");
+    let followed = home.run_ok(&["task", "logs", &id, "--follow"]);
+    assert_eq!(followed, logs, "--follow on an ended agent prints the same and returns");
+}

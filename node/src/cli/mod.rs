@@ -16,6 +16,7 @@ mod context;
 mod daemon;
 mod dashboard;
 mod decide;
+mod logs;
 mod output;
 mod setup;
 mod state;

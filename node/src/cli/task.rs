@@ -66,6 +66,9 @@ pub enum TaskCommand {
         /// Keep printing as the agent writes, until it ends.
         #[arg(long, short)]
         follow: bool,
+        /// The agent's output as it wrote it (JSON events), not rendered.
+        #[arg(long)]
+        raw: bool,
     },
     /// Apply a state-machine event given as JSON, e.g. '{"event": "verify_passed"}'
     /// (for scripts and runners outside ccm).
@@ -119,8 +122,8 @@ pub async fn run(
     command: TaskCommand,
     cwd: &Path,
 ) -> anyhow::Result<()> {
-    if let TaskCommand::Logs { id, follow } = command {
-        return logs(&open_store(home, config).await?, &id, follow).await;
+    if let TaskCommand::Logs { id, follow, raw } = command {
+        return logs(&open_store(home, config).await?, &id, follow, raw).await;
     }
     let backend = Backend::connect(home, config).await?;
     match command {
@@ -201,7 +204,7 @@ pub async fn run(
 
 /// Prints the output log of the task's latest agent; with `follow`, keeps printing until the
 /// agent has ended and its log is drained.
-async fn logs(store: &Store, id: &str, follow: bool) -> anyhow::Result<()> {
+async fn logs(store: &Store, id: &str, follow: bool, raw: bool) -> anyhow::Result<()> {
     use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let task = store.task(id).await?.task;
@@ -211,6 +214,8 @@ async fn logs(store: &Store, id: &str, follow: bool) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("task {} has not run an agent yet", task.short_id()))?;
     let dir = PathBuf::from(&agent.dir);
     let mut offset = 0;
+    // The end of the output that is not a whole line yet.
+    let mut partial = Vec::new();
     loop {
         let ended = !follow
             || dir.join("exit").exists()
@@ -220,10 +225,27 @@ async fn logs(store: &Store, id: &str, follow: bool) -> anyhow::Result<()> {
             let mut fresh = Vec::new();
             file.read_to_end(&mut fresh).await?;
             offset += fresh.len() as u64;
-            std::io::stdout().write_all(&fresh)?;
-            std::io::stdout().flush()?;
+            let mut out = std::io::stdout().lock();
+            if raw {
+                out.write_all(&fresh)?;
+            } else {
+                partial.extend_from_slice(&fresh);
+                let whole = partial.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                for line in String::from_utf8_lossy(&partial[..whole]).lines() {
+                    for rendered in super::logs::render(line) {
+                        writeln!(out, "{rendered}")?;
+                    }
+                }
+                partial.drain(..whole);
+            }
+            out.flush()?;
         }
         if ended {
+            if !raw && !partial.is_empty() {
+                for rendered in super::logs::render(&String::from_utf8_lossy(&partial)) {
+                    println!("{rendered}");
+                }
+            }
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
