@@ -1,8 +1,9 @@
 //! The `ccm` command: argument parsing (clap), and a module per verb group.
 //!
-//! - [`task`], [`context`], [`agent`]: tasks, checkouts, agents.
-//! - [`setup`]: `init` and `hooks`; [`state`]: `status`, `dump-state`, `claims`, `backup`;
-//!   [`decide`]: decisions; [`dashboard`]: the web dashboard.
+//! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents.
+//! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
+//!   `dump-state`, `claims`, `backup`; [`alerts`], [`decide`]: what needs the operator;
+//!   [`dashboard`]: the web dashboard.
 //! - [`backend`]: where state changes go (the daemon's API, or SQLite when no daemon runs);
 //!   [`output`]: JSON or aligned text.
 //!
@@ -84,12 +85,13 @@ enum Command {
     },
     /// Stop the daemon gracefully and wait until it has exited (agents keep running).
     Stop,
-    /// Show the node: daemon, tasks per state, alerts, decisions, outbox.
+    /// Show the node: daemon, tasks per state, agents, alerts, decisions, sync.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Check tmux, git, the config, the database and the port, and say how to fix problems.
+    /// Check tmux, git, the config, the database, the port and each profile's program, and
+    /// say how to fix problems.
     Doctor,
     /// Create, list, show, cancel and retry tasks.
     #[command(subcommand)]
@@ -121,7 +123,8 @@ enum Command {
     Alerts(alerts::AlertsArgs),
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
     Decide {
-        /// Decision id (or unique prefix) to answer.
+        /// Decision id (or unique prefix) to answer, or the id of a task with one pending
+        /// decision.
         #[arg(value_parser = not_empty)]
         id: Option<String>,
         /// The answer: one of the decision's options.

@@ -88,8 +88,14 @@ fn show_status(status: &Status, sync: bool) {
         status.today.input_tokens,
         status.today.output_tokens
     );
-    println!("alerts  {} open", status.open_alerts);
-    println!("decide  {} pending", status.pending_decisions);
+    let see =
+        |n: usize, command: &str| if n > 0 { format!(" (`{command}`)") } else { String::new() };
+    println!("alerts  {} open{}", status.open_alerts, see(status.open_alerts, "ccm alerts"));
+    println!(
+        "decide  {} pending{}",
+        status.pending_decisions,
+        see(status.pending_decisions, "ccm decide")
+    );
     if !sync {
         println!("sync    not configured (changes stay on this machine; see sync: in the config)");
         return;
