@@ -28,7 +28,7 @@ impl Silent {
 }
 
 /// Whether a daemon holds the home's lock (`daemon.lock`), probed without keeping it.
-fn lock_held(home: &Home) -> bool {
+pub(crate) fn lock_held(home: &Home) -> bool {
     std::fs::File::open(home.lock_file())
         .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
 }

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::agents::profile::Mode;
 use crate::agents::versions;
 use crate::client::Client;
 use crate::config::Config;
@@ -12,7 +13,7 @@ use crate::store::StoreError;
 
 /// One check's outcome: a finding, and a fix when it failed.
 struct Check {
-    name: &'static str,
+    name: String,
     result: Result<String, (String, String)>,
 }
 
@@ -37,14 +38,21 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
         ),
     ];
     let config = Config::load(home.root(), project);
+    let file = home.config_file();
+    let project_file = project.map(|p| p.join(".ccm/config.yaml")).filter(|f| f.exists());
+    let files: Vec<String> = [Some(file.clone()).filter(|f| f.exists()), project_file]
+        .into_iter()
+        .flatten()
+        .map(|f| f.display().to_string())
+        .collect();
     checks.push(Check {
-        name: "config",
+        name: "config".into(),
         result: match &config {
-            Ok(_) => Ok(format!(
-                "valid ({}{})",
-                home.config_file().display(),
-                project.map(|p| format!(", {}/.ccm/config.yaml", p.display())).unwrap_or_default()
+            Ok(_) if files.is_empty() => Ok(format!(
+                "no config file: the defaults are in use ({} would hold yours)",
+                file.display()
             )),
+            Ok(_) => Ok(format!("valid ({})", files.join(", "))),
             Err(e) => Err((
                 e.to_string(),
                 "correct the key named above; `ccm init` writes a commented template".into(),
@@ -53,7 +61,7 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     });
     let config = config.unwrap_or_default();
     checks.push(Check {
-        name: "home",
+        name: "home".into(),
         result: match home.insecure() {
             None => Ok(format!("{} (private)", home.root().display())),
             Some(problem) => Err(problem),
@@ -62,8 +70,8 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     checks.push(database(home, &config).await);
     checks.push(auth(home));
     checks.push(port(home, &config).await);
-    let (found, warnings) = agent_clis(&config);
-
+    let (programs, found, warnings) = agent_clis(&config);
+    checks.extend(programs);
     let mut failed = 0;
     for check in &checks {
         match &check.result {
@@ -84,40 +92,72 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The installed version of each agent CLI a configured profile runs (`claude`, `gemini`,
-/// `codex`), and whether the tests cover it.
-fn agent_clis(config: &Config) -> (Vec<(String, String)>, Vec<Warning>) {
-    let mut programs: Vec<&str> =
-        config.profiles.values().filter_map(|p| p.command.first().map(String::as_str)).collect();
-    programs.sort_unstable();
-    programs.dedup();
-    let (mut found, mut warnings) = (Vec::new(), Vec::new());
-    for program in programs {
+/// Each configured profile's program: whether it is on PATH (a failure for the default
+/// profile, which every task without `--profile` uses; a warning for the others), and the
+/// version of the agent CLIs the tests cover.
+fn agent_clis(config: &Config) -> (Vec<Check>, Vec<(String, String)>, Vec<Warning>) {
+    let mut programs: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (name, profile) in &config.profiles {
+        let Some(program) = profile.command.first().filter(|_| profile.mode != Mode::External)
+        else {
+            continue;
+        };
+        match programs.iter_mut().find(|(p, _)| p == program) {
+            Some((_, profiles)) => profiles.push(name),
+            None => programs.push((program, vec![name])),
+        }
+    }
+    let default = config.tasks.profile.as_str();
+    let (mut checks, mut found, mut warnings) = (Vec::new(), Vec::new(), Vec::new());
+    for (program, profiles) in programs {
         let name = Path::new(program).file_name().map_or(program.into(), |n| n.to_string_lossy());
-        let Some(covered) = versions::covered(&name) else { continue };
-        let output = Command::new(program).arg("--version").output();
+        let used_by = format!("profile {}", profiles.join(", "));
+        let Some(path) = crate::agents::on_path(program) else {
+            let finding = format!("`{program}` ({used_by}) is not on PATH");
+            if profiles.contains(&default) {
+                checks.push(Check {
+                    name: name.into_owned(),
+                    result: Err((
+                        format!("{finding}; tasks use profile {default} unless they name another"),
+                        format!(
+                            "install {program}, or set tasks.profile (config.yaml or CCM_TASKS__PROFILE) to a profile whose program is installed"
+                        ),
+                    )),
+                });
+            } else {
+                warnings.push(Warning { name: name.into_owned(), finding });
+            }
+            continue;
+        };
+        let Some(covered) = versions::covered(&name) else {
+            found.push((name.into_owned(), format!("{} ({used_by})", path.display())));
+            continue;
+        };
+        let output = Command::new(&path).arg("--version").output();
         let text = output.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         let installed = text.as_deref().ok().and_then(versions::parse_version).map(str::to_string);
         let name = name.into_owned();
         match installed {
             Some(version) if version == covered => {
-                found.push((name, format!("{version} (a version the tests cover)")));
+                found.push((name, format!("{version} (a version the tests cover) at {}", path.display())));
             }
             Some(version) => warnings.push(Warning {
                 name,
                 finding: format!(
-                    "{version} is not a version the tests cover ({covered}); it may behave differently"
+                    "{version} is not a version the tests cover ({covered}); it may behave differently (at {})",
+                    path.display()
                 ),
             }),
             None => warnings.push(Warning {
                 name,
                 finding: format!(
-                    "`{program} --version` gave no version: not installed? (the tests cover {covered})"
+                    "`{} --version` gave no version (the tests cover {covered})",
+                    path.display()
                 ),
             }),
         }
     }
-    (found, warnings)
+    (checks, found, warnings)
 }
 
 fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {
@@ -131,12 +171,19 @@ fn tool(name: &'static str, args: &[&str], fix: &str) -> Check {
         )),
         Err(e) => Err((format!("`{name}` not found: {e}"), fix.to_string())),
     };
-    Check { name, result }
+    Check { name: name.into(), result }
 }
 
 async fn database(home: &Home, config: &Config) -> Check {
     let path = home.db_file();
-    let result = match crate::cli::open_store(home, config).await {
+    if !path.exists() {
+        let finding = format!(
+            "{} not created yet (the first command that needs it creates it)",
+            path.display()
+        );
+        return Check { name: "database".into(), result: Ok(finding) };
+    }
+    let result = match crate::home::open_store(home, config).await {
         Ok(store) => {
             let check = store.integrity_check().await;
             store.close().await;
@@ -169,7 +216,7 @@ async fn database(home: &Home, config: &Config) -> Check {
             )),
         },
     };
-    Check { name: "database", result }
+    Check { name: "database".into(), result }
 }
 
 fn auth(home: &Home) -> Check {
@@ -192,7 +239,7 @@ fn auth(home: &Home) -> Check {
             )),
         },
     };
-    Check { name: "auth", result }
+    Check { name: "auth".into(), result }
 }
 
 async fn port(home: &Home, config: &Config) -> Check {
@@ -210,5 +257,5 @@ async fn port(home: &Home, config: &Config) -> Check {
             )),
         },
     };
-    Check { name: "port", result }
+    Check { name: "port".into(), result }
 }

@@ -12,6 +12,21 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+/// Opens (creating when missing) the home's database, as the CLI and `ccm doctor` do: the
+/// system's name is `node.name`, else the hostname.
+pub async fn open_store(
+    home: &Home,
+    config: &crate::config::Config,
+) -> anyhow::Result<crate::store::Store> {
+    home.ensure()?;
+    let name = config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+    Ok(crate::store::Store::open(&home.db_file(), &name).await?)
+}
+
 /// Paths of the node's global files.
 #[derive(Debug, Clone)]
 pub struct Home {

@@ -1,6 +1,6 @@
 //! The ccm node: the daemon, the `ccm` command, the local HTTP API and the local store.
 //!
-//! - [`cli`]: argument parsing and one function per verb; the entry point of the binary.
+//! - [`cli`]: the `ccm` command: arguments, a module per verb group, the daemon-or-store backend.
 //! - [`daemon`]: `ccm up`: the axum API, its guards, the scheduler, metrics, shutdown.
 //! - [`dashboard`]: the web dashboard (profile `full`): pages, sign-in, live updates.
 //! - [`store`]: the SQLite store: tasks, log, dependencies, contexts, alerts, decisions, outbox.

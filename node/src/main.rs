@@ -36,6 +36,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
+    if !cli.runs_daemon() {
+        // A command whose reader went away (`ccm task list | head`) ends quietly, as `ls` and
+        // `git log` do, instead of panicking in `println!`. The daemon keeps ignoring SIGPIPE:
+        // a client that hangs up must not stop it.
+        // SAFETY: sets the disposition of one signal before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("CCM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

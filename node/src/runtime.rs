@@ -802,6 +802,14 @@ impl Runtime {
         });
         if let Some(ExitMeaning::Fatal(what)) = meaning {
             let code = agent.exit_code.unwrap_or(-1);
+            let program = self.profile(&agent.profile).and_then(|p| p.command.first());
+            let what = match program.filter(|_| matches!(code, 126 | 127)) {
+                Some(program) => format!(
+                    "{what}: `{program}` of profile {}; is it installed and on the daemon's PATH? `ccm doctor` checks",
+                    agent.profile
+                ),
+                None => what.to_string(),
+            };
             let reason = match cause() {
                 Some(cause) => format!("worker exited with status {code} ({what}): {cause}"),
                 None => format!("worker exited with status {code} ({what})"),

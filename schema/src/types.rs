@@ -246,6 +246,27 @@ impl AgentStatus {
     }
 }
 
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentStatus::Starting => "starting",
+            AgentStatus::Running => "running",
+            AgentStatus::Exited => "exited",
+            AgentStatus::Lost => "lost",
+            AgentStatus::Killed => "killed",
+        })
+    }
+}
+
+impl fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentKind::Worker => "worker",
+            AgentKind::Supervisory => "supervisory",
+        })
+    }
+}
+
 /// One agent process, as the node records it.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Agent {

@@ -101,7 +101,7 @@ fn doctor_reports_each_check_and_how_to_fix_failures() {
         );
     }
 
-    std::fs::write(home.home().join("config.yaml"), "tasks:\n  max_attempts: -1\n").unwrap();
+    home.write_config("tasks:\n  max_attempts: -1\n");
     let broken = home.run(&["doctor"]);
     assert!(!broken.status.success());
     let stdout = String::from_utf8_lossy(&broken.stdout);

@@ -4,6 +4,7 @@
 mod api;
 mod central;
 mod claude;
+mod cli;
 mod config;
 mod dashboard;
 mod durability;

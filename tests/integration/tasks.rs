@@ -215,7 +215,7 @@ async fn every_transition_is_logged_in_order_with_reason_and_actor() {
             (
                 json!("error"),
                 json!("retry"),
-                json!("attempt 1 of 2 failed (verify_failed); retrying in 10s"),
+                json!("attempt 1 of 2 failed (verify_failed: 3 tests failed); retrying in 10s"),
                 json!("api")
             ),
             (json!("retry"), json!("cancelled"), json!("not needed any more"), json!("cli")),
@@ -371,7 +371,7 @@ async fn blocked_task_after_exhausted_attempts_raises_alert_and_decision() {
     let dump = home.run_ok(&["dump-state"]);
     assert!(dump.contains("attempts_exhausted"), "{dump}");
     assert!(
-        dump.contains("is blocked: all 1 attempts failed; last: crash. Retry or cancel?"),
+        dump.contains("is blocked: all 1 attempts failed; last: crash: failed. Retry or cancel?"),
         "{dump}"
     );
 

@@ -11,3 +11,21 @@ pub mod gemini_state;
 pub mod parse;
 pub mod profile;
 pub mod versions;
+
+use std::path::Path;
+
+/// Where `program` is: itself when it names a path, else the first executable file of that
+/// name in a `PATH` directory.
+pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    let executable = |path: &Path| {
+        path.metadata().is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+    };
+    if program.contains('/') {
+        let path = Path::new(program).to_path_buf();
+        return executable(&path).then_some(path);
+    }
+    let dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&dirs).map(|dir| dir.join(program)).find(|path| executable(path))
+}

@@ -66,7 +66,7 @@ pub enum ExitMeaning {
 impl OutputFormat {
     /// The meaning of the exit status `code` of the CLI that prints this format, when it has
     /// one. Gemini CLI 0.61: 41 authentication, 42 input error, 55 untrusted folder, 173 quota
-    /// exhausted.
+    /// exhausted. Any CLI: 127 and 126, the shell's "not found" and "not executable".
     pub fn exit_meaning(self, code: i64) -> Option<ExitMeaning> {
         match (self, code) {
             (OutputFormat::Gemini, 41) => Some(ExitMeaning::Fatal("gemini cannot authenticate")),
@@ -75,6 +75,9 @@ impl OutputFormat {
                 Some(ExitMeaning::Fatal("gemini does not trust the folder"))
             }
             (OutputFormat::Gemini, 173) => Some(ExitMeaning::Quota),
+            // The shell that runs every agent says so when it cannot start the program.
+            (_, 127) => Some(ExitMeaning::Fatal("its program was not found")),
+            (_, 126) => Some(ExitMeaning::Fatal("its program cannot be executed")),
             _ => None,
         }
     }
@@ -743,6 +746,10 @@ mod tests {
         assert_eq!(meaning(1), None);
         assert_eq!(OutputFormat::Codex.exit_meaning(41), None);
         assert_eq!(OutputFormat::Claude.exit_meaning(173), None);
+        for format in [OutputFormat::Claude, OutputFormat::Codex, OutputFormat::Plain] {
+            assert!(matches!(format.exit_meaning(127), Some(ExitMeaning::Fatal(_))));
+            assert!(matches!(format.exit_meaning(126), Some(ExitMeaning::Fatal(_))));
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/claims", get(claims))
         .route("/agents", get(list_agents))
         .route("/decisions", get(list_decisions))
+        .route("/alerts", get(list_alerts))
+        .route("/alerts/{id}/ack", post(acknowledge_alert))
         .route("/decisions/{id}", post(answer_decision))
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
@@ -522,6 +524,29 @@ async fn list_decisions(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<ccm_schema::Decision>>, ApiError> {
     Ok(Json(state.store.decisions().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// Open alerts, newest first; `?all=true` includes the resolved ones.
+async fn list_alerts(
+    State(state): State<AppState>,
+    query: Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<ccm_schema::Alert>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(Json(state.store.alerts(query.all).await?))
+}
+
+async fn acknowledge_alert(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ccm_schema::Alert>, ApiError> {
+    Ok(Json(state.store.acknowledge_alert(&id).await?))
 }
 
 #[derive(Deserialize)]

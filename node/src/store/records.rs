@@ -49,6 +49,18 @@ impl Store {
         .await?)
     }
 
+    /// Every alert (`all`) or the open ones, newest first.
+    pub async fn alerts(&self, all: bool) -> Result<Vec<Alert>> {
+        if !all {
+            return self.open_alerts().await;
+        }
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts ORDER BY created_at DESC, id DESC"
+        ))
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
     /// Alerts not yet resolved, newest first.
     pub async fn open_alerts(&self) -> Result<Vec<Alert>> {
         Ok(sqlx::query_as(&format!(
@@ -99,7 +111,36 @@ impl Store {
             Err(found) if found.len() > 1 => {
                 return Err(invalid(format!("decision id `{key}` is ambiguous")))
             }
-            _ => return Err(StoreError::DecisionNotFound(key)),
+            _ if key.is_empty() => return Err(StoreError::DecisionNotFound(key)),
+            // A task id (or prefix) names the one decision its task waits for.
+            _ => {
+                let pending: Vec<Decision> = sqlx::query_as(&format!(
+                    r#"
+                    SELECT {DECISION_COLUMNS}
+                    FROM decisions
+                    WHERE task_id >= ?1 AND task_id < ?1 || 'g' AND answered_at IS NULL
+                    ORDER BY created_at, id LIMIT 11
+                    "#
+                ))
+                .bind(&key)
+                .fetch_all(&mut *tx)
+                .await?;
+                match <[Decision; 1]>::try_from(pending) {
+                    Ok([decision]) => decision,
+                    Err(pending) if pending.is_empty() => {
+                        return Err(StoreError::DecisionNotFound(key))
+                    }
+                    Err(pending) => {
+                        let ids: Vec<String> =
+                            pending.iter().map(|d| ccm_schema::types::short_id(&d.id)).collect();
+                        return Err(invalid(format!(
+                            "`{key}` has {} pending decisions; answer one by its id: {}",
+                            pending.len(),
+                            ids.join(", ")
+                        )));
+                    }
+                }
+            }
         };
         if let Some(given) = &decision.answer {
             return Err(invalid(format!(

@@ -72,6 +72,12 @@ pub struct TaskDetail {
     /// Tokens all the task's agents used.
     #[serde(default)]
     pub tokens: Tokens,
+    /// The worktree record (`path`, `branch`, ...) while the task's worktree exists.
+    #[serde(default)]
+    pub worktree: Option<serde_json::Value>,
+    /// Hook events of the task's agents (`ccm task show ID --events` lists them).
+    #[serde(default)]
+    pub hook_events: i64,
 }
 
 /// Input and output tokens.
@@ -409,14 +415,21 @@ impl Store {
         .bind(id.hyphenated())
         .fetch_one(&mut *conn)
         .await?;
+        let (hook_events,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM hook_events WHERE task_id = ?")
+                .bind(id.hyphenated())
+                .fetch_one(&mut *conn)
+                .await?;
         drop(conn);
         Ok(TaskDetail {
             log,
             runs: self.attempts(id).await?,
             reports: self.reports(id).await?,
+            worktree: self.worktree(id).await?,
             task,
             cost_usd,
             tokens: Tokens { input, output },
+            hook_events,
         })
     }
 }
@@ -480,6 +493,13 @@ async fn create_in_tx(
     let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
     let repo =
         new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
+    if let Some(repo) = repo.as_deref().filter(|r| !r.contains("://") && !r.starts_with('/')) {
+        // A relative path means nothing to the runtime, which runs elsewhere.
+        return Err(invalid(
+            "repo",
+            format!("must be a repository URL or the absolute path of a checkout, got `{repo}`"),
+        ));
+    }
     let now = Timestamp::now();
     let id = Uuid::new_v4();
 
@@ -567,8 +587,12 @@ pub(super) async fn apply_in_tx(
             event => event,
         };
         let step = transition(task.state, event)?;
+        let cause = reason.clone();
         let mut reason = reason;
         if let TaskEvent::Resolve { class, attempt, max_attempts } = event {
+            // What the failure said travels with the verdict, into the log and the alert.
+            let class =
+                if cause.is_empty() { class.to_string() } else { format!("{class}: {cause}") };
             reason = match step.to {
                 TaskState::Retry => format!(
                     "attempt {attempt} of {max_attempts} failed ({class}); retrying in {}",
@@ -597,7 +621,7 @@ pub(super) async fn apply_in_tx(
                         attempt: task.attempts,
                         max_attempts: task.max_attempts,
                     },
-                    String::new(),
+                    reason.clone(),
                 )),
                 Effect::RaiseAlert { severity, reason: why } => {
                     urgent |= severity == Severity::Critical;
@@ -631,6 +655,10 @@ pub(super) async fn apply_in_tx(
         if step.to.is_terminal() {
             // Nothing waits for an answer about a finished task any more.
             close_decisions(tx, id, None, event.name(), actor, now).await?;
+        }
+        if matches!(event, TaskEvent::Retry | TaskEvent::Cancel) {
+            // The operator acted on the task: what its alerts asked for is settled.
+            resolve_task_alerts(tx, id, now).await?;
         }
         if task.state == TaskState::Executing && step.to != TaskState::Executing {
             end_open_attempt(tx, id, &event, now).await?;
@@ -771,6 +799,21 @@ async fn close_decisions(
 }
 
 /// Resolves the open alerts that ask for the decision `decision` (their details name it).
+/// Resolves the task's open alerts.
+async fn resolve_task_alerts(tx: &mut Writing, task: Uuid, now: Timestamp) -> Result<()> {
+    let resolved: Vec<ccm_schema::Alert> = sqlx::query_as(&format!(
+        "UPDATE alerts SET resolved_at = ? WHERE resolved_at IS NULL AND task_id = ? RETURNING {ALERT_COLUMNS}"
+    ))
+    .bind(now)
+    .bind(task.hyphenated().to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    for alert in resolved {
+        outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn resolve_decision_alerts(
     tx: &mut Writing,
     decision: Uuid,

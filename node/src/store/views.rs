@@ -156,20 +156,31 @@ impl Store {
         .await?)
     }
 
-    /// Marks an open alert as acknowledged (resolved now).
+    /// Marks an open alert as acknowledged (resolved now); `id` may be a unique prefix.
     pub async fn acknowledge_alert(&self, id: &str) -> Result<Alert> {
+        let key = id.trim().to_ascii_lowercase();
         let mut tx = self.write().await?;
-        let alert: Option<Alert> = sqlx::query_as(&format!(
-            "UPDATE alerts SET resolved_at = ? WHERE id = ? AND resolved_at IS NULL RETURNING {ALERT_COLUMNS}"
+        let open: Vec<Alert> = sqlx::query_as(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE id >= ?1 AND id < ?1 || 'g' AND resolved_at IS NULL LIMIT 2"
+        ))
+        .bind(&key)
+        .fetch_all(&mut *tx)
+        .await?;
+        let invalid = |message: String| StoreError::Invalid { field: "alert", message };
+        let alert = match <[Alert; 1]>::try_from(open) {
+            Ok([alert]) if !key.is_empty() => alert,
+            Err(open) if open.len() > 1 => {
+                return Err(invalid(format!("alert id `{key}` is ambiguous")))
+            }
+            _ => return Err(invalid(format!("no open alert has id `{id}`"))),
+        };
+        let alert: Alert = sqlx::query_as(&format!(
+            "UPDATE alerts SET resolved_at = ? WHERE id = ? RETURNING {ALERT_COLUMNS}"
         ))
         .bind(Timestamp::now())
-        .bind(id)
-        .fetch_optional(&mut *tx)
+        .bind(alert.id.hyphenated())
+        .fetch_one(&mut *tx)
         .await?;
-        let alert = alert.ok_or_else(|| StoreError::Invalid {
-            field: "alert",
-            message: format!("no open alert has id `{id}`"),
-        })?;
         outbox(&mut tx, "alert", &alert.id.to_string(), &alert, false).await?;
         tx.commit().await?;
         Ok(alert)

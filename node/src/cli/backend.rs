@@ -1,0 +1,153 @@
+//! Where state-changing commands go: the running daemon's API, or the database file. Every
+//! command that may change state asks [`Backend`]; nothing else in the CLI chooses.
+
+use std::path::Path;
+
+use ccm_schema::{Alert, Context, Task, TaskEvent, TaskState};
+use serde_json::json;
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::home::{open_store, Home};
+use crate::status::Status;
+use crate::store::{
+    ContextProbe, NewTask, RetryPolicy, Store, StoredHookEvent, TaskDetail, TaskFilter,
+};
+
+/// Where state-changing commands go: the running daemon, or the database file.
+pub enum Backend {
+    Daemon(Client),
+    Local { store: Store, config: Box<Config> },
+}
+
+impl Backend {
+    pub async fn connect(home: &Home, config: &Config) -> anyhow::Result<Backend> {
+        let client = Client::connect(home)
+            .await
+            .map_err(|silent| anyhow::anyhow!("{silent}; {}", silent.fix()))?;
+        match client {
+            Some(client) => Ok(Backend::Daemon(client)),
+            None => Ok(Backend::Local {
+                store: open_store(home, config).await?,
+                config: Box::new(config.clone()),
+            }),
+        }
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        match self {
+            Backend::Daemon(client) => client.get(&["status"]).await,
+            Backend::Local { store, .. } => Ok(Status::gather(store, None).await?),
+        }
+    }
+
+    pub async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
+        match self {
+            Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
+            Backend::Local { store, config } => Ok(store.create_task(new, config, "cli").await?),
+        }
+    }
+
+    pub async fn tasks(&self, state: Option<TaskState>) -> anyhow::Result<Vec<Task>> {
+        match self {
+            Backend::Daemon(client) => match state {
+                Some(state) => client.get_query(&["tasks"], &[("state", state.as_str())]).await,
+                None => client.get(&["tasks"]).await,
+            },
+            Backend::Local { store, .. } => Ok(store.tasks(&TaskFilter { state }).await?),
+        }
+    }
+
+    pub async fn task(&self, id: &str) -> anyhow::Result<TaskDetail> {
+        match self {
+            Backend::Daemon(client) => client.get(&["tasks", id]).await,
+            Backend::Local { store, .. } => Ok(store.task(id).await?),
+        }
+    }
+
+    /// The hook timeline of the task's agents.
+    pub async fn task_events(&self, id: &str) -> anyhow::Result<Vec<StoredHookEvent>> {
+        match self {
+            Backend::Daemon(client) => client.get(&["tasks", id, "events"]).await,
+            Backend::Local { store, .. } => Ok(store.task_hook_events(id).await?),
+        }
+    }
+
+    pub async fn apply_event(
+        &self,
+        id: &str,
+        event: TaskEvent,
+        reason: &str,
+    ) -> anyhow::Result<Task> {
+        match self {
+            Backend::Daemon(client) => {
+                let mut body = serde_json::to_value(event)?;
+                body["reason"] = json!(reason);
+                client.post(&["tasks", id, "events"], body).await
+            }
+            Backend::Local { store, config } => {
+                let policy = RetryPolicy::from(&**config);
+                Ok(store.apply_event(id, event, reason, "cli", policy).await?.0)
+            }
+        }
+    }
+
+    pub async fn add_dependencies(&self, id: &str, on: &[String]) -> anyhow::Result<Task> {
+        match self {
+            Backend::Daemon(client) => {
+                client.post(&["tasks", id, "dependencies"], json!({ "depends_on": on })).await
+            }
+            Backend::Local { store, .. } => Ok(store.add_dependencies(id, on, "cli").await?),
+        }
+    }
+
+    pub async fn answer(&self, id: &str, answer: &str) -> anyhow::Result<ccm_schema::Decision> {
+        match self {
+            Backend::Daemon(client) => {
+                client.post(&["decisions", id], json!({ "answer": answer })).await
+            }
+            Backend::Local { store, config } => {
+                Ok(store.answer_decision(id, answer, "cli", RetryPolicy::from(&**config)).await?)
+            }
+        }
+    }
+
+    pub async fn alerts(&self, all: bool) -> anyhow::Result<Vec<Alert>> {
+        match self {
+            Backend::Daemon(client) => {
+                client.get_query(&["alerts"], &[("all", if all { "true" } else { "false" })]).await
+            }
+            Backend::Local { store, .. } => Ok(store.alerts(all).await?),
+        }
+    }
+
+    pub async fn acknowledge_alert(&self, id: &str) -> anyhow::Result<Alert> {
+        match self {
+            Backend::Daemon(client) => client.post(&["alerts", id, "ack"], json!({})).await,
+            Backend::Local { store, .. } => Ok(store.acknowledge_alert(id).await?),
+        }
+    }
+
+    pub async fn contexts(&self) -> anyhow::Result<Vec<Context>> {
+        match self {
+            Backend::Daemon(client) => client.get(&["contexts"]).await,
+            Backend::Local { store, .. } => Ok(store.contexts().await?),
+        }
+    }
+
+    pub async fn add_context(&self, path: &Path) -> anyhow::Result<Context> {
+        match self {
+            Backend::Daemon(client) => client.post(&["contexts"], json!({ "path": path })).await,
+            Backend::Local { store, .. } => {
+                Ok(store.upsert_context(&ContextProbe::inspect(path)?).await?)
+            }
+        }
+    }
+
+    pub async fn remove_context(&self, key: &str) -> anyhow::Result<Context> {
+        match self {
+            Backend::Daemon(client) => client.delete(&["contexts", key]).await,
+            Backend::Local { store, .. } => Ok(store.remove_context(key).await?),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `ccm up [--detach]` and `ccm stop`: the daemon's life from the command line.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::client::{lock_held, Client};
+use crate::config::Config;
+use crate::home::Home;
+
+/// How long `up --detach` waits for the new daemon to answer, and `stop` for it to exit.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `ccm up`: the daemon in the foreground, or (`detach`) in the background with its log in
+/// `logs/daemon.log`, returning once it answers.
+pub async fn up(home: Home, config: Config, detach: bool) -> anyhow::Result<()> {
+    if !detach {
+        return crate::daemon::run(home, config).await;
+    }
+    if let Some(client) = Client::connect(&home).await? {
+        anyhow::bail!(
+            "the daemon is already running (pid {}, {}); `ccm stop` stops it",
+            client.daemon.pid,
+            client.daemon.addr
+        );
+    }
+    home.ensure()?;
+    let dir = home.root().join("logs");
+    crate::home::private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the ccm binary that runs")?;
+    let mut command = std::process::Command::new(exe);
+    command.arg("up").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: `setsid` is async-signal-safe; the daemon gets its own session, so closing this
+    // terminal (SIGHUP) or Ctrl-C in it does not reach it.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("cannot start the daemon")?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the daemon exited at start ({status}); the end of {}:\n{}",
+                log_path.display(),
+                log_tail(&log_path)
+            );
+        }
+        if let Ok(Some(client)) = Client::connect(&home).await {
+            if client.daemon.pid == child.id() {
+                println!(
+                    "daemon started (pid {}, {}); log in {}; `ccm stop` stops it",
+                    client.daemon.pid,
+                    client.daemon.addr,
+                    log_path.display()
+                );
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon (pid {}) did not answer within {}s; see {}",
+            child.id(),
+            WAIT.as_secs(),
+            log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last lines of a log file.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// `ccm stop`: asks the daemon to shut down (SIGTERM: it drains requests and closes the store)
+/// and waits until it has exited. Agents run in tmux and keep running.
+pub async fn stop(home: &Home) -> anyhow::Result<()> {
+    let running = home.read_daemon_info().filter(|_| lock_held(home));
+    let Some(daemon) = running else {
+        println!("no daemon is running for {}", home.root().display());
+        return Ok(());
+    };
+    let pid = libc::pid_t::try_from(daemon.pid).context("the port file holds a bad pid")?;
+    // SAFETY: kill(2) with a pid read from the home's own port file, whose daemon holds the
+    // home's lock (checked above).
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        let error = std::io::Error::last_os_error();
+        anyhow::bail!("cannot signal the daemon (pid {pid}): {error}");
+    }
+    let deadline = Instant::now() + WAIT;
+    while lock_held(home) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon (pid {pid}) did not stop within {}s; `kill -9 {pid}` ends it (agents keep running)",
+            WAIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("daemon stopped (pid {pid}); agents keep running (`ccm agent list`)");
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The `ccm` command: argument parsing (clap), and a module per verb group.
+//!
+//! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents.
+//! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
+//!   `dump-state`, `claims`, `backup`; [`alerts`], [`decide`]: what needs the operator;
+//!   [`dashboard`]: the web dashboard.
+//! - [`backend`]: where state changes go (the daemon's API, or SQLite when no daemon runs);
+//!   [`output`]: JSON or aligned text.
+//!
+//! Read-only commands (`dump-state`, `backup`, `claims`, `agent`, `task logs`) read the database
+//! file directly.
+
+mod agent;
+mod alerts;
+mod backend;
+mod context;
+mod daemon;
+mod dashboard;
+mod decide;
+mod logs;
+mod output;
+mod setup;
+mod state;
+mod task;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::home::Home;
+use crate::hooks::event::System;
+use crate::store::StoreError;
+use backend::Backend;
+pub(crate) use output::print;
+
+/// Opens the home's store (`crate::sync` names it here).
+pub(crate) use crate::home::open_store;
+
+#[derive(Debug, Parser)]
+#[command(name = "ccm", version, about = "Local-first orchestrator for AI coding agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+impl Cli {
+    /// Whether this command runs the daemon (in this process).
+    pub fn runs_daemon(&self) -> bool {
+        matches!(self.command, Command::Up { .. })
+    }
+}
+
+/// `ccm hook` alone: a short-lived process on every agent's path parses its own arguments
+/// without building the whole command tree (see `main.rs`).
+#[derive(Debug, Parser)]
+#[command(name = "ccm hook", version)]
+pub struct HookCli {
+    #[command(flatten)]
+    pub args: HookArgs,
+}
+
+/// The arguments of `ccm hook`.
+#[derive(Debug, Default, Args)]
+pub struct HookArgs {
+    /// The CLI whose hook runs this: claude, gemini or codex (detected when omitted).
+    #[arg(long)]
+    agent: Option<String>,
+    /// The event, for CLIs that pass it as an argument (Codex notify).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    payload: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set up ccm in the current git repository (.ccm/) and register it as a context.
+    Init,
+    /// Run the daemon: in the foreground (the form a service supervisor runs), or with
+    /// --detach in the background, logging to logs/daemon.log.
+    Up {
+        /// Start in the background and return once the daemon answers.
+        #[arg(long, short)]
+        detach: bool,
+    },
+    /// Stop the daemon gracefully and wait until it has exited (agents keep running).
+    Stop,
+    /// Show the node: daemon, tasks per state, agents, alerts, decisions, sync.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check tmux, git, the config, the database, the port and each profile's program, and
+    /// say how to fix problems.
+    Doctor,
+    /// Create, list, show, cancel and retry tasks.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Repository checkouts registered on this system.
+    #[command(subcommand)]
+    Context(context::ContextCommand),
+    /// Agents: list them, attach a terminal to one, kill one.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Hook entry point for the agent CLIs: reads one event (stdin, or the last argument for
+    /// Codex's notify), stores it, prints a decision when a policy made one. Always exits 0.
+    Hook(HookArgs),
+    /// Install ccm's hooks into the repository's agent CLI settings (Claude Code, Gemini CLI,
+    /// Codex), show them, or remove exactly what was installed.
+    Hooks {
+        #[command(subcommand)]
+        command: setup::HooksCommand,
+    },
+    /// The sync engine: enrol this system, show the lanes, send now, pause and resume.
+    #[command(subcommand)]
+    Sync(crate::sync::SyncCommand),
+    /// Files claimed by tasks (strict ownership) and the change requests refused writes left.
+    Claims {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open alerts (--all: resolved ones too); `ccm alerts ack ID` acknowledges one.
+    Alerts(alerts::AlertsArgs),
+    /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
+    Decide {
+        /// Decision id (or unique prefix) to answer, or the id of a task with one pending
+        /// decision.
+        #[arg(value_parser = not_empty)]
+        id: Option<String>,
+        /// The answer: one of the decision's options.
+        answer: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the whole state of the node, human-readable (or --json).
+    DumpState {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent copy of the database to FILE, even while the daemon runs.
+    Backup { file: PathBuf },
+    /// Open the web dashboard signed in (a one-time link), or end every dashboard sign-in.
+    Dashboard {
+        /// Print the sign-in link instead of opening a browser.
+        #[arg(long)]
+        print: bool,
+        /// Sign out every browser.
+        #[arg(long, conflicts_with = "print")]
+        revoke: bool,
+    },
+    /// Notifiers (Telegram, ntfy, Slack, webhooks): send a test message, show what was sent.
+    #[command(subcommand)]
+    Notify(crate::notify::cli::NotifyCommand),
+    /// Run the daemon as a user service (systemd or launchd): install, uninstall, status.
+    #[command(subcommand)]
+    Service(crate::notify::cli::ServiceCommand),
+}
+
+/// An id (or id prefix, or key) argument: an empty one would match everything or nothing.
+fn not_empty(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("the id is empty; give an id or a unique id prefix".into())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+/// Runs `ccm hook`, which loads no configuration up front and never fails.
+pub async fn hook(HookArgs { agent, mut payload }: HookArgs) {
+    let system = agent.and_then(|a| a.parse::<System>().ok());
+    match Home::locate() {
+        Ok(home) => crate::hooks::command::run(&home, system, payload.pop()).await,
+        Err(e) => eprintln!("ccm hook: {e:#}; the event is not stored"),
+    }
+}
+
+/// Parses the arguments and runs the command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::locate()?;
+    let db = home.db_file();
+    command(cli, home).await.map_err(|error| match error.downcast_ref::<StoreError>() {
+        Some(StoreError::Busy | StoreError::DiskFull) => {
+            anyhow::anyhow!("cannot write {}: {error}", db.display())
+        }
+        _ => error,
+    })
+}
+
+async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let project = project_root(&cwd);
+    // These need no configuration (doctor reports it; a hook never fails; stop works whatever
+    // the configuration became since the daemon started).
+    let command = match cli.command {
+        Command::Stop => return daemon::stop(&home).await,
+        Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
+        Command::Hook(args) => {
+            hook(args).await;
+            return Ok(());
+        }
+        command => command,
+    };
+    let config = Config::load(home.root(), project.as_deref())?;
+    match command {
+        Command::Up { detach } => daemon::up(home, config, detach).await,
+        Command::Dashboard { print, revoke } => dashboard::run(&home, &config, print, revoke).await,
+        Command::Init => setup::init(&home, &config, &cwd).await,
+        Command::Hooks { command } => setup::hooks(&config, &cwd, command),
+        Command::Status { json } => state::status(&home, &config, json).await,
+        Command::DumpState { json } => state::dump(&home, &config, json).await,
+        Command::Backup { file } => state::backup(&home, &config, &file).await,
+        Command::Claims { json } => state::claims(&home, &config, json).await,
+        Command::Task(command) => task::run(&home, &config, command, &cwd).await,
+        Command::Context(command) => {
+            context::run(Backend::connect(&home, &config).await?, command, &cwd).await
+        }
+        Command::Agent(command) => {
+            agent::run(&open_store(&home, &config).await?, &config, command).await
+        }
+        Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
+        Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
+        Command::Sync(command) => crate::sync::run(&home, &config, command).await,
+        Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,
+        Command::Service(command) => crate::notify::cli::service(&home, &config, command),
+        Command::Doctor | Command::Hook(_) | Command::Stop => {
+            unreachable!("handled before the config is loaded")
+        }
+    }
+}
+
+/// The nearest directory at or above `dir` holding `.ccm/`.
+fn project_root(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|d| d.join(".ccm").is_dir()).map(Path::to_path_buf)
+}

@@ -1,0 +1,152 @@
+//! The node at a glance: `ccm status`, `ccm dump-state`, `ccm claims`, `ccm backup`.
+
+use std::path::Path;
+
+use ccm_schema::types::short_id;
+
+use super::backend::Backend;
+use super::open_store;
+use super::output::print;
+use super::task::show_task;
+use crate::client::Client;
+use crate::config::Config;
+use crate::home::Home;
+use crate::status::StateDump;
+use crate::status::Status;
+use crate::store::{Store, TaskDetail};
+
+pub async fn status(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
+    let status = Backend::connect(home, config).await?.status().await?;
+    print(json, &status, |status| show_status(status, config.sync.enabled()))
+}
+
+pub async fn dump(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = open_store(home, config).await?;
+    let daemon = Client::connect(home).await.ok().flatten().map(|c| c.daemon);
+    let dump = StateDump::gather(&store, daemon).await?;
+    print(json, &dump, |dump| show_dump(dump, config.sync.enabled()))
+}
+
+pub async fn backup(home: &Home, config: &Config, file: &Path) -> anyhow::Result<()> {
+    let store = open_store(home, config).await?;
+    store.backup(file).await?;
+    let copy = Store::open_existing(file, std::time::Duration::from_secs(10)).await?;
+    let check = copy.integrity_check().await?;
+    copy.close().await;
+    anyhow::ensure!(check == "ok", "backup {} failed its integrity check: {check}", file.display());
+    println!("backed up {} to {} (integrity check: ok)", store.path().display(), file.display());
+    Ok(())
+}
+
+pub async fn claims(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = open_store(home, config).await?;
+    let view = crate::daemon::ClaimsView {
+        claims: store.claims().await?,
+        change_requests: store.change_requests().await?,
+    };
+    print(json, &view, show_claims)
+}
+
+fn show_claims(view: &crate::daemon::ClaimsView) {
+    println!("claims ({})", view.claims.len());
+    for c in &view.claims {
+        println!("  {}  {}  task {} ({}, {})", c.repo, c.path, &c.task_id[..8], c.title, c.state);
+    }
+    println!("change requests ({})", view.change_requests.len());
+    for r in &view.change_requests {
+        let status = r.resolution.as_deref().unwrap_or("open");
+        println!(
+            "  {}  {}  owner {}  requested by task {}  {status}",
+            r.repo,
+            r.path,
+            r.owner,
+            &r.requester_task[..8]
+        );
+    }
+}
+
+/// `sync`: whether sync is configured; without it the outbox is not shown (its count only
+/// grows).
+fn show_status(status: &Status, sync: bool) {
+    println!("system  {} ({})", status.system.name, status.system.id);
+    match &status.daemon {
+        Some(d) => {
+            println!("daemon  running at {} (pid {}, since {})", d.addr, d.pid, d.started_at)
+        }
+        None => println!("daemon  not running (start it with `ccm up`)"),
+    }
+    let total: i64 = status.tasks.values().sum();
+    let states: Vec<String> = status.tasks.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!(
+        "tasks   {total}{}",
+        if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) }
+    );
+    println!(
+        "agents  {} running; today ${:.4}, {} tokens in, {} out",
+        status.agents_running,
+        status.today.cost_usd,
+        status.today.input_tokens,
+        status.today.output_tokens
+    );
+    let see =
+        |n: usize, command: &str| if n > 0 { format!(" (`{command}`)") } else { String::new() };
+    println!("alerts  {} open{}", status.open_alerts, see(status.open_alerts, "ccm alerts"));
+    println!(
+        "decide  {} pending{}",
+        status.pending_decisions,
+        see(status.pending_decisions, "ccm decide")
+    );
+    if !sync {
+        println!("sync    not configured (changes stay on this machine; see sync: in the config)");
+        return;
+    }
+    println!(
+        "outbox  {} pending, {} delivered, {} rejected",
+        status.outbox.pending, status.outbox.delivered, status.outbox.rejected
+    );
+    for (lane, s) in &status.sync {
+        let ok = s.last_ok_at.map_or("never".to_string(), |t| t.to_string());
+        let paused = s.paused_reason.as_ref().map(|r| format!(", paused: {r}")).unwrap_or_default();
+        let error = s.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default();
+        println!("sync    {lane}: backlog {}, last success {ok}{error}{paused}", s.backlog);
+    }
+}
+
+fn show_dump(dump: &StateDump, sync: bool) {
+    show_status(&dump.status, sync);
+    println!("\n== contexts ({})", dump.contexts.len());
+    for c in &dump.contexts {
+        println!(
+            "{}  {}  {}  {}",
+            short_id(&c.id),
+            c.path,
+            c.repo_url.as_deref().unwrap_or("-"),
+            c.default_branch.as_deref().unwrap_or("-")
+        );
+    }
+    println!("\n== tasks ({})", dump.tasks.len());
+    for (task, log) in &dump.tasks {
+        show_task(&TaskDetail {
+            task: task.clone(),
+            log: log.clone(),
+            runs: Vec::new(),
+            reports: Vec::new(),
+            cost_usd: 0.0,
+            tokens: Default::default(),
+            worktree: None,
+            hook_events: 0,
+        });
+        println!();
+    }
+    println!("== open alerts ({})", dump.alerts.len());
+    for a in &dump.alerts {
+        println!("{}  {}  {}  {}", a.created_at, a.severity, a.reason, a.message);
+    }
+    println!("\n== decisions ({})", dump.decisions.len());
+    for d in &dump.decisions {
+        let answer = d.answer.as_ref().map_or("pending".to_string(), |a| {
+            format!("{a} (by {})", d.answered_by.as_deref().unwrap_or("?"))
+        });
+        println!("{}  {}  [{}]  {answer}", d.created_at, d.question, d.options.0.join("/"));
+    }
+}

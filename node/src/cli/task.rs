@@ -1,0 +1,508 @@
+//! `ccm task ...`: create, list, show, cancel, retry, depend, logs, event.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ccm_schema::types::short_id;
+use ccm_schema::{Context, Task, TaskEvent, TaskState};
+use clap::{Args, Subcommand};
+
+use super::backend::Backend;
+use super::not_empty;
+use super::output::{print, table};
+use crate::config::Config;
+use crate::home::{open_store, Home};
+use crate::store::{NewTask, Store, TaskDetail};
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Create a task.
+    Add(AddArgs),
+    /// List tasks, oldest first.
+    List {
+        /// Only tasks in this state.
+        #[arg(long)]
+        state: Option<TaskState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task and its log.
+    Show {
+        /// Task id or unique id prefix.
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// Show the task's hook events (its agents' timeline) instead.
+        #[arg(long)]
+        events: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task.
+    Cancel {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        #[arg(long, default_value = "cancelled by the operator")]
+        reason: String,
+    },
+    /// Run a blocked, failed, flagged or cancelled task again with a fresh attempt budget.
+    Retry {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        #[arg(long, default_value = "retried by the operator")]
+        reason: String,
+    },
+    /// Make a waiting task depend on other tasks (a cycle is refused).
+    Depend {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// Tasks that must complete first.
+        #[arg(long = "on", required = true, num_args = 1..)]
+        on: Vec<String>,
+    },
+    /// Print the output of the task's latest agent.
+    Logs {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// Keep printing as the agent writes, until it ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// The agent's output as it wrote it (JSON events), not rendered.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Apply a state-machine event given as JSON, e.g. '{"event": "verify_passed"}'
+    /// (for scripts and runners outside ccm).
+    Event {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// The event, as `{"event": NAME, ...fields}`.
+        event: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    title: String,
+    /// What the agent is asked to do (default: the title); may begin with `-`.
+    #[arg(long, allow_hyphen_values = true)]
+    prompt: Option<String>,
+    /// The repository the task works in: a remote URL, the path of a registered checkout
+    /// (`.` included) or a context id. Default: the registered checkout around the current
+    /// directory, if any.
+    #[arg(long, conflicts_with = "no_repo")]
+    repo: Option<String>,
+    /// Work in a scratch directory, not in a repository.
+    #[arg(long)]
+    no_repo: bool,
+    /// Agent profile (default: tasks.profile from the config).
+    #[arg(long)]
+    profile: Option<String>,
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Verification command, run in the task's worktree.
+    #[arg(long)]
+    verify: Option<String>,
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Higher runs first; from -1000 to 1000.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// Tasks that must complete first (repeatable).
+    #[arg(long = "after")]
+    after: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(
+    home: &Home,
+    config: &Config,
+    command: TaskCommand,
+    cwd: &Path,
+) -> anyhow::Result<()> {
+    if let TaskCommand::Logs { id, follow, raw } = command {
+        return logs(&open_store(home, config).await?, &id, follow, raw).await;
+    }
+    let backend = Backend::connect(home, config).await?;
+    match command {
+        TaskCommand::Add(args) => {
+            let contexts = backend.contexts().await?;
+            let place = if args.no_repo {
+                Place::Scratch
+            } else {
+                Place::resolve(args.repo.as_deref(), &contexts, cwd)?
+            };
+            let new = NewTask {
+                title: args.title,
+                prompt: args.prompt,
+                repo: place.repo(),
+                profile: args.profile,
+                workflow: args.workflow,
+                verify: args.verify,
+                max_attempts: args.max_attempts,
+                priority: args.priority,
+                depends_on: args.after,
+            };
+            let task = backend.create_task(new).await?;
+            print(args.json, &task, |t| {
+                println!("created task {} ({}): {}", t.short_id(), t.state, t.title);
+                println!("  {place}");
+            })
+        }
+        TaskCommand::List { state, json } => {
+            print(json, &backend.tasks(state).await?, |tasks| show_tasks(tasks))
+        }
+        TaskCommand::Show { id, events: true, json } => {
+            let events = backend.task_events(&id).await?;
+            print(json, &events, |events| {
+                if events.is_empty() {
+                    println!("no hook events");
+                }
+                for e in events {
+                    let agent = e.agent_id.as_deref().map_or("-", |a| &a[..8]);
+                    println!(
+                        "{}  {agent}  {:<8} {:<18} {:<20} {}",
+                        e.at,
+                        e.system,
+                        e.kind,
+                        e.event,
+                        e.tool.as_deref().unwrap_or("")
+                    );
+                }
+            })
+        }
+        TaskCommand::Show { id, json, .. } => print(json, &backend.task(&id).await?, show_detail),
+        TaskCommand::Cancel { id, reason } => {
+            let task = backend.apply_event(&id, TaskEvent::Cancel, &reason).await?;
+            println!("task {} is {}", task.short_id(), task.state);
+            Ok(())
+        }
+        TaskCommand::Retry { id, reason } => {
+            let task = backend.apply_event(&id, TaskEvent::Retry, &reason).await?;
+            println!("task {} is {} again", task.short_id(), task.state);
+            Ok(())
+        }
+        TaskCommand::Depend { id, on } => {
+            let task = backend.add_dependencies(&id, &on).await?;
+            let deps: Vec<String> = task.depends_on.iter().map(short_id).collect();
+            println!("task {} depends on {}", task.short_id(), deps.join(", "));
+            Ok(())
+        }
+        TaskCommand::Logs { .. } => unreachable!("handled before connecting"),
+        TaskCommand::Event { id, event, reason } => {
+            let event: TaskEvent =
+                serde_json::from_str(&event).with_context(|| format!("invalid event `{event}`"))?;
+            let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
+            let task = backend.apply_event(&id, event, &reason).await?;
+            println!("task {} is {}", task.short_id(), task.state);
+            Ok(())
+        }
+    }
+}
+
+/// Prints the output log of the task's latest agent; with `follow`, keeps printing until the
+/// agent has ended and its log is drained.
+async fn logs(store: &Store, id: &str, follow: bool, raw: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let task = store.task(id).await?.task;
+    let agents = store.task_agents(task.id).await?;
+    let agent = agents
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("task {} has not run an agent yet", task.short_id()))?;
+    let dir = PathBuf::from(&agent.dir);
+    let mut offset = 0;
+    // The end of the output that is not a whole line yet.
+    let mut partial = Vec::new();
+    loop {
+        let ended = !follow
+            || dir.join("exit").exists()
+            || !store.agent(&agent.id.to_string()).await?.status.is_live();
+        if let Ok(mut file) = tokio::fs::File::open(dir.join("output.log")).await {
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            let mut fresh = Vec::new();
+            file.read_to_end(&mut fresh).await?;
+            offset += fresh.len() as u64;
+            let mut out = std::io::stdout().lock();
+            if raw {
+                out.write_all(&fresh)?;
+            } else {
+                partial.extend_from_slice(&fresh);
+                let whole = partial.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                for line in String::from_utf8_lossy(&partial[..whole]).lines() {
+                    for rendered in super::logs::render(line) {
+                        writeln!(out, "{rendered}")?;
+                    }
+                }
+                partial.drain(..whole);
+            }
+            out.flush()?;
+        }
+        if ended {
+            if !raw && !partial.is_empty() {
+                for rendered in super::logs::render(&String::from_utf8_lossy(&partial)) {
+                    println!("{rendered}");
+                }
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn show_tasks(tasks: &[Task]) {
+    if tasks.is_empty() {
+        println!("no tasks");
+        return;
+    }
+    table(
+        &["ID", "STATE", "PRI", "ATTEMPTS", "AFTER", "TITLE"],
+        tasks.iter().map(|t| {
+            vec![
+                t.short_id(),
+                t.state.to_string(),
+                t.priority.to_string(),
+                format!("{}/{}", t.attempts, t.max_attempts),
+                t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(","),
+                t.title.clone(),
+            ]
+        }),
+    );
+}
+
+pub(super) fn show_task(detail: &TaskDetail) {
+    let t = &detail.task;
+    println!("task {}  {}", t.id, t.title);
+    println!(
+        "  state     {}  (attempts {}/{}, priority {})",
+        t.state, t.attempts, t.max_attempts, t.priority
+    );
+    println!(
+        "  profile   {}{}",
+        t.profile,
+        t.workflow.as_ref().map(|w| format!("  workflow {w}")).unwrap_or_default()
+    );
+    if let Some(repo) = &t.repo {
+        println!("  repo      {repo}");
+    }
+    if let Some(verify) = &t.verify {
+        println!("  verify    {verify}");
+    }
+    if !t.depends_on.is_empty() {
+        println!(
+            "  after     {}",
+            t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(wake) = t.wake_at {
+        println!("  wakes at  {wake}");
+    }
+    println!("  prompt    {}", t.prompt);
+    println!("log:");
+    for entry in &detail.log {
+        let from = entry.from_state.map_or("-".to_string(), |s| s.to_string());
+        println!(
+            "  {}  {from} → {}  ({}, by {})",
+            entry.at, entry.to_state, entry.reason, entry.actor
+        );
+    }
+}
+
+/// `ccm task show`: the task, its attempts (with their verify output), the latest report,
+/// where its work is, its hook timeline, its log, and the commands to go further.
+fn show_detail(detail: &TaskDetail) {
+    let t = &detail.task;
+    let short = t.short_id();
+    show_task(detail);
+    if let Some(worktree) = &detail.worktree {
+        let field = |name| worktree["worktree"][name].as_str().unwrap_or("?").to_string();
+        println!("work:\n  branch    {}\n  worktree  {}", field("branch"), field("path"));
+    } else if t.repo.is_some() && !detail.runs.is_empty() {
+        println!("work:\n  branch    ccm/{short} (its worktree is removed once the task ends)");
+    }
+    if detail.runs.is_empty() {
+        println!("attempts: none yet");
+    } else {
+        println!("attempts:");
+    }
+    for run in &detail.runs {
+        let took = run.ended_at.map(|end| {
+            let secs = (end.millis() - run.started_at.millis()).max(0) as f64 / 1000.0;
+            format!(", took {secs:.1}s")
+        });
+        println!(
+            "  {}  {}  started {}{}  agent {}",
+            run.number,
+            run.outcome.as_deref().unwrap_or("running"),
+            run.started_at,
+            took.unwrap_or_default(),
+            short_id(&run.agent_id)
+        );
+        if let Some(output) = run.verify_output.as_deref().filter(|o| !o.trim().is_empty()) {
+            println!("     verify output:");
+            for line in output.trim_end().lines() {
+                println!("       | {line}");
+            }
+        }
+        if let Some(message) = run.last_message.as_deref().filter(|m| !m.trim().is_empty()) {
+            println!("     last message: {}", first_line(message, 200));
+        }
+    }
+    if let Some(report) = detail.reports.last() {
+        let r = &report.summary.0;
+        println!("report (attempt {}):", report.attempt);
+        let work = &r["work"];
+        match work["diff_stat"].as_str().map(str::trim_end) {
+            Some("") => println!("  no changes"),
+            Some(stat) => stat.lines().for_each(|line| println!("  {}", line.trim())),
+            None if work["error"].is_string() => println!("  work: {}", work["error"]),
+            None => {}
+        }
+        let commits = work["commits"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for c in commits {
+            let sha = c["sha"].as_str().unwrap_or_default();
+            println!(
+                "  commit {}  {}",
+                &sha[..sha.len().min(10)],
+                c["subject"].as_str().unwrap_or("")
+            );
+        }
+        let cost = r["cost_usd"].as_f64().map_or("unknown".into(), |c| format!("${c:.4}"));
+        println!(
+            "  cost {cost}, tokens {} in / {} out, {} tool calls",
+            r["tokens"]["input"], r["tokens"]["output"], r["tool_calls"]
+        );
+        if let Some(verdict) = &report.verdict {
+            println!(
+                "  review: {verdict}{}",
+                report
+                    .review
+                    .as_deref()
+                    .map(|r| format!(": {}", first_line(r, 200)))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    println!("hook events: {}", detail.hook_events);
+    println!("next:");
+    println!("  ccm task logs {short} [--follow]     what the agent printed");
+    if let Some(run) = detail.runs.last().filter(|r| r.ended_at.is_none()) {
+        println!(
+            "  ccm agent attach {}            watch it in its terminal",
+            short_id(&run.agent_id)
+        );
+    }
+    if detail.hook_events > 0 {
+        println!("  ccm task show {short} --events       the hook timeline");
+    }
+    if matches!(
+        t.state,
+        TaskState::Blocked | TaskState::Failed | TaskState::Alert | TaskState::Cancelled
+    ) {
+        println!("  ccm task retry {short}               run it again");
+    }
+}
+
+/// The first line of `text`, at most `max` characters.
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.trim().lines().next().unwrap_or_default();
+    match line.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line.to_string(),
+    }
+}
+
+/// Where a new task works.
+enum Place {
+    /// A registered checkout on this system.
+    Checkout {
+        repo: String,
+        path: String,
+        given: bool,
+    },
+    /// A repository no checkout on this system is registered for.
+    Elsewhere(String),
+    Scratch,
+}
+
+impl Place {
+    /// `--repo` as given (a URL, a path, a context id), else the registered checkout around
+    /// `cwd`, else a scratch directory. A path or a context id must name a registered checkout.
+    fn resolve(repo: Option<&str>, contexts: &[Context], cwd: &Path) -> anyhow::Result<Place> {
+        let checkout = |c: &Context, given| Place::Checkout {
+            // The remote names the repository across systems; a checkout without one, its path.
+            repo: c.repo_url.clone().unwrap_or_else(|| c.path.clone()),
+            path: c.path.clone(),
+            given,
+        };
+        // The innermost registered checkout holding `dir`.
+        let around = |dir: &Path| {
+            contexts.iter().filter(|c| dir.starts_with(&c.path)).max_by_key(|c| c.path.len())
+        };
+        let Some(repo) = repo.map(str::trim) else {
+            let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
+            return Ok(around(&cwd).map_or(Place::Scratch, |c| checkout(c, false)));
+        };
+        anyhow::ensure!(!repo.is_empty(), "--repo is empty; give a URL, a path or a context id");
+        let path_like = repo.starts_with(['.', '/', '~']) || Path::new(repo).exists();
+        if path_like {
+            let dir = cwd.join(repo);
+            let dir = std::fs::canonicalize(&dir).with_context(|| {
+                format!("--repo `{repo}`: {} is not a directory", dir.display())
+            })?;
+            let context = around(&dir).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--repo `{repo}`: {} is not in a registered checkout; run `ccm init` (or `ccm context add PATH`) in it first",
+                    dir.display()
+                )
+            })?;
+            return Ok(checkout(context, true));
+        }
+        let by_id: Vec<&Context> = contexts
+            .iter()
+            .filter(|c| c.id.hyphenated().to_string().starts_with(&repo.to_ascii_lowercase()))
+            .collect();
+        if let [context] = by_id[..] {
+            return Ok(checkout(context, true));
+        }
+        let url = ccm_schema::repo_url::normalize(repo);
+        match contexts.iter().find(|c| c.repo_url.as_deref() == Some(url.as_str())) {
+            Some(context) => Ok(checkout(context, true)),
+            None if url.contains("://") => Ok(Place::Elsewhere(url)),
+            None => anyhow::bail!(
+                "--repo `{repo}` is neither a repository URL, a directory nor a registered context (`ccm context list`)"
+            ),
+        }
+    }
+
+    fn repo(&self) -> Option<String> {
+        match self {
+            Place::Checkout { repo, .. } | Place::Elsewhere(repo) => Some(repo.clone()),
+            Place::Scratch => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Checkout { repo, path, given: false } => write!(
+                f,
+                "repository {repo}: the checkout around you ({path}); --no-repo for a scratch directory"
+            ),
+            Place::Checkout { repo, path, given: true } => {
+                write!(f, "repository {repo} (checkout {path})")
+            }
+            Place::Elsewhere(repo) => write!(
+                f,
+                "repository {repo}: no checkout of it is registered on this system; `ccm context add PATH` registers a clone"
+            ),
+            Place::Scratch => write!(
+                f,
+                "no repository: the agent works in a scratch directory (--repo URL|PATH to work in one)"
+            ),
+        }
+    }
+}
