@@ -1,0 +1,285 @@
+//! Figures of the dashboard, each printed next to a baseline measured in the same run on the
+//! same machine.
+//!
+//! Run with `cargo bench -p ccm-tests --bench dashboard` (needs `chromium` and
+//! `chromium-driver`). Nothing here asserts on time: the bench prints a table and fails only when
+//! ccm misbehaves (a refused request, a page that never shows what it should).
+//!
+//! - Board: the server time of `GET /tasks` with 10,000 tasks in the database, against
+//!   `GET /healthz` and the static `GET /assets/app.css` of the same daemon; then the page
+//!   complete in Chromium (navigation start to the load event) against the static asset.
+//! - Live: a task created through the API to its card on the open board, against the API's own
+//!   answer time.
+//! - Memory: the daemon's resident set with 20 agents running and 10 dashboard pages open, against
+//!   the same daemon before the pages were opened.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ccm_tests::bench::{machine, mb, ms, print_table, Memory, Row, Stats};
+use ccm_tests::browser::Browser;
+use ccm_tests::{wait_until, Daemon, TestHome, HOLDER_PROFILE};
+use serde_json::{json, Value};
+
+/// Tasks on the board.
+const BOARD_TASKS: usize = 10_000;
+/// Server-time samples per page.
+const SERVER_RUNS: usize = 50;
+/// Page loads in Chromium.
+const BROWSER_RUNS: usize = 15;
+/// Tasks created while the board is open.
+const LIVE_RUNS: usize = 30;
+/// Agents running while the pages are open.
+const AGENTS: usize = 20;
+/// Dashboard pages open at once.
+const PAGES: usize = 10;
+/// How long the daemon sits with the pages open before its memory is read.
+const SETTLE: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() {
+    let machine = machine();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-bench");
+    let mut rows = board_rows(&shots).await;
+    rows.extend(live_rows(&shots).await);
+    rows.extend(memory_rows(&shots).await);
+    println!("\n{machine}");
+    print_table(&rows);
+}
+
+/// A daemon with the [`HOLDER_PROFILE`] (whose agents hold their task) and `slots` slots.
+fn start(name: &str, slots: usize) -> (TestHome, Daemon) {
+    let home = TestHome::new(name);
+    home.write_config(&format!(
+        "scheduler:\n  slots: {slots}\n  tick_ms: 100\nruntime:\n  poll_ms: 100\n{HOLDER_PROFILE}"
+    ));
+    let daemon = home.start();
+    (home, daemon)
+}
+
+/// The dashboard's sign-in cookie (`name=value`), from a one-time link.
+async fn cookie(home: &TestHome) -> String {
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("http client");
+    let response = http.get(&link).send().await.expect("sign-in answers");
+    let set = response
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .unwrap_or_else(|| panic!("sign-in sets a cookie ({})", response.status()));
+    set.to_str().expect("ascii cookie").split(';').next().expect("name=value").to_string()
+}
+
+/// Creates `count` tasks in groups of 256 through the NDJSON form of `POST /api/tasks`.
+async fn create_many(daemon: &Daemon, count: usize) {
+    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    for start in (0..count).step_by(256) {
+        let body: String = (start..count.min(start + 256))
+            .map(|n| format!("{}\n", json!({ "title": format!("board task {n}"), "profile": "holder" })))
+            .collect();
+        let response = http
+            .post(daemon.url("/api/tasks"))
+            .bearer_auth(&daemon.token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .expect("task creation answers");
+        assert!(response.status().is_success(), "tasks refused: {}", response.status());
+    }
+}
+
+/// Server time of `GET path`: request sent to the last byte of the body read.
+async fn server_time(daemon: &Daemon, cookie: &str, path: &str) -> Stats {
+    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let mut samples = Vec::with_capacity(SERVER_RUNS);
+    for _ in 0..SERVER_RUNS + 3 {
+        let started = Instant::now();
+        let response = http
+            .get(daemon.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("page answers");
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.bytes().await.expect("page body");
+        samples.push(started.elapsed());
+    }
+    Stats::new(samples.split_off(3))
+}
+
+/// Navigation start to the load event of `url` in `browser`, over [`BROWSER_RUNS`] loads.
+async fn page_complete(browser: &Browser, url: &str) -> Stats {
+    let mut samples = Vec::with_capacity(BROWSER_RUNS);
+    for _ in 0..BROWSER_RUNS + 2 {
+        browser.goto(url).await;
+        let script = "var n = performance.getEntriesByType('navigation')[0]; \
+                      return n && n.loadEventEnd > 0 ? n.loadEventEnd - n.startTime : null";
+        let mut took = Value::Null;
+        for _ in 0..200 {
+            took = browser.eval(script).await;
+            if !took.is_null() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = took.as_f64().unwrap_or_else(|| panic!("{url} never finished loading"));
+        samples.push(Duration::from_secs_f64(took / 1e3));
+    }
+    Stats::new(samples.split_off(2))
+}
+
+async fn board_rows(shots: &Path) -> Vec<Row> {
+    let (home, mut daemon) = start("bench-board", 4);
+    create_many(&daemon, BOARD_TASKS).await;
+    let cookie = cookie(&home).await;
+    let board = server_time(&daemon, &cookie, "/tasks").await;
+    let health = server_time(&daemon, &cookie, "/healthz").await;
+    let css = server_time(&daemon, &cookie, "/assets/app.css").await;
+
+    let browser = Browser::start(shots, 1280, 900).await;
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    browser.goto(&link).await;
+    browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+    let page = page_complete(&browser, &daemon.url("/tasks")).await;
+    let asset = page_complete(&browser, &daemon.url("/assets/app.css")).await;
+    browser.screenshot("board-10k").await;
+    daemon.terminate();
+    let tasks = format!("{}k tasks", BOARD_TASKS / 1000);
+    vec![
+        Row::new(
+            &format!("board, server time, p50 ({tasks})"),
+            ms(board.p50),
+            format!("/healthz {}, app.css {}", ms(health.p50), ms(css.p50)),
+            "≤ 20 ms",
+        ),
+        Row::new(
+            &format!("board, server time, p99 ({tasks})"),
+            ms(board.p99),
+            format!("/healthz {}, app.css {}", ms(health.p99), ms(css.p99)),
+            "—",
+        ),
+        Row::new(
+            &format!("board, page complete in Chromium, p50 ({tasks})"),
+            ms(page.p50),
+            format!("app.css {} (static)", ms(asset.p50)),
+            "≤ 300 ms",
+        ),
+    ]
+}
+
+/// Milliseconds since the Unix epoch, as the page's clock counts them.
+fn epoch_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64() * 1e3
+}
+
+async fn live_rows(shots: &Path) -> Vec<Row> {
+    let (home, mut daemon) = start("bench-live", 4);
+    let browser = Browser::start(shots, 1280, 900).await;
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    browser.goto(&link).await;
+    browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+    browser.goto(&daemon.url("/tasks")).await;
+    // Each refresh of the page notes when each task card first appeared.
+    browser
+        .eval(
+            "window.__seen = {}; document.addEventListener('ccm:refreshed', function () { \
+               var now = performance.timeOrigin + performance.now(); \
+               document.querySelectorAll('[data-task]').forEach(function (c) { \
+                 var id = c.getAttribute('data-task'); if (!(id in window.__seen)) window.__seen[id] = now; }); \
+             }); return true",
+        )
+        .await;
+    let mut to_dom = Vec::with_capacity(LIVE_RUNS);
+    let mut api = Vec::with_capacity(LIVE_RUNS);
+    for n in 0..LIVE_RUNS {
+        let sent = epoch_ms();
+        let started = Instant::now();
+        let (status, task) = daemon.post("/api/tasks", json!({ "title": format!("live {n}"), "profile": "holder" })).await;
+        api.push(started.elapsed());
+        assert_eq!(status, 201, "task refused: {task}");
+        let id = task["id"].as_str().expect("task id").to_string();
+        let script = format!("return window.__seen['{id}'] || null");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seen = loop {
+            let seen = browser.eval(&script).await;
+            if !seen.is_null() {
+                break seen;
+            }
+            assert!(Instant::now() < deadline, "task {id} never appeared on the open board");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let at = seen.as_f64().expect("a time");
+        to_dom.push(Duration::from_secs_f64(((at - sent) / 1e3).max(0.0)));
+        // The next change starts from a quiet page.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.terminate();
+    let (to_dom, api) = (Stats::new(to_dom), Stats::new(api));
+    vec![
+        Row::new(
+            "task created → its card on the open board, p50",
+            ms(to_dom.p50),
+            format!("API answer {}", ms(api.p50)),
+            "≤ 200 ms",
+        ),
+        Row::new(
+            "task created → its card on the open board, p99",
+            ms(to_dom.p99),
+            format!("API answer {}", ms(api.p99)),
+            "—",
+        ),
+    ]
+}
+
+async fn memory_rows(shots: &Path) -> Vec<Row> {
+    let (home, mut daemon) = start("bench-memory", AGENTS);
+    create_many(&daemon, AGENTS).await;
+    let running = wait_until(Duration::from_secs(60), || async {
+        let agents = daemon.get("/api/agents").await.1;
+        agents.as_array().is_some_and(|a| {
+            a.iter().filter(|agent| agent["status"] == "running").count() >= AGENTS
+        })
+    })
+    .await;
+    assert!(running, "{AGENTS} agents never ran: {}", daemon.log_text());
+    tokio::time::sleep(SETTLE).await;
+    let pid = daemon.child.id();
+    let before = Memory::of(pid);
+
+    let mut browsers = Vec::with_capacity(PAGES);
+    let pages = ["/", "/tasks", "/agents", "/alerts", "/decisions", "/systems"];
+    for n in 0..PAGES {
+        let browser = Browser::start(shots, 1280, 900).await;
+        let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+        browser.goto(&link).await;
+        browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+        browser.goto(&daemon.url(pages[n % pages.len()])).await;
+        browsers.push(browser);
+    }
+    // Changes while the pages are open: each page refreshes on each.
+    create_many(&daemon, 50).await;
+    tokio::time::sleep(SETTLE).await;
+    let after = Memory::of(pid);
+    for browser in browsers {
+        let _ = browser.client.close().await;
+    }
+    daemon.terminate();
+    vec![
+        Row::new(
+            &format!("daemon RSS, {AGENTS} agents, {PAGES} pages open"),
+            mb(after.rss_mb),
+            format!("{} with no page open", mb(before.rss_mb)),
+            "≤ 40 MB",
+        ),
+        Row::new(
+            "daemon RSS high-water mark",
+            mb(after.hwm_mb),
+            format!("{} with no page open", mb(before.hwm_mb)),
+            "—",
+        ),
+    ]
+}
