@@ -78,7 +78,9 @@ async fn create_many(daemon: &Daemon, count: usize) {
     let http = reqwest::Client::builder().no_proxy().build().expect("http client");
     for start in (0..count).step_by(256) {
         let body: String = (start..count.min(start + 256))
-            .map(|n| format!("{}\n", json!({ "title": format!("board task {n}"), "profile": "holder" })))
+            .map(|n| {
+                format!("{}\n", json!({ "title": format!("board task {n}"), "profile": "holder" }))
+            })
             .collect();
         let response = http
             .post(daemon.url("/api/tasks"))
@@ -98,12 +100,8 @@ async fn server_time(daemon: &Daemon, cookie: &str, path: &str) -> Stats {
     let mut samples = Vec::with_capacity(SERVER_RUNS);
     for _ in 0..SERVER_RUNS + 3 {
         let started = Instant::now();
-        let response = http
-            .get(daemon.url(path))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .expect("page answers");
+        let response =
+            http.get(daemon.url(path)).header("cookie", cookie).send().await.expect("page answers");
         assert!(response.status().is_success(), "GET {path}: {}", response.status());
         response.bytes().await.expect("page body");
         samples.push(started.elapsed());
@@ -198,7 +196,9 @@ async fn live_rows(shots: &Path) -> Vec<Row> {
     for n in 0..LIVE_RUNS {
         let sent = epoch_ms();
         let started = Instant::now();
-        let (status, task) = daemon.post("/api/tasks", json!({ "title": format!("live {n}"), "profile": "holder" })).await;
+        let (status, task) = daemon
+            .post("/api/tasks", json!({ "title": format!("live {n}"), "profile": "holder" }))
+            .await;
         api.push(started.elapsed());
         assert_eq!(status, 201, "task refused: {task}");
         let id = task["id"].as_str().expect("task id").to_string();
