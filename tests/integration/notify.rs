@@ -23,7 +23,7 @@ fn telegram_home(name: &str, bot: &Telegram, lease: &Path, extra: &str) -> TestH
 
 fn telegram_config(bot: &Telegram, lease: &Path, extra: &str) -> String {
     format!(
-        "notify:\n  digest_secs: 1\n  notifiers:\n    phone:\n      kind: telegram\n      token: \"{TOKEN}\"\n      chat_ids: [{CHAT}]\n      api_url: {}\n      poll_secs: 1\n      lease_dir: {}\n{extra}",
+        "notify:\n  digest_secs: 3\n  notifiers:\n    phone:\n      kind: telegram\n      token: \"{TOKEN}\"\n      chat_ids: [{CHAT}]\n      api_url: {}\n      poll_secs: 1\n      lease_dir: {}\n{extra}",
         bot.url(),
         lease.display()
     )
