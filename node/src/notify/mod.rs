@@ -189,6 +189,19 @@ impl SendError {
     }
 }
 
+/// Sends `request` and reads the answer: the body on a 2xx, else a [`SendError`] with the
+/// status, the body and any `Retry-After`.
+async fn answer(request: reqwest::RequestBuilder) -> Result<String, SendError> {
+    let response = request.send().await.map_err(SendError::request)?;
+    let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers());
+    let text = response.text().await.map_err(SendError::request)?;
+    if !(200..300).contains(&status) {
+        return Err(SendError::status(status, &text, retry_after));
+    }
+    Ok(format!("HTTP {status}: {}", text.trim()))
+}
+
 /// `Retry-After` in seconds, as Slack and ntfy send it.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;

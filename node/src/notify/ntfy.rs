@@ -49,13 +49,6 @@ impl Ntfy {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(SendError::request)?;
-        let status = response.status().as_u16();
-        let retry_after = super::retry_after(response.headers());
-        let text = response.text().await.map_err(SendError::request)?;
-        if !(200..300).contains(&status) {
-            return Err(SendError::status(status, &text, retry_after));
-        }
-        Ok(format!("HTTP {status}: {}", text.trim()))
+        super::answer(request).await
     }
 }
