@@ -262,14 +262,29 @@ async fn a_decision_raised_before_kill_9_is_sent_exactly_once_after_restart() {
 /// gets 409 and backs off), and a press is handled once, also after the poller changes.
 #[tokio::test]
 async fn two_daemons_with_one_bot_token_poll_one_at_a_time_and_a_press_is_handled_once() {
-    let bot = Telegram::start(TOKEN);
+    let bot = std::sync::Arc::new(Telegram::start(TOKEN));
     let lease = tempfile::tempdir().unwrap();
-    // A poller on another machine holds a long poll first: the daemons get 409 and back off.
-    let foreign = reqwest::Client::new()
-        .post(format!("{}/bot{TOKEN}/getUpdates", bot.url()))
-        .json(&json!({ "timeout": 3 }))
-        .send();
-    let foreign = tokio::spawn(foreign);
+    // A poller on another machine (long polls of 2 s; the daemons' are 1 s) polls until a daemon
+    // got 409 from Telegram and backed off.
+    let daemon_refused = {
+        let bot = bot.clone();
+        move || {
+            bot.calls()
+                .iter()
+                .any(|c| c.method == "getUpdates" && c.status == 409 && c.params["timeout"] == 1)
+        }
+    };
+    let foreign = tokio::spawn({
+        let url = format!("{}/bot{TOKEN}/getUpdates", bot.url());
+        let daemon_refused = daemon_refused.clone();
+        async move {
+            let started = std::time::Instant::now();
+            while !daemon_refused() && started.elapsed() < Duration::from_secs(60) {
+                let poll = reqwest::Client::new().post(&url).json(&json!({ "timeout": 2 }));
+                poll.send().await.unwrap();
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let first = telegram_home("notify-poll-a", &bot, lease.path(), "");
@@ -279,16 +294,20 @@ async fn two_daemons_with_one_bot_token_poll_one_at_a_time_and_a_press_is_handle
     let id = blocked_task(&a, "shared bot").await;
     let (message_id, buttons) =
         wait_for("the decision message", || decision_messages(&bot, "shared bot").pop()).await;
-    foreign.await.unwrap().unwrap();
-    assert!(bot.calls().iter().any(|c| c.method == "getUpdates" && c.status == 409));
+    foreign.await.unwrap();
+    assert!(daemon_refused(), "a daemon polled while another machine did, and got 409");
     wait_for("a daemon polling", || (bot.ok_calls("getUpdates").len() > 2).then_some(())).await;
 
+    // The poller dies while the edit's answer is on its way: the press is handled but the poller
+    // never asked for the next update, so Telegram still holds the press.
+    bot.stall("editMessageText", Duration::from_secs(5));
     bot.press(CHAT, (CHAT, "Ann"), message_id, &buttons[0]);
     assert!(
         wait_until(Duration::from_secs(10), || async { task_state(&a, &id).await != "blocked" })
             .await
     );
     wait_for("the edit", || bot.ok_calls("editMessageText").pop()).await;
+    assert_eq!(bot.unconfirmed(), 1, "the press is not confirmed to Telegram yet");
 
     // The poller stops; the other daemon takes over without handling the press again.
     a.kill9();

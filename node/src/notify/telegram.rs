@@ -7,8 +7,10 @@
 //!
 //! Only one process may poll a bot at a time (Telegram answers a second poller 409): pollers
 //! of one token on this machine take turns with a lock file, and a 409 (a poller elsewhere)
-//! makes this one back off. The update offset is stored in the database after each update is
-//! handled, so a restart neither replays a handled press nor loses one.
+//! makes this one back off. The update offset is stored after each update is handled and before
+//! it is answered, in the database and in a file next to the lock (so the next poller of this
+//! machine starts where the last one stopped): a restart or a hand-over neither replays a
+//! handled press nor loses one.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -170,19 +172,51 @@ impl Telegram {
     /// while another process holds it. A lock file that cannot be opened (another user's) does
     /// not stop polling: Telegram's 409 still keeps pollers apart.
     fn lease(&self) -> Option<Option<std::fs::File>> {
-        let path = self.lease_dir.join(format!("ccm-telegram-{}.lock", self.token_id));
-        match crate::home::private_file(&path) {
+        match crate::home::private_file(&self.lease_path("lock")) {
             Ok(file) => file.try_lock().is_ok().then_some(Some(file)),
             Err(error) => {
-                warn!(notifier = %self.name, path = %path.display(), %error, "cannot open the poll lock; polling without it");
+                warn!(notifier = %self.name, %error, "cannot open the poll lock; polling without it");
                 Some(None)
             }
         }
     }
 
+    fn lease_path(&self, extension: &str) -> PathBuf {
+        self.lease_dir.join(format!("ccm-telegram-{}.{extension}", self.token_id))
+    }
+
     /// The key of the stored update offset.
     fn offset_key(&self) -> String {
         format!("telegram:{}:offset", self.token_id)
+    }
+
+    /// The next update to ask for: the later of this database's offset and the one the last
+    /// poller of this machine left next to the lock.
+    async fn offset(&self, context: &Context) -> Option<i64> {
+        let stored = context.store.notify_value(&self.offset_key()).await.ok().flatten();
+        let shared = std::fs::read_to_string(self.lease_path("offset")).ok();
+        [stored, shared].into_iter().flatten().filter_map(|o| o.trim().parse::<i64>().ok()).max()
+    }
+
+    async fn set_offset(&self, context: &Context, offset: i64) {
+        let offset = offset.to_string();
+        if let Err(error) = context.store.set_notify_value(&self.offset_key(), &offset).await {
+            warn!(notifier = %self.name, %error, "cannot store the update offset");
+        }
+        let path = self.lease_path("offset");
+        let temporary = self.lease_path("offset.tmp");
+        let written = std::fs::remove_file(&temporary)
+            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .and_then(|()| {
+                use std::io::Write as _;
+                let mut file = crate::home::private_file(&temporary)?;
+                file.write_all(offset.as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(error) = written {
+            warn!(notifier = %self.name, %error, "cannot share the update offset");
+        }
     }
 }
 
@@ -209,10 +243,9 @@ pub async fn poll(bot: Telegram, context: Context) {
         };
         info!(notifier = %bot.name, "polling telegram for button presses");
         loop {
-            let offset = context.store.notify_value(&bot.offset_key()).await.ok().flatten();
             let mut body =
                 json!({ "timeout": bot.poll_secs, "allowed_updates": ["callback_query"] });
-            if let Some(offset) = offset.and_then(|o| o.parse::<i64>().ok()) {
+            if let Some(offset) = bot.offset(&context).await {
                 body["offset"] = json!(offset);
             }
             let wait = Duration::from_secs(bot.poll_secs + 10);
@@ -224,15 +257,12 @@ pub async fn poll(bot: Telegram, context: Context) {
                 Ok(updates) => {
                     failures = 0;
                     for update in updates.as_array().into_iter().flatten() {
-                        handle(&bot, &context, update).await;
+                        let reply = handle(&bot, &context, update).await;
                         if let Some(id) = update["update_id"].as_i64() {
-                            if let Err(error) = context
-                                .store
-                                .set_notify_value(&bot.offset_key(), &(id + 1).to_string())
-                                .await
-                            {
-                                warn!(notifier = %bot.name, %error, "cannot store the update offset");
-                            }
+                            bot.set_offset(&context, id + 1).await;
+                        }
+                        if let Some(reply) = reply {
+                            reply.send(&bot).await;
                         }
                     }
                 }
@@ -261,10 +291,32 @@ fn poll_backoff(failures: u32) -> Duration {
         .unwrap_or(Duration::from_secs(60))
 }
 
-/// A button press: answers the decision it names (only from a configured chat), answers the
-/// callback query and edits the message to show who decided what.
-async fn handle(bot: &Telegram, context: &Context, update: &Value) {
-    let Some(query) = update.get("callback_query") else { return };
+/// What a handled press is answered with: a toast, and the message edited to show who decided
+/// what.
+struct Reply {
+    answer: Value,
+    edit: Option<Value>,
+}
+
+impl Reply {
+    async fn send(self, bot: &Telegram) {
+        if let Err(error) =
+            bot.call("answerCallbackQuery", &self.answer, Duration::from_secs(10)).await
+        {
+            warn!(notifier = %bot.name, %error, "answerCallbackQuery failed");
+        }
+        if let Some(edit) = self.edit {
+            if let Err(error) = bot.call("editMessageText", &edit, Duration::from_secs(10)).await {
+                warn!(notifier = %bot.name, %error, "editMessageText failed");
+            }
+        }
+    }
+}
+
+/// A button press: answers the decision it names (only from a configured chat) and says how to
+/// reply to the press.
+async fn handle(bot: &Telegram, context: &Context, update: &Value) -> Option<Reply> {
+    let query = update.get("callback_query")?;
     let message = &query["message"];
     let chat = message["chat"]["id"].as_i64().or_else(|| query["from"]["id"].as_i64());
     let from = &query["from"];
@@ -275,7 +327,7 @@ async fn handle(bot: &Telegram, context: &Context, update: &Value) {
         .unwrap_or_else(|| format!("user {}", from["id"]));
     if !chat.is_some_and(|c| bot.chats.contains(&c)) {
         warn!(notifier = %bot.name, chat = ?chat, from = %who, "ignored a button press from a chat not in chat_ids");
-        return;
+        return None;
     }
     let data = query["data"].as_str().unwrap_or_default();
     let parsed = data
@@ -306,19 +358,17 @@ async fn handle(bot: &Telegram, context: &Context, update: &Value) {
         }
     };
     let answer = json!({ "callback_query_id": query["id"], "text": toast.chars().take(200).collect::<String>() });
-    if let Err(error) = bot.call("answerCallbackQuery", &answer, Duration::from_secs(10)).await {
-        warn!(notifier = %bot.name, %error, "answerCallbackQuery failed");
-    }
-    if let (Some(footer), Some(message_id), Some(chat)) =
-        (footer, message["message_id"].as_i64(), chat)
-    {
-        let original = message["text"].as_str().unwrap_or_default();
-        let text = truncate(&format!("{}\n\n<b>{}</b>", escape(original), escape(&footer)));
-        let edit = json!({ "chat_id": chat, "message_id": message_id, "text": text, "parse_mode": "HTML" });
-        if let Err(error) = bot.call("editMessageText", &edit, Duration::from_secs(10)).await {
-            warn!(notifier = %bot.name, %error, "editMessageText failed");
+    let edit = match (footer, message["message_id"].as_i64(), chat) {
+        (Some(footer), Some(message_id), Some(chat)) => {
+            let original = message["text"].as_str().unwrap_or_default();
+            let text = truncate(&format!("{}\n\n<b>{}</b>", escape(original), escape(&footer)));
+            Some(
+                json!({ "chat_id": chat, "message_id": message_id, "text": text, "parse_mode": "HTML" }),
+            )
         }
-    }
+        _ => None,
+    };
+    Some(Reply { answer, edit })
 }
 
 fn label(option: &str) -> String {

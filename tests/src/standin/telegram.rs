@@ -49,6 +49,8 @@ struct Bot {
     failures: HashMap<String, VecDeque<(u16, String, Option<u64>)>>,
     polling: usize,
     most_polling: usize,
+    /// How long answers of a method wait after the call is recorded.
+    stalls: HashMap<String, Duration>,
 }
 
 /// The running stand-in.
@@ -116,6 +118,12 @@ impl Telegram {
         let mut bot = self.bot.lock().unwrap();
         let queue = bot.failures.entry(method.to_string()).or_default();
         queue.extend(std::iter::repeat_n((status, description, retry_after), count));
+    }
+
+    /// From now on, answers to `method` leave `delay` after the call is recorded (a slow
+    /// network: the call is visible before its caller has the answer).
+    pub fn stall(&self, method: &str, delay: Duration) {
+        self.bot.lock().unwrap().stalls.insert(method.to_ascii_lowercase(), delay);
     }
 
     /// Stops the scripted failures of `method`.
@@ -219,7 +227,8 @@ async fn call(
             return answer(status, Err((description, retry_after)));
         }
     }
-    match method_key.as_str() {
+    let stall = bot.lock().unwrap().stalls.get(&method_key).copied();
+    let response = match method_key.as_str() {
         "getupdates" => get_updates(bot, arrived, params.clone(), record).await,
         "sendmessage" => {
             let mut state = bot.lock().unwrap();
@@ -280,7 +289,11 @@ async fn call(
             record(&mut state, 404);
             answer(404, Err(("Not Found: method not found".into(), None)))
         }
+    };
+    if let Some(stall) = stall {
+        tokio::time::sleep(stall).await;
     }
+    response
 }
 
 async fn get_updates(
