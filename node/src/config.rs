@@ -352,6 +352,15 @@ pub struct SyncConfig {
     pub urgent_window_ms: u64,
     /// Seconds between two heartbeats to the central (which also carry context changes).
     pub heartbeat_secs: u64,
+    /// While agent slots are free, ask the central for routed work this often (± 20 %), in
+    /// milliseconds; a heartbeat that says work waits asks at once.
+    pub claim_ms: u64,
+    /// How often the origin of routed tasks asks the central how they are doing, in
+    /// milliseconds (only while one is unfinished).
+    pub routed_status_ms: u64,
+    /// A routed agent is stopped when its lease was not renewed for the lease time minus this
+    /// margin (at least half the lease), so it stops before another system may take the task.
+    pub fence_margin_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -366,6 +375,9 @@ impl Default for SyncConfig {
             completions: 5,
             urgent_window_ms: 50,
             heartbeat_secs: 15,
+            claim_ms: 2000,
+            routed_status_ms: 2000,
+            fence_margin_secs: 15,
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod doctor;
 pub mod home;
 pub mod hooks;
 pub mod notify;
+pub mod routing;
 pub mod runtime;
 pub mod status;
 pub mod store;

@@ -29,7 +29,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client::{Class, Failure};
 use crate::seal::{self, BatchPolicy};
-use crate::wire::{HeartbeatV1, IngestAnswerV1, RegisterAnswerV1, RegisterContextsV1};
+use crate::wire::{
+    HeartbeatAnswerV1, HeartbeatV1, IngestAnswerV1, RegisterAnswerV1, RegisterContextsV1,
+};
 use crate::{Client, Lane, OpenBatch, Outbox, Rejection};
 
 /// How often an idle urgent lane looks for rows written by other processes.
@@ -70,6 +72,10 @@ pub struct Signals {
     completions: AtomicU64,
     hook_threshold: AtomicU64,
     completion_threshold: AtomicU64,
+    /// Work may be waiting centrally (a heartbeat's offers, a freed slot): claim now.
+    pub offers: Notify,
+    /// A call to the central routing functions was queued.
+    pub route_calls: Notify,
     /// Counters for `/metrics`.
     pub requests_total: AtomicU64,
     pub failures_total: AtomicU64,
@@ -106,6 +112,11 @@ impl Signals {
         if before < threshold && before.saturating_add(n) >= threshold {
             wake.notify_one();
         }
+    }
+
+    /// The central offers work to this system.
+    pub fn offered(&self) {
+        self.offers.notify_one();
     }
 
     /// Seal and send now, retrying at once what waits for a backoff or a pause.
@@ -281,13 +292,18 @@ impl<O: Outbox> Driver<O> {
             running: self.outbox.running().await.map_err(outbox)?,
             slots: self.settings.slots,
             draining: false,
+            leases: self.outbox.leases().await.map_err(outbox)?,
         };
         self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
-        let _: serde_json::Value = self
+        let answer: HeartbeatAnswerV1 = self
             .client
             .call("heartbeat", &serde_json::json!({ "p_status": status }))
             .await
             .map_err(call)?;
+        self.outbox.heartbeat_answered(&answer).await.map_err(outbox)?;
+        if answer.offers > 0 {
+            self.signals.offered();
+        }
         let (generation, contexts) = self.outbox.contexts().await.map_err(outbox)?;
         if *registered == Some(generation) {
             return Ok(());

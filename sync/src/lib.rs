@@ -200,6 +200,16 @@ pub trait Outbox: Clone + Send + Sync + 'static {
     /// Agents running now (sent with each heartbeat).
     fn running(&self) -> impl Future<Output = Result<i64, Self::Error>> + Send;
 
+    /// The routed tasks this system believes it holds a lease on (sent with each heartbeat).
+    fn leases(&self) -> impl Future<Output = Result<Vec<wire::LeaseV1>, Self::Error>> + Send;
+
+    /// What a heartbeat answered: renewed leases restart their self-fencing clock, revoked
+    /// ones stop their agents, offers wake the claimer.
+    fn heartbeat_answered(
+        &self,
+        answer: &wire::HeartbeatAnswerV1,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// The node's contexts with a remote, and their generation: a number that grows whenever
     /// the set changes (the newest context outbox row).
     fn contexts(

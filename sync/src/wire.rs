@@ -282,6 +282,114 @@ pub struct HeartbeatV1 {
     pub running: i64,
     pub slots: i64,
     pub draining: bool,
+    /// The leases the node believes it holds: renewed when the central agrees.
+    pub leases: Vec<LeaseV1>,
+}
+
+/// A lease on a routed task: the task and the fencing token of the claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseV1 {
+    pub task_id: Uuid,
+    pub fencing_token: i64,
+}
+
+/// The answer of `api.heartbeat` (read leniently: unknown fields are ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HeartbeatAnswerV1 {
+    #[serde(default)]
+    pub lease_s: Option<i64>,
+    #[serde(default)]
+    pub draining: bool,
+    /// The leases renewed by this heartbeat.
+    #[serde(default)]
+    pub leases: Vec<LeaseV1>,
+    /// Listed leases this system no longer holds: stop their agents.
+    #[serde(default)]
+    pub revoked: Vec<RevokedV1>,
+    /// Queued tasks this system could take now.
+    #[serde(default)]
+    pub offers: i64,
+}
+
+/// A lease the central took back (`reason`: `lease_lost`, `finished`, `unknown_task`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RevokedV1 {
+    pub task_id: Uuid,
+    pub fencing_token: i64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A routed task as the central functions answer it (`supabase/README.md`, Routing).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoutedTaskV1 {
+    pub task_id: Uuid,
+    #[serde(default)]
+    pub origin_name: Option<String>,
+    #[serde(default)]
+    pub repo_url: Option<String>,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub verify: Option<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub attempt: i64,
+    #[serde(default)]
+    pub max_attempts: i64,
+    #[serde(default)]
+    pub fencing_token: Option<i64>,
+    /// Why no system takes the task (`no_context`, `all_busy`, `all_stale`).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `api.routed_status` only: where it runs, how far it got and how it ended.
+    #[serde(default)]
+    pub executing_name: Option<String>,
+    #[serde(default)]
+    pub progress: Option<serde_json::Value>,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub attempts: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+/// The answer of `api.claim`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClaimAnswerV1 {
+    #[serde(default)]
+    pub claimed: Vec<RoutedTaskV1>,
+    #[serde(default)]
+    pub lease_s: Option<i64>,
+    /// Why nothing was claimed because of the caller (`stale_heartbeat`, `draining`, ...).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The answer of `api.submit_task`, `api.report_progress`, `api.complete` and `api.release`:
+/// `status` is `queued`, `duplicate`, `applied` or `stale_lease`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RouteAnswerV1 {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// The answer of `api.routed_status`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RoutedStatusV1 {
+    pub server_time: String,
+    #[serde(default)]
+    pub tasks: Vec<RoutedTaskV1>,
 }
 
 /// One context of `api.register_contexts` (a checkout with a remote).

@@ -73,24 +73,25 @@ async fn cookie(home: &TestHome) -> String {
     set.to_str().expect("ascii cookie").split(';').next().expect("name=value").to_string()
 }
 
-/// Creates `count` tasks in groups of 256 through the NDJSON form of `POST /api/tasks`.
+/// Creates `count` tasks through `POST /api/tasks`, 64 requests at a time (the daemon's group
+/// commit writes each wave in a few transactions).
 async fn create_many(daemon: &Daemon, count: usize) {
     let http = reqwest::Client::builder().no_proxy().build().expect("http client");
-    for start in (0..count).step_by(256) {
-        let body: String = (start..count.min(start + 256))
-            .map(|n| {
-                format!("{}\n", json!({ "title": format!("board task {n}"), "profile": "holder" }))
-            })
-            .collect();
-        let response = http
-            .post(daemon.url("/api/tasks"))
-            .bearer_auth(&daemon.token)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .expect("task creation answers");
-        assert!(response.status().is_success(), "tasks refused: {}", response.status());
+    for start in (0..count).step_by(64) {
+        let mut wave = tokio::task::JoinSet::new();
+        for n in start..count.min(start + 64) {
+            let request = http
+                .post(daemon.url("/api/tasks"))
+                .bearer_auth(&daemon.token)
+                .json(&json!({ "title": format!("board task {n}"), "profile": "holder" }));
+            wave.spawn(
+                async move { request.send().await.expect("task creation answers").status() },
+            );
+        }
+        while let Some(status) = wave.join_next().await {
+            let status = status.expect("the request task ends");
+            assert!(status.is_success(), "task refused: {status}");
+        }
     }
 }
 

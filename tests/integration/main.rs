@@ -14,6 +14,7 @@ mod hooks;
 mod init;
 mod messages;
 mod notify;
+mod routing;
 mod routing_central;
 mod runtime;
 mod startup;

@@ -9,9 +9,10 @@ use serde_json::json;
 use crate::client::Client;
 use crate::config::Config;
 use crate::home::{open_store, Home};
+use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, Store, StoredHookEvent, TaskDetail, TaskFilter,
+    ContextProbe, NewTask, RetryPolicy, RoutedTask, Store, StoredHookEvent, TaskDetail, TaskFilter,
 };
 
 /// Where state-changing commands go: the running daemon, or the database file.
@@ -45,6 +46,44 @@ impl Backend {
         match self {
             Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
             Backend::Local { store, config } => Ok(store.create_task(new, config, "cli").await?),
+        }
+    }
+
+    /// This system's name and free slots, and whether routing is on.
+    pub async fn routing(&self) -> anyhow::Result<RoutingStatus> {
+        match self {
+            Backend::Daemon(client) => client.get(&["routing"]).await,
+            Backend::Local { store, config } => Ok(RoutingStatus::gather(store, config).await?),
+        }
+    }
+
+    /// Sends a task to the fleet (its submission waits in the database until sync sends it).
+    pub async fn route_task(&self, new: NewTask, pin: Option<&str>) -> anyhow::Result<RoutedTask> {
+        match self {
+            Backend::Daemon(client) => {
+                client.post(&["routed"], json!({ "task": new, "pin": pin })).await
+            }
+            Backend::Local { store, config } => Ok(store.route_task(new, pin, config).await?),
+        }
+    }
+
+    pub async fn routed_tasks(&self) -> anyhow::Result<Vec<RoutedTask>> {
+        match self {
+            Backend::Daemon(client) => client.get(&["routed"]).await,
+            Backend::Local { store, .. } => Ok(store.routed_tasks().await?),
+        }
+    }
+
+    /// The routed task with this id or id prefix, if there is one.
+    pub async fn routed_task(&self, id: &str) -> anyhow::Result<Option<RoutedTask>> {
+        match self {
+            Backend::Daemon(client) => {
+                let routed: Vec<RoutedTask> = client.get(&["routed"]).await?;
+                Ok(routed
+                    .into_iter()
+                    .find(|r| r.id.hyphenated().to_string().starts_with(&id.to_ascii_lowercase())))
+            }
+            Backend::Local { store, .. } => Ok(store.routed_task(id).await?),
         }
     }
 

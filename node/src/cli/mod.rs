@@ -114,6 +114,14 @@ enum Command {
     /// The sync engine: enrol this system, show the lanes, send now, pause and resume.
     #[command(subcommand)]
     Sync(crate::sync::SyncCommand),
+    /// The systems of the fleet (presence with its reason, slots, repositories, last heartbeat,
+    /// cost today); `ccm systems drain NAME` stops a system from taking new work.
+    Systems {
+        #[command(subcommand)]
+        command: Option<crate::routing::SystemsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Files claimed by tasks (strict ownership) and the change requests refused writes left.
     Claims {
         #[arg(long)]
@@ -220,6 +228,9 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
         Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
         Command::Sync(command) => crate::sync::run(&home, &config, command).await,
+        Command::Systems { command, json } => {
+            crate::routing::systems(&home, &config, command, json).await
+        }
         Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,
         Command::Service(command) => crate::notify::cli::service(&home, &config, command),
         Command::Doctor | Command::Hook(_) | Command::Stop => {

@@ -12,7 +12,7 @@ use super::not_empty;
 use super::output::{print, table};
 use crate::config::Config;
 use crate::home::{open_store, Home};
-use crate::store::{NewTask, Store, TaskDetail};
+use crate::store::{NewTask, RoutedTask, Store, TaskDetail};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -96,6 +96,9 @@ pub struct AddArgs {
     /// Work in a scratch directory, not in a repository.
     #[arg(long)]
     no_repo: bool,
+    /// Run on this system of the fleet (its name or id); it waits for that system.
+    #[arg(long)]
+    system: Option<String>,
     /// Agent profile (default: tasks.profile from the config).
     #[arg(long)]
     profile: Option<String>,
@@ -145,6 +148,14 @@ pub async fn run(
                 priority: args.priority,
                 depends_on: args.after,
             };
+            if let Some(why) = fleet(&backend, config, &place, args.system.as_deref()).await? {
+                let routed = backend.route_task(new, args.system.as_deref()).await?;
+                return print(args.json, &routed, |r| {
+                    let short = short_id(&r.id);
+                    println!("routed task {short} to the fleet: {}", r.title);
+                    println!("  {why}; `ccm task show {short}` follows it");
+                });
+            }
             let task = backend.create_task(new).await?;
             print(args.json, &task, |t| {
                 println!("created task {} ({}): {}", t.short_id(), t.state, t.title);
@@ -152,7 +163,12 @@ pub async fn run(
             })
         }
         TaskCommand::List { state, json } => {
-            print(json, &backend.tasks(state).await?, |tasks| show_tasks(tasks))
+            let tasks = backend.tasks(state).await?;
+            let routed = if config.sync.enabled() { backend.routed_tasks().await? } else { vec![] };
+            print(json, &tasks, |tasks| {
+                show_tasks(tasks);
+                show_routed_tasks(&routed);
+            })
         }
         TaskCommand::Show { id, events: true, json } => {
             let events = backend.task_events(&id).await?;
@@ -173,7 +189,13 @@ pub async fn run(
                 }
             })
         }
-        TaskCommand::Show { id, json, .. } => print(json, &backend.task(&id).await?, show_detail),
+        TaskCommand::Show { id, json, .. } => match backend.task(&id).await {
+            Ok(detail) => print(json, &detail, show_detail),
+            Err(error) => match backend.routed_task(&id).await {
+                Ok(Some(routed)) => print(json, &routed, show_routed),
+                _ => Err(error),
+            },
+        },
         TaskCommand::Cancel { id, reason } => {
             let task = backend.apply_event(&id, TaskEvent::Cancel, &reason).await?;
             println!("task {} is {}", task.short_id(), task.state);
@@ -249,6 +271,117 @@ async fn logs(store: &Store, id: &str, follow: bool, raw: bool) -> anyhow::Resul
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Why the task goes to the fleet rather than here, or `None` to run it here: pinned to
+/// another system, no checkout of its repository here, or no free slot for it.
+async fn fleet(
+    backend: &Backend,
+    config: &Config,
+    place: &Place,
+    pin: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    if !config.sync.enabled() {
+        anyhow::ensure!(
+            pin.is_none(),
+            "--system: routing to other systems needs sync; set sync.url (or sync.rest_url) and sync.publishable_key"
+        );
+        return Ok(None);
+    }
+    let here = backend.routing().await?;
+    Ok(match (place, pin) {
+        (_, Some(pin)) if pin == here.system => None,
+        (_, Some(pin)) => Some(format!("pinned to system {pin}")),
+        (Place::Elsewhere(repo), None) => Some(format!("no checkout of {repo} here")),
+        (Place::Checkout { repo, .. }, None) if here.free_slots <= 0 => {
+            Some(format!("{repo} is checked out here but no agent slot is free"))
+        }
+        _ => None,
+    })
+}
+
+fn show_routed_tasks(routed: &[RoutedTask]) {
+    if routed.is_empty() {
+        return;
+    }
+    println!("routed to the fleet:");
+    table(
+        &["ID", "STATE", "SYSTEM", "PRI", "TITLE"],
+        routed.iter().map(|r| {
+            vec![
+                short_id(&r.id),
+                r.state(),
+                r.system().unwrap_or("-").to_string(),
+                r.priority.to_string(),
+                r.title.clone(),
+            ]
+        }),
+    );
+}
+
+/// `ccm task show` of a routed task: what the central says of it.
+fn show_routed(r: &RoutedTask) {
+    println!("task {}  {}", r.id, r.title);
+    let central = r.central.as_ref();
+    let on = r.system().map(|s| format!(" on {s}")).unwrap_or_default();
+    println!("  state     {}{on} (routed to the fleet)", r.state());
+    if let Some(reason) = central.and_then(|c| c.reason.as_deref()) {
+        println!("  waiting   {reason}");
+    }
+    if let Some(repo) = &r.repo {
+        println!("  repo      {repo}");
+    }
+    if let Some(pin) = &r.pin {
+        println!("  pinned    {pin}");
+    }
+    match r.submitted_at {
+        Some(at) => println!("  submitted {at}"),
+        None => println!("  submitted not yet (waits for sync to reach the central)"),
+    }
+    println!("  prompt    {}", r.prompt);
+    let attempts = central.map(|c| c.attempts.as_slice()).unwrap_or_default();
+    if !attempts.is_empty() {
+        println!("attempts:");
+    }
+    for a in attempts {
+        let text = |k: &str| a[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "  #{} on {}  token {}  claimed {}  ended {}  {}",
+            a["attempt"],
+            text("system_name"),
+            a["fencing_token"],
+            text("claimed_at"),
+            text("ended_at"),
+            text("outcome"),
+        );
+    }
+    if let Some(result) = central.and_then(|c| c.result.as_ref()) {
+        println!("result:");
+        println!(
+            "  {} ({}), cost ${:.4}, tokens {} in / {} out",
+            result["status"].as_str().unwrap_or("?"),
+            result["summary"].as_str().unwrap_or("-"),
+            result["cost_usd"].as_f64().unwrap_or(0.0),
+            result["input_tokens"],
+            result["output_tokens"],
+        );
+        show_work(&result["report"]["work"]);
+    }
+}
+
+/// A report's work: its diff stat and commits.
+fn show_work(work: &serde_json::Value) {
+    match work["diff_stat"].as_str().map(str::trim_end) {
+        Some("") => println!("  no changes"),
+        Some(stat) => stat.lines().for_each(|line| println!("  {}", line.trim())),
+        None if work["error"].is_string() => println!("  work: {}", work["error"]),
+        None => {}
+    }
+    let commits = work["commits"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for c in commits {
+        let sha = c["sha"].as_str().unwrap_or_default();
+        println!("  commit {}  {}", &sha[..sha.len().min(10)], c["subject"].as_str().unwrap_or(""));
     }
 }
 
@@ -353,22 +486,7 @@ fn show_detail(detail: &TaskDetail) {
     if let Some(report) = detail.reports.last() {
         let r = &report.summary.0;
         println!("report (attempt {}):", report.attempt);
-        let work = &r["work"];
-        match work["diff_stat"].as_str().map(str::trim_end) {
-            Some("") => println!("  no changes"),
-            Some(stat) => stat.lines().for_each(|line| println!("  {}", line.trim())),
-            None if work["error"].is_string() => println!("  work: {}", work["error"]),
-            None => {}
-        }
-        let commits = work["commits"].as_array().map(Vec::as_slice).unwrap_or_default();
-        for c in commits {
-            let sha = c["sha"].as_str().unwrap_or_default();
-            println!(
-                "  commit {}  {}",
-                &sha[..sha.len().min(10)],
-                c["subject"].as_str().unwrap_or("")
-            );
-        }
+        show_work(&r["work"]);
         let cost = r["cost_usd"].as_f64().map_or("unknown".into(), |c| format!("${c:.4}"));
         println!(
             "  cost {cost}, tokens {} in / {} out, {} tool calls",

@@ -16,6 +16,9 @@
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
+//! | `POST /api/routed` `{"task": NewTask, "pin"}` | send a task to the fleet (routing) |
+//! | `GET /api/routed` | the tasks this system routed, as the central last described them |
+//! | `GET /api/routing` | this system's name and free slots (where `ccm task add` sends a task) |
 //! | `GET /api/sync` | per sync lane: backlog, last success, last error, pause reason |
 //! | `POST /api/sync/now`, `/api/sync/pause` `{"reason"}`, `/api/sync/resume` | drive sync (resume re-reads the token in `auth.json`) |
 //!
@@ -46,10 +49,11 @@ use crate::config::Answer;
 use crate::home::Home;
 use crate::hooks::event::{HookEvent, Kind, System};
 use crate::hooks::gate;
+use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
     ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
-    StoredHookEvent, TaskDetail, TaskFilter,
+    RoutedTask, StoredHookEvent, TaskDetail, TaskFilter,
 };
 use crate::sync::SyncStatus;
 
@@ -69,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .route("/alerts", get(list_alerts))
         .route("/alerts/{id}/ack", post(acknowledge_alert))
         .route("/decisions/{id}", post(answer_decision))
+        .route("/routed", get(list_routed).post(route_task))
+        .route("/routing", get(routing_status))
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
         .route("/sync/pause", post(sync_pause))
@@ -187,6 +193,32 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     Ok(Json(Status::gather(&state.store, Some(state.daemon.clone())).await?))
+}
+
+/// Body of `POST /api/routed`: a task for the fleet, optionally pinned to a system.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteBody {
+    task: NewTask,
+    #[serde(default)]
+    pin: Option<String>,
+}
+
+async fn route_task(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RouteBody>,
+) -> Result<(StatusCode, Json<RoutedTask>), ApiError> {
+    let routed = state.store.route_task(body.task, body.pin.as_deref(), &state.config).await?;
+    Ok((StatusCode::CREATED, Json(routed)))
+}
+
+async fn list_routed(State(state): State<AppState>) -> Result<Json<Vec<RoutedTask>>, ApiError> {
+    Ok(Json(state.store.routed_tasks().await?))
+}
+
+/// What `ccm task add` needs to choose between here and the fleet.
+async fn routing_status(State(state): State<AppState>) -> Result<Json<RoutingStatus>, ApiError> {
+    Ok(Json(RoutingStatus::gather(&state.store, &state.config).await?))
 }
 
 async fn sync_status(State(state): State<AppState>) -> Result<Json<SyncStatus>, ApiError> {

@@ -7,7 +7,8 @@
 //! - `batch`: group commit of task creations and hook events (one transaction per group).
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `serve`: the accept loop, with timeouts and a connection cap.
-//! - the sync task (`crate::sync::start`), when `sync:` is configured.
+//! - the sync task (`crate::sync::start`) and routing (`crate::routing::Router`), when `sync:`
+//!   is configured.
 //!
 //! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
 //! store, bind, reconcile the agents (first runtime pass: adopt live agents, record dead ones),
@@ -159,6 +160,20 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     let system = store.system().await?;
     let sync = crate::sync::start(&store, &config, &home, system.id, shutdown.clone())?;
     let (sync_client, sync_task) = sync.unzip();
+    let routing = sync_client.clone().map(|client| {
+        let (high, low) = system.id.as_u64_pair();
+        crate::routing::Router {
+            store: store.clone(),
+            config: config.clone(),
+            client,
+            signals: Arc::clone(store.sync_signals()),
+            scheduler_wake: scheduler_wake.clone(),
+            runtime_wake: runtime.wake.clone(),
+            shutdown: shutdown.clone(),
+            seed: high ^ low ^ 0x5eed,
+        }
+        .start()
+    });
     let state = AppState(Arc::new(Shared {
         store: store.clone(),
         config: config.clone(),
@@ -234,6 +249,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         ("runtime", Some(runtime_task)),
         ("spooler", Some(spooler)),
         ("sync", sync_task),
+        ("routing", routing),
     ];
     for (name, task) in tasks.into_iter().filter_map(|(name, task)| task.map(|t| (name, t))) {
         if let Err(e) = task.await {

@@ -20,6 +20,7 @@ mod contexts;
 mod hooks;
 mod notify;
 mod records;
+mod routing;
 mod sync;
 mod tasks;
 mod views;
@@ -45,6 +46,7 @@ pub use hooks::{
 };
 pub use notify::{Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
+pub use routing::RoutedTask;
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
@@ -187,6 +189,8 @@ pub(crate) struct Writing {
     urgent: bool,
     /// Tasks this transaction completed.
     completions: u64,
+    /// A call to the central routing functions was queued: the sender is woken after commit.
+    route_call: bool,
     abandoned: Arc<AtomicBool>,
 }
 
@@ -199,6 +203,9 @@ impl Writing {
         }
         if self.completions > 0 {
             self.signals.completions(self.completions);
+        }
+        if self.route_call {
+            self.signals.route_calls.notify_one();
         }
         Ok(())
     }
@@ -378,6 +385,7 @@ impl Store {
             abandoned: self.abandoned.clone(),
             signals: self.signals.clone(),
             urgent: false,
+            route_call: false,
             completions: 0,
         })
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ccm_schema::{Severity, Timestamp};
-use ccm_sync::wire::ContextV1;
+use ccm_sync::wire::{ContextV1, HeartbeatAnswerV1, LeaseV1};
 use ccm_sync::{Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, Rejection, SHIPPED_STREAMS};
 use uuid::Uuid;
 
@@ -321,6 +321,14 @@ impl ccm_sync::Outbox for Store {
         )
         .fetch_one(&self.readers)
         .await?)
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseV1>> {
+        self.held_leases().await
+    }
+
+    async fn heartbeat_answered(&self, answer: &HeartbeatAnswerV1) -> Result<()> {
+        self.leases_answered(answer).await
     }
 
     async fn contexts(&self) -> Result<(i64, Vec<ContextV1>)> {

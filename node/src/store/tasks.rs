@@ -120,7 +120,7 @@ impl Store {
     /// Creates a task in `created`, with its dependencies, its first log entry and an outbox row.
     pub async fn create_task(&self, new: NewTask, config: &Config, actor: &str) -> Result<Task> {
         let mut tx = self.write().await?;
-        let task = create_in_tx(&mut tx, new, config, actor).await?;
+        let task = create_in_tx(&mut tx, Uuid::new_v4(), new, config, actor).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -135,7 +135,7 @@ impl Store {
         let mut tx = self.write().await?;
         let mut created = Vec::with_capacity(batch.len());
         for (new, actor) in batch {
-            created.push(create_in_tx(&mut tx, new, config, &actor).await?);
+            created.push(create_in_tx(&mut tx, Uuid::new_v4(), new, config, &actor).await?);
         }
         tx.commit().await?;
         Ok(created)
@@ -435,8 +435,10 @@ impl Store {
 }
 
 /// Validates and inserts one new task inside `tx`.
-async fn create_in_tx(
+/// Creates a task with `id` (new, or a routed task's central id) in `created`.
+pub(super) async fn create_in_tx(
     tx: &mut Writing,
+    id: Uuid,
     new: NewTask,
     config: &Config,
     actor: &str,
@@ -501,7 +503,6 @@ async fn create_in_tx(
         ));
     }
     let now = Timestamp::now();
-    let id = Uuid::new_v4();
 
     let mut depends_on = Vec::with_capacity(new.depends_on.len());
     for dep in &new.depends_on {
@@ -681,6 +682,7 @@ pub(super) async fn apply_in_tx(
     .await?;
     let task = load_task(tx, id).await?;
     outbox(tx, "task", &task.id.to_string(), &task, urgent).await?;
+    super::routing::transitioned(tx, &task, actor).await?;
     Ok(left)
 }
 

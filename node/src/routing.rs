@@ -1,0 +1,406 @@
+//! Routing across systems, the node's side (SPEC section 9; the central contract is
+//! `supabase/README.md`, "Routing").
+//!
+//! - Origin: `ccm task add` sends a task this system cannot run now (no checkout of its
+//!   repository, pinned elsewhere, or no free slot) to the fleet: a routed task and its queued
+//!   submission ([`Store::route_task`]). While one is unfinished, the origin asks
+//!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`. A task
+//!   not submitted yet whose repository gets a checkout here becomes a local task.
+//! - Executor: while slots are free it asks `api.claim` every `sync.claim_ms` (jittered; at once
+//!   when a heartbeat says work is offered). A claimed task is an ordinary local task with the
+//!   central's id and a held lease; its start and its end go back as `report_progress` and
+//!   `complete`, queued in the transaction of the change. The sync driver's heartbeat lists
+//!   the held leases: renewed ones restart their clock, revoked ones are cancelled.
+//! - Self-fencing: a lease not renewed for the lease time minus `sync.fence_margin_secs` is
+//!   given up here (its task cancelled, which stops its agent) before the central's reaper can
+//!   hand the task to another system.
+//! - Calls to the central wait in `route_calls` and are sent in order, each retried with the
+//!   same idempotency key or fencing token (a replay is `duplicate`, a late one `stale_lease`).
+//!   After a restart each held lease is confirmed by a progress report.
+//!
+//! `ccm systems` and `ccm systems drain NAME` ask the central directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1};
+use ccm_sync::{Class, Lane, Outbox as _, Signals};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::home::Home;
+use crate::store::Store;
+
+/// How often an idle call sender looks for calls queued by another process (the CLI).
+const CALLS_POLL: Duration = Duration::from_secs(1);
+/// Most tasks asked for in one claim.
+const CLAIM_MAX: i64 = 10;
+
+/// This system's name and free slots: where `ccm task add` sends a task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutingStatus {
+    /// Routing works only with sync configured.
+    pub enabled: bool,
+    pub system: String,
+    pub free_slots: i64,
+}
+
+impl RoutingStatus {
+    pub async fn gather(store: &Store, config: &Config) -> crate::store::Result<RoutingStatus> {
+        Ok(RoutingStatus {
+            enabled: config.sync.enabled(),
+            system: store.system().await?.name,
+            free_slots: store.free_for_claims(config.scheduler.slots).await?,
+        })
+    }
+}
+
+/// The daemon's routing tasks.
+#[derive(Clone)]
+pub struct Router {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub client: ccm_sync::Client,
+    pub signals: Arc<Signals>,
+    /// Woken when a claimed task was created (the scheduler admits it).
+    pub scheduler_wake: Arc<Notify>,
+    /// Woken when a routed task was cancelled (the runtime stops its agent).
+    pub runtime_wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+    pub seed: u64,
+}
+
+impl Router {
+    /// Starts the loops; they end at shutdown.
+    pub fn start(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            if let Err(error) = self.store.confirm_leases().await {
+                warn!(%error, "cannot queue the confirmation of held leases");
+            }
+            let loops = [
+                tokio::spawn(self.clone().calls().instrument(info_span!("route_calls"))),
+                tokio::spawn(self.clone().claims().instrument(info_span!("route_claims"))),
+                tokio::spawn(self.clone().fence().instrument(info_span!("route_fence"))),
+                tokio::spawn(self.clone().origin().instrument(info_span!("route_origin"))),
+            ];
+            for task in loops {
+                if let Err(error) = task.await {
+                    warn!(%error, "a routing loop ended abnormally");
+                }
+            }
+        })
+    }
+
+    /// Whether calls to the central can be made now (enrolled, sync not paused).
+    async fn can_call(&self) -> bool {
+        self.client.has_token() && matches!(self.store.paused(Lane::Urgent).await, Ok(None))
+    }
+
+    /// Sleeps `wait`, or less when `wake` fires; false at shutdown.
+    async fn pause(&self, wait: Duration, wake: &Notify) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = wake.notified() => true,
+            () = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// Sends the queued calls in order.
+    async fn calls(self) {
+        let mut backoff = ccm_sync::driver::Backoff::for_lane(Lane::Urgent, self.seed);
+        loop {
+            let wait = match self.next_call().await {
+                Ok(true) => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(false) => CALLS_POLL,
+                Err(wait) => wait.unwrap_or_else(|| backoff.next_delay(None)),
+            };
+            if !self.pause(wait, &self.signals.route_calls).await {
+                return;
+            }
+        }
+    }
+
+    /// Sends the oldest queued call: `Ok(true)` when one was answered, `Ok(false)` when none
+    /// can be sent now, `Err(wait)` after a failure.
+    async fn next_call(&self) -> Result<bool, Option<Duration>> {
+        if let Err(error) = self.store.localize_routed(&self.config).await.map(|ids| {
+            if !ids.is_empty() {
+                info!(
+                    tasks = ids.len(),
+                    "routed tasks not submitted yet run here: a checkout appeared"
+                );
+                self.scheduler_wake.notify_one();
+            }
+        }) {
+            warn!(%error, "cannot look for routed tasks to run here");
+        }
+        if !self.can_call().await {
+            return Ok(false);
+        }
+        let call = match self.store.next_route_call().await {
+            Ok(Some(call)) => call,
+            Ok(None) => return Ok(false),
+            Err(error) => {
+                warn!(%error, "cannot read the queued routing calls");
+                return Err(None);
+            }
+        };
+        let answer = self.client.call::<RouteAnswerV1>(&call.function, &call.params).await;
+        let status = match answer {
+            Ok(answer) => answer.status,
+            Err(failure) => match failure.class {
+                Class::Transient { retry_after } => {
+                    warn!(function = %call.function, task = %call.task_id, error = %failure.message, "routing call failed; retrying");
+                    let _ = self.store.route_call_failed(&call, &failure.message).await;
+                    return Err(retry_after);
+                }
+                Class::BadRequest | Class::TooLarge => {
+                    // The central will never take it: it leaves the queue with its reason.
+                    warn!(function = %call.function, task = %call.task_id, error = %failure.message, "the central refused a routing call");
+                    if call.function == "submit_task" {
+                        let refused = json!({ "task_id": call.task_id, "state": "refused",
+                                              "reason": failure.message });
+                        if let Ok(refused) = serde_json::from_value(refused) {
+                            let _ = self.store.routed_seen(&[refused]).await;
+                        }
+                    }
+                    "refused".to_string()
+                }
+                _ => {
+                    // Identity or configuration: the sync lanes pause and alert; wait for it.
+                    let _ = self.store.route_call_failed(&call, &failure.message).await;
+                    return Err(Some(Duration::from_secs(2)));
+                }
+            },
+        };
+        debug!(function = %call.function, task = %call.task_id, %status, "routing call answered");
+        if let Err(error) = self.store.route_call_answered(&call, &status).await {
+            warn!(%error, "cannot record a routing call's answer");
+            return Err(None);
+        }
+        match (call.function.as_str(), status.as_str()) {
+            ("complete" | "release", _) => self.signals.offered(), // a slot is free again
+            (_, "stale_lease") => self.runtime_wake.notify_one(),
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// Claims routed work while slots are free.
+    async fn claims(self) {
+        let every = Duration::from_millis(self.config.sync.claim_ms);
+        let mut rng = fastrand::Rng::with_seed(self.seed);
+        loop {
+            let more = match self.claim().await {
+                Ok(more) => more,
+                Err(error) => {
+                    debug!(%error, "claim failed");
+                    false
+                }
+            };
+            let wait = if more { Duration::ZERO } else { every.mul_f64(0.8 + 0.4 * rng.f64()) };
+            if !self.pause(wait, &self.signals.offers).await {
+                return;
+            }
+        }
+    }
+
+    /// One `api.claim`; true when it took as many tasks as it asked for (ask again at once).
+    async fn claim(&self) -> anyhow::Result<bool> {
+        if !self.can_call().await {
+            return Ok(false);
+        }
+        let free = self.store.free_for_claims(self.config.scheduler.slots).await?;
+        if free <= 0 {
+            return Ok(false);
+        }
+        let max = free.min(CLAIM_MAX);
+        let answer: ClaimAnswerV1 = self
+            .client
+            .call("claim", &json!({ "p_max": max }))
+            .await
+            .map_err(|f| anyhow::anyhow!(f.message))?;
+        if answer.claimed.is_empty() {
+            if let Some(reason) = &answer.reason {
+                debug!(%reason, "nothing claimed");
+            }
+            return Ok(false);
+        }
+        let lease_s = answer.lease_s.unwrap_or(90);
+        let taken = self.store.claimed(&answer.claimed, lease_s, &self.config).await?;
+        for task in &answer.claimed {
+            info!(task = %task.task_id, origin = task.origin_name.as_deref().unwrap_or("?"), token = task.fencing_token, "claimed a routed task");
+        }
+        self.scheduler_wake.notify_one();
+        Ok(taken.len() as i64 >= max)
+    }
+
+    /// Gives up leases not renewed in time.
+    async fn fence(self) {
+        let margin = i64::try_from(self.config.sync.fence_margin_secs * 1000).unwrap_or(i64::MAX);
+        let idle = Notify::new();
+        loop {
+            match self.store.leases_to_fence(margin).await {
+                Ok(due) => {
+                    for (task, age_ms) in due {
+                        let reason = format!(
+                            "self-fenced: the central has not renewed the lease for {:.1}s (sync cut off?); stopped before another system may take the task",
+                            age_ms as f64 / 1000.0
+                        );
+                        warn!(%task, "{reason}");
+                        if let Err(error) = self.store.lease_lost(task, &reason).await {
+                            warn!(%error, "cannot stop a routed task");
+                        }
+                        self.runtime_wake.notify_one();
+                    }
+                }
+                Err(error) => warn!(%error, "cannot check the leases"),
+            }
+            if !self.pause(Duration::from_millis(250), &idle).await {
+                return;
+            }
+        }
+    }
+
+    /// Keeps the origin's view of its routed tasks current.
+    async fn origin(self) {
+        let every = Duration::from_millis(self.config.sync.routed_status_ms);
+        let idle = Notify::new();
+        let mut since: Option<String> = None;
+        let mut failing: Option<String> = None;
+        loop {
+            match self.follow(&mut since).await {
+                Ok(()) => failing = None,
+                Err(error) => {
+                    // Said once per cause, not at every poll.
+                    let error = format!("{error:#}");
+                    if failing.as_ref() != Some(&error) {
+                        warn!(%error, "cannot read how the routed tasks are doing");
+                        failing = Some(error);
+                    }
+                }
+            }
+            if !self.pause(every, &idle).await {
+                return;
+            }
+        }
+    }
+
+    async fn follow(&self, since: &mut Option<String>) -> anyhow::Result<()> {
+        if !self.store.routed_unfinished().await? || !self.can_call().await {
+            return Ok(());
+        }
+        let status: RoutedStatusV1 = self
+            .client
+            .call("routed_status", &since.as_ref().map_or(json!({}), |s| json!({ "p_since": s })))
+            .await
+            .map_err(|f| anyhow::anyhow!(f.message))?;
+        let changed = self.store.routed_seen(&status.tasks).await?;
+        if changed > 0 {
+            debug!(changed, "routed tasks changed centrally");
+        }
+        // Ask again from a little before the server's time: a transaction that started before
+        // it may commit after (the contract's 10 s).
+        *since = ten_seconds_before(&status.server_time);
+        Ok(())
+    }
+}
+
+/// `server_time` (PostgreSQL's `timestamptz` in JSON, UTC) minus 10 s; `None` (everything)
+/// when it does not parse.
+fn ten_seconds_before(server_time: &str) -> Option<String> {
+    let time = humantime::parse_rfc3339_weak(server_time.get(..19)?).ok()?;
+    let earlier = time.checked_sub(Duration::from_secs(10))?;
+    Some(humantime::format_rfc3339_seconds(earlier).to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemsCommand {
+    /// Finish running work on a system and take no new work there (`--off` to undo).
+    Drain {
+        /// The system's name or id.
+        name: String,
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+/// `ccm systems`: asks the central directly (no daemon needed).
+pub async fn systems(
+    home: &Home,
+    config: &Config,
+    command: Option<SystemsCommand>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let endpoint = config.sync.endpoint()?.context(
+        "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
+    )?;
+    let token = crate::sync::access_token(home)
+        .context("this system is not enrolled: run `ccm sync enroll --jwt JWT` first")?;
+    let client = ccm_sync::Client::new(endpoint, Some(token))?;
+    let call = |function: &'static str, params: Value| {
+        let client = client.clone();
+        async move {
+            client
+                .call::<Value>(function, &params)
+                .await
+                .map_err(|f| anyhow::anyhow!("the central `{function}` call failed: {}", f.message))
+        }
+    };
+    match command {
+        None => {
+            let systems = call("list_systems", json!({})).await?;
+            crate::cli::print(json, &systems, show_systems)
+        }
+        Some(SystemsCommand::Drain { name, off }) => {
+            let answer = call("drain", json!({ "p_on": !off, "p_system": name })).await?;
+            let state = if answer["draining"] == true {
+                "draining: it finishes its running work and takes no new work"
+            } else {
+                "taking work"
+            };
+            println!("{} is {state}", answer["name"].as_str().unwrap_or(&name));
+            Ok(())
+        }
+    }
+}
+
+fn show_systems(systems: &Value) {
+    let rows = systems.as_array().map(Vec::as_slice).unwrap_or_default();
+    if rows.is_empty() {
+        println!("no systems enrolled");
+        return;
+    }
+    println!(
+        "{:<16} {:<8} {:<16} {:>5} {:>8} {:<20} repos",
+        "name", "presence", "reason", "slots", "today", "last heartbeat"
+    );
+    for s in rows {
+        let text = |key: &str| s[key].as_str().unwrap_or("-").to_string();
+        let repos: Vec<&str> =
+            s["repos"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "{:<16} {:<8} {:<16} {:>5} {:>8} {:<20} {}",
+            text("name"),
+            text("presence"),
+            text("reason"),
+            format!(
+                "{}/{}",
+                s["slots_used"].as_i64().unwrap_or(0),
+                s["slots"].as_i64().unwrap_or(0)
+            ),
+            format!("${:.2}", s["cost_today"].as_f64().unwrap_or(0.0)),
+            text("last_heartbeat_at").get(..19).unwrap_or("-"),
+            if repos.is_empty() { "-".to_string() } else { repos.join(", ") },
+        );
+    }
+}

@@ -1,0 +1,695 @@
+//! Routing across systems (migration `20261130000600_routing.sql`): tasks this system sent to
+//! the fleet, leases on tasks it claimed from the fleet, and the calls to the central that wait
+//! to be made.
+//!
+//! Every change that must reach the central (a submission, a claimed task's start and its end)
+//! queues a `route_calls` row in the transaction of the change, so a crash never loses one and
+//! a retry sends the same idempotency key or fencing token again.
+
+use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
+use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RoutedTaskV1};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::tasks::{apply_in_tx, create_in_tx, load_task};
+use super::{Result, Store, StoreError, Writing};
+use crate::config::Config;
+use crate::store::{NewTask, RetryPolicy};
+
+/// The actor of the changes routing makes to local tasks.
+pub const ACTOR: &str = "routing";
+
+/// A task this system routed to the fleet, with what the central last said of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoutedTask {
+    pub id: Uuid,
+    pub title: String,
+    pub prompt: String,
+    pub repo: Option<String>,
+    pub pin: Option<String>,
+    pub profile: Option<String>,
+    pub verify: Option<String>,
+    pub priority: i64,
+    pub max_attempts: i64,
+    pub created_at: Timestamp,
+    /// When the central took it; `None` while it waits here (sync down or not enrolled).
+    pub submitted_at: Option<Timestamp>,
+    /// The central's latest view: state, executing system, attempts, result.
+    pub central: Option<RoutedTaskV1>,
+}
+
+impl RoutedTask {
+    /// The state to show: the central's, in the local vocabulary where one exists.
+    pub fn state(&self) -> String {
+        let Some(central) = &self.central else {
+            return if self.submitted_at.is_some() { "queued" } else { "waiting_sync" }.into();
+        };
+        match central.state.as_str() {
+            "done" => {
+                let verdict = central.result.as_ref().and_then(|r| r["verdict"].as_str());
+                if verdict == Some("issue") { "alert" } else { "complete" }.into()
+            }
+            "running" => "executing".into(),
+            other => other.into(),
+        }
+    }
+
+    /// Where it runs or ran.
+    pub fn system(&self) -> Option<&str> {
+        self.central.as_ref().and_then(|c| c.executing_name.as_deref())
+    }
+}
+
+type RoutedRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    Timestamp,
+    Option<Timestamp>,
+    Option<String>,
+);
+
+const ROUTED_COLUMNS: &str = "id, title, prompt, repo, pin, profile, verify, priority, \
+     max_attempts, created_at, submitted_at, central";
+
+fn routed(row: RoutedRow) -> Result<RoutedTask> {
+    let (
+        id,
+        title,
+        prompt,
+        repo,
+        pin,
+        profile,
+        verify,
+        priority,
+        max_attempts,
+        created_at,
+        submitted_at,
+        central,
+    ) = row;
+    Ok(RoutedTask {
+        id: Uuid::parse_str(&id)
+            .map_err(|e| StoreError::Invalid { field: "id", message: e.to_string() })?,
+        title,
+        prompt,
+        repo,
+        pin,
+        profile,
+        verify,
+        priority,
+        max_attempts,
+        created_at,
+        submitted_at,
+        central: central.and_then(|c| serde_json::from_str(&c).ok()),
+    })
+}
+
+/// A queued call to the central routing functions.
+#[derive(Debug, Clone)]
+pub struct RouteCall {
+    pub seq: i64,
+    pub function: String,
+    pub task_id: Uuid,
+    pub params: Value,
+    pub attempts: i64,
+}
+
+impl Store {
+    /// Sends a task to the fleet: a routed task and its submission, in one transaction. It is
+    /// checked like a local task first (title, profile, priority, attempts), so a bad one is
+    /// refused here, not by the central later.
+    pub async fn route_task(
+        &self,
+        new: NewTask,
+        pin: Option<&str>,
+        config: &Config,
+    ) -> Result<RoutedTask> {
+        let mut tx = self.write().await?;
+        // Validate through the local path, then take the row back out: one set of rules.
+        let id = Uuid::new_v4();
+        sqlx::query("SAVEPOINT check_task").execute(&mut *tx).await?;
+        let checked = create_in_tx(&mut tx, id, new, config, ACTOR).await;
+        sqlx::query("ROLLBACK TO check_task").execute(&mut *tx).await?;
+        sqlx::query("RELEASE check_task").execute(&mut *tx).await?;
+        let task = checked?;
+        let now = Timestamp::now();
+        sqlx::query(
+            r#"
+            INSERT INTO routed_tasks (id, title, prompt, repo, pin, profile, verify, priority,
+                                      max_attempts, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "#,
+        )
+        .bind(id.hyphenated())
+        .bind(&task.title)
+        .bind(&task.prompt)
+        .bind(&task.repo)
+        .bind(pin)
+        .bind(&task.profile)
+        .bind(&task.verify)
+        .bind(task.priority)
+        .bind(task.max_attempts)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let params = json!({ "p_task": {
+            "idempotency_key": id.hyphenated().to_string(),
+            "task_id": id,
+            "title": task.title,
+            "prompt": task.prompt,
+            "repo_url": task.repo.as_deref().filter(|r| r.contains("://")),
+            "pin": pin,
+            "profile": task.profile,
+            "verify": task.verify,
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+        }});
+        queue_call(&mut tx, "submit_task", id, &params).await?;
+        let routed = load_routed(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(routed)
+    }
+
+    /// Tasks this system routed, oldest first.
+    pub async fn routed_tasks(&self) -> Result<Vec<RoutedTask>> {
+        let rows: Vec<RoutedRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTED_COLUMNS} FROM routed_tasks ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.into_iter().map(routed).collect()
+    }
+
+    /// The routed task whose id starts with `key`, if exactly one does.
+    pub async fn routed_task(&self, key: &str) -> Result<Option<RoutedTask>> {
+        let key = key.trim().to_ascii_lowercase();
+        let rows: Vec<RoutedRow> = sqlx::query_as(&format!(
+            "SELECT {ROUTED_COLUMNS} FROM routed_tasks WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2"
+        ))
+        .bind(key.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+        .fetch_all(&self.readers)
+        .await?;
+        match rows.len() {
+            1 => rows.into_iter().next().map(routed).transpose(),
+            0 => Ok(None),
+            _ => Err(StoreError::Ambiguous { prefix: key, matches: "several routed tasks".into() }),
+        }
+    }
+
+    /// Whether a routed task still waits for its end (the origin keeps asking the central).
+    pub async fn routed_unfinished(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            r#"
+            SELECT EXISTS (SELECT 1 FROM routed_tasks
+                           WHERE central IS NULL
+                              OR json_extract(central, '$.state') NOT IN ('done', 'failed', 'blocked'))
+            "#,
+        )
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
+    /// Stores what the central says of the routed tasks (`api.routed_status`); tasks of other
+    /// origins are ignored.
+    pub async fn routed_seen(&self, tasks: &[RoutedTaskV1]) -> Result<usize> {
+        let mut tx = self.write().await?;
+        let now = Timestamp::now();
+        let mut changed = 0;
+        for task in tasks {
+            let central = serde_json::to_string(task)
+                .map_err(|e| StoreError::Invalid { field: "central", message: e.to_string() })?;
+            changed += sqlx::query(
+                r#"
+                UPDATE routed_tasks SET central = ?, submitted_at = coalesce(submitted_at, ?),
+                                        updated_at = ?
+                WHERE id = ? AND central IS NOT ?
+                "#,
+            )
+            .bind(&central)
+            .bind(now)
+            .bind(now)
+            .bind(task.task_id.hyphenated())
+            .bind(&central)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// The oldest call to the central still to make.
+    pub async fn next_route_call(&self) -> Result<Option<RouteCall>> {
+        let row: Option<(i64, String, String, String, i64)> = sqlx::query_as(
+            "SELECT seq, function, task_id, params, attempts FROM route_calls ORDER BY seq LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|(seq, function, task_id, params, attempts)| {
+            Ok(RouteCall {
+                seq,
+                function,
+                task_id: Uuid::parse_str(&task_id).map_err(|e| StoreError::Invalid {
+                    field: "task_id",
+                    message: e.to_string(),
+                })?,
+                params: serde_json::from_str(&params)
+                    .map_err(|e| StoreError::Invalid { field: "params", message: e.to_string() })?,
+                attempts,
+            })
+        })
+        .transpose()
+    }
+
+    /// A call has its answer: it leaves the queue. A submission the central took marks the
+    /// routed task submitted; `stale` (the central said `stale_lease`) ends the local lease.
+    pub async fn route_call_answered(&self, call: &RouteCall, status: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM route_calls WHERE seq = ?")
+            .bind(call.seq)
+            .execute(&mut *tx)
+            .await?;
+        let id = call.task_id.hyphenated();
+        if call.function == "submit_task" {
+            sqlx::query(
+                "UPDATE routed_tasks SET submitted_at = coalesce(submitted_at, ?), updated_at = ? WHERE id = ?",
+            )
+            .bind(Timestamp::now())
+            .bind(Timestamp::now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        if status == "stale_lease" {
+            self.lease_lost(
+                call.task_id,
+                "the central answered stale_lease: another system holds the task now",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A call failed: counted, with its error, and tried again later.
+    pub async fn route_call_failed(&self, call: &RouteCall, error: &str) -> Result<()> {
+        sqlx::query("UPDATE route_calls SET attempts = attempts + 1, last_error = ? WHERE seq = ?")
+            .bind(error)
+            .bind(call.seq)
+            .execute(&mut self.writer().await?.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A routed task that waits here (not submitted yet) whose repository now has a checkout
+    /// here becomes a local task, with the same id.
+    pub async fn localize_routed(&self, config: &Config) -> Result<Vec<Uuid>> {
+        let waiting: Vec<(String,)> = sqlx::query_as(
+            r#"
+            SELECT r.id FROM routed_tasks r
+            WHERE r.submitted_at IS NULL AND r.pin IS NULL AND r.repo IS NOT NULL
+              AND EXISTS (SELECT 1 FROM contexts c WHERE c.repo_url = r.repo OR c.path = r.repo)
+              AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = r.id)
+            "#,
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut localized = Vec::new();
+        for (id,) in waiting {
+            let mut tx = self.write().await?;
+            let Some(task) = load_routed_opt(&mut tx, &id).await? else { continue };
+            if task.submitted_at.is_some() {
+                continue;
+            }
+            let new = NewTask {
+                title: task.title,
+                prompt: Some(task.prompt),
+                repo: task.repo,
+                profile: task.profile,
+                verify: task.verify,
+                max_attempts: u32::try_from(task.max_attempts).ok(),
+                priority: task.priority,
+                ..NewTask::default()
+            };
+            create_in_tx(&mut tx, task.id, new, config, ACTOR).await?;
+            for table in [
+                "DELETE FROM route_calls WHERE task_id = ?",
+                "DELETE FROM routed_tasks WHERE id = ?",
+            ] {
+                sqlx::query(table).bind(&id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            localized.push(task.id);
+        }
+        Ok(localized)
+    }
+
+    /// Takes tasks the central leased to this system: each becomes a local task with the
+    /// central's id and a held lease. A task seen before (claimed again after a lost lease)
+    /// starts over with the new token.
+    pub async fn claimed(
+        &self,
+        tasks: &[RoutedTaskV1],
+        lease_s: i64,
+        config: &Config,
+    ) -> Result<Vec<Uuid>> {
+        let mut tx = self.write().await?;
+        let now = Timestamp::now();
+        let mut taken = Vec::new();
+        for claimed in tasks {
+            let Some(token) = claimed.fencing_token else { continue };
+            let id = claimed.task_id;
+            let origin = claimed.origin_name.as_deref().unwrap_or("another system");
+            let exists: Option<(TaskState,)> =
+                sqlx::query_as("SELECT state FROM tasks WHERE id = ?")
+                    .bind(id.hyphenated())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match exists {
+                None => {
+                    let new = NewTask {
+                        title: claimed.title.clone(),
+                        prompt: claimed.prompt.clone(),
+                        repo: claimed.repo_url.clone(),
+                        profile: claimed
+                            .profile
+                            .clone()
+                            .filter(|p| config.profiles.contains_key(p)),
+                        verify: claimed.verify.clone(),
+                        max_attempts: u32::try_from(claimed.max_attempts).ok().filter(|m| *m >= 1),
+                        priority: claimed.priority.clamp(-1000, 1000),
+                        ..NewTask::default()
+                    };
+                    let actor = format!("{ACTOR}:{origin}");
+                    create_in_tx(&mut tx, id, new, config, &actor).await?;
+                    insert_lease(&mut tx, id, token, origin, lease_s, now).await?;
+                }
+                Some((state,)) => {
+                    insert_lease(&mut tx, id, token, origin, lease_s, now).await?;
+                    let reason = format!("claimed again from the fleet (fencing token {token})");
+                    if matches!(
+                        state,
+                        TaskState::Blocked
+                            | TaskState::Failed
+                            | TaskState::Alert
+                            | TaskState::Cancelled
+                    ) {
+                        apply_in_tx(
+                            &mut tx,
+                            id,
+                            TaskEvent::Retry,
+                            &reason,
+                            ACTOR,
+                            RetryPolicy::from(config),
+                        )
+                        .await?;
+                    } else if state == TaskState::Complete {
+                        // Done here already: report the result under the new token.
+                        let task = load_task(&mut tx, id).await?;
+                        transitioned(&mut tx, &task, ACTOR).await?;
+                    }
+                }
+            }
+            taken.push(id);
+        }
+        tx.commit().await?;
+        Ok(taken)
+    }
+
+    /// The lease on a routed task is gone (revoked, stale, or not renewed in time): the local
+    /// task is cancelled, which stops its agent, and nothing more is reported for it.
+    pub async fn lease_lost(&self, task: Uuid, reason: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let changed = sqlx::query(
+            "UPDATE routed_leases SET state = 'lost', reason = ? WHERE task_id = ? AND state = 'held'",
+        )
+        .bind(reason)
+        .bind(task.hyphenated())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let state: Option<(TaskState,)> = sqlx::query_as("SELECT state FROM tasks WHERE id = ?")
+            .bind(task.hyphenated())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if changed > 0 && state.is_some_and(|(s,)| !s.is_terminal()) {
+            // Cancelling times nothing: the policy is not read.
+            let policy = RetryPolicy {
+                base: std::time::Duration::ZERO,
+                cap: std::time::Duration::ZERO,
+                quota_wait: std::time::Duration::ZERO,
+            };
+            apply_in_tx(&mut tx, task, TaskEvent::Cancel, reason, ACTOR, policy).await?;
+        }
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
+    /// Held leases the central has not confirmed for `lease - margin`: their agents must stop
+    /// before another system could be given the task.
+    pub async fn leases_to_fence(&self, margin_ms: i64) -> Result<Vec<(Uuid, i64)>> {
+        let now = Timestamp::now().millis();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            r#"
+            SELECT task_id, ? - renewed_at FROM routed_leases
+            WHERE state = 'held' AND renewed_at + max(lease_ms - ?, lease_ms / 2) <= ?
+            "#,
+        )
+        .bind(now)
+        .bind(margin_ms)
+        .bind(now)
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, age)| Some((Uuid::parse_str(&id).ok()?, age)))
+            .collect())
+    }
+
+    /// Agent slots free for work from the fleet: slots minus tasks holding or waiting for one.
+    pub async fn free_for_claims(&self, slots: u32) -> Result<i64> {
+        let (busy,): (i64,) = sqlx::query_as(
+            r#"
+            SELECT count(*) FROM tasks
+            WHERE state IN ('created', 'queued', 'executing', 'report_generation', 'supervisory',
+                            'error', 'retry')
+            "#,
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(i64::from(slots) - busy)
+    }
+
+    /// On start: each held lease is confirmed with the central by a progress report, so a
+    /// lease lost while the daemon was down is learnt at once (answered `stale_lease`).
+    pub async fn confirm_leases(&self) -> Result<()> {
+        let held: Vec<(String, i64)> =
+            sqlx::query_as("SELECT task_id, fencing_token FROM routed_leases WHERE state = 'held'")
+                .fetch_all(&self.readers)
+                .await?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for (task, token) in held {
+            let Ok(id) = Uuid::parse_str(&task) else { continue };
+            let params = json!({ "p_task_id": id, "p_fencing_token": token,
+                                 "p_progress": { "phase": "restarted" } });
+            queue_call(&mut tx, "report_progress", id, &params).await?;
+        }
+        tx.commit().await
+    }
+}
+
+impl Store {
+    pub(super) async fn held_leases(&self) -> Result<Vec<LeaseV1>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT task_id, fencing_token FROM routed_leases WHERE state = 'held' ORDER BY task_id",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, token)| {
+                Some(LeaseV1 { task_id: Uuid::parse_str(&id).ok()?, fencing_token: token })
+            })
+            .collect())
+    }
+
+    /// A heartbeat's answer: renewed leases restart their clock; revoked ones are lost.
+    pub(super) async fn leases_answered(&self, answer: &HeartbeatAnswerV1) -> Result<()> {
+        if !answer.leases.is_empty() {
+            let mut tx = self.write().await?;
+            let now = Timestamp::now();
+            for lease in &answer.leases {
+                sqlx::query(
+                    r#"
+                    UPDATE routed_leases SET renewed_at = ?, lease_ms = coalesce(?, lease_ms)
+                    WHERE task_id = ? AND fencing_token = ? AND state = 'held'
+                    "#,
+                )
+                .bind(now)
+                .bind(answer.lease_s.map(|s| s * 1000))
+                .bind(lease.task_id.hyphenated())
+                .bind(lease.fencing_token)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        }
+        for revoked in &answer.revoked {
+            let reason = match revoked.reason.as_str() {
+                "finished" => "the central holds this task's result already".to_string(),
+                other => format!("the central took the lease back ({other})"),
+            };
+            let token: Option<i64> = sqlx::query_scalar(
+                "SELECT fencing_token FROM routed_leases WHERE task_id = ? AND state = 'held'",
+            )
+            .bind(revoked.task_id.hyphenated())
+            .fetch_optional(&self.readers)
+            .await?;
+            if token == Some(revoked.fencing_token) {
+                self.lease_lost(revoked.task_id, &reason).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// After each change of a local task: a task held on a lease tells the central when its agent
+/// starts and how it ended, in the transaction of the change.
+pub(super) async fn transitioned(tx: &mut Writing, task: &Task, actor: &str) -> Result<()> {
+    let lease: Option<(i64,)> = sqlx::query_as(
+        "SELECT fencing_token FROM routed_leases WHERE task_id = ? AND state = 'held'",
+    )
+    .bind(task.id.hyphenated())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((token,)) = lease else { return Ok(()) };
+    let id = task.id;
+    match task.state {
+        TaskState::Executing => {
+            let params = json!({ "p_task_id": id, "p_fencing_token": token,
+                "p_progress": { "phase": "agent", "state": task.state, "attempt": task.attempts } });
+            queue_call(tx, "report_progress", id, &params).await
+        }
+        // Blocked (attempts exhausted) and alert (the review found an issue) end the routed
+        // attempt too: the origin decides what comes next.
+        state if state.is_terminal() || matches!(state, TaskState::Blocked | TaskState::Alert) => {
+            if state == TaskState::Cancelled && actor == ACTOR {
+                return Ok(()); // the lease was lost: nothing to report
+            }
+            let result = result(tx, task).await?;
+            sqlx::query(
+                "UPDATE routed_leases SET state = 'finished', reason = ? WHERE task_id = ?",
+            )
+            .bind(format!("{state}"))
+            .bind(id.hyphenated())
+            .execute(&mut **tx)
+            .await?;
+            let params = json!({ "p_task_id": id, "p_fencing_token": token, "p_result": result });
+            queue_call(tx, "complete", id, &params).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What the origin shows of a finished routed task: the outcome, the latest report, the cost.
+async fn result(tx: &mut Writing, task: &Task) -> Result<Value> {
+    let report: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT summary, verdict FROM reports WHERE task_id = ? ORDER BY attempt DESC LIMIT 1",
+    )
+    .bind(task.id.hyphenated())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (cost, input, output): (f64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(input_tokens), 0), \
+         COALESCE(SUM(output_tokens), 0) FROM agents WHERE task_id = ?",
+    )
+    .bind(task.id.hyphenated())
+    .fetch_one(&mut **tx)
+    .await?;
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT reason FROM task_log WHERE task_id = ? ORDER BY rowid DESC LIMIT 1",
+    )
+    .bind(task.id.hyphenated())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let done = matches!(task.state, TaskState::Complete | TaskState::Alert);
+    let (summary, verdict) = report.unzip();
+    Ok(json!({
+        "status": if done { "done" } else { "failed" },
+        "state": task.state,
+        "summary": reason,
+        "verdict": verdict.flatten(),
+        "attempts": task.attempts,
+        "cost_usd": cost,
+        "input_tokens": input,
+        "output_tokens": output,
+        "report": summary.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+    }))
+}
+
+async fn queue_call(tx: &mut Writing, function: &str, task: Uuid, params: &Value) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO route_calls (function, task_id, params, created_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(function)
+    .bind(task.hyphenated())
+    .bind(params.to_string())
+    .bind(Timestamp::now())
+    .execute(&mut **tx)
+    .await?;
+    tx.route_call = true;
+    Ok(())
+}
+
+async fn insert_lease(
+    tx: &mut Writing,
+    id: Uuid,
+    token: i64,
+    origin: &str,
+    lease_s: i64,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        r#"
+        INSERT INTO routed_leases (task_id, fencing_token, origin_name, lease_ms, renewed_at, state)
+        VALUES (?1, ?2, ?3, ?4, ?5, 'held')
+        ON CONFLICT (task_id) DO UPDATE
+        SET fencing_token = ?2, origin_name = ?3, lease_ms = ?4, renewed_at = ?5,
+            state = 'held', reason = NULL
+        "#,
+    )
+    .bind(id.hyphenated())
+    .bind(token)
+    .bind(origin)
+    .bind(lease_s * 1000)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn load_routed(tx: &mut Writing, id: Uuid) -> Result<RoutedTask> {
+    load_routed_opt(tx, &id.hyphenated().to_string())
+        .await?
+        .ok_or_else(|| StoreError::TaskNotFound(id.to_string()))
+}
+
+async fn load_routed_opt(tx: &mut Writing, id: &str) -> Result<Option<RoutedTask>> {
+    let row: Option<RoutedRow> =
+        sqlx::query_as(&format!("SELECT {ROUTED_COLUMNS} FROM routed_tasks WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.map(routed).transpose()
+}

@@ -1,0 +1,435 @@
+//! Routing across systems end to end: three nodes (three homes, three daemons, three tmux
+//! servers, git checkouts cloned from one bare remote) against one real PostgreSQL 15 behind
+//! postrust, each node behind its own fault proxy. The agents are the scripted Claude Code of
+//! `tests/fixtures/fake-claude.sh`. Lease and heartbeat times are shortened in the central's
+//! settings and the nodes' config; the defaults are as documented.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ccm_tests::central::Central;
+use ccm_tests::faultproxy::{Fault, FaultProxy};
+use ccm_tests::{Daemon, TestHome};
+use serde_json::Value;
+
+const OWNER: &str = "00000000-0000-4000-8000-00000000f0f0";
+const SLOW: Duration = Duration::from_secs(60);
+/// The central's lease in these tests (the default is 90 s).
+const LEASE_S: u64 = 6;
+
+/// The central, with short routing times, and the bare remote every checkout is cloned from.
+struct Fleet {
+    central: Central,
+    /// Holds the bare remote.
+    _dir: tempfile::TempDir,
+    remote: String,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let central = Central::start();
+        central.pg.query(&format!(
+            "update private.routing_settings set lease_s = {LEASE_S}, heartbeat_s = 1, \
+             stale_after_s = 3, offer_s = 1, reap_interval_s = 0, backoff_base_s = 0, \
+             backoff_cap_s = 0, unroutable_alert_s = 1"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed");
+        ccm_tests::git_repo(&seed, None);
+        let bare = dir.path().join("app.git");
+        git(dir.path(), &["clone", "-q", "--bare", seed.to_str().unwrap(), bare.to_str().unwrap()]);
+        let remote = format!("file://{}", bare.display());
+        Fleet { central, _dir: dir, remote }
+    }
+
+    /// A node named `name` with `slots` agent slots, a checkout of the remote when `checkout`,
+    /// whose agents behave as `mode` (the fixture's `FAKE_MODE`, with `FAKE_SLEEP` for `slow`).
+    fn node(&self, n: u8, name: &str, checkout: bool, mode: &str) -> Node {
+        let home = TestHome::new(&format!("route-{name}"));
+        let proxy = FaultProxy::start(&self.central.rest_url(), "rpc/");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
+        home.write_config(&format!(
+            "node:\n  name: {name}\nscheduler:\n  slots: 2\n\
+             tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\n\
+             runtime:\n  poll_ms: 50\n\
+             profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: {mode}, FAKE_SLEEP: '30', FAKE_DELAY: '1'}}\n\
+             sync:\n  rest_url: {}\n  publishable_key: {}\n  interval_secs: 2\n  heartbeat_secs: 1\n  claim_ms: 300\n  routed_status_ms: 300\n  fence_margin_secs: 2\n",
+            fixture.display(),
+            proxy.url(),
+            self.central.anon_key()
+        ));
+        if checkout {
+            let clone = home.work().join("app");
+            git(&home.work(), &["clone", "-q", &self.remote, clone.to_str().unwrap()]);
+            git(&clone, &["config", "user.email", "test@example.com"]);
+            git(&clone, &["config", "user.name", "ccm test"]);
+            home.run_ok(&["context", "add", clone.to_str().unwrap()]);
+        }
+        let sub = format!("00000000-0000-4000-8000-0000000000{n:02x}");
+        let out =
+            home.run_ok(&["sync", "enroll", "--jwt", &self.central.system_token(&sub, OWNER)]);
+        assert!(out.contains("enrolled as"), "{out}");
+        Node { home, daemon: None, proxy }
+    }
+
+    /// The central's row of a routed task.
+    fn task(&self, id: &str) -> Value {
+        let rows = self.central.pg.rows(&format!(
+            "select t.state, t.reason, t.attempts, (select s.name from private.task_attempts a \
+             join private.systems s using (system_id) where a.task_id = t.task_id \
+             order by a.attempt desc limit 1) as executing \
+             from private.routed_tasks t where t.task_id = '{id}'"
+        ));
+        rows.as_array().and_then(|r| r.first().cloned()).unwrap_or(Value::Null)
+    }
+
+    /// `(system name, fencing token, outcome)` of each attempt at the task.
+    fn attempts(&self, id: &str) -> Vec<(String, i64, Option<String>)> {
+        let rows = self.central.pg.rows(&format!(
+            "select s.name, a.fencing_token, a.outcome from private.task_attempts a \
+             join private.systems s using (system_id) where a.task_id = '{id}' order by a.attempt"
+        ));
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["fencing_token"].as_i64().unwrap(),
+                    r["outcome"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    }
+}
+
+struct Node {
+    home: TestHome,
+    daemon: Option<Daemon>,
+    proxy: FaultProxy,
+}
+
+impl Node {
+    fn up(mut self) -> Node {
+        self.daemon = Some(self.home.start());
+        self
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon runs")
+    }
+
+    fn add(&self, args: &[&str]) -> String {
+        let mut all = vec!["task", "add", "--profile", "fake"];
+        all.extend(args);
+        self.home.run_json(&all)["id"].as_str().expect("an id").to_string()
+    }
+
+    /// The local task with this id, if the node has one.
+    async fn local(&self, id: &str) -> Option<Value> {
+        let (status, task) = self.daemon().get(&format!("/api/tasks/{id}")).await;
+        (status == 200).then_some(task)
+    }
+
+    /// The routed task as `ccm task show --json` shows it on its origin.
+    fn routed(&self, id: &str) -> Value {
+        self.home.run_json(&["task", "show", id])
+    }
+
+    fn log(&self) -> String {
+        self.daemon.as_ref().map(Daemon::log_text).unwrap_or_default()
+    }
+
+    /// Kills the daemon and every agent of this node with SIGKILL.
+    fn crash(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.kill9();
+        }
+        let _ = Command::new("tmux").args(["-L", &self.home.tmux_socket(), "kill-server"]).output();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn local_state(node: &Node, id: &str) -> Option<String> {
+    node.local(id).await.and_then(|t| t["state"].as_str().map(str::to_string))
+}
+
+/// Acceptance 1: created on A (no checkout), the task runs on B (a checkout, a free slot), not
+/// on C (no checkout); A shows it running on B, then complete with B's report and cost.
+#[tokio::test]
+async fn a_task_created_where_its_repository_is_missing_runs_on_the_system_that_has_it() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    let charlie = fleet.node(3, "charlie", false, "commit").up();
+
+    let out = alpha.home.run_ok(&[
+        "task",
+        "add",
+        "fix the bug",
+        "--profile",
+        "fake",
+        "--repo",
+        &fleet.remote,
+    ]);
+    assert!(out.contains("routed task") && out.contains("no checkout of"), "{out}");
+    let (status, routed) = alpha.daemon().get("/api/routed").await;
+    assert_eq!(status, 200, "{routed}");
+    let id = routed[0]["id"].as_str().expect("a routed task on alpha").to_string();
+
+    let running = wait_for("alpha to see the task running on beta", SLOW, async || {
+        let routed = alpha.routed(&id);
+        let on_beta = routed["central"]["executing_name"] == "beta";
+        (on_beta && ["leased", "running", "done"].contains(&routed["central"]["state"].as_str()?))
+            .then_some(routed)
+    })
+    .await;
+    assert_eq!(running["id"], id.as_str());
+    let done = wait_for("the task to complete", SLOW, async || {
+        let routed = alpha.routed(&id);
+        (routed["central"]["state"] == "done").then_some(routed)
+    })
+    .await;
+    let result = &done["central"]["result"];
+    assert_eq!(result["status"], "done", "{done:#}");
+    assert_eq!(result["state"], "complete");
+    assert!(result["cost_usd"].as_f64().unwrap() > 0.0, "beta's cost travels: {result}");
+    assert!(
+        result["report"]["work"]["commits"].as_array().is_some_and(|c| !c.is_empty()),
+        "beta's report travels: {result}"
+    );
+
+    // It ran on beta, as a local task with the same id, through the whole lifecycle.
+    assert_eq!(local_state(&beta, &id).await.as_deref(), Some("complete"), "{}", beta.log());
+    assert!(charlie.local(&id).await.is_none(), "charlie has no checkout: it never took the task");
+    assert!(alpha.local(&id).await.is_none(), "alpha only routed it");
+    assert_eq!(fleet.attempts(&id).len(), 1);
+
+    let shown = alpha.home.run_ok(&["task", "show", &id[..8]]);
+    assert!(shown.contains("complete on beta"), "{shown}");
+    assert!(shown.contains("cost $"), "{shown}");
+    let list = alpha.home.run_ok(&["task", "list"]);
+    assert!(list.contains("routed to the fleet") && list.contains("beta"), "{list}");
+}
+
+/// Acceptance 5: a pinned task waits for its system; a task whose repository no system holds
+/// shows `no_context` and raises an alert; a draining system takes no new work.
+#[tokio::test]
+async fn pinned_tasks_wait_for_their_system_unroutable_ones_say_why_and_draining_takes_nothing() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    // Pinned to charlie, whose daemon is not running: beta, which could run it, leaves it.
+    let pinned = alpha.add(&["pinned work", "--repo", &fleet.remote, "--system", "charlie"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fleet.task(&pinned)["state"], "queued", "{}", fleet.task(&pinned));
+    assert!(beta.local(&pinned).await.is_none(), "beta does not take a task pinned elsewhere");
+    let charlie = charlie.up();
+    wait_for("charlie to run its pinned task", SLOW, async || {
+        (local_state(&charlie, &pinned).await? == "complete").then_some(())
+    })
+    .await;
+
+    // Nobody has this repository: queued with `no_context`, and an alert.
+    let nowhere = alpha.add(&["lost work", "--repo", "https://git.example.com/nobody/has-it"]);
+    let reason = wait_for("the unroutable reason", SLOW, async || {
+        let routed = alpha.routed(&nowhere);
+        routed["central"]["reason"].as_str().map(str::to_string)
+    })
+    .await;
+    assert_eq!(reason, "no_context");
+    let shown = alpha.home.run_ok(&["task", "show", &nowhere]);
+    assert!(shown.contains("waiting   no_context"), "{shown}");
+    wait_for("the unroutable alert", SLOW, async || {
+        let alerts = fleet.central.pg.query(&format!(
+            "select count(*) from private.alerts where kind = 'unroutable' and task_id = '{nowhere}'"
+        ));
+        (alerts.trim() == "1").then_some(())
+    })
+    .await;
+
+    // beta drains: the next task for the repository goes to charlie, never to beta.
+    let out = alpha.home.run_ok(&["systems", "drain", "beta"]);
+    assert!(out.contains("beta is draining"), "{out}");
+    let systems = alpha.home.run_json(&["systems"]);
+    let beta_row = systems.as_array().unwrap().iter().find(|s| s["name"] == "beta").unwrap();
+    assert_eq!(beta_row["reason"], "draining", "{systems:#}");
+    let text = alpha.home.run_ok(&["systems"]);
+    assert!(text.contains("charlie") && text.contains("draining"), "{text}");
+    for n in 0..3 {
+        let id = alpha.add(&[&format!("after the drain {n}"), "--repo", &fleet.remote]);
+        wait_for("charlie to run it", SLOW, async || {
+            (local_state(&charlie, &id).await? == "complete").then_some(())
+        })
+        .await;
+        assert!(beta.local(&id).await.is_none(), "a draining system takes no new work");
+    }
+}
+
+/// Acceptance 6: with the origin cut off from the central, the task waits on the origin and is
+/// routed when sync returns.
+#[tokio::test]
+async fn with_the_origin_offline_a_task_waits_there_and_is_routed_when_sync_returns() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    alpha.proxy.set_random(Some((1.0, Fault::Reset)), 1);
+
+    let id = alpha.add(&["offline work", "--repo", &fleet.remote]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shown = alpha.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("submitted not yet"), "{shown}");
+    assert_eq!(fleet.task(&id), Value::Null, "nothing reached the central");
+
+    alpha.proxy.set_random(None, 1);
+    wait_for("the task to run on beta", SLOW, async || {
+        (local_state(&beta, &id).await? == "complete").then_some(())
+    })
+    .await;
+    wait_for("alpha to see it done", SLOW, async || {
+        (alpha.routed(&id)["central"]["state"] == "done").then_some(())
+    })
+    .await;
+}
+
+/// Acceptance 3: kill -9 of B's daemon and agents while it holds a routed task: the task is
+/// back in the queue within the lease time plus a reaper pass and completes on another system;
+/// B, when it returns, learns its lease is gone and its late report is recorded as stale.
+#[tokio::test]
+async fn a_crashed_holder_loses_its_task_to_another_system_and_its_late_report_is_stale() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let mut beta = fleet.node(2, "beta", true, "slow").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    let id = alpha.add(&["survive a crash", "--repo", &fleet.remote]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    let charlie = charlie.up();
+    beta.crash();
+    let crashed = Instant::now();
+
+    let requeued = wait_for("the task to leave beta", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        (attempts.first()?.2.as_deref() == Some("lease_lost")).then(|| crashed.elapsed())
+    })
+    .await;
+    // The lease time, plus a heartbeat or claim of any system (1 s here) to run the reaper.
+    assert!(
+        requeued <= Duration::from_secs(LEASE_S + 3),
+        "back in the queue after {requeued:?} (lease {LEASE_S} s)"
+    );
+    wait_for("charlie to complete it", SLOW, async || {
+        (local_state(&charlie, &id).await? == "complete").then_some(())
+    })
+    .await;
+    let attempts = fleet.attempts(&id);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[1].0, "charlie");
+    assert_eq!(attempts[1].2.as_deref(), Some("done"));
+
+    // beta returns: its report under the old token is stale, and it drops the task.
+    let beta_token = attempts[0].1;
+    beta.daemon = Some(beta.home.start());
+    let cancelled = wait_for("beta to drop the task", SLOW, async || {
+        let task = beta.local(&id).await?;
+        (task["state"] == "cancelled").then_some(task)
+    })
+    .await;
+    // Whichever comes first: its own clock (the lease went unrenewed while it was down), the
+    // heartbeat's revocation, or the stale answer to its report.
+    let reason = cancelled["log"].as_array().unwrap().last().unwrap()["reason"].clone();
+    let reason = reason.as_str().unwrap();
+    assert!(
+        ["self-fenced", "took the lease back", "stale_lease"].iter().any(|r| reason.contains(r)),
+        "{reason}"
+    );
+    let stale = fleet.central.pg.query(&format!(
+        "select count(*) from private.stale_attempts join private.systems s using (system_id) \
+         where task_id = '{id}' and s.name = 'beta' and fencing_token = {beta_token}"
+    ));
+    assert_ne!(stale.trim(), "0", "beta's late report is recorded as stale");
+    assert_eq!(fleet.task(&id)["state"], "done");
+    assert_eq!(fleet.task(&id)["executing"], "charlie");
+}
+
+/// Acceptance 4: B cut off from the central (a partition at its proxy) stops the routed agent
+/// before its lease could be taken over, and the task completes elsewhere exactly once.
+#[tokio::test]
+async fn a_partitioned_holder_fences_itself_before_its_lease_can_be_taken_over() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "slow").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    let id = alpha.add(&["survive a partition", "--repo", &fleet.remote]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    let charlie = charlie.up();
+    beta.proxy.set_random(Some((1.0, Fault::Reset)), 7);
+
+    let fenced = wait_for("beta to fence itself", SLOW, async || {
+        let task = beta.local(&id).await?;
+        (task["state"] == "cancelled").then_some(task)
+    })
+    .await;
+    let last = fenced["log"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"].as_str().unwrap().contains("self-fenced"), "{last}");
+    wait_for("the routed agent to stop", SLOW, async || {
+        beta.home.agent_windows().is_empty().then_some(())
+    })
+    .await;
+    let fenced_at = last["at"].as_str().unwrap().to_string();
+
+    wait_for("charlie to complete it", SLOW, async || {
+        (local_state(&charlie, &id).await? == "complete").then_some(())
+    })
+    .await;
+    let attempts = fleet.attempts(&id);
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].2.as_deref(), Some("lease_lost"));
+    assert_eq!(attempts[1].2.as_deref(), Some("done"));
+    // beta stopped before the central took its lease back and gave the task to charlie.
+    let order = fleet.central.pg.query(&format!(
+        "select '{fenced_at}'::timestamptz < claimed_at from private.task_attempts \
+         where task_id = '{id}' and attempt = 2"
+    ));
+    assert_eq!(order.trim(), "t", "fenced at {fenced_at}; {attempts:?}\n{}", beta.log());
+    assert_eq!(
+        fleet
+            .central
+            .pg
+            .query(&format!(
+            "select count(*) from private.task_attempts where task_id = '{id}' and outcome = 'done'"
+        ))
+            .trim(),
+        "1",
+        "done exactly once"
+    );
+}
