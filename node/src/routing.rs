@@ -404,3 +404,15 @@ fn show_systems(systems: &Value) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_status_poll_starts_ten_seconds_before_the_servers_time() {
+        let since = ten_seconds_before("2026-11-30T21:13:29.549281+00:00");
+        assert_eq!(since.as_deref(), Some("2026-11-30T21:13:19Z"));
+        assert_eq!(ten_seconds_before("not a time"), None);
+    }
+}

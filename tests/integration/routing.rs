@@ -21,8 +21,8 @@ const LEASE_S: u64 = 6;
 /// The central, with short routing times, and the bare remote every checkout is cloned from.
 struct Fleet {
     central: Central,
-    /// Holds the bare remote.
-    _dir: tempfile::TempDir,
+    /// Holds the bare remotes.
+    dir: tempfile::TempDir,
     remote: String,
 }
 
@@ -40,7 +40,7 @@ impl Fleet {
         let bare = dir.path().join("app.git");
         git(dir.path(), &["clone", "-q", "--bare", seed.to_str().unwrap(), bare.to_str().unwrap()]);
         let remote = format!("file://{}", bare.display());
-        Fleet { central, _dir: dir, remote }
+        Fleet { central, dir, remote }
     }
 
     /// A node named `name` with `slots` agent slots, a checkout of the remote when `checkout`,
@@ -289,7 +289,8 @@ async fn pinned_tasks_wait_for_their_system_unroutable_ones_say_why_and_draining
 }
 
 /// Acceptance 6: with the origin cut off from the central, the task waits on the origin and is
-/// routed when sync returns.
+/// routed when sync returns; one for a repository that gets a checkout on the origin meanwhile
+/// runs there.
 #[tokio::test]
 async fn with_the_origin_offline_a_task_waits_there_and_is_routed_when_sync_returns() {
     let fleet = Fleet::start();
@@ -298,10 +299,29 @@ async fn with_the_origin_offline_a_task_waits_there_and_is_routed_when_sync_retu
     alpha.proxy.set_random(Some((1.0, Fault::Reset)), 1);
 
     let id = alpha.add(&["offline work", "--repo", &fleet.remote]);
+    let other = format!(
+        "file://{}",
+        fleet.remote.trim_start_matches("file://").replace("app.git", "lib.git")
+    );
+    let local = alpha.add(&["work for a checkout to come", "--repo", &other]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let shown = alpha.home.run_ok(&["task", "show", &id]);
     assert!(shown.contains("submitted not yet"), "{shown}");
     assert_eq!(fleet.task(&id), Value::Null, "nothing reached the central");
+
+    // A checkout of the second task's repository is registered here: it runs here.
+    let bare = other.trim_start_matches("file://");
+    git(fleet.dir.path(), &["clone", "-q", "--bare", &fleet.remote, bare]);
+    let clone = alpha.home.work().join("lib");
+    git(&alpha.home.work(), &["clone", "-q", &other, clone.to_str().unwrap()]);
+    git(&clone, &["config", "user.email", "test@example.com"]);
+    git(&clone, &["config", "user.name", "ccm test"]);
+    alpha.home.run_ok(&["context", "add", clone.to_str().unwrap()]);
+    wait_for("the second task to run on alpha", SLOW, async || {
+        (local_state(&alpha, &local).await? == "complete").then_some(())
+    })
+    .await;
+    assert_eq!(fleet.task(&local), Value::Null, "it never went to the central");
 
     alpha.proxy.set_random(None, 1);
     wait_for("the task to run on beta", SLOW, async || {
