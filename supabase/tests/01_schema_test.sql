@@ -36,9 +36,10 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'api'),
-  array['claim', 'complete', 'drain', 'enroll', 'heartbeat', 'ingest_batch', 'list_systems',
-        'register_contexts', 'release', 'report_progress', 'routed_status', 'submit_task'],
-  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch) and the routing ones'
+  array['acquire_lease', 'claim', 'complete', 'drain', 'enroll', 'heartbeat', 'ingest_batch',
+        'list_systems', 'register_contexts', 'release', 'release_lease', 'report_progress',
+        'routed_status', 'submit_task'],
+  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones and the named leases'
 );
 
 select ok(

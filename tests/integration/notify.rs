@@ -323,6 +323,89 @@ async fn two_daemons_with_one_bot_token_poll_one_at_a_time_and_a_press_is_handle
     drop(b);
 }
 
+/// Acceptance 4 across machines: two systems that sync to one central share a bot (each with
+/// its own lock directory, as on two machines): the central lease lets one poll at a time, so
+/// Telegram never answers 409, and when the poller dies the other takes over where it stopped.
+#[tokio::test]
+async fn two_systems_sharing_a_bot_through_the_central_poll_one_at_a_time_and_hand_over() {
+    let central = ccm_tests::central::Central::start();
+    let bot = Telegram::start(TOKEN);
+    let sync = format!(
+        "sync:\n  rest_url: {}\n  publishable_key: {}\n  heartbeat_secs: 1\n",
+        central.rest_url(),
+        central.anon_key()
+    );
+    let homes: Vec<(TestHome, tempfile::TempDir)> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            let lease = tempfile::tempdir().unwrap();
+            let extra = format!("{sync}node:\n  name: system-{name}\n");
+            let home = telegram_home(&format!("notify-central-{name}"), &bot, lease.path(), &extra);
+            let sub = format!("00000000-0000-4000-8000-00000000c0{n:02}");
+            let jwt = central.system_token(&sub, "00000000-0000-4000-8000-00000000c0ff");
+            home.run_ok(&["sync", "enroll", "--jwt", &jwt]);
+            (home, lease)
+        })
+        .collect();
+    let mut daemons: Vec<Daemon> = homes.iter().map(|(home, _)| home.start()).collect();
+    wait_for("a daemon polling", || (bot.ok_calls("getUpdates").len() > 3).then_some(())).await;
+    let holder = || {
+        central.pg.query(
+            "select s.name from private.named_leases l join private.systems s on s.system_id = l.holder \
+             where l.expires_at > now()",
+        )
+    };
+    let name =
+        |n: usize| homes[n].0.run_json(&["status"])["system"]["name"].as_str().unwrap().to_string();
+    let first =
+        (0..2).find(|n| name(*n) == holder().trim()).expect("one of the two holds the lease");
+
+    // A press for the holder's decision is handled once.
+    let id = blocked_task(&daemons[first], "shared through the central").await;
+    let (message_id, buttons) = wait_for("the decision message", || {
+        decision_messages(&bot, "shared through the central").pop()
+    })
+    .await;
+    bot.press(CHAT, (CHAT, "Ann"), message_id, &buttons[0]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            task_state(&daemons[first], &id).await != "blocked"
+        })
+        .await
+    );
+
+    // The holder dies; the other takes over once the lease runs out, from the offset it left.
+    daemons[first].kill9();
+    let other = 1 - first;
+    let other_name = name(other);
+    let took_over = wait_until(Duration::from_secs(40), || async {
+        holder().trim() == other_name && bot.unconfirmed() == 0
+    })
+    .await;
+    assert!(took_over, "the other system polls: {}", daemons[other].log_text());
+    let id = blocked_task(&daemons[other], "after the hand-over").await;
+    let (message_id, buttons) =
+        wait_for("the second decision", || decision_messages(&bot, "after the hand-over").pop())
+            .await;
+    bot.press(CHAT, (CHAT, "Ann"), message_id, &buttons[0]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            task_state(&daemons[other], &id).await != "blocked"
+        })
+        .await
+    );
+    wait_for("the second press's answer", || {
+        (bot.ok_calls("answerCallbackQuery").len() >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bot.ok_calls("answerCallbackQuery").len(), 2, "each press handled once");
+    let refused = bot.calls().iter().filter(|c| c.status == 409).count();
+    assert_eq!(refused, 0, "the pollers never met at Telegram");
+    assert_eq!(bot.most_polling(), 1, "never two pollers at once");
+}
+
 /// Acceptance 6: a disk-space threshold crossed raises a health alert that is pushed (here to
 /// a signed webhook).
 #[tokio::test]

@@ -187,7 +187,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         home: home.root().to_path_buf(),
         hooks: hook_batcher(store.clone(), RetryPolicy::from(&*config)),
         creations: creation_batcher(store.clone(), config.clone()),
-        sync: sync_client,
+        sync: sync_client.clone(),
     }));
     let scheduler = Scheduler {
         store: store.clone(),
@@ -236,6 +236,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
                 state.decisions.notify_waiters();
             })
         },
+        central: sync_client.clone(),
         shutdown: shutdown.clone(),
     });
 

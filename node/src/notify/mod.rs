@@ -272,6 +272,9 @@ pub struct Context {
     /// Called after a decision was answered (wakes the scheduler, the runtime and the hooks
     /// waiting for it).
     pub answered: Arc<dyn Fn() + Send + Sync>,
+    /// The central, when sync is configured: a Telegram bot shared by several systems is
+    /// polled by the holder of its central lease.
+    pub central: Option<ccm_sync::Client>,
     pub shutdown: CancellationToken,
 }
 

@@ -6,8 +6,9 @@
 //! Answers are read leniently (a JSON value, fields looked up one by one).
 //!
 //! Only one process may poll a bot at a time (Telegram answers a second poller 409): pollers
-//! of one token on this machine take turns with a lock file, and a 409 (a poller elsewhere)
-//! makes this one back off. The update offset is stored after each update is handled and before
+//! of one token on this machine take turns with a lock file, systems that sync to one central
+//! take turns with a central lease (`api.acquire_lease`, renewed before each long poll), and a
+//! 409 (a poller elsewhere) makes this one back off. The update offset is stored after each update is handled and before
 //! it is answered, in the database and in a file next to the lock (so the next poller of this
 //! machine starts where the last one stopped): a restart or a hand-over neither replays a
 //! handled press nor loses one.
@@ -185,6 +186,37 @@ impl Telegram {
         self.lease_dir.join(format!("ccm-telegram-{}.{extension}", self.token_id))
     }
 
+    /// With sync configured and enrolled, whether this system holds (or just took or renewed)
+    /// the central lease on polling this bot, shared by every system of the owner. Without
+    /// sync, or when the central cannot answer, it polls: Telegram's 409 still keeps pollers
+    /// apart.
+    async fn central_lease(&self, context: &Context) -> bool {
+        let Some(central) = context.central.as_ref().filter(|c| c.has_token()) else {
+            return true;
+        };
+        let name = format!("telegram:{}", self.token_id);
+        // Longer than a long poll and the answers after it, so a live holder keeps it.
+        let ttl = self.poll_secs + 30;
+        // The lease carries the next update offset from one holder to the next.
+        let offset = self.offset(context).await;
+        let params =
+            json!({ "p_name": name, "p_ttl_s": ttl, "p_value": offset.map(|o| o.to_string()) });
+        match central.call::<Value>("acquire_lease", &params).await {
+            Ok(answer) => {
+                let held = answer["held"].as_bool().unwrap_or(true);
+                let handed = answer["value"].as_str().and_then(|v| v.parse::<i64>().ok());
+                if let Some(handed) = handed.filter(|h| held && offset.is_none_or(|o| *h > o)) {
+                    self.set_offset(context, handed).await;
+                }
+                held
+            }
+            Err(failure) => {
+                warn!(notifier = %self.name, error = %failure.message, "cannot ask the central for the poll lease; polling");
+                true
+            }
+        }
+    }
+
     /// The key of the stored update offset.
     fn offset_key(&self) -> String {
         format!("telegram:{}:offset", self.token_id)
@@ -241,8 +273,19 @@ pub async fn poll(bot: Telegram, context: Context) {
             }
             continue;
         };
+        if !bot.central_lease(&context).await {
+            // Another system polls this bot; take over when its lease runs out.
+            if !sleep(Duration::from_secs(bot.poll_secs.clamp(1, 5))).await {
+                return;
+            }
+            continue;
+        }
         info!(notifier = %bot.name, "polling telegram for button presses");
         loop {
+            if !bot.central_lease(&context).await {
+                info!(notifier = %bot.name, "another system holds the poll lease now");
+                break;
+            }
             let mut body =
                 json!({ "timeout": bot.poll_secs, "allowed_updates": ["callback_query"] });
             if let Some(offset) = bot.offset(&context).await {
