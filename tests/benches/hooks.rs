@@ -347,13 +347,15 @@ fn api_latency_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             ms2(hooks.latency.p50),
             line(|s| s.p50),
             API_P50_TARGET,
-        ),
+        )
+        .ratio(secs(hooks.latency.p50), secs(commits.p50), "≤ 1.5× the 1-row commit"),
         Row::new(
             "POST /api/hooks at 1,000/s: p99",
             ms2(hooks.latency.p99),
             line(|s| s.p99),
             API_P99_TARGET,
-        ),
+        )
+        .ratio(secs(hooks.latency.p99), secs(commits.p99), "≤ 2× the 1-row commit"),
         Row::new("POST /api/hooks at 1,000/s: max", ms2(hooks.latency.max), line(|s| s.max), "—"),
         Row::new(
             "  pacer lag behind schedule, max",
@@ -556,7 +558,8 @@ fn hook_process_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
             ms1(up.p50),
             baseline(|s| s.p50),
             HOOK_P50_TARGET,
-        ),
+        )
+        .ratio(secs(up.p50), secs(true_.p50), "≤ 2× `true`"),
         Row::new(
             "ccm hook, daemon up: start→exit p99",
             ms1(up.p99),
@@ -714,12 +717,15 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
     let mut rows = Vec::new();
     for ((clients, hook), health) in CLIENTS.iter().zip(&hooks).zip(&health) {
         let tag = format!("sustained, {clients} clients");
-        rows.push(Row::new(
-            &format!("{tag}: events/s"),
-            format!("{:.0}/s", hook.per_second),
-            format!("{:.0}/s (GET /healthz, same clients)", health.per_second),
-            SUSTAINED_TARGET,
-        ));
+        rows.push(
+            Row::new(
+                &format!("{tag}: events/s"),
+                format!("{:.0}/s", hook.per_second),
+                format!("{:.0}/s (GET /healthz, same clients)", health.per_second),
+                SUSTAINED_TARGET,
+            )
+            .ratio(hook.per_second, health.per_second, "≥ 0.5× GET /healthz"),
+        );
         rows.push(Row::new(
             &format!("{tag}: latency p50 / p99"),
             format!("{} / {}", ms2(hook.latency.p50), ms2(hook.latency.p99)),
@@ -746,12 +752,15 @@ fn sustained_rows(runtime: &Runtime, payload: &str) -> Vec<Row> {
     }
     for ((clients, events), run) in BATCHED.iter().zip(&batched) {
         let tag = format!("batched, {clients} clients × {events} events/request");
-        rows.push(Row::new(
-            &format!("{tag}: events/s"),
-            format!("{:.0}/s", run.per_second),
-            format!("{multi:.0} rows/s (raw SQLite, {ROWS_PER_STATEMENT} rows/INSERT)"),
-            SUSTAINED_TARGET,
-        ));
+        rows.push(
+            Row::new(
+                &format!("{tag}: events/s"),
+                format!("{:.0}/s", run.per_second),
+                format!("{multi:.0} rows/s (raw SQLite, {ROWS_PER_STATEMENT} rows/INSERT)"),
+                SUSTAINED_TARGET,
+            )
+            .ratio(run.per_second, multi, "≥ 0.9× raw SQLite"),
+        );
         rows.push(Row::new(
             &format!("{tag}: request p50 / p99"),
             format!("{} / {}", ms2(run.latency.p50), ms2(run.latency.p99)),
@@ -881,4 +890,9 @@ fn ms2(duration: Duration) -> String {
 
 fn us(duration: Duration) -> String {
     format!("{:.1} µs", duration.as_secs_f64() * 1e6)
+}
+
+/// A duration in seconds, for ratios.
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
 }

@@ -79,27 +79,41 @@ pub struct Row {
     pub figure: String,
     pub ccm: String,
     pub baseline: String,
+    /// The figure as a ratio to the floor measured in the same run, with its goal.
+    pub ratio: String,
     pub target: String,
 }
 
 impl Row {
     pub fn new(figure: &str, ccm: String, baseline: String, target: impl Into<String>) -> Row {
-        Row { figure: figure.into(), ccm, baseline, target: target.into() }
+        Row { figure: figure.into(), ccm, baseline, ratio: "—".into(), target: target.into() }
+    }
+
+    /// Adds the ratio of the figure to its floor, `figure / floor`, and the ratio's goal.
+    pub fn ratio(mut self, figure: f64, floor: f64, goal: &str) -> Row {
+        self.ratio =
+            if floor > 0.0 { format!("{:.2}× ({goal})", figure / floor) } else { "n/a".into() };
+        self
     }
 }
 
 /// Prints the rows under a header, each column as wide as its widest cell.
 pub fn print_table(rows: &[Row]) {
-    let header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target");
+    let mut header = Row::new("figure", "ccm".into(), "baseline (what)".into(), "target");
+    header.ratio = "ratio to floor (goal)".into();
     let width = |cell: fn(&Row) -> &str| {
         std::iter::once(&header).chain(rows).map(|r| cell(r).chars().count()).max().unwrap_or(0)
     };
-    let (figure, ccm, baseline) =
-        (width(|r| r.figure.as_str()), width(|r| r.ccm.as_str()), width(|r| r.baseline.as_str()));
+    let (figure, ccm, baseline, ratio) = (
+        width(|r| r.figure.as_str()),
+        width(|r| r.ccm.as_str()),
+        width(|r| r.baseline.as_str()),
+        width(|r| r.ratio.as_str()),
+    );
     for row in std::iter::once(&header).chain(rows) {
         println!(
-            "{:<figure$}  {:<ccm$}  {:<baseline$}  {}",
-            row.figure, row.ccm, row.baseline, row.target
+            "{:<figure$}  {:<ccm$}  {:<baseline$}  {:<ratio$}  {}",
+            row.figure, row.ccm, row.baseline, row.ratio, row.target
         );
     }
 }
