@@ -10,6 +10,7 @@ use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
 use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RoutedTaskV1};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
 use super::tasks::{apply_in_tx, create_in_tx, load_task};
@@ -21,8 +22,9 @@ use crate::store::{NewTask, RetryPolicy};
 pub const ACTOR: &str = "routing";
 
 /// A task this system routed to the fleet, with what the central last said of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct RoutedTask {
+    #[sqlx(try_from = "Hyphenated")]
     pub id: Uuid,
     pub title: String,
     pub prompt: String,
@@ -36,6 +38,7 @@ pub struct RoutedTask {
     /// When the central took it; `None` while it waits here (sync down or not enrolled).
     pub submitted_at: Option<Timestamp>,
     /// The central's latest view: state, executing system, attempts, result.
+    #[sqlx(json(nullable))]
     pub central: Option<RoutedTaskV1>,
 }
 
@@ -61,55 +64,8 @@ impl RoutedTask {
     }
 }
 
-type RoutedRow = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    Timestamp,
-    Option<Timestamp>,
-    Option<String>,
-);
-
 const ROUTED_COLUMNS: &str = "id, title, prompt, repo, pin, profile, verify, priority, \
      max_attempts, created_at, submitted_at, central";
-
-fn routed(row: RoutedRow) -> Result<RoutedTask> {
-    let (
-        id,
-        title,
-        prompt,
-        repo,
-        pin,
-        profile,
-        verify,
-        priority,
-        max_attempts,
-        created_at,
-        submitted_at,
-        central,
-    ) = row;
-    Ok(RoutedTask {
-        id: Uuid::parse_str(&id)
-            .map_err(|e| StoreError::Invalid { field: "id", message: e.to_string() })?,
-        title,
-        prompt,
-        repo,
-        pin,
-        profile,
-        verify,
-        priority,
-        max_attempts,
-        created_at,
-        submitted_at,
-        central: central.and_then(|c| serde_json::from_str(&c).ok()),
-    })
-}
 
 /// A queued call to the central routing functions.
 #[derive(Debug, Clone)]
@@ -180,25 +136,24 @@ impl Store {
 
     /// Tasks this system routed, oldest first.
     pub async fn routed_tasks(&self) -> Result<Vec<RoutedTask>> {
-        let rows: Vec<RoutedRow> = sqlx::query_as(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {ROUTED_COLUMNS} FROM routed_tasks ORDER BY created_at, id"
         ))
         .fetch_all(&self.readers)
-        .await?;
-        rows.into_iter().map(routed).collect()
+        .await?)
     }
 
     /// The routed task whose id starts with `key`, if exactly one does.
     pub async fn routed_task(&self, key: &str) -> Result<Option<RoutedTask>> {
         let key = key.trim().to_ascii_lowercase();
-        let rows: Vec<RoutedRow> = sqlx::query_as(&format!(
+        let rows: Vec<RoutedTask> = sqlx::query_as(&format!(
             "SELECT {ROUTED_COLUMNS} FROM routed_tasks WHERE id LIKE ? || '%' ESCAPE '\\' LIMIT 2"
         ))
         .bind(key.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
         .fetch_all(&self.readers)
         .await?;
         match rows.len() {
-            1 => rows.into_iter().next().map(routed).transpose(),
+            1 => Ok(rows.into_iter().next()),
             0 => Ok(None),
             _ => Err(StoreError::Ambiguous { prefix: key, matches: "several routed tasks".into() }),
         }
@@ -686,10 +641,8 @@ async fn load_routed(tx: &mut Writing, id: Uuid) -> Result<RoutedTask> {
 }
 
 async fn load_routed_opt(tx: &mut Writing, id: &str) -> Result<Option<RoutedTask>> {
-    let row: Option<RoutedRow> =
-        sqlx::query_as(&format!("SELECT {ROUTED_COLUMNS} FROM routed_tasks WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    row.map(routed).transpose()
+    Ok(sqlx::query_as(&format!("SELECT {ROUTED_COLUMNS} FROM routed_tasks WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?)
 }
