@@ -199,11 +199,15 @@ impl Router {
     async fn claims(self) {
         let every = Duration::from_millis(self.config.sync.claim_ms);
         let mut rng = fastrand::Rng::with_seed(self.seed);
+        let mut failing = Complaint::default();
         loop {
             let more = match self.claim().await {
-                Ok(more) => more,
+                Ok(more) => {
+                    failing.clear();
+                    more
+                }
                 Err(error) => {
-                    debug!(%error, "claim failed");
+                    failing.warn(format!("{error:#}"), "cannot ask the central for routed work");
                     false
                 }
             };
@@ -276,17 +280,12 @@ impl Router {
         let every = Duration::from_millis(self.config.sync.routed_status_ms);
         let idle = Notify::new();
         let mut since: Option<String> = None;
-        let mut failing: Option<String> = None;
+        let mut failing = Complaint::default();
         loop {
             match self.follow(&mut since).await {
-                Ok(()) => failing = None,
+                Ok(()) => failing.clear(),
                 Err(error) => {
-                    // Said once per cause, not at every poll.
-                    let error = format!("{error:#}");
-                    if failing.as_ref() != Some(&error) {
-                        warn!(%error, "cannot read how the routed tasks are doing");
-                        failing = Some(error);
-                    }
+                    failing.warn(format!("{error:#}"), "cannot read how the routed tasks are doing")
                 }
             }
             if !self.pause(every, &idle).await {
@@ -312,6 +311,23 @@ impl Router {
         // it may commit after (the contract's 10 s).
         *since = ten_seconds_before(&status.server_time);
         Ok(())
+    }
+}
+
+/// A failure of a polling loop, logged once per cause rather than at every poll.
+#[derive(Default)]
+struct Complaint(Option<String>);
+
+impl Complaint {
+    fn warn(&mut self, error: String, what: &str) {
+        if self.0.as_ref() != Some(&error) {
+            warn!(%error, "{what}");
+            self.0 = Some(error);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0 = None;
     }
 }
 

@@ -165,7 +165,7 @@ impl Store {
             r#"
             SELECT EXISTS (SELECT 1 FROM routed_tasks
                            WHERE central IS NULL
-                              OR json_extract(central, '$.state') NOT IN ('done', 'failed', 'blocked'))
+                              OR json_extract(central, '$.state') NOT IN ('done', 'failed', 'blocked', 'refused'))
             "#,
         )
         .fetch_one(&self.readers)
