@@ -352,6 +352,10 @@ pub struct SyncConfig {
     pub urgent_window_ms: u64,
     /// Seconds between two heartbeats to the central (which also carry context changes).
     pub heartbeat_secs: u64,
+    /// Seconds between two health snapshots (load, memory, disk, agents, sync backlog).
+    pub health_secs: u64,
+    /// Most health snapshots waiting to be sent; beyond it the oldest are dropped and counted.
+    pub health_backlog: u64,
 }
 
 impl Default for SyncConfig {
@@ -366,6 +370,8 @@ impl Default for SyncConfig {
             completions: 5,
             urgent_window_ms: 50,
             heartbeat_secs: 15,
+            health_secs: 60,
+            health_backlog: 10_000,
         }
     }
 }
@@ -419,6 +425,12 @@ impl SyncConfig {
         }
         if self.heartbeat_secs == 0 {
             return invalid("sync.heartbeat_secs", "must be at least 1");
+        }
+        if self.health_secs == 0 {
+            return invalid("sync.health_secs", "must be at least 1");
+        }
+        if self.health_backlog == 0 {
+            return invalid("sync.health_backlog", "must be at least 1");
         }
         if self.interval_secs == Some(0) {
             return invalid("sync.interval_secs", "must be at least 1");
