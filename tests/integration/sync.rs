@@ -521,6 +521,54 @@ async fn a_batch_over_the_servers_size_limit_is_split_until_every_item_fits() {
     assert_applied_exactly_once(&central, &node.home).await;
 }
 
+/// Items of all streams in an ingest request.
+fn items(seen: &ccm_tests::faultproxy::Seen) -> usize {
+    let streams = seen.json()["p_batch"]["streams"].clone();
+    streams.as_object().map_or(0, |s| s.values().filter_map(Value::as_array).map(Vec::len).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_batch_too_large_the_lanes_next_batches_carry_at_most_half_of_it() {
+    let central = Central::start();
+    let node = Node::start(
+        "sync-halving",
+        &central,
+        "  interval_secs: 3600
+",
+    );
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(create(node.daemon(), &format!("first {i}")).await);
+    }
+    node.proxy.set_max_body(Some(4_000));
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(30)).await;
+    let seen = node.proxy.targeted();
+    let refused = seen.iter().find(|s| s.fault.is_some()).expect("the limit was hit");
+    let half = items(refused) / 2;
+    assert!(half >= 10, "the first refused batch carried {} items", items(refused));
+
+    // the limit is gone, but the lane still seals small batches (fewer than 10 successes yet)
+    node.proxy.set_max_body(None);
+    let before = node.proxy.targeted().len();
+    for i in 0..40 {
+        ids.push(create(node.daemon(), &format!("second {i}")).await);
+    }
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(30)).await;
+    let seen = node.proxy.targeted();
+    let after = seen.iter().skip_while(|s| s.at <= refused.at);
+    let sizes: Vec<usize> = after.map(items).collect();
+    assert!(sizes.iter().all(|&n| n <= half), "batch sizes {sizes:?} after one of {}", half * 2);
+    assert!(seen[before..].iter().all(|s| s.fault.is_none()));
+    let tasks = central_tasks(&central);
+    let local = local_tasks(&node.home).await;
+    for id in &ids {
+        assert_eq!(tasks.get(id), local.get(id), "task {id}");
+    }
+    assert_applied_exactly_once(&central, &node.home).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_identity_pauses_sync_with_a_reason_and_an_alert_and_reenrolling_resumes() {
     let central = Central::start();
