@@ -188,6 +188,8 @@ pub fn start(
 async fn health(store: Store, home: Home, config: Config, shutdown: CancellationToken) {
     let every = Duration::from_secs(config.sync.health_secs);
     let mut system = sysinfo::System::new();
+    // CPU usage is measured between two refreshes: the first snapshot has one to compare with.
+    system.refresh_cpu_usage();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -225,6 +227,9 @@ async fn snapshot(
     let free = |path: &std::path::Path| {
         crate::notify::health::disk_space(path).map_or(0, |(free, _, _)| free)
     };
+    let worktrees = home.root().join("worktrees");
+    // Worktrees not made yet will be made under the home, on its file system.
+    let worktrees = if worktrees.exists() { worktrees } else { home.root().to_path_buf() };
     let lanes = store.sync_status().await?;
     let metrics = HealthMetricsV1 {
         agents_running: ccm_sync::Outbox::running(store).await?,
@@ -234,7 +239,7 @@ async fn snapshot(
         mem_used_bytes: system.used_memory(),
         mem_total_bytes: system.total_memory(),
         disk_free_home_bytes: free(home.root()),
-        disk_free_worktrees_bytes: free(&home.root().join("worktrees")),
+        disk_free_worktrees_bytes: free(&worktrees),
         queue_depth: store
             .state_counts()
             .await?

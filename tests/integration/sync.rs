@@ -548,18 +548,22 @@ async fn after_a_batch_too_large_the_lanes_next_batches_carry_at_most_half_of_it
     let half = items(refused) / 2;
     assert!(half >= 10, "the first refused batch carried {} items", items(refused));
 
-    // the limit is gone, but the lane still seals small batches (fewer than 10 successes yet)
+    // The limit is gone, but fewer than 10 batches were acknowledged since the last refusal:
+    // 40 more tasks, queued while sending is paused, go in batches of at most half of it.
     node.proxy.set_max_body(None);
+    node.home.run_ok(&["sync", "pause"]);
     let before = node.proxy.targeted().len();
     for i in 0..40 {
         ids.push(create(node.daemon(), &format!("second {i}")).await);
     }
-    node.home.run_ok(&["sync", "now"]);
+    node.home.run_ok(&["sync", "resume"]);
     node.drained(Duration::from_secs(30)).await;
     let seen = node.proxy.targeted();
     let after = seen.iter().skip_while(|s| s.at <= refused.at);
     let sizes: Vec<usize> = after.map(items).collect();
     assert!(sizes.iter().all(|&n| n <= half), "batch sizes {sizes:?} after one of {}", half * 2);
+    let second: Vec<usize> = seen[before..].iter().map(items).collect();
+    assert!(second.len() >= 4, "the 40 waiting tasks went in {second:?}");
     assert!(seen[before..].iter().all(|s| s.fault.is_none()));
     let tasks = central_tasks(&central);
     let local = local_tasks(&node.home).await;
