@@ -813,6 +813,10 @@ mod tests {
         assert!(bad_url.to_string().contains("sync.rest_url"), "{bad_url}");
         let zero = load_yaml("sync:\n  completions: 0\n").unwrap_err();
         assert!(zero.to_string().contains("sync.completions"), "{zero}");
+        for key in ["health_secs", "health_backlog"] {
+            let zero = load_yaml(&format!("sync:\n  {key}: 0\n")).unwrap_err();
+            assert!(zero.to_string().contains(&format!("sync.{key}")), "{zero}");
+        }
     }
 
     #[test]
