@@ -184,26 +184,31 @@ impl Node {
             .expect("a task summary row")
     }
 
-    /// Writes `rows` task summaries of new tasks into the outbox's normal lane, in one
-    /// transaction, as the node itself would have queued them during an outage.
+    /// Writes `rows` task summaries of new tasks into the outbox's normal lane, as the node
+    /// itself would have queued them during an outage; 100,000 rows a transaction, so the
+    /// daemon's own writes wait little.
     async fn seed(&self, template: &str, rows: usize, prefix: u32) {
         let mut db = open_db(&self.home.db_file()).await;
-        sqlx::query(
-            r#"
-            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-            INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at)
-            SELECT 'task_summary', id, 1, 'normal',
-                   json_set(?2, '$.id', id, '$.version', 1, '$.title', 'backlog ' || i), ?3
-            FROM (SELECT i, printf('%08x-0000-7000-8000-%012x', ?4, i) AS id FROM n)
-            "#,
-        )
-        .bind(rows as i64)
-        .bind(template)
-        .bind(now_ms())
-        .bind(prefix)
-        .execute(&mut db)
-        .await
-        .expect("the backlog is seeded");
+        for first in (1..=rows).step_by(100_000) {
+            let last = (first + 99_999).min(rows);
+            sqlx::query(
+                r#"
+                WITH RECURSIVE n(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+                INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at)
+                SELECT 'task_summary', id, 1, 'normal',
+                       json_set(?3, '$.id', id, '$.version', 1, '$.title', 'backlog ' || i), ?4
+                FROM (SELECT i, printf('%08x-0000-7000-8000-%012x', ?5, i) AS id FROM n)
+                "#,
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .bind(template)
+            .bind(now_ms())
+            .bind(prefix)
+            .execute(&mut db)
+            .await
+            .expect("the backlog is seeded");
+        }
     }
 }
 
