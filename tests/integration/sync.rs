@@ -530,12 +530,7 @@ fn items(seen: &ccm_tests::faultproxy::Seen) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_batch_too_large_the_lanes_next_batches_carry_at_most_half_of_it() {
     let central = Central::start();
-    let node = Node::start(
-        "sync-halving",
-        &central,
-        "  interval_secs: 3600
-",
-    );
+    let node = Node::start("sync-halving", &central, "  interval_secs: 3600\n");
     let mut ids = Vec::new();
     for i in 0..40 {
         ids.push(create(node.daemon(), &format!("first {i}")).await);
