@@ -361,6 +361,10 @@ pub struct SyncConfig {
     /// A routed agent is stopped when its lease was not renewed for the lease time minus this
     /// margin (at least half the lease), so it stops before another system may take the task.
     pub fence_margin_secs: u64,
+    /// Seconds between two health snapshots (load, memory, disk, agents, sync backlog).
+    pub health_secs: u64,
+    /// Most health snapshots waiting to be sent; beyond it the oldest are dropped and counted.
+    pub health_backlog: u64,
 }
 
 impl Default for SyncConfig {
@@ -378,6 +382,8 @@ impl Default for SyncConfig {
             claim_ms: 2000,
             routed_status_ms: 2000,
             fence_margin_secs: 15,
+            health_secs: 60,
+            health_backlog: 10_000,
         }
     }
 }
@@ -431,6 +437,12 @@ impl SyncConfig {
         }
         if self.heartbeat_secs == 0 {
             return invalid("sync.heartbeat_secs", "must be at least 1");
+        }
+        if self.health_secs == 0 {
+            return invalid("sync.health_secs", "must be at least 1");
+        }
+        if self.health_backlog == 0 {
+            return invalid("sync.health_backlog", "must be at least 1");
         }
         if self.interval_secs == Some(0) {
             return invalid("sync.interval_secs", "must be at least 1");
@@ -813,6 +825,10 @@ mod tests {
         assert!(bad_url.to_string().contains("sync.rest_url"), "{bad_url}");
         let zero = load_yaml("sync:\n  completions: 0\n").unwrap_err();
         assert!(zero.to_string().contains("sync.completions"), "{zero}");
+        for key in ["health_secs", "health_backlog"] {
+            let zero = load_yaml(&format!("sync:\n  {key}: 0\n")).unwrap_err();
+            assert!(zero.to_string().contains(&format!("sync.{key}")), "{zero}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ccm_sync::wire::EnrollAnswerV1;
+use ccm_sync::wire::{EnrollAnswerV1, HealthMetricsV1, HealthSnapshot};
 use ccm_sync::{Driver, Lane, LaneStatus, Settings};
 use clap::Subcommand;
 use serde_json::json;
@@ -140,6 +140,9 @@ pub fn show(status: &SyncStatus) {
         if let Some(reason) = &s.paused_reason {
             line.push_str(&format!(", paused: {reason}"));
         }
+        if s.dropped_total > 0 {
+            line.push_str(&format!(", dropped {} health snapshots", s.dropped_total));
+        }
         println!("{line}");
     }
 }
@@ -171,9 +174,90 @@ pub fn start(
             heartbeat: Duration::from_secs(config.sync.heartbeat_secs),
             slots: i64::from(config.scheduler.slots),
         },
-        shutdown,
+        shutdown: shutdown.clone(),
     };
-    Ok(Some((client, tokio::spawn(driver.run()))))
+    let health = health(store.clone(), home.clone(), config.clone(), shutdown);
+    let task = tokio::spawn(async move {
+        tokio::join!(driver.run(), health);
+    });
+    Ok(Some((client, task)))
+}
+
+/// Every `sync.health_secs`, a health snapshot in the normal lane, its backlog bounded by
+/// `sync.health_backlog` (S-13). A failure is logged and the next period tries again.
+async fn health(store: Store, home: Home, config: Config, shutdown: CancellationToken) {
+    let every = Duration::from_secs(config.sync.health_secs);
+    let mut system = sysinfo::System::new();
+    // CPU usage is measured between two refreshes: the first snapshot has one to compare with.
+    system.refresh_cpu_usage();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let written = match snapshot(&store, &home, &config, &mut system).await {
+            Ok(snapshot) => store.record_health(snapshot, config.sync.health_backlog).await,
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(0) => {}
+            Ok(dropped) => tracing::warn!(
+                dropped,
+                cap = config.sync.health_backlog,
+                "health backlog full: dropped the oldest snapshots waiting to be sent"
+            ),
+            Err(error) => tracing::warn!(%error, "health snapshot not written"),
+        }
+    }
+}
+
+/// The node's health now: load, CPU, memory, disk free, agents, queue and sync backlog.
+/// `dropped_total` is filled in by [`Store::record_health`].
+async fn snapshot(
+    store: &Store,
+    home: &Home,
+    config: &Config,
+    system: &mut sysinfo::System,
+) -> Result<HealthSnapshot, crate::store::StoreError> {
+    system.refresh_memory();
+    system.refresh_cpu_usage();
+    let now = ccm_schema::Timestamp::now();
+    let len = config.sync.health_secs;
+    let window_ms = i64::try_from(len * 1000).unwrap_or(i64::MAX);
+    let free = |path: &std::path::Path| {
+        crate::notify::health::disk_space(path).map_or(0, |(free, _, _)| free)
+    };
+    let worktrees = home.root().join("worktrees");
+    // Worktrees not made yet will be made under the home, on its file system.
+    let worktrees = if worktrees.exists() { worktrees } else { home.root().to_path_buf() };
+    let lanes = store.sync_status().await?;
+    let metrics = HealthMetricsV1 {
+        agents_running: ccm_sync::Outbox::running(store).await?,
+        slots: i64::from(config.scheduler.slots),
+        load1: sysinfo::System::load_average().one,
+        cpu_pct: f64::from(system.global_cpu_usage()),
+        mem_used_bytes: system.used_memory(),
+        mem_total_bytes: system.total_memory(),
+        disk_free_home_bytes: free(home.root()),
+        disk_free_worktrees_bytes: free(&worktrees),
+        queue_depth: store
+            .state_counts()
+            .await?
+            .into_iter()
+            .map(|(state, n)| (state.to_string(), n))
+            .collect(),
+        stale_agents: store.open_alerts_of("stalled").await?,
+        orphans: store.open_alerts_of("orphan_window").await?,
+        last_sync_at: lanes.values().filter_map(|l| l.last_ok_at).max(),
+        backlog: lanes.values().map(|l| l.backlog).sum(),
+        lane_backlog: lanes.iter().map(|(lane, l)| (lane.to_string(), l.backlog)).collect(),
+        dropped_total: 0,
+    };
+    Ok(HealthSnapshot {
+        window_start: ccm_schema::Timestamp(now.millis() - now.millis().rem_euclid(window_ms)),
+        window_len_s: len,
+        metrics,
+    })
 }
 
 /// The access token in `auth.json`, if the system is enrolled.

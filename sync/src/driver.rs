@@ -188,6 +188,53 @@ impl Backoff {
     }
 }
 
+/// A lane's batch size after a batch was too big for the server (S-9): a 413 or a statement
+/// timeout halves `max_items` (below the failed batch's size, floor 1) until 10 successes in a
+/// row restore the policy's.
+#[derive(Debug)]
+pub struct Budget {
+    policy: BatchPolicy,
+    max_items: usize,
+    successes: u32,
+}
+
+/// Successes in a row that restore a halved budget.
+const RESTORE_AFTER: u32 = 10;
+
+impl Budget {
+    pub fn new(policy: BatchPolicy) -> Budget {
+        Budget { policy, max_items: policy.max_items, successes: 0 }
+    }
+
+    /// The policy to seal the next batch with.
+    pub fn policy(&self) -> BatchPolicy {
+        BatchPolicy { max_items: self.max_items, ..self.policy }
+    }
+
+    /// A batch of `items` was too big: the next ones carry at most half of it.
+    pub fn too_large(&mut self, items: usize) {
+        self.max_items = (self.max_items.min(items) / 2).max(1);
+        self.successes = 0;
+    }
+
+    /// A batch was not acknowledged for another reason: the run of successes starts again.
+    pub fn failed(&mut self) {
+        self.successes = 0;
+    }
+
+    /// A batch was acknowledged; the tenth in a row restores the policy's size.
+    pub fn succeeded(&mut self) {
+        if self.max_items == self.policy.max_items {
+            return;
+        }
+        self.successes += 1;
+        if self.successes >= RESTORE_AFTER {
+            self.max_items = self.policy.max_items;
+            self.successes = 0;
+        }
+    }
+}
+
 /// What a lane does after a step.
 #[derive(Debug, PartialEq)]
 enum Next {
@@ -234,9 +281,10 @@ impl<O: Outbox> Driver<O> {
         let span = info_span!("sync_lane", lane = %lane);
         async move {
             let mut backoff = Backoff::for_lane(lane, self.settings.seed ^ lane as u64);
+            let mut budget = Budget::new(BatchPolicy::of(lane));
             let mut timer = Timer::new(&self.settings);
             loop {
-                let next = match self.step(lane, &mut backoff, &mut timer).await {
+                let next = match self.step(lane, &mut backoff, &mut budget, &mut timer).await {
                     Ok(next) => next,
                     Err(error) => {
                         warn!(error = %error, "sync step failed; retrying");
@@ -346,6 +394,7 @@ impl<O: Outbox> Driver<O> {
         &self,
         lane: Lane,
         backoff: &mut Backoff,
+        budget: &mut Budget,
         timer: &mut Timer,
     ) -> Result<Next, StepError> {
         let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
@@ -365,7 +414,7 @@ impl<O: Outbox> Driver<O> {
                 if lane == Lane::Normal && !timer.due(&self.signals) {
                     return Ok(Next::Idle);
                 }
-                let sealed = seal::seal_next(&self.outbox, lane, BatchPolicy::of(lane))
+                let sealed = seal::seal_next(&self.outbox, lane, budget.policy())
                     .await
                     .map_err(|e| StepError(e.to_string()))?;
                 let full = sealed.as_ref().is_some_and(|(_, full)| *full);
@@ -385,10 +434,15 @@ impl<O: Outbox> Driver<O> {
                 }
             }
         };
-        self.send(batch, backoff).await
+        self.send(batch, backoff, budget).await
     }
 
-    async fn send(&self, batch: OpenBatch, backoff: &mut Backoff) -> Result<Next, StepError> {
+    async fn send(
+        &self,
+        batch: OpenBatch,
+        backoff: &mut Backoff,
+        budget: &mut Budget,
+    ) -> Result<Next, StepError> {
         let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
         let span = info_span!("sync_batch", batch_id = %batch.id, items = batch.items, attempt = batch.attempts + 1);
         self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -402,6 +456,7 @@ impl<O: Outbox> Driver<O> {
                     .items_rejected_total
                     .fetch_add(rejected.len() as u64, Ordering::Relaxed);
                 backoff.reset();
+                budget.succeeded();
                 info!(batch_id = %batch.id, status = %answer.status, rejected = rejected.len(), "batch acknowledged");
                 return Ok(Next::Continue);
             }
@@ -409,6 +464,10 @@ impl<O: Outbox> Driver<O> {
         };
         self.signals.failures_total.fetch_add(1, Ordering::Relaxed);
         let Failure { class, message } = failure;
+        match class {
+            Class::TooLarge => budget.too_large(usize::try_from(batch.items).unwrap_or(1)),
+            _ => budget.failed(),
+        }
         warn!(batch_id = %batch.id, class = class.reason(), error = %message, "batch not delivered");
         self.outbox.record_failure(batch.id, batch.lane, &message).await.map_err(outbox)?;
         match class {
@@ -563,6 +622,34 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay(None) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_batch_too_large_halves_the_lanes_batches_until_ten_successes_restore_them() {
+        let mut budget = Budget::new(crate::seal::NORMAL);
+        assert_eq!(budget.policy(), crate::seal::NORMAL);
+        budget.too_large(40);
+        assert_eq!(budget.policy().max_items, 20, "half of the batch that failed");
+        assert_eq!(budget.policy().max_bytes, crate::seal::NORMAL.max_bytes);
+        budget.too_large(20);
+        assert_eq!(budget.policy().max_items, 10);
+        for _ in 0..9 {
+            budget.succeeded();
+        }
+        budget.failed();
+        for _ in 0..9 {
+            budget.succeeded();
+        }
+        assert_eq!(budget.policy().max_items, 10, "nine in a row after a failure do not restore");
+        budget.succeeded();
+        assert_eq!(budget.policy().max_items, 2000, "the tenth in a row does");
+        for _ in 0..12 {
+            budget.too_large(1);
+        }
+        assert_eq!(budget.policy().max_items, 1, "never below one item");
+        let mut urgent = Budget::new(crate::seal::URGENT);
+        urgent.too_large(5000);
+        assert_eq!(urgent.policy().max_items, 50, "never above half of the lane's own size");
     }
 
     #[tokio::test(start_paused = true)]

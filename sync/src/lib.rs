@@ -121,6 +121,9 @@ pub struct LaneStatus {
     pub last_error_at: Option<Timestamp>,
     /// Why sending is paused (queueing goes on); `None` when it runs.
     pub paused_reason: Option<String>,
+    /// Rows dropped from this lane's backlog to keep it bounded (only ever health rows).
+    #[serde(default)]
+    pub dropped_total: i64,
 }
 
 /// The outbox as the node lends it. Every method that writes does so in one transaction on the

@@ -105,6 +105,9 @@ pub struct HealthV1 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HealthMetricsV1 {
     pub agents_running: i64,
+    /// The node's agent slots.
+    #[serde(default)]
+    pub slots: i64,
     pub load1: f64,
     pub cpu_pct: f64,
     pub mem_used_bytes: u64,
@@ -115,7 +118,12 @@ pub struct HealthMetricsV1 {
     pub stale_agents: i64,
     pub orphans: i64,
     pub last_sync_at: Option<Timestamp>,
+    /// Outbox rows not yet acknowledged, all lanes.
     pub backlog: i64,
+    /// The same per lane (`urgent`, `normal`).
+    #[serde(default)]
+    pub lane_backlog: BTreeMap<String, i64>,
+    /// Pending health rows ever dropped to keep the health backlog under its cap (S-13).
     pub dropped_total: i64,
 }
 

@@ -521,6 +521,53 @@ async fn a_batch_over_the_servers_size_limit_is_split_until_every_item_fits() {
     assert_applied_exactly_once(&central, &node.home).await;
 }
 
+/// Items of all streams in an ingest request.
+fn items(seen: &ccm_tests::faultproxy::Seen) -> usize {
+    let streams = seen.json()["p_batch"]["streams"].clone();
+    streams.as_object().map_or(0, |s| s.values().filter_map(Value::as_array).map(Vec::len).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_batch_too_large_the_lanes_next_batches_carry_at_most_half_of_it() {
+    let central = Central::start();
+    let node = Node::start("sync-halving", &central, "  interval_secs: 3600\n");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(create(node.daemon(), &format!("first {i}")).await);
+    }
+    node.proxy.set_max_body(Some(4_000));
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(30)).await;
+    let seen = node.proxy.targeted();
+    let refused = seen.iter().find(|s| s.fault.is_some()).expect("the limit was hit");
+    let half = items(refused) / 2;
+    assert!(half >= 10, "the first refused batch carried {} items", items(refused));
+
+    // The limit is gone, but fewer than 10 batches were acknowledged since the last refusal:
+    // 40 more tasks, queued while sending is paused, go in batches of at most half of it.
+    node.proxy.set_max_body(None);
+    node.home.run_ok(&["sync", "pause"]);
+    let before = node.proxy.targeted().len();
+    for i in 0..40 {
+        ids.push(create(node.daemon(), &format!("second {i}")).await);
+    }
+    node.home.run_ok(&["sync", "resume"]);
+    node.drained(Duration::from_secs(30)).await;
+    let seen = node.proxy.targeted();
+    let after = seen.iter().skip_while(|s| s.at <= refused.at);
+    let sizes: Vec<usize> = after.map(items).collect();
+    assert!(sizes.iter().all(|&n| n <= half), "batch sizes {sizes:?} after one of {}", half * 2);
+    let second: Vec<usize> = seen[before..].iter().map(items).collect();
+    assert!(second.len() >= 4, "the 40 waiting tasks went in {second:?}");
+    assert!(seen[before..].iter().all(|s| s.fault.is_none()));
+    let tasks = central_tasks(&central);
+    let local = local_tasks(&node.home).await;
+    for id in &ids {
+        assert_eq!(tasks.get(id), local.get(id), "task {id}");
+    }
+    assert_applied_exactly_once(&central, &node.home).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_identity_pauses_sync_with_a_reason_and_an_alert_and_reenrolling_resumes() {
     let central = Central::start();
@@ -687,4 +734,129 @@ async fn heartbeats_keep_the_system_online_and_its_contexts_follow_every_change(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(pending, 0);
+}
+
+/// The health snapshots the central holds, oldest window first.
+fn central_health(central: &Central) -> Vec<Value> {
+    central
+        .pg
+        .rows("select window_start, window_len_s, version, metrics from private.health order by window_start")
+        .as_array()
+        .expect("rows")
+        .clone()
+}
+
+/// Health rows of the local outbox still waiting to be sealed.
+async fn pending_health(home: &TestHome) -> i64 {
+    let mut db = open_db(&home.db_file()).await;
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stream = 'health' AND state = 'pending'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_snapshots_reach_the_central_with_the_nodes_load_memory_disk_and_backlog() {
+    let central = Central::start();
+    let node = Node::start("sync-health", &central, "  interval_secs: 3600\n  health_secs: 1\n");
+    create(node.daemon(), "queued for the snapshot").await;
+    let arrived = wait_until(Duration::from_secs(20), || {
+        node.home.run_ok(&["sync", "now"]);
+        async { central_health(&central).len() >= 2 }
+    })
+    .await;
+    assert!(arrived, "no health snapshot arrived: {}\n{}", node.lanes(), node.log());
+    let rows = central_health(&central);
+    let last = rows.last().unwrap();
+    assert_eq!(last["window_len_s"], 1);
+    let m = &last["metrics"];
+    let total = m["mem_total_bytes"].as_u64().unwrap();
+    assert!(total > 1 << 20, "{m}");
+    assert!(m["mem_used_bytes"].as_u64().unwrap() <= total, "{m}");
+    assert!(m["disk_free_home_bytes"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["load1"].as_f64().unwrap() >= 0.0, "{m}");
+    let cpu = m["cpu_pct"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&cpu), "{m}");
+    assert_eq!(m["slots"], 20, "{m}");
+    assert_eq!(m["agents_running"], 0, "{m}");
+    let queued = m["queue_depth"]["queued"].as_i64().unwrap_or(0)
+        + m["queue_depth"]["created"].as_i64().unwrap_or(0);
+    assert_eq!(queued, 1, "{m}");
+    assert!(m["lane_backlog"]["normal"].is_i64() && m["lane_backlog"]["urgent"].is_i64(), "{m}");
+    assert_eq!(m["dropped_total"], 0, "{m}");
+    // a later snapshot knows of the earlier successes
+    assert!(rows.iter().any(|r| r["metrics"]["last_sync_at"].is_string()), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_central_down_health_backlog_stays_under_its_cap_and_its_drops_are_counted_and_shipped(
+) {
+    let mut central = Central::start();
+    let node = Node::start(
+        "sync-health-cap",
+        &central,
+        "  interval_secs: 3600\n  health_secs: 1\n  health_backlog: 3\n",
+    );
+    central.stop_rest();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(create(node.daemon(), &format!("kept {i}")).await);
+    }
+    for id in &ids[..2] {
+        wait_queued(node.daemon(), id).await;
+        fail(node.daemon(), id).await;
+    }
+    let most = std::sync::atomic::AtomicI64::new(0);
+    let seen = |n| most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+    let dropped = wait_until(Duration::from_secs(30), || async {
+        seen(pending_health(&node.home).await);
+        node.lanes()["normal"]["dropped_total"].as_i64().unwrap_or(0) >= 4
+    })
+    .await;
+    assert!(dropped, "no health snapshot was dropped: {}\n{}", node.lanes(), node.log());
+    for _ in 0..10 {
+        seen(pending_health(&node.home).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let most = most.into_inner();
+    assert!(most <= 3, "{most} health rows pending over a cap of 3");
+    let lanes = node.lanes();
+    let count = lanes["normal"]["dropped_total"].as_i64().unwrap();
+    let shown = node.home.run_ok(&["sync", "status"]);
+    assert!(shown.contains("dropped "), "{shown}");
+    let metrics = reqwest::get(node.daemon().url("/metrics")).await.unwrap().text().await.unwrap();
+    let gauge = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ccm_sync_dropped_total{lane=\"normal\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(gauge.parse::<i64>().unwrap() >= count, "{gauge} < {count}");
+
+    central.start_rest();
+    let shipped = wait_until(Duration::from_secs(60), || {
+        node.home.run_ok(&["sync", "now"]);
+        async {
+            central_health(&central)
+                .iter()
+                .any(|r| r["metrics"]["dropped_total"].as_i64().unwrap_or(0) >= count)
+        }
+    })
+    .await;
+    assert!(shipped, "the drop count did not arrive: {:?}", central_health(&central));
+    // every task summary and alert arrives all the same
+    let tasks = wait_until(Duration::from_secs(30), || {
+        node.home.run_ok(&["sync", "now"]);
+        async {
+            let central = central_tasks(&central);
+            let local = local_tasks(&node.home).await;
+            ids.iter().all(|id| central.get(id) == local.get(id))
+        }
+    })
+    .await;
+    assert!(tasks, "tasks differ: {:?}", central_tasks(&central));
+    let local = local_alerts(&node.home).await;
+    assert!(local.len() >= 2, "{local:?}");
+    let alerts =
+        wait_until(Duration::from_secs(15), || async { central_alerts(&central) == local }).await;
+    assert!(alerts, "alerts differ: {:?} vs {local:?}", central_alerts(&central));
+    assert_applied_exactly_once(&central, &node.home).await;
 }

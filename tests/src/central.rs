@@ -271,6 +271,20 @@ impl Postgres {
         psql.stdin(Stdio::null()).output().expect("psql runs")
     }
 
+    /// `psql` as [`Postgres::psql`], with `input` on its standard input (`COPY ... FROM STDIN`).
+    pub fn psql_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut psql = Command::new(pg_bin("psql"));
+        self.connection_args(&mut psql);
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]).args(args);
+        psql.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = psql.spawn().expect("psql runs");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input).expect("psql reads its input");
+        drop(stdin);
+        child.wait_with_output().expect("psql ends")
+    }
+
     /// Applies one SQL file, panicking with psql's errors unless it applies cleanly.
     pub fn apply(&self, file: &Path) {
         let out = self.psql(&["-f", &file.to_string_lossy()]);

@@ -43,6 +43,7 @@ pub struct Metrics {
     sync_backlog: Family<LaneLabel, Gauge>,
     sync_last_success: Family<LaneLabel, Gauge>,
     sync_paused: Family<LaneLabel, Gauge>,
+    sync_dropped: Family<LaneLabel, Gauge>,
     sync_requests: Counter,
     sync_failures: Counter,
     sync_batches_acked: Counter,
@@ -95,6 +96,12 @@ impl Metrics {
         );
         let sync_paused = Family::<LaneLabel, Gauge>::default();
         registry.register("sync_paused", "1 while the sync lane is paused", sync_paused.clone());
+        let sync_dropped = Family::<LaneLabel, Gauge>::default();
+        registry.register(
+            "sync_dropped_total",
+            "Rows dropped to keep the sync backlog bounded (only health snapshots), by lane",
+            sync_dropped.clone(),
+        );
         let sync_requests = Counter::default();
         registry.register(
             "sync_requests",
@@ -133,6 +140,7 @@ impl Metrics {
             sync_backlog,
             sync_last_success,
             sync_paused,
+            sync_dropped,
             sync_requests,
             sync_failures,
             sync_batches_acked,
@@ -162,6 +170,7 @@ impl Metrics {
             let ok = status.last_ok_at.map_or(0, |t| t.millis() / 1000);
             self.sync_last_success.get_or_create(&label).set(ok);
             self.sync_paused.get_or_create(&label).set(status.paused_reason.is_some().into());
+            self.sync_dropped.get_or_create(&label).set(status.dropped_total);
         }
         let signals = store.sync_signals();
         for (counter, total) in [

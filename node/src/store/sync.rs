@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ccm_schema::{Severity, Timestamp};
-use ccm_sync::wire::{ContextV1, HeartbeatAnswerV1, LeaseV1};
+use ccm_sync::wire::{ContextV1, HealthSnapshot, HeartbeatAnswerV1, LeaseV1};
 use ccm_sync::{Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, Rejection, SHIPPED_STREAMS};
 use uuid::Uuid;
 
@@ -21,8 +21,9 @@ fn seqs(seqs: &[i64]) -> String {
     serde_json::Value::from(seqs.to_vec()).to_string()
 }
 
-/// A `sync_lanes` row with its backlog.
-type LaneRow = (String, Option<Timestamp>, Option<String>, Option<Timestamp>, Option<String>, i64);
+/// A `sync_lanes` row with its backlog and drop count.
+type LaneRow =
+    (String, Option<Timestamp>, Option<String>, Option<Timestamp>, Option<String>, i64, i64);
 
 type RowTuple = (i64, String, String, i64, String);
 
@@ -80,7 +81,8 @@ impl Store {
             r#"
                 SELECT l.lane, l.last_ok_at, l.last_error, l.last_error_at, l.paused_reason,
                        (SELECT count(*) FROM outbox o
-                        WHERE o.state IN ('pending', 'sealed') AND o.lane = l.lane AND o.{})
+                        WHERE o.state IN ('pending', 'sealed') AND o.lane = l.lane AND o.{}),
+                       l.dropped_total
                 FROM sync_lanes l
                 "#,
             shipped()
@@ -88,13 +90,70 @@ impl Store {
         .fetch_all(&self.readers)
         .await?;
         rows.into_iter()
-            .map(|(name, last_ok_at, last_error, last_error_at, paused_reason, backlog)| {
-                Ok((
-                    lane(&name)?,
-                    LaneStatus { backlog, last_ok_at, last_error, last_error_at, paused_reason },
-                ))
-            })
+            .map(
+                |(name, last_ok_at, last_error, last_error_at, paused_reason, backlog, dropped)| {
+                    Ok((
+                        lane(&name)?,
+                        LaneStatus {
+                            backlog,
+                            last_ok_at,
+                            last_error,
+                            last_error_at,
+                            paused_reason,
+                            dropped_total: dropped,
+                        },
+                    ))
+                },
+            )
             .collect()
+    }
+
+    /// Writes a health snapshot in the normal lane, keeping at most `cap` health rows pending
+    /// (S-13): the oldest pending ones beyond it are dropped and counted in the lane's
+    /// `dropped_total`, which the snapshot carries. Other streams are never dropped. Returns
+    /// how many rows this call dropped.
+    pub async fn record_health(&self, mut snapshot: HealthSnapshot, cap: u64) -> Result<i64> {
+        let mut tx = self.write().await?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE stream = 'health' AND state = 'pending'",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX).max(1);
+        let drop = (pending + 1 - cap).max(0);
+        let total: i64 = sqlx::query_scalar(
+            "UPDATE sync_lanes SET dropped_total = dropped_total + ? WHERE lane = 'normal' \
+             RETURNING dropped_total",
+        )
+        .bind(drop)
+        .fetch_one(&mut *tx)
+        .await?;
+        snapshot.metrics.dropped_total = total;
+        let key = format!("{}/{}", snapshot.window_start, snapshot.window_len_s);
+        super::outbox(&mut tx, "health", &key, &snapshot, false).await?;
+        // The newest row (just written) is never among the oldest `drop` of `pending + 1`.
+        sqlx::query(
+            r#"
+            DELETE FROM outbox WHERE seq IN (
+                SELECT seq FROM outbox WHERE stream = 'health' AND state = 'pending'
+                ORDER BY seq LIMIT ?)
+            "#,
+        )
+        .bind(drop)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(drop)
+    }
+
+    /// Open alerts of `reason` (`stalled`, `orphan_window`), for health snapshots.
+    pub async fn open_alerts_of(&self, reason: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM alerts WHERE reason = ? AND resolved_at IS NULL",
+        )
+        .bind(reason)
+        .fetch_one(&self.readers)
+        .await?)
     }
 
     /// Pauses (with `reason`) or resumes (`None`) sending on both lanes.
