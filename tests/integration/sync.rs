@@ -624,13 +624,21 @@ async fn assert_paused(node: &Node, prefix: &str) {
         assert!(reason.starts_with(prefix), "{lane}: {reason}");
     }
     assert!(lanes["normal"]["backlog"].as_i64().unwrap() >= 1, "nothing dropped: {lanes}");
+    // The alert is written right after the pause, in a transaction of its own.
     let mut db = open_db(&node.home.db_file()).await;
-    let alerts: Vec<(String, String)> =
-        sqlx::query_as("SELECT severity, message FROM alerts WHERE reason = 'sync_paused'")
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-    assert!(alerts.iter().any(|a| a.0 == "critical" && a.1.contains(prefix)), "{alerts:?}");
+    let started = Instant::now();
+    loop {
+        let alerts: Vec<(String, String)> =
+            sqlx::query_as("SELECT severity, message FROM alerts WHERE reason = 'sync_paused'")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        if alerts.iter().any(|a| a.0 == "critical" && a.1.contains(prefix)) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{alerts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
