@@ -10,18 +10,22 @@
 //! |---|---|---|
 //! | `CCM_BENCH_ROUTING_ONLY` | all | the parts to run, e.g. `t12,t18` |
 //! | `CCM_BENCH_ROUTING_TASKS` | 100 | T12: tasks created on A, and local tasks of the baseline |
-//! | `CCM_BENCH_ROUTING_GAP_MS` | 1000 | T12: mean pause between two creations (uniform, ±50 %) |
+//! | `CCM_BENCH_ROUTING_GAP_MS` | 1500 | T12: mean pause before each creation (uniform, 0 to twice that) |
 //! | `CCM_BENCH_ROUTING_CLAIMS` | 5000 | T14: tasks in the queue, claimed one per call |
 //! | `CCM_BENCH_ROUTING_CLAIMERS` | 20 | T14: concurrent claimers (enrolled systems) |
 //! | `CCM_BENCH_ROUTING_WINDOW_S` | 60 | T17: how long the requests are counted |
 //! | `CCM_BENCH_ROUTING_PLACEMENT` | 1000 | T18: tasks placed on the 5 systems |
-//! | `CCM_BENCH_ROUTING_HOLD_MS` | 100 | T18: mean time a system holds a claimed task (uniform, 0 to twice that) |
+//! | `CCM_BENCH_ROUTING_HOLD_MS` | 2000 | T18: mean time a system holds a claimed task (uniform, 0 to twice that) |
+//! | `CCM_BENCH_ROUTING_RATE` | 5 | T18: tasks submitted per second in the second scenario |
 //!
 //! - T12: a task created on A (no checkout of its repository) until its agent runs on B (a
 //!   checkout, free slots), both nodes real daemons at the default routing settings (central
 //!   and node), agents the quick `commit` mode of `tests/fixtures/fake-claude.sh`. Start: the
 //!   wall clock just before `POST /api/routed` on A; end: the `executing` entry of B's task log
-//!   (milliseconds). Baseline: the same, for tasks created on B itself (`POST /api/tasks`).
+//!   (milliseconds). One task at a time, each after the previous one finished and a random
+//!   pause (a finished task makes B claim at once; the pause puts the next creation at any
+//!   phase of B's 2 s claim poll). Baseline: the same, for tasks created on B itself
+//!   (`POST /api/tasks`).
 //! - T14: claims per second of 20 systems calling `api.claim` with `p_max` 1 through postrust
 //!   until the queue is empty (offer window 0, so any system may claim any task; lease and
 //!   staleness an hour, so the run's length changes nothing). Baseline: the same claims as
@@ -32,11 +36,15 @@
 //!   agents, all its slots), an idle node with a checkout (polls `api.claim`) and the origin
 //!   following its 5 routed tasks. Heartbeats per interval = heartbeats in the window over
 //!   window / 15 s (the default `sync.heartbeat_secs`); the baseline is the idle node's.
-//! - T18: 1,000 tasks submitted by an origin through `api.submit_task` while 5 equal systems
-//!   (4 slots each, as the node's default) heartbeat every 15 s, claim like the node (up to
-//!   their free slots every 2 s ± 20 %, at once after finishing a task or taking all they asked
-//!   for) and complete each task after a random time. Figure: most tasks done by one system
-//!   over the mean. Baseline: the same count placed uniformly at random.
+//! - T18: 1,000 tasks submitted by an origin through `api.submit_task`, at the default
+//!   settings, to 5 equal systems (4 slots each, as the node's default) that heartbeat every
+//!   15 s, claim like the node (up to their free slots every 2 s ± 20 %, at once after
+//!   finishing a task or taking all they asked for) and complete each task after a random
+//!   time. Two scenarios: all tasks queued before the systems start (a backlog), and tasks
+//!   submitted at a steady rate while they run (5/s: half the fleet's capacity with a 2 s
+//!   hold). Figure: most tasks done by one system over the mean. Baseline: the same count
+//!   placed uniformly at random. A hold much shorter than the claim poll (2 s) concentrates
+//!   the work on the freshest system (see BENCHMARKS.md).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -108,7 +116,7 @@ fn secs(duration: Duration) -> String {
 
 async fn t12() -> Vec<Row> {
     let tasks: usize = env("CCM_BENCH_ROUTING_TASKS", 100);
-    let gap = Duration::from_millis(env("CCM_BENCH_ROUTING_GAP_MS", 1000));
+    let gap = Duration::from_millis(env("CCM_BENCH_ROUTING_GAP_MS", 1500));
     let fleet = Fleet::with_clocks(Clocks::Default);
     let quick = NodeOptions { mode: "commit", slots: 8, sleep_s: 0, delay_s: 0 };
     let alpha = fleet.node_with(1, "alpha", false, &quick).up();
@@ -120,26 +128,20 @@ async fn t12() -> Vec<Row> {
 
     // Baseline first: tasks created on beta itself.
     let mut rng = fastrand::Rng::with_seed(12);
-    let mut local = Vec::with_capacity(tasks);
-    for n in 0..tasks {
-        pause(&mut rng, gap).await;
-        let started = SystemTime::now();
+    let local = one_by_one(&beta, tasks, gap, &mut rng, async |n| {
         let body =
             json!({ "title": format!("local {n}"), "repo": fleet.remote, "profile": "fake" });
         let (status, task) = beta.daemon().post("/api/tasks", body).await;
         assert_eq!(status, 201, "beta refused a local task: {task}");
-        local.push((task["id"].as_str().expect("a task id").to_string(), started));
-    }
-    let local_latency = executing_latencies(&beta, &local).await;
-    settle(&beta, &local).await;
-
-    let mut routed = Vec::with_capacity(tasks);
-    for n in 0..tasks {
-        pause(&mut rng, gap).await;
-        let started = SystemTime::now();
-        routed.push((alpha.route(&format!("routed {n}"), &fleet.remote, None).await, started));
-    }
-    let routed_latency = executing_latencies(&beta, &routed).await;
+        task["id"].as_str().expect("a task id").to_string()
+    })
+    .await;
+    let routed = one_by_one(&beta, tasks, gap, &mut rng, async |n| {
+        alpha.route(&format!("routed {n}"), &fleet.remote, None).await
+    })
+    .await;
+    let local_latency = local.iter().map(|t| t.2).collect();
+    let routed_latency = routed.iter().map(|t| t.2).collect();
     let stages = stages(&fleet, &beta, &routed).await;
     let (ccm, baseline) = (Stats::new(routed_latency), Stats::new(local_latency));
     let what = "(created on B itself)";
@@ -166,23 +168,30 @@ async fn t12() -> Vec<Row> {
     ]
 }
 
-/// Sleeps a uniform random time between half and one and a half `gap`, so the creations fall
-/// at every phase of the claim poll.
-async fn pause(rng: &mut fastrand::Rng, gap: Duration) {
-    tokio::time::sleep(gap.mul_f64(0.5 + rng.f64())).await;
-}
-
-/// For each `(task id, creation time)`, the time until `node`'s task log says `executing`.
-async fn executing_latencies(node: &Node, tasks: &[(String, SystemTime)]) -> Vec<Duration> {
-    let mut latencies = Vec::with_capacity(tasks.len());
-    for (id, started) in tasks {
+/// Creates `tasks` tasks one at a time with `create`, each after the previous one left its
+/// slot on `runner` and a uniform random pause of 0 to twice `gap` (so creations fall at every
+/// phase of the runner's claim poll, which a finished task restarts); each task's id, creation
+/// time, and time until `runner`'s task log says `executing`.
+async fn one_by_one(
+    runner: &Node,
+    tasks: usize,
+    gap: Duration,
+    rng: &mut fastrand::Rng,
+    mut create: impl AsyncFnMut(usize) -> String,
+) -> Vec<(String, SystemTime, Duration)> {
+    let mut created = Vec::with_capacity(tasks);
+    for n in 0..tasks {
+        tokio::time::sleep(gap.mul_f64(2.0 * rng.f64())).await;
+        let started = SystemTime::now();
+        let id = create(n).await;
         let at = wait_for(&format!("task {id} to run"), RUN_DEADLINE, async || {
-            executing_at(&node.local(id).await?)
+            executing_at(&runner.local(&id).await?)
         })
         .await;
-        latencies.push(at.duration_since(*started).unwrap_or_default());
+        settle(runner, &id).await;
+        created.push((id, started, at.duration_since(started).unwrap_or_default()));
     }
-    latencies
+    created
 }
 
 /// When the task's log first says `executing`.
@@ -191,25 +200,22 @@ fn executing_at(task: &Value) -> Option<SystemTime> {
     humantime::parse_rfc3339(entry["at"].as_str()?).ok()
 }
 
-/// Waits (at most a minute) until the tasks left their slots, so the next phase starts with
-/// every slot free.
-async fn settle(node: &Node, tasks: &[(String, SystemTime)]) {
+/// Waits (at most a minute) until the task left its slot.
+async fn settle(node: &Node, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for (id, _) in tasks {
-        while Instant::now() < deadline {
-            let state = node.local(id).await.map(|t| t["state"].clone()).unwrap_or_default();
-            let done = ["complete", "failed", "alert", "cancelled", "blocked"];
-            if done.iter().any(|s| state == *s) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = ["complete", "failed", "alert", "cancelled", "blocked"];
+    while Instant::now() < deadline {
+        let state = node.local(id).await.map(|t| t["state"].clone()).unwrap_or_default();
+        if done.iter().any(|s| state == *s) {
+            return;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// The p50 of each stage of a routed task: creation on A → submitted (the central's
 /// `created_at`), → claimed by B (`claimed_at` of the attempt), → running on B.
-async fn stages(fleet: &Fleet, beta: &Node, routed: &[(String, SystemTime)]) -> String {
+async fn stages(fleet: &Fleet, beta: &Node, routed: &[(String, SystemTime, Duration)]) -> String {
     let central = fleet.central.pg.rows(
         "select t.task_id, extract(epoch from t.created_at)::float8 as submitted, \
          extract(epoch from a.claimed_at)::float8 as claimed \
@@ -218,7 +224,7 @@ async fn stages(fleet: &Fleet, beta: &Node, routed: &[(String, SystemTime)]) -> 
     );
     let epoch = |at: f64| UNIX_EPOCH + Duration::from_secs_f64(at);
     let (mut submit, mut claim, mut start) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, created) in routed {
+    for (id, created, _) in routed {
         let Some(row) = central.as_array().into_iter().flatten().find(|r| r["task_id"] == *id)
         else {
             continue;
@@ -298,8 +304,9 @@ async fn claim_queue(tasks: usize, claimers: usize) -> (Central, Vec<System>) {
         systems.push(System::enroll(&central, n, tasks, &[REPO]).await);
     }
     central.pg.query(&format!(
-        "insert into private.routed_tasks (origin_system, owner, idempotency_key, repo_url, title) \
-         select s.system_id, s.owner, 'bench:' || g.i, '{REPO}', 'task ' || g.i \
+        "insert into private.routed_tasks (origin_system, owner, idempotency_key, repo_url, title, \
+                                         max_attempts) \
+         select s.system_id, s.owner, 'bench:' || g.i, '{REPO}', 'task ' || g.i, 3 \
            from private.systems s, generate_series(1, {tasks}) g(i) where s.name = 's00'"
     ));
     (central, systems)
@@ -548,27 +555,77 @@ fn counted(node: &Node, from: Instant, window: Duration) -> Counted {
 
 async fn t18() -> Vec<Row> {
     let tasks: usize = env("CCM_BENCH_ROUTING_PLACEMENT", 1000);
-    let hold = Duration::from_millis(env("CCM_BENCH_ROUTING_HOLD_MS", 100));
+    let hold = Duration::from_millis(env("CCM_BENCH_ROUTING_HOLD_MS", 2000));
+    let rate: f64 = env("CCM_BENCH_ROUTING_RATE", 5.0);
+    let mean = tasks as f64 / PLACEMENT_SYSTEMS as f64;
+    let mut rng = fastrand::Rng::with_seed(18);
+    let mut random = [0u64; PLACEMENT_SYSTEMS];
+    for _ in 0..tasks {
+        random[rng.usize(..PLACEMENT_SYSTEMS)] += 1;
+    }
+    let random = random.iter().max().copied().unwrap_or(0) as f64 / mean;
+    let mut rows = Vec::new();
+    let paced = format!("submitted at {rate:.0}/s");
+    for (what, rate) in [("all queued first", None), (paced.as_str(), Some(rate))] {
+        let (counts, elapsed) = placement(tasks, hold, rate).await;
+        let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let each: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        rows.push(Row::new(
+            &format!("T18 max/mean tasks per system, {what} ({tasks} tasks, {PLACEMENT_SYSTEMS} systems)"),
+            format!("{:.2} ({}; {})", max as f64 / mean, each.join(", "), secs(elapsed)),
+            format!("{random:.2} (uniform random placement)"),
+            "≤ 1.2",
+        ));
+    }
+    rows
+}
+
+/// `tasks` tasks placed on [`PLACEMENT_SYSTEMS`] equal systems at the default settings: all
+/// queued before the systems start, or submitted at `rate` per second while they run. Tasks
+/// done per system, and the time until all were done.
+async fn placement(
+    tasks: usize,
+    hold: Duration,
+    rate: Option<f64>,
+) -> (Vec<(String, u64)>, Duration) {
     let central = Arc::new(Central::start());
     let origin = System::enroll(&central, 0, 0, &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut claimers = Vec::with_capacity(PLACEMENT_SYSTEMS);
-    for n in 1..=PLACEMENT_SYSTEMS {
-        let system = System::enroll(&central, n, NODE_SLOTS, &[REPO]).await;
-        let claimer = Claimer {
-            central: Arc::clone(&central),
-            system,
-            held: Vec::new(),
-            hold,
-            rng: fastrand::Rng::with_seed(n as u64),
-        };
-        claimers.push(tokio::spawn(claimer.run(Arc::clone(&stop))));
-    }
-    let started = Instant::now();
-    for n in 0..tasks {
+    let submit = async |n: usize| {
         let task = json!({ "idempotency_key": format!("t18:{n}"), "title": format!("task {n}"),
                            "repo_url": REPO });
         origin.call(&central, "submit_task", json!({ "p_task": task })).await;
+    };
+    let mut systems = Vec::with_capacity(PLACEMENT_SYSTEMS);
+    for n in 1..=PLACEMENT_SYSTEMS {
+        systems.push(System::enroll(&central, n, NODE_SLOTS, &[REPO]).await);
+    }
+    if rate.is_none() {
+        for n in 0..tasks {
+            submit(n).await;
+        }
+    }
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let claimers: Vec<_> = systems
+        .into_iter()
+        .enumerate()
+        .map(|(n, system)| {
+            let claimer = Claimer {
+                central: Arc::clone(&central),
+                system,
+                held: Vec::new(),
+                hold,
+                rng: fastrand::Rng::with_seed(n as u64),
+            };
+            tokio::spawn(claimer.run(Arc::clone(&stop)))
+        })
+        .collect();
+    if let Some(rate) = rate {
+        for n in 0..tasks {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            submit(n).await;
+        }
     }
     let deadline = Duration::from_secs(60) + Duration::from_millis(tasks as u64 * 100);
     wait_for("every placed task to be done", deadline, async || {
@@ -583,32 +640,17 @@ async fn t18() -> Vec<Row> {
     for claimer in claimers {
         claimer.await.expect("claimer");
     }
-
     let rows = central.pg.rows(
         "select s.name, count(*) as n from private.task_attempts a join private.systems s \
          using (system_id) where a.outcome = 'done' group by s.name order by s.name",
     );
-    let counts: Vec<(String, u64)> = rows
+    let counts = rows
         .as_array()
         .into_iter()
         .flatten()
         .map(|r| (r["name"].as_str().unwrap_or("?").to_string(), r["n"].as_u64().unwrap_or(0)))
         .collect();
-    let mean = tasks as f64 / PLACEMENT_SYSTEMS as f64;
-    let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
-    let mut rng = fastrand::Rng::with_seed(18);
-    let mut random = [0u64; PLACEMENT_SYSTEMS];
-    for _ in 0..tasks {
-        random[rng.usize(..PLACEMENT_SYSTEMS)] += 1;
-    }
-    let random_max = random.iter().max().copied().unwrap_or(0);
-    let each: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
-    vec![Row::new(
-        &format!("T18 max/mean tasks per system ({tasks} tasks, {PLACEMENT_SYSTEMS} systems)"),
-        format!("{:.2} ({}; {})", max as f64 / mean, each.join(", "), secs(elapsed)),
-        format!("{:.2} (uniform random placement)", random_max as f64 / mean),
-        "≤ 1.2",
-    )]
+    (counts, elapsed)
 }
 
 /// One system of T18, claiming and running like a node with the default settings.
