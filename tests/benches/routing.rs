@@ -10,12 +10,12 @@
 //! |---|---|---|
 //! | `CCM_BENCH_ROUTING_ONLY` | all | the parts to run, e.g. `t12,t18` |
 //! | `CCM_BENCH_ROUTING_TASKS` | 100 | T12: tasks created on A, and local tasks of the baseline |
-//! | `CCM_BENCH_ROUTING_GAP_MS` | 1500 | T12: mean pause before each creation (uniform, 0 to twice that) |
+//! | `CCM_BENCH_ROUTING_GAP_MS` | 1500 | T12: mean pause before each creation (0 to twice) |
 //! | `CCM_BENCH_ROUTING_CLAIMS` | 5000 | T14: tasks in the queue, claimed one per call |
 //! | `CCM_BENCH_ROUTING_CLAIMERS` | 20 | T14: concurrent claimers (enrolled systems) |
 //! | `CCM_BENCH_ROUTING_WINDOW_S` | 60 | T17: how long the requests are counted |
 //! | `CCM_BENCH_ROUTING_PLACEMENT` | 1000 | T18: tasks placed on the 5 systems |
-//! | `CCM_BENCH_ROUTING_HOLD_MS` | 2000 | T18: mean time a system holds a claimed task (uniform, 0 to twice that) |
+//! | `CCM_BENCH_ROUTING_HOLD_MS` | 2000 | T18: mean time a task is held (0 to twice) |
 //! | `CCM_BENCH_ROUTING_RATE` | 5 | T18: tasks submitted per second in the second scenario |
 //!
 //! - T12: a task created on A (no checkout of its repository) until its agent runs on B (a
@@ -56,6 +56,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ccm_tests::bench::{machine, ms, print_table, Row, Stats};
 use ccm_tests::central::{supabase_claims, Central};
+use ccm_tests::faultproxy::Seen;
 use ccm_tests::fleet::{wait_for, Clocks, Fleet, Node, NodeOptions, OWNER};
 use serde_json::{json, Value};
 
@@ -454,10 +455,10 @@ async fn t17() -> Vec<Row> {
     let window = Duration::from_secs(env("CCM_BENCH_ROUTING_WINDOW_S", 60));
     let fleet = Fleet::with_clocks(Clocks::Default);
     let alpha = fleet.node_with(1, "alpha", false, &NodeOptions::new("commit")).up();
-    let busy = NodeOptions { mode: "slow", slots: BUSY_TASKS as u32, sleep_s: 3600, delay_s: 0 };
-    let beta = fleet.node_with(2, "beta", true, &busy).up();
-    let idle = NodeOptions { slots: NODE_SLOTS as u32, ..NodeOptions::new("commit") };
-    let charlie = fleet.node_with(3, "charlie", true, &idle).up();
+    let slow = NodeOptions { mode: "slow", slots: BUSY_TASKS as u32, sleep_s: 3600, delay_s: 0 };
+    let beta = fleet.node_with(2, "beta", true, &slow).up();
+    let quick = NodeOptions { slots: NODE_SLOTS as u32, ..NodeOptions::new("commit") };
+    let charlie = fleet.node_with(3, "charlie", true, &quick).up();
     wait_for("the checkouts at the central", RUN_DEADLINE, async || {
         (fleet.has_context("beta") && fleet.has_context("charlie")).then_some(())
     })
@@ -475,80 +476,65 @@ async fn t17() -> Vec<Row> {
 
     let from = Instant::now();
     tokio::time::sleep(window).await;
-    let intervals = window.as_secs_f64() / HEARTBEAT_S as f64;
-    let per_minute = 60.0 / window.as_secs_f64();
-    let (busy, idle, origin) = (
-        counted(&beta, from, window),
-        counted(&charlie, from, window),
-        counted(&alpha, from, window),
-    );
-    let beats = |c: &Counted| c.calls.get("heartbeat").copied().unwrap_or(0);
-    let leases = beta
-        .proxy
-        .seen()
+    let in_window = |node: &Node| -> Vec<Seen> {
+        let seen = node.proxy.seen().into_iter();
+        seen.filter(|s| s.at >= from && s.at < from + window).collect()
+    };
+    let (busy, idle, origin) = (in_window(&beta), in_window(&charlie), in_window(&alpha));
+    let leases: Vec<usize> = busy
         .iter()
-        .filter(|s| s.at >= from && s.path.ends_with("rpc/heartbeat"))
+        .filter(|s| function(s) == "heartbeat")
         .map(|s| s.json()["p_status"]["leases"].as_array().map_or(0, Vec::len))
-        .collect::<Vec<_>>();
+        .collect();
     let leases = match (leases.iter().min(), leases.iter().max()) {
         (Some(min), Some(max)) if min == max => format!("{min} leases in each"),
         (Some(min), Some(max)) => format!("{min} to {max} leases each"),
         _ => "no heartbeat".into(),
     };
     let window_s = window.as_secs();
+    let beats = |seen: &[Seen]| {
+        let n = seen.iter().filter(|s| function(s) == "heartbeat").count();
+        let per_interval = n as f64 / (window.as_secs_f64() / HEARTBEAT_S as f64);
+        format!("{per_interval:.2} ({n} in {window_s} s")
+    };
+    let per_minute = |seen: &[Seen]| {
+        let mut calls = BTreeMap::<&str, usize>::new();
+        for s in seen {
+            *calls.entry(function(s)).or_default() += 1;
+        }
+        let scale = 60.0 / window.as_secs_f64();
+        let each: Vec<String> =
+            calls.iter().map(|(f, n)| format!("{f} {:.1}", *n as f64 * scale)).collect();
+        format!("{:.1}/min ({})", seen.len() as f64 * scale, each.join(", "))
+    };
     vec![
         Row::new(
-            &format!("T17 heartbeats per {HEARTBEAT_S} s interval, node running {BUSY_TASKS} routed tasks"),
-            format!("{:.2} ({} in {window_s} s; {leases})", beats(&busy) as f64 / intervals, beats(&busy)),
-            format!("{:.2} (idle node, {} in {window_s} s)", beats(&idle) as f64 / intervals, beats(&idle)),
+            &format!(
+                "T17 heartbeats per {HEARTBEAT_S} s interval, node running {BUSY_TASKS} routed tasks"
+            ),
+            format!("{}; {leases})", beats(&busy)),
+            format!("{}, idle node)", beats(&idle)),
             "1, whatever the number of tasks",
         ),
         Row::new(
             "T17 requests/min, idle node with a checkout",
-            idle.per_minute(per_minute),
-            format!("node running {BUSY_TASKS} tasks: {}", busy.per_minute(per_minute)),
+            per_minute(&idle),
+            format!("node running {BUSY_TASKS} tasks: {}", per_minute(&busy)),
             "stated",
         ),
         Row::new(
             &format!("T17 requests/min, origin following {BUSY_TASKS} routed tasks"),
-            origin.per_minute(per_minute),
+            per_minute(&origin),
             "—".into(),
             "stated",
         ),
     ]
 }
 
-/// The requests a node sent the central during a window, by function.
-struct Counted {
-    calls: BTreeMap<String, usize>,
-}
-
-impl Counted {
-    /// `total/min (function n/min, ...)`, scaled by `per_minute` (a minute over the window).
-    fn per_minute(&self, per_minute: f64) -> String {
-        let total: usize = self.calls.values().sum();
-        let each: Vec<String> = self
-            .calls
-            .iter()
-            .map(|(function, n)| format!("{function} {:.1}", *n as f64 * per_minute))
-            .collect();
-        format!("{:.1}/min ({})", total as f64 * per_minute, each.join(", "))
-    }
-}
-
-/// What `node`'s proxy saw from `from` for `window`, by function (the path after `rpc/`, or
-/// the path for anything else).
-fn counted(node: &Node, from: Instant, window: Duration) -> Counted {
-    let mut calls = BTreeMap::new();
-    for seen in node.proxy.seen() {
-        if seen.at < from || seen.at >= from + window {
-            continue;
-        }
-        let function = seen.path.rsplit_once("rpc/").map_or(seen.path.as_str(), |(_, f)| f);
-        let function = function.split('?').next().unwrap_or(function).to_string();
-        *calls.entry(function).or_default() += 1;
-    }
-    Counted { calls }
+/// The function a request called (the path after `rpc/`), or its path.
+fn function(seen: &Seen) -> &str {
+    let path = seen.path.split('?').next().unwrap_or(&seen.path);
+    path.rsplit_once("rpc/").map_or(path, |(_, function)| function)
 }
 
 // ---- T18: placement ----------------------------------------------------------------------
@@ -571,7 +557,9 @@ async fn t18() -> Vec<Row> {
         let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
         let each: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
         rows.push(Row::new(
-            &format!("T18 max/mean tasks per system, {what} ({tasks} tasks, {PLACEMENT_SYSTEMS} systems)"),
+            &format!(
+                "T18 max/mean tasks per system, {what} ({tasks} tasks, {PLACEMENT_SYSTEMS} systems)"
+            ),
             format!("{:.2} ({}; {})", max as f64 / mean, each.join(", "), secs(elapsed)),
             format!("{random:.2} (uniform random placement)"),
             "≤ 1.2",
