@@ -33,7 +33,7 @@
 //!   claims in `request.jwt.claims` and role `authenticated` (as postrust sets them).
 //! - T17: the requests each node sends the central, counted at its fault proxy by function,
 //!   over a window at the default settings: a node running 5 routed tasks (pinned to it, slow
-//!   agents, all its slots), an idle node with a checkout (polls `api.claim`) and the origin
+//!   agents, all its slots; the window opens once their starts were reported), an idle node with a checkout (polls `api.claim`) and the origin
 //!   following its 5 routed tasks. Heartbeats per interval = heartbeats in the window over
 //!   window / 15 s (the default `sync.heartbeat_secs`); the baseline is the idle node's.
 //! - T18: 1,000 tasks submitted by an origin through `api.submit_task`, at the default
@@ -473,6 +473,12 @@ async fn t17() -> Vec<Row> {
         })
         .await;
     }
+    // Their starts reached the central: from here on nothing about them changes.
+    wait_for("beta to report its tasks' start", RUN_DEADLINE, async || {
+        let started = beta.proxy.seen().iter().filter(|s| function(s) == "report_progress").count();
+        (started >= BUSY_TASKS).then_some(())
+    })
+    .await;
 
     let from = Instant::now();
     tokio::time::sleep(window).await;
