@@ -2,173 +2,16 @@
 //! servers, git checkouts cloned from one bare remote) against one real PostgreSQL 15 behind
 //! postrust, each node behind its own fault proxy. The agents are the scripted Claude Code of
 //! `tests/fixtures/fake-claude.sh`. Lease and heartbeat times are shortened in the central's
-//! settings and the nodes' config; the defaults are as documented.
+//! settings and the nodes' config (`ccm_tests::fleet`, `Clocks::Short`); the defaults are as
+//! documented.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ccm_tests::central::Central;
-use ccm_tests::faultproxy::{Fault, FaultProxy};
-use ccm_tests::{Daemon, TestHome};
+use ccm_tests::faultproxy::Fault;
+use ccm_tests::fleet::{git, wait_for, Fleet, Node, LEASE_S};
 use serde_json::Value;
 
-const OWNER: &str = "00000000-0000-4000-8000-00000000f0f0";
 const SLOW: Duration = Duration::from_secs(60);
-/// The central's lease in these tests (the default is 90 s).
-const LEASE_S: u64 = 6;
-
-/// The central, with short routing times, and the bare remote every checkout is cloned from.
-struct Fleet {
-    central: Central,
-    /// Holds the bare remotes.
-    dir: tempfile::TempDir,
-    remote: String,
-}
-
-impl Fleet {
-    fn start() -> Fleet {
-        let central = Central::start();
-        central.pg.query(&format!(
-            "update private.routing_settings set lease_s = {LEASE_S}, heartbeat_s = 1, \
-             stale_after_s = 3, offer_s = 1, reap_interval_s = 0, backoff_base_s = 0, \
-             backoff_cap_s = 0, unroutable_alert_s = 1"
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        let seed = dir.path().join("seed");
-        ccm_tests::git_repo(&seed, None);
-        let bare = dir.path().join("app.git");
-        git(dir.path(), &["clone", "-q", "--bare", seed.to_str().unwrap(), bare.to_str().unwrap()]);
-        let remote = format!("file://{}", bare.display());
-        Fleet { central, dir, remote }
-    }
-
-    /// A node named `name` with `slots` agent slots, a checkout of the remote when `checkout`,
-    /// whose agents behave as `mode` (the fixture's `FAKE_MODE`, with `FAKE_SLEEP` for `slow`).
-    fn node(&self, n: u8, name: &str, checkout: bool, mode: &str) -> Node {
-        let home = TestHome::new(&format!("route-{name}"));
-        let proxy = FaultProxy::start(&self.central.rest_url(), "rpc/");
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
-        home.write_config(&format!(
-            "node:\n  name: {name}\nscheduler:\n  slots: 2\n\
-             tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\n\
-             runtime:\n  poll_ms: 50\n\
-             profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: {mode}, FAKE_SLEEP: '30', FAKE_DELAY: '1'}}\n\
-             sync:\n  rest_url: {}\n  publishable_key: {}\n  interval_secs: 2\n  heartbeat_secs: 1\n  claim_ms: 300\n  routed_status_ms: 300\n  fence_margin_secs: 2\n",
-            fixture.display(),
-            proxy.url(),
-            self.central.anon_key()
-        ));
-        if checkout {
-            let clone = home.work().join("app");
-            git(&home.work(), &["clone", "-q", &self.remote, clone.to_str().unwrap()]);
-            git(&clone, &["config", "user.email", "test@example.com"]);
-            git(&clone, &["config", "user.name", "ccm test"]);
-            home.run_ok(&["context", "add", clone.to_str().unwrap()]);
-        }
-        let sub = format!("00000000-0000-4000-8000-0000000000{n:02x}");
-        let out =
-            home.run_ok(&["sync", "enroll", "--jwt", &self.central.system_token(&sub, OWNER)]);
-        assert!(out.contains("enrolled as"), "{out}");
-        Node { home, daemon: None, proxy }
-    }
-
-    /// The central's row of a routed task.
-    fn task(&self, id: &str) -> Value {
-        let rows = self.central.pg.rows(&format!(
-            "select t.state, t.reason, t.attempts, (select s.name from private.task_attempts a \
-             join private.systems s using (system_id) where a.task_id = t.task_id \
-             order by a.attempt desc limit 1) as executing \
-             from private.routed_tasks t where t.task_id = '{id}'"
-        ));
-        rows.as_array().and_then(|r| r.first().cloned()).unwrap_or(Value::Null)
-    }
-
-    /// `(system name, fencing token, outcome)` of each attempt at the task.
-    fn attempts(&self, id: &str) -> Vec<(String, i64, Option<String>)> {
-        let rows = self.central.pg.rows(&format!(
-            "select s.name, a.fencing_token, a.outcome from private.task_attempts a \
-             join private.systems s using (system_id) where a.task_id = '{id}' order by a.attempt"
-        ));
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap().to_string(),
-                    r["fencing_token"].as_i64().unwrap(),
-                    r["outcome"].as_str().map(str::to_string),
-                )
-            })
-            .collect()
-    }
-}
-
-struct Node {
-    home: TestHome,
-    daemon: Option<Daemon>,
-    proxy: FaultProxy,
-}
-
-impl Node {
-    fn up(mut self) -> Node {
-        self.daemon = Some(self.home.start());
-        self
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().expect("the daemon runs")
-    }
-
-    fn add(&self, args: &[&str]) -> String {
-        let mut all = vec!["task", "add", "--profile", "fake"];
-        all.extend(args);
-        self.home.run_json(&all)["id"].as_str().expect("an id").to_string()
-    }
-
-    /// The local task with this id, if the node has one.
-    async fn local(&self, id: &str) -> Option<Value> {
-        let (status, task) = self.daemon().get(&format!("/api/tasks/{id}")).await;
-        (status == 200).then_some(task)
-    }
-
-    /// The routed task as `ccm task show --json` shows it on its origin.
-    fn routed(&self, id: &str) -> Value {
-        self.home.run_json(&["task", "show", id])
-    }
-
-    fn log(&self) -> String {
-        self.daemon.as_ref().map(Daemon::log_text).unwrap_or_default()
-    }
-
-    /// Kills the daemon and every agent of this node with SIGKILL.
-    fn crash(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            daemon.kill9();
-        }
-        let _ = Command::new("tmux").args(["-L", &self.home.tmux_socket(), "kill-server"]).output();
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn local_state(node: &Node, id: &str) -> Option<String> {
     node.local(id).await.and_then(|t| t["state"].as_str().map(str::to_string))
@@ -299,10 +142,7 @@ async fn with_the_origin_offline_a_task_waits_there_and_is_routed_when_sync_retu
     alpha.proxy.set_random(Some((1.0, Fault::Reset)), 1);
 
     let id = alpha.add(&["offline work", "--repo", &fleet.remote]);
-    let other = format!(
-        "file://{}",
-        fleet.remote.trim_start_matches("file://").replace("app.git", "lib.git")
-    );
+    let other = fleet.remote.replace("app.git", "lib.git");
     let local = alpha.add(&["work for a checkout to come", "--repo", &other]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let shown = alpha.home.run_ok(&["task", "show", &id]);

@@ -12,6 +12,7 @@
 //! - [`central`]: a real central (PostgreSQL 15 with `supabase/`, postrust in front), for the
 //!   central schema's tests and the sync engine's.
 //! - [`faultproxy`]: a fault-injecting HTTP proxy on loopback between a node and postrust.
+//! - [`fleet`]: several nodes against one central, for routing across systems.
 //! - [`browser`]: a real headless Chromium through WebDriver, for the dashboard.
 //! - [`wait_until`]: polls a condition with a deadline, for state the scheduler reaches.
 //! - [`HOLDER_PROFILE`] and [`Api::agent_token`]: an agent that only holds its task, whose
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod browser;
 pub mod central;
 pub mod faultproxy;
+pub mod fleet;
 pub mod standin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
