@@ -292,7 +292,9 @@ async fn agents_running_when_the_daemon_is_killed_are_adopted_and_finish_once() 
         assert_eq!(
             git(&repo, &["show", &format!("{branch}:side-effect.txt")]),
             "ran once\n",
-            "{branch}"
+            "{branch}: {:#}\n{}",
+            task(&daemon, id).await,
+            daemon.log_text()
         );
         assert_eq!(
             git(&repo, &["log", "--format=%s", &format!("main..{branch}")]).lines().count(),
