@@ -384,6 +384,8 @@ async fn central_down_while_ten_thousand_changes_happen_then_each_applies_once_i
         .map(|s| (s.json()["p_batch"].clone(), s.body.len()))
         .filter(|(b, _)| b["lane"] == "normal")
         .map(|(b, len)| (b["streams"]["task_summary"].as_array().map_or(0, Vec::len), len))
+        // A health snapshot written meanwhile may travel alone on the timer.
+        .filter(|(summaries, _)| *summaries > 0)
         .collect();
     assert!(normal.len() <= 4, "normal requests (items, bytes) for 10,000 rows: {normal:?}");
 }

@@ -303,6 +303,8 @@ pub async fn poll(bot: Telegram, context: Context) {
                         let reply = handle(&bot, &context, update).await;
                         if let Some(id) = update["update_id"].as_i64() {
                             bot.set_offset(&context, id + 1).await;
+                            // The next holder of the central lease starts after it too.
+                            bot.central_lease(&context).await;
                         }
                         if let Some(reply) = reply {
                             reply.send(&bot).await;
