@@ -645,7 +645,9 @@ pub(super) async fn apply_in_tx(
                     );
                     ask_decision(tx, id, kind, &question, now).await?;
                 }
-                Effect::ReleaseClaims => super::hooks::release_claims(tx, id, step.to, now).await?,
+                Effect::ReleaseClaims => {
+                    super::claims::release_claims(tx, id, step.to, now).await?
+                }
                 other => left.push(other),
             }
         }
