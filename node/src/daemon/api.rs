@@ -48,7 +48,7 @@ use super::{security, AppState};
 use crate::config::Answer;
 use crate::home::Home;
 use crate::hooks::event::{HookEvent, Kind, System};
-use crate::hooks::gate;
+use crate::hooks::gate::{self, Verdict};
 use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
@@ -463,18 +463,16 @@ async fn answer(
     }
     let Some(task) = ingested.task else { return Ok(json!({})) };
     let home = Home::at(state.home.clone());
-    let owned = gate::check_ownership(&state.store, &home, &task, event)
-        .await
-        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
-    if let Some(reason) = owned {
-        return Ok(event.decision_output(false, &reason).unwrap_or_else(|| json!({})));
-    }
+    let approvals = &state.config.approvals;
     let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
-    if !ask_human && gate::needs_approval(&state.config.approvals, event, workdir) {
-        let (allow, reason) = await_approval(state, &task, event).await?;
-        return Ok(event.decision_output(allow, &reason).unwrap_or_else(|| json!({})));
-    }
-    Ok(json!({}))
+    let verdict = match gate::verdict(&state.store, &home, &task, event, approvals, workdir).await?
+    {
+        // The store recorded the prompt as a pending decision: the human answers it there.
+        Verdict::Ask if ask_human => Verdict::Pass,
+        Verdict::Ask => await_approval(state, &task, event).await?,
+        verdict => verdict,
+    };
+    Ok(verdict.output(event).unwrap_or_else(|| json!({})))
 }
 
 /// Asks the operator about a tool call and waits for the answer, or the configured default
@@ -483,7 +481,7 @@ async fn await_approval(
     state: &AppState,
     task: &Task,
     event: &HookEvent,
-) -> Result<(bool, String), ApiError> {
+) -> Result<Verdict, ApiError> {
     let tool = event.tool.as_deref().unwrap_or("a tool");
     let what = event.command.clone().unwrap_or_else(|| event.paths.join(", "));
     let question = format!(
@@ -499,7 +497,9 @@ async fn await_approval(
         let current = state.store.decision(decision.id).await?;
         if let Some(answer) = current.answer {
             let by = current.answered_by.unwrap_or_default();
-            return Ok((answer == "allow", format!("{answer} by {by} through ccm")));
+            let reason = format!("{answer} by {by} through ccm");
+            let answer = if answer == "allow" { Answer::Allow } else { Answer::Deny };
+            return Ok(Verdict::approved(answer, reason));
         }
         if tokio::time::Instant::now() >= deadline {
             let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
@@ -515,7 +515,7 @@ async fn await_approval(
                     "nobody answered within {}s: the configured default is {default}",
                     approvals.timeout_secs
                 );
-                return Ok((default == "allow", reason));
+                return Ok(Verdict::approved(approvals.default, reason));
             }
             continue;
         }
