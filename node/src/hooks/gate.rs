@@ -111,9 +111,7 @@ async fn check_ownership(
 async fn roots(store: &Store, task: &Task) -> Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
     if let Some(saved) = store.worktree(task.id).await? {
-        if let Some(path) = saved.pointer("/worktree/path").and_then(|p| p.as_str()) {
-            roots.push(PathBuf::from(path));
-        }
+        roots.push(saved.worktree.path);
     }
     if let Some(repo) = &task.repo {
         if let Some(context) = store

@@ -5,7 +5,6 @@ use std::path::Path;
 use ccm_schema::{Severity, Task};
 use tracing::warn;
 
-use super::start::SavedWorktree;
 use super::Runtime;
 use crate::agents::gemini_state;
 use crate::worktree;
@@ -15,7 +14,6 @@ impl Runtime {
     /// info alert.
     pub(super) async fn cleanup(&self, task: &Task) -> anyhow::Result<()> {
         let Some(saved) = self.store.worktree(task.id).await? else { return Ok(()) };
-        let saved: SavedWorktree = serde_json::from_value(saved)?;
         // ccm's own hook settings are not the agent's work: remove them before judging what is left.
         if saved.worktree.path.is_dir() {
             if let Err(e) = crate::hooks::install::uninstall(

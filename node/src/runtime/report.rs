@@ -3,7 +3,6 @@
 use ccm_schema::{AgentKind, Task, Timestamp};
 use serde_json::json;
 
-use super::start::SavedWorktree;
 use super::Runtime;
 use crate::agents::parse::OutputSummary;
 use crate::config::Role;
@@ -22,12 +21,7 @@ impl Runtime {
             Some(agent) => self.summary(agent).await,
             None => OutputSummary::default(),
         };
-        let work = match self
-            .store
-            .worktree(task.id)
-            .await?
-            .and_then(|w| serde_json::from_value::<SavedWorktree>(w).ok())
-        {
+        let work = match self.store.worktree(task.id).await? {
             Some(saved) => {
                 let short = task.short_id();
                 let summarized = tokio::task::spawn_blocking(move || {

@@ -13,7 +13,7 @@ use crate::agents::profile::{Mode, Placeholders, Profile};
 use crate::config::{Config, Role};
 use crate::store::NewAgent;
 use crate::tmux::WindowSpec;
-use crate::worktree::{self, Worktree};
+use crate::worktree::{self, SavedWorktree};
 
 impl Runtime {
     /// Fails the task's attempt before any agent ran.
@@ -110,7 +110,7 @@ impl Runtime {
     pub(super) async fn workspace(
         &self,
         task: &Task,
-    ) -> Result<(PathBuf, Option<serde_json::Value>), Workspace> {
+    ) -> Result<(PathBuf, Option<SavedWorktree>), Workspace> {
         let internal = |e: &dyn std::fmt::Display| Workspace::Retry(e.to_string());
         let Some(repo) = &task.repo else {
             let dir = self.home.root().join("scratch").join(task.short_id());
@@ -118,10 +118,8 @@ impl Runtime {
             return Ok((dir, None));
         };
         if let Some(saved) = self.store.worktree(task.id).await.map_err(|e| internal(&e))? {
-            if let Ok(saved) = serde_json::from_value::<SavedWorktree>(saved) {
-                if saved.worktree.path.is_dir() {
-                    return Ok((saved.worktree.path, None));
-                }
+            if saved.worktree.path.is_dir() {
+                return Ok((saved.worktree.path, None));
             }
         }
         let contexts = self.store.contexts().await.map_err(|e| internal(&e))?;
@@ -188,9 +186,8 @@ impl Runtime {
         .await
         .map_err(|e| internal(&e))?
         .map_err(|e| Workspace::Retry(format!("cannot prepare the worktree: {e}")))?;
-        let saved = SavedWorktree { repo: repo_path, worktree: prepared.clone() };
-        let json = serde_json::to_value(&saved).map_err(|e| internal(&e))?;
-        Ok((prepared.path, Some(json)))
+        let path = prepared.path.clone();
+        Ok((path, Some(SavedWorktree { repo: repo_path, worktree: prepared })))
     }
 
     pub(super) fn hook_options<'a>(
@@ -320,8 +317,8 @@ impl Runtime {
         profile: &Profile,
     ) -> Vec<String> {
         let saved = self.store.worktree(task.id).await.ok().flatten();
-        let repo = saved.and_then(|w| serde_json::from_value::<SavedWorktree>(w).ok());
-        repo.and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
+        saved
+            .and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
             .and_then(|config| config.profiles.get(name).map(|p| p.allowed_tools.clone()))
             .unwrap_or_else(|| profile.allowed_tools.clone())
     }
@@ -333,13 +330,6 @@ pub(super) enum Workspace {
     Fatal(String),
     /// Perhaps a retry fixes it (setup failed, git hiccup).
     Retry(String),
-}
-
-/// What `tasks.worktree` holds.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(super) struct SavedWorktree {
-    pub repo: PathBuf,
-    pub worktree: Worktree,
 }
 
 /// Replaces `{name}` placeholders in one pass (substituted text is not scanned again).
