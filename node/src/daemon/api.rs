@@ -42,6 +42,7 @@ use ccm_schema::{Context, Task, TaskEvent, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{security, AppState};
@@ -96,7 +97,19 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), settle_store))
         .layer(middleware::from_fn_with_state(state.clone(), super::metrics::count_request))
         .layer(middleware::from_fn_with_state(state.clone(), security::check_host_and_origin))
+        .layer(middleware::from_fn(request_span))
         .with_state(state)
+}
+
+/// Runs the request in a `request` span naming its method and path, so that what is logged
+/// while it is handled (an internal error's details among it) says which request it was.
+async fn request_span(request: Request, next: middleware::Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    next.run(request).instrument(span).await
 }
 
 /// Answers only once a write the handler refused or failed is rolled back, so that no other
