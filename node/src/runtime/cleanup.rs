@@ -5,14 +5,14 @@ use std::path::Path;
 use ccm_schema::{Severity, Task};
 use tracing::warn;
 
-use super::Runtime;
+use super::{Result, Runtime, RuntimeError};
 use crate::agents::gemini_state;
 use crate::worktree;
 
 impl Runtime {
     /// A finished task's worktree goes, unless that would lose work; what is kept is said in an
     /// info alert.
-    pub(super) async fn cleanup(&self, task: &Task) -> anyhow::Result<()> {
+    pub(super) async fn cleanup(&self, task: &Task) -> Result<()> {
         let Some(saved) = self.store.worktree(task.id).await? else { return Ok(()) };
         // ccm's own hook settings are not the agent's work: remove them before judging what is left.
         if saved.worktree.path.is_dir() {
@@ -24,7 +24,9 @@ impl Runtime {
         }
         let settings = crate::config::load_checked(&self.store, self.home.root(), &saved.repo)
             .await
-            .map_err(|problem| anyhow::anyhow!("cannot clean the worktree up: {problem}"))?
+            .map_err(|problem| {
+                RuntimeError::Other(format!("cannot clean the worktree up: {problem}"))
+            })?
             .worktree;
         let outcome = tokio::task::spawn_blocking(move || {
             let outcome = worktree::cleanup(&saved.repo, &saved.worktree, &settings.copy_files)?;

@@ -41,6 +41,27 @@ use crate::store::{AttemptEnd, RetryPolicy, Store};
 use crate::tmux::Tmux;
 use observe::Observed;
 
+/// Why a runtime step failed; the step runs again at the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tmux(#[from] crate::tmux::TmuxError),
+    #[error(transparent)]
+    Worktree(#[from] crate::worktree::WorktreeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("a blocking step did not finish: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Other(String),
+}
+
+type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
 /// The agent runtime; cheap to clone (jobs hold a clone).
 #[derive(Clone)]
 pub struct Runtime {
@@ -124,7 +145,7 @@ impl Runtime {
     }
 
     /// One reconciliation of the database with reality.
-    pub async fn pass(&self, passes: &mut Passes) -> anyhow::Result<()> {
+    pub async fn pass(&self, passes: &mut Passes) -> Result<()> {
         // Before the tasks are read: jobs that ended until now are in what is read.
         self.jobs().ended.clear();
         let tasks: HashMap<Uuid, Task> =
@@ -150,7 +171,7 @@ impl Runtime {
     }
 
     /// Starts the job the task's state calls for, unless one is in flight.
-    async fn advance(&self, task: &Task, dispatching: bool) -> anyhow::Result<()> {
+    async fn advance(&self, task: &Task, dispatching: bool) -> Result<()> {
         let external = self.profile(&task.profile).is_some_and(|p| p.mode == Mode::External);
         let busy = {
             let jobs = self.jobs();
@@ -210,7 +231,7 @@ impl Runtime {
         self.jobs().running.contains(&task)
     }
 
-    async fn run_job(&self, task: &Task, job: Job) -> anyhow::Result<()> {
+    async fn run_job(&self, task: &Task, job: Job) -> Result<()> {
         debug!("job started");
         match job {
             Job::StartWorker => self.start_worker(task).await,

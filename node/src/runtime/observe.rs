@@ -10,7 +10,7 @@ use ccm_schema::{
 use tracing::{info, warn};
 
 use super::outcome::quota_until;
-use super::{Passes, Runtime};
+use super::{Passes, Result, Runtime};
 use crate::agents::parse::{OutputFormat, OutputSummary};
 use crate::store::{AgentProgress, AttemptEnd};
 
@@ -45,7 +45,7 @@ impl Runtime {
         agent: &Agent,
         task: Option<&Task>,
         passes: &mut Passes,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         if agent.status == AgentStatus::Starting {
             return self.settle_start(agent).await;
         }
@@ -149,7 +149,7 @@ impl Runtime {
         &self,
         agent: &Agent,
         task: Option<&Task>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool> {
         if agent.kind != AgentKind::Worker {
             return Ok(false);
         }
@@ -171,7 +171,7 @@ impl Runtime {
     /// An agent recorded as starting and no job opening its window: the daemon stopped between
     /// recording the agent and recording its window. Adopt the window if it was opened (it is
     /// named after the agent), else the agent never ran.
-    pub(super) async fn settle_start(&self, agent: &Agent) -> anyhow::Result<()> {
+    pub(super) async fn settle_start(&self, agent: &Agent) -> Result<()> {
         if self.has_job(agent.task_id) {
             return Ok(()); // its window is being opened right now
         }
@@ -197,7 +197,7 @@ impl Runtime {
         agent: &Agent,
         observed: &mut Observed,
         last: bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let due = observed.saved.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
         if !(observed.dirty && (due || last)) {
             return Ok(());
@@ -223,7 +223,7 @@ impl Runtime {
         &self,
         window: &str,
         windows: &mut Option<(Instant, HashSet<String>)>,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool> {
         let listed = |windows: &Option<(Instant, HashSet<String>)>| {
             windows
                 .as_ref()
@@ -237,7 +237,7 @@ impl Runtime {
     }
 
     /// Closes the agent's window and records why it ended.
-    pub(super) async fn stop(&self, agent: &Agent, status: AgentStatus) -> anyhow::Result<()> {
+    pub(super) async fn stop(&self, agent: &Agent, status: AgentStatus) -> Result<()> {
         if let Some(window) = &agent.window_id {
             self.tmux.kill(window).await?;
         }
@@ -247,7 +247,7 @@ impl Runtime {
 }
 
 /// Appends the new complete lines of the agent's output log to its summary.
-pub(super) async fn read_output(log: &Path, observed: &mut Observed) -> anyhow::Result<()> {
+pub(super) async fn read_output(log: &Path, observed: &mut Observed) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let Ok(mut file) = tokio::fs::File::open(log).await else { return Ok(()) };
     let len = file.metadata().await?.len();

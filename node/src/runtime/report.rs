@@ -3,7 +3,7 @@
 use ccm_schema::{AgentKind, Task, Timestamp};
 use serde_json::json;
 
-use super::Runtime;
+use super::{Result, Runtime};
 use crate::agents::parse::OutputSummary;
 use crate::config::Role;
 use crate::worktree;
@@ -11,7 +11,7 @@ use crate::worktree;
 impl Runtime {
     /// `report_generation`: diff stat, commits, verification, cost, tokens, tool calls,
     /// duration and the last message, stored with the attempt.
-    pub(super) async fn report(&self, task: &Task) -> anyhow::Result<()> {
+    pub(super) async fn report(&self, task: &Task) -> Result<()> {
         let agents = self.store.task_agents(task.id).await?;
         let attempts = self.store.attempts(task.id).await?;
         let attempt = attempts.last();

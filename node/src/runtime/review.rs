@@ -3,12 +3,12 @@
 use ccm_schema::{Agent, AgentKind, AgentStatus, FailureClass, Task, TaskEvent};
 
 use super::start::render;
-use super::Runtime;
+use super::{Result, Runtime};
 use crate::config::Role;
 
 impl Runtime {
     /// `supervisory`: a headless supervisory agent over the report.
-    pub(super) async fn start_review(&self, task: &Task) -> anyhow::Result<()> {
+    pub(super) async fn start_review(&self, task: &Task) -> Result<()> {
         let step = task
             .workflow
             .as_deref()
@@ -61,7 +61,7 @@ impl Runtime {
     }
 
     /// The supervisory agent is gone: apply its verdict.
-    pub(super) async fn judge(&self, task: &Task, agent: &Agent) -> anyhow::Result<()> {
+    pub(super) async fn judge(&self, task: &Task, agent: &Agent) -> Result<()> {
         let summary = self.summary(agent).await;
         if agent.status != AgentStatus::Exited || agent.exit_code != Some(0) {
             let reason = format!(

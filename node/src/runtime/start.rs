@@ -8,7 +8,7 @@ use ccm_schema::{Agent, AgentKind, AgentStatus, FailureClass, Task, TaskEvent};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::Runtime;
+use super::{Result, Runtime, RuntimeError};
 use crate::agents::profile::{Mode, Placeholders, Profile};
 use crate::config::{Config, Role};
 use crate::store::NewAgent;
@@ -22,7 +22,7 @@ impl Runtime {
         task: &Task,
         class: FailureClass,
         reason: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         warn!(reason, "task cannot start");
         self.store
             .runtime_event(task.id, TaskEvent::Failed { class }, reason, self.policy())
@@ -31,7 +31,7 @@ impl Runtime {
     }
 
     /// Worktree (or scratch directory), prompt, agent row and tmux window for a queued task.
-    pub(super) async fn start_worker(&self, task: &Task) -> anyhow::Result<()> {
+    pub(super) async fn start_worker(&self, task: &Task) -> Result<()> {
         let workflow = task.workflow.as_deref().map(|w| self.config.workflows.get(w).ok_or(w));
         let workflow = match workflow.transpose() {
             Ok(workflow) => workflow,
@@ -88,7 +88,7 @@ impl Runtime {
             let policy = self.policy();
             let begun =
                 self.store.begin_attempt(task.id, &agent, &prompt, unrecorded.as_ref(), policy);
-            anyhow::Ok((begun.await?, agent.token))
+            Ok::<_, RuntimeError>((begun.await?, agent.token))
         };
         let ((task, recorded), token) = match begun.await {
             Ok(begun) => begun,
@@ -215,7 +215,7 @@ impl Runtime {
         profile: &str,
         cwd: &Path,
         prompt: &str,
-    ) -> anyhow::Result<NewAgent> {
+    ) -> Result<NewAgent> {
         let id = Uuid::new_v4();
         let dir = self.home.root().join("agents").join(id.to_string());
         tokio::fs::create_dir_all(&dir).await?;
@@ -239,7 +239,7 @@ impl Runtime {
         token: &str,
         profile: &Profile,
         prompt: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
@@ -264,7 +264,10 @@ impl Runtime {
                 r#"D="$CCM_AGENT_DIR"; "$@"; echo $? >"$D/exit.tmp"; mv "$D/exit.tmp" "$D/exit""#
             }
             Mode::External => {
-                anyhow::bail!("profile `{}` is external: ccm runs no agent for it", agent.profile)
+                return Err(RuntimeError::Other(format!(
+                    "profile `{}` is external: ccm runs no agent for it",
+                    agent.profile
+                )))
             }
         };
         let mut full =

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ccm_schema::{Agent, FailureClass, Severity, Task, TaskEvent, Timestamp};
 
 use super::outcome::{classify, Classified, WorkerEnd};
-use super::Runtime;
+use super::{Result, Runtime};
 use crate::agents::parse::{OutputFormat, OutputSummary};
 use crate::store::AttemptEnd;
 
@@ -15,7 +15,7 @@ const VERIFY_OUTPUT_LIMIT: usize = 16 * 1024;
 
 impl Runtime {
     /// The worker is gone: a usage limit, a crash, or the verification gate.
-    pub(super) async fn finish_worker(&self, task: &Task, agent: &Agent) -> anyhow::Result<()> {
+    pub(super) async fn finish_worker(&self, task: &Task, agent: &Agent) -> Result<()> {
         let (summary, output) = self.summary_and_output(agent).await;
         let last_message = summary.last_message.clone();
         let policy = self.policy();
