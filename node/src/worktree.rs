@@ -177,6 +177,15 @@ pub struct Worktree {
     pub base_branch: String,
 }
 
+/// What `tasks.worktree` holds while a task's worktree exists: the worktree and the checkout it
+/// was made from. Read leniently (`Store::worktree`): fields it does not know are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedWorktree {
+    /// The checkout of the task's repository (a registered context).
+    pub repo: PathBuf,
+    pub worktree: Worktree,
+}
+
 /// Creates the task's worktree, or returns the existing one (idempotent: retries of a task
 /// reuse it, setup does not run again).
 ///

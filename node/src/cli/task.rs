@@ -450,8 +450,8 @@ fn show_detail(detail: &TaskDetail) {
     let short = t.short_id();
     show_task(detail);
     if let Some(worktree) = &detail.worktree {
-        let field = |name| worktree["worktree"][name].as_str().unwrap_or("?").to_string();
-        println!("work:\n  branch    {}\n  worktree  {}", field("branch"), field("path"));
+        let worktree = &worktree.worktree;
+        println!("work:\n  branch    {}\n  worktree  {}", worktree.branch, worktree.path.display());
     } else if t.repo.is_some() && !detail.runs.is_empty() {
         println!("work:\n  branch    ccm/{short} (its worktree is removed once the task ends)");
     }

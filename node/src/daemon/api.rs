@@ -42,13 +42,14 @@ use ccm_schema::{Context, Task, TaskEvent, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{security, AppState};
 use crate::config::Answer;
 use crate::home::Home;
 use crate::hooks::event::{HookEvent, Kind, System};
-use crate::hooks::gate;
+use crate::hooks::gate::{self, Verdict};
 use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
@@ -96,7 +97,19 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), settle_store))
         .layer(middleware::from_fn_with_state(state.clone(), super::metrics::count_request))
         .layer(middleware::from_fn_with_state(state.clone(), security::check_host_and_origin))
+        .layer(middleware::from_fn(request_span))
         .with_state(state)
+}
+
+/// Runs the request in a `request` span naming its method and path, so that what is logged
+/// while it is handled (an internal error's details among it) says which request it was.
+async fn request_span(request: Request, next: middleware::Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    next.run(request).instrument(span).await
 }
 
 /// Answers only once a write the handler refused or failed is rolled back, so that no other
@@ -463,18 +476,16 @@ async fn answer(
     }
     let Some(task) = ingested.task else { return Ok(json!({})) };
     let home = Home::at(state.home.clone());
-    let owned = gate::check_ownership(&state.store, &home, &task, event)
-        .await
-        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
-    if let Some(reason) = owned {
-        return Ok(event.decision_output(false, &reason).unwrap_or_else(|| json!({})));
-    }
+    let approvals = &state.config.approvals;
     let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
-    if !ask_human && gate::needs_approval(&state.config.approvals, event, workdir) {
-        let (allow, reason) = await_approval(state, &task, event).await?;
-        return Ok(event.decision_output(allow, &reason).unwrap_or_else(|| json!({})));
-    }
-    Ok(json!({}))
+    let verdict = match gate::verdict(&state.store, &home, &task, event, approvals, workdir).await?
+    {
+        // The store recorded the prompt as a pending decision: the human answers it there.
+        Verdict::Ask if ask_human => Verdict::Pass,
+        Verdict::Ask => await_approval(state, &task, event).await?,
+        verdict => verdict,
+    };
+    Ok(verdict.output(event).unwrap_or_else(|| json!({})))
 }
 
 /// Asks the operator about a tool call and waits for the answer, or the configured default
@@ -483,7 +494,7 @@ async fn await_approval(
     state: &AppState,
     task: &Task,
     event: &HookEvent,
-) -> Result<(bool, String), ApiError> {
+) -> Result<Verdict, ApiError> {
     let tool = event.tool.as_deref().unwrap_or("a tool");
     let what = event.command.clone().unwrap_or_else(|| event.paths.join(", "));
     let question = format!(
@@ -499,7 +510,9 @@ async fn await_approval(
         let current = state.store.decision(decision.id).await?;
         if let Some(answer) = current.answer {
             let by = current.answered_by.unwrap_or_default();
-            return Ok((answer == "allow", format!("{answer} by {by} through ccm")));
+            let reason = format!("{answer} by {by} through ccm");
+            let answer = if answer == "allow" { Answer::Allow } else { Answer::Deny };
+            return Ok(Verdict::approved(answer, reason));
         }
         if tokio::time::Instant::now() >= deadline {
             let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
@@ -515,7 +528,7 @@ async fn await_approval(
                     "nobody answered within {}s: the configured default is {default}",
                     approvals.timeout_secs
                 );
-                return Ok((default == "allow", reason));
+                return Ok(Verdict::approved(approvals.default, reason));
             }
             continue;
         }

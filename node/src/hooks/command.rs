@@ -19,8 +19,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::event::{HookEvent, Kind, System};
-use super::{gate, spool};
-use crate::config::{Answer, Config};
+use super::gate::{self, Verdict};
+use super::spool;
+use crate::config::Config;
 use crate::home::Home;
 use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
 
@@ -209,21 +210,21 @@ async fn directly(
             let reason = format!(
                 "{problem}; the daemon is not running, so the tool call is refused until it is fixed"
             );
-            return Ok(event.decision_output(false, &reason));
+            return Ok(Verdict::Deny(reason).output(event));
         }
     };
     let Some(task) = ingested.task else { return Ok(None) };
-    if let Some(reason) = gate::check_ownership(&store, home, &task, event).await? {
-        return Ok(event.decision_output(false, &reason));
-    }
+    let approvals = &config.approvals;
     let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
-    if gate::needs_approval(&config.approvals, event, workdir) {
-        let allow = config.approvals.default == Answer::Allow;
-        let reason =
-            "the ccm daemon is not running, so nobody can approve: the configured default applies";
-        return Ok(event.decision_output(allow, reason));
-    }
-    Ok(None)
+    let verdict = match gate::verdict(&store, home, &task, event, approvals, workdir).await? {
+        Verdict::Ask => Verdict::approved(
+            approvals.default,
+            "the ccm daemon is not running, so nobody can approve: the configured default applies"
+                .to_string(),
+        ),
+        verdict => verdict,
+    };
+    Ok(verdict.output(event))
 }
 
 /// Appends a line to `logs/hook.log`.

@@ -1,25 +1,78 @@
 //! What ccm answers a hook event: strict file ownership for writes, and whether an approval
-//! rule makes the tool call wait for a human. Shared by the daemon's `POST /api/hooks` and the
-//! direct path of `ccm hook`.
+//! rule makes the tool call wait for a human. [`verdict`] decides, for the daemon's
+//! `POST /api/hooks` and the direct path of `ccm hook` alike; [`Verdict::output`] words it.
 
 use std::path::{Path, PathBuf};
 
 use ccm_schema::Task;
+use serde_json::Value;
 
 use super::event::{HookEvent, Kind};
-use crate::config::ApprovalConfig;
+use crate::config::{Answer, ApprovalConfig};
 use crate::home::Home;
-use crate::store::{Ownership, Store};
+use crate::store::{Ownership, Result, Store};
 
-/// Refuses a write to a file another active task owns (or that the project's config
-/// pre-assigns to another workflow or task); claims it otherwise. Returns the reason of a
-/// refusal.
-pub async fn check_ownership(
+/// What ccm answers a hook event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to say: the CLI goes on as it would.
+    Pass,
+    Allow(String),
+    Deny(String),
+    /// An approval rule holds the tool call: a human answers (or the configured default, when
+    /// nobody can), then [`Verdict::approved`] gives the verdict.
+    Ask,
+}
+
+impl Verdict {
+    /// The verdict of an answered approval (or of the configured default).
+    pub fn approved(answer: Answer, reason: String) -> Verdict {
+        match answer {
+            Answer::Allow => Verdict::Allow(reason),
+            Answer::Deny => Verdict::Deny(reason),
+        }
+    }
+
+    /// The verdict in the sending CLI's JSON format; `None` when there is nothing to say (or
+    /// the event is not one the CLI takes an answer to).
+    pub fn output(&self, event: &HookEvent) -> Option<Value> {
+        match self {
+            Verdict::Allow(reason) => event.decision_output(true, reason),
+            Verdict::Deny(reason) => event.decision_output(false, reason),
+            Verdict::Pass | Verdict::Ask => None,
+        }
+    }
+}
+
+/// Decides what ccm answers the task's event: a deny when it writes a file another task owns
+/// (the file is claimed otherwise), `Ask` when an approval rule holds it (`workdir` is the
+/// agent's working directory), else `Pass`.
+pub async fn verdict(
     store: &Store,
     home: &Home,
     task: &Task,
     event: &HookEvent,
-) -> anyhow::Result<Option<String>> {
+    approvals: &ApprovalConfig,
+    workdir: Option<&str>,
+) -> Result<Verdict> {
+    if let Some(reason) = check_ownership(store, home, task, event).await? {
+        return Ok(Verdict::Deny(reason));
+    }
+    if needs_approval(approvals, event, workdir) {
+        return Ok(Verdict::Ask);
+    }
+    Ok(Verdict::Pass)
+}
+
+/// Refuses a write to a file another active task owns (or that the project's config
+/// pre-assigns to another workflow or task); claims it otherwise. Returns the reason of a
+/// refusal.
+async fn check_ownership(
+    store: &Store,
+    home: &Home,
+    task: &Task,
+    event: &HookEvent,
+) -> Result<Option<String>> {
     if !(event.kind == Kind::PreTool && event.writes) || event.paths.is_empty() {
         return Ok(None);
     }
@@ -55,12 +108,10 @@ pub async fn check_ownership(
 
 /// The directories a task's file paths are relative to: its worktree, then the checkout of its
 /// repository.
-async fn roots(store: &Store, task: &Task) -> anyhow::Result<Vec<PathBuf>> {
+async fn roots(store: &Store, task: &Task) -> Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
     if let Some(saved) = store.worktree(task.id).await? {
-        if let Some(path) = saved.pointer("/worktree/path").and_then(|p| p.as_str()) {
-            roots.push(PathBuf::from(path));
-        }
+        roots.push(saved.worktree.path);
     }
     if let Some(repo) = &task.repo {
         if let Some(context) = store
@@ -157,6 +208,57 @@ mod tests {
 
     fn rules(rules: Vec<ApprovalRule>) -> ApprovalConfig {
         ApprovalConfig { rules, ..ApprovalConfig::default() }
+    }
+
+    #[tokio::test]
+    async fn the_verdict_denies_a_write_to_another_tasks_file_and_asks_when_a_rule_holds_the_call()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let store = Store::open(&home.db_file(), "node").await.unwrap();
+        let config = crate::config::Config::load(dir.path(), None).unwrap();
+        let new = |title: &str| crate::store::NewTask { title: title.into(), ..Default::default() };
+        let first = store.create_task(new("first"), &config, "test").await.unwrap();
+        let second = store.create_task(new("second"), &config, "test").await.unwrap();
+        let write = event(
+            r#"{"hook_event_name":"PreToolUse","cwd":"/w","tool_name":"Write","tool_input":{"file_path":"/w/src/a.rs"}}"#,
+        );
+        let bash = event(
+            r#"{"hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"git push"}}"#,
+        );
+        let none = ApprovalConfig::default();
+        let bash_held =
+            rules(vec![ApprovalRule { tools: vec!["Bash".into()], ..Default::default() }]);
+        let verdict = |task, event, approvals| verdict(&store, &home, task, event, approvals, None);
+
+        assert_eq!(
+            verdict(&first, &write, &none).await.unwrap(),
+            Verdict::Pass,
+            "a free file is claimed"
+        );
+        assert_eq!(
+            verdict(&first, &write, &none).await.unwrap(),
+            Verdict::Pass,
+            "its owner writes again"
+        );
+        let denied = verdict(&second, &write, &none).await.unwrap();
+        let Verdict::Deny(reason) = &denied else { panic!("expected a deny, got {denied:?}") };
+        assert!(reason.starts_with("src/a.rs is owned by task"), "{reason}");
+        assert_eq!(verdict(&second, &bash, &bash_held).await.unwrap(), Verdict::Ask);
+        assert_eq!(verdict(&second, &bash, &none).await.unwrap(), Verdict::Pass);
+
+        // Worded in the sending CLI's format; nothing to say is no output.
+        let output = denied.output(&write).unwrap();
+        assert_eq!(output["hookSpecificOutput"]["permissionDecision"], "deny");
+        assert_eq!(output["hookSpecificOutput"]["permissionDecisionReason"], reason.as_str());
+        let allowed = Verdict::approved(Answer::Allow, "allow by cli through ccm".into());
+        assert_eq!(allowed, Verdict::Allow("allow by cli through ccm".into()));
+        assert_eq!(
+            allowed.output(&bash).unwrap()["hookSpecificOutput"]["permissionDecision"],
+            "allow"
+        );
+        assert_eq!(Verdict::Pass.output(&bash), None);
+        assert_eq!(Verdict::Ask.output(&bash), None);
     }
 
     #[test]

@@ -49,9 +49,18 @@ pub fn write(home: &Path, entry: &Entry) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Why the spool could not be drained; what was not ingested stays for the next time.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot read the hook spool: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Stores every spooled event (once, by its key) and removes its file. Returns how many were
 /// ingested. A file that cannot be read as an entry is renamed `*.bad` and logged.
-pub async fn ingest(home: &Path, store: &Store, policy: RetryPolicy) -> anyhow::Result<usize> {
+pub async fn ingest(home: &Path, store: &Store, policy: RetryPolicy) -> Result<usize, SpoolError> {
     let dir = dir(home);
     let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return Ok(0) };
     let mut ingested = 0;

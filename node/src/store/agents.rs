@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::tasks::{apply_in_tx, load_task, raise_alert};
 use super::{outbox, Result, RetryPolicy, Store, StoreError, Writing};
+use crate::worktree::SavedWorktree;
 
 pub(super) const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
      session_id, exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at";
@@ -84,7 +85,7 @@ impl Store {
         task: Uuid,
         agent: &NewAgent,
         prompt: &str,
-        worktree: Option<&serde_json::Value>,
+        worktree: Option<&SavedWorktree>,
         policy: RetryPolicy,
     ) -> Result<(Task, Agent)> {
         let mut tx = self.write().await?;
@@ -378,22 +379,27 @@ impl Store {
         Ok(())
     }
 
-    /// Remembers (or forgets, with `None`) the task's worktree as JSON.
-    pub async fn set_worktree(
-        &self,
-        task: Uuid,
-        worktree: Option<&serde_json::Value>,
-    ) -> Result<()> {
+    /// Remembers (or forgets, with `None`) the task's worktree.
+    pub async fn set_worktree(&self, task: Uuid, worktree: Option<&SavedWorktree>) -> Result<()> {
         write_worktree(&mut self.writer().await?.conn, task, worktree).await
     }
 
-    pub async fn worktree(&self, task: Uuid) -> Result<Option<serde_json::Value>> {
+    /// The task's worktree, while it exists. A record that does not read as one (written by
+    /// another version) counts as none, with a warning: the worktree stays on disk.
+    pub async fn worktree(&self, task: Uuid) -> Result<Option<SavedWorktree>> {
         let row: Option<(Option<sqlx::types::Json<serde_json::Value>>,)> =
             sqlx::query_as("SELECT worktree FROM tasks WHERE id = ?")
                 .bind(task.hyphenated())
                 .fetch_optional(&self.readers)
                 .await?;
-        Ok(row.and_then(|(w,)| w.map(|w| w.0)))
+        let Some(value) = row.and_then(|(w,)| w.map(|w| w.0)) else { return Ok(None) };
+        match serde_json::from_value(value) {
+            Ok(saved) => Ok(Some(saved)),
+            Err(error) => {
+                tracing::warn!(task = %task, %error, "the task's worktree record is unreadable; ignoring it");
+                Ok(None)
+            }
+        }
     }
 
     /// Tasks the runtime has work for: those holding a slot, and finished ones whose worktree
@@ -518,7 +524,7 @@ impl Store {
 async fn write_worktree(
     db: &mut sqlx::SqliteConnection,
     task: Uuid,
-    worktree: Option<&serde_json::Value>,
+    worktree: Option<&SavedWorktree>,
 ) -> Result<()> {
     sqlx::query("UPDATE tasks SET worktree = ? WHERE id = ?")
         .bind(worktree.map(sqlx::types::Json))

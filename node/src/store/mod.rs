@@ -16,6 +16,7 @@
 //! reach the central store is written to `outbox` in the same transaction as the change.
 
 mod agents;
+mod claims;
 mod contexts;
 mod hooks;
 mod notify;
@@ -40,10 +41,9 @@ use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
+pub use claims::{ChangeRequest, Claim, Ownership};
 pub use contexts::ContextProbe;
-pub use hooks::{
-    ChangeRequest, Claim, HookJob, Ingested, Origin, Ownership, Receipt, StoredHookEvent, Via,
-};
+pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use routing::RoutedTask;

@@ -72,9 +72,9 @@ pub struct TaskDetail {
     /// Tokens all the task's agents used.
     #[serde(default)]
     pub tokens: Tokens,
-    /// The worktree record (`path`, `branch`, ...) while the task's worktree exists.
+    /// The task's worktree (`path`, `branch`, ...) while it exists.
     #[serde(default)]
-    pub worktree: Option<serde_json::Value>,
+    pub worktree: Option<crate::worktree::SavedWorktree>,
     /// Hook events of the task's agents (`ccm task show ID --events` lists them).
     #[serde(default)]
     pub hook_events: i64,
@@ -645,7 +645,9 @@ pub(super) async fn apply_in_tx(
                     );
                     ask_decision(tx, id, kind, &question, now).await?;
                 }
-                Effect::ReleaseClaims => super::hooks::release_claims(tx, id, step.to, now).await?,
+                Effect::ReleaseClaims => {
+                    super::claims::release_claims(tx, id, step.to, now).await?
+                }
                 other => left.push(other),
             }
         }

@@ -1,0 +1,376 @@
+//! Starting agents: the task's workspace (worktree or scratch directory), the agent's row and
+//! its tmux window.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ccm_schema::{Agent, AgentKind, AgentStatus, FailureClass, Task, TaskEvent};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::{Result, Runtime, RuntimeError};
+use crate::agents::profile::{Mode, Placeholders, Profile};
+use crate::config::{Config, Role};
+use crate::store::NewAgent;
+use crate::tmux::WindowSpec;
+use crate::worktree::{self, SavedWorktree};
+
+impl Runtime {
+    /// Fails the task's attempt before any agent ran.
+    pub(super) async fn fail_before_start(
+        &self,
+        task: &Task,
+        class: FailureClass,
+        reason: &str,
+    ) -> Result<()> {
+        warn!(reason, "task cannot start");
+        self.store
+            .runtime_event(task.id, TaskEvent::Failed { class }, reason, self.policy())
+            .await?;
+        Ok(())
+    }
+
+    /// Worktree (or scratch directory), prompt, agent row and tmux window for a queued task.
+    pub(super) async fn start_worker(&self, task: &Task) -> Result<()> {
+        let workflow = task.workflow.as_deref().map(|w| self.config.workflows.get(w).ok_or(w));
+        let workflow = match workflow.transpose() {
+            Ok(workflow) => workflow,
+            Err(name) => {
+                return self
+                    .fail_before_start(
+                        task,
+                        FailureClass::Fatal,
+                        &format!("unknown workflow `{name}`"),
+                    )
+                    .await
+            }
+        };
+        let step = workflow.and_then(|w| w.step(Role::Worker));
+        let profile_name =
+            step.and_then(|s| s.profile.clone()).unwrap_or_else(|| task.profile.clone());
+        let Some(profile) = self.profile(&profile_name).cloned() else {
+            return self
+                .fail_before_start(
+                    task,
+                    FailureClass::Fatal,
+                    &format!("unknown agent profile `{profile_name}`"),
+                )
+                .await;
+        };
+        // The previous attempts (for the prompt) are read while the worktree is prepared.
+        let (workspace, attempts) =
+            tokio::join!(self.workspace(task), self.store.attempts(task.id));
+        let (cwd, unrecorded) = match workspace {
+            Ok(workspace) => workspace,
+            Err(Workspace::Fatal(reason)) => {
+                return self.fail_before_start(task, FailureClass::Fatal, &reason).await
+            }
+            Err(Workspace::Retry(reason)) => {
+                return self.fail_before_start(task, FailureClass::Crash, &reason).await
+            }
+        };
+        let template = step.map_or("{prompt}", |s| s.prompt.as_str());
+        let mut prompt =
+            render(template, &[("title", &task.title), ("prompt", &task.prompt), ("report", "")]);
+        let begun = async {
+            if let Some(previous) = attempts?.into_iter().rfind(|a| a.outcome.is_some()) {
+                prompt.push_str(&format!(
+                    "\n\n---\nThis is attempt {} of {}. Attempt {} ended with `{}`.\nIts verification output:\n```\n{}\n```\nIts last message:\n{}\n",
+                    task.attempts + 1,
+                    task.max_attempts,
+                    previous.number,
+                    previous.outcome.as_deref().unwrap_or("unknown"),
+                    previous.verify_output.as_deref().unwrap_or("(none)"),
+                    previous.last_message.as_deref().unwrap_or("(none)"),
+                ));
+            }
+            let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
+            let policy = self.policy();
+            let begun =
+                self.store.begin_attempt(task.id, &agent, &prompt, unrecorded.as_ref(), policy);
+            Ok::<_, RuntimeError>((begun.await?, agent.token))
+        };
+        let ((task, recorded), token) = match begun.await {
+            Ok(begun) => begun,
+            Err(error) => {
+                // The attempt did not begin (the task may have been cancelled meanwhile), but
+                // its new worktree must be known, to be cleaned up.
+                if let Some(worktree) = &unrecorded {
+                    self.store.set_worktree(task.id, Some(worktree)).await?;
+                }
+                return Err(error);
+            }
+        };
+        self.launch(&task, &recorded, &token, &profile, &prompt).await
+    }
+
+    /// The directory the task's agents work in: its git worktree when it has a repository,
+    /// else a scratch directory. A worktree made now comes with its record for
+    /// `tasks.worktree`, which the caller saves (with the attempt's beginning, for a worker).
+    pub(super) async fn workspace(
+        &self,
+        task: &Task,
+    ) -> Result<(PathBuf, Option<SavedWorktree>), Workspace> {
+        let internal = |e: &dyn std::fmt::Display| Workspace::Retry(e.to_string());
+        let Some(repo) = &task.repo else {
+            let dir = self.home.root().join("scratch").join(task.short_id());
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| internal(&e))?;
+            return Ok((dir, None));
+        };
+        if let Some(saved) = self.store.worktree(task.id).await.map_err(|e| internal(&e))? {
+            if saved.worktree.path.is_dir() {
+                return Ok((saved.worktree.path, None));
+            }
+        }
+        let contexts = self.store.contexts().await.map_err(|e| internal(&e))?;
+        let Some(context) = contexts
+            .into_iter()
+            .find(|c| c.repo_url.as_deref() == Some(repo.as_str()) || c.path == *repo)
+        else {
+            return Err(Workspace::Fatal(format!(
+                "no checkout of {repo} is registered on this system; run `ccm context add PATH` with a clone of it"
+            )));
+        };
+        let repo_path = PathBuf::from(&context.path);
+        let settings = crate::config::load_checked(&self.store, self.home.root(), &repo_path)
+            .await
+            .map_err(|problem| Workspace::Retry(format!("cannot prepare the worktree: {problem}")))?
+            .worktree;
+        let base = context.default_branch.clone().unwrap_or_else(|| "main".into());
+        let short = task.short_id();
+        let home = self.home.root().to_owned();
+        let runtime = self.clone();
+        let repo_for_job = repo_path.clone();
+        // Files and git only, all blocking: on a blocking thread, so the preparations of
+        // several tasks overlap and none holds up the runtime's other work.
+        let span = tracing::Span::current();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let _job = span.enter();
+            let prepared = worktree::prepare(&worktree::Spec {
+                repo: &repo_for_job,
+                base_branch: &base,
+                short_id: &short,
+                root: &home.join("worktrees"),
+                copy_files: &settings.copy_files,
+                setup: settings.setup.as_deref(),
+            })?;
+            // Local hook settings are not committed, so the worktree gets ccm's hooks of its own,
+            // kept out of the agent's commits whatever git command it runs.
+            let ccm = crate::hooks::ccm_command();
+            let options = runtime.hook_options(&prepared.path, &ccm);
+            match crate::hooks::install::install(&options) {
+                Ok(reports) => {
+                    let files: Vec<&Path> = reports
+                        .iter()
+                        .filter(|r| {
+                            use crate::hooks::install::Action;
+                            matches!(r.action, Action::Added | Action::AlreadyPresent)
+                        })
+                        .map(|r| r.file.as_path())
+                        .collect();
+                    if let Err(e) =
+                        worktree::keep_out_of_commits(&repo_for_job, &prepared.path, &files)
+                    {
+                        warn!(error = %e, "cannot keep ccm's hooks out of the worktree's commits; the agent runs without them");
+                        if let Err(e) = crate::hooks::install::uninstall(&options) {
+                            warn!(error = %e, "cannot remove ccm's hooks from the worktree");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot install ccm's hooks into the worktree; the agent runs without them")
+                }
+            }
+            Ok::<_, worktree::WorktreeError>(prepared)
+        })
+        .await
+        .map_err(|e| internal(&e))?
+        .map_err(|e| Workspace::Retry(format!("cannot prepare the worktree: {e}")))?;
+        let path = prepared.path.clone();
+        Ok((path, Some(SavedWorktree { repo: repo_path, worktree: prepared })))
+    }
+
+    pub(super) fn hook_options<'a>(
+        &self,
+        worktree: &'a Path,
+        ccm: &'a str,
+    ) -> crate::hooks::install::Options<'a> {
+        crate::hooks::install::Options {
+            repo: worktree,
+            ccm,
+            shared: false,
+            gate_timeout_secs: self.gate_timeout_secs(),
+        }
+    }
+
+    /// How long an agent CLI waits for a gate hook: the approval timeout, plus a margin so
+    /// ccm answers (deny) before the CLI gives up on the hook.
+    pub(super) fn gate_timeout_secs(&self) -> u64 {
+        self.config.approvals.timeout_secs + 30
+    }
+
+    pub(super) async fn new_agent(
+        &self,
+        kind: AgentKind,
+        profile: &str,
+        cwd: &Path,
+        prompt: &str,
+    ) -> Result<NewAgent> {
+        let id = Uuid::new_v4();
+        let dir = self.home.root().join("agents").join(id.to_string());
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(dir.join("prompt.md"), prompt).await?;
+        Ok(NewAgent {
+            id,
+            kind,
+            profile: profile.to_string(),
+            dir: dir.to_string_lossy().into_owned(),
+            cwd: cwd.to_string_lossy().into_owned(),
+            token: crate::store::new_agent_token()?,
+        })
+    }
+
+    /// Opens the agent's tmux window; its output goes to `output.log` and its exit status to
+    /// `exit` in the agent's directory. `token` is the agent's credential for its hook events.
+    pub(super) async fn launch(
+        &self,
+        task: &Task,
+        agent: &Agent,
+        token: &str,
+        profile: &Profile,
+        prompt: &str,
+    ) -> Result<()> {
+        let dir = PathBuf::from(&agent.dir);
+        let session_id = Uuid::new_v4().to_string();
+        let prompt_file = dir.join("prompt.md");
+        let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
+        let codex_hooks = crate::hooks::install::codex_overrides(
+            &crate::hooks::ccm_command(),
+            self.gate_timeout_secs(),
+        );
+        let argv = profile.argv(&Placeholders {
+            codex_hooks: &codex_hooks,
+            prompt,
+            prompt_file: &prompt_file.to_string_lossy(),
+            session_id: &session_id,
+            cwd: &agent.cwd,
+            allowed_tools: &allowed_tools,
+        });
+        let script = match profile.mode {
+            Mode::Headless => {
+                r#"D="$CCM_AGENT_DIR"; { "$@" </dev/null; echo $? >"$D/exit.tmp"; } 2>&1 | tee -a "$D/output.log"; mv "$D/exit.tmp" "$D/exit""#
+            }
+            Mode::Interactive => {
+                r#"D="$CCM_AGENT_DIR"; "$@"; echo $? >"$D/exit.tmp"; mv "$D/exit.tmp" "$D/exit""#
+            }
+            Mode::External => {
+                return Err(RuntimeError::Other(format!(
+                    "profile `{}` is external: ccm runs no agent for it",
+                    agent.profile
+                )))
+            }
+        };
+        let mut full =
+            vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
+        full.extend(argv);
+        // Every variable is given to the window: it would otherwise get the environment of
+        // whichever process started ccm's tmux server, not this daemon's.
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| !name.starts_with("TMUX"))
+            .collect();
+        env.extend(profile.env.clone());
+        env.extend([
+            ("CCM_TASK_ID".to_string(), task.id.to_string()),
+            ("CCM_AGENT_ID".to_string(), agent.id.to_string()),
+            ("CCM_AGENT_TOKEN".to_string(), token.to_string()),
+            ("CCM_ATTEMPT".to_string(), task.attempts.to_string()),
+            ("CCM_AGENT_DIR".to_string(), agent.dir.clone()),
+            ("CCM_HOME".to_string(), self.home.root().to_string_lossy().into_owned()),
+            ("CCM_API".to_string(), format!("http://{}", self.api_addr)),
+        ]);
+        let spec = WindowSpec {
+            name: &agent.short_id(),
+            cwd: Path::new(&agent.cwd),
+            env: &env,
+            argv: &full,
+        };
+        match self.tmux.spawn(&spec).await {
+            Ok(window) => {
+                if profile.mode == Mode::Interactive {
+                    self.tmux.pipe_to(&window.id, &dir.join("output.log")).await?;
+                }
+                self.store.agent_running(agent.id, &window.id, window.pane_pid).await?;
+                info!(agent = %agent.short_id(), window = %window.id, kind = ?agent.kind, "agent started");
+                Ok(())
+            }
+            Err(error) => {
+                self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The tools the profile's agents may use without asking, as the task's project
+    /// configures them (`allowed_tools` in its `.ccm/config.yaml`), else as the profile says.
+    pub(super) async fn allowed_tools(
+        &self,
+        task: &Task,
+        name: &str,
+        profile: &Profile,
+    ) -> Vec<String> {
+        let saved = self.store.worktree(task.id).await.ok().flatten();
+        saved
+            .and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
+            .and_then(|config| config.profiles.get(name).map(|p| p.allowed_tools.clone()))
+            .unwrap_or_else(|| profile.allowed_tools.clone())
+    }
+}
+
+/// Why a task has no directory to work in.
+pub(super) enum Workspace {
+    /// Nothing a retry can fix (no checkout of its repository here).
+    Fatal(String),
+    /// Perhaps a retry fixes it (setup failed, git hiccup).
+    Retry(String),
+}
+
+/// Replaces `{name}` placeholders in one pass (substituted text is not scanned again).
+pub(super) fn render(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let value = after.find('}').and_then(|end| {
+            let name = &after[..end];
+            values.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v, end))
+        });
+        match value {
+            Some((value, end)) => {
+                out.push_str(value);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_placeholders_once() {
+        assert_eq!(
+            render("{title}: {prompt}", &[("title", "T"), ("prompt", "do {title}")]),
+            "T: do {title}"
+        );
+        assert_eq!(render("keep {unknown} and {", &[("title", "T")]), "keep {unknown} and {");
+    }
+}
