@@ -40,10 +40,13 @@ const SETTLE: Duration = Duration::from_secs(5);
 async fn main() {
     let machine = machine();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-bench");
-    let mut rows = board_rows(&shots).await;
-    rows.extend(live_rows(&shots).await);
-    rows.extend(memory_rows(&shots).await);
     println!("\n{machine}");
+    // Each part's rows as soon as they are measured: a later part that fails loses nothing.
+    let mut rows = board_rows(&shots).await;
+    print_table(&rows);
+    rows.extend(live_rows(&shots).await);
+    print_table(&rows);
+    rows.extend(memory_rows(&shots).await);
     print_table(&rows);
 }
 

