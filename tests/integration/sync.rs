@@ -387,7 +387,11 @@ async fn central_down_while_ten_thousand_changes_happen_then_each_applies_once_i
         // A health snapshot written meanwhile may travel alone on the timer.
         .filter(|(summaries, _)| *summaries > 0)
         .collect();
-    assert!(normal.len() <= 4, "normal requests (items, bytes) for 10,000 rows: {normal:?}");
+    // 10,000 rows are at most 5 full batches of 2,000, however few of a task's two rows fall in
+    // one batch to be coalesced (the interleaving of creations and admissions decides); T1
+    // allows 20 requests per 10,000 rows.
+    assert!(normal.len() <= 5, "normal requests (items, bytes) for 10,000 rows: {normal:?}");
+    assert!(normal.iter().all(|(items, _)| *items <= 2_000), "{normal:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
