@@ -9,8 +9,10 @@
 //!   crossed, on `ccm sync now`, and at start; while a sealed batch was cut by the batch policy
 //!   (a backlog), the next one is sealed at once (catch-up).
 //!
-//! - Presence: `api.heartbeat` every `heartbeat` (default 15 s), and `api.register_contexts`
-//!   (the whole set, with its generation) whenever the node's contexts changed.
+//! - Presence: `api.heartbeat` every `heartbeat` (default 15 s), listing the routed leases the
+//!   node holds and handing the answer (renewed, revoked, offers) back to it, and
+//!   `api.register_contexts` (the whole set, with its generation) whenever the node's contexts
+//!   changed.
 //!
 //! A batch leaves the outbox only on a final outcome: acknowledged (2xx echoing its id), split
 //! (its children carry its rows), or its lone item rejected. Transient failures resend the same

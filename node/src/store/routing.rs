@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use uuid::fmt::Hyphenated;
 use uuid::Uuid;
 
-use super::tasks::{apply_in_tx, create_in_tx, load_task};
+use super::tasks::{apply_in_tx, create_in_tx, load_task, task_cost, Tokens};
 use super::{Result, Store, StoreError, Writing};
 use crate::config::Config;
 use crate::store::{NewTask, RetryPolicy};
@@ -565,13 +565,7 @@ async fn result(tx: &mut Writing, task: &Task) -> Result<Value> {
     .bind(task.id.hyphenated())
     .fetch_optional(&mut **tx)
     .await?;
-    let (cost, input, output): (f64, i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(input_tokens), 0), \
-         COALESCE(SUM(output_tokens), 0) FROM agents WHERE task_id = ?",
-    )
-    .bind(task.id.hyphenated())
-    .fetch_one(&mut **tx)
-    .await?;
+    let (cost, Tokens { input, output }) = task_cost(tx, task.id).await?;
     let reason: Option<String> = sqlx::query_scalar(
         "SELECT reason FROM task_log WHERE task_id = ? ORDER BY rowid DESC LIMIT 1",
     )

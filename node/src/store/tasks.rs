@@ -408,13 +408,7 @@ impl Store {
         .bind(id.hyphenated())
         .fetch_all(&mut *conn)
         .await?;
-        let (cost_usd, input, output): (f64, i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(input_tokens), 0), \
-             COALESCE(SUM(output_tokens), 0) FROM agents WHERE task_id = ?",
-        )
-        .bind(id.hyphenated())
-        .fetch_one(&mut *conn)
-        .await?;
+        let (cost_usd, Tokens { input, output }) = task_cost(&mut conn, id).await?;
         let (hook_events,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM hook_events WHERE task_id = ?")
                 .bind(id.hyphenated())
@@ -994,4 +988,19 @@ fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) 
 
 fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
     StoreError::Invalid { field, message: message.into() }
+}
+
+/// What all the task's agents cost, in USD, and the tokens they used.
+pub(super) async fn task_cost(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+) -> Result<(f64, Tokens)> {
+    let (cost, input, output): (f64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(input_tokens), 0), \
+         COALESCE(SUM(output_tokens), 0) FROM agents WHERE task_id = ?",
+    )
+    .bind(id.hyphenated())
+    .fetch_one(conn)
+    .await?;
+    Ok((cost, Tokens { input, output }))
 }
