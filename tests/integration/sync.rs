@@ -179,24 +179,35 @@ fn central_alerts(central: &Central) -> BTreeSet<String> {
 
 /// Each batch the node acknowledged was applied once, and the central applied no other: the
 /// ledger holds exactly the acknowledged batch ids, with the same item counts; no sequence
-/// gap was seen.
+/// gap was seen. A batch in flight (applied, its answer not yet stored) settles within the
+/// wait; a batch applied and never acknowledged, or acknowledged and never applied, does not.
 async fn assert_applied_exactly_once(central: &Central, home: &TestHome) {
-    let mut db = open_db(&home.db_file()).await;
-    let acked: Vec<(String, i64)> =
-        sqlx::query_as("SELECT batch_id, items FROM outbox_batch WHERE state = 'acked'")
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-    let ledger: BTreeMap<String, i64> = central
-        .pg
-        .rows("select batch_id, items from private.ingest_ledger")
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["batch_id"].as_str().unwrap().to_string(), r["items"].as_i64().unwrap()))
-        .collect();
-    let acked: BTreeMap<String, i64> = acked.into_iter().collect();
-    assert_eq!(acked, ledger, "acknowledged batches and the central ledger differ");
+    let read = || async {
+        let mut db = open_db(&home.db_file()).await;
+        let acked: Vec<(String, i64)> =
+            sqlx::query_as("SELECT batch_id, items FROM outbox_batch WHERE state = 'acked'")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        let ledger: BTreeMap<String, i64> = central
+            .pg
+            .rows("select batch_id, items from private.ingest_ledger")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["batch_id"].as_str().unwrap().to_string(), r["items"].as_i64().unwrap()))
+            .collect();
+        (acked.into_iter().collect::<BTreeMap<_, _>>(), ledger)
+    };
+    let settled = wait_until(Duration::from_secs(10), || async {
+        let (acked, ledger) = read().await;
+        acked == ledger
+    })
+    .await;
+    if !settled {
+        let (acked, ledger) = read().await;
+        assert_eq!(acked, ledger, "acknowledged batches and the central ledger differ");
+    }
     let gaps = central.pg.query("select count(*) from private.alerts where kind = 'sync_gap'");
     assert_eq!(gaps, "0", "the central saw a sequence gap");
 }
