@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -31,6 +30,30 @@ impl Silent {
 pub(crate) fn lock_held(home: &Home) -> bool {
     std::fs::File::open(home.lock_file())
         .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// A call to the daemon's API that did not give the expected answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the port file holds a bad address: {0}")]
+    BadAddress(String),
+    #[error("cannot reach the daemon at {url}")]
+    Unreachable {
+        url: reqwest::Url,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the daemon sent a response that is not JSON ({status})")]
+    NotJson {
+        status: StatusCode,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the daemon's answer has an unexpected shape")]
+    Shape(#[source] serde_json::Error),
+    /// The daemon refused the request; its message names what was wrong.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
 }
 
 pub struct Client {
@@ -72,7 +95,7 @@ impl Client {
     }
 
     /// `GET /api/<path...>`; each path segment is percent-encoded.
-    pub async fn get<T: DeserializeOwned>(&self, path: &[&str]) -> anyhow::Result<T> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &[&str]) -> Result<T, ClientError> {
         self.call(Method::GET, path, &[], None).await
     }
 
@@ -80,15 +103,19 @@ impl Client {
         &self,
         path: &[&str],
         query: &[(&str, &str)],
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, ClientError> {
         self.call(Method::GET, path, query, None).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &[&str], body: Value) -> anyhow::Result<T> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        body: Value,
+    ) -> Result<T, ClientError> {
         self.call(Method::POST, path, &[], Some(body)).await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, path: &[&str]) -> anyhow::Result<T> {
+    pub async fn delete<T: DeserializeOwned>(&self, path: &[&str]) -> Result<T, ClientError> {
         self.call(Method::DELETE, path, &[], None).await
     }
 
@@ -98,13 +125,10 @@ impl Client {
         path: &[&str],
         query: &[(&str, &str)],
         body: Option<Value>,
-    ) -> anyhow::Result<T> {
-        let mut url =
-            reqwest::Url::parse(&self.base).context("the port file holds a bad address")?;
-        url.path_segments_mut()
-            .map_err(|()| anyhow::anyhow!("the port file holds a bad address"))?
-            .push("api")
-            .extend(path);
+    ) -> Result<T, ClientError> {
+        let bad_address = || ClientError::BadAddress(self.base.clone());
+        let mut url = reqwest::Url::parse(&self.base).map_err(|_| bad_address())?;
+        url.path_segments_mut().map_err(|()| bad_address())?.push("api").extend(path);
         let mut request = self
             .http
             .request(method, url.clone())
@@ -114,18 +138,18 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response =
-            request.send().await.with_context(|| format!("cannot reach the daemon at {url}"))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(source) => return Err(ClientError::Unreachable { url, source }),
+        };
         let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .with_context(|| format!("the daemon sent a response that is not JSON ({status})"))?;
+        let body: Value =
+            response.json().await.map_err(|source| ClientError::NotJson { status, source })?;
         if status.is_success() {
-            serde_json::from_value(body).context("the daemon's answer has an unexpected shape")
+            serde_json::from_value(body).map_err(ClientError::Shape)
         } else {
-            let message = body["error"]["message"].as_str().unwrap_or("no message");
-            anyhow::bail!("{message}")
+            let message = body["error"]["message"].as_str().unwrap_or("no message").to_string();
+            Err(ClientError::Refused { status, message })
         }
     }
 }

@@ -202,19 +202,17 @@ async fn database(home: &Home, config: &Config) -> Check {
                 )),
             }
         }
-        Err(e) => match e.downcast_ref::<StoreError>() {
-            Some(StoreError::NotADatabase { path, detail }) => Err((
-                format!("{} is not a database ({detail})", path.display()),
-                format!(
-                    "stop the daemon and restore the newest `ccm backup` copy over it (cp BACKUP {}), or move it away to start with an empty database",
-                    path.display()
-                ),
-            )),
-            _ => Err((
-                format!("{e:#}"),
-                format!("check that {} is writable and the disk has space", home.root().display()),
-            )),
-        },
+        Err(crate::home::HomeError::Store(StoreError::NotADatabase { path, detail })) => Err((
+            format!("{} is not a database ({detail})", path.display()),
+            format!(
+                "stop the daemon and restore the newest `ccm backup` copy over it (cp BACKUP {}), or move it away to start with an empty database",
+                path.display()
+            ),
+        )),
+        Err(e) => Err((
+            format!("{:#}", anyhow::Error::from(e)),
+            format!("check that {} is writable and the disk has space", home.root().display()),
+        )),
     };
     Check { name: "database".into(), result }
 }

@@ -9,15 +9,50 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+
+/// What went wrong with the home or one of its files; each names the path and, where there is
+/// one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("cannot find the ccm home: neither CCM_HOME nor HOME is set")]
+    NotFound,
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{problem}; fix: {fix}")]
+    Insecure { problem: String, fix: String },
+    #[error("{} is not valid: expected {{\"token\": \"...\"}}", path.display())]
+    BadAuth {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: the token must be at least {TOKEN_CHARS} printable characters without spaces (it has {length}); fix: delete the file and run `ccm up`, which writes a new random token", path.display())]
+    ShortToken { path: PathBuf, length: usize },
+    #[error("cannot get random bytes for the API token: {0}")]
+    Random(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl HomeError {
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HomeError {
+        let path = path.to_path_buf();
+        move |source| HomeError::Io { what, path, source }
+    }
+}
 
 /// Opens (creating when missing) the home's database, as the CLI and `ccm doctor` do: the
 /// system's name is `node.name`, else the hostname.
 pub async fn open_store(
     home: &Home,
     config: &crate::config::Config,
-) -> anyhow::Result<crate::store::Store> {
+) -> Result<crate::store::Store, HomeError> {
     home.ensure()?;
     let name = config
         .node
@@ -35,13 +70,13 @@ pub struct Home {
 
 impl Home {
     /// `CCM_HOME` if set, else `~/.ccm-global`.
-    pub fn locate() -> anyhow::Result<Home> {
+    pub fn locate() -> Result<Home, HomeError> {
         let root = match std::env::var_os("CCM_HOME") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => {
                 let home = std::env::var_os("HOME")
                     .filter(|h| !h.is_empty())
-                    .context("cannot find the ccm home: neither CCM_HOME nor HOME is set")?;
+                    .ok_or(HomeError::NotFound)?;
                 PathBuf::from(home).join(".ccm-global")
             }
         };
@@ -54,25 +89,24 @@ impl Home {
 
     /// Creates the home directory (0700) when missing, makes an existing one private (0700),
     /// and refuses a home or port file that other users may write ([`Home::check`]).
-    pub fn ensure(&self) -> anyhow::Result<()> {
-        private_dir(&self.root)
-            .with_context(|| format!("cannot create ccm home {}", self.root.display()))?;
+    pub fn ensure(&self) -> Result<(), HomeError> {
+        private_dir(&self.root).map_err(HomeError::io("cannot create ccm home", &self.root))?;
         self.check()?;
-        let mode = std::fs::metadata(&self.root)?.permissions().mode() & 0o777;
-        if mode != 0o700 {
-            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| {
-                    format!("cannot make ccm home {} private (mode 700)", self.root.display())
-                })?;
+        let private = HomeError::io("cannot make private (mode 700) ccm home", &self.root);
+        let mode = std::fs::metadata(&self.root);
+        match mode.map(|m| m.permissions().mode() & 0o777) {
+            Ok(0o700) => Ok(()),
+            Ok(_) => std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                .map_err(private),
+            Err(e) => Err(private(e)),
         }
-        Ok(())
     }
 
     /// Refuses a home directory or port file (`daemon.json`) that another user owns or may
     /// write, naming the fix. Missing ones are fine.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> Result<(), HomeError> {
         match self.insecure() {
-            Some((problem, fix)) => anyhow::bail!("{problem}; fix: {fix}"),
+            Some((problem, fix)) => Err(HomeError::Insecure { problem, fix }),
             None => Ok(()),
         }
     }
@@ -122,44 +156,40 @@ impl Home {
 
     /// Reads the local API token, creating `auth.json` (mode 0600) with a fresh random token
     /// when it does not exist.
-    pub fn ensure_auth(&self) -> anyhow::Result<Auth> {
+    pub fn ensure_auth(&self) -> Result<Auth, HomeError> {
         let path = self.auth_file();
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(mut file) => {
                 let auth = Auth { token: random_token()?, sync: None, telegram_token: None };
-                let json = serde_json::to_string_pretty(&auth)?;
-                file.write_all(json.as_bytes())
+                file.write_all(&auth.to_json())
                     .and_then(|()| file.sync_all())
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                    .map_err(HomeError::io("cannot write", &path))?;
                 Ok(auth)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.read_auth(),
-            Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+            Err(e) => Err(HomeError::io("cannot create", &path)(e)),
         }
     }
 
     /// Reads the token; refuses one shorter than a generated token (an empty or short token
     /// would make the API guessable), saying how to get a new one.
-    pub fn read_auth(&self) -> anyhow::Result<Auth> {
+    pub fn read_auth(&self) -> Result<Auth, HomeError> {
         let path = self.auth_file();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let auth: Auth = serde_json::from_str(&text).with_context(|| {
-            format!("{} is not valid: expected {{\"token\": \"...\"}}", path.display())
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(HomeError::io("cannot read", &path))?;
+        let auth: Auth = match serde_json::from_str(&text) {
+            Ok(auth) => auth,
+            Err(source) => return Err(HomeError::BadAuth { path, source }),
+        };
         let length = auth.token.chars().count();
         if length < TOKEN_CHARS || !auth.token.chars().all(|c| c.is_ascii_graphic()) {
-            anyhow::bail!(
-                "{}: the token must be at least {TOKEN_CHARS} printable characters without spaces (it has {length}); fix: delete the file and run `ccm up`, which writes a new random token",
-                path.display()
-            );
+            return Err(HomeError::ShortToken { path, length });
         }
         Ok(auth)
     }
 
     /// Replaces `auth.json` in one durable step, so a crash leaves the old file or the new one.
-    pub fn write_auth(&self, auth: &Auth) -> anyhow::Result<()> {
-        replace_private(&self.auth_file(), &serde_json::to_vec_pretty(auth)?)
+    pub fn write_auth(&self, auth: &Auth) -> Result<(), HomeError> {
+        replace_private(&self.auth_file(), &auth.to_json())
     }
 
     /// The running daemon's port file; `None` when missing, unreadable, or writable by others
@@ -174,20 +204,21 @@ impl Home {
     }
 
     /// Writes the port file (mode 0600) atomically (temporary file, then rename).
-    pub fn write_daemon_info(&self, info: &DaemonInfo) -> anyhow::Result<()> {
-        replace_private(&self.daemon_file(), &serde_json::to_vec_pretty(info)?)
+    pub fn write_daemon_info(&self, info: &DaemonInfo) -> Result<(), HomeError> {
+        let json = serde_json::to_vec_pretty(info).expect("a port file serializes");
+        replace_private(&self.daemon_file(), &json)
     }
 }
 
 /// Replaces `path` with `bytes` in one durable step: a 0600 temporary file, synced, renamed over
 /// it, then the directory synced.
-fn replace_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
     let tmp = path.with_extension("json.tmp");
     let _ = std::fs::remove_file(&tmp);
     private_file(&tmp)
         .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .map_err(HomeError::io("cannot write", path))?;
     if let Some(dir) = path.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }
@@ -205,6 +236,13 @@ pub struct Auth {
     /// The Telegram bot token, for notifiers of kind `telegram` whose config gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram_token: Option<String>,
+}
+
+impl Auth {
+    /// The file's contents (serializing strings and options cannot fail).
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("auth serializes")
+    }
 }
 
 /// The system's own session at the central project (never the service role key).
@@ -276,9 +314,8 @@ fn foreign_or_writable(path: &Path) -> Option<String> {
     }
 }
 
-fn random_token() -> anyhow::Result<String> {
+fn random_token() -> Result<String, HomeError> {
     let mut bytes = [0u8; TOKEN_CHARS / 2];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("cannot get random bytes for the API token: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(|e| HomeError::Random(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -37,6 +37,15 @@ use crate::config::Config;
 use crate::home::Home;
 use crate::store::Store;
 
+/// Why a claim or a status read did not go through; the loop tries again at its next turn.
+#[derive(Debug, thiserror::Error)]
+enum RouteError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the central call failed: {0}")]
+    Central(String),
+}
+
 /// How often an idle call sender looks for calls queued by another process (the CLI).
 const CALLS_POLL: Duration = Duration::from_secs(1);
 /// Most tasks asked for in one claim.
@@ -207,7 +216,7 @@ impl Router {
                     more
                 }
                 Err(error) => {
-                    failing.warn(format!("{error:#}"), "cannot ask the central for routed work");
+                    failing.warn(error.to_string(), "cannot ask the central for routed work");
                     false
                 }
             };
@@ -219,7 +228,7 @@ impl Router {
     }
 
     /// One `api.claim`; true when it took as many tasks as it asked for (ask again at once).
-    async fn claim(&self) -> anyhow::Result<bool> {
+    async fn claim(&self) -> Result<bool, RouteError> {
         if !self.can_call().await {
             return Ok(false);
         }
@@ -232,7 +241,7 @@ impl Router {
             .client
             .call("claim", &json!({ "p_max": max }))
             .await
-            .map_err(|f| anyhow::anyhow!(f.message))?;
+            .map_err(|f| RouteError::Central(f.message))?;
         if answer.claimed.is_empty() {
             if let Some(reason) = &answer.reason {
                 debug!(%reason, "nothing claimed");
@@ -285,7 +294,7 @@ impl Router {
             match self.follow(&mut since).await {
                 Ok(()) => failing.clear(),
                 Err(error) => {
-                    failing.warn(format!("{error:#}"), "cannot read how the routed tasks are doing")
+                    failing.warn(error.to_string(), "cannot read how the routed tasks are doing")
                 }
             }
             if !self.pause(every, &idle).await {
@@ -294,7 +303,7 @@ impl Router {
         }
     }
 
-    async fn follow(&self, since: &mut Option<String>) -> anyhow::Result<()> {
+    async fn follow(&self, since: &mut Option<String>) -> Result<(), RouteError> {
         if !self.store.routed_unfinished().await? || !self.can_call().await {
             return Ok(());
         }
@@ -302,7 +311,7 @@ impl Router {
             .client
             .call("routed_status", &since.as_ref().map_or(json!({}), |s| json!({ "p_since": s })))
             .await
-            .map_err(|f| anyhow::anyhow!(f.message))?;
+            .map_err(|f| RouteError::Central(f.message))?;
         let changed = self.store.routed_seen(&status.tasks).await?;
         if changed > 0 {
             debug!(changed, "routed tasks changed centrally");

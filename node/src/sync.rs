@@ -155,7 +155,7 @@ pub fn start(
     home: &Home,
     system_id: uuid::Uuid,
     shutdown: CancellationToken,
-) -> anyhow::Result<Option<(ccm_sync::Client, tokio::task::JoinHandle<()>)>> {
+) -> Result<Option<(ccm_sync::Client, tokio::task::JoinHandle<()>)>, crate::daemon::StartError> {
     let Some(endpoint) = config.sync.endpoint()? else {
         return Ok(None);
     };

@@ -255,21 +255,15 @@ impl TaskEvent {
     }
 }
 
-/// What the node must do because of a transition. Effects that are not the node's business yet
-/// (no agent runtime running) are no-ops for it.
+/// What the store must do, in the transaction of a transition, because of it. What happens
+/// next outside the database (starting an agent, verifying, gathering the report, the
+/// supervisory review, stopping an agent) is not an effect: the runtime derives it from the
+/// task's state and its attempt, so it has one owner and survives a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     /// Count a new attempt.
     BeginAttempt,
-    /// Run the task's `verify` command in its worktree.
-    RunVerify,
-    /// Gather the report (diff stat, commits, cost, tool calls, last message).
-    GatherReport,
-    /// Start the workflow's supervisory agent over the report.
-    RunSupervisor,
-    /// Stop the task's agent if one runs.
-    StopAgent,
     /// Release the task's file claims.
     ReleaseClaims,
     /// Wait out the backoff for the given failed attempt, then fire `retry_due`.
@@ -317,11 +311,9 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             vec![E::RaiseAlert { severity: Severity::Warning, reason: "dependency_failed" }],
         ),
         (S::Queued, Ev::Start) => go(S::Executing, vec![E::BeginAttempt]),
-        (S::Executing, Ev::WorkerFinished) => go(S::Executing, vec![E::RunVerify]),
-        (S::Executing, Ev::VerifyPassed) => go(S::ReportGeneration, vec![E::GatherReport]),
-        (S::ReportGeneration, Ev::ReportReady { supervised: true }) => {
-            go(S::Supervisory, vec![E::RunSupervisor])
-        }
+        (S::Executing, Ev::WorkerFinished) => go(S::Executing, vec![]),
+        (S::Executing, Ev::VerifyPassed) => go(S::ReportGeneration, vec![]),
+        (S::ReportGeneration, Ev::ReportReady { supervised: true }) => go(S::Supervisory, vec![]),
         (S::ReportGeneration, Ev::ReportReady { supervised: false })
         | (S::Supervisory, Ev::Verdict { ok: true })
         | (S::Alert, Ev::Accept) => go(S::Complete, vec![E::ReleaseClaims]),
@@ -331,7 +323,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         ),
         // Queued: the attempt failed before its agent ran (no checkout, worktree setup failed).
         (S::Queued | S::Executing | S::ReportGeneration | S::Supervisory, Ev::Failed { class }) => {
-            go(S::Error, vec![E::StopAgent, E::Assess { class }])
+            go(S::Error, vec![E::Assess { class }])
         }
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
             let to = resolution(class, attempt, max_attempts);
@@ -350,11 +342,9 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         }
         (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
         (S::Executing, Ev::QuotaExhausted { until }) => {
-            go(S::WaitingQuota, vec![E::StopAgent, E::WaitForQuota { until }])
+            go(S::WaitingQuota, vec![E::WaitForQuota { until }])
         }
-        (from, Ev::Cancel) if !from.is_terminal() => {
-            go(S::Cancelled, vec![E::StopAgent, E::ReleaseClaims])
-        }
+        (from, Ev::Cancel) if !from.is_terminal() => go(S::Cancelled, vec![E::ReleaseClaims]),
         (S::Blocked | S::Failed | S::Alert | S::Cancelled, Ev::Retry) => {
             go(S::Created, vec![E::ResetAttempts])
         }
@@ -403,16 +393,12 @@ mod tests {
         use TaskState::*;
         check(Created, TaskEvent::Admit, Ok((Queued, vec![])));
         check(Queued, TaskEvent::Start, Ok((Executing, vec![Effect::BeginAttempt])));
-        check(Executing, TaskEvent::WorkerFinished, Ok((Executing, vec![Effect::RunVerify])));
-        check(
-            Executing,
-            TaskEvent::VerifyPassed,
-            Ok((ReportGeneration, vec![Effect::GatherReport])),
-        );
+        check(Executing, TaskEvent::WorkerFinished, Ok((Executing, vec![])));
+        check(Executing, TaskEvent::VerifyPassed, Ok((ReportGeneration, vec![])));
         check(
             ReportGeneration,
             TaskEvent::ReportReady { supervised: true },
-            Ok((Supervisory, vec![Effect::RunSupervisor])),
+            Ok((Supervisory, vec![])),
         );
         check(
             Supervisory,
@@ -447,7 +433,7 @@ mod tests {
     fn failures_retry_until_attempts_are_exhausted_then_block() {
         use FailureClass::*;
         use TaskState::*;
-        let assess = |class| vec![Effect::StopAgent, Effect::Assess { class }];
+        let assess = |class| vec![Effect::Assess { class }];
         check(Executing, failed(VerifyFailed), Ok((Error, assess(VerifyFailed))));
         check(Supervisory, failed(Crash), Ok((Error, assess(Crash))));
         check(Queued, failed(Fatal), Ok((Error, assess(Fatal))));
@@ -488,7 +474,7 @@ mod tests {
         check(
             Executing,
             TaskEvent::QuotaExhausted { until },
-            Ok((WaitingQuota, vec![Effect::StopAgent, Effect::WaitForQuota { until }])),
+            Ok((WaitingQuota, vec![Effect::WaitForQuota { until }])),
         );
         check(WaitingQuota, TaskEvent::QuotaReset, Ok((Queued, vec![])));
     }

@@ -12,6 +12,8 @@
 //!   answer time.
 //! - Memory: the daemon's resident set with 20 agents running and 10 dashboard pages open, against
 //!   the same daemon before the pages were opened.
+//!
+//! `CCM_BENCH_DASHBOARD_ONLY` (for example `live,memory`) runs only the parts it names.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,13 +43,22 @@ async fn main() {
     let machine = machine();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-bench");
     println!("\n{machine}");
+    let only = std::env::var("CCM_BENCH_DASHBOARD_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     // Each part's rows as soon as they are measured: a later part that fails loses nothing.
-    let mut rows = board_rows(&shots).await;
-    print_table(&rows);
-    rows.extend(live_rows(&shots).await);
-    print_table(&rows);
-    rows.extend(memory_rows(&shots).await);
-    print_table(&rows);
+    let mut rows = Vec::new();
+    if runs("board") {
+        rows.extend(board_rows(&shots).await);
+        print_table(&rows);
+    }
+    if runs("live") {
+        rows.extend(live_rows(&shots).await);
+        print_table(&rows);
+    }
+    if runs("memory") {
+        rows.extend(memory_rows(&shots).await);
+        print_table(&rows);
+    }
 }
 
 /// A daemon with the [`HOLDER_PROFILE`] (whose agents hold their task) and `slots` slots.

@@ -100,8 +100,14 @@ impl Browser {
         Browser { client, shots: shots.to_path_buf(), _profile: profile }
     }
 
+    /// Opens `url` and waits for its load event; a WebDriver that does not answer within 30 s
+    /// fails the caller instead of hanging it.
     pub async fn goto(&self, url: &str) {
-        self.client.goto(url).await.unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        match tokio::time::timeout(Duration::from_secs(30), self.client.goto(url)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("cannot open {url}: {e}"),
+            Err(_) => panic!("the browser did not load {url} within 30 s"),
+        }
     }
 
     /// Saves a screenshot of the viewport as `NAME.png`.
@@ -119,8 +125,7 @@ impl Browser {
             .to_string()
     }
 
-    /// Runs `script` (a function body) in the page and returns its result.
-    /// Runs `script` in the page; a WebDriver that does not answer within 30 s fails the caller
+    /// Runs `script` (a function body) in the page and returns its result; a WebDriver that does not answer within 30 s fails the caller
     /// instead of hanging it.
     pub async fn eval(&self, script: &str) -> Value {
         match tokio::time::timeout(Duration::from_secs(30), self.client.execute(script, vec![]))
@@ -136,7 +141,10 @@ impl Browser {
     pub async fn wait_for(&self, what: &str, timeout: Duration, script: &str) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.client.execute(script, vec![]).await.ok() == Some(Value::Bool(true)) {
+            let left =
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+            let answer = tokio::time::timeout(left, self.client.execute(script, vec![])).await;
+            if matches!(answer, Ok(Ok(Value::Bool(true)))) {
                 return;
             }
             if Instant::now() > deadline {

@@ -37,14 +37,16 @@ impl Backend {
 
     pub async fn status(&self) -> anyhow::Result<Status> {
         match self {
-            Backend::Daemon(client) => client.get(&["status"]).await,
+            Backend::Daemon(client) => Ok(client.get(&["status"]).await?),
             Backend::Local { store, .. } => Ok(Status::gather(store, None).await?),
         }
     }
 
     pub async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
         match self {
-            Backend::Daemon(client) => client.post(&["tasks"], serde_json::to_value(new)?).await,
+            Backend::Daemon(client) => {
+                Ok(client.post(&["tasks"], serde_json::to_value(new)?).await?)
+            }
             Backend::Local { store, config } => Ok(store.create_task(new, config, "cli").await?),
         }
     }
@@ -52,7 +54,7 @@ impl Backend {
     /// This system's name and free slots, and whether routing is on.
     pub async fn routing(&self) -> anyhow::Result<RoutingStatus> {
         match self {
-            Backend::Daemon(client) => client.get(&["routing"]).await,
+            Backend::Daemon(client) => Ok(client.get(&["routing"]).await?),
             Backend::Local { store, config } => Ok(RoutingStatus::gather(store, config).await?),
         }
     }
@@ -61,7 +63,7 @@ impl Backend {
     pub async fn route_task(&self, new: NewTask, pin: Option<&str>) -> anyhow::Result<RoutedTask> {
         match self {
             Backend::Daemon(client) => {
-                client.post(&["routed"], json!({ "task": new, "pin": pin })).await
+                Ok(client.post(&["routed"], json!({ "task": new, "pin": pin })).await?)
             }
             Backend::Local { store, config } => Ok(store.route_task(new, pin, config).await?),
         }
@@ -69,7 +71,7 @@ impl Backend {
 
     pub async fn routed_tasks(&self) -> anyhow::Result<Vec<RoutedTask>> {
         match self {
-            Backend::Daemon(client) => client.get(&["routed"]).await,
+            Backend::Daemon(client) => Ok(client.get(&["routed"]).await?),
             Backend::Local { store, .. } => Ok(store.routed_tasks().await?),
         }
     }
@@ -90,8 +92,10 @@ impl Backend {
     pub async fn tasks(&self, state: Option<TaskState>) -> anyhow::Result<Vec<Task>> {
         match self {
             Backend::Daemon(client) => match state {
-                Some(state) => client.get_query(&["tasks"], &[("state", state.as_str())]).await,
-                None => client.get(&["tasks"]).await,
+                Some(state) => {
+                    Ok(client.get_query(&["tasks"], &[("state", state.as_str())]).await?)
+                }
+                None => Ok(client.get(&["tasks"]).await?),
             },
             Backend::Local { store, .. } => Ok(store.tasks(&TaskFilter { state }).await?),
         }
@@ -99,7 +103,7 @@ impl Backend {
 
     pub async fn task(&self, id: &str) -> anyhow::Result<TaskDetail> {
         match self {
-            Backend::Daemon(client) => client.get(&["tasks", id]).await,
+            Backend::Daemon(client) => Ok(client.get(&["tasks", id]).await?),
             Backend::Local { store, .. } => Ok(store.task(id).await?),
         }
     }
@@ -107,7 +111,7 @@ impl Backend {
     /// The hook timeline of the task's agents.
     pub async fn task_events(&self, id: &str) -> anyhow::Result<Vec<StoredHookEvent>> {
         match self {
-            Backend::Daemon(client) => client.get(&["tasks", id, "events"]).await,
+            Backend::Daemon(client) => Ok(client.get(&["tasks", id, "events"]).await?),
             Backend::Local { store, .. } => Ok(store.task_hook_events(id).await?),
         }
     }
@@ -122,11 +126,11 @@ impl Backend {
             Backend::Daemon(client) => {
                 let mut body = serde_json::to_value(event)?;
                 body["reason"] = json!(reason);
-                client.post(&["tasks", id, "events"], body).await
+                Ok(client.post(&["tasks", id, "events"], body).await?)
             }
             Backend::Local { store, config } => {
                 let policy = RetryPolicy::from(&**config);
-                Ok(store.apply_event(id, event, reason, "cli", policy).await?.0)
+                Ok(store.apply_event(id, event, reason, "cli", policy).await?)
             }
         }
     }
@@ -134,7 +138,7 @@ impl Backend {
     pub async fn add_dependencies(&self, id: &str, on: &[String]) -> anyhow::Result<Task> {
         match self {
             Backend::Daemon(client) => {
-                client.post(&["tasks", id, "dependencies"], json!({ "depends_on": on })).await
+                Ok(client.post(&["tasks", id, "dependencies"], json!({ "depends_on": on })).await?)
             }
             Backend::Local { store, .. } => Ok(store.add_dependencies(id, on, "cli").await?),
         }
@@ -143,7 +147,7 @@ impl Backend {
     pub async fn answer(&self, id: &str, answer: &str) -> anyhow::Result<ccm_schema::Decision> {
         match self {
             Backend::Daemon(client) => {
-                client.post(&["decisions", id], json!({ "answer": answer })).await
+                Ok(client.post(&["decisions", id], json!({ "answer": answer })).await?)
             }
             Backend::Local { store, config } => {
                 Ok(store.answer_decision(id, answer, "cli", RetryPolicy::from(&**config)).await?)
@@ -153,30 +157,32 @@ impl Backend {
 
     pub async fn alerts(&self, all: bool) -> anyhow::Result<Vec<Alert>> {
         match self {
-            Backend::Daemon(client) => {
-                client.get_query(&["alerts"], &[("all", if all { "true" } else { "false" })]).await
-            }
+            Backend::Daemon(client) => Ok(client
+                .get_query(&["alerts"], &[("all", if all { "true" } else { "false" })])
+                .await?),
             Backend::Local { store, .. } => Ok(store.alerts(all).await?),
         }
     }
 
     pub async fn acknowledge_alert(&self, id: &str) -> anyhow::Result<Alert> {
         match self {
-            Backend::Daemon(client) => client.post(&["alerts", id, "ack"], json!({})).await,
+            Backend::Daemon(client) => Ok(client.post(&["alerts", id, "ack"], json!({})).await?),
             Backend::Local { store, .. } => Ok(store.acknowledge_alert(id).await?),
         }
     }
 
     pub async fn contexts(&self) -> anyhow::Result<Vec<Context>> {
         match self {
-            Backend::Daemon(client) => client.get(&["contexts"]).await,
+            Backend::Daemon(client) => Ok(client.get(&["contexts"]).await?),
             Backend::Local { store, .. } => Ok(store.contexts().await?),
         }
     }
 
     pub async fn add_context(&self, path: &Path) -> anyhow::Result<Context> {
         match self {
-            Backend::Daemon(client) => client.post(&["contexts"], json!({ "path": path })).await,
+            Backend::Daemon(client) => {
+                Ok(client.post(&["contexts"], json!({ "path": path })).await?)
+            }
             Backend::Local { store, .. } => {
                 Ok(store.upsert_context(&ContextProbe::inspect(path)?).await?)
             }
@@ -185,7 +191,7 @@ impl Backend {
 
     pub async fn remove_context(&self, key: &str) -> anyhow::Result<Context> {
         match self {
-            Backend::Daemon(client) => client.delete(&["contexts", key]).await,
+            Backend::Daemon(client) => Ok(client.delete(&["contexts", key]).await?),
             Backend::Local { store, .. } => Ok(store.remove_context(key).await?),
         }
     }

@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// `logs/daemon.log`, returning once it answers.
 pub async fn up(home: Home, config: Config, detach: bool) -> anyhow::Result<()> {
     if !detach {
-        return crate::daemon::run(home, config).await;
+        return Ok(crate::daemon::run(home, config).await?);
     }
     if let Some(client) = Client::connect(&home).await? {
         anyhow::bail!(

@@ -186,11 +186,19 @@ pub async fn hook(HookArgs { agent, mut payload }: HookArgs) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate()?;
     let db = home.db_file();
-    command(cli, home).await.map_err(|error| match error.downcast_ref::<StoreError>() {
-        Some(StoreError::Busy | StoreError::DiskFull) => {
-            anyhow::anyhow!("cannot write {}: {error}", db.display())
+    command(cli, home).await.map_err(|error| {
+        let store = error.downcast_ref::<StoreError>().or_else(|| {
+            match error.downcast_ref::<crate::home::HomeError>() {
+                Some(crate::home::HomeError::Store(e)) => Some(e),
+                _ => None,
+            }
+        });
+        match store {
+            Some(StoreError::Busy | StoreError::DiskFull) => {
+                anyhow::anyhow!("cannot write {}: {error}", db.display())
+            }
+            _ => error,
         }
-        _ => error,
     })
 }
 

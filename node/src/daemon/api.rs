@@ -311,8 +311,7 @@ async fn task_event(
     })?;
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
     let policy = RetryPolicy::from(&*state.config);
-    let (task, _runtime_effects) =
-        state.store.apply_event(&id, event, &reason, &actor(&headers)?, policy).await?;
+    let task = state.store.apply_event(&id, event, &reason, &actor(&headers)?, policy).await?;
     state.metrics.count_event(event.name());
     state.wake();
     Ok(Json(task))

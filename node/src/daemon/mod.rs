@@ -27,7 +27,6 @@ use std::fs::TryLockError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ccm_schema::Timestamp;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +42,7 @@ pub use security::Allowed;
 use crate::config::Config;
 use crate::home::{DaemonInfo, Home};
 use crate::runtime::{Passes, Runtime};
-use crate::store::{HookJob, Ingested, NewTask, RetryPolicy, Store};
+use crate::store::{HookJob, Ingested, NewTask, RetryPolicy, Store, StoreError};
 
 /// Handles shared by every request; cloning it (once per request) copies one pointer.
 #[derive(Clone)]
@@ -97,12 +96,50 @@ impl Shared {
     }
 }
 
+/// Why the daemon did not start; each names what was wrong and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("another ccm daemon is already running for {home}{running}")]
+    AlreadyRunning { home: String, running: String },
+    #[error("cannot {what} {}", path.display())]
+    Lock {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the SIGTERM and SIGINT handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot listen on {addr}; is another program using the port? set daemon.port in {config} or CCM_DAEMON__PORT")]
+    Listen {
+        addr: String,
+        config: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {path} failed its integrity check: {problems}")]
+    Integrity { path: String, problems: String },
+    #[error("reconciling agents at start-up")]
+    Reconcile(#[source] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Central(#[from] ccm_sync::ClientError),
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
+pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
     home.ensure()?;
     let lock_path = home.lock_file();
-    let lock = crate::home::private_file(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = crate::home::private_file(&lock_path).map_err(|source| StartError::Lock {
+        what: "create",
+        path: lock_path.clone(),
+        source,
+    })?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -110,13 +147,13 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
                 .read_daemon_info()
                 .map(|d| format!(" (pid {}, {})", d.pid, d.addr))
                 .unwrap_or_default();
-            anyhow::bail!(
-                "another ccm daemon is already running for {}{running}",
-                home.root().display()
-            );
+            return Err(StartError::AlreadyRunning {
+                home: home.root().display().to_string(),
+                running,
+            });
         }
-        Err(TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        Err(TryLockError::Error(source)) => {
+            return Err(StartError::Lock { what: "lock", path: lock_path, source })
         }
     }
     // Installed before anything can see this daemon (the port file), so that a SIGTERM sent as
@@ -132,10 +169,13 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     check_integrity(&store).await?;
 
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| {
-        format!("cannot listen on {addr}; is another program using the port? set daemon.port in {} or CCM_DAEMON__PORT", home.config_file().display())
-    })?;
-    let bound = listener.local_addr()?;
+    let listen = |source| StartError::Listen {
+        addr: addr.clone(),
+        config: home.config_file().display().to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
     let daemon = DaemonInfo {
         pid: std::process::id(),
         addr: bound.to_string(),
@@ -155,7 +195,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
     );
     // Reconcile before serving: adopt the agents still running, record the ones that died.
     let mut passes = Passes::default();
-    runtime.pass(&mut passes).await.context("reconciling agents at start-up")?;
+    runtime.pass(&mut passes).await.map_err(StartError::Reconcile)?;
 
     let system = store.system().await?;
     let sync = crate::sync::start(&store, &config, &home, system.id, shutdown.clone())?;
@@ -331,13 +371,13 @@ async fn spool_loop(home: Home, store: Store, policy: RetryPolicy, shutdown: Can
 }
 
 /// Refuses to start on a damaged database.
-async fn check_integrity(store: &Store) -> anyhow::Result<()> {
+async fn check_integrity(store: &Store) -> Result<(), StartError> {
     let integrity = store.integrity_check().await?;
     if integrity != "ok" {
-        anyhow::bail!(
-            "database {} failed its integrity check: {integrity}",
-            store.path().display()
-        );
+        return Err(StartError::Integrity {
+            path: store.path().display().to_string(),
+            problems: integrity,
+        });
     }
     info!(tasks = ?store.state_counts().await?, "store opened");
     Ok(())
@@ -371,12 +411,11 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Signals> {
+    fn install() -> Result<Signals, StartError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let context = "cannot install the SIGTERM and SIGINT handlers";
         Ok(Signals {
-            term: signal(SignalKind::terminate()).context(context)?,
-            int: signal(SignalKind::interrupt()).context(context)?,
+            term: signal(SignalKind::terminate()).map_err(StartError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(StartError::Signals)?,
         })
     }
 

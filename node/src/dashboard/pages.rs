@@ -664,7 +664,7 @@ pub async fn task_event(
     let reason = format!("{} from the dashboard", event.name());
     let policy = RetryPolicy::from(&*state.config);
     match state.store.apply_event(&id, event, &reason, ACTOR, policy).await {
-        Ok((task, _)) => {
+        Ok(task) => {
             state.metrics.count_event(event.name());
             state.wake();
             see_other(&format!("/tasks/{}", task.id))

@@ -37,6 +37,32 @@ const GATE_MARGIN: Duration = Duration::from_secs(5);
 /// How long the direct path waits for another writer before spooling.
 const DIRECT_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Why one path (the daemon's API, or SQLite directly) did not take the event; the hook then
+/// tries the next one and logs this.
+#[derive(Debug, thiserror::Error)]
+enum PathError {
+    #[error("no port file")]
+    NoPortFile,
+    #[error("no connection within {}s", CONNECT_TIMEOUT.as_secs_f32())]
+    Connect(#[from] tokio::time::error::Elapsed),
+    #[error("the daemon answered {0}")]
+    Status(hyper::StatusCode),
+    #[error("no answer within {0}s")]
+    NoAnswer(f32),
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::http::Error),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Runs the hook; always succeeds (the exit code is 0).
 pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) {
     let received_at = Timestamp::now();
@@ -54,11 +80,11 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
     let output = match through_daemon(home, &event, &key, &origin, wait).await {
         Ok(output) => output,
         Err(daemon) => {
-            notes.push(format!("daemon unreachable ({daemon:#}); writing the database directly"));
+            notes.push(format!("daemon unreachable ({daemon}); writing the database directly"));
             match directly(home, &event, &key, &origin, received_at).await {
                 Ok(output) => output,
                 Err(direct) => {
-                    notes.push(format!("direct write failed ({direct:#}); spooling"));
+                    notes.push(format!("direct write failed ({direct}); spooling"));
                     let entry = spool::Entry {
                         key: key.clone(),
                         origin,
@@ -151,11 +177,11 @@ async fn through_daemon(
     key: &str,
     origin: &Origin,
     wait: Duration,
-) -> anyhow::Result<Option<Value>> {
+) -> Result<Option<Value>, PathError> {
     use http_body_util::{BodyExt, Full};
     use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 
-    let daemon = home.read_daemon_info().ok_or_else(|| anyhow::anyhow!("no port file"))?;
+    let daemon = home.read_daemon_info().ok_or(PathError::NoPortFile)?;
     let token = home.read_auth()?.token;
     // The event as parsed here, so what this process saw (invalid UTF-8, truncation) is kept.
     let mut request = hyper::Request::post(format!("/api/hooks?format=ccm&key={key}"))
@@ -175,13 +201,15 @@ async fn through_daemon(
         tokio::spawn(connection);
         let response = sender.send_request(request).await?;
         let status = response.status();
-        anyhow::ensure!(status.is_success(), "the daemon answered {status}");
+        if !status.is_success() {
+            return Err(PathError::Status(status));
+        }
         let body = response.into_body().collect().await?.to_bytes();
-        Ok::<Value, anyhow::Error>(serde_json::from_slice(&body)?)
+        Ok::<Value, PathError>(serde_json::from_slice(&body)?)
     };
     let answer = tokio::time::timeout(wait, exchange)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {}s", wait.as_secs_f32()))??;
+        .map_err(|_| PathError::NoAnswer(wait.as_secs_f32()))??;
     Ok(answer.as_object().is_some_and(|o| !o.is_empty()).then_some(answer))
 }
 
@@ -193,7 +221,7 @@ async fn directly(
     key: &str,
     origin: &Origin,
     received_at: Timestamp,
-) -> anyhow::Result<Option<Value>> {
+) -> Result<Option<Value>, PathError> {
     let store = Store::open_existing(&home.db_file(), DIRECT_BUSY_TIMEOUT).await?;
     let loaded = Config::load(home.root(), None);
     let policy = RetryPolicy::from(loaded.as_ref().unwrap_or(&Config::default()));

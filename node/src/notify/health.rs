@@ -13,6 +13,17 @@ use tracing::warn;
 use super::Context;
 use crate::home::Home;
 
+/// Why a check could not run; it runs again at the next period.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Tmux(#[from] crate::tmux::TmuxError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Runs the checks every `notify.health.check_secs` until shutdown.
 pub async fn run(context: Context) {
     let every = Duration::from_secs(context.config.notify.health.check_secs);
@@ -52,7 +63,7 @@ pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64, u64)> {
     Ok((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block, stat.f_fsid as u64))
 }
 
-async fn check_disks(context: &Context) -> anyhow::Result<()> {
+async fn check_disks(context: &Context) -> Result<(), CheckError> {
     let health = &context.config.notify.health;
     let root = context.home.root();
     let worktrees = root.join("worktrees");
@@ -91,7 +102,7 @@ async fn check_disks(context: &Context) -> anyhow::Result<()> {
 async fn orphan_windows(
     context: &Context,
     suspects: &HashSet<String>,
-) -> anyhow::Result<HashSet<String>> {
+) -> Result<HashSet<String>, CheckError> {
     let tmux = crate::tmux::Tmux::new(context.config.runtime.tmux_socket.clone());
     let live: HashSet<String> =
         context.store.live_agents().await?.iter().map(|a| a.short_id()).collect();
@@ -121,7 +132,10 @@ async fn orphan_windows(
 /// Raises `daemon_crashed` when the port file of a previous daemon is still there (it is
 /// removed on a clean shutdown): the daemon died (killed, crashed, power lost). Called at
 /// start-up, before the new port file is written.
-pub async fn check_previous_run(home: &Home, store: &crate::store::Store) -> anyhow::Result<()> {
+pub async fn check_previous_run(
+    home: &Home,
+    store: &crate::store::Store,
+) -> Result<(), crate::store::StoreError> {
     let Some(previous) = home.read_daemon_info() else { return Ok(()) };
     if previous.pid == std::process::id() {
         return Ok(());

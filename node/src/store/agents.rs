@@ -214,7 +214,7 @@ impl Store {
         reason: &str,
         policy: RetryPolicy,
     ) -> Result<Task> {
-        Ok(self.apply_event(&task.to_string(), event, reason, ACTOR, policy).await?.0)
+        self.apply_event(&task.to_string(), event, reason, ACTOR, policy).await
     }
 
     /// Stores the report of the current attempt and moves the task on (`report_ready`).

@@ -201,8 +201,8 @@ impl Store {
         Ok(task)
     }
 
-    /// Applies `event` to a task and returns the task after it, with the effects the store does
-    /// not carry out itself (running agents, verification, reports) for the caller.
+    /// Applies `event` to a task and returns the task after it. What the runtime does next
+    /// (start, verify, report, review, stop) it derives from the new state.
     pub async fn apply_event(
         &self,
         task: &str,
@@ -210,13 +210,13 @@ impl Store {
         reason: &str,
         actor: &str,
         policy: RetryPolicy,
-    ) -> Result<(Task, Vec<Effect>)> {
+    ) -> Result<Task> {
         let mut tx = self.write().await?;
         let id = resolve_task(&mut tx, task).await?;
-        let effects = apply_in_tx(&mut tx, id, event, reason, actor, policy).await?;
+        apply_in_tx(&mut tx, id, event, reason, actor, policy).await?;
         let task = load_task(&mut tx, id).await?;
         tx.commit().await?;
-        Ok((task, effects))
+        Ok(task)
     }
 
     /// One pass of the scheduler: blocks tasks whose dependencies failed, wakes tasks whose
@@ -556,8 +556,7 @@ pub(super) async fn create_in_tx(
     Ok(task)
 }
 
-/// Applies one event (and the follow-ups it implies) inside `tx`; returns the effects left for
-/// the runtime.
+/// Applies one event (and the follow-ups it implies) inside `tx`, with every effect.
 pub(super) async fn apply_in_tx(
     tx: &mut Writing,
     id: Uuid,
@@ -565,10 +564,9 @@ pub(super) async fn apply_in_tx(
     reason: &str,
     actor: &str,
     policy: RetryPolicy,
-) -> Result<Vec<Effect>> {
+) -> Result<()> {
     let mut task = load_task(tx, id).await?;
     let now = Timestamp::now();
-    let mut left = Vec::new();
     let mut urgent = false;
     let mut pending = VecDeque::from([(event, reason.to_string())]);
     while let Some((event, reason)) = pending.pop_front() {
@@ -642,7 +640,6 @@ pub(super) async fn apply_in_tx(
                 Effect::ReleaseClaims => {
                     super::claims::release_claims(tx, id, step.to, now).await?
                 }
-                other => left.push(other),
             }
         }
         if task.state == TaskState::Blocked && step.to != TaskState::Blocked {
@@ -679,7 +676,7 @@ pub(super) async fn apply_in_tx(
     let task = load_task(tx, id).await?;
     outbox(tx, "task", &task.id.to_string(), &task, urgent).await?;
     super::routing::transitioned(tx, &task, actor).await?;
-    Ok(left)
+    Ok(())
 }
 
 pub(super) async fn raise_alert(
