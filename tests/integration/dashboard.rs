@@ -467,8 +467,43 @@ async fn an_open_page_reconnects_after_kill_9_and_shows_what_it_missed() {
     browser.client.close().await.unwrap();
 }
 
+/// A daemon told to stop while a page is open ends that page's event stream and exits at once,
+/// instead of waiting for the stream (it never ends by itself) until the shutdown's grace runs
+/// out; the page then waits for the next daemon.
+#[tokio::test]
+async fn a_daemon_stops_promptly_while_a_page_follows_its_events() {
+    let home = TestHome::new("dash-stop");
+    let mut daemon = home.start();
+    let browser = Browser::start(&shots("stop"), 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks")).await;
+    browser.wait_for_text("live", Duration::from_secs(10)).await;
+
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = daemon.terminate();
+        (status, daemon.log_text())
+    });
+    let (status, log) = tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("the daemon stopped")
+        .unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("requests still open at shutdown"), "the stream held the stop: {log}");
+    browser
+        .wait_for(
+            "the page to notice the daemon is gone",
+            Duration::from_secs(10),
+            "return document.getElementById('live-status').textContent.indexOf('reconnecting') === 0",
+        )
+        .await;
+    browser.client.close().await.unwrap();
+}
+
 /// Acceptance 5: every page loads without a JavaScript console error and fits a 390 × 844
-/// phone screen with large targets; the alerts page acknowledges an alert.
+/// phone screen with large targets; the alerts page acknowledges an alert. The pages are
+/// visited one after the other in one tab (each load bounded by `Browser::goto`): pages kept
+/// for the back button once held their event streams, and the ninth page waited a minute for a
+/// free connection.
 #[tokio::test]
 async fn pages_have_no_console_errors_and_fit_a_phone() {
     let (home, repo) = setup("dash-phone", &[("fake", "commit", ""), ("crasher", "crash", "")], "");

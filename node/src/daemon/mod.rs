@@ -80,6 +80,9 @@ pub struct Shared {
     /// The sync engine's client, when `sync:` is configured (its token is replaced on
     /// enrolment).
     pub sync: Option<ccm_sync::Client>,
+    /// Cancelled when the daemon begins to stop: long-lived responses (the dashboard's event
+    /// streams) end then, so that the server's drain does not wait for them.
+    pub shutdown: CancellationToken,
 }
 
 impl Shared {
@@ -228,6 +231,7 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         hooks: hook_batcher(store.clone(), RetryPolicy::from(&*config)),
         creations: creation_batcher(store.clone(), config.clone()),
         sync: sync_client.clone(),
+        shutdown: shutdown.clone(),
     }));
     let scheduler = Scheduler {
         store: store.clone(),

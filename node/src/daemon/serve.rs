@@ -2,7 +2,8 @@
 //! also closes idle keep-alive connections), at most `daemon.max_connections` at once (more wait
 //! in the listen backlog), and accept errors such as running out of file descriptors answered
 //! with a back-off instead of a busy loop. On shutdown it stops accepting, lets each connection
-//! finish its request, and returns when all are closed.
+//! finish its request, and returns when all are closed, or after [`GRACE`] (a hook held by an
+//! approval rule may wait minutes; it takes its direct path when the daemon has gone).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +19,14 @@ use tracing::warn;
 
 use crate::config::DaemonConfig;
 
+/// How long shutdown waits for requests in flight.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// First and longest wait after a failed accept.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
-/// Serves `router` on `listener` until `shutdown` is cancelled and every connection closed.
+/// Serves `router` on `listener` until `shutdown` is cancelled and every connection closed (or
+/// [`GRACE`] passed).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -68,5 +73,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+        warn!(grace = ?GRACE, "requests still open at shutdown are dropped");
+    }
 }

@@ -19,6 +19,7 @@ use futures_util::stream::{self, Stream};
 use futures_util::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::store::Store;
@@ -46,13 +47,16 @@ pub struct Hub {
     sender: broadcast::Sender<Notice>,
     /// The last outbox id announced.
     head: AtomicI64,
+    /// Ends every stream when the daemon stops.
+    shutdown: CancellationToken,
 }
 
 impl Hub {
-    /// Starts the hub's task for `store`; it ends when the store's writer is gone.
-    pub fn start(store: Store) -> Arc<Hub> {
+    /// Starts the hub's task for `store`; it ends when the store's writer is gone. The streams
+    /// end when `shutdown` is cancelled (a page then reconnects to the next daemon).
+    pub fn start(store: Store, shutdown: CancellationToken) -> Arc<Hub> {
         let (sender, _) = broadcast::channel(64);
-        let hub = Arc::new(Hub { sender, head: AtomicI64::new(-1) });
+        let hub = Arc::new(Hub { sender, head: AtomicI64::new(-1), shutdown });
         let running = hub.clone();
         tokio::spawn(async move { running.run(store).await });
         hub
@@ -119,7 +123,8 @@ impl Hub {
             };
             Some((Ok(event.0), (receiver, event.1)))
         });
-        Sse::new(stream::once(async move { Ok(first) }).chain(rest))
+        let events = stream::once(async move { Ok(first) }).chain(rest);
+        Sse::new(events.take_until(self.shutdown.clone().cancelled_owned()))
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
     }
 }

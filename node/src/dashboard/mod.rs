@@ -60,7 +60,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             Duration::from_secs(state.config.daemon.dashboard_session_secs),
             port,
         ),
-        hub: Hub::start(state.store.clone()),
+        hub: Hub::start(state.store.clone(), state.shutdown.clone()),
     });
     let cli = Router::new()
         .route("/api/dashboard/codes", post(new_code))

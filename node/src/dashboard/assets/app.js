@@ -64,6 +64,15 @@
 
   if (mode !== "") connect(); else show("", true);
 
+  // A page the browser keeps for its back button must not keep its stream: the browser allows a
+  // few connections per host, and streams held by hidden pages would stall the next page.
+  window.addEventListener("pagehide", function () {
+    if (source) { source.close(); source = null; }
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted && mode !== "" && source === null) { connect(); refresh(); }
+  });
+
   document.addEventListener("click", function (e) {
     var button = e.target.closest && e.target.closest("button[data-copy]");
     if (!button || !navigator.clipboard) return;
