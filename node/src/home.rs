@@ -92,14 +92,13 @@ impl Home {
     pub fn ensure(&self) -> Result<(), HomeError> {
         private_dir(&self.root).map_err(HomeError::io("cannot create ccm home", &self.root))?;
         self.check()?;
-        let private = HomeError::io("cannot make private (mode 700) ccm home", &self.root);
-        let mode = std::fs::metadata(&self.root);
-        match mode.map(|m| m.permissions().mode() & 0o777) {
-            Ok(0o700) => Ok(()),
-            Ok(_) => std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
-                .map_err(private),
-            Err(e) => Err(private(e)),
+        let private = || HomeError::io("cannot make private (mode 700) ccm home", &self.root);
+        let mode = std::fs::metadata(&self.root).map_err(private())?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+                .map_err(private())?;
         }
+        Ok(())
     }
 
     /// Refuses a home directory or port file (`daemon.json`) that another user owns or may
