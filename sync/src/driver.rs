@@ -436,6 +436,27 @@ impl<O: Outbox> Driver<O> {
                 }
             }
         };
+        // Catch-up: the next batch is sealed while this one is in flight, so the central's
+        // time and the node's overlap. Its rows are pending ones (this batch's are sealed) and
+        // its `ord` (its first seq) sorts after this batch and any of its split children, so the
+        // send order is the same as sealing after the acknowledgement. Only on a first attempt:
+        // a lane that keeps failing holds at most one batch ahead.
+        if lane == Lane::Normal && timer.catch_up && batch.attempts == 0 {
+            let policy = budget.policy();
+            let (next, ahead) = tokio::join!(
+                self.send(batch, backoff, budget),
+                seal::seal_next(&self.outbox, lane, policy)
+            );
+            match ahead {
+                Ok(sealed) => timer.sealed(
+                    sealed.is_some_and(|(_, full)| full),
+                    &self.signals,
+                    &self.settings,
+                ),
+                Err(error) => warn!(error = %error, "sealing the next batch failed; retrying"),
+            }
+            return next;
+        }
         self.send(batch, backoff, budget).await
     }
 
