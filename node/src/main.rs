@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
+    if cli.runs_daemon() {
+        limit_malloc_arenas();
+    }
     if !cli.runs_daemon() {
         // A command whose reader went away (`ccm task list | head`) ends quietly, as `ls` and
         // `git log` do, instead of panicking in `println!`. The daemon keeps ignoring SIGPIPE:
@@ -54,6 +57,21 @@ fn main() -> ExitCode {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     finish(runtime, cli::run(cli))
+}
+
+/// SQLite allocates with the C library's malloc, which gives each thread that allocates its own
+/// arena: every SQLite worker thread of the daemon (the writer and the readers) kept the peak of
+/// its own arena, about 13 MB together while a large backlog drained (BENCHMARKS.md, T11). Two
+/// arenas for the whole process keep that peak shared. A fixed mmap threshold keeps each large
+/// block (a batch body SQLite copies, about 1 MiB) in a mapping of its own, returned when freed;
+/// by default the threshold grows with the blocks freed and they stay in the arenas.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc tunables, set before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// Runs the command on the runtime and turns the outcome into the exit code.

@@ -428,7 +428,7 @@ impl<O: Outbox> Driver<O> {
                         id: batch.id,
                         lane,
                         ord: batch.ord,
-                        body: batch.body,
+                        body: batch.body.into(),
                         items: batch.items.len() as i64,
                         attempts: 0,
                     },

@@ -124,7 +124,9 @@ impl Gathered {
             item.push_into(&mut streams);
         }
         let batch = BatchV1 { batch_id: id, lane, streams: &streams, ranges: &ranges };
-        let body = serde_json::to_vec(&IngestParams { p_batch: batch })?;
+        // Sized for the items and the envelope, so the body is never copied while it grows.
+        let mut body = Vec::with_capacity(self.bytes + 1024);
+        serde_json::to_writer(&mut body, &IngestParams { p_batch: batch })?;
         Ok(NewBatch {
             id,
             lane,
@@ -415,7 +417,7 @@ mod tests {
             id: parent.id,
             lane: Lane::Normal,
             ord: parent.ord.clone(),
-            body: parent.body.clone(),
+            body: parent.body.clone().into(),
             items: 5,
             attempts: 1,
         };

@@ -53,6 +53,13 @@ pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
+/// How often, at most, the daemon's checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// SQLite's page cache of each reader, in KiB (SQLite's default is 2,000 per connection). A
+/// reader's work is small pages of rows and index-only counts, which SQLite reads again from
+/// the OS's cache; the four readers' caches were a third of what the daemon grew by while it
+/// drained a large backlog (BENCHMARKS.md, T11).
+const READER_CACHE_KIB: u32 = 512;
 
 /// Errors of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +305,9 @@ impl Store {
             .max_connections(READERS)
             .min_connections(0)
             .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options.read_only(true).pragma("cache_size", format!("-{READER_CACHE_KIB}")),
+            )
             .await
             .map_err(|e| open_error(e.to_string()))?;
         Ok(Store::with_writer(path, readers, writer))
@@ -341,6 +350,49 @@ impl Store {
     /// dashboard's live updates) coalesce wake-ups and read what changed from the outbox.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Moves WAL checkpoints off the writer, for the daemon: SQLite would run one inside
+    /// whichever commit took the WAL past 1,000 pages, holding the one writer (and every write
+    /// waiting for it, such as an urgent alert's batch) while it copies the WAL into the
+    /// database: tens of milliseconds during a catch-up, whose batches write a megabyte or two
+    /// each. Here a connection of its own runs a passive checkpoint, which waits for no writer
+    /// or reader and none waits for it, after writes, at most every [`CHECKPOINT_EVERY`], until
+    /// `shutdown`. Other processes (the CLI, `ccm hook`) keep SQLite's own checkpoints.
+    pub async fn checkpoint_in_background(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        let mut checkpointer = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .disable_statement_logging()
+            .connect()
+            .await?;
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut self.writer().await?.conn)
+            .await?;
+        let mut changes = self.changes();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                if let Err(e) =
+                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut checkpointer).await
+                {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; trying again after the next write");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Closes the readers and the writer, checkpointing the WAL; writes after this fail with
