@@ -363,14 +363,13 @@ impl Store {
         &self,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<()> {
-        let mut checkpointer = SqliteConnectOptions::new()
+        // Opened for each checkpoint and closed after it: an idle daemon keeps no connection
+        // (and no memory) for it.
+        let options = SqliteConnectOptions::new()
             .filename(&self.path)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .disable_statement_logging()
-            .connect()
-            .await?;
+            .disable_statement_logging();
         sqlx::query("PRAGMA wal_autocheckpoint = 0")
             .execute(&mut self.writer().await?.conn)
             .await?;
@@ -381,9 +380,14 @@ impl Store {
                     () = shutdown.cancelled() => return,
                     changed = changes.changed() => if changed.is_err() { return },
                 }
-                if let Err(e) =
-                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut checkpointer).await
-                {
+                let checkpoint = async {
+                    let mut checkpointer = options.connect().await?;
+                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&mut checkpointer)
+                        .await?;
+                    sqlx::Connection::close(checkpointer).await
+                };
+                if let Err(e) = checkpoint.await {
                     tracing::warn!(error = %e, "WAL checkpoint failed; trying again after the next write");
                 }
                 release_freed_memory();
