@@ -59,7 +59,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// reader's work is small pages of rows and index-only counts, which SQLite reads again from
 /// the OS's cache; the four readers' caches were a third of what the daemon grew by while it
 /// drained a large backlog (BENCHMARKS.md, T11).
-const READER_CACHE_KIB: u32 = 512;
+const READER_CACHE_KIB: u32 = 256;
+/// The writer's page cache, in KiB: a catch-up batch's seal or acknowledgement touches about
+/// 1.5 MB of pages, which SQLite spills to the WAL beyond this.
+const WRITER_CACHE_KIB: u32 = 1024;
 
 /// Errors of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +288,8 @@ impl Store {
             // A file being created is never seen here: its creator holds the set-up lock.
             return Err(not_a_database("the file is empty"));
         }
-        let mut writer = options.connect().await.map_err(|e| match StoreError::from(e) {
+        let writer_options = options.clone().pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        let mut writer = writer_options.connect().await.map_err(|e| match StoreError::from(e) {
             StoreError::Database(e) if sqlite_code(&e) == Some(26) => {
                 not_a_database(&e.to_string())
             }
