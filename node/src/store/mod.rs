@@ -57,11 +57,12 @@ const READERS: u32 = 4;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// SQLite's page cache of each reader, in KiB (SQLite's default is 2,000 per connection). A
 /// reader's work is small pages of rows and index-only counts, which SQLite reads again from
-/// the OS's cache; the four readers' caches were a third of what the daemon grew by while it
-/// drained a large backlog (BENCHMARKS.md, T11).
+/// the OS's cache; with the default, the page caches were a good part of what the daemon grew
+/// by while it drained a large backlog (BENCHMARKS.md, T11).
 const READER_CACHE_KIB: u32 = 256;
-/// The writer's page cache, in KiB: a catch-up batch's seal or acknowledgement touches about
-/// 1.5 MB of pages, which SQLite spills to the WAL beyond this.
+/// The writer's page cache, in KiB, for the same reason: a catch-up batch's seal or
+/// acknowledgement touches about 1.5 MB of pages, and SQLite writes what does not fit to the
+/// WAL before the commit (the catch-up's throughput, T3, did not move).
 const WRITER_CACHE_KIB: u32 = 1024;
 
 /// Errors of the local store.
