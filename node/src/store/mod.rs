@@ -55,6 +55,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
 /// How often, at most, the daemon's checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// The daemon's writer checkpoints only past this many WAL pages (SQLite's default is 1,000):
+/// a backstop for writes that never pause long enough for the checkpointer to catch up, since
+/// the log starts over only once a checkpoint copied all of it.
+const WRITER_CHECKPOINT_PAGES: u32 = 2000;
 /// SQLite's page cache of each reader, in KiB (SQLite's default is 2,000 per connection). A
 /// reader's work is small pages of rows and index-only counts, which SQLite reads again from
 /// the OS's cache; with the default, the page caches were a good part of what the daemon grew
@@ -363,7 +367,8 @@ impl Store {
     /// database: tens of milliseconds during a catch-up, whose batches write a megabyte or two
     /// each. Here a connection of its own runs a passive checkpoint, which waits for no writer
     /// or reader and none waits for it, after writes, at most every [`CHECKPOINT_EVERY`], until
-    /// `shutdown`. Other processes (the CLI, `ccm hook`) keep SQLite's own checkpoints.
+    /// `shutdown`; the writer checkpoints only past [`WRITER_CHECKPOINT_PAGES`]. Other
+    /// processes (the CLI, `ccm hook`) keep SQLite's own checkpoints.
     pub async fn checkpoint_in_background(
         &self,
         shutdown: tokio_util::sync::CancellationToken,
@@ -375,7 +380,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .disable_statement_logging();
-        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"))
             .execute(&mut self.writer().await?.conn)
             .await?;
         let mut changes = self.changes();
