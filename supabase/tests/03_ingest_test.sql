@@ -1,7 +1,7 @@
 -- api.ingest_batch: idempotent batches, newer versions win, bad items named one by one.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(20);
+select plan(22);
 
 set local role authenticated;
 set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-0000000000a1", "role": "authenticated", "app_metadata": {"role": "system", "owner": "00000000-0000-0000-0000-0000000000f1"}}';
@@ -149,6 +149,56 @@ select throws_ok(
 select throws_ok(
   $$ select api.ingest_batch('[1, 2]') $$, '22023', 'p_batch must be a json object',
   'a batch that is not an object is refused whole'
+);
+
+-- Items that cast to their type but break a rule are checked as a set (one statement per
+-- stream); the answer names them with the code and words of the item-by-item check.
+create temp table rule_breakers as select jsonb_build_object(
+  'task_summary', jsonb_build_array(
+    pg_temp.task('0193a000-0000-7000-8000-0000000000a7', 1, 'queued'),
+    pg_temp.task('0193a000-0000-7000-8000-0000000000a8', 0, 'queued'),
+    pg_temp.task('0193a000-0000-7000-8000-0000000000a9', 1, 'sleeping'),
+    pg_temp.task('0193a000-0000-7000-8000-0000000000aa', 1, 'queued') - 'updated_at'),
+  'alert', '[{"alert_id": "0193a000-0000-7000-8000-0000000000c3", "version": 1, "severity": "info", "kind": "x", "message": "m", "created_at": "2026-01-01T00:00:00Z"},
+             {"alert_id": "0193a000-0000-7000-8000-0000000000c4", "version": 1, "severity": "loud", "kind": "x", "message": "m", "created_at": "2026-01-01T00:00:00Z"},
+             {"alert_id": "0193a000-0000-7000-8000-0000000000c5", "version": 1, "severity": "info", "kind": "x", "created_at": "2026-01-01T00:00:00Z"}]'::jsonb,
+  'report', '[{"task_id": "0193a000-0000-7000-8000-0000000000a7", "attempt": 1, "version": 1, "verdict": "meh", "created_at": "2026-01-01T00:00:00Z"},
+              {"task_id": "0193a000-0000-7000-8000-0000000000a7", "attempt": 0, "version": 1, "verdict": null, "created_at": "2026-01-01T00:00:00Z"}]'::jsonb,
+  'health', '[{"window_start": "2026-01-01T00:05:00Z", "window_len_s": 300, "version": 1, "metrics": [1]},
+              {"window_start": "2026-01-01T00:10:00Z", "window_len_s": 0, "version": 1, "metrics": {}},
+              {"window_len_s": 300, "version": 1, "metrics": {}}]'::jsonb) as streams;
+grant select on rule_breakers to authenticated;
+select is(
+  api.ingest_batch(jsonb_build_object('batch_id', '0193a000-0000-7000-8000-000000000007',
+                                      'streams', (select streams from rule_breakers)))
+    -> 'rejected',
+  '[{"stream": "alert", "index": 1, "key": "0193a000-0000-7000-8000-0000000000c4", "code": "23514", "message": "severity: must be info, warning or critical, not ''loud''"},
+    {"stream": "alert", "index": 2, "key": "0193a000-0000-7000-8000-0000000000c5", "code": "23502", "message": "message: is missing"},
+    {"stream": "health", "index": 0, "key": "2026-01-01T00:05:00Z/300", "code": "22023", "message": "metrics: must be a json object"},
+    {"stream": "health", "index": 1, "key": "2026-01-01T00:10:00Z/0", "code": "23514", "message": "window_len_s: must be 1 or more"},
+    {"stream": "health", "index": 2, "key": null, "code": "23502", "message": "window_start: is missing"},
+    {"stream": "report", "index": 0, "key": "0193a000-0000-7000-8000-0000000000a7:1", "code": "23514", "message": "verdict: must be ok, issue or null, not ''meh''"},
+    {"stream": "report", "index": 1, "key": "0193a000-0000-7000-8000-0000000000a7:0", "code": "23514", "message": "attempt: must be 1 or more"},
+    {"stream": "task_summary", "index": 1, "key": "0193a000-0000-7000-8000-0000000000a8", "code": "23514", "message": "version: must be 1 or more"},
+    {"stream": "task_summary", "index": 2, "key": "0193a000-0000-7000-8000-0000000000a9", "code": "23514", "message": "state: unknown task state ''sleeping''"},
+    {"stream": "task_summary", "index": 3, "key": "0193a000-0000-7000-8000-0000000000aa", "code": "23502", "message": "updated_at: is missing"}]',
+  'items that break a rule are rejected as a set, in the words of the item-by-item check'
+);
+reset role;
+select results_eq(
+  $$ select s.key, c.i, c.code, c.message
+       from rule_breakers, jsonb_each(streams) as s,
+            private.check_items(s.key, s.value, (select system_id from private.systems
+                                                   where name = 'alpha')) as c
+      order by 1, 2 $$,
+  $$ select s.key, e.i, k.code, k.message
+       from rule_breakers, jsonb_each(streams) as s,
+            jsonb_array_elements(s.value) with ordinality as e(item, i),
+            private.check_item(s.key, e.item, (select system_id from private.systems
+                                                 where name = 'alpha')) as k
+      where k.code is not null
+      order by 1, 2 $$,
+  'the set check and the item-by-item check name the same items with the same words'
 );
 
 select * from finish();

@@ -202,7 +202,7 @@ impl Client {
     }
 
     /// Calls `api.<function>` with `body` (a JSON object of its parameters); the 2xx body.
-    pub async fn rpc(&self, function: &str, body: Vec<u8>) -> Result<Vec<u8>, Failure> {
+    pub async fn rpc(&self, function: &str, body: bytes::Bytes) -> Result<Vec<u8>, Failure> {
         let url = self.endpoint.rest_url.join(&format!("rpc/{function}")).map_err(|e| Failure {
             class: Class::Misconfigured,
             message: format!("bad function url: {e}"),
@@ -252,7 +252,7 @@ impl Client {
             class: Class::BadRequest,
             message: format!("cannot encode the parameters: {e}"),
         })?;
-        let answer = self.rpc(function, body).await?;
+        let answer = self.rpc(function, body.into()).await?;
         serde_json::from_slice(&answer).map_err(|e| Failure {
             class: Class::Transient { retry_after: None },
             message: format!("answer of {function} does not parse: {e}"),

@@ -42,6 +42,9 @@ const URGENT_POLL: Duration = Duration::from_secs(1);
 const PAUSED_POLL: Duration = Duration::from_secs(2);
 /// First retry delay ceiling.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// How often a catch-up looks whether the urgent lane is done, and how long it waits at most.
+const URGENT_FIRST_POLL: Duration = Duration::from_millis(5);
+const URGENT_FIRST_MAX: Duration = Duration::from_secs(1);
 
 /// When the normal lane seals, and how the urgent lane coalesces.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +73,8 @@ pub struct Signals {
     /// `ccm sync now` or resume: cuts a backoff or a pause short.
     kick: [Notify; 2],
     now_requested: AtomicBool,
+    /// The urgent lane was woken by a commit and has not finished sending yet.
+    urgent_busy: AtomicBool,
     hook_events: AtomicU64,
     completions: AtomicU64,
     hook_threshold: AtomicU64,
@@ -286,6 +291,9 @@ impl<O: Outbox> Driver<O> {
             let mut budget = Budget::new(BatchPolicy::of(lane));
             let mut timer = Timer::new(&self.settings);
             loop {
+                if lane == Lane::Normal && timer.catch_up {
+                    self.urgent_first().await;
+                }
                 let next = match self.step(lane, &mut backoff, &mut budget, &mut timer).await {
                     Ok(next) => next,
                     Err(error) => {
@@ -293,6 +301,9 @@ impl<O: Outbox> Driver<O> {
                         Next::Retry(backoff.next_delay(None))
                     }
                 };
+                if lane == Lane::Urgent && next != Next::Continue {
+                    self.signals.urgent_busy.store(false, Ordering::Release);
+                }
                 debug!(next = ?next, "sync step");
                 let kick = self.signals.kick(lane);
                 tokio::select! {
@@ -377,6 +388,7 @@ impl<O: Outbox> Driver<O> {
             (Next::Idle, Lane::Urgent) => {
                 tokio::select! {
                     () = self.signals.urgent.notified() => {
+                        self.signals.urgent_busy.store(true, Ordering::Release);
                         tokio::time::sleep(self.settings.urgent_window).await;
                     }
                     () = tokio::time::sleep(URGENT_POLL) => {}
@@ -388,6 +400,19 @@ impl<O: Outbox> Driver<O> {
                     () = tokio::time::sleep_until(timer.next) => {}
                 }
             }
+        }
+    }
+
+    /// Urgent first (S-12): a catch-up starts its next step (a seal, a request, their writes)
+    /// only once the urgent lane has sent what a commit woke it for, so an urgent batch does
+    /// not wait for the writer or the central behind work that began after it was committed.
+    /// A catch-up batch already in flight goes on; the wait is at most [`URGENT_FIRST_MAX`].
+    async fn urgent_first(&self) {
+        let started = Instant::now();
+        while self.signals.urgent_busy.load(Ordering::Acquire)
+            && started.elapsed() < URGENT_FIRST_MAX
+        {
+            tokio::time::sleep(URGENT_FIRST_POLL).await;
         }
     }
 
@@ -428,7 +453,7 @@ impl<O: Outbox> Driver<O> {
                         id: batch.id,
                         lane,
                         ord: batch.ord,
-                        body: batch.body,
+                        body: batch.body.into(),
                         items: batch.items.len() as i64,
                         attempts: 0,
                     },
@@ -436,6 +461,27 @@ impl<O: Outbox> Driver<O> {
                 }
             }
         };
+        // Catch-up: the next batch is sealed while this one is in flight, so the central's
+        // time and the node's overlap. Its rows are pending ones (this batch's are sealed) and
+        // its `ord` (its first seq) sorts after this batch and any of its split children, so the
+        // send order is the same as sealing after the acknowledgement. Only on a first attempt:
+        // a lane that keeps failing holds at most one batch ahead.
+        if lane == Lane::Normal && timer.catch_up && batch.attempts == 0 {
+            let policy = budget.policy();
+            let (next, ahead) = tokio::join!(
+                self.send(batch, backoff, budget),
+                seal::seal_next(&self.outbox, lane, policy)
+            );
+            match ahead {
+                Ok(sealed) => timer.sealed(
+                    sealed.is_some_and(|(_, full)| full),
+                    &self.signals,
+                    &self.settings,
+                ),
+                Err(error) => warn!(error = %error, "sealing the next batch failed; retrying"),
+            }
+            return next;
+        }
         self.send(batch, backoff, budget).await
     }
 

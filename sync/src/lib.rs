@@ -99,7 +99,8 @@ pub struct OpenBatch {
     pub id: Uuid,
     pub lane: Lane,
     pub ord: String,
-    pub body: Vec<u8>,
+    /// The stored body; shared with the request that sends it, never copied.
+    pub body: bytes::Bytes,
     pub items: i64,
     pub attempts: i64,
 }

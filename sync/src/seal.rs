@@ -37,8 +37,9 @@ impl BatchPolicy {
 /// Rows gathered for one batch, coalesced.
 #[derive(Debug, Default)]
 pub struct Gathered {
-    /// The latest version of each entity: (row, item, encoded length).
-    items: Vec<(OutboxRow, Item, usize)>,
+    /// The latest version of each entity: the row's (seq, version), its item (the payload is
+    /// not kept once converted) and the item's encoded length.
+    items: Vec<((i64, i64), Item, usize)>,
     by_entity: HashMap<(String, String), usize>,
     superseded: Vec<i64>,
     invalid: Vec<Rejection>,
@@ -53,8 +54,6 @@ impl Gathered {
     /// Takes `row` unless the batch is full; a newer version of an entity already gathered
     /// replaces it (the older row is covered by this batch), an older one is covered by it.
     pub fn offer(&mut self, row: OutboxRow, policy: BatchPolicy) -> bool {
-        let key = (row.stream.clone(), row.entity_key.clone());
-        let existing = self.by_entity.get(&key).copied();
         let item = match Item::from_row(&row) {
             Ok(item) => item,
             Err(reason) => {
@@ -64,39 +63,49 @@ impl Gathered {
             }
         };
         let len = item.encoded_len();
+        let key = (row.stream, row.entity_key);
+        let existing = self.by_entity.get(&key).copied();
         if existing.is_none()
             && !self.items.is_empty()
             && (self.items.len() >= policy.max_items || self.bytes + len > policy.max_bytes)
         {
             return false;
         }
-        self.cover(&row);
+        self.cover_seq(&key.0, row.seq);
+        let (seq, version) = (row.seq, row.entity_version);
         match existing {
             Some(i) => {
-                let old = &self.items[i].0;
-                let newer = (row.entity_version, row.seq) > (old.entity_version, old.seq);
-                if newer {
-                    self.superseded.push(old.seq);
+                let (old_seq, old_version) = self.items[i].0;
+                if (version, seq) > (old_version, old_seq) {
+                    self.superseded.push(old_seq);
                     self.bytes = self.bytes + len - self.items[i].2;
-                    self.items[i] = (row, item, len);
+                    self.items[i] = ((seq, version), item, len);
                 } else {
-                    self.superseded.push(row.seq);
+                    self.superseded.push(seq);
                 }
             }
             None => {
                 self.by_entity.insert(key, self.items.len());
                 self.bytes += len;
-                self.items.push((row, item, len));
+                self.items.push(((seq, version), item, len));
             }
         }
         true
     }
 
     fn cover(&mut self, row: &OutboxRow) {
-        let max = self.max_seq.entry(row.stream.clone()).or_insert(row.seq);
-        *max = (*max).max(row.seq);
-        self.seq_lo = Some(self.seq_lo.map_or(row.seq, |lo| lo.min(row.seq)));
-        self.seq_hi = self.seq_hi.max(row.seq);
+        self.cover_seq(&row.stream, row.seq);
+    }
+
+    fn cover_seq(&mut self, stream: &str, seq: i64) {
+        match self.max_seq.get_mut(stream) {
+            Some(max) => *max = (*max).max(seq),
+            None => {
+                self.max_seq.insert(stream.to_string(), seq);
+            }
+        }
+        self.seq_lo = Some(self.seq_lo.map_or(seq, |lo| lo.min(seq)));
+        self.seq_hi = self.seq_hi.max(seq);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,15 +125,17 @@ impl Gathered {
         ranges: BTreeMap<String, RangeV1>,
     ) -> Result<NewBatch, serde_json::Error> {
         let id = Uuid::now_v7();
-        self.items.sort_by_key(|(row, _, _)| row.seq);
+        self.items.sort_by_key(|((seq, _), _, _)| *seq);
         let mut streams = StreamsV1::default();
         let mut items = Vec::with_capacity(self.items.len());
-        for (row, item, _) in self.items {
-            items.push(row.seq);
+        for ((seq, _), item, _) in self.items {
+            items.push(seq);
             item.push_into(&mut streams);
         }
         let batch = BatchV1 { batch_id: id, lane, streams: &streams, ranges: &ranges };
-        let body = serde_json::to_vec(&IngestParams { p_batch: batch })?;
+        // Sized for the items and the envelope, so the body is never copied while it grows.
+        let mut body = Vec::with_capacity(self.bytes + 1024);
+        serde_json::to_writer(&mut body, &IngestParams { p_batch: batch })?;
         Ok(NewBatch {
             id,
             lane,
@@ -415,7 +426,7 @@ mod tests {
             id: parent.id,
             lane: Lane::Normal,
             ord: parent.ord.clone(),
-            body: parent.body.clone(),
+            body: parent.body.clone().into(),
             items: 5,
             attempts: 1,
         };

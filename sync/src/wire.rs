@@ -220,13 +220,25 @@ impl Item {
 
     /// Its JSON size in the body.
     pub fn encoded_len(&self) -> usize {
-        let len = match self {
-            Item::TaskSummary(i) => serde_json::to_vec(i).map(|v| v.len()),
-            Item::Alert(i) => serde_json::to_vec(i).map(|v| v.len()),
-            Item::Report(i) => serde_json::to_vec(i).map(|v| v.len()),
-            Item::Health(i) => serde_json::to_vec(i).map(|v| v.len()),
+        /// Counts the bytes written to it, so an item is measured without being kept.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        let written = match self {
+            Item::TaskSummary(i) => serde_json::to_writer(&mut count, i),
+            Item::Alert(i) => serde_json::to_writer(&mut count, i),
+            Item::Report(i) => serde_json::to_writer(&mut count, i),
+            Item::Health(i) => serde_json::to_writer(&mut count, i),
         };
-        len.unwrap_or(0) + 1
+        written.map_or(0, |()| count.0) + 1
     }
 
     pub fn push_into(self, streams: &mut StreamsV1) {

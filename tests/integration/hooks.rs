@@ -765,9 +765,9 @@ async fn task_timeline_reads_an_index_that_leaves_out_events_of_no_task() {
     assert_eq!(plan, ["SEARCH hook_events USING INDEX hook_events_by_task (task_id=?)"]);
 }
 
-/// The write-ahead log stays bounded while the daemon writes: past SQLite's 1,000 pages it is
-/// copied into the database and started over (its header's checkpoint sequence number goes up),
-/// as another process sees it without checkpointing itself. A read transaction left open, or
+/// The write-ahead log stays bounded while the daemon writes: it is copied into the database
+/// and started over (its header's checkpoint sequence number goes up), as another process sees
+/// it without checkpointing itself. A read transaction left open, or
 /// checkpoints turned off, would let it grow without end.
 #[tokio::test]
 async fn write_ahead_log_is_checkpointed_and_restarted_while_the_daemon_writes() {
@@ -787,8 +787,11 @@ async fn write_ahead_log_is_checkpointed_and_restarted_while_the_daemon_writes()
         let (status, answers) = post_batch(&daemon, &format!("key=wal-{batch}"), &lines).await;
         assert_eq!((status, answers.len()), (200, 100));
     }
-    let grown = std::fs::metadata(&wal).unwrap().len();
-    assert!(grown > 4096 * 1000, "the writes span more than 1,000 pages: {grown} bytes");
+    // 12 MB of events, more than SQLite's 1,000 pages: the log is copied into the database and
+    // reused while they are written (by the daemon's checkpointer, after writes), so it never
+    // holds them all.
+    let grown = std::fs::metadata(&wal).unwrap().len() as usize;
+    assert!(grown < 30 * 100 * filler.len(), "the log holds every write: {grown} bytes");
     let restarted = wait_until(Duration::from_secs(10), || async {
         let (status, _) = post_batch(&daemon, "", &[claude("Stop", json!({}))]).await;
         assert_eq!(status, 200);

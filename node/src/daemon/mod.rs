@@ -170,6 +170,8 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let store = Store::open(&home.db_file(), &name).await?;
     check_integrity(&store).await?;
+    let shutdown = CancellationToken::new();
+    store.checkpoint_in_background(shutdown.clone()).await?;
 
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
     let listen = |source| StartError::Listen {
@@ -185,7 +187,6 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         started_at: Timestamp::now(),
     };
 
-    let shutdown = CancellationToken::new();
     let config = Arc::new(config);
     let scheduler_wake = Arc::new(Notify::new());
     let runtime = Runtime::new(

@@ -53,6 +53,21 @@ pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 4;
+/// How often, at most, the daemon's checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// The daemon's writer checkpoints only past this many WAL pages (SQLite's default is 1,000):
+/// a backstop for writes that never pause long enough for the checkpointer to catch up, since
+/// the log starts over only once a checkpoint copied all of it.
+const WRITER_CHECKPOINT_PAGES: u32 = 2000;
+/// SQLite's page cache of each reader, in KiB (SQLite's default is 2,000 per connection). A
+/// reader's work is small pages of rows and index-only counts, which SQLite reads again from
+/// the OS's cache; with the default, the page caches were a good part of what the daemon grew
+/// by while it drained a large backlog (BENCHMARKS.md, T11).
+const READER_CACHE_KIB: u32 = 256;
+/// The writer's page cache, in KiB, for the same reason: a catch-up batch's seal or
+/// acknowledgement touches about 1.5 MB of pages, and SQLite writes what does not fit to the
+/// WAL before the commit (the catch-up's throughput, T3, did not move).
+const WRITER_CACHE_KIB: u32 = 1024;
 
 /// Errors of the local store.
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +293,8 @@ impl Store {
             // A file being created is never seen here: its creator holds the set-up lock.
             return Err(not_a_database("the file is empty"));
         }
-        let mut writer = options.connect().await.map_err(|e| match StoreError::from(e) {
+        let writer_options = options.clone().pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        let mut writer = writer_options.connect().await.map_err(|e| match StoreError::from(e) {
             StoreError::Database(e) if sqlite_code(&e) == Some(26) => {
                 not_a_database(&e.to_string())
             }
@@ -298,7 +314,9 @@ impl Store {
             .max_connections(READERS)
             .min_connections(0)
             .test_before_acquire(false)
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options.read_only(true).pragma("cache_size", format!("-{READER_CACHE_KIB}")),
+            )
             .await
             .map_err(|e| open_error(e.to_string()))?;
         Ok(Store::with_writer(path, readers, writer))
@@ -341,6 +359,55 @@ impl Store {
     /// dashboard's live updates) coalesce wake-ups and read what changed from the outbox.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Moves WAL checkpoints off the writer, for the daemon: SQLite would run one inside
+    /// whichever commit took the WAL past 1,000 pages, holding the one writer (and every write
+    /// waiting for it, such as an urgent alert's batch) while it copies the WAL into the
+    /// database: tens of milliseconds during a catch-up, whose batches write a megabyte or two
+    /// each. Here a connection of its own runs a passive checkpoint, which waits for no writer
+    /// or reader and none waits for it, after writes, at most every [`CHECKPOINT_EVERY`], until
+    /// `shutdown`; the writer checkpoints only past [`WRITER_CHECKPOINT_PAGES`]. Other
+    /// processes (the CLI, `ccm hook`) keep SQLite's own checkpoints.
+    pub async fn checkpoint_in_background(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        // Opened for each checkpoint and closed after it: an idle daemon keeps no connection
+        // (and no memory) for it.
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .disable_statement_logging();
+        sqlx::query(&format!("PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}"))
+            .execute(&mut self.writer().await?.conn)
+            .await?;
+        let mut changes = self.changes();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                let checkpoint = async {
+                    let mut checkpointer = options.connect().await?;
+                    sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                        .execute(&mut checkpointer)
+                        .await?;
+                    sqlx::Connection::close(checkpointer).await
+                };
+                if let Err(e) = checkpoint.await {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; trying again after the next write");
+                }
+                release_freed_memory();
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Closes the readers and the writer, checkpointing the WAL; writes after this fail with
@@ -395,6 +462,18 @@ impl Store {
         Ok(sqlx::query_as("SELECT id, name, created_at FROM system")
             .fetch_one(&self.readers)
             .await?)
+    }
+}
+
+/// Gives the pages SQLite freed back to the OS. SQLite allocates with the C library's malloc,
+/// which keeps what was freed inside its heaps for reuse: while a large backlog drained, the
+/// daemon's SQLite connections kept about 15 MB that way (BENCHMARKS.md, T11). Run after
+/// writes by the checkpointer, at most every [`CHECKPOINT_EVERY`]; a fraction of a millisecond.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the C library's heaps to the OS.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

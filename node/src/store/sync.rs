@@ -256,7 +256,7 @@ impl ccm_sync::Outbox for Store {
                     field: "outbox_batch.batch_id",
                     message: format!("`{id}`: {e}"),
                 })?;
-                Ok(OpenBatch { id, lane, ord, body, items, attempts })
+                Ok(OpenBatch { id, lane, ord, body: body.into(), items, attempts })
             })
             .transpose()
     }
