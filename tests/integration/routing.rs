@@ -207,7 +207,12 @@ async fn a_crashed_holder_loses_its_task_to_another_system_and_its_late_report_i
         (local_state(&charlie, &id).await? == "complete").then_some(())
     })
     .await;
-    let attempts = fleet.attempts(&id);
+    // The local completion goes to the central by a queued call: its outcome follows.
+    let attempts = wait_for("charlie's result at the central", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        attempts.get(1)?.2.is_some().then_some(attempts)
+    })
+    .await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[1].0, "charlie");
     assert_eq!(attempts[1].2.as_deref(), Some("done"));
@@ -271,7 +276,12 @@ async fn a_partitioned_holder_fences_itself_before_its_lease_can_be_taken_over()
         (local_state(&charlie, &id).await? == "complete").then_some(())
     })
     .await;
-    let attempts = fleet.attempts(&id);
+    // The local completion goes to the central by a queued call: its outcome follows.
+    let attempts = wait_for("charlie's result at the central", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        attempts.get(1)?.2.is_some().then_some(attempts)
+    })
+    .await;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].2.as_deref(), Some("lease_lost"));
     assert_eq!(attempts[1].2.as_deref(), Some("done"));
