@@ -253,7 +253,10 @@ fn t1(runtime: &Runtime, node: &Node, tasks: usize) -> Row {
                 let share = tasks / 8 + usize::from(client < tasks % 8);
                 tokio::spawn(async move {
                     for i in 0..share {
-                        let body = json!({ "title": format!("steady {client}-{i}") });
+                        // `manual`: no runtime runs them, so they stay queued and T2, right
+                        // after, counts only what hook events cause.
+                        let title = format!("steady {client}-{i}");
+                        let body = json!({ "title": title, "profile": "manual" });
                         let (status, task) = api.post("/api/tasks", body).await;
                         assert_eq!(status, 201, "{task}");
                     }
