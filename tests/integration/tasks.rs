@@ -207,7 +207,7 @@ async fn every_transition_is_logged_in_order_with_reason_and_actor() {
             (
                 json!("created"),
                 json!("queued"),
-                json!("dependencies complete and an agent slot is free"),
+                json!("dependencies complete; its profile holds no agent slot"),
                 json!("scheduler")
             ),
             (json!("queued"), json!("executing"), json!("start"), json!("api")),
@@ -331,6 +331,25 @@ async fn queued_tasks_of_an_external_profile_hold_no_agent_slot() {
     .await;
     assert!(admitted, "four queued manual tasks kept the agent's task waiting");
     daemon.agent_token(&id).await; // and its agent runs
+}
+
+/// The slots do not ration the admission of tasks that will hold none: forty `manual` tasks
+/// with one slot are queued by the first pass, not one a pass.
+#[tokio::test]
+async fn tasks_of_an_external_profile_are_admitted_together_whatever_the_slots() {
+    let home = TestHome::new("external-admission");
+    for n in 0..40 {
+        home.run_ok(&["task", "add", &format!("manual {n}"), "--profile", "manual"]);
+    }
+    let daemon = home.start_with(|c| {
+        c.env("CCM_SCHEDULER__SLOTS", "1").env("CCM_SCHEDULER__TICK_MS", "2000");
+    });
+    let queued = wait_until(Duration::from_secs(3), || async {
+        daemon.get("/api/tasks?state=queued").await.1.as_array().unwrap().len() == 40
+    })
+    .await;
+    let left = daemon.get("/api/tasks?state=created").await.1;
+    assert!(queued, "still created after 3 s: {}", left.as_array().unwrap().len());
 }
 
 #[tokio::test]

@@ -107,6 +107,8 @@ impl From<&Config> for RetryPolicy {
 }
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Tasks of an external profile admitted by one scheduler pass at most.
+const EXTERNAL_PER_PASS: i64 = 500;
 /// Longest title, in characters.
 pub const TITLE_MAX_CHARS: usize = 500;
 /// Range of a task's priority.
@@ -317,27 +319,48 @@ impl Store {
             }
         }
 
+        // Tasks of an external profile hold no slot once queued, so the slots do not ration
+        // their admission (a pass admits at most EXTERNAL_PER_PASS of them, to keep it short).
+        let external_ready: Vec<(String,)> = sqlx::query_as(
+            r#"
+            SELECT t.id FROM tasks t
+            WHERE t.state = 'created' AND t.profile IN (SELECT value FROM json_each(?1))
+              AND NOT EXISTS (
+                  SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
+                  WHERE d.task_id = t.id AND dep.state <> 'complete')
+            ORDER BY t.priority DESC, t.created_at, t.id
+            LIMIT ?2
+            "#,
+        )
+        .bind(&external)
+        .bind(EXTERNAL_PER_PASS)
+        .fetch_all(&mut *tx)
+        .await?;
+        const NO_SLOT: &str = "dependencies complete; its profile holds no agent slot";
+        let mut ready: Vec<(String, &str)> =
+            external_ready.into_iter().map(|(id,)| (id, NO_SLOT)).collect();
         if free > 0 {
-            let ready: Vec<(String,)> = sqlx::query_as(
+            let slotted: Vec<(String,)> = sqlx::query_as(
                 r#"
                 SELECT t.id FROM tasks t
-                WHERE t.state = 'created'
+                WHERE t.state = 'created' AND t.profile NOT IN (SELECT value FROM json_each(?1))
                   AND NOT EXISTS (
                       SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
                       WHERE d.task_id = t.id AND dep.state <> 'complete')
                 ORDER BY t.priority DESC, t.created_at, t.id
-                LIMIT ?
+                LIMIT ?2
                 "#,
             )
+            .bind(&external)
             .bind(free)
             .fetch_all(&mut *tx)
             .await?;
-            for (task,) in ready {
-                let reason = "dependencies complete and an agent slot is free";
-                apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::Admit, reason, ACTOR, policy)
-                    .await?;
-                changed += 1;
-            }
+            let reason = "dependencies complete and an agent slot is free";
+            ready.extend(slotted.into_iter().map(|(id,)| (id, reason)));
+        }
+        for (task, reason) in ready {
+            apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::Admit, reason, ACTOR, policy).await?;
+            changed += 1;
         }
 
         tx.commit().await?;
@@ -355,6 +378,12 @@ impl Store {
                        CROSS JOIN tasks t ON t.id = d.task_id
                        WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created')
                 OR EXISTS (SELECT 1 FROM tasks WHERE state = 'retry' AND wake_at <= ?1)
+                OR EXISTS (
+                       SELECT 1 FROM tasks t WHERE t.state = 'created'
+                         AND t.profile IN (SELECT value FROM json_each(?3))
+                         AND NOT EXISTS (
+                             SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
+                             WHERE d.task_id = t.id AND dep.state <> 'complete'))
                 OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})
                        AND profile NOT IN (SELECT value FROM json_each(?3))) < ?2
                     AND (EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting_quota' AND wake_at <= ?1)
