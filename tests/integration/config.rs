@@ -1,6 +1,6 @@
 //! Configuration errors stop the daemon before it does anything, naming the file and key.
 
-use ccm_tests::TestHome;
+use ccm_tests::{TestHome, HOLDER_PROFILE};
 
 /// Runs `ccm up` with `configure` and asserts it fails at start with every `expected` text in
 /// its error, leaving no port file and no database behind.
@@ -82,7 +82,7 @@ async fn valid_layers_combine_with_environment_winning() {
     std::fs::create_dir_all(home.home()).unwrap();
     std::fs::write(
         home.home().join("config.yaml"),
-        "node:\n  name: from-global\nscheduler:\n  slots: 1\n",
+        format!("node:\n  name: from-global\nscheduler:\n  slots: 1\n{HOLDER_PROFILE}"),
     )
     .unwrap();
     std::fs::create_dir_all(home.work().join(".ccm")).unwrap();
@@ -92,13 +92,18 @@ async fn valid_layers_combine_with_environment_winning() {
     });
     let (_, status) = daemon.get("/api/status").await;
     assert_eq!(status["system"]["name"], "from-project");
+    // Agents that hold their task keep their slots: exactly three tasks leave `created`.
     for i in 0..5 {
-        daemon.post("/api/tasks", serde_json::json!({ "title": format!("t{i}") })).await;
+        let task = serde_json::json!({ "title": format!("t{i}"), "profile": "holder" });
+        daemon.post("/api/tasks", task).await;
     }
-    let queued = ccm_tests::wait_until(std::time::Duration::from_secs(5), || async {
-        let (_, tasks) = daemon.get("/api/tasks?state=queued").await;
-        tasks.as_array().unwrap().len() == 3
+    let created =
+        || async { daemon.get("/api/tasks?state=created").await.1.as_array().unwrap().len() };
+    let admitted = ccm_tests::wait_until(std::time::Duration::from_secs(10), || async {
+        created().await == 2
     })
     .await;
-    assert!(queued, "CCM_SCHEDULER__SLOTS=3 overrides the file's 1");
+    assert!(admitted, "CCM_SCHEDULER__SLOTS=3 overrides the file's 1");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(created().await, 2, "no more than three slots");
 }
