@@ -321,40 +321,34 @@ impl Store {
 
         // Tasks of an external profile hold no slot once queued, so the slots do not ration
         // their admission (a pass admits at most EXTERNAL_PER_PASS of them, to keep it short).
-        let external_ready: Vec<(String,)> = sqlx::query_as(
-            r#"
-            SELECT t.id FROM tasks t
-            WHERE t.state = 'created' AND t.profile IN (SELECT value FROM json_each(?1))
-              AND NOT EXISTS (
-                  SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
-                  WHERE d.task_id = t.id AND dep.state <> 'complete')
-            ORDER BY t.priority DESC, t.created_at, t.id
-            LIMIT ?2
-            "#,
-        )
-        .bind(&external)
-        .bind(EXTERNAL_PER_PASS)
-        .fetch_all(&mut *tx)
-        .await?;
-        const NO_SLOT: &str = "dependencies complete; its profile holds no agent slot";
-        let mut ready: Vec<(String, &str)> =
-            external_ready.into_iter().map(|(id,)| (id, NO_SLOT)).collect();
-        if free > 0 {
-            let slotted: Vec<(String,)> = sqlx::query_as(
+        // One query for both: `IN` the external profiles, or `NOT IN` them.
+        let ready_sql = |profiles: &str| {
+            format!(
                 r#"
                 SELECT t.id FROM tasks t
-                WHERE t.state = 'created' AND t.profile NOT IN (SELECT value FROM json_each(?1))
+                WHERE t.state = 'created' AND t.profile {profiles} (SELECT value FROM json_each(?1))
                   AND NOT EXISTS (
                       SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
                       WHERE d.task_id = t.id AND dep.state <> 'complete')
                 ORDER BY t.priority DESC, t.created_at, t.id
                 LIMIT ?2
-                "#,
+                "#
             )
+        };
+        let external_ready: Vec<(String,)> = sqlx::query_as(&ready_sql("IN"))
             .bind(&external)
-            .bind(free)
+            .bind(EXTERNAL_PER_PASS)
             .fetch_all(&mut *tx)
             .await?;
+        const NO_SLOT: &str = "dependencies complete; its profile holds no agent slot";
+        let mut ready: Vec<(String, &str)> =
+            external_ready.into_iter().map(|(id,)| (id, NO_SLOT)).collect();
+        if free > 0 {
+            let slotted: Vec<(String,)> = sqlx::query_as(&ready_sql("NOT IN"))
+                .bind(&external)
+                .bind(free)
+                .fetch_all(&mut *tx)
+                .await?;
             let reason = "dependencies complete and an agent slot is free";
             ready.extend(slotted.into_iter().map(|(id,)| (id, reason)));
         }
