@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccm_tests::bench::{machine, mb, ms, print_table, Memory, Row, Stats};
+use ccm_tests::bench::{machine, mb, ms, print_table, runs_part, Memory, Row, Stats};
 use ccm_tests::browser::Browser;
 use ccm_tests::{wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
@@ -43,8 +43,7 @@ async fn main() {
     let machine = machine();
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-bench");
     println!("\n{machine}");
-    let only = std::env::var("CCM_BENCH_DASHBOARD_ONLY").unwrap_or_default();
-    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    let runs = |part: &str| runs_part("CCM_BENCH_DASHBOARD_ONLY", part);
     // Each part's rows as soon as they are measured: a later part that fails loses nothing.
     let mut rows = Vec::new();
     if runs("board") {

@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccm_tests::bench::{machine, ms, print_table, Row, Stats};
+use ccm_tests::bench::{machine, ms, print_table, runs_part, Row, Stats};
 use ccm_tests::central::{supabase_claims, Central};
 use ccm_tests::faultproxy::Seen;
 use ccm_tests::fleet::{wait_for, Clocks, Fleet, Node, NodeOptions, OWNER};
@@ -77,8 +77,7 @@ const BUSY_TASKS: usize = 5;
 const RUN_DEADLINE: Duration = Duration::from_secs(180);
 
 fn main() {
-    let only = std::env::var("CCM_BENCH_ROUTING_ONLY").unwrap_or_default();
-    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    let run = |part: &str| runs_part("CCM_BENCH_ROUTING_ONLY", part);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

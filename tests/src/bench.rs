@@ -66,6 +66,13 @@ pub fn mb(megabytes: f64) -> String {
     format!("{megabytes:.1} MB")
 }
 
+/// Whether the bench runs `part`: every part when the environment variable `var` is unset or
+/// empty, else those it names, comma-separated (`CCM_BENCH_ROUTING_ONLY=t12,t18`).
+pub fn runs_part(var: &str, part: &str) -> bool {
+    let only = std::env::var(var).unwrap_or_default();
+    only.trim().is_empty() || only.split(',').any(|p| p.trim() == part)
+}
+
 /// Cores and load average when the bench starts: other work on the machine skews every figure.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
