@@ -517,6 +517,16 @@ enum Layer {
 }
 
 impl Config {
+    /// The profiles no runtime runs (`mode: external`): their tasks hold no agent slot and the
+    /// runtime has nothing to do for them until they end.
+    pub fn external_profiles(&self) -> Vec<String> {
+        self.profiles
+            .iter()
+            .filter(|(_, p)| p.mode == crate::agents::profile::Mode::External)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Loads and validates every layer: the global file in `home`, the project file under
     /// `project` (the repository root) when given, then the `CCM_*` environment.
     pub fn load(home: &Path, project: Option<&Path>) -> Result<Config, ConfigError> {

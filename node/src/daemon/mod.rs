@@ -179,7 +179,14 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         config: home.config_file().display().to_string(),
         source,
     };
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(listen)?;
+    // The host is an IP address (checked with the configuration): bound without a name lookup,
+    // which tokio would hand to a blocking thread that then stays idle for ten seconds.
+    let ip = config.daemon.host.parse::<std::net::IpAddr>();
+    let listener = match ip {
+        Ok(ip) => tokio::net::TcpListener::bind((ip, config.daemon.port)).await,
+        Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)),
+    }
+    .map_err(listen)?;
     let bound = listener.local_addr().map_err(listen)?;
     let daemon = DaemonInfo {
         pid: std::process::id(),
@@ -237,12 +244,7 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
     let scheduler = Scheduler {
         store: store.clone(),
         slots: config.scheduler.slots,
-        external: config
-            .profiles
-            .iter()
-            .filter(|(_, p)| p.mode == crate::agents::profile::Mode::External)
-            .map(|(name, _)| name.clone())
-            .collect(),
+        external: config.external_profiles(),
         tick: Duration::from_millis(config.scheduler.tick_ms),
         policy: RetryPolicy::from(&*config),
         wake: scheduler_wake,

@@ -61,11 +61,13 @@ pub enum SpoolError {
 /// Stores every spooled event (once, by its key) and removes its file. Returns how many were
 /// ingested. A file that cannot be read as an entry is renamed `*.bad` and logged.
 pub async fn ingest(home: &Path, store: &Store, policy: RetryPolicy) -> Result<usize, SpoolError> {
-    let dir = dir(home);
-    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return Ok(0) };
+    // Listed in place: the spool is polled twice a second and is almost always missing or
+    // empty, one system call; tokio's `read_dir` would hand each poll to a blocking thread and
+    // keep that thread alive for as long as the daemon runs.
+    let Ok(entries) = std::fs::read_dir(dir(home)) else { return Ok(0) };
     let mut ingested = 0;
-    while let Some(file) = entries.next_entry().await? {
-        let path = file.path();
+    for file in entries {
+        let path = file?.path();
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }

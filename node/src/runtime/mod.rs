@@ -148,8 +148,13 @@ impl Runtime {
     pub async fn pass(&self, passes: &mut Passes) -> Result<()> {
         // Before the tasks are read: jobs that ended until now are in what is read.
         self.jobs().ended.clear();
-        let tasks: HashMap<Uuid, Task> =
-            self.store.runtime_tasks().await?.into_iter().map(|t| (t.id, t)).collect();
+        let tasks: HashMap<Uuid, Task> = self
+            .store
+            .runtime_tasks(&self.config.external_profiles())
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
         // Queued tasks first: starting them waits for nothing the rest of the pass finds, and
         // observing the agents takes a while (a tmux window list, a read of every output log).
         // Cleanups wait while tasks are queued, so no dispatch waits behind one.

@@ -402,17 +402,20 @@ impl Store {
         }
     }
 
-    /// Tasks the runtime has work for: those holding a slot, and finished ones whose worktree
-    /// still exists.
-    pub async fn runtime_tasks(&self) -> Result<Vec<Task>> {
+    /// Tasks the runtime has work for: those holding a slot, except those of the `external`
+    /// profiles (which no runtime runs: thousands of them may wait in `queued`), and finished
+    /// ones whose worktree still exists.
+    pub async fn runtime_tasks(&self, external: &[String]) -> Result<Vec<Task>> {
         let ids: Vec<(String,)> = sqlx::query_as(
             r#"
             SELECT id FROM tasks
-            WHERE state IN ('queued', 'executing', 'report_generation', 'supervisory')
+            WHERE (state IN ('queued', 'executing', 'report_generation', 'supervisory')
+                   AND profile NOT IN (SELECT value FROM json_each(?)))
                OR (worktree IS NOT NULL AND state IN ('complete', 'failed', 'cancelled'))
             ORDER BY priority DESC, created_at
             "#,
         )
+        .bind(serde_json::to_string(external).unwrap_or_default())
         .fetch_all(&self.readers)
         .await?;
         let mut conn = self.readers.acquire().await?;

@@ -52,7 +52,12 @@ pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-const READERS: u32 = 4;
+/// Reader connections, at most: one per core, at least 2 and at most 4. SQLite reads a cached
+/// database on the CPU, so readers beyond the cores add only their threads and memory (about
+/// 0.3 MB each, opened together at start-up and kept: BENCHMARKS.md, idle RSS).
+fn readers() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32).clamp(2, 4)
+}
 /// How often, at most, the daemon's checkpointer copies the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// The daemon's writer checkpoints only past this many WAL pages (SQLite's default is 1,000):
@@ -307,11 +312,13 @@ impl Store {
                 .run(&mut writer)
                 .await
                 .map_err(|e| open_error(format!("migration failed: {e}")))?;
+            // Migrating filled the writer's page cache with pages it will not need again.
+            sqlx::query("PRAGMA shrink_memory").execute(&mut writer).await?;
         }
         ensure_system(&mut writer, system_name).await?;
         drop(set_up);
         let readers = SqlitePoolOptions::new()
-            .max_connections(READERS)
+            .max_connections(readers())
             .min_connections(0)
             .test_before_acquire(false)
             .connect_with(
@@ -495,10 +502,18 @@ impl SetUpLock {
             .mode(0o600)
             .open(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        // Set-up takes milliseconds; a blocking thread waits for whoever does it now.
-        tokio::task::spawn_blocking(move || file.lock().map(|()| SetUpLock { _file: file }))
-            .await
-            .map_err(|e| e.to_string())?
+        let locked = match file.try_lock() {
+            Ok(()) => Ok(file),
+            // Set-up takes milliseconds; a blocking thread waits for whoever does it now.
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        };
+        locked
+            .map(|file| SetUpLock { _file: file })
             .map_err(|e| format!("cannot lock {}: {e}", path.display()))
     }
 }
