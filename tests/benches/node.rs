@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccm_tests::bench::{cpu_time, durable_db, machine, mb, ms, print_table, Memory, Row, Stats};
-use ccm_tests::{ccm_bin, Daemon, TestHome};
-use serde_json::json;
+use ccm_tests::{ccm_bin, Daemon, TestHome, HOLDER_PROFILE};
+use serde_json::{json, Value};
 use sqlx::Connection;
 
 /// Daemon starts measured; the first one runs in a fresh home (creates the database).
@@ -208,8 +208,11 @@ fn idle_sqlite(db: &Path) -> Option<Child> {
 /// on one thread, sharing one HTTP client with keep-alive), after [`WARMUP_TASKS`] untimed
 /// ones. Each 201 means the task was committed (WAL, `synchronous=FULL`). Throughput is tasks
 /// over wall time; latency is per request, as the client sees it. The scheduler runs at its
-/// defaults (4 slots, woken by every creation) and so does the agent runtime (woken too); the
-/// tasks get the `manual` profile of the test helpers, so no agent is started.
+/// defaults (woken by every creation) and so does the agent runtime (woken too), with one slot,
+/// held by an agent of the [`HOLDER_PROFILE`]: the tasks, of that profile, wait in `created`
+/// for it, as tasks beyond the free slots do, and the figure is their creation. Then as many
+/// again of the `manual` profile, which the scheduler admits at once (no runtime runs them, so
+/// they hold no slot): that figure adds their admission.
 ///
 /// Baseline: as many rows inserted into a plain SQLite table in the same directory, WAL and
 /// `synchronous=FULL`, one transaction per row on a single connection: the durable-commit
@@ -218,14 +221,23 @@ fn task_creation_rows() -> Vec<Row> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let home = TestHome::new("bench-tasks");
+    home.write_config(&format!("scheduler:\n  slots: 1\n{HOLDER_PROFILE}"));
     let daemon = Arc::new(home.start());
     let pid = daemon.child.id();
-    runtime.block_on(create_tasks(&daemon, WARMUP_TASKS));
+    // One agent holds the only slot: the tasks of its profile wait for it.
+    let (status, body) = runtime
+        .block_on(daemon.post("/api/tasks", json!({ "title": "holder", "profile": "holder" })));
+    assert_eq!(status, 201, "task creation refused: {body}");
+    let waiting = json!("holder");
+    runtime.block_on(create_tasks(&daemon, WARMUP_TASKS, &waiting));
     let (daemon_cpu, client_cpu) = (cpu_time(pid), cpu_time(std::process::id()));
-    let ccm = runtime.block_on(create_tasks(&daemon, TASKS));
+    let ccm = runtime.block_on(create_tasks(&daemon, TASKS, &waiting));
     let daemon_cpu = cpu_time(pid) - daemon_cpu;
     let client_cpu = cpu_time(std::process::id()) - client_cpu;
     let rss_after = Memory::of(pid).rss_mb;
+    let admitted_cpu = cpu_time(pid);
+    let admitted = runtime.block_on(create_tasks(&daemon, TASKS, &json!("manual")));
+    let admitted_cpu = cpu_time(pid) - admitted_cpu;
     Arc::into_inner(daemon).expect("the clients are done").terminate();
     let sqlite = runtime.block_on(durable_commits(&home.dir.path().join("baseline.db"), TASKS));
 
@@ -262,6 +274,25 @@ fn task_creation_rows() -> Vec<Row> {
             "—".into(),
             "—",
         ),
+        Row::new(
+            "creation with admission (manual profile)",
+            format!("{:.0} tasks/s", admitted.per_second),
+            format!("{:.0} rows/s {baseline}", sqlite.per_second),
+            "—",
+        )
+        .ratio(admitted.per_second, sqlite.per_second, "—"),
+        Row::new(
+            "  its latency p50 / p99",
+            format!("{} / {}", ms(admitted.latency.p50), ms(admitted.latency.p99)),
+            format!("{} / {} per commit", ms(sqlite.latency.p50), ms(sqlite.latency.p99)),
+            "—",
+        ),
+        Row::new(
+            "  its daemon CPU time per task",
+            us(admitted_cpu / TASKS as u32),
+            "—".into(),
+            "—",
+        ),
     ]
 }
 
@@ -281,13 +312,16 @@ impl Throughput {
 }
 
 /// Creates `count` tasks through the API from [`CLIENTS`] concurrent clients.
-async fn create_tasks(daemon: &Arc<Daemon>, count: usize) -> Throughput {
+async fn create_tasks(daemon: &Arc<Daemon>, count: usize, profile: &Value) -> Throughput {
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let daemon = Arc::clone(daemon);
             let share = count / CLIENTS + usize::from(client < count % CLIENTS);
-            tokio::spawn(async move { create_tasks_one_client(&daemon, client, share).await })
+            let profile = profile.clone();
+            tokio::spawn(
+                async move { create_tasks_one_client(&daemon, client, share, &profile).await },
+            )
         })
         .collect();
     let mut latencies = Vec::with_capacity(count);
@@ -298,12 +332,17 @@ async fn create_tasks(daemon: &Arc<Daemon>, count: usize) -> Throughput {
 }
 
 /// Creates `count` tasks one after another; returns each request's latency.
-async fn create_tasks_one_client(daemon: &Daemon, client: usize, count: usize) -> Vec<Duration> {
+async fn create_tasks_one_client(
+    daemon: &Daemon,
+    client: usize,
+    count: usize,
+    profile: &Value,
+) -> Vec<Duration> {
     let mut latencies = Vec::with_capacity(count);
     for n in 0..count {
         let started = Instant::now();
-        let (status, body) =
-            daemon.post("/api/tasks", json!({ "title": format!("bench task {client}-{n}") })).await;
+        let task = json!({ "title": format!("bench task {client}-{n}"), "profile": profile });
+        let (status, body) = daemon.post("/api/tasks", task).await;
         assert_eq!(status, 201, "task creation refused: {body}");
         latencies.push(started.elapsed());
     }
