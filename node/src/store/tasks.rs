@@ -325,18 +325,23 @@ impl Store {
 
         // Tasks of an external profile hold no slot once queued, so the slots do not ration
         // their admission (a pass admits at most EXTERNAL_PER_PASS of them, to keep it short).
-        // The two queries differ in their first step on purpose: the external tasks are found
-        // from their profiles (`tasks_by_state_profile`), since walking every waiting task in
-        // priority order to find the few of an external profile took a millisecond a pass with
-        // 5,000 waiting; the others are walked in priority order, the first `free` of them.
-        let external_ready: Vec<(String,)> = sqlx::query_as(&format!(
-            r#"
-            SELECT t.id FROM json_each(?1) p
-            CROSS JOIN tasks t ON t.state = 'created' AND t.profile = p.value
-            WHERE {DEPENDENCIES_COMPLETE}
-            ORDER BY t.priority DESC, t.created_at, t.id
-            LIMIT ?2
-            "#
+        // The two differ in where they start: the external tasks are found from their profiles
+        // (`tasks_by_state_profile`), since walking every waiting task in priority order to find
+        // the few of an external profile took a millisecond a pass with 5,000 waiting; the others
+        // are walked in priority order, the first `free` of them.
+        let ready_sql = |tasks: &str, filter: &str| {
+            format!(
+                r#"
+                SELECT t.id FROM {tasks}
+                WHERE t.state = 'created' AND {filter} AND {DEPENDENCIES_COMPLETE}
+                ORDER BY t.priority DESC, t.created_at, t.id
+                LIMIT ?2
+                "#
+            )
+        };
+        let external_ready: Vec<(String,)> = sqlx::query_as(&ready_sql(
+            "json_each(?1) p CROSS JOIN tasks t ON t.profile = p.value",
+            "true",
         ))
         .bind(&external)
         .bind(EXTERNAL_PER_PASS)
@@ -346,14 +351,9 @@ impl Store {
         let mut ready: Vec<(String, &str)> =
             external_ready.into_iter().map(|(id,)| (id, NO_SLOT)).collect();
         if free > 0 {
-            let slotted: Vec<(String,)> = sqlx::query_as(&format!(
-                r#"
-                SELECT t.id FROM tasks t
-                WHERE t.state = 'created' AND t.profile NOT IN (SELECT value FROM json_each(?1))
-                  AND {DEPENDENCIES_COMPLETE}
-                ORDER BY t.priority DESC, t.created_at, t.id
-                LIMIT ?2
-                "#
+            let slotted: Vec<(String,)> = sqlx::query_as(&ready_sql(
+                "tasks t",
+                "t.profile NOT IN (SELECT value FROM json_each(?1))",
             ))
             .bind(&external)
             .bind(free)
