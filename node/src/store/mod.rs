@@ -568,25 +568,38 @@ async fn outbox(
 ) -> Result<()> {
     let value = serde_json::to_value(payload)
         .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+    outbox_rows(tx, kind, &[(entity_id.to_string(), value)], urgent).await
+}
+
+/// [`outbox`] for many entities of one kind, in one statement. Each payload must carry its
+/// `version`: the seq fallback of a versionless one is read once for the whole statement.
+async fn outbox_rows(
+    tx: &mut Writing,
+    kind: &str,
+    rows: &[(String, serde_json::Value)],
+    urgent: bool,
+) -> Result<()> {
     let stream = if kind == "task" { "task_summary" } else { kind };
-    if kind == "task" && value.get("state").and_then(|s| s.as_str()) == Some("complete") {
-        tx.completions += 1;
-    }
+    let complete = |value: &serde_json::Value| {
+        kind == "task" && value.get("state").and_then(|s| s.as_str()) == Some("complete")
+    };
+    tx.completions += rows.iter().filter(|(_, value)| complete(value)).count() as u64;
     tx.urgent |= urgent;
-    sqlx::query(
-        r#"
-        INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at)
-        VALUES (?, ?, coalesce(?, (SELECT coalesce(max(seq), 0) + 1 FROM outbox)), ?, ?, ?)
-        "#,
-    )
-    .bind(stream)
-    .bind(entity_id)
-    .bind(value.get("version").and_then(|v| v.as_i64()))
-    .bind(if urgent { "urgent" } else { "normal" })
-    .bind(value.to_string())
-    .bind(Timestamp::now())
-    .execute(&mut **tx)
-    .await?;
+    let now = Timestamp::now();
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at) ",
+    );
+    insert.push_values(rows, |mut row, (entity_id, value)| {
+        row.push_bind(stream)
+            .push_bind(entity_id.as_str())
+            .push("coalesce(")
+            .push_bind_unseparated(value.get("version").and_then(|v| v.as_i64()))
+            .push_unseparated(", (SELECT coalesce(max(seq), 0) + 1 FROM outbox))")
+            .push_bind(if urgent { "urgent" } else { "normal" })
+            .push_bind(value.to_string())
+            .push_bind(now);
+    });
+    insert.build().execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -111,6 +111,8 @@ const MAX_ATTEMPTS_LIMIT: u32 = 100;
 const DEPENDENCIES_COMPLETE: &str = "NOT EXISTS (
     SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
     WHERE d.task_id = t.id AND dep.state <> 'complete')";
+/// Tasks written by one statement at most (11 bound values each; SQLite takes 32,766).
+const INSERT_CHUNK: usize = 512;
 /// Tasks of an external profile admitted by one scheduler pass at most.
 const EXTERNAL_PER_PASS: i64 = 500;
 /// Longest title, in characters.
@@ -140,9 +142,12 @@ impl Store {
     ) -> Result<Vec<Task>> {
         let mut tx = self.write().await?;
         let mut created = Vec::with_capacity(batch.len());
+        let mut actors = Vec::with_capacity(batch.len());
         for (new, actor) in batch {
-            created.push(create_in_tx(&mut tx, Uuid::new_v4(), new, config, &actor).await?);
+            created.push(prepare_task(&mut tx, Uuid::new_v4(), new, config).await?);
+            actors.push(actor);
         }
+        insert_tasks(&mut tx, &created, &actors).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -467,6 +472,14 @@ pub(super) async fn create_in_tx(
     config: &Config,
     actor: &str,
 ) -> Result<Task> {
+    let task = prepare_task(tx, id, new, config).await?;
+    insert_tasks(tx, std::slice::from_ref(&task), &[actor]).await?;
+    Ok(task)
+}
+
+/// Checks a new task against the configuration and resolves its dependencies: the task as it
+/// will be stored, nothing written yet.
+async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config) -> Result<Task> {
     let defaults = &config.tasks;
     let title = new.title.trim().to_string();
     if title.is_empty() {
@@ -540,31 +553,7 @@ pub(super) async fn create_in_tx(
             depends_on.push(dep_id);
         }
     }
-    sqlx::query(
-        r#"
-        INSERT INTO tasks (id, title, prompt, repo, profile, workflow, verify, max_attempts,
-                           priority, state, created_at, updated_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'created', ?, ?)
-        "#,
-    )
-    .bind(id.hyphenated())
-    .bind(&title)
-    .bind(&prompt)
-    .bind(&repo)
-    .bind(&profile)
-    .bind(&new.workflow)
-    .bind(&new.verify)
-    .bind(max_attempts)
-    .bind(new.priority)
-    .bind(now)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    for dep in &depends_on {
-        insert_dependency(tx, id, *dep).await?;
-    }
-    append_log(tx, id, now, None, TaskState::Created, "created", actor).await?;
-    let task = Task {
+    Ok(Task {
         id,
         title,
         prompt,
@@ -581,9 +570,60 @@ pub(super) async fn create_in_tx(
         updated_at: now,
         version: 1,
         depends_on,
-    };
-    outbox(tx, "task", &task.id.to_string(), &task, false).await?;
-    Ok(task)
+    })
+}
+
+/// Writes prepared tasks in `created`, each with its dependencies, its first log entry (by the
+/// actor at the same index) and an outbox row: one statement for each kind of row, whatever the
+/// number of tasks, since every statement is a round trip to SQLite's thread (BENCHMARKS.md,
+/// task creation).
+async fn insert_tasks<A: AsRef<str>>(tx: &mut Writing, tasks: &[Task], actors: &[A]) -> Result<()> {
+    // 32,766 bound values at most per statement; 11 a task.
+    for (tasks, actors) in tasks.chunks(INSERT_CHUNK).zip(actors.chunks(INSERT_CHUNK)) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO tasks (id, title, prompt, repo, profile, workflow, verify, max_attempts, \
+             priority, state, created_at, updated_at) ",
+        );
+        insert.push_values(tasks, |mut row, task| {
+            row.push_bind(task.id.hyphenated())
+                .push_bind(&task.title)
+                .push_bind(&task.prompt)
+                .push_bind(&task.repo)
+                .push_bind(&task.profile)
+                .push_bind(&task.workflow)
+                .push_bind(&task.verify)
+                .push_bind(task.max_attempts)
+                .push_bind(task.priority)
+                .push_bind(TaskState::Created)
+                .push_bind(task.created_at)
+                .push_bind(task.updated_at);
+        });
+        insert.build().execute(&mut **tx).await?;
+        for task in tasks {
+            for dep in &task.depends_on {
+                insert_dependency(tx, task.id, *dep).await?;
+            }
+        }
+        let mut log = sqlx::QueryBuilder::new(
+            "INSERT INTO task_log (task_id, at, from_state, to_state, reason, actor) ",
+        );
+        log.push_values(tasks.iter().zip(actors), |mut row, (task, actor)| {
+            row.push_bind(task.id.hyphenated())
+                .push_bind(task.created_at)
+                .push_bind(None::<TaskState>)
+                .push_bind(TaskState::Created)
+                .push_bind("created")
+                .push_bind(actor.as_ref());
+        });
+        log.build().execute(&mut **tx).await?;
+        let payloads = tasks
+            .iter()
+            .map(|task| Ok((task.id.to_string(), serde_json::to_value(task)?)))
+            .collect::<std::result::Result<Vec<_>, serde_json::Error>>()
+            .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+        super::outbox_rows(tx, "task", &payloads, false).await?;
+    }
+    Ok(())
 }
 
 /// Applies one event (and the follow-ups it implies) inside `tx`, with every effect.
