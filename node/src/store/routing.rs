@@ -522,6 +522,12 @@ impl Store {
 /// After each change of a local task: a task held on a lease tells the central when its agent
 /// starts and how it ended, in the transaction of the change.
 pub(super) async fn transitioned(tx: &mut Writing, task: &Task, actor: &str) -> Result<()> {
+    let reported = task.state == TaskState::Executing
+        || task.state.is_terminal()
+        || matches!(task.state, TaskState::Blocked | TaskState::Alert);
+    if !reported {
+        return Ok(()); // no lease is looked up for a state the central is not told about
+    }
     let lease: Option<(i64,)> = sqlx::query_as(
         "SELECT fencing_token FROM routed_leases WHERE task_id = ? AND state = 'held'",
     )

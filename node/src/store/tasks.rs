@@ -367,11 +367,7 @@ impl Store {
             let reason = "dependencies complete and an agent slot is free";
             ready.extend(slotted.into_iter().map(|(id,)| (id, reason)));
         }
-        for (task, reason) in ready {
-            apply_in_tx(&mut tx, parse_id(&task)?, TaskEvent::Admit, reason, ACTOR, policy).await?;
-            changed += 1;
-        }
-
+        changed += admit(&mut tx, &ready, ACTOR, policy).await?;
         tx.commit().await?;
         Ok(changed)
     }
@@ -624,6 +620,94 @@ async fn insert_tasks<A: AsRef<str>>(tx: &mut Writing, tasks: &[Task], actors: &
         super::outbox_rows(tx, "task", &payloads, false).await?;
     }
     Ok(())
+}
+
+/// Admits waiting tasks (id, reason), as [`apply_in_tx`] would one by one, with one statement
+/// per kind of row for all of them: admission has no effects (the state machine says so, and if
+/// it ever has, each task goes through [`apply_in_tx`]), so it is the state, the log entry and
+/// the outbox row. A scheduler pass may admit hundreds of external-profile tasks.
+async fn admit(
+    tx: &mut Writing,
+    ready: &[(String, &str)],
+    actor: &str,
+    policy: RetryPolicy,
+) -> Result<usize> {
+    if ready.is_empty() {
+        return Ok(0);
+    }
+    let step = transition(TaskState::Created, TaskEvent::Admit)?;
+    if !step.effects.is_empty() {
+        for (id, reason) in ready {
+            apply_in_tx(tx, parse_id(id)?, TaskEvent::Admit, reason, actor, policy).await?;
+        }
+        return Ok(ready.len());
+    }
+    let now = Timestamp::now();
+    let ids = serde_json::to_string(&ready.iter().map(|(id, _)| id).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Invalid { field: "ids", message: e.to_string() })?;
+    let mut tasks: Vec<Task> = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT value FROM json_each(?)) AND state = 'created'"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    if tasks.len() != ready.len() {
+        return Err(StoreError::Invalid {
+            field: "state",
+            message: format!(
+                "{} of {} tasks to admit are not waiting",
+                ready.len() - tasks.len(),
+                ready.len()
+            ),
+        });
+    }
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "SELECT task_id, depends_on FROM task_deps WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY depends_on",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (task, dep) in edges {
+        if let Some(t) = tasks.iter_mut().find(|t| t.id.to_string() == task) {
+            t.depends_on.push(parse_id(&dep)?);
+        }
+    }
+    sqlx::query(
+        "UPDATE tasks SET state = ?, wake_at = NULL, updated_at = ?, version = version + 1 \
+         WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(step.to)
+    .bind(now)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    let mut log = sqlx::QueryBuilder::new(
+        "INSERT INTO task_log (task_id, at, from_state, to_state, reason, actor) ",
+    );
+    log.push_values(ready, |mut row, (id, reason)| {
+        row.push_bind(id.as_str())
+            .push_bind(now)
+            .push_bind(TaskState::Created)
+            .push_bind(step.to)
+            .push_bind(*reason)
+            .push_bind(actor);
+    });
+    log.build().execute(&mut **tx).await?;
+    let mut payloads = Vec::with_capacity(tasks.len());
+    for task in &mut tasks {
+        task.state = step.to;
+        task.wake_at = None;
+        task.updated_at = now;
+        task.version += 1;
+        let payload = serde_json::to_value(&*task)
+            .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+        payloads.push((task.id.to_string(), payload));
+    }
+    super::outbox_rows(tx, "task", &payloads, false).await?;
+    for task in &tasks {
+        super::routing::transitioned(tx, task, actor).await?;
+    }
+    Ok(tasks.len())
 }
 
 /// Applies one event (and the follow-ups it implies) inside `tx`, with every effect.
