@@ -111,7 +111,7 @@ const MAX_ATTEMPTS_LIMIT: u32 = 100;
 const DEPENDENCIES_COMPLETE: &str = "NOT EXISTS (
     SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
     WHERE d.task_id = t.id AND dep.state <> 'complete')";
-/// Tasks written by one statement at most (11 bound values each; SQLite takes 32,766).
+/// Tasks written by one statement at most (12 bound values each; SQLite takes 32,766).
 const INSERT_CHUNK: usize = 512;
 /// Tasks of an external profile admitted by one scheduler pass at most.
 const EXTERNAL_PER_PASS: i64 = 500;
@@ -574,7 +574,7 @@ async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config)
 /// number of tasks, since every statement is a round trip to SQLite's thread (BENCHMARKS.md,
 /// task creation).
 async fn insert_tasks<A: AsRef<str>>(tx: &mut Writing, tasks: &[Task], actors: &[A]) -> Result<()> {
-    // 32,766 bound values at most per statement; 11 a task.
+    // 32,766 bound values at most per statement; 12 a task.
     for (tasks, actors) in tasks.chunks(INSERT_CHUNK).zip(actors.chunks(INSERT_CHUNK)) {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO tasks (id, title, prompt, repo, profile, workflow, verify, max_attempts, \
