@@ -397,11 +397,7 @@ impl Store {
             .await?;
         if changed > 0 && state.is_some_and(|(s,)| !s.is_terminal()) {
             // Cancelling times nothing: the policy is not read.
-            let policy = RetryPolicy {
-                base: std::time::Duration::ZERO,
-                cap: std::time::Duration::ZERO,
-                quota_wait: std::time::Duration::ZERO,
-            };
+            let policy = RetryPolicy::default();
             apply_in_tx(&mut tx, task, TaskEvent::Cancel, reason, ACTOR, policy).await?;
         }
         tx.commit().await?;

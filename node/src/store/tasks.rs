@@ -87,8 +87,9 @@ pub struct Tokens {
     pub output: i64,
 }
 
-/// Timing of retries and quota waits.
-#[derive(Debug, Clone, Copy)]
+/// Timing of retries and quota waits; the default waits for nothing (for events that time
+/// nothing, such as a cancel).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RetryPolicy {
     pub base: Duration,
     pub cap: Duration,
