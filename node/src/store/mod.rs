@@ -571,8 +571,9 @@ async fn outbox(
     outbox_rows(tx, kind, &[(entity_id.to_string(), value)], urgent).await
 }
 
-/// [`outbox`] for many entities of one kind, in one statement. Each payload must carry its
-/// `version`: the seq fallback of a versionless one is read once for the whole statement.
+/// [`outbox`] for many entities of one kind, in one statement. Meant for payloads that carry
+/// their `version` (tasks); a versionless one, whose version is the next seq, goes through
+/// [`outbox`] alone.
 async fn outbox_rows(
     tx: &mut Writing,
     kind: &str,

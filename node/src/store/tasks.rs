@@ -669,7 +669,8 @@ async fn admit(
     .fetch_all(&mut **tx)
     .await?;
     for (task, dep) in edges {
-        if let Some(t) = tasks.iter_mut().find(|t| t.id.to_string() == task) {
+        let task = parse_id(&task)?;
+        if let Some(t) = tasks.iter_mut().find(|t| t.id == task) {
             t.depends_on.push(parse_id(&dep)?);
         }
     }
