@@ -263,6 +263,12 @@ pub struct DaemonInfo {
     /// `host:port` the API listens on.
     pub addr: String,
     pub started_at: ccm_schema::Timestamp,
+    /// How long a tool call may wait for this daemon's answer, in seconds, when it has approval
+    /// rules (a rule's timeout plus a margin); absent when it has none, and then every hook
+    /// event waits the short timeout. The hooks read it here rather than from the configuration
+    /// file, because the daemon holds a call by the rules it loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_wait_secs: Option<u64>,
 }
 
 /// Length of a generated token (32 random bytes in hex), and the least one `auth.json` may hold.

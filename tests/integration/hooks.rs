@@ -1,4 +1,5 @@
-//! The hook pipeline through the real `ccm hook` binary and `POST /api/hooks`, with the
+//! The hook pipeline through the real `ccm-hook` program the hooks run (and `ccm hook`, which it
+//! hands events to when the daemon does not take them) and `POST /api/hooks`, with the
 //! documented payloads of Claude Code, Gemini CLI and Codex.
 
 use std::io::Write;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use ccm_tests::{git_repo, open_db, wait_until, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
 
-/// Runs `ccm hook --agent AGENT [ARG]` with `stdin` and the hook environment `env`.
+/// Runs `ccm-hook --agent AGENT [ARG]` with `stdin` and the hook environment `env`.
 fn hook(
     home: &TestHome,
     agent: &str,
@@ -16,9 +17,9 @@ fn hook(
     stdin: &[u8],
     arg: Option<&str>,
 ) -> Output {
-    let mut command = home.ccm();
+    let mut command = home.ccm_hook();
     command
-        .args(["hook", "--agent", agent])
+        .args(["--agent", agent])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -26,11 +27,11 @@ fn hook(
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("ccm hook starts");
+    let mut child = command.spawn().expect("ccm-hook starts");
     let mut input = child.stdin.take().expect("stdin");
     let _ = input.write_all(stdin); // the hook may stop reading early; that is its right
     drop(input);
-    child.wait_with_output().expect("ccm hook ends")
+    child.wait_with_output().expect("ccm-hook ends")
 }
 
 /// Runs a hook that must exit 0 and returns its stdout parsed as JSON (`Null` when empty).
@@ -249,15 +250,15 @@ async fn bad_payloads_exit_zero_are_logged_and_stored_as_far_as_possible() {
     assert_eq!(log.lines().count(), 4, "one clear line per bad payload: {log}");
 }
 
-/// Arguments `ccm hook` cannot parse do not fail the agent: they are reported on stderr and
+/// Arguments the hook cannot parse do not fail the agent: they are reported on stderr and
 /// ignored, and the event on stdin is stored as usual.
 #[tokio::test]
 async fn hook_with_arguments_it_cannot_parse_still_stores_the_event_and_exits_zero() {
     let home = TestHome::new("hook-bad-args");
     let _daemon = home.start();
     let mut child = home
-        .ccm()
-        .args(["hook", "--agent"]) // the flag's value is missing
+        .ccm_hook()
+        .arg("--agent") // the flag's value is missing
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -468,9 +469,9 @@ async fn approval_rule_waits_for_a_decision_or_its_default() {
 
     // A human answers deny while the hook waits.
     let waiting = {
-        let mut command = home.ccm();
+        let mut command = home.ccm_hook();
         command
-            .args(["hook", "--agent", "claude"])
+            .args(["--agent", "claude"])
             .env("CCM_AGENT_TOKEN", &token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -536,7 +537,12 @@ fn init_merges_with_user_hooks_and_uninstall_restores_them() {
         "the user's hook stays first"
     );
     let ours = &installed["hooks"]["PreToolUse"][1]["hooks"][0];
-    assert!(ours["command"].as_str().unwrap().ends_with("hook --agent claude"), "{ours}");
+    let hook = ccm_tests::ccm_bin().with_file_name("ccm-hook");
+    assert_eq!(
+        ours["command"],
+        format!("{} --agent claude", hook.display()),
+        "the hooks run ccm-hook"
+    );
     assert!(ours["timeout"].as_u64().unwrap() > 300, "gates wait longer than the approval timeout");
     assert!(repo.join(".gemini/settings.json").exists());
     assert!(std::fs::read_to_string(repo.join(".codex/config.toml")).unwrap().contains("hook"));
@@ -816,8 +822,8 @@ fn wait_or_kill(mut child: std::process::Child, limit: Duration, what: &str) -> 
     child.wait_with_output().unwrap()
 }
 
-/// A hung daemon holds a tool call no approval rule names only briefly: the hook then stores
-/// the event itself and lets the agent go on.
+/// A hung daemon without approval rules holds a tool call only briefly: the hook then stores
+/// the event itself (once, under the key it posted it with) and lets the agent go on.
 #[tokio::test]
 async fn gate_without_an_approval_rule_does_not_wait_for_a_hung_daemon() {
     let home = TestHome::new("hook-hung");
@@ -829,8 +835,8 @@ async fn gate_without_an_approval_rule_does_not_wait_for_a_hung_daemon() {
         json!({"tool_name": "Write", "tool_input": {"file_path": "/tmp/x/a.rs", "content": "x"}}),
     );
     let mut child = home
-        .ccm()
-        .args(["hook", "--agent", "claude"])
+        .ccm_hook()
+        .args(["--agent", "claude"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -838,16 +844,39 @@ async fn gate_without_an_approval_rule_does_not_wait_for_a_hung_daemon() {
         .unwrap();
     child.stdin.take().unwrap().write_all(write.to_string().as_bytes()).unwrap();
     let started = std::time::Instant::now();
-    let out = wait_or_kill(child, Duration::from_secs(15), "ccm hook");
+    let out = wait_or_kill(child, Duration::from_secs(15), "ccm-hook");
     let _ = std::process::Command::new("kill").args(["-CONT", &pid]).status();
     assert!(out.status.success());
     assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    // The daemon, going on, reads the request the hook gave up on: the event stays stored once.
+    let (status, _) = daemon.get("/healthz").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         stored(&home).await,
         [("claude".into(), "PreToolUse".into(), "pre_tool".into(), "direct".into())]
     );
     let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
     assert!(log.contains("no answer within 2s"), "{log}");
+}
+
+/// An event the daemon refuses (here: `auth.json` holds another token than the daemon's) goes
+/// to `ccm hook`'s direct path, which stores it and says why in `hook.log`.
+#[tokio::test]
+async fn hook_refused_by_the_daemon_is_stored_directly_and_the_refusal_logged() {
+    let home = TestHome::new("hook-refused");
+    let _daemon = home.start();
+    let auth = home.home().join("auth.json");
+    let other = serde_json::to_string(&json!({ "token": "f".repeat(64) })).unwrap();
+    std::fs::write(&auth, other).unwrap();
+    let out = hook(&home, "claude", &[], claude("Stop", json!({})).to_string().as_bytes(), None);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        stored(&home).await,
+        [("claude".into(), "Stop".into(), "stop".into(), "direct".into())]
+    );
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(log.contains("daemon unreachable (the daemon answered 401)"), "{log}");
 }
 
 /// `ccm hook` exits 0 whatever happens to ccm, and says on stderr what it could not store:

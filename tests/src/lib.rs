@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The `ccm` binary of the profile these tests were built with, built once per test process.
+/// The `ccm` binary of the profile these tests were built with, built once per test process
+/// (with `ccm-hook` beside it, the program the hooks it installs run).
 pub fn ccm_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -44,7 +45,7 @@ pub fn ccm_bin() -> &'static Path {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "ccm-node", "--bin", "ccm"]);
+        build.args(["build", "--quiet", "-p", "ccm-node", "--bins"]);
         if release {
             build.arg("--release");
         }
@@ -144,7 +145,16 @@ impl TestHome {
 
     /// `ccm` with this home, port 0 (any free port) and no other `CCM_*` variable.
     pub fn ccm(&self) -> Command {
-        let mut command = Command::new(ccm_bin());
+        self.command(ccm_bin())
+    }
+
+    /// `ccm-hook`, the program installed hooks run, in this home's environment (see [`TestHome::ccm`]).
+    pub fn ccm_hook(&self) -> Command {
+        self.command(&ccm_bin().with_file_name("ccm-hook"))
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CCM_")) {
             command.env_remove(name);
         }

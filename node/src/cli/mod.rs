@@ -67,6 +67,12 @@ pub struct HookArgs {
     /// The CLI whose hook runs this: claude, gemini or codex (detected when omitted).
     #[arg(long)]
     agent: Option<String>,
+    /// The key `ccm-hook` posted the event under (set by `ccm-hook` only).
+    #[arg(long, hide = true)]
+    key: Option<uuid::Uuid>,
+    /// Why the daemon did not take the event `ccm-hook` posted (set by `ccm-hook` only).
+    #[arg(long, hide = true)]
+    daemon_failed: Option<String>,
     /// The event, for CLIs that pass it as an argument (Codex notify).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     payload: Vec<String>,
@@ -174,10 +180,11 @@ fn not_empty(value: &str) -> Result<String, String> {
 }
 
 /// Runs `ccm hook`, which loads no configuration up front and never fails.
-pub async fn hook(HookArgs { agent, mut payload }: HookArgs) {
+pub async fn hook(HookArgs { agent, key, daemon_failed, mut payload }: HookArgs) {
     let system = agent.and_then(|a| a.parse::<System>().ok());
+    let handed_over = crate::hooks::command::HandedOver { key, daemon_failed };
     match Home::locate() {
-        Ok(home) => crate::hooks::command::run(&home, system, payload.pop()).await,
+        Ok(home) => crate::hooks::command::run(&home, system, payload.pop(), handed_over).await,
         Err(e) => eprintln!("ccm hook: {e:#}; the event is not stored"),
     }
 }

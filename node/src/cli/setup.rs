@@ -32,27 +32,31 @@ pub struct HooksArgs {
 fn hook_options<'a>(
     config: &Config,
     repo: &'a Path,
-    ccm: &'a str,
+    hook: &'a [String],
     shared: bool,
 ) -> crate::hooks::install::Options<'a> {
     crate::hooks::install::Options {
         repo,
-        ccm,
+        hook,
         shared,
         // A gate waits at most the approval timeout, plus time for the answer to travel.
         gate_timeout_secs: config.approvals.timeout_secs + 30,
     }
 }
 
-/// The command a checkout's hooks run: `ccm` from PATH for committed settings (`--shared`);
-/// else this very binary, by its absolute path, unless it is a cargo build (under a `target/`
-/// directory) and a `ccm` is on PATH: `cargo clean` removes a build, while `ccm` on PATH
-/// follows `cargo install`.
-fn ccm_command(shared: bool) -> String {
-    let exe = crate::hooks::ccm_command();
-    let cargo_build = Path::new(&exe).components().any(|c| c.as_os_str() == "target");
-    if shared || (cargo_build && crate::agents::on_path("ccm").is_some()) {
-        "ccm".into()
+/// The program a checkout's hooks run: `ccm hook` from PATH for committed settings (`--shared`:
+/// every machine that checks them out has `ccm`, not necessarily a `ccm-hook` beside it); else
+/// this very build's ([`crate::hooks::hook_program`]), unless it is a cargo build (under a
+/// `target/` directory) and a `ccm` is on PATH: `cargo clean` removes a build, while the
+/// programs on PATH follow `cargo install` (`ccm-hook` when it is there too).
+fn hook_program(shared: bool) -> Vec<String> {
+    let on_path = |name: &str| crate::agents::on_path(name).is_some();
+    let exe = crate::hooks::hook_program();
+    let cargo_build = Path::new(&exe[0]).components().any(|c| c.as_os_str() == "target");
+    if !shared && cargo_build && on_path("ccm") && on_path("ccm-hook") {
+        vec!["ccm-hook".into()]
+    } else if shared || (cargo_build && on_path("ccm")) {
+        vec!["ccm".into(), "hook".into()]
     } else {
         exe
     }
@@ -66,8 +70,8 @@ pub fn hooks(config: &Config, cwd: &Path, command: HooksCommand) -> anyhow::Resu
         HooksCommand::Uninstall(args) => (args, crate::hooks::install::uninstall),
         HooksCommand::Status(args) => (args, crate::hooks::install::status),
     };
-    let ccm = ccm_command(args.shared);
-    let reports = run(&hook_options(config, &probe.path, &ccm, args.shared))?;
+    let hook = hook_program(args.shared);
+    let reports = run(&hook_options(config, &probe.path, &hook, args.shared))?;
     show_hook_reports(&reports);
     Ok(())
 }
@@ -96,8 +100,8 @@ pub async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()
         std::fs::write(&config_file, PROJECT_TEMPLATE)
             .with_context(|| format!("cannot write {}", config_file.display()))?;
     }
-    let ccm = ccm_command(false);
-    let reports = crate::hooks::install::install(&hook_options(config, &probe.path, &ccm, false))?;
+    let hook = hook_program(false);
+    let reports = crate::hooks::install::install(&hook_options(config, &probe.path, &hook, false))?;
     let backend = Backend::connect(home, config).await?;
     let context = backend.add_context(&probe.path).await?;
     show_hook_reports(&reports);
@@ -119,13 +123,14 @@ pub async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()
     println!(
         "\ncommit: .ccm/ (the project's ccm settings, prompts and skills, shared with the team)"
     );
+    let program = hook.join(" ");
     println!(
-        "ignore: {} (hooks that run `{ccm}` on this machine), e.g. add them to .git/info/exclude",
+        "ignore: {} (hooks that run `{program}` on this machine), e.g. add them to .git/info/exclude",
         local.join(" ")
     );
-    if ccm != "ccm" {
+    if hook[0].contains('/') {
         println!(
-            "hooks run {ccm}; after `cargo install --path node` (or a move), run `ccm hooks install` again"
+            "hooks run {program}; after `cargo install --path node` (or a move), run `ccm hooks install` again"
         );
     }
     println!("next: `ccm up -d`, then `ccm task add \"...\" --verify \"...\"` here");

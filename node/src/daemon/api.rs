@@ -394,7 +394,9 @@ async fn hook(
             serde_json::from_slice(&body)
                 .map_err(|e| ApiError::BadRequest(format!("invalid parsed hook event: {e}")))?
         } else {
-            HookEvent::parse(system, &body)
+            let event = HookEvent::parse(system, &body);
+            log_problems(&state, [(&event, key.as_str())]);
+            event
         };
         let mut answers = store_and_answer(&state, vec![(event, key)], origin).await?;
         return Ok(Json(answers.remove(0)).into_response());
@@ -407,16 +409,35 @@ async fn hook(
             lines().count()
         )));
     }
-    let events = lines()
+    let events: Vec<_> = lines()
         .enumerate()
         .map(|(i, line)| (HookEvent::parse(system, line), format!("{key}:{i}")))
         .collect();
+    log_problems(&state, events.iter().map(|(event, key)| (event, key.as_str())));
     let mut text = String::new();
     for answer in store_and_answer(&state, events, origin).await? {
         text.push_str(&answer.to_string());
         text.push('\n');
     }
     Ok(([(axum::http::header::CONTENT_TYPE, NDJSON)], text).into_response())
+}
+
+/// Says in `logs/hook.log` what was wrong with payloads the daemon parsed (`ccm hook` logs what
+/// it parsed itself), as `ccm hook` would have: one line per event with a problem.
+fn log_problems<'a>(state: &AppState, events: impl IntoIterator<Item = (&'a HookEvent, &'a str)>) {
+    let received_at = Timestamp::now();
+    let lines: Vec<String> = events
+        .into_iter()
+        .filter_map(|(event, key)| {
+            let problem = event.problem.as_deref()?;
+            Some(crate::hooks::command::log_line(received_at, key, event, problem))
+        })
+        .collect();
+    if !lines.is_empty() {
+        if let Err(error) = crate::hooks::command::log(&state.home, &lines.join("\n")) {
+            tracing::warn!(%error, "cannot write logs/hook.log");
+        }
+    }
 }
 
 /// Stores the events in one group commit (with whatever else is arriving) and works out each

@@ -192,6 +192,8 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         pid: std::process::id(),
         addr: bound.to_string(),
         started_at: Timestamp::now(),
+        gate_wait_secs: (!config.approvals.rules.is_empty())
+            .then(|| config.approvals.timeout_secs.saturating_add(crate::hooks::GATE_MARGIN_SECS)),
     };
 
     let config = Arc::new(config);

@@ -7,18 +7,23 @@
 //! the CLI's JSON format when a policy decided one; problems go to `~/.ccm-global/logs/hook.log`,
 //! and to stderr as well when the event could not be stored or the log not written.
 //!
-//! Only a tool call that an approval rule may hold waits for the daemon longer than
-//! `DAEMON_TIMEOUT`, and then only up to the rule's timeout (plus `GATE_MARGIN`); past its
-//! wait the hook takes the direct path.
+//! Only a tool call waits for the daemon longer than `DAEMON_TIMEOUT`, and only when the daemon
+//! has approval rules (its port file says so), up to their timeout plus `GATE_MARGIN_SECS`;
+//! past its wait the hook takes the direct path.
+//!
+//! The hooks run `ccm-hook` ([`super::fast`]), which posts the event to the daemon itself and
+//! runs this only when the daemon did not take it (then with its key, straight to the direct
+//! path) or when it cannot tell what to do.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use ccm_schema::{Severity, Timestamp};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::event::{HookEvent, Kind, System};
+use super::event::{HookEvent, System};
 use super::gate::{self, Verdict};
 use super::spool;
 use crate::config::Config;
@@ -27,13 +32,6 @@ use crate::store::{Origin, Receipt, RetryPolicy, Store, Via};
 
 /// Bytes read from stdin at most; the rest is drained and the payload marked truncated.
 const READ_LIMIT: u64 = 16 * 1024 * 1024;
-/// How long connecting to the daemon may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long a non-gate event may wait for the daemon.
-const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
-/// How much longer than an approval rule's timeout a gate it holds waits for the daemon (which
-/// answers the rule's default when the timeout passes).
-const GATE_MARGIN: Duration = Duration::from_secs(5);
 /// How long the direct path waits for another writer before spooling.
 const DIRECT_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -43,7 +41,7 @@ const DIRECT_BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 enum PathError {
     #[error("no port file")]
     NoPortFile,
-    #[error("no connection within {}s", CONNECT_TIMEOUT.as_secs_f32())]
+    #[error("no connection within {}s", super::CONNECT_TIMEOUT.as_secs_f32())]
     Connect(#[from] tokio::time::error::Elapsed),
     #[error("the daemon answered {0}")]
     Status(hyper::StatusCode),
@@ -63,21 +61,39 @@ enum PathError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// What `ccm-hook` passes on when it hands an event over after trying the daemon itself.
+#[derive(Debug, Default)]
+pub struct HandedOver {
+    /// The key `ccm-hook` posted the event under (the daemon may have stored it).
+    pub key: Option<Uuid>,
+    /// Why the daemon did not take it; the daemon is then not tried again.
+    pub daemon_failed: Option<String>,
+}
+
 /// Runs the hook; always succeeds (the exit code is 0).
-pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) {
+pub async fn run(
+    home: &Home,
+    system: Option<System>,
+    argument: Option<String>,
+    handed_over: HandedOver,
+) {
     let received_at = Timestamp::now();
     let bytes = match argument {
         Some(payload) => payload.into_bytes(),
         None => read_stdin(),
     };
     let event = HookEvent::parse(system, &bytes);
-    let key = Uuid::now_v7().to_string(); // time-ordered: appended to the key index
+    // Time-ordered: appended to the key index.
+    let key = handed_over.key.unwrap_or_else(Uuid::now_v7).to_string();
     let origin = Origin { agent_token: std::env::var("CCM_AGENT_TOKEN").ok() };
     let mut notes: Vec<String> = event.problem.iter().cloned().collect();
     let mut lost = false;
 
-    let wait = daemon_wait(home, &event);
-    let output = match through_daemon(home, &event, &key, &origin, wait).await {
+    let daemon = match handed_over.daemon_failed {
+        Some(reason) => Err(reason),
+        None => through_daemon(home, &event, &key, &origin).await.map_err(|e| e.to_string()),
+    };
+    let output = match daemon {
         Ok(output) => output,
         Err(daemon) => {
             notes.push(format!("daemon unreachable ({daemon}); writing the database directly"));
@@ -101,13 +117,8 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
         }
     };
     if !notes.is_empty() {
-        let line = format!(
-            "{received_at} {key} {} {} {}",
-            event.system,
-            display_name(&event),
-            notes.join("; ")
-        );
-        if let Err(e) = log(home, &line) {
+        let line = log_line(received_at, &key, &event, &notes.join("; "));
+        if let Err(e) = log(home.root(), &line) {
             eprintln!(
                 "ccm hook: cannot write {}: {e}",
                 home.root().join("logs/hook.log").display()
@@ -124,17 +135,20 @@ pub async fn run(home: &Home, system: Option<System>, argument: Option<String>) 
     }
 }
 
-fn display_name(event: &HookEvent) -> &str {
-    if event.name.is_empty() {
-        event.kind.as_str()
-    } else {
-        &event.name
-    }
+/// The line `hook.log` gets for `notes` about an event.
+pub(crate) fn log_line(
+    received_at: Timestamp,
+    key: &str,
+    event: &HookEvent,
+    notes: &str,
+) -> String {
+    let name = if event.name.is_empty() { event.kind.as_str() } else { &event.name };
+    format!("{received_at} {key} {} {name} {notes}", event.system)
 }
 
 /// All of stdin up to `READ_LIMIT`; anything beyond is read and dropped (the payload is then
 /// not valid JSON, and is stored truncated).
-fn read_stdin() -> Vec<u8> {
+pub(super) fn read_stdin() -> Vec<u8> {
     /// Bytes a usual event fits in (a few KB), read before deciding how to buffer the rest.
     const FIRST: usize = 64 * 1024;
     let mut stdin = std::io::stdin().lock();
@@ -152,36 +166,20 @@ fn read_stdin() -> Vec<u8> {
     bytes
 }
 
-/// How long the hook waits for the daemon's answer: a tool call an approval rule may hold, up
-/// to the rule's timeout (and a margin); anything else, `DAEMON_TIMEOUT`.
-fn daemon_wait(home: &Home, event: &HookEvent) -> Duration {
-    if !matches!(event.kind, Kind::PreTool | Kind::PermissionRequest) {
-        return DAEMON_TIMEOUT;
-    }
-    // A broken config holds no rule here: the daemon keeps its own, and the direct path
-    // answers a gate with a deny while the config is broken.
-    let Ok(config) = Config::load(home.root(), None) else { return DAEMON_TIMEOUT };
-    if gate::may_need_approval(&config.approvals, event) {
-        Duration::from_secs(config.approvals.timeout_secs).saturating_add(GATE_MARGIN)
-    } else {
-        DAEMON_TIMEOUT
-    }
-}
-
-/// Posts the event to the running daemon and returns its decision, if any, waiting at most
-/// `wait`. One HTTP/1.1 exchange on a fresh loopback connection (hyper's client connection,
-/// without a pool).
+/// Posts the event to the running daemon and returns its decision, if any, waiting as long as
+/// [`super::daemon_wait`] says. One HTTP/1.1 exchange on a fresh loopback connection (hyper's
+/// client connection, without a pool).
 async fn through_daemon(
     home: &Home,
     event: &HookEvent,
     key: &str,
     origin: &Origin,
-    wait: Duration,
 ) -> Result<Option<Value>, PathError> {
     use http_body_util::{BodyExt, Full};
     use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 
     let daemon = home.read_daemon_info().ok_or(PathError::NoPortFile)?;
+    let wait = super::daemon_wait(&daemon, || event.kind.is_gate());
     let token = home.read_auth()?.token;
     // The event as parsed here, so what this process saw (invalid UTF-8, truncation) is kept.
     let mut request = hyper::Request::post(format!("/api/hooks?format=ccm&key={key}"))
@@ -194,7 +192,7 @@ async fn through_daemon(
     let request = request.body(Full::new(hyper::body::Bytes::from(serde_json::to_vec(event)?)))?;
     let exchange = async {
         let connect = tokio::net::TcpStream::connect(&daemon.addr);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect).await??;
+        let stream = tokio::time::timeout(super::CONNECT_TIMEOUT, connect).await??;
         stream.set_nodelay(true)?;
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
@@ -255,9 +253,9 @@ async fn directly(
     Ok(verdict.output(event))
 }
 
-/// Appends a line to `logs/hook.log`.
-fn log(home: &Home, line: &str) -> std::io::Result<()> {
-    let dir = home.root().join("logs");
+/// Appends a line to `logs/hook.log` in the home `root`.
+pub(crate) fn log(root: &Path, line: &str) -> std::io::Result<()> {
+    let dir = root.join("logs");
     crate::home::private_dir(&dir)?;
     let mut file = crate::home::private_file(&dir.join("hook.log"))?;
     writeln!(file, "{line}")

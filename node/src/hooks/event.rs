@@ -180,6 +180,11 @@ impl Kind {
             Kind::Invalid => "invalid",
         }
     }
+
+    /// A tool call an approval rule may hold: the kinds whose answer can wait for a human.
+    pub fn is_gate(self) -> bool {
+        matches!(self, Kind::PreTool | Kind::PermissionRequest)
+    }
 }
 
 impl fmt::Display for Kind {

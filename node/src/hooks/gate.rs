@@ -167,7 +167,7 @@ pub fn needs_approval(
     event: &HookEvent,
     workdir: Option<&str>,
 ) -> bool {
-    if !matches!(event.kind, Kind::PreTool | Kind::PermissionRequest) {
+    if !event.kind.is_gate() {
         return false;
     }
     approvals.rules.iter().any(|rule| {
@@ -186,15 +186,6 @@ pub fn needs_approval(
                 }));
         tool_matches && command_matches && outside_matches
     })
-}
-
-/// Whether an approval rule may make this tool call wait while the agent's working directory
-/// is not known (`ccm hook`, before the daemon answers): every path written counts as outside
-/// the worktree.
-pub fn may_need_approval(approvals: &ApprovalConfig, event: &HookEvent) -> bool {
-    /// A directory no path is in.
-    const NOWHERE: &str = "\0";
-    needs_approval(approvals, event, Some(NOWHERE))
 }
 
 #[cfg(test)]

@@ -6,16 +6,18 @@
 //!   [`Options::shared`]): one matcher group per event in [`CLAUDE_EVENTS`], timeouts in seconds.
 //! - Gemini CLI, `.gemini/settings.json`: one matcher group per event in [`GEMINI_EVENTS`],
 //!   timeouts in milliseconds.
-//! - Codex, `.codex/config.toml`: top-level `notify = ["<ccm>", "hook", "--agent", "codex"]`.
+//! - Codex, `.codex/config.toml`: top-level `notify = ["<ccm-hook>", "--agent", "codex"]`.
 //!   Codex ignores `notify` there and reads a project's hooks only once the project is trusted,
 //!   so the runtime gives each `codex exec` ccm's notify and lifecycle hooks on its command line
 //!   instead ([`codex_overrides`]).
 //!
 //! **Invariant**: the user's content is never removed, changed or reordered. ccm's groups are
-//! appended after the user's; a ccm handler is recognised by its exact command string, so
-//! installing twice adds nothing and uninstalling removes only ccm's handlers (and what they
-//! leave empty: their group, the event key, the `hooks` object, the file). Nothing is recorded
-//! on disk about what ccm added.
+//! appended after the user's; a ccm handler is recognised by its command ([`is_ccm_hook`]:
+//! `ccm-hook --agent <cli>` or the older `ccm hook --agent <cli>`, from any directory), so
+//! installing twice adds nothing, installing again points ccm's handlers at the current program
+//! in place, and uninstalling removes only ccm's handlers (and what they leave empty: their
+//! group, the event key, the `hooks` object, the file). Nothing is recorded on disk about what
+//! ccm added.
 //!
 //! **Invariant**: a file that does not parse, or whose shape ccm cannot merge into, is reported
 //! and never written. Every write is atomic (a temporary file in the same directory, then a
@@ -79,8 +81,9 @@ const GEMINI_HANDLER_NAME: &str = "ccm";
 pub struct Options<'a> {
     /// Repository root.
     pub repo: &'a Path,
-    /// The command that runs ccm, e.g. "/usr/local/bin/ccm" or "ccm".
-    pub ccm: &'a str,
+    /// The program the hooks run, before `--agent <cli>`: `["/usr/local/bin/ccm-hook"]`, or
+    /// `["ccm", "hook"]` where `ccm-hook` may not be installed ([`super::hook_program`]).
+    pub hook: &'a [String],
     /// Claude Code: write `.claude/settings.json` (shared, committed) instead of
     /// `.claude/settings.local.json`.
     pub shared: bool,
@@ -105,7 +108,7 @@ pub struct FileReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// `install` wrote ccm's hooks (or corrected their timeouts).
+    /// `install` wrote ccm's hooks (or corrected their commands or timeouts).
     Added,
     /// ccm's hooks are all there, as `install` would write them; nothing was changed.
     AlreadyPresent,
@@ -201,7 +204,11 @@ pub fn status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
 
 fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
     let claude_file = if options.shared { "settings.json" } else { "settings.local.json" };
-    let claude_command = format!("{} hook --agent claude", shell_quote(options.ccm));
+    let command = |agent: &str| {
+        let words: Vec<String> = options.hook.iter().map(|w| shell_quote(w)).collect();
+        format!("{} --agent {agent}", words.join(" "))
+    };
+    let claude_command = command("claude");
     let claude = JsonTarget {
         agent: "claude",
         file: options.repo.join(".claude").join(claude_file),
@@ -223,10 +230,9 @@ fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
                 (event, group)
             })
             .collect(),
-        command: claude_command,
     };
 
-    let gemini_command = format!("{} hook --agent gemini", shell_quote(options.ccm));
+    let gemini_command = command("gemini");
     let gemini = JsonTarget {
         agent: "gemini",
         file: options.repo.join(".gemini").join("settings.json"),
@@ -247,12 +253,11 @@ fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
                 (event, json!({ "matcher": "*", "hooks": [handler] }))
             })
             .collect(),
-        command: gemini_command,
     };
 
     let codex = CodexTarget {
         file: options.repo.join(".codex").join("config.toml"),
-        argv: [options.ccm, "hook", "--agent", "codex"].map(str::to_owned).to_vec(),
+        argv: [options.hook, &["--agent".into(), "codex".into()]].concat(),
     };
     (claude, gemini, codex)
 }
@@ -272,10 +277,12 @@ pub const CODEX_EVENTS: [(&str, bool); 6] = [
 /// command line. Codex reads neither from a project's `.codex/` unless the project is trusted
 /// (and `notify` not even then), so they go on the command line of each run; the hooks run only
 /// with `--dangerously-bypass-hook-trust`.
-pub fn codex_overrides(ccm: &str, gate_timeout_secs: u64) -> Vec<String> {
+pub fn codex_overrides(hook: &[String], gate_timeout_secs: u64) -> Vec<String> {
     let quoted = |s: &str| toml_edit::Value::from(s).to_string();
-    let notify: Vec<String> = [ccm, "hook", "--agent", "codex"].map(quoted).to_vec();
-    let command = quoted(&format!("{} hook --agent codex", shell_quote(ccm)));
+    let argv = [hook, &["--agent".into(), "codex".into()]].concat();
+    let notify: Vec<String> = argv.iter().map(|w| quoted(w)).collect();
+    let words: Vec<String> = argv.iter().map(|w| shell_quote(w)).collect();
+    let command = quoted(&words.join(" "));
     let mut overrides = vec!["-c".to_string(), format!("notify=[{}]", notify.join(","))];
     for (event, takes_matcher) in CODEX_EVENTS {
         let timeout = if event == "PreToolUse" { gate_timeout_secs } else { SHORT_TIMEOUT_SECS };
@@ -285,6 +292,20 @@ pub fn codex_overrides(ccm: &str, gate_timeout_secs: u64) -> Vec<String> {
         overrides.push(format!("hooks.{event}=[{{{matcher}hooks=[{handler}]}}]"));
     }
     overrides
+}
+
+/// Whether `argv` runs ccm's hook for `agent`: `<dir>/ccm-hook --agent <agent>`, or the older
+/// `<dir>/ccm hook --agent <agent>`, from any directory or from PATH.
+fn is_ccm_hook(argv: &[String], agent: &str) -> bool {
+    let named = |word: &str, name: &str| Path::new(word).file_name().is_some_and(|n| n == name);
+    let for_agent = |flag: &str, value: &str| flag == "--agent" && value == agent;
+    match argv {
+        [program, flag, value] => named(program, "ccm-hook") && for_agent(flag, value),
+        [program, sub, flag, value] => {
+            named(program, "ccm") && sub == "hook" && for_agent(flag, value)
+        }
+        _ => false,
+    }
 }
 
 /// Quotes `word` for a POSIX shell when it needs it (Claude Code and Gemini CLI run hook
@@ -304,8 +325,6 @@ fn shell_quote(word: &str) -> String {
 struct JsonTarget {
     agent: &'static str,
     file: PathBuf,
-    /// The shell command of ccm's handlers; the only way they are recognised.
-    command: String,
     /// The group ccm appends to each event.
     groups: Vec<(&'static str, Value)>,
 }
@@ -313,7 +332,8 @@ struct JsonTarget {
 /// One change [`JsonTarget::merge`] made.
 enum Edit {
     Added(&'static str),
-    TimeoutUpdated(&'static str),
+    /// Another command (an older form, another path) or timeout was corrected.
+    Updated(&'static str),
 }
 
 impl JsonTarget {
@@ -375,24 +395,24 @@ impl JsonTarget {
         } else if !missing.is_empty() {
             parts.push(format!("missing for {}", list(&missing)));
         }
-        let retimed: Vec<_> = edits
+        let updated: Vec<_> = edits
             .iter()
-            .filter_map(|e| if let Edit::TimeoutUpdated(ev) = e { Some(*ev) } else { None })
+            .filter_map(|e| if let Edit::Updated(ev) = e { Some(*ev) } else { None })
             .collect();
-        if !retimed.is_empty() {
-            parts.push(format!("another timeout on {}", list(&retimed)));
+        if !updated.is_empty() {
+            parts.push(format!("another command or timeout on {}", list(&updated)));
         }
         Ok(self.report(Action::NotPresent, parts.join("; ")))
     }
 
-    /// Appends ccm's group to each event that lacks a ccm handler, and corrects the timeout of
-    /// a ccm handler that has another one. Returns what it changed.
+    /// Appends ccm's group to each event that lacks a ccm handler, and corrects the command and
+    /// timeout of a ccm handler that has others. Returns what it changed.
     fn merge(&self, root: &mut Map<String, Value>) -> Result<Vec<Edit>, InstallError> {
         let hooks = root.entry("hooks").or_insert_with(|| Value::Object(Map::new()));
         let hooks = hooks.as_object_mut().ok_or_else(|| self.shape("hooks", "an object"))?;
         let mut edits = Vec::new();
         for (event, group) in &self.groups {
-            let timeout = &group["hooks"][0]["timeout"];
+            let (command, timeout) = (&group["hooks"][0]["command"], &group["hooks"][0]["timeout"]);
             let groups = hooks.entry(*event).or_insert_with(|| Value::Array(Vec::new()));
             let groups = groups
                 .as_array_mut()
@@ -404,9 +424,12 @@ impl JsonTarget {
                 .find(|h| self.is_ours(h));
             match ours {
                 Some(handler) => {
-                    if handler.get("timeout") != Some(timeout) {
+                    if handler.get("command") != Some(command)
+                        || handler.get("timeout") != Some(timeout)
+                    {
+                        handler["command"] = command.clone();
                         handler["timeout"] = timeout.clone();
-                        edits.push(Edit::TimeoutUpdated(event));
+                        edits.push(Edit::Updated(event));
                     }
                 }
                 None => {
@@ -458,7 +481,8 @@ impl JsonTarget {
     }
 
     fn is_ours(&self, handler: &Value) -> bool {
-        handler.get("command").and_then(Value::as_str) == Some(self.command.as_str())
+        let words = handler.get("command").and_then(Value::as_str).and_then(shlex::split);
+        words.is_some_and(|words| is_ccm_hook(&words, self.agent))
     }
 
     fn shape(&self, key: &str, expected: &'static str) -> InstallError {
@@ -474,9 +498,9 @@ impl JsonTarget {
             .iter()
             .filter_map(|e| if let Edit::Added(ev) = e { Some(*ev) } else { None })
             .collect();
-        let retimed: Vec<_> = edits
+        let updated: Vec<_> = edits
             .iter()
-            .filter_map(|e| if let Edit::TimeoutUpdated(ev) = e { Some(*ev) } else { None })
+            .filter_map(|e| if let Edit::Updated(ev) = e { Some(*ev) } else { None })
             .collect();
         let mut parts = Vec::new();
         if added.len() == self.groups.len() {
@@ -484,8 +508,8 @@ impl JsonTarget {
         } else if !added.is_empty() {
             parts.push(format!("{verb} {}", list(&added)));
         }
-        if !retimed.is_empty() {
-            parts.push(format!("corrected the timeout on {}", list(&retimed)));
+        if !updated.is_empty() {
+            parts.push(format!("corrected the command or timeout on {}", list(&updated)));
         }
         parts.join("; ")
     }
@@ -511,8 +535,17 @@ impl CodexTarget {
                 write_atomically(&self.file, doc.to_string().as_bytes())?;
                 Ok(self.report(Action::Added, format!("set notify = {}", self.ours())))
             }
-            Some(item) if self.is_ours(item) => {
+            Some(item) if self.is_current(item) => {
                 Ok(self.report(Action::AlreadyPresent, format!("notify = {}", self.ours())))
+            }
+            Some(item) if self.is_ours(item) => {
+                let before = inline(item);
+                doc["notify"] = toml_edit::value(
+                    self.argv.iter().map(String::as_str).collect::<toml_edit::Array>(),
+                );
+                write_atomically(&self.file, doc.to_string().as_bytes())?;
+                Ok(self
+                    .report(Action::Added, format!("set notify = {} (was {before})", self.ours())))
             }
             Some(item) => Ok(self.report(Action::Skipped, self.in_the_way(item))),
         }
@@ -548,18 +581,26 @@ impl CodexTarget {
         };
         Ok(match doc.get("notify") {
             None => self.report(Action::NotPresent, "notify is not set".to_owned()),
-            Some(item) if self.is_ours(item) => {
+            Some(item) if self.is_current(item) => {
                 self.report(Action::AlreadyPresent, format!("notify = {}", self.ours()))
+            }
+            Some(item) if self.is_ours(item) => {
+                let detail =
+                    format!("notify = {}, another program than {}", inline(item), self.ours());
+                self.report(Action::NotPresent, detail)
             }
             Some(item) => self.report(Action::Skipped, self.in_the_way(item)),
         })
     }
 
+    /// Whether `item` is a ccm hook's argv, in any form.
     fn is_ours(&self, item: &toml_edit::Item) -> bool {
-        item.as_array().is_some_and(|array| {
-            array.len() == self.argv.len()
-                && array.iter().zip(&self.argv).all(|(v, word)| v.as_str() == Some(word))
-        })
+        words(item).is_some_and(|argv| is_ccm_hook(&argv, "codex"))
+    }
+
+    /// Whether `item` is exactly the argv `install` writes.
+    fn is_current(&self, item: &toml_edit::Item) -> bool {
+        words(item).is_some_and(|argv| argv == self.argv)
     }
 
     fn ours(&self) -> String {
@@ -579,6 +620,11 @@ impl CodexTarget {
     fn report(&self, action: Action, detail: String) -> FileReport {
         FileReport { file: self.file.clone(), agent: "codex", action, detail }
     }
+}
+
+/// A TOML array of strings, as words.
+fn words(item: &toml_edit::Item) -> Option<Vec<String>> {
+    item.as_array()?.iter().map(|v| v.as_str().map(str::to_owned)).collect()
 }
 
 /// A TOML item on one line, without its comments and surrounding whitespace.
@@ -696,10 +742,16 @@ fn remove_file_and_empty_parent(path: &Path) -> Result<(), InstallError> {
 mod tests {
     use super::*;
 
-    const CCM: &str = "/opt/ccm/bin/ccm";
+    fn program(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    /// The program the tests install.
+    static HOOK: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| program(&["/opt/ccm/bin/ccm-hook"]));
 
     fn options(repo: &Path) -> Options<'_> {
-        Options { repo, ccm: CCM, shared: false, gate_timeout_secs: 900 }
+        Options { repo, hook: &HOOK, shared: false, gate_timeout_secs: 900 }
     }
 
     fn claude_file(repo: &Path) -> PathBuf {
@@ -784,7 +836,7 @@ mod tests {
         assert_eq!(
             claude["hooks"]["SessionStart"],
             json!([{ "matcher": "*", "hooks": [{
-                "type": "command", "command": "/opt/ccm/bin/ccm hook --agent claude", "timeout": 10
+                "type": "command", "command": "/opt/ccm/bin/ccm-hook --agent claude", "timeout": 10
             }] }])
         );
         for event in ["UserPromptSubmit", "Stop"] {
@@ -799,12 +851,12 @@ mod tests {
             gemini["hooks"]["AfterAgent"],
             json!([{ "matcher": "*", "hooks": [{
                 "name": "ccm", "type": "command",
-                "command": "/opt/ccm/bin/ccm hook --agent gemini", "timeout": 10000
+                "command": "/opt/ccm/bin/ccm-hook --agent gemini", "timeout": 10000
             }] }])
         );
 
         let codex = fs::read_to_string(codex_file(repo.path())).unwrap();
-        assert_eq!(codex, "notify = [\"/opt/ccm/bin/ccm\", \"hook\", \"--agent\", \"codex\"]\n");
+        assert_eq!(codex, "notify = [\"/opt/ccm/bin/ccm-hook\", \"--agent\", \"codex\"]\n");
 
         let text = fs::read_to_string(claude_file(repo.path())).unwrap();
         assert!(text.starts_with("{\n  \"hooks\": {\n    \"SessionStart\""), "{text}");
@@ -829,10 +881,10 @@ mod tests {
         let pre = claude["hooks"]["PreToolUse"].as_array().unwrap();
         assert_eq!(pre.len(), 3);
         assert_eq!(pre[..2], user["hooks"]["PreToolUse"].as_array().unwrap()[..]);
-        assert_eq!(pre[2]["hooks"][0]["command"], "/opt/ccm/bin/ccm hook --agent claude");
+        assert_eq!(pre[2]["hooks"][0]["command"], "/opt/ccm/bin/ccm-hook --agent claude");
         let stop = claude["hooks"]["Stop"].as_array().unwrap();
         assert_eq!(stop[0], user["hooks"]["Stop"][0]);
-        assert_eq!(stop[1]["hooks"][0]["command"], "/opt/ccm/bin/ccm hook --agent claude");
+        assert_eq!(stop[1]["hooks"][0]["command"], "/opt/ccm/bin/ccm-hook --agent claude");
 
         let gemini = read(&gemini_file(repo.path()));
         assert_eq!(gemini["theme"], "GitHub");
@@ -844,7 +896,7 @@ mod tests {
         assert_eq!(
             codex,
             "# my codex settings\nmodel = \"o3\"  # fast enough\n\
-             notify = [\"/opt/ccm/bin/ccm\", \"hook\", \"--agent\", \"codex\"]\n\
+             notify = [\"/opt/ccm/bin/ccm-hook\", \"--agent\", \"codex\"]\n\
              \n[tui]\nnotifications = true\n",
             "notify is a top-level key, before the first table; comments stay"
         );
@@ -871,14 +923,14 @@ mod tests {
             .map(|f| fs::read_to_string(f).unwrap());
         assert_eq!(first, second);
         let claude = read(&claude_file(repo.path()));
-        assert_eq!(handlers(&claude, "/opt/ccm/bin/ccm hook --agent claude").len(), 12);
+        assert_eq!(handlers(&claude, "/opt/ccm/bin/ccm-hook --agent claude").len(), 12);
 
         // A different gate timeout updates only ccm's gate handlers, in place.
         let reports = install(&Options { gate_timeout_secs: 60, ..options(repo.path()) }).unwrap();
         assert_eq!(reports[0].action, Action::Added);
         assert!(reports[0].detail.contains("PreToolUse and PermissionRequest"), "{reports:?}");
         let updated = read(&claude_file(repo.path()));
-        let ours = handlers(&updated, "/opt/ccm/bin/ccm hook --agent claude");
+        let ours = handlers(&updated, "/opt/ccm/bin/ccm-hook --agent claude");
         assert_eq!(ours.len(), 12);
         for (event, _, handler) in ours {
             let expected = if CLAUDE_GATES.contains(&event) { 60 } else { 10 };
@@ -947,13 +999,13 @@ mod tests {
         install(&Options { gate_timeout_secs: 1800, ..options(repo.path()) }).unwrap();
 
         let claude = read(&claude_file(repo.path()));
-        for (event, _, handler) in handlers(&claude, "/opt/ccm/bin/ccm hook --agent claude") {
+        for (event, _, handler) in handlers(&claude, "/opt/ccm/bin/ccm-hook --agent claude") {
             let seconds =
                 if ["PreToolUse", "PermissionRequest"].contains(&event) { 1800 } else { 10 };
             assert_eq!(handler["timeout"], seconds, "claude {event} (seconds)");
         }
         let gemini = read(&gemini_file(repo.path()));
-        let ours = handlers(&gemini, "/opt/ccm/bin/ccm hook --agent gemini");
+        let ours = handlers(&gemini, "/opt/ccm/bin/ccm-hook --agent gemini");
         assert_eq!(ours.len(), GEMINI_EVENTS.len());
         for (event, _, handler) in ours {
             let millis = if event == "BeforeTool" { 1_800_000 } else { 10_000 };
@@ -968,7 +1020,7 @@ mod tests {
         let reports = install(&shared).unwrap();
         let committed = repo.path().join(".claude/settings.json");
         assert_eq!(reports[0].file, committed);
-        assert_eq!(handlers(&read(&committed), "/opt/ccm/bin/ccm hook --agent claude").len(), 12);
+        assert_eq!(handlers(&read(&committed), "/opt/ccm/bin/ccm-hook --agent claude").len(), 12);
         assert!(!claude_file(repo.path()).exists());
 
         assert_eq!(status(&shared).unwrap()[0].action, Action::AlreadyPresent);
@@ -979,7 +1031,7 @@ mod tests {
 
     #[test]
     fn codex_overrides_are_toml_with_every_event_and_the_gate_timeout() {
-        let overrides = codex_overrides("/opt/my ccm/ccm", 630);
+        let overrides = codex_overrides(&program(&["/opt/my ccm/ccm", "hook"]), 630);
         assert_eq!(overrides.len(), 2 * (1 + CODEX_EVENTS.len()));
         assert!(overrides.iter().step_by(2).all(|flag| flag == "-c"));
         assert_eq!(overrides[1], r#"notify=["/opt/my ccm/ccm","hook","--agent","codex"]"#);
@@ -1081,7 +1133,7 @@ mod tests {
         assert_eq!(reports[0].action, Action::NotPresent);
         assert_eq!(
             reports[0].detail,
-            "missing for SessionEnd; another timeout on PreToolUse and PermissionRequest"
+            "missing for SessionEnd; another command or timeout on PreToolUse and PermissionRequest"
         );
         assert_eq!(fs::read_to_string(claude_file(repo.path())).unwrap(), changed);
         assert_ne!(changed, installed);
@@ -1090,11 +1142,52 @@ mod tests {
     #[test]
     fn ccm_path_with_spaces_is_quoted_for_the_shell_but_not_in_codex_argv() {
         let repo = tempfile::tempdir().unwrap();
-        let ccm = "/home/Jo Doe/bin/ccm";
-        install(&Options { ccm, ..options(repo.path()) }).unwrap();
+        let hook = program(&["/home/Jo Doe/bin/ccm-hook"]);
+        install(&Options { hook: &hook, ..options(repo.path()) }).unwrap();
         let claude = read(&claude_file(repo.path()));
-        assert_eq!(handlers(&claude, "'/home/Jo Doe/bin/ccm' hook --agent claude").len(), 12);
+        assert_eq!(handlers(&claude, "'/home/Jo Doe/bin/ccm-hook' --agent claude").len(), 12);
         let codex = fs::read_to_string(codex_file(repo.path())).unwrap();
-        assert!(codex.contains(r#"["/home/Jo Doe/bin/ccm", "hook""#), "{codex}");
+        assert!(codex.contains(r#"["/home/Jo Doe/bin/ccm-hook", "--agent""#), "{codex}");
+    }
+
+    #[test]
+    fn install_points_hooks_of_an_older_ccm_at_the_current_program_in_place() {
+        let repo = tempfile::tempdir().unwrap();
+        let old = program(&["/usr/local/bin/ccm", "hook"]);
+        install(&Options { hook: &old, ..options(repo.path()) }).unwrap();
+        let before = read(&claude_file(repo.path()));
+        assert_eq!(handlers(&before, "/usr/local/bin/ccm hook --agent claude").len(), 12);
+        assert_eq!(status(&options(repo.path())).unwrap()[0].action, Action::NotPresent);
+
+        let reports = install(&options(repo.path())).unwrap();
+        assert_eq!(
+            actions(&reports),
+            [("claude", Action::Added), ("gemini", Action::Added), ("codex", Action::Added)]
+        );
+        assert!(
+            reports[0].detail.starts_with("corrected the command or timeout on"),
+            "{reports:?}"
+        );
+        let after = read(&claude_file(repo.path()));
+        assert_eq!(handlers(&after, "/opt/ccm/bin/ccm-hook --agent claude").len(), 12);
+        assert!(handlers(&after, "/usr/local/bin/ccm hook --agent claude").is_empty());
+        let codex = fs::read_to_string(codex_file(repo.path())).unwrap();
+        assert_eq!(codex, "notify = [\"/opt/ccm/bin/ccm-hook\", \"--agent\", \"codex\"]\n");
+        assert!(status(&options(repo.path()))
+            .unwrap()
+            .iter()
+            .all(|r| r.action == Action::AlreadyPresent));
+
+        // A user's hook that merely mentions ccm is not ccm's.
+        let mut settings = after;
+        settings["hooks"]["Stop"][0]["hooks"][0]["command"] =
+            "ccm hook --agent claude | tee log".into();
+        write(&claude_file(repo.path()), &settings.to_string());
+        uninstall(&options(repo.path())).unwrap();
+        let left = read(&claude_file(repo.path()));
+        assert_eq!(
+            left["hooks"]["Stop"][0]["hooks"][0]["command"],
+            "ccm hook --agent claude | tee log"
+        );
     }
 }

@@ -17,7 +17,7 @@ impl Runtime {
         // ccm's own hook settings are not the agent's work: remove them before judging what is left.
         if saved.worktree.path.is_dir() {
             if let Err(e) = crate::hooks::install::uninstall(
-                &self.hook_options(&saved.worktree.path, &crate::hooks::ccm_command()),
+                &self.hook_options(&saved.worktree.path, &crate::hooks::hook_program()),
             ) {
                 warn!(error = %e, "cannot remove ccm's hooks from the worktree");
             }

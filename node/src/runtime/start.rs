@@ -156,8 +156,8 @@ impl Runtime {
             })?;
             // Local hook settings are not committed, so the worktree gets ccm's hooks of its own,
             // kept out of the agent's commits whatever git command it runs.
-            let ccm = crate::hooks::ccm_command();
-            let options = runtime.hook_options(&prepared.path, &ccm);
+            let hook = crate::hooks::hook_program();
+            let options = runtime.hook_options(&prepared.path, &hook);
             match crate::hooks::install::install(&options) {
                 Ok(reports) => {
                     let files: Vec<&Path> = reports
@@ -193,11 +193,11 @@ impl Runtime {
     pub(super) fn hook_options<'a>(
         &self,
         worktree: &'a Path,
-        ccm: &'a str,
+        hook: &'a [String],
     ) -> crate::hooks::install::Options<'a> {
         crate::hooks::install::Options {
             repo: worktree,
-            ccm,
+            hook,
             shared: false,
             gate_timeout_secs: self.gate_timeout_secs(),
         }
@@ -245,7 +245,7 @@ impl Runtime {
         let prompt_file = dir.join("prompt.md");
         let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
         let codex_hooks = crate::hooks::install::codex_overrides(
-            &crate::hooks::ccm_command(),
+            &crate::hooks::hook_program(),
             self.gate_timeout_secs(),
         );
         let argv = profile.argv(&Placeholders {
