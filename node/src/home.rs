@@ -148,6 +148,11 @@ impl Home {
         self.root.join("daemon.json")
     }
 
+    /// The running daemon's Unix socket: its API, for the hooks (see [`DaemonInfo::socket`]).
+    pub fn socket_file(&self) -> PathBuf {
+        self.root.join("daemon.sock")
+    }
+
     /// Held (flock) by the running daemon, so two daemons never share one home.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("daemon.lock")
@@ -262,6 +267,10 @@ pub struct DaemonInfo {
     pub pid: u32,
     /// `host:port` the API listens on.
     pub addr: String,
+    /// A Unix socket serving the same API, which the hooks connect to (no TCP handshake);
+    /// absent when the daemon could not create it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
     pub started_at: ccm_schema::Timestamp,
     /// How long a tool call may wait for this daemon's answer, in seconds, when it has approval
     /// rules (a rule's timeout plus a margin); absent when it has none, and then every hook

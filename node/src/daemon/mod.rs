@@ -188,9 +188,11 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
     }
     .map_err(listen)?;
     let bound = listener.local_addr().map_err(listen)?;
+    let socket = bind_socket(&home);
     let daemon = DaemonInfo {
         pid: std::process::id(),
         addr: bound.to_string(),
+        socket: socket.as_ref().map(|_| home.socket_file()),
         started_at: Timestamp::now(),
         gate_wait_secs: (!config.approvals.rules.is_empty())
             .then(|| config.approvals.timeout_secs.saturating_add(crate::hooks::GATE_MARGIN_SECS)),
@@ -291,7 +293,14 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
 
     home.write_daemon_info(&daemon)?;
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
-    serve::serve(listener, router(state), &config.daemon, shutdown.clone()).await;
+    // On a worker thread rather than this one (the runtime's `block_on`): a connection is then
+    // accepted, and its task started, on the thread the I/O driver woke, with no hand-off to
+    // another thread for each new connection.
+    let server =
+        serve::serve(listener, socket, router(state), config.daemon.clone(), shutdown.clone());
+    if let Err(e) = tokio::spawn(server).await {
+        warn!(task = "server", error = %e, "ended abnormally");
+    }
 
     shutdown.cancel();
     let tasks = [
@@ -313,8 +322,30 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
     }
     store.close().await;
     let _ = std::fs::remove_file(home.daemon_file());
+    let _ = std::fs::remove_file(home.socket_file());
     info!("ccm daemon stopped");
     Ok(())
+}
+
+/// Binds the API's Unix socket in the home directory (mode 0600, in a 0700 directory), for the
+/// hooks: a connection without TCP's handshake. A socket file left by a daemon that crashed is
+/// replaced (this daemon holds the home's lock). Without it (a path too long for a socket
+/// address, say) the daemon serves TCP alone, and the hooks use that.
+fn bind_socket(home: &Home) -> Option<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.socket_file();
+    let _ = std::fs::remove_file(&path);
+    let bound = tokio::net::UnixListener::bind(&path).and_then(|listener| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    });
+    match bound {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            warn!(%error, path = %path.display(), "cannot create the API's Unix socket; the hooks use TCP");
+            None
+        }
+    }
 }
 
 /// Stores hook events received through the API in groups; a request hands in its events

@@ -1,4 +1,5 @@
-//! The accept loop of the API: hyper's HTTP/1.1 connections with a header-read timeout (which
+//! The accept loop of the API, on its TCP listener and its Unix socket (which the hooks use):
+//! hyper's HTTP/1.1 connections with a header-read timeout (which
 //! also closes idle keep-alive connections), at most `daemon.max_connections` at once (more wait
 //! in the listen backlog), and accept errors such as running out of file descriptors answered
 //! with a back-off instead of a busy loop. On shutdown it stops accepting, lets each connection
@@ -12,8 +13,9 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -25,12 +27,13 @@ const GRACE: Duration = Duration::from_secs(5);
 /// First and longest wait after a failed accept.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
-/// Serves `router` on `listener` until `shutdown` is cancelled and every connection closed (or
-/// [`GRACE`] passed).
+/// Serves `router` on `listener` and `socket` until `shutdown` is cancelled and every
+/// connection closed (or [`GRACE`] passed).
 pub async fn serve(
     listener: TcpListener,
+    socket: Option<UnixListener>,
     router: Router,
-    config: &DaemonConfig,
+    config: DaemonConfig,
     shutdown: CancellationToken,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -47,20 +50,28 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let unix = async {
+            match &socket {
+                Some(socket) => socket.accept().await.map(|(stream, _)| Either::Right(stream)),
+                None => std::future::pending().await,
+            }
+        };
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    warn!(%error, retry_in = ?backoff, "cannot accept a connection");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                    backoff = (backoff * 2).min(BACKOFF.1);
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted.map(|(stream, _)| Either::Left(stream)),
+            accepted = unix => accepted,
             () = shutdown.cancelled() => break,
+        };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(%error, retry_in = ?backoff, "cannot accept a connection");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+                continue;
+            }
         };
         backoff = BACKOFF.0;
         let connection =
@@ -72,7 +83,7 @@ pub async fn serve(
             drop(slot);
         });
     }
-    drop(listener);
+    drop((listener, socket));
     if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
         warn!(grace = ?GRACE, "requests still open at shutdown are dropped");
     }

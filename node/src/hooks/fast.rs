@@ -3,7 +3,8 @@
 //!
 //! The usual event needs only the daemon: this reads the payload as `ccm hook` does (stdin, or
 //! the last argument for Codex's `notify`), posts it as received to `POST /api/hooks` (the
-//! daemon parses it as `ccm hook` would have) on one blocking loopback connection, and prints
+//! daemon parses it as `ccm hook` would have) on one blocking connection (the daemon's Unix
+//! socket, else loopback TCP), and prints
 //! the daemon's decision, if any. It is a small executable of its own, with no async runtime and
 //! no allocator set-up, because starting `ccm` (13 MB of code, its shared libraries) costs more
 //! than the rest of a hook (BENCHMARKS.md, hook pipeline).
@@ -15,10 +16,12 @@
 //! then stores it once) and why, so it goes straight to the direct path and logs that.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
+use socket2::{Domain, SockAddr, Socket, Type};
 use uuid::Uuid;
 
 use super::event::{HookEvent, System};
@@ -125,9 +128,7 @@ fn post(
 
     let failed =
         |what: &'static str| move |e: std::io::Error| Failure::Daemon(format!("{what}: {e}"));
-    let mut stream = TcpStream::connect_timeout(&addr, super::CONNECT_TIMEOUT)
-        .map_err(failed("cannot connect"))?;
-    stream.set_nodelay(true).map_err(failed("cannot set TCP_NODELAY"))?;
+    let mut stream = connect(daemon.socket.as_deref(), addr).map_err(failed("cannot connect"))?;
     stream.write_all(&bytes).map_err(failed("cannot send the event"))?;
 
     let no_answer = || Failure::Daemon(format!("no answer within {}s", wait.as_secs_f32()));
@@ -154,6 +155,21 @@ fn post(
             return Ok(decision);
         }
     }
+}
+
+/// A connection to the daemon: its Unix socket when it has one, else (or when that refuses)
+/// TCP.
+fn connect(socket: Option<&Path>, addr: SocketAddr) -> std::io::Result<Socket> {
+    if let Some(path) = socket {
+        let unix = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        if unix.connect_timeout(&SockAddr::unix(path)?, super::CONNECT_TIMEOUT).is_ok() {
+            return Ok(unix);
+        }
+    }
+    let tcp = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    tcp.connect_timeout(&addr.into(), super::CONNECT_TIMEOUT)?;
+    tcp.set_tcp_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// What the bytes received so far hold.
