@@ -4,10 +4,10 @@
 //! The usual event needs only the daemon: this reads the payload as `ccm hook` does (stdin, or
 //! the last argument for Codex's `notify`), posts it as received to `POST /api/hooks` (the
 //! daemon parses it as `ccm hook` would have) on one blocking connection (the daemon's Unix
-//! socket, else loopback TCP), and prints
-//! the daemon's decision, if any. It is a small executable of its own, with no async runtime and
-//! no allocator set-up, because starting `ccm` (13 MB of code, its shared libraries) costs more
-//! than the rest of a hook (BENCHMARKS.md, hook pipeline).
+//! socket, else loopback TCP), and prints the daemon's decision, if any. It is a small
+//! executable of its own, with no async runtime and no allocator set-up, because starting
+//! `ccm` (13 MB of code, its shared libraries) costs more than the rest of a hook
+//! (BENCHMARKS.md, hook pipeline).
 //!
 //! Everything else goes to `ccm hook` (the `ccm` beside this executable, else the one on PATH),
 //! which exits 0 whatever happens: arguments this does not know, with stdin untouched; no port
@@ -29,8 +29,9 @@ use crate::home::Home;
 
 /// Runs `ccm-hook` with the process's arguments; the exit code is always 0.
 pub fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(Arguments { agent, payload: argument }) = parse_args(&args) else {
+    let args: Option<Vec<String>> =
+        std::env::args_os().skip(1).map(|a| a.into_string().ok()).collect();
+    let Some(Arguments { agent, payload: argument }) = args.as_deref().and_then(parse_args) else {
         // `--help`, an option it does not know, or an argument that is not UTF-8: `ccm hook`
         // says what it makes of them, reading the payload itself.
         return hand_over(&Handover::Arguments(std::env::args_os().skip(1).collect()));
