@@ -860,6 +860,39 @@ async fn gate_without_an_approval_rule_does_not_wait_for_a_hung_daemon() {
     assert!(log.contains("no answer within 2s"), "{log}");
 }
 
+/// The daemon serves its API on the Unix socket its port file names (mode 0600), with the same
+/// checks as on TCP; the socket goes when the daemon stops.
+#[tokio::test]
+async fn daemon_serves_the_api_on_a_private_unix_socket_with_the_same_checks() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new("hook-socket");
+    let mut daemon = home.start();
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.home().join("daemon.json")).unwrap())
+            .unwrap();
+    let socket =
+        std::path::PathBuf::from(info["socket"].as_str().expect("the port file names a socket"));
+    assert_eq!(socket, home.home().join("daemon.sock"));
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    let exchange = |authorization: &str| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let request = format!(
+            "GET /api/status HTTP/1.1\r\nHost: {}\r\n{authorization}Connection: close\r\n\r\n",
+            daemon.addr
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(exchange("").starts_with("HTTP/1.1 401"), "no token");
+    let answer = exchange(&format!("Authorization: Bearer {}\r\n", daemon.token));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    daemon.terminate();
+    assert!(!socket.exists(), "the socket outlived the daemon");
+}
+
 /// An event the daemon refuses (here: `auth.json` holds another token than the daemon's) goes
 /// to `ccm hook`'s direct path, which stores it and says why in `hook.log`.
 #[tokio::test]
