@@ -18,7 +18,7 @@
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -27,8 +27,8 @@ use uuid::Uuid;
 use super::event::{HookEvent, System};
 use crate::home::Home;
 
-/// Runs `ccm-hook` with the process's arguments; the exit code is always 0.
-pub fn main() -> ExitCode {
+/// Runs `ccm-hook` with the process's arguments (the process then exits 0, whatever happened).
+pub fn main() {
     let args: Option<Vec<String>> =
         std::env::args_os().skip(1).map(|a| a.into_string().ok()).collect();
     let Some(Arguments { agent, payload: argument }) = args.as_deref().and_then(parse_args) else {
@@ -47,7 +47,6 @@ pub fn main() -> ExitCode {
             if let Some(answer) = answer {
                 let _ = writeln!(std::io::stdout().lock(), "{answer}");
             }
-            ExitCode::SUCCESS
         }
         Err(Failure::Before) => hand_over(&Handover::Event { agent, payload, tried: None }),
         Err(Failure::Daemon(reason)) => {
@@ -222,7 +221,7 @@ enum Handover<'a> {
 }
 
 /// Runs `ccm hook` with the event, its stdout and stderr this process's own.
-fn hand_over(handover: &Handover) -> ExitCode {
+fn hand_over(handover: &Handover) {
     let ccm = std::env::current_exe()
         .map(|exe| exe.with_file_name("ccm"))
         .ok()
@@ -261,7 +260,6 @@ fn hand_over(handover: &Handover) -> ExitCode {
             let _ = super::command::log(home.root(), &line);
         }
     }
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
