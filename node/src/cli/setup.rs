@@ -53,12 +53,12 @@ fn hook_program(shared: bool) -> Vec<String> {
     let on_path = |name: &str| crate::agents::on_path(name).is_some();
     let exe = crate::hooks::hook_program();
     let cargo_build = Path::new(&exe[0]).components().any(|c| c.as_os_str() == "target");
-    if !shared && cargo_build && on_path("ccm") && on_path("ccm-hook") {
-        vec!["ccm-hook".into()]
-    } else if shared || (cargo_build && on_path("ccm")) {
-        vec!["ccm".into(), "hook".into()]
-    } else {
+    if !(shared || (cargo_build && on_path("ccm"))) {
         exe
+    } else if !shared && on_path("ccm-hook") {
+        vec!["ccm-hook".into()]
+    } else {
+        vec!["ccm".into(), "hook".into()]
     }
 }
 

@@ -1,10 +1,10 @@
 //! The accept loop of the API, on its TCP listener and its Unix socket (which the hooks use):
-//! hyper's HTTP/1.1 connections with a header-read timeout (which
-//! also closes idle keep-alive connections), at most `daemon.max_connections` at once (more wait
-//! in the listen backlog), and accept errors such as running out of file descriptors answered
-//! with a back-off instead of a busy loop. On shutdown it stops accepting, lets each connection
-//! finish its request, and returns when all are closed, or after [`GRACE`] (a hook held by an
-//! approval rule may wait minutes; it takes its direct path when the daemon has gone).
+//! hyper's HTTP/1.1 connections with a header-read timeout (which also closes idle keep-alive
+//! connections), at most `daemon.max_connections` at once (more wait in the listen backlog),
+//! and accept errors such as running out of file descriptors answered with a back-off instead
+//! of a busy loop. On shutdown it stops accepting, lets each connection finish its request, and
+//! returns when all are closed, or after [`GRACE`] (a hook held by an approval rule may wait
+//! minutes; it takes its direct path when the daemon has gone).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -204,10 +204,8 @@ pub fn status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
 
 fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
     let claude_file = if options.shared { "settings.json" } else { "settings.local.json" };
-    let command = |agent: &str| {
-        let words: Vec<String> = options.hook.iter().map(|w| shell_quote(w)).collect();
-        format!("{} --agent {agent}", words.join(" "))
-    };
+    let command =
+        |agent: &str| shell_command(&[options.hook, &["--agent".into(), agent.into()]].concat());
     let claude_command = command("claude");
     let claude = JsonTarget {
         agent: "claude",
@@ -281,8 +279,7 @@ pub fn codex_overrides(hook: &[String], gate_timeout_secs: u64) -> Vec<String> {
     let quoted = |s: &str| toml_edit::Value::from(s).to_string();
     let argv = [hook, &["--agent".into(), "codex".into()]].concat();
     let notify: Vec<String> = argv.iter().map(|w| quoted(w)).collect();
-    let words: Vec<String> = argv.iter().map(|w| shell_quote(w)).collect();
-    let command = quoted(&words.join(" "));
+    let command = quoted(&shell_command(&argv));
     let mut overrides = vec!["-c".to_string(), format!("notify=[{}]", notify.join(","))];
     for (event, takes_matcher) in CODEX_EVENTS {
         let timeout = if event == "PreToolUse" { gate_timeout_secs } else { SHORT_TIMEOUT_SECS };
@@ -306,6 +303,11 @@ fn is_ccm_hook(argv: &[String], agent: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// `argv` as one command line for a POSIX shell.
+fn shell_command(argv: &[String]) -> String {
+    argv.iter().map(|word| shell_quote(word)).collect::<Vec<_>>().join(" ")
 }
 
 /// Quotes `word` for a POSIX shell when it needs it (Claude Code and Gemini CLI run hook
