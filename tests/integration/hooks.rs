@@ -912,6 +912,37 @@ async fn hook_refused_by_the_daemon_is_stored_directly_and_the_refusal_logged() 
     assert!(log.contains("daemon unreachable (the daemon answered 401)"), "{log}");
 }
 
+/// A `ccm-hook` copied away from its `ccm`, with none on PATH and no daemon, still exits 0 and
+/// says what it lost, on stderr and in `hook.log`.
+#[tokio::test]
+async fn ccm_hook_without_ccm_and_without_daemon_exits_zero_and_says_so() {
+    let home = TestHome::new("hook-alone");
+    home.run_ok(&["task", "add", "makes the home"]);
+    let alone = home.dir.path().join("alone");
+    std::fs::create_dir_all(&alone).unwrap();
+    std::fs::copy(ccm_tests::ccm_bin().with_file_name("ccm-hook"), alone.join("ccm-hook")).unwrap();
+    let mut child = std::process::Command::new(alone.join("ccm-hook"));
+    child
+        .args(["--agent", "claude"])
+        .env("CCM_HOME", home.home())
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = child.spawn().unwrap();
+    let payload = claude("Stop", json!({})).to_string();
+    child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
+    let out = wait_or_kill(child, Duration::from_secs(15), "ccm-hook");
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot run") && stderr.contains("the event is not stored"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(log.contains("the event is not stored"), "{log}");
+}
+
 /// `ccm hook` exits 0 whatever happens to ccm, and says on stderr what it could not store:
 /// without a home, without an async runtime (no file descriptors left), and when no file can
 /// grow (a full disk), where it leaves no temporary spool file behind.
