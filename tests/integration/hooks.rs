@@ -912,10 +912,10 @@ async fn hook_refused_by_the_daemon_is_stored_directly_and_the_refusal_logged() 
     assert!(log.contains("daemon unreachable (the daemon answered 401)"), "{log}");
 }
 
-/// A `ccm-hook` copied away from its `ccm`, with none on PATH and no daemon, still exits 0 and
-/// says what it lost, on stderr and in `hook.log`.
+/// A `ccm-hook` copied away from its `ccm`, with none on PATH and no daemon, exits 0 and spools
+/// the event, which the daemon stores once it runs; `hook.log` says so.
 #[tokio::test]
-async fn ccm_hook_without_ccm_and_without_daemon_exits_zero_and_says_so() {
+async fn ccm_hook_without_ccm_spools_the_event_for_the_daemon() {
     let home = TestHome::new("hook-alone");
     home.run_ok(&["task", "add", "makes the home"]);
     let alone = home.dir.path().join("alone");
@@ -933,14 +933,17 @@ async fn ccm_hook_without_ccm_and_without_daemon_exits_zero_and_says_so() {
     let payload = claude("Stop", json!({})).to_string();
     child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
     let out = wait_or_kill(child, Duration::from_secs(15), "ccm-hook");
-    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot run") && stderr.contains("the event is not stored"),
-        "{stderr}"
-    );
+    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
     let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
-    assert!(log.contains("the event is not stored"), "{log}");
+    assert!(log.contains("cannot run") && log.contains("spooled the event"), "{log}");
+    let _daemon = home.start();
+    let ingested =
+        wait_until(Duration::from_secs(10), || async { !stored(&home).await.is_empty() }).await;
+    assert!(ingested, "the spooled event was not ingested");
+    assert_eq!(
+        stored(&home).await,
+        [("claude".into(), "Stop".into(), "stop".into(), "spool".into())]
+    );
 }
 
 /// `ccm hook` exits 0 whatever happens to ccm, and says on stderr what it could not store:

@@ -13,7 +13,8 @@
 //! which exits 0 whatever happens: arguments this does not know, with stdin untouched; no port
 //! file or token, with the payload on its stdin; no answer in time or an error status, with the
 //! payload, the key the event was posted under (the daemon may have stored it: the direct path
-//! then stores it once) and why, so it goes straight to the direct path and logs that.
+//! then stores it once) and why, so it goes straight to the direct path and logs that. When
+//! `ccm hook` cannot be run at all, the event goes to the spool, which the daemon ingests.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -252,14 +253,43 @@ fn hand_over(handover: &Handover) {
         }
         child.wait()
     });
-    if let Err(e) = run {
-        let line =
-            format!("ccm-hook: cannot run `{} hook` ({e}); the event is not stored", ccm.display());
-        eprintln!("{line}");
-        if let Ok(home) = Home::locate() {
-            let _ = super::command::log(home.root(), &line);
+    let Err(error) = run else { return };
+    let problem = format!("cannot run `{} hook` ({error})", ccm.display());
+    let home = Home::locate();
+    let spooled = match (handover, &home) {
+        (Handover::Event { agent, payload, tried }, Ok(home)) => {
+            spool(home, *agent, payload, tried)
         }
+        _ => Err("no event read or no home".into()),
+    };
+    let line = match spooled {
+        Ok(()) => format!("ccm-hook: {problem}; spooled the event for the daemon"),
+        Err(why) => {
+            format!("ccm-hook: {problem}; cannot spool it either ({why}): the event is not stored")
+        }
+    };
+    let logged = home.as_ref().is_ok_and(|home| super::command::log(home.root(), &line).is_ok());
+    if !logged || line.ends_with("not stored") {
+        eprintln!("{line}");
     }
+}
+
+/// Writes the event to the spool, which the daemon ingests once it runs: what `ccm-hook` does
+/// when `ccm hook` cannot be run.
+fn spool(
+    home: &Home,
+    agent: Option<&str>,
+    payload: &[u8],
+    tried: &Option<(Uuid, String)>,
+) -> Result<(), String> {
+    let system = agent.and_then(|a| a.parse::<System>().ok());
+    let entry = super::spool::Entry {
+        key: tried.as_ref().map_or_else(Uuid::now_v7, |(key, _)| *key).to_string(),
+        origin: crate::store::Origin { agent_token: std::env::var("CCM_AGENT_TOKEN").ok() },
+        received_at: ccm_schema::Timestamp::now(),
+        event: HookEvent::parse(system, payload),
+    };
+    super::spool::write(home.root(), &entry).map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
