@@ -70,8 +70,19 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     checks.push(database(home, &config).await);
     checks.push(auth(home));
     checks.push(port(home, &config).await);
-    let (programs, found, warnings) = agent_clis(&config);
+    let (programs, mut found, mut warnings) = agent_clis(&config);
     checks.extend(programs);
+    match crate::hooks::hook_program().as_slice() {
+        [hook] => found.push(("hooks".into(), format!("installed hooks run {hook}"))),
+        program => warnings.push(Warning {
+            name: "hooks".into(),
+            finding: format!(
+                "no ccm-hook beside this ccm: installed hooks run `{}`, which starts slower \
+                 (`cargo build --release -p ccm-node` or `cargo install --path node` builds both)",
+                program.join(" ")
+            ),
+        }),
+    }
     let mut failed = 0;
     for check in &checks {
         match &check.result {

@@ -100,6 +100,9 @@ fn doctor_reports_each_check_and_how_to_fix_failures() {
             "{name} in {stdout}"
         );
     }
+    let hook = ccm_tests::ccm_bin().with_file_name("ccm-hook");
+    let hooks = format!("ok    hooks     installed hooks run {}", hook.display());
+    assert!(stdout.lines().any(|l| l == hooks), "{hooks} in {stdout}");
 
     home.write_config("tasks:\n  max_attempts: -1\n");
     let broken = home.run(&["doctor"]);
