@@ -262,14 +262,15 @@ fn hand_over(handover: &Handover) {
         }
         _ => Err("no event read or no home".into()),
     };
-    let line = match spooled {
-        Ok(()) => format!("ccm-hook: {problem}; spooled the event for the daemon"),
+    let (line, lost) = match spooled {
+        Ok(()) => (format!("ccm-hook: {problem}; spooled the event for the daemon"), false),
         Err(why) => {
-            format!("ccm-hook: {problem}; cannot spool it either ({why}): the event is not stored")
+            let line = format!("ccm-hook: {problem}; cannot spool it either ({why})");
+            (format!("{line}: the event is not stored"), true)
         }
     };
     let logged = home.as_ref().is_ok_and(|home| super::command::log(home.root(), &line).is_ok());
-    if !logged || line.ends_with("not stored") {
+    if lost || !logged {
         eprintln!("{line}");
     }
 }
