@@ -566,9 +566,13 @@ async fn outbox(
     payload: &impl serde::Serialize,
     urgent: bool,
 ) -> Result<()> {
-    let value = serde_json::to_value(payload)
-        .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
-    outbox_rows(tx, kind, &[(entity_id.to_string(), value)], urgent).await
+    outbox_rows(tx, kind, &[(entity_id.to_string(), outbox_payload(payload)?)], urgent).await
+}
+
+/// An outbox row's payload as JSON.
+fn outbox_payload(payload: &impl serde::Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(payload)
+        .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })
 }
 
 /// [`outbox`] for many entities of one kind, in one statement. Meant for payloads that carry

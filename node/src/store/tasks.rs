@@ -613,14 +613,18 @@ async fn insert_tasks<A: AsRef<str>>(tx: &mut Writing, tasks: &[Task], actors: &
                 .push_bind(actor.as_ref());
         });
         log.build().execute(&mut **tx).await?;
-        let payloads = tasks
-            .iter()
-            .map(|task| Ok((task.id.to_string(), serde_json::to_value(task)?)))
-            .collect::<std::result::Result<Vec<_>, serde_json::Error>>()
-            .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
-        super::outbox_rows(tx, "task", &payloads, false).await?;
+        outbox_tasks(tx, tasks).await?;
     }
     Ok(())
+}
+
+/// The outbox rows of `tasks` (normal lane), in one statement.
+async fn outbox_tasks(tx: &mut Writing, tasks: &[Task]) -> Result<()> {
+    let payloads = tasks
+        .iter()
+        .map(|task| Ok((task.id.to_string(), super::outbox_payload(task)?)))
+        .collect::<Result<Vec<_>>>()?;
+    super::outbox_rows(tx, "task", &payloads, false).await
 }
 
 /// Admits waiting tasks (id, reason), as [`apply_in_tx`] would one by one, with one statement
@@ -695,17 +699,13 @@ async fn admit(
             .push_bind(actor);
     });
     log.build().execute(&mut **tx).await?;
-    let mut payloads = Vec::with_capacity(tasks.len());
     for task in &mut tasks {
         task.state = step.to;
         task.wake_at = None;
         task.updated_at = now;
         task.version += 1;
-        let payload = serde_json::to_value(&*task)
-            .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
-        payloads.push((task.id.to_string(), payload));
     }
-    super::outbox_rows(tx, "task", &payloads, false).await?;
+    outbox_tasks(tx, &tasks).await?;
     for task in &tasks {
         super::routing::transitioned(tx, task, actor).await?;
     }
