@@ -70,9 +70,13 @@ impl Client {
     pub async fn connect(home: &Home) -> Result<Option<Client>, Silent> {
         let Some(daemon) = home.read_daemon_info() else { return Ok(None) };
         let Ok(Auth { token, .. }) = home.read_auth() else { return Ok(None) };
-        let Ok(http) =
-            reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build()
-        else {
+        // The daemon's Unix socket when it has one: no TCP handshake, and never behind the TCP
+        // listener's connection cap (any local user can fill that one).
+        let mut builder = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60));
+        if let Some(socket) = &daemon.socket {
+            builder = builder.unix_socket(socket.as_path());
+        }
+        let Ok(http) = builder.build() else {
             return Ok(None);
         };
         let base = format!("http://{}", daemon.addr);

@@ -289,6 +289,36 @@ async fn idle_connections_beyond_the_cap_do_not_keep_healthz_from_answering() {
 }
 
 #[tokio::test]
+async fn a_full_tcp_listener_holds_neither_the_cli_nor_new_requests_for_the_header_timeout() {
+    let home = TestHome::new("tcp-cap-full");
+    // The default header timeout (10 s): idle connections alone would hold the slots that long.
+    let daemon = home.start_with(|c| {
+        c.env("CCM_DAEMON__MAX_CONNECTIONS", "8");
+    });
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let mut stream = TcpStream::connect(&daemon.addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        idle.push(stream);
+    }
+    // The CLI goes through the daemon's Unix socket, which has slots of its own.
+    let list = home.run(&["task", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    // A new TCP client gets a slot of a connection that sent no complete request, well before
+    // the header timeout would have freed one.
+    let health = daemon
+        .http
+        .get(daemon.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("healthz answers while idle connections fill every slot");
+    assert_eq!(health.status(), 200);
+    assert!(daemon.log_text().contains("closing an idle connection"));
+    drop(idle);
+}
+
+#[tokio::test]
 async fn daemon_keeps_serving_when_file_descriptors_run_out() {
     let home = TestHome::new("emfile");
     let daemon = home.start_command({
