@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ccm_schema::Timestamp;
 use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1};
 use ccm_sync::{Class, Lane, Outbox as _, Signals};
 use clap::Subcommand;
@@ -359,6 +360,18 @@ pub enum SystemsCommand {
     },
 }
 
+/// The fleet's systems as `(id, name)`, as the central lists them; `None` when it cannot be
+/// asked now (not enrolled, unreachable, or no answer within 3 s).
+pub async fn fleet_systems(home: &Home, config: &Config) -> Option<Vec<(String, String)>> {
+    let endpoint = config.sync.endpoint().ok()??;
+    let client = ccm_sync::Client::new(endpoint, Some(crate::sync::access_token(home)?)).ok()?;
+    let params = json!({});
+    let call = client.call::<Value>("list_systems", &params);
+    let systems = tokio::time::timeout(Duration::from_secs(3), call).await.ok()?.ok()?;
+    let text = |s: &Value, key: &str| s[key].as_str().unwrap_or_default().to_string();
+    Some(systems.as_array()?.iter().map(|s| (text(s, "system_id"), text(s, "name"))).collect())
+}
+
 /// `ccm systems`: asks the central directly (no daemon needed).
 pub async fn systems(
     home: &Home,
@@ -424,15 +437,34 @@ fn show_systems(systems: &Value) {
                 s["slots"].as_i64().unwrap_or(0)
             ),
             format!("${:.2}", s["cost_today"].as_f64().unwrap_or(0.0)),
-            text("last_heartbeat_at").get(..19).unwrap_or("-"),
+            heartbeat_age(s["last_heartbeat_at"].as_str(), Timestamp::now()),
             if repos.is_empty() { "-".to_string() } else { repos.join(", ") },
         );
+    }
+}
+
+/// A central `timestamptz` (UTC) as its age, e.g. `12s ago`; `-` for none, the text as it came
+/// when it does not parse.
+fn heartbeat_age(at: Option<&str>, now: Timestamp) -> String {
+    let Some(at) = at else { return "-".into() };
+    match at.get(..19).map(humantime::parse_rfc3339_weak) {
+        Some(Ok(time)) => Timestamp::from(time).ago(now),
+        _ => at.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_central_heartbeat_time_reads_as_its_age() {
+        let now = Timestamp::from(humantime::parse_rfc3339("2026-11-30T21:14:00Z").unwrap());
+        assert_eq!(heartbeat_age(Some("2026-11-30T21:13:29.549281+00:00"), now), "31s ago");
+        assert_eq!(heartbeat_age(Some("2026-11-30T19:13:29+00:00"), now), "2h ago");
+        assert_eq!(heartbeat_age(None, now), "-");
+        assert_eq!(heartbeat_age(Some("yesterday"), now), "yesterday");
+    }
 
     #[test]
     fn the_next_status_poll_starts_ten_seconds_before_the_servers_time() {

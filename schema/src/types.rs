@@ -26,6 +26,17 @@ impl Timestamp {
     }
 
     /// This time plus `duration`, saturating.
+    /// How long before `now` this was, for people: `42s ago`, `5m ago`, `3h ago`, `2d ago`.
+    pub fn ago(self, now: Timestamp) -> String {
+        let secs = (now.0 - self.0).max(0) / 1000;
+        match secs {
+            0..60 => format!("{secs}s ago"),
+            60..3600 => format!("{}m ago", secs / 60),
+            3600..86400 => format!("{}h ago", secs / 3600),
+            _ => format!("{}d ago", secs / 86400),
+        }
+    }
+
     pub fn after(self, duration: Duration) -> Timestamp {
         Timestamp(self.0.saturating_add(duration.as_millis().try_into().unwrap_or(i64::MAX)))
     }

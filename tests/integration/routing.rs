@@ -75,6 +75,53 @@ async fn a_task_created_where_its_repository_is_missing_runs_on_the_system_that_
     assert!(list.contains("routed to the fleet") && list.contains("beta"), "{list}");
 }
 
+/// The origin's view of the fleet: a pin naming no system is refused at creation with the
+/// names the fleet has; `task list --json` lists routed tasks with where they run; `systems`
+/// shows each heartbeat as an age.
+#[tokio::test]
+async fn the_origin_refuses_unknown_pins_and_lists_routed_tasks_with_their_system() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+
+    let refused = alpha.home.run(&[
+        "task",
+        "add",
+        "typo",
+        "--profile",
+        "fake",
+        "--repo",
+        &fleet.remote,
+        "--system",
+        "betta",
+    ]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("--system betta") && message.contains("alpha, beta"), "{message}");
+    assert!(alpha.daemon().get("/api/routed").await.1.as_array().unwrap().is_empty());
+
+    let id = alpha.add(&["listed work", "--repo", &fleet.remote, "--system", "beta"]);
+    wait_for("beta to take the task", SLOW, async || {
+        let list = alpha.home.run_json(&["task", "list"]);
+        let row = list.as_array()?.iter().find(|t| t["id"] == id.as_str())?.clone();
+        (row["routed"]["system"] == "beta").then_some(row)
+    })
+    .await;
+    let systems = alpha.home.run_ok(&["systems"]);
+    assert!(systems.contains("s ago"), "{systems}");
+    drop(beta);
+}
+
+/// A task sent to the fleet while the central cannot be reached says that it waits here.
+#[tokio::test]
+async fn a_task_routed_while_the_central_is_unreachable_says_it_waits() {
+    let home = ccm_tests::TestHome::new("routed-unreachable");
+    home.write_config("sync:\n  rest_url: http://127.0.0.1:9\n  publishable_key: anon\n");
+    let out = home.run_ok(&["task", "add", "far away", "--repo", "https://example.com/o/far.git"]);
+    assert!(out.contains("routed task"), "{out}");
+    assert!(out.contains("cannot be reached now") && out.contains("waits here"), "{out}");
+}
+
 /// Acceptance 5: a pinned task waits for its system; a task whose repository no system holds
 /// shows `no_context` and raises an alert; a draining system takes no new work.
 #[tokio::test]

@@ -149,11 +149,24 @@ pub async fn run(
                 depends_on: args.after,
             };
             if let Some(why) = fleet(&backend, config, &place, args.system.as_deref()).await? {
+                let reachable = match crate::routing::fleet_systems(home, config).await {
+                    Some(systems) => {
+                        check_pin(args.system.as_deref(), &systems)?;
+                        true
+                    }
+                    None => false,
+                };
                 let routed = backend.route_task(new, args.system.as_deref()).await?;
                 return print(args.json, &routed, |r| {
                     let short = short_id(&r.id);
                     println!("routed task {short} to the fleet: {}", r.title);
                     println!("  {why}; `ccm task show {short}` follows it");
+                    if !reachable {
+                        println!(
+                            "  the central cannot be reached now (see `ccm sync status`): the task \
+                             waits here and is sent once it can"
+                        );
+                    }
                 });
             }
             let task = backend.create_task(new).await?;
@@ -164,11 +177,23 @@ pub async fn run(
         }
         TaskCommand::List { state, json } => {
             let tasks = backend.tasks(state).await?;
-            let routed = if config.sync.enabled() { backend.routed_tasks().await? } else { vec![] };
-            print(json, &tasks, |tasks| {
-                show_tasks(tasks);
-                show_routed_tasks(&routed);
-            })
+            let mut routed =
+                if config.sync.enabled() { backend.routed_tasks().await? } else { vec![] };
+            if let Some(state) = state {
+                routed.retain(|r| r.state() == state.as_str());
+            }
+            if json {
+                // One list of every task this system knows of: its own, then those it routed
+                // to the fleet (`routed` says where they run).
+                let mut all = serde_json::to_value(&tasks)?;
+                if let Some(all) = all.as_array_mut() {
+                    all.extend(routed.iter().map(routed_json));
+                }
+                return print(true, &all, |_| {});
+            }
+            show_tasks(&tasks);
+            show_routed_tasks(&routed);
+            Ok(())
         }
         TaskCommand::Show { id, events: true, json } => {
             let events = backend.task_events(&id).await?;
@@ -301,6 +326,19 @@ async fn fleet(
     })
 }
 
+/// Refuses a pin that names none of the fleet's `systems` (`(id, name)`), naming those it has.
+fn check_pin(pin: Option<&str>, systems: &[(String, String)]) -> anyhow::Result<()> {
+    let Some(pin) = pin else { return Ok(()) };
+    if systems.iter().any(|(id, name)| id == pin || name == pin) {
+        return Ok(());
+    }
+    let names: Vec<&str> = systems.iter().map(|(_, name)| name.as_str()).collect();
+    anyhow::bail!(
+        "--system {pin}: no system of the fleet has that name or id (the fleet has: {})",
+        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+    )
+}
+
 fn show_routed_tasks(routed: &[RoutedTask]) {
     if routed.is_empty() {
         return;
@@ -318,6 +356,28 @@ fn show_routed_tasks(routed: &[RoutedTask]) {
             ]
         }),
     );
+}
+
+/// A routed task in `ccm task list --json`: the keys of a local task where it has them, and
+/// `routed` with where it runs.
+fn routed_json(r: &RoutedTask) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "title": r.title,
+        "state": r.state(),
+        "priority": r.priority,
+        "max_attempts": r.max_attempts,
+        "repo": r.repo,
+        "profile": r.profile,
+        "verify": r.verify,
+        "created_at": r.created_at,
+        "routed": {
+            "system": r.system(),
+            "pin": r.pin,
+            "submitted_at": r.submitted_at,
+            "waiting": r.central.as_ref().and_then(|c| c.reason.as_deref()),
+        },
+    })
 }
 
 /// `ccm task show` of a routed task: what the central says of it.

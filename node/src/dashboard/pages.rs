@@ -90,16 +90,6 @@ fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
-fn ago(at: Timestamp, now: Timestamp) -> String {
-    let secs = (now.0 - at.0).max(0) / 1000;
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
-}
-
 /// A cost, or "unknown" when a CLI reported none (never shown as zero).
 fn cost(usd: Option<f64>) -> String {
     usd.map_or_else(|| "unknown".to_string(), dollars)
@@ -268,7 +258,7 @@ pub async fn board(
                     profile: task.profile,
                     priority: task.priority,
                     attempts: task.attempts,
-                    changed: ago(task.updated_at, now),
+                    changed: task.updated_at.ago(now),
                 });
             }
         }
@@ -711,7 +701,7 @@ pub async fn decisions(signed_in: SignedIn, State(state): State<AppState>) -> Re
                 options: d.options.0,
                 answer: d.answer.unwrap_or_default(),
                 by: d.answered_by.unwrap_or_default(),
-                asked: ago(d.created_at, now),
+                asked: d.created_at.ago(now),
             })
             .collect();
         let (pending, answered) = rows.into_iter().partition(|d| d.answer.is_empty());
@@ -789,7 +779,7 @@ pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Respo
                 kind: format!("{:?}", a.kind).to_lowercase(),
                 profile: a.profile,
                 status: format!("{:?}", a.status).to_lowercase(),
-                heartbeat: ago(a.last_heartbeat, now),
+                heartbeat: a.last_heartbeat.ago(now),
                 cost: cost(a.cost_usd),
                 tokens: format!("{} in / {} out", a.input_tokens, a.output_tokens),
             })
@@ -834,7 +824,7 @@ pub async fn alerts(signed_in: SignedIn, State(state): State<AppState>) -> Respo
                 task: a.task_id.map(|t| (t.clone(), t.chars().take(8).collect())),
                 reason: a.reason,
                 message: a.message,
-                raised: ago(a.created_at, now),
+                raised: a.created_at.ago(now),
             })
             .collect();
         Ok::<_, Response>(render(&Alerts { layout, alerts }))
