@@ -223,13 +223,17 @@ fn writes_outside(event: &HookEvent, simple: &[shell::Simple], place: &Place) ->
         Some(std::iter::once(place.worktree).chain(place.cwd).map(Path::to_path_buf).collect());
     for command in simple {
         for target in &command.writes {
-            let outside_from = |base: &PathBuf| match target {
-                shell::Target::Path(p) => {
-                    !harmless(p) && outside(p, base, place.worktree, place.home)
-                }
-                shell::Target::Unknown => true,
+            let shell::Target::Path(path) = target else { return true };
+            if harmless(path) {
+                continue;
+            }
+            let from_home_or_root = path.starts_with('/') || path == "~" || path.starts_with("~/");
+            let held = match &bases {
+                _ if from_home_or_root => outside(path, place.worktree, place.worktree, place.home),
+                Some(bases) => bases.iter().any(|b| outside(path, b, place.worktree, place.home)),
+                None => true,
             };
-            if bases.as_ref().is_none_or(|bases| bases.iter().any(outside_from)) {
+            if held {
                 return true;
             }
         }
@@ -557,6 +561,7 @@ mod tests {
             "echo x > out.txt",
             &format!("echo x > {w}/out.txt"),
             "cargo build 2>/dev/null >&2",
+            "cd \"$SOMEWHERE\" && make 2>/dev/null",
             "mkdir -p target/x && cp a b",
             "cat < /etc/hosts | grep x",
             "cd src && touch lib.rs",
