@@ -1065,3 +1065,172 @@ fn holder_home_with_repo(name: &str) -> (TestHome, String) {
     home.run_ok(&["context", "add", &repo]);
     (home, repo)
 }
+
+/// The working directory the runtime recorded for the task's live agent.
+async fn agent_field(daemon: &ccm_tests::Daemon, task: &str, field: &str) -> String {
+    let (_, agents) = daemon.get("/api/agents").await;
+    let agent = agents.as_array().unwrap().iter().find(|a| a["task_id"] == task).cloned();
+    agent
+        .and_then(|a| a[field].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{agents:#}"))
+}
+
+/// Sends the event as the agent and says whether it waited for a human: the hook's answer is
+/// the default after nobody answered (`Some(answer)`), else `None` for an event let through.
+fn waits_for_a_human(home: &TestHome, agent: &str, token: &str, event: &Value) -> bool {
+    let answer = hook_json(home, agent, &[("CCM_AGENT_TOKEN", token)], event);
+    if answer.is_null() {
+        return false;
+    }
+    let reason = answer["hookSpecificOutput"]["permissionDecisionReason"]
+        .as_str()
+        .or(answer["hookSpecificOutput"]["decision"]["message"].as_str())
+        .or(answer["reason"].as_str())
+        .unwrap_or_default();
+    assert!(reason.contains("nobody answered within 1s"), "{event}: {answer}");
+    true
+}
+
+/// `writes_outside_worktree` is judged against the worktree the runtime gave the agent, with
+/// paths resolved as the system would write them: the `cwd` an event claims never lets a write
+/// through, a link out of the worktree is outside, a relative path (Gemini's) is inside, and a
+/// shell command's obvious targets are judged too.
+#[tokio::test]
+async fn writes_outside_the_agents_worktree_wait_for_a_human_whatever_the_event_says() {
+    let (home, repo) = holder_home_with_repo("hook-outside");
+    home.write_config(&format!(
+        "approvals:\n  timeout_secs: 1\n  default: deny\n  rules:\n    - writes_outside_worktree: true\n{HOLDER_PROFILE}"
+    ));
+    let daemon = home.start();
+    let task = home.run_json(&["task", "add", "writer", "--profile", "holder", "--repo", &repo])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let worktree = agent_field(&daemon, &task, "cwd").await;
+    let outside = home.work().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, std::path::Path::new(&worktree).join("escape")).unwrap();
+    let write = |kind: &str, cwd: &str, path: &str| {
+        claude(
+            kind,
+            json!({"cwd": cwd, "tool_name": "Write", "tool_input": {"file_path": path, "content": "x"}}),
+        )
+    };
+    let bash = |command: &str| {
+        claude(
+            "PreToolUse",
+            json!({"cwd": worktree, "tool_name": "Bash", "tool_input": {"command": command}}),
+        )
+    };
+    let decisions = || async { daemon.get("/api/decisions").await.1.as_array().unwrap().len() };
+    let c1 = "/tmp/ccm-test-c1.txt";
+
+    let held = [
+        write("PreToolUse", &worktree, c1),
+        write("PreToolUse", "/tmp", c1),
+        write("PreToolUse", "/", c1),
+        write("PermissionRequest", "/tmp", c1),
+        write("PreToolUse", &worktree, &format!("{worktree}/escape/a.txt")),
+        write("PreToolUse", &worktree, &format!("{worktree}/src/../../a.txt")),
+        bash("echo x > /tmp/ccm-test-out"),
+        bash("cd /tmp && touch x"),
+    ];
+    for (i, event) in held.iter().enumerate() {
+        assert!(waits_for_a_human(&home, "claude", &token, event), "{event}");
+        assert_eq!(decisions().await, i + 1, "a decision was asked for {event}");
+    }
+    let gemini = json!({"session_id": "g", "cwd": "/tmp", "hook_event_name": "BeforeTool", "tool_name": "write_file",
+                        "tool_input": {"file_path": "src/main.rs", "content": "y"}});
+    assert!(!waits_for_a_human(&home, "gemini", &token, &gemini), "a relative path is inside");
+    let passed = [
+        write("PreToolUse", "/tmp", &format!("{worktree}/src/lib.rs")),
+        bash("echo x > out.txt 2>/dev/null"),
+    ];
+    for event in &passed {
+        assert!(!waits_for_a_human(&home, "claude", &token, event), "{event}");
+    }
+    assert_eq!(decisions().await, held.len());
+}
+
+/// A `command:` rule holds its command however the line spells it.
+#[tokio::test]
+async fn command_rule_holds_every_spelling_of_the_command() {
+    let home = TestHome::new("hook-push-spellings");
+    home.write_config(&format!(
+        "approvals:\n  timeout_secs: 1\n  default: deny\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n{HOLDER_PROFILE}"
+    ));
+    let daemon = home.start();
+    let task = home.run_json(&["task", "add", "pushes", "--profile", "holder"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let bash = |command: &str| {
+        claude("PreToolUse", json!({"tool_name": "Bash", "tool_input": {"command": command}}))
+    };
+    for command in [
+        "  git push",
+        "env git push",
+        "VAR=1 git push origin main",
+        "true && git push",
+        "git -C /tmp/x push",
+        "/usr/bin/git push",
+        "echo ready\ngit push",
+    ] {
+        assert!(waits_for_a_human(&home, "claude", &token, &bash(command)), "{command:?}");
+    }
+    assert!(!waits_for_a_human(&home, "claude", &token, &bash("git status; echo git push")));
+}
+
+/// A project file that breaks after it loaded keeps its `allowed_tools` for the next agents
+/// (with an alert), rather than falling back to the profile's own list.
+#[tokio::test]
+async fn broken_project_config_keeps_the_last_good_allowed_tools() {
+    let home = TestHome::new("hook-allowed-tools");
+    home.write_config(
+        "profiles:\n  lister:\n    allowed_tools: [Bash, Write]\n    command: [sh, -c, 'printf %s \"{allowed_tools}\" > \"$CCM_AGENT_DIR/tools\"; exec sleep 600']\n",
+    );
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let config = repo.join(".ccm/config.yaml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let good = "allowed_tools:\n  lister: [Read]\n";
+    std::fs::write(&config, good).unwrap();
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let daemon = home.start();
+    let add = |title: &str| {
+        home.run_json(&["task", "add", title, "--profile", "lister", "--repo", &repo])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(agent_file(&daemon, &add("first"), "tools").await, "Read");
+
+    std::fs::write(&config, format!("{good}alowed: 1\n")).unwrap();
+    let second = add("second");
+    assert_eq!(agent_file(&daemon, &second, "tools").await, "Read", "the last good list is kept");
+    let alerts = home.run_json(&["dump-state"])["alerts"].clone();
+    let kept = alerts.as_array().unwrap().iter().any(|a| {
+        a["reason"] == "config_invalid"
+            && a["message"].as_str().unwrap().contains("last good configuration is kept")
+    });
+    assert!(kept, "{alerts:#}");
+}
+
+/// The text of a file the task's agent wrote in its directory, once it is there.
+async fn agent_file(daemon: &ccm_tests::Daemon, task: &str, name: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, agents) = daemon.get("/api/agents").await;
+        let dir = agents.as_array().unwrap().iter().find(|a| a["task_id"] == task).cloned();
+        let dir = dir.and_then(|a| a["dir"].as_str().map(std::path::PathBuf::from));
+        if let Some(text) = dir.and_then(|d| std::fs::read_to_string(d.join(name)).ok()) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {name} from task {task}: {agents:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -454,14 +454,13 @@ async fn store_and_answer(
     let jobs: Vec<HookJob> = events
         .into_iter()
         .map(|(event, key)| HookJob {
-            ask_human: !gate::needs_approval(&state.config.approvals, &event, None),
             event: Arc::new(event),
             key,
             origin: origin.clone(),
             received_at,
         })
         .collect();
-    let asked: Vec<_> = jobs.iter().map(|job| (Arc::clone(&job.event), job.ask_human)).collect();
+    let asked: Vec<_> = jobs.iter().map(|job| Arc::clone(&job.event)).collect();
     // A large batch is written in groups, one after the other, so that other writers (task
     // creations, other agents' hooks) get the writer between two groups.
     let (mut group, mut ingested) = (jobs, Vec::new());
@@ -476,35 +475,36 @@ async fn store_and_answer(
         group = rest;
     }
     let mut answers = Vec::with_capacity(asked.len());
-    for ((event, ask_human), ingested) in asked.into_iter().zip(ingested) {
-        answers.push(answer(state, &event, ask_human, ingested).await?);
+    for (event, ingested) in asked.into_iter().zip(ingested) {
+        answers.push(answer(state, &event, ingested).await?);
     }
     Ok(answers)
 }
 
 /// The answer to a stored event: a deny when it writes a file another task owns, the human's
-/// answer when an approval rule applies (then `ask_human` is false), else `{}`.
+/// answer when an approval rule applies (judged by [`gate::verdict`] against the agent's own
+/// worktree), else `{}`.
 async fn answer(
     state: &AppState,
     event: &HookEvent,
-    ask_human: bool,
     ingested: Ingested,
 ) -> Result<Value, ApiError> {
     state.metrics.count_hook(event.kind.as_str());
     if event.kind == Kind::StopFailure {
         state.wake(); // it may have moved a task
     }
-    let Some(task) = ingested.task else { return Ok(json!({})) };
+    // Only an event with its live agent's credential has a task.
+    let (Some(task), Some(agent)) = (ingested.task, ingested.agent) else {
+        return Ok(json!({}));
+    };
     let home = Home::at(state.home.clone());
     let approvals = &state.config.approvals;
-    let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
-    let verdict = match gate::verdict(&state.store, &home, &task, event, approvals, workdir).await?
-    {
-        // The store recorded the prompt as a pending decision: the human answers it there.
-        Verdict::Ask if ask_human => Verdict::Pass,
-        Verdict::Ask => await_approval(state, &task, event).await?,
-        verdict => verdict,
-    };
+    let worktree = std::path::Path::new(&agent.cwd);
+    let verdict =
+        match gate::verdict(&state.store, &home, &task, event, approvals, worktree).await? {
+            Verdict::Ask => await_approval(state, &task, event).await?,
+            verdict => verdict,
+        };
     Ok(verdict.output(event).unwrap_or_else(|| json!({})))
 }
 

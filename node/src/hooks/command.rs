@@ -224,7 +224,7 @@ async fn directly(
     let loaded = Config::load(home.root(), None);
     let policy = RetryPolicy::from(loaded.as_ref().unwrap_or(&Config::default()));
     let receipt = Receipt { key, origin, via: Via::Direct, received_at };
-    let ingested = store.ingest_hook(event, &receipt, policy, true).await?;
+    let ingested = store.ingest_hook(event, &receipt, policy).await?;
     let config = match loaded {
         Ok(config) => config,
         Err(error) => {
@@ -239,10 +239,10 @@ async fn directly(
             return Ok(Verdict::Deny(reason).output(event));
         }
     };
-    let Some(task) = ingested.task else { return Ok(None) };
+    let (Some(task), Some(agent)) = (ingested.task, ingested.agent) else { return Ok(None) };
     let approvals = &config.approvals;
-    let workdir = ingested.agent.as_ref().map(|a| a.cwd.as_str());
-    let verdict = match gate::verdict(&store, home, &task, event, approvals, workdir).await? {
+    let worktree = Path::new(&agent.cwd);
+    let verdict = match gate::verdict(&store, home, &task, event, approvals, worktree).await? {
         Verdict::Ask => Verdict::approved(
             approvals.default,
             "the ccm daemon is not running, so nobody can approve: the configured default applies"

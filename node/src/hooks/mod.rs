@@ -7,6 +7,8 @@
 //! - [`fast`]: `ccm-hook`, the command the hooks run: the daemon's path in a small executable,
 //!   handing everything else to `ccm hook`.
 //! - [`gate`]: strict file ownership and approval rules: what a tool call is answered.
+//! - [`shell`]: the simple commands of a shell command line and the files they obviously
+//!   write, for the approval rules.
 //! - [`spool`]: events stored as files while the database was busy, ingested by the daemon.
 
 pub mod command;
@@ -14,6 +16,7 @@ pub mod event;
 pub mod fast;
 pub mod gate;
 pub mod install;
+pub mod shell;
 pub mod spool;
 
 use std::time::Duration;

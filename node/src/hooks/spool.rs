@@ -89,7 +89,7 @@ pub async fn ingest(home: &Path, store: &Store, policy: RetryPolicy) -> Result<u
             via: Via::Spool,
             received_at: entry.received_at,
         };
-        store.ingest_hook(&entry.event, &receipt, policy, true).await?;
+        store.ingest_hook(&entry.event, &receipt, policy).await?;
         tokio::fs::remove_file(&path).await?;
         ingested += 1;
     }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Result, Runtime, RuntimeError};
 use crate::agents::profile::{Mode, Placeholders, Profile};
-use crate::config::{Config, Role};
+use crate::config::Role;
 use crate::store::NewAgent;
 use crate::tmux::WindowSpec;
 use crate::worktree::{self, SavedWorktree};
@@ -243,7 +243,15 @@ impl Runtime {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
         let prompt_file = dir.join("prompt.md");
-        let allowed_tools = self.allowed_tools(task, &agent.profile, profile).await.join(",");
+        let allowed_tools = match self.allowed_tools(task, &agent.profile, profile).await? {
+            Ok(tools) => tools.join(","),
+            Err(problem) => {
+                self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
+                return Err(RuntimeError::Other(format!(
+                    "cannot start the agent without knowing its allowed tools: {problem}"
+                )));
+            }
+        };
         let codex_hooks = crate::hooks::install::codex_overrides(
             &crate::hooks::hook_program(),
             self.gate_timeout_secs(),
@@ -313,17 +321,25 @@ impl Runtime {
 
     /// The tools the profile's agents may use without asking, as the task's project
     /// configures them (`allowed_tools` in its `.ccm/config.yaml`), else as the profile says.
+    /// A project file that no longer loads gives way to the last good one this process loaded
+    /// (with an alert), never to the profile's own list; with none, the problem (`Err`).
     pub(super) async fn allowed_tools(
         &self,
         task: &Task,
         name: &str,
         profile: &Profile,
-    ) -> Vec<String> {
-        let saved = self.store.worktree(task.id).await.ok().flatten();
-        saved
-            .and_then(|saved| Config::load(self.home.root(), Some(&saved.repo)).ok())
-            .and_then(|config| config.profiles.get(name).map(|p| p.allowed_tools.clone()))
-            .unwrap_or_else(|| profile.allowed_tools.clone())
+    ) -> Result<Result<Vec<String>, String>> {
+        let Some(saved) = self.store.worktree(task.id).await? else {
+            return Ok(Ok(profile.allowed_tools.clone()));
+        };
+        Ok(crate::config::load_checked(&self.store, self.home.root(), &saved.repo).await.map(
+            |config| {
+                config
+                    .profiles
+                    .get(name)
+                    .map_or_else(|| profile.allowed_tools.clone(), |p| p.allowed_tools.clone())
+            },
+        ))
     }
 }
 

@@ -68,8 +68,6 @@ pub struct HookJob {
     pub key: String,
     pub origin: Origin,
     pub received_at: Timestamp,
-    /// Record a permission prompt as a pending decision (see [`Store::ingest_hook`]).
-    pub ask_human: bool,
 }
 
 impl HookJob {
@@ -113,16 +111,13 @@ const ACTOR: &str = "hook";
 
 impl Store {
     /// Stores one hook event and applies its effects, unless its key was stored before.
-    /// `ask_human` records a permission prompt as a pending decision (false when an approval
-    /// rule already asks).
     pub async fn ingest_hook(
         &self,
         event: &HookEvent,
         receipt: &Receipt<'_>,
         policy: RetryPolicy,
-        ask_human: bool,
     ) -> Result<Ingested> {
-        let incoming = [Incoming { event, receipt: *receipt, ask_human }];
+        let incoming = [Incoming { event, receipt: *receipt }];
         Ok(self.ingest(&incoming, policy).await?.remove(0))
     }
 
@@ -135,11 +130,7 @@ impl Store {
     ) -> Result<Vec<Ingested>> {
         let incoming: Vec<Incoming> = batch
             .into_iter()
-            .map(|job| Incoming {
-                event: &job.event,
-                receipt: job.receipt(),
-                ask_human: job.ask_human,
-            })
+            .map(|job| Incoming { event: &job.event, receipt: job.receipt() })
             .collect();
         let ingested = self.ingest(&incoming, policy).await?;
         self.signals.hook_events(ingested.len() as u64);
@@ -238,7 +229,6 @@ impl Store {
 struct Incoming<'a> {
     event: &'a HookEvent,
     receipt: Receipt<'a>,
-    ask_human: bool,
 }
 
 /// The most rows one `INSERT` writes, and the smaller sizes a group's rest is cut into: a few
@@ -279,7 +269,7 @@ async fn ingest_in_tx(
             Some(agent) => {
                 effects_on_agent(tx, agent, item.event, at).await?;
                 let task = agent.task_id;
-                Some(effects_on_task(tx, task, item.event, at, policy, item.ask_human).await?)
+                Some(effects_on_task(tx, task, item.event, at, policy).await?)
             }
             None => None,
         };
@@ -533,7 +523,6 @@ async fn effects_on_task(
     event: &HookEvent,
     now: Timestamp,
     policy: RetryPolicy,
-    ask_human: bool,
 ) -> Result<Task> {
     if event.writes && matches!(event.kind, Kind::PostTool) {
         for path in &event.paths {
@@ -551,9 +540,11 @@ async fn effects_on_task(
         }
     }
     let current = load_task(tx, task).await?;
-    // A `PermissionRequest` no approval rule asks about is only recorded: nobody is asked (the
-    // CLI denies the call at once, and the denial shows in the agent's report).
-    if ask_human && event.permission_prompt && event.kind != Kind::PermissionRequest {
+    // Only a notification that the agent waits for a human is asked about here. Tool calls
+    // (`PreToolUse`, `PermissionRequest`) wait only when an approval rule holds them, and the
+    // daemon asks about those itself (`hooks::gate`); a `PermissionRequest` no rule holds is
+    // only recorded (the CLI denies the call at once, and the denial shows in the report).
+    if event.permission_prompt && event.kind == Kind::Notification {
         let what = event.tool.as_deref().or(event.notification_type.as_deref()).unwrap_or("a tool");
         let question = format!(
             "task {} ({}) waits for permission to use {what}",
