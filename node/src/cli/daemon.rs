@@ -16,9 +16,15 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `ccm up`: the daemon in the foreground, or (`detach`) in the background with its log in
 /// `logs/daemon.log`, returning once it answers.
-pub async fn up(home: Home, config: Config, detach: bool) -> anyhow::Result<()> {
+pub async fn up(
+    home: Home,
+    config: Config,
+    project: Option<&std::path::Path>,
+    detach: bool,
+) -> anyhow::Result<()> {
     if !detach {
-        return Ok(crate::daemon::run(home, config).await?);
+        let live = crate::config::LiveConfig::new(home.root(), project, config);
+        return Ok(crate::daemon::run(home, live).await?);
     }
     if let Some(client) = Client::connect(&home).await? {
         anyhow::bail!(

@@ -225,7 +225,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     };
     let config = Config::load(home.root(), project.as_deref())?;
     match command {
-        Command::Up { detach } => daemon::up(home, config, detach).await,
+        Command::Up { detach } => daemon::up(home, config, project.as_deref(), detach).await,
         Command::Dashboard { print, revoke } => dashboard::run(&home, &config, print, revoke).await,
         Command::Init => setup::init(&home, &config, &cwd).await,
         Command::Hooks { command } => setup::hooks(&config, &cwd, command),

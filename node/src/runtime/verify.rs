@@ -34,6 +34,7 @@ impl Runtime {
                 .await?;
         }
         let profile = self.profile(&agent.profile);
+        let profile = profile.as_ref();
         let end = WorkerEnd {
             status: agent.status,
             exit_code: agent.exit_code,
@@ -74,7 +75,7 @@ impl Runtime {
     /// Runs the verification command in `cwd`; returns whether it passed, its output (the
     /// end of it) and a short description.
     pub(super) async fn verify(&self, command: &str, cwd: &Path) -> (bool, String, String) {
-        let timeout = Duration::from_secs(self.config.runtime.verify_timeout_secs);
+        let timeout = Duration::from_secs(self.config().runtime.verify_timeout_secs);
         let run = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(command)
