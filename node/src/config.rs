@@ -753,7 +753,8 @@ impl Layer {
 /// written (serde shows a number as the one it was converted to: a value beyond 64 bits as
 /// 18446744073709551615) and what the key takes. `None` for other messages.
 fn type_message(found: &str, expected: &str, written: Option<String>) -> Option<String> {
-    let found = found.strip_prefix("invalid type: ").or_else(|| found.strip_prefix("invalid value: "))?;
+    let found =
+        found.strip_prefix("invalid type: ").or_else(|| found.strip_prefix("invalid value: "))?;
     let number = found.contains("integer") || found.starts_with("floating point");
     let written = written.filter(|w| !w.is_empty());
     if number && expected.contains("integer") {
@@ -964,8 +965,16 @@ mod tests {
                 "scheduler.slots",
                 "wrong type: `many` is a string, expected an integer",
             ),
-            ("scheduler:\n  slots: [1]\n", "scheduler.slots", "wrong type: a list, expected an integer"),
-            ("scheduler: lots\n", "scheduler", "wrong type: `lots` is a string, expected a section of keys"),
+            (
+                "scheduler:\n  slots: [1]\n",
+                "scheduler.slots",
+                "wrong type: a list, expected an integer",
+            ),
+            (
+                "scheduler: lots\n",
+                "scheduler",
+                "wrong type: `lots` is a string, expected a section of keys",
+            ),
             (
                 "daemon:\n  port: 70000\n",
                 "daemon.port",

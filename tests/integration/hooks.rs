@@ -893,6 +893,27 @@ async fn daemon_serves_the_api_on_a_private_unix_socket_with_the_same_checks() {
     assert!(!socket.exists(), "the socket outlived the daemon");
 }
 
+/// With no daemon (no port file), `ccm-hook` hands the event to `ccm hook` saying so, and
+/// `ccm hook` writes the database at once instead of looking for the daemon again.
+#[tokio::test]
+async fn hook_with_the_daemon_down_is_handed_over_to_the_direct_path_at_once() {
+    let home = TestHome::new("hook-down");
+    home.run_ok(&["task", "add", "makes the database"]);
+    let out = hook(&home, "claude", &[], claude("Stop", json!({})).to_string().as_bytes(), None);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        stored(&home).await,
+        [("claude".into(), "Stop".into(), "stop".into(), "direct".into())]
+    );
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(
+        log.contains(
+            "daemon unreachable (no port file, the daemon is not running (seen by ccm-hook))"
+        ),
+        "{log}"
+    );
+}
+
 /// An event the daemon refuses (here: `auth.json` holds another token than the daemon's) goes
 /// to `ccm hook`'s direct path, which stores it and says why in `hook.log`.
 #[tokio::test]

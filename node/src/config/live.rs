@@ -19,8 +19,15 @@ use serde::Serialize;
 use super::Config;
 
 /// The sections (or `section.key`s) the daemon reads only at start.
-pub const RESTART_ONLY: &[&str] =
-    &["node", "daemon", "sync", "notify", "runtime.tmux_socket", "runtime.poll_ms", "scheduler.tick_ms"];
+pub const RESTART_ONLY: &[&str] = &[
+    "node",
+    "daemon",
+    "sync",
+    "notify",
+    "runtime.tmux_socket",
+    "runtime.poll_ms",
+    "scheduler.tick_ms",
+];
 
 /// A cheap-to-clone handle on the daemon's configuration.
 #[derive(Clone)]

@@ -223,7 +223,8 @@ async fn route_task(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<(StatusCode, Json<RoutedTask>), ApiError> {
-    let routed = state.store.route_task(body.task, body.pin.as_deref(), &state.config.current()).await?;
+    let routed =
+        state.store.route_task(body.task, body.pin.as_deref(), &state.config.current()).await?;
     Ok((StatusCode::CREATED, Json(routed)))
 }
 
