@@ -10,11 +10,14 @@
 //! (BENCHMARKS.md, hook pipeline).
 //!
 //! Everything else goes to `ccm hook` (the `ccm` beside this executable, else the one on PATH),
-//! which exits 0 whatever happens: arguments this does not know, with stdin untouched; no port
-//! file or token, with the payload on its stdin; no answer in time or an error status, with the
-//! payload, the key the event was posted under (the daemon may have stored it: the direct path
-//! then stores it once) and why, so it goes straight to the direct path and logs that. When
-//! `ccm hook` cannot be run at all, the event goes to the spool, which the daemon ingests.
+//! which exits 0 whatever happens: arguments this does not know, with stdin untouched; no home
+//! or token, with the payload on its stdin; no port file, no answer in time or an error status,
+//! with the payload, the key the event was posted under (the daemon may have stored it: the
+//! direct path then stores it once) and why, so it goes straight to the direct path (without
+//! looking for the daemon again) and logs that. A payload that fits in a pipe's buffer is
+//! written into a pipe and this process becomes `ccm hook` (exec), so the agent waits for one
+//! process start instead of two. When `ccm hook` cannot be run at all, the event goes to the
+//! spool, which the daemon ingests.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
