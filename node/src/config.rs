@@ -553,6 +553,7 @@ impl Config {
             let single = layer.add_to(config::Config::builder());
             let built = single.build().map_err(|e| layer.error(None, e.to_string()))?;
             deserialize(built).map_err(|(key, message)| layer.error(Some(key), message))?;
+            layer.check_numbers()?;
             merged = layer.add_to(merged);
         }
         let merged =
@@ -721,6 +722,29 @@ impl Layer {
         }
     }
 
+    /// A file's `true` or `1.5` where a whole number belongs, which the `config` crate would
+    /// quietly turn into one, is a wrong type.
+    fn check_numbers(&self) -> Result<(), ConfigError> {
+        let Layer::File(path) = self else { return Ok(()) };
+        let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+        let Some(doc) =
+            yaml_rust2::YamlLoader::load_from_str(&text).ok().and_then(|d| d.into_iter().next())
+        else {
+            return Ok(());
+        };
+        let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        match not_whole(&doc, &defaults, "") {
+            Some((key, written)) => Err(ConfigError::Key {
+                path: path.clone(),
+                key,
+                message: format!(
+                    "wrong type: `{written}` is not a whole number, expected an integer"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn error(&self, key: Option<String>, message: String) -> ConfigError {
         let message = match (message.split_once(", expected "), key.as_deref()) {
             (Some((found, expected)), Some(key)) => {
@@ -746,6 +770,37 @@ impl Layer {
             }
         }
     }
+}
+
+/// The first key under `node` (YAML) whose default in `defaults` is a whole number but which
+/// holds a boolean or a fraction, with its value as written.
+fn not_whole(
+    node: &yaml_rust2::Yaml,
+    defaults: &serde_json::Value,
+    prefix: &str,
+) -> Option<(String, String)> {
+    let (yaml_rust2::Yaml::Hash(map), serde_json::Value::Object(defaults)) = (node, defaults)
+    else {
+        return None;
+    };
+    map.iter().find_map(|(name, value)| {
+        let name = name.as_str()?;
+        let default = defaults.get(name)?;
+        let key = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        match (value, default) {
+            (yaml_rust2::Yaml::Boolean(b), serde_json::Value::Number(n))
+                if n.is_u64() || n.is_i64() =>
+            {
+                Some((key, b.to_string()))
+            }
+            (yaml_rust2::Yaml::Real(r), serde_json::Value::Number(n))
+                if n.is_u64() || n.is_i64() =>
+            {
+                Some((key, r.clone()))
+            }
+            _ => not_whole(value, default, &key),
+        }
+    })
 }
 
 /// serde's "invalid type: integer `5`, expected a map" as the user wrote it: a number beyond
@@ -979,6 +1034,16 @@ mod tests {
                 "daemon:\n  port: 70000\n",
                 "daemon.port",
                 "`70000` is out of range: expected an unsigned 16 bit integer",
+            ),
+            (
+                "scheduler:\n  slots: 1.5\n",
+                "scheduler.slots",
+                "wrong type: `1.5` is not a whole number, expected an integer",
+            ),
+            (
+                "daemon:\n  port: true\n",
+                "daemon.port",
+                "wrong type: `true` is not a whole number, expected an integer",
             ),
         ] {
             let error = load_yaml(yaml).unwrap_err().to_string();

@@ -218,4 +218,11 @@ fn wrong_type_in_config_is_reported_as_a_wrong_type_naming_key_and_expected_type
     let message = String::from_utf8_lossy(&home.run(&["status"]).stderr).into_owned();
     assert!(message.contains("key `worktree.copy_files`: wrong type"), "{message}");
     assert!(message.contains("expected a list"), "{message}");
+    // A fraction or a boolean where a whole number belongs is not quietly rounded.
+    home.write_config("scheduler:\n  slots: 1.5\n");
+    let message = String::from_utf8_lossy(&home.run(&["status"]).stderr).into_owned();
+    assert!(
+        message.contains("key `scheduler.slots`: wrong type: `1.5` is not a whole number"),
+        "{message}"
+    );
 }
