@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::profile::Profile as AgentProfile;
 
+mod live;
+pub use live::{ConfigStatus, LiveConfig, RESTART_ONLY};
+
 /// Error loading configuration; always names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -550,6 +553,7 @@ impl Config {
             let single = layer.add_to(config::Config::builder());
             let built = single.build().map_err(|e| layer.error(None, e.to_string()))?;
             deserialize(built).map_err(|(key, message)| layer.error(Some(key), message))?;
+            layer.check_numbers()?;
             merged = layer.add_to(merged);
         }
         let merged =
@@ -718,15 +722,33 @@ impl Layer {
         }
     }
 
+    /// A file's `true` or `1.5` where a whole number belongs, which the `config` crate would
+    /// quietly turn into one, is a wrong type.
+    fn check_numbers(&self) -> Result<(), ConfigError> {
+        let Layer::File(path) = self else { return Ok(()) };
+        let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+        let Some(doc) =
+            yaml_rust2::YamlLoader::load_from_str(&text).ok().and_then(|d| d.into_iter().next())
+        else {
+            return Ok(());
+        };
+        let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+        match not_whole(&doc, &defaults, "") {
+            Some((key, written)) => Err(ConfigError::Key {
+                path: path.clone(),
+                key,
+                message: format!(
+                    "wrong type: `{written}` is not a whole number, expected an integer"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn error(&self, key: Option<String>, message: String) -> ConfigError {
-        // serde shows a number it could not take as the number it was converted to (a value
-        // beyond 64 bits as 18446744073709551615): show it as written.
         let message = match (message.split_once(", expected "), key.as_deref()) {
-            (Some((found, expected)), Some(key)) if found.contains("integer `") => {
-                match self.written(key) {
-                    Some(written) => format!("`{written}` is out of range: expected {expected}"),
-                    None => message,
-                }
+            (Some((found, expected)), Some(key)) => {
+                type_message(found, expected, self.written(key)).unwrap_or(message)
             }
             _ => message,
         };
@@ -748,6 +770,75 @@ impl Layer {
             }
         }
     }
+}
+
+/// The first key under `node` (YAML) whose default in `defaults` is a whole number but which
+/// holds a boolean or a fraction, with its value as written.
+fn not_whole(
+    node: &yaml_rust2::Yaml,
+    defaults: &serde_json::Value,
+    prefix: &str,
+) -> Option<(String, String)> {
+    let (yaml_rust2::Yaml::Hash(map), serde_json::Value::Object(defaults)) = (node, defaults)
+    else {
+        return None;
+    };
+    map.iter().find_map(|(name, value)| {
+        let name = name.as_str()?;
+        let default = defaults.get(name)?;
+        let key = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        match (value, default) {
+            (yaml_rust2::Yaml::Boolean(b), serde_json::Value::Number(n))
+                if n.is_u64() || n.is_i64() =>
+            {
+                Some((key, b.to_string()))
+            }
+            (yaml_rust2::Yaml::Real(r), serde_json::Value::Number(n))
+                if n.is_u64() || n.is_i64() =>
+            {
+                Some((key, r.clone()))
+            }
+            _ => not_whole(value, default, &key),
+        }
+    })
+}
+
+/// serde's "invalid type: integer `5`, expected a map" as the user wrote it: a number beyond
+/// what an integer key holds is out of range, any other mismatch a wrong type, naming what was
+/// written (serde shows a number as the one it was converted to: a value beyond 64 bits as
+/// 18446744073709551615) and what the key takes. `None` for other messages.
+fn type_message(found: &str, expected: &str, written: Option<String>) -> Option<String> {
+    let found =
+        found.strip_prefix("invalid type: ").or_else(|| found.strip_prefix("invalid value: "))?;
+    let number = found.contains("integer") || found.starts_with("floating point");
+    let written = written.filter(|w| !w.is_empty());
+    if number && expected.contains("integer") {
+        let written = written.unwrap_or_else(|| found.to_string());
+        return Some(format!("`{written}` is out of range: expected {expected}"));
+    }
+    let kind = match found.split([' ', '`']).next().unwrap_or_default() {
+        _ if number => "a number",
+        "string" => "a string",
+        "boolean" => "true or false",
+        "sequence" => "a list",
+        "map" => "a map of keys",
+        "unit" => "empty",
+        _ => found,
+    };
+    let expected = match expected {
+        "a sequence" => "a list".to_string(),
+        "a map" => "a map of keys".to_string(),
+        other => match other.strip_prefix("struct ") {
+            Some(_) => "a section of keys".to_string(),
+            None => other.to_string(),
+        },
+    };
+    Some(match written {
+        Some(written) if kind != "empty" => {
+            format!("wrong type: `{written}` is {kind}, expected {expected}")
+        }
+        _ => format!("wrong type: {kind}, expected {expected}"),
+    })
 }
 
 /// Deserializes into [`Config`], returning the dotted key and the message on failure. For an
@@ -913,6 +1004,51 @@ mod tests {
         let error = load_yaml("daemon:\n  port: lots\n").unwrap_err().to_string();
         assert!(error.contains("config.yaml"), "{error}");
         assert!(error.contains("key `daemon.port`"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_as_a_wrong_type_with_the_expected_one() {
+        for (yaml, key, expected) in [
+            ("profiles: 5\n", "profiles", "wrong type: `5` is a number, expected a map of keys"),
+            (
+                "worktree:\n  copy_files: 5\n",
+                "worktree.copy_files",
+                "wrong type: `5` is a number, expected a list",
+            ),
+            (
+                "scheduler:\n  slots: many\n",
+                "scheduler.slots",
+                "wrong type: `many` is a string, expected an integer",
+            ),
+            (
+                "scheduler:\n  slots: [1]\n",
+                "scheduler.slots",
+                "wrong type: a list, expected an integer",
+            ),
+            (
+                "scheduler: lots\n",
+                "scheduler",
+                "wrong type: `lots` is a string, expected a section of keys",
+            ),
+            (
+                "daemon:\n  port: 70000\n",
+                "daemon.port",
+                "`70000` is out of range: expected an unsigned 16 bit integer",
+            ),
+            (
+                "scheduler:\n  slots: 1.5\n",
+                "scheduler.slots",
+                "wrong type: `1.5` is not a whole number, expected an integer",
+            ),
+            (
+                "daemon:\n  port: true\n",
+                "daemon.port",
+                "wrong type: `true` is not a whole number, expected an integer",
+            ),
+        ] {
+            let error = load_yaml(yaml).unwrap_err().to_string();
+            assert!(error.contains(&format!("key `{key}`: {expected}")), "{yaml}: {error}");
+        }
     }
 
     #[test]

@@ -63,14 +63,26 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
     checks.push(Check {
         name: "home".into(),
         result: match home.insecure() {
+            None if !home.root().exists() => Ok(format!(
+                "{} does not exist yet; the first command that needs it creates it (private: mode 700)",
+                home.root().display()
+            )),
             None => Ok(format!("{} (private)", home.root().display())),
             Some(problem) => Err(problem),
         },
     });
     checks.push(database(home, &config).await);
     checks.push(auth(home));
-    checks.push(port(home, &config).await);
+    let (check, daemon) = port(home, &config).await;
+    checks.push(check);
     let (programs, mut found, mut warnings) = agent_clis(&config);
+    if let Some(daemon) = daemon {
+        match daemon_config(&daemon).await {
+            Some(Ok(finding)) => found.push(("daemon".into(), finding)),
+            Some(Err(finding)) => warnings.push(Warning { name: "daemon".into(), finding }),
+            None => {}
+        }
+    }
     checks.extend(programs);
     match crate::hooks::hook_program().as_slice() {
         [hook] => found.push(("hooks".into(), format!("installed hooks run {hook}"))),
@@ -93,14 +105,42 @@ pub async fn run(home: &Home, project: Option<&Path>) -> anyhow::Result<()> {
             }
         }
     }
-    for (name, finding) in found {
+    for (name, finding) in &found {
         println!("ok    {name:<9} {finding}");
     }
     for warning in &warnings {
         println!("warn  {:<9} {}", warning.name, warning.finding);
     }
-    anyhow::ensure!(failed == 0, "{failed} of {} checks failed", checks.len());
+    let total = checks.len() + found.len() + warnings.len();
+    anyhow::ensure!(failed == 0, "{failed} of {total} checks failed");
     Ok(())
+}
+
+/// Whether the running daemon uses what the configuration files say: it reads them again when
+/// they change, except for the keys it set up at start (`RESTART_ONLY`) and a file that does
+/// not load (it keeps its last good configuration). `None` when the daemon does not say.
+async fn daemon_config(daemon: &Client) -> Option<Result<String, String>> {
+    let status: crate::config::ConfigStatus = daemon.get(&["config"]).await.ok()?;
+    let pid = daemon.daemon.pid;
+    let mut problems = Vec::new();
+    if let Some(error) = status.invalid {
+        problems.push(format!(
+            "the running daemon (pid {pid}) keeps its last good configuration: the files do not load ({error})"
+        ));
+    }
+    if !status.restart_needed.is_empty() {
+        problems.push(format!(
+            "the running daemon (pid {pid}) still uses the old {}: a restart is needed for them to take effect (`ccm stop`, then `ccm up`)",
+            status.restart_needed.join(", ")
+        ));
+    }
+    Some(if problems.is_empty() {
+        Ok(format!(
+            "the running daemon (pid {pid}) uses the configuration as the files say (it reads them again when they change)"
+        ))
+    } else {
+        Err(problems.join("; "))
+    })
 }
 
 /// Each configured profile's program: whether it is on PATH (a failure for the default
@@ -251,11 +291,14 @@ fn auth(home: &Home) -> Check {
     Check { name: "auth".into(), result }
 }
 
-async fn port(home: &Home, config: &Config) -> Check {
+/// The daemon's address, or whether the configured one is free; the daemon when it answers.
+async fn port(home: &Home, config: &Config) -> (Check, Option<Client>) {
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
     let result = match Client::connect(home).await {
         Ok(Some(client)) => {
-            Ok(format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid))
+            let finding =
+                format!("daemon running at {} (pid {})", client.daemon.addr, client.daemon.pid);
+            return (Check { name: "port".into(), result: Ok(finding) }, Some(client));
         }
         Err(silent) => Err((silent.to_string(), silent.fix())),
         Ok(None) => match std::net::TcpListener::bind(&addr) {
@@ -266,5 +309,5 @@ async fn port(home: &Home, config: &Config) -> Check {
             )),
         },
     };
-    Check { name: "port".into(), result }
+    (Check { name: "port".into(), result }, None)
 }

@@ -26,9 +26,14 @@ fn main() -> ExitCode {
                 cli::HookArgs::default()
             }
         };
-        // Whatever happens, the exit code is 0: a hook never fails the agent.
+        // Whatever happens, the exit code is 0: a hook never fails the agent. A panic has
+        // printed its message on stderr by then (`ccm-hook` becomes this process, so its own
+        // guard does not hold here).
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime.block_on(cli::hook(args)),
+            Ok(runtime) => {
+                let run = std::panic::AssertUnwindSafe(|| runtime.block_on(cli::hook(args)));
+                let _ = std::panic::catch_unwind(run);
+            }
             Err(e) => {
                 eprintln!("ccm hook: cannot start the async runtime ({e}); the event is not stored")
             }

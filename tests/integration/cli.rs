@@ -346,3 +346,78 @@ async fn task_logs_renders_stream_json_readably_and_raw_keeps_the_json() {
     let followed = home.run_ok(&["task", "logs", &id, "--follow"]);
     assert_eq!(followed, logs, "--follow on an ended agent prints the same and returns");
 }
+
+#[test]
+fn task_add_warns_when_the_profiles_program_is_missing() {
+    let home = TestHome::new("add-missing-program");
+    home.write_config(
+        "profiles:\n  missing:\n    command: [ccm-no-such-agent, '{prompt}']\n  present:\n    command: [sh, -c, 'true']\n",
+    );
+    let added = home.run(&["task", "add", "later", "--no-repo", "--profile", "missing"]);
+    assert!(added.status.success(), "the task is created: {}", stderr(&added));
+    let warning = stderr(&added);
+    assert!(warning.contains("warning: `ccm-no-such-agent`"), "{warning}");
+    assert!(warning.contains("profile missing) is not on PATH"), "{warning}");
+    let fine = home.run(&["task", "add", "fine", "--no-repo", "--profile", "present"]);
+    assert!(fine.status.success() && stderr(&fine).is_empty(), "{}", stderr(&fine));
+}
+
+#[test]
+fn hook_help_is_written_for_users_with_ccm_hook_usage() {
+    let home = TestHome::new("hook-help");
+    let help = home.run(&["hook", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("Usage: ccm hook [OPTIONS] [PAYLOAD]..."), "{text}");
+    assert!(text.starts_with("Hook entry point for the agent CLIs"), "{text}");
+    assert!(text.contains("always exits 0"), "{text}");
+    assert!(!text.contains("main.rs") && !text.contains("command tree"), "{text}");
+}
+
+#[test]
+fn stop_says_what_it_waits_for_and_force_kills_a_frozen_daemon() {
+    let home = TestHome::new("stop-frozen");
+    let daemon = home.start();
+    let pid = daemon.child.id().to_string();
+    let signal = |name: &str| {
+        assert!(std::process::Command::new("kill").args([name, &pid]).status().unwrap().success())
+    };
+    signal("-STOP");
+    let waited = home.run(&["stop", "--timeout", "2"]);
+    assert!(!waited.status.success(), "a frozen daemon does not stop");
+    let message = stderr(&waited);
+    assert!(message.contains(&format!("waiting for the daemon (pid {pid}) to exit")), "{message}");
+    assert!(message.contains("it is suspended"), "{message}");
+    assert!(message.contains("did not exit within 2s"), "{message}");
+    assert!(message.contains("`ccm stop --force` kills it"), "{message}");
+
+    let forced = home.run(&["stop", "--timeout", "1", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let said = String::from_utf8_lossy(&forced.stdout);
+    assert!(said.contains(&format!("daemon killed (pid {pid})")), "{said}");
+    assert!(home.run_ok(&["stop"]).contains("no daemon is running"));
+    drop(daemon);
+}
+
+#[test]
+fn doctor_says_a_missing_home_will_be_created_and_counts_every_line() {
+    let home = TestHome::new("doctor-count");
+    let fresh = home.run(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&fresh.stdout);
+    assert!(
+        stdout.contains("does not exist yet; the first command that needs it creates it"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("(private)"), "{stdout}");
+    assert!(!home.home().exists(), "doctor creates nothing");
+
+    home.write_config("tasks:\n  max_attempts: -1\n");
+    let broken = home.run(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    let shown = stdout
+        .lines()
+        .filter(|l| ["ok ", "FAIL ", "warn "].iter().any(|p| l.starts_with(p)))
+        .count();
+    let message = stderr(&broken);
+    assert!(message.contains(&format!("1 of {shown} checks failed")), "{message}\n{stdout}");
+}

@@ -107,3 +107,122 @@ async fn valid_layers_combine_with_environment_winning() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(created().await, 2, "no more than three slots");
 }
+
+/// Open alerts of the daemon with `reason`.
+async fn open_alerts(daemon: &ccm_tests::Daemon, reason: &str) -> Vec<serde_json::Value> {
+    let (_, alerts) = daemon.get("/api/alerts").await;
+    alerts.as_array().unwrap().iter().filter(|a| a["reason"] == reason).cloned().collect()
+}
+
+fn add_with_profile(home: &TestHome, profile: &str) -> std::process::Output {
+    home.run(&["task", "add", "uses a new profile", "--no-repo", "--profile", profile])
+}
+
+const LATER: &str = "profiles:\n  later:\n    command: [later-agent]\n    mode: external\n";
+
+#[test]
+fn global_config_edit_applies_to_the_running_daemon_without_a_restart() {
+    let home = TestHome::new("config-reload");
+    let _daemon = home.start();
+    let before = add_with_profile(&home, "later");
+    assert!(!before.status.success(), "no such profile yet");
+    home.write_config(LATER);
+    let after = add_with_profile(&home, "later");
+    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
+    let doctor = String::from_utf8_lossy(&home.run(&["doctor"]).stdout).into_owned();
+    assert!(doctor.contains("uses the configuration as the files say"), "{doctor}");
+}
+
+#[tokio::test]
+async fn broken_global_config_edit_keeps_the_last_good_one_and_raises_an_alert() {
+    let home = TestHome::new("config-broken-edit");
+    home.write_config(LATER);
+    let daemon = home.start();
+    let file = home.home().join("config.yaml");
+    std::fs::write(&file, format!("{LATER}  other:\n    command: [x]\n    mode: sideways\n"))
+        .unwrap();
+    // The CLI refuses to work with the broken file (it names the key); the daemon goes on with
+    // its last good configuration.
+    let cli = String::from_utf8_lossy(&add_with_profile(&home, "later").stderr).into_owned();
+    assert!(cli.contains("profiles.other.mode"), "{cli}");
+    let add = |profile: &str| {
+        daemon.post("/api/tasks", serde_json::json!({ "title": "edit", "profile": profile }))
+    };
+    assert_eq!(add("later").await.0, 201, "the last good configuration still knows `later`");
+    let (status, refused) = add("other").await;
+    assert_eq!(status, 400, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unknown profile `other`"), "{message}");
+    assert!(message.contains("the configuration does not load"), "{message}");
+    assert!(message.contains("profiles.other.mode"), "{message}");
+
+    let raised = ccm_tests::wait_until(std::time::Duration::from_secs(10), || async {
+        !open_alerts(&daemon, "config_invalid").await.is_empty()
+    })
+    .await;
+    assert!(raised, "{}", daemon.log_text());
+    let alert = &open_alerts(&daemon, "config_invalid").await[0];
+    let text = alert["message"].as_str().unwrap();
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(text.contains("keeps using the last good configuration"), "{text}");
+    let doctor = String::from_utf8_lossy(&home.run(&["doctor"]).stdout).into_owned();
+    assert!(doctor.contains("keeps its last good configuration"), "{doctor}");
+
+    std::fs::write(&file, format!("{LATER}  other:\n    command: [x]\n    mode: external\n"))
+        .unwrap();
+    assert!(add_with_profile(&home, "other").status.success());
+    let resolved = ccm_tests::wait_until(std::time::Duration::from_secs(10), || async {
+        open_alerts(&daemon, "config_invalid").await.is_empty()
+    })
+    .await;
+    assert!(resolved, "the alert goes once the file loads again");
+}
+
+#[tokio::test]
+async fn changed_setting_that_needs_a_restart_is_named_by_doctor_and_an_alert() {
+    let home = TestHome::new("config-restart");
+    let daemon = home.start();
+    home.write_config("daemon:\n  max_connections: 100\nscheduler:\n  slots: 2\n");
+    let doctor = String::from_utf8_lossy(&home.run(&["doctor"]).stdout).into_owned();
+    assert!(
+        doctor.contains("still uses the old daemon.max_connections: a restart is needed"),
+        "{doctor}"
+    );
+    assert!(!doctor.contains("scheduler.slots"), "slots apply at once: {doctor}");
+    let raised = ccm_tests::wait_until(std::time::Duration::from_secs(10), || async {
+        !open_alerts(&daemon, "config_restart_needed").await.is_empty()
+    })
+    .await;
+    assert!(raised, "{}", daemon.log_text());
+    let again = home.run(&["up", "--detach"]);
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        message.contains("already running") && message.contains("max_connections"),
+        "{message}"
+    );
+}
+
+#[test]
+fn wrong_type_in_config_is_reported_as_a_wrong_type_naming_key_and_expected_type() {
+    let home = TestHome::new("config-wrong-type");
+    home.write_config("profiles: 5\n");
+    let status = home.run(&["status"]);
+    let message = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success());
+    assert!(
+        message.contains("key `profiles`: wrong type: `5` is a number, expected a map of keys"),
+        "{message}"
+    );
+    assert!(!message.contains("out of range"), "{message}");
+    home.write_config("worktree:\n  copy_files: 5\n");
+    let message = String::from_utf8_lossy(&home.run(&["status"]).stderr).into_owned();
+    assert!(message.contains("key `worktree.copy_files`: wrong type"), "{message}");
+    assert!(message.contains("expected a list"), "{message}");
+    // A fraction or a boolean where a whole number belongs is not quietly rounded.
+    home.write_config("scheduler:\n  slots: 1.5\n");
+    let message = String::from_utf8_lossy(&home.run(&["status"]).stderr).into_owned();
+    assert!(
+        message.contains("key `scheduler.slots`: wrong type: `1.5` is not a whole number"),
+        "{message}"
+    );
+}

@@ -410,3 +410,33 @@ async fn task_creation_validates_at_the_boundary_naming_field_and_allowed_values
     let (_, tasks) = daemon.get("/api/tasks").await;
     assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
 }
+
+/// What the daemon, git and the agents create under `agents/` and `worktrees/` is private too,
+/// though the daemon was started under `umask 000`.
+#[tokio::test]
+async fn agent_and_worktree_files_are_private_whatever_the_umask() {
+    let home = TestHome::new("umask-agents");
+    home.write_config(
+        "profiles:\n  writer:\n    command: [sh, -c, 'echo out; echo x > made.txt; mkdir -p made/deeper; echo y > made/deeper/f; touch \"$CCM_AGENT_DIR/ready\"; exec sleep 600']\n",
+    );
+    let repo = home.work().join("app");
+    ccm_tests::git_repo(&repo, None);
+    home.run_ok(&["context", "add", repo.to_str().unwrap()]);
+    let daemon = home.start_command(home.ccm_after("umask 000"));
+    let (status, task) = daemon
+        .post("/api/tasks", json!({ "title": "private work", "profile": "writer", "repo": repo }))
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let agents = home.home().join("agents");
+    let ready = ccm_tests::wait_until(Duration::from_secs(30), || async {
+        std::fs::read_dir(&agents)
+            .map(|dirs| dirs.flatten().any(|d| d.path().join("ready").exists()))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(ready, "{}", daemon.log_text());
+    assert_private(&agents);
+    let worktrees = home.home().join("worktrees");
+    assert!(std::fs::read_dir(&worktrees).unwrap().count() > 0);
+    assert_private(&worktrees);
+}

@@ -449,6 +449,53 @@ async fn only_a_live_agents_own_credential_acts_on_its_task() {
     assert_eq!(tasks.as_array().unwrap().len(), 1);
 }
 
+/// An approval rule written into `config.yaml` while the daemon runs holds the next matching
+/// tool call: the daemon reads the file again, and the port file tells the hooks to wait.
+#[tokio::test]
+async fn approval_rule_added_while_the_daemon_runs_holds_the_next_tool_call() {
+    let home = TestHome::new("hook-approval-reload");
+    home.write_config(HOLDER_PROFILE);
+    let daemon = home.start();
+    let task = home.run_json(&["task", "add", "pushes", "--profile", "holder"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    home.write_config(&format!(
+        "approvals:\n  timeout_secs: 30\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n{HOLDER_PROFILE}"
+    ));
+    let port_file = home.home().join("daemon.json");
+    let told = wait_until(Duration::from_secs(10), || async {
+        let info: Value = serde_json::from_str(&std::fs::read_to_string(&port_file).unwrap())
+            .unwrap_or(Value::Null);
+        info["gate_wait_secs"].as_u64().is_some_and(|w| w >= 30)
+    })
+    .await;
+    assert!(told, "the port file tells the hooks to wait: {}", daemon.log_text());
+    let push = claude(
+        "PreToolUse",
+        json!({"tool_name": "Bash", "tool_input": {"command": "git push origin main"}}),
+    );
+    let mut command = home.ccm_hook();
+    command
+        .args(["--agent", "claude"])
+        .env("CCM_AGENT_TOKEN", &token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut waiting = command.spawn().unwrap();
+    waiting.stdin.take().unwrap().write_all(push.to_string().as_bytes()).unwrap();
+    let asked = wait_until(Duration::from_secs(10), || async {
+        !home.run_json(&["decide"]).as_array().unwrap().is_empty()
+    })
+    .await;
+    assert!(asked, "the new rule asked a human: {}", daemon.log_text());
+    let decision = home.run_json(&["decide"])[0].clone();
+    home.run_ok(&["decide", decision["id"].as_str().unwrap(), "deny"]);
+    let out = waiting.wait_with_output().unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["hookSpecificOutput"]["permissionDecision"], "deny", "{answer}");
+}
+
 #[tokio::test]
 async fn approval_rule_waits_for_a_decision_or_its_default() {
     let home = TestHome::new("hook-approval");
@@ -891,6 +938,27 @@ async fn daemon_serves_the_api_on_a_private_unix_socket_with_the_same_checks() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     daemon.terminate();
     assert!(!socket.exists(), "the socket outlived the daemon");
+}
+
+/// With no daemon (no port file), `ccm-hook` hands the event to `ccm hook` saying so, and
+/// `ccm hook` writes the database at once instead of looking for the daemon again.
+#[tokio::test]
+async fn hook_with_the_daemon_down_is_handed_over_to_the_direct_path_at_once() {
+    let home = TestHome::new("hook-down");
+    home.run_ok(&["task", "add", "makes the database"]);
+    let out = hook(&home, "claude", &[], claude("Stop", json!({})).to_string().as_bytes(), None);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_eq!(
+        stored(&home).await,
+        [("claude".into(), "Stop".into(), "stop".into(), "direct".into())]
+    );
+    let log = std::fs::read_to_string(home.home().join("logs/hook.log")).unwrap();
+    assert!(
+        log.contains(
+            "daemon unreachable (no port file, the daemon is not running (seen by ccm-hook))"
+        ),
+        "{log}"
+    );
 }
 
 /// An event the daemon refuses (here: `auth.json` holds another token than the daemon's) goes

@@ -156,6 +156,37 @@ async fn task_runs_in_its_own_window_and_worktree_through_review_to_complete() {
 }
 
 #[tokio::test]
+async fn verify_command_not_found_fails_at_once_naming_it() {
+    let (home, repo) = setup("verify-missing", &[("fake", "commit", "")], "");
+    let daemon = home.start();
+    let id = add_task(
+        &home,
+        &[
+            "checked by a missing tool",
+            "--profile",
+            "fake",
+            "--repo",
+            &repo,
+            "--verify",
+            "ccm-no-such-checker --all",
+            "--max-attempts",
+            "3",
+        ],
+    );
+    let detail = wait_state(&daemon, &id, "failed").await;
+    assert_eq!(detail["attempts"], 1, "no attempt can install the checker: {detail:#}");
+    let last = detail["log"].as_array().unwrap().last().unwrap()["reason"].as_str().unwrap();
+    assert!(last.contains("verify `ccm-no-such-checker --all` could not run"), "{last}");
+    assert!(last.contains("ccm-no-such-checker: not found"), "{last}");
+    let alerts = home.run_json(&["alerts"]);
+    let named = alerts.as_array().unwrap().iter().any(|a| {
+        a["task_id"] == id.as_str()
+            && a["message"].as_str().is_some_and(|m| m.contains("ccm-no-such-checker"))
+    });
+    assert!(named, "{alerts}");
+}
+
+#[tokio::test]
 async fn verify_failing_twice_then_passing_completes_after_three_attempts_with_feedback() {
     let (home, repo) = setup("verify-retry", &[("fake", "commit", "")], "");
     let daemon = home.start();

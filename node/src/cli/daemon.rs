@@ -16,15 +16,30 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// `ccm up`: the daemon in the foreground, or (`detach`) in the background with its log in
 /// `logs/daemon.log`, returning once it answers.
-pub async fn up(home: Home, config: Config, detach: bool) -> anyhow::Result<()> {
+pub async fn up(
+    home: Home,
+    config: Config,
+    project: Option<&std::path::Path>,
+    detach: bool,
+) -> anyhow::Result<()> {
     if !detach {
-        return Ok(crate::daemon::run(home, config).await?);
+        let live = crate::config::LiveConfig::new(home.root(), project, config);
+        return Ok(crate::daemon::run(home, live).await?);
     }
     if let Some(client) = Client::connect(&home).await? {
+        let status: Option<crate::config::ConfigStatus> = client.get(&["config"]).await.ok();
+        let restart = status.filter(|s| !s.restart_needed.is_empty()).map(|s| {
+            format!(
+                "; it still uses the old {} from before the configuration changed: `ccm stop`, \
+                 then `ccm up` applies them",
+                s.restart_needed.join(", ")
+            )
+        });
         anyhow::bail!(
-            "the daemon is already running (pid {}, {}); `ccm stop` stops it",
+            "the daemon is already running (pid {}, {}); `ccm stop` stops it{}",
             client.daemon.pid,
-            client.daemon.addr
+            client.daemon.addr,
+            restart.unwrap_or_default()
         );
     }
     home.ensure()?;
@@ -88,29 +103,82 @@ fn log_tail(path: &std::path::Path) -> String {
 }
 
 /// `ccm stop`: asks the daemon to shut down (SIGTERM: it drains requests and closes the store)
-/// and waits until it has exited. Agents run in tmux and keep running.
-pub async fn stop(home: &Home) -> anyhow::Result<()> {
+/// and waits until it has exited, up to `timeout`, saying what it waits for after a second;
+/// then, with `force`, kills it (SIGKILL). Agents run in tmux and keep running.
+pub async fn stop(home: &Home, timeout: Duration, force: bool) -> anyhow::Result<()> {
     let running = home.read_daemon_info().filter(|_| lock_held(home));
     let Some(daemon) = running else {
         println!("no daemon is running for {}", home.root().display());
         return Ok(());
     };
     let pid = libc::pid_t::try_from(daemon.pid).context("the port file holds a bad pid")?;
-    // SAFETY: kill(2) with a pid read from the home's own port file, whose daemon holds the
-    // home's lock (checked above).
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        let error = std::io::Error::last_os_error();
-        anyhow::bail!("cannot signal the daemon (pid {pid}): {error}");
-    }
-    let deadline = Instant::now() + WAIT;
+    signal(pid, libc::SIGTERM)?;
+    let started = Instant::now();
+    let mut told = false;
     while lock_held(home) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the daemon (pid {pid}) did not stop within {}s; `kill -9 {pid}` ends it (agents keep running)",
-            WAIT.as_secs()
-        );
+        let waited = started.elapsed();
+        if !told && waited >= Duration::from_secs(1) {
+            told = true;
+            let then = if force { "then kills it" } else { "then gives up" };
+            eprintln!(
+                "waiting for the daemon (pid {pid}) to exit: it finishes the requests in flight, \
+                 stops its tasks and closes the database; waits up to {}s, {then}{}",
+                timeout.as_secs(),
+                suspended(pid)
+            );
+        }
+        if waited >= timeout {
+            anyhow::ensure!(
+                force,
+                "the daemon (pid {pid}) did not exit within {}s{}; it may be hung. \
+                 `ccm stop --force` kills it (nothing it acknowledged is lost; agents keep running)",
+                timeout.as_secs(),
+                suspended(pid)
+            );
+            signal(pid, libc::SIGKILL)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock_held(home) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the daemon (pid {pid}) was killed but still holds {}",
+                    home.lock_file().display()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            println!(
+                "daemon killed (pid {pid}) after {}s without exiting; nothing it acknowledged is \
+                 lost; agents keep running (`ccm agent list`)",
+                timeout.as_secs()
+            );
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("daemon stopped (pid {pid}); agents keep running (`ccm agent list`)");
     Ok(())
+}
+
+/// Sends `signal` to the daemon `pid`.
+fn signal(pid: libc::pid_t, signal: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill(2) with a pid read from the home's own port file, whose daemon holds the
+    // home's lock (checked by the caller).
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        let error = std::io::Error::last_os_error();
+        anyhow::bail!("cannot signal the daemon (pid {pid}): {error}");
+    }
+    Ok(())
+}
+
+/// "; it is suspended ..." when the process `pid` is stopped (SIGSTOP, a debugger), which is
+/// why it cannot exit; empty otherwise (or where `/proc` does not say).
+fn suspended(pid: libc::pid_t) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    match state {
+        Some('T' | 't') => {
+            format!("; it is suspended (SIGSTOP or a debugger): `kill -CONT {pid}` lets it exit")
+        }
+        _ => String::new(),
+    }
 }

@@ -52,10 +52,24 @@ impl Cli {
     }
 }
 
-/// `ccm hook` alone: a short-lived process on every agent's path parses its own arguments
-/// without building the whole command tree (see `main.rs`).
+// `ccm hook` alone: a short-lived process on every agent's path parses its own arguments
+// without building the whole command tree (see `main.rs`). Its help is the command's own.
 #[derive(Debug, Parser)]
-#[command(name = "ccm hook", version)]
+#[command(
+    name = "ccm hook",
+    bin_name = "ccm hook",
+    version,
+    about = "Hook entry point for the agent CLIs: reads one event (stdin, or the last argument \
+             for Codex's notify), stores it, prints a decision when a policy made one",
+    long_about = "Hook entry point for the agent CLIs (Claude Code, Gemini CLI, Codex).\n\n\
+                  Reads one event from stdin (or, for Codex's notify, from the last argument), \
+                  stores it through the daemon, else in the database directly, else in the \
+                  spool, and prints a decision on stdout when a policy made one. It always \
+                  exits 0, so a problem of ccm never stops the agent; problems go to \
+                  logs/hook.log in the ccm home.\n\n\
+                  `ccm hooks install` writes it into a repository's agent settings (as \
+                  `ccm-hook`, which hands over to it); there is no need to run it by hand."
+)]
 pub struct HookCli {
     #[command(flatten)]
     pub args: HookArgs,
@@ -90,7 +104,15 @@ enum Command {
         detach: bool,
     },
     /// Stop the daemon gracefully and wait until it has exited (agents keep running).
-    Stop,
+    Stop {
+        /// Seconds to wait for the daemon to exit.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+        /// Kill the daemon (SIGKILL) when it has not exited within the timeout: nothing it
+        /// acknowledged is lost, agents keep running.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the node: daemon, tasks per state, agents, alerts, decisions, sync.
     Status {
         #[arg(long)]
@@ -215,7 +237,9 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     // These need no configuration (doctor reports it; a hook never fails; stop works whatever
     // the configuration became since the daemon started).
     let command = match cli.command {
-        Command::Stop => return daemon::stop(&home).await,
+        Command::Stop { timeout, force } => {
+            return daemon::stop(&home, std::time::Duration::from_secs(timeout), force).await
+        }
         Command::Doctor => return crate::doctor::run(&home, project.as_deref()).await,
         Command::Hook(args) => {
             hook(args).await;
@@ -225,7 +249,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
     };
     let config = Config::load(home.root(), project.as_deref())?;
     match command {
-        Command::Up { detach } => daemon::up(home, config, detach).await,
+        Command::Up { detach } => daemon::up(home, config, project.as_deref(), detach).await,
         Command::Dashboard { print, revoke } => dashboard::run(&home, &config, print, revoke).await,
         Command::Init => setup::init(&home, &config, &cwd).await,
         Command::Hooks { command } => setup::hooks(&config, &cwd, command),
@@ -248,7 +272,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         }
         Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,
         Command::Service(command) => crate::notify::cli::service(&home, &config, command),
-        Command::Doctor | Command::Hook(_) | Command::Stop => {
+        Command::Doctor | Command::Hook(_) | Command::Stop { .. } => {
             unreachable!("handled before the config is loaded")
         }
     }

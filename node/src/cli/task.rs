@@ -170,6 +170,7 @@ pub async fn run(
                 });
             }
             let task = backend.create_task(new).await?;
+            warn_if_program_missing(config, &task.profile);
             print(args.json, &task, |t| {
                 println!("created task {} ({}): {}", t.short_id(), t.state, t.title);
                 println!("  {place}");
@@ -682,5 +683,21 @@ impl std::fmt::Display for Place {
                 "no repository: the agent works in a scratch directory (--repo URL|PATH to work in one)"
             ),
         }
+    }
+}
+
+/// Says on stderr, when a task was just created, that its profile's program is not on PATH:
+/// the task would fail when it starts (`ccm doctor` checks every profile).
+fn warn_if_program_missing(config: &Config, profile: &str) {
+    let Some(profile_config) = config.profiles.get(profile) else { return };
+    if profile_config.mode == crate::agents::profile::Mode::External {
+        return;
+    }
+    let Some(program) = profile_config.command.first() else { return };
+    if crate::agents::on_path(program).is_none() {
+        eprintln!(
+            "warning: `{program}` (the program of profile {profile}) is not on PATH, so the task \
+             fails when it starts unless it is installed first (`ccm doctor` checks the profiles)"
+        );
     }
 }

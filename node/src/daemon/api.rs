@@ -5,6 +5,7 @@
 //! | `GET /healthz` | liveness, no token |
 //! | `GET /metrics` | Prometheus text format, no token |
 //! | `GET /api/status` | [`Status`] |
+//! | `GET /api/config` | the configuration file, and why what it says is not in use: `invalid` (it does not load), `restart_needed` (keys) |
 //! | `GET /api/tasks?state=` | tasks, oldest first |
 //! | `POST /api/tasks` | create a task ([`NewTask`]), 201 |
 //! | `GET /api/tasks/{id}` | one task (id or unique prefix) with its log |
@@ -54,13 +55,14 @@ use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
     ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
-    RoutedTask, StoredHookEvent, TaskDetail, TaskFilter,
+    RoutedTask, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
 };
 use crate::sync::SyncStatus;
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/status", get(status))
+        .route("/config", get(config_status))
         .route("/tasks", get(list_tasks).post(create_task))
         .route("/tasks/{id}", get(show_task))
         .route("/tasks/{id}/dependencies", post(add_dependencies))
@@ -85,14 +87,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api", api);
-    if state.config.daemon.profile == crate::config::Profile::Full {
+    if state.config.current().daemon.profile == crate::config::Profile::Full {
         router = router.merge(crate::dashboard::router(&state));
     }
     router
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.daemon.max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.current().daemon.max_body_bytes))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_millis(
-            state.config.daemon.body_timeout_ms,
+            state.config.current().daemon.body_timeout_ms,
         )))
         .layer(middleware::from_fn_with_state(state.clone(), settle_store))
         .layer(middleware::from_fn_with_state(state.clone(), super::metrics::count_request))
@@ -221,7 +223,8 @@ async fn route_task(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RouteBody>,
 ) -> Result<(StatusCode, Json<RoutedTask>), ApiError> {
-    let routed = state.store.route_task(body.task, body.pin.as_deref(), &state.config).await?;
+    let routed =
+        state.store.route_task(body.task, body.pin.as_deref(), &state.config.current()).await?;
     Ok((StatusCode::CREATED, Json(routed)))
 }
 
@@ -231,7 +234,7 @@ async fn list_routed(State(state): State<AppState>) -> Result<Json<Vec<RoutedTas
 
 /// What `ccm task add` needs to choose between here and the fleet.
 async fn routing_status(State(state): State<AppState>) -> Result<Json<RoutingStatus>, ApiError> {
-    Ok(Json(RoutingStatus::gather(&state.store, &state.config).await?))
+    Ok(Json(RoutingStatus::gather(&state.store, &state.config.current()).await?))
 }
 
 async fn sync_status(State(state): State<AppState>) -> Result<Json<SyncStatus>, ApiError> {
@@ -276,12 +279,37 @@ async fn list_tasks(
     Ok(Json(state.store.tasks(&filter).await?))
 }
 
+/// `GET /api/config`: the global configuration file, and what in the files the daemon does not
+/// use (a file that does not load, keys that need a restart).
+async fn config_status(State(state): State<AppState>) -> Json<Value> {
+    let status = state.config.status();
+    Json(json!({
+        "file": state.config.file(),
+        "invalid": status.invalid,
+        "restart_needed": status.restart_needed,
+    }))
+}
+
 async fn create_task(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiJson(new): ApiJson<NewTask>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let task = state.creations.submit((new, actor(&headers)?)).await?;
+    let task = match state.creations.submit((new, actor(&headers)?)).await {
+        Ok(task) => task,
+        // A profile or workflow added to a file that no longer loads is not known yet: say so.
+        Err(StoreError::Invalid { field: field @ ("profile" | "workflow"), message }) => {
+            let message = match state.config.status().invalid {
+                Some(problem) => format!(
+                    "{message}; the configuration does not load ({problem}), so the daemon \
+                     uses its last good one until it is fixed"
+                ),
+                None => message,
+            };
+            return Err(StoreError::Invalid { field, message }.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     state.metrics.tasks_created.inc();
     state.wake_scheduler();
     Ok((StatusCode::CREATED, Json(task)))
@@ -310,7 +338,7 @@ async fn task_event(
         ApiError::BadRequest(format!("{}: {e}", event_field(&body, &e.to_string())))
     })?;
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
-    let policy = RetryPolicy::from(&*state.config);
+    let policy = RetryPolicy::from(&*state.config.current());
     let task = state.store.apply_event(&id, event, &reason, &actor(&headers)?, policy).await?;
     state.metrics.count_event(event.name());
     state.wake();
@@ -402,7 +430,7 @@ async fn hook(
         return Ok(Json(answers.remove(0)).into_response());
     }
     let lines = || body.split(|&b| b == b'\n').filter(|line| !line.trim_ascii().is_empty());
-    let max = state.config.daemon.max_batch_events;
+    let max = state.config.current().daemon.max_batch_events;
     if lines().nth(max).is_some() {
         return Err(ApiError::TooLarge(format!(
             "batch has {} events; at most {max} per request (daemon.max_batch_events)",
@@ -498,10 +526,10 @@ async fn answer(
         return Ok(json!({}));
     };
     let home = Home::at(state.home.clone());
-    let approvals = &state.config.approvals;
+    let config = state.config.current();
     let worktree = std::path::Path::new(&agent.cwd);
     let verdict =
-        match gate::verdict(&state.store, &home, &task, event, approvals, worktree).await? {
+        match gate::verdict(&state.store, &home, &task, event, &config.approvals, worktree).await? {
             Verdict::Ask => await_approval(state, &task, event).await?,
             verdict => verdict,
         };
@@ -523,7 +551,8 @@ async fn await_approval(
         task.title
     );
     let decision = state.store.ask_approval(task.id, &question).await?;
-    let approvals = &state.config.approvals;
+    let config = state.config.current();
+    let approvals = &config.approvals;
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_secs(approvals.timeout_secs);
     loop {
@@ -536,7 +565,7 @@ async fn await_approval(
         }
         if tokio::time::Instant::now() >= deadline {
             let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
-            let policy = RetryPolicy::from(&*state.config);
+            let policy = RetryPolicy::from(&*state.config.current());
             // An answer that raced in first stands; the loop reads it on the next turn.
             if state
                 .store
@@ -626,7 +655,7 @@ async fn answer_decision(
     headers: HeaderMap,
     ApiJson(body): ApiJson<AnswerBody>,
 ) -> Result<Json<ccm_schema::Decision>, ApiError> {
-    let policy = RetryPolicy::from(&*state.config);
+    let policy = RetryPolicy::from(&*state.config.current());
     let decision =
         state.store.answer_decision(&id, &body.answer, &actor(&headers)?, policy).await?;
     state.decisions.notify_waiters();

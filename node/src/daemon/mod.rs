@@ -39,7 +39,7 @@ pub use metrics::Metrics;
 pub use scheduler::Scheduler;
 pub use security::Allowed;
 
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::home::{DaemonInfo, Home};
 use crate::runtime::{Passes, Runtime};
 use crate::store::{HookJob, Ingested, NewTask, RetryPolicy, Store, StoreError};
@@ -59,7 +59,8 @@ impl std::ops::Deref for AppState {
 /// What [`AppState`] shares.
 pub struct Shared {
     pub store: Store,
-    pub config: Arc<Config>,
+    /// The configuration, read again when its files change (`config.current()`).
+    pub config: LiveConfig,
     /// Bearer token of the API.
     pub token: Arc<str>,
     pub allowed: Arc<Allowed>,
@@ -135,7 +136,15 @@ pub enum StartError {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
+pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
+    // What the daemon, git and the agents it starts create is private whatever the umask it
+    // was started with: the agents' directories and logs, the worktrees (ARCHITECTURE.md,
+    // Boundaries).
+    // SAFETY: umask(2) only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    let config = live.current();
     home.ensure()?;
     let lock_path = home.lock_file();
     let lock = crate::home::private_file(&lock_path).map_err(|source| StartError::Lock {
@@ -194,15 +203,13 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         addr: bound.to_string(),
         socket: socket.as_ref().map(|_| home.socket_file()),
         started_at: Timestamp::now(),
-        gate_wait_secs: (!config.approvals.rules.is_empty())
-            .then(|| config.approvals.timeout_secs.saturating_add(crate::hooks::GATE_MARGIN_SECS)),
+        gate_wait_secs: gate_wait_secs(&config),
     };
 
-    let config = Arc::new(config);
     let scheduler_wake = Arc::new(Notify::new());
     let runtime = Runtime::new(
         store.clone(),
-        config.clone(),
+        live.clone(),
         home.clone(),
         daemon.addr.clone(),
         scheduler_wake.clone(),
@@ -231,7 +238,7 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
     });
     let state = AppState(Arc::new(Shared {
         store: store.clone(),
-        config: config.clone(),
+        config: live.clone(),
         token: auth.token.into(),
         allowed: Arc::new(Allowed::for_host_and_port(bound.ip(), bound.port())),
         daemon: daemon.clone(),
@@ -240,17 +247,15 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         runtime_wake: runtime.wake.clone(),
         decisions: Arc::new(Notify::new()),
         home: home.root().to_path_buf(),
-        hooks: hook_batcher(store.clone(), RetryPolicy::from(&*config)),
-        creations: creation_batcher(store.clone(), config.clone()),
+        hooks: hook_batcher(store.clone(), live.clone()),
+        creations: creation_batcher(store.clone(), live.clone()),
         sync: sync_client.clone(),
         shutdown: shutdown.clone(),
     }));
     let scheduler = Scheduler {
         store: store.clone(),
-        slots: config.scheduler.slots,
-        external: config.external_profiles(),
+        config: live.clone(),
         tick: Duration::from_millis(config.scheduler.tick_ms),
-        policy: RetryPolicy::from(&*config),
         wake: scheduler_wake,
         runtime_wake: runtime.wake.clone(),
         shutdown: shutdown.clone(),
@@ -266,12 +271,8 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
             runtime.run(memory).await
         }
     }));
-    let spooler = tokio::spawn(spool_loop(
-        home.clone(),
-        store.clone(),
-        RetryPolicy::from(&*config),
-        shutdown.clone(),
-    ));
+    let spooler =
+        tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
     tokio::spawn(signals.stop(shutdown.clone()));
     if let Err(error) = crate::notify::health::check_previous_run(&home, &store).await {
         warn!(error = %format!("{error:#}"), "cannot check how the previous daemon ended");
@@ -292,6 +293,13 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
     });
 
     home.write_daemon_info(&daemon)?;
+    let watcher = tokio::spawn(watch_config(
+        live.clone(),
+        store.clone(),
+        home.clone(),
+        daemon.clone(),
+        shutdown.clone(),
+    ));
     info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
     // On a worker thread rather than this one (the runtime's `block_on`): a connection is then
     // accepted, and its task started, on the thread the I/O driver woke, with no hand-off to
@@ -307,6 +315,7 @@ pub async fn run(home: Home, config: Config) -> Result<(), StartError> {
         ("scheduler", Some(scheduler)),
         ("runtime", Some(runtime_task)),
         ("spooler", Some(spooler)),
+        ("config", Some(watcher)),
         ("sync", sync_task),
         ("routing", routing),
     ];
@@ -350,12 +359,13 @@ fn bind_socket(home: &Home) -> Option<tokio::net::UnixListener> {
 
 /// Stores hook events received through the API in groups; a request hands in its events
 /// together (one for a single event, many for a batch) and gets their results in order.
-fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<Vec<HookJob>, Vec<Ingested>> {
-    let one = store.clone();
+fn hook_batcher(store: Store, config: LiveConfig) -> Batcher<Vec<HookJob>, Vec<Ingested>> {
+    let (one, one_config) = (store.clone(), config.clone());
     Batcher::start(
         tracing::info_span!("hook_batcher"),
         move |requests: Vec<Vec<HookJob>>| {
             let store = store.clone();
+            let policy = RetryPolicy::from(&*config.current());
             async move {
                 let result =
                     store.ingest_hooks(requests.iter().flatten(), policy).await.map(|done| {
@@ -367,6 +377,7 @@ fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<Vec<HookJob>, Vec<
         },
         move |jobs: Vec<HookJob>| {
             let store = one.clone();
+            let policy = RetryPolicy::from(&*one_config.current());
             async move { store.ingest_hooks(&jobs, policy).await }
         },
     )
@@ -375,13 +386,13 @@ fn hook_batcher(store: Store, policy: RetryPolicy) -> Batcher<Vec<HookJob>, Vec<
 /// Creates tasks received through the API in groups.
 fn creation_batcher(
     store: Store,
-    config: Arc<Config>,
+    config: LiveConfig,
 ) -> Batcher<(NewTask, String), ccm_schema::Task> {
     let (one, one_config) = (store.clone(), config.clone());
     Batcher::start(
         tracing::info_span!("creation_batcher"),
         move |batch: Vec<(NewTask, String)>| {
-            let (store, config) = (store.clone(), config.clone());
+            let (store, config) = (store.clone(), config.current());
             async move {
                 // On failure the batch is needed again for the one-by-one retry.
                 let result = store.create_tasks(batch.clone(), &config).await;
@@ -389,15 +400,16 @@ fn creation_batcher(
             }
         },
         move |(new, actor): (NewTask, String)| {
-            let (store, config) = (one.clone(), one_config.clone());
+            let (store, config) = (one.clone(), one_config.current());
             async move { store.create_task(new, &config, &actor).await }
         },
     )
 }
 
 /// Ingests the hook events `ccm hook` spooled while the database was busy.
-async fn spool_loop(home: Home, store: Store, policy: RetryPolicy, shutdown: CancellationToken) {
+async fn spool_loop(home: Home, store: Store, config: LiveConfig, shutdown: CancellationToken) {
     loop {
+        let policy = RetryPolicy::from(&*config.current());
         match crate::hooks::spool::ingest(home.root(), &store, policy).await {
             Ok(0) => {}
             Ok(n) => info!(events = n, "ingested spooled hook events"),
@@ -408,6 +420,86 @@ async fn spool_loop(home: Home, store: Store, policy: RetryPolicy, shutdown: Can
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Reads the configuration's files again every second (requests also do, as they come), and
+/// keeps an alert open while they say what the daemon does not use: a file that does not load
+/// (`config_invalid`; the last good configuration stays in use), or keys whose new value waits
+/// for a restart (`config_restart_needed`). An alert is resolved once its cause is gone.
+///
+/// The port file's `gate_wait_secs` (how long a hook waits for the daemon's answer to a tool
+/// call) follows the approval rules in use.
+async fn watch_config(
+    live: LiveConfig,
+    store: Store,
+    home: Home,
+    mut daemon: DaemonInfo,
+    shutdown: CancellationToken,
+) {
+    let file = live.file();
+    let messages = |status: &crate::config::ConfigStatus| {
+        let invalid = status.invalid.as_ref().map(|error| {
+            format!(
+                "the configuration does not load: {error}; the daemon keeps using the last good \
+                 configuration until it is fixed"
+            )
+        });
+        let restart = (!status.restart_needed.is_empty()).then(|| {
+            format!(
+                "{} changed {}, which take effect only when the daemon restarts (`ccm stop`, then \
+                 `ccm up`); everything else in it applies already",
+                file.display(),
+                status.restart_needed.join(", ")
+            )
+        });
+        [("config_invalid", invalid), ("config_restart_needed", restart)]
+    };
+    let mut shown = crate::config::ConfigStatus::default();
+    loop {
+        let wait = gate_wait_secs(&live.current());
+        if wait != daemon.gate_wait_secs {
+            daemon.gate_wait_secs = wait;
+            if let Err(error) = home.write_daemon_info(&daemon) {
+                warn!(error = %error, "cannot update the port file's approval wait");
+            }
+        }
+        let status = live.status();
+        if status != shown {
+            let mut done = true;
+            for ((reason, was), (_, now)) in messages(&shown).into_iter().zip(messages(&status)) {
+                if was == now {
+                    continue;
+                }
+                let result = async {
+                    if let Some(was) = &was {
+                        store.resolve_alert(reason, was).await?;
+                    }
+                    if let Some(now) = &now {
+                        store.alert_once(None, ccm_schema::Severity::Warning, reason, now).await?;
+                    }
+                    Ok::<(), StoreError>(())
+                };
+                if let Err(error) = result.await {
+                    warn!(%error, reason, "cannot raise or resolve the configuration's alert");
+                    done = false;
+                }
+            }
+            if done {
+                shown = status;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// How long a hook waits for the daemon's answer to a tool call (the port file says it): the
+/// approval timeout plus a margin when there are approval rules.
+fn gate_wait_secs(config: &Config) -> Option<u64> {
+    (!config.approvals.rules.is_empty())
+        .then(|| config.approvals.timeout_secs.saturating_add(crate::hooks::GATE_MARGIN_SECS))
 }
 
 /// Refuses to start on a damaged database.

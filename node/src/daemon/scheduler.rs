@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::config::LiveConfig;
 use crate::store::{RetryPolicy, Store};
 
 /// Shortest time between two passes.
@@ -18,13 +19,11 @@ const MIN_INTERVAL: Duration = Duration::from_millis(20);
 pub struct Scheduler {
     /// Where task state lives.
     pub store: Store,
-    /// Agent slots of this system.
-    pub slots: u32,
-    /// The profiles no runtime runs (`external`): their tasks hold no slot.
-    pub external: Vec<String>,
+    /// Read at every pass: the agent slots of this system, the profiles no runtime runs
+    /// (`external`: their tasks hold no slot), the retry policy.
+    pub config: LiveConfig,
     /// Longest wait between passes.
     pub tick: Duration,
-    pub policy: RetryPolicy,
     /// Woken by the API after every change that may let a task move.
     pub wake: Arc<Notify>,
     /// Woken after a pass that moved tasks (a queued task needs an agent).
@@ -36,7 +35,10 @@ impl Scheduler {
     pub async fn run(self) {
         async move {
             loop {
-                match self.store.schedule(self.slots, &self.external, self.policy).await {
+                let config = self.config.current();
+                let (slots, external) = (config.scheduler.slots, config.external_profiles());
+                let policy = RetryPolicy::from(&*config);
+                match self.store.schedule(slots, &external, policy).await {
                     Ok(0) => {}
                     Ok(changed) => {
                         debug!(changed, "scheduler pass");

@@ -57,7 +57,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let dashboard = Arc::new(Dashboard {
         auth: Auth::load(
             state.home.join(SESSIONS_FILE),
-            Duration::from_secs(state.config.daemon.dashboard_session_secs),
+            Duration::from_secs(state.config.current().daemon.dashboard_session_secs),
             port,
         ),
         hub: Hub::start(state.store.clone(), state.shutdown.clone()),

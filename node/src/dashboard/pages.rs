@@ -270,7 +270,7 @@ pub async fn board(
             columns,
             states: TaskState::ALL.iter().map(ToString::to_string).collect(),
             repos: repos.into_iter().collect(),
-            profiles: state.config.profiles.keys().cloned().collect(),
+            profiles: state.config.current().profiles.keys().cloned().collect(),
             shown,
         }))
     };
@@ -313,8 +313,8 @@ async fn new_task_page(state: &AppState, signed_in: &SignedIn, error: Option<Str
                 render(&NewTaskPage {
                     layout,
                     repos,
-                    profiles: state.config.profiles.keys().cloned().collect(),
-                    default_profile: state.config.tasks.profile.clone(),
+                    profiles: state.config.current().profiles.keys().cloned().collect(),
+                    default_profile: state.config.current().tasks.profile.clone(),
                     error,
                 }),
             )
@@ -652,7 +652,7 @@ pub async fn task_event(
         }
     };
     let reason = format!("{} from the dashboard", event.name());
-    let policy = RetryPolicy::from(&*state.config);
+    let policy = RetryPolicy::from(&*state.config.current());
     match state.store.apply_event(&id, event, &reason, ACTOR, policy).await {
         Ok(task) => {
             state.metrics.count_event(event.name());
@@ -728,7 +728,7 @@ pub async fn answer_decision(
     if let Err(refused) = signed_in.check_form(&headers, &form.csrf) {
         return refused;
     }
-    let policy = RetryPolicy::from(&*state.config);
+    let policy = RetryPolicy::from(&*state.config.current());
     match state.store.answer_decision(&id, &form.answer, ACTOR, policy).await {
         Ok(_) => {
             state.decisions.notify_waiters();
@@ -911,7 +911,7 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
                 "this system; daemon pid {} since {}",
                 state.daemon.pid, state.daemon.started_at
             ),
-            slots: format!("{holding} of {} in use", state.config.scheduler.slots),
+            slots: format!("{holding} of {} in use", state.config.current().scheduler.slots),
             repos: contexts
                 .iter()
                 .map(|c| c.repo_url.clone().unwrap_or_else(|| c.path.clone()))

@@ -10,11 +10,14 @@
 //! (BENCHMARKS.md, hook pipeline).
 //!
 //! Everything else goes to `ccm hook` (the `ccm` beside this executable, else the one on PATH),
-//! which exits 0 whatever happens: arguments this does not know, with stdin untouched; no port
-//! file or token, with the payload on its stdin; no answer in time or an error status, with the
-//! payload, the key the event was posted under (the daemon may have stored it: the direct path
-//! then stores it once) and why, so it goes straight to the direct path and logs that. When
-//! `ccm hook` cannot be run at all, the event goes to the spool, which the daemon ingests.
+//! which exits 0 whatever happens: arguments this does not know, with stdin untouched; no home
+//! or token, with the payload on its stdin; no port file, no answer in time or an error status,
+//! with the payload, the key the event was posted under (the daemon may have stored it: the
+//! direct path then stores it once) and why, so it goes straight to the direct path (without
+//! looking for the daemon again) and logs that. A payload that fits in a pipe's buffer is
+//! written into a pipe and this process becomes `ccm hook` (exec), so the agent waits for one
+//! process start instead of two. When `ccm hook` cannot be run at all, the event goes to the
+//! spool, which the daemon ingests.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -50,6 +53,12 @@ pub fn main() {
             }
         }
         Err(Failure::Before) => hand_over(&Handover::Event { agent, payload, tried: None }),
+        // Nothing was sent; `ccm hook` writes the database at once instead of looking again.
+        Err(Failure::NotRunning) => hand_over(&Handover::Event {
+            agent,
+            payload,
+            tried: Some((key, "no port file, the daemon is not running (seen by ccm-hook)".into())),
+        }),
         Err(Failure::Daemon(reason)) => {
             hand_over(&Handover::Event { agent, payload, tried: Some((key, reason)) })
         }
@@ -86,8 +95,10 @@ fn parse_args(args: &[String]) -> Option<Arguments<'_>> {
 
 /// Why the daemon's path did not give an answer.
 enum Failure {
-    /// Nothing was sent: no home, port file or token (`ccm hook` says which).
+    /// Nothing was sent: no home or token (`ccm hook` says which).
     Before,
+    /// Nothing was sent: no port file, so no daemon runs.
+    NotRunning,
     /// The event was sent, or sending it failed: it may be stored under its key.
     Daemon(String),
 }
@@ -99,7 +110,7 @@ fn post(
     key: Uuid,
 ) -> Result<Option<serde_json::Value>, Failure> {
     let home = Home::locate().map_err(|_| Failure::Before)?;
-    let daemon = home.read_daemon_info().ok_or(Failure::Before)?;
+    let daemon = home.read_daemon_info().ok_or(Failure::NotRunning)?;
     let token = home.read_auth().map_err(|_| Failure::Before)?.token;
     let addr: SocketAddr = daemon.addr.parse().map_err(|_| Failure::Before)?;
     // A value hyper would refuse as a header is left to `ccm hook`, which reports it.
@@ -221,6 +232,9 @@ enum Handover<'a> {
     Event { agent: Option<&'a str>, payload: Vec<u8>, tried: Option<(Uuid, String)> },
 }
 
+/// Bytes a pipe holds without a reader (Linux's default capacity).
+const PIPE_CAPACITY: usize = 64 * 1024;
+
 /// Runs `ccm hook` with the event, its stdout and stderr this process's own.
 fn hand_over(handover: &Handover) {
     let ccm = std::env::current_exe()
@@ -246,6 +260,27 @@ fn hand_over(handover: &Handover) {
             Some(payload)
         }
     };
+    // An event that fits in a pipe's buffer is written there before this process becomes
+    // `ccm hook` (exec): the agent then waits for one process, not for two.
+    if let Some(small) = payload.filter(|p| p.len() <= PIPE_CAPACITY) {
+        if let Ok((reader, mut writer)) = std::io::pipe() {
+            // Never blocks: a pipe smaller than usual (the user's pipe pages are used up) takes
+            // the spawn below instead.
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl(2) on a descriptor this function owns.
+            let nonblocking = unsafe {
+                let fd = writer.as_raw_fd();
+                libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK)
+            } == 0;
+            if nonblocking && writer.write_all(small).is_ok() {
+                drop(writer);
+                command.stdin(reader);
+                // Returns only when the exec failed; the spawn below fails the same way.
+                let _ = std::os::unix::process::CommandExt::exec(&mut command);
+                command.stdin(Stdio::piped());
+            }
+        }
+    }
     let run = command.spawn().and_then(|mut child| {
         if let (Some(payload), Some(mut stdin)) = (payload, child.stdin.take()) {
             // `ccm hook` reads all of it; a failed write shows in what it stores.

@@ -35,7 +35,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::agents::profile::{Mode, Profile};
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::home::Home;
 use crate::store::{AttemptEnd, RetryPolicy, Store};
 use crate::tmux::Tmux;
@@ -66,7 +66,8 @@ type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Runtime {
     pub store: Store,
-    pub config: Arc<Config>,
+    /// The configuration, read again when its files change ([`Runtime::config`]).
+    pub live: LiveConfig,
     pub home: Home,
     pub tmux: Tmux,
     /// `host:port` of the API, given to agents as `CCM_API`.
@@ -101,16 +102,16 @@ pub struct Passes {
 impl Runtime {
     pub fn new(
         store: Store,
-        config: Arc<Config>,
+        live: LiveConfig,
         home: Home,
         api_addr: String,
         scheduler_wake: Arc<Notify>,
         shutdown: CancellationToken,
     ) -> Runtime {
-        let tmux = Tmux::new(config.runtime.tmux_socket.clone());
+        let tmux = Tmux::new(live.current().runtime.tmux_socket.clone());
         Runtime {
             store,
-            config,
+            live,
             home,
             tmux,
             api_addr,
@@ -122,12 +123,18 @@ impl Runtime {
     }
 
     fn policy(&self) -> RetryPolicy {
-        RetryPolicy::from(&*self.config)
+        RetryPolicy::from(&*self.config())
+    }
+
+    /// The configuration in use now (profiles and workflows edited while the daemon runs
+    /// apply to the next step that reads them).
+    pub fn config(&self) -> Arc<Config> {
+        self.live.current()
     }
 
     /// Runs passes until shutdown; agents keep running in tmux after it.
     pub async fn run(self, mut passes: Passes) {
-        let poll = Duration::from_millis(self.config.runtime.poll_ms);
+        let poll = Duration::from_millis(self.config().runtime.poll_ms);
         async move {
             loop {
                 if let Err(error) = self.pass(&mut passes).await {
@@ -150,7 +157,7 @@ impl Runtime {
         self.jobs().ended.clear();
         let tasks: HashMap<Uuid, Task> = self
             .store
-            .runtime_tasks(&self.config.external_profiles())
+            .runtime_tasks(&self.config().external_profiles())
             .await?
             .into_iter()
             .map(|t| (t.id, t))
@@ -262,8 +269,8 @@ impl Runtime {
         }
     }
 
-    fn profile(&self, name: &str) -> Option<&Profile> {
-        self.config.profiles.get(name)
+    fn profile(&self, name: &str) -> Option<Profile> {
+        self.config().profiles.get(name).cloned()
     }
 }
 

@@ -116,7 +116,8 @@ impl Runtime {
         let heartbeat = Timestamp::now().millis() - agent.last_heartbeat.millis();
         let silent =
             observed.last_output.elapsed().min(Duration::from_millis(heartbeat.max(0) as u64));
-        let runtime = &self.config.runtime;
+        let config = self.config();
+        let runtime = &config.runtime;
         if agent.kind == AgentKind::Worker && silent >= Duration::from_secs(runtime.lease_secs) {
             warn!(agent = %agent.short_id(), "lease expired; reclaiming the task");
             self.stop(agent, AgentStatus::Killed).await?;

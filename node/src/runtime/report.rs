@@ -65,7 +65,7 @@ impl Runtime {
         let supervised = task
             .workflow
             .as_deref()
-            .and_then(|w| self.config.workflows.get(w))
+            .and_then(|w| self.config().workflows.get(w).cloned())
             .is_some_and(|w| w.step(Role::Supervisor).is_some());
         self.store.save_report(task.id, &report, supervised, self.policy()).await?;
         Ok(())

@@ -12,9 +12,8 @@ impl Runtime {
         let step = task
             .workflow
             .as_deref()
-            .and_then(|w| self.config.workflows.get(w))
-            .and_then(|w| w.step(Role::Supervisor))
-            .cloned();
+            .and_then(|w| self.config().workflows.get(w).cloned())
+            .and_then(|w| w.step(Role::Supervisor).cloned());
         let Some(step) = step else {
             // The workflow lost its supervisor step (config changed): nothing to review with.
             self.store
@@ -23,7 +22,7 @@ impl Runtime {
             return Ok(());
         };
         let profile_name = step.profile.clone().unwrap_or_else(|| task.profile.clone());
-        let Some(profile) = self.profile(&profile_name).cloned() else {
+        let Some(profile) = self.profile(&profile_name) else {
             let reason = format!("unknown supervisor profile `{profile_name}`");
             self.store
                 .runtime_event(

@@ -32,7 +32,8 @@ impl Runtime {
 
     /// Worktree (or scratch directory), prompt, agent row and tmux window for a queued task.
     pub(super) async fn start_worker(&self, task: &Task) -> Result<()> {
-        let workflow = task.workflow.as_deref().map(|w| self.config.workflows.get(w).ok_or(w));
+        let config = self.config();
+        let workflow = task.workflow.as_deref().map(|w| config.workflows.get(w).ok_or(w));
         let workflow = match workflow.transpose() {
             Ok(workflow) => workflow,
             Err(name) => {
@@ -48,7 +49,7 @@ impl Runtime {
         let step = workflow.and_then(|w| w.step(Role::Worker));
         let profile_name =
             step.and_then(|s| s.profile.clone()).unwrap_or_else(|| task.profile.clone());
-        let Some(profile) = self.profile(&profile_name).cloned() else {
+        let Some(profile) = self.profile(&profile_name) else {
             return self
                 .fail_before_start(
                     task,
@@ -206,7 +207,7 @@ impl Runtime {
     /// How long an agent CLI waits for a gate hook: the approval timeout, plus a margin so
     /// ccm answers (deny) before the CLI gives up on the hook.
     pub(super) fn gate_timeout_secs(&self) -> u64 {
-        self.config.approvals.timeout_secs + 30
+        self.config().approvals.timeout_secs + 30
     }
 
     pub(super) async fn new_agent(

@@ -34,6 +34,7 @@ impl Runtime {
                 .await?;
         }
         let profile = self.profile(&agent.profile);
+        let profile = profile.as_ref();
         let end = WorkerEnd {
             status: agent.status,
             exit_code: agent.exit_code,
@@ -52,29 +53,35 @@ impl Runtime {
         self.store
             .runtime_event(task.id, TaskEvent::WorkerFinished, "worker exited 0; verifying", policy)
             .await?;
-        let (passed, output, reason) = match &task.verify {
-            None => (true, None, "no verify command".to_string()),
+        let (verdict, output, reason) = match &task.verify {
+            None => (Verify::Passed, None, "no verify command".to_string()),
             Some(command) => {
-                let (passed, output, detail) = self.verify(command, Path::new(&agent.cwd)).await;
-                (passed, Some(output), format!("verify `{command}` {detail}"))
+                let (verdict, output, detail) = self.verify(command, Path::new(&agent.cwd)).await;
+                (verdict, Some(output), format!("verify `{command}` {detail}"))
             }
         };
-        let (outcome, event) = if passed && !summary.permission_denials.is_empty() {
-            ("success_with_denials", TaskEvent::VerifyPassed)
-        } else if passed {
-            ("success", TaskEvent::VerifyPassed)
-        } else {
-            ("verify_failed", TaskEvent::Failed { class: FailureClass::VerifyFailed })
+        let (outcome, event) = match verdict {
+            Verify::Passed if !summary.permission_denials.is_empty() => {
+                ("success_with_denials", TaskEvent::VerifyPassed)
+            }
+            Verify::Passed => ("success", TaskEvent::VerifyPassed),
+            Verify::Failed => {
+                ("verify_failed", TaskEvent::Failed { class: FailureClass::VerifyFailed })
+            }
+            // No attempt of the agent can install the program: the task fails at once.
+            Verify::CannotRun => {
+                ("verify_failed", TaskEvent::Failed { class: FailureClass::Fatal })
+            }
         };
         let end = AttemptEnd { outcome, verify_output: output, last_message };
         self.store.end_attempt(task.id, &end, event, &reason, policy).await?;
         Ok(())
     }
 
-    /// Runs the verification command in `cwd`; returns whether it passed, its output (the
-    /// end of it) and a short description.
-    pub(super) async fn verify(&self, command: &str, cwd: &Path) -> (bool, String, String) {
-        let timeout = Duration::from_secs(self.config.runtime.verify_timeout_secs);
+    /// Runs the verification command in `cwd`; returns how it ended, its output (the end of
+    /// it) and a short description.
+    pub(super) async fn verify(&self, command: &str, cwd: &Path) -> (Verify, String, String) {
+        let timeout = Duration::from_secs(self.config().runtime.verify_timeout_secs);
         let run = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(command)
@@ -85,15 +92,29 @@ impl Runtime {
             Ok(Ok(out)) => {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
-                let detail = match out.status.code() {
-                    Some(0) => "passed".to_string(),
-                    Some(code) => format!("failed with status {code}"),
-                    None => "was killed by a signal".to_string(),
+                let (verdict, detail) = match out.status.code() {
+                    Some(0) => (Verify::Passed, "passed".to_string()),
+                    // The shell's "not found" and "not executable", of a program the worktree
+                    // does not provide (one it does, the agent may still have to build).
+                    Some(code @ (126 | 127)) if !from_worktree(&text) => {
+                        let what = if code == 127 { "not found" } else { "not executable" };
+                        let said = text.lines().rev().find(|l| !l.trim().is_empty());
+                        let said = said.map(|l| format!(": {}", l.trim())).unwrap_or_default();
+                        let detail = format!(
+                            "could not run (status {code}: a program it runs is {what}{said}); \
+                             is it installed and on the daemon's PATH? retrying the agent cannot fix it"
+                        );
+                        (Verify::CannotRun, detail)
+                    }
+                    Some(code) => (Verify::Failed, format!("failed with status {code}")),
+                    None => (Verify::Failed, "was killed by a signal".to_string()),
                 };
-                (out.status.success(), tail(&text, VERIFY_OUTPUT_LIMIT), detail)
+                (verdict, tail(&text, VERIFY_OUTPUT_LIMIT), detail)
             }
-            Ok(Err(e)) => (false, e.to_string(), format!("could not run: {e}")),
-            Err(_) => (false, String::new(), format!("timed out after {}s", timeout.as_secs())),
+            Ok(Err(e)) => (Verify::CannotRun, e.to_string(), format!("could not run: {e}")),
+            Err(_) => {
+                (Verify::Failed, String::new(), format!("timed out after {}s", timeout.as_secs()))
+            }
         }
     }
 
@@ -113,6 +134,32 @@ impl Runtime {
     }
 }
 
+/// How a verification command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verify {
+    Passed,
+    /// It ran and said no (or ran out of time): the next attempt may do better.
+    Failed,
+    /// It could not run: the shell did not find (127) or could not execute (126) a program,
+    /// or `sh` itself did not start. No attempt of the agent changes that.
+    CannotRun,
+}
+
+/// Whether the program the shell did not find (or could not run), as its last words name it,
+/// is a relative path: a file of the worktree, which an attempt may yet create.
+fn from_worktree(output: &str) -> bool {
+    let Some(line) = output.lines().rev().find(|l| !l.trim().is_empty()) else { return false };
+    let before =
+        ["command not found", "not found", "Permission denied", "No such file or directory"]
+            .iter()
+            .find_map(|end| line.trim().strip_suffix(end));
+    let program = before
+        .and_then(|b| b.trim_end().strip_suffix(':'))
+        .and_then(|b| b.rsplit(": ").next())
+        .map(str::trim);
+    program.is_some_and(|p| p.contains('/') && !p.starts_with('/'))
+}
+
 /// The last `limit` bytes of `text`, cut at a character boundary.
 pub(super) fn tail(text: &str, limit: usize) -> String {
     if text.len() <= limit {
@@ -128,6 +175,16 @@ pub(super) fn tail(text: &str, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_program_of_the_worktree_is_told_apart_from_one_of_the_system() {
+        assert!(!from_worktree("sh: 1: nosuch-tool: not found\n"));
+        assert!(!from_worktree("sh: line 1: nosuch: command not found\n"));
+        assert!(!from_worktree("sh: 1: /opt/x/bin/tool: not found\n"));
+        assert!(from_worktree("sh: 1: ./build/app: not found\n"));
+        assert!(from_worktree("sh: 1: ./run-tests: Permission denied\n"));
+        assert!(!from_worktree(""));
+    }
 
     #[test]
     fn tail_keeps_the_end_at_a_char_boundary() {

@@ -355,6 +355,30 @@ impl Store {
         Ok(())
     }
 
+    /// Resolves the open alerts of no task that say `message` for `reason` (raised by
+    /// [`Store::alert_once`] for a condition that has now cleared).
+    pub async fn resolve_alert(&self, reason: &str, message: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        let resolved: Vec<ccm_schema::Alert> = sqlx::query_as(&format!(
+            r#"
+            UPDATE alerts SET resolved_at = ?
+            WHERE resolved_at IS NULL AND task_id IS NULL AND reason = ? AND message = ?
+            RETURNING {}
+            "#,
+            super::records::ALERT_COLUMNS
+        ))
+        .bind(Timestamp::now())
+        .bind(reason)
+        .bind(message)
+        .fetch_all(&mut *tx)
+        .await?;
+        for alert in resolved {
+            outbox(&mut tx, "alert", &alert.id.to_string(), &alert, false).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The reset time of the usage limit a task waits for, learnt after it began waiting (a
     /// `StopFailure` hook moves the task before its agent's output says when the limit resets):
     /// the task, if it still waits after attempt `attempt` (which the wait uncounted), waits
