@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1};
+use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1, RoutedTaskV1};
 use ccm_sync::{Class, Lane, Outbox as _, Signals};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
@@ -163,9 +163,15 @@ impl Router {
                 return Err(None);
             }
         };
-        let answer = self.client.call::<RouteAnswerV1>(&call.function, &call.params).await;
-        let status = match answer {
-            Ok(answer) => answer.status,
+        let answer = self.client.call::<Value>(&call.function, &call.params).await;
+        let (status, task) = match answer {
+            // A cancel, retry or pin answers the task as the origin sees it.
+            Ok(answer) => (
+                serde_json::from_value::<RouteAnswerV1>(answer.clone())
+                    .map(|a| a.status)
+                    .unwrap_or_default(),
+                serde_json::from_value::<RoutedTaskV1>(answer).ok(),
+            ),
             Err(failure) => match failure.class {
                 Class::Transient { retry_after } => {
                     warn!(function = %call.function, task = %call.task_id, error = %failure.message, "routing call failed; retrying");
@@ -182,7 +188,7 @@ impl Router {
                             let _ = self.store.routed_seen(&[refused]).await;
                         }
                     }
-                    "refused".to_string()
+                    ("refused".to_string(), None)
                 }
                 _ => {
                     // Identity or configuration: the sync lanes pause and alert; wait for it.
@@ -192,7 +198,7 @@ impl Router {
             },
         };
         debug!(function = %call.function, task = %call.task_id, %status, "routing call answered");
-        if let Err(error) = self.store.route_call_answered(&call, &status).await {
+        if let Err(error) = self.store.route_call_answered(&call, &status, task.as_ref()).await {
             warn!(%error, "cannot record a routing call's answer");
             return Err(None);
         }

@@ -582,6 +582,48 @@ begin
 end
 $$;
 
+-- A routed task as its origin sees it (`api.routed_status`): where it runs, its progress,
+-- result, last error and attempts. The origin's cancel, retry and pin answer it too.
+create function private.routed_view(p_task private.routed_tasks) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select private.routed_task_json(p_task)
+         || jsonb_build_object(
+              'executing_system', p_task.lease_owner,
+              'executing_name', (select s.name from private.systems s
+                                  where s.system_id = p_task.lease_owner),
+              'progress', p_task.progress, 'result', p_task.result,
+              'last_error', p_task.last_error, 'run_after', p_task.run_after,
+              'created_at', p_task.created_at, 'updated_at', p_task.updated_at,
+              'attempts', (select coalesce(jsonb_agg(jsonb_build_object(
+                              'attempt', a.attempt, 'system_id', a.system_id,
+                              'system_name', s.name, 'fencing_token', a.fencing_token,
+                              'claimed_at', a.claimed_at, 'ended_at', a.ended_at,
+                              'outcome', a.outcome) order by a.attempt), '[]'::jsonb)
+                             from private.task_attempts a
+                             join private.systems s using (system_id)
+                            where a.task_id = p_task.task_id))
+$$;
+revoke execute on function private.routed_view(private.routed_tasks) from public;
+
+-- api.routed_status as in `..._routing.sql`, each task built by private.routed_view.
+create or replace function api.routed_status(p_since timestamptz default null) returns jsonb
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_system uuid := private.caller_system();
+begin
+  return (select jsonb_build_object('server_time', now(), 'tasks',
+                   coalesce(jsonb_agg(private.routed_view(t) order by t.updated_at, t.task_id),
+                            '[]'::jsonb))
+            from private.routed_tasks t
+           where t.origin_system = v_system
+             and (p_since is null or t.updated_at > p_since));
+end
+$$;
+
 -- The routed task `p_task` locked, when the caller's owner owns it (42501 otherwise; 22023
 -- when there is none).
 create function private.owned_routed_task(p_system uuid, p_task uuid)
@@ -624,7 +666,7 @@ declare
 begin
   v_row := private.owned_routed_task(v_system, p_task_id);
   if v_row.state in ('done', 'failed', 'cancelled') then
-    return private.routed_task_json(v_row) || jsonb_build_object('status', 'unchanged');
+    return private.routed_view(v_row) || jsonb_build_object('status', 'unchanged');
   end if;
   update private.task_attempts set ended_at = now(), outcome = 'cancelled'
    where fencing_token = v_row.fencing_token and outcome is null
@@ -640,7 +682,7 @@ begin
   update private.alerts a set resolved_at = now(), version = a.version + 1
    where a.origin = 'central' and a.task_id = p_task_id and a.resolved_at is null
      and a.kind in ('unroutable', 'routed_task_blocked');
-  return private.routed_task_json(v_row) || jsonb_build_object('status', 'applied');
+  return private.routed_view(v_row) || jsonb_build_object('status', 'applied');
 end
 $$;
 
@@ -658,7 +700,7 @@ begin
   v_row := private.owned_routed_task(v_system, p_task_id);
   if not (v_row.state in ('failed', 'blocked', 'cancelled')
           or (v_row.state = 'done' and v_row.result ->> 'verdict' = 'issue')) then
-    return private.routed_task_json(v_row) || jsonb_build_object('status', 'unchanged');
+    return private.routed_view(v_row) || jsonb_build_object('status', 'unchanged');
   end if;
   update private.routed_tasks
      set state = 'queued', lease_owner = null, lease_expires_at = null, run_after = now(),
@@ -671,7 +713,7 @@ begin
          updated_at = now()
    where task_id = p_task_id
   returning * into v_row;
-  return private.routed_task_json(v_row) || jsonb_build_object('status', 'applied');
+  return private.routed_view(v_row) || jsonb_build_object('status', 'applied');
 end
 $$;
 
@@ -715,7 +757,7 @@ begin
      where task_id = p_task_id
     returning * into v_row;
   end if;
-  return private.routed_task_json(v_row) || jsonb_build_object('status', 'applied');
+  return private.routed_view(v_row) || jsonb_build_object('status', 'applied');
 end
 $$;
 
