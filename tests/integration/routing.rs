@@ -420,3 +420,54 @@ async fn cancelling_a_routed_task_on_its_origin_stops_its_agent_on_the_executor(
     .await;
     assert_eq!(fleet.attempts(&id).len(), 2, "{:?}", fleet.attempts(&id));
 }
+
+/// Issue 27, item 2: `ccm task pin ID SYSTEM` on the origin moves a running routed task: the
+/// system running it gives it up at its next heartbeat and the new pin runs it to the end,
+/// without spending an attempt of the task's budget.
+#[tokio::test]
+async fn pinning_a_running_routed_task_elsewhere_moves_it_to_that_system() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "slow").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    let id = alpha.add(&["move me", "--repo", &fleet.remote, "--max-attempts", "1"]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    let charlie = charlie.up();
+    let refused = alpha.home.run(&["task", "pin", &id[..8]]);
+    assert!(!refused.status.success(), "pin needs a system or --any");
+
+    let out = alpha.home.run_ok(&["task", "pin", &id[..8], "charlie"]);
+    assert!(out.contains("move to charlie requested"), "{out}");
+    let moved = wait_for("beta to give the task up", SLOW, async || {
+        let task = beta.local(&id).await?;
+        (task["state"] == "cancelled").then_some(task)
+    })
+    .await;
+    let reason = moved["log"].as_array().unwrap().last().unwrap()["reason"].clone();
+    assert!(reason.as_str().unwrap().contains("moved to another system"), "{reason}");
+    wait_for("charlie to complete it", SLOW, async || {
+        (local_state(&charlie, &id).await? == "complete").then_some(())
+    })
+    .await;
+    let attempts = wait_for("charlie's result at the central", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        attempts.get(1)?.2.is_some().then_some(attempts)
+    })
+    .await;
+    assert_eq!(attempts[0].2.as_deref(), Some("repinned"), "{attempts:?}");
+    assert_eq!((attempts[1].0.as_str(), attempts[1].2.as_deref()), ("charlie", Some("done")));
+    assert!(beta.home.agent_windows().is_empty(), "beta's agent stopped");
+    wait_for("alpha to see it done", SLOW, async || {
+        (alpha.routed(&id)["central"]["state"] == "done").then_some(())
+    })
+    .await;
+    let shown = alpha.home.run_ok(&["task", "show", &id[..8]]);
+    assert!(
+        shown.contains("pinned    charlie") && shown.contains("complete on charlie"),
+        "{shown}"
+    );
+}
