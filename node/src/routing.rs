@@ -6,11 +6,15 @@
 //!   submission ([`Store::route_task`]). While one is unfinished, the origin asks
 //!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`. A task
 //!   not submitted yet whose repository gets a checkout here becomes a local task.
+//! - Origin control: `ccm task cancel|retry|pin` of a routed task queue `api.cancel_routed`,
+//!   `retry_routed` or `pin_routed` ([`Store::control_routed`]); the answer (the task as the
+//!   origin sees it) is kept as the central's view at once.
 //! - Executor: while slots are free it asks `api.claim` every `sync.claim_ms` (jittered; at once
 //!   when a heartbeat says work is offered). A claimed task is an ordinary local task with the
 //!   central's id and a held lease; its start and its end go back as `report_progress` and
 //!   `complete`, queued in the transaction of the change. The sync driver's heartbeat lists
-//!   the held leases: renewed ones restart their clock, revoked ones are cancelled.
+//!   the held leases: renewed ones restart their clock, revoked ones (lost, or cancelled or
+//!   moved by the origin) are cancelled, which stops their agents.
 //! - Self-fencing: a lease not renewed for the lease time minus `sync.fence_margin_secs` is
 //!   given up here (its task cancelled, which stops its agent) before the central's reaper can
 //!   hand the task to another system.

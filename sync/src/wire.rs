@@ -401,7 +401,9 @@ pub struct ClaimAnswerV1 {
 }
 
 /// The answer of `api.submit_task`, `api.report_progress`, `api.complete` and `api.release`:
-/// `status` is `queued`, `duplicate`, `applied` or `stale_lease`.
+/// `status` is `queued`, `duplicate`, `applied` or `stale_lease` (`applied` or `unchanged` for
+/// `api.cancel_routed`, `retry_routed` and `pin_routed`, which also answer the task as a
+/// [`RoutedTaskV1`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RouteAnswerV1 {
     #[serde(default)]

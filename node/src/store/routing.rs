@@ -2,9 +2,10 @@
 //! the fleet, leases on tasks it claimed from the fleet, and the calls to the central that wait
 //! to be made.
 //!
-//! Every change that must reach the central (a submission, a claimed task's start and its end)
-//! queues a `route_calls` row in the transaction of the change, so a crash never loses one and
-//! a retry sends the same idempotency key or fencing token again.
+//! Every change that must reach the central (a submission, a claimed task's start and its end,
+//! the origin's cancel, retry or new pin: `..._route_control.sql`) queues a `route_calls` row
+//! in the transaction of the change, so a crash never loses one and a retry sends the same
+//! idempotency key or fencing token again.
 
 use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
 use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RoutedTaskV1};
