@@ -409,6 +409,22 @@ pub async fn systems(
     }
 }
 
+/// The `(name, id)` of each system of this system's owner, when the central answers within
+/// `wait`; `None` when sync is not set up or the central cannot be asked now.
+pub async fn known_systems(
+    home: &Home,
+    config: &Config,
+    wait: Duration,
+) -> Option<Vec<(String, String)>> {
+    let endpoint = config.sync.endpoint().ok()??;
+    let client = ccm_sync::Client::new(endpoint, Some(crate::sync::access_token(home)?)).ok()?;
+    let params = json!({});
+    let call = client.call::<Value>("list_systems", &params);
+    let systems = tokio::time::timeout(wait, call).await.ok()?.ok()?;
+    let text = |s: &Value, key: &str| s[key].as_str().unwrap_or_default().to_string();
+    Some(systems.as_array()?.iter().map(|s| (text(s, "name"), text(s, "system_id"))).collect())
+}
+
 fn show_systems(systems: &Value) {
     let rows = systems.as_array().map(Vec::as_slice).unwrap_or_default();
     if rows.is_empty() {

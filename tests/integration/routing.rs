@@ -439,6 +439,14 @@ async fn pinning_a_running_routed_task_elsewhere_moves_it_to_that_system() {
     let charlie = charlie.up();
     let refused = alpha.home.run(&["task", "pin", &id[..8]]);
     assert!(!refused.status.success(), "pin needs a system or --any");
+    let unknown = alpha.home.run(&["task", "pin", &id[..8], "nosuch"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success(), "an unknown system is refused");
+    assert!(
+        stderr.contains("unknown system `nosuch`")
+            && ["alpha", "beta", "charlie"].iter().all(|n| stderr.contains(n)),
+        "{stderr}"
+    );
 
     let out = alpha.home.run_ok(&["task", "pin", &id[..8], "charlie"]);
     assert!(out.contains("move to charlie requested"), "{out}");

@@ -232,6 +232,21 @@ pub async fn run(
                 ),
                 Err(error) => error,
             };
+            if let Some(system) = &system {
+                // Named wrong, it would only be refused by the central later: say so now when
+                // the central answers.
+                let wait = std::time::Duration::from_secs(3);
+                if let Some(known) = crate::routing::known_systems(home, config, wait).await {
+                    let names: Vec<&str> = known.iter().map(|(name, _)| name.as_str()).collect();
+                    anyhow::ensure!(
+                        known.iter().any(|(name, id)| {
+                            name == system || *id == system.to_ascii_lowercase()
+                        }),
+                        "unknown system `{system}`; the systems of this fleet are: {}",
+                        names.join(", ")
+                    );
+                }
+            }
             let reason = "moved by the operator";
             control(&backend, &id, RoutedControl::Pin, reason, system.as_deref(), not_routed).await
         }
