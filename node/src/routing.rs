@@ -6,11 +6,15 @@
 //!   submission ([`Store::route_task`]). While one is unfinished, the origin asks
 //!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`. A task
 //!   not submitted yet whose repository gets a checkout here becomes a local task.
+//! - Origin control: `ccm task cancel|retry|pin` of a routed task queue `api.cancel_routed`,
+//!   `retry_routed` or `pin_routed` ([`Store::control_routed`]); the answer (the task as the
+//!   origin sees it) is kept as the central's view at once.
 //! - Executor: while slots are free it asks `api.claim` every `sync.claim_ms` (jittered; at once
 //!   when a heartbeat says work is offered). A claimed task is an ordinary local task with the
 //!   central's id and a held lease; its start and its end go back as `report_progress` and
 //!   `complete`, queued in the transaction of the change. The sync driver's heartbeat lists
-//!   the held leases: renewed ones restart their clock, revoked ones are cancelled.
+//!   the held leases: renewed ones restart their clock, revoked ones (lost, or cancelled or
+//!   moved by the origin) are cancelled, which stops their agents.
 //! - Self-fencing: a lease not renewed for the lease time minus `sync.fence_margin_secs` is
 //!   given up here (its task cancelled, which stops its agent) before the central's reaper can
 //!   hand the task to another system.
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ccm_schema::Timestamp;
-use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1};
+use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1, RoutedTaskV1};
 use ccm_sync::{Class, Lane, Outbox as _, Signals};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
@@ -164,9 +168,15 @@ impl Router {
                 return Err(None);
             }
         };
-        let answer = self.client.call::<RouteAnswerV1>(&call.function, &call.params).await;
-        let status = match answer {
-            Ok(answer) => answer.status,
+        let answer = self.client.call::<Value>(&call.function, &call.params).await;
+        let (status, task) = match answer {
+            // A cancel, retry or pin answers the task as the origin sees it.
+            Ok(answer) => (
+                serde_json::from_value::<RouteAnswerV1>(answer.clone())
+                    .map(|a| a.status)
+                    .unwrap_or_default(),
+                serde_json::from_value::<RoutedTaskV1>(answer).ok(),
+            ),
             Err(failure) => match failure.class {
                 Class::Transient { retry_after } => {
                     warn!(function = %call.function, task = %call.task_id, error = %failure.message, "routing call failed; retrying");
@@ -183,7 +193,7 @@ impl Router {
                             let _ = self.store.routed_seen(&[refused]).await;
                         }
                     }
-                    "refused".to_string()
+                    ("refused".to_string(), None)
                 }
                 _ => {
                     // Identity or configuration: the sync lanes pause and alert; wait for it.
@@ -193,7 +203,7 @@ impl Router {
             },
         };
         debug!(function = %call.function, task = %call.task_id, %status, "routing call answered");
-        if let Err(error) = self.store.route_call_answered(&call, &status).await {
+        if let Err(error) = self.store.route_call_answered(&call, &status, task.as_ref()).await {
             warn!(%error, "cannot record a routing call's answer");
             return Err(None);
         }
@@ -360,18 +370,6 @@ pub enum SystemsCommand {
     },
 }
 
-/// The fleet's systems as `(id, name)`, as the central lists them; `None` when it cannot be
-/// asked now (not enrolled, unreachable, or no answer within 3 s).
-pub async fn fleet_systems(home: &Home, config: &Config) -> Option<Vec<(String, String)>> {
-    let endpoint = config.sync.endpoint().ok()??;
-    let client = ccm_sync::Client::new(endpoint, Some(crate::sync::access_token(home)?)).ok()?;
-    let params = json!({});
-    let call = client.call::<Value>("list_systems", &params);
-    let systems = tokio::time::timeout(Duration::from_secs(3), call).await.ok()?.ok()?;
-    let text = |s: &Value, key: &str| s[key].as_str().unwrap_or_default().to_string();
-    Some(systems.as_array()?.iter().map(|s| (text(s, "system_id"), text(s, "name"))).collect())
-}
-
 /// `ccm systems`: asks the central directly (no daemon needed).
 pub async fn systems(
     home: &Home,
@@ -410,6 +408,22 @@ pub async fn systems(
             Ok(())
         }
     }
+}
+
+/// The `(name, id)` of each system of this system's owner, when the central answers within
+/// `wait`; `None` when sync is not set up or the central cannot be asked now.
+pub async fn known_systems(
+    home: &Home,
+    config: &Config,
+    wait: Duration,
+) -> Option<Vec<(String, String)>> {
+    let endpoint = config.sync.endpoint().ok()??;
+    let client = ccm_sync::Client::new(endpoint, Some(crate::sync::access_token(home)?)).ok()?;
+    let params = json!({});
+    let call = client.call::<Value>("list_systems", &params);
+    let systems = tokio::time::timeout(wait, call).await.ok()?.ok()?;
+    let text = |s: &Value, key: &str| s[key].as_str().unwrap_or_default().to_string();
+    Some(systems.as_array()?.iter().map(|s| (text(s, "name"), text(s, "system_id"))).collect())
 }
 
 fn show_systems(systems: &Value) {

@@ -331,13 +331,16 @@ pub struct HeartbeatAnswerV1 {
     pub offers: i64,
 }
 
-/// A lease the central took back (`reason`: `lease_lost`, `finished`, `unknown_task`).
+/// A lease the central took back (`reason`: `lease_lost`, `finished`, `unknown_task`, or
+/// `cancelled` and `repinned` by the origin, with why in `message`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RevokedV1 {
     pub task_id: Uuid,
     pub fencing_token: i64,
     #[serde(default)]
     pub reason: String,
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// A routed task as the central functions answer it (`supabase/README.md`, Routing).
@@ -378,6 +381,9 @@ pub struct RoutedTaskV1 {
     pub result: Option<serde_json::Value>,
     #[serde(default)]
     pub attempts: Vec<serde_json::Value>,
+    /// Why it was last queued again, failed, cancelled or moved (`api.routed_status`).
+    #[serde(default)]
+    pub last_error: Option<String>,
     #[serde(default)]
     pub updated_at: Option<String>,
 }
@@ -395,7 +401,9 @@ pub struct ClaimAnswerV1 {
 }
 
 /// The answer of `api.submit_task`, `api.report_progress`, `api.complete` and `api.release`:
-/// `status` is `queued`, `duplicate`, `applied` or `stale_lease`.
+/// `status` is `queued`, `duplicate`, `applied` or `stale_lease` (`applied` or `unchanged` for
+/// `api.cancel_routed`, `retry_routed` and `pin_routed`, which also answer the task as a
+/// [`RoutedTaskV1`]).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RouteAnswerV1 {
     #[serde(default)]

@@ -97,7 +97,10 @@ async fn the_origin_refuses_unknown_pins_and_lists_routed_tasks_with_their_syste
     ]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(message.contains("--system betta") && message.contains("alpha, beta"), "{message}");
+    assert!(
+        message.contains("unknown system `betta`") && message.contains("alpha, beta"),
+        "{message}"
+    );
     assert!(alpha.daemon().get("/api/routed").await.1.as_array().unwrap().is_empty());
 
     let id = alpha.add(&["listed work", "--repo", &fleet.remote, "--system", "beta"]);
@@ -221,11 +224,25 @@ async fn with_the_origin_offline_a_task_waits_there_and_is_routed_when_sync_retu
     .await;
 }
 
+/// The central's summary of a task: `(system name, state)`.
+fn summary(fleet: &Fleet, id: &str) -> Option<(String, String)> {
+    let rows = fleet.central.pg.rows(&format!(
+        "select s.name, t.state from private.task_summaries t join private.systems s \
+         using (system_id) where t.task_id = '{id}'"
+    ));
+    let row = rows.as_array()?.first()?.clone();
+    Some((row["name"].as_str()?.to_string(), row["state"].as_str()?.to_string()))
+}
+
 /// Acceptance 3: kill -9 of B's daemon and agents while it holds a routed task: the task is
 /// back in the queue within the lease time plus a reaper pass and completes on another system;
 /// B, when it returns, learns its lease is gone and its late report is recorded as stale.
+/// Issue 27, item 1: the central then shows the task complete on the system that finished it,
+/// with its report, although B shipped the task's summary first; B's late summary is kept as
+/// stale and changes nothing.
 #[tokio::test]
-async fn a_crashed_holder_loses_its_task_to_another_system_and_its_late_report_is_stale() {
+async fn a_crashed_holder_loses_its_task_to_another_system_shown_with_its_result_and_late_writes_are_stale(
+) {
     let fleet = Fleet::start();
     let alpha = fleet.node(1, "alpha", false, "commit").up();
     let mut beta = fleet.node(2, "beta", true, "slow").up();
@@ -234,6 +251,11 @@ async fn a_crashed_holder_loses_its_task_to_another_system_and_its_late_report_i
     let id = alpha.add(&["survive a crash", "--repo", &fleet.remote]);
     wait_for("beta to run the task", SLOW, async || {
         (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    // beta ships the task's summary first.
+    wait_for("beta's summary at the central", SLOW, async || {
+        (summary(&fleet, &id)?.0 == "beta").then_some(())
     })
     .await;
     let charlie = charlie.up();
@@ -287,6 +309,35 @@ async fn a_crashed_holder_loses_its_task_to_another_system_and_its_late_report_i
     assert_ne!(stale.trim(), "0", "beta's late report is recorded as stale");
     assert_eq!(fleet.task(&id)["state"], "done");
     assert_eq!(fleet.task(&id)["executing"], "charlie");
+
+    // The central shows charlie's summary and report, not beta's.
+    wait_for("charlie's summary of the task at the central", SLOW, async || {
+        (summary(&fleet, &id)? == ("charlie".to_string(), "complete".to_string())).then_some(())
+    })
+    .await;
+    let fleet_task = fleet.central.pg.query(&format!(
+        "select system_name || ' ' || state from api.fleet_tasks where task_id = '{id}'"
+    ));
+    assert_eq!(fleet_task, "charlie complete");
+    wait_for("charlie's report at the central", SLOW, async || {
+        let reports = fleet.central.pg.query(&format!(
+            "select string_agg(s.name, ',') from private.reports r join private.systems s \
+             using (system_id) where r.task_id = '{id}'"
+        ));
+        (reports == "charlie").then_some(())
+    })
+    .await;
+    // beta's summary of its cancelled copy arrives late: kept as stale, never applied.
+    wait_for("beta's late summary, kept as stale", SLOW, async || {
+        let late = fleet.central.pg.query(&format!(
+            "select count(*) from private.stale_attempts a join private.systems s \
+             using (system_id) where a.task_id = '{id}' and s.name = 'beta' \
+             and a.call = 'summary' and a.payload ->> 'state' = 'cancelled'"
+        ));
+        (late != "0").then_some(())
+    })
+    .await;
+    assert_eq!(summary(&fleet, &id), Some(("charlie".into(), "complete".into())));
 }
 
 /// Acceptance 4: B cut off from the central (a partition at its proxy) stops the routed agent
@@ -348,5 +399,133 @@ async fn a_partitioned_holder_fences_itself_before_its_lease_can_be_taken_over()
             .trim(),
         "1",
         "done exactly once"
+    );
+}
+
+/// Issue 27, item 2: `ccm task cancel` on the origin of a routed task reaches the system
+/// running it: its agent stops and its task is cancelled there, the central and the origin
+/// show it cancelled (on that system), and `ccm task retry` on the origin runs it again.
+#[tokio::test]
+async fn cancelling_a_routed_task_on_its_origin_stops_its_agent_on_the_executor() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "slow").up();
+
+    let id = alpha.add(&["cancel me", "--repo", &fleet.remote]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    wait_for("beta's agent", SLOW, async || (!beta.home.agent_windows().is_empty()).then_some(()))
+        .await;
+
+    let out = alpha.home.run_ok(&["task", "cancel", &id[..8], "--reason", "not needed"]);
+    assert!(out.contains("cancel requested"), "{out}");
+
+    let cancelled = wait_for("beta to cancel its copy", SLOW, async || {
+        let task = beta.local(&id).await?;
+        (task["state"] == "cancelled").then_some(task)
+    })
+    .await;
+    let reason = cancelled["log"].as_array().unwrap().last().unwrap()["reason"].clone();
+    assert!(
+        reason.as_str().unwrap().contains("the origin cancelled the routed task")
+            && reason.as_str().unwrap().contains("not needed"),
+        "{reason}"
+    );
+    wait_for("beta's agent to stop", SLOW, async || {
+        beta.home.agent_windows().is_empty().then_some(())
+    })
+    .await;
+
+    // The central and the origin say cancelled, on beta.
+    assert_eq!(fleet.task(&id)["state"], "cancelled");
+    assert_eq!(fleet.attempts(&id)[0].2.as_deref(), Some("cancelled"));
+    let routed = wait_for("alpha to see it cancelled", SLOW, async || {
+        let routed = alpha.routed(&id);
+        (routed["central"]["state"] == "cancelled").then_some(routed)
+    })
+    .await;
+    assert_eq!(routed["central"]["executing_name"], "beta", "{routed:#}");
+    let shown = alpha.home.run_ok(&["task", "show", &id[..8]]);
+    assert!(shown.contains("cancelled on beta") && shown.contains("not needed"), "{shown}");
+    wait_for("beta's summary of the cancelled task at the central", SLOW, async || {
+        (summary(&fleet, &id)? == ("beta".to_string(), "cancelled".to_string())).then_some(())
+    })
+    .await;
+    let again = alpha.home.run(&["task", "cancel", &id[..8]]);
+    assert!(!again.status.success(), "a second cancel is refused");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("has ended (cancelled on beta)"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // Retried on the origin, it runs again on beta.
+    let out = alpha.home.run_ok(&["task", "retry", &id[..8]]);
+    assert!(out.contains("retry requested"), "{out}");
+    wait_for("beta to run the task again", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    assert_eq!(fleet.attempts(&id).len(), 2, "{:?}", fleet.attempts(&id));
+}
+
+/// Issue 27, item 2: `ccm task pin ID SYSTEM` on the origin moves a running routed task: the
+/// system running it gives it up at its next heartbeat and the new pin runs it to the end,
+/// without spending an attempt of the task's budget.
+#[tokio::test]
+async fn pinning_a_running_routed_task_elsewhere_moves_it_to_that_system() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "slow").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    let id = alpha.add(&["move me", "--repo", &fleet.remote, "--max-attempts", "1"]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    let charlie = charlie.up();
+    let refused = alpha.home.run(&["task", "pin", &id[..8]]);
+    assert!(!refused.status.success(), "pin needs a system or --any");
+    let unknown = alpha.home.run(&["task", "pin", &id[..8], "nosuch"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success(), "an unknown system is refused");
+    assert!(
+        stderr.contains("unknown system `nosuch`")
+            && ["alpha", "beta", "charlie"].iter().all(|n| stderr.contains(n)),
+        "{stderr}"
+    );
+
+    let out = alpha.home.run_ok(&["task", "pin", &id[..8], "charlie"]);
+    assert!(out.contains("move to charlie requested"), "{out}");
+    let moved = wait_for("beta to give the task up", SLOW, async || {
+        let task = beta.local(&id).await?;
+        (task["state"] == "cancelled").then_some(task)
+    })
+    .await;
+    let reason = moved["log"].as_array().unwrap().last().unwrap()["reason"].clone();
+    assert!(reason.as_str().unwrap().contains("moved to another system"), "{reason}");
+    wait_for("charlie to complete it", SLOW, async || {
+        (local_state(&charlie, &id).await? == "complete").then_some(())
+    })
+    .await;
+    let attempts = wait_for("charlie's result at the central", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        attempts.get(1)?.2.is_some().then_some(attempts)
+    })
+    .await;
+    assert_eq!(attempts[0].2.as_deref(), Some("repinned"), "{attempts:?}");
+    assert_eq!((attempts[1].0.as_str(), attempts[1].2.as_deref()), ("charlie", Some("done")));
+    assert!(beta.home.agent_windows().is_empty(), "beta's agent stopped");
+    wait_for("alpha to see it done", SLOW, async || {
+        (alpha.routed(&id)["central"]["state"] == "done").then_some(())
+    })
+    .await;
+    let shown = alpha.home.run_ok(&["task", "show", &id[..8]]);
+    assert!(
+        shown.contains("pinned    charlie") && shown.contains("complete on charlie"),
+        "{shown}"
     );
 }

@@ -12,7 +12,8 @@ use crate::home::{open_store, Home};
 use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, RoutedTask, Store, StoredHookEvent, TaskDetail, TaskFilter,
+    ContextProbe, NewTask, RetryPolicy, RoutedControl, RoutedTask, Store, StoredHookEvent,
+    TaskDetail, TaskFilter,
 };
 
 /// Where state-changing commands go: the running daemon, or the database file.
@@ -86,6 +87,29 @@ impl Backend {
                     .find(|r| r.id.hyphenated().to_string().starts_with(&id.to_ascii_lowercase())))
             }
             Backend::Local { store, .. } => Ok(store.routed_task(id).await?),
+        }
+    }
+
+    /// Asks the central to cancel, retry or re-pin a task this system routed; `None` when no
+    /// routed task matches `id`.
+    pub async fn control_routed(
+        &self,
+        id: &str,
+        control: RoutedControl,
+        reason: &str,
+        system: Option<&str>,
+    ) -> anyhow::Result<Option<RoutedTask>> {
+        match self {
+            Backend::Daemon(client) => {
+                if self.routed_task(id).await?.is_none() {
+                    return Ok(None);
+                }
+                let body = json!({ "control": control, "reason": reason, "system": system });
+                Ok(Some(client.post(&["routed", id, "control"], body).await?))
+            }
+            Backend::Local { store, .. } => {
+                Ok(store.control_routed(id, control, reason, system).await?)
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use super::not_empty;
 use super::output::{print, table};
 use crate::config::Config;
 use crate::home::{open_store, Home};
-use crate::store::{NewTask, RoutedTask, Store, TaskDetail};
+use crate::store::{NewTask, RoutedControl, RoutedTask, Store, TaskDetail};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -50,6 +50,16 @@ pub enum TaskCommand {
         id: String,
         #[arg(long, default_value = "retried by the operator")]
         reason: String,
+    },
+    /// Run a task routed to the fleet on another system (`--any`: on any system that can).
+    Pin {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// The system's name or id.
+        #[arg(required_unless_present = "any", conflicts_with = "any")]
+        system: Option<String>,
+        #[arg(long)]
+        any: bool,
     },
     /// Make a waiting task depend on other tasks (a cycle is refused).
     Depend {
@@ -149,9 +159,12 @@ pub async fn run(
                 depends_on: args.after,
             };
             if let Some(why) = fleet(&backend, config, &place, args.system.as_deref()).await? {
-                let reachable = match crate::routing::fleet_systems(home, config).await {
+                let reachable = match crate::routing::known_systems(home, config, FLEET_WAIT).await
+                {
                     Some(systems) => {
-                        check_pin(args.system.as_deref(), &systems)?;
+                        if let Some(pin) = &args.system {
+                            check_pin(pin, &systems)?;
+                        }
                         true
                     }
                     None => false,
@@ -223,14 +236,40 @@ pub async fn run(
             },
         },
         TaskCommand::Cancel { id, reason } => {
-            let task = backend.apply_event(&id, TaskEvent::Cancel, &reason).await?;
-            println!("task {} is {}", task.short_id(), task.state);
+            match backend.apply_event(&id, TaskEvent::Cancel, &reason).await {
+                Ok(task) => println!("task {} is {}", task.short_id(), task.state),
+                Err(error) => {
+                    control(&backend, &id, RoutedControl::Cancel, &reason, None, error).await?
+                }
+            }
             Ok(())
         }
         TaskCommand::Retry { id, reason } => {
-            let task = backend.apply_event(&id, TaskEvent::Retry, &reason).await?;
-            println!("task {} is {} again", task.short_id(), task.state);
+            match backend.apply_event(&id, TaskEvent::Retry, &reason).await {
+                Ok(task) => println!("task {} is {} again", task.short_id(), task.state),
+                Err(error) => {
+                    control(&backend, &id, RoutedControl::Retry, &reason, None, error).await?
+                }
+            }
             Ok(())
+        }
+        TaskCommand::Pin { id, system, .. } => {
+            let not_routed = match backend.task(&id).await {
+                Ok(detail) => anyhow::anyhow!(
+                    "task {} runs on this system; only a task routed to the fleet has a system to pin",
+                    detail.task.short_id()
+                ),
+                Err(error) => error,
+            };
+            if let Some(system) = &system {
+                // Named wrong, it would only be refused by the central later: say so now when
+                // the central answers.
+                if let Some(known) = crate::routing::known_systems(home, config, FLEET_WAIT).await {
+                    check_pin(system, &known)?;
+                }
+            }
+            let reason = "moved by the operator";
+            control(&backend, &id, RoutedControl::Pin, reason, system.as_deref(), not_routed).await
         }
         TaskCommand::Depend { id, on } => {
             let task = backend.add_dependencies(&id, &on).await?;
@@ -300,6 +339,38 @@ async fn logs(store: &Store, id: &str, follow: bool, raw: bool) -> anyhow::Resul
     }
 }
 
+/// A cancel, retry or pin of a task routed from here, when `id` names none here (`local`,
+/// the error of the local attempt, is the answer when no routed task matches either).
+async fn control(
+    backend: &Backend,
+    id: &str,
+    control: RoutedControl,
+    reason: &str,
+    system: Option<&str>,
+    local: anyhow::Error,
+) -> anyhow::Result<()> {
+    let Some(routed) = backend.control_routed(id, control, reason, system).await? else {
+        return Err(local);
+    };
+    let short = short_id(&routed.id);
+    let on =
+        routed.system().map(|s| format!(" (now {} on {s})", routed.state())).unwrap_or_default();
+    let what = match (control, system) {
+        (RoutedControl::Cancel, _) => "cancel".to_string(),
+        (RoutedControl::Retry, _) => "retry".to_string(),
+        (RoutedControl::Pin, Some(system)) => format!("move to {system}"),
+        (RoutedControl::Pin, None) => "move to any system".to_string(),
+    };
+    println!("routed task {short}: {what} requested{on}");
+    let after = match control {
+        RoutedControl::Cancel => "the system running it stops its agent at its next heartbeat",
+        RoutedControl::Retry => "it is queued again for the fleet",
+        RoutedControl::Pin => "a system running it elsewhere gives it up at its next heartbeat",
+    };
+    println!("  sent to the central with sync; {after}; `ccm task show {short}` follows it");
+    Ok(())
+}
+
 /// Why the task goes to the fleet rather than here, or `None` to run it here: pinned to
 /// another system, no checkout of its repository here, or no free slot for it.
 async fn fleet(
@@ -327,15 +398,17 @@ async fn fleet(
     })
 }
 
-/// Refuses a pin that names none of the fleet's `systems` (`(id, name)`), naming those it has.
-fn check_pin(pin: Option<&str>, systems: &[(String, String)]) -> anyhow::Result<()> {
-    let Some(pin) = pin else { return Ok(()) };
-    if systems.iter().any(|(id, name)| id == pin || name == pin) {
+/// How long `task add` and `task pin` wait for the central to list the fleet's systems.
+const FLEET_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Refuses a pin that names none of the fleet's `systems` (`(name, id)`), naming those it has.
+fn check_pin(pin: &str, systems: &[(String, String)]) -> anyhow::Result<()> {
+    if systems.iter().any(|(name, id)| name == pin || *id == pin.to_ascii_lowercase()) {
         return Ok(());
     }
-    let names: Vec<&str> = systems.iter().map(|(_, name)| name.as_str()).collect();
+    let names: Vec<&str> = systems.iter().map(|(name, _)| name.as_str()).collect();
     anyhow::bail!(
-        "--system {pin}: no system of the fleet has that name or id (the fleet has: {})",
+        "unknown system `{pin}`: no system of the fleet has that name or id (the fleet has: {})",
         if names.is_empty() { "none".to_string() } else { names.join(", ") }
     )
 }
@@ -350,7 +423,10 @@ fn show_routed_tasks(routed: &[RoutedTask]) {
         routed.iter().map(|r| {
             vec![
                 short_id(&r.id),
-                r.state(),
+                match r.requested {
+                    Some(control) => format!("{} ({control} requested)", r.state()),
+                    None => r.state(),
+                },
                 r.system().unwrap_or("-").to_string(),
                 r.priority.to_string(),
                 r.title.clone(),
@@ -387,8 +463,14 @@ fn show_routed(r: &RoutedTask) {
     let central = r.central.as_ref();
     let on = r.system().map(|s| format!(" on {s}")).unwrap_or_default();
     println!("  state     {}{on} (routed to the fleet)", r.state());
+    if let Some(control) = r.requested {
+        println!("  requested {control} (waits for the central's answer)");
+    }
     if let Some(reason) = central.and_then(|c| c.reason.as_deref()) {
         println!("  waiting   {reason}");
+    }
+    if let Some(why) = central.and_then(|c| c.last_error.as_deref()) {
+        println!("  last      {why}");
     }
     if let Some(repo) = &r.repo {
         println!("  repo      {repo}");

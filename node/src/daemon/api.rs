@@ -19,6 +19,7 @@
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
 //! | `POST /api/routed` `{"task": NewTask, "pin"}` | send a task to the fleet (routing) |
 //! | `GET /api/routed` | the tasks this system routed, as the central last described them |
+//! | `POST /api/routed/{id}/control` `{"control": "cancel"\|"retry"\|"pin", "reason", "system"}` | ask the central to cancel, retry or re-pin a routed task (409 when its state makes it pointless) |
 //! | `GET /api/routing` | this system's name and free slots (where `ccm task add` sends a task) |
 //! | `GET /api/sync` | per sync lane: backlog, last success, last error, pause reason |
 //! | `POST /api/sync/now`, `/api/sync/pause` `{"reason"}`, `/api/sync/resume` | drive sync (resume re-reads the token in `auth.json`) |
@@ -55,7 +56,7 @@ use crate::routing::RoutingStatus;
 use crate::status::Status;
 use crate::store::{
     ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
-    RoutedTask, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
+    RoutedControl, RoutedTask, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
 };
 use crate::sync::SyncStatus;
 
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/alerts/{id}/ack", post(acknowledge_alert))
         .route("/decisions/{id}", post(answer_decision))
         .route("/routed", get(list_routed).post(route_task))
+        .route("/routed/{id}/control", post(control_routed))
         .route("/routing", get(routing_status))
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
@@ -226,6 +228,39 @@ async fn route_task(
     let routed =
         state.store.route_task(body.task, body.pin.as_deref(), &state.config.current()).await?;
     Ok((StatusCode::CREATED, Json(routed)))
+}
+
+/// Body of `POST /api/routed/{id}/control`: what the origin asks the central to do.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlBody {
+    control: RoutedControl,
+    #[serde(default)]
+    reason: Option<String>,
+    /// The new pin (`control: pin`); none for any system.
+    #[serde(default)]
+    system: Option<String>,
+}
+
+async fn control_routed(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ControlBody>,
+) -> Result<Json<RoutedTask>, ApiError> {
+    let reason = body.reason.unwrap_or_else(|| {
+        match body.control {
+            RoutedControl::Cancel => "cancelled by the operator",
+            RoutedControl::Retry => "retried by the operator",
+            RoutedControl::Pin => "moved by the operator",
+        }
+        .to_string()
+    });
+    state
+        .store
+        .control_routed(&id, body.control, &reason, body.system.as_deref())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no routed task matches `{id}`")))
 }
 
 async fn list_routed(State(state): State<AppState>) -> Result<Json<Vec<RoutedTask>>, ApiError> {
@@ -528,11 +563,19 @@ async fn answer(
     let home = Home::at(state.home.clone());
     let config = state.config.current();
     let worktree = std::path::Path::new(&agent.cwd);
-    let verdict =
-        match gate::verdict(&state.store, &home, &task, event, &config.approvals, worktree).await? {
-            Verdict::Ask => await_approval(state, &task, event).await?,
-            verdict => verdict,
-        };
+    let verdict = match gate::verdict(
+        &state.store,
+        &home,
+        &task,
+        event,
+        &config.approvals,
+        worktree,
+    )
+    .await?
+    {
+        Verdict::Ask => await_approval(state, &task, event).await?,
+        verdict => verdict,
+    };
     Ok(verdict.output(event).unwrap_or_else(|| json!({})))
 }
 

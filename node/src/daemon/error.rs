@@ -98,6 +98,9 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(_) => {
                 ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
             }
+            StoreError::Routed(_) => {
+                ApiError::Conflict { code: "routed_task_state", message: error.to_string() }
+            }
             StoreError::Busy => ApiError::Busy(error.to_string()),
             StoreError::DiskFull => ApiError::DiskFull(error.to_string()),
             StoreError::Open { .. }

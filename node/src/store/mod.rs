@@ -46,7 +46,7 @@ pub use contexts::ContextProbe;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
-pub use routing::RoutedTask;
+pub use routing::{RoutedControl, RoutedTask};
 pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
@@ -104,6 +104,9 @@ pub enum StoreError {
     /// A dependency would close a cycle.
     #[error("dependency cycle refused: {0}")]
     Cycle(String),
+    /// A cancel, retry or pin that the routed task's state makes pointless.
+    #[error("{0}")]
+    Routed(String),
     /// An event that is not legal in the task's state.
     #[error(transparent)]
     Transition(#[from] TransitionError),

@@ -2,9 +2,10 @@
 //! the fleet, leases on tasks it claimed from the fleet, and the calls to the central that wait
 //! to be made.
 //!
-//! Every change that must reach the central (a submission, a claimed task's start and its end)
-//! queues a `route_calls` row in the transaction of the change, so a crash never loses one and
-//! a retry sends the same idempotency key or fencing token again.
+//! Every change that must reach the central (a submission, a claimed task's start and its end,
+//! the origin's cancel, retry or new pin: `..._route_control.sql`) queues a `route_calls` row
+//! in the transaction of the change, so a crash never loses one and a retry sends the same
+//! idempotency key or fencing token again.
 
 use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
 use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RoutedTaskV1};
@@ -40,6 +41,50 @@ pub struct RoutedTask {
     /// The central's latest view: state, executing system, attempts, result.
     #[sqlx(json(nullable))]
     pub central: Option<RoutedTaskV1>,
+    /// A cancel, retry or new pin sent from here that the central has not answered yet.
+    #[sqlx(default)]
+    #[serde(default)]
+    pub requested: Option<RoutedControl>,
+}
+
+/// What the origin asks the central to do with one of its routed tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum RoutedControl {
+    /// `api.cancel_routed`: stop it wherever it runs.
+    Cancel,
+    /// `api.retry_routed`: queue a failed, blocked, flagged or cancelled task again.
+    Retry,
+    /// `api.pin_routed`: run it on another system (or on any).
+    Pin,
+}
+
+impl RoutedControl {
+    /// The central function.
+    pub fn function(self) -> &'static str {
+        match self {
+            RoutedControl::Cancel => "cancel_routed",
+            RoutedControl::Retry => "retry_routed",
+            RoutedControl::Pin => "pin_routed",
+        }
+    }
+
+    fn from_function(function: &str) -> Option<RoutedControl> {
+        [RoutedControl::Cancel, RoutedControl::Retry, RoutedControl::Pin]
+            .into_iter()
+            .find(|c| c.function() == function)
+    }
+}
+
+impl std::fmt::Display for RoutedControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoutedControl::Cancel => "cancel",
+            RoutedControl::Retry => "retry",
+            RoutedControl::Pin => "pin",
+        })
+    }
 }
 
 impl RoutedTask {
@@ -58,6 +103,14 @@ impl RoutedTask {
         }
     }
 
+    /// Whether the central's last word is final: done, failed, blocked, cancelled (or
+    /// refused).
+    pub fn ended(&self) -> bool {
+        self.central.as_ref().is_some_and(|c| {
+            ["done", "failed", "blocked", "cancelled", "refused"].contains(&c.state.as_str())
+        })
+    }
+
     /// Where it runs or ran.
     pub fn system(&self) -> Option<&str> {
         self.central.as_ref().and_then(|c| c.executing_name.as_deref())
@@ -65,7 +118,12 @@ impl RoutedTask {
 }
 
 const ROUTED_COLUMNS: &str = "id, title, prompt, repo, pin, profile, verify, priority, \
-     max_attempts, created_at, submitted_at, central";
+     max_attempts, created_at, submitted_at, central, \
+     (SELECT CASE c.function WHEN 'cancel_routed' THEN 'cancel' WHEN 'retry_routed' THEN 'retry' \
+             ELSE 'pin' END \
+        FROM route_calls c WHERE c.task_id = routed_tasks.id \
+         AND c.function IN ('cancel_routed', 'retry_routed', 'pin_routed') \
+       ORDER BY c.seq DESC LIMIT 1) AS requested";
 
 /// A queued call to the central routing functions.
 #[derive(Debug, Clone)]
@@ -134,6 +192,64 @@ impl Store {
         Ok(routed)
     }
 
+    /// Asks the central to cancel, retry or re-pin (`pin`: a system's name or id, `None` for
+    /// any system) a task this system routed: the call waits in `route_calls`, after the
+    /// task's submission, until sync sends it. `None` when no routed task matches `key`.
+    /// Refused here when what the central last said makes it pointless: a cancel of a task
+    /// that ended, a retry of one that has not failed, been blocked, flagged or cancelled.
+    pub async fn control_routed(
+        &self,
+        key: &str,
+        control: RoutedControl,
+        reason: &str,
+        pin: Option<&str>,
+    ) -> Result<Option<RoutedTask>> {
+        let Some(task) = self.routed_task(key).await? else { return Ok(None) };
+        let short = ccm_schema::types::short_id(&task.id);
+        let state = task.state();
+        // A request still on its way may change the state: the central judges then.
+        if task.requested.is_none() {
+            match control {
+                RoutedControl::Cancel
+                    if ["complete", "alert", "failed", "cancelled", "refused"]
+                        .contains(&state.as_str()) =>
+                {
+                    let on = task.system().map(|s| format!(" on {s}")).unwrap_or_default();
+                    return Err(StoreError::Routed(format!(
+                        "routed task {short} has ended ({state}{on}): nothing to cancel"
+                    )));
+                }
+                RoutedControl::Retry
+                    if !["alert", "failed", "blocked", "cancelled"].contains(&state.as_str()) =>
+                {
+                    return Err(StoreError::Routed(format!(
+                        "routed task {short} is {state}: only a failed, blocked, flagged or cancelled task can be retried"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let params = match control {
+            RoutedControl::Cancel | RoutedControl::Retry => {
+                json!({ "p_task_id": task.id, "p_reason": reason })
+            }
+            RoutedControl::Pin => json!({ "p_task_id": task.id, "p_system": pin }),
+        };
+        let mut tx = self.write().await?;
+        queue_call(&mut tx, control.function(), task.id, &params).await?;
+        if control == RoutedControl::Pin {
+            sqlx::query("UPDATE routed_tasks SET pin = ?, updated_at = ? WHERE id = ?")
+                .bind(pin)
+                .bind(Timestamp::now())
+                .bind(task.id.hyphenated())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let routed = load_routed(&mut tx, task.id).await?;
+        tx.commit().await?;
+        Ok(Some(routed))
+    }
+
     /// Tasks this system routed, oldest first.
     pub async fn routed_tasks(&self) -> Result<Vec<RoutedTask>> {
         Ok(sqlx::query_as(&format!(
@@ -165,7 +281,8 @@ impl Store {
             r#"
             SELECT EXISTS (SELECT 1 FROM routed_tasks
                            WHERE central IS NULL
-                              OR json_extract(central, '$.state') NOT IN ('done', 'failed', 'blocked', 'refused'))
+                              OR json_extract(central, '$.state')
+                                 NOT IN ('done', 'failed', 'blocked', 'cancelled', 'refused'))
             "#,
         )
         .fetch_one(&self.readers)
@@ -226,7 +343,17 @@ impl Store {
 
     /// A call has its answer: it leaves the queue. A submission the central took marks the
     /// routed task submitted; `stale` (the central said `stale_lease`) ends the local lease.
-    pub async fn route_call_answered(&self, call: &RouteCall, status: &str) -> Result<()> {
+    /// The answer to a cancel, retry or pin is the task as the origin sees it: kept as the
+    /// central's view, so the origin shows it at once.
+    pub async fn route_call_answered(
+        &self,
+        call: &RouteCall,
+        status: &str,
+        task: Option<&RoutedTaskV1>,
+    ) -> Result<()> {
+        if let (Some(_), Some(task)) = (RoutedControl::from_function(&call.function), task) {
+            self.routed_seen(std::slice::from_ref(task)).await?;
+        }
         let mut tx = self.write().await?;
         sqlx::query("DELETE FROM route_calls WHERE seq = ?")
             .bind(call.seq)
@@ -273,6 +400,8 @@ impl Store {
             WHERE r.submitted_at IS NULL AND r.pin IS NULL AND r.repo IS NOT NULL
               AND EXISTS (SELECT 1 FROM contexts c WHERE c.repo_url = r.repo OR c.path = r.repo)
               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = r.id)
+              AND NOT EXISTS (SELECT 1 FROM route_calls c
+                              WHERE c.task_id = r.id AND c.function = 'cancel_routed')
             "#,
         )
         .fetch_all(&self.readers)
@@ -497,8 +626,11 @@ impl Store {
             tx.commit().await?;
         }
         for revoked in &answer.revoked {
+            let why = revoked.message.as_deref().unwrap_or("no reason given");
             let reason = match revoked.reason.as_str() {
                 "finished" => "the central holds this task's result already".to_string(),
+                "cancelled" => format!("the origin cancelled the routed task ({why})"),
+                "repinned" => format!("the routed task was moved to another system ({why})"),
                 other => format!("the central took the lease back ({other})"),
             };
             let token: Option<i64> = sqlx::query_scalar(
