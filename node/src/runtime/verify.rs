@@ -9,6 +9,7 @@ use super::outcome::{classify, Classified, WorkerEnd};
 use super::{Result, Runtime};
 use crate::agents::parse::{OutputFormat, OutputSummary};
 use crate::store::AttemptEnd;
+use crate::text::tail;
 
 /// Longest verify output kept with an attempt (its end is kept).
 const VERIFY_OUTPUT_LIMIT: usize = 16 * 1024;
@@ -110,28 +111,5 @@ impl Runtime {
             tokio::fs::read(Path::new(&agent.dir).join("output.log")).await.unwrap_or_default();
         let output = String::from_utf8_lossy(&output).into_owned();
         (OutputSummary::of(format, &output), output)
-    }
-}
-
-/// The last `limit` bytes of `text`, cut at a character boundary.
-pub(super) fn tail(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut start = text.len() - limit;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[…]{}", &text[start..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_end_at_a_char_boundary() {
-        assert_eq!(tail("short", 10), "short");
-        assert_eq!(tail("aaaaébbbb", 5), "[…]bbbb");
     }
 }
