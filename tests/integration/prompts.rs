@@ -35,6 +35,11 @@ pub fn holds_part_of(log: &str, prompt: &str) -> bool {
         .any(|start| log.contains(&prompt[start..start + 200]))
 }
 
+/// `value` as text with `prompt` replaced by a note, for a failure message.
+pub fn without(value: &Value, prompt: &str) -> String {
+    format!("{value:#}").replace(prompt, "<the prompt>")
+}
+
 fn home_with(name: &str, profiles: &str) -> TestHome {
     let home = TestHome::new(name);
     let profiles =

@@ -315,7 +315,8 @@ impl Runtime {
                     self.tmux.pipe_to(&window.id, &dir.join("output.log")).await?;
                 }
                 self.store.agent_running(agent.id, &window.id, window.pane_pid).await?;
-                info!(agent = %agent.short_id(), window = %window.id, kind = ?agent.kind, "agent started");
+                let prompt = crate::text::preview(prompt);
+                info!(agent = %agent.short_id(), window = %window.id, kind = ?agent.kind, %prompt, "agent started");
                 Ok(())
             }
             Err(error) => {
