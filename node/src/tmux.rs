@@ -216,3 +216,23 @@ impl Tmux {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_tmux_or_a_refused_command_is_lasting() {
+        let spawn = |kind| TmuxError::Spawn(std::io::Error::from(kind));
+        let failed =
+            |stderr: &str| TmuxError::Failed { args: "new-window".into(), stderr: stderr.into() };
+        assert!(spawn(std::io::ErrorKind::NotFound).is_lasting());
+        assert!(spawn(std::io::ErrorKind::ArgumentListTooLong).is_lasting());
+        assert!(!spawn(std::io::ErrorKind::WouldBlock).is_lasting());
+        assert!(failed("command too long").is_lasting());
+        assert!(!failed("server exited unexpectedly").is_lasting());
+        let unexpected =
+            TmuxError::Unexpected { args: "new-window".into(), output: "".into(), expected: "x" };
+        assert!(!unexpected.is_lasting());
+    }
+}
