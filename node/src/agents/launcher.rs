@@ -24,8 +24,18 @@ pub const FILE: &str = "launch.sh";
 /// Variables the shell owns (read-only ones in bash, and those it keeps up to date itself),
 /// never exported by the script: the shell would stop at a read-only one, and the daemon's
 /// `PWD` is not the agent's.
-const SHELL_OWNED: [&str; 9] =
-    ["PWD", "OLDPWD", "SHLVL", "_", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS"];
+const SHELL_OWNED: [&str; 10] = [
+    "PWD",
+    "OLDPWD",
+    "SHLVL",
+    "_",
+    "PPID",
+    "UID",
+    "EUID",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "BASH_VERSINFO",
+];
 
 /// What a launcher runs.
 pub struct Launch<'a> {
@@ -49,7 +59,6 @@ fn exportable(name: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !SHELL_OWNED.contains(&name)
-        && !name.starts_with("BASH_")
         && !name.starts_with("TMUX")
 }
 
@@ -156,7 +165,7 @@ mod tests {
         let text = script(&launch(&[], &env, Mode::Headless, Stdin::None));
         let exported: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("export ")?.split('=').next()).collect();
-        assert_eq!(exported, ["GOOD_1", "_private"]);
+        assert_eq!(exported, ["BASH_ENV", "GOOD_1", "_private"]);
     }
 
     /// The script, run by a real `sh`, hands every argument and variable over byte for byte.
