@@ -890,6 +890,7 @@ pub const PROJECT_TEMPLATE: &str = "\
 # profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']
+#     stdin: none        # or prompt: the prompt on stdin (headless; any size, unlike {prompt})
 #     output: plain      # claude | gemini | codex | plain
 {}
 ";

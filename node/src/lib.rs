@@ -10,6 +10,7 @@
 //! - [`hooks`]: hook events from the agent CLIs, parsed leniently, and the answers to them;
 //!   installing ccm's hooks into the CLIs' project settings.
 //! - [`tmux`]: ccm's own tmux server, one window per agent.
+//! - [`text`]: cutting text to size (heads, tails, previews for logs).
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
@@ -38,5 +39,6 @@ pub mod runtime;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod tmux;
 pub mod worktree;

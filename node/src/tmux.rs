@@ -4,7 +4,6 @@
 //! the agent's exit file and the window list. The server daemonizes into its own session, so
 //! stopping the daemon stops no agent.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use tokio::process::Command;
@@ -14,12 +13,32 @@ pub const SESSION: &str = "ccm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TmuxError {
+    /// The `tmux` program could not be run (not installed, not on `PATH`, no process left).
     #[error("cannot run tmux: {0} (is tmux installed? `ccm doctor` checks)")]
     Spawn(std::io::Error),
+    /// tmux ran and refused the command (its arguments and error cut to 1 KiB each).
     #[error("tmux {args} failed: {stderr}")]
     Failed { args: String, stderr: String },
+    /// tmux answered something ccm cannot read.
     #[error("tmux {args} printed `{output}`, expected {expected}")]
     Unexpected { args: String, output: String, expected: &'static str },
+}
+
+impl TmuxError {
+    /// Whether running the same command again cannot help: tmux is missing, or refused the
+    /// command itself (too long), as opposed to a server that went away or a busy system.
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            TmuxError::Spawn(error) => matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ArgumentListTooLong
+            ),
+            TmuxError::Failed { stderr, .. } => stderr.contains("too long"),
+            TmuxError::Unexpected { .. } => false,
+        }
+    }
 }
 
 /// A window as tmux lists it.
@@ -35,10 +54,13 @@ pub struct Window {
 pub struct WindowSpec<'a> {
     pub name: &'a str,
     pub cwd: &'a Path,
-    pub env: &'a BTreeMap<String, String>,
-    /// argv, run without a shell.
+    /// argv, run without a shell. tmux refuses a command line over about 16 KiB (its message
+    /// size), so this is short: the agent's launcher (`agents::launcher`) holds the rest.
     pub argv: &'a [String],
 }
+
+/// The most of a tmux command line or error kept in a [`TmuxError`].
+const ERROR_TEXT_BYTES: usize = 1024;
 
 /// Whether tmux's error says there is no server or no `ccm` session to talk to.
 fn no_session(stderr: &str) -> bool {
@@ -75,8 +97,11 @@ impl Tmux {
             Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
         } else {
             Err(TmuxError::Failed {
-                args: args.join(" "),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                args: crate::text::head(&args.join(" "), ERROR_TEXT_BYTES),
+                stderr: crate::text::head(
+                    String::from_utf8_lossy(&output.stderr).trim(),
+                    ERROR_TEXT_BYTES,
+                ),
             })
         }
     }
@@ -122,10 +147,6 @@ impl Tmux {
             "-F",
             "#{window_id} #{pane_pid}",
         ];
-        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        for pair in &env {
-            args.extend(["-e", pair]);
-        }
         args.push("--");
         args.extend(spec.argv.iter().map(String::as_str));
         let output = self.run(&args).await?;
@@ -193,5 +214,25 @@ impl Tmux {
             .iter()
             .map(|s| s.to_string())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_tmux_or_a_refused_command_is_lasting() {
+        let spawn = |kind| TmuxError::Spawn(std::io::Error::from(kind));
+        let failed =
+            |stderr: &str| TmuxError::Failed { args: "new-window".into(), stderr: stderr.into() };
+        assert!(spawn(std::io::ErrorKind::NotFound).is_lasting());
+        assert!(spawn(std::io::ErrorKind::ArgumentListTooLong).is_lasting());
+        assert!(!spawn(std::io::ErrorKind::WouldBlock).is_lasting());
+        assert!(failed("command too long").is_lasting());
+        assert!(!failed("server exited unexpectedly").is_lasting());
+        let unexpected =
+            TmuxError::Unexpected { args: "new-window".into(), output: "".into(), expected: "x" };
+        assert!(!unexpected.is_lasting());
     }
 }

@@ -978,20 +978,8 @@ fn run_setup(worktree: &Path, command: &str) -> Result<(), WorktreeError> {
     Err(WorktreeError::Setup {
         command: command.to_owned(),
         status: status.code(),
-        output: output_tail(&output, SETUP_OUTPUT_LIMIT),
+        output: crate::text::tail(String::from_utf8_lossy(&output).trim(), SETUP_OUTPUT_LIMIT),
     })
-}
-
-/// The last `limit` bytes of `output` as text, marked when cut.
-fn output_tail(output: &[u8], limit: usize) -> String {
-    let start = output.len().saturating_sub(limit);
-    let text = String::from_utf8_lossy(&output[start..]);
-    let text = text.trim();
-    if start > 0 {
-        format!("…{text}")
-    } else {
-        text.to_owned()
-    }
 }
 
 fn describe_exit(status: Option<i32>) -> String {

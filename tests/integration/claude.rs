@@ -190,6 +190,34 @@ async fn claude_prompt_that_begins_with_a_dash_runs_as_a_prompt() {
     assert!(asked, "the model never saw the prompt: {:?}", api.requests());
 }
 
+/// A prompt of a megabyte (far over what one argument or tmux's command line can hold) reaches
+/// the model whole: Claude Code reads it on stdin.
+#[tokio::test]
+async fn claude_reads_a_megabyte_prompt_on_stdin_and_the_task_completes() {
+    let (home, repo) = setup("claude-megabyte", "");
+    let api = Anthropic::start(vec![Turn::text("Read it all.")]);
+    let prompt = crate::prompts::megabyte_prompt();
+    let file = home.work().join("prompt.md");
+    std::fs::write(&file, &prompt).unwrap();
+    let daemon = start(&home, &api);
+    let id = add_task(&home, &["big", "--repo", &repo, "--prompt-file", &file.to_string_lossy()]);
+    let detail = wait_state(&daemon, &id, "complete").await;
+
+    assert_eq!(
+        detail["runs"].as_array().unwrap().len(),
+        1,
+        "{}",
+        crate::prompts::without(&detail, &prompt)
+    );
+    assert_eq!(detail["runs"][0]["last_message"], "Read it all.");
+    let asked = api.requests().iter().any(|r| r["messages"].to_string().contains(&prompt));
+    assert!(asked, "the model never got the whole prompt (its tail: PROMPT-TAIL)");
+    assert!(
+        !crate::prompts::holds_part_of(&daemon.log_text(), &prompt),
+        "the daemon's log holds the prompt"
+    );
+}
+
 #[tokio::test]
 async fn claude_429_waits_for_quota_until_the_reset_the_answer_gives() {
     let (home, repo) = setup("claude-429", "");

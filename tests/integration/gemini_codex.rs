@@ -99,19 +99,14 @@ fn start(setup: &Setup, cli: Cli, standin: &Standin) -> Daemon {
 /// can be scripted with the task's short id before the agent starts).
 fn add_task(setup: &Setup, cli: Cli, prompt: &str, verify: &str) -> String {
     // `--prompt=`: a prompt may begin with `-`.
-    let prompt = format!("--prompt={prompt}");
-    let args = [
-        "task",
-        "add",
-        "a task",
-        &prompt,
-        "--profile",
-        cli.profile(),
-        "--repo",
-        &setup.repo,
-        "--verify",
-        verify,
-    ];
+    add_task_with(setup, cli, &[&format!("--prompt={prompt}")], verify)
+}
+
+/// [`add_task`] with the prompt given by `prompt_args` (`--prompt-file FILE`, ...).
+fn add_task_with(setup: &Setup, cli: Cli, prompt_args: &[&str], verify: &str) -> String {
+    let mut args = vec!["task", "add", "a task"];
+    args.extend(prompt_args);
+    args.extend(["--profile", cli.profile(), "--repo", &setup.repo, "--verify", verify]);
     setup.home.run_json(&args)["id"].as_str().unwrap().to_string()
 }
 
@@ -173,8 +168,20 @@ fn standin(cli: Cli, turns: Vec<Turn>) -> Standin {
 /// Runs an ordinary task with `cli`'s built-in profile and checks what the report and the
 /// timeline say; returns the task's hook events and the first request the model got.
 async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Vec<String>, Value) {
+    let (events, requests) =
+        ordinary_task_completes_with(name, cli, &[&format!("--prompt={prompt}")]).await;
+    (events, requests[0].clone())
+}
+
+/// [`ordinary_task_completes`] with the prompt given by `prompt_args`; returns the task's hook
+/// events and every request the model got.
+async fn ordinary_task_completes_with(
+    name: &str,
+    cli: Cli,
+    prompt_args: &[&str],
+) -> (Vec<String>, Vec<Value>) {
     let setup = setup(name, cli);
-    let id = add_task(&setup, cli, prompt, "grep -q hello hello.txt");
+    let id = add_task_with(&setup, cli, prompt_args, "grep -q hello hello.txt");
     let short = id[..8].to_string();
     let standin = standin(cli, ordinary_work(&short));
     let daemon = start(&setup, cli, &standin);
@@ -202,7 +209,8 @@ async fn ordinary_task_completes(name: &str, cli: Cli, prompt: &str) -> (Vec<Str
     if cli == Cli::Gemini {
         gemini_forgets_the_worktree(&setup, &short).await;
     }
-    (events, standin.requests()[0].body.clone())
+    let requests = standin.requests().into_iter().map(|r| r.body).collect();
+    (events, requests)
 }
 
 /// Once the task's worktree is removed, `~/.gemini` keeps nothing about it (Gemini CLI had
@@ -380,6 +388,29 @@ async fn gemini_prompt_beginning_with_a_dash_runs_as_a_prompt() {
 #[tokio::test]
 async fn codex_prompt_beginning_with_a_dash_runs_as_a_prompt() {
     prompt_beginning_with_a_dash_is_a_prompt("codex-dash", Cli::Codex).await;
+}
+
+/// A prompt of a megabyte (far over what one argument or tmux's command line can hold) reaches
+/// the model whole, on the CLI's stdin, and the task completes.
+async fn megabyte_prompt_reaches_the_model(name: &str, cli: Cli) {
+    let prompt = crate::prompts::megabyte_prompt();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompt.md");
+    std::fs::write(&file, &prompt).unwrap();
+    let (_, requests) =
+        ordinary_task_completes_with(name, cli, &["--prompt-file", &file.to_string_lossy()]).await;
+    let asked = requests.iter().any(|body| body.to_string().contains(&prompt));
+    assert!(asked, "the model never got the whole prompt (its tail: PROMPT-TAIL)");
+}
+
+#[tokio::test]
+async fn gemini_reads_a_megabyte_prompt_on_stdin_and_the_task_completes() {
+    megabyte_prompt_reaches_the_model("gemini-megabyte", Cli::Gemini).await;
+}
+
+#[tokio::test]
+async fn codex_reads_a_megabyte_prompt_on_stdin_and_the_task_completes() {
+    megabyte_prompt_reaches_the_model("codex-megabyte", Cli::Codex).await;
 }
 
 /// The model API answers 429; the task waits for the quota, until the time the answer gives

@@ -14,6 +14,7 @@ mod hooks;
 mod init;
 mod messages;
 mod notify;
+mod prompts;
 mod routing;
 mod routing_central;
 mod runtime;

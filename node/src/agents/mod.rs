@@ -2,12 +2,15 @@
 //!
 //! - [`profile`]: agent profiles (an argv template with placeholders, the mode, the output
 //!   format, extra environment) and the built-in `claude`, `gemini` and `codex` profiles.
+//! - [`launcher`]: the script an agent's tmux window runs (its environment, argv, stdin, output
+//!   log and exit status), so that tmux's command line stays short.
 //! - [`parse`]: parsers of an agent's stdout (Claude and Gemini `stream-json`, Codex `--json`,
 //!   plain text), folded line by line into an [`parse::OutputSummary`].
 //! - [`gemini_state`]: forgetting what Gemini CLI keeps under `~/.gemini` about a worktree.
 //! - [`versions`]: the CLI versions the tests cover.
 
 pub mod gemini_state;
+pub mod launcher;
 pub mod parse;
 pub mod profile;
 pub mod versions;

@@ -9,13 +9,17 @@
 //! overrides that give Codex ccm's `notify` program and lifecycle hooks (it may not appear inside
 //! a longer argument).
 //!
+//! A prompt reaches the agent in one of three ways: on its stdin (`stdin: prompt`, what the
+//! built-in profiles do, so a prompt of any size works), as a file (`{prompt_file}`), or as
+//! command-line text (`{prompt}`), which the system limits to [`MAX_ARG_BYTES`] an argument.
+//!
 //! The built-in profiles run each CLI headless with machine-readable output, as documented in
 //! `agent-interfaces.md` (§1.8 Claude `-p --output-format stream-json --verbose`, §2.2 Gemini
-//! `-p --output-format stream-json`, §3.1 `codex exec --json`).
+//! `--output-format stream-json`, §3.1 `codex exec --json`), each reading its prompt from stdin
+//! (§1.8 "piped stdin", §2.2 "headless when stdin is not a TTY", §3.1 "`-`").
 //!
 //! Claude's worker may use the tools of its `allowed_tools` without asking (in `-p` mode nobody
-//! can be asked: `acceptEdits` alone denies `git add … && git commit …`), and the prompt comes
-//! after `--`, so a prompt that begins with `-` is not read as an option. `ANTHROPIC_LOG=debug`
+//! can be asked: `acceptEdits` alone denies `git add … && git commit …`). `ANTHROPIC_LOG=debug`
 //! makes Claude Code print the headers of a failed API call (not otherwise reported): the
 //! parser reads a 429's `retry-after` and `anthropic-ratelimit-*-reset` from them.
 
@@ -38,6 +42,25 @@ pub enum Mode {
     External,
 }
 
+/// What an agent reads on its stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stdin {
+    /// Nothing (`/dev/null`; an interactive agent reads its terminal).
+    #[default]
+    None,
+    /// The prompt (the file `{prompt_file}` names). Headless agents only.
+    Prompt,
+}
+
+/// The most bytes one argument of a command may hold: Linux's `MAX_ARG_STRLEN` (32 pages of
+/// 4 KiB) less the terminating NUL. A `{prompt}` longer than this cannot reach an agent.
+pub const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+
+/// The most bytes a command's arguments and environment may hold together: `ARG_MAX` on macOS,
+/// half of Linux's usual 2 MiB (a quarter of the stack limit).
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+
 /// An agent profile: how to start one agent and how to read its output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +70,9 @@ pub struct Profile {
     pub command: Vec<String>,
     #[serde(default)]
     pub mode: Mode,
+    /// What the agent reads on stdin: nothing (default) or the prompt.
+    #[serde(default)]
+    pub stdin: Stdin,
     /// Parser of the agent's stdout. Default `plain`.
     #[serde(default)]
     pub output: OutputFormat,
@@ -128,6 +154,13 @@ impl Profile {
             .collect()
     }
 
+    /// Whether the command carries the prompt's text in an argument (`{prompt}`), which the
+    /// system limits to [`MAX_ARG_BYTES`].
+    pub fn prompt_in_argv(&self) -> bool {
+        self.mode != Mode::External
+            && self.command.iter().any(|arg| pieces(arg).contains(&Piece::Placeholder("prompt")))
+    }
+
     /// Checks the profile named `name`: the command must name a program, and every placeholder
     /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`, `{allowed_tools}`.
     pub fn validate(&self, name: &str) -> Result<(), String> {
@@ -140,6 +173,12 @@ impl Profile {
                 return Err(format!("profile `{name}`: command has an empty program name"))
             }
             Some(_) => {}
+        }
+        if self.stdin == Stdin::Prompt && self.mode == Mode::Interactive {
+            return Err(format!(
+                "profile `{name}`: `stdin: prompt` needs mode headless (an interactive agent's \
+                 stdin is its terminal); use {{prompt_file}} instead"
+            ));
         }
         for (index, arg) in self.command.iter().enumerate() {
             if arg == CODEX_HOOKS {
@@ -166,25 +205,56 @@ impl Profile {
     }
 }
 
+/// Checks that a command (its expanded `argv` and the `env` it runs with) fits what the
+/// system lets a program be started with: each argument at most [`MAX_ARG_BYTES`], all of them
+/// with the environment at most [`MAX_COMMAND_BYTES`]. The error names the profile, the
+/// argument and its size, and what to use instead of `{prompt}`.
+pub fn check_command(
+    name: &str,
+    argv: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let fix = "give the profile `stdin: prompt` or {prompt_file} instead of {prompt}";
+    if let Some((index, arg)) = argv.iter().enumerate().find(|(_, arg)| arg.len() > MAX_ARG_BYTES) {
+        return Err(format!(
+            "the command of profile `{name}` is too long to start: its argument {index} is {} \
+             bytes, and one argument may hold at most {MAX_ARG_BYTES}; {fix}",
+            arg.len()
+        ));
+    }
+    let total: usize = argv.iter().map(|arg| arg.len() + 1).sum::<usize>()
+        + env.iter().map(|(key, value)| key.len() + value.len() + 2).sum::<usize>();
+    if total > MAX_COMMAND_BYTES {
+        return Err(format!(
+            "the command of profile `{name}` is too long to start: its arguments and environment \
+             are {total} bytes, at most {MAX_COMMAND_BYTES} are allowed; {fix}"
+        ));
+    }
+    Ok(())
+}
+
 /// Built-in profiles `claude`, `gemini`, `codex` (headless agents) and `manual` (external:
-/// driven through the API), keyed by name.
+/// driven through the API), keyed by name. Each headless one reads its prompt on stdin
+/// (`stdin: prompt`), so no prompt is too long for it.
 ///
 /// - `gemini`: `GEMINI_CLI_TRUST_WORKSPACE=true` trusts the worktree, so Gemini CLI runs there
 ///   (it exits 55 in an untrusted folder) and loads ccm's hooks from its `.gemini/settings.json`
 ///   (`--skip-trust` is read after the settings, so the hooks would be dropped). `yolo` is the
 ///   approval mode that offers `run_shell_command` headless (`auto_edit` leaves it out, so the
 ///   worker could not run tests or commit); the agent's directory is its worktree and ccm's
-///   `BeforeTool` hook still gates writes. `--prompt=` keeps a prompt beginning with `-` a
-///   prompt.
+///   `BeforeTool` hook still gates writes. Its stdin is not a terminal, so it runs headless and
+///   takes stdin as the prompt (at most 8 MiB; it cuts the rest).
 /// - `codex`: `danger-full-access`, because `workspace-write` keeps a linked worktree's git
 ///   directory (`<repo>/.git/worktrees/<wt>/`) read-only even when it is added with `--add-dir`,
 ///   so the worker could not commit; the worktree is the agent's own and ccm's `PreToolUse`
 ///   hook still gates its commands. `{codex_hooks}` with `--dangerously-bypass-hook-trust`
-///   gives it ccm's hooks; `--` keeps a prompt beginning with `-` a prompt.
+///   gives it ccm's hooks; the prompt `-` reads the prompt from stdin.
+/// - `claude`: `-p` without a prompt argument reads the prompt from stdin (at most 10 MB).
 pub fn builtin() -> BTreeMap<String, Profile> {
     let headless = |command: &[&str], output| Profile {
         command: command.iter().map(|arg| arg.to_string()).collect(),
         mode: Mode::Headless,
+        stdin: Stdin::Prompt,
         output,
         env: BTreeMap::new(),
         allowed_tools: Vec::new(),
@@ -197,6 +267,7 @@ pub fn builtin() -> BTreeMap<String, Profile> {
             Profile {
                 command: Vec::new(),
                 mode: Mode::External,
+                stdin: Stdin::None,
                 output: OutputFormat::Plain,
                 env: BTreeMap::new(),
                 allowed_tools: Vec::new(),
@@ -221,8 +292,6 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                         "--permission-mode",
                         "acceptEdits",
                         "--allowedTools={allowed_tools}",
-                        "--",
-                        "{prompt}",
                     ],
                     OutputFormat::Claude,
                 )
@@ -236,14 +305,7 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                     "true".to_string(),
                 )]),
                 ..headless(
-                    &[
-                        "gemini",
-                        "--output-format",
-                        "stream-json",
-                        "--approval-mode",
-                        "yolo",
-                        "--prompt={prompt}",
-                    ],
+                    &["gemini", "--output-format", "stream-json", "--approval-mode", "yolo"],
                     OutputFormat::Gemini,
                 )
             },
@@ -259,8 +321,7 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                     "danger-full-access",
                     "--dangerously-bypass-hook-trust",
                     CODEX_HOOKS,
-                    "--",
-                    "{prompt}",
+                    "-",
                 ],
                 OutputFormat::Codex,
             ),
@@ -318,6 +379,7 @@ mod tests {
         Profile {
             command: command.iter().map(|arg| arg.to_string()).collect(),
             mode: Mode::default(),
+            stdin: Stdin::default(),
             output: OutputFormat::default(),
             env: BTreeMap::new(),
             allowed_tools: Vec::new(),
@@ -348,20 +410,11 @@ mod tests {
                 "--permission-mode",
                 "acceptEdits",
                 "--allowedTools=Bash,Edit",
-                "--",
-                "fix the bug",
             ]
         );
         assert_eq!(
             argv("gemini"),
-            [
-                "gemini",
-                "--output-format",
-                "stream-json",
-                "--approval-mode",
-                "yolo",
-                "--prompt=fix the bug"
-            ]
+            ["gemini", "--output-format", "stream-json", "--approval-mode", "yolo",]
         );
         assert_eq!(profiles["gemini"].env["GEMINI_CLI_TRUST_WORKSPACE"], "true");
         let hooks = ["-c".to_string(), "notify=[\"ccm\"]".to_string()];
@@ -376,8 +429,7 @@ mod tests {
                 "--dangerously-bypass-hook-trust",
                 "-c",
                 "notify=[\"ccm\"]",
-                "--",
-                "fix the bug"
+                "-",
             ]
         );
         assert_eq!(profiles["claude"].output, OutputFormat::Claude);
@@ -386,6 +438,9 @@ mod tests {
         for (name, profile) in profiles.iter().filter(|(name, _)| *name != "manual") {
             assert_eq!(profile.mode, Mode::Headless, "{name}");
             assert_eq!(profile.validate(name), Ok(()));
+            // The prompt goes on stdin, never on the command line, whatever its size.
+            assert_eq!(profile.stdin, Stdin::Prompt, "{name}");
+            assert!(!profile.prompt_in_argv(), "{name}");
         }
     }
 
@@ -460,6 +515,7 @@ mod tests {
             Profile {
                 command: vec!["aider".into(), "--message".into(), "{prompt}".into()],
                 mode: Mode::Headless,
+                stdin: Stdin::None,
                 output: OutputFormat::Plain,
                 env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
                 allowed_tools: Vec::new(),
@@ -480,6 +536,46 @@ mod tests {
         let json = r#"{ "command": ["aider"], "mode": "detached" }"#;
         let error = serde_json::from_str::<Profile>(json).expect_err("unknown mode");
         assert!(error.to_string().contains("unknown variant `detached`"), "{error}");
+    }
+
+    #[test]
+    fn a_prompt_on_stdin_needs_a_headless_agent() {
+        let json = r#"{ "command": ["my-agent"], "stdin": "prompt" }"#;
+        let profile: Profile = serde_json::from_str(json).expect("valid profile");
+        assert_eq!((profile.stdin, profile.validate("mine")), (Stdin::Prompt, Ok(())));
+        let json = r#"{ "command": ["my-agent"], "stdin": "prompt", "mode": "interactive" }"#;
+        let profile: Profile = serde_json::from_str(json).expect("valid profile");
+        assert_eq!(
+            profile.validate("mine"),
+            Err("profile `mine`: `stdin: prompt` needs mode headless (an interactive agent's \
+                 stdin is its terminal); use {prompt_file} instead"
+                .to_string())
+        );
+        let error = serde_json::from_str::<Profile>(r#"{ "command": ["a"], "stdin": "file" }"#)
+            .expect_err("unknown stdin");
+        assert!(error.to_string().contains("unknown variant `file`"), "{error}");
+    }
+
+    #[test]
+    fn a_command_too_long_to_start_is_refused_naming_the_argument_and_the_fix() {
+        assert!(profile(&["agent", "{prompt}"]).prompt_in_argv());
+        assert!(profile(&["sh", "-c", "echo {prompt} > x"]).prompt_in_argv());
+        assert!(!profile(&["agent", "{prompt_file}", "{{prompt_file}}"]).prompt_in_argv());
+        let env = BTreeMap::from([("HOME".to_string(), "/home/u".to_string())]);
+        let argv = |prompt: &str| {
+            profile(&["agent", "--", "{prompt}"]).argv(&Placeholders { prompt, ..VALUES })
+        };
+        assert_eq!(check_command("mine", &argv(&"x".repeat(MAX_ARG_BYTES)), &env), Ok(()));
+        assert_eq!(
+            check_command("mine", &argv(&"x".repeat(MAX_ARG_BYTES + 1)), &env),
+            Err("the command of profile `mine` is too long to start: its argument 2 is 131072 \
+                 bytes, and one argument may hold at most 131071; give the profile \
+                 `stdin: prompt` or {prompt_file} instead of {prompt}"
+                .to_string())
+        );
+        let many: Vec<String> = (0..9).map(|_| "x".repeat(MAX_ARG_BYTES)).collect();
+        let error = check_command("mine", &many, &env).expect_err("over the total");
+        assert!(error.contains("its arguments and environment are 1179661 bytes"), "{error}");
     }
 
     #[test]

@@ -95,9 +95,13 @@ pub enum TaskCommand {
 #[derive(Debug, Args)]
 pub struct AddArgs {
     title: String,
-    /// What the agent is asked to do (default: the title); may begin with `-`.
-    #[arg(long, allow_hyphen_values = true)]
+    /// What the agent is asked to do (default: the title); may begin with `-`. `-` alone reads
+    /// it from stdin.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "prompt_file")]
     prompt: Option<String>,
+    /// Read the prompt from this file (UTF-8 text, of any size).
+    #[arg(long, value_name = "FILE")]
+    prompt_file: Option<PathBuf>,
     /// The repository the task works in: a remote URL, the path of a registered checkout
     /// (`.` included) or a context id. Default: the registered checkout around the current
     /// directory, if any.
@@ -129,6 +133,34 @@ pub struct AddArgs {
     json: bool,
 }
 
+/// The prompt of `task add`: `--prompt TEXT`, `--prompt -` (stdin) or `--prompt-file FILE`.
+/// Read from stdin or a file, it must be UTF-8 text and not empty.
+fn read_prompt(prompt: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let (bytes, source) = match (prompt, file) {
+        (Some(prompt), _) if prompt != "-" => return Ok(Some(prompt)),
+        (Some(_), _) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+                .context("cannot read the prompt from stdin (--prompt -)")?;
+            (bytes, "the prompt read from stdin (--prompt -)".to_string())
+        }
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+            (bytes, format!("prompt file {}", path.display()))
+        }
+        (None, None) => return Ok(None),
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        anyhow::anyhow!("{source} is not UTF-8 text (invalid byte at offset {at})")
+    })?;
+    if text.trim().is_empty() {
+        anyhow::bail!("{source} is empty");
+    }
+    Ok(Some(text))
+}
+
 pub async fn run(
     home: &Home,
     config: &Config,
@@ -147,9 +179,10 @@ pub async fn run(
             } else {
                 Place::resolve(args.repo.as_deref(), &contexts, cwd)?
             };
+            let prompt = read_prompt(args.prompt, args.prompt_file.as_deref())?;
             let new = NewTask {
                 title: args.title,
-                prompt: args.prompt,
+                prompt,
                 repo: place.repo(),
                 profile: args.profile,
                 workflow: args.workflow,

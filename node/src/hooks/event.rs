@@ -630,13 +630,9 @@ fn stored(text: Cow<'_, str>) -> String {
     if text.len() <= MAX_STORED_BYTES {
         return text.into_owned();
     }
-    // A UTF-8 character is at most 4 bytes, so this steps back at most 3 times.
-    let mut end = MAX_STORED_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut raw = String::with_capacity(end + TRUNCATION_MARKER.len());
-    raw.push_str(&text[..end]);
+    let kept = crate::text::prefix(&text, MAX_STORED_BYTES);
+    let mut raw = String::with_capacity(kept.len() + TRUNCATION_MARKER.len());
+    raw.push_str(kept);
     raw.push_str(TRUNCATION_MARKER);
     raw
 }

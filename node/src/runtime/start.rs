@@ -9,9 +9,10 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::{Result, Runtime, RuntimeError};
-use crate::agents::profile::{Mode, Placeholders, Profile};
+use crate::agents::launcher::{self, Launch};
+use crate::agents::profile::{check_command, Mode, Placeholders, Profile};
 use crate::config::Role;
-use crate::store::NewAgent;
+use crate::store::{AttemptEnd, NewAgent};
 use crate::tmux::WindowSpec;
 use crate::worktree::{self, SavedWorktree};
 
@@ -233,6 +234,10 @@ impl Runtime {
 
     /// Opens the agent's tmux window; its output goes to `output.log` and its exit status to
     /// `exit` in the agent's directory. `token` is the agent's credential for its hook events.
+    /// The window runs the agent's launcher (`launch.sh` in its directory, see
+    /// `agents::launcher`), so tmux's command line stays short whatever the prompt. A start
+    /// that fails for ccm's own reasons ends the attempt here, saying so (see
+    /// [`Runtime::launch_failed`]).
     pub(super) async fn launch(
         &self,
         task: &Task,
@@ -243,7 +248,7 @@ impl Runtime {
     ) -> Result<()> {
         let dir = PathBuf::from(&agent.dir);
         let session_id = Uuid::new_v4().to_string();
-        let prompt_file = dir.join("prompt.md");
+        let prompt_file = dir.join("prompt.md").to_string_lossy().into_owned();
         let allowed_tools = match self.allowed_tools(task, &agent.profile, profile).await? {
             Ok(tools) => tools.join(","),
             Err(problem) => {
@@ -260,29 +265,18 @@ impl Runtime {
         let argv = profile.argv(&Placeholders {
             codex_hooks: &codex_hooks,
             prompt,
-            prompt_file: &prompt_file.to_string_lossy(),
+            prompt_file: &prompt_file,
             session_id: &session_id,
             cwd: &agent.cwd,
             allowed_tools: &allowed_tools,
         });
-        let script = match profile.mode {
-            Mode::Headless => {
-                r#"D="$CCM_AGENT_DIR"; { "$@" </dev/null; echo $? >"$D/exit.tmp"; } 2>&1 | tee -a "$D/output.log"; mv "$D/exit.tmp" "$D/exit""#
-            }
-            Mode::Interactive => {
-                r#"D="$CCM_AGENT_DIR"; "$@"; echo $? >"$D/exit.tmp"; mv "$D/exit.tmp" "$D/exit""#
-            }
-            Mode::External => {
-                return Err(RuntimeError::Other(format!(
-                    "profile `{}` is external: ccm runs no agent for it",
-                    agent.profile
-                )))
-            }
-        };
-        let mut full =
-            vec!["sh".to_string(), "-c".to_string(), script.to_string(), "sh".to_string()];
-        full.extend(argv);
-        // Every variable is given to the window: it would otherwise get the environment of
+        if profile.mode == Mode::External {
+            return Err(RuntimeError::Other(format!(
+                "profile `{}` is external: ccm runs no agent for it",
+                agent.profile
+            )));
+        }
+        // Every variable is given to the agent: it would otherwise get the environment of
         // whichever process started ccm's tmux server, not this daemon's.
         let mut env: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
@@ -298,26 +292,78 @@ impl Runtime {
             ("CCM_HOME".to_string(), self.home.root().to_string_lossy().into_owned()),
             ("CCM_API".to_string(), format!("http://{}", self.api_addr)),
         ]);
-        let spec = WindowSpec {
-            name: &agent.short_id(),
-            cwd: Path::new(&agent.cwd),
+        if let Err(reason) = check_command(&agent.profile, &argv, &env) {
+            let reason = format!("{reason} (the prompt is {} bytes)", prompt.len());
+            return self.launch_failed(task, agent, FailureClass::Fatal, &reason).await;
+        }
+        let about = format!(
+            "ccm's launcher of agent {} (task {}), run by its tmux window",
+            agent.id, task.id
+        );
+        let script = launcher::script(&Launch {
+            argv: &argv,
             env: &env,
-            argv: &full,
-        };
+            mode: profile.mode,
+            stdin: profile.stdin,
+            dir: &agent.dir,
+            prompt_file: &prompt_file,
+            about: &about,
+        });
+        let launcher = dir.join(launcher::FILE);
+        if let Err(error) = write_private(&launcher, script.as_bytes()).await {
+            let reason =
+                format!("ccm could not write the agent's launcher {}: {error}", launcher.display());
+            return self.launch_failed(task, agent, FailureClass::Crash, &reason).await;
+        }
+        let window_argv = ["sh".to_string(), launcher.to_string_lossy().into_owned()];
+        let spec =
+            WindowSpec { name: &agent.short_id(), cwd: Path::new(&agent.cwd), argv: &window_argv };
         match self.tmux.spawn(&spec).await {
             Ok(window) => {
                 if profile.mode == Mode::Interactive {
                     self.tmux.pipe_to(&window.id, &dir.join("output.log")).await?;
                 }
                 self.store.agent_running(agent.id, &window.id, window.pane_pid).await?;
-                info!(agent = %agent.short_id(), window = %window.id, kind = ?agent.kind, "agent started");
+                let prompt = crate::text::preview(prompt);
+                info!(agent = %agent.short_id(), window = %window.id, kind = ?agent.kind, %prompt, "agent started");
                 Ok(())
             }
             Err(error) => {
-                self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
-                Err(error.into())
+                let class =
+                    if error.is_lasting() { FailureClass::Fatal } else { FailureClass::Crash };
+                let reason = format!("ccm could not open the agent's tmux window: {error}");
+                self.launch_failed(task, agent, class, &reason).await
             }
         }
+    }
+
+    /// The agent never ran, for a reason of ccm's (its command, its launcher, tmux): the agent
+    /// is recorded as lost and its attempt (a worker's) or the review (a supervisor's) fails now
+    /// with `reason`, instead of passing later for an agent that vanished. A `Fatal` class
+    /// spends no more attempts.
+    async fn launch_failed(
+        &self,
+        task: &Task,
+        agent: &Agent,
+        class: FailureClass,
+        reason: &str,
+    ) -> Result<()> {
+        warn!(agent = %agent.short_id(), reason, "agent could not be started");
+        self.store.agent_ended(agent.id, AgentStatus::Lost, None).await?;
+        let event = TaskEvent::Failed { class };
+        let reason = format!("{reason}; the agent never ran");
+        match agent.kind {
+            AgentKind::Worker => {
+                let end =
+                    AttemptEnd { outcome: "start_failed", verify_output: None, last_message: None };
+                self.store.end_attempt(task.id, &end, event, &reason, self.policy()).await?;
+            }
+            AgentKind::Supervisory => {
+                self.store.runtime_event(task.id, event, &reason, self.policy()).await?;
+            }
+        }
+        self.scheduler_wake.notify_one();
+        Ok(())
     }
 
     /// The tools the profile's agents may use without asking, as the task's project
@@ -342,6 +388,20 @@ impl Runtime {
             },
         ))
     }
+}
+
+/// Writes `bytes` to a new file at `path` readable by its owner alone (0600 whatever the umask).
+async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    file.write_all(bytes).await?;
+    file.flush().await
 }
 
 /// Why a task has no directory to work in.

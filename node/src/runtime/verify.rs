@@ -9,6 +9,7 @@ use super::outcome::{classify, Classified, WorkerEnd};
 use super::{Result, Runtime};
 use crate::agents::parse::{OutputFormat, OutputSummary};
 use crate::store::AttemptEnd;
+use crate::text::tail;
 
 /// Longest verify output kept with an attempt (its end is kept).
 const VERIFY_OUTPUT_LIMIT: usize = 16 * 1024;
@@ -160,18 +161,6 @@ fn from_worktree(output: &str) -> bool {
     program.is_some_and(|p| p.contains('/') && !p.starts_with('/'))
 }
 
-/// The last `limit` bytes of `text`, cut at a character boundary.
-pub(super) fn tail(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut start = text.len() - limit;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[…]{}", &text[start..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,11 +173,5 @@ mod tests {
         assert!(from_worktree("sh: 1: ./build/app: not found\n"));
         assert!(from_worktree("sh: 1: ./run-tests: Permission denied\n"));
         assert!(!from_worktree(""));
-    }
-
-    #[test]
-    fn tail_keeps_the_end_at_a_char_boundary() {
-        assert_eq!(tail("short", 10), "short");
-        assert_eq!(tail("aaaaébbbb", 5), "[…]bbbb");
     }
 }

@@ -118,6 +118,10 @@ const INSERT_CHUNK: usize = 512;
 const EXTERNAL_PER_PASS: i64 = 500;
 /// Longest title, in characters.
 pub const TITLE_MAX_CHARS: usize = 500;
+/// The longest prompt a profile that passes it on the command line (`{prompt}`) is given at
+/// creation: one argument's limit less 32 KiB for what a retry adds to it (the previous
+/// attempt's verify output and last message).
+pub const PROMPT_ARG_MAX_BYTES: usize = crate::agents::profile::MAX_ARG_BYTES + 1 - 32 * 1024;
 /// Range of a task's priority.
 pub const PRIORITY_MIN: i64 = -1000;
 pub const PRIORITY_MAX: i64 = 1000;
@@ -527,6 +531,28 @@ async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config)
         return Err(invalid("workflow", unknown("workflow", workflow, config.workflows.keys())));
     }
     let prompt = new.prompt.filter(|p| !p.trim().is_empty()).unwrap_or_else(|| title.clone());
+    if prompt.len() > PROMPT_ARG_MAX_BYTES {
+        // The worker's profile: the workflow's worker step may name another one.
+        let worker = new
+            .workflow
+            .as_deref()
+            .and_then(|w| config.workflows.get(w))
+            .and_then(|w| w.step(crate::config::Role::Worker))
+            .and_then(|step| step.profile.as_deref())
+            .unwrap_or(&profile);
+        if config.profiles.get(worker).is_some_and(|p| p.prompt_in_argv()) {
+            return Err(invalid(
+                "prompt",
+                format!(
+                    "is {} bytes, and profile `{worker}` passes it on the command line \
+                     ({{prompt}}), which takes at most {PROMPT_ARG_MAX_BYTES}: use a profile \
+                     that reads it from stdin or a file (the built-in ones do), or give \
+                     `{worker}` `stdin: prompt` or {{prompt_file}}",
+                    prompt.len()
+                ),
+            ));
+        }
+    }
     let repo =
         new.repo.filter(|r| !r.trim().is_empty()).map(|r| ccm_schema::repo_url::normalize(&r));
     if let Some(repo) = repo.as_deref().filter(|r| !r.contains("://") && !r.starts_with('/')) {
