@@ -570,6 +570,50 @@ async fn one_poison_item_in_a_500_item_batch_is_rejected_with_its_reason_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_postgres_cannot_store_is_isolated_listed_with_its_code_and_alerted_once() {
+    let central = Central::start();
+    let node = Node::start("sync-nul", &central, "  interval_secs: 3600\n");
+    let task = create(node.daemon(), "ships beside the poison").await;
+    // An alert whose message holds a NUL byte, as an older node (or a path that does not check)
+    // wrote it: SQLite keeps it, PostgreSQL refuses the whole request with 22P05.
+    let poison = "00000000-0000-4000-8000-00000000dead";
+    let payload = json!({
+        "id": poison, "task_id": null, "severity": "warning", "reason": "stalled",
+        "message": "before\u{0}after", "details": null,
+        "created_at": "2026-12-01T10:00:00.000Z", "resolved_at": null
+    });
+    let mut db = open_db(&node.home.db_file()).await;
+    sqlx::query(
+        "INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at) \
+         VALUES ('alert', ?, (SELECT max(seq) + 1 FROM outbox), 'normal', ?, 1764583200000)",
+    )
+    .bind(poison)
+    .bind(payload.to_string())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(20)).await;
+    assert!(central_tasks(&central).contains_key(&task), "the rest of the batch went through");
+
+    let normal = &node.lanes()["normal"];
+    assert_eq!(normal["rejected_total"], 1, "{normal}");
+    let item = &normal["rejected"][0];
+    assert_eq!(
+        (&item["stream"], &item["key"], &item["code"]),
+        (&json!("alert"), &json!(poison), &json!("22P05"))
+    );
+    assert!(!item["message"].as_str().unwrap().is_empty(), "{item}");
+    let shown = node.home.run_ok(&["sync", "status"]);
+    assert!(shown.contains(&format!("alert {poison} 22P05: ")), "{shown}");
+    let alerts = node.home.run_json(&["alerts"]);
+    let refused: Vec<&Value> =
+        alerts.as_array().unwrap().iter().filter(|a| a["reason"] == "sync_rejected").collect();
+    assert_eq!(refused.len(), 1, "one alert for the batch: {alerts}");
+    assert!(refused[0]["message"].as_str().unwrap().contains(poison), "{}", refused[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_the_servers_size_limit_is_split_until_every_item_fits() {
     let central = Central::start();
     let node = Node::start("sync-split", &central, "  interval_secs: 3600\n");
