@@ -614,6 +614,35 @@ async fn an_item_postgres_cannot_store_is_isolated_listed_with_its_code_and_aler
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_heartbeats_are_answered_again_the_lanes_stop_waiting_out_their_backoff() {
+    let central = Central::start();
+    // Nothing urgent (no disk alert on a full test machine) shares the faults below.
+    let quiet = "notify:\n  health:\n    disk_min_free_mb: 0\n    disk_min_free_percent: 0\n";
+    let sync = format!("  interval_secs: 3600\n  heartbeat_secs: 1\n{quiet}");
+    let node = Node::start("sync-outage", &central, &sync);
+    // Nine sends in a row fail as in an outage (no Retry-After): the normal lane's backoff
+    // ceiling reaches 256 s, so waiting it out would take minutes.
+    for _ in 0..9 {
+        node.proxy.push(Fault::Reset);
+    }
+    let id = create(node.daemon(), "sent after the outage").await;
+    let started = Instant::now();
+    node.home.run_ok(&["sync", "now"]);
+    let arrived =
+        wait_until(Duration::from_secs(25), || async { central_tasks(&central).contains_key(&id) })
+            .await;
+    assert!(arrived, "still waiting out the backoff: {}\n{}", node.lanes(), node.log());
+    assert!(started.elapsed() < Duration::from_secs(25));
+    let mut db = open_db(&node.home.db_file()).await;
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT max(attempts) FROM outbox_batch WHERE lane = 'normal'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 9, "the normal lane met every failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_the_servers_size_limit_is_split_until_every_item_fits() {
     let central = Central::start();
     let node = Node::start("sync-split", &central, "  interval_secs: 3600\n");
