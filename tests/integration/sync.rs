@@ -323,6 +323,11 @@ async fn a_finished_tasks_cost_and_tokens_reach_the_centrals_task_rows_and_daily
         .pg
         .rows("select cost_usd::float8 as cost, input_tokens, output_tokens from api.daily_cost");
     assert_eq!(daily, json!([{ "cost": 0.0143, "input_tokens": 200, "output_tokens": 40 }]));
+    let systems = node.home.run_json(&["systems"]);
+    let cost_today = systems[0]["cost_today"].as_f64();
+    assert_eq!(cost_today, Some(0.0143), "`ccm systems` cost today: {systems}");
+    let shown = node.home.run_ok(&["systems"]);
+    assert!(shown.contains("$0.01"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
