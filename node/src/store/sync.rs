@@ -120,10 +120,10 @@ type RefusedRow = (String, String, Option<String>, Option<String>, bool);
 /// How many refused rows an alert names; the rest are counted.
 const ALERT_NAMES: usize = 3;
 
-/// One alert for the refused rows `seqs` of one batch, naming the first of them. None when
-/// every refused row is itself such an alert, so a central that refuses alerts does not get
-/// an endless chain of them.
-async fn alert_rejected(tx: &mut Writing, rows: &[i64], now: Timestamp) -> Result<()> {
+/// One alert for the refused rows (seqs) `rows` of one batch, naming the first of them;
+/// `by` refused them (`the central`, `this node`). None when every refused row is itself such
+/// an alert, so a central that refuses alerts does not get an endless chain of them.
+async fn alert_rejected(tx: &mut Writing, rows: &[i64], by: &str, now: Timestamp) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -155,7 +155,7 @@ async fn alert_rejected(tx: &mut Writing, rows: &[i64], now: Timestamp) -> Resul
     let count = rows.len();
     let items = if count == 1 { "item" } else { "items" };
     let message = format!(
-        "the central refused {count} {items} of a sync batch: {}{more}; kept locally and not sent \
+        "{by} refused {count} {items} of a sync batch: {}{more}; kept locally and not sent \
          again (`ccm sync status` lists them)",
         named.join(", ")
     );
@@ -384,7 +384,7 @@ impl ccm_sync::Outbox for Store {
             let now = Timestamp::now();
             reject_rows(&mut tx, &batch.invalid, now).await?;
             let seqs: Vec<i64> = batch.invalid.iter().map(|r| r.seq).collect();
-            alert_rejected(&mut tx, &seqs, now).await?;
+            alert_rejected(&mut tx, &seqs, "this node", now).await?;
         }
         for (stream, seq) in &batch.declared {
             sqlx::query(
@@ -426,19 +426,21 @@ impl ccm_sync::Outbox for Store {
         let now = Timestamp::now();
         let id = batch.hyphenated();
         let mut tx = self.write().await?;
-        // Only rows this batch carries (a rejection names one by its seq).
-        let carried: Vec<i64> = sqlx::query_scalar(
-            "SELECT seq FROM outbox WHERE batch_id = ? AND state = 'sealed' \
-             AND seq IN (SELECT value FROM json_each(?))",
-        )
-        .bind(id)
-        .bind(seqs(&rejected.iter().map(|r| r.seq).collect::<Vec<_>>()))
-        .fetch_all(&mut *tx)
-        .await?;
-        let rejected: Vec<Rejection> =
-            rejected.iter().filter(|r| carried.contains(&r.seq)).cloned().collect();
-        reject_rows(&mut tx, &rejected, now).await?;
-        alert_rejected(&mut tx, &carried, now).await?;
+        if !rejected.is_empty() {
+            // Only rows this batch carries (a rejection names one by its seq).
+            let carried: Vec<i64> = sqlx::query_scalar(
+                "SELECT seq FROM outbox WHERE batch_id = ? AND state = 'sealed' \
+                 AND seq IN (SELECT value FROM json_each(?))",
+            )
+            .bind(id)
+            .bind(seqs(&rejected.iter().map(|r| r.seq).collect::<Vec<_>>()))
+            .fetch_all(&mut *tx)
+            .await?;
+            let rejected: Vec<Rejection> =
+                rejected.iter().filter(|r| carried.contains(&r.seq)).cloned().collect();
+            reject_rows(&mut tx, &rejected, now).await?;
+            alert_rejected(&mut tx, &carried, "the central", now).await?;
+        }
         sqlx::query("UPDATE outbox SET state = 'acked' WHERE batch_id = ? AND state = 'sealed'")
             .bind(id)
             .execute(&mut *tx)
@@ -489,7 +491,7 @@ impl ccm_sync::Outbox for Store {
         .bind(id)
         .fetch_all(&mut *tx)
         .await?;
-        alert_rejected(&mut tx, &rejected, now).await?;
+        alert_rejected(&mut tx, &rejected, "the central", now).await?;
         sqlx::query(
             "UPDATE outbox_batch SET state = 'rejected', last_error = ? WHERE batch_id = ?",
         )
