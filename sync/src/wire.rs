@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ccm_schema::{Alert, Report, Task, Timestamp};
+use ccm_schema::{Alert, Report, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -135,11 +135,23 @@ pub struct HealthSnapshot {
     pub metrics: HealthMetricsV1,
 }
 
-/// What a `task_summary` row carries beside the task: the cost and tokens of the agents that
-/// worked on it so far (absent in rows written before they were added, and for tasks no agent
-/// worked on).
-#[derive(Debug, Default, Deserialize)]
-struct SummaryCost {
+/// The payload of a `task_summary` row as the node writes it: the task's fields this crate
+/// ships (the rest, such as the prompt, is skipped unread), and the cost and tokens of the
+/// agents that worked on it so far (absent in rows written before they were added, unknown
+/// for tasks no agent worked on).
+#[derive(Debug, Deserialize)]
+struct SummaryRow {
+    id: Uuid,
+    title: String,
+    repo: Option<String>,
+    profile: String,
+    max_attempts: u32,
+    attempts: u32,
+    priority: i64,
+    state: TaskState,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    version: i64,
     #[serde(default)]
     cost_usd: Option<f64>,
     #[serde(default)]
@@ -165,8 +177,7 @@ impl Item {
         let bad = |e: serde_json::Error| format!("{} payload is not valid: {e}", row.stream);
         Ok(match row.stream.as_str() {
             "task_summary" => {
-                let task: Task = serde_json::from_str(&row.payload).map_err(bad)?;
-                let cost: SummaryCost = serde_json::from_str(&row.payload).map_err(bad)?;
+                let task: SummaryRow = serde_json::from_str(&row.payload).map_err(bad)?;
                 Item::TaskSummary(TaskSummaryV1 {
                     seq,
                     task_id: task.id,
@@ -178,9 +189,9 @@ impl Item {
                     priority: task.priority,
                     attempts: task.attempts,
                     max_attempts: task.max_attempts,
-                    cost_usd: cost.cost_usd,
-                    input_tokens: cost.input_tokens,
-                    output_tokens: cost.output_tokens,
+                    cost_usd: task.cost_usd,
+                    input_tokens: task.input_tokens,
+                    output_tokens: task.output_tokens,
                     created_at: task.created_at,
                     updated_at: task.updated_at,
                 })
