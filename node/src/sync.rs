@@ -57,7 +57,13 @@ pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::
         }
         SyncCommand::Now => {
             let daemon = daemon.context("the daemon is not running: sync runs in it (`ccm up`)")?;
-            let _: SyncStatus = daemon.post(&["sync", "now"], json!({})).await?;
+            let status: SyncStatus = daemon.post(&["sync", "now"], json!({})).await?;
+            if let Some(reason) = paused_reason(&status) {
+                anyhow::bail!(
+                    "sync is paused ({reason}): nothing was sent; fix the cause, then run \
+                     `ccm sync resume`"
+                );
+            }
             println!("sync requested");
             Ok(())
         }
@@ -130,21 +136,53 @@ async fn enroll(
     Ok(())
 }
 
+/// Why sync is paused, if either lane is.
+pub fn paused_reason(status: &SyncStatus) -> Option<&str> {
+    status.values().find_map(|lane| lane.paused_reason.as_deref())
+}
+
+/// What to do about a pause, said wherever a pause is shown.
+pub const RESUME_HINT: &str = "`ccm sync resume` sends again once the cause is fixed";
+
 pub fn show(status: &SyncStatus) {
     for (lane, s) in status {
-        let ok = s.last_ok_at.map_or("never".to_string(), |t| t.to_string());
-        let mut line = format!("{lane:<7} backlog {}, last success {ok}", s.backlog);
-        if let Some(error) = &s.last_error {
-            line.push_str(&format!(", last error {error}"));
+        println!("{lane:<7} {}", lane_line(s));
+        if s.rejected_total > 0 {
+            println!(
+                "        {} refused {}, kept locally and not sent again{}:",
+                s.rejected_total,
+                if s.rejected_total == 1 { "item" } else { "items" },
+                if s.rejected_total > s.rejected.len() as i64 { " (newest first)" } else { "" }
+            );
+            for item in &s.rejected {
+                let code = item.code.as_deref().unwrap_or("rejected");
+                let at = item.rejected_at.map(|t| format!(" at {t}")).unwrap_or_default();
+                println!("          {} {} {code}: {}{at}", item.stream, item.key, item.message);
+            }
         }
-        if let Some(reason) = &s.paused_reason {
-            line.push_str(&format!(", paused: {reason}"));
-        }
-        if s.dropped_total > 0 {
-            line.push_str(&format!(", dropped {} health snapshots", s.dropped_total));
-        }
-        println!("{line}");
     }
+    if paused_reason(status).is_some() {
+        println!("{RESUME_HINT}");
+    }
+}
+
+/// One lane on one line: backlog, last success, last error, pause, drops.
+pub fn lane_line(s: &LaneStatus) -> String {
+    let ok = s.last_ok_at.map_or("never".to_string(), |t| t.to_string());
+    let mut line = format!("backlog {}, last success {ok}", s.backlog);
+    if let Some(error) = &s.last_error {
+        line.push_str(&format!(", last error {error}"));
+    }
+    if let Some(reason) = &s.paused_reason {
+        line.push_str(&format!(", paused: {reason}"));
+    }
+    if s.dropped_total > 0 {
+        line.push_str(&format!(", dropped {} health snapshots", s.dropped_total));
+    }
+    if s.rejected_total > 0 {
+        line.push_str(&format!(", {} refused", s.rejected_total));
+    }
+    line
 }
 
 /// The daemon's sync task, when `sync:` is configured: its client (to replace the token after
@@ -159,7 +197,9 @@ pub fn start(
     let Some(endpoint) = config.sync.endpoint()? else {
         return Ok(None);
     };
-    let client = ccm_sync::Client::new(endpoint, access_token(home))?;
+    let token = access_token(home);
+    let fingerprint = fingerprint(&endpoint, token.as_deref());
+    let client = ccm_sync::Client::new(endpoint, token)?;
     let (high, low) = system_id.as_u64_pair();
     let driver = Driver {
         outbox: store.clone(),
@@ -177,7 +217,15 @@ pub fn start(
         shutdown: shutdown.clone(),
     };
     let health = health(store.clone(), home.clone(), config.clone(), shutdown);
+    let store = store.clone();
     let task = tokio::spawn(async move {
+        match store.sync_started(&fingerprint).await {
+            Ok(true) => tracing::info!(
+                "sync resumed: its endpoint or identity changed since the driver paused it"
+            ),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "sync start not recorded"),
+        }
         tokio::join!(driver.run(), health);
     });
     Ok(Some((client, task)))
@@ -258,6 +306,18 @@ async fn snapshot(
         window_len_s: len,
         metrics,
     })
+}
+
+/// What a pause of the driver is about: the endpoint and the identity (a hash; the token is
+/// never stored). A daemon started with another one lifts the pause (`Store::sync_started`).
+fn fingerprint(endpoint: &ccm_sync::Endpoint, token: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [endpoint.rest_url.as_str(), &endpoint.publishable_key, token.unwrap_or_default()] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The access token in `auth.json`, if the system is enrolled.

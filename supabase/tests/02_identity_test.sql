@@ -1,7 +1,7 @@
 -- api.enroll, api.heartbeat and api.register_contexts, called as the systems themselves.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(17);
+select plan(18);
 
 set local role authenticated;
 
@@ -101,6 +101,10 @@ set local request.jwt.claims to '{"sub": "00000000-0000-0000-0000-0000000000a1",
 select throws_ok(
   $$ select api.enroll('alpha', 4, '0.1.0') $$, '42501', 'system revoked',
   'a revoked system cannot enroll itself again'
+);
+select throws_ok(
+  $$ select api.heartbeat('{}') $$, '42501', 'system revoked',
+  'a revoked system is told it was revoked, not that it never enrolled'
 );
 
 select * from finish();

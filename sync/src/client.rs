@@ -109,6 +109,8 @@ pub fn classify(status: u16, code: Option<&str>, retry_after: Option<Duration>) 
 #[error("{message}")]
 pub struct Failure {
     pub class: Class,
+    /// The error code the server gave (PostgREST's or PostgreSQL's `code`), if any.
+    pub code: Option<String>,
     pub message: String,
 }
 
@@ -205,10 +207,12 @@ impl Client {
     pub async fn rpc(&self, function: &str, body: bytes::Bytes) -> Result<Vec<u8>, Failure> {
         let url = self.endpoint.rest_url.join(&format!("rpc/{function}")).map_err(|e| Failure {
             class: Class::Misconfigured,
+            code: None,
             message: format!("bad function url: {e}"),
         })?;
         let token = self.token.read().ok().and_then(|t| t.clone()).ok_or_else(|| Failure {
             class: Class::Unauthorized,
+            code: None,
             message: "not enrolled: no access token (run `ccm sync enroll`)".into(),
         })?;
         let response = self
@@ -220,12 +224,14 @@ impl Client {
             .await
             .map_err(|e| Failure {
                 class: Class::Transient { retry_after: None },
+                code: None,
                 message: format!("request failed: {}", error_chain(&e)),
             })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let bytes = response.bytes().await.map_err(|e| Failure {
             class: Class::Transient { retry_after },
+            code: None,
             message: format!("reading the answer failed: {}", error_chain(&e)),
         })?;
         if status.is_success() {
@@ -239,6 +245,7 @@ impl Client {
         Err(Failure {
             class: classify(status.as_u16(), code.as_deref(), retry_after),
             message: describe(status, code.as_deref(), &message),
+            code,
         })
     }
 
@@ -250,11 +257,13 @@ impl Client {
     ) -> Result<T, Failure> {
         let body = serde_json::to_vec(params).map_err(|e| Failure {
             class: Class::BadRequest,
+            code: None,
             message: format!("cannot encode the parameters: {e}"),
         })?;
         let answer = self.rpc(function, body.into()).await?;
         serde_json::from_slice(&answer).map_err(|e| Failure {
             class: Class::Transient { retry_after: None },
+            code: None,
             message: format!("answer of {function} does not parse: {e}"),
         })
     }

@@ -72,6 +72,9 @@ pub struct Signals {
     normal: Notify,
     /// `ccm sync now` or resume: cuts a backoff or a pause short.
     kick: [Notify; 2],
+    /// A heartbeat was answered: the central is reachable, so a lane waiting out the backoff
+    /// of a transient failure (one without a `Retry-After`) tries again now.
+    answered: Notify,
     now_requested: AtomicBool,
     /// The urgent lane was woken by a commit and has not finished sending yet.
     urgent_busy: AtomicBool,
@@ -119,6 +122,12 @@ impl Signals {
         if before < threshold && before.saturating_add(n) >= threshold {
             wake.notify_one();
         }
+    }
+
+    /// The central answered a heartbeat: ends the backoff of lanes whose last failure said
+    /// nothing about when to come back (an outage, not a rate limit).
+    pub fn central_answered(&self) {
+        self.answered.notify_waiters();
     }
 
     /// The central offers work to this system.
@@ -249,8 +258,9 @@ enum Next {
     Continue,
     /// Nothing to send.
     Idle,
-    /// Try the same batch again after this delay.
-    Retry(Duration),
+    /// Try the same batch again after `delay`, or as soon as a heartbeat is answered when
+    /// `until_answered` (a transient failure with no `Retry-After`: most likely an outage).
+    Retry { delay: Duration, until_answered: bool },
     /// Paused until resumed.
     Paused,
 }
@@ -298,7 +308,7 @@ impl<O: Outbox> Driver<O> {
                     Ok(next) => next,
                     Err(error) => {
                         warn!(error = %error, "sync step failed; retrying");
-                        Next::Retry(backoff.next_delay(None))
+                        Next::Retry { delay: backoff.next_delay(None), until_answered: false }
                     }
                 };
                 if lane == Lane::Urgent && next != Next::Continue {
@@ -308,7 +318,7 @@ impl<O: Outbox> Driver<O> {
                 let kick = self.signals.kick(lane);
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
-                    () = self.wait(lane, &next, &timer) => {}
+                    () = wait(&self.signals, &self.settings, lane, &next, &timer) => {}
                     () = kick.notified(), if next != Next::Continue && next != Next::Idle => {}
                 }
             }
@@ -361,6 +371,7 @@ impl<O: Outbox> Driver<O> {
             .call("heartbeat", &serde_json::json!({ "p_status": status }))
             .await
             .map_err(call)?;
+        self.signals.central_answered();
         self.outbox.heartbeat_answered(&answer).await.map_err(outbox)?;
         if answer.offers > 0 {
             self.signals.offered();
@@ -378,29 +389,6 @@ impl<O: Outbox> Driver<O> {
         self.outbox.contexts_registered(generation).await.map_err(outbox)?;
         *registered = Some(generation);
         Ok(())
-    }
-
-    async fn wait(&self, lane: Lane, next: &Next, timer: &Timer) {
-        match (next, lane) {
-            (Next::Continue, _) => {}
-            (Next::Retry(delay), _) => tokio::time::sleep(*delay).await,
-            (Next::Paused, _) => tokio::time::sleep(PAUSED_POLL).await,
-            (Next::Idle, Lane::Urgent) => {
-                tokio::select! {
-                    () = self.signals.urgent.notified() => {
-                        self.signals.urgent_busy.store(true, Ordering::Release);
-                        tokio::time::sleep(self.settings.urgent_window).await;
-                    }
-                    () = tokio::time::sleep(URGENT_POLL) => {}
-                }
-            }
-            (Next::Idle, Lane::Normal) => {
-                tokio::select! {
-                    () = self.signals.normal.notified() => {}
-                    () = tokio::time::sleep_until(timer.next) => {}
-                }
-            }
-        }
     }
 
     /// Urgent first (S-12): a catch-up starts its next step (a seal, a request, their writes)
@@ -511,7 +499,7 @@ impl<O: Outbox> Driver<O> {
             Ok(Err(failure)) | Err(failure) => failure,
         };
         self.signals.failures_total.fetch_add(1, Ordering::Relaxed);
-        let Failure { class, message } = failure;
+        let Failure { class, code, message } = failure;
         match class {
             Class::TooLarge => budget.too_large(usize::try_from(batch.items).unwrap_or(1)),
             _ => budget.failed(),
@@ -519,7 +507,10 @@ impl<O: Outbox> Driver<O> {
         warn!(batch_id = %batch.id, class = class.reason(), error = %message, "batch not delivered");
         self.outbox.record_failure(batch.id, batch.lane, &message).await.map_err(outbox)?;
         match class {
-            Class::Transient { retry_after } => Ok(Next::Retry(backoff.next_delay(retry_after))),
+            Class::Transient { retry_after } => Ok(Next::Retry {
+                delay: backoff.next_delay(retry_after),
+                until_answered: retry_after.is_none(),
+            }),
             Class::TooLarge | Class::BadRequest => {
                 let rows = self.outbox.batch_rows(batch.id).await.map_err(outbox)?;
                 match seal::halves(&batch, rows).map_err(|e| StepError(e.to_string()))? {
@@ -528,7 +519,10 @@ impl<O: Outbox> Driver<O> {
                         self.outbox.split(batch.id, &children).await.map_err(outbox)?;
                     }
                     None => {
-                        self.outbox.reject_batch(batch.id, &message).await.map_err(outbox)?;
+                        self.outbox
+                            .reject_batch(batch.id, code.as_deref(), &message)
+                            .await
+                            .map_err(outbox)?;
                         self.signals
                             .items_rejected_total
                             .fetch_add(batch.items as u64, Ordering::Relaxed);
@@ -537,7 +531,7 @@ impl<O: Outbox> Driver<O> {
                 Ok(Next::Continue)
             }
             Class::Unauthorized | Class::Forbidden | Class::Misconfigured => {
-                let reason = format!("{}: {message}", class.reason());
+                let reason = pause_reason(class, &message);
                 for lane in Lane::ALL {
                     self.outbox.set_paused(lane, Some(&reason)).await.map_err(outbox)?;
                 }
@@ -551,8 +545,11 @@ impl<O: Outbox> Driver<O> {
     /// A 2xx is an acknowledgement only when it echoes the batch id with `applied` or
     /// `duplicate`; anything else is an unknown outcome.
     fn acknowledgement(&self, batch: &OpenBatch, bytes: &[u8]) -> Result<IngestAnswerV1, Failure> {
-        let unknown =
-            |message: String| Failure { class: Class::Transient { retry_after: None }, message };
+        let unknown = |message: String| Failure {
+            class: Class::Transient { retry_after: None },
+            code: None,
+            message,
+        };
         let answer: IngestAnswerV1 = serde_json::from_slice(bytes)
             .map_err(|e| unknown(format!("answer does not parse: {e}")))?;
         if answer.batch_id != batch.id.to_string() {
@@ -577,7 +574,11 @@ impl<O: Outbox> Driver<O> {
         for item in &answer.rejected {
             let key = item.entity_key();
             match rows.iter().find(|r| r.stream == item.stream && r.entity_key == key) {
-                Some(row) => rejected.push(Rejection { seq: row.seq, reason: item.reason() }),
+                Some(row) => rejected.push(Rejection {
+                    seq: row.seq,
+                    code: item.code.clone(),
+                    reason: item.reason(),
+                }),
                 None => {
                     warn!(stream = %item.stream, key = %key, "central side rejected an item this batch does not carry")
                 }
@@ -585,6 +586,64 @@ impl<O: Outbox> Driver<O> {
         }
         Ok(rejected)
     }
+}
+
+/// What a lane waits for between two steps.
+async fn wait(signals: &Signals, settings: &Settings, lane: Lane, next: &Next, timer: &Timer) {
+    match (next, lane) {
+        (Next::Continue, _) => {}
+        (Next::Retry { delay, until_answered: false }, _) => tokio::time::sleep(*delay).await,
+        (Next::Retry { delay, until_answered: true }, _) => {
+            tokio::select! {
+                () = tokio::time::sleep(*delay) => {}
+                () = signals.answered.notified() => debug!("heartbeat answered; backoff ended"),
+            }
+        }
+        (Next::Paused, _) => tokio::time::sleep(PAUSED_POLL).await,
+        (Next::Idle, Lane::Urgent) => {
+            tokio::select! {
+                () = signals.urgent.notified() => {
+                    signals.urgent_busy.store(true, Ordering::Release);
+                    tokio::time::sleep(settings.urgent_window).await;
+                }
+                () = tokio::time::sleep(URGENT_POLL) => {}
+            }
+        }
+        (Next::Idle, Lane::Normal) => {
+            tokio::select! {
+                () = signals.normal.notified() => {}
+                () = tokio::time::sleep_until(timer.next) => {}
+            }
+        }
+    }
+}
+
+/// The reason a pause is recorded (and alerted) with: the class, what the central said, and
+/// what the operator does about it. A revoked system is told apart from one never enrolled
+/// by the central's message (`private.caller_system`).
+pub fn pause_reason(class: Class, message: &str) -> String {
+    let (name, hint) = match class {
+        Class::Forbidden if message.contains("system revoked") => (
+            "revoked",
+            "the operator revoked this system centrally; once it is reinstated, run `ccm sync resume`",
+        ),
+        Class::Forbidden if message.contains("not enrolled") => {
+            ("not_enrolled", "this identity is not an enrolled system: run `ccm sync enroll`")
+        }
+        Class::Forbidden => {
+            ("forbidden", "the central refused this system; once allowed, run `ccm sync resume`")
+        }
+        Class::Unauthorized => (
+            "unauthorized",
+            "the token was refused (expired, or not for this project): run `ccm sync enroll` with a fresh one",
+        ),
+        Class::Misconfigured => (
+            "misconfigured",
+            "check sync.url (or sync.rest_url) and sync.publishable_key, then restart the daemon",
+        ),
+        other => (other.reason(), "run `ccm sync resume` once the cause is fixed"),
+    };
+    format!("{name}: {message}; {hint}")
 }
 
 /// A step failed locally (the database); retried after a backoff.
@@ -754,5 +813,59 @@ mod tests {
         signals.hook_events(2);
         let woken = tokio::time::timeout(Duration::from_millis(10), signals.normal.notified());
         assert!(woken.await.is_ok());
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            interval: Duration::from_secs(900),
+            hook_events: 50,
+            completions: 5,
+            urgent_window: Duration::from_millis(50),
+            seed: 3,
+            heartbeat: Duration::from_secs(15),
+            slots: 2,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_heartbeat_ends_an_outages_backoff_but_not_a_retry_after() {
+        let signals = Signals::new();
+        let settings = settings();
+        let timer = Timer::new(&settings);
+        let outage = Next::Retry { delay: Duration::from_secs(300), until_answered: true };
+        let waiting = wait(&signals, &settings, Lane::Normal, &outage, &timer);
+        tokio::pin!(waiting);
+        let early = tokio::time::timeout(Duration::from_secs(20), &mut waiting).await;
+        assert!(early.is_err(), "the backoff holds while no heartbeat is answered");
+        let started = Instant::now();
+        signals.central_answered();
+        tokio::time::timeout(Duration::from_millis(1), &mut waiting)
+            .await
+            .expect("the heartbeat's answer ends the backoff at once");
+        assert!(started.elapsed() < Duration::from_millis(1));
+
+        // the server said when to come back (429, 503 with Retry-After): that stands
+        let told = Next::Retry { delay: Duration::from_secs(60), until_answered: false };
+        let waiting = wait(&signals, &settings, Lane::Urgent, &told, &timer);
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::from_secs(1), &mut waiting).await.is_err());
+        signals.central_answered();
+        let ended = tokio::time::timeout(Duration::from_secs(58), &mut waiting).await;
+        assert!(ended.is_err(), "a Retry-After is waited out");
+        tokio::time::timeout(Duration::from_secs(2), &mut waiting).await.expect("then it ends");
+    }
+
+    #[test]
+    fn a_pause_says_whether_the_system_was_revoked_or_never_enrolled_and_what_to_do() {
+        let revoked = pause_reason(Class::Forbidden, "HTTP 403 42501: system revoked");
+        assert!(revoked.starts_with("revoked: HTTP 403 42501: system revoked; "), "{revoked}");
+        assert!(revoked.contains("reinstated") && revoked.contains("`ccm sync resume`"));
+        assert!(!revoked.contains("enroll"), "{revoked}");
+        let never = pause_reason(Class::Forbidden, "HTTP 403 42501: system not enrolled");
+        assert!(never.starts_with("not_enrolled: ") && never.ends_with("`ccm sync enroll`"));
+        let expired = pause_reason(Class::Unauthorized, "HTTP 401 PGRST301: JWT expired");
+        assert!(expired.starts_with("unauthorized: HTTP 401 PGRST301: JWT expired; "));
+        let url = pause_reason(Class::Misconfigured, "HTTP 404: not found");
+        assert!(url.contains("sync.url") && url.contains("restart the daemon"), "{url}");
     }
 }

@@ -29,6 +29,9 @@ use uuid::Uuid;
 pub use client::{Class, Client, ClientError, Endpoint};
 pub use driver::{Driver, Settings, Signals};
 
+/// The reason (`alerts.reason`) of the alert raised once per batch with refused items.
+pub const REJECTED_ALERT: &str = "sync_rejected";
+
 /// The two ways out of the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,7 +112,22 @@ pub struct OpenBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub seq: i64,
+    /// The refusal's code: the central's (`42501`, `22P05`, ...), or `invalid` for a row the
+    /// node could not convert; `None` when the answer gave none.
+    pub code: Option<String>,
     pub reason: String,
+}
+
+/// A refused outbox row as `ccm sync status` shows it: kept locally, never sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedItem {
+    pub seq: i64,
+    pub stream: String,
+    /// The entity's key (task id, alert id, `task/attempt`, ...).
+    pub key: String,
+    pub code: Option<String>,
+    pub message: String,
+    pub rejected_at: Option<Timestamp>,
 }
 
 /// What `ccm sync status` shows of one lane.
@@ -125,7 +143,16 @@ pub struct LaneStatus {
     /// Rows dropped from this lane's backlog to keep it bounded (only ever health rows).
     #[serde(default)]
     pub dropped_total: i64,
+    /// Rows of this lane the central side (or the node) refused, all time.
+    #[serde(default)]
+    pub rejected_total: i64,
+    /// The newest of them, newest first (at most [`REJECTED_SHOWN`]).
+    #[serde(default)]
+    pub rejected: Vec<RejectedItem>,
 }
+
+/// Refused rows `ccm sync status` lists per lane.
+pub const REJECTED_SHOWN: usize = 20;
 
 /// The outbox as the node lends it. Every method that writes does so in one transaction on the
 /// node's writer connection.
@@ -159,17 +186,20 @@ pub trait Outbox: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<OpenBatch>, Self::Error>> + Send;
 
     /// A 2xx that echoed the batch id: its rows are acked, except `rejected` ones, which keep
-    /// their reason. Clears the lane's last error and records the success.
+    /// their reason (and raise one alert for the batch). Clears the lane's last error and
+    /// records the success.
     fn acknowledge(
         &self,
         batch: Uuid,
         rejected: &[Rejection],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// The whole batch (its one item) was refused: the rows are rejected with `reason`.
+    /// The whole batch (its one item) was refused: the rows are rejected with `code` and
+    /// `reason`.
     fn reject_batch(
         &self,
         batch: Uuid,
+        code: Option<&str>,
         reason: &str,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 

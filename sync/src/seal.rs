@@ -58,7 +58,7 @@ impl Gathered {
             Ok(item) => item,
             Err(reason) => {
                 self.cover(&row);
-                self.invalid.push(Rejection { seq: row.seq, reason });
+                self.invalid.push(Rejection { seq: row.seq, code: Some("invalid".into()), reason });
                 return true;
             }
         };

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ccm_schema::{Alert, Report, Task, Timestamp};
+use ccm_schema::{Alert, Report, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -135,6 +135,31 @@ pub struct HealthSnapshot {
     pub metrics: HealthMetricsV1,
 }
 
+/// The payload of a `task_summary` row as the node writes it: the task's fields this crate
+/// ships (the rest, such as the prompt, is skipped unread), and the cost and tokens of the
+/// agents that worked on it so far (absent in rows written before they were added, unknown
+/// for tasks no agent worked on).
+#[derive(Debug, Deserialize)]
+struct SummaryRow {
+    id: Uuid,
+    title: String,
+    repo: Option<String>,
+    profile: String,
+    max_attempts: u32,
+    attempts: u32,
+    priority: i64,
+    state: TaskState,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    version: i64,
+    #[serde(default)]
+    cost_usd: Option<f64>,
+    #[serde(default)]
+    input_tokens: Option<i64>,
+    #[serde(default)]
+    output_tokens: Option<i64>,
+}
+
 /// One item converted from its outbox row.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -152,7 +177,7 @@ impl Item {
         let bad = |e: serde_json::Error| format!("{} payload is not valid: {e}", row.stream);
         Ok(match row.stream.as_str() {
             "task_summary" => {
-                let task: Task = serde_json::from_str(&row.payload).map_err(bad)?;
+                let task: SummaryRow = serde_json::from_str(&row.payload).map_err(bad)?;
                 Item::TaskSummary(TaskSummaryV1 {
                     seq,
                     task_id: task.id,
@@ -164,9 +189,9 @@ impl Item {
                     priority: task.priority,
                     attempts: task.attempts,
                     max_attempts: task.max_attempts,
-                    cost_usd: None,
-                    input_tokens: None,
-                    output_tokens: None,
+                    cost_usd: task.cost_usd,
+                    input_tokens: task.input_tokens,
+                    output_tokens: task.output_tokens,
                     created_at: task.created_at,
                     updated_at: task.updated_at,
                 })
@@ -453,4 +478,44 @@ pub struct EnrollAnswerV1 {
     pub system_id: Uuid,
     pub name: String,
     pub owner: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(extra: serde_json::Value) -> TaskSummaryV1 {
+        let mut payload = serde_json::json!({
+            "id": "0193a000-0000-7000-8000-000000000001", "title": "t", "prompt": "p",
+            "repo": null, "profile": "claude", "workflow": null, "verify": null,
+            "max_attempts": 3, "attempts": 1, "priority": 0, "state": "complete",
+            "wake_at": null, "created_at": "2026-11-30T10:00:00.000Z",
+            "updated_at": "2026-11-30T10:00:00.000Z", "version": 7, "depends_on": []
+        });
+        payload.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let row = OutboxRow {
+            seq: 1,
+            stream: "task_summary".into(),
+            entity_key: "0193a000-0000-7000-8000-000000000001".into(),
+            entity_version: 7,
+            payload: payload.to_string(),
+        };
+        match Item::from_row(&row) {
+            Ok(Item::TaskSummary(summary)) => summary,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_task_summary_carries_the_cost_and_tokens_of_its_row() {
+        let known = summary(serde_json::json!({
+            "cost_usd": 0.0143, "input_tokens": 200, "output_tokens": 40
+        }));
+        assert_eq!(
+            (known.cost_usd, known.input_tokens, known.output_tokens),
+            (Some(0.0143), Some(200), Some(40))
+        );
+        let unknown = summary(serde_json::json!({ "cost_usd": null }));
+        assert_eq!((unknown.cost_usd, unknown.input_tokens), (None, None), "unknown, not $0");
+    }
 }

@@ -130,3 +130,43 @@ async fn health_and_metrics_answer_in_their_formats() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn an_events_reason_with_a_nul_byte_or_over_4_kib_is_refused_naming_the_field() {
+    let home = TestHome::new("event-reason");
+    let daemon = home.start();
+    let (status, task) = daemon.post("/api/tasks", json!({ "title": "t", "prompt": "p" })).await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    let events = format!("/api/tasks/{id}/events");
+    for (reason, says) in [
+        ("stop\u{0}here".to_string(), "reason: must not contain NUL bytes"),
+        ("x".repeat(3 * 1024 * 1024), "reason: must be at most 4096 bytes, got 3145728"),
+    ] {
+        let (status, body) =
+            daemon.post(&events, json!({ "event": "cancel", "reason": reason })).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["message"], says);
+    }
+    let (_, shown) = daemon.get(&format!("/api/tasks/{id}")).await;
+    assert_ne!(shown["state"], "cancelled", "nothing was applied");
+    let (status, body) =
+        daemon.post(&events, json!({ "event": "cancel", "reason": "y".repeat(4096) })).await;
+    assert_eq!((status, &body["state"]), (200, &json!("cancelled")), "4 KiB is allowed");
+
+    // the CLI's own path, with no daemon, checks the same
+    drop(daemon);
+    let other = home.run_json(&["task", "add", "other"]);
+    let other = other["id"].as_str().unwrap();
+    let refused = home.run(&[
+        "task",
+        "event",
+        other,
+        r#"{"event": "cancel"}"#,
+        "--reason",
+        &"z".repeat(5000),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("reason: must be at most 4096 bytes"), "{stderr}");
+}

@@ -273,6 +273,64 @@ async fn a_tasks_life_and_its_alerts_ship_critical_at_once_and_the_rest_on_a_thr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_tasks_cost_and_tokens_reach_the_centrals_task_rows_and_daily_cost() {
+    let central = Central::start();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
+    let profile = |name: &str, mode: &str| {
+        format!(
+            "  {name}:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: {mode}}}\n",
+            fixture.display()
+        )
+    };
+    let extra = format!(
+        "  interval_secs: 3600\nruntime:\n  poll_ms: 50\nworkflows:\n  reviewed:\n    steps:\n\
+         \x20     - role: worker\n        prompt: '{{prompt}}'\n\
+         \x20     - role: supervisor\n        profile: reviewer\n        prompt: 'Review {{title}}: {{report}}'\n\
+         profiles:\n{}{}",
+        profile("fake", "commit"),
+        profile("reviewer", "review")
+    );
+    let node = Node::start("sync-cost", &central, &extra);
+    let repo = node.home.work().join("app");
+    ccm_tests::git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    node.home.run_ok(&["context", "add", &repo]);
+    let args = ["task", "add", "write work.txt", "--profile", "fake", "--repo", &repo];
+    let added = node.home.run_json(&[&args[..], &["--workflow", "reviewed"]].concat());
+    let id = added["id"].as_str().expect("id").to_string();
+    let daemon = node.daemon();
+    let done = wait_until(Duration::from_secs(60), || async {
+        daemon.get(&format!("/api/tasks/{id}")).await.1["state"] == "complete"
+    })
+    .await;
+    assert!(done, "{}", node.log());
+    node.drained(Duration::from_secs(15)).await;
+
+    // the worker reported $0.0123 and the reviewer $0.002, each 100 tokens in and 20 out
+    let rows = central.pg.rows(&format!(
+        "select state, cost_usd::float8 as cost, input_tokens, output_tokens \
+         from private.task_summaries where task_id = '{id}'"
+    ));
+    assert_eq!(
+        rows,
+        json!([{ "state": "complete", "cost": 0.0143, "input_tokens": 200, "output_tokens": 40 }])
+    );
+    let fleet = central.pg.rows(&format!(
+        "select cost_usd::float8 as cost from api.fleet_tasks where task_id = '{id}'"
+    ));
+    assert_eq!(fleet, json!([{ "cost": 0.0143 }]));
+    let daily = central
+        .pg
+        .rows("select cost_usd::float8 as cost, input_tokens, output_tokens from api.daily_cost");
+    assert_eq!(daily, json!([{ "cost": 0.0143, "input_tokens": 200, "output_tokens": 40 }]));
+    let systems = node.home.run_json(&["systems"]);
+    let cost_today = systems[0]["cost_today"].as_f64();
+    assert_eq!(cost_today, Some(0.0143), "`ccm systems` cost today: {systems}");
+    let shown = node.home.run_ok(&["systems"]);
+    assert!(shown.contains("$0.01"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normal_items_go_on_the_systems_timer_without_being_asked() {
     let central = Central::start();
     let node = Node::start("sync-timer", &central, "  interval_secs: 2\n");
@@ -517,6 +575,79 @@ async fn one_poison_item_in_a_500_item_batch_is_rejected_with_its_reason_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_postgres_cannot_store_is_isolated_listed_with_its_code_and_alerted_once() {
+    let central = Central::start();
+    let node = Node::start("sync-nul", &central, "  interval_secs: 3600\n");
+    let task = create(node.daemon(), "ships beside the poison").await;
+    // An alert whose message holds a NUL byte, as an older node (or a path that does not check)
+    // wrote it: SQLite keeps it, PostgreSQL refuses the whole request with 22P05.
+    let poison = "00000000-0000-4000-8000-00000000dead";
+    let payload = json!({
+        "id": poison, "task_id": null, "severity": "warning", "reason": "stalled",
+        "message": "before\u{0}after", "details": null,
+        "created_at": "2026-12-01T10:00:00.000Z", "resolved_at": null
+    });
+    let mut db = open_db(&node.home.db_file()).await;
+    sqlx::query(
+        "INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at) \
+         VALUES ('alert', ?, (SELECT max(seq) + 1 FROM outbox), 'normal', ?, 1764583200000)",
+    )
+    .bind(poison)
+    .bind(payload.to_string())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(20)).await;
+    assert!(central_tasks(&central).contains_key(&task), "the rest of the batch went through");
+
+    let normal = &node.lanes()["normal"];
+    assert_eq!(normal["rejected_total"], 1, "{normal}");
+    let item = &normal["rejected"][0];
+    assert_eq!(
+        (&item["stream"], &item["key"], &item["code"]),
+        (&json!("alert"), &json!(poison), &json!("22P05"))
+    );
+    assert!(!item["message"].as_str().unwrap().is_empty(), "{item}");
+    let shown = node.home.run_ok(&["sync", "status"]);
+    assert!(shown.contains(&format!("alert {poison} 22P05: ")), "{shown}");
+    let alerts = node.home.run_json(&["alerts"]);
+    let refused: Vec<&Value> =
+        alerts.as_array().unwrap().iter().filter(|a| a["reason"] == "sync_rejected").collect();
+    assert_eq!(refused.len(), 1, "one alert for the batch: {alerts}");
+    assert!(refused[0]["message"].as_str().unwrap().contains(poison), "{}", refused[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_heartbeats_are_answered_again_the_lanes_stop_waiting_out_their_backoff() {
+    let central = Central::start();
+    // Nothing urgent (no disk alert on a full test machine) shares the faults below.
+    let quiet = "notify:\n  health:\n    disk_min_free_mb: 0\n    disk_min_free_percent: 0\n";
+    let sync = format!("  interval_secs: 3600\n  heartbeat_secs: 1\n{quiet}");
+    let node = Node::start("sync-outage", &central, &sync);
+    // Nine sends in a row fail as in an outage (no Retry-After): the normal lane's backoff
+    // ceiling reaches 256 s, so waiting it out would take minutes.
+    for _ in 0..9 {
+        node.proxy.push(Fault::Reset);
+    }
+    let id = create(node.daemon(), "sent after the outage").await;
+    let started = Instant::now();
+    node.home.run_ok(&["sync", "now"]);
+    let arrived =
+        wait_until(Duration::from_secs(25), || async { central_tasks(&central).contains_key(&id) })
+            .await;
+    assert!(arrived, "still waiting out the backoff: {}\n{}", node.lanes(), node.log());
+    assert!(started.elapsed() < Duration::from_secs(25));
+    let mut db = open_db(&node.home.db_file()).await;
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT max(attempts) FROM outbox_batch WHERE lane = 'normal'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 9, "the normal lane met every failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_the_servers_size_limit_is_split_until_every_item_fits() {
     let central = Central::start();
     let node = Node::start("sync-split", &central, "  interval_secs: 3600\n");
@@ -627,22 +758,168 @@ async fn an_expired_identity_pauses_sync_with_a_reason_and_an_alert_and_reenroll
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_system_pauses_sync_and_reenrolling_after_reinstatement_resumes() {
+async fn a_revoked_system_pauses_saying_it_was_revoked_and_resuming_after_reinstatement_sends_all()
+{
     let central = Central::start();
     let node = Node::start("sync-revoked", &central, "  interval_secs: 3600\n");
     central.pg.query("update private.systems set state = 'revoked'");
     let id = create(node.daemon(), "queued while revoked").await;
-    node.home.run_ok(&["sync", "now"]);
-    assert_paused(&node, "").await;
+    node.home.run(&["sync", "now"]); // the normal lane's first batch may have paused it already
+    assert_paused(&node, "revoked: HTTP ").await;
     let reason = node.lanes()["normal"]["paused_reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("42501") || reason.contains("PGRST504"), "{reason}");
+    assert!(reason.contains("42501: system revoked; "), "{reason}");
+    assert!(!reason.contains("not enrolled") && reason.contains("`ccm sync resume`"), "{reason}");
+
+    // asked to sync while paused, it says so, why, and what to run
+    let now = node.home.run(&["sync", "now"]);
+    assert!(!now.status.success());
+    let said = String::from_utf8_lossy(&now.stderr);
+    assert!(
+        said.contains("sync is paused (revoked: ") && said.contains("`ccm sync resume`"),
+        "{said}"
+    );
+    for shown in [node.home.run_ok(&["status"]), node.home.run_ok(&["sync", "status"])] {
+        assert!(shown.contains("`ccm sync resume`"), "{shown}");
+    }
 
     let refused = node.home.run(&["sync", "enroll", "--jwt", &central.system_token(SYSTEM, OWNER)]);
     assert!(!refused.status.success(), "a revoked system cannot enroll");
     central.pg.query("update private.systems set state = 'active'");
-    node.enroll(&central.system_token(SYSTEM, OWNER));
+    node.home.run_ok(&["sync", "resume"]);
     node.drained(Duration::from_secs(15)).await;
     assert!(central_tasks(&central).contains_key(&id));
+    assert_pause_alert_resolved(&node, &central).await;
+}
+
+/// The `sync_paused` alert is resolved locally, and the central learns it.
+async fn assert_pause_alert_resolved(node: &Node, central: &Central) {
+    let mut db = open_db(&node.home.db_file()).await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alerts WHERE reason = 'sync_paused' AND resolved_at IS NULL",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "the pause alert stays open after sync resumed");
+    node.drained(Duration::from_secs(10)).await;
+    let central_open = central.pg.query(
+        "select count(*) from private.alerts where kind = 'sync_paused' and resolved_at is null",
+    );
+    assert_eq!(central_open, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_for_a_wrong_url_lifts_itself_when_the_daemon_restarts_with_the_right_one() {
+    let central = Central::start();
+    let mut node = Node::start(
+        "sync-wrong-url",
+        &central,
+        "  interval_secs: 3600
+",
+    );
+    let config = std::fs::read_to_string(node.home.home().join("config.yaml")).unwrap();
+    let right = node.proxy.url();
+    let wrong = format!("{}/nowhere/", right.trim_end_matches('/'));
+    node.home.run_ok(&["stop"]);
+    node.daemon = None;
+    node.home.write_config(&config.replace(&right, &wrong));
+    node.daemon = Some(node.home.start());
+    let id = create(node.daemon(), "queued while misconfigured").await;
+    node.home.run_ok(&["sync", "now"]);
+    assert_paused(&node, "misconfigured: HTTP 404").await;
+
+    // the operator's own pause survives a restart; the driver's lifts when its cause changed
+    node.home.run_ok(&["stop"]);
+    node.daemon = None;
+    node.home.write_config(&config);
+    node.daemon = Some(node.home.start());
+    node.drained(Duration::from_secs(15)).await;
+    assert!(central_tasks(&central).contains_key(&id));
+    assert_pause_alert_resolved(&node, &central).await;
+
+    node.home.run_ok(&["sync", "pause", "--reason", "maintenance"]);
+    node.home.run_ok(&["stop"]);
+    node.daemon = None;
+    node.daemon = Some(node.home.start());
+    let lanes = node.lanes();
+    assert_eq!(lanes["normal"]["paused_reason"], "maintenance", "{lanes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_items_are_listed_by_sync_status_and_raise_one_alert_per_batch() {
+    let central = Central::start();
+    let node = Node::start(
+        "sync-refused",
+        &central,
+        "  interval_secs: 3600
+",
+    );
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(create(node.daemon(), &format!("task {i}")).await);
+    }
+    // The central already holds two of these task ids as another system's tasks.
+    let other = central.system_token(OTHER_SYSTEM, OWNER);
+    let (status, answer) = central
+        .rpc(Some(&other), "enroll", json!({ "p_name": "other", "p_slots": 1, "p_version": "x" }))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let theirs: Vec<Value> = ids[1..3]
+        .iter()
+        .map(|id| {
+            json!({ "seq": 1, "task_id": id, "version": 1, "state": "queued", "title": "theirs",
+                    "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z" })
+        })
+        .collect();
+    let batch = json!({ "p_batch": { "batch_id": "0193a000-0000-7000-8000-0000000000cc",
+                                     "lane": "normal", "streams": { "task_summary": theirs } } });
+    let (status, answer) = central.rpc(Some(&other), "ingest_batch", batch).await;
+    assert_eq!((status, &answer["accepted"]), (200, &json!(2)), "{answer}");
+
+    node.home.run_ok(&["sync", "now"]);
+    node.drained(Duration::from_secs(15)).await;
+    let lanes = node.lanes();
+    let normal = &lanes["normal"];
+    assert_eq!(normal["rejected_total"], 2, "{lanes}");
+    let mut listed: Vec<(String, String, String)> = normal["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(r["message"].as_str().unwrap().len() > 3, "{r}");
+            (
+                r["stream"].as_str().unwrap().to_string(),
+                r["key"].as_str().unwrap().to_string(),
+                r["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut expected: Vec<(String, String, String)> = ids[1..3]
+        .iter()
+        .map(|id| ("task_summary".to_string(), id.clone(), "42501".to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let shown = node.home.run_ok(&["sync", "status"]);
+    assert!(shown.contains("2 refused items, kept locally"), "{shown}");
+    for id in &ids[1..3] {
+        assert!(shown.contains(&format!("task_summary {id} 42501: ")), "{shown}");
+    }
+    let status = node.home.run_ok(&["status"]);
+    assert!(status.contains("2 rejected") && status.contains("ccm sync status"), "{status}");
+
+    // one alert for the batch, naming both, and it reaches the central too
+    let alerts = node.home.run_json(&["alerts"]);
+    let refused: Vec<&Value> =
+        alerts.as_array().unwrap().iter().filter(|a| a["reason"] == "sync_rejected").collect();
+    assert_eq!(refused.len(), 1, "{alerts}");
+    let message = refused[0]["message"].as_str().unwrap();
+    assert!(message.starts_with("the central refused 2 items of a sync batch"), "{message}");
+    assert!(ids[1..3].iter().all(|id| message.contains(id.as_str())), "{message}");
+    node.drained(Duration::from_secs(10)).await;
+    let central_kinds = central.pg.query("select string_agg(kind, ',') from private.alerts");
+    assert!(central_kinds.contains("sync_rejected"), "{central_kinds}");
 }
 
 /// Both lanes end paused with a reason starting with `prefix`, an open alert says so, and the

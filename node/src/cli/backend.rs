@@ -153,6 +153,7 @@ impl Backend {
                 Ok(client.post(&["tasks", id, "events"], body).await?)
             }
             Backend::Local { store, config } => {
+                crate::store::check_event_reason(reason)?;
                 let policy = RetryPolicy::from(&**config);
                 Ok(store.apply_event(id, event, reason, "cli", policy).await?)
             }

@@ -101,14 +101,20 @@ fn show_status(status: &Status, sync: bool) {
         return;
     }
     println!(
-        "outbox  {} pending, {} delivered, {} rejected",
-        status.outbox.pending, status.outbox.delivered, status.outbox.rejected
+        "outbox  {} pending, {} delivered, {} rejected{}",
+        status.outbox.pending,
+        status.outbox.delivered,
+        status.outbox.rejected,
+        see(usize::try_from(status.outbox.rejected).unwrap_or(0), "ccm sync status")
     );
     for (lane, s) in &status.sync {
         let ok = s.last_ok_at.map_or("never".to_string(), |t| t.to_string());
         let paused = s.paused_reason.as_ref().map(|r| format!(", paused: {r}")).unwrap_or_default();
         let error = s.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default();
         println!("sync    {lane}: backlog {}, last success {ok}{error}{paused}", s.backlog);
+    }
+    if crate::sync::paused_reason(&status.sync).is_some() {
+        println!("sync    paused: {}", crate::sync::RESUME_HINT);
     }
 }
 

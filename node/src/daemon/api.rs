@@ -373,6 +373,7 @@ async fn task_event(
         ApiError::BadRequest(format!("{}: {e}", event_field(&body, &e.to_string())))
     })?;
     let reason = reason.unwrap_or_else(|| event.name().replace('_', " "));
+    crate::store::check_event_reason(&reason)?;
     let policy = RetryPolicy::from(&*state.config.current());
     let task = state.store.apply_event(&id, event, &reason, &actor(&headers)?, policy).await?;
     state.metrics.count_event(event.name());

@@ -159,20 +159,48 @@ impl Store {
 
     /// The agent's process is gone: exited with `exit_code`, lost, or killed by the node. Its
     /// credential is revoked: events sent with it are no longer the agent's.
+    ///
+    /// A task's summary carries the cost of its agents as of its last transition. The move
+    /// that ends the agent's step (`executing` for a worker, `supervisory` for a reviewer) comes
+    /// after this and carries the agent's final cost; when the task has already left that state
+    /// (cancelled, moved by a hook) and the agent reported a cost or tokens, a new summary (a
+    /// new version of the task) carries it.
     pub async fn agent_ended(
         &self,
         agent: Uuid,
         status: AgentStatus,
         exit_code: Option<i64>,
     ) -> Result<()> {
-        sqlx::query("UPDATE agents SET status = ?, exit_code = ?, ended_at = ?, token_hash = NULL WHERE id = ? AND status IN ('starting', 'running')")
-            .bind(status)
-            .bind(exit_code)
-            .bind(Timestamp::now())
-            .bind(agent.hyphenated())
-            .execute(&mut self.writer().await?.conn)
-            .await?;
-        Ok(())
+        let mut tx = self.write().await?;
+        let now = Timestamp::now();
+        let ended: Option<(String, AgentKind, Option<f64>, i64, i64)> = sqlx::query_as(
+            r#"
+            UPDATE agents SET status = ?, exit_code = ?, ended_at = ?, token_hash = NULL
+            WHERE id = ? AND status IN ('starting', 'running')
+            RETURNING task_id, kind, cost_usd, input_tokens, output_tokens
+            "#,
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(now)
+        .bind(agent.hyphenated())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((task, kind, cost, input, output)) = ended {
+            if cost.is_some() || input > 0 || output > 0 {
+                let task = load_task(&mut tx, super::tasks::parse_id(&task)?).await?;
+                let step = match kind {
+                    AgentKind::Worker => ccm_schema::TaskState::Executing,
+                    AgentKind::Supervisory => ccm_schema::TaskState::Supervisory,
+                };
+                if task.state != step {
+                    super::tasks::touch(&mut tx, task.id, now).await?;
+                    let task = load_task(&mut tx, task.id).await?;
+                    super::outbox_task(&mut tx, &task, false).await?;
+                }
+            }
+        }
+        tx.commit().await
     }
 
     /// Ends the task's current attempt and applies `event` (the attempt's verdict) in one
@@ -397,7 +425,7 @@ impl Store {
         .await?;
         if changed.rows_affected() > 0 {
             let task = load_task(&mut tx, task).await?;
-            outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+            super::outbox_task(&mut tx, &task, false).await?;
         }
         tx.commit().await?;
         Ok(())

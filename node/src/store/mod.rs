@@ -47,7 +47,7 @@ pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use routing::{RoutedControl, RoutedTask};
-pub use tasks::{NewTask, RetryPolicy, TaskDetail, TaskFilter};
+pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
 /// How long a writer waits for another process's write lock before giving up.
@@ -572,6 +572,25 @@ async fn outbox(
     outbox_rows(tx, kind, &[(entity_id.to_string(), outbox_payload(payload)?)], urgent).await
 }
 
+/// Writes a task's summary row: the task as the outbox carries it, with the cost and tokens
+/// of every agent that worked on it (worker and supervisory, all attempts) so far
+/// (`cost_usd` unknown, `None`, when no agent reported one).
+async fn outbox_task(tx: &mut Writing, task: &ccm_schema::Task, urgent: bool) -> Result<()> {
+    let mut payload = outbox_payload(task)?;
+    let (cost, input, output): (Option<f64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT sum(cost_usd), sum(input_tokens), sum(output_tokens) FROM agents WHERE task_id = ?",
+    )
+    .bind(task.id.hyphenated())
+    .fetch_one(&mut **tx)
+    .await?;
+    if let Some(fields) = payload.as_object_mut() {
+        fields.insert("cost_usd".into(), cost.into());
+        fields.insert("input_tokens".into(), input.into());
+        fields.insert("output_tokens".into(), output.into());
+    }
+    outbox_rows(tx, "task", &[(task.id.to_string(), payload)], urgent).await
+}
+
 /// An outbox row's payload as JSON.
 fn outbox_payload(payload: &impl serde::Serialize) -> Result<serde_json::Value> {
     serde_json::to_value(payload)
@@ -629,5 +648,67 @@ mod tests {
 
         store.close().await;
         assert!(matches!(store.write().await, Err(StoreError::Closed)));
+    }
+
+    /// The newest `task_summary` row of `task`: its version and payload.
+    async fn last_summary(store: &Store, task: Uuid) -> (i64, serde_json::Value) {
+        let (version, payload): (i64, String) = sqlx::query_as(
+            "SELECT entity_version, payload FROM outbox WHERE stream = 'task_summary' \
+             AND entity_key = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(task.to_string())
+        .fetch_one(&store.readers)
+        .await
+        .unwrap();
+        (version, serde_json::from_str(&payload).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_agents_cost_known_after_its_task_left_its_step_travels_in_a_new_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ccm.db"), "node").await.unwrap();
+        let config = crate::config::Config::load(dir.path(), None).unwrap();
+        let new = NewTask { title: "costs".into(), ..NewTask::default() };
+        let task = store.create_task(new, &config, "test").await.unwrap();
+        let (_, created) = last_summary(&store, task.id).await;
+        assert_eq!(created["cost_usd"], serde_json::Value::Null, "no agent yet: unknown");
+        store.schedule(1, &[], RetryPolicy::default()).await.unwrap();
+        let agent = agents::NewAgent {
+            id: Uuid::new_v4(),
+            kind: ccm_schema::AgentKind::Worker,
+            profile: "claude".into(),
+            dir: dir.path().display().to_string(),
+            cwd: dir.path().display().to_string(),
+            token: "t".into(),
+        };
+        let (_, agent) =
+            store.begin_attempt(task.id, &agent, "p", None, RetryPolicy::default()).await.unwrap();
+        let progress = |cost: f64| agents::AgentProgress {
+            cost_usd: Some(cost),
+            input_tokens: 100,
+            output_tokens: 20,
+            ..Default::default()
+        };
+        store.agent_progress(agent.id, &progress(0.01)).await.unwrap();
+        let id = task.id.to_string();
+        let policy = RetryPolicy::default();
+        let cancelled = store
+            .apply_event(&id, ccm_schema::TaskEvent::Cancel, "operator", "test", policy)
+            .await
+            .unwrap();
+        let (version, summary) = last_summary(&store, task.id).await;
+        assert_eq!((version, &summary["cost_usd"]), (cancelled.version, &serde_json::json!(0.01)));
+
+        // the agent's last words, read after the cancel, carry its final cost
+        store.agent_progress(agent.id, &progress(0.25)).await.unwrap();
+        store.agent_ended(agent.id, ccm_schema::AgentStatus::Killed, None).await.unwrap();
+        let (version, summary) = last_summary(&store, task.id).await;
+        assert_eq!(version, cancelled.version + 1, "a new version, so the central takes it");
+        assert_eq!(summary["state"], "cancelled");
+        assert_eq!(summary["cost_usd"], 0.25);
+        assert_eq!(
+            (&summary["input_tokens"], &summary["output_tokens"]),
+            (&100.into(), &20.into())
+        );
     }
 }

@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 
 use ccm_schema::{Severity, Timestamp};
 use ccm_sync::wire::{ContextV1, HealthSnapshot, HeartbeatAnswerV1, LeaseV1};
-use ccm_sync::{Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, Rejection, SHIPPED_STREAMS};
+use ccm_sync::{
+    Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, RejectedItem, Rejection, REJECTED_SHOWN,
+    SHIPPED_STREAMS,
+};
 use uuid::Uuid;
 
+use super::records::ALERT_COLUMNS;
 use super::tasks::raise_alert;
 use super::{Result, Store, StoreError, Writing};
 
@@ -26,6 +30,9 @@ type LaneRow =
     (String, Option<Timestamp>, Option<String>, Option<Timestamp>, Option<String>, i64, i64);
 
 type RowTuple = (i64, String, String, i64, String);
+
+/// A refused row: seq, stream, key, code, reason, when.
+type RejectedRow = (i64, String, String, Option<String>, Option<String>, Option<Timestamp>);
 
 fn row((seq, stream, entity_key, entity_version, payload): RowTuple) -> OutboxRow {
     OutboxRow { seq, stream, entity_key, entity_version, payload }
@@ -74,6 +81,97 @@ async fn insert_batch(tx: &mut Writing, batch: &NewBatch) -> Result<()> {
     Ok(())
 }
 
+/// Marks the rows refused (kept, never sent again) with their code and reason.
+async fn reject_rows(tx: &mut Writing, rejected: &[Rejection], now: Timestamp) -> Result<()> {
+    for rejection in rejected {
+        sqlx::query(
+            "UPDATE outbox SET state = 'rejected', error = ?, error_code = ?, rejected_at = ? \
+             WHERE seq = ?",
+        )
+        .bind(&rejection.reason)
+        .bind(&rejection.code)
+        .bind(now)
+        .bind(rejection.seq)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Resolves the open `sync_paused` alerts: sync runs again.
+async fn resolve_paused_alerts(tx: &mut Writing) -> Result<()> {
+    let resolved: Vec<ccm_schema::Alert> = sqlx::query_as(&format!(
+        "UPDATE alerts SET resolved_at = ? WHERE resolved_at IS NULL AND reason = 'sync_paused' \
+         RETURNING {ALERT_COLUMNS}"
+    ))
+    .bind(Timestamp::now())
+    .fetch_all(&mut **tx)
+    .await?;
+    for alert in resolved {
+        super::outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
+    }
+    Ok(())
+}
+
+/// A refused row as its alert names it: stream, key, code, reason, and whether it is itself
+/// such an alert.
+type RefusedRow = (String, String, Option<String>, Option<String>, bool);
+
+/// How many refused rows an alert names; the rest are counted.
+const ALERT_NAMES: usize = 3;
+
+/// One alert for the refused rows (seqs) `rows` of one batch, naming the first of them;
+/// `by` refused them (`the central`, `this node`). None when every refused row is itself such
+/// an alert, so a central that refuses alerts does not get an endless chain of them.
+async fn alert_rejected(tx: &mut Writing, rows: &[i64], by: &str, now: Timestamp) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<RefusedRow> = sqlx::query_as(
+        r#"
+        SELECT stream, entity_key, error_code, error,
+               stream = 'alert' AND json_extract(payload, '$.reason') = ?1
+        FROM outbox WHERE seq IN (SELECT value FROM json_each(?2)) ORDER BY seq
+        "#,
+    )
+    .bind(ccm_sync::REJECTED_ALERT)
+    .bind(seqs(rows))
+    .fetch_all(&mut **tx)
+    .await?;
+    if rows.iter().all(|row| row.4) {
+        return Ok(());
+    }
+    let named: Vec<String> = rows
+        .iter()
+        .take(ALERT_NAMES)
+        .map(|(stream, key, code, error, _)| {
+            let code = code.as_deref().unwrap_or("rejected");
+            let message = rejected_message(code, error.as_deref().unwrap_or_default());
+            format!("{stream} {key} ({code}: {})", message.chars().take(200).collect::<String>())
+        })
+        .collect();
+    let more = rows.len().saturating_sub(ALERT_NAMES);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let count = rows.len();
+    let items = if count == 1 { "item" } else { "items" };
+    let message = format!(
+        "{by} refused {count} {items} of a sync batch: {}{more}; kept locally and not sent \
+         again (`ccm sync status` lists them)",
+        named.join(", ")
+    );
+    raise_alert(tx, None, Severity::Warning, ccm_sync::REJECTED_ALERT, &message, None, now).await
+}
+
+/// A refusal's message without the code its stored reason starts with (`CODE: ...`, or
+/// `HTTP 400 CODE: ...` for a refused request).
+fn rejected_message(code: &str, error: &str) -> String {
+    let rest = match error.strip_prefix("HTTP ") {
+        Some(rest) => rest.split_once(' ').map_or(rest, |(_, after)| after),
+        None => error,
+    };
+    rest.strip_prefix(code).and_then(|r| r.strip_prefix(": ")).unwrap_or(error).to_string()
+}
+
 impl Store {
     /// Per lane: backlog, last success, last error and pause reason.
     pub async fn sync_status(&self) -> Result<BTreeMap<Lane, LaneStatus>> {
@@ -89,7 +187,8 @@ impl Store {
         ))
         .fetch_all(&self.readers)
         .await?;
-        rows.into_iter()
+        let mut lanes = rows
+            .into_iter()
             .map(
                 |(name, last_ok_at, last_error, last_error_at, paused_reason, backlog, dropped)| {
                     Ok((
@@ -101,11 +200,46 @@ impl Store {
                             last_error_at,
                             paused_reason,
                             dropped_total: dropped,
+                            rejected_total: 0,
+                            rejected: Vec::new(),
                         },
                     ))
                 },
             )
-            .collect()
+            .collect::<Result<BTreeMap<Lane, LaneStatus>>>()?;
+        for (name, status) in &mut lanes {
+            let (total,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM outbox WHERE state = 'rejected' AND lane = ?")
+                    .bind(name.as_str())
+                    .fetch_one(&self.readers)
+                    .await?;
+            status.rejected_total = total;
+            if total == 0 {
+                continue;
+            }
+            let rows: Vec<RejectedRow> = sqlx::query_as(
+                r#"
+                SELECT seq, stream, entity_key, error_code, error, rejected_at FROM outbox
+                WHERE state = 'rejected' AND lane = ? ORDER BY seq DESC LIMIT ?
+                "#,
+            )
+            .bind(name.as_str())
+            .bind(REJECTED_SHOWN as i64)
+            .fetch_all(&self.readers)
+            .await?;
+            status.rejected = rows
+                .into_iter()
+                .map(|(seq, stream, key, code, error, rejected_at)| {
+                    let error = error.unwrap_or_default();
+                    let message = match &code {
+                        Some(code) => rejected_message(code, &error),
+                        None => error,
+                    };
+                    RejectedItem { seq, stream, key, code, message, rejected_at }
+                })
+                .collect();
+        }
+        Ok(lanes)
     }
 
     /// Writes a health snapshot in the normal lane, keeping at most `cap` health rows pending
@@ -156,13 +290,41 @@ impl Store {
         .await?)
     }
 
-    /// Pauses (with `reason`) or resumes (`None`) sending on both lanes.
+    /// Pauses (with `reason`: the operator's pause, which only a resume lifts) or resumes
+    /// (`None`) sending on both lanes. A resume resolves the open `sync_paused` alerts.
     pub async fn pause_sync(&self, reason: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE sync_lanes SET paused_reason = ?")
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE sync_lanes SET paused_reason = ?, paused_config = NULL")
             .bind(reason)
-            .execute(&mut self.writer().await?.conn)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        if reason.is_none() {
+            resolve_paused_alerts(&mut tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// The daemon's sync starts with the endpoint and identity `config` (a fingerprint). A
+    /// pause the driver made under another one (a wrong URL or key, an old token) is lifted,
+    /// since what it was about has changed; the operator's pause is kept. Whether it lifted
+    /// one.
+    pub async fn sync_started(&self, config: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let lifted = sqlx::query(
+            "UPDATE sync_lanes SET paused_reason = NULL, paused_config = NULL \
+             WHERE paused_reason IS NOT NULL AND paused_config IS NOT NULL AND paused_config <> ?",
+        )
+        .bind(config)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if lifted {
+            resolve_paused_alerts(&mut tx).await?;
+        }
+        sqlx::query("UPDATE sync_lanes SET config = ?").bind(config).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(lifted)
     }
 }
 
@@ -218,12 +380,11 @@ impl ccm_sync::Outbox for Store {
         .bind(seqs(&batch.superseded))
         .execute(&mut *tx)
         .await?;
-        for invalid in &batch.invalid {
-            sqlx::query("UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ?")
-                .bind(&invalid.reason)
-                .bind(invalid.seq)
-                .execute(&mut *tx)
-                .await?;
+        if !batch.invalid.is_empty() {
+            let now = Timestamp::now();
+            reject_rows(&mut tx, &batch.invalid, now).await?;
+            let seqs: Vec<i64> = batch.invalid.iter().map(|r| r.seq).collect();
+            alert_rejected(&mut tx, &seqs, "this node", now).await?;
         }
         for (stream, seq) in &batch.declared {
             sqlx::query(
@@ -265,15 +426,20 @@ impl ccm_sync::Outbox for Store {
         let now = Timestamp::now();
         let id = batch.hyphenated();
         let mut tx = self.write().await?;
-        for rejection in rejected {
-            sqlx::query(
-                "UPDATE outbox SET state = 'rejected', error = ? WHERE seq = ? AND batch_id = ?",
+        if !rejected.is_empty() {
+            // Only rows this batch carries (a rejection names one by its seq).
+            let carried: Vec<i64> = sqlx::query_scalar(
+                "SELECT seq FROM outbox WHERE batch_id = ? AND state = 'sealed' \
+                 AND seq IN (SELECT value FROM json_each(?))",
             )
-            .bind(&rejection.reason)
-            .bind(rejection.seq)
             .bind(id)
-            .execute(&mut *tx)
+            .bind(seqs(&rejected.iter().map(|r| r.seq).collect::<Vec<_>>()))
+            .fetch_all(&mut *tx)
             .await?;
+            let rejected: Vec<Rejection> =
+                rejected.iter().filter(|r| carried.contains(&r.seq)).cloned().collect();
+            reject_rows(&mut tx, &rejected, now).await?;
+            alert_rejected(&mut tx, &carried, "the central", now).await?;
         }
         sqlx::query("UPDATE outbox SET state = 'acked' WHERE batch_id = ? AND state = 'sealed'")
             .bind(id)
@@ -309,14 +475,23 @@ impl ccm_sync::Outbox for Store {
         tx.commit().await
     }
 
-    async fn reject_batch(&self, batch: Uuid, reason: &str) -> Result<()> {
+    async fn reject_batch(&self, batch: Uuid, code: Option<&str>, reason: &str) -> Result<()> {
         let id = batch.hyphenated();
+        let now = Timestamp::now();
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE outbox SET state = 'rejected', error = ? WHERE batch_id = ? AND state = 'sealed'")
-            .bind(reason)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let rejected: Vec<i64> = sqlx::query_scalar(
+            r#"
+            UPDATE outbox SET state = 'rejected', error = ?, error_code = ?, rejected_at = ?
+            WHERE batch_id = ? AND state = 'sealed' RETURNING seq
+            "#,
+        )
+        .bind(reason)
+        .bind(code)
+        .bind(now)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        alert_rejected(&mut tx, &rejected, "the central", now).await?;
         sqlx::query(
             "UPDATE outbox_batch SET state = 'rejected', last_error = ? WHERE batch_id = ?",
         )
@@ -358,12 +533,20 @@ impl ccm_sync::Outbox for Store {
     }
 
     async fn set_paused(&self, lane: Lane, reason: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE sync_lanes SET paused_reason = ? WHERE lane = ?")
-            .bind(reason)
-            .bind(lane.as_str())
-            .execute(&mut self.writer().await?.conn)
-            .await?;
-        Ok(())
+        let mut tx = self.write().await?;
+        // The driver's pause remembers the config it was made under (see `sync_started`).
+        sqlx::query(
+            "UPDATE sync_lanes SET paused_reason = ?1, \
+             paused_config = CASE WHEN ?1 IS NULL THEN NULL ELSE config END WHERE lane = ?2",
+        )
+        .bind(reason)
+        .bind(lane.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if reason.is_none() {
+            resolve_paused_alerts(&mut tx).await?;
+        }
+        tx.commit().await
     }
 
     async fn paused(&self, lane: Lane) -> Result<Option<String>> {

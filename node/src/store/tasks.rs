@@ -122,6 +122,8 @@ pub const TITLE_MAX_CHARS: usize = 500;
 /// creation: one argument's limit less 32 KiB for what a retry adds to it (the previous
 /// attempt's verify output and last message).
 pub const PROMPT_ARG_MAX_BYTES: usize = crate::agents::profile::MAX_ARG_BYTES + 1 - 32 * 1024;
+/// Longest reason an operator or a program may give with an event, in bytes.
+pub const REASON_MAX_BYTES: usize = 4096;
 /// Range of a task's priority.
 pub const PRIORITY_MIN: i64 = -1000;
 pub const PRIORITY_MAX: i64 = 1000;
@@ -212,7 +214,7 @@ impl Store {
             touch(&mut tx, id, now).await?;
         }
         let task = load_task(&mut tx, id).await?;
-        outbox(&mut tx, "task", &task.id.to_string(), &task, false).await?;
+        super::outbox_task(&mut tx, &task, false).await?;
         tx.commit().await?;
         Ok(task)
     }
@@ -478,6 +480,21 @@ pub(super) async fn create_in_tx(
     Ok(task)
 }
 
+/// Checks the reason given with an event from outside (the API, `ccm task event`): it ends up
+/// in the task's log, an alert and the central, so it is text of bounded length without NUL.
+pub fn check_event_reason(reason: &str) -> Result<()> {
+    if reason.contains('\0') {
+        return Err(invalid("reason", "must not contain NUL bytes"));
+    }
+    if reason.len() > REASON_MAX_BYTES {
+        return Err(invalid(
+            "reason",
+            format!("must be at most {REASON_MAX_BYTES} bytes, got {}", reason.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a new task against the configuration and resolves its dependencies: the task as it
 /// will be stored, nothing written yet.
 async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config) -> Result<Task> {
@@ -644,7 +661,9 @@ async fn insert_tasks<A: AsRef<str>>(tx: &mut Writing, tasks: &[Task], actors: &
     Ok(())
 }
 
-/// The outbox rows of `tasks` (normal lane), in one statement.
+/// The outbox rows of `tasks` (normal lane), in one statement: created tasks and their
+/// admission, which no agent has worked on yet, so they carry no cost (see
+/// `outbox_task`).
 async fn outbox_tasks(tx: &mut Writing, tasks: &[Task]) -> Result<()> {
     let payloads = tasks
         .iter()
@@ -859,7 +878,7 @@ pub(super) async fn apply_in_tx(
     // not read back (two statements less in every transition).
     task.updated_at = now;
     task.version += 1;
-    outbox(tx, "task", &task.id.to_string(), &task, urgent).await?;
+    super::outbox_task(tx, &task, urgent).await?;
     super::routing::transitioned(tx, &task, actor).await?;
     Ok(())
 }
@@ -1037,7 +1056,7 @@ async fn append_log(
     Ok(())
 }
 
-async fn touch(tx: &mut Writing, id: Uuid, now: Timestamp) -> Result<()> {
+pub(super) async fn touch(tx: &mut Writing, id: Uuid, now: Timestamp) -> Result<()> {
     sqlx::query("UPDATE tasks SET updated_at = ?, version = version + 1 WHERE id = ?")
         .bind(now)
         .bind(id.hyphenated())
