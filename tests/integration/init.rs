@@ -131,6 +131,9 @@ fn readme_starts_with_the_run_and_test_commands_ci_uses() {
     let test_command = commands[1];
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
     assert!(ci.lines().any(|l| l.trim() == test_command), "CI runs `{test_command}`");
+    // ... which installs what the tests need, then runs them all.
+    let script = std::fs::read_to_string(root.join(test_command)).unwrap();
+    assert!(script.lines().any(|l| l.starts_with("cargo test --workspace")), "{script}");
 
     // The run command's binary starts on an empty home with nothing set up.
     let home = TestHome::new("readme-up");
