@@ -517,13 +517,19 @@ async fn await_approval(
 ) -> Result<Verdict, ApiError> {
     let tool = event.tool.as_deref().unwrap_or("a tool");
     let what = event.command.clone().unwrap_or_else(|| event.paths.join(", "));
+    let approvals = &state.config.approvals;
+    // The question states its deadline: whoever reads it later knows whether it still waits.
+    let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
+    let timeout = std::time::Duration::from_secs(approvals.timeout_secs);
+    let by = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + timeout);
     let question = format!(
-        "task {} ({}) wants to use {tool}: {what}. Allow or deny?",
+        "task {} ({}) wants to use {tool}: {what}. Allow or deny? Unanswered by {by} (in {}), \
+         it is answered {default}.",
         task.short_id(),
-        task.title
+        task.title,
+        humantime::format_duration(timeout)
     );
     let decision = state.store.ask_approval(task.id, &question).await?;
-    let approvals = &state.config.approvals;
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_secs(approvals.timeout_secs);
     loop {
@@ -535,7 +541,6 @@ async fn await_approval(
             return Ok(Verdict::approved(answer, reason));
         }
         if tokio::time::Instant::now() >= deadline {
-            let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
             let policy = RetryPolicy::from(&*state.config);
             // An answer that raced in first stands; the loop reads it on the next turn.
             if state
