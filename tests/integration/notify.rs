@@ -432,7 +432,7 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
     let hook = Recorder::start(200, "ok");
     let home = TestHome::new("notify-disk");
     home.write_config(&format!(
-        "node:\n  name: disk-box\nnotify:\n  health:\n    check_secs: 1\n    disk_min_free_percent: 100\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
+        "node:\n  name: disk-box\nnotify:\n  dedupe_secs: 1\n  health:\n    check_secs: 1\n    disk_min_free_percent: 100\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
         hook.url()
     ));
     let disk_alerts = || -> Vec<Value> {
@@ -484,7 +484,7 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
     assert!(resolved, "the disk alert is resolved once space is free");
     daemon.terminate();
 
-    // It comes again: a new alert, pushed again.
+    // It comes again: a new alert, pushed again (alone: the dedupe window is over).
     let _daemon = home.start();
     wait_for("the second disk alert", || (disk_alerts().len() == 2).then_some(())).await;
     assert_eq!(open_disk_alerts(), 1);
@@ -616,7 +616,9 @@ async fn slack_text_is_escaped_so_a_title_cannot_ping_the_channel() {
     let daemon = home.start();
     blocked_task(&daemon, "<!channel> & <@U123|everyone>").await;
     let text = wait_for("the slack message", || {
-        slack.received().into_iter().map(|r| r.json()["text"].as_str().unwrap().to_string()).next()
+        let texts =
+            slack.received().into_iter().map(|r| r.json()["text"].as_str().unwrap().to_string());
+        texts.into_iter().find(|t| t.contains("everyone"))
     })
     .await;
     assert!(text.contains("&lt;!channel&gt; &amp; &lt;@U123|everyone&gt;"), "{text}");
@@ -862,7 +864,7 @@ fn service_unit_carries_the_shell_path_and_status_runs_doctor_as_the_service_wou
     assert_eq!(doctor["path_from_unit"], true, "{status}");
     let output = doctor["output"].as_str().unwrap();
     assert!(output.contains(&agent.display().to_string()), "found on the unit's PATH: {output}");
-    assert!(!output.contains("is not on PATH"), "{output}");
+    assert!(!output.contains("`my-agent-cli` (profile local) is not on PATH"), "{output}");
 
     // A unit without PATH (an older ccm wrote it): doctor runs with systemd's default PATH and
     // finds no agent; the text says what to do.
