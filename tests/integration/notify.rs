@@ -490,7 +490,8 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
     assert_eq!(open_disk_alerts(), 1);
 }
 
-/// A notifier that cannot be reached says why (connection refused, with the failing call),
+/// A notifier that cannot be reached says why (connection refused, a TLS handshake that fails,
+/// with the failing call),
 /// per notifier in `ccm notify status` (text and JSON), in the daemon's log and in `ccm notify
 /// test`, never with the bot token or the secret part of a URL; `getUpdates` failures are
 /// logged with their cause, not as another poller.
@@ -498,9 +499,12 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
 async fn a_failing_notifier_says_why_in_notify_status_without_its_secrets() {
     // A port nobody listens on: bound, then closed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A server that speaks plain HTTP where TLS is expected: the TLS handshake fails.
+    let plain = Recorder::start(200, "ok");
+    let tls = plain.url().replace("http://", "https://");
     let home = TestHome::new("notify-why");
     home.write_config(&format!(
-        "notify:\n  notifiers:\n    phone:\n      kind: telegram\n      token: \"{TOKEN}\"\n      chat_ids: [{CHAT}]\n      api_url: http://{closed}\n      poll_secs: 1\n    team:\n      kind: slack\n      url: http://{closed}/services/T0SECRET/B0SECRET/XSECRETXSECRET\n"
+        "notify:\n  notifiers:\n    phone:\n      kind: telegram\n      token: \"{TOKEN}\"\n      chat_ids: [{CHAT}]\n      api_url: http://{closed}\n      poll_secs: 1\n    team:\n      kind: slack\n      url: http://{closed}/services/T0SECRET/B0SECRET/XSECRETXSECRET\n    ops:\n      kind: webhook\n      url: {tls}/SECRETPATH\n"
     ));
     let daemon = home.start();
     blocked_task(&daemon, "unreachable").await;
@@ -508,7 +512,7 @@ async fn a_failing_notifier_says_why_in_notify_status_without_its_secrets() {
         let status = home.run_json(&["notify", "status"]);
         let all = status.as_array().unwrap().clone();
         let failed = all.iter().filter(|n| n["last_error"].is_object()).count();
-        (failed == 2 && all.iter().any(|n| n["sends"]["pending"].as_i64() >= Some(1)))
+        (failed == 3 && all.iter().any(|n| n["sends"]["pending"].as_i64() >= Some(1)))
             .then_some(all)
     })
     .await;
@@ -516,7 +520,12 @@ async fn a_failing_notifier_says_why_in_notify_status_without_its_secrets() {
     assert!(!text.contains("ABC-test-token") && !text.contains("SECRET"), "{text}");
     for notifier in &status {
         let error = notifier["last_error"]["message"].as_str().unwrap();
-        assert!(error.contains("Connection refused"), "the cause: {error}");
+        let cause = if notifier["notifier"] == "ops" {
+            "received corrupt message" // the TLS handshake's cause
+        } else {
+            "Connection refused"
+        };
+        assert!(error.contains(cause), "the cause: {error}");
         assert!(notifier["last_error"]["at"].is_string(), "{notifier}");
     }
     let phone = status.iter().find(|n| n["notifier"] == "phone").unwrap();
