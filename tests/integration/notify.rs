@@ -124,6 +124,9 @@ async fn blocked_task_decision_reaches_telegram_and_a_retry_press_runs_it_again(
     wait_for("the edit", || bot.ok_calls("editMessageText").into_iter().next()).await;
     let text = bot.text_of(CHAT, message_id).unwrap();
     assert!(text.contains("retry") && text.contains("decided by @ann"), "{text}");
+    assert!(bot.markup_of(CHAT, message_id).is_none(), "the buttons are gone");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bot.ok_calls("editMessageText").len(), 1, "edited once");
     let (_, decisions) = daemon.get("/api/decisions").await;
     let decision = &decisions.as_array().unwrap()[0];
     assert_eq!(decision["answer"], "retry");

@@ -217,29 +217,42 @@ impl Telegram {
                 }
             }
             info!(notifier = %self.name, decision = %decision.id, "buttons of an answered decision taken away");
-            store.buttons_closed(&self.name, notification).await?;
+            store.set_live_buttons(&self.name, notification, false).await?;
         }
         Ok(None)
     }
 
-    /// A press answered `decision` from message `message_id` of `chat`, whose edit takes its
-    /// buttons away: when that is the only message of the decision, it has no live buttons
-    /// left.
-    async fn pressed(&self, context: &Context, decision: uuid::Uuid, chat: i64, message_id: i64) {
-        let closed = match context.store.decision_buttons(&self.name, decision).await {
+    /// A press of message `message_id` of `chat` is about to answer `decision`, and the
+    /// press's edit will take the buttons away: when that message is the decision's only one,
+    /// its buttons are recorded as gone first, so `close_answered` does not edit it too.
+    /// Returns the send to mark live again if the answer fails.
+    async fn pressing(
+        &self,
+        context: &Context,
+        decision: uuid::Uuid,
+        chat: i64,
+        message_id: i64,
+    ) -> Option<i64> {
+        let taken = match context.store.decision_buttons(&self.name, decision).await {
             Ok(Some((notification, refs))) => {
                 let sent: Vec<(i64, i64)> = serde_json::from_value(refs).unwrap_or_default();
                 if sent != [(chat, message_id)] {
-                    return;
+                    return None;
                 }
-                context.store.buttons_closed(&self.name, notification).await
+                context
+                    .store
+                    .set_live_buttons(&self.name, notification, false)
+                    .await
+                    .map(|()| notification)
             }
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(error) => Err(error),
         };
-        if let Err(error) = closed {
-            warn!(notifier = %self.name, %error, "cannot record the buttons as gone");
-        }
+        taken
+            .inspect_err(
+                |error| warn!(notifier = %self.name, %error, "cannot record the buttons as gone"),
+            )
+            .ok()
     }
 
     /// The lock that makes this process the only poller of the token on this machine: `None`
@@ -465,20 +478,26 @@ async fn handle(bot: &Telegram, context: &Context, update: &Value) -> Option<Rep
         Some((id, answer)) => {
             let actor = format!("telegram:{who}");
             let policy = RetryPolicy::from(&*context.config);
-            match context
+            let taken = match (chat, message["message_id"].as_i64()) {
+                (Some(chat), Some(message_id)) => bot.pressing(context, id, chat, message_id).await,
+                _ => None,
+            };
+            let answered = context
                 .store
                 .answer_decision(&id.hyphenated().to_string(), answer, &actor, policy)
-                .await
-            {
+                .await;
+            if let (Err(_), Some(notification)) = (&answered, taken) {
+                // Not answered by this press: whatever settles it edits the message.
+                if let Err(error) =
+                    context.store.set_live_buttons(&bot.name, notification, true).await
+                {
+                    warn!(notifier = %bot.name, %error, "cannot record the buttons as live again");
+                }
+            }
+            match answered {
                 Ok(decision) => {
                     (context.answered)();
                     info!(notifier = %bot.name, decision = %id, answer, by = %who, "decision answered from telegram");
-                    // This edit takes the buttons away; when they are on this message only,
-                    // nothing is left for `close_answered` to do.
-                    let pressed = (chat, message["message_id"].as_i64());
-                    if let (Some(chat), Some(message_id)) = pressed {
-                        bot.pressed(context, id, chat, message_id).await;
-                    }
                     (format!("{answer}: done"), Some(how_answered(&decision)))
                 }
                 // Another system's decision (a bot shared by several): its message is not ours

@@ -327,12 +327,19 @@ impl Store {
         Ok(answered)
     }
 
-    /// The buttons of `notifier`'s message about notification `notification` are gone.
-    pub async fn buttons_closed(&self, notifier: &str, notification: i64) -> Result<()> {
+    /// Whether the buttons of `notifier`'s message about notification `notification` are
+    /// live (`false`: gone, or being taken away by a press).
+    pub async fn set_live_buttons(
+        &self,
+        notifier: &str,
+        notification: i64,
+        live: bool,
+    ) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query(
-            "UPDATE notification_sends SET live_buttons = 0 WHERE notification_id = ? AND notifier = ?",
+            "UPDATE notification_sends SET live_buttons = ? WHERE notification_id = ? AND notifier = ?",
         )
+        .bind(live)
         .bind(notification)
         .bind(notifier)
         .execute(&mut *tx)
@@ -341,8 +348,7 @@ impl Store {
         Ok(())
     }
 
-    /// The buttons `notifier` sent for `decision`, when they are exactly `message` (one chat):
-    /// `(notification, refs)`.
+    /// The live buttons `notifier` sent for `decision`: `(notification, refs)`.
     pub async fn decision_buttons(
         &self,
         notifier: &str,
