@@ -494,9 +494,13 @@ impl Worker {
         }
     }
 
-    /// Records why a send failed, for `ccm notify status`.
-    async fn failed(&self, what: &str, error: &SendError) -> crate::store::Result<()> {
-        self.context.store.notifier_failed(&self.name, &format!("{what}: {error}")).await
+    /// Records why a send failed, for `ccm notify status` (a store that cannot record it is
+    /// only logged: the send's own bookkeeping goes on).
+    async fn failed(&self, what: &str, error: &SendError) {
+        let message = format!("{what}: {error}");
+        if let Err(error) = self.context.store.notifier_failed(&self.name, &message).await {
+            warn!(notifier = %self.name, %error, "cannot record why the notifier failed");
+        }
     }
 
     /// Sends the summary when the last one is `every` old (the first one `every` after the
@@ -520,7 +524,7 @@ impl Worker {
             }
             Err(error) => {
                 warn!(notifier = name, %error, "summary failed; retrying");
-                self.failed("summary", &error).await?;
+                self.failed("summary", &error).await;
                 Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(30))))
             }
         }
@@ -544,19 +548,19 @@ impl Worker {
                 }
                 Err(error) if error.permanent || out.attempts + 1 >= MAX_ATTEMPTS => {
                     warn!(notifier = name, notification = out.notification, %error, "giving up");
-                    self.failed("send", &error).await?;
                     store
                         .finish_sends(name, &[out.notification], "failed", Some(&out.refs), false)
                         .await?;
+                    self.failed("send", &error).await;
                 }
                 Err(error) => {
                     let wait = error.retry_after.unwrap_or_else(|| backoff(out.attempts));
                     warn!(notifier = name, notification = out.notification, %error, ?wait, "send failed; retrying");
-                    self.failed("send", &error).await?;
                     let next = Timestamp::now().after(wait);
                     store
                         .retry_send(name, out.notification, next, &error.message, &out.refs)
                         .await?;
+                    self.failed("send", &error).await;
                     // A 429 holds every message to this notifier, not only this one.
                     return Ok(Some(wait));
                 }
@@ -571,11 +575,29 @@ impl Worker {
                 Err(error) => {
                     let wait = error.retry_after.unwrap_or(Duration::from_secs(30));
                     warn!(notifier = name, %error, ?wait, "digest failed; retrying");
-                    self.failed("digest", &error).await?;
+                    self.failed("digest", &error).await;
                     return Ok(Some(wait));
                 }
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_alert_reason_reads_as_words_known_or_not() {
+        assert_eq!(super::title("disk_low"), "disk space low");
+        assert_eq!(super::title("some_new_reason"), "some new reason");
+    }
+
+    #[test]
+    fn redact_cuts_every_secret_out_of_a_cause_chain() {
+        let chain = "sendMessage: error for /bot123:ABC/x: 123:ABC refused";
+        assert_eq!(
+            super::redact(chain, &["123:ABC", ""]),
+            "sendMessage: error for /bot…/x: … refused"
+        );
     }
 }

@@ -211,7 +211,10 @@ impl Telegram {
                     }
                     Err(error) => {
                         warn!(notifier = %self.name, decision = %decision.id, %error, "cannot take the buttons of an answered decision away; retrying");
-                        store.notifier_failed(&self.name, &error.message).await?;
+                        if let Err(error) = store.notifier_failed(&self.name, &error.message).await
+                        {
+                            warn!(notifier = %self.name, %error, "cannot record why the notifier failed");
+                        }
                         return Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(5))));
                     }
                 }
