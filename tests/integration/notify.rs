@@ -124,6 +124,9 @@ async fn blocked_task_decision_reaches_telegram_and_a_retry_press_runs_it_again(
     wait_for("the edit", || bot.ok_calls("editMessageText").into_iter().next()).await;
     let text = bot.text_of(CHAT, message_id).unwrap();
     assert!(text.contains("retry") && text.contains("decided by @ann"), "{text}");
+    assert!(bot.markup_of(CHAT, message_id).is_none(), "the buttons are gone");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bot.ok_calls("editMessageText").len(), 1, "edited once");
     let (_, decisions) = daemon.get("/api/decisions").await;
     let decision = &decisions.as_array().unwrap()[0];
     assert_eq!(decision["answer"], "retry");
@@ -188,24 +191,24 @@ async fn a_burst_of_100_identical_alerts_is_one_message_and_one_digest_line() {
         texts
             .iter()
             .flat_map(|t| t.lines())
-            .filter_map(|l| l.split_once("× [warning] write_denied"))
+            .filter_map(|l| l.split_once("× [warning] write refused"))
             .map(|(count, _)| count.parse::<u64>().unwrap_or(0))
             .sum()
     };
     let burst = wait_for("the alert and the digest of the rest", || {
         let burst: Vec<String> =
-            texts().into_iter().filter(|t| t.contains("write_denied")).collect();
+            texts().into_iter().filter(|t| t.contains("write refused")).collect();
         (digested(&burst) >= 99).then_some(burst)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: Vec<String> = texts().into_iter().filter(|t| t.contains("write_denied")).collect();
+    let after: Vec<String> = texts().into_iter().filter(|t| t.contains("write refused")).collect();
     assert_eq!(after, burst, "nothing more after the burst was accounted for");
     assert!(burst.len() <= 3, "one message and the digest, not one each: {burst:#?}");
-    assert!(burst[0].contains("warning alert: write_denied"), "{}", burst[0]);
+    assert!(burst[0].contains("write refused: the file belongs to another task"), "{}", burst[0]);
     assert_eq!(digested(&burst), 99, "{burst:#?}");
     for digest in &burst[1..] {
-        let lines = digest.lines().filter(|l| l.contains("write_denied")).count();
+        let lines = digest.lines().filter(|l| l.contains("write refused")).count();
         assert_eq!(lines, 1, "{digest}");
     }
 
@@ -255,7 +258,10 @@ async fn a_decision_raised_before_kill_9_is_sent_exactly_once_after_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(decision_messages(&bot, "doomed daemon").len(), 1, "sent exactly once");
     // The crash itself was reported, at once (critical).
-    assert!(bot.sent().iter().any(|m| m["text"].as_str().unwrap().contains("daemon_crashed")));
+    assert!(bot
+        .sent()
+        .iter()
+        .any(|m| m["text"].as_str().unwrap().contains("daemon restarted after a crash")));
 }
 
 /// Acceptance 4: two daemons with one bot token: only one polls at a time (a poller elsewhere
@@ -421,16 +427,25 @@ async fn two_systems_sharing_a_bot_through_the_central_poll_one_at_a_time_and_ha
 }
 
 /// Acceptance 6: a disk-space threshold crossed raises a health alert that is pushed (here to
-/// a signed webhook).
+/// a signed webhook), titled in words, naming the system and how much space is free; once the
+/// condition clears the alert is resolved, so the next time it comes it is pushed again.
 #[tokio::test]
-async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed() {
+async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resolved_when_it_clears()
+{
     let hook = Recorder::start(200, "ok");
     let home = TestHome::new("notify-disk");
     home.write_config(&format!(
-        "notify:\n  health:\n    check_secs: 1\n    disk_min_free_percent: 100\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
+        "node:\n  name: disk-box\nnotify:\n  dedupe_secs: 1\n  health:\n    check_secs: 1\n    disk_min_free_percent: 100\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
         hook.url()
     ));
-    let _daemon = home.start();
+    let disk_alerts = || -> Vec<Value> {
+        hook.received()
+            .into_iter()
+            .map(|r| r.json())
+            .filter(|body| body["subject"]["reason"] == "disk_low")
+            .collect()
+    };
+    let mut daemon = home.start();
     let received = wait_for("the disk alert", || {
         hook.received().into_iter().find(|r| r.json()["subject"]["reason"] == "disk_low")
     })
@@ -438,20 +453,274 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed() {
     let body = received.json();
     assert_eq!(body["event"], "alert");
     assert_eq!(body["severity"], "critical");
+    assert_eq!(body["system"], "disk-box");
+    assert_eq!(body["title"], "disk-box: disk space low", "in words, with the system");
     let message = body["subject"]["message"].as_str().unwrap();
     assert!(
         message.contains("disk space low for the home") && message.contains("du -sh"),
         "{message}"
     );
+    assert!(message.contains(" free of ") && message.contains("iB"), "how much is free: {message}");
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
     mac.update(&received.body);
     let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(received.headers["x-ccm-signature"], format!("sha256={expected}").as_str());
     // Raised once while open, whatever the number of checks.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let count =
-        hook.received().iter().filter(|r| r.json()["subject"]["reason"] == "disk_low").count();
-    assert_eq!(count, 1);
+    assert_eq!(disk_alerts().len(), 1);
+    daemon.terminate();
+
+    // The condition clears (thresholds every disk meets): the alert is resolved.
+    let mut daemon = home.start_with(|c| {
+        c.env("CCM_NOTIFY__HEALTH__DISK_MIN_FREE_PERCENT", "0")
+            .env("CCM_NOTIFY__HEALTH__DISK_MIN_FREE_MB", "0");
+    });
+    let open_disk_alerts = || {
+        home.run_json(&["alerts"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["reason"] == "disk_low")
+            .count()
+    };
+    let resolved = wait_until(Duration::from_secs(10), || async { open_disk_alerts() == 0 }).await;
+    assert!(resolved, "the disk alert is resolved once space is free");
+    daemon.terminate();
+
+    // It comes again: a new alert, pushed again (alone: the dedupe window is over).
+    let _daemon = home.start();
+    wait_for("the second disk alert", || (disk_alerts().len() == 2).then_some(())).await;
+    assert_eq!(open_disk_alerts(), 1);
+}
+
+/// A notifier that cannot be reached says why (connection refused, a TLS handshake that fails,
+/// with the failing call),
+/// per notifier in `ccm notify status` (text and JSON), in the daemon's log and in `ccm notify
+/// test`, never with the bot token or the secret part of a URL; `getUpdates` failures are
+/// logged with their cause, not as another poller.
+#[tokio::test]
+async fn a_failing_notifier_says_why_in_notify_status_without_its_secrets() {
+    // A port nobody listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A server that speaks plain HTTP where TLS is expected: the TLS handshake fails.
+    let plain = Recorder::start(200, "ok");
+    let tls = plain.url().replace("http://", "https://");
+    let home = TestHome::new("notify-why");
+    home.write_config(&format!(
+        "notify:\n  notifiers:\n    phone:\n      kind: telegram\n      token: \"{TOKEN}\"\n      chat_ids: [{CHAT}]\n      api_url: http://{closed}\n      poll_secs: 1\n    team:\n      kind: slack\n      url: http://{closed}/services/T0SECRET/B0SECRET/XSECRETXSECRET\n    ops:\n      kind: webhook\n      url: {tls}/SECRETPATH\n"
+    ));
+    let daemon = home.start();
+    blocked_task(&daemon, "unreachable").await;
+    let status = wait_for("both notifiers' errors", || {
+        let status = home.run_json(&["notify", "status"]);
+        let all = status.as_array().unwrap().clone();
+        let failed = all.iter().filter(|n| n["last_error"].is_object()).count();
+        (failed == 3 && all.iter().any(|n| n["sends"]["pending"].as_i64() >= Some(1)))
+            .then_some(all)
+    })
+    .await;
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(!text.contains("ABC-test-token") && !text.contains("SECRET"), "{text}");
+    for notifier in &status {
+        let error = notifier["last_error"]["message"].as_str().unwrap();
+        let cause = if notifier["notifier"] == "ops" {
+            "received corrupt message" // the TLS handshake's cause
+        } else {
+            "Connection refused"
+        };
+        assert!(error.contains(cause), "the cause: {error}");
+        assert!(notifier["last_error"]["at"].is_string(), "{notifier}");
+    }
+    let phone = status.iter().find(|n| n["notifier"] == "phone").unwrap();
+    let error = phone["last_error"]["message"].as_str().unwrap();
+    assert!(
+        error.starts_with("send: sendMessage: ") || error.starts_with("getUpdates: "),
+        "{error}"
+    );
+
+    let out = home.run_ok(&["notify", "status"]);
+    assert!(out.contains("phone (telegram)") && out.contains("team (slack)"), "{out}");
+    assert!(out.contains("last error: ") && out.contains("Connection refused"), "{out}");
+    assert!(!out.contains("ABC-test-token") && !out.contains("SECRET"), "{out}");
+
+    let log = daemon.log_text();
+    assert!(log.contains("getUpdates failed; backing off"), "{log}");
+    assert!(!log.contains("another poller"), "no 409 was answered: {log}");
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(!log.contains("ABC-test-token") && !log.contains("SECRET"), "{log}");
+
+    let out = home.run(&["notify", "test", "team"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("team: failed: ") && stdout.contains("Connection refused"), "{stdout}");
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+}
+
+/// A `getUpdates` that fails for another reason than a second poller is logged with its cause;
+/// only a real 409 says another poller.
+#[tokio::test]
+async fn a_get_updates_failure_is_logged_with_its_cause_and_only_409_blames_another_poller() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    let home = telegram_home("notify-poll-why", &bot, lease.path(), "");
+    bot.fail_next("getUpdates", 1, 502, None);
+    bot.fail_next("getUpdates", 1, 409, None);
+    let daemon = home.start();
+    wait_for("both failures", || {
+        let log = daemon.log_text();
+        (log.contains("getUpdates failed") && log.contains("another poller")).then_some(())
+    })
+    .await;
+    let log = daemon.log_text();
+    let bad_gateway = log.lines().find(|l| l.contains("Bad Gateway")).unwrap();
+    assert!(bad_gateway.contains("getUpdates failed; backing off"), "{bad_gateway}");
+    assert!(!bad_gateway.contains("another poller"), "{bad_gateway}");
+    let conflict = log.lines().find(|l| l.contains("HTTP 409")).unwrap();
+    assert!(conflict.contains("another poller of this bot"), "{conflict}");
+}
+
+/// A blocked task is one message: its decision, carrying what the `attempts_exhausted` alert
+/// says, naming the system (several share a bot); a notifier that gets the alert but not
+/// decisions still gets the alert.
+#[tokio::test]
+async fn a_blocked_task_is_one_message_naming_its_system_and_its_failure() {
+    let bot = Telegram::start(TOKEN);
+    let hook = Recorder::start(200, "ok");
+    let lease = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "    ops:\n      kind: webhook\n      url: {}/ccm\n  routes:\n    - notifier: phone\n    - notifier: ops\n      kinds: [attempts_exhausted]\nnode:\n  name: box-7\n",
+        hook.url()
+    );
+    let home = telegram_home("notify-one", &bot, lease.path(), &extra);
+    let daemon = home.start();
+    blocked_task(&daemon, "single buzz").await;
+    let (message_id, _) =
+        wait_for("the decision", || decision_messages(&bot, "single buzz").pop()).await;
+    wait_for("the alert at ops", || {
+        hook.received().into_iter().find(|r| r.json()["subject"]["reason"] == "attempts_exhausted")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let about: Vec<String> = bot
+        .sent()
+        .iter()
+        .filter_map(|m| m["text"].as_str().filter(|t| t.contains("single buzz")).map(String::from))
+        .collect();
+    assert_eq!(about.len(), 1, "one message for a blocked task: {about:#?}");
+    let text = bot.text_of(CHAT, message_id).unwrap();
+    assert!(text.starts_with("box-7: task blocked"), "the system and what happened: {text}");
+    assert!(text.contains("all 1 attempts failed; last: crash"), "the alert's cause: {text}");
+    assert!(!text.contains("attempts_exhausted"), "no internal codes: {text}");
+    let alert =
+        hook.received().into_iter().map(|r| r.json()).find(|b| b["event"] == "alert").unwrap();
+    assert_eq!(alert["title"], "box-7: task blocked: every attempt failed");
+}
+
+/// Slack reads `<!channel>` as a mention of the whole channel: a task title is escaped (`&`,
+/// `<`, `>`) in what ccm sends.
+#[tokio::test]
+async fn slack_text_is_escaped_so_a_title_cannot_ping_the_channel() {
+    let slack = Recorder::start(200, "ok");
+    let home = TestHome::new("notify-slack-escape");
+    home.write_config(&format!(
+        "notify:\n  notifiers:\n    team:\n      kind: slack\n      url: {}/services/T/B/X\n",
+        slack.url()
+    ));
+    let daemon = home.start();
+    blocked_task(&daemon, "<!channel> & <@U123|everyone>").await;
+    let text = wait_for("the slack message", || {
+        let texts =
+            slack.received().into_iter().map(|r| r.json()["text"].as_str().unwrap().to_string());
+        texts.into_iter().find(|t| t.contains("everyone"))
+    })
+    .await;
+    assert!(text.contains("&lt;!channel&gt; &amp; &lt;@U123|everyone&gt;"), "{text}");
+    assert!(!text.contains("<!channel>") && !text.contains("<@U123"), "{text}");
+}
+
+/// Telegram buttons live only while their decision waits: a decision answered elsewhere (the
+/// CLI) or by its timeout has its message edited to say how, without buttons; an invalid
+/// press (an answer that is not an option, a press of an answered decision) is told so and
+/// leaves a pending decision's buttons alone; an approval states its deadline.
+#[tokio::test]
+async fn telegram_buttons_go_when_a_decision_is_answered_elsewhere_or_times_out() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "approvals:\n  timeout_secs: 3\n  default: deny\n  rules:\n    - tools: [Bash]\n      command: '^git push'\n{HOLDER_PROFILE}"
+    );
+    let home = telegram_home("notify-buttons", &bot, lease.path(), &extra);
+    let daemon = home.start();
+
+    // Answered with the CLI.
+    let elsewhere = blocked_task(&daemon, "answered elsewhere").await;
+    let (message_id, buttons) =
+        wait_for("the decision", || decision_messages(&bot, "answered elsewhere").pop()).await;
+    assert!(bot.markup_of(CHAT, message_id).is_some());
+    home.run_ok(&["decide", &elsewhere, "cancel"]);
+    wait_for("the buttons to go", || bot.markup_of(CHAT, message_id).is_none().then_some(())).await;
+    let text = bot.text_of(CHAT, message_id).unwrap();
+    assert!(
+        text.contains("answered elsewhere") && text.contains("✔ cancel — decided by cli"),
+        "{text}"
+    );
+
+    // A press of the answered decision is answered, and changes nothing.
+    let edits = bot.ok_calls("editMessageText").len();
+    bot.press(CHAT, (CHAT, "Ann"), message_id, &buttons[0]);
+    let toast = wait_for("the toast", || bot.ok_calls("answerCallbackQuery").pop()).await;
+    assert!(
+        toast.params["text"].as_str().unwrap().contains("already answered"),
+        "{:?}",
+        toast.params
+    );
+    assert_eq!(task_state(&daemon, &elsewhere).await, "cancelled");
+
+    // An answer that is not an option, on a pending decision: its buttons stay.
+    let pending = blocked_task(&daemon, "still pending").await;
+    let (pending_id, pending_buttons) =
+        wait_for("the decision", || decision_messages(&bot, "still pending").pop()).await;
+    let decision = pending_buttons[0].split_once(':').unwrap().0.to_string();
+    bot.press(CHAT, (CHAT, "Ann"), pending_id, &format!("{decision}:bogus"));
+    wait_for("the second toast", || {
+        let toasts = bot.ok_calls("answerCallbackQuery");
+        (toasts.len() == 2).then(|| toasts[1].clone())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(bot.markup_of(CHAT, pending_id).is_some(), "a pending decision keeps its buttons");
+    assert_eq!(task_state(&daemon, &pending).await, "blocked");
+    assert_eq!(bot.ok_calls("editMessageText").len(), edits, "no message was edited");
+
+    // An approval states its deadline, and loses its buttons when it times out.
+    let task = home.run_json(&["task", "add", "pushes", "--profile", "holder"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = daemon.agent_token(&task).await;
+    let push = json!({"session_id": "s", "cwd": "/tmp", "hook_event_name": "PreToolUse", "tool_name": "Bash",
+                      "tool_input": {"command": "git push origin main"}});
+    let hook = daemon
+        .http
+        .post(daemon.url("/api/hooks?system=claude"))
+        .bearer_auth(&daemon.token)
+        .header("x-ccm-agent-token", token)
+        .json(&push)
+        .send();
+    let waiting = tokio::spawn(hook);
+    let (approval_id, _) =
+        wait_for("the approval", || decision_messages(&bot, "git push origin main").pop()).await;
+    let text = bot.text_of(CHAT, approval_id).unwrap();
+    assert!(
+        text.contains("Unanswered by ") && text.contains("(in 3s), it is answered deny"),
+        "{text}"
+    );
+    waiting.await.unwrap().unwrap();
+    wait_for("the approval's buttons to go", || {
+        bot.markup_of(CHAT, approval_id).is_none().then_some(())
+    })
+    .await;
+    let text = bot.text_of(CHAT, approval_id).unwrap();
+    assert!(text.contains("⏱ deny: nobody answered in time"), "{text}");
 }
 
 /// `ccm notify test` sends through each notifier in its format and prints what it answered;
@@ -463,7 +732,7 @@ fn notify_test_sends_through_each_notifier_and_prints_the_answer() {
     let hook = Recorder::start(202, "");
     let home = TestHome::new("notify-test");
     home.write_config(&format!(
-        "notify:\n  notifiers:\n    push:\n      kind: ntfy\n      url: {}/alerts\n      token: tk_abc\n      click: https://example.com/ccm\n    team:\n      kind: slack\n      url: {}/services/T/B/X\n    hook:\n      kind: webhook\n      url: {}/in\n",
+        "node:\n  name: box-1\nnotify:\n  notifiers:\n    push:\n      kind: ntfy\n      url: {}/alerts\n      token: tk_abc\n      click: https://example.com/ccm\n    team:\n      kind: slack\n      url: {}/services/T/B/X\n    hook:\n      kind: webhook\n      url: {}/in\n",
         ntfy.url(),
         slack.url(),
         hook.url()
@@ -478,12 +747,12 @@ fn notify_test_sends_through_each_notifier_and_prints_the_answer() {
     assert_eq!(published.headers["authorization"], "Bearer tk_abc");
     let body = published.json();
     assert_eq!(body["topic"], "alerts");
-    assert_eq!(body["title"], "ccm test message");
+    assert_eq!(body["title"], "box-1: ccm test message", "the system it comes from");
     assert_eq!(body["priority"], 3);
     assert_eq!(body["click"], "https://example.com/ccm");
     assert_eq!(body["actions"][0]["action"], "view");
     let text = slack.received()[0].json()["text"].as_str().unwrap().to_string();
-    assert!(text.starts_with("*ccm test message*"), "{text}");
+    assert!(text.starts_with("*box-1: ccm test message*"), "{text}");
     let webhook = &hook.received()[0];
     assert_eq!(webhook.json()["event"], "test");
     assert!(webhook.headers.get("x-ccm-signature").is_none(), "unsigned without a secret");
@@ -550,6 +819,7 @@ fn service_install_writes_a_unit_systemd_verifies_and_uninstall_removes_exactly_
     let status: Value =
         serde_json::from_slice(&run(&["service", "status", "--json"]).stdout).unwrap();
     assert_eq!(status["installed"], true);
+    assert!(text.contains("Environment=\"PATH="), "the installing shell's PATH: {text}");
 
     let out = run(&["service", "uninstall"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -562,6 +832,62 @@ fn service_install_writes_a_unit_systemd_verifies_and_uninstall_removes_exactly_
     let out = run(&["service", "uninstall"]);
     assert!(!out.status.success());
     assert!(unit.exists(), "a unit ccm did not write is left alone");
+}
+
+/// The unit carries the installing shell's PATH, so an agent program found there (a `claude`
+/// in `~/.local/bin`) is found under systemd too; `ccm service status` runs `ccm doctor` as the
+/// service would (the unit's PATH and home, none of the shell's `CCM_*`), and says when the
+/// unit sets no PATH.
+#[test]
+fn service_unit_carries_the_shell_path_and_status_runs_doctor_as_the_service_would() {
+    let home = TestHome::new("notify-service-path");
+    home.write_config(
+        "tasks:\n  profile: local\nprofiles:\n  local:\n    command: [my-agent-cli, run]\n",
+    );
+    let dir = home.dir.path().join("units");
+    let bin = home.dir.path().join("local bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let agent = bin.join("my-agent-cli");
+    std::fs::write(&agent, "#!/bin/sh\necho 1.0\n").unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&agent, executable).unwrap();
+    let run = |path: &str, args: &[&str]| {
+        let mut command = home.ccm();
+        command.env("CCM_SERVICE_DIR", &dir).env("PATH", path).args(args);
+        command.output().unwrap()
+    };
+    let shell_path = format!("{}:/usr/bin:/bin", bin.display());
+    let out = run(&shell_path, &["service", "install", "--no-start"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = dir.join("ccm.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let expected = format!("Environment=\"PATH={}:/usr/bin:/bin:", bin.display());
+    assert!(text.contains(&expected), "{text}");
+    let verify =
+        std::process::Command::new("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && !said.contains("ccm.service:"), "systemd-analyze: {said}");
+
+    // Status from a shell whose PATH lacks the agent's folder: doctor runs with the unit's.
+    let out = run("/usr/bin:/bin", &["service", "status", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doctor = &status["doctor"];
+    assert_eq!(doctor["path_from_unit"], true, "{status}");
+    let output = doctor["output"].as_str().unwrap();
+    assert!(output.contains(&agent.display().to_string()), "found on the unit's PATH: {output}");
+    assert!(!output.contains("`my-agent-cli` (profile local) is not on PATH"), "{output}");
+
+    // A unit without PATH (an older ccm wrote it): doctor runs with systemd's default PATH and
+    // finds no agent; the text says what to do.
+    let old: String =
+        text.lines().filter(|l| !l.contains("PATH=")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&unit, old).unwrap();
+    let out = run(&shell_path, &["service", "status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("systemd's default PATH"), "{stdout}");
+    assert!(stdout.contains("run `ccm service install` again"), "{stdout}");
+    assert!(stdout.contains("`my-agent-cli` (profile local) is not on PATH"), "{stdout}");
 }
 
 /// The optional summary goes out every `notify.summary_secs`: tasks per state, today's cost

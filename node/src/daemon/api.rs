@@ -589,14 +589,20 @@ async fn await_approval(
 ) -> Result<Verdict, ApiError> {
     let tool = event.tool.as_deref().unwrap_or("a tool");
     let what = event.command.clone().unwrap_or_else(|| event.paths.join(", "));
-    let question = format!(
-        "task {} ({}) wants to use {tool}: {what}. Allow or deny?",
-        task.short_id(),
-        task.title
-    );
-    let decision = state.store.ask_approval(task.id, &question).await?;
     let config = state.config.current();
     let approvals = &config.approvals;
+    // The question states its deadline: whoever reads it later knows whether it still waits.
+    let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
+    let timeout = std::time::Duration::from_secs(approvals.timeout_secs);
+    let by = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + timeout);
+    let question = format!(
+        "task {} ({}) wants to use {tool}: {what}. Allow or deny? Unanswered by {by} (in {}), \
+         it is answered {default}.",
+        task.short_id(),
+        task.title,
+        humantime::format_duration(timeout)
+    );
+    let decision = state.store.ask_approval(task.id, &question).await?;
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_secs(approvals.timeout_secs);
     loop {
@@ -608,7 +614,6 @@ async fn await_approval(
             return Ok(Verdict::approved(answer, reason));
         }
         if tokio::time::Instant::now() >= deadline {
-            let default = if approvals.default == Answer::Allow { "allow" } else { "deny" };
             let policy = RetryPolicy::from(&*state.config.current());
             // An answer that raced in first stands; the loop reads it on the next turn.
             if state

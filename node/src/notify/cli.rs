@@ -11,7 +11,8 @@ pub enum NotifyCommand {
     /// Send a test message through notifier NAME (every notifier without one) and print what
     /// each answered.
     Test { name: Option<String> },
-    /// Sends per notifier and state (pending, sent, digest, digested, failed, skipped).
+    /// Per notifier: sends per state (pending, sent, digest, digested, failed, skipped), when
+    /// it last sent, and its last error with the cause.
     Status {
         #[arg(long)]
         json: bool,
@@ -53,13 +54,16 @@ pub async fn notify(home: &Home, config: &Config, command: NotifyCommand) -> any
             }
             let auth = home.read_auth().ok();
             let token = auth.as_ref().and_then(|a| a.telegram_token.as_deref());
+            let system = super::system_name(config);
             let mut failed = 0;
             for (each, notifier) in
                 notifiers.iter().filter(|(n, _)| name.as_ref().is_none_or(|m| m == *n))
             {
                 let sent = match Sender::new(each, notifier, token) {
                     Ok(sender) => {
-                        sender.send(&Message::test(each), &mut serde_json::Value::Null).await
+                        sender
+                            .send(&Message::test(each, &system), &mut serde_json::Value::Null)
+                            .await
                     }
                     Err(error) => Err(error),
                 };
@@ -80,24 +84,53 @@ pub async fn notify(home: &Home, config: &Config, command: NotifyCommand) -> any
                 std::time::Duration::from_secs(10),
             )
             .await?;
-            let counts = store.send_counts().await?;
+            let mut statuses = store.notifier_status().await?;
             store.close().await;
+            // Configured notifiers that have sent nothing yet are listed too.
+            for name in config.notify.notifiers.keys() {
+                if !statuses.iter().any(|s| &s.notifier == name) {
+                    statuses.push(crate::store::NotifierStatus {
+                        notifier: name.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+            statuses.sort_by(|a, b| a.notifier.cmp(&b.notifier));
             if json {
-                let rows: Vec<_> = counts
-                    .iter()
-                    .map(|(n, s, c)| serde_json::json!({ "notifier": n, "state": s, "count": c }))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if counts.is_empty() {
-                println!("nothing sent yet");
-            } else {
-                for (notifier, state, count) in counts {
-                    println!("{notifier:<16} {state:<9} {count}");
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                return Ok(());
+            }
+            if statuses.is_empty() {
+                println!("no notifiers configured (notify.notifiers) and nothing sent");
+            }
+            let now = ccm_schema::Timestamp::now();
+            for status in statuses {
+                let configured = config.notify.notifiers.get(&status.notifier);
+                let kind = configured.map_or("not configured any more", |n| n.kind());
+                println!("{} ({kind})", status.notifier);
+                let sends: Vec<String> =
+                    status.sends.iter().map(|(state, n)| format!("{state} {n}")).collect();
+                let sends = if sends.is_empty() { "none".into() } else { sends.join(", ") };
+                println!("  sends:      {sends}");
+                let last = status.last_sent_at.map_or("never".into(), |at| ago(at, now));
+                println!("  last sent:  {last}");
+                match status.last_error {
+                    Some(error) => {
+                        println!("  last error: {} ({})", error.message, ago(error.at, now))
+                    }
+                    None => println!("  last error: none"),
                 }
             }
             Ok(())
         }
     }
+}
+
+/// How long ago `at` was, with the time: `3m ago, 2026-12-07T05:02:11.000Z`.
+fn ago(at: ccm_schema::Timestamp, now: ccm_schema::Timestamp) -> String {
+    let secs = u64::try_from((now.millis() - at.millis()).max(0) / 1000).unwrap_or_default();
+    let age = humantime::format_duration(std::time::Duration::from_secs(secs));
+    format!("{age} ago, {at}")
 }
 
 pub fn service(home: &Home, config: &Config, command: ServiceCommand) -> anyhow::Result<()> {
@@ -112,7 +145,7 @@ pub fn service(home: &Home, config: &Config, command: ServiceCommand) -> anyhow:
         }
         ServiceCommand::Uninstall => super::service::uninstall(),
         ServiceCommand::Status { json } => {
-            let status = super::service::status()?;
+            let status = super::service::status(home)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -125,6 +158,19 @@ pub fn service(home: &Home, config: &Config, command: ServiceCommand) -> anyhow:
                 println!("installed: {}", if status.installed { "yes" } else { "no" });
                 println!("enabled:   {}", yes(status.enabled));
                 println!("running:   {}", yes(status.running));
+                if let Some(doctor) = &status.doctor {
+                    let from = if doctor.path_from_unit {
+                        "the unit's PATH"
+                    } else {
+                        "systemd's default PATH: the unit sets none; run `ccm service install` again to give it this shell's"
+                    };
+                    println!("PATH:      {} ({from})", doctor.path);
+                    let verdict = if doctor.ok { "all checks pass" } else { "some checks fail" };
+                    println!("ccm doctor as the service runs it: {verdict}");
+                    for line in doctor.output.lines() {
+                        println!("  {line}");
+                    }
+                }
             }
             Ok(())
         }

@@ -91,6 +91,18 @@ pub enum Notifier {
     },
 }
 
+impl Notifier {
+    /// `telegram`, `ntfy`, `slack` or `webhook`: its `kind` in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notifier::Telegram { .. } => "telegram",
+            Notifier::Ntfy { .. } => "ntfy",
+            Notifier::Slack { .. } => "slack",
+            Notifier::Webhook { .. } => "webhook",
+        }
+    }
+}
+
 fn telegram_api() -> String {
     "https://api.telegram.org".into()
 }

@@ -68,6 +68,7 @@ async fn check_disks(context: &Context) -> Result<(), CheckError> {
     let root = context.home.root();
     let worktrees = root.join("worktrees");
     let mut seen = HashSet::new();
+    let mut low = Vec::new();
     for (what, path) in [("home", root.to_path_buf()), ("worktrees", worktrees)] {
         if !path.exists() {
             continue;
@@ -79,26 +80,45 @@ async fn check_disks(context: &Context) -> Result<(), CheckError> {
         let free_mb = free / (1024 * 1024);
         let percent = free.saturating_mul(100).checked_div(total).unwrap_or(100);
         if free_mb < health.disk_min_free_mb || percent < u64::from(health.disk_min_free_percent) {
-            // No figures that change from one check to the next: one alert while it lasts.
+            // One alert while it lasts (keyed by the path): the figures are those of when it
+            // was raised.
             let message = format!(
-                "disk space low for the {what} ({}): less than notify.health's \
-                 disk_min_free_mb ({} MiB) or disk_min_free_percent ({}%) is free; free space, \
-                 for example with `ccm task list --state complete` and `git worktree prune`, or \
-                 find what is big with `du -sh {}/*`",
+                "disk space low for the {what} ({}): {} free of {} ({percent}%), less than \
+                 notify.health's disk_min_free_mb ({} MiB) or disk_min_free_percent ({}%); \
+                 free space, for example with `ccm task list --state complete` and `git \
+                 worktree prune`, or find what is big with `du -sh {}/*`",
                 path.display(),
+                size(free),
+                size(total),
                 health.disk_min_free_mb,
                 health.disk_min_free_percent,
                 path.display()
             );
-            let reason = "disk_low";
-            context.store.alert_once(None, Severity::Critical, reason, &message).await?;
+            let key = path.display().to_string();
+            context.store.raise_health(Severity::Critical, "disk_low", &key, &message).await?;
+            low.push(key);
         }
     }
+    // Space was freed (or the thresholds lowered): the alert goes, so the next time tells again.
+    context.store.settle_health("disk_low", &low).await?;
     Ok(())
 }
 
+/// Bytes as MiB or GiB, one decimal.
+fn size(bytes: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    #[allow(clippy::cast_precision_loss)]
+    let mib = bytes as f64 / MIB;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
 /// Windows of ccm's tmux server that no live agent owns, in two checks in a row (a window
-/// being opened is recorded right after); returns the suspects of this check.
+/// being opened is recorded right after); returns the suspects of this check. An alert about a
+/// window that is gone or owned now is resolved.
 async fn orphan_windows(
     context: &Context,
     suspects: &HashSet<String>,
@@ -107,6 +127,7 @@ async fn orphan_windows(
     let live: HashSet<String> =
         context.store.live_agents().await?.iter().map(|a| a.short_id()).collect();
     let mut now = HashSet::new();
+    let mut orphans = Vec::new();
     for window in tmux.windows().await? {
         if live.contains(&window.name) {
             continue;
@@ -122,10 +143,13 @@ async fn orphan_windows(
                 tmux.socket(),
                 window.id
             );
-            context.store.alert_once(None, Severity::Warning, "orphan_window", &message).await?;
+            let key = format!("{}:{}", tmux.socket(), window.id);
+            context.store.raise_health(Severity::Warning, "orphan_window", &key, &message).await?;
+            orphans.push(key);
         }
         now.insert(window.id);
     }
+    context.store.settle_health("orphan_window", &orphans).await?;
     Ok(now)
 }
 

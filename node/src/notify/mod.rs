@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder as _;
-use ccm_schema::{Severity, Timestamp};
+use ccm_schema::{DecisionKind, Severity, Timestamp};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -40,9 +40,12 @@ use crate::store::{Outgoing, Store, Subject};
 /// A message for a notifier, whatever its format.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// `<system>: <what happened, in words>`: several systems may share one bot or channel.
     pub title: String,
     pub text: String,
     pub severity: Severity,
+    /// The system it comes from (`node.name`, else the hostname).
+    pub system: String,
     /// A decision the operator may answer with a button: its id and options.
     pub decision: Option<(uuid::Uuid, Vec<String>)>,
     /// `alert`, `decision`, `digest` or `test` (the webhook's `event`).
@@ -52,34 +55,47 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn of(subject: &Subject) -> Message {
+    /// The message of an alert or a decision of `system`.
+    pub fn of(subject: &Subject, system: &str) -> Message {
         match subject {
             Subject::Alert(alert) => Message {
-                title: format!("{} alert: {}", alert.severity, alert.reason),
+                title: format!("{system}: {}", title(&alert.reason)),
                 text: alert.message.clone(),
                 severity: alert.severity,
+                system: system.to_string(),
                 decision: None,
                 event: "alert",
                 subject: serde_json::to_value(alert).unwrap_or_default(),
             },
-            Subject::Decision(decision) => Message {
-                title: "decision needed".into(),
-                text: format!(
-                    "{}\n(or: ccm decide {} {})",
-                    decision.question,
-                    ccm_schema::types::short_id(&decision.id),
-                    decision.options.0.join("|")
-                ),
-                severity: Severity::Warning,
-                decision: Some((decision.id, decision.options.0.clone())),
-                event: "decision",
-                subject: serde_json::to_value(decision).unwrap_or_default(),
-            },
+            Subject::Decision(decision) => {
+                // A blocked task's decision carries its `attempts_exhausted` alert (which is
+                // not sent alone where the decision goes): as urgent as the alert.
+                let (what, severity) = match decision.kind {
+                    DecisionKind::RetryOrCancel => {
+                        ("task blocked: retry or cancel?", Severity::Critical)
+                    }
+                    DecisionKind::ApproveTool => ("approval needed", Severity::Warning),
+                };
+                Message {
+                    title: format!("{system}: {what}"),
+                    text: format!(
+                        "{}\n(or: ccm decide {} {})",
+                        decision.question,
+                        ccm_schema::types::short_id(&decision.id),
+                        decision.options.0.join("|")
+                    ),
+                    severity,
+                    system: system.to_string(),
+                    decision: Some((decision.id, decision.options.0.clone())),
+                    event: "decision",
+                    subject: serde_json::to_value(decision).unwrap_or_default(),
+                }
+            }
         }
     }
 
     /// One message for many waiting items: a line per dedupe key, with its count.
-    pub fn digest(items: &[Outgoing]) -> Message {
+    pub fn digest(items: &[Outgoing], system: &str) -> Message {
         let mut groups: BTreeMap<&str, (usize, &Subject)> = BTreeMap::new();
         for item in items {
             groups.entry(item.dedupe_key.as_str()).or_insert((0, &item.subject)).0 += 1;
@@ -89,15 +105,20 @@ impl Message {
         let text = lines
             .iter()
             .map(|(count, subject)| {
-                let m = Message::of(subject);
-                format!("{count}× [{}] {}: {}", m.severity, subject.kind(), first_line(&m.text))
+                let what = match subject {
+                    Subject::Alert(alert) => title(&alert.reason),
+                    Subject::Decision(_) => "decision needed".to_string(),
+                };
+                let m = Message::of(subject, system);
+                format!("{count}× [{}] {what}: {}", m.severity, first_line(&m.text))
             })
             .collect::<Vec<_>>()
             .join("\n");
         Message {
-            title: format!("ccm digest: {} item(s)", items.len()),
+            title: format!("{system}: digest of {} item(s)", items.len()),
             text,
             severity: lines.first().map_or(Severity::Info, |(_, s)| s.severity()),
+            system: system.to_string(),
             decision: None,
             event: "digest",
             subject: serde_json::Value::Null,
@@ -105,7 +126,7 @@ impl Message {
     }
 
     /// The periodic summary: tasks per state, today's cost, the open alerts (worst first).
-    pub async fn summary(store: &Store) -> crate::store::Result<Message> {
+    pub async fn summary(store: &Store, system: &str) -> crate::store::Result<Message> {
         let states = store.state_counts().await?;
         let now = Timestamp::now();
         let today = Timestamp(now.millis() - now.millis() % 86_400_000);
@@ -121,27 +142,30 @@ impl Message {
             format!("tasks: {tasks}\ncost today: ${cost:.2}\nopen alerts: {}", alerts.len());
         for alert in alerts.iter().take(5) {
             text.push_str(&format!(
-                "\n- [{}] {}: {}",
+                "\n- [{}] {} ({}): {}",
                 alert.severity,
+                title(&alert.reason),
                 alert.reason,
                 first_line(&alert.message)
             ));
         }
         Ok(Message {
-            title: format!("ccm summary of {}", hostname()),
+            title: format!("{system}: summary"),
             text,
             severity: Severity::Info,
+            system: system.to_string(),
             decision: None,
             event: "summary",
             subject: serde_json::Value::Null,
         })
     }
 
-    pub fn test(name: &str) -> Message {
+    pub fn test(name: &str, system: &str) -> Message {
         Message {
-            title: "ccm test message".into(),
-            text: format!("notifier `{name}` of {} works", hostname()),
+            title: format!("{system}: ccm test message"),
+            text: format!("notifier `{name}` of {system} works"),
             severity: Severity::Info,
+            system: system.to_string(),
             decision: None,
             event: "test",
             subject: serde_json::Value::Null,
@@ -149,12 +173,41 @@ impl Message {
     }
 }
 
+/// What an alert's reason means, in words (the reason itself is for routing rules and
+/// `ccm alerts`).
+pub fn title(reason: &str) -> String {
+    let known = match reason {
+        "attempts_exhausted" => "task blocked: every attempt failed",
+        "fatal_error" => "task failed: fatal error",
+        "dependency_failed" => "task cannot start: a dependency failed",
+        "supervisory_issue" => "task needs a look: the supervisor flagged it",
+        "permission_denied" => "tool calls refused",
+        "permission_needed" => "permission needed",
+        "approval_needed" => "approval needed",
+        "write_denied" => "write refused: the file belongs to another task",
+        "stalled" => "agent silent",
+        "work_kept" => "work kept on a branch",
+        "config_invalid" => "configuration invalid",
+        "disk_low" => "disk space low",
+        "orphan_window" => "tmux window without an agent",
+        "daemon_crashed" => "daemon restarted after a crash",
+        "sync_paused" => "sync paused",
+        other => return other.replace('_', " "),
+    };
+    known.to_string()
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-fn hostname() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
+/// This system's name, as the store records it: `node.name`, else the hostname.
+pub fn system_name(config: &crate::config::Config) -> String {
+    config
+        .node
+        .name
+        .clone()
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
 }
 
 /// Why a send failed.
@@ -166,11 +219,14 @@ pub struct SendError {
     pub retry_after: Option<Duration>,
     /// Sending it again cannot succeed (a 4xx other than 408, 409 and 429).
     pub permanent: bool,
+    /// The HTTP status (or Telegram's `error_code`) of an answer that is not a success;
+    /// `None` when no answer came.
+    pub status: Option<u16>,
 }
 
 impl SendError {
     pub fn transient(message: impl Into<String>) -> SendError {
-        SendError { message: message.into(), retry_after: None, permanent: false }
+        SendError { message: message.into(), retry_after: None, permanent: false, status: None }
     }
 
     /// Classifies an HTTP answer that is not a success.
@@ -180,22 +236,49 @@ impl SendError {
             message: format!("HTTP {status}: {}", body.trim()),
             retry_after: retry_after.filter(|_| status == 429),
             permanent: (400..500).contains(&status) && !matches!(status, 408 | 409 | 429),
+            status: Some(status),
         }
     }
 
-    /// A request that got no answer; the URL is left out (a Telegram URL holds the token).
-    pub fn request(error: reqwest::Error) -> SendError {
-        SendError::transient(error.without_url().to_string())
+    /// A request that got no answer, with its causes (`error sending request: client error
+    /// (Connect): tcp connect error: Connection refused`), never its URL (a Telegram URL holds
+    /// the token, a Slack one is the secret); `secrets` are cut out of the causes too.
+    pub fn request(error: reqwest::Error, secrets: &[&str]) -> SendError {
+        SendError::transient(redact(&cause_chain(&error.without_url()), secrets))
     }
 }
 
+/// An error and its sources, joined with `: ` (a source that repeats its parent is left out).
+pub fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !line.is_empty() && !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `text` with each non-empty secret replaced by `…`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 4)
+        .fold(text.to_string(), |text, secret| text.replace(secret, "…"))
+}
+
 /// Sends `request` and reads the answer: the body on a 2xx, else a [`SendError`] with the
-/// status, the body and any `Retry-After`.
-async fn answer(request: reqwest::RequestBuilder) -> Result<String, SendError> {
-    let response = request.send().await.map_err(SendError::request)?;
+/// status, the body and `Retry-After`. `secrets` (parts of the URL that are credentials) never appear in an
+/// error.
+async fn answer(request: reqwest::RequestBuilder, secrets: &[&str]) -> Result<String, SendError> {
+    let response = request.send().await.map_err(|e| SendError::request(e, secrets))?;
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
-    let text = response.text().await.map_err(SendError::request)?;
+    let text = response.text().await.map_err(|e| SendError::request(e, secrets))?;
     if !(200..300).contains(&status) {
         return Err(SendError::status(status, &text, retry_after));
     }
@@ -226,7 +309,7 @@ impl Sender {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()
-            .map_err(SendError::request)?;
+            .map_err(|e| SendError::request(e, &[]))?;
         Ok(match notifier {
             Notifier::Telegram { .. } => {
                 Sender::Telegram(telegram::Telegram::new(name, notifier, auth_token)?)
@@ -283,6 +366,7 @@ pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
     let notify = &context.config.notify;
     let auth = context.home.read_auth().ok();
     let telegram_token = auth.as_ref().and_then(|a| a.telegram_token.as_deref());
+    let system = system_name(&context.config);
     let mut tasks = Vec::new();
     let mut wakes = Vec::new();
     for (name, notifier) in &notify.notifiers {
@@ -290,6 +374,13 @@ pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
             Ok(sender) => Arc::new(sender),
             Err(error) => {
                 warn!(notifier = %name, %error, "notifier not started");
+                let (store, name) = (context.store.clone(), name.clone());
+                tasks.push(tokio::spawn(async move {
+                    let problem = format!("not started: {error}");
+                    if let Err(error) = store.notifier_failed(&name, &problem).await {
+                        warn!(notifier = %name, %error, "cannot record why the notifier failed");
+                    }
+                }));
                 continue;
             }
         };
@@ -298,7 +389,14 @@ pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
         }
         let wake = Arc::new(Notify::new());
         wakes.push(wake.clone());
-        tasks.push(tokio::spawn(worker(name.clone(), sender, wake, context.clone())));
+        let worker = Worker {
+            name: name.clone(),
+            sender,
+            system: system.clone(),
+            wake,
+            context: context.clone(),
+        };
+        tasks.push(tokio::spawn(worker.run()));
     }
     tasks.push(tokio::spawn(router(context.clone(), wakes)));
     tasks.push(tokio::spawn(health::run(context)));
@@ -348,104 +446,158 @@ fn backoff(attempts: u32) -> Duration {
 /// Sends give up after this many attempts (about a day with the backoff's ceiling).
 const MAX_ATTEMPTS: u32 = 300;
 
-/// Sends `name`'s due items one by one, then its digest when due.
-async fn worker(name: String, sender: Arc<Sender>, wake: Arc<Notify>, context: Context) {
-    let store = &context.store;
-    let digest_wait = Duration::from_secs(context.config.notify.digest_secs);
-    let summary = context.config.notify.summary_secs.map(Duration::from_secs);
-    loop {
-        let mut round = deliver(&name, &sender, store, digest_wait).await;
-        if let (Ok(None), Some(every)) = (&round, summary) {
-            round = summarize(&name, &sender, store, every).await;
-        }
-        match round {
-            // The notifier asked for quiet (a 429): nothing goes to it meanwhile, wake-ups
-            // included.
-            Ok(Some(quiet)) => {
-                tokio::select! {
-                    () = context.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(quiet) => continue,
+/// One notifier's delivery: its due sends one by one, its digest and summary when due, and
+/// (Telegram) the buttons of decisions answered elsewhere taken away.
+struct Worker {
+    /// The notifier's name in the config: the key of its sends.
+    name: String,
+    sender: Arc<Sender>,
+    /// This system's name, in every message.
+    system: String,
+    /// Woken by the router when it queued sends.
+    wake: Arc<Notify>,
+    context: Context,
+}
+
+impl Worker {
+    async fn run(self) {
+        let context = &self.context;
+        let digest_wait = Duration::from_secs(context.config.notify.digest_secs);
+        let summary = context.config.notify.summary_secs.map(Duration::from_secs);
+        loop {
+            let mut round = self.deliver(digest_wait).await;
+            if let (Ok(None), Some(every)) = (&round, summary) {
+                round = self.summarize(every).await;
+            }
+            if let (Ok(None), Sender::Telegram(bot)) = (&round, &*self.sender) {
+                round = bot.close_answered(&context.store, &self.system).await;
+            }
+            match round {
+                // The notifier asked for quiet (a 429): nothing goes to it meanwhile, wake-ups
+                // included.
+                Ok(Some(quiet)) => {
+                    tokio::select! {
+                        () = context.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(quiet) => continue,
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    warn!(notifier = %self.name, %error, "cannot read or record sends; retrying")
                 }
             }
-            Ok(None) => {}
-            Err(error) => warn!(notifier = %name, %error, "cannot read or record sends; retrying"),
-        }
-        tokio::select! {
-            () = context.shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            tokio::select! {
+                () = context.shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
-}
 
-/// Sends the summary when the last one is `every` old (the first one `every` after the
-/// notifier was first started); returns how long to wait after a failure.
-async fn summarize(
-    name: &str,
-    sender: &Sender,
-    store: &Store,
-    every: Duration,
-) -> crate::store::Result<Option<Duration>> {
-    let key = format!("summary:{name}");
-    let now = Timestamp::now();
-    let Some(last) = store.notify_value(&key).await?.and_then(|v| v.parse::<i64>().ok()) else {
-        store.set_notify_value(&key, &now.millis().to_string()).await?;
-        return Ok(None);
-    };
-    if now.millis() - last < i64::try_from(every.as_millis()).unwrap_or(i64::MAX) {
-        return Ok(None);
+    /// Records why a send failed, for `ccm notify status` (a store that cannot record it is
+    /// only logged: the send's own bookkeeping goes on).
+    async fn failed(&self, what: &str, error: &SendError) {
+        let message = format!("{what}: {error}");
+        if let Err(error) = self.context.store.notifier_failed(&self.name, &message).await {
+            warn!(notifier = %self.name, %error, "cannot record why the notifier failed");
+        }
     }
-    match sender.send(&Message::summary(store).await?, &mut serde_json::Value::Null).await {
-        Ok(_) => {
+
+    /// Sends the summary when the last one is `every` old (the first one `every` after the
+    /// notifier was first started); returns how long to wait after a failure.
+    async fn summarize(&self, every: Duration) -> crate::store::Result<Option<Duration>> {
+        let (name, store) = (self.name.as_str(), &self.context.store);
+        let key = format!("summary:{name}");
+        let now = Timestamp::now();
+        let Some(last) = store.notify_value(&key).await?.and_then(|v| v.parse::<i64>().ok()) else {
             store.set_notify_value(&key, &now.millis().to_string()).await?;
-            Ok(None)
+            return Ok(None);
+        };
+        if now.millis() - last < i64::try_from(every.as_millis()).unwrap_or(i64::MAX) {
+            return Ok(None);
         }
-        Err(error) => {
-            warn!(notifier = name, %error, "summary failed; retrying");
-            Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(30))))
+        let summary = Message::summary(store, &self.system).await?;
+        match self.sender.send(&summary, &mut serde_json::Value::Null).await {
+            Ok(_) => {
+                store.set_notify_value(&key, &now.millis().to_string()).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                warn!(notifier = name, %error, "summary failed; retrying");
+                self.failed("summary", &error).await;
+                Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(30))))
+            }
         }
+    }
+
+    /// One round of sends; returns how long the notifier asked to be left alone, if it did.
+    async fn deliver(&self, digest_wait: Duration) -> crate::store::Result<Option<Duration>> {
+        let (name, store) = (self.name.as_str(), &self.context.store);
+        for mut out in store.due_sends(name, 50).await? {
+            let message = Message::of(&out.subject, &self.system);
+            // Telegram's buttons stay until the decision is answered (then `close_answered`
+            // takes them away).
+            let buttons =
+                message.decision.is_some() && matches!(&*self.sender, Sender::Telegram(_));
+            match self.sender.send(&message, &mut out.refs).await {
+                Ok(answer) => {
+                    info!(notifier = name, notification = out.notification, %answer, "sent");
+                    store
+                        .finish_sends(name, &[out.notification], "sent", Some(&out.refs), buttons)
+                        .await?;
+                }
+                Err(error) if error.permanent || out.attempts + 1 >= MAX_ATTEMPTS => {
+                    warn!(notifier = name, notification = out.notification, %error, "giving up");
+                    store
+                        .finish_sends(name, &[out.notification], "failed", Some(&out.refs), false)
+                        .await?;
+                    self.failed("send", &error).await;
+                }
+                Err(error) => {
+                    let wait = error.retry_after.unwrap_or_else(|| backoff(out.attempts));
+                    warn!(notifier = name, notification = out.notification, %error, ?wait, "send failed; retrying");
+                    let next = Timestamp::now().after(wait);
+                    store
+                        .retry_send(name, out.notification, next, &error.message, &out.refs)
+                        .await?;
+                    self.failed("send", &error).await;
+                    // A 429 holds every message to this notifier, not only this one.
+                    return Ok(Some(wait));
+                }
+            }
+        }
+        let digest = store.digest_due(name, digest_wait).await?;
+        if !digest.is_empty() {
+            let ids: Vec<i64> = digest.iter().map(|o| o.notification).collect();
+            let message = Message::digest(&digest, &self.system);
+            match self.sender.send(&message, &mut serde_json::Value::Null).await {
+                Ok(_) => store.finish_sends(name, &ids, "digested", None, false).await?,
+                Err(error) => {
+                    let wait = error.retry_after.unwrap_or(Duration::from_secs(30));
+                    warn!(notifier = name, %error, ?wait, "digest failed; retrying");
+                    self.failed("digest", &error).await;
+                    return Ok(Some(wait));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
-/// One round of a worker; returns how long the notifier asked to be left alone, if it did.
-async fn deliver(
-    name: &str,
-    sender: &Sender,
-    store: &Store,
-    digest_wait: Duration,
-) -> crate::store::Result<Option<Duration>> {
-    for mut out in store.due_sends(name, 50).await? {
-        let message = Message::of(&out.subject);
-        match sender.send(&message, &mut out.refs).await {
-            Ok(answer) => {
-                info!(notifier = name, notification = out.notification, %answer, "sent");
-                store.finish_sends(name, &[out.notification], "sent", Some(&out.refs)).await?;
-            }
-            Err(error) if error.permanent || out.attempts + 1 >= MAX_ATTEMPTS => {
-                warn!(notifier = name, notification = out.notification, %error, "giving up");
-                store.finish_sends(name, &[out.notification], "failed", Some(&out.refs)).await?;
-            }
-            Err(error) => {
-                let wait = error.retry_after.unwrap_or_else(|| backoff(out.attempts));
-                warn!(notifier = name, notification = out.notification, %error, ?wait, "send failed; retrying");
-                let next = Timestamp::now().after(wait);
-                store.retry_send(name, out.notification, next, &error.message, &out.refs).await?;
-                // A 429 holds every message to this notifier, not only this one.
-                return Ok(Some(wait));
-            }
-        }
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_alert_reason_reads_as_words_known_or_not() {
+        assert_eq!(super::title("disk_low"), "disk space low");
+        assert_eq!(super::title("some_new_reason"), "some new reason");
     }
-    let digest = store.digest_due(name, digest_wait).await?;
-    if !digest.is_empty() {
-        let ids: Vec<i64> = digest.iter().map(|o| o.notification).collect();
-        match sender.send(&Message::digest(&digest), &mut serde_json::Value::Null).await {
-            Ok(_) => store.finish_sends(name, &ids, "digested", None).await?,
-            Err(error) => {
-                let wait = error.retry_after.unwrap_or(Duration::from_secs(30));
-                warn!(notifier = name, %error, ?wait, "digest failed; retrying");
-                return Ok(Some(wait));
-            }
-        }
+
+    #[test]
+    fn redact_cuts_every_secret_out_of_a_cause_chain() {
+        let chain = "sendMessage: error for /bot123:ABC/x: 123:ABC refused";
+        assert_eq!(
+            super::redact(chain, &["123:ABC", ""]),
+            "sendMessage: error for /bot…/x: … refused"
+        );
     }
-    Ok(None)
 }

@@ -20,6 +20,7 @@ impl Ntfy {
             message: format!("bad ntfy url: {e}"),
             retry_after: None,
             permanent: true,
+            status: None,
         })?;
         let topic =
             url.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default().to_string();
@@ -49,6 +50,7 @@ impl Ntfy {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        super::answer(request).await
+        // The topic name is the password of a topic on a public server.
+        super::answer(request, &[topic.as_str()]).await
     }
 }

@@ -61,8 +61,27 @@ pub fn service_dir(manager: Manager) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// The systemd user unit that runs `ccm up` for `home`.
-pub fn systemd_unit(exe: &Path, home: &Home, profile: Profile) -> String {
+/// The PATH the service runs with: the installing shell's (its absolute entries, each once),
+/// then the directory of this ccm, so the agents' programs (a `claude` in `~/.local/bin`) and
+/// ccm itself are found as they are in that shell. Without one, systemd's default.
+pub fn service_path(exe: &Path) -> String {
+    let shell = std::env::var_os("PATH").unwrap_or_else(|| SYSTEMD_DEFAULT_PATH.into());
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let ours = exe.parent().map(Path::to_path_buf);
+    for dir in std::env::split_paths(&shell).chain(ours) {
+        if dir.is_absolute() && !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    std::env::join_paths(dirs)
+        .map_or_else(|_| SYSTEMD_DEFAULT_PATH.to_string(), |p| p.to_string_lossy().into_owned())
+}
+
+/// The PATH a systemd user service gets when its unit sets none.
+const SYSTEMD_DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The systemd user unit that runs `ccm up` for `home` with `path` as its PATH.
+pub fn systemd_unit(exe: &Path, home: &Home, profile: Profile, path: &str) -> String {
     let profile = match profile {
         Profile::Full => "full",
         Profile::Minimal => "minimal",
@@ -77,8 +96,10 @@ pub fn systemd_unit(exe: &Path, home: &Home, profile: Profile) -> String {
          [Service]\n\
          Type=simple\n\
          ExecStart={exe} up\n\
-         Environment=\"CCM_HOME={home}\"\n\
+         Environment={ccm_home}\n\
          Environment=CCM_DAEMON__PROFILE={profile}\n\
+         # The PATH of the shell that ran `ccm service install`: agents' programs are found as there.\n\
+         Environment={path}\n\
          Restart=on-failure\n\
          RestartSec=5s\n\
          # Stop only the daemon: agents run in ccm's tmux server, which outlives it.\n\
@@ -88,21 +109,49 @@ pub fn systemd_unit(exe: &Path, home: &Home, profile: Profile) -> String {
          [Install]\n\
          WantedBy=default.target\n",
         exe = systemd_quote(&exe.display().to_string()),
-        home = home.root().display(),
+        home = home.root().display().to_string().replace('%', "%%"),
+        ccm_home = systemd_assignment("CCM_HOME", &home.root().display().to_string()),
+        path = systemd_assignment("PATH", path),
     )
 }
 
-/// Quotes a path for `ExecStart=` when it holds spaces.
+/// Quotes a path for `ExecStart=` when it holds spaces (`%` is doubled: a specifier).
 fn systemd_quote(path: &str) -> String {
+    let path = path.replace('%', "%%");
     if path.contains([' ', '"', '\\']) {
         format!("\"{}\"", path.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
-        path.to_string()
+        path
     }
 }
 
+/// `"KEY=value"` for `Environment=`, quoted and escaped (`%` is a specifier in unit files).
+fn systemd_assignment(key: &str, value: &str) -> String {
+    let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%");
+    format!("\"{key}={value}\"")
+}
+
+/// The PATH a unit written by `install` sets, unescaped.
+fn unit_path(text: &str) -> Option<String> {
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("Environment=\"PATH="))?;
+    let value = line.strip_suffix('"')?;
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '%' => {
+                out.push('%');
+                chars.next(); // `%%`
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
 /// The launchd agent that runs `ccm up` for `home`.
-pub fn launchd_plist(exe: &Path, home: &Home, profile: Profile) -> String {
+pub fn launchd_plist(exe: &Path, home: &Home, profile: Profile, path: &str) -> String {
     let xml = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let profile = if profile == Profile::Minimal { "minimal" } else { "full" };
     let root = home.root().display().to_string();
@@ -119,6 +168,7 @@ pub fn launchd_plist(exe: &Path, home: &Home, profile: Profile) -> String {
   <dict>
     <key>CCM_HOME</key><string>{home}</string>
     <key>CCM_DAEMON__PROFILE</key><string>{profile}</string>
+    <key>PATH</key><string>{path}</string>
   </dict>
   <key>RunAtLoad</key><true/>
   <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>
@@ -130,6 +180,7 @@ pub fn launchd_plist(exe: &Path, home: &Home, profile: Profile) -> String {
         exe = xml(&exe.display().to_string()),
         home = xml(&root),
         log = xml(&format!("{root}/logs/daemon.log")),
+        path = xml(path),
     )
 }
 
@@ -158,13 +209,15 @@ pub fn install(home: &Home, profile: Profile, no_start: bool) -> anyhow::Result<
         anyhow::bail!("{} exists and was not written by ccm; move it away first", path.display());
     }
     let exe = std::env::current_exe().context("cannot find the ccm binary's path")?;
+    let path_var = service_path(&exe);
     let text = match manager {
-        Manager::Systemd => systemd_unit(&exe, home, profile),
-        Manager::Launchd => launchd_plist(&exe, home, profile),
+        Manager::Systemd => systemd_unit(&exe, home, profile, &path_var),
+        Manager::Launchd => launchd_plist(&exe, home, profile, &path_var),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
+    println!("PATH for the service (this shell's): {path_var}");
     if no_start {
         return Ok(());
     }
@@ -235,16 +288,32 @@ pub fn uninstall() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the service is installed, enabled and running.
+/// Whether the service is installed, enabled and running, and what `ccm doctor` says when run
+/// as the service runs it.
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
     pub file: PathBuf,
     pub installed: bool,
     pub enabled: Option<bool>,
     pub running: Option<bool>,
+    /// `ccm doctor` with the service's PATH and home, when the service is installed.
+    pub doctor: Option<Doctor>,
 }
 
-pub fn status() -> anyhow::Result<Status> {
+/// `ccm doctor` run as the service would run it.
+#[derive(Debug, serde::Serialize)]
+pub struct Doctor {
+    /// The PATH it ran with: the unit's, or systemd's default when the unit sets none.
+    pub path: String,
+    /// Whether the unit sets a PATH (a unit written before ccm did has none).
+    pub path_from_unit: bool,
+    /// Whether every check passed.
+    pub ok: bool,
+    /// What it printed.
+    pub output: String,
+}
+
+pub fn status(home: &Home) -> anyhow::Result<Status> {
     let manager = Manager::here();
     let file = service_dir(manager)?.join(manager.file_name());
     let installed = file.exists();
@@ -264,5 +333,70 @@ pub fn status() -> anyhow::Result<Status> {
             (Some(listed), Some(listed))
         }
     };
-    Ok(Status { file, installed, enabled, running })
+    let doctor = if installed { Some(doctor_as_service(&file, manager, home)?) } else { None };
+    Ok(Status { file, installed, enabled, running, doctor })
+}
+
+/// Runs `ccm doctor` with the environment the service file gives the daemon: its PATH and home.
+fn doctor_as_service(file: &Path, manager: Manager, home: &Home) -> anyhow::Result<Doctor> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let from_unit = match manager {
+        Manager::Systemd => unit_path(&text),
+        Manager::Launchd => text
+            .split_once("<key>PATH</key><string>")
+            .and_then(|(_, rest)| rest.split_once("</string>"))
+            .map(|(path, _)| path.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")),
+    };
+    let path_from_unit = from_unit.is_some();
+    let path = from_unit.unwrap_or_else(|| SYSTEMD_DEFAULT_PATH.to_string());
+    let ccm_home = match manager {
+        Manager::Systemd => text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Environment=\"CCM_HOME="))
+            .and_then(|v| v.strip_suffix('"'))
+            .map(|v| v.replace("%%", "%")),
+        Manager::Launchd => None,
+    }
+    .unwrap_or_else(|| home.root().display().to_string());
+    let exe = std::env::current_exe().context("cannot find the ccm binary's path")?;
+    let mut command = Command::new(&exe);
+    // The service has none of this shell's `CCM_*` settings, only the file's.
+    for (name, _) in std::env::vars_os().filter(|(n, _)| n.to_string_lossy().starts_with("CCM_")) {
+        command.env_remove(name);
+    }
+    let profile = ["full", "minimal"].into_iter().find(|p| {
+        text.contains(&format!(
+            "CCM_DAEMON__PROFILE{}{p}",
+            if manager == Manager::Systemd { "=" } else { "</key><string>" }
+        ))
+    });
+    if let Some(profile) = profile {
+        command.env("CCM_DAEMON__PROFILE", profile);
+    }
+    let out = command
+        .arg("doctor")
+        .env("PATH", &path)
+        .env("CCM_HOME", &ccm_home)
+        .output()
+        .with_context(|| format!("cannot run {} doctor", exe.display()))?;
+    let output =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok(Doctor { path, path_from_unit, ok: out.status.success(), output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_with_quotes_and_percent_survives_the_unit_file() {
+        let path = r#"/opt/100%/bin:/home/a "b"/bin:/x\y"#;
+        let unit = systemd_unit(Path::new("/usr/bin/ccm"), &Home::at("/h"), Profile::Full, path);
+        assert!(
+            unit.contains(r#"Environment="PATH=/opt/100%%/bin:/home/a \"b\"/bin:/x\\y""#),
+            "{unit}"
+        );
+        assert_eq!(unit_path(&unit).as_deref(), Some(path));
+    }
 }

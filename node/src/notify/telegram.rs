@@ -23,8 +23,10 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 use tracing::{info, warn};
 
+use ccm_schema::Decision;
+
 use super::{Context, Message, Notifier, SendError};
-use crate::store::{RetryPolicy, StoreError};
+use crate::store::{RetryPolicy, Store, StoreError, Subject};
 
 /// Telegram's limit on a message's text.
 const MAX_TEXT: usize = 4096;
@@ -38,6 +40,8 @@ pub struct Telegram {
     http: reqwest::Client,
     /// `<api_url>/bot<token>`: never logged.
     base: Arc<str>,
+    /// The token, cut out of every error.
+    token: Arc<str>,
     /// A short hash of the token, naming its offset and its lock file.
     token_id: String,
     chats: Arc<Vec<i64>>,
@@ -66,17 +70,19 @@ impl Telegram {
                 ),
                 retry_after: None,
                 permanent: true,
+                status: None,
             }
         })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()
-            .map_err(SendError::request)?;
+            .map_err(|e| SendError::request(e, &[]))?;
         let hash = sha2::Sha256::digest(token.as_bytes());
         Ok(Telegram {
             name: name.to_string(),
             http,
             base: format!("{}/bot{}", api_url.trim_end_matches('/'), token.trim()).into(),
+            token: token.trim().into(),
             token_id: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
             chats: Arc::new(chat_ids.clone()),
             poll_secs: *poll_secs,
@@ -100,9 +106,9 @@ impl Telegram {
             .timeout(timeout)
             .send()
             .await
-            .map_err(SendError::request)?;
+            .map_err(|e| self.request_failed(method, e))?;
         let status = response.status().as_u16();
-        let text = response.text().await.map_err(SendError::request)?;
+        let text = response.text().await.map_err(|e| self.request_failed(method, e))?;
         let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if answer["ok"] == true {
             return Ok(answer["result"].clone());
@@ -120,6 +126,13 @@ impl Telegram {
         let mut error = SendError::status(code, description, retry_after);
         error.message = format!("{method}: {}", error.message);
         Err(error)
+    }
+
+    /// A call that got no answer: `<method>: <the causes>`, without the token.
+    fn request_failed(&self, method: &str, error: reqwest::Error) -> SendError {
+        let mut error = SendError::request(error, &[&self.token]);
+        error.message = format!("{method}: {}", error.message);
+        error
     }
 
     /// Waits until `chat` may be sent another message.
@@ -167,6 +180,82 @@ impl Telegram {
             }
         }
         Ok(format!("sent to {} chat(s): {done:?}", done.len()))
+    }
+
+    /// Edits the messages of decisions answered since they were sent (anywhere: the CLI, the
+    /// API, another notifier, a timeout, the task's end) to say how, without their buttons.
+    /// Returns how long to leave the bot alone after a failure.
+    pub async fn close_answered(
+        &self,
+        store: &Store,
+        system: &str,
+    ) -> crate::store::Result<Option<Duration>> {
+        for (notification, refs, decision) in store.answered_with_buttons(&self.name).await? {
+            let sent: Vec<(i64, i64)> = serde_json::from_value(refs).unwrap_or_default();
+            let original = Message::of(&Subject::Decision(decision.clone()), system);
+            let text = truncate(&format!(
+                "<b>{}</b>\n{}\n\n<b>{}</b>",
+                escape(&original.title),
+                escape(&original.text),
+                escape(&how_answered(&decision))
+            ));
+            for (chat, message_id) in sent {
+                self.pace(chat).await;
+                let edit = json!({ "chat_id": chat, "message_id": message_id, "text": text, "parse_mode": "HTML" });
+                match self.call("editMessageText", &edit, Duration::from_secs(10)).await {
+                    Ok(_) => {}
+                    // Edited already (by the press), deleted, or too old to edit: nothing to
+                    // take away any more.
+                    Err(error) if error.permanent => {
+                        info!(notifier = %self.name, decision = %decision.id, %error, "buttons not edited");
+                    }
+                    Err(error) => {
+                        warn!(notifier = %self.name, decision = %decision.id, %error, "cannot take the buttons of an answered decision away; retrying");
+                        if let Err(error) = store.notifier_failed(&self.name, &error.message).await
+                        {
+                            warn!(notifier = %self.name, %error, "cannot record why the notifier failed");
+                        }
+                        return Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(5))));
+                    }
+                }
+            }
+            info!(notifier = %self.name, decision = %decision.id, "buttons of an answered decision taken away");
+            store.set_live_buttons(&self.name, notification, false).await?;
+        }
+        Ok(None)
+    }
+
+    /// A press of message `message_id` of `chat` is about to answer `decision`, and the
+    /// press's edit will take the buttons away: when that message is the decision's only one,
+    /// its buttons are recorded as gone first, so `close_answered` does not edit it too.
+    /// Returns the send to mark live again if the answer fails.
+    async fn pressing(
+        &self,
+        context: &Context,
+        decision: uuid::Uuid,
+        chat: i64,
+        message_id: i64,
+    ) -> Option<i64> {
+        let taken = match context.store.decision_buttons(&self.name, decision).await {
+            Ok(Some((notification, refs))) => {
+                let sent: Vec<(i64, i64)> = serde_json::from_value(refs).unwrap_or_default();
+                if sent != [(chat, message_id)] {
+                    return None;
+                }
+                context
+                    .store
+                    .set_live_buttons(&self.name, notification, false)
+                    .await
+                    .map(|()| notification)
+            }
+            Ok(None) => return None,
+            Err(error) => Err(error),
+        };
+        taken
+            .inspect_err(
+                |error| warn!(notifier = %self.name, %error, "cannot record the buttons as gone"),
+            )
+            .ok()
     }
 
     /// The lock that makes this process the only poller of the token on this machine: `None`
@@ -314,7 +403,16 @@ pub async fn poll(bot: Telegram, context: Context) {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let wait = error.retry_after.unwrap_or_else(|| poll_backoff(failures));
-                    warn!(notifier = %bot.name, %error, ?wait, "getUpdates failed (409: another poller of this bot); backing off");
+                    if error.status == Some(409) {
+                        warn!(notifier = %bot.name, %error, ?wait, "another poller of this bot is polling (Telegram answered 409); backing off");
+                    } else {
+                        warn!(notifier = %bot.name, %error, ?wait, "getUpdates failed; backing off");
+                    }
+                    if let Err(error) =
+                        context.store.notifier_failed(&bot.name, &error.message).await
+                    {
+                        warn!(notifier = %bot.name, %error, "cannot record why polling failed");
+                    }
                     if !sleep(wait).await {
                         return;
                     }
@@ -383,22 +481,37 @@ async fn handle(bot: &Telegram, context: &Context, update: &Value) -> Option<Rep
         Some((id, answer)) => {
             let actor = format!("telegram:{who}");
             let policy = RetryPolicy::from(&*context.config);
-            match context
+            let taken = match (chat, message["message_id"].as_i64()) {
+                (Some(chat), Some(message_id)) => bot.pressing(context, id, chat, message_id).await,
+                _ => None,
+            };
+            let answered = context
                 .store
                 .answer_decision(&id.hyphenated().to_string(), answer, &actor, policy)
-                .await
-            {
-                Ok(_) => {
+                .await;
+            if let (Err(_), Some(notification)) = (&answered, taken) {
+                // Not answered by this press: whatever settles it edits the message.
+                if let Err(error) =
+                    context.store.set_live_buttons(&bot.name, notification, true).await
+                {
+                    warn!(notifier = %bot.name, %error, "cannot record the buttons as live again");
+                }
+            }
+            match answered {
+                Ok(decision) => {
                     (context.answered)();
                     info!(notifier = %bot.name, decision = %id, answer, by = %who, "decision answered from telegram");
-                    (format!("{answer}: done"), Some(format!("✔ {answer} — decided by {who}")))
+                    (format!("{answer}: done"), Some(how_answered(&decision)))
                 }
                 // Another system's decision (a bot shared by several): its message is not ours
                 // to edit.
                 Err(error @ StoreError::DecisionNotFound(_)) => {
                     (format!("{error}: answer it on its system with `ccm decide`"), None)
                 }
-                Err(error) => (error.to_string(), Some(format!("⚠ {error}"))),
+                // Answered already, not an option, or the store failed: only the presser is
+                // told. The message keeps its buttons while its decision is pending (a settled
+                // decision loses them through `close_answered`).
+                Err(error) => (error.to_string(), None),
             }
         }
     };
@@ -414,6 +527,19 @@ async fn handle(bot: &Telegram, context: &Context, update: &Value) -> Option<Rep
         _ => None,
     };
     Some(Reply { answer, edit })
+}
+
+/// How a decision was answered, under its message: `✔ retry — decided by @ann`, or
+/// `⏱ deny: nobody answered in time`.
+fn how_answered(decision: &Decision) -> String {
+    let answer = decision.answer.as_deref().unwrap_or("answered");
+    match decision.answered_by.as_deref() {
+        Some("timeout") => format!("⏱ {answer}: nobody answered in time"),
+        Some(by) => {
+            format!("✔ {answer} — decided by {}", by.strip_prefix("telegram:").unwrap_or(by))
+        }
+        None => format!("✔ {answer}"),
+    }
 }
 
 fn label(option: &str) -> String {

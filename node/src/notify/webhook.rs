@@ -28,7 +28,7 @@ impl Webhook {
             "title": message.title,
             "text": message.text,
             "severity": message.severity,
-            "system": super::hostname(),
+            "system": message.system,
             "subject": message.subject,
         })
         .to_string();
@@ -40,8 +40,14 @@ impl Webhook {
         if let Some(secret) = &self.secret {
             request = request.header("X-Ccm-Signature", signature(secret, body.as_bytes()));
         }
-        super::answer(request).await
+        super::answer(request, &secrets(&self.url)).await
     }
+}
+
+/// The parts of a webhook URL that may be credentials: its path and query.
+fn secrets(url: &str) -> Vec<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split_once('/').map(|(_, path)| path).into_iter().filter(|p| p.len() > 1).collect()
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgen
 pub use claims::{ChangeRequest, Claim, Ownership};
 pub use contexts::ContextProbe;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
-pub use notify::{Outgoing, Routes, Subject};
+pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use routing::{RoutedControl, RoutedTask};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};

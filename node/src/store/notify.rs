@@ -3,6 +3,7 @@
 //! sends that are due, their outcomes, and small durable values (Telegram's update offset).
 
 use ccm_schema::{Alert, Decision, Severity, Timestamp};
+use serde::{Deserialize, Serialize};
 
 use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
 use super::{Result, Store};
@@ -91,9 +92,20 @@ impl Store {
             let subject = load_subject(&mut tx, &source, &source_id).await?;
             let asks_decision = matches!(&subject, Some(Subject::Alert(a))
                 if a.details.as_ref().is_some_and(|d| d.0.get("decision").is_some()));
+            // An alert raised with a decision about its task (a blocked task's
+            // `attempts_exhausted` and its retry-or-cancel question) goes out as that decision
+            // where the decision goes: one message, not two.
+            let companion = match &subject {
+                Some(Subject::Alert(alert)) => companion_decision(&mut tx, alert).await?,
+                _ => None,
+            };
+            let with_decision = companion.as_ref().map(&route).unwrap_or_default();
             if let Some(subject) = subject.filter(|_| !asks_decision) {
                 let key = subject.dedupe_key();
                 for (notifier, immediate) in route(&subject) {
+                    if with_decision.iter().any(|(n, _)| *n == notifier) {
+                        continue;
+                    }
                     let (recent,): (bool,) = sqlx::query_as(
                         r#"
                         SELECT EXISTS (SELECT 1 FROM notification_sends
@@ -156,7 +168,7 @@ impl Store {
             match self.outgoing(row).await? {
                 Some(out) if !out.subject.settled() => due.push(out),
                 Some(out) => {
-                    self.finish_sends(notifier, &[out.notification], "skipped", None).await?
+                    self.finish_sends(notifier, &[out.notification], "skipped", None, false).await?
                 }
                 None => {}
             }
@@ -201,26 +213,29 @@ impl Store {
     }
 
     /// Records the outcome of sends: `sent`, `digested`, `failed` or `skipped`, with what the
-    /// notifier answered (`refs`) when given.
+    /// notifier answered (`refs`) when given; `buttons`: the message has buttons that stay
+    /// live until its decision is answered.
     pub async fn finish_sends(
         &self,
         notifier: &str,
         notifications: &[i64],
         state: &str,
         refs: Option<&serde_json::Value>,
+        buttons: bool,
     ) -> Result<()> {
         let mut tx = self.write().await?;
         for id in notifications {
             sqlx::query(
                 r#"
                 UPDATE notification_sends SET state = ?, sent_at = ?, refs = coalesce(?, refs),
-                    attempts = attempts + 1
+                    attempts = attempts + 1, live_buttons = ?
                 WHERE notification_id = ? AND notifier = ?
                 "#,
             )
             .bind(state)
             .bind(Timestamp::now())
             .bind(refs.map(|r| r.to_string()))
+            .bind(buttons)
             .bind(id)
             .bind(notifier)
             .execute(&mut *tx)
@@ -277,13 +292,185 @@ impl Store {
         Ok(row.and_then(|(refs,)| serde_json::from_str(&refs).ok()))
     }
 
-    /// Sends per state, for `ccm notify status` and tests: `(notifier, state, count)`.
-    pub async fn send_counts(&self) -> Result<Vec<(String, String, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT notifier, state, count(*) FROM notification_sends GROUP BY notifier, state ORDER BY 1, 2",
+    /// Decisions that `notifier` sent with buttons and that were answered since (anywhere: a
+    /// button, the CLI, the API, a timeout, the task's end): what was sent (`refs`) and the
+    /// decision as answered.
+    pub async fn answered_with_buttons(
+        &self,
+        notifier: &str,
+    ) -> Result<Vec<(i64, serde_json::Value, Decision)>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            r#"
+            SELECT s.notification_id, s.refs, n.source_id
+            FROM notification_sends s JOIN notifications n ON n.id = s.notification_id
+            WHERE s.notifier = ? AND s.live_buttons = 1 AND n.source = 'decision'
+              AND EXISTS (SELECT 1 FROM decisions d WHERE d.id = n.source_id AND d.answered_at IS NOT NULL)
+            ORDER BY s.notification_id LIMIT 50
+            "#,
+        )
+        .bind(notifier)
+        .fetch_all(&self.readers)
+        .await?;
+        let mut answered = Vec::with_capacity(rows.len());
+        let mut conn = self.readers.acquire().await?;
+        for (notification, refs, decision) in rows {
+            if let Some(Subject::Decision(decision)) =
+                load_subject(&mut conn, "decision", &decision).await?
+            {
+                answered.push((
+                    notification,
+                    serde_json::from_str(&refs).unwrap_or_default(),
+                    decision,
+                ));
+            }
+        }
+        Ok(answered)
+    }
+
+    /// Whether the buttons of `notifier`'s message about notification `notification` are
+    /// live (`false`: gone, or being taken away by a press).
+    pub async fn set_live_buttons(
+        &self,
+        notifier: &str,
+        notification: i64,
+        live: bool,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE notification_sends SET live_buttons = ? WHERE notification_id = ? AND notifier = ?",
+        )
+        .bind(live)
+        .bind(notification)
+        .bind(notifier)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The live buttons `notifier` sent for `decision`: `(notification, refs)`.
+    pub async fn decision_buttons(
+        &self,
+        notifier: &str,
+        decision: uuid::Uuid,
+    ) -> Result<Option<(i64, serde_json::Value)>> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            r#"
+            SELECT s.notification_id, s.refs
+            FROM notification_sends s JOIN notifications n ON n.id = s.notification_id
+            WHERE s.notifier = ? AND n.source = 'decision' AND n.source_id = ? AND s.live_buttons = 1
+            "#,
+        )
+        .bind(notifier)
+        .bind(decision.hyphenated().to_string())
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(|(id, refs)| (id, serde_json::from_str(&refs).unwrap_or_default())))
+    }
+
+    /// Records the last failure of `notifier` (a send, a digest, a summary, a poll, or why it
+    /// did not start), for `ccm notify status`.
+    pub async fn notifier_failed(&self, notifier: &str, error: &str) -> Result<()> {
+        let value = serde_json::json!({ "at": Timestamp::now(), "message": error }).to_string();
+        self.set_notify_value(&format!("last_error:{notifier}"), &value).await
+    }
+
+    /// Per notifier that has sends or a recorded failure: its sends per state, when it last
+    /// delivered one, and its last failure. For `ccm notify status`.
+    pub async fn notifier_status(&self) -> Result<Vec<NotifierStatus>> {
+        let counts: Vec<(String, String, i64, Option<Timestamp>)> = sqlx::query_as(
+            r#"
+            SELECT notifier, state, count(*), max(sent_at) FILTER (WHERE state IN ('sent', 'digested'))
+            FROM notification_sends GROUP BY notifier, state ORDER BY 1, 2
+            "#,
         )
         .fetch_all(&self.readers)
-        .await?)
+        .await?;
+        let errors: Vec<(String, String)> = sqlx::query_as(
+            "SELECT substr(key, 12), value FROM notify_state WHERE key LIKE 'last!_error:%' ESCAPE '!' ORDER BY 1",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut all: std::collections::BTreeMap<String, NotifierStatus> = Default::default();
+        let blank = |notifier: String| NotifierStatus { notifier, ..Default::default() };
+        for (notifier, state, count, sent) in counts {
+            let status = all.entry(notifier.clone()).or_insert_with(|| blank(notifier));
+            status.sends.insert(state, count);
+            status.last_sent_at = status.last_sent_at.max(sent);
+        }
+        for (notifier, value) in errors {
+            let status = all.entry(notifier.clone()).or_insert_with(|| blank(notifier));
+            status.last_error = serde_json::from_str(&value).ok();
+        }
+        Ok(all.into_values().collect())
+    }
+
+    /// Raises health alert `reason` about `key` (a filesystem, a window) unless one is open:
+    /// one alert while the condition lasts, whatever its figures say meanwhile.
+    pub async fn raise_health(
+        &self,
+        severity: Severity,
+        reason: &str,
+        key: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let (open,): (bool,) = sqlx::query_as(
+            r#"
+            SELECT EXISTS (SELECT 1 FROM alerts
+                WHERE resolved_at IS NULL AND reason = ? AND json_extract(details, '$.health') = ?)
+            "#,
+        )
+        .bind(reason)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !open {
+            let details = serde_json::json!({ "health": key });
+            let now = Timestamp::now();
+            super::tasks::raise_alert(&mut tx, None, severity, reason, message, Some(details), now)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Resolves the open health alerts `reason` whose condition cleared: those about a key not
+    /// in `still`. The next time the condition comes, a new alert is raised (and sent).
+    pub async fn settle_health(&self, reason: &str, still: &[String]) -> Result<usize> {
+        let still = serde_json::to_string(still).unwrap_or_else(|_| "[]".into());
+        let (any,): (bool,) = sqlx::query_as(
+            r#"
+            SELECT EXISTS (SELECT 1 FROM alerts WHERE resolved_at IS NULL AND reason = ?
+                AND coalesce(json_extract(details, '$.health'), '') NOT IN (SELECT value FROM json_each(?)))
+            "#,
+        )
+        .bind(reason)
+        .bind(&still)
+        .fetch_one(&self.readers)
+        .await?;
+        if !any {
+            return Ok(0);
+        }
+        let mut tx = self.write().await?;
+        let resolved: Vec<Alert> = sqlx::query_as(&format!(
+            r#"
+            UPDATE alerts SET resolved_at = ?
+            WHERE resolved_at IS NULL AND reason = ?
+              AND coalesce(json_extract(details, '$.health'), '') NOT IN (SELECT value FROM json_each(?))
+            RETURNING {ALERT_COLUMNS}
+            "#
+        ))
+        .bind(Timestamp::now())
+        .bind(reason)
+        .bind(&still)
+        .fetch_all(&mut *tx)
+        .await?;
+        for alert in &resolved {
+            super::outbox(&mut tx, "alert", &alert.id.to_string(), alert, false).await?;
+        }
+        tx.commit().await?;
+        Ok(resolved.len())
     }
 
     /// A durable value of the notifiers (such as a bot's update offset).
@@ -319,6 +506,42 @@ impl Store {
             refs: serde_json::from_str(&row.refs).unwrap_or_default(),
         }))
     }
+}
+
+/// What `ccm notify status` shows of one notifier.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NotifierStatus {
+    pub notifier: String,
+    /// Sends per state (`pending`, `sent`, `digest`, `digested`, `failed`, `skipped`).
+    pub sends: std::collections::BTreeMap<String, i64>,
+    /// When it last delivered a message (alone or in a digest).
+    pub last_sent_at: Option<Timestamp>,
+    /// Its last failure, whatever came after it.
+    pub last_error: Option<NotifierError>,
+}
+
+/// A notifier's failure, with its cause (never a token or a secret URL part).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifierError {
+    pub at: Timestamp,
+    pub message: String,
+}
+
+/// The pending decision raised about `alert`'s task in the alert's transaction (same task,
+/// same time), if any.
+async fn companion_decision(
+    conn: &mut sqlx::SqliteConnection,
+    alert: &Alert,
+) -> Result<Option<Subject>> {
+    let Some(task) = &alert.task_id else { return Ok(None) };
+    let decision: Option<Decision> = sqlx::query_as(&format!(
+        "SELECT {DECISION_COLUMNS} FROM decisions WHERE task_id = ? AND created_at = ? LIMIT 1"
+    ))
+    .bind(task)
+    .bind(alert.created_at)
+    .fetch_optional(conn)
+    .await?;
+    Ok(decision.map(Subject::Decision))
 }
 
 #[derive(sqlx::FromRow)]

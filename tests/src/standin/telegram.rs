@@ -4,7 +4,11 @@
 //! - `getUpdates`: long polling (`timeout` seconds) from `offset`; an update counts as
 //!   confirmed, and is forgotten, once a call asks for a higher offset. A second call while
 //!   one is waiting is answered 409 `Conflict: terminated by other getUpdates request`.
-//! - `sendMessage` (with `reply_markup`), `editMessageText`, `answerCallbackQuery`.
+//! - `sendMessage` (with `reply_markup`), `editMessageText` (which keeps only the
+//!   `reply_markup` it is given: without one the buttons are gone; an edit that changes
+//!   nothing is refused with 400 `message is not modified`), `answerCallbackQuery`. With
+//!   `parse_mode: HTML` the `text` of the returned `Message` is the text without its tags, with
+//!   `&lt;`, `&gt;`, `&amp;` and `&quot;` decoded, as Telegram returns it.
 //! - Scripted failures: 429 with `parameters.retry_after`, or any status, for the next calls
 //!   of a method.
 //!
@@ -40,8 +44,8 @@ struct Bot {
     /// Updates not confirmed yet.
     updates: VecDeque<Value>,
     next_message: i64,
-    /// Messages by (chat, message id): their current text.
-    messages: HashMap<(i64, i64), String>,
+    /// Messages by (chat, message id): their current text and inline keyboard.
+    messages: HashMap<(i64, i64), (String, Option<Value>)>,
     calls: Vec<Call>,
     /// The messages `sendMessage` returned, in order.
     sent: Vec<Value>,
@@ -100,7 +104,12 @@ impl Telegram {
 
     /// The current text of a message (after edits).
     pub fn text_of(&self, chat: i64, message_id: i64) -> Option<String> {
-        self.bot.lock().unwrap().messages.get(&(chat, message_id)).cloned()
+        self.bot.lock().unwrap().messages.get(&(chat, message_id)).map(|(text, _)| text.clone())
+    }
+
+    /// The current inline keyboard of a message (after edits); `None` when it has none.
+    pub fn markup_of(&self, chat: i64, message_id: i64) -> Option<Value> {
+        self.bot.lock().unwrap().messages.get(&(chat, message_id)).and_then(|(_, m)| m.clone())
     }
 
     /// Most `getUpdates` calls that were waiting at the same time.
@@ -138,19 +147,23 @@ impl Telegram {
         let update_id = bot.next_update;
         bot.next_update += 1;
         let query_id = format!("{update_id}-q");
-        let text = bot.messages.get(&(chat, message_id)).cloned().unwrap_or_default();
+        let (text, markup) = bot.messages.get(&(chat, message_id)).cloned().unwrap_or_default();
+        let mut message = json!({
+            "message_id": message_id,
+            "from": { "id": 1, "is_bot": true, "first_name": "ccm", "username": "ccm_bot" },
+            "chat": { "id": chat, "type": "private", "first_name": user.1 },
+            "date": 1_735_689_600,
+            "text": text
+        });
+        if let Some(markup) = markup {
+            message["reply_markup"] = markup;
+        }
         bot.updates.push_back(json!({
             "update_id": update_id,
             "callback_query": {
                 "id": query_id,
                 "from": { "id": user.0, "is_bot": false, "first_name": user.1, "username": user.1.to_lowercase() },
-                "message": {
-                    "message_id": message_id,
-                    "from": { "id": 1, "is_bot": true, "first_name": "ccm", "username": "ccm_bot" },
-                    "chat": { "id": chat, "type": "private", "first_name": user.1 },
-                    "date": 1_735_689_600,
-                    "text": text
-                },
+                "message": message,
                 "chat_instance": "-1234567890123",
                 "data": data
             }
@@ -233,14 +246,19 @@ async fn call(
         "sendmessage" => {
             let mut state = bot.lock().unwrap();
             let chat = params["chat_id"].as_i64().unwrap_or_default();
-            let text = params["text"].as_str().unwrap_or_default().to_string();
-            if text.is_empty() || text.chars().count() > 4096 {
+            let text = parsed_text(&params);
+            if text.is_empty() {
                 record(&mut state, 400);
                 return answer(400, Err(("Bad Request: message text is empty".into(), None)));
             }
+            if text.chars().count() > 4096 {
+                record(&mut state, 400);
+                return answer(400, Err(("Bad Request: message is too long".into(), None)));
+            }
             let message_id = state.next_message;
             state.next_message += 1;
-            state.messages.insert((chat, message_id), text.clone());
+            let markup = params.get("reply_markup").cloned();
+            state.messages.insert((chat, message_id), (text.clone(), markup));
             record(&mut state, 200);
             let mut message = json!({
                 "message_id": message_id,
@@ -261,19 +279,33 @@ async fn call(
                 params["chat_id"].as_i64().unwrap_or_default(),
                 params["message_id"].as_i64().unwrap_or_default(),
             );
-            let text = params["text"].as_str().unwrap_or_default().to_string();
-            if !state.messages.contains_key(&key) {
+            let text = parsed_text(&params);
+            let markup = params.get("reply_markup").cloned();
+            let Some(current) = state.messages.get(&key) else {
                 record(&mut state, 400);
                 return answer(400, Err(("Bad Request: message to edit not found".into(), None)));
+            };
+            if *current == (text.clone(), markup.clone()) {
+                record(&mut state, 400);
+                return answer(
+                    400,
+                    Err(("Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message".into(), None)),
+                );
             }
-            state.messages.insert(key, text.clone());
+            state.messages.insert(key, (text.clone(), markup.clone()));
             record(&mut state, 200);
-            answer(
-                200,
-                Ok(
-                    json!({ "message_id": key.1, "chat": { "id": key.0, "type": "private" }, "date": 1_735_689_600, "text": text }),
-                ),
-            )
+            let mut message = json!({
+                "message_id": key.1,
+                "from": { "id": 1, "is_bot": true, "first_name": "ccm", "username": "ccm_bot" },
+                "chat": { "id": key.0, "type": "private" },
+                "date": 1_735_689_600,
+                "edit_date": 1_735_689_660,
+                "text": text
+            });
+            if let Some(markup) = markup {
+                message["reply_markup"] = markup;
+            }
+            answer(200, Ok(message))
         }
         "answercallbackquery" => {
             let mut state = bot.lock().unwrap();
@@ -294,6 +326,26 @@ async fn call(
         tokio::time::sleep(stall).await;
     }
     response
+}
+
+/// A message's `text` as Telegram keeps it: with `parse_mode: HTML`, without its tags and
+/// with the entities decoded.
+fn parsed_text(params: &Value) -> String {
+    let text = params["text"].as_str().unwrap_or_default();
+    if params["parse_mode"] != "HTML" {
+        return text.to_string();
+    }
+    let mut plain = String::with_capacity(text.len());
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => plain.push(c),
+            _ => {}
+        }
+    }
+    plain.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&")
 }
 
 async fn get_updates(
