@@ -338,6 +338,9 @@ pub struct SyncConfig {
     pub url: Option<String>,
     /// REST base URL of self-hosted Supabase or any PostgREST-compatible server; wins over `url`.
     pub rest_url: Option<String>,
+    /// Supabase Auth's base URL, instead of `<url>/auth/v1` (needed with `rest_url` alone for
+    /// `ccm sync enroll --email` or `--code`).
+    pub auth_url: Option<String>,
     /// The project's publishable (anon) key; never the service role key.
     pub publishable_key: Option<String>,
     /// Sets the normal lane's timer: `high` 5 min, `normal` 15 min, `low` 60 min.
@@ -372,6 +375,7 @@ impl Default for SyncConfig {
         SyncConfig {
             url: None,
             rest_url: None,
+            auth_url: None,
             publishable_key: None,
             priority: SyncPriority::Normal,
             interval_secs: None,
@@ -408,12 +412,18 @@ impl SyncConfig {
             return Ok(None);
         }
         let key = self.publishable_key.as_deref().unwrap_or_default();
-        ccm_sync::Endpoint::new(self.url.as_deref(), self.rest_url.as_deref(), key)
-            .map(Some)
+        let endpoint = ccm_sync::Endpoint::new(self.url.as_deref(), self.rest_url.as_deref(), key)
             .map_err(|e| ConfigError::Invalid {
                 key: if self.rest_url.is_some() { "sync.rest_url" } else { "sync.url" },
                 message: e.to_string(),
-            })
+            })?;
+        match &self.auth_url {
+            None => Ok(Some(endpoint)),
+            Some(auth) => endpoint
+                .with_auth_url(auth)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid { key: "sync.auth_url", message: e.to_string() }),
+        }
     }
 
     /// The normal lane's timer.

@@ -369,9 +369,12 @@ pub async fn systems(
     let endpoint = config.sync.endpoint()?.context(
         "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
     )?;
-    let token = crate::sync::access_token(home)
-        .context("this system is not enrolled: run `ccm sync enroll --jwt JWT` first")?;
-    let client = ccm_sync::Client::new(endpoint, Some(token))?;
+    let credential = crate::sync::credential(home, &endpoint, None);
+    anyhow::ensure!(
+        !matches!(credential, ccm_sync::Credential::None),
+        "this system is not enrolled: run `ccm sync enroll` first"
+    );
+    let client = ccm_sync::Client::new(endpoint, credential)?;
     let call = |function: &'static str, params: Value| {
         let client = client.clone();
         async move {

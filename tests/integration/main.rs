@@ -19,5 +19,6 @@ mod routing_central;
 mod runtime;
 mod startup;
 mod sync;
+mod sync_auth;
 mod tasks;
 mod worktree_hooks;
