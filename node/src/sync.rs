@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use std::os::unix::fs::OpenOptionsExt;
 
 use ccm_sync::auth::{Keeper, Session, SessionStore};
-use ccm_sync::wire::{EnrollAnswerV1, HealthMetricsV1, HealthSnapshot};
+use ccm_sync::wire::{EnrollAnswerV1, HealthMetricsV1, HealthSnapshot, InviteAnswerV1};
 use ccm_sync::{Credential, Driver, Lane, LaneStatus, Settings};
 use clap::Subcommand;
 use serde_json::json;
@@ -24,7 +24,7 @@ use crate::store::Store;
 pub enum SyncCommand {
     /// Give this system its central identity, then the central `enroll` call; resumes sync.
     /// The session (or JWT) goes to auth.json (0600); a session is refreshed before it expires.
-    #[command(group = clap::ArgGroup::new("identity").required(true).args(["email", "jwt"]))]
+    #[command(group = clap::ArgGroup::new("identity").required(true).args(["email", "code", "jwt"]))]
     Enroll {
         /// Sign in to Supabase Auth as this system's user (password from a prompt, or stdin
         /// with --password-stdin).
@@ -33,9 +33,20 @@ pub enum SyncCommand {
         /// Read the password from stdin (its first line) instead of prompting.
         #[arg(long, requires = "email")]
         password_stdin: bool,
+        /// A one-time code from `ccm sync invite` on an enrolled system: no password here; the
+        /// system signs in to Supabase Auth anonymously and the code makes it a system.
+        #[arg(long)]
+        code: Option<String>,
         /// A JWT the operator minted (used as is until it expires; no refresh).
         #[arg(long)]
         jwt: Option<String>,
+    },
+    /// A one-time code that enrols another system of this system's owner (`ccm sync enroll
+    /// --code CODE` there); shown once.
+    Invite {
+        /// How long the code stays valid, in hours (1 to 168).
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
     },
     /// Per lane: backlog, last success, last error, pause reason.
     Status {
@@ -59,14 +70,16 @@ pub type SyncStatus = BTreeMap<Lane, LaneStatus>;
 pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::Result<()> {
     let daemon = Client::connect(home).await?;
     match command {
-        SyncCommand::Enroll { email, password_stdin, jwt } => {
-            let identity = match (email, jwt) {
-                (Some(email), _) => Identity::Password { email, password_stdin },
-                (None, Some(jwt)) => Identity::Jwt(jwt),
-                (None, None) => anyhow::bail!("enroll: give --email or --jwt"),
+        SyncCommand::Enroll { email, password_stdin, code, jwt } => {
+            let identity = match (email, code, jwt) {
+                (Some(email), _, _) => Identity::Password { email, password_stdin },
+                (None, Some(code), _) => Identity::Code(code),
+                (None, None, Some(jwt)) => Identity::Jwt(jwt),
+                (None, None, None) => anyhow::bail!("enroll: give --email, --code or --jwt"),
             };
             enroll(home, config, daemon, identity).await
         }
+        SyncCommand::Invite { hours } => invite(home, config, hours).await,
         SyncCommand::Status { json } => {
             let status: SyncStatus = match daemon {
                 Some(daemon) => daemon.get(&["sync"]).await?,
@@ -114,7 +127,30 @@ async fn resume(home: &Home, config: &Config, daemon: Option<Client>) -> anyhow:
 /// How `ccm sync enroll` gets the system's identity.
 enum Identity {
     Password { email: String, password_stdin: bool },
+    Code(String),
     Jwt(String),
+}
+
+/// `ccm sync invite`: asks the central for a one-time code for another system of this owner.
+async fn invite(home: &Home, config: &Config, hours: u32) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=168).contains(&hours), "--hours: must be 1 to 168 (it is {hours})");
+    let endpoint = config.sync.endpoint()?.context(
+        "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
+    )?;
+    let credential = credential(home, &endpoint, None);
+    anyhow::ensure!(
+        !matches!(credential, Credential::None),
+        "this system is not enrolled: run `ccm sync enroll` first (only an enrolled system invites)"
+    );
+    let client = ccm_sync::Client::new(endpoint, credential)?;
+    let answer: InviteAnswerV1 = client
+        .call("create_invite", &json!({ "p_ttl_s": hours * 3600 }))
+        .await
+        .map_err(|f| anyhow::anyhow!("the central `create_invite` call failed: {}", f.message))?;
+    println!("invite code (works once, until {}):", answer.expires_at);
+    println!("  {}", answer.code);
+    println!("on the new system: ccm sync enroll --code {}", answer.code);
+    Ok(())
 }
 
 async fn enroll(
@@ -126,6 +162,7 @@ async fn enroll(
     let endpoint = config.sync.endpoint()?.context(
         "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
     )?;
+    let mut redeem = None;
     let (jwt, session) = match identity {
         Identity::Jwt(jwt) => {
             let jwt = jwt.trim().to_string();
@@ -144,17 +181,40 @@ async fn enroll(
             })?;
             (session.access_token.clone(), Some(session))
         }
+        Identity::Code(code) => {
+            let code = code.trim().to_string();
+            anyhow::ensure!(
+                !code.is_empty() && code.chars().all(|c| c.is_ascii_alphanumeric()),
+                "--code: not an invite code (letters and digits, as `ccm sync invite` printed it)"
+            );
+            let session = auth_client(&endpoint)?.anonymous().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the anonymous sign-in to Supabase Auth failed: {e} (an invite needs \
+                     \"Allow anonymous sign-ins\" in the project's Auth settings)"
+                )
+            })?;
+            redeem = Some(code);
+            (session.access_token.clone(), Some(session))
+        }
     };
     let client = ccm_sync::Client::new(endpoint, ccm_sync::Credential::Jwt(jwt.clone()))?;
     let store = crate::cli::open_store(home, config).await?;
     let system = store.system().await?;
-    let params = json!({
+    let mut params = json!({
         "p_name": system.name,
         "p_slots": config.scheduler.slots,
         "p_version": env!("CARGO_PKG_VERSION"),
     });
-    let answer: EnrollAnswerV1 =
-        client.call("enroll", &params).await.context("the central enroll call failed")?;
+    let answer: EnrollAnswerV1 = match redeem {
+        None => client.call("enroll", &params).await.context("the central enroll call failed")?,
+        Some(code) => {
+            params["p_code"] = json!(code);
+            client
+                .call("redeem_invite", &params)
+                .await
+                .context("the central redeem_invite call failed")?
+        }
+    };
     home.ensure()?;
     let mut auth = home.ensure_auth()?;
     let mut identity = SyncIdentity {

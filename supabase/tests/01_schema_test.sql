@@ -36,10 +36,10 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'api'),
-  array['acquire_lease', 'claim', 'complete', 'drain', 'enroll', 'heartbeat', 'ingest_batch',
-        'list_systems', 'register_contexts', 'release', 'release_lease', 'report_progress',
-        'routed_status', 'submit_task'],
-  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones and the named leases'
+  array['acquire_lease', 'claim', 'complete', 'create_invite', 'drain', 'enroll', 'heartbeat',
+        'ingest_batch', 'list_systems', 'redeem_invite', 'register_contexts', 'release',
+        'release_lease', 'report_progress', 'routed_status', 'submit_task'],
+  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones, the named leases and the invites'
 );
 
 select ok(

@@ -30,10 +30,10 @@ impl Node {
         let home = TestHome::new(name);
         let proxy = FaultProxy::start(&central.rest_url(), "rpc/ingest_batch");
         home.write_config(&format!(
-            "sync:\n  rest_url: {}\n  auth_url: {}\n  publishable_key: {}\n  interval_secs: 3600\n  heartbeat_secs: 1\n",
+            "node:\n  name: {name}\nsync:\n  rest_url: {}\n  auth_url: {}\n  publishable_key: {}\n  interval_secs: 3600\n  heartbeat_secs: 1\n",
             proxy.url(),
             auth.url(),
-            central.anon_key()
+            auth.apikey()
         ));
         let daemon = home.start();
         Node { home, daemon: Some(daemon), _proxy: proxy }
@@ -273,4 +273,42 @@ async fn a_revoked_session_pauses_sync_with_a_clear_reason_and_signing_in_again_
     .await;
     assert!(arrived, "{}", node.lanes());
     assert_eq!(node.lanes()["normal"]["paused_reason"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_code_enrols_a_system_without_a_password_once_and_only_once() {
+    let central = Central::start();
+    let auth = SupabaseAuth::start(&central.anon_key());
+    system_user(&auth);
+    let alpha = Node::start("auth-invite-alpha", &central, &auth);
+    let refused = alpha.home.run(&["sync", "invite"]);
+    assert!(!refused.status.success(), "an unenrolled system cannot invite");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not enrolled"));
+    alpha.enroll_ok();
+    let out = alpha.home.run_ok(&["sync", "invite", "--hours", "1"]);
+    let code = out
+        .lines()
+        .find_map(|l| l.strip_prefix("on the new system: ccm sync enroll --code "))
+        .unwrap_or_else(|| panic!("no code in: {out}"))
+        .to_string();
+
+    let beta = Node::start("auth-invite-beta", &central, &auth);
+    let enrolled = beta.home.run_ok(&["sync", "enroll", "--code", &code]);
+    assert!(enrolled.contains("enrolled as auth-invite-beta"), "{enrolled}");
+    let file = beta.auth_file();
+    assert!(file["sync"]["refresh_token"].is_string(), "beta keeps a session it can refresh");
+    assert!(!file.to_string().contains(&code), "the code is not kept");
+    let owner = central.pg.query(&format!(
+        "select owner from private.systems where name = 'auth-invite-beta' and auth_uid = '{}'",
+        file["sync"]["user_id"].as_str().unwrap()
+    ));
+    assert_eq!(owner.trim(), OWNER, "beta is a system of alpha's owner, as its own Auth user");
+    beta.shipped(&central, "shipped by an invited system").await;
+
+    let gamma = Node::start("auth-invite-gamma", &central, &auth);
+    let again = gamma.home.run(&["sync", "enroll", "--code", &code]);
+    assert!(!again.status.success(), "a code works once");
+    let error = String::from_utf8_lossy(&again.stderr);
+    assert!(error.contains("invite code unknown, already used or expired"), "{error}");
+    assert_eq!(central.pg.query("select count(*) from private.systems").trim(), "2");
 }

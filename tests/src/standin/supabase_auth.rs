@@ -113,6 +113,11 @@ impl SupabaseAuth {
         format!("{}/auth/v1", self.server.url())
     }
 
+    /// The key every request must carry as `apikey` (the project's publishable key).
+    pub fn apikey(&self) -> String {
+        self.state.apikey.clone()
+    }
+
     /// Access tokens issued from now on expire after `seconds`.
     pub fn set_expires_in(&self, seconds: i64) {
         self.state.expires_in.store(seconds, Ordering::Relaxed);
