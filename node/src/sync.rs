@@ -1,4 +1,4 @@
-//! The node's side of sync: `ccm sync enroll|status|now|pause|resume`, and the daemon's
+//! The node's side of sync: `ccm sync enroll|invite|status|now|pause|resume`, and the daemon's
 //! long-lived sync task built from the config's `sync:` section and `auth.json`.
 
 use std::collections::BTreeMap;

@@ -402,6 +402,123 @@ mod tests {
         assert!(matches!(session_of(no_expiry, 0), Err(AuthFailure::Transient(_))));
     }
 
+    /// A loopback HTTP server answering each request with the next `(status, body)`, and the
+    /// request bodies it saw.
+    async fn scripted(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (Endpoint, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answers = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(answers)));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let (answers, log) = (Arc::clone(&answers), Arc::clone(&log));
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = conn.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else { continue };
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            continue;
+                        }
+                        log.lock().unwrap().push(text[end + 4..end + 4 + length].to_string());
+                        buf.drain(..end + 4 + length);
+                        let (status, body) =
+                            answers.lock().unwrap().pop_front().unwrap_or((500, "{}"));
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        conn.write_all(reply.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        let endpoint = Endpoint::new(Some(&format!("http://{addr}")), None, "key").unwrap();
+        (endpoint, seen)
+    }
+
+    /// A store in memory that counts its saves.
+    #[derive(Default)]
+    struct Memory {
+        session: std::sync::Mutex<Option<Session>>,
+        saves: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SessionStore for Arc<Memory> {
+        fn lock(&self) -> Result<Box<dyn Send>, String> {
+            Ok(Box::new(()))
+        }
+        fn load(&self) -> Result<Option<Session>, String> {
+            Ok(self.session.lock().unwrap().clone())
+        }
+        fn save(&self, session: &Session) -> Result<(), String> {
+            self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *self.session.lock().unwrap() = Some(session.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_keeper_saves_a_rotated_session_adopts_a_newer_stored_one_and_stops_once_refused() {
+        let (endpoint, seen) = scripted(vec![
+            (200, r#"{"access_token":"a2","token_type":"bearer","expires_in":3600,"expires_at":1,"refresh_token":"r2","user":{"id":"u"}}"#),
+            (400, r#"{"code":400,"error_code":"refresh_token_not_found","msg":"Invalid Refresh Token: Refresh Token Not Found"}"#),
+        ])
+        .await;
+        let auth = AuthClient::new(&endpoint).unwrap().unwrap();
+        let expired = Session { expires_at: now_secs() - 1, ..session(0, 3600) };
+        let memory = Arc::new(Memory::default());
+        *memory.session.lock().unwrap() = Some(expired.clone());
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tell = Arc::clone(&told);
+        let keeper = Keeper::new(auth, Arc::new(Arc::clone(&memory)), expired)
+            .on_refused(Box::new(move |reason| tell.lock().unwrap().push(reason)));
+
+        assert_eq!(keeper.access_token().await.unwrap(), "a2", "an expired token is refreshed");
+        assert_eq!(seen.lock().unwrap().as_slice(), [r#"{"refresh_token":"r"}"#]);
+        assert_eq!(memory.load().unwrap().unwrap().refresh_token, "r2", "saved before use");
+        assert_eq!(keeper.access_token().await.unwrap(), "a2", "a fresh token is kept");
+
+        // Another process of the home refreshed meanwhile: its session is taken, no request.
+        let newer = Session {
+            access_token: "a3".into(),
+            refresh_token: "r3".into(),
+            expires_at: now_secs() + 3600,
+            expires_in: 3600,
+            user_id: None,
+        };
+        *memory.session.lock().unwrap() = Some(newer);
+        assert_eq!(keeper.replace("a2").await.unwrap(), "a3");
+        assert_eq!(seen.lock().unwrap().len(), 1);
+
+        let refused = keeper.replace("a3").await.unwrap_err();
+        assert_eq!(refused.class, Class::Unauthorized);
+        assert!(refused.message.contains("refresh_token_not_found"), "{}", refused.message);
+        assert!(keeper.access_token().await.is_err(), "refused for good");
+        assert_eq!(seen.lock().unwrap().len(), 2, "no refresh after a refusal");
+        assert_eq!(told.lock().unwrap().len(), 1, "the hook is told once");
+        assert_eq!(memory.saves.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn refusals_in_both_error_forms_are_final_and_outages_are_not() {
         let oauth = br#"{"error":"invalid_grant","error_description":"Invalid Refresh Token: Already Used"}"#;

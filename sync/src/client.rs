@@ -175,8 +175,8 @@ fn base_url(text: &str) -> Result<Url, ClientError> {
         .ok_or_else(|| ClientError::BadUrl(text.to_string()))
 }
 
-/// What the client sends as `Authorization: Bearer`.
-#[derive(Debug, Clone, Default)]
+/// What the client sends as `Authorization: Bearer`. `Debug` shows no token.
+#[derive(Clone, Default)]
 pub enum Credential {
     /// Not enrolled: calls fail `Unauthorized` without a request.
     #[default]
@@ -185,6 +185,16 @@ pub enum Credential {
     Jwt(String),
     /// A Supabase Auth session, refreshed before its access token expires.
     Session(Arc<Keeper>),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::None => f.write_str("None"),
+            Credential::Jwt(_) => f.write_str("Jwt(..)"),
+            Credential::Session(keeper) => f.debug_tuple("Session").field(keeper).finish(),
+        }
+    }
 }
 
 /// The PostgREST client; cheap to clone, the credential is shared and replaced on enrolment.
