@@ -843,6 +843,15 @@ mod tests {
         assert!(missing_key.to_string().contains("sync.publishable_key"), "{missing_key}");
         let bad_url = load_yaml("sync:\n  rest_url: nowhere\n  publishable_key: k\n").unwrap_err();
         assert!(bad_url.to_string().contains("sync.rest_url"), "{bad_url}");
+        let bad_auth = load_yaml(
+            "sync:\n  rest_url: http://127.0.0.1:3000\n  auth_url: nowhere\n  publishable_key: k\n",
+        )
+        .unwrap_err();
+        assert!(bad_auth.to_string().contains("sync.auth_url"), "{bad_auth}");
+        let own = load_yaml("sync:\n  rest_url: http://127.0.0.1:3000\n  auth_url: http://127.0.0.1:9999/auth/v1\n  publishable_key: k\n")
+            .unwrap();
+        let endpoint = own.sync.endpoint().unwrap().unwrap();
+        assert_eq!(endpoint.auth_url.unwrap().as_str(), "http://127.0.0.1:9999/auth/v1/");
         let zero = load_yaml("sync:\n  completions: 0\n").unwrap_err();
         assert!(zero.to_string().contains("sync.completions"), "{zero}");
         for key in ["health_secs", "health_backlog"] {

@@ -150,20 +150,20 @@ async fn the_session_is_refreshed_before_expiry_and_sync_survives_rotation_and_a
     let central = Central::start();
     let auth = SupabaseAuth::start(&central.anon_key());
     let user = system_user(&auth);
-    auth.set_expires_in(5);
+    // Refreshed 2 s (a fifth) before expiry; a heartbeat every second gives it the chance.
+    auth.set_expires_in(10);
     let mut node = Node::start("auth-refresh", &central, &auth);
     node.enroll_ok();
 
     let rotated =
-        wait_until(Duration::from_secs(30), || async { auth.refreshes().len() >= 3 }).await;
+        wait_until(Duration::from_secs(40), || async { auth.refreshes().len() >= 2 }).await;
     assert!(rotated, "no refreshes: {:?}\n{}", auth.refreshes(), node.log());
-    node.shipped(&central, "after three rotations").await;
+    node.shipped(&central, "after two rotations").await;
 
     node.restart();
     let before = auth.refreshes().len();
     let again =
-        wait_until(Duration::from_secs(20), || async { auth.refreshes().len() >= before + 2 })
-            .await;
+        wait_until(Duration::from_secs(20), || async { auth.refreshes().len() > before }).await;
     assert!(again, "no refresh after the restart: {:?}\n{}", auth.refreshes(), node.log());
     node.shipped(&central, "after a restart").await;
 
@@ -171,7 +171,7 @@ async fn the_session_is_refreshed_before_expiry_and_sync_survives_rotation_and_a
     for refresh in &refreshes {
         assert_eq!(refresh.status, 200, "every refresh is accepted: {refreshes:?}");
         let age = refresh.age_ms.expect("a token the stand-in issued");
-        assert!(age < 5_000, "refreshed before its access token expired: {refreshes:?}");
+        assert!(age < 10_000, "refreshed before its access token expired: {refreshes:?}");
     }
     let mut sent: Vec<&str> = refreshes.iter().map(|r| r.sent.as_str()).collect();
     sent.dedup();
