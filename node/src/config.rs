@@ -341,6 +341,9 @@ pub struct SyncConfig {
     pub url: Option<String>,
     /// REST base URL of self-hosted Supabase or any PostgREST-compatible server; wins over `url`.
     pub rest_url: Option<String>,
+    /// Supabase Auth's base URL, instead of `<url>/auth/v1` (needed with `rest_url` alone for
+    /// `ccm sync enroll --email` or `--code`).
+    pub auth_url: Option<String>,
     /// The project's publishable (anon) key; never the service role key.
     pub publishable_key: Option<String>,
     /// Sets the normal lane's timer: `high` 5 min, `normal` 15 min, `low` 60 min.
@@ -375,6 +378,7 @@ impl Default for SyncConfig {
         SyncConfig {
             url: None,
             rest_url: None,
+            auth_url: None,
             publishable_key: None,
             priority: SyncPriority::Normal,
             interval_secs: None,
@@ -411,12 +415,18 @@ impl SyncConfig {
             return Ok(None);
         }
         let key = self.publishable_key.as_deref().unwrap_or_default();
-        ccm_sync::Endpoint::new(self.url.as_deref(), self.rest_url.as_deref(), key)
-            .map(Some)
+        let endpoint = ccm_sync::Endpoint::new(self.url.as_deref(), self.rest_url.as_deref(), key)
             .map_err(|e| ConfigError::Invalid {
                 key: if self.rest_url.is_some() { "sync.rest_url" } else { "sync.url" },
                 message: e.to_string(),
-            })
+            })?;
+        match &self.auth_url {
+            None => Ok(Some(endpoint)),
+            Some(auth) => endpoint
+                .with_auth_url(auth)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid { key: "sync.auth_url", message: e.to_string() }),
+        }
     }
 
     /// The normal lane's timer.
@@ -925,6 +935,15 @@ mod tests {
         assert!(missing_key.to_string().contains("sync.publishable_key"), "{missing_key}");
         let bad_url = load_yaml("sync:\n  rest_url: nowhere\n  publishable_key: k\n").unwrap_err();
         assert!(bad_url.to_string().contains("sync.rest_url"), "{bad_url}");
+        let bad_auth = load_yaml(
+            "sync:\n  rest_url: http://127.0.0.1:3000\n  auth_url: nowhere\n  publishable_key: k\n",
+        )
+        .unwrap_err();
+        assert!(bad_auth.to_string().contains("sync.auth_url"), "{bad_auth}");
+        let own = load_yaml("sync:\n  rest_url: http://127.0.0.1:3000\n  auth_url: http://127.0.0.1:9999/auth/v1\n  publishable_key: k\n")
+            .unwrap();
+        let endpoint = own.sync.endpoint().unwrap().unwrap();
+        assert_eq!(endpoint.auth_url.unwrap().as_str(), "http://127.0.0.1:9999/auth/v1/");
         let zero = load_yaml("sync:\n  completions: 0\n").unwrap_err();
         assert!(zero.to_string().contains("sync.completions"), "{zero}");
         for key in ["health_secs", "health_backlog"] {

@@ -153,6 +153,12 @@ impl Home {
         self.root.join("daemon.sock")
     }
 
+    /// Held (flock) by whoever refreshes the sync session, so two processes of this home never
+    /// spend one refresh token twice.
+    pub fn auth_lock_file(&self) -> PathBuf {
+        self.root.join("auth.lock")
+    }
+
     /// Held (flock) by the running daemon, so two daemons never share one home.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("daemon.lock")
@@ -250,15 +256,35 @@ impl Auth {
 }
 
 /// The system's own session at the central project (never the service role key).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SyncIdentity {
     /// The JWT sent as `Authorization: Bearer`.
     pub access_token: String,
-    /// Supabase Auth's refresh token, when the session came from a sign-in.
+    /// Supabase Auth's refresh token, when the session came from a sign-in (rotated by every
+    /// refresh; never logged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// When the access token expires (Unix seconds, this machine's clock), for a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// The access token's lifetime in seconds, as Supabase Auth gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<i64>,
+    /// The Supabase Auth user of this system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     /// The id the central side gave this system at enrolment.
     pub system_id: Option<uuid::Uuid>,
+}
+
+impl std::fmt::Debug for SyncIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncIdentity")
+            .field("expires_at", &self.expires_at)
+            .field("user_id", &self.user_id)
+            .field("system_id", &self.system_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Contents of the port file `daemon.json`.

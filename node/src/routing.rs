@@ -380,9 +380,12 @@ pub async fn systems(
     let endpoint = config.sync.endpoint()?.context(
         "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
     )?;
-    let token = crate::sync::access_token(home)
-        .context("this system is not enrolled: run `ccm sync enroll --jwt JWT` first")?;
-    let client = ccm_sync::Client::new(endpoint, Some(token))?;
+    let credential = crate::sync::credential(home, &endpoint, None);
+    anyhow::ensure!(
+        !matches!(credential, ccm_sync::Credential::None),
+        "this system is not enrolled: run `ccm sync enroll` first"
+    );
+    let client = ccm_sync::Client::new(endpoint, credential)?;
     let call = |function: &'static str, params: Value| {
         let client = client.clone();
         async move {
@@ -418,7 +421,11 @@ pub async fn known_systems(
     wait: Duration,
 ) -> Option<Vec<(String, String)>> {
     let endpoint = config.sync.endpoint().ok()??;
-    let client = ccm_sync::Client::new(endpoint, Some(crate::sync::access_token(home)?)).ok()?;
+    let credential = crate::sync::credential(home, &endpoint, None);
+    if matches!(credential, ccm_sync::Credential::None) {
+        return None; // not enrolled
+    }
+    let client = ccm_sync::Client::new(endpoint, credential).ok()?;
     let params = json!({});
     let call = client.call::<Value>("list_systems", &params);
     let systems = tokio::time::timeout(wait, call).await.ok()?.ok()?;

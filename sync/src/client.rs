@@ -28,6 +28,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
+use crate::auth::Keeper;
+
 /// Longer than the central role's statement timeout (8 s) plus margin (S-7), so a request still
 /// running is not given up on.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -133,6 +135,9 @@ pub enum ClientError {
 pub struct Endpoint {
     /// The PostgREST base URL (`<supabase url>/rest/v1`, or a self-hosted REST URL).
     pub rest_url: Url,
+    /// Supabase Auth's base URL (`<supabase url>/auth/v1/`, or `sync.auth_url`); `None` when
+    /// only a REST URL is configured.
+    pub auth_url: Option<Url>,
     pub publishable_key: String,
 }
 
@@ -148,20 +153,58 @@ impl Endpoint {
             (None, Some(project)) => format!("{}/rest/v1", project.trim_end_matches('/')),
             (None, None) => return Err(ClientError::BadUrl(String::new())),
         };
-        let rest_url = Url::parse(&format!("{text}/"))
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or(ClientError::BadUrl(text))?;
-        Ok(Endpoint { rest_url, publishable_key: publishable_key.to_string() })
+        let rest_url = base_url(&text)?;
+        let auth_url = match supabase_url {
+            Some(project) => Some(base_url(&format!("{}/auth/v1", project.trim_end_matches('/')))?),
+            None => None,
+        };
+        Ok(Endpoint { rest_url, auth_url, publishable_key: publishable_key.to_string() })
+    }
+
+    /// With Supabase Auth at `auth_url` (self-hosted, or another gateway) instead of the
+    /// project URL's `/auth/v1`.
+    pub fn with_auth_url(mut self, auth_url: &str) -> Result<Endpoint, ClientError> {
+        self.auth_url = Some(base_url(auth_url.trim_end_matches('/'))?);
+        Ok(self)
     }
 }
 
-/// The PostgREST client; cheap to clone, the token is shared and replaced on enrolment.
+/// `text` as an http(s) base URL ending in `/`, so relative paths join below it.
+fn base_url(text: &str) -> Result<Url, ClientError> {
+    Url::parse(&format!("{text}/"))
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| ClientError::BadUrl(text.to_string()))
+}
+
+/// What the client sends as `Authorization: Bearer`. `Debug` shows no token.
+#[derive(Clone, Default)]
+pub enum Credential {
+    /// Not enrolled: calls fail `Unauthorized` without a request.
+    #[default]
+    None,
+    /// A JWT the operator minted (`ccm sync enroll --jwt`), used until it expires.
+    Jwt(String),
+    /// A Supabase Auth session, refreshed before its access token expires.
+    Session(Arc<Keeper>),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::None => f.write_str("None"),
+            Credential::Jwt(_) => f.write_str("Jwt(..)"),
+            Credential::Session(keeper) => f.debug_tuple("Session").field(keeper).finish(),
+        }
+    }
+}
+
+/// The PostgREST client; cheap to clone, the credential is shared and replaced on enrolment.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     endpoint: Endpoint,
-    token: Arc<RwLock<Option<String>>>,
+    credential: Arc<RwLock<Credential>>,
 }
 
 /// PostgREST's error body.
@@ -172,7 +215,7 @@ struct ErrorBody {
 }
 
 impl Client {
-    pub fn new(endpoint: Endpoint, token: Option<String>) -> Result<Client, ClientError> {
+    pub fn new(endpoint: Endpoint, credential: Credential) -> Result<Client, ClientError> {
         let mut headers = HeaderMap::new();
         let key =
             HeaderValue::from_str(&endpoint.publishable_key).map_err(|_| ClientError::BadKey)?;
@@ -185,35 +228,72 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()?;
-        Ok(Client { http, endpoint, token: Arc::new(RwLock::new(token)) })
+        Ok(Client { http, endpoint, credential: Arc::new(RwLock::new(credential)) })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
-    /// Replaces the access token (after `ccm sync enroll`).
-    pub fn set_token(&self, token: Option<String>) {
-        if let Ok(mut current) = self.token.write() {
-            *current = token;
+    /// Replaces the credential (after `ccm sync enroll`).
+    pub fn set_credential(&self, credential: Credential) {
+        if let Ok(mut current) = self.credential.write() {
+            *current = credential;
         }
     }
 
     pub fn has_token(&self) -> bool {
-        self.token.read().map(|t| t.is_some()).unwrap_or(false)
+        self.credential.read().map(|c| !matches!(*c, Credential::None)).unwrap_or(false)
+    }
+
+    /// The bearer token for the next call, refreshing a session's first when it is due (or,
+    /// with `stale`, when the server refused that one as expired).
+    async fn bearer(&self, stale: Option<&str>) -> Result<String, Failure> {
+        let credential = self.credential.read().map(|c| c.clone()).unwrap_or_default();
+        match credential {
+            Credential::None => Err(Failure {
+                code: None,
+                class: Class::Unauthorized,
+                message: "not enrolled: no access token (run `ccm sync enroll`)".into(),
+            }),
+            Credential::Jwt(token) => Ok(token),
+            Credential::Session(keeper) => match stale {
+                Some(stale) => keeper.replace(stale).await,
+                None => keeper.access_token().await,
+            },
+        }
+    }
+
+    fn has_session(&self) -> bool {
+        self.credential.read().map(|c| matches!(*c, Credential::Session(_))).unwrap_or(false)
     }
 
     /// Calls `api.<function>` with `body` (a JSON object of its parameters); the 2xx body.
+    ///
+    /// With a session, a 401 that says the JWT expired (`PGRST301`/`PGRST303`, or no code: the
+    /// server's clock runs ahead of ours) refreshes the session and sends the call once more:
+    /// a call refused for its token was not applied.
     pub async fn rpc(&self, function: &str, body: bytes::Bytes) -> Result<Vec<u8>, Failure> {
+        let token = self.bearer(None).await?;
+        match self.rpc_as(&token, function, body.clone()).await {
+            Err(failure) if failure.expired_token && self.has_session() => {
+                let token = self.bearer(Some(&token)).await?;
+                self.rpc_as(&token, function, body).await.map_err(|f| f.failure)
+            }
+            other => other.map_err(|f| f.failure),
+        }
+    }
+
+    async fn rpc_as(
+        &self,
+        token: &str,
+        function: &str,
+        body: bytes::Bytes,
+    ) -> Result<Vec<u8>, Refused> {
         let url = self.endpoint.rest_url.join(&format!("rpc/{function}")).map_err(|e| Failure {
             class: Class::Misconfigured,
             code: None,
             message: format!("bad function url: {e}"),
-        })?;
-        let token = self.token.read().ok().and_then(|t| t.clone()).ok_or_else(|| Failure {
-            class: Class::Unauthorized,
-            code: None,
-            message: "not enrolled: no access token (run `ccm sync enroll`)".into(),
         })?;
         let response = self
             .http
@@ -242,10 +322,15 @@ impl Client {
         let message = error.and_then(|e| e.message).unwrap_or_else(|| {
             String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
         });
-        Err(Failure {
-            class: classify(status.as_u16(), code.as_deref(), retry_after),
-            message: describe(status, code.as_deref(), &message),
-            code,
+        let expired_token = status == StatusCode::UNAUTHORIZED
+            && matches!(code.as_deref(), None | Some("PGRST301" | "PGRST303"));
+        Err(Refused {
+            failure: Failure {
+                class: classify(status.as_u16(), code.as_deref(), retry_after),
+                message: describe(status, code.as_deref(), &message),
+                code,
+            },
+            expired_token,
         })
     }
 
@@ -266,6 +351,18 @@ impl Client {
             code: None,
             message: format!("answer of {function} does not parse: {e}"),
         })
+    }
+}
+
+/// A failed call, and whether the server refused its token as expired or invalid.
+struct Refused {
+    failure: Failure,
+    expired_token: bool,
+}
+
+impl From<Failure> for Refused {
+    fn from(failure: Failure) -> Refused {
+        Refused { failure, expired_token: false }
     }
 }
 
@@ -357,6 +454,12 @@ mod tests {
     fn endpoint_of_a_supabase_project_is_its_rest_v1() {
         let e = Endpoint::new(Some("https://abc.supabase.co/"), None, "k").unwrap();
         assert_eq!(e.rest_url.as_str(), "https://abc.supabase.co/rest/v1/");
+        let auth = e.auth_url.as_ref().unwrap().join("token?grant_type=password").unwrap();
+        assert_eq!(auth.as_str(), "https://abc.supabase.co/auth/v1/token?grant_type=password");
+        let own = e.with_auth_url("http://127.0.0.1:9999/auth/v1/").unwrap();
+        assert_eq!(own.auth_url.unwrap().as_str(), "http://127.0.0.1:9999/auth/v1/");
+        let rest_only = Endpoint::new(None, Some("http://127.0.0.1:3000"), "k").unwrap();
+        assert_eq!(rest_only.auth_url, None);
         let e = Endpoint::new(Some("https://x"), Some("http://127.0.0.1:3000"), "k").unwrap();
         assert_eq!(
             e.rest_url.join("rpc/enroll").unwrap().as_str(),

@@ -7,6 +7,8 @@
 //! - [`wire`]: the versioned JSON the central `api` functions take, converted by hand from
 //!   `ccm_schema` types (never their local serde form).
 //! - [`client`]: the PostgREST RPC client and the classification of its answers (S-9).
+//! - [`auth`]: Supabase Auth: signing a system in, and the [`auth::Keeper`] that refreshes its
+//!   session before the access token expires and saves each rotated refresh token.
 //! - [`driver`]: the long-lived loop of each lane (urgent, normal) that seals, sends, retries
 //!   with backoff, splits, bisects, pauses and acknowledges.
 //!
@@ -14,6 +16,7 @@
 //! acknowledgement) goes through the node's one writer connection; this crate knows nothing of
 //! the node (`node → sync → schema`).
 
+pub mod auth;
 pub mod client;
 pub mod driver;
 pub mod seal;
@@ -26,7 +29,7 @@ use ccm_schema::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use client::{Class, Client, ClientError, Endpoint};
+pub use client::{Class, Client, ClientError, Credential, Endpoint};
 pub use driver::{Driver, Settings, Signals};
 
 /// The reason (`alerts.reason`) of the alert raised once per batch with refused items.

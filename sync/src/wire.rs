@@ -480,6 +480,24 @@ pub struct EnrollAnswerV1 {
     pub owner: Uuid,
 }
 
+/// The answer of `api.create_invite`: a one-time code for a new system of `owner` (shown once;
+/// the central keeps only its SHA-256).
+#[derive(Clone, Deserialize)]
+pub struct InviteAnswerV1 {
+    pub code: String,
+    pub owner: Uuid,
+    pub expires_at: String,
+}
+
+impl std::fmt::Debug for InviteAnswerV1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteAnswerV1")
+            .field("owner", &self.owner)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

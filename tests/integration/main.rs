@@ -20,5 +20,6 @@ mod routing_central;
 mod runtime;
 mod startup;
 mod sync;
+mod sync_auth;
 mod tasks;
 mod worktree_hooks;

@@ -122,7 +122,7 @@ async fn a_task_routed_while_the_central_is_unreachable_says_it_waits() {
     home.write_config("sync:\n  rest_url: http://127.0.0.1:9\n  publishable_key: anon\n");
     let out = home.run_ok(&["task", "add", "far away", "--repo", "https://example.com/o/far.git"]);
     assert!(out.contains("routed task"), "{out}");
-    assert!(out.contains("cannot be reached now") && out.contains("waits here"), "{out}");
+    assert!(out.contains("cannot be asked now") && out.contains("waits here"), "{out}");
 }
 
 /// Acceptance 5: a pinned task waits for its system; a task whose repository no system holds

@@ -209,7 +209,7 @@ pub async fn run(
                     println!("  {why}; `ccm task show {short}` follows it");
                     if !reachable {
                         println!(
-                            "  the central cannot be reached now (see `ccm sync status`): the task \
+                            "  the central cannot be asked now (see `ccm sync status`): the task \
                              waits here and is sent once it can"
                         );
                     }

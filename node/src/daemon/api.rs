@@ -299,7 +299,12 @@ async fn sync_pause(
 
 async fn sync_resume(State(state): State<AppState>) -> Result<Json<SyncStatus>, ApiError> {
     if let Some(client) = &state.sync {
-        client.set_token(crate::sync::access_token(&Home::at(&state.home)));
+        let home = Home::at(&state.home);
+        client.set_credential(crate::sync::credential(
+            &home,
+            client.endpoint(),
+            Some(&state.store),
+        ));
     }
     state.store.pause_sync(None).await?;
     state.store.sync_signals().sync_now();
