@@ -119,6 +119,15 @@ impl Client {
         self.call(Method::POST, path, &[], Some(body)).await
     }
 
+    pub async fn post_query<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, &str)],
+        body: Value,
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, query, Some(body)).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &[&str]) -> Result<T, ClientError> {
         self.call(Method::DELETE, path, &[], None).await
     }

@@ -15,6 +15,8 @@
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
+//! - [`placement`]: where a new task runs (here or routed to the fleet), for the CLI, the API
+//!   and the dashboard alike.
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
@@ -34,6 +36,7 @@ pub mod doctor;
 pub mod home;
 pub mod hooks;
 pub mod notify;
+pub mod placement;
 pub mod routing;
 pub mod runtime;
 pub mod status;

@@ -32,7 +32,6 @@ use ccm_schema::Timestamp;
 use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1, RoutedTaskV1};
 use ccm_sync::{Class, Lane, Outbox as _, Signals};
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -55,25 +54,6 @@ enum RouteError {
 const CALLS_POLL: Duration = Duration::from_secs(1);
 /// Most tasks asked for in one claim.
 const CLAIM_MAX: i64 = 10;
-
-/// This system's name and free slots: where `ccm task add` sends a task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RoutingStatus {
-    /// Routing works only with sync configured.
-    pub enabled: bool,
-    pub system: String,
-    pub free_slots: i64,
-}
-
-impl RoutingStatus {
-    pub async fn gather(store: &Store, config: &Config) -> crate::store::Result<RoutingStatus> {
-        Ok(RoutingStatus {
-            enabled: config.sync.enabled(),
-            system: store.system().await?.name,
-            free_slots: store.free_for_claims(config.scheduler.slots).await?,
-        })
-    }
-}
 
 /// The daemon's routing tasks.
 #[derive(Clone)]

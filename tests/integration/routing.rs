@@ -125,6 +125,63 @@ async fn a_task_routed_while_the_central_is_unreachable_says_it_waits() {
     assert!(out.contains("cannot be asked now") && out.contains("waits here"), "{out}");
 }
 
+/// Placement is one decision for every entry point: a task for a repository with no checkout
+/// here, created through `POST /api/tasks` or the dashboard's form on a node with sync, is
+/// routed to the fleet (202 with why), as `ccm task add` does; one without a repository is
+/// created here as before (201).
+#[tokio::test]
+async fn the_api_and_the_dashboard_form_route_a_task_whose_repository_has_no_checkout_here() {
+    let home = ccm_tests::TestHome::new("routed-api");
+    home.write_config("sync:\n  rest_url: http://127.0.0.1:9\n  publishable_key: anon\n");
+    let daemon = home.start();
+    let far = "https://example.com/o/far.git";
+
+    let (status, routed) =
+        daemon.post("/api/tasks", serde_json::json!({ "title": "far away", "repo": far })).await;
+    assert_eq!(status, 202, "{routed}");
+    assert!(
+        routed["routed_because"].as_str().unwrap().contains("no checkout of"),
+        "says why: {routed}"
+    );
+    let id = routed["id"].as_str().unwrap().to_string();
+    let (_, listed) = daemon.get("/api/routed").await;
+    assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == id.as_str()), "{listed}");
+    let (_, local) = daemon.get("/api/tasks").await;
+    assert_eq!(local, serde_json::json!([]), "nothing created here");
+
+    let (status, task) = daemon.post("/api/tasks", serde_json::json!({ "title": "here" })).await;
+    assert_eq!(status, 201, "{task}");
+    assert!(task["state"].is_string() && task.get("routed_because").is_none(), "{task}");
+
+    // The dashboard's form, as a browser posts it (signed in, CSRF token, Origin).
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    let signed_in = http.get(link).send().await.unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let form = http.get(daemon.url("/tasks/new")).header("cookie", &cookie).send().await.unwrap();
+    let form = form.text().await.unwrap();
+    let csrf = form.split("name=\"csrf\" value=\"").nth(1).expect("a csrf field");
+    let csrf = &csrf[..csrf.find('"').unwrap()];
+    let answer = http
+        .post(daemon.url("/tasks"))
+        .header("cookie", &cookie)
+        .header("origin", daemon.url(""))
+        .form(&[("title", "far from the form"), ("repo", far), ("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("routed to the fleet") && page.contains("no checkout of"), "{page}");
+    let (_, listed) = daemon.get("/api/routed").await;
+    let titles: Vec<&str> =
+        listed.as_array().unwrap().iter().filter_map(|r| r["title"].as_str()).collect();
+    assert!(titles.contains(&"far from the form"), "{listed}");
+    let (_, local) = daemon.get("/api/tasks").await;
+    assert_eq!(local.as_array().unwrap().len(), 1, "only the task without a repository: {local}");
+}
+
 /// Acceptance 5: a pinned task waits for its system; a task whose repository no system holds
 /// shows `no_context` and raises an alert; a draining system takes no new work.
 #[tokio::test]

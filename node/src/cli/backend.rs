@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::config::Config;
 use crate::home::{open_store, Home};
-use crate::routing::RoutingStatus;
+use crate::placement::{self, Added, Place};
 use crate::status::Status;
 use crate::store::{
     ContextProbe, NewTask, RetryPolicy, RoutedControl, RoutedTask, Store, StoredHookEvent,
@@ -43,30 +43,23 @@ impl Backend {
         }
     }
 
-    pub async fn create_task(&self, new: NewTask) -> anyhow::Result<Task> {
+    /// Creates a task where [`crate::placement::decide`] says: here, or routed to the fleet
+    /// (the daemon decides when it runs; `place` is where the task works, its `repo` given).
+    pub async fn add_task(
+        &self,
+        new: NewTask,
+        place: &Place,
+        pin: Option<&str>,
+    ) -> anyhow::Result<Added> {
         match self {
             Backend::Daemon(client) => {
-                Ok(client.post(&["tasks"], serde_json::to_value(new)?).await?)
+                let query: Vec<(&str, &str)> = pin.map(|pin| ("system", pin)).into_iter().collect();
+                Ok(client.post_query(&["tasks"], &query, serde_json::to_value(new)?).await?)
             }
-            Backend::Local { store, config } => Ok(store.create_task(new, config, "cli").await?),
-        }
-    }
-
-    /// This system's name and free slots, and whether routing is on.
-    pub async fn routing(&self) -> anyhow::Result<RoutingStatus> {
-        match self {
-            Backend::Daemon(client) => Ok(client.get(&["routing"]).await?),
-            Backend::Local { store, config } => Ok(RoutingStatus::gather(store, config).await?),
-        }
-    }
-
-    /// Sends a task to the fleet (its submission waits in the database until sync sends it).
-    pub async fn route_task(&self, new: NewTask, pin: Option<&str>) -> anyhow::Result<RoutedTask> {
-        match self {
-            Backend::Daemon(client) => {
-                Ok(client.post(&["routed"], json!({ "task": new, "pin": pin })).await?)
+            Backend::Local { store, config } => {
+                let here = async |new| store.create_task(new, config, "cli").await;
+                Ok(placement::add(store, config, new, place, pin, here).await?)
             }
-            Backend::Local { store, config } => Ok(store.route_task(new, pin, config).await?),
         }
     }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use ccm_schema::types::short_id;
-use ccm_schema::{Context, Task, TaskEvent, TaskState};
+use ccm_schema::{Task, TaskEvent, TaskState};
 use clap::{Args, Subcommand};
 
 use super::backend::Backend;
@@ -12,6 +12,7 @@ use super::not_empty;
 use super::output::{print, table};
 use crate::config::Config;
 use crate::home::{open_store, Home};
+use crate::placement::{Added, Place};
 use crate::store::{NewTask, RoutedControl, RoutedTask, Store, TaskDetail};
 
 #[derive(Debug, Subcommand)]
@@ -191,36 +192,46 @@ pub async fn run(
                 priority: args.priority,
                 depends_on: args.after,
             };
-            if let Some(why) = fleet(&backend, config, &place, args.system.as_deref()).await? {
-                let reachable = match crate::routing::known_systems(home, config, FLEET_WAIT).await
-                {
-                    Some(systems) => {
-                        if let Some(pin) = &args.system {
-                            check_pin(pin, &systems)?;
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                let routed = backend.route_task(new, args.system.as_deref()).await?;
-                return print(args.json, &routed, |r| {
-                    let short = short_id(&r.id);
-                    println!("routed task {short} to the fleet: {}", r.title);
-                    println!("  {why}; `ccm task show {short}` follows it");
-                    if !reachable {
-                        println!(
-                            "  the central cannot be asked now (see `ccm sync status`): the task \
-                             waits here and is sent once it can"
-                        );
-                    }
-                });
+            let pin = args.system.as_deref();
+            // Whether the central answers (asked once, for a pin or a routed task).
+            let mut reachable = None;
+            if let Some(pin) = pin.filter(|_| config.sync.enabled()) {
+                // Named wrong, it would only be refused by the central later: say so now when
+                // the central answers.
+                let known = crate::routing::known_systems(home, config, FLEET_WAIT).await;
+                if let Some(known) = &known {
+                    check_pin(pin, known)?;
+                }
+                reachable = Some(known.is_some());
             }
-            let task = backend.create_task(new).await?;
-            warn_if_program_missing(config, &task.profile);
-            print(args.json, &task, |t| {
-                println!("created task {} ({}): {}", t.short_id(), t.state, t.title);
-                println!("  {place}");
-            })
+            match backend.add_task(new, &place, pin).await? {
+                Added::Routed(routed) => {
+                    let reachable = match reachable {
+                        Some(reachable) => reachable,
+                        None => {
+                            crate::routing::known_systems(home, config, FLEET_WAIT).await.is_some()
+                        }
+                    };
+                    print(args.json, &routed, |r| {
+                        let short = short_id(&r.task.id);
+                        println!("routed task {short} to the fleet: {}", r.task.title);
+                        println!("  {}; `ccm task show {short}` follows it", r.routed_because);
+                        if !reachable {
+                            println!(
+                                "  the central cannot be asked now (see `ccm sync status`): the \
+                                 task waits here and is sent once it can"
+                            );
+                        }
+                    })
+                }
+                Added::Here(task) => {
+                    warn_if_program_missing(config, &task.profile);
+                    print(args.json, &task, |t| {
+                        println!("created task {} ({}): {}", t.short_id(), t.state, t.title);
+                        println!("  {place}");
+                    })
+                }
+            }
         }
         TaskCommand::List { state, json } => {
             let tasks = backend.tasks(state).await?;
@@ -402,33 +413,6 @@ async fn control(
     };
     println!("  sent to the central with sync; {after}; `ccm task show {short}` follows it");
     Ok(())
-}
-
-/// Why the task goes to the fleet rather than here, or `None` to run it here: pinned to
-/// another system, no checkout of its repository here, or no free slot for it.
-async fn fleet(
-    backend: &Backend,
-    config: &Config,
-    place: &Place,
-    pin: Option<&str>,
-) -> anyhow::Result<Option<String>> {
-    if !config.sync.enabled() {
-        anyhow::ensure!(
-            pin.is_none(),
-            "--system: routing to other systems needs sync; set sync.url (or sync.rest_url) and sync.publishable_key"
-        );
-        return Ok(None);
-    }
-    let here = backend.routing().await?;
-    Ok(match (place, pin) {
-        (_, Some(pin)) if pin == here.system => None,
-        (_, Some(pin)) => Some(format!("pinned to system {pin}")),
-        (Place::Elsewhere(repo), None) => Some(format!("no checkout of {repo} here")),
-        (Place::Checkout { repo, .. }, None) if here.free_slots <= 0 => {
-            Some(format!("{repo} is checked out here but no agent slot is free"))
-        }
-        _ => None,
-    })
 }
 
 /// How long `task add` and `task pin` wait for the central to list the fleet's systems.
@@ -705,99 +689,6 @@ fn first_line(text: &str, max: usize) -> String {
     match line.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &line[..end]),
         None => line.to_string(),
-    }
-}
-
-/// Where a new task works.
-enum Place {
-    /// A registered checkout on this system.
-    Checkout {
-        repo: String,
-        path: String,
-        given: bool,
-    },
-    /// A repository no checkout on this system is registered for.
-    Elsewhere(String),
-    Scratch,
-}
-
-impl Place {
-    /// `--repo` as given (a URL, a path, a context id), else the registered checkout around
-    /// `cwd`, else a scratch directory. A path or a context id must name a registered checkout.
-    fn resolve(repo: Option<&str>, contexts: &[Context], cwd: &Path) -> anyhow::Result<Place> {
-        let checkout = |c: &Context, given| Place::Checkout {
-            // The remote names the repository across systems; a checkout without one, its path.
-            repo: c.repo_url.clone().unwrap_or_else(|| c.path.clone()),
-            path: c.path.clone(),
-            given,
-        };
-        // The innermost registered checkout holding `dir`.
-        let around = |dir: &Path| {
-            contexts.iter().filter(|c| dir.starts_with(&c.path)).max_by_key(|c| c.path.len())
-        };
-        let Some(repo) = repo.map(str::trim) else {
-            let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
-            return Ok(around(&cwd).map_or(Place::Scratch, |c| checkout(c, false)));
-        };
-        anyhow::ensure!(!repo.is_empty(), "--repo is empty; give a URL, a path or a context id");
-        let path_like = repo.starts_with(['.', '/', '~']) || Path::new(repo).exists();
-        if path_like {
-            let dir = cwd.join(repo);
-            let dir = std::fs::canonicalize(&dir).with_context(|| {
-                format!("--repo `{repo}`: {} is not a directory", dir.display())
-            })?;
-            let context = around(&dir).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--repo `{repo}`: {} is not in a registered checkout; run `ccm init` (or `ccm context add PATH`) in it first",
-                    dir.display()
-                )
-            })?;
-            return Ok(checkout(context, true));
-        }
-        let by_id: Vec<&Context> = contexts
-            .iter()
-            .filter(|c| c.id.hyphenated().to_string().starts_with(&repo.to_ascii_lowercase()))
-            .collect();
-        if let [context] = by_id[..] {
-            return Ok(checkout(context, true));
-        }
-        let url = ccm_schema::repo_url::normalize(repo);
-        match contexts.iter().find(|c| c.repo_url.as_deref() == Some(url.as_str())) {
-            Some(context) => Ok(checkout(context, true)),
-            None if url.contains("://") => Ok(Place::Elsewhere(url)),
-            None => anyhow::bail!(
-                "--repo `{repo}` is neither a repository URL, a directory nor a registered context (`ccm context list`)"
-            ),
-        }
-    }
-
-    fn repo(&self) -> Option<String> {
-        match self {
-            Place::Checkout { repo, .. } | Place::Elsewhere(repo) => Some(repo.clone()),
-            Place::Scratch => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Place {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Place::Checkout { repo, path, given: false } => write!(
-                f,
-                "repository {repo}: the checkout around you ({path}); --no-repo for a scratch directory"
-            ),
-            Place::Checkout { repo, path, given: true } => {
-                write!(f, "repository {repo} (checkout {path})")
-            }
-            Place::Elsewhere(repo) => write!(
-                f,
-                "repository {repo}: no checkout of it is registered on this system; `ccm context add PATH` registers a clone"
-            ),
-            Place::Scratch => write!(
-                f,
-                "no repository: the agent works in a scratch directory (--repo URL|PATH to work in one)"
-            ),
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! | `GET /api/status` | [`Status`] |
 //! | `GET /api/config` | the configuration file, and why what it says is not in use: `invalid` (it does not load), `restart_needed` (keys) |
 //! | `GET /api/tasks?state=` | tasks, oldest first |
-//! | `POST /api/tasks` | create a task ([`NewTask`]), 201 |
+//! | `POST /api/tasks?system=` | create a task ([`NewTask`]) where [`crate::placement::decide`] says: here, 201 with the task; routed to the fleet (pinned elsewhere, no checkout of its repository here, no free slot; with sync only), 202 with the routed task and `routed_because` |
 //! | `GET /api/tasks/{id}` | one task (id or unique prefix) with its log |
 //! | `POST /api/tasks/{id}/events` | apply a [`TaskEvent`]: `{"event": "cancel", "reason": "..."}` |
 //! | `GET /api/tasks/{id}/events` | the task's hook events, oldest first |
@@ -20,7 +20,7 @@
 //! | `POST /api/routed` `{"task": NewTask, "pin"}` | send a task to the fleet (routing) |
 //! | `GET /api/routed` | the tasks this system routed, as the central last described them |
 //! | `POST /api/routed/{id}/control` `{"control": "cancel"\|"retry"\|"pin", "reason", "system"}` | ask the central to cancel, retry or re-pin a routed task (409 when its state makes it pointless) |
-//! | `GET /api/routing` | this system's name and free slots (where `ccm task add` sends a task) |
+//! | `GET /api/routing` | this system's name and free slots (what placement weighs) |
 //! | `GET /api/sync` | per sync lane: backlog, last success, last error, pause reason |
 //! | `POST /api/sync/now`, `/api/sync/pause` `{"reason"}`, `/api/sync/resume` | drive sync (resume re-reads the token in `auth.json`) |
 //!
@@ -52,7 +52,7 @@ use crate::config::Answer;
 use crate::home::Home;
 use crate::hooks::event::{HookEvent, Kind, System};
 use crate::hooks::gate::{self, Verdict};
-use crate::routing::RoutingStatus;
+use crate::placement::{Added, PlacementError, RoutingStatus};
 use crate::status::Status;
 use crate::store::{
     ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
@@ -330,15 +330,30 @@ async fn config_status(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// Query of `POST /api/tasks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQuery {
+    /// Run on this system of the fleet (its name or id).
+    #[serde(default)]
+    system: Option<String>,
+}
+
+/// Creates the task where [`crate::placement::decide`] says: here (201, the [`Task`]), or
+/// routed to the fleet (202, the [`RoutedTask`] with `routed_because`).
 async fn create_task(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Query(query): Query<CreateQuery>,
     ApiJson(new): ApiJson<NewTask>,
-) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let task = match state.creations.submit((new, actor(&headers)?)).await {
-        Ok(task) => task,
+) -> Result<Response, ApiError> {
+    let added = match state.add_task(new, query.system.as_deref(), actor(&headers)?).await {
+        Ok(added) => added,
         // A profile or workflow added to a file that no longer loads is not known yet: say so.
-        Err(StoreError::Invalid { field: field @ ("profile" | "workflow"), message }) => {
+        Err(PlacementError::Store(StoreError::Invalid {
+            field: field @ ("profile" | "workflow"),
+            message,
+        })) => {
             let message = match state.config.status().invalid {
                 Some(problem) => format!(
                     "{message}; the configuration does not load ({problem}), so the daemon \
@@ -350,9 +365,10 @@ async fn create_task(
         }
         Err(error) => return Err(error.into()),
     };
-    state.metrics.tasks_created.inc();
-    state.wake_scheduler();
-    Ok((StatusCode::CREATED, Json(task)))
+    Ok(match added {
+        Added::Here(task) => (StatusCode::CREATED, Json(task)).into_response(),
+        Added::Routed(routed) => (StatusCode::ACCEPTED, Json(routed)).into_response(),
+    })
 }
 
 async fn show_task(

@@ -83,6 +83,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::placement::PlacementError> for ApiError {
+    fn from(error: crate::placement::PlacementError) -> Self {
+        use crate::placement::PlacementError;
+        match error {
+            PlacementError::Store(error) => error.into(),
+            PlacementError::Repo(_) | PlacementError::PinWithoutSync => {
+                ApiError::BadRequest(error.to_string())
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

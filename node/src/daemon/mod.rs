@@ -98,6 +98,27 @@ impl Shared {
     pub fn wake_scheduler(&self) {
         self.scheduler_wake.notify_one();
     }
+
+    /// Creates a task given as the API and the dashboard take it (its `repo` a URL or an
+    /// absolute path) where [`crate::placement::decide`] says: here (through the batcher, the
+    /// scheduler woken) or routed to the fleet.
+    pub async fn add_task(
+        &self,
+        new: NewTask,
+        pin: Option<&str>,
+        actor: String,
+    ) -> Result<crate::placement::Added, crate::placement::PlacementError> {
+        let place =
+            crate::placement::Place::of_repo(new.repo.as_deref(), &self.store.contexts().await?);
+        let config = self.config.current();
+        let here = async |new| self.creations.submit((new, actor)).await;
+        let added = crate::placement::add(&self.store, &config, new, &place, pin, here).await?;
+        if let crate::placement::Added::Here(_) = added {
+            self.metrics.tasks_created.inc();
+            self.wake_scheduler();
+        }
+        Ok(added)
+    }
 }
 
 /// Why the daemon did not start; each names what was wrong and, where there is one, the fix.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::{charts, SignedIn};
 use crate::daemon::{ApiError, AppState};
+use crate::placement::Added;
 use crate::store::{BoardFilter, NewTask, RetryPolicy};
 
 /// Who the dashboard acts as in task logs and decisions.
@@ -385,11 +386,16 @@ pub async fn create_task(
             .collect(),
         ..NewTask::default()
     };
-    match state.creations.submit((new, ACTOR.to_string())).await {
-        Ok(task) => {
-            state.metrics.tasks_created.inc();
-            state.wake_scheduler();
-            see_other(&format!("/tasks/{}", task.id))
+    match state.add_task(new, None, ACTOR.to_string()).await {
+        Ok(Added::Here(task)) => see_other(&format!("/tasks/{}", task.id)),
+        // The board lists only this system's tasks: say where it went.
+        Ok(Added::Routed(routed)) => {
+            let short = short_id(&routed.task.id);
+            let text = format!(
+                "Task {short} ({}) was routed to the fleet: {}. `ccm task show {short}` follows it.",
+                routed.task.title, routed.routed_because
+            );
+            message(StatusCode::ACCEPTED, "Routed to the fleet", &text)
         }
         Err(e) => {
             let error: ApiError = e.into();
