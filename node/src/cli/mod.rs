@@ -3,7 +3,8 @@
 //! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents.
 //! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
 //!   `dump-state`, `claims`, `backup`; [`alerts`], [`decide`]: what needs the operator;
-//!   [`dashboard`]: the web dashboard.
+//!   [`dashboard`]: the web dashboard; [`sync`]: `ccm sync ...`; [`systems`]: `ccm systems`
+//!   and the fleet's names.
 //! - [`backend`]: where state changes go (the daemon's API, or SQLite when no daemon runs);
 //!   [`output`]: JSON or aligned text.
 //!
@@ -21,6 +22,8 @@ mod logs;
 mod output;
 mod setup;
 mod state;
+mod sync;
+mod systems;
 mod task;
 
 use std::path::{Path, PathBuf};
@@ -29,14 +32,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::home::open_store;
 use crate::home::Home;
 use crate::hooks::event::System;
 use crate::store::StoreError;
 use backend::Backend;
-pub(crate) use output::print;
-
-/// Opens the home's store (`crate::sync` names it here).
-pub(crate) use crate::home::open_store;
 
 #[derive(Debug, Parser)]
 #[command(name = "ccm", version, about = "Local-first orchestrator for AI coding agents")]
@@ -141,12 +141,12 @@ enum Command {
     },
     /// The sync engine: enrol this system, show the lanes, send now, pause and resume.
     #[command(subcommand)]
-    Sync(crate::sync::SyncCommand),
+    Sync(sync::SyncCommand),
     /// The systems of the fleet (presence with its reason, slots, repositories, last heartbeat,
     /// cost today); `ccm systems drain NAME` stops a system from taking new work.
     Systems {
         #[command(subcommand)]
-        command: Option<crate::routing::SystemsCommand>,
+        command: Option<systems::SystemsCommand>,
         #[arg(long)]
         json: bool,
     },
@@ -266,10 +266,8 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         }
         Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
         Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
-        Command::Sync(command) => crate::sync::run(&home, &config, command).await,
-        Command::Systems { command, json } => {
-            crate::routing::systems(&home, &config, command, json).await
-        }
+        Command::Sync(command) => sync::run(&home, &config, command).await,
+        Command::Systems { command, json } => systems::systems(&home, &config, command, json).await,
         Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,
         Command::Service(command) => crate::notify::cli::service(&home, &config, command),
         Command::Doctor | Command::Hook(_) | Command::Stop { .. } => {

@@ -198,7 +198,7 @@ pub async fn run(
             if let Some(pin) = pin.filter(|_| config.sync.enabled()) {
                 // Named wrong, it would only be refused by the central later: say so now when
                 // the central answers.
-                let known = crate::routing::known_systems(home, config, FLEET_WAIT).await;
+                let known = super::systems::known_systems(home, config, FLEET_WAIT).await;
                 if let Some(known) = &known {
                     check_pin(pin, known)?;
                 }
@@ -209,7 +209,7 @@ pub async fn run(
                     let reachable = match reachable {
                         Some(reachable) => reachable,
                         None => {
-                            crate::routing::known_systems(home, config, FLEET_WAIT).await.is_some()
+                            super::systems::known_systems(home, config, FLEET_WAIT).await.is_some()
                         }
                     };
                     print(args.json, &routed, |r| {
@@ -308,7 +308,7 @@ pub async fn run(
             if let Some(system) = &system {
                 // Named wrong, it would only be refused by the central later: say so now when
                 // the central answers.
-                if let Some(known) = crate::routing::known_systems(home, config, FLEET_WAIT).await {
+                if let Some(known) = super::systems::known_systems(home, config, FLEET_WAIT).await {
                     check_pin(system, &known)?;
                 }
             }
