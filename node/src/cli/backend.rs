@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::config::Config;
 use crate::home::{open_store, Home};
-use crate::placement::{self, Added, Place};
+use crate::placement::{self, Added, Place, PlacementError};
 use crate::status::Status;
 use crate::store::{
     ContextProbe, NewTask, RetryPolicy, RoutedControl, RoutedTask, Store, StoredHookEvent,
@@ -58,7 +58,11 @@ impl Backend {
             }
             Backend::Local { store, config } => {
                 let here = async |new| store.create_task(new, config, "cli").await;
-                Ok(placement::add(store, config, new, place, pin, here).await?)
+                placement::add(store, config, new, place, pin, here).await.map_err(|e| match e {
+                    // As a `StoreError`, for `main` to name the database when it is busy.
+                    PlacementError::Store(e) => e.into(),
+                    e => e.into(),
+                })
             }
         }
     }
