@@ -7,13 +7,15 @@
 //! - `batch`: group commit of task creations and hook events (one transaction per group).
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `serve`: the accept loop, with timeouts and a connection cap.
+//! - `state`: [`AppState`], the handles every request shares.
 //! - the sync task (`crate::sync::start`) and routing (`crate::routing::Router`), when `sync:`
 //!   is configured.
 //!
-//! Start-up order: lock the home (one daemon per home), load the token, open and migrate the
-//! store, bind, reconcile the agents (first runtime pass: adopt live agents, record dead ones),
-//! write the port file, serve. SIGTERM or SIGINT stops serving
-//! gracefully, stops the scheduler, closes the store and removes the port file.
+//! [`run`] is the start-up order, one named step each: lock the home (one daemon per home),
+//! install the signal handlers, load the token, open and migrate the store, bind, reconcile the
+//! agents (first runtime pass: adopt live agents, record dead ones), start the long-lived
+//! tasks, write the port file and serve, shut down. SIGTERM or SIGINT stops serving
+//! gracefully, stops the tasks, closes the store and removes the port file.
 
 mod api;
 mod batch;
@@ -22,6 +24,7 @@ mod metrics;
 mod scheduler;
 pub(crate) mod security;
 mod serve;
+mod state;
 
 use std::fs::TryLockError;
 use std::sync::Arc;
@@ -38,88 +41,12 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use scheduler::Scheduler;
 pub use security::Allowed;
+pub use state::{AppState, Shared};
 
 use crate::config::{Config, LiveConfig};
 use crate::home::{DaemonInfo, Home};
 use crate::runtime::{Passes, Runtime};
 use crate::store::{HookJob, Ingested, NewTask, RetryPolicy, Store, StoreError};
-
-/// Handles shared by every request; cloning it (once per request) copies one pointer.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// What [`AppState`] shares.
-pub struct Shared {
-    pub store: Store,
-    /// The configuration, read again when its files change (`config.current()`).
-    pub config: LiveConfig,
-    /// Bearer token of the API.
-    pub token: Arc<str>,
-    pub allowed: Arc<Allowed>,
-    pub daemon: DaemonInfo,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the scheduler after a change.
-    pub scheduler_wake: Arc<Notify>,
-    /// Wakes the agent runtime after a change.
-    pub runtime_wake: Arc<Notify>,
-    /// Wakes the hooks waiting for a human's answer after a decision was answered.
-    pub decisions: Arc<Notify>,
-    /// The ccm home directory.
-    pub home: std::path::PathBuf,
-    /// Stores hook events in groups.
-    pub hooks: Batcher<Vec<HookJob>, Vec<Ingested>>,
-    /// Creates tasks in groups.
-    pub creations: Batcher<(NewTask, String), ccm_schema::Task>,
-    /// The sync engine's client, when `sync:` is configured (its token is replaced on
-    /// enrolment).
-    pub sync: Option<ccm_sync::Client>,
-    /// Cancelled when the daemon begins to stop: long-lived responses (the dashboard's event
-    /// streams) end then, so that the server's drain does not wait for them.
-    pub shutdown: CancellationToken,
-}
-
-impl Shared {
-    /// Lets the scheduler and the runtime look at a change right away.
-    pub fn wake(&self) {
-        self.scheduler_wake.notify_one();
-        self.runtime_wake.notify_one();
-    }
-
-    /// Lets the scheduler look at a new or newly waiting task (it wakes the runtime when it
-    /// admits one).
-    pub fn wake_scheduler(&self) {
-        self.scheduler_wake.notify_one();
-    }
-
-    /// Creates a task given as the API and the dashboard take it (its `repo` a URL or an
-    /// absolute path) where [`crate::placement::decide`] says: here (through the batcher, the
-    /// scheduler woken) or routed to the fleet.
-    pub async fn add_task(
-        &self,
-        new: NewTask,
-        pin: Option<&str>,
-        actor: String,
-    ) -> Result<crate::placement::Added, crate::placement::PlacementError> {
-        let place =
-            crate::placement::Place::of_repo(new.repo.as_deref(), &self.store.contexts().await?);
-        let config = self.config.current();
-        let here = async |new| self.creations.submit((new, actor)).await;
-        let added = crate::placement::add(&self.store, &config, new, &place, pin, here).await?;
-        if let crate::placement::Added::Here(_) = added {
-            self.metrics.tasks_created.inc();
-            self.wake_scheduler();
-        }
-        Ok(added)
-    }
-}
 
 /// Why the daemon did not start; each names what was wrong and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -158,14 +85,36 @@ pub enum StartError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
-    // What the daemon, git and the agents it starts create is private whatever the umask it
-    // was started with: the agents' directories and logs, the worktrees (ARCHITECTURE.md,
-    // Boundaries).
+    make_files_private();
+    let config = live.current();
+    let _lock = lock_home(&home)?;
+    // Installed before anything can see this daemon (the port file), so that a SIGTERM sent as
+    // soon as it is up stops it gracefully instead of killing it.
+    let signals = Signals::install()?;
+    let token = home.ensure_auth()?.token;
+    let shutdown = CancellationToken::new();
+    let store = open_store(&home, &config, &shutdown).await?;
+    let listeners = bind(&home, &config).await?;
+    let first = first_pass(&store, &live, &home, &listeners.daemon, &shutdown).await?;
+    note_previous_run(&home, &store).await;
+    let running = start_tasks(&store, &live, &home, &listeners, token, first, &shutdown).await?;
+    tokio::spawn(signals.stop(shutdown.clone()));
+    let running = serve(&home, &store, &live, listeners, running, &shutdown).await?;
+    shut_down(running, &store, &home).await;
+    Ok(())
+}
+
+/// What the daemon, git and the agents it starts create is private whatever the umask it was
+/// started with: the agents' directories and logs, the worktrees (ARCHITECTURE.md, Boundaries).
+fn make_files_private() {
     // SAFETY: umask(2) only sets the process's file mode creation mask.
     unsafe {
         libc::umask(0o077);
     }
-    let config = live.current();
+}
+
+/// Takes the home's lock (one daemon per home), held as long as the returned file is open.
+fn lock_home(home: &Home) -> Result<std::fs::File, StartError> {
     home.ensure()?;
     let lock_path = home.lock_file();
     let lock = crate::home::private_file(&lock_path).map_err(|source| StartError::Lock {
@@ -174,25 +123,26 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
         source,
     })?;
     match lock.try_lock() {
-        Ok(()) => {}
+        Ok(()) => Ok(lock),
         Err(TryLockError::WouldBlock) => {
             let running = home
                 .read_daemon_info()
                 .map(|d| format!(" (pid {}, {})", d.pid, d.addr))
                 .unwrap_or_default();
-            return Err(StartError::AlreadyRunning {
-                home: home.root().display().to_string(),
-                running,
-            });
+            Err(StartError::AlreadyRunning { home: home.root().display().to_string(), running })
         }
         Err(TryLockError::Error(source)) => {
-            return Err(StartError::Lock { what: "lock", path: lock_path, source })
+            Err(StartError::Lock { what: "lock", path: lock_path, source })
         }
     }
-    // Installed before anything can see this daemon (the port file), so that a SIGTERM sent as
-    // soon as it is up stops it gracefully instead of killing it.
-    let signals = Signals::install()?;
-    let auth = home.ensure_auth()?;
+}
+
+/// Opens and migrates the store, refuses a damaged one, and starts its background checkpoints.
+async fn open_store(
+    home: &Home,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Store, StartError> {
     let name = config
         .node
         .name
@@ -200,9 +150,20 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
         .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let store = Store::open(&home.db_file(), &name).await?;
     check_integrity(&store).await?;
-    let shutdown = CancellationToken::new();
     store.checkpoint_in_background(shutdown.clone()).await?;
+    Ok(store)
+}
 
+/// The API's listeners, and what the port file will say of them.
+struct Listeners {
+    tcp: tokio::net::TcpListener,
+    bound: std::net::SocketAddr,
+    socket: Option<tokio::net::UnixListener>,
+    daemon: DaemonInfo,
+}
+
+/// Binds the TCP listener (`daemon.host`, `daemon.port`) and the Unix socket.
+async fn bind(home: &Home, config: &Config) -> Result<Listeners, StartError> {
     let addr = format!("{}:{}", config.daemon.host, config.daemon.port);
     let listen = |source| StartError::Listen {
         addr: addr.clone(),
@@ -212,21 +173,38 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
     // The host is an IP address (checked with the configuration): bound without a name lookup,
     // which tokio would hand to a blocking thread that then stays idle for ten seconds.
     let ip = config.daemon.host.parse::<std::net::IpAddr>();
-    let listener = match ip {
+    let tcp = match ip {
         Ok(ip) => tokio::net::TcpListener::bind((ip, config.daemon.port)).await,
         Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)),
     }
     .map_err(listen)?;
-    let bound = listener.local_addr().map_err(listen)?;
-    let socket = bind_socket(&home);
+    let bound = tcp.local_addr().map_err(listen)?;
+    let socket = bind_socket(home);
     let daemon = DaemonInfo {
         pid: std::process::id(),
         addr: bound.to_string(),
         socket: socket.as_ref().map(|_| home.socket_file()),
         started_at: Timestamp::now(),
-        gate_wait_secs: gate_wait_secs(&config),
+        gate_wait_secs: gate_wait_secs(config),
     };
+    Ok(Listeners { tcp, bound, socket, daemon })
+}
 
+/// The runtime after its first pass, before serving.
+struct FirstPass {
+    runtime: Runtime,
+    passes: Passes,
+    scheduler_wake: Arc<Notify>,
+}
+
+/// Reconciles before serving: adopts the agents still running, records the ones that died.
+async fn first_pass(
+    store: &Store,
+    live: &LiveConfig,
+    home: &Home,
+    daemon: &DaemonInfo,
+    shutdown: &CancellationToken,
+) -> Result<FirstPass, StartError> {
     let scheduler_wake = Arc::new(Notify::new());
     let runtime = Runtime::new(
         store.clone(),
@@ -236,12 +214,44 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
         scheduler_wake.clone(),
         shutdown.clone(),
     );
-    // Reconcile before serving: adopt the agents still running, record the ones that died.
     let mut passes = Passes::default();
     runtime.pass(&mut passes).await.map_err(StartError::Reconcile)?;
+    Ok(FirstPass { runtime, passes, scheduler_wake })
+}
 
+/// Raises an alert when the previous daemon did not stop cleanly (notified once the notifiers
+/// run).
+async fn note_previous_run(home: &Home, store: &Store) {
+    if let Err(error) = crate::notify::health::check_previous_run(home, store).await {
+        warn!(error = %format!("{error:#}"), "cannot check how the previous daemon ended");
+    }
+}
+
+/// The long-lived tasks, and the state the server hands every request.
+struct Running {
+    state: AppState,
+    /// Awaited at shutdown, by name; `None` for one not started (sync and routing without
+    /// `sync:`).
+    tasks: Vec<(&'static str, Option<tokio::task::JoinHandle<()>>)>,
+    notifiers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts sync and routing (with `sync:`), the scheduler, the runtime, the spool's ingestion
+/// and the notifiers.
+async fn start_tasks(
+    store: &Store,
+    live: &LiveConfig,
+    home: &Home,
+    listeners: &Listeners,
+    token: String,
+    first: FirstPass,
+    shutdown: &CancellationToken,
+) -> Result<Running, StartError> {
+    let config = live.current();
+    let FirstPass { runtime, passes, scheduler_wake } = first;
+    let daemon = &listeners.daemon;
     let system = store.system().await?;
-    let sync = crate::sync::start(&store, &config, &home, system.id, shutdown.clone())?;
+    let sync = crate::sync::start(store, &config, home, system.id, shutdown.clone())?;
     let (sync_client, sync_task) = sync.unzip();
     let routing = sync_client.clone().map(|client| {
         let (high, low) = system.id.as_u64_pair();
@@ -257,10 +267,11 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
         }
         .start()
     });
-    let state = AppState(Arc::new(Shared {
+    let bound = listeners.bound;
+    let state = AppState::new(Shared {
         store: store.clone(),
         config: live.clone(),
-        token: auth.token.into(),
+        token: token.into(),
         allowed: Arc::new(Allowed::for_host_and_port(bound.ip(), bound.port())),
         daemon: daemon.clone(),
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
@@ -272,7 +283,7 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
         creations: creation_batcher(store.clone(), live.clone()),
         sync: sync_client.clone(),
         shutdown: shutdown.clone(),
-    }));
+    });
     let scheduler = Scheduler {
         store: store.clone(),
         config: live.clone(),
@@ -294,10 +305,6 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
     }));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
-    tokio::spawn(signals.stop(shutdown.clone()));
-    if let Err(error) = crate::notify::health::check_previous_run(&home, &store).await {
-        warn!(error = %format!("{error:#}"), "cannot check how the previous daemon ended");
-    }
     let notifiers = crate::notify::start(crate::notify::Context {
         store: store.clone(),
         config: config.clone(),
@@ -309,10 +316,33 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
                 state.decisions.notify_waiters();
             })
         },
-        central: sync_client.clone(),
+        central: sync_client,
         shutdown: shutdown.clone(),
     });
+    Ok(Running {
+        state,
+        tasks: vec![
+            ("scheduler", Some(scheduler)),
+            ("runtime", Some(runtime_task)),
+            ("spooler", Some(spooler)),
+            ("sync", sync_task),
+            ("routing", routing),
+        ],
+        notifiers,
+    })
+}
 
+/// Writes the port file (the daemon is now visible), watches the configuration, and serves
+/// until shutdown.
+async fn serve(
+    home: &Home,
+    store: &Store,
+    live: &LiveConfig,
+    listeners: Listeners,
+    mut running: Running,
+    shutdown: &CancellationToken,
+) -> Result<Running, StartError> {
+    let Listeners { tcp, socket, daemon, .. } = listeners;
     home.write_daemon_info(&daemon)?;
     let watcher = tokio::spawn(watch_config(
         live.clone(),
@@ -321,25 +351,24 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
         daemon.clone(),
         shutdown.clone(),
     ));
-    info!(addr = %bound, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
+    running.tasks.push(("config", Some(watcher)));
+    info!(addr = %daemon.addr, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
     // On a worker thread rather than this one (the runtime's `block_on`): a connection is then
     // accepted, and its task started, on the thread the I/O driver woke, with no hand-off to
     // another thread for each new connection.
-    let server =
-        serve::serve(listener, socket, router(state), config.daemon.clone(), shutdown.clone());
+    let config = live.current().daemon.clone();
+    let server = serve::serve(tcp, socket, router(running.state.clone()), config, shutdown.clone());
     if let Err(e) = tokio::spawn(server).await {
         warn!(task = "server", error = %e, "ended abnormally");
     }
+    Ok(running)
+}
 
-    shutdown.cancel();
-    let tasks = [
-        ("scheduler", Some(scheduler)),
-        ("runtime", Some(runtime_task)),
-        ("spooler", Some(spooler)),
-        ("config", Some(watcher)),
-        ("sync", sync_task),
-        ("routing", routing),
-    ];
+/// Stops every task, waits for them, closes the store and removes the port file and the socket.
+async fn shut_down(running: Running, store: &Store, home: &Home) {
+    running.state.shutdown.cancel();
+    let Running { state, tasks, notifiers } = running;
+    drop(state);
     for (name, task) in tasks.into_iter().filter_map(|(name, task)| task.map(|t| (name, t))) {
         if let Err(e) = task.await {
             warn!(task = name, error = %e, "ended abnormally");
@@ -354,7 +383,6 @@ pub async fn run(home: Home, live: LiveConfig) -> Result<(), StartError> {
     let _ = std::fs::remove_file(home.daemon_file());
     let _ = std::fs::remove_file(home.socket_file());
     info!("ccm daemon stopped");
-    Ok(())
 }
 
 /// Binds the API's Unix socket in the home directory (mode 0600, in a 0700 directory), for the
