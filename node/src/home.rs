@@ -223,16 +223,8 @@ impl Home {
 /// Replaces `path` with `bytes` in one durable step: a 0600 temporary file, synced, renamed over
 /// it, then the directory synced.
 fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
-    let tmp = path.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    private_file(&tmp)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(HomeError::io("cannot write", path))?;
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
+    crate::fs::write_atomic(path, bytes, crate::fs::Mode::Private)
+        .map_err(HomeError::io("cannot write", path))
 }
 
 /// Contents of `auth.json`.

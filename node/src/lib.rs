@@ -10,6 +10,7 @@
 //! - [`hooks`]: hook events from the agent CLIs, parsed leniently, and the answers to them;
 //!   installing ccm's hooks into the CLIs' project settings.
 //! - [`tmux`]: ccm's own tmux server, one window per agent.
+//! - [`fs`]: writing a file atomically (the one helper for it).
 //! - [`text`]: cutting text to size (heads, tails, previews for logs).
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
 //! - [`config`]: layered configuration, validated at load.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod dashboard;
 pub mod doctor;
+pub mod fs;
 pub mod home;
 pub mod hooks;
 pub mod notify;

@@ -59,9 +59,7 @@ fn edit_json(
     }
     let mut text = serde_json::to_string_pretty(&Value::Object(root)).map_err(io::Error::other)?;
     text.push('\n');
-    let temp = path.with_extension(format!("json.ccm-{}", std::process::id()));
-    fs::write(&temp, text)?;
-    fs::rename(&temp, path)?;
+    crate::fs::write_atomic(path, text.as_bytes(), crate::fs::Mode::Keep)?;
     Ok(true)
 }
 

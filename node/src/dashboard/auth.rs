@@ -8,8 +8,6 @@
 //! sends back.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -147,17 +145,7 @@ impl Auth {
         let live: Vec<&Session> = sessions.values().filter(|s| s.expires_at > now).collect();
         let json = serde_json::to_vec(&live)
             .map_err(|e| AuthError::Persist { path: self.file.clone(), message: e.to_string() })?;
-        let tmp = self.file.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(error)?;
-        file.write_all(&json).map_err(error)?;
-        file.sync_all().map_err(error)?;
-        std::fs::rename(&tmp, &self.file).map_err(error)
+        crate::fs::write_atomic(&self.file, &json, crate::fs::Mode::Private).map_err(error)
     }
 }
 

@@ -27,9 +27,7 @@
 //! events, and it does not ask any CLI whether it accepted the settings.
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -694,8 +692,6 @@ fn json_text(root: &Map<String, Value>) -> Vec<u8> {
 /// syncs it, renames it over the target. Creates missing directories, keeps the permissions of
 /// the file it replaces, and writes through a symlink to its target rather than replacing it.
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), InstallError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-
     let target = match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
             fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
@@ -710,22 +706,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), InstallError> {
     fs::create_dir_all(&dir)
         .map_err(|source| InstallError::CreateDir { path: dir.clone(), source })?;
 
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp = dir.join(format!(".{name}.ccm-{}-{unique}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&temp)?;
-        if let Ok(meta) = fs::metadata(&target) {
-            file.set_permissions(meta.permissions())?;
-        }
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, &target)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map_err(write_error)
+    crate::fs::write_atomic(&target, contents, crate::fs::Mode::Keep).map_err(write_error)
 }
 
 /// Deletes a settings file that held only ccm's hooks, and its directory (`.claude`, `.gemini`,

@@ -1,7 +1,6 @@
 //! The spool: hook events `ccm hook` could not store because the database was busy, one
 //! durable file each under `~/.ccm-global/spool/`, ingested by the daemon later.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ccm_schema::Timestamp;
@@ -32,20 +31,7 @@ pub fn write(home: &Path, entry: &Entry) -> std::io::Result<PathBuf> {
     let dir = dir(home);
     crate::home::private_dir(&dir)?;
     let path = dir.join(format!("{}.json", entry.key));
-    let tmp = dir.join(format!(".{}.tmp", entry.key));
-    let _ = std::fs::remove_file(&tmp);
-    let written = crate::home::private_file(&tmp).and_then(|mut file| {
-        file.write_all(&serde_json::to_vec(entry)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Ok(dir) = std::fs::File::open(&dir) {
-        let _ = dir.sync_all();
-    }
+    crate::fs::write_atomic(&path, &serde_json::to_vec(entry)?, crate::fs::Mode::Private)?;
     Ok(path)
 }
 

@@ -325,16 +325,7 @@ impl Telegram {
             warn!(notifier = %self.name, %error, "cannot store the update offset");
         }
         let path = self.lease_path("offset");
-        let temporary = self.lease_path("offset.tmp");
-        let written = std::fs::remove_file(&temporary)
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-            .and_then(|()| {
-                use std::io::Write as _;
-                let mut file = crate::home::private_file(&temporary)?;
-                file.write_all(offset.as_bytes())?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&temporary, &path));
+        let written = crate::fs::write_atomic(&path, offset.as_bytes(), crate::fs::Mode::Private);
         if let Err(error) = written {
             warn!(notifier = %self.name, %error, "cannot share the update offset");
         }
