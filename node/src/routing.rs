@@ -1,9 +1,10 @@
 //! Routing across systems, the node's side (SPEC section 9; the central contract is
 //! `supabase/README.md`, "Routing").
 //!
-//! - Origin: `ccm task add` sends a task this system cannot run now (no checkout of its
-//!   repository, pinned elsewhere, or no free slot) to the fleet: a routed task and its queued
-//!   submission ([`Store::route_task`]). While one is unfinished, the origin asks
+//! - Origin: a new task this system cannot run now (no checkout of its repository, pinned
+//!   elsewhere, or no free slot; `crate::placement` decides, for the CLI, the API and the
+//!   dashboard alike) goes to the fleet: a routed task and its queued submission
+//!   ([`Store::route_task`]). While one is unfinished, the origin asks
 //!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`. A task
 //!   not submitted yet whose repository gets a checkout here becomes a local task.
 //! - Origin control: `ccm task cancel|retry|pin` of a routed task queue `api.cancel_routed`,

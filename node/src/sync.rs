@@ -28,6 +28,15 @@ pub fn paused_reason(status: &SyncStatus) -> Option<&str> {
 /// What to do about a pause, said wherever a pause is shown.
 pub const RESUME_HINT: &str = "`ccm sync resume` sends again once the cause is fixed";
 
+/// Why the sync task cannot start: the `sync:` section or the central's client.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Central(#[from] ccm_sync::ClientError),
+}
+
 /// The daemon's sync task, when `sync:` is configured: its client (to replace the token after
 /// an enrolment) and the task.
 pub fn start(
@@ -36,7 +45,7 @@ pub fn start(
     home: &Home,
     system_id: uuid::Uuid,
     shutdown: CancellationToken,
-) -> Result<Option<(ccm_sync::Client, tokio::task::JoinHandle<()>)>, crate::daemon::StartError> {
+) -> Result<Option<(ccm_sync::Client, tokio::task::JoinHandle<()>)>, StartError> {
     let Some(endpoint) = config.sync.endpoint()? else {
         return Ok(None);
     };

@@ -80,7 +80,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Central(#[from] ccm_sync::ClientError),
+    Sync(#[from] crate::sync::StartError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
