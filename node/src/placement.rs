@@ -239,7 +239,12 @@ pub async fn add(
     pin: Option<&str>,
     create_here: impl AsyncFnOnce(NewTask) -> Result<Task, StoreError>,
 ) -> Result<Added, PlacementError> {
-    let here = RoutingStatus::gather(store, config).await?;
+    // Without sync every task runs here: nothing to read for it (the API's hot path).
+    let here = if config.sync.enabled() {
+        RoutingStatus::gather(store, config).await?
+    } else {
+        RoutingStatus { enabled: false, system: String::new(), free_slots: 0 }
+    };
     match decide(place, pin, &here)? {
         Placement::Here => Ok(Added::Here(Box::new(create_here(new).await?))),
         Placement::Fleet(reason) => {

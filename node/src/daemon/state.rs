@@ -82,8 +82,11 @@ impl Shared {
         pin: Option<&str>,
         actor: String,
     ) -> Result<Added, PlacementError> {
-        let place = Place::of_repo(new.repo.as_deref(), &self.store.contexts().await?);
         let config = self.config.current();
+        // Without sync every task runs here, wherever it works: no checkouts to read.
+        let contexts =
+            if config.sync.enabled() { self.store.contexts().await? } else { Vec::new() };
+        let place = Place::of_repo(new.repo.as_deref(), &contexts);
         let here = async |new| self.creations.submit((new, actor)).await;
         let added = crate::placement::add(&self.store, &config, new, &place, pin, here).await?;
         if let Added::Here(_) = added {
