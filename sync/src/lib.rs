@@ -29,7 +29,7 @@ use ccm_schema::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use client::{Class, Client, ClientError, Credential, Endpoint};
+pub use client::{error_chain, Class, Client, ClientError, Credential, Endpoint};
 pub use driver::{Driver, Settings, Signals};
 
 /// The reason (`alerts.reason`) of the alert raised once per batch with refused items.
