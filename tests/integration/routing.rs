@@ -529,3 +529,72 @@ async fn pinning_a_running_routed_task_elsewhere_moves_it_to_that_system() {
         "{shown}"
     );
 }
+
+/// The unroutable alerts of `ccm alerts --json` (open ones, or all with `all`) about routed
+/// task `id`.
+fn unroutable_alerts(node: &Node, id: &str, all: bool) -> Vec<Value> {
+    let args: &[&str] = if all { &["alerts", "--all"] } else { &["alerts"] };
+    let alerts = node.home.run_json(args);
+    alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reason"] == "unroutable" && a["details"]["routed_task"] == id)
+        .cloned()
+        .collect()
+}
+
+/// Issue 27, item 4: the origin shows the history of its routed task as it observed it (when,
+/// from which state to which, on which system, why), and while no system has the task's
+/// repository it raises the `unroutable` alert itself (so its notifiers fire), resolved once a
+/// system with a checkout takes the task.
+#[tokio::test]
+async fn the_origin_logs_its_routed_tasks_changes_and_alerts_while_no_system_has_its_repository() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    let other = fleet.remote.replace("app.git", "lib.git");
+    git(
+        fleet.dir.path(),
+        &["clone", "-q", "--bare", &fleet.remote, other.trim_start_matches("file://")],
+    );
+
+    let id = alpha.add(&["work on lib", "--repo", &other]);
+    let alert = wait_for("the unroutable alert on the origin", SLOW, async || {
+        unroutable_alerts(&alpha, &id, false).into_iter().next()
+    })
+    .await;
+    let message = alert["message"].as_str().unwrap();
+    assert!(message.contains("no system of the fleet has a checkout of"), "{alert}");
+    let shown = alpha.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("waiting   no_context (no system of the fleet has"), "{shown}");
+
+    // beta gets a checkout of lib: it takes the task, and the alert is resolved.
+    let clone = beta.home.work().join("lib");
+    git(&beta.home.work(), &["clone", "-q", &other, clone.to_str().unwrap()]);
+    git(&clone, &["config", "user.email", "test@example.com"]);
+    git(&clone, &["config", "user.name", "ccm test"]);
+    beta.home.run_ok(&["context", "add", clone.to_str().unwrap()]);
+    wait_for("alpha to see it done", SLOW, async || {
+        (alpha.routed(&id)["central"]["state"] == "done").then_some(())
+    })
+    .await;
+    wait_for("the origin's unroutable alert to be resolved", SLOW, async || {
+        unroutable_alerts(&alpha, &id, false).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(unroutable_alerts(&alpha, &id, true).len(), 1, "one alert, raised once");
+
+    let log = alpha.routed(&id)["log"].as_array().cloned().unwrap_or_default();
+    let first = log.first().expect("a log");
+    assert_eq!((first["from"].clone(), first["to"].clone()), (Value::Null, "waiting_sync".into()));
+    assert!(log.iter().any(|e| e["to"] == "queued" && e["reason"] == "no_context"), "{log:#?}");
+    let last = log.last().unwrap();
+    assert_eq!((last["to"].as_str(), last["system"].as_str()), (Some("complete"), Some("beta")));
+    assert_ne!(last["from"], "complete", "{log:#?}");
+    assert!(log.iter().all(|e| e["at"].is_string()), "{log:#?}");
+    let shown = alpha.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("log (as this system saw it):"), "{shown}");
+    assert!(shown.contains("-> complete on beta"), "{shown}");
+    assert!(shown.contains("waiting_sync -> queued"), "{shown}");
+}

@@ -500,7 +500,7 @@ fn show_routed(r: &RoutedTask) {
         println!("  requested {control} (waits for the central's answer)");
     }
     if let Some(reason) = central.and_then(|c| c.reason.as_deref()) {
-        println!("  waiting   {reason}");
+        println!("  waiting   {reason}{}", waiting_why(reason));
     }
     if let Some(why) = central.and_then(|c| c.last_error.as_deref()) {
         println!("  last      {why}");
@@ -532,6 +532,19 @@ fn show_routed(r: &RoutedTask) {
             text("outcome"),
         );
     }
+    if !r.log.is_empty() {
+        println!("log (as this system saw it):");
+    }
+    for e in &r.log {
+        println!(
+            "  {}  {} -> {}{}{}",
+            e.at,
+            e.from.as_deref().unwrap_or("-"),
+            e.to,
+            e.system.as_deref().map(|s| format!(" on {s}")).unwrap_or_default(),
+            e.reason.as_deref().map(|r| format!("  {r}")).unwrap_or_default(),
+        );
+    }
     if let Some(result) = central.and_then(|c| c.result.as_ref()) {
         println!("result:");
         println!(
@@ -543,6 +556,19 @@ fn show_routed(r: &RoutedTask) {
             result["output_tokens"],
         );
         show_work(&result["report"]["work"]);
+    }
+}
+
+/// What the central's reason for a waiting routed task means, after its code.
+fn waiting_why(reason: &str) -> &'static str {
+    match reason {
+        "no_context" => " (no system of the fleet has a checkout of its repository)",
+        "all_busy" => " (every system that could run it is busy)",
+        "all_stale" => " (no system that could run it has sent a heartbeat lately)",
+        "pinned_system_draining" => {
+            " (the system it is pinned to is draining; `ccm task pin` moves it)"
+        }
+        _ => "",
     }
 }
 
