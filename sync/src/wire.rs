@@ -327,6 +327,8 @@ pub struct HeartbeatV1 {
     pub running: i64,
     pub slots: i64,
     pub draining: bool,
+    /// Paused by the operator: other systems see `sync_paused` (no lease is listed then).
+    pub sync_paused: bool,
     /// The leases the node believes it holds: renewed when the central agrees.
     pub leases: Vec<LeaseV1>,
 }

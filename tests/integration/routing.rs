@@ -598,3 +598,41 @@ async fn the_origin_logs_its_routed_tasks_changes_and_alerts_while_no_system_has
     assert!(shown.contains("-> complete on beta"), "{shown}");
     assert!(shown.contains("waiting_sync -> queued"), "{shown}");
 }
+
+/// The presence and reason `ccm systems --json` on `node` gives system `name`.
+fn presence_of(node: &Node, name: &str) -> (Value, Value) {
+    let systems = node.home.run_json(&["systems"]);
+    let row = systems.as_array().unwrap().iter().find(|s| s["name"] == name).cloned();
+    let row = row.unwrap_or_else(|| panic!("{name} listed: {systems:#}"));
+    (row["presence"].clone(), row["reason"].clone())
+}
+
+/// Issue 27, item 4: while its operator pauses sync, a system goes on saying so in its
+/// heartbeat: the other systems see it `sync_paused`, not `stale_heartbeat`, for as long as the
+/// pause lasts, and online again once it is resumed.
+#[tokio::test]
+async fn a_system_paused_by_its_operator_is_seen_as_sync_paused_not_as_a_stale_heartbeat() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    wait_for("beta online", SLOW, async || {
+        (presence_of(&alpha, "beta").0 == "online").then_some(())
+    })
+    .await;
+
+    let out = beta.home.run_ok(&["sync", "pause"]);
+    assert!(out.contains("sync paused"), "{out}");
+    wait_for("beta seen as sync_paused", SLOW, async || {
+        (presence_of(&alpha, "beta").1 == "sync_paused").then_some(())
+    })
+    .await;
+    // Well past the central's stale_after_s (3 s here): still sync_paused.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(presence_of(&alpha, "beta").1, "sync_paused");
+
+    beta.home.run_ok(&["sync", "resume"]);
+    wait_for("beta online again", SLOW, async || {
+        (presence_of(&alpha, "beta") == ("online".into(), Value::Null)).then_some(())
+    })
+    .await;
+}

@@ -293,7 +293,7 @@ async fn sync_pause(
     if body.reason.trim().is_empty() {
         return Err(ApiError::BadRequest("reason: must not be empty".into()));
     }
-    state.store.pause_sync(Some(&body.reason)).await?;
+    state.store.pause_sync_by_operator(&body.reason).await?;
     sync_status(State(state)).await
 }
 
