@@ -179,6 +179,19 @@ async fn pinned_tasks_wait_for_their_system_unroutable_ones_say_why_and_draining
         .await;
         assert!(beta.local(&id).await.is_none(), "a draining system takes no new work");
     }
+    // Issue 27, item 4: a task pinned to the draining system says so, not `all_busy`.
+    let pinned = alpha.add(&["pinned to a drain", "--repo", &fleet.remote, "--system", "beta"]);
+    let reason = wait_for("the drain as the reason", SLOW, async || {
+        let reason = alpha.routed(&pinned)["central"]["reason"].as_str().map(str::to_string);
+        reason.filter(|r| r != "all_busy")
+    })
+    .await;
+    assert_eq!(reason, "pinned_system_draining");
+    let shown = alpha.home.run_ok(&["task", "show", &pinned]);
+    assert!(
+        shown.contains("waiting   pinned_system_draining (the system it is pinned to is draining"),
+        "{shown}"
+    );
 }
 
 /// Acceptance 6: with the origin cut off from the central, the task waits on the origin and is
