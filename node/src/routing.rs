@@ -169,12 +169,10 @@ impl Router {
             }
         };
         let answer = self.client.call::<Value>(&call.function, &call.params).await;
-        let (status, task) = match answer {
+        let (reply, task) = match answer {
             // A cancel, retry or pin answers the task as the origin sees it.
             Ok(answer) => (
-                serde_json::from_value::<RouteAnswerV1>(answer.clone())
-                    .map(|a| a.status)
-                    .unwrap_or_default(),
+                serde_json::from_value::<RouteAnswerV1>(answer.clone()).unwrap_or_default(),
                 serde_json::from_value::<RoutedTaskV1>(answer).ok(),
             ),
             Err(failure) => match failure.class {
@@ -193,7 +191,7 @@ impl Router {
                             let _ = self.store.routed_seen(&[refused]).await;
                         }
                     }
-                    ("refused".to_string(), None)
+                    (RouteAnswerV1 { status: "refused".into(), ..Default::default() }, None)
                 }
                 _ => {
                     // Identity or configuration: the sync lanes pause and alert; wait for it.
@@ -202,12 +200,17 @@ impl Router {
                 }
             },
         };
+        let status = reply.status.as_str();
         debug!(function = %call.function, task = %call.task_id, %status, "routing call answered");
-        if let Err(error) = self.store.route_call_answered(&call, &status, task.as_ref()).await {
+        if status == "stale_lease" {
+            let to = reply.holder.as_deref().unwrap_or("another system");
+            warn!(function = %call.function, task = %call.task_id, holder = to, "the central refused a late write: the lease was lost to {to}");
+        }
+        if let Err(error) = self.store.route_call_answered(&call, &reply, task.as_ref()).await {
             warn!(%error, "cannot record a routing call's answer");
             return Err(None);
         }
-        match (call.function.as_str(), status.as_str()) {
+        match (call.function.as_str(), status) {
             ("complete" | "release", _) => self.signals.offered(), // a slot is free again
             (_, "stale_lease") => self.runtime_wake.notify_one(),
             _ => {}

@@ -649,3 +649,56 @@ async fn a_system_paused_by_its_operator_is_seen_as_sync_paused_not_as_a_stale_h
     })
     .await;
 }
+
+/// Issue 27, item 4: a system that finished a routed task but could not report it before its
+/// lease ran out (its `complete` calls cut off) shows its copy as stale once the central
+/// refuses the late result, naming the system the task went to: `task show` and `task list`
+/// (text and `--json`) mark it, and the daemon's log says it.
+#[tokio::test]
+async fn a_result_reported_after_the_lease_went_elsewhere_is_shown_as_discarded_naming_the_holder()
+{
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    let id = alpha.add(&["finish while cut off", "--repo", &fleet.remote]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    // beta's result cannot reach the central; it takes no new work (so the task goes to
+    // charlie once beta's lease runs out).
+    beta.proxy.set_target("rpc/complete");
+    beta.proxy.set_random(Some((1.0, Fault::Reset)), 5);
+    alpha.home.run_ok(&["systems", "drain", "beta"]);
+    let _charlie = charlie.up();
+    wait_for("beta to finish the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "complete").then_some(())
+    })
+    .await;
+    wait_for("charlie's result at the central", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        (attempts.get(1)?.0 == "charlie" && attempts[1].2.as_deref() == Some("done")).then_some(())
+    })
+    .await;
+
+    beta.proxy.set_random(None, 5);
+    let detail = wait_for("beta to mark its copy stale", SLOW, async || {
+        let task = beta.local(&id).await?;
+        task["stale"].is_string().then_some(task)
+    })
+    .await;
+    assert_eq!(detail["state"], "complete", "its own outcome is kept");
+    assert_eq!(detail["stale"], "result discarded: lease lost to charlie", "{detail}");
+    let shown = beta.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("complete (stale)"), "{shown}");
+    assert!(shown.contains("stale     result discarded: lease lost to charlie"), "{shown}");
+    let listed = beta.home.run_ok(&["task", "list"]);
+    assert!(listed.contains("complete (stale)"), "{listed}");
+    let listed = beta.home.run_json(&["task", "list"]);
+    let row = listed.as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap();
+    assert_eq!(row["stale"], "result discarded: lease lost to charlie", "{listed}");
+    assert!(beta.log().contains("the lease was lost to charlie"), "{}", beta.log());
+    assert_eq!(fleet.task(&id)["executing"], "charlie");
+}

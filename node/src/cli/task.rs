@@ -229,16 +229,31 @@ pub async fn run(
             if let Some(state) = state {
                 routed.retain(|r| r.state() == state.as_str());
             }
+            // Tasks run here for the fleet whose lease was lost: marked stale.
+            let stale: std::collections::HashMap<uuid::Uuid, String> =
+                if config.sync.enabled() { backend.stale_routed().await? } else { vec![] }
+                    .into_iter()
+                    .map(|s| (s.id, s.reason))
+                    .collect();
             if json {
                 // One list of every task this system knows of: its own, then those it routed
                 // to the fleet (`routed` says where they run).
                 let mut all = serde_json::to_value(&tasks)?;
                 if let Some(all) = all.as_array_mut() {
+                    for task in all.iter_mut() {
+                        let why = task["id"]
+                            .as_str()
+                            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                            .and_then(|id| stale.get(&id));
+                        if let (Some(why), Some(task)) = (why, task.as_object_mut()) {
+                            task.insert("stale".into(), why.clone().into());
+                        }
+                    }
                     all.extend(routed.iter().map(routed_json));
                 }
                 return print(true, &all, |_| {});
             }
-            show_tasks(&tasks);
+            show_tasks(&tasks, &stale);
             show_routed_tasks(&routed);
             Ok(())
         }
@@ -587,7 +602,7 @@ fn show_work(work: &serde_json::Value) {
     }
 }
 
-fn show_tasks(tasks: &[Task]) {
+fn show_tasks(tasks: &[Task], stale: &std::collections::HashMap<uuid::Uuid, String>) {
     if tasks.is_empty() {
         println!("no tasks");
         return;
@@ -597,7 +612,11 @@ fn show_tasks(tasks: &[Task]) {
         tasks.iter().map(|t| {
             vec![
                 t.short_id(),
-                t.state.to_string(),
+                if stale.contains_key(&t.id) {
+                    format!("{} (stale)", t.state)
+                } else {
+                    t.state.to_string()
+                },
                 t.priority.to_string(),
                 format!("{}/{}", t.attempts, t.max_attempts),
                 t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(","),
@@ -611,9 +630,16 @@ pub(super) fn show_task(detail: &TaskDetail) {
     let t = &detail.task;
     println!("task {}  {}", t.id, t.title);
     println!(
-        "  state     {}  (attempts {}/{}, priority {})",
-        t.state, t.attempts, t.max_attempts, t.priority
+        "  state     {}{}  (attempts {}/{}, priority {})",
+        t.state,
+        if detail.stale.is_some() { " (stale)" } else { "" },
+        t.attempts,
+        t.max_attempts,
+        t.priority
     );
+    if let Some(why) = &detail.stale {
+        println!("  stale     {why}; the fleet's result is on the task's origin");
+    }
     println!(
         "  profile   {}{}",
         t.profile,

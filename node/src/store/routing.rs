@@ -8,7 +8,7 @@
 //! idempotency key or fencing token again.
 
 use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
-use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RoutedTaskV1};
+use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RouteAnswerV1, RoutedTaskV1};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::fmt::Hyphenated;
@@ -64,6 +64,15 @@ pub struct RoutedLogEntry {
     pub system: Option<String>,
     /// The central's waiting reason (`no_context`, ...) or its last error.
     pub reason: Option<String>,
+}
+
+/// A task run here for the fleet whose lease was lost: what it shows here is not the task's
+/// outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleTask {
+    pub id: Uuid,
+    /// Why (`result discarded: lease lost to beta`, `self-fenced: ...`).
+    pub reason: String,
 }
 
 /// What the origin asks the central to do with one of its routed tasks.
@@ -424,7 +433,7 @@ impl Store {
     pub async fn route_call_answered(
         &self,
         call: &RouteCall,
-        status: &str,
+        answer: &RouteAnswerV1,
         task: Option<&RoutedTaskV1>,
     ) -> Result<()> {
         if let (Some(_), Some(task)) = (RoutedControl::from_function(&call.function), task) {
@@ -451,14 +460,54 @@ impl Store {
             }
         }
         tx.commit().await?;
-        if status == "stale_lease" {
-            self.lease_lost(
-                call.task_id,
-                "the central answered stale_lease: another system holds the task now",
-            )
-            .await?;
+        if answer.status == "stale_lease" {
+            let holder = answer.holder.as_deref().unwrap_or("another system");
+            let reason = format!("the central answered stale_lease: {holder} holds the task now");
+            if !self.lease_lost(call.task_id, &reason).await? {
+                // Finished here already: the result this system reported is not the task's.
+                let token = call.params["p_fencing_token"].as_i64();
+                let reason = match &answer.holder {
+                    Some(holder) => format!("result discarded: lease lost to {holder}"),
+                    None => "result discarded: lease lost".to_string(),
+                };
+                sqlx::query(
+                    "UPDATE routed_leases SET state = 'lost', reason = ? \
+                     WHERE task_id = ? AND state = 'finished' AND fencing_token IS ?",
+                )
+                .bind(reason)
+                .bind(call.task_id.hyphenated())
+                .bind(token)
+                .execute(&mut self.writer().await?.conn)
+                .await?;
+            }
         }
         Ok(())
+    }
+
+    /// Why this system's copy of a routed task it executed is stale, if it is: the central
+    /// took the lease back (self-fenced, revoked, or its late result refused as
+    /// `stale_lease`), so what it shows here is not the task's outcome.
+    pub async fn routed_stale(&self, id: Uuid) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce(reason, 'lease lost') FROM routed_leases \
+             WHERE task_id = ? AND state = 'lost'",
+        )
+        .bind(id.hyphenated())
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    /// [`Store::routed_stale`] of every task that is stale here.
+    pub async fn routed_stale_all(&self) -> Result<Vec<StaleTask>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT task_id, coalesce(reason, 'lease lost') FROM routed_leases WHERE state = 'lost'",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, reason)| Some(StaleTask { id: Uuid::parse_str(&id).ok()?, reason }))
+            .collect())
     }
 
     /// A call failed: counted, with its error, and tried again later.
