@@ -377,6 +377,10 @@ async fn a_partitioned_holder_fences_itself_before_its_lease_can_be_taken_over()
     .await;
     let last = fenced["log"].as_array().unwrap().last().unwrap().clone();
     assert!(last["reason"].as_str().unwrap().contains("self-fenced"), "{last}");
+    // Issue 27, item 4: its copy is marked stale, with why.
+    assert!(fenced["stale"].as_str().is_some_and(|s| s.starts_with("self-fenced")), "{fenced}");
+    let listed = beta.home.run_ok(&["task", "list"]);
+    assert!(listed.contains("cancelled (stale)"), "{listed}");
     wait_for("the routed agent to stop", SLOW, async || {
         beta.home.agent_windows().is_empty().then_some(())
     })
