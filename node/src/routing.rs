@@ -4,8 +4,10 @@
 //! - Origin: `ccm task add` sends a task this system cannot run now (no checkout of its
 //!   repository, pinned elsewhere, or no free slot) to the fleet: a routed task and its queued
 //!   submission ([`Store::route_task`]). While one is unfinished, the origin asks
-//!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`. A task
-//!   not submitted yet whose repository gets a checkout here becomes a local task.
+//!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`, with a
+//!   log of each change it observes; while the central says `no_context` the origin's own
+//!   `unroutable` alert is open. A task not submitted yet whose repository gets a checkout here
+//!   becomes a local task.
 //! - Origin control: `ccm task cancel|retry|pin` of a routed task queue `api.cancel_routed`,
 //!   `retry_routed` or `pin_routed` ([`Store::control_routed`]); the answer (the task as the
 //!   origin sees it) is kept as the central's view at once.
@@ -21,6 +23,10 @@
 //! - Calls to the central wait in `route_calls` and are sent in order, each retried with the
 //!   same idempotency key or fencing token (a replay is `duplicate`, a late one `stale_lease`).
 //!   After a restart each held lease is confirmed by a progress report.
+//! - Stale copies: a lease lost here (self-fenced, revoked, or a finished task's result
+//!   answered `stale_lease`, which names the system holding the task now) stays `lost` with
+//!   its reason, and `ccm task show|list` mark the local task stale with it: what it shows here
+//!   is not the task's outcome.
 //!
 //! `ccm systems` and `ccm systems drain NAME` ask the central directly.
 
