@@ -106,7 +106,10 @@ pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::
                         daemon.post(&["sync", "pause"], json!({ "reason": reason })).await?;
                 }
                 None => {
-                    crate::cli::open_store(home, config).await?.pause_sync(Some(&reason)).await?
+                    crate::cli::open_store(home, config)
+                        .await?
+                        .pause_sync_by_operator(&reason)
+                        .await?
                 }
             }
             println!("sync paused: {reason}");

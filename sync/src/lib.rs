@@ -234,6 +234,12 @@ pub trait Outbox: Clone + Send + Sync + 'static {
         lane: Lane,
     ) -> impl Future<Output = Result<Option<String>, Self::Error>> + Send;
 
+    /// Whether sync is paused by the operator (`ccm sync pause`): the presence loop then goes
+    /// on sending a heartbeat that says so (and renews no lease).
+    fn paused_by_operator(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        async { Ok(false) }
+    }
+
     /// Agents running now (sent with each heartbeat).
     fn running(&self) -> impl Future<Output = Result<i64, Self::Error>> + Send;
 

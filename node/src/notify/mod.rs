@@ -192,6 +192,7 @@ pub fn title(reason: &str) -> String {
         "orphan_window" => "tmux window without an agent",
         "daemon_crashed" => "daemon restarted after a crash",
         "sync_paused" => "sync paused",
+        "unroutable" => "routed task cannot be placed",
         other => return other.replace('_', " "),
     };
     known.to_string()
