@@ -5,8 +5,10 @@
 //!   elsewhere, or no free slot; `crate::placement` decides, for the CLI, the API and the
 //!   dashboard alike) goes to the fleet: a routed task and its queued submission
 //!   ([`Store::route_task`]). While one is unfinished, the origin asks
-//!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`. A task
-//!   not submitted yet whose repository gets a checkout here becomes a local task.
+//!   `api.routed_status` how it is doing and keeps the answer for `ccm task list|show`, with a
+//!   log of each change it observes; while the central says `no_context` the origin's own
+//!   `unroutable` alert is open. A task not submitted yet whose repository gets a checkout here
+//!   becomes a local task.
 //! - Origin control: `ccm task cancel|retry|pin` of a routed task queue `api.cancel_routed`,
 //!   `retry_routed` or `pin_routed` ([`Store::control_routed`]); the answer (the task as the
 //!   origin sees it) is kept as the central's view at once.
@@ -22,6 +24,10 @@
 //! - Calls to the central wait in `route_calls` and are sent in order, each retried with the
 //!   same idempotency key or fencing token (a replay is `duplicate`, a late one `stale_lease`).
 //!   After a restart each held lease is confirmed by a progress report.
+//! - Stale copies: a lease lost here (self-fenced, revoked, or a finished task's result
+//!   answered `stale_lease`, which names the system holding the task now) stays `lost` with
+//!   its reason, and `ccm task show|list` mark the local task stale with it: what it shows here
+//!   is not the task's outcome.
 //!
 //! `ccm systems` and `ccm systems drain NAME` (in `cli/systems.rs`) ask the central directly.
 
@@ -146,12 +152,10 @@ impl Router {
             }
         };
         let answer = self.client.call::<Value>(&call.function, &call.params).await;
-        let (status, task) = match answer {
+        let (reply, task) = match answer {
             // A cancel, retry or pin answers the task as the origin sees it.
             Ok(answer) => (
-                serde_json::from_value::<RouteAnswerV1>(answer.clone())
-                    .map(|a| a.status)
-                    .unwrap_or_default(),
+                serde_json::from_value::<RouteAnswerV1>(answer.clone()).unwrap_or_default(),
                 serde_json::from_value::<RoutedTaskV1>(answer).ok(),
             ),
             Err(failure) => match failure.class {
@@ -170,7 +174,7 @@ impl Router {
                             let _ = self.store.routed_seen(&[refused]).await;
                         }
                     }
-                    ("refused".to_string(), None)
+                    (RouteAnswerV1 { status: "refused".into(), ..Default::default() }, None)
                 }
                 _ => {
                     // Identity or configuration: the sync lanes pause and alert; wait for it.
@@ -179,12 +183,17 @@ impl Router {
                 }
             },
         };
+        let status = reply.status.as_str();
         debug!(function = %call.function, task = %call.task_id, %status, "routing call answered");
-        if let Err(error) = self.store.route_call_answered(&call, &status, task.as_ref()).await {
+        if status == "stale_lease" {
+            let to = reply.holder.as_deref().unwrap_or("another system");
+            warn!(function = %call.function, task = %call.task_id, holder = to, "the central refused a late write: the lease was lost to {to}");
+        }
+        if let Err(error) = self.store.route_call_answered(&call, &reply, task.as_ref()).await {
             warn!(%error, "cannot record a routing call's answer");
             return Err(None);
         }
-        match (call.function.as_str(), status.as_str()) {
+        match (call.function.as_str(), status) {
             ("complete" | "release", _) => self.signals.offered(), // a slot is free again
             (_, "stale_lease") => self.runtime_wake.notify_one(),
             _ => {}

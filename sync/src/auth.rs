@@ -29,7 +29,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Class, ClientError, Endpoint, Failure, REQUEST_TIMEOUT};
+use crate::client::{error_chain, Class, ClientError, Endpoint, Failure, REQUEST_TIMEOUT};
 
 /// The longest a token is refreshed ahead of its expiry (a fifth of its lifetime when shorter).
 const MAX_MARGIN_SECS: i64 = 300;
@@ -351,17 +351,6 @@ pub fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

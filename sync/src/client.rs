@@ -379,13 +379,18 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(RETRY_AFTER_CAP))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, joined with `: ` (a source that repeats its parent is left out):
+/// "error sending request" alone does not say whether it was DNS, TLS or a refused connection.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !line.is_empty() && !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
     }
     text
 }

@@ -328,8 +328,10 @@ impl<O: Outbox> Driver<O> {
     }
 
     /// Every `settings.heartbeat` (± 10 %): `api.heartbeat`, then `api.register_contexts` when
-    /// the node's set of contexts changed since the central last took it. Skipped while sync is
-    /// paused; a failure waits for the next beat (the lanes classify and pause).
+    /// the node's set of contexts changed since the central last took it. Skipped while the
+    /// driver paused sync; while the operator paused it, the heartbeat says `sync_paused` (so
+    /// other systems see why) and lists no lease; a failure waits for the next beat (the lanes
+    /// classify and pause).
     async fn presence(self: Arc<Self>) {
         let span = info_span!("sync_presence");
         async move {
@@ -354,16 +356,24 @@ impl<O: Outbox> Driver<O> {
     async fn beat(&self, registered: &mut Option<i64>) -> Result<(), StepError> {
         let outbox = |e: O::Error| StepError(format!("outbox: {e}"));
         let call = |e: Failure| StepError(e.message);
-        if !self.client.has_token()
-            || self.outbox.paused(Lane::Urgent).await.map_err(outbox)?.is_some()
-        {
+        if !self.client.has_token() {
+            return Ok(());
+        }
+        let paused = self.outbox.paused(Lane::Urgent).await.map_err(outbox)?.is_some();
+        let by_operator = paused && self.outbox.paused_by_operator().await.map_err(outbox)?;
+        if paused && !by_operator {
             return Ok(());
         }
         let status = HeartbeatV1 {
             running: self.outbox.running().await.map_err(outbox)?,
             slots: self.settings.slots,
             draining: false,
-            leases: self.outbox.leases().await.map_err(outbox)?,
+            sync_paused: by_operator,
+            leases: if by_operator {
+                Vec::new() // a paused system renews no lease: its tasks go elsewhere
+            } else {
+                self.outbox.leases().await.map_err(outbox)?
+            },
         };
         self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
         let answer: HeartbeatAnswerV1 = self
@@ -373,6 +383,9 @@ impl<O: Outbox> Driver<O> {
             .map_err(call)?;
         self.signals.central_answered();
         self.outbox.heartbeat_answered(&answer).await.map_err(outbox)?;
+        if by_operator {
+            return Ok(()); // nothing else is sent while paused
+        }
         if answer.offers > 0 {
             self.signals.offered();
         }

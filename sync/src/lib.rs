@@ -29,7 +29,7 @@ use ccm_schema::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use client::{Class, Client, ClientError, Credential, Endpoint};
+pub use client::{error_chain, Class, Client, ClientError, Credential, Endpoint};
 pub use driver::{Driver, Settings, Signals};
 
 /// The reason (`alerts.reason`) of the alert raised once per batch with refused items.
@@ -233,6 +233,12 @@ pub trait Outbox: Clone + Send + Sync + 'static {
         &self,
         lane: Lane,
     ) -> impl Future<Output = Result<Option<String>, Self::Error>> + Send;
+
+    /// Whether sync is paused by the operator (`ccm sync pause`): the presence loop then goes
+    /// on sending a heartbeat that says so (and renews no lease).
+    fn paused_by_operator(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        async { Ok(false) }
+    }
 
     /// Agents running now (sent with each heartbeat).
     fn running(&self) -> impl Future<Output = Result<i64, Self::Error>> + Send;

@@ -327,6 +327,8 @@ pub struct HeartbeatV1 {
     pub running: i64,
     pub slots: i64,
     pub draining: bool,
+    /// Paused by the operator: other systems see `sync_paused` (no lease is listed then).
+    pub sync_paused: bool,
     /// The leases the node believes it holds: renewed when the central agrees.
     pub leases: Vec<LeaseV1>,
 }
@@ -394,7 +396,8 @@ pub struct RoutedTaskV1 {
     pub max_attempts: i64,
     #[serde(default)]
     pub fencing_token: Option<i64>,
-    /// Why no system takes the task (`no_context`, `all_busy`, `all_stale`).
+    /// Why no system takes the task (`no_context`, `all_busy`, `all_stale`,
+    /// `pinned_system_draining`).
     #[serde(default)]
     pub reason: Option<String>,
     /// `api.routed_status` only: where it runs, how far it got and how it ended.
@@ -435,6 +438,9 @@ pub struct RouteAnswerV1 {
     pub status: String,
     #[serde(default)]
     pub state: Option<String>,
+    /// `stale_lease` only: the system the task went to, when another one has it now.
+    #[serde(default)]
+    pub holder: Option<String>,
 }
 
 /// The answer of `api.routed_status`.

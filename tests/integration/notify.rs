@@ -435,7 +435,7 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
     let hook = Recorder::start(200, "ok");
     let home = TestHome::new("notify-disk");
     home.write_config(&format!(
-        "node:\n  name: disk-box\nnotify:\n  dedupe_secs: 1\n  health:\n    check_secs: 1\n    disk_min_free_percent: 100\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
+        "node:\n  name: disk-box\nnotify:\n  dedupe_secs: 1\n  health:\n    check_secs: 1\n  notifiers:\n    ops:\n      kind: webhook\n      url: {}/ccm\n      secret: s3cret\n",
         hook.url()
     ));
     let disk_alerts = || -> Vec<Value> {
@@ -445,7 +445,10 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
             .filter(|body| body["subject"]["reason"] == "disk_low")
             .collect()
     };
-    let mut daemon = home.start();
+    // Every disk is below a threshold of 100 % free.
+    let mut daemon = home.start_with(|c| {
+        c.env("CCM_NOTIFY__HEALTH__DISK_MIN_FREE_PERCENT", "100");
+    });
     let received = wait_for("the disk alert", || {
         hook.received().into_iter().find(|r| r.json()["subject"]["reason"] == "disk_low")
     })
@@ -488,7 +491,9 @@ async fn a_disk_threshold_crossed_raises_a_health_alert_that_is_pushed_and_resol
     daemon.terminate();
 
     // It comes again: a new alert, pushed again (alone: the dedupe window is over).
-    let _daemon = home.start();
+    let _daemon = home.start_with(|c| {
+        c.env("CCM_NOTIFY__HEALTH__DISK_MIN_FREE_PERCENT", "100");
+    });
     wait_for("the second disk alert", || (disk_alerts().len() == 2).then_some(())).await;
     assert_eq!(open_disk_alerts(), 1);
 }

@@ -236,6 +236,19 @@ async fn pinned_tasks_wait_for_their_system_unroutable_ones_say_why_and_draining
         .await;
         assert!(beta.local(&id).await.is_none(), "a draining system takes no new work");
     }
+    // Issue 27, item 4: a task pinned to the draining system says so, not `all_busy`.
+    let pinned = alpha.add(&["pinned to a drain", "--repo", &fleet.remote, "--system", "beta"]);
+    let reason = wait_for("the drain as the reason", SLOW, async || {
+        let reason = alpha.routed(&pinned)["central"]["reason"].as_str().map(str::to_string);
+        reason.filter(|r| r != "all_busy")
+    })
+    .await;
+    assert_eq!(reason, "pinned_system_draining");
+    let shown = alpha.home.run_ok(&["task", "show", &pinned]);
+    assert!(
+        shown.contains("waiting   pinned_system_draining (the system it is pinned to is draining"),
+        "{shown}"
+    );
 }
 
 /// Acceptance 6: with the origin cut off from the central, the task waits on the origin and is
@@ -421,6 +434,10 @@ async fn a_partitioned_holder_fences_itself_before_its_lease_can_be_taken_over()
     .await;
     let last = fenced["log"].as_array().unwrap().last().unwrap().clone();
     assert!(last["reason"].as_str().unwrap().contains("self-fenced"), "{last}");
+    // Issue 27, item 4: its copy is marked stale, with why.
+    assert!(fenced["stale"].as_str().is_some_and(|s| s.starts_with("self-fenced")), "{fenced}");
+    let listed = beta.home.run_ok(&["task", "list"]);
+    assert!(listed.contains("cancelled (stale)"), "{listed}");
     wait_for("the routed agent to stop", SLOW, async || {
         beta.home.agent_windows().is_empty().then_some(())
     })
@@ -585,4 +602,164 @@ async fn pinning_a_running_routed_task_elsewhere_moves_it_to_that_system() {
         shown.contains("pinned    charlie") && shown.contains("complete on charlie"),
         "{shown}"
     );
+}
+
+/// The unroutable alerts of `ccm alerts --json` (open ones, or all with `all`) about routed
+/// task `id`.
+fn unroutable_alerts(node: &Node, id: &str, all: bool) -> Vec<Value> {
+    let args: &[&str] = if all { &["alerts", "--all"] } else { &["alerts"] };
+    let alerts = node.home.run_json(args);
+    alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reason"] == "unroutable" && a["details"]["routed_task"] == id)
+        .cloned()
+        .collect()
+}
+
+/// Issue 27, item 4: the origin shows the history of its routed task as it observed it (when,
+/// from which state to which, on which system, why), and while no system has the task's
+/// repository it raises the `unroutable` alert itself (so its notifiers fire), resolved once a
+/// system with a checkout takes the task.
+#[tokio::test]
+async fn the_origin_logs_its_routed_tasks_changes_and_alerts_while_no_system_has_its_repository() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    let other = fleet.remote.replace("app.git", "lib.git");
+    git(
+        fleet.dir.path(),
+        &["clone", "-q", "--bare", &fleet.remote, other.trim_start_matches("file://")],
+    );
+
+    let id = alpha.add(&["work on lib", "--repo", &other]);
+    let alert = wait_for("the unroutable alert on the origin", SLOW, async || {
+        unroutable_alerts(&alpha, &id, false).into_iter().next()
+    })
+    .await;
+    let message = alert["message"].as_str().unwrap();
+    assert!(message.contains("no system of the fleet has a checkout of"), "{alert}");
+    let shown = alpha.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("waiting   no_context (no system of the fleet has"), "{shown}");
+
+    // beta gets a checkout of lib: it takes the task, and the alert is resolved.
+    let clone = beta.home.work().join("lib");
+    git(&beta.home.work(), &["clone", "-q", &other, clone.to_str().unwrap()]);
+    git(&clone, &["config", "user.email", "test@example.com"]);
+    git(&clone, &["config", "user.name", "ccm test"]);
+    beta.home.run_ok(&["context", "add", clone.to_str().unwrap()]);
+    wait_for("alpha to see it done", SLOW, async || {
+        (alpha.routed(&id)["central"]["state"] == "done").then_some(())
+    })
+    .await;
+    wait_for("the origin's unroutable alert to be resolved", SLOW, async || {
+        unroutable_alerts(&alpha, &id, false).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(unroutable_alerts(&alpha, &id, true).len(), 1, "one alert, raised once");
+
+    let log = alpha.routed(&id)["log"].as_array().cloned().unwrap_or_default();
+    let first = log.first().expect("a log");
+    assert_eq!((first["from"].clone(), first["to"].clone()), (Value::Null, "waiting_sync".into()));
+    assert!(log.iter().any(|e| e["to"] == "queued" && e["reason"] == "no_context"), "{log:#?}");
+    let last = log.last().unwrap();
+    assert_eq!((last["to"].as_str(), last["system"].as_str()), (Some("complete"), Some("beta")));
+    assert_ne!(last["from"], "complete", "{log:#?}");
+    assert!(log.iter().all(|e| e["at"].is_string()), "{log:#?}");
+    let shown = alpha.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("log (as this system saw it):"), "{shown}");
+    assert!(shown.contains("-> complete on beta"), "{shown}");
+    assert!(shown.contains("waiting_sync -> queued"), "{shown}");
+}
+
+/// The presence and reason `ccm systems --json` on `node` gives system `name`.
+fn presence_of(node: &Node, name: &str) -> (Value, Value) {
+    let systems = node.home.run_json(&["systems"]);
+    let row = systems.as_array().unwrap().iter().find(|s| s["name"] == name).cloned();
+    let row = row.unwrap_or_else(|| panic!("{name} listed: {systems:#}"));
+    (row["presence"].clone(), row["reason"].clone())
+}
+
+/// Issue 27, item 4: while its operator pauses sync, a system goes on saying so in its
+/// heartbeat: the other systems see it `sync_paused`, not `stale_heartbeat`, for as long as the
+/// pause lasts, and online again once it is resumed.
+#[tokio::test]
+async fn a_system_paused_by_its_operator_is_seen_as_sync_paused_not_as_a_stale_heartbeat() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    wait_for("beta online", SLOW, async || {
+        (presence_of(&alpha, "beta").0 == "online").then_some(())
+    })
+    .await;
+
+    let out = beta.home.run_ok(&["sync", "pause"]);
+    assert!(out.contains("sync paused"), "{out}");
+    wait_for("beta seen as sync_paused", SLOW, async || {
+        (presence_of(&alpha, "beta").1 == "sync_paused").then_some(())
+    })
+    .await;
+    // Well past the central's stale_after_s (3 s here): still sync_paused.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(presence_of(&alpha, "beta").1, "sync_paused");
+
+    beta.home.run_ok(&["sync", "resume"]);
+    wait_for("beta online again", SLOW, async || {
+        (presence_of(&alpha, "beta") == ("online".into(), Value::Null)).then_some(())
+    })
+    .await;
+}
+
+/// Issue 27, item 4: a system that finished a routed task but could not report it before its
+/// lease ran out (its `complete` calls cut off) shows its copy as stale once the central
+/// refuses the late result, naming the system the task went to: `task show` and `task list`
+/// (text and `--json`) mark it, and the daemon's log says it.
+#[tokio::test]
+async fn a_result_reported_after_the_lease_went_elsewhere_is_shown_as_discarded_naming_the_holder()
+{
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let beta = fleet.node(2, "beta", true, "commit").up();
+    let charlie = fleet.node(3, "charlie", true, "commit");
+
+    let id = alpha.add(&["finish while cut off", "--repo", &fleet.remote]);
+    wait_for("beta to run the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "executing").then_some(())
+    })
+    .await;
+    // beta's result cannot reach the central; it takes no new work (so the task goes to
+    // charlie once beta's lease runs out).
+    beta.proxy.set_target("rpc/complete");
+    beta.proxy.set_random(Some((1.0, Fault::Reset)), 5);
+    alpha.home.run_ok(&["systems", "drain", "beta"]);
+    let _charlie = charlie.up();
+    wait_for("beta to finish the task", SLOW, async || {
+        (local_state(&beta, &id).await? == "complete").then_some(())
+    })
+    .await;
+    wait_for("charlie's result at the central", SLOW, async || {
+        let attempts = fleet.attempts(&id);
+        (attempts.get(1)?.0 == "charlie" && attempts[1].2.as_deref() == Some("done")).then_some(())
+    })
+    .await;
+
+    beta.proxy.set_random(None, 5);
+    let detail = wait_for("beta to mark its copy stale", SLOW, async || {
+        let task = beta.local(&id).await?;
+        task["stale"].is_string().then_some(task)
+    })
+    .await;
+    assert_eq!(detail["state"], "complete", "its own outcome is kept");
+    assert_eq!(detail["stale"], "result discarded: lease lost to charlie", "{detail}");
+    let shown = beta.home.run_ok(&["task", "show", &id]);
+    assert!(shown.contains("complete (stale)"), "{shown}");
+    assert!(shown.contains("stale     result discarded: lease lost to charlie"), "{shown}");
+    let listed = beta.home.run_ok(&["task", "list"]);
+    assert!(listed.contains("complete (stale)"), "{listed}");
+    let listed = beta.home.run_json(&["task", "list"]);
+    let row = listed.as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).unwrap();
+    assert_eq!(row["stale"], "result discarded: lease lost to charlie", "{listed}");
+    assert!(beta.log().contains("the lease was lost to charlie"), "{}", beta.log());
+    assert_eq!(fleet.task(&id)["executing"], "charlie");
 }

@@ -141,6 +141,12 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
+    /// Faults from now on the requests whose path contains `target` (instead of the one given
+    /// at start).
+    pub fn set_target(&self, target: &str) {
+        self.plan().target = target.to_string();
+    }
+
     /// Queues `fault` for the next targeted request (after those already queued).
     pub fn push(&self, fault: Fault) {
         self.plan().queue.push_back(fault);

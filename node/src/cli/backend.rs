@@ -12,8 +12,8 @@ use crate::home::{open_store, Home};
 use crate::placement::{self, Added, Place, PlacementError};
 use crate::status::Status;
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, RoutedControl, RoutedTask, Store, StoredHookEvent,
-    TaskDetail, TaskFilter,
+    ContextProbe, NewTask, RetryPolicy, RoutedControl, RoutedTask, StaleTask, Store,
+    StoredHookEvent, TaskDetail, TaskFilter,
 };
 
 /// Where state-changing commands go: the running daemon, or the database file.
@@ -71,6 +71,14 @@ impl Backend {
         match self {
             Backend::Daemon(client) => Ok(client.get(&["routed"]).await?),
             Backend::Local { store, .. } => Ok(store.routed_tasks().await?),
+        }
+    }
+
+    /// Tasks run here for the fleet whose lease was lost.
+    pub async fn stale_routed(&self) -> anyhow::Result<Vec<StaleTask>> {
+        match self {
+            Backend::Daemon(client) => Ok(client.get(&["routed", "stale"]).await?),
+            Backend::Local { store, .. } => Ok(store.routed_stale_all().await?),
         }
     }
 

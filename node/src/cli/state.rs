@@ -141,6 +141,7 @@ fn show_dump(dump: &StateDump, sync: bool) {
             tokens: Default::default(),
             worktree: None,
             hook_events: 0,
+            stale: None,
         });
         println!();
     }

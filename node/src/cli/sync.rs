@@ -94,7 +94,7 @@ pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::
                     let _: SyncStatus =
                         daemon.post(&["sync", "pause"], json!({ "reason": reason })).await?;
                 }
-                None => open_store(home, config).await?.pause_sync(Some(&reason)).await?,
+                None => open_store(home, config).await?.pause_sync_by_operator(&reason).await?,
             }
             println!("sync paused: {reason}");
             Ok(())

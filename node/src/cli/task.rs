@@ -240,16 +240,31 @@ pub async fn run(
             if let Some(state) = state {
                 routed.retain(|r| r.state() == state.as_str());
             }
+            // Tasks run here for the fleet whose lease was lost: marked stale.
+            let stale: std::collections::HashMap<uuid::Uuid, String> =
+                if config.sync.enabled() { backend.stale_routed().await? } else { vec![] }
+                    .into_iter()
+                    .map(|s| (s.id, s.reason))
+                    .collect();
             if json {
                 // One list of every task this system knows of: its own, then those it routed
                 // to the fleet (`routed` says where they run).
                 let mut all = serde_json::to_value(&tasks)?;
                 if let Some(all) = all.as_array_mut() {
+                    for task in all.iter_mut() {
+                        let why = task["id"]
+                            .as_str()
+                            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                            .and_then(|id| stale.get(&id));
+                        if let (Some(why), Some(task)) = (why, task.as_object_mut()) {
+                            task.insert("stale".into(), why.clone().into());
+                        }
+                    }
                     all.extend(routed.iter().map(routed_json));
                 }
                 return print(true, &all, |_| {});
             }
-            show_tasks(&tasks);
+            show_tasks(&tasks, &stale);
             show_routed_tasks(&routed);
             Ok(())
         }
@@ -484,7 +499,7 @@ fn show_routed(r: &RoutedTask) {
         println!("  requested {control} (waits for the central's answer)");
     }
     if let Some(reason) = central.and_then(|c| c.reason.as_deref()) {
-        println!("  waiting   {reason}");
+        println!("  waiting   {reason}{}", waiting_why(reason));
     }
     if let Some(why) = central.and_then(|c| c.last_error.as_deref()) {
         println!("  last      {why}");
@@ -516,6 +531,19 @@ fn show_routed(r: &RoutedTask) {
             text("outcome"),
         );
     }
+    if !r.log.is_empty() {
+        println!("log (as this system saw it):");
+    }
+    for e in &r.log {
+        println!(
+            "  {}  {} -> {}{}{}",
+            e.at,
+            e.from.as_deref().unwrap_or("-"),
+            e.to,
+            e.system.as_deref().map(|s| format!(" on {s}")).unwrap_or_default(),
+            e.reason.as_deref().map(|r| format!("  {r}")).unwrap_or_default(),
+        );
+    }
     if let Some(result) = central.and_then(|c| c.result.as_ref()) {
         println!("result:");
         println!(
@@ -527,6 +555,19 @@ fn show_routed(r: &RoutedTask) {
             result["output_tokens"],
         );
         show_work(&result["report"]["work"]);
+    }
+}
+
+/// What the central's reason for a waiting routed task means, after its code.
+fn waiting_why(reason: &str) -> &'static str {
+    match reason {
+        "no_context" => " (no system of the fleet has a checkout of its repository)",
+        "all_busy" => " (every system that could run it is busy)",
+        "all_stale" => " (no system that could run it has sent a heartbeat lately)",
+        "pinned_system_draining" => {
+            " (the system it is pinned to is draining; `ccm task pin` moves it)"
+        }
+        _ => "",
     }
 }
 
@@ -545,7 +586,7 @@ fn show_work(work: &serde_json::Value) {
     }
 }
 
-fn show_tasks(tasks: &[Task]) {
+fn show_tasks(tasks: &[Task], stale: &std::collections::HashMap<uuid::Uuid, String>) {
     if tasks.is_empty() {
         println!("no tasks");
         return;
@@ -555,7 +596,11 @@ fn show_tasks(tasks: &[Task]) {
         tasks.iter().map(|t| {
             vec![
                 t.short_id(),
-                t.state.to_string(),
+                if stale.contains_key(&t.id) {
+                    format!("{} (stale)", t.state)
+                } else {
+                    t.state.to_string()
+                },
                 t.priority.to_string(),
                 format!("{}/{}", t.attempts, t.max_attempts),
                 t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(","),
@@ -569,9 +614,16 @@ pub(super) fn show_task(detail: &TaskDetail) {
     let t = &detail.task;
     println!("task {}  {}", t.id, t.title);
     println!(
-        "  state     {}  (attempts {}/{}, priority {})",
-        t.state, t.attempts, t.max_attempts, t.priority
+        "  state     {}{}  (attempts {}/{}, priority {})",
+        t.state,
+        if detail.stale.is_some() { " (stale)" } else { "" },
+        t.attempts,
+        t.max_attempts,
+        t.priority
     );
+    if let Some(why) = &detail.stale {
+        println!("  stale     {why}; the fleet's result is on the task's origin");
+    }
     println!(
         "  profile   {}{}",
         t.profile,

@@ -19,6 +19,7 @@
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
 //! | `POST /api/routed` `{"task": NewTask, "pin"}` | send a task to the fleet (routing) |
 //! | `GET /api/routed` | the tasks this system routed, as the central last described them |
+//! | `GET /api/routed/stale` | `[{"id", "reason"}]`: tasks run here for the fleet whose lease was lost (what they show here is not the task's outcome) |
 //! | `POST /api/routed/{id}/control` `{"control": "cancel"\|"retry"\|"pin", "reason", "system"}` | ask the central to cancel, retry or re-pin a routed task (409 when its state makes it pointless) |
 //! | `GET /api/routing` | this system's name and free slots (what placement weighs) |
 //! | `GET /api/sync` | per sync lane: backlog, last success, last error, pause reason |
@@ -56,7 +57,7 @@ use crate::placement::{Added, PlacementError, RoutingStatus};
 use crate::status::Status;
 use crate::store::{
     ChangeRequest, Claim, ContextProbe, HookJob, Ingested, NewTask, Origin, RetryPolicy,
-    RoutedControl, RoutedTask, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
+    RoutedControl, RoutedTask, StaleTask, StoreError, StoredHookEvent, TaskDetail, TaskFilter,
 };
 use crate::sync::SyncStatus;
 
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/alerts/{id}/ack", post(acknowledge_alert))
         .route("/decisions/{id}", post(answer_decision))
         .route("/routed", get(list_routed).post(route_task))
+        .route("/routed/stale", get(stale_routed))
         .route("/routed/{id}/control", post(control_routed))
         .route("/routing", get(routing_status))
         .route("/sync", get(sync_status))
@@ -267,6 +269,10 @@ async fn list_routed(State(state): State<AppState>) -> Result<Json<Vec<RoutedTas
     Ok(Json(state.store.routed_tasks().await?))
 }
 
+async fn stale_routed(State(state): State<AppState>) -> Result<Json<Vec<StaleTask>>, ApiError> {
+    Ok(Json(state.store.routed_stale_all().await?))
+}
+
 /// What `ccm task add` needs to choose between here and the fleet.
 async fn routing_status(State(state): State<AppState>) -> Result<Json<RoutingStatus>, ApiError> {
     Ok(Json(RoutingStatus::gather(&state.store, &state.config.current()).await?))
@@ -293,7 +299,7 @@ async fn sync_pause(
     if body.reason.trim().is_empty() {
         return Err(ApiError::BadRequest("reason: must not be empty".into()));
     }
-    state.store.pause_sync(Some(&body.reason)).await?;
+    state.store.pause_sync_by_operator(&body.reason).await?;
     sync_status(State(state)).await
 }
 

@@ -192,6 +192,7 @@ pub fn title(reason: &str) -> String {
         "orphan_window" => "tmux window without an agent",
         "daemon_crashed" => "daemon restarted after a crash",
         "sync_paused" => "sync paused",
+        "unroutable" => "routed task cannot be placed",
         other => return other.replace('_', " "),
     };
     known.to_string()
@@ -244,23 +245,8 @@ impl SendError {
     /// (Connect): tcp connect error: Connection refused`), never its URL (a Telegram URL holds
     /// the token, a Slack one is the secret); `secrets` are cut out of the causes too.
     pub fn request(error: reqwest::Error, secrets: &[&str]) -> SendError {
-        SendError::transient(redact(&cause_chain(&error.without_url()), secrets))
+        SendError::transient(redact(&ccm_sync::error_chain(&error.without_url()), secrets))
     }
-}
-
-/// An error and its sources, joined with `: ` (a source that repeats its parent is left out).
-pub fn cause_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !line.is_empty() && !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `text` with each non-empty secret replaced by `…`.

@@ -46,7 +46,7 @@ pub use contexts::ContextProbe;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
-pub use routing::{RoutedControl, RoutedTask};
+pub use routing::{RoutedControl, RoutedTask, StaleTask};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 

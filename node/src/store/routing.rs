@@ -8,7 +8,7 @@
 //! idempotency key or fencing token again.
 
 use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
-use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RoutedTaskV1};
+use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RouteAnswerV1, RoutedTaskV1};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::fmt::Hyphenated;
@@ -45,6 +45,34 @@ pub struct RoutedTask {
     #[sqlx(default)]
     #[serde(default)]
     pub requested: Option<RoutedControl>,
+    /// Each change of its state, system or waiting reason this system observed, oldest first
+    /// (`routed_log`).
+    #[sqlx(skip)]
+    #[serde(default)]
+    pub log: Vec<RoutedLogEntry>,
+}
+
+/// One change of a routed task as its origin observed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct RoutedLogEntry {
+    /// When this system saw the change (not when it happened centrally).
+    pub at: Timestamp,
+    /// The state before (`None` for the first entry), as [`RoutedTask::state`] names it.
+    pub from: Option<String>,
+    pub to: String,
+    /// Where it runs or ran, per the central.
+    pub system: Option<String>,
+    /// The central's waiting reason (`no_context`, ...) or its last error.
+    pub reason: Option<String>,
+}
+
+/// A task run here for the fleet whose lease was lost: what it shows here is not the task's
+/// outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleTask {
+    pub id: Uuid,
+    /// Why (`result discarded: lease lost to beta`, `self-fenced: ...`).
+    pub reason: String,
 }
 
 /// What the origin asks the central to do with one of its routed tasks.
@@ -115,7 +143,27 @@ impl RoutedTask {
     pub fn system(&self) -> Option<&str> {
         self.central.as_ref().and_then(|c| c.executing_name.as_deref())
     }
+
+    /// Why it waits (the central's reason), else why it was last queued again, failed,
+    /// cancelled or moved.
+    pub fn reason(&self) -> Option<&str> {
+        let central = self.central.as_ref()?;
+        central.reason.as_deref().or(central.last_error.as_deref())
+    }
+
+    /// The text of the origin's `unroutable` alert while no system has its repository.
+    fn unroutable_message(&self) -> String {
+        format!(
+            "routed task {} ({}) cannot be placed: no system of the fleet has a checkout of {}",
+            ccm_schema::types::short_id(&self.id),
+            self.title,
+            self.repo.as_deref().unwrap_or("its repository")
+        )
+    }
 }
+
+/// The central reason of a task no system has the repository of.
+const NO_CONTEXT: &str = "no_context";
 
 const ROUTED_COLUMNS: &str = "id, title, prompt, repo, pin, profile, verify, priority, \
      max_attempts, created_at, submitted_at, central, \
@@ -124,6 +172,8 @@ const ROUTED_COLUMNS: &str = "id, title, prompt, repo, pin, profile, verify, pri
         FROM route_calls c WHERE c.task_id = routed_tasks.id \
          AND c.function IN ('cancel_routed', 'retry_routed', 'pin_routed') \
        ORDER BY c.seq DESC LIMIT 1) AS requested";
+
+const LOG_COLUMNS: &str = "at, from_state AS \"from\", to_state AS \"to\", system, reason";
 
 /// A queued call to the central routing functions.
 #[derive(Debug, Clone)]
@@ -187,7 +237,7 @@ impl Store {
             "max_attempts": task.max_attempts,
         }});
         queue_call(&mut tx, "submit_task", id, &params).await?;
-        let routed = load_routed(&mut tx, id).await?;
+        let routed = observed(&mut tx, None, id).await?;
         tx.commit().await?;
         Ok(routed)
     }
@@ -252,11 +302,29 @@ impl Store {
 
     /// Tasks this system routed, oldest first.
     pub async fn routed_tasks(&self) -> Result<Vec<RoutedTask>> {
-        Ok(sqlx::query_as(&format!(
+        let mut tasks: Vec<RoutedTask> = sqlx::query_as(&format!(
             "SELECT {ROUTED_COLUMNS} FROM routed_tasks ORDER BY created_at, id"
         ))
         .fetch_all(&self.readers)
-        .await?)
+        .await?;
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            task_id: String,
+            #[sqlx(flatten)]
+            entry: RoutedLogEntry,
+        }
+        let rows: Vec<Row> =
+            sqlx::query_as(&format!("SELECT task_id, {LOG_COLUMNS} FROM routed_log ORDER BY seq"))
+                .fetch_all(&self.readers)
+                .await?;
+        let mut logs: std::collections::HashMap<String, Vec<RoutedLogEntry>> = Default::default();
+        for row in rows {
+            logs.entry(row.task_id).or_default().push(row.entry);
+        }
+        for task in &mut tasks {
+            task.log = logs.remove(&task.id.hyphenated().to_string()).unwrap_or_default();
+        }
+        Ok(tasks)
     }
 
     /// The routed task whose id starts with `key`, if exactly one does.
@@ -269,7 +337,16 @@ impl Store {
         .fetch_all(&self.readers)
         .await?;
         match rows.len() {
-            1 => Ok(rows.into_iter().next()),
+            1 => {
+                let Some(mut task) = rows.into_iter().next() else { return Ok(None) };
+                task.log = sqlx::query_as(&format!(
+                    "SELECT {LOG_COLUMNS} FROM routed_log WHERE task_id = ? ORDER BY seq"
+                ))
+                .bind(task.id.hyphenated())
+                .fetch_all(&self.readers)
+                .await?;
+                Ok(Some(task))
+            }
             0 => Ok(None),
             _ => Err(StoreError::Ambiguous { prefix: key, matches: "several routed tasks".into() }),
         }
@@ -290,15 +367,19 @@ impl Store {
     }
 
     /// Stores what the central says of the routed tasks (`api.routed_status`); tasks of other
-    /// origins are ignored.
+    /// origins are ignored. A change of state, system or reason goes to the task's log; the
+    /// central's `no_context` raises the `unroutable` alert here too, resolved once it is
+    /// placed.
     pub async fn routed_seen(&self, tasks: &[RoutedTaskV1]) -> Result<usize> {
         let mut tx = self.write().await?;
         let now = Timestamp::now();
         let mut changed = 0;
         for task in tasks {
+            let id = task.task_id.hyphenated().to_string();
+            let Some(before) = load_routed_opt(&mut tx, &id).await? else { continue };
             let central = serde_json::to_string(task)
                 .map_err(|e| StoreError::Invalid { field: "central", message: e.to_string() })?;
-            changed += sqlx::query(
+            let updated = sqlx::query(
                 r#"
                 UPDATE routed_tasks SET central = ?, submitted_at = coalesce(submitted_at, ?),
                                         updated_at = ?
@@ -313,6 +394,10 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected() as usize;
+            if updated > 0 {
+                observed(&mut tx, Some(&before), task.task_id).await?;
+            }
+            changed += updated;
         }
         tx.commit().await?;
         Ok(changed)
@@ -348,7 +433,7 @@ impl Store {
     pub async fn route_call_answered(
         &self,
         call: &RouteCall,
-        status: &str,
+        answer: &RouteAnswerV1,
         task: Option<&RoutedTaskV1>,
     ) -> Result<()> {
         if let (Some(_), Some(task)) = (RoutedControl::from_function(&call.function), task) {
@@ -361,6 +446,7 @@ impl Store {
             .await?;
         let id = call.task_id.hyphenated();
         if call.function == "submit_task" {
+            let before = load_routed_opt(&mut tx, &id.to_string()).await?;
             sqlx::query(
                 "UPDATE routed_tasks SET submitted_at = coalesce(submitted_at, ?), updated_at = ? WHERE id = ?",
             )
@@ -369,16 +455,59 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            if before.is_some() {
+                observed(&mut tx, before.as_ref(), call.task_id).await?;
+            }
         }
         tx.commit().await?;
-        if status == "stale_lease" {
-            self.lease_lost(
-                call.task_id,
-                "the central answered stale_lease: another system holds the task now",
-            )
-            .await?;
+        if answer.status == "stale_lease" {
+            let holder = answer.holder.as_deref().unwrap_or("another system");
+            let reason = format!("the central answered stale_lease: {holder} holds the task now");
+            if !self.lease_lost(call.task_id, &reason).await? {
+                // Finished here already: the result this system reported is not the task's.
+                let token = call.params["p_fencing_token"].as_i64();
+                let reason = match &answer.holder {
+                    Some(holder) => format!("result discarded: lease lost to {holder}"),
+                    None => "result discarded: lease lost".to_string(),
+                };
+                sqlx::query(
+                    "UPDATE routed_leases SET state = 'lost', reason = ? \
+                     WHERE task_id = ? AND state = 'finished' AND fencing_token IS ?",
+                )
+                .bind(reason)
+                .bind(call.task_id.hyphenated())
+                .bind(token)
+                .execute(&mut self.writer().await?.conn)
+                .await?;
+            }
         }
         Ok(())
+    }
+
+    /// Why this system's copy of a routed task it executed is stale, if it is: the central
+    /// took the lease back (self-fenced, revoked, or its late result refused as
+    /// `stale_lease`), so what it shows here is not the task's outcome.
+    pub async fn routed_stale(&self, id: Uuid) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce(reason, 'lease lost') FROM routed_leases \
+             WHERE task_id = ? AND state = 'lost'",
+        )
+        .bind(id.hyphenated())
+        .fetch_optional(&self.readers)
+        .await?)
+    }
+
+    /// [`Store::routed_stale`] of every task that is stale here.
+    pub async fn routed_stale_all(&self) -> Result<Vec<StaleTask>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT task_id, coalesce(reason, 'lease lost') FROM routed_leases WHERE state = 'lost'",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, reason)| Some(StaleTask { id: Uuid::parse_str(&id).ok()?, reason }))
+            .collect())
     }
 
     /// A call failed: counted, with its error, and tried again later.
@@ -426,6 +555,7 @@ impl Store {
             create_in_tx(&mut tx, task.id, new, config, ACTOR).await?;
             for table in [
                 "DELETE FROM route_calls WHERE task_id = ?",
+                "DELETE FROM routed_log WHERE task_id = ?",
                 "DELETE FROM routed_tasks WHERE id = ?",
             ] {
                 sqlx::query(table).bind(&id).execute(&mut *tx).await?;
@@ -760,6 +890,81 @@ async fn insert_lease(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// After a change of routed task `id` (`before`: as it was, `None` when it is new): logs what
+/// the operator sees change (state, system, reason) and raises or resolves the origin's
+/// `unroutable` alert as the central's `no_context` comes or goes. The task as it is now.
+async fn observed(tx: &mut Writing, before: Option<&RoutedTask>, id: Uuid) -> Result<RoutedTask> {
+    let after = load_routed(tx, id).await?;
+    let seen = |t: &RoutedTask| {
+        (t.state(), t.system().map(str::to_string), t.reason().map(str::to_string))
+    };
+    let now = seen(&after);
+    if before.map(seen).as_ref() != Some(&now) {
+        let (to, system, reason) = now;
+        let reason = match before {
+            None => Some(reason.unwrap_or_else(|| "routed to the fleet from this system".into())),
+            Some(_) => reason,
+        };
+        sqlx::query(
+            "INSERT INTO routed_log (task_id, at, from_state, to_state, system, reason) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.hyphenated())
+        .bind(Timestamp::now())
+        .bind(before.map(RoutedTask::state))
+        .bind(&to)
+        .bind(system)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let unroutable = |t: &RoutedTask| {
+        t.central
+            .as_ref()
+            .is_some_and(|c| c.state == "queued" && c.reason.as_deref() == Some(NO_CONTEXT))
+    };
+    let message = after.unroutable_message();
+    match (before.is_some_and(unroutable), unroutable(&after)) {
+        (false, true) => {
+            let (open,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM alerts WHERE resolved_at IS NULL \
+                 AND reason = 'unroutable' AND message = ?)",
+            )
+            .bind(&message)
+            .fetch_one(&mut **tx)
+            .await?;
+            if !open {
+                super::tasks::raise_alert(
+                    tx,
+                    None,
+                    ccm_schema::Severity::Warning,
+                    "unroutable",
+                    &message,
+                    Some(json!({ "routed_task": id, "reason": NO_CONTEXT, "repo": after.repo })),
+                    Timestamp::now(),
+                )
+                .await?;
+            }
+        }
+        (true, false) => {
+            let resolved: Vec<ccm_schema::Alert> = sqlx::query_as(&format!(
+                "UPDATE alerts SET resolved_at = ? WHERE resolved_at IS NULL AND task_id IS NULL \
+                 AND reason = 'unroutable' AND message = ? RETURNING {}",
+                super::records::ALERT_COLUMNS
+            ))
+            .bind(Timestamp::now())
+            .bind(&message)
+            .fetch_all(&mut **tx)
+            .await?;
+            for alert in resolved {
+                super::outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(after)
 }
 
 async fn load_routed(tx: &mut Writing, id: Uuid) -> Result<RoutedTask> {

@@ -293,11 +293,24 @@ impl Store {
     /// Pauses (with `reason`: the operator's pause, which only a resume lifts) or resumes
     /// (`None`) sending on both lanes. A resume resolves the open `sync_paused` alerts.
     pub async fn pause_sync(&self, reason: Option<&str>) -> Result<()> {
+        self.pause_lanes(reason, false).await
+    }
+
+    /// `ccm sync pause`: as [`Store::pause_sync`], marked as the operator's, so heartbeats go
+    /// on saying `sync_paused`.
+    pub async fn pause_sync_by_operator(&self, reason: &str) -> Result<()> {
+        self.pause_lanes(Some(reason), true).await
+    }
+
+    async fn pause_lanes(&self, reason: Option<&str>, by_operator: bool) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE sync_lanes SET paused_reason = ?, paused_config = NULL")
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sync_lanes SET paused_reason = ?, paused_config = NULL, paused_by_operator = ?",
+        )
+        .bind(reason)
+        .bind(by_operator && reason.is_some())
+        .execute(&mut *tx)
+        .await?;
         if reason.is_none() {
             resolve_paused_alerts(&mut tx).await?;
         }
@@ -536,7 +549,7 @@ impl ccm_sync::Outbox for Store {
         let mut tx = self.write().await?;
         // The driver's pause remembers the config it was made under (see `sync_started`).
         sqlx::query(
-            "UPDATE sync_lanes SET paused_reason = ?1, \
+            "UPDATE sync_lanes SET paused_reason = ?1, paused_by_operator = 0, \
              paused_config = CASE WHEN ?1 IS NULL THEN NULL ELSE config END WHERE lane = ?2",
         )
         .bind(reason)
@@ -555,6 +568,15 @@ impl ccm_sync::Outbox for Store {
             .fetch_optional(&self.readers)
             .await?
             .flatten())
+    }
+
+    async fn paused_by_operator(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sync_lanes WHERE paused_reason IS NOT NULL \
+             AND paused_by_operator)",
+        )
+        .fetch_one(&self.readers)
+        .await?)
     }
 
     async fn running(&self) -> Result<i64> {

@@ -78,6 +78,10 @@ pub struct TaskDetail {
     /// Hook events of the task's agents (`ccm task show ID --events` lists them).
     #[serde(default)]
     pub hook_events: i64,
+    /// A task run here for the fleet whose lease was lost: why what it shows here is not the
+    /// task's outcome (`result discarded: lease lost to beta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 /// Input and output tokens.
@@ -462,6 +466,7 @@ impl Store {
             cost_usd,
             tokens: Tokens { input, output },
             hook_events,
+            stale: self.routed_stale(id).await?,
         })
     }
 }
