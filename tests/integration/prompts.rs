@@ -109,6 +109,32 @@ async fn task_add_takes_the_prompt_from_a_file_or_from_stdin() {
 }
 
 #[tokio::test]
+async fn task_show_prints_the_beginning_of_a_long_prompt_and_its_size() {
+    let home = home_with("prompt-show", "");
+    let prompt = megabyte_prompt();
+    let file = home.work().join("prompt.md");
+    std::fs::write(&file, &prompt).unwrap();
+    let id = home.run_json(&[
+        "task",
+        "add",
+        "long",
+        "--no-repo",
+        "--prompt-file",
+        &file.to_string_lossy(),
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = home.run_ok(&["task", "show", &id]);
+    assert!(shown.len() < 10_000, "the whole prompt was printed ({} bytes)", shown.len());
+    assert!(shown.contains("PROMPT-HEAD") && !shown.contains("PROMPT-TAIL"), "{shown}");
+    assert!(shown.contains(&format!("{} bytes", prompt.len())), "{shown}");
+    let short = home.run_json(&["task", "add", "short", "--no-repo", "--prompt", "fix it"]);
+    let shown = home.run_ok(&["task", "show", short["id"].as_str().unwrap()]);
+    assert!(shown.contains("  prompt    fix it\n"), "{shown}");
+}
+
+#[tokio::test]
 async fn task_add_refuses_a_prompt_file_that_is_missing_not_utf8_or_empty() {
     let home = home_with("prompt-refused", "");
     let work = home.work();

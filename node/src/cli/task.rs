@@ -467,6 +467,21 @@ fn show_routed_tasks(routed: &[RoutedTask]) {
     );
 }
 
+/// How much of a prompt `task show` prints as text; `--json` has all of it.
+const SHOWN_PROMPT_BYTES: usize = 2000;
+
+/// A prompt as `task show` prints it: whole when short, else its beginning and its size.
+fn shown_prompt(prompt: &str) -> String {
+    if prompt.len() <= SHOWN_PROMPT_BYTES {
+        return prompt.to_string();
+    }
+    format!(
+        "{}\n            ({} bytes in all; `--json` shows it whole)",
+        crate::text::head(prompt, SHOWN_PROMPT_BYTES),
+        prompt.len()
+    )
+}
+
 /// A routed task in `ccm task list --json`: the keys of a local task where it has them, and
 /// `routed` with where it runs.
 fn routed_json(r: &RoutedTask) -> serde_json::Value {
@@ -514,7 +529,7 @@ fn show_routed(r: &RoutedTask) {
         Some(at) => println!("  submitted {at}"),
         None => println!("  submitted not yet (waits for sync to reach the central)"),
     }
-    println!("  prompt    {}", r.prompt);
+    println!("  prompt    {}", shown_prompt(&r.prompt));
     let attempts = central.map(|c| c.attempts.as_slice()).unwrap_or_default();
     if !attempts.is_empty() {
         println!("attempts:");
@@ -644,7 +659,7 @@ pub(super) fn show_task(detail: &TaskDetail) {
     if let Some(wake) = t.wake_at {
         println!("  wakes at  {wake}");
     }
-    println!("  prompt    {}", t.prompt);
+    println!("  prompt    {}", shown_prompt(&t.prompt));
     println!("log:");
     for entry in &detail.log {
         let from = entry.from_state.map_or("-".to_string(), |s| s.to_string());
