@@ -375,14 +375,20 @@ async fn worker_killed_from_outside_is_detected_and_retried() {
     let (home, repo) = setup("killed", &[("fake", "hang-once", "")], "");
     let daemon = home.start();
     let id = add_task(&home, &["hangs first", "--profile", "fake", "--repo", &repo]);
-    let running = wait_until(SLOW, || async {
+    // Running with its window recorded (a hook event may mark it running a moment before).
+    let started = std::time::Instant::now();
+    let window = loop {
         let (_, agents) = daemon.get("/api/agents").await;
-        agents.as_array().unwrap().iter().any(|a| a["status"] == "running")
-    })
-    .await;
-    assert!(running);
-    let (_, agents) = daemon.get("/api/agents").await;
-    let window = agents[0]["window_id"].as_str().unwrap().to_string();
+        let found =
+            agents.as_array().unwrap().iter().find_map(|a| {
+                (a["status"] == "running").then(|| a["window_id"].as_str()).flatten()
+            });
+        if let Some(window) = found {
+            break window.to_string();
+        }
+        assert!(started.elapsed() < SLOW, "no agent runs in a window: {}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let killed = std::process::Command::new("tmux")
         .args(["-L", &home.tmux_socket(), "kill-window", "-t", &window])
         .status()
