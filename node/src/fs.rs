@@ -1,6 +1,6 @@
 //! Writing a file atomically: the one helper for every file ccm replaces whole (`auth.json`,
 //! the port file, dashboard sessions, spooled hook events, Telegram's shared offset, the agent
-//! CLIs' settings and Gemini's state).
+//! CLIs' settings and Gemini's state), and opening a lock file (`ccm.db.lock`, `auth.lock`).
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -15,6 +15,18 @@ pub enum Mode {
     /// The permissions of the file it replaces, else the umask's: files of the user's (an agent
     /// CLI's settings).
     Keep,
+}
+
+/// Opens (creating it 0600 when missing) the lock file at `path`, to take an flock on; the
+/// error names the file.
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
 /// Replaces `path` with `bytes` in one step a crash cannot split: a temporary file beside it

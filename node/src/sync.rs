@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::unix::fs::OpenOptionsExt;
-
 use ccm_sync::auth::{Keeper, Session, SessionStore};
 use ccm_sync::wire::{HealthMetricsV1, HealthSnapshot};
 use ccm_sync::{Credential, Driver, Lane, LaneStatus, Settings};
@@ -239,13 +237,7 @@ struct AuthFile(Home);
 impl SessionStore for AuthFile {
     fn lock(&self) -> Result<Box<dyn Send>, String> {
         let path = self.0.auth_lock_file();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let file = crate::fs::open_lock_file(&path)?;
         file.lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
         Ok(Box::new(file))
     }

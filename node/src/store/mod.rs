@@ -27,7 +27,6 @@ mod tasks;
 mod views;
 
 use std::ops::{Deref, DerefMut};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -498,13 +497,7 @@ impl SetUpLock {
         let mut name = db.as_os_str().to_owned();
         name.push(".lock");
         let path = PathBuf::from(name);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let file = crate::fs::open_lock_file(&path)?;
         let locked = match file.try_lock() {
             Ok(()) => Ok(file),
             // Set-up takes milliseconds; a blocking thread waits for whoever does it now.
