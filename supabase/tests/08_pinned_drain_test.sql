@@ -73,7 +73,8 @@ select api.heartbeat('{"running": 0}');
 select api.register_contexts(1, '[{"repo_url": "https://github.com/org/app", "path": "/app"}]');
 create temp table gamma_claim as select api.claim(1) -> 'claimed' -> 0 as task;
 reset role;
-update private.routing_settings set backoff_base_s = 0;
+-- No offer window: beta may claim the task whether it or gamma ranks first (random system ids break their tie).
+update private.routing_settings set backoff_base_s = 0, offer_s = 0;
 update private.routed_tasks set lease_expires_at = now() - interval '1 second'
  where task_id = (select (task ->> 'task_id')::uuid from gamma_claim);
 select private.reap();
