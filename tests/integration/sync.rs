@@ -858,6 +858,10 @@ async fn refused_items_are_listed_by_sync_status_and_raise_one_alert_per_batch()
     for i in 0..4 {
         ids.push(create(node.daemon(), &format!("task {i}")).await);
     }
+    // Settled (admitted), so each task ships once, in one batch.
+    for id in &ids {
+        wait_queued(node.daemon(), id).await;
+    }
     // The central already holds two of these task ids as another system's tasks.
     let other = central.system_token(OTHER_SYSTEM, OWNER);
     let (status, answer) = central
