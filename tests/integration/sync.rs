@@ -963,13 +963,16 @@ async fn status_and_metrics_show_backlog_last_success_and_pause_reason_per_lane(
     let mut central = Central::start();
     let node = Node::start("sync-status", &central, "  interval_secs: 3600\n");
     let first = create(node.daemon(), "ships").await;
+    wait_queued(node.daemon(), &first).await;
     node.home.run_ok(&["sync", "now"]);
     node.drained(Duration::from_secs(10)).await;
     assert!(central_tasks(&central).contains_key(&first));
 
     central.stop_rest();
     for i in 0..3 {
-        create(node.daemon(), &format!("waits {i}")).await;
+        let id = create(node.daemon(), &format!("waits {i}")).await;
+        // admitted before the backlog is read, so it holds still while it is compared
+        wait_queued(node.daemon(), &id).await;
     }
     node.home.run_ok(&["sync", "now"]);
     assert!(
