@@ -21,9 +21,11 @@
 //! - Self-fencing: a lease not renewed for the lease time minus `sync.fence_margin_secs` is
 //!   given up here (its task cancelled, which stops its agent) before the central's reaper can
 //!   hand the task to another system.
-//! - Calls to the central wait in `route_calls` and are sent in order, each retried with the
-//!   same idempotency key or fencing token (a replay is `duplicate`, a late one `stale_lease`).
-//!   After a restart each held lease is confirmed by a progress report.
+//! - Calls to the central wait in `route_calls` as typed calls of the sync crate
+//!   (`ccm_sync::wire::CallV1`) and are sent in order by the sync driver's calls lane, each
+//!   retried with the same idempotency key or fencing token (a replay is `duplicate`, a late
+//!   one `stale_lease`), classified and backed off like the outbox's batches. After a restart
+//!   each held lease is confirmed by a progress report.
 //! - Stale copies: a lease lost here (self-fenced, revoked, or a finished task's result
 //!   answered `stale_lease`, which names the system holding the task now) stays `lost` with
 //!   its reason, and `ccm task show|list` mark the local task stale with it: what it shows here
@@ -34,9 +36,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccm_sync::wire::{ClaimAnswerV1, RouteAnswerV1, RoutedStatusV1, RoutedTaskV1};
-use ccm_sync::{Class, Lane, Outbox as _, Signals};
-use serde_json::{json, Value};
+use ccm_sync::wire::{ClaimAnswerV1, ClaimV1, RoutedStatusParamsV1, RoutedStatusV1};
+use ccm_sync::{Lane, Outbox as _, Signals};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -53,8 +54,8 @@ enum RouteError {
     Central(String),
 }
 
-/// How often an idle call sender looks for calls queued by another process (the CLI).
-const CALLS_POLL: Duration = Duration::from_secs(1);
+/// How often routed tasks waiting here are checked for a checkout that appeared.
+const LOCALIZE_POLL: Duration = Duration::from_secs(1);
 /// Most tasks asked for in one claim.
 const CLAIM_MAX: i64 = 10;
 
@@ -81,7 +82,8 @@ impl Router {
                 warn!(%error, "cannot queue the confirmation of held leases");
             }
             let loops = [
-                tokio::spawn(self.clone().calls().instrument(info_span!("route_calls"))),
+                tokio::spawn(self.clone().localize().instrument(info_span!("route_localize"))),
+                tokio::spawn(self.clone().stale().instrument(info_span!("route_stale"))),
                 tokio::spawn(self.clone().claims().instrument(info_span!("route_claims"))),
                 tokio::spawn(self.clone().fence().instrument(info_span!("route_fence"))),
                 tokio::spawn(self.clone().origin().instrument(info_span!("route_origin"))),
@@ -108,97 +110,37 @@ impl Router {
         }
     }
 
-    /// Sends the queued calls in order.
-    async fn calls(self) {
-        let mut backoff = ccm_sync::driver::Backoff::for_lane(Lane::Urgent, self.seed);
+    /// Every second: routed tasks not submitted yet whose repository got a checkout here
+    /// become local tasks.
+    async fn localize(self) {
+        let idle = Notify::new();
         loop {
-            let wait = match self.next_call().await {
-                Ok(true) => {
-                    backoff.reset();
-                    continue;
+            match self.store.localize_routed(&self.config).await {
+                Ok(ids) if !ids.is_empty() => {
+                    info!(
+                        tasks = ids.len(),
+                        "routed tasks not submitted yet run here: a checkout appeared"
+                    );
+                    self.scheduler_wake.notify_one();
                 }
-                Ok(false) => CALLS_POLL,
-                Err(wait) => wait.unwrap_or_else(|| backoff.next_delay(None)),
-            };
-            if !self.pause(wait, &self.signals.route_calls).await {
+                Ok(_) => {}
+                Err(error) => warn!(%error, "cannot look for routed tasks to run here"),
+            }
+            if !self.pause(LOCALIZE_POLL, &idle).await {
                 return;
             }
         }
     }
 
-    /// Sends the oldest queued call: `Ok(true)` when one was answered, `Ok(false)` when none
-    /// can be sent now, `Err(wait)` after a failure.
-    async fn next_call(&self) -> Result<bool, Option<Duration>> {
-        if let Err(error) = self.store.localize_routed(&self.config).await.map(|ids| {
-            if !ids.is_empty() {
-                info!(
-                    tasks = ids.len(),
-                    "routed tasks not submitted yet run here: a checkout appeared"
-                );
-                self.scheduler_wake.notify_one();
+    /// A queued call answered `stale_lease` (the driver's calls lane): the runtime stops the
+    /// agent of the lease lost.
+    async fn stale(self) {
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.signals.lease_lost.notified() => self.runtime_wake.notify_one(),
             }
-        }) {
-            warn!(%error, "cannot look for routed tasks to run here");
         }
-        if !self.can_call().await {
-            return Ok(false);
-        }
-        let call = match self.store.next_route_call().await {
-            Ok(Some(call)) => call,
-            Ok(None) => return Ok(false),
-            Err(error) => {
-                warn!(%error, "cannot read the queued routing calls");
-                return Err(None);
-            }
-        };
-        let answer = self.client.call::<Value>(&call.function, &call.params).await;
-        let (reply, task) = match answer {
-            // A cancel, retry or pin answers the task as the origin sees it.
-            Ok(answer) => (
-                serde_json::from_value::<RouteAnswerV1>(answer.clone()).unwrap_or_default(),
-                serde_json::from_value::<RoutedTaskV1>(answer).ok(),
-            ),
-            Err(failure) => match failure.class {
-                Class::Transient { retry_after } => {
-                    warn!(function = %call.function, task = %call.task_id, error = %failure.message, "routing call failed; retrying");
-                    let _ = self.store.route_call_failed(&call, &failure.message).await;
-                    return Err(retry_after);
-                }
-                Class::BadRequest | Class::TooLarge => {
-                    // The central will never take it: it leaves the queue with its reason.
-                    warn!(function = %call.function, task = %call.task_id, error = %failure.message, "the central refused a routing call");
-                    if call.function == "submit_task" {
-                        let refused = json!({ "task_id": call.task_id, "state": "refused",
-                                              "reason": failure.message });
-                        if let Ok(refused) = serde_json::from_value(refused) {
-                            let _ = self.store.routed_seen(&[refused]).await;
-                        }
-                    }
-                    (RouteAnswerV1 { status: "refused".into(), ..Default::default() }, None)
-                }
-                _ => {
-                    // Identity or configuration: the sync lanes pause and alert; wait for it.
-                    let _ = self.store.route_call_failed(&call, &failure.message).await;
-                    return Err(Some(Duration::from_secs(2)));
-                }
-            },
-        };
-        let status = reply.status.as_str();
-        debug!(function = %call.function, task = %call.task_id, %status, "routing call answered");
-        if status == "stale_lease" {
-            let to = reply.holder.as_deref().unwrap_or("another system");
-            warn!(function = %call.function, task = %call.task_id, holder = to, "the central refused a late write: the lease was lost to {to}");
-        }
-        if let Err(error) = self.store.route_call_answered(&call, &reply, task.as_ref()).await {
-            warn!(%error, "cannot record a routing call's answer");
-            return Err(None);
-        }
-        match (call.function.as_str(), status) {
-            ("complete" | "release", _) => self.signals.offered(), // a slot is free again
-            (_, "stale_lease") => self.runtime_wake.notify_one(),
-            _ => {}
-        }
-        Ok(true)
     }
 
     /// Claims routed work while slots are free.
@@ -236,7 +178,7 @@ impl Router {
         let max = free.min(CLAIM_MAX);
         let answer: ClaimAnswerV1 = self
             .client
-            .call("claim", &json!({ "p_max": max }))
+            .call("claim", &ClaimV1 { p_max: max })
             .await
             .map_err(|f| RouteError::Central(f.message))?;
         if answer.claimed.is_empty() {
@@ -306,7 +248,7 @@ impl Router {
         }
         let status: RoutedStatusV1 = self
             .client
-            .call("routed_status", &since.as_ref().map_or(json!({}), |s| json!({ "p_since": s })))
+            .call("routed_status", &RoutedStatusParamsV1 { p_since: since.clone() })
             .await
             .map_err(|f| RouteError::Central(f.message))?;
         let changed = self.store.routed_seen(&status.tasks).await?;

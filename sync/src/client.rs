@@ -338,7 +338,7 @@ impl Client {
     pub async fn call<T: serde::de::DeserializeOwned>(
         &self,
         function: &str,
-        params: &serde_json::Value,
+        params: &(impl serde::Serialize + ?Sized),
     ) -> Result<T, Failure> {
         let body = serde_json::to_vec(params).map_err(|e| Failure {
             class: Class::BadRequest,

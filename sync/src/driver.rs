@@ -32,12 +32,18 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::client::{Class, Failure};
 use crate::seal::{self, BatchPolicy};
 use crate::wire::{
-    HeartbeatAnswerV1, HeartbeatV1, IngestAnswerV1, RegisterAnswerV1, RegisterContextsV1,
+    HeartbeatAnswerV1, HeartbeatParamsV1, HeartbeatV1, IngestAnswerV1, RegisterAnswerV1,
+    RegisterContextsV1, RouteAnswerV1, RoutedTaskV1,
 };
-use crate::{Client, Lane, OpenBatch, Outbox, Rejection};
+use crate::{CallOutcome, Client, Lane, OpenBatch, Outbox, Rejection};
 
 /// How often an idle urgent lane looks for rows written by other processes.
 const URGENT_POLL: Duration = Duration::from_secs(1);
+/// How often an idle calls lane looks for calls queued by another process (the CLI).
+const CALLS_POLL: Duration = Duration::from_secs(1);
+/// How long the calls lane waits after an identity or configuration failure (the lanes pause
+/// and alert; the calls wait for the resume).
+const CALLS_PAUSED: Duration = Duration::from_secs(2);
 /// How often a paused lane looks whether it was resumed.
 const PAUSED_POLL: Duration = Duration::from_secs(2);
 /// First retry delay ceiling.
@@ -86,6 +92,9 @@ pub struct Signals {
     pub offers: Notify,
     /// A call to the central routing functions was queued.
     pub route_calls: Notify,
+    /// The central answered a queued call `stale_lease`: a lease was lost (the node's runtime
+    /// stops its agent).
+    pub lease_lost: Notify,
     /// Counters for `/metrics`.
     pub requests_total: AtomicU64,
     pub failures_total: AtomicU64,
@@ -287,7 +296,8 @@ impl<O: Outbox> Driver<O> {
         let urgent = tokio::spawn(this.clone().lane(Lane::Urgent));
         let normal = tokio::spawn(this.clone().lane(Lane::Normal));
         let presence = tokio::spawn(this.clone().presence());
-        for task in [urgent, normal, presence] {
+        let calls = tokio::spawn(this.clone().calls());
+        for task in [urgent, normal, presence, calls] {
             if let Err(e) = task.await {
                 warn!(error = %e, "sync lane ended abnormally");
             }
@@ -378,7 +388,7 @@ impl<O: Outbox> Driver<O> {
         self.signals.requests_total.fetch_add(1, Ordering::Relaxed);
         let answer: HeartbeatAnswerV1 = self
             .client
-            .call("heartbeat", &serde_json::json!({ "p_status": status }))
+            .call("heartbeat", &HeartbeatParamsV1 { p_status: status })
             .await
             .map_err(call)?;
         self.signals.central_answered();
@@ -402,6 +412,104 @@ impl<O: Outbox> Driver<O> {
         self.outbox.contexts_registered(generation).await.map_err(outbox)?;
         *registered = Some(generation);
         Ok(())
+    }
+
+    /// The calls lane: the node's queued calls to the routing functions, oldest first, one at
+    /// a time (a call waits for the one before it: a submission before its cancel). A call
+    /// leaves the queue only on a final outcome; a transient failure resends the same
+    /// parameters (the same idempotency key or fencing token) after the urgent lane's backoff
+    /// or the server's `Retry-After`, and an identity failure waits for the lanes' pause to
+    /// lift. Woken at once when a call is queued ([`Signals::route_calls`]).
+    async fn calls(self: Arc<Self>) {
+        let span = info_span!("sync_calls");
+        async move {
+            let mut backoff = Backoff::for_lane(Lane::Urgent, self.settings.seed ^ 0x5eed);
+            loop {
+                let wait = match self.call_step().await {
+                    Ok(true) if !self.shutdown.is_cancelled() => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Ok(_) => CALLS_POLL,
+                    Err(wait) => wait.unwrap_or_else(|| backoff.next_delay(None)),
+                };
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = self.signals.route_calls.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends the oldest queued call: `Ok(true)` when it reached a final outcome, `Ok(false)`
+    /// when none can be sent now (none queued, not enrolled, paused), `Err(wait)` after a
+    /// failure (`Some`: how long the server or the pause says to wait).
+    async fn call_step(&self) -> Result<bool, Option<Duration>> {
+        if !self.client.has_token() || !matches!(self.outbox.paused(Lane::Urgent).await, Ok(None)) {
+            return Ok(false);
+        }
+        let queued = match self.outbox.next_call().await {
+            Ok(Some(queued)) => queued,
+            Ok(None) => return Ok(false),
+            Err(error) => {
+                warn!(%error, "cannot read the queued routing calls");
+                return Err(None);
+            }
+        };
+        let function = queued.call.function();
+        let task = queued.call.task_id();
+        let outcome = match self.client.call::<serde_json::Value>(function, &queued.call).await {
+            Ok(answer) => CallOutcome::Answered {
+                task: queued
+                    .call
+                    .is_control()
+                    .then(|| {
+                        serde_json::from_value::<RoutedTaskV1>(answer.clone()).ok().map(Box::new)
+                    })
+                    .flatten(),
+                answer: serde_json::from_value::<RouteAnswerV1>(answer).unwrap_or_default(),
+            },
+            Err(failure) => match failure.class {
+                Class::Transient { retry_after } => {
+                    warn!(function, %task, error = %failure.message, "routing call failed; retrying");
+                    let _ = self.outbox.call_failed(&queued, &failure.message).await;
+                    return Err(retry_after);
+                }
+                Class::BadRequest | Class::TooLarge => {
+                    warn!(function, %task, error = %failure.message, "the central refused a routing call");
+                    CallOutcome::Refused { reason: failure.message }
+                }
+                _ => {
+                    // Identity or configuration: the sync lanes pause and alert; wait for it.
+                    let _ = self.outbox.call_failed(&queued, &failure.message).await;
+                    return Err(Some(CALLS_PAUSED));
+                }
+            },
+        };
+        let stale = match &outcome {
+            CallOutcome::Answered { answer, .. } => {
+                debug!(function, %task, status = %answer.status, "routing call answered");
+                if answer.status == "stale_lease" {
+                    let to = answer.holder.as_deref().unwrap_or("another system");
+                    warn!(function, %task, holder = to, "the central refused a late write: the lease was lost to {to}");
+                }
+                answer.status == "stale_lease"
+            }
+            CallOutcome::Refused { .. } => false,
+        };
+        if let Err(error) = self.outbox.call_answered(&queued, &outcome).await {
+            warn!(%error, "cannot record a routing call's answer");
+            return Err(None);
+        }
+        if matches!(function, "complete" | "release") {
+            self.signals.offered(); // a slot is free again
+        } else if stale {
+            self.signals.lease_lost.notify_one();
+        }
+        Ok(true)
     }
 
     /// Urgent first (S-12): a catch-up starts its next step (a seal, a request, their writes)

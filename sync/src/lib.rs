@@ -157,6 +157,26 @@ pub struct LaneStatus {
 /// Refused rows `ccm sync status` lists per lane.
 pub const REJECTED_SHOWN: usize = 20;
 
+/// A call to a central routing function waiting in the node's durable queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedCall {
+    /// Its place in the queue (calls are sent in this order).
+    pub seq: i64,
+    pub call: wire::CallV1,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
+/// How a queued call ended.
+#[derive(Debug, Clone)]
+pub enum CallOutcome {
+    /// The central answered (`applied`, `queued`, `duplicate`, `stale_lease`, ...); a cancel,
+    /// retry or pin also answers the task as the origin sees it.
+    Answered { answer: wire::RouteAnswerV1, task: Option<Box<wire::RoutedTaskV1>> },
+    /// The central will never take it (a 400 or a 413): it leaves the queue with the reason.
+    Refused { reason: String },
+}
+
 /// The outbox as the node lends it. Every method that writes does so in one transaction on the
 /// node's writer connection.
 pub trait Outbox: Clone + Send + Sync + 'static {
@@ -264,6 +284,30 @@ pub trait Outbox: Clone + Send + Sync + 'static {
         &self,
         generation: i64,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The oldest queued call to the central routing functions (the calls lane sends them in
+    /// order, one at a time). A node that routes nothing keeps the default.
+    fn next_call(&self) -> impl Future<Output = Result<Option<QueuedCall>, Self::Error>> + Send {
+        async { Ok(None) }
+    }
+
+    /// A queued call has its final outcome: it leaves the queue, and the node applies it.
+    fn call_answered(
+        &self,
+        _call: &QueuedCall,
+        _outcome: &CallOutcome,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// A queued call failed and stays queued, counted with its error, for the next attempt.
+    fn call_failed(
+        &self,
+        _call: &QueuedCall,
+        _error: &str,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
 
     /// Raises a local critical alert (it travels in the urgent lane like any other).
     fn raise_alert(

@@ -451,6 +451,208 @@ pub struct RoutedStatusV1 {
     pub tasks: Vec<RoutedTaskV1>,
 }
 
+/// The parameters of `api.heartbeat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatParamsV1 {
+    pub p_status: HeartbeatV1,
+}
+
+/// The parameters of `api.claim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimV1 {
+    /// Most tasks to take.
+    pub p_max: i64,
+}
+
+/// The parameters of `api.routed_status`: the origin's tasks changed since `p_since` (all of
+/// them without it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedStatusParamsV1 {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub p_since: Option<String>,
+}
+
+/// `p_task` of `api.submit_task`: a task this system routes to the fleet. Its id is the
+/// idempotency key, so a resend is answered `duplicate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmittedTaskV1 {
+    pub idempotency_key: String,
+    pub task_id: Uuid,
+    pub title: String,
+    pub prompt: String,
+    /// A URL (`scheme://`), never a local path; `None` for a task without a repository.
+    pub repo_url: Option<String>,
+    /// A system's name or id.
+    pub pin: Option<String>,
+    pub profile: Option<String>,
+    pub verify: Option<String>,
+    pub priority: i64,
+    pub max_attempts: i64,
+}
+
+/// The parameters of `api.submit_task`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitTaskV1 {
+    pub p_task: SubmittedTaskV1,
+}
+
+/// `p_progress` of `api.report_progress`: the agent started (`phase` `agent`, with the local
+/// state and attempt), or the daemon restarted and confirms its lease (`restarted`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressV1 {
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attempt: Option<u32>,
+}
+
+/// The parameters of `api.report_progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportProgressV1 {
+    pub p_task_id: Uuid,
+    pub p_fencing_token: i64,
+    pub p_progress: ProgressV1,
+}
+
+/// `p_result` of `api.complete`: how the attempt ended, as the origin shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultV1 {
+    /// `done` (complete, or flagged by its review) or `failed`.
+    pub status: String,
+    /// The local state it ended in.
+    pub state: String,
+    /// The reason of its last change.
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub input_tokens: Option<i64>,
+    #[serde(default)]
+    pub output_tokens: Option<i64>,
+    /// The latest report (the agent's own JSON).
+    #[serde(default)]
+    pub report: Option<serde_json::Value>,
+}
+
+/// The parameters of `api.complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteV1 {
+    pub p_task_id: Uuid,
+    pub p_fencing_token: i64,
+    pub p_result: ResultV1,
+}
+
+/// The parameters of `api.release`: the task goes back to the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseV1 {
+    pub p_task_id: Uuid,
+    pub p_fencing_token: i64,
+    pub p_reason: String,
+}
+
+/// The parameters of `api.cancel_routed` and `api.retry_routed` (the origin's control).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedControlV1 {
+    pub p_task_id: Uuid,
+    #[serde(default)]
+    pub p_reason: Option<String>,
+}
+
+/// The parameters of `api.pin_routed`: `p_system` a system's name or id, `None` for any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRoutedV1 {
+    pub p_task_id: Uuid,
+    #[serde(default)]
+    pub p_system: Option<String>,
+}
+
+/// A call to a central routing function that must be made once the central is reachable: the
+/// node queues it durably in the transaction of the change, and the driver's calls lane sends
+/// it, resending the same parameters (idempotency key, fencing token) until it is answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum CallV1 {
+    SubmitTask(SubmitTaskV1),
+    ReportProgress(ReportProgressV1),
+    Complete(CompleteV1),
+    Release(ReleaseV1),
+    CancelRouted(RoutedControlV1),
+    RetryRouted(RoutedControlV1),
+    PinRouted(PinRoutedV1),
+}
+
+impl CallV1 {
+    /// The central function (`api.<function>`).
+    pub fn function(&self) -> &'static str {
+        match self {
+            CallV1::SubmitTask(_) => "submit_task",
+            CallV1::ReportProgress(_) => "report_progress",
+            CallV1::Complete(_) => "complete",
+            CallV1::Release(_) => "release",
+            CallV1::CancelRouted(_) => "cancel_routed",
+            CallV1::RetryRouted(_) => "retry_routed",
+            CallV1::PinRouted(_) => "pin_routed",
+        }
+    }
+
+    /// The routed task it is about.
+    pub fn task_id(&self) -> Uuid {
+        match self {
+            CallV1::SubmitTask(c) => c.p_task.task_id,
+            CallV1::ReportProgress(c) => c.p_task_id,
+            CallV1::Complete(c) => c.p_task_id,
+            CallV1::Release(c) => c.p_task_id,
+            CallV1::CancelRouted(c) | CallV1::RetryRouted(c) => c.p_task_id,
+            CallV1::PinRouted(c) => c.p_task_id,
+        }
+    }
+
+    /// The fencing token of an executor's call (`None` for the origin's).
+    pub fn fencing_token(&self) -> Option<i64> {
+        match self {
+            CallV1::ReportProgress(c) => Some(c.p_fencing_token),
+            CallV1::Complete(c) => Some(c.p_fencing_token),
+            CallV1::Release(c) => Some(c.p_fencing_token),
+            _ => None,
+        }
+    }
+
+    /// Whether the answer is the task as the origin sees it (cancel, retry, pin).
+    pub fn is_control(&self) -> bool {
+        matches!(self, CallV1::CancelRouted(_) | CallV1::RetryRouted(_) | CallV1::PinRouted(_))
+    }
+
+    /// The request body: the function's named parameters.
+    pub fn params(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+
+    /// A call as the node stored it (`function`, and [`CallV1::params`] as JSON text); the
+    /// error names the function and what does not fit.
+    pub fn parse(function: &str, params: &str) -> Result<CallV1, String> {
+        fn read<T: serde::de::DeserializeOwned>(function: &str, params: &str) -> Result<T, String> {
+            serde_json::from_str(params)
+                .map_err(|e| format!("queued `{function}` call does not parse: {e}"))
+        }
+        Ok(match function {
+            "submit_task" => CallV1::SubmitTask(read(function, params)?),
+            "report_progress" => CallV1::ReportProgress(read(function, params)?),
+            "complete" => CallV1::Complete(read(function, params)?),
+            "release" => CallV1::Release(read(function, params)?),
+            "cancel_routed" => CallV1::CancelRouted(read(function, params)?),
+            "retry_routed" => CallV1::RetryRouted(read(function, params)?),
+            "pin_routed" => CallV1::PinRouted(read(function, params)?),
+            other => return Err(format!("`{other}` is not a queued central call")),
+        })
+    }
+}
+
 /// One context of `api.register_contexts` (a checkout with a remote).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContextV1 {
@@ -541,5 +743,154 @@ mod tests {
         );
         let unknown = summary(serde_json::json!({ "cost_usd": null }));
         assert_eq!((unknown.cost_usd, unknown.input_tokens), (None, None), "unknown, not $0");
+    }
+
+    const TASK: &str = "0193a000-0000-7000-8000-000000000001";
+
+    fn json_of(call: &CallV1) -> serde_json::Value {
+        call.params().unwrap()
+    }
+
+    /// Each queued call carries exactly the named parameters of its central function
+    /// (`supabase/migrations/`), and reads back from its stored text.
+    #[test]
+    fn each_routing_call_carries_its_central_functions_parameter_names() {
+        let id: Uuid = TASK.parse().unwrap();
+        let submit = CallV1::SubmitTask(SubmitTaskV1 {
+            p_task: SubmittedTaskV1 {
+                idempotency_key: TASK.into(),
+                task_id: id,
+                title: "t".into(),
+                prompt: "p".into(),
+                repo_url: Some("https://example.com/r.git".into()),
+                pin: None,
+                profile: Some("claude".into()),
+                verify: None,
+                priority: 5,
+                max_attempts: 3,
+            },
+        });
+        assert_eq!(
+            json_of(&submit),
+            serde_json::json!({ "p_task": {
+                "idempotency_key": TASK, "task_id": TASK, "title": "t", "prompt": "p",
+                "repo_url": "https://example.com/r.git", "pin": null, "profile": "claude",
+                "verify": null, "priority": 5, "max_attempts": 3 } })
+        );
+        let progress = CallV1::ReportProgress(ReportProgressV1 {
+            p_task_id: id,
+            p_fencing_token: 7,
+            p_progress: ProgressV1 {
+                phase: "agent".into(),
+                state: Some("executing".into()),
+                attempt: Some(1),
+            },
+        });
+        assert_eq!(
+            json_of(&progress),
+            serde_json::json!({ "p_task_id": TASK, "p_fencing_token": 7,
+                "p_progress": { "phase": "agent", "state": "executing", "attempt": 1 } })
+        );
+        let restarted = CallV1::ReportProgress(ReportProgressV1 {
+            p_task_id: id,
+            p_fencing_token: 7,
+            p_progress: ProgressV1 { phase: "restarted".into(), state: None, attempt: None },
+        });
+        assert_eq!(json_of(&restarted)["p_progress"], serde_json::json!({ "phase": "restarted" }));
+        let complete = CallV1::Complete(CompleteV1 {
+            p_task_id: id,
+            p_fencing_token: 8,
+            p_result: ResultV1 {
+                status: "done".into(),
+                state: "complete".into(),
+                summary: Some("verify passed".into()),
+                verdict: None,
+                attempts: 1,
+                cost_usd: Some(0.5),
+                input_tokens: Some(10),
+                output_tokens: None,
+                report: Some(serde_json::json!({ "changed": 1 })),
+            },
+        });
+        assert_eq!(
+            json_of(&complete),
+            serde_json::json!({ "p_task_id": TASK, "p_fencing_token": 8, "p_result": {
+                "status": "done", "state": "complete", "summary": "verify passed",
+                "verdict": null, "attempts": 1, "cost_usd": 0.5, "input_tokens": 10,
+                "output_tokens": null, "report": { "changed": 1 } } })
+        );
+        let release = CallV1::Release(ReleaseV1 {
+            p_task_id: id,
+            p_fencing_token: 9,
+            p_reason: "draining".into(),
+        });
+        assert_eq!(
+            json_of(&release),
+            serde_json::json!({ "p_task_id": TASK, "p_fencing_token": 9, "p_reason": "draining" })
+        );
+        let control = RoutedControlV1 { p_task_id: id, p_reason: Some("no longer needed".into()) };
+        let cancel = CallV1::CancelRouted(control.clone());
+        let retry = CallV1::RetryRouted(control);
+        for call in [&cancel, &retry] {
+            assert_eq!(
+                json_of(call),
+                serde_json::json!({ "p_task_id": TASK, "p_reason": "no longer needed" })
+            );
+        }
+        let pin = CallV1::PinRouted(PinRoutedV1 { p_task_id: id, p_system: Some("beta".into()) });
+        assert_eq!(json_of(&pin), serde_json::json!({ "p_task_id": TASK, "p_system": "beta" }));
+        let calls = [submit, progress, restarted, complete, release, cancel, retry, pin];
+        let functions: Vec<_> = calls.iter().map(CallV1::function).collect();
+        assert_eq!(
+            functions,
+            [
+                "submit_task",
+                "report_progress",
+                "report_progress",
+                "complete",
+                "release",
+                "cancel_routed",
+                "retry_routed",
+                "pin_routed"
+            ]
+        );
+        for call in &calls {
+            let stored = json_of(call).to_string();
+            assert_eq!(&CallV1::parse(call.function(), &stored).unwrap(), call);
+            assert_eq!(call.task_id(), id);
+        }
+        assert_eq!(
+            serde_json::to_value(ClaimV1 { p_max: 4 }).unwrap(),
+            serde_json::json!({ "p_max": 4 })
+        );
+        let since = RoutedStatusParamsV1 { p_since: Some("2026-12-08T01:00:00Z".into()) };
+        assert_eq!(
+            serde_json::to_value(since).unwrap(),
+            serde_json::json!({ "p_since": "2026-12-08T01:00:00Z" })
+        );
+        let all = RoutedStatusParamsV1 { p_since: None };
+        assert_eq!(serde_json::to_value(all).unwrap(), serde_json::json!({}));
+    }
+
+    /// Calls queued before they were typed (hand-built JSON, `attempt`/`state` of a restart
+    /// left out) are still read and sent unchanged.
+    #[test]
+    fn a_call_queued_in_the_old_hand_built_form_is_read_and_resent_unchanged() {
+        let stored = serde_json::json!({ "p_task_id": TASK, "p_fencing_token": 3,
+                                         "p_progress": { "phase": "restarted" } });
+        let call = CallV1::parse("report_progress", &stored.to_string()).unwrap();
+        assert_eq!(call.fencing_token(), Some(3));
+        assert_eq!(call.params().unwrap(), stored);
+        let stored = serde_json::json!({ "p_task_id": TASK, "p_fencing_token": 3, "p_result": {
+            "status": "failed", "state": "blocked", "summary": null, "verdict": null,
+            "attempts": 3, "cost_usd": null, "input_tokens": null, "output_tokens": null,
+            "report": null } });
+        let call = CallV1::parse("complete", &stored.to_string()).unwrap();
+        assert_eq!(call.params().unwrap(), stored);
+        let pin = serde_json::json!({ "p_task_id": TASK, "p_system": null });
+        assert_eq!(CallV1::parse("pin_routed", &pin.to_string()).unwrap().params().unwrap(), pin);
+        let bad = CallV1::parse("complete", "{}").unwrap_err();
+        assert!(bad.contains("`complete`") && bad.contains("p_task_id"), "{bad}");
+        assert!(CallV1::parse("drop_table", "{}").unwrap_err().contains("`drop_table`"));
     }
 }

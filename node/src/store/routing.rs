@@ -5,10 +5,16 @@
 //! Every change that must reach the central (a submission, a claimed task's start and its end,
 //! the origin's cancel, retry or new pin: `..._route_control.sql`) queues a `route_calls` row
 //! in the transaction of the change, so a crash never loses one and a retry sends the same
-//! idempotency key or fencing token again.
+//! idempotency key or fencing token again. A row holds a typed call of the sync crate
+//! ([`CallV1`]: its function and its parameters as JSON), converted by hand from the node's
+//! types; the sync driver's calls lane sends it ([`ccm_sync::Outbox::next_call`]).
 
 use ccm_schema::{Task, TaskEvent, TaskState, Timestamp};
-use ccm_sync::wire::{HeartbeatAnswerV1, LeaseV1, RouteAnswerV1, RoutedTaskV1};
+use ccm_sync::wire::{
+    CallV1, CompleteV1, HeartbeatAnswerV1, LeaseV1, PinRoutedV1, ProgressV1, ReportProgressV1,
+    ResultV1, RoutedControlV1, RoutedTaskV1, SubmitTaskV1, SubmittedTaskV1,
+};
+use ccm_sync::{CallOutcome, QueuedCall};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::fmt::Hyphenated;
@@ -97,12 +103,6 @@ impl RoutedControl {
             RoutedControl::Pin => "pin_routed",
         }
     }
-
-    fn from_function(function: &str) -> Option<RoutedControl> {
-        [RoutedControl::Cancel, RoutedControl::Retry, RoutedControl::Pin]
-            .into_iter()
-            .find(|c| c.function() == function)
-    }
 }
 
 impl std::fmt::Display for RoutedControl {
@@ -175,16 +175,6 @@ const ROUTED_COLUMNS: &str = "id, title, prompt, repo, pin, profile, verify, pri
 
 const LOG_COLUMNS: &str = "at, from_state AS \"from\", to_state AS \"to\", system, reason";
 
-/// A queued call to the central routing functions.
-#[derive(Debug, Clone)]
-pub struct RouteCall {
-    pub seq: i64,
-    pub function: String,
-    pub task_id: Uuid,
-    pub params: Value,
-    pub attempts: i64,
-}
-
 impl Store {
     /// Sends a task to the fleet: a routed task and its submission, in one transaction. It is
     /// checked like a local task first (title, profile, priority, attempts), so a bad one is
@@ -224,19 +214,21 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let params = json!({ "p_task": {
-            "idempotency_key": id.hyphenated().to_string(),
-            "task_id": id,
-            "title": task.title,
-            "prompt": task.prompt,
-            "repo_url": task.repo.as_deref().filter(|r| r.contains("://")),
-            "pin": pin,
-            "profile": task.profile,
-            "verify": task.verify,
-            "priority": task.priority,
-            "max_attempts": task.max_attempts,
-        }});
-        queue_call(&mut tx, "submit_task", id, &params).await?;
+        let call = CallV1::SubmitTask(SubmitTaskV1 {
+            p_task: SubmittedTaskV1 {
+                idempotency_key: id.hyphenated().to_string(),
+                task_id: id,
+                title: task.title,
+                prompt: task.prompt,
+                repo_url: task.repo.filter(|r| r.contains("://")),
+                pin: pin.map(str::to_string),
+                profile: Some(task.profile),
+                verify: task.verify,
+                priority: task.priority,
+                max_attempts: i64::from(task.max_attempts),
+            },
+        });
+        queue_call(&mut tx, &call).await?;
         let routed = observed(&mut tx, None, id).await?;
         tx.commit().await?;
         Ok(routed)
@@ -279,14 +271,17 @@ impl Store {
                 _ => {}
             }
         }
-        let params = match control {
-            RoutedControl::Cancel | RoutedControl::Retry => {
-                json!({ "p_task_id": task.id, "p_reason": reason })
-            }
-            RoutedControl::Pin => json!({ "p_task_id": task.id, "p_system": pin }),
+        let reason = RoutedControlV1 { p_task_id: task.id, p_reason: Some(reason.to_string()) };
+        let call = match control {
+            RoutedControl::Cancel => CallV1::CancelRouted(reason),
+            RoutedControl::Retry => CallV1::RetryRouted(reason),
+            RoutedControl::Pin => CallV1::PinRouted(PinRoutedV1 {
+                p_task_id: task.id,
+                p_system: pin.map(str::to_string),
+            }),
         };
         let mut tx = self.write().await?;
-        queue_call(&mut tx, control.function(), task.id, &params).await?;
+        queue_call(&mut tx, &call).await?;
         if control == RoutedControl::Pin {
             sqlx::query("UPDATE routed_tasks SET pin = ?, updated_at = ? WHERE id = ?")
                 .bind(pin)
@@ -403,27 +398,28 @@ impl Store {
         Ok(changed)
     }
 
-    /// The oldest call to the central still to make.
-    pub async fn next_route_call(&self) -> Result<Option<RouteCall>> {
-        let row: Option<(i64, String, String, String, i64)> = sqlx::query_as(
-            "SELECT seq, function, task_id, params, attempts FROM route_calls ORDER BY seq LIMIT 1",
-        )
-        .fetch_optional(&self.readers)
-        .await?;
-        row.map(|(seq, function, task_id, params, attempts)| {
-            Ok(RouteCall {
-                seq,
-                function,
-                task_id: Uuid::parse_str(&task_id).map_err(|e| StoreError::Invalid {
-                    field: "task_id",
-                    message: e.to_string(),
-                })?,
-                params: serde_json::from_str(&params)
-                    .map_err(|e| StoreError::Invalid { field: "params", message: e.to_string() })?,
-                attempts,
-            })
-        })
-        .transpose()
+    /// The oldest call to the central still to make. A row that does not parse (written by
+    /// a build that knew another call) leaves the queue with a warning: it would hold every
+    /// call behind it.
+    pub async fn next_route_call(&self) -> Result<Option<QueuedCall>> {
+        loop {
+            let row: Option<(i64, String, String, i64)> = sqlx::query_as(
+                "SELECT seq, function, params, attempts FROM route_calls ORDER BY seq LIMIT 1",
+            )
+            .fetch_optional(&self.readers)
+            .await?;
+            let Some((seq, function, params, attempts)) = row else { return Ok(None) };
+            match CallV1::parse(&function, &params) {
+                Ok(call) => return Ok(Some(QueuedCall { seq, call, attempts })),
+                Err(error) => {
+                    tracing::warn!(seq, %error, "a queued routing call cannot be sent: dropped");
+                    sqlx::query("DELETE FROM route_calls WHERE seq = ?")
+                        .bind(seq)
+                        .execute(&mut self.writer().await?.conn)
+                        .await?;
+                }
+            }
+        }
     }
 
     /// A call has its answer: it leaves the queue. A submission the central took marks the
@@ -432,20 +428,38 @@ impl Store {
     /// central's view, so the origin shows it at once.
     pub async fn route_call_answered(
         &self,
-        call: &RouteCall,
-        answer: &RouteAnswerV1,
-        task: Option<&RoutedTaskV1>,
+        queued: &QueuedCall,
+        outcome: &CallOutcome,
     ) -> Result<()> {
-        if let (Some(_), Some(task)) = (RoutedControl::from_function(&call.function), task) {
-            self.routed_seen(std::slice::from_ref(task)).await?;
-        }
+        let call = &queued.call;
+        let task_id = call.task_id();
+        let answer = match outcome {
+            CallOutcome::Answered { answer, task } => {
+                if let (true, Some(task)) = (call.is_control(), task) {
+                    self.routed_seen(std::slice::from_ref(&**task)).await?;
+                }
+                Some(answer)
+            }
+            CallOutcome::Refused { reason } => {
+                if let CallV1::SubmitTask(_) = call {
+                    let refused = RoutedTaskV1 {
+                        task_id,
+                        state: "refused".into(),
+                        reason: Some(reason.clone()),
+                        ..RoutedTaskV1::default()
+                    };
+                    self.routed_seen(&[refused]).await?;
+                }
+                None
+            }
+        };
         let mut tx = self.write().await?;
         sqlx::query("DELETE FROM route_calls WHERE seq = ?")
-            .bind(call.seq)
+            .bind(queued.seq)
             .execute(&mut *tx)
             .await?;
-        let id = call.task_id.hyphenated();
-        if call.function == "submit_task" {
+        let id = task_id.hyphenated();
+        if let CallV1::SubmitTask(_) = call {
             let before = load_routed_opt(&mut tx, &id.to_string()).await?;
             sqlx::query(
                 "UPDATE routed_tasks SET submitted_at = coalesce(submitted_at, ?), updated_at = ? WHERE id = ?",
@@ -456,16 +470,17 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if before.is_some() {
-                observed(&mut tx, before.as_ref(), call.task_id).await?;
+                observed(&mut tx, before.as_ref(), task_id).await?;
             }
         }
         tx.commit().await?;
+        let Some(answer) = answer else { return Ok(()) };
         if answer.status == "stale_lease" {
             let holder = answer.holder.as_deref().unwrap_or("another system");
             let reason = format!("the central answered stale_lease: {holder} holds the task now");
-            if !self.lease_lost(call.task_id, &reason).await? {
+            if !self.lease_lost(task_id, &reason).await? {
                 // Finished here already: the result this system reported is not the task's.
-                let token = call.params["p_fencing_token"].as_i64();
+                let token = call.fencing_token();
                 let reason = match &answer.holder {
                     Some(holder) => format!("result discarded: lease lost to {holder}"),
                     None => "result discarded: lease lost".to_string(),
@@ -475,7 +490,7 @@ impl Store {
                      WHERE task_id = ? AND state = 'finished' AND fencing_token IS ?",
                 )
                 .bind(reason)
-                .bind(call.task_id.hyphenated())
+                .bind(task_id.hyphenated())
                 .bind(token)
                 .execute(&mut self.writer().await?.conn)
                 .await?;
@@ -511,7 +526,7 @@ impl Store {
     }
 
     /// A call failed: counted, with its error, and tried again later.
-    pub async fn route_call_failed(&self, call: &RouteCall, error: &str) -> Result<()> {
+    pub async fn route_call_failed(&self, call: &QueuedCall, error: &str) -> Result<()> {
         sqlx::query("UPDATE route_calls SET attempts = attempts + 1, last_error = ? WHERE seq = ?")
             .bind(error)
             .bind(call.seq)
@@ -711,9 +726,12 @@ impl Store {
         let mut tx = self.write().await?;
         for (task, token) in held {
             let Ok(id) = Uuid::parse_str(&task) else { continue };
-            let params = json!({ "p_task_id": id, "p_fencing_token": token,
-                                 "p_progress": { "phase": "restarted" } });
-            queue_call(&mut tx, "report_progress", id, &params).await?;
+            let call = CallV1::ReportProgress(ReportProgressV1 {
+                p_task_id: id,
+                p_fencing_token: token,
+                p_progress: ProgressV1 { phase: "restarted".into(), state: None, attempt: None },
+            });
+            queue_call(&mut tx, &call).await?;
         }
         tx.commit().await
     }
@@ -796,9 +814,16 @@ pub(super) async fn transitioned(tx: &mut Writing, task: &Task, actor: &str) -> 
     let id = task.id;
     match task.state {
         TaskState::Executing => {
-            let params = json!({ "p_task_id": id, "p_fencing_token": token,
-                "p_progress": { "phase": "agent", "state": task.state, "attempt": task.attempts } });
-            queue_call(tx, "report_progress", id, &params).await
+            let call = CallV1::ReportProgress(ReportProgressV1 {
+                p_task_id: id,
+                p_fencing_token: token,
+                p_progress: ProgressV1 {
+                    phase: "agent".into(),
+                    state: Some(task.state.to_string()),
+                    attempt: Some(task.attempts),
+                },
+            });
+            queue_call(tx, &call).await
         }
         // Blocked (attempts exhausted) and alert (the review found an issue) end the routed
         // attempt too: the origin decides what comes next.
@@ -814,15 +839,19 @@ pub(super) async fn transitioned(tx: &mut Writing, task: &Task, actor: &str) -> 
             .bind(id.hyphenated())
             .execute(&mut **tx)
             .await?;
-            let params = json!({ "p_task_id": id, "p_fencing_token": token, "p_result": result });
-            queue_call(tx, "complete", id, &params).await
+            let call = CallV1::Complete(CompleteV1 {
+                p_task_id: id,
+                p_fencing_token: token,
+                p_result: result,
+            });
+            queue_call(tx, &call).await
         }
         _ => Ok(()),
     }
 }
 
 /// What the origin shows of a finished routed task: the outcome, the latest report, the cost.
-async fn result(tx: &mut Writing, task: &Task) -> Result<Value> {
+async fn result(tx: &mut Writing, task: &Task) -> Result<ResultV1> {
     let report: Option<(String, Option<String>)> = sqlx::query_as(
         "SELECT summary, verdict FROM reports WHERE task_id = ? ORDER BY attempt DESC LIMIT 1",
     )
@@ -838,25 +867,30 @@ async fn result(tx: &mut Writing, task: &Task) -> Result<Value> {
     .await?;
     let done = matches!(task.state, TaskState::Complete | TaskState::Alert);
     let (summary, verdict) = report.unzip();
-    Ok(json!({
-        "status": if done { "done" } else { "failed" },
-        "state": task.state,
-        "summary": reason,
-        "verdict": verdict.flatten(),
-        "attempts": task.attempts,
-        "cost_usd": cost,
-        "input_tokens": input,
-        "output_tokens": output,
-        "report": summary.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
-    }))
+    Ok(ResultV1 {
+        status: if done { "done" } else { "failed" }.into(),
+        state: task.state.to_string(),
+        summary: reason,
+        verdict: verdict.flatten(),
+        attempts: task.attempts,
+        cost_usd: Some(cost),
+        input_tokens: Some(input),
+        output_tokens: Some(output),
+        report: summary.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+    })
 }
 
-async fn queue_call(tx: &mut Writing, function: &str, task: Uuid, params: &Value) -> Result<()> {
+/// Queues `call` in the transaction of the change that made it; the sync driver is woken after
+/// the commit.
+async fn queue_call(tx: &mut Writing, call: &CallV1) -> Result<()> {
+    let params = call
+        .params()
+        .map_err(|e| StoreError::Invalid { field: "params", message: e.to_string() })?;
     sqlx::query(
         "INSERT INTO route_calls (function, task_id, params, created_at) VALUES (?, ?, ?, ?)",
     )
-    .bind(function)
-    .bind(task.hyphenated())
+    .bind(call.function())
+    .bind(call.task_id().hyphenated())
     .bind(params.to_string())
     .bind(Timestamp::now())
     .execute(&mut **tx)

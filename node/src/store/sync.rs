@@ -626,6 +626,22 @@ impl ccm_sync::Outbox for Store {
         Ok(())
     }
 
+    async fn next_call(&self) -> Result<Option<ccm_sync::QueuedCall>> {
+        self.next_route_call().await
+    }
+
+    async fn call_answered(
+        &self,
+        call: &ccm_sync::QueuedCall,
+        outcome: &ccm_sync::CallOutcome,
+    ) -> Result<()> {
+        self.route_call_answered(call, outcome).await
+    }
+
+    async fn call_failed(&self, call: &ccm_sync::QueuedCall, error: &str) -> Result<()> {
+        self.route_call_failed(call, error).await
+    }
+
     async fn raise_alert(&self, reason: &str, message: &str) -> Result<()> {
         let mut tx = self.write().await?;
         raise_alert(&mut tx, None, Severity::Critical, reason, message, None, Timestamp::now())
