@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_sync::auth::{Keeper, Session, SessionStore};
-use ccm_sync::wire::{HealthMetricsV1, HealthSnapshot};
+use ccm_sync::outbox::HealthRowV1;
+use ccm_sync::wire::HealthMetricsV1;
 use ccm_sync::{Credential, Driver, Lane, LaneStatus, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,14 @@ pub fn start(
     let health = health(store.clone(), home.clone(), config.clone(), shutdown);
     let store = store.clone();
     let task = tokio::spawn(async move {
+        match store.outbox_on().await {
+            Ok(0) => {}
+            Ok(tasks) => tracing::info!(
+                tasks,
+                "sync enabled after a time without: the current state of every task is queued"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot queue the tasks' current state"),
+        }
         match store.sync_started(&fingerprint).await {
             Ok(true) => tracing::info!(
                 "sync resumed: its endpoint or identity changed since the driver paused it"
@@ -115,7 +124,7 @@ async fn snapshot(
     home: &Home,
     config: &Config,
     system: &mut sysinfo::System,
-) -> Result<HealthSnapshot, crate::store::StoreError> {
+) -> Result<HealthRowV1, crate::store::StoreError> {
     system.refresh_memory();
     system.refresh_cpu_usage();
     let now = ccm_schema::Timestamp::now();
@@ -150,7 +159,8 @@ async fn snapshot(
         lane_backlog: lanes.iter().map(|(lane, l)| (lane.to_string(), l.backlog)).collect(),
         dropped_total: 0,
     };
-    Ok(HealthSnapshot {
+    Ok(HealthRowV1 {
+        v: ccm_sync::outbox::VERSION,
         window_start: ccm_schema::Timestamp(now.millis() - now.millis().rem_euclid(window_ms)),
         window_len_s: len,
         metrics,

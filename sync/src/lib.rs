@@ -4,21 +4,29 @@
 //! Stages, a module each, the way vector lays out a sink:
 //! - [`seal`]: reads pending outbox rows in pages, coalesces them (latest version per entity)
 //!   and seals a batch: a UUIDv7 id and the exact body every retry sends again.
+//! - [`outbox`]: the outbox rows' durable form: versioned payload types of this crate the node
+//!   writes through (never the local serde form of `ccm_schema` types); rows stored before
+//!   them (no `v`) are read too.
 //! - [`wire`]: the versioned JSON the central `api` functions take, converted by hand from
-//!   `ccm_schema` types (never their local serde form).
+//!   the outbox payloads and the node's types: the batches of `api.ingest_batch`, the
+//!   heartbeat, and one typed request per routing function ([`wire::CallV1`] for the calls
+//!   the node queues durably).
 //! - [`client`]: the PostgREST RPC client and the classification of its answers (S-9).
 //! - [`auth`]: Supabase Auth: signing a system in, and the [`auth::Keeper`] that refreshes its
 //!   session before the access token expires and saves each rotated refresh token.
 //! - [`driver`]: the long-lived loop of each lane (urgent, normal) that seals, sends, retries
-//!   with backoff, splits, bisects, pauses and acknowledges.
+//!   with backoff, splits, bisects, pauses and acknowledges; the presence loop (heartbeat,
+//!   contexts); and the calls lane that sends the node's queued routing calls, classified and
+//!   backed off the same way.
 //!
-//! The node lends its outbox through the [`Outbox`] trait, so every write (sealing,
+//! The node lends its outbox (and its queue of routing calls) through the [`Outbox`] trait, so every write (sealing,
 //! acknowledgement) goes through the node's one writer connection; this crate knows nothing of
 //! the node (`node → sync → schema`).
 
 pub mod auth;
 pub mod client;
 pub mod driver;
+pub mod outbox;
 pub mod seal;
 pub mod wire;
 
@@ -62,8 +70,8 @@ impl fmt::Display for Lane {
     }
 }
 
-/// The outbox streams the central `api.ingest_batch` takes; other streams (contexts,
-/// decisions) stay in the outbox for the calls that will ship them.
+/// The outbox streams the central `api.ingest_batch` takes; `context` rows only count the
+/// contexts' generation (`api.register_contexts` sends the whole set).
 pub const SHIPPED_STREAMS: [&str; 4] = ["task_summary", "alert", "report", "health"];
 
 /// One outbox row, as the node stored it in the transaction of the change.
@@ -73,7 +81,7 @@ pub struct OutboxRow {
     pub stream: String,
     pub entity_key: String,
     pub entity_version: i64,
-    /// JSON snapshot of the entity in its local form.
+    /// JSON snapshot of the entity: a payload of [`outbox`] (`v` 1), or its old form.
     pub payload: String,
 }
 

@@ -6,10 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use ccm_schema::{Alert, Report, TaskState, Timestamp};
+use ccm_schema::{TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::outbox::{check_version, AlertRowV1, HealthRowV1, ReportRowV1, TaskSummaryRowV1};
 use crate::{Lane, OutboxRow};
 
 /// The parameters of `api.ingest_batch`: the request body, stored as sealed.
@@ -100,8 +101,8 @@ pub struct HealthV1 {
     pub metrics: HealthMetricsV1,
 }
 
-/// A health snapshot: the local payload of a `health` outbox row and its wire form alike
-/// (the node builds it for sync only).
+/// A health snapshot's metrics: in a `health` outbox row ([`crate::outbox::HealthRowV1`]) and
+/// on the wire alike (the node builds them for sync only).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HealthMetricsV1 {
     pub agents_running: i64,
@@ -127,39 +128,6 @@ pub struct HealthMetricsV1 {
     pub dropped_total: i64,
 }
 
-/// The local payload of a `health` outbox row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthSnapshot {
-    pub window_start: Timestamp,
-    pub window_len_s: u64,
-    pub metrics: HealthMetricsV1,
-}
-
-/// The payload of a `task_summary` row as the node writes it: the task's fields this crate
-/// ships (the rest, such as the prompt, is skipped unread), and the cost and tokens of the
-/// agents that worked on it so far (absent in rows written before they were added, unknown
-/// for tasks no agent worked on).
-#[derive(Debug, Deserialize)]
-struct SummaryRow {
-    id: Uuid,
-    title: String,
-    repo: Option<String>,
-    profile: String,
-    max_attempts: u32,
-    attempts: u32,
-    priority: i64,
-    state: TaskState,
-    created_at: Timestamp,
-    updated_at: Timestamp,
-    version: i64,
-    #[serde(default)]
-    cost_usd: Option<f64>,
-    #[serde(default)]
-    input_tokens: Option<i64>,
-    #[serde(default)]
-    output_tokens: Option<i64>,
-}
-
 /// One item converted from its outbox row.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -177,12 +145,17 @@ impl Item {
         let bad = |e: serde_json::Error| format!("{} payload is not valid: {e}", row.stream);
         Ok(match row.stream.as_str() {
             "task_summary" => {
-                let task: SummaryRow = serde_json::from_str(&row.payload).map_err(bad)?;
+                let task: TaskSummaryRowV1 = serde_json::from_str(&row.payload).map_err(bad)?;
+                check_version(&row.stream, task.v)?;
+                let state: TaskState = task
+                    .state
+                    .parse()
+                    .map_err(|e| format!("task_summary payload is not valid: {e}"))?;
                 Item::TaskSummary(TaskSummaryV1 {
                     seq,
                     task_id: task.id,
                     version: task.version,
-                    state: task.state.to_string(),
+                    state: state.to_string(),
                     title: task.title,
                     repo_url: task.repo,
                     profile: task.profile,
@@ -197,12 +170,13 @@ impl Item {
                 })
             }
             "alert" => {
-                let alert: Alert = serde_json::from_str(&row.payload).map_err(bad)?;
+                let alert: AlertRowV1 = serde_json::from_str(&row.payload).map_err(bad)?;
+                check_version(&row.stream, alert.v)?;
                 Item::Alert(AlertV1 {
                     seq,
                     alert_id: alert.id,
                     version,
-                    severity: alert.severity.to_string(),
+                    severity: alert.severity,
                     kind: alert.reason,
                     message: alert.message,
                     task_id: alert.task_id.and_then(|t| t.parse().ok()),
@@ -211,7 +185,8 @@ impl Item {
                 })
             }
             "report" => {
-                let report: Report = serde_json::from_str(&row.payload).map_err(bad)?;
+                let report: ReportRowV1 = serde_json::from_str(&row.payload).map_err(bad)?;
+                check_version(&row.stream, report.v)?;
                 let task_id = row
                     .entity_key
                     .split('/')
@@ -224,13 +199,14 @@ impl Item {
                     attempt: report.attempt,
                     version,
                     verdict: report.verdict,
-                    summary: report.summary.0.to_string(),
-                    cost_usd: report.summary.0.get("cost_usd").and_then(|c| c.as_f64()),
+                    cost_usd: report.summary.get("cost_usd").and_then(|c| c.as_f64()),
+                    summary: report.summary.to_string(),
                     created_at: report.created_at,
                 })
             }
             "health" => {
-                let snapshot: HealthSnapshot = serde_json::from_str(&row.payload).map_err(bad)?;
+                let snapshot: HealthRowV1 = serde_json::from_str(&row.payload).map_err(bad)?;
+                check_version(&row.stream, snapshot.v)?;
                 Item::Health(HealthV1 {
                     seq,
                     window_start: snapshot.window_start,

@@ -55,6 +55,9 @@ async fn integrity(path: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_creating_5000_tasks_loses_no_acknowledged_task() {
     let home = TestHome::new("kill9");
+    // A node with `sync:` (never enrolled, nothing sent): it keeps an outbox, written in each
+    // task's transaction.
+    home.write_config("sync:\n  rest_url: http://127.0.0.1:9/rest/v1\n  publishable_key: k\n");
     let mut daemon = home.start();
     let stop = Arc::new(AtomicBool::new(false));
     let creating = tokio::spawn(create_tasks(daemon.api.clone(), TASKS, stop.clone()));

@@ -1188,3 +1188,108 @@ async fn with_the_central_down_health_backlog_stays_under_its_cap_and_its_drops_
     assert!(alerts, "alerts differ: {:?} vs {local:?}", central_alerts(&central));
     assert_applied_exactly_once(&central, &node.home).await;
 }
+
+/// Issue 28: a node without `sync:` keeps no outbox (nothing would ever send it); once sync is
+/// configured, the current state of every task reaches the central, one summary per task (not
+/// the history), and only once. A row stored in the old form (the schema types' serde form,
+/// no `v`), as databases written before the versioned payloads hold them, is shipped too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_sync_keeps_no_outbox_and_ships_each_tasks_current_state_once_enabled() {
+    let central = Central::start();
+    let home = TestHome::new("sync-enabled-later");
+    home.write_config("scheduler:\n  slots: 20\n");
+    let mut daemon = home.start();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(create(&daemon, &format!("made without sync {n}")).await);
+    }
+    wait_queued(&daemon, &ids[0]).await;
+    fail(&daemon, &ids[0]).await; // a history of several versions
+    let outbox = || async {
+        let mut db = open_db(&home.db_file()).await;
+        let rows: (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT entity_key) FROM outbox WHERE stream = 'task_summary'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        let all: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut db).await.unwrap();
+        (rows, all)
+    };
+    assert_eq!(outbox().await, ((0, 0), 0), "no outbox row without sync");
+
+    daemon.kill9();
+    home.write_config(&format!(
+        "scheduler:\n  slots: 20\nsync:\n  rest_url: {}\n  publishable_key: {}\n  interval_secs: 3600\n",
+        central.rest_url(),
+        central.anon_key()
+    ));
+    daemon = home.start();
+    let out = home.run_ok(&["sync", "enroll", "--jwt", &central.system_token(SYSTEM, OWNER)]);
+    assert!(out.contains("enrolled as"), "{out}");
+    let local = local_tasks(&home).await;
+    assert_eq!(local.len(), 4);
+    let arrived = shipped(&home, || central_tasks(&central) == local).await;
+    assert!(
+        arrived,
+        "central {:?} != local {local:?}\n{}",
+        central_tasks(&central),
+        daemon.log_text()
+    );
+    assert_eq!(local[&ids[0]].1, "failed", "the current state, not the first one");
+    assert_eq!(outbox().await.0, (4, 4), "one summary per task, not the history");
+
+    daemon.kill9();
+    daemon = home.start();
+    // A task made after the restart reaches the central: the sync task is past its start.
+    let after = create(&daemon, "made after the restart").await;
+    let arrived = shipped(&home, || central_tasks(&central).contains_key(&after)).await;
+    assert!(arrived, "{}", daemon.log_text());
+    let mut db = open_db(&home.db_file()).await;
+    let again: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE stream = 'task_summary' AND entity_key <> ?",
+    )
+    .bind(&after)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(again, 4, "queued once: a restart with sync queues nothing more");
+
+    // A row in the old form: the serde form of the schema's Task, with its prompt, no `v`.
+    let old = "00000000-0000-4000-8000-0000000000c1";
+    let payload = json!({
+        "id": old, "title": "stored before the versioned payloads", "prompt": "p",
+        "repo": null, "profile": "claude", "workflow": null, "verify": null,
+        "max_attempts": 3, "attempts": 0, "priority": 0, "state": "queued", "wake_at": null,
+        "created_at": "2026-12-01T10:00:00.000Z", "updated_at": "2026-12-01T10:00:00.000Z",
+        "version": 2, "depends_on": []
+    });
+    sqlx::query(
+        "INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at) \
+         VALUES ('task_summary', ?, 2, 'normal', ?, 1764583200000)",
+    )
+    .bind(old)
+    .bind(payload.to_string())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let arrived =
+        shipped(&home, || central_tasks(&central).get(old) == Some(&(2, "queued".to_string())))
+            .await;
+    assert!(arrived, "{:?}\n{}", central_tasks(&central), daemon.log_text());
+}
+
+/// Waits up to 30 s until `done`, asking for `ccm sync now` every second.
+async fn shipped(home: &TestHome, done: impl Fn() -> bool) -> bool {
+    let mut asked: Option<Instant> = None;
+    wait_until(Duration::from_secs(30), || {
+        if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(1)) {
+            home.run_ok(&["sync", "now"]);
+            asked = Some(Instant::now());
+        }
+        let held = done();
+        async move { held }
+    })
+    .await
+}

@@ -253,6 +253,14 @@ async fn start_tasks(
     let system = store.system().await?;
     let sync = crate::sync::start(store, &config, home, system.id, shutdown.clone())?;
     let (sync_client, sync_task) = sync.unzip();
+    if sync_task.is_none() {
+        // Without `sync:` nothing would ever send the outbox: it is not kept.
+        match store.outbox_off().await {
+            Ok(0) => {}
+            Ok(pruned) => info!(pruned, "no sync configured: pending outbox rows pruned"),
+            Err(error) => warn!(%error, "cannot stop keeping the outbox"),
+        }
+    }
     let routing = sync_client.clone().map(|client| {
         let (high, low) = system.id.as_u64_pair();
         crate::routing::Router {

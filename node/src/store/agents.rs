@@ -268,7 +268,13 @@ impl Store {
         .bind(Timestamp::now())
         .fetch_one(&mut *tx)
         .await?;
-        outbox(&mut tx, "report", &format!("{task}/{}", report.attempt), &report, false).await?;
+        outbox(
+            &mut tx,
+            &format!("{task}/{}", report.attempt),
+            &ccm_sync::outbox::ReportRowV1::from(&report),
+            false,
+        )
+        .await?;
         let reason = if supervised {
             "report gathered; supervisory review next"
         } else {
@@ -308,7 +314,13 @@ impl Store {
             field: "report",
             message: format!("task {task} has no report to review"),
         })?;
-        outbox(&mut tx, "report", &format!("{task}/{}", report.attempt), &report, !ok).await?;
+        outbox(
+            &mut tx,
+            &format!("{task}/{}", report.attempt),
+            &ccm_sync::outbox::ReportRowV1::from(&report),
+            !ok,
+        )
+        .await?;
         let reason = format!("supervisory verdict: {verdict}");
         apply_in_tx(&mut tx, task, TaskEvent::Verdict { ok }, &reason, ACTOR, policy).await?;
         let task = load_task(&mut tx, task).await?;
@@ -401,7 +413,13 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for alert in resolved {
-            outbox(&mut tx, "alert", &alert.id.to_string(), &alert, false).await?;
+            outbox(
+                &mut tx,
+                &alert.id.to_string(),
+                &ccm_sync::outbox::AlertRowV1::from(&alert),
+                false,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -101,7 +101,8 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        outbox(&mut tx, "context", &context.id.to_string(), &context, false).await?;
+        let row = ccm_sync::outbox::ContextRowV1::of(&context, false);
+        outbox(&mut tx, &context.id.to_string(), &row, false).await?;
         tx.commit().await?;
         Ok(context)
     }
@@ -144,9 +145,8 @@ impl Store {
             .bind(context.id.hyphenated())
             .execute(&mut *tx)
             .await?;
-        let removed =
-            serde_json::json!({ "id": context.id, "path": context.path, "removed": true });
-        outbox(&mut tx, "context", &context.id.to_string(), &removed, false).await?;
+        let removed = ccm_sync::outbox::ContextRowV1::of(&context, true);
+        outbox(&mut tx, &context.id.to_string(), &removed, false).await?;
         tx.commit().await?;
         Ok(context)
     }

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_schema::{SystemInfo, Timestamp, TransitionError};
+use ccm_sync::outbox::{Payload, TaskSummaryRowV1};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
@@ -552,71 +553,64 @@ async fn ensure_system(conn: &mut SqliteConnection, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes an outbox row for `kind`/`entity_id` carrying `payload`, inside `tx`, in the urgent
-/// lane when `urgent`. The row's entity version is the payload's `version` (tasks) or else the
-/// row's own seq, which only grows. `task` rows travel in the `task_summary` stream.
-async fn outbox(
+/// Writes an outbox row for `entity_id` carrying `payload` (a versioned payload of
+/// `ccm_sync::outbox`, which names the stream), inside `tx`, in the urgent lane when `urgent`.
+/// The row's entity version is the payload's (a task's `version`) or else the row's own seq,
+/// which only grows.
+async fn outbox<P: Payload + Clone>(
     tx: &mut Writing,
-    kind: &str,
     entity_id: &str,
-    payload: &impl serde::Serialize,
+    payload: &P,
     urgent: bool,
 ) -> Result<()> {
-    outbox_rows(tx, kind, &[(entity_id.to_string(), outbox_payload(payload)?)], urgent).await
+    outbox_rows(tx, &[(entity_id.to_string(), payload.clone())], urgent).await
 }
 
 /// Writes a task's summary row: the task as the outbox carries it, with the cost and tokens
 /// of every agent that worked on it (worker and supervisory, all attempts) so far
 /// (`cost_usd` unknown, `None`, when no agent reported one).
 async fn outbox_task(tx: &mut Writing, task: &ccm_schema::Task, urgent: bool) -> Result<()> {
-    let mut payload = outbox_payload(task)?;
-    let (cost, input, output): (Option<f64>, Option<i64>, Option<i64>) = sqlx::query_as(
+    let mut row = TaskSummaryRowV1::of(task);
+    (row.cost_usd, row.input_tokens, row.output_tokens) = sqlx::query_as(
         "SELECT sum(cost_usd), sum(input_tokens), sum(output_tokens) FROM agents WHERE task_id = ?",
     )
     .bind(task.id.hyphenated())
     .fetch_one(&mut **tx)
     .await?;
-    if let Some(fields) = payload.as_object_mut() {
-        fields.insert("cost_usd".into(), cost.into());
-        fields.insert("input_tokens".into(), input.into());
-        fields.insert("output_tokens".into(), output.into());
-    }
-    outbox_rows(tx, "task", &[(task.id.to_string(), payload)], urgent).await
-}
-
-/// An outbox row's payload as JSON.
-fn outbox_payload(payload: &impl serde::Serialize) -> Result<serde_json::Value> {
-    serde_json::to_value(payload)
-        .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })
+    outbox_rows(tx, &[(task.id.to_string(), row)], urgent).await
 }
 
 /// [`outbox`] for many entities of one kind, in one statement. Meant for payloads that carry
 /// their `version` (tasks); a versionless one, whose version is the next seq, goes through
 /// [`outbox`] alone.
-async fn outbox_rows(
+async fn outbox_rows<P: Payload>(
     tx: &mut Writing,
-    kind: &str,
-    rows: &[(String, serde_json::Value)],
+    rows: &[(String, P)],
     urgent: bool,
 ) -> Result<()> {
-    let stream = if kind == "task" { "task_summary" } else { kind };
-    let complete = |value: &serde_json::Value| {
-        kind == "task" && value.get("state").and_then(|s| s.as_str()) == Some("complete")
-    };
-    tx.completions += rows.iter().filter(|(_, value)| complete(value)).count() as u64;
+    let stream = P::STREAM;
+    tx.completions += rows.iter().filter(|(_, payload)| payload.completes()).count() as u64;
     tx.urgent |= urgent;
     let now = Timestamp::now();
+    let rows = rows
+        .iter()
+        .map(|(key, payload)| {
+            let json = serde_json::to_string(payload)
+                .map_err(|e| StoreError::Invalid { field: "payload", message: e.to_string() })?;
+            Ok((key, payload.entity_version(), json))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut insert = sqlx::QueryBuilder::new(
         "INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at) ",
     );
-    insert.push_values(rows, |mut row, (entity_id, value)| {
+    insert.push_values(rows, |mut row, (entity_id, version, json)| {
         row.push_bind(stream)
             .push_bind(entity_id.as_str())
             .push("coalesce(")
-            .push_bind_unseparated(value.get("version").and_then(|v| v.as_i64()))
+            .push_bind_unseparated(version)
             .push_unseparated(", (SELECT coalesce(max(seq), 0) + 1 FROM outbox))")
             .push_bind(if urgent { "urgent" } else { "normal" })
-            .push_bind(value.to_string())
+            .push_bind(json)
             .push_bind(now);
     });
     insert.build().execute(&mut **tx).await?;

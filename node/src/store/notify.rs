@@ -467,7 +467,13 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for alert in &resolved {
-            super::outbox(&mut tx, "alert", &alert.id.to_string(), alert, false).await?;
+            super::outbox(
+                &mut tx,
+                &alert.id.to_string(),
+                &ccm_sync::outbox::AlertRowV1::from(alert),
+                false,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(resolved.len())

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use ccm_schema::{Severity, Timestamp};
-use ccm_sync::wire::{ContextV1, HealthSnapshot, HeartbeatAnswerV1, LeaseV1};
+use ccm_sync::outbox::{HealthRowV1, TaskSummaryRowV1};
+use ccm_sync::wire::{ContextV1, HeartbeatAnswerV1, LeaseV1};
 use ccm_sync::{
     Lane, LaneStatus, NewBatch, OpenBatch, OutboxRow, RejectedItem, Rejection, REJECTED_SHOWN,
     SHIPPED_STREAMS,
@@ -108,7 +109,13 @@ async fn resolve_paused_alerts(tx: &mut Writing) -> Result<()> {
     .fetch_all(&mut **tx)
     .await?;
     for alert in resolved {
-        super::outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
+        super::outbox(
+            tx,
+            &alert.id.to_string(),
+            &ccm_sync::outbox::AlertRowV1::from(&alert),
+            false,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -246,7 +253,7 @@ impl Store {
     /// (S-13): the oldest pending ones beyond it are dropped and counted in the lane's
     /// `dropped_total`, which the snapshot carries. Other streams are never dropped. Returns
     /// how many rows this call dropped.
-    pub async fn record_health(&self, mut snapshot: HealthSnapshot, cap: u64) -> Result<i64> {
+    pub async fn record_health(&self, mut snapshot: HealthRowV1, cap: u64) -> Result<i64> {
         let mut tx = self.write().await?;
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM outbox WHERE stream = 'health' AND state = 'pending'",
@@ -264,7 +271,7 @@ impl Store {
         .await?;
         snapshot.metrics.dropped_total = total;
         let key = format!("{}/{}", snapshot.window_start, snapshot.window_len_s);
-        super::outbox(&mut tx, "health", &key, &snapshot, false).await?;
+        super::outbox(&mut tx, &key, &snapshot, false).await?;
         // The newest row (just written) is never among the oldest `drop` of `pending + 1`.
         sqlx::query(
             r#"
@@ -315,6 +322,72 @@ impl Store {
             resolve_paused_alerts(&mut tx).await?;
         }
         tx.commit().await
+    }
+
+    /// A daemon without `sync:`: no outbox is kept (`20261208010000_outbox_without_sync.sql`).
+    /// Marks it off, so every later outbox insert is skipped, and prunes the rows still
+    /// pending. How many were pruned.
+    pub async fn outbox_off(&self) -> Result<u64> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT OR IGNORE INTO outbox_off (singleton, since) VALUES (1, ?)")
+            .bind(Timestamp::now())
+            .execute(&mut *tx)
+            .await?;
+        let pruned = sqlx::query("DELETE FROM outbox WHERE state = 'pending'")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(pruned)
+    }
+
+    /// A daemon with `sync:`: the outbox is kept. After a time without sync, the current state
+    /// of every task (one summary each, with its cost, not its history) is queued once, in
+    /// the transaction that ends the time without. How many tasks were queued.
+    pub async fn outbox_on(&self) -> Result<usize> {
+        let mut tx = self.write().await?;
+        let was_off =
+            sqlx::query("DELETE FROM outbox_off").execute(&mut *tx).await?.rows_affected();
+        if was_off == 0 {
+            return Ok(0); // kept all along: nothing was missed (the write rolls back)
+        }
+        let tasks: Vec<ccm_schema::Task> = sqlx::query_as(&format!(
+            "SELECT {} FROM tasks ORDER BY created_at, id",
+            super::tasks::TASK_COLUMNS
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        #[derive(sqlx::FromRow)]
+        struct Cost {
+            task_id: String,
+            cost: Option<f64>,
+            input: Option<i64>,
+            output: Option<i64>,
+        }
+        let costs: Vec<Cost> = sqlx::query_as(
+            "SELECT task_id, sum(cost_usd) AS cost, sum(input_tokens) AS input, \
+             sum(output_tokens) AS output FROM agents WHERE task_id IS NOT NULL GROUP BY task_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let costs: std::collections::HashMap<String, Cost> =
+            costs.into_iter().map(|c| (c.task_id.clone(), c)).collect();
+        let rows: Vec<(String, TaskSummaryRowV1)> = tasks
+            .iter()
+            .map(|task| {
+                let mut row = TaskSummaryRowV1::of(task);
+                if let Some(cost) = costs.get(&task.id.hyphenated().to_string()) {
+                    (row.cost_usd, row.input_tokens, row.output_tokens) =
+                        (cost.cost, cost.input, cost.output);
+                }
+                (task.id.to_string(), row)
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            super::outbox_rows(&mut tx, chunk, false).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
     }
 
     /// The daemon's sync starts with the endpoint and identity `config` (a fingerprint). A

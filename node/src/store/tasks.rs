@@ -131,7 +131,7 @@ pub const REASON_MAX_BYTES: usize = 4096;
 /// Range of a task's priority.
 pub const PRIORITY_MIN: i64 = -1000;
 pub const PRIORITY_MAX: i64 = 1000;
-const TASK_COLUMNS: &str =
+pub(super) const TASK_COLUMNS: &str =
     "id, title, prompt, repo, profile, workflow, verify, max_attempts, attempts, \
      priority, state, wake_at, created_at, updated_at, version";
 
@@ -670,11 +670,11 @@ async fn insert_tasks<A: AsRef<str>>(tx: &mut Writing, tasks: &[Task], actors: &
 /// admission, which no agent has worked on yet, so they carry no cost (see
 /// `outbox_task`).
 async fn outbox_tasks(tx: &mut Writing, tasks: &[Task]) -> Result<()> {
-    let payloads = tasks
+    let rows: Vec<_> = tasks
         .iter()
-        .map(|task| Ok((task.id.to_string(), super::outbox_payload(task)?)))
-        .collect::<Result<Vec<_>>>()?;
-    super::outbox_rows(tx, "task", &payloads, false).await
+        .map(|task| (task.id.to_string(), ccm_sync::outbox::TaskSummaryRowV1::of(task)))
+        .collect();
+    super::outbox_rows(tx, &rows, false).await
 }
 
 /// Admits waiting tasks (id, reason), as [`apply_in_tx`] would one by one, with one statement
@@ -914,7 +914,8 @@ pub(super) async fn raise_alert(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
-    outbox(tx, "alert", &id.to_string(), &alert, severity == Severity::Critical).await
+    let row = ccm_sync::outbox::AlertRowV1::from(&alert);
+    outbox(tx, &id.to_string(), &row, severity == Severity::Critical).await
 }
 
 pub(super) async fn ask_decision(
@@ -940,7 +941,6 @@ pub(super) async fn ask_decision(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
-    outbox(tx, "decision", &id.to_string(), &decision, true).await?;
     Ok(decision)
 }
 
@@ -996,7 +996,6 @@ async fn close_decisions(
     .fetch_all(&mut **tx)
     .await?;
     for decision in closed {
-        outbox(tx, "decision", &decision.id.to_string(), &decision, false).await?;
         resolve_decision_alerts(tx, decision.id, now).await?;
     }
     Ok(())
@@ -1013,7 +1012,8 @@ async fn resolve_task_alerts(tx: &mut Writing, task: Uuid, now: Timestamp) -> Re
     .fetch_all(&mut **tx)
     .await?;
     for alert in resolved {
-        outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
+        outbox(tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(&alert), false)
+            .await?;
     }
     Ok(())
 }
@@ -1035,7 +1035,8 @@ pub(super) async fn resolve_decision_alerts(
     .fetch_all(&mut **tx)
     .await?;
     for alert in resolved {
-        outbox(tx, "alert", &alert.id.to_string(), &alert, false).await?;
+        outbox(tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(&alert), false)
+            .await?;
     }
     Ok(())
 }

@@ -181,7 +181,8 @@ impl Store {
         .bind(alert.id.hyphenated())
         .fetch_one(&mut *tx)
         .await?;
-        outbox(&mut tx, "alert", &alert.id.to_string(), &alert, false).await?;
+        outbox(&mut tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(&alert), false)
+            .await?;
         tx.commit().await?;
         Ok(alert)
     }
