@@ -10,7 +10,7 @@
 //! A change of this contract is a new version (a new struct, or a new optional field read by
 //! default), never a rename of a field here.
 
-use ccm_schema::{Alert, Context, Report, Task, Timestamp};
+use ccm_schema::{Alert, Context, Decision, Report, Task, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -218,6 +218,32 @@ impl ContextRowV1 {
 
 impl Payload for ContextRowV1 {
     const STREAM: &'static str = "context";
+}
+
+/// A `decision` row: a change notice for the node's own dashboard, never shipped (no central
+/// stream reads decisions; the node's trigger `outbox_local_only` writes them acknowledged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRowV1 {
+    #[serde(default)]
+    pub v: u32,
+    pub id: Uuid,
+    pub task_id: Option<String>,
+    pub answered: bool,
+}
+
+impl From<&Decision> for DecisionRowV1 {
+    fn from(decision: &Decision) -> DecisionRowV1 {
+        DecisionRowV1 {
+            v: VERSION,
+            id: decision.id,
+            task_id: decision.task_id.clone(),
+            answered: decision.answered_at.is_some(),
+        }
+    }
+}
+
+impl Payload for DecisionRowV1 {
+    const STREAM: &'static str = "decision";
 }
 
 #[cfg(test)]

@@ -1189,12 +1189,14 @@ async fn with_the_central_down_health_backlog_stays_under_its_cap_and_its_drops_
     assert_applied_exactly_once(&central, &node.home).await;
 }
 
-/// Issue 28: a node without `sync:` keeps no outbox (nothing would ever send it); once sync is
-/// configured, the current state of every task reaches the central, one summary per task (not
-/// the history), and only once. A row stored in the old form (the schema types' serde form,
+/// Issue 28: a node without `sync:` keeps nothing pending in its outbox (nothing would ever
+/// send it), only a bounded window of acknowledged rows (the dashboard's change feed); once sync
+/// is configured, the current state of every task reaches the central, one summary per task
+/// (not the history), and only once. A row stored in the old form (the schema types' serde form,
 /// no `v`), as databases written before the versioned payloads hold them, is shipped too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_without_sync_keeps_no_outbox_and_ships_each_tasks_current_state_once_enabled() {
+async fn a_node_without_sync_keeps_no_pending_outbox_and_ships_each_tasks_current_state_once_enabled(
+) {
     let central = Central::start();
     let home = TestHome::new("sync-enabled-later");
     home.write_config("scheduler:\n  slots: 20\n");
@@ -1205,19 +1207,52 @@ async fn a_node_without_sync_keeps_no_outbox_and_ships_each_tasks_current_state_
     }
     wait_queued(&daemon, &ids[0]).await;
     fail(&daemon, &ids[0]).await; // a history of several versions
+                                  // (pending or sealed rows, all rows, newest seq)
     let outbox = || async {
         let mut db = open_db(&home.db_file()).await;
-        let rows: (i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(DISTINCT entity_key) FROM outbox WHERE stream = 'task_summary'",
+        let counts: (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state IN ('pending', 'sealed')), count(*), \
+                    coalesce(max(seq), 0) FROM outbox",
         )
         .fetch_one(&mut db)
         .await
         .unwrap();
-        let all: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut db).await.unwrap();
-        (rows, all)
+        counts
     };
-    assert_eq!(outbox().await, ((0, 0), 0), "no outbox row without sync");
+    let (pending, kept, _) = outbox().await;
+    assert_eq!(pending, 0, "nothing waits to be sent without sync");
+    assert!(kept > 0, "the rows are still the dashboard's change feed");
+    // 600 more tasks (two rows each: created, then admitted): the outbox stays bounded.
+    for n in 0..600 {
+        create(&daemon, &format!("more {n}")).await;
+    }
+    // Every task admitted (its second row written) before the daemon stops.
+    let admitted = wait_until(Duration::from_secs(30), || async {
+        let mut db = open_db(&home.db_file()).await;
+        let created: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state = 'created'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        created == 0
+    })
+    .await;
+    assert!(admitted, "{}", daemon.log_text());
+    let (pending, kept, head) = outbox().await;
+    assert_eq!(pending, 0);
+    assert!(kept <= 1000 && head > 1200, "{kept} rows kept of {head}");
+    // Rows written from here on (task summaries): (rows, distinct tasks).
+    let summaries = || async {
+        let mut db = open_db(&home.db_file()).await;
+        let rows: (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT entity_key) FROM outbox \
+             WHERE stream = 'task_summary' AND seq > ?",
+        )
+        .bind(head)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        rows
+    };
 
     daemon.kill9();
     home.write_config(&format!(
@@ -1229,7 +1264,7 @@ async fn a_node_without_sync_keeps_no_outbox_and_ships_each_tasks_current_state_
     let out = home.run_ok(&["sync", "enroll", "--jwt", &central.system_token(SYSTEM, OWNER)]);
     assert!(out.contains("enrolled as"), "{out}");
     let local = local_tasks(&home).await;
-    assert_eq!(local.len(), 4);
+    assert_eq!(local.len(), 604);
     let arrived = shipped(&home, || central_tasks(&central) == local).await;
     assert!(
         arrived,
@@ -1238,7 +1273,7 @@ async fn a_node_without_sync_keeps_no_outbox_and_ships_each_tasks_current_state_
         daemon.log_text()
     );
     assert_eq!(local[&ids[0]].1, "failed", "the current state, not the first one");
-    assert_eq!(outbox().await.0, (4, 4), "one summary per task, not the history");
+    assert_eq!(summaries().await, (604, 604), "one summary per task, not the history");
 
     daemon.kill9();
     daemon = home.start();
@@ -1248,13 +1283,14 @@ async fn a_node_without_sync_keeps_no_outbox_and_ships_each_tasks_current_state_
     assert!(arrived, "{}", daemon.log_text());
     let mut db = open_db(&home.db_file()).await;
     let again: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE stream = 'task_summary' AND entity_key <> ?",
+        "SELECT count(*) FROM outbox WHERE stream = 'task_summary' AND seq > ? AND entity_key <> ?",
     )
+    .bind(head)
     .bind(&after)
     .fetch_one(&mut db)
     .await
     .unwrap();
-    assert_eq!(again, 4, "queued once: a restart with sync queues nothing more");
+    assert_eq!(again, 604, "queued once: a restart with sync queues nothing more");
 
     // A row in the old form: the serde form of the schema's Task, with its prompt, no `v`.
     let old = "00000000-0000-4000-8000-0000000000c1";

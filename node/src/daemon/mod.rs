@@ -254,10 +254,10 @@ async fn start_tasks(
     let sync = crate::sync::start(store, &config, home, system.id, shutdown.clone())?;
     let (sync_client, sync_task) = sync.unzip();
     if sync_task.is_none() {
-        // Without `sync:` nothing would ever send the outbox: it is not kept.
+        // Without `sync:` nothing would ever send the outbox: it is not kept pending.
         match store.outbox_off().await {
             Ok(0) => {}
-            Ok(pruned) => info!(pruned, "no sync configured: pending outbox rows pruned"),
+            Ok(pending) => info!(pending, "no sync configured: pending outbox rows dropped"),
             Err(error) => warn!(%error, "cannot stop keeping the outbox"),
         }
     }

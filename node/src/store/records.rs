@@ -7,7 +7,7 @@ use ccm_schema::{Alert, Decision, DecisionKind, TaskEvent, TaskState};
 use serde::{Deserialize, Serialize};
 
 use super::tasks::apply_in_tx;
-use super::{Result, RetryPolicy, Store, StoreError};
+use super::{outbox, Result, RetryPolicy, Store, StoreError};
 
 /// The columns of a [`Decision`], in its field order.
 pub(super) const DECISION_COLUMNS: &str =
@@ -182,6 +182,8 @@ impl Store {
                 .bind(decision.id.hyphenated())
                 .fetch_one(&mut *tx)
                 .await?;
+        let row = ccm_sync::outbox::DecisionRowV1::from(&answered);
+        outbox(&mut tx, &answered.id.to_string(), &row, false).await?;
         tx.commit().await?;
         Ok(answered)
     }

@@ -13,6 +13,9 @@ use ccm_sync::{
 use uuid::Uuid;
 
 use super::records::ALERT_COLUMNS;
+
+/// Outbox rows kept without sync (the trigger `outbox_local_only` keeps the same number).
+pub const OUTBOX_KEPT_OFF: i64 = 1000;
 use super::tasks::raise_alert;
 use super::{Result, Store, StoreError, Writing};
 
@@ -324,21 +327,29 @@ impl Store {
         tx.commit().await
     }
 
-    /// A daemon without `sync:`: no outbox is kept (`20261208010000_outbox_without_sync.sql`).
-    /// Marks it off, so every later outbox insert is skipped, and prunes the rows still
-    /// pending. How many were pruned.
+    /// A daemon without `sync:`: nothing will send the outbox
+    /// (`20261208010000_outbox_without_sync.sql`). Marks it off, so every later row is written
+    /// acknowledged and only the newest [`OUTBOX_KEPT_OFF`] are kept (the dashboard's change
+    /// feed), and does the same to the rows already there. How many were still pending.
     pub async fn outbox_off(&self) -> Result<u64> {
         let mut tx = self.write().await?;
         sqlx::query("INSERT OR IGNORE INTO outbox_off (singleton, since) VALUES (1, ?)")
             .bind(Timestamp::now())
             .execute(&mut *tx)
             .await?;
-        let pruned = sqlx::query("DELETE FROM outbox WHERE state = 'pending'")
+        let pending = sqlx::query("UPDATE outbox SET state = 'acked' WHERE state = 'pending'")
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query(
+            "DELETE FROM outbox WHERE state = 'acked' \
+             AND seq <= (SELECT max(seq) FROM outbox) - ?",
+        )
+        .bind(OUTBOX_KEPT_OFF)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(pruned)
+        Ok(pending)
     }
 
     /// A daemon with `sync:`: the outbox is kept. After a time without sync, the current state

@@ -941,6 +941,9 @@ pub(super) async fn ask_decision(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
+    // The dashboard's change notice only: decisions are not shipped.
+    let row = ccm_sync::outbox::DecisionRowV1::from(&decision);
+    outbox(tx, &id.to_string(), &row, false).await?;
     Ok(decision)
 }
 
@@ -996,6 +999,8 @@ async fn close_decisions(
     .fetch_all(&mut **tx)
     .await?;
     for decision in closed {
+        let row = ccm_sync::outbox::DecisionRowV1::from(&decision);
+        outbox(tx, &decision.id.to_string(), &row, false).await?;
         resolve_decision_alerts(tx, decision.id, now).await?;
     }
     Ok(())
