@@ -303,6 +303,13 @@ async fn start_tasks(
             runtime.run(memory).await
         }
     }));
+    let predictor = crate::conflicts::Predictor {
+        store: store.clone(),
+        central: sync_client.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let predictor =
+        tokio::spawn(supervise("conflicts", shutdown.clone(), move || predictor.clone().run()));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
     let notifiers = crate::notify::start(crate::notify::Context {
@@ -325,6 +332,7 @@ async fn start_tasks(
             ("scheduler", Some(scheduler)),
             ("runtime", Some(runtime_task)),
             ("spooler", Some(spooler)),
+            ("conflicts", Some(predictor)),
             ("sync", sync_task),
             ("routing", routing),
         ],

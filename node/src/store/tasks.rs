@@ -82,6 +82,10 @@ pub struct TaskDetail {
     /// task's outcome (`result discarded: lease lost to beta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<String>,
+    /// Conflicts predicted between this task and other active tasks of its repository (or
+    /// its target), as the daemon's predictor last recorded them (`conflicts`).
+    #[serde(default)]
+    pub conflicts: Vec<crate::conflicts::PredictedConflict>,
 }
 
 /// Input and output tokens.
@@ -457,6 +461,7 @@ impl Store {
                 .fetch_one(&mut *conn)
                 .await?;
         drop(conn);
+        let repo = task.repo.clone();
         Ok(TaskDetail {
             log,
             runs: self.attempts(id).await?,
@@ -467,6 +472,7 @@ impl Store {
             tokens: Tokens { input, output },
             hook_events,
             stale: self.routed_stale(id).await?,
+            conflicts: self.conflicts_of_task(id, repo.as_deref()).await?,
         })
     }
 }
