@@ -64,6 +64,9 @@ pub struct TaskSummaryV1 {
     pub output_tokens: Option<i64>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The files the task touched (at most 200, relative to its repository), so that the
+    /// other systems' conflict prediction includes it; empty in rows written before.
+    pub touched_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -158,6 +161,8 @@ struct SummaryRow {
     input_tokens: Option<i64>,
     #[serde(default)]
     output_tokens: Option<i64>,
+    #[serde(default)]
+    touched_files: Vec<String>,
 }
 
 /// One item converted from its outbox row.
@@ -194,6 +199,7 @@ impl Item {
                     output_tokens: task.output_tokens,
                     created_at: task.created_at,
                     updated_at: task.updated_at,
+                    touched_files: task.touched_files,
                 })
             }
             "alert" => {
@@ -541,5 +547,12 @@ mod tests {
         );
         let unknown = summary(serde_json::json!({ "cost_usd": null }));
         assert_eq!((unknown.cost_usd, unknown.input_tokens), (None, None), "unknown, not $0");
+    }
+
+    #[test]
+    fn a_task_summary_carries_the_files_its_task_touched() {
+        let touched = summary(serde_json::json!({ "touched_files": ["src/a.rs", "b.txt"] }));
+        assert_eq!(touched.touched_files, ["src/a.rs", "b.txt"]);
+        assert!(summary(serde_json::json!({})).touched_files.is_empty(), "an older row: none");
     }
 }

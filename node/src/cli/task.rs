@@ -758,6 +758,12 @@ fn show_detail(detail: &TaskDetail) {
             );
         }
     }
+    if !detail.touched_files.is_empty() {
+        let more = detail.touched_files.len().saturating_sub(10);
+        let shown = detail.touched_files.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        println!("touched: {shown}{more}");
+    }
     if !detail.conflicts.is_empty() {
         println!("conflicts (predicted):");
         let id = t.id.to_string();

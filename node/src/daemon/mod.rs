@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use api::{router, ClaimsView};
+pub use api::{router, ClaimsView, RepoConflicts};
 pub use batch::Batcher;
 pub use error::ApiError;
 pub use metrics::Metrics;

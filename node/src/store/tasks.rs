@@ -86,6 +86,9 @@ pub struct TaskDetail {
     /// its target), as the daemon's predictor last recorded them (`conflicts`).
     #[serde(default)]
     pub conflicts: Vec<crate::conflicts::PredictedConflict>,
+    /// The files the task touched, as the predictor last saw them (relative to its repository).
+    #[serde(default)]
+    pub touched_files: Vec<String>,
 }
 
 /// Input and output tokens.
@@ -473,6 +476,7 @@ impl Store {
             hook_events,
             stale: self.routed_stale(id).await?,
             conflicts: self.conflicts_of_task(id, repo.as_deref()).await?,
+            touched_files: self.touched_files(id).await?,
         })
     }
 }
