@@ -119,7 +119,7 @@ fn main() {
         assert!(status.success(), "a pair of the floor's merges conflicts");
 
         let start = Instant::now();
-        let predicted = home.run_json(&["conflicts", "--fresh", "--repo", &repo, "--json"]);
+        let predicted = home.run_json(&["conflicts", "--fresh", "--repo", &repo]);
         ccm.push(start.elapsed());
         assert_eq!(predicted[0]["conflicts"], json!([]), "every pair merges cleanly: {predicted}");
     }
@@ -143,7 +143,7 @@ fn main() {
     std::fs::write(format!("{repo}/shared.txt"), clash).unwrap();
     git(&repo, &["commit", "-q", "-am", "clash"]);
     git(&repo, &["checkout", "-q", "main"]);
-    let predicted = home.run_json(&["conflicts", "--fresh", "--repo", &repo, "--json"]);
+    let predicted = home.run_json(&["conflicts", "--fresh", "--repo", &repo]);
     let conflicts = predicted[0]["conflicts"].as_array().unwrap();
     assert_eq!(conflicts.len(), 1, "{predicted}");
     assert_eq!(conflicts[0]["kind"], "merge");
