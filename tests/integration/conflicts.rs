@@ -117,6 +117,21 @@ async fn two_tasks_editing_the_same_lines_are_predicted_to_conflict_before_eithe
     assert!(message.contains(&alpha[..8]) && message.contains(&beta[..8]), "{message}");
     assert!(message.contains("work.txt"), "{message}");
 
+    // The dashboard's task page has a section for them.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    let signed = http.get(link).send().await.unwrap();
+    let cookie =
+        signed.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page =
+        http.get(daemon.url(&format!("/tasks/{beta}"))).header("cookie", cookie).send().await;
+    let page = page.unwrap().text().await.unwrap();
+    assert!(page.contains("Predicted conflicts"), "{page}");
+    assert!(
+        page.contains(&format!("conflicts with {} (write alpha): work.txt", &alpha[..8])),
+        "{page}"
+    );
+
     // The branch's diff, as the terminal and the API show it.
     let diff = home.run_ok(&["task", "diff", &alpha[..8]]);
     assert!(diff.contains("+alpha"), "{diff}");

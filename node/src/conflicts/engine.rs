@@ -91,7 +91,6 @@ impl Predictor {
         repos.retain(|repo| context_of(&contexts, repo).is_some());
         self.refresh_remote(cache, &repos).await;
         let semaphore = Arc::new(Semaphore::new(GIT_CONCURRENCY));
-        let mut touched = Vec::new();
         let mut asked_changed = BTreeSet::new();
         let mut asked_merges = BTreeSet::new();
         for repo in &repos {
@@ -108,11 +107,19 @@ impl Predictor {
             };
             asked_changed.extend(questions.0);
             asked_merges.extend(questions.1);
-            for task in tasks.iter().filter(|t| t.task.system.is_none()) {
-                if let Ok(id) = task.task.task_id.parse() {
-                    touched.push((id, repo.clone(), task.files.iter().cloned().collect()));
-                }
-            }
+            let touched: Vec<_> = tasks
+                .iter()
+                .filter(|t| t.task.system.is_none())
+                .filter_map(|t| {
+                    Some((
+                        t.task.task_id.parse().ok()?,
+                        repo.clone(),
+                        t.files.iter().cloned().collect(),
+                    ))
+                })
+                .collect();
+            // What each task touched is recorded before the prediction made from it.
+            self.store.save_touched(&touched).await?;
             if self.store.record_conflicts(repo, &conflicts).await? {
                 debug!(%repo, conflicts = conflicts.len(), "prediction changed");
             }
@@ -123,7 +130,6 @@ impl Predictor {
                 self.store.record_conflicts(&repo, &[]).await?;
             }
         }
-        self.store.save_touched(&touched).await?;
         cache.changed.retain(|key, _| asked_changed.contains(key));
         cache.merges.retain(|key, _| asked_merges.contains(key));
         Ok(())

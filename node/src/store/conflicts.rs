@@ -30,31 +30,46 @@ impl Store {
     /// The tasks with a repository that are active (see `conflicts::Phase::of`), with the
     /// files their agents wrote and the directories they worked in.
     pub async fn active_tasks(&self) -> Result<Vec<ActiveRow>> {
+        const ACTIVE: &str = "repo IS NOT NULL AND state NOT IN ('created', 'failed', 'cancelled')";
         let mut conn = self.readers.acquire().await?;
-        let rows: Vec<(String, String, TaskState, String)> = sqlx::query_as(
+        let rows: Vec<(String, String, TaskState, String)> = sqlx::query_as(&format!(
             r#"
-            SELECT id, title, state, repo FROM tasks
-            WHERE repo IS NOT NULL AND state NOT IN ('created', 'failed', 'cancelled')
-            ORDER BY created_at, id
-            "#,
-        )
+            SELECT id, title, state, repo FROM tasks WHERE {ACTIVE} ORDER BY created_at, id
+            "#
+        ))
         .fetch_all(&mut *conn)
         .await?;
+        let written: Vec<(String, String)> = sqlx::query_as(&format!(
+            r#"
+            SELECT f.task_id, f.path FROM task_files f
+            WHERE f.task_id IN (SELECT id FROM tasks WHERE {ACTIVE}) ORDER BY f.task_id, f.path
+            "#
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        let cwds: Vec<(String, String)> = sqlx::query_as(&format!(
+            r#"
+            SELECT DISTINCT a.task_id, a.cwd FROM agents a
+            WHERE a.task_id IN (SELECT id FROM tasks WHERE {ACTIVE})
+            "#
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+        drop(conn);
+        let mut by_task: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
+            std::collections::HashMap::new();
+        for (task, path) in written {
+            by_task.entry(task).or_default().0.push(path);
+        }
+        for (task, cwd) in cwds {
+            by_task.entry(task).or_default().1.push(cwd);
+        }
         let mut out = Vec::with_capacity(rows.len());
         for (id, title, state, repo) in rows {
             if crate::conflicts::Phase::of(state).is_none() {
                 continue;
             }
-            let written: Vec<String> =
-                sqlx::query_scalar("SELECT path FROM task_files WHERE task_id = ? ORDER BY path")
-                    .bind(&id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            let cwds: Vec<String> =
-                sqlx::query_scalar("SELECT DISTINCT cwd FROM agents WHERE task_id = ?")
-                    .bind(&id)
-                    .fetch_all(&mut *conn)
-                    .await?;
+            let (written, cwds) = by_task.remove(&id).unwrap_or_default();
             let id = super::tasks::parse_id(&id)?;
             out.push(ActiveRow { id, title, state, repo, written, cwds });
         }
