@@ -139,6 +139,10 @@ impl Predictor {
     /// [`CENTRAL_EVERY`]; the last answer is kept while the central cannot be asked.
     async fn refresh_remote(&self, cache: &mut Cache, repos: &[String]) {
         let Some(central) = &self.central else { return };
+        if repos.is_empty() {
+            cache.remote.clear();
+            return;
+        }
         if cache.remote_at.is_some_and(|at| at.elapsed() < CENTRAL_EVERY) {
             return;
         }
