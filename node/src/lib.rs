@@ -13,6 +13,8 @@
 //! - [`fs`]: writing a file atomically (the one helper for it).
 //! - [`text`]: cutting text to size (heads, tails, previews for logs).
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
+//! - [`conflicts`]: conflict prediction between the active tasks of a repository (here and on
+//!   other systems), the land order it implies, a task's diff against its target.
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
@@ -31,6 +33,7 @@ pub mod agents;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conflicts;
 pub mod daemon;
 pub mod dashboard;
 pub mod doctor;

@@ -70,6 +70,9 @@ pub struct TaskSummaryRowV1 {
     pub input_tokens: Option<i64>,
     #[serde(default)]
     pub output_tokens: Option<i64>,
+    /// The files the task touched so far, at most 200 (`conflicts`; none in older rows).
+    #[serde(default)]
+    pub touched_files: Vec<String>,
 }
 
 impl TaskSummaryRowV1 {
@@ -91,6 +94,7 @@ impl TaskSummaryRowV1 {
             cost_usd: None,
             input_tokens: None,
             output_tokens: None,
+            touched_files: Vec::new(),
         }
     }
 }
@@ -302,6 +306,14 @@ mod tests {
         assert_eq!(shipped(&new)["task_summary"][0]["state"], "complete");
         assert!(!new.payload.contains("prompt"), "the prompt is not stored: {}", new.payload);
         assert!(new.payload.contains(r#""v":1"#));
+        assert_eq!(shipped(&old)["task_summary"][0]["touched_files"], serde_json::json!([]));
+        let mut touched = TaskSummaryRowV1::of(&task);
+        touched.touched_files = vec!["src/a.rs".into(), "b.txt".into()];
+        let touched = row("task_summary", "k", serde_json::to_string(&touched).unwrap());
+        assert_eq!(
+            shipped(&touched)["task_summary"][0]["touched_files"],
+            serde_json::json!(["src/a.rs", "b.txt"])
+        );
 
         // The old forms as the node stored them (the schema types' serde form).
         let alert: Alert = serde_json::from_value(serde_json::json!({

@@ -65,6 +65,9 @@ pub struct TaskSummaryV1 {
     pub output_tokens: Option<i64>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The files the task touched (at most 200, relative to its repository), so that the
+    /// other systems' conflict prediction includes it; empty in rows written before.
+    pub touched_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,6 +170,7 @@ impl Item {
                     output_tokens: task.output_tokens,
                     created_at: task.created_at,
                     updated_at: task.updated_at,
+                    touched_files: task.touched_files,
                 })
             }
             "alert" => {

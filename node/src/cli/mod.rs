@@ -2,7 +2,7 @@
 //!
 //! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents.
 //! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
-//!   `dump-state`, `claims`, `backup`; [`alerts`], [`decide`]: what needs the operator;
+//!   `dump-state`, `claims`, `conflicts`, `backup`; [`alerts`], [`decide`]: what needs the operator;
 //!   [`dashboard`]: the web dashboard; [`sync`]: `ccm sync ...`; [`systems`]: `ccm systems`
 //!   and the fleet's names.
 //! - [`backend`]: where state changes go (the daemon's API, or SQLite when no daemon runs);
@@ -155,6 +155,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Conflicts predicted between active tasks: as the daemon last recorded them, or with
+    /// --fresh computed now for one repository (--repo, or the checkout around the current
+    /// directory) with git.
+    Conflicts {
+        /// The repository: a registered checkout's path or its remote URL.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Compute the prediction now (this system's tasks only) instead of reading the
+        /// daemon's.
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Open alerts (--all: resolved ones too); `ccm alerts ack ID` acknowledges one.
     Alerts(alerts::AlertsArgs),
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
@@ -257,6 +271,9 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::DumpState { json } => state::dump(&home, &config, json).await,
         Command::Backup { file } => state::backup(&home, &config, &file).await,
         Command::Claims { json } => state::claims(&home, &config, json).await,
+        Command::Conflicts { repo, fresh, json } => {
+            state::conflicts(&home, &config, repo.as_deref(), fresh, json, &cwd).await
+        }
         Command::Task(command) => task::run(&home, &config, command, &cwd).await,
         Command::Context(command) => {
             context::run(Backend::connect(&home, &config).await?, command, &cwd).await

@@ -1,5 +1,7 @@
-//! The node at a glance: `ccm status`, `ccm dump-state`, `ccm claims`, `ccm backup`.
+//! The node at a glance: `ccm status`, `ccm dump-state`, `ccm claims`, `ccm conflicts`,
+//! `ccm backup`.
 
+use anyhow::Context as _;
 use std::path::Path;
 
 use ccm_schema::types::short_id;
@@ -45,6 +47,71 @@ pub async fn claims(home: &Home, config: &Config, json: bool) -> anyhow::Result<
         change_requests: store.change_requests().await?,
     };
     print(json, &view, show_claims)
+}
+
+/// `ccm conflicts`: the recorded predictions (all repositories, or one), or a fresh one.
+pub async fn conflicts(
+    home: &Home,
+    config: &Config,
+    repo: Option<&str>,
+    fresh: bool,
+    json: bool,
+    cwd: &Path,
+) -> anyhow::Result<()> {
+    let store = open_store(home, config).await?;
+    let repo = match repo {
+        Some(repo) => Some(repo_key(&store, repo).await?),
+        None if fresh => {
+            let contexts = store.contexts().await?;
+            let place = crate::placement::Place::resolve(None, &contexts, cwd)?;
+            Some(place.repo().context(
+                "--fresh needs a repository: --repo, or run it in a registered checkout",
+            )?)
+        }
+        None => None,
+    };
+    let view: Vec<crate::daemon::RepoConflicts> = match (&repo, fresh) {
+        (Some(repo), true) => vec![crate::daemon::RepoConflicts {
+            repo: repo.clone(),
+            conflicts: crate::conflicts::predict(&store, repo).await?,
+        }],
+        _ => store
+            .all_conflicts()
+            .await?
+            .into_iter()
+            .filter(|(r, _)| repo.as_ref().is_none_or(|repo| repo == r))
+            .map(|(repo, conflicts)| crate::daemon::RepoConflicts { repo, conflicts })
+            .collect(),
+    };
+    print(json, &view, |view| {
+        let count: usize = view.iter().map(|r| r.conflicts.len()).sum();
+        if count == 0 {
+            println!("no conflicts predicted");
+        }
+        for r in view.iter().filter(|r| !r.conflicts.is_empty()) {
+            println!("{}", r.repo);
+            for c in &r.conflicts {
+                let from = &c.task.task_id;
+                println!("  {} ({}) {}", c.task.short_id, c.task.title, c.describe_from(from));
+            }
+        }
+    })
+}
+
+/// A task's `repo` for a repository the operator named: a registered checkout's path (or a
+/// path inside it) is its remote URL when it has one, else its path.
+async fn repo_key(store: &Store, repo: &str) -> anyhow::Result<String> {
+    let contexts = store.contexts().await?;
+    let path = std::fs::canonicalize(repo).ok();
+    let found = contexts.iter().find(|c| {
+        c.repo_url.as_deref() == Some(repo)
+            || c.path == repo
+            || path.as_ref().is_some_and(|p| p.starts_with(&c.path))
+    });
+    Ok(match found {
+        Some(c) => c.repo_url.clone().unwrap_or_else(|| c.path.clone()),
+        None => repo.to_string(),
+    })
 }
 
 fn show_claims(view: &crate::daemon::ClaimsView) {
@@ -142,6 +209,8 @@ fn show_dump(dump: &StateDump, sync: bool) {
             worktree: None,
             hook_events: 0,
             stale: None,
+            conflicts: Vec::new(),
+            touched_files: Vec::new(),
         });
         println!();
     }

@@ -70,6 +70,14 @@ pub enum TaskCommand {
         #[arg(long = "on", required = true, num_args = 1..)]
         on: Vec<String>,
     },
+    /// Print the task's branch against its target (what landing it would bring).
+    Diff {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// Files with their hunks, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the output of the task's latest agent.
     Logs {
         #[arg(value_parser = not_empty)]
@@ -170,6 +178,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     if let TaskCommand::Logs { id, follow, raw } = command {
         return logs(&open_store(home, config).await?, &id, follow, raw).await;
+    }
+    if let TaskCommand::Diff { id, json } = command {
+        let store = open_store(home, config).await?;
+        let diff = crate::conflicts::diff(&store, &id).await?;
+        return print(json, &diff, |diff| {
+            if diff.files.is_empty() {
+                println!("branch {} changes nothing against {}", diff.branch, diff.target);
+            }
+            print!("{}", diff.text);
+            if diff.truncated {
+                println!(
+                    "(cut at {} bytes; `git diff {}...{}` shows it whole)",
+                    crate::conflicts::DIFF_LIMIT,
+                    diff.target,
+                    diff.branch
+                );
+            }
+        });
     }
     let backend = Backend::connect(home, config).await?;
     match command {
@@ -336,7 +362,9 @@ pub async fn run(
             println!("task {} depends on {}", task.short_id(), deps.join(", "));
             Ok(())
         }
-        TaskCommand::Logs { .. } => unreachable!("handled before connecting"),
+        TaskCommand::Logs { .. } | TaskCommand::Diff { .. } => {
+            unreachable!("handled before connecting")
+        }
         TaskCommand::Event { id, event, reason } => {
             let event: TaskEvent =
                 serde_json::from_str(&event).with_context(|| format!("invalid event `{event}`"))?;
@@ -730,6 +758,19 @@ fn show_detail(detail: &TaskDetail) {
             );
         }
     }
+    if !detail.touched_files.is_empty() {
+        let more = detail.touched_files.len().saturating_sub(10);
+        let shown = detail.touched_files.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        println!("touched: {shown}{more}");
+    }
+    if !detail.conflicts.is_empty() {
+        println!("conflicts (predicted):");
+        let id = t.id.to_string();
+        for conflict in &detail.conflicts {
+            println!("  {}", conflict.describe_from(&id));
+        }
+    }
     println!("hook events: {}", detail.hook_events);
     println!("next:");
     println!("  ccm task logs {short} [--follow]     what the agent printed");
@@ -741,6 +782,9 @@ fn show_detail(detail: &TaskDetail) {
     }
     if detail.hook_events > 0 {
         println!("  ccm task show {short} --events       the hook timeline");
+    }
+    if t.repo.is_some() && !detail.runs.is_empty() {
+        println!("  ccm task diff {short}                its branch against the target");
     }
     if matches!(
         t.state,

@@ -13,6 +13,8 @@
 //! | `GET /api/tasks/{id}/events` | the task's hook events, oldest first |
 //! | `POST /api/hooks?system=&key=` | a hook event (Claude Code `http` hook body, or from `ccm hook`); answers in the CLI's JSON output format |
 //! | `GET /api/claims` | file claims and change requests |
+//! | `GET /api/conflicts?repo=` | the predicted conflicts of every repository with active tasks (or of one: a task's `repo`), as the predictor last recorded them: `[{"repo", "conflicts"}]` |
+//! | `GET /api/tasks/{id}/diff` | the task's branch against its target: `{"branch", "target", "base", "head", "files": [{"path", "status", "binary", "hunks": [{"header", "old_start", "new_start", "lines"}]}], "truncated"}` |
 //! | `POST /api/tasks/{id}/dependencies` | `{"depends_on": [ids]}`; a cycle answers 409 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
@@ -73,6 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/hooks", post(hook))
         .route("/tasks/{id}/events", get(task_events).post(task_event))
         .route("/claims", get(claims))
+        .route("/conflicts", get(conflicts))
+        .route("/tasks/{id}/diff", get(task_diff))
         .route("/agents", get(list_agents))
         .route("/decisions", get(list_decisions))
         .route("/alerts", get(list_alerts))
@@ -682,6 +686,41 @@ async fn claims(State(state): State<AppState>) -> Result<Json<ClaimsView>, ApiEr
         claims: state.store.claims().await?,
         change_requests: state.store.change_requests().await?,
     }))
+}
+
+/// Query of `GET /api/conflicts`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictsQuery {
+    repo: Option<String>,
+}
+
+/// One repository's recorded prediction.
+#[derive(Serialize, Deserialize)]
+pub struct RepoConflicts {
+    pub repo: String,
+    pub conflicts: Vec<crate::conflicts::PredictedConflict>,
+}
+
+async fn conflicts(
+    State(state): State<AppState>,
+    query: Result<Query<ConflictsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<RepoConflicts>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let all = state.store.all_conflicts().await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|(repo, _)| query.repo.as_ref().is_none_or(|r| r == repo))
+            .map(|(repo, conflicts)| RepoConflicts { repo, conflicts })
+            .collect(),
+    ))
+}
+
+async fn task_diff(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::conflicts::TaskDiff>, ApiError> {
+    Ok(Json(crate::conflicts::diff(&state.store, &id).await?))
 }
 
 async fn list_agents(

@@ -95,6 +95,19 @@ impl From<crate::placement::PlacementError> for ApiError {
     }
 }
 
+impl From<crate::conflicts::ConflictError> for ApiError {
+    fn from(error: crate::conflicts::ConflictError) -> Self {
+        use crate::conflicts::ConflictError;
+        match error {
+            ConflictError::Store(error) => error.into(),
+            ConflictError::NoBranch { .. } => ApiError::NotFound(error.to_string()),
+            ConflictError::Git { .. } | ConflictError::Spawn { .. } => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use api::{router, ClaimsView};
+pub use api::{router, ClaimsView, RepoConflicts};
 pub use batch::Batcher;
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -311,6 +311,13 @@ async fn start_tasks(
             runtime.run(memory).await
         }
     }));
+    let predictor = crate::conflicts::Predictor {
+        store: store.clone(),
+        central: sync_client.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let predictor =
+        tokio::spawn(supervise("conflicts", shutdown.clone(), move || predictor.clone().run()));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
     let notifiers = crate::notify::start(crate::notify::Context {
@@ -333,6 +340,7 @@ async fn start_tasks(
             ("scheduler", Some(scheduler)),
             ("runtime", Some(runtime_task)),
             ("spooler", Some(spooler)),
+            ("conflicts", Some(predictor)),
             ("sync", sync_task),
             ("routing", routing),
         ],

@@ -468,6 +468,9 @@ struct TaskPage {
     tokens_out: i64,
     depends_on: Vec<(String, String)>,
     claims: Vec<String>,
+    touched: Vec<String>,
+    /// Predicted conflicts: `(other task's id or empty for the target, line)`.
+    conflicts: Vec<(String, String)>,
     actions: Vec<(&'static str, &'static str, &'static str)>,
 }
 
@@ -620,6 +623,21 @@ pub async fn task(
                 .iter()
                 .filter(|c| c.task_id == id_text)
                 .map(|c| format!("{} {}", c.repo, c.path))
+                .collect(),
+            touched: detail.touched_files.clone(),
+            conflicts: detail
+                .conflicts
+                .iter()
+                .map(|c| {
+                    let other = match &c.other {
+                        Some(o) if o.task_id == id_text => &c.task,
+                        Some(o) => o,
+                        None => return (String::new(), c.describe_from(&id_text)),
+                    };
+                    let link =
+                        if other.system.is_none() { other.task_id.clone() } else { String::new() };
+                    (link, c.describe_from(&id_text))
+                })
                 .collect(),
             actions: actions(task.state),
         }))

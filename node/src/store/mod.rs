@@ -8,6 +8,7 @@
 //! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
 //! - `agents`: agents, attempts and reports, written by the agent runtime.
 //! - `hooks`: hook events and their effects, file claims and change requests.
+//! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -17,6 +18,7 @@
 
 mod agents;
 mod claims;
+mod conflicts;
 mod contexts;
 mod hooks;
 mod notify;
@@ -42,6 +44,7 @@ use uuid::Uuid;
 
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use claims::{ChangeRequest, Claim, Ownership};
+pub use conflicts::{ActiveRow, CONFLICT_ALERT};
 pub use contexts::ContextProbe;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
@@ -577,6 +580,14 @@ async fn outbox_task(tx: &mut Writing, task: &ccm_schema::Task, urgent: bool) ->
     .bind(task.id.hyphenated())
     .fetch_one(&mut **tx)
     .await?;
+    // What the task touched, for other systems' conflict prediction (`conflicts`).
+    let touched: Option<String> =
+        sqlx::query_scalar("SELECT files FROM task_touched WHERE task_id = ?")
+            .bind(task.id.hyphenated())
+            .fetch_optional(&mut **tx)
+            .await?;
+    row.touched_files = touched.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    row.touched_files.truncate(crate::conflicts::SHIPPED_FILES);
     outbox_rows(tx, &[(task.id.to_string(), row)], urgent).await
 }
 

@@ -82,6 +82,13 @@ pub struct TaskDetail {
     /// task's outcome (`result discarded: lease lost to beta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<String>,
+    /// Conflicts predicted between this task and other active tasks of its repository (or
+    /// its target), as the daemon's predictor last recorded them (`conflicts`).
+    #[serde(default)]
+    pub conflicts: Vec<crate::conflicts::PredictedConflict>,
+    /// The files the task touched, as the predictor last saw them (relative to its repository).
+    #[serde(default)]
+    pub touched_files: Vec<String>,
 }
 
 /// Input and output tokens.
@@ -457,6 +464,7 @@ impl Store {
                 .fetch_one(&mut *conn)
                 .await?;
         drop(conn);
+        let repo = task.repo.clone();
         Ok(TaskDetail {
             log,
             runs: self.attempts(id).await?,
@@ -467,6 +475,8 @@ impl Store {
             tokens: Tokens { input, output },
             hook_events,
             stale: self.routed_stale(id).await?,
+            conflicts: self.conflicts_of_task(id, repo.as_deref()).await?,
+            touched_files: self.touched_files(id).await?,
         })
     }
 }
