@@ -13,6 +13,8 @@
 //! - [`fs`]: writing a file atomically (the one helper for it).
 //! - [`text`]: cutting text to size (heads, tails, previews for logs).
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
+//! - [`land`]: landing finished tasks on their target branch through one queue per repository
+//!   and target (the daemon's `Lander`, `ccm land`).
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
@@ -37,6 +39,7 @@ pub mod doctor;
 pub mod fs;
 pub mod home;
 pub mod hooks;
+pub mod land;
 pub mod notify;
 pub mod placement;
 pub mod routing;

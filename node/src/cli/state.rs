@@ -142,6 +142,7 @@ fn show_dump(dump: &StateDump, sync: bool) {
             worktree: None,
             hook_events: 0,
             stale: None,
+            landing: None,
         });
         println!();
     }

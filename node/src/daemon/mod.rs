@@ -267,6 +267,14 @@ async fn start_tasks(
         }
         .start()
     });
+    let lander = crate::land::Lander::new(
+        store.clone(),
+        live.clone(),
+        home.clone(),
+        runtime.wake.clone(),
+        scheduler_wake.clone(),
+        shutdown.clone(),
+    );
     let bound = listeners.bound;
     let state = AppState::new(Shared {
         store: store.clone(),
@@ -277,6 +285,7 @@ async fn start_tasks(
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
         scheduler_wake: scheduler_wake.clone(),
         runtime_wake: runtime.wake.clone(),
+        land_wake: lander.wake.clone(),
         decisions: Arc::new(Notify::new()),
         home: home.root().to_path_buf(),
         hooks: hook_batcher(store.clone(), live.clone()),
@@ -303,6 +312,8 @@ async fn start_tasks(
             runtime.run(memory).await
         }
     }));
+    let land_task =
+        tokio::spawn(supervise("lander", shutdown.clone(), move || lander.clone().run()));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
     let notifiers = crate::notify::start(crate::notify::Context {
@@ -324,6 +335,7 @@ async fn start_tasks(
         tasks: vec![
             ("scheduler", Some(scheduler)),
             ("runtime", Some(runtime_task)),
+            ("lander", Some(land_task)),
             ("spooler", Some(spooler)),
             ("sync", sync_task),
             ("routing", routing),

@@ -82,6 +82,9 @@ pub struct TaskDetail {
     /// task's outcome (`result discarded: lease lost to beta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<String>,
+    /// The task's landing on its target branch, once it entered a land queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landing: Option<super::Landing>,
 }
 
 /// Input and output tokens.
@@ -431,10 +434,15 @@ impl Store {
         for (task, dep) in edges {
             deps.entry(task).or_default().push(parse_id(&dep)?);
         }
+        let landings: Vec<(String, ccm_schema::LandState)> =
+            sqlx::query_as("SELECT task_id, state FROM landings").fetch_all(&self.readers).await?;
+        let mut landings: HashMap<String, ccm_schema::LandState> = landings.into_iter().collect();
         for task in &mut tasks {
-            if let Some(d) = deps.remove(&task.id.to_string()) {
+            let id = task.id.to_string();
+            if let Some(d) = deps.remove(&id) {
                 task.depends_on = d;
             }
+            task.land_state = landings.remove(&id);
         }
         Ok(tasks)
     }
@@ -467,6 +475,7 @@ impl Store {
             tokens: Tokens { input, output },
             hook_events,
             stale: self.routed_stale(id).await?,
+            landing: self.landing(id).await?,
         })
     }
 }
@@ -615,6 +624,7 @@ async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config)
         updated_at: now,
         version: 1,
         depends_on,
+        land_state: None,
     })
 }
 
@@ -1179,6 +1189,12 @@ pub(super) async fn load_task(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Re
             .fetch_all(&mut *conn)
             .await?;
     task.depends_on = deps.iter().map(|(d,)| parse_id(d)).collect::<Result<_>>()?;
+    let land: Option<(ccm_schema::LandState,)> =
+        sqlx::query_as("SELECT state FROM landings WHERE task_id = ?")
+            .bind(id.hyphenated())
+            .fetch_optional(&mut *conn)
+            .await?;
+    task.land_state = land.map(|(state,)| state);
     Ok(task)
 }
 

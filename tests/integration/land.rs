@@ -1,0 +1,210 @@
+//! Landing finished tasks on their target branch (issue 23): real git (a checkout with `main`
+//! checked out, real worktrees, merges and rebases), the real daemon and the scripted agent
+//! (`tests/fixtures/fake-claude.sh`, mode `edit`: the prompt's first line `edit FILE TEXT`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
+use serde_json::Value;
+
+const SLOW: Duration = Duration::from_secs(90);
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh")
+}
+
+/// A home with the scripted `edit` agent, instant retries and `slots` agent slots, and a
+/// registered checkout whose `.ccm/config.yaml` holds `land` (a YAML section body).
+fn setup(name: &str, slots: u32, land: &str) -> (TestHome, String) {
+    let home = TestHome::new(name);
+    home.write_config(&format!(
+        "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\nruntime:\n  poll_ms: 50\nscheduler:\n  slots: {slots}\n\
+         profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: edit}}\n",
+        fixture().display()
+    ));
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    std::fs::create_dir_all(repo.join(".ccm")).unwrap();
+    std::fs::write(repo.join(".ccm/config.yaml"), format!("land:\n{land}")).unwrap();
+    // The project's configuration is the operator's, not part of the history under test.
+    std::fs::write(repo.join(".git/info/exclude"), ".ccm/\n").unwrap();
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    (home, repo)
+}
+
+fn add_task(home: &TestHome, repo: &str, prompt: &str, extra: &[&str]) -> String {
+    let mut args = vec!["task", "add", prompt, "--profile", "fake", "--repo", repo];
+    args.extend(extra);
+    home.run_json(&args)["id"].as_str().unwrap().to_string()
+}
+
+async fn task(daemon: &Daemon, id: &str) -> Value {
+    daemon.get(&format!("/api/tasks/{id}")).await.1
+}
+
+/// Waits until the task's land state is `state`, failing with its detail and the daemon's log.
+async fn wait_land(daemon: &Daemon, id: &str, state: &str) -> Value {
+    let reached =
+        wait_until(SLOW, || async { task(daemon, id).await["land_state"] == state }).await;
+    let detail = task(daemon, id).await;
+    assert!(reached, "task never reached land state {state}: {detail:#}\n{}", daemon.log_text());
+    detail
+}
+
+async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
+    let reached = wait_until(SLOW, || async { task(daemon, id).await["state"] == state }).await;
+    let detail = task(daemon, id).await;
+    assert!(reached, "task never reached {state}: {detail:#}\n{}", daemon.log_text());
+    detail
+}
+
+fn git(repo: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("git").arg("-C").arg(repo).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn ten_disjoint_tasks_land_one_after_another_with_auto_each_verified_merged() {
+    let work = tempfile::tempdir().unwrap();
+    let verify_log = work.path().join("verify.log");
+    let verify = format!(
+        "  auto: true\n  verify: 'echo \"$(git rev-parse HEAD) $(ls f*.txt | wc -l)\" >> {}'\n",
+        verify_log.display()
+    );
+    let (home, repo) = setup("land-ten", 4, &verify);
+    let daemon = home.start();
+    let base = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    let ids: Vec<String> =
+        (0..10).map(|i| add_task(&home, &repo, &format!("edit f{i}.txt line {i}"), &[])).collect();
+    for id in &ids {
+        wait_land(&daemon, id, "landed").await;
+    }
+
+    // Ten commits on main since the base, each subject carrying its task's short id.
+    let subjects = git(&repo, &["log", "--format=%s", &format!("{base}..main")]);
+    let subjects: Vec<&str> = subjects.lines().collect();
+    assert_eq!(subjects.len(), 10, "{subjects:?}");
+    for id in &ids {
+        let short = &id[..8];
+        assert_eq!(
+            subjects.iter().filter(|s| s.starts_with(&format!("[{short}]"))).count(),
+            1,
+            "{short} in {subjects:?}"
+        );
+    }
+    // Linear: every commit has one parent. The operator's tree followed (fast-forwards there).
+    assert_eq!(git(&repo, &["rev-list", "--merges", &format!("{base}..main")]).trim(), "");
+    assert_eq!(git(&repo, &["status", "--porcelain", "--untracked-files=no"]).trim(), "");
+    for i in 0..10 {
+        assert!(Path::new(&repo).join(format!("f{i}.txt")).exists(), "f{i}.txt");
+    }
+    // Every branch and worktree is gone.
+    assert_eq!(git(&repo, &["branch", "--list", "ccm/*"]).trim(), "");
+    let worktrees = git(&repo, &["worktree", "list"]);
+    assert_eq!(worktrees.lines().count(), 1, "{worktrees}");
+    let wait_gone = wait_until(SLOW, || async {
+        std::fs::read_dir(home.home().join("worktrees")).map_or(true, |d| d.count() == 0)
+    })
+    .await;
+    assert!(
+        wait_gone,
+        "{:?}",
+        std::fs::read_dir(home.home().join("worktrees")).unwrap().collect::<Vec<_>>()
+    );
+    // The verify ran on each merged result: ten runs, each on the commit main then moved to,
+    // with one more task file each time.
+    let log = std::fs::read_to_string(&verify_log).unwrap();
+    let runs: Vec<(&str, usize)> = log
+        .lines()
+        .map(|l| {
+            let (sha, count) = l.split_once(' ').unwrap();
+            (sha, count.trim().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(runs.len(), 10, "{log}");
+    let history = git(&repo, &["rev-list", "--reverse", &format!("{base}..main")]);
+    let history: Vec<&str> = history.lines().collect();
+    for (n, (sha, count)) in runs.iter().enumerate() {
+        assert_eq!(*sha, history[n], "run {n} verified the commit main moved to: {log}");
+        assert_eq!(*count, n + 1, "{log}");
+    }
+    // `ccm task list` and `ccm land status` say so.
+    let list = home.run_ok(&["task", "list"]);
+    assert_eq!(list.matches("landed").count(), 10, "{list}");
+    assert!(home.run_ok(&["land", "status"]).contains("no task waits to land"));
+}
+
+#[tokio::test]
+async fn semantic_conflict_is_refused_target_stays_and_the_task_gets_the_failing_output() {
+    let (home, repo) = setup("land-semantic", 2, "  auto: false\n");
+    let daemon = home.start();
+    let verify = "if [ -f a.txt ] && [ -f b.txt ]; then echo 'clash: a.txt and b.txt cannot both exist'; exit 1; fi";
+    let a = add_task(&home, &repo, "edit a.txt from a", &["--verify", verify]);
+    let b =
+        add_task(&home, &repo, "edit b.txt from b", &["--verify", verify, "--max-attempts", "2"]);
+    // Each passes its verify alone.
+    wait_state(&daemon, &a, "complete").await;
+    wait_state(&daemon, &b, "complete").await;
+    let plan = home.run_ok(&["land", "--plan", "--repo", &repo]);
+    assert!(plan.contains(&a[..8]) && plan.contains(&b[..8]), "{plan}");
+
+    home.run_ok(&["land", &a[..8], &b[..8]]);
+    wait_land(&daemon, &a, "landed").await;
+    let landed = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    let detail = wait_land(&daemon, &b, "land_failed").await;
+
+    // The target did not move for the second task.
+    assert_eq!(git(&repo, &["rev-parse", "main"]).trim(), landed);
+    assert!(!Path::new(&repo).join("b.txt").exists());
+    let landing = &detail["landing"];
+    assert_eq!(landing["old_head"], landed.as_str());
+    assert!(landing["verify_output"].as_str().unwrap().contains("clash"), "{landing}");
+    // Its next attempt carries the failing output and the newest head of the target.
+    let started = wait_until(SLOW, || async {
+        task(&daemon, &b).await["runs"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let detail = task(&daemon, &b).await;
+    assert!(started, "{detail:#}\n{}", daemon.log_text());
+    let prompt = detail["runs"][1]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("clash: a.txt and b.txt cannot both exist"), "{prompt}");
+    assert!(prompt.contains(&format!("git rebase {landed}")), "{prompt}");
+    let shown = home.run_ok(&["task", "show", &b[..8]]);
+    assert!(shown.contains("landing   land_failed on main"), "{shown}");
+}
+
+#[tokio::test]
+async fn conflicting_second_task_gets_an_attempt_with_the_conflict_resolves_it_and_lands() {
+    let (home, repo) = setup("land-conflict", 2, "  auto: false\n  mode: rebase\n");
+    let daemon = home.start();
+    let a = add_task(&home, &repo, "edit shared.txt written by a", &[]);
+    let b = add_task(&home, &repo, "edit shared.txt written by b", &[]);
+    wait_state(&daemon, &a, "complete").await;
+    wait_state(&daemon, &b, "complete").await;
+
+    home.run_ok(&["land", "--all", "--repo", &repo]);
+    wait_land(&daemon, &a, "landed").await;
+    let first = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    // The second conflicts, gets an attempt with the conflict in its prompt, rebases and
+    // resolves it (the scripted agent keeps both lines), completes again and lands.
+    let detail = wait_land(&daemon, &b, "landed").await;
+    let runs = detail["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{detail:#}");
+    let prompt = runs[1]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("Conflicting files: shared.txt"), "{prompt}");
+    assert!(prompt.contains("<<<<<<<") && prompt.contains(">>>>>>>"), "{prompt}");
+    assert!(prompt.contains(&format!("git rebase {first}")), "{prompt}");
+    let states: Vec<&str> =
+        detail["log"].as_array().unwrap().iter().map(|e| e["to_state"].as_str().unwrap()).collect();
+    assert!(states.windows(2).any(|w| w == ["complete", "error"]), "{states:?}");
+
+    let shared = std::fs::read_to_string(Path::new(&repo).join("shared.txt")).unwrap();
+    assert_eq!(shared, "written by a\nwritten by b\n");
+    let subjects = git(&repo, &["log", "--format=%s", "-2", "main"]);
+    assert!(subjects.lines().next().unwrap().starts_with(&format!("[{}]", &b[..8])), "{subjects}");
+    assert!(subjects.lines().nth(1).unwrap().starts_with(&format!("[{}]", &a[..8])), "{subjects}");
+    assert_eq!(git(&repo, &["branch", "--list", "ccm/*"]).trim(), "");
+}
