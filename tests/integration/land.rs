@@ -208,3 +208,106 @@ async fn conflicting_second_task_gets_an_attempt_with_the_conflict_resolves_it_a
     assert!(subjects.lines().nth(1).unwrap().starts_with(&format!("[{}]", &a[..8])), "{subjects}");
     assert_eq!(git(&repo, &["branch", "--list", "ccm/*"]).trim(), "");
 }
+
+/// A `reference-transaction` hook in the checkout that holds git while a marker file exists:
+/// `hold-main` right after `refs/heads/main` moved (committed), `hold-delete` before a task
+/// branch is deleted (prepared). Each says where it holds by touching `at-<marker>`.
+fn install_holds(repo: &str, marks: &Path) {
+    let hook = Path::new(repo).join(".git/hooks/reference-transaction");
+    let m = marks.display();
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+zero=0000000000000000000000000000000000000000
+while read old new ref; do
+    case "$1:$ref:$new" in
+    committed:refs/heads/main:*) mark=hold-main ;;
+    prepared:refs/heads/ccm/*:$zero) mark=hold-delete ;;
+    *) continue ;;
+    esac
+    if [ -f {m}/$mark ]; then
+        touch {m}/at-$mark
+        while [ -f {m}/$mark ]; do sleep 0.05; done
+    fi
+done
+exit 0
+"#
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// How often `main` moved (its reflog's entries).
+fn moves_of_main(repo: &str) -> usize {
+    git(repo, &["reflog", "show", "--format=%H", "refs/heads/main"]).lines().count()
+}
+
+async fn wait_file(path: &Path, daemon: &Daemon) {
+    let there = wait_until(SLOW, || async { path.exists() }).await;
+    assert!(there, "{} never appeared\n{}", path.display(), daemon.log_text());
+}
+
+#[tokio::test]
+async fn landing_killed_at_each_step_moves_the_target_once_and_finishes_once_after_restart() {
+    let marks = tempfile::tempdir().unwrap();
+    let m = marks.path();
+    let verify = format!(
+        "  auto: true\n  verify: 'if [ -f {m}/hold-verify ]; then touch {m}/at-hold-verify; while [ -f {m}/hold-verify ]; do sleep 0.05; done; fi'\n",
+        m = m.display()
+    );
+    let (home, repo) = setup("land-kill9", 1, &verify);
+    install_holds(&repo, m);
+    let moves = moves_of_main(&repo);
+    let base = git(&repo, &["rev-parse", "main"]).trim().to_string();
+
+    // 1. Killed after the merge, during its verify, before the target moves.
+    std::fs::write(m.join("hold-verify"), "").unwrap();
+    let mut daemon = home.start();
+    let one = add_task(&home, &repo, "edit one.txt 1", &[]);
+    wait_file(&m.join("at-hold-verify"), &daemon).await;
+    daemon.kill9();
+    assert_eq!(git(&repo, &["rev-parse", "main"]).trim(), base, "the target is untouched");
+    std::fs::remove_file(m.join("hold-verify")).unwrap();
+    let mut daemon = home.start();
+    wait_land(&daemon, &one, "landed").await;
+    assert_eq!(moves_of_main(&repo), moves + 1);
+
+    // 2. Killed after the target moved, before the landing recorded it.
+    std::fs::write(m.join("hold-main"), "").unwrap();
+    let two = add_task(&home, &repo, "edit two.txt 2", &[]);
+    wait_file(&m.join("at-hold-main"), &daemon).await;
+    daemon.kill9();
+    std::fs::remove_file(m.join("hold-main")).unwrap();
+    let moved = wait_until(SLOW, || async { moves_of_main(&repo) == moves + 2 }).await;
+    assert!(moved, "git finished the move it held");
+    let mut daemon = home.start();
+    wait_land(&daemon, &two, "landed").await;
+    assert_eq!(moves_of_main(&repo), moves + 2, "moved exactly once");
+
+    // 3. Killed after the target moved and was recorded, before the branch is deleted.
+    std::fs::write(m.join("hold-delete"), "").unwrap();
+    let three = add_task(&home, &repo, "edit three.txt 3", &[]);
+    wait_file(&m.join("at-hold-delete"), &daemon).await;
+    assert_eq!(task(&daemon, &three).await["land_state"], "moved");
+    daemon.kill9();
+    std::fs::remove_file(m.join("hold-delete")).unwrap();
+    let daemon = home.start();
+    let detail = wait_land(&daemon, &three, "landed").await;
+    assert_eq!(moves_of_main(&repo), moves + 3, "moved exactly once");
+
+    // Each landed once: one `landed` record each, the three commits in order, no branch left.
+    for id in [&one, &two, &three] {
+        let landing = task(&daemon, id).await["landing"].clone();
+        assert_eq!(landing["state"], "landed", "{landing}");
+    }
+    assert_eq!(detail["landing"]["restarts"], 0);
+    let subjects = git(&repo, &["log", "--format=%s", &format!("{base}..main")]);
+    let expected: Vec<String> =
+        [&three, &two, &one].iter().map(|id| format!("[{}]", &id[..8])).collect();
+    let got: Vec<&str> = subjects.lines().map(|s| s.split(' ').next().unwrap()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(git(&repo, &["branch", "--list", "ccm/*"]).trim(), "");
+}
