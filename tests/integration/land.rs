@@ -311,3 +311,53 @@ async fn landing_killed_at_each_step_moves_the_target_once_and_finishes_once_aft
     assert_eq!(got, expected);
     assert_eq!(git(&repo, &["branch", "--list", "ccm/*"]).trim(), "");
 }
+
+/// Gives a fleet node's checkout the landing policy `land` and excludes `.ccm/` from git.
+fn land_policy(node: &ccm_tests::fleet::Node, land: &str) -> String {
+    let clone = std::fs::canonicalize(node.home.work().join("app")).unwrap();
+    std::fs::create_dir_all(clone.join(".ccm")).unwrap();
+    std::fs::write(clone.join(".ccm/config.yaml"), format!("land:\n{land}")).unwrap();
+    std::fs::write(clone.join(".git/info/exclude"), ".ccm/\n").unwrap();
+    clone.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn two_systems_land_on_one_remote_one_at_a_time_through_the_central_lease() {
+    use ccm_tests::fleet::Fleet;
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", true, "edit");
+    let beta = fleet.node(2, "beta", true, "edit");
+    // A verify that takes a while, so that two landings without a lease would overlap.
+    let land = "  auto: true\n  push: true\n  verify: 'sleep 2'\n";
+    let alpha_repo = land_policy(&alpha, land);
+    let beta_repo = land_policy(&beta, land);
+    let (alpha, beta) = (alpha.up(), beta.up());
+    let a = alpha.add(&["edit alpha.txt from alpha", "--repo", &alpha_repo]);
+    let b = beta.add(&["edit beta.txt from beta", "--repo", &beta_repo]);
+    let a_detail = wait_land(alpha.daemon(), &a, "landed").await;
+    let b_detail = wait_land(beta.daemon(), &b, "landed").await;
+
+    // The remote's main has both commits, one after the other.
+    let bare = fleet.dir.path().join("app.git").to_string_lossy().into_owned();
+    let subjects = git(&bare, &["log", "--format=%s", "main"]);
+    let subjects: Vec<&str> = subjects.lines().collect();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    let mut firsts: Vec<String> =
+        subjects[..2].iter().map(|s| s.split(' ').next().unwrap().to_string()).collect();
+    firsts.sort();
+    let mut expected = vec![format!("[{}]", &a[..8]), format!("[{}]", &b[..8])];
+    expected.sort();
+    assert_eq!(firsts, expected);
+    assert_eq!(git(&bare, &["rev-list", "--merges", "main"]).trim(), "");
+    // One landing at a time: the two landings' spans do not overlap, and the second started
+    // from the first's result (no restart was needed).
+    let span = |d: &Value| {
+        let at = |k: &str| d["landing"][k].as_str().unwrap().to_string();
+        (at("started_at"), at("landed_at"))
+    };
+    let (a_span, b_span) = (span(&a_detail), span(&b_detail));
+    let (first, second) = if a_span.0 < b_span.0 { (&a_span, &b_span) } else { (&b_span, &a_span) };
+    assert!(first.1 <= second.0, "landings overlapped: {a_span:?} {b_span:?}");
+    assert_eq!(a_detail["landing"]["restarts"], 0, "{a_detail:#}");
+    assert_eq!(b_detail["landing"]["restarts"], 0, "{b_detail:#}");
+}

@@ -274,6 +274,7 @@ async fn start_tasks(
         runtime.wake.clone(),
         scheduler_wake.clone(),
         shutdown.clone(),
+        sync_client.clone(),
     );
     let bound = listeners.bound;
     let state = AppState::new(Shared {

@@ -44,6 +44,9 @@ const PASS_EVERY: Duration = Duration::from_secs(1);
 /// How often one job starts a landing again because its target moved, before it gives the
 /// queue back (the next pass goes on).
 const MAX_RESTARTS: u32 = 20;
+/// The fleet's land lease lasts the verify's time limit and this much more (at most an hour);
+/// it is renewed at each pass of the landing.
+const LEASE_MARGIN_SECS: u64 = 300;
 
 /// Why a landing step failed; the step runs again at the next pass.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +179,9 @@ pub struct Lander {
     pub runtime_wake: Arc<Notify>,
     pub scheduler_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// The central, when sync is on: a named lease per repository and target
+    /// (`api.acquire_lease`) keeps the landings of the whole fleet one at a time.
+    pub central: Option<ccm_sync::Client>,
     /// Queues (checkout, target) with a landing job in flight: one at a time per queue, any
     /// number of queues at once (a queue that waits holds up no other).
     running: Arc<Mutex<HashSet<(String, String)>>>,
@@ -189,6 +195,7 @@ impl Lander {
         runtime_wake: Arc<Notify>,
         scheduler_wake: Arc<Notify>,
         shutdown: CancellationToken,
+        central: Option<ccm_sync::Client>,
     ) -> Lander {
         Lander {
             store,
@@ -198,6 +205,7 @@ impl Lander {
             runtime_wake,
             scheduler_wake,
             shutdown,
+            central,
             running: Arc::default(),
         }
     }
@@ -286,6 +294,9 @@ impl Lander {
             return self.drop_from_queue(&task, &failure).await;
         }
         let policy = Policy::of(&self.store, self.home.root(), &task).await?;
+        if !self.fleet_lease(&task, &policy, &landing).await? {
+            return Ok(());
+        }
         let target = policy.target();
         let short = task.short_id();
         let branch = format!("ccm/{short}");
@@ -362,8 +373,10 @@ impl Lander {
                         .store
                         .land_step(task.id, LandEvent::Finished, &LandStep::default())
                         .await?;
-                    info!("landed");
-                    return self.after(landed);
+                    info!(restarts = landed.restarts, "landed");
+                    self.release_lease(&task, &policy).await;
+                    self.wake.notify_one();
+                    return Ok(());
                 }
                 LandState::Landed | LandState::LandFailed => return Ok(()),
             };
@@ -371,9 +384,56 @@ impl Lander {
         Ok(())
     }
 
-    fn after(&self, _landing: Landing) -> Result<()> {
-        self.wake.notify_one();
-        Ok(())
+    /// The central's name of a queue's lease: the repository's normalized URL and the target.
+    /// `None` for a repository known by its path only (no other system has it) or without sync.
+    fn lease_name(&self, task: &Task, policy: &Policy) -> Option<String> {
+        let repo = task.repo.as_deref().filter(|r| !r.starts_with('/'))?;
+        self.central.as_ref().filter(|c| c.has_token())?;
+        Some(format!("land:{repo}#{}", policy.target))
+    }
+
+    /// Takes (or renews) the fleet's lease of the task's queue; `false` when another system
+    /// holds it (the landing waits, saying so). Without sync, or when the central cannot be
+    /// reached, the landing goes on: the compare-and-swap move keeps the target right, the lease
+    /// only keeps systems from doing the same work twice.
+    async fn fleet_lease(&self, task: &Task, policy: &Policy, landing: &Landing) -> Result<bool> {
+        let (Some(name), Some(central)) = (self.lease_name(task, policy), &self.central) else {
+            return Ok(true);
+        };
+        let verify = self.live.current().runtime.verify_timeout_secs;
+        let ttl = u32::try_from(verify.saturating_add(LEASE_MARGIN_SECS)).unwrap_or(3600).min(3600);
+        let params = ccm_sync::wire::AcquireLeaseV1 { p_name: name, p_ttl_s: ttl, p_value: None };
+        let params = serde_json::to_value(&params).unwrap_or_default();
+        match central.call::<ccm_sync::wire::NamedLeaseV1>("acquire_lease", &params).await {
+            Ok(lease) if lease.held => Ok(true),
+            Ok(lease) => {
+                let reason = format!(
+                    "the fleet's land lease of {} is held by {}",
+                    policy.target,
+                    lease.holder.as_deref().unwrap_or("another system")
+                );
+                if landing.reason.as_deref() != Some(reason.as_str()) {
+                    self.store.note_landing(task.id, &reason).await?;
+                }
+                Ok(false)
+            }
+            Err(failure) => {
+                warn!(error = %failure.message, "cannot ask the central for the land lease; landing without it");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Gives the fleet's lease back once the landing ended.
+    async fn release_lease(&self, task: &Task, policy: &Policy) {
+        let (Some(name), Some(central)) = (self.lease_name(task, policy), &self.central) else {
+            return;
+        };
+        let params = serde_json::to_value(ccm_sync::wire::ReleaseLeaseV1 { p_name: name })
+            .unwrap_or_default();
+        if let Err(failure) = central.call::<serde_json::Value>("release_lease", &params).await {
+            warn!(error = %failure.message, "cannot give the land lease back; it runs out by itself");
+        }
     }
 
     /// The `landing` step: the merged result from the recorded head (or a new head, when the
@@ -422,7 +482,7 @@ impl Lander {
                     output: Some(diff),
                     target_head: old,
                 };
-                self.fail(task, &failure).await?;
+                self.fail(task, policy, &failure).await?;
                 return Ok(None);
             }
             Built::NothingToLand => {
@@ -461,7 +521,7 @@ impl Lander {
                     output: Some(output),
                     target_head: old,
                 };
-                self.fail(task, &failure).await?;
+                self.fail(task, policy, &failure).await?;
                 Ok(None)
             }
             Some(Ok(output)) => {
@@ -506,9 +566,10 @@ impl Lander {
     }
 
     /// Ends a failed landing: the task gets its next attempt (or a decision).
-    async fn fail(&self, task: &Task, failure: &LandFailure) -> Result<()> {
-        let policy = RetryPolicy::from(&*self.live.current());
-        self.store.fail_landing(task.id, failure, policy).await?;
+    async fn fail(&self, task: &Task, policy: &Policy, failure: &LandFailure) -> Result<()> {
+        let retry = RetryPolicy::from(&*self.live.current());
+        self.store.fail_landing(task.id, failure, retry).await?;
+        self.release_lease(task, policy).await;
         self.runtime_wake.notify_one();
         self.scheduler_wake.notify_one();
         Ok(())
