@@ -88,9 +88,14 @@ impl Policy {
         let Some(repo) = &task.repo else {
             return Err(LandError::NoRepository { task: task.short_id() });
         };
+        Policy::of_repo(store, home, repo).await
+    }
+
+    /// The policy of the repository `repo` (a task's `repo`: a normalized URL or a path).
+    pub async fn of_repo(store: &Store, home: &Path, repo: &str) -> Result<Policy> {
         let contexts = store.contexts().await?;
         let context = checkout_of(&contexts, repo)
-            .ok_or_else(|| LandError::NoCheckout { repo: repo.clone() })?;
+            .ok_or_else(|| LandError::NoCheckout { repo: repo.to_string() })?;
         let path = PathBuf::from(&context.path);
         let config =
             crate::config::load_checked(store, home, &path).await.map_err(LandError::Config)?;
@@ -232,19 +237,17 @@ impl Lander {
     /// One pass: complete tasks of `auto: true` repositories join their queue; each queue
     /// without a job in flight gets one for its first landing.
     pub async fn pass(&self) -> Result<()> {
-        for task in self.store.unqueued_complete().await? {
-            let policy = match Policy::of(&self.store, self.home.root(), &task).await {
-                Ok(policy) => policy,
-                Err(error) => {
-                    tracing::debug!(task = %task.short_id(), %error, "no land policy");
-                    continue;
-                }
-            };
-            // A task whose landing failed lands again once its new attempt is complete.
-            let failed_before = self.store.landing(task.id).await?.is_some();
+        // One policy per repository and pass: its configuration is read once.
+        let mut policies: BTreeMap<String, Option<Policy>> = BTreeMap::new();
+        for (id, repo, failed_before) in self.store.unqueued_complete().await? {
+            if !policies.contains_key(&repo) {
+                let policy = self.repo_policy(&repo).await;
+                policies.insert(repo.clone(), policy);
+            }
+            let Some(Some(policy)) = policies.get(&repo) else { continue };
             if (policy.configured && policy.land.auto) || failed_before {
-                let repo = policy.repo.to_string_lossy();
-                self.store.enqueue_landing(&task.id.to_string(), &repo, &policy.target).await?;
+                let checkout = policy.repo.to_string_lossy();
+                self.store.enqueue_landing(&id.to_string(), &checkout, &policy.target).await?;
             }
         }
         let mut firsts: BTreeMap<(String, String), Landing> = BTreeMap::new();
@@ -276,6 +279,19 @@ impl Lander {
 
     fn queues(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The policy of the repository `repo`; `None` when it has no checkout here or its
+    /// configuration does not load (said at debug level: most repositories have no policy, and
+    /// a broken file raises its own alert).
+    async fn repo_policy(&self, repo: &str) -> Option<Policy> {
+        match Policy::of_repo(&self.store, self.home.root(), repo).await {
+            Ok(policy) => Some(policy),
+            Err(error) => {
+                tracing::debug!(%repo, %error, "no land policy");
+                None
+            }
+        }
     }
 
     /// Carries one landing from where it is to its end (or to a wait).

@@ -266,12 +266,14 @@ impl Store {
             .filter(|l| l.state == LandState::LandFailed && l.attempt == attempts))
     }
 
-    /// Complete tasks that never entered a land queue, oldest first (auto landing enqueues
-    /// them when their repository's policy says `auto: true`).
-    pub async fn unqueued_complete(&self) -> Result<Vec<Task>> {
-        let ids: Vec<(String,)> = sqlx::query_as(
+    /// Complete tasks with a repository that are in no land queue, oldest first, each with its
+    /// repository and whether an earlier landing of it failed (such a task lands again once its
+    /// new attempt is complete, whatever `auto` says). One query; no task is loaded.
+    pub async fn unqueued_complete(&self) -> Result<Vec<(Uuid, String, bool)>> {
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
             r#"
-            SELECT t.id FROM tasks t
+            SELECT t.id, t.repo, EXISTS (SELECT 1 FROM landings l WHERE l.task_id = t.id)
+            FROM tasks t
             WHERE t.state = 'complete' AND t.repo IS NOT NULL
               AND NOT EXISTS (SELECT 1 FROM landings l WHERE l.task_id = t.id
                               AND (l.state <> 'land_failed' OR l.attempt = t.attempts))
@@ -280,12 +282,9 @@ impl Store {
         )
         .fetch_all(&self.readers)
         .await?;
-        let mut conn = self.readers.acquire().await?;
-        let mut tasks = Vec::with_capacity(ids.len());
-        for (id,) in ids {
-            tasks.push(load_task(&mut conn, super::tasks::parse_id(&id)?).await?);
-        }
-        Ok(tasks)
+        rows.into_iter()
+            .map(|(id, repo, failed)| Ok((super::tasks::parse_id(&id)?, repo, failed)))
+            .collect()
     }
 }
 
