@@ -361,3 +361,32 @@ async fn two_systems_land_on_one_remote_one_at_a_time_through_the_central_lease(
     assert_eq!(a_detail["landing"]["restarts"], 0, "{a_detail:#}");
     assert_eq!(b_detail["landing"]["restarts"], 0, "{b_detail:#}");
 }
+
+#[tokio::test]
+async fn landing_waits_for_a_dirty_operator_tree_saying_why_and_lands_once_it_is_clean() {
+    let (home, repo) = setup("land-dirty", 1, "  auto: true\n");
+    // The operator is editing a tracked file of the checkout, where `main` is checked out.
+    std::fs::write(Path::new(&repo).join("README.md"), "operator's edit\n").unwrap();
+    let base = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    let daemon = home.start();
+    let id = add_task(&home, &repo, "edit new.txt from the agent", &[]);
+    let waiting = wait_until(SLOW, || async {
+        home.run_ok(&["land", "status"]).contains("which has uncommitted changes (README.md)")
+    })
+    .await;
+    let status = home.run_ok(&["land", "status"]);
+    assert!(waiting, "{status}\n{}", daemon.log_text());
+    assert!(status.contains(&id[..8]) && status.contains("landing"), "{status}");
+    // Nothing of the operator's was touched: the edit is there, main has not moved.
+    assert_eq!(git(&repo, &["rev-parse", "main"]).trim(), base);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&repo).join("README.md")).unwrap(),
+        "operator's edit\n"
+    );
+    assert_eq!(task(&daemon, &id).await["land_state"], "merged");
+
+    git(&repo, &["checkout", "--", "README.md"]);
+    wait_land(&daemon, &id, "landed").await;
+    assert!(Path::new(&repo).join("new.txt").exists());
+    assert_ne!(git(&repo, &["rev-parse", "main"]).trim(), base);
+}
