@@ -390,3 +390,30 @@ async fn landing_waits_for_a_dirty_operator_tree_saying_why_and_lands_once_it_is
     assert!(Path::new(&repo).join("new.txt").exists());
     assert_ne!(git(&repo, &["rev-parse", "main"]).trim(), base);
 }
+
+#[tokio::test]
+async fn a_task_after_another_of_a_repository_with_a_land_policy_waits_until_it_landed() {
+    let (home, repo) = setup("land-after", 2, "  auto: false\n");
+    let daemon = home.start();
+    let a = add_task(&home, &repo, "edit a.txt from a", &[]);
+    // B starts only from a main that has A's work.
+    let b = add_task(
+        &home,
+        &repo,
+        "edit b.txt from b",
+        &["--after", &a[..8], "--verify", "test -f a.txt"],
+    );
+    wait_state(&daemon, &a, "complete").await;
+    // Complete is not enough: A has not landed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(task(&daemon, &b).await["state"], "created");
+
+    home.run_ok(&["land", &a[..8]]);
+    wait_land(&daemon, &a, "landed").await;
+    let detail = wait_state(&daemon, &b, "complete").await;
+    assert_eq!(detail["attempts"], 1, "{detail:#}");
+    home.run_ok(&["land", &b[..8]]);
+    wait_land(&daemon, &b, "landed").await;
+    let subjects = git(&repo, &["log", "--format=%s", "-2", "main"]);
+    assert!(subjects.starts_with(&format!("[{}]", &b[..8])), "{subjects}");
+}

@@ -237,6 +237,7 @@ impl Lander {
     /// One pass: complete tasks of `auto: true` repositories join their queue; each queue
     /// without a job in flight gets one for its first landing.
     pub async fn pass(&self) -> Result<()> {
+        self.record_policies().await?;
         // One policy per repository and pass: its configuration is read once.
         let mut policies: BTreeMap<String, Option<Policy>> = BTreeMap::new();
         for (id, repo, failed_before) in self.store.unqueued_complete().await? {
@@ -279,6 +280,22 @@ impl Lander {
 
     fn queues(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records which repositories have a landing policy, for the scheduler: a task that
+    /// depends on a task of one waits until that task has landed.
+    async fn record_policies(&self) -> Result<()> {
+        let mut policies = Vec::new();
+        for context in self.store.contexts().await? {
+            let repo = context.repo_url.clone().unwrap_or_else(|| context.path.clone());
+            if let Some(policy) = self.repo_policy(&repo).await.filter(|p| p.configured) {
+                policies.push((repo, policy.target, policy.land.auto));
+            }
+        }
+        if self.store.set_land_policies(&policies).await? {
+            self.scheduler_wake.notify_one();
+        }
+        Ok(())
     }
 
     /// The policy of the repository `repo`; `None` when it has no checkout here or its
@@ -392,6 +409,8 @@ impl Lander {
                     info!(restarts = landed.restarts, "landed");
                     self.release_lease(&task, &policy).await;
                     self.wake.notify_one();
+                    // Tasks that waited for this one to land.
+                    self.scheduler_wake.notify_one();
                     return Ok(());
                 }
                 LandState::Landed | LandState::LandFailed => return Ok(()),

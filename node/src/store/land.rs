@@ -237,6 +237,36 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the set of repositories with a landing policy (`repo` → target, auto), when it
+    /// changed; `true` when it did.
+    pub async fn set_land_policies(&self, policies: &[(String, String, bool)]) -> Result<bool> {
+        let current: Vec<(String, String, bool)> =
+            sqlx::query_as("SELECT repo, target, auto FROM land_policies ORDER BY repo")
+                .fetch_all(&self.readers)
+                .await?;
+        let mut wanted = policies.to_vec();
+        wanted.sort();
+        if current == wanted {
+            return Ok(false);
+        }
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM land_policies").execute(&mut *tx).await?;
+        let now = Timestamp::now();
+        for (repo, target, auto) in &wanted {
+            sqlx::query(
+                "INSERT INTO land_policies (repo, target, auto, updated_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(repo)
+            .bind(target)
+            .bind(auto)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The task's landing, if it ever entered a land queue.
     pub async fn landing(&self, task: Uuid) -> Result<Option<Landing>> {
         let mut conn = self.readers.acquire().await?;

@@ -116,9 +116,13 @@ impl From<&Config> for RetryPolicy {
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// SQL: the dependencies of the task `t` are all complete.
+/// A dependency of a repository with a landing policy (`land_policies`) counts once it landed.
 const DEPENDENCIES_COMPLETE: &str = "NOT EXISTS (
     SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
-    WHERE d.task_id = t.id AND dep.state <> 'complete')";
+    WHERE d.task_id = t.id AND (dep.state <> 'complete'
+        OR (EXISTS (SELECT 1 FROM land_policies p WHERE p.repo = dep.repo)
+            AND NOT EXISTS (SELECT 1 FROM landings l
+                            WHERE l.task_id = dep.id AND l.state = 'landed'))))";
 /// Tasks written by one statement at most (12 bound values each; SQLite takes 32,766).
 const INSERT_CHUNK: usize = 512;
 /// Tasks of an external profile admitted by one scheduler pass at most.
