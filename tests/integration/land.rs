@@ -417,3 +417,32 @@ async fn a_task_after_another_of_a_repository_with_a_land_policy_waits_until_it_
     let subjects = git(&repo, &["log", "--format=%s", "-2", "main"]);
     assert!(subjects.starts_with(&format!("[{}]", &b[..8])), "{subjects}");
 }
+
+#[tokio::test]
+async fn a_rebased_commit_without_the_task_id_lands_with_it_in_its_subject() {
+    let (home, repo) = setup("land-subjects", 1, "  auto: false\n");
+    let daemon = home.start();
+    let base = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    let id = add_task(&home, &repo, "edit one.txt from the agent", &[]);
+    wait_state(&daemon, &id, "complete").await;
+    let cleaned =
+        wait_until(SLOW, || async { task(&daemon, &id).await["worktree"].is_null() }).await;
+    assert!(cleaned, "the task's worktree was not cleaned up");
+    // A second commit on the task's branch whose subject lacks the id.
+    let extra = tempfile::tempdir().unwrap();
+    let extra = extra.path().join("wt");
+    let extra = extra.to_string_lossy();
+    git(&repo, &["worktree", "add", "-q", &extra, &format!("ccm/{}", &id[..8])]);
+    std::fs::write(Path::new(&*extra).join("two.txt"), "two\n").unwrap();
+    git(&extra, &["add", "two.txt"]);
+    git(&extra, &["commit", "-q", "-m", "a commit without the id"]);
+    git(&repo, &["worktree", "remove", &extra]);
+
+    home.run_ok(&["land", &id[..8]]);
+    wait_land(&daemon, &id, "landed").await;
+    let subjects = git(&repo, &["log", "--format=%s", &format!("{base}..main")]);
+    assert_eq!(
+        subjects.lines().collect::<Vec<_>>(),
+        [format!("[{}] a commit without the id", &id[..8]), format!("[{}] edit one.txt", &id[..8])],
+    );
+}

@@ -227,7 +227,14 @@ pub fn build(spec: &Build) -> Result<Built, WorktreeError> {
     let identity = ["-c", "user.name=ccm", "-c", "user.email=ccm@localhost"];
     let step = match spec.mode {
         LandMode::Rebase => {
-            run(&path, &[&identity[..], &["rebase", "--quiet", spec.old_head]].concat())
+            // Every landed commit's subject carries the task id: a commit of the agent's
+            // without it gets it in front, as the commit is replayed.
+            let tag = format!("[{}]", spec.short_id);
+            let exec = format!(
+                "msg=$(git log -1 --format=%B); case \"$msg\" in *'{tag}'*) ;; *) git commit --quiet --amend --no-verify -m \"{tag} $msg\" ;; esac"
+            );
+            let rebase = ["rebase", "--quiet", "--exec", &exec, spec.old_head];
+            run(&path, &[&identity[..], &rebase[..]].concat())
         }
         LandMode::Merge | LandMode::Pr => run(
             &path,
