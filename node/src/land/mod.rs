@@ -327,6 +327,13 @@ impl Lander {
             return self.drop_from_queue(&task, &failure).await;
         }
         let policy = Policy::of(&self.store, self.home.root(), &task).await?;
+        if policy.land.mode == crate::config::LandMode::Pr && !landing.state.in_progress() {
+            let reason = "land.mode `pr` (pull requests) is not supported by this build; use merge, rebase or squash";
+            if landing.reason.as_deref() != Some(reason) {
+                self.store.note_landing(task.id, reason).await?;
+            }
+            return Ok(());
+        }
         if !self.fleet_lease(&task, &policy, &landing).await? {
             return Ok(());
         }
@@ -336,11 +343,6 @@ impl Lander {
         for _ in 0..MAX_RESTARTS {
             landing = match landing.state {
                 LandState::LandQueued => {
-                    if policy.land.mode == crate::config::LandMode::Pr {
-                        let reason = "land.mode `pr` (pull requests) is not supported by this build; use merge, rebase or squash";
-                        self.store.note_landing(task.id, reason).await?;
-                        return Ok(());
-                    }
                     let head = self
                         .blocking({
                             let target = target.clone();
