@@ -62,6 +62,9 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Notifiers, routing rules, digests and health checks.
     pub notify: crate::notify::NotifyConfig,
+    /// The landing policy of the project's repository (its `.ccm/config.yaml`): without a
+    /// `land:` section, finished tasks are not landed.
+    pub land: Option<LandConfig>,
 }
 
 /// This system's identity.
@@ -254,6 +257,123 @@ pub struct WorktreeConfig {
     pub copy_files: Vec<String>,
     /// Command run with `sh -c` in each new worktree, such as `npm ci`.
     pub setup: Option<String>,
+}
+
+/// How a repository's finished tasks land on their target branch (`land:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LandConfig {
+    /// The branch work lands on; the checkout's default branch when unset.
+    pub target: Option<String>,
+    /// How the task's branch is put on the target.
+    pub mode: LandMode,
+    /// Land every task that passes its gate; otherwise wait for `ccm land`.
+    pub auto: bool,
+    /// Run the verify (the task's, or `verify` below) on the merged result before the target
+    /// moves.
+    pub verify_after_merge: bool,
+    /// A repository-wide verify for the merged result; the task's own when unset.
+    pub verify: Option<String>,
+    /// Also push the target to its remote after landing (never a force push).
+    pub push: bool,
+    /// The remote pushed to and fetched from.
+    pub remote: String,
+    /// Days the branches and worktrees of ended tasks are kept (`ccm gc`).
+    pub keep_days: u32,
+}
+
+impl Default for LandConfig {
+    fn default() -> Self {
+        LandConfig {
+            target: None,
+            mode: LandMode::Rebase,
+            auto: false,
+            verify_after_merge: true,
+            verify: None,
+            push: false,
+            remote: "origin".into(),
+            keep_days: 7,
+        }
+    }
+}
+
+/// How a task's branch lands (`land.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandMode {
+    /// A merge commit on the target whose subject carries the task id.
+    Merge,
+    /// The task's commits replayed onto the target's head (linear history).
+    Rebase,
+    /// One commit on the target, subject `[<short id>] <title>`.
+    Squash,
+    /// A pull request through the forge's API (not supported yet: such a landing waits, saying
+    /// so).
+    Pr,
+}
+
+impl<'de> Deserialize<'de> for LandMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let written = String::deserialize(deserializer)?;
+        [LandMode::Merge, LandMode::Rebase, LandMode::Squash, LandMode::Pr]
+            .into_iter()
+            .find(|mode| mode.as_str() == written)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown mode `{written}`, expected merge, rebase, squash or pr"
+                ))
+            })
+    }
+}
+
+impl LandMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LandMode::Merge => "merge",
+            LandMode::Rebase => "rebase",
+            LandMode::Squash => "squash",
+            LandMode::Pr => "pr",
+        }
+    }
+}
+
+impl LandConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        if let Some(target) = &self.target {
+            if !is_branch_name(target) {
+                return invalid(
+                    "land.target",
+                    "must be a branch name such as `main` (no spaces, `..`, `~^:?*[\\`, leading `-`)",
+                );
+            }
+        }
+        if self.verify.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return invalid(
+                "land.verify",
+                "must not be empty (leave it out to use the task's verify)",
+            );
+        }
+        if !is_branch_name(&self.remote) {
+            return invalid("land.remote", "must be a remote's name such as `origin`");
+        }
+        Ok(())
+    }
+}
+
+/// A name git accepts as a branch (the common rules of `git check-ref-format`).
+fn is_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.ends_with(".lock")
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.contains("//")
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
 }
 
 /// Which tool calls wait for a human, how long, and what happens when nobody answers.
@@ -664,6 +784,9 @@ impl Config {
         }
         self.sync.validate()?;
         self.notify.validate()?;
+        if let Some(land) = &self.land {
+            land.validate()?;
+        }
         for (name, profile) in &self.profiles {
             profile
                 .validate(name)
@@ -895,6 +1018,15 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   rules:
 #     - tools: [Bash]
 #       command: '^git push'
+# land:                  # landing finished tasks on the target branch (`ccm land`)
+#   target: main         # default: the checkout's default branch
+#   mode: rebase         # merge | rebase | squash | pr
+#   auto: false          # true: land every task that passes its gate
+#   verify_after_merge: true
+#   verify: cargo test   # default: the task's own verify
+#   push: false          # also push the target to its remote (never forced)
+#   remote: origin
+#   keep_days: 7         # ended tasks' branches and worktrees kept this long (`ccm gc`)
 # allowed_tools:         # tools a profile's agents use without asking (replaces its list)
 #   claude: [Bash, Edit, Write, NotebookEdit]
 # profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools}
@@ -1079,6 +1211,37 @@ mod tests {
                 .to_string();
         assert!(error.contains("key `approvals.rules[0].command`"), "{error}");
         assert!(error.contains("`git (push` is not a valid regular expression"), "{error}");
+    }
+
+    #[test]
+    fn a_land_section_is_read_with_its_defaults_and_bad_values_are_named() {
+        assert_eq!(defaults().land, None);
+        let land = load_yaml("land:\n  auto: true\n  mode: squash\n").unwrap().land.unwrap();
+        assert_eq!(
+            land,
+            LandConfig { auto: true, mode: LandMode::Squash, ..LandConfig::default() }
+        );
+        assert!(land.verify_after_merge);
+        assert!(!land.push);
+        for (yaml, expected) in [
+            (
+                "land:\n  mode: fast\n",
+                "key `land.mode`: unknown mode `fast`, expected merge, rebase, squash or pr",
+            ),
+            ("land:\n  atuo: true\n", "key `land.atuo`"),
+            ("land:\n  auto: sometimes\n", "key `land.auto`"),
+            (
+                "land:\n  target: 'my branch'\n",
+                "key `land.target`: must be a branch name such as `main`",
+            ),
+            ("land:\n  target: 'main'\n  verify: ' '\n", "key `land.verify`: must not be empty"),
+            ("land:\n  keep_days: -1\n", "key `land.keep_days`"),
+        ] {
+            let error = load_yaml(yaml).unwrap_err().to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
+        let error = load_yaml("land:\n  target: 'a b'\n").unwrap_err().to_string();
+        assert!(error.contains("(it is `a b`)"), "{error}");
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
 //! - [`conflicts`]: conflict prediction between the active tasks of a repository (here and on
 //!   other systems), the land order it implies, a task's diff against its target.
+//! - [`land`]: landing finished tasks on their target branch through one queue per repository
+//!   and target (the daemon's `Lander`, `ccm land`).
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
@@ -40,6 +42,7 @@ pub mod doctor;
 pub mod fs;
 pub mod home;
 pub mod hooks;
+pub mod land;
 pub mod notify;
 pub mod placement;
 pub mod routing;

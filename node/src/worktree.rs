@@ -536,7 +536,7 @@ static REPOSITORY_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<RepositoryLock>>>> 
     LazyLock::new(Mutex::default);
 
 /// The repository's lock (see [`REPOSITORY_LOCKS`]); `repo` is canonical.
-fn repository_lock(repo: &Path) -> Arc<RepositoryLock> {
+pub(crate) fn repository_lock(repo: &Path) -> Arc<RepositoryLock> {
     let mut locks = REPOSITORY_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
     locks.entry(repo.to_owned()).or_default().clone()
 }
@@ -554,7 +554,7 @@ fn repository_lock(repo: &Path) -> Arc<RepositoryLock> {
 /// It guards no data, so a panic while it was held left nothing to repair (poisoning is
 /// ignored).
 #[derive(Default)]
-struct RepositoryLock {
+pub(crate) struct RepositoryLock {
     state: Mutex<LockState>,
     changed: Condvar,
 }
@@ -579,7 +579,7 @@ impl RepositoryLock {
     }
 
     /// Waits for the lock, shared: to add a worktree.
-    fn shared(&self) -> Held<'_> {
+    pub(crate) fn shared(&self) -> Held<'_> {
         let mut state = self.state();
         state.shared_waiting += 1;
         while state.exclusive {
@@ -591,7 +591,7 @@ impl RepositoryLock {
     }
 
     /// Waits for the lock, exclusive: to prune, remove a worktree or delete a branch.
-    fn exclusive(&self) -> Held<'_> {
+    pub(crate) fn exclusive(&self) -> Held<'_> {
         let mut state = self.state();
         while state.exclusive || state.shared > 0 || state.shared_waiting > 0 {
             state = self.wait(state);
@@ -602,7 +602,7 @@ impl RepositoryLock {
 }
 
 /// A hold of a [`RepositoryLock`], released when dropped.
-struct Held<'a> {
+pub(crate) struct Held<'a> {
     lock: &'a RepositoryLock,
     exclusive: bool,
 }
@@ -620,12 +620,16 @@ impl Drop for Held<'_> {
     }
 }
 
-fn canonical(path: &Path) -> Result<PathBuf, WorktreeError> {
+pub(crate) fn canonical(path: &Path) -> Result<PathBuf, WorktreeError> {
     fs::canonicalize(path).map_err(|source| WorktreeError::Io { path: path.to_owned(), source })
 }
 
 /// `<root>/<repo-dir-name>-<short_id>`, absolute; creates the root when missing.
-fn worktree_path(repo: &Path, root: &Path, short_id: &str) -> Result<PathBuf, WorktreeError> {
+pub(crate) fn worktree_path(
+    repo: &Path,
+    root: &Path,
+    short_id: &str,
+) -> Result<PathBuf, WorktreeError> {
     fs::create_dir_all(root)
         .map_err(|source| WorktreeError::Io { path: root.to_owned(), source })?;
     let root = canonical(root)?;
@@ -1011,15 +1015,15 @@ fn remove_failed(repo: &Path, path: &Path, branch: &str, delete_branch: bool) {
 
 /// One entry of `git worktree list --porcelain`.
 #[derive(Debug)]
-struct ListedWorktree {
-    path: PathBuf,
+pub(crate) struct ListedWorktree {
+    pub(crate) path: PathBuf,
     /// Full ref (`refs/heads/...`); `None` when detached or bare.
-    branch: Option<String>,
+    pub(crate) branch: Option<String>,
     /// `Some` (maybe with an empty reason) when locked.
     locked: Option<String>,
 }
 
-fn list_worktrees(repo: &Path) -> Result<Vec<ListedWorktree>, WorktreeError> {
+pub(crate) fn list_worktrees(repo: &Path) -> Result<Vec<ListedWorktree>, WorktreeError> {
     let out = git(repo, &args!["worktree", "list", "--porcelain"])?;
     let mut entries = Vec::new();
     for block in out.split("\n\n") {
@@ -1178,7 +1182,7 @@ fn args_text(args: &[&OsStr]) -> String {
     args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
-fn run_git(dir: &Path, args: &[&OsStr]) -> Result<Output, WorktreeError> {
+pub(crate) fn run_git(dir: &Path, args: &[&OsStr]) -> Result<Output, WorktreeError> {
     git_command(dir, args).output().map_err(|source| WorktreeError::Spawn {
         command: format!("git {}", args_text(args)),
         dir: dir.to_owned(),
@@ -1196,7 +1200,7 @@ fn git_failure(dir: &Path, args: &[&OsStr], stdout: &[u8], stderr: &[u8]) -> Wor
 /// Runs git; its stdout on success. A run that died reading another worktree's
 /// administrative files while that worktree was being added changed nothing (see the module's
 /// invariants) and is run again, up to [`TRANSIENT_RETRIES`] times.
-fn git(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
+pub(crate) fn git(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
     use backon::{BlockingRetryable, ConstantBuilder};
     let backoff =
         ConstantBuilder::default().with_delay(TRANSIENT_PAUSE).with_max_times(TRANSIENT_RETRIES);
@@ -1229,7 +1233,7 @@ fn git_once(dir: &Path, args: &[&OsStr]) -> Result<String, WorktreeError> {
 
 /// Runs a git command whose exit status 1 means "no such thing" (`config --get`,
 /// `rev-parse --verify --quiet`, `symbolic-ref --quiet`): `None` then.
-fn git_maybe(dir: &Path, args: &[&OsStr]) -> Result<Option<String>, WorktreeError> {
+pub(crate) fn git_maybe(dir: &Path, args: &[&OsStr]) -> Result<Option<String>, WorktreeError> {
     let out = run_git(dir, args)?;
     match out.status.code() {
         Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
@@ -1241,7 +1245,7 @@ fn git_maybe(dir: &Path, args: &[&OsStr]) -> Result<Option<String>, WorktreeErro
 /// Runs a git command that talks to a remote, abandoning it after [`REMOTE_UPDATE_TIMEOUT`].
 /// It runs in its own process group so that its helpers (ssh, credential helpers) are stopped
 /// with it.
-fn git_remote(dir: &Path, args: &[&OsStr]) -> Result<(), WorktreeError> {
+pub(crate) fn git_remote(dir: &Path, args: &[&OsStr]) -> Result<(), WorktreeError> {
     let mut cmd = git_command(dir, args);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn().map_err(|source| WorktreeError::Spawn {

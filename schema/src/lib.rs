@@ -2,7 +2,8 @@
 //! SQLite migrations of the node's local store.
 //!
 //! - [`state`]: [`TaskState`], [`TaskEvent`] and the pure [`transition`] function that decides
-//!   every state change and the effects the node must carry out. It does no IO.
+//!   every state change and the effects the node must carry out; [`LandState`] and the pure
+//!   [`land_transition`] for a complete task's landing (a sub-state). It does no IO.
 //! - [`types`]: the domain records (tasks, log entries, contexts, alerts, decisions) as they are
 //!   stored and shown, and [`Timestamp`].
 //! - [`repo_url`]: normalization of git remote URLs, so one repository has one name everywhere.
@@ -15,7 +16,8 @@ pub mod state;
 pub mod types;
 
 pub use state::{
-    backoff, transition, Effect, FailureClass, TaskEvent, TaskState, Transition, TransitionError,
+    backoff, land_transition, transition, Effect, FailureClass, LandEvent, LandState,
+    LandTransitionError, TaskEvent, TaskState, Transition, TransitionError,
 };
 pub use types::{
     Agent, AgentKind, AgentStatus, Alert, Attempt, Context, Decision, DecisionKind, Report,

@@ -14,6 +14,16 @@
 //!                                    └─quota_exhausted→ waiting_quota ─quota_reset→ queued
 //! created ─dependency_failed→ blocked;  any unfinished state ─cancel→ cancelled
 //! blocked | failed | alert | cancelled ─retry→ created (attempts reset);  alert ─accept→ complete
+//! complete ─land_failed→ error (a landing that conflicts or fails its verify: a new attempt)
+//! ```
+//!
+//! Landing is a sub-state of `complete` ([`LandState`], moved by [`land_transition`]):
+//!
+//! ```text
+//! (none) | land_failed ─enqueue→ land_queued ─begin→ landing ─merged→ merged ─moved→ moved ─finished→ landed
+//!                                    ▲  (wait)           │  (target_moved: start again) │
+//!                                    └───────────────────┴──────────────────────────────┘ (before `moved`)
+//! landing | merged ─failed→ land_failed
 //! ```
 
 use std::fmt;
@@ -145,6 +155,8 @@ pub enum FailureClass {
     Transient,
     /// An error no retry can fix.
     Fatal,
+    /// The task's branch conflicts with its landing target.
+    Conflict,
 }
 
 impl FailureClass {
@@ -161,6 +173,7 @@ impl fmt::Display for FailureClass {
             FailureClass::VerifyFailed => "verify_failed",
             FailureClass::Transient => "transient",
             FailureClass::Fatal => "fatal",
+            FailureClass::Conflict => "conflict",
         })
     }
 }
@@ -209,6 +222,9 @@ pub enum TaskEvent {
     Cancel,
     /// The operator runs a stopped task again, with a fresh attempt budget.
     Retry,
+    /// Landing a complete task failed (a conflict with the target, or the verify on the merged
+    /// result): weighed against the attempt budget like a failed attempt.
+    LandFailed { class: FailureClass },
 }
 
 impl TaskEvent {
@@ -230,6 +246,7 @@ impl TaskEvent {
             TaskEvent::Accept => "accept",
             TaskEvent::Cancel => "cancel",
             TaskEvent::Retry => "retry",
+            TaskEvent::LandFailed { .. } => "land_failed",
         }
     }
 
@@ -244,7 +261,7 @@ impl TaskEvent {
             TaskEvent::ReportReady { supervised: false } => TaskState::Complete,
             TaskEvent::Verdict { ok: true } | TaskEvent::Accept => TaskState::Complete,
             TaskEvent::Verdict { ok: false } => TaskState::Alert,
-            TaskEvent::Failed { .. } => TaskState::Error,
+            TaskEvent::Failed { .. } | TaskEvent::LandFailed { .. } => TaskState::Error,
             TaskEvent::Resolve { class, attempt, max_attempts } => {
                 resolution(class, attempt, max_attempts)
             }
@@ -325,6 +342,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         (S::Queued | S::Executing | S::ReportGeneration | S::Supervisory, Ev::Failed { class }) => {
             go(S::Error, vec![E::Assess { class }])
         }
+        (S::Complete, Ev::LandFailed { class }) => go(S::Error, vec![E::Assess { class }]),
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
             let to = resolution(class, attempt, max_attempts);
             let effects = match to {
@@ -361,6 +379,153 @@ fn resolution(class: FailureClass, attempt: u32, max_attempts: u32) -> TaskState
         TaskState::Retry
     } else {
         TaskState::Blocked
+    }
+}
+
+/// Where a `complete` task's landing is: a sub-state kept in the node's `landings` table, one
+/// spelling for SQLite, JSON and messages. `landing`, `merged` and `moved` are the durable steps
+/// of one landing in progress (at most one per repository and target), so that a restart knows
+/// whether the target already moved.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum LandState {
+    /// Waiting in its repository's land queue.
+    LandQueued,
+    /// The target's newest head is being merged with the task's branch (and verified).
+    Landing,
+    /// The merged result passed its verify; the target has not moved yet.
+    Merged,
+    /// The target moved to the merged result; the task's branch and worktree remain to go.
+    Moved,
+    /// On the target, branch and worktree gone.
+    Landed,
+    /// The last landing failed (conflict or verify); the task got a new attempt or a decision.
+    LandFailed,
+}
+
+impl LandState {
+    pub const ALL: [LandState; 6] = [
+        LandState::LandQueued,
+        LandState::Landing,
+        LandState::Merged,
+        LandState::Moved,
+        LandState::Landed,
+        LandState::LandFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LandState::LandQueued => "land_queued",
+            LandState::Landing => "landing",
+            LandState::Merged => "merged",
+            LandState::Moved => "moved",
+            LandState::Landed => "landed",
+            LandState::LandFailed => "land_failed",
+        }
+    }
+
+    /// A landing in progress: holds its queue's lease.
+    pub fn in_progress(self) -> bool {
+        matches!(self, LandState::Landing | LandState::Merged | LandState::Moved)
+    }
+
+    /// What a `complete` task is shown as: `land_queued`, `landing` (any step of one),
+    /// `landed` or `land_failed`.
+    pub fn label(self) -> &'static str {
+        if self.in_progress() {
+            "landing"
+        } else {
+            self.as_str()
+        }
+    }
+}
+
+impl fmt::Display for LandState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LandState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LandState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let all: Vec<_> = LandState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown land state `{s}`, expected one of: {}", all.join(", "))
+        })
+    }
+}
+
+/// Something that happened to a landing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandEvent {
+    /// The task is put in its land queue (by `auto: true`, or `ccm land`).
+    Enqueue,
+    /// The queue's lease is taken: the landing starts from the target's newest head.
+    Begin,
+    /// The task's branch is merged with the target's head and the result passed its verify.
+    Merged,
+    /// The target moved (a compare-and-swap from the head the landing started from).
+    Moved,
+    /// The task's branch and worktree are gone.
+    Finished,
+    /// The target moved meanwhile: start again from its new head.
+    TargetMoved,
+    /// The landing cannot go on now (the operator's tree is dirty); back in the queue.
+    Wait,
+    /// A conflict, or the verify failed on the merged result.
+    Failed,
+}
+
+impl LandEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            LandEvent::Enqueue => "enqueue",
+            LandEvent::Begin => "begin",
+            LandEvent::Merged => "merged",
+            LandEvent::Moved => "moved",
+            LandEvent::Finished => "finished",
+            LandEvent::TargetMoved => "target_moved",
+            LandEvent::Wait => "wait",
+            LandEvent::Failed => "failed",
+        }
+    }
+}
+
+/// A landing event that is not legal in the landing's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal landing move: event `{event}` is not allowed {}", match from {
+    Some(state) => format!("in land state {state}"),
+    None => "before the task is in a land queue".to_string(),
+})]
+pub struct LandTransitionError {
+    pub from: Option<LandState>,
+    pub event: &'static str,
+}
+
+/// The next land state. `None` is a task not (yet) in a land queue. Once the target moved
+/// (`moved`) the landing can only finish: the move happened exactly once and is never undone.
+pub fn land_transition(
+    from: Option<LandState>,
+    event: LandEvent,
+) -> Result<LandState, LandTransitionError> {
+    use LandEvent as Ev;
+    use LandState as S;
+    match (from, event) {
+        (None | Some(S::LandFailed | S::LandQueued), Ev::Enqueue) => Ok(S::LandQueued),
+        (Some(S::LandQueued), Ev::Begin) => Ok(S::Landing),
+        (Some(S::Landing), Ev::Merged) => Ok(S::Merged),
+        (Some(S::Landing | S::Merged), Ev::TargetMoved) => Ok(S::Landing),
+        (Some(S::Merged), Ev::Moved) => Ok(S::Moved),
+        (Some(S::Moved), Ev::Finished) => Ok(S::Landed),
+        (Some(S::Landing | S::Merged), Ev::Wait) => Ok(S::LandQueued),
+        (Some(S::Landing | S::Merged), Ev::Failed) => Ok(S::LandFailed),
+        (from, event) => Err(LandTransitionError { from, event: event.name() }),
     }
 }
 
@@ -596,6 +761,98 @@ mod tests {
         let delays: Vec<_> = (1..=5).map(|a| backoff(base, cap, a).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);
         assert_eq!(backoff(base, cap, u32::MAX), cap);
+    }
+
+    fn land(from: Option<LandState>, event: LandEvent, expected: Result<LandState, &str>) {
+        let actual = land_transition(from, event).map_err(|e| e.to_string());
+        assert_eq!(
+            actual,
+            expected.map_err(str::to_string),
+            "land_transition({from:?}, {event:?})"
+        );
+    }
+
+    #[test]
+    fn a_landing_goes_from_the_queue_through_its_steps_to_landed() {
+        use LandEvent::*;
+        use LandState::*;
+        land(None, Enqueue, Ok(LandQueued));
+        land(Some(LandQueued), Begin, Ok(Landing));
+        land(Some(Landing), LandEvent::Merged, Ok(LandState::Merged));
+        land(Some(LandState::Merged), LandEvent::Moved, Ok(LandState::Moved));
+        land(Some(LandState::Moved), Finished, Ok(Landed));
+    }
+
+    #[test]
+    fn a_moved_target_restarts_the_landing_and_a_dirty_tree_requeues_it() {
+        use LandEvent::*;
+        use LandState::*;
+        land(Some(Landing), TargetMoved, Ok(Landing));
+        land(Some(LandState::Merged), TargetMoved, Ok(Landing));
+        land(Some(Landing), Wait, Ok(LandQueued));
+        land(Some(LandState::Merged), Wait, Ok(LandQueued));
+    }
+
+    #[test]
+    fn a_failed_landing_can_be_queued_again_but_a_moved_target_only_finishes() {
+        use LandEvent::*;
+        use LandState::*;
+        land(Some(Landing), Failed, Ok(LandFailed));
+        land(Some(LandState::Merged), Failed, Ok(LandFailed));
+        land(Some(LandFailed), Enqueue, Ok(LandQueued));
+        land(
+            Some(LandState::Moved),
+            Failed,
+            Err("illegal landing move: event `failed` is not allowed in land state moved"),
+        );
+        land(
+            Some(LandState::Moved),
+            TargetMoved,
+            Err("illegal landing move: event `target_moved` is not allowed in land state moved"),
+        );
+        land(
+            Some(Landed),
+            Enqueue,
+            Err("illegal landing move: event `enqueue` is not allowed in land state landed"),
+        );
+        land(
+            None,
+            Begin,
+            Err("illegal landing move: event `begin` is not allowed before the task is in a land queue"),
+        );
+    }
+
+    #[test]
+    fn a_landing_that_fails_gives_a_complete_task_a_new_attempt_or_a_decision() {
+        use TaskState::*;
+        let conflict = TaskEvent::LandFailed { class: FailureClass::Conflict };
+        check(
+            Complete,
+            conflict,
+            Ok((Error, vec![Effect::Assess { class: FailureClass::Conflict }])),
+        );
+        check(
+            Error,
+            resolve(FailureClass::Conflict, 1),
+            Ok((Retry, vec![Effect::ScheduleRetry { attempt: 1 }])),
+        );
+        check(
+            Executing,
+            conflict,
+            Err("illegal transition from executing to error: event `land_failed` is not allowed in state executing"),
+        );
+    }
+
+    #[test]
+    fn land_states_round_trip_and_in_progress_ones_read_as_landing() {
+        for state in LandState::ALL {
+            assert_eq!(state.as_str().parse::<LandState>(), Ok(state));
+        }
+        let labels: Vec<_> = LandState::ALL.iter().map(|s| s.label()).collect();
+        assert_eq!(
+            labels,
+            ["land_queued", "landing", "landing", "landing", "landed", "land_failed"]
+        );
     }
 
     #[test]

@@ -118,6 +118,21 @@ pub struct Task {
     /// Tasks that must be complete before this one is queued.
     #[sqlx(skip)]
     pub depends_on: Vec<Uuid>,
+    /// Where a `complete` task's landing is (`landed`, ...), once it entered a land queue.
+    #[sqlx(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub land_state: Option<crate::state::LandState>,
+}
+
+impl Task {
+    /// The state as shown: a complete task's land state reads in its place (`landed`,
+    /// `landing`, `land_queued`, `land_failed`).
+    pub fn shown_state(&self) -> &'static str {
+        match (self.state, self.land_state) {
+            (crate::state::TaskState::Complete, Some(land)) => land.label(),
+            (state, _) => state.as_str(),
+        }
+    }
 }
 
 impl Task {

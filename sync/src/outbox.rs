@@ -291,6 +291,7 @@ mod tests {
             updated_at: Timestamp(1_700_000_001_000),
             version: 7,
             depends_on: vec![],
+            land_state: None,
         }
     }
 

@@ -48,6 +48,29 @@ pub struct RangeV1 {
     pub seq_hi: i64,
 }
 
+/// Parameters of `api.acquire_lease` (migration `20261130170000_named_leases.sql`): take or
+/// renew the named lease `p_name` of the caller's owner for `p_ttl_s` seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcquireLeaseV1 {
+    pub p_name: String,
+    pub p_ttl_s: u32,
+    pub p_value: Option<String>,
+}
+
+/// Parameters of `api.release_lease`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseLeaseV1 {
+    pub p_name: String,
+}
+
+/// The answer of `api.acquire_lease`: whether the caller holds the lease, and who does.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedLeaseV1 {
+    pub held: bool,
+    #[serde(default)]
+    pub holder: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskSummaryV1 {
     pub seq: i64,

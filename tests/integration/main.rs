@@ -13,6 +13,7 @@ mod gemini_codex;
 mod hardening;
 mod hooks;
 mod init;
+mod land;
 mod messages;
 mod notify;
 mod prompts;

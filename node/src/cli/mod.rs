@@ -1,6 +1,7 @@
 //! The `ccm` command: argument parsing (clap), and a module per verb group.
 //!
-//! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents.
+//! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents; [`land`]:
+//!   `ccm land` and `ccm land status`.
 //! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
 //!   `dump-state`, `claims`, `conflicts`, `backup`; [`alerts`], [`decide`]: what needs the operator;
 //!   [`dashboard`]: the web dashboard; [`sync`]: `ccm sync ...`; [`systems`]: `ccm systems`
@@ -18,6 +19,7 @@ mod context;
 mod daemon;
 mod dashboard;
 mod decide;
+mod land;
 mod logs;
 mod output;
 mod setup;
@@ -125,6 +127,9 @@ enum Command {
     #[command(subcommand)]
     Task(task::TaskCommand),
     /// Repository checkouts registered on this system.
+    /// Land finished tasks on their repository's target branch (`ccm land ID...`, `--all`,
+    /// `--plan`), or show the land queues (`ccm land status`).
+    Land(land::LandArgs),
     #[command(subcommand)]
     Context(context::ContextCommand),
     /// Agents: list them, attach a terminal to one, kill one.
@@ -275,6 +280,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
             state::conflicts(&home, &config, repo.as_deref(), fresh, json, &cwd).await
         }
         Command::Task(command) => task::run(&home, &config, command, &cwd).await,
+        Command::Land(args) => land::run(&home, &config, args, &cwd).await,
         Command::Context(command) => {
             context::run(Backend::connect(&home, &config).await?, command, &cwd).await
         }

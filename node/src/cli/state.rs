@@ -211,6 +211,7 @@ fn show_dump(dump: &StateDump, sync: bool) {
             stale: None,
             conflicts: Vec::new(),
             touched_files: Vec::new(),
+            landing: None,
         });
         println!();
     }

@@ -640,9 +640,9 @@ fn show_tasks(tasks: &[Task], stale: &std::collections::HashMap<uuid::Uuid, Stri
             vec![
                 t.short_id(),
                 if stale.contains_key(&t.id) {
-                    format!("{} (stale)", t.state)
+                    format!("{} (stale)", t.shown_state())
                 } else {
-                    t.state.to_string()
+                    t.shown_state().to_string()
                 },
                 t.priority.to_string(),
                 format!("{}/{}", t.attempts, t.max_attempts),
@@ -658,7 +658,7 @@ pub(super) fn show_task(detail: &TaskDetail) {
     println!("task {}  {}", t.id, t.title);
     println!(
         "  state     {}{}  (attempts {}/{}, priority {})",
-        t.state,
+        t.shown_state(),
         if detail.stale.is_some() { " (stale)" } else { "" },
         t.attempts,
         t.max_attempts,
@@ -666,6 +666,27 @@ pub(super) fn show_task(detail: &TaskDetail) {
     );
     if let Some(why) = &detail.stale {
         println!("  stale     {why}; the fleet's result is on the task's origin");
+    }
+    if let Some(landing) = &detail.landing {
+        let head = |h: &Option<String>| {
+            h.as_deref().map_or("-".to_string(), |h| h[..h.len().min(10)].to_string())
+        };
+        println!(
+            "  landing   {} on {} in {} (from {} to {}{})",
+            landing.state,
+            landing.target,
+            landing.repo,
+            head(&landing.old_head),
+            head(&landing.new_head),
+            if landing.restarts > 0 {
+                format!(", {} restarts", landing.restarts)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(reason) = &landing.reason {
+            println!("            {reason}");
+        }
     }
     println!(
         "  profile   {}{}",

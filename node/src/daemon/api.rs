@@ -86,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route("/routed/stale", get(stale_routed))
         .route("/routed/{id}/control", post(control_routed))
         .route("/routing", get(routing_status))
+        .route("/land", get(land_status).post(land_tasks))
+        .route("/land/plan", get(land_plan))
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
         .route("/sync/pause", post(sync_pause))
@@ -809,4 +811,37 @@ async fn remove_context(
     Path(key): Path<String>,
 ) -> Result<Json<Context>, ApiError> {
     Ok(Json(state.store.remove_context(&key).await?))
+}
+
+/// `POST /api/land`: queues tasks for landing; answers their landings.
+async fn land_tasks(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<crate::land::LandRequest>,
+) -> Result<Json<Vec<crate::store::Landing>>, ApiError> {
+    let landings = crate::land::enqueue_request(&state.store, &state.home, &body).await?;
+    state.land_wake.notify_one();
+    Ok(Json(landings))
+}
+
+/// `GET /api/land`: every land queue with what each entry waits for.
+async fn land_status(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<crate::land::Queue>>, ApiError> {
+    Ok(Json(crate::land::status(&state.store).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    #[serde(default)]
+    repo: Option<PathBuf>,
+}
+
+/// `GET /api/land/plan?repo=PATH`: the finished, unlanded tasks in queue order.
+async fn land_plan(
+    State(state): State<AppState>,
+    query: Result<Query<PlanQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<crate::land::PlannedTask>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(Json(crate::land::plan(&state.store, &state.home, query.repo.as_deref()).await?))
 }

@@ -123,6 +123,9 @@ impl From<StoreError> for ApiError {
             StoreError::Transition(_) => {
                 ApiError::Conflict { code: "illegal_transition", message: error.to_string() }
             }
+            StoreError::Land(_) => {
+                ApiError::Conflict { code: "illegal_land_transition", message: error.to_string() }
+            }
             StoreError::Routed(_) => {
                 ApiError::Conflict { code: "routed_task_state", message: error.to_string() }
             }
@@ -133,6 +136,22 @@ impl From<StoreError> for ApiError {
             | StoreError::Closed
             | StoreError::Backup { .. }
             | StoreError::Database(_) => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<crate::land::LandError> for ApiError {
+    fn from(error: crate::land::LandError) -> Self {
+        use crate::land::LandError;
+        match error {
+            LandError::Store(error) => error.into(),
+            LandError::NoCheckout { .. } | LandError::NoRepository { .. } => {
+                ApiError::BadRequest(error.to_string())
+            }
+            LandError::Config(_) => {
+                ApiError::Conflict { code: "config_invalid", message: error.to_string() }
+            }
+            LandError::Git(_) | LandError::Join(_) => ApiError::Internal(error.to_string()),
         }
     }
 }

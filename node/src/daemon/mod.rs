@@ -275,6 +275,15 @@ async fn start_tasks(
         }
         .start()
     });
+    let lander = crate::land::Lander::new(
+        store.clone(),
+        live.clone(),
+        home.clone(),
+        runtime.wake.clone(),
+        scheduler_wake.clone(),
+        shutdown.clone(),
+        sync_client.clone(),
+    );
     let bound = listeners.bound;
     let state = AppState::new(Shared {
         store: store.clone(),
@@ -285,6 +294,7 @@ async fn start_tasks(
         metrics: Arc::new(Metrics::new(daemon.started_at.millis() / 1000)),
         scheduler_wake: scheduler_wake.clone(),
         runtime_wake: runtime.wake.clone(),
+        land_wake: lander.wake.clone(),
         decisions: Arc::new(Notify::new()),
         home: home.root().to_path_buf(),
         hooks: hook_batcher(store.clone(), live.clone()),
@@ -318,6 +328,8 @@ async fn start_tasks(
     };
     let predictor =
         tokio::spawn(supervise("conflicts", shutdown.clone(), move || predictor.clone().run()));
+    let land_task =
+        tokio::spawn(supervise("lander", shutdown.clone(), move || lander.clone().run()));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
     let notifiers = crate::notify::start(crate::notify::Context {
@@ -339,6 +351,7 @@ async fn start_tasks(
         tasks: vec![
             ("scheduler", Some(scheduler)),
             ("runtime", Some(runtime_task)),
+            ("lander", Some(land_task)),
             ("spooler", Some(spooler)),
             ("conflicts", Some(predictor)),
             ("sync", sync_task),

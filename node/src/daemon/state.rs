@@ -44,6 +44,8 @@ pub struct Shared {
     pub scheduler_wake: Arc<Notify>,
     /// Wakes the agent runtime after a change.
     pub runtime_wake: Arc<Notify>,
+    /// Wakes the lander (`ccm land` queued a task).
+    pub land_wake: Arc<Notify>,
     /// Wakes the hooks waiting for a human's answer after a decision was answered.
     pub decisions: Arc<Notify>,
     /// The ccm home directory.

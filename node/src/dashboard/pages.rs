@@ -185,6 +185,8 @@ pub struct Card {
     pub priority: i64,
     pub attempts: u32,
     pub changed: String,
+    /// The land state's label (`landed`, `landing`, ...), empty when the task is in no queue.
+    pub land: String,
 }
 
 pub struct Column {
@@ -260,6 +262,7 @@ pub async fn board(
                     priority: task.priority,
                     attempts: task.attempts,
                     changed: task.updated_at.ago(now),
+                    land: task.land_state.map(|l| l.label().to_string()).unwrap_or_default(),
                 });
             }
         }
@@ -567,7 +570,7 @@ pub async fn task(
             id: id_text.clone(),
             title: task.title.clone(),
             prompt: task.prompt.clone(),
-            state: task.state.to_string(),
+            state: task.shown_state().to_string(),
             repo: task.repo.clone().unwrap_or_default(),
             profile: task.profile.clone(),
             workflow: task.workflow.clone().unwrap_or_default(),

@@ -86,6 +86,9 @@ impl Runtime {
                     previous.last_message.as_deref().unwrap_or("(none)"),
                 ));
             }
+            if let Some(landing) = self.store.land_feedback(task.id, task.attempts).await? {
+                prompt.push_str(&crate::land::feedback(&landing));
+            }
             let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
             let policy = self.policy();
             let begun =

@@ -9,6 +9,7 @@
 //! - `agents`: agents, attempts and reports, written by the agent runtime.
 //! - `hooks`: hook events and their effects, file claims and change requests.
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
+//! - `land`: the land queues and the durable steps of each landing (issue 23).
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -21,6 +22,7 @@ mod claims;
 mod conflicts;
 mod contexts;
 mod hooks;
+mod land;
 mod notify;
 mod records;
 mod routing;
@@ -47,6 +49,7 @@ pub use claims::{ChangeRequest, Claim, Ownership};
 pub use conflicts::{ActiveRow, CONFLICT_ALERT};
 pub use contexts::ContextProbe;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
+pub use land::{LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
@@ -113,6 +116,9 @@ pub enum StoreError {
     /// An event that is not legal in the task's state.
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// A landing event that is not legal in the landing's state.
+    #[error(transparent)]
+    Land(#[from] ccm_schema::LandTransitionError),
     /// Writing a backup failed.
     #[error("cannot back up to {path}: {message}")]
     Backup { path: PathBuf, message: String },

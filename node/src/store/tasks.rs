@@ -89,6 +89,9 @@ pub struct TaskDetail {
     /// The files the task touched, as the predictor last saw them (relative to its repository).
     #[serde(default)]
     pub touched_files: Vec<String>,
+    /// The task's landing on its target branch, once it entered a land queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landing: Option<super::Landing>,
 }
 
 /// Input and output tokens.
@@ -120,9 +123,13 @@ impl From<&Config> for RetryPolicy {
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// SQL: the dependencies of the task `t` are all complete.
+/// A dependency of a repository with a landing policy (`land_policies`) counts once it landed.
 const DEPENDENCIES_COMPLETE: &str = "NOT EXISTS (
     SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
-    WHERE d.task_id = t.id AND dep.state <> 'complete')";
+    WHERE d.task_id = t.id AND (dep.state <> 'complete'
+        OR (EXISTS (SELECT 1 FROM land_policies p WHERE p.repo = dep.repo)
+            AND NOT EXISTS (SELECT 1 FROM landings l
+                            WHERE l.task_id = dep.id AND l.state = 'landed'))))";
 /// Tasks written by one statement at most (12 bound values each; SQLite takes 32,766).
 const INSERT_CHUNK: usize = 512;
 /// Tasks of an external profile admitted by one scheduler pass at most.
@@ -438,10 +445,15 @@ impl Store {
         for (task, dep) in edges {
             deps.entry(task).or_default().push(parse_id(&dep)?);
         }
+        let landings: Vec<(String, ccm_schema::LandState)> =
+            sqlx::query_as("SELECT task_id, state FROM landings").fetch_all(&self.readers).await?;
+        let mut landings: HashMap<String, ccm_schema::LandState> = landings.into_iter().collect();
         for task in &mut tasks {
-            if let Some(d) = deps.remove(&task.id.to_string()) {
+            let id = task.id.to_string();
+            if let Some(d) = deps.remove(&id) {
                 task.depends_on = d;
             }
+            task.land_state = landings.remove(&id);
         }
         Ok(tasks)
     }
@@ -477,6 +489,7 @@ impl Store {
             stale: self.routed_stale(id).await?,
             conflicts: self.conflicts_of_task(id, repo.as_deref()).await?,
             touched_files: self.touched_files(id).await?,
+            landing: self.landing(id).await?,
         })
     }
 }
@@ -625,6 +638,7 @@ async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config)
         updated_at: now,
         version: 1,
         depends_on,
+        land_state: None,
     })
 }
 
@@ -1195,6 +1209,12 @@ pub(super) async fn load_task(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Re
             .fetch_all(&mut *conn)
             .await?;
     task.depends_on = deps.iter().map(|(d,)| parse_id(d)).collect::<Result<_>>()?;
+    let land: Option<(ccm_schema::LandState,)> =
+        sqlx::query_as("SELECT state FROM landings WHERE task_id = ?")
+            .bind(id.hyphenated())
+            .fetch_optional(&mut *conn)
+            .await?;
+    task.land_state = land.map(|(state,)| state);
     Ok(task)
 }
 

@@ -23,6 +23,8 @@ pub struct BoardTask {
     pub priority: i64,
     pub attempts: u32,
     pub updated_at: Timestamp,
+    /// A complete task's land state, once it entered a land queue.
+    pub land_state: Option<ccm_schema::LandState>,
 }
 
 /// Which cards the board shows; empty fields match everything.
@@ -74,10 +76,11 @@ impl Store {
                         AND (?3 IS NULL OR profile = ?3) AND (?4 IS NULL OR title LIKE ?4 OR id LIKE ?4)";
         let cards = sqlx::query_as(&format!(
             r#"
-            SELECT id, title, state, repo, profile, priority, attempts, updated_at FROM (
+            SELECT id, title, state, repo, profile, priority, attempts, updated_at,
+                   (SELECT l.state FROM landings l WHERE l.task_id = t.id) AS land_state FROM (
                 SELECT *, row_number() OVER (PARTITION BY state ORDER BY updated_at DESC, id) AS n
                 FROM tasks WHERE {matching}
-            ) WHERE n <= ?5 ORDER BY updated_at DESC, id
+            ) t WHERE n <= ?5 ORDER BY updated_at DESC, id
             "#
         ))
         .bind(state)

@@ -1,0 +1,842 @@
+//! Landing finished work (issue 23): from a `complete` task's branch to its repository's target
+//! branch, through one land queue per repository and target.
+//!
+//! - `mod.rs`: [`Lander`], the daemon's long-lived task (one pass on every wake-up and every
+//!   second: auto-enqueue, then one landing job per queue whose turn it is); [`Policy`] (a
+//!   task's repository, target and `land:` settings, one decision for the daemon, the API and the
+//!   CLI); [`enqueue`]; [`status`] and [`plan`], the read models of `ccm land status` and
+//!   `ccm land --plan`.
+//! - `git.rs`: the git steps of one landing (target head, merged result in a fresh worktree,
+//!   compare-and-swap move, removal of the branch).
+//!
+//! A landing's steps are recorded as they happen (`store/land.rs`: `landing` with the head it
+//! started from, `merged` with the verified result, `moved`, `landed`), so after a crash the next
+//! pass resumes it from its last step: a `merged` landing whose target already is the result was
+//! moved before the crash, and is only finished; one whose target is still the old head moves
+//! it now; anything else starts again from the new head. The target moves at most once.
+//!
+//! **Boundary:** conflict prediction (which finished branches overlap) is not decided here:
+//! [`plan`] orders the tasks not yet queued by the time they finished, then puts tasks the
+//! predictor (`crate::conflicts`) found in conflict one right after the other, and shows its
+//! record in [`PlannedTask::predicted`].
+
+pub mod git;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ccm_schema::{Context, FailureClass, LandEvent, LandState, Task, TaskState, Timestamp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::config::{LandConfig, LiveConfig};
+use crate::home::Home;
+use crate::store::{LandFailure, LandStep, Landing, RetryPolicy, Store, StoreError};
+use crate::worktree::WorktreeError;
+use git::{Build, Built, Moved, Target};
+
+/// How often a pass runs when nothing wakes the lander.
+const PASS_EVERY: Duration = Duration::from_secs(1);
+/// How often one job starts a landing again because its target moved, before it gives the
+/// queue back (the next pass goes on).
+const MAX_RESTARTS: u32 = 20;
+/// The fleet's land lease lasts the verify's time limit and this much more (at most an hour);
+/// it is renewed at each pass of the landing.
+const LEASE_MARGIN_SECS: u64 = 300;
+
+/// Why a landing step failed; the step runs again at the next pass.
+#[derive(Debug, thiserror::Error)]
+pub enum LandError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Git(#[from] WorktreeError),
+    /// The task's repository has no registered checkout here.
+    #[error("no checkout of {repo} is registered on this system; run `ccm context add PATH` with a clone of it")]
+    NoCheckout { repo: String },
+    /// The task has no repository: nothing to land.
+    #[error("task {task} has no repository: there is nothing to land")]
+    NoRepository { task: String },
+    /// The project's configuration does not load.
+    #[error("{0}")]
+    Config(String),
+    #[error("a blocking step did not finish: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+type Result<T, E = LandError> = std::result::Result<T, E>;
+
+/// Where and how a task lands: its checkout, target branch and the repository's `land:`
+/// settings (the defaults when the project sets none: then only `ccm land` lands it).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The registered checkout.
+    pub repo: PathBuf,
+    pub target: String,
+    pub land: LandConfig,
+    /// Whether the project has a `land:` section at all.
+    pub configured: bool,
+}
+
+impl Policy {
+    /// The policy of `task`'s repository.
+    pub async fn of(store: &Store, home: &Path, task: &Task) -> Result<Policy> {
+        let Some(repo) = &task.repo else {
+            return Err(LandError::NoRepository { task: task.short_id() });
+        };
+        Policy::of_repo(store, home, repo).await
+    }
+
+    /// The policy of the repository `repo` (a task's `repo`: a normalized URL or a path).
+    pub async fn of_repo(store: &Store, home: &Path, repo: &str) -> Result<Policy> {
+        let contexts = store.contexts().await?;
+        let context = checkout_of(&contexts, repo)
+            .ok_or_else(|| LandError::NoCheckout { repo: repo.to_string() })?;
+        let path = PathBuf::from(&context.path);
+        let config =
+            crate::config::load_checked(store, home, &path).await.map_err(LandError::Config)?;
+        let configured = config.land.is_some();
+        let land = config.land.unwrap_or_default();
+        let target = land
+            .target
+            .clone()
+            .or_else(|| context.default_branch.clone())
+            .unwrap_or_else(|| "main".into());
+        Ok(Policy { repo: path, target, land, configured })
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            repo: self.repo.clone(),
+            branch: self.target.clone(),
+            push: self.land.push.then(|| self.land.remote.clone()),
+        }
+    }
+}
+
+fn checkout_of<'a>(contexts: &'a [Context], repo: &str) -> Option<&'a Context> {
+    contexts.iter().find(|c| c.repo_url.as_deref() == Some(repo) || c.path == repo)
+}
+
+/// Puts a complete task in its repository's land queue (the API's and the CLI's `ccm land`).
+pub async fn enqueue(store: &Store, home: &Path, task: &str) -> Result<Landing> {
+    let detail = store.task(task).await?;
+    let policy = Policy::of(store, home, &detail.task).await?;
+    let repo = policy.repo.to_string_lossy();
+    Ok(store.enqueue_landing(task, &repo, &policy.target).await?)
+}
+
+/// Body of `POST /api/land`: the tasks to put in their land queues, or `all` the finished,
+/// unlanded tasks (of the checkout `repo`, else of every one).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandRequest {
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub repo: Option<PathBuf>,
+}
+
+/// `ccm land [ID...] [--all]` and `POST /api/land`: queues the named tasks, or with `all` every
+/// finished, unlanded task (of the checkout `repo` when given) in plan order.
+pub async fn enqueue_request(
+    store: &Store,
+    home: &Path,
+    request: &LandRequest,
+) -> Result<Vec<Landing>> {
+    if request.tasks.is_empty() && !request.all {
+        return Err(LandError::Store(StoreError::Invalid {
+            field: "tasks",
+            message: "name the tasks to land, or ask for all of them".into(),
+        }));
+    }
+    let mut ids: Vec<String> = request.tasks.clone();
+    if request.all {
+        for planned in plan(store, home, request.repo.as_deref()).await? {
+            if planned.land_state.is_none() || planned.land_state == Some(LandState::LandFailed) {
+                ids.push(planned.task_id.to_string());
+            }
+        }
+    }
+    let mut landings = Vec::with_capacity(ids.len());
+    for id in ids {
+        landings.push(enqueue(store, home, &id).await?);
+    }
+    Ok(landings)
+}
+
+/// The daemon's landing task.
+#[derive(Clone)]
+pub struct Lander {
+    pub store: Store,
+    /// The configuration (runtime timings, the verify timeout).
+    pub live: LiveConfig,
+    pub home: Home,
+    /// Wakes the lander: a task completed, `ccm land` queued one.
+    pub wake: Arc<Notify>,
+    /// Wakes the runtime and the scheduler: a failed landing gave its task a new attempt.
+    pub runtime_wake: Arc<Notify>,
+    pub scheduler_wake: Arc<Notify>,
+    pub shutdown: CancellationToken,
+    /// The central, when sync is on: a named lease per repository and target
+    /// (`api.acquire_lease`) keeps the landings of the whole fleet one at a time.
+    pub central: Option<ccm_sync::Client>,
+    /// Queues (checkout, target) with a landing job in flight: one at a time per queue, any
+    /// number of queues at once (a queue that waits holds up no other).
+    running: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+impl Lander {
+    pub fn new(
+        store: Store,
+        live: LiveConfig,
+        home: Home,
+        runtime_wake: Arc<Notify>,
+        scheduler_wake: Arc<Notify>,
+        shutdown: CancellationToken,
+        central: Option<ccm_sync::Client>,
+    ) -> Lander {
+        Lander {
+            store,
+            live,
+            home,
+            wake: Arc::new(Notify::new()),
+            runtime_wake,
+            scheduler_wake,
+            shutdown,
+            central,
+            running: Arc::default(),
+        }
+    }
+
+    /// Runs passes until shutdown. A landing cut short by the shutdown resumes from its last
+    /// recorded step at the next start.
+    pub async fn run(self) {
+        async move {
+            loop {
+                if let Err(error) = self.pass().await {
+                    warn!(error = %format!("{error:#}"), "land pass failed; retrying");
+                }
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(PASS_EVERY) => {}
+                }
+            }
+        }
+        .instrument(info_span!("lander"))
+        .await
+    }
+
+    /// One pass: complete tasks of `auto: true` repositories join their queue; each queue
+    /// without a job in flight gets one for its first landing.
+    pub async fn pass(&self) -> Result<()> {
+        self.record_policies().await?;
+        // One policy per repository and pass: its configuration is read once.
+        let mut policies: BTreeMap<String, Option<Policy>> = BTreeMap::new();
+        for (id, repo, failed_before) in self.store.unqueued_complete().await? {
+            if !policies.contains_key(&repo) {
+                let policy = self.repo_policy(&repo).await;
+                policies.insert(repo.clone(), policy);
+            }
+            let Some(Some(policy)) = policies.get(&repo) else { continue };
+            if (policy.configured && policy.land.auto) || failed_before {
+                let checkout = policy.repo.to_string_lossy();
+                self.store.enqueue_landing(&id.to_string(), &checkout, &policy.target).await?;
+            }
+        }
+        let mut firsts: BTreeMap<(String, String), Landing> = BTreeMap::new();
+        for landing in self.store.landings().await? {
+            if matches!(landing.state, LandState::LandFailed | LandState::Landed) {
+                continue;
+            }
+            firsts.entry((landing.repo.clone(), landing.target.clone())).or_insert(landing);
+        }
+        for (queue, landing) in firsts {
+            if !self.queues().insert(queue.clone()) {
+                continue;
+            }
+            let lander = self.clone();
+            let span = info_span!("landing", task = %ccm_schema::types::short_id(&landing.task_id), target = %queue.1);
+            tokio::spawn(
+                async move {
+                    if let Err(error) = lander.land(landing).await {
+                        warn!(error = %format!("{error:#}"), "landing step failed; it runs again at the next pass");
+                    }
+                    lander.queues().remove(&queue);
+                    lander.wake.notify_one();
+                }
+                .instrument(span),
+            );
+        }
+        Ok(())
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records which repositories have a landing policy, for the scheduler: a task that
+    /// depends on a task of one waits until that task has landed.
+    async fn record_policies(&self) -> Result<()> {
+        let mut policies = Vec::new();
+        for context in self.store.contexts().await? {
+            let repo = context.repo_url.clone().unwrap_or_else(|| context.path.clone());
+            if let Some(policy) = self.repo_policy(&repo).await.filter(|p| p.configured) {
+                policies.push((repo, policy.target, policy.land.auto));
+            }
+        }
+        if self.store.set_land_policies(&policies).await? {
+            self.scheduler_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The policy of the repository `repo`; `None` when it has no checkout here or its
+    /// configuration does not load (said at debug level: most repositories have no policy, and
+    /// a broken file raises its own alert).
+    async fn repo_policy(&self, repo: &str) -> Option<Policy> {
+        match Policy::of_repo(&self.store, self.home.root(), repo).await {
+            Ok(policy) => Some(policy),
+            Err(error) => {
+                tracing::debug!(%repo, %error, "no land policy");
+                None
+            }
+        }
+    }
+
+    /// Carries one landing from where it is to its end (or to a wait).
+    async fn land(&self, mut landing: Landing) -> Result<()> {
+        let detail = self.store.task(&landing.task_id.to_string()).await?;
+        let task = detail.task;
+        if task.state != TaskState::Complete && !landing.state.in_progress() {
+            // Retried or cancelled since it was queued: it leaves the queue as failed.
+            let failure = LandFailure {
+                class: FailureClass::Fatal,
+                reason: format!("task {} is {} and no longer lands", task.short_id(), task.state),
+                conflicts: vec![],
+                output: None,
+                target_head: landing.old_head.clone().unwrap_or_default(),
+            };
+            return self.drop_from_queue(&task, &failure).await;
+        }
+        let policy = Policy::of(&self.store, self.home.root(), &task).await?;
+        if policy.land.mode == crate::config::LandMode::Pr && !landing.state.in_progress() {
+            let reason = "land.mode `pr` (pull requests) is not supported by this build; use merge, rebase or squash";
+            if landing.reason.as_deref() != Some(reason) {
+                self.store.note_landing(task.id, reason).await?;
+            }
+            return Ok(());
+        }
+        if !self.fleet_lease(&task, &policy, &landing).await? {
+            return Ok(());
+        }
+        let target = policy.target();
+        let short = task.short_id();
+        let branch = format!("ccm/{short}");
+        for _ in 0..MAX_RESTARTS {
+            landing = match landing.state {
+                LandState::LandQueued => {
+                    let head = self
+                        .blocking({
+                            let target = target.clone();
+                            move || target.head()
+                        })
+                        .await?;
+                    if !self.store.begin_landing(task.id, &head).await? {
+                        return Ok(());
+                    }
+                    info!(old_head = %head, "landing started");
+                    self.store
+                        .landing(task.id)
+                        .await?
+                        .ok_or_else(|| StoreError::TaskNotFound(task.id.to_string()))?
+                }
+                LandState::Landing => {
+                    match self.merge_and_verify(&task, &policy, &landing, &branch).await? {
+                        Some(next) => next,
+                        None => return Ok(()),
+                    }
+                }
+                LandState::Merged => {
+                    let old = landing.old_head.clone().unwrap_or_default();
+                    let new = landing.new_head.clone().unwrap_or_default();
+                    let moved = self
+                        .blocking({
+                            let target = target.clone();
+                            let (old, new) = (old.clone(), new.clone());
+                            move || {
+                                // After a crash the target may have moved already: then only
+                                // the record is missing.
+                                if target.current()? == new {
+                                    return Ok(Moved::Moved);
+                                }
+                                target.move_to(&old, &new)
+                            }
+                        })
+                        .await?;
+                    match moved {
+                        Moved::Moved => {
+                            info!(%old, %new, target = %policy.target, "target moved");
+                            self.store
+                                .land_step(task.id, LandEvent::Moved, &LandStep::default())
+                                .await?
+                        }
+                        Moved::TargetMoved { now } => {
+                            info!(%now, "the target moved meanwhile; landing again from its new head");
+                            let step = LandStep { old_head: Some(&now), ..LandStep::default() };
+                            self.store.land_step(task.id, LandEvent::TargetMoved, &step).await?
+                        }
+                        Moved::Wait { reason } => {
+                            if landing.reason.as_deref() != Some(reason.as_str()) {
+                                info!(%reason, "landing waits");
+                                self.store.note_landing(task.id, &reason).await?;
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+                LandState::Moved => {
+                    self.finish(&task, &policy, &branch).await?;
+                    let landed = self
+                        .store
+                        .land_step(task.id, LandEvent::Finished, &LandStep::default())
+                        .await?;
+                    info!(restarts = landed.restarts, "landed");
+                    self.release_lease(&task, &policy).await;
+                    self.wake.notify_one();
+                    // Tasks that waited for this one to land.
+                    self.scheduler_wake.notify_one();
+                    return Ok(());
+                }
+                LandState::Landed | LandState::LandFailed => return Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    /// The central's name of a queue's lease: the repository's normalized URL and the target.
+    /// `None` for a repository known by its path only (no other system has it) or without sync.
+    fn lease_name(&self, task: &Task, policy: &Policy) -> Option<String> {
+        let repo = task.repo.as_deref().filter(|r| !r.starts_with('/'))?;
+        self.central.as_ref().filter(|c| c.has_token())?;
+        Some(format!("land:{repo}#{}", policy.target))
+    }
+
+    /// Takes (or renews) the fleet's lease of the task's queue; `false` when another system
+    /// holds it (the landing waits, saying so). Without sync, or when the central cannot be
+    /// reached, the landing goes on: the compare-and-swap move keeps the target right, the lease
+    /// only keeps systems from doing the same work twice.
+    async fn fleet_lease(&self, task: &Task, policy: &Policy, landing: &Landing) -> Result<bool> {
+        let (Some(name), Some(central)) = (self.lease_name(task, policy), &self.central) else {
+            return Ok(true);
+        };
+        let verify = self.live.current().runtime.verify_timeout_secs;
+        let ttl = u32::try_from(verify.saturating_add(LEASE_MARGIN_SECS)).unwrap_or(3600).min(3600);
+        let params = ccm_sync::wire::AcquireLeaseV1 { p_name: name, p_ttl_s: ttl, p_value: None };
+        let params = serde_json::to_value(&params).unwrap_or_default();
+        match central.call::<ccm_sync::wire::NamedLeaseV1>("acquire_lease", &params).await {
+            Ok(lease) if lease.held => Ok(true),
+            Ok(lease) => {
+                let reason = format!(
+                    "the fleet's land lease of {} is held by {}",
+                    policy.target,
+                    lease.holder.as_deref().unwrap_or("another system")
+                );
+                if landing.reason.as_deref() != Some(reason.as_str()) {
+                    self.store.note_landing(task.id, &reason).await?;
+                }
+                Ok(false)
+            }
+            Err(failure) => {
+                warn!(error = %failure.message, "cannot ask the central for the land lease; landing without it");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Gives the fleet's lease back once the landing ended.
+    async fn release_lease(&self, task: &Task, policy: &Policy) {
+        let (Some(name), Some(central)) = (self.lease_name(task, policy), &self.central) else {
+            return;
+        };
+        let params = serde_json::to_value(ccm_sync::wire::ReleaseLeaseV1 { p_name: name })
+            .unwrap_or_default();
+        if let Err(failure) = central.call::<serde_json::Value>("release_lease", &params).await {
+            warn!(error = %failure.message, "cannot give the land lease back; it runs out by itself");
+        }
+    }
+
+    /// The `landing` step: the merged result from the recorded head (or a new head, when the
+    /// target moved), its verify, and the `merged` record. `None` when the landing ended here
+    /// (failed, or nothing to land and finished).
+    async fn merge_and_verify(
+        &self,
+        task: &Task,
+        policy: &Policy,
+        landing: &Landing,
+        branch: &str,
+    ) -> Result<Option<Landing>> {
+        let old = landing.old_head.clone().unwrap_or_default();
+        let root = self.home.root().join("worktrees");
+        let (short, title, mode) = (task.short_id(), task.title.clone(), policy.land.mode);
+        let built = self
+            .blocking({
+                let (repo, root, branch, old) =
+                    (policy.repo.clone(), root.clone(), branch.to_string(), old.clone());
+                let (short, title) = (short.clone(), title.clone());
+                move || {
+                    git::build(&Build {
+                        repo: &repo,
+                        root: &root,
+                        short_id: &short,
+                        title: &title,
+                        branch: &branch,
+                        old_head: &old,
+                        mode,
+                    })
+                }
+            })
+            .await?;
+        let (path, new) = match built {
+            Built::Conflict { files, diff } => {
+                info!(files = %files.join(", "), "the branch conflicts with the target");
+                let failure = LandFailure {
+                    class: FailureClass::Conflict,
+                    reason: format!(
+                        "conflict with {} at {} in {}",
+                        policy.target,
+                        &old[..old.len().min(12)],
+                        files.join(", ")
+                    ),
+                    conflicts: files,
+                    output: Some(diff),
+                    target_head: old,
+                };
+                self.fail(task, policy, &failure).await?;
+                return Ok(None);
+            }
+            Built::NothingToLand => {
+                // Already on the target: record it as merged at the same head, so it finishes
+                // through the same steps without moving anything.
+                let step = LandStep { new_head: Some(&old), ..LandStep::default() };
+                return Ok(Some(self.store.land_step(task.id, LandEvent::Merged, &step).await?));
+            }
+            Built::Merged { path, new_head } => (path, new_head),
+        };
+        let command = policy.land.verify.clone().or_else(|| task.verify.clone());
+        let verified = match command.filter(|_| policy.land.verify_after_merge) {
+            Some(command) => Some(self.verify(&command, &path).await),
+            None => None,
+        };
+        // The worktree has served; the result stays reachable through its ref until the end.
+        let discard = {
+            let (repo, path) = (policy.repo.clone(), path.clone());
+            move || -> Result<(), WorktreeError> {
+                let repo = crate::worktree::canonical(&repo)?;
+                git_remove_worktree(&repo, &path)
+            }
+        };
+        self.blocking(discard).await?;
+        match verified {
+            Some(Err(output)) => {
+                info!("the verify failed on the merged result");
+                let failure = LandFailure {
+                    class: FailureClass::VerifyFailed,
+                    reason: format!(
+                        "the verify failed on the result merged with {} at {}",
+                        policy.target,
+                        &old[..old.len().min(12)]
+                    ),
+                    conflicts: vec![],
+                    output: Some(output),
+                    target_head: old,
+                };
+                self.fail(task, policy, &failure).await?;
+                Ok(None)
+            }
+            Some(Ok(output)) => {
+                let step = LandStep {
+                    new_head: Some(&new),
+                    verify_output: Some(&output),
+                    ..LandStep::default()
+                };
+                Ok(Some(self.store.land_step(task.id, LandEvent::Merged, &step).await?))
+            }
+            None => {
+                let step = LandStep { new_head: Some(&new), ..LandStep::default() };
+                Ok(Some(self.store.land_step(task.id, LandEvent::Merged, &step).await?))
+            }
+        }
+    }
+
+    /// Runs the verify in the merged result; its output (the end of it), `Err` when it failed.
+    async fn verify(&self, command: &str, cwd: &Path) -> Result<String, String> {
+        let timeout = Duration::from_secs(self.live.current().runtime.verify_timeout_secs);
+        let run = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(out)) => {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                let text = crate::text::tail(&text, git::FEEDBACK_LIMIT);
+                match out.status.code() {
+                    Some(0) => Ok(text),
+                    Some(code) => Err(format!("{text}\n(`{command}` exited with status {code})")),
+                    None => Err(format!("{text}\n(`{command}` was killed by a signal)")),
+                }
+            }
+            Ok(Err(e)) => Err(format!("cannot run `{command}`: {e}")),
+            Err(_) => Err(format!("`{command}` timed out after {}s", timeout.as_secs())),
+        }
+    }
+
+    /// Ends a failed landing: the task gets its next attempt (or a decision).
+    async fn fail(&self, task: &Task, policy: &Policy, failure: &LandFailure) -> Result<()> {
+        let retry = RetryPolicy::from(&*self.live.current());
+        self.store.fail_landing(task.id, failure, retry).await?;
+        self.release_lease(task, policy).await;
+        self.runtime_wake.notify_one();
+        self.scheduler_wake.notify_one();
+        Ok(())
+    }
+
+    async fn drop_from_queue(&self, task: &Task, failure: &LandFailure) -> Result<()> {
+        self.store.drop_landing(task.id, &failure.reason).await?;
+        Ok(())
+    }
+
+    /// After the target moved: the task's worktree (when the runtime has not removed it yet),
+    /// the landing's result ref and the task's branch go.
+    async fn finish(&self, task: &Task, policy: &Policy, branch: &str) -> Result<()> {
+        let saved = self.store.worktree(task.id).await?;
+        let copy_files = crate::config::load_checked(&self.store, self.home.root(), &policy.repo)
+            .await
+            .map_err(LandError::Config)?
+            .worktree
+            .copy_files;
+        let root = self.home.root().join("worktrees");
+        let (repo, branch, short) = (policy.repo.clone(), branch.to_string(), task.short_id());
+        let kept = self
+            .blocking(move || {
+                let mut notes = Vec::new();
+                if let Some(saved) = &saved {
+                    let outcome =
+                        crate::worktree::cleanup(&saved.repo, &saved.worktree, &copy_files)?;
+                    notes = outcome.notes;
+                }
+                let path = crate::worktree::worktree_path(&repo, &root, &format!("land-{short}"))?;
+                git::discard_result(&repo, &path, &short)?;
+                if notes.is_empty() {
+                    git::delete_branch(&repo, &branch)?;
+                }
+                Ok::<_, WorktreeError>(notes)
+            })
+            .await?;
+        self.store.set_worktree(task.id, None).await?;
+        if !kept.is_empty() {
+            let message =
+                format!("task {} ({}) landed; {}", task.short_id(), task.title, kept.join("; "));
+            self.store
+                .alert(Some(task.id), ccm_schema::Severity::Info, "work_kept", &message)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        step: impl FnOnce() -> Result<T, WorktreeError> + Send + 'static,
+    ) -> Result<T> {
+        let span = tracing::Span::current();
+        Ok(tokio::task::spawn_blocking(move || {
+            let _step = span.enter();
+            step()
+        })
+        .await??)
+    }
+}
+
+fn git_remove_worktree(repo: &Path, path: &Path) -> Result<(), WorktreeError> {
+    let registered = crate::worktree::list_worktrees(repo)?.iter().any(|w| w.path == path);
+    if !registered {
+        return Ok(());
+    }
+    let lock = crate::worktree::repository_lock(repo);
+    let _git = lock.exclusive();
+    let args =
+        [std::ffi::OsStr::new("worktree"), "remove".as_ref(), "--force".as_ref(), path.as_os_str()];
+    crate::worktree::git(repo, &args)?;
+    Ok(())
+}
+
+/// What a task's next attempt is told about its failed landing: the conflict (files and the
+/// conflicted diff with its markers) or the verify's output on the merged result, and the
+/// target's newest head to rebase onto.
+pub fn feedback(landing: &Landing) -> String {
+    let head = landing.old_head.as_deref().unwrap_or("(unknown)");
+    let target = &landing.target;
+    let mut text = format!(
+        "\n\n---\nLanding attempt {}'s work on `{target}` failed: {}.\nThe newest head of `{target}` is {head}.\n",
+        landing.attempt,
+        landing.reason.as_deref().unwrap_or("unknown reason"),
+    );
+    let files: Vec<String> =
+        landing.conflicts.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+    if files.is_empty() {
+        text.push_str(&format!(
+            "Rebase your branch onto it (`git rebase {head}`) and make the verify pass on the result.\nThe verify's output on the merged result:\n```\n{}\n```\n",
+            landing.verify_output.as_deref().unwrap_or("(none)")
+        ));
+    } else {
+        text.push_str(&format!(
+            "Conflicting files: {}.\nRebase your branch onto it (`git rebase {head}`), resolve the conflicts, and commit the result.\nThe conflict:\n```diff\n{}\n```\n",
+            files.join(", "),
+            landing.verify_output.as_deref().unwrap_or("(none)")
+        ));
+    }
+    text
+}
+
+/// One entry of a land queue, with what it waits for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueEntry {
+    #[serde(flatten)]
+    pub landing: Landing,
+    pub title: String,
+    /// In words: "landing (merged, moving the target)", "its turn", "task 1a2b3c4d to land",
+    /// or the reason it waits.
+    pub waits_for: String,
+}
+
+/// One land queue: a repository's checkout and target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Queue {
+    pub repo: String,
+    pub target: String,
+    pub entries: Vec<QueueEntry>,
+}
+
+/// Every land queue with its entries in order (`ccm land status`, `GET /api/land`).
+pub async fn status(store: &Store) -> Result<Vec<Queue>> {
+    let mut queues: Vec<Queue> = Vec::new();
+    for landing in store.landings().await? {
+        let title = store
+            .task(&landing.task_id.to_string())
+            .await
+            .map(|d| d.task.title)
+            .unwrap_or_default();
+        let key = (landing.repo.clone(), landing.target.clone());
+        if queues.last().map(|q| (q.repo.clone(), q.target.clone())) != Some(key.clone()) {
+            queues.push(Queue { repo: key.0, target: key.1, entries: Vec::new() });
+        }
+        let Some(queue) = queues.last_mut() else { continue };
+        let ahead = queue
+            .entries
+            .iter()
+            .find(|e| e.landing.state != LandState::LandFailed)
+            .map(|e| ccm_schema::types::short_id(&e.landing.task_id));
+        let waits_for = match (landing.state, &landing.reason) {
+            (LandState::LandFailed, reason) => format!(
+                "a new attempt of the task (the landing failed: {})",
+                reason.as_deref().unwrap_or("unknown")
+            ),
+            (_, Some(reason)) => reason.clone(),
+            (LandState::Landing, None) => "landing: merging and verifying".into(),
+            (LandState::Merged, None) => "landing: moving the target".into(),
+            (LandState::Moved, None) => "landing: removing the branch".into(),
+            (_, None) => match ahead {
+                Some(first) => format!("task {first} to land"),
+                None => "its turn".into(),
+            },
+        };
+        queue.entries.push(QueueEntry { landing, title, waits_for });
+    }
+    Ok(queues)
+}
+
+/// A finished, unlanded task in the order it would land (`ccm land --plan`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedTask {
+    pub task_id: Uuid,
+    pub title: String,
+    pub repo: String,
+    pub target: String,
+    /// The task's land state, when it is in a queue.
+    pub land_state: Option<LandState>,
+    pub finished_at: Timestamp,
+    /// Conflicts predicted with the target or with other active tasks, as the daemon's
+    /// predictor last recorded them (`crate::conflicts`).
+    pub predicted: Vec<crate::conflicts::PredictedConflict>,
+}
+
+/// The finished, unlanded tasks of the checkout `repo` (every checkout when `None`), in queue
+/// order: those in a queue in its order, then the others by when they finished.
+pub async fn plan(store: &Store, home: &Path, repo: Option<&Path>) -> Result<Vec<PlannedTask>> {
+    let landings: Vec<Landing> = store.landings().await?;
+    let mut planned = Vec::new();
+    let mut seen = HashSet::new();
+    for landing in landings.iter().filter(|l| l.state != LandState::LandFailed) {
+        if repo.is_some_and(|r| Path::new(&landing.repo) != r) {
+            continue;
+        }
+        let detail = store.task(&landing.task_id.to_string()).await?;
+        seen.insert(landing.task_id);
+        planned.push(PlannedTask {
+            task_id: landing.task_id,
+            title: detail.task.title,
+            repo: landing.repo.clone(),
+            target: landing.target.clone(),
+            land_state: Some(landing.state),
+            finished_at: detail.task.updated_at,
+            predicted: detail.conflicts,
+        });
+    }
+    let queued = planned.len();
+    let filter = crate::store::TaskFilter { state: Some(TaskState::Complete) };
+    for task in store.tasks(&filter).await? {
+        if seen.contains(&task.id) || task.repo.is_none() {
+            continue;
+        }
+        if landings.iter().any(|l| l.task_id == task.id && l.state == LandState::Landed) {
+            continue;
+        }
+        let Ok(policy) = Policy::of(store, home, &task).await else { continue };
+        if repo.is_some_and(|r| policy.repo != r) {
+            continue;
+        }
+        let land_state = landings.iter().find(|l| l.task_id == task.id).map(|l| l.state);
+        planned.push(PlannedTask {
+            task_id: task.id,
+            title: task.title.clone(),
+            repo: policy.repo.to_string_lossy().into_owned(),
+            target: policy.target.clone(),
+            land_state,
+            finished_at: task.updated_at,
+            predicted: store.conflicts_of_task(task.id, task.repo.as_deref()).await?,
+        });
+    }
+    // Those not queued yet: tasks predicted to conflict one right after the other, so the
+    // second is rebased onto the first.
+    let waiting = planned.split_off(queued);
+    let predicted: Vec<_> = waiting.iter().flat_map(|p| p.predicted.iter().cloned()).collect();
+    let ids: Vec<String> = waiting.iter().map(|p| p.task_id.to_string()).collect();
+    let mut waiting: HashMap<String, PlannedTask> =
+        waiting.into_iter().map(|p| (p.task_id.to_string(), p)).collect();
+    for id in crate::conflicts::land_order(&ids, &predicted) {
+        planned.extend(waiting.remove(&id));
+    }
+    Ok(planned)
+}
