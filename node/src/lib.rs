@@ -21,6 +21,8 @@
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
+//! - [`watchdog`]: the daemon watching its own loops (systemd's watchdog, `loop_stalled`,
+//!   `daemon_restarted`).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
 //!
@@ -46,4 +48,5 @@ pub mod store;
 pub mod sync;
 pub mod text;
 pub mod tmux;
+pub mod watchdog;
 pub mod worktree;

@@ -71,6 +71,8 @@ pub struct Router {
     pub runtime_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
     pub seed: u64,
+    /// The liveness of the loops, for the watchdog: calls, claims, fence, origin.
+    pub beats: [Arc<ccm_sync::Beat>; 4],
 }
 
 impl Router {
@@ -112,6 +114,7 @@ impl Router {
     async fn calls(self) {
         let mut backoff = ccm_sync::driver::Backoff::for_lane(Lane::Urgent, self.seed);
         loop {
+            let step = self.beats[0].step().await;
             let wait = match self.next_call().await {
                 Ok(true) => {
                     backoff.reset();
@@ -120,6 +123,7 @@ impl Router {
                 Ok(false) => CALLS_POLL,
                 Err(wait) => wait.unwrap_or_else(|| backoff.next_delay(None)),
             };
+            drop(step);
             if !self.pause(wait, &self.signals.route_calls).await {
                 return;
             }
@@ -207,6 +211,7 @@ impl Router {
         let mut rng = fastrand::Rng::with_seed(self.seed);
         let mut failing = Complaint::default();
         loop {
+            let step = self.beats[1].step().await;
             let more = match self.claim().await {
                 Ok(more) => {
                     failing.clear();
@@ -217,6 +222,7 @@ impl Router {
                     false
                 }
             };
+            drop(step);
             let wait = if more { Duration::ZERO } else { every.mul_f64(0.8 + 0.4 * rng.f64()) };
             if !self.pause(wait, &self.signals.offers).await {
                 return;
@@ -259,6 +265,7 @@ impl Router {
         let margin = i64::try_from(self.config.sync.fence_margin_secs * 1000).unwrap_or(i64::MAX);
         let idle = Notify::new();
         loop {
+            let step = self.beats[2].step().await;
             match self.store.leases_to_fence(margin).await {
                 Ok(due) => {
                     for (task, age_ms) in due {
@@ -275,6 +282,7 @@ impl Router {
                 }
                 Err(error) => warn!(%error, "cannot check the leases"),
             }
+            drop(step);
             if !self.pause(Duration::from_millis(250), &idle).await {
                 return;
             }
@@ -288,12 +296,14 @@ impl Router {
         let mut since: Option<String> = None;
         let mut failing = Complaint::default();
         loop {
+            let step = self.beats[3].step().await;
             match self.follow(&mut since).await {
                 Ok(()) => failing.clear(),
                 Err(error) => {
                     failing.warn(error.to_string(), "cannot read how the routed tasks are doing")
                 }
             }
+            drop(step);
             if !self.pause(every, &idle).await {
                 return;
             }

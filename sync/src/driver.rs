@@ -91,6 +91,10 @@ pub struct Signals {
     pub failures_total: AtomicU64,
     pub batches_acked_total: AtomicU64,
     pub items_rejected_total: AtomicU64,
+    /// Liveness of each lane's loop (by `Lane as usize`) and of the presence loop, for the
+    /// daemon's watchdog.
+    pub lane_beats: [crate::Beat; 2],
+    pub presence_beat: crate::Beat,
 }
 
 impl Signals {
@@ -301,6 +305,7 @@ impl<O: Outbox> Driver<O> {
             let mut budget = Budget::new(BatchPolicy::of(lane));
             let mut timer = Timer::new(&self.settings);
             loop {
+                let step = self.signals.lane_beats[lane as usize].step().await;
                 if lane == Lane::Normal && timer.catch_up {
                     self.urgent_first().await;
                 }
@@ -311,6 +316,7 @@ impl<O: Outbox> Driver<O> {
                         Next::Retry { delay: backoff.next_delay(None), until_answered: false }
                     }
                 };
+                drop(step);
                 if lane == Lane::Urgent && next != Next::Continue {
                     self.signals.urgent_busy.store(false, Ordering::Release);
                 }
@@ -338,10 +344,12 @@ impl<O: Outbox> Driver<O> {
             let mut registered = None;
             let mut rng = fastrand::Rng::with_seed(self.settings.seed);
             loop {
+                let step = self.signals.presence_beat.step().await;
                 if let Err(error) = self.beat(&mut registered).await {
                     self.signals.failures_total.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %error, "heartbeat failed");
                 }
+                drop(step);
                 let wait = self.settings.heartbeat.mul_f64(0.9 + 0.2 * rng.f64());
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,

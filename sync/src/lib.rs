@@ -11,6 +11,7 @@
 //!   session before the access token expires and saves each rotated refresh token.
 //! - [`driver`]: the long-lived loop of each lane (urgent, normal) that seals, sends, retries
 //!   with backoff, splits, bisects, pauses and acknowledges.
+//! - [`liveness`]: a loop's [`Beat`] (inside a step since when), read by the daemon's watchdog.
 //!
 //! The node lends its outbox through the [`Outbox`] trait, so every write (sealing,
 //! acknowledgement) goes through the node's one writer connection; this crate knows nothing of
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod client;
 pub mod driver;
+pub mod liveness;
 pub mod seal;
 pub mod wire;
 
@@ -31,6 +33,7 @@ use uuid::Uuid;
 
 pub use client::{error_chain, Class, Client, ClientError, Credential, Endpoint};
 pub use driver::{Driver, Settings, Signals};
+pub use liveness::Beat;
 
 /// The reason (`alerts.reason`) of the alert raised once per batch with refused items.
 pub const REJECTED_ALERT: &str = "sync_rejected";

@@ -22,4 +22,5 @@ mod startup;
 mod sync;
 mod sync_auth;
 mod tasks;
+mod watchdog;
 mod worktree_hooks;

@@ -347,8 +347,9 @@ pub struct Context {
     pub shutdown: CancellationToken,
 }
 
-/// Starts the router, one worker per notifier, the Telegram pollers and the health checks.
-pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts the router, one worker per notifier, the Telegram pollers and the health checks; the
+/// router (`notify`) and each worker (`notify:<name>`) mark their steps on a beat in `loops`.
+pub fn start(context: Context, loops: &crate::watchdog::Loops) -> Vec<tokio::task::JoinHandle<()>> {
     let notify = &context.config.notify;
     let auth = context.home.read_auth().ok();
     let telegram_token = auth.as_ref().and_then(|a| a.telegram_token.as_deref());
@@ -380,21 +381,23 @@ pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
             sender,
             system: system.clone(),
             wake,
+            beat: loops.add(format!("notify:{name}")),
             context: context.clone(),
         };
         tasks.push(tokio::spawn(worker.run()));
     }
-    tasks.push(tokio::spawn(router(context.clone(), wakes)));
+    tasks.push(tokio::spawn(router(context.clone(), wakes, loops.add("notify"))));
     tasks.push(tokio::spawn(health::run(context)));
     tasks
 }
 
 /// Routes new notifications into sends, after every commit of this process and every second
 /// (for writes of other processes: the CLI, `ccm hook`).
-async fn router(context: Context, wakes: Vec<Arc<Notify>>) {
+async fn router(context: Context, wakes: Vec<Arc<Notify>>, beat: Arc<ccm_sync::Beat>) {
     let notify = context.config.notify.clone();
     let mut changes = context.store.changes();
     loop {
+        let step = beat.step().await;
         match context
             .store
             .route_notifications(
@@ -407,6 +410,7 @@ async fn router(context: Context, wakes: Vec<Arc<Notify>>) {
             Ok(_) => wakes.iter().for_each(|w| w.notify_one()),
             Err(error) => warn!(%error, "cannot route notifications; retrying"),
         }
+        drop(step);
         // At most 50 passes a second, however many commits there are (hook events).
         tokio::time::sleep(Duration::from_millis(20)).await;
         tokio::select! {
@@ -442,6 +446,8 @@ struct Worker {
     system: String,
     /// Woken by the router when it queued sends.
     wake: Arc<Notify>,
+    /// The worker's liveness, for the watchdog.
+    beat: Arc<ccm_sync::Beat>,
     context: Context,
 }
 
@@ -451,6 +457,7 @@ impl Worker {
         let digest_wait = Duration::from_secs(context.config.notify.digest_secs);
         let summary = context.config.notify.summary_secs.map(Duration::from_secs);
         loop {
+            let step = self.beat.step().await;
             let mut round = self.deliver(digest_wait).await;
             if let (Ok(None), Some(every)) = (&round, summary) {
                 round = self.summarize(every).await;
@@ -458,6 +465,7 @@ impl Worker {
             if let (Ok(None), Sender::Telegram(bot)) = (&round, &*self.sender) {
                 round = bot.close_answered(&context.store, &self.system).await;
             }
+            drop(step);
             match round {
                 // The notifier asked for quiet (a 429): nothing goes to it meanwhile, wake-ups
                 // included.
