@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daily;
 pub mod health;
 pub mod ntfy;
 pub mod service;
@@ -462,6 +463,9 @@ impl Worker {
             if let (Ok(None), Some(every)) = (&round, summary) {
                 round = self.summarize(every).await;
             }
+            if let (Ok(None), Some(daily)) = (&round, &context.config.notify.daily_summary) {
+                round = self.daily(daily).await;
+            }
             if let (Ok(None), Sender::Telegram(bot)) = (&round, &*self.sender) {
                 round = bot.close_answered(&context.store, &self.system).await;
             }
@@ -494,6 +498,32 @@ impl Worker {
         let message = format!("{what}: {error}");
         if let Err(error) = self.context.store.notifier_failed(&self.name, &message).await {
             warn!(notifier = %self.name, %error, "cannot record why the notifier failed");
+        }
+    }
+
+    /// Sends the daily summary when its time of day has come and none went out today (local
+    /// dates); returns how long to wait after a failure.
+    async fn daily(&self, daily: &daily::DailySummary) -> crate::store::Result<Option<Duration>> {
+        let (name, store) = (self.name.as_str(), &self.context.store);
+        let Ok(at) = daily.minute() else { return Ok(None) }; // validated with the config
+        let key = format!("daily:{name}");
+        let now = Timestamp::now();
+        let (today, minute) = daily::local_day_and_minute(now);
+        let last = store.notify_value(&key).await?;
+        if !daily::due(at, &today, minute, last.as_deref()) {
+            return Ok(None);
+        }
+        let message = daily::message(store, &self.system, now).await?;
+        match self.sender.send(&message, &mut serde_json::Value::Null).await {
+            Ok(_) => {
+                store.set_notify_value(&key, &today).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                warn!(notifier = name, %error, "daily summary failed; retrying");
+                self.failed("daily summary", &error).await;
+                Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(30))))
+            }
         }
     }
 
