@@ -62,6 +62,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Notifiers, routing rules, digests and health checks.
     pub notify: crate::notify::NotifyConfig,
+    /// Scheduled supervisors by name: headless agents that review a scope's recent work.
+    pub supervisors: BTreeMap<String, crate::supervisors::SupervisorConfig>,
 }
 
 /// This system's identity.
@@ -678,6 +680,11 @@ impl Config {
             profile
                 .validate(name)
                 .map_err(|message| ConfigError::Invalid { key: "profiles", message })?;
+        }
+        for (name, supervisor) in &self.supervisors {
+            supervisor
+                .validate(name, &self.profiles)
+                .map_err(|message| ConfigError::Invalid { key: "supervisors", message })?;
         }
         for (name, workflow) in &self.workflows {
             for step in &workflow.steps {

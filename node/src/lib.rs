@@ -21,6 +21,7 @@
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
+//! - [`supervisors`]: scheduled supervisors: headless agents reviewing a scope's recent work.
 //! - [`watchdog`]: the daemon watching its own loops (systemd's watchdog, `loop_stalled`,
 //!   `daemon_restarted`).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
@@ -45,6 +46,7 @@ pub mod routing;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod supervisors;
 pub mod sync;
 pub mod text;
 pub mod tmux;

@@ -19,6 +19,7 @@ mod routing;
 mod routing_central;
 mod runtime;
 mod startup;
+mod supervisors;
 mod sync;
 mod sync_auth;
 mod tasks;

@@ -320,6 +320,16 @@ async fn start_tasks(
     }));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
+    let supervisors = crate::supervisors::Supervisors {
+        store: store.clone(),
+        live: live.clone(),
+        home: home.clone(),
+        api_addr: daemon.addr.clone(),
+        started: daemon.started_at,
+        beat: loops.add("supervisors"),
+        shutdown: shutdown.clone(),
+    };
+    let supervisors = tokio::spawn(supervisors.run());
     let notifiers = crate::notify::start(
         crate::notify::Context {
             store: store.clone(),
@@ -344,6 +354,7 @@ async fn start_tasks(
             ("scheduler", Some(scheduler)),
             ("runtime", Some(runtime_task)),
             ("spooler", Some(spooler)),
+            ("supervisors", Some(supervisors)),
             ("sync", sync_task),
             ("routing", routing),
         ],

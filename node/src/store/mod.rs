@@ -22,6 +22,7 @@ mod hooks;
 mod notify;
 mod records;
 mod routing;
+mod supervisors;
 mod sync;
 mod tasks;
 mod views;
@@ -46,6 +47,7 @@ pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
+pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 
