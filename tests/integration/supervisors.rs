@@ -92,6 +92,13 @@ async fn a_project_supervisor_runs_after_n_completions_with_the_digest_and_its_a
     let list = home.run_ok(&["supervisors"]);
     assert!(list.contains("review: scope project") && list.contains(&id[..8]), "{list}");
 
+    // The next run's digest starts after this run and carries its report.
+    let next = home.run_ok(&["supervisors", "--digest", "review"]);
+    assert!(next.contains("previous report:\nTwo tasks completed cleanly."), "{next}");
+    assert!(!next.contains("complete 2"), "only what happened since: {next}");
+    let out = home.run(&["supervisors", "--digest", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no supervisor named `nope`"));
+
     // Its alert reaches the notifier.
     let pushed = wait_until(Duration::from_secs(30), || async {
         hook.received()

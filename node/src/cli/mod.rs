@@ -160,6 +160,10 @@ enum Command {
     Alerts(alerts::AlertsArgs),
     /// Scheduled supervisors (supervisors: in the configuration) and their runs, newest first.
     Supervisors {
+        /// Print the digest supervisor NAME's next run would carry (what happened in its scope
+        /// since its last run) instead of the list.
+        #[arg(long, value_name = "NAME")]
+        digest: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -278,7 +282,12 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::Agent(command) => {
             agent::run(&open_store(&home, &config).await?, &config, command).await
         }
-        Command::Supervisors { json } => supervisors::list(&home, &config, json).await,
+        Command::Supervisors { digest: Some(name), .. } => {
+            supervisors::digest(&home, &config, &name).await
+        }
+        Command::Supervisors { digest: None, json } => {
+            supervisors::list(&home, &config, json).await
+        }
         Command::Report { id, json } => supervisors::report(&home, &config, &id, json).await,
         Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
         Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,

@@ -66,6 +66,26 @@ fn line(run: &SupervisorRun) -> String {
     )
 }
 
+/// `ccm supervisors --digest NAME`: the digest NAME's next run would carry.
+pub async fn digest(home: &Home, config: &Config, name: &str) -> anyhow::Result<()> {
+    let Some(supervisor) = config.supervisors.get(name) else {
+        let known: Vec<&str> = config.supervisors.keys().map(String::as_str).collect();
+        anyhow::bail!("no supervisor named `{name}`; configured: {}", known.join(", "));
+    };
+    let filter = supervisor.filter().map_err(|e| anyhow::anyhow!("supervisor `{name}`: {e}"))?;
+    let store = crate::home::open_store(home, config).await?;
+    let text = async {
+        let runs = store.supervisor_runs(Some(name)).await?;
+        let since = runs.first().map_or(ccm_schema::Timestamp(0), |r| r.started_at);
+        let previous = runs.iter().find_map(|r| r.report.as_deref());
+        store.digest(&filter, since, previous).await
+    }
+    .await;
+    store.close().await;
+    print!("{}", text?);
+    Ok(())
+}
+
 /// `ccm report ID [--json]`.
 pub async fn report(home: &Home, config: &Config, id: &str, json: bool) -> anyhow::Result<()> {
     let store = crate::home::open_store(home, config).await?;
