@@ -28,6 +28,28 @@ async fn completed_task(daemon: &Daemon, title: &str, repo: &str) -> Value {
     daemon.get(&format!("/api/tasks/{id}")).await.1
 }
 
+/// A dashboard page, signed in through the one-time link `ccm dashboard --print` gives.
+async fn dashboard_page(home: &TestHome, daemon: &Daemon, path: &str) -> String {
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = http.get(&link).send().await.unwrap();
+    let cookies: Vec<String> = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|c| c.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect();
+    assert!(!cookies.is_empty(), "no session cookie from {link}: {}", signed_in.status());
+    let page =
+        http.get(daemon.url(path)).header("cookie", cookies.join("; ")).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{path}");
+    page.text().await.unwrap()
+}
+
 /// Acceptance 1: a project supervisor scheduled every 2 completions runs after the second one
 /// (not before), as the real Claude Code in its own tmux window; its prompt carries the digest
 /// of the project (seen in the model stand-in's request log); its report is stored and shown by
@@ -91,6 +113,10 @@ async fn a_project_supervisor_runs_after_n_completions_with_the_digest_and_its_a
     assert!(shown.contains("== digest") && shown.contains("complete 2"), "{shown}");
     let list = home.run_ok(&["supervisors"]);
     assert!(list.contains("review: scope project") && list.contains(&id[..8]), "{list}");
+
+    // The dashboard lists the run with its report.
+    let page = dashboard_page(&home, &daemon, "/supervisors").await;
+    assert!(page.contains("Two tasks completed cleanly.") && page.contains(&id[..8]), "{page}");
 
     // The next run's digest starts after this run and carries its report.
     let next = home.run_ok(&["supervisors", "--digest", "review"]);
