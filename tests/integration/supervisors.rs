@@ -139,3 +139,37 @@ async fn a_project_supervisor_runs_after_n_completions_with_the_digest_and_its_a
     let alert = alert.unwrap_or_else(|| panic!("no supervisor_alert: {alerts}"));
     assert!(alert["message"].as_str().unwrap().contains(&format!("ccm report {}", &id[..8])));
 }
+
+/// A system supervisor on an interval runs again and again, one run at a time (its own slot),
+/// and each run's digest carries the previous run's report; a plain-output profile's last line
+/// is its report.
+#[tokio::test]
+async fn an_interval_supervisor_runs_again_with_the_previous_report_in_its_digest() {
+    let home = TestHome::new("supervisor-interval");
+    home.write_config(
+        "profiles:\n  counter:\n    command: [sh, -c, 'sleep 0.3; echo \"first run: $(grep -c \"previous report: none\" \"$CCM_AGENT_DIR/prompt.md\")\"']\nsupervisors:\n  pulse:\n    scope: system\n    every: {interval: 1s}\n    profile: counter\n    prompt: \"{digest}\"\n",
+    );
+    let daemon = home.start();
+    let runs = || home.run_json(&["supervisors"])["runs"].as_array().cloned().unwrap_or_default();
+    let mut most_running = 0;
+    let two = wait_until(Duration::from_secs(60), || {
+        let listed = runs();
+        most_running = most_running.max(listed.iter().filter(|r| r["status"] == "running").count());
+        std::future::ready(listed.iter().filter(|r| r["status"] == "done").count() >= 2)
+    })
+    .await;
+    let listed = runs();
+    assert!(two, "fewer than two finished runs: {listed:?}\n{}", daemon.log_text());
+    assert!(most_running <= 1, "one run at a time (slots 1): {listed:?}");
+    // Newest first: the oldest run was the first; the next one's digest carried its report.
+    let oldest = listed.last().unwrap();
+    assert_eq!(oldest["report"], "first run: 1", "{oldest}");
+    assert_eq!(oldest["reason"], "interval 1s", "{oldest}");
+    let second = &listed[listed.len() - 2];
+    assert_eq!(second["report"], "first run: 0", "{second}");
+    assert!(
+        second["digest"].as_str().unwrap().contains("previous report:\nfirst run: 1"),
+        "{second}"
+    );
+    assert_eq!(home.run_json(&["status"])["tasks"], serde_json::json!({}), "no task was made");
+}
