@@ -169,9 +169,11 @@ pub struct Supervisors {
 impl Supervisors {
     pub async fn run(self) {
         async move {
+            // Runs of an earlier daemon may still be running: looked for once at start.
+            let mut may_run = true;
             loop {
                 let step = self.beat.step().await;
-                if let Err(error) = self.check().await {
+                if let Err(error) = self.check(&mut may_run).await {
                     warn!(%error, "supervisor check failed; retrying");
                 }
                 drop(step);
@@ -189,9 +191,15 @@ impl Supervisors {
         Tmux::new(self.live.current().runtime.tmux_socket.clone())
     }
 
-    /// Finishes the runs that ended, then starts the due ones.
-    async fn check(&self) -> Result<(), SupervisorError> {
+    /// Finishes the runs that ended, then starts the due ones. Without supervisors configured
+    /// and no run left (`may_run` false), it reads nothing: an idle daemon does no query here.
+    async fn check(&self, may_run: &mut bool) -> Result<(), SupervisorError> {
+        let config = self.live.current();
+        if config.supervisors.is_empty() && !*may_run {
+            return Ok(());
+        }
         let running = self.store.running_supervisor_runs().await?;
+        *may_run = !running.is_empty() || !config.supervisors.is_empty();
         if !running.is_empty() {
             let windows: Vec<String> =
                 self.tmux().windows().await.map(|w| w.into_iter().map(|w| w.id).collect())?;
@@ -199,7 +207,6 @@ impl Supervisors {
                 self.observe(run, &windows).await?;
             }
         }
-        let config = self.live.current();
         for (name, supervisor) in &config.supervisors {
             let busy = running.iter().filter(|r| &r.supervisor == name).count();
             if busy >= supervisor.slots as usize {
