@@ -65,6 +65,8 @@ pub struct Config {
     /// The landing policy of the project's repository (its `.ccm/config.yaml`): without a
     /// `land:` section, finished tasks are not landed.
     pub land: Option<LandConfig>,
+    /// Scheduled supervisors by name: headless agents that review a scope's recent work.
+    pub supervisors: BTreeMap<String, crate::supervisors::SupervisorConfig>,
 }
 
 /// This system's identity.
@@ -98,6 +100,13 @@ pub struct DaemonConfig {
     pub max_batch_events: usize,
     /// How long a dashboard sign-in lasts, in seconds.
     pub dashboard_session_secs: u64,
+    /// A daemon loop (scheduler, runtime, sync lanes, routing, notifiers) inside one step for
+    /// longer than this, in seconds, is stalled: the watchdog stops feeding systemd and raises
+    /// `loop_stalled`.
+    pub stall_secs: u64,
+    /// Exit (code 70) when a loop stalls, so the service manager restarts the daemon (the
+    /// launchd agent `ccm service install` writes sets it; systemd uses its watchdog instead).
+    pub watchdog_exit: bool,
 }
 
 impl Default for DaemonConfig {
@@ -112,6 +121,8 @@ impl Default for DaemonConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_events: 10_000,
             dashboard_session_secs: 12 * 3600,
+            stall_secs: 120,
+            watchdog_exit: false,
         }
     }
 }
@@ -746,6 +757,7 @@ impl Config {
             ("daemon.max_body_bytes", self.daemon.max_body_bytes as u64),
             ("daemon.max_batch_events", self.daemon.max_batch_events as u64),
             ("daemon.dashboard_session_secs", self.daemon.dashboard_session_secs),
+            ("daemon.stall_secs", self.daemon.stall_secs),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1");
@@ -791,6 +803,11 @@ impl Config {
             profile
                 .validate(name)
                 .map_err(|message| ConfigError::Invalid { key: "profiles", message })?;
+        }
+        for (name, supervisor) in &self.supervisors {
+            supervisor
+                .validate(name, &self.profiles)
+                .map_err(|message| ConfigError::Invalid { key: "supervisors", message })?;
         }
         for (name, workflow) in &self.workflows {
             for step in &workflow.steps {

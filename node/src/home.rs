@@ -149,6 +149,11 @@ impl Home {
     }
 
     /// The running daemon's Unix socket: its API, for the hooks (see [`DaemonInfo::socket`]).
+    /// The loop that stalled, written by the daemon's watchdog for the next daemon.
+    pub fn watchdog_file(&self) -> PathBuf {
+        self.root.join("watchdog.json")
+    }
+
     pub fn socket_file(&self) -> PathBuf {
         self.root.join("daemon.sock")
     }

@@ -25,6 +25,9 @@
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
+//! - [`supervisors`]: scheduled supervisors: headless agents reviewing a scope's recent work.
+//! - [`watchdog`]: the daemon watching its own loops (systemd's watchdog, `loop_stalled`,
+//!   `daemon_restarted`).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
 //!
@@ -49,7 +52,9 @@ pub mod routing;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod supervisors;
 pub mod sync;
 pub mod text;
 pub mod tmux;
+pub mod watchdog;
 pub mod worktree;

@@ -72,6 +72,8 @@ pub struct Router {
     pub runtime_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
     pub seed: u64,
+    /// The liveness of the loops, for the watchdog: localize, claims, fence, origin.
+    pub beats: [Arc<ccm_sync::Beat>; 4],
 }
 
 impl Router {
@@ -115,6 +117,7 @@ impl Router {
     async fn localize(self) {
         let idle = Notify::new();
         loop {
+            let step = self.beats[0].step().await;
             match self.store.localize_routed(&self.config).await {
                 Ok(ids) if !ids.is_empty() => {
                     info!(
@@ -126,6 +129,7 @@ impl Router {
                 Ok(_) => {}
                 Err(error) => warn!(%error, "cannot look for routed tasks to run here"),
             }
+            drop(step);
             if !self.pause(LOCALIZE_POLL, &idle).await {
                 return;
             }
@@ -149,6 +153,7 @@ impl Router {
         let mut rng = fastrand::Rng::with_seed(self.seed);
         let mut failing = Complaint::default();
         loop {
+            let step = self.beats[1].step().await;
             let more = match self.claim().await {
                 Ok(more) => {
                     failing.clear();
@@ -159,6 +164,7 @@ impl Router {
                     false
                 }
             };
+            drop(step);
             let wait = if more { Duration::ZERO } else { every.mul_f64(0.8 + 0.4 * rng.f64()) };
             if !self.pause(wait, &self.signals.offers).await {
                 return;
@@ -201,6 +207,7 @@ impl Router {
         let margin = i64::try_from(self.config.sync.fence_margin_secs * 1000).unwrap_or(i64::MAX);
         let idle = Notify::new();
         loop {
+            let step = self.beats[2].step().await;
             match self.store.leases_to_fence(margin).await {
                 Ok(due) => {
                     for (task, age_ms) in due {
@@ -217,6 +224,7 @@ impl Router {
                 }
                 Err(error) => warn!(%error, "cannot check the leases"),
             }
+            drop(step);
             if !self.pause(Duration::from_millis(250), &idle).await {
                 return;
             }
@@ -230,12 +238,14 @@ impl Router {
         let mut since: Option<String> = None;
         let mut failing = Complaint::default();
         loop {
+            let step = self.beats[3].step().await;
             match self.follow(&mut since).await {
                 Ok(()) => failing.clear(),
                 Err(error) => {
                     failing.warn(error.to_string(), "cannot read how the routed tasks are doing")
                 }
             }
+            drop(step);
             if !self.pause(every, &idle).await {
                 return;
             }

@@ -23,6 +23,10 @@ pub struct Status {
     pub today: CostTotals,
     /// Per sync lane: backlog, last success, last error, pause reason.
     pub sync: crate::sync::SyncStatus,
+    /// The running daemon's loops: last progress, and whether one is stalled (from the daemon
+    /// only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loops: Vec<crate::watchdog::LoopStatus>,
 }
 
 impl Status {
@@ -42,6 +46,7 @@ impl Status {
             agents_running: store.live_agents().await?.len(),
             today: store.cost_since(start_of_today()).await?,
             sync: store.sync_status().await?,
+            loops: Vec::new(),
         })
     }
 }

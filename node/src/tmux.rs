@@ -89,6 +89,11 @@ impl Tmux {
             .arg("-L")
             .arg(&self.socket)
             .args(args)
+            // The service manager's socket is the daemon's: the tmux server it may start, and
+            // the agents in it, must not speak for the daemon.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .kill_on_drop(true)
             .output()
             .await

@@ -100,6 +100,11 @@ pub struct Signals {
     pub failures_total: AtomicU64,
     pub batches_acked_total: AtomicU64,
     pub items_rejected_total: AtomicU64,
+    /// Liveness of each lane's loop (by `Lane as usize`), of the presence loop and of the
+    /// calls lane, for the daemon's watchdog.
+    pub lane_beats: [crate::Beat; 2],
+    pub presence_beat: crate::Beat,
+    pub calls_beat: crate::Beat,
 }
 
 impl Signals {
@@ -311,6 +316,7 @@ impl<O: Outbox> Driver<O> {
             let mut budget = Budget::new(BatchPolicy::of(lane));
             let mut timer = Timer::new(&self.settings);
             loop {
+                let step = self.signals.lane_beats[lane as usize].step().await;
                 if lane == Lane::Normal && timer.catch_up {
                     self.urgent_first().await;
                 }
@@ -321,6 +327,7 @@ impl<O: Outbox> Driver<O> {
                         Next::Retry { delay: backoff.next_delay(None), until_answered: false }
                     }
                 };
+                drop(step);
                 if lane == Lane::Urgent && next != Next::Continue {
                     self.signals.urgent_busy.store(false, Ordering::Release);
                 }
@@ -348,10 +355,12 @@ impl<O: Outbox> Driver<O> {
             let mut registered = None;
             let mut rng = fastrand::Rng::with_seed(self.settings.seed);
             loop {
+                let step = self.signals.presence_beat.step().await;
                 if let Err(error) = self.beat(&mut registered).await {
                     self.signals.failures_total.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %error, "heartbeat failed");
                 }
+                drop(step);
                 let wait = self.settings.heartbeat.mul_f64(0.9 + 0.2 * rng.f64());
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
@@ -425,6 +434,7 @@ impl<O: Outbox> Driver<O> {
         async move {
             let mut backoff = Backoff::for_lane(Lane::Urgent, self.settings.seed ^ 0x5eed);
             loop {
+                let step = self.signals.calls_beat.step().await;
                 let wait = match self.call_step().await {
                     Ok(true) if !self.shutdown.is_cancelled() => {
                         backoff.reset();
@@ -433,6 +443,7 @@ impl<O: Outbox> Driver<O> {
                     Ok(_) => CALLS_POLL,
                     Err(wait) => wait.unwrap_or_else(|| backoff.next_delay(None)),
                 };
+                drop(step);
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
                     () = self.signals.route_calls.notified() => {}

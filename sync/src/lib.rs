@@ -18,6 +18,7 @@
 //!   with backoff, splits, bisects, pauses and acknowledges; the presence loop (heartbeat,
 //!   contexts); and the calls lane that sends the node's queued routing calls, classified and
 //!   backed off the same way.
+//! - [`liveness`]: a loop's [`Beat`] (inside a step since when), read by the daemon's watchdog.
 //!
 //! The node lends its outbox (and its queue of routing calls) through the [`Outbox`] trait, so every write (sealing,
 //! acknowledgement) goes through the node's one writer connection; this crate knows nothing of
@@ -26,6 +27,7 @@
 pub mod auth;
 pub mod client;
 pub mod driver;
+pub mod liveness;
 pub mod outbox;
 pub mod seal;
 pub mod wire;
@@ -39,6 +41,7 @@ use uuid::Uuid;
 
 pub use client::{error_chain, Class, Client, ClientError, Credential, Endpoint};
 pub use driver::{Driver, Settings, Signals};
+pub use liveness::Beat;
 
 /// The reason (`alerts.reason`) of the alert raised once per batch with refused items.
 pub const REJECTED_ALERT: &str = "sync_rejected";

@@ -917,3 +917,87 @@ async fn the_summary_names_tasks_per_state_and_the_open_alerts() {
     assert!(text.contains("cost today: $0.00"), "{text}");
     assert!(text.contains("attempts_exhausted"), "{text}");
 }
+
+/// A task of the manual profile driven to `complete` through the API.
+async fn completed_task(daemon: &Daemon, title: &str) {
+    let (status, task) = daemon.post("/api/tasks", json!({ "title": title })).await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || async { task_state(daemon, &id).await == "queued" })
+            .await
+    );
+    for event in [
+        json!({ "event": "start" }),
+        json!({ "event": "worker_finished" }),
+        json!({ "event": "verify_passed" }),
+        json!({ "event": "report_ready", "supervised": false }),
+    ] {
+        let (status, body) = daemon.post(&format!("/api/tasks/{id}/events"), event).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(task_state(daemon, &id).await, "complete");
+}
+
+/// The local date, as the daemon reads it.
+fn local_date() -> String {
+    let out = std::process::Command::new("date").arg("+%F").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Issue 25, acceptance 6: the daily summary (`notify.daily_summary`) goes out once a day from
+/// its time on; for a day with two completions, a failure and a pending decision it is one
+/// Telegram message under 1,000 characters with those counts, naming the failure and the
+/// decision (`ccm notify daily` prints it, `--now` sends it).
+#[tokio::test]
+async fn the_daily_summary_is_one_short_message_with_the_days_counts() {
+    let bot = Telegram::start(TOKEN);
+    let lease = tempfile::tempdir().unwrap();
+    let extra = "  daily_summary:\n    at: \"00:00\"\n";
+    let home = telegram_home("notify-daily", &bot, lease.path(), extra);
+    let day = local_date();
+    let daemon = home.start();
+    let daily = |bot: &Telegram| -> Vec<String> {
+        bot.sent()
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .filter(|t| t.contains("daily summary"))
+            .collect()
+    };
+    // Its time (00:00) has come today: the daemon sends today's at once.
+    let scheduled = wait_for("the scheduled summary", || daily(&bot).into_iter().next()).await;
+    assert!(scheduled.contains("0 completed, 0 failed, 0 waiting for a decision"), "{scheduled}");
+
+    completed_task(&daemon, "ship the parser").await;
+    completed_task(&daemon, "fix the docs").await;
+    blocked_task(&daemon, "flaky integration build").await;
+
+    let printed = home.run_ok(&["notify", "daily"]);
+    assert!(printed.contains("2 completed, 1 failed, 1 waiting for a decision"), "{printed}");
+    assert_eq!(daily(&bot).len(), 1, "printing sends nothing");
+    let out = home.run_ok(&["notify", "daily", "--now"]);
+    assert!(out.contains("phone: ok"), "{out}");
+
+    let sent = daily(&bot);
+    assert_eq!(sent.len(), 2, "one message per send: {sent:?}");
+    let text = &sent[1];
+    assert!(text.chars().count() < 1_000, "{} characters: {text}", text.chars().count());
+    assert!(text.contains(": daily summary"), "the system it comes from: {text}");
+    assert!(text.contains("2 completed, 1 failed, 1 waiting for a decision"), "{text}");
+    assert!(text.contains("blocked: flaky integration build"), "{text}");
+    assert!(text.contains("decide: ") && text.contains("ccm decide "), "{text}");
+    assert!(text.contains("cost $0.00"), "{text}");
+    if local_date() == day {
+        assert_eq!(
+            daily(&bot).iter().filter(|t| t.contains("0 completed")).count(),
+            1,
+            "the scheduled summary goes out once a day"
+        );
+    }
+
+    // A time of day that is not HH:MM is refused naming the key.
+    home.write_config(&telegram_config(&bot, lease.path(), "  daily_summary:\n    at: 6pm\n"));
+    let out = home.run(&["notify", "daily"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("notify.daily_summary.at"), "{stderr}");
+}

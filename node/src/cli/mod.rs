@@ -24,6 +24,7 @@ mod logs;
 mod output;
 mod setup;
 mod state;
+mod supervisors;
 mod sync;
 mod systems;
 mod task;
@@ -176,6 +177,23 @@ enum Command {
     },
     /// Open alerts (--all: resolved ones too); `ccm alerts ack ID` acknowledges one.
     Alerts(alerts::AlertsArgs),
+    /// Scheduled supervisors (supervisors: in the configuration) and their runs, newest first.
+    Supervisors {
+        /// Print the digest supervisor NAME's next run would carry (what happened in its scope
+        /// since its last run) instead of the list.
+        #[arg(long, value_name = "NAME")]
+        digest: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One supervisor run: why it ran, its report and the digest its prompt carried.
+    Report {
+        /// Run id (or a unique prefix of at least 4 characters), as `ccm supervisors` lists it.
+        #[arg(value_parser = not_empty)]
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the decisions waiting for you, or answer one: `ccm decide ID retry`.
     Decide {
         /// Decision id (or unique prefix) to answer, or the id of a task with one pending
@@ -287,6 +305,13 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::Agent(command) => {
             agent::run(&open_store(&home, &config).await?, &config, command).await
         }
+        Command::Supervisors { digest: Some(name), .. } => {
+            supervisors::digest(&home, &config, &name).await
+        }
+        Command::Supervisors { digest: None, json } => {
+            supervisors::list(&home, &config, json).await
+        }
+        Command::Report { id, json } => supervisors::report(&home, &config, &id, json).await,
         Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
         Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
         Command::Sync(command) => sync::run(&home, &config, command).await,

@@ -155,6 +155,15 @@ fn show_status(status: &Status, sync: bool) {
         status.today.input_tokens,
         status.today.output_tokens
     );
+    for l in &status.loops {
+        let last = l.last_progress.map_or("no step yet".to_string(), |t| t.to_string());
+        let state = match (l.stalled, l.busy) {
+            (true, _) => "STALLED in a step since",
+            (false, true) => "in a step since",
+            (false, false) => "last progress",
+        };
+        println!("loop    {}: {state} {last}", l.name);
+    }
     let see =
         |n: usize, command: &str| if n > 0 { format!(" (`{command}`)") } else { String::new() };
     println!("alerts  {} open{}", status.open_alerts, see(status.open_alerts, "ccm alerts"));

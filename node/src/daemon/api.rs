@@ -91,8 +91,15 @@ pub fn router(state: AppState) -> Router {
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
         .route("/sync/pause", post(sync_pause))
-        .route("/sync/resume", post(sync_resume))
-        .route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
+        .route("/sync/resume", post(sync_resume));
+    // The test fault switch: only in a daemon started with `CCM_TEST_FAULTS` set.
+    let api = if std::env::var_os("CCM_TEST_FAULTS").is_some_and(|v| !v.is_empty()) {
+        api.route("/test/stall", post(stall_for_test))
+    } else {
+        api
+    };
+    let api =
+        api.route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -212,12 +219,40 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = state.metrics.render(&state.store).await?;
+    let body = state.metrics.render(&state.store, &loops(&state)).await?;
     Ok(([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 
 async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
-    Ok(Json(Status::gather(&state.store, Some(state.daemon.clone())).await?))
+    let mut status = Status::gather(&state.store, Some(state.daemon.clone())).await?;
+    status.loops = loops(&state);
+    Ok(Json(status))
+}
+
+/// Each of the daemon's loops, now.
+fn loops(state: &AppState) -> Vec<crate::watchdog::LoopStatus> {
+    let limit = Duration::from_secs(state.config.current().daemon.stall_secs);
+    state.loops.status(limit)
+}
+
+/// Body of `POST /api/test/stall`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StallBody {
+    #[serde(rename = "loop")]
+    name: String,
+}
+
+/// The test fault switch (`CCM_TEST_FAULTS`): the named loop's next step never ends.
+async fn stall_for_test(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<StallBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.loops.stall_for_test(&body.name) {
+        return Err(ApiError::NotFound(format!("no loop named `{}`", body.name)));
+    }
+    state.wake();
+    Ok(Json(json!({ "stalling": body.name })))
 }
 
 /// Body of `POST /api/routed`: a task for the fleet, optionally pinned to a system.

@@ -48,6 +48,13 @@ pub struct Metrics {
     sync_failures: Counter,
     sync_batches_acked: Counter,
     sync_items_rejected: Counter,
+    loop_progress: Family<LoopLabel, Gauge>,
+    loop_stalled: Family<LoopLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoopLabel {
+    r#loop: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +129,18 @@ impl Metrics {
             "Outbox rows the central side rejected",
             sync_items_rejected.clone(),
         );
+        let loop_progress = Family::<LoopLabel, Gauge>::default();
+        registry.register(
+            "loop_last_progress_seconds",
+            "When the daemon's loop began its current step or ended its last, in Unix seconds",
+            loop_progress.clone(),
+        );
+        let loop_stalled = Family::<LoopLabel, Gauge>::default();
+        registry.register(
+            "loop_stalled",
+            "1 while the loop has been inside one step longer than daemon.stall_secs",
+            loop_stalled.clone(),
+        );
         let start_time = Gauge::<i64>::default();
         start_time.set(started_at_secs);
         registry.register(
@@ -145,6 +164,8 @@ impl Metrics {
             sync_failures,
             sync_batches_acked,
             sync_items_rejected,
+            loop_progress,
+            loop_stalled,
         }
     }
 
@@ -156,8 +177,18 @@ impl Metrics {
         self.hook_events.get_or_create(&EventLabel { event: kind.to_string() }).inc();
     }
 
-    /// Refreshes the gauges from the store and encodes everything.
-    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
+    /// Refreshes the gauges from the store and the loops, and encodes everything.
+    pub async fn render(
+        &self,
+        store: &Store,
+        loops: &[crate::watchdog::LoopStatus],
+    ) -> Result<String, StoreError> {
+        for l in loops {
+            let label = LoopLabel { r#loop: l.name.clone() };
+            let secs = l.last_progress.map_or(0, |t| t.millis() / 1000);
+            self.loop_progress.get_or_create(&label).set(secs);
+            self.loop_stalled.get_or_create(&label).set(l.stalled.into());
+        }
         let counts = store.state_counts().await?;
         for state in TaskState::ALL {
             let n = counts.get(&state).copied().unwrap_or(0);

@@ -222,6 +222,12 @@ async fn first_pass(
 /// Raises an alert when the previous daemon did not stop cleanly (notified once the notifiers
 /// run).
 async fn note_previous_run(home: &Home, store: &Store) {
+    // A restart the watchdog caused is said by `daemon_restarted`, naming the loop.
+    match crate::watchdog::note_restart(home, store).await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(error) => warn!(%error, "cannot check whether a stalled loop restarted the daemon"),
+    }
     if let Err(error) = crate::notify::health::check_previous_run(home, store).await {
         warn!(error = %format!("{error:#}"), "cannot check how the previous daemon ended");
     }
@@ -251,6 +257,7 @@ async fn start_tasks(
     let FirstPass { runtime, passes, scheduler_wake } = first;
     let daemon = &listeners.daemon;
     let system = store.system().await?;
+    let loops = Arc::new(crate::watchdog::Loops::default());
     let sync = crate::sync::start(store, &config, home, system.id, shutdown.clone())?;
     let (sync_client, sync_task) = sync.unzip();
     if sync_task.is_none() {
@@ -260,6 +267,8 @@ async fn start_tasks(
             Ok(pending) => info!(pending, "no sync configured: pending outbox rows dropped"),
             Err(error) => warn!(%error, "cannot stop keeping the outbox"),
         }
+    } else {
+        loops.with_sync(Arc::clone(store.sync_signals()));
     }
     let routing = sync_client.clone().map(|client| {
         let (high, low) = system.id.as_u64_pair();
@@ -272,6 +281,8 @@ async fn start_tasks(
             runtime_wake: runtime.wake.clone(),
             shutdown: shutdown.clone(),
             seed: high ^ low ^ 0x5eed,
+            beats: ["route_localize", "route_claims", "route_fence", "route_origin"]
+                .map(|name| loops.add(name)),
         }
         .start()
     });
@@ -300,6 +311,7 @@ async fn start_tasks(
         hooks: hook_batcher(store.clone(), live.clone()),
         creations: creation_batcher(store.clone(), live.clone()),
         sync: sync_client.clone(),
+        loops: loops.clone(),
         shutdown: shutdown.clone(),
     });
     let scheduler = Scheduler {
@@ -309,7 +321,9 @@ async fn start_tasks(
         wake: scheduler_wake,
         runtime_wake: runtime.wake.clone(),
         shutdown: shutdown.clone(),
+        beat: loops.add("scheduler"),
     };
+    loops.watch("runtime", runtime.beat.clone());
     let scheduler =
         tokio::spawn(supervise("scheduler", shutdown.clone(), move || scheduler.clone().run()));
     let passes = Arc::new(tokio::sync::Mutex::new(Some(passes)));
@@ -332,20 +346,34 @@ async fn start_tasks(
         tokio::spawn(supervise("lander", shutdown.clone(), move || lander.clone().run()));
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
-    let notifiers = crate::notify::start(crate::notify::Context {
+    let supervisors = crate::supervisors::Supervisors {
         store: store.clone(),
-        config: config.clone(),
+        live: live.clone(),
         home: home.clone(),
-        answered: {
-            let state = state.clone();
-            Arc::new(move || {
-                state.wake();
-                state.decisions.notify_waiters();
-            })
-        },
-        central: sync_client,
+        api_addr: daemon.addr.clone(),
+        started: daemon.started_at,
+        beat: loops.add("supervisors"),
         shutdown: shutdown.clone(),
-    });
+    };
+    let supervisors = tokio::spawn(supervisors.run());
+    let notifiers = crate::notify::start(
+        crate::notify::Context {
+            store: store.clone(),
+            config: config.clone(),
+            home: home.clone(),
+            answered: {
+                let state = state.clone();
+                Arc::new(move || {
+                    state.wake();
+                    state.decisions.notify_waiters();
+                })
+            },
+            central: sync_client,
+            shutdown: shutdown.clone(),
+        },
+        &loops,
+    );
+    start_watchdog(&config, home, store, loops);
     Ok(Running {
         state,
         tasks: vec![
@@ -354,11 +382,27 @@ async fn start_tasks(
             ("lander", Some(land_task)),
             ("spooler", Some(spooler)),
             ("conflicts", Some(predictor)),
+            ("supervisors", Some(supervisors)),
             ("sync", sync_task),
             ("routing", routing),
         ],
         notifiers,
     })
+}
+
+/// Starts the thread that watches the loops and feeds the service manager's watchdog.
+fn start_watchdog(config: &Config, home: &Home, store: &Store, loops: Arc<crate::watchdog::Loops>) {
+    let watchdog = crate::watchdog::Watchdog {
+        loops,
+        limit: Duration::from_secs(config.daemon.stall_secs),
+        exit: config.daemon.watchdog_exit,
+        home: home.clone(),
+        store: store.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    if let Err(error) = watchdog.start() {
+        warn!(%error, "cannot start the watchdog thread; stalled loops go unnoticed");
+    }
 }
 
 /// Writes the port file (the daemon is now visible), watches the configuration, and serves
@@ -381,6 +425,7 @@ async fn serve(
         shutdown.clone(),
     ));
     running.tasks.push(("config", Some(watcher)));
+    crate::watchdog::notify(&[sd_notify::NotifyState::Ready]);
     info!(addr = %daemon.addr, pid = daemon.pid, home = %home.root().display(), "ccm daemon listening");
     // On a worker thread rather than this one (the runtime's `block_on`): a connection is then
     // accepted, and its task started, on the thread the I/O driver woke, with no hand-off to
@@ -395,6 +440,7 @@ async fn serve(
 
 /// Stops every task, waits for them, closes the store and removes the port file and the socket.
 async fn shut_down(running: Running, store: &Store, home: &Home) {
+    crate::watchdog::notify(&[sd_notify::NotifyState::Stopping]);
     running.state.shutdown.cancel();
     let Running { state, tasks, notifiers } = running;
     drop(state);

@@ -29,12 +29,15 @@ pub struct Scheduler {
     /// Woken after a pass that moved tasks (a queued task needs an agent).
     pub runtime_wake: Arc<Notify>,
     pub shutdown: CancellationToken,
+    /// The loop's liveness (a step is a pass), for the watchdog.
+    pub beat: Arc<ccm_sync::Beat>,
 }
 
 impl Scheduler {
     pub async fn run(self) {
         async move {
             loop {
+                let step = self.beat.step().await;
                 let config = self.config.current();
                 let (slots, external) = (config.scheduler.slots, config.external_profiles());
                 let policy = RetryPolicy::from(&*config);
@@ -46,6 +49,7 @@ impl Scheduler {
                     }
                     Err(error) => warn!(%error, "scheduler pass failed; retrying at the next tick"),
                 }
+                drop(step);
                 tokio::select! {
                     () = self.shutdown.cancelled() => break,
                     () = self.wake.notified() => {}

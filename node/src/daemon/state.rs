@@ -57,6 +57,8 @@ pub struct Shared {
     /// The sync engine's client, when `sync:` is configured (its token is replaced on
     /// enrolment).
     pub sync: Option<ccm_sync::Client>,
+    /// The daemon's long-lived loops, for `ccm status`, `/metrics` and the watchdog.
+    pub loops: Arc<crate::watchdog::Loops>,
     /// Cancelled when the daemon begins to stop: long-lived responses (the dashboard's event
     /// streams) end then, so that the server's drain does not wait for them.
     pub shutdown: CancellationToken,

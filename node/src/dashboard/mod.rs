@@ -78,6 +78,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/alerts", get(pages::alerts))
         .route("/alerts/{id}/ack", post(pages::acknowledge_alert))
         .route("/systems", get(pages::systems))
+        .route("/supervisors", get(pages::supervisors))
         .route("/events", get(events))
         .route("/signin", get(sign_in))
         .route("/signout", post(sign_out))

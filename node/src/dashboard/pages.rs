@@ -859,6 +859,57 @@ pub async fn alerts(signed_in: SignedIn, State(state): State<AppState>) -> Respo
     page.await.unwrap_or_else(|r| r)
 }
 
+/// One supervisor run on the supervisors page.
+pub struct SupervisorRunRow {
+    pub short: String,
+    pub supervisor: String,
+    pub status: String,
+    pub reason: String,
+    pub alerts: i64,
+    pub cost: String,
+    pub started: String,
+    pub report: String,
+    pub digest: String,
+}
+
+#[derive(Template)]
+#[template(path = "supervisors.html")]
+struct Supervisors {
+    layout: Layout,
+    configured: Vec<String>,
+    runs: Vec<SupervisorRunRow>,
+}
+
+/// The scheduled supervisors' runs, newest first (the last 100), with their reports.
+pub async fn supervisors(signed_in: SignedIn, State(state): State<AppState>) -> Response {
+    let page = async {
+        let layout = layout(&state, &signed_in, "Supervisors", "supervisors").await?;
+        let now = Timestamp::now();
+        let configured = state.config.current().supervisors.keys().cloned().collect();
+        let runs = state
+            .store
+            .supervisor_runs(None)
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .take(100)
+            .map(|r| SupervisorRunRow {
+                short: r.id.chars().take(8).collect(),
+                supervisor: r.supervisor,
+                status: r.status,
+                reason: r.reason,
+                alerts: r.alerts,
+                cost: format!("{:.4}", r.cost_usd),
+                started: r.started_at.ago(now),
+                report: r.report.unwrap_or_else(|| "(running)".into()),
+                digest: r.digest,
+            })
+            .collect();
+        Ok::<_, Response>(render(&Supervisors { layout, configured, runs }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
 pub async fn acknowledge_alert(
     signed_in: SignedIn,
     State(state): State<AppState>,

@@ -11,6 +11,14 @@ pub enum NotifyCommand {
     /// Send a test message through notifier NAME (every notifier without one) and print what
     /// each answered.
     Test { name: Option<String> },
+    /// The daily summary (notify.daily_summary): printed, or with --now sent through notifier
+    /// NAME (every notifier without one).
+    Daily {
+        name: Option<String>,
+        /// Send it now instead of printing it.
+        #[arg(long)]
+        now: bool,
+    },
     /// Per notifier: sends per state (pending, sent, digest, digested, failed, skipped), when
     /// it last sent, and its last error with the cause.
     Status {
@@ -43,41 +51,10 @@ pub enum ServiceCommand {
 pub async fn notify(home: &Home, config: &Config, command: NotifyCommand) -> anyhow::Result<()> {
     match command {
         NotifyCommand::Test { name } => {
-            let notifiers = &config.notify.notifiers;
-            anyhow::ensure!(!notifiers.is_empty(), "no notifiers configured (notify.notifiers)");
-            if let Some(name) = &name {
-                anyhow::ensure!(
-                    notifiers.contains_key(name),
-                    "no notifier named `{name}`; configured: {}",
-                    notifiers.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-            let auth = home.read_auth().ok();
-            let token = auth.as_ref().and_then(|a| a.telegram_token.as_deref());
             let system = super::system_name(config);
-            let mut failed = 0;
-            for (each, notifier) in
-                notifiers.iter().filter(|(n, _)| name.as_ref().is_none_or(|m| m == *n))
-            {
-                let sent = match Sender::new(each, notifier, token) {
-                    Ok(sender) => {
-                        sender
-                            .send(&Message::test(each, &system), &mut serde_json::Value::Null)
-                            .await
-                    }
-                    Err(error) => Err(error),
-                };
-                match sent {
-                    Ok(answer) => println!("{each}: ok: {answer}"),
-                    Err(error) => {
-                        failed += 1;
-                        println!("{each}: failed: {error}");
-                    }
-                }
-            }
-            anyhow::ensure!(failed == 0, "{failed} notifier(s) failed");
-            Ok(())
+            send_each(home, config, name.as_deref(), |each| Message::test(each, &system)).await
         }
+        NotifyCommand::Daily { name, now } => daily(home, config, name, now).await,
         NotifyCommand::Status { json } => {
             let store = crate::store::Store::open_existing(
                 &home.db_file(),
@@ -124,6 +101,68 @@ pub async fn notify(home: &Home, config: &Config, command: NotifyCommand) -> any
             Ok(())
         }
     }
+}
+
+/// `ccm notify daily [NAME] [--now]`.
+async fn daily(
+    home: &Home,
+    config: &Config,
+    name: Option<String>,
+    now: bool,
+) -> anyhow::Result<()> {
+    let store =
+        crate::store::Store::open_existing(&home.db_file(), std::time::Duration::from_secs(10))
+            .await?;
+    let system = super::system_name(config);
+    let message = super::daily::message(&store, &system, ccm_schema::Timestamp::now()).await;
+    store.close().await;
+    let message = message?;
+    if !now {
+        println!(
+            "{}
+{}",
+            message.title, message.text
+        );
+        return Ok(());
+    }
+    send_each(home, config, name.as_deref(), |_| message.clone()).await
+}
+
+/// Sends `message(name)` through notifier `only` (every notifier without one), printing what
+/// each answered; fails when one failed.
+async fn send_each(
+    home: &Home,
+    config: &Config,
+    only: Option<&str>,
+    message: impl Fn(&str) -> Message,
+) -> anyhow::Result<()> {
+    let notifiers = &config.notify.notifiers;
+    anyhow::ensure!(!notifiers.is_empty(), "no notifiers configured (notify.notifiers)");
+    if let Some(name) = only {
+        anyhow::ensure!(
+            notifiers.contains_key(name),
+            "no notifier named `{name}`; configured: {}",
+            notifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let auth = home.read_auth().ok();
+    let token = auth.as_ref().and_then(|a| a.telegram_token.as_deref());
+    let mut failed = 0;
+    for (each, notifier) in notifiers.iter().filter(|(n, _)| only.is_none_or(|m| m == *n)) {
+        let sent = match Sender::new(each, notifier, token) {
+            Ok(sender) => sender.send(&message(each), &mut serde_json::Value::Null).await,
+            Err(error) => Err(error),
+        };
+        match sent {
+            Ok(answer) => println!("{each}: ok: {answer}"),
+            Err(error) => {
+                failed += 1;
+                println!("{each}: failed: {error}");
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} notifier(s) failed");
+    Ok(())
 }
 
 /// How long ago `at` was, with the time: `3m ago, 2026-12-07T05:02:11.000Z`.

@@ -25,6 +25,9 @@ pub struct NotifyConfig {
     /// Send every notifier a summary (tasks per state, today's cost, open alerts) this often,
     /// in seconds (86400: daily); off when unset.
     pub summary_secs: Option<u64>,
+    /// Once a day at this local time (`{at: "18:00"}`), every notifier gets the day's summary:
+    /// completed, failed, waiting for a decision, cost; off when unset.
+    pub daily_summary: Option<super::daily::DailySummary>,
     /// The node's own health checks.
     pub health: HealthConfig,
 }
@@ -37,6 +40,7 @@ impl Default for NotifyConfig {
             dedupe_secs: 600,
             digest_secs: 3600,
             summary_secs: None,
+            daily_summary: None,
             health: HealthConfig::default(),
         }
     }
@@ -161,6 +165,12 @@ impl NotifyConfig {
                 "notify.summary_secs",
                 "must be at least 1 (or unset: no summary)".into(),
             );
+        }
+        if let Some(daily) = &self.daily_summary {
+            daily.minute().map_err(|message| ConfigError::Invalid {
+                key: "notify.daily_summary.at",
+                message,
+            })?;
         }
         if self.health.check_secs == 0 {
             return invalid("notify.health.check_secs", "must be at least 1".into());

@@ -129,7 +129,8 @@ async fn orphan_windows(
     let mut now = HashSet::new();
     let mut orphans = Vec::new();
     for window in tmux.windows().await? {
-        if live.contains(&window.name) {
+        if live.contains(&window.name) || window.name.starts_with(crate::supervisors::WINDOW_PREFIX)
+        {
             continue;
         }
         if suspects.contains(&window.id) {

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daily;
 pub mod health;
 pub mod ntfy;
 pub mod service;
@@ -347,8 +348,9 @@ pub struct Context {
     pub shutdown: CancellationToken,
 }
 
-/// Starts the router, one worker per notifier, the Telegram pollers and the health checks.
-pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts the router, one worker per notifier, the Telegram pollers and the health checks; the
+/// router (`notify`) and each worker (`notify:<name>`) mark their steps on a beat in `loops`.
+pub fn start(context: Context, loops: &crate::watchdog::Loops) -> Vec<tokio::task::JoinHandle<()>> {
     let notify = &context.config.notify;
     let auth = context.home.read_auth().ok();
     let telegram_token = auth.as_ref().and_then(|a| a.telegram_token.as_deref());
@@ -380,21 +382,23 @@ pub fn start(context: Context) -> Vec<tokio::task::JoinHandle<()>> {
             sender,
             system: system.clone(),
             wake,
+            beat: loops.add(format!("notify:{name}")),
             context: context.clone(),
         };
         tasks.push(tokio::spawn(worker.run()));
     }
-    tasks.push(tokio::spawn(router(context.clone(), wakes)));
+    tasks.push(tokio::spawn(router(context.clone(), wakes, loops.add("notify"))));
     tasks.push(tokio::spawn(health::run(context)));
     tasks
 }
 
 /// Routes new notifications into sends, after every commit of this process and every second
 /// (for writes of other processes: the CLI, `ccm hook`).
-async fn router(context: Context, wakes: Vec<Arc<Notify>>) {
+async fn router(context: Context, wakes: Vec<Arc<Notify>>, beat: Arc<ccm_sync::Beat>) {
     let notify = context.config.notify.clone();
     let mut changes = context.store.changes();
     loop {
+        let step = beat.step().await;
         match context
             .store
             .route_notifications(
@@ -407,6 +411,7 @@ async fn router(context: Context, wakes: Vec<Arc<Notify>>) {
             Ok(_) => wakes.iter().for_each(|w| w.notify_one()),
             Err(error) => warn!(%error, "cannot route notifications; retrying"),
         }
+        drop(step);
         // At most 50 passes a second, however many commits there are (hook events).
         tokio::time::sleep(Duration::from_millis(20)).await;
         tokio::select! {
@@ -442,6 +447,8 @@ struct Worker {
     system: String,
     /// Woken by the router when it queued sends.
     wake: Arc<Notify>,
+    /// The worker's liveness, for the watchdog.
+    beat: Arc<ccm_sync::Beat>,
     context: Context,
 }
 
@@ -451,13 +458,18 @@ impl Worker {
         let digest_wait = Duration::from_secs(context.config.notify.digest_secs);
         let summary = context.config.notify.summary_secs.map(Duration::from_secs);
         loop {
+            let step = self.beat.step().await;
             let mut round = self.deliver(digest_wait).await;
             if let (Ok(None), Some(every)) = (&round, summary) {
                 round = self.summarize(every).await;
             }
+            if let (Ok(None), Some(daily)) = (&round, &context.config.notify.daily_summary) {
+                round = self.daily(daily).await;
+            }
             if let (Ok(None), Sender::Telegram(bot)) = (&round, &*self.sender) {
                 round = bot.close_answered(&context.store, &self.system).await;
             }
+            drop(step);
             match round {
                 // The notifier asked for quiet (a 429): nothing goes to it meanwhile, wake-ups
                 // included.
@@ -486,6 +498,32 @@ impl Worker {
         let message = format!("{what}: {error}");
         if let Err(error) = self.context.store.notifier_failed(&self.name, &message).await {
             warn!(notifier = %self.name, %error, "cannot record why the notifier failed");
+        }
+    }
+
+    /// Sends the daily summary when its time of day has come and none went out today (local
+    /// dates); returns how long to wait after a failure.
+    async fn daily(&self, daily: &daily::DailySummary) -> crate::store::Result<Option<Duration>> {
+        let (name, store) = (self.name.as_str(), &self.context.store);
+        let Ok(at) = daily.minute() else { return Ok(None) }; // validated with the config
+        let key = format!("daily:{name}");
+        let now = Timestamp::now();
+        let (today, minute) = daily::local_day_and_minute(now);
+        let last = store.notify_value(&key).await?;
+        if !daily::due(at, &today, minute, last.as_deref()) {
+            return Ok(None);
+        }
+        let message = daily::message(store, &self.system, now).await?;
+        match self.sender.send(&message, &mut serde_json::Value::Null).await {
+            Ok(_) => {
+                store.set_notify_value(&key, &today).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                warn!(notifier = name, %error, "daily summary failed; retrying");
+                self.failed("daily summary", &error).await;
+                Ok(Some(error.retry_after.unwrap_or(Duration::from_secs(30))))
+            }
         }
     }
 

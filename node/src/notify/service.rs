@@ -6,6 +6,10 @@
 //! no agent; launchd's `AbandonProcessGroup` does the same. The file starts with a marker line,
 //! so `uninstall` removes exactly a file `install` wrote and nothing else.
 //!
+//! A stalled loop of the daemon restarts it: systemd's watchdog (`Type=notify`,
+//! `WatchdogSec=`; the daemon feeds it while every loop makes progress), and under launchd
+//! `KeepAlive` with the daemon exiting by itself (`daemon.watchdog_exit`).
+//!
 //! The directory is `CCM_SERVICE_DIR` when set (the tests use it), else
 //! `$XDG_CONFIG_HOME/systemd/user` (`~/.config/systemd/user`) or `~/Library/LaunchAgents`.
 
@@ -80,6 +84,10 @@ pub fn service_path(exe: &Path) -> String {
 /// The PATH a systemd user service gets when its unit sets none.
 const SYSTEMD_DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The unit's `WatchdogSec=`: a stalled loop (one step longer than `daemon.stall_secs`) stops
+/// the feed, and systemd restarts the daemon this long after the last `WATCHDOG=1`.
+const WATCHDOG_SECS: u64 = 60;
+
 /// The systemd user unit that runs `ccm up` for `home` with `path` as its PATH.
 pub fn systemd_unit(exe: &Path, home: &Home, profile: Profile, path: &str) -> String {
     let profile = match profile {
@@ -94,7 +102,11 @@ pub fn systemd_unit(exe: &Path, home: &Home, profile: Profile, path: &str) -> St
          After=network-online.target\n\
          \n\
          [Service]\n\
-         Type=simple\n\
+         # The daemon says READY=1 once it serves, and WATCHDOG=1 while every loop of it makes\n\
+         # progress: a stalled loop stops the feed and systemd restarts it.\n\
+         Type=notify\n\
+         NotifyAccess=main\n\
+         WatchdogSec={WATCHDOG_SECS}s\n\
          ExecStart={exe} up\n\
          Environment={ccm_home}\n\
          Environment=CCM_DAEMON__PROFILE={profile}\n\
@@ -168,6 +180,7 @@ pub fn launchd_plist(exe: &Path, home: &Home, profile: Profile, path: &str) -> S
   <dict>
     <key>CCM_HOME</key><string>{home}</string>
     <key>CCM_DAEMON__PROFILE</key><string>{profile}</string>
+    <key>CCM_DAEMON__WATCHDOG_EXIT</key><string>true</string>
     <key>PATH</key><string>{path}</string>
   </dict>
   <key>RunAtLoad</key><true/>
@@ -398,5 +411,16 @@ mod tests {
             "{unit}"
         );
         assert_eq!(unit_path(&unit).as_deref(), Some(path));
+    }
+
+    #[test]
+    fn the_launchd_agent_keeps_the_daemon_alive_and_has_it_exit_on_a_stalled_loop() {
+        let plist =
+            launchd_plist(Path::new("/usr/bin/ccm"), &Home::at("/h"), Profile::Full, "/usr/bin");
+        assert!(plist.contains("<key>KeepAlive</key><dict><key>SuccessfulExit</key><false/>"));
+        assert!(
+            plist.contains("<key>CCM_DAEMON__WATCHDOG_EXIT</key><string>true</string>"),
+            "{plist}"
+        );
     }
 }

@@ -79,6 +79,8 @@ pub struct Runtime {
     pub shutdown: CancellationToken,
     /// Tasks with a job in flight, and those whose job ended during the current pass.
     jobs: Arc<Mutex<Jobs>>,
+    /// The reconciler loop's liveness (a step is a pass), for the watchdog.
+    pub beat: Arc<ccm_sync::Beat>,
 }
 
 /// The runtime's jobs, by task.
@@ -119,6 +121,7 @@ impl Runtime {
             scheduler_wake,
             shutdown,
             jobs: Arc::default(),
+            beat: Arc::default(),
         }
     }
 
@@ -137,9 +140,11 @@ impl Runtime {
         let poll = Duration::from_millis(self.config().runtime.poll_ms);
         async move {
             loop {
+                let step = self.beat.step().await;
                 if let Err(error) = self.pass(&mut passes).await {
                     warn!(error = %format!("{error:#}"), "runtime pass failed; retrying");
                 }
+                drop(step);
                 tokio::select! {
                     () = self.shutdown.cancelled() => break,
                     () = self.wake.notified() => {}

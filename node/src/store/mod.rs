@@ -26,6 +26,7 @@ mod land;
 mod notify;
 mod records;
 mod routing;
+mod supervisors;
 mod sync;
 mod tasks;
 mod views;
@@ -53,6 +54,7 @@ pub use land::{LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
+pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
 

@@ -480,6 +480,26 @@ impl Store {
     }
 
     /// A durable value of the notifiers (such as a bot's update offset).
+    /// The tasks that ended (`complete`, `failed`, `blocked`) since `since`, each once with
+    /// its latest such move, newest first: `(state, title, reason)`. For the daily summary.
+    pub async fn ended_since(&self, since: Timestamp) -> Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT l.to_state, t.title, l.reason
+            FROM task_log l JOIN tasks t ON t.id = l.task_id
+            WHERE l.id IN (
+                SELECT max(id) FROM task_log
+                WHERE at >= ? AND to_state IN ('complete', 'failed', 'blocked')
+                GROUP BY task_id
+            )
+            ORDER BY l.id DESC
+            "#,
+        )
+        .bind(since)
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
     pub async fn notify_value(&self, key: &str) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as("SELECT value FROM notify_state WHERE key = ?")
             .bind(key)

@@ -1,0 +1,101 @@
+//! `ccm supervisors` (the configured supervisors and their runs) and `ccm report ID` (one run:
+//! why it ran, its digest and its report).
+
+use crate::config::Config;
+use crate::home::Home;
+use crate::store::SupervisorRun;
+
+use super::output::print;
+
+/// `ccm supervisors [--json]`.
+pub async fn list(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = crate::home::open_store(home, config).await?;
+    let runs = store.supervisor_runs(None).await;
+    store.close().await;
+    let runs = runs?;
+    if json {
+        let configured: Vec<serde_json::Value> = config
+            .supervisors
+            .iter()
+            .map(|(name, s)| serde_json::json!({ "name": name, "config": s }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "supervisors": configured, "runs": runs })
+            )?
+        );
+        return Ok(());
+    }
+    if config.supervisors.is_empty() {
+        println!("no supervisors configured (supervisors: in the configuration)");
+    }
+    for (name, s) in &config.supervisors {
+        let every = match &s.every {
+            crate::supervisors::Every::Completions(n) => format!("every {n} completions"),
+            crate::supervisors::Every::Failures(n) => format!("every {n} failures"),
+            crate::supervisors::Every::Interval(i) => format!("every {i}"),
+        };
+        let repo = s.repo.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+        println!(
+            "{name}: scope {}{repo}, {every}, profile {}, slots {}",
+            s.scope, s.profile, s.slots
+        );
+    }
+    if !runs.is_empty() {
+        println!();
+    }
+    for run in &runs {
+        println!("{}", line(run));
+    }
+    Ok(())
+}
+
+fn line(run: &SupervisorRun) -> String {
+    let first = run.report.as_deref().and_then(|r| r.lines().next()).unwrap_or("");
+    format!(
+        "{}  {}  {}  {}  ({})  alerts {}  ${:.4}  {}",
+        &run.id[..8],
+        run.started_at,
+        run.supervisor,
+        run.status,
+        run.reason,
+        run.alerts,
+        run.cost_usd,
+        crate::text::head(first, 80)
+    )
+}
+
+/// `ccm supervisors --digest NAME`: the digest NAME's next run would carry.
+pub async fn digest(home: &Home, config: &Config, name: &str) -> anyhow::Result<()> {
+    let Some(supervisor) = config.supervisors.get(name) else {
+        let known: Vec<&str> = config.supervisors.keys().map(String::as_str).collect();
+        anyhow::bail!("no supervisor named `{name}`; configured: {}", known.join(", "));
+    };
+    let filter = supervisor.filter().map_err(|e| anyhow::anyhow!("supervisor `{name}`: {e}"))?;
+    let store = crate::home::open_store(home, config).await?;
+    let text = async {
+        let runs = store.supervisor_runs(Some(name)).await?;
+        let since = runs.first().map_or(ccm_schema::Timestamp(0), |r| r.started_at);
+        let previous = runs.iter().find_map(|r| r.report.as_deref());
+        store.digest(&filter, since, previous).await
+    }
+    .await;
+    store.close().await;
+    print!("{}", text?);
+    Ok(())
+}
+
+/// `ccm report ID [--json]`.
+pub async fn report(home: &Home, config: &Config, id: &str, json: bool) -> anyhow::Result<()> {
+    let store = crate::home::open_store(home, config).await?;
+    let run = store.supervisor_run(id).await;
+    store.close().await;
+    let run = run?;
+    print(json, &run, |run| {
+        println!("{}", line(run));
+        println!("scope {}, profile {}, directory {}", run.scope, run.profile, run.dir);
+        println!("\n== report\n{}", run.report.as_deref().unwrap_or("(still running)"));
+        println!("\n== digest\n{}", run.digest);
+    })
+}

@@ -1,0 +1,458 @@
+//! Scheduled supervisors (`supervisors:` in the configuration): agents that watch agents.
+//!
+//! Each supervisor has a scope (`project` with its `repo`, `system`, `task:<workflow>`), a
+//! schedule (`every: {completions: N}`, `{failures: N}` or `{interval: 2h}`), a profile and a
+//! prompt template whose `{digest}` the store fills with what happened in the scope since the
+//! supervisor's previous run ([`Store::digest`]). A run is a headless agent in its own tmux
+//! window (`sup-<id>`), started through the same launcher as the runtime's agents; it is not a
+//! task and holds no worker slot (its own pool: `slots` runs of a supervisor at a time, 1 by
+//! default). Its final answer is the report (`supervisor_runs`, `ccm supervisors`, `ccm report
+//! ID`); each `ALERT: ...` line of it becomes a `supervisor_alert` alert, which the notifiers
+//! route like any other.
+//!
+//! The loop ([`Supervisors::run`]) checks every second: runs whose agent wrote its exit status
+//! are finished, and due supervisors are started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_schema::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::agents::launcher::{self, Launch};
+use crate::agents::parse::OutputSummary;
+use crate::agents::profile::{check_command, Mode, Placeholders, Profile};
+use crate::config::LiveConfig;
+use crate::home::Home;
+use crate::store::{ScopeFilter, Store, StoreError, SupervisorRun};
+use crate::tmux::{Tmux, WindowSpec};
+
+/// The tmux window names of supervisor runs start with this (the orphan-window check skips
+/// them).
+pub const WINDOW_PREFIX: &str = "sup-";
+
+/// Why a supervisor run could not start or finish; it is tried again at the next check.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tmux(#[from] crate::tmux::TmuxError),
+    #[error("supervisor run files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("supervisor `{name}`: {message}")]
+    Config { name: String, message: String },
+}
+
+/// One supervisor of `supervisors:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// `project` (with `repo`), `system`, or `task:<workflow>`.
+    pub scope: String,
+    /// The repository of a `project` scope, as its tasks name it (a path or a URL).
+    #[serde(default)]
+    pub repo: Option<String>,
+    pub every: Every,
+    /// The agent profile a run uses.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// The prompt; `{digest}`, `{name}` and `{scope}` are filled in.
+    pub prompt: String,
+    /// Runs of this supervisor at a time (its own pool, never a worker slot).
+    #[serde(default = "one")]
+    pub slots: u32,
+}
+
+fn default_profile() -> String {
+    "claude".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// When a supervisor runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Every {
+    /// After this many tasks of the scope completed since its previous run.
+    Completions(u32),
+    /// After this many tasks of the scope failed or were blocked since its previous run.
+    Failures(u32),
+    /// This long after its previous run (`2h`, `30m`).
+    Interval(String),
+}
+
+impl SupervisorConfig {
+    /// Checks the scope, the schedule and the profile; the message names what is wrong.
+    pub fn validate(&self, name: &str, profiles: &BTreeMap<String, Profile>) -> Result<(), String> {
+        let at = |message: String| format!("`{name}`: {message}");
+        self.filter().map_err(at)?;
+        match &self.every {
+            Every::Completions(0) | Every::Failures(0) => {
+                return Err(at("every: the count must be at least 1".into()))
+            }
+            Every::Interval(text) => {
+                self.interval(text).map_err(at)?;
+            }
+            _ => {}
+        }
+        match profiles.get(&self.profile) {
+            None => return Err(at(format!("unknown profile `{}`", self.profile))),
+            Some(p) if p.mode == Mode::External => {
+                return Err(at(format!(
+                    "profile `{}` is external: ccm runs no agent for it",
+                    self.profile
+                )))
+            }
+            Some(_) => {}
+        }
+        if self.slots == 0 {
+            return Err(at("slots must be at least 1".into()));
+        }
+        if !self.prompt.contains("{digest}") {
+            return Err(at("the prompt must contain {digest}".into()));
+        }
+        Ok(())
+    }
+
+    fn interval(&self, text: &str) -> Result<Duration, String> {
+        match humantime::parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+            _ => Err(format!("every: interval `{text}` is not a duration such as 30m or 2h")),
+        }
+    }
+
+    /// Which tasks the scope covers.
+    pub fn filter(&self) -> Result<ScopeFilter, String> {
+        match self.scope.as_str() {
+            "system" => Ok(ScopeFilter::default()),
+            "project" => match &self.repo {
+                Some(repo) if !repo.trim().is_empty() => {
+                    Ok(ScopeFilter { repo: Some(repo.clone()), workflow: None })
+                }
+                _ => Err("scope project needs `repo:` (the repository its tasks name)".into()),
+            },
+            "fleet" => {
+                Err("scope fleet is not supported yet (project, system, task:<workflow>)".into())
+            }
+            scope => match scope.strip_prefix("task:") {
+                Some(workflow) if !workflow.is_empty() => {
+                    Ok(ScopeFilter { repo: None, workflow: Some(workflow.to_string()) })
+                }
+                _ => {
+                    Err(format!("unknown scope `{scope}`: use project, system or task:<workflow>"))
+                }
+            },
+        }
+    }
+}
+
+/// The daemon's supervisor loop.
+pub struct Supervisors {
+    pub store: Store,
+    pub live: LiveConfig,
+    pub home: Home,
+    /// `host:port` of the API, given to runs as `CCM_API`.
+    pub api_addr: String,
+    /// When the daemon started: an `interval` supervisor that never ran counts from here.
+    pub started: Timestamp,
+    pub beat: Arc<ccm_sync::Beat>,
+    pub shutdown: CancellationToken,
+}
+
+impl Supervisors {
+    pub async fn run(self) {
+        async move {
+            // Runs of an earlier daemon may still be running: looked for once at start.
+            let mut may_run = true;
+            loop {
+                let step = self.beat.step().await;
+                if let Err(error) = self.check(&mut may_run).await {
+                    warn!(%error, "supervisor check failed; retrying");
+                }
+                drop(step);
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        .instrument(info_span!("supervisors"))
+        .await
+    }
+
+    fn tmux(&self) -> Tmux {
+        Tmux::new(self.live.current().runtime.tmux_socket.clone())
+    }
+
+    /// Finishes the runs that ended, then starts the due ones. Without supervisors configured
+    /// and no run left (`may_run` false), it reads nothing: an idle daemon does no query here.
+    async fn check(&self, may_run: &mut bool) -> Result<(), SupervisorError> {
+        let config = self.live.current();
+        if config.supervisors.is_empty() && !*may_run {
+            return Ok(());
+        }
+        let running = self.store.running_supervisor_runs().await?;
+        *may_run = !running.is_empty() || !config.supervisors.is_empty();
+        if !running.is_empty() {
+            let windows: Vec<String> =
+                self.tmux().windows().await.map(|w| w.into_iter().map(|w| w.id).collect())?;
+            for run in &running {
+                self.observe(run, &windows).await?;
+            }
+        }
+        for (name, supervisor) in &config.supervisors {
+            let busy = running.iter().filter(|r| &r.supervisor == name).count();
+            if busy >= supervisor.slots as usize {
+                continue;
+            }
+            if let Err(error) = self.start_if_due(name, supervisor, &config.profiles).await {
+                warn!(supervisor = %name, %error, "cannot start the supervisor");
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the supervisor is due now, if it is.
+    async fn due(
+        &self,
+        supervisor: &SupervisorConfig,
+        filter: &ScopeFilter,
+        last: Option<&SupervisorRun>,
+    ) -> Result<Option<String>, SupervisorError> {
+        let since = last.map_or(Timestamp(0), |r| r.started_at);
+        Ok(match &supervisor.every {
+            Every::Completions(n) | Every::Failures(n) => {
+                let (done, failed) = self.store.scope_outcomes_since(filter, since).await?;
+                let (count, what) = match supervisor.every {
+                    Every::Completions(_) => (done, "completions"),
+                    _ => (failed, "failures"),
+                };
+                (count >= i64::from(*n)).then(|| format!("{count} {what}"))
+            }
+            Every::Interval(text) => {
+                let every = supervisor.interval(text).unwrap_or(Duration::from_secs(3600));
+                let from = last.map_or(self.started, |r| r.started_at);
+                let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+                (Timestamp::now().millis() - from.millis() >= every_ms)
+                    .then(|| format!("interval {text}"))
+            }
+        })
+    }
+
+    async fn start_if_due(
+        &self,
+        name: &str,
+        supervisor: &SupervisorConfig,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Result<(), SupervisorError> {
+        let config_error = |message: String| SupervisorError::Config { name: name.into(), message };
+        let filter = supervisor.filter().map_err(config_error)?;
+        let runs = self.store.supervisor_runs(Some(name)).await?;
+        let last = runs.first();
+        let Some(reason) = self.due(supervisor, &filter, last).await? else { return Ok(()) };
+        let profile = profiles
+            .get(&supervisor.profile)
+            .cloned()
+            .ok_or_else(|| config_error(format!("unknown profile `{}`", supervisor.profile)))?;
+        let previous = runs.iter().find_map(|r| r.report.as_deref());
+        let since = last.map_or(Timestamp(0), |r| r.started_at);
+        let digest = self.store.digest(&filter, since, previous).await?;
+        let prompt = supervisor
+            .prompt
+            .replace("{name}", name)
+            .replace("{scope}", &supervisor.scope)
+            .replace("{digest}", &digest);
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = self.home.root().join("supervisors").join(&id);
+        tokio::fs::create_dir_all(&dir).await?;
+        tokio::fs::write(dir.join("prompt.md"), &prompt).await?;
+        let cwd = filter
+            .repo
+            .as_deref()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| self.home.root().join("scratch"));
+        tokio::fs::create_dir_all(&cwd).await?;
+        let window_id = self.launch(name, &id, &dir, &cwd, &profile, &prompt).await?;
+        let run = SupervisorRun {
+            id: id.clone(),
+            supervisor: name.to_string(),
+            scope: supervisor.scope.clone(),
+            reason: reason.clone(),
+            status: "running".into(),
+            profile: supervisor.profile.clone(),
+            dir: dir.to_string_lossy().into_owned(),
+            window_id: Some(window_id),
+            digest,
+            report: None,
+            alerts: 0,
+            cost_usd: 0.0,
+            started_at: Timestamp::now(),
+            ended_at: None,
+        };
+        self.store.begin_supervisor_run(&run).await?;
+        info!(supervisor = %name, run = %&id[..8], %reason, "supervisor started");
+        Ok(())
+    }
+
+    /// Opens the run's window running its launcher; the window's id.
+    async fn launch(
+        &self,
+        name: &str,
+        id: &str,
+        dir: &Path,
+        cwd: &Path,
+        profile: &Profile,
+        prompt: &str,
+    ) -> Result<String, SupervisorError> {
+        let config_error = |message: String| SupervisorError::Config { name: name.into(), message };
+        let prompt_file = dir.join("prompt.md").to_string_lossy().into_owned();
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let cwd_text = cwd.to_string_lossy().into_owned();
+        let dir_text = dir.to_string_lossy().into_owned();
+        let allowed_tools = profile.allowed_tools.join(",");
+        let argv = profile.argv(&Placeholders {
+            codex_hooks: &[],
+            prompt,
+            prompt_file: &prompt_file,
+            session_id: &session_id,
+            cwd: &cwd_text,
+            allowed_tools: &allowed_tools,
+        });
+        let mut env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(n, _)| !n.starts_with("TMUX"))
+            .collect();
+        env.extend(profile.env.clone());
+        env.extend([
+            ("CCM_SUPERVISOR".to_string(), name.to_string()),
+            ("CCM_SUPERVISOR_RUN".to_string(), id.to_string()),
+            ("CCM_AGENT_DIR".to_string(), dir_text.clone()),
+            ("CCM_HOME".to_string(), self.home.root().to_string_lossy().into_owned()),
+            ("CCM_API".to_string(), format!("http://{}", self.api_addr)),
+        ]);
+        check_command(&format!("supervisor {name}"), &argv, &env).map_err(config_error)?;
+        let script = launcher::script(&Launch {
+            argv: &argv,
+            env: &env,
+            mode: Mode::Headless,
+            stdin: profile.stdin,
+            dir: &dir_text,
+            prompt_file: &prompt_file,
+            about: &format!("ccm's launcher of supervisor `{name}`, run {id}"),
+        });
+        let launcher_file = dir.join(launcher::FILE);
+        crate::fs::write_atomic(&launcher_file, script.as_bytes(), crate::fs::Mode::Private)?;
+        let window_argv = ["sh".to_string(), launcher_file.to_string_lossy().into_owned()];
+        let window_name = format!("{WINDOW_PREFIX}{}", &id[..8]);
+        let tmux = self.tmux();
+        tmux.ensure_session().await?;
+        let window =
+            tmux.spawn(&WindowSpec { name: &window_name, cwd, argv: &window_argv }).await?;
+        Ok(window.id)
+    }
+
+    /// A run whose agent wrote its exit status is finished: its final answer is the report,
+    /// its `ALERT:` lines are raised. A run whose window is gone without one failed.
+    async fn observe(
+        &self,
+        run: &SupervisorRun,
+        windows: &[String],
+    ) -> Result<(), SupervisorError> {
+        let dir = Path::new(&run.dir);
+        let exit = tokio::fs::read_to_string(dir.join("exit")).await.ok();
+        let window_alive = run.window_id.as_ref().is_some_and(|w| windows.contains(w));
+        let Some(exit) = exit else {
+            if !window_alive {
+                let report = "the supervisor's window closed without an exit status";
+                self.store.end_supervisor_run(&run.id, false, report, &[], 0.0).await?;
+                warn!(supervisor = %run.supervisor, run = %&run.id[..8], "{report}");
+            }
+            return Ok(());
+        };
+        let format = self.live.current().profiles.get(&run.profile).map(|p| p.output);
+        let output = tokio::fs::read(dir.join("output.log")).await.unwrap_or_default();
+        let output = String::from_utf8_lossy(&output);
+        let summary =
+            OutputSummary::of(format.unwrap_or(crate::agents::parse::OutputFormat::Plain), &output);
+        let ok = exit.trim() == "0";
+        let report = summary
+            .last_message
+            .clone()
+            .or_else(|| crate::agents::parse::last_text_line(&output))
+            .unwrap_or_else(|| format!("no answer (exit status {})", exit.trim()));
+        let short = &run.id[..8];
+        let alerts: Vec<String> = alert_lines(&report)
+            .into_iter()
+            .map(|line| {
+                format!("supervisor `{}`: {line} (report: ccm report {short})", run.supervisor)
+            })
+            .collect();
+        let cost = summary.cost_usd.unwrap_or(0.0);
+        self.store.end_supervisor_run(&run.id, ok, &report, &alerts, cost).await?;
+        info!(supervisor = %run.supervisor, run = short, alerts = alerts.len(), "supervisor reported");
+        Ok(())
+    }
+}
+
+/// The `ALERT: ...` lines of a report (markdown emphasis and list marks around them allowed).
+pub fn alert_lines(report: &str) -> Vec<String> {
+    report
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim().trim_start_matches(['-', '*', ' ']).trim_matches(['*', '`']);
+            let rest = line.strip_prefix("ALERT:").or_else(|| line.strip_prefix("Alert:"))?;
+            let rest = rest.trim().trim_matches(['*', '`']).trim();
+            (!rest.is_empty()).then(|| rest.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_lines_are_read_from_the_report() {
+        let report = "All fine mostly.\nALERT: parser tasks fail verify\n- **ALERT: cost spike**\nALERT:\nnot an ALERT: here";
+        assert_eq!(alert_lines(report), ["parser tasks fail verify", "cost spike"]);
+    }
+
+    #[test]
+    fn a_scope_and_schedule_are_checked_naming_what_is_wrong() {
+        let profiles = crate::agents::profile::builtin();
+        let config = |scope: &str, every: Every, prompt: &str| SupervisorConfig {
+            scope: scope.into(),
+            repo: None,
+            every,
+            profile: "claude".into(),
+            prompt: prompt.into(),
+            slots: 1,
+        };
+        let check = |c: SupervisorConfig| c.validate("review", &profiles);
+        assert!(check(config("system", Every::Completions(3), "{digest}")).is_ok());
+        assert!(check(config("task:code-review", Every::Interval("2h".into()), "{digest}")).is_ok());
+        let cases = [
+            (config("project", Every::Completions(3), "{digest}"), "needs `repo:`"),
+            (config("fleet", Every::Completions(3), "{digest}"), "fleet is not supported"),
+            (config("galaxy", Every::Completions(3), "{digest}"), "unknown scope `galaxy`"),
+            (config("system", Every::Failures(0), "{digest}"), "at least 1"),
+            (
+                config("system", Every::Interval("soon".into()), "{digest}"),
+                "`soon` is not a duration",
+            ),
+            (config("system", Every::Completions(1), "no digest"), "must contain {digest}"),
+        ];
+        for (c, expected) in cases {
+            let error = check(c).unwrap_err();
+            assert!(error.starts_with("`review`: ") && error.contains(expected), "{error}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The digest a scheduled supervisor's prompt carries, over a large store: 10,000 tasks (eight
+//! moves each in `task_log`) and 1,000,000 hook events, printed next to `ccm status` on the same
+//! store (process start, opening the database, a few counts) measured in the same run.
+//!
+//! Run with `cargo bench -p ccm-tests --bench supervisors`. Nothing here asserts on time.
+
+use std::time::{Duration, Instant};
+
+use ccm_tests::bench::{machine, ms, print_table, Row, Stats};
+use ccm_tests::{open_db, TestHome};
+
+const TASKS: i64 = 10_000;
+const HOOK_EVENTS: i64 = 1_000_000;
+const RUNS: usize = 7;
+
+fn timed(home: &TestHome, args: &[&str]) -> Stats {
+    let mut samples: Vec<Duration> = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let out = home.run(args);
+        samples.push(started.elapsed());
+        assert!(out.status.success(), "ccm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Stats::new(samples)
+}
+
+fn main() {
+    let home = TestHome::new("bench-digest");
+    home.write_config(
+        "supervisors:\n  review:\n    scope: project\n    repo: /src/app\n    every: {completions: 5}\n    prompt: \"{digest}\"\n",
+    );
+    home.run_ok(&["status"]); // creates and migrates the database
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut db = open_db(&home.db_file()).await;
+        let day = 86_400_000_i64;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let now = i64::try_from(now.as_millis()).unwrap();
+        sqlx::query(
+            r#"
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+            INSERT INTO tasks (id, title, prompt, repo, profile, max_attempts, attempts, state, created_at, updated_at)
+            SELECT printf('%08x-0000-4000-8000-%012x', i, i), 'task ' || i, 'do it', 
+                   CASE WHEN i % 2 = 0 THEN '/src/app' ELSE '/src/other' END, 'claude', 3, 1,
+                   CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'complete' END, ? - (i * 60000), ?
+            FROM n
+            "#,
+        )
+        .bind(TASKS)
+        .bind(now)
+        .bind(now)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        sqlx::query(
+            r#"
+            INSERT INTO task_log (task_id, at, from_state, to_state, reason, actor)
+            SELECT t.id, t.created_at + s.k * 1000, s.prev,
+                   CASE WHEN s.next = 'done' THEN t.state ELSE s.next END,
+                   CASE WHEN s.next = 'done' AND t.state = 'failed' THEN 'verify failed: ' || printf('%.400c', 'x') ELSE 'moved' END, 'runtime'
+            FROM tasks t JOIN (
+                SELECT 0 AS k, NULL AS prev, 'created' AS next UNION ALL SELECT 1, 'created', 'queued'
+                UNION ALL SELECT 2, 'queued', 'executing' UNION ALL SELECT 3, 'executing', 'error'
+                UNION ALL SELECT 4, 'error', 'retry' UNION ALL SELECT 5, 'retry', 'queued'
+                UNION ALL SELECT 6, 'queued', 'executing' UNION ALL SELECT 7, 'executing', 'done'
+            ) s
+            "#,
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            r#"
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+            INSERT INTO hook_events (key, at, system, task_id, event, kind, tool, via, payload)
+            SELECT 'k' || i, ? - i, 'claude',
+                   printf('%08x-0000-4000-8000-%012x', i % {TASKS} + 1, i % {TASKS} + 1),
+                   'PostToolUse', 'post_tool_use', 'Bash', 'api', '{{}}'
+            FROM n
+            "#
+        ))
+        .bind(HOOK_EVENTS)
+        .bind(now - day)
+        .execute(&mut db)
+        .await
+        .unwrap_or_else(|e| panic!("hook events: {e}"));
+    });
+    let digest = timed(&home, &["supervisors", "--digest", "review"]);
+    let status = timed(&home, &["status"]);
+    let text = home.run_ok(&["supervisors", "--digest", "review"]);
+    assert!(text.contains("complete 4000") && text.contains("failures (10)"), "{text}");
+    println!("{}", machine());
+    println!(
+        "project digest over {TASKS} tasks ({} task_log rows) and {HOOK_EVENTS} hook events, {RUNS} runs each",
+        TASKS * 8
+    );
+    print_table(&[
+        Row::new(
+            "digest (`ccm supervisors --digest`) p50",
+            ms(digest.p50),
+            ms(status.p50),
+            "≤ 200 ms",
+        ),
+        Row::new("digest max", ms(digest.max), ms(status.max), "—"),
+    ]);
+}
