@@ -41,6 +41,7 @@ fn hook_options<'a>(
         shared,
         // A gate waits at most the approval timeout, plus time for the answer to travel.
         gate_timeout_secs: config.approvals.timeout_secs + 30,
+        mcp_program: None,
     }
 }
 

@@ -86,10 +86,12 @@ pub fn router(state: AppState) -> Router {
         .route("/sync/now", post(sync_now))
         .route("/sync/pause", post(sync_pause))
         .route("/sync/resume", post(sync_resume))
+        .merge(super::agent_api::operator_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), security::require_token));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(super::agent_api::routes())
         .nest("/api", api);
     if state.config.current().daemon.profile == crate::config::Profile::Full {
         router = router.merge(crate::dashboard::router(&state));

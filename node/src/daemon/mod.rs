@@ -17,6 +17,7 @@
 //! tasks, write the port file and serve, shut down. SIGTERM or SIGINT stops serving
 //! gracefully, stops the tasks, closes the store and removes the port file.
 
+mod agent_api;
 mod api;
 mod batch;
 mod error;

@@ -202,6 +202,7 @@ impl Runtime {
             hook,
             shared: false,
             gate_timeout_secs: self.gate_timeout_secs(),
+            mcp_program: None,
         }
     }
 
@@ -258,10 +259,18 @@ impl Runtime {
                 )));
             }
         };
-        let codex_hooks = crate::hooks::install::codex_overrides(
+        let mut codex_hooks = crate::hooks::install::codex_overrides(
             &crate::hooks::hook_program(),
             self.gate_timeout_secs(),
         );
+        // ccm's MCP server: on Codex's command line (it reads no untrusted project's config),
+        // and in a file for `{mcp_config}`.
+        let mcp_program = crate::hooks::install::mcp_program(false);
+        codex_hooks.extend(crate::hooks::install::codex_mcp_overrides(&mcp_program));
+        let mcp_config = dir.join("mcp.json");
+        let mcp_json = crate::hooks::install::mcp_config_file(&mcp_program).to_string();
+        tokio::fs::write(&mcp_config, mcp_json).await?;
+        let mcp_config = mcp_config.to_string_lossy().into_owned();
         let argv = profile.argv(&Placeholders {
             codex_hooks: &codex_hooks,
             prompt,
@@ -269,6 +278,7 @@ impl Runtime {
             session_id: &session_id,
             cwd: &agent.cwd,
             allowed_tools: &allowed_tools,
+            mcp_config: &mcp_config,
         });
         if profile.mode == Mode::External {
             return Err(RuntimeError::Other(format!(

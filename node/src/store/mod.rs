@@ -18,6 +18,7 @@
 mod agents;
 mod claims;
 mod contexts;
+mod coordination;
 mod hooks;
 mod notify;
 mod records;
@@ -42,6 +43,9 @@ use uuid::Uuid;
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use claims::{ChangeRequest, Claim, Ownership};
 pub use contexts::ContextProbe;
+pub use coordination::{
+    AgentIdentity, Allocation, LockGrant, LockHolder, LockView, Subtask, SubtaskLimits,
+};
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
@@ -118,6 +122,9 @@ pub enum StoreError {
     /// The disk holding the database is full (or the file may not grow).
     #[error("disk full (or a write error): the database cannot grow")]
     DiskFull,
+    /// What the caller may not do (an agent outside its task's scope, a limit reached).
+    #[error("{0}")]
+    Refused(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }

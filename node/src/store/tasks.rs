@@ -885,6 +885,9 @@ pub(super) async fn apply_in_tx(
     task.version += 1;
     super::outbox_task(tx, &task, urgent).await?;
     super::routing::transitioned(tx, &task, actor).await?;
+    if task.state.is_terminal() {
+        super::coordination::task_ended(tx, id, task.state, actor, policy).await?;
+    }
     Ok(())
 }
 
