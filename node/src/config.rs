@@ -110,8 +110,22 @@ impl Default for SplitConfig {
     fn default() -> Self {
         let words = |list: &[&str]| list.iter().map(|w| (*w).to_string()).collect();
         SplitConfig {
-            parallel_keywords: words(&["implement", "create", "build", "add", "write", "component"]),
-            sequential_keywords: words(&["then", "after", "afterwards", "depends on", "finally", "once"]),
+            parallel_keywords: words(&[
+                "implement",
+                "create",
+                "build",
+                "add",
+                "write",
+                "component",
+            ]),
+            sequential_keywords: words(&[
+                "then",
+                "after",
+                "afterwards",
+                "depends on",
+                "finally",
+                "once",
+            ]),
             min_chars: 2000,
         }
     }
@@ -142,7 +156,8 @@ impl SequenceConfig {
             return format!("{}{value}", self.format);
         };
         let spec = &self.format[open + 1..close];
-        let width = spec.trim_start_matches(':').trim_start_matches('0').parse::<usize>().unwrap_or(0);
+        let width =
+            spec.trim_start_matches(':').trim_start_matches('0').parse::<usize>().unwrap_or(0);
         let number = if spec.starts_with(":0") {
             format!("{value:0width$}")
         } else {
@@ -157,7 +172,9 @@ impl SequenceConfig {
         let spec_ok = self.format.find('{').zip(self.format.find('}')).is_some_and(|(o, c)| {
             let spec = &self.format[o + 1..c];
             spec.is_empty()
-                || spec.strip_prefix(':').is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+                || spec
+                    .strip_prefix(':')
+                    .is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
         });
         if open != 1 || close != 1 || !spec_ok {
             return Err(format!(
@@ -768,7 +785,9 @@ impl Config {
             }
         }
         for (name, sequence) in &self.sequences {
-            sequence.check(name).map_err(|message| ConfigError::Invalid { key: "sequences", message })?;
+            sequence
+                .check(name)
+                .map_err(|message| ConfigError::Invalid { key: "sequences", message })?;
         }
         if self.coordination.max_subtasks_per_parent == 0 {
             return invalid("coordination.max_subtasks_per_parent", "must be at least 1");
@@ -1103,7 +1122,7 @@ mod tests {
         assert_eq!(config.profiles["claude"].allowed_tools, ["Bash(git *)", "Edit"]);
         assert_eq!(
             defaults().profiles["claude"].allowed_tools,
-            ["Bash", "Edit", "Write", "NotebookEdit"]
+            ["Bash", "Edit", "Write", "NotebookEdit", "mcp__ccm"]
         );
         let error = load_yaml("allowed_tools:\n  cluade: [Bash]\n").unwrap_err().to_string();
         assert_eq!(error, "config key `allowed_tools`: names unknown profile `cluade`");

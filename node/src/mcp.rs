@@ -61,25 +61,30 @@ impl Daemon {
     }
 
     /// Calls the agent API; the answer's JSON, or the refusal's message.
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let Some(token) = &self.token else {
             return Err("refused: no agent credential (CCM_AGENT_TOKEN is not set): ccm's tools work only for an agent ccm started".into());
         };
         let Some(base) = &self.base else {
             return Err("refused: no ccm daemon to ask (neither CCM_API nor a running daemon's port file in CCM_HOME)".into());
         };
-        let mut request = self
-            .http
-            .request(method, format!("{base}{path}"))
-            .header("x-ccm-agent-token", token);
+        let mut request =
+            self.http.request(method, format!("{base}{path}")).header("x-ccm-agent-token", token);
         if let Some(task) = &self.task {
             request = request.header("x-ccm-task-id", task);
         }
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response =
-            request.send().await.map_err(|e| format!("cannot reach the ccm daemon at {base}: {e}"))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the ccm daemon at {base}: {e}"))?;
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -182,7 +187,8 @@ impl CcmServer {
     pub async fn run_tool(&self, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
         use reqwest::Method;
         let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_string);
-        let need = |key: &str| text(key).filter(|v| !v.is_empty()).ok_or(format!("{key}: required"));
+        let need =
+            |key: &str| text(key).filter(|v| !v.is_empty()).ok_or(format!("{key}: required"));
         let d = &self.daemon;
         match name {
             "create_subtask" => {
@@ -207,7 +213,8 @@ impl CcmServer {
                     "ttl_secs": args.get("ttl").cloned().unwrap_or(json!(60)),
                     "wait_secs": args.get("wait_secs").cloned().unwrap_or(json!(0)),
                 });
-                d.call(Method::POST, &format!("/api/agent/locks/{}", encode(&lock)), Some(body)).await
+                d.call(Method::POST, &format!("/api/agent/locks/{}", encode(&lock)), Some(body))
+                    .await
             }
             "unlock" => {
                 let lock = need("name")?;

@@ -140,11 +140,15 @@ fn count_words(lower: &str, keywords: &[String]) -> usize {
     keywords
         .iter()
         .map(|k| {
-            let phrase: Vec<String> = k.to_lowercase().split_whitespace().map(String::from).collect();
+            let phrase: Vec<String> =
+                k.to_lowercase().split_whitespace().map(String::from).collect();
             if phrase.is_empty() {
                 return 0;
             }
-            words.windows(phrase.len()).filter(|w| w.iter().zip(&phrase).all(|(a, b)| a == b)).count()
+            words
+                .windows(phrase.len())
+                .filter(|w| w.iter().zip(&phrase).all(|(a, b)| a == b))
+                .count()
         })
         .sum()
 }
@@ -256,6 +260,9 @@ mod tests {
         SplitConfig::default()
     }
 
+    /// Expected parts: titles and the indexes of the parts each waits for.
+    type Parts = Vec<(&'static str, Vec<usize>)>;
+
     fn titles(plan: &Plan) -> Vec<(String, Vec<usize>)> {
         plan.parts.iter().map(|p| (p.title.clone(), p.depends_on.clone())).collect()
     }
@@ -271,13 +278,13 @@ mod tests {
     #[test]
     fn splitting_follows_the_table() {
         let long = seed_prompt(2_500);
-        let cases: Vec<(&str, String, Vec<(&str, Vec<usize>)>)> = vec![
+        let cases: Vec<(&str, String, Parts)> = vec![
+            ("three parallel parts in a long prompt", long.clone(), vec![]),
             (
-                "three parallel parts in a long prompt",
-                long.clone(),
-                vec![],
+                "two ordered parts",
+                "Do A, then B after A".into(),
+                vec![("Do A", vec![]), ("B after A", vec![0])],
             ),
-            ("two ordered parts", "Do A, then B after A".into(), vec![("Do A", vec![]), ("B after A", vec![0])]),
             ("a short prompt", "Fix the typo in the README".into(), vec![]),
             (
                 "parallel keywords in a short prompt",
@@ -286,7 +293,8 @@ mod tests {
             ),
             (
                 "a numbered list with ordering words",
-                "Steps:\n1. Write the schema\n2. Then migrate the data\n3. Remove the old table\n".into(),
+                "Steps:\n1. Write the schema\n2. Then migrate the data\n3. Remove the old table\n"
+                    .into(),
                 vec![
                     ("Write the schema", vec![]),
                     ("Then migrate the data", vec![0]),
@@ -298,11 +306,7 @@ mod tests {
                 "1. Write the schema\n2. Migrate the data\n".into(),
                 vec![],
             ),
-            (
-                "then at the start only",
-                "Then do it".into(),
-                vec![],
-            ),
+            ("then at the start only", "Then do it".into(), vec![]),
             (
                 "three ordered steps",
                 "Add the column. Then backfill it; finally drop the old one".into(),
@@ -353,7 +357,8 @@ mod tests {
     #[test]
     fn counting_matches_whole_words_and_phrases() {
         let lower = "then buildings depends on after-party; build then";
-        let count = |k: &[&str]| count_words(lower, &k.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let count =
+            |k: &[&str]| count_words(lower, &k.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert_eq!(count(&["then"]), 2);
         assert_eq!(count(&["build"]), 1);
         assert_eq!(count(&["depends on"]), 1);

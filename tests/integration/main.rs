@@ -6,6 +6,7 @@ mod central;
 mod claude;
 mod cli;
 mod config;
+mod coordination;
 mod dashboard;
 mod durability;
 mod gemini_codex;

@@ -33,7 +33,8 @@ pub async fn lock(home: &Home, _config: &Config, args: LockArgs) -> anyhow::Resu
         .await
         .map_err(|silent| anyhow::anyhow!("{silent}; {}", silent.fix()))?
         .context("`ccm lock` needs the daemon (the lease is renewed and released through it): start it with `ccm up`")?;
-    let holder = format!("cli:{}:{}", std::process::id(), gethostname::gethostname().to_string_lossy());
+    let holder =
+        format!("cli:{}:{}", std::process::id(), gethostname::gethostname().to_string_lossy());
     let body = json!({ "holder": holder, "ttl_secs": args.ttl, "wait_secs": args.wait });
     let grant: LockGrant = client
         .post(&["locks", &args.name], body)

@@ -102,7 +102,8 @@ pub async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()
             .with_context(|| format!("cannot write {}", config_file.display()))?;
     }
     let hook = hook_program(false);
-    let reports = crate::hooks::install::install(&hook_options(config, &probe.path, &hook, false))?;
+    let reports =
+        crate::hooks::install::install_all(&hook_options(config, &probe.path, &hook, false))?;
     let backend = Backend::connect(home, config).await?;
     let context = backend.add_context(&probe.path).await?;
     show_hook_reports(&reports);

@@ -94,7 +94,10 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
     Ok(Caller { agent, task })
 }
 
-async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn whoami(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let caller = caller(&state, &headers).await?;
     Ok(Json(json!({
         "task": caller.task.id,
@@ -132,9 +135,11 @@ async fn create_subtask(
     let parent = caller.task.id;
     let mut depends_on = Vec::with_capacity(body.depends_on.len());
     for dep in &body.depends_on {
-        let sibling = state.store.task(dep).await.map_err(|e| {
-            ApiError::BadRequest(format!("depends_on: {e}"))
-        })?;
+        let sibling = state
+            .store
+            .task(dep)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("depends_on: {e}")))?;
         if !state.store.is_subtask_of(sibling.task.id, parent).await? {
             return Err(ApiError::Forbidden(format!(
                 "depends_on: task {} is not a sub-task of task {}: a sub-task may wait only for its siblings",
@@ -233,7 +238,9 @@ async fn wait_subtasks(
         } else {
             let mut chosen = Vec::new();
             for id in &body.ids {
-                match all.iter().find(|s| s.id.starts_with(id.as_str()) || s.id.replace('-', "").starts_with(id.as_str())) {
+                match all.iter().find(|s| {
+                    s.id.starts_with(id.as_str()) || s.id.replace('-', "").starts_with(id.as_str())
+                }) {
                     Some(s) => chosen.push(s.clone()),
                     None => {
                         return Err(ApiError::Forbidden(format!(
@@ -452,10 +459,7 @@ async fn release_allocation(
         _ => return Err(ApiError::BadRequest("value: must be a string or a number".into())),
     };
     Ok(Json(
-        state
-            .store
-            .release_allocation(&repo, &body.sequence, &value, Some(caller.task.id))
-            .await?,
+        state.store.release_allocation(&repo, &body.sequence, &value, Some(caller.task.id)).await?,
     ))
 }
 
@@ -468,12 +472,14 @@ async fn release_allocation(
 /// | `POST /api/allocations` `{"repo", "sequence"}` | the next value of a sequence of a registered checkout's repository |
 /// | `POST /api/allocations/release` `{"repo", "sequence", "value"}` | gives a value back |
 /// | `GET /api/tasks/{id}/subtasks` | a task's sub-task tree |
+/// | `POST /api/tasks/split` `{"task", "parts": [{"task", "after"}]}` | a task split into sub-tasks (`ccm task add --split`), in one transaction; 201 `{"parent", "parts"}` |
 pub fn operator_routes() -> Router<AppState> {
     Router::new()
         .route("/locks/{name}", post(operator_lock).delete(operator_unlock))
         .route("/allocations", post(operator_allocate))
         .route("/allocations/release", post(operator_release))
         .route("/tasks/{id}/subtasks", get(task_subtasks))
+        .route("/tasks/split", post(split_task))
 }
 
 #[derive(Deserialize)]
@@ -537,15 +543,26 @@ struct OperatorAllocate {
 }
 
 /// The repository key and checkout of a registered context named by path, id or URL.
-async fn context_of(state: &AppState, repo: &str) -> Result<(String, std::path::PathBuf), ApiError> {
+async fn context_of(
+    state: &AppState,
+    repo: &str,
+) -> Result<(String, std::path::PathBuf), ApiError> {
     let normalized = ccm_schema::repo_url::normalize(repo);
     let context = state
         .store
         .contexts()
         .await?
         .into_iter()
-        .find(|c| c.path == repo || c.id.to_string() == repo || c.repo_url.as_deref() == Some(&*normalized))
-        .ok_or_else(|| ApiError::BadRequest(format!("repo: no registered checkout matches `{repo}` (ccm context add)")))?;
+        .find(|c| {
+            c.path == repo
+                || c.id.to_string() == repo
+                || c.repo_url.as_deref() == Some(&*normalized)
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "repo: no registered checkout matches `{repo}` (ccm context add)"
+            ))
+        })?;
     let key = context.repo_url.clone().unwrap_or_else(|| context.path.clone());
     Ok((key, std::path::PathBuf::from(context.path)))
 }
@@ -599,4 +616,39 @@ async fn task_subtasks(
 ) -> Result<Json<Vec<Subtask>>, ApiError> {
     let task = state.store.task(&id).await?.task;
     Ok(Json(state.store.subtasks(task.id).await?))
+}
+
+/// Body of `POST /api/tasks/split`: a task and the parts it is split into.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRequest {
+    pub task: NewTask,
+    pub parts: Vec<SplitPart>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitPart {
+    pub task: NewTask,
+    /// Indexes of earlier parts it waits for.
+    #[serde(default)]
+    pub after: Vec<usize>,
+}
+
+/// Answer of `POST /api/tasks/split`: the parent and its parts.
+#[derive(Deserialize, serde::Serialize)]
+pub struct SplitAnswer {
+    pub parent: Task,
+    pub parts: Vec<Task>,
+}
+
+async fn split_task(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SplitRequest>,
+) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let parts = body.parts.into_iter().map(|p| (p.task, p.after)).collect();
+    let (parent, parts) = state.store.create_split(body.task, parts, &config, "cli").await?;
+    state.wake_scheduler();
+    Ok((StatusCode::CREATED, Json(SplitAnswer { parent, parts })).into_response())
 }

@@ -677,12 +677,20 @@ async fn task_events(
 pub struct ClaimsView {
     pub claims: Vec<Claim>,
     pub change_requests: Vec<ChangeRequest>,
+    /// Named locks (holders and waiters).
+    #[serde(default)]
+    pub locks: Vec<crate::store::LockView>,
+    /// Values of sequences handed out (held and released).
+    #[serde(default)]
+    pub allocations: Vec<crate::store::Allocation>,
 }
 
 async fn claims(State(state): State<AppState>) -> Result<Json<ClaimsView>, ApiError> {
     Ok(Json(ClaimsView {
         claims: state.store.claims().await?,
         change_requests: state.store.change_requests().await?,
+        locks: state.store.locks().await?,
+        allocations: state.store.allocations().await?,
     }))
 }
 

@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use agent_api::{SplitAnswer, SplitPart, SplitRequest};
 pub use api::{router, ClaimsView};
 pub use batch::Batcher;
 pub use error::ApiError;

@@ -178,10 +178,7 @@ pub fn install(options: &Options) -> Result<Vec<FileReport>, InstallError> {
     claude.status()?;
     gemini.status()?;
     codex.status()?;
-    mcp_status(options)?;
-    let mut reports = vec![claude.install()?, gemini.install()?, codex.install()?];
-    reports.extend(mcp_install(options)?);
-    Ok(reports)
+    Ok(vec![claude.install()?, gemini.install()?, codex.install()?])
 }
 
 /// Removes exactly the hooks [`install`] adds, and what their removal leaves empty.
@@ -192,12 +189,7 @@ pub fn uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
     claude.check_uninstall()?;
     gemini.check_uninstall()?;
     read_toml(&codex.file)?;
-    mcp_status(options)?;
-    // The MCP entries first: the Gemini CLI file is deleted only once nothing of ccm is left.
-    let mcp = mcp_uninstall(options)?;
-    let mut reports = vec![claude.uninstall()?, gemini.uninstall()?, codex.uninstall()?];
-    reports.extend(mcp);
-    Ok(reports)
+    Ok(vec![claude.uninstall()?, gemini.uninstall()?, codex.uninstall()?])
 }
 
 /// What is installed, without changing anything.
@@ -207,9 +199,7 @@ pub fn uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
 /// is [`Action::Skipped`] when the user's own `notify` is in the way.
 pub fn status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
     let (claude, gemini, codex) = targets(options);
-    let mut reports = vec![claude.status()?, gemini.status()?, codex.status()?];
-    reports.extend(mcp_status(options)?);
-    Ok(reports)
+    Ok(vec![claude.status()?, gemini.status()?, codex.status()?])
 }
 
 fn targets(options: &Options) -> (JsonTarget, JsonTarget, CodexTarget) {
@@ -799,11 +789,41 @@ fn mcp_servers<'a>(
     path: &Path,
 ) -> Result<&'a mut Map<String, Value>, InstallError> {
     root.entry("mcpServers").or_insert_with(|| json!({})).as_object_mut().ok_or_else(|| {
-        InstallError::Shape { path: path.to_owned(), key: "mcpServers".into(), expected: "an object" }
+        InstallError::Shape {
+            path: path.to_owned(),
+            key: "mcpServers".into(),
+            expected: "an object",
+        }
     })
 }
 
-fn mcp_install(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+/// [`install`] and [`mcp_install`]: everything ccm puts into a checkout's agent settings.
+pub fn install_all(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    mcp_status(options)?;
+    let mut reports = install(options)?;
+    reports.extend(mcp_install(options)?);
+    Ok(reports)
+}
+
+/// [`mcp_uninstall`], then [`uninstall`].
+pub fn uninstall_all(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let mcp = mcp_uninstall(options)?;
+    let mut reports = uninstall(options)?;
+    reports.extend(mcp);
+    Ok(reports)
+}
+
+/// [`status`] and [`mcp_status`].
+pub fn status_all(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let mut reports = status(options)?;
+    reports.extend(mcp_status(options)?);
+    Ok(reports)
+}
+
+/// Adds ccm's MCP server to Claude Code's `.mcp.json` and Gemini CLI's `.gemini/settings.json`
+/// (Codex gets it on its command line: [`codex_mcp_overrides`]), keeping everything there.
+pub fn mcp_install(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    mcp_status(options)?;
     let mut reports = Vec::new();
     let mut writes = Vec::new();
     for (agent, file, entry) in mcp_targets(options) {
@@ -825,7 +845,10 @@ fn mcp_install(options: &Options) -> Result<Vec<FileReport>, InstallError> {
     Ok(reports)
 }
 
-fn mcp_uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+/// Removes exactly the entries [`mcp_install`] adds, and what their removal leaves empty. Run
+/// before [`uninstall`]: the Gemini CLI file is deleted only once nothing of ccm is left in it.
+pub fn mcp_uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    mcp_status(options)?;
     let mut reports = Vec::new();
     for (agent, file, _) in mcp_targets(options) {
         let Some(mut root) = read_json(&file)? else {
@@ -856,7 +879,8 @@ fn mcp_uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
     Ok(reports)
 }
 
-fn mcp_status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+/// Whether ccm's MCP server is in each file, without changing anything.
+pub fn mcp_status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
     let mut reports = Vec::new();
     for (agent, file, entry) in mcp_targets(options) {
         let mut root = read_json(&file)?.unwrap_or_default();
@@ -872,7 +896,6 @@ fn mcp_status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
 }
 
 #[cfg(test)]
-
 mod tests {
     use super::*;
 

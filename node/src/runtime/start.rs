@@ -160,7 +160,7 @@ impl Runtime {
             // kept out of the agent's commits whatever git command it runs.
             let hook = crate::hooks::hook_program();
             let options = runtime.hook_options(&prepared.path, &hook);
-            match crate::hooks::install::install(&options) {
+            match crate::hooks::install::install_all(&options) {
                 Ok(reports) => {
                     let files: Vec<&Path> = reports
                         .iter()
@@ -174,7 +174,7 @@ impl Runtime {
                         worktree::keep_out_of_commits(&repo_for_job, &prepared.path, &files)
                     {
                         warn!(error = %e, "cannot keep ccm's hooks out of the worktree's commits; the agent runs without them");
-                        if let Err(e) = crate::hooks::install::uninstall(&options) {
+                        if let Err(e) = crate::hooks::install::uninstall_all(&options) {
                             warn!(error = %e, "cannot remove ccm's hooks from the worktree");
                         }
                     }

@@ -118,19 +118,17 @@ impl Store {
     /// At the limit, raises one `subtask_limit` alert about the parent and refuses.
     pub async fn check_subtask_limits(&self, parent: Uuid, limits: SubtaskLimits) -> Result<i64> {
         let mut tx = self.write().await?;
-        let depth: i64 = sqlx::query_as::<_, (i64,)>(
-            "SELECT depth FROM subtasks WHERE task_id = ?",
-        )
-        .bind(parent.hyphenated())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map_or(0, |(d,)| d)
-            + 1;
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM subtasks WHERE parent_id = ?")
+        let depth: i64 =
+            sqlx::query_as::<_, (i64,)>("SELECT depth FROM subtasks WHERE task_id = ?")
                 .bind(parent.hyphenated())
-                .fetch_one(&mut *tx)
-                .await?;
+                .fetch_optional(&mut *tx)
+                .await?
+                .map_or(0, |(d,)| d)
+                + 1;
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM subtasks WHERE parent_id = ?")
+            .bind(parent.hyphenated())
+            .fetch_one(&mut *tx)
+            .await?;
         let refusal = if depth > i64::from(limits.max_depth) {
             Some(format!(
                 "task {} is at depth {}: sub-tasks may nest {} deep at most (coordination.max_subtask_depth)",
@@ -157,8 +155,16 @@ impl Store {
         .await?;
         if !open {
             let now = Timestamp::now();
-            raise_alert(&mut tx, Some(parent), Severity::Warning, "subtask_limit", &message, None, now)
-                .await?;
+            raise_alert(
+                &mut tx,
+                Some(parent),
+                Severity::Warning,
+                "subtask_limit",
+                &message,
+                None,
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         Err(StoreError::Refused(message))
@@ -213,18 +219,19 @@ impl Store {
                     r#"
                     SELECT t.id, t.title, t.state, s.depth, s.created_by
                     FROM subtasks s JOIN tasks t ON t.id = s.task_id
-                    WHERE s.parent_id = ? ORDER BY s.created_at, t.id
+                    WHERE s.parent_id = ? ORDER BY s.created_at, t.rowid
                     "#,
                 )
                 .bind(parent)
                 .fetch_all(&mut *conn)
                 .await?;
                 for (id, title, state, depth, created_by) in rows {
-                    let depends_on: Vec<(String,)> =
-                        sqlx::query_as("SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on")
-                            .bind(&id)
-                            .fetch_all(&mut *conn)
-                            .await?;
+                    let depends_on: Vec<(String,)> = sqlx::query_as(
+                        "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on",
+                    )
+                    .bind(&id)
+                    .fetch_all(&mut *conn)
+                    .await?;
                     let result: Option<(Option<String>,)> = sqlx::query_as(
                         r#"
                         SELECT json_extract(summary, '$.last_message') FROM reports
@@ -306,7 +313,8 @@ impl Store {
         ttl_secs: u64,
     ) -> Result<Option<LockGrant>> {
         let now = Timestamp::now();
-        let expires = Timestamp(now.0 + i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2));
+        let expires =
+            Timestamp(now.0 + i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2));
         let mut tx = self.write().await?;
         let current: Option<(Option<String>, i64, Option<Timestamp>)> =
             sqlx::query_as("SELECT holder, fence, expires_at FROM named_locks WHERE name = ?")
@@ -515,7 +523,9 @@ impl Store {
                 message: format!("`{value}` of sequence `{sequence}` is not held in {repo}"),
             });
         };
-        if let Some(task) = task.filter(|t| row.task_id.as_deref() != Some(&*t.hyphenated().to_string())) {
+        if let Some(task) =
+            task.filter(|t| row.task_id.as_deref() != Some(&*t.hyphenated().to_string()))
+        {
             return Err(StoreError::Refused(format!(
                 "`{value}` of sequence `{sequence}` was allocated to another task, not {}",
                 short_id(&task)

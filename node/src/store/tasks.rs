@@ -82,6 +82,12 @@ pub struct TaskDetail {
     /// task's outcome (`result discarded: lease lost to beta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<String>,
+    /// The task this one is a sub-task of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Its sub-tasks, each with its own (the tree below it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<super::Subtask>,
 }
 
 /// Input and output tokens.
@@ -467,6 +473,8 @@ impl Store {
             tokens: Tokens { input, output },
             hook_events,
             stale: self.routed_stale(id).await?,
+            parent: self.parent_of(id).await?,
+            subtasks: self.subtasks(id).await?,
         })
     }
 }
