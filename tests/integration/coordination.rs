@@ -577,3 +577,81 @@ async fn task_add_split_creates_the_parts_the_heuristic_finds() {
         }
     }
 }
+
+/// Gemini CLI and Codex load `ccm mcp` as ccm installs it (Gemini: the worktree's
+/// `.gemini/settings.json` with the credential passed in `env`; Codex: `-c mcp_servers.ccm.*`
+/// with `env_vars`) and call `allocate` as their agent: the value is the task's.
+async fn allocate_through(cli: &str, tool: &str) {
+    use ccm_tests::standin::{self, Turn as CliTurn};
+    let (home, repo) = setup(&format!("mcp-{cli}"), "");
+    std::fs::create_dir_all(Path::new(&repo).join(".ccm")).unwrap();
+    std::fs::write(Path::new(&repo).join(".ccm/config.yaml"), sequences()).unwrap();
+    let turns = vec![
+        CliTurn::Tool { name: tool.into(), args: json!({ "sequence": "migrations" }) },
+        CliTurn::Say("allocated".into()),
+    ];
+    let api =
+        if cli == "gemini" { standin::gemini::start(turns) } else { standin::openai::start(turns) };
+    let agent_home = home.dir.path().join("agent-home");
+    let settings = agent_home.join(".gemini/settings.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    std::fs::write(
+        &settings,
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}, "model": {"name": "gemini-2.5-flash"}}"#,
+    )
+    .unwrap();
+    let codex_home = agent_home.join(".codex");
+    std::fs::create_dir_all(&codex_home).unwrap();
+    std::fs::write(
+        codex_home.join("config.toml"),
+        format!(
+            "model = \"gpt-5\"\nmodel_provider = \"standin\"\n\n[model_providers.standin]\n\
+             name = \"stand-in\"\nbase_url = \"{}/v1\"\nenv_key = \"STANDIN_API_KEY\"\n\
+             wire_api = \"responses\"\nrequest_max_retries = 0\nstream_max_retries = 0\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let bin = agent_cli(cli);
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let daemon = home.start_with(|command| {
+        command
+            .env("HOME", &agent_home)
+            .env("PATH", &path)
+            .env("GOOGLE_GEMINI_BASE_URL", api.url())
+            .env("GEMINI_API_KEY", "standin")
+            .env("CODEX_HOME", &codex_home)
+            .env("STANDIN_API_KEY", "standin");
+    });
+    let id = home.run_json(&["task", "add", "allocate", "--repo", &repo, "--profile", cli])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(&daemon, &id, "complete").await;
+    let claims = home.run_json(&["claims"]);
+    let allocations = claims["allocations"].as_array().unwrap();
+    assert_eq!(allocations.len(), 1, "{claims:#}");
+    assert_eq!(allocations[0]["formatted"], "0001", "{claims:#}");
+    assert_eq!(allocations[0]["task_id"], json!(id), "{claims:#}");
+    // The model got the tool's answer.
+    let answered = api.requests().iter().any(|r| r.body.to_string().contains("0001"));
+    assert!(
+        answered,
+        "{:#?}",
+        api.requests().iter().map(|r| r.body.to_string()).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn gemini_agent_calls_ccm_mcp_as_installed() {
+    allocate_through("gemini", "mcp_ccm_allocate").await;
+}
+
+#[tokio::test]
+async fn codex_agent_calls_ccm_mcp_as_installed() {
+    allocate_through("codex", "mcp__ccm__allocate").await;
+}
