@@ -67,9 +67,9 @@ pub fn hooks(config: &Config, cwd: &Path, command: HooksCommand) -> anyhow::Resu
     let probe = ContextProbe::inspect(cwd)
         .map_err(|e| anyhow::anyhow!("ccm hooks works in a git repository: {e}"))?;
     let (args, run): (&HooksArgs, fn(&crate::hooks::install::Options) -> _) = match &command {
-        HooksCommand::Install(args) => (args, crate::hooks::install::install),
-        HooksCommand::Uninstall(args) => (args, crate::hooks::install::uninstall),
-        HooksCommand::Status(args) => (args, crate::hooks::install::status),
+        HooksCommand::Install(args) => (args, crate::hooks::install::install_all),
+        HooksCommand::Uninstall(args) => (args, crate::hooks::install::uninstall_all),
+        HooksCommand::Status(args) => (args, crate::hooks::install::status_all),
     };
     let hook = hook_program(args.shared);
     let reports = run(&hook_options(config, &probe.path, &hook, args.shared))?;
