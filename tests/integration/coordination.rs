@@ -655,3 +655,31 @@ async fn gemini_agent_calls_ccm_mcp_as_installed() {
 async fn codex_agent_calls_ccm_mcp_as_installed() {
     allocate_through("codex", "mcp__ccm__allocate").await;
 }
+
+#[tokio::test]
+async fn a_split_task_runs_after_its_parts_and_its_prompt_has_their_results() {
+    let (home, repo) = setup("split-run", &format!("profiles:\n{WRITER}"));
+    let daemon = home.start();
+    let created = home.run_json(&[
+        "task",
+        "add",
+        "two steps",
+        "--prompt",
+        "Write alpha, then write beta",
+        "--repo",
+        &repo,
+        "--split",
+        "--profile",
+        "writer",
+    ]);
+    let parent = created["parent"]["id"].as_str().unwrap_or_else(|| panic!("{created:#}"));
+    let detail = wait_state(&daemon, parent, "complete").await;
+    let prompt = detail["runs"][0]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("Sub-tasks of this task:"), "{prompt}");
+    // The writer's last line echoes the last line of its own prompt: each part's result.
+    assert!(prompt.contains("`Write alpha`: complete; its last message: (Part 1 of 2"), "{prompt}");
+    assert!(prompt.contains("`Write beta`: complete; its last message: (Part 2 of 2"), "{prompt}");
+    for sub in detail["subtasks"].as_array().unwrap() {
+        assert_eq!(sub["state"], "complete", "{detail:#}");
+    }
+}

@@ -86,6 +86,21 @@ impl Runtime {
                     previous.last_message.as_deref().unwrap_or("(none)"),
                 ));
             }
+            // What its sub-tasks did (a parent's next attempt, or a split task's own run).
+            let subtasks = self.store.subtasks(task.id).await?;
+            if !subtasks.is_empty() {
+                prompt.push_str("\n\n---\nSub-tasks of this task:\n");
+                for sub in &subtasks {
+                    let result = sub.result.as_deref().unwrap_or("(no report yet)");
+                    prompt.push_str(&format!(
+                        "- {} `{}`: {}; its last message: {}\n",
+                        &sub.id[..sub.id.len().min(8)],
+                        sub.title,
+                        sub.state,
+                        crate::text::head(result, 2000)
+                    ));
+                }
+            }
             let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
             let policy = self.policy();
             let begun =
