@@ -1026,8 +1026,13 @@ pub const PROJECT_TEMPLATE: &str = "\
 #     - tools: [Bash]
 #       command: '^git push'
 # allowed_tools:         # tools a profile's agents use without asking (replaces its list)
-#   claude: [Bash, Edit, Write, NotebookEdit]
-# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools}
+#   claude: [Bash, Edit, Write, NotebookEdit, mcp__ccm]
+# sequences:             # numbers agents allocate through ccm's MCP server (`allocate`)
+#   migrations: {start: 1, format: \"{:04}\"}
+# coordination:          # sub-tasks agents create through ccm's MCP server, and --split
+#   max_subtask_depth: 2
+#   max_subtasks_per_parent: 20
+# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools} {mcp_config}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']
 #     stdin: none        # or prompt: the prompt on stdin (headless; any size, unlike {prompt})
