@@ -90,7 +90,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
             )));
         }
     }
-    let task = state.store.task(&agent.task_id.hyphenated().to_string()).await?.task;
+    let task = state.store.task_row(agent.task_id).await?;
     Ok(Caller { agent, task })
 }
 

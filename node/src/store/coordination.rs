@@ -114,6 +114,12 @@ impl Store {
         })
     }
 
+    /// The task row alone (no log, attempts or reports): what the agent API needs per call.
+    pub async fn task_row(&self, id: Uuid) -> Result<ccm_schema::Task> {
+        let mut conn = self.readers.acquire().await?;
+        super::tasks::load_task(&mut conn, id).await
+    }
+
     /// Checks that `parent` may get one more sub-task under `limits`, and gives its depth.
     /// At the limit, raises one `subtask_limit` alert about the parent and refuses.
     pub async fn check_subtask_limits(&self, parent: Uuid, limits: SubtaskLimits) -> Result<i64> {
