@@ -51,6 +51,11 @@ impl Cli {
     pub fn runs_daemon(&self) -> bool {
         matches!(self.command, Command::Up { .. })
     }
+
+    /// `ccm mcp`: its stderr goes to the agent CLI's logs, so it logs warnings only by default.
+    pub fn runs_mcp_server(&self) -> bool {
+        matches!(self.command, Command::Mcp)
+    }
 }
 
 // `ccm hook` alone: a short-lived process on every agent's path parses its own arguments
