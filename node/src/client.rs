@@ -132,6 +132,14 @@ impl Client {
         self.call(Method::DELETE, path, &[], None).await
     }
 
+    pub async fn delete_query<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        self.call(Method::DELETE, path, query, None).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

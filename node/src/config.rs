@@ -67,6 +67,128 @@ pub struct Config {
     pub land: Option<LandConfig>,
     /// Scheduled supervisors by name: headless agents that review a scope's recent work.
     pub supervisors: BTreeMap<String, crate::supervisors::SupervisorConfig>,
+    /// Sub-tasks, splitting, locks (issue 24).
+    pub coordination: CoordinationConfig,
+    /// Named sequences agents allocate from (`allocate`), per repository: usually set in the
+    /// project's `.ccm/config.yaml` (`sequences: {migrations: {start: 1, format: "{:04}"}}`).
+    pub sequences: BTreeMap<String, SequenceConfig>,
+}
+
+/// What agents may ask of ccm through `ccm mcp`, and how a task is split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// How deep sub-tasks may nest (1: a top-level task's sub-tasks may have none).
+    pub max_subtask_depth: u32,
+    /// Sub-tasks one task may create at most (an alert when reached).
+    pub max_subtasks_per_parent: u32,
+    /// Longest wait of `wait_subtasks`, `wait_change` and `lock`, in seconds.
+    pub max_wait_secs: u64,
+    /// The deterministic splitting heuristic (`ccm task add --split`).
+    pub split: SplitConfig,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            max_subtask_depth: 2,
+            max_subtasks_per_parent: 20,
+            max_wait_secs: 3600,
+            split: SplitConfig::default(),
+        }
+    }
+}
+
+/// Seed 001 D3: parallel keywords against sequential ones, and a length threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Words that start an independent part (`Implement A, create B, build C`).
+    pub parallel_keywords: Vec<String>,
+    /// Words and phrases that order parts (`Do A, then B after A`).
+    pub sequential_keywords: Vec<String>,
+    /// A prompt shorter than this (characters) is split only when it orders its parts.
+    pub min_chars: usize,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        let words = |list: &[&str]| list.iter().map(|w| (*w).to_string()).collect();
+        SplitConfig {
+            parallel_keywords: words(&[
+                "implement",
+                "create",
+                "build",
+                "add",
+                "write",
+                "component",
+            ]),
+            sequential_keywords: words(&[
+                "then",
+                "after",
+                "afterwards",
+                "depends on",
+                "finally",
+                "once",
+            ]),
+            min_chars: 2000,
+        }
+    }
+}
+
+/// A named sequence: its first value and how a value is written (`{}` or `{:0N}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequenceConfig {
+    pub start: i64,
+    pub format: String,
+}
+
+impl Default for SequenceConfig {
+    fn default() -> Self {
+        SequenceConfig { start: 1, format: "{}".into() }
+    }
+}
+
+impl SequenceConfig {
+    /// `value` written with the format: `{}` as is, `{:0N}` zero-padded to N digits, with
+    /// any text around it.
+    pub fn render(&self, value: i64) -> String {
+        let Some(open) = self.format.find('{') else {
+            return format!("{}{value}", self.format);
+        };
+        let Some(close) = self.format[open..].find('}').map(|c| c + open) else {
+            return format!("{}{value}", self.format);
+        };
+        let spec = &self.format[open + 1..close];
+        let width =
+            spec.trim_start_matches(':').trim_start_matches('0').parse::<usize>().unwrap_or(0);
+        let number = if spec.starts_with(":0") {
+            format!("{value:0width$}")
+        } else {
+            format!("{value:width$}")
+        };
+        format!("{}{number}{}", &self.format[..open], &self.format[close + 1..])
+    }
+
+    fn check(&self, name: &str) -> Result<(), String> {
+        let open = self.format.matches('{').count();
+        let close = self.format.matches('}').count();
+        let spec_ok = self.format.find('{').zip(self.format.find('}')).is_some_and(|(o, c)| {
+            let spec = &self.format[o + 1..c];
+            spec.is_empty()
+                || spec
+                    .strip_prefix(':')
+                    .is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+        });
+        if open != 1 || close != 1 || !spec_ok {
+            return Err(format!(
+                "sequence `{name}`: format `{}` must hold one `{{}}` or `{{:0N}}` (e.g. \"{{:04}}\")",
+                self.format
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// This system's identity.
@@ -794,6 +916,14 @@ impl Config {
                 }
             }
         }
+        for (name, sequence) in &self.sequences {
+            sequence
+                .check(name)
+                .map_err(|message| ConfigError::Invalid { key: "sequences", message })?;
+        }
+        if self.coordination.max_subtasks_per_parent == 0 {
+            return invalid("coordination.max_subtasks_per_parent", "must be at least 1");
+        }
         self.sync.validate()?;
         self.notify.validate()?;
         if let Some(land) = &self.land {
@@ -1045,8 +1175,13 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   remote: origin
 #   keep_days: 7         # ended tasks' branches and worktrees kept this long (`ccm gc`)
 # allowed_tools:         # tools a profile's agents use without asking (replaces its list)
-#   claude: [Bash, Edit, Write, NotebookEdit]
-# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools}
+#   claude: [Bash, Edit, Write, NotebookEdit, mcp__ccm]
+# sequences:             # numbers agents allocate through ccm's MCP server (`allocate`)
+#   migrations: {start: 1, format: \"{:04}\"}
+# coordination:          # sub-tasks agents create through ccm's MCP server, and --split
+#   max_subtask_depth: 2
+#   max_subtasks_per_parent: 20
+# profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools} {mcp_config}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']
 #     stdin: none        # or prompt: the prompt on stdin (headless; any size, unlike {prompt})
@@ -1141,7 +1276,7 @@ mod tests {
         assert_eq!(config.profiles["claude"].allowed_tools, ["Bash(git *)", "Edit"]);
         assert_eq!(
             defaults().profiles["claude"].allowed_tools,
-            ["Bash", "Edit", "Write", "NotebookEdit"]
+            ["Bash", "Edit", "Write", "NotebookEdit", "mcp__ccm"]
         );
         let error = load_yaml("allowed_tools:\n  cluade: [Bash]\n").unwrap_err().to_string();
         assert_eq!(error, "config key `allowed_tools`: names unknown profile `cluade`");

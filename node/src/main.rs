@@ -54,9 +54,9 @@ fn main() -> ExitCode {
         }
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CCM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("CCM_LOG").unwrap_or_else(|_| {
+            EnvFilter::new(if cli.runs_mcp_server() { "warn" } else { "info" })
+        }))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();

@@ -325,6 +325,8 @@ impl Supervisors {
             session_id: &session_id,
             cwd: &cwd_text,
             allowed_tools: &allowed_tools,
+            // A supervisor run has no agent credential, so no MCP server to offer.
+            mcp_config: "",
         });
         let mut env: BTreeMap<String, String> = std::env::vars_os()
             .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)))

@@ -593,6 +593,9 @@ fn init_merges_with_user_hooks_and_uninstall_restores_them() {
     assert!(ours["timeout"].as_u64().unwrap() > 300, "gates wait longer than the approval timeout");
     assert!(repo.join(".gemini/settings.json").exists());
     assert!(std::fs::read_to_string(repo.join(".codex/config.toml")).unwrap().contains("hook"));
+    let mcp: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo.join(".mcp.json")).unwrap()).unwrap();
+    assert_eq!(mcp["mcpServers"]["ccm"]["args"], json!(["mcp"]), "ccm's MCP server: {mcp}");
 
     in_repo(&["init"]);
     assert_eq!(read(), installed, "a second init adds nothing");
@@ -602,6 +605,7 @@ fn init_merges_with_user_hooks_and_uninstall_restores_them() {
     in_repo(&["hooks", "uninstall"]);
     assert_eq!(read(), user, "uninstall restores the file");
     assert!(!repo.join(".gemini/settings.json").exists(), "files ccm created are removed");
+    assert!(!repo.join(".mcp.json").exists(), "files ccm created are removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

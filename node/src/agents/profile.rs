@@ -101,11 +101,14 @@ pub struct Placeholders<'a> {
     pub cwd: &'a str,
     /// `{allowed_tools}`: the profile's allowed tools, joined with commas.
     pub allowed_tools: &'a str,
+    /// `{mcp_config}`: the path of a JSON file naming ccm's MCP server (`{"mcpServers":
+    /// {"ccm": ...}}`, Claude Code's `--mcp-config` format), for CLIs that take one by flag.
+    pub mcp_config: &'a str,
 }
 
 /// The placeholder names a profile may use.
-pub const PLACEHOLDER_NAMES: [&str; 5] =
-    ["prompt", "prompt_file", "session_id", "cwd", "allowed_tools"];
+pub const PLACEHOLDER_NAMES: [&str; 6] =
+    ["prompt", "prompt_file", "session_id", "cwd", "allowed_tools", "mcp_config"];
 
 /// The placeholder that stands for several whole arguments (see [`Placeholders::codex_hooks`]).
 pub const CODEX_HOOKS: &str = "{codex_hooks}";
@@ -119,6 +122,7 @@ impl Placeholders<'_> {
             "session_id" => Some(self.session_id),
             "cwd" => Some(self.cwd),
             "allowed_tools" => Some(self.allowed_tools),
+            "mcp_config" => Some(self.mcp_config),
             _ => None,
         }
     }
@@ -162,7 +166,8 @@ impl Profile {
     }
 
     /// Checks the profile named `name`: the command must name a program, and every placeholder
-    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`, `{allowed_tools}`.
+    /// must be one of `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}`, `{allowed_tools}`,
+    /// `{mcp_config}`.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         if self.mode == Mode::External {
             return Ok(()); // nothing is run
@@ -195,7 +200,7 @@ impl Profile {
                         return Err(format!(
                             "profile `{name}`: unknown placeholder `{{{placeholder}}}` in command \
                              argument {index} (known: {{prompt}}, {{prompt_file}}, {{session_id}}, {{cwd}}, \
-                             {{allowed_tools}}, and {CODEX_HOOKS} as a whole argument)"
+                             {{allowed_tools}}, {{mcp_config}}, and {CODEX_HOOKS} as a whole argument)"
                         ));
                     }
                 }
@@ -279,7 +284,7 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                 env: BTreeMap::from([("ANTHROPIC_LOG".to_string(), "debug".to_string())]),
                 // Edit, test and commit inside the worktree; ccm's PreToolUse hook still
                 // denies writes to files another task owns, and approval rules still ask.
-                allowed_tools: strings(&["Bash", "Edit", "Write", "NotebookEdit"]),
+                allowed_tools: strings(&["Bash", "Edit", "Write", "NotebookEdit", "mcp__ccm"]),
                 ..headless(
                     &[
                         "claude",
@@ -373,6 +378,7 @@ mod tests {
         session_id: "8c35adc1-0000-4000-8000-000000000000",
         cwd: "/home/u/proj",
         allowed_tools: "Bash,Edit",
+        mcp_config: "/h/agents/a1/mcp.json",
     };
 
     fn profile(command: &[&str]) -> Profile {
@@ -492,8 +498,8 @@ mod tests {
             (
                 &["claude", "-p", "--resume={session}"],
                 Err("profile `mine`: unknown placeholder `{session}` in command argument 2 \
-                     (known: {prompt}, {prompt_file}, {session_id}, {cwd}, {allowed_tools}, and \
-                     {codex_hooks} as a whole argument)"),
+                     (known: {prompt}, {prompt_file}, {session_id}, {cwd}, {allowed_tools}, \
+                     {mcp_config}, and {codex_hooks} as a whole argument)"),
             ),
         ];
         for (command, expected) in cases {

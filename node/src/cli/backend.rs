@@ -67,6 +67,24 @@ impl Backend {
         }
     }
 
+    /// Creates a task split into parts (sub-tasks the task depends on), in one transaction.
+    pub async fn create_split(
+        &self,
+        request: crate::daemon::SplitRequest,
+    ) -> anyhow::Result<crate::daemon::SplitAnswer> {
+        match self {
+            Backend::Daemon(client) => {
+                Ok(client.post(&["tasks", "split"], serde_json::to_value(request)?).await?)
+            }
+            Backend::Local { store, config } => {
+                let parts = request.parts.into_iter().map(|p| (p.task, p.after)).collect();
+                let (parent, parts) =
+                    store.create_split(request.task, parts, config, "cli").await?;
+                Ok(crate::daemon::SplitAnswer { parent, parts })
+            }
+        }
+    }
+
     pub async fn routed_tasks(&self) -> anyhow::Result<Vec<RoutedTask>> {
         match self {
             Backend::Daemon(client) => Ok(client.get(&["routed"]).await?),

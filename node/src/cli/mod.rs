@@ -16,6 +16,7 @@ mod agent;
 mod alerts;
 mod backend;
 mod context;
+mod coord;
 mod daemon;
 mod dashboard;
 mod decide;
@@ -52,6 +53,11 @@ impl Cli {
     /// Whether this command runs the daemon (in this process).
     pub fn runs_daemon(&self) -> bool {
         matches!(self.command, Command::Up { .. })
+    }
+
+    /// `ccm mcp`: its stderr goes to the agent CLI's logs, so it logs warnings only by default.
+    pub fn runs_mcp_server(&self) -> bool {
+        matches!(self.command, Command::Mcp)
     }
 }
 
@@ -221,6 +227,12 @@ enum Command {
         #[arg(long, conflicts_with = "print")]
         revoke: bool,
     },
+    /// ccm's MCP server over stdio, for the agent CLIs (installed by `ccm hooks install`):
+    /// sub-tasks, named locks and sequences, as the calling agent (CCM_AGENT_TOKEN).
+    Mcp,
+    /// Hold the named lock NAME of this node while COMMAND runs (for verify scripts):
+    /// `ccm lock build -- cargo build`. Exits with the command's status.
+    Lock(coord::LockArgs),
     /// Notifiers (Telegram, ntfy, Slack, webhooks): send a test message, show what was sent.
     #[command(subcommand)]
     Notify(crate::notify::cli::NotifyCommand),
@@ -282,6 +294,7 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
             hook(args).await;
             return Ok(());
         }
+        Command::Mcp => return Ok(crate::mcp::serve().await?),
         command => command,
     };
     let config = Config::load(home.root(), project.as_deref())?;
@@ -318,7 +331,8 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::Systems { command, json } => systems::systems(&home, &config, command, json).await,
         Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,
         Command::Service(command) => crate::notify::cli::service(&home, &config, command),
-        Command::Doctor | Command::Hook(_) | Command::Stop { .. } => {
+        Command::Lock(args) => coord::lock(&home, &config, args).await,
+        Command::Doctor | Command::Hook(_) | Command::Stop { .. } | Command::Mcp => {
             unreachable!("handled before the config is loaded")
         }
     }

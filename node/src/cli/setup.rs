@@ -41,6 +41,7 @@ fn hook_options<'a>(
         shared,
         // A gate waits at most the approval timeout, plus time for the answer to travel.
         gate_timeout_secs: config.approvals.timeout_secs + 30,
+        mcp_program: None,
     }
 }
 
@@ -66,9 +67,9 @@ pub fn hooks(config: &Config, cwd: &Path, command: HooksCommand) -> anyhow::Resu
     let probe = ContextProbe::inspect(cwd)
         .map_err(|e| anyhow::anyhow!("ccm hooks works in a git repository: {e}"))?;
     let (args, run): (&HooksArgs, fn(&crate::hooks::install::Options) -> _) = match &command {
-        HooksCommand::Install(args) => (args, crate::hooks::install::install),
-        HooksCommand::Uninstall(args) => (args, crate::hooks::install::uninstall),
-        HooksCommand::Status(args) => (args, crate::hooks::install::status),
+        HooksCommand::Install(args) => (args, crate::hooks::install::install_all),
+        HooksCommand::Uninstall(args) => (args, crate::hooks::install::uninstall_all),
+        HooksCommand::Status(args) => (args, crate::hooks::install::status_all),
     };
     let hook = hook_program(args.shared);
     let reports = run(&hook_options(config, &probe.path, &hook, args.shared))?;
@@ -101,7 +102,8 @@ pub async fn init(home: &Home, config: &Config, cwd: &Path) -> anyhow::Result<()
             .with_context(|| format!("cannot write {}", config_file.display()))?;
     }
     let hook = hook_program(false);
-    let reports = crate::hooks::install::install(&hook_options(config, &probe.path, &hook, false))?;
+    let reports =
+        crate::hooks::install::install_all(&hook_options(config, &probe.path, &hook, false))?;
     let backend = Backend::connect(home, config).await?;
     let context = backend.add_context(&probe.path).await?;
     show_hook_reports(&reports);

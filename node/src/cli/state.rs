@@ -45,6 +45,8 @@ pub async fn claims(home: &Home, config: &Config, json: bool) -> anyhow::Result<
     let view = crate::daemon::ClaimsView {
         claims: store.claims().await?,
         change_requests: store.change_requests().await?,
+        locks: store.locks().await?,
+        allocations: store.allocations().await?,
     };
     print(json, &view, show_claims)
 }
@@ -129,6 +131,21 @@ fn show_claims(view: &crate::daemon::ClaimsView) {
             r.owner,
             &r.requester_task[..8]
         );
+    }
+    println!("locks ({})", view.locks.len());
+    for l in &view.locks {
+        let held = match (&l.holder, l.expires_at) {
+            (Some(holder), Some(until)) => format!("held by {holder} until {until}"),
+            _ => "free".to_string(),
+        };
+        let waiters = l.waiters.as_deref().map(|w| format!("  waiting: {w}")).unwrap_or_default();
+        println!("  {}  {held}  fence {}{waiters}", l.name, l.fence);
+    }
+    let held: Vec<_> = view.allocations.iter().filter(|a| a.state == "held").collect();
+    println!("allocations held ({})", held.len());
+    for a in held {
+        let task = a.task_id.as_deref().map_or("-", |t| &t[..8]);
+        println!("  {}  {}  {}  task {task}", a.repo, a.sequence, a.formatted);
     }
 }
 
@@ -221,6 +238,8 @@ fn show_dump(dump: &StateDump, sync: bool) {
             conflicts: Vec::new(),
             touched_files: Vec::new(),
             landing: None,
+            parent: None,
+            subtasks: Vec::new(),
         });
         println!();
     }

@@ -138,8 +138,73 @@ pub struct AddArgs {
     /// Tasks that must complete first (repeatable).
     #[arg(long = "after")]
     after: Vec<String>,
+    /// Split the task into sub-tasks when the prompt says it has parts (seed 001's
+    /// deterministic heuristic: numbered lists and then/after ordering, or parallel keywords
+    /// in a long prompt; the keyword lists are `coordination.split` in the config). The task
+    /// itself runs after its parts.
+    #[arg(long)]
+    split: bool,
+    /// With --split: print the plan, create nothing (--json: the parts with their titles and
+    /// dependencies).
+    #[arg(long, requires = "split")]
+    dry_run: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// The task and its parts for the daemon (or the store): each part a task of its own in the
+/// same repository, with the parent's profile and priority; the parent keeps the whole prompt
+/// and its verify, and runs last.
+fn split_request(mut parent: NewTask, plan: &crate::split::Plan) -> crate::daemon::SplitRequest {
+    let count = plan.parts.len();
+    let parts = plan
+        .parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| crate::daemon::SplitPart {
+            task: NewTask {
+                title: part.title.clone(),
+                prompt: Some(format!(
+                    "{}\n\n(Part {} of {count} of the task \"{}\"; the other parts are done by other agents.)",
+                    part.prompt,
+                    i + 1,
+                    parent.title
+                )),
+                repo: parent.repo.clone(),
+                profile: parent.profile.clone(),
+                workflow: None,
+                verify: None,
+                max_attempts: parent.max_attempts,
+                priority: parent.priority,
+                depends_on: Vec::new(),
+            },
+            after: part.depends_on.clone(),
+        })
+        .collect();
+    let whole = parent.prompt.take().unwrap_or_else(|| parent.title.clone());
+    parent.prompt = Some(format!(
+        "{whole}\n\nThis task was split into {count} sub-tasks, which ran before it (`ccm task \
+         show` lists them): check that their work fits together and finish what is missing."
+    ));
+    crate::daemon::SplitRequest { task: parent, parts }
+}
+
+/// `--split --dry-run`: the plan in words.
+fn show_plan(plan: &crate::split::Plan) {
+    if plan.parts.is_empty() {
+        println!("not split: {}", plan.reason);
+        return;
+    }
+    println!("split into {} sub-tasks: {}", plan.parts.len(), plan.reason);
+    for (i, part) in plan.parts.iter().enumerate() {
+        let after: Vec<String> = part.depends_on.iter().map(|d| (d + 1).to_string()).collect();
+        let after = if after.is_empty() {
+            String::new()
+        } else {
+            format!("  (after {})", after.join(", "))
+        };
+        println!("  {}. {}{after}", i + 1, part.title);
+    }
 }
 
 /// The prompt of `task add`: `--prompt TEXT`, `--prompt -` (stdin) or `--prompt-file FILE`.
@@ -207,6 +272,13 @@ pub async fn run(
                 Place::resolve(args.repo.as_deref(), &contexts, cwd)?
             };
             let prompt = read_prompt(args.prompt, args.prompt_file.as_deref())?;
+            let plan = args.split.then(|| {
+                let text = prompt.as_deref().unwrap_or(&args.title);
+                crate::split::plan(text, &config.coordination.split)
+            });
+            if let Some(plan) = plan.as_ref().filter(|_| args.dry_run) {
+                return print(args.json, &plan.parts, |_| show_plan(plan));
+            }
             let new = NewTask {
                 title: args.title,
                 prompt,
@@ -218,6 +290,32 @@ pub async fn run(
                 priority: args.priority,
                 depends_on: args.after,
             };
+            if let Some(plan) = plan.as_ref().filter(|p| !p.parts.is_empty()) {
+                if args.system.is_some() {
+                    anyhow::bail!("--split creates the task and its parts here: drop --system");
+                }
+                let answer = backend.create_split(split_request(new, plan)).await?;
+                return print(args.json, &answer, |a| {
+                    println!(
+                        "created task {} split into {} sub-tasks ({}):",
+                        a.parent.short_id(),
+                        a.parts.len(),
+                        plan.reason
+                    );
+                    for part in &a.parts {
+                        let after: Vec<String> = part.depends_on.iter().map(short_id).collect();
+                        let after = if after.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  (after {})", after.join(", "))
+                        };
+                        println!("  {}  {}{after}", part.short_id(), part.title);
+                    }
+                });
+            }
+            if let Some(plan) = &plan {
+                eprintln!("not split: {}", plan.reason);
+            }
             let pin = args.system.as_deref();
             // Whether the central answers (asked once, for a pin or a routed task).
             let mut reachable = None;
@@ -721,10 +819,43 @@ pub(super) fn show_task(detail: &TaskDetail) {
 
 /// `ccm task show`: the task, its attempts (with their verify output), the latest report,
 /// where its work is, its hook timeline, its log, and the commands to go further.
+/// A sub-task tree, one line each, indented by depth: id, state, title, what it waits for,
+/// its result's first line.
+fn show_tree(subtasks: &[crate::store::Subtask], depth: usize) {
+    for s in subtasks {
+        let indent = "  ".repeat(depth);
+        let after = if s.depends_on.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<&str> = s.depends_on.iter().map(|d| &d[..d.len().min(8)]).collect();
+            format!("  (after {})", ids.join(", "))
+        };
+        println!(
+            "{indent}└─ {}  {:<10} {}{after}",
+            &s.id[..s.id.len().min(8)],
+            s.state.to_string(),
+            s.title
+        );
+        if let Some(result) =
+            s.result.as_deref().and_then(|r| r.lines().find(|l| !l.trim().is_empty()))
+        {
+            println!("{indent}     result: {}", crate::text::head(result, 120));
+        }
+        show_tree(&s.subtasks, depth + 1);
+    }
+}
+
 fn show_detail(detail: &TaskDetail) {
     let t = &detail.task;
     let short = t.short_id();
     show_task(detail);
+    if let Some(parent) = &detail.parent {
+        println!("parent: {}", &parent[..parent.len().min(8)]);
+    }
+    if !detail.subtasks.is_empty() {
+        println!("sub-tasks:");
+        show_tree(&detail.subtasks, 1);
+    }
     if let Some(worktree) = &detail.worktree {
         let worktree = &worktree.worktree;
         println!("work:\n  branch    {}\n  worktree  {}", worktree.branch, worktree.path.display());

@@ -91,7 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
         .route("/sync/pause", post(sync_pause))
-        .route("/sync/resume", post(sync_resume));
+        .route("/sync/resume", post(sync_resume))
+        .merge(super::agent_api::operator_routes());
     // The test fault switch: only in a daemon started with `CCM_TEST_FAULTS` set.
     let api = if std::env::var_os("CCM_TEST_FAULTS").is_some_and(|v| !v.is_empty()) {
         api.route("/test/stall", post(stall_for_test))
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(super::agent_api::routes())
         .nest("/api", api);
     if state.config.current().daemon.profile == crate::config::Profile::Full {
         router = router.merge(crate::dashboard::router(&state));
@@ -716,12 +718,20 @@ async fn task_events(
 pub struct ClaimsView {
     pub claims: Vec<Claim>,
     pub change_requests: Vec<ChangeRequest>,
+    /// Named locks (holders and waiters).
+    #[serde(default)]
+    pub locks: Vec<crate::store::LockView>,
+    /// Values of sequences handed out (held and released).
+    #[serde(default)]
+    pub allocations: Vec<crate::store::Allocation>,
 }
 
 async fn claims(State(state): State<AppState>) -> Result<Json<ClaimsView>, ApiError> {
     Ok(Json(ClaimsView {
         claims: state.store.claims().await?,
         change_requests: state.store.change_requests().await?,
+        locks: state.store.locks().await?,
+        allocations: state.store.allocations().await?,
     }))
 }
 

@@ -13,6 +13,9 @@ pub enum ApiError {
     /// No or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// No live agent's credential on a route of the agent API; the message says which.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A foreign `Host` or `Origin`.
     #[error("{0}")]
     Forbidden(String),
@@ -41,7 +44,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -56,6 +59,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthenticated(_) => "no_agent_credential",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
@@ -129,6 +133,7 @@ impl From<StoreError> for ApiError {
             StoreError::Routed(_) => {
                 ApiError::Conflict { code: "routed_task_state", message: error.to_string() }
             }
+            StoreError::Refused(_) => ApiError::Forbidden(error.to_string()),
             StoreError::Busy => ApiError::Busy(error.to_string()),
             StoreError::DiskFull => ApiError::DiskFull(error.to_string()),
             StoreError::Open { .. }

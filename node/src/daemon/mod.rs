@@ -17,6 +17,7 @@
 //! tasks, write the port file and serve, shut down. SIGTERM or SIGINT stops serving
 //! gracefully, stops the tasks, closes the store and removes the port file.
 
+mod agent_api;
 mod api;
 mod batch;
 mod error;
@@ -35,6 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+pub use agent_api::{SplitAnswer, SplitPart, SplitRequest};
 pub use api::{router, ClaimsView, RepoConflicts};
 pub use batch::Batcher;
 pub use error::ApiError;

@@ -110,7 +110,7 @@ async fn check_ownership(
 
 /// The directories a task's file paths are relative to: its worktree, then the checkout of its
 /// repository.
-async fn roots(store: &Store, task: &Task) -> Result<Vec<PathBuf>> {
+pub(crate) async fn roots(store: &Store, task: &Task) -> Result<Vec<PathBuf>> {
     let mut roots = Vec::new();
     if let Some(saved) = store.worktree(task.id).await? {
         roots.push(saved.worktree.path);

@@ -89,6 +89,8 @@ pub struct Options<'a> {
     /// PermissionRequest, Gemini BeforeTool), so a slow human does not silently fail open.
     /// Other events get a short timeout ([`SHORT_TIMEOUT_SECS`]).
     pub gate_timeout_secs: u64,
+    /// The program of ccm's MCP server (`<it> mcp`); [`mcp_program`] when `None`.
+    pub mcp_program: Option<&'a str>,
 }
 
 /// One file the installer looked at, and what it did or found.
@@ -721,6 +723,178 @@ fn remove_file_and_empty_parent(path: &Path) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// The variables `ccm mcp` needs from the agent's environment: Gemini CLI drops those that look
+/// secret (`*_TOKEN`) unless its entry's `env` names them, and Codex passes none unless its
+/// entry's `env_vars` lists them (reference §8).
+pub const MCP_ENV: [&str; 4] = ["CCM_AGENT_TOKEN", "CCM_TASK_ID", "CCM_API", "CCM_HOME"];
+
+/// The program `ccm mcp` runs as: this very binary (by its absolute path), or `ccm` from PATH
+/// for committed settings.
+pub fn mcp_program(shared: bool) -> String {
+    match std::env::current_exe() {
+        Ok(exe) if !shared && exe.file_name().is_some_and(|n| n == "ccm") => {
+            exe.to_string_lossy().into_owned()
+        }
+        _ => "ccm".into(),
+    }
+}
+
+/// ccm's entry in a CLI's `mcpServers` (Claude Code and Gemini CLI's shape).
+pub fn mcp_entry(program: &str, gemini: bool) -> Value {
+    if gemini {
+        let env: Map<String, Value> =
+            MCP_ENV.iter().map(|name| ((*name).to_string(), json!(format!("${name}")))).collect();
+        json!({ "command": program, "args": ["mcp"], "env": env, "trust": true })
+    } else {
+        json!({ "command": program, "args": ["mcp"] })
+    }
+}
+
+/// A `--mcp-config` file's content (Claude Code's format) for `{mcp_config}`.
+pub fn mcp_config_file(program: &str) -> Value {
+    json!({ "mcpServers": { crate::mcp::SERVER_NAME: mcp_entry(program, false) } })
+}
+
+/// The `-c` overrides that give one `codex exec` ccm's MCP server: Codex reads a project's
+/// `.codex/config.toml` only once the project is trusted, and passes the server no `CCM_*`
+/// variable unless `env_vars` names it; `required` makes it wait for the server's handshake
+/// (it waits about a second otherwise).
+pub fn codex_mcp_overrides(program: &str) -> Vec<String> {
+    let quoted = |s: &str| toml_edit::Value::from(s).to_string();
+    let key = format!("mcp_servers.{}", crate::mcp::SERVER_NAME);
+    let vars: Vec<String> = MCP_ENV.iter().map(|v| quoted(v)).collect();
+    [
+        format!("{key}.command={}", quoted(program)),
+        format!("{key}.args=[\"mcp\"]"),
+        format!("{key}.env_vars=[{}]", vars.join(",")),
+        format!("{key}.required=true"),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-c".to_string(), o])
+    .collect()
+}
+
+/// The MCP settings files: Claude Code's `.mcp.json` and Gemini CLI's `.gemini/settings.json`.
+fn mcp_targets(options: &Options) -> [(&'static str, PathBuf, Value); 2] {
+    let program = options.mcp_program.map_or_else(|| mcp_program(options.shared), str::to_string);
+    [
+        ("claude", options.repo.join(".mcp.json"), mcp_entry(&program, false)),
+        ("gemini", options.repo.join(".gemini").join("settings.json"), mcp_entry(&program, true)),
+    ]
+}
+
+/// The `mcpServers` object of a settings file, checked for its shape.
+fn mcp_servers<'a>(
+    root: &'a mut Map<String, Value>,
+    path: &Path,
+) -> Result<&'a mut Map<String, Value>, InstallError> {
+    root.entry("mcpServers").or_insert_with(|| json!({})).as_object_mut().ok_or_else(|| {
+        InstallError::Shape {
+            path: path.to_owned(),
+            key: "mcpServers".into(),
+            expected: "an object",
+        }
+    })
+}
+
+/// [`install`] and [`mcp_install`]: everything ccm puts into a checkout's agent settings.
+pub fn install_all(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    mcp_status(options)?;
+    let mut reports = install(options)?;
+    reports.extend(mcp_install(options)?);
+    Ok(reports)
+}
+
+/// [`mcp_uninstall`], then [`uninstall`].
+pub fn uninstall_all(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let mcp = mcp_uninstall(options)?;
+    let mut reports = uninstall(options)?;
+    reports.extend(mcp);
+    Ok(reports)
+}
+
+/// [`status`] and [`mcp_status`].
+pub fn status_all(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let mut reports = status(options)?;
+    reports.extend(mcp_status(options)?);
+    Ok(reports)
+}
+
+/// Adds ccm's MCP server to Claude Code's `.mcp.json` and Gemini CLI's `.gemini/settings.json`
+/// (Codex gets it on its command line: [`codex_mcp_overrides`]), keeping everything there.
+pub fn mcp_install(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    mcp_status(options)?;
+    let mut reports = Vec::new();
+    let mut writes = Vec::new();
+    for (agent, file, entry) in mcp_targets(options) {
+        let mut root = read_json(&file)?.unwrap_or_default();
+        let servers = mcp_servers(&mut root, &file)?;
+        let action = if servers.get(crate::mcp::SERVER_NAME) == Some(&entry) {
+            Action::AlreadyPresent
+        } else {
+            servers.insert(crate::mcp::SERVER_NAME.into(), entry);
+            writes.push((file.clone(), json_text(&root)));
+            Action::Added
+        };
+        let detail = format!("MCP server `{}` (ccm mcp)", crate::mcp::SERVER_NAME);
+        reports.push(FileReport { file, agent, action, detail });
+    }
+    for (file, text) in writes {
+        write_atomically(&file, &text)?;
+    }
+    Ok(reports)
+}
+
+/// Removes exactly the entries [`mcp_install`] adds, and what their removal leaves empty. Run
+/// before [`uninstall`]: the Gemini CLI file is deleted only once nothing of ccm is left in it.
+pub fn mcp_uninstall(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    mcp_status(options)?;
+    let mut reports = Vec::new();
+    for (agent, file, _) in mcp_targets(options) {
+        let Some(mut root) = read_json(&file)? else {
+            let detail = "no ccm MCP server in the file".into();
+            reports.push(FileReport { file, agent, action: Action::NotPresent, detail });
+            continue;
+        };
+        let servers = mcp_servers(&mut root, &file)?;
+        if servers.remove(crate::mcp::SERVER_NAME).is_none() {
+            if servers.is_empty() {
+                root.remove("mcpServers");
+            }
+            let detail = "no ccm MCP server in the file".into();
+            reports.push(FileReport { file, agent, action: Action::NotPresent, detail });
+            continue;
+        }
+        if servers.is_empty() {
+            root.remove("mcpServers");
+        }
+        if root.is_empty() {
+            remove_file_and_empty_parent(&file)?;
+        } else {
+            write_atomically(&file, &json_text(&root))?;
+        }
+        let detail = format!("MCP server `{}` removed", crate::mcp::SERVER_NAME);
+        reports.push(FileReport { file, agent, action: Action::Removed, detail });
+    }
+    Ok(reports)
+}
+
+/// Whether ccm's MCP server is in each file, without changing anything.
+pub fn mcp_status(options: &Options) -> Result<Vec<FileReport>, InstallError> {
+    let mut reports = Vec::new();
+    for (agent, file, entry) in mcp_targets(options) {
+        let mut root = read_json(&file)?.unwrap_or_default();
+        let servers = mcp_servers(&mut root, &file)?;
+        let (action, detail) = match servers.get(crate::mcp::SERVER_NAME) {
+            Some(found) if *found == entry => (Action::AlreadyPresent, "MCP server `ccm`".into()),
+            Some(_) => (Action::NotPresent, "MCP server `ccm` points elsewhere".into()),
+            None => (Action::NotPresent, "no ccm MCP server in the file".into()),
+        };
+        reports.push(FileReport { file, agent, action, detail });
+    }
+    Ok(reports)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,7 +908,7 @@ mod tests {
         std::sync::LazyLock::new(|| program(&["/opt/ccm/bin/ccm-hook"]));
 
     fn options(repo: &Path) -> Options<'_> {
-        Options { repo, hook: &HOOK, shared: false, gate_timeout_secs: 900 }
+        Options { repo, hook: &HOOK, shared: false, gate_timeout_secs: 900, mcp_program: None }
     }
 
     fn claude_file(repo: &Path) -> PathBuf {

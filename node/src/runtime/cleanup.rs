@@ -16,7 +16,7 @@ impl Runtime {
         let Some(saved) = self.store.worktree(task.id).await? else { return Ok(()) };
         // ccm's own hook settings are not the agent's work: remove them before judging what is left.
         if saved.worktree.path.is_dir() {
-            if let Err(e) = crate::hooks::install::uninstall(
+            if let Err(e) = crate::hooks::install::uninstall_all(
                 &self.hook_options(&saved.worktree.path, &crate::hooks::hook_program()),
             ) {
                 warn!(error = %e, "cannot remove ccm's hooks from the worktree");

@@ -89,6 +89,21 @@ impl Runtime {
             if let Some(landing) = self.store.land_feedback(task.id, task.attempts).await? {
                 prompt.push_str(&crate::land::feedback(&landing));
             }
+            // What its sub-tasks did (a parent's next attempt, or a split task's own run).
+            let subtasks = self.store.subtasks(task.id).await?;
+            if !subtasks.is_empty() {
+                prompt.push_str("\n\n---\nSub-tasks of this task:\n");
+                for sub in &subtasks {
+                    let result = sub.result.as_deref().unwrap_or("(no report yet)");
+                    prompt.push_str(&format!(
+                        "- {} `{}`: {}; its last message: {}\n",
+                        &sub.id[..sub.id.len().min(8)],
+                        sub.title,
+                        sub.state,
+                        crate::text::head(result, 2000)
+                    ));
+                }
+            }
             let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
             let policy = self.policy();
             let begun =
@@ -163,7 +178,7 @@ impl Runtime {
             // kept out of the agent's commits whatever git command it runs.
             let hook = crate::hooks::hook_program();
             let options = runtime.hook_options(&prepared.path, &hook);
-            match crate::hooks::install::install(&options) {
+            match crate::hooks::install::install_all(&options) {
                 Ok(reports) => {
                     let files: Vec<&Path> = reports
                         .iter()
@@ -177,7 +192,7 @@ impl Runtime {
                         worktree::keep_out_of_commits(&repo_for_job, &prepared.path, &files)
                     {
                         warn!(error = %e, "cannot keep ccm's hooks out of the worktree's commits; the agent runs without them");
-                        if let Err(e) = crate::hooks::install::uninstall(&options) {
+                        if let Err(e) = crate::hooks::install::uninstall_all(&options) {
                             warn!(error = %e, "cannot remove ccm's hooks from the worktree");
                         }
                     }
@@ -205,6 +220,7 @@ impl Runtime {
             hook,
             shared: false,
             gate_timeout_secs: self.gate_timeout_secs(),
+            mcp_program: None,
         }
     }
 
@@ -261,10 +277,18 @@ impl Runtime {
                 )));
             }
         };
-        let codex_hooks = crate::hooks::install::codex_overrides(
+        let mut codex_hooks = crate::hooks::install::codex_overrides(
             &crate::hooks::hook_program(),
             self.gate_timeout_secs(),
         );
+        // ccm's MCP server: on Codex's command line (it reads no untrusted project's config),
+        // and in a file for `{mcp_config}`.
+        let mcp_program = crate::hooks::install::mcp_program(false);
+        codex_hooks.extend(crate::hooks::install::codex_mcp_overrides(&mcp_program));
+        let mcp_config = dir.join("mcp.json");
+        let mcp_json = crate::hooks::install::mcp_config_file(&mcp_program).to_string();
+        tokio::fs::write(&mcp_config, mcp_json).await?;
+        let mcp_config = mcp_config.to_string_lossy().into_owned();
         let argv = profile.argv(&Placeholders {
             codex_hooks: &codex_hooks,
             prompt,
@@ -272,6 +296,7 @@ impl Runtime {
             session_id: &session_id,
             cwd: &agent.cwd,
             allowed_tools: &allowed_tools,
+            mcp_config: &mcp_config,
         });
         if profile.mode == Mode::External {
             return Err(RuntimeError::Other(format!(

@@ -21,6 +21,7 @@ mod agents;
 mod claims;
 mod conflicts;
 mod contexts;
+mod coordination;
 mod hooks;
 mod land;
 mod notify;
@@ -49,6 +50,9 @@ pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgen
 pub use claims::{ChangeRequest, Claim, Ownership};
 pub use conflicts::{ActiveRow, CONFLICT_ALERT};
 pub use contexts::ContextProbe;
+pub use coordination::{
+    AgentIdentity, Allocation, LockGrant, LockHolder, LockView, Subtask, SubtaskLimits,
+};
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use land::{LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
@@ -130,6 +134,9 @@ pub enum StoreError {
     /// The disk holding the database is full (or the file may not grow).
     #[error("disk full (or a write error): the database cannot grow")]
     DiskFull,
+    /// What the caller may not do (an agent outside its task's scope, a limit reached).
+    #[error("{0}")]
+    Refused(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }

@@ -92,6 +92,12 @@ pub struct TaskDetail {
     /// The task's landing on its target branch, once it entered a land queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landing: Option<super::Landing>,
+    /// The task this one is a sub-task of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Its sub-tasks, each with its own (the tree below it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtasks: Vec<super::Subtask>,
 }
 
 /// Input and output tokens.
@@ -490,6 +496,8 @@ impl Store {
             conflicts: self.conflicts_of_task(id, repo.as_deref()).await?,
             touched_files: self.touched_files(id).await?,
             landing: self.landing(id).await?,
+            parent: self.parent_of(id).await?,
+            subtasks: self.subtasks(id).await?,
         })
     }
 }
@@ -909,6 +917,9 @@ pub(super) async fn apply_in_tx(
     task.version += 1;
     super::outbox_task(tx, &task, urgent).await?;
     super::routing::transitioned(tx, &task, actor).await?;
+    if task.state.is_terminal() {
+        super::coordination::task_ended(tx, id, task.state, actor, policy).await?;
+    }
     Ok(())
 }
 

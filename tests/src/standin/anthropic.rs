@@ -12,6 +12,8 @@
 //! String values of a tool call's input may contain `{cwd}`: it becomes the agent's working
 //! directory, read from the "Primary working directory:" line Claude Code puts in its system
 //! prompt, so a script can name files inside a worktree it does not know in advance.
+//! `{last:id}` becomes the `id` field of the JSON text of the latest tool result in the
+//! request (e.g. the task an MCP tool just created), so a script can use an id it is given.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -119,6 +121,7 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
     let turn = if main_loop { script.turns.pop_front() } else { Some(Turn::text("ok")) };
     let turn = turn.unwrap_or_else(|| Turn::text("done"));
     let cwd = working_directory(&body).unwrap_or_default();
+    let last_id = last_result_field(&body, "id").unwrap_or_default();
     let model = body["model"].as_str().unwrap_or("claude-standin").to_string();
     let stream = body["stream"].as_bool() == Some(true);
     script.requests.push(body);
@@ -136,7 +139,7 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
                         "type": "tool_use",
                         "id": format!("toolu_standin_{}", script.next_id),
                         "name": name,
-                        "input": fill_cwd(input, &cwd),
+                        "input": fill_cwd(fill(input, "{last:id}", &last_id), &cwd),
                     })
                 })
                 .collect();
@@ -230,6 +233,37 @@ fn working_directory(body: &Value) -> Option<String> {
         }
     }
     find(&body["system"]).or_else(|| find(&body["messages"]))
+}
+
+/// The field `name` of the JSON text of the latest `tool_result` block in the request.
+fn last_result_field(body: &Value, name: &str) -> Option<String> {
+    let messages = body["messages"].as_array()?;
+    messages.iter().rev().find_map(|message| {
+        let blocks = message["content"].as_array()?;
+        blocks.iter().rev().find(|b| b["type"] == "tool_result").and_then(|block| {
+            let text = match &block["content"] {
+                Value::String(text) => text.clone(),
+                Value::Array(parts) => {
+                    parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("")
+                }
+                _ => return None,
+            };
+            let value: Value = serde_json::from_str(&text).ok()?;
+            value[name].as_str().map(str::to_string)
+        })
+    })
+}
+
+/// `input` with `from` replaced by `to` in every string.
+fn fill(input: Value, from: &str, to: &str) -> Value {
+    match input {
+        Value::String(text) => Value::String(text.replace(from, to)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| fill(v, from, to)).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, fill(v, from, to))).collect())
+        }
+        other => other,
+    }
 }
 
 /// `input` with `{cwd}` replaced in every string.

@@ -54,6 +54,7 @@ async fn generate(
         Turn::Shell(command) => json!({
             "functionCall": { "name": "run_shell_command", "args": { "command": command } }
         }),
+        Turn::Tool { name, args } => json!({ "functionCall": { "name": name, "args": args } }),
         Turn::Say(text) => json!({ "text": text }),
         Turn::RateLimited { retry_after_secs } => return rate_limited(&model, retry_after_secs),
     };

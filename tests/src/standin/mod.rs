@@ -35,6 +35,9 @@ pub enum Turn {
     Write { path: String, content: String },
     /// A tool call that runs `command` in a shell.
     Shell(String),
+    /// A call of the tool `name` (as the CLI names it, e.g. Gemini CLI's `mcp_ccm_allocate`;
+    /// for Codex `mcp__<server>__<tool>` is sent in its namespace form) with `args`.
+    Tool { name: String, args: Value },
     /// A final message to the human; the agent's turn ends.
     Say(String),
     /// HTTP 429, in the API's documented shape, saying the limit resets in `retry_after_secs`.

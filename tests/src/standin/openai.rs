@@ -55,6 +55,27 @@ async fn respond(State(script): State<Arc<Script>>, Json(body): Json<Value>) -> 
             ))
         }
         Turn::Shell(command) => call(command),
+        // An MCP tool is a namespace tool: `mcp__<server>` and the tool's own name.
+        Turn::Tool { name, args } => {
+            let (namespace, tool) = match name.rsplit_once("__") {
+                Some((namespace, tool)) if name.starts_with("mcp__") => {
+                    (Some(namespace.to_string()), tool.to_string())
+                }
+                _ => (None, name.clone()),
+            };
+            let mut item = json!({
+                "type": "function_call",
+                "id": format!("fc_{n}"),
+                "call_id": format!("call_{n}"),
+                "name": tool,
+                "arguments": args.to_string(),
+                "status": "completed"
+            });
+            if let Some(namespace) = namespace {
+                item["namespace"] = json!(namespace);
+            }
+            item
+        }
         Turn::Say(text) => json!({
             "type": "message",
             "id": format!("msg_{n}"),

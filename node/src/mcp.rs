@@ -1,0 +1,285 @@
+//! `ccm mcp`: ccm's MCP server over stdio (the official Rust SDK, `rmcp`), which the agent
+//! CLIs start from their MCP settings (`hooks::install` writes them). Each tool is one call to
+//! the daemon's agent API (`daemon::agent_api`) as the calling agent: its credential
+//! (`CCM_AGENT_TOKEN`) and the task it believes it works for (`CCM_TASK_ID`) come from the
+//! environment, as for the hooks. Without a credential every tool answers a clear refusal (the
+//! server itself still starts, so the CLI runs on).
+//!
+//! The daemon's address: `CCM_API`, else the port file of the home (`CCM_HOME`).
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData as McpError, ServerHandler, ServiceExt};
+use serde_json::{json, Map, Value};
+
+use crate::home::Home;
+
+/// The server's name in the CLIs' settings: tools are `mcp__ccm__<tool>` (Claude Code,
+/// Codex) or `mcp_ccm_<tool>` (Gemini CLI).
+pub const SERVER_NAME: &str = "ccm";
+
+/// Errors of `ccm mcp` itself (a tool's refusal is the tool's answer, not one of these).
+#[derive(Debug, thiserror::Error)]
+pub enum McpServerError {
+    #[error("mcp server over stdio: {0}")]
+    Serve(String),
+}
+
+/// Where and as whom the server calls the daemon.
+#[derive(Clone)]
+struct Daemon {
+    http: reqwest::Client,
+    base: Option<String>,
+    token: Option<String>,
+    task: Option<String>,
+}
+
+impl Daemon {
+    fn from_env() -> Daemon {
+        // A `$NAME` left as is: Gemini CLI found no such variable to expand.
+        let var = |name: &str| {
+            std::env::var(name).ok().filter(|v| !v.trim().is_empty() && !v.starts_with('$'))
+        };
+        let base = var("CCM_API").or_else(|| {
+            let home = Home::locate().ok()?;
+            Some(format!("http://{}", home.read_daemon_info()?.addr))
+        });
+        Daemon {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
+            base: base.map(|b| b.trim_end_matches('/').to_string()),
+            token: var("CCM_AGENT_TOKEN"),
+            task: var("CCM_TASK_ID"),
+        }
+    }
+
+    /// Calls the agent API; the answer's JSON, or the refusal's message.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let Some(token) = &self.token else {
+            return Err("refused: no agent credential (CCM_AGENT_TOKEN is not set): ccm's tools work only for an agent ccm started".into());
+        };
+        let Some(base) = &self.base else {
+            return Err("refused: no ccm daemon to ask (neither CCM_API nor a running daemon's port file in CCM_HOME)".into());
+        };
+        let mut request =
+            self.http.request(method, format!("{base}{path}")).header("x-ccm-agent-token", token);
+        if let Some(task) = &self.task {
+            request = request.header("x-ccm-task-id", task);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the ccm daemon at {base}: {e}"))?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"].as_str().unwrap_or("no message").to_string();
+        Err(if status.as_u16() == 401 || status.as_u16() == 403 {
+            format!("refused: {message}")
+        } else {
+            format!("ccm answered {status}: {message}")
+        })
+    }
+}
+
+/// ccm's MCP server.
+#[derive(Clone)]
+pub struct CcmServer {
+    daemon: Arc<Daemon>,
+}
+
+fn schema(properties: Value, required: &[&str]) -> Arc<Map<String, Value>> {
+    let value = json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    });
+    Arc::new(value.as_object().cloned().unwrap_or_default())
+}
+
+/// The tools, with their input schemas.
+pub fn tools() -> Vec<Tool> {
+    let string = json!({ "type": "string" });
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    vec![
+        Tool::new(
+            "create_subtask",
+            "Create a sub-task of your task, in the same repository: ccm runs it with its own agent (maybe on another machine). Returns its id.",
+            schema(
+                json!({
+                    "title": { "type": "string", "description": "one line" },
+                    "prompt": { "type": "string", "description": "what its agent is asked to do" },
+                    "verify": { "type": "string", "description": "a shell command that checks its work" },
+                    "owns": { "type": "array", "items": string, "description": "files (relative to the repository) it will own" },
+                    "depends_on": { "type": "array", "items": string, "description": "ids of sibling sub-tasks it waits for" },
+                    "profile": { "type": "string", "description": "agent profile; yours when omitted" },
+                }),
+                &["title"],
+            ),
+        ),
+        Tool::new(
+            "list_subtasks",
+            "List your task's sub-tasks with their state and result.",
+            schema(json!({}), &[]),
+        ),
+        Tool::new(
+            "wait_subtasks",
+            "Wait until your sub-tasks (all, or those named) have ended, or the timeout; returns each one's state and result.",
+            schema(
+                json!({ "ids": strings, "timeout_secs": { "type": "integer", "minimum": 0 } }),
+                &[],
+            ),
+        ),
+        Tool::new(
+            "lock",
+            "Take a named lock (e.g. \"build\") with a lease of ttl seconds, waiting up to wait_secs for it; returns a fencing token. Released by unlock, when your agent ends, or when the lease runs out.",
+            schema(
+                json!({
+                    "name": string,
+                    "ttl": { "type": "integer", "minimum": 1 },
+                    "wait_secs": { "type": "integer", "minimum": 0 },
+                }),
+                &["name"],
+            ),
+        ),
+        Tool::new(
+            "unlock",
+            "Release a named lock you hold.",
+            schema(json!({ "name": string }), &["name"]),
+        ),
+        Tool::new(
+            "allocate",
+            "Get the next value of a named sequence of your repository (e.g. \"migrations\" → 0042), exactly once.",
+            schema(json!({ "sequence": string }), &["sequence"]),
+        ),
+        Tool::new(
+            "release_allocation",
+            "Give back a value you allocated and will not use.",
+            schema(json!({ "sequence": string, "value": string }), &["sequence", "value"]),
+        ),
+    ]
+}
+
+impl CcmServer {
+    pub fn from_env() -> CcmServer {
+        CcmServer { daemon: Arc::new(Daemon::from_env()) }
+    }
+
+    /// Runs a tool: the daemon's answer as JSON text, or the refusal's words.
+    pub async fn run_tool(&self, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
+        use reqwest::Method;
+        let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_string);
+        let need =
+            |key: &str| text(key).filter(|v| !v.is_empty()).ok_or(format!("{key}: required"));
+        let d = &self.daemon;
+        match name {
+            "create_subtask" => {
+                need("title")?;
+                let body = Value::Object(args.clone());
+                d.call(Method::POST, "/api/agent/subtasks", Some(body)).await
+            }
+            "list_subtasks" => d.call(Method::GET, "/api/agent/subtasks", None).await,
+            "wait_subtasks" => {
+                let mut body = Map::new();
+                if let Some(ids) = args.get("ids") {
+                    body.insert("ids".into(), ids.clone());
+                }
+                if let Some(t) = args.get("timeout_secs") {
+                    body.insert("timeout_secs".into(), t.clone());
+                }
+                d.call(Method::POST, "/api/agent/subtasks/wait", Some(Value::Object(body))).await
+            }
+            "lock" => {
+                let lock = need("name")?;
+                let body = json!({
+                    "ttl_secs": args.get("ttl").cloned().unwrap_or(json!(60)),
+                    "wait_secs": args.get("wait_secs").cloned().unwrap_or(json!(0)),
+                });
+                d.call(Method::POST, &format!("/api/agent/locks/{}", encode(&lock)), Some(body))
+                    .await
+            }
+            "unlock" => {
+                let lock = need("name")?;
+                d.call(Method::DELETE, &format!("/api/agent/locks/{}", encode(&lock)), None).await
+            }
+            "allocate" => {
+                let body = json!({ "sequence": need("sequence")? });
+                d.call(Method::POST, "/api/agent/allocations", Some(body)).await
+            }
+            "release_allocation" => {
+                let value = args.get("value").cloned().ok_or("value: required")?;
+                let body = json!({ "sequence": need("sequence")?, "value": value });
+                d.call(Method::POST, "/api/agent/allocations/release", Some(body)).await
+            }
+            other => Err(format!("no tool `{other}` in ccm's MCP server")),
+        }
+    }
+}
+
+/// A lock's name in a URL path (names hold letters, digits and `-_./:` only; the daemon
+/// checks them).
+fn encode(name: &str) -> String {
+    name.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23")
+}
+
+impl ServerHandler for CcmServer {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        info.server_info = Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION"));
+        info.instructions = Some(
+            "ccm coordinates the agents working on a repository: create sub-tasks and wait for \
+             them, take named locks, allocate numbers from sequences (e.g. migrations)."
+                .into(),
+        );
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.unwrap_or_default();
+        let result = match self.run_tool(&request.name, &args).await {
+            Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
+            Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+        };
+        Ok(result.into())
+    }
+}
+
+/// Serves MCP on stdin and stdout until the client goes away.
+pub async fn serve() -> Result<(), McpServerError> {
+    let service = CcmServer::from_env()
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| McpServerError::Serve(e.to_string()))?;
+    service.waiting().await.map_err(|e| McpServerError::Serve(e.to_string()))?;
+    Ok(())
+}
