@@ -588,3 +588,171 @@ async fn pages_have_no_console_errors_and_fit_a_phone() {
     assert_eq!(open, [("info".to_string(),)]);
     browser.client.close().await.unwrap();
 }
+
+/// A home whose tasks' agents only hold their task (`slots` of them at a time).
+fn holder_home(name: &str, slots: usize) -> TestHome {
+    let home = TestHome::new(name);
+    home.write_config(&format!(
+        "scheduler:\n  slots: {slots}\n  tick_ms: 100\nruntime:\n  poll_ms: 100\n{}",
+        ccm_tests::HOLDER_PROFILE
+    ));
+    home
+}
+
+async fn send_event(daemon: &Daemon, id: &str, event: &str) {
+    let (status, body) = daemon
+        .post(&format!("/api/tasks/{id}/events"), serde_json::json!({ "event": event }))
+        .await;
+    assert_eq!(status, 200, "{event} of {id} refused: {body}");
+}
+
+/// Issue 26, acceptance 3: typing into the board's search box while ten tasks change state
+/// loses nothing: the typed text, the caret, the focus, the page's and the board's scroll
+/// positions, a column the reader opened (which the server sends closed) and one the reader
+/// closed (which the server sends open); the page is never reloaded.
+#[tokio::test]
+async fn typing_on_the_board_survives_ten_tasks_changing_state() {
+    let home = holder_home("dash-morph", 1);
+    let daemon = home.start();
+    let ids: Vec<String> =
+        (0..12).map(|n| add_task(&home, &[&format!("task {n}"), "--profile", "holder"])).collect();
+    let shots = shots("morph");
+    let browser = Browser::start(&shots, 900, 500).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks")).await;
+    browser
+        .wait_for(
+            "twelve cards and the live connection",
+            Duration::from_secs(20),
+            "return document.querySelectorAll('[data-task]').length === 12 && document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    mark_page(&browser).await;
+    // The reader opens the empty `failed` column and closes the `created` one (holding eleven tasks).
+    browser.click("#column-failed summary").await;
+    browser.click("#column-created summary").await;
+    browser.click("input[name=q]").await;
+    browser.type_into("input[name=q]", "needle in the haystack").await;
+    let before = browser
+        .eval(
+            "var q = document.querySelector('input[name=q]'); q.setSelectionRange(7, 9); \
+             var board = document.getElementById('board'); board.scrollLeft = 240; \
+             window.scrollTo(0, 60); \
+             window.__refreshes = 0; document.addEventListener('ccm:refreshed', function () { window.__refreshes++; }); \
+             return [q.value, q.selectionStart, q.selectionEnd, window.scrollY, board.scrollLeft]",
+        )
+        .await;
+    assert_eq!(before[0], "needle in the haystack");
+    assert!(before[3].as_f64().unwrap() > 0.0, "the page scrolls: {before}");
+    assert!(before[4].as_f64().unwrap() > 0.0, "the board scrolls sideways: {before}");
+    browser.screenshot("morph-before").await;
+
+    for id in ids.iter().take(10) {
+        send_event(&daemon, id, "cancel").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    browser
+        .wait_for(
+            "ten cancelled cards on the board",
+            Duration::from_secs(20),
+            "var c = document.getElementById('column-cancelled'); return c !== null && c.querySelectorAll('[data-task]').length === 10",
+        )
+        .await;
+    let after = browser
+        .eval(
+            "var q = document.querySelector('input[name=q]'); var board = document.getElementById('board'); \
+             return [q.value, q.selectionStart, q.selectionEnd, window.scrollY, board.scrollLeft, \
+                     document.activeElement === q, document.getElementById('column-failed').open, \
+                     document.getElementById('column-created').open, window.__refreshes]",
+        )
+        .await;
+    browser.screenshot("morph-after").await;
+    assert!(still_same_page(&browser).await, "the page was reloaded");
+    assert!(after[8].as_u64().unwrap() >= 1, "the page never refreshed: {after}");
+    assert_eq!(
+        after.as_array().unwrap()[..5],
+        before.as_array().unwrap()[..],
+        "text, caret or scroll changed"
+    );
+    assert_eq!(after[5], true, "the search box lost the focus");
+    assert_eq!(after[6], true, "the column the reader opened was closed");
+    assert_eq!(after[7], false, "the column the reader closed was opened");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}
+
+/// Issue 26, acceptance 4: twenty tabs of one browser (more than the six connections a browser
+/// opens to one host) all load, stay live and show a task's state change (a background tab,
+/// hidden, when it is shown: the times are printed); closing nineteen of them, the first (which
+/// held the event stream) among them, keeps the last one live.
+#[tokio::test]
+async fn twenty_tabs_stay_live_and_the_last_one_outlives_the_other_nineteen() {
+    let home = holder_home("dash-tabs", 1);
+    let daemon = home.start();
+    let id = add_task(&home, &["watched by twenty tabs", "--profile", "holder"]);
+    wait_state(&daemon, &id, "executing").await;
+    let shots = shots("tabs");
+    let browser = Browser::start(&shots, 1000, 700).await;
+    sign_in(&home, &browser).await;
+    let page = daemon.url(&format!("/tasks/{id}"));
+    let live = "var s = document.getElementById('live-status'); return s !== null && s.textContent === 'live'";
+    let mut tabs = Vec::new();
+    for n in 0..20 {
+        let tab = if n == 0 {
+            browser.goto(&page).await;
+            browser.client.window().await.unwrap()
+        } else {
+            browser.new_tab(&page).await
+        };
+        browser.wait_for(&format!("tab {n} to be live"), Duration::from_secs(20), live).await;
+        // Each tab notes when it first showed the change (the page's clock is the epoch's).
+        browser
+            .eval(
+                "window.__shown = null; document.addEventListener('ccm:refreshed', function () { \
+                   var s = document.getElementById('task-state'); \
+                   if (window.__shown === null && s && s.textContent === 'cancelled') \
+                     window.__shown = performance.timeOrigin + performance.now(); }); return true",
+            )
+            .await;
+        tabs.push(tab);
+    }
+    let epoch_ms = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+            * 1e3
+    };
+    let changed = epoch_ms();
+    send_event(&daemon, &id, "cancel").await;
+    let shows = "var s = document.getElementById('task-state'); return s !== null && s.textContent === 'cancelled' && window.__shown !== null";
+    // A hidden tab does not render: it shows the change when it is shown.
+    for (n, tab) in tabs.iter().enumerate() {
+        let shown_from = epoch_ms().max(changed);
+        browser.switch_to(tab).await;
+        browser
+            .wait_for(&format!("tab {n} to show the change"), Duration::from_secs(20), shows)
+            .await;
+        let shown = browser.eval("return window.__shown").await.as_f64().unwrap();
+        println!(
+            "tab {n}: the change shown {:.0} ms after it was made, {:.0} ms after the tab was shown",
+            shown - changed,
+            shown - shown_from
+        );
+    }
+    browser.screenshot("tabs-twentieth").await;
+
+    for tab in &tabs[..19] {
+        browser.switch_to(tab).await;
+        browser.client.close_window().await.unwrap();
+    }
+    browser.switch_to(&tabs[19]).await;
+    send_event(&daemon, &id, "retry").await;
+    browser
+        .wait_for(
+            "the last tab to show the retry",
+            Duration::from_secs(20),
+            "var s = document.getElementById('task-state'); return s !== null && s.textContent !== 'cancelled' && document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    browser.screenshot("tabs-last").await;
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}

@@ -175,6 +175,31 @@ impl Browser {
         element.click().await.unwrap_or_else(|e| panic!("cannot click `{css}`: {e}"));
     }
 
+    /// Opens `url` in a new tab of this browser and makes it the current one; returns its handle.
+    pub async fn new_tab(&self, url: &str) -> fantoccini::wd::WindowHandle {
+        let tab = self.client.new_window(true).await.expect("a new tab");
+        self.client.switch_to_window(tab.handle.clone()).await.expect("switch to the new tab");
+        self.goto(url).await;
+        tab.handle
+    }
+
+    /// Makes tab `handle` the current one.
+    pub async fn switch_to(&self, handle: &fantoccini::wd::WindowHandle) {
+        self.client.switch_to_window(handle.clone()).await.expect("switch tabs");
+    }
+
+    /// Types `text` into the element `css` selects.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let element = self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element `{css}`: {e}"));
+        element.send_keys(text).await.unwrap_or_else(|e| panic!("cannot type into `{css}`: {e}"));
+    }
+
     /// Console messages at level SEVERE (JavaScript errors, failed loads) since the last call.
     pub async fn console_errors(&self) -> Vec<String> {
         let log = self.client.issue_cmd(BrowserLog).await.expect("browser log");

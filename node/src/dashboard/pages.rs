@@ -32,6 +32,11 @@ pub struct Layout {
     pub system: String,
     /// What the page reloads on: `change` (outbox changes) or `activity` (anything).
     pub live: &'static str,
+    /// The kinds of change the page shows (`*`: all); the header's badges need `decision` and
+    /// `alert` on every page.
+    pub kinds: &'static str,
+    /// The task whose changes the page shows (its own page).
+    pub task: String,
 }
 
 async fn layout(
@@ -50,6 +55,12 @@ async fn layout(
         alerts: counts.open_alerts,
         system: system.name,
         live: "change",
+        kinds: match active {
+            "tasks" => "task context decision alert",
+            "decisions" | "alerts" => "decision alert",
+            _ => "*",
+        },
+        task: String::new(),
     })
 }
 
@@ -241,11 +252,13 @@ pub async fn board(
             Default::default()
         };
         let now = Timestamp::now();
+        // Every state has its column, an empty one collapsed: the board does not reflow as
+        // tasks move.
         let mut columns: Vec<Column> = TaskState::ALL
             .iter()
-            .filter_map(|s| {
-                let count = counts.iter().find(|(c, _)| c == s)?.1;
-                Some(Column { state: s.to_string(), count, cards: Vec::new() })
+            .map(|s| {
+                let count = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+                Column { state: s.to_string(), count, cards: Vec::new() }
             })
             .collect();
         let shown = cards.len();
@@ -517,6 +530,8 @@ pub async fn task(
         let mut layout =
             layout(&state, &signed_in, format!("Task {}", task.short_id()), "tasks").await?;
         layout.live = "activity";
+        layout.kinds = "decision alert";
+        layout.task = task.id.to_string();
         let now = Timestamp::now();
         let agents = store.task_agents(task.id).await.map_err(failure)?;
         let latest = agents.iter().max_by_key(|a| a.started_at);
