@@ -32,24 +32,30 @@ type Version = (i64, u64);
 /// The kept renders of the current version.
 #[derive(Default)]
 pub struct Renders {
-    kept: Mutex<(Option<Version>, HashMap<String, Arc<str>>)>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    version: Option<Version>,
+    pages: HashMap<String, Arc<str>>,
 }
 
 impl Renders {
     fn get(&self, version: Version, address: &str) -> Option<Arc<str>> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        (kept.0 == Some(version)).then(|| kept.1.get(address).cloned()).flatten()
+        (kept.version == Some(version)).then(|| kept.pages.get(address).cloned()).flatten()
     }
 
     fn put(&self, version: Version, address: String, page: Arc<str>) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        match kept.0 {
+        match kept.version {
             Some(current) if current > version => return,
             Some(current) if current == version => {}
-            _ => *kept = (Some(version), HashMap::new()),
+            _ => *kept = Kept { version: Some(version), pages: HashMap::new() },
         }
-        if kept.1.len() < KEEP {
-            kept.1.insert(address, page);
+        if kept.pages.len() < KEEP {
+            kept.pages.insert(address, page);
         }
     }
 }
