@@ -756,3 +756,77 @@ async fn twenty_tabs_stay_live_and_the_last_one_outlives_the_other_nineteen() {
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.client.close().await.unwrap();
 }
+
+/// Issue 26, acceptance 6: the task page shows a real Claude Code run (against the stand-in of
+/// the Anthropic API) as the same readable lines `ccm task logs` prints, and its raw toggle
+/// shows the JSON events instead.
+#[tokio::test]
+async fn task_page_shows_claude_output_as_task_logs_does_and_raw_json_on_toggle() {
+    use ccm_tests::standin::anthropic::{Anthropic, Turn};
+    let home = TestHome::new("dash-readable");
+    home.write_config("runtime:\n  poll_ms: 50\n");
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let api = Anthropic::start(vec![
+        Turn::bash("echo readable-marker"),
+        Turn::text("Looked around; nothing to change."),
+    ]);
+    let bin = ccm_tests::agent_cli("claude");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let user_home = home.dir.path().join("user");
+    std::fs::create_dir_all(&user_home).unwrap();
+    let daemon = home.start_with(|command| {
+        command.env("PATH", path).env("HOME", &user_home);
+        for (name, value) in api.env() {
+            command.env(name, value);
+        }
+    });
+    let id = add_task(&home, &["look around", "--profile", "claude", "--repo", &repo]);
+    let detail = wait_state(&daemon, &id, "complete").await;
+    let logs = home.run_ok(&["task", "logs", &id]);
+    assert!(logs.contains("→ Bash echo readable-marker"), "{logs}\n{detail:#}");
+    assert!(logs.contains("assistant: Looked around; nothing to change."), "{logs}");
+
+    let shots = shots("readable");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url(&format!("/tasks/{id}"))).await;
+    let shown = |id: &str| {
+        format!(
+            "var e = document.getElementById('{id}'); \
+             return e === null ? null : [e.innerText, e.getBoundingClientRect().height > 0]"
+        )
+    };
+    let readable = browser.eval(&shown("output-tail")).await;
+    browser.screenshot("readable-output").await;
+    // The page shows the last lines of what `ccm task logs` prints (this Claude Code logs its
+    // HTTP requests too), the tool call and the answer among them.
+    let text = readable[0].as_str().unwrap().trim_end();
+    assert!(logs.trim_end().ends_with(text), "the page shows:\n{text}\n`ccm task logs`:\n{logs}");
+    assert!(text.contains("→ Bash echo readable-marker"), "{text}");
+    assert!(text.contains("assistant: Looked around; nothing to change."), "{text}");
+    assert_eq!(readable[1], true, "the readable output is shown");
+    assert_eq!(browser.eval(&shown("output-raw")).await[1], false, "the raw output is hidden");
+
+    browser.click("label[for=raw-toggle]").await;
+    let raw = browser.eval(&shown("output-raw")).await;
+    browser.screenshot("raw-output").await;
+    assert_eq!(raw[1], true, "the raw output is shown after the toggle");
+    assert_eq!(browser.eval(&shown("output-tail")).await[1], false, "the readable one is hidden");
+    let raw_text = raw[0].as_str().unwrap();
+    let events: Vec<Value> = raw_text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("raw lines are JSON events"))
+        .collect();
+    assert!(events.iter().any(|e| e["type"] == "assistant"), "{raw_text}");
+    assert!(events.iter().any(|e| e["type"] == "result"), "{raw_text}");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}

@@ -1,6 +1,6 @@
 //! The `ccm` command: argument parsing (clap), and a module per verb group.
 //!
-//! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents.
+//! - [`task`] (its `logs` renders with [`crate::agents::render`]), [`context`], [`agent`]: tasks, checkouts, agents.
 //! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
 //!   `dump-state`, `claims`, `backup`; [`alerts`], [`decide`]: what needs the operator;
 //!   [`dashboard`]: the web dashboard; [`sync`]: `ccm sync ...`; [`systems`]: `ccm systems`
@@ -18,7 +18,6 @@ mod context;
 mod daemon;
 mod dashboard;
 mod decide;
-mod logs;
 mod output;
 mod setup;
 mod state;

@@ -18,9 +18,11 @@ use crate::store::{BoardFilter, NewTask, RetryPolicy};
 
 /// Who the dashboard acts as in task logs and decisions.
 const ACTOR: &str = "dashboard";
-/// How much of an agent's output the task page shows.
-const TAIL_BYTES: u64 = 16 * 1024;
+/// How much of an agent's output the task page reads, and the lines it shows of it (raw, and
+/// as rendered).
+const TAIL_BYTES: u64 = 64 * 1024;
 const TAIL_LINES: usize = 60;
+const READABLE_LINES: usize = 200;
 
 /// What every page shows around its content.
 pub struct Layout {
@@ -472,7 +474,9 @@ struct TaskPage {
     strip: String,
     history: Vec<LogRow>,
     runs: Vec<RunRow>,
+    /// The output's last lines as raw JSON, and as `ccm task logs` renders them.
     tail: String,
+    readable: String,
     tail_agent: String,
     hooks: Vec<HookRow>,
     reports: Vec<ReportRow>,
@@ -500,22 +504,26 @@ fn actions(state: TaskState) -> Vec<(&'static str, &'static str, &'static str)> 
     actions
 }
 
-/// The last lines of an agent's output log.
-async fn tail(path: std::path::PathBuf) -> String {
+/// The last whole lines of an agent's output log (at most [`TAIL_BYTES`]).
+async fn tail(path: std::path::PathBuf) -> Vec<String> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-    let Ok(mut file) = tokio::fs::File::open(&path).await else { return String::new() };
+    let Ok(mut file) = tokio::fs::File::open(&path).await else { return Vec::new() };
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(TAIL_BYTES);
     if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return String::new();
+        return Vec::new();
     }
     let mut bytes = Vec::new();
     if file.read_to_end(&mut bytes).await.is_err() {
-        return String::new();
+        return Vec::new();
     }
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().skip(usize::from(start > 0)).collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    text.lines().skip(usize::from(start > 0)).map(str::to_string).collect()
+}
+
+/// The last `count` of `lines`, joined.
+fn last_lines(lines: &[String], count: usize) -> String {
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 pub async fn task(
@@ -537,7 +545,7 @@ pub async fn task(
         let latest = agents.iter().max_by_key(|a| a.started_at);
         let tail_text = match latest {
             Some(agent) => tail(std::path::Path::new(&agent.dir).join("output.log")).await,
-            None => String::new(),
+            None => Vec::new(),
         };
         let hooks = store.task_hook_events(&task.id.to_string()).await.map_err(failure)?;
         let claims = store.claims().await.map_err(failure)?;
@@ -613,7 +621,14 @@ pub async fn task(
                     last_message: r.last_message.clone().unwrap_or_default(),
                 })
                 .collect(),
-            tail: tail_text,
+            readable: last_lines(
+                &tail_text
+                    .iter()
+                    .flat_map(|line| crate::agents::render::render(line))
+                    .collect::<Vec<_>>(),
+                READABLE_LINES,
+            ),
+            tail: last_lines(&tail_text, TAIL_LINES),
             tail_agent: latest.map(|a| a.short_id()).unwrap_or_default(),
             hooks: hooks
                 .iter()

@@ -77,14 +77,19 @@
 
   function apply(html) {
     var next = new DOMParser().parseFromString(html, "text/html");
-    var tail = document.getElementById("output-tail");
-    var atEnd = tail ? tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4 : true;
+    // An output tail scrolled to its end follows the output; one scrolled back stays.
+    var following = [];
+    document.querySelectorAll("pre.tail[id]").forEach(function (tail) {
+      if (tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4) following.push(tail.id);
+    });
     document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
       var fresh = next.getElementById(old.id);
       if (fresh) Idiomorph.morph(old, fresh, morphing);
     });
-    tail = document.getElementById("output-tail");
-    if (tail && atEnd) tail.scrollTop = tail.scrollHeight;
+    following.forEach(function (id) {
+      var tail = document.getElementById(id);
+      if (tail) tail.scrollTop = tail.scrollHeight;
+    });
     document.dispatchEvent(new CustomEvent("ccm:refreshed"));
   }
 
