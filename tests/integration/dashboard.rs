@@ -279,6 +279,12 @@ async fn minimal_profile_serves_no_dashboard() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("daemon.profile `full`"));
+    // The CLI's own configuration says `full`, the running daemon serves `minimal`.
+    let out = home.ccm().args(["dashboard", "--print"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the dashboard is off"), "{stderr}");
+    assert!(!stderr.contains("no such route"), "{stderr}");
 }
 
 /// Acceptance 2: a task created with the form shows up on the board and moves to `complete`
@@ -381,6 +387,12 @@ async fn approval_is_given_from_the_decisions_page_and_a_blocked_task_is_retried
     let shots = shots("decide");
     let browser = Browser::start(&shots, 390, 844).await;
     sign_in(&home, &browser).await;
+    // An older decision (retry or cancel a blocked task) waits already.
+    let crasher = add_task(
+        &home,
+        &["crash first", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
+    );
+    wait_state(&daemon, &crasher, "blocked").await;
     browser.goto(&daemon.url("/decisions")).await;
     mark_page(&browser).await;
 
@@ -388,19 +400,29 @@ async fn approval_is_given_from_the_decisions_page_and_a_blocked_task_is_retried
     browser.wait_for_text("git push origin main", SLOW).await;
     assert!(still_same_page(&browser).await, "the question appeared without a reload");
     browser.screenshot("decision-pending").await;
+    // The approval comes first, with when it is answered by default.
+    let first = browser
+        .eval("return document.querySelector('.decision').innerText")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(first.contains("git push origin main"), "the approval is not first: {first}");
+    assert!(first.contains("Deadline: answered `deny` by default at"), "{first}");
     browser.click("button[data-answer=allow]").await;
     let detail = wait_state(&daemon, &asker, "complete").await;
     assert_eq!(detail["runs"][0]["outcome"], "success", "{detail}");
     let decisions = daemon.get("/api/decisions").await.1;
-    assert_eq!(decisions[0]["answer"], "allow");
-    assert_eq!(decisions[0]["answered_by"], "dashboard");
+    let approval = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "approve_tool")
+        .unwrap_or_else(|| panic!("no approval in {decisions:#}"));
+    assert_eq!(approval["answer"], "allow");
+    assert_eq!(approval["answered_by"], "dashboard");
     browser.screenshot("decision-answered").await;
 
-    let crasher = add_task(
-        &home,
-        &["crash first", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
-    );
-    wait_state(&daemon, &crasher, "blocked").await;
     browser.goto(&daemon.url(&format!("/tasks/{crasher}"))).await;
     mark_page(&browser).await;
     browser.screenshot("task-blocked").await;
@@ -562,8 +584,10 @@ async fn pages_have_no_console_errors_and_fit_a_phone() {
         assert_eq!(small, 0, "buttons on {path} are at least 44px high");
     }
 
+    // Both agents have exited: no window to attach to.
     browser.goto(&daemon.url("/agents")).await;
-    assert!(browser.text().await.contains("ccm agent attach"));
+    assert!(browser.text().await.contains("exited"), "{}", browser.text().await);
+    assert!(!browser.text().await.contains("ccm agent attach"));
     browser.goto(&daemon.url("/systems")).await;
     assert!(browser.text().await.contains("sync not configured"));
     // Two alerts are open: the kept branch of the finished task (info) and the blocked task.

@@ -10,21 +10,32 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// Vertical bars with a label under each and a title (tooltip) per bar.
-pub fn bars(title: &str, bars: &[(String, f64, String)]) -> String {
-    let (width, height, gap) = (320.0, 120.0, 4.0);
+/// Vertical bars with a label under each, a y axis from 0 to the largest value (`format`
+/// writes its values), a title (tooltip) per bar, and the values as a list for screen readers
+/// (the picture itself is one image to them).
+pub fn bars(title: &str, bars: &[(String, f64, String)], format: impl Fn(f64) -> String) -> String {
+    let (left, width, height, gap) = (44.0, 320.0, 120.0, 4.0);
     let max = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max);
     let n = bars.len().max(1) as f64;
-    let bar_width = (width - gap * (n - 1.0)) / n;
+    let bar_width = (width - left - gap * (n - 1.0)) / n;
     let mut svg = format!(
         r#"<svg class="chart" viewBox="0 0 {width} {}" role="img" aria-label="{}"><title>{}</title>"#,
         height + 16.0,
         escape(title),
         escape(title)
     );
+    // The axes, with the top and the bottom of the scale.
+    let _ = write!(
+        svg,
+        r#"<line class="axis-line" x1="{x:.1}" y1="2" x2="{x:.1}" y2="{height}"/><line class="axis-line" x1="{x:.1}" y1="{height}" x2="{width}" y2="{height}"/><text class="axis" x="{tx:.1}" y="10" text-anchor="end">{}</text><text class="axis" x="{tx:.1}" y="{height}" text-anchor="end">{}</text>"#,
+        escape(&format(max)),
+        escape(&format(0.0)),
+        x = left - 2.0,
+        tx = left - 5.0,
+    );
     for (i, (label, value, tip)) in bars.iter().enumerate() {
         let h = if max > 0.0 { (value / max) * (height - 4.0) } else { 0.0 };
-        let x = i as f64 * (bar_width + gap);
+        let x = left + i as f64 * (bar_width + gap);
         let _ = write!(
             svg,
             r#"<rect class="bar" x="{x:.1}" y="{:.1}" width="{bar_width:.1}" height="{h:.1}"><title>{}</title></rect>"#,
@@ -39,12 +50,21 @@ pub fn bars(title: &str, bars: &[(String, f64, String)]) -> String {
             escape(label)
         );
     }
-    svg.push_str("</svg>");
+    svg.push_str("</svg><ul class=\"sr-only\">");
+    for (_, _, tip) in bars {
+        let _ = write!(svg, "<li>{}</li>", escape(tip));
+    }
+    svg.push_str("</ul>");
     svg
 }
 
+/// The most state changes a strip draws: the latest, from the first of them on.
+pub const STRIP_CHANGES: usize = 100;
+
 /// A task's states over time as one strip, a segment per state it was in.
 pub fn state_strip(log: &[TaskLogEntry], now: Timestamp) -> String {
+    // Bounded: a task retried a thousand times draws its last hundred changes.
+    let log = &log[log.len().saturating_sub(STRIP_CHANGES)..];
     let Some(first) = log.first() else { return String::new() };
     let start = first.at.0;
     let end = now.0.max(start + 1);

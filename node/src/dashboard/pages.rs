@@ -23,6 +23,8 @@ const ACTOR: &str = "dashboard";
 const TAIL_BYTES: u64 = 64 * 1024;
 const TAIL_LINES: usize = 60;
 const READABLE_LINES: usize = 200;
+/// The state changes the task page lists (the latest).
+const HISTORY_ROWS: usize = 200;
 
 /// What every page shows around its content.
 pub struct Layout {
@@ -174,13 +176,15 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
                 .collect(),
             live_agents: live,
             cost_today: dollars(cost_today),
-            cost_chart: charts::bars("cost per day, last 14 days", &days),
+            cost_chart: charts::bars("cost per day, last 14 days", &days, dollars),
             repo_chart: if repos.is_empty() {
                 String::new()
             } else {
-                charts::bars("cost per repository", &repos)
+                charts::bars("cost per repository", &repos, dollars)
             },
-            queue_chart: charts::bars("tasks waiting, last 12 hours", &queue),
+            queue_chart: charts::bars("tasks waiting, last 12 hours", &queue, |n| {
+                format!("{n:.0}")
+            }),
             outbox_pending: outbox.pending,
         }))
     };
@@ -472,6 +476,8 @@ struct TaskPage {
     max_attempts: u32,
     created: String,
     strip: String,
+    /// Says when the strip leaves out older changes.
+    strip_note: String,
     history: Vec<LogRow>,
     runs: Vec<RunRow>,
     /// The output's last lines as raw JSON, and as `ccm task logs` renders them.
@@ -597,9 +603,15 @@ pub async fn task(
             max_attempts: task.max_attempts,
             created: task.created_at.to_string(),
             strip: charts::state_strip(&detail.log, now),
+            strip_note: if detail.log.len() > charts::STRIP_CHANGES {
+                format!(" (the last {} of {} changes)", charts::STRIP_CHANGES, detail.log.len())
+            } else {
+                String::new()
+            },
             history: detail
                 .log
                 .iter()
+                .skip(detail.log.len().saturating_sub(HISTORY_ROWS))
                 .map(|e| LogRow {
                     at: e.at.to_string(),
                     from: e.from_state.map(|s| s.to_string()).unwrap_or_default(),
@@ -703,6 +715,10 @@ pub async fn task_event(
 
 pub struct DecisionRow {
     pub id: String,
+    /// A tool call waiting for approval (listed first).
+    pub approval: bool,
+    /// When an approval is answered by default, and with what (empty for other decisions).
+    pub deadline: String,
     pub task: Option<(String, String)>,
     pub question: String,
     pub options: Vec<String>,
@@ -723,15 +739,38 @@ pub async fn decisions(signed_in: SignedIn, State(state): State<AppState>) -> Re
     let page = async {
         let layout = layout(&state, &signed_in, "Decisions", "decisions").await?;
         let now = Timestamp::now();
-        let rows: Vec<DecisionRow> = state
-            .store
-            .decisions()
-            .await
-            .map_err(failure)?
+        let approvals = state.config.current().approvals.clone();
+        let mut decisions = state.store.decisions().await.map_err(failure)?;
+        // Pending approvals first, the nearest deadline first: a tool call waits on each.
+        decisions.sort_by_key(|d| {
+            (
+                d.answered_at.is_some(),
+                d.kind != ccm_schema::DecisionKind::ApproveTool,
+                d.created_at.0,
+            )
+        });
+        let rows: Vec<DecisionRow> = decisions
             .into_iter()
             .take(100)
             .map(|d| DecisionRow {
                 id: d.id.to_string(),
+                approval: d.kind == ccm_schema::DecisionKind::ApproveTool,
+                deadline: if d.kind == ccm_schema::DecisionKind::ApproveTool {
+                    let at = Timestamp(d.created_at.0 + approvals.timeout_secs as i64 * 1000);
+                    let left = (at.0 - now.0).max(0) / 1000;
+                    format!(
+                        "answered `{}` by default at {} (in {}m {:02}s)",
+                        serde_json::to_value(approvals.default)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        at,
+                        left / 60,
+                        left % 60
+                    )
+                } else {
+                    String::new()
+                },
                 task: d.task_id.map(|t| (t.clone(), t.chars().take(8).collect())),
                 question: d.question,
                 options: d.options.0,
@@ -787,6 +826,8 @@ pub struct AgentRow {
     pub heartbeat: String,
     pub cost: String,
     pub tokens: String,
+    /// Whether its window is there to attach to.
+    pub live: bool,
 }
 
 #[derive(Template)]
@@ -818,6 +859,7 @@ pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Respo
                 heartbeat: a.last_heartbeat.ago(now),
                 cost: cost(a.cost_usd),
                 tokens: format!("{} in / {} out", a.input_tokens, a.output_tokens),
+                live: a.status.is_live(),
             })
             .collect();
         Ok::<_, Response>(render(&Agents { layout, agents }))
