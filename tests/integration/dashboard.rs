@@ -854,3 +854,68 @@ async fn task_page_shows_claude_output_as_task_logs_does_and_raw_json_on_toggle(
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.client.close().await.unwrap();
 }
+
+/// Issue 26, acceptance 7: at 390 × 844 no page scrolls sideways, the navigation (with the
+/// pending decisions' count in view) takes at most 15 % of the first screen, and every text has
+/// a contrast of at least 4.5:1 with its background in the light and the dark scheme (computed
+/// from the rendered colours).
+#[tokio::test]
+async fn phone_navigation_is_compact_and_every_text_has_contrast_in_both_schemes() {
+    let (home, repo) =
+        setup("dash-contrast", &[("fake", "commit", ""), ("crasher", "crash", "")], "");
+    let daemon = home.start();
+    let done = add_task(&home, &["a finished task", "--profile", "fake", "--repo", &repo]);
+    let stuck = add_task(
+        &home,
+        &["a blocked task", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
+    );
+    wait_state(&daemon, &done, "complete").await;
+    wait_state(&daemon, &stuck, "blocked").await;
+
+    let shots = shots("contrast");
+    let browser = Browser::start(&shots, 390, 844).await;
+    sign_in(&home, &browser).await;
+    let task_page = format!("/tasks/{stuck}");
+    for scheme in ["light", "dark"] {
+        browser.color_scheme(scheme).await;
+        for path in PAGES.iter().copied().chain([task_page.as_str()]) {
+            browser.goto(&daemon.url(path)).await;
+            browser
+                .wait_for(
+                    "the page",
+                    Duration::from_secs(10),
+                    "return document.querySelector('main') !== null",
+                )
+                .await;
+            let name = path.trim_start_matches('/').replace('/', "-");
+            browser
+                .screenshot(&format!(
+                    "{scheme}-{}",
+                    if name.is_empty() { "overview" } else { &name }
+                ))
+                .await;
+            assert!(!browser.overflows().await, "{path} scrolls sideways on a phone");
+            let nav = browser
+                .eval(
+                    "var top = document.querySelector('header.top').getBoundingClientRect(); \
+                     var badge = document.getElementById('badge-decisions').getBoundingClientRect(); \
+                     return [top.bottom, badge.left, badge.right, badge.top, badge.bottom, \
+                             document.getElementById('badge-decisions').textContent]",
+                )
+                .await;
+            assert!(
+                nav[0].as_f64().unwrap() <= 0.15 * 844.0,
+                "{path}: the navigation ends at {nav}"
+            );
+            let inside = nav[1].as_f64().unwrap() >= 0.0
+                && nav[2].as_f64().unwrap() <= 390.0
+                && nav[4].as_f64().unwrap() <= 0.15 * 844.0;
+            assert!(inside, "{path}: the decisions' count is out of view: {nav}");
+            assert_eq!(nav[5], "1", "{path}: one decision (the blocked task's) is pending");
+            let low = browser.low_contrast(4.5).await;
+            assert!(low.is_empty(), "{path} in the {scheme} scheme: texts below 4.5:1: {low:#?}");
+        }
+    }
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}

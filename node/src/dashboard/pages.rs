@@ -966,18 +966,12 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
     let page = async {
         let layout = layout(&state, &signed_in, "Systems", "systems").await?;
         let store = &state.store;
+        // A slot is held by a live agent; waiting tasks hold none (counting them once said
+        // "10014 of 4 in use").
         let counts = store.state_counts().await.map_err(failure)?;
-        let holding: i64 = [
-            TaskState::Queued,
-            TaskState::Executing,
-            TaskState::ReportGeneration,
-            TaskState::Supervisory,
-            TaskState::Error,
-            TaskState::Retry,
-        ]
-        .iter()
-        .filter_map(|s| counts.get(s))
-        .sum();
+        let live = store.dashboard_counts().await.map_err(failure)?.live_agents;
+        let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
+            + counts.get(&TaskState::Queued).copied().unwrap_or(0);
         let contexts = store.contexts().await.map_err(failure)?;
         let outbox = store.outbox_counts().await.map_err(failure)?;
         // This system only until sync lands; remote systems will be added to this list from
@@ -989,7 +983,10 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
                 "this system; daemon pid {} since {}",
                 state.daemon.pid, state.daemon.started_at
             ),
-            slots: format!("{holding} of {} in use", state.config.current().scheduler.slots),
+            slots: format!(
+                "{live} of {} in use, {waiting} tasks waiting",
+                state.config.current().scheduler.slots
+            ),
             repos: contexts
                 .iter()
                 .map(|c| c.repo_url.clone().unwrap_or_else(|| c.path.clone()))
