@@ -919,3 +919,48 @@ async fn phone_navigation_is_compact_and_every_text_has_contrast_in_both_schemes
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.client.close().await.unwrap();
 }
+
+/// Issue 26 (scale): a board column shows its newest 50 tasks and pages through the rest, the
+/// other filters kept.
+#[tokio::test]
+async fn a_board_column_pages_through_its_tasks() {
+    let home = holder_home("dash-paging", 1);
+    let daemon = home.start();
+    let mut ids = Vec::new();
+    for n in 0..55 {
+        let (status, task) = daemon
+            .post(
+                "/api/tasks",
+                serde_json::json!({ "title": format!("paged {n}"), "profile": "holder" }),
+            )
+            .await;
+        assert_eq!(status, 201, "{task}");
+        ids.push(task["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        send_event(&daemon, id, "cancel").await;
+    }
+    let shots = shots("paging");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks?q=paged")).await;
+    let cards = "return document.querySelectorAll('#column-cancelled [data-task]').length";
+    assert_eq!(browser.eval(cards).await, 50, "the first page of the column");
+    browser.wait_for_text("5 more", Duration::from_secs(5)).await;
+    browser.screenshot("paging-first").await;
+    browser.click("#column-cancelled .more a").await;
+    browser.wait_for_text("newer", Duration::from_secs(10)).await;
+    assert_eq!(browser.eval(cards).await, 5, "the second page of the column");
+    let url = browser.client.current_url().await.unwrap().to_string();
+    assert!(
+        url.contains("state=cancelled") && url.contains("q=paged") && url.contains("page=1"),
+        "{url}"
+    );
+    // The oldest five: the first tasks cancelled.
+    let titles = browser
+        .eval("return Array.from(document.querySelectorAll('#column-cancelled .title')).map(function (t) { return t.textContent; }).sort()")
+        .await;
+    assert_eq!(titles, serde_json::json!(["paged 0", "paged 1", "paged 2", "paged 3", "paged 4"]));
+    browser.screenshot("paging-second").await;
+    browser.client.close().await.unwrap();
+}

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use ccm_schema::{TaskLogEntry, TaskState, Timestamp};
+use ccm_schema::{TaskLogEntry, Timestamp};
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -88,24 +88,20 @@ pub fn state_strip(log: &[TaskLogEntry], now: Timestamp) -> String {
 }
 
 /// How many tasks waited (`created` or `queued`) at the end of each of the last `hours` hours:
-/// `waiting_now` replayed backwards through the task log of those hours (`(at, from, to)` rows).
+/// `waiting_now` less the net number that became waiting since (`changes`: `(hours ago, net)`
+/// per hour, as [`Store::waiting_changes`](crate::store::Store::waiting_changes) counts them).
 pub fn queue_depth(
     waiting_now: i64,
-    log: &[(Timestamp, Option<TaskState>, TaskState)],
-    now: Timestamp,
+    changes: &[(i64, i64)],
     hours: i64,
 ) -> Vec<(String, f64, String)> {
-    let waiting = |s: Option<TaskState>| matches!(s, Some(TaskState::Created | TaskState::Queued));
     (0..hours)
         .rev()
         .map(|h| {
-            let at = now.0 - h * 3_600_000;
-            let mut depth = waiting_now;
-            for (_, from, to) in log.iter().filter(|(when, ..)| when.0 > at) {
-                depth += i64::from(waiting(*from)) - i64::from(waiting(Some(*to)));
-            }
+            let since: i64 = changes.iter().filter(|(ago, _)| *ago < h).map(|(_, net)| net).sum();
+            let depth = (waiting_now - since).max(0);
             let label = if h == 0 { "now".to_string() } else { format!("-{h}h") };
-            (label.clone(), depth.max(0) as f64, format!("{} waiting at {label}", depth.max(0)))
+            (label.clone(), depth as f64, format!("{depth} waiting at {label}"))
         })
         .collect()
 }

@@ -163,10 +163,10 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
             })
             .collect();
         let hours = 12;
-        let log = store.log_since(Timestamp(now.0 - hours * 3_600_000)).await.map_err(failure)?;
+        let changes = store.waiting_changes(now, hours).await.map_err(failure)?;
         let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
             + counts.get(&TaskState::Queued).copied().unwrap_or(0);
-        let queue = charts::queue_depth(waiting, &log, now, hours);
+        let queue = charts::queue_depth(waiting, &changes, hours);
         let outbox = store.outbox_counts().await.map_err(failure)?;
         Ok::<_, Response>(render(&Overview {
             layout,
@@ -208,6 +208,10 @@ pub struct Column {
     pub state: String,
     pub count: i64,
     pub cards: Vec<Card>,
+    /// Tasks of the column after this page, and the address of the next and previous pages.
+    pub after: i64,
+    pub next: String,
+    pub previous: String,
 }
 
 #[derive(Template)]
@@ -236,6 +240,29 @@ pub struct BoardQuery {
     system: String,
     #[serde(default)]
     q: String,
+    /// Which page of one state's column (with `state`), from 0.
+    #[serde(default)]
+    page: i64,
+}
+
+impl BoardQuery {
+    /// The board's address for `state`'s column at `page`, with the other filters kept.
+    fn column_page(&self, state: &str, page: i64) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("state", state);
+        for (name, value) in [("repo", &self.repo), ("profile", &self.profile), ("q", &self.q)] {
+            if !value.is_empty() {
+                query.append_pair(name, value);
+            }
+        }
+        if !self.system.is_empty() {
+            query.append_pair("system", &self.system);
+        }
+        if page > 0 {
+            query.append_pair("page", &page.to_string());
+        }
+        format!("/tasks?{}", query.finish())
+    }
 }
 
 pub async fn board(
@@ -253,7 +280,7 @@ pub async fn board(
         };
         let local = query.system.is_empty() || query.system == layout.system;
         let (cards, counts) = if local {
-            state.store.board(&filter).await.map_err(failure)?
+            state.store.board(&filter, query.page).await.map_err(failure)?
         } else {
             Default::default()
         };
@@ -264,10 +291,22 @@ pub async fn board(
             .iter()
             .map(|s| {
                 let count = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
-                Column { state: s.to_string(), count, cards: Vec::new() }
+                Column {
+                    state: s.to_string(),
+                    count,
+                    cards: Vec::new(),
+                    after: 0,
+                    next: query.column_page(s.as_str(), query.page + 1),
+                    previous: if query.page > 0 {
+                        query.column_page(s.as_str(), query.page - 1)
+                    } else {
+                        String::new()
+                    },
+                }
             })
             .collect();
         let shown = cards.len();
+        let before = query.page.max(0) * crate::store::BOARD_COLUMN_LIMIT;
         for task in cards {
             if let Some(column) = columns.iter_mut().find(|c| c.state == task.state.to_string()) {
                 column.cards.push(Card {
@@ -281,6 +320,9 @@ pub async fn board(
                     changed: task.updated_at.ago(now),
                 });
             }
+        }
+        for column in &mut columns {
+            column.after = (column.count - before - column.cards.len() as i64).max(0);
         }
         let contexts = state.store.contexts().await.map_err(failure)?;
         let repos: BTreeSet<String> = contexts.into_iter().filter_map(|c| c.repo_url).collect();
