@@ -105,3 +105,51 @@ pub fn queue_depth(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use ccm_schema::{TaskLogEntry, TaskState, Timestamp};
+
+    use super::{bars, queue_depth, state_strip, STRIP_CHANGES};
+
+    #[test]
+    fn queue_depth_replays_the_hourly_changes_backwards_from_now() {
+        // Three became waiting in the last hour, two more an hour before, one left 5 hours ago.
+        let depth = queue_depth(7, &[(0, 3), (1, 2), (5, -1)], 12);
+        let at = |label: &str| depth.iter().find(|d| d.0 == label).map(|d| d.1);
+        assert_eq!(at("now"), Some(7.0));
+        assert_eq!(at("-1h"), Some(4.0));
+        assert_eq!(at("-2h"), Some(2.0));
+        assert_eq!(at("-6h"), Some(3.0));
+        assert_eq!(depth.len(), 12);
+    }
+
+    #[test]
+    fn the_state_strip_draws_at_most_its_bound_of_changes() {
+        let log: Vec<TaskLogEntry> = (0..1000)
+            .map(|i| TaskLogEntry {
+                at: Timestamp(i * 1000),
+                from_state: Some(TaskState::Retry),
+                to_state: if i % 2 == 0 { TaskState::Executing } else { TaskState::Retry },
+                reason: String::new(),
+                actor: String::new(),
+            })
+            .collect();
+        let strip = state_strip(&log, Timestamp(1_000_000));
+        assert_eq!(strip.matches("<rect").count(), STRIP_CHANGES);
+    }
+
+    #[test]
+    fn bars_have_axes_with_the_scale_and_a_list_of_values_for_screen_readers() {
+        let chart = bars(
+            "cost",
+            &[("01".into(), 2.5, "day 1: $2.50".into()), ("02".into(), 0.0, "day 2: $0.00".into())],
+            |v| format!("${v:.2}"),
+        );
+        assert_eq!(chart.matches("class=\"axis-line\"").count(), 2);
+        assert!(chart.contains(">$2.50</text>") && chart.contains(">$0.00</text>"), "{chart}");
+        assert!(
+            chart.contains("<ul class=\"sr-only\"><li>day 1: $2.50</li><li>day 2: $0.00</li></ul>")
+        );
+    }
+}
