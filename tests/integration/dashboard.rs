@@ -279,6 +279,12 @@ async fn minimal_profile_serves_no_dashboard() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("daemon.profile `full`"));
+    // The CLI's own configuration says `full`, the running daemon serves `minimal`.
+    let out = home.ccm().args(["dashboard", "--print"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the dashboard is off"), "{stderr}");
+    assert!(!stderr.contains("no such route"), "{stderr}");
 }
 
 /// Acceptance 2: a task created with the form shows up on the board and moves to `complete`
@@ -381,6 +387,12 @@ async fn approval_is_given_from_the_decisions_page_and_a_blocked_task_is_retried
     let shots = shots("decide");
     let browser = Browser::start(&shots, 390, 844).await;
     sign_in(&home, &browser).await;
+    // An older decision (retry or cancel a blocked task) waits already.
+    let crasher = add_task(
+        &home,
+        &["crash first", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
+    );
+    wait_state(&daemon, &crasher, "blocked").await;
     browser.goto(&daemon.url("/decisions")).await;
     mark_page(&browser).await;
 
@@ -388,19 +400,29 @@ async fn approval_is_given_from_the_decisions_page_and_a_blocked_task_is_retried
     browser.wait_for_text("git push origin main", SLOW).await;
     assert!(still_same_page(&browser).await, "the question appeared without a reload");
     browser.screenshot("decision-pending").await;
+    // The approval comes first, with when it is answered by default.
+    let first = browser
+        .eval("return document.querySelector('.decision').innerText")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(first.contains("git push origin main"), "the approval is not first: {first}");
+    assert!(first.contains("Deadline: answered `deny` by default at"), "{first}");
     browser.click("button[data-answer=allow]").await;
     let detail = wait_state(&daemon, &asker, "complete").await;
     assert_eq!(detail["runs"][0]["outcome"], "success", "{detail}");
     let decisions = daemon.get("/api/decisions").await.1;
-    assert_eq!(decisions[0]["answer"], "allow");
-    assert_eq!(decisions[0]["answered_by"], "dashboard");
+    let approval = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "approve_tool")
+        .unwrap_or_else(|| panic!("no approval in {decisions:#}"));
+    assert_eq!(approval["answer"], "allow");
+    assert_eq!(approval["answered_by"], "dashboard");
     browser.screenshot("decision-answered").await;
 
-    let crasher = add_task(
-        &home,
-        &["crash first", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
-    );
-    wait_state(&daemon, &crasher, "blocked").await;
     browser.goto(&daemon.url(&format!("/tasks/{crasher}"))).await;
     mark_page(&browser).await;
     browser.screenshot("task-blocked").await;
@@ -562,8 +584,10 @@ async fn pages_have_no_console_errors_and_fit_a_phone() {
         assert_eq!(small, 0, "buttons on {path} are at least 44px high");
     }
 
+    // Both agents have exited: no window to attach to.
     browser.goto(&daemon.url("/agents")).await;
-    assert!(browser.text().await.contains("ccm agent attach"));
+    assert!(browser.text().await.contains("exited"), "{}", browser.text().await);
+    assert!(!browser.text().await.contains("ccm agent attach"));
     browser.goto(&daemon.url("/systems")).await;
     assert!(browser.text().await.contains("sync not configured"));
     // Two alerts are open: the kept branch of the finished task (info) and the blocked task.
@@ -586,5 +610,357 @@ async fn pages_have_no_console_errors_and_fit_a_phone() {
             .await
             .unwrap();
     assert_eq!(open, [("info".to_string(),)]);
+    browser.client.close().await.unwrap();
+}
+
+/// A home whose tasks' agents only hold their task (`slots` of them at a time).
+fn holder_home(name: &str, slots: usize) -> TestHome {
+    let home = TestHome::new(name);
+    home.write_config(&format!(
+        "scheduler:\n  slots: {slots}\n  tick_ms: 100\nruntime:\n  poll_ms: 100\n{}",
+        ccm_tests::HOLDER_PROFILE
+    ));
+    home
+}
+
+async fn send_event(daemon: &Daemon, id: &str, event: &str) {
+    let (status, body) = daemon
+        .post(&format!("/api/tasks/{id}/events"), serde_json::json!({ "event": event }))
+        .await;
+    assert_eq!(status, 200, "{event} of {id} refused: {body}");
+}
+
+/// Issue 26, acceptance 3: typing into the board's search box while ten tasks change state
+/// loses nothing: the typed text, the caret, the focus, the page's and the board's scroll
+/// positions, a column the reader opened (which the server sends closed) and one the reader
+/// closed (which the server sends open); the page is never reloaded.
+#[tokio::test]
+async fn typing_on_the_board_survives_ten_tasks_changing_state() {
+    let home = holder_home("dash-morph", 1);
+    let daemon = home.start();
+    let ids: Vec<String> =
+        (0..12).map(|n| add_task(&home, &[&format!("task {n}"), "--profile", "holder"])).collect();
+    let shots = shots("morph");
+    let browser = Browser::start(&shots, 900, 500).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks")).await;
+    browser
+        .wait_for(
+            "twelve cards and the live connection",
+            Duration::from_secs(20),
+            "return document.querySelectorAll('[data-task]').length === 12 && document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    mark_page(&browser).await;
+    // The reader opens the empty `failed` column and closes the `created` one (holding eleven tasks).
+    browser.click("#column-failed summary").await;
+    browser.click("#column-created summary").await;
+    browser.click("input[name=q]").await;
+    browser.type_into("input[name=q]", "needle in the haystack").await;
+    let before = browser
+        .eval(
+            "var q = document.querySelector('input[name=q]'); q.setSelectionRange(7, 9); \
+             var board = document.getElementById('board'); board.scrollLeft = 240; \
+             window.scrollTo(0, 60); \
+             window.__refreshes = 0; document.addEventListener('ccm:refreshed', function () { window.__refreshes++; }); \
+             return [q.value, q.selectionStart, q.selectionEnd, window.scrollY, board.scrollLeft]",
+        )
+        .await;
+    assert_eq!(before[0], "needle in the haystack");
+    assert!(before[3].as_f64().unwrap() > 0.0, "the page scrolls: {before}");
+    assert!(before[4].as_f64().unwrap() > 0.0, "the board scrolls sideways: {before}");
+    browser.screenshot("morph-before").await;
+
+    for id in ids.iter().take(10) {
+        send_event(&daemon, id, "cancel").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    browser
+        .wait_for(
+            "ten cancelled cards on the board",
+            Duration::from_secs(20),
+            "var c = document.getElementById('column-cancelled'); return c !== null && c.querySelectorAll('[data-task]').length === 10",
+        )
+        .await;
+    let after = browser
+        .eval(
+            "var q = document.querySelector('input[name=q]'); var board = document.getElementById('board'); \
+             return [q.value, q.selectionStart, q.selectionEnd, window.scrollY, board.scrollLeft, \
+                     document.activeElement === q, document.getElementById('column-failed').open, \
+                     document.getElementById('column-created').open, window.__refreshes]",
+        )
+        .await;
+    browser.screenshot("morph-after").await;
+    assert!(still_same_page(&browser).await, "the page was reloaded");
+    assert!(after[8].as_u64().unwrap() >= 1, "the page never refreshed: {after}");
+    assert_eq!(
+        after.as_array().unwrap()[..5],
+        before.as_array().unwrap()[..],
+        "text, caret or scroll changed"
+    );
+    assert_eq!(after[5], true, "the search box lost the focus");
+    assert_eq!(after[6], true, "the column the reader opened was closed");
+    assert_eq!(after[7], false, "the column the reader closed was opened");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}
+
+/// Issue 26, acceptance 4: twenty tabs of one browser (more than the six connections a browser
+/// opens to one host) all load, stay live and show a task's state change (a background tab,
+/// hidden, when it is shown: the times are printed); closing nineteen of them, the first (which
+/// held the event stream) among them, keeps the last one live.
+#[tokio::test]
+async fn twenty_tabs_stay_live_and_the_last_one_outlives_the_other_nineteen() {
+    let home = holder_home("dash-tabs", 1);
+    let daemon = home.start();
+    let id = add_task(&home, &["watched by twenty tabs", "--profile", "holder"]);
+    wait_state(&daemon, &id, "executing").await;
+    let shots = shots("tabs");
+    let browser = Browser::start(&shots, 1000, 700).await;
+    sign_in(&home, &browser).await;
+    let page = daemon.url(&format!("/tasks/{id}"));
+    let live = "var s = document.getElementById('live-status'); return s !== null && s.textContent === 'live'";
+    let mut tabs = Vec::new();
+    for n in 0..20 {
+        let tab = if n == 0 {
+            browser.goto(&page).await;
+            browser.client.window().await.unwrap()
+        } else {
+            browser.new_tab(&page).await
+        };
+        browser.wait_for(&format!("tab {n} to be live"), Duration::from_secs(20), live).await;
+        // Each tab notes when it first showed the change (the page's clock is the epoch's).
+        browser
+            .eval(
+                "window.__shown = null; document.addEventListener('ccm:refreshed', function () { \
+                   var s = document.getElementById('task-state'); \
+                   if (window.__shown === null && s && s.textContent === 'cancelled') \
+                     window.__shown = performance.timeOrigin + performance.now(); }); return true",
+            )
+            .await;
+        tabs.push(tab);
+    }
+    let epoch_ms = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+            * 1e3
+    };
+    let changed = epoch_ms();
+    send_event(&daemon, &id, "cancel").await;
+    let shows = "var s = document.getElementById('task-state'); return s !== null && s.textContent === 'cancelled' && window.__shown !== null";
+    // A hidden tab does not render: it shows the change when it is shown.
+    for (n, tab) in tabs.iter().enumerate() {
+        let shown_from = epoch_ms().max(changed);
+        browser.switch_to(tab).await;
+        browser
+            .wait_for(&format!("tab {n} to show the change"), Duration::from_secs(20), shows)
+            .await;
+        let shown = browser.eval("return window.__shown").await.as_f64().unwrap();
+        println!(
+            "tab {n}: the change shown {:.0} ms after it was made, {:.0} ms after the tab was shown",
+            shown - changed,
+            shown - shown_from
+        );
+    }
+    browser.screenshot("tabs-twentieth").await;
+
+    for tab in &tabs[..19] {
+        browser.switch_to(tab).await;
+        browser.client.close_window().await.unwrap();
+    }
+    browser.switch_to(&tabs[19]).await;
+    send_event(&daemon, &id, "retry").await;
+    browser
+        .wait_for(
+            "the last tab to show the retry",
+            Duration::from_secs(20),
+            "var s = document.getElementById('task-state'); return s !== null && s.textContent !== 'cancelled' && document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    browser.screenshot("tabs-last").await;
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}
+
+/// Issue 26, acceptance 6: the task page shows a real Claude Code run (against the stand-in of
+/// the Anthropic API) as the same readable lines `ccm task logs` prints, and its raw toggle
+/// shows the JSON events instead.
+#[tokio::test]
+async fn task_page_shows_claude_output_as_task_logs_does_and_raw_json_on_toggle() {
+    use ccm_tests::standin::anthropic::{Anthropic, Turn};
+    let home = TestHome::new("dash-readable");
+    home.write_config("runtime:\n  poll_ms: 50\n");
+    let repo = home.work().join("app");
+    git_repo(&repo, None);
+    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &repo]);
+    let api = Anthropic::start(vec![
+        Turn::bash("echo readable-marker"),
+        Turn::text("Looked around; nothing to change."),
+    ]);
+    let bin = ccm_tests::agent_cli("claude");
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let user_home = home.dir.path().join("user");
+    std::fs::create_dir_all(&user_home).unwrap();
+    let daemon = home.start_with(|command| {
+        command.env("PATH", path).env("HOME", &user_home);
+        for (name, value) in api.env() {
+            command.env(name, value);
+        }
+    });
+    let id = add_task(&home, &["look around", "--profile", "claude", "--repo", &repo]);
+    let detail = wait_state(&daemon, &id, "complete").await;
+    let logs = home.run_ok(&["task", "logs", &id]);
+    assert!(logs.contains("→ Bash echo readable-marker"), "{logs}\n{detail:#}");
+    assert!(logs.contains("assistant: Looked around; nothing to change."), "{logs}");
+
+    let shots = shots("readable");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url(&format!("/tasks/{id}"))).await;
+    let shown = |id: &str| {
+        format!(
+            "var e = document.getElementById('{id}'); \
+             return e === null ? null : [e.innerText, e.getBoundingClientRect().height > 0]"
+        )
+    };
+    let readable = browser.eval(&shown("output-tail")).await;
+    browser.screenshot("readable-output").await;
+    // The page shows the last lines of what `ccm task logs` prints (this Claude Code logs its
+    // HTTP requests too), the tool call and the answer among them.
+    let text = readable[0].as_str().unwrap().trim_end();
+    assert!(logs.trim_end().ends_with(text), "the page shows:\n{text}\n`ccm task logs`:\n{logs}");
+    assert!(text.contains("→ Bash echo readable-marker"), "{text}");
+    assert!(text.contains("assistant: Looked around; nothing to change."), "{text}");
+    assert_eq!(readable[1], true, "the readable output is shown");
+    assert_eq!(browser.eval(&shown("output-raw")).await[1], false, "the raw output is hidden");
+
+    browser.click("label[for=raw-toggle]").await;
+    let raw = browser.eval(&shown("output-raw")).await;
+    browser.screenshot("raw-output").await;
+    assert_eq!(raw[1], true, "the raw output is shown after the toggle");
+    assert_eq!(browser.eval(&shown("output-tail")).await[1], false, "the readable one is hidden");
+    let raw_text = raw[0].as_str().unwrap();
+    let events: Vec<Value> = raw_text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("raw lines are JSON events"))
+        .collect();
+    assert!(events.iter().any(|e| e["type"] == "assistant"), "{raw_text}");
+    assert!(events.iter().any(|e| e["type"] == "result"), "{raw_text}");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}
+
+/// Issue 26, acceptance 7: at 390 × 844 no page scrolls sideways, the navigation (with the
+/// pending decisions' count in view) takes at most 15 % of the first screen, and every text has
+/// a contrast of at least 4.5:1 with its background in the light and the dark scheme (computed
+/// from the rendered colours).
+#[tokio::test]
+async fn phone_navigation_is_compact_and_every_text_has_contrast_in_both_schemes() {
+    let (home, repo) =
+        setup("dash-contrast", &[("fake", "commit", ""), ("crasher", "crash", "")], "");
+    let daemon = home.start();
+    let done = add_task(&home, &["a finished task", "--profile", "fake", "--repo", &repo]);
+    let stuck = add_task(
+        &home,
+        &["a blocked task", "--profile", "crasher", "--repo", &repo, "--max-attempts", "1"],
+    );
+    wait_state(&daemon, &done, "complete").await;
+    wait_state(&daemon, &stuck, "blocked").await;
+
+    let shots = shots("contrast");
+    let browser = Browser::start(&shots, 390, 844).await;
+    sign_in(&home, &browser).await;
+    let task_page = format!("/tasks/{stuck}");
+    for scheme in ["light", "dark"] {
+        browser.color_scheme(scheme).await;
+        for path in PAGES.iter().copied().chain([task_page.as_str()]) {
+            browser.goto(&daemon.url(path)).await;
+            browser
+                .wait_for(
+                    "the page",
+                    Duration::from_secs(10),
+                    "return document.querySelector('main') !== null",
+                )
+                .await;
+            let name = path.trim_start_matches('/').replace('/', "-");
+            browser
+                .screenshot(&format!(
+                    "{scheme}-{}",
+                    if name.is_empty() { "overview" } else { &name }
+                ))
+                .await;
+            assert!(!browser.overflows().await, "{path} scrolls sideways on a phone");
+            let nav = browser
+                .eval(
+                    "var top = document.querySelector('header.top').getBoundingClientRect(); \
+                     var badge = document.getElementById('badge-decisions').getBoundingClientRect(); \
+                     return [top.bottom, badge.left, badge.right, badge.top, badge.bottom, \
+                             document.getElementById('badge-decisions').textContent]",
+                )
+                .await;
+            assert!(
+                nav[0].as_f64().unwrap() <= 0.15 * 844.0,
+                "{path}: the navigation ends at {nav}"
+            );
+            let inside = nav[1].as_f64().unwrap() >= 0.0
+                && nav[2].as_f64().unwrap() <= 390.0
+                && nav[4].as_f64().unwrap() <= 0.15 * 844.0;
+            assert!(inside, "{path}: the decisions' count is out of view: {nav}");
+            assert_eq!(nav[5], "1", "{path}: one decision (the blocked task's) is pending");
+            let low = browser.low_contrast(4.5).await;
+            assert!(low.is_empty(), "{path} in the {scheme} scheme: texts below 4.5:1: {low:#?}");
+        }
+    }
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}
+
+/// Issue 26 (scale): a board column shows its newest 50 tasks and pages through the rest, the
+/// other filters kept.
+#[tokio::test]
+async fn a_board_column_pages_through_its_tasks() {
+    let home = holder_home("dash-paging", 1);
+    let daemon = home.start();
+    let mut ids = Vec::new();
+    for n in 0..55 {
+        let (status, task) = daemon
+            .post(
+                "/api/tasks",
+                serde_json::json!({ "title": format!("paged {n}"), "profile": "holder" }),
+            )
+            .await;
+        assert_eq!(status, 201, "{task}");
+        ids.push(task["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        send_event(&daemon, id, "cancel").await;
+    }
+    let shots = shots("paging");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks?q=paged")).await;
+    let cards = "return document.querySelectorAll('#column-cancelled [data-task]').length";
+    assert_eq!(browser.eval(cards).await, 50, "the first page of the column");
+    browser.wait_for_text("5 more", Duration::from_secs(5)).await;
+    browser.screenshot("paging-first").await;
+    browser.click("#column-cancelled .more a").await;
+    browser.wait_for_text("newer", Duration::from_secs(10)).await;
+    assert_eq!(browser.eval(cards).await, 5, "the second page of the column");
+    let url = browser.client.current_url().await.unwrap().to_string();
+    assert!(
+        url.contains("state=cancelled") && url.contains("q=paged") && url.contains("page=1"),
+        "{url}"
+    );
+    // The oldest five: the first tasks cancelled.
+    let titles = browser
+        .eval("return Array.from(document.querySelectorAll('#column-cancelled .title')).map(function (t) { return t.textContent; }).sort()")
+        .await;
+    assert_eq!(titles, serde_json::json!(["paged 0", "paged 1", "paged 2", "paged 3", "paged 4"]));
+    browser.screenshot("paging-second").await;
     browser.client.close().await.unwrap();
 }

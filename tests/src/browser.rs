@@ -69,7 +69,51 @@ impl WebDriverCompatibleCommand for BrowserLog {
     }
 }
 
+/// `POST /session/{id}/goog/cdp/execute`: one Chrome DevTools command (for what WebDriver has
+/// no command for, such as emulating the dark colour scheme).
+#[derive(Debug)]
+struct Cdp(Value);
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(self.0.to_string()))
+    }
+}
+
 impl Browser {
+    /// Emulates the system's colour scheme `dark` or `light` (`prefers-color-scheme`) in the
+    /// current tab.
+    pub async fn color_scheme(&self, scheme: &str) {
+        let command = json!({
+            "cmd": "Emulation.setEmulatedMedia",
+            "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
+        });
+        self.client.issue_cmd(Cdp(command)).await.expect("emulate the colour scheme");
+    }
+
+    /// The texts of the page whose contrast with their background is below `minimum`, as
+    /// `text (ratio, colour on background)`. The ratio is WCAG 2's, from the rendered colours:
+    /// each element with text of its own, its colour against the first opaque background of it
+    /// and its ancestors (semi-transparent ones blended in).
+    pub async fn low_contrast(&self, minimum: f64) -> Vec<String> {
+        let script = format!("var minimum = {minimum};{CONTRAST_JS}");
+        let found = self.eval(&script).await;
+        found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// A fresh browser of `width` × `height` CSS pixels.
     pub async fn start(shots: &Path, width: u32, height: u32) -> Browser {
         std::fs::create_dir_all(shots).expect("screenshot dir");
@@ -175,6 +219,31 @@ impl Browser {
         element.click().await.unwrap_or_else(|e| panic!("cannot click `{css}`: {e}"));
     }
 
+    /// Opens `url` in a new tab of this browser and makes it the current one; returns its handle.
+    pub async fn new_tab(&self, url: &str) -> fantoccini::wd::WindowHandle {
+        let tab = self.client.new_window(true).await.expect("a new tab");
+        self.client.switch_to_window(tab.handle.clone()).await.expect("switch to the new tab");
+        self.goto(url).await;
+        tab.handle
+    }
+
+    /// Makes tab `handle` the current one.
+    pub async fn switch_to(&self, handle: &fantoccini::wd::WindowHandle) {
+        self.client.switch_to_window(handle.clone()).await.expect("switch tabs");
+    }
+
+    /// Types `text` into the element `css` selects.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let element = self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element `{css}`: {e}"));
+        element.send_keys(text).await.unwrap_or_else(|e| panic!("cannot type into `{css}`: {e}"));
+    }
+
     /// Console messages at level SEVERE (JavaScript errors, failed loads) since the last call.
     pub async fn console_errors(&self) -> Vec<String> {
         let log = self.client.issue_cmd(BrowserLog).await.expect("browser log");
@@ -192,3 +261,54 @@ impl Browser {
             == Value::Bool(true)
     }
 }
+
+/// The body of [`Browser::low_contrast`]'s script (`minimum` is defined before it).
+const CONTRAST_JS: &str = r#"
+function parse(text) {
+  var m = text.match(/^color\(srgb ([\d.e-]+) ([\d.e-]+) ([\d.e-]+)(?: \/ ([\d.e-]+))?\)$/);
+  if (m) return [m[1] * 255, m[2] * 255, m[3] * 255, m[4] === undefined ? 1 : +m[4]];
+  m = text.match(/rgba?\(([\d.]+),? ([\d.]+),? ([\d.]+)(?:[,\/] ?([\d.]+))?\)/);
+  if (m) return [+m[1], +m[2], +m[3], m[4] === undefined ? 1 : +m[4]];
+  return null;
+}
+function over(top, bottom) {
+  var a = top[3];
+  return [0, 1, 2].map(function (i) { return top[i] * a + bottom[i] * (1 - a); }).concat([1]);
+}
+function background(el) {
+  var layers = [];
+  for (var e = el; e; e = e.parentElement) {
+    var c = parse(getComputedStyle(e).backgroundColor);
+    if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+  }
+  var bg = [255, 255, 255, 1];
+  if (layers.length && layers[layers.length - 1][3] >= 1) bg = layers.pop();
+  while (layers.length) bg = over(layers.pop(), bg);
+  return bg;
+}
+function luminance(c) {
+  var v = [0, 1, 2].map(function (i) {
+    var s = c[i] / 255;
+    return s <= 0.03928 ? s / 12.92 : Math.pow((s + 0.055) / 1.055, 2.4);
+  });
+  return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2];
+}
+var low = [];
+document.querySelectorAll('body *').forEach(function (el) {
+  var own = Array.from(el.childNodes).some(function (n) { return n.nodeType === 3 && n.textContent.trim() !== ''; });
+  if (!own || el.closest('.sr-only, svg, script, style, title')) return;
+  var r = el.getBoundingClientRect();
+  var style = getComputedStyle(el);
+  if (r.width === 0 || r.height === 0 || style.visibility === 'hidden') return;
+  var bg = background(el);
+  var fg = parse(style.color);
+  if (!fg) return;
+  if (fg[3] < 1) fg = over(fg, bg);
+  var a = luminance(fg), b = luminance(bg);
+  var ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < minimum) {
+    low.push(el.textContent.trim().slice(0, 40) + ' (' + ratio.toFixed(2) + ', ' + style.color + ' on ' + bg.map(Math.round).join(',') + ')');
+  }
+});
+return low;
+"#;

@@ -6,6 +6,7 @@
 //!   log and exit status), so that tmux's command line stays short.
 //! - [`parse`]: parsers of an agent's stdout (Claude and Gemini `stream-json`, Codex `--json`,
 //!   plain text), folded line by line into an [`parse::OutputSummary`].
+//! - [`render`]: an agent's output as readable lines (`ccm task logs`, the dashboard's task page).
 //! - [`gemini_state`]: forgetting what Gemini CLI keeps under `~/.gemini` about a worktree.
 //! - [`versions`]: the CLI versions the tests cover.
 
@@ -13,6 +14,7 @@ pub mod gemini_state;
 pub mod launcher;
 pub mod parse;
 pub mod profile;
+pub mod render;
 pub mod versions;
 
 use std::path::Path;

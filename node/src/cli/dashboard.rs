@@ -31,7 +31,20 @@ pub async fn run(home: &Home, config: &Config, print: bool, revoke: bool) -> any
         anyhow::bail!("the dashboard is served only under daemon.profile `full`");
     }
     let client = client.context("the daemon is not running: start it with `ccm up`")?;
-    let answer: serde_json::Value = client.post(&["dashboard", "codes"], json!({})).await?;
+    let answer: serde_json::Value = match client.post(&["dashboard", "codes"], json!({})).await {
+        Ok(answer) => answer,
+        // A daemon started under another profile (`CCM_DAEMON__PROFILE=minimal`, say) has no
+        // dashboard routes.
+        Err(crate::client::ClientError::Refused { status, .. })
+            if status == reqwest::StatusCode::NOT_FOUND =>
+        {
+            anyhow::bail!(
+                "the dashboard is off: the running daemon serves the API only (its \
+                 daemon.profile is not `full`); restart it under daemon.profile `full`"
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
     let url = answer["url"].as_str().context("the daemon sent no sign-in link")?;
     if print {
         println!("{url}");

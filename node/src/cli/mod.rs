@@ -1,7 +1,7 @@
 //! The `ccm` command: argument parsing (clap), and a module per verb group.
 //!
-//! - [`task`] (with [`logs`]), [`context`], [`agent`]: tasks, checkouts, agents; [`land`]:
-//!   `ccm land` and `ccm land status`.
+//! - [`task`] (its `logs` renders with [`crate::agents::render`]), [`context`], [`agent`]:
+//!   tasks, checkouts, agents; [`land`]: `ccm land` and `ccm land status`.
 //! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
 //!   `dump-state`, `claims`, `conflicts`, `backup`; [`alerts`], [`decide`]: what needs the operator;
 //!   [`dashboard`]: the web dashboard; [`sync`]: `ccm sync ...`; [`systems`]: `ccm systems`
@@ -21,7 +21,6 @@ mod daemon;
 mod dashboard;
 mod decide;
 mod land;
-mod logs;
 mod output;
 mod setup;
 mod state;

@@ -504,7 +504,7 @@ async fn logs(store: &Store, id: &str, follow: bool, raw: bool) -> anyhow::Resul
                 partial.extend_from_slice(&fresh);
                 let whole = partial.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
                 for line in String::from_utf8_lossy(&partial[..whole]).lines() {
-                    for rendered in super::logs::render(line) {
+                    for rendered in crate::agents::render::render(line) {
                         writeln!(out, "{rendered}")?;
                     }
                 }
@@ -514,7 +514,7 @@ async fn logs(store: &Store, id: &str, follow: bool, raw: bool) -> anyhow::Resul
         }
         if ended {
             if !raw && !partial.is_empty() {
-                for rendered in super::logs::render(&String::from_utf8_lossy(&partial)) {
+                for rendered in crate::agents::render::render(&String::from_utf8_lossy(&partial)) {
                     println!("{rendered}");
                 }
             }

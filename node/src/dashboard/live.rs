@@ -10,7 +10,7 @@
 //! `change` event at once when the outbox moved meanwhile.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct Hub {
     sender: broadcast::Sender<Notice>,
     /// The last outbox id announced.
     head: AtomicI64,
+    /// How many `activity` notices were sent.
+    activity: AtomicU64,
     /// Ends every stream when the daemon stops.
     shutdown: CancellationToken,
 }
@@ -56,7 +58,12 @@ impl Hub {
     /// end when `shutdown` is cancelled (a page then reconnects to the next daemon).
     pub fn start(store: Store, shutdown: CancellationToken) -> Arc<Hub> {
         let (sender, _) = broadcast::channel(64);
-        let hub = Arc::new(Hub { sender, head: AtomicI64::new(-1), shutdown });
+        let hub = Arc::new(Hub {
+            sender,
+            head: AtomicI64::new(-1),
+            activity: AtomicU64::new(0),
+            shutdown,
+        });
         let running = hub.clone();
         tokio::spawn(async move { running.run(store).await });
         hub
@@ -91,6 +98,7 @@ impl Hub {
                     let _ = self.sender.send(Notice::Change { id: last, kinds, tasks });
                 }
                 Ok(_) => {
+                    self.activity.fetch_add(1, Ordering::SeqCst);
                     let _ = self.sender.send(Notice::Activity);
                 }
                 Err(crate::store::StoreError::Closed) => return,
@@ -98,6 +106,12 @@ impl Hub {
             }
             tokio::time::sleep(COALESCE).await;
         }
+    }
+
+    /// What the pages have been told so far (the last outbox id and the count of activity
+    /// notices): a page rendered at one version looks the same until the next.
+    pub fn version(&self) -> (i64, u64) {
+        (self.head.load(Ordering::SeqCst), self.activity.load(Ordering::SeqCst))
     }
 
     /// The event stream of one page that last saw outbox id `last` (`None`: a first connect).

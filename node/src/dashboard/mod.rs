@@ -4,6 +4,12 @@
 //! - `auth`: one-time codes, session cookies, CSRF tokens.
 //! - `live`: the hub that turns committed changes into server-sent events.
 //! - `pages`: the pages and their forms; `charts`: small inline SVG charts.
+//! - `renders`: one render of a page shared by the open pages that refresh at the same version.
+//!
+//! The browser side (`assets/app.js`) keeps one event stream per browser (a leader among the
+//! tabs, elected with a Web Lock, passes events on over a BroadcastChannel) and morphs each
+//! refresh into the DOM with the vendored idiomorph (`assets/idiomorph.min.js`, 0BSD, licence in
+//! `assets/idiomorph.LICENSE`).
 //!
 //! | route | what |
 //! |---|---|
@@ -11,7 +17,7 @@
 //! | `GET /`, `/tasks`, `/tasks/new`, `/tasks/{id}`, `/decisions`, `/agents`, `/alerts`, `/systems` | pages |
 //! | `POST /tasks`, `/tasks/{id}/events`, `/decisions/{id}`, `/alerts/{id}/ack`, `/signout` | forms |
 //! | `GET /events` | server-sent events (`hello`, `change`, `activity`) |
-//! | `GET /assets/{app.css,app.js,icon.svg}` | embedded assets |
+//! | `GET /assets/{app.css,app.js,idiomorph.js,icon.svg}` | embedded assets |
 //! | `POST /api/dashboard/codes`, `POST /api/dashboard/revoke` | for the CLI, with the API token |
 //!
 //! Pages and the event stream answer 401 without a live session; every form needs the
@@ -22,6 +28,7 @@ mod auth;
 mod charts;
 mod live;
 mod pages;
+mod renders;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +56,7 @@ pub const SESSIONS_FILE: &str = "dashboard-sessions.json";
 pub struct Dashboard {
     auth: Auth,
     hub: Arc<Hub>,
+    renders: renders::Renders,
 }
 
 /// The dashboard's routes; merged into the daemon's router under profile `full`.
@@ -61,6 +69,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             port,
         ),
         hub: Hub::start(state.store.clone(), state.shutdown.clone()),
+        renders: renders::Renders::default(),
     });
     let cli = Router::new()
         .route("/api/dashboard/codes", post(new_code))
@@ -84,7 +93,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/signout", post(sign_out))
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
+        .route("/assets/idiomorph.js", get(idiomorph))
         .route("/assets/icon.svg", get(icon))
+        .layer(middleware::from_fn(renders::shared))
         .layer(middleware::map_response(secure_headers))
         .merge(cli)
         .layer(Extension(dashboard))
@@ -235,6 +246,10 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset("text/javascript; charset=utf-8", include_str!("assets/app.js"))
+}
+
+async fn idiomorph() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/idiomorph.min.js"))
 }
 
 async fn icon() -> Response {

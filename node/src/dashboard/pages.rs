@@ -18,9 +18,13 @@ use crate::store::{BoardFilter, NewTask, RetryPolicy};
 
 /// Who the dashboard acts as in task logs and decisions.
 const ACTOR: &str = "dashboard";
-/// How much of an agent's output the task page shows.
-const TAIL_BYTES: u64 = 16 * 1024;
+/// How much of an agent's output the task page reads, and the lines it shows of it (raw, and
+/// as rendered).
+const TAIL_BYTES: u64 = 64 * 1024;
 const TAIL_LINES: usize = 60;
+const READABLE_LINES: usize = 200;
+/// The state changes the task page lists (the latest).
+const HISTORY_ROWS: usize = 200;
 
 /// What every page shows around its content.
 pub struct Layout {
@@ -32,6 +36,11 @@ pub struct Layout {
     pub system: String,
     /// What the page reloads on: `change` (outbox changes) or `activity` (anything).
     pub live: &'static str,
+    /// The kinds of change the page shows (`*`: all); the header's badges need `decision` and
+    /// `alert` on every page.
+    pub kinds: &'static str,
+    /// The task whose changes the page shows (its own page).
+    pub task: String,
 }
 
 async fn layout(
@@ -50,6 +59,12 @@ async fn layout(
         alerts: counts.open_alerts,
         system: system.name,
         live: "change",
+        kinds: match active {
+            "tasks" => "task context decision alert",
+            "decisions" | "alerts" => "decision alert",
+            _ => "*",
+        },
+        task: String::new(),
     })
 }
 
@@ -148,10 +163,10 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
             })
             .collect();
         let hours = 12;
-        let log = store.log_since(Timestamp(now.0 - hours * 3_600_000)).await.map_err(failure)?;
+        let changes = store.waiting_changes(now, hours).await.map_err(failure)?;
         let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
             + counts.get(&TaskState::Queued).copied().unwrap_or(0);
-        let queue = charts::queue_depth(waiting, &log, now, hours);
+        let queue = charts::queue_depth(waiting, &changes, hours);
         let outbox = store.outbox_counts().await.map_err(failure)?;
         Ok::<_, Response>(render(&Overview {
             layout,
@@ -161,13 +176,15 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
                 .collect(),
             live_agents: live,
             cost_today: dollars(cost_today),
-            cost_chart: charts::bars("cost per day, last 14 days", &days),
+            cost_chart: charts::bars("cost per day, last 14 days", &days, dollars),
             repo_chart: if repos.is_empty() {
                 String::new()
             } else {
-                charts::bars("cost per repository", &repos)
+                charts::bars("cost per repository", &repos, dollars)
             },
-            queue_chart: charts::bars("tasks waiting, last 12 hours", &queue),
+            queue_chart: charts::bars("tasks waiting, last 12 hours", &queue, |n| {
+                format!("{n:.0}")
+            }),
             outbox_pending: outbox.pending,
         }))
     };
@@ -193,6 +210,10 @@ pub struct Column {
     pub state: String,
     pub count: i64,
     pub cards: Vec<Card>,
+    /// Tasks of the column after this page, and the address of the next and previous pages.
+    pub after: i64,
+    pub next: String,
+    pub previous: String,
 }
 
 #[derive(Template)]
@@ -221,6 +242,29 @@ pub struct BoardQuery {
     system: String,
     #[serde(default)]
     q: String,
+    /// Which page of one state's column (with `state`), from 0.
+    #[serde(default)]
+    page: i64,
+}
+
+impl BoardQuery {
+    /// The board's address for `state`'s column at `page`, with the other filters kept.
+    fn column_page(&self, state: &str, page: i64) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("state", state);
+        for (name, value) in [("repo", &self.repo), ("profile", &self.profile), ("q", &self.q)] {
+            if !value.is_empty() {
+                query.append_pair(name, value);
+            }
+        }
+        if !self.system.is_empty() {
+            query.append_pair("system", &self.system);
+        }
+        if page > 0 {
+            query.append_pair("page", &page.to_string());
+        }
+        format!("/tasks?{}", query.finish())
+    }
 }
 
 pub async fn board(
@@ -238,19 +282,33 @@ pub async fn board(
         };
         let local = query.system.is_empty() || query.system == layout.system;
         let (cards, counts) = if local {
-            state.store.board(&filter).await.map_err(failure)?
+            state.store.board(&filter, query.page).await.map_err(failure)?
         } else {
             Default::default()
         };
         let now = Timestamp::now();
+        // Every state has its column, an empty one collapsed: the board does not reflow as
+        // tasks move.
         let mut columns: Vec<Column> = TaskState::ALL
             .iter()
-            .filter_map(|s| {
-                let count = counts.iter().find(|(c, _)| c == s)?.1;
-                Some(Column { state: s.to_string(), count, cards: Vec::new() })
+            .map(|s| {
+                let count = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+                Column {
+                    state: s.to_string(),
+                    count,
+                    cards: Vec::new(),
+                    after: 0,
+                    next: query.column_page(s.as_str(), query.page + 1),
+                    previous: if query.page > 0 {
+                        query.column_page(s.as_str(), query.page - 1)
+                    } else {
+                        String::new()
+                    },
+                }
             })
             .collect();
         let shown = cards.len();
+        let before = query.page.max(0) * crate::store::BOARD_COLUMN_LIMIT;
         for task in cards {
             if let Some(column) = columns.iter_mut().find(|c| c.state == task.state.to_string()) {
                 column.cards.push(Card {
@@ -265,6 +323,9 @@ pub async fn board(
                     land: task.land_state.map(|l| l.label().to_string()).unwrap_or_default(),
                 });
             }
+        }
+        for column in &mut columns {
+            column.after = (column.count - before - column.cards.len() as i64).max(0);
         }
         let contexts = state.store.contexts().await.map_err(failure)?;
         let repos: BTreeSet<String> = contexts.into_iter().filter_map(|c| c.repo_url).collect();
@@ -460,9 +521,13 @@ struct TaskPage {
     max_attempts: u32,
     created: String,
     strip: String,
+    /// Says when the strip leaves out older changes.
+    strip_note: String,
     history: Vec<LogRow>,
     runs: Vec<RunRow>,
+    /// The output's last lines as raw JSON, and as `ccm task logs` renders them.
     tail: String,
+    readable: String,
     tail_agent: String,
     hooks: Vec<HookRow>,
     reports: Vec<ReportRow>,
@@ -493,22 +558,26 @@ fn actions(state: TaskState) -> Vec<(&'static str, &'static str, &'static str)> 
     actions
 }
 
-/// The last lines of an agent's output log.
-async fn tail(path: std::path::PathBuf) -> String {
+/// The last whole lines of an agent's output log (at most [`TAIL_BYTES`]).
+async fn tail(path: std::path::PathBuf) -> Vec<String> {
     use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-    let Ok(mut file) = tokio::fs::File::open(&path).await else { return String::new() };
+    let Ok(mut file) = tokio::fs::File::open(&path).await else { return Vec::new() };
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(TAIL_BYTES);
     if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return String::new();
+        return Vec::new();
     }
     let mut bytes = Vec::new();
     if file.read_to_end(&mut bytes).await.is_err() {
-        return String::new();
+        return Vec::new();
     }
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().skip(usize::from(start > 0)).collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    text.lines().skip(usize::from(start > 0)).map(str::to_string).collect()
+}
+
+/// The last `count` of `lines`, joined.
+fn last_lines(lines: &[String], count: usize) -> String {
+    lines[lines.len().saturating_sub(count)..].join("\n")
 }
 
 pub async fn task(
@@ -523,12 +592,14 @@ pub async fn task(
         let mut layout =
             layout(&state, &signed_in, format!("Task {}", task.short_id()), "tasks").await?;
         layout.live = "activity";
+        layout.kinds = "decision alert";
+        layout.task = task.id.to_string();
         let now = Timestamp::now();
         let agents = store.task_agents(task.id).await.map_err(failure)?;
         let latest = agents.iter().max_by_key(|a| a.started_at);
         let tail_text = match latest {
             Some(agent) => tail(std::path::Path::new(&agent.dir).join("output.log")).await,
-            None => String::new(),
+            None => Vec::new(),
         };
         let hooks = store.task_hook_events(&task.id.to_string()).await.map_err(failure)?;
         let claims = store.claims().await.map_err(failure)?;
@@ -580,9 +651,15 @@ pub async fn task(
             max_attempts: task.max_attempts,
             created: task.created_at.to_string(),
             strip: charts::state_strip(&detail.log, now),
+            strip_note: if detail.log.len() > charts::STRIP_CHANGES {
+                format!(" (the last {} of {} changes)", charts::STRIP_CHANGES, detail.log.len())
+            } else {
+                String::new()
+            },
             history: detail
                 .log
                 .iter()
+                .skip(detail.log.len().saturating_sub(HISTORY_ROWS))
                 .map(|e| LogRow {
                     at: e.at.to_string(),
                     from: e.from_state.map(|s| s.to_string()).unwrap_or_default(),
@@ -604,7 +681,14 @@ pub async fn task(
                     last_message: r.last_message.clone().unwrap_or_default(),
                 })
                 .collect(),
-            tail: tail_text,
+            readable: last_lines(
+                &tail_text
+                    .iter()
+                    .flat_map(|line| crate::agents::render::render(line))
+                    .collect::<Vec<_>>(),
+                READABLE_LINES,
+            ),
+            tail: last_lines(&tail_text, TAIL_LINES),
             tail_agent: latest.map(|a| a.short_id()).unwrap_or_default(),
             hooks: hooks
                 .iter()
@@ -694,6 +778,10 @@ pub async fn task_event(
 
 pub struct DecisionRow {
     pub id: String,
+    /// A tool call waiting for approval (listed first).
+    pub approval: bool,
+    /// When an approval is answered by default, and with what (empty for other decisions).
+    pub deadline: String,
     pub task: Option<(String, String)>,
     pub question: String,
     pub options: Vec<String>,
@@ -714,15 +802,38 @@ pub async fn decisions(signed_in: SignedIn, State(state): State<AppState>) -> Re
     let page = async {
         let layout = layout(&state, &signed_in, "Decisions", "decisions").await?;
         let now = Timestamp::now();
-        let rows: Vec<DecisionRow> = state
-            .store
-            .decisions()
-            .await
-            .map_err(failure)?
+        let approvals = state.config.current().approvals.clone();
+        let mut decisions = state.store.decisions().await.map_err(failure)?;
+        // Pending approvals first, the nearest deadline first: a tool call waits on each.
+        decisions.sort_by_key(|d| {
+            (
+                d.answered_at.is_some(),
+                d.kind != ccm_schema::DecisionKind::ApproveTool,
+                d.created_at.0,
+            )
+        });
+        let rows: Vec<DecisionRow> = decisions
             .into_iter()
             .take(100)
             .map(|d| DecisionRow {
                 id: d.id.to_string(),
+                approval: d.kind == ccm_schema::DecisionKind::ApproveTool,
+                deadline: if d.kind == ccm_schema::DecisionKind::ApproveTool {
+                    let at = Timestamp(d.created_at.0 + approvals.timeout_secs as i64 * 1000);
+                    let left = (at.0 - now.0).max(0) / 1000;
+                    format!(
+                        "answered `{}` by default at {} (in {}m {:02}s)",
+                        serde_json::to_value(approvals.default)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        at,
+                        left / 60,
+                        left % 60
+                    )
+                } else {
+                    String::new()
+                },
                 task: d.task_id.map(|t| (t.clone(), t.chars().take(8).collect())),
                 question: d.question,
                 options: d.options.0,
@@ -778,6 +889,8 @@ pub struct AgentRow {
     pub heartbeat: String,
     pub cost: String,
     pub tokens: String,
+    /// Whether its window is there to attach to.
+    pub live: bool,
 }
 
 #[derive(Template)]
@@ -809,6 +922,7 @@ pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Respo
                 heartbeat: a.last_heartbeat.ago(now),
                 cost: cost(a.cost_usd),
                 tokens: format!("{} in / {} out", a.input_tokens, a.output_tokens),
+                live: a.status.is_live(),
             })
             .collect();
         Ok::<_, Response>(render(&Agents { layout, agents }))
@@ -966,18 +1080,12 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
     let page = async {
         let layout = layout(&state, &signed_in, "Systems", "systems").await?;
         let store = &state.store;
+        // A slot is held by a live agent; waiting tasks hold none (counting them once said
+        // "10014 of 4 in use").
         let counts = store.state_counts().await.map_err(failure)?;
-        let holding: i64 = [
-            TaskState::Queued,
-            TaskState::Executing,
-            TaskState::ReportGeneration,
-            TaskState::Supervisory,
-            TaskState::Error,
-            TaskState::Retry,
-        ]
-        .iter()
-        .filter_map(|s| counts.get(s))
-        .sum();
+        let live = store.dashboard_counts().await.map_err(failure)?.live_agents;
+        let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
+            + counts.get(&TaskState::Queued).copied().unwrap_or(0);
         let contexts = store.contexts().await.map_err(failure)?;
         let outbox = store.outbox_counts().await.map_err(failure)?;
         // This system only until sync lands; remote systems will be added to this list from
@@ -989,7 +1097,10 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
                 "this system; daemon pid {} since {}",
                 state.daemon.pid, state.daemon.started_at
             ),
-            slots: format!("{holding} of {} in use", state.config.current().scheduler.slots),
+            slots: format!(
+                "{live} of {} in use, {waiting} tasks waiting",
+                state.config.current().scheduler.slots
+            ),
             repos: contexts
                 .iter()
                 .map(|c| c.repo_url.clone().unwrap_or_else(|| c.path.clone()))

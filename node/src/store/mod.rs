@@ -60,7 +60,7 @@ pub use records::{OutboxCounts, StateCounts};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
 pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
-pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
+pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts, BOARD_COLUMN_LIMIT};
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use super::records::ALERT_COLUMNS;
 use super::{outbox, Result, Store, StoreError};
 
 /// How many tasks of one state the board shows (the most recently changed).
-pub const BOARD_COLUMN_LIMIT: i64 = 100;
+pub const BOARD_COLUMN_LIMIT: i64 = 50;
 /// How many outbox rows one change notice reads at most.
 const CHANGES_LIMIT: i64 = 500;
 
@@ -62,36 +62,55 @@ fn nonempty(value: &Option<String>) -> Option<&str> {
 }
 
 impl Store {
-    /// The board: per state, the most recently changed tasks that match `filter`, and the number
-    /// of matching tasks per state.
+    /// The board: per state, the most recently changed tasks that match `filter` (a page of
+    /// [`BOARD_COLUMN_LIMIT`], the `page`th), and the number of matching tasks per state.
+    ///
+    /// One index range per column (`tasks_board`: state, then the newest first), each bounded:
+    /// with 10,000 tasks the board no longer sorts the whole table.
     pub async fn board(
         &self,
         filter: &BoardFilter,
+        page: i64,
     ) -> Result<(Vec<BoardTask>, Vec<(TaskState, i64)>)> {
         let state = nonempty(&filter.state);
         let repo = nonempty(&filter.repo);
         let profile = nonempty(&filter.profile);
         let q = nonempty(&filter.q).map(|q| format!("%{}%", q.replace(['%', '_'], "")));
-        let matching = "(?1 IS NULL OR state = ?1) AND (?2 IS NULL OR repo = ?2) \
-                        AND (?3 IS NULL OR profile = ?3) AND (?4 IS NULL OR title LIKE ?4 OR id LIKE ?4)";
-        let cards = sqlx::query_as(&format!(
-            r#"
-            SELECT id, title, state, repo, profile, priority, attempts, updated_at,
-                   (SELECT l.state FROM landings l WHERE l.task_id = t.id) AS land_state FROM (
-                SELECT *, row_number() OVER (PARTITION BY state ORDER BY updated_at DESC, id) AS n
-                FROM tasks WHERE {matching}
-            ) t WHERE n <= ?5 ORDER BY updated_at DESC, id
-            "#
-        ))
-        .bind(state)
-        .bind(repo)
-        .bind(profile)
-        .bind(&q)
-        .bind(BOARD_COLUMN_LIMIT)
-        .fetch_all(&self.readers)
-        .await?;
+        let matching = "(?2 IS NULL OR repo = ?2) AND (?3 IS NULL OR profile = ?3) \
+                        AND (?4 IS NULL OR title LIKE ?4 OR id LIKE ?4)";
+        let states: Vec<&str> = TaskState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .filter(|s| state.is_none_or(|wanted| wanted == *s))
+            .collect();
+        let mut cards = Vec::new();
+        for column in &states {
+            let rows: Vec<BoardTask> = sqlx::query_as(&format!(
+                r#"
+                SELECT id, title, state, repo, profile, priority, attempts, updated_at,
+                       (SELECT l.state FROM landings l WHERE l.task_id = t.id) AS land_state
+                FROM tasks t INDEXED BY tasks_board
+                WHERE state = ?1 AND {matching}
+                ORDER BY updated_at DESC, id
+                LIMIT ?5 OFFSET ?6
+                "#
+            ))
+            .bind(column)
+            .bind(repo)
+            .bind(profile)
+            .bind(&q)
+            .bind(BOARD_COLUMN_LIMIT)
+            .bind(page.max(0) * BOARD_COLUMN_LIMIT)
+            .fetch_all(&self.readers)
+            .await?;
+            cards.extend(rows);
+        }
         let counts = sqlx::query_as(&format!(
-            "SELECT state, count(*) FROM tasks WHERE {matching} GROUP BY state"
+            r#"
+            SELECT state, count(*) FROM tasks
+            WHERE (?1 IS NULL OR state = ?1) AND {matching}
+            GROUP BY state
+            "#
         ))
         .bind(state)
         .bind(repo)
@@ -192,14 +211,23 @@ impl Store {
 }
 
 impl Store {
-    /// Task log rows written since `since` (`at`, `from`, `to`), for the queue depth chart.
-    pub async fn log_since(
-        &self,
-        since: Timestamp,
-    ) -> Result<Vec<(Timestamp, Option<TaskState>, TaskState)>> {
-        Ok(sqlx::query_as("SELECT at, from_state, to_state FROM task_log WHERE at > ? ORDER BY id")
-            .bind(since)
-            .fetch_all(&self.readers)
-            .await?)
+    /// The net number of tasks that became waiting (`created` or `queued`) per hour of the last
+    /// `hours` before `now`, as `(hours ago, net)` (0: the last hour); hours without changes are
+    /// left out. Aggregated in SQLite over the index on `task_log.at`.
+    pub async fn waiting_changes(&self, now: Timestamp, hours: i64) -> Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            r#"
+            SELECT (?1 - at) / 3600000 AS ago,
+                   sum((to_state IN ('created', 'queued'))
+                       - coalesce(from_state IN ('created', 'queued'), 0)) AS net
+            FROM task_log INDEXED BY task_log_by_at
+            WHERE at > ?1 - ?2 * 3600000
+            GROUP BY ago
+            "#,
+        )
+        .bind(now)
+        .bind(hours)
+        .fetch_all(&self.readers)
+        .await?)
     }
 }

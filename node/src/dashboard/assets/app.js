@@ -1,41 +1,109 @@
 // ccm dashboard: live updates from the daemon's event stream (server-sent events).
-// On a change, the page fetches itself again and swaps the parts marked data-refresh;
-// after a lost connection (a daemon restart, say) it resumes from the last event id.
+//
+// One stream per browser: the tabs elect a leader through a Web Lock; the leader holds the
+// EventSource and passes each event to the other tabs over a BroadcastChannel. When the leader
+// closes, its lock is released and the next tab in line takes over, resuming from the last event
+// id it saw. (Browsers allow six connections per host over HTTP/1.1: one stream per tab would
+// starve the seventh tab.)
+//
+// A page refreshes only on the changes it subscribes to (`data-kinds`, `data-live-task` on <main>),
+// and only while visible: a hidden page notes that it is stale and refreshes when shown. A
+// refresh fetches the page and morphs it into the DOM (idiomorph), so focus, typed text, the
+// caret, scroll positions and opened <details> survive.
 "use strict";
 (function () {
   var status = document.getElementById("live-status");
   var main = document.querySelector("main[data-live]");
   if (!status || !main) return;
   var mode = main.getAttribute("data-live");
+  var kinds = (main.getAttribute("data-kinds") || "").split(" ").filter(Boolean);
+  var task = main.getAttribute("data-live-task") || "";
   var lastId = null;
   var source = null;
+  var leading = false;
   var busy = false;
   var again = false;
+  var stale = false;
+  var channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("ccm-live") : null;
 
   function show(text, ok) {
     status.textContent = text;
     status.className = "live " + (ok ? "ok" : "down");
   }
 
+  // Whether an event concerns this page.
+  function wanted(type, data) {
+    if (type === "activity") return mode === "activity";
+    if (type !== "change") return false;
+    if (!data || !data.kinds || data.kinds.length === 0) return true; // a resync: all pages
+    if (task !== "" && data.tasks && data.tasks.indexOf(task) >= 0) return true;
+    for (var i = 0; i < data.kinds.length; i++) {
+      if (kinds.indexOf("*") >= 0 || kinds.indexOf(data.kinds[i]) >= 0) return true;
+    }
+    return false;
+  }
+
+  // A form control the user changed and has not sent: the server's copy must not replace it.
+  function edited(node) {
+    if (node.nodeType !== 1) return false;
+    var tag = node.tagName;
+    if (tag === "INPUT" && node.type !== "hidden") {
+      if (node.type === "checkbox" || node.type === "radio") return node.checked !== node.defaultChecked;
+      return node.value !== node.defaultValue;
+    }
+    if (tag === "TEXTAREA") return node.value !== node.defaultValue;
+    if (tag === "SELECT") {
+      for (var i = 0; i < node.options.length; i++) {
+        if (node.options[i].selected !== node.options[i].defaultSelected) return true;
+      }
+    }
+    return false;
+  }
+
+  var morphing = {
+    morphStyle: "outerHTML",
+    ignoreActiveValue: true,
+    restoreFocus: true,
+    callbacks: {
+      beforeNodeMorphed: function (old) { return !edited(old); },
+      beforeAttributeUpdated: function (name, node, how) {
+        // A <details> the reader opened or closed stays so.
+        if (name === "open" && node.tagName === "DETAILS" && node.__ccmTouched) return false;
+        if (node.hasAttribute && node.hasAttribute("data-keep-" + name)) return false;
+        return true;
+      },
+    },
+  };
+
+  function apply(html) {
+    var next = new DOMParser().parseFromString(html, "text/html");
+    // An output tail scrolled to its end follows the output; one scrolled back stays.
+    var following = [];
+    document.querySelectorAll("pre.tail[id]").forEach(function (tail) {
+      if (tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4) following.push(tail.id);
+    });
+    document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
+      var fresh = next.getElementById(old.id);
+      if (fresh) Idiomorph.morph(old, fresh, morphing);
+    });
+    following.forEach(function (id) {
+      var tail = document.getElementById(id);
+      if (tail) tail.scrollTop = tail.scrollHeight;
+    });
+    document.dispatchEvent(new CustomEvent("ccm:refreshed"));
+  }
+
   function refresh() {
+    if (document.hidden) { stale = true; return; }
     if (busy) { again = true; return; }
     busy = true;
+    stale = false;
     fetch(location.href, { credentials: "same-origin", headers: { "X-Ccm-Live": "1" } })
       .then(function (response) {
         if (response.status === 401) { show("signed out", false); return null; }
         return response.ok ? response.text() : null;
       })
-      .then(function (html) {
-        if (!html) return;
-        var next = new DOMParser().parseFromString(html, "text/html");
-        document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
-          var fresh = next.getElementById(old.id);
-          if (fresh) old.innerHTML = fresh.innerHTML;
-        });
-        var tail = document.getElementById("output-tail");
-        if (tail) tail.scrollTop = tail.scrollHeight;
-        document.dispatchEvent(new CustomEvent("ccm:refreshed"));
-      })
+      .then(function (html) { if (html) apply(html); })
       .catch(function () { /* the next event or reconnect refreshes again */ })
       .then(function () {
         busy = false;
@@ -43,34 +111,102 @@
       });
   }
 
+  // An event from the stream (this tab leads) or from the leader (over the channel).
+  function receive(type, id, data) {
+    if (id !== null && id !== undefined && id !== "") lastId = id;
+    if (wanted(type, data)) refresh();
+  }
+
+  function tell(message) {
+    if (channel && leading) channel.postMessage(message);
+  }
+
+  function state(text, ok) {
+    show(text, ok);
+    tell({ type: "status", text: text, ok: ok, id: lastId });
+  }
+
   function connect() {
     source = new EventSource("/events" + (lastId !== null ? "?last=" + encodeURIComponent(lastId) : ""));
-    source.addEventListener("hello", function (e) { lastId = e.lastEventId; show("live", true); });
-    source.addEventListener("change", function (e) {
-      lastId = e.lastEventId;
-      show("live", true);
-      refresh();
+    source.addEventListener("hello", function (e) { lastId = e.lastEventId; state("live", true); });
+    ["change", "activity"].forEach(function (type) {
+      source.addEventListener(type, function (e) {
+        var data = null;
+        try { data = JSON.parse(e.data); } catch (_) { data = null; }
+        state("live", true);
+        tell({ type: type, id: e.lastEventId, data: data });
+        receive(type, e.lastEventId, data);
+      });
     });
-    source.addEventListener("activity", function () { if (mode === "activity") refresh(); });
-    source.addEventListener("open", function () { show("live", true); });
+    source.addEventListener("open", function () { state("live", true); });
     source.addEventListener("error", function () {
-      show("reconnecting…", false);
-      if (source.readyState === EventSource.CLOSED) {
+      state("reconnecting…", false);
+      if (source && source.readyState === EventSource.CLOSED) {
         source.close();
-        setTimeout(connect, 1000);
+        source = null;
+        setTimeout(function () { if (leading && source === null) connect(); }, 1000);
       }
     });
   }
 
-  if (mode !== "") connect(); else show("", true);
+  var release = null;
 
-  // A page the browser keeps for its back button must not keep its stream: the browser allows a
-  // few connections per host, and streams held by hidden pages would stall the next page.
+  function lead() {
+    leading = true;
+    connect();
+    // Held until this page goes (or is kept for the back button): then the next tab leads.
+    return new Promise(function (resolve) { release = resolve; });
+  }
+
+  function elect() {
+    navigator.locks.request("ccm-live-leader", lead);
+  }
+
+  if (mode === "") {
+    show("", true);
+  } else if (channel && navigator.locks && navigator.locks.request) {
+    channel.onmessage = function (e) {
+      var m = e.data || {};
+      if (m.type === "ask") {
+        if (leading) tell({ type: "status", text: status.textContent, ok: status.className.indexOf("ok") >= 0, id: lastId });
+      } else if (m.type === "status") {
+        if (!leading) {
+          show(m.text, m.ok);
+          if (m.id) lastId = m.id;
+        }
+      } else if (!leading) {
+        receive(m.type, m.id, m.data);
+      }
+    };
+    elect();
+    channel.postMessage({ type: "ask" });
+  } else {
+    lead();
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && stale) refresh();
+  });
+
+  // A page kept for the back button must keep neither the stream nor the lead.
+  var elected = channel && navigator.locks && navigator.locks.request && mode !== "";
   window.addEventListener("pagehide", function () {
     if (source) { source.close(); source = null; }
+    if (elected && leading) { leading = false; if (release) release(); }
   });
   window.addEventListener("pageshow", function (e) {
-    if (e.persisted && mode !== "" && source === null) { connect(); refresh(); }
+    if (!e.persisted || mode === "") return;
+    if (elected) elect(); else if (source === null) connect();
+    refresh();
+  });
+
+  // A <details> the reader opens or closes is theirs from then on (a property: the morph keeps
+  // the element but would drop an attribute the server did not send).
+  document.addEventListener("click", function (e) {
+    var summary = e.target.closest && e.target.closest("summary");
+    if (summary && summary.parentElement && summary.parentElement.tagName === "DETAILS") {
+      summary.parentElement.__ccmTouched = true;
+    }
   });
 
   document.addEventListener("click", function (e) {

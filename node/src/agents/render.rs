@@ -1,6 +1,7 @@
-//! `ccm task logs`: an agent's output, its JSON events (Claude Code and Gemini CLI
-//! stream-json, Codex `--json`) rendered as readable lines. Read leniently: an event of an
-//! unknown shape is skipped, a line that is not JSON is printed as it is.
+//! An agent's output, its JSON events (Claude Code and Gemini CLI stream-json, Codex `--json`)
+//! rendered as readable lines: what `ccm task logs` prints and the dashboard's task page shows.
+//! Read leniently: an event of an unknown shape is skipped, a line that is not JSON is printed
+//! as it is.
 
 use serde_json::Value;
 
