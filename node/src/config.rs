@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::agents::profile::Profile as AgentProfile;
 
 mod live;
+mod retention;
 pub use live::{ConfigStatus, LiveConfig, RESTART_ONLY};
+pub use retention::{BackupConfig, Keep, LandConfig, RetentionConfig};
 
 /// Error loading configuration; always names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,12 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Notifiers, routing rules, digests and health checks.
     pub notify: crate::notify::NotifyConfig,
+    /// How long each kind of record is kept, and how the daemon's retention pass runs.
+    pub retention: RetentionConfig,
+    /// The daemon's scheduled backup.
+    pub backup: BackupConfig,
+    /// What the janitor leaves of ended tasks' work (worktrees, branches), and for how long.
+    pub land: LandConfig,
 }
 
 /// This system's identity.
@@ -664,6 +672,8 @@ impl Config {
         }
         self.sync.validate()?;
         self.notify.validate()?;
+        self.retention.validate()?;
+        self.backup.validate()?;
         for (name, profile) in &self.profiles {
             profile
                 .validate(name)

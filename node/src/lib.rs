@@ -21,6 +21,8 @@
 //! - [`status`]: what `status` and `dump-state` show.
 //! - [`sync`]: `ccm sync ...` and the daemon's sync task (config, `auth.json`, `ccm-sync`).
 //! - [`doctor`]: `ccm doctor`'s checks.
+//! - [`retention`]: bounded storage: the daemon's retention pass, janitor and scheduled
+//!   backup; [`janitor`]: what ended tasks left in repositories (branches, worktrees).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
 //!
@@ -37,8 +39,10 @@ pub mod doctor;
 pub mod fs;
 pub mod home;
 pub mod hooks;
+pub mod janitor;
 pub mod notify;
 pub mod placement;
+pub mod retention;
 pub mod routing;
 pub mod runtime;
 pub mod status;

@@ -4,7 +4,7 @@ use ccm_schema::{Alert, Context, Decision, SystemInfo, Task, TaskLogEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::home::DaemonInfo;
-use crate::store::{CostTotals, OutboxCounts, StateCounts, Store, TaskFilter};
+use crate::store::{CostTotals, OutboxCounts, StateCounts, StorageStats, Store, TaskFilter};
 
 /// The node at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +23,9 @@ pub struct Status {
     pub today: CostTotals,
     /// Per sync lane: backlog, last success, last error, pause reason.
     pub sync: crate::sync::SyncStatus,
+    /// The database: size, rows per table, the last retention pass.
+    #[serde(default)]
+    pub storage: StorageStats,
 }
 
 impl Status {
@@ -42,6 +45,7 @@ impl Status {
             agents_running: store.live_agents().await?.len(),
             today: store.cost_since(start_of_today()).await?,
             sync: store.sync_status().await?,
+            storage: store.storage_stats().await?,
         })
     }
 }

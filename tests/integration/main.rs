@@ -15,6 +15,7 @@ mod init;
 mod messages;
 mod notify;
 mod prompts;
+mod retention;
 mod routing;
 mod routing_central;
 mod runtime;

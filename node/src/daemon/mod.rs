@@ -327,6 +327,15 @@ async fn start_tasks(
             ("spooler", Some(spooler)),
             ("sync", sync_task),
             ("routing", routing),
+            (
+                "retention",
+                Some(crate::retention::start(
+                    store.clone(),
+                    live.clone(),
+                    home.clone(),
+                    shutdown.clone(),
+                )),
+            ),
         ],
         notifiers,
     })

@@ -21,6 +21,7 @@ mod contexts;
 mod hooks;
 mod notify;
 mod records;
+mod retention;
 mod routing;
 mod sync;
 mod tasks;
@@ -34,7 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_schema::{SystemInfo, Timestamp, TransitionError};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
@@ -45,6 +48,7 @@ pub use contexts::ContextProbe;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
+pub use retention::{integrity_check_file, RetentionPass, RetentionReport, StorageStats, TaskEnd};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts};
@@ -300,7 +304,13 @@ impl Store {
             // A file being created is never seen here: its creator holds the set-up lock.
             return Err(not_a_database("the file is empty"));
         }
-        let writer_options = options.clone().pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        // A new database is created in incremental auto-vacuum mode (set before its first
+        // table), so the retention pass can give freed pages back; see `incremental_auto_vacuum`
+        // for an older one.
+        let writer_options = options
+            .clone()
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
         let mut writer = writer_options.connect().await.map_err(|e| match StoreError::from(e) {
             StoreError::Database(e) if sqlite_code(&e) == Some(26) => {
                 not_a_database(&e.to_string())
@@ -318,6 +328,7 @@ impl Store {
             sqlx::query("PRAGMA shrink_memory").execute(&mut writer).await?;
         }
         ensure_system(&mut writer, system_name).await?;
+        incremental_auto_vacuum(&mut writer, path).await?;
         drop(set_up);
         let readers = SqlitePoolOptions::new()
             .max_connections(readers())
@@ -529,6 +540,28 @@ async fn migrations_pending(conn: &mut SqliteConnection) -> Result<bool> {
             .fetch_all(&mut *conn)
             .await?;
     Ok(ccm_schema::MIGRATOR.iter().any(|m| !applied.contains(&m.version)))
+}
+
+/// Databases up to this size made before incremental auto-vacuum are converted when opened
+/// (a `VACUUM`, which rewrites the file: about a second per 100 MB); a larger one is converted
+/// by `ccm gc --db --vacuum`, at a time the operator chooses.
+pub const CONVERT_AT_OPEN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Puts a database made before incremental auto-vacuum into that mode (once: a `VACUUM`), when
+/// it is small enough to do so at open; reads only when it is in that mode already.
+async fn incremental_auto_vacuum(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(&mut *conn).await?;
+    if mode == 2 || std::fs::metadata(path).map_or(0, |m| m.len()) > CONVERT_AT_OPEN_BYTES {
+        return Ok(());
+    }
+    convert_to_incremental(conn).await
+}
+
+/// Sets incremental auto-vacuum and rewrites the file with `VACUUM` so that it applies.
+pub(crate) async fn convert_to_incremental(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(&mut *conn).await?;
+    sqlx::query("VACUUM").execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Records this system's identity, or its new name; writes only when either is missing.
