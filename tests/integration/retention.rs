@@ -410,3 +410,63 @@ async fn gc_lists_then_removes_exactly_the_ended_tasks_work_that_loses_nothing()
         "nothing more to remove: {again}"
     );
 }
+
+/// The daemon runs the pass every `retention.every` and the scheduled backup, and `/metrics`
+/// shows the database and the last pass.
+#[tokio::test]
+async fn the_daemon_runs_retention_passes_and_backups_and_shows_them_in_metrics() {
+    let home = TestHome::new("retention-daemon");
+    let backups = home.dir.path().join("backups");
+    home.write_config(&format!(
+        "retention:\n  every: 1s\n  hook_events: 7d\nbackup:\n  dir: {}\n  keep: 2\n",
+        backups.display()
+    ));
+    home.run_ok(&["status"]);
+    {
+        let mut conn = open_db(&home.db_file()).await;
+        hook_events(&mut conn, None, 30, 8).await;
+        hook_events(&mut conn, None, 5, 6).await;
+    }
+    let daemon = home.start();
+    let db = home.db_file();
+    let passed = ccm_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        scalar(&db, "SELECT count(*) FROM retention_passes").await > 0
+    })
+    .await;
+    assert!(passed, "a pass ran: {}", daemon.log_text());
+    assert_eq!(scalar(&db, "SELECT count(*) FROM hook_events").await, 5, "the 8-day-old ones went");
+    let backed_up = ccm_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        std::fs::read_dir(&backups).map(|d| d.count()).unwrap_or(0) == 1
+    })
+    .await;
+    assert!(backed_up, "a backup was written: {}", daemon.log_text());
+    let metrics =
+        daemon.http.get(daemon.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for wanted in [
+        "ccm_db_bytes ",
+        "ccm_db_rows{table=\"hook_events\"} 5",
+        "ccm_retention_last_removed{kind=\"hook_events\"} 30",
+        "ccm_retention_last_pass_seconds ",
+    ] {
+        assert!(metrics.contains(wanted), "`{wanted}` in:\n{metrics}");
+    }
+}
+
+#[test]
+fn a_bad_retention_setting_is_refused_naming_the_key_and_the_value() {
+    let home = TestHome::new("retention-config");
+    for (yaml, wanted) in [
+        ("retention:\n  hook_events: 14\n", "`14` has no unit"),
+        ("retention:\n  hook_events: 14x\n", "`14x` is not a duration"),
+        ("retention:\n  batch_rows: 0\n", "retention.batch_rows"),
+        ("backup:\n  keep: 0\n", "backup.keep"),
+    ] {
+        home.write_config(yaml);
+        let out = home.run(&["status"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml} refused");
+        assert!(stderr.contains(wanted), "`{wanted}` in: {stderr}");
+    }
+    home.write_config("retention:\n  hook_events: never\n  notifications: 12h\n");
+    home.run_ok(&["status"]);
+}
