@@ -62,6 +62,7 @@ pub async fn database(
     config: &Config,
     dry_run: bool,
     vacuum: bool,
+    now: Timestamp,
     json: bool,
 ) -> anyhow::Result<()> {
     let store = open_store(home, config).await?;
@@ -69,12 +70,7 @@ pub async fn database(
         eprintln!("converted {} to incremental auto-vacuum", store.path().display());
     }
     let report = store
-        .retention_pass(
-            &config.retention,
-            &crate::retention::agents_root(home),
-            Timestamp::now(),
-            dry_run,
-        )
+        .retention_pass(&config.retention, &crate::retention::agents_root(home), now, dry_run)
         .await?;
     let stats = store.storage_stats().await?;
     store.close().await;

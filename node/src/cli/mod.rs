@@ -196,6 +196,10 @@ enum Command {
         /// full VACUUM: the file is rewritten, writes wait meanwhile).
         #[arg(long, requires = "db")]
         vacuum: bool,
+        /// With --db: the pass's clock, in milliseconds since the epoch, instead of now (the
+        /// soak bench advances it over backdated rows).
+        #[arg(long, requires = "db", hide = true)]
+        as_of: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -286,8 +290,9 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::Gc { db: false, dry_run, json, .. } => {
             gc::janitor(&home, &config, dry_run, json).await
         }
-        Command::Gc { db: true, dry_run, vacuum, json } => {
-            gc::database(&home, &config, dry_run, vacuum, json).await
+        Command::Gc { db: true, dry_run, vacuum, as_of, json } => {
+            let now = as_of.map_or_else(ccm_schema::Timestamp::now, ccm_schema::Timestamp);
+            gc::database(&home, &config, dry_run, vacuum, now, json).await
         }
         Command::Claims { json } => state::claims(&home, &config, json).await,
         Command::Task(command) => task::run(&home, &config, command, &cwd).await,

@@ -69,9 +69,6 @@ struct Kind {
     key: &'static str,
     /// The time the age is counted from.
     time: &'static str,
-    /// Whether the key grows with the time (then the pass looks only below the first key that
-    /// is young enough, without scanning the rest).
-    ordered: bool,
     /// What must also hold for a row to go.
     cond: &'static str,
     /// Statements run before the row's own delete, with `?1` the JSON array of the keys.
@@ -83,7 +80,6 @@ const HOOK_EVENTS: Kind = Kind {
     table: "hook_events",
     key: "id",
     time: "at",
-    ordered: true,
     cond: "task_id IS NULL OR NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = hook_events.task_id \
            AND t.state NOT IN ('complete', 'failed', 'cancelled', 'landed', 'discarded'))",
     dependents: &[],
@@ -94,7 +90,6 @@ const OUTBOX: Kind = Kind {
     table: "outbox",
     key: "seq",
     time: "created_at",
-    ordered: true,
     cond: "state = 'acked' AND seq < (SELECT max(seq) FROM outbox)",
     dependents: &[],
 };
@@ -104,7 +99,6 @@ const OUTBOX_BATCHES: Kind = Kind {
     table: "outbox_batch",
     key: "rowid",
     time: "coalesce(acked_at, sealed_at)",
-    ordered: false,
     cond: "state IN ('acked', 'split') \
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.batch_id = outbox_batch.batch_id \
                            AND o.state <> 'acked') \
@@ -118,7 +112,6 @@ const NOTIFICATIONS: Kind = Kind {
     table: "notifications",
     key: "id",
     time: "created_at",
-    ordered: true,
     cond: "routed_at IS NOT NULL \
            AND NOT EXISTS (SELECT 1 FROM notification_sends s WHERE s.notification_id = notifications.id \
                            AND (s.state IN ('pending', 'digest') OR s.live_buttons = 1)) \
@@ -134,7 +127,6 @@ const ALERTS: Kind = Kind {
     table: "alerts",
     key: "rowid",
     time: "resolved_at",
-    ordered: false,
     cond: "resolved_at IS NOT NULL",
     dependents: &[
         r#"
@@ -154,7 +146,6 @@ const DECISIONS: Kind = Kind {
     table: "decisions",
     key: "rowid",
     time: "answered_at",
-    ordered: false,
     cond: "answered_at IS NOT NULL",
     dependents: &[
         r#"
@@ -237,6 +228,9 @@ impl Store {
         Ok(report)
     }
 
+    /// Removes `kind`'s rows older than `cutoff`, a batch at a time: the batch is chosen on a
+    /// reader (walking the key upwards, so the table is read once per pass and no write lock is
+    /// held meanwhile), then deleted in one short transaction that checks the conditions again.
     async fn remove_kind(
         &self,
         kind: &Kind,
@@ -246,43 +240,41 @@ impl Store {
         dry_run: bool,
     ) -> Result<u64> {
         let Kind { table, key, time, cond, .. } = kind;
-        let bound: i64 = if kind.ordered {
-            let first_young: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT {key} FROM {table} WHERE {time} >= ?1 ORDER BY {key} LIMIT 1"
-            ))
-            .bind(cutoff)
-            .fetch_optional(&self.readers)
-            .await?;
-            first_young.unwrap_or(i64::MAX)
-        } else {
-            i64::MAX
-        };
-        let selection = format!("{key} < ?1 AND {time} < ?2 AND ({cond})");
+        let selection = format!("{time} < ?2 AND ({cond})");
         if dry_run {
             let n: i64 =
                 sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE {selection}"))
-                    .bind(bound)
+                    .bind(0)
                     .bind(cutoff)
                     .fetch_one(&self.readers)
                     .await?;
             return Ok(u64::try_from(n).unwrap_or(0));
         }
         let mut removed = 0u64;
+        let mut after = i64::MIN;
         loop {
-            let mut tx = self.write().await?;
             let keys: Vec<i64> = sqlx::query_scalar(&format!(
-                "SELECT {key} FROM {table} WHERE {selection} ORDER BY {key} LIMIT ?3"
+                "SELECT {key} FROM {table} WHERE {key} > ?1 AND {selection} ORDER BY {key} LIMIT ?3"
             ))
-            .bind(bound)
+            .bind(after)
             .bind(cutoff)
             .bind(batch)
+            .fetch_all(&self.readers)
+            .await?;
+            let Some(&last) = keys.last() else { return Ok(removed) };
+            after = last;
+            let json = serde_json::Value::from(keys.clone()).to_string();
+            let mut tx = self.write().await?;
+            // Still past its age and unneeded: the conditions are checked again under the lock.
+            let gone: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT {key} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?1)) \
+                 AND {selection}"
+            ))
+            .bind(&json)
+            .bind(cutoff)
             .fetch_all(&mut *tx)
             .await?;
-            if keys.is_empty() {
-                tx.commit().await?;
-                return Ok(removed);
-            }
-            let json = serde_json::Value::from(keys.clone()).to_string();
+            let json = serde_json::Value::from(gone.clone()).to_string();
             for statement in kind.dependents {
                 sqlx::query(statement).bind(&json).execute(&mut *tx).await?;
             }
@@ -293,7 +285,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            removed += keys.len() as u64;
+            removed += gone.len() as u64;
             if (keys.len() as i64) < batch {
                 return Ok(removed);
             }
