@@ -470,3 +470,36 @@ fn a_bad_retention_setting_is_refused_naming_the_key_and_the_value() {
     home.write_config("retention:\n  hook_events: never\n  notifications: 12h\n");
     home.run_ok(&["status"]);
 }
+
+/// The daemon's janitor removes an ended task's merged branch once `land.keep_days` passed
+/// (0 here), and keeps an unmerged one.
+#[tokio::test]
+async fn the_daemons_janitor_removes_merged_branches_of_ended_tasks_after_keep_days() {
+    let home = TestHome::new("janitor-daemon");
+    let repo = home.work().join("repo");
+    git_repo(&repo, None);
+    home.write_config("retention:\n  every: 1s\nland:\n  keep_days: 0\n");
+    home.run_ok(&["context", "add", repo.to_str().unwrap()]);
+    let merged = task_id(&home, "merged");
+    let unmerged = task_id(&home, "unmerged");
+    for id in [&merged, &unmerged] {
+        home.run_ok(&["task", "cancel", id]);
+    }
+    git(&repo, &["branch", &format!("ccm/{}", &merged[..8]), "main"]);
+    let path = home.dir.path().join(&unmerged[..8]);
+    let branch = format!("ccm/{}", &unmerged[..8]);
+    git(&repo, &["worktree", "add", "-q", "-b", &branch, path.to_str().unwrap(), "main"]);
+    std::fs::write(path.join("new.txt"), "work\n").unwrap();
+    git(&path, &["add", "."]);
+    git(&path, &["commit", "-q", "-m", "unmerged work"]);
+    let daemon = home.start();
+    let gone = ccm_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        git(&repo, &["branch", "--list", "ccm/*"]).lines().count() == 1
+    })
+    .await;
+    let log = daemon.log_text();
+    assert!(gone, "the merged branch went: {log}");
+    assert!(git(&repo, &["branch", "--list", &branch]).contains(&branch), "the unmerged one stays");
+    assert!(path.join("new.txt").exists());
+    assert!(log.contains("janitor removed") && log.contains("janitor kept"), "{log}");
+}

@@ -533,3 +533,30 @@ pub async fn integrity_check_file(path: &Path) -> Result<String> {
     sqlx::Connection::close(conn).await?;
     Ok(rows.join("\n"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::ConnectOptions;
+
+    #[tokio::test]
+    async fn a_database_made_without_incremental_auto_vacuum_is_converted_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ccm.db");
+        let mut old = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE leftover (x)").execute(&mut old).await.unwrap();
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(&mut old).await.unwrap();
+        assert_eq!(mode, 0, "SQLite's default");
+        sqlx::Connection::close(old).await.unwrap();
+
+        let store = Store::open(&path, "node").await.unwrap();
+        assert_eq!(store.storage_stats().await.unwrap().auto_vacuum, "incremental");
+        assert!(!store.convert_to_incremental().await.unwrap(), "nothing more to do");
+        store.close().await;
+    }
+}
