@@ -280,11 +280,16 @@ async fn during_pass(home: &TestHome, sizes: &Sizes) {
         .into_iter()
         .filter(|(at, _)| during(*at) || *at < first)
         .partition(|(at, _)| during(*at));
-    println!(
-        "\nhook latency during the daemon's retention pass ({} old rows; passes: {:?})",
-        sizes.pass_rows,
-        passes.iter().map(|(s, f, r)| format!("{} ms, removed {r}", f - s)).collect::<Vec<_>>()
-    );
+    // Later passes remove the odd event that crossed the 14-day line meanwhile.
+    match passes.first() {
+        Some((s, f, r)) => println!(
+            "\nhook latency during the daemon's retention pass ({} old rows; the pass took {} ms and removed {r}; {} passes in all)",
+            sizes.pass_rows,
+            f - s,
+            passes.len()
+        ),
+        None => println!("\nno retention pass removed hook events during the measurement"),
+    }
     let show = |what: &str, samples: Vec<(i64, Duration)>| {
         if samples.is_empty() {
             println!("  {what}: no samples");
