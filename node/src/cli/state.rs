@@ -117,7 +117,7 @@ fn show_status(status: &Status, sync: bool) {
         status.pending_decisions,
         see(status.pending_decisions, "ccm decide")
     );
-    show_storage(&status.storage);
+    show_storage(&status.storage, sync);
     if !sync {
         println!("sync    not configured (changes stay on this machine; see sync: in the config)");
         return;
@@ -141,7 +141,8 @@ fn show_status(status: &Status, sync: bool) {
 }
 
 /// The database's lines of `ccm status`: size, rows of the biggest kinds, the last pass.
-fn show_storage(storage: &crate::store::StorageStats) {
+/// Without sync the outbox's tables are left out (as its counts are).
+fn show_storage(storage: &crate::store::StorageStats, sync: bool) {
     let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
     println!(
         "db      {:.1} MiB ({:.1} MiB free, WAL {:.1} MiB, auto-vacuum {})",
@@ -150,7 +151,12 @@ fn show_storage(storage: &crate::store::StorageStats) {
         mib(storage.wal_bytes),
         storage.auto_vacuum
     );
-    let rows: Vec<String> = storage.rows.iter().map(|(table, n)| format!("{table} {n}")).collect();
+    let rows: Vec<String> = storage
+        .rows
+        .iter()
+        .filter(|(table, _)| sync || !table.starts_with("outbox"))
+        .map(|(table, n)| format!("{table} {n}"))
+        .collect();
     println!("rows    {}", rows.join(", "));
     match &storage.last_pass {
         None => println!("gc      no retention pass yet (`ccm gc --db` runs one)"),
@@ -158,7 +164,7 @@ fn show_storage(storage: &crate::store::StorageStats) {
             let removed: Vec<String> = pass
                 .removed
                 .iter()
-                .filter(|(_, n)| **n > 0)
+                .filter(|(kind, n)| **n > 0 && (sync || !kind.starts_with("outbox")))
                 .map(|(kind, n)| format!("{kind} {n}"))
                 .collect();
             println!(

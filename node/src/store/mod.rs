@@ -35,9 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_schema::{SystemInfo, Timestamp, TransitionError};
-use sqlx::sqlite::{
-    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
@@ -304,13 +302,7 @@ impl Store {
             // A file being created is never seen here: its creator holds the set-up lock.
             return Err(not_a_database("the file is empty"));
         }
-        // A new database is created in incremental auto-vacuum mode (set before its first
-        // table), so the retention pass can give freed pages back; see `incremental_auto_vacuum`
-        // for an older one.
-        let writer_options = options
-            .clone()
-            .auto_vacuum(SqliteAutoVacuum::Incremental)
-            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        let writer_options = options.clone().pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
         let mut writer = writer_options.connect().await.map_err(|e| match StoreError::from(e) {
             StoreError::Database(e) if sqlite_code(&e) == Some(26) => {
                 not_a_database(&e.to_string())
@@ -319,6 +311,15 @@ impl Store {
         })?;
         crate::home::private_database(path)
             .map_err(|e| open_error(format!("cannot make it private (mode 600): {e}")))?;
+        let empty: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_master").fetch_one(&mut writer).await?;
+        if empty == 0 {
+            // A new database is made in incremental auto-vacuum mode (set before its first
+            // table), so the retention pass can give freed pages back; an older one is converted
+            // below (`incremental_auto_vacuum`). Set here, not on every connection: on an
+            // existing database the pragma takes the write lock.
+            sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(&mut writer).await?;
+        }
         if migrations_pending(&mut writer).await? {
             ccm_schema::MIGRATOR
                 .run(&mut writer)
