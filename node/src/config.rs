@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::agents::profile::Profile as AgentProfile;
 
 mod live;
+mod retention;
 pub use live::{ConfigStatus, LiveConfig, RESTART_ONLY};
+pub use retention::{BackupConfig, Keep, RetentionConfig};
 
 /// Error loading configuration; always names where the bad value came from.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,10 @@ pub struct Config {
     /// Named sequences agents allocate from (`allocate`), per repository: usually set in the
     /// project's `.ccm/config.yaml` (`sequences: {migrations: {start: 1, format: "{:04}"}}`).
     pub sequences: BTreeMap<String, SequenceConfig>,
+    /// How long each kind of record is kept, and how the daemon's retention pass runs.
+    pub retention: RetentionConfig,
+    /// The daemon's scheduled backup.
+    pub backup: BackupConfig,
 }
 
 /// What agents may ask of ccm through `ccm mcp`, and how a task is split.
@@ -411,8 +417,11 @@ pub struct LandConfig {
     pub push: bool,
     /// The remote pushed to and fetched from.
     pub remote: String,
-    /// Days the branches and worktrees of ended tasks are kept (`ccm gc`).
+    /// Days the daemon's janitor leaves an ended task's worktree and branch in place (`ccm gc`).
     pub keep_days: u32,
+    /// Disk the worktrees of ended tasks may take on this node, in MiB; past it the janitor
+    /// removes what it may at once, oldest first, whatever `keep_days` says. 0: no budget.
+    pub disk_budget_mb: u64,
 }
 
 impl Default for LandConfig {
@@ -426,6 +435,7 @@ impl Default for LandConfig {
             push: false,
             remote: "origin".into(),
             keep_days: 7,
+            disk_budget_mb: 0,
         }
     }
 }
@@ -929,6 +939,8 @@ impl Config {
         if let Some(land) = &self.land {
             land.validate()?;
         }
+        self.retention.validate()?;
+        self.backup.validate()?;
         for (name, profile) in &self.profiles {
             profile
                 .validate(name)

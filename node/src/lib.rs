@@ -28,6 +28,8 @@
 //! - [`supervisors`]: scheduled supervisors: headless agents reviewing a scope's recent work.
 //! - [`watchdog`]: the daemon watching its own loops (systemd's watchdog, `loop_stalled`,
 //!   `daemon_restarted`).
+//! - [`retention`]: bounded storage: the daemon's retention pass, janitor and scheduled
+//!   backup; [`janitor`]: what ended tasks left in repositories (branches, worktrees).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
 //!
@@ -47,8 +49,10 @@ pub mod home;
 pub mod hooks;
 pub mod land;
 pub mod mcp;
+pub mod janitor;
 pub mod notify;
 pub mod placement;
+pub mod retention;
 pub mod routing;
 pub mod runtime;
 pub mod split;

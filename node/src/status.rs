@@ -4,7 +4,7 @@ use ccm_schema::{Alert, Context, Decision, SystemInfo, Task, TaskLogEntry};
 use serde::{Deserialize, Serialize};
 
 use crate::home::DaemonInfo;
-use crate::store::{CostTotals, OutboxCounts, StateCounts, Store, TaskFilter};
+use crate::store::{CostTotals, OutboxCounts, StateCounts, StorageStats, Store, TaskFilter};
 
 /// The node at a glance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +27,9 @@ pub struct Status {
     /// only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loops: Vec<crate::watchdog::LoopStatus>,
+    /// The database: size, rows per table, the last retention pass.
+    #[serde(default)]
+    pub storage: StorageStats,
 }
 
 impl Status {
@@ -47,6 +50,7 @@ impl Status {
             today: store.cost_since(start_of_today()).await?,
             sync: store.sync_status().await?,
             loops: Vec::new(),
+            storage: store.storage_stats().await?,
         })
     }
 }

@@ -491,6 +491,107 @@ pub fn cleanup(
 }
 
 // ---------------------------------------------------------------------------------------
+// The janitor's view: every task branch of a repository
+
+/// A task's branch (`ccm/<short id>`) left in a repository, and its worktree if it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskWork {
+    /// The task's short id, from the branch name.
+    pub short_id: String,
+    /// `ccm/<short id>`.
+    pub branch: String,
+    /// The worktree the branch is checked out in (never the main checkout's).
+    pub worktree: Option<PathBuf>,
+}
+
+/// The `ccm/*` branches of `repo`, with their worktrees (a worktree whose directory is gone is
+/// forgotten first, so it counts as none).
+pub fn task_work(repo: &Path) -> Result<Vec<TaskWork>, WorktreeError> {
+    let repo = canonical(repo)?;
+    if list_worktrees(&repo)?.iter().any(|e| !e.path.join(".git").exists() && e.path != repo) {
+        prune(&repository_lock(&repo), &repo)?;
+    }
+    let out = git(
+        &repo,
+        &args!["for-each-ref", "--format=%(refname)%00%(worktreepath)", "refs/heads/ccm/"],
+    )?;
+    let main = comparable(&repo);
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let (full_ref, path) = line.split_once('\0')?;
+            let branch = full_ref.strip_prefix("refs/heads/")?.to_owned();
+            let short_id = branch.strip_prefix("ccm/")?.to_owned();
+            let worktree = (!path.is_empty()).then(|| PathBuf::from(path));
+            Some(TaskWork { short_id, branch, worktree })
+        })
+        // A task branch checked out in the main checkout is the operator's to move.
+        .filter(|work| work.worktree.as_deref().is_none_or(|p| comparable(p) != main))
+        .collect())
+}
+
+/// Why removing `work` would lose something: commits on its branch that `target` lacks (by
+/// ancestry, `git rev-list --count`, or by patch, `git cherry`), or uncommitted changes in its
+/// worktree; `None` when it loses nothing. A missing target keeps the branch.
+pub fn work_keep_reason(
+    repo: &Path,
+    work: &TaskWork,
+    target: &str,
+) -> Result<Option<String>, WorktreeError> {
+    let repo = canonical(repo)?;
+    if let Some(path) = &work.worktree {
+        let branch_ref = format!("refs/heads/{}", work.branch);
+        if let Some(entry) =
+            list_worktrees(&repo)?.into_iter().find(|e| comparable(&e.path) == comparable(path))
+        {
+            if let Some(reason) = worktree_keep_reason(&entry, &branch_ref, &[])? {
+                return Ok(Some(format!("worktree {} has {reason}", path.display())));
+            }
+        }
+    }
+    let target_ref = format!("refs/heads/{target}");
+    if branches(&repo, &[&target_ref])?.is_empty() {
+        return Ok(Some(format!("target branch {target} does not exist")));
+    }
+    let ahead = git(
+        &repo,
+        &args!["rev-list", "--count", format!("{target_ref}..refs/heads/{}", work.branch)],
+    )?;
+    if ahead.trim() == "0" {
+        return Ok(None);
+    }
+    unmerged_reason(&repo, &work.branch, target)
+}
+
+/// Removes `work`'s worktree (with whatever it holds) and its branch, under the repository's
+/// lock: the caller decided that nothing of value is lost.
+pub fn remove_work(repo: &Path, work: &TaskWork) -> Result<(), WorktreeError> {
+    let repo = canonical(repo)?;
+    let lock = repository_lock(&repo);
+    let _git = lock.exclusive();
+    if let Some(path) = &work.worktree {
+        if path.exists() {
+            git(&repo, &args!["worktree", "remove", "--force", "--force", path])?;
+        } else {
+            git(&repo, &args!["worktree", "prune"])?;
+        }
+    }
+    git(&repo, &args!["branch", "-D", "--quiet", &work.branch])?;
+    Ok(())
+}
+
+/// Bytes a directory tree takes (files only; symbolic links are not followed).
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
 // Preparation
 
 /// Accepts short ids that are safe in a branch name, a directory name and a git argument.

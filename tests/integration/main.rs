@@ -18,6 +18,7 @@ mod land;
 mod messages;
 mod notify;
 mod prompts;
+mod retention;
 mod routing;
 mod routing_central;
 mod runtime;

@@ -3,7 +3,8 @@
 //! - [`task`] (its `logs` renders with [`crate::agents::render`]), [`context`], [`agent`]:
 //!   tasks, checkouts, agents; [`land`]: `ccm land` and `ccm land status`.
 //! - [`setup`]: `init` and `hooks`; [`daemon`]: `up` and `stop`; [`state`]: `status`,
-//!   `dump-state`, `claims`, `conflicts`, `backup`; [`alerts`], [`decide`]: what needs the operator;
+//!   `dump-state`, `claims`, `conflicts`, `backup`; [`gc`]: `gc` (janitor and retention); [`alerts`],
+//!   [`decide`]: what needs the operator;
 //!   [`dashboard`]: the web dashboard; [`sync`]: `ccm sync ...`; [`systems`]: `ccm systems`
 //!   and the fleet's names.
 //! - [`backend`]: where state changes go (the daemon's API, or SQLite when no daemon runs);
@@ -20,6 +21,7 @@ mod coord;
 mod daemon;
 mod dashboard;
 mod decide;
+mod gc;
 mod land;
 mod output;
 mod setup;
@@ -215,8 +217,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a consistent copy of the database to FILE, even while the daemon runs.
-    Backup { file: PathBuf },
+    /// Write a consistent copy of the database to FILE, even while the daemon runs; with
+    /// --keep N, FILE is a directory: the copy is `ccm-<time>.db` in it, and only the N newest
+    /// copies are kept.
+    Backup {
+        file: PathBuf,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: Option<u64>,
+    },
+    /// Remove what is past its time: the worktrees and `ccm/*` branches of ended tasks (never a
+    /// branch with commits its target lacks, unless its task was discarded), or with --db the
+    /// database rows and agents' files past their `retention:` age.
+    Gc {
+        /// The database and agents' files instead of branches and worktrees.
+        #[arg(long)]
+        db: bool,
+        /// Say what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --db: put a database made before incremental auto-vacuum into that mode (a
+        /// full VACUUM: the file is rewritten, writes wait meanwhile).
+        #[arg(long, requires = "db")]
+        vacuum: bool,
+        /// With --db: the pass's clock, in milliseconds since the epoch, instead of now (the
+        /// soak bench advances it over backdated rows).
+        #[arg(long, requires = "db", hide = true)]
+        as_of: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Open the web dashboard signed in (a one-time link), or end every dashboard sign-in.
     Dashboard {
         /// Print the sign-in link instead of opening a browser.
@@ -304,7 +333,17 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         Command::Hooks { command } => setup::hooks(&config, &cwd, command),
         Command::Status { json } => state::status(&home, &config, json).await,
         Command::DumpState { json } => state::dump(&home, &config, json).await,
-        Command::Backup { file } => state::backup(&home, &config, &file).await,
+        Command::Backup { file, keep: None } => state::backup(&home, &config, &file).await,
+        Command::Backup { file, keep: Some(keep) } => {
+            state::backup_rotated(&home, &config, &file, keep).await
+        }
+        Command::Gc { db: false, dry_run, json, .. } => {
+            gc::janitor(&home, &config, dry_run, json).await
+        }
+        Command::Gc { db: true, dry_run, vacuum, as_of, json } => {
+            let now = as_of.map_or_else(ccm_schema::Timestamp::now, ccm_schema::Timestamp);
+            gc::database(&home, &config, dry_run, vacuum, now, json).await
+        }
         Command::Claims { json } => state::claims(&home, &config, json).await,
         Command::Conflicts { repo, fresh, json } => {
             state::conflicts(&home, &config, repo.as_deref(), fresh, json, &cwd).await

@@ -40,6 +40,27 @@ pub async fn backup(home: &Home, config: &Config, file: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// `ccm backup DIR --keep N`: a checked copy in `DIR`, the oldest beyond `keep` removed.
+pub async fn backup_rotated(
+    home: &Home,
+    config: &Config,
+    dir: &Path,
+    keep: u64,
+) -> anyhow::Result<()> {
+    let store = open_store(home, config).await?;
+    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+    let rotated = crate::retention::backup_rotated(&store, dir, keep).await?;
+    println!(
+        "backed up {} to {} (integrity check: ok)",
+        store.path().display(),
+        rotated.written.display()
+    );
+    for old in &rotated.removed {
+        println!("removed {} (keeping the {keep} newest)", old.display());
+    }
+    Ok(())
+}
+
 pub async fn claims(home: &Home, config: &Config, json: bool) -> anyhow::Result<()> {
     let store = open_store(home, config).await?;
     let view = crate::daemon::ClaimsView {
@@ -189,6 +210,7 @@ fn show_status(status: &Status, sync: bool) {
         status.pending_decisions,
         see(status.pending_decisions, "ccm decide")
     );
+    show_storage(&status.storage, sync);
     if !sync {
         println!("sync    not configured (changes stay on this machine; see sync: in the config)");
         return;
@@ -208,6 +230,42 @@ fn show_status(status: &Status, sync: bool) {
     }
     if crate::sync::paused_reason(&status.sync).is_some() {
         println!("sync    paused: {}", crate::sync::RESUME_HINT);
+    }
+}
+
+/// The database's lines of `ccm status`: size, rows of the biggest kinds, the last pass.
+/// Without sync the outbox's tables are left out (as its counts are).
+fn show_storage(storage: &crate::store::StorageStats, sync: bool) {
+    let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
+    println!(
+        "db      {:.1} MiB ({:.1} MiB free, WAL {:.1} MiB, auto-vacuum {})",
+        mib(storage.db_bytes),
+        mib(storage.free_bytes),
+        mib(storage.wal_bytes),
+        storage.auto_vacuum
+    );
+    let rows: Vec<String> = storage
+        .rows
+        .iter()
+        .filter(|(table, _)| sync || !table.starts_with("outbox"))
+        .map(|(table, n)| format!("{table} {n}"))
+        .collect();
+    println!("rows    {}", rows.join(", "));
+    match &storage.last_pass {
+        None => println!("gc      no retention pass yet (`ccm gc --db` runs one)"),
+        Some(pass) => {
+            let removed: Vec<String> = pass
+                .removed
+                .iter()
+                .filter(|(kind, n)| **n > 0 && (sync || !kind.starts_with("outbox")))
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            println!(
+                "gc      last retention pass {}: removed {}",
+                pass.finished_at,
+                if removed.is_empty() { "nothing".into() } else { removed.join(", ") }
+            );
+        }
     }
 }
 

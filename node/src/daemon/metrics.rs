@@ -50,11 +50,27 @@ pub struct Metrics {
     sync_items_rejected: Counter,
     loop_progress: Family<LoopLabel, Gauge>,
     loop_stalled: Family<LoopLabel, Gauge>,
+    db_bytes: Gauge,
+    db_free_bytes: Gauge,
+    db_wal_bytes: Gauge,
+    db_rows: Family<TableLabel, Gauge>,
+    retention_last_pass: Gauge,
+    retention_last_removed: Family<KindLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LoopLabel {
     r#loop: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -148,7 +164,37 @@ impl Metrics {
             "When the daemon started, in Unix seconds",
             start_time,
         );
+        let db_bytes = Gauge::default();
+        registry.register("db_bytes", "The database file's pages, in bytes", db_bytes.clone());
+        let db_free_bytes = Gauge::default();
+        registry.register(
+            "db_free_bytes",
+            "Free pages of the database, in bytes (given back by the retention pass)",
+            db_free_bytes.clone(),
+        );
+        let db_wal_bytes = Gauge::default();
+        registry.register("db_wal_bytes", "The write-ahead log, in bytes", db_wal_bytes.clone());
+        let db_rows = Family::<TableLabel, Gauge>::default();
+        registry.register("db_rows", "Rows in the database, by table", db_rows.clone());
+        let retention_last_pass = Gauge::default();
+        registry.register(
+            "retention_last_pass_seconds",
+            "When the last retention pass finished, in Unix seconds (0: never)",
+            retention_last_pass.clone(),
+        );
+        let retention_last_removed = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "retention_last_removed",
+            "Rows (or agents' files) the last retention pass removed, by kind",
+            retention_last_removed.clone(),
+        );
         Metrics {
+            db_bytes,
+            db_free_bytes,
+            db_wal_bytes,
+            db_rows,
+            retention_last_pass,
+            retention_last_removed,
             registry,
             http_requests,
             tasks_created,
@@ -202,6 +248,21 @@ impl Metrics {
             self.sync_last_success.get_or_create(&label).set(ok);
             self.sync_paused.get_or_create(&label).set(status.paused_reason.is_some().into());
             self.sync_dropped.get_or_create(&label).set(status.dropped_total);
+        }
+        let storage = store.storage_stats().await?;
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.db_bytes.set(bytes(storage.db_bytes));
+        self.db_free_bytes.set(bytes(storage.free_bytes));
+        self.db_wal_bytes.set(bytes(storage.wal_bytes));
+        for (table, n) in &storage.rows {
+            self.db_rows.get_or_create(&TableLabel { table: table.clone() }).set(*n);
+        }
+        if let Some(pass) = &storage.last_pass {
+            self.retention_last_pass.set(pass.finished_at.millis() / 1000);
+            for (kind, n) in pass.removed.iter() {
+                let label = KindLabel { kind: kind.clone() };
+                self.retention_last_removed.get_or_create(&label).set(bytes(*n));
+            }
         }
         let signals = store.sync_signals();
         for (counter, total) in [

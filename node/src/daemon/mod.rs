@@ -387,6 +387,15 @@ async fn start_tasks(
             ("supervisors", Some(supervisors)),
             ("sync", sync_task),
             ("routing", routing),
+            (
+                "retention",
+                Some(crate::retention::start(
+                    store.clone(),
+                    live.clone(),
+                    home.clone(),
+                    shutdown.clone(),
+                )),
+            ),
         ],
         notifiers,
     })

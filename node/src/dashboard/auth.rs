@@ -98,6 +98,10 @@ impl Auth {
         let session =
             Session { id: random_hex(32)?, csrf: random_hex(32)?, expires_at: later(self.ttl) };
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired sessions go here (and from the file, which keeps live ones only): memory and
+        // file hold at most the sessions signed in within one session lifetime.
+        let now = Timestamp::now();
+        sessions.retain(|_, s| s.expires_at > now);
         sessions.insert(session.id.clone(), session.clone());
         self.persist(&sessions)?;
         Ok(Some(session))

@@ -26,6 +26,7 @@ mod hooks;
 mod land;
 mod notify;
 mod records;
+mod retention;
 mod routing;
 mod supervisors;
 mod sync;
@@ -57,6 +58,7 @@ pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use land::{LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
+pub use retention::{integrity_check_file, RetentionPass, RetentionReport, StorageStats, TaskEnd};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
 pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
@@ -328,6 +330,15 @@ impl Store {
         })?;
         crate::home::private_database(path)
             .map_err(|e| open_error(format!("cannot make it private (mode 600): {e}")))?;
+        let empty: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_master").fetch_one(&mut writer).await?;
+        if empty == 0 {
+            // A new database is made in incremental auto-vacuum mode (set before its first
+            // table), so the retention pass can give freed pages back; an older one is converted
+            // below (`incremental_auto_vacuum`). Set here, not on every connection: on an
+            // existing database the pragma takes the write lock.
+            sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(&mut writer).await?;
+        }
         if migrations_pending(&mut writer).await? {
             ccm_schema::MIGRATOR
                 .run(&mut writer)
@@ -337,6 +348,7 @@ impl Store {
             sqlx::query("PRAGMA shrink_memory").execute(&mut writer).await?;
         }
         ensure_system(&mut writer, system_name).await?;
+        incremental_auto_vacuum(&mut writer, path).await?;
         drop(set_up);
         let readers = SqlitePoolOptions::new()
             .max_connections(readers())
@@ -548,6 +560,28 @@ async fn migrations_pending(conn: &mut SqliteConnection) -> Result<bool> {
             .fetch_all(&mut *conn)
             .await?;
     Ok(ccm_schema::MIGRATOR.iter().any(|m| !applied.contains(&m.version)))
+}
+
+/// Databases up to this size made before incremental auto-vacuum are converted when opened
+/// (a `VACUUM`, which rewrites the file: about a second per 100 MB); a larger one is converted
+/// by `ccm gc --db --vacuum`, at a time the operator chooses.
+pub const CONVERT_AT_OPEN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Puts a database made before incremental auto-vacuum into that mode (once: a `VACUUM`), when
+/// it is small enough to do so at open; reads only when it is in that mode already.
+async fn incremental_auto_vacuum(conn: &mut SqliteConnection, path: &Path) -> Result<()> {
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(&mut *conn).await?;
+    if mode == 2 || std::fs::metadata(path).map_or(0, |m| m.len()) > CONVERT_AT_OPEN_BYTES {
+        return Ok(());
+    }
+    convert_to_incremental(conn).await
+}
+
+/// Sets incremental auto-vacuum and rewrites the file with `VACUUM` so that it applies.
+pub(crate) async fn convert_to_incremental(conn: &mut SqliteConnection) -> Result<()> {
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(&mut *conn).await?;
+    sqlx::query("VACUUM").execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Records this system's identity, or its new name; writes only when either is missing.

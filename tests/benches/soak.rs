@@ -1,0 +1,391 @@
+//! A month on one machine in compressed time (issue 28): builds a home that looks like a busy
+//! node's 30 days, a day at a time (rows written with that day's timestamps: tasks with their
+//! log, agent, attempt, report, alerts and notifications, acknowledged outbox rows, hook
+//! events), runs the production retention pass (`ccm gc --db`) with its clock at the end of
+//! each day, and measures on day 1, day 14 and the last day, with the daemon up: hook ingest
+//! p50/p99 (`POST /api/hooks`), task creation rate (`POST /api/tasks`), the board's server time
+//! (`GET /tasks`), `ccm task list`, the daemon's RSS (idle, and after the load) and the database
+//! size. Then the hook latency while the daemon's own pass deletes 100,000 old rows, against
+//! the same load outside the pass.
+//!
+//! Run with `cargo bench -p ccm-tests --bench soak`. Sizes from the environment:
+//! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
+//! `CCM_SOAK_SAMPLES` (hook requests per measurement, 300), `CCM_SOAK_PASS_ROWS` (old hook
+//! events the measured pass deletes, 100,000). Syncing to a central is not part of it: the
+//! acknowledged outbox rows are written as a synced node's would be. Nothing here asserts on
+//! time.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ccm_tests::bench::{machine, mb, ms, Memory, Stats};
+use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
+use serde_json::{json, Value};
+use sqlx::{Connection, SqliteConnection};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn uuid(kind: u32, n: u64) -> String {
+    format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
+
+struct Sizes {
+    days: usize,
+    hooks: usize,
+    tasks: usize,
+    samples: usize,
+    pass_rows: usize,
+}
+
+/// Writes day `day`'s rows (timestamps within `[start, start + 1 day)`), as a busy node's.
+async fn fill_day(conn: &mut SqliteConnection, home: &Path, day: usize, start: i64, sizes: &Sizes) {
+    let mut tx = conn.begin().await.expect("begin");
+    let payload = json!({
+        "session_id": "s", "hook_event_name": "PreToolUse", "tool_name": "Edit",
+        "tool_input": { "file_path": "/src/lib.rs", "old_string": "a".repeat(200), "new_string": "b".repeat(200) },
+        "cwd": "/work/repo"
+    })
+    .to_string();
+    let step = DAY_MS / sizes.tasks.max(1) as i64;
+    let mut tasks = Vec::with_capacity(sizes.tasks);
+    for t in 0..sizes.tasks {
+        let n = (day * 100_000 + t) as u64;
+        let id = uuid(1, n);
+        let agent = uuid(2, n);
+        let at = start + t as i64 * step;
+        sqlx::query(
+            "INSERT INTO tasks (id, title, prompt, profile, max_attempts, attempts, state, created_at, updated_at, version) \
+             VALUES (?, ?, 'soak prompt: change the parser', 'manual', 3, 1, 'complete', ?, ?, 4)",
+        )
+        .bind(&id).bind(format!("day {day} task {t}")).bind(at).bind(at + 600_000)
+        .execute(&mut *tx).await.expect("task");
+        for (from, to, dt) in [
+            (None, "created", 0),
+            (Some("created"), "queued", 1000),
+            (Some("queued"), "executing", 2000),
+            (Some("executing"), "complete", 600_000),
+        ] {
+            sqlx::query("INSERT INTO task_log (task_id, at, from_state, to_state, reason, actor) VALUES (?, ?, ?, ?, 'soak', 'soak')")
+                .bind(&id).bind(at + dt).bind(from).bind(to).execute(&mut *tx).await.expect("log");
+        }
+        let dir = home.join("agents").join(&agent);
+        sqlx::query(
+            "INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, cost_usd, input_tokens, \
+             output_tokens, started_at, last_heartbeat, ended_at) VALUES (?, ?, 1, 'worker', 'claude', 'exited', ?, '/work', 0.12, 5000, 800, ?, ?, ?)",
+        )
+        .bind(&agent).bind(&id).bind(dir.display().to_string()).bind(at).bind(at + 500_000).bind(at + 500_000)
+        .execute(&mut *tx).await.expect("agent");
+        sqlx::query("INSERT INTO attempts (task_id, number, agent_id, prompt, started_at, ended_at, outcome, last_message) VALUES (?, 1, ?, 'soak prompt', ?, ?, 'success', 'done')")
+            .bind(&id).bind(&agent).bind(at).bind(at + 500_000).execute(&mut *tx).await.expect("attempt");
+        sqlx::query("INSERT INTO reports (task_id, attempt, summary, created_at) VALUES (?, 1, '{\"cost_usd\":0.12,\"tokens\":{\"input\":5000,\"output\":800}}', ?)")
+            .bind(&id).bind(at + 550_000).execute(&mut *tx).await.expect("report");
+        if t % 10 == 0 {
+            sqlx::query("INSERT INTO alerts (id, task_id, severity, reason, message, created_at, resolved_at) VALUES (?, ?, 'warning', 'stalled', 'no output for 10 min', ?, ?)")
+                .bind(uuid(3, n)).bind(&id).bind(at + 100_000).bind(at + 400_000).execute(&mut *tx).await.expect("alert");
+        }
+        for version in [1, 4] {
+            sqlx::query("INSERT INTO outbox (stream, entity_key, entity_version, lane, payload, created_at, state) VALUES ('task_summary', ?, ?, 'normal', '{\"state\":\"complete\"}', ?, 'acked')")
+                .bind(&id).bind(version).bind(at + version * 1000).execute(&mut *tx).await.expect("outbox");
+        }
+        tasks.push(id);
+    }
+    sqlx::query("UPDATE notifications SET routed_at = created_at WHERE routed_at IS NULL")
+        .execute(&mut *tx)
+        .await
+        .expect("routed");
+    let hook_step = DAY_MS / sizes.hooks.max(1) as i64;
+    for h in 0..sizes.hooks {
+        let task = (h % 4 == 0).then(|| tasks[h % tasks.len().max(1)].clone());
+        sqlx::query("INSERT INTO hook_events (key, at, system, task_id, session_id, event, kind, tool, via, payload) VALUES (?, ?, 'claude', ?, 's', 'PreToolUse', 'pre_tool', 'Edit', 'api', ?)")
+            .bind(format!("d{day}-{h}")).bind(start + h as i64 * hook_step).bind(task).bind(&payload)
+            .execute(&mut *tx).await.expect("hook event");
+    }
+    tx.commit().await.expect("commit");
+}
+
+/// `ccm gc --db` with its clock at `as_of`: the rows it removed per kind.
+fn pass(home: &TestHome, as_of: i64) -> Value {
+    let out = home.run_ok(&["gc", "--db", "--as-of", &as_of.to_string(), "--json"]);
+    let removed = serde_json::from_str::<Value>(&out).expect("pass JSON")["removed"].clone();
+    let kept: serde_json::Map<String, Value> = removed
+        .as_object()
+        .expect("removed per kind")
+        .iter()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .map(|(k, n)| (k.clone(), n.clone()))
+        .collect();
+    Value::Object(kept)
+}
+
+fn db_bytes(home: &TestHome) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    size(&home.db_file()) + size(&home.home().join("ccm.db-wal"))
+}
+
+/// Hook requests one after another: each one's latency, and when it was sent.
+async fn hooks(daemon: &Daemon, n: usize, pace: Duration) -> Vec<(i64, Duration)> {
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let mut samples = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(pace);
+    for i in 0..n {
+        tick.tick().await;
+        let body = json!({"session_id": format!("soak-{i}"), "hook_event_name": "PreToolUse",
+            "tool_name": "Read", "tool_input": {"file_path": "/src/main.rs"}, "cwd": "/work/repo"});
+        let sent = now_ms();
+        let started = Instant::now();
+        let status = http
+            .post(daemon.url("/api/hooks?system=claude"))
+            .bearer_auth(&daemon.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("hook answers")
+            .status();
+        assert!(status.is_success(), "hook refused: {status}");
+        samples.push((sent, started.elapsed()));
+    }
+    samples
+}
+
+async fn cookie(home: &TestHome) -> String {
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = http.get(&link).send().await.expect("sign-in answers");
+    let set = response.headers().get(reqwest::header::SET_COOKIE).expect("a cookie");
+    set.to_str().unwrap().split(';').next().unwrap().to_string()
+}
+
+struct Day {
+    day: usize,
+    hook: Stats,
+    create_per_s: f64,
+    board: Stats,
+    list: Stats,
+    idle_rss: f64,
+    rss: f64,
+    db: u64,
+    rows: i64,
+}
+
+async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
+    let db = db_bytes(home);
+    let rows: i64 = {
+        let mut conn = open_db(&home.db_file()).await;
+        sqlx::query_scalar("SELECT count(*) FROM hook_events").fetch_one(&mut conn).await.unwrap()
+    };
+    let daemon = home.start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = Memory::of(daemon.child.id()).rss_mb;
+    let hook = Stats::new(
+        hooks(&daemon, sizes.samples, Duration::from_millis(2))
+            .await
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect(),
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let started = Instant::now();
+    let creations = 200;
+    for wave in (0..creations).step_by(20) {
+        let mut set = tokio::task::JoinSet::new();
+        for n in wave..wave + 20 {
+            let request = http
+                .post(daemon.url("/api/tasks"))
+                .bearer_auth(&daemon.token)
+                .json(&json!({"title": format!("soak day {day} new {n}")}));
+            set.spawn(async move { request.send().await.expect("created").status() });
+        }
+        while let Some(status) = set.join_next().await {
+            assert!(status.unwrap().is_success());
+        }
+    }
+    let create_per_s = creations as f64 / started.elapsed().as_secs_f64();
+    let cookie = cookie(home).await;
+    let mut board = Vec::new();
+    for _ in 0..13 {
+        let started = Instant::now();
+        let response =
+            http.get(daemon.url("/tasks")).header("cookie", &cookie).send().await.expect("board");
+        assert!(response.status().is_success());
+        response.bytes().await.unwrap();
+        board.push(started.elapsed());
+    }
+    let mut list = Vec::new();
+    for _ in 0..7 {
+        let started = Instant::now();
+        let out = home.ccm().args(["task", "list"]).output().expect("task list");
+        assert!(out.status.success());
+        list.push(started.elapsed());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss = Memory::of(daemon.child.id()).rss_mb;
+    drop(daemon);
+    Day {
+        day,
+        hook,
+        create_per_s,
+        board: Stats::new(board.split_off(3)),
+        list: Stats::new(list.split_off(2)),
+        idle_rss,
+        rss,
+        db,
+        rows,
+    }
+}
+
+/// Hook latency while the daemon's own pass deletes `rows` old events, against the same load
+/// outside the pass (samples sorted by whether they were sent during a recorded pass).
+async fn during_pass(home: &TestHome, sizes: &Sizes) {
+    {
+        let mut conn = open_db(&home.db_file()).await;
+        let old = now_ms() - 40 * DAY_MS;
+        let mut tx = conn.begin().await.unwrap();
+        for i in 0..sizes.pass_rows {
+            sqlx::query("INSERT INTO hook_events (key, at, system, event, kind, via, payload) VALUES (?, ?, 'claude', 'PreToolUse', 'pre_tool', 'api', '{\"tool_name\":\"Read\"}')")
+                .bind(format!("old-{i}")).bind(old + i as i64).execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        sqlx::query("DELETE FROM retention_passes").execute(&mut conn).await.unwrap();
+    }
+    let daemon = home.start_with(|c| {
+        c.env("CCM_RETENTION__EVERY", "4s");
+    });
+    // 1,000 requests/s for 12 s: before, during and after the first pass.
+    let samples = hooks(&daemon, 12_000, Duration::from_millis(1)).await;
+    drop(daemon);
+    let mut conn = open_db(&home.db_file()).await;
+    let passes: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT started_at, finished_at, removed FROM retention_passes \
+         WHERE json_extract(removed, '$.hook_events') > 0",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let during = |at: i64| passes.iter().any(|(s, f, _)| at >= *s && at <= *f);
+    let first = passes.first().map_or(0, |(s, _, _)| *s);
+    // Outside: the samples before the pass that deleted them (later passes find little).
+    let (inside, outside): (Vec<_>, Vec<_>) = samples
+        .into_iter()
+        .filter(|(at, _)| during(*at) || *at < first)
+        .partition(|(at, _)| during(*at));
+    // Later passes remove the odd event that crossed the 14-day line meanwhile.
+    match passes.first() {
+        Some((s, f, r)) => println!(
+            "\nhook latency during the daemon's retention pass ({} old rows; the pass took {} ms and removed {r}; {} passes in all)",
+            sizes.pass_rows,
+            f - s,
+            passes.len()
+        ),
+        None => println!("\nno retention pass removed hook events during the measurement"),
+    }
+    let show = |what: &str, samples: Vec<(i64, Duration)>| {
+        if samples.is_empty() {
+            println!("  {what}: no samples");
+            return None;
+        }
+        let n = samples.len();
+        let stats = Stats::new(samples.into_iter().map(|(_, d)| d).collect());
+        println!(
+            "  {what:<22} n={n:<6} p50 {}  p99 {}  max {}",
+            ms(stats.p50),
+            ms(stats.p99),
+            ms(stats.max)
+        );
+        Some(stats)
+    };
+    let idle = show("outside a pass (idle)", outside);
+    let busy = show("during the pass", inside);
+    if let (Some(idle), Some(busy)) = (idle, busy) {
+        println!(
+            "  p99 during / idle: {:.2}× (goal ≤ 1.20×)",
+            busy.p99.as_secs_f64() / idle.p99.as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    let sizes = Sizes {
+        days: env("CCM_SOAK_DAYS", 30).max(2),
+        hooks: env("CCM_SOAK_HOOKS_PER_DAY", 20_000),
+        tasks: env("CCM_SOAK_TASKS_PER_DAY", 200).max(1),
+        samples: env("CCM_SOAK_SAMPLES", 300).max(10),
+        pass_rows: env("CCM_SOAK_PASS_ROWS", 100_000),
+    };
+    assert!(ccm_bin().exists(), "build ccm first");
+    println!(
+        "soak: {} days, {} hook events and {} tasks a day; {}",
+        sizes.days,
+        sizes.hooks,
+        sizes.tasks,
+        machine()
+    );
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let home = TestHome::new("soak");
+        home.write_config("retention:\n  every: never\n");
+        home.run_ok(&["status"]);
+        let start = now_ms() - sizes.days as i64 * DAY_MS;
+        let middle = 14.min(sizes.days - 1);
+        let mut measured = Vec::new();
+        let mut conn = open_db(&home.db_file()).await;
+        for day in 1..=sizes.days {
+            let day_start = start + (day as i64 - 1) * DAY_MS;
+            let filled = Instant::now();
+            fill_day(&mut conn, &home.home(), day, day_start, &sizes).await;
+            let fill = filled.elapsed();
+            let passed = Instant::now();
+            let removed = pass(&home, day_start + DAY_MS);
+            println!(
+                "day {day:>2}: filled in {}, pass in {} removed {removed}, db {}",
+                ms(fill),
+                ms(passed.elapsed()),
+                mb(db_bytes(&home) as f64 / 1e6)
+            );
+            if day == 1 || day == middle || day == sizes.days {
+                measured.push(measure(&home, day, &sizes).await);
+            }
+        }
+        drop(conn);
+        println!(
+            "\n{:<34} {}",
+            "figure",
+            measured
+                .iter()
+                .map(|d| format!("{:>14}", format!("day {}", d.day)))
+                .collect::<String>()
+                + "   last/first"
+        );
+        let row = |name: &str, f: &dyn Fn(&Day) -> f64, unit: &dyn Fn(f64) -> String| {
+            let values: Vec<f64> = measured.iter().map(f).collect();
+            let ratio = values.last().unwrap() / values.first().unwrap();
+            println!(
+                "{name:<34} {}   {ratio:.2}×",
+                values.iter().map(|v| format!("{:>14}", unit(*v))).collect::<String>()
+            );
+        };
+        let msf = |v: f64| format!("{v:.2} ms");
+        row("hook ingest p50", &|d| d.hook.p50.as_secs_f64() * 1e3, &msf);
+        row("hook ingest p99", &|d| d.hook.p99.as_secs_f64() * 1e3, &msf);
+        row("task creation (tasks/s)", &|d| d.create_per_s, &|v| format!("{v:.0}"));
+        row("board GET /tasks p50", &|d| d.board.p50.as_secs_f64() * 1e3, &msf);
+        row("ccm task list p50", &|d| d.list.p50.as_secs_f64() * 1e3, &msf);
+        row("daemon RSS idle (MB)", &|d| d.idle_rss, &|v| format!("{v:.1}"));
+        row("daemon RSS after load (MB)", &|d| d.rss, &|v| format!("{v:.1}"));
+        row("database + WAL (MB)", &|d| d.db as f64 / 1e6, &|v| format!("{v:.1}"));
+        row("hook_events rows", &|d| d.rows as f64, &|v| format!("{v:.0}"));
+        during_pass(&home, &sizes).await;
+    });
+}
