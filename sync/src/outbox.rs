@@ -73,6 +73,9 @@ pub struct TaskSummaryRowV1 {
     /// The files the task touched so far, at most 200 (`conflicts`; none in older rows).
     #[serde(default)]
     pub touched_files: Vec<String>,
+    /// The task's land state (`ccm_schema::LandState`'s name; none in older rows).
+    #[serde(default)]
+    pub land_state: Option<String>,
 }
 
 impl TaskSummaryRowV1 {
@@ -95,6 +98,7 @@ impl TaskSummaryRowV1 {
             input_tokens: None,
             output_tokens: None,
             touched_files: Vec::new(),
+            land_state: task.land_state.map(|s| s.as_str().to_string()),
         }
     }
 }

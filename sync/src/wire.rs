@@ -91,6 +91,9 @@ pub struct TaskSummaryV1 {
     /// The files the task touched (at most 200, relative to its repository), so that the
     /// other systems' conflict prediction includes it; empty in rows written before.
     pub touched_files: Vec<String>,
+    /// Where a `complete` task's landing on its target branch is (`land_queued`, `landing`,
+    /// `merged`, `moved`, `landed`, `land_failed`); none before it entered a land queue.
+    pub land_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,6 +197,7 @@ impl Item {
                     created_at: task.created_at,
                     updated_at: task.updated_at,
                     touched_files: task.touched_files,
+                    land_state: task.land_state,
                 })
             }
             "alert" => {

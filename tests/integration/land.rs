@@ -360,6 +360,21 @@ async fn two_systems_land_on_one_remote_one_at_a_time_through_the_central_lease(
     assert!(first.1 <= second.0, "landings overlapped: {a_span:?} {b_span:?}");
     assert_eq!(a_detail["landing"]["restarts"], 0, "{a_detail:#}");
     assert_eq!(b_detail["landing"]["restarts"], 0, "{b_detail:#}");
+
+    // The central shows where each landing is: both landed, each on the system that landed it.
+    let central_land = || {
+        fleet.central.pg.query(&format!(
+            "select string_agg(system_name || ' ' || coalesce(land_state::text, '-'), ', ' \
+             order by system_name) from api.fleet_tasks where task_id in ('{a}', '{b}')"
+        ))
+    };
+    let shown = wait_until(Duration::from_secs(20), || async {
+        alpha.home.run_ok(&["sync", "now"]);
+        beta.home.run_ok(&["sync", "now"]);
+        central_land() == "alpha landed, beta landed"
+    })
+    .await;
+    assert!(shown, "the central shows: {}", central_land());
 }
 
 #[tokio::test]
