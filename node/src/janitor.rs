@@ -41,8 +41,8 @@ pub enum Disposal {
     Discarded,
 }
 
-/// The one place that maps a task state to what may happen to its work. The landing states
-/// (`landed`, `discarded`) are named here for the land queue.
+/// The one place that maps a task state to what may happen to its work (`landed` and
+/// `discarded` as `Store::task_ends` reads them from the land queue and `ccm task discard`).
 pub fn disposal(state: &str) -> Disposal {
     match state {
         "discarded" => Disposal::Discarded,

@@ -461,3 +461,57 @@ async fn a_rebased_commit_without_the_task_id_lands_with_it_in_its_subject() {
         [format!("[{}] a commit without the id", &id[..8]), format!("[{}] edit one.txt", &id[..8])],
     );
 }
+
+#[tokio::test]
+async fn a_discarded_task_leaves_the_land_plan_and_gc_removes_its_unlanded_branch() {
+    let (home, repo) = setup("land-discard", 2, "  auto: false\n");
+    let daemon = home.start();
+    let kept = add_task(&home, &repo, "edit kept.txt kept", &[]);
+    let dropped = add_task(&home, &repo, "edit dropped.txt dropped", &[]);
+    wait_state(&daemon, &kept, "complete").await;
+    wait_state(&daemon, &dropped, "complete").await;
+    let plan = home.run_json(&["land", "--plan", "--repo", &repo]);
+    assert_eq!(plan.as_array().unwrap().len(), 2, "{plan:#}");
+
+    // An unfinished task is refused, naming its state.
+    let waiting = add_task(&home, &repo, "edit later.txt later", &["--after", &kept]);
+    let refused = home.run(&["task", "discard", &waiting]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("is created") && stderr.contains("cancel it first"), "{stderr}");
+
+    let said = home.run_ok(&["task", "discard", &dropped, "--reason", "wrong approach"]);
+    assert!(said.contains(&format!("task {} discarded", &dropped[..8])), "{said}");
+    let shown = home.run_ok(&["task", "show", &dropped]);
+    assert!(shown.contains("discarded") && shown.contains("wrong approach"), "{shown}");
+    assert_eq!(task(&daemon, &dropped).await["discarded"]["reason"], "wrong approach");
+    // It leaves the plan, and landing it is refused.
+    let plan = home.run_json(&["land", "--plan", "--repo", &repo]);
+    let planned: Vec<&str> =
+        plan.as_array().unwrap().iter().map(|p| p["task_id"].as_str().unwrap()).collect();
+    assert_eq!(planned, [kept.as_str()], "{plan:#}");
+    let refused = home.run(&["land", &dropped]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("was discarded"), "{stderr}");
+
+    // The janitor removes the discarded branch although main lacks its commit, and keeps the
+    // other finished task's unlanded one.
+    let dropped_branch = format!("ccm/{}", &dropped[..8]);
+    let kept_branch = format!("ccm/{}", &kept[..8]);
+    assert_ne!(
+        git(&repo, &["rev-list", "--count", &format!("main..{dropped_branch}")]).trim(),
+        "0"
+    );
+    let gc = home.run_json(&["gc", "--dry-run"]);
+    let verdict = |branch: &str| {
+        gc["items"].as_array().unwrap().iter().find(|i| i["branch"] == branch).cloned()
+    };
+    let dropped_verdict = verdict(&dropped_branch).expect("the discarded branch is looked at");
+    assert_eq!(dropped_verdict["verdict"]["action"], "remove", "{gc:#}");
+    assert!(dropped_verdict["verdict"]["why"].as_str().unwrap().contains("discarded"), "{gc:#}");
+    assert_eq!(verdict(&kept_branch).expect("kept")["verdict"]["action"], "keep", "{gc:#}");
+    home.run_ok(&["gc"]);
+    let branches = git(&repo, &["branch", "--list", "ccm/*"]);
+    assert!(!branches.contains(&dropped_branch), "{branches}");
+    assert!(branches.contains(&kept_branch), "{branches}");
+}

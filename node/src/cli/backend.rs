@@ -12,7 +12,7 @@ use crate::home::{open_store, Home};
 use crate::placement::{self, Added, Place, PlacementError};
 use crate::status::Status;
 use crate::store::{
-    ContextProbe, NewTask, RetryPolicy, RoutedControl, RoutedTask, StaleTask, Store,
+    ContextProbe, Discarded, NewTask, RetryPolicy, RoutedControl, RoutedTask, StaleTask, Store,
     StoredHookEvent, TaskDetail, TaskFilter,
 };
 
@@ -189,6 +189,15 @@ impl Backend {
                 Ok(client.post(&["tasks", id, "dependencies"], json!({ "depends_on": on })).await?)
             }
             Backend::Local { store, .. } => Ok(store.add_dependencies(id, on, "cli").await?),
+        }
+    }
+
+    pub async fn discard(&self, id: &str, reason: &str) -> anyhow::Result<Discarded> {
+        match self {
+            Backend::Daemon(client) => {
+                Ok(client.post(&["tasks", id, "discard"], json!({ "reason": reason })).await?)
+            }
+            Backend::Local { store, .. } => Ok(store.discard_task(id, reason).await?),
         }
     }
 

@@ -296,6 +296,7 @@ fn show_dump(dump: &StateDump, sync: bool) {
             conflicts: Vec::new(),
             touched_files: Vec::new(),
             landing: None,
+            discarded: None,
             parent: None,
             subtasks: Vec::new(),
         });

@@ -70,6 +70,14 @@ pub enum TaskCommand {
         #[arg(long = "on", required = true, num_args = 1..)]
         on: Vec<String>,
     },
+    /// Drop a finished task's work: it leaves the land queue, and `ccm gc` may then remove its
+    /// branch and worktree whatever they hold.
+    Discard {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        #[arg(long, default_value = "discarded by the operator")]
+        reason: String,
+    },
     /// Print the task's branch against its target (what landing it would bring).
     Diff {
         #[arg(value_parser = not_empty)]
@@ -454,6 +462,14 @@ pub async fn run(
             let reason = "moved by the operator";
             control(&backend, &id, RoutedControl::Pin, reason, system.as_deref(), not_routed).await
         }
+        TaskCommand::Discard { id, reason } => {
+            let discarded = backend.discard(&id, &reason).await?;
+            println!(
+                "task {} discarded: its work will not land; `ccm gc` removes its branch",
+                short_id(&discarded.task_id)
+            );
+            Ok(())
+        }
         TaskCommand::Depend { id, on } => {
             let task = backend.add_dependencies(&id, &on).await?;
             let deps: Vec<String> = task.depends_on.iter().map(short_id).collect();
@@ -764,6 +780,9 @@ pub(super) fn show_task(detail: &TaskDetail) {
     );
     if let Some(why) = &detail.stale {
         println!("  stale     {why}; the fleet's result is on the task's origin");
+    }
+    if let Some(discarded) = &detail.discarded {
+        println!("  discarded {} ({})", discarded.discarded_at, discarded.reason);
     }
     if let Some(landing) = &detail.landing {
         let head = |h: &Option<String>| {

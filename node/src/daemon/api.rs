@@ -16,6 +16,7 @@
 //! | `GET /api/conflicts?repo=` | the predicted conflicts of every repository with active tasks (or of one: a task's `repo`), as the predictor last recorded them: `[{"repo", "conflicts"}]` |
 //! | `GET /api/tasks/{id}/diff` | the task's branch against its target: `{"branch", "target", "base", "head", "files": [{"path", "status", "binary", "hunks": [{"header", "old_start", "new_start", "lines"}]}], "truncated"}` |
 //! | `POST /api/tasks/{id}/dependencies` | `{"depends_on": [ids]}`; a cycle answers 409 |
+//! | `POST /api/tasks/{id}/discard` | `{"reason"}`: drop a finished task's work (it leaves the land queue; the janitor may remove its branch); a task not finished, landing or landed answers 400 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks", get(list_tasks).post(create_task))
         .route("/tasks/{id}", get(show_task))
         .route("/tasks/{id}/dependencies", post(add_dependencies))
+        .route("/tasks/{id}/discard", post(discard_task))
         .route("/contexts", get(list_contexts).post(add_context))
         .route("/contexts/{key}", axum::routing::delete(remove_context))
         .route("/hooks", post(hook))
@@ -477,6 +479,24 @@ async fn add_dependencies(
     let task = state.store.add_dependencies(&id, &body.depends_on, &actor(&headers)?).await?;
     state.wake_scheduler();
     Ok(Json(task))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Discard {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn discard_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Discard>,
+) -> Result<Json<crate::store::Discarded>, ApiError> {
+    let reason = body.reason.unwrap_or_else(|| "discarded by the operator".into());
+    let discarded = state.store.discard_task(&id, &reason).await?;
+    state.wake();
+    Ok(Json(discarded))
 }
 
 #[derive(Deserialize)]

@@ -810,7 +810,9 @@ pub async fn plan(store: &Store, home: &Path, repo: Option<&Path>) -> Result<Vec
         if seen.contains(&task.id) || task.repo.is_none() {
             continue;
         }
-        if landings.iter().any(|l| l.task_id == task.id && l.state == LandState::Landed) {
+        if landings.iter().any(|l| l.task_id == task.id && l.state == LandState::Landed)
+            || store.discarded(task.id).await?.is_some()
+        {
             continue;
         }
         let Ok(policy) = Policy::of(store, home, &task).await else { continue };

@@ -30,10 +30,11 @@ impl Store {
     /// The tasks with a repository that are active (see `conflicts::Phase::of`), with the
     /// files their agents wrote and the directories they worked in.
     pub async fn active_tasks(&self) -> Result<Vec<ActiveRow>> {
-        // A landed task is on its target: nothing of it is left to conflict.
+        // A landed task is on its target, a discarded one's work is dropped: neither conflicts.
         const ACTIVE: &str =
             "repo IS NOT NULL AND state NOT IN ('created', 'failed', 'cancelled') \
-            AND id NOT IN (SELECT task_id FROM landings WHERE state = 'landed')";
+            AND id NOT IN (SELECT task_id FROM landings WHERE state = 'landed') \
+            AND id NOT IN (SELECT task_id FROM discarded_tasks)";
         let mut conn = self.readers.acquire().await?;
         let rows: Vec<(String, String, TaskState, String)> = sqlx::query_as(&format!(
             r#"

@@ -93,6 +93,15 @@ impl Store {
                 ),
             });
         }
+        if discarded_in(&mut tx, id).await?.is_some() {
+            return Err(StoreError::Invalid {
+                field: "task",
+                message: format!(
+                    "task {} was discarded: its work does not land",
+                    loaded.short_id()
+                ),
+            });
+        }
         let current = landing_in(&mut tx, id).await?;
         let from = current.as_ref().map(|l| l.state);
         if from == Some(LandState::LandQueued) {
@@ -120,6 +129,59 @@ impl Store {
         let landing = landing_in(&mut tx, id).await?;
         tx.commit().await?;
         landing.ok_or_else(|| StoreError::TaskNotFound(id.to_string()))
+    }
+
+    /// Drops a finished task's work (`ccm task discard`): the task keeps its state and history,
+    /// leaves its land queue and the conflict prediction, and the janitor may remove its branch
+    /// and worktree whatever they hold. Refused for a task that has not ended, and for one
+    /// whose landing is in progress or done.
+    pub async fn discard_task(&self, task: &str, reason: &str) -> Result<Discarded> {
+        let mut tx = self.write().await?;
+        let id = resolve_task(&mut tx, task).await?;
+        let loaded = load_task(&mut tx, id).await?;
+        let refuse = |message: String| StoreError::Invalid { field: "task", message };
+        if !loaded.state.is_terminal() && loaded.state != TaskState::Blocked {
+            return Err(refuse(format!(
+                "task {} is {}: only a finished task's work is discarded (cancel it first)",
+                loaded.short_id(),
+                loaded.state
+            )));
+        }
+        if let Some(landing) = landing_in(&mut tx, id).await? {
+            if landing.state == LandState::Landed || landing.state.in_progress() {
+                return Err(refuse(format!(
+                    "task {} is {}: its work is on the target, or about to be",
+                    loaded.short_id(),
+                    landing.state.label()
+                )));
+            }
+            sqlx::query("DELETE FROM landings WHERE task_id = ?")
+                .bind(id.hyphenated())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let now = Timestamp::now();
+        sqlx::query(
+            r#"
+            INSERT INTO discarded_tasks (task_id, reason, discarded_at) VALUES (?, ?, ?)
+            ON CONFLICT (task_id) DO NOTHING
+            "#,
+        )
+        .bind(id.hyphenated())
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        touch_task(&mut tx, id).await?;
+        let discarded = discarded_in(&mut tx, id).await?;
+        tx.commit().await?;
+        discarded.ok_or_else(|| StoreError::TaskNotFound(id.to_string()))
+    }
+
+    /// Whether (and why, when) the operator discarded the task's work.
+    pub async fn discarded(&self, task: Uuid) -> Result<Option<Discarded>> {
+        let mut conn = self.readers.acquire().await?;
+        discarded_in(&mut conn, task).await
     }
 
     /// Takes the lease of the task's queue and starts its landing from `old_head`. `false` when
@@ -305,6 +367,7 @@ impl Store {
             SELECT t.id, t.repo, EXISTS (SELECT 1 FROM landings l WHERE l.task_id = t.id)
             FROM tasks t
             WHERE t.state = 'complete' AND t.repo IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM discarded_tasks d WHERE d.task_id = t.id)
               AND NOT EXISTS (SELECT 1 FROM landings l WHERE l.task_id = t.id
                               AND (l.state <> 'land_failed' OR l.attempt = t.attempts))
             ORDER BY t.updated_at, t.id
@@ -316,6 +379,24 @@ impl Store {
             .map(|(id, repo, failed)| Ok((super::tasks::parse_id(&id)?, repo, failed)))
             .collect()
     }
+}
+
+/// A task whose work the operator dropped (`ccm task discard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Discarded {
+    #[sqlx(try_from = "Hyphenated")]
+    pub task_id: Uuid,
+    pub reason: String,
+    pub discarded_at: Timestamp,
+}
+
+async fn discarded_in(conn: &mut sqlx::SqliteConnection, task: Uuid) -> Result<Option<Discarded>> {
+    Ok(sqlx::query_as(
+        "SELECT task_id, reason, discarded_at FROM discarded_tasks WHERE task_id = ?",
+    )
+    .bind(task.hyphenated())
+    .fetch_optional(&mut *conn)
+    .await?)
 }
 
 async fn landing_in(conn: &mut sqlx::SqliteConnection, task: Uuid) -> Result<Option<Landing>> {

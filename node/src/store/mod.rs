@@ -55,7 +55,7 @@ pub use coordination::{
     AgentIdentity, Allocation, LockGrant, LockHolder, LockView, Subtask, SubtaskLimits,
 };
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
-pub use land::{LandFailure, LandStep, Landing};
+pub use land::{Discarded, LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use retention::{integrity_check_file, RetentionPass, RetentionReport, StorageStats, TaskEnd};

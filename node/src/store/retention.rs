@@ -506,11 +506,19 @@ pub struct TaskEnd {
 }
 
 impl Store {
-    /// Every task's id, title, state and last change, for the janitor.
+    /// Every task's id, title, state (`landed` or `discarded` when its work was) and last
+    /// change, for the janitor.
     pub async fn task_ends(&self) -> Result<Vec<TaskEnd>> {
         Ok(sqlx::query_as(
             r#"
-            SELECT id, title, state, updated_at, worktree IS NOT NULL AS has_worktree FROM tasks
+            SELECT t.id, t.title,
+                   CASE WHEN d.task_id IS NOT NULL THEN 'discarded'
+                        WHEN l.state = 'landed' THEN 'landed'
+                        ELSE t.state END AS state,
+                   t.updated_at, t.worktree IS NOT NULL AS has_worktree
+            FROM tasks t
+            LEFT JOIN discarded_tasks d ON d.task_id = t.id
+            LEFT JOIN landings l ON l.task_id = t.id
             "#,
         )
         .fetch_all(&self.readers)

@@ -92,6 +92,9 @@ pub struct TaskDetail {
     /// The task's landing on its target branch, once it entered a land queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landing: Option<super::Landing>,
+    /// Why and when the operator dropped the task's work (`ccm task discard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<super::Discarded>,
     /// The task this one is a sub-task of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
@@ -496,6 +499,7 @@ impl Store {
             conflicts: self.conflicts_of_task(id, repo.as_deref()).await?,
             touched_files: self.touched_files(id).await?,
             landing: self.landing(id).await?,
+            discarded: self.discarded(id).await?,
             parent: self.parent_of(id).await?,
             subtasks: self.subtasks(id).await?,
         })
