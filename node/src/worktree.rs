@@ -74,7 +74,7 @@ const SETUP_LOG: &str = "ccm-setup.log";
 
 /// Variables that would point git somewhere other than `-C <dir>` when the daemon was started
 /// from inside a git hook.
-const INHERITED_GIT_ENV: &[&str] = &[
+pub(crate) const INHERITED_GIT_ENV: &[&str] = &[
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",

@@ -12,18 +12,6 @@ use tokio::process::Command;
 
 use super::ConflictError;
 
-/// Variables that would point git elsewhere than `-C <dir>` (as in `worktree.rs`).
-const INHERITED_GIT_ENV: &[&str] = &[
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_COMMON_DIR",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-];
-
 /// The most diff text kept for one task (`ccm task diff`, the review page): 4 MiB.
 pub const DIFF_LIMIT: usize = 4 << 20;
 
@@ -39,7 +27,7 @@ async fn run(dir: &Path, args: &[&str], ok: &[i32]) -> Result<(i32, Vec<u8>), Co
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    for var in INHERITED_GIT_ENV {
+    for var in crate::worktree::INHERITED_GIT_ENV {
         cmd.env_remove(var);
     }
     let out = cmd

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::tasks::{apply_in_tx, load_task, raise_alert};
-use super::{outbox, Result, RetryPolicy, Store, StoreError, Writing};
+use super::{outbox, outbox_alert, Result, RetryPolicy, Store, StoreError, Writing};
 use crate::worktree::SavedWorktree;
 
 pub(super) const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
@@ -413,13 +413,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for alert in resolved {
-            outbox(
-                &mut tx,
-                &alert.id.to_string(),
-                &ccm_sync::outbox::AlertRowV1::from(&alert),
-                false,
-            )
-            .await?;
+            outbox_alert(&mut tx, &alert, false).await?;
         }
         tx.commit().await?;
         Ok(())

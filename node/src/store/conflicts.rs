@@ -168,13 +168,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for alert in &resolved {
-            super::outbox(
-                &mut tx,
-                &alert.id.to_string(),
-                &ccm_sync::outbox::AlertRowV1::from(alert),
-                false,
-            )
-            .await?;
+            super::outbox_alert(&mut tx, alert, false).await?;
         }
         for (conflict, key) in conflicts.iter().zip(&keys) {
             let (open,): (bool,) = sqlx::query_as(

@@ -618,6 +618,11 @@ async fn outbox<P: Payload + Clone>(
     outbox_rows(tx, &[(entity_id.to_string(), payload.clone())], urgent).await
 }
 
+/// Writes an alert's row (a new alert, or one resolved), in the urgent lane when `urgent`.
+async fn outbox_alert(tx: &mut Writing, alert: &ccm_schema::Alert, urgent: bool) -> Result<()> {
+    outbox(tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(alert), urgent).await
+}
+
 /// Writes a task's summary row: the task as the outbox carries it, with the cost and tokens
 /// of every agent that worked on it (worker and supervisory, all attempts) so far
 /// (`cost_usd` unknown, `None`, when no agent reported one).

@@ -993,13 +993,7 @@ async fn observed(tx: &mut Writing, before: Option<&RoutedTask>, id: Uuid) -> Re
             .fetch_all(&mut **tx)
             .await?;
             for alert in resolved {
-                super::outbox(
-                    tx,
-                    &alert.id.to_string(),
-                    &ccm_sync::outbox::AlertRowV1::from(&alert),
-                    false,
-                )
-                .await?;
+                super::outbox_alert(tx, &alert, false).await?;
             }
         }
         _ => {}

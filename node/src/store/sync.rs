@@ -112,13 +112,7 @@ async fn resolve_paused_alerts(tx: &mut Writing) -> Result<()> {
     .fetch_all(&mut **tx)
     .await?;
     for alert in resolved {
-        super::outbox(
-            tx,
-            &alert.id.to_string(),
-            &ccm_sync::outbox::AlertRowV1::from(&alert),
-            false,
-        )
-        .await?;
+        super::outbox_alert(tx, &alert, false).await?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::records::{ALERT_COLUMNS, DECISION_COLUMNS};
-use super::{outbox, Result, Store, StoreError, Writing};
+use super::{outbox, outbox_alert, Result, Store, StoreError, Writing};
 use crate::config::Config;
 
 /// A task to create, as the API and the CLI give it.
@@ -953,8 +953,7 @@ pub(super) async fn raise_alert(
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
-    let row = ccm_sync::outbox::AlertRowV1::from(&alert);
-    outbox(tx, &id.to_string(), &row, severity == Severity::Critical).await
+    outbox_alert(tx, &alert, severity == Severity::Critical).await
 }
 
 pub(super) async fn ask_decision(
@@ -1056,8 +1055,7 @@ async fn resolve_task_alerts(tx: &mut Writing, task: Uuid, now: Timestamp) -> Re
     .fetch_all(&mut **tx)
     .await?;
     for alert in resolved {
-        outbox(tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(&alert), false)
-            .await?;
+        outbox_alert(tx, &alert, false).await?;
     }
     Ok(())
 }
@@ -1079,8 +1077,7 @@ pub(super) async fn resolve_decision_alerts(
     .fetch_all(&mut **tx)
     .await?;
     for alert in resolved {
-        outbox(tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(&alert), false)
-            .await?;
+        outbox_alert(tx, &alert, false).await?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use ccm_schema::{Alert, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::records::ALERT_COLUMNS;
-use super::{outbox, Result, Store, StoreError};
+use super::{outbox_alert, Result, Store, StoreError};
 
 /// How many tasks of one state the board shows (the most recently changed).
 pub const BOARD_COLUMN_LIMIT: i64 = 50;
@@ -203,8 +203,7 @@ impl Store {
         .bind(alert.id.hyphenated())
         .fetch_one(&mut *tx)
         .await?;
-        outbox(&mut tx, &alert.id.to_string(), &ccm_sync::outbox::AlertRowV1::from(&alert), false)
-            .await?;
+        outbox_alert(&mut tx, &alert, false).await?;
         tx.commit().await?;
         Ok(alert)
     }
