@@ -1001,7 +1001,18 @@ async fn ccm_hook_without_ccm_spools_the_event_for_the_daemon() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = child.spawn().unwrap();
+    // Another test's fork may briefly hold the copy's write descriptor (between its fork and
+    // exec): the exec then fails with ETXTBSY until that child execs.
+    let mut tries = 0;
+    let mut child = loop {
+        match child.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
     let payload = claude("Stop", json!({})).to_string();
     child.stdin.take().unwrap().write_all(payload.as_bytes()).unwrap();
     let out = wait_or_kill(child, Duration::from_secs(15), "ccm-hook");
