@@ -30,6 +30,10 @@
 //!   `daemon_restarted`).
 //! - [`retention`]: bounded storage: the daemon's retention pass, janitor and scheduled
 //!   backup; [`janitor`]: what ended tasks left in repositories (branches, worktrees).
+//! - [`mcp`]: `ccm mcp`, the MCP server the agents call (sub-tasks, locks, allocations), which
+//!   speaks to the daemon as the calling agent; [`split`]: the deterministic splitting of
+//!   `ccm task add --split`.
+//! - [`routing`]: the node's side of routing across systems (origin, executor, fencing).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
 //!
