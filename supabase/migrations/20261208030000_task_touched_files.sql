@@ -9,8 +9,18 @@ alter table private.task_summaries add column touched_files text[] not null defa
   check (cardinality(touched_files) <= 200);
 alter type private.task_summary_item add attribute touched_files text[];
 
+-- A complete task's landing (issue 23): each summary carries its land state (`land_queued`,
+-- `landing`, `merged`, `moved`, `landed`, `land_failed`; none before the task entered a land
+-- queue), shown by `api.fleet_tasks`; a landed task is no longer active for the prediction.
+-- An enum rather than a check: an item with an unknown state fails its cast, so it alone is
+-- refused naming the field (`private.check_items`), not the whole batch at its insert.
+create type private.land_state as enum
+  ('land_queued', 'landing', 'merged', 'moved', 'landed', 'land_failed');
+alter table private.task_summaries add column land_state private.land_state;
+alter type private.task_summary_item add attribute land_state private.land_state;
+
 -- The body of `api.ingest_batch` as in `..._routed_lease_ownership.sql`, storing the summary's
--- `touched_files` too (cut to its first 200, so an item is never refused for it).
+-- `touched_files` (cut to its first 200, so an item is never refused for it) and `land_state` too.
 create or replace function private.ingest_batch_once(p_batch jsonb) returns jsonb
 language plpgsql security definer
 set search_path = ''
@@ -126,11 +136,11 @@ begin
         )
         insert into private.task_summaries as t (task_id, system_id, version, state, title,
           repo_url, profile, priority, attempts, max_attempts, cost_usd, input_tokens,
-          output_tokens, created_at, updated_at, touched_files)
+          output_tokens, created_at, updated_at, touched_files, land_state)
         select j.task_id, v_system, j.version, j.state, j.title, j.repo_url, j.profile,
                coalesce(j.priority, 0), coalesce(j.attempts, 0), j.max_attempts, j.cost_usd,
                j.input_tokens, j.output_tokens, j.created_at, j.updated_at,
-               coalesce(j.touched_files[1:200], '{}')
+               coalesce(j.touched_files[1:200], '{}'), j.land_state
           from judged j where not j.routed or j.holder
         on conflict (task_id) do update
            set system_id = excluded.system_id, version = excluded.version,
@@ -140,7 +150,8 @@ begin
                max_attempts = excluded.max_attempts, cost_usd = excluded.cost_usd,
                input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
                created_at = excluded.created_at, updated_at = excluded.updated_at,
-               touched_files = excluded.touched_files, received_at = now()
+               touched_files = excluded.touched_files, land_state = excluded.land_state,
+               received_at = now()
          where (t.system_id = excluded.system_id and t.version < excluded.version)
             or (t.system_id <> excluded.system_id
                 and exists (select from private.routed_tasks r
@@ -278,16 +289,17 @@ begin
        and s.state <> 'revoked'
        and t.repo_url in (select jsonb_array_elements_text(p_repo_urls))
        and t.state not in ('created', 'failed', 'cancelled')
+       and t.land_state is distinct from 'landed'
        and cardinality(t.touched_files) > 0);
 end
 $$;
 revoke execute on function api.fleet_task_files(jsonb) from public, anon;
 grant execute on function api.fleet_task_files(jsonb) to authenticated;
 
--- The fleet's tasks, with what each touched.
+-- The fleet's tasks, with what each touched and where its landing is.
 create or replace view api.fleet_tasks with (security_invoker = true) as
 select t.task_id, t.system_id, s.name as system_name, t.state, t.title, t.repo_url, t.profile,
        t.priority, t.attempts, t.max_attempts, t.cost_usd, t.version, t.created_at,
-       t.updated_at, t.touched_files
+       t.updated_at, t.touched_files, t.land_state
   from private.task_summaries t
   join private.systems s using (system_id);
