@@ -34,19 +34,15 @@ pub struct Status {
 
 impl Status {
     pub async fn gather(store: &Store, daemon: Option<DaemonInfo>) -> crate::store::Result<Status> {
+        let counts = store.dashboard_counts().await?;
         Ok(Status {
             system: store.system().await?,
             daemon,
             tasks: store.state_counts().await?,
-            open_alerts: store.open_alerts().await?.len(),
-            pending_decisions: store
-                .decisions()
-                .await?
-                .iter()
-                .filter(|d| d.answered_at.is_none())
-                .count(),
+            open_alerts: usize::try_from(counts.open_alerts).unwrap_or(0),
+            pending_decisions: usize::try_from(counts.pending_decisions).unwrap_or(0),
             outbox: store.outbox_counts().await?,
-            agents_running: store.live_agents().await?.len(),
+            agents_running: usize::try_from(counts.live_agents).unwrap_or(0),
             today: store.cost_since(start_of_today()).await?,
             sync: store.sync_status().await?,
             loops: Vec::new(),

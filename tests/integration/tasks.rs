@@ -404,3 +404,64 @@ async fn blocked_task_after_exhausted_attempts_raises_alert_and_decision() {
     let (_, task) = daemon.get(&format!("/api/tasks/{id}")).await;
     assert_eq!(task["attempts"], 0, "a retry starts a fresh attempt budget");
 }
+
+#[tokio::test]
+async fn task_list_shows_every_unfinished_task_and_only_the_most_recently_finished_ones() {
+    let home = TestHome::new("list-window");
+    let mut ids = Vec::new();
+    for n in 0..58 {
+        ids.push(
+            home.run_json(&["task", "add", &format!("task {n}")])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The first 55 finish (cancelled), oldest first; the last three stay open.
+    for id in &ids[..55] {
+        home.run_ok(&["task", "cancel", id]);
+    }
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["task", "list"];
+        all.extend_from_slice(args);
+        home.run_json(&all)
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // By default: the 50 most recently finished and every open one, oldest first.
+    assert_eq!(listed(&[]), ids[5..].to_vec());
+    assert_eq!(listed(&["--limit", "2"]), ids[53..].to_vec());
+    assert_eq!(listed(&["--all"]), ids);
+    assert_eq!(listed(&["--state", "created", "--limit", "0"]), ids[55..].to_vec());
+    let text = home.run_ok(&["task", "list", "--limit", "2"]);
+    assert!(text.contains("older finished tasks are not listed"), "{text}");
+    assert!(
+        text.contains("task 54") && text.contains("task 57") && !text.contains("task 52"),
+        "{text}"
+    );
+    let text = home.run_ok(&["task", "list", "--all"]);
+    assert!(!text.contains("older finished tasks"), "{text}");
+
+    // The API takes the same window; a bad one is named.
+    let daemon = home.start();
+    let (status, body) = daemon.get("/api/tasks?finished=1&state=cancelled").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body[0]["id"].as_str().unwrap(), ids[54]);
+    let (status, body) = daemon.get("/api/tasks?finished=many").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("finished"), "{body}");
+}
+
+#[tokio::test]
+async fn status_counts_tasks_per_state_as_they_are_added_and_move() {
+    let home = TestHome::new("state-counts");
+    let a = home.run_json(&["task", "add", "one"])["id"].as_str().unwrap().to_string();
+    home.run_json(&["task", "add", "two"]);
+    home.run_ok(&["task", "cancel", &a]);
+    let status = home.run_json(&["status"]);
+    assert_eq!(status["tasks"], json!({ "created": 1, "cancelled": 1 }), "{status}");
+}

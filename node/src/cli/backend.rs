@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ccm_schema::{Alert, Context, Task, TaskEvent, TaskState};
+use ccm_schema::{Alert, Context, Task, TaskEvent};
 use serde_json::json;
 
 use crate::client::Client;
@@ -136,15 +136,21 @@ impl Backend {
         }
     }
 
-    pub async fn tasks(&self, state: Option<TaskState>) -> anyhow::Result<Vec<Task>> {
+    /// Tasks, oldest first: see [`TaskFilter`].
+    pub async fn tasks(&self, filter: TaskFilter) -> anyhow::Result<Vec<Task>> {
         match self {
-            Backend::Daemon(client) => match state {
-                Some(state) => {
-                    Ok(client.get_query(&["tasks"], &[("state", state.as_str())]).await?)
-                }
-                None => Ok(client.get(&["tasks"]).await?),
-            },
-            Backend::Local { store, .. } => Ok(store.tasks(&TaskFilter { state }).await?),
+            Backend::Daemon(client) => {
+                let finished = filter.finished.map(|n| n.to_string());
+                let query: Vec<(&str, &str)> = [
+                    filter.state.map(|s| ("state", s.as_str())),
+                    finished.as_deref().map(|n| ("finished", n)),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                Ok(client.get_query(&["tasks"], &query).await?)
+            }
+            Backend::Local { store, .. } => Ok(store.tasks(&filter).await?),
         }
     }
 

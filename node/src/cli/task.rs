@@ -13,17 +13,23 @@ use super::output::{print, table};
 use crate::config::Config;
 use crate::home::{open_store, Home};
 use crate::placement::{Added, Place};
-use crate::store::{NewTask, RoutedControl, RoutedTask, Store, TaskDetail};
+use crate::store::{NewTask, RoutedControl, RoutedTask, Store, TaskDetail, TaskFilter};
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
     /// Create a task.
     Add(AddArgs),
-    /// List tasks, oldest first.
+    /// List tasks, oldest first: every unfinished task and the most recently finished ones.
     List {
         /// Only tasks in this state.
         #[arg(long)]
         state: Option<TaskState>,
+        /// Finished tasks (complete, failed, cancelled) to list, the most recent.
+        #[arg(long, default_value_t = 50, conflicts_with = "all")]
+        limit: u32,
+        /// Every task, however many have finished.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -365,8 +371,24 @@ pub async fn run(
                 }
             }
         }
-        TaskCommand::List { state, json } => {
-            let tasks = backend.tasks(state).await?;
+        TaskCommand::List { state, limit, all, json } => {
+            // One more than shown says whether older finished tasks were left out.
+            let finished = (!all).then_some(i64::from(limit) + 1);
+            let mut tasks = backend.tasks(TaskFilter { state, finished }).await?;
+            let older = finished.is_some_and(|n| {
+                tasks.iter().filter(|t| t.state.is_terminal()).count() as i64 >= n
+            });
+            if older {
+                let oldest = tasks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.state.is_terminal())
+                    .min_by(|(_, a), (_, b)| a.updated_at.cmp(&b.updated_at).then(b.id.cmp(&a.id)))
+                    .map(|(i, _)| i);
+                if let Some(i) = oldest {
+                    tasks.remove(i);
+                }
+            }
             let mut routed =
                 if config.sync.enabled() { backend.routed_tasks().await? } else { vec![] };
             if let Some(state) = state {
@@ -397,6 +419,11 @@ pub async fn run(
                 return print(true, &all, |_| {});
             }
             show_tasks(&tasks, &stale);
+            if older {
+                println!(
+                    "older finished tasks are not listed (--limit N lists more, --all every one)"
+                );
+            }
             show_routed_tasks(&routed);
             Ok(())
         }

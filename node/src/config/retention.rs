@@ -104,7 +104,8 @@ pub struct RetentionConfig {
     pub every: Keep,
     /// Rows deleted per transaction: the write lock is held for one batch at a time.
     pub batch_rows: u32,
-    /// Pause between two batches, in milliseconds, so other writes go first.
+    /// Pause between two batches, in milliseconds, so other writes go first (at least; the
+    /// pass also pauses four times as long as a batch held the writer).
     pub pause_ms: u64,
 }
 
@@ -119,7 +120,7 @@ impl Default for RetentionConfig {
             alerts_resolved: Keep::days(90),
             decisions_answered: Keep::days(90),
             every: Keep(Some(Duration::from_secs(3600))),
-            batch_rows: 500,
+            batch_rows: 100,
             pause_ms: 5,
         }
     }

@@ -805,7 +805,7 @@ pub async fn plan(store: &Store, home: &Path, repo: Option<&Path>) -> Result<Vec
         });
     }
     let queued = planned.len();
-    let filter = crate::store::TaskFilter { state: Some(TaskState::Complete) };
+    let filter = crate::store::TaskFilter { state: Some(TaskState::Complete), finished: None };
     for task in store.tasks(&filter).await? {
         if seen.contains(&task.id) || task.repo.is_none() {
             continue;

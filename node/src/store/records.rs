@@ -28,9 +28,10 @@ pub struct OutboxCounts {
 }
 
 impl Store {
+    /// Tasks per state, from the counts the task table's triggers keep.
     pub async fn state_counts(&self) -> Result<StateCounts> {
         let rows: Vec<(TaskState, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM tasks GROUP BY state")
+            sqlx::query_as("SELECT state, n FROM task_state_counts WHERE n > 0")
                 .fetch_all(&self.readers)
                 .await?;
         Ok(rows.into_iter().collect())

@@ -3,7 +3,9 @@
 //! numbers `ccm status` and `/metrics` show about the database.
 //!
 //! Each batch is one short transaction on the store's one writer (`retention.batch_rows` rows,
-//! then a pause of `retention.pause_ms`), so hooks and task changes wait at most one batch.
+//! then a pause of `retention.pause_ms` or four times the batch's time on the writer, whichever
+//! is longer), so hooks and task changes wait at most one batch and the pass has the writer at
+//! most a fifth of the time.
 //! Never deleted: what a task that has not ended needs (its hook events), an open alert or a
 //! pending decision (their notifications), an outbox row not acknowledged (pending, sealed,
 //! rejected) and the newest outbox row (its seq keeps the sequence monotonic), and aggregates
@@ -176,6 +178,9 @@ const COUNTED: &[&str] = &[
     "notification_sends",
 ];
 
+/// After a batch, the pass pauses at least this many times as long as the batch held the
+/// writer: the writer is the pass's at most a fifth of the time.
+const WRITER_SHARE_PAUSE: u32 = 4;
 /// Pages an incremental vacuum step gives back (1 MiB at 4 KiB pages) while holding the writer.
 const VACUUM_STEP_PAGES: i64 = 256;
 /// Passes kept in `retention_passes`.
@@ -265,6 +270,7 @@ impl Store {
             after = last;
             let json = serde_json::Value::from(keys.clone()).to_string();
             let mut tx = self.write().await?;
+            let held = std::time::Instant::now();
             // Still past its age and unneeded: the conditions are checked again under the lock.
             let gone: Vec<i64> = sqlx::query_scalar(&format!(
                 "SELECT {key} FROM {table} WHERE {key} IN (SELECT value FROM json_each(?1)) \
@@ -285,11 +291,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            let held = held.elapsed();
             removed += gone.len() as u64;
             if (keys.len() as i64) < batch {
                 return Ok(removed);
             }
-            tokio::time::sleep(pause).await;
+            // The pass holds the writer at most a fifth of the time, however slow the disk.
+            tokio::time::sleep(pause.max(held * WRITER_SHARE_PAUSE)).await;
         }
     }
 

@@ -55,6 +55,10 @@ pub struct NewTask {
 #[serde(deny_unknown_fields)]
 pub struct TaskFilter {
     pub state: Option<TaskState>,
+    /// At most this many finished tasks (complete, failed, cancelled), the most recently
+    /// changed; every one when absent. Unfinished tasks are always listed.
+    #[serde(default)]
+    pub finished: Option<i64>,
 }
 
 /// A task with its whole log, its attempts and its reports.
@@ -438,24 +442,67 @@ impl Store {
         Ok(needed)
     }
 
-    /// Tasks, oldest first, each with its dependencies.
+    /// Tasks, oldest first, each with its dependencies and landing. With `filter.finished`, the
+    /// finished ones are the newest that many (one index range per finished state), so the list
+    /// does not grow with the months of finished tasks a node keeps.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
-        let mut tasks: Vec<Task> = sqlx::query_as(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at, id"
-        ))
-        .bind(filter.state)
+        let mut tasks: Vec<Task> = match filter.finished {
+            None => {
+                sqlx::query_as(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) \
+                     ORDER BY created_at, id"
+                ))
+                .bind(filter.state)
+                .fetch_all(&self.readers)
+                .await?
+            }
+            Some(finished) => {
+                let states =
+                    TaskState::ALL.iter().filter(|s| filter.state.is_none_or(|f| f == **s));
+                let mut tasks: Vec<Task> = Vec::new();
+                let mut ended: Vec<Task> = Vec::new();
+                for state in states {
+                    let rows: Vec<Task> = sqlx::query_as(&format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_board WHERE state = ?1 \
+                         ORDER BY updated_at DESC, id LIMIT ?2"
+                    ))
+                    .bind(state)
+                    .bind(if state.is_terminal() { finished.max(0) } else { -1 })
+                    .fetch_all(&self.readers)
+                    .await?;
+                    if state.is_terminal() {
+                        ended.extend(rows)
+                    } else {
+                        tasks.extend(rows)
+                    }
+                }
+                ended.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
+                ended.truncate(usize::try_from(finished).unwrap_or(0));
+                tasks.extend(ended);
+                tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+                tasks
+            }
+        };
+        let ids =
+            serde_json::Value::from(tasks.iter().map(|t| t.id.to_string()).collect::<Vec<_>>())
+                .to_string();
+        let edges: Vec<(String, String)> = sqlx::query_as(
+            "SELECT task_id, depends_on FROM task_deps \
+             WHERE task_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&ids)
         .fetch_all(&self.readers)
         .await?;
-        let edges: Vec<(String, String)> =
-            sqlx::query_as("SELECT task_id, depends_on FROM task_deps")
-                .fetch_all(&self.readers)
-                .await?;
         let mut deps: HashMap<String, Vec<Uuid>> = HashMap::new();
         for (task, dep) in edges {
             deps.entry(task).or_default().push(parse_id(&dep)?);
         }
-        let landings: Vec<(String, ccm_schema::LandState)> =
-            sqlx::query_as("SELECT task_id, state FROM landings").fetch_all(&self.readers).await?;
+        let landings: Vec<(String, ccm_schema::LandState)> = sqlx::query_as(
+            "SELECT task_id, state FROM landings WHERE task_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&ids)
+        .fetch_all(&self.readers)
+        .await?;
         let mut landings: HashMap<String, ccm_schema::LandState> = landings.into_iter().collect();
         for task in &mut tasks {
             let id = task.id.to_string();

@@ -105,19 +105,30 @@ impl Store {
             .await?;
             cards.extend(rows);
         }
-        let counts = sqlx::query_as(&format!(
-            r#"
-            SELECT state, count(*) FROM tasks
-            WHERE (?1 IS NULL OR state = ?1) AND {matching}
-            GROUP BY state
-            "#
-        ))
-        .bind(state)
-        .bind(repo)
-        .bind(profile)
-        .bind(&q)
-        .fetch_all(&self.readers)
-        .await?;
+        // Unfiltered, the counts the task table's triggers keep; filtered, a count of the
+        // matching tasks.
+        let counts = if repo.is_none() && profile.is_none() && q.is_none() {
+            sqlx::query_as(
+                "SELECT state, n FROM task_state_counts WHERE n > 0 AND (?1 IS NULL OR state = ?1)",
+            )
+            .bind(state)
+            .fetch_all(&self.readers)
+            .await?
+        } else {
+            sqlx::query_as(&format!(
+                r#"
+                SELECT state, count(*) FROM tasks
+                WHERE (?1 IS NULL OR state = ?1) AND {matching}
+                GROUP BY state
+                "#
+            ))
+            .bind(state)
+            .bind(repo)
+            .bind(profile)
+            .bind(&q)
+            .fetch_all(&self.readers)
+            .await?
+        };
         Ok((cards, counts))
     }
 
