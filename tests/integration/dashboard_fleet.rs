@@ -211,13 +211,21 @@ async fn creating_a_task_for_a_repository_only_node_b_holds_says_it_runs_on_b_an
 
 /// Acceptance 5: with postrust stopped, alpha's systems page says the central is unreachable
 /// and still shows the last known systems with the state's age; once it runs again the page
-/// is live again, without a reload.
+/// is live again, without a reload. Before that, it shows each system's presence, slots,
+/// heartbeat, repositories and health (disk, load, backlog) from the central.
 #[tokio::test]
 async fn with_the_central_stopped_the_systems_page_says_unreachable_with_the_last_state_and_its_age_and_recovers_without_reload(
 ) {
     let mut fleet = Fleet::start();
-    let alpha = fleet.node(1, "alpha", false, "commit").up();
-    let _beta = fleet.node(2, "beta", true, "commit").up();
+    // Health snapshots every second, so the systems page has disk, load and backlog to show.
+    let with_health = |node: Node| {
+        let file = node.home.home().join("config.yaml");
+        let config = std::fs::read_to_string(&file).expect("the node's config");
+        node.home.write_config(&config.replace("sync:\n", "sync:\n  health_secs: 1\n"));
+        node.up()
+    };
+    let alpha = with_health(fleet.node(1, "alpha", false, "commit"));
+    let _beta = with_health(fleet.node(2, "beta", true, "commit"));
     let shots = shots("fleet-unreachable");
     let browser = Browser::start(&shots, 1280, 900).await;
     sign_in(&alpha, &browser).await;
@@ -225,11 +233,13 @@ async fn with_the_central_stopped_the_systems_page_says_unreachable_with_the_las
     let both = "return document.querySelectorAll('article[data-system]').length === 2 && \
                 document.getElementById('sync-status').textContent.includes('live from the central')";
     browser.wait_for("both systems, live", SLOW, both).await;
+    let health = "return Array.from(document.querySelectorAll('article[data-system]')).every(a => \
+                  !a.textContent.includes('no health snapshot yet'))";
+    browser.wait_for("each system's health", SLOW, health).await;
     let text = browser.text().await;
     assert!(text.contains("Last heartbeat") && text.contains("Load"), "{text}");
     browser.screenshot("live").await;
     mark_page(&browser).await;
-
     fleet.central.stop_rest();
     browser
         .wait_for(
