@@ -1418,7 +1418,7 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
         Ok::<_, Response>(render(&Systems {
             layout,
             systems: vec![this],
-            sync: "Sync not configured: only this system is shown.".into(),
+            sync: "Only this system is shown: sync not configured.".into(),
             unreachable: false,
         }))
     };
