@@ -1,7 +1,8 @@
 //! The fleet as the dashboard shows it (issue 26, "One fleet"): a background refresher asks the
 //! central, never a page render, so pages stay as fast as the local store.
 //!
-//! Every [`REFRESH`] the [`Refresher`] calls `api.fleet_overview` with the system's own
+//! While a page is open (an event stream, or a page rendered in the last [`DEMAND`]; an idle
+//! node asks the central nothing) and every [`REFRESH`], the [`Refresher`] calls `api.fleet_overview` with the system's own
 //! identity (every system of its owner with presence, slots, repositories and health; tasks per
 //! state per system; open alerts; cost per system per day) and, when an operator is signed in
 //! on this node (`ccm sync operator`, `auth.json`'s `operator`, a client of its own), reads the
@@ -11,12 +12,14 @@
 //! view kept in the store) moves the hub's fleet version and sends the pages a `fleet` change,
 //! so they come back live without a reload.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ccm_schema::Timestamp;
 use ccm_sync::wire::{FleetOverviewParamsV1, FleetOverviewV1, FleetTaskV1, FLEET_TASK_COLUMNS};
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -24,8 +27,13 @@ use super::live::Hub;
 use crate::home::Home;
 use crate::store::Store;
 
-/// How often the central is asked.
+/// How often the central is asked while a page is open.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// How long after a page was rendered the refresher keeps asking without an open stream (the
+/// new-task form has none).
+pub const DEMAND: Duration = Duration::from_secs(30);
+/// A state older than this is shown with its age even when the central answers.
+const FRESH_MS: i64 = 5_000;
 /// The most fleet tasks an operator's board reads (the most recently changed).
 const FLEET_TASKS: &str = "500";
 
@@ -47,8 +55,10 @@ impl Known {
     /// One line saying where the fleet state comes from and how old it is.
     pub fn status(&self, now: Timestamp) -> String {
         let age = self.fetched_at.map(|at| at.ago(now));
+        let fresh = self.fetched_at.is_some_and(|at| now.0 - at.0 <= FRESH_MS);
         match (&self.unreachable, age) {
-            (None, Some(_)) => "live from the central".into(),
+            (None, Some(_)) if fresh => "live from the central".into(),
+            (None, Some(age)) => format!("from the central, {age} (refreshing)"),
             (None, None) => "waiting for the central's first answer".into(),
             (Some(why), Some(age)) => format!(
                 "the central is unreachable ({why}): showing the last known fleet state, from {age}"
@@ -64,11 +74,26 @@ impl Known {
 #[derive(Default)]
 pub struct FleetView {
     known: RwLock<Known>,
+    /// When a page last read it (ms since the epoch), and the refresher's wake-up when one
+    /// reads it while it idles.
+    read_at: AtomicI64,
+    demand: Notify,
 }
 
 impl FleetView {
+    /// What is known now; wakes an idle refresher.
     pub fn known(&self) -> Known {
+        let now = Timestamp::now().0;
+        let before = self.read_at.swap(now, Ordering::SeqCst);
+        if now - before > DEMAND.as_millis() as i64 {
+            self.demand.notify_one();
+        }
         self.known.read().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// Whether a page was rendered within [`DEMAND`].
+    fn wanted(&self) -> bool {
+        Timestamp::now().0 - self.read_at.load(Ordering::SeqCst) <= DEMAND.as_millis() as i64
     }
 }
 
@@ -141,21 +166,25 @@ impl Refresher {
         let mut last = Digest::default();
         let mut operator: Option<(String, ccm_sync::Client)> = None;
         loop {
-            let digest = self.refresh(&mut operator).await;
-            if digest != last {
-                debug!("the fleet changed");
-                self.hub.fleet_changed();
-                last = digest;
+            if self.hub.watchers() > 0 || self.view.wanted() {
+                let digest = self.refresh(&mut operator).await;
+                if digest != last {
+                    debug!("the fleet changed");
+                    self.hub.fleet_changed();
+                    last = digest;
+                }
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(REFRESH) => {}
+                () = self.view.demand.notified() => {}
             }
         }
     }
 
     async fn refresh(&self, operator: &mut Option<(String, ccm_sync::Client)>) -> Digest {
-        let mut known = self.view.known();
+        // Read without counting as a page's demand.
+        let mut known = self.view.known.read().map(|k| k.clone()).unwrap_or_default();
         let mut digest =
             Digest { overview: known.overview.as_deref().map(digest_of), ..Digest::default() };
         match self.client.call::<FleetOverviewV1>("fleet_overview", &FleetOverviewParamsV1 {}).await

@@ -124,6 +124,11 @@ impl Hub {
         )
     }
 
+    /// How many pages (browsers' event streams) are open now.
+    pub fn watchers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
     /// Tells the pages that the fleet's state changed.
     pub fn fleet_changed(&self) {
         self.fleet.fetch_add(1, Ordering::SeqCst);
