@@ -260,3 +260,28 @@ impl Refresher {
         Some(client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_status_says_live_or_unreachable_with_the_last_states_age() {
+        let now = Timestamp(1_000_000);
+        let mut known = Known::default();
+        assert_eq!(known.status(now), "waiting for the central's first answer");
+        known.fetched_at = Some(Timestamp(now.0 - 2_000));
+        assert_eq!(known.status(now), "live from the central");
+        known.unreachable = Some("connection refused".into());
+        assert_eq!(
+            known.status(now),
+            "the central is unreachable (connection refused): showing the last known fleet \
+             state, from 2s ago"
+        );
+        known.unreachable = None;
+        known.fetched_at = Some(Timestamp(now.0 - 90_000));
+        assert_eq!(known.status(now), "from the central, 1m ago (refreshing)");
+        known = Known { unreachable: Some("timeout".into()), ..Known::default() };
+        assert!(known.status(now).ends_with("no fleet state known yet"), "{}", known.status(now));
+    }
+}
