@@ -175,7 +175,12 @@ impl Home {
         let path = self.auth_file();
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
             Ok(mut file) => {
-                let auth = Auth { token: random_token()?, sync: None, telegram_token: None };
+                let auth = Auth {
+                    token: random_token()?,
+                    sync: None,
+                    operator: None,
+                    telegram_token: None,
+                };
                 file.write_all(&auth.to_json())
                     .and_then(|()| file.sync_all())
                     .map_err(HomeError::io("cannot write", &path))?;
@@ -240,6 +245,11 @@ pub struct Auth {
     /// This system's identity at the central project, once enrolled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncIdentity>,
+    /// An operator's session on this node (`ccm sync operator`), kept apart from the system's:
+    /// only the dashboard's fleet view reads with it (every task of the operator's systems);
+    /// sync never sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<SyncIdentity>,
     /// The Telegram bot token, for notifiers of kind `telegram` whose config gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram_token: Option<String>,

@@ -254,6 +254,51 @@ pub async fn add(
     }
 }
 
+/// One system of the fleet as the central last described it, for [`fleet_target`].
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSystem<'a> {
+    pub name: &'a str,
+    /// Normalized repository URLs of its checkouts.
+    pub repos: &'a [String],
+    pub online: bool,
+}
+
+/// Where in the fleet a task routed from `here` will run, said before the central places it:
+/// its pin; else the online systems other than `here` holding its repository (any of them
+/// without one). The dashboard's form and routed-task page say it with [`describe_target`].
+pub fn fleet_target(
+    repo: Option<&str>,
+    pin: Option<&str>,
+    here: &str,
+    systems: &[FleetSystem<'_>],
+) -> Vec<String> {
+    if let Some(pin) = pin {
+        return vec![pin.to_string()];
+    }
+    let url = repo.map(ccm_schema::repo_url::normalize);
+    systems
+        .iter()
+        .filter(|s| s.online && s.name != here)
+        .filter(|s| url.as_ref().is_none_or(|u| s.repos.iter().any(|r| r == u)))
+        .map(|s| s.name.to_string())
+        .collect()
+}
+
+/// [`fleet_target`]'s answer in words.
+pub fn describe_target(repo: Option<&str>, targets: &[String]) -> String {
+    match (targets, repo) {
+        ([], Some(repo)) => format!(
+            "no online system of the fleet has a checkout of {repo}: it waits until one does"
+        ),
+        ([], None) => "no other system of the fleet is online: it waits until one is".into(),
+        ([one], _) => format!("it will run on {one}"),
+        (many, _) => format!(
+            "it will run on one of {} (the central picks the one with the most free slots)",
+            many.join(", ")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +330,26 @@ mod tests {
             decide(&checkout(), Some("beta"), &here(false, 1)),
             Err(PlacementError::PinWithoutSync)
         ));
+    }
+
+    #[test]
+    fn a_routed_task_is_said_to_run_on_its_pin_or_an_online_holder_of_its_repository() {
+        let app = vec!["https://h/o/app".to_string()];
+        let none: Vec<String> = Vec::new();
+        let systems = [
+            FleetSystem { name: "alpha", repos: &app, online: true },
+            FleetSystem { name: "beta", repos: &app, online: true },
+            FleetSystem { name: "gamma", repos: &none, online: true },
+            FleetSystem { name: "delta", repos: &app, online: false },
+        ];
+        let repo = Some("https://h/o/app.git");
+        assert_eq!(fleet_target(repo, None, "alpha", &systems), ["beta"]);
+        assert_eq!(describe_target(repo, &["beta".into()]), "it will run on beta");
+        assert_eq!(fleet_target(repo, Some("delta"), "alpha", &systems), ["delta"]);
+        assert_eq!(fleet_target(None, None, "alpha", &systems), ["beta", "gamma"]);
+        let far = Some("https://h/o/far");
+        assert!(fleet_target(far, None, "alpha", &systems).is_empty());
+        assert!(describe_target(far, &[]).contains("no online system"));
     }
 
     #[test]

@@ -206,7 +206,8 @@ pub fn credential(home: &Home, endpoint: &ccm_sync::Endpoint, store: Option<&Sto
     };
     match ccm_sync::auth::AuthClient::new(endpoint) {
         Ok(Some(auth)) => {
-            let mut keeper = Keeper::new(auth, Arc::new(AuthFile(home.clone())), session);
+            let file = AuthFile { home: home.clone(), operator: false };
+            let mut keeper = Keeper::new(auth, Arc::new(file), session);
             if let Some(store) = store {
                 keeper = keeper.on_refused(pause_on_refusal(store.clone()));
             }
@@ -219,6 +220,23 @@ pub fn credential(home: &Home, endpoint: &ccm_sync::Endpoint, store: Option<&Sto
             );
             Credential::Jwt(identity.access_token)
         }
+    }
+}
+
+/// The operator's credential on this node (`ccm sync operator`), apart from the system's:
+/// `None` when no operator is signed in. A session is kept fresh as the system's is, saved
+/// back to `auth.json`'s `operator`.
+pub fn operator_credential(home: &Home, endpoint: &ccm_sync::Endpoint) -> Option<Credential> {
+    let identity = home.read_auth().ok()?.operator?;
+    let Some(session) = session_of(&identity) else {
+        return Some(Credential::Jwt(identity.access_token));
+    };
+    match ccm_sync::auth::AuthClient::new(endpoint) {
+        Ok(Some(auth)) => {
+            let file = AuthFile { home: home.clone(), operator: true };
+            Some(Credential::Session(Arc::new(Keeper::new(auth, Arc::new(file), session))))
+        }
+        _ => Some(Credential::Jwt(identity.access_token)),
     }
 }
 
@@ -240,28 +258,42 @@ fn pause_on_refusal(store: Store) -> ccm_sync::auth::OnRefused {
     })
 }
 
-/// The node's [`SessionStore`]: the session in `auth.json`, refreshed under an flock on
-/// `auth.lock`.
-struct AuthFile(Home);
+/// The node's [`SessionStore`]: the system's session in `auth.json` (or, with `operator`, the
+/// operator's), refreshed under an flock on `auth.lock`.
+struct AuthFile {
+    home: Home,
+    operator: bool,
+}
+
+impl AuthFile {
+    fn slot<'a>(&self, auth: &'a mut crate::home::Auth) -> &'a mut Option<SyncIdentity> {
+        if self.operator {
+            &mut auth.operator
+        } else {
+            &mut auth.sync
+        }
+    }
+}
 
 impl SessionStore for AuthFile {
     fn lock(&self) -> Result<Box<dyn Send>, String> {
-        let path = self.0.auth_lock_file();
+        let path = self.home.auth_lock_file();
         let file = crate::fs::open_lock_file(&path)?;
         file.lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
         Ok(Box::new(file))
     }
 
     fn load(&self) -> Result<Option<Session>, String> {
-        let auth = self.0.read_auth().map_err(|e| e.to_string())?;
-        Ok(auth.sync.as_ref().and_then(session_of))
+        let mut auth = self.home.read_auth().map_err(|e| e.to_string())?;
+        Ok(self.slot(&mut auth).as_ref().and_then(session_of))
     }
 
     fn save(&self, session: &Session) -> Result<(), String> {
-        let mut auth = self.0.read_auth().map_err(|e| e.to_string())?;
-        let identity = auth.sync.as_mut().ok_or("auth.json no longer holds a sync identity")?;
+        let mut auth = self.home.read_auth().map_err(|e| e.to_string())?;
+        let identity =
+            self.slot(&mut auth).as_mut().ok_or("auth.json no longer holds this identity")?;
         set_session(identity, session.clone());
-        self.0.write_auth(&auth).map_err(|e| e.to_string())
+        self.home.write_auth(&auth).map_err(|e| e.to_string())
     }
 }
 

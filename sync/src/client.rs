@@ -1,7 +1,9 @@
 //! The PostgREST RPC client, and what its answers mean.
 //!
 //! Every call is `POST {rest_url}/rpc/<function>` with the publishable key (`apikey`), the
-//! system's JWT (`Authorization: Bearer`) and `Content-Profile`/`Accept-Profile: api`.
+//! system's JWT (`Authorization: Bearer`) and `Content-Profile`/`Accept-Profile: api`; a
+//! view is read with `GET {rest_url}/<view>?<query>` (`Client::select`, the operator's fleet
+//! view on the dashboard).
 //!
 //! Deciding *whether* to retry ([`classify`]) is kept apart from deciding *when* (the driver's
 //! backoff). The classification looks at PostgREST's JSON `code` first, the HTTP status second
@@ -274,38 +276,67 @@ impl Client {
     /// server's clock runs ahead of ours) refreshes the session and sends the call once more:
     /// a call refused for its token was not applied.
     pub async fn rpc(&self, function: &str, body: bytes::Bytes) -> Result<Vec<u8>, Failure> {
+        self.send(&format!("rpc/{function}"), &[], Some(body)).await
+    }
+
+    /// Reads the view `api.<view>` (`GET {rest_url}/<view>?<query>`, row-level security applies
+    /// to the caller) and parses its rows; a session is refreshed as for [`Client::rpc`].
+    pub async fn select<T: serde::de::DeserializeOwned>(
+        &self,
+        view: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, Failure> {
+        let answer = self.send(view, query, None).await?;
+        serde_json::from_slice(&answer).map_err(|e| Failure {
+            class: Class::Transient { retry_after: None },
+            code: None,
+            message: format!("rows of {view} do not parse: {e}"),
+        })
+    }
+
+    /// POSTs `body` to `path?query` under the REST URL, or GETs it without one.
+    async fn send(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<bytes::Bytes>,
+    ) -> Result<Vec<u8>, Failure> {
         let token = self.bearer(None).await?;
-        match self.rpc_as(&token, function, body.clone()).await {
+        match self.send_as(&token, path, query, body.clone()).await {
             Err(failure) if failure.expired_token && self.has_session() => {
                 let token = self.bearer(Some(&token)).await?;
-                self.rpc_as(&token, function, body).await.map_err(|f| f.failure)
+                self.send_as(&token, path, query, body).await.map_err(|f| f.failure)
             }
             other => other.map_err(|f| f.failure),
         }
     }
 
-    async fn rpc_as(
+    async fn send_as(
         &self,
         token: &str,
-        function: &str,
-        body: bytes::Bytes,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<bytes::Bytes>,
     ) -> Result<Vec<u8>, Refused> {
-        let url = self.endpoint.rest_url.join(&format!("rpc/{function}")).map_err(|e| Failure {
+        let mut url = self.endpoint.rest_url.join(path).map_err(|e| Failure {
             class: Class::Misconfigured,
             code: None,
-            message: format!("bad function url: {e}"),
+            message: format!("bad url `{path}`: {e}"),
         })?;
-        let response = self
-            .http
-            .post(url)
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Failure {
-                class: Class::Transient { retry_after: None },
-                code: None,
-                message: format!("request failed: {}", error_chain(&e)),
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let request = match body {
+            Some(body) => self.http.post(url).body(body),
+            None => self.http.get(url),
+        };
+        let response =
+            request.header(AUTHORIZATION, format!("Bearer {token}")).send().await.map_err(|e| {
+                Failure {
+                    class: Class::Transient { retry_after: None },
+                    code: None,
+                    message: format!("request failed: {}", error_chain(&e)),
+                }
             })?;
         let status = response.status();
         let retry_after = retry_after(response.headers());

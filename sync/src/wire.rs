@@ -713,6 +713,130 @@ impl std::fmt::Debug for InviteAnswerV1 {
     }
 }
 
+/// The parameters of `api.fleet_overview`: none.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetOverviewParamsV1 {}
+
+/// The answer of `api.fleet_overview` (migration `20261209080000_fleet_overview.sql`): the
+/// fleet as a node's dashboard shows it. `server_time` is left out of comparisons by callers
+/// that look for a change.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetOverviewV1 {
+    #[serde(default)]
+    pub server_time: String,
+    #[serde(default)]
+    pub systems: Vec<FleetSystemV1>,
+    #[serde(default)]
+    pub tasks_by_state: Vec<FleetStateCountV1>,
+    #[serde(default)]
+    pub open_alerts: Vec<FleetAlertV1>,
+    #[serde(default)]
+    pub daily_cost: Vec<FleetDailyCostV1>,
+}
+
+/// One system of the fleet: presence with its reason, slots, repositories, latest health.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetSystemV1 {
+    pub system_id: Uuid,
+    pub name: String,
+    /// `online` or `offline`.
+    #[serde(default)]
+    pub presence: String,
+    /// `stale_heartbeat`, `not_enrolled`, `sync_paused`, `draining`, or none when online.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub slots: i64,
+    #[serde(default)]
+    pub slots_used: i64,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub repos: Vec<String>,
+    #[serde(default)]
+    pub last_heartbeat_at: Option<String>,
+    #[serde(default)]
+    pub cost_today: f64,
+    #[serde(default)]
+    pub health: Option<FleetHealthV1>,
+    #[serde(default)]
+    pub health_at: Option<String>,
+}
+
+/// What the dashboard reads of a system's latest health snapshot (`HealthMetricsV1`'s names).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetHealthV1 {
+    #[serde(default)]
+    pub load1: Option<f64>,
+    #[serde(default)]
+    pub disk_free_home_bytes: Option<u64>,
+    #[serde(default)]
+    pub backlog: Option<i64>,
+    #[serde(default)]
+    pub agents_running: Option<i64>,
+}
+
+/// Tasks of one system in one state.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetStateCountV1 {
+    pub system_name: String,
+    pub state: String,
+    pub tasks: i64,
+}
+
+/// An open alert of the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetAlertV1 {
+    pub alert_id: Uuid,
+    pub system_name: String,
+    #[serde(default)]
+    pub severity: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub task_id: Option<Uuid>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+/// Cost of one system on one day (UTC).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetDailyCostV1 {
+    pub system_name: String,
+    pub day: String,
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+/// A row of the view `api.fleet_tasks` as an operator reads it (every task of the systems they
+/// own; a system reads only its own).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FleetTaskV1 {
+    pub task_id: Uuid,
+    #[serde(default)]
+    pub system_name: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub repo_url: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub attempts: i64,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+/// The columns [`FleetTaskV1`] reads of `api.fleet_tasks`.
+pub const FLEET_TASK_COLUMNS: &str =
+    "task_id,system_name,state,title,repo_url,profile,attempts,cost_usd,updated_at";
+
 #[cfg(test)]
 mod tests {
     use super::*;

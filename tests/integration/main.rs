@@ -9,6 +9,7 @@ mod config;
 mod conflicts;
 mod coordination;
 mod dashboard;
+mod dashboard_fleet;
 mod durability;
 mod gemini_codex;
 mod hardening;

@@ -127,8 +127,8 @@ async fn a_task_routed_while_the_central_is_unreachable_says_it_waits() {
 
 /// Placement is one decision for every entry point: a task for a repository with no checkout
 /// here, created through `POST /api/tasks` or the dashboard's form on a node with sync, is
-/// routed to the fleet (202 with why), as `ccm task add` does; one without a repository is
-/// created here as before (201).
+/// routed to the fleet (202 with why; the form moves on to its page), as `ccm task add` does;
+/// one without a repository is created here as before (201).
 #[tokio::test]
 async fn the_api_and_the_dashboard_form_route_a_task_whose_repository_has_no_checkout_here() {
     let home = ccm_tests::TestHome::new("routed-api");
@@ -171,7 +171,9 @@ async fn the_api_and_the_dashboard_form_route_a_task_whose_repository_has_no_che
         .send()
         .await
         .unwrap();
-    assert_eq!(answer.status(), 202);
+    // The answer moves on to the routed task's page, which says why and follows it.
+    assert_eq!(answer.status(), 200);
+    assert!(answer.url().path().starts_with("/routed/"), "{}", answer.url());
     let page = answer.text().await.unwrap();
     assert!(page.contains("routed to the fleet") && page.contains("no checkout of"), "{page}");
     let (_, listed) = daemon.get("/api/routed").await;

@@ -312,3 +312,62 @@ async fn an_invite_code_enrols_a_system_without_a_password_once_and_only_once() 
     assert!(error.contains("invite code unknown, already used or expired"), "{error}");
     assert_eq!(central.pg.query("select count(*) from private.systems").trim(), "2");
 }
+
+/// `ccm sync operator`: an operator signs in on an enrolled node through Supabase Auth; the
+/// session is kept in `auth.json` apart from the system's (its own refresh token, the system's
+/// untouched), checked against the central first; a wrong password is refused without showing
+/// it; `--off` signs the operator out and leaves the system enrolled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_on_a_node_apart_from_the_systems_session() {
+    const OPERATOR_EMAIL: &str = "me@operators.example";
+    let central = Central::start();
+    let auth = SupabaseAuth::start(&central.anon_key());
+    let operator = auth.add_user(OPERATOR_EMAIL, PASSWORD, json!({ "role": "operator" }));
+    auth.add_user(EMAIL, PASSWORD, json!({ "role": "system", "owner": operator }));
+    let node = Node::start("auth-operator", &central, &auth);
+    node.enroll_ok();
+    let system = node.auth_file()["sync"].clone();
+
+    let sign_in = |password: &str| {
+        let mut child = node
+            .home
+            .ccm()
+            .args(["sync", "operator", "--email", OPERATOR_EMAIL, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ccm runs");
+        writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password written");
+        child.wait_with_output().expect("ccm ends")
+    };
+    let refused = sign_in("wrong password");
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("Invalid login credentials") && error.contains(OPERATOR_EMAIL),
+        "{error}"
+    );
+    assert!(!error.contains("wrong password"), "the password is never shown: {error}");
+    assert!(node.auth_file().get("operator").is_none());
+
+    let out = sign_in(PASSWORD);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("operator signed in"));
+    let file = node.auth_file();
+    assert_eq!(
+        vec![file["operator"]["refresh_token"].as_str().unwrap().to_string()],
+        auth.active_refresh_tokens(&operator),
+        "auth.json keeps the operator's own session"
+    );
+    assert_eq!(file["sync"], system, "the system's identity is untouched");
+    assert!(!file.to_string().contains(PASSWORD));
+
+    let out = node.home.run_ok(&["sync", "operator", "--off"]);
+    assert!(out.contains("signed out"), "{out}");
+    let file = node.auth_file();
+    assert!(file.get("operator").is_none(), "{file}");
+    assert_eq!(file["sync"], system, "still enrolled");
+    let bad = node.home.run(&["sync", "operator", "--jwt", "not-a-jwt"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--jwt: not a JWT"));
+}

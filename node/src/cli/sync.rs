@@ -1,4 +1,4 @@
-//! `ccm sync enroll|invite|status|now|pause|resume`; the daemon's sync task is `crate::sync`.
+//! `ccm sync enroll|invite|status|now|pause|resume|operator`; the daemon's sync task is `crate::sync`.
 
 use anyhow::Context as _;
 use ccm_sync::wire::{EnrollAnswerV1, InviteAnswerV1};
@@ -54,6 +54,23 @@ pub enum SyncCommand {
     },
     /// Send again after a pause.
     Resume,
+    /// Sign an operator in on this node, apart from the system's identity: the dashboard then
+    /// shows every task of the operator's fleet (a system's own identity reads only its rows).
+    #[command(group = clap::ArgGroup::new("operator").required(true).args(["email", "jwt", "off"]))]
+    Operator {
+        /// Sign in to Supabase Auth as the operator (password from a prompt, or stdin with
+        /// --password-stdin); the user's `app_metadata.role` must be `operator`.
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long, requires = "email")]
+        password_stdin: bool,
+        /// An operator's JWT (used as is until it expires; no refresh).
+        #[arg(long)]
+        jwt: Option<String>,
+        /// Sign the operator out of this node.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::Result<()> {
@@ -104,7 +121,74 @@ pub async fn run(home: &Home, config: &Config, command: SyncCommand) -> anyhow::
             println!("sync resumed");
             Ok(())
         }
+        SyncCommand::Operator { email, password_stdin, jwt, off } => {
+            operator(home, config, email, password_stdin, jwt, off).await
+        }
     }
+}
+
+/// `ccm sync operator`: signs an operator in on this node (`auth.json`'s `operator`, apart
+/// from the system's `sync`), or out with `--off`. The daemon's fleet view picks it up within
+/// a refresh, without a restart.
+async fn operator(
+    home: &Home,
+    config: &Config,
+    email: Option<String>,
+    password_stdin: bool,
+    jwt: Option<String>,
+    off: bool,
+) -> anyhow::Result<()> {
+    home.ensure()?;
+    let mut auth = home.ensure_auth()?;
+    if off {
+        auth.operator = None;
+        home.write_auth(&auth)?;
+        println!("operator signed out of this node");
+        return Ok(());
+    }
+    let endpoint = config.sync.endpoint()?.context(
+        "sync is not configured: set sync.url (or sync.rest_url) and sync.publishable_key",
+    )?;
+    let mut identity = SyncIdentity {
+        access_token: String::new(),
+        refresh_token: None,
+        expires_at: None,
+        expires_in: None,
+        user_id: None,
+        system_id: None,
+    };
+    match (email, jwt) {
+        (Some(email), _) => {
+            let auth = auth_client(&endpoint)?;
+            let password =
+                if password_stdin { password_from_stdin()? } else { prompt_password(&email)? };
+            let session = auth.password(email.trim(), &password).await.map_err(|e| {
+                anyhow::anyhow!("signing in to Supabase Auth as {email} failed: {e}")
+            })?;
+            set_session(&mut identity, session);
+        }
+        (None, Some(jwt)) => {
+            let jwt = jwt.trim().to_string();
+            anyhow::ensure!(
+                jwt.split('.').count() == 3,
+                "--jwt: not a JWT (expected three dot-separated parts)"
+            );
+            identity.access_token = jwt;
+        }
+        (None, None) => anyhow::bail!("operator: give --email, --jwt or --off"),
+    }
+    // A JWT the central refuses, or one of a system, would show nothing: check it reads.
+    let client =
+        ccm_sync::Client::new(endpoint, ccm_sync::Credential::Jwt(identity.access_token.clone()))?;
+    let rows: Vec<serde_json::Value> =
+        client.select("fleet_tasks", &[("select", "task_id"), ("limit", "1")]).await.map_err(
+            |f| anyhow::anyhow!("the central refused the operator's session: {}", f.message),
+        )?;
+    drop(rows);
+    auth.operator = Some(identity);
+    home.write_auth(&auth)?;
+    println!("operator signed in on this node: the dashboard shows every task of the fleet");
+    Ok(())
 }
 
 async fn resume(home: &Home, config: &Config, daemon: Option<Client>) -> anyhow::Result<()> {

@@ -34,6 +34,9 @@ pub enum Notice {
     Change { id: i64, kinds: Vec<String>, tasks: Vec<String> },
     /// Something without an outbox row changed (output, heartbeats, hook events).
     Activity,
+    /// The fleet's state from the central changed (`fleet::Refresher`): a `change` of kind
+    /// `fleet`.
+    Fleet,
 }
 
 #[derive(Serialize)]
@@ -49,6 +52,8 @@ pub struct Hub {
     head: AtomicI64,
     /// How many `activity` notices were sent.
     activity: AtomicU64,
+    /// How many `fleet` notices were sent.
+    fleet: AtomicU64,
     /// Ends every stream when the daemon stops.
     shutdown: CancellationToken,
 }
@@ -62,6 +67,7 @@ impl Hub {
             sender,
             head: AtomicI64::new(-1),
             activity: AtomicU64::new(0),
+            fleet: AtomicU64::new(0),
             shutdown,
         });
         let running = hub.clone();
@@ -108,10 +114,25 @@ impl Hub {
         }
     }
 
-    /// What the pages have been told so far (the last outbox id and the count of activity
-    /// notices): a page rendered at one version looks the same until the next.
-    pub fn version(&self) -> (i64, u64) {
-        (self.head.load(Ordering::SeqCst), self.activity.load(Ordering::SeqCst))
+    /// What the pages have been told so far (the last outbox id and the counts of activity
+    /// and fleet notices): a page rendered at one version looks the same until the next.
+    pub fn version(&self) -> (i64, u64, u64) {
+        (
+            self.head.load(Ordering::SeqCst),
+            self.activity.load(Ordering::SeqCst),
+            self.fleet.load(Ordering::SeqCst),
+        )
+    }
+
+    /// How many pages (browsers' event streams) are open now.
+    pub fn watchers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// Tells the pages that the fleet's state changed.
+    pub fn fleet_changed(&self) {
+        self.fleet.fetch_add(1, Ordering::SeqCst);
+        let _ = self.sender.send(Notice::Fleet);
     }
 
     /// The event stream of one page that last saw outbox id `last` (`None`: a first connect).
@@ -131,6 +152,7 @@ impl Hub {
             let event = match receiver.recv().await {
                 Ok(Notice::Change { id, kinds, tasks }) => (change_event(id, &kinds, &tasks), id),
                 Ok(Notice::Activity) => (Event::default().event("activity").data("{}"), head),
+                Ok(Notice::Fleet) => (change_event(head, &["fleet".to_string()], &[]), head),
                 // Some notices were missed: the page reloads its data anyway.
                 Err(broadcast::error::RecvError::Lagged(_)) => (change_event(head, &[], &[]), head),
                 Err(broadcast::error::RecvError::Closed) => return None,

@@ -5,6 +5,7 @@
 //! - `live`: the hub that turns committed changes into server-sent events.
 //! - `pages`: the pages and their forms; `charts`: small inline SVG charts.
 //! - `renders`: one render of a page shared by the open pages that refresh at the same version.
+//! - `fleet`: with sync, the fleet from the central, kept current by a background refresher.
 //!
 //! The browser side (`assets/app.js`) keeps one event stream per browser (a leader among the
 //! tabs, elected with a Web Lock, passes events on over a BroadcastChannel) and morphs each
@@ -15,6 +16,7 @@
 //! |---|---|
 //! | `GET /signin?code=` | spends a code from `ccm dashboard`, sets the session cookie |
 //! | `GET /`, `/tasks`, `/tasks/new`, `/tasks/{id}`, `/decisions`, `/agents`, `/alerts`, `/systems` | pages |
+//! | `GET /routed/{id}` | a task routed from here, as the central last said (state, system, attempts, report, cost) |
 //! | `POST /tasks`, `/tasks/{id}/events`, `/decisions/{id}`, `/alerts/{id}/ack`, `/signout` | forms |
 //! | `GET /events` | server-sent events (`hello`, `change`, `activity`) |
 //! | `GET /assets/{app.css,app.js,idiomorph.js,icon.svg}` | embedded assets |
@@ -26,6 +28,7 @@
 
 mod auth;
 mod charts;
+mod fleet;
 mod live;
 mod pages;
 mod renders;
@@ -42,6 +45,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::json;
+use tracing::Instrument as _;
 
 pub use auth::revoke_offline;
 use auth::{Auth, Session};
@@ -57,19 +61,36 @@ pub struct Dashboard {
     auth: Auth,
     hub: Arc<Hub>,
     renders: renders::Renders,
+    /// The fleet from the central, with sync configured.
+    fleet: Option<Arc<fleet::FleetView>>,
 }
 
 /// The dashboard's routes; merged into the daemon's router under profile `full`.
 pub fn router(state: &AppState) -> Router<AppState> {
     let port = state.daemon.addr.rsplit(':').next().unwrap_or_default();
+    let hub = Hub::start(state.store.clone(), state.shutdown.clone());
+    let fleet = state.sync.clone().map(|client| {
+        let view = Arc::new(fleet::FleetView::default());
+        let refresher = fleet::Refresher {
+            view: view.clone(),
+            client,
+            home: crate::home::Home::at(state.home.clone()),
+            store: state.store.clone(),
+            hub: hub.clone(),
+            shutdown: state.shutdown.clone(),
+        };
+        tokio::spawn(refresher.run().instrument(tracing::info_span!("dashboard_fleet")));
+        view
+    });
     let dashboard = Arc::new(Dashboard {
         auth: Auth::load(
             state.home.join(SESSIONS_FILE),
             Duration::from_secs(state.config.current().daemon.dashboard_session_secs),
             port,
         ),
-        hub: Hub::start(state.store.clone(), state.shutdown.clone()),
+        hub,
         renders: renders::Renders::default(),
+        fleet,
     });
     let cli = Router::new()
         .route("/api/dashboard/codes", post(new_code))
@@ -87,6 +108,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/alerts", get(pages::alerts))
         .route("/alerts/{id}/ack", post(pages::acknowledge_alert))
         .route("/systems", get(pages::systems))
+        .route("/routed/{id}", get(pages::routed))
         .route("/supervisors", get(pages::supervisors))
         .route("/events", get(events))
         .route("/signin", get(sign_in))

@@ -60,7 +60,7 @@ async fn layout(
         system: system.name,
         live: "change",
         kinds: match active {
-            "tasks" => "task context decision alert",
+            "tasks" => "task context decision alert fleet",
             "decisions" | "alerts" => "decision alert",
             _ => "*",
         },
@@ -129,6 +129,92 @@ struct Overview {
     repo_chart: String,
     queue_chart: String,
     outbox_pending: i64,
+    /// The fleet, with sync configured.
+    fleet: Option<FleetSection>,
+}
+
+/// The overview's fleet: systems with presence and tasks per state, open alerts, cost per
+/// system per day; and where it comes from (live, or the last known state and its age).
+pub struct FleetSection {
+    pub status: String,
+    pub unreachable: bool,
+    pub systems: Vec<FleetSystemRow>,
+    pub alerts: Vec<FleetAlertRow>,
+    /// `(day, system, cost)`, newest day first.
+    pub costs: Vec<(String, String, String)>,
+}
+
+pub struct FleetSystemRow {
+    pub name: String,
+    pub presence: String,
+    pub reason: String,
+    pub slots: String,
+    /// `state count` of each state it has tasks in.
+    pub states: Vec<(String, i64)>,
+    pub cost_today: String,
+}
+
+pub struct FleetAlertRow {
+    pub system: String,
+    pub severity: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// What the dashboard knows of the fleet now, with sync configured.
+fn fleet_known(signed_in: &SignedIn) -> Option<super::fleet::Known> {
+    signed_in.dashboard.fleet.as_ref().map(|view| view.known())
+}
+
+fn presence_reason(s: &ccm_sync::wire::FleetSystemV1) -> String {
+    match (&s.reason, s.presence.as_str()) {
+        (Some(reason), _) => reason.clone(),
+        (None, "online") => "heartbeat on time".into(),
+        (None, other) => other.to_string(),
+    }
+}
+
+fn fleet_section(known: &super::fleet::Known, now: Timestamp) -> FleetSection {
+    let overview = known.overview.as_deref().cloned().unwrap_or_default();
+    let systems = overview
+        .systems
+        .iter()
+        .map(|s| FleetSystemRow {
+            name: s.name.clone(),
+            presence: s.presence.clone(),
+            reason: presence_reason(s),
+            slots: format!("{} of {} in use", s.slots_used, s.slots),
+            states: overview
+                .tasks_by_state
+                .iter()
+                .filter(|c| c.system_name == s.name)
+                .map(|c| (c.state.clone(), c.tasks))
+                .collect(),
+            cost_today: dollars(s.cost_today),
+        })
+        .collect();
+    let mut costs: Vec<(String, String, String)> = overview
+        .daily_cost
+        .iter()
+        .map(|c| (c.day.clone(), c.system_name.clone(), dollars(c.cost_usd)))
+        .collect();
+    costs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    FleetSection {
+        status: known.status(now),
+        unreachable: known.unreachable.is_some(),
+        systems,
+        alerts: overview
+            .open_alerts
+            .iter()
+            .map(|a| FleetAlertRow {
+                system: a.system_name.clone(),
+                severity: a.severity.clone(),
+                kind: a.kind.clone(),
+                message: a.message.clone(),
+            })
+            .collect(),
+        costs,
+    }
 }
 
 pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Response {
@@ -186,6 +272,7 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
                 format!("{n:.0}")
             }),
             outbox_pending: outbox.pending,
+            fleet: fleet_known(&signed_in).map(|known| fleet_section(&known, now)),
         }))
     };
     page.await.unwrap_or_else(|r| r)
@@ -204,6 +291,13 @@ pub struct Card {
     pub changed: String,
     /// The land state's label (`landed`, `landing`, ...), empty when the task is in no queue.
     pub land: String,
+    /// Its page: `/tasks/{id}` here, `/routed/{id}` for a task routed from here, none for
+    /// another system's task.
+    pub href: String,
+    /// Where it runs, when not here (a routed task's system, or the fleet task's), and how it
+    /// is known: `routed` (sent from here) or `fleet` (the operator's view).
+    pub system: String,
+    pub origin: &'static str,
 }
 
 pub struct Column {
@@ -225,7 +319,116 @@ struct Board {
     states: Vec<String>,
     repos: Vec<String>,
     profiles: Vec<String>,
+    /// The systems the filter offers: this one, then the fleet's.
+    systems: Vec<String>,
     shown: usize,
+    /// Where the fleet's cards come from, with sync configured.
+    fleet: String,
+}
+
+/// The board's column for a state the central names (`leased`, `waiting_sync`, `done`, ...).
+fn column_of(state: &str) -> &'static str {
+    match state {
+        "waiting_sync" | "leased" | "queued" => "queued",
+        "running" | "executing" => "executing",
+        "done" | "complete" => "complete",
+        "refused" | "failed" => "failed",
+        other => {
+            TaskState::ALL.iter().find(|s| s.as_str() == other).map_or("queued", |s| s.as_str())
+        }
+    }
+}
+
+/// Whether a card of another system passes the board's filters.
+fn remote_matches(query: &BoardQuery, state: &str, title: &str, id: &str, repo: &str) -> bool {
+    let q = query.q.trim().to_lowercase();
+    (query.state.is_empty() || query.state == state)
+        && (query.repo.is_empty()
+            || ccm_schema::repo_url::normalize(&query.repo)
+                == ccm_schema::repo_url::normalize(repo))
+        && (q.is_empty() || title.to_lowercase().contains(&q) || id.starts_with(&q))
+}
+
+/// The tasks of other systems the board shows: those routed from here (with the system that
+/// runs them), then, with an operator signed in, the fleet's other tasks.
+async fn remote_cards(
+    state: &AppState,
+    known: Option<&super::fleet::Known>,
+    query: &BoardQuery,
+    here: &str,
+    now: Timestamp,
+) -> Result<Vec<(String, Card)>, Response> {
+    let mut cards = Vec::new();
+    if query.page > 0 || !query.profile.is_empty() || query.system == here {
+        return Ok(cards);
+    }
+    let routed = state.store.routed_tasks().await.map_err(failure)?;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for task in routed.iter().rev().take(200) {
+        let id = task.id.to_string();
+        seen.insert(id.clone());
+        let column = column_of(&task.state());
+        let system = task.system().unwrap_or_default().to_string();
+        let repo = task.repo.clone().unwrap_or_default();
+        if !remote_matches(query, column, &task.title, &id, &repo)
+            || (!query.system.is_empty() && query.system != system)
+        {
+            continue;
+        }
+        let changed = task
+            .central
+            .as_ref()
+            .and_then(|c| c.updated_at.as_deref())
+            .map_or_else(|| task.created_at.ago(now), |at| central_age(Some(at), now));
+        cards.push((
+            column.to_string(),
+            Card {
+                short: short_id(&task.id),
+                id: id.clone(),
+                title: task.title.clone(),
+                repo,
+                profile: task.profile.clone().unwrap_or_default(),
+                priority: task.priority,
+                attempts: task.central.as_ref().map_or(0, |c| c.attempt.max(0) as u32),
+                changed,
+                land: String::new(),
+                href: format!("/routed/{id}"),
+                system,
+                origin: "routed",
+            },
+        ));
+    }
+    for task in known.and_then(|k| k.tasks.as_deref()).into_iter().flatten() {
+        let id = task.task_id.to_string();
+        if task.system_name == here || seen.contains(&id) {
+            continue;
+        }
+        let column = column_of(&task.state);
+        let repo = task.repo_url.clone().unwrap_or_default();
+        if !remote_matches(query, column, &task.title, &id, &repo)
+            || (!query.system.is_empty() && query.system != task.system_name)
+        {
+            continue;
+        }
+        cards.push((
+            column.to_string(),
+            Card {
+                short: short_id(&task.task_id),
+                id,
+                title: task.title.clone(),
+                repo,
+                profile: task.profile.clone().unwrap_or_default(),
+                priority: 0,
+                attempts: task.attempts.max(0) as u32,
+                changed: central_age(task.updated_at.as_deref(), now),
+                land: String::new(),
+                href: String::new(),
+                system: task.system_name.clone(),
+                origin: "fleet",
+            },
+        ));
+    }
+    Ok(cards)
 }
 
 /// The board's filters, as the form sends them.
@@ -237,7 +440,8 @@ pub struct BoardQuery {
     repo: String,
     #[serde(default)]
     profile: String,
-    /// `` or this system's name: the seam where remote systems' tasks will join.
+    /// `` (all), this system's name (its own tasks), or another system's (the tasks it runs:
+    /// routed from here, or the operator's view of the fleet).
     #[serde(default)]
     system: String,
     #[serde(default)]
@@ -313,7 +517,6 @@ pub async fn board(
             if let Some(column) = columns.iter_mut().find(|c| c.state == task.state.to_string()) {
                 column.cards.push(Card {
                     short: task.id.chars().take(8).collect(),
-                    id: task.id,
                     title: task.title,
                     repo: task.repo.unwrap_or_default(),
                     profile: task.profile,
@@ -321,14 +524,47 @@ pub async fn board(
                     attempts: task.attempts,
                     changed: task.updated_at.ago(now),
                     land: task.land_state.map(|l| l.label().to_string()).unwrap_or_default(),
+                    href: format!("/tasks/{}", task.id),
+                    id: task.id,
+                    system: String::new(),
+                    origin: "",
                 });
             }
         }
         for column in &mut columns {
             column.after = (column.count - before - column.cards.len() as i64).max(0);
         }
+        let known = fleet_known(&signed_in);
+        let remote = remote_cards(&state, known.as_ref(), &query, &layout.system, now).await?;
+        let shown = shown + remote.len();
+        for (state, card) in remote {
+            if let Some(column) = columns.iter_mut().find(|c| c.state == state) {
+                column.count += 1;
+                column.cards.push(card);
+            }
+        }
         let contexts = state.store.contexts().await.map_err(failure)?;
-        let repos: BTreeSet<String> = contexts.into_iter().filter_map(|c| c.repo_url).collect();
+        let mut repos: BTreeSet<String> = contexts.into_iter().filter_map(|c| c.repo_url).collect();
+        let mut systems = vec![layout.system.clone()];
+        if let Some(overview) = known.as_ref().and_then(|k| k.overview.as_deref()) {
+            for system in &overview.systems {
+                repos.extend(system.repos.iter().cloned());
+                if system.name != layout.system {
+                    systems.push(system.name.clone());
+                }
+            }
+        }
+        let fleet = match &known {
+            Some(k) if k.tasks.is_some() => format!(
+                "Fleet: {}; with the operator's session: every task of the fleet.",
+                k.status(now)
+            ),
+            Some(k) => format!(
+                "Fleet: {}; tasks routed from here show where they run (`ccm sync operator` on this node shows every task of the fleet).",
+                k.status(now)
+            ),
+            None => String::new(),
+        };
         Ok::<_, Response>(render(&Board {
             layout,
             filter: query,
@@ -336,7 +572,9 @@ pub async fn board(
             states: TaskState::ALL.iter().map(ToString::to_string).collect(),
             repos: repos.into_iter().collect(),
             profiles: state.config.current().profiles.keys().cloned().collect(),
+            systems,
             shown,
+            fleet,
         }))
     };
     page.await.unwrap_or_else(|r| r)
@@ -364,13 +602,37 @@ async fn new_task_page(state: &AppState, signed_in: &SignedIn, error: Option<Str
         let mut layout = layout(state, signed_in, "New task", "new").await?;
         layout.live = "";
         let contexts = state.store.contexts().await.map_err(failure)?;
-        let repos = contexts
-            .into_iter()
+        let mut repos: Vec<(String, String)> = contexts
+            .iter()
             .map(|c| {
                 let value = c.repo_url.clone().unwrap_or_else(|| c.path.clone());
-                (value, format!("{} ({})", c.repo_url.as_deref().unwrap_or("no remote"), c.path))
+                let label = format!(
+                    "{} (checkout here: {})",
+                    c.repo_url.as_deref().unwrap_or("no remote"),
+                    c.path
+                );
+                (value, label)
             })
             .collect();
+        // Every repository of the fleet, with the systems that hold it: the form places the
+        // task as `ccm task add` does (`placement`), routing it where its repository is.
+        let here: BTreeSet<String> = contexts.iter().filter_map(|c| c.repo_url.clone()).collect();
+        if let Some(overview) = fleet_known(signed_in).and_then(|k| k.overview) {
+            let mut holders: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for system in &overview.systems {
+                if system.name == layout.system {
+                    continue;
+                }
+                for repo in &system.repos {
+                    holders.entry(repo).or_default().push(&system.name);
+                }
+            }
+            for (repo, systems) in holders {
+                if !here.contains(repo) {
+                    repos.push((repo.to_string(), format!("{repo} (on {})", systems.join(", "))));
+                }
+            }
+        }
         let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
         Ok::<_, Response>(
             (
@@ -452,15 +714,12 @@ pub async fn create_task(
     };
     match state.add_task(new, None, ACTOR.to_string()).await {
         Ok(Added::Here(task)) => see_other(&format!("/tasks/{}", task.id)),
-        // The board lists only this system's tasks: say where it went.
-        Ok(Added::Routed(routed)) => {
-            let short = short_id(&routed.task.id);
-            let text = format!(
-                "Task {short} ({}) was routed to the fleet: {}. `ccm task show {short}` follows it.",
-                routed.task.title, routed.routed_because
-            );
-            message(StatusCode::ACCEPTED, "Routed to the fleet", &text)
-        }
+        // Its page says why it left this system and where it will run, then follows it.
+        Ok(Added::Routed(routed)) => see_other(&format!(
+            "/routed/{}?because={}",
+            routed.task.id,
+            form_urlencoded::byte_serialize(routed.routed_because.as_bytes()).collect::<String>()
+        )),
         Err(e) => {
             let error: ApiError = e.into();
             new_task_page(&state, &signed_in, Some(error.to_string())).await
@@ -1051,7 +1310,8 @@ pub struct SystemRow {
     pub repos: Vec<String>,
     pub heartbeat: String,
     pub disk: String,
-    pub backlog: i64,
+    pub load: String,
+    pub backlog: String,
 }
 
 #[derive(Template)]
@@ -1059,7 +1319,38 @@ pub struct SystemRow {
 struct Systems {
     layout: Layout,
     systems: Vec<SystemRow>,
+    /// Where the list comes from: the central (live, or its last known state and age), or
+    /// this system alone without sync.
     sync: String,
+    unreachable: bool,
+}
+
+/// A system of the fleet as the central last described it.
+fn fleet_system_row(s: &ccm_sync::wire::FleetSystemV1, now: Timestamp) -> SystemRow {
+    let health = s.health.clone().unwrap_or_default();
+    SystemRow {
+        name: s.name.clone(),
+        presence: s.presence.clone(),
+        reason: presence_reason(s),
+        slots: format!("{} of {} in use", s.slots_used, s.slots),
+        repos: s.repos.clone(),
+        heartbeat: central_age(s.last_heartbeat_at.as_deref(), now),
+        disk: health.disk_free_home_bytes.map_or_else(
+            || "unknown (no health snapshot yet)".into(),
+            |b| format!("{:.1} GiB free", b as f64 / 1_073_741_824.0),
+        ),
+        load: health.load1.map_or_else(|| "unknown".into(), |l| format!("{l:.2}")),
+        backlog: health.backlog.map_or_else(|| "unknown".into(), |b| format!("{b} changes")),
+    }
+}
+
+/// A central `timestamptz` (UTC) as its age; `never` for none.
+fn central_age(at: Option<&str>, now: Timestamp) -> String {
+    let Some(at) = at else { return "never".into() };
+    match at.get(..19).map(humantime::parse_rfc3339_weak) {
+        Some(Ok(time)) => Timestamp::from(time).ago(now),
+        _ => at.to_string(),
+    }
 }
 
 /// Free space of the file system holding `path`, as `df` reports it.
@@ -1079,6 +1370,20 @@ async fn disk_free(path: &std::path::Path) -> String {
 pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Response {
     let page = async {
         let layout = layout(&state, &signed_in, "Systems", "systems").await?;
+        if let Some(known) = fleet_known(&signed_in) {
+            let now = Timestamp::now();
+            let systems = known
+                .overview
+                .as_deref()
+                .map(|o| o.systems.iter().map(|s| fleet_system_row(s, now)).collect())
+                .unwrap_or_default();
+            return Ok(render(&Systems {
+                layout,
+                systems,
+                sync: format!("Fleet: {}", known.status(now)),
+                unreachable: known.unreachable.is_some(),
+            }));
+        }
         let store = &state.store;
         // A slot is held by a live agent; waiting tasks hold none (counting them once said
         // "10014 of 4 in use").
@@ -1107,12 +1412,166 @@ pub async fn systems(signed_in: SignedIn, State(state): State<AppState>) -> Resp
                 .collect(),
             heartbeat: "now".into(),
             disk: disk_free(&state.home).await,
-            backlog: outbox.pending,
+            load: "unknown".into(),
+            backlog: format!("{} changes", outbox.pending),
         };
         Ok::<_, Response>(render(&Systems {
             layout,
             systems: vec![this],
-            sync: "sync not configured".into(),
+            sync: "Only this system is shown: sync not configured.".into(),
+            unreachable: false,
+        }))
+    };
+    page.await.unwrap_or_else(|r| r)
+}
+
+// ----- routed task -----
+
+/// One attempt at a routed task, as the central recorded it.
+pub struct RoutedAttemptRow {
+    pub attempt: i64,
+    pub system: String,
+    pub claimed: String,
+    pub ended: String,
+    pub outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "routed.html")]
+struct RoutedPage {
+    layout: Layout,
+    id: String,
+    title: String,
+    prompt: String,
+    repo: String,
+    state: String,
+    /// Where it runs or ran; empty while no system holds it.
+    system: String,
+    /// Where it will run, said before the central places it.
+    target: String,
+    /// Why it left this system (the placement's words), right after the form created it.
+    because: String,
+    reason: String,
+    requested: String,
+    attempts: Vec<RoutedAttemptRow>,
+    max_attempts: i64,
+    cost: String,
+    verdict: String,
+    diff_stat: String,
+    commits: Vec<String>,
+    last_message: String,
+    history: Vec<LogRow>,
+    fleet: String,
+}
+
+#[derive(Deserialize)]
+pub struct RoutedQuery {
+    #[serde(default)]
+    because: String,
+}
+
+/// A task routed from here, as the central last said (`api.routed_status`): where it runs, its
+/// state, attempts, report and cost.
+pub async fn routed(
+    signed_in: SignedIn,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<RoutedQuery>,
+) -> Response {
+    let page = async {
+        let Some(task) = state.store.routed_task(&id).await.map_err(failure)? else {
+            return Err(message(
+                StatusCode::NOT_FOUND,
+                "No such routed task",
+                &format!("no task routed from this system has the id `{id}`"),
+            ));
+        };
+        let short = short_id(&task.id);
+        let mut layout =
+            layout(&state, &signed_in, format!("Routed task {short}"), "tasks").await?;
+        layout.kinds = "fleet";
+        let now = Timestamp::now();
+        let known = fleet_known(&signed_in);
+        let central = task.central.clone().unwrap_or_default();
+        let overview = known.as_ref().and_then(|k| k.overview.clone());
+        let systems: Vec<crate::placement::FleetSystem> = overview
+            .as_deref()
+            .map(|o| {
+                o.systems
+                    .iter()
+                    .map(|s| crate::placement::FleetSystem {
+                        name: &s.name,
+                        repos: &s.repos,
+                        online: s.presence == "online",
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let targets = crate::placement::fleet_target(
+            task.repo.as_deref(),
+            task.pin.as_deref(),
+            &layout.system,
+            &systems,
+        );
+        let result = central.result.clone().unwrap_or_default();
+        let report = &result["report"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let verdict = text(if result["verdict"].is_string() {
+            &result["verdict"]
+        } else {
+            &report["verdict"]
+        });
+        Ok(render(&RoutedPage {
+            id: task.id.to_string(),
+            title: task.title.clone(),
+            prompt: task.prompt.clone(),
+            repo: task.repo.clone().unwrap_or_default(),
+            state: task.state(),
+            system: task.system().unwrap_or_default().to_string(),
+            target: crate::placement::describe_target(task.repo.as_deref(), &targets),
+            because: query.because,
+            reason: task.reason().unwrap_or_default().to_string(),
+            requested: task.requested.map(|r| r.to_string()).unwrap_or_default(),
+            attempts: central
+                .attempts
+                .iter()
+                .map(|a| RoutedAttemptRow {
+                    attempt: a["attempt"].as_i64().unwrap_or_default(),
+                    system: text(&a["system_name"]),
+                    claimed: central_age(a["claimed_at"].as_str(), now),
+                    ended: a["ended_at"]
+                        .as_str()
+                        .map_or_else(|| "running".into(), |t| central_age(Some(t), now)),
+                    outcome: text(&a["outcome"]),
+                })
+                .collect(),
+            max_attempts: central.max_attempts.max(task.max_attempts),
+            cost: cost(result["cost_usd"].as_f64()),
+            verdict,
+            diff_stat: text(&report["work"]["diff_stat"]),
+            commits: report["work"]["commits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let sha = c["sha"].as_str().unwrap_or_default();
+                    format!("{} {}", &sha[..sha.len().min(8)], text(&c["subject"]))
+                })
+                .collect(),
+            last_message: text(&report["last_message"]),
+            history: task
+                .log
+                .iter()
+                .map(|e| LogRow {
+                    at: e.at.to_string(),
+                    from: e.from.clone().unwrap_or_default(),
+                    to: e.to.clone(),
+                    reason: e.reason.clone().unwrap_or_default(),
+                    actor: e.system.clone().unwrap_or_default(),
+                })
+                .collect(),
+            fleet: known.map(|k| format!("Fleet: {}", k.status(now))).unwrap_or_default(),
+            layout,
         }))
     };
     page.await.unwrap_or_else(|r| r)

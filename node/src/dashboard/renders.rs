@@ -27,7 +27,7 @@ const KEEP: usize = 64;
 const LARGEST: usize = 16 << 20;
 
 /// The hub's version a render was made at.
-type Version = (i64, u64);
+type Version = (i64, u64, u64);
 
 /// The kept renders of the current version.
 #[derive(Default)]

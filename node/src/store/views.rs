@@ -132,6 +132,15 @@ impl Store {
         Ok((cards, counts))
     }
 
+    /// When a routed task last changed here and how many there are: the dashboard's fleet
+    /// refresher tells the pages when it moves (the central's view of a routed task is
+    /// written without an outbox row).
+    pub async fn routed_version(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as("SELECT coalesce(max(updated_at), 0), count(*) FROM routed_tasks")
+            .fetch_one(&self.readers)
+            .await?)
+    }
+
     /// The id of the newest outbox row (0 when there is none): what a page has seen.
     pub async fn outbox_head(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM outbox")
