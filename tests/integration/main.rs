@@ -19,6 +19,7 @@ mod messages;
 mod notify;
 mod prompts;
 mod retention;
+mod review;
 mod routing;
 mod routing_central;
 mod runtime;
