@@ -142,7 +142,11 @@ async fn review_comments_on_two_lines_and_request_changes_start_an_attempt_with_
         .find(|e| e["to_state"] == "created" && e["from_state"] == "complete");
     let asked = asked.unwrap_or_else(|| panic!("no review move in the log: {done:#}"));
     assert_eq!(asked["actor"], "dashboard");
-    assert!(asked["reason"].as_str().unwrap().contains("work.txt:2, work.txt:4"), "{asked}");
+    let reason = asked["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(r#"2 comments: work.txt:2 "Say why two stays"; work.txt:4 "Number the attempt in words""#),
+        "{asked}"
+    );
 
     // The page shows the new diff; "land" lands it.
     browser.goto(&daemon.url(&format!("/tasks/{id}"))).await;
@@ -242,4 +246,33 @@ async fn task_review_refuses_a_bad_file_line_and_a_line_outside_the_diff() {
         body["error"]["message"].as_str().unwrap().contains("work.txt:9 is outside the diff"),
         "{body}"
     );
+}
+
+/// The review's "discard" button drops the finished task's work, as `ccm task discard` does:
+/// the review closes (no more buttons) and the task no longer lands.
+#[tokio::test]
+async fn discard_button_of_the_review_drops_the_work_and_closes_the_review() {
+    let (home, repo) = setup("review-discard");
+    let daemon = home.start();
+    let id = add_task(&home, &repo);
+    wait_task(&daemon, &id, "complete", |d| d["state"] == "complete").await;
+
+    let browser = Browser::start(&shots("review-discard"), 390, 844).await;
+    browser.goto(home.run_ok(&["dashboard", "--print"]).trim()).await;
+    browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+    browser.goto(&daemon.url(&format!("/tasks/{id}"))).await;
+    browser.wait_for_text("Request changes", Duration::from_secs(10)).await;
+    browser.click("#discard").await;
+    let detail =
+        wait_task(&daemon, &id, "discarded", |d| d["discarded"]["reason"].is_string()).await;
+    assert_eq!(detail["discarded"]["reason"], "discarded from the dashboard");
+    browser.goto(&daemon.url(&format!("/tasks/{id}"))).await;
+    browser.wait_for_text("Extend work.txt", Duration::from_secs(10)).await;
+    let buttons = browser.eval("return document.querySelectorAll('#review button').length").await;
+    assert_eq!(buttons, 0, "{}", browser.text().await);
+    browser.screenshot("discarded").await;
+    let out = home.run(&["land", &id[..8]]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("was discarded"), "{stderr}");
+    browser.client.close().await.unwrap();
 }

@@ -125,12 +125,16 @@ impl Store {
             .await?;
         let mut sent = sent;
         sent.sort_by_key(|c| c.id);
-        let places: Vec<String> = sent.iter().map(|c| format!("{}:{}", c.file, c.line)).collect();
+        // The log line is the review's record: each comment's place and (the start of) its text.
+        let comments: Vec<String> = sent
+            .iter()
+            .map(|c| format!("{}:{} \"{}\"", c.file, c.line, crate::text::head(&c.text, 200)))
+            .collect();
         let reason = format!(
-            "changes requested in review ({} comment{} on {}); attempt {} answers them and does not count against the budget",
+            "changes requested in review ({} comment{}: {}); attempt {} answers them and does not count against the budget",
             sent.len(),
             if sent.len() == 1 { "" } else { "s" },
-            places.join(", "),
+            comments.join("; "),
             loaded.attempts + 1,
         );
         apply_in_tx(&mut tx, id, TaskEvent::ChangesRequested, &reason, by, policy).await?;
