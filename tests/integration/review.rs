@@ -116,6 +116,13 @@ async fn review_comments_on_two_lines_and_request_changes_start_an_attempt_with_
     comment(&browser, 4, "Number the attempt in words").await;
     assert!(!browser.overflows().await, "the page with comments is wider than a phone");
     browser.screenshot("two-comments").await;
+    // Readable in both schemes: every text of the page (the diff's coloured lines included)
+    // has a contrast of at least 4.5:1.
+    for scheme in ["dark", "light"] {
+        browser.color_scheme(scheme).await;
+        let low = browser.low_contrast(4.5).await;
+        assert!(low.is_empty(), "{scheme} scheme: texts below 4.5:1: {low:#?}");
+    }
     // They are stored: a reload still shows them, pending.
     browser.goto(&daemon.url(&format!("/tasks/{id}"))).await;
     browser.wait_for_text("Number the attempt in words", Duration::from_secs(10)).await;
