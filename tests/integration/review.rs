@@ -172,12 +172,13 @@ async fn review_comments_on_two_lines_and_request_changes_start_an_attempt_with_
     browser.client.close().await.unwrap();
 }
 
-/// `ccm task review`: a comment waits until a later review requests changes with another;
-/// both go to the next attempt's prompt.
+/// `ccm task review`: a comment waits (across a restart of the daemon) until a later review
+/// requests changes with another, here with no daemon running (the CLI writes the database
+/// itself); both go to the next attempt's prompt once the daemon runs again.
 #[tokio::test]
 async fn task_review_from_the_cli_requests_changes_with_comments() {
     let (home, repo) = setup("review-cli");
-    let daemon = home.start();
+    let mut daemon = home.start();
     let id = add_task(&home, &repo);
     wait_task(&daemon, &id, "complete", |d| d["state"] == "complete").await;
     let short = &id[..8];
@@ -187,6 +188,7 @@ async fn task_review_from_the_cli_requests_changes_with_comments() {
     let shown = home.run_ok(&["task", "show", short]);
     assert!(shown.contains("review    work.txt:1 (cli, pending): Keep one first"), "{shown}");
 
+    daemon.terminate();
     let out = home.run_ok(&[
         "task",
         "review",
@@ -197,6 +199,8 @@ async fn task_review_from_the_cli_requests_changes_with_comments() {
         "--request-changes",
     ]);
     assert!(out.contains("changes requested: 2 comment(s) go to attempt 2"), "{out}");
+    assert!(out.contains("it is created"), "{out}");
+    let daemon = home.start();
     let prompt = second_prompt(&daemon, &id).await;
     assert!(prompt.contains("- work.txt:1: Keep one first"), "{prompt}");
     assert!(prompt.contains("- work.txt:4: -- dashes are text too"), "{prompt}");
