@@ -142,6 +142,8 @@ pub async fn review(
             message: "a review needs a comment (FILE:LINE and its text) or request_changes".into(),
         }));
     }
+    // A task that cannot be reviewed is refused for that, not for its missing branch.
+    store.reviewable(task).await?;
     let mut added = Vec::new();
     if !request.comments.is_empty() {
         let diff = crate::conflicts::diff(store, task).await?;

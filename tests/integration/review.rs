@@ -285,5 +285,10 @@ async fn discard_button_of_the_review_drops_the_work_and_closes_the_review() {
     let out = home.run(&["land", &id[..8]]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("was discarded"), "{stderr}");
+    // Nor is it reviewed any more.
+    let out = home.run(&["task", "review", &id[..8], "--comment", "work.txt:4", "late"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a comment on discarded work was taken");
+    assert!(stderr.contains("was discarded: its work is not reviewed"), "{stderr}");
     browser.client.close().await.unwrap();
 }

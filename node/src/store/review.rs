@@ -143,6 +143,13 @@ impl Store {
         Ok((task, sent))
     }
 
+    /// The task, when its diff may be reviewed (else why not), read before its diff is.
+    pub async fn reviewable(&self, task: &str) -> Result<Task> {
+        let mut conn = self.readers.acquire().await?;
+        let id = resolve_task(&mut conn, task).await?;
+        reviewable(&mut conn, id).await
+    }
+
     /// Every review comment of the task, oldest first (pending ones and those sent).
     pub async fn review_comments(&self, task: Uuid) -> Result<Vec<ReviewComment>> {
         Ok(sqlx::query_as(&format!(
