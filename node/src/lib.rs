@@ -16,7 +16,8 @@
 //! - [`conflicts`]: conflict prediction between the active tasks of a repository (here and on
 //!   other systems), the land order it implies, a task's diff against its target.
 //! - [`land`]: landing finished tasks on their target branch through one queue per repository
-//!   and target (the daemon's `Lander`, `ccm land`).
+//!   and target (the daemon's `Lander`, `ccm land`); [`review`]: line comments on a finished
+//!   task's diff and "request changes" (`ccm task review`, the API, the dashboard).
 //! - [`config`]: layered configuration, validated at load.
 //! - [`home`]: the global home (`~/.ccm-global`, `CCM_HOME`) and its files (token, port file).
 //! - [`client`]: the CLI's client of a running daemon.
@@ -57,6 +58,7 @@ pub mod mcp;
 pub mod notify;
 pub mod placement;
 pub mod retention;
+pub mod review;
 pub mod routing;
 pub mod runtime;
 pub mod split;

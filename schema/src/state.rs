@@ -15,6 +15,8 @@
 //! created ─dependency_failed→ blocked;  any unfinished state ─cancel→ cancelled
 //! blocked | failed | alert | cancelled ─retry→ created (attempts reset);  alert ─accept→ complete
 //! complete ─land_failed→ error (a landing that conflicts or fails its verify: a new attempt)
+//! complete | alert ─changes_requested→ created (a review's comments: a new attempt that does not
+//!                                              count against the budget)
 //! ```
 //!
 //! Landing is a sub-state of `complete` ([`LandState`], moved by [`land_transition`]):
@@ -225,6 +227,9 @@ pub enum TaskEvent {
     /// Landing a complete task failed (a conflict with the target, or the verify on the merged
     /// result): weighed against the attempt budget like a failed attempt.
     LandFailed { class: FailureClass },
+    /// The operator reviewed a finished task's diff and requested changes: its next attempt
+    /// carries the review's comments and is not counted against the attempt budget.
+    ChangesRequested,
 }
 
 impl TaskEvent {
@@ -247,6 +252,7 @@ impl TaskEvent {
             TaskEvent::Cancel => "cancel",
             TaskEvent::Retry => "retry",
             TaskEvent::LandFailed { .. } => "land_failed",
+            TaskEvent::ChangesRequested => "changes_requested",
         }
     }
 
@@ -267,7 +273,7 @@ impl TaskEvent {
             }
             TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
-            TaskEvent::Retry => TaskState::Created,
+            TaskEvent::Retry | TaskEvent::ChangesRequested => TaskState::Created,
         }
     }
 }
@@ -296,6 +302,9 @@ pub enum Effect {
     AskDecision { kind: DecisionKind },
     /// Start over with a fresh attempt budget.
     ResetAttempts,
+    /// Grant one attempt more (`max_attempts + 1`): the next attempt answers a review, it is
+    /// not a failure.
+    GrantAttempt,
 }
 
 /// The outcome of a legal transition.
@@ -366,6 +375,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         (S::Blocked | S::Failed | S::Alert | S::Cancelled, Ev::Retry) => {
             go(S::Created, vec![E::ResetAttempts])
         }
+        (S::Complete | S::Alert, Ev::ChangesRequested) => go(S::Created, vec![E::GrantAttempt]),
         (from, event) => Err(TransitionError { from, to: event.target(), event: event.name() }),
     }
 }
@@ -840,6 +850,24 @@ mod tests {
             Executing,
             conflict,
             Err("illegal transition from executing to error: event `land_failed` is not allowed in state executing"),
+        );
+    }
+
+    #[test]
+    fn requested_changes_start_a_finished_task_again_with_one_attempt_more() {
+        use TaskState::*;
+        for from in [Complete, Alert] {
+            check(from, TaskEvent::ChangesRequested, Ok((Created, vec![Effect::GrantAttempt])));
+        }
+        check(
+            Executing,
+            TaskEvent::ChangesRequested,
+            Err("illegal transition from executing to created: event `changes_requested` is not allowed in state executing"),
+        );
+        check(
+            Failed,
+            TaskEvent::ChangesRequested,
+            Err("illegal transition from failed to created: event `changes_requested` is not allowed in state failed"),
         );
     }
 

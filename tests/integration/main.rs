@@ -20,6 +20,7 @@ mod messages;
 mod notify;
 mod prompts;
 mod retention;
+mod review;
 mod routing;
 mod routing_central;
 mod runtime;

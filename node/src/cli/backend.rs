@@ -207,6 +207,23 @@ impl Backend {
         }
     }
 
+    /// Comments on a finished task's diff and/or requests changes (`crate::review::review`).
+    pub async fn review(
+        &self,
+        id: &str,
+        request: &crate::review::ReviewRequest,
+    ) -> anyhow::Result<crate::review::Reviewed> {
+        match self {
+            Backend::Daemon(client) => {
+                Ok(client.post(&["tasks", id, "review"], serde_json::to_value(request)?).await?)
+            }
+            Backend::Local { store, config } => {
+                let policy = RetryPolicy::from(&**config);
+                Ok(crate::review::review(store, id, request, "cli", policy).await?)
+            }
+        }
+    }
+
     pub async fn answer(&self, id: &str, answer: &str) -> anyhow::Result<ccm_schema::Decision> {
         match self {
             Backend::Daemon(client) => {

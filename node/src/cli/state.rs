@@ -299,6 +299,7 @@ fn show_dump(dump: &StateDump, sync: bool) {
             discarded: None,
             parent: None,
             subtasks: Vec::new(),
+            review: Vec::new(),
         });
         println!();
     }

@@ -92,6 +92,20 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Comment on lines of a finished task's diff (`ccm task diff`), and request changes: the
+    /// pending comments go to its next attempt, which does not count against its budget.
+    Review {
+        #[arg(value_parser = not_empty)]
+        id: String,
+        /// A comment on line LINE of the branch's FILE (a line the diff shows); repeatable.
+        #[arg(long = "comment", num_args = 2, value_names = ["FILE:LINE", "TEXT"], allow_hyphen_values = true)]
+        comment: Vec<String>,
+        /// Start the next attempt with the task's pending comments in its prompt.
+        #[arg(long)]
+        request_changes: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the output of the task's latest agent.
     Logs {
         #[arg(value_parser = not_empty)]
@@ -497,6 +511,36 @@ pub async fn run(
             );
             Ok(())
         }
+        TaskCommand::Review { id, comment, request_changes, json } => {
+            let mut comments = Vec::new();
+            for pair in comment.chunks(2) {
+                let [at, text] = pair else { unreachable!("clap takes --comment's two values") };
+                let (file, line) = crate::review::parse_location(at)
+                    .map_err(|why| anyhow::anyhow!("--comment {why}"))?;
+                comments.push(crate::store::NewComment { file, line, text: text.clone() });
+            }
+            if comments.is_empty() && !request_changes {
+                anyhow::bail!(
+                    "nothing to do: give --comment FILE:LINE TEXT (repeatable), --request-changes, or both"
+                );
+            }
+            let request = crate::review::ReviewRequest { comments, request_changes };
+            let reviewed = backend.review(&id, &request).await?;
+            print(json, &reviewed, |reviewed| {
+                let short = reviewed.task.short_id();
+                for c in &reviewed.added {
+                    println!("comment {} on {}:{} added to task {short}", c.id, c.file, c.line);
+                }
+                if !reviewed.sent.is_empty() {
+                    println!(
+                        "changes requested: {} comment(s) go to attempt {} of task {short} (not counted against its budget; it is {})",
+                        reviewed.sent.len(),
+                        reviewed.task.attempts + 1,
+                        reviewed.task.state
+                    );
+                }
+            })
+        }
         TaskCommand::Depend { id, on } => {
             let task = backend.add_dependencies(&id, &on).await?;
             let deps: Vec<String> = task.depends_on.iter().map(short_id).collect();
@@ -831,6 +875,13 @@ pub(super) fn show_task(detail: &TaskDetail) {
         if let Some(reason) = &landing.reason {
             println!("            {reason}");
         }
+    }
+    for c in &detail.review {
+        let status = match c.for_attempt {
+            Some(n) if c.requested_at.is_some() => format!("sent to attempt {n}"),
+            _ => "pending".to_string(),
+        };
+        println!("  review    {}:{} ({}, {status}): {}", c.file, c.line, c.created_by, c.text);
     }
     println!(
         "  profile   {}{}",

@@ -16,6 +16,7 @@
 //! | `GET /api/conflicts?repo=` | the predicted conflicts of every repository with active tasks (or of one: a task's `repo`), as the predictor last recorded them: `[{"repo", "conflicts"}]` |
 //! | `GET /api/tasks/{id}/diff` | the task's branch against its target: `{"branch", "target", "base", "head", "files": [{"path", "status", "binary", "hunks": [{"header", "old_start", "new_start", "lines"}]}], "truncated"}` |
 //! | `POST /api/tasks/{id}/dependencies` | `{"depends_on": [ids]}`; a cycle answers 409 |
+//! | `POST /api/tasks/{id}/review` | `{"comments": [{"file", "line", "text"}], "request_changes"}`: comment on lines of a finished task's diff (a line the diff does not show answers 400 saying which it shows) and/or send the pending comments to its next attempt, which does not count against its budget; answers `{"task", "added", "sent"}` |
 //! | `POST /api/tasks/{id}/discard` | `{"reason"}`: drop a finished task's work (it leaves the land queue; the janitor may remove its branch); a task not finished, landing or landed answers 400 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}", get(show_task))
         .route("/tasks/{id}/dependencies", post(add_dependencies))
         .route("/tasks/{id}/discard", post(discard_task))
+        .route("/tasks/{id}/review", post(review_task))
         .route("/contexts", get(list_contexts).post(add_context))
         .route("/contexts/{key}", axum::routing::delete(remove_context))
         .route("/hooks", post(hook))
@@ -781,6 +783,23 @@ async fn conflicts(
             .map(|(repo, conflicts)| RepoConflicts { repo, conflicts })
             .collect(),
     ))
+}
+
+/// `POST /api/tasks/{id}/review`: comments on the task's diff, and "request changes".
+async fn review_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<crate::review::ReviewRequest>,
+) -> Result<Json<crate::review::Reviewed>, ApiError> {
+    let policy = RetryPolicy::from(&*state.config.current());
+    let reviewed =
+        crate::review::review(&state.store, &id, &body, &actor(&headers)?, policy).await?;
+    if body.request_changes {
+        state.metrics.count_event(ccm_schema::TaskEvent::ChangesRequested.name());
+        state.wake_scheduler();
+    }
+    Ok(Json(reviewed))
 }
 
 async fn task_diff(

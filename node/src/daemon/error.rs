@@ -145,6 +145,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::review::ReviewError> for ApiError {
+    fn from(error: crate::review::ReviewError) -> Self {
+        use crate::review::ReviewError;
+        match error {
+            ReviewError::Store(error) => error.into(),
+            ReviewError::Diff(error) => error.into(),
+            ReviewError::OutsideDiff(_) => ApiError::BadRequest(error.to_string()),
+        }
+    }
+}
+
 impl From<crate::land::LandError> for ApiError {
     fn from(error: crate::land::LandError) -> Self {
         use crate::land::LandError;

@@ -6,6 +6,7 @@
 //! - `pages`: the pages and their forms; `charts`: small inline SVG charts.
 //! - `renders`: one render of a page shared by the open pages that refresh at the same version.
 //! - `fleet`: with sync, the fleet from the central, kept current by a background refresher.
+//! - `review`: the task page's diff with line comments, "request changes", "land", "discard".
 //!
 //! The browser side (`assets/app.js`) keeps one event stream per browser (a leader among the
 //! tabs, elected with a Web Lock, passes events on over a BroadcastChannel) and morphs each
@@ -17,7 +18,7 @@
 //! | `GET /signin?code=` | spends a code from `ccm dashboard`, sets the session cookie |
 //! | `GET /`, `/tasks`, `/tasks/new`, `/tasks/{id}`, `/decisions`, `/agents`, `/alerts`, `/systems` | pages |
 //! | `GET /routed/{id}` | a task routed from here, as the central last said (state, system, attempts, report, cost) |
-//! | `POST /tasks`, `/tasks/{id}/events`, `/decisions/{id}`, `/alerts/{id}/ack`, `/signout` | forms |
+//! | `POST /tasks`, `/tasks/{id}/events`, `/tasks/{id}/review`, `/decisions/{id}`, `/alerts/{id}/ack`, `/signout` | forms |
 //! | `GET /events` | server-sent events (`hello`, `change`, `activity`) |
 //! | `GET /assets/{app.css,app.js,idiomorph.js,icon.svg}` | embedded assets |
 //! | `POST /api/dashboard/codes`, `POST /api/dashboard/revoke` | for the CLI, with the API token |
@@ -32,6 +33,7 @@ mod fleet;
 mod live;
 mod pages;
 mod renders;
+mod review;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/tasks/new", get(pages::new_task))
         .route("/tasks/{id}", get(pages::task))
         .route("/tasks/{id}/events", post(pages::task_event))
+        .route("/tasks/{id}/review", post(review::act))
         .route("/decisions", get(pages::decisions))
         .route("/decisions/{id}", post(pages::answer_decision))
         .route("/agents", get(pages::agents))

@@ -68,7 +68,7 @@ async fn layout(
     })
 }
 
-fn failure(error: impl Into<ApiError>) -> Response {
+pub(super) fn failure(error: impl Into<ApiError>) -> Response {
     let error: ApiError = error.into();
     if let ApiError::Internal(detail) = &error {
         tracing::error!(error = %detail, "dashboard request failed");
@@ -799,6 +799,8 @@ struct TaskPage {
     /// Predicted conflicts: `(other task's id or empty for the target, line)`.
     conflicts: Vec<(String, String)>,
     actions: Vec<(&'static str, &'static str, &'static str)>,
+    /// The branch's diff with its comment forms and buttons (`review.rs`).
+    review: Option<super::review::ReviewSection>,
 }
 
 /// The events the operator may send a task in `state`, as `(event, button label, class)`.
@@ -986,6 +988,7 @@ pub async fn task(
                 })
                 .collect(),
             actions: actions(task.state),
+            review: super::review::section(&state, &detail).await,
         }))
     };
     page.await.unwrap_or_else(|r| r)

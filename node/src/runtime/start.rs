@@ -89,6 +89,10 @@ impl Runtime {
             if let Some(landing) = self.store.land_feedback(task.id, task.attempts).await? {
                 prompt.push_str(&crate::land::feedback(&landing));
             }
+            let review = self.store.review_feedback(task.id).await?;
+            if !review.is_empty() {
+                prompt.push_str(&crate::review::prompt(&review));
+            }
             // What its sub-tasks did (a parent's next attempt, or a split task's own run).
             let subtasks = self.store.subtasks(task.id).await?;
             if !subtasks.is_empty() {

@@ -390,7 +390,10 @@ pub struct Discarded {
     pub discarded_at: Timestamp,
 }
 
-async fn discarded_in(conn: &mut sqlx::SqliteConnection, task: Uuid) -> Result<Option<Discarded>> {
+pub(super) async fn discarded_in(
+    conn: &mut sqlx::SqliteConnection,
+    task: Uuid,
+) -> Result<Option<Discarded>> {
     Ok(sqlx::query_as(
         "SELECT task_id, reason, discarded_at FROM discarded_tasks WHERE task_id = ?",
     )
@@ -399,7 +402,10 @@ async fn discarded_in(conn: &mut sqlx::SqliteConnection, task: Uuid) -> Result<O
     .await?)
 }
 
-async fn landing_in(conn: &mut sqlx::SqliteConnection, task: Uuid) -> Result<Option<Landing>> {
+pub(super) async fn landing_in(
+    conn: &mut sqlx::SqliteConnection,
+    task: Uuid,
+) -> Result<Option<Landing>> {
     Ok(sqlx::query_as(&format!("SELECT {LANDING_COLUMNS} FROM landings WHERE task_id = ?"))
         .bind(task.hyphenated())
         .fetch_optional(&mut *conn)

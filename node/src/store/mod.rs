@@ -10,6 +10,7 @@
 //! - `hooks`: hook events and their effects, file claims and change requests.
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
+//! - `review`: review comments on a finished task's diff, and "request changes".
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -27,6 +28,7 @@ mod land;
 mod notify;
 mod records;
 mod retention;
+mod review;
 mod routing;
 mod supervisors;
 mod sync;
@@ -59,6 +61,7 @@ pub use land::{Discarded, LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use retention::{integrity_check_file, RetentionPass, RetentionReport, StorageStats, TaskEnd};
+pub use review::{NewComment, ReviewComment, COMMENT_MAX_BYTES};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
 pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};

@@ -105,6 +105,9 @@ pub struct TaskDetail {
     /// Its sub-tasks, each with its own (the tree below it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtasks: Vec<super::Subtask>,
+    /// Review comments on its diff, oldest first: pending ones and those sent to an attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub review: Vec<super::ReviewComment>,
 }
 
 /// Input and output tokens.
@@ -549,6 +552,7 @@ impl Store {
             discarded: self.discarded(id).await?,
             parent: self.parent_of(id).await?,
             subtasks: self.subtasks(id).await?,
+            review: self.review_comments(id).await?,
         })
     }
 }
@@ -889,6 +893,7 @@ pub(super) async fn apply_in_tx(
             match effect {
                 Effect::BeginAttempt => task.attempts += 1,
                 Effect::ResetAttempts => task.attempts = 0,
+                Effect::GrantAttempt => task.max_attempts += 1,
                 Effect::ScheduleRetry { attempt } => {
                     task.wake_at = Some(now.after(backoff(policy.base, policy.cap, attempt)));
                 }
@@ -939,7 +944,7 @@ pub(super) async fn apply_in_tx(
             // Nothing waits for an answer about a finished task any more.
             close_decisions(tx, id, None, event.name(), actor, now).await?;
         }
-        if matches!(event, TaskEvent::Retry | TaskEvent::Cancel) {
+        if matches!(event, TaskEvent::Retry | TaskEvent::Cancel | TaskEvent::ChangesRequested) {
             // The operator acted on the task: what its alerts asked for is settled.
             resolve_task_alerts(tx, id, now).await?;
         }
@@ -951,12 +956,14 @@ pub(super) async fn apply_in_tx(
     }
     sqlx::query(
         r#"
-        UPDATE tasks SET state = ?, attempts = ?, wake_at = ?, updated_at = ?, version = version + 1
+        UPDATE tasks SET state = ?, attempts = ?, max_attempts = ?, wake_at = ?, updated_at = ?,
+            version = version + 1
         WHERE id = ?
         "#,
     )
     .bind(task.state)
     .bind(task.attempts)
+    .bind(task.max_attempts)
     .bind(task.wake_at)
     .bind(now)
     .bind(id.hyphenated())
