@@ -277,3 +277,60 @@ async fn pr_mode_with_decide_puts_failing_checks_to_the_operator() {
     assert!(decisions.contains(&id[..8]), "{decisions}");
     assert_eq!(s.forge.pull(1)["merged"], false);
 }
+
+#[tokio::test]
+async fn pr_mode_changes_requested_review_starts_a_new_attempt_with_the_review() {
+    let s = setup("land-pr-review", "  auto: true\n");
+    // The CI runs until the test lets it finish.
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
+    s.forge.set_checks(move |_, _| {
+        let conclusion = done.load(Ordering::SeqCst).then_some("success");
+        vec![Check::new("test", conclusion, "All tests passed", "14 passed", "")]
+    });
+    let daemon = s.start();
+    let id = add_task(&s, "Rename the helper", &[]);
+    let waiting = wait_until(SLOW, || async {
+        s.home.run_ok(&["land", "status"]).contains("waiting for checks on PR #1")
+    })
+    .await;
+    assert!(waiting, "{}\n{}", s.home.run_ok(&["land", "status"]), daemon.log_text());
+    // A reviewer asks for changes on the pushed head; the CI then passes.
+    s.forge.review(1, "alice", "CHANGES_REQUESTED", "Please call it `parse_login`, not `pl`.");
+    finished.store(true, Ordering::SeqCst);
+
+    // The review became the next attempt's feedback; that attempt's commits answered it (the
+    // request was on an older head), and the pull request merged.
+    let detail = wait_land(&daemon, &id, "landed").await;
+    let runs = detail["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{detail:#}");
+    let prompt = runs[1]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("changes requested on PR #1 by alice"), "{prompt}");
+    assert!(prompt.contains("Please call it `parse_login`, not `pl`."), "{prompt}");
+    assert_eq!(s.forge.pull(1)["merged"], true);
+    assert_eq!(git(&s.bare, &["show", "main:work.txt"]), "attempt 1\nattempt 2");
+}
+
+#[tokio::test]
+async fn pr_mode_pull_request_merged_by_a_person_marks_the_task_landed() {
+    let s = setup("land-pr-by-hand", "  auto: true\n");
+    // The CI never finishes; a person merges the pull request anyway.
+    s.forge.set_checks(|_, _| vec![Check::new("test", None, "Running", "", "")]);
+    let daemon = s.start();
+    let id = add_task(&s, "Merged by a person", &[]);
+    let waiting = wait_until(SLOW, || async {
+        s.home.run_ok(&["land", "status"]).contains("waiting for checks on PR #1 (0 of 1 done")
+    })
+    .await;
+    assert!(waiting, "{}\n{}", s.home.run_ok(&["land", "status"]), daemon.log_text());
+    let merged = s.forge.merge_by_hand(1);
+
+    // GitHub answers `merged: true`: the landing takes the forge's merge commit and finishes.
+    wait_land(&daemon, &id, "landed").await;
+    assert_eq!(git(&s.bare, &["rev-parse", "main"]), merged["sha"].as_str().unwrap());
+    assert_eq!(git(&s.repo, &["rev-parse", "main"]), merged["sha"].as_str().unwrap());
+    assert!(s.forge.calls().iter().all(|c| c.method != "PUT"), "ccm merged nothing itself");
+    let branch = format!("ccm/{}", &id[..8]);
+    assert!(!remote_branches(&s.bare).contains(&branch), "{}", remote_branches(&s.bare));
+    assert_eq!(git(&s.repo, &["branch", "--list", "ccm/*"]), "");
+}

@@ -179,6 +179,15 @@ impl GitHub {
         answer["number"].as_i64().unwrap()
     }
 
+    /// A person presses "Merge pull request" on `number` (as `PUT /pulls/{n}/merge` would).
+    pub fn merge_by_hand(&self, number: i64) -> Value {
+        let mut hub = self.hub.lock().unwrap();
+        refresh(&mut hub);
+        let (status, answer) = merge(&mut hub, number, &json!({}));
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
     /// `login` reviews pull request `number` at its current head: `APPROVED`,
     /// `CHANGES_REQUESTED` or `COMMENTED`.
     pub fn review(&self, number: i64, login: &str, state: &str, body: &str) {
@@ -544,80 +553,70 @@ async fn merge_pull(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    const DOC: &str = "pulls/pulls#merge-a-pull-request";
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = format!("/repos/{owner}/{repo}/pulls/{number}/merge");
     answer(&hub, &Method::PUT, path, &headers, (&owner, &repo), body.clone(), |hub| {
-        let Some(index) = hub.pulls.iter().position(|p| p.number == number) else {
-            return error(StatusCode::NOT_FOUND, "Not Found", None, DOC);
-        };
-        let pull = hub.pulls[index].clone();
-        if pull.merged || pull.state != "open" {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Pull Request is not mergeable",
-                None,
-                DOC,
-            );
-        }
-        if let Some(sha) = body.get("sha").and_then(Value::as_str) {
-            if sha != pull.head_sha {
-                return error(
-                    StatusCode::CONFLICT,
-                    "Head branch was modified. Review and try the merge again.",
-                    None,
-                    DOC,
-                );
-            }
-        }
-        let base_ref = format!("refs/heads/{}", pull.base);
-        let Some(base) = rev(&hub.bare, &base_ref) else {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "Base branch was deleted", None, DOC);
-        };
-        let Some(tree) = merged_tree(&hub.bare, &base, &pull.head_sha) else {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Pull Request is not mergeable",
-                None,
-                DOC,
-            );
-        };
-        let method = body.get("merge_method").and_then(Value::as_str).unwrap_or("merge");
-        let title = body.get("commit_title").and_then(Value::as_str).map_or_else(
-            || format!("Merge pull request #{number} from {}/{}", hub.owner, pull.head),
-            str::to_string,
-        );
-        let message = body.get("commit_message").and_then(Value::as_str).unwrap_or(&pull.title);
-        let text = format!("{title}\n\n{message}");
-        let (ok, commit) = match method {
-            "merge" => git(
-                &hub.bare,
-                &["commit-tree", &tree, "-p", &base, "-p", &pull.head_sha, "-m", &text],
-            ),
-            "squash" => git(&hub.bare, &["commit-tree", &tree, "-p", &base, "-m", &text]),
-            other => {
-                let message = format!("Merge method {other} is not allowed on this repository");
-                return error(StatusCode::METHOD_NOT_ALLOWED, &message, None, DOC);
-            }
-        };
-        assert!(ok, "git commit-tree: {commit}");
-        let (moved, out) = git(&hub.bare, &["update-ref", &base_ref, &commit, &base]);
-        if !moved {
+        merge(hub, number, &body)
+    })
+}
+
+/// `PUT /pulls/{n}/merge`: a real merge (or squash) in the bare repository, the base moved by
+/// a compare-and-swap.
+fn merge(hub: &mut Hub, number: i64, body: &Value) -> (StatusCode, Value) {
+    const DOC: &str = "pulls/pulls#merge-a-pull-request";
+    let Some(index) = hub.pulls.iter().position(|p| p.number == number) else {
+        return error(StatusCode::NOT_FOUND, "Not Found", None, DOC);
+    };
+    let pull = hub.pulls[index].clone();
+    if pull.merged || pull.state != "open" {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "Pull Request is not mergeable", None, DOC);
+    }
+    if let Some(sha) = body.get("sha").and_then(Value::as_str) {
+        if sha != pull.head_sha {
             return error(
                 StatusCode::CONFLICT,
-                &format!("Base branch was modified: {out}"),
+                "Head branch was modified. Review and try the merge again.",
                 None,
                 DOC,
             );
         }
-        let pull = &mut hub.pulls[index];
-        pull.merged = true;
-        pull.state = "closed";
-        pull.merge_commit_sha = Some(commit.clone());
-        pull.merged_at = Some(now());
-        (
-            StatusCode::OK,
-            json!({ "sha": commit, "merged": true, "message": "Pull Request successfully merged" }),
-        )
-    })
+    }
+    let base_ref = format!("refs/heads/{}", pull.base);
+    let Some(base) = rev(&hub.bare, &base_ref) else {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "Base branch was deleted", None, DOC);
+    };
+    let Some(tree) = merged_tree(&hub.bare, &base, &pull.head_sha) else {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "Pull Request is not mergeable", None, DOC);
+    };
+    let method = body.get("merge_method").and_then(Value::as_str).unwrap_or("merge");
+    let title = body.get("commit_title").and_then(Value::as_str).map_or_else(
+        || format!("Merge pull request #{number} from {}/{}", hub.owner, pull.head),
+        str::to_string,
+    );
+    let message = body.get("commit_message").and_then(Value::as_str).unwrap_or(&pull.title);
+    let text = format!("{title}\n\n{message}");
+    let (ok, commit) = match method {
+        "merge" => {
+            git(&hub.bare, &["commit-tree", &tree, "-p", &base, "-p", &pull.head_sha, "-m", &text])
+        }
+        "squash" => git(&hub.bare, &["commit-tree", &tree, "-p", &base, "-m", &text]),
+        other => {
+            let message = format!("Merge method {other} is not allowed on this repository");
+            return error(StatusCode::METHOD_NOT_ALLOWED, &message, None, DOC);
+        }
+    };
+    assert!(ok, "git commit-tree: {commit}");
+    let (moved, out) = git(&hub.bare, &["update-ref", &base_ref, &commit, &base]);
+    if !moved {
+        return error(StatusCode::CONFLICT, &format!("Base branch was modified: {out}"), None, DOC);
+    }
+    let pull = &mut hub.pulls[index];
+    pull.merged = true;
+    pull.state = "closed";
+    pull.merge_commit_sha = Some(commit.clone());
+    pull.merged_at = Some(now());
+    (
+        StatusCode::OK,
+        json!({ "sha": commit, "merged": true, "message": "Pull Request successfully merged" }),
+    )
 }
