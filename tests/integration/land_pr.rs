@@ -153,6 +153,8 @@ async fn pr_mode_opens_a_pull_request_with_the_report_and_merges_it_when_checks_
     let detail = task(&daemon, &id).await;
     assert_eq!(detail["landing"]["pr_number"], 1, "{detail:#}");
     assert_eq!(detail["landing"]["pr_url"], "https://github.com/octo-org/app/pull/1");
+    let shown = s.home.run_ok(&["task", "show", short]);
+    assert!(shown.contains("pull request #1 https://github.com/octo-org/app/pull/1"), "{shown}");
 
     // The checks pass: the pull request is merged on the remote, and the task has landed.
     finished.store(true, Ordering::SeqCst);
@@ -333,4 +335,39 @@ async fn pr_mode_pull_request_merged_by_a_person_marks_the_task_landed() {
     let branch = format!("ccm/{}", &id[..8]);
     assert!(!remote_branches(&s.bare).contains(&branch), "{}", remote_branches(&s.bare));
     assert_eq!(git(&s.repo, &["branch", "--list", "ccm/*"]), "");
+}
+
+#[tokio::test]
+async fn pr_mode_waiting_for_checks_holds_up_no_other_repositorys_landing() {
+    let s = setup("land-pr-other", "  auto: true\n");
+    s.forge.set_checks(|_, _| vec![Check::new("test", None, "Running", "", "")]);
+    // A second repository of the same home lands by rebase, automatically.
+    let other = s.home.work().join("other");
+    git_repo(&other, None);
+    std::fs::create_dir_all(other.join(".ccm")).unwrap();
+    std::fs::write(other.join(".ccm/config.yaml"), "land:\n  auto: true\n").unwrap();
+    std::fs::write(other.join(".git/info/exclude"), ".ccm/\n").unwrap();
+    let other = std::fs::canonicalize(&other).unwrap();
+    s.home.run_ok(&["context", "add", &other.to_string_lossy()]);
+    let base = git(&other, &["rev-parse", "main"]);
+    let daemon = s.start();
+
+    let waiting = add_task(&s, "Waits for its checks", &[]);
+    let held = wait_until(SLOW, || async {
+        s.home.run_ok(&["land", "status"]).contains("waiting for checks on PR #1")
+    })
+    .await;
+    assert!(held, "{}\n{}", s.home.run_ok(&["land", "status"]), daemon.log_text());
+    let other_path = other.to_string_lossy();
+    let args = ["task", "add", "Lands meanwhile", "--profile", "fake", "--repo", &other_path];
+    let lands = s.home.run_json(&args)["id"].as_str().unwrap().to_string();
+    wait_land(&daemon, &lands, "landed").await;
+    assert_ne!(git(&other, &["rev-parse", "main"]), base);
+    // The pull request still waits, saying why.
+    let detail = task(&daemon, &waiting).await;
+    assert_eq!(detail["land_state"], "landing", "{detail:#}");
+    assert!(
+        detail["landing"]["reason"].as_str().unwrap().starts_with("waiting for checks on PR #1"),
+        "{detail:#}"
+    );
 }
