@@ -371,3 +371,41 @@ async fn pr_mode_waiting_for_checks_holds_up_no_other_repositorys_landing() {
         "{detail:#}"
     );
 }
+
+#[tokio::test]
+async fn pr_mode_pull_request_that_does_not_merge_gives_an_attempt_told_to_merge_the_target() {
+    let s = setup("land-pr-conflict", "  auto: false\n");
+    let daemon = s.start();
+    let id = add_task(&s, "Write the work file", &["--max-attempts", "2"]);
+    wait_state(&daemon, &id, "complete").await;
+    // Meanwhile someone else's work.txt reached the remote's main.
+    let side = s.home.work().join("side");
+    git(&s.home.work(), &["clone", "-q", &s.bare.to_string_lossy(), &side.to_string_lossy()]);
+    std::fs::write(side.join("work.txt"), "someone else's line\n").unwrap();
+    git(&side, &["add", "work.txt"]);
+    git(
+        &side,
+        &["-c", "user.name=x", "-c", "user.email=x@example.com", "commit", "-q", "-m", "other"],
+    );
+    git(&side, &["push", "-q", "origin", "main"]);
+    let moved = git(&s.bare, &["rev-parse", "main"]);
+
+    s.home.run_ok(&["land", &id[..8]]);
+    // GitHub says the pull request does not merge: the next attempt is told to merge the
+    // target's newest head into its branch (not to rebase: the branch is pushed again).
+    let started = wait_until(SLOW, || async {
+        task(&daemon, &id).await["runs"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let detail = task(&daemon, &id).await;
+    assert!(started, "{detail:#}\n{}", daemon.log_text());
+    let prompt = detail["runs"][1]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains(&format!("PR #1 does not merge with main at {}", &moved[..12])),
+        "{prompt}"
+    );
+    assert!(prompt.contains(&format!("git merge {moved}")), "{prompt}");
+    assert!(prompt.contains("do not rebase"), "{prompt}");
+    assert_eq!(git(&s.bare, &["rev-parse", "main"]), moved, "the target did not move");
+    assert_eq!(s.forge.pull(1)["mergeable"], false);
+}
