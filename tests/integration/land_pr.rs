@@ -278,6 +278,17 @@ async fn pr_mode_with_decide_puts_failing_checks_to_the_operator() {
     let decisions = s.home.run_ok(&["decide"]);
     assert!(decisions.contains(&id[..8]), "{decisions}");
     assert_eq!(s.forge.pull(1)["merged"], false);
+
+    // The operator retries: the fresh attempt is told what the checks said.
+    s.home.run_ok(&["decide", &id[..8], "retry"]);
+    let started = wait_until(SLOW, || async {
+        task(&daemon, &id).await["runs"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let detail = task(&daemon, &id).await;
+    assert!(started, "{detail:#}\n{}", daemon.log_text());
+    let prompt = detail["runs"][1]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("2 tests failed") && prompt.contains("flaky network"), "{prompt}");
 }
 
 #[tokio::test]

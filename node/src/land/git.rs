@@ -332,6 +332,11 @@ pub fn push_branch(repo: &Path, remote: &str, branch: &str) -> Result<Pushed, Wo
     }
 }
 
+/// The commit the task's branch `branch` is at.
+pub fn branch_tip(repo: &Path, branch: &str) -> Result<String, WorktreeError> {
+    rev_parse(repo, &format!("refs/heads/{branch}"))
+}
+
 /// The URL of `remote` (for the forge's `owner/name`).
 pub fn remote_url(repo: &Path, remote: &str) -> Result<String, WorktreeError> {
     Ok(git(repo, &["remote", "get-url", remote])?.trim().to_string())

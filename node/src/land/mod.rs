@@ -593,7 +593,12 @@ impl Lander {
             None => None,
         };
         if let Some(pull) = known.as_ref().filter(|p| p.merged) {
-            return self.pull_merged(task, pull).await;
+            let (repo, name) = (policy.repo.clone(), branch.to_string());
+            let tip = self.blocking(move || git::branch_tip(&repo, &name)).await?;
+            if pull.head.sha == tip {
+                return self.pull_merged(task, pull).await;
+            }
+            // Merged with an earlier attempt's head: this attempt's work needs a new one.
         }
         let (repo, remote, name) =
             (policy.repo.clone(), policy.land.remote.clone(), branch.to_string());
@@ -608,7 +613,7 @@ impl Lander {
                 return Ok(None);
             }
         };
-        let pull = match known.filter(|p| p.state == "open") {
+        let pull = match known.filter(|p| p.state == "open" && !p.merged) {
             Some(pull) => pull,
             None => {
                 let detail = self.store.task(&task.id.to_string()).await?;

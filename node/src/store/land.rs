@@ -374,12 +374,12 @@ impl Store {
     }
 
     /// What the task's next attempt is told about its last landing, when that failed after the
-    /// attempt it carried (so that later attempts do not see an old failure again).
+    /// attempt it carried (so that later attempts do not see an old failure again), or when the
+    /// operator's retry gave the task a fresh budget (`attempts` 0) after it.
     pub async fn land_feedback(&self, task: Uuid, attempts: u32) -> Result<Option<Landing>> {
-        Ok(self
-            .landing(task)
-            .await?
-            .filter(|l| l.state == LandState::LandFailed && l.attempt == attempts))
+        Ok(self.landing(task).await?.filter(|l| {
+            l.state == LandState::LandFailed && (l.attempt == attempts || attempts == 0)
+        }))
     }
 
     /// Complete tasks with a repository that are in no land queue, oldest first, each with its
