@@ -420,3 +420,35 @@ async fn pr_mode_pull_request_that_does_not_merge_gives_an_attempt_told_to_merge
     assert_eq!(git(&s.bare, &["rev-parse", "main"]), moved, "the target did not move");
     assert_eq!(s.forge.pull(1)["mergeable"], false);
 }
+
+#[tokio::test]
+async fn pr_mode_without_a_token_waits_saying_where_to_put_it_then_uses_the_environments() {
+    let s = setup("land-pr-env", "");
+    // No `land.api_url`: the API comes from GITHUB_API_URL, as on a GitHub Enterprise runner.
+    std::fs::write(
+        s.repo.join(".ccm/config.yaml"),
+        "land:\n  mode: pr\n  auto: true\n  repo: octo-org/app\n  poll_secs: 1\n  checks_grace_secs: 0\n",
+    )
+    .unwrap();
+    let url = s.forge.url();
+    let mut daemon = s.home.start_with(|c| {
+        c.env_remove("GITHUB_TOKEN").env("GITHUB_API_URL", &url);
+    });
+    let id = add_task(&s, "Needs a token", &[]);
+    let said = wait_until(SLOW, || async {
+        s.home.run_ok(&["land", "status"]).contains(
+            "no GitHub token: put `github_token` in auth.json or set GITHUB_TOKEN for the daemon",
+        )
+    })
+    .await;
+    assert!(said, "{}\n{}", s.home.run_ok(&["land", "status"]), daemon.log_text());
+    assert!(s.forge.calls().is_empty());
+    daemon.terminate();
+
+    let daemon = s.home.start_with(|c| {
+        c.env("GITHUB_TOKEN", TOKEN).env("GITHUB_API_URL", &url);
+    });
+    wait_land(&daemon, &id, "landed").await;
+    assert_eq!(s.forge.pull(1)["merged"], true);
+    assert!(!daemon.log_text().contains(TOKEN), "the token is never logged");
+}
