@@ -7,7 +7,12 @@
 //!   CLI); [`enqueue`]; [`status`] and [`plan`], the read models of `ccm land status` and
 //!   `ccm land --plan`.
 //! - `git.rs`: the git steps of one landing (target head, merged result in a fresh worktree,
-//!   compare-and-swap move, removal of the branch).
+//!   compare-and-swap move, removal of the branch; for `mode: pr` the push of the branch and
+//!   the follow of the remote's target).
+//! - `github.rs`: the forge of `land.mode: pr` (GitHub's REST API: open, look at checks and
+//!   reviews, merge). A pull request's landing is `Lander::pull_request`: the `landing` step
+//!   waits at the forge (one look every `land.poll_secs`, the reason in `ccm land status`), and
+//!   the forge's merge commit is its `merged` result.
 //!
 //! A landing's steps are recorded as they happen (`store/land.rs`: `landing` with the head it
 //! started from, `merged` with the verified result, `moved`, `landed`), so after a crash the next
