@@ -422,6 +422,39 @@ pub struct LandConfig {
     /// Disk the worktrees of ended tasks may take on this node, in MiB; past it the janitor
     /// removes what it may at once, oldest first, whatever `keep_days` says. 0: no budget.
     pub disk_budget_mb: u64,
+    /// `mode: pr`: the forge whose REST API opens, checks and merges the pull request.
+    pub forge: Forge,
+    /// `mode: pr`: the forge's API; `GITHUB_API_URL`, else `https://api.github.com`, when unset.
+    pub api_url: Option<String>,
+    /// `mode: pr`: the forge's `owner/name`; read from the remote's URL when unset.
+    pub repo: Option<String>,
+    /// `mode: pr`: what failing checks or a "changes requested" review lead to.
+    pub on_checks_failed: OnChecksFailed,
+    /// `mode: pr`: seconds between two looks at a pull request's checks.
+    pub poll_secs: u64,
+    /// `mode: pr`: seconds a pull request without any check run waits for one before it merges.
+    pub checks_grace_secs: u64,
+}
+
+/// The forge of `land.mode: pr` (`land.forge`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forge {
+    /// GitHub's REST API (or GitHub Enterprise Server's, through `land.api_url`).
+    #[default]
+    Github,
+}
+
+/// What failing checks on a pull request lead to (`land.on_checks_failed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnChecksFailed {
+    /// The task's next attempt, with the checks' output in its prompt (a decision once its
+    /// attempts are spent).
+    #[default]
+    Retry,
+    /// A decision for the operator at once (retry or cancel).
+    Decide,
 }
 
 impl Default for LandConfig {
@@ -436,6 +469,12 @@ impl Default for LandConfig {
             remote: "origin".into(),
             keep_days: 7,
             disk_budget_mb: 0,
+            forge: Forge::Github,
+            api_url: None,
+            repo: None,
+            on_checks_failed: OnChecksFailed::Retry,
+            poll_secs: 15,
+            checks_grace_secs: 60,
         }
     }
 }
@@ -450,8 +489,8 @@ pub enum LandMode {
     Rebase,
     /// One commit on the target, subject `[<short id>] <title>`.
     Squash,
-    /// A pull request through the forge's API (not supported yet: such a landing waits, saying
-    /// so).
+    /// A pull request through the forge's API (`land/github.rs`), merged by the forge once its
+    /// checks pass.
     Pr,
 }
 
@@ -500,6 +539,26 @@ impl LandConfig {
         }
         if !is_branch_name(&self.remote) {
             return invalid("land.remote", "must be a remote's name such as `origin`");
+        }
+        if let Some(url) = &self.api_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return invalid(
+                    "land.api_url",
+                    "must be an http(s) URL such as `https://api.github.com`",
+                );
+            }
+        }
+        if let Some(repo) = &self.repo {
+            let parts: Vec<&str> = repo.split('/').collect();
+            let good = |p: &str| {
+                !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if parts.len() != 2 || !parts.iter().all(|p| good(p)) {
+                return invalid("land.repo", "must be `owner/name`, such as `octo-org/app`");
+            }
+        }
+        if self.poll_secs == 0 {
+            return invalid("land.poll_secs", "must be at least 1");
         }
         Ok(())
     }
@@ -1186,6 +1245,11 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   push: false          # also push the target to its remote (never forced)
 #   remote: origin
 #   keep_days: 7         # ended tasks' branches and worktrees kept this long (`ccm gc`)
+#   forge: github        # mode pr: a pull request through GitHub's REST API
+#   api_url: https://api.github.com   # default: $GITHUB_API_URL, else GitHub's
+#   repo: owner/name     # default: from the remote's URL; token: auth.json github_token or $GITHUB_TOKEN
+#   on_checks_failed: retry   # or decide: failing checks ask the operator
+#   poll_secs: 15        # between two looks at the pull request's checks
 # allowed_tools:         # tools a profile's agents use without asking (replaces its list)
 #   claude: [Bash, Edit, Write, NotebookEdit, mcp__ccm]
 # sequences:             # numbers agents allocate through ccm's MCP server (`allocate`)
@@ -1400,12 +1464,22 @@ mod tests {
             ),
             ("land:\n  target: 'main'\n  verify: ' '\n", "key `land.verify`: must not be empty"),
             ("land:\n  keep_days: -1\n", "key `land.keep_days`"),
+            ("land:\n  mode: pr\n  repo: app\n", "key `land.repo`: must be `owner/name`"),
+            ("land:\n  mode: pr\n  api_url: api.github.com\n", "key `land.api_url`"),
+            ("land:\n  on_checks_failed: ask\n", "key `land.on_checks_failed`"),
+            ("land:\n  forge: gitlab\n", "key `land.forge`"),
+            ("land:\n  poll_secs: 0\n", "key `land.poll_secs`: must be at least 1"),
         ] {
             let error = load_yaml(yaml).unwrap_err().to_string();
             assert!(error.contains(expected), "{yaml}: {error}");
         }
         let error = load_yaml("land:\n  target: 'a b'\n").unwrap_err().to_string();
         assert!(error.contains("(it is `a b`)"), "{error}");
+        let pr = "land:\n  mode: pr\n  repo: octo-org/app\n  on_checks_failed: decide\n";
+        let land = load_yaml(pr).unwrap().land.unwrap();
+        assert_eq!(land.repo.as_deref(), Some("octo-org/app"));
+        assert_eq!(land.on_checks_failed, OnChecksFailed::Decide);
+        assert_eq!(land.forge, Forge::Github);
     }
 
     #[test]

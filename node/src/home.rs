@@ -180,6 +180,7 @@ impl Home {
                     sync: None,
                     operator: None,
                     telegram_token: None,
+                    github_token: None,
                 };
                 file.write_all(&auth.to_json())
                     .and_then(|()| file.sync_all())
@@ -237,8 +238,8 @@ fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), HomeError> {
         .map_err(HomeError::io("cannot write", path))
 }
 
-/// Contents of `auth.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Contents of `auth.json` (`Debug` shows no secret).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Auth {
     /// Bearer token of the local API.
     pub token: String,
@@ -253,6 +254,19 @@ pub struct Auth {
     /// The Telegram bot token, for notifiers of kind `telegram` whose config gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telegram_token: Option<String>,
+    /// The GitHub token of `land.mode: pr` (else `GITHUB_TOKEN` in the daemon's environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_token: Option<String>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("sync", &self.sync)
+            .field("telegram_token", &self.telegram_token.as_ref().map(|_| "<redacted>"))
+            .field("github_token", &self.github_token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Auth {

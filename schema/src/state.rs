@@ -224,9 +224,14 @@ pub enum TaskEvent {
     Cancel,
     /// The operator runs a stopped task again, with a fresh attempt budget.
     Retry,
-    /// Landing a complete task failed (a conflict with the target, or the verify on the merged
-    /// result): weighed against the attempt budget like a failed attempt.
-    LandFailed { class: FailureClass },
+    /// Landing a complete task failed (a conflict with the target, the verify on the merged
+    /// result, or a pull request's checks): weighed against the attempt budget like a failed
+    /// attempt, or, with `decide` (`land.on_checks_failed: decide`), put to the operator at once.
+    LandFailed {
+        class: FailureClass,
+        #[serde(default)]
+        decide: bool,
+    },
     /// The operator reviewed a finished task's diff and requested changes: its next attempt
     /// carries the review's comments and is not counted against the attempt budget.
     ChangesRequested,
@@ -351,7 +356,16 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         (S::Queued | S::Executing | S::ReportGeneration | S::Supervisory, Ev::Failed { class }) => {
             go(S::Error, vec![E::Assess { class }])
         }
-        (S::Complete, Ev::LandFailed { class }) => go(S::Error, vec![E::Assess { class }]),
+        (S::Complete, Ev::LandFailed { class, decide: false }) => {
+            go(S::Error, vec![E::Assess { class }])
+        }
+        (S::Complete, Ev::LandFailed { decide: true, .. }) => go(
+            S::Blocked,
+            vec![
+                E::RaiseAlert { severity: Severity::Warning, reason: "land_failed" },
+                E::AskDecision { kind: DecisionKind::RetryOrCancel },
+            ],
+        ),
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
             let to = resolution(class, attempt, max_attempts);
             let effects = match to {
@@ -835,11 +849,23 @@ mod tests {
     #[test]
     fn a_landing_that_fails_gives_a_complete_task_a_new_attempt_or_a_decision() {
         use TaskState::*;
-        let conflict = TaskEvent::LandFailed { class: FailureClass::Conflict };
+        let conflict = TaskEvent::LandFailed { class: FailureClass::Conflict, decide: false };
         check(
             Complete,
             conflict,
             Ok((Error, vec![Effect::Assess { class: FailureClass::Conflict }])),
+        );
+        // `land.on_checks_failed: decide`: failing checks go to the operator at once.
+        check(
+            Complete,
+            TaskEvent::LandFailed { class: FailureClass::VerifyFailed, decide: true },
+            Ok((
+                Blocked,
+                vec![
+                    Effect::RaiseAlert { severity: Severity::Warning, reason: "land_failed" },
+                    Effect::AskDecision { kind: DecisionKind::RetryOrCancel },
+                ],
+            )),
         );
         check(
             Error,

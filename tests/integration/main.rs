@@ -16,6 +16,7 @@ mod hardening;
 mod hooks;
 mod init;
 mod land;
+mod land_pr;
 mod messages;
 mod notify;
 mod prompts;

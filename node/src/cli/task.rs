@@ -872,6 +872,9 @@ pub(super) fn show_task(detail: &TaskDetail) {
                 String::new()
             }
         );
+        if let (Some(number), Some(url)) = (landing.pr_number, &landing.pr_url) {
+            println!("            pull request #{number} {url}");
+        }
         if let Some(reason) = &landing.reason {
             println!("            {reason}");
         }

@@ -140,6 +140,24 @@ impl Target {
         }
     }
 
+    /// `land.mode: pr`: once the forge merged, the remote's target (fetched now) contains
+    /// `merged`; then the local branch follows by a fast-forward when it can (never blocking:
+    /// the landing happened on the remote). `None` while the remote does not show it yet.
+    pub fn follow_remote(&self, merged: &str) -> Result<Option<String>, WorktreeError> {
+        let head = self.head()?;
+        if !is_ancestor(&self.repo, merged, &head) {
+            return Ok(None);
+        }
+        let local = rev_parse(&self.repo, &self.full_ref()).ok();
+        if let Some(local) = local.filter(|l| is_ancestor(&self.repo, l, &head) && *l != head) {
+            match self.move_local(&local, &head)? {
+                Moved::Moved => {}
+                other => tracing::info!(?other, "the local target did not follow the remote"),
+            }
+        }
+        Ok(Some(head))
+    }
+
     /// Where the target is now, for a restart: `old`, `new` or elsewhere.
     pub fn current(&self) -> Result<String, WorktreeError> {
         match &self.push {
@@ -285,6 +303,59 @@ pub fn build(spec: &Build) -> Result<Built, WorktreeError> {
     let new_head = rev_parse(&path, "HEAD")?;
     git(&repo, &["update-ref", &result_ref(spec.short_id), &new_head])?;
     Ok(Built::Merged { path, new_head })
+}
+
+/// What [`push_branch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// The remote's branch is the local branch's tip, `sha`.
+    Pushed { sha: String },
+    /// The remote's branch has commits the local one lacks (git's words).
+    Rejected { stderr: String },
+}
+
+/// `land.mode: pr`: pushes the task's branch to the same name on `remote`, never forced.
+pub fn push_branch(repo: &Path, remote: &str, branch: &str) -> Result<Pushed, WorktreeError> {
+    let full = format!("refs/heads/{branch}");
+    let sha = rev_parse(repo, &full)?;
+    let spec = format!("{full}:{full}");
+    match git_remote(repo, &["push", "--quiet", "--porcelain", remote, &spec]) {
+        Ok(()) => Ok(Pushed::Pushed { sha }),
+        Err(WorktreeError::Git { stderr, .. })
+            if stderr.contains("rejected")
+                || stderr.contains("non-fast-forward")
+                || stderr.contains("fetch first") =>
+        {
+            Ok(Pushed::Rejected { stderr: crate::text::head(&stderr, 600) })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The commit the task's branch `branch` is at.
+pub fn branch_tip(repo: &Path, branch: &str) -> Result<String, WorktreeError> {
+    rev_parse(repo, &format!("refs/heads/{branch}"))
+}
+
+/// The URL of `remote` (for the forge's `owner/name`).
+pub fn remote_url(repo: &Path, remote: &str) -> Result<String, WorktreeError> {
+    Ok(git(repo, &["remote", "get-url", remote])?.trim().to_string())
+}
+
+/// `land.mode: pr`: deletes the landed branch on the remote; one already gone (the forge
+/// deletes merged branches when the repository says so) is no error.
+pub fn delete_remote_branch(repo: &Path, remote: &str, branch: &str) -> Result<(), WorktreeError> {
+    let refspec = format!(":refs/heads/{branch}");
+    match git_remote(repo, &["push", "--quiet", remote, &refspec]) {
+        Ok(()) => Ok(()),
+        Err(WorktreeError::Git { stderr, .. })
+            if stderr.contains("remote ref does not exist")
+                || stderr.contains("unable to delete") =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Removes a landing's worktree (when there) and its result ref.

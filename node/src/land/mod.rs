@@ -7,7 +7,12 @@
 //!   CLI); [`enqueue`]; [`status`] and [`plan`], the read models of `ccm land status` and
 //!   `ccm land --plan`.
 //! - `git.rs`: the git steps of one landing (target head, merged result in a fresh worktree,
-//!   compare-and-swap move, removal of the branch).
+//!   compare-and-swap move, removal of the branch; for `mode: pr` the push of the branch and
+//!   the follow of the remote's target).
+//! - `github.rs`: the forge of `land.mode: pr` (GitHub's REST API: open, look at checks and
+//!   reviews, merge). A pull request's landing is `Lander::pull_request`: the `landing` step
+//!   waits at the forge (one look every `land.poll_secs`, the reason in `ccm land status`), and
+//!   the forge's merge commit is its `merged` result.
 //!
 //! A landing's steps are recorded as they happen (`store/land.rs`: `landing` with the head it
 //! started from, `merged` with the verified result, `moved`, `landed`), so after a crash the next
@@ -21,11 +26,12 @@
 //! record in [`PlannedTask::predicted`].
 
 pub mod git;
+pub mod github;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ccm_schema::{Context, FailureClass, LandEvent, LandState, Task, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -34,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 use uuid::Uuid;
 
-use crate::config::{LandConfig, LiveConfig};
+use crate::config::{LandConfig, LandMode, LiveConfig, OnChecksFailed};
 use crate::home::Home;
 use crate::store::{LandFailure, LandStep, Landing, RetryPolicy, Store, StoreError};
 use crate::worktree::WorktreeError;
@@ -111,10 +117,12 @@ impl Policy {
     }
 
     fn target(&self) -> Target {
+        // A pull request lands on the remote's target: its head is always fetched.
+        let remote = self.land.push || self.land.mode == LandMode::Pr;
         Target {
             repo: self.repo.clone(),
             branch: self.target.clone(),
-            push: self.land.push.then(|| self.land.remote.clone()),
+            push: remote.then(|| self.land.remote.clone()),
         }
     }
 }
@@ -191,6 +199,9 @@ pub struct Lander {
     /// Queues (checkout, target) with a landing job in flight: one at a time per queue, any
     /// number of queues at once (a queue that waits holds up no other).
     running: Arc<Mutex<HashSet<(String, String)>>>,
+    /// `land.mode: pr`: when each landing last looked at its pull request, so that the forge is
+    /// asked once every `land.poll_secs`, not at every pass.
+    polled: Arc<Mutex<HashMap<Uuid, Instant>>>,
 }
 
 impl Lander {
@@ -213,6 +224,7 @@ impl Lander {
             shutdown,
             central,
             running: Arc::default(),
+            polled: Arc::default(),
         }
     }
 
@@ -324,15 +336,13 @@ impl Lander {
                 conflicts: vec![],
                 output: None,
                 target_head: landing.old_head.clone().unwrap_or_default(),
+                decide: false,
             };
             return self.drop_from_queue(&task, &failure).await;
         }
         let policy = Policy::of(&self.store, self.home.root(), &task).await?;
-        if policy.land.mode == crate::config::LandMode::Pr && !landing.state.in_progress() {
-            let reason = "land.mode `pr` (pull requests) is not supported by this build; use merge, rebase or squash";
-            if landing.reason.as_deref() != Some(reason) {
-                self.store.note_landing(task.id, reason).await?;
-            }
+        let pr = policy.land.mode == LandMode::Pr;
+        if pr && landing.state == LandState::Landing && !self.time_to_poll(task.id, &policy) {
             return Ok(());
         }
         if !self.fleet_lease(&task, &policy, &landing).await? {
@@ -359,11 +369,40 @@ impl Lander {
                         .await?
                         .ok_or_else(|| StoreError::TaskNotFound(task.id.to_string()))?
                 }
+                LandState::Landing if pr => {
+                    match self.pull_request(&task, &policy, &landing, &branch).await? {
+                        Some(next) => next,
+                        None => return Ok(()),
+                    }
+                }
                 LandState::Landing => {
                     match self.merge_and_verify(&task, &policy, &landing, &branch).await? {
                         Some(next) => next,
                         None => return Ok(()),
                     }
+                }
+                LandState::Merged if pr => {
+                    // The forge moved the remote's target; it is landed once a fetch shows it.
+                    let new = landing.new_head.clone().unwrap_or_default();
+                    let followed = self
+                        .blocking({
+                            let (target, new) = (target.clone(), new.clone());
+                            move || target.follow_remote(&new)
+                        })
+                        .await?;
+                    if followed.is_none() {
+                        let reason = format!(
+                            "waiting for {}/{} to show the merge {} of PR #{}",
+                            policy.land.remote,
+                            policy.target,
+                            &new[..new.len().min(12)],
+                            landing.pr_number.unwrap_or_default()
+                        );
+                        self.note(&task, &landing, &reason).await?;
+                        return Ok(());
+                    }
+                    info!(merge = %new, target = %policy.target, "the forge merged the pull request");
+                    self.store.land_step(task.id, LandEvent::Moved, &LandStep::default()).await?
                 }
                 LandState::Merged => {
                     let old = landing.old_head.clone().unwrap_or_default();
@@ -474,6 +513,271 @@ impl Lander {
         }
     }
 
+    /// `land.mode: pr`: whether the landing of `task` may look at its pull request again (once
+    /// every `land.poll_secs`).
+    fn time_to_poll(&self, task: Uuid, policy: &Policy) -> bool {
+        let every = Duration::from_secs(policy.land.poll_secs);
+        let polled = self.polled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        polled.get(&task).is_none_or(|at| at.elapsed() >= every)
+    }
+
+    fn forget_poll(&self, task: Uuid) {
+        self.polled.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&task);
+    }
+
+    /// Records why a landing waits, when that changed.
+    async fn note(&self, task: &Task, landing: &Landing, reason: &str) -> Result<()> {
+        if landing.reason.as_deref() != Some(reason) {
+            info!(%reason, "landing waits");
+            self.store.note_landing(task.id, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// The forge client of the policy's repository: its API, `owner/name` (`land.repo`, else
+    /// the remote's URL) and token (`auth.json`, else `GITHUB_TOKEN`).
+    async fn forge(&self, policy: &Policy) -> Result<github::GitHub, String> {
+        let crate::config::Forge::Github = policy.land.forge;
+        let (owner, name) = match policy.land.repo.as_deref().and_then(|r| r.split_once('/')) {
+            Some((owner, name)) => (owner.to_string(), name.to_string()),
+            None => {
+                let (repo, remote) = (policy.repo.clone(), policy.land.remote.clone());
+                let url = self
+                    .blocking(move || git::remote_url(&repo, &remote))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                github::repo_of_url(&url).ok_or_else(|| {
+                    github::ForgeError::NoRepository {
+                        remote: policy.land.remote.clone(),
+                        url: url.clone(),
+                    }
+                    .to_string()
+                })?
+            }
+        };
+        let auth = self.home.read_auth().ok();
+        let token = github::token(auth.as_ref()).map_err(|e| e.to_string())?;
+        github::GitHub::new(&github::api_url(&policy.land), &owner, &name, &token)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `land.mode: pr`, the `landing` step: push the task's branch (never forced), open its pull
+    /// request (or find the one open for it), then at each look: a merged pull request is
+    /// `merged`; failing checks or a "changes requested" review on its head end the landing as
+    /// failed (the next attempt's feedback, or a decision); pending checks wait, saying so;
+    /// passing ones merge it. `None` when the landing waits or ended here.
+    async fn pull_request(
+        &self,
+        task: &Task,
+        policy: &Policy,
+        landing: &Landing,
+        branch: &str,
+    ) -> Result<Option<Landing>> {
+        self.polled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task.id, Instant::now());
+        let forge = match self.forge(policy).await {
+            Ok(forge) => forge,
+            Err(reason) => {
+                self.note(task, landing, &format!("cannot open a pull request: {reason}")).await?;
+                return Ok(None);
+            }
+        };
+        let asked = |error: github::ForgeError| format!("GitHub: {error}; asking again");
+        // A pull request this landing opened before: merged meanwhile (a crash after the merge),
+        // still open, or closed (then a new one is opened).
+        let known = match landing.pr_number {
+            Some(number) => match forge.pull(number).await {
+                Ok(pull) => Some(pull),
+                Err(error) => {
+                    self.note(task, landing, &asked(error)).await?;
+                    return Ok(None);
+                }
+            },
+            None => None,
+        };
+        if let Some(pull) = known.as_ref().filter(|p| p.merged) {
+            let (repo, name) = (policy.repo.clone(), branch.to_string());
+            let tip = self.blocking(move || git::branch_tip(&repo, &name)).await?;
+            if pull.head.sha == tip {
+                return self.pull_merged(task, pull).await;
+            }
+            // Merged with an earlier attempt's head: this attempt's work needs a new one.
+        }
+        let (repo, remote, name) =
+            (policy.repo.clone(), policy.land.remote.clone(), branch.to_string());
+        let head = match self.blocking(move || git::push_branch(&repo, &remote, &name)).await? {
+            git::Pushed::Pushed { sha } => sha,
+            git::Pushed::Rejected { stderr } => {
+                let reason = format!(
+                    "{}/{branch} has commits the task's branch lacks, and ccm never force-pushes: {stderr}",
+                    policy.land.remote
+                );
+                self.note(task, landing, &reason).await?;
+                return Ok(None);
+            }
+        };
+        let pull = match known.filter(|p| p.state == "open" && !p.merged) {
+            Some(pull) => pull,
+            None => {
+                let detail = self.store.task(&task.id.to_string()).await?;
+                let title = format!("[{}] {}", task.short_id(), task.title);
+                let body = pr_body(&detail);
+                let new = github::NewPullV1 {
+                    title: &title,
+                    head: branch,
+                    base: &policy.target,
+                    body: &body,
+                };
+                match forge.open(&new).await {
+                    Ok(pull) => {
+                        info!(number = pull.number, url = %pull.html_url, "pull request open");
+                        self.store.set_landing_pr(task.id, pull.number, &pull.html_url).await?;
+                        pull
+                    }
+                    Err(error) => {
+                        self.note(task, landing, &asked(error)).await?;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let number = pull.number;
+        if pull.merged {
+            return self.pull_merged(task, &pull).await;
+        }
+        if pull.head.sha != head {
+            let reason = format!(
+                "waiting for PR #{number} to show the pushed head {}",
+                &head[..head.len().min(12)]
+            );
+            self.note(task, landing, &reason).await?;
+            return Ok(None);
+        }
+        let (runs, reviews) = match tokio::try_join!(forge.check_runs(&head), forge.reviews(number))
+        {
+            Ok(answers) => answers,
+            Err(error) => {
+                self.note(task, landing, &asked(error)).await?;
+                return Ok(None);
+            }
+        };
+        let failed: Vec<&github::CheckRun> =
+            runs.check_runs.iter().filter(|r| r.failed()).collect();
+        let requested = changes_requested(&reviews, &head);
+        if !failed.is_empty() || !requested.is_empty() {
+            let mut why = Vec::new();
+            if !failed.is_empty() {
+                let names: Vec<&str> = failed.iter().map(|r| r.name.as_str()).collect();
+                why.push(format!("checks failed on PR #{number}: {}", names.join(", ")));
+            }
+            if !requested.is_empty() {
+                let who: Vec<&str> = requested
+                    .iter()
+                    .map(|r| r.user.as_ref().map_or("a reviewer", |u| u.login.as_str()))
+                    .collect();
+                why.push(format!("changes requested on PR #{number} by {}", who.join(", ")));
+            }
+            let failure = LandFailure {
+                class: FailureClass::VerifyFailed,
+                reason: why.join("; "),
+                conflicts: vec![],
+                output: Some(checks_output(&failed, &requested)),
+                target_head: landing.old_head.clone().unwrap_or_default(),
+                decide: policy.land.on_checks_failed == OnChecksFailed::Decide,
+            };
+            info!(reason = %failure.reason, "the pull request did not pass");
+            self.forget_poll(task.id);
+            self.fail(task, policy, &failure).await?;
+            return Ok(None);
+        }
+        let pending: Vec<&str> =
+            runs.check_runs.iter().filter(|r| !r.completed()).map(|r| r.name.as_str()).collect();
+        if !pending.is_empty() {
+            let done = runs.check_runs.len() - pending.len();
+            let reason = format!(
+                "waiting for checks on PR #{number} ({done} of {} done; running: {})",
+                runs.check_runs.len(),
+                pending.join(", ")
+            );
+            self.note(task, landing, &reason).await?;
+            return Ok(None);
+        }
+        if runs.check_runs.is_empty() {
+            let since = landing.started_at.map_or(0, Timestamp::millis);
+            let grace = i64::try_from(policy.land.checks_grace_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+            if Timestamp::now().millis() - since < grace {
+                let reason = format!("waiting for checks on PR #{number} (none reported yet)");
+                self.note(task, landing, &reason).await?;
+                return Ok(None);
+            }
+        }
+        match pull.mergeable {
+            None => {
+                let reason = format!("waiting for GitHub to tell whether PR #{number} merges");
+                self.note(task, landing, &reason).await?;
+                return Ok(None);
+            }
+            Some(false) => {
+                let target = policy.target();
+                let now = self.blocking(move || target.head()).await?;
+                let failure = LandFailure {
+                    class: FailureClass::Conflict,
+                    reason: format!(
+                        "PR #{number} does not merge with {} at {}",
+                        policy.target,
+                        &now[..now.len().min(12)]
+                    ),
+                    conflicts: vec![],
+                    output: None,
+                    target_head: now,
+                    decide: false,
+                };
+                self.forget_poll(task.id);
+                self.fail(task, policy, &failure).await?;
+                return Ok(None);
+            }
+            Some(true) => {}
+        }
+        let title = format!("[{}] {} (#{number})", task.short_id(), task.title);
+        match forge.merge(number, &head, &title).await {
+            Ok(github::Merge::Merged { sha }) => {
+                info!(number, merge = %sha, "pull request merged");
+                self.forget_poll(task.id);
+                let step = LandStep { new_head: Some(&sha), ..LandStep::default() };
+                Ok(Some(self.store.land_step(task.id, LandEvent::Merged, &step).await?))
+            }
+            Ok(github::Merge::NotMergeable(message)) => {
+                let reason = format!("GitHub does not merge PR #{number} yet: {message}");
+                self.note(task, landing, &reason).await?;
+                Ok(None)
+            }
+            Ok(github::Merge::HeadModified(message)) => {
+                let reason = format!("the head of PR #{number} moved ({message}); looking again");
+                self.note(task, landing, &reason).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                self.note(task, landing, &asked(error)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A pull request found merged (by this landing before a crash, or by a person): the
+    /// landing is `merged` with the forge's merge commit.
+    async fn pull_merged(&self, task: &Task, pull: &github::Pull) -> Result<Option<Landing>> {
+        let Some(sha) = pull.merge_commit_sha.as_deref() else {
+            return Ok(None);
+        };
+        info!(number = pull.number, merge = %sha, "the pull request is merged");
+        self.forget_poll(task.id);
+        let step = LandStep { new_head: Some(sha), ..LandStep::default() };
+        Ok(Some(self.store.land_step(task.id, LandEvent::Merged, &step).await?))
+    }
+
     /// The `landing` step: the merged result from the recorded head (or a new head, when the
     /// target moved), its verify, and the `merged` record. `None` when the landing ended here
     /// (failed, or nothing to land and finished).
@@ -519,6 +823,7 @@ impl Lander {
                     conflicts: files,
                     output: Some(diff),
                     target_head: old,
+                    decide: false,
                 };
                 self.fail(task, policy, &failure).await?;
                 return Ok(None);
@@ -558,6 +863,7 @@ impl Lander {
                     conflicts: vec![],
                     output: Some(output),
                     target_head: old,
+                    decide: false,
                 };
                 self.fail(task, policy, &failure).await?;
                 Ok(None)
@@ -629,6 +935,7 @@ impl Lander {
             .copy_files;
         let root = self.home.root().join("worktrees");
         let (repo, branch, short) = (policy.repo.clone(), branch.to_string(), task.short_id());
+        let remote = (policy.land.mode == LandMode::Pr).then(|| policy.land.remote.clone());
         let kept = self
             .blocking(move || {
                 let mut notes = Vec::new();
@@ -641,6 +948,9 @@ impl Lander {
                 git::discard_result(&repo, &path, &short)?;
                 if notes.is_empty() {
                     git::delete_branch(&repo, &branch)?;
+                }
+                if let Some(remote) = &remote {
+                    git::delete_remote_branch(&repo, remote, &branch)?;
                 }
                 Ok::<_, WorktreeError>(notes)
             })
@@ -682,6 +992,88 @@ fn git_remove_worktree(repo: &Path, path: &Path) -> Result<(), WorktreeError> {
     Ok(())
 }
 
+/// The body of a task's pull request: its report (the last attempt's summary, the verify's
+/// command and the end of its output) and what its agents cost.
+pub fn pr_body(detail: &crate::store::TaskDetail) -> String {
+    let task = &detail.task;
+    let report = detail.reports.last().map(|r| &r.summary.0);
+    let field = |path: &[&str]| -> Option<String> {
+        let mut value = report?;
+        for key in path {
+            value = value.get(key)?;
+        }
+        value.as_str().map(str::to_string)
+    };
+    let mut body = format!(
+        "Task `{}`: {}\n\nAttempt {} of {}, by ccm.\n\n## Summary\n\n{}\n",
+        task.short_id(),
+        task.title,
+        task.attempts,
+        task.max_attempts,
+        field(&["last_message"]).unwrap_or_else(|| "(no summary)".into())
+    );
+    let command = field(&["verify", "command"]).or_else(|| task.verify.clone());
+    let output = field(&["verify", "output"]).unwrap_or_default();
+    match command {
+        Some(command) => body.push_str(&format!(
+            "\n## Verify\n\n`{command}` passed:\n\n```\n{}\n```\n",
+            crate::text::tail(output.trim_end(), 4000)
+        )),
+        None => body.push_str("\n## Verify\n\nThe task has no verify command.\n"),
+    }
+    body.push_str(&format!(
+        "\n## Cost\n\n${:.4} ({} input and {} output tokens)\n",
+        detail.cost_usd, detail.tokens.input, detail.tokens.output
+    ));
+    body
+}
+
+/// The "changes requested" reviews on `head`: each reviewer's latest review that counts
+/// (approved, changes requested or dismissed), when it requests changes on this very head (a
+/// request on an earlier head was answered by the commits pushed since).
+fn changes_requested<'a>(reviews: &'a [github::Review], head: &str) -> Vec<&'a github::Review> {
+    let mut latest: BTreeMap<String, &github::Review> = BTreeMap::new();
+    for review in reviews {
+        if matches!(review.state.as_str(), "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED") {
+            let who =
+                review.user.as_ref().map_or_else(|| review.id.to_string(), |u| u.login.clone());
+            latest.insert(who, review);
+        }
+    }
+    latest
+        .into_values()
+        .filter(|r| r.state == "CHANGES_REQUESTED")
+        .filter(|r| r.commit_id.as_deref().is_none_or(|c| c == head))
+        .collect()
+}
+
+/// What failing check runs and reviews said, for the next attempt's prompt: each run's
+/// `output.title`, `summary` and `text`, each review's body.
+fn checks_output(failed: &[&github::CheckRun], requested: &[&github::Review]) -> String {
+    let mut text = String::new();
+    for run in failed {
+        text.push_str(&format!(
+            "check `{}`: {}\n",
+            run.name,
+            run.conclusion.as_deref().unwrap_or("failed")
+        ));
+        for part in [&run.output.title, &run.output.summary, &run.output.text].into_iter().flatten()
+        {
+            text.push_str(part.trim_end());
+            text.push('\n');
+        }
+        text.push('\n');
+    }
+    for review in requested {
+        let who = review.user.as_ref().map_or("a reviewer", |u| u.login.as_str());
+        text.push_str(&format!(
+            "review by {who}: changes requested\n{}\n\n",
+            review.body.as_deref().unwrap_or("").trim_end()
+        ));
+    }
+    crate::text::head(text.trim_end(), git::FEEDBACK_LIMIT)
+}
+
 /// What a task's next attempt is told about its failed landing: the conflict (files and the
 /// conflicted diff with its markers) or the verify's output on the merged result, and the
 /// target's newest head to rebase onto.
@@ -695,6 +1087,23 @@ pub fn feedback(landing: &Landing) -> String {
     );
     let files: Vec<String> =
         landing.conflicts.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+    if let Some(number) = landing.pr_number {
+        let url = landing.pr_url.as_deref().unwrap_or("");
+        text.push_str(&format!(
+            "Your branch is pull request #{number} ({url}). Fix it with new commits on your branch; do not rebase or amend: the branch is pushed to the pull request again (never forced).\n"
+        ));
+        if landing.reason.as_deref().is_some_and(|r| r.contains("does not merge")) {
+            text.push_str(&format!(
+                "Merge the target into your branch (`git merge {head}`), resolve the conflicts, and commit the result.\n"
+            ));
+        } else {
+            text.push_str(&format!(
+                "What the pull request's checks and reviews said:\n```\n{}\n```\n",
+                landing.verify_output.as_deref().unwrap_or("(none)")
+            ));
+        }
+        return text;
+    }
     if files.is_empty() {
         text.push_str(&format!(
             "Rebase your branch onto it (`git rebase {head}`) and make the verify pass on the result.\nThe verify's output on the merged result:\n```\n{}\n```\n",

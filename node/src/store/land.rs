@@ -48,10 +48,14 @@ pub struct Landing {
     pub started_at: Option<Timestamp>,
     pub landed_at: Option<Timestamp>,
     pub updated_at: Timestamp,
+    /// `land.mode: pr`: the pull request's number and address on the forge, once opened.
+    pub pr_number: Option<i64>,
+    pub pr_url: Option<String>,
 }
 
 const LANDING_COLUMNS: &str = "task_id, repo, target, state, queued_at, attempt, old_head, \
-     new_head, reason, conflicts, verify_output, restarts, started_at, landed_at, updated_at";
+     new_head, reason, conflicts, verify_output, restarts, started_at, landed_at, updated_at, \
+     pr_number, pr_url";
 
 /// What a step of a landing records with its move.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +77,9 @@ pub struct LandFailure {
     pub output: Option<String>,
     /// The target's newest head.
     pub target_head: String,
+    /// Put the failure to the operator at once rather than spend an attempt on it
+    /// (`land.on_checks_failed: decide`).
+    pub decide: bool,
 }
 
 impl Store {
@@ -266,11 +273,28 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let event = TaskEvent::LandFailed { class: failure.class };
+        let event = TaskEvent::LandFailed { class: failure.class, decide: failure.decide };
         apply_in_tx(&mut tx, task, event, &failure.reason, ACTOR, policy).await?;
         let loaded = load_task(&mut tx, task).await?;
         tx.commit().await?;
         Ok(loaded)
+    }
+
+    /// Records the pull request a landing opened (or found open) for the task's branch.
+    pub async fn set_landing_pr(&self, task: Uuid, number: i64, url: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE landings SET pr_number = ?, pr_url = ?, updated_at = ? WHERE task_id = ?",
+        )
+        .bind(number)
+        .bind(url)
+        .bind(Timestamp::now())
+        .bind(task.hyphenated())
+        .execute(&mut *tx)
+        .await?;
+        touch_task(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records why a landing waits (the operator's tree is dirty), without a move.
@@ -350,12 +374,12 @@ impl Store {
     }
 
     /// What the task's next attempt is told about its last landing, when that failed after the
-    /// attempt it carried (so that later attempts do not see an old failure again).
+    /// attempt it carried (so that later attempts do not see an old failure again), or when the
+    /// operator's retry gave the task a fresh budget (`attempts` 0) after it.
     pub async fn land_feedback(&self, task: Uuid, attempts: u32) -> Result<Option<Landing>> {
-        Ok(self
-            .landing(task)
-            .await?
-            .filter(|l| l.state == LandState::LandFailed && l.attempt == attempts))
+        Ok(self.landing(task).await?.filter(|l| {
+            l.state == LandState::LandFailed && (l.attempt == attempts || attempts == 0)
+        }))
     }
 
     /// Complete tasks with a repository that are in no land queue, oldest first, each with its

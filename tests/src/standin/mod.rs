@@ -12,12 +12,15 @@
 //! - [`gemini`]: Gemini API `generateContent` / `streamGenerateContent` (Gemini CLI).
 //! - [`openai`]: OpenAI Responses API, streamed (Codex).
 //! - [`telegram`]: the Telegram Bot API methods ccm's notifier uses.
+//! - [`github`]: GitHub's REST API for pull requests, check runs, reviews and merges
+//!   (`land.mode: pr`), backed by a real bare git repository.
 //! - [`supabase_auth`]: Supabase Auth (GoTrue) for sync's sign-in, refresh and anonymous
 //!   sign-up, with rotating refresh tokens and access tokens postrust accepts.
 //! - [`Recorder`]: a recording HTTP server for ntfy, Slack and webhooks.
 
 pub mod anthropic;
 pub mod gemini;
+pub mod github;
 pub mod openai;
 pub mod supabase_auth;
 pub mod telegram;
