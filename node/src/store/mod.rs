@@ -10,6 +10,7 @@
 //! - `hooks`: hook events and their effects, file claims and change requests.
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
+//! - `stacks`: stacked tasks, each with its base and where its branch forked from the base's.
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -28,6 +29,7 @@ mod notify;
 mod records;
 mod retention;
 mod routing;
+mod stacks;
 mod supervisors;
 mod sync;
 mod tasks;
@@ -60,6 +62,7 @@ pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
 pub use records::{OutboxCounts, StateCounts};
 pub use retention::{integrity_check_file, RetentionPass, RetentionReport, StorageStats, TaskEnd};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
+pub use stacks::Stack;
 pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts, BOARD_COLUMN_LIMIT};
