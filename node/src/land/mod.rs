@@ -911,12 +911,9 @@ pub fn stack_order<T>(
         placed.insert(id_of(&item));
         ordered.push(item);
         // Whatever waited for what is now placed follows it (a stack of any depth).
-        loop {
-            let Some(at) =
-                deferred.iter().position(|d| base_of(d).is_some_and(|base| placed.contains(&base)))
-            else {
-                break;
-            };
+        while let Some(at) =
+            deferred.iter().position(|d| base_of(d).is_some_and(|base| placed.contains(&base)))
+        {
             let next = deferred.remove(at);
             placed.insert(id_of(&next));
             ordered.push(next);
