@@ -641,3 +641,49 @@ async fn a_discarded_task_leaves_the_land_plan_and_gc_removes_its_unlanded_branc
     assert!(!branches.contains(&dropped_branch), "{branches}");
     assert!(branches.contains(&kept_branch), "{branches}");
 }
+
+#[tokio::test]
+async fn a_stacked_task_needs_one_base_in_its_repository_and_the_api_takes_after_with_stack() {
+    use serde_json::json;
+    let (home, repo) = setup("land-stack-api", 1, "  auto: false\n");
+    let plain = home.work().join("plain");
+    git_repo(&plain, None);
+    let plain = std::fs::canonicalize(&plain).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &plain]);
+    let daemon = home.start();
+    let a = add_task(&home, &repo, "edit a.txt from a", &[]);
+    let c = add_task(&home, &repo, "edit c.txt from c", &[]);
+
+    // Refused, naming what was wrong.
+    let refused = [
+        (
+            json!({"title": "t", "repo": repo, "stack": true}),
+            "exactly one task (`--after A --stack`), got 0",
+        ),
+        (json!({"title": "t", "repo": repo, "after": [a, c], "stack": true}), "got 2"),
+        (
+            json!({"title": "t", "repo": plain, "after": [a], "stack": true}),
+            "a task stacked on it works in the same repository",
+        ),
+    ];
+    for (body, expected) in refused {
+        let (status, answer) = daemon.post("/api/tasks", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("stack: ") && message.contains(expected), "{body}: {message}");
+    }
+    let cli = home.run(&["task", "add", "t", "--stack", "--repo", &repo]);
+    assert!(!cli.status.success());
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("--after"), "{cli:?}");
+
+    // `after` with `stack`: the base's repository when none is named.
+    let body =
+        json!({"title": "edit b.txt from b", "profile": "fake", "after": [&a[..8]], "stack": true});
+    let (status, created) = daemon.post("/api/tasks", body).await;
+    assert_eq!(status, 201, "{created}");
+    let b = created["id"].as_str().unwrap();
+    let detail = task(&daemon, b).await;
+    assert_eq!(detail["stack"]["base_task"], a.as_str(), "{detail:#}");
+    assert_eq!(detail["repo"], task(&daemon, &a).await["repo"], "{detail:#}");
+    assert_eq!(detail["depends_on"], json!([a]), "{detail:#}");
+}
