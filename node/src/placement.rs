@@ -4,7 +4,8 @@
 //!
 //! A task goes to the fleet when it is pinned to another system, when no checkout of its
 //! repository is registered here, or when its checkout is here but no agent slot is free; it
-//! runs here otherwise, and always without sync.
+//! runs here otherwise, and always without sync. A stacked task (`--after A --stack`) always
+//! runs here, where its base's branch is (pinned elsewhere, it is refused).
 
 use std::path::Path;
 
@@ -43,6 +44,12 @@ pub enum PlacementError {
         "system: routing to other systems needs sync; set sync.url (or sync.rest_url) and sync.publishable_key"
     )]
     PinWithoutSync,
+    /// A stacked task pinned to another system: it starts from its base's branch, which is
+    /// here.
+    #[error(
+        "stack: a stacked task runs on this system, where its base's branch is; it cannot be {0}"
+    )]
+    StackedElsewhere(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -245,7 +252,15 @@ pub async fn add(
     } else {
         RoutingStatus { enabled: false, system: String::new(), free_slots: 0 }
     };
-    match decide(place, pin, &here)? {
+    let placement = match decide(place, pin, &here)? {
+        // A stacked task starts from its base's branch, which only this system has.
+        Placement::Fleet(why) if new.stack && pin.is_some() => {
+            return Err(PlacementError::StackedElsewhere(why))
+        }
+        Placement::Fleet(_) if new.stack => Placement::Here,
+        placement => placement,
+    };
+    match placement {
         Placement::Here => Ok(Added::Here(Box::new(create_here(new).await?))),
         Placement::Fleet(reason) => {
             let task = store.route_task(new, pin, config).await?;

@@ -407,8 +407,13 @@ async fn landing_waits_for_a_dirty_operator_tree_saying_why_and_lands_once_it_is
 }
 
 #[tokio::test]
-async fn a_task_after_another_of_a_repository_with_a_land_policy_waits_until_it_landed() {
-    let (home, repo) = setup("land-after", 2, "  auto: false\n");
+async fn after_without_stack_waits_for_the_base_to_land_when_the_repository_lands() {
+    let (home, repo) = setup("land-after", 3, "  auto: false\n");
+    // A second checkout without a `land:` section: there `--after` waits for complete only.
+    let plain = home.work().join("plain");
+    git_repo(&plain, None);
+    let plain = std::fs::canonicalize(&plain).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &plain]);
     let daemon = home.start();
     let a = add_task(&home, &repo, "edit a.txt from a", &[]);
     // B starts only from a main that has A's work.
@@ -418,8 +423,13 @@ async fn a_task_after_another_of_a_repository_with_a_land_policy_waits_until_it_
         "edit b.txt from b",
         &["--after", &a[..8], "--verify", "test -f a.txt"],
     );
+    let c = add_task(&home, &plain, "edit c.txt from c", &[]);
+    let d = add_task(&home, &plain, "edit d.txt from d", &["--after", &c[..8]]);
     wait_state(&daemon, &a, "complete").await;
-    // Complete is not enough: A has not landed.
+    // Without a landing policy, complete is enough.
+    wait_state(&daemon, &d, "complete").await;
+    assert!(task(&daemon, &c).await["land_state"].is_null());
+    // With one, complete is not enough: A has not landed.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(task(&daemon, &b).await["state"], "created");
 
@@ -427,10 +437,126 @@ async fn a_task_after_another_of_a_repository_with_a_land_policy_waits_until_it_
     wait_land(&daemon, &a, "landed").await;
     let detail = wait_state(&daemon, &b, "complete").await;
     assert_eq!(detail["attempts"], 1, "{detail:#}");
+    assert!(detail["stack"].is_null(), "{detail:#}");
     home.run_ok(&["land", &b[..8]]);
     wait_land(&daemon, &b, "landed").await;
     let subjects = git(&repo, &["log", "--format=%s", "-2", "main"]);
     assert!(subjects.starts_with(&format!("[{}]", &b[..8])), "{subjects}");
+}
+
+#[tokio::test]
+async fn stacked_task_starts_from_its_bases_branch_before_it_lands_and_lands_after_it_with_linear_history(
+) {
+    let (home, repo) = setup("land-stack", 2, "  auto: false\n  mode: rebase\n");
+    let daemon = home.start();
+    let base = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    let a = add_task(&home, &repo, "edit a.txt from a", &[]);
+    // B's verify passes only where A's change is.
+    let b = add_task(
+        &home,
+        &repo,
+        "edit b.txt from b",
+        &["--after", &a[..8], "--stack", "--verify", "grep -q 'from a' a.txt"],
+    );
+    wait_state(&daemon, &a, "complete").await;
+    let detail = wait_state(&daemon, &b, "complete").await;
+    assert_eq!(detail["attempts"], 1, "{detail:#}");
+
+    // A has not landed; B's branch has A's commit below its own.
+    assert!(task(&daemon, &a).await["land_state"].is_null());
+    assert_eq!(git(&repo, &["rev-parse", "main"]).trim(), base);
+    let (a_branch, b_branch) = (format!("ccm/{}", &a[..8]), format!("ccm/{}", &b[..8]));
+    assert_eq!(git(&repo, &["show", &format!("{b_branch}:a.txt")]), "from a\n");
+    let a_tip = git(&repo, &["rev-parse", &a_branch]).trim().to_string();
+    assert_eq!(git(&repo, &["rev-parse", &format!("{b_branch}^")]).trim(), a_tip);
+    assert_eq!(detail["stack"]["base_task"], a.as_str(), "{detail:#}");
+    assert_eq!(detail["stack"]["fork_commit"], a_tip.as_str(), "{detail:#}");
+    let shown = home.run_ok(&["task", "show", &b[..8]]);
+    assert!(
+        shown.contains(&format!("stacked   on {}: starts from its branch {a_branch}", &a[..8])),
+        "{shown}"
+    );
+    // The plan lands A first.
+    let plan = home.run_json(&["land", "--plan", "--repo", &repo]);
+    let planned: Vec<&str> =
+        plan.as_array().unwrap().iter().map(|p| p["task_id"].as_str().unwrap()).collect();
+    assert_eq!(planned, [a.as_str(), b.as_str()], "{plan:#}");
+
+    // Queued alone, B waits for A without moving anything.
+    home.run_ok(&["land", &b[..8]]);
+    let waits = format!("task {}, its stack base, to land", &a[..8]);
+    let waiting =
+        wait_until(SLOW, || async { home.run_ok(&["land", "status"]).contains(&waits) }).await;
+    let status = home.run_ok(&["land", "status"]);
+    assert!(waiting, "{status}\n{}", daemon.log_text());
+    assert_eq!(git(&repo, &["rev-parse", "main"]).trim(), base);
+    assert_eq!(task(&daemon, &b).await["land_state"], "land_queued");
+
+    home.run_ok(&["land", "--all", "--repo", &repo]);
+    let a_landed = wait_land(&daemon, &a, "landed").await;
+    let b_landed = wait_land(&daemon, &b, "landed").await;
+    assert!(
+        a_landed["landing"]["landed_at"].as_str() <= b_landed["landing"]["started_at"].as_str(),
+        "{a_landed:#}\n{b_landed:#}"
+    );
+    assert_eq!(b_landed["runs"].as_array().unwrap().len(), 1, "{b_landed:#}");
+
+    // Linear: A's commit, then B's, and nothing else.
+    let subjects = git(&repo, &["log", "--format=%s", &format!("{base}..main")]);
+    assert_eq!(
+        subjects.lines().collect::<Vec<_>>(),
+        [format!("[{}] edit b.txt", &b[..8]), format!("[{}] edit a.txt", &a[..8])],
+    );
+    assert_eq!(
+        git(&repo, &["log", "--merges", "--format=%H", &format!("{base}..main")]).trim(),
+        ""
+    );
+    assert!(Path::new(&repo).join("a.txt").exists() && Path::new(&repo).join("b.txt").exists());
+    assert_eq!(git(&repo, &["branch", "--list", "ccm/*"]).trim(), "");
+}
+
+#[tokio::test]
+async fn a_stacked_task_whose_base_got_a_new_attempt_lands_only_its_own_commits() {
+    let (home, repo) = setup("land-stack-redo", 3, "  auto: false\n  mode: rebase\n");
+    let daemon = home.start();
+    let base = git(&repo, &["rev-parse", "main"]).trim().to_string();
+    // X and A both write shared.txt: A's landing after X's conflicts.
+    let x = add_task(&home, &repo, "edit shared.txt written by x", &[]);
+    let a = add_task(&home, &repo, "edit shared.txt written by a", &[]);
+    wait_state(&daemon, &x, "complete").await;
+    wait_state(&daemon, &a, "complete").await;
+    // B stacks on A's first version.
+    let b = add_task(&home, &repo, "edit b.txt from b", &["--after", &a[..8], "--stack"]);
+    wait_state(&daemon, &b, "complete").await;
+    let b_branch = format!("ccm/{}", &b[..8]);
+    assert_eq!(git(&repo, &["show", &format!("{b_branch}:shared.txt")]), "written by a\n");
+
+    home.run_ok(&["land", &x[..8]]);
+    wait_land(&daemon, &x, "landed").await;
+    // A conflicts, gets a new attempt that rebases it onto X (its branch changes), and lands
+    // again once complete; B, queued meanwhile, waits for it.
+    home.run_ok(&["land", &a[..8], &b[..8]]);
+    let a_detail = wait_land(&daemon, &a, "landed").await;
+    assert_eq!(a_detail["runs"].as_array().unwrap().len(), 2, "{a_detail:#}");
+    let b_detail = wait_land(&daemon, &b, "landed").await;
+
+    // B landed at its first attempt: its branch's old version of A was left out, so nothing
+    // conflicted, and only B's own commit landed on top of A's new one.
+    assert_eq!(b_detail["runs"].as_array().unwrap().len(), 1, "{b_detail:#}");
+    let subjects = git(&repo, &["log", "--format=%s", &format!("{base}..main")]);
+    let firsts: Vec<&str> = subjects.lines().map(|s| s.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        firsts,
+        [format!("[{}]", &b[..8]), format!("[{}]", &a[..8]), format!("[{}]", &x[..8])],
+        "{subjects}"
+    );
+    assert_eq!(
+        git(&repo, &["log", "--merges", "--format=%H", &format!("{base}..main")]).trim(),
+        ""
+    );
+    let shared = std::fs::read_to_string(Path::new(&repo).join("shared.txt")).unwrap();
+    assert_eq!(shared, "written by x\nwritten by a\n");
+    assert!(Path::new(&repo).join("b.txt").exists());
 }
 
 #[tokio::test]
@@ -514,4 +640,50 @@ async fn a_discarded_task_leaves_the_land_plan_and_gc_removes_its_unlanded_branc
     let branches = git(&repo, &["branch", "--list", "ccm/*"]);
     assert!(!branches.contains(&dropped_branch), "{branches}");
     assert!(branches.contains(&kept_branch), "{branches}");
+}
+
+#[tokio::test]
+async fn a_stacked_task_needs_one_base_in_its_repository_and_the_api_takes_after_with_stack() {
+    use serde_json::json;
+    let (home, repo) = setup("land-stack-api", 1, "  auto: false\n");
+    let plain = home.work().join("plain");
+    git_repo(&plain, None);
+    let plain = std::fs::canonicalize(&plain).unwrap().to_string_lossy().into_owned();
+    home.run_ok(&["context", "add", &plain]);
+    let daemon = home.start();
+    let a = add_task(&home, &repo, "edit a.txt from a", &[]);
+    let c = add_task(&home, &repo, "edit c.txt from c", &[]);
+
+    // Refused, naming what was wrong.
+    let refused = [
+        (
+            json!({"title": "t", "repo": repo, "stack": true}),
+            "exactly one task (`--after A --stack`), got 0",
+        ),
+        (json!({"title": "t", "repo": repo, "after": [a, c], "stack": true}), "got 2"),
+        (
+            json!({"title": "t", "repo": plain, "after": [a], "stack": true}),
+            "a task stacked on it works in the same repository",
+        ),
+    ];
+    for (body, expected) in refused {
+        let (status, answer) = daemon.post("/api/tasks", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("stack: ") && message.contains(expected), "{body}: {message}");
+    }
+    let cli = home.run(&["task", "add", "t", "--stack", "--repo", &repo]);
+    assert!(!cli.status.success());
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("--after"), "{cli:?}");
+
+    // `after` with `stack`: the base's repository when none is named.
+    let body =
+        json!({"title": "edit b.txt from b", "profile": "fake", "after": [&a[..8]], "stack": true});
+    let (status, created) = daemon.post("/api/tasks", body).await;
+    assert_eq!(status, 201, "{created}");
+    let b = created["id"].as_str().unwrap();
+    let detail = task(&daemon, b).await;
+    assert_eq!(detail["stack"]["base_task"], a.as_str(), "{detail:#}");
+    assert_eq!(detail["repo"], task(&daemon, &a).await["repo"], "{detail:#}");
+    assert_eq!(detail["depends_on"], json!([a]), "{detail:#}");
 }

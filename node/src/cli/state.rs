@@ -297,6 +297,7 @@ fn show_dump(dump: &StateDump, sync: bool) {
             touched_files: Vec::new(),
             landing: None,
             discarded: None,
+            stack: None,
             parent: None,
             subtasks: Vec::new(),
             review: Vec::new(),

@@ -163,9 +163,14 @@ pub struct AddArgs {
     /// Higher runs first; from -1000 to 1000.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i64,
-    /// Tasks that must complete first (repeatable).
+    /// Tasks that must complete first (repeatable). A task of a repository with a landing
+    /// policy (`land:`) waits until they landed.
     #[arg(long = "after")]
     after: Vec<String>,
+    /// With one --after A: start from A's branch as soon as A is complete (not waiting for A
+    /// to land); it lands after A, rebased so that only its own commits land.
+    #[arg(long, requires = "after")]
+    stack: bool,
     /// Split the task into sub-tasks when the prompt says it has parts (seed 001's
     /// deterministic heuristic: numbered lists and then/after ordering, or parallel keywords
     /// in a long prompt; the keyword lists are `coordination.split` in the config). The task
@@ -205,6 +210,7 @@ fn split_request(mut parent: NewTask, plan: &crate::split::Plan) -> crate::daemo
                 max_attempts: parent.max_attempts,
                 priority: parent.priority,
                 depends_on: Vec::new(),
+                stack: false,
             },
             after: part.depends_on.clone(),
         })
@@ -317,6 +323,7 @@ pub async fn run(
                 max_attempts: args.max_attempts,
                 priority: args.priority,
                 depends_on: args.after,
+                stack: args.stack,
             };
             if let Some(plan) = plan.as_ref().filter(|p| !p.parts.is_empty()) {
                 if args.system.is_some() {
@@ -901,6 +908,20 @@ pub(super) fn show_task(detail: &TaskDetail) {
         println!(
             "  after     {}",
             t.depends_on.iter().map(short_id).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(stack) = &detail.stack {
+        let fork = stack.fork_commit.as_deref().map(|f| format!(" at {}", &f[..f.len().min(10)]));
+        println!(
+            "  stacked   on {}: starts from its branch {}{}, lands after it{}",
+            short_id(&stack.base_task),
+            stack.base_branch(),
+            fork.unwrap_or_default(),
+            stack
+                .waits_for()
+                .filter(|_| t.state == ccm_schema::TaskState::Complete)
+                .map(|w| format!(" (waits for {w})"))
+                .unwrap_or_default()
         );
     }
     if let Some(wake) = t.wake_at {

@@ -166,6 +166,7 @@ async fn create_subtask(
         max_attempts: None,
         priority: caller.task.priority,
         depends_on,
+        stack: false,
     };
     let actor = format!("agent:{}", short_id(&caller.agent.agent_id));
     let (id, answer, status) = match state.add_task(new, None, actor.clone()).await? {

@@ -7,7 +7,7 @@
 //! | `GET /api/status` | [`Status`] |
 //! | `GET /api/config` | the configuration file, and why what it says is not in use: `invalid` (it does not load), `restart_needed` (keys) |
 //! | `GET /api/tasks?state=` | tasks, oldest first |
-//! | `POST /api/tasks?system=` | create a task ([`NewTask`]) where [`crate::placement::decide`] says: here, 201 with the task; routed to the fleet (pinned elsewhere, no checkout of its repository here, no free slot; with sync only), 202 with the routed task and `routed_because` |
+//! | `POST /api/tasks?system=` | create a task ([`NewTask`]) where [`crate::placement::decide`] says: here, 201 with the task; routed to the fleet (pinned elsewhere, no checkout of its repository here, no free slot; with sync only), 202 with the routed task and `routed_because`; `"after": [A], "stack": true` stacks it on A (always here) |
 //! | `GET /api/tasks/{id}` | one task (id or unique prefix) with its log |
 //! | `POST /api/tasks/{id}/events` | apply a [`TaskEvent`]: `{"event": "cancel", "reason": "..."}` |
 //! | `GET /api/tasks/{id}/events` | the task's hook events, oldest first |

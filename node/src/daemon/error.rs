@@ -92,9 +92,9 @@ impl From<crate::placement::PlacementError> for ApiError {
         use crate::placement::PlacementError;
         match error {
             PlacementError::Store(error) => error.into(),
-            PlacementError::Repo(_) | PlacementError::PinWithoutSync => {
-                ApiError::BadRequest(error.to_string())
-            }
+            PlacementError::Repo(_)
+            | PlacementError::PinWithoutSync
+            | PlacementError::StackedElsewhere(_) => ApiError::BadRequest(error.to_string()),
         }
     }
 }

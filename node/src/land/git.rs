@@ -193,6 +193,9 @@ pub struct Build<'a> {
     pub branch: &'a str,
     pub old_head: &'a str,
     pub mode: LandMode,
+    /// For a stacked task, the commit of its base's branch its branch started from: the
+    /// commits after it are the task's own.
+    pub fork: Option<&'a str>,
 }
 
 /// What [`build`] made.
@@ -213,20 +216,39 @@ impl Build<'_> {
     }
 }
 
+/// The commit below a stacked task's own commits, when they must be taken alone: its branch
+/// still holds the base's commits it started from (`fork`), and the target does not (the base
+/// landed rewritten, by a rebase or a squash, or in a newer version after a new attempt).
+/// `None` when the branch lands as it is: not stacked, rebased by its agent since, or the
+/// base's commits are on the target as they are.
+pub fn stacked_upstream<'a>(
+    repo: &Path,
+    fork: Option<&'a str>,
+    tip: &str,
+    target_head: &str,
+) -> Option<&'a str> {
+    fork.filter(|fork| is_ancestor(repo, fork, tip) && !is_ancestor(repo, fork, target_head))
+}
+
 /// Merges (rebases, squashes) the task's branch onto `old_head` in a fresh detached worktree.
 /// A conflict is aborted and its worktree removed; a merged result keeps its worktree (for the
 /// verify) and a ref (`refs/ccm/land/<short id>`) that keeps it reachable.
+///
+/// A stacked task whose base's commits reached the target rewritten ([`stacked_upstream`])
+/// has its own commits rebased onto `old_head` first (`git rebase --onto`), so only they land
+/// (in rebase mode as they are; merged or squashed from there in the other modes).
 pub fn build(spec: &Build) -> Result<Built, WorktreeError> {
     let repo = worktree::canonical(spec.repo)?;
     let tip = rev_parse(&repo, &format!("refs/heads/{}", spec.branch))?;
     if is_ancestor(&repo, &tip, spec.old_head) {
         return Ok(Built::NothingToLand);
     }
+    let own_since = stacked_upstream(&repo, spec.fork, &tip, spec.old_head);
     let path = spec.path()?;
     remove_worktree(&repo, &path)?;
-    let start = match spec.mode {
-        LandMode::Rebase => tip.as_str(),
-        LandMode::Merge | LandMode::Squash | LandMode::Pr => spec.old_head,
+    let start = match (spec.mode, own_since) {
+        (LandMode::Rebase, _) | (_, Some(_)) => tip.as_str(),
+        (LandMode::Merge | LandMode::Squash | LandMode::Pr, None) => spec.old_head,
     };
     {
         let lock = worktree::repository_lock(&repo);
@@ -243,18 +265,26 @@ pub fn build(spec: &Build) -> Result<Built, WorktreeError> {
     }
     let subject = format!("[{}] {}", spec.short_id, spec.title);
     let identity = ["-c", "user.name=ccm", "-c", "user.email=ccm@localhost"];
-    let step = match spec.mode {
-        LandMode::Rebase => {
-            // Every landed commit's subject carries the task id: a commit of the agent's
-            // without it gets it in front, as the commit is replayed.
-            let tag = format!("[{}]", spec.short_id);
-            let exec = format!(
-                "msg=$(git log -1 --format=%B); case \"$msg\" in *'{tag}'*) ;; *) git commit --quiet --amend --no-verify -m \"{tag} $msg\" ;; esac"
-            );
+    // Every landed commit's subject carries the task id: a commit of the agent's without it
+    // gets it in front, as the commit is replayed.
+    let tag = format!("[{}]", spec.short_id);
+    let exec = format!(
+        "msg=$(git log -1 --format=%B); case \"$msg\" in *'{tag}'*) ;; *) git commit --quiet --amend --no-verify -m \"{tag} $msg\" ;; esac"
+    );
+    let step = match (spec.mode, own_since) {
+        (LandMode::Rebase, None) => {
             let rebase = ["rebase", "--quiet", "--exec", &exec, spec.old_head];
             run(&path, &[&identity[..], &rebase[..]].concat())
         }
-        LandMode::Merge | LandMode::Pr => run(
+        (LandMode::Rebase, Some(upstream)) => {
+            let rebase = ["rebase", "--quiet", "--exec", &exec, "--onto", spec.old_head, upstream];
+            run(&path, &[&identity[..], &rebase[..]].concat())
+        }
+        (_, Some(upstream)) => {
+            let rebase = ["rebase", "--quiet", "--onto", spec.old_head, upstream];
+            run(&path, &[&identity[..], &rebase[..]].concat())
+        }
+        (LandMode::Merge | LandMode::Pr, None) => run(
             &path,
             &[
                 &identity[..],
@@ -269,7 +299,7 @@ pub fn build(spec: &Build) -> Result<Built, WorktreeError> {
             ]
             .concat(),
         ),
-        LandMode::Squash => {
+        (LandMode::Squash, None) => {
             run(&path, &[&identity[..], &["merge", "--squash", "--quiet", spec.branch]].concat())
         }
     }?;
@@ -286,13 +316,33 @@ pub fn build(spec: &Build) -> Result<Built, WorktreeError> {
         }
         let diff = git(&path, &["diff"]).unwrap_or_default();
         let diff = crate::text::head(&diff, FEEDBACK_LIMIT).to_string();
-        let abort = match spec.mode {
-            LandMode::Rebase => "rebase",
+        let abort = match (spec.mode, own_since) {
+            (LandMode::Rebase, _) | (_, Some(_)) => "rebase",
             _ => "merge",
         };
         let _ = run(&path, &[abort, "--abort"]);
         remove_worktree(&repo, &path)?;
         return Ok(Built::Conflict { files, diff });
+    }
+    if own_since.is_some() {
+        // The task's own commits, now on the target's head.
+        let own = rev_parse(&path, "HEAD")?;
+        if own == spec.old_head {
+            remove_worktree(&repo, &path)?;
+            return Ok(Built::NothingToLand);
+        }
+        match spec.mode {
+            LandMode::Rebase => {}
+            LandMode::Merge | LandMode::Pr => {
+                git(&path, &["checkout", "--quiet", "--detach", spec.old_head])?;
+                let message = format!("{subject} (merge {})", spec.branch);
+                let merge = ["merge", "--no-ff", "--quiet", "-m", &message, &own];
+                git(&path, &[&identity[..], &merge[..]].concat())?;
+            }
+            LandMode::Squash => {
+                git(&path, &["reset", "--quiet", "--soft", spec.old_head])?;
+            }
+        }
     }
     if spec.mode == LandMode::Squash {
         git(
@@ -435,4 +485,128 @@ fn run(dir: &Path, args: &[&str]) -> Result<Ran, WorktreeError> {
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok(Ran { success: out.status.success(), output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn commit(dir: &Path, file: &str, text: &str, message: &str) -> String {
+        std::fs::write(dir.join(file), text).unwrap();
+        sh(dir, &["add", file]);
+        sh(dir, &["commit", "-q", "-m", message]);
+        sh(dir, &["rev-parse", "HEAD"])
+    }
+
+    /// A checkout where task a's branch (`ccm/aaaaaaaa`: a.txt) landed on `main` rewritten and
+    /// in a newer version (a.txt changed again), after task b stacked on its first version
+    /// (`ccm/bbbbbbbb`: a.txt, then b.txt). Returns the repository and where b forked.
+    fn stacked_repo(dir: &Path) -> (PathBuf, String) {
+        let repo = dir.join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        sh(&repo, &["init", "-q", "-b", "main"]);
+        sh(&repo, &["config", "user.name", "t"]);
+        sh(&repo, &["config", "user.email", "t@ccm.invalid"]);
+        sh(&repo, &["config", "commit.gpgsign", "false"]);
+        commit(&repo, "README.md", "hello\n", "initial");
+        sh(&repo, &["checkout", "-q", "-b", "ccm/aaaaaaaa"]);
+        let fork = commit(&repo, "a.txt", "a, first\n", "[aaaaaaaa] a");
+        sh(&repo, &["checkout", "-q", "-b", "ccm/bbbbbbbb"]);
+        commit(&repo, "b.txt", "b\n", "[bbbbbbbb] b");
+        // a's new attempt: the same file in another version, landed as a new commit on main.
+        sh(&repo, &["checkout", "-q", "main"]);
+        commit(&repo, "a.txt", "a, second\n", "[aaaaaaaa] a");
+        (repo, fork)
+    }
+
+    fn land(
+        repo: &Path,
+        root: &Path,
+        mode: LandMode,
+        fork: Option<&str>,
+    ) -> Result<Built, WorktreeError> {
+        let head = sh(repo, &["rev-parse", "main"]);
+        build(&Build {
+            repo,
+            root,
+            short_id: "bbbbbbbb",
+            title: "b",
+            branch: "ccm/bbbbbbbb",
+            old_head: &head,
+            mode,
+            fork,
+        })
+    }
+
+    #[test]
+    fn a_stacked_branch_lands_only_its_own_commits_onto_its_rewritten_base() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, fork) = stacked_repo(tmp.path());
+        let root = tmp.path().join("worktrees");
+        let main = sh(&repo, &["rev-parse", "main"]);
+
+        // Rebase: b's one commit on main, linear; a.txt stays a's landed version.
+        let Built::Merged { path, new_head } =
+            land(&repo, &root, LandMode::Rebase, Some(&fork)).unwrap()
+        else {
+            panic!("not merged")
+        };
+        assert_eq!(sh(&repo, &["rev-list", &format!("{main}..{new_head}")]).lines().count(), 1);
+        assert_eq!(sh(&repo, &["rev-parse", &format!("{new_head}^")]), main);
+        assert_eq!(sh(&repo, &["show", &format!("{new_head}:a.txt")]), "a, second");
+        assert_eq!(sh(&repo, &["show", &format!("{new_head}:b.txt")]), "b");
+        discard_result(&repo, &path, "bbbbbbbb").unwrap();
+
+        // Merge: a merge commit whose second parent is b's own commit on main.
+        let Built::Merged { path, new_head } =
+            land(&repo, &root, LandMode::Merge, Some(&fork)).unwrap()
+        else {
+            panic!("not merged")
+        };
+        assert_eq!(sh(&repo, &["rev-parse", &format!("{new_head}^1")]), main);
+        assert_eq!(sh(&repo, &["rev-parse", &format!("{new_head}^2^")]), main);
+        discard_result(&repo, &path, "bbbbbbbb").unwrap();
+
+        // Squash: one commit with b's change alone.
+        let Built::Merged { path, new_head } =
+            land(&repo, &root, LandMode::Squash, Some(&fork)).unwrap()
+        else {
+            panic!("not merged")
+        };
+        assert_eq!(sh(&repo, &["rev-parse", &format!("{new_head}^")]), main);
+        assert_eq!(sh(&repo, &["diff", "--name-only", &main, &new_head]), "b.txt");
+        discard_result(&repo, &path, "bbbbbbbb").unwrap();
+
+        // Without its fork the branch carries a's first version along, which conflicts.
+        assert!(matches!(
+            land(&repo, &root, LandMode::Rebase, None).unwrap(),
+            Built::Conflict { files, .. } if files == ["a.txt"]
+        ));
+    }
+
+    #[test]
+    fn a_fork_already_on_the_target_or_left_behind_lands_the_branch_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, fork) = stacked_repo(tmp.path());
+        let tip = sh(&repo, &["rev-parse", "ccm/bbbbbbbb"]);
+        let main = sh(&repo, &["rev-parse", "main"]);
+        assert_eq!(stacked_upstream(&repo, Some(&fork), &tip, &main), Some(fork.as_str()));
+        assert_eq!(stacked_upstream(&repo, None, &tip, &main), None);
+        // The base's commits on the target as they are (a fast-forward or a merge).
+        assert_eq!(stacked_upstream(&repo, Some(&fork), &tip, &fork), None);
+        // The agent rebased its branch onto the target since: the fork is not below it.
+        assert_eq!(stacked_upstream(&repo, Some(&fork), &main, &main), None);
+    }
 }

@@ -42,7 +42,7 @@ use uuid::Uuid;
 
 use crate::config::{LandConfig, LandMode, LiveConfig, OnChecksFailed};
 use crate::home::Home;
-use crate::store::{LandFailure, LandStep, Landing, RetryPolicy, Store, StoreError};
+use crate::store::{LandFailure, LandStep, Landing, RetryPolicy, Stack, Store, StoreError};
 use crate::worktree::WorktreeError;
 use git::{Build, Built, Moved, Target};
 
@@ -264,12 +264,25 @@ impl Lander {
                 self.store.enqueue_landing(&id.to_string(), &checkout, &policy.target).await?;
             }
         }
+        let stacks = stack_bases(self.store.stacks().await?);
         let mut firsts: BTreeMap<(String, String), Landing> = BTreeMap::new();
-        for landing in self.store.landings().await? {
+        for landing in queue_order(self.store.landings().await?, &stacks) {
             if matches!(landing.state, LandState::LandFailed | LandState::Landed) {
                 continue;
             }
-            firsts.entry((landing.repo.clone(), landing.target.clone())).or_insert(landing);
+            let queue = (landing.repo.clone(), landing.target.clone());
+            if firsts.contains_key(&queue) {
+                continue;
+            }
+            // A stacked task waits for its base to land, without holding up its queue.
+            let waits = stacks.get(&landing.task_id).and_then(Stack::waits_for);
+            if let Some(waits) = waits.filter(|_| !landing.state.in_progress()) {
+                if landing.reason.as_deref() != Some(waits.as_str()) {
+                    self.store.note_landing(landing.task_id, &waits).await?;
+                }
+                continue;
+            }
+            firsts.insert(queue, landing);
         }
         for (queue, landing) in firsts {
             if !self.queues().insert(queue.clone()) {
@@ -345,12 +358,24 @@ impl Lander {
         if pr && landing.state == LandState::Landing && !self.time_to_poll(task.id, &policy) {
             return Ok(());
         }
+        // A stacked task lands after its base (the pass skips it until then; this is for a
+        // pass that read the queue just before).
+        let stack = detail.stack;
+        if let Some(waits) = stack.as_ref().and_then(Stack::waits_for) {
+            if !landing.state.in_progress() {
+                if landing.reason.as_deref() != Some(waits.as_str()) {
+                    self.store.note_landing(task.id, &waits).await?;
+                }
+                return Ok(());
+            }
+        }
         if !self.fleet_lease(&task, &policy, &landing).await? {
             return Ok(());
         }
         let target = policy.target();
         let short = task.short_id();
         let branch = format!("ccm/{short}");
+        let fork = stack.and_then(|s| s.fork_commit);
         for _ in 0..MAX_RESTARTS {
             landing = match landing.state {
                 LandState::LandQueued => {
@@ -376,7 +401,8 @@ impl Lander {
                     }
                 }
                 LandState::Landing => {
-                    match self.merge_and_verify(&task, &policy, &landing, &branch).await? {
+                    let fork = fork.as_deref();
+                    match self.merge_and_verify(&task, &policy, &landing, &branch, fork).await? {
                         Some(next) => next,
                         None => return Ok(()),
                     }
@@ -787,8 +813,10 @@ impl Lander {
         policy: &Policy,
         landing: &Landing,
         branch: &str,
+        fork: Option<&str>,
     ) -> Result<Option<Landing>> {
         let old = landing.old_head.clone().unwrap_or_default();
+        let fork = fork.map(str::to_owned);
         let root = self.home.root().join("worktrees");
         let (short, title, mode) = (task.short_id(), task.title.clone(), policy.land.mode);
         let built = self
@@ -805,6 +833,7 @@ impl Lander {
                         branch: &branch,
                         old_head: &old,
                         mode,
+                        fork: fork.as_deref(),
                     })
                 }
             })
@@ -1141,7 +1170,8 @@ pub struct Queue {
 /// Every land queue with its entries in order (`ccm land status`, `GET /api/land`).
 pub async fn status(store: &Store) -> Result<Vec<Queue>> {
     let mut queues: Vec<Queue> = Vec::new();
-    for landing in store.landings().await? {
+    let stacks = stack_bases(store.stacks().await?);
+    for landing in queue_order(store.landings().await?, &stacks) {
         let title = store
             .task(&landing.task_id.to_string())
             .await
@@ -1194,7 +1224,8 @@ pub struct PlannedTask {
 /// The finished, unlanded tasks of the checkout `repo` (every checkout when `None`), in queue
 /// order: those in a queue in its order, then the others by when they finished.
 pub async fn plan(store: &Store, home: &Path, repo: Option<&Path>) -> Result<Vec<PlannedTask>> {
-    let landings: Vec<Landing> = store.landings().await?;
+    let stacks = stack_bases(store.stacks().await?);
+    let landings: Vec<Landing> = queue_order(store.landings().await?, &stacks);
     let mut planned = Vec::new();
     let mut seen = HashSet::new();
     for landing in landings.iter().filter(|l| l.state != LandState::LandFailed) {
@@ -1246,8 +1277,114 @@ pub async fn plan(store: &Store, home: &Path, repo: Option<&Path>) -> Result<Vec
     let ids: Vec<String> = waiting.iter().map(|p| p.task_id.to_string()).collect();
     let mut waiting: HashMap<String, PlannedTask> =
         waiting.into_iter().map(|p| (p.task_id.to_string(), p)).collect();
+    let mut ordered = Vec::with_capacity(waiting.len());
     for id in crate::conflicts::land_order(&ids, &predicted) {
-        planned.extend(waiting.remove(&id));
+        ordered.extend(waiting.remove(&id));
     }
-    Ok(planned)
+    planned.extend(ordered);
+    // A stacked task after its base, queued or not.
+    let base = |p: &PlannedTask| stacks.get(&p.task_id).map(|s| s.base_task);
+    Ok(stack_order(planned, |p| p.task_id, base))
+}
+
+/// The stacked tasks by their id.
+fn stack_bases(stacks: Vec<Stack>) -> HashMap<Uuid, Stack> {
+    stacks.into_iter().map(|s| (s.task_id, s)).collect()
+}
+
+/// Landings in the order their queues take them: as the store lists them (each queue's
+/// landing in progress first, then by when they were queued), except that a stacked task comes
+/// after its base.
+fn queue_order(landings: Vec<Landing>, stacks: &HashMap<Uuid, Stack>) -> Vec<Landing> {
+    stack_order(landings, |l| l.task_id, |l| stacks.get(&l.task_id).map(|s| s.base_task))
+}
+
+/// `items` in their order, except that an item whose base (`base_of`) is among them comes
+/// right after it (and after the items stacked on it that came earlier), however deep the
+/// stack. Items whose base is not among them keep their place.
+pub fn stack_order<T>(
+    items: Vec<T>,
+    id_of: impl Fn(&T) -> Uuid,
+    base_of: impl Fn(&T) -> Option<Uuid>,
+) -> Vec<T> {
+    let present: HashSet<Uuid> = items.iter().map(&id_of).collect();
+    let mut placed: HashSet<Uuid> = HashSet::with_capacity(items.len());
+    let mut ordered = Vec::with_capacity(items.len());
+    // Items whose base has not been placed yet, in their order.
+    let mut deferred: Vec<T> = Vec::new();
+    for item in items {
+        if base_of(&item).is_some_and(|base| present.contains(&base) && !placed.contains(&base)) {
+            deferred.push(item);
+            continue;
+        }
+        placed.insert(id_of(&item));
+        ordered.push(item);
+        // Whatever waited for what is now placed follows it (a stack of any depth).
+        while let Some(at) =
+            deferred.iter().position(|d| base_of(d).is_some_and(|base| placed.contains(&base)))
+        {
+            let next = deferred.remove(at);
+            placed.insert(id_of(&next));
+            ordered.push(next);
+        }
+    }
+    // Only a cycle leaves something here, which the dependency DAG forbids: keep it anyway.
+    ordered.extend(deferred);
+    ordered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `items` are letters; `stacked` pairs (task, base); `expected` the order as letters.
+    fn check(items: &str, stacked: &[(char, char)], expected: &str) {
+        let id = |c: char| Uuid::from_u128(c as u128);
+        let bases: HashMap<Uuid, Uuid> = stacked.iter().map(|&(t, b)| (id(t), id(b))).collect();
+        let ordered =
+            stack_order(items.chars().collect(), |&c| id(c), |c| bases.get(&id(*c)).copied());
+        assert_eq!(ordered.into_iter().collect::<String>(), expected, "{items} {stacked:?}");
+    }
+
+    #[test]
+    fn stack_order_puts_a_stacked_task_after_its_base() {
+        check("abc", &[], "abc");
+        // Already after its base: stays.
+        check("abc", &[('c', 'a')], "abc");
+        // Before its base: right after it, the others keep their place.
+        check("bca", &[('b', 'a')], "cab");
+        check("bxay", &[('b', 'a')], "xaby");
+        // A stack three deep, listed upside down.
+        check("cba", &[('c', 'b'), ('b', 'a')], "abc");
+        // Two tasks on one base keep their order after it.
+        check("cbxa", &[('c', 'a'), ('b', 'a')], "xacb");
+        // A base that is not listed (landed, or not queued) keeps the task in its place.
+        check("bc", &[('b', 'a')], "bc");
+    }
+
+    #[test]
+    fn a_stacked_task_waits_until_its_base_landed_saying_why() {
+        let base = Uuid::from_u128(0xa1b2c3d4 << 96);
+        let stack = |base_state, base_land_state, base_discarded| Stack {
+            task_id: Uuid::from_u128(2),
+            base_task: base,
+            fork_commit: None,
+            base_state,
+            base_land_state,
+            base_discarded,
+        };
+        let waits = |s: Stack| s.waits_for();
+        assert_eq!(
+            waits(stack(TaskState::Complete, Some(LandState::LandQueued), false)).as_deref(),
+            Some("task a1b2c3d4, its stack base, to land")
+        );
+        assert_eq!(waits(stack(TaskState::Complete, Some(LandState::Landed), false)), None);
+        assert!(waits(stack(TaskState::Executing, Some(LandState::LandFailed), false))
+            .is_some_and(|w| w.ends_with("(it is executing)")));
+        assert!(waits(stack(TaskState::Failed, None, false))
+            .is_some_and(|w| w.contains("it is failed: it will not land")));
+        assert!(waits(stack(TaskState::Complete, None, true))
+            .is_some_and(|w| w.contains("its work was discarded")));
+        assert_eq!(stack(TaskState::Complete, None, false).base_branch(), "ccm/a1b2c3d4");
+    }
 }

@@ -161,6 +161,11 @@ impl Runtime {
             .map_err(|problem| Workspace::Retry(format!("cannot prepare the worktree: {problem}")))?
             .worktree;
         let base = context.default_branch.clone().unwrap_or_else(|| "main".into());
+        // A stacked task starts from its base's branch until the base landed (its branch is
+        // then gone, and the target has its work).
+        let stack = self.store.stack_of(task.id).await.map_err(|e| internal(&e))?;
+        let stacked_on = stack.filter(|s| !s.base_landed()).map(|s| s.base_branch());
+        let stacked_branch = stacked_on.clone();
         let short = task.short_id();
         let home = self.home.root().to_owned();
         let runtime = self.clone();
@@ -170,14 +175,22 @@ impl Runtime {
         let span = tracing::Span::current();
         let prepared = tokio::task::spawn_blocking(move || {
             let _job = span.enter();
-            let prepared = worktree::prepare(&worktree::Spec {
+            let root = home.join("worktrees");
+            let spec = |base_branch| worktree::Spec {
                 repo: &repo_for_job,
-                base_branch: &base,
+                base_branch,
                 short_id: &short,
-                root: &home.join("worktrees"),
+                root: &root,
                 copy_files: &settings.copy_files,
                 setup: settings.setup.as_deref(),
-            })?;
+            };
+            let prepared = match stacked_on.as_deref().map(|b| worktree::prepare(&spec(b))) {
+                // The base landed meanwhile and its branch went: the target has its work.
+                Some(Err(worktree::WorktreeError::UnknownBaseBranch { .. })) | None => {
+                    worktree::prepare(&spec(&base))?
+                }
+                Some(prepared) => prepared?,
+            };
             // Local hook settings are not committed, so the worktree gets ccm's hooks of its own,
             // kept out of the agent's commits whatever git command it runs.
             let hook = crate::hooks::hook_program();
@@ -210,6 +223,13 @@ impl Runtime {
         .await
         .map_err(|e| internal(&e))?
         .map_err(|e| Workspace::Retry(format!("cannot prepare the worktree: {e}")))?;
+        // Where a stacked task's branch forked from its base's: the lander rebases only the
+        // commits after it.
+        if stacked_branch.as_ref() == Some(&prepared.base_branch) {
+            if let Err(error) = self.store.record_fork(task.id, &prepared.base_commit).await {
+                warn!(%error, "cannot record where the stacked task's branch forked");
+            }
+        }
         let path = prepared.path.clone();
         Ok((path, Some(SavedWorktree { repo: repo_path, worktree: prepared })))
     }

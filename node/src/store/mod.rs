@@ -11,6 +11,7 @@
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
 //! - `review`: review comments on a finished task's diff, and "request changes".
+//! - `stacks`: stacked tasks, each with its base and where its branch forked from the base's.
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -30,6 +31,7 @@ mod records;
 mod retention;
 mod review;
 mod routing;
+mod stacks;
 mod supervisors;
 mod sync;
 mod tasks;
@@ -63,6 +65,7 @@ pub use records::{OutboxCounts, StateCounts};
 pub use retention::{integrity_check_file, RetentionPass, RetentionReport, StorageStats, TaskEnd};
 pub use review::{NewComment, ReviewComment, COMMENT_MAX_BYTES};
 pub use routing::{RoutedControl, RoutedTask, StaleTask};
+pub use stacks::Stack;
 pub use supervisors::{ScopeFilter, SupervisorRun, SUPERVISOR_ALERT};
 pub use tasks::{check_event_reason, NewTask, RetryPolicy, TaskDetail, TaskFilter};
 pub use views::{BoardFilter, BoardTask, CostDay, DashboardCounts, BOARD_COLUMN_LIMIT};

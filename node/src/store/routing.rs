@@ -185,6 +185,14 @@ impl Store {
         pin: Option<&str>,
         config: &Config,
     ) -> Result<RoutedTask> {
+        if new.stack {
+            return Err(StoreError::Invalid {
+                field: "stack",
+                message:
+                    "a stacked task runs on the system of its base's branch; it cannot be routed"
+                        .into(),
+            });
+        }
         let mut tx = self.write().await?;
         // Validate through the local path, then take the row back out: one set of rules.
         let id = Uuid::new_v4();

@@ -45,9 +45,14 @@ pub struct NewTask {
     /// Higher runs first; between [`PRIORITY_MIN`] and [`PRIORITY_MAX`].
     #[serde(default)]
     pub priority: i64,
-    /// Ids (or unique id prefixes) of tasks that must complete first.
-    #[serde(default)]
+    /// Ids (or unique id prefixes) of tasks that must complete first (`after` in a request
+    /// body, as on the command line).
+    #[serde(default, alias = "after")]
     pub depends_on: Vec<String>,
+    /// Stacked on its one dependency (`--after A --stack`): starts from A's branch as soon as
+    /// A is complete, and lands after A with only its own commits (`store/stacks.rs`).
+    #[serde(default)]
+    pub stack: bool,
 }
 
 /// Which tasks to list.
@@ -99,6 +104,9 @@ pub struct TaskDetail {
     /// Why and when the operator dropped the task's work (`ccm task discard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded: Option<super::Discarded>,
+    /// The task it is stacked on (`--after A --stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<super::Stack>,
     /// The task this one is a sub-task of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
@@ -139,13 +147,16 @@ impl From<&Config> for RetryPolicy {
 
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// SQL: the dependencies of the task `t` are all complete.
-/// A dependency of a repository with a landing policy (`land_policies`) counts once it landed.
+/// A dependency of a repository with a landing policy (`land_policies`) counts once it landed,
+/// unless it is the task's stack base (`task_stacks`): that one counts once complete.
 const DEPENDENCIES_COMPLETE: &str = "NOT EXISTS (
     SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.depends_on
     WHERE d.task_id = t.id AND (dep.state <> 'complete'
         OR (EXISTS (SELECT 1 FROM land_policies p WHERE p.repo = dep.repo)
             AND NOT EXISTS (SELECT 1 FROM landings l
-                            WHERE l.task_id = dep.id AND l.state = 'landed'))))";
+                            WHERE l.task_id = dep.id AND l.state = 'landed')
+            AND NOT EXISTS (SELECT 1 FROM task_stacks s
+                            WHERE s.task_id = t.id AND s.base_task = dep.id))))";
 /// Tasks written by one statement at most (12 bound values each; SQLite takes 32,766).
 const INSERT_CHUNK: usize = 512;
 /// Tasks of an external profile admitted by one scheduler pass at most.
@@ -184,11 +195,15 @@ impl Store {
         let mut tx = self.write().await?;
         let mut created = Vec::with_capacity(batch.len());
         let mut actors = Vec::with_capacity(batch.len());
+        let mut stacks = Vec::new();
         for (new, actor) in batch {
-            created.push(prepare_task(&mut tx, Uuid::new_v4(), new, config).await?);
+            let (task, stack) = prepare_task(&mut tx, Uuid::new_v4(), new, config).await?;
+            stacks.extend(stack.map(|base| (task.id, base)));
+            created.push(task);
             actors.push(actor);
         }
         insert_tasks(&mut tx, &created, &actors).await?;
+        super::stacks::insert_stacks(&mut tx, &stacks).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -550,6 +565,7 @@ impl Store {
             touched_files: self.touched_files(id).await?,
             landing: self.landing(id).await?,
             discarded: self.discarded(id).await?,
+            stack: self.stack_of(id).await?,
             parent: self.parent_of(id).await?,
             subtasks: self.subtasks(id).await?,
             review: self.review_comments(id).await?,
@@ -566,8 +582,11 @@ pub(super) async fn create_in_tx(
     config: &Config,
     actor: &str,
 ) -> Result<Task> {
-    let task = prepare_task(tx, id, new, config).await?;
+    let (task, stack) = prepare_task(tx, id, new, config).await?;
     insert_tasks(tx, std::slice::from_ref(&task), &[actor]).await?;
+    if let Some(base) = stack {
+        super::stacks::insert_stacks(tx, &[(task.id, base)]).await?;
+    }
     Ok(task)
 }
 
@@ -587,8 +606,13 @@ pub fn check_event_reason(reason: &str) -> Result<()> {
 }
 
 /// Checks a new task against the configuration and resolves its dependencies: the task as it
-/// will be stored, nothing written yet.
-async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config) -> Result<Task> {
+/// will be stored, and its stack base when it is stacked; nothing written yet.
+async fn prepare_task(
+    tx: &mut Writing,
+    id: Uuid,
+    new: NewTask,
+    config: &Config,
+) -> Result<(Task, Option<Uuid>)> {
     let defaults = &config.tasks;
     let title = new.title.trim().to_string();
     if title.is_empty() {
@@ -684,7 +708,13 @@ async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config)
             depends_on.push(dep_id);
         }
     }
-    Ok(Task {
+    let (repo, stack) = if new.stack {
+        let (base, repo) = super::stacks::check_stack(tx, &depends_on, repo).await?;
+        (Some(repo), Some(base))
+    } else {
+        (repo, None)
+    };
+    let task = Task {
         id,
         title,
         prompt,
@@ -702,7 +732,8 @@ async fn prepare_task(tx: &mut Writing, id: Uuid, new: NewTask, config: &Config)
         version: 1,
         depends_on,
         land_state: None,
-    })
+    };
+    Ok((task, stack))
 }
 
 /// Writes prepared tasks in `created`, each with its dependencies, its first log entry (by the
@@ -1294,7 +1325,7 @@ fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) 
     format!("unknown {what} `{name}`; configured: {}", known.join(", "))
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {
     StoreError::Invalid { field, message: message.into() }
 }
 
