@@ -959,6 +959,15 @@ impl Config {
             supervisor
                 .validate(name, &self.profiles)
                 .map_err(|message| ConfigError::Invalid { key: "supervisors", message })?;
+            if supervisor.is_fleet() && self.sync.url.is_none() && self.sync.rest_url.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "supervisors",
+                    message: format!(
+                        "`{name}`: scope fleet reads the central: it needs sync (sync.url or \
+                         sync.rest_url)"
+                    ),
+                });
+            }
         }
         for (name, workflow) in &self.workflows {
             for step in &workflow.steps {
