@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agents::profile::Profile as AgentProfile;
+use crate::agents::profile::{Mode, Profile as AgentProfile};
 
 mod live;
 mod retention;
@@ -894,8 +894,17 @@ impl Config {
             key: "",
             message: format!("{key}: {message}"),
         })?;
-        for (name, profile) in crate::agents::profile::builtin() {
-            config.profiles.entry(name).or_insert(profile);
+        for (name, builtin) in crate::agents::profile::builtin() {
+            match config.profiles.get_mut(&name) {
+                // `profiles.claude.context: ...` alone: the built-in with that policy.
+                Some(given) if given.command.is_empty() && given.mode != Mode::External => {
+                    *given = AgentProfile { context: given.context, ..builtin };
+                }
+                Some(_) => {}
+                None => {
+                    config.profiles.insert(name, builtin);
+                }
+            }
         }
         for (name, workflow) in builtin_workflows() {
             config.workflows.entry(name).or_insert(workflow);
@@ -1009,6 +1018,15 @@ impl Config {
             supervisor
                 .validate(name, &self.profiles)
                 .map_err(|message| ConfigError::Invalid { key: "supervisors", message })?;
+            if supervisor.is_fleet() && self.sync.url.is_none() && self.sync.rest_url.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "supervisors",
+                    message: format!(
+                        "`{name}`: scope fleet reads the central: it needs sync (sync.url or \
+                         sync.rest_url)"
+                    ),
+                });
+            }
         }
         for (name, workflow) in &self.workflows {
             for step in &workflow.steps {
@@ -1262,6 +1280,9 @@ pub const PROJECT_TEMPLATE: &str = "\
 #     command: [my-agent, --prompt, '{prompt}']
 #     stdin: none        # or prompt: the prompt on stdin (headless; any size, unlike {prompt})
 #     output: plain      # claude | gemini | codex | plain
+#     context: {threshold: 0.8, action: warn, window: 200000}  # or action: handoff
+#   claude:              # a built-in without a command: the built-in with this context policy
+#     context: {threshold: 0.8, action: handoff}
 {}
 ";
 

@@ -1,6 +1,7 @@
 //! Scheduled supervisors (`supervisors:` in the configuration): agents that watch agents.
 //!
-//! Each supervisor has a scope (`project` with its `repo`, `system`, `task:<workflow>`), a
+//! Each supervisor has a scope (`project` with its `repo`, `system`, `task:<workflow>`,
+//! `fleet`), a
 //! schedule (`every: {completions: N}`, `{failures: N}` or `{interval: 2h}`), a profile and a
 //! prompt template whose `{digest}` the store fills with what happened in the scope since the
 //! supervisor's previous run ([`Store::digest`]). A run is a headless agent in its own tmux
@@ -12,11 +13,17 @@
 //!
 //! The loop ([`Supervisors::run`]) checks every second: runs whose agent wrote its exit status
 //! are finished, and due supervisors are started.
+//!
+//! A fleet manager (scope `fleet`, with sync) runs on one system of the owner at a time: the
+//! holder of the central named lease `supervisor:<name>` (`api.acquire_lease`, renewed every
+//! third of `lease`, given back when the daemon stops; a crashed holder's lease runs out). Its
+//! digest is the central's view of every system (`api.fleet_digest`: presence, tasks by state
+//! per system, open alerts, routed tasks, cost by day), which no node sees alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ccm_schema::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -46,13 +53,16 @@ pub enum SupervisorError {
     Io(#[from] std::io::Error),
     #[error("supervisor `{name}`: {message}")]
     Config { name: String, message: String },
+    /// The central did not answer a fleet manager's digest.
+    #[error("the central's fleet digest: {0}")]
+    Central(String),
 }
 
 /// One supervisor of `supervisors:`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
-    /// `project` (with `repo`), `system`, or `task:<workflow>`.
+    /// `project` (with `repo`), `system`, `task:<workflow>`, or `fleet` (with sync).
     pub scope: String,
     /// The repository of a `project` scope, as its tasks name it (a path or a URL).
     #[serde(default)]
@@ -66,7 +76,14 @@ pub struct SupervisorConfig {
     /// Runs of this supervisor at a time (its own pool, never a worker slot).
     #[serde(default = "one")]
     pub slots: u32,
+    /// A fleet manager's lease on the central (`30s`, `2m`; default 60 s): how long another
+    /// system waits to take over when its holder stops without giving it back.
+    #[serde(default)]
+    pub lease: Option<String>,
 }
+
+/// A fleet manager's lease when `lease:` is not given.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 fn default_profile() -> String {
     "claude".into()
@@ -118,7 +135,36 @@ impl SupervisorConfig {
         if !self.prompt.contains("{digest}") {
             return Err(at("the prompt must contain {digest}".into()));
         }
+        if self.is_fleet() {
+            if !matches!(self.every, Every::Interval(_)) {
+                return Err(at("scope fleet runs on an interval (every: {interval: 1h}): \
+                               completions and failures are counted per system"
+                    .into()));
+            }
+            self.lease_duration().map_err(at)?;
+        } else if self.lease.is_some() {
+            return Err(at("lease is for scope fleet only".into()));
+        }
         Ok(())
+    }
+
+    /// Whether this is a fleet manager (scope `fleet`).
+    pub fn is_fleet(&self) -> bool {
+        self.scope == "fleet"
+    }
+
+    /// A fleet manager's lease on the central.
+    pub fn lease_duration(&self) -> Result<Duration, String> {
+        let Some(text) = &self.lease else { return Ok(DEFAULT_LEASE) };
+        match humantime::parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => Ok(d),
+            _ => Err(format!("lease `{text}` is not a duration from 1s to 1h, such as 60s")),
+        }
+    }
+
+    /// The name of a fleet manager's lease on the central.
+    fn lease_name(name: &str) -> String {
+        format!("supervisor:{name}")
     }
 
     fn interval(&self, text: &str) -> Result<Duration, String> {
@@ -138,16 +184,15 @@ impl SupervisorConfig {
                 }
                 _ => Err("scope project needs `repo:` (the repository its tasks name)".into()),
             },
-            "fleet" => {
-                Err("scope fleet is not supported yet (project, system, task:<workflow>)".into())
-            }
+            // Its tasks are the whole fleet's, read from the central, not from this store.
+            "fleet" => Ok(ScopeFilter::default()),
             scope => match scope.strip_prefix("task:") {
                 Some(workflow) if !workflow.is_empty() => {
                     Ok(ScopeFilter { repo: None, workflow: Some(workflow.to_string()) })
                 }
-                _ => {
-                    Err(format!("unknown scope `{scope}`: use project, system or task:<workflow>"))
-                }
+                _ => Err(format!(
+                    "unknown scope `{scope}`: use project, system, task:<workflow> or fleet"
+                )),
             },
         }
     }
@@ -164,6 +209,17 @@ pub struct Supervisors {
     pub started: Timestamp,
     pub beat: Arc<ccm_sync::Beat>,
     pub shutdown: CancellationToken,
+    /// The central, when sync is on: fleet managers' leases and digests.
+    pub central: Option<ccm_sync::Client>,
+    /// Fleet managers' leases by supervisor: whether this system holds it, as last asked.
+    pub leases: Arc<Mutex<HashMap<String, Lease>>>,
+}
+
+/// What this system last heard of a fleet manager's lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    held: bool,
+    asked: Instant,
 }
 
 impl Supervisors {
@@ -182,9 +238,81 @@ impl Supervisors {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+            self.release_leases().await;
         }
         .instrument(info_span!("supervisors"))
         .await
+    }
+
+    /// Whether this system holds the fleet manager's lease: taken or renewed on the central
+    /// when a third of it has passed since it was last asked. A system that cannot ask does
+    /// not run the manager (it could not read the fleet's digest either).
+    async fn fleet_lease(&self, name: &str, supervisor: &SupervisorConfig) -> bool {
+        let Some(central) = &self.central else { return false };
+        let ttl = supervisor.lease_duration().unwrap_or(DEFAULT_LEASE);
+        let last = self.leases().get(name).copied();
+        if let Some(lease) = last.filter(|l| l.asked.elapsed() < ttl / 3) {
+            return lease.held;
+        }
+        let params = ccm_sync::wire::AcquireLeaseV1 {
+            p_name: SupervisorConfig::lease_name(name),
+            p_ttl_s: u32::try_from(ttl.as_secs()).unwrap_or(3600),
+            p_value: None,
+        };
+        let held = match central
+            .call::<ccm_sync::wire::NamedLeaseV1>("acquire_lease", &params)
+            .await
+        {
+            Ok(lease) => {
+                if lease.held != last.is_some_and(|l| l.held) {
+                    let holder = lease.holder.as_deref().unwrap_or("another system");
+                    info!(supervisor = %name, held = lease.held, %holder, "fleet manager's lease");
+                }
+                lease.held
+            }
+            Err(failure) => {
+                warn!(supervisor = %name, error = %failure.message, "cannot ask the central for the fleet manager's lease");
+                false
+            }
+        };
+        self.leases().insert(name.to_string(), Lease { held, asked: Instant::now() });
+        held
+    }
+
+    /// Gives back the fleet managers' leases this system holds, so another system takes over
+    /// at once.
+    async fn release_leases(&self) {
+        let Some(central) = &self.central else { return };
+        let held: Vec<String> =
+            self.leases().iter().filter(|(_, l)| l.held).map(|(n, _)| n.clone()).collect();
+        for name in held {
+            let params =
+                ccm_sync::wire::ReleaseLeaseV1 { p_name: SupervisorConfig::lease_name(&name) };
+            let released = central.call::<serde_json::Value>("release_lease", &params);
+            match tokio::time::timeout(Duration::from_secs(3), released).await {
+                Ok(Ok(_)) => info!(supervisor = %name, "fleet manager's lease given back"),
+                Ok(Err(failure)) => {
+                    warn!(supervisor = %name, error = %failure.message, "cannot give the lease back")
+                }
+                Err(_) => warn!(supervisor = %name, "cannot give the lease back: no answer in 3 s"),
+            }
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        self.leases.lock().expect("leases lock is never poisoned: no code panics holding it")
+    }
+
+    /// The fleet's digest from the central, as text for the manager's prompt.
+    async fn fleet_digest(
+        &self,
+        since: Timestamp,
+        previous: Option<&str>,
+    ) -> Result<String, SupervisorError> {
+        let Some(central) = &self.central else {
+            return Err(SupervisorError::Central("sync is off: no central to ask".into()));
+        };
+        fleet_digest(central, since, previous).await
     }
 
     fn tmux(&self) -> Tmux {
@@ -208,6 +336,9 @@ impl Supervisors {
             }
         }
         for (name, supervisor) in &config.supervisors {
+            if supervisor.is_fleet() && !self.fleet_lease(name, supervisor).await {
+                continue;
+            }
             let busy = running.iter().filter(|r| &r.supervisor == name).count();
             if busy >= supervisor.slots as usize {
                 continue;
@@ -263,7 +394,11 @@ impl Supervisors {
             .ok_or_else(|| config_error(format!("unknown profile `{}`", supervisor.profile)))?;
         let previous = runs.iter().find_map(|r| r.report.as_deref());
         let since = last.map_or(Timestamp(0), |r| r.started_at);
-        let digest = self.store.digest(&filter, since, previous).await?;
+        let digest = if supervisor.is_fleet() {
+            self.fleet_digest(since, previous).await?
+        } else {
+            self.store.digest(&filter, since, previous).await?
+        };
         let prompt = supervisor
             .prompt
             .replace("{name}", name)
@@ -404,6 +539,93 @@ impl Supervisors {
     }
 }
 
+/// A fleet manager's digest from the central (`api.fleet_digest`, tasks changed since
+/// `since`), as text for its prompt.
+pub async fn fleet_digest(
+    central: &ccm_sync::Client,
+    since: Timestamp,
+    previous: Option<&str>,
+) -> Result<String, SupervisorError> {
+    let p_since = (since.millis() > 0).then(|| {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(since.millis().unsigned_abs());
+        humantime::format_rfc3339_millis(at).to_string()
+    });
+    let params = ccm_sync::wire::FleetDigestParamsV1 { p_since };
+    let digest = central
+        .call::<ccm_sync::wire::FleetDigestV1>("fleet_digest", &params)
+        .await
+        .map_err(|failure| SupervisorError::Central(failure.message))?;
+    Ok(fleet_digest_text(&digest, since, previous))
+}
+
+/// A fleet manager's digest: the central's view of every system of the owner.
+pub fn fleet_digest_text(
+    digest: &ccm_sync::wire::FleetDigestV1,
+    since: Timestamp,
+    previous: Option<&str>,
+) -> String {
+    let mut text = String::from("The fleet, as the central sees every system:\n");
+    text.push_str(&format!("- systems ({}):\n", digest.systems.len()));
+    for s in &digest.systems {
+        let draining = if s.draining { ", draining" } else { "" };
+        let heard = s.last_heartbeat_at.as_deref().unwrap_or("never");
+        text.push_str(&format!(
+            "  - {}: {}, {} running of {} slots{draining}, last heartbeat {heard}\n",
+            s.name, s.presence, s.running, s.slots
+        ));
+    }
+    text.push_str(&format!("- tasks by state per system (in brackets: changed since {since}):\n"));
+    let mut by_system: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for row in &digest.tasks_by_state {
+        let line = format!("{} {} ({})", row.state, row.tasks, row.changed);
+        by_system.entry(row.system.as_str()).or_default().push(line);
+    }
+    if by_system.is_empty() {
+        text.push_str("  - none\n");
+    }
+    for (system, states) in &by_system {
+        text.push_str(&format!("  - {system}: {}\n", states.join(", ")));
+    }
+    text.push_str(&format!("- open alerts ({}):\n", digest.open_alerts.len()));
+    for a in &digest.open_alerts {
+        let first = a.message.lines().next().unwrap_or_default();
+        text.push_str(&format!(
+            "  - {} [{}] {}: {}\n",
+            a.system,
+            a.severity,
+            a.kind,
+            crate::text::head(first, 200)
+        ));
+    }
+    text.push_str(&format!("- routed tasks not done ({}):\n", digest.routed_tasks.len()));
+    for r in &digest.routed_tasks {
+        let reason = r.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let origin = r.origin.as_deref().unwrap_or("?");
+        let executing = r.executing.as_deref().map(|e| format!(", on {e}")).unwrap_or_default();
+        text.push_str(&format!(
+            "  - \"{}\" {}{reason} from {origin}{executing}, attempts {}\n",
+            r.title, r.state, r.attempts
+        ));
+    }
+    text.push_str("- cost by UTC day:\n");
+    if digest.cost_by_day.is_empty() {
+        text.push_str("  - none\n");
+    }
+    for c in &digest.cost_by_day {
+        text.push_str(&format!(
+            "  - {} {}: {} task(s), ${:.4}\n",
+            c.day, c.system, c.tasks, c.cost_usd
+        ));
+    }
+    match previous {
+        Some(report) => {
+            text.push_str(&format!("- previous report:\n{}\n", crate::text::head(report, 2_000)))
+        }
+        None => text.push_str("- previous report: none (first run here)\n"),
+    }
+    text
+}
+
 /// The `ALERT: ...` lines of a report (markdown emphasis and list marks around them allowed).
 pub fn alert_lines(report: &str) -> Vec<String> {
     report
@@ -437,13 +659,15 @@ mod tests {
             profile: "claude".into(),
             prompt: prompt.into(),
             slots: 1,
+            lease: None,
         };
         let check = |c: SupervisorConfig| c.validate("review", &profiles);
         assert!(check(config("system", Every::Completions(3), "{digest}")).is_ok());
         assert!(check(config("task:code-review", Every::Interval("2h".into()), "{digest}")).is_ok());
+        assert!(check(config("fleet", Every::Interval("1h".into()), "{digest}")).is_ok());
         let cases = [
             (config("project", Every::Completions(3), "{digest}"), "needs `repo:`"),
-            (config("fleet", Every::Completions(3), "{digest}"), "fleet is not supported"),
+            (config("fleet", Every::Completions(3), "{digest}"), "scope fleet runs on an interval"),
             (config("galaxy", Every::Completions(3), "{digest}"), "unknown scope `galaxy`"),
             (config("system", Every::Failures(0), "{digest}"), "at least 1"),
             (

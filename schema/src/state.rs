@@ -11,7 +11,8 @@
 //!                                    ├─failed→ error ─resolve→ retry ─retry_due→ queued   (queued ─failed→ error too)
 //!                                    │                   ├→ blocked (attempts exhausted: alert + decision)
 //!                                    │                   └→ failed  (fatal)
-//!                                    └─quota_exhausted→ waiting_quota ─quota_reset→ queued
+//!                                    ├─quota_exhausted→ waiting_quota ─quota_reset→ queued
+//!                                    └─handed_off→ queued (a context handoff: the attempt does not count)
 //! created ─dependency_failed→ blocked;  any unfinished state ─cancel→ cancelled
 //! blocked | failed | alert | cancelled ─retry→ created (attempts reset);  alert ─accept→ complete
 //! complete ─land_failed→ error (a landing that conflicts or fails its verify: a new attempt)
@@ -218,6 +219,9 @@ pub enum TaskEvent {
     },
     /// The usage limit reset.
     QuotaReset,
+    /// The worker's context passed its profile's threshold and it wrote a summary for the
+    /// next attempt: the attempt ends without failing and the task runs again at once.
+    HandedOff,
     /// The operator accepts a task the supervisory review flagged.
     Accept,
     /// The operator cancels the task.
@@ -253,6 +257,7 @@ impl TaskEvent {
             TaskEvent::RetryDue => "retry_due",
             TaskEvent::QuotaExhausted { .. } => "quota_exhausted",
             TaskEvent::QuotaReset => "quota_reset",
+            TaskEvent::HandedOff => "handed_off",
             TaskEvent::Accept => "accept",
             TaskEvent::Cancel => "cancel",
             TaskEvent::Retry => "retry",
@@ -264,7 +269,10 @@ impl TaskEvent {
     /// The state this event leads to when it is legal, for error messages.
     fn target(&self) -> TaskState {
         match *self {
-            TaskEvent::Admit | TaskEvent::RetryDue | TaskEvent::QuotaReset => TaskState::Queued,
+            TaskEvent::Admit
+            | TaskEvent::RetryDue
+            | TaskEvent::QuotaReset
+            | TaskEvent::HandedOff => TaskState::Queued,
             TaskEvent::DependencyFailed => TaskState::Blocked,
             TaskEvent::Start | TaskEvent::WorkerFinished => TaskState::Executing,
             TaskEvent::VerifyPassed => TaskState::ReportGeneration,
@@ -310,6 +318,8 @@ pub enum Effect {
     /// Grant one attempt more (`max_attempts + 1`): the next attempt answers a review, it is
     /// not a failure.
     GrantAttempt,
+    /// The attempt that just ended does not count against the budget (a handoff).
+    UncountAttempt,
 }
 
 /// The outcome of a legal transition.
@@ -382,6 +392,8 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             go(to, effects)
         }
         (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
+        // A handoff keeps its slot: the next attempt starts from `queued` with the summary.
+        (S::Executing, Ev::HandedOff) => go(S::Queued, vec![E::UncountAttempt]),
         (S::Executing, Ev::QuotaExhausted { until }) => {
             go(S::WaitingQuota, vec![E::WaitForQuota { until }])
         }
@@ -669,6 +681,21 @@ mod tests {
     }
 
     #[test]
+    fn a_handoff_requeues_the_task_without_counting_the_attempt() {
+        use TaskState::*;
+        check(Executing, TaskEvent::HandedOff, Ok((Queued, vec![Effect::UncountAttempt])));
+        for from in TaskState::ALL.into_iter().filter(|s| *s != Executing) {
+            check(
+                from,
+                TaskEvent::HandedOff,
+                Err(&format!(
+                    "illegal transition from {from} to queued: event `handed_off` is not allowed in state {from}"
+                )),
+            );
+        }
+    }
+
+    #[test]
     fn dependency_failure_blocks_a_waiting_task() {
         check(
             TaskState::Created,
@@ -757,6 +784,7 @@ mod tests {
             TaskEvent::RetryDue,
             TaskEvent::QuotaExhausted { until: None },
             TaskEvent::QuotaReset,
+            TaskEvent::HandedOff,
             TaskEvent::Accept,
             TaskEvent::Cancel,
             TaskEvent::Retry,

@@ -321,11 +321,39 @@ pub struct Agent {
     pub started_at: Timestamp,
     pub last_heartbeat: Timestamp,
     pub ended_at: Option<Timestamp>,
+    /// Tokens in the agent's context after its latest model call, as its CLI reported them.
+    pub context_tokens: i64,
+    /// The context window it was started with; `None` when unknown (a plain profile).
+    pub context_window: Option<i64>,
+    /// What ccm did when the context passed its profile's threshold: `warn` or `handoff`.
+    pub context_action: Option<String>,
+    /// How many times its CLI compacted the context.
+    pub compactions: i64,
 }
 
 impl Agent {
     pub fn short_id(&self) -> String {
         short_id(&self.id)
+    }
+
+    /// The share of its context window in use (0.62 for 62 %), when the window is known.
+    pub fn context_share(&self) -> Option<f64> {
+        let window = self.context_window.filter(|w| *w > 0)?;
+        Some(self.context_tokens as f64 / window as f64)
+    }
+
+    /// `ctx 62%` (with `, 1 compaction` after any), `-` before the first usage report or
+    /// without a known window.
+    pub fn context_label(&self) -> String {
+        let share = match self.context_share() {
+            Some(share) if self.context_tokens > 0 => format!("ctx {:.0}%", share * 100.0),
+            _ => "-".to_string(),
+        };
+        match self.compactions {
+            0 => share,
+            1 => format!("{share}, 1 compaction"),
+            n => format!("{share}, {n} compactions"),
+        }
     }
 }
 
@@ -338,10 +366,13 @@ pub struct Attempt {
     pub prompt: String,
     pub started_at: Timestamp,
     pub ended_at: Option<Timestamp>,
-    /// `success`, `crash`, `verify_failed`, `timeout`, `quota`, `cancelled`; `None` while running.
+    /// `success`, `crash`, `verify_failed`, `timeout`, `quota`, `handoff`, `cancelled`; `None`
+    /// while running.
     pub outcome: Option<String>,
     pub verify_output: Option<String>,
     pub last_message: Option<String>,
+    /// The summary the attempt wrote when it handed off (outcome `handoff`).
+    pub handoff: Option<String>,
 }
 
 /// What report generation gathered about an attempt, and the supervisory verdict on it.

@@ -71,6 +71,92 @@ pub struct NamedLeaseV1 {
     pub holder: Option<String>,
 }
 
+/// Parameters of `api.fleet_digest` (migration `20261209070000_fleet_digest.sql`): the
+/// fleet as the central sees it, tasks counted since `p_since` (RFC 3339; `None`: all).
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetDigestParamsV1 {
+    /// Left out when `None` (the function's default): a JSON `null` is not read as SQL null
+    /// by every PostgREST-compatible server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_since: Option<String>,
+}
+
+/// The answer of `api.fleet_digest`: every system of the caller's owner.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetDigestV1 {
+    #[serde(default)]
+    pub systems: Vec<FleetSystemV1>,
+    #[serde(default)]
+    pub tasks_by_state: Vec<FleetStateCountV1>,
+    #[serde(default)]
+    pub open_alerts: Vec<FleetAlertV1>,
+    #[serde(default)]
+    pub routed_tasks: Vec<FleetRoutedTaskV1>,
+    #[serde(default)]
+    pub cost_by_day: Vec<FleetCostV1>,
+}
+
+/// A system's presence (`online` when active and heard from in the last 45 s).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetSystemV1 {
+    pub name: String,
+    pub presence: String,
+    #[serde(default)]
+    pub running: i64,
+    #[serde(default)]
+    pub slots: i64,
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub last_heartbeat_at: Option<String>,
+}
+
+/// How many of a system's tasks are in a state, and how many of them changed since the
+/// digest's `p_since`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetStateCountV1 {
+    pub system: String,
+    pub state: String,
+    pub tasks: i64,
+    #[serde(default)]
+    pub changed: i64,
+}
+
+/// An open alert of a system.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetAlertV1 {
+    pub system: String,
+    pub severity: String,
+    pub kind: String,
+    pub message: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+/// A routed task that is not done.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetRoutedTaskV1 {
+    pub title: String,
+    pub state: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub origin: Option<String>,
+    #[serde(default)]
+    pub executing: Option<String>,
+    #[serde(default)]
+    pub attempts: i64,
+}
+
+/// A system's tasks and cost of one UTC day.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetCostV1 {
+    pub system: String,
+    pub day: String,
+    pub tasks: i64,
+    pub cost_usd: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskSummaryV1 {
     pub seq: i64,

@@ -13,7 +13,7 @@ use serde_json::Value;
 const SLOW: Duration = Duration::from_secs(90);
 
 /// A home with instant retries, `extra` YAML and a registered git repository.
-fn setup(name: &str, extra: &str) -> (TestHome, String) {
+pub(crate) fn setup(name: &str, extra: &str) -> (TestHome, String) {
     let home = TestHome::new(name);
     home.write_config(&format!(
         "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\nruntime:\n  poll_ms: 50\n{extra}"
@@ -27,7 +27,7 @@ fn setup(name: &str, extra: &str) -> (TestHome, String) {
 
 /// `ccm up` whose agents find the real `claude` first on their PATH, talk to `api`, and keep
 /// their `~/.claude` in the test's directory.
-fn start(home: &TestHome, api: &Anthropic) -> Daemon {
+pub(crate) fn start(home: &TestHome, api: &Anthropic) -> Daemon {
     start_with_env(home, api, &[])
 }
 
@@ -51,14 +51,14 @@ fn start_with_env(home: &TestHome, api: &Anthropic, extra: &[(&str, &str)]) -> D
     })
 }
 
-fn add_task(home: &TestHome, args: &[&str]) -> String {
+pub(crate) fn add_task(home: &TestHome, args: &[&str]) -> String {
     let mut all = vec!["task", "add"];
     all.extend(args);
     all.extend(["--profile", "claude"]);
     home.run_json(&all)["id"].as_str().unwrap().to_string()
 }
 
-async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
+pub(crate) async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
     let task = || async { daemon.get(&format!("/api/tasks/{id}")).await.1 };
     let reached = wait_until(SLOW, || async { task().await["state"] == state }).await;
     let detail = task().await;
@@ -134,7 +134,7 @@ async fn claude_worker_edits_tests_and_commits_and_task_completes() {
 }
 
 /// Open alerts of `reason`, as another process reads the database.
-async fn alerts(home: &TestHome, reason: &str) -> Vec<String> {
+pub(crate) async fn alerts(home: &TestHome, reason: &str) -> Vec<String> {
     let mut db = ccm_tests::open_db(&home.db_file()).await;
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT message FROM alerts WHERE reason = ? AND resolved_at IS NULL")

@@ -7,6 +7,7 @@ mod claude;
 mod cli;
 mod config;
 mod conflicts;
+mod context;
 mod coordination;
 mod dashboard;
 mod dashboard_fleet;

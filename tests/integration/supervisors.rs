@@ -173,3 +173,89 @@ async fn an_interval_supervisor_runs_again_with_the_previous_report_in_its_diges
     );
     assert_eq!(home.run_json(&["status"])["tasks"], serde_json::json!({}), "no task was made");
 }
+
+/// Part of a digest: from the line starting with `from` to the next top-level line.
+fn section<'a>(digest: &'a str, from: &str) -> &'a str {
+    let start = digest.find(from).unwrap_or(digest.len());
+    let rest = &digest[start..];
+    let end = rest[1..].find("\n- ").map_or(rest.len(), |at| at + 1);
+    &rest[..end]
+}
+
+/// A fleet manager runs on one of two systems (the holder of its central lease), its digest is
+/// the central's view of both, and when its system stops the other takes over within the lease.
+#[tokio::test]
+async fn a_fleet_manager_runs_on_one_system_at_a_time_and_moves_when_that_system_stops() {
+    use ccm_tests::fleet::{wait_for, Fleet, Node};
+    const LEASE: Duration = Duration::from_secs(4);
+    let fleet = Fleet::start();
+    let manager = "  watcher:\n    command: [sh, -c, 'echo all systems looked at']\n";
+    let supervisor =
+        "supervisors:\n  fleet-watch:\n    scope: fleet\n    every: {interval: 2s}\n    \
+                      lease: 4s\n    profile: watcher\n    prompt: \"{digest}\"\n";
+    let mut nodes: Vec<Node> = [(1, "alpha"), (2, "beta")]
+        .into_iter()
+        .map(|(n, name)| {
+            let node = fleet.node(n, name, false, "slow");
+            let config = std::fs::read_to_string(node.home.home().join("config.yaml")).unwrap();
+            let config = config.replacen("profiles:\n", &format!("profiles:\n{manager}"), 1);
+            node.home.write_config(&format!("{config}{supervisor}"));
+            node.up()
+        })
+        .collect();
+    // A task of each system, so that the central has rows of both.
+    nodes[0].add(&["alpha's task"]);
+    nodes[1].add(&["beta's task"]);
+    let runs = |node: &Node| {
+        node.home.run_json(&["supervisors"])["runs"].as_array().cloned().unwrap_or_default()
+    };
+    let both = |digest: &str| {
+        let tasks = section(digest, "- tasks by state");
+        tasks.contains("alpha:") && tasks.contains("beta:")
+    };
+
+    let found = wait_until(SLOW, || async {
+        (0..2).any(|i| runs(&nodes[i]).iter().any(|r| r["digest"].as_str().is_some_and(both)))
+    })
+    .await;
+    assert!(
+        found,
+        "no fleet digest with the tasks of both systems; runs: {:#?} {:#?}\n{}\n{}",
+        runs(&nodes[0]),
+        runs(&nodes[1]),
+        nodes[0].log(),
+        nodes[1].log()
+    );
+    let holder = (0..2)
+        .find(|&i| runs(&nodes[i]).iter().any(|r| r["digest"].as_str().is_some_and(both)))
+        .unwrap();
+    let other = 1 - holder;
+    let digest = runs(&nodes[holder])[0]["digest"].as_str().unwrap().to_string();
+    let systems = section(&digest, "- systems");
+    assert!(systems.contains("alpha: online") && systems.contains("beta: online"), "{digest}");
+    assert!(runs(&nodes[other]).is_empty(), "the manager ran on both systems at once");
+    let lease_holder = |name: &str| {
+        fleet.central.pg.query(&format!(
+            "select s.name from private.named_leases l join private.systems s \
+             on s.system_id = l.holder where l.name = 'supervisor:{name}'"
+        ))
+    };
+    let names = ["alpha", "beta"];
+    assert_eq!(lease_holder("fleet-watch"), names[holder]);
+
+    // Its system stops without a word (SIGKILL): the lease runs out and the other takes over.
+    nodes[holder].crash();
+    let stopped = std::time::Instant::now();
+    let taken = wait_for("the other system's first fleet run", SLOW, async || {
+        runs(&nodes[other]).first().cloned()
+    })
+    .await;
+    let moved_after = stopped.elapsed();
+    assert!(
+        moved_after < LEASE + Duration::from_secs(8),
+        "the manager moved {moved_after:?} after its system stopped (lease {LEASE:?})"
+    );
+    assert_eq!(lease_holder("fleet-watch"), names[other]);
+    let digest = taken["digest"].as_str().unwrap();
+    assert!(both(digest), "the new holder's digest carries both systems' tasks: {digest}");
+}

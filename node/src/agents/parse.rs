@@ -150,6 +150,19 @@ pub struct OutputSummary {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_creation_tokens: u64,
+    /// Tokens in the context after the latest model call: Claude's last top-level `assistant`
+    /// message's `input_tokens + cache_read_input_tokens + cache_creation_input_tokens`,
+    /// Codex's last `turn.completed` `input_tokens` (cached part included), Gemini's result
+    /// `input_tokens`.
+    #[serde(default)]
+    pub context_tokens: u64,
+    /// Context compactions the output reported (Claude `system`/`compact_boundary`).
+    #[serde(default)]
+    pub compactions: u32,
+    /// The model's context window, when the CLI reports it (Claude's result
+    /// `modelUsage.*.contextWindow`, the largest).
+    #[serde(default)]
+    pub context_window: Option<u64>,
     /// Set by the final result event (Claude `result`, Gemini `result`, Codex
     /// `turn.completed`/`turn.failed`).
     pub outcome: Option<Outcome>,
@@ -283,6 +296,9 @@ impl OutputSummary {
             }
             (Some("assistant"), _) => self.claude_assistant(event),
             (Some("result"), _) => self.claude_result(event),
+            (Some("system"), Some("compact_boundary")) => {
+                self.compactions = self.compactions.saturating_add(1);
+            }
             _ => {}
         }
         if self.session_id.is_none() {
@@ -293,6 +309,16 @@ impl OutputSummary {
     fn claude_assistant(&mut self, event: &Value) {
         // Subagent messages carry the id of the tool call that started them.
         let top_level = event.get("parent_tool_use_id").is_none_or(Value::is_null);
+        if let Some(usage) = event.pointer("/message/usage").filter(|_| top_level) {
+            let context =
+                ["input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"]
+                    .iter()
+                    .map(|key| u64_at(usage, key).unwrap_or(0))
+                    .fold(0u64, u64::saturating_add);
+            if context > 0 {
+                self.context_tokens = context;
+            }
+        }
         let Some(blocks) = event.pointer("/message/content").and_then(Value::as_array) else {
             return;
         };
@@ -341,6 +367,8 @@ impl OutputSummary {
         // `modelUsage` includes subagents, `usage` only the main loop (§1.9).
         match event.get("modelUsage").and_then(Value::as_object).filter(|m| !m.is_empty()) {
             Some(models) => {
+                let window = models.values().filter_map(|m| u64_at(m, "contextWindow")).max();
+                self.context_window = window.or(self.context_window);
                 let sum = |key| models.values().filter_map(|m| u64_at(m, key)).sum();
                 self.input_tokens = sum("inputTokens");
                 self.output_tokens = sum("outputTokens");
@@ -482,6 +510,7 @@ impl OutputSummary {
                 if let Some(stats) = event.get("stats").filter(|s| s.is_object()) {
                     if let Some(n) = u64_at(stats, "input_tokens") {
                         self.input_tokens = n;
+                        self.context_tokens = n;
                     }
                     if let Some(n) = u64_at(stats, "output_tokens") {
                         self.output_tokens = n;
@@ -543,6 +572,9 @@ impl OutputSummary {
                     add(&mut self.input_tokens, "input_tokens");
                     add(&mut self.cache_read_tokens, "cached_input_tokens");
                     add(&mut self.output_tokens, "output_tokens");
+                    if let Some(n) = u64_at(usage, "input_tokens").filter(|n| *n > 0) {
+                        self.context_tokens = n;
+                    }
                 }
                 self.outcome = Some(Outcome::Success);
             }
@@ -781,6 +813,9 @@ mod tests {
                 quota: None,
                 lines: 17,
                 unparsed_lines: 0,
+                context_tokens: 9412,
+                compactions: 1,
+                context_window: Some(200_000),
                 ..Default::default()
             },
         );
@@ -966,6 +1001,7 @@ mod tests {
                 quota: None,
                 lines: 11,
                 unparsed_lines: 0,
+                context_tokens: 100,
                 ..Default::default()
             },
         );
@@ -1066,6 +1102,7 @@ mod tests {
                 quota: None,
                 lines: 15,
                 unparsed_lines: 0,
+                context_tokens: 24763,
                 ..Default::default()
             },
         );

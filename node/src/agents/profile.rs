@@ -66,7 +66,9 @@ pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// argv template; placeholders `{prompt}`, `{prompt_file}`, `{session_id}`, `{cwd}` are
-    /// replaced inside each argument (so `--session-id={session_id}` works).
+    /// replaced inside each argument (so `--session-id={session_id}` works). A profile named
+    /// like a built-in one without a command is that built-in with this profile's `context`.
+    #[serde(default)]
     pub command: Vec<String>,
     #[serde(default)]
     pub mode: Mode,
@@ -84,6 +86,65 @@ pub struct Profile {
     /// joined with commas. A project replaces it with `allowed_tools.<profile>` in its config.
     #[serde(default)]
     pub allowed_tools: Vec<String>,
+    /// What ccm does as the agent's context fills up (`context: {threshold, action, window}`);
+    /// none: it only shows how full it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextPolicy>,
+}
+
+/// A profile's `context:` policy: once the context in use passes `threshold` (a share of
+/// `window`), ccm warns (an alert) or has the agent hand off (a summary for the next attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextPolicy {
+    /// A share of the window, above 0 and at most 1. Default 0.8.
+    #[serde(default = "ContextPolicy::default_threshold")]
+    pub threshold: f64,
+    #[serde(default)]
+    pub action: ContextAction,
+    /// The model's context window in tokens; default: the CLI's ([`default_window`]).
+    #[serde(default)]
+    pub window: Option<u64>,
+}
+
+impl ContextPolicy {
+    fn default_threshold() -> f64 {
+        0.8
+    }
+}
+
+/// What ccm does when an agent's context passes its profile's threshold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextAction {
+    /// A `context_high` alert.
+    #[default]
+    Warn,
+    /// The agent is asked to write a summary; its attempt ends with it (not a failure) and
+    /// the next attempt starts fresh with the summary in its prompt.
+    Handoff,
+}
+
+impl ContextAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextAction::Warn => "warn",
+            ContextAction::Handoff => "handoff",
+        }
+    }
+}
+
+/// The context window an agent of a CLI is measured against until its CLI reports its model's
+/// own (Claude Code's result `modelUsage.*.contextWindow`): Claude 200,000 tokens (the
+/// smallest of its models: a warning comes early rather than never), Gemini 1,048,576, Codex
+/// 272,000 (its input share); none for plain output.
+pub fn default_window(output: OutputFormat) -> Option<u64> {
+    match output {
+        OutputFormat::Claude => Some(200_000),
+        OutputFormat::Gemini => Some(1_048_576),
+        OutputFormat::Codex => Some(272_000),
+        OutputFormat::Plain => None,
+    }
 }
 
 /// The values of a profile's placeholders for one run.
@@ -129,6 +190,11 @@ impl Placeholders<'_> {
 }
 
 impl Profile {
+    /// The context window its agents are measured against: `context.window`, else the CLI's.
+    pub fn context_window(&self) -> Option<u64> {
+        self.context.and_then(|c| c.window).or_else(|| default_window(self.output))
+    }
+
     /// The argv with placeholders replaced. Replacement is single-pass: text substituted for one
     /// placeholder is never re-scanned (a prompt containing "{cwd}" stays literal). Unknown
     /// placeholders are left as written ([`Profile::validate`] rejects them).
@@ -171,6 +237,24 @@ impl Profile {
     pub fn validate(&self, name: &str) -> Result<(), String> {
         if self.mode == Mode::External {
             return Ok(()); // nothing is run
+        }
+        if let Some(context) = &self.context {
+            if !(context.threshold > 0.0 && context.threshold <= 1.0) {
+                return Err(format!(
+                    "profile `{name}`: context.threshold must be above 0 and at most 1 (a share \
+                     of the window, e.g. 0.8), not {}",
+                    context.threshold
+                ));
+            }
+            if context.window == Some(0) {
+                return Err(format!("profile `{name}`: context.window must be at least 1 token"));
+            }
+            if self.context_window().is_none() {
+                return Err(format!(
+                    "profile `{name}`: context needs a `window` (tokens): output `plain` reports \
+                     no usage and has no default window"
+                ));
+            }
         }
         match self.command.first() {
             None => return Err(format!("profile `{name}`: command is empty")),
@@ -263,6 +347,7 @@ pub fn builtin() -> BTreeMap<String, Profile> {
         output,
         env: BTreeMap::new(),
         allowed_tools: Vec::new(),
+        context: None,
     };
     let strings =
         |items: &[&str]| -> Vec<String> { items.iter().map(|item| item.to_string()).collect() };
@@ -276,6 +361,7 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                 output: OutputFormat::Plain,
                 env: BTreeMap::new(),
                 allowed_tools: Vec::new(),
+                context: None,
             },
         ),
         (
@@ -389,6 +475,7 @@ mod tests {
             output: OutputFormat::default(),
             env: BTreeMap::new(),
             allowed_tools: Vec::new(),
+            context: None,
         }
     }
 
@@ -525,6 +612,7 @@ mod tests {
                 output: OutputFormat::Plain,
                 env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
                 allowed_tools: Vec::new(),
+                context: None,
             }
         );
 

@@ -10,7 +10,8 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
-    /// Agents, live ones first: status, task, heartbeat age, cost so far.
+    /// Agents, live ones first: status, task, heartbeat age, cost so far, how full the context
+    /// is (`ctx 62%`, with the compactions).
     List {
         #[arg(long)]
         json: bool,
@@ -49,6 +50,7 @@ pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyho
                         "HEARTBEAT",
                         "COST",
                         "TOKENS IN/OUT",
+                        "CONTEXT",
                     ],
                     agents.iter().map(|a| {
                         let age = (now - a.last_heartbeat.millis()) / 1000;
@@ -68,6 +70,7 @@ pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyho
                             heartbeat,
                             a.cost_usd.map_or_else(|| "unknown".into(), |c| format!("${c:.4}")),
                             format!("{}/{}", a.input_tokens, a.output_tokens),
+                            a.context_label(),
                         ]
                     }),
                 )

@@ -1,6 +1,8 @@
 //! `ccm supervisors` (the configured supervisors and their runs) and `ccm report ID` (one run:
 //! why it ran, its digest and its report).
 
+use anyhow::Context as _;
+
 use crate::config::Config;
 use crate::home::Home;
 use crate::store::SupervisorRun;
@@ -74,11 +76,21 @@ pub async fn digest(home: &Home, config: &Config, name: &str) -> anyhow::Result<
     };
     let filter = supervisor.filter().map_err(|e| anyhow::anyhow!("supervisor `{name}`: {e}"))?;
     let store = crate::home::open_store(home, config).await?;
+    let runs = store.supervisor_runs(Some(name)).await;
     let text = async {
-        let runs = store.supervisor_runs(Some(name)).await?;
+        let runs = runs?;
         let since = runs.first().map_or(ccm_schema::Timestamp(0), |r| r.started_at);
         let previous = runs.iter().find_map(|r| r.report.as_deref());
-        store.digest(&filter, since, previous).await
+        if supervisor.is_fleet() {
+            // The central's view, asked directly (no daemon needed), as `ccm systems` does.
+            let endpoint = config.sync.endpoint()?.context(
+                "scope fleet reads the central: set sync.url (or sync.rest_url) and sync.publishable_key",
+            )?;
+            let credential = crate::sync::credential(home, &endpoint, None);
+            let client = ccm_sync::Client::new(endpoint, credential)?;
+            return Ok(crate::supervisors::fleet_digest(&client, since, previous).await?);
+        }
+        Ok::<_, anyhow::Error>(store.digest(&filter, since, previous).await?)
     }
     .await;
     store.close().await;

@@ -669,7 +669,10 @@ async fn answer(
         Verdict::Ask => await_approval(state, &task, event).await?,
         verdict => verdict,
     };
-    Ok(verdict.output(event).unwrap_or_else(|| json!({})))
+    Ok(verdict
+        .output(event)
+        .or_else(|| crate::runtime::context::hook_answer(&agent, event))
+        .unwrap_or_else(|| json!({})))
 }
 
 /// Asks the operator about a tool call and waits for the answer, or the configured default

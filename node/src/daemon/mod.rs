@@ -356,6 +356,8 @@ async fn start_tasks(
         started: daemon.started_at,
         beat: loops.add("supervisors"),
         shutdown: shutdown.clone(),
+        central: sync_client.clone(),
+        leases: Arc::default(),
     };
     let supervisors = tokio::spawn(supervisors.run());
     let notifiers = crate::notify::start(

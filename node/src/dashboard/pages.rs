@@ -793,6 +793,8 @@ struct TaskPage {
     cost: String,
     tokens_in: i64,
     tokens_out: i64,
+    /// How full the latest agent's context is (`ctx 62%`), `-` when unknown.
+    context: String,
     depends_on: Vec<(String, String)>,
     claims: Vec<String>,
     touched: Vec<String>,
@@ -966,6 +968,7 @@ pub async fn task(
             cost: cost(agents.iter().map(|a| a.cost_usd).sum()),
             tokens_in: agents.iter().map(|a| a.input_tokens).sum(),
             tokens_out: agents.iter().map(|a| a.output_tokens).sum(),
+            context: latest.map(|a| a.context_label()).unwrap_or_else(|| "-".into()),
             depends_on: task.depends_on.iter().map(|d| (d.to_string(), short_id(d))).collect(),
             claims: claims
                 .iter()
@@ -1151,6 +1154,8 @@ pub struct AgentRow {
     pub heartbeat: String,
     pub cost: String,
     pub tokens: String,
+    /// How full its context is (`ctx 62%`), `-` when unknown.
+    pub context: String,
     /// Whether its window is there to attach to.
     pub live: bool,
 }
@@ -1175,6 +1180,7 @@ pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Respo
             .into_iter()
             .take(200)
             .map(|a| AgentRow {
+                context: a.context_label(),
                 short: a.short_id(),
                 task: a.task_id.to_string(),
                 task_short: short_id(&a.task_id),

@@ -17,6 +17,7 @@
 //! that is the whole of adoption.
 
 mod cleanup;
+pub mod context;
 mod observe;
 mod outcome;
 mod report;

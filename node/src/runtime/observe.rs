@@ -95,6 +95,14 @@ impl Runtime {
             info!(agent = %agent.short_id(), "task no longer needs the agent; stopping it");
             return self.stop(agent, AgentStatus::Killed).await;
         }
+        if agent.kind == AgentKind::Worker {
+            let context_tokens = observed.summary.context_tokens;
+            let current = Agent {
+                context_tokens: i64::try_from(context_tokens).unwrap_or(i64::MAX),
+                ..agent.clone()
+            };
+            self.check_context(&current).await?;
+        }
 
         let alive = match &agent.window_id {
             Some(window) => self.window_exists(window, windows).await?,
@@ -210,6 +218,12 @@ impl Runtime {
             input_tokens: s.input_tokens as i64,
             output_tokens: s.output_tokens as i64,
             tool_calls: i64::from(s.tool_calls),
+            context_tokens: i64::try_from(s.context_tokens).unwrap_or(i64::MAX),
+            // A window the profile sets wins over the one the CLI reports.
+            context_window: s
+                .context_window
+                .filter(|_| self.profile(&agent.profile).and_then(|p| p.context?.window).is_none())
+                .map(|w| i64::try_from(w).unwrap_or(i64::MAX)),
             summary: serde_json::to_value(s)?,
         };
         self.store.agent_progress(agent.id, &progress).await?;

@@ -75,7 +75,21 @@ impl Runtime {
         let mut prompt =
             render(template, &[("title", &task.title), ("prompt", &task.prompt), ("report", "")]);
         let begun = async {
-            if let Some(previous) = attempts?.into_iter().rfind(|a| a.outcome.is_some()) {
+            let attempts = attempts?;
+            let previous = attempts.iter().rfind(|a| a.outcome.is_some());
+            let handed_off = previous
+                .filter(|p| p.outcome.as_deref() == Some("handoff"))
+                .and_then(|p| p.handoff.as_deref());
+            if let Some(summary) = handed_off {
+                let handoffs = attempts.iter().filter(|a| a.handoff.is_some()).count();
+                prompt.push_str(&format!(
+                    "\n\n---\nThis run continues the task's attempt {} of {} (handoff {handoffs}): the \
+                     agent before you filled its context window and handed the work over (it did \
+                     not fail). The working directory holds its work so far. Its summary:\n{summary}\n",
+                    task.attempts + 1,
+                    task.max_attempts,
+                ));
+            } else if let Some(previous) = previous {
                 prompt.push_str(&format!(
                     "\n\n---\nThis is attempt {} of {}. Attempt {} ended with `{}`.\nIts verification output:\n```\n{}\n```\nIts last message:\n{}\n",
                     task.attempts + 1,
@@ -195,6 +209,8 @@ impl Runtime {
             // kept out of the agent's commits whatever git command it runs.
             let hook = crate::hooks::hook_program();
             let options = runtime.hook_options(&prepared.path, &hook);
+            // A handoff's summary (`runtime::context`) is not the agent's work either.
+            let handoff = prepared.path.join(super::context::HANDOFF_FILE);
             match crate::hooks::install::install_all(&options) {
                 Ok(reports) => {
                     let files: Vec<&Path> = reports
@@ -204,6 +220,7 @@ impl Runtime {
                             matches!(r.action, Action::Added | Action::AlreadyPresent)
                         })
                         .map(|r| r.file.as_path())
+                        .chain([handoff.as_path()])
                         .collect();
                     if let Err(e) =
                         worktree::keep_out_of_commits(&repo_for_job, &prepared.path, &files)
@@ -272,6 +289,7 @@ impl Runtime {
             dir: dir.to_string_lossy().into_owned(),
             cwd: cwd.to_string_lossy().into_owned(),
             token: crate::store::new_agent_token()?,
+            context_window: self.profile(profile).and_then(|p| p.context_window()),
         })
     }
 

@@ -19,6 +19,9 @@ impl Runtime {
     pub(super) async fn finish_worker(&self, task: &Task, agent: &Agent) -> Result<()> {
         let (summary, output) = self.summary_and_output(agent).await;
         let last_message = summary.last_message.clone();
+        if let Some(handoff) = self.take_handoff(agent).await? {
+            return self.finish_handoff(task, agent, &handoff, last_message.as_deref()).await;
+        }
         let policy = self.policy();
         if !summary.permission_denials.is_empty() {
             let denied: Vec<String> =

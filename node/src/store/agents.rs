@@ -13,7 +13,8 @@ use super::{outbox, outbox_alert, Result, RetryPolicy, Store, StoreError, Writin
 use crate::worktree::SavedWorktree;
 
 pub(super) const AGENT_COLUMNS: &str = "id, task_id, attempt, kind, profile, status, window_id, pane_pid, dir, cwd, \
-     session_id, exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at";
+     session_id, exit_code, cost_usd, input_tokens, output_tokens, tool_calls, started_at, last_heartbeat, ended_at, \
+     context_tokens, context_window, context_action, compactions";
 
 /// An agent about to start.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct NewAgent {
     /// The agent's own credential for its hook events (`CCM_AGENT_TOKEN`); only its hash is
     /// stored.
     pub token: String,
+    /// Its context window (`Profile::context_window`), when known.
+    pub context_window: Option<u64>,
 }
 
 /// A fresh agent credential: 32 random bytes, hex.
@@ -54,6 +57,10 @@ pub struct AgentProgress {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub tool_calls: i64,
+    /// Tokens in its context after its latest model call.
+    pub context_tokens: i64,
+    /// Its model's context window as its CLI reported it (`None`: keep the one it has).
+    pub context_window: Option<i64>,
     /// The whole summary as JSON.
     pub summary: serde_json::Value,
 }
@@ -140,7 +147,8 @@ impl Store {
         sqlx::query(
             r#"
             UPDATE agents SET last_heartbeat = ?, session_id = coalesce(?, session_id), cost_usd = ?,
-                input_tokens = ?, output_tokens = ?, tool_calls = ?, summary = ?, stall_alerted = 0
+                input_tokens = ?, output_tokens = ?, tool_calls = ?, summary = ?, stall_alerted = 0,
+                context_tokens = ?, context_window = coalesce(?, context_window)
             WHERE id = ?
             "#,
         )
@@ -151,6 +159,8 @@ impl Store {
         .bind(progress.output_tokens)
         .bind(progress.tool_calls)
         .bind(sqlx::types::Json(&progress.summary))
+        .bind(progress.context_tokens)
+        .bind(progress.context_window)
         .bind(agent.hyphenated())
         .execute(&mut self.writer().await?.conn)
         .await?;
@@ -556,7 +566,8 @@ impl Store {
     pub async fn attempts(&self, task: Uuid) -> Result<Vec<Attempt>> {
         Ok(sqlx::query_as(
             r#"
-            SELECT number, agent_id, prompt, started_at, ended_at, outcome, verify_output, last_message
+            SELECT number, agent_id, prompt, started_at, ended_at, outcome, verify_output, last_message,
+                handoff
             FROM attempts WHERE task_id = ? ORDER BY id
             "#,
         )
@@ -610,8 +621,9 @@ async fn insert_agent(
 ) -> Result<Agent> {
     Ok(sqlx::query_as(&format!(
         r#"
-        INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, started_at, last_heartbeat, token_hash)
-        VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?, ?)
+        INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, started_at, last_heartbeat, token_hash,
+                            context_window)
+        VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?, ?, ?)
         RETURNING {AGENT_COLUMNS}
         "#
     ))
@@ -625,6 +637,7 @@ async fn insert_agent(
     .bind(now)
     .bind(now)
     .bind(agent_token_hash(&agent.token))
+    .bind(agent.context_window.map(|w| i64::try_from(w).unwrap_or(i64::MAX)))
     .fetch_one(&mut **tx)
     .await?)
 }

@@ -513,6 +513,12 @@ async fn effects_on_agent(
     .bind(agent.id.hyphenated())
     .execute(&mut **tx)
     .await?;
+    if event.kind == Kind::PreCompact {
+        // `trigger` (`auto`, `manual`) is not among the fields the parser keeps.
+        let payload: Option<serde_json::Value> = serde_json::from_str(&event.raw).ok();
+        let trigger = payload.as_ref().and_then(|p| p.get("trigger")?.as_str());
+        super::context::compacted(tx, agent, trigger, now).await?;
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@
 mod agents;
 mod claims;
 mod conflicts;
+mod context;
 mod contexts;
 mod coordination;
 mod hooks;
@@ -54,6 +55,7 @@ use uuid::Uuid;
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use claims::{ChangeRequest, Claim, Ownership};
 pub use conflicts::{ActiveRow, CONFLICT_ALERT};
+pub use context::CONTEXT_ALERT;
 pub use contexts::ContextProbe;
 pub use coordination::{
     AgentIdentity, Allocation, LockGrant, LockHolder, LockView, Subtask, SubtaskLimits,
@@ -738,6 +740,7 @@ mod tests {
             dir: dir.path().display().to_string(),
             cwd: dir.path().display().to_string(),
             token: "t".into(),
+            context_window: None,
         };
         let (_, agent) =
             store.begin_attempt(task.id, &agent, "p", None, RetryPolicy::default()).await.unwrap();

@@ -925,6 +925,8 @@ pub(super) async fn apply_in_tx(
                 Effect::BeginAttempt => task.attempts += 1,
                 Effect::ResetAttempts => task.attempts = 0,
                 Effect::GrantAttempt => task.max_attempts += 1,
+                // Its number is used again by the next attempt, as after a usage limit.
+                Effect::UncountAttempt => task.attempts = task.attempts.saturating_sub(1),
                 Effect::ScheduleRetry { attempt } => {
                     task.wake_at = Some(now.after(backoff(policy.base, policy.cap, attempt)));
                 }
@@ -1167,7 +1169,7 @@ pub(super) async fn resolve_decision_alerts(
     Ok(())
 }
 
-async fn append_log(
+pub(super) async fn append_log(
     tx: &mut Writing,
     id: Uuid,
     at: Timestamp,

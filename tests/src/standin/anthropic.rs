@@ -2,7 +2,9 @@
 //!
 //! Each request that offers tools (the agent's main loop) takes the next [`Turn`] of the script:
 //! tool calls, a final text, or a 429. Other requests (titles, summaries) get a short text and
-//! take nothing. When the script is used up, the answer is a final text `done`. With
+//! take nothing; neither does Claude Code's compaction of its context (a request for a summary
+//! of the conversation), answered with one. When the script is used up, the answer is a final
+//! text `done`. With
 //! `"stream": true` the answer is the documented server-sent event stream (`message_start`,
 //! `content_block_start` / `content_block_delta` / `content_block_stop` per block,
 //! `message_delta` with the stop reason and usage, `message_stop`); without it, one message
@@ -40,6 +42,9 @@ pub enum Turn {
     /// `429 Too Many Requests`, with `retry-after: retry_after_secs` and the rate limits reset
     /// at `reset` (RFC 3339).
     RateLimited { retry_after_secs: u64, reset: String },
+    /// `turn`, its usage saying the request's context held `tokens` tokens (split over
+    /// `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`).
+    Context { tokens: u64, turn: Box<Turn> },
 }
 
 impl Turn {
@@ -60,6 +65,11 @@ impl Turn {
 
     pub fn text(text: &str) -> Turn {
         Turn::Text(text.to_string())
+    }
+
+    /// This turn, reporting a context of `tokens` tokens.
+    pub fn with_context(self, tokens: u64) -> Turn {
+        Turn::Context { tokens, turn: Box::new(self) }
     }
 }
 
@@ -118,14 +128,41 @@ impl Anthropic {
 fn answer(script: &Mutex<Script>, body: Value) -> Response {
     let mut script = script.lock().expect("script lock");
     let main_loop = body["tools"].as_array().is_some_and(|tools| !tools.is_empty());
-    let turn = if main_loop { script.turns.pop_front() } else { Some(Turn::text("ok")) };
+    let turn = if compaction(&body) {
+        // Claude Code compacting its context (it offers tools, but asks for text only).
+        Some(Turn::text(
+            "<analysis>the work so far</analysis>\n<summary>the conversation so far</summary>",
+        ))
+    } else if main_loop {
+        script.turns.pop_front()
+    } else {
+        Some(Turn::text("ok"))
+    };
     let turn = turn.unwrap_or_else(|| Turn::text("done"));
     let cwd = working_directory(&body).unwrap_or_default();
     let last_id = last_result_field(&body, "id").unwrap_or_default();
     let model = body["model"].as_str().unwrap_or("claude-standin").to_string();
     let stream = body["stream"].as_bool() == Some(true);
     script.requests.push(body);
+    let (mut turn, mut input) = (turn, json!({ "input_tokens": INPUT_TOKENS }));
+    while let Turn::Context { tokens, turn: inner } = turn {
+        let cached = tokens.saturating_sub(INPUT_TOKENS);
+        let written = cached.min(500);
+        input = json!({
+            "input_tokens": tokens - cached,
+            "cache_read_input_tokens": cached - written,
+            "cache_creation_input_tokens": written,
+        });
+        turn = *inner;
+    }
+    let usage = |output_tokens: u64| {
+        let mut usage = input.clone();
+        usage["output_tokens"] = json!(output_tokens);
+        usage
+    };
     let (blocks, stop_reason) = match turn {
+        // Unwrapped above.
+        Turn::Context { .. } => (vec![json!({ "type": "text", "text": "done" })], "end_turn"),
         Turn::RateLimited { retry_after_secs, reset } => {
             return rate_limited(retry_after_secs, &reset)
         }
@@ -148,11 +185,11 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
     };
     script.next_id += 1;
     let id = format!("msg_standin_{}", script.next_id);
-    let usage = json!({ "input_tokens": INPUT_TOKENS, "output_tokens": OUTPUT_TOKENS });
     if !stream {
         let message = json!({
             "id": id, "type": "message", "role": "assistant", "model": model,
-            "content": blocks, "stop_reason": stop_reason, "stop_sequence": null, "usage": usage,
+            "content": blocks, "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": usage(OUTPUT_TOKENS),
         });
         return Json(message).into_response();
     }
@@ -160,8 +197,7 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
         "message_start",
         json!({ "type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": null, "stop_sequence": null,
-            "usage": { "input_tokens": INPUT_TOKENS, "output_tokens": 1 },
+            "stop_reason": null, "stop_sequence": null, "usage": usage(1),
         }}),
     )];
     for (index, block) in blocks.iter().enumerate() {
@@ -217,6 +253,20 @@ fn rate_limited(retry_after_secs: u64, reset: &str) -> Response {
         "message": "Number of request tokens has exceeded your per-minute rate limit",
     }});
     (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response()
+}
+
+/// Whether the request is Claude Code's compaction of its context: its last message asks for
+/// a summary of the conversation.
+fn compaction(body: &Value) -> bool {
+    let Some(last) = body["messages"].as_array().and_then(|m| m.last()) else { return false };
+    let text = match &last["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => {
+            blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join("\n")
+        }
+        _ => return false,
+    };
+    text.contains("summary of the conversation so far")
 }
 
 /// The agent's working directory, from the system prompt's "Primary working directory:" line.
