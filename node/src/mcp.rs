@@ -171,6 +171,29 @@ pub fn tools() -> Vec<Tool> {
             schema(json!({ "sequence": string }), &["sequence"]),
         ),
         Tool::new(
+            "request_change",
+            "Ask for a change to a file another task owns (a write to it was refused, or you know it is not yours): the operator (or a reviewer) approves or rejects it; approved, the owner's next attempt (or a new task owning the file) applies it. Returns the request with its id.",
+            schema(
+                json!({
+                    "file": { "type": "string", "description": "the file, relative to the repository" },
+                    "what": { "type": "string", "description": "the change, precisely enough for its owner to make it" },
+                    "why": { "type": "string", "description": "why your task needs it" },
+                }),
+                &["file", "what", "why"],
+            ),
+        ),
+        Tool::new(
+            "wait_change",
+            "Wait until a change request of your task is applied, rejected or withdrawn, or the timeout; returns its state (pending, approved, applied, rejected, withdrawn) and the reason.",
+            schema(
+                json!({
+                    "id": { "type": "string", "description": "the change request's id (from request_change, or the refusal of your write)" },
+                    "timeout_secs": { "type": "integer", "minimum": 0 },
+                }),
+                &["id"],
+            ),
+        ),
+        Tool::new(
             "release_allocation",
             "Give back a value you allocated and will not use.",
             schema(json!({ "sequence": string, "value": string }), &["sequence", "value"]),
@@ -229,6 +252,23 @@ impl CcmServer {
                 let body = json!({ "sequence": need("sequence")?, "value": value });
                 d.call(Method::POST, "/api/agent/allocations/release", Some(body)).await
             }
+            "request_change" => {
+                let body =
+                    json!({ "file": need("file")?, "what": need("what")?, "why": need("why")? });
+                d.call(Method::POST, "/api/agent/changes", Some(body)).await
+            }
+            "wait_change" => {
+                let id = need("id")?;
+                if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(format!("id: `{id}` is not a change request id"));
+                }
+                let mut body = Map::new();
+                if let Some(t) = args.get("timeout_secs") {
+                    body.insert("timeout_secs".into(), t.clone());
+                }
+                let path = format!("/api/agent/changes/{id}/wait");
+                d.call(Method::POST, &path, Some(Value::Object(body))).await
+            }
             other => Err(format!("no tool `{other}` in ccm's MCP server")),
         }
     }
@@ -246,7 +286,8 @@ impl ServerHandler for CcmServer {
         info.server_info = Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION"));
         info.instructions = Some(
             "ccm coordinates the agents working on a repository: create sub-tasks and wait for \
-             them, take named locks, allocate numbers from sequences (e.g. migrations)."
+             them, take named locks, allocate numbers from sequences (e.g. migrations), ask \
+             for changes to files other tasks own and wait for their outcome."
                 .into(),
         );
         info

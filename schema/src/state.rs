@@ -225,6 +225,9 @@ pub enum TaskEvent {
     /// Landing a complete task failed (a conflict with the target, or the verify on the merged
     /// result): weighed against the attempt budget like a failed attempt.
     LandFailed { class: FailureClass },
+    /// A complete task gets a new attempt: an approved change request of another task's was
+    /// forwarded to it (the attempt budget is kept, so attempt numbers stay distinct).
+    Reopen,
 }
 
 impl TaskEvent {
@@ -247,6 +250,7 @@ impl TaskEvent {
             TaskEvent::Cancel => "cancel",
             TaskEvent::Retry => "retry",
             TaskEvent::LandFailed { .. } => "land_failed",
+            TaskEvent::Reopen => "reopen",
         }
     }
 
@@ -267,7 +271,7 @@ impl TaskEvent {
             }
             TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
-            TaskEvent::Retry => TaskState::Created,
+            TaskEvent::Retry | TaskEvent::Reopen => TaskState::Created,
         }
     }
 }
@@ -343,6 +347,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             go(S::Error, vec![E::Assess { class }])
         }
         (S::Complete, Ev::LandFailed { class }) => go(S::Error, vec![E::Assess { class }]),
+        (S::Complete, Ev::Reopen) => go(S::Created, vec![]),
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
             let to = resolution(class, attempt, max_attempts);
             let effects = match to {
@@ -840,6 +845,22 @@ mod tests {
             Executing,
             conflict,
             Err("illegal transition from executing to error: event `land_failed` is not allowed in state executing"),
+        );
+    }
+
+    #[test]
+    fn a_complete_task_reopens_for_a_change_request_keeping_its_attempts() {
+        use TaskState::*;
+        check(Complete, TaskEvent::Reopen, Ok((Created, vec![])));
+        check(
+            Executing,
+            TaskEvent::Reopen,
+            Err("illegal transition from executing to created: event `reopen` is not allowed in state executing"),
+        );
+        check(
+            Cancelled,
+            TaskEvent::Reopen,
+            Err("illegal transition from cancelled to created: event `reopen` is not allowed in state cancelled"),
         );
     }
 

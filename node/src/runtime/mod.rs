@@ -160,6 +160,8 @@ impl Runtime {
     pub async fn pass(&self, passes: &mut Passes) -> Result<()> {
         // Before the tasks are read: jobs that ended until now are in what is read.
         self.jobs().ended.clear();
+        // Approved change requests go to their owner (re-opened when complete) or a new task.
+        self.store.forward_change_requests(&self.config(), self.policy()).await?;
         let tasks: HashMap<Uuid, Task> = self
             .store
             .runtime_tasks(&self.config().external_profiles())
