@@ -99,6 +99,17 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The refusal of a caller who may not use ccm's tools at all, else `error` (what was wrong
+    /// with the arguments): a refused agent learns that first, whatever it sent.
+    async fn refusal_or(&self, error: String) -> String {
+        match self.call(reqwest::Method::GET, "/api/agent/whoami", None).await {
+            Err(refusal) => refusal,
+            Ok(_) => error,
+        }
+    }
+}
+
 /// ccm's MCP server.
 #[derive(Clone)]
 pub struct CcmServer {
@@ -253,12 +264,20 @@ impl CcmServer {
                 d.call(Method::POST, "/api/agent/allocations/release", Some(body)).await
             }
             "request_change" => {
-                let body =
-                    json!({ "file": need("file")?, "what": need("what")?, "why": need("why")? });
+                let fields = (need("file"), need("what"), need("why"));
+                let (Ok(file), Ok(what), Ok(why)) = fields else {
+                    let missing = [fields.0.err(), fields.1.err(), fields.2.err()];
+                    let missing: Vec<String> = missing.into_iter().flatten().collect();
+                    return Err(d.refusal_or(missing.join(", ")).await);
+                };
+                let body = json!({ "file": file, "what": what, "why": why });
                 d.call(Method::POST, "/api/agent/changes", Some(body)).await
             }
             "wait_change" => {
-                let id = need("id")?;
+                let id = match need("id") {
+                    Ok(id) => id,
+                    Err(missing) => return Err(d.refusal_or(missing).await),
+                };
                 if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
                     return Err(format!("id: `{id}` is not a change request id"));
                 }

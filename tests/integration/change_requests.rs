@@ -509,3 +509,103 @@ async fn a_configured_reviewer_agent_decides_a_change_request_with_its_verdict_a
         home.run_ok(&["task", "cancel", task]);
     }
 }
+
+#[tokio::test]
+async fn an_approved_change_request_whose_owner_ends_goes_to_a_new_task_owning_the_file() {
+    let (home, repo) = setup("change-new-task", HOLDER_PROFILE);
+    let daemon = home.start();
+    let add = |title: &str| {
+        home.run_json(&["task", "add", title, "--repo", &repo, "--profile", "holder"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (owner, requester) = (add("own the api"), add("call the api"));
+    claim_as_agent(&home, &daemon, &owner, &repo, "src/api.txt").await;
+    let token = daemon.agent_token(&requester).await;
+    let ask = |file: &'static str| {
+        daemon
+            .http
+            .post(daemon.url("/api/agent/changes"))
+            .header("x-ccm-agent-token", token.clone())
+            .json(&json!({ "file": file, "what": "add a hello function", "why": "the caller needs it" }))
+            .send()
+    };
+    // A file nobody else owns is the requester's to write: refused, saying so.
+    let free = ask("src/free.txt").await.unwrap();
+    assert_eq!(free.status(), 400);
+    let free: Value = free.json().await.unwrap();
+    assert!(free["error"]["message"].as_str().unwrap().contains("write it yourself"), "{free:#}");
+
+    let request: Value = ask("src/api.txt").await.unwrap().json().await.unwrap();
+    let id = request["id"].as_str().unwrap().to_string();
+    let decision = request["decision_id"].as_str().unwrap();
+    let (status, _) =
+        daemon.post(&format!("/api/decisions/{decision}"), json!({ "answer": "approve" })).await;
+    assert_eq!(status, 200);
+    let forwarded = wait_until(SLOW, || async {
+        daemon.get(&format!("/api/changes/{id}")).await.1["forwarded_to"] == owner.as_str()
+    })
+    .await;
+    assert!(forwarded, "{:#}", daemon.get(&format!("/api/changes/{id}")).await.1);
+
+    // The owner ends before applying it: the request goes to a new task that owns the file.
+    home.run_ok(&["task", "cancel", &owner]);
+    let moved = wait_until(SLOW, || async {
+        let r = daemon.get(&format!("/api/changes/{id}")).await.1;
+        r["state"] == "approved"
+            && r["forwarded_to"].is_string()
+            && r["forwarded_to"] != owner.as_str()
+    })
+    .await;
+    let shown = daemon.get(&format!("/api/changes/{id}")).await.1;
+    assert!(moved, "{shown:#}\n{}", daemon.log_text());
+    let new = shown["forwarded_to"].as_str().unwrap().to_string();
+    let detail = task(&daemon, &new).await;
+    assert_eq!(detail["title"], format!("Change request {}: src/api.txt", &id[..8]), "{detail:#}");
+    assert_eq!(detail["repo"], repo.as_str());
+    assert_eq!(detail["profile"], "holder");
+    let claims = daemon.get("/api/claims").await.1;
+    let owned = claims["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["path"] == "src/api.txt" && c["task_id"] == new.as_str());
+    assert!(owned, "{claims:#}");
+    let lines = log_lines(&task(&daemon, &requester).await).join("\n");
+    assert!(lines.contains("forwarded to a new task") && lines.contains("is cancelled"), "{lines}");
+
+    // Its first attempt's prompt carries the request.
+    let carried = wait_until(SLOW, || async {
+        let attempts = task(&daemon, &new).await["attempts"].as_u64().unwrap_or(0);
+        attempts >= 1
+    })
+    .await;
+    assert!(carried);
+    let mut db = ccm_tests::open_db(&home.db_file()).await;
+    let prompt: String = sqlx::query_scalar("SELECT prompt FROM attempts WHERE task_id = ?")
+        .bind(&new)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(
+        prompt.contains("add a hello function") && prompt.contains("the caller needs it"),
+        "{prompt}"
+    );
+    let delivered: Option<i64> =
+        sqlx::query_scalar("SELECT delivered_attempt FROM change_requests WHERE id = ?")
+            .bind(&id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(delivered, Some(1));
+
+    // The task made to apply it is cancelled: the request ends there, withdrawn, saying why.
+    home.run_ok(&["task", "cancel", &new]);
+    let shown = daemon.get(&format!("/api/changes/{id}")).await.1;
+    assert_eq!(shown["state"], "withdrawn", "{shown:#}");
+    assert_eq!(shown["final"], true);
+    let reason = shown["reason"].as_str().unwrap();
+    assert!(reason.contains(&new[..8]) && reason.contains("cancelled"), "{shown:#}");
+    home.run_ok(&["task", "cancel", &requester]);
+}

@@ -777,14 +777,28 @@ pub(super) async fn release_claims(
             log_note(tx, requester, &line, "runtime").await?;
         }
     }
-    // Approved but not applied by an owner that ended: forwarded again (to a new task).
+    // Approved but not applied by an owner that ended: forwarded again (to a new task); a
+    // task made to apply it that ended so is the end of it.
     sqlx::query(
         "UPDATE change_requests SET forwarded_to = NULL, delivered_attempt = NULL, updated_at = ? \
-         WHERE forwarded_to = ? AND state = 'approved'",
+         WHERE forwarded_to = ?2 AND owner = ?2 AND state = 'approved'",
     )
     .bind(now)
     .bind(&id)
     .execute(&mut **tx)
     .await?;
+    let dropped: Vec<ChangeRequest> = sqlx::query_as(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM change_requests WHERE forwarded_to = ? AND state = 'approved'"
+    ))
+    .bind(&id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for request in dropped {
+        let resolution = format!("task {} that was to apply it is {state}", short_id(&task));
+        set_state(tx, &request.id, ChangeState::Withdrawn, Some(&resolution), now).await?;
+        let requester = super::tasks::parse_id(&request.requester_task)?;
+        let line = format!("change request {} withdrawn: {resolution}", &request.id[..8]);
+        log_note(tx, requester, &line, "runtime").await?;
+    }
     Ok(())
 }
