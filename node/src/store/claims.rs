@@ -351,10 +351,36 @@ impl Store {
         let mut forwarded = 0;
         for request in waiting {
             let mut tx = self.write().await?;
-            if forward(&mut tx, &request, config, policy).await? {
-                forwarded += 1;
+            match forward(&mut tx, &request, config, policy).await {
+                Ok(done) => {
+                    tx.commit().await?;
+                    forwarded += usize::from(done);
+                }
+                // It cannot go anywhere (the owner's profile is gone, its task cannot re-open):
+                // rejected with why, so it is not tried on every pass.
+                Err(
+                    error @ (StoreError::Invalid { .. }
+                    | StoreError::Transition(_)
+                    | StoreError::TaskNotFound(_)),
+                ) => {
+                    drop(tx);
+                    let mut tx = self.write().await?;
+                    let why = format!("approved, but it cannot be forwarded: {error}");
+                    set_state(
+                        &mut tx,
+                        &request.id,
+                        ChangeState::Rejected,
+                        Some(&why),
+                        Timestamp::now(),
+                    )
+                    .await?;
+                    let requester = super::tasks::parse_id(&request.requester_task)?;
+                    let line = format!("change request {} rejected: {why}", &request.id[..8]);
+                    log_note(&mut tx, requester, &line, "runtime").await?;
+                    tx.commit().await?;
+                }
+                Err(error) => return Err(error),
             }
-            tx.commit().await?;
         }
         Ok(forwarded)
     }
@@ -720,8 +746,9 @@ pub(super) async fn completed(
 }
 
 /// Releases a finished task's claims. A task that failed or was cancelled withdraws the
-/// pending requests to its files (the file is free) and gives back the approved ones it did
-/// not apply (forwarded again, to a new task); a cancelled requester withdraws its own.
+/// pending requests to its files (the file is free), gives back the approved ones it owned and
+/// did not apply (forwarded again, to a new task) and withdraws those a task made to apply
+/// them did not; a cancelled requester withdraws its own pending ones.
 pub(super) async fn release_claims(
     tx: &mut Writing,
     task: Uuid,
