@@ -607,5 +607,28 @@ async fn an_approved_change_request_whose_owner_ends_goes_to_a_new_task_owning_t
     assert_eq!(shown["final"], true);
     let reason = shown["reason"].as_str().unwrap();
     assert!(reason.contains(&new[..8]) && reason.contains("cancelled"), "{shown:#}");
+
+    // The requester's dashboard page shows the request with its state.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    let signed = http.get(&link).send().await.unwrap();
+    let cookie =
+        signed.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = http
+        .get(daemon.url(&format!("/tasks/{requester}")))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = page.split("id=\"change-requests\"").nth(1).unwrap_or_default();
+    let shown = shown.split("</dd>").next().unwrap_or_default();
+    assert!(shown.contains("withdrawn") && shown.contains(&id[..8]), "{shown}\n{page}");
     home.run_ok(&["task", "cancel", &requester]);
 }
