@@ -71,6 +71,8 @@ pub struct Config {
     pub supervisors: BTreeMap<String, crate::supervisors::SupervisorConfig>,
     /// Sub-tasks, splitting, locks (issue 24).
     pub coordination: CoordinationConfig,
+    /// Who decides change requests besides the operator (`change_requests: {reviewer: P}`).
+    pub change_requests: ChangeRequestsConfig,
     /// Named sequences agents allocate from (`allocate`), per repository: usually set in the
     /// project's `.ccm/config.yaml` (`sequences: {migrations: {start: 1, format: "{:04}"}}`).
     pub sequences: BTreeMap<String, SequenceConfig>,
@@ -78,6 +80,16 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The daemon's scheduled backup.
     pub backup: BackupConfig,
+}
+
+/// Change requests (a write refused by ownership, an agent's `request_change`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChangeRequestsConfig {
+    /// A profile whose headless run reviews each pending request (the request and the owner's
+    /// diff as input) and answers `VERDICT: approve|reject` with a `REASON:`; without one (the
+    /// default) the operator decides. The operator may still answer first.
+    pub reviewer: Option<String>,
 }
 
 /// What agents may ask of ccm through `ccm mcp`, and how a task is split.
@@ -999,6 +1011,23 @@ impl Config {
                 .check(name)
                 .map_err(|message| ConfigError::Invalid { key: "sequences", message })?;
         }
+        if let Some(reviewer) = &self.change_requests.reviewer {
+            match self.profiles.get(reviewer) {
+                None => {
+                    return invalid(
+                        "change_requests.reviewer",
+                        &format!("names unknown profile `{reviewer}`"),
+                    )
+                }
+                Some(p) if p.mode == crate::agents::profile::Mode::External => {
+                    return invalid(
+                        "change_requests.reviewer",
+                        &format!("profile `{reviewer}` is external: nothing would run it"),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
         if self.coordination.max_subtasks_per_parent == 0 {
             return invalid("coordination.max_subtasks_per_parent", "must be at least 1");
         }
@@ -1272,6 +1301,8 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   claude: [Bash, Edit, Write, NotebookEdit, mcp__ccm]
 # sequences:             # numbers agents allocate through ccm's MCP server (`allocate`)
 #   migrations: {start: 1, format: \"{:04}\"}
+# change_requests:       # writes refused by ownership and agents' request_change
+#   reviewer: claude     # a headless run decides each one (VERDICT: approve|reject); default: you
 # coordination:          # sub-tasks agents create through ccm's MCP server, and --split
 #   max_subtask_depth: 2
 #   max_subtasks_per_parent: 20

@@ -99,6 +99,17 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The refusal of a caller who may not use ccm's tools at all, else `error` (what was wrong
+    /// with the arguments): a refused agent learns that first, whatever it sent.
+    async fn refusal_or(&self, error: String) -> String {
+        match self.call(reqwest::Method::GET, "/api/agent/whoami", None).await {
+            Err(refusal) => refusal,
+            Ok(_) => error,
+        }
+    }
+}
+
 /// ccm's MCP server.
 #[derive(Clone)]
 pub struct CcmServer {
@@ -171,6 +182,29 @@ pub fn tools() -> Vec<Tool> {
             schema(json!({ "sequence": string }), &["sequence"]),
         ),
         Tool::new(
+            "request_change",
+            "Ask for a change to a file another task owns (a write to it was refused, or you know it is not yours): the operator (or a reviewer) approves or rejects it; approved, the owner's next attempt (or a new task owning the file) applies it. Returns the request with its id.",
+            schema(
+                json!({
+                    "file": { "type": "string", "description": "the file, relative to the repository" },
+                    "what": { "type": "string", "description": "the change, precisely enough for its owner to make it" },
+                    "why": { "type": "string", "description": "why your task needs it" },
+                }),
+                &["file", "what", "why"],
+            ),
+        ),
+        Tool::new(
+            "wait_change",
+            "Wait until a change request of your task is applied, rejected or withdrawn, or the timeout; returns its state (pending, approved, applied, rejected, withdrawn) and the reason.",
+            schema(
+                json!({
+                    "id": { "type": "string", "description": "the change request's id (from request_change, or the refusal of your write)" },
+                    "timeout_secs": { "type": "integer", "minimum": 0 },
+                }),
+                &["id"],
+            ),
+        ),
+        Tool::new(
             "release_allocation",
             "Give back a value you allocated and will not use.",
             schema(json!({ "sequence": string, "value": string }), &["sequence", "value"]),
@@ -229,6 +263,31 @@ impl CcmServer {
                 let body = json!({ "sequence": need("sequence")?, "value": value });
                 d.call(Method::POST, "/api/agent/allocations/release", Some(body)).await
             }
+            "request_change" => {
+                let fields = (need("file"), need("what"), need("why"));
+                let (Ok(file), Ok(what), Ok(why)) = fields else {
+                    let missing = [fields.0.err(), fields.1.err(), fields.2.err()];
+                    let missing: Vec<String> = missing.into_iter().flatten().collect();
+                    return Err(d.refusal_or(missing.join(", ")).await);
+                };
+                let body = json!({ "file": file, "what": what, "why": why });
+                d.call(Method::POST, "/api/agent/changes", Some(body)).await
+            }
+            "wait_change" => {
+                let id = match need("id") {
+                    Ok(id) => id,
+                    Err(missing) => return Err(d.refusal_or(missing).await),
+                };
+                if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(format!("id: `{id}` is not a change request id"));
+                }
+                let mut body = Map::new();
+                if let Some(t) = args.get("timeout_secs") {
+                    body.insert("timeout_secs".into(), t.clone());
+                }
+                let path = format!("/api/agent/changes/{id}/wait");
+                d.call(Method::POST, &path, Some(Value::Object(body))).await
+            }
             other => Err(format!("no tool `{other}` in ccm's MCP server")),
         }
     }
@@ -246,7 +305,8 @@ impl ServerHandler for CcmServer {
         info.server_info = Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION"));
         info.instructions = Some(
             "ccm coordinates the agents working on a repository: create sub-tasks and wait for \
-             them, take named locks, allocate numbers from sequences (e.g. migrations)."
+             them, take named locks, allocate numbers from sequences (e.g. migrations), ask \
+             for changes to files other tasks own and wait for their outcome."
                 .into(),
         );
         info

@@ -19,6 +19,12 @@
 //! third of `lease`, given back when the daemon stops; a crashed holder's lease runs out). Its
 //! digest is the central's view of every system (`api.fleet_digest`: presence, tasks by state
 //! per system, open alerts, routed tasks, cost by day), which no node sees alone.
+//!
+//! The change requests' reviewer (`change_requests: {reviewer: PROFILE}`) runs the same way: a
+//! run per pending change request (named `change_request:<id>`), its prompt the request and the
+//! owner's diff; its `VERDICT: approve|reject` line (with a reason on it or on a `REASON:` line)
+//! answers the request's decision as `reviewer:<profile>`, unless someone answered first. A run
+//! without a verdict leaves the decision to the operator.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -41,6 +47,10 @@ use crate::tmux::{Tmux, WindowSpec};
 /// The tmux window names of supervisor runs start with this (the orphan-window check skips
 /// them).
 pub const WINDOW_PREFIX: &str = "sup-";
+/// A review run of a change request is named this followed by the request's id.
+pub const REVIEW_PREFIX: &str = "change_request:";
+/// Longest diff of the owner a review prompt carries, in bytes.
+const REVIEW_DIFF_MAX_BYTES: usize = 64 * 1024;
 
 /// Why a supervisor run could not start or finish; it is tried again at the next check.
 #[derive(Debug, thiserror::Error)]
@@ -323,11 +333,12 @@ impl Supervisors {
     /// and no run left (`may_run` false), it reads nothing: an idle daemon does no query here.
     async fn check(&self, may_run: &mut bool) -> Result<(), SupervisorError> {
         let config = self.live.current();
-        if config.supervisors.is_empty() && !*may_run {
+        let reviewer = config.change_requests.reviewer.clone();
+        if config.supervisors.is_empty() && reviewer.is_none() && !*may_run {
             return Ok(());
         }
         let running = self.store.running_supervisor_runs().await?;
-        *may_run = !running.is_empty() || !config.supervisors.is_empty();
+        *may_run = !running.is_empty() || !config.supervisors.is_empty() || reviewer.is_some();
         if !running.is_empty() {
             let windows: Vec<String> =
                 self.tmux().windows().await.map(|w| w.into_iter().map(|w| w.id).collect())?;
@@ -347,7 +358,91 @@ impl Supervisors {
                 warn!(supervisor = %name, %error, "cannot start the supervisor");
             }
         }
+        if let Some(reviewer) = &reviewer {
+            if let Err(error) = self.review_change_requests(reviewer, &config.profiles).await {
+                warn!(%reviewer, %error, "cannot start a change request's review");
+            }
+        }
         Ok(())
+    }
+
+    /// Starts a review run for each pending change request that has none yet.
+    async fn review_change_requests(
+        &self,
+        reviewer: &str,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Result<(), SupervisorError> {
+        let config_error = |message: String| SupervisorError::Config {
+            name: "change_requests.reviewer".into(),
+            message,
+        };
+        for request in self.store.change_requests_to_review(REVIEW_PREFIX).await? {
+            let profile = profiles
+                .get(reviewer)
+                .cloned()
+                .ok_or_else(|| config_error(format!("unknown profile `{reviewer}`")))?;
+            let diff = if uuid::Uuid::parse_str(&request.owner).is_ok() {
+                match crate::conflicts::diff(&self.store, &request.owner).await {
+                    Ok(diff) if diff.text.is_empty() => "(no commits yet)".to_string(),
+                    Ok(diff) => crate::text::head(&diff.text, REVIEW_DIFF_MAX_BYTES),
+                    Err(error) => format!("(no diff: {error})"),
+                }
+            } else {
+                format!("(the file is pre-assigned to `{}`; no task owns it)", request.owner)
+            };
+            let prompt = review_prompt(&request, &diff);
+            let name = format!("{REVIEW_PREFIX}{}", request.id);
+            let id = uuid::Uuid::new_v4().to_string();
+            let dir = self.home.root().join("supervisors").join(&id);
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(dir.join("prompt.md"), &prompt).await?;
+            let cwd = self.home.root().join("scratch");
+            tokio::fs::create_dir_all(&cwd).await?;
+            let window_id = self.launch(&name, &id, &dir, &cwd, &profile, &prompt).await?;
+            let short = &request.id[..8];
+            let run = SupervisorRun {
+                id: id.clone(),
+                supervisor: name,
+                scope: "change_request".into(),
+                reason: format!("change request {short} of {}", request.path),
+                status: "running".into(),
+                profile: reviewer.to_string(),
+                dir: dir.to_string_lossy().into_owned(),
+                window_id: Some(window_id),
+                digest: prompt,
+                report: None,
+                alerts: 0,
+                cost_usd: 0.0,
+                started_at: Timestamp::now(),
+                ended_at: None,
+            };
+            self.store.begin_supervisor_run(&run).await?;
+            info!(run = %&id[..8], change_request = short, "change request review started");
+        }
+        Ok(())
+    }
+
+    /// A finished review run answers its change request's decision with its verdict.
+    async fn decide_change_request(&self, run: &SupervisorRun, request: &str, report: &str) {
+        let Some((approve, reason)) = change_verdict(report) else {
+            warn!(run = %&run.id[..8], "the change request's reviewer gave no verdict; the operator decides");
+            return;
+        };
+        let decided = async {
+            let request = self.store.change_request(request).await?;
+            let Some(decision) = request.decision_id else { return Ok(()) };
+            let policy = crate::store::RetryPolicy::from(&*self.live.current());
+            let actor = format!("reviewer:{}", run.profile);
+            let answer = if approve { "approve" } else { "reject" };
+            self.store
+                .answer_decision_with(&decision, answer, &actor, policy, Some(&reason))
+                .await?;
+            Ok::<_, StoreError>(())
+        };
+        if let Err(error) = decided.await {
+            // Answered already (by the operator), or the request is gone: nothing to do.
+            info!(run = %&run.id[..8], %error, "the reviewer's verdict was not applied");
+        }
     }
 
     /// Why the supervisor is due now, if it is.
@@ -534,6 +629,11 @@ impl Supervisors {
             .collect();
         let cost = summary.cost_usd.unwrap_or(0.0);
         self.store.end_supervisor_run(&run.id, ok, &report, &alerts, cost).await?;
+        if let Some(request) = run.supervisor.strip_prefix(REVIEW_PREFIX) {
+            if ok {
+                self.decide_change_request(run, request, &report).await;
+            }
+        }
         info!(supervisor = %run.supervisor, run = short, alerts = alerts.len(), "supervisor reported");
         Ok(())
     }
@@ -626,6 +726,67 @@ pub fn fleet_digest_text(
     text
 }
 
+/// The review prompt of a change request, with the owner's diff.
+fn review_prompt(request: &crate::store::ChangeRequest, diff: &str) -> String {
+    let what = request.what.clone().unwrap_or_else(|| {
+        format!(
+            "its agent's write ({}) of the file was refused; it wanted to write the file itself",
+            request.tool.as_deref().unwrap_or("a write")
+        )
+    });
+    format!(
+        "You review a change request. Each file of this repository is owned by one task; another \
+         task's agent asks for a change to a file it does not own.\n\n\
+         Requesting task: {}\nFile: `{}`\nOwner: {}\nWhat: {what}\nWhy: {}\n\n\
+         The owner's current work (its branch against the target):\n```diff\n{diff}\n```\n\n\
+         Approve it when the change is sound and fits the owner's work; reject it otherwise. End \
+         your answer with the line `VERDICT: approve` or `VERDICT: reject`, then a line \
+         `REASON: <one sentence>` that the requesting agent will read.\n",
+        &request.requester_task[..8],
+        request.path,
+        request.owner,
+        request.why.as_deref().unwrap_or("(not given)"),
+    )
+}
+
+/// A reviewer's verdict on a change request: its last `VERDICT: approve|reject` line, and the
+/// reason (the rest of that line, else the last `REASON:` line).
+pub fn change_verdict(report: &str) -> Option<(bool, String)> {
+    let clean = |line: &str| {
+        line.trim().trim_start_matches(['-', '*', '>', ' ']).trim_matches(['*', '`']).to_string()
+    };
+    let prefixed = |line: &str, prefix: &str| {
+        let line = clean(line);
+        let lower = line.to_ascii_lowercase();
+        lower.starts_with(prefix).then(|| line[prefix.len()..].trim().to_string())
+    };
+    let (approve, rest) = report.lines().rev().find_map(|line| {
+        let value = prefixed(line, "verdict:")?;
+        let (word, rest) = value.split_once(char::is_whitespace).unwrap_or((&value, ""));
+        let word = word.trim_matches(|c: char| !c.is_ascii_alphabetic()).to_ascii_lowercase();
+        let approve = match word.as_str() {
+            "approve" | "approved" => true,
+            "reject" | "rejected" => false,
+            _ => return None,
+        };
+        let rest = rest.trim().trim_start_matches(['-', '—', ':', ',', ';', '*', '`', ' ']).trim();
+        Some((approve, rest.to_string()))
+    })?;
+    let reason = if rest.is_empty() {
+        report
+            .lines()
+            .rev()
+            .find_map(|line| prefixed(line, "reason:"))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| {
+                format!("the reviewer answered {}", if approve { "approve" } else { "reject" })
+            })
+    } else {
+        rest
+    };
+    Some((approve, reason))
+}
+
 /// The `ALERT: ...` lines of a report (markdown emphasis and list marks around them allowed).
 pub fn alert_lines(report: &str) -> Vec<String> {
     report
@@ -642,6 +803,26 @@ pub fn alert_lines(report: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_verdict_is_read_with_its_reason() {
+        let check = |report: &str, expected: Option<(bool, &str)>| {
+            let expected = expected.map(|(a, r)| (a, r.to_string()));
+            assert_eq!(change_verdict(report), expected, "{report}");
+        };
+        check("fine\nVERDICT: approve\nREASON: small and safe", Some((true, "small and safe")));
+        check(
+            "**VERDICT: reject** — the owner is mid-refactor",
+            Some((false, "the owner is mid-refactor")),
+        );
+        check(
+            "VERDICT: approve\nlater VERDICT: reject",
+            Some((true, "the reviewer answered approve")),
+        );
+        check("- verdict: Rejected: breaks the API", Some((false, "breaks the API")));
+        check("VERDICT: maybe\nno idea", None);
+        check("no verdict here", None);
+    }
 
     #[test]
     fn alert_lines_are_read_from_the_report() {

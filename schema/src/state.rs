@@ -239,6 +239,9 @@ pub enum TaskEvent {
     /// The operator reviewed a finished task's diff and requested changes: its next attempt
     /// carries the review's comments and is not counted against the attempt budget.
     ChangesRequested,
+    /// A complete task gets a new attempt: an approved change request of another task's was
+    /// forwarded to it (the attempt budget is kept, so attempt numbers stay distinct).
+    Reopen,
 }
 
 impl TaskEvent {
@@ -263,6 +266,7 @@ impl TaskEvent {
             TaskEvent::Retry => "retry",
             TaskEvent::LandFailed { .. } => "land_failed",
             TaskEvent::ChangesRequested => "changes_requested",
+            TaskEvent::Reopen => "reopen",
         }
     }
 
@@ -286,7 +290,7 @@ impl TaskEvent {
             }
             TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
-            TaskEvent::Retry | TaskEvent::ChangesRequested => TaskState::Created,
+            TaskEvent::Retry | TaskEvent::ChangesRequested | TaskEvent::Reopen => TaskState::Created,
         }
     }
 }
@@ -376,6 +380,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
                 E::AskDecision { kind: DecisionKind::RetryOrCancel },
             ],
         ),
+        (S::Complete, Ev::Reopen) => go(S::Created, vec![]),
         (S::Error, Ev::Resolve { class, attempt, max_attempts }) => {
             let to = resolution(class, attempt, max_attempts);
             let effects = match to {
@@ -922,6 +927,22 @@ mod tests {
             Failed,
             TaskEvent::ChangesRequested,
             Err("illegal transition from failed to created: event `changes_requested` is not allowed in state failed"),
+        );
+    }
+
+    #[test]
+    fn a_complete_task_reopens_for_a_change_request_keeping_its_attempts() {
+        use TaskState::*;
+        check(Complete, TaskEvent::Reopen, Ok((Created, vec![])));
+        check(
+            Executing,
+            TaskEvent::Reopen,
+            Err("illegal transition from executing to created: event `reopen` is not allowed in state executing"),
+        );
+        check(
+            Cancelled,
+            TaskEvent::Reopen,
+            Err("illegal transition from cancelled to created: event `reopen` is not allowed in state cancelled"),
         );
     }
 

@@ -213,6 +213,8 @@ pub enum DecisionKind {
     RetryOrCancel,
     /// A tool call waiting for approval.
     ApproveTool,
+    /// A change request to a file another task owns: forward it to the owner, or refuse it.
+    ChangeRequest,
 }
 
 impl DecisionKind {
@@ -220,6 +222,7 @@ impl DecisionKind {
         match self {
             DecisionKind::RetryOrCancel => &["retry", "cancel"],
             DecisionKind::ApproveTool => &["allow", "deny"],
+            DecisionKind::ChangeRequest => &["approve", "reject"],
         }
     }
 }

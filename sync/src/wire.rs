@@ -85,11 +85,11 @@ pub struct FleetDigestParamsV1 {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FleetDigestV1 {
     #[serde(default)]
-    pub systems: Vec<FleetSystemV1>,
+    pub systems: Vec<FleetDigestSystemV1>,
     #[serde(default)]
-    pub tasks_by_state: Vec<FleetStateCountV1>,
+    pub tasks_by_state: Vec<FleetDigestStateCountV1>,
     #[serde(default)]
-    pub open_alerts: Vec<FleetAlertV1>,
+    pub open_alerts: Vec<FleetDigestAlertV1>,
     #[serde(default)]
     pub routed_tasks: Vec<FleetRoutedTaskV1>,
     #[serde(default)]
@@ -98,7 +98,7 @@ pub struct FleetDigestV1 {
 
 /// A system's presence (`online` when active and heard from in the last 45 s).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FleetSystemV1 {
+pub struct FleetDigestSystemV1 {
     pub name: String,
     pub presence: String,
     #[serde(default)]
@@ -114,7 +114,7 @@ pub struct FleetSystemV1 {
 /// How many of a system's tasks are in a state, and how many of them changed since the
 /// digest's `p_since`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FleetStateCountV1 {
+pub struct FleetDigestStateCountV1 {
     pub system: String,
     pub state: String,
     pub tasks: i64,
@@ -124,7 +124,7 @@ pub struct FleetStateCountV1 {
 
 /// An open alert of a system.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FleetAlertV1 {
+pub struct FleetDigestAlertV1 {
     pub system: String,
     pub severity: String,
     pub kind: String,

@@ -3,6 +3,7 @@
 
 mod api;
 mod central;
+mod change_requests;
 mod claude;
 mod cli;
 mod config;

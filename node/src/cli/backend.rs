@@ -224,14 +224,20 @@ impl Backend {
         }
     }
 
-    pub async fn answer(&self, id: &str, answer: &str) -> anyhow::Result<ccm_schema::Decision> {
+    /// Answers a decision; `reason` is told to a rejected change request's requester.
+    pub async fn answer(
+        &self,
+        id: &str,
+        answer: &str,
+        reason: Option<&str>,
+    ) -> anyhow::Result<ccm_schema::Decision> {
         match self {
-            Backend::Daemon(client) => {
-                Ok(client.post(&["decisions", id], json!({ "answer": answer })).await?)
-            }
-            Backend::Local { store, config } => {
-                Ok(store.answer_decision(id, answer, "cli", RetryPolicy::from(&**config)).await?)
-            }
+            Backend::Daemon(client) => Ok(client
+                .post(&["decisions", id], json!({ "answer": answer, "reason": reason }))
+                .await?),
+            Backend::Local { store, config } => Ok(store
+                .answer_decision_with(id, answer, "cli", RetryPolicy::from(&**config), reason)
+                .await?),
         }
     }
 

@@ -13,11 +13,13 @@ pub async fn run(
     config: &Config,
     id: Option<String>,
     answer: Option<String>,
+    reason: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     match (id, answer) {
         (Some(id), Some(answer)) => {
-            let decision = Backend::connect(home, config).await?.answer(&id, &answer).await?;
+            let backend = Backend::connect(home, config).await?;
+            let decision = backend.answer(&id, &answer, reason.as_deref()).await?;
             println!("decision {} answered `{answer}`", short_id(&decision.id));
             Ok(())
         }

@@ -209,6 +209,9 @@ enum Command {
         id: Option<String>,
         /// The answer: one of the decision's options.
         answer: Option<String>,
+        /// Why (a change request's rejection: the reason its requester is told).
+        #[arg(long, value_parser = not_empty)]
+        reason: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -364,7 +367,9 @@ async fn command(cli: Cli, home: Home) -> anyhow::Result<()> {
         }
         Command::Report { id, json } => supervisors::report(&home, &config, &id, json).await,
         Command::Alerts(args) => alerts::run(Backend::connect(&home, &config).await?, args).await,
-        Command::Decide { id, answer, json } => decide::run(&home, &config, id, answer, json).await,
+        Command::Decide { id, answer, reason, json } => {
+            decide::run(&home, &config, id, answer, reason, json).await
+        }
         Command::Sync(command) => sync::run(&home, &config, command).await,
         Command::Systems { command, json } => systems::systems(&home, &config, command, json).await,
         Command::Notify(command) => crate::notify::cli::notify(&home, &config, command).await,

@@ -144,12 +144,22 @@ fn show_claims(view: &crate::daemon::ClaimsView) {
     }
     println!("change requests ({})", view.change_requests.len());
     for r in &view.change_requests {
-        let status = r.resolution.as_deref().unwrap_or("open");
+        let owner = if r.owner.len() == 36 { &r.owner[..8] } else { r.owner.as_str() };
+        let mut status = r.state.to_string();
+        if let Some(to) = &r.forwarded_to {
+            status.push_str(&format!(" → task {}", &to[..8.min(to.len())]));
+        }
+        if let Some(decision) = r.decision_id.as_deref().filter(|_| r.state.as_str() == "pending") {
+            status.push_str(&format!(" (ccm decide {} approve|reject)", &decision[..8]));
+        }
+        if let Some(why) = &r.resolution {
+            status.push_str(&format!(": {why}"));
+        }
         println!(
-            "  {}  {}  owner {}  requested by task {}  {status}",
+            "  {}  {}  {}  owner {owner}  requested by task {}  {status}",
+            &r.id[..8],
             r.repo,
             r.path,
-            r.owner,
             &r.requester_task[..8]
         );
     }

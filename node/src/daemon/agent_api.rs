@@ -13,6 +13,9 @@
 //! | `DELETE /api/agent/locks/{name}` | releases it |
 //! | `POST /api/agent/allocations` `{"sequence"}` | the next value of a sequence of the task's repository |
 //! | `POST /api/agent/allocations/release` `{"sequence", "value"}` | gives a value back |
+//! | `POST /api/agent/changes` `{"file", "what", "why"}` | a change request of a file another task owns, with its decision; 201 with the request |
+//! | `GET /api/agent/changes` | the change requests the caller's task made |
+//! | `POST /api/agent/changes/{id}/wait` `{"timeout_secs"}` | waits until one of them is `applied`, `rejected` or `withdrawn`, or the timeout: `{"id", "state", "reason", "final", ...}` |
 //!
 //! A request without a credential, with one no live agent holds (ended agents' credentials are
 //! revoked), or with `X-Ccm-Task-Id` naming another task than the credential's, is refused
@@ -34,7 +37,9 @@ use super::api::ApiJson;
 use super::error::ApiError;
 use super::AppState;
 use crate::placement::Added;
-use crate::store::{AgentIdentity, LockHolder, NewTask, Subtask, SubtaskLimits};
+use crate::store::{
+    AgentIdentity, ChangeAsk, ChangeRequest, LockHolder, NewTask, Subtask, SubtaskLimits,
+};
 
 /// The header carrying the agent's credential (as with hook events).
 pub const AGENT_TOKEN_HEADER: &str = "x-ccm-agent-token";
@@ -57,6 +62,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/agent/locks/{name}", post(lock).delete(unlock))
         .route("/api/agent/allocations", post(allocate))
         .route("/api/agent/allocations/release", post(release_allocation))
+        .route("/api/agent/changes", get(list_changes).post(request_change))
+        .route("/api/agent/changes/{id}/wait", post(wait_change))
 }
 
 /// The calling agent, from its credential; refuses any other caller.
@@ -270,6 +277,102 @@ async fn wait_subtasks(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewChange {
+    /// The file, relative to the repository (or absolute inside the caller's worktree).
+    file: String,
+    what: String,
+    why: String,
+}
+
+/// A change request as its requester reads it: the row, and `reason` (what it is told).
+fn change_answer(request: &ChangeRequest) -> Value {
+    let mut value = serde_json::to_value(request).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("reason".into(), json!(request.resolution));
+        object.insert("final".into(), json!(request.state.is_final()));
+    }
+    value
+}
+
+async fn request_change(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewChange>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&state, &headers).await?;
+    if body.file.trim().is_empty() {
+        return Err(ApiError::BadRequest("file: must not be empty".into()));
+    }
+    let (repo, path, preassigned) =
+        crate::hooks::gate::locate(&state.store, &state.home, &caller.task, body.file.trim())
+            .await?
+            .map_err(ApiError::BadRequest)?;
+    let ask = ChangeAsk {
+        repo: &repo,
+        path: &path,
+        preassigned: preassigned.as_deref(),
+        what: &body.what,
+        why: &body.why,
+    };
+    let request = state.store.request_change(&caller.task, &ask).await?;
+    state.wake();
+    Ok((StatusCode::CREATED, Json(change_answer(&request))).into_response())
+}
+
+async fn list_changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ChangeRequest>>, ApiError> {
+    let caller = caller(&state, &headers).await?;
+    Ok(Json(state.store.change_requests_of(caller.task.id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WaitChange {
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+async fn wait_change(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&state, &headers).await?;
+    let body: WaitChange = if body.iter().all(u8::is_ascii_whitespace) {
+        WaitChange::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
+    };
+    let first = state.store.change_request(&id).await?;
+    if first.requester_task != caller.task.id.hyphenated().to_string() {
+        return Err(ApiError::Forbidden(format!(
+            "change request {} was made by task {}, not by task {}: refused",
+            &first.id[..8],
+            &first.requester_task[..8],
+            caller.task.short_id()
+        )));
+    }
+    let limit = state.config.current().coordination.max_wait_secs;
+    let timeout = Duration::from_secs(body.timeout_secs.unwrap_or(limit).min(limit));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut changes = state.store.changes();
+    loop {
+        let request = state.store.change_request(&first.id).await?;
+        if request.state.is_final() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(change_answer(&request)));
+        }
+        let _ = tokio::time::timeout(POLL, changes.changed()).await;
+        if state.shutdown.is_cancelled() {
+            return Err(ApiError::Busy("the daemon is stopping; call again".into()));
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LockRequest {
@@ -474,6 +577,8 @@ async fn release_allocation(
 /// | `POST /api/allocations/release` `{"repo", "sequence", "value"}` | gives a value back |
 /// | `GET /api/tasks/{id}/subtasks` | a task's sub-task tree |
 /// | `POST /api/tasks/split` `{"task", "parts": [{"task", "after"}]}` | a task split into sub-tasks (`ccm task add --split`), in one transaction; 201 `{"parent", "parts"}` |
+/// | `GET /api/changes` | change requests (state, decision, where they were forwarded), open ones first |
+/// | `GET /api/changes/{id}` | one, with `reason` (what its requester is told); answered through `POST /api/decisions/{decision_id}` `{"answer": "approve"\|"reject", "reason"}` |
 pub fn operator_routes() -> Router<AppState> {
     Router::new()
         .route("/locks/{name}", post(operator_lock).delete(operator_unlock))
@@ -481,6 +586,23 @@ pub fn operator_routes() -> Router<AppState> {
         .route("/allocations/release", post(operator_release))
         .route("/tasks/{id}/subtasks", get(task_subtasks))
         .route("/tasks/split", post(split_task))
+        .route("/changes", get(operator_changes))
+        .route("/changes/{id}", get(operator_change))
+}
+
+/// Every change request, open ones first (`GET /api/changes`).
+async fn operator_changes(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ChangeRequest>>, ApiError> {
+    Ok(Json(state.store.change_requests().await?))
+}
+
+/// One change request by id or unique prefix (`GET /api/changes/{id}`).
+async fn operator_change(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(change_answer(&state.store.change_request(&id).await?)))
 }
 
 #[derive(Deserialize)]

@@ -20,7 +20,7 @@
 //! | `POST /api/tasks/{id}/discard` | `{"reason"}`: drop a finished task's work (it leaves the land queue; the janitor may remove its branch); a task not finished, landing or landed answers 400 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
 //! | `GET /api/agents` | agents, live first |
-//! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer"}` | questions for the human |
+//! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer", "reason"}` | questions for the human (`reason`: a change request's rejection, told to its requester) |
 //! | `POST /api/routed` `{"task": NewTask, "pin"}` | send a task to the fleet (routing) |
 //! | `GET /api/routed` | the tasks this system routed, as the central last described them |
 //! | `GET /api/routed/stale` | `[{"id", "reason"}]`: tasks run here for the fleet whose lease was lost (what they show here is not the task's outcome) |
@@ -851,6 +851,9 @@ async fn acknowledge_alert(
 #[serde(deny_unknown_fields)]
 struct AnswerBody {
     answer: String,
+    /// The answerer's words (a change request's rejection: the reason its requester is told).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 async fn answer_decision(
@@ -860,8 +863,10 @@ async fn answer_decision(
     ApiJson(body): ApiJson<AnswerBody>,
 ) -> Result<Json<ccm_schema::Decision>, ApiError> {
     let policy = RetryPolicy::from(&*state.config.current());
-    let decision =
-        state.store.answer_decision(&id, &body.answer, &actor(&headers)?, policy).await?;
+    let decision = state
+        .store
+        .answer_decision_with(&id, &body.answer, &actor(&headers)?, policy, body.reason.as_deref())
+        .await?;
     state.decisions.notify_waiters();
     state.wake();
     Ok(Json(decision))

@@ -797,6 +797,8 @@ struct TaskPage {
     context: String,
     depends_on: Vec<(String, String)>,
     claims: Vec<String>,
+    /// Change requests the task made or got: `(line, state)`.
+    change_requests: Vec<(String, String)>,
     touched: Vec<String>,
     /// Predicted conflicts: `(other task's id or empty for the target, line)`.
     conflicts: Vec<(String, String)>,
@@ -867,6 +869,26 @@ pub async fn task(
         let hooks = store.task_hook_events(&task.id.to_string()).await.map_err(failure)?;
         let claims = store.claims().await.map_err(failure)?;
         let id_text = task.id.to_string();
+        let change_requests: Vec<(String, String)> = store
+            .change_requests()
+            .await
+            .map_err(failure)?
+            .into_iter()
+            .filter(|r| {
+                r.requester_task == id_text
+                    || r.owner == id_text
+                    || r.forwarded_to.as_deref() == Some(id_text.as_str())
+            })
+            .map(|r| {
+                let role = if r.requester_task == id_text {
+                    format!("asked of {}", short_owner(&r.owner))
+                } else {
+                    format!("asked by {}", &r.requester_task[..8])
+                };
+                let reason = r.resolution.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+                (format!("{} {} ({role}){reason}", &r.id[..8], r.path), r.state.to_string())
+            })
+            .collect();
         let reports = detail
             .reports
             .iter()
@@ -975,6 +997,7 @@ pub async fn task(
                 .filter(|c| c.task_id == id_text)
                 .map(|c| format!("{} {}", c.repo, c.path))
                 .collect(),
+            change_requests,
             touched: detail.touched_files.clone(),
             conflicts: detail
                 .conflicts
@@ -1584,4 +1607,13 @@ pub async fn routed(
         }))
     };
     page.await.unwrap_or_else(|r| r)
+}
+
+/// A change request's owner as shown: a task's short id, or the pre-assigned name.
+fn short_owner(owner: &str) -> String {
+    if uuid::Uuid::parse_str(owner).is_ok() {
+        format!("task {}", &owner[..8])
+    } else {
+        format!("`{owner}`")
+    }
 }

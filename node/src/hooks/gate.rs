@@ -108,6 +108,33 @@ async fn check_ownership(
     Ok(None)
 }
 
+/// Where a file an agent names lies for ownership: the task's repository key, the path
+/// relative to it, and the owner a glob of the project's config pre-assigns it to (unless the
+/// task itself). `Err` says why ownership cannot be judged (the project's config is broken).
+pub(crate) async fn locate(
+    store: &Store,
+    home: &Path,
+    task: &Task,
+    file: &str,
+) -> Result<std::result::Result<(String, String, Option<String>), String>> {
+    let roots = roots(store, task).await?;
+    let repo = task
+        .repo
+        .clone()
+        .or_else(|| roots.first().map(|r| r.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let ownership = match roots.last() {
+        Some(checkout) => match crate::config::load_checked(store, home, checkout).await {
+            Ok(config) => config.ownership,
+            Err(problem) => return Ok(Err(problem)),
+        },
+        None => Default::default(),
+    };
+    let relative = relative(Path::new(file), &roots, None);
+    let preassigned = preassigned_owner(&ownership, task, &relative);
+    Ok(Ok((repo, relative, preassigned)))
+}
+
 /// The directories a task's file paths are relative to: its worktree, then the checkout of its
 /// repository.
 pub(crate) async fn roots(store: &Store, task: &Task) -> Result<Vec<PathBuf>> {

@@ -76,6 +76,9 @@ impl Message {
                         ("task blocked: retry or cancel?", Severity::Critical)
                     }
                     DecisionKind::ApproveTool => ("approval needed", Severity::Warning),
+                    DecisionKind::ChangeRequest => {
+                        ("change request: approve or reject?", Severity::Warning)
+                    }
                 };
                 Message {
                     title: format!("{system}: {what}"),

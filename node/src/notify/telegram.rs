@@ -537,8 +537,10 @@ fn label(option: &str) -> String {
     match option {
         "retry" => "🔁 Retry".into(),
         "cancel" => "✖ Cancel".into(),
-        "allow" | "approve" => "✅ Allow".into(),
+        "allow" => "✅ Allow".into(),
+        "approve" => "✅ Approve".into(),
         "deny" => "❌ Deny".into(),
+        "reject" => "❌ Reject".into(),
         other => other.to_string(),
     }
 }

@@ -161,6 +161,11 @@ impl Runtime {
     pub async fn pass(&self, passes: &mut Passes) -> Result<()> {
         // Before the tasks are read: jobs that ended until now are in what is read.
         self.jobs().ended.clear();
+        // Approved change requests go to their owner (re-opened when complete) or a new task.
+        if let Err(error) = self.store.forward_change_requests(&self.config(), self.policy()).await
+        {
+            warn!(%error, "cannot forward the approved change requests; trying again");
+        }
         let tasks: HashMap<Uuid, Task> = self
             .store
             .runtime_tasks(&self.config().external_profiles())

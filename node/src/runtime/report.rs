@@ -57,7 +57,7 @@ impl Runtime {
                 .change_requests_of(task.id)
                 .await?
                 .into_iter()
-                .map(|r| json!({ "path": r.path, "owner": r.owner, "tool": r.tool }))
+                .map(|r| json!({ "path": r.path, "owner": r.owner, "tool": r.tool, "change_request": r.id, "state": r.state }))
                 .collect::<Vec<_>>(),
             "duration_ms": duration_ms,
             "last_message": summary.last_message,

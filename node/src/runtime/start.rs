@@ -122,10 +122,24 @@ impl Runtime {
                     ));
                 }
             }
+            // Approved change requests of other tasks' agents this attempt applies, and what
+            // became of the ones this task asked for.
+            let carried = self.store.change_requests_for(task.id).await?;
+            prompt.push_str(&change_requests_section(
+                &carried,
+                &self.store.change_requests_of(task.id).await?,
+            ));
+            let carried: Vec<String> = carried.into_iter().map(|c| c.id).collect();
             let agent = self.new_agent(AgentKind::Worker, &profile_name, &cwd, &prompt).await?;
             let policy = self.policy();
-            let begun =
-                self.store.begin_attempt(task.id, &agent, &prompt, unrecorded.as_ref(), policy);
+            let begun = self.store.begin_attempt_carrying(
+                task.id,
+                &agent,
+                &prompt,
+                unrecorded.as_ref(),
+                policy,
+                &carried,
+            );
             Ok::<_, RuntimeError>((begun.await?, agent.token))
         };
         let ((task, recorded), token) = match begun.await {
@@ -461,6 +475,53 @@ impl Runtime {
 }
 
 /// Writes `bytes` to a new file at `path` readable by its owner alone (0600 whatever the umask).
+/// What a worker's prompt says about change requests: those forwarded to its task (to apply)
+/// and those its task made (their outcome); empty when there are none.
+fn change_requests_section(
+    carried: &[crate::store::ChangeRequest],
+    asked: &[crate::store::ChangeRequest],
+) -> String {
+    let mut text = String::new();
+    if !carried.is_empty() {
+        text.push_str("\n\n---\nApproved change requests to apply in this attempt (other tasks asked for them; the files are yours):\n");
+        for c in carried {
+            text.push_str(&format!(
+                "- change request {} of task {}: `{}`: {}{}\n",
+                &c.id[..8],
+                &c.requester_task[..8],
+                c.path,
+                c.what.as_deref().map_or_else(
+                    || format!(
+                        "the write it tried ({}) was refused",
+                        c.tool.as_deref().unwrap_or("a write")
+                    ),
+                    |w| crate::text::head(w, 4000)
+                ),
+                c.why
+                    .as_deref()
+                    .map(|w| format!(" (why: {})", crate::text::head(w, 2000)))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    if !asked.is_empty() {
+        text.push_str("\n\n---\nChange requests this task made:\n");
+        for c in asked {
+            text.push_str(&format!(
+                "- change request {} of `{}`: {}{}\n",
+                &c.id[..8],
+                c.path,
+                c.state,
+                c.resolution
+                    .as_deref()
+                    .map(|r| format!(" ({})", crate::text::head(r, 2000)))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    text
+}
+
 async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let mut file = tokio::fs::OpenOptions::new()

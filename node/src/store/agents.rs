@@ -95,6 +95,20 @@ impl Store {
         worktree: Option<&SavedWorktree>,
         policy: RetryPolicy,
     ) -> Result<(Task, Agent)> {
+        self.begin_attempt_carrying(task, agent, prompt, worktree, policy, &[]).await
+    }
+
+    /// [`Store::begin_attempt`] whose prompt carries the approved change requests `changes`
+    /// (their ids): they are delivered to this attempt, in its transaction.
+    pub async fn begin_attempt_carrying(
+        &self,
+        task: Uuid,
+        agent: &NewAgent,
+        prompt: &str,
+        worktree: Option<&SavedWorktree>,
+        policy: RetryPolicy,
+        changes: &[String],
+    ) -> Result<(Task, Agent)> {
         let mut tx = self.write().await?;
         let reason = format!(
             "worker {} started ({})",
@@ -116,6 +130,7 @@ impl Store {
         if worktree.is_some() {
             write_worktree(&mut tx, task, worktree).await?;
         }
+        super::claims::delivered(&mut tx, task, current.attempts, changes).await?;
         tx.commit().await?;
         Ok((current, recorded))
     }

@@ -53,7 +53,7 @@ use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
-pub use claims::{ChangeRequest, Claim, Ownership};
+pub use claims::{ChangeAsk, ChangeRequest, ChangeState, Claim, Ownership};
 pub use conflicts::{ActiveRow, CONFLICT_ALERT};
 pub use context::CONTEXT_ALERT;
 pub use contexts::ContextProbe;

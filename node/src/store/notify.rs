@@ -484,6 +484,7 @@ impl Store {
             WHERE l.id IN (
                 SELECT max(id) FROM task_log
                 WHERE at >= ? AND to_state IN ('complete', 'failed', 'blocked')
+                    AND from_state IS NOT to_state
                 GROUP BY task_id
             )
             ORDER BY l.id DESC

@@ -95,6 +95,22 @@ impl Store {
         actor: &str,
         policy: RetryPolicy,
     ) -> Result<Decision> {
+        self.answer_decision_with(key, answer, actor, policy, None).await
+    }
+
+    /// [`Store::answer_decision`] with the answerer's words: a change request's rejection
+    /// tells its requester `note` as the reason.
+    pub async fn answer_decision_with(
+        &self,
+        key: &str,
+        answer: &str,
+        actor: &str,
+        policy: RetryPolicy,
+        note: Option<&str>,
+    ) -> Result<Decision> {
+        if let Some(note) = note {
+            super::tasks::check_event_reason(note)?;
+        }
         let invalid = |message: String| StoreError::Invalid { field: "decision", message };
         let key = key.trim().to_ascii_lowercase();
         let mut tx = self.write().await?;
@@ -167,7 +183,7 @@ impl Store {
                 let reason = format!("decision answered `{answer}` by {actor}");
                 apply_in_tx(&mut tx, task, event, &reason, actor, policy).await?;
             }
-            _ => {
+            (kind, _) => {
                 sqlx::query("UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ? WHERE id = ?")
                     .bind(answer)
                     .bind(actor)
@@ -176,6 +192,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 super::tasks::resolve_decision_alerts(&mut tx, decision.id, now).await?;
+                if kind == DecisionKind::ChangeRequest {
+                    super::claims::decided(&mut tx, decision.id, answer, actor, note, now).await?;
+                }
             }
         }
         let answered: Decision =

@@ -174,7 +174,8 @@ impl Store {
             SELECT coalesce(sum(l.to_state = 'complete'), 0),
                    coalesce(sum(l.to_state IN ('failed', 'blocked')), 0)
             FROM task_log l JOIN tasks t ON t.id = l.task_id
-            WHERE l.at > ?3 AND l.to_state IN ('complete', 'failed', 'blocked') AND {IN_SCOPE}
+            WHERE l.at > ?3 AND l.to_state IN ('complete', 'failed', 'blocked')
+                AND l.from_state IS NOT l.to_state AND {IN_SCOPE}
             "#
         ))
         .bind(&scope.repo)
@@ -208,7 +209,8 @@ impl Store {
         let failures: Vec<(String, String, String, String)> = sqlx::query_as(&format!(
             r#"
             SELECT t.id, t.title, l.to_state, l.reason FROM task_log l JOIN tasks t ON t.id = l.task_id
-            WHERE l.at > ?3 AND l.to_state IN ('error', 'failed', 'blocked') AND {IN_SCOPE}
+            WHERE l.at > ?3 AND l.to_state IN ('error', 'failed', 'blocked')
+                AND l.from_state IS NOT l.to_state AND {IN_SCOPE}
             ORDER BY l.id DESC LIMIT 10
             "#
         ))

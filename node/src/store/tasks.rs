@@ -969,6 +969,12 @@ pub(super) async fn apply_in_tx(
                 }
             }
         }
+        if step.to == TaskState::Complete {
+            // What its attempts carried is applied; a request approved since re-opens it.
+            if let Some(why) = super::claims::completed(tx, id, now).await? {
+                pending.push_back((TaskEvent::Reopen, why));
+            }
+        }
         if task.state == TaskState::Blocked && step.to != TaskState::Blocked {
             close_decisions(tx, id, Some(DecisionKind::RetryOrCancel), event.name(), actor, now)
                 .await?;
@@ -1113,6 +1119,7 @@ async fn close_decisions(
         r#"
         UPDATE decisions SET answer = ?, answered_by = ?, answered_at = ?
         WHERE task_id = ? AND (?5 IS NULL OR kind = ?5) AND answered_at IS NULL
+            AND kind <> 'change_request'
         RETURNING {DECISION_COLUMNS}
         "#
     ))
@@ -1166,6 +1173,24 @@ pub(super) async fn resolve_decision_alerts(
     for alert in resolved {
         outbox_alert(tx, &alert, false).await?;
     }
+    Ok(())
+}
+
+/// A line in a task's log that is no move: from and to its current state (a change request
+/// asked, decided, forwarded or applied).
+pub(super) async fn log_note(tx: &mut Writing, id: Uuid, reason: &str, actor: &str) -> Result<()> {
+    sqlx::query(
+        r#"
+        INSERT INTO task_log (task_id, at, from_state, to_state, reason, actor)
+        SELECT id, ?, state, state, ?, ? FROM tasks WHERE id = ?
+        "#,
+    )
+    .bind(Timestamp::now())
+    .bind(reason)
+    .bind(actor)
+    .bind(id.hyphenated())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -15,7 +15,9 @@
 //! directory, read from the "Primary working directory:" line Claude Code puts in its system
 //! prompt, so a script can name files inside a worktree it does not know in advance.
 //! `{last:id}` becomes the `id` field of the JSON text of the latest tool result in the
-//! request (e.g. the task an MCP tool just created), so a script can use an id it is given.
+//! request (e.g. the task an MCP tool just created), so a script can use an id it is given;
+//! `{last:uuid}` becomes the first UUID in the text of that tool result (e.g. the change
+//! request a refused write names in its error).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -141,6 +143,7 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
     let turn = turn.unwrap_or_else(|| Turn::text("done"));
     let cwd = working_directory(&body).unwrap_or_default();
     let last_id = last_result_field(&body, "id").unwrap_or_default();
+    let last_uuid = last_result_text(&body).as_deref().and_then(first_uuid).unwrap_or_default();
     let model = body["model"].as_str().unwrap_or("claude-standin").to_string();
     let stream = body["stream"].as_bool() == Some(true);
     script.requests.push(body);
@@ -176,7 +179,10 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
                         "type": "tool_use",
                         "id": format!("toolu_standin_{}", script.next_id),
                         "name": name,
-                        "input": fill_cwd(fill(input, "{last:id}", &last_id), &cwd),
+                        "input": fill_cwd(
+                            fill(fill(input, "{last:id}", &last_id), "{last:uuid}", &last_uuid),
+                            &cwd,
+                        ),
                     })
                 })
                 .collect();
@@ -287,20 +293,37 @@ fn working_directory(body: &Value) -> Option<String> {
 
 /// The field `name` of the JSON text of the latest `tool_result` block in the request.
 fn last_result_field(body: &Value, name: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(&last_result_text(body)?).ok()?;
+    value[name].as_str().map(str::to_string)
+}
+
+/// The text of the latest `tool_result` block in the request.
+fn last_result_text(body: &Value) -> Option<String> {
     let messages = body["messages"].as_array()?;
     messages.iter().rev().find_map(|message| {
         let blocks = message["content"].as_array()?;
         blocks.iter().rev().find(|b| b["type"] == "tool_result").and_then(|block| {
-            let text = match &block["content"] {
-                Value::String(text) => text.clone(),
-                Value::Array(parts) => {
-                    parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("")
-                }
-                _ => return None,
-            };
-            let value: Value = serde_json::from_str(&text).ok()?;
-            value[name].as_str().map(str::to_string)
+            match &block["content"] {
+                Value::String(text) => Some(text.clone()),
+                Value::Array(parts) => Some(
+                    parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(""),
+                ),
+                _ => None,
+            }
         })
+    })
+}
+
+/// The first hyphenated UUID in `text`.
+fn first_uuid(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(35)).find_map(|at| {
+        let candidate = text.get(at..at + 36)?;
+        let shaped = candidate.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+        shaped.then(|| candidate.to_string())
     })
 }
 
