@@ -10,6 +10,7 @@ mod conflicts;
 mod coordination;
 mod dashboard;
 mod durability;
+mod fleet_coordination;
 mod gemini_codex;
 mod hardening;
 mod hooks;

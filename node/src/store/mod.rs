@@ -10,6 +10,8 @@
 //! - `hooks`: hook events and their effects, file claims and change requests.
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
+//! - `fleet`: the central lease behind a `fleet` named lock and the central allocator's values
+//!   recorded here.
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -22,6 +24,7 @@ mod claims;
 mod conflicts;
 mod contexts;
 mod coordination;
+mod fleet;
 mod hooks;
 mod land;
 mod notify;
@@ -52,8 +55,10 @@ pub use claims::{ChangeRequest, Claim, Ownership};
 pub use conflicts::{ActiveRow, CONFLICT_ALERT};
 pub use contexts::ContextProbe;
 pub use coordination::{
-    AgentIdentity, Allocation, LockGrant, LockHolder, LockView, Subtask, SubtaskLimits,
+    Acquired, AgentIdentity, Allocation, LockGrant, LockHolder, LockScope, LockView, Subtask,
+    SubtaskLimits,
 };
+pub use fleet::FleetLease;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use land::{Discarded, LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};
