@@ -114,13 +114,15 @@ begin
 end
 $$;
 
--- The next value of `p_sequence` in `p_repo` for the caller's task `p_task`: the lowest
+-- The next value of `p_sequence` in `p_repo` for the caller's task `p_task` (none: the
+-- operator's own allocation): the lowest
 -- released one (not below `p_start`), else one above the highest ever handed out, else
 -- `p_start`. One caller at a time per (owner, repository, sequence) (a transaction-scoped
 -- advisory lock), so two calls never get the same value and none is skipped.
 -- Answer: {"repo", "sequence", "value", "state": "held", "task_id", "system", "allocated_at",
 -- "released_at"}. Errors: 22023 (bad repository, sequence or start), 42501 (not enrolled).
-create function api.allocate(p_repo text, p_sequence text, p_task uuid, p_start bigint)
+create function api.allocate(p_repo text, p_sequence text, p_task uuid default null,
+                             p_start bigint default 1)
 returns jsonb
 language plpgsql security definer
 set search_path = ''
@@ -203,7 +205,7 @@ $$;
 -- The allocations of the caller's owner (of one repository when `p_repo` is given), held
 -- ones first: which system and task hold each value.
 create function api.list_allocations(p_repo text default null) returns jsonb
-language plpgsql security definer stable
+language plpgsql security definer
 set search_path = ''
 as $$
 declare

@@ -107,6 +107,8 @@ pub struct LockReleasedV1 {
 pub struct AllocateV1 {
     pub p_repo: String,
     pub p_sequence: String,
+    /// Left out when `None` (the function's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p_task: Option<Uuid>,
     pub p_start: i64,
 }
@@ -117,12 +119,16 @@ pub struct ReleaseAllocationV1 {
     pub p_repo: String,
     pub p_sequence: String,
     pub p_value: i64,
+    /// Left out when `None` (the function's default: any task's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p_task: Option<Uuid>,
 }
 
 /// Parameters of `api.list_allocations`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListAllocationsV1 {
+    /// Left out when `None` (the function's default: every repository).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p_repo: Option<String>,
 }
 
