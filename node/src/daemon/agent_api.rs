@@ -373,8 +373,7 @@ pub(super) async fn take_lock(
                 message: format!("lock `{name}` is held by another holder; try again later"),
             });
         }
-        // A `fleet` attempt took and gave back the local grant, which forgets its waiter.
-        if !waiting || central.is_some() {
+        if !waiting {
             state.store.lock_waiter(name, holder, true).await?;
             waiting = true;
         }

@@ -432,11 +432,15 @@ impl Store {
                 .bind(ttl)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM lock_waiters WHERE name = ? AND waiter = ?")
-                    .bind(name)
-                    .bind(&holder.holder)
-                    .execute(&mut *tx)
-                    .await?;
+                // A `fleet` holder still waits for the central lease: it stays listed as a
+                // waiter until granted (the agent API forgets it then).
+                if scope == LockScope::Node {
+                    sqlx::query("DELETE FROM lock_waiters WHERE name = ? AND waiter = ?")
+                        .bind(name)
+                        .bind(&holder.holder)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 Some(Acquired {
                     grant: LockGrant { name: name.to_string(), fence, expires_at: expires, scope },
                     hand_over_central: central_held,
