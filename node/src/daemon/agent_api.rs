@@ -368,9 +368,19 @@ pub(super) async fn take_lock(
             if let Some(message) = failure {
                 return Err(fleet_error(crate::fleet::FleetError::Central(message)));
             }
+            // A `fleet` lock held elsewhere: which system holds it.
+            let system = match central {
+                Some(_) => state.store.locks().await?.into_iter().find(|l| l.name == name),
+                None => None,
+            }
+            .and_then(|l| l.fleet_holder.filter(|_| l.holder.is_none()))
+            .map(|s| format!(" (system {s})"))
+            .unwrap_or_default();
             return Err(ApiError::Conflict {
                 code: "lock_held",
-                message: format!("lock `{name}` is held by another holder; try again later"),
+                message: format!(
+                    "lock `{name}` is held by another holder{system}; try again later"
+                ),
             });
         }
         if !waiting {
