@@ -407,4 +407,22 @@ async fn a_subtask_runs_on_a_second_node_that_holds_the_repository() {
     let tree = shown["subtasks"].as_array().expect("the tree in task show");
     assert_eq!(tree.len(), 1, "{shown:#}");
     assert_eq!(tree[0]["title"], "part on another machine", "{shown:#}");
+
+    // Cancelling the parent cancels its routed sub-task still running on beta.
+    let body = json!({ "title": "long part", "profile": "holder" });
+    let (status, long) =
+        as_agent(&api, reqwest::Method::POST, &token, "/api/agent/subtasks", body).await;
+    assert_eq!(status, 202, "{long}");
+    let long = long["id"].as_str().unwrap().to_string();
+    wait_for("the long part running on beta", SLOW, async || {
+        let row = fleet.task(&long);
+        (row["state"] == "running" || row["state"] == "leased").then_some(())
+    })
+    .await;
+    alpha.home.run_ok(&["task", "cancel", &parent]);
+    wait_for("the routed sub-task cancelled", SLOW, async || {
+        let row = fleet.task(&long);
+        (row["state"] == "cancelled").then_some(())
+    })
+    .await;
 }

@@ -701,6 +701,7 @@ pub(super) async fn task_ended(
     if state != TaskState::Cancelled {
         return Ok(());
     }
+    super::fleet::cancel_routed_subtasks(tx, task).await?;
     let children: Vec<(String,)> = sqlx::query_as(&format!(
         "SELECT t.id FROM subtasks s JOIN tasks t ON t.id = s.task_id \
          WHERE s.parent_id = ? AND t.state NOT IN {TERMINAL}"

@@ -256,3 +256,34 @@ pub(super) async fn routed_subtasks(
         })
         .collect())
 }
+
+/// Asks the central to cancel the routed sub-tasks of `parent` that have not ended (the calls
+/// lane sends it after their submission), in the transaction of the parent's cancel.
+pub(super) async fn cancel_routed_subtasks(tx: &mut super::Writing, parent: Uuid) -> Result<()> {
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        r#"
+        SELECT s.task_id, r.central FROM routed_subtasks s
+        JOIN routed_tasks r ON r.id = s.task_id
+        WHERE s.parent_id = ?
+        "#,
+    )
+    .bind(parent.hyphenated())
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, central) in rows {
+        let state = central
+            .and_then(|c| serde_json::from_str::<RoutedTaskV1>(&c).ok())
+            .map(|c| c.state)
+            .unwrap_or_default();
+        if ["done", "failed", "blocked", "cancelled", "refused"].contains(&state.as_str()) {
+            continue;
+        }
+        let reason = format!("parent {} cancelled", ccm_schema::types::short_id(&parent));
+        let call = ccm_sync::wire::CallV1::CancelRouted(ccm_sync::wire::RoutedControlV1 {
+            p_task_id: super::tasks::parse_id(&id)?,
+            p_reason: Some(reason),
+        });
+        super::routing::queue_call(tx, &call).await?;
+    }
+    Ok(())
+}
