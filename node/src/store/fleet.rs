@@ -287,3 +287,42 @@ pub(super) async fn cancel_routed_subtasks(tx: &mut super::Writing, parent: Uuid
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LockHolder, LockScope};
+
+    fn holder(name: &str) -> LockHolder {
+        LockHolder { holder: name.into(), task_id: None, agent_id: None }
+    }
+
+    #[tokio::test]
+    async fn a_new_local_holder_of_a_fleet_lock_hands_the_central_lease_over_first_and_stays_listed_as_waiting(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ccm.db"), "node").await.unwrap();
+        let (a, b) = (holder("cli:a"), holder("cli:b"));
+        let first = store.acquire_lock("build", &a, 60, LockScope::Fleet).await.unwrap().unwrap();
+        assert!(!first.hand_over_central);
+        assert!(store.fleet_lock_granted("build", "cli:a", 7).await.unwrap());
+        assert_eq!(store.fleet_leases().await.unwrap().len(), 1);
+
+        // b waits while a holds it, and stays listed while it asks the central.
+        store.lock_waiter("build", &b, true).await.unwrap();
+        assert!(store.acquire_lock("build", &b, 60, LockScope::Fleet).await.unwrap().is_none());
+        assert!(store.release_lock("build", "cli:a").await.unwrap());
+        let second = store.acquire_lock("build", &b, 60, LockScope::Fleet).await.unwrap().unwrap();
+        assert!(second.hand_over_central, "a's lease may still be this system's: given back first");
+        let view = store.locks().await.unwrap();
+        assert_eq!(view[0].waiters.as_deref(), Some("cli:b"));
+        assert_eq!(view[0].scope, "fleet");
+
+        // The central says another system holds it: b's local grant goes, the holder is noted.
+        store.fleet_lock_refused("build", "cli:b", Some("beta")).await.unwrap();
+        let view = store.locks().await.unwrap();
+        assert_eq!(view[0].holder, None);
+        assert_eq!(view[0].fleet_holder.as_deref(), Some("beta"));
+        assert!(store.fleet_leases().await.unwrap().is_empty());
+    }
+}
