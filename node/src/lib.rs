@@ -34,6 +34,9 @@
 //! - [`mcp`]: `ccm mcp`, the MCP server the agents call (sub-tasks, locks, allocations), which
 //!   speaks to the daemon as the calling agent; [`split`]: the deterministic splitting of
 //!   `ccm task add --split`.
+//! - [`fleet`]: coordination across systems through the central: `fleet` named locks (a
+//!   central lease and its fencing token, renewed by the daemon's `FleetLocks` loop) and the
+//!   central's allocators of named sequences.
 //! - [`routing`]: the node's side of routing across systems (origin, executor, fencing).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
@@ -49,6 +52,7 @@ pub mod conflicts;
 pub mod daemon;
 pub mod dashboard;
 pub mod doctor;
+pub mod fleet;
 pub mod fs;
 pub mod home;
 pub mod hooks;

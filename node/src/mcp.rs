@@ -161,12 +161,13 @@ pub fn tools() -> Vec<Tool> {
         ),
         Tool::new(
             "lock",
-            "Take a named lock (e.g. \"build\") with a lease of ttl seconds, waiting up to wait_secs for it; returns a fencing token. Released by unlock, when your agent ends, or when the lease runs out.",
+            "Take a named lock (e.g. \"build\") with a lease of ttl seconds, waiting up to wait_secs for it; returns a fencing token. Scope \"node\" (default): among the agents of this machine; \"fleet\": among the agents of every machine. Released by unlock, when your agent ends, or when the lease runs out.",
             schema(
                 json!({
                     "name": string,
                     "ttl": { "type": "integer", "minimum": 1 },
                     "wait_secs": { "type": "integer", "minimum": 0 },
+                    "scope": { "type": "string", "enum": ["node", "fleet"] },
                 }),
                 &["name"],
             ),
@@ -246,6 +247,7 @@ impl CcmServer {
                 let body = json!({
                     "ttl_secs": args.get("ttl").cloned().unwrap_or(json!(60)),
                     "wait_secs": args.get("wait_secs").cloned().unwrap_or(json!(0)),
+                    "scope": args.get("scope").cloned().unwrap_or(json!("node")),
                 });
                 d.call(Method::POST, &format!("/api/agent/locks/{}", encode(&lock)), Some(body))
                     .await

@@ -36,11 +36,13 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'api'),
-  array['acquire_lease', 'cancel_routed', 'claim', 'complete', 'create_invite', 'drain',
-        'enroll', 'fleet_digest', 'fleet_overview', 'fleet_task_files', 'heartbeat', 'ingest_batch',
+  array['acquire_lease', 'acquire_lock', 'allocate', 'cancel_routed', 'claim', 'complete',
+        'create_invite', 'drain', 'enroll', 'fleet_account_limits', 'fleet_digest',
+        'fleet_overview', 'fleet_task_files', 'heartbeat', 'ingest_batch', 'list_allocations',
         'list_systems', 'pin_routed', 'redeem_invite', 'register_contexts', 'release',
-        'release_lease', 'report_progress', 'retry_routed', 'routed_status', 'submit_task'],
-  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones (with the origin''s cancel, retry and pin), the named leases, the invites, the other systems'' touched files, the fleet overview and the fleet digest'
+        'release_allocation', 'release_lease', 'release_lock', 'report_account_limit',
+        'report_progress', 'retry_routed', 'routed_status', 'submit_task'],
+  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones (with the origin''s cancel, retry and pin), the named leases and locks, the allocators, the invites, the other systems'' touched files, the fleet overview and digest, and the accounts'' usage limits'
 );
 
 select ok(

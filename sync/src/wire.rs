@@ -157,6 +157,86 @@ pub struct FleetCostV1 {
     pub cost_usd: f64,
 }
 
+/// Parameters of `api.acquire_lock` (migration `20261209050000_fleet_locks_allocations.sql`):
+/// take or renew the fleet-scoped lock `p_name` (the named lease `lock:<p_name>`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AcquireLockV1 {
+    pub p_name: String,
+    pub p_ttl_s: u32,
+}
+
+/// Parameters of `api.release_lock`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseLockV1 {
+    pub p_name: String,
+}
+
+/// The answer of `api.acquire_lock`: whether the caller holds the lock, who does, and the
+/// current holder's fencing token (one more with every new holder).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FleetLockV1 {
+    pub held: bool,
+    #[serde(default)]
+    pub holder: Option<String>,
+    pub fence: i64,
+}
+
+/// The answer of `api.release_lock`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LockReleasedV1 {
+    pub released: bool,
+}
+
+/// Parameters of `api.allocate`: the next value of sequence `p_sequence` of repository
+/// `p_repo` (a remote URL, normalized by the central) for task `p_task`, from `p_start`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocateV1 {
+    pub p_repo: String,
+    pub p_sequence: String,
+    /// Left out when `None` (the function's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_task: Option<Uuid>,
+    pub p_start: i64,
+}
+
+/// Parameters of `api.release_allocation`: with `p_task`, only that task's own value.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseAllocationV1 {
+    pub p_repo: String,
+    pub p_sequence: String,
+    pub p_value: i64,
+    /// Left out when `None` (the function's default: any task's value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_task: Option<Uuid>,
+}
+
+/// Parameters of `api.list_allocations`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListAllocationsV1 {
+    /// Left out when `None` (the function's default: every repository).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_repo: Option<String>,
+}
+
+/// One value of a sequence as the central answers it (`api.allocate`,
+/// `api.release_allocation`, `api.list_allocations`); its times as the central wrote them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllocationV1 {
+    pub repo: String,
+    pub sequence: String,
+    pub value: i64,
+    /// `held` or `released`.
+    pub state: String,
+    #[serde(default)]
+    pub task_id: Option<Uuid>,
+    /// The system that got it.
+    #[serde(default)]
+    pub system: Option<String>,
+    pub allocated_at: String,
+    #[serde(default)]
+    pub released_at: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskSummaryV1 {
     pub seq: i64,

@@ -13,6 +13,7 @@ mod coordination;
 mod dashboard;
 mod dashboard_fleet;
 mod durability;
+mod fleet_coordination;
 mod gemini_codex;
 mod hardening;
 mod hooks;

@@ -98,13 +98,27 @@ impl Fleet {
     /// A node as [`Fleet::node`], its agents and slots as `options` say; enrolled, its daemon
     /// not started yet.
     pub fn node_with(&self, n: u8, name: &str, checkout: bool, options: &NodeOptions) -> Node {
+        self.node_extra(n, name, checkout, options, "", "")
+    }
+
+    /// A node as [`Fleet::node_with`], with more `profiles` (YAML lines under `profiles:`,
+    /// indented by two) and more configuration (`extra`, top-level YAML).
+    pub fn node_extra(
+        &self,
+        n: u8,
+        name: &str,
+        checkout: bool,
+        options: &NodeOptions,
+        profiles: &str,
+        extra: &str,
+    ) -> Node {
         let home = TestHome::new(&format!("route-{name}"));
         let proxy = FaultProxy::start(&self.central.rest_url(), "rpc/");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-claude.sh");
         let NodeOptions { mode, slots, sleep_s, delay_s } = options;
         let mut config = format!(
             "node:\n  name: {name}\nscheduler:\n  slots: {slots}\n\
-             profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: {mode}, FAKE_SLEEP: '{sleep_s}', FAKE_DELAY: '{delay_s}'}}\n\
+             profiles:\n  fake:\n    command: [sh, {}, '{{prompt}}']\n    output: claude\n    env: {{FAKE_MODE: {mode}, FAKE_SLEEP: '{sleep_s}', FAKE_DELAY: '{delay_s}'}}\n{profiles}\
              sync:\n  rest_url: {}\n  publishable_key: {}\n",
             fixture.display(),
             proxy.url(),
@@ -117,6 +131,7 @@ impl Fleet {
                  runtime:\n  poll_ms: 50\n",
             );
         }
+        config.push_str(extra);
         home.write_config(&config);
         if checkout {
             let clone = home.work().join("app");

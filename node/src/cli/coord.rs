@@ -1,5 +1,6 @@
-//! `ccm lock NAME -- COMMAND`: holds a named lock of this node while a command runs, renewing
-//! its lease, for verify scripts and builds that must not overlap.
+//! `ccm lock NAME [--scope fleet] -- COMMAND`: holds a named lock of this node (or of the
+//! fleet) while a command runs, renewing its lease, for verify scripts and builds that must not
+//! overlap.
 
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ pub struct LockArgs {
     /// How long to wait for the lock, in seconds.
     #[arg(long, default_value_t = 600)]
     pub wait: u64,
+    /// `node`: one holder among this system's; `fleet`: among every system's (through the
+    /// central, when sync is on).
+    #[arg(long, default_value = "node", value_parser = ["node", "fleet"])]
+    pub scope: String,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -35,7 +40,9 @@ pub async fn lock(home: &Home, _config: &Config, args: LockArgs) -> anyhow::Resu
         .context("`ccm lock` needs the daemon (the lease is renewed and released through it): start it with `ccm up`")?;
     let holder =
         format!("cli:{}:{}", std::process::id(), gethostname::gethostname().to_string_lossy());
-    let body = json!({ "holder": holder, "ttl_secs": args.ttl, "wait_secs": args.wait });
+    let body = json!({
+        "holder": holder, "ttl_secs": args.ttl, "wait_secs": args.wait, "scope": args.scope,
+    });
     let grant: LockGrant = client
         .post(&["locks", &args.name], body)
         .await
@@ -51,7 +58,9 @@ pub async fn lock(home: &Home, _config: &Config, args: LockArgs) -> anyhow::Resu
         tokio::select! {
             status = child.wait() => break status,
             () = tokio::time::sleep(renew_every) => {
-                let body = json!({ "holder": holder, "ttl_secs": args.ttl, "wait_secs": 0 });
+                let body = json!({
+                    "holder": holder, "ttl_secs": args.ttl, "wait_secs": 0, "scope": args.scope,
+                });
                 if let Err(e) = client.post::<LockGrant>(&["locks", &args.name], body).await {
                     eprintln!("ccm lock: cannot renew `{}`: {e}", args.name);
                 }

@@ -68,7 +68,10 @@ pub async fn claims(home: &Home, config: &Config, json: bool) -> anyhow::Result<
         change_requests: store.change_requests().await?,
         locks: store.locks().await?,
         allocations: store.allocations().await?,
-    };
+        fleet_allocations: None,
+    }
+    .with_fleet(crate::fleet::cli_client(home, config).as_ref(), std::time::Duration::from_secs(3))
+    .await;
     print(json, &view, show_claims)
 }
 
@@ -165,12 +168,22 @@ fn show_claims(view: &crate::daemon::ClaimsView) {
     }
     println!("locks ({})", view.locks.len());
     for l in &view.locks {
-        let held = match (&l.holder, l.expires_at) {
-            (Some(holder), Some(until)) => format!("held by {holder} until {until}"),
+        let held = match (&l.holder, l.expires_at, &l.fleet_holder) {
+            (Some(holder), Some(until), _) => format!("held by {holder} until {until}"),
+            (None, _, Some(system)) if l.waiters.is_some() => format!("held by system {system}"),
             _ => "free".to_string(),
         };
         let waiters = l.waiters.as_deref().map(|w| format!("  waiting: {w}")).unwrap_or_default();
-        println!("  {}  {held}  fence {}{waiters}", l.name, l.fence);
+        println!("  {} ({})  {held}  fence {}{waiters}", l.name, l.scope, l.fence);
+    }
+    if let Some(fleet) = &view.fleet_allocations {
+        let held: Vec<_> = fleet.iter().filter(|a| a.state == "held").collect();
+        println!("fleet allocations held ({})", held.len());
+        for a in held {
+            let task = a.task_id.map_or("-".to_string(), |t| t.to_string()[..8].to_string());
+            let system = a.system.as_deref().unwrap_or("-");
+            println!("  {}  {}  {}  system {system}  task {task}", a.repo, a.sequence, a.value);
+        }
     }
     let held: Vec<_> = view.allocations.iter().filter(|a| a.state == "held").collect();
     println!("allocations held ({})", held.len());

@@ -9,7 +9,7 @@
 //! | `POST /api/agent/subtasks` `{"title", "prompt", "verify", "owns", "depends_on", "profile"}` | a sub-task of the caller's task, in its repository, placed like any task; 201 |
 //! | `GET /api/agent/subtasks` | the caller's sub-tasks (a tree) |
 //! | `POST /api/agent/subtasks/wait` `{"ids", "timeout_secs"}` | waits until those (or all) sub-tasks ended, or the timeout: `{"done", "subtasks"}` |
-//! | `POST /api/agent/locks/{name}` `{"ttl_secs", "wait_secs"}` | takes (or renews) a named lock of this node: `{"name", "fence", "expires_at"}`; 409 `lock_held` after `wait_secs` |
+//! | `POST /api/agent/locks/{name}` `{"ttl_secs", "wait_secs", "scope"}` | takes (or renews) a named lock of this node (`scope: "node"`, the default) or of the fleet (`"fleet"`, through the central when sync is on): `{"name", "fence", "expires_at", "scope"}`; 409 `lock_held` after `wait_secs` |
 //! | `DELETE /api/agent/locks/{name}` | releases it |
 //! | `POST /api/agent/allocations` `{"sequence"}` | the next value of a sequence of the task's repository |
 //! | `POST /api/agent/allocations/release` `{"sequence", "value"}` | gives a value back |
@@ -38,7 +38,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::placement::Added;
 use crate::store::{
-    AgentIdentity, ChangeAsk, ChangeRequest, LockHolder, NewTask, Subtask, SubtaskLimits,
+    AgentIdentity, ChangeAsk, ChangeRequest, LockHolder, LockScope, NewTask, Subtask, SubtaskLimits,
 };
 
 /// The header carrying the agent's credential (as with hook events).
@@ -176,18 +176,20 @@ async fn create_subtask(
         stack: false,
     };
     let actor = format!("agent:{}", short_id(&caller.agent.agent_id));
+    // Placed like any task: here, or routed to a system that holds the repository.
     let (id, answer, status) = match state.add_task(new, None, actor.clone()).await? {
         Added::Here(task) => {
+            state.store.record_subtask(task.id, parent, depth, &actor).await?;
             (task.id, serde_json::to_value(&task).unwrap_or_default(), StatusCode::CREATED)
         }
         Added::Routed(routed) => {
             let id = routed.task.id;
+            state.store.record_routed_subtask(id, parent, depth, &actor).await?;
             (id, serde_json::to_value(&routed).unwrap_or_default(), StatusCode::ACCEPTED)
         }
     };
-    state.store.record_subtask(id, parent, depth, &actor).await?;
     drop(_one_at_a_time);
-    if !body.owns.is_empty() {
+    if !body.owns.is_empty() && status == StatusCode::CREATED {
         let child = state.store.task(&id.hyphenated().to_string()).await?.task;
         let repo = child.repo.clone().unwrap_or_default();
         for path in &body.owns {
@@ -378,6 +380,9 @@ async fn wait_change(
 struct LockRequest {
     #[serde(default)]
     ttl_secs: Option<u64>,
+    /// `node` (the default) or `fleet`: one holder among all the systems (with sync).
+    #[serde(default)]
+    scope: Option<LockScope>,
     /// How long to wait for a held lock; 0 (the default) answers at once.
     #[serde(default)]
     wait_secs: Option<u64>,
@@ -395,13 +400,34 @@ fn check_lock_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Takes a named lock, waiting up to `wait_secs` (visible as a waiter meanwhile).
+/// The central's client when sync is on and this system is enrolled: `fleet` locks and
+/// sequences go through it then.
+fn central(state: &AppState) -> Option<&ccm_sync::Client> {
+    state.sync.as_ref().filter(|c| c.has_token() && state.config.current().sync.enabled())
+}
+
+fn fleet_error(error: crate::fleet::FleetError) -> ApiError {
+    match error {
+        crate::fleet::FleetError::Store(e) => e.into(),
+        crate::fleet::FleetError::Central(message) => {
+            ApiError::Busy(format!("the central cannot be asked now: {message}"))
+        }
+        crate::fleet::FleetError::Refused(message) => {
+            ApiError::Conflict { code: "central_refused", message }
+        }
+    }
+}
+
+/// Takes a named lock, waiting up to `wait_secs` (visible as a waiter meanwhile). A `fleet`
+/// lock asks the central too (`crate::fleet::try_lock`) when sync is on; without sync this
+/// node is the whole fleet.
 pub(super) async fn take_lock(
     state: &AppState,
     name: &str,
     holder: &LockHolder,
     ttl_secs: u64,
     wait_secs: u64,
+    scope: LockScope,
 ) -> Result<Response, ApiError> {
     check_lock_name(name)?;
     if ttl_secs == 0 || ttl_secs > MAX_TTL_SECS {
@@ -413,17 +439,52 @@ pub(super) async fn take_lock(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs.min(limit));
     let mut changes = state.store.changes();
     let mut waiting = false;
+    let central = central(state).filter(|_| scope == LockScope::Fleet);
+    let mut failure = None;
     loop {
-        if let Some(grant) = state.store.acquire_lock(name, holder, ttl_secs).await? {
+        let grant = match central {
+            Some(client) => {
+                match crate::fleet::try_lock(&state.store, client, name, holder, ttl_secs).await {
+                    Ok(grant) => grant,
+                    Err(crate::fleet::FleetError::Central(message)) => {
+                        failure = Some(message);
+                        None
+                    }
+                    Err(error) => return Err(fleet_error(error)),
+                }
+            }
+            None => state
+                .store
+                .acquire_lock(name, holder, ttl_secs, LockScope::Node)
+                .await?
+                .map(|a| a.grant),
+        };
+        if let Some(grant) = grant {
+            if waiting {
+                state.store.lock_waiter(name, holder, false).await?;
+            }
             return Ok(Json(grant).into_response());
         }
         if tokio::time::Instant::now() >= deadline || state.shutdown.is_cancelled() {
             if waiting {
                 state.store.lock_waiter(name, holder, false).await?;
             }
+            if let Some(message) = failure {
+                return Err(fleet_error(crate::fleet::FleetError::Central(message)));
+            }
+            // A `fleet` lock held elsewhere: which system holds it.
+            let system = match central {
+                Some(_) => state.store.locks().await?.into_iter().find(|l| l.name == name),
+                None => None,
+            }
+            .and_then(|l| l.fleet_holder.filter(|_| l.holder.is_none()))
+            .map(|s| format!(" (system {s})"))
+            .unwrap_or_default();
             return Err(ApiError::Conflict {
                 code: "lock_held",
-                message: format!("lock `{name}` is held by another holder; try again later"),
+                message: format!(
+                    "lock `{name}` is held by another holder{system}; try again later"
+                ),
             });
         }
         if !waiting {
@@ -455,8 +516,18 @@ async fn lock(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
     };
     let holder = agent_holder(&caller);
-    take_lock(&state, &name, &holder, body.ttl_secs.unwrap_or(60), body.wait_secs.unwrap_or(0))
-        .await
+    let (ttl, wait) = (body.ttl_secs.unwrap_or(60), body.wait_secs.unwrap_or(0));
+    take_lock(&state, &name, &holder, ttl, wait, body.scope.unwrap_or_default()).await
+}
+
+/// Releases a lock `holder` holds (and a `fleet` lock's central lease with it).
+async fn release(state: &AppState, name: &str, holder: &str) -> Result<bool, ApiError> {
+    match central(state) {
+        Some(client) => {
+            crate::fleet::unlock(&state.store, client, name, holder).await.map_err(fleet_error)
+        }
+        None => Ok(state.store.release_lock(name, holder).await?),
+    }
 }
 
 async fn unlock(
@@ -467,7 +538,7 @@ async fn unlock(
     let caller = caller(&state, &headers).await?;
     check_lock_name(&name)?;
     let holder = agent_holder(&caller);
-    if !state.store.release_lock(&name, &holder.holder).await? {
+    if !release(&state, &name, &holder.holder).await? {
         return Err(ApiError::Conflict {
             code: "lock_not_held",
             message: format!("lock `{name}` is not held by this agent"),
@@ -534,10 +605,72 @@ pub(super) async fn allocate_for(
     sequence: &str,
 ) -> Result<crate::store::Allocation, ApiError> {
     let (repo, settings) = sequence_of(state, task, sequence).await?;
-    Ok(state
-        .store
-        .allocate(&repo, sequence, Some(task.id), settings.start, |v| settings.render(v))
-        .await?)
+    allocate_in(state, &repo, sequence, Some(task.id), &settings).await
+}
+
+/// The next value of a sequence: from the central's allocator when sync is on and the
+/// repository has a remote (fleet-wide), else from this node's store.
+async fn allocate_in(
+    state: &AppState,
+    repo: &str,
+    sequence: &str,
+    task: Option<uuid::Uuid>,
+    settings: &crate::config::SequenceConfig,
+) -> Result<crate::store::Allocation, ApiError> {
+    let render = |v| settings.render(v);
+    match central(state).filter(|_| !repo.starts_with('/')) {
+        Some(client) => crate::fleet::allocate(
+            &state.store,
+            client,
+            repo,
+            sequence,
+            task,
+            settings.start,
+            render,
+        )
+        .await
+        .map_err(fleet_error),
+        None => Ok(state.store.allocate(repo, sequence, task, settings.start, render).await?),
+    }
+}
+
+/// Gives a value back (by its number or its rendering): to the central's allocator when it
+/// handed it out, else to this node's store.
+async fn release_in(
+    state: &AppState,
+    repo: &str,
+    sequence: &str,
+    value: &str,
+    task: Option<uuid::Uuid>,
+    settings: &crate::config::SequenceConfig,
+) -> Result<crate::store::Allocation, ApiError> {
+    let Some(client) = central(state).filter(|_| !repo.starts_with('/')) else {
+        return Ok(state.store.release_allocation(repo, sequence, value, task).await?);
+    };
+    // The number: a value recorded here by its rendering, else the text's digits.
+    let known = state.store.allocations().await?.into_iter().find(|a| {
+        a.repo == repo
+            && a.sequence == sequence
+            && (a.formatted == value || a.value.to_string() == value)
+    });
+    let number = match known {
+        Some(a) => a.value,
+        None => value
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .or_else(|| value.chars().filter(char::is_ascii_digit).collect::<String>().parse().ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "value: `{value}` is not a value of sequence `{sequence}`"
+                ))
+            })?,
+    };
+    crate::fleet::release_allocation(&state.store, client, repo, sequence, number, task, |v| {
+        settings.render(v)
+    })
+    .await
+    .map_err(fleet_error)
 }
 
 async fn allocate(
@@ -556,22 +689,21 @@ async fn release_allocation(
     ApiJson(body): ApiJson<ReleaseRequest>,
 ) -> Result<Json<crate::store::Allocation>, ApiError> {
     let caller = caller(&state, &headers).await?;
-    let (repo, _) = sequence_of(&state, &caller.task, &body.sequence).await?;
+    let (repo, settings) = sequence_of(&state, &caller.task, &body.sequence).await?;
     let value = match &body.value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         _ => return Err(ApiError::BadRequest("value: must be a string or a number".into())),
     };
-    Ok(Json(
-        state.store.release_allocation(&repo, &body.sequence, &value, Some(caller.task.id)).await?,
-    ))
+    let task = Some(caller.task.id);
+    Ok(Json(release_in(&state, &repo, &body.sequence, &value, task, &settings).await?))
 }
 
 /// The operator's side of the same operations (bearer token): `ccm lock`, scripts.
 ///
 /// | route | what |
 /// |---|---|
-/// | `POST /api/locks/{name}` `{"holder", "ttl_secs", "wait_secs"}` | takes or renews a named lock for `holder` (e.g. `cli:<pid>`) |
+/// | `POST /api/locks/{name}` `{"holder", "ttl_secs", "wait_secs", "scope"}` | takes or renews a named lock for `holder` (e.g. `cli:<pid>`) |
 /// | `DELETE /api/locks/{name}?holder=` | releases it |
 /// | `POST /api/allocations` `{"repo", "sequence"}` | the next value of a sequence of a registered checkout's repository |
 /// | `POST /api/allocations/release` `{"repo", "sequence", "value"}` | gives a value back |
@@ -610,6 +742,8 @@ async fn operator_change(
 struct OperatorLock {
     holder: String,
     #[serde(default)]
+    scope: Option<LockScope>,
+    #[serde(default)]
     ttl_secs: Option<u64>,
     #[serde(default)]
     wait_secs: Option<u64>,
@@ -631,8 +765,8 @@ async fn operator_lock(
 ) -> Result<Response, ApiError> {
     check_holder(&body.holder)?;
     let holder = LockHolder { holder: body.holder, task_id: None, agent_id: None };
-    take_lock(&state, &name, &holder, body.ttl_secs.unwrap_or(60), body.wait_secs.unwrap_or(0))
-        .await
+    let (ttl, wait) = (body.ttl_secs.unwrap_or(60), body.wait_secs.unwrap_or(0));
+    take_lock(&state, &name, &holder, ttl, wait, body.scope.unwrap_or_default()).await
 }
 
 #[derive(Deserialize)]
@@ -646,7 +780,7 @@ async fn operator_unlock(
     axum::extract::Query(query): axum::extract::Query<HolderQuery>,
 ) -> Result<Json<Value>, ApiError> {
     check_lock_name(&name)?;
-    if !state.store.release_lock(&name, &query.holder).await? {
+    if !release(&state, &name, &query.holder).await? {
         return Err(ApiError::Conflict {
             code: "lock_not_held",
             message: format!("lock `{name}` is not held by `{}`", query.holder),
@@ -713,10 +847,7 @@ async fn operator_allocate(
     ApiJson(body): ApiJson<OperatorAllocate>,
 ) -> Result<Response, ApiError> {
     let (repo, settings) = operator_sequence(&state, &body).await?;
-    let allocation = state
-        .store
-        .allocate(&repo, &body.sequence, None, settings.start, |v| settings.render(v))
-        .await?;
+    let allocation = allocate_in(&state, &repo, &body.sequence, None, &settings).await?;
     Ok((StatusCode::CREATED, Json(allocation)).into_response())
 }
 
@@ -724,13 +855,13 @@ async fn operator_release(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<OperatorAllocate>,
 ) -> Result<Json<crate::store::Allocation>, ApiError> {
-    let (repo, _) = operator_sequence(&state, &body).await?;
+    let (repo, settings) = operator_sequence(&state, &body).await?;
     let value = match &body.value {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => return Err(ApiError::BadRequest("value: required, a string or a number".into())),
     };
-    Ok(Json(state.store.release_allocation(&repo, &body.sequence, &value, None).await?))
+    Ok(Json(release_in(&state, &repo, &body.sequence, &value, None, &settings).await?))
 }
 
 async fn task_subtasks(

@@ -749,15 +749,42 @@ pub struct ClaimsView {
     /// Values of sequences handed out (held and released).
     #[serde(default)]
     pub allocations: Vec<crate::store::Allocation>,
+    /// With sync: the central allocators' values of every system of the owner (a value a
+    /// dead system still holds, too); absent when the central could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_allocations: Option<Vec<ccm_sync::wire::AllocationV1>>,
+}
+
+impl ClaimsView {
+    /// The central's allocations, asked for at most `wait`.
+    pub async fn with_fleet(
+        mut self,
+        client: Option<&ccm_sync::Client>,
+        wait: std::time::Duration,
+    ) -> ClaimsView {
+        if let Some(client) = client {
+            let asked = tokio::time::timeout(wait, crate::fleet::allocations(client, None)).await;
+            self.fleet_allocations = asked.ok().and_then(Result::ok);
+        }
+        self
+    }
 }
 
 async fn claims(State(state): State<AppState>) -> Result<Json<ClaimsView>, ApiError> {
-    Ok(Json(ClaimsView {
-        claims: state.store.claims().await?,
-        change_requests: state.store.change_requests().await?,
-        locks: state.store.locks().await?,
-        allocations: state.store.allocations().await?,
-    }))
+    Ok(Json(
+        ClaimsView {
+            claims: state.store.claims().await?,
+            change_requests: state.store.change_requests().await?,
+            locks: state.store.locks().await?,
+            allocations: state.store.allocations().await?,
+            fleet_allocations: None,
+        }
+        .with_fleet(
+            state.sync.as_ref().filter(|c| c.has_token() && state.config.current().sync.enabled()),
+            std::time::Duration::from_secs(3),
+        )
+        .await,
+    ))
 }
 
 /// Query of `GET /api/conflicts`.

@@ -346,6 +346,15 @@ async fn start_tasks(
         tokio::spawn(supervise("conflicts", shutdown.clone(), move || predictor.clone().run()));
     let land_task =
         tokio::spawn(supervise("lander", shutdown.clone(), move || lander.clone().run()));
+    if let Some(client) = sync_client.clone() {
+        let locks = crate::fleet::FleetLocks {
+            store: store.clone(),
+            client,
+            shutdown: shutdown.clone(),
+            beat: loops.add("fleet_locks"),
+        };
+        tokio::spawn(supervise("fleet_locks", shutdown.clone(), move || locks.clone().run()));
+    }
     let spooler =
         tokio::spawn(spool_loop(home.clone(), store.clone(), live.clone(), shutdown.clone()));
     let supervisors = crate::supervisors::Supervisors {

@@ -36,14 +36,51 @@ pub struct Subtask {
     /// Its own sub-tasks.
     #[serde(default)]
     pub subtasks: Vec<Subtask>,
+    /// A sub-task routed to the fleet: the system that runs (or ran) it, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Routed to the fleet (its state is the central's, in the local vocabulary).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routed: bool,
 }
 
-/// A named lock granted: the fencing token grows with every acquisition of the name.
+/// A named lock granted: the fencing token grows with every acquisition of the name (of a
+/// `fleet` lock: the central's token, growing across the systems).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockGrant {
     pub name: String,
     pub fence: i64,
     pub expires_at: Timestamp,
+    #[serde(default)]
+    pub scope: LockScope,
+}
+
+/// Where a named lock is exclusive: among the agents of this node (the store), or of the whole
+/// fleet (a central named lease as well, `api.acquire_lock`, when sync is on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockScope {
+    #[default]
+    Node,
+    Fleet,
+}
+
+impl LockScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockScope::Node => "node",
+            LockScope::Fleet => "fleet",
+        }
+    }
+}
+
+/// A lock taken in the store: the grant, and (for a `fleet` lock taken by a new holder) whether
+/// this system may still hold the central lease of the previous one, to give back first so
+/// that the new holder gets a new fencing token.
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    pub grant: LockGrant,
+    pub hand_over_central: bool,
 }
 
 /// Who holds or asks for a named lock.
@@ -55,10 +92,24 @@ pub struct LockHolder {
     pub agent_id: Option<Uuid>,
 }
 
+/// A named lock's row, as an acquisition reads it.
+#[derive(sqlx::FromRow)]
+struct LockRow {
+    holder: Option<String>,
+    fence: i64,
+    expires_at: Option<Timestamp>,
+    central_held: bool,
+    scope: String,
+}
+
 /// A named lock as `ccm claims` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LockView {
     pub name: String,
+    /// `node` or `fleet`.
+    pub scope: String,
+    /// A `fleet` lock this node waits for: the system that held it when last asked.
+    pub fleet_holder: Option<String>,
     pub holder: Option<String>,
     pub task_id: Option<String>,
     pub fence: i64,
@@ -131,10 +182,15 @@ impl Store {
                 .await?
                 .map_or(0, |(d,)| d)
                 + 1;
-        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM subtasks WHERE parent_id = ?")
-            .bind(parent.hyphenated())
-            .fetch_one(&mut *tx)
-            .await?;
+        let (count,): (i64,) = sqlx::query_as(
+            r#"
+            SELECT (SELECT count(*) FROM subtasks WHERE parent_id = ?1)
+                + (SELECT count(*) FROM routed_subtasks WHERE parent_id = ?1)
+            "#,
+        )
+        .bind(parent.hyphenated())
+        .fetch_one(&mut *tx)
+        .await?;
         let refusal = if depth > i64::from(limits.max_depth) {
             Some(format!(
                 "task {} is at depth {}: sub-tasks may nest {} deep at most (coordination.max_subtask_depth)",
@@ -258,8 +314,13 @@ impl Store {
                             depends_on: depends_on.into_iter().map(|(d,)| d).collect(),
                             result: result.and_then(|(r,)| r),
                             subtasks: Vec::new(),
+                            system: None,
+                            routed: false,
                         },
                     ));
+                }
+                for routed in super::fleet::routed_subtasks(&mut conn, parent).await? {
+                    level.push((parent.clone(), routed));
                 }
             }
             frontier = level.iter().map(|(_, s)| s.id.clone()).collect();
@@ -317,35 +378,47 @@ impl Store {
         name: &str,
         holder: &LockHolder,
         ttl_secs: u64,
-    ) -> Result<Option<LockGrant>> {
+        scope: LockScope,
+    ) -> Result<Option<Acquired>> {
         let now = Timestamp::now();
         let expires =
             Timestamp(now.0 + i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2));
         let mut tx = self.write().await?;
-        let current: Option<(Option<String>, i64, Option<Timestamp>)> =
-            sqlx::query_as("SELECT holder, fence, expires_at FROM named_locks WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let current: Option<LockRow> = sqlx::query_as(
+            "SELECT holder, fence, expires_at, central_held, scope FROM named_locks WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current.map(|r| (r.holder, r.fence, r.expires_at, r.central_held, r.scope));
+        let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX);
         let grant = match current {
-            Some((Some(h), fence, _)) if h == holder.holder => {
-                sqlx::query("UPDATE named_locks SET expires_at = ? WHERE name = ?")
+            Some((Some(h), fence, _, _, held_scope)) if h == holder.holder => {
+                sqlx::query("UPDATE named_locks SET expires_at = ?, ttl_secs = ? WHERE name = ?")
                     .bind(expires)
+                    .bind(ttl)
                     .bind(name)
                     .execute(&mut *tx)
                     .await?;
-                Some(LockGrant { name: name.to_string(), fence, expires_at: expires })
+                let scope = if held_scope == "fleet" { LockScope::Fleet } else { LockScope::Node };
+                Some(Acquired {
+                    grant: LockGrant { name: name.to_string(), fence, expires_at: expires, scope },
+                    hand_over_central: false,
+                })
             }
-            Some((Some(_), _, Some(until))) if until > now => None,
+            Some((Some(_), _, Some(until), _, _)) if until > now => None,
             current => {
-                let fence = current.map_or(0, |(_, f, _)| f) + 1;
+                let central_held = current.as_ref().is_some_and(|c| c.3);
+                let fence = current.map_or(0, |(_, f, ..)| f) + 1;
                 sqlx::query(
                     r#"
-                    INSERT INTO named_locks (name, task_id, agent_id, holder, fence, acquired_at, expires_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO named_locks (name, task_id, agent_id, holder, fence, acquired_at,
+                        expires_at, scope, ttl_secs)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT (name) DO UPDATE SET task_id = excluded.task_id,
                         agent_id = excluded.agent_id, holder = excluded.holder, fence = excluded.fence,
-                        acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+                        acquired_at = excluded.acquired_at, expires_at = excluded.expires_at,
+                        scope = excluded.scope, ttl_secs = excluded.ttl_secs
                     "#,
                 )
                 .bind(name)
@@ -355,14 +428,23 @@ impl Store {
                 .bind(fence)
                 .bind(now)
                 .bind(expires)
+                .bind(scope.as_str())
+                .bind(ttl)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM lock_waiters WHERE name = ? AND waiter = ?")
-                    .bind(name)
-                    .bind(&holder.holder)
-                    .execute(&mut *tx)
-                    .await?;
-                Some(LockGrant { name: name.to_string(), fence, expires_at: expires })
+                // A `fleet` holder still waits for the central lease: it stays listed as a
+                // waiter until granted (the agent API forgets it then).
+                if scope == LockScope::Node {
+                    sqlx::query("DELETE FROM lock_waiters WHERE name = ? AND waiter = ?")
+                        .bind(name)
+                        .bind(&holder.holder)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Some(Acquired {
+                    grant: LockGrant { name: name.to_string(), fence, expires_at: expires, scope },
+                    hand_over_central: central_held,
+                })
             }
         };
         tx.commit().await?;
@@ -416,11 +498,12 @@ impl Store {
     pub async fn locks(&self) -> Result<Vec<LockView>> {
         Ok(sqlx::query_as(
             r#"
-            SELECT l.name, l.holder, l.task_id, l.fence, l.acquired_at, l.expires_at,
+            SELECT l.name, l.scope, l.fleet_holder, l.holder, l.task_id, l.fence, l.acquired_at,
+                l.expires_at,
                 (SELECT group_concat(w.waiter, ', ') FROM lock_waiters w WHERE w.name = l.name) AS waiters
             FROM named_locks l
             UNION ALL
-            SELECT w.name, NULL, NULL, 0, NULL, NULL, group_concat(w.waiter, ', ')
+            SELECT w.name, 'node', NULL, NULL, NULL, 0, NULL, NULL, group_concat(w.waiter, ', ')
             FROM lock_waiters w WHERE w.name NOT IN (SELECT name FROM named_locks)
             GROUP BY w.name
             ORDER BY 1
@@ -618,6 +701,7 @@ pub(super) async fn task_ended(
     if state != TaskState::Cancelled {
         return Ok(());
     }
+    super::fleet::cancel_routed_subtasks(tx, task).await?;
     let children: Vec<(String,)> = sqlx::query_as(&format!(
         "SELECT t.id FROM subtasks s JOIN tasks t ON t.id = s.task_id \
          WHERE s.parent_id = ? AND t.state NOT IN {TERMINAL}"

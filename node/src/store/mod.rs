@@ -12,6 +12,8 @@
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
 //! - `review`: review comments on a finished task's diff, and "request changes".
 //! - `stacks`: stacked tasks, each with its base and where its branch forked from the base's.
+//! - `fleet`: the central lease behind a `fleet` named lock and the central allocator's values
+//!   recorded here.
 //! - `notify`: durable delivery of notifications (the queue, sends per notifier, digests).
 //!
 //! Durability: `journal_mode=WAL` with `synchronous=FULL`, so a commit is on disk before it
@@ -25,6 +27,7 @@ mod conflicts;
 mod context;
 mod contexts;
 mod coordination;
+mod fleet;
 mod hooks;
 mod land;
 mod notify;
@@ -58,8 +61,10 @@ pub use conflicts::{ActiveRow, CONFLICT_ALERT};
 pub use context::CONTEXT_ALERT;
 pub use contexts::ContextProbe;
 pub use coordination::{
-    AgentIdentity, Allocation, LockGrant, LockHolder, LockView, Subtask, SubtaskLimits,
+    Acquired, AgentIdentity, Allocation, LockGrant, LockHolder, LockScope, LockView, Subtask,
+    SubtaskLimits,
 };
+pub use fleet::FleetLease;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use land::{Discarded, LandFailure, LandStep, Landing};
 pub use notify::{NotifierError, NotifierStatus, Outgoing, Routes, Subject};

@@ -890,7 +890,7 @@ async fn result(tx: &mut Writing, task: &Task) -> Result<ResultV1> {
 
 /// Queues `call` in the transaction of the change that made it; the sync driver is woken after
 /// the commit.
-async fn queue_call(tx: &mut Writing, call: &CallV1) -> Result<()> {
+pub(super) async fn queue_call(tx: &mut Writing, call: &CallV1) -> Result<()> {
     let params = call
         .params()
         .map_err(|e| StoreError::Invalid { field: "params", message: e.to_string() })?;
