@@ -945,6 +945,22 @@ impl Config {
             profile
                 .validate(name)
                 .map_err(|message| ConfigError::Invalid { key: "profiles", message })?;
+            for fallback in &profile.fallback_profiles {
+                let problem = match self.profiles.get(fallback) {
+                    None => "an unknown profile",
+                    Some(_) if fallback == name => "the profile itself",
+                    Some(p) if p.mode == crate::agents::profile::Mode::External => {
+                        "an external profile (no agent runs it)"
+                    }
+                    Some(_) => continue,
+                };
+                return Err(ConfigError::Invalid {
+                    key: "profiles",
+                    message: format!(
+                        "profile `{name}`: fallback_profiles names `{fallback}`, {problem}"
+                    ),
+                });
+            }
         }
         for (name, supervisor) in &self.supervisors {
             supervisor
@@ -1198,6 +1214,8 @@ pub const PROJECT_TEMPLATE: &str = "\
 #     command: [my-agent, --prompt, '{prompt}']
 #     stdin: none        # or prompt: the prompt on stdin (headless; any size, unlike {prompt})
 #     output: plain      # claude | gemini | codex | plain
+#     account: team-a    # whose usage limit its agents share (default: the profile's name)
+#     fallback_profiles: [other]  # run under these while its account is at its limit
 {}
 ";
 

@@ -12,6 +12,7 @@
 //!                                    │                   ├→ blocked (attempts exhausted: alert + decision)
 //!                                    │                   └→ failed  (fatal)
 //!                                    └─quota_exhausted→ waiting_quota ─quota_reset→ queued
+//!                                         (queued ─quota_exhausted→ waiting_quota too: its account is limited)
 //! created ─dependency_failed→ blocked;  any unfinished state ─cancel→ cancelled
 //! blocked | failed | alert | cancelled ─retry→ created (attempts reset);  alert ─accept→ complete
 //! complete ─land_failed→ error (a landing that conflicts or fails its verify: a new attempt)
@@ -209,7 +210,8 @@ pub enum TaskEvent {
     },
     /// The retry backoff elapsed.
     RetryDue,
-    /// The agent hit a usage or rate limit; `until` is the reset time when the agent said it.
+    /// The agent hit a usage or rate limit (from `executing`), or its account is at one (from
+    /// `queued`: no agent of the account starts); `until` is the reset time when it is known.
     QuotaExhausted {
         #[serde(default)]
         until: Option<Timestamp>,
@@ -359,7 +361,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
             go(to, effects)
         }
         (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
-        (S::Executing, Ev::QuotaExhausted { until }) => {
+        (S::Queued | S::Executing, Ev::QuotaExhausted { until }) => {
             go(S::WaitingQuota, vec![E::WaitForQuota { until }])
         }
         (from, Ev::Cancel) if !from.is_terminal() => go(S::Cancelled, vec![E::ReleaseClaims]),
@@ -642,6 +644,17 @@ mod tests {
             Ok((WaitingQuota, vec![Effect::WaitForQuota { until }])),
         );
         check(WaitingQuota, TaskEvent::QuotaReset, Ok((Queued, vec![])));
+    }
+
+    #[test]
+    fn a_queued_task_of_a_limited_account_waits_for_the_reset() {
+        use TaskState::*;
+        let until = Some(Timestamp(1_800_000_000_000));
+        check(
+            Queued,
+            TaskEvent::QuotaExhausted { until },
+            Ok((WaitingQuota, vec![Effect::WaitForQuota { until }])),
+        );
     }
 
     #[test]

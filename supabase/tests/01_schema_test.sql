@@ -37,10 +37,11 @@ select is(
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'api'),
   array['acquire_lease', 'cancel_routed', 'claim', 'complete', 'create_invite', 'drain',
-        'enroll', 'fleet_task_files', 'heartbeat', 'ingest_batch', 'list_systems', 'pin_routed',
-        'redeem_invite', 'register_contexts', 'release', 'release_lease', 'report_progress',
-        'retry_routed', 'routed_status', 'submit_task'],
-  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones (with the origin''s cancel, retry and pin), the named leases, the invites and the other systems'' touched files'
+        'enroll', 'fleet_account_limits', 'fleet_task_files', 'heartbeat', 'ingest_batch',
+        'list_systems', 'pin_routed', 'redeem_invite', 'register_contexts', 'release',
+        'release_lease', 'report_account_limit', 'report_progress', 'retry_routed',
+        'routed_status', 'submit_task'],
+  'api exposes the sync functions (enroll, heartbeat, register_contexts, ingest_batch), the routing ones (with the origin''s cancel, retry and pin), the named leases, the invites, the other systems'' touched files and the accounts'' usage limits'
 );
 
 select ok(

@@ -471,6 +471,42 @@ pub struct ClaimV1 {
     pub p_max: i64,
 }
 
+/// The parameters of `api.report_account_limit`: this system's agents of `p_account` hit a
+/// usage limit that resets at `p_reset_at` (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAccountLimitV1 {
+    pub p_account: String,
+    pub p_reset_at: String,
+    pub p_message: String,
+}
+
+impl ReportAccountLimitV1 {
+    pub fn new(account: &str, reset_at: Timestamp, message: &str) -> ReportAccountLimitV1 {
+        ReportAccountLimitV1 {
+            p_account: account.to_string(),
+            p_reset_at: reset_at.to_string(),
+            p_message: message.to_string(),
+        }
+    }
+}
+
+/// A usage limit in force, as `api.report_account_limit` and `api.fleet_account_limits`
+/// answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountLimitV1 {
+    pub account: String,
+    /// When it resets, in milliseconds since the epoch.
+    pub reset_at_ms: i64,
+    /// The system that reported it.
+    pub system_name: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The parameters of `api.fleet_account_limits`: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAccountLimitsV1 {}
+
 /// The parameters of `api.routed_status`: the origin's tasks changed since `p_since` (all of
 /// them without it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

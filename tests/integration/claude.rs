@@ -13,7 +13,7 @@ use serde_json::Value;
 const SLOW: Duration = Duration::from_secs(90);
 
 /// A home with instant retries, `extra` YAML and a registered git repository.
-fn setup(name: &str, extra: &str) -> (TestHome, String) {
+pub(crate) fn setup(name: &str, extra: &str) -> (TestHome, String) {
     let home = TestHome::new(name);
     home.write_config(&format!(
         "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\nruntime:\n  poll_ms: 50\n{extra}"
@@ -27,7 +27,7 @@ fn setup(name: &str, extra: &str) -> (TestHome, String) {
 
 /// `ccm up` whose agents find the real `claude` first on their PATH, talk to `api`, and keep
 /// their `~/.claude` in the test's directory.
-fn start(home: &TestHome, api: &Anthropic) -> Daemon {
+pub(crate) fn start(home: &TestHome, api: &Anthropic) -> Daemon {
     start_with_env(home, api, &[])
 }
 
@@ -58,7 +58,7 @@ fn add_task(home: &TestHome, args: &[&str]) -> String {
     home.run_json(&all)["id"].as_str().unwrap().to_string()
 }
 
-async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
+pub(crate) async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
     let task = || async { daemon.get(&format!("/api/tasks/{id}")).await.1 };
     let reached = wait_until(SLOW, || async { task().await["state"] == state }).await;
     let detail = task().await;
@@ -68,7 +68,7 @@ async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
 }
 
 /// Every agent's output log, for failure messages.
-async fn agent_outputs(daemon: &Daemon) -> String {
+pub(crate) async fn agent_outputs(daemon: &Daemon) -> String {
     let agents = daemon.get("/api/agents").await.1;
     agents
         .as_array()

@@ -84,6 +84,14 @@ pub struct Profile {
     /// joined with commas. A project replaces it with `allowed_tools.<profile>` in its config.
     #[serde(default)]
     pub allowed_tools: Vec<String>,
+    /// The account whose usage limit the profile's agents share (several profiles, or several
+    /// systems, may name one); by default the profile's own name. See [`Profile::account`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Profiles a task of this profile may run under, in order, while this profile's account
+    /// is at its usage limit (the first whose account is not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_profiles: Vec<String>,
 }
 
 /// The values of a profile's placeholders for one run.
@@ -129,6 +137,11 @@ impl Placeholders<'_> {
 }
 
 impl Profile {
+    /// The account of the profile named `name`: its `account`, else its name.
+    pub fn account<'a>(&'a self, name: &'a str) -> &'a str {
+        self.account.as_deref().unwrap_or(name)
+    }
+
     /// The argv with placeholders replaced. Replacement is single-pass: text substituted for one
     /// placeholder is never re-scanned (a prompt containing "{cwd}" stays literal). Unknown
     /// placeholders are left as written ([`Profile::validate`] rejects them).
@@ -263,6 +276,8 @@ pub fn builtin() -> BTreeMap<String, Profile> {
         output,
         env: BTreeMap::new(),
         allowed_tools: Vec::new(),
+        account: None,
+        fallback_profiles: Vec::new(),
     };
     let strings =
         |items: &[&str]| -> Vec<String> { items.iter().map(|item| item.to_string()).collect() };
@@ -276,6 +291,8 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                 output: OutputFormat::Plain,
                 env: BTreeMap::new(),
                 allowed_tools: Vec::new(),
+                account: None,
+                fallback_profiles: Vec::new(),
             },
         ),
         (
@@ -389,6 +406,8 @@ mod tests {
             output: OutputFormat::default(),
             env: BTreeMap::new(),
             allowed_tools: Vec::new(),
+            account: None,
+            fallback_profiles: Vec::new(),
         }
     }
 
@@ -525,6 +544,8 @@ mod tests {
                 output: OutputFormat::Plain,
                 env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
                 allowed_tools: Vec::new(),
+                account: None,
+                fallback_profiles: Vec::new(),
             }
         );
 

@@ -1,7 +1,7 @@
 //! A stand-in of the Anthropic Messages API (`POST /v1/messages`), for Claude Code.
 //!
 //! Each request that offers tools (the agent's main loop) takes the next [`Turn`] of the script:
-//! tool calls, a final text, or a 429. Other requests (titles, summaries) get a short text and
+//! tool calls, a final text, or a 429 (its reset time fixed, or a while after the answer). Other requests (titles, summaries) get a short text and
 //! take nothing. When the script is used up, the answer is a final text `done`. With
 //! `"stream": true` the answer is the documented server-sent event stream (`message_start`,
 //! `content_block_start` / `content_block_delta` / `content_block_stop` per block,
@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +41,9 @@ pub enum Turn {
     /// `429 Too Many Requests`, with `retry-after: retry_after_secs` and the rate limits reset
     /// at `reset` (RFC 3339).
     RateLimited { retry_after_secs: u64, reset: String },
+    /// As [`Turn::RateLimited`], the limits resetting `reset_in_secs` after the answer (whole
+    /// seconds, as the headers give them).
+    RateLimitedFor { retry_after_secs: u64, reset_in_secs: u64 },
 }
 
 impl Turn {
@@ -128,6 +132,11 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
     let (blocks, stop_reason) = match turn {
         Turn::RateLimited { retry_after_secs, reset } => {
             return rate_limited(retry_after_secs, &reset)
+        }
+        Turn::RateLimitedFor { retry_after_secs, reset_in_secs } => {
+            let reset = std::time::SystemTime::now() + Duration::from_secs(reset_in_secs);
+            let reset = humantime::format_rfc3339_seconds(reset).to_string();
+            return rate_limited(retry_after_secs, &reset);
         }
         Turn::Text(text) => (vec![json!({ "type": "text", "text": text })], "end_turn"),
         Turn::Tools(calls) => {
