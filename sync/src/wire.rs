@@ -794,6 +794,33 @@ mod tests {
         call.params().unwrap()
     }
 
+    /// `api.report_account_limit` gets its named parameters, the reset as RFC 3339, and the
+    /// answer of `api.fleet_account_limits` (`..._account_limits.sql`) reads back.
+    #[test]
+    fn an_account_limit_is_reported_and_read_with_the_central_functions_names() {
+        let report = ReportAccountLimitV1::new("team", Timestamp(1_893_456_000_000), "limit");
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({ "p_account": "team", "p_reset_at": "2030-01-01T00:00:00.000Z",
+                                "p_message": "limit" })
+        );
+        assert_eq!(serde_json::to_value(FleetAccountLimitsV1 {}).unwrap(), serde_json::json!({}));
+        let answer: Vec<AccountLimitV1> = serde_json::from_str(
+            r#"[{"account": "team", "reset_at": "2030-01-01T00:00:00+00:00",
+                 "reset_at_ms": 1893456000000, "system_name": "alpha", "message": "limit"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            answer,
+            [AccountLimitV1 {
+                account: "team".into(),
+                reset_at_ms: 1_893_456_000_000,
+                system_name: "alpha".into(),
+                message: "limit".into(),
+            }]
+        );
+    }
+
     /// Each queued call carries exactly the named parameters of its central function
     /// (`supabase/migrations/`), and reads back from its stored text.
     #[test]
