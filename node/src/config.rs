@@ -341,6 +341,10 @@ impl Default for RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct Workflow {
     pub steps: Vec<Step>,
+    /// Profiles its tasks' workers may run under while their profile's account is at its
+    /// usage limit, tried after the profile's own `fallback_profiles`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_profiles: Vec<String>,
 }
 
 /// One step of a workflow: who runs it, with which profile and prompt.
@@ -372,6 +376,7 @@ impl Workflow {
 /// reviews the report.
 pub fn builtin_workflows() -> BTreeMap<String, Workflow> {
     let review = Workflow {
+        fallback_profiles: Vec::new(),
         steps: vec![
             Step { role: Role::Worker, profile: None, prompt: "{prompt}".into() },
             Step {
@@ -968,6 +973,16 @@ impl Config {
                 .map_err(|message| ConfigError::Invalid { key: "supervisors", message })?;
         }
         for (name, workflow) in &self.workflows {
+            if let Some(fallback) =
+                workflow.fallback_profiles.iter().find(|p| !self.profiles.contains_key(*p))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "workflows",
+                    message: format!(
+                        "workflow `{name}`: fallback_profiles names unknown profile `{fallback}`"
+                    ),
+                });
+            }
             for step in &workflow.steps {
                 if let Some(profile) =
                     step.profile.as_deref().filter(|p| !self.profiles.contains_key(*p))
@@ -1290,6 +1305,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown profile `nope`"), "{error}");
+    }
+
+    #[test]
+    fn fallback_profiles_must_name_other_profiles_that_run_agents() {
+        let profile = |extra: &str| {
+            format!("profiles:\n  mine:\n    command: [mine]\n    account: team\n{extra}")
+        };
+        let config = load_yaml(&profile("    fallback_profiles: [claude]\n")).unwrap();
+        assert_eq!(config.profiles["mine"].account("mine"), "team");
+        assert_eq!(config.profiles["claude"].account("claude"), "claude");
+        for (fallback, problem) in [
+            ("nobody", "`nobody`, an unknown profile"),
+            ("mine", "`mine`, the profile itself"),
+            ("manual", "`manual`, an external profile (no agent runs it)"),
+        ] {
+            let extra = format!("    fallback_profiles: [{fallback}]\n");
+            let error = load_yaml(&profile(&extra)).unwrap_err().to_string();
+            assert!(error.contains(&format!("fallback_profiles names {problem}")), "{error}");
+        }
+        let workflow = "workflows:\n  w:\n    steps: []\n    fallback_profiles: [nobody]\n";
+        let error = load_yaml(workflow).unwrap_err().to_string();
+        assert!(
+            error.contains("workflow `w`: fallback_profiles names unknown profile `nobody`"),
+            "{error}"
+        );
     }
 
     #[test]

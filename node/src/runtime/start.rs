@@ -16,8 +16,8 @@ use crate::store::{AttemptEnd, NewAgent};
 use crate::tmux::WindowSpec;
 use crate::worktree::{self, SavedWorktree};
 
-/// Whether a worker may start, as its account's usage limit says.
-enum Allowed {
+/// Whether an agent may start, as its account's usage limit says.
+pub(super) enum Allowed {
     /// Under this profile (the task's, or a fallback of it).
     Under(String, Profile),
     /// Not before this limit resets.
@@ -69,7 +69,9 @@ impl Runtime {
         };
         // No agent of an account at its usage limit starts: the task runs under a fallback
         // profile whose account is not limited, or waits for the reset.
-        let (profile_name, profile) = match self.account_allows(&profile_name, profile).await? {
+        let fallbacks = workflow.map_or(&[][..], |w| &w.fallback_profiles[..]);
+        let allowed = self.account_allows(&profile_name, profile, fallbacks).await?;
+        let (profile_name, profile) = match allowed {
             Allowed::Under(name, profile) => (name, profile),
             Allowed::Wait(limit) => {
                 let task = self.store.wait_for_account(task.id, &limit, self.policy()).await?;
@@ -143,14 +145,19 @@ impl Runtime {
         self.launch(&task, &recorded, &token, &profile, &prompt).await
     }
 
-    /// The profile a worker starts under: `profile` while its account is not at its usage
-    /// limit, else the first of its `fallback_profiles` whose account is not, else the limit
-    /// it waits for.
-    async fn account_allows(&self, name: &str, profile: Profile) -> Result<Allowed> {
+    /// The profile an agent starts under: `profile` while its account is not at its usage
+    /// limit, else the first of its `fallback_profiles` (then `more`, the workflow's) whose
+    /// account is not, else the limit it waits for.
+    pub(super) async fn account_allows(
+        &self,
+        name: &str,
+        profile: Profile,
+        more: &[String],
+    ) -> Result<Allowed> {
         let Some(limit) = self.store.account_limit(profile.account(name)).await? else {
             return Ok(Allowed::Under(name.to_string(), profile));
         };
-        for fallback in &profile.fallback_profiles {
+        for fallback in profile.fallback_profiles.iter().chain(more) {
             let Some(candidate) = self.profile(fallback) else { continue };
             if self.store.account_limit(candidate.account(fallback)).await?.is_none() {
                 info!(
