@@ -353,6 +353,10 @@ impl Default for RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct Workflow {
     pub steps: Vec<Step>,
+    /// Profiles its tasks' workers may run under while their profile's account is at its
+    /// usage limit, tried after the profile's own `fallback_profiles`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_profiles: Vec<String>,
 }
 
 /// One step of a workflow: who runs it, with which profile and prompt.
@@ -384,6 +388,7 @@ impl Workflow {
 /// reviews the report.
 pub fn builtin_workflows() -> BTreeMap<String, Workflow> {
     let review = Workflow {
+        fallback_profiles: Vec::new(),
         steps: vec![
             Step { role: Role::Worker, profile: None, prompt: "{prompt}".into() },
             Step {
@@ -1042,6 +1047,22 @@ impl Config {
             profile
                 .validate(name)
                 .map_err(|message| ConfigError::Invalid { key: "profiles", message })?;
+            for fallback in &profile.fallback_profiles {
+                let problem = match self.profiles.get(fallback) {
+                    None => "an unknown profile",
+                    Some(_) if fallback == name => "the profile itself",
+                    Some(p) if p.mode == crate::agents::profile::Mode::External => {
+                        "an external profile (no agent runs it)"
+                    }
+                    Some(_) => continue,
+                };
+                return Err(ConfigError::Invalid {
+                    key: "profiles",
+                    message: format!(
+                        "profile `{name}`: fallback_profiles names `{fallback}`, {problem}"
+                    ),
+                });
+            }
         }
         for (name, supervisor) in &self.supervisors {
             supervisor
@@ -1058,6 +1079,16 @@ impl Config {
             }
         }
         for (name, workflow) in &self.workflows {
+            if let Some(fallback) =
+                workflow.fallback_profiles.iter().find(|p| !self.profiles.contains_key(*p))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "workflows",
+                    message: format!(
+                        "workflow `{name}`: fallback_profiles names unknown profile `{fallback}`"
+                    ),
+                });
+            }
             for step in &workflow.steps {
                 if let Some(profile) =
                     step.profile.as_deref().filter(|p| !self.profiles.contains_key(*p))
@@ -1314,6 +1345,8 @@ pub const PROJECT_TEMPLATE: &str = "\
 #     context: {threshold: 0.8, action: warn, window: 200000}  # or action: handoff
 #   claude:              # a built-in without a command: the built-in with this context policy
 #     context: {threshold: 0.8, action: handoff}
+#     account: team-a    # whose usage limit its agents share (default: the profile's name)
+#     fallback_profiles: [other]  # run under these while its account is at its limit
 {}
 ";
 
@@ -1388,6 +1421,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown profile `nope`"), "{error}");
+    }
+
+    #[test]
+    fn fallback_profiles_must_name_other_profiles_that_run_agents() {
+        let profile = |extra: &str| {
+            format!("profiles:\n  mine:\n    command: [mine]\n    account: team\n{extra}")
+        };
+        let config = load_yaml(&profile("    fallback_profiles: [claude]\n")).unwrap();
+        assert_eq!(config.profiles["mine"].account("mine"), "team");
+        assert_eq!(config.profiles["claude"].account("claude"), "claude");
+        for (fallback, problem) in [
+            ("nobody", "`nobody`, an unknown profile"),
+            ("mine", "`mine`, the profile itself"),
+            ("manual", "`manual`, an external profile (no agent runs it)"),
+        ] {
+            let extra = format!("    fallback_profiles: [{fallback}]\n");
+            let error = load_yaml(&profile(&extra)).unwrap_err().to_string();
+            assert!(error.contains(&format!("fallback_profiles names {problem}")), "{error}");
+        }
+        let workflow = "workflows:\n  w:\n    steps: []\n    fallback_profiles: [nobody]\n";
+        let error = load_yaml(workflow).unwrap_err().to_string();
+        assert!(
+            error.contains("workflow `w`: fallback_profiles names unknown profile `nobody`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -38,12 +38,15 @@
 //!   central lease and its fencing token, renewed by the daemon's `FleetLocks` loop) and the
 //!   central's allocators of named sequences.
 //! - [`routing`]: the node's side of routing across systems (origin, executor, fencing).
+//! - [`accounts`]: usage limits shared with the other systems of an account (the daemon's
+//!   loop reporting and reading them through the central).
 //! - [`notify`]: notifiers (Telegram, ntfy, Slack, webhooks) with durable delivery, health
 //!   alerts, `ccm service`.
 //!
 //! This is the only crate that knows HTTP, the CLI, tmux and git; it glues `ccm-schema`
 //! (types, state machine, migrations) and `ccm-sync` together.
 
+pub mod accounts;
 pub mod agents;
 pub mod cli;
 pub mod client;

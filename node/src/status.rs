@@ -30,6 +30,9 @@ pub struct Status {
     /// The database: size, rows per table, the last retention pass.
     #[serde(default)]
     pub storage: StorageStats,
+    /// Accounts at their usage limit: no agent of them starts before the reset.
+    #[serde(default)]
+    pub account_limits: Vec<crate::store::AccountLimit>,
 }
 
 impl Status {
@@ -47,6 +50,7 @@ impl Status {
             sync: store.sync_status().await?,
             loops: Vec::new(),
             storage: store.storage_stats().await?,
+            account_limits: store.account_limits().await?,
         })
     }
 }

@@ -12,6 +12,7 @@
 //!                                    │                   ├→ blocked (attempts exhausted: alert + decision)
 //!                                    │                   └→ failed  (fatal)
 //!                                    ├─quota_exhausted→ waiting_quota ─quota_reset→ queued
+//!                                    │    (queued ─quota_exhausted→ waiting_quota too: its account is limited)
 //!                                    └─handed_off→ queued (a context handoff: the attempt does not count)
 //! created ─dependency_failed→ blocked;  any unfinished state ─cancel→ cancelled
 //! blocked | failed | alert | cancelled ─retry→ created (attempts reset);  alert ─accept→ complete
@@ -212,7 +213,8 @@ pub enum TaskEvent {
     },
     /// The retry backoff elapsed.
     RetryDue,
-    /// The agent hit a usage or rate limit; `until` is the reset time when the agent said it.
+    /// The agent hit a usage or rate limit (from `executing`), or its account is at one (from
+    /// `queued`: no agent of the account starts); `until` is the reset time when it is known.
     QuotaExhausted {
         #[serde(default)]
         until: Option<Timestamp>,
@@ -399,7 +401,7 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
         // A handoff keeps its slot: the next attempt starts from `queued` with the summary.
         (S::Executing, Ev::HandedOff) => go(S::Queued, vec![E::UncountAttempt]),
-        (S::Executing, Ev::QuotaExhausted { until }) => {
+        (S::Queued | S::Executing, Ev::QuotaExhausted { until }) => {
             go(S::WaitingQuota, vec![E::WaitForQuota { until }])
         }
         (from, Ev::Cancel) if !from.is_terminal() => go(S::Cancelled, vec![E::ReleaseClaims]),
@@ -698,6 +700,17 @@ mod tests {
                 )),
             );
         }
+    }
+
+    #[test]
+    fn a_queued_task_of_a_limited_account_waits_for_the_reset() {
+        use TaskState::*;
+        let until = Some(Timestamp(1_800_000_000_000));
+        check(
+            Queued,
+            TaskEvent::QuotaExhausted { until },
+            Ok((WaitingQuota, vec![Effect::WaitForQuota { until }])),
+        );
     }
 
     #[test]

@@ -637,6 +637,42 @@ pub struct ClaimV1 {
     pub p_max: i64,
 }
 
+/// The parameters of `api.report_account_limit`: this system's agents of `p_account` hit a
+/// usage limit that resets at `p_reset_at` (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAccountLimitV1 {
+    pub p_account: String,
+    pub p_reset_at: String,
+    pub p_message: String,
+}
+
+impl ReportAccountLimitV1 {
+    pub fn new(account: &str, reset_at: Timestamp, message: &str) -> ReportAccountLimitV1 {
+        ReportAccountLimitV1 {
+            p_account: account.to_string(),
+            p_reset_at: reset_at.to_string(),
+            p_message: message.to_string(),
+        }
+    }
+}
+
+/// A usage limit in force, as `api.report_account_limit` and `api.fleet_account_limits`
+/// answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountLimitV1 {
+    pub account: String,
+    /// When it resets, in milliseconds since the epoch.
+    pub reset_at_ms: i64,
+    /// The system that reported it.
+    pub system_name: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The parameters of `api.fleet_account_limits`: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAccountLimitsV1 {}
+
 /// The parameters of `api.routed_status`: the origin's tasks changed since `p_since` (all of
 /// them without it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1046,6 +1082,33 @@ mod tests {
 
     fn json_of(call: &CallV1) -> serde_json::Value {
         call.params().unwrap()
+    }
+
+    /// `api.report_account_limit` gets its named parameters, the reset as RFC 3339, and the
+    /// answer of `api.fleet_account_limits` (`..._account_limits.sql`) reads back.
+    #[test]
+    fn an_account_limit_is_reported_and_read_with_the_central_functions_names() {
+        let report = ReportAccountLimitV1::new("team", Timestamp(1_893_456_000_000), "limit");
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
+            serde_json::json!({ "p_account": "team", "p_reset_at": "2030-01-01T00:00:00.000Z",
+                                "p_message": "limit" })
+        );
+        assert_eq!(serde_json::to_value(FleetAccountLimitsV1 {}).unwrap(), serde_json::json!({}));
+        let answer: Vec<AccountLimitV1> = serde_json::from_str(
+            r#"[{"account": "team", "reset_at": "2030-01-01T00:00:00+00:00",
+                 "reset_at_ms": 1893456000000, "system_name": "alpha", "message": "limit"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            answer,
+            [AccountLimitV1 {
+                account: "team".into(),
+                reset_at_ms: 1_893_456_000_000,
+                system_name: "alpha".into(),
+                message: "limit".into(),
+            }]
+        );
     }
 
     /// Each queued call carries exactly the named parameters of its central function

@@ -68,7 +68,7 @@ pub(crate) async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value 
 }
 
 /// Every agent's output log, for failure messages.
-async fn agent_outputs(daemon: &Daemon) -> String {
+pub(crate) async fn agent_outputs(daemon: &Daemon) -> String {
     let agents = daemon.get("/api/agents").await.1;
     agents
         .as_array()

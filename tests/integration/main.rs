@@ -1,6 +1,7 @@
 //! ccm's integration tests: the real binary, a real daemon on `127.0.0.1:0`, real SQLite
 //! files and real git repositories in temporary directories.
 
+mod accounts;
 mod api;
 mod central;
 mod change_requests;

@@ -86,6 +86,14 @@ pub struct Profile {
     /// joined with commas. A project replaces it with `allowed_tools.<profile>` in its config.
     #[serde(default)]
     pub allowed_tools: Vec<String>,
+    /// The account whose usage limit the profile's agents share (several profiles, or several
+    /// systems, may name one); by default the profile's own name. See [`Profile::account`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Profiles a task of this profile may run under, in order, while this profile's account
+    /// is at its usage limit (the first whose account is not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_profiles: Vec<String>,
     /// What ccm does as the agent's context fills up (`context: {threshold, action, window}`);
     /// none: it only shows how full it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,6 +201,11 @@ impl Profile {
     /// The context window its agents are measured against: `context.window`, else the CLI's.
     pub fn context_window(&self) -> Option<u64> {
         self.context.and_then(|c| c.window).or_else(|| default_window(self.output))
+    }
+
+    /// The account of the profile named `name`: its `account`, else its name.
+    pub fn account<'a>(&'a self, name: &'a str) -> &'a str {
+        self.account.as_deref().unwrap_or(name)
     }
 
     /// The argv with placeholders replaced. Replacement is single-pass: text substituted for one
@@ -348,6 +361,8 @@ pub fn builtin() -> BTreeMap<String, Profile> {
         env: BTreeMap::new(),
         allowed_tools: Vec::new(),
         context: None,
+        account: None,
+        fallback_profiles: Vec::new(),
     };
     let strings =
         |items: &[&str]| -> Vec<String> { items.iter().map(|item| item.to_string()).collect() };
@@ -362,6 +377,8 @@ pub fn builtin() -> BTreeMap<String, Profile> {
                 env: BTreeMap::new(),
                 allowed_tools: Vec::new(),
                 context: None,
+                account: None,
+                fallback_profiles: Vec::new(),
             },
         ),
         (
@@ -476,6 +493,8 @@ mod tests {
             env: BTreeMap::new(),
             allowed_tools: Vec::new(),
             context: None,
+            account: None,
+            fallback_profiles: Vec::new(),
         }
     }
 
@@ -613,6 +632,8 @@ mod tests {
                 env: BTreeMap::from([("AIDER_YES".to_string(), "1".to_string())]),
                 allowed_tools: Vec::new(),
                 context: None,
+                account: None,
+                fallback_profiles: Vec::new(),
             }
         );
 

@@ -216,6 +216,17 @@ fn show_status(status: &Status, sync: bool) {
         status.today.input_tokens,
         status.today.output_tokens
     );
+    for l in &status.account_limits {
+        let whose = match (&l.system, &l.task_id) {
+            (Some(system), _) => format!("reported by {system}"),
+            (None, Some(task)) => format!("hit by task {}", &task[..task.len().min(8)]),
+            (None, None) => "hit here".to_string(),
+        };
+        println!(
+            "limit   account {} at its usage limit until {} ({whose}; {} tasks waiting)",
+            l.account, l.reset_at, l.waiting
+        );
+    }
     for l in &status.loops {
         let last = l.last_progress.map_or("no step yet".to_string(), |t| t.to_string());
         let state = match (l.stalled, l.busy) {

@@ -831,10 +831,12 @@ fn show_tasks(tasks: &[Task], stale: &std::collections::HashMap<uuid::Uuid, Stri
         tasks.iter().map(|t| {
             vec![
                 t.short_id(),
-                if stale.contains_key(&t.id) {
-                    format!("{} (stale)", t.shown_state())
-                } else {
-                    t.shown_state().to_string()
+                match (stale.contains_key(&t.id), t.state, t.wake_at) {
+                    (true, _, _) => format!("{} (stale)", t.shown_state()),
+                    (false, ccm_schema::TaskState::WaitingQuota, Some(wake)) => {
+                        format!("{} until {wake}", t.shown_state())
+                    }
+                    _ => t.shown_state().to_string(),
                 },
                 t.priority.to_string(),
                 format!("{}/{}", t.attempts, t.max_attempts),

@@ -337,6 +337,16 @@ async fn start_tasks(
             runtime.run(memory).await
         }
     }));
+    let accounts = sync_client.clone().map(|central| {
+        let accounts = crate::accounts::Accounts {
+            store: store.clone(),
+            central,
+            every: Duration::from_secs(config.sync.heartbeat_secs),
+            beat: loops.add("accounts"),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(supervise("accounts", shutdown.clone(), move || accounts.clone().run()))
+    });
     let predictor = crate::conflicts::Predictor {
         store: store.clone(),
         central: sync_client.clone(),
@@ -395,6 +405,7 @@ async fn start_tasks(
             ("lander", Some(land_task)),
             ("spooler", Some(spooler)),
             ("conflicts", Some(predictor)),
+            ("accounts", accounts),
             ("supervisors", Some(supervisors)),
             ("sync", sync_task),
             ("routing", routing),

@@ -2,7 +2,7 @@
 
 use ccm_schema::{Agent, AgentKind, AgentStatus, FailureClass, Task, TaskEvent};
 
-use super::start::render;
+use super::start::{render, Allowed};
 use super::{Result, Runtime};
 use crate::config::Role;
 
@@ -33,6 +33,13 @@ impl Runtime {
                 )
                 .await?;
             return Ok(());
+        };
+        // No agent of an account at its usage limit starts: a fallback reviews, or the review
+        // waits (the task stays in `supervisory`; every pass asks again) for the reset.
+        let (profile_name, profile) = match self.account_allows(&profile_name, profile, &[]).await?
+        {
+            Allowed::Under(name, profile) => (name, profile),
+            Allowed::Wait(_) => return Ok(()),
         };
         let report =
             self.store.reports(task.id).await?.into_iter().find(|r| r.attempt == task.attempts);

@@ -16,6 +16,14 @@ use crate::store::{AttemptEnd, NewAgent};
 use crate::tmux::WindowSpec;
 use crate::worktree::{self, SavedWorktree};
 
+/// Whether an agent may start, as its account's usage limit says.
+pub(super) enum Allowed {
+    /// Under this profile (the task's, or a fallback of it).
+    Under(String, Profile),
+    /// Not before this limit resets.
+    Wait(Box<crate::store::AccountLimit>),
+}
+
 impl Runtime {
     /// Fails the task's attempt before any agent ran.
     pub(super) async fn fail_before_start(
@@ -58,6 +66,19 @@ impl Runtime {
                     &format!("unknown agent profile `{profile_name}`"),
                 )
                 .await;
+        };
+        // No agent of an account at its usage limit starts: the task runs under a fallback
+        // profile whose account is not limited, or waits for the reset.
+        let fallbacks = workflow.map_or(&[][..], |w| &w.fallback_profiles[..]);
+        let allowed = self.account_allows(&profile_name, profile, fallbacks).await?;
+        let (profile_name, profile) = match allowed {
+            Allowed::Under(name, profile) => (name, profile),
+            Allowed::Wait(limit) => {
+                let task = self.store.wait_for_account(task.id, &limit, self.policy()).await?;
+                info!(account = %limit.account, until = %limit.reset_at, state = %task.state, "account at its usage limit; the task waits");
+                self.scheduler_wake.notify_one();
+                return Ok(());
+            }
         };
         // The previous attempts (for the prompt) are read while the worktree is prepared.
         let (workspace, attempts) =
@@ -154,6 +175,32 @@ impl Runtime {
             }
         };
         self.launch(&task, &recorded, &token, &profile, &prompt).await
+    }
+
+    /// The profile an agent starts under: `profile` while its account is not at its usage
+    /// limit, else the first of its `fallback_profiles` (then `more`, the workflow's) whose
+    /// account is not, else the limit it waits for.
+    pub(super) async fn account_allows(
+        &self,
+        name: &str,
+        profile: Profile,
+        more: &[String],
+    ) -> Result<Allowed> {
+        let Some(limit) = self.store.account_limit(profile.account(name)).await? else {
+            return Ok(Allowed::Under(name.to_string(), profile));
+        };
+        for fallback in profile.fallback_profiles.iter().chain(more) {
+            let Some(candidate) = self.profile(fallback) else { continue };
+            if self.store.account_limit(candidate.account(fallback)).await?.is_none() {
+                info!(
+                    account = %limit.account,
+                    fallback = %fallback,
+                    "account at its usage limit; the task runs under a fallback profile"
+                );
+                return Ok(Allowed::Under(fallback.clone(), candidate));
+            }
+        }
+        Ok(Allowed::Wait(Box::new(limit)))
     }
 
     /// The directory the task's agents work in: its git worktree when it has a repository,
@@ -293,6 +340,9 @@ impl Runtime {
         prompt: &str,
     ) -> Result<NewAgent> {
         let id = Uuid::new_v4();
+        let account = self
+            .profile(profile)
+            .map_or_else(|| profile.to_string(), |p| p.account(profile).to_string());
         let dir = self.home.root().join("agents").join(id.to_string());
         tokio::fs::create_dir_all(&dir).await?;
         tokio::fs::write(dir.join("prompt.md"), prompt).await?;
@@ -300,6 +350,7 @@ impl Runtime {
             id,
             kind,
             profile: profile.to_string(),
+            account,
             dir: dir.to_string_lossy().into_owned(),
             cwd: cwd.to_string_lossy().into_owned(),
             token: crate::store::new_agent_token()?,

@@ -22,6 +22,8 @@ pub struct NewAgent {
     pub id: Uuid,
     pub kind: AgentKind,
     pub profile: String,
+    /// The account whose usage limit it shares (its profile's `account`).
+    pub account: String,
     pub dir: String,
     pub cwd: String,
     /// The agent's own credential for its hook events (`CCM_AGENT_TOKEN`); only its hash is
@@ -110,8 +112,13 @@ impl Store {
         changes: &[String],
     ) -> Result<(Task, Agent)> {
         let mut tx = self.write().await?;
+        let account = if agent.account == agent.profile {
+            String::new()
+        } else {
+            format!(", account {}", agent.account)
+        };
         let reason = format!(
-            "worker {} started ({})",
+            "worker {} started ({}{account})",
             ccm_schema::types::short_id(&agent.id),
             agent.profile
         );
@@ -461,6 +468,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if changed.rows_affected() > 0 {
+            super::accounts::agent_limit_reset(&mut tx, task, until).await?;
             let task = load_task(&mut tx, task).await?;
             super::outbox_task(&mut tx, &task, false).await?;
         }
@@ -636,9 +644,9 @@ async fn insert_agent(
 ) -> Result<Agent> {
     Ok(sqlx::query_as(&format!(
         r#"
-        INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, started_at, last_heartbeat, token_hash,
+        INSERT INTO agents (id, task_id, attempt, kind, profile, account, status, dir, cwd, started_at, last_heartbeat, token_hash,
                             context_window)
-        VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?, ?, ?)
+        VALUES (?, ?, ?, ?, ?, ?, 'starting', ?, ?, ?, ?, ?, ?)
         RETURNING {AGENT_COLUMNS}
         "#
     ))
@@ -647,6 +655,7 @@ async fn insert_agent(
     .bind(attempt)
     .bind(agent.kind)
     .bind(&agent.profile)
+    .bind(&agent.account)
     .bind(&agent.dir)
     .bind(&agent.cwd)
     .bind(now)

@@ -7,6 +7,7 @@
 //! - `contexts`: repository checkouts registered on this system.
 //! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
 //! - `agents`: agents, attempts and reports, written by the agent runtime.
+//! - `accounts`: usage limits per account, and the tasks waiting for them (issue 25).
 //! - `hooks`: hook events and their effects, file claims and change requests.
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
@@ -21,6 +22,7 @@
 //! (the CLI, `ccm hook`) wait up to the busy timeout instead of failing. Every change that must
 //! reach the central store is written to `outbox` in the same transaction as the change.
 
+mod accounts;
 mod agents;
 mod claims;
 mod conflicts;
@@ -55,6 +57,7 @@ use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
 use tokio::sync::{watch, Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 use uuid::Uuid;
 
+pub use accounts::{AccountLimit, FleetLimit};
 pub use agents::{new_agent_token, AgentProgress, AttemptEnd, CostTotals, NewAgent};
 pub use claims::{ChangeAsk, ChangeRequest, ChangeState, Claim, Ownership};
 pub use conflicts::{ActiveRow, CONFLICT_ALERT};
@@ -742,6 +745,7 @@ mod tests {
             id: Uuid::new_v4(),
             kind: ccm_schema::AgentKind::Worker,
             profile: "claude".into(),
+            account: "claude".into(),
             dir: dir.path().display().to_string(),
             cwd: dir.path().display().to_string(),
             token: "t".into(),

@@ -931,9 +931,21 @@ pub(super) async fn apply_in_tx(
                     task.wake_at = Some(now.after(backoff(policy.base, policy.cap, attempt)));
                 }
                 Effect::WaitForQuota { until } => {
-                    // The interrupted attempt is not the task's fault: it does not count.
-                    task.attempts = task.attempts.saturating_sub(1);
-                    task.wake_at = Some(until.unwrap_or_else(|| now.after(policy.quota_wait)));
+                    let mut wake = until.unwrap_or_else(|| now.after(policy.quota_wait));
+                    if task.state == TaskState::Executing {
+                        // Its agent hit the limit: the account is limited, for every agent.
+                        wake = super::accounts::agent_hit_limit(
+                            tx,
+                            &task,
+                            task.attempts,
+                            wake,
+                            &reason,
+                        )
+                        .await?;
+                        // The interrupted attempt is not the task's fault: it does not count.
+                        task.attempts = task.attempts.saturating_sub(1);
+                    }
+                    task.wake_at = Some(wake);
                 }
                 Effect::Assess { class } => pending.push_back((
                     TaskEvent::Resolve {
@@ -989,6 +1001,9 @@ pub(super) async fn apply_in_tx(
         }
         if task.state == TaskState::Executing && step.to != TaskState::Executing {
             end_open_attempt(tx, id, &event, now).await?;
+        }
+        if task.state == TaskState::WaitingQuota && step.to != TaskState::WaitingQuota {
+            super::accounts::stop_waiting(tx, id).await?;
         }
         append_log(tx, id, now, Some(task.state), step.to, &reason, actor).await?;
         task.state = step.to;

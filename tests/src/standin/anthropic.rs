@@ -1,10 +1,10 @@
 //! A stand-in of the Anthropic Messages API (`POST /v1/messages`), for Claude Code.
 //!
 //! Each request that offers tools (the agent's main loop) takes the next [`Turn`] of the script:
-//! tool calls, a final text, or a 429. Other requests (titles, summaries) get a short text and
-//! take nothing; neither does Claude Code's compaction of its context (a request for a summary
-//! of the conversation), answered with one. When the script is used up, the answer is a final
-//! text `done`. With
+//! tool calls, a final text, or a 429 (its reset time fixed, or a while after the answer). Other
+//! requests (titles, summaries) get a short text and take nothing; neither does Claude Code's
+//! compaction of its context (a request for a summary of the conversation), answered with one.
+//! When the script is used up, the answer is a final text `done`. With
 //! `"stream": true` the answer is the documented server-sent event stream (`message_start`,
 //! `content_block_start` / `content_block_delta` / `content_block_stop` per block,
 //! `message_delta` with the stop reason and usage, `message_stop`); without it, one message
@@ -21,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,6 +48,9 @@ pub enum Turn {
     /// `turn`, its usage saying the request's context held `tokens` tokens (split over
     /// `input_tokens`, `cache_read_input_tokens` and `cache_creation_input_tokens`).
     Context { tokens: u64, turn: Box<Turn> },
+    /// As [`Turn::RateLimited`], the limits resetting `reset_in_secs` after the answer (whole
+    /// seconds, as the headers give them).
+    RateLimitedFor { retry_after_secs: u64, reset_in_secs: u64 },
 }
 
 impl Turn {
@@ -168,6 +172,11 @@ fn answer(script: &Mutex<Script>, body: Value) -> Response {
         Turn::Context { .. } => (vec![json!({ "type": "text", "text": "done" })], "end_turn"),
         Turn::RateLimited { retry_after_secs, reset } => {
             return rate_limited(retry_after_secs, &reset)
+        }
+        Turn::RateLimitedFor { retry_after_secs, reset_in_secs } => {
+            let reset = std::time::SystemTime::now() + Duration::from_secs(reset_in_secs);
+            let reset = humantime::format_rfc3339_seconds(reset).to_string();
+            return rate_limited(retry_after_secs, &reset);
         }
         Turn::Text(text) => (vec![json!({ "type": "text", "text": text })], "end_turn"),
         Turn::Tools(calls) => {
