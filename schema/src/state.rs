@@ -292,7 +292,9 @@ impl TaskEvent {
             }
             TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
-            TaskEvent::Retry | TaskEvent::ChangesRequested | TaskEvent::Reopen => TaskState::Created,
+            TaskEvent::Retry | TaskEvent::ChangesRequested | TaskEvent::Reopen => {
+                TaskState::Created
+            }
         }
     }
 }
