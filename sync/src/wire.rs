@@ -54,6 +54,9 @@ pub struct RangeV1 {
 pub struct AcquireLeaseV1 {
     pub p_name: String,
     pub p_ttl_s: u32,
+    /// Left out when `None` (the function's default keeps the lease's value): a JSON `null` is
+    /// not read as SQL null by every PostgREST-compatible server (postrust sends `''`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p_value: Option<String>,
 }
 

@@ -10,12 +10,15 @@
 //! ccm's figure is `ccm conflicts --fresh --repo R` end to end: the process, the store, the
 //! branches' heads, 50 `git diff --name-only`, 50 merges with the target and the 1,225 pair
 //! merges (at most `conflicts::GIT_CONCURRENCY` git processes at a time).
+//!
+//! Then the daemon's hook latency (`POST /api/hooks`, one every 5 ms) while predictions run
+//! back to back, against the same load with none: prediction must not hold up a hook.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{machine, ms, print_table, Row};
-use ccm_tests::{git_repo, wait_until, TestHome};
+use ccm_tests::bench::{machine, ms, print_table, Row, Stats};
+use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
 use serde_json::{json, Value};
 
 /// Finished branches of the repository.
@@ -28,6 +31,33 @@ fn git(repo: &str, args: &[&str]) -> String {
     let out = Command::new("git").arg("-C").arg(repo).args(args).output().expect("git runs");
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Hook requests per side of the latency comparison.
+const HOOK_SAMPLES: usize = 400;
+
+/// `HOOK_SAMPLES` hook events posted one every 5 ms; each one's round trip.
+async fn hook_latencies(daemon: &Daemon) -> Vec<Duration> {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut samples = Vec::with_capacity(HOOK_SAMPLES);
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for i in 0..HOOK_SAMPLES {
+        tick.tick().await;
+        let body = json!({"session_id": format!("bench-{i}"), "hook_event_name": "PreToolUse",
+            "tool_name": "Read", "tool_input": {"file_path": "/src/main.rs"}, "cwd": "/work/repo"});
+        let started = Instant::now();
+        let status = http
+            .post(daemon.url("/api/hooks?system=claude"))
+            .bearer_auth(&daemon.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("hook answers")
+            .status();
+        assert!(status.is_success(), "hook refused: {status}");
+        samples.push(started.elapsed());
+    }
+    samples
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -148,6 +178,52 @@ fn main() {
     assert_eq!(conflicts.len(), 1, "{predicted}");
     assert_eq!(conflicts[0]["kind"], "merge");
 
+    // The hook latency with predictions running back to back, against none.
+    let daemon = home.start();
+    let (idle, busy, predictions) = runtime.block_on(async {
+        hook_latencies(&daemon).await; // warm-up
+        let idle = Stats::new(hook_latencies(&daemon).await);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The same command as `home.ccm()`, owned by the thread that runs it.
+        let base = home.ccm();
+        let program = base.get_program().to_owned();
+        let args: Vec<_> = base.get_args().map(|a| a.to_owned()).collect();
+        let envs: Vec<_> =
+            base.get_envs().map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned()))).collect();
+        let predicting = std::thread::spawn({
+            let (stop, repo) = (stop.clone(), repo.clone());
+            move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut run = Command::new(&program);
+                    run.args(&args).args(["conflicts", "--fresh", "--repo", &repo]);
+                    for (key, value) in &envs {
+                        match value {
+                            Some(value) => run.env(key, value),
+                            None => run.env_remove(key),
+                        };
+                    }
+                    assert!(run.output().expect("ccm runs").status.success());
+                    n += 1;
+                }
+                n
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let busy = Stats::new(hook_latencies(&daemon).await);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (idle, busy, predicting.join().expect("predictions ran"))
+    });
     println!("\n{machine}");
     print_table(&rows);
+    println!(
+        "\nhook latency, {HOOK_SAMPLES} events one every 5 ms ({predictions} predictions ran meanwhile)"
+    );
+    for (label, s) in [("no prediction", &idle), ("predictions running", &busy)] {
+        println!("  {label:<22} p50 {}  p99 {}  max {}", ms(s.p50), ms(s.p99), ms(s.max));
+    }
+    println!(
+        "  p99 during / idle: {:.2}× (goal ≤ 1.20×)",
+        busy.p99.as_secs_f64() / idle.p99.as_secs_f64()
+    );
 }

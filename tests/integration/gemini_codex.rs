@@ -344,14 +344,18 @@ async fn write_to_a_file_another_task_owns_is_denied(name: &str, cli: Cli) {
     let worktree = setup.home.home().join("worktrees").join(format!("app-{}", &id[..8]));
     assert!(!worktree.join("shared.txt").exists(), "the write did not happen");
     let report = &detail["reports"][0]["summary"];
-    assert_eq!(
-        report["denied_writes"],
-        serde_json::json!([{ "path": "shared.txt", "owner": owner, "tool": match cli {
-            Cli::Gemini => "write_file",
-            Cli::Codex => "Bash",
-        } }]),
-        "{report:#}"
-    );
+    // The refused write is a change request, pending the operator's decision.
+    let denied = &report["denied_writes"];
+    assert_eq!(denied.as_array().map(Vec::len), Some(1), "{report:#}");
+    assert_eq!(denied[0]["path"], "shared.txt", "{report:#}");
+    assert_eq!(denied[0]["owner"], owner.as_str(), "{report:#}");
+    let tool = match cli {
+        Cli::Gemini => "write_file",
+        Cli::Codex => "Bash",
+    };
+    assert_eq!(denied[0]["tool"], tool, "{report:#}");
+    assert_eq!(denied[0]["state"], "pending", "{report:#}");
+    assert!(denied[0]["change_request"].is_string(), "{report:#}");
     let dump = setup.home.run_json(&["dump-state"]);
     let alerts: Vec<&Value> = dump["alerts"]
         .as_array()

@@ -90,17 +90,26 @@ impl Store {
         let mut queued = 0;
         for (id, source, source_id) in rows {
             let subject = load_subject(&mut tx, &source, &source_id).await?;
-            let asks_decision = matches!(&subject, Some(Subject::Alert(a))
-                if a.details.as_ref().is_some_and(|d| d.0.get("decision").is_some()));
-            // An alert raised with a decision about its task (a blocked task's
+            // An alert raised with a decision (one its details name: an approval, a refused
+            // write's change request; or one about its task: a blocked task's
             // `attempts_exhausted` and its retry-or-cancel question) goes out as that decision
-            // where the decision goes: one message, not two.
-            let companion = match &subject {
-                Some(Subject::Alert(alert)) => companion_decision(&mut tx, alert).await?,
+            // where the decision goes, one message, not two; alone where only the alert goes.
+            let named = match &subject {
+                Some(Subject::Alert(a)) => a
+                    .details
+                    .as_ref()
+                    .and_then(|d| d.0.get("decision"))
+                    .and_then(|d| d.as_str())
+                    .map(str::to_owned),
+                _ => None,
+            };
+            let companion = match (&subject, named) {
+                (_, Some(decision)) => load_subject(&mut tx, "decision", &decision).await?,
+                (Some(Subject::Alert(alert)), None) => companion_decision(&mut tx, alert).await?,
                 _ => None,
             };
             let with_decision = companion.as_ref().map(&route).unwrap_or_default();
-            if let Some(subject) = subject.filter(|_| !asks_decision) {
+            if let Some(subject) = subject {
                 let key = subject.dedupe_key();
                 for (notifier, immediate) in route(&subject) {
                     if with_decision.iter().any(|(n, _)| *n == notifier) {
