@@ -394,15 +394,21 @@ async fn a_subtask_runs_on_a_second_node_that_holds_the_repository() {
     })
     .await;
     assert!(beta.local(&id).await.is_some(), "beta ran it: {}", beta.log());
+    // The parent's tree (`ccm task show`) follows the central's word on it.
     let seen = wait_for("the parent's view of its routed sub-task", SLOW, async || {
-        let (_, subtasks) =
-            as_agent(&api, reqwest::Method::GET, &token, "/api/agent/subtasks", Value::Null).await;
-        let sub = subtasks.as_array()?.iter().find(|s| s["id"] == json!(id))?.clone();
+        let shown = alpha.home.run_json(&["task", "show", &parent]);
+        let sub = shown["subtasks"].as_array()?.iter().find(|s| s["id"] == json!(id))?.clone();
         (sub["state"] == "complete").then_some(sub)
     })
     .await;
     assert_eq!(seen["routed"], true, "{seen}");
     assert_eq!(seen["system"], "beta", "{seen}");
+    // The parent's agent sees the same through the agent API.
+    let (status, subtasks) =
+        as_agent(&api, reqwest::Method::GET, &token, "/api/agent/subtasks", Value::Null).await;
+    assert_eq!(status, 200, "{subtasks}");
+    let sub = subtasks.as_array().and_then(|s| s.iter().find(|s| s["id"] == json!(id)));
+    assert_eq!(sub.map(|s| s["state"].clone()), Some(json!("complete")), "{subtasks}");
     let shown = alpha.home.run_json(&["task", "show", &parent]);
     let tree = shown["subtasks"].as_array().expect("the tree in task show");
     assert_eq!(tree.len(), 1, "{shown:#}");
