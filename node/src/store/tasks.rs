@@ -464,6 +464,9 @@ impl Store {
     /// finished ones are the newest that many (one index range per finished state), so the list
     /// does not grow with the months of finished tasks a node keeps.
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        // One read transaction: every query sees the same snapshot, so a task that moves from
+        // one state to another meanwhile is listed once.
+        let mut snapshot = self.readers.begin().await?;
         let mut tasks: Vec<Task> = match filter.finished {
             None => {
                 sqlx::query_as(&format!(
@@ -471,7 +474,7 @@ impl Store {
                      ORDER BY created_at, id"
                 ))
                 .bind(filter.state)
-                .fetch_all(&self.readers)
+                .fetch_all(&mut *snapshot)
                 .await?
             }
             Some(finished) => {
@@ -486,7 +489,7 @@ impl Store {
                     ))
                     .bind(state)
                     .bind(if state.is_terminal() { finished.max(0) } else { -1 })
-                    .fetch_all(&self.readers)
+                    .fetch_all(&mut *snapshot)
                     .await?;
                     if state.is_terminal() {
                         ended.extend(rows)
@@ -509,7 +512,7 @@ impl Store {
              WHERE task_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *snapshot)
         .await?;
         let mut deps: HashMap<String, Vec<Uuid>> = HashMap::new();
         for (task, dep) in edges {
@@ -519,7 +522,7 @@ impl Store {
             "SELECT task_id, state FROM landings WHERE task_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *snapshot)
         .await?;
         let mut landings: HashMap<String, ccm_schema::LandState> = landings.into_iter().collect();
         for task in &mut tasks {
@@ -529,6 +532,7 @@ impl Store {
             }
             task.land_state = landings.remove(&id);
         }
+        snapshot.commit().await?;
         Ok(tasks)
     }
 
