@@ -5,9 +5,9 @@
 //! worktree's `.mcp.json` and calls `mcp__ccm__wait_change` / `mcp__ccm__request_change` when
 //! the model stand-in's scripted turns say so.
 
-use std::path::Path;
 use std::time::Duration;
 
+use crate::coordination::{agent_outputs, tool_results};
 use ccm_tests::standin::anthropic::{Anthropic, Turn};
 use ccm_tests::standin::telegram::Telegram;
 use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
@@ -85,46 +85,6 @@ async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
         daemon.log_text()
     );
     detail
-}
-
-/// Every agent's output log, for failure messages.
-async fn agent_outputs(daemon: &Daemon) -> String {
-    let agents = daemon.get("/api/agents").await.1;
-    agents
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            let dir = a["dir"].as_str().unwrap_or_default();
-            let log =
-                std::fs::read_to_string(Path::new(dir).join("output.log")).unwrap_or_default();
-            format!("--- agent {dir}:\n{log}")
-        })
-        .collect()
-}
-
-/// The text of every `tool_result` block in the requests Claude Code sent the stand-in.
-fn tool_results(api: &Anthropic) -> Vec<String> {
-    let mut out = Vec::new();
-    for request in api.requests() {
-        for message in request["messages"].as_array().into_iter().flatten() {
-            for block in message["content"].as_array().into_iter().flatten() {
-                if block["type"] == "tool_result" {
-                    let text = match &block["content"] {
-                        Value::String(text) => text.clone(),
-                        Value::Array(parts) => {
-                            parts.iter().filter_map(|p| p["text"].as_str()).collect()
-                        }
-                        other => other.to_string(),
-                    };
-                    if !out.contains(&text) {
-                        out.push(text);
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The one change request ccm holds, once there is one.

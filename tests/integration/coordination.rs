@@ -58,7 +58,7 @@ async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
 }
 
 /// Every agent's output log, for failure messages.
-async fn agent_outputs(daemon: &Daemon) -> String {
+pub(crate) async fn agent_outputs(daemon: &Daemon) -> String {
     let agents = daemon.get("/api/agents").await.1;
     agents
         .as_array()
@@ -74,7 +74,7 @@ async fn agent_outputs(daemon: &Daemon) -> String {
 }
 
 /// The text of every `tool_result` block in the requests Claude Code sent the stand-in.
-fn tool_results(api: &Anthropic) -> Vec<String> {
+pub(crate) fn tool_results(api: &Anthropic) -> Vec<String> {
     let mut out = Vec::new();
     for request in api.requests() {
         for message in request["messages"].as_array().into_iter().flatten() {
