@@ -521,8 +521,6 @@ pub enum LandEvent {
     Finished,
     /// The target moved meanwhile: start again from its new head.
     TargetMoved,
-    /// The landing cannot go on now (the operator's tree is dirty); back in the queue.
-    Wait,
     /// A conflict, or the verify failed on the merged result.
     Failed,
 }
@@ -536,7 +534,6 @@ impl LandEvent {
             LandEvent::Moved => "moved",
             LandEvent::Finished => "finished",
             LandEvent::TargetMoved => "target_moved",
-            LandEvent::Wait => "wait",
             LandEvent::Failed => "failed",
         }
     }
@@ -568,7 +565,6 @@ pub fn land_transition(
         (Some(S::Landing | S::Merged), Ev::TargetMoved) => Ok(S::Landing),
         (Some(S::Merged), Ev::Moved) => Ok(S::Moved),
         (Some(S::Moved), Ev::Finished) => Ok(S::Landed),
-        (Some(S::Landing | S::Merged), Ev::Wait) => Ok(S::LandQueued),
         (Some(S::Landing | S::Merged), Ev::Failed) => Ok(S::LandFailed),
         (from, event) => Err(LandTransitionError { from, event: event.name() }),
     }
@@ -856,13 +852,11 @@ mod tests {
     }
 
     #[test]
-    fn a_moved_target_restarts_the_landing_and_a_dirty_tree_requeues_it() {
+    fn a_moved_target_restarts_the_landing() {
         use LandEvent::*;
         use LandState::*;
         land(Some(Landing), TargetMoved, Ok(Landing));
         land(Some(LandState::Merged), TargetMoved, Ok(Landing));
-        land(Some(Landing), Wait, Ok(LandQueued));
-        land(Some(LandState::Merged), Wait, Ok(LandQueued));
     }
 
     #[test]
