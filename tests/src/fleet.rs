@@ -8,7 +8,7 @@
 //! the nodes' config, for tests; [`Clocks::Default`] leaves every routing setting at its
 //! default, for the benchmark.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,23 @@ impl Node {
 
     pub fn log(&self) -> String {
         self.daemon.as_ref().map(Daemon::log_text).unwrap_or_default()
+    }
+
+    /// The node's checkout of the fleet's repository (made by `checkout: true`).
+    pub fn checkout(&self) -> PathBuf {
+        let path = self.home.work().join("app");
+        std::fs::canonicalize(&path).unwrap_or(path)
+    }
+
+    /// A task of the [`crate::HOLDER_PROFILE`] in the node's checkout (it runs here: the node
+    /// has the checkout and, the caller makes sure, a free slot) and its agent's credential.
+    pub async fn holder(&self) -> (String, String) {
+        let repo = self.checkout().to_string_lossy().into_owned();
+        let added =
+            self.home.run_json(&["task", "add", "hold", "--repo", &repo, "--profile", "holder"]);
+        let id = added["id"].as_str().expect("a task id").to_string();
+        let token = self.daemon().agent_token(&id).await;
+        (id, token)
     }
 
     /// Kills the daemon and every agent of this node with SIGKILL.

@@ -293,6 +293,25 @@ impl Api {
         self.send(self.http.post(self.url(path)).json(&body)).await
     }
 
+    /// A call as an agent: its credential, no API token (what `ccm mcp` sends); the status
+    /// and the JSON body (`Null` when not JSON).
+    pub async fn as_agent(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let request = self
+            .http
+            .request(method, self.url(path))
+            .header("x-ccm-agent-token", token)
+            .json(&body);
+        let response = request.send().await.expect("the daemon answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// The hook credential of the live agent of `task` (id), once that agent (of the
     /// [`HOLDER_PROFILE`]) has written it.
     pub async fn agent_token(&self, task: &str) -> String {
