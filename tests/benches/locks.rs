@@ -4,8 +4,8 @@
 //! the holder gives it back (`DELETE /api/agent/locks/build`). The figure is the time from the
 //! unlock's answer to the waiter's grant, in turns from both sides. Baseline, in the same run:
 //! an uncontended `fleet` lock taken (`POST`, the central's `api.acquire_lock` behind it) and
-//! given back. A waiter asks the central again every 250 ms (the agent API's poll), so the
-//! hand-over is at most that plus one acquisition.
+//! given back. A waiter asks the central again every 250 ms and at every change of its node's
+//! store (the agent API's poll), so the hand-over is at most that plus one acquisition.
 //!
 //! Run with `cargo bench -p ccm-tests --bench locks` (`CCM_BENCH_LOCKS_TURNS`, default 40).
 //! Nothing here asserts on time.
