@@ -70,7 +70,7 @@ pub fn local_day(now: Timestamp) -> (String, Timestamp, Timestamp) {
         (tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_isdst) = (0, 0, 0, -1);
         // SAFETY: `tm` is a valid, initialized `struct tm`; mktime normalizes it in place.
         let at = unsafe { libc::mktime(tm) };
-        (at != -1).then(|| Timestamp(i64::from(at) * 1000))
+        (at != -1).then(|| Timestamp(at * 1000))
     };
     if filled {
         // SAFETY: localtime_r returned non-null, so it filled `tm`.
