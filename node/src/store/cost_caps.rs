@@ -97,8 +97,10 @@ impl Store {
                  WHERE started_at >= ?1 AND coalesce(account, profile) = ?2"
             }
             CapScope::Project => {
+                // CROSS JOIN: today's agents first (`agents_by_started`), not every task
+                // the project ever had (`tasks_by_repo`).
                 "SELECT coalesce(sum(a.cost_usd), 0.0) FROM agents a \
-                 JOIN tasks t ON t.id = a.task_id WHERE a.started_at >= ?1 AND t.repo = ?2"
+                 CROSS JOIN tasks t ON t.id = a.task_id WHERE a.started_at >= ?1 AND t.repo = ?2"
             }
         };
         let (cost,): (f64,) =

@@ -235,7 +235,7 @@ impl Store {
         .await?;
         let (cost, agents): (f64, i64) = sqlx::query_as(&format!(
             r#"
-            SELECT coalesce(sum(a.cost_usd), 0.0), count(*) FROM agents a JOIN tasks t ON t.id = a.task_id
+            SELECT coalesce(sum(a.cost_usd), 0.0), count(*) FROM agents a CROSS JOIN tasks t ON t.id = a.task_id
             WHERE a.started_at > ?3 AND {in_scope}
             "#
         ))
