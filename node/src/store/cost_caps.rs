@@ -320,3 +320,67 @@ pub(super) async fn waits_for_cap(tx: &mut Writing, task: Uuid) -> Result<bool> 
             .await?;
     Ok(waits)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ccm_schema::TaskState;
+
+    use super::*;
+    use crate::store::NewTask;
+
+    #[tokio::test]
+    async fn at_the_days_end_each_waiting_task_is_queued_once_after_one_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ccm.db"), "node").await.unwrap();
+        let config = crate::config::Config::load(dir.path(), None).unwrap();
+        let policy = RetryPolicy::default();
+        let mut ids = Vec::new();
+        for title in ["one", "two"] {
+            let new = NewTask { title: title.into(), ..NewTask::default() };
+            ids.push(store.create_task(new, &config, "test").await.unwrap().id);
+        }
+        store.schedule(2, &[], policy).await.unwrap();
+        let day_ends_at = Timestamp::now().after(Duration::from_millis(300));
+        let reached = CapReached {
+            scope: CapScope::Project,
+            name: "/src/app".into(),
+            day: "2026-12-07".into(),
+            day_ends_at,
+            configured_usd: 5.0,
+            cap_usd: 5.0,
+            spent_usd: 6.0,
+        };
+        for id in &ids {
+            let parked = store.wait_for_cost_cap(*id, &reached, policy).await.unwrap();
+            assert_eq!(
+                (parked.state, parked.wake_at),
+                (TaskState::WaitingQuota, Some(day_ends_at))
+            );
+        }
+        let asked: Vec<_> = store
+            .decisions()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.kind == DecisionKind::CostCap)
+            .collect();
+        assert_eq!(asked.len(), 1, "one decision for the day's cap");
+        assert_eq!(asked[0].task_id, None);
+        let caps = store.cost_caps("2026-12-07").await.unwrap();
+        assert_eq!((caps.len(), caps[0].waiting, caps[0].raise_to_usd), (1, 2, 10.0));
+
+        assert_eq!(store.schedule(2, &[], policy).await.unwrap(), 0, "not before the day ends");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(store.schedule(2, &[], policy).await.unwrap(), 2, "each queued once");
+        assert_eq!(store.schedule(2, &[], policy).await.unwrap(), 0);
+        for id in &ids {
+            let detail = store.task(&id.to_string()).await.unwrap();
+            assert_eq!(detail.task.state, TaskState::Queued);
+            let woke = detail.log.iter().filter(|e| e.reason.contains("a new day began")).count();
+            assert_eq!(woke, 1, "{:?}", detail.log);
+        }
+        assert_eq!(store.cost_caps("2026-12-07").await.unwrap()[0].waiting, 0);
+    }
+}
