@@ -80,6 +80,33 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The daemon's scheduled backup.
     pub backup: BackupConfig,
+    /// Accounts by name (a profile's `account`, by default the profile's name), each with an
+    /// optional daily cost cap: `accounts: {team: {daily_cost_cap_usd: 20}}`.
+    pub accounts: BTreeMap<String, AccountConfig>,
+    /// The project's daily cost cap in US dollars (set in its `.ccm/config.yaml`; in the global
+    /// file, each project's): once its tasks' agents cost this much today, no new one starts
+    /// until the next day or a raise the operator approves.
+    pub daily_cost_cap_usd: Option<f64>,
+}
+
+/// One account of `accounts:`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Once the account's agents cost this much today (US dollars, the local day), no new
+    /// agent of it starts until the next day or a raise the operator approves.
+    pub daily_cost_cap_usd: Option<f64>,
+}
+
+/// A daily cost cap must be an amount of money, more than nothing: the problem, and the value.
+fn check_cap(cap: Option<f64>) -> Result<(), (String, f64)> {
+    match cap {
+        Some(usd) if !(usd.is_finite() && usd > 0.0) => Err((
+            "must be a positive amount of US dollars, such as 20 (leave it out for no cap)".into(),
+            usd,
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Change requests (a write refused by ownership, an agent's `request_change`).
@@ -913,9 +940,15 @@ impl Config {
         })?;
         for (name, builtin) in crate::agents::profile::builtin() {
             match config.profiles.get_mut(&name) {
-                // `profiles.claude.context: ...` alone: the built-in with that policy.
+                // `profiles.claude.context: ...` (or `account`, `fallback_profiles`) alone: the
+                // built-in with that policy.
                 Some(given) if given.command.is_empty() && given.mode != Mode::External => {
-                    *given = AgentProfile { context: given.context, ..builtin };
+                    *given = AgentProfile {
+                        context: given.context,
+                        account: given.account.take(),
+                        fallback_profiles: std::mem::take(&mut given.fallback_profiles),
+                        ..builtin
+                    };
                 }
                 Some(_) => {}
                 None => {
@@ -1031,6 +1064,25 @@ impl Config {
                     )
                 }
                 Some(_) => {}
+            }
+        }
+        check_cap(self.daily_cost_cap_usd)
+            .map_err(|(message, _)| ConfigError::Invalid { key: "daily_cost_cap_usd", message })?;
+        for (name, account) in &self.accounts {
+            check_cap(account.daily_cost_cap_usd).map_err(|(problem, usd)| {
+                ConfigError::Invalid {
+                    key: "accounts",
+                    message: format!("`{name}.daily_cost_cap_usd` {problem}; it is `{usd}`"),
+                }
+            })?;
+            if !self.profiles.iter().any(|(profile, p)| p.account(profile) == name) {
+                return Err(ConfigError::Invalid {
+                    key: "accounts",
+                    message: format!(
+                        "`{name}` is the account of no profile (a profile's `account`, by \
+                         default its name)"
+                    ),
+                });
             }
         }
         if self.coordination.max_subtasks_per_parent == 0 {
@@ -1334,6 +1386,8 @@ pub const PROJECT_TEMPLATE: &str = "\
 #   migrations: {start: 1, format: \"{:04}\"}
 # change_requests:       # writes refused by ownership and agents' request_change
 #   reviewer: claude     # a headless run decides each one (VERDICT: approve|reject); default: you
+# daily_cost_cap_usd: 5  # no new agent of this project starts once its agents cost $5 today
+# accounts:              # (global file) per account: accounts: {team-a: {daily_cost_cap_usd: 20}}
 # coordination:          # sub-tasks agents create through ccm's MCP server, and --split
 #   max_subtask_depth: 2
 #   max_subtasks_per_parent: 20

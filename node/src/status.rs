@@ -33,6 +33,10 @@ pub struct Status {
     /// Accounts at their usage limit: no agent of them starts before the reset.
     #[serde(default)]
     pub account_limits: Vec<crate::store::AccountLimit>,
+    /// Daily cost caps reached today (or still holding tasks): the cap in force, what was
+    /// spent, the decision and its answer, the tasks waiting.
+    #[serde(default)]
+    pub cost_caps: Vec<crate::store::CostCap>,
 }
 
 impl Status {
@@ -51,6 +55,9 @@ impl Status {
             loops: Vec::new(),
             storage: store.storage_stats().await?,
             account_limits: store.account_limits().await?,
+            cost_caps: store
+                .cost_caps(&crate::notify::daily::local_day(ccm_schema::Timestamp::now()).0)
+                .await?,
         })
     }
 }

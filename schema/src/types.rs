@@ -215,6 +215,9 @@ pub enum DecisionKind {
     ApproveTool,
     /// A change request to a file another task owns: forward it to the owner, or refuse it.
     ChangeRequest,
+    /// An account's or a project's daily cost cap was reached: raise it for the day, or keep
+    /// its tasks waiting until the next day.
+    CostCap,
 }
 
 impl DecisionKind {
@@ -222,7 +225,7 @@ impl DecisionKind {
         match self {
             DecisionKind::RetryOrCancel => &["retry", "cancel"],
             DecisionKind::ApproveTool => &["allow", "deny"],
-            DecisionKind::ChangeRequest => &["approve", "reject"],
+            DecisionKind::ChangeRequest | DecisionKind::CostCap => &["approve", "reject"],
         }
     }
 }

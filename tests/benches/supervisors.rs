@@ -2,16 +2,27 @@
 //! moves each in `task_log`) and 1,000,000 hook events, printed next to `ccm status` on the same
 //! store (process start, opening the database, a few counts) measured in the same run.
 //!
+//! Then, with a daemon running on that store, the hook latency (`POST /api/hooks`, one after
+//! another, `HOOK_PACE` apart: `bench::hook_latencies`) while digests are built one after
+//! another against the same load without them, in alternating rounds of the same run, and the
+//! ratio of their p99 (goal ≤ 1.20×).
+//!
 //! Run with `cargo bench -p ccm-tests --bench supervisors`. Nothing here asserts on time.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{machine, ms, print_table, Row, Stats};
+use ccm_tests::bench::{hook_latencies, machine, ms, print_table, Row, Stats};
 use ccm_tests::{open_db, TestHome};
 
 const TASKS: i64 = 10_000;
 const HOOK_EVENTS: i64 = 1_000_000;
 const RUNS: usize = 7;
+/// Hook requests per round, and the pause between two.
+const HOOKS: usize = 500;
+const HOOK_PACE: Duration = Duration::from_millis(5);
+/// Rounds of each load (idle, with digests), alternating.
+const ROUNDS: usize = 2;
 
 fn timed(home: &TestHome, args: &[&str]) -> Stats {
     let mut samples: Vec<Duration> = Vec::new();
@@ -27,7 +38,7 @@ fn timed(home: &TestHome, args: &[&str]) -> Stats {
 fn main() {
     let home = TestHome::new("bench-digest");
     home.write_config(
-        "supervisors:\n  review:\n    scope: project\n    repo: /src/app\n    every: {completions: 5}\n    prompt: \"{digest}\"\n",
+        "supervisors:\n  review:\n    scope: project\n    repo: /src/app\n    every: {interval: 30d}\n    prompt: \"{digest}\"\n",
     );
     home.run_ok(&["status"]); // creates and migrates the database
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -89,6 +100,7 @@ fn main() {
     let status = timed(&home, &["status"]);
     let text = home.run_ok(&["supervisors", "--digest", "review"]);
     assert!(text.contains("complete 4000") && text.contains("failures (10)"), "{text}");
+    let (idle, busy, digests) = hooks_during_digests(&home, &runtime);
     println!("{}", machine());
     println!(
         "project digest over {TASKS} tasks ({} task_log rows) and {HOOK_EVENTS} hook events, {RUNS} runs each",
@@ -103,4 +115,54 @@ fn main() {
         ),
         Row::new("digest max", ms(digest.max), ms(status.max), "—"),
     ]);
+    println!(
+        "hook latency, {} requests {} ms apart per load in {ROUNDS} alternating rounds; \
+         {digests} digests built meanwhile",
+        HOOKS * ROUNDS,
+        HOOK_PACE.as_millis()
+    );
+    let p99 = |s: &Stats| s.p99.as_secs_f64();
+    print_table(&[
+        Row::new("hook p99 during digests", ms(busy.p99), format!("{} (idle)", ms(idle.p99)), "—")
+            .ratio(p99(&busy), p99(&idle), "≤ 1.20×"),
+        Row::new("hook p50 during digests", ms(busy.p50), format!("{} (idle)", ms(idle.p50)), "—"),
+    ]);
+}
+
+/// The daemon on the bench's store: hook latencies with no digest (idle) and while `ccm
+/// supervisors --digest review` runs one after another, and how many digests were built.
+fn hooks_during_digests(
+    home: &TestHome,
+    runtime: &tokio::runtime::Runtime,
+) -> (Stats, Stats, usize) {
+    // Its start-up checks the whole store's integrity: long in a dev build.
+    let started = Instant::now();
+    let daemon = home.start_within(home.ccm(), Duration::from_secs(600));
+    println!("daemon up on the store in {}", ms(started.elapsed()));
+    let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    let built = AtomicUsize::new(0);
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_secs(2)).await; // start-up settles
+        hook_latencies(&daemon, 50, HOOK_PACE).await; // connections and caches warm
+    });
+    for _ in 0..ROUNDS {
+        idle.extend(runtime.block_on(hook_latencies(&daemon, HOOKS, HOOK_PACE)));
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let out = home.run(&["supervisors", "--digest", "review"]);
+                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                    built.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // The first digest is under way before the first hook.
+            std::thread::sleep(Duration::from_millis(50));
+            busy.extend(runtime.block_on(hook_latencies(&daemon, HOOKS, HOOK_PACE)));
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let stats =
+        |samples: Vec<(i64, Duration)>| Stats::new(samples.into_iter().map(|(_, d)| d).collect());
+    (stats(idle), stats(busy), built.into_inner())
 }

@@ -226,3 +226,56 @@ fn wrong_type_in_config_is_reported_as_a_wrong_type_naming_key_and_expected_type
         "{message}"
     );
 }
+
+#[test]
+fn a_daily_cost_cap_that_is_not_a_positive_amount_or_names_no_account_is_refused_naming_the_key() {
+    let home = TestHome::new("config-cost-cap");
+    let global = home.home().join("config.yaml");
+    let refused = |yaml: &str| {
+        home.write_config(yaml);
+        let output = home.run(&["status"]);
+        assert!(!output.status.success(), "`{yaml}` was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let message = refused("accounts:\n  claude:\n    daily_cost_cap_usd: -5\n");
+    for text in [
+        global.display().to_string().as_str(),
+        "key `accounts`",
+        "`claude.daily_cost_cap_usd` must be a positive amount of US dollars",
+        "it is `-5`",
+    ] {
+        assert!(message.contains(text), "`{message}` should contain `{text}`");
+    }
+    let message = refused("accounts:\n  claude:\n    daily_cost_cap_usd: twenty\n");
+    assert!(
+        message.contains("key `accounts.claude.daily_cost_cap_usd`: wrong type: `twenty`"),
+        "{message}"
+    );
+    let message = refused("accounts:\n  claude:\n    daily_cap_usd: 20\n");
+    assert!(message.contains("key `accounts.claude.daily_cap_usd`"), "{message}");
+    let message = refused("accounts:\n  teem:\n    daily_cost_cap_usd: 20\n");
+    assert!(message.contains("`teem` is the account of no profile"), "{message}");
+    // A profile's `account` names one; a whole number is an amount too.
+    home.write_config(
+        "profiles:\n  claude:\n    account: team\naccounts:\n  team:\n    daily_cost_cap_usd: 20\n",
+    );
+    let status = home.run(&["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    // A project's cap, in its `.ccm/config.yaml`, names its file and key.
+    let home = TestHome::new("config-cost-cap-project");
+    let project = home.work().join(".ccm");
+    std::fs::create_dir_all(&project).unwrap();
+    let file = project.join("config.yaml");
+    std::fs::write(&file, "daily_cost_cap_usd: 0\n").unwrap();
+    assert_up_refused(
+        &home,
+        |_| {},
+        &[
+            &file.display().to_string(),
+            "key `daily_cost_cap_usd`",
+            "must be a positive amount of US dollars",
+            "it is `0`",
+        ],
+    );
+}

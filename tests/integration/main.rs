@@ -11,6 +11,7 @@ mod config;
 mod conflicts;
 mod context;
 mod coordination;
+mod cost_caps;
 mod dashboard;
 mod dashboard_fleet;
 mod durability;

@@ -139,3 +139,37 @@ pub async fn durable_db(path: &std::path::Path) -> sqlx::SqliteConnection {
         .await
         .expect("baseline database opens")
 }
+
+/// `POST /api/hooks` one after another, `pace` apart (as the soak bench posts them: a
+/// `PreToolUse` of a session no task owns): each one's latency, and when it was sent
+/// (milliseconds since the epoch).
+pub async fn hook_latencies(
+    daemon: &crate::Daemon,
+    n: usize,
+    pace: Duration,
+) -> Vec<(i64, Duration)> {
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let mut samples = Vec::with_capacity(n);
+    let mut tick = tokio::time::interval(pace);
+    for i in 0..n {
+        tick.tick().await;
+        let body = serde_json::json!({"session_id": format!("bench-{i}"),
+            "hook_event_name": "PreToolUse", "tool_name": "Read",
+            "tool_input": {"file_path": "/src/main.rs"}, "cwd": "/work/repo"});
+        let sent = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let started = std::time::Instant::now();
+        let status = http
+            .post(daemon.url("/api/hooks?system=claude"))
+            .bearer_auth(&daemon.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("hook answers")
+            .status();
+        assert!(status.is_success(), "hook refused: {status}");
+        samples.push((sent, started.elapsed()));
+    }
+    samples
+}

@@ -226,7 +226,13 @@ impl TestHome {
     }
 
     /// Starts `command` (a `ccm` command of this home) with `up`, and waits until it answers.
-    pub fn start_command(&self, mut command: Command) -> Daemon {
+    pub fn start_command(&self, command: Command) -> Daemon {
+        self.start_within(command, Duration::from_secs(20))
+    }
+
+    /// [`TestHome::start_command`], waiting up to `within` (a large store's integrity check at
+    /// start-up, in a dev build).
+    pub fn start_within(&self, mut command: Command, within: Duration) -> Daemon {
         let log_path = self.dir.path().join(format!(
             "daemon-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
@@ -242,7 +248,7 @@ impl TestHome {
             log: log_path,
             api: Api { addr: String::new(), token: String::new(), http },
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(info) = std::fs::read_to_string(self.home().join("daemon.json"))
                 .ok()

@@ -227,6 +227,26 @@ fn show_status(status: &Status, sync: bool) {
             l.account, l.reset_at, l.waiting
         );
     }
+    for c in &status.cost_caps {
+        let short = &c.decision_id[..c.decision_id.len().min(8)];
+        let state = match c.state.as_str() {
+            "raised" => format!(
+                "raised to ${:.2} for {} by {}",
+                c.cap_usd,
+                c.day,
+                c.answered_by.as_deref().unwrap_or("someone")
+            ),
+            "kept" => format!("kept at ${:.2}: its tasks wait until {}", c.cap_usd, c.day_ends_at),
+            _ => format!(
+                "${:.2} reached (${:.2} spent on {}); raise to ${:.2}? `ccm decide {short} approve`",
+                c.cap_usd, c.spent_usd, c.day, c.raise_to_usd
+            ),
+        };
+        println!(
+            "cap     {} {}: daily cost cap {state} ({} tasks waiting)",
+            c.scope, c.name, c.waiting
+        );
+    }
     for l in &status.loops {
         let last = l.last_progress.map_or("no step yet".to_string(), |t| t.to_string());
         let state = match (l.stalled, l.busy) {

@@ -56,6 +56,39 @@ pub fn local_day_and_minute(now: Timestamp) -> (String, u32) {
     (day, u32::try_from(tm.tm_hour * 60 + tm.tm_min).unwrap_or(0))
 }
 
+/// The local day holding `now`: its date (`YYYY-MM-DD`, as [`local_day_and_minute`] names it),
+/// when it began and when it ends (local midnights; a day across a clock change is 23 or 25
+/// hours). Daily cost caps count their day with it.
+pub fn local_day(now: Timestamp) -> (String, Timestamp, Timestamp) {
+    const DAY_MS: i64 = 86_400_000;
+    let secs = now.millis().div_euclid(1000) as libc::time_t;
+    let mut tm = std::mem::MaybeUninit::<libc::tm>::zeroed();
+    // SAFETY: `secs` and `tm` are valid for reads and writes; localtime_r is thread-safe.
+    let filled = unsafe { !libc::localtime_r(&secs, tm.as_mut_ptr()).is_null() };
+    let midnight = |tm: &mut libc::tm, days: i32| {
+        tm.tm_mday += days;
+        (tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_isdst) = (0, 0, 0, -1);
+        // SAFETY: `tm` is a valid, initialized `struct tm`; mktime normalizes it in place.
+        let at = unsafe { libc::mktime(tm) };
+        (at != -1).then(|| Timestamp(at * 1000))
+    };
+    if filled {
+        // SAFETY: localtime_r returned non-null, so it filled `tm`.
+        let tm = unsafe { tm.assume_init() };
+        let day = format!("{:04}-{:02}-{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+        if let (Some(start), Some(end)) = (midnight(&mut { tm }, 0), midnight(&mut { tm }, 1)) {
+            return (day, start, end);
+        }
+    }
+    // No time zone could be read: the UTC day, named as `local_day_and_minute` names it then.
+    let start = now.millis() - now.millis().rem_euclid(DAY_MS);
+    (
+        format!("day {}", now.millis().div_euclid(DAY_MS)),
+        Timestamp(start),
+        Timestamp(start + DAY_MS),
+    )
+}
+
 /// Whether the summary is due: the time of day has come and none was sent today.
 pub fn due(at_minute: u32, today: &str, minute: u32, last_sent_day: Option<&str>) -> bool {
     minute >= at_minute && last_sent_day != Some(today)
@@ -129,6 +162,17 @@ mod tests {
         assert!(due(18 * 60, "2026-12-07", 23 * 60, Some("2026-12-06")), "late is still today's");
         assert!(!due(18 * 60, "2026-12-07", 18 * 60 + 1, Some("2026-12-07")), "once a day");
         assert!(!due(18 * 60, "2026-12-08", 9 * 60, Some("2026-12-07")), "tomorrow at 18:00");
+    }
+
+    #[test]
+    fn the_local_day_holds_now_and_ends_at_the_next_midnight() {
+        let now = Timestamp::now();
+        let (day, start, end) = local_day(now);
+        assert!(start <= now && now < end, "{start} <= {now} < {end}");
+        let hours = (end.millis() - start.millis()) / 3_600_000;
+        assert!((23..=25).contains(&hours), "{hours} h");
+        assert_eq!(day, local_day_and_minute(now).0);
+        assert_eq!(local_day(end).1, end, "the next day begins where this one ends");
     }
 
     #[test]

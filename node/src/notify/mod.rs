@@ -79,6 +79,9 @@ impl Message {
                     DecisionKind::ChangeRequest => {
                         ("change request: approve or reject?", Severity::Warning)
                     }
+                    DecisionKind::CostCap => {
+                        ("daily cost cap reached: raise it?", Severity::Warning)
+                    }
                 };
                 Message {
                     title: format!("{system}: {what}"),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ccm_schema::{Agent, AgentKind, AgentStatus, FailureClass, Task, TaskEvent};
+use ccm_schema::{Agent, AgentKind, AgentStatus, FailureClass, Task, TaskEvent, Timestamp};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -12,7 +12,7 @@ use super::{Result, Runtime, RuntimeError};
 use crate::agents::launcher::{self, Launch};
 use crate::agents::profile::{check_command, Mode, Placeholders, Profile};
 use crate::config::Role;
-use crate::store::{AttemptEnd, NewAgent};
+use crate::store::{AttemptEnd, CapReached, CapScope, NewAgent};
 use crate::tmux::WindowSpec;
 use crate::worktree::{self, SavedWorktree};
 
@@ -80,6 +80,14 @@ impl Runtime {
                 return Ok(());
             }
         };
+        // No agent of an account or project whose daily cost cap is reached starts: the task
+        // waits for the next day, or for the operator to raise the cap (one decision a day).
+        if let Some(reached) = self.cost_cap_reached(task, profile.account(&profile_name)).await? {
+            let task = self.store.wait_for_cost_cap(task.id, &reached, self.policy()).await?;
+            info!(scope = %reached.scope, name = %reached.name, cap_usd = reached.cap_usd, spent_usd = reached.spent_usd, state = %task.state, "daily cost cap reached; the task waits");
+            self.scheduler_wake.notify_one();
+            return Ok(());
+        }
         // The previous attempts (for the prompt) are read while the worktree is prepared.
         let (workspace, attempts) =
             tokio::join!(self.workspace(task), self.store.attempts(task.id));
@@ -201,6 +209,66 @@ impl Runtime {
             }
         }
         Ok(Allowed::Wait(Box::new(limit)))
+    }
+
+    /// The daily cost cap a worker of `task` under `account` would go past: its account's
+    /// (`accounts.NAME.daily_cost_cap_usd`) or its project's (`daily_cost_cap_usd` of the
+    /// checkout's configuration), once what their agents cost today reached it.
+    pub(super) async fn cost_cap_reached(
+        &self,
+        task: &Task,
+        account: &str,
+    ) -> Result<Option<CapReached>> {
+        let config = self.config();
+        let mut caps = Vec::new();
+        if let Some(cap) = config.accounts.get(account).and_then(|a| a.daily_cost_cap_usd) {
+            caps.push((CapScope::Account, account.to_string(), cap));
+        }
+        if let Some(repo) = &task.repo {
+            if let Some(cap) = self.project_cost_cap(repo).await? {
+                caps.push((CapScope::Project, repo.clone(), cap));
+            }
+        }
+        if caps.is_empty() {
+            return Ok(None);
+        }
+        let (day, since, day_ends_at) = crate::notify::daily::local_day(Timestamp::now());
+        for (scope, name, configured_usd) in caps {
+            let known = self.store.cost_cap(scope, &name, &day).await?;
+            let cap_usd = match known {
+                Some(k) if k.state == "raised" => k.cap_usd.max(configured_usd),
+                _ => configured_usd,
+            };
+            let spent_usd = self.store.cost_today(scope, &name, since).await?;
+            if spent_usd >= cap_usd {
+                let day = day.clone();
+                return Ok(Some(CapReached {
+                    scope,
+                    name,
+                    day,
+                    day_ends_at,
+                    configured_usd,
+                    cap_usd,
+                    spent_usd,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The daily cost cap of the project `repo` names: its checkout's configuration's (the
+    /// global one's when no checkout of it is registered, or its file does not load: the start
+    /// then fails on the worktree, saying why).
+    async fn project_cost_cap(&self, repo: &str) -> Result<Option<f64>> {
+        let contexts = self.store.contexts().await?;
+        let checkout = contexts
+            .into_iter()
+            .find(|c| c.repo_url.as_deref() == Some(repo) || c.path == *repo)
+            .map(|c| PathBuf::from(c.path));
+        let Some(checkout) = checkout else { return Ok(self.config().daily_cost_cap_usd) };
+        Ok(crate::config::load_checked(&self.store, self.home.root(), &checkout)
+            .await
+            .map_or(self.config().daily_cost_cap_usd, |c| c.daily_cost_cap_usd))
     }
 
     /// The directory the task's agents work in: its git worktree when it has a repository,

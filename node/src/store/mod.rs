@@ -8,6 +8,7 @@
 //! - `records`: alerts, decisions, the outbox, counts, backup and integrity checks.
 //! - `agents`: agents, attempts and reports, written by the agent runtime.
 //! - `accounts`: usage limits per account, and the tasks waiting for them (issue 25).
+//! - `cost_caps`: daily cost caps per account and project, their decisions and waiting tasks.
 //! - `hooks`: hook events and their effects, file claims and change requests.
 //! - `conflicts`: what active tasks touched, and each repository's predicted conflicts.
 //! - `land`: the land queues and the durable steps of each landing (issue 23).
@@ -29,6 +30,7 @@ mod conflicts;
 mod context;
 mod contexts;
 mod coordination;
+mod cost_caps;
 mod fleet;
 mod hooks;
 mod land;
@@ -67,6 +69,7 @@ pub use coordination::{
     Acquired, AgentIdentity, Allocation, LockGrant, LockHolder, LockScope, LockView, Subtask,
     SubtaskLimits,
 };
+pub use cost_caps::{CapReached, CapScope, CostCap};
 pub use fleet::FleetLease;
 pub use hooks::{HookJob, Ingested, Origin, Receipt, StoredHookEvent, Via};
 pub use land::{Discarded, LandFailure, LandStep, Landing};

@@ -195,6 +195,9 @@ impl Store {
                 if kind == DecisionKind::ChangeRequest {
                     super::claims::decided(&mut tx, decision.id, answer, actor, note, now).await?;
                 }
+                if kind == DecisionKind::CostCap {
+                    super::cost_caps::decided(&mut tx, decision.id, answer, actor, now).await?;
+                }
             }
         }
         let answered: Decision =

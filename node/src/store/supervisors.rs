@@ -43,8 +43,20 @@ pub struct ScopeFilter {
     pub workflow: Option<String>,
 }
 
-/// The tasks of a scope filtered in SQL: `t` is `tasks`; binds repo twice, then workflow twice.
-const IN_SCOPE: &str = "(?1 IS NULL OR t.repo = ?1) AND (?2 IS NULL OR t.workflow = ?2)";
+impl ScopeFilter {
+    /// The tasks of the scope filtered in SQL (`t` is `tasks`; `?1` the repository, `?2` the
+    /// workflow, both always bound): only the conditions the scope sets are written, so that a
+    /// project's moves are read through `tasks_by_repo` (`(?1 IS NULL OR t.repo = ?1)` keeps
+    /// SQLite from using an index on `repo`).
+    fn in_scope(&self) -> &'static str {
+        match (&self.repo, &self.workflow) {
+            (Some(_), Some(_)) => "t.repo = ?1 AND t.workflow = ?2",
+            (Some(_), None) => "t.repo = ?1 AND ?2 IS NULL",
+            (None, Some(_)) => "?1 IS NULL AND t.workflow = ?2",
+            (None, None) => "?1 IS NULL AND ?2 IS NULL",
+        }
+    }
+}
 
 impl Store {
     /// Records a run that was just launched.
@@ -169,13 +181,14 @@ impl Store {
         scope: &ScopeFilter,
         since: Timestamp,
     ) -> Result<(i64, i64)> {
+        let in_scope = scope.in_scope();
         Ok(sqlx::query_as(&format!(
             r#"
             SELECT coalesce(sum(l.to_state = 'complete'), 0),
                    coalesce(sum(l.to_state IN ('failed', 'blocked')), 0)
             FROM task_log l JOIN tasks t ON t.id = l.task_id
             WHERE l.at > ?3 AND l.to_state IN ('complete', 'failed', 'blocked')
-                AND l.from_state IS NOT l.to_state AND {IN_SCOPE}
+                AND l.from_state IS NOT l.to_state AND {in_scope}
             "#
         ))
         .bind(&scope.repo)
@@ -194,10 +207,11 @@ impl Store {
         since: Timestamp,
         previous: Option<&str>,
     ) -> Result<String> {
+        let in_scope = scope.in_scope();
         let moves: Vec<(String, i64)> = sqlx::query_as(&format!(
             r#"
             SELECT l.to_state, count(*) FROM task_log l JOIN tasks t ON t.id = l.task_id
-            WHERE l.at > ?3 AND {IN_SCOPE}
+            WHERE l.at > ?3 AND {in_scope}
             GROUP BY l.to_state ORDER BY l.to_state
             "#
         ))
@@ -210,7 +224,7 @@ impl Store {
             r#"
             SELECT t.id, t.title, l.to_state, l.reason FROM task_log l JOIN tasks t ON t.id = l.task_id
             WHERE l.at > ?3 AND l.to_state IN ('error', 'failed', 'blocked')
-                AND l.from_state IS NOT l.to_state AND {IN_SCOPE}
+                AND l.from_state IS NOT l.to_state AND {in_scope}
             ORDER BY l.id DESC LIMIT 10
             "#
         ))
@@ -221,8 +235,8 @@ impl Store {
         .await?;
         let (cost, agents): (f64, i64) = sqlx::query_as(&format!(
             r#"
-            SELECT coalesce(sum(a.cost_usd), 0.0), count(*) FROM agents a JOIN tasks t ON t.id = a.task_id
-            WHERE a.started_at > ?3 AND {IN_SCOPE}
+            SELECT coalesce(sum(a.cost_usd), 0.0), count(*) FROM agents a CROSS JOIN tasks t ON t.id = a.task_id
+            WHERE a.started_at > ?3 AND {in_scope}
             "#
         ))
         .bind(&scope.repo)

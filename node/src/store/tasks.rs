@@ -370,15 +370,13 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             for (task,) in quota {
-                apply_in_tx(
-                    &mut tx,
-                    parse_id(&task)?,
-                    TaskEvent::QuotaReset,
-                    "usage limit reset",
-                    ACTOR,
-                    policy,
-                )
-                .await?;
+                let task = parse_id(&task)?;
+                let reason = if super::cost_caps::waits_for_cap(&mut tx, task).await? {
+                    "daily cost cap raised, or a new day began"
+                } else {
+                    "usage limit reset"
+                };
+                apply_in_tx(&mut tx, task, TaskEvent::QuotaReset, reason, ACTOR, policy).await?;
                 free -= 1;
                 changed += 1;
             }
@@ -1008,6 +1006,7 @@ pub(super) async fn apply_in_tx(
         }
         if task.state == TaskState::WaitingQuota && step.to != TaskState::WaitingQuota {
             super::accounts::stop_waiting(tx, id).await?;
+            super::cost_caps::stop_waiting(tx, id).await?;
         }
         append_log(tx, id, now, Some(task.state), step.to, &reason, actor).await?;
         task.state = step.to;
