@@ -698,6 +698,7 @@ pub(super) async fn task_ended(
         .bind(task.hyphenated())
         .execute(&mut **tx)
         .await?;
+    super::routing::dependency_ended(tx, task, state).await?;
     if state != TaskState::Cancelled {
         return Ok(());
     }

@@ -212,12 +212,16 @@ pub(super) async fn routed_subtasks(
     conn: &mut sqlx::SqliteConnection,
     parent: &str,
 ) -> Result<Vec<Subtask>> {
-    let rows: Vec<(String, String, i64, String, Option<String>)> = sqlx::query_as(
+    type Row = (String, String, i64, String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         r#"
-        SELECT s.task_id, coalesce(r.title, t.title, ''), s.depth, s.created_by, r.central
+        SELECT s.task_id, coalesce(r.title, t.title, ''), s.depth, s.created_by, r.central,
+               h.state, (SELECT json_group_array(w.depends_on) FROM routed_waits w
+                         WHERE w.task_id = s.task_id)
         FROM routed_subtasks s
         LEFT JOIN routed_tasks r ON r.id = s.task_id
         LEFT JOIN tasks t ON t.id = s.task_id
+        LEFT JOIN held_submissions h ON h.task_id = s.task_id
         WHERE s.parent_id = ? ORDER BY s.created_at, s.task_id
         "#,
     )
@@ -226,14 +230,21 @@ pub(super) async fn routed_subtasks(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, title, depth, created_by, central)| {
+        .map(|(id, title, depth, created_by, central, held, waits)| {
             let central: Option<RoutedTaskV1> = central.and_then(|c| serde_json::from_str(&c).ok());
-            let state = match central.as_ref().map(|c| c.state.as_str()) {
-                Some("done") => TaskState::Complete,
-                Some("failed" | "refused") => TaskState::Failed,
-                Some("cancelled") => TaskState::Cancelled,
-                Some("blocked") => TaskState::Blocked,
-                Some("running") => TaskState::Executing,
+            let mut depends_on: Vec<String> =
+                waits.and_then(|w| serde_json::from_str(&w).ok()).unwrap_or_default();
+            depends_on.sort();
+            // Held here (waiting for its siblings, or never to be sent), else the central's word.
+            let state = match (held.as_deref(), central.as_ref().map(|c| c.state.as_str())) {
+                (Some("held"), _) => TaskState::Created,
+                (Some("blocked"), _) => TaskState::Blocked,
+                (Some(_), _) => TaskState::Cancelled,
+                (None, Some("done")) => TaskState::Complete,
+                (None, Some("failed" | "refused")) => TaskState::Failed,
+                (None, Some("cancelled")) => TaskState::Cancelled,
+                (None, Some("blocked")) => TaskState::Blocked,
+                (None, Some("running")) => TaskState::Executing,
                 _ => TaskState::Queued,
             };
             let result = central
@@ -247,7 +258,7 @@ pub(super) async fn routed_subtasks(
                 state,
                 depth,
                 created_by,
-                depends_on: Vec::new(),
+                depends_on,
                 result,
                 subtasks: Vec::new(),
                 system: central.and_then(|c| c.executing_name),
@@ -270,7 +281,24 @@ pub(super) async fn cancel_routed_subtasks(tx: &mut super::Writing, parent: Uuid
     .bind(parent.hyphenated())
     .fetch_all(&mut **tx)
     .await?;
+    let reason = format!("parent {} cancelled", ccm_schema::types::short_id(&parent));
     for (id, central) in rows {
+        // One still waiting here for its siblings was never sent: it ends here.
+        let held = sqlx::query(
+            "UPDATE held_submissions SET state = 'cancelled', reason = ? WHERE task_id = ? AND state = 'held'",
+        )
+        .bind(&reason)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await?;
+        let never_sent: (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM held_submissions WHERE task_id = ?)")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if held.rows_affected() > 0 || never_sent.0 {
+            continue;
+        }
         let state = central
             .and_then(|c| serde_json::from_str::<RoutedTaskV1>(&c).ok())
             .map(|c| c.state)
@@ -278,10 +306,9 @@ pub(super) async fn cancel_routed_subtasks(tx: &mut super::Writing, parent: Uuid
         if ["done", "failed", "blocked", "cancelled", "refused"].contains(&state.as_str()) {
             continue;
         }
-        let reason = format!("parent {} cancelled", ccm_schema::types::short_id(&parent));
         let call = ccm_sync::wire::CallV1::CancelRouted(ccm_sync::wire::RoutedControlV1 {
             p_task_id: super::tasks::parse_id(&id)?,
-            p_reason: Some(reason),
+            p_reason: Some(reason.clone()),
         });
         super::routing::queue_call(tx, &call).await?;
     }

@@ -236,7 +236,9 @@ impl Store {
                 max_attempts: i64::from(task.max_attempts),
             },
         });
-        queue_call(&mut tx, &call).await?;
+        // The central knows no dependencies: a task that waits for tasks of this system is
+        // sent once they are complete.
+        hold_or_queue(&mut tx, id, &task.depends_on, &call).await?;
         let routed = observed(&mut tx, None, id).await?;
         tx.commit().await?;
         Ok(routed)
@@ -890,6 +892,91 @@ async fn result(tx: &mut Writing, task: &Task) -> Result<ResultV1> {
 
 /// Queues `call` in the transaction of the change that made it; the sync driver is woken after
 /// the commit.
+/// Queues the submission `call` of the routed task `id` at once, or, while a task of
+/// `depends_on` is not complete, holds it (`routed_waits`, `held_submissions`) until
+/// [`dependency_ended`] releases it.
+async fn hold_or_queue(
+    tx: &mut Writing,
+    id: Uuid,
+    depends_on: &[Uuid],
+    call: &CallV1,
+) -> Result<()> {
+    let mut waiting = false;
+    for dep in depends_on {
+        sqlx::query("INSERT OR IGNORE INTO routed_waits (task_id, depends_on) VALUES (?, ?)")
+            .bind(id.hyphenated())
+            .bind(dep.hyphenated())
+            .execute(&mut **tx)
+            .await?;
+        let (state,): (TaskState,) = sqlx::query_as("SELECT state FROM tasks WHERE id = ?")
+            .bind(dep.hyphenated())
+            .fetch_one(&mut **tx)
+            .await?;
+        waiting |= state != TaskState::Complete;
+    }
+    if !waiting {
+        return queue_call(tx, call).await;
+    }
+    let params = call
+        .params()
+        .map_err(|e| StoreError::Invalid { field: "params", message: e.to_string() })?;
+    sqlx::query("INSERT INTO held_submissions (task_id, params) VALUES (?, ?)")
+        .bind(id.hyphenated())
+        .bind(params.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The task `dep` ended in `state` (in the transaction of its move): each held submission
+/// waiting for it is sent once all its dependencies are complete, or, `dep` failed or
+/// cancelled, never (`blocked`, with the reason).
+pub(super) async fn dependency_ended(tx: &mut Writing, dep: Uuid, state: TaskState) -> Result<()> {
+    let held: Vec<(String, String)> = sqlx::query_as(
+        r#"
+        SELECT h.task_id, h.params FROM routed_waits w
+        JOIN held_submissions h ON h.task_id = w.task_id AND h.state = 'held'
+        WHERE w.depends_on = ?
+        "#,
+    )
+    .bind(dep.hyphenated())
+    .fetch_all(&mut **tx)
+    .await?;
+    for (task, params) in held {
+        if state != TaskState::Complete {
+            let reason = format!("dependency {} is {state}", ccm_schema::types::short_id(&dep));
+            sqlx::query(
+                "UPDATE held_submissions SET state = 'blocked', reason = ? WHERE task_id = ?",
+            )
+            .bind(reason)
+            .bind(&task)
+            .execute(&mut **tx)
+            .await?;
+            continue;
+        }
+        let (open,): (bool,) = sqlx::query_as(
+            r#"
+            SELECT EXISTS (SELECT 1 FROM routed_waits w JOIN tasks t ON t.id = w.depends_on
+                           WHERE w.task_id = ? AND t.state <> 'complete')
+            "#,
+        )
+        .bind(&task)
+        .fetch_one(&mut **tx)
+        .await?;
+        if open {
+            continue;
+        }
+        let call = CallV1::parse("submit_task", &params)
+            .map_err(|message| StoreError::Invalid { field: "params", message })?;
+        queue_call(tx, &call).await?;
+        sqlx::query("DELETE FROM held_submissions WHERE task_id = ?")
+            .bind(&task)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn queue_call(tx: &mut Writing, call: &CallV1) -> Result<()> {
     let params = call
         .params()
