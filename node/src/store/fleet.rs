@@ -207,65 +207,50 @@ impl Store {
     }
 }
 
-/// The routed sub-tasks of `parent`, oldest first, with the central's latest word on each.
-pub(super) async fn routed_subtasks(
-    conn: &mut sqlx::SqliteConnection,
-    parent: &str,
-) -> Result<Vec<Subtask>> {
-    type Row = (String, String, i64, String, Option<String>, Option<String>, Option<String>);
-    let rows: Vec<Row> = sqlx::query_as(
-        r#"
-        SELECT s.task_id, coalesce(r.title, t.title, ''), s.depth, s.created_by, r.central,
-               h.state, (SELECT json_group_array(w.depends_on) FROM routed_waits w
-                         WHERE w.task_id = s.task_id)
-        FROM routed_subtasks s
-        LEFT JOIN routed_tasks r ON r.id = s.task_id
-        LEFT JOIN tasks t ON t.id = s.task_id
-        LEFT JOIN held_submissions h ON h.task_id = s.task_id
-        WHERE s.parent_id = ? ORDER BY s.created_at, s.task_id
-        "#,
-    )
-    .bind(parent)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, title, depth, created_by, central, held, waits)| {
-            let central: Option<RoutedTaskV1> = central.and_then(|c| serde_json::from_str(&c).ok());
-            let mut depends_on: Vec<String> =
-                waits.and_then(|w| serde_json::from_str(&w).ok()).unwrap_or_default();
-            depends_on.sort();
-            // Held here (waiting for its siblings, or never to be sent), else the central's word.
-            let state = match (held.as_deref(), central.as_ref().map(|c| c.state.as_str())) {
-                (Some("held"), _) => TaskState::Created,
-                (Some("blocked"), _) => TaskState::Blocked,
-                (Some(_), _) => TaskState::Cancelled,
-                (None, Some("done")) => TaskState::Complete,
-                (None, Some("failed" | "refused")) => TaskState::Failed,
-                (None, Some("cancelled")) => TaskState::Cancelled,
-                (None, Some("blocked")) => TaskState::Blocked,
-                (None, Some("running")) => TaskState::Executing,
-                _ => TaskState::Queued,
-            };
-            let result = central
-                .as_ref()
-                .and_then(|c| c.result.as_ref())
-                .and_then(|r| r["report"]["last_message"].as_str().or(r["summary"].as_str()))
-                .map(str::to_string);
-            Subtask {
-                id,
-                title,
-                state,
-                depth,
-                created_by,
-                depends_on,
-                result,
-                subtasks: Vec::new(),
-                system: central.and_then(|c| c.executing_name),
-                routed: true,
-            }
-        })
-        .collect())
+/// A routed sub-task as its parent sees it: held here (waiting for its siblings, or never to
+/// be sent: `held`, the `held_submissions` state), else the central's latest word (`central`);
+/// `waits`: the JSON array of the siblings it waits for.
+pub(super) fn routed_subtask(
+    id: String,
+    title: String,
+    depth: i64,
+    created_by: String,
+    central: Option<&str>,
+    held: Option<&str>,
+    waits: Option<&str>,
+) -> Subtask {
+    let central: Option<RoutedTaskV1> = central.and_then(|c| serde_json::from_str(c).ok());
+    let mut depends_on: Vec<String> =
+        waits.and_then(|w| serde_json::from_str(w).ok()).unwrap_or_default();
+    depends_on.sort();
+    let state = match (held, central.as_ref().map(|c| c.state.as_str())) {
+        (Some("held"), _) => TaskState::Created,
+        (Some("blocked"), _) => TaskState::Blocked,
+        (Some(_), _) => TaskState::Cancelled,
+        (None, Some("done")) => TaskState::Complete,
+        (None, Some("failed" | "refused")) => TaskState::Failed,
+        (None, Some("cancelled")) => TaskState::Cancelled,
+        (None, Some("blocked")) => TaskState::Blocked,
+        (None, Some("running")) => TaskState::Executing,
+        _ => TaskState::Queued,
+    };
+    let result = central
+        .as_ref()
+        .and_then(|c| c.result.as_ref())
+        .and_then(|r| r["report"]["last_message"].as_str().or(r["summary"].as_str()))
+        .map(str::to_string);
+    Subtask {
+        id,
+        title,
+        state,
+        depth,
+        created_by,
+        depends_on,
+        result,
+        subtasks: Vec::new(),
+        system: central.and_then(|c| c.executing_name),
+        routed: true,
+    }
 }
 
 /// Asks the central to cancel the routed sub-tasks of `parent` that have not ended (the calls
