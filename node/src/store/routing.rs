@@ -1108,3 +1108,67 @@ async fn load_routed_opt(tx: &mut Writing, id: &str) -> Result<Option<RoutedTask
         .fetch_optional(&mut **tx)
         .await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tasks whose `submit_task` call is queued for the central, in order.
+    async fn submitted(store: &Store) -> Vec<String> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT task_id FROM route_calls WHERE function = 'submit_task' ORDER BY seq",
+        )
+        .fetch_all(&store.readers)
+        .await
+        .unwrap();
+        rows.into_iter().map(|(t,)| t).collect()
+    }
+
+    #[tokio::test]
+    async fn a_routed_task_waiting_for_local_ones_is_sent_once_they_complete_and_never_after_a_cancel(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ccm.db"), "node").await.unwrap();
+        let config = Config::load(dir.path(), None).unwrap();
+        let policy = RetryPolicy::default();
+        let local = |title: &str| NewTask { title: title.into(), ..NewTask::default() };
+        let a = store.create_task(local("a"), &config, "test").await.unwrap();
+        let b = store.create_task(local("b"), &config, "test").await.unwrap();
+        let after = |title: &str, dep: Uuid| NewTask {
+            title: title.into(),
+            depends_on: vec![dep.to_string()],
+            ..NewTask::default()
+        };
+        let after_a = store.route_task(after("after a", a.id), None, &config).await.unwrap();
+        let after_b = store.route_task(after("after b", b.id), None, &config).await.unwrap();
+        assert!(submitted(&store).await.is_empty(), "held while a and b are open");
+
+        store
+            .apply_event(&b.id.to_string(), TaskEvent::Cancel, "operator", "test", policy)
+            .await
+            .unwrap();
+        for event in [
+            TaskEvent::Admit,
+            TaskEvent::Start,
+            TaskEvent::WorkerFinished,
+            TaskEvent::VerifyPassed,
+            TaskEvent::ReportReady { supervised: false },
+        ] {
+            store.apply_event(&a.id.to_string(), event, "test", "test", policy).await.unwrap();
+        }
+        assert_eq!(store.task(&a.id.to_string()).await.unwrap().task.state, TaskState::Complete);
+        assert_eq!(submitted(&store).await, [after_a.id.hyphenated().to_string()]);
+        let held: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT task_id, state, reason FROM held_submissions")
+                .fetch_all(&store.readers)
+                .await
+                .unwrap();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].0, after_b.id.hyphenated().to_string());
+        assert_eq!(held[0].1, "blocked");
+        assert_eq!(
+            held[0].2.as_deref(),
+            Some(format!("dependency {} is cancelled", &b.id.to_string()[..8]).as_str())
+        );
+    }
+}
