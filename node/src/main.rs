@@ -60,7 +60,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    // `ccm mcp` serves one agent's calls in turn: one thread, no hand-off between threads on
+    // the way from its stdin to the daemon and back (BENCHMARKS.md, MCP tool calls).
+    let runtime = if cli.runs_mcp_server() {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
     finish(runtime, cli::run(cli))
 }
 

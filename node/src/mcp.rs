@@ -5,10 +5,19 @@
 //! environment, as for the hooks. Without a credential every tool answers a clear refusal (the
 //! server itself still starts, so the CLI runs on).
 //!
-//! The daemon's address: `CCM_API`, else the port file of the home (`CCM_HOME`).
+//! The daemon's address: `CCM_API`, else the port file of the home (`CCM_HOME`); its Unix
+//! socket when the home's daemon is that one. Calls go on keep-alive HTTP/1.1 connections kept
+//! open between calls, and the CLI's pipes are read and written by the IO reactor: the path of
+//! a call is the two hops and nothing else (BENCHMARKS.md, MCP tool calls).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -31,12 +40,96 @@ pub enum McpServerError {
 }
 
 /// Where and as whom the server calls the daemon.
-#[derive(Clone)]
 struct Daemon {
-    http: reqwest::Client,
-    base: Option<String>,
+    endpoint: Option<Endpoint>,
+    /// Idle keep-alive connections to the daemon, reused by the next call (calls may run at
+    /// once: a `wait_subtasks` holds its connection while another tool is called).
+    idle: std::sync::Mutex<Vec<Sender>>,
     token: Option<String>,
     task: Option<String>,
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// How the server reaches the daemon's API.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    /// The daemon's Unix socket (no TCP on either side), when `CCM_API` names the daemon of the
+    /// home (or is unset) and the daemon has one; with the daemon's `host:port`, its `Host`.
+    Socket(PathBuf, String),
+    /// `host:port`.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Socket(path, _) => write!(f, "{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "http://{addr}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// `CCM_API` (a URL or `host:port`), or the daemon of the home; the home daemon's socket
+    /// when it is the same daemon.
+    fn locate(api: Option<String>) -> Option<Endpoint> {
+        let api = api.map(|a| {
+            let a = a.trim_end_matches('/');
+            a.strip_prefix("http://").unwrap_or(a).to_string()
+        });
+        let info = Home::locate().ok().and_then(|home| home.read_daemon_info());
+        match (api, info) {
+            (Some(api), Some(info)) if info.addr == api => Some(Endpoint::of(info)),
+            (Some(api), _) => Some(Endpoint::Tcp(api)),
+            (None, Some(info)) => Some(Endpoint::of(info)),
+            (None, None) => None,
+        }
+    }
+
+    /// The daemon of a port file: its socket if it has one.
+    fn of(info: crate::home::DaemonInfo) -> Endpoint {
+        match info.socket.filter(|s| s.exists()) {
+            Some(socket) => Endpoint::Socket(socket, info.addr),
+            None => Endpoint::Tcp(info.addr),
+        }
+    }
+
+    /// The `Host` of its requests: the daemon answers only to its loopback address.
+    fn host(&self) -> &str {
+        match self {
+            Endpoint::Socket(_, addr) | Endpoint::Tcp(addr) => addr,
+        }
+    }
+
+    /// A new HTTP/1.1 connection to the daemon.
+    async fn connect(&self) -> Result<Sender, String> {
+        async fn handshake<S>(stream: S) -> Result<Sender, String>
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            let (sender, connection) =
+                http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                // Ends when the daemon or this side closes it; a failed call says why.
+                let _ = connection.await;
+            });
+            Ok(sender)
+        }
+        match self {
+            Endpoint::Socket(path, _) => {
+                let stream =
+                    tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?;
+                handshake(stream).await
+            }
+            Endpoint::Tcp(addr) => {
+                let stream =
+                    tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                handshake(stream).await
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -45,48 +138,41 @@ impl Daemon {
         let var = |name: &str| {
             std::env::var(name).ok().filter(|v| !v.trim().is_empty() && !v.starts_with('$'))
         };
-        let base = var("CCM_API").or_else(|| {
-            let home = Home::locate().ok()?;
-            Some(format!("http://{}", home.read_daemon_info()?.addr))
-        });
         Daemon {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap_or_else(|_| reqwest::Client::new()),
-            base: base.map(|b| b.trim_end_matches('/').to_string()),
+            endpoint: Endpoint::locate(var("CCM_API")),
+            idle: std::sync::Mutex::default(),
             token: var("CCM_AGENT_TOKEN"),
             task: var("CCM_TASK_ID"),
         }
     }
 
     /// Calls the agent API; the answer's JSON, or the refusal's message.
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, String> {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, String> {
         let Some(token) = &self.token else {
             return Err("refused: no agent credential (CCM_AGENT_TOKEN is not set): ccm's tools work only for an agent ccm started".into());
         };
-        let Some(base) = &self.base else {
+        let Some(endpoint) = &self.endpoint else {
             return Err("refused: no ccm daemon to ask (neither CCM_API nor a running daemon's port file in CCM_HOME)".into());
         };
-        let mut request =
-            self.http.request(method, format!("{base}{path}")).header("x-ccm-agent-token", token);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, endpoint.host())
+            .header("x-ccm-agent-token", token);
         if let Some(task) = &self.task {
             request = request.header("x-ccm-task-id", task);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the ccm daemon at {base}: {e}"))?;
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
+        let body = match body {
+            Some(body) => {
+                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body)).map_err(|e| format!("{path}: {e}"))?;
+        let unreachable = |e: String| format!("cannot reach the ccm daemon at {endpoint}: {e}");
+        let (status, bytes) = self.send(endpoint, request).await.map_err(unreachable)?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(value);
         }
@@ -97,13 +183,60 @@ impl Daemon {
             format!("ccm answered {status}: {message}")
         })
     }
+
+    /// Sends `request` on an idle connection (a new one when none is left, or when the idle
+    /// one was closed before the request went out) and reads the whole answer.
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let lock = |idle: &std::sync::Mutex<Vec<Sender>>| {
+            idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+        };
+        let mut pooled = lock(&self.idle);
+        loop {
+            let fresh = pooled.is_none();
+            let mut sender = match pooled.take() {
+                Some(sender) => sender,
+                None => endpoint.connect().await?,
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err("the connection closed at once".into());
+                }
+                pooled = lock(&self.idle);
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let bytes =
+                        response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(sender);
+                    return Ok((status, bytes));
+                }
+                // Not sent (the daemon had closed the idle connection): again, on another.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !fresh => {
+                        request = unsent;
+                        pooled = lock(&self.idle);
+                    }
+                    _ => return Err(error.into_error().to_string()),
+                },
+            }
+        }
+    }
 }
 
 impl Daemon {
     /// The refusal of a caller who may not use ccm's tools at all, else `error` (what was wrong
     /// with the arguments): a refused agent learns that first, whatever it sent.
     async fn refusal_or(&self, error: String) -> String {
-        match self.call(reqwest::Method::GET, "/api/agent/whoami", None).await {
+        match self.call(Method::GET, "/api/agent/whoami", None).await {
             Err(refusal) => refusal,
             Ok(_) => error,
         }
@@ -220,7 +353,6 @@ impl CcmServer {
 
     /// Runs a tool: the daemon's answer as JSON text, or the refusal's words.
     pub async fn run_tool(&self, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
-        use reqwest::Method;
         let text = |key: &str| args.get(key).and_then(Value::as_str).map(str::to_string);
         let need =
             |key: &str| text(key).filter(|v| !v.is_empty()).ok_or(format!("{key}: required"));
@@ -339,7 +471,8 @@ impl ServerHandler for CcmServer {
 /// Serves MCP on stdin and stdout until the client goes away.
 pub async fn serve() -> Result<(), McpServerError> {
     let service = CcmServer::from_env()
-        .serve(rmcp::transport::stdio())
+        // The CLI's pipes driven by the IO reactor, not a blocking thread per read and write.
+        .serve(rmcp::transport::stdio_pipes())
         .await
         .map_err(|e| McpServerError::Serve(e.to_string()))?;
     service.waiting().await.map_err(|e| McpServerError::Serve(e.to_string()))?;

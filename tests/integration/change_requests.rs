@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::coordination::{agent_outputs, tool_results};
 use ccm_tests::standin::anthropic::{Anthropic, Turn};
 use ccm_tests::standin::telegram::Telegram;
-use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
+use ccm_tests::{git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
 
 const SLOW: Duration = Duration::from_secs(120);
@@ -52,19 +52,8 @@ fn setup(name: &str, extra: &str) -> (TestHome, String) {
 
 /// `ccm up` whose agents find the real `claude` first on their PATH and talk to `api`.
 fn start_claude(home: &TestHome, api: &Anthropic, env: &[(&str, String)]) -> Daemon {
-    let bin = agent_cli("claude");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let user_home = home.dir.path().join("user");
-    std::fs::create_dir_all(&user_home).unwrap();
     home.start_with(|command| {
-        command.env("PATH", path).env("HOME", &user_home);
-        for (name, value) in api.env() {
-            command.env(name, value);
-        }
+        api.claude_env(home, command);
         for (name, value) in env {
             command.env(name, value);
         }

@@ -32,20 +32,7 @@ fn setup(name: &str, extra: &str) -> (TestHome, String) {
 
 /// `ccm up` whose agents find the real `claude` first on their PATH and talk to `api`.
 fn start_claude(home: &TestHome, api: &Anthropic) -> Daemon {
-    let bin = agent_cli("claude");
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let user_home = home.dir.path().join("user");
-    std::fs::create_dir_all(&user_home).unwrap();
-    home.start_with(|command| {
-        command.env("PATH", path).env("HOME", &user_home);
-        for (name, value) in api.env() {
-            command.env(name, value);
-        }
-    })
+    home.start_with(|command| api.claude_env(home, command))
 }
 
 async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {

@@ -369,3 +369,141 @@ async fn a_subtask_runs_on_a_second_node_that_holds_the_repository() {
     })
     .await;
 }
+
+/// A sub-task's agent on either node: works a moment (so its sibling is created while it
+/// runs), writes a file named after its task, commits it, and says what it did.
+const SLOW_WRITER: &str = "  writer:\n    command: [sh, -c, 'sleep 2 && echo \"$0\" > \"out-$CCM_TASK_ID.txt\" && git add -A && git commit -qm \"part ($CCM_TASK_ID)\" && echo \"result of $0\"', '{prompt}']\n    output: plain\n";
+
+/// Issue 24, acceptance 1, across two systems with the real Claude Code: the parent's agent on
+/// alpha creates two sub-tasks through `ccm mcp`, the second depending on the first. The first
+/// takes alpha's free slot; the second finds none and is routed, its submission held on alpha
+/// until the first is complete (the central knows no dependencies), then run by beta, which
+/// holds the repository. The parent's verify fails once (a marker file), so it gets a next
+/// attempt, whose prompt carries both results.
+#[tokio::test]
+async fn claude_agent_creates_dependent_subtasks_one_runs_on_a_second_node_and_the_next_attempt_sees_their_results(
+) {
+    use ccm_tests::standin::anthropic::{Anthropic, Turn};
+    let fleet = Fleet::start();
+    let api = Anthropic::start(vec![
+        Turn::tool(
+            "mcp__ccm__create_subtask",
+            json!({ "title": "first part", "prompt": "alpha", "profile": "writer" }),
+        ),
+        Turn::tool(
+            "mcp__ccm__create_subtask",
+            json!({ "title": "second part", "prompt": "beta", "profile": "writer",
+                    "depends_on": ["{last:id}"] }),
+        ),
+        Turn::tool("mcp__ccm__wait_subtasks", json!({ "timeout_secs": 150 })),
+        Turn::text("Both parts are done."),
+        Turn::text("I read both parts' results."),
+    ]);
+    // alpha: two slots, the parent's and one for a sub-task; beta: the same repository.
+    let options = NodeOptions { slots: 2, ..NodeOptions::new("commit") };
+    let alpha = fleet
+        .node_extra(1, "alpha", true, &options, SLOW_WRITER, "")
+        .up_with(|home, command| api.claude_env(home, command));
+    let beta = fleet.node_extra(2, "beta", true, &options, SLOW_WRITER, "").up();
+    wait_for("both systems' contexts on the central", SLOW, async || {
+        (fleet.has_context("alpha") && fleet.has_context("beta")).then_some(())
+    })
+    .await;
+
+    let marker = fleet.dir.path().join("verified-once");
+    let verify = format!("test -e {0} || {{ touch {0}; exit 1; }}", marker.display());
+    let repo = checkout(&alpha).to_string_lossy().into_owned();
+    let added = alpha.home.run_json(&[
+        "task",
+        "add",
+        "split the work",
+        "--repo",
+        &repo,
+        "--profile",
+        "claude",
+        "--verify",
+        &verify,
+    ]);
+    let parent = added["id"].as_str().unwrap_or_else(|| panic!("{added:#}")).to_string();
+    let daemon = alpha.daemon();
+    let detail = || async { daemon.get(&format!("/api/tasks/{parent}")).await.1 };
+    let complete = ccm_tests::wait_until(Duration::from_secs(240), || async {
+        detail().await["state"] == "complete"
+    })
+    .await;
+    let shown = detail().await;
+    assert!(
+        complete,
+        "the parent never completed: {shown:#}\n{}\n--- alpha:\n{}\n--- beta:\n{}",
+        crate::coordination::agent_outputs(daemon).await,
+        alpha.log(),
+        beta.log()
+    );
+
+    // Two sub-tasks: the first ran here, the second on beta after the first completed.
+    let subtasks = shown["subtasks"].as_array().expect("sub-tasks in the task's detail").clone();
+    assert_eq!(subtasks.len(), 2, "{shown:#}");
+    let (first, second) = (&subtasks[0], &subtasks[1]);
+    assert_eq!(first["title"], "first part", "{shown:#}");
+    assert_eq!(second["title"], "second part", "{shown:#}");
+    assert_eq!(first["routed"], Value::Null, "the first ran on alpha: {shown:#}");
+    assert_eq!(second["routed"], true, "{shown:#}");
+    assert_eq!(second["system"], "beta", "{shown:#}");
+    assert_eq!(second["depends_on"], json!([first["id"]]), "{shown:#}");
+    for sub in [first, second] {
+        assert_eq!(sub["state"], "complete", "{shown:#}");
+    }
+    let second_id = second["id"].as_str().unwrap();
+    let on_beta = beta.local(second_id).await.unwrap_or_else(|| panic!("{}", beta.log()));
+    let runs: Vec<String> =
+        fleet.attempts(second_id).into_iter().map(|(system, _, _)| system).collect();
+    assert_eq!(runs, ["beta"], "{on_beta:#}");
+    let first_done = alpha.home.run_json(&["task", "show", first["id"].as_str().unwrap()]);
+    let at = |t: &Value, state: &str| {
+        let entry = t["log"].as_array().unwrap().iter().find(|e| e["to_state"] == state).cloned();
+        let at = entry.unwrap_or_else(|| panic!("no {state} in {t:#}"))["at"].clone();
+        humantime::parse_rfc3339(at.as_str().unwrap()).unwrap()
+    };
+    assert!(at(&on_beta, "queued") >= at(&first_done, "complete"), "{on_beta:#}");
+
+    // The parent's next attempt: its prompt (the first request of its agent) lists both
+    // sub-tasks with what their agents said.
+    let attempts = shown["runs"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(attempts, 2, "{shown:#}");
+    let prompt = shown["runs"][1]["prompt"].as_str().unwrap_or_default().to_string();
+    let requests: Vec<String> = api.requests().iter().map(Value::to_string).collect();
+    let asked = requests
+        .iter()
+        .find(|r| r.contains("Sub-tasks of this task:"))
+        .unwrap_or_else(|| panic!("no request with the sub-tasks: {prompt}\n{requests:#?}"));
+    for (title, result) in [("first part", "result of alpha"), ("second part", "result of beta")] {
+        let line = format!("`{title}`: complete; its last message: {result}");
+        assert!(asked.contains(&line), "{line} not in {asked}");
+    }
+
+    // The calls went through the CLI's MCP tool names (its hooks saw them).
+    let events = daemon.get(&format!("/api/tasks/{parent}/events")).await.1;
+    let tools: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "PreToolUse")
+        .filter_map(|e| e["tool"].as_str())
+        .collect();
+    assert_eq!(
+        tools,
+        ["mcp__ccm__create_subtask", "mcp__ccm__create_subtask", "mcp__ccm__wait_subtasks"],
+        "{events:#}"
+    );
+
+    // The tree, as the operator reads it.
+    let text = alpha.home.run_ok(&["task", "show", &parent]);
+    let line = |title: &str| text.lines().find(|l| l.contains(title)).unwrap_or_default();
+    let first_id = &first["id"].as_str().unwrap()[..8];
+    assert!(text.contains("sub-tasks:"), "{text}");
+    assert!(line("first part").contains(first_id), "{text}");
+    assert!(line("first part").contains("complete"), "{text}");
+    assert!(line("second part").contains(&second_id[..8]), "{text}");
+    assert!(line("second part").contains(&format!("(after {first_id})")), "{text}");
+    assert!(line("second part").contains("on beta"), "{text}");
+}

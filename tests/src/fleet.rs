@@ -203,6 +203,13 @@ impl Node {
         self
     }
 
+    /// Starts the daemon after `configure` adjusted its command (extra environment, ...).
+    pub fn up_with(mut self, configure: impl FnOnce(&TestHome, &mut Command)) -> Node {
+        let daemon = self.home.start_with(|command| configure(&self.home, command));
+        self.daemon = Some(daemon);
+        self
+    }
+
     pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("the daemon runs")
     }

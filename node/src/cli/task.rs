@@ -953,8 +953,13 @@ fn show_tree(subtasks: &[crate::store::Subtask], depth: usize) {
             let ids: Vec<&str> = s.depends_on.iter().map(|d| &d[..d.len().min(8)]).collect();
             format!("  (after {})", ids.join(", "))
         };
+        let system = match (&s.system, s.routed) {
+            (Some(system), _) => format!("  on {system}"),
+            (None, true) => "  routed".to_string(),
+            (None, false) => String::new(),
+        };
         println!(
-            "{indent}└─ {}  {:<10} {}{after}",
+            "{indent}└─ {}  {:<10} {}{after}{system}",
             &s.id[..s.id.len().min(8)],
             s.state.to_string(),
             s.title

@@ -72,7 +72,15 @@ struct Caller {
     task: Task,
 }
 
+/// The calling agent and its task's row.
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let agent = identity(state, headers).await?;
+    let task = state.store.task_row(agent.task_id).await?;
+    Ok(Caller { agent, task })
+}
+
+/// The calling agent, from its credential (one read); refuses any other caller.
+async fn identity(state: &AppState, headers: &HeaderMap) -> Result<AgentIdentity, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let token = header(AGENT_TOKEN_HEADER)
         .filter(|t| !t.is_empty())
@@ -97,8 +105,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
             )));
         }
     }
-    let task = state.store.task_row(agent.task_id).await?;
-    Ok(Caller { agent, task })
+    Ok(agent)
 }
 
 async fn whoami(
@@ -212,8 +219,8 @@ async fn list_subtasks(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Subtask>>, ApiError> {
-    let caller = caller(&state, &headers).await?;
-    Ok(Json(state.store.subtasks(caller.task.id).await?))
+    let agent = identity(&state, &headers).await?;
+    Ok(Json(state.store.subtasks(agent.task_id).await?))
 }
 
 #[derive(Deserialize)]
@@ -235,14 +242,14 @@ async fn wait_subtasks(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Wait>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = caller(&state, &headers).await?;
+    let agent = identity(&state, &headers).await?;
     let config = state.config.current();
     let limit = config.coordination.max_wait_secs;
     let timeout = Duration::from_secs(body.timeout_secs.unwrap_or(limit).min(limit));
     let deadline = tokio::time::Instant::now() + timeout;
     let mut changes = state.store.changes();
     loop {
-        let all = state.store.subtasks(caller.task.id).await?;
+        let all = state.store.subtasks(agent.task_id).await?;
         let chosen: Vec<Subtask> = if body.ids.is_empty() {
             all
         } else {
@@ -255,7 +262,7 @@ async fn wait_subtasks(
                     None => {
                         return Err(ApiError::Forbidden(format!(
                             "ids: `{id}` is not a sub-task of task {}",
-                            caller.task.short_id()
+                            short_id(&agent.task_id)
                         )))
                     }
                 }

@@ -232,7 +232,9 @@ impl Store {
                 }
             }
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.credentials.revoke(agent);
+        Ok(())
     }
 
     /// Ends the task's current attempt and applies `event` (the attempt's verdict) in one

@@ -146,6 +146,10 @@ impl Store {
     /// was one, or its agent ended and it was revoked).
     pub async fn agent_by_token(&self, token: &str) -> Result<Option<AgentIdentity>> {
         let hash = super::agents::agent_token_hash(token);
+        let generation = match self.credentials.get(&hash) {
+            Ok(agent) => return Ok(Some(agent)),
+            Err(generation) => generation,
+        };
         let row: Option<(String, String, Option<String>)> = sqlx::query_as(
             r#"
             SELECT id, task_id, cwd FROM agents
@@ -155,14 +159,14 @@ impl Store {
         .bind(&hash)
         .fetch_optional(&self.readers)
         .await?;
-        Ok(match row {
-            Some((agent, task, cwd)) => Some(AgentIdentity {
-                agent_id: super::tasks::parse_id(&agent)?,
-                task_id: super::tasks::parse_id(&task)?,
-                cwd,
-            }),
-            None => None,
-        })
+        let Some((agent, task, cwd)) = row else { return Ok(None) };
+        let agent = AgentIdentity {
+            agent_id: super::tasks::parse_id(&agent)?,
+            task_id: super::tasks::parse_id(&task)?,
+            cwd,
+        };
+        self.credentials.remember(hash, &agent, generation);
+        Ok(Some(agent))
     }
 
     /// The task row alone (no log, attempts or reports): what the agent API needs per call.
@@ -267,78 +271,98 @@ impl Store {
             .map(|(p,)| p))
     }
 
-    /// The sub-tasks of `parent`, oldest first, each with its own (the whole tree below it).
+    /// The sub-tasks of `parent`, oldest first (its local ones, then its routed ones), each
+    /// with its own (the whole tree below it), read in one statement.
     pub async fn subtasks(&self, parent: Uuid) -> Result<Vec<Subtask>> {
-        let mut conn = self.readers.acquire().await?;
-        let mut out = Vec::new();
-        // Breadth-first through the tree, then assembled from the leaves up.
-        let mut levels: Vec<Vec<(String, Subtask)>> = Vec::new();
-        let mut frontier = vec![parent.hyphenated().to_string()];
-        while !frontier.is_empty() && levels.len() < 64 {
-            let mut level = Vec::new();
-            for parent in &frontier {
-                let rows: Vec<(String, String, TaskState, i64, String)> = sqlx::query_as(
-                    r#"
-                    SELECT t.id, t.title, t.state, s.depth, s.created_by
-                    FROM subtasks s JOIN tasks t ON t.id = s.task_id
-                    WHERE s.parent_id = ? ORDER BY s.created_at, t.rowid
-                    "#,
+        let rows: Vec<SubtaskRow> = sqlx::query_as(
+            r#"
+            WITH RECURSIVE tree (id, parent_id, depth, created_by, created_at, routed, level) AS (
+                SELECT task_id, parent_id, depth, created_by, created_at, 0, 1
+                FROM subtasks WHERE parent_id = ?1
+                UNION ALL
+                SELECT task_id, parent_id, depth, created_by, created_at, 1, 1
+                FROM routed_subtasks WHERE parent_id = ?1
+                UNION ALL
+                SELECT s.task_id, s.parent_id, s.depth, s.created_by, s.created_at, 0, tree.level + 1
+                FROM subtasks s JOIN tree ON s.parent_id = tree.id
+                WHERE tree.routed = 0 AND tree.level < 64
+                UNION ALL
+                SELECT s.task_id, s.parent_id, s.depth, s.created_by, s.created_at, 1, tree.level + 1
+                FROM routed_subtasks s JOIN tree ON s.parent_id = tree.id
+                WHERE tree.routed = 0 AND tree.level < 64
+            )
+            SELECT tree.id AS id, tree.parent_id AS parent_id, tree.depth AS depth,
+                   tree.created_by AS created_by, tree.routed AS routed,
+                   CASE WHEN tree.routed THEN coalesce(r.title, t.title, '') ELSE t.title END
+                       AS title,
+                   t.state AS state,
+                   CASE WHEN tree.routed
+                        THEN (SELECT json_group_array(w.depends_on) FROM routed_waits w
+                              WHERE w.task_id = tree.id)
+                        ELSE (SELECT json_group_array(d.depends_on) FROM task_deps d
+                              WHERE d.task_id = tree.id) END AS deps,
+                   CASE WHEN tree.routed THEN NULL
+                        ELSE (SELECT json_extract(summary, '$.last_message') FROM reports
+                              WHERE task_id = tree.id ORDER BY created_at DESC LIMIT 1) END
+                       AS result,
+                   r.central AS central, h.state AS held
+            FROM tree
+            LEFT JOIN tasks t ON t.id = tree.id
+            LEFT JOIN routed_tasks r ON r.id = tree.id
+            LEFT JOIN held_submissions h ON h.task_id = tree.id
+            WHERE tree.routed = 1 OR t.id IS NOT NULL
+            ORDER BY tree.level, tree.routed, tree.created_at, t.rowid, tree.id
+            "#,
+        )
+        .bind(parent.hyphenated())
+        .fetch_all(&self.readers)
+        .await?;
+        let mut children: std::collections::HashMap<String, Vec<Subtask>> =
+            std::collections::HashMap::new();
+        for row in rows {
+            let SubtaskRow {
+                id,
+                parent_id,
+                depth,
+                created_by,
+                routed,
+                title,
+                state,
+                deps,
+                result,
+                central,
+                held,
+            } = row;
+            let subtask = if routed {
+                super::fleet::routed_subtask(
+                    id,
+                    title.unwrap_or_default(),
+                    depth,
+                    created_by,
+                    central.as_deref(),
+                    held.as_deref(),
+                    deps.as_deref(),
                 )
-                .bind(parent)
-                .fetch_all(&mut *conn)
-                .await?;
-                for (id, title, state, depth, created_by) in rows {
-                    let depends_on: Vec<(String,)> = sqlx::query_as(
-                        "SELECT depends_on FROM task_deps WHERE task_id = ? ORDER BY depends_on",
-                    )
-                    .bind(&id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    let result: Option<(Option<String>,)> = sqlx::query_as(
-                        r#"
-                        SELECT json_extract(summary, '$.last_message') FROM reports
-                        WHERE task_id = ? ORDER BY created_at DESC LIMIT 1
-                        "#,
-                    )
-                    .bind(&id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    level.push((
-                        parent.clone(),
-                        Subtask {
-                            id,
-                            title,
-                            state,
-                            depth,
-                            created_by,
-                            depends_on: depends_on.into_iter().map(|(d,)| d).collect(),
-                            result: result.and_then(|(r,)| r),
-                            subtasks: Vec::new(),
-                            system: None,
-                            routed: false,
-                        },
-                    ));
+            } else {
+                let mut depends_on: Vec<String> =
+                    deps.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default();
+                depends_on.sort();
+                Subtask {
+                    id,
+                    title: title.unwrap_or_default(),
+                    state: state.unwrap_or(TaskState::Created),
+                    depth,
+                    created_by,
+                    depends_on,
+                    result,
+                    subtasks: Vec::new(),
+                    system: None,
+                    routed: false,
                 }
-                for routed in super::fleet::routed_subtasks(&mut conn, parent).await? {
-                    level.push((parent.clone(), routed));
-                }
-            }
-            frontier = level.iter().map(|(_, s)| s.id.clone()).collect();
-            levels.push(level);
+            };
+            children.entry(parent_id).or_default().push(subtask);
         }
-        while let Some(level) = levels.pop() {
-            match levels.last_mut() {
-                Some(above) => {
-                    for (parent, subtask) in level {
-                        if let Some((_, p)) = above.iter_mut().find(|(_, s)| s.id == parent) {
-                            p.subtasks.push(subtask);
-                        }
-                    }
-                }
-                None => out = level.into_iter().map(|(_, s)| s).collect(),
-            }
-        }
-        Ok(out)
+        Ok(assemble(&mut children, &parent.hyphenated().to_string(), 0))
     }
 
     /// Creates a task split into `parts`, in one transaction: the parts first (each part's
@@ -652,6 +676,74 @@ impl Store {
     }
 }
 
+/// The live agents' credentials [`Store::agent_by_token`] found (by the credential's hash).
+/// An agent's entry is dropped when it ends (`Store::agent_ended`, after its commit revoked the
+/// credential); a lookup that read the database before that commit and remembers after it is
+/// ignored, since every end moves `generation` on.
+#[derive(Debug, Default)]
+pub(super) struct Credentials {
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, AgentIdentity>)>,
+}
+
+impl Credentials {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<String, AgentIdentity>)> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The agent of `hash`, or the generation to remember a lookup under.
+    fn get(&self, hash: &str) -> std::result::Result<AgentIdentity, u64> {
+        let inner = self.lock();
+        inner.1.get(hash).cloned().ok_or(inner.0)
+    }
+
+    fn remember(&self, hash: String, agent: &AgentIdentity, generation: u64) {
+        let mut inner = self.lock();
+        if inner.0 == generation {
+            inner.1.insert(hash, agent.clone());
+        }
+    }
+
+    pub(super) fn revoke(&self, agent: Uuid) {
+        let mut inner = self.lock();
+        inner.0 += 1;
+        inner.1.retain(|_, a| a.agent_id != agent);
+    }
+}
+
+/// One row of [`Store::subtasks`]'s statement.
+#[derive(sqlx::FromRow)]
+struct SubtaskRow {
+    id: String,
+    parent_id: String,
+    depth: i64,
+    created_by: String,
+    routed: bool,
+    title: Option<String>,
+    state: Option<TaskState>,
+    /// JSON array of the ids it waits for.
+    deps: Option<String>,
+    result: Option<String>,
+    central: Option<String>,
+    held: Option<String>,
+}
+
+/// The sub-tasks of `parent` from `children` (each parent's, in order), with theirs below them.
+fn assemble(
+    children: &mut std::collections::HashMap<String, Vec<Subtask>>,
+    parent: &str,
+    level: usize,
+) -> Vec<Subtask> {
+    let mut own = children.remove(parent).unwrap_or_default();
+    if level < 64 {
+        for subtask in &mut own {
+            subtask.subtasks = assemble(children, &subtask.id, level + 1);
+        }
+    }
+    own
+}
+
 async fn insert_subtask(
     tx: &mut super::Writing,
     child: Uuid,
@@ -698,6 +790,7 @@ pub(super) async fn task_ended(
         .bind(task.hyphenated())
         .execute(&mut **tx)
         .await?;
+    super::routing::dependency_ended(tx, task, state).await?;
     if state != TaskState::Cancelled {
         return Ok(());
     }

@@ -207,54 +207,50 @@ impl Store {
     }
 }
 
-/// The routed sub-tasks of `parent`, oldest first, with the central's latest word on each.
-pub(super) async fn routed_subtasks(
-    conn: &mut sqlx::SqliteConnection,
-    parent: &str,
-) -> Result<Vec<Subtask>> {
-    let rows: Vec<(String, String, i64, String, Option<String>)> = sqlx::query_as(
-        r#"
-        SELECT s.task_id, coalesce(r.title, t.title, ''), s.depth, s.created_by, r.central
-        FROM routed_subtasks s
-        LEFT JOIN routed_tasks r ON r.id = s.task_id
-        LEFT JOIN tasks t ON t.id = s.task_id
-        WHERE s.parent_id = ? ORDER BY s.created_at, s.task_id
-        "#,
-    )
-    .bind(parent)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, title, depth, created_by, central)| {
-            let central: Option<RoutedTaskV1> = central.and_then(|c| serde_json::from_str(&c).ok());
-            let state = match central.as_ref().map(|c| c.state.as_str()) {
-                Some("done") => TaskState::Complete,
-                Some("failed" | "refused") => TaskState::Failed,
-                Some("cancelled") => TaskState::Cancelled,
-                Some("blocked") => TaskState::Blocked,
-                Some("running") => TaskState::Executing,
-                _ => TaskState::Queued,
-            };
-            let result = central
-                .as_ref()
-                .and_then(|c| c.result.as_ref())
-                .and_then(|r| r["report"]["last_message"].as_str().or(r["summary"].as_str()))
-                .map(str::to_string);
-            Subtask {
-                id,
-                title,
-                state,
-                depth,
-                created_by,
-                depends_on: Vec::new(),
-                result,
-                subtasks: Vec::new(),
-                system: central.and_then(|c| c.executing_name),
-                routed: true,
-            }
-        })
-        .collect())
+/// A routed sub-task as its parent sees it: held here (waiting for its siblings, or never to
+/// be sent: `held`, the `held_submissions` state), else the central's latest word (`central`);
+/// `waits`: the JSON array of the siblings it waits for.
+pub(super) fn routed_subtask(
+    id: String,
+    title: String,
+    depth: i64,
+    created_by: String,
+    central: Option<&str>,
+    held: Option<&str>,
+    waits: Option<&str>,
+) -> Subtask {
+    let central: Option<RoutedTaskV1> = central.and_then(|c| serde_json::from_str(c).ok());
+    let mut depends_on: Vec<String> =
+        waits.and_then(|w| serde_json::from_str(w).ok()).unwrap_or_default();
+    depends_on.sort();
+    let state = match (held, central.as_ref().map(|c| c.state.as_str())) {
+        (Some("held"), _) => TaskState::Created,
+        (Some("blocked"), _) => TaskState::Blocked,
+        (Some(_), _) => TaskState::Cancelled,
+        (None, Some("done")) => TaskState::Complete,
+        (None, Some("failed" | "refused")) => TaskState::Failed,
+        (None, Some("cancelled")) => TaskState::Cancelled,
+        (None, Some("blocked")) => TaskState::Blocked,
+        (None, Some("running")) => TaskState::Executing,
+        _ => TaskState::Queued,
+    };
+    let result = central
+        .as_ref()
+        .and_then(|c| c.result.as_ref())
+        .and_then(|r| r["report"]["last_message"].as_str().or(r["summary"].as_str()))
+        .map(str::to_string);
+    Subtask {
+        id,
+        title,
+        state,
+        depth,
+        created_by,
+        depends_on,
+        result,
+        subtasks: Vec::new(),
+        system: central.and_then(|c| c.executing_name),
+        routed: true,
+    }
 }
 
 /// Asks the central to cancel the routed sub-tasks of `parent` that have not ended (the calls
@@ -270,7 +266,24 @@ pub(super) async fn cancel_routed_subtasks(tx: &mut super::Writing, parent: Uuid
     .bind(parent.hyphenated())
     .fetch_all(&mut **tx)
     .await?;
+    let reason = format!("parent {} cancelled", ccm_schema::types::short_id(&parent));
     for (id, central) in rows {
+        // One still waiting here for its siblings was never sent: it ends here.
+        let held = sqlx::query(
+            "UPDATE held_submissions SET state = 'cancelled', reason = ? WHERE task_id = ? AND state = 'held'",
+        )
+        .bind(&reason)
+        .bind(&id)
+        .execute(&mut **tx)
+        .await?;
+        let never_sent: (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM held_submissions WHERE task_id = ?)")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if held.rows_affected() > 0 || never_sent.0 {
+            continue;
+        }
         let state = central
             .and_then(|c| serde_json::from_str::<RoutedTaskV1>(&c).ok())
             .map(|c| c.state)
@@ -278,10 +291,9 @@ pub(super) async fn cancel_routed_subtasks(tx: &mut super::Writing, parent: Uuid
         if ["done", "failed", "blocked", "cancelled", "refused"].contains(&state.as_str()) {
             continue;
         }
-        let reason = format!("parent {} cancelled", ccm_schema::types::short_id(&parent));
         let call = ccm_sync::wire::CallV1::CancelRouted(ccm_sync::wire::RoutedControlV1 {
             p_task_id: super::tasks::parse_id(&id)?,
-            p_reason: Some(reason),
+            p_reason: Some(reason.clone()),
         });
         super::routing::queue_call(tx, &call).await?;
     }

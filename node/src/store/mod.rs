@@ -204,6 +204,9 @@ pub struct Store {
     abandoned: Arc<AtomicBool>,
     /// Counts the times the writer connection was given back: each may have committed a change.
     changes: Arc<watch::Sender<u64>>,
+    /// Live agents' credentials already looked up, so the agent API reads nothing to
+    /// authenticate a call (`Store::agent_by_token`); an agent's is dropped when it ends.
+    credentials: Arc<coordination::Credentials>,
 }
 
 /// The writer connection. It is lent by a lock rather than by a pool: a pool tests each
@@ -305,6 +308,7 @@ impl Store {
             abandoned: Arc::default(),
             changes: Arc::new(watch::Sender::new(0)),
             signals: ccm_sync::Signals::new(),
+            credentials: Arc::default(),
         }
     }
 }

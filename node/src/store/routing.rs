@@ -236,7 +236,9 @@ impl Store {
                 max_attempts: i64::from(task.max_attempts),
             },
         });
-        queue_call(&mut tx, &call).await?;
+        // The central knows no dependencies: a task that waits for tasks of this system is
+        // sent once they are complete.
+        hold_or_queue(&mut tx, id, &task.depends_on, &call).await?;
         let routed = observed(&mut tx, None, id).await?;
         tx.commit().await?;
         Ok(routed)
@@ -890,6 +892,91 @@ async fn result(tx: &mut Writing, task: &Task) -> Result<ResultV1> {
 
 /// Queues `call` in the transaction of the change that made it; the sync driver is woken after
 /// the commit.
+/// Queues the submission `call` of the routed task `id` at once, or, while a task of
+/// `depends_on` is not complete, holds it (`routed_waits`, `held_submissions`) until
+/// [`dependency_ended`] releases it.
+async fn hold_or_queue(
+    tx: &mut Writing,
+    id: Uuid,
+    depends_on: &[Uuid],
+    call: &CallV1,
+) -> Result<()> {
+    let mut waiting = false;
+    for dep in depends_on {
+        sqlx::query("INSERT OR IGNORE INTO routed_waits (task_id, depends_on) VALUES (?, ?)")
+            .bind(id.hyphenated())
+            .bind(dep.hyphenated())
+            .execute(&mut **tx)
+            .await?;
+        let (state,): (TaskState,) = sqlx::query_as("SELECT state FROM tasks WHERE id = ?")
+            .bind(dep.hyphenated())
+            .fetch_one(&mut **tx)
+            .await?;
+        waiting |= state != TaskState::Complete;
+    }
+    if !waiting {
+        return queue_call(tx, call).await;
+    }
+    let params = call
+        .params()
+        .map_err(|e| StoreError::Invalid { field: "params", message: e.to_string() })?;
+    sqlx::query("INSERT INTO held_submissions (task_id, params) VALUES (?, ?)")
+        .bind(id.hyphenated())
+        .bind(params.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The task `dep` ended in `state` (in the transaction of its move): each held submission
+/// waiting for it is sent once all its dependencies are complete, or, `dep` failed or
+/// cancelled, never (`blocked`, with the reason).
+pub(super) async fn dependency_ended(tx: &mut Writing, dep: Uuid, state: TaskState) -> Result<()> {
+    let held: Vec<(String, String)> = sqlx::query_as(
+        r#"
+        SELECT h.task_id, h.params FROM routed_waits w
+        JOIN held_submissions h ON h.task_id = w.task_id AND h.state = 'held'
+        WHERE w.depends_on = ?
+        "#,
+    )
+    .bind(dep.hyphenated())
+    .fetch_all(&mut **tx)
+    .await?;
+    for (task, params) in held {
+        if state != TaskState::Complete {
+            let reason = format!("dependency {} is {state}", ccm_schema::types::short_id(&dep));
+            sqlx::query(
+                "UPDATE held_submissions SET state = 'blocked', reason = ? WHERE task_id = ?",
+            )
+            .bind(reason)
+            .bind(&task)
+            .execute(&mut **tx)
+            .await?;
+            continue;
+        }
+        let (open,): (bool,) = sqlx::query_as(
+            r#"
+            SELECT EXISTS (SELECT 1 FROM routed_waits w JOIN tasks t ON t.id = w.depends_on
+                           WHERE w.task_id = ? AND t.state <> 'complete')
+            "#,
+        )
+        .bind(&task)
+        .fetch_one(&mut **tx)
+        .await?;
+        if open {
+            continue;
+        }
+        let call = CallV1::parse("submit_task", &params)
+            .map_err(|message| StoreError::Invalid { field: "params", message })?;
+        queue_call(tx, &call).await?;
+        sqlx::query("DELETE FROM held_submissions WHERE task_id = ?")
+            .bind(&task)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 pub(super) async fn queue_call(tx: &mut Writing, call: &CallV1) -> Result<()> {
     let params = call
         .params()
@@ -1020,4 +1107,68 @@ async fn load_routed_opt(tx: &mut Writing, id: &str) -> Result<Option<RoutedTask
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tasks whose `submit_task` call is queued for the central, in order.
+    async fn submitted(store: &Store) -> Vec<String> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT task_id FROM route_calls WHERE function = 'submit_task' ORDER BY seq",
+        )
+        .fetch_all(&store.readers)
+        .await
+        .unwrap();
+        rows.into_iter().map(|(t,)| t).collect()
+    }
+
+    #[tokio::test]
+    async fn a_routed_task_waiting_for_local_ones_is_sent_once_they_complete_and_never_after_a_cancel(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ccm.db"), "node").await.unwrap();
+        let config = Config::load(dir.path(), None).unwrap();
+        let policy = RetryPolicy::default();
+        let local = |title: &str| NewTask { title: title.into(), ..NewTask::default() };
+        let a = store.create_task(local("a"), &config, "test").await.unwrap();
+        let b = store.create_task(local("b"), &config, "test").await.unwrap();
+        let after = |title: &str, dep: Uuid| NewTask {
+            title: title.into(),
+            depends_on: vec![dep.to_string()],
+            ..NewTask::default()
+        };
+        let after_a = store.route_task(after("after a", a.id), None, &config).await.unwrap();
+        let after_b = store.route_task(after("after b", b.id), None, &config).await.unwrap();
+        assert!(submitted(&store).await.is_empty(), "held while a and b are open");
+
+        store
+            .apply_event(&b.id.to_string(), TaskEvent::Cancel, "operator", "test", policy)
+            .await
+            .unwrap();
+        for event in [
+            TaskEvent::Admit,
+            TaskEvent::Start,
+            TaskEvent::WorkerFinished,
+            TaskEvent::VerifyPassed,
+            TaskEvent::ReportReady { supervised: false },
+        ] {
+            store.apply_event(&a.id.to_string(), event, "test", "test", policy).await.unwrap();
+        }
+        assert_eq!(store.task(&a.id.to_string()).await.unwrap().task.state, TaskState::Complete);
+        assert_eq!(submitted(&store).await, [after_a.id.hyphenated().to_string()]);
+        let held: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT task_id, state, reason FROM held_submissions")
+                .fetch_all(&store.readers)
+                .await
+                .unwrap();
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].0, after_b.id.hyphenated().to_string());
+        assert_eq!(held[0].1, "blocked");
+        assert_eq!(
+            held[0].2.as_deref(),
+            Some(format!("dependency {} is cancelled", &b.id.to_string()[..8]).as_str())
+        );
+    }
 }

@@ -131,6 +131,26 @@ impl Anthropic {
     }
 }
 
+impl Anthropic {
+    /// Sets up `command` (a `ccm up` of `home`) so that its agents find the real `claude` of
+    /// `tests/agent-clis` first on their PATH, with a user home of their own inside `home`,
+    /// talking to this stand-in.
+    pub fn claude_env(&self, home: &crate::TestHome, command: &mut std::process::Command) {
+        let bin = crate::agent_cli("claude");
+        let path = format!(
+            "{}:{}",
+            bin.parent().expect("the CLI's directory").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let user_home = home.dir.path().join("user");
+        std::fs::create_dir_all(&user_home).expect("the agents' user home");
+        command.env("PATH", path).env("HOME", &user_home);
+        for (name, value) in self.env() {
+            command.env(name, value);
+        }
+    }
+}
+
 fn answer(script: &Mutex<Script>, body: Value) -> Response {
     let mut script = script.lock().expect("script lock");
     let main_loop = body["tools"].as_array().is_some_and(|tools| !tools.is_empty());
