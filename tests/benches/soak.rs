@@ -16,8 +16,9 @@
 //! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
 //! `CCM_SOAK_SAMPLES` (hook requests per measurement, 300), `CCM_SOAK_PASS_ROWS` (old hook
 //! events the measured pass deletes, 100,000), `CCM_SOAK_CREATE_ROUNDS` (rounds of 200 task
-//! creations, 5). Syncing to a central is not part of it: the acknowledged outbox rows are
-//! written as a synced node's would be. Nothing here asserts on time.
+//! creations, 5); `CCM_SOAK_KEEP` keeps the home and prints where. Syncing to a central is
+//! not part of it: the acknowledged outbox rows are written as a synced node's would be.
+//! Nothing here asserts on time.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -437,5 +438,9 @@ fn main() {
         row("database + WAL (MB)", &|d| d.db as f64 / 1e6, &|v| format!("{v:.1}"));
         row("hook_events rows", &|d| d.rows as f64, &|v| format!("{v:.0}"));
         during_pass(&home, &sizes).await;
+        if std::env::var_os("CCM_SOAK_KEEP").is_some() {
+            println!("\nhome kept: {}", home.dir.path().display());
+            std::mem::forget(home);
+        }
     });
 }
