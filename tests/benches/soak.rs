@@ -202,6 +202,7 @@ struct Day {
     create_cpu: Duration,
     board: Stats,
     list: Stats,
+    list_api: Stats,
     idle_rss: f64,
     rss: f64,
     db: u64,
@@ -268,6 +269,20 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
         response.bytes().await.unwrap();
         board.push(started.elapsed());
     }
+    // The request `ccm task list` makes, from here: the daemon's part of the list's time.
+    let mut list_api = Vec::new();
+    for _ in 0..25 {
+        let started = Instant::now();
+        let response = http
+            .get(daemon.url("/api/tasks?finished=51"))
+            .bearer_auth(&daemon.token)
+            .send()
+            .await
+            .expect("task list answers");
+        assert!(response.status().is_success());
+        response.bytes().await.unwrap();
+        list_api.push(started.elapsed());
+    }
     let mut list = Vec::new();
     for _ in 0..25 {
         let started = Instant::now();
@@ -287,6 +302,7 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
         create_cpu,
         board: Stats::new(board.split_off(3)),
         list: Stats::new(list.split_off(5)),
+        list_api: Stats::new(list_api.split_off(5)),
         idle_rss,
         rss,
         db,
@@ -433,6 +449,7 @@ fn main() {
         row("daemon CPU per created task", &|d| d.create_cpu.as_secs_f64() * 1e3, &msf);
         row("board GET /tasks p50", &|d| d.board.p50.as_secs_f64() * 1e3, &msf);
         row("ccm task list p50", &|d| d.list.p50.as_secs_f64() * 1e3, &msf);
+        row("  its GET /api/tasks p50", &|d| d.list_api.p50.as_secs_f64() * 1e3, &msf);
         row("daemon RSS idle (MB)", &|d| d.idle_rss, &|v| format!("{v:.1}"));
         row("daemon RSS after load (MB)", &|d| d.rss, &|v| format!("{v:.1}"));
         row("database + WAL (MB)", &|d| d.db as f64 / 1e6, &|v| format!("{v:.1}"));
