@@ -3,22 +3,27 @@
 //! log, agent, attempt, report, alerts and notifications, acknowledged outbox rows, hook
 //! events), runs the production retention pass (`ccm gc --db`) with its clock at the end of
 //! each day, and measures on day 1, day 14 and the last day, with the daemon up: hook ingest
-//! p50/p99 (`POST /api/hooks`), task creation rate (`POST /api/tasks`), the board's server time
-//! (`GET /tasks`), `ccm task list`, the daemon's RSS (idle, and after the load) and the database
-//! size. Then the hook latency while the daemon's own pass deletes 100,000 old rows, against
-//! the same load outside the pass.
+//! p50/p99 (`POST /api/hooks`), task creation rate (`POST /api/tasks`, the median of rounds of
+//! 200, each started with no unfinished task) and the daemon's CPU time per created task, the
+//! board's server time (`GET /tasks`), `ccm task list`, the daemon's RSS (idle, and after the
+//! load) and the database size. The tasks a day creates are cancelled through the API before the
+//! next round and at the end of the day, so that every day creates, lists and schedules against
+//! the same backlog: left queued (no agent runs them), day 30 listed three days' worth. Then
+//! the hook latency while the daemon's own pass deletes 100,000 old rows, against the same load
+//! outside the pass.
 //!
 //! Run with `cargo bench -p ccm-tests --bench soak`. Sizes from the environment:
 //! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
 //! `CCM_SOAK_SAMPLES` (hook requests per measurement, 300), `CCM_SOAK_PASS_ROWS` (old hook
-//! events the measured pass deletes, 100,000). Syncing to a central is not part of it: the
-//! acknowledged outbox rows are written as a synced node's would be. Nothing here asserts on
-//! time.
+//! events the measured pass deletes, 100,000), `CCM_SOAK_CREATE_ROUNDS` (rounds of 200 task
+//! creations, 5); `CCM_SOAK_KEEP` keeps the home and prints where. Syncing to a central is
+//! not part of it: the acknowledged outbox rows are written as a synced node's would be.
+//! Nothing here asserts on time.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{machine, mb, ms, Memory, Stats};
+use ccm_tests::bench::{cpu_time, machine, mb, ms, Memory, Stats};
 use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
@@ -43,6 +48,29 @@ struct Sizes {
     tasks: usize,
     samples: usize,
     pass_rows: usize,
+    rounds: usize,
+}
+
+/// Tasks created per round of the creation figure.
+const CREATIONS: usize = 200;
+
+/// Cancels `tasks` through the API, 20 at a time (the harness's own tasks, which no agent runs:
+/// left queued, each measured day would list and schedule the earlier days' as well).
+async fn cancel(daemon: &Daemon, tasks: Vec<String>) {
+    for chunk in tasks.chunks(20) {
+        let mut set = tokio::task::JoinSet::new();
+        for id in chunk {
+            let request = daemon
+                .http
+                .post(daemon.url(&format!("/api/tasks/{id}/events")))
+                .bearer_auth(&daemon.token)
+                .json(&json!({"event": "cancel", "reason": "soak: measured"}));
+            set.spawn(async move { request.send().await.expect("cancelled").status() });
+        }
+        while let Some(status) = set.join_next().await {
+            assert!(status.unwrap().is_success(), "cancel refused");
+        }
+    }
 }
 
 /// Writes day `day`'s rows (timestamps within `[start, start + 1 day)`), as a busy node's.
@@ -171,8 +199,10 @@ struct Day {
     day: usize,
     hook: Stats,
     create_per_s: f64,
+    create_cpu: Duration,
     board: Stats,
     list: Stats,
+    list_api: Stats,
     idle_rss: f64,
     rss: f64,
     db: u64,
@@ -196,25 +226,42 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
             .collect(),
     );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let started = Instant::now();
-    let creations = 200;
-    for wave in (0..creations).step_by(20) {
-        let mut set = tokio::task::JoinSet::new();
-        for n in wave..wave + 20 {
-            let request = http
-                .post(daemon.url("/api/tasks"))
-                .bearer_auth(&daemon.token)
-                .json(&json!({"title": format!("soak day {day} new {n}")}));
-            set.spawn(async move { request.send().await.expect("created").status() });
+    // Rounds of `CREATIONS` tasks, 20 at a time; each round starts with no unfinished task (the
+    // previous round's are cancelled, untimed), so every day creates against the same backlog.
+    let mut rates = Vec::with_capacity(sizes.rounds);
+    let mut cpu = Duration::ZERO;
+    let mut created = Vec::new();
+    for round in 0..sizes.rounds {
+        cancel(&daemon, std::mem::take(&mut created)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu_before = cpu_time(daemon.child.id());
+        let started = Instant::now();
+        for wave in (0..CREATIONS).step_by(20) {
+            let mut set = tokio::task::JoinSet::new();
+            for n in wave..wave + 20 {
+                let request = http
+                    .post(daemon.url("/api/tasks"))
+                    .bearer_auth(&daemon.token)
+                    .json(&json!({"title": format!("soak day {day} round {round} new {n}")}));
+                set.spawn(async move { request.send().await.expect("created") });
+            }
+            while let Some(response) = set.join_next().await {
+                let response = response.unwrap();
+                assert!(response.status().is_success());
+                let task: Value = response.json().await.expect("the created task");
+                created.push(task["id"].as_str().expect("its id").to_string());
+            }
         }
-        while let Some(status) = set.join_next().await {
-            assert!(status.unwrap().is_success());
-        }
+        rates.push(CREATIONS as f64 / started.elapsed().as_secs_f64());
+        cpu += cpu_time(daemon.child.id()) - cpu_before;
     }
-    let create_per_s = creations as f64 / started.elapsed().as_secs_f64();
+    rates.sort_by(f64::total_cmp);
+    let create_per_s = rates[rates.len() / 2];
+    let create_cpu = cpu / (CREATIONS * sizes.rounds) as u32;
     let cookie = cookie(home).await;
+    // The board and the list see the last round's tasks unfinished and the older ones finished.
     let mut board = Vec::new();
-    for _ in 0..13 {
+    for _ in 0..33 {
         let started = Instant::now();
         let response =
             http.get(daemon.url("/tasks")).header("cookie", &cookie).send().await.expect("board");
@@ -222,8 +269,22 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
         response.bytes().await.unwrap();
         board.push(started.elapsed());
     }
+    // The request `ccm task list` makes, from here: the daemon's part of the list's time.
+    let mut list_api = Vec::new();
+    for _ in 0..25 {
+        let started = Instant::now();
+        let response = http
+            .get(daemon.url("/api/tasks?finished=51"))
+            .bearer_auth(&daemon.token)
+            .send()
+            .await
+            .expect("task list answers");
+        assert!(response.status().is_success());
+        response.bytes().await.unwrap();
+        list_api.push(started.elapsed());
+    }
     let mut list = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..25 {
         let started = Instant::now();
         let out = home.ccm().args(["task", "list"]).output().expect("task list");
         assert!(out.status.success());
@@ -231,13 +292,17 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss = Memory::of(daemon.child.id()).rss_mb;
+    // The next day starts, as this one did, with every task finished.
+    cancel(&daemon, created).await;
     drop(daemon);
     Day {
         day,
         hook,
         create_per_s,
+        create_cpu,
         board: Stats::new(board.split_off(3)),
-        list: Stats::new(list.split_off(2)),
+        list: Stats::new(list.split_off(5)),
+        list_api: Stats::new(list_api.split_off(5)),
         idle_rss,
         rss,
         db,
@@ -322,6 +387,7 @@ fn main() {
         tasks: env("CCM_SOAK_TASKS_PER_DAY", 200).max(1),
         samples: env("CCM_SOAK_SAMPLES", 300).max(10),
         pass_rows: env("CCM_SOAK_PASS_ROWS", 100_000),
+        rounds: env("CCM_SOAK_CREATE_ROUNDS", 5).max(1),
     };
     assert!(ccm_bin().exists(), "build ccm first");
     println!(
@@ -380,12 +446,18 @@ fn main() {
         row("hook ingest p50", &|d| d.hook.p50.as_secs_f64() * 1e3, &msf);
         row("hook ingest p99", &|d| d.hook.p99.as_secs_f64() * 1e3, &msf);
         row("task creation (tasks/s)", &|d| d.create_per_s, &|v| format!("{v:.0}"));
+        row("daemon CPU per created task", &|d| d.create_cpu.as_secs_f64() * 1e3, &msf);
         row("board GET /tasks p50", &|d| d.board.p50.as_secs_f64() * 1e3, &msf);
         row("ccm task list p50", &|d| d.list.p50.as_secs_f64() * 1e3, &msf);
+        row("  its GET /api/tasks p50", &|d| d.list_api.p50.as_secs_f64() * 1e3, &msf);
         row("daemon RSS idle (MB)", &|d| d.idle_rss, &|v| format!("{v:.1}"));
         row("daemon RSS after load (MB)", &|d| d.rss, &|v| format!("{v:.1}"));
         row("database + WAL (MB)", &|d| d.db as f64 / 1e6, &|v| format!("{v:.1}"));
         row("hook_events rows", &|d| d.rows as f64, &|v| format!("{v:.0}"));
         during_pass(&home, &sizes).await;
+        if std::env::var_os("CCM_SOAK_KEEP").is_some() {
+            println!("\nhome kept: {}", home.dir.path().display());
+            std::mem::forget(home);
+        }
     });
 }

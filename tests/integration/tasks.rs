@@ -352,6 +352,37 @@ async fn tasks_of_an_external_profile_are_admitted_together_whatever_the_slots()
     assert!(queued, "still created after 3 s: {}", left.as_array().unwrap().len());
 }
 
+/// The slots count the tasks of every profile an agent runs, in every state that holds one, and
+/// the runtime starts them, however many tasks of an external profile wait in `queued` (the
+/// scheduler and the runtime find the profiles first and read only the others' tasks).
+#[tokio::test]
+async fn agent_slots_count_every_agent_profile_past_waiting_external_tasks() {
+    let home = TestHome::new("slots-profiles");
+    let second = HOLDER_PROFILE.replacen("profiles:\n  holder:", "  holder2:", 1);
+    home.write_config(&format!("{HOLDER_PROFILE}{second}"));
+    for n in 0..30 {
+        home.run_ok(&["task", "add", &format!("manual {n}"), "--profile", "manual"]);
+    }
+    let daemon = home.start_with(|c| {
+        c.env("CCM_SCHEDULER__SLOTS", "3");
+    });
+    let mut ids = Vec::new();
+    for (n, profile) in ["holder", "holder2", "holder2"].into_iter().enumerate() {
+        let id =
+            create(&daemon, json!({ "title": format!("agent {n}"), "profile": profile })).await;
+        daemon.agent_token(&id).await; // admitted, and its agent runs
+        ids.push(id);
+    }
+    let last = create(&daemon, json!({ "title": "agent 3", "profile": "holder" })).await;
+    let (_, queued) = daemon.get("/api/tasks?state=queued").await;
+    assert_eq!(queued.as_array().unwrap().len(), 30, "the manual tasks wait in queued");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(task_state(&daemon, &last).await, "created", "three agents hold the three slots");
+
+    home.run_ok(&["task", "cancel", &ids[1]]);
+    daemon.agent_token(&last).await;
+}
+
 #[tokio::test]
 async fn cli_works_without_a_daemon_and_the_daemon_picks_up_its_tasks() {
     let home = TestHome::new("offline");

@@ -505,21 +505,29 @@ impl Store {
     /// profiles (which no runtime runs: thousands of them may wait in `queued`), and finished
     /// ones whose worktree still exists.
     pub async fn runtime_tasks(&self, external: &[String]) -> Result<Vec<Task>> {
-        let ids: Vec<(String,)> = sqlx::query_as(
+        use ccm_schema::TaskState::{Executing, Queued, ReportGeneration, Supervisory};
+        // The other profiles' tasks only, through `held` (see `held_profiles`).
+        let ids: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
             r#"
-            SELECT id FROM tasks
-            WHERE (state IN ('queued', 'executing', 'report_generation', 'supervisory')
-                   AND profile NOT IN (SELECT value FROM json_each(?)))
-               OR (worktree IS NOT NULL AND state IN ('complete', 'failed', 'cancelled'))
-            ORDER BY priority DESC, created_at
+            {}
+            SELECT t.id, t.priority, t.created_at FROM held CROSS JOIN tasks t
+                ON t.state = held.state AND t.profile = held.profile
+            WHERE held.profile NOT IN (SELECT value FROM json_each(?1))
+            UNION ALL
+            SELECT id, priority, created_at FROM tasks
+            WHERE worktree IS NOT NULL AND state IN ('complete', 'failed', 'cancelled')
+            ORDER BY 2 DESC, 3
             "#,
-        )
+            super::tasks::held_profiles(
+                [Queued, Executing, ReportGeneration, Supervisory].into_iter()
+            )
+        ))
         .bind(serde_json::to_string(external).unwrap_or_default())
         .fetch_all(&self.readers)
         .await?;
         let mut conn = self.readers.acquire().await?;
         let mut tasks = Vec::with_capacity(ids.len());
-        for (id,) in ids {
+        for (id, _, _) in ids {
             tasks.push(load_task(&mut conn, super::tasks::parse_id(&id)?).await?);
         }
         Ok(tasks)

@@ -353,8 +353,9 @@ impl Store {
         }
 
         let (busy,): (i64,) = sqlx::query_as(&format!(
-            "SELECT count(*) FROM tasks WHERE state IN ({}) AND profile NOT IN (SELECT value FROM json_each(?))",
-            slot_holding_states()
+            "{}{}",
+            held_profiles(slot_holding_states()),
+            busy_slots("?1")
         ))
         .bind(&external)
         .fetch_one(&mut *tx)
@@ -430,6 +431,7 @@ impl Store {
     async fn schedule_needed(&self, slots: u32, external: &str, now: Timestamp) -> Result<bool> {
         let (needed,): (bool,) = sqlx::query_as(&format!(
             r#"
+            {held}
             SELECT EXISTS (
                        -- CROSS JOIN keeps this order: the few failed tasks first, not every waiting one.
                        SELECT 1 FROM tasks dep
@@ -441,14 +443,14 @@ impl Store {
                        SELECT 1 FROM json_each(?3) p
                        CROSS JOIN tasks t ON t.state = 'created' AND t.profile = p.value
                        WHERE {DEPENDENCIES_COMPLETE})
-                OR ((SELECT count(*) FROM tasks WHERE state IN ({holding})
-                       AND profile NOT IN (SELECT value FROM json_each(?3))) < ?2
+                OR (({busy}) < ?2
                     AND (EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting_quota' AND wake_at <= ?1)
                          OR EXISTS (
                              SELECT 1 FROM tasks t
                              WHERE t.state = 'created' AND {DEPENDENCIES_COMPLETE})))
             "#,
-            holding = slot_holding_states(),
+            held = held_profiles(slot_holding_states()),
+            busy = busy_slots("?3"),
         ))
         .bind(now)
         .bind(slots)
@@ -1310,11 +1312,42 @@ async fn describe(tx: &mut Writing, id: Uuid) -> Result<String> {
     Ok(format!("{} ({title})", short_id(&id)))
 }
 
-/// The states that hold an agent slot, as an SQL list: `'queued', 'executing', ...`.
-fn slot_holding_states() -> String {
-    let holding: Vec<String> =
-        TaskState::ALL.iter().filter(|s| s.holds_slot()).map(|s| format!("'{s}'")).collect();
-    holding.join(", ")
+/// The states that hold an agent slot.
+fn slot_holding_states() -> impl Iterator<Item = TaskState> {
+    TaskState::ALL.iter().copied().filter(|s| s.holds_slot())
+}
+
+/// SQL: a `WITH RECURSIVE` clause naming `held(state, profile)`, the distinct profiles of the
+/// tasks in `states`, found by one seek of `tasks_by_state_profile` each (a loose index scan:
+/// the smallest profile of a state, then the next one above it, ...). A query that joins
+/// `tasks` to it and leaves out the external profiles reads only the other profiles' tasks:
+/// thousands of tasks of an external profile may wait in `queued`, and a scheduler or runtime
+/// pass that walked them all grew with them (`NOT IN` tested every one: 3 ms and 8.5 ms a pass
+/// with 5,000 waiting, BENCHMARKS.md, the soak).
+pub(super) fn held_profiles(states: impl Iterator<Item = TaskState>) -> String {
+    let states: Vec<String> = states.map(|s| format!("('{s}')")).collect();
+    format!(
+        r#"WITH RECURSIVE held_states(state) AS (VALUES {}),
+        held(state, profile) AS (
+            SELECT state, (SELECT min(profile) FROM tasks WHERE tasks.state = h.state)
+            FROM held_states h
+            UNION ALL
+            SELECT state, (SELECT min(profile) FROM tasks
+                           WHERE tasks.state = held.state AND tasks.profile > held.profile)
+            FROM held WHERE held.profile IS NOT NULL)
+        "#,
+        states.join(", ")
+    )
+}
+
+/// SQL: how many tasks hold a slot, leaving out those of the profiles in the JSON array bound
+/// at `param` (`?1`, ...); needs [`held_profiles`] of [`slot_holding_states`].
+fn busy_slots(param: &str) -> String {
+    format!(
+        "SELECT count(*) FROM held CROSS JOIN tasks t \
+         ON t.state = held.state AND t.profile = held.profile \
+         WHERE held.profile NOT IN (SELECT value FROM json_each({param}))"
+    )
 }
 
 /// Finds the task whose id is `key` or starts with `key`.
