@@ -129,6 +129,10 @@ pub struct CoordinationConfig {
     pub max_subtasks_per_parent: u32,
     /// Longest wait of `wait_subtasks`, `wait_change` and `lock`, in seconds.
     pub max_wait_secs: u64,
+    /// A worker that ends while sub-tasks it created on this node are open does not go to its
+    /// verify: its task waits for them and a follow-up attempt (not counted against the
+    /// budget) starts once they are complete, with their results in its prompt.
+    pub resume_parent: bool,
     /// The deterministic splitting heuristic (`ccm task add --split`).
     pub split: SplitConfig,
 }
@@ -139,6 +143,7 @@ impl Default for CoordinationConfig {
             max_subtask_depth: 2,
             max_subtasks_per_parent: 20,
             max_wait_secs: 3600,
+            resume_parent: false,
             split: SplitConfig::default(),
         }
     }
@@ -1391,6 +1396,7 @@ pub const PROJECT_TEMPLATE: &str = "\
 # coordination:          # sub-tasks agents create through ccm's MCP server, and --split
 #   max_subtask_depth: 2
 #   max_subtasks_per_parent: 20
+#   resume_parent: true  # a parent that ends with open sub-tasks resumes when they are complete
 # profiles:              # custom agents; {prompt} {prompt_file} {session_id} {cwd} {allowed_tools} {mcp_config}
 #   my-agent:
 #     command: [my-agent, --prompt, '{prompt}']

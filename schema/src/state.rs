@@ -224,6 +224,10 @@ pub enum TaskEvent {
     /// The worker's context passed its profile's threshold and it wrote a summary for the
     /// next attempt: the attempt ends without failing and the task runs again at once.
     HandedOff,
+    /// The worker ended while sub-tasks it created are still open (`coordination.resume_parent`):
+    /// the task waits for them in `created` (depending on each) and its next attempt, not
+    /// counted against the budget, starts when they are complete.
+    AwaitSubtasks,
     /// The operator accepts a task the supervisory review flagged.
     Accept,
     /// The operator cancels the task.
@@ -263,6 +267,7 @@ impl TaskEvent {
             TaskEvent::QuotaExhausted { .. } => "quota_exhausted",
             TaskEvent::QuotaReset => "quota_reset",
             TaskEvent::HandedOff => "handed_off",
+            TaskEvent::AwaitSubtasks => "await_subtasks",
             TaskEvent::Accept => "accept",
             TaskEvent::Cancel => "cancel",
             TaskEvent::Retry => "retry",
@@ -292,9 +297,10 @@ impl TaskEvent {
             }
             TaskEvent::QuotaExhausted { .. } => TaskState::WaitingQuota,
             TaskEvent::Cancel => TaskState::Cancelled,
-            TaskEvent::Retry | TaskEvent::ChangesRequested | TaskEvent::Reopen => {
-                TaskState::Created
-            }
+            TaskEvent::Retry
+            | TaskEvent::ChangesRequested
+            | TaskEvent::Reopen
+            | TaskEvent::AwaitSubtasks => TaskState::Created,
         }
     }
 }
@@ -403,6 +409,8 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<Transition, Trans
         (S::Retry, Ev::RetryDue) | (S::WaitingQuota, Ev::QuotaReset) => go(S::Queued, vec![]),
         // A handoff keeps its slot: the next attempt starts from `queued` with the summary.
         (S::Executing, Ev::HandedOff) => go(S::Queued, vec![E::UncountAttempt]),
+        // Its slot is given back while the sub-tasks run; admitted again once they are complete.
+        (S::Executing, Ev::AwaitSubtasks) => go(S::Created, vec![E::GrantAttempt]),
         (S::Queued | S::Executing, Ev::QuotaExhausted { until }) => {
             go(S::WaitingQuota, vec![E::WaitForQuota { until }])
         }
@@ -683,6 +691,15 @@ mod tests {
             Ok((WaitingQuota, vec![Effect::WaitForQuota { until }])),
         );
         check(WaitingQuota, TaskEvent::QuotaReset, Ok((Queued, vec![])));
+    }
+
+    #[test]
+    fn a_parent_that_awaits_its_subtasks_waits_in_created_with_an_attempt_granted() {
+        use TaskState::*;
+        check(Executing, TaskEvent::AwaitSubtasks, Ok((Created, vec![Effect::GrantAttempt])));
+        for from in TaskState::ALL.into_iter().filter(|s| *s != Executing) {
+            assert!(transition(from, TaskEvent::AwaitSubtasks).is_err(), "from {from}");
+        }
     }
 
     #[test]

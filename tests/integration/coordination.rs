@@ -670,3 +670,62 @@ async fn a_split_task_runs_after_its_parts_and_its_prompt_has_their_results() {
         assert_eq!(sub["state"], "complete", "{detail:#}");
     }
 }
+
+/// A parent's agent: its first run writes its credential and waits for a `release` file in
+/// its agent directory (`exit` is the wrapper's); a run whose prompt carries its sub-tasks' results ends at once.
+const STEPPER: &str = "  stepper:\n    command: [sh, -c, 'if grep -q \"Sub-tasks of this task\" \"$0\"; then echo resumed; exit 0; fi; printf %s \"$CCM_AGENT_TOKEN\" > \"$CCM_AGENT_DIR/token.tmp\" && mv \"$CCM_AGENT_DIR/token.tmp\" \"$CCM_AGENT_DIR/token\"; while [ ! -e \"$CCM_AGENT_DIR/release\" ]; do sleep 0.05; done', '{prompt_file}']\n    output: plain\n";
+
+#[tokio::test]
+async fn a_parent_that_ends_with_an_open_subtask_resumes_with_its_result_once_it_is_complete() {
+    // One slot: the sub-task cannot start before the parent's first run ends.
+    let (home, repo) = setup(
+        "resume-parent",
+        &format!(
+            "scheduler:\n  slots: 1\ncoordination:\n  resume_parent: true\nprofiles:\n{WRITER}{STEPPER}"
+        ),
+    );
+    let daemon = home.start();
+    let added = home.run_json(&[
+        "task",
+        "add",
+        "parent",
+        "--prompt",
+        "Plan it",
+        "--repo",
+        &repo,
+        "--profile",
+        "stepper",
+    ]);
+    let parent = added["id"].as_str().unwrap().to_string();
+    let token = daemon.agent_token(&parent).await;
+    let body = json!({ "title": "the part", "prompt": "Write the part", "profile": "writer" });
+    let (status, sub) =
+        daemon.as_agent(reqwest::Method::POST, &token, "/api/agent/subtasks", body).await;
+    assert_eq!(status, 201, "{sub}");
+
+    // The parent's agent ends while its sub-task waits for the slot.
+    let agents = daemon.get("/api/agents").await.1;
+    let dir = agents.as_array().unwrap().iter().find(|a| a["task_id"] == parent.as_str());
+    let dir = dir.and_then(|a| a["dir"].as_str()).unwrap_or_else(|| panic!("{agents:#}"));
+    std::fs::write(Path::new(dir).join("release"), "").unwrap();
+
+    let detail = wait_state(&daemon, &parent, "complete").await;
+    let runs = detail["runs"].as_array().unwrap();
+    let outcomes: Vec<&str> = runs.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["subtasks", "success"], "{detail:#}");
+    let prompt = runs[1]["prompt"].as_str().unwrap();
+    assert!(prompt.contains("Sub-tasks of this task:"), "{prompt}");
+    assert!(prompt.contains("`the part`: complete; its last message: result of"), "{prompt}");
+    assert_eq!(detail["subtasks"][0]["state"], "complete", "{detail:#}");
+    // The wait is in the log, and nothing failed.
+    let log = detail["log"].as_array().unwrap();
+    let waited = log.iter().any(|e| {
+        e["to_state"] == "created" && e["reason"].as_str().unwrap().contains("1 open sub-task")
+    });
+    assert!(waited, "{detail:#}");
+    let states: Vec<&str> = log.iter().map(|e| e["to_state"].as_str().unwrap()).collect();
+    assert!(
+        !states.iter().any(|s| ["error", "retry", "failed", "blocked"].contains(s)),
+        "{states:?}"
+    );
+}

@@ -412,7 +412,7 @@ async fn claude_agent_creates_dependent_subtasks_one_runs_on_a_second_node_and_t
 
     let marker = fleet.dir.path().join("verified-once");
     let verify = format!("test -e {0} || {{ touch {0}; exit 1; }}", marker.display());
-    let repo = checkout(&alpha).to_string_lossy().into_owned();
+    let repo = alpha.checkout().to_string_lossy().into_owned();
     let added = alpha.home.run_json(&[
         "task",
         "add",

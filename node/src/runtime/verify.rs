@@ -54,6 +54,12 @@ impl Runtime {
             return Ok(());
         }
 
+        if self.config().coordination.resume_parent {
+            let message = last_message.as_deref();
+            if self.store.await_subtasks(task.id, message, policy).await?.is_some() {
+                return Ok(());
+            }
+        }
         self.store
             .runtime_event(task.id, TaskEvent::WorkerFinished, "worker exited 0; verifying", policy)
             .await?;

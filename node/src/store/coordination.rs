@@ -3,12 +3,12 @@
 //! sequences per repository. Migration `20261208070000_coordination.sql`.
 
 use ccm_schema::types::short_id;
-use ccm_schema::{Severity, TaskState, Timestamp};
+use ccm_schema::{Severity, TaskEvent, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::tasks::{create_in_tx, raise_alert};
-use super::{Result, Store, StoreError};
+use super::{Result, RetryPolicy, Store, StoreError};
 use crate::config::Config;
 use crate::store::NewTask;
 
@@ -673,6 +673,68 @@ impl Store {
         )
         .fetch_all(&self.readers)
         .await?)
+    }
+
+    /// Ends `task`'s attempt, whose worker exited while sub-tasks it created on this node are
+    /// open (`coordination.resume_parent`): the task depends on each of them and waits in
+    /// `created` (a failed one blocks it, as any dependency does); its next attempt, not counted
+    /// against the budget, starts once they are complete, with their results in its prompt.
+    /// The number of open sub-tasks, or `None` (nothing written) when none is open.
+    pub async fn await_subtasks(
+        &self,
+        task: Uuid,
+        last_message: Option<&str>,
+        policy: RetryPolicy,
+    ) -> Result<Option<usize>> {
+        let mut tx = self.write().await?;
+        let open: Vec<String> = sqlx::query_scalar(
+            r#"
+            SELECT s.task_id FROM subtasks s JOIN tasks t ON t.id = s.task_id
+            WHERE s.parent_id = ? AND t.state NOT IN ('complete', 'failed', 'cancelled')
+            ORDER BY s.created_at, s.task_id
+            "#,
+        )
+        .bind(task.hyphenated())
+        .fetch_all(&mut *tx)
+        .await?;
+        if open.is_empty() {
+            return Ok(None);
+        }
+        for child in &open {
+            sqlx::query("INSERT OR IGNORE INTO task_deps (task_id, depends_on) VALUES (?, ?)")
+                .bind(task.hyphenated())
+                .bind(child)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            r#"
+            UPDATE attempts SET ended_at = ?, outcome = 'subtasks',
+                last_message = coalesce(?, last_message)
+            WHERE task_id = ? AND ended_at IS NULL
+            "#,
+        )
+        .bind(Timestamp::now())
+        .bind(last_message)
+        .bind(task.hyphenated())
+        .execute(&mut *tx)
+        .await?;
+        let reason = format!(
+            "the agent ended with {} open sub-task(s); the next attempt starts when they are \
+             complete (not a failure)",
+            open.len()
+        );
+        super::tasks::apply_in_tx(
+            &mut tx,
+            task,
+            TaskEvent::AwaitSubtasks,
+            &reason,
+            "runtime",
+            policy,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(open.len()))
     }
 }
 
