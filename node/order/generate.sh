@@ -8,8 +8,8 @@
 # busy node's were added to it (complete tasks with their log, agent, attempt, report, alert and
 # acknowledged outbox rows, hook events: the start-up and idle loops then read and skip them),
 # each until it has sat idle for IDLE seconds (default 6); keeps every function of the `ccm`
-# object that ran, by its symbol name, in the order the runs first ran them. The daemon logs at
-# its default level (`info`): what it prints at start is part of what it runs.
+# object that ran, by its symbol name (the first run's, then what each later run added). The
+# daemon logs at its default level (`info`): what it prints at start is part of what it runs.
 #
 # Usage: node/order/generate.sh [path/to/release/ccm]
 set -eu
