@@ -8,6 +8,8 @@
 //!   time of `ccm --version` (process start alone) and of `sqlite3 :memory: 'select 1'`.
 //! - Memory: the daemon's resident set after it sat idle, against an idle `sleep` and an idle
 //!   `sqlite3` shell with a database open.
+//! - Idle CPU: the daemon's CPU time (user and system) while it sits idle for a minute
+//!   (`CCM_BENCH_IDLE_CPU_SECS` to shorten it), as a share of one core, against `sleep`'s.
 //! - Task creation: tasks per second through `POST /api/tasks` with concurrent clients, against
 //!   durable single-row transactions on a plain SQLite table in the same directory.
 
@@ -40,6 +42,9 @@ const WARMUP_TASKS: usize = 200;
 
 const START_TARGET: &str = "≤ 100 ms";
 const RSS_TARGET: &str = "≤ 15 MB";
+const IDLE_CPU_TARGET: &str = "≤ 1 % of a core";
+/// How long the idle CPU time is measured, in seconds, unless `CCM_BENCH_IDLE_CPU_SECS` says.
+const IDLE_CPU_SECS: u64 = 60;
 const TASKS_PER_SEC_TARGET: &str = "≥ 2,000 tasks/s";
 
 fn main() {
@@ -162,21 +167,31 @@ fn try_time_to_exit(program: &Path, args: &[&str]) -> Option<Duration> {
 // ---- memory ------------------------------------------------------------------------------
 
 /// Idle memory: `VmRSS` (resident now) and `VmHWM` (peak resident) from `/proc/PID/status`
-/// after the daemon started and sat idle for [`IDLE`], answering no request.
+/// after the daemon started and sat idle for [`IDLE`], answering no request. Then idle CPU: the
+/// daemon's user and system time over the next [`idle_cpu_window`], as a share of one core.
 ///
 /// Baselines, idle for the same time: `sleep` (the floor of any process) and the `sqlite3`
 /// shell with a database open (stdin a pipe kept open, after one query).
 fn memory_rows() -> Vec<Row> {
     let home = TestHome::new("bench-memory");
     let mut daemon = home.start();
-    let mut sleep =
-        Command::new("sleep").arg("60").stdout(Stdio::null()).spawn().expect("sleep starts");
+    let window = idle_cpu_window();
+    let sleep_secs = (IDLE + window).as_secs() + 30;
+    let mut sleep = Command::new("sleep")
+        .arg(sleep_secs.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sleep starts");
     let mut sqlite = idle_sqlite(&home.dir.path().join("baseline.db"));
     std::thread::sleep(IDLE);
 
     let ccm = Memory::of(daemon.child.id());
     let sleep_memory = Memory::of(sleep.id());
     let sqlite_memory = sqlite.as_ref().map(|s| Memory::of(s.id()));
+    let (ccm_cpu, sleep_cpu) = (cpu_time(daemon.child.id()), cpu_time(sleep.id()));
+    std::thread::sleep(window);
+    let ccm_cpu = cpu_time(daemon.child.id()) - ccm_cpu;
+    let sleep_cpu = cpu_time(sleep.id()) - sleep_cpu;
     daemon.terminate();
     for child in std::iter::once(&mut sleep).chain(sqlite.as_mut()) {
         terminate(child);
@@ -186,10 +201,31 @@ fn memory_rows() -> Vec<Row> {
         let sqlite = sqlite_memory.as_ref().map_or("n/a".into(), |m| mb(value(m)));
         format!("{} (sleep); {sqlite} (sqlite3 shell, db open)", mb(value(&sleep_memory)))
     };
+    let share =
+        |cpu: Duration| format!("{:.2} %", cpu.as_secs_f64() / window.as_secs_f64() * 100.0);
     vec![
         Row::new("daemon idle RSS (VmRSS)", mb(ccm.rss_mb), baseline(|m| m.rss_mb), RSS_TARGET),
         Row::new("daemon idle peak RSS (VmHWM)", mb(ccm.hwm_mb), baseline(|m| m.hwm_mb), "—"),
+        Row::new(
+            &format!("daemon idle CPU over {} s (of a core)", window.as_secs()),
+            share(ccm_cpu),
+            format!("{} (sleep)", share(sleep_cpu)),
+            IDLE_CPU_TARGET,
+        ),
     ]
+}
+
+/// How long idle CPU is measured: `CCM_BENCH_IDLE_CPU_SECS` seconds, [`IDLE_CPU_SECS`] unless set.
+fn idle_cpu_window() -> Duration {
+    let secs = match std::env::var("CCM_BENCH_IDLE_CPU_SECS") {
+        Ok(value) => value.trim().parse::<u64>().ok().filter(|s| *s > 0).unwrap_or_else(|| {
+            panic!(
+                "CCM_BENCH_IDLE_CPU_SECS={value}: expected a whole number of seconds, at least 1"
+            )
+        }),
+        Err(_) => IDLE_CPU_SECS,
+    };
+    Duration::from_secs(secs)
 }
 
 /// The `sqlite3` shell on `db` after one query, waiting on its open stdin; `None` when there
