@@ -17,7 +17,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{machine, ms, print_table, Row, Stats};
+use ccm_tests::bench::{hook_latencies, machine, ms, print_table, Row, Stats};
 use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
 use serde_json::{json, Value};
 
@@ -37,27 +37,9 @@ fn git(repo: &str, args: &[&str]) -> String {
 const HOOK_SAMPLES: usize = 400;
 
 /// `HOOK_SAMPLES` hook events posted one every 5 ms; each one's round trip.
-async fn hook_latencies(daemon: &Daemon) -> Vec<Duration> {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut samples = Vec::with_capacity(HOOK_SAMPLES);
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    for i in 0..HOOK_SAMPLES {
-        tick.tick().await;
-        let body = json!({"session_id": format!("bench-{i}"), "hook_event_name": "PreToolUse",
-            "tool_name": "Read", "tool_input": {"file_path": "/src/main.rs"}, "cwd": "/work/repo"});
-        let started = Instant::now();
-        let status = http
-            .post(daemon.url("/api/hooks?system=claude"))
-            .bearer_auth(&daemon.token)
-            .json(&body)
-            .send()
-            .await
-            .expect("hook answers")
-            .status();
-        assert!(status.is_success(), "hook refused: {status}");
-        samples.push(started.elapsed());
-    }
-    samples
+async fn hooks(daemon: &Daemon) -> Vec<Duration> {
+    let samples = hook_latencies(daemon, HOOK_SAMPLES, Duration::from_millis(5)).await;
+    samples.into_iter().map(|(_, latency)| latency).collect()
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -181,8 +163,8 @@ fn main() {
     // The hook latency with predictions running back to back, against none.
     let daemon = home.start();
     let (idle, busy, predictions) = runtime.block_on(async {
-        hook_latencies(&daemon).await; // warm-up
-        let idle = Stats::new(hook_latencies(&daemon).await);
+        hooks(&daemon).await; // warm-up
+        let idle = Stats::new(hooks(&daemon).await);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         // The same command as `home.ccm()`, owned by the thread that runs it.
         let base = home.ccm();
@@ -210,7 +192,7 @@ fn main() {
             }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let busy = Stats::new(hook_latencies(&daemon).await);
+        let busy = Stats::new(hooks(&daemon).await);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (idle, busy, predicting.join().expect("predictions ran"))
     });

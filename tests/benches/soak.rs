@@ -23,7 +23,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{cpu_time, machine, mb, ms, Memory, Stats};
+use ccm_tests::bench::{cpu_time, hook_latencies, machine, mb, ms, Memory, Stats};
 use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
@@ -158,31 +158,6 @@ fn db_bytes(home: &TestHome) -> u64 {
     size(&home.db_file()) + size(&home.home().join("ccm.db-wal"))
 }
 
-/// Hook requests one after another: each one's latency, and when it was sent.
-async fn hooks(daemon: &Daemon, n: usize, pace: Duration) -> Vec<(i64, Duration)> {
-    let http = reqwest::Client::builder().no_proxy().build().expect("client");
-    let mut samples = Vec::with_capacity(n);
-    let mut tick = tokio::time::interval(pace);
-    for i in 0..n {
-        tick.tick().await;
-        let body = json!({"session_id": format!("soak-{i}"), "hook_event_name": "PreToolUse",
-            "tool_name": "Read", "tool_input": {"file_path": "/src/main.rs"}, "cwd": "/work/repo"});
-        let sent = now_ms();
-        let started = Instant::now();
-        let status = http
-            .post(daemon.url("/api/hooks?system=claude"))
-            .bearer_auth(&daemon.token)
-            .json(&body)
-            .send()
-            .await
-            .expect("hook answers")
-            .status();
-        assert!(status.is_success(), "hook refused: {status}");
-        samples.push((sent, started.elapsed()));
-    }
-    samples
-}
-
 async fn cookie(home: &TestHome) -> String {
     let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
     let http = reqwest::Client::builder()
@@ -219,7 +194,7 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = Memory::of(daemon.child.id()).rss_mb;
     let hook = Stats::new(
-        hooks(&daemon, sizes.samples, Duration::from_millis(2))
+        hook_latencies(&daemon, sizes.samples, Duration::from_millis(2))
             .await
             .into_iter()
             .map(|(_, d)| d)
@@ -328,7 +303,7 @@ async fn during_pass(home: &TestHome, sizes: &Sizes) {
         c.env("CCM_RETENTION__EVERY", "4s");
     });
     // 1,000 requests/s for 12 s: before, during and after the first pass.
-    let samples = hooks(&daemon, 12_000, Duration::from_millis(1)).await;
+    let samples = hook_latencies(&daemon, 12_000, Duration::from_millis(1)).await;
     drop(daemon);
     let mut conn = open_db(&home.db_file()).await;
     let passes: Vec<(i64, i64, String)> = sqlx::query_as(
