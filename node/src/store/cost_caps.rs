@@ -15,9 +15,8 @@ use ccm_schema::{Decision, DecisionKind, Task, TaskEvent, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::records::DECISION_COLUMNS;
 use super::tasks::{apply_in_tx, load_task};
-use super::{outbox, Result, RetryPolicy, Store, Writing};
+use super::{Result, RetryPolicy, Store, Writing};
 
 /// What a cap is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
@@ -236,25 +235,7 @@ async fn ask(
          for today? Rejecting keeps its tasks waiting until tomorrow.",
         reached.cap_usd, reached.scope, reached.name, reached.spent_usd, reached.day,
     );
-    let kind = DecisionKind::CostCap;
-    let decision: Decision = sqlx::query_as(&format!(
-        r#"
-        INSERT INTO decisions (id, task_id, kind, question, options, created_at)
-        VALUES (?, NULL, ?, ?, ?, ?)
-        RETURNING {DECISION_COLUMNS}
-        "#
-    ))
-    .bind(Uuid::new_v4().hyphenated())
-    .bind(kind)
-    .bind(question)
-    .bind(sqlx::types::Json(kind.options()))
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
-    // The dashboard's change notice only: decisions are not shipped.
-    let row = ccm_sync::outbox::DecisionRowV1::from(&decision);
-    outbox(tx, &decision.id.to_string(), &row, false).await?;
-    Ok(decision)
+    super::tasks::ask_decision(tx, None, DecisionKind::CostCap, &question, now).await
 }
 
 /// The `cost_cap` decision `decision` was answered: `approve` raises the day's cap to the

@@ -1069,23 +1069,24 @@ pub(super) async fn raise_alert(
     outbox_alert(tx, &alert, severity == Severity::Critical).await
 }
 
+/// Asks the operator `question` (a decision of `kind`, about `task` when it has one), in `tx`.
 pub(super) async fn ask_decision(
     tx: &mut Writing,
-    task: Uuid,
+    task: impl Into<Option<Uuid>>,
     kind: DecisionKind,
     question: &str,
     now: Timestamp,
 ) -> Result<ccm_schema::Decision> {
     let id = Uuid::new_v4();
     let decision: ccm_schema::Decision = sqlx::query_as(&format!(
-
         r#"
-        INSERT INTO decisions (id, task_id, kind, question, options, created_at) VALUES (?, ?, ?, ?, ?, ?)
+        INSERT INTO decisions (id, task_id, kind, question, options, created_at)
+        VALUES (?, ?, ?, ?, ?, ?)
         RETURNING {DECISION_COLUMNS}
         "#
-))
+    ))
     .bind(id.hyphenated())
-    .bind(task.hyphenated().to_string())
+    .bind(task.into().map(|t| t.hyphenated().to_string()))
     .bind(kind)
     .bind(question)
     .bind(sqlx::types::Json(kind.options()))
