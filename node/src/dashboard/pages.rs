@@ -253,7 +253,7 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
         let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
             + counts.get(&TaskState::Queued).copied().unwrap_or(0);
         let queue = charts::queue_depth(waiting, &changes, hours);
-        let outbox = store.outbox_counts().await.map_err(failure)?;
+        let outbox_pending = store.outbox_pending().await.map_err(failure)?;
         Ok::<_, Response>(render(&Overview {
             layout,
             states: TaskState::ALL
@@ -271,7 +271,7 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
             queue_chart: charts::bars("tasks waiting, last 12 hours", &queue, |n| {
                 format!("{n:.0}")
             }),
-            outbox_pending: outbox.pending,
+            outbox_pending,
             fleet: fleet_known(&signed_in).map(|known| fleet_section(&known, now)),
         }))
     };
