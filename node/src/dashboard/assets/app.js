@@ -152,7 +152,10 @@
   // An event from the stream (this tab leads) or from the leader (over the channel).
   function receive(type, id, data) {
     if (id !== null && id !== undefined && id !== "") lastId = id;
-    if (wanted(type, data)) refresh();
+    if (wanted(type, data)) {
+      document.dispatchEvent(new CustomEvent("ccm:change"));
+      refresh();
+    }
   }
 
   function tell(message) {
