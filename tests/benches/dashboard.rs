@@ -189,7 +189,8 @@ async fn board_rows(shots: &Path) -> Vec<Row> {
             ms(board.p50),
             format!("/healthz {}, app.css {}", ms(health.p50), ms(css.p50)),
             "≤ 20 ms, ≤ 30× /healthz",
-        ),
+        )
+        .ratio(board.p50.as_secs_f64(), health.p50.as_secs_f64(), "≤ 30× /healthz"),
         Row::new(
             &format!("board, server time, p99 ({tasks})"),
             ms(board.p99),
@@ -201,7 +202,8 @@ async fn board_rows(shots: &Path) -> Vec<Row> {
             ms(overview.p50),
             format!("/healthz {}, app.css {}", ms(health.p50), ms(css.p50)),
             "≤ 20 ms, ≤ 30× /healthz",
-        ),
+        )
+        .ratio(overview.p50.as_secs_f64(), health.p50.as_secs_f64(), "≤ 30× /healthz"),
         Row::new(
             &format!("overview, server time, p99 ({tasks})"),
             ms(overview.p99),
@@ -261,7 +263,10 @@ async fn card_latency(browser: &Browser, daemon: &Daemon, title: &str) -> (Stats
     // Each refresh of the page notes when each task card first appeared.
     browser
         .eval(
-            "window.__seen = {}; document.addEventListener('ccm:refreshed', function () { \
+            "window.__seen = {}; window.__heard = []; \
+             document.addEventListener('ccm:change', function () { \
+               window.__heard.push(performance.timeOrigin + performance.now()); }); \
+             document.addEventListener('ccm:refreshed', function () { \
                var now = performance.timeOrigin + performance.now(); \
                document.querySelectorAll('[data-task]').forEach(function (c) { \
                  var id = c.getAttribute('data-task'); if (!(id in window.__seen)) window.__seen[id] = now; }); \
@@ -290,6 +295,17 @@ async fn card_latency(browser: &Browser, daemon: &Daemon, title: &str) -> (Stats
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let at = seen.as_f64().expect("a time");
+        if std::env::var_os("CCM_BENCH_DASHBOARD_TRACE").is_some() {
+            let heard = browser.eval("return window.__heard.splice(0)").await;
+            let heard: Vec<String> = heard
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_f64())
+                .map(|h| format!("{:.0}", h - sent))
+                .collect();
+            println!("{title} {n}: change heard at {heard:?} ms, card at {:.0} ms", at - sent);
+        }
         to_dom.push(Duration::from_secs_f64(((at - sent) / 1e3).max(0.0)));
         // The next change starts from a quiet page.
         tokio::time::sleep(Duration::from_millis(200)).await;
