@@ -437,8 +437,14 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
             .await;
         browsers.push(browser);
     }
+    // The browsers' own floor: the same pages open, nothing changing.
+    let quiet = process_times();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let browsers_idle = browsers_time(&quiet, &process_times()).as_secs_f64() / 2.0;
     let (daemon_cpu, processes) = (cpu_time(pid), process_times());
+    let wave = Instant::now();
     let open = creation_rate(&daemon, CREATION_TASKS).await;
+    let wave = wave.elapsed();
     let daemon_cpu = cpu_time(pid) - daemon_cpu;
     let browsers_cpu = browsers_time(&processes, &process_times());
     // The board and the overview followed the creations.
@@ -472,7 +478,12 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
         Row::new(
             &format!("CPU per 1000 tasks, {PAGES} pages open: browsers"),
             per_1000(browsers_cpu),
-            format!("board refreshes {}, overview {}", refreshes[1], refreshes[0]),
+            format!(
+                "idle {:.2} s per 1000 tasks' time; board refreshes {}, overview {}",
+                browsers_idle * wave.as_secs_f64() * 1000.0 / CREATION_TASKS as f64,
+                refreshes[1],
+                refreshes[0]
+            ),
             "—",
         ),
     ]
