@@ -95,7 +95,7 @@
   }
 
   // Under a stream of changes a page refreshes at most once per `interval()` from the start of
-  // its last refresh: four times what that refresh took (fetch and morph), doubled each time a
+  // its last refresh: four times what that refresh took (fetch and morph, at least 25 ms), doubled each time a
   // change had to wait, at most two seconds. A change after a quiet period shows at once (and the
   // stretch starts over), so a page stays live while costing its browser a bounded share.
   var BUDGET = 4;
@@ -106,8 +106,12 @@
   var timer = null;
   var etag = null;
 
+  // A refresh counts as at least 25 ms: one answered 304 in a few milliseconds is spaced out
+  // under a stream of changes too.
+  var LEAST = 25;
+
   function interval() {
-    return Math.min(LONGEST, cost * BUDGET * stretch);
+    return Math.min(LONGEST, Math.max(cost, LEAST) * BUDGET * stretch);
   }
 
   function refresh() {
