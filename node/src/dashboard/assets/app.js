@@ -95,9 +95,10 @@
   }
 
   // Under a stream of changes a page refreshes at most once per `interval()` from the start of
-  // its last refresh: four times what that refresh took (fetch and morph, at least 25 ms), doubled each time a
-  // change had to wait, at most two seconds. A change after a quiet period shows at once (and the
-  // stretch starts over), so a page stays live while costing its browser a bounded share.
+  // its last refresh: four times what that refresh took (fetch and morph, at least 25 ms),
+  // doubled each time a change had to wait and halved after a refresh during which no change
+  // came, at most two seconds. A change after a quiet period shows at once (and the stretch
+  // starts over), so a page stays live while costing its browser a bounded share.
   var BUDGET = 4;
   var LONGEST = 2000;
   var cost = 0;
@@ -130,6 +131,8 @@
   function run() {
     timer = null;
     if (document.hidden) { stale = true; return; }
+    // The changes that came while this refresh waited are in what it fetches.
+    again = false;
     busy = true;
     stale = false;
     var started = performance.now();
@@ -149,7 +152,8 @@
       .then(function () {
         busy = false;
         cost = performance.now() - started;
-        if (again) { again = false; refresh(); }
+        // No change came while it ran: the stream has thinned, the spacing shrinks.
+        if (again) { again = false; refresh(); } else { stretch = Math.max(1, stretch / 2); }
       });
   }
 
