@@ -11,18 +11,23 @@
 //!   complete in Chromium (navigation start to the load event) against the static asset.
 //! - Live: a task created through the API to its card on the open board, against the API's own
 //!   answer time.
+//! - Tabs: the same with twenty tabs of one browser open on the board (the visible one is the
+//!   last; the first holds the event stream and passes the events on to the other nineteen).
 //! - Creation: tasks created per second through the API with ten dashboard pages open (ten
 //!   browsers, each showing one page that refreshes on the changes it shows), against the same
-//!   daemon with no page open (before and after, averaged).
+//!   daemon with no page open (before and after, averaged); and the CPU time the daemon and the
+//!   browsers' processes used meanwhile (from `/proc/PID/stat`), against the daemon's with no
+//!   page open.
 //! - Memory: the daemon's resident set with 20 agents running and 10 dashboard pages open, against
 //!   the same daemon before the pages were opened.
 //!
 //! `CCM_BENCH_DASHBOARD_ONLY` (for example `live,memory`) runs only the parts it names.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ccm_tests::bench::{machine, mb, ms, print_table, runs_part, Memory, Row, Stats};
+use ccm_tests::bench::{cpu_time, machine, mb, ms, print_table, runs_part, Memory, Row, Stats};
 use ccm_tests::browser::Browser;
 use ccm_tests::{wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
@@ -37,6 +42,8 @@ const BROWSER_RUNS: usize = 15;
 const CREATION_TASKS: usize = 2_000;
 /// Tasks created while the board is open.
 const LIVE_RUNS: usize = 30;
+/// Tabs of one browser open on the board.
+const TABS: usize = 20;
 /// Agents running while the pages are open.
 const AGENTS: usize = 20;
 /// Dashboard pages open at once.
@@ -58,6 +65,10 @@ async fn main() {
     }
     if runs("live") {
         rows.extend(live_rows(&shots).await);
+        print_table(&rows);
+    }
+    if runs("tabs") {
+        rows.extend(tabs_rows(&shots).await);
         print_table(&rows);
     }
     if runs("creation") {
@@ -178,7 +189,8 @@ async fn board_rows(shots: &Path) -> Vec<Row> {
             ms(board.p50),
             format!("/healthz {}, app.css {}", ms(health.p50), ms(css.p50)),
             "≤ 20 ms, ≤ 30× /healthz",
-        ),
+        )
+        .ratio(board.p50.as_secs_f64(), health.p50.as_secs_f64(), "≤ 30× /healthz"),
         Row::new(
             &format!("board, server time, p99 ({tasks})"),
             ms(board.p99),
@@ -190,7 +202,8 @@ async fn board_rows(shots: &Path) -> Vec<Row> {
             ms(overview.p50),
             format!("/healthz {}, app.css {}", ms(health.p50), ms(css.p50)),
             "≤ 20 ms, ≤ 30× /healthz",
-        ),
+        )
+        .ratio(overview.p50.as_secs_f64(), health.p50.as_secs_f64(), "≤ 30× /healthz"),
         Row::new(
             &format!("overview, server time, p99 ({tasks})"),
             ms(overview.p99),
@@ -218,10 +231,42 @@ async fn live_rows(shots: &Path) -> Vec<Row> {
     browser.goto(&link).await;
     browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
     browser.goto(&daemon.url("/tasks")).await;
+    let (to_dom, api) = card_latency(&browser, &daemon, "live").await;
+    daemon.terminate();
+    vec![
+        Row::new(
+            "task created → its card on the open board, p50",
+            ms(to_dom.p50),
+            format!("API answer {}", ms(api.p50)),
+            "≤ 200 ms",
+        ),
+        Row::new(
+            "task created → its card on the open board, p99",
+            ms(to_dom.p99),
+            format!("API answer {}", ms(api.p99)),
+            "—",
+        ),
+    ]
+}
+
+/// Creates [`LIVE_RUNS`] tasks one after another through the API while `browser`'s current tab
+/// shows the board; returns the times from each request sent to its card in that tab's DOM, and
+/// the API's answer times.
+async fn card_latency(browser: &Browser, daemon: &Daemon, title: &str) -> (Stats, Stats) {
+    browser
+        .wait_for(
+            "the board to be live",
+            Duration::from_secs(20),
+            "return document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
     // Each refresh of the page notes when each task card first appeared.
     browser
         .eval(
-            "window.__seen = {}; document.addEventListener('ccm:refreshed', function () { \
+            "window.__seen = {}; window.__heard = []; \
+             document.addEventListener('ccm:change', function () { \
+               window.__heard.push(performance.timeOrigin + performance.now()); }); \
+             document.addEventListener('ccm:refreshed', function () { \
                var now = performance.timeOrigin + performance.now(); \
                document.querySelectorAll('[data-task]').forEach(function (c) { \
                  var id = c.getAttribute('data-task'); if (!(id in window.__seen)) window.__seen[id] = now; }); \
@@ -234,7 +279,7 @@ async fn live_rows(shots: &Path) -> Vec<Row> {
         let sent = epoch_ms();
         let started = Instant::now();
         let (status, task) = daemon
-            .post("/api/tasks", json!({ "title": format!("live {n}"), "profile": "holder" }))
+            .post("/api/tasks", json!({ "title": format!("{title} {n}"), "profile": "holder" }))
             .await;
         api.push(started.elapsed());
         assert_eq!(status, 201, "task refused: {task}");
@@ -250,21 +295,54 @@ async fn live_rows(shots: &Path) -> Vec<Row> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let at = seen.as_f64().expect("a time");
+        if std::env::var_os("CCM_BENCH_DASHBOARD_TRACE").is_some() {
+            let heard = browser.eval("return window.__heard.splice(0)").await;
+            let heard: Vec<String> = heard
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_f64())
+                .map(|h| format!("{:.0}", h - sent))
+                .collect();
+            println!("{title} {n}: change heard at {heard:?} ms, card at {:.0} ms", at - sent);
+        }
         to_dom.push(Duration::from_secs_f64(((at - sent) / 1e3).max(0.0)));
         // The next change starts from a quiet page.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    (Stats::new(to_dom), Stats::new(api))
+}
+
+async fn tabs_rows(shots: &Path) -> Vec<Row> {
+    let (home, mut daemon) = start("bench-tabs", 4);
+    let browser = Browser::start(shots, 1280, 900).await;
+    let link = home.run_ok(&["dashboard", "--print"]).trim().to_string();
+    browser.goto(&link).await;
+    browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
+    let board = daemon.url("/tasks");
+    let live = "var s = document.getElementById('live-status'); return s !== null && s.textContent === 'live'";
+    for n in 0..TABS {
+        if n == 0 {
+            browser.goto(&board).await;
+        } else {
+            browser.new_tab(&board).await;
+        }
+        browser.wait_for(&format!("tab {n} to be live"), Duration::from_secs(20), live).await;
+    }
+    // The last tab is the visible one; the first holds the stream.
+    let (to_dom, api) = card_latency(&browser, &daemon, "tabs").await;
+    browser.screenshot("tabs-board").await;
+    let _ = browser.client.close().await;
     daemon.terminate();
-    let (to_dom, api) = (Stats::new(to_dom), Stats::new(api));
     vec![
         Row::new(
-            "task created → its card on the open board, p50",
+            &format!("state change → updated DOM, {TABS} tabs open, p50"),
             ms(to_dom.p50),
             format!("API answer {}", ms(api.p50)),
             "≤ 200 ms",
         ),
         Row::new(
-            "task created → its card on the open board, p99",
+            &format!("state change → updated DOM, {TABS} tabs open, p99"),
             ms(to_dom.p99),
             format!("API answer {}", ms(api.p99)),
             "—",
@@ -332,7 +410,10 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
     let (home, mut daemon) = start("bench-creation", 4);
     // A first wave warms the daemon up (its caches, the database's first pages).
     create_many(&daemon, 200).await;
+    let pid = daemon.child.id();
+    let idle_cpu = cpu_time(pid);
     let before = creation_rate(&daemon, CREATION_TASKS).await;
+    let idle_cpu = cpu_time(pid) - idle_cpu;
     let pages = ["/", "/tasks", "/agents", "/alerts", "/decisions", "/systems"];
     let mut browsers = Vec::with_capacity(PAGES);
     for n in 0..PAGES {
@@ -356,7 +437,16 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
             .await;
         browsers.push(browser);
     }
+    // The browsers' own floor: the same pages open, nothing changing.
+    let quiet = process_times();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let browsers_idle = browsers_time(&quiet, &process_times()).as_secs_f64() / 2.0;
+    let (daemon_cpu, processes) = (cpu_time(pid), process_times());
+    let wave = Instant::now();
     let open = creation_rate(&daemon, CREATION_TASKS).await;
+    let wave = wave.elapsed();
+    let daemon_cpu = cpu_time(pid) - daemon_cpu;
+    let browsers_cpu = browsers_time(&processes, &process_times());
     // The board and the overview followed the creations.
     let mut refreshes = Vec::new();
     for browser in &browsers {
@@ -370,10 +460,81 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
     daemon.terminate();
     assert!(refreshes[1] > 0, "the open board never refreshed: {refreshes:?}");
     let none = (before + after) / 2.0;
-    vec![Row::new(
-        &format!("tasks created per second, {PAGES} pages open"),
-        format!("{open:.0}/s ({:.0} %)", 100.0 * open / none),
-        format!("{none:.0}/s with no page open ({before:.0}, {after:.0})"),
-        "≥ 90 %",
-    )]
+    let per_1000 =
+        |cpu: Duration| format!("{:.2} s", cpu.as_secs_f64() * 1000.0 / CREATION_TASKS as f64);
+    vec![
+        Row::new(
+            &format!("tasks created per second, {PAGES} pages open"),
+            format!("{open:.0}/s ({:.0} %)", 100.0 * open / none),
+            format!("{none:.0}/s with no page open ({before:.0}, {after:.0})"),
+            "≥ 90 %",
+        ),
+        Row::new(
+            &format!("CPU per 1000 tasks, {PAGES} pages open: daemon"),
+            per_1000(daemon_cpu),
+            format!("daemon {} with no page open", per_1000(idle_cpu)),
+            "—",
+        ),
+        Row::new(
+            &format!("CPU per 1000 tasks, {PAGES} pages open: browsers"),
+            per_1000(browsers_cpu),
+            format!(
+                "idle {:.2} s per 1000 tasks' time; board refreshes {}, overview {}",
+                browsers_idle * wave.as_secs_f64() * 1000.0 / CREATION_TASKS as f64,
+                refreshes[1],
+                refreshes[0]
+            ),
+            "—",
+        ),
+    ]
+}
+
+/// Every process's command name, parent and CPU time so far (user and system), by process id.
+fn process_times() -> HashMap<u32, (String, u32, Duration)> {
+    let mut processes = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return processes };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some((head, fields)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        let number = |n: usize| fields.get(n).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        // After the name: the parent is field 4, utime and stime fields 14 and 15 (USER_HZ 100).
+        let ticks = number(11) + number(12);
+        let cpu = Duration::from_millis(ticks * 10);
+        processes.insert(pid, (head[open + 1..].to_string(), number(1) as u32, cpu));
+    }
+    processes
+}
+
+/// The CPU time the Chromium processes started by this process (through chromedriver) used
+/// between the snapshots `before` and `after` (a process that ended in between is not counted).
+fn browsers_time(
+    before: &HashMap<u32, (String, u32, Duration)>,
+    after: &HashMap<u32, (String, u32, Duration)>,
+) -> Duration {
+    let me = std::process::id();
+    let ours = |mut pid: u32| {
+        for _ in 0..32 {
+            match after.get(&pid) {
+                Some((_, parent, _)) if *parent == me => return true,
+                Some((_, parent, _)) => pid = *parent,
+                None => return false,
+            }
+        }
+        false
+    };
+    after
+        .iter()
+        .filter(|(pid, (name, ..))| {
+            name.starts_with("chrom") && name != "chromedriver" && ours(**pid)
+        })
+        .map(|(pid, (_, _, cpu))| {
+            cpu.saturating_sub(before.get(pid).map_or(Duration::ZERO, |(_, _, cpu)| *cpu))
+        })
+        .sum()
 }

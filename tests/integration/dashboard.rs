@@ -964,3 +964,165 @@ async fn a_board_column_pages_through_its_tasks() {
     browser.screenshot("paging-second").await;
     browser.client.close().await.unwrap();
 }
+
+/// Signs in through a fresh one-time link over HTTP; returns the session cookie (`name=value`).
+async fn session_cookie(home: &TestHome, http: &reqwest::Client) -> String {
+    let response = http.get(sign_in_link(home)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// A live refresh (`X-Ccm-Live`) of a page: its status, `ETag` and body.
+async fn live_get(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    known: Option<&str>,
+) -> (u16, String, String) {
+    let mut request = http.get(url).header("cookie", cookie).header("x-ccm-live", "1");
+    if let Some(known) = known {
+        request = request.header("if-none-match", known);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let tag =
+        response.headers().get("etag").map(|t| t.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, tag, response.text().await.unwrap())
+}
+
+/// Issue 26 (live pages cost little): a page's live refresh that sends back the `ETag` it got
+/// is answered `304` with no body while nothing on the page changed, and with the new page (and
+/// a new tag) once a task was added; another session's tag for the same page is its own (the
+/// page carries the session's form token).
+#[tokio::test]
+async fn an_unchanged_page_answers_its_live_refresh_with_304_and_a_changed_one_with_the_new_page() {
+    let home = holder_home("dash-etag", 1);
+    let daemon = home.start();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cookie = session_cookie(&home, &http).await;
+    let board = daemon.url("/tasks");
+    let (status, tag, body) = live_get(&http, &board, &cookie, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(tag.starts_with('"') && tag.ends_with('"') && tag.len() > 2, "ETag: {tag:?}");
+    let (status, again, body) = live_get(&http, &board, &cookie, Some(&tag)).await;
+    assert_eq!((status, again.as_str(), body.as_str()), (304, tag.as_str(), ""));
+
+    let other = session_cookie(&home, &http).await;
+    let (status, other_tag, body) = live_get(&http, &board, &other, Some(&tag)).await;
+    assert_eq!(status, 200, "another session's page is not this one's: {body}");
+    assert_ne!(other_tag, tag);
+
+    add_task(&home, &["a new card", "--profile", "holder"]);
+    let mut changed = None;
+    for _ in 0..100 {
+        let (status, new_tag, body) = live_get(&http, &board, &cookie, Some(&tag)).await;
+        if status != 304 {
+            changed = Some((status, new_tag, body));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, new_tag, body) = changed.expect("the board never changed after a task was added");
+    assert_eq!(status, 200);
+    assert!(body.contains("a new card"), "the new page lacks the new card");
+    assert_ne!(new_tag, tag);
+    // A refresh that is not live gets the page (a reload is never answered 304).
+    let response = http.get(&board).header("cookie", &cookie).header("if-none-match", &new_tag);
+    assert_eq!(response.send().await.unwrap().status(), 200);
+}
+
+/// Issue 26 (live pages cost little, scale): the overview's queue chart counts the tasks waiting
+/// now and in the hours before from the hourly counts the task log's trigger keeps: with one slot
+/// and three tasks added this hour, two wait now and none did before this hour.
+#[tokio::test]
+async fn the_overview_queue_chart_counts_the_tasks_waiting_now_and_before_this_hour() {
+    let home = holder_home("dash-queue", 1);
+    let daemon = home.start();
+    let ids: Vec<String> =
+        (0..3).map(|n| add_task(&home, &[&format!("queued {n}"), "--profile", "holder"])).collect();
+    wait_state(&daemon, &ids[0], "executing").await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cookie = session_cookie(&home, &http).await;
+    let page = |cookie: String| {
+        let (http, url) = (http.clone(), daemon.url("/"));
+        async move { http.get(url).header("cookie", cookie).send().await.unwrap().text().await.unwrap() }
+    };
+    let overview = page(cookie.clone()).await;
+    // The clock hour may turn between the tasks' creation and the page: then "-1h" holds them.
+    assert!(overview.contains("2 waiting at now"), "{overview}");
+    assert!(
+        overview.contains("0 waiting at -1h") || overview.contains("2 waiting at -1h"),
+        "{overview}"
+    );
+    assert!(overview.contains("0 waiting at -2h"), "{overview}");
+    // A task leaving the queue is counted too.
+    send_event(&daemon, &ids[2], "cancel").await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            page(cookie.clone()).await.contains("1 waiting at now")
+        })
+        .await,
+        "the cancelled task still counts as waiting"
+    );
+}
+
+/// Issue 26 (live pages cost little): under a stream of changes an open board refreshes fewer
+/// times than changes reach it (its refreshes are spaced by what they cost), still shows the
+/// last of them within two seconds, and a change after a quiet period shows at once.
+#[tokio::test]
+async fn a_board_under_a_stream_of_changes_refreshes_less_often_than_they_come_and_stays_live() {
+    let home = holder_home("dash-stream", 1);
+    let daemon = home.start();
+    let shots = shots("stream");
+    let browser = Browser::start(&shots, 1280, 900).await;
+    sign_in(&home, &browser).await;
+    browser.goto(&daemon.url("/tasks")).await;
+    browser
+        .wait_for(
+            "the board to be live",
+            Duration::from_secs(20),
+            "return document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    browser
+        .eval(
+            "window.__changes = 0; window.__refreshes = 0; \
+             document.addEventListener('ccm:change', function () { window.__changes++; }); \
+             document.addEventListener('ccm:refreshed', function () { window.__refreshes++; }); \
+             return true",
+        )
+        .await;
+    let mut last = String::new();
+    for n in 0..60 {
+        let (status, task) = daemon
+            .post(
+                "/api/tasks",
+                serde_json::json!({ "title": format!("stream {n}"), "profile": "holder" }),
+            )
+            .await;
+        assert_eq!(status, 201, "{task}");
+        last = task["id"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let shown = format!("return document.querySelector('[data-task=\"{last}\"]') !== null");
+    browser.wait_for("the last task's card", Duration::from_secs(2), &shown).await;
+    let counts = browser.eval("return [window.__changes, window.__refreshes]").await;
+    let (changes, refreshes) = (counts[0].as_u64().unwrap(), counts[1].as_u64().unwrap());
+    println!("{changes} changes reached the board, which refreshed {refreshes} times");
+    assert!(changes >= 5, "the stream reached the page as one change: {counts}");
+    assert!(refreshes >= 1 && refreshes < changes, "refreshes against changes: {counts}");
+    browser.screenshot("stream-after").await;
+
+    // After a quiet period the next change shows at once (well under the longest spacing, 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let started = std::time::Instant::now();
+    let id = add_task(&home, &["after the quiet", "--profile", "holder"]);
+    let shown = format!("return document.querySelector('[data-task=\"{id}\"]') !== null");
+    browser.wait_for("the card after the quiet", Duration::from_secs(2), &shown).await;
+    let took = started.elapsed();
+    println!("the change after the quiet showed in {took:?}");
+    assert!(took < Duration::from_millis(1500), "the change after the quiet waited {took:?}");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.client.close().await.unwrap();
+}

@@ -33,6 +33,8 @@ pub struct Layout {
     pub csrf: String,
     pub decisions: i64,
     pub alerts: i64,
+    /// Agents starting or running (read with the badges' counts).
+    pub live_agents: i64,
     pub system: String,
     /// What the page reloads on: `change` (outbox changes) or `activity` (anything).
     pub live: &'static str,
@@ -49,14 +51,15 @@ async fn layout(
     title: impl Into<String>,
     active: &'static str,
 ) -> Result<Layout, Response> {
-    let counts = state.store.dashboard_counts().await.map_err(failure)?;
-    let system = state.store.system().await.map_err(failure)?;
+    let (counts, system) =
+        tokio::try_join!(state.store.dashboard_counts(), state.store.system()).map_err(failure)?;
     Ok(Layout {
         title: title.into(),
         active,
         csrf: signed_in.session.csrf.clone(),
         decisions: counts.pending_decisions,
         alerts: counts.open_alerts,
+        live_agents: counts.live_agents,
         system: system.name,
         live: "change",
         kinds: match active {
@@ -219,14 +222,25 @@ fn fleet_section(known: &super::fleet::Known, now: Timestamp) -> FleetSection {
 
 pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Response {
     let page = async {
-        let layout = layout(&state, &signed_in, "Overview", "overview").await?;
         let store = &state.store;
-        let counts = store.state_counts().await.map_err(failure)?;
-        let live = store.dashboard_counts().await.map_err(failure)?.live_agents;
         let now = Timestamp::now();
         let today = Timestamp(now.0 - now.0 % 86_400_000);
         let week = Timestamp(today.0 - 13 * 86_400_000);
-        let per_day = store.cost_per_day(week).await.map_err(failure)?;
+        let hours = 12;
+        // Independent reads, each on a reader of its own when one is free.
+        let (layout, read) =
+            tokio::join!(layout(&state, &signed_in, "Overview", "overview"), async {
+                tokio::try_join!(
+                    store.state_counts(),
+                    store.cost_per_day(week),
+                    store.cost_per_repo(),
+                    store.waiting_changes(now, hours),
+                    store.outbox_pending(),
+                )
+            });
+        let layout = layout?;
+        let (counts, per_day, per_repo, changes, outbox_pending) = read.map_err(failure)?;
+        let live = layout.live_agents;
         let cost_today =
             per_day.iter().filter(|d| d.day == today.0 / 86_400_000).map(|d| d.cost_usd).sum();
         let days: Vec<(String, f64, String)> = (0..14)
@@ -237,10 +251,7 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
                 (date[8..10].to_string(), cost, format!("{}: {}", &date[..10], dollars(cost)))
             })
             .collect();
-        let repos: Vec<(String, f64, String)> = store
-            .cost_per_repo()
-            .await
-            .map_err(failure)?
+        let repos: Vec<(String, f64, String)> = per_repo
             .into_iter()
             .map(|(repo, cost)| {
                 let name = repo.unwrap_or_else(|| "(none)".into());
@@ -248,12 +259,9 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
                 (short, cost, format!("{name}: {}", dollars(cost)))
             })
             .collect();
-        let hours = 12;
-        let changes = store.waiting_changes(now, hours).await.map_err(failure)?;
         let waiting = counts.get(&TaskState::Created).copied().unwrap_or(0)
             + counts.get(&TaskState::Queued).copied().unwrap_or(0);
         let queue = charts::queue_depth(waiting, &changes, hours);
-        let outbox = store.outbox_counts().await.map_err(failure)?;
         Ok::<_, Response>(render(&Overview {
             layout,
             states: TaskState::ALL
@@ -271,7 +279,7 @@ pub async fn overview(signed_in: SignedIn, State(state): State<AppState>) -> Res
             queue_chart: charts::bars("tasks waiting, last 12 hours", &queue, |n| {
                 format!("{n:.0}")
             }),
-            outbox_pending: outbox.pending,
+            outbox_pending,
             fleet: fleet_known(&signed_in).map(|known| fleet_section(&known, now)),
         }))
     };

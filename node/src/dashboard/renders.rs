@@ -7,8 +7,13 @@
 //! rendered then looks the same until the next notice, which moves the version on. The session's
 //! CSRF token is swapped for a placeholder in the kept copy and back in each answer, so pages of
 //! different sessions share renders too.
+//!
+//! Each live answer carries an `ETag` (a hash of the kept render and of the session's token); a
+//! refresh that sends it back (`If-None-Match`) for a page that did not change gets `304` with
+//! no body, and the page skips its parse and morph.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -38,16 +43,30 @@ pub struct Renders {
 #[derive(Default)]
 struct Kept {
     version: Option<Version>,
-    pages: HashMap<String, Arc<str>>,
+    pages: HashMap<String, Kept1>,
+}
+
+/// One kept render and its hash.
+type Kept1 = (Arc<str>, u64);
+
+fn hash_of(text: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The `ETag` of a render (by its hash) for the session whose token is `csrf`.
+fn etag(hash: u64, csrf: &str) -> String {
+    format!("\"{hash:016x}-{:08x}\"", hash_of(csrf) as u32)
 }
 
 impl Renders {
-    fn get(&self, version: Version, address: &str) -> Option<Arc<str>> {
+    fn get(&self, version: Version, address: &str) -> Option<Kept1> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         (kept.version == Some(version)).then(|| kept.pages.get(address).cloned()).flatten()
     }
 
-    fn put(&self, version: Version, address: String, page: Arc<str>) {
+    fn put(&self, version: Version, address: String, page: Kept1) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         match kept.version {
             Some(current) if current > version => return,
@@ -73,23 +92,42 @@ pub async fn shared(request: Request, next: Next) -> Response {
     };
     let address = request.uri().to_string();
     let version = dashboard.hub.version();
-    if let Some(page) = dashboard.renders.get(version, &address) {
-        return html(page.replace(PLACEHOLDER, &session.csrf));
+    let known = request.headers().get(header::IF_NONE_MATCH).cloned();
+    let tag = |hash: u64| etag(hash, &session.csrf);
+    let unchanged =
+        |tag: &str| known.as_ref().is_some_and(|known| known.as_bytes() == tag.as_bytes());
+    if let Some((page, hash)) = dashboard.renders.get(version, &address) {
+        let tag = tag(hash);
+        if unchanged(&tag) {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+        }
+        let page = page.replace(PLACEHOLDER, &session.csrf);
+        return (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8".to_string()), (header::ETAG, tag)],
+            page,
+        )
+            .into_response();
     }
     let response = next.run(request).await;
     if response.status() != StatusCode::OK {
         return response;
     }
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, LARGEST).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    if let Ok(text) = std::str::from_utf8(&bytes) {
-        dashboard.renders.put(version, address, text.replace(&session.csrf, PLACEHOLDER).into());
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let kept: Arc<str> = text.replace(&session.csrf, PLACEHOLDER).into();
+    let hash = hash_of(&kept);
+    dashboard.renders.put(version, address, (kept, hash));
+    let tag = tag(hash);
+    if unchanged(&tag) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+    }
+    if let Ok(value) = tag.parse() {
+        parts.headers.insert(header::ETAG, value);
     }
     Response::from_parts(parts, Body::from(bytes))
-}
-
-fn html(page: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }

@@ -37,6 +37,16 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// Outbox rows not yet delivered (`pending` or `sealed`), counted over the index that
+    /// leads with the state (acknowledged rows are not read).
+    pub async fn outbox_pending(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM outbox INDEXED BY outbox_by_lane WHERE state IN ('pending', 'sealed')",
+        )
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
     pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
         Ok(sqlx::query_as(
             r#"

@@ -230,19 +230,13 @@ impl Store {
 }
 
 impl Store {
-    /// The net number of tasks that became waiting (`created` or `queued`) per hour of the last
-    /// `hours` before `now`, as `(hours ago, net)` (0: the last hour); hours without changes are
-    /// left out. Aggregated in SQLite over the index on `task_log.at`.
+    /// The net number of tasks that became waiting (`created` or `queued`) per clock hour of the
+    /// last `hours` before `now`, as `(hours ago, net)` (0: the current hour); hours without
+    /// changes are left out. Read from `task_waiting_hours`, which a trigger on the task log keeps.
     pub async fn waiting_changes(&self, now: Timestamp, hours: i64) -> Result<Vec<(i64, i64)>> {
         Ok(sqlx::query_as(
-            r#"
-            SELECT (?1 - at) / 3600000 AS ago,
-                   sum((to_state IN ('created', 'queued'))
-                       - coalesce(from_state IN ('created', 'queued'), 0)) AS net
-            FROM task_log INDEXED BY task_log_by_at
-            WHERE at > ?1 - ?2 * 3600000
-            GROUP BY ago
-            "#,
+            "SELECT ?1 / 3600000 - hour AS ago, net FROM task_waiting_hours \
+             WHERE hour > ?1 / 3600000 - ?2",
         )
         .bind(now)
         .bind(hours)

@@ -7,7 +7,8 @@
 // starve the seventh tab.)
 //
 // A page refreshes only on the changes it subscribes to (`data-kinds`, `data-live-task` on <main>),
-// and only while visible: a hidden page notes that it is stale and refreshes when shown. A
+// and only while visible: a hidden page notes that it is stale and refreshes when shown. Under a
+// stream of changes its refreshes are spaced by what they cost (see `interval`). A
 // refresh fetches the page and morphs it into the DOM (idiomorph), so focus, typed text, the
 // caret, scroll positions and opened <details> survive.
 "use strict";
@@ -93,28 +94,76 @@
     document.dispatchEvent(new CustomEvent("ccm:refreshed"));
   }
 
+  // Under a stream of changes a page refreshes at most once per `interval()` from the start of
+  // its last refresh: four times what that refresh took (fetch and morph, at least 25 ms),
+  // doubled each time a change had to wait and halved after a refresh during which no change
+  // came, at most two seconds. A change after a quiet period shows at once (and the stretch
+  // starts over), so a page stays live while costing its browser a bounded share.
+  var BUDGET = 4;
+  var LONGEST = 2000;
+  var cost = 0;
+  var stretch = 1;
+  var lastStart = -Infinity;
+  var timer = null;
+  var etag = null;
+
+  // A refresh counts as at least 25 ms: one answered 304 in a few milliseconds is spaced out
+  // under a stream of changes too.
+  var LEAST = 25;
+
+  function interval() {
+    return Math.min(LONGEST, Math.max(cost, LEAST) * BUDGET * stretch);
+  }
+
   function refresh() {
     if (document.hidden) { stale = true; return; }
-    if (busy) { again = true; return; }
+    if (busy || timer !== null) { again = true; return; }
+    var wait = lastStart + interval() - performance.now();
+    if (wait <= 0) {
+      stretch = 1;
+      run();
+    } else {
+      stretch = Math.min(stretch * 2, 64);
+      timer = setTimeout(run, wait);
+    }
+  }
+
+  function run() {
+    timer = null;
+    if (document.hidden) { stale = true; return; }
+    // The changes that came while this refresh waited are in what it fetches.
+    again = false;
     busy = true;
     stale = false;
-    fetch(location.href, { credentials: "same-origin", headers: { "X-Ccm-Live": "1" } })
+    var started = performance.now();
+    lastStart = started;
+    var headers = { "X-Ccm-Live": "1" };
+    // The server answers 304 when the page is what this tab shows already: nothing to morph.
+    if (etag) headers["If-None-Match"] = etag;
+    fetch(location.href, { credentials: "same-origin", cache: "no-store", headers: headers })
       .then(function (response) {
         if (response.status === 401) { show("signed out", false); return null; }
-        return response.ok ? response.text() : null;
+        if (response.status === 304 || !response.ok) return null;
+        etag = response.headers.get("ETag");
+        return response.text();
       })
       .then(function (html) { if (html) apply(html); })
       .catch(function () { /* the next event or reconnect refreshes again */ })
       .then(function () {
         busy = false;
-        if (again) { again = false; refresh(); }
+        cost = performance.now() - started;
+        // No change came while it ran: the stream has thinned, the spacing shrinks.
+        if (again) { again = false; refresh(); } else { stretch = Math.max(1, stretch / 2); }
       });
   }
 
   // An event from the stream (this tab leads) or from the leader (over the channel).
   function receive(type, id, data) {
     if (id !== null && id !== undefined && id !== "") lastId = id;
-    if (wanted(type, data)) refresh();
+    if (wanted(type, data)) {
+      document.dispatchEvent(new CustomEvent("ccm:change"));
+      refresh();
+    }
   }
 
   function tell(message) {
