@@ -57,6 +57,8 @@ impl Runtime {
         if self.config().coordination.resume_parent {
             let message = last_message.as_deref();
             if self.store.await_subtasks(task.id, message, policy).await?.is_some() {
+                // Its slot is free for the sub-tasks it waits for.
+                self.scheduler_wake.notify_one();
                 return Ok(());
             }
         }
