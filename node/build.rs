@@ -15,10 +15,13 @@ fn main() {
             println!("cargo:rustc-link-arg-bin={bin}=-no-pie");
         }
         let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+        // `--symbol-ordering-file` is lld's: rustc links x86_64 Linux with its own lld by
+        // default (since 1.90); elsewhere the system linker (GNU ld) would refuse it.
+        let lld = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "x86_64");
         let order = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("order/ccm.order");
         println!("cargo:rerun-if-changed=build.rs");
         println!("cargo:rerun-if-changed=order/ccm.order");
-        if release && order.exists() {
+        if release && lld && order.exists() {
             println!(
                 "cargo:rustc-link-arg-bin=ccm=-Wl,--symbol-ordering-file={},--no-warn-symbol-ordering",
                 order.display()
