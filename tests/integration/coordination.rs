@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ccm_tests::standin::anthropic::{Anthropic, Turn};
-use ccm_tests::{agent_cli, git_repo, wait_until, Api, Daemon, TestHome, HOLDER_PROFILE};
+use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
 
 const SLOW: Duration = Duration::from_secs(120);
@@ -310,20 +310,6 @@ async fn every_tool_is_refused_without_a_live_token_or_with_another_tasks() {
     assert_eq!(shown["subtasks"][0]["state"], "cancelled", "{shown:#}");
 }
 
-/// `POST` as an agent (its credential, no API token).
-async fn as_agent(api: &Api, token: &str, path: &str, body: Value) -> (u16, Value) {
-    let response = api
-        .http
-        .post(api.url(path))
-        .header("x-ccm-agent-token", token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn a_subtask_bomb_stops_at_the_configured_limit_with_one_alert() {
     let (home, repo) = setup(
@@ -336,7 +322,8 @@ async fn a_subtask_bomb_stops_at_the_configured_limit_with_one_alert() {
     let mut refusals = Vec::new();
     for i in 0..12 {
         let body = json!({ "title": format!("bomb {i}"), "profile": "manual" });
-        let (status, answer) = as_agent(&daemon, &token, "/api/agent/subtasks", body).await;
+        let (status, answer) =
+            daemon.as_agent(reqwest::Method::POST, &token, "/api/agent/subtasks", body).await;
         match status {
             201 => created += 1,
             403 => refusals.push(answer["error"]["message"].as_str().unwrap().to_string()),
@@ -410,11 +397,23 @@ async fn a_named_lock_has_one_holder_at_a_time_with_growing_fencing_tokens() {
     let daemon = home.start();
     let (a, token_a) = holder(&home, &daemon, &repo).await;
     let (_b, token_b) = holder(&home, &daemon, &repo).await;
-    let (status, first) =
-        as_agent(&daemon, &token_a, "/api/agent/locks/build", json!({ "ttl_secs": 60 })).await;
+    let (status, first) = daemon
+        .as_agent(
+            reqwest::Method::POST,
+            &token_a,
+            "/api/agent/locks/build",
+            json!({ "ttl_secs": 60 }),
+        )
+        .await;
     assert_eq!(status, 200, "{first}");
-    let (status, busy) =
-        as_agent(&daemon, &token_b, "/api/agent/locks/build", json!({ "ttl_secs": 60 })).await;
+    let (status, busy) = daemon
+        .as_agent(
+            reqwest::Method::POST,
+            &token_b,
+            "/api/agent/locks/build",
+            json!({ "ttl_secs": 60 }),
+        )
+        .await;
     assert_eq!(status, 409, "{busy}");
     assert_eq!(busy["error"]["code"], "lock_held", "{busy}");
 
@@ -423,8 +422,8 @@ async fn a_named_lock_has_one_holder_at_a_time_with_growing_fencing_tokens() {
         let api = daemon.api.clone();
         let token = token_b.clone();
         tokio::spawn(async move {
-            as_agent(
-                &api,
+            api.as_agent(
+                reqwest::Method::POST,
                 &token,
                 "/api/agent/locks/build",
                 json!({ "ttl_secs": 60, "wait_secs": 60 }),
