@@ -10,8 +10,10 @@ use std::time::Duration;
 use crate::coordination::{agent_outputs, tool_results};
 use ccm_tests::standin::anthropic::{Anthropic, Turn};
 use ccm_tests::standin::telegram::Telegram;
-use ccm_tests::{git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
+use ccm_tests::{wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
+
+use crate::claude::setup;
 
 const SLOW: Duration = Duration::from_secs(120);
 const TOKEN: &str = "123456:ABC-change-token";
@@ -36,19 +38,6 @@ case "$1" in
   ;;
 esac
 "#;
-
-/// A home with instant retries, `extra` YAML and a registered git repository.
-fn setup(name: &str, extra: &str) -> (TestHome, String) {
-    let home = TestHome::new(name);
-    home.write_config(&format!(
-        "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\nruntime:\n  poll_ms: 50\n{extra}"
-    ));
-    let repo = home.work().join("app");
-    git_repo(&repo, None);
-    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
-    home.run_ok(&["context", "add", &repo]);
-    (home, repo)
-}
 
 /// `ccm up` whose agents find the real `claude` first on their PATH and talk to `api`.
 fn start_claude(home: &TestHome, api: &Anthropic, env: &[(&str, String)]) -> Daemon {

@@ -9,26 +9,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ccm_tests::standin::anthropic::{Anthropic, Turn};
-use ccm_tests::{agent_cli, git_repo, wait_until, Daemon, TestHome, HOLDER_PROFILE};
+use ccm_tests::{agent_cli, wait_until, Daemon, TestHome, HOLDER_PROFILE};
 use serde_json::{json, Value};
+
+use crate::claude::setup;
 
 const SLOW: Duration = Duration::from_secs(120);
 
 /// A sub-task's agent: writes a file named after its task, commits it, and says what it did.
 const WRITER: &str = "  writer:\n    command: [sh, -c, 'echo \"$0\" > \"out-$CCM_TASK_ID.txt\" && git add -A && git commit -qm \"part ($CCM_TASK_ID)\" && echo \"result of $0\"', '{prompt}']\n    output: plain\n";
-
-/// A home with instant retries, `extra` YAML and a registered git repository.
-fn setup(name: &str, extra: &str) -> (TestHome, String) {
-    let home = TestHome::new(name);
-    home.write_config(&format!(
-        "tasks:\n  retry_base_secs: 0\n  retry_cap_secs: 0\nruntime:\n  poll_ms: 50\n{extra}"
-    ));
-    let repo = home.work().join("app");
-    git_repo(&repo, None);
-    let repo = std::fs::canonicalize(&repo).unwrap().to_string_lossy().into_owned();
-    home.run_ok(&["context", "add", &repo]);
-    (home, repo)
-}
 
 /// `ccm up` whose agents find the real `claude` first on their PATH and talk to `api`.
 fn start_claude(home: &TestHome, api: &Anthropic) -> Daemon {
