@@ -40,12 +40,12 @@ fn add_task(home: &TestHome, repo: &str, prompt: &str, extra: &[&str]) -> String
     home.run_json(&args)["id"].as_str().unwrap().to_string()
 }
 
-async fn task(daemon: &Daemon, id: &str) -> Value {
+pub(crate) async fn task(daemon: &Daemon, id: &str) -> Value {
     daemon.get(&format!("/api/tasks/{id}")).await.1
 }
 
 /// Waits until the task's land state is `state`, failing with its detail and the daemon's log.
-async fn wait_land(daemon: &Daemon, id: &str, state: &str) -> Value {
+pub(crate) async fn wait_land(daemon: &Daemon, id: &str, state: &str) -> Value {
     let reached =
         wait_until(SLOW, || async { task(daemon, id).await["land_state"] == state }).await;
     let detail = task(daemon, id).await;
@@ -53,7 +53,7 @@ async fn wait_land(daemon: &Daemon, id: &str, state: &str) -> Value {
     detail
 }
 
-async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
+pub(crate) async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
     let reached = wait_until(SLOW, || async { task(daemon, id).await["state"] == state }).await;
     let detail = task(daemon, id).await;
     assert!(reached, "task never reached {state}: {detail:#}\n{}", daemon.log_text());

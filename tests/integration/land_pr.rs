@@ -13,6 +13,8 @@ use ccm_tests::standin::github::{Check, GitHub};
 use ccm_tests::{git_repo, wait_until, Daemon, TestHome};
 use serde_json::Value;
 
+use crate::land::{task, wait_land, wait_state};
+
 const SLOW: Duration = Duration::from_secs(90);
 const TOKEN: &str = "ghp_standin0123456789abcdefghijklmnopqrst";
 
@@ -82,25 +84,6 @@ fn add_task(setup: &Setup, title: &str, extra: &[&str]) -> String {
     let mut args = vec!["task", "add", title, "--profile", "fake", "--repo", &repo];
     args.extend(extra);
     setup.home.run_json(&args)["id"].as_str().unwrap().to_string()
-}
-
-async fn task(daemon: &Daemon, id: &str) -> Value {
-    daemon.get(&format!("/api/tasks/{id}")).await.1
-}
-
-async fn wait_land(daemon: &Daemon, id: &str, state: &str) -> Value {
-    let reached =
-        wait_until(SLOW, || async { task(daemon, id).await["land_state"] == state }).await;
-    let detail = task(daemon, id).await;
-    assert!(reached, "task never reached land state {state}: {detail:#}\n{}", daemon.log_text());
-    detail
-}
-
-async fn wait_state(daemon: &Daemon, id: &str, state: &str) -> Value {
-    let reached = wait_until(SLOW, || async { task(daemon, id).await["state"] == state }).await;
-    let detail = task(daemon, id).await;
-    assert!(reached, "task never reached {state}: {detail:#}\n{}", daemon.log_text());
-    detail
 }
 
 /// The bare repository's branches.
