@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use crate::coordination::{agent_outputs, tool_results};
 use ccm_tests::standin::anthropic::{Anthropic, Turn};
 use ccm_tests::standin::telegram::Telegram;
 use ccm_tests::{wait_until, Daemon, TestHome, HOLDER_PROFILE};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::claude::setup;
+use crate::coordination::{agent_outputs, tool_results};
 
 const SLOW: Duration = Duration::from_secs(120);
 const TOKEN: &str = "123456:ABC-change-token";
@@ -394,16 +395,10 @@ async fn a_configured_reviewer_agent_decides_a_change_request_with_its_verdict_a
 
     // The requester's agent asks through the agent API (what `ccm mcp` calls) with its credential.
     let token = daemon.agent_token(&requester).await;
-    let asked = daemon
-        .http
-        .post(daemon.url("/api/agent/changes"))
-        .header("x-ccm-agent-token", &token)
-        .json(&json!({ "file": "src/api.txt", "what": "make greet async", "why": "the caller awaits it" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(asked.status(), 201);
-    let request: Value = asked.json().await.unwrap();
+    let body =
+        json!({ "file": "src/api.txt", "what": "make greet async", "why": "the caller awaits it" });
+    let (status, request) = daemon.as_agent(Method::POST, &token, "/api/agent/changes", body).await;
+    assert_eq!(status, 201);
     let id = request["id"].as_str().unwrap().to_string();
     assert_eq!(request["state"], "pending", "{request:#}");
 
@@ -428,17 +423,9 @@ async fn a_configured_reviewer_agent_decides_a_change_request_with_its_verdict_a
     assert_eq!(decision["answered_by"], "reviewer:rev", "{decision:#}");
 
     // The requester's wait answers at once; the run is listed with the supervisors' runs.
-    let waited: Value = daemon
-        .http
-        .post(daemon.url(&format!("/api/agent/changes/{id}/wait")))
-        .header("x-ccm-agent-token", &token)
-        .json(&json!({ "timeout_secs": 5 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let wait = format!("/api/agent/changes/{id}/wait");
+    let (_, waited) =
+        daemon.as_agent(Method::POST, &token, &wait, json!({ "timeout_secs": 5 })).await;
     assert_eq!(waited["state"], "rejected", "{waited:#}");
     assert_eq!(waited["final"], true);
     let runs = home.run_ok(&["supervisors"]);
@@ -462,20 +449,16 @@ async fn an_approved_change_request_whose_owner_ends_goes_to_a_new_task_owning_t
     claim_as_agent(&home, &daemon, &owner, &repo, "src/api.txt").await;
     let token = daemon.agent_token(&requester).await;
     let ask = |file: &'static str| {
-        daemon
-            .http
-            .post(daemon.url("/api/agent/changes"))
-            .header("x-ccm-agent-token", token.clone())
-            .json(&json!({ "file": file, "what": "add a hello function", "why": "the caller needs it" }))
-            .send()
+        let body =
+            json!({ "file": file, "what": "add a hello function", "why": "the caller needs it" });
+        daemon.as_agent(Method::POST, &token, "/api/agent/changes", body)
     };
     // A file nobody else owns is the requester's to write: refused, saying so.
-    let free = ask("src/free.txt").await.unwrap();
-    assert_eq!(free.status(), 400);
-    let free: Value = free.json().await.unwrap();
+    let (status, free) = ask("src/free.txt").await;
+    assert_eq!(status, 400);
     assert!(free["error"]["message"].as_str().unwrap().contains("write it yourself"), "{free:#}");
 
-    let request: Value = ask("src/api.txt").await.unwrap().json().await.unwrap();
+    let (_, request) = ask("src/api.txt").await;
     let id = request["id"].as_str().unwrap().to_string();
     let decision = request["decision_id"].as_str().unwrap();
     let (status, _) =
