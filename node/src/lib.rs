@@ -12,6 +12,7 @@
 //! - [`tmux`]: ccm's own tmux server, one window per agent.
 //! - [`fs`]: writing a file atomically (the one helper for it).
 //! - [`text`]: cutting text to size (heads, tails, previews for logs).
+//! - [`background`]: background work (prediction's git, digests) at a lower CPU priority.
 //! - [`worktree`]: a git worktree per task, and cleanup that never loses work.
 //! - [`conflicts`]: conflict prediction between the active tasks of a repository (here and on
 //!   other systems), the land order it implies, a task's diff against its target.
@@ -48,6 +49,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod background;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -63,6 +63,8 @@ pub enum SupervisorError {
     Io(#[from] std::io::Error),
     #[error("supervisor `{name}`: {message}")]
     Config { name: String, message: String },
+    #[error("no supervisor named `{name}`; configured: {known}")]
+    Unknown { name: String, known: String },
     /// The central did not answer a fleet manager's digest.
     #[error("the central's fleet digest: {0}")]
     Central(String),
@@ -313,18 +315,6 @@ impl Supervisors {
         self.leases.lock().expect("leases lock is never poisoned: no code panics holding it")
     }
 
-    /// The fleet's digest from the central, as text for the manager's prompt.
-    async fn fleet_digest(
-        &self,
-        since: Timestamp,
-        previous: Option<&str>,
-    ) -> Result<String, SupervisorError> {
-        let Some(central) = &self.central else {
-            return Err(SupervisorError::Central("sync is off: no central to ask".into()));
-        };
-        fleet_digest(central, since, previous).await
-    }
-
     fn tmux(&self) -> Tmux {
         Tmux::new(self.live.current().runtime.tmux_socket.clone())
     }
@@ -481,19 +471,14 @@ impl Supervisors {
         let config_error = |message: String| SupervisorError::Config { name: name.into(), message };
         let filter = supervisor.filter().map_err(config_error)?;
         let runs = self.store.supervisor_runs(Some(name)).await?;
-        let last = runs.first();
-        let Some(reason) = self.due(supervisor, &filter, last).await? else { return Ok(()) };
+        let Some(reason) = self.due(supervisor, &filter, runs.first()).await? else {
+            return Ok(());
+        };
         let profile = profiles
             .get(&supervisor.profile)
             .cloned()
             .ok_or_else(|| config_error(format!("unknown profile `{}`", supervisor.profile)))?;
-        let previous = runs.iter().find_map(|r| r.report.as_deref());
-        let since = last.map_or(Timestamp(0), |r| r.started_at);
-        let digest = if supervisor.is_fleet() {
-            self.fleet_digest(since, previous).await?
-        } else {
-            self.store.digest(&filter, since, previous).await?
-        };
+        let digest = digest(&self.store, self.central.as_ref(), name, supervisor, &runs).await?;
         let prompt = supervisor
             .prompt
             .replace("{name}", name)
@@ -637,6 +622,42 @@ impl Supervisors {
         info!(supervisor = %run.supervisor, run = short, alerts = alerts.len(), "supervisor reported");
         Ok(())
     }
+}
+
+/// The supervisor `name` of `supervisors`, or an error naming those configured.
+pub fn configured<'a>(
+    supervisors: &'a BTreeMap<String, SupervisorConfig>,
+    name: &str,
+) -> Result<&'a SupervisorConfig, SupervisorError> {
+    supervisors.get(name).ok_or_else(|| SupervisorError::Unknown {
+        name: name.into(),
+        known: supervisors.keys().map(String::as_str).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// The digest `name`'s next run carries, given its runs (newest first): what happened in its
+/// scope since the newest started, and the last report. A fleet manager's comes from `central`;
+/// any other's from the store, built at a lower priority ([`Store::digest`]). Scheduled runs,
+/// `ccm supervisors --digest` and `GET /api/supervisors/{name}/digest` all build it here.
+pub async fn digest(
+    store: &Store,
+    central: Option<&ccm_sync::Client>,
+    name: &str,
+    supervisor: &SupervisorConfig,
+    runs: &[SupervisorRun],
+) -> Result<String, SupervisorError> {
+    let since = runs.first().map_or(Timestamp(0), |r| r.started_at);
+    let previous = runs.iter().find_map(|r| r.report.as_deref());
+    if supervisor.is_fleet() {
+        let Some(central) = central else {
+            return Err(SupervisorError::Central("sync is off: no central to ask".into()));
+        };
+        return fleet_digest(central, since, previous).await;
+    }
+    let filter = supervisor
+        .filter()
+        .map_err(|message| SupervisorError::Config { name: name.into(), message })?;
+    Ok(store.digest(&filter, since, previous).await?)
 }
 
 /// A fleet manager's digest from the central (`api.fleet_digest`, tasks changed since

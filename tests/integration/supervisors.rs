@@ -122,8 +122,13 @@ async fn a_project_supervisor_runs_after_n_completions_with_the_digest_and_its_a
     let next = home.run_ok(&["supervisors", "--digest", "review"]);
     assert!(next.contains("previous report:\nTwo tasks completed cleanly."), "{next}");
     assert!(!next.contains("complete 2"), "only what happened since: {next}");
+    let (status, built) = daemon.get("/api/supervisors/review/digest").await;
+    assert_eq!((status, built["digest"].as_str()), (200, Some(next.as_str())), "{built}");
     let out = home.run(&["supervisors", "--digest", "nope"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no supervisor named `nope`"));
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(refused.contains("no supervisor named `nope`; configured: review"), "{refused}");
+    let (status, _) = daemon.get("/api/supervisors/nope/digest").await;
+    assert_eq!(status, 404);
 
     // Its alert reaches the notifier.
     let pushed = wait_until(Duration::from_secs(30), || async {

@@ -68,29 +68,34 @@ fn line(run: &SupervisorRun) -> String {
     )
 }
 
-/// `ccm supervisors --digest NAME`: the digest NAME's next run would carry.
+/// `ccm supervisors --digest NAME`: the digest NAME's next run would carry, built by the running
+/// daemon (as its runs are) or else from the database file.
 pub async fn digest(home: &Home, config: &Config, name: &str) -> anyhow::Result<()> {
-    let Some(supervisor) = config.supervisors.get(name) else {
-        let known: Vec<&str> = config.supervisors.keys().map(String::as_str).collect();
-        anyhow::bail!("no supervisor named `{name}`; configured: {}", known.join(", "));
-    };
-    let filter = supervisor.filter().map_err(|e| anyhow::anyhow!("supervisor `{name}`: {e}"))?;
-    let store = crate::home::open_store(home, config).await?;
-    let runs = store.supervisor_runs(Some(name)).await;
-    let text = async {
-        let runs = runs?;
-        let since = runs.first().map_or(ccm_schema::Timestamp(0), |r| r.started_at);
-        let previous = runs.iter().find_map(|r| r.report.as_deref());
-        if supervisor.is_fleet() {
-            // The central's view, asked directly (no daemon needed), as `ccm systems` does.
+    if let Some(client) = crate::client::Client::connect(home)
+        .await
+        .map_err(|silent| anyhow::anyhow!("{silent}; {}", silent.fix()))?
+    {
+        let answer: crate::daemon::DigestAnswer =
+            client.get(&["supervisors", name, "digest"]).await?;
+        print!("{}", answer.digest);
+        return Ok(());
+    }
+    let supervisor = crate::supervisors::configured(&config.supervisors, name)?;
+    let central = match supervisor.is_fleet() {
+        // The central's view, asked directly, as `ccm systems` does.
+        true => {
             let endpoint = config.sync.endpoint()?.context(
                 "scope fleet reads the central: set sync.url (or sync.rest_url) and sync.publishable_key",
             )?;
             let credential = crate::sync::credential(home, &endpoint, None);
-            let client = ccm_sync::Client::new(endpoint, credential)?;
-            return Ok(crate::supervisors::fleet_digest(&client, since, previous).await?);
+            Some(ccm_sync::Client::new(endpoint, credential)?)
         }
-        Ok::<_, anyhow::Error>(store.digest(&filter, since, previous).await?)
+        false => None,
+    };
+    let store = crate::home::open_store(home, config).await?;
+    let text = async {
+        let runs = store.supervisor_runs(Some(name)).await?;
+        crate::supervisors::digest(&store, central.as_ref(), name, supervisor, &runs).await
     }
     .await;
     store.close().await;

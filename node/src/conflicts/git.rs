@@ -15,9 +15,6 @@ use super::ConflictError;
 /// The most diff text kept for one task (`ccm task diff`, the review page): 4 MiB.
 pub const DIFF_LIMIT: usize = 4 << 20;
 
-/// The niceness of prediction's git processes (0 is normal, 19 the lowest priority).
-const PREDICTION_NICE: libc::c_int = 10;
-
 /// Runs git in `dir`; its exit code and stdout. An exit code in `ok` is an answer, any other
 /// is an error carrying git's words.
 async fn run(dir: &Path, args: &[&str], ok: &[i32]) -> Result<(i32, Vec<u8>), ConflictError> {
@@ -37,7 +34,7 @@ async fn run(dir: &Path, args: &[&str], ok: &[i32]) -> Result<(i32, Vec<u8>), Co
     // at a lower priority, so on a busy machine the daemon's hooks and requests go first.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setpriority(libc::PRIO_PROCESS, 0, PREDICTION_NICE);
+            libc::setpriority(libc::PRIO_PROCESS, 0, crate::background::NICE);
             Ok(())
         });
     }

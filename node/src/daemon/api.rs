@@ -26,6 +26,7 @@
 //! | `GET /api/routed/stale` | `[{"id", "reason"}]`: tasks run here for the fleet whose lease was lost (what they show here is not the task's outcome) |
 //! | `POST /api/routed/{id}/control` `{"control": "cancel"\|"retry"\|"pin", "reason", "system"}` | ask the central to cancel, retry or re-pin a routed task (409 when its state makes it pointless) |
 //! | `GET /api/routing` | this system's name and free slots (what placement weighs) |
+//! | `GET /api/supervisors/{name}/digest` | `{"digest"}`: what the supervisor's next run would carry, built as its runs build it (at a lower priority) |
 //! | `GET /api/sync` | per sync lane: backlog, last success, last error, pause reason |
 //! | `POST /api/sync/now`, `/api/sync/pause` `{"reason"}`, `/api/sync/resume` | drive sync (resume re-reads the token in `auth.json`) |
 //!
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/routing", get(routing_status))
         .route("/land", get(land_status).post(land_tasks))
         .route("/land/plan", get(land_plan))
+        .route("/supervisors/{name}/digest", get(supervisor_digest))
         .route("/sync", get(sync_status))
         .route("/sync/now", post(sync_now))
         .route("/sync/pause", post(sync_pause))
@@ -233,6 +235,35 @@ async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
     let mut status = Status::gather(&state.store, Some(state.daemon.clone())).await?;
     status.loops = loops(&state);
     Ok(Json(status))
+}
+
+/// Body of `GET /api/supervisors/{name}/digest`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DigestAnswer {
+    pub digest: String,
+}
+
+async fn supervisor_digest(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DigestAnswer>, ApiError> {
+    use crate::supervisors::SupervisorError;
+    let config = state.config.current();
+    let digest = async {
+        let supervisor = crate::supervisors::configured(&config.supervisors, &name)?;
+        let runs = state.store.supervisor_runs(Some(&name)).await?;
+        crate::supervisors::digest(&state.store, state.sync.as_ref(), &name, supervisor, &runs)
+            .await
+    };
+    match digest.await {
+        Ok(digest) => Ok(Json(DigestAnswer { digest })),
+        Err(SupervisorError::Store(e)) => Err(e.into()),
+        Err(e @ SupervisorError::Unknown { .. }) => Err(ApiError::NotFound(e.to_string())),
+        Err(e @ (SupervisorError::Config { .. } | SupervisorError::Central(_))) => {
+            Err(ApiError::BadRequest(e.to_string()))
+        }
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
 }
 
 /// Each of the daemon's loops, now.

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use agent_api::{SplitAnswer, SplitPart, SplitRequest};
-pub use api::{router, ClaimsView, RepoConflicts};
+pub use api::{router, ClaimsView, DigestAnswer, RepoConflicts};
 pub use batch::Batcher;
 pub use error::ApiError;
 pub use metrics::Metrics;

@@ -3,6 +3,8 @@
 
 use ccm_schema::{Severity, Timestamp};
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::ConnectOptions;
 
 use super::tasks::raise_alert;
 use super::{Result, Store};
@@ -201,26 +203,64 @@ impl Store {
     /// The digest of a scope since `since`, as text for an agent's prompt: tasks by outcome,
     /// failures with the tail of their reason (a failed verification's output), retries,
     /// denied writes and tool calls, cost, silent agents, open alerts, and the previous report.
+    ///
+    /// Background work, about a core's worth of CPU for a while over a large store: it runs on
+    /// a thread of its own at a lower priority ([`crate::background`]) with a read-only
+    /// connection of its own, whose SQLite thread the lowered one starts (and so is lowered
+    /// too), so the daemon's hooks and requests go first.
     pub async fn digest(
         &self,
         scope: &ScopeFilter,
         since: Timestamp,
         previous: Option<&str>,
     ) -> Result<String> {
-        let in_scope = scope.in_scope();
-        let moves: Vec<(String, i64)> = sqlx::query_as(&format!(
-            r#"
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .read_only(true)
+            .busy_timeout(super::BUSY_TIMEOUT)
+            .disable_statement_logging();
+        let (scope, previous) = (scope.clone(), previous.map(str::to_owned));
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("ccm-digest".into()).spawn(move || {
+            crate::background::lower_this_thread();
+            let digest = async {
+                let mut conn = options.connect().await?;
+                let text = digest(&mut conn, &scope, since, previous.as_deref()).await;
+                sqlx::Connection::close(conn).await?;
+                text
+            };
+            let text = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| sqlx::Error::Io(e).into())
+                .and_then(|runtime| runtime.block_on(digest));
+            let _ = answer.send(text);
+        });
+        spawned.map_err(sqlx::Error::Io)?;
+        answered.await.map_err(|_| super::StoreError::Closed)?
+    }
+}
+
+/// [`Store::digest`]'s queries, on one connection.
+async fn digest(
+    conn: &mut SqliteConnection,
+    scope: &ScopeFilter,
+    since: Timestamp,
+    previous: Option<&str>,
+) -> Result<String> {
+    let in_scope = scope.in_scope();
+    let moves: Vec<(String, i64)> = sqlx::query_as(&format!(
+        r#"
             SELECT l.to_state, count(*) FROM task_log l JOIN tasks t ON t.id = l.task_id
             WHERE l.at > ?3 AND {in_scope}
             GROUP BY l.to_state ORDER BY l.to_state
             "#
-        ))
-        .bind(&scope.repo)
-        .bind(&scope.workflow)
-        .bind(since)
-        .fetch_all(&self.readers)
-        .await?;
-        let failures: Vec<(String, String, String, String)> = sqlx::query_as(&format!(
+    ))
+    .bind(&scope.repo)
+    .bind(&scope.workflow)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    let failures: Vec<(String, String, String, String)> = sqlx::query_as(&format!(
             r#"
             SELECT t.id, t.title, l.to_state, l.reason FROM task_log l JOIN tasks t ON t.id = l.task_id
             WHERE l.at > ?3 AND l.to_state IN ('error', 'failed', 'blocked')
@@ -231,9 +271,9 @@ impl Store {
         .bind(&scope.repo)
         .bind(&scope.workflow)
         .bind(since)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *conn)
         .await?;
-        let (cost, agents): (f64, i64) = sqlx::query_as(&format!(
+    let (cost, agents): (f64, i64) = sqlx::query_as(&format!(
             r#"
             SELECT coalesce(sum(a.cost_usd), 0.0), count(*) FROM agents a CROSS JOIN tasks t ON t.id = a.task_id
             WHERE a.started_at > ?3 AND {in_scope}
@@ -242,50 +282,45 @@ impl Store {
         .bind(&scope.repo)
         .bind(&scope.workflow)
         .bind(since)
-        .fetch_one(&self.readers)
+        .fetch_one(&mut *conn)
         .await?;
-        let alerts: Vec<(String, String, String)> = sqlx::query_as(
-            r#"
+    let alerts: Vec<(String, String, String)> = sqlx::query_as(
+        r#"
             SELECT severity, reason, message FROM alerts WHERE resolved_at IS NULL
             ORDER BY created_at DESC LIMIT 20
             "#,
-        )
-        .fetch_all(&self.readers)
-        .await?;
-        let mut text = format!("Since {since}:\n");
-        let moves_text: Vec<String> = moves.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        text.push_str(&format!(
-            "- task moves by state: {}\n",
-            if moves_text.is_empty() { "none".to_string() } else { moves_text.join(", ") }
-        ));
-        let retries = moves.iter().find(|(s, _)| s == "retry").map_or(0, |(_, n)| *n);
-        text.push_str(&format!("- retries: {retries}\n"));
-        text.push_str(&format!("- cost: ${cost:.4} over {agents} agent(s)\n"));
-        text.push_str(&format!("- failures ({}):\n", failures.len()));
-        for (id, title, state, reason) in &failures {
-            let tail = crate::text::tail(reason, 400).replace('\n', "\n    ");
-            text.push_str(&format!("  - task {} \"{title}\" → {state}: {tail}\n", &id[..8]));
-        }
-        let denials = alerts
-            .iter()
-            .filter(|(_, r, _)| r == "write_denied" || r == "permission_denied")
-            .count();
-        let stalled = alerts.iter().filter(|(_, r, _)| r == "stalled").count();
-        text.push_str(&format!("- denials (open alerts): {denials}\n"));
-        text.push_str(&format!("- silent (stalled) agents: {stalled}\n"));
-        text.push_str(&format!("- open alerts ({}):\n", alerts.len()));
-        for (severity, reason, message) in &alerts {
-            let first = message.lines().next().unwrap_or_default();
-            text.push_str(&format!(
-                "  - [{severity}] {reason}: {}\n",
-                crate::text::head(first, 200)
-            ));
-        }
-        match previous {
-            Some(report) => text
-                .push_str(&format!("- previous report:\n{}\n", crate::text::head(report, 2_000))),
-            None => text.push_str("- previous report: none (first run)\n"),
-        }
-        Ok(text)
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut text = format!("Since {since}:\n");
+    let moves_text: Vec<String> = moves.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    text.push_str(&format!(
+        "- task moves by state: {}\n",
+        if moves_text.is_empty() { "none".to_string() } else { moves_text.join(", ") }
+    ));
+    let retries = moves.iter().find(|(s, _)| s == "retry").map_or(0, |(_, n)| *n);
+    text.push_str(&format!("- retries: {retries}\n"));
+    text.push_str(&format!("- cost: ${cost:.4} over {agents} agent(s)\n"));
+    text.push_str(&format!("- failures ({}):\n", failures.len()));
+    for (id, title, state, reason) in &failures {
+        let tail = crate::text::tail(reason, 400).replace('\n', "\n    ");
+        text.push_str(&format!("  - task {} \"{title}\" → {state}: {tail}\n", &id[..8]));
     }
+    let denials =
+        alerts.iter().filter(|(_, r, _)| r == "write_denied" || r == "permission_denied").count();
+    let stalled = alerts.iter().filter(|(_, r, _)| r == "stalled").count();
+    text.push_str(&format!("- denials (open alerts): {denials}\n"));
+    text.push_str(&format!("- silent (stalled) agents: {stalled}\n"));
+    text.push_str(&format!("- open alerts ({}):\n", alerts.len()));
+    for (severity, reason, message) in &alerts {
+        let first = message.lines().next().unwrap_or_default();
+        text.push_str(&format!("  - [{severity}] {reason}: {}\n", crate::text::head(first, 200)));
+    }
+    match previous {
+        Some(report) => {
+            text.push_str(&format!("- previous report:\n{}\n", crate::text::head(report, 2_000)))
+        }
+        None => text.push_str("- previous report: none (first run)\n"),
+    }
+    Ok(text)
 }
