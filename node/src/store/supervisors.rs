@@ -204,10 +204,11 @@ impl Store {
     /// failures with the tail of their reason (a failed verification's output), retries,
     /// denied writes and tool calls, cost, silent agents, open alerts, and the previous report.
     ///
-    /// Background work, about a core's worth of CPU for a while over a large store: it runs on
-    /// a thread of its own at a lower priority ([`crate::background`]) with a read-only
-    /// connection of its own, whose SQLite thread the lowered one starts (and so is lowered
-    /// too), so the daemon's hooks and requests go first.
+    /// Background work, a core's worth of CPU for tens of milliseconds over a large store: it
+    /// runs on a thread of its own in the idle scheduling class
+    /// ([`crate::background::lower_this_thread`]) with a read-only connection of its own, whose
+    /// SQLite thread the lowered one starts (and so is lowered too), so the daemon's hooks and
+    /// requests go first.
     pub async fn digest(
         &self,
         scope: &ScopeFilter,
