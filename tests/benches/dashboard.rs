@@ -437,8 +437,11 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
             .await;
         browser
             .eval(
-                "window.__refreshes = 0; document.addEventListener('ccm:refreshed', \
-                 function () { window.__refreshes++; }); return true",
+                "window.__refreshes = 0; window.__spent = { fetch: 0, parse: 0, morph: 0 }; \
+                 document.addEventListener('ccm:refreshed', function (e) { \
+                   window.__refreshes++; \
+                   for (var k in window.__spent) window.__spent[k] += (e.detail || {})[k] || 0; \
+                 }); return true",
             )
             .await;
         browsers.push(browser);
@@ -453,11 +456,14 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
     let wave = wave.elapsed();
     let daemon_cpu = cpu_time(pid) - daemon_cpu;
     let browsers_cpu = browsers_time(&processes, &process_times());
-    // How often each page refreshed during the wave.
+    // How often each page refreshed during the wave, and the time its script spent on the
+    // refreshes (fetch to answer, parse, morph), in ms.
     let mut refreshes: Vec<(&str, u64)> = Vec::new();
+    let mut spent: Vec<(&str, Value)> = Vec::new();
     for (n, browser) in browsers.iter().enumerate() {
         let count = browser.eval("return window.__refreshes").await.as_u64().unwrap_or(0);
         let page = pages[n % pages.len()];
+        spent.push((page, browser.eval("return window.__spent").await));
         match refreshes.iter_mut().find(|(p, _)| *p == page) {
             Some((_, total)) => *total += count,
             None => refreshes.push((page, count)),
@@ -474,6 +480,15 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
     let board = refreshes.iter().find(|(p, _)| *p == "/tasks");
     assert!(board.is_none_or(|(_, n)| *n > 0), "the open board never refreshed: {refreshes:?}");
     let none = (before + after) / 2.0;
+    for (page, spent) in &spent {
+        let ms = |k: &str| spent[k].as_f64().unwrap_or(0.0);
+        println!(
+            "page {page}: refreshes' fetch {:.0} ms, parse {:.0} ms, morph {:.0} ms",
+            ms("fetch"),
+            ms("parse"),
+            ms("morph")
+        );
+    }
     let per_1000 =
         |cpu: Duration| format!("{:.2} s", cpu.as_secs_f64() * 1000.0 / CREATION_TASKS as f64);
     vec![

@@ -26,12 +26,17 @@ use crate::store::Store;
 
 /// The shortest time between two notices: changes that come together become one.
 pub const COALESCE: Duration = Duration::from_millis(100);
+/// The most tasks a `change` event names; past it, it names none and says `many` (every task
+/// page refreshes). A burst of creations changed hundreds of tasks in one notice, and each open
+/// page received and parsed all their ids, ten times a second.
+const TASKS_NAMED: usize = 20;
 
 /// What changed.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    /// Outbox rows up to `id` were written; `tasks` are the tasks among their entities.
-    Change { id: i64, kinds: Vec<String>, tasks: Vec<String> },
+    /// Outbox rows up to `id` were written; `tasks` are the tasks among their entities, or
+    /// empty with `many` when there were more than [`TASKS_NAMED`].
+    Change { id: i64, kinds: Vec<String>, tasks: Vec<String>, many: bool },
     /// Something without an outbox row changed (output, heartbeats, hook events).
     Activity,
     /// The fleet's state from the central changed (`fleet::Refresher`): a `change` of kind
@@ -43,6 +48,8 @@ pub enum Notice {
 struct ChangeData<'a> {
     kinds: &'a [String],
     tasks: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    many: bool,
 }
 
 /// Fans notices out to the open pages.
@@ -101,7 +108,11 @@ impl Hub {
                     if !tasks.is_empty() {
                         kinds.push("task".into());
                     }
-                    let _ = self.sender.send(Notice::Change { id: last, kinds, tasks });
+                    let many = tasks.len() > TASKS_NAMED;
+                    if many {
+                        tasks.clear();
+                    }
+                    let _ = self.sender.send(Notice::Change { id: last, kinds, tasks, many });
                 }
                 Ok(_) => {
                     self.activity.fetch_add(1, Ordering::SeqCst);
@@ -144,17 +155,21 @@ impl Hub {
         let receiver = self.sender.subscribe();
         let head = self.head.load(Ordering::SeqCst).max(0);
         let first = match last {
-            Some(last) if last != head => change_event(head, &[], &[]),
+            Some(last) if last != head => change_event(head, &[], &[], false),
             _ => Event::default().event("hello").id(head.to_string()).data("{}"),
         }
         .retry(Duration::from_millis(500));
         let rest = stream::unfold((receiver, head), |(mut receiver, head)| async move {
             let event = match receiver.recv().await {
-                Ok(Notice::Change { id, kinds, tasks }) => (change_event(id, &kinds, &tasks), id),
+                Ok(Notice::Change { id, kinds, tasks, many }) => {
+                    (change_event(id, &kinds, &tasks, many), id)
+                }
                 Ok(Notice::Activity) => (Event::default().event("activity").data("{}"), head),
-                Ok(Notice::Fleet) => (change_event(head, &["fleet".to_string()], &[]), head),
+                Ok(Notice::Fleet) => (change_event(head, &["fleet".to_string()], &[], false), head),
                 // Some notices were missed: the page reloads its data anyway.
-                Err(broadcast::error::RecvError::Lagged(_)) => (change_event(head, &[], &[]), head),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    (change_event(head, &[], &[], false), head)
+                }
                 Err(broadcast::error::RecvError::Closed) => return None,
             };
             Some((Ok(event.0), (receiver, event.1)))
@@ -165,7 +180,8 @@ impl Hub {
     }
 }
 
-fn change_event(id: i64, kinds: &[String], tasks: &[String]) -> Event {
-    let data = serde_json::to_string(&ChangeData { kinds, tasks }).unwrap_or_else(|_| "{}".into());
+fn change_event(id: i64, kinds: &[String], tasks: &[String], many: bool) -> Event {
+    let data =
+        serde_json::to_string(&ChangeData { kinds, tasks, many }).unwrap_or_else(|_| "{}".into());
     Event::default().event("change").id(id.to_string()).data(data)
 }

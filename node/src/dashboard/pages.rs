@@ -43,6 +43,9 @@ pub struct Layout {
     pub kinds: &'static str,
     /// The task whose changes the page shows (its own page).
     pub task: String,
+    /// The page marks its own parts to refresh (`data-refresh` and an id on each); otherwise
+    /// `<main>` is one part.
+    pub parts: bool,
 }
 
 async fn layout(
@@ -68,6 +71,7 @@ async fn layout(
             _ => "*",
         },
         task: String::new(),
+        parts: false,
     })
 }
 
@@ -485,7 +489,9 @@ pub async fn board(
     Query(query): Query<BoardQuery>,
 ) -> Response {
     let page = async {
-        let layout = layout(&state, &signed_in, "Tasks", "tasks").await?;
+        let mut layout = layout(&state, &signed_in, "Tasks", "tasks").await?;
+        // A change of a few columns refreshes only them (`board.html`).
+        layout.parts = true;
         let filter = BoardFilter {
             state: Some(query.state.clone()),
             repo: Some(query.repo.clone()),

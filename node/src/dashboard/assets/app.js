@@ -27,9 +27,12 @@
   var stale = false;
   var channel = typeof BroadcastChannel === "function" ? new BroadcastChannel("ccm-live") : null;
 
+  // Written only when it changes: each write of the DOM costs the browser a style pass and a
+  // frame, and the stream brings up to ten events a second.
   function show(text, ok) {
-    status.textContent = text;
-    status.className = "live " + (ok ? "ok" : "down");
+    var className = "live " + (ok ? "ok" : "down");
+    if (status.textContent !== text) status.textContent = text;
+    if (status.className !== className) status.className = className;
   }
 
   // Whether an event concerns this page.
@@ -37,7 +40,7 @@
     if (type === "activity") return mode === "activity";
     if (type !== "change") return false;
     if (!data || !data.kinds || data.kinds.length === 0) return true; // a resync: all pages
-    if (task !== "" && data.tasks && data.tasks.indexOf(task) >= 0) return true;
+    if (task !== "" && (data.many || (data.tasks && data.tasks.indexOf(task) >= 0))) return true;
     for (var i = 0; i < data.kinds.length; i++) {
       if (kinds.indexOf("*") >= 0 || kinds.indexOf(data.kinds[i]) >= 0) return true;
     }
@@ -76,22 +79,36 @@
     },
   };
 
-  function apply(html) {
+  // `timing`: when the refresh started and its answer arrived; the `ccm:refreshed` event tells
+  // how long its fetch, parse and morph took (the benchmark reads them).
+  function apply(html, timing) {
+    var parsing = performance.now();
     var next = new DOMParser().parseFromString(html, "text/html");
+    var morphing_at = performance.now();
     // An output tail scrolled to its end follows the output; one scrolled back stays.
     var following = [];
     document.querySelectorAll("pre.tail[id]").forEach(function (tail) {
       if (tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 4) following.push(tail.id);
     });
+    // A part the server sends as it sent it last time is left alone: on a board of 500 cards,
+    // a few new tasks change one or two columns, and morphing the rest costs the browser a walk
+    // of every card.
     document.querySelectorAll("[data-refresh][id]").forEach(function (old) {
       var fresh = next.getElementById(old.id);
-      if (fresh) Idiomorph.morph(old, fresh, morphing);
+      if (!fresh) return;
+      var served = fresh.outerHTML;
+      if (old.__ccmServed === served) return;
+      Idiomorph.morph(old, fresh, morphing);
+      old.__ccmServed = served;
     });
     following.forEach(function (id) {
       var tail = document.getElementById(id);
       if (tail) tail.scrollTop = tail.scrollHeight;
     });
-    document.dispatchEvent(new CustomEvent("ccm:refreshed"));
+    var done = performance.now();
+    document.dispatchEvent(new CustomEvent("ccm:refreshed", { detail: {
+      fetch: timing.answered - timing.started, parse: morphing_at - parsing, morph: done - morphing_at,
+    } }));
   }
 
   // Under a stream of changes a page refreshes at most once per `interval()` from the start of
@@ -99,7 +116,7 @@
   // doubled each time a change had to wait and halved after a refresh during which no change
   // came, at most two seconds. A change after a quiet period shows at once (and the stretch
   // starts over), so a page stays live while costing its browser a bounded share.
-  var BUDGET = 4;
+  var BUDGET = 10;
   var LONGEST = 2000;
   var cost = 0;
   var stretch = 1;
@@ -147,7 +164,9 @@
         etag = response.headers.get("ETag");
         return response.text();
       })
-      .then(function (html) { if (html) apply(html); })
+      .then(function (html) {
+        if (html) apply(html, { started: started, answered: performance.now() });
+      })
       .catch(function () { /* the next event or reconnect refreshes again */ })
       .then(function () {
         busy = false;
@@ -170,8 +189,13 @@
     if (channel && leading) channel.postMessage(message);
   }
 
+  var told = null;
+
+  // The status, shown here and told to the other tabs when it changed.
   function state(text, ok) {
     show(text, ok);
+    if (told === text + ok) return;
+    told = text + ok;
     tell({ type: "status", text: text, ok: ok, id: lastId });
   }
 
