@@ -23,7 +23,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ccm_tests::bench::{cpu_time, hook_latencies, machine, mb, ms, Memory, Stats};
+use ccm_tests::bench::{
+    cpu_time, hook_latencies, machine, mb, ms, resident_by_mapping, Memory, Stats,
+};
 use ccm_tests::{ccm_bin, open_db, Daemon, TestHome};
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
@@ -193,6 +195,11 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
     let daemon = home.start();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = Memory::of(daemon.child.id()).rss_mb;
+    if std::env::var_os("CCM_SOAK_SMAPS").is_some() {
+        let by_mapping = resident_by_mapping(daemon.child.id());
+        let text: Vec<String> = by_mapping.iter().map(|(n, kb)| format!("{n} {kb} kB")).collect();
+        println!("day {day}: idle resident memory by mapping: {}", text.join(", "));
+    }
     let hook = Stats::new(
         hook_latencies(&daemon, sizes.samples, Duration::from_millis(2))
             .await

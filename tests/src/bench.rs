@@ -43,6 +43,31 @@ impl Memory {
     }
 }
 
+/// Where a process's resident memory is, from `/proc/PID/smaps`: kB per mapping (the binary,
+/// each library, `[heap]`, anonymous ones together as ``), largest first, for what is over
+/// 100 kB.
+pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_name: Vec<(String, u64)> = Vec::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            name = fields.nth(4).unwrap_or_default().to_string();
+        } else if first == "Rss:" {
+            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += kb,
+                None => by_name.push((name.clone(), kb)),
+            }
+        }
+    }
+    by_name.retain(|(_, kb)| *kb > 100);
+    by_name.sort_by(|a, b| b.1.cmp(&a.1));
+    by_name
+}
+
 /// CPU time (user and system, all threads) a process has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
