@@ -81,16 +81,15 @@ pub async fn digest(home: &Home, config: &Config, name: &str) -> anyhow::Result<
         return Ok(());
     }
     let supervisor = crate::supervisors::configured(&config.supervisors, name)?;
-    let central = match supervisor.is_fleet() {
-        // The central's view, asked directly, as `ccm systems` does.
-        true => {
-            let endpoint = config.sync.endpoint()?.context(
-                "scope fleet reads the central: set sync.url (or sync.rest_url) and sync.publishable_key",
-            )?;
-            let credential = crate::sync::credential(home, &endpoint, None);
-            Some(ccm_sync::Client::new(endpoint, credential)?)
-        }
-        false => None,
+    // A fleet manager's is the central's view, asked directly, as `ccm systems` does.
+    let central = if supervisor.is_fleet() {
+        let endpoint = config.sync.endpoint()?.context(
+            "scope fleet reads the central: set sync.url (or sync.rest_url) and sync.publishable_key",
+        )?;
+        let credential = crate::sync::credential(home, &endpoint, None);
+        Some(ccm_sync::Client::new(endpoint, credential)?)
+    } else {
+        None
     };
     let store = crate::home::open_store(home, config).await?;
     let text = async {

@@ -112,10 +112,11 @@
   }
 
   // Under a stream of changes a page refreshes at most once per `interval()` from the start of
-  // its last refresh: four times what that refresh took (fetch and morph, at least 25 ms),
+  // its last refresh: ten times what that refresh took (fetch and morph, at least 25 ms),
   // doubled each time a change had to wait and halved after a refresh during which no change
   // came, at most two seconds. A change after a quiet period shows at once (and the stretch
-  // starts over), so a page stays live while costing its browser a bounded share.
+  // starts over), so a page stays live while spending at most a tenth of its time on
+  // refreshes (with four times, ten open pages took a creation burst's rate to under half).
   var BUDGET = 10;
   var LONGEST = 2000;
   var cost = 0;
