@@ -64,7 +64,7 @@ pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
         }
     }
     by_name.retain(|(_, kb)| *kb > 100);
-    by_name.sort_by(|a, b| b.1.cmp(&a.1));
+    by_name.sort_by_key(|(_, kb)| std::cmp::Reverse(*kb));
     by_name
 }
 
