@@ -43,9 +43,9 @@ impl Memory {
     }
 }
 
-/// Where a process's resident memory is, from `/proc/PID/smaps`: kB per mapping (the binary,
-/// each library, `[heap]`, anonymous ones together as ``), largest first, for what is over
-/// 100 kB.
+/// Where a process's resident memory is, from `/proc/PID/smaps`: kB per mapping (the `ccm`
+/// binary by permissions (code, read-only data, data), each library, `[heap]`, anonymous ones
+/// together as ``), largest first, for what is over 100 kB.
 pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut by_name: Vec<(String, u64)> = Vec::new();
@@ -54,7 +54,11 @@ pub fn resident_by_mapping(pid: u32) -> Vec<(String, u64)> {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or_default();
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            name = fields.nth(4).unwrap_or_default().to_string();
+            let perms = fields.next().unwrap_or_default();
+            name = fields.nth(3).unwrap_or_default().to_string();
+            if name.ends_with("/ccm") {
+                name = format!("{name} ({perms})");
+            }
         } else if first == "Rss:" {
             let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             match by_name.iter_mut().find(|(n, _)| *n == name) {
