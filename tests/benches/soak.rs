@@ -16,7 +16,8 @@
 //! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
 //! `CCM_SOAK_SAMPLES` (hook requests per measurement, 300), `CCM_SOAK_PASS_ROWS` (old hook
 //! events the measured pass deletes, 100,000), `CCM_SOAK_CREATE_ROUNDS` (rounds of 200 task
-//! creations, 5); `CCM_SOAK_KEEP` keeps the home and prints where. Syncing to a central is
+//! creations, 5), `CCM_SOAK_STARTS` (daemons started one after another per measured day, whose
+//! samples the day's figures pool, 3); `CCM_SOAK_KEEP` keeps the home and prints where. Syncing to a central is
 //! not part of it: the acknowledged outbox rows are written as a synced node's would be.
 //! Nothing here asserts on time.
 
@@ -51,6 +52,7 @@ struct Sizes {
     samples: usize,
     pass_rows: usize,
     rounds: usize,
+    starts: usize,
 }
 
 /// Tasks created per round of the creation figure.
@@ -192,26 +194,63 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
         let mut conn = open_db(&home.db_file()).await;
         sqlx::query_scalar("SELECT count(*) FROM hook_events").fetch_one(&mut conn).await.unwrap()
     };
+    // One daemon start is one sample of what a start costs and finds: the day's figures pool the
+    // samples of `sizes.starts` daemons, started one after another.
+    let mut pooled = Samples::default();
+    for _ in 0..sizes.starts {
+        measure_one_start(home, day, sizes, &mut pooled).await;
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Day {
+        day,
+        hook: Stats::new(pooled.hook),
+        create_per_s: median(pooled.rates),
+        create_cpu: pooled.cpu / (CREATIONS * sizes.rounds * sizes.starts) as u32,
+        board: Stats::new(pooled.board),
+        list: Stats::new(pooled.list),
+        list_api: Stats::new(pooled.list_api),
+        idle_rss: median(pooled.idle_rss),
+        rss: median(pooled.rss),
+        db,
+        rows,
+    }
+}
+
+/// The samples of a measured day's daemon starts.
+#[derive(Default)]
+struct Samples {
+    hook: Vec<Duration>,
+    rates: Vec<f64>,
+    cpu: Duration,
+    board: Vec<Duration>,
+    list: Vec<Duration>,
+    list_api: Vec<Duration>,
+    idle_rss: Vec<f64>,
+    rss: Vec<f64>,
+}
+
+/// Starts a daemon on the day's home, adds its samples to `pooled` and stops it.
+async fn measure_one_start(home: &TestHome, day: usize, sizes: &Sizes, pooled: &mut Samples) {
     let daemon = home.start();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = Memory::of(daemon.child.id()).rss_mb;
+    pooled.idle_rss.push(Memory::of(daemon.child.id()).rss_mb);
     if std::env::var_os("CCM_SOAK_SMAPS").is_some() {
         let by_mapping = resident_by_mapping(daemon.child.id());
         let text: Vec<String> = by_mapping.iter().map(|(n, kb)| format!("{n} {kb} kB")).collect();
         println!("day {day}: idle resident memory by mapping: {}", text.join(", "));
     }
-    let hook = Stats::new(
+    pooled.hook.extend(
         hook_latencies(&daemon, sizes.samples, Duration::from_millis(2))
             .await
             .into_iter()
-            .map(|(_, d)| d)
-            .collect(),
+            .map(|(_, d)| d),
     );
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     // Rounds of `CREATIONS` tasks, 20 at a time; each round starts with no unfinished task (the
     // previous round's are cancelled, untimed), so every day creates against the same backlog.
-    let mut rates = Vec::with_capacity(sizes.rounds);
-    let mut cpu = Duration::ZERO;
     let mut created = Vec::new();
     for round in 0..sizes.rounds {
         cancel(&daemon, std::mem::take(&mut created)).await;
@@ -234,12 +273,9 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
                 created.push(task["id"].as_str().expect("its id").to_string());
             }
         }
-        rates.push(CREATIONS as f64 / started.elapsed().as_secs_f64());
-        cpu += cpu_time(daemon.child.id()) - cpu_before;
+        pooled.rates.push(CREATIONS as f64 / started.elapsed().as_secs_f64());
+        pooled.cpu += cpu_time(daemon.child.id()) - cpu_before;
     }
-    rates.sort_by(f64::total_cmp);
-    let create_per_s = rates[rates.len() / 2];
-    let create_cpu = cpu / (CREATIONS * sizes.rounds) as u32;
     let cookie = cookie(home).await;
     // The board and the list see the last round's tasks unfinished and the older ones finished.
     let mut board = Vec::new();
@@ -273,23 +309,14 @@ async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
         list.push(started.elapsed());
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss = Memory::of(daemon.child.id()).rss_mb;
+    pooled.rss.push(Memory::of(daemon.child.id()).rss_mb);
     // The next day starts, as this one did, with every task finished.
     cancel(&daemon, created).await;
     drop(daemon);
-    Day {
-        day,
-        hook,
-        create_per_s,
-        create_cpu,
-        board: Stats::new(board.split_off(3)),
-        list: Stats::new(list.split_off(5)),
-        list_api: Stats::new(list_api.split_off(5)),
-        idle_rss,
-        rss,
-        db,
-        rows,
-    }
+    // The first samples of each series are the warm-up of this start's connections.
+    pooled.board.extend(board.split_off(3));
+    pooled.list.extend(list.split_off(5));
+    pooled.list_api.extend(list_api.split_off(5));
 }
 
 /// Hook latency while the daemon's own pass deletes `rows` old events, against the same load
@@ -370,6 +397,7 @@ fn main() {
         samples: env("CCM_SOAK_SAMPLES", 300).max(10),
         pass_rows: env("CCM_SOAK_PASS_ROWS", 100_000),
         rounds: env("CCM_SOAK_CREATE_ROUNDS", 5).max(1),
+        starts: env("CCM_SOAK_STARTS", 3).max(1),
     };
     assert!(ccm_bin().exists(), "build ccm first");
     println!(
