@@ -1273,7 +1273,8 @@ async fn command_rule_holds_every_spelling_of_the_command() {
 async fn broken_project_config_keeps_the_last_good_allowed_tools() {
     let home = TestHome::new("hook-allowed-tools");
     home.write_config(
-        "profiles:\n  lister:\n    allowed_tools: [Bash, Write]\n    command: [sh, -c, 'printf %s \"{allowed_tools}\" > \"$CCM_AGENT_DIR/tools\"; exec sleep 600']\n",
+        // Written under another name and renamed: the test reads the file as soon as it exists.
+        "profiles:\n  lister:\n    allowed_tools: [Bash, Write]\n    command: [sh, -c, 'printf %s \"{allowed_tools}\" > \"$CCM_AGENT_DIR/tools.new\" && mv \"$CCM_AGENT_DIR/tools.new\" \"$CCM_AGENT_DIR/tools\"; exec sleep 600']\n",
     );
     let repo = home.work().join("app");
     git_repo(&repo, None);
