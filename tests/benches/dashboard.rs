@@ -255,13 +255,7 @@ async fn live_rows(shots: &Path) -> Vec<Row> {
 /// shows the board; returns the times from each request sent to its card in that tab's DOM, and
 /// the API's answer times.
 async fn card_latency(browser: &Browser, daemon: &Daemon, title: &str) -> (Stats, Stats) {
-    browser
-        .wait_for(
-            "the board to be live",
-            Duration::from_secs(20),
-            "return document.getElementById('live-status').textContent === 'live'",
-        )
-        .await;
+    browser.wait_live(Duration::from_secs(20)).await;
     // Each refresh of the page notes when each task card first appeared.
     browser
         .eval(
@@ -428,13 +422,7 @@ async fn creation_rows(shots: &Path) -> Vec<Row> {
         browser.goto(&link).await;
         browser.wait_for_text("Tasks per state", Duration::from_secs(10)).await;
         browser.goto(&daemon.url(pages[n % pages.len()])).await;
-        browser
-            .wait_for(
-                "the page to be live",
-                Duration::from_secs(20),
-                "return document.getElementById('live-status').textContent === 'live'",
-            )
-            .await;
+        browser.wait_live(Duration::from_secs(20)).await;
         browser
             .eval(
                 "window.__refreshes = 0; window.__spent = { fetch: 0, parse: 0, morph: 0 }; \

@@ -263,14 +263,7 @@ async fn a_refused_write_becomes_a_change_request_approved_on_telegram_applied_b
         .unwrap();
     let file = String::from_utf8_lossy(&file.stdout);
     assert!(file.contains("the change request applied"), "{file}");
-    let events = daemon.get(&format!("/api/tasks/{requester}/events")).await.1;
-    let tools: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"] == "PreToolUse")
-        .filter_map(|e| e["tool"].as_str())
-        .collect();
+    let (tools, events) = daemon.tool_calls(&requester).await;
     assert_eq!(tools, ["Write", "mcp__ccm__wait_change"], "{events:#}");
 
     // Everything is in the requester's log, and `ccm claims` shows the state.

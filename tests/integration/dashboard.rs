@@ -478,13 +478,7 @@ async fn an_open_page_reconnects_after_kill_9_and_shows_what_it_missed() {
     });
     browser.wait_for_text("while the daemon was down", Duration::from_secs(20)).await;
     assert!(still_same_page(&browser).await, "the page was not reloaded");
-    browser
-        .wait_for(
-            "the live indicator",
-            Duration::from_secs(5),
-            "return document.getElementById('live-status').textContent === 'live'",
-        )
-        .await;
+    browser.wait_live(Duration::from_secs(5)).await;
     browser.screenshot("reconnected").await;
     browser.client.close().await.unwrap();
 }
@@ -1078,13 +1072,7 @@ async fn a_board_under_a_stream_of_changes_refreshes_less_often_than_they_come_a
     let browser = Browser::start(&shots, 1280, 900).await;
     sign_in(&home, &browser).await;
     browser.goto(&daemon.url("/tasks")).await;
-    browser
-        .wait_for(
-            "the board to be live",
-            Duration::from_secs(20),
-            "return document.getElementById('live-status').textContent === 'live'",
-        )
-        .await;
+    browser.wait_live(Duration::from_secs(20)).await;
     browser
         .eval(
             "window.__changes = 0; window.__refreshes = 0; \

@@ -482,14 +482,7 @@ async fn claude_agent_creates_dependent_subtasks_one_runs_on_a_second_node_and_t
     }
 
     // The calls went through the CLI's MCP tool names (its hooks saw them).
-    let events = daemon.get(&format!("/api/tasks/{parent}/events")).await.1;
-    let tools: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"] == "PreToolUse")
-        .filter_map(|e| e["tool"].as_str())
-        .collect();
+    let (tools, events) = daemon.tool_calls(&parent).await;
     assert_eq!(
         tools,
         ["mcp__ccm__create_subtask", "mcp__ccm__create_subtask", "mcp__ccm__wait_subtasks"],

@@ -199,6 +199,16 @@ impl Browser {
     }
 
     /// Waits until the page's text contains `needle`.
+    /// Waits until the page's live status says `live` (its event stream is open).
+    pub async fn wait_live(&self, timeout: Duration) {
+        self.wait_for(
+            "the page to be live",
+            timeout,
+            "return document.getElementById('live-status').textContent === 'live'",
+        )
+        .await;
+    }
+
     pub async fn wait_for_text(&self, needle: &str, timeout: Duration) {
         let script = format!(
             "return document.body !== null && document.body.innerText.includes({})",

@@ -294,6 +294,20 @@ impl Api {
         self.send(self.http.get(self.url(path))).await
     }
 
+    /// The tools the task's agents called, in order, as its hooks saw them (`PreToolUse`), and
+    /// the task's hook events they were read from.
+    pub async fn tool_calls(&self, task: &str) -> (Vec<String>, Value) {
+        let events = self.get(&format!("/api/tasks/{task}/events")).await.1;
+        let tools = events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["event"] == "PreToolUse")
+            .filter_map(|e| e["tool"].as_str().map(str::to_string))
+            .collect();
+        (tools, events)
+    }
+
     /// `POST` with the token and a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(self.http.post(self.url(path)).json(&body)).await
