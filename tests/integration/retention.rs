@@ -497,9 +497,14 @@ async fn the_daemons_janitor_removes_merged_branches_of_ended_tasks_after_keep_d
         git(&repo, &["branch", "--list", "ccm/*"]).lines().count() == 1
     })
     .await;
-    let log = daemon.log_text();
-    assert!(gone, "the merged branch went: {log}");
+    assert!(gone, "the merged branch went: {}", daemon.log_text());
+    // Each task is logged as it is judged, in no set order: wait for both lines.
+    let logged = ccm_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        let log = daemon.log_text();
+        log.contains("janitor removed") && log.contains("janitor kept")
+    })
+    .await;
+    assert!(logged, "both judgements logged: {}", daemon.log_text());
     assert!(git(&repo, &["branch", "--list", &branch]).contains(&branch), "the unmerged one stays");
     assert!(path.join("new.txt").exists());
-    assert!(log.contains("janitor removed") && log.contains("janitor kept"), "{log}");
 }
