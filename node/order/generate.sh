@@ -3,8 +3,9 @@
 # places first and together (node/build.rs), so that an idle daemon maps less of its code
 # (BENCHMARKS.md, "Idle RSS: the code an idle daemon runs, placed together").
 #
-# Runs the release `ccm up` under valgrind's callgrind three times: in a fresh home
-# (migrations), again in the same home (a restart), and once more after rows like a day of a
+# Runs the release `ccm up` under valgrind's callgrind four times: in a fresh home
+# (migrations), again in the same home (a restart), after a daemon of the home was killed (the
+# start then raises its `daemon_crashed` alert), and once more after rows like a day of a
 # busy node's were added to it (complete tasks with their log, agent, attempt, report, alert and
 # acknowledged outbox rows, hook events: the start-up and idle loops then read and skip them),
 # each until it has sat idle for IDLE seconds (default 6); keeps every function of the `ccm`
@@ -19,30 +20,48 @@ idle=${IDLE:-6}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/cwd"
-run() {
-    (
-        cd "$work/cwd"
-        env -u CCM_LOG CCM_HOME="$work/home" CCM_DAEMON__PORT=0 \
-            CCM_RUNTIME__TMUX_SOCKET="ccm-order-$$" \
-            valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
-            --callgrind-out-file="$work/$1.out" "$bin" up >/dev/null 2>"$work/$1.log"
-    ) &
-    pid=$!
+# The pid in the home's port file (empty without one).
+port_pid() {
+    sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$work/home/daemon.json" 2>/dev/null || true
+}
+# Waits until a daemon other than `$1` wrote the port file; `$2` names the log to show on failure.
+wait_port() {
     tries=0
-    until [ -f "$work/home/daemon.json" ]; do
+    until [ -n "$(port_pid)" ] && [ "$(port_pid)" != "$1" ]; do
         tries=$((tries + 1))
-        [ "$tries" -lt 1200 ] || { cat "$work/$1.log" >&2; exit 1; }
+        [ "$tries" -lt 1200 ] || { cat "$work/$2.log" >&2; exit 1; }
         sleep 0.1
     done
+}
+# `ccm up` in the home, with the command given before it (valgrind, or nothing).
+up() {
+    cd "$work/cwd"
+    env -u CCM_LOG CCM_HOME="$work/home" CCM_DAEMON__PORT=0 \
+        CCM_RUNTIME__TMUX_SOCKET="ccm-order-$$" "$@" "$bin" up
+}
+run() {
+    stale=$(port_pid)
+    (up valgrind --tool=callgrind --demangle=no --compress-strings=no --compress-pos=no \
+        --callgrind-out-file="$work/$1.out" >/dev/null 2>"$work/$1.log") &
+    pid=$!
+    wait_port "$stale" "$1"
     sleep "$idle"
-    kill -TERM "$pid" 2>/dev/null || true
-    # the subshell's child is valgrind: stop it through the port file's pid
-    kill -TERM "$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$work/home/daemon.json")" 2>/dev/null || true
+    # the subshell's child is valgrind: stop it through the port file's pid, and wait for its
+    # end (it writes its profile after the daemon stopped, and holds the home's lock until then)
+    daemon=$(port_pid)
+    kill -TERM "$daemon" 2>/dev/null || true
     wait "$pid" || true
+    while kill -0 "$daemon" 2>/dev/null; do sleep 0.1; done
     rm -f "$work/home/daemon.json"
 }
 run fresh
 run restart
+# A daemon killed: its port file stays, and the next start reports the crash.
+(up >/dev/null 2>"$work/killed.log") &
+wait_port "" killed
+kill -KILL "$(port_pid)"
+wait || true
+run crashed
 # A day of a busy node, written as `tests/benches/soak.rs` writes it (needs the `sqlite3` shell).
 sqlite3 "$work/home/ccm.db" <<'SQL'
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
@@ -79,5 +98,5 @@ run data
 awk -v bin="$(readlink -f "$bin")" '
     /^ob=/ { ours = (substr($0, 4) == bin) }
     /^fn=/ && ours { name = substr($0, 4); sub(/'"'"'[0-9]+$/, "", name); if (!seen[name]++) print name }
-' "$work/fresh.out" "$work/restart.out" "$work/data.out" >"$here/ccm.order"
+' "$work/fresh.out" "$work/restart.out" "$work/crashed.out" "$work/data.out" >"$here/ccm.order"
 echo "$(wc -l <"$here/ccm.order") functions written to $here/ccm.order"

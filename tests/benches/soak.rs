@@ -232,6 +232,13 @@ struct Samples {
     rss: Vec<f64>,
 }
 
+/// Stops `daemon` as a service stop does (SIGTERM). Killed instead, each next start would find a
+/// crashed daemon and raise its `daemon_crashed` alert: a start path an idle node does not run.
+fn stop(mut daemon: Daemon) {
+    let status = daemon.terminate();
+    assert!(status.success(), "the daemon stopped cleanly: {status}");
+}
+
 /// Starts a daemon on the day's home, adds its samples to `pooled` and stops it.
 async fn measure_one_start(home: &TestHome, day: usize, sizes: &Sizes, pooled: &mut Samples) {
     let daemon = home.start();
@@ -312,7 +319,7 @@ async fn measure_one_start(home: &TestHome, day: usize, sizes: &Sizes, pooled: &
     pooled.rss.push(Memory::of(daemon.child.id()).rss_mb);
     // The next day starts, as this one did, with every task finished.
     cancel(&daemon, created).await;
-    drop(daemon);
+    stop(daemon);
     // The first samples of each series are the warm-up of this start's connections.
     pooled.board.extend(board.split_off(3));
     pooled.list.extend(list.split_off(5));
@@ -339,7 +346,7 @@ async fn during_pass(home: &TestHome, sizes: &Sizes) {
     // 1,000 requests/s for 20 s: before, during and after the first pass (which starts 4 s in
     // and took 7 to 9 s; with 12 s of load it sometimes ended after the load and was not seen).
     let samples = hook_latencies(&daemon, 20_000, Duration::from_millis(1)).await;
-    drop(daemon);
+    stop(daemon);
     let mut conn = open_db(&home.db_file()).await;
     let passes: Vec<(i64, i64, String)> = sqlx::query_as(
         "SELECT started_at, finished_at, removed FROM retention_passes \
