@@ -344,7 +344,7 @@ async fn during_pass(home: &TestHome, sizes: &Sizes) {
         c.env("CCM_RETENTION__EVERY", "10s");
     });
     // 1,000 requests/s for 35 s: about 10 s before the first pass (which starts 10 s after the
-    // daemon) and 20 s or more during it (it took 22 s under this load).
+    // daemon) and the rest during it (it takes about 30 s under this load).
     let samples = hook_latencies(&daemon, 35_000, Duration::from_millis(1)).await;
     // A pass that outlasts the load is recorded when it ends.
     ccm_tests::wait_until(Duration::from_secs(600), || async {
