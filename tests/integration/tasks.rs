@@ -76,6 +76,54 @@ async fn dependents_stay_created_until_their_dependencies_complete() {
     );
 }
 
+/// A waiting task whose dependency is cancelled is blocked with an alert, whether it waited
+/// before the cancel or was created after it; a task waiting on a complete one is not.
+#[tokio::test]
+async fn a_waiting_task_is_blocked_when_its_dependency_is_cancelled() {
+    let home = TestHome::new("deps-cancelled");
+    let daemon = home.start();
+    let first = create(&daemon, json!({ "title": "build the parser" })).await;
+    let done = create(&daemon, json!({ "title": "write the grammar" })).await;
+    let before =
+        create(&daemon, json!({ "title": "write the tests", "depends_on": [first] })).await;
+    let waits = create(&daemon, json!({ "title": "ship it", "depends_on": [done, first] })).await;
+    let kept = create(&daemon, json!({ "title": "document it", "depends_on": [done] })).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            task_state(&daemon, &done).await == "queued"
+        })
+        .await
+    );
+    complete(&daemon, &done).await;
+    let (status, body) = daemon
+        .post(
+            &format!("/api/tasks/{first}/events"),
+            json!({ "event": "cancel", "reason": "not needed" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let after = create(&daemon, json!({ "title": "benchmark it", "depends_on": [first] })).await;
+    for id in [&before, &waits, &after] {
+        assert!(
+            wait_until(Duration::from_secs(5), || async {
+                task_state(&daemon, id).await == "blocked"
+            })
+            .await,
+            "{id} blocked: {}",
+            task_state(&daemon, id).await
+        );
+    }
+    let shown = home.run_ok(&["task", "show", &before[..8]]);
+    assert!(shown.contains(&format!("dependency {} is cancelled", &first[..8])), "{shown}");
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            task_state(&daemon, &kept).await == "queued"
+        })
+        .await,
+        "the task waiting on a complete one goes ahead"
+    );
+}
+
 #[tokio::test]
 async fn dependency_cycle_is_refused_naming_the_cycle() {
     let home = TestHome::new("cycle");

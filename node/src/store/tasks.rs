@@ -308,8 +308,8 @@ impl Store {
         let failed_deps: Vec<(String, String, TaskState)> = sqlx::query_as(
             r#"
             SELECT d.task_id, d.depends_on, dep.state
-            FROM tasks dep
-            CROSS JOIN task_deps d ON d.depends_on = dep.id
+            FROM waiting_deps d
+            CROSS JOIN tasks dep ON dep.id = d.depends_on
             CROSS JOIN tasks t ON t.id = d.task_id
             WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created'
             "#,
@@ -433,9 +433,10 @@ impl Store {
             r#"
             {held}
             SELECT EXISTS (
-                       -- CROSS JOIN keeps this order: the few failed tasks first, not every waiting one.
-                       SELECT 1 FROM tasks dep
-                       CROSS JOIN task_deps d ON d.depends_on = dep.id
+                       -- The edges of waiting tasks (`waiting_deps`), not every task that ever
+                       -- failed, nor every waiting one.
+                       SELECT 1 FROM waiting_deps d
+                       CROSS JOIN tasks dep ON dep.id = d.depends_on
                        CROSS JOIN tasks t ON t.id = d.task_id
                        WHERE dep.state IN ('failed', 'cancelled') AND t.state = 'created')
                 OR EXISTS (SELECT 1 FROM tasks WHERE state = 'retry' AND wake_at <= ?1)
