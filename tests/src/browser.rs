@@ -24,11 +24,13 @@ fn chromedriver() -> &'static str {
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            // The shell kills chromedriver when its stdin (held by this process) closes.
+            // The shell kills chromedriver when its stdin (held by this process) closes, with
+            // the browsers of sessions a test left open: chromedriver runs in a process group of
+            // its own (`setsid`), and the whole group is killed.
             let child = Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "chromedriver --port={port} --log-level=SEVERE >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid"
+                    "setsid chromedriver --port={port} --log-level=SEVERE >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -- -$pid"
                 ))
                 .stdin(Stdio::piped())
                 .spawn()
