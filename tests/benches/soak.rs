@@ -17,8 +17,9 @@
 //! `CCM_SOAK_SAMPLES` (hook requests per measurement, 300), `CCM_SOAK_PASS_ROWS` (old hook
 //! events the measured pass deletes, 100,000), `CCM_SOAK_CREATE_ROUNDS` (rounds of 200 task
 //! creations, 5), `CCM_SOAK_STARTS` (daemons started one after another per measured day, whose
-//! samples the day's figures pool, 3); `CCM_SOAK_KEEP` keeps the home and prints where. Syncing to a central is
-//! not part of it: the acknowledged outbox rows are written as a synced node's would be.
+//! samples the day's figures pool, 3); `CCM_SOAK_KEEP` keeps the home and prints where.
+//! Syncing to a central is not part of it: the acknowledged outbox rows are written as a synced
+//! node's would be.
 //! Nothing here asserts on time.
 
 use std::path::Path;

@@ -200,7 +200,6 @@ impl Browser {
         }
     }
 
-    /// Waits until the page's text contains `needle`.
     /// Waits until the page's live status says `live` (its event stream is open).
     pub async fn wait_live(&self, timeout: Duration) {
         self.wait_for(
@@ -211,6 +210,7 @@ impl Browser {
         .await;
     }
 
+    /// Waits until the page's text contains `needle`.
     pub async fn wait_for_text(&self, needle: &str, timeout: Duration) {
         let script = format!(
             "return document.body !== null && document.body.innerText.includes({})",
