@@ -2,7 +2,9 @@
 //! node's 30 days, a day at a time (rows written with that day's timestamps: tasks with their
 //! log, agent, attempt, report, alerts and notifications, acknowledged outbox rows, hook
 //! events), runs the production retention pass (`ccm gc --db`) with its clock at the end of
-//! each day, and measures on day 1, day 14 and the last day, with the daemon up: hook ingest
+//! each day, and copies the home aside as day 1, day 14 and the last day left it. The copies
+//! are measured at the end, one daemon start of each after another (so that what the machine
+//! does meanwhile weighs on every day alike), with the daemon up: hook ingest
 //! p50/p99 (`POST /api/hooks`), task creation rate (`POST /api/tasks`, the median of rounds of
 //! 200, each started with no unfinished task) and the daemon's CPU time per created task, the
 //! board's server time (`GET /tasks`), `ccm task list`, the daemon's RSS (idle, and after the
@@ -14,10 +16,10 @@
 //!
 //! Run with `cargo bench -p ccm-tests --bench soak`. Sizes from the environment:
 //! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
-//! `CCM_SOAK_SAMPLES` (hook requests per measurement, 300), `CCM_SOAK_PASS_ROWS` (old hook
+//! `CCM_SOAK_SAMPLES` (hook requests per measurement, 1,000), `CCM_SOAK_PASS_ROWS` (old hook
 //! events the measured pass deletes, 100,000), `CCM_SOAK_CREATE_ROUNDS` (rounds of 200 task
-//! creations, 5), `CCM_SOAK_STARTS` (daemons started one after another per measured day, whose
-//! samples the day's figures pool, 3); `CCM_SOAK_KEEP` keeps the home and prints where.
+//! creations, 5), `CCM_SOAK_STARTS` (daemon starts per measured day, whose samples the day's
+//! figures pool, 3); `CCM_SOAK_KEEP` keeps the home and prints where.
 //! Syncing to a central is not part of it: the acknowledged outbox rows are written as a synced
 //! node's would be.
 //! Nothing here asserts on time.
@@ -158,6 +160,14 @@ fn pass(home: &TestHome, as_of: i64) -> Value {
     Value::Object(kept)
 }
 
+/// Writes the harness's own dirty pages (a day's fill, a pass, the rows a measurement added) to
+/// disk before a measurement: the kernel would otherwise flush them during it, and each commit's
+/// `fsync` would wait behind them. On a real node those rows arrived over a day, not a second.
+fn settle_disk() {
+    let status = std::process::Command::new("sync").status().expect("sync runs");
+    assert!(status.success(), "sync: {status}");
+}
+
 fn db_bytes(home: &TestHome) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     size(&home.db_file()) + size(&home.home().join("ccm.db-wal"))
@@ -189,35 +199,63 @@ struct Day {
     rows: i64,
 }
 
-async fn measure(home: &TestHome, day: usize, sizes: &Sizes) -> Day {
+/// A measured day's home, copied aside as that day left it.
+struct Snapshot {
+    day: usize,
+    home: TestHome,
+    db: u64,
+    rows: i64,
+}
+
+/// Copies `home` (its database checkpointed into the main file first) into a home of its own.
+async fn snapshot(home: &TestHome, conn: &mut SqliteConnection, day: usize) -> Snapshot {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut *conn).await.unwrap();
     let db = db_bytes(home);
-    let rows: i64 = {
-        let mut conn = open_db(&home.db_file()).await;
-        sqlx::query_scalar("SELECT count(*) FROM hook_events").fetch_one(&mut conn).await.unwrap()
-    };
-    // One daemon start is one sample of what a start costs and finds: the day's figures pool the
-    // samples of `sizes.starts` daemons, started one after another.
-    let mut pooled = Samples::default();
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM hook_events").fetch_one(&mut *conn).await.unwrap();
+    let copy = TestHome::new(&format!("soak-day{day}"));
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(home.home())
+        .arg(copy.dir.path())
+        .status()
+        .expect("cp runs");
+    assert!(status.success(), "copying day {day}'s home: {status}");
+    Snapshot { day, home: copy, db, rows }
+}
+
+/// Measures the snapshots' days, one daemon start of each day after another (day 1, day 14, the
+/// last day, then again), so that what the machine does meanwhile weighs on every day alike.
+/// The day's figures pool the samples of its `sizes.starts` starts.
+async fn measure(snapshots: &[Snapshot], sizes: &Sizes) -> Vec<Day> {
+    let mut pooled: Vec<Samples> = snapshots.iter().map(|_| Samples::default()).collect();
     for _ in 0..sizes.starts {
-        measure_one_start(home, day, sizes, &mut pooled).await;
+        for (snapshot, samples) in snapshots.iter().zip(&mut pooled) {
+            settle_disk();
+            measure_one_start(&snapshot.home, snapshot.day, sizes, samples).await;
+        }
     }
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    Day {
-        day,
-        hook: Stats::new(pooled.hook),
-        create_per_s: median(pooled.rates),
-        create_cpu: pooled.cpu / (CREATIONS * sizes.rounds * sizes.starts) as u32,
-        board: Stats::new(pooled.board),
-        list: Stats::new(pooled.list),
-        list_api: Stats::new(pooled.list_api),
-        idle_rss: median(pooled.idle_rss),
-        rss: median(pooled.rss),
-        db,
-        rows,
-    }
+    snapshots
+        .iter()
+        .zip(pooled)
+        .map(|(snapshot, pooled)| Day {
+            day: snapshot.day,
+            hook: Stats::new(pooled.hook),
+            create_per_s: median(pooled.rates),
+            create_cpu: pooled.cpu / (CREATIONS * sizes.rounds * sizes.starts) as u32,
+            board: Stats::new(pooled.board),
+            list: Stats::new(pooled.list),
+            list_api: Stats::new(pooled.list_api),
+            idle_rss: median(pooled.idle_rss),
+            rss: median(pooled.rss),
+            db: snapshot.db,
+            rows: snapshot.rows,
+        })
+        .collect()
 }
 
 /// The samples of a measured day's daemon starts.
@@ -341,6 +379,7 @@ async fn during_pass(home: &TestHome, sizes: &Sizes) {
         tx.commit().await.unwrap();
         sqlx::query("DELETE FROM retention_passes").execute(&mut conn).await.unwrap();
     }
+    settle_disk();
     let daemon = home.start_with(|c| {
         c.env("CCM_RETENTION__EVERY", "10s");
     });
@@ -415,7 +454,7 @@ fn main() {
         days: env("CCM_SOAK_DAYS", 30).max(2),
         hooks: env("CCM_SOAK_HOOKS_PER_DAY", 20_000),
         tasks: env("CCM_SOAK_TASKS_PER_DAY", 200).max(1),
-        samples: env("CCM_SOAK_SAMPLES", 300).max(10),
+        samples: env("CCM_SOAK_SAMPLES", 1000).max(10),
         pass_rows: env("CCM_SOAK_PASS_ROWS", 100_000),
         rounds: env("CCM_SOAK_CREATE_ROUNDS", 5).max(1),
         starts: env("CCM_SOAK_STARTS", 3).max(1),
@@ -436,7 +475,7 @@ fn main() {
         home.run_ok(&["status"]);
         let start = now_ms() - sizes.days as i64 * DAY_MS;
         let middle = 14.min(sizes.days - 1);
-        let mut measured = Vec::new();
+        let mut snapshots = Vec::new();
         let mut conn = open_db(&home.db_file()).await;
         for day in 1..=sizes.days {
             let day_start = start + (day as i64 - 1) * DAY_MS;
@@ -452,10 +491,11 @@ fn main() {
                 mb(db_bytes(&home) as f64 / 1e6)
             );
             if day == 1 || day == middle || day == sizes.days {
-                measured.push(measure(&home, day, &sizes).await);
+                snapshots.push(snapshot(&home, &mut conn, day).await);
             }
         }
         drop(conn);
+        let measured = measure(&snapshots, &sizes).await;
         println!(
             "\n{:<34} {}",
             "figure",
