@@ -94,7 +94,7 @@ impl StateDump {
             status: Status::gather(store, daemon).await?,
             contexts: store.contexts().await?,
             tasks,
-            agents: store.agents().await?,
+            agents: store.agents(None).await?,
             alerts: store.open_alerts().await?,
             decisions: store.decisions().await?,
         })

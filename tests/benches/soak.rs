@@ -3,16 +3,16 @@
 //! log, agent, attempt, report, alerts and notifications, acknowledged outbox rows, hook
 //! events), runs the production retention pass (`ccm gc --db`) with its clock at the end of
 //! each day, and copies the home aside as day 1, day 14 and the last day left it. The copies
-//! are measured at the end, one daemon start of each after another (so that what the machine
-//! does meanwhile weighs on every day alike), with the daemon up: hook ingest
-//! p50/p99 (`POST /api/hooks`), task creation rate (`POST /api/tasks`, the median of rounds of
-//! 200, each started with no unfinished task) and the daemon's CPU time per created task, the
-//! board's server time (`GET /tasks`), `ccm task list`, the daemon's RSS (idle, and after the
-//! load) and the database size. The tasks a day creates are cancelled through the API before the
-//! next round and at the end of the day, so that every day creates, lists and schedules against
-//! the same backlog: left queued (no agent runs them), day 30 listed three days' worth. Then
-//! the hook latency while the daemon's own pass deletes 100,000 old rows, against the same load
-//! outside the pass (1,000 requests a second for 35 s, the pass starting 10 s in).
+//! are measured at the end side by side, a daemon up on each and every figure's requests sent
+//! to one day's daemon after another (so that what the machine does meanwhile weighs on every
+//! day alike): hook ingest p50/p99 (`POST /api/hooks`), task creation rate (`POST /api/tasks`,
+//! the median of rounds of 200, each started with no unfinished task) and the daemon's CPU time
+//! per created task, the board's server time (`GET /tasks`), `ccm task list`, the daemon's RSS
+//! (idle, and after the load) and the database size. The tasks a round creates are cancelled
+//! through the API before the next round and after the last, so that every round creates, lists
+//! and schedules against the same backlog. Then the hook latency while the daemon's own pass
+//! deletes 100,000 old rows, against the same load outside the pass (1,000 requests a second
+//! for 35 s, the pass starting 10 s in).
 //!
 //! Run with `cargo bench -p ccm-tests --bench soak`. Sizes from the environment:
 //! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
@@ -224,16 +224,14 @@ async fn snapshot(home: &TestHome, conn: &mut SqliteConnection, day: usize) -> S
     Snapshot { day, home: copy, db, rows }
 }
 
-/// Measures the snapshots' days, one daemon start of each day after another (day 1, day 14, the
+/// Measures the snapshots' days side by side: each start brings up a daemon on every day's
+/// copy, and each figure's requests go to one day's daemon after another (day 1, day 14, the
 /// last day, then again), so that what the machine does meanwhile weighs on every day alike.
 /// The day's figures pool the samples of its `sizes.starts` starts.
 async fn measure(snapshots: &[Snapshot], sizes: &Sizes) -> Vec<Day> {
     let mut pooled: Vec<Samples> = snapshots.iter().map(|_| Samples::default()).collect();
     for _ in 0..sizes.starts {
-        for (snapshot, samples) in snapshots.iter().zip(&mut pooled) {
-            settle_disk();
-            measure_one_start(&snapshot.home, snapshot.day, sizes, samples).await;
-        }
+        measure_one_start(snapshots, sizes, &mut pooled).await;
     }
     let median = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
@@ -278,91 +276,160 @@ fn stop(mut daemon: Daemon) {
     assert!(status.success(), "the daemon stopped cleanly: {status}");
 }
 
-/// Starts a daemon on the day's home, adds its samples to `pooled` and stops it.
-async fn measure_one_start(home: &TestHome, day: usize, sizes: &Sizes, pooled: &mut Samples) {
-    let daemon = home.start();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    pooled.idle_rss.push(Memory::of(daemon.child.id()).rss_mb);
-    if std::env::var_os("CCM_SOAK_SMAPS").is_some() {
-        let by_mapping = resident_by_mapping(daemon.child.id());
-        let text: Vec<String> = by_mapping.iter().map(|(n, kb)| format!("{n} {kb} kB")).collect();
-        println!("day {day}: idle resident memory by mapping: {}", text.join(", "));
-    }
-    pooled.hook.extend(
-        hook_latencies(&daemon, sizes.samples, Duration::from_millis(2))
-            .await
-            .into_iter()
-            .map(|(_, d)| d),
-    );
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    // Rounds of `CREATIONS` tasks, 20 at a time; each round starts with no unfinished task (the
-    // previous round's are cancelled, untimed), so every day creates against the same backlog.
-    let mut created = Vec::new();
-    for round in 0..sizes.rounds {
-        cancel(&daemon, std::mem::take(&mut created)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu_before = cpu_time(daemon.child.id());
-        let started = Instant::now();
-        for wave in (0..CREATIONS).step_by(20) {
-            let mut set = tokio::task::JoinSet::new();
-            for n in wave..wave + 20 {
-                let request = http
-                    .post(daemon.url("/api/tasks"))
-                    .bearer_auth(&daemon.token)
-                    .json(&json!({"title": format!("soak day {day} round {round} new {n}")}));
-                set.spawn(async move { request.send().await.expect("created") });
-            }
-            while let Some(response) = set.join_next().await {
-                let response = response.unwrap();
-                assert!(response.status().is_success());
-                let task: Value = response.json().await.expect("the created task");
-                created.push(task["id"].as_str().expect("its id").to_string());
-            }
+/// Hook requests sent to one day's daemon before the next day's get theirs.
+const HOOK_CHUNK: usize = 100;
+
+/// Times `request` `n` times on each day's daemon in turn; the first `warm_up` samples of each
+/// day are dropped (its connections' set-up).
+async fn alternate<F, Fut>(
+    daemons: &[Daemon],
+    n: usize,
+    warm_up: usize,
+    samples: impl Fn(&mut Samples) -> &mut Vec<Duration>,
+    pooled: &mut [Samples],
+    request: F,
+) where
+    F: Fn(&Daemon) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut taken: Vec<Vec<Duration>> = daemons.iter().map(|_| Vec::new()).collect();
+    for _ in 0..n {
+        for (daemon, taken) in daemons.iter().zip(&mut taken) {
+            let started = Instant::now();
+            request(daemon).await;
+            taken.push(started.elapsed());
         }
-        pooled.rates.push(CREATIONS as f64 / started.elapsed().as_secs_f64());
-        pooled.cpu += cpu_time(daemon.child.id()) - cpu_before;
     }
-    let cookie = cookie(home).await;
+    for (taken, pooled) in taken.iter_mut().zip(pooled) {
+        samples(pooled).extend(taken.split_off(warm_up));
+    }
+}
+
+/// Starts a daemon on each day's copy, adds their samples to `pooled` and stops them.
+async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [Samples]) {
+    settle_disk();
+    let daemons: Vec<Daemon> = snapshots.iter().map(|s| s.home.start()).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for ((daemon, snapshot), samples) in daemons.iter().zip(snapshots).zip(pooled.iter_mut()) {
+        samples.idle_rss.push(Memory::of(daemon.child.id()).rss_mb);
+        if std::env::var_os("CCM_SOAK_SMAPS").is_some() {
+            let by_mapping = resident_by_mapping(daemon.child.id());
+            let text: Vec<String> =
+                by_mapping.iter().map(|(n, kb)| format!("{n} {kb} kB")).collect();
+            println!("day {}: idle resident memory by mapping: {}", snapshot.day, text.join(", "));
+        }
+    }
+    // Hook ingest, `HOOK_CHUNK` requests 2 ms apart to each day's daemon in turn (the first of
+    // each chunk opens its connection and is dropped).
+    let mut left = sizes.samples;
+    while left > 0 {
+        let n = left.min(HOOK_CHUNK);
+        for (daemon, samples) in daemons.iter().zip(pooled.iter_mut()) {
+            let taken = hook_latencies(daemon, n + 1, Duration::from_millis(2)).await;
+            samples.hook.extend(taken.into_iter().skip(1).map(|(_, d)| d));
+        }
+        left -= n;
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Rounds of `CREATIONS` tasks, 20 at a time, a round on each day's daemon in turn; each
+    // round starts with no unfinished task (the previous round's are cancelled, untimed), so
+    // every day creates against the same backlog.
+    let mut created: Vec<Vec<String>> = daemons.iter().map(|_| Vec::new()).collect();
+    for round in 0..sizes.rounds {
+        for ((daemon, snapshot), (samples, created)) in
+            daemons.iter().zip(snapshots).zip(pooled.iter_mut().zip(&mut created))
+        {
+            cancel(daemon, std::mem::take(created)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let cpu_before = cpu_time(daemon.child.id());
+            let started = Instant::now();
+            for wave in (0..CREATIONS).step_by(20) {
+                let mut set = tokio::task::JoinSet::new();
+                for n in wave..wave + 20 {
+                    let request = http.post(daemon.url("/api/tasks")).bearer_auth(&daemon.token).json(
+                        &json!({"title": format!("soak day {} round {round} new {n}", snapshot.day)}),
+                    );
+                    set.spawn(async move { request.send().await.expect("created") });
+                }
+                while let Some(response) = set.join_next().await {
+                    let response = response.unwrap();
+                    assert!(response.status().is_success());
+                    let task: Value = response.json().await.expect("the created task");
+                    created.push(task["id"].as_str().expect("its id").to_string());
+                }
+            }
+            samples.rates.push(CREATIONS as f64 / started.elapsed().as_secs_f64());
+            samples.cpu += cpu_time(daemon.child.id()) - cpu_before;
+        }
+    }
     // The board and the list see the last round's tasks unfinished and the older ones finished.
-    let mut board = Vec::new();
-    for _ in 0..33 {
-        let started = Instant::now();
-        let response =
-            http.get(daemon.url("/tasks")).header("cookie", &cookie).send().await.expect("board");
-        assert!(response.status().is_success());
-        response.bytes().await.unwrap();
-        board.push(started.elapsed());
+    let mut cookies = Vec::new();
+    for snapshot in snapshots {
+        cookies.push(cookie(&snapshot.home).await);
     }
+    let cookie_of = |daemon: &Daemon| {
+        let at = daemons.iter().position(|d| std::ptr::eq(d, daemon)).expect("one of ours");
+        cookies[at].clone()
+    };
+    alternate(
+        &daemons,
+        33,
+        3,
+        |s| &mut s.board,
+        pooled,
+        |daemon| {
+            let request = http.get(daemon.url("/tasks")).header("cookie", cookie_of(daemon));
+            async move {
+                let response = request.send().await.expect("board");
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+            }
+        },
+    )
+    .await;
     // The request `ccm task list` makes, from here: the daemon's part of the list's time.
-    let mut list_api = Vec::new();
-    for _ in 0..25 {
-        let started = Instant::now();
-        let response = http
-            .get(daemon.url("/api/tasks?finished=51"))
-            .bearer_auth(&daemon.token)
-            .send()
-            .await
-            .expect("task list answers");
-        assert!(response.status().is_success());
-        response.bytes().await.unwrap();
-        list_api.push(started.elapsed());
-    }
-    let mut list = Vec::new();
-    for _ in 0..25 {
-        let started = Instant::now();
-        let out = home.ccm().args(["task", "list"]).output().expect("task list");
-        assert!(out.status.success());
-        list.push(started.elapsed());
-    }
+    alternate(
+        &daemons,
+        25,
+        5,
+        |s| &mut s.list_api,
+        pooled,
+        |daemon| {
+            let request = http.get(daemon.url("/api/tasks?finished=51")).bearer_auth(&daemon.token);
+            async move {
+                let response = request.send().await.expect("task list answers");
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+            }
+        },
+    )
+    .await;
+    let home_of = |daemon: &Daemon| {
+        let at = daemons.iter().position(|d| std::ptr::eq(d, daemon)).expect("one of ours");
+        &snapshots[at].home
+    };
+    alternate(
+        &daemons,
+        25,
+        5,
+        |s| &mut s.list,
+        pooled,
+        |daemon| {
+            let out = home_of(daemon).ccm().args(["task", "list"]).output().expect("task list");
+            assert!(out.status.success());
+            async {}
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    pooled.rss.push(Memory::of(daemon.child.id()).rss_mb);
-    // The next day starts, as this one did, with every task finished.
-    cancel(&daemon, created).await;
-    stop(daemon);
-    // The first samples of each series are the warm-up of this start's connections.
-    pooled.board.extend(board.split_off(3));
-    pooled.list.extend(list.split_off(5));
-    pooled.list_api.extend(list_api.split_off(5));
+    for (daemon, samples) in daemons.iter().zip(pooled.iter_mut()) {
+        samples.rss.push(Memory::of(daemon.child.id()).rss_mb);
+    }
+    // The next start finds, as this one did, every task finished.
+    for (daemon, created) in daemons.into_iter().zip(created) {
+        cancel(&daemon, created).await;
+        stop(daemon);
+    }
 }
 
 /// Hook latency while the daemon's own pass deletes `rows` old events, against the same load

@@ -102,6 +102,54 @@ async fn agent_attach_says_the_agent_exited() {
 }
 
 #[tokio::test]
+async fn agent_list_shows_every_live_agent_and_only_the_most_recently_started_others() {
+    let home = TestHome::new("agent-list");
+    let task =
+        home.run_json(&["task", "add", "listed", "--no-repo"])["id"].as_str().unwrap().to_string();
+    {
+        // Two live agents started long ago, then 60 ended ones, each started a minute later.
+        let mut conn = ccm_tests::open_db(&home.db_file()).await;
+        for n in 0..62_i64 {
+            let status = if n < 2 { "running" } else { "exited" };
+            sqlx::query(
+                "INSERT INTO agents (id, task_id, attempt, kind, profile, status, dir, cwd, \
+                 started_at, last_heartbeat, ended_at) \
+                 VALUES (?, ?, 1, 'worker', 'manual', ?, '/tmp', '/tmp', ?, ?, ?)",
+            )
+            .bind(format!("0190e6b0-0000-7000-8000-{n:012}"))
+            .bind(&task)
+            .bind(status)
+            .bind(1_700_000_000_000 + n * 60_000)
+            .bind(1_700_000_000_000 + n * 60_000)
+            .bind((n >= 2).then_some(1_700_000_000_000 + n * 60_000 + 1000))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+    let numbers = |agents: &Value| -> Vec<i64> {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap()[24..].parse().unwrap())
+            .collect()
+    };
+    // The live ones first (the newest first), then the 50 most recently started of the others.
+    let listed = numbers(&home.run_json(&["agent", "list"]));
+    let expected: Vec<i64> = [1, 0].into_iter().chain((12..62).rev()).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(numbers(&home.run_json(&["agent", "list", "--limit", "3"])), [1, 0, 61, 60, 59]);
+    assert_eq!(numbers(&home.run_json(&["agent", "list", "--all"])).len(), 62);
+    let table = home.run_ok(&["agent", "list"]);
+    assert!(table.contains("older agents are not listed"), "{table}");
+    let table = home.run_ok(&["agent", "list", "--limit", "60"]);
+    assert!(!table.contains("older agents are not listed"), "{table}");
+    let refused = home.run(&["agent", "list", "--limit", "3", "--all"]);
+    assert!(!refused.status.success(), "--limit with --all was accepted");
+}
+
+#[tokio::test]
 async fn up_detach_returns_once_the_daemon_answers_and_stop_waits_for_it_to_exit() {
     let home = TestHome::new("detach");
     home.write_config(HOLDER_PROFILE);

@@ -10,9 +10,15 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
-    /// Agents, live ones first: status, task, heartbeat age, cost so far, how full the context
-    /// is (`ctx 62%`, with the compactions).
+    /// Agents, live ones first, then the most recently started of the others: status, task,
+    /// heartbeat age, cost so far, how full the context is (`ctx 62%`, with the compactions).
     List {
+        /// Agents that are no longer running to list, the most recently started.
+        #[arg(long, default_value_t = 50, conflicts_with = "all")]
+        limit: u32,
+        /// Every agent, however many have ended.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -31,8 +37,14 @@ pub enum AgentCommand {
 pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyhow::Result<()> {
     let tmux = crate::tmux::Tmux::new(config.runtime.tmux_socket.clone());
     match command {
-        AgentCommand::List { json } => {
-            let agents = store.agents().await?;
+        AgentCommand::List { limit, all, json } => {
+            // One more than shown says whether older agents were left out.
+            let mut agents = store.agents((!all).then_some(i64::from(limit) + 1)).await?;
+            let ended = agents.iter().filter(|a| !a.status.is_live()).count();
+            let older = !all && ended > limit as usize;
+            if older {
+                agents.pop();
+            }
             let stale_after = config.runtime.stale_secs as i64;
             print(json, &agents, |agents| {
                 if agents.is_empty() {
@@ -74,7 +86,11 @@ pub async fn run(store: &Store, config: &Config, command: AgentCommand) -> anyho
                         ]
                     }),
                 )
-            })
+            })?;
+            if older && !json {
+                println!("older agents are not listed (--limit N lists more, --all every one)");
+            }
+            Ok(())
         }
         AgentCommand::Attach { id } => {
             let agent = store.agent(&id).await?;

@@ -19,7 +19,7 @@
 //! | `POST /api/tasks/{id}/review` | `{"comments": [{"file", "line", "text"}], "request_changes"}`: comment on lines of a finished task's diff (a line the diff does not show answers 400 saying which it shows) and/or send the pending comments to its next attempt, which does not count against its budget; answers `{"task", "added", "sent"}` |
 //! | `POST /api/tasks/{id}/discard` | `{"reason"}`: drop a finished task's work (it leaves the land queue; the janitor may remove its branch); a task not finished, landing or landed answers 400 |
 //! | `GET /api/contexts`, `POST /api/contexts` `{"path"}`, `DELETE /api/contexts/{key}` | contexts |
-//! | `GET /api/agents` | agents, live first |
+//! | `GET /api/agents` | agents, live first, then the others, most recently started first (`?ended=N`: at most N of those) |
 //! | `GET /api/decisions`, `POST /api/decisions/{id}` `{"answer", "reason"}` | questions for the human (`reason`: a change request's rejection, told to its requester) |
 //! | `POST /api/routed` `{"task": NewTask, "pin"}` | send a task to the fleet (routing) |
 //! | `GET /api/routed` | the tasks this system routed, as the central last described them |
@@ -870,10 +870,19 @@ async fn task_diff(
     Ok(Json(crate::conflicts::diff(&state.store, &id).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsQuery {
+    ended: Option<u32>,
+}
+
+/// Live agents, then (at most `?ended=N` of) the others, the most recently started first.
 async fn list_agents(
     State(state): State<AppState>,
+    query: Result<Query<AgentsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<ccm_schema::Agent>>, ApiError> {
-    Ok(Json(state.store.agents().await?))
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(Json(state.store.agents(query.ended.map(i64::from)).await?))
 }
 
 async fn list_decisions(

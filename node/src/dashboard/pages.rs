@@ -1197,6 +1197,9 @@ pub struct AgentRow {
     pub live: bool,
 }
 
+/// Agents no longer running that the agents page lists, the most recently started.
+const AGENTS_ENDED: i64 = 200;
+
 #[derive(Template)]
 #[template(path = "agents.html")]
 struct Agents {
@@ -1211,11 +1214,10 @@ pub async fn agents(signed_in: SignedIn, State(state): State<AppState>) -> Respo
         let now = Timestamp::now();
         let agents = state
             .store
-            .agents()
+            .agents(Some(AGENTS_ENDED))
             .await
             .map_err(failure)?
             .into_iter()
-            .take(200)
             .map(|a| AgentRow {
                 context: a.context_label(),
                 short: a.short_id(),

@@ -555,13 +555,26 @@ impl Store {
         .await?)
     }
 
-    /// Every agent, newest first, live ones first.
-    pub async fn agents(&self) -> Result<Vec<Agent>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY status NOT IN ('starting', 'running'), started_at DESC"
+    /// The live agents, then at most `ended` of the others (`None`: every one), each part most
+    /// recently started first. Two index ranges (`agents_by_status`, `agents_by_started`), read
+    /// in one snapshot: a node keeps every agent it ever ran.
+    pub async fn agents(&self, ended: Option<i64>) -> Result<Vec<Agent>> {
+        let mut snapshot = self.readers.begin().await?;
+        let mut agents: Vec<Agent> = sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE status IN ('starting', 'running') \
+             ORDER BY started_at DESC"
         ))
-        .fetch_all(&self.readers)
-        .await?)
+        .fetch_all(&mut *snapshot)
+        .await?;
+        let others: Vec<Agent> = sqlx::query_as(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE status NOT IN ('starting', 'running') \
+             ORDER BY started_at DESC LIMIT ?"
+        ))
+        .bind(ended.unwrap_or(-1))
+        .fetch_all(&mut *snapshot)
+        .await?;
+        agents.extend(others);
+        Ok(agents)
     }
 
     /// The agents of a task, oldest first.
