@@ -16,7 +16,7 @@
 //!
 //! Run with `cargo bench -p ccm-tests --bench soak`. Sizes from the environment:
 //! `CCM_SOAK_DAYS` (30), `CCM_SOAK_HOOKS_PER_DAY` (20,000), `CCM_SOAK_TASKS_PER_DAY` (200),
-//! `CCM_SOAK_SAMPLES` (hook requests per measurement, 1,000), `CCM_SOAK_PASS_ROWS` (old hook
+//! `CCM_SOAK_SAMPLES` (hook requests per daemon start, 3,000), `CCM_SOAK_PASS_ROWS` (old hook
 //! events the measured pass deletes, 100,000), `CCM_SOAK_CREATE_ROUNDS` (rounds of 200 task
 //! creations, 5), `CCM_SOAK_STARTS` (daemon starts per measured day, whose samples the day's
 //! figures pool, 3); `CCM_SOAK_KEEP` keeps the home and prints where.
@@ -279,24 +279,23 @@ fn stop(mut daemon: Daemon) {
 /// Hook requests sent to one day's daemon before the next day's get theirs.
 const HOOK_CHUNK: usize = 100;
 
-/// Times `request` `n` times on each day's daemon in turn; the first `warm_up` samples of each
-/// day are dropped (its connections' set-up).
+/// Times `request(day)` `n` times for each day in turn (`pooled` holds one `Samples` a day); the
+/// first `warm_up` samples of each day are dropped (its connections' set-up).
 async fn alternate<F, Fut>(
-    daemons: &[Daemon],
     n: usize,
     warm_up: usize,
     samples: impl Fn(&mut Samples) -> &mut Vec<Duration>,
     pooled: &mut [Samples],
     request: F,
 ) where
-    F: Fn(&Daemon) -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut taken: Vec<Vec<Duration>> = daemons.iter().map(|_| Vec::new()).collect();
+    let mut taken: Vec<Vec<Duration>> = pooled.iter().map(|_| Vec::new()).collect();
     for _ in 0..n {
-        for (daemon, taken) in daemons.iter().zip(&mut taken) {
+        for (day, taken) in taken.iter_mut().enumerate() {
             let started = Instant::now();
-            request(daemon).await;
+            request(day).await;
             taken.push(started.elapsed());
         }
     }
@@ -367,18 +366,13 @@ async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [
     for snapshot in snapshots {
         cookies.push(cookie(&snapshot.home).await);
     }
-    let cookie_of = |daemon: &Daemon| {
-        let at = daemons.iter().position(|d| std::ptr::eq(d, daemon)).expect("one of ours");
-        cookies[at].clone()
-    };
     alternate(
-        &daemons,
         33,
         3,
         |s| &mut s.board,
         pooled,
-        |daemon| {
-            let request = http.get(daemon.url("/tasks")).header("cookie", cookie_of(daemon));
+        |day| {
+            let request = http.get(daemons[day].url("/tasks")).header("cookie", &cookies[day]);
             async move {
                 let response = request.send().await.expect("board");
                 assert!(response.status().is_success());
@@ -389,12 +383,12 @@ async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [
     .await;
     // The request `ccm task list` makes, from here: the daemon's part of the list's time.
     alternate(
-        &daemons,
         25,
         5,
         |s| &mut s.list_api,
         pooled,
-        |daemon| {
+        |day| {
+            let daemon = &daemons[day];
             let request = http.get(daemon.url("/api/tasks?finished=51")).bearer_auth(&daemon.token);
             async move {
                 let response = request.send().await.expect("task list answers");
@@ -404,18 +398,13 @@ async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [
         },
     )
     .await;
-    let home_of = |daemon: &Daemon| {
-        let at = daemons.iter().position(|d| std::ptr::eq(d, daemon)).expect("one of ours");
-        &snapshots[at].home
-    };
     alternate(
-        &daemons,
         25,
         5,
         |s| &mut s.list,
         pooled,
-        |daemon| {
-            let out = home_of(daemon).ccm().args(["task", "list"]).output().expect("task list");
+        |day| {
+            let out = snapshots[day].home.ccm().args(["task", "list"]).output().expect("task list");
             assert!(out.status.success());
             async {}
         },
@@ -521,7 +510,7 @@ fn main() {
         days: env("CCM_SOAK_DAYS", 30).max(2),
         hooks: env("CCM_SOAK_HOOKS_PER_DAY", 20_000),
         tasks: env("CCM_SOAK_TASKS_PER_DAY", 200).max(1),
-        samples: env("CCM_SOAK_SAMPLES", 1000).max(10),
+        samples: env("CCM_SOAK_SAMPLES", 3000).max(10),
         pass_rows: env("CCM_SOAK_PASS_ROWS", 100_000),
         rounds: env("CCM_SOAK_CREATE_ROUNDS", 5).max(1),
         starts: env("CCM_SOAK_STARTS", 3).max(1),
