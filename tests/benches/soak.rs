@@ -304,6 +304,13 @@ async fn alternate<F, Fut>(
     }
 }
 
+/// Sends `request` and reads its whole answer, which must be a success.
+async fn fetched(request: reqwest::RequestBuilder, what: &str) {
+    let response = request.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(response.status().is_success(), "{what}: {}", response.status());
+    response.bytes().await.unwrap();
+}
+
 /// Starts a daemon on each day's copy, adds their samples to `pooled` and stops them.
 async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [Samples]) {
     settle_disk();
@@ -372,12 +379,7 @@ async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [
         |s| &mut s.board,
         pooled,
         |day| {
-            let request = http.get(daemons[day].url("/tasks")).header("cookie", &cookies[day]);
-            async move {
-                let response = request.send().await.expect("board");
-                assert!(response.status().is_success());
-                response.bytes().await.unwrap();
-            }
+            fetched(http.get(daemons[day].url("/tasks")).header("cookie", &cookies[day]), "board")
         },
     )
     .await;
@@ -390,11 +392,7 @@ async fn measure_one_start(snapshots: &[Snapshot], sizes: &Sizes, pooled: &mut [
         |day| {
             let daemon = &daemons[day];
             let request = http.get(daemon.url("/api/tasks?finished=51")).bearer_auth(&daemon.token);
-            async move {
-                let response = request.send().await.expect("task list answers");
-                assert!(response.status().is_success());
-                response.bytes().await.unwrap();
-            }
+            fetched(request, "task list")
         },
     )
     .await;
