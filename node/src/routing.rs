@@ -231,14 +231,20 @@ impl Router {
         }
     }
 
-    /// Keeps the origin's view of its routed tasks current.
+    /// Keeps the origin's view of its routed tasks current: the changes since its last answer,
+    /// and every [`READ_ALL_EVERY`] all of its routed tasks.
     async fn origin(self) {
         let every = Duration::from_millis(self.config.sync.routed_status_ms);
         let idle = Notify::new();
         let mut since: Option<String> = None;
+        let mut read_all = tokio::time::Instant::now() + READ_ALL_EVERY;
         let mut failing = Complaint::default();
         loop {
             let step = self.beats[3].step().await;
+            if tokio::time::Instant::now() >= read_all {
+                since = None;
+                read_all = tokio::time::Instant::now() + READ_ALL_EVERY;
+            }
             match self.follow(&mut since).await {
                 Ok(()) => failing.clear(),
                 Err(error) => {
@@ -271,6 +277,12 @@ impl Router {
         Ok(())
     }
 }
+
+/// How often the origin reads all of its routed tasks rather than the changes since its last
+/// answer. The central stamps a change with its transaction's start (`now()`), and the origin
+/// asks from 10 s before its last answer: a write that waited longer (on a row lock, on a
+/// starved machine) commits with a stamp before that window and is read only by this.
+const READ_ALL_EVERY: Duration = Duration::from_secs(30);
 
 /// A failure of a polling loop, logged once per cause rather than at every poll.
 #[derive(Default)]

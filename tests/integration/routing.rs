@@ -184,6 +184,29 @@ async fn the_api_and_the_dashboard_form_route_a_task_whose_repository_has_no_che
     assert_eq!(local.as_array().unwrap().len(), 1, "only the task without a repository: {local}");
 }
 
+/// A change the central stamped before the origin's window (a write that waited on a lock and
+/// committed late) still reaches the origin: it reads all of its routed tasks now and then.
+#[tokio::test]
+async fn a_central_change_stamped_before_the_origins_window_still_reaches_it() {
+    let fleet = Fleet::start();
+    let alpha = fleet.node(1, "alpha", false, "commit").up();
+    let nowhere = alpha.add(&["lost work", "--repo", "https://git.example.com/nobody/has-it"]);
+    wait_for("the central's word on it", SLOW, async || {
+        alpha.routed(&nowhere)["central"]["reason"].as_str().map(str::to_string)
+    })
+    .await;
+    // Stamped an hour ago, as a transaction that started then and committed now would leave it.
+    fleet.central.pg.query(&format!(
+        "update private.routed_tasks set progress = '{{\"note\": \"stamped late\"}}'::jsonb, \
+         updated_at = now() - interval '1 hour' where task_id = '{nowhere}'"
+    ));
+    wait_for("the late change at the origin", SLOW, async || {
+        let routed = alpha.routed(&nowhere);
+        (routed["central"]["progress"]["note"] == "stamped late").then_some(())
+    })
+    .await;
+}
+
 /// Acceptance 5: a pinned task waits for its system; a task whose repository no system holds
 /// shows `no_context` and raises an alert; a draining system takes no new work.
 #[tokio::test]
